@@ -1,0 +1,51 @@
+#include "wrapper.h"
+
+uint16_t tenet_eth_rx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **pkts, uint16_t nb_pkts)
+{
+	return rte_eth_rx_burst(port_id, queue_id, pkts, nb_pkts);
+}
+
+uint16_t tenet_eth_tx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **pkts, uint16_t nb_pkts)
+{
+	return rte_eth_tx_burst(port_id, queue_id, pkts, nb_pkts);
+}
+
+int tenet_pktmbuf_alloc_bulk(struct rte_mempool *pool, struct rte_mbuf **mbufs, unsigned int count)
+{
+	return rte_pktmbuf_alloc_bulk(pool, mbufs, count);
+}
+
+void tenet_pktmbuf_free(struct rte_mbuf *m)
+{
+	rte_pktmbuf_free(m);
+}
+
+unsigned int tenet_ring_sp_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n)
+{
+	return rte_ring_sp_enqueue_burst(r, objs, n, NULL);
+}
+
+unsigned int tenet_ring_sc_dequeue_burst(struct rte_ring *r, void **objs, unsigned int n)
+{
+	return rte_ring_sc_dequeue_burst(r, objs, n, NULL);
+}
+
+unsigned int tenet_ring_count(const struct rte_ring *r)
+{
+	return rte_ring_count(r);
+}
+
+unsigned int tenet_mempool_avail_count(const struct rte_mempool *pool)
+{
+	return rte_mempool_avail_count(pool);
+}
+
+int tenet_errno(void)
+{
+	return rte_errno;
+}
+
+unsigned int tenet_lcore_id(void)
+{
+	return rte_lcore_id();
+}

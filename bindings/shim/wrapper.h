@@ -1,0 +1,25 @@
+/* What tenet binds from DPDK 22.11. Kept narrow: build.rs allowlists by name. */
+#include <rte_config.h>
+#include <rte_common.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_lcore.h>
+#include <rte_cycles.h>
+#include <rte_dev.h>
+#include <rte_mempool.h>
+#include <rte_mbuf.h>
+#include <rte_ethdev.h>
+#include <rte_ring.h>
+
+/* DPDK's fast path is static inline and has no symbol; shim.c exports it.
+ * Every call here is made once per burst, never once per packet. */
+uint16_t tenet_eth_rx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **pkts, uint16_t nb_pkts);
+uint16_t tenet_eth_tx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **pkts, uint16_t nb_pkts);
+int tenet_pktmbuf_alloc_bulk(struct rte_mempool *pool, struct rte_mbuf **mbufs, unsigned int count);
+void tenet_pktmbuf_free(struct rte_mbuf *m);
+unsigned int tenet_ring_sp_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n);
+unsigned int tenet_ring_sc_dequeue_burst(struct rte_ring *r, void **objs, unsigned int n);
+unsigned int tenet_ring_count(const struct rte_ring *r);
+unsigned int tenet_mempool_avail_count(const struct rte_mempool *pool);
+int tenet_errno(void);
+unsigned int tenet_lcore_id(void);

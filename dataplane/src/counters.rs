@@ -1,0 +1,194 @@
+//! Drop reasons as data (one table of name and help text, one counter each) and the
+//! per-core counters a worker writes and anyone may read.
+//!
+//! Each counter has a single writer, its worker, which updates it with a plain load and
+//! store (no locked instruction); readers see values at most a burst old.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! drop_reasons {
+    ($($variant:ident = $name:literal : $help:literal,)*) => {
+        /// Why a packet was dropped. Every drop names one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum DropReason { $($variant,)* }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+
+            /// Short stable name (metrics label, stats key).
+            pub const fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+
+            /// One sentence for operators.
+            pub const fn help(self) -> &'static str {
+                match self { $(DropReason::$variant => $help,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    NoOutput = "no-output": "the pipeline has no output for the input port",
+    TxRefused = "tx-refused": "the output device did not accept the packet (TX ring full or link down)",
+    RingFull = "ring-full": "the ring to the core that owns the output's TX queue was full",
+}
+
+/// Number of drop reasons.
+pub const DROP_REASON_COUNT: usize = DropReason::ALL.len();
+
+/// One worker's counters, on their own cache lines so the stats reader never slows it.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    rx_packets: AtomicU64,
+    tx_packets: AtomicU64,
+    bursts: AtomicU64,
+    busy_cycles: AtomicU64,
+    idle_sleeps: AtomicU64,
+    drops: [AtomicU64; DROP_REASON_COUNT],
+}
+
+#[inline(always)]
+fn bump(counter: &AtomicU64, n: u64) {
+    // Single writer: a plain read-modify-write is enough and costs no lock prefix.
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+impl CoreCounters {
+    /// Packets received by this core.
+    #[inline(always)]
+    pub fn add_rx(&self, n: usize) {
+        bump(&self.rx_packets, n as u64);
+        bump(&self.bursts, 1);
+    }
+
+    /// Packets handed to a device by this core.
+    #[inline(always)]
+    pub fn add_tx(&self, n: usize) {
+        bump(&self.tx_packets, n as u64);
+    }
+
+    /// Cycles spent on iterations that moved packets.
+    #[inline(always)]
+    pub fn add_busy_cycles(&self, cycles: u64) {
+        bump(&self.busy_cycles, cycles);
+    }
+
+    /// One idle sleep taken.
+    #[inline(always)]
+    pub fn add_idle_sleep(&self) {
+        bump(&self.idle_sleeps, 1);
+    }
+
+    /// Packets dropped for `reason`.
+    #[inline(always)]
+    pub fn add_drop(&self, reason: DropReason, n: usize) {
+        bump(&self.drops[reason as usize], n as u64);
+    }
+
+    /// A copy of the counters now.
+    pub fn snapshot(&self) -> CoreStats {
+        let mut drops = [0; DROP_REASON_COUNT];
+        for (slot, counter) in drops.iter_mut().zip(&self.drops) {
+            *slot = counter.load(Ordering::Relaxed);
+        }
+        CoreStats {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            bursts: self.bursts.load(Ordering::Relaxed),
+            busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
+            idle_sleeps: self.idle_sleeps.load(Ordering::Relaxed),
+            drops,
+        }
+    }
+}
+
+/// A read copy of one core's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets transmitted (accepted by a device).
+    pub tx_packets: u64,
+    /// Non-empty RX bursts.
+    pub bursts: u64,
+    /// TSC cycles spent in iterations that moved packets.
+    pub busy_cycles: u64,
+    /// Idle sleeps taken.
+    pub idle_sleeps: u64,
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; DROP_REASON_COUNT],
+}
+
+impl CoreStats {
+    /// Drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// All drops.
+    pub fn dropped_total(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Busy cycles per received packet (0 before the first packet).
+    pub fn cycles_per_packet(&self) -> f64 {
+        if self.rx_packets == 0 {
+            0.0
+        } else {
+            self.busy_cycles as f64 / self.rx_packets as f64
+        }
+    }
+
+    /// Sum of several cores' counters.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a CoreStats>) -> CoreStats {
+        let mut total = CoreStats::default();
+        for s in all {
+            total.rx_packets += s.rx_packets;
+            total.tx_packets += s.tx_packets;
+            total.bursts += s.bursts;
+            total.busy_cycles += s.busy_cycles;
+            total.idle_sleeps += s.idle_sleeps;
+            for (t, d) in total.drops.iter_mut().zip(&s.drops) {
+                *t += d;
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_have_unique_names_and_help() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DROP_REASON_COUNT);
+        assert!(DropReason::ALL.iter().all(|r| !r.help().is_empty()));
+    }
+
+    #[test]
+    fn counts_by_reason_and_sums() {
+        let c = CoreCounters::default();
+        c.add_rx(32);
+        c.add_rx(5);
+        c.add_tx(30);
+        c.add_drop(DropReason::TxRefused, 7);
+        let s = c.snapshot();
+        assert_eq!((s.rx_packets, s.tx_packets, s.bursts), (37, 30, 2));
+        assert_eq!(s.dropped(DropReason::TxRefused), 7);
+        assert_eq!(s.dropped(DropReason::RingFull), 0);
+        let total = CoreStats::sum([&s, &s]);
+        assert_eq!(total.rx_packets, 74);
+        assert_eq!(total.dropped_total(), 14);
+    }
+}

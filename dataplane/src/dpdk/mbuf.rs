@@ -1,0 +1,323 @@
+//! Owned packet buffers and fixed-size bursts of them.
+//!
+//! Per-packet accessors (data pointer, prepend, adj) are plain Rust over the `rte_mbuf`
+//! fields so they inline; only whole-burst operations cross into C.
+
+use std::ptr::NonNull;
+
+/// Packets moved per RX/TX call and per pipeline pass.
+pub const BURST: usize = 32;
+
+/// One packet, owned: dropped means freed back to its pool. Only the first segment's
+/// data is visible; tenet's ports run without scatter, so frames are one segment.
+#[repr(transparent)]
+pub struct Mbuf(NonNull<dpdk_sys::rte_mbuf>);
+
+// SAFETY: an mbuf has a single owner at a time; moving it to another thread moves that
+// ownership, and DPDK's free path is safe from any lcore.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    pub(crate) fn from_raw(raw: NonNull<dpdk_sys::rte_mbuf>) -> Self {
+        Self(raw)
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> &dpdk_sys::rte_mbuf {
+        // SAFETY: self owns a live mbuf for as long as it exists.
+        unsafe { self.0.as_ref() }
+    }
+
+    #[inline(always)]
+    fn raw_mut(&mut self) -> &mut dpdk_sys::rte_mbuf {
+        // SAFETY: self owns the mbuf exclusively; &mut self rules out aliases.
+        unsafe { self.0.as_mut() }
+    }
+
+    /// Bytes of the frame.
+    #[inline(always)]
+    pub fn data(&self) -> &[u8] {
+        let m = self.raw();
+        // SAFETY: [buf_addr + data_off, + data_len) lies inside the mbuf's data room,
+        // which DPDK keeps consistent for every mbuf it hands out.
+        unsafe {
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
+    }
+
+    /// Bytes of the frame, writable.
+    #[inline(always)]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let m = self.raw_mut();
+        // SAFETY: as in data(); exclusive access through &mut self.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
+    }
+
+    /// Frame length in bytes (first segment).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        usize::from(self.raw().data_len)
+    }
+
+    /// Whether the frame is empty.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The port the frame was received on.
+    #[inline(always)]
+    pub fn in_port(&self) -> u16 {
+        self.raw().port
+    }
+
+    /// Free bytes in front of the frame.
+    #[inline(always)]
+    pub fn headroom(&self) -> usize {
+        usize::from(self.raw().data_off)
+    }
+
+    /// Free bytes behind the frame.
+    #[inline(always)]
+    pub fn tailroom(&self) -> usize {
+        let m = self.raw();
+        usize::from(m.buf_len) - usize::from(m.data_off) - usize::from(m.data_len)
+    }
+
+    /// Grows the frame at the front by `len` bytes (for encapsulation). False, and
+    /// nothing changed, when the headroom is too small.
+    #[inline(always)]
+    pub fn prepend(&mut self, len: usize) -> bool {
+        let Ok(len16) = u16::try_from(len) else {
+            return false;
+        };
+        let m = self.raw_mut();
+        if len16 > m.data_off {
+            return false;
+        }
+        m.data_off -= len16;
+        m.data_len += len16;
+        m.pkt_len += u32::from(len16);
+        true
+    }
+
+    /// Removes `len` bytes from the front (decapsulation). False, and nothing changed,
+    /// when the frame is shorter.
+    #[inline(always)]
+    pub fn adjust(&mut self, len: usize) -> bool {
+        let Ok(len16) = u16::try_from(len) else {
+            return false;
+        };
+        let m = self.raw_mut();
+        if len16 > m.data_len {
+            return false;
+        }
+        m.data_off += len16;
+        m.data_len -= len16;
+        m.pkt_len -= u32::from(len16);
+        true
+    }
+
+    /// Grows the frame at the end by `len` bytes. False when the tailroom is too small.
+    #[inline(always)]
+    pub fn append(&mut self, len: usize) -> bool {
+        if len > self.tailroom() {
+            return false;
+        }
+        let len16 = len as u16; // fits: tailroom < buf_len <= u16::MAX
+        let m = self.raw_mut();
+        m.data_len += len16;
+        m.pkt_len += u32::from(len16);
+        true
+    }
+
+    /// Shortens the frame to `len` bytes. False when it is shorter already.
+    #[inline(always)]
+    pub fn truncate(&mut self, len: usize) -> bool {
+        let current = self.len();
+        if len > current {
+            return false;
+        }
+        let cut = (current - len) as u16;
+        let m = self.raw_mut();
+        m.data_len -= cut;
+        m.pkt_len -= u32::from(cut);
+        true
+    }
+
+    /// Replaces the frame's bytes with `bytes`. False when they do not fit.
+    pub fn set_data(&mut self, bytes: &[u8]) -> bool {
+        let current = self.len();
+        if bytes.len() > current && !self.append(bytes.len() - current) {
+            return false;
+        }
+        if bytes.len() < current {
+            self.truncate(bytes.len());
+        }
+        self.data_mut().copy_from_slice(bytes);
+        true
+    }
+
+    fn into_raw(self) -> *mut dpdk_sys::rte_mbuf {
+        let raw = self.0.as_ptr();
+        std::mem::forget(self);
+        raw
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: self owns the mbuf; after this it is never touched again.
+        unsafe { dpdk_sys::tenet_pktmbuf_free(self.0.as_ptr()) };
+    }
+}
+
+/// Up to [`BURST`] owned mbufs in a fixed array: no allocation, ever. Dropping the batch
+/// frees what it still holds with one bulk call.
+pub struct MbufBatch {
+    slots: [*mut dpdk_sys::rte_mbuf; BURST],
+    len: usize,
+}
+
+// SAFETY: the batch owns its mbufs exactly as Mbuf does.
+unsafe impl Send for MbufBatch {}
+
+impl Default for MbufBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MbufBatch {
+    /// An empty batch.
+    pub const fn new() -> Self {
+        Self {
+            slots: [std::ptr::null_mut(); BURST],
+            len: 0,
+        }
+    }
+
+    /// Number of packets held.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds nothing.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Free slots left.
+    #[inline(always)]
+    pub fn room(&self) -> usize {
+        BURST - self.len
+    }
+
+    /// Adds a packet; hands it back when the batch is full.
+    #[inline(always)]
+    pub fn push(&mut self, mbuf: Mbuf) -> Result<(), Mbuf> {
+        if self.len == BURST {
+            return Err(mbuf);
+        }
+        self.slots[self.len] = mbuf.into_raw();
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Removes the last packet.
+    #[inline(always)]
+    pub fn pop(&mut self) -> Option<Mbuf> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        NonNull::new(self.slots[self.len]).map(Mbuf::from_raw)
+    }
+
+    /// The packets, for reading.
+    #[inline(always)]
+    pub fn as_slice(&self) -> &[Mbuf] {
+        // SAFETY: Mbuf is repr(transparent) over NonNull<rte_mbuf>, which has the layout
+        // of *mut rte_mbuf; the first `len` slots hold owned, non-null mbufs.
+        unsafe { std::slice::from_raw_parts(self.slots.as_ptr().cast::<Mbuf>(), self.len) }
+    }
+
+    /// The packets, for rewriting in place.
+    #[inline(always)]
+    pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
+        // SAFETY: as in as_slice; &mut self gives exclusive access to the slots.
+        unsafe { std::slice::from_raw_parts_mut(self.slots.as_mut_ptr().cast::<Mbuf>(), self.len) }
+    }
+
+    /// Moves as many packets from `other` as fit (all of them when there is room),
+    /// keeping order. Returns how many moved.
+    #[inline(always)]
+    pub fn append(&mut self, other: &mut MbufBatch) -> usize {
+        let moved = other.len.min(self.room());
+        self.slots[self.len..self.len + moved].copy_from_slice(&other.slots[..moved]);
+        self.len += moved;
+        other.consume_front(moved);
+        moved
+    }
+
+    /// Frees every packet held; returns how many.
+    #[inline]
+    pub fn free_all(&mut self) -> usize {
+        let n = self.len;
+        if n > 0 {
+            // SAFETY: the first n slots hold owned mbufs, forgotten by setting len 0.
+            unsafe { dpdk_sys::rte_pktmbuf_free_bulk(self.slots.as_mut_ptr(), n as u32) };
+            self.len = 0;
+        }
+        n
+    }
+
+    /// Forgets the first `n` packets (they were handed to DPDK, which owns them now)
+    /// and moves the rest to the front.
+    #[inline(always)]
+    pub(crate) fn consume_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        if n == 0 {
+            return;
+        }
+        self.slots.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    /// Raw slots from `len` on, for a burst call to fill; follow with `filled`.
+    #[inline(always)]
+    pub(crate) fn spare_raw(&mut self) -> (*mut *mut dpdk_sys::rte_mbuf, u16) {
+        // SAFETY: len <= BURST, so the pointer stays within (or one past) the array.
+        let ptr = unsafe { self.slots.as_mut_ptr().add(self.len) };
+        (ptr, (BURST - self.len) as u16)
+    }
+
+    /// Records that a burst call wrote `n` mbufs into the spare slots.
+    #[inline(always)]
+    pub(crate) fn filled(&mut self, n: usize) {
+        debug_assert!(self.len + n <= BURST);
+        self.len += n;
+    }
+
+    /// The held packets as raw pointers, for a burst call to consume.
+    #[inline(always)]
+    pub(crate) fn raw_ptr(&mut self) -> *mut *mut dpdk_sys::rte_mbuf {
+        self.slots.as_mut_ptr()
+    }
+}
+
+impl Drop for MbufBatch {
+    fn drop(&mut self) {
+        self.free_all();
+    }
+}

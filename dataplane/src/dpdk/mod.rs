@@ -1,0 +1,25 @@
+//! The only safe layer over `dpdk-sys`. Everything outside this module (and `bindings/`)
+//! is safe Rust; every `unsafe` block here states the invariant it relies on.
+//!
+//! Ownership model: [`Eal`] is initialised once per process; [`Mempool`]s and [`Port`]s
+//! live until dropped; each queue of a port is a value ([`RxQueue`], [`TxQueue`]) that
+//! exactly one worker owns, so "one thread per queue" is enforced by moves, not by
+//! convention. [`Mbuf`] owns its packet and frees it on drop.
+
+mod backend;
+mod eal;
+mod error;
+mod mbuf;
+mod mempool;
+mod port;
+mod ring;
+mod time;
+
+pub use backend::{Backend, BondMode, DeviceNamer};
+pub use eal::{register_thread, unregister_thread, Eal, EalOptions};
+pub use error::DpdkError;
+pub use mbuf::{Mbuf, MbufBatch, BURST};
+pub use mempool::Mempool;
+pub use port::{port_name, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
+pub use ring::{MbufRing, RingConsumer, RingProducer};
+pub use time::{tsc, tsc_hz};

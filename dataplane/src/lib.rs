@@ -1,0 +1,14 @@
+//! tenet's dataplane: everything a packet touches.
+//!
+//! - [`dpdk`]: the only safe wrapper over `dpdk-sys` (EAL, mempools, ports, mbufs, rings).
+//! - [`counters`]: drop reasons as data and per-core counters.
+//! - [`pipeline`]: what happens to a burst between RX and TX.
+//! - [`worker`]: the per-core poll loop that drives ports through a pipeline.
+
+pub mod counters;
+pub mod dpdk;
+pub mod pipeline;
+pub mod worker;
+
+/// Port ids index fixed per-worker tables; DPDK is built with this many at most.
+pub const MAX_PORTS: usize = dpdk_sys::RTE_MAX_ETHPORTS as usize;

@@ -1,0 +1,148 @@
+//! Per-port TX buffers of one worker, and where each port's packets go when flushed: the
+//! worker's own TX queue on that port, or the ring to the core that owns it.
+
+use crate::counters::{CoreCounters, DropReason};
+use crate::dpdk::{Mbuf, MbufBatch, RingConsumer, RingProducer, TxQueue};
+use crate::MAX_PORTS;
+
+enum Sink {
+    /// No route to this port from this worker.
+    None,
+    /// Index into `queues`.
+    Queue(usize),
+    /// Index into `rings`.
+    Ring(usize),
+}
+
+/// A worker's outputs: one buffer per port, flushed once per burst.
+pub struct Outputs {
+    buffers: Box<[MbufBatch; MAX_PORTS]>,
+    /// Bit p set: buffer p holds packets.
+    dirty: u64,
+    sinks: [Sink; MAX_PORTS],
+    queues: Vec<TxQueue>,
+    rings: Vec<RingProducer>,
+}
+
+impl Outputs {
+    /// Outputs over the TX queues this worker owns and the rings to the owners of the
+    /// other ports' TX queues (`(destination port, producer)`).
+    pub fn new(queues: Vec<TxQueue>, rings: Vec<(u16, RingProducer)>) -> Self {
+        const _: () = assert!(MAX_PORTS <= 64, "dirty mask is a u64");
+        let mut sinks: [Sink; MAX_PORTS] = std::array::from_fn(|_| Sink::None);
+        for (i, q) in queues.iter().enumerate() {
+            sinks[usize::from(q.port())] = Sink::Queue(i);
+        }
+        let mut producers = Vec::with_capacity(rings.len());
+        for (port, ring) in rings {
+            if let Some(slot @ Sink::None) = sinks.get_mut(usize::from(port)) {
+                *slot = Sink::Ring(producers.len());
+                producers.push(ring);
+            }
+        }
+        Self {
+            buffers: Box::new(std::array::from_fn(|_| MbufBatch::new())),
+            dirty: 0,
+            sinks,
+            queues,
+            rings: producers,
+        }
+    }
+
+    /// Ports this worker can reach.
+    pub fn reaches(&self, port: u16) -> bool {
+        !matches!(self.sinks.get(usize::from(port)), None | Some(Sink::None))
+    }
+
+    /// Queues one packet for `port`.
+    #[inline(always)]
+    pub fn push(&mut self, port: u16, mbuf: Mbuf, counters: &CoreCounters) {
+        let p = usize::from(port);
+        if p >= MAX_PORTS {
+            drop(mbuf);
+            counters.add_drop(DropReason::NoOutput, 1);
+            return;
+        }
+        if let Err(back) = self.buffers[p].push(mbuf) {
+            // Full only when one burst fanned out more than a burst to one port.
+            self.flush_port(p, counters);
+            if self.buffers[p].push(back).is_err() {
+                counters.add_drop(DropReason::TxRefused, 1);
+            }
+        }
+        self.dirty |= 1 << p;
+    }
+
+    /// Queues a whole batch for `port`, leaving `batch` empty.
+    #[inline(always)]
+    pub fn push_batch(&mut self, port: u16, batch: &mut MbufBatch, counters: &CoreCounters) {
+        let p = usize::from(port);
+        if p >= MAX_PORTS {
+            counters.add_drop(DropReason::NoOutput, batch.free_all());
+            return;
+        }
+        while !batch.is_empty() {
+            if self.buffers[p].append(batch) == 0 {
+                self.flush_port(p, counters);
+            }
+        }
+        self.dirty |= 1 << p;
+    }
+
+    /// Hands every buffered packet to its device or ring; frees and counts what they
+    /// refuse.
+    #[inline(always)]
+    pub fn flush(&mut self, counters: &CoreCounters) {
+        let mut dirty = self.dirty;
+        while dirty != 0 {
+            let p = dirty.trailing_zeros() as usize;
+            dirty &= dirty - 1;
+            self.flush_port(p, counters);
+        }
+        self.dirty = 0;
+    }
+
+    #[inline(always)]
+    fn flush_port(&mut self, p: usize, counters: &CoreCounters) {
+        let buffer = &mut self.buffers[p];
+        if buffer.is_empty() {
+            return;
+        }
+        match self.sinks[p] {
+            Sink::Queue(i) => {
+                let sent = self.queues[i].tx_burst(buffer);
+                counters.add_tx(sent);
+                if !buffer.is_empty() {
+                    counters.add_drop(DropReason::TxRefused, buffer.free_all());
+                }
+            }
+            Sink::Ring(i) => {
+                self.rings[i].enqueue_burst(buffer);
+                if !buffer.is_empty() {
+                    counters.add_drop(DropReason::RingFull, buffer.free_all());
+                }
+            }
+            Sink::None => counters.add_drop(DropReason::NoOutput, buffer.free_all()),
+        }
+    }
+
+    /// Transmits what other cores handed over for ports whose TX queue this worker owns.
+    /// Returns how many packets came in.
+    #[inline(always)]
+    pub fn drain_inbound(
+        &mut self,
+        inbound: &mut [(u16, RingConsumer)],
+        scratch: &mut MbufBatch,
+        counters: &CoreCounters,
+    ) -> usize {
+        let mut moved = 0;
+        for (port, ring) in inbound.iter_mut() {
+            if ring.dequeue_burst(scratch) == 0 {
+                continue;
+            }
+            moved += scratch.len();
+            self.push_batch(*port, scratch, counters);
+        }
+        moved
+    }
+}

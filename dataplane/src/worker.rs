@@ -1,0 +1,188 @@
+//! The per-core poll loop: RX bursts through the pipeline into per-port TX buffers,
+//! flushed once per burst; packets for TX queues other cores own go through rings.
+//!
+//! A worker is pinned to its core and registered with the EAL (so the mempool's
+//! per-core cache serves it). When idle it backs off with growing sleeps, and returns to
+//! busy polling at the first packet, so a 2-core machine can run two switches and a
+//! traffic source at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::counters::CoreCounters;
+use crate::dpdk::{self, MbufBatch, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::pipeline::{Outputs, Pipeline};
+
+/// What one worker owns.
+pub struct WorkerPlan {
+    /// CPU to pin to.
+    pub core: usize,
+    /// RX queues it polls.
+    pub rx: Vec<RxQueue>,
+    /// TX queues it transmits on.
+    pub tx: Vec<TxQueue>,
+    /// Rings from other workers carrying packets for `port` (whose TX queue is ours).
+    pub inbound: Vec<(u16, RingConsumer)>,
+    /// Rings to the workers that own `port`'s TX queue.
+    pub outbound: Vec<(u16, RingProducer)>,
+}
+
+/// Idle backoff: spin a while, then sleep, doubling up to a ceiling.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Empty polls before the first sleep.
+    pub spin_polls: u32,
+    /// First sleep.
+    pub min_sleep: Duration,
+    /// Longest sleep (the worst added latency for the first packet after a lull).
+    pub max_sleep: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            spin_polls: 1024,
+            min_sleep: Duration::from_micros(10),
+            max_sleep: Duration::from_micros(500),
+        }
+    }
+}
+
+/// A running worker thread.
+pub struct Worker {
+    core: usize,
+    counters: Arc<CoreCounters>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts a worker thread that runs `pipeline` over `plan` until stopped.
+    pub fn spawn<P: Pipeline + 'static>(
+        plan: WorkerPlan,
+        pipeline: P,
+        backoff: Backoff,
+    ) -> std::io::Result<Self> {
+        let counters = Arc::new(CoreCounters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let core = plan.core;
+        let handle = std::thread::Builder::new()
+            .name(format!("tenet-worker-{core}"))
+            .spawn({
+                let counters = Arc::clone(&counters);
+                let stop = Arc::clone(&stop);
+                move || run(plan, pipeline, backoff, &counters, &stop)
+            })?;
+        Ok(Self {
+            core,
+            counters,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// The CPU the worker runs on.
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// Its counters, readable at any time.
+    pub fn counters(&self) -> &Arc<CoreCounters> {
+        &self.counters
+    }
+
+    /// Asks the worker to stop and waits until it has.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                tracing::error!(core = self.core, "worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn run<P: Pipeline>(
+    plan: WorkerPlan,
+    mut pipeline: P,
+    backoff: Backoff,
+    counters: &CoreCounters,
+    stop: &AtomicBool,
+) {
+    let WorkerPlan {
+        core,
+        mut rx,
+        tx,
+        mut inbound,
+        outbound,
+    } = plan;
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        tracing::warn!(core, "could not pin worker; it runs unpinned");
+    }
+    let lcore = match dpdk::register_thread() {
+        Ok(lcore) => Some(lcore),
+        Err(e) => {
+            tracing::warn!(core, error = %e, "worker not registered with the EAL: no mempool cache");
+            None
+        }
+    };
+    tracing::info!(
+        core,
+        ?lcore,
+        rx_queues = rx.len(),
+        tx_queues = tx.len(),
+        "worker started"
+    );
+    let mut outputs = Outputs::new(tx, outbound);
+    let mut batch = MbufBatch::new();
+    let mut idle_polls = 0u32;
+    let mut sleep = backoff.min_sleep;
+    while !stop.load(Ordering::Relaxed) {
+        let start = dpdk::tsc();
+        let mut moved = 0;
+        for queue in rx.iter_mut() {
+            let n = queue.rx_burst(&mut batch);
+            if n == 0 {
+                continue;
+            }
+            moved += n;
+            counters.add_rx(n);
+            pipeline.process(queue.port(), &mut batch, &mut outputs, counters);
+            outputs.flush(counters);
+        }
+        if !inbound.is_empty() {
+            moved += outputs.drain_inbound(&mut inbound, &mut batch, counters);
+            outputs.flush(counters);
+        }
+        if moved > 0 {
+            counters.add_busy_cycles(dpdk::tsc().wrapping_sub(start));
+            idle_polls = 0;
+            sleep = backoff.min_sleep;
+            continue;
+        }
+        idle_polls = idle_polls.saturating_add(1);
+        if idle_polls > backoff.spin_polls {
+            counters.add_idle_sleep();
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(backoff.max_sleep);
+        }
+    }
+    drop(outputs);
+    drop(inbound);
+    if lcore.is_some() {
+        dpdk::unregister_thread();
+    }
+    tracing::info!(core, "worker stopped");
+}
