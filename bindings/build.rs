@@ -139,6 +139,20 @@ fn main() {
         .expect("bindgen failed on DPDK headers (is libclang-dev installed?)");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("bindings.rs");
     bindings.write_to_file(out).expect("write bindings");
+    // Where the EAL loads PMD plugins from (libdir/dpdk/pmds-<ABI>), so tenetd can say
+    // which driver package is missing instead of failing inside a probe.
+    let libdir = pkg_config::get_variable("libdpdk", "libdir").unwrap_or_default();
+    let pmd_dir = std::fs::read_dir(PathBuf::from(&libdir).join("dpdk"))
+        .ok()
+        .and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("pmds-"))
+            })
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=DPDK_PMD_DIR={pmd_dir}");
     println!("cargo:rerun-if-changed=shim/shim.c");
     println!("cargo:rerun-if-changed=shim/wrapper.h");
 }

@@ -10,3 +10,6 @@
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+
+/// Directory the EAL loads PMD plugins from, as found at build time (empty if unknown).
+pub const PMD_DIR: &str = env!("DPDK_PMD_DIR");

@@ -1,1 +1,7 @@
+//! tenet's control plane: configuration, the port manager that turns it into attached
+//! DPDK ports and worker plans, and the `tenetd` daemon around them.
 
+pub mod config;
+pub mod daemon;
+pub mod preflight;
+pub mod wiring;

@@ -104,6 +104,26 @@ impl Backend {
         }
     }
 
+    /// The DPDK driver plugin files this backend needs (PCI NIC drivers vary by card and
+    /// are not listed).
+    pub fn driver_files(&self) -> Vec<&'static str> {
+        match self {
+            Backend::Null { .. } => vec!["librte_net_null.so"],
+            Backend::Ring => vec!["librte_net_ring.so"],
+            Backend::Tap { .. } => vec!["librte_net_tap.so"],
+            Backend::Pcap { .. } => vec!["librte_net_pcap.so"],
+            Backend::AfPacket { .. } => vec!["librte_net_af_packet.so"],
+            Backend::AfXdp { .. } => vec!["librte_net_af_xdp.so"],
+            Backend::VhostUser { .. } => vec!["librte_net_vhost.so"],
+            Backend::Vf { .. } => Vec::new(),
+            Backend::Bond { members, .. } => {
+                let mut files = vec!["librte_net_bond.so"];
+                files.extend(members.iter().flat_map(Backend::driver_files));
+                files
+            }
+        }
+    }
+
     /// PCI addresses the EAL must be allowed to probe for this backend.
     pub fn pci_addresses(&self) -> Vec<String> {
         match self {

@@ -1,0 +1,83 @@
+//! `tenetd`: the host vswitch daemon.
+//!
+//! Exit status: 0 after a clean stop, 1 when something failed at run time, 2 when the
+//! command line or the config was refused (nothing was started).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use control::config::Config;
+use control::daemon::{self, RunOptions};
+use control::preflight;
+
+/// tenet's host vswitch daemon: a poll-mode DPDK dataplane driven by a config file.
+#[derive(Debug, Parser)]
+#[command(name = "tenetd", version)]
+struct Args {
+    /// TOML config; values may name environment variables as ${VAR}.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Print per-port and per-core rates every this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    stats_interval: Option<Duration>,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check: bool,
+    /// Log filter (tracing syntax), e.g. `info`, `debug`, `dataplane=debug`.
+    #[arg(long, default_value = "info", env = "TENET_LOG")]
+    log: String,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err("must be between 0.1 and 3600 seconds".to_owned());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tenetd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("tenetd: config {} is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let backends: Vec<_> = config.ports.iter().map(|p| &p.backend).collect();
+    if let Err(missing) = preflight::check(config.eal.memory_mb, config.eal.in_memory, &backends) {
+        eprintln!("tenetd: {missing}");
+        return ExitCode::from(1);
+    }
+    match daemon::run(
+        config,
+        RunOptions {
+            stats_interval: args.stats_interval,
+        },
+    ) {
+        Ok(summary) => {
+            println!("{}", summary.result_line());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tenetd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

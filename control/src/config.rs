@@ -1,0 +1,892 @@
+//! tenetd's start-up configuration: TOML, with `${VAR}` naming environment variables.
+//!
+//! Everything is checked before anything starts: an unknown field, a bad value or a
+//! dangling reference is refused with an error naming the field (`port[1].interface`).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use dataplane::dpdk::{Backend, BondMode, EalOptions};
+use serde::Deserialize;
+
+/// A refused configuration: which field and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `${VAR}` names an unset variable.
+    #[error("config line {line}: environment variable `{var}` is not set")]
+    UnsetVariable {
+        /// 1-based line.
+        line: usize,
+        /// The variable.
+        var: String,
+    },
+    /// Malformed TOML, an unknown field, or a value of the wrong type.
+    #[error("config field `{field}`: {message}")]
+    Syntax {
+        /// Path of the field (`port[0].queues`), or `.` for the whole file.
+        field: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A well-formed value that is not acceptable.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Path of the field.
+        field: String,
+        /// Why it is refused.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Cores, memory and DPDK settings.
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    /// Ports, in order (their DPDK port ids follow this order).
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortSpec>,
+    /// Static cross-connects between ports.
+    #[serde(default, rename = "cross_connect")]
+    pub cross_connects: Vec<CrossConnectSpec>,
+}
+
+/// `[dataplane]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// CPUs that run poll-mode workers, one worker each.
+    pub workers: Vec<usize>,
+    /// CPU for the EAL main thread and the control plane (default: the first CPU that
+    /// runs no worker).
+    pub main_core: Option<usize>,
+    /// Hugepage memory in MiB.
+    pub memory_mb: u32,
+    /// Anonymous hugepage memory: no hugepage files.
+    pub in_memory: bool,
+    /// DPDK file prefix (runtime directory `/var/run/dpdk/<prefix>`).
+    pub file_prefix: String,
+    /// Packet buffers in the pool.
+    pub mbufs: u32,
+    /// RX descriptors per queue.
+    pub rx_descriptors: u16,
+    /// TX descriptors per queue.
+    pub tx_descriptors: u16,
+    /// DPDK's own log level.
+    pub dpdk_log_level: String,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        let defaults = EalOptions::default();
+        Self {
+            workers: vec![1],
+            main_core: None,
+            memory_mb: defaults.memory_mb,
+            in_memory: defaults.in_memory,
+            file_prefix: defaults.file_prefix,
+            mbufs: 32767,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+            dpdk_log_level: defaults.log_level,
+        }
+    }
+}
+
+/// Kinds of port backend, in the user's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// Sink or generator.
+    Null,
+    /// Loopback DPDK ring.
+    Ring,
+    /// Kernel tap interface.
+    Tap,
+    /// pcap file replay/record.
+    Pcap,
+    /// Kernel interface through PACKET_MMAP.
+    AfPacket,
+    /// Kernel interface through AF_XDP.
+    AfXdp,
+    /// vhost-user socket.
+    VhostUser,
+    /// SR-IOV virtual function.
+    Vf,
+    /// Bond of other backends.
+    Bond,
+}
+
+/// `[[port]]`, and also each entry of a bond's `members` (which take no name).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Unique name (members have none).
+    pub name: Option<String>,
+    /// Backend kind.
+    pub backend: BackendKind,
+    /// Queue pairs (members take the bond's).
+    pub queues: Option<u16>,
+    /// MTU to set on the device.
+    pub mtu: Option<u16>,
+    /// Kernel interface (`tap`, `af-packet`, `af-xdp`).
+    pub interface: Option<String>,
+    /// First interface queue (`af-xdp`).
+    pub queue: Option<u32>,
+    /// Socket path (`vhost-user`).
+    pub path: Option<PathBuf>,
+    /// Client mode (`vhost-user`).
+    pub client: Option<bool>,
+    /// PCI address (`vf`).
+    pub pci: Option<String>,
+    /// `active-backup` or `balance` (`bond`).
+    pub mode: Option<String>,
+    /// Bonded backends (`bond`).
+    pub members: Option<Vec<PortSpec>>,
+    /// File to replay (`pcap`).
+    pub rx_file: Option<PathBuf>,
+    /// File to record (`pcap`).
+    pub tx_file: Option<PathBuf>,
+    /// Replay forever (`pcap`).
+    pub repeat: Option<bool>,
+    /// Generate frames (`null`).
+    pub rx: Option<bool>,
+    /// Generated frame size (`null`).
+    pub packet_size: Option<u32>,
+}
+
+/// `[[cross_connect]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossConnectSpec {
+    /// The two ports joined: everything from one leaves on the other.
+    pub ports: [String; 2],
+    /// Only from the first port to the second.
+    #[serde(default)]
+    pub one_way: bool,
+}
+
+/// A validated port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPlan {
+    /// Its name.
+    pub name: String,
+    /// Its backend.
+    pub backend: Backend,
+    /// Queue pairs.
+    pub queues: u16,
+    /// MTU, if set.
+    pub mtu: Option<u16>,
+}
+
+/// A validated configuration, ready to start.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// DPDK settings.
+    pub eal: EalOptions,
+    /// Worker CPUs.
+    pub workers: Vec<usize>,
+    /// Pool size.
+    pub mbufs: u32,
+    /// Descriptors per RX queue.
+    pub rx_descriptors: u16,
+    /// Descriptors per TX queue.
+    pub tx_descriptors: u16,
+    /// Ports in order.
+    pub ports: Vec<PortPlan>,
+    /// `(from, to)` indices into `ports`: packets from `from` leave on `to`.
+    pub cross_connects: Vec<(usize, usize)>,
+}
+
+impl Config {
+    /// Reads, expands and parses a config file (not yet validated).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, |var| std::env::var(var).ok())
+    }
+
+    /// Parses config text, expanding `${VAR}` through `lookup`.
+    pub fn parse(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let expanded = expand_variables(text, lookup)?;
+        let deserializer = toml::Deserializer::new(&expanded);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let mut message = inner.message().to_owned();
+            if let Some(span) = inner.span() {
+                let line = expanded[..span.start].matches('\n').count() + 1;
+                message = format!("{message} (line {line})");
+            }
+            ConfigError::Syntax { field, message }
+        })
+    }
+
+    /// Reads and validates.
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+        Self::read(path)?.validate()
+    }
+
+    /// Checks every value and reference; nothing is started.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let dp = &self.dataplane;
+        if dp.workers.is_empty() {
+            return Err(invalid(
+                "dataplane.workers",
+                "at least one worker CPU is needed",
+            ));
+        }
+        let mut seen_cores = HashSet::new();
+        for (i, &core) in dp.workers.iter().enumerate() {
+            if core >= cpus {
+                return Err(invalid(
+                    format!("dataplane.workers[{i}]"),
+                    format!("CPU {core} does not exist (this machine has {cpus})"),
+                ));
+            }
+            if !seen_cores.insert(core) {
+                return Err(invalid(
+                    format!("dataplane.workers[{i}]"),
+                    format!("CPU {core} is listed twice"),
+                ));
+            }
+        }
+        let main_core = match dp.main_core {
+            Some(core) if core >= cpus => {
+                return Err(invalid(
+                    "dataplane.main_core",
+                    format!("CPU {core} does not exist (this machine has {cpus})"),
+                ))
+            }
+            Some(core) => core,
+            None => (0..cpus).find(|c| !dp.workers.contains(c)).unwrap_or(0),
+        };
+        if dp.memory_mb < 64 {
+            return Err(invalid("dataplane.memory_mb", "at least 64 MiB are needed"));
+        }
+        if dp.file_prefix.is_empty()
+            || !dp
+                .file_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "dataplane.file_prefix",
+                "use letters, digits, '-' and '_' only, at least one",
+            ));
+        }
+        if dp.mbufs < 1024 {
+            return Err(invalid(
+                "dataplane.mbufs",
+                "at least 1024 packet buffers are needed",
+            ));
+        }
+        for (field, value) in [
+            ("dataplane.rx_descriptors", dp.rx_descriptors),
+            ("dataplane.tx_descriptors", dp.tx_descriptors),
+        ] {
+            if !(64..=16384).contains(&value) {
+                return Err(invalid(field, "must be between 64 and 16384"));
+            }
+        }
+        if self.ports.is_empty() {
+            return Err(invalid("port", "at least one [[port]] is needed"));
+        }
+        if self.ports.len() > dataplane::MAX_PORTS {
+            return Err(invalid(
+                "port",
+                format!(
+                    "at most {} ports (DPDK's RTE_MAX_ETHPORTS)",
+                    dataplane::MAX_PORTS
+                ),
+            ));
+        }
+        let mut ports = Vec::with_capacity(self.ports.len());
+        let mut names = HashSet::new();
+        for (i, spec) in self.ports.iter().enumerate() {
+            let field = format!("port[{i}]");
+            let name = match &spec.name {
+                None => return Err(invalid(format!("{field}.name"), "every port needs a name")),
+                Some(name) => name.clone(),
+            };
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    "1 to 32 letters, digits, '-' or '_'",
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("port `{name}` is defined twice"),
+                ));
+            }
+            let queues = spec.queues.unwrap_or(1);
+            if !(1..=16).contains(&queues) {
+                return Err(invalid(
+                    format!("{field}.queues"),
+                    "must be between 1 and 16",
+                ));
+            }
+            if let Some(mtu) = spec.mtu {
+                if !(68..=9600).contains(&mtu) {
+                    return Err(invalid(
+                        format!("{field}.mtu"),
+                        "must be between 68 and 9600",
+                    ));
+                }
+            }
+            let backend = spec.backend(&field)?;
+            ports.push(PortPlan {
+                name,
+                backend,
+                queues,
+                mtu: spec.mtu,
+            });
+        }
+        check_unique_resources(&ports)?;
+        let index = |field: &str, name: &str| {
+            ports
+                .iter()
+                .position(|p| p.name == name)
+                .ok_or_else(|| invalid(field, format!("no port is named `{name}`")))
+        };
+        let mut cross_connects = Vec::new();
+        let mut sources = HashSet::new();
+        for (i, xc) in self.cross_connects.iter().enumerate() {
+            let a = index(&format!("cross_connect[{i}].ports[0]"), &xc.ports[0])?;
+            let b = index(&format!("cross_connect[{i}].ports[1]"), &xc.ports[1])?;
+            if a == b {
+                return Err(invalid(
+                    format!("cross_connect[{i}].ports"),
+                    "a port cannot be connected to itself",
+                ));
+            }
+            let mut pairs = vec![(a, b)];
+            if !xc.one_way {
+                pairs.push((b, a));
+            }
+            for (from, to) in pairs {
+                if !sources.insert(from) {
+                    return Err(invalid(
+                        format!("cross_connect[{i}].ports"),
+                        format!("port `{}` already sends to another port", ports[from].name),
+                    ));
+                }
+                cross_connects.push((from, to));
+            }
+        }
+        let pci_allow = ports
+            .iter()
+            .flat_map(|p| p.backend.pci_addresses())
+            .collect();
+        Ok(Validated {
+            eal: EalOptions {
+                main_core,
+                file_prefix: dp.file_prefix.clone(),
+                memory_mb: dp.memory_mb,
+                in_memory: dp.in_memory,
+                pci_allow,
+                log_level: dp.dpdk_log_level.clone(),
+            },
+            workers: dp.workers.clone(),
+            mbufs: dp.mbufs,
+            rx_descriptors: dp.rx_descriptors,
+            tx_descriptors: dp.tx_descriptors,
+            ports,
+            cross_connects,
+        })
+    }
+}
+
+impl PortSpec {
+    /// The options this spec sets, by field name.
+    fn set_fields(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let mut mark = |present: bool, name: &'static str| {
+            if present {
+                set.push(name);
+            }
+        };
+        mark(self.interface.is_some(), "interface");
+        mark(self.queue.is_some(), "queue");
+        mark(self.path.is_some(), "path");
+        mark(self.client.is_some(), "client");
+        mark(self.pci.is_some(), "pci");
+        mark(self.mode.is_some(), "mode");
+        mark(self.members.is_some(), "members");
+        mark(self.rx_file.is_some(), "rx_file");
+        mark(self.tx_file.is_some(), "tx_file");
+        mark(self.repeat.is_some(), "repeat");
+        mark(self.rx.is_some(), "rx");
+        mark(self.packet_size.is_some(), "packet_size");
+        set
+    }
+
+    /// Turns the spec into a backend, refusing options the backend does not take.
+    fn backend(&self, field: &str) -> Result<Backend, ConfigError> {
+        let allowed: &[&str] = match self.backend {
+            BackendKind::Null => &["rx", "packet_size"],
+            BackendKind::Ring => &[],
+            BackendKind::Tap | BackendKind::AfPacket => &["interface"],
+            BackendKind::AfXdp => &["interface", "queue"],
+            BackendKind::Pcap => &["rx_file", "tx_file", "repeat"],
+            BackendKind::VhostUser => &["path", "client"],
+            BackendKind::Vf => &["pci"],
+            BackendKind::Bond => &["mode", "members"],
+        };
+        let kind = backend_name(self.backend);
+        if let Some(extra) = self.set_fields().into_iter().find(|f| !allowed.contains(f)) {
+            return Err(invalid(
+                format!("{field}.{extra}"),
+                format!(
+                    "not an option of backend `{kind}` (it takes: {})",
+                    list_or_none(allowed)
+                ),
+            ));
+        }
+        let interface = || -> Result<String, ConfigError> {
+            let name = self.interface.clone().ok_or_else(|| {
+                invalid(
+                    format!("{field}.interface"),
+                    format!("backend `{kind}` needs an interface"),
+                )
+            })?;
+            check_interface_name(&format!("{field}.interface"), &name)?;
+            Ok(name)
+        };
+        Ok(match self.backend {
+            BackendKind::Null => Backend::Null {
+                rx: self.rx.unwrap_or(false),
+                packet_size: match self.packet_size {
+                    Some(size) if !(60..=9000).contains(&size) => {
+                        return Err(invalid(
+                            format!("{field}.packet_size"),
+                            "must be between 60 and 9000",
+                        ))
+                    }
+                    other => other,
+                },
+            },
+            BackendKind::Ring => Backend::Ring,
+            BackendKind::Tap => Backend::Tap {
+                interface: interface()?,
+            },
+            BackendKind::AfPacket => Backend::AfPacket {
+                interface: interface()?,
+            },
+            BackendKind::AfXdp => Backend::AfXdp {
+                interface: interface()?,
+                queue: self.queue.unwrap_or(0),
+            },
+            BackendKind::Pcap => {
+                if self.rx_file.is_none() && self.tx_file.is_none() {
+                    return Err(invalid(
+                        format!("{field}.rx_file"),
+                        "backend `pcap` needs rx_file, tx_file or both",
+                    ));
+                }
+                if self.repeat.is_some() && self.rx_file.is_none() {
+                    return Err(invalid(
+                        format!("{field}.repeat"),
+                        "repeat needs an rx_file",
+                    ));
+                }
+                for (name, path) in [("rx_file", &self.rx_file), ("tx_file", &self.tx_file)] {
+                    if let Some(path) = path {
+                        check_devarg_path(&format!("{field}.{name}"), path)?;
+                    }
+                }
+                if let Some(rx) = &self.rx_file {
+                    if !rx.is_file() {
+                        return Err(invalid(
+                            format!("{field}.rx_file"),
+                            format!("{} is not a readable file", rx.display()),
+                        ));
+                    }
+                }
+                Backend::Pcap {
+                    rx_file: self.rx_file.clone(),
+                    tx_file: self.tx_file.clone(),
+                    repeat: self.repeat.unwrap_or(false),
+                }
+            }
+            BackendKind::VhostUser => {
+                let path = self.path.clone().ok_or_else(|| {
+                    invalid(
+                        format!("{field}.path"),
+                        "backend `vhost-user` needs a socket path",
+                    )
+                })?;
+                check_devarg_path(&format!("{field}.path"), &path)?;
+                if !path.is_absolute() {
+                    return Err(invalid(
+                        format!("{field}.path"),
+                        "use an absolute socket path",
+                    ));
+                }
+                Backend::VhostUser {
+                    path,
+                    client: self.client.unwrap_or(false),
+                }
+            }
+            BackendKind::Vf => {
+                let pci = self.pci.clone().ok_or_else(|| {
+                    invalid(format!("{field}.pci"), "backend `vf` needs a PCI address")
+                })?;
+                if !is_pci_address(&pci) {
+                    return Err(invalid(
+                        format!("{field}.pci"),
+                        format!("`{pci}` is not a PCI address like 0000:3b:02.0"),
+                    ));
+                }
+                Backend::Vf { pci }
+            }
+            BackendKind::Bond => {
+                let mode = match self.mode.as_deref() {
+                    None | Some("active-backup") => BondMode::ActiveBackup,
+                    Some("balance") => BondMode::Balance,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{field}.mode"),
+                            format!("`{other}` is not a bond mode (active-backup or balance)"),
+                        ))
+                    }
+                };
+                let specs = self.members.as_deref().unwrap_or(&[]);
+                if specs.len() < 2 {
+                    return Err(invalid(
+                        format!("{field}.members"),
+                        "a bond needs at least two members",
+                    ));
+                }
+                let mut members = Vec::with_capacity(specs.len());
+                for (j, member) in specs.iter().enumerate() {
+                    let mfield = format!("{field}.members[{j}]");
+                    for (present, name) in [
+                        (member.name.is_some(), "name"),
+                        (member.queues.is_some(), "queues"),
+                        (member.mtu.is_some(), "mtu"),
+                    ] {
+                        if present {
+                            return Err(invalid(
+                                format!("{mfield}.{name}"),
+                                "set on the bond, not on its members",
+                            ));
+                        }
+                    }
+                    if member.backend == BackendKind::Bond {
+                        return Err(invalid(format!("{mfield}.backend"), "bonds do not nest"));
+                    }
+                    members.push(member.backend(&mfield)?);
+                }
+                Backend::Bond { mode, members }
+            }
+        })
+    }
+}
+
+fn backend_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Null => "null",
+        BackendKind::Ring => "ring",
+        BackendKind::Tap => "tap",
+        BackendKind::Pcap => "pcap",
+        BackendKind::AfPacket => "af-packet",
+        BackendKind::AfXdp => "af-xdp",
+        BackendKind::VhostUser => "vhost-user",
+        BackendKind::Vf => "vf",
+        BackendKind::Bond => "bond",
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "no options".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
+fn check_interface_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 15
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == ',' || c.is_whitespace())
+    {
+        return Err(invalid(field, format!("`{name}` is not a valid interface name (1-15 characters, no '/', ':', ',' or spaces)")));
+    }
+    Ok(())
+}
+
+/// DPDK device arguments are comma-separated, so a path cannot hold a comma.
+fn check_devarg_path(field: &str, path: &Path) -> Result<(), ConfigError> {
+    let text = path.to_string_lossy();
+    if text.is_empty() || text.contains(',') {
+        return Err(invalid(field, "path must be non-empty and hold no comma"));
+    }
+    Ok(())
+}
+
+fn is_pci_address(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    // DDDD:BB:DD.F
+    bytes.len() == 12
+        && bytes[4] == b':'
+        && bytes[7] == b':'
+        && bytes[10] == b'.'
+        && bytes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![4, 7, 10].contains(i))
+            .all(|(_, b)| b.is_ascii_hexdigit())
+        && (b'0'..=b'7').contains(&bytes[11])
+}
+
+/// Two ports cannot share an interface, a socket or a PCI device.
+fn check_unique_resources(ports: &[PortPlan]) -> Result<(), ConfigError> {
+    fn resources(backend: &Backend, out: &mut Vec<String>) {
+        match backend {
+            Backend::Tap { interface }
+            | Backend::AfPacket { interface }
+            | Backend::AfXdp { interface, .. } => {
+                out.push(format!("interface `{interface}`"));
+            }
+            Backend::VhostUser { path, .. } => out.push(format!("socket `{}`", path.display())),
+            Backend::Vf { pci } => out.push(format!("PCI device `{pci}`")),
+            Backend::Bond { members, .. } => members.iter().for_each(|m| resources(m, out)),
+            Backend::Null { .. } | Backend::Ring | Backend::Pcap { .. } => {}
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let mut used = Vec::new();
+        resources(&port.backend, &mut used);
+        for resource in used {
+            if !seen.insert(resource.clone()) {
+                return Err(invalid(
+                    format!("port[{i}]"),
+                    format!("{resource} is used by another port"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `${VAR}` with the variable's value; an unset variable is an error naming it.
+pub fn expand_variables(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                return Err(ConfigError::Syntax {
+                    field: ".".to_owned(),
+                    message: format!("line {}: `${{` without a closing `}}`", n + 1),
+                });
+            };
+            let var = &after[..end];
+            let value = lookup(var).ok_or_else(|| ConfigError::UnsetVariable {
+                line: n + 1,
+                var: var.to_owned(),
+            })?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Validated, ConfigError> {
+        Config::parse(text, |var| match var {
+            "SINK" => Some("net".to_owned()),
+            "CORE" => Some("1".to_owned()),
+            _ => None,
+        })?
+        .validate()
+    }
+
+    const TWO_PORTS: &str = r#"
+[dataplane]
+workers = [${CORE}]
+
+[[port]]
+name = "a"
+backend = "ring"
+
+[[port]]
+name = "b"
+backend = "null"
+
+[[cross_connect]]
+ports = ["a", "b"]
+"#;
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("config must be refused").to_string()
+    }
+
+    #[test]
+    fn expands_variables_and_connects_both_ways() {
+        let v = parse(TWO_PORTS).unwrap();
+        assert_eq!(v.workers, vec![1]);
+        assert_eq!(v.eal.main_core, 0);
+        assert_eq!(v.cross_connects, vec![(0, 1), (1, 0)]);
+        assert_eq!(
+            v.ports[1].backend,
+            Backend::Null {
+                rx: false,
+                packet_size: None
+            }
+        );
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let e = err("[dataplane]\nworkers = [${NOPE}]\n");
+        assert_eq!(e, "config line 2: environment variable `NOPE` is not set");
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let e = err(&TWO_PORTS.replace("backend = \"ring\"", "backend = \"ring\"\ncolour = 1"));
+        assert!(e.starts_with("config field `port[0].colour`"), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let e = err(&TWO_PORTS.replace(
+            "workers = [${CORE}]",
+            "workers = [${CORE}]\nmemory_mb = \"lots\"",
+        ));
+        assert!(e.starts_with("config field `dataplane.memory_mb`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_backend_is_refused() {
+        let e = err(&TWO_PORTS.replace("\"ring\"", "\"carrier-pigeon\""));
+        assert!(e.starts_with("config field `port[0].backend`"), "{e}");
+    }
+
+    #[test]
+    fn option_of_another_backend_is_refused() {
+        let e = err(&TWO_PORTS.replace(
+            "backend = \"ring\"",
+            "backend = \"ring\"\ninterface = \"eth0\"",
+        ));
+        assert!(
+            e.starts_with("config field `port[0].interface`: not an option of backend `ring`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_interface_is_refused() {
+        let e = err(&TWO_PORTS.replace("backend = \"ring\"", "backend = \"af-packet\""));
+        assert!(e.starts_with("config field `port[0].interface`"), "{e}");
+    }
+
+    #[test]
+    fn dangling_and_self_connections_are_refused() {
+        let e = err(&TWO_PORTS.replace("ports = [\"a\", \"b\"]", "ports = [\"a\", \"c\"]"));
+        assert_eq!(
+            e,
+            "config field `cross_connect[0].ports[1]`: no port is named `c`"
+        );
+        let e = err(&TWO_PORTS.replace("ports = [\"a\", \"b\"]", "ports = [\"a\", \"a\"]"));
+        assert!(e.contains("cannot be connected to itself"), "{e}");
+    }
+
+    #[test]
+    fn a_port_sends_to_one_peer_only() {
+        let text = format!("{TWO_PORTS}\n[[port]]\nname = \"c\"\nbackend = \"ring\"\n\n[[cross_connect]]\nports = [\"a\", \"c\"]\n");
+        let e = err(&text);
+        assert!(e.contains("port `a` already sends to another port"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_shared_interfaces_are_refused() {
+        let e = err(&TWO_PORTS.replace("name = \"b\"", "name = \"a\""));
+        assert!(e.starts_with("config field `port[1].name`"), "{e}");
+        let text = "[[port]]\nname = \"a\"\nbackend = \"af-packet\"\ninterface = \"veth0\"\n[[port]]\nname = \"b\"\nbackend = \"af-xdp\"\ninterface = \"veth0\"\n";
+        let e = err(text);
+        assert!(
+            e.contains("interface `veth0` is used by another port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn worker_cpu_must_exist() {
+        let e = err(&TWO_PORTS.replace("workers = [${CORE}]", "workers = [4096]"));
+        assert!(
+            e.starts_with("config field `dataplane.workers[0]`: CPU 4096 does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bond_members_are_backends_without_names() {
+        let text = r#"
+[[port]]
+name = "uplink"
+backend = "bond"
+mode = "balance"
+members = [ { backend = "vf", pci = "0000:3b:02.0" }, { backend = "vf", pci = "0000:5e:02.1" } ]
+"#;
+        let v = parse(text).unwrap();
+        assert_eq!(v.eal.pci_allow, vec!["0000:3b:02.0", "0000:5e:02.1"]);
+        let e = err(&text.replace("pci = \"0000:5e:02.1\"", "pci = \"5e:02.1\""));
+        assert!(
+            e.starts_with("config field `port[0].members[1].pci`"),
+            "{e}"
+        );
+        let e = err(&text.replace("mode = \"balance\"", "mode = \"round-robin\""));
+        assert!(e.starts_with("config field `port[0].mode`"), "{e}");
+    }
+
+    #[test]
+    fn vhost_path_must_be_absolute() {
+        let text = "[[port]]\nname = \"v\"\nbackend = \"vhost-user\"\npath = \"rel.sock\"\n";
+        assert!(err(text).starts_with("config field `port[0].path`"));
+    }
+}

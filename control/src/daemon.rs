@@ -1,0 +1,208 @@
+//! tenetd's life: start the EAL, attach and wire ports, run workers, report, and on
+//! SIGINT/SIGTERM stop everything in the reverse order, leaving no socket or hugepage
+//! file behind.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dataplane::counters::{CoreStats, DropReason};
+use dataplane::dpdk::{self, Eal, Mempool, PortStats};
+use dataplane::worker::{Backoff, Worker};
+
+use crate::config::Validated;
+use crate::wiring::{self, NamedPort};
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Print per-port rates this often.
+    pub stats_interval: Option<Duration>,
+}
+
+/// What a run did, reported when it stops.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// All cores' counters summed.
+    pub total: CoreStats,
+    /// Time the workers ran.
+    pub elapsed: Duration,
+    /// TSC frequency, for cycles per packet.
+    pub tsc_hz: u64,
+}
+
+impl Summary {
+    /// The line benchmark harnesses read: `RESULT pkts=N seconds=S cycles_per_pkt=C`.
+    pub fn result_line(&self) -> String {
+        format!(
+            "RESULT pkts={} seconds={:.3} cycles_per_pkt={:.1}",
+            self.total.tx_packets,
+            self.elapsed.as_secs_f64(),
+            self.total.cycles_per_packet()
+        )
+    }
+}
+
+/// Runs the switch until SIGINT or SIGTERM.
+pub fn run(config: Validated, options: RunOptions) -> anyhow::Result<Summary> {
+    let eal = Eal::init(config.eal.clone()).context("starting DPDK")?;
+    let result = run_with_eal(&config, &options);
+    drop(eal);
+    result
+}
+
+fn run_with_eal(config: &Validated, options: &RunOptions) -> anyhow::Result<Summary> {
+    let pool = Mempool::new("pkt", config.mbufs, dpdk_sys_any_socket())
+        .context("creating the packet pool")?;
+    let mut ports = wiring::attach_ports(&config.ports)?;
+    let (plans, cross_connect) = wiring::wire(config, &pool, &mut ports)?;
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let core = plan.core;
+        workers.push(
+            Worker::spawn(plan, cross_connect.clone(), Backoff::default())
+                .with_context(|| format!("starting the worker on CPU {core}"))?,
+        );
+    }
+    tracing::info!(
+        ports = ports.len(),
+        workers = workers.len(),
+        "tenetd forwarding; stop with Ctrl-C"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    runtime.block_on(wait_for_stop(&ports, &workers, options.stats_interval))?;
+    let elapsed = started.elapsed();
+    let mut core_stats = Vec::with_capacity(workers.len());
+    for worker in workers {
+        let counters = std::sync::Arc::clone(worker.counters());
+        worker.stop();
+        core_stats.push(counters.snapshot());
+    }
+    let total = CoreStats::sum(&core_stats);
+    print!("{}", final_report(&ports, &core_stats));
+    drop(ports);
+    drop(pool);
+    Ok(Summary {
+        total,
+        elapsed,
+        tsc_hz: dpdk::tsc_hz(),
+    })
+}
+
+fn dpdk_sys_any_socket() -> i32 {
+    -1
+}
+
+async fn wait_for_stop(
+    ports: &[NamedPort],
+    workers: &[Worker],
+    interval: Option<Duration>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
+    ticker.tick().await;
+    let mut previous = Snapshot::take(ports, workers);
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = ticker.tick(), if interval.is_some() => {
+                let now = Snapshot::take(ports, workers);
+                print!("{}", rates(ports, &previous, &now));
+                previous = now;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Snapshot {
+    at: Instant,
+    ports: Vec<PortStats>,
+    cores: Vec<(usize, CoreStats)>,
+}
+
+impl Snapshot {
+    fn take(ports: &[NamedPort], workers: &[Worker]) -> Self {
+        Self {
+            at: Instant::now(),
+            ports: ports.iter().map(|p| p.port.stats()).collect(),
+            cores: workers
+                .iter()
+                .map(|w| (w.core(), w.counters().snapshot()))
+                .collect(),
+        }
+    }
+}
+
+fn rates(ports: &[NamedPort], before: &Snapshot, now: &Snapshot) -> String {
+    let secs = now.at.duration_since(before.at).as_secs_f64().max(1e-9);
+    let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "port", "rx pkt/s", "tx pkt/s", "rx Mbit/s", "tx Mbit/s", "rx missed"
+    );
+    for ((named, a), b) in ports.iter().zip(&before.ports).zip(&now.ports) {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>12.0} {:>12.0} {:>10.1} {:>10.1} {:>10}",
+            named.name,
+            rate(a.rx_packets, b.rx_packets),
+            rate(a.tx_packets, b.tx_packets),
+            rate(a.rx_bytes, b.rx_bytes) * 8.0 / 1e6,
+            rate(a.tx_bytes, b.tx_bytes) * 8.0 / 1e6,
+            b.rx_missed,
+        );
+    }
+    for ((core, a), (_, b)) in before.cores.iter().zip(&now.cores) {
+        let busy = b.busy_cycles.saturating_sub(a.busy_cycles);
+        let packets = b.rx_packets.saturating_sub(a.rx_packets);
+        let cpp = if packets == 0 {
+            0.0
+        } else {
+            busy as f64 / packets as f64
+        };
+        let _ = writeln!(
+            out,
+            "core {core:<7} {:>12.0} {:>12.0} drops {:>8} cycles/pkt {cpp:.1}",
+            rate(a.rx_packets, b.rx_packets),
+            rate(a.tx_packets, b.tx_packets),
+            b.dropped_total().saturating_sub(a.dropped_total()),
+        );
+    }
+    out
+}
+
+fn final_report(ports: &[NamedPort], cores: &[CoreStats]) -> String {
+    let mut out = String::new();
+    for named in ports {
+        let s = named.port.stats();
+        let _ = writeln!(
+            out,
+            "port {:<12} rx {:>12} tx {:>12} missed {:>8} rx-errors {:>6} tx-errors {:>6}",
+            named.name, s.rx_packets, s.tx_packets, s.rx_missed, s.rx_errors, s.tx_errors
+        );
+    }
+    let total = CoreStats::sum(cores);
+    for reason in DropReason::ALL {
+        let n = total.dropped(*reason);
+        if n > 0 {
+            let _ = writeln!(
+                out,
+                "drop {:<14} {n:>12}  ({})",
+                reason.name(),
+                reason.help()
+            );
+        }
+    }
+    out
+}
