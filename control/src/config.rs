@@ -248,7 +248,7 @@ impl Config {
 
     /// Checks every value and reference; nothing is started.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let cpus = online_cpus();
         let dp = &self.dataplane;
         if dp.workers.is_empty() {
             return Err(invalid(
@@ -631,6 +631,22 @@ fn list_or_none(items: &[&str]) -> String {
     } else {
         items.join(", ")
     }
+}
+
+/// CPUs the machine has online. Not `available_parallelism`, which follows this
+/// process's affinity mask: started under `taskset -c 1`, tenetd may still place its
+/// control thread on CPU 0.
+fn online_cpus() -> usize {
+    let fallback = || std::thread::available_parallelism().map_or(1, usize::from);
+    let Ok(text) = std::fs::read_to_string("/sys/devices/system/cpu/online") else {
+        return fallback();
+    };
+    // "0-1,4-7": the highest CPU number plus one.
+    text.trim()
+        .split(',')
+        .filter_map(|range| range.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .map_or_else(fallback, |max| max + 1)
 }
 
 /// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.

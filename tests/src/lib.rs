@@ -1,1 +1,476 @@
+//! Helpers for tenet's end-to-end tests: network namespaces as containers, veth links,
+//! a tenetd process under test, and the raw-frame tool. Everything made here is removed
+//! when its guard drops, also when a test fails.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A short name unique to this test process and call site, for namespaces, interfaces
+/// and file prefixes (interface names are limited to 15 bytes).
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id() % 100_000;
+    format!("{tag}{pid}{seq}")
+}
+
+/// A network namespace standing in for a container.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with loopback up.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let name = unique(tag);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside, failing on a non-zero exit.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// A command inside, to spawn or run as the caller likes.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A container's link: a veth pair whose host end tenetd attaches and whose other end
+/// sits in the container namespace as `eth0` with `address`.
+pub struct Link {
+    /// Host-side interface name.
+    pub host: String,
+    /// MAC of the container side.
+    pub mac: String,
+}
+
+impl Link {
+    /// Creates the pair, moves one end into `ns` as eth0 with `address` (CIDR), and
+    /// brings both up. Offloads are off so frames cross the switch as the kernel sent
+    /// them (no partial checksums).
+    pub fn new(ns: &Netns, address: Option<&str>) -> anyhow::Result<Self> {
+        let host = unique("tv");
+        let peer = unique("tp");
+        run(
+            "ip",
+            &["link", "add", &host, "type", "veth", "peer", "name", &peer],
+        )?;
+        let mut link = Self {
+            host: host.clone(),
+            mac: String::new(),
+        };
+        run("ip", &["link", "set", &peer, "netns", ns.name()])?;
+        ns.exec("ip", &["link", "set", &peer, "name", "eth0"])?;
+        if let Some(address) = address {
+            ns.exec("ip", &["addr", "add", address, "dev", "eth0"])?;
+        }
+        // IPv6 autoconfiguration chatter would cross the switch too.
+        let _ = ns.exec("sysctl", &["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
+        let _ = run(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{host}.disable_ipv6=1")],
+        );
+        for dev_ns in [None, Some(ns)] {
+            let dev = if dev_ns.is_some() {
+                "eth0"
+            } else {
+                host.as_str()
+            };
+            let args = [
+                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ];
+            let _ = match dev_ns {
+                Some(ns) => ns.exec("ethtool", &args),
+                None => run("ethtool", &args),
+            };
+        }
+        ns.exec("ip", &["link", "set", "eth0", "up"])?;
+        run("ip", &["link", "set", &host, "up"])?;
+        link.mac = ns
+            .exec("cat", &["/sys/class/net/eth0/address"])?
+            .trim()
+            .to_owned();
+        Ok(link)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Deleting one end deletes both (if the namespace did not take it already).
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Path of a workspace binary (`tenetd`), built by `cargo test --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The raw-frame tool.
+pub fn frames_tool() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/frames.py")
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates it under /tmp.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(unique(&format!("tenet-{tag}-")));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running tenetd. Its output is collected; dropping it kills it if still running.
+pub struct Tenetd {
+    child: Option<Child>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+    _config_dir: TempDir,
+}
+
+/// What a stopped tenetd left.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it printed on stdout.
+    pub stdout: String,
+    /// Everything it printed on stderr (logs).
+    pub stderr: String,
+}
+
+impl Tenetd {
+    /// Writes `config` to a file and starts `tenetd --config FILE` with `extra` args.
+    pub fn start(config: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = TempDir::new("cfg")?;
+        let path = dir.path().join("tenetd.toml");
+        std::fs::write(&path, config)?;
+        let mut child = Command::new(binary("tenetd"))
+            .arg("--config")
+            .arg(&path)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tenetd")?;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        for (pipe, sink) in [
+            (
+                Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+                Arc::clone(&stdout),
+            ),
+            (
+                Box::new(child.stderr.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+                Arc::clone(&stderr),
+            ),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().expect("output lock").push_str(&line);
+                    sink.lock().expect("output lock").push('\n');
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Ok(Self {
+            child: Some(child),
+            stdout,
+            stderr,
+            lines,
+            _config_dir: dir,
+        })
+    }
+
+    /// Waits until tenetd says it forwards (or fails with what it printed).
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_line("tenetd forwarding", timeout)
+    }
+
+    /// Waits for an output line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(needle) => return Ok(()),
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    bail!(
+                        "tenetd exited ({status}) before `{needle}`:\n{}",
+                        self.stderr_text()
+                    );
+                }
+            }
+        }
+        bail!(
+            "no `{needle}` from tenetd within {timeout:?}:\n{}",
+            self.stderr_text()
+        )
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Logs so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("output lock").clone()
+    }
+
+    /// Sends SIGINT and waits for the exit.
+    pub fn stop(mut self) -> anyhow::Result<Stopped> {
+        let mut child = self.child.take().context("already stopped")?;
+        run("kill", &["-INT", &child.id().to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "tenetd did not stop within 10 s of SIGINT:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reader threads drain the pipes.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(Stopped {
+            status,
+            stdout: self.stdout.lock().expect("output lock").clone(),
+            stderr: self.stderr_text(),
+        })
+    }
+}
+
+impl Drop for Tenetd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs tenetd to completion (for configs it must refuse).
+pub fn tenetd_once(config: &str, extra: &[&str]) -> anyhow::Result<Output> {
+    let dir = TempDir::new("cfg")?;
+    let path = dir.path().join("tenetd.toml");
+    std::fs::write(&path, config)?;
+    Command::new(binary("tenetd"))
+        .arg("--config")
+        .arg(&path)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .context("running tenetd")
+}
+
+/// A frame receiver running in a namespace.
+pub struct Receiver {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    /// Starts `frames.py recv` on `iface` in `ns`, and waits until it listens.
+    pub fn start(ns: &Netns, iface: &str, count: usize, tag: u32) -> anyhow::Result<Self> {
+        let mut child = ns
+            .command("python3")
+            .arg(frames_tool())
+            .args([
+                "recv",
+                iface,
+                &count.to_string(),
+                "--tag",
+                &tag.to_string(),
+                "--timeout",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the frame receiver")?;
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line == "ready" => Ok(Self { child, lines }),
+            other => bail!("frame receiver did not start: {other:?}"),
+        }
+    }
+
+    /// Collects frames until `count` arrived or `timeout` passed.
+    pub fn collect(mut self, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut frames = Vec::new();
+        while frames.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(hex) => frames.push(decode_hex(&hex)),
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        frames
+    }
+}
+
+/// Sends `count` tagged frames from `iface` in `ns`.
+pub fn send_frames(
+    ns: &Netns,
+    iface: &str,
+    count: usize,
+    tag: u32,
+    src: &str,
+    dst: &str,
+) -> anyhow::Result<()> {
+    ns.exec(
+        "python3",
+        &[
+            &frames_tool().to_string_lossy(),
+            "send",
+            iface,
+            &count.to_string(),
+            "--tag",
+            &tag.to_string(),
+            "--src",
+            src,
+            "--dst",
+            dst,
+            "--gap",
+            "0.0005",
+        ],
+    )?;
+    Ok(())
+}
+
+/// The frame `frames.py send` makes for `seq` (to compare byte by byte).
+pub fn expected_frame(src: &str, dst: &str, tag: u32, seq: u32, size: usize) -> Vec<u8> {
+    let mac = |s: &str| -> Vec<u8> {
+        s.split(':')
+            .map(|x| u8::from_str_radix(x, 16).expect("mac"))
+            .collect()
+    };
+    let mut f = mac(dst);
+    f.extend(mac(src));
+    f.extend(0x88b5u16.to_be_bytes());
+    f.extend(tag.to_be_bytes());
+    f.extend(seq.to_be_bytes());
+    let head = f.len();
+    f.extend((0..size.saturating_sub(head)).map(|i| ((seq as usize * 7 + i) & 0xff) as u8));
+    f
+}
+
+fn decode_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+/// Whether hugepage files or a runtime directory of `prefix` remain.
+pub fn dpdk_leftovers(prefix: &str) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    let runtime = Path::new("/var/run/dpdk").join(prefix);
+    if runtime.exists() {
+        left.push(runtime);
+    }
+    if let Ok(entries) = std::fs::read_dir("/dev/hugepages") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                left.push(entry.path());
+            }
+        }
+    }
+    left
+}

@@ -146,12 +146,43 @@ impl Drop for Eal {
         if ret < 0 {
             tracing::warn!(ret, "rte_eal_cleanup failed");
         }
-        // The runtime directory (telemetry socket, config) outlives cleanup in 22.11;
-        // a stopped switch leaves nothing behind.
+        // The runtime directory (telemetry socket, config) and, without --in-memory, the
+        // hugepage files outlive cleanup in 22.11 (kept for secondary processes); a
+        // stopped switch leaves nothing behind.
         let dir = self.runtime_dir();
         if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove DPDK runtime dir");
+            }
+        }
+        if !self.options.in_memory {
+            remove_hugepage_files(&self.options.file_prefix);
+        }
+    }
+}
+
+/// Removes `<prefix>map_N` files from every hugetlbfs mount.
+fn remove_hugepage_files(prefix: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let pattern = format!("{prefix}map_");
+    for mount in mounts
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("hugetlbfs"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+    {
+        let Ok(entries) = std::fs::read_dir(mount) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_ours = name
+                .strip_prefix(&pattern)
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+            if is_ours {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove hugepage file");
+                }
             }
         }
     }

@@ -1,0 +1,116 @@
+//! Bad configs and missing prerequisites are refused before anything starts, with a
+//! message naming the field, and exit status 2 (1 for what fails at run time).
+
+use tests::{dpdk_leftovers, tenetd_once, unique};
+
+fn config(prefix: &str, extra_port_line: &str) -> String {
+    format!(
+        r#"
+[dataplane]
+workers = [1]
+file_prefix = "{prefix}"
+memory_mb = 128
+mbufs = 4095
+
+[[port]]
+name = "a"
+backend = "ring"
+{extra_port_line}
+
+[[port]]
+name = "sink"
+backend = "null"
+
+[[cross_connect]]
+ports = ["a", "sink"]
+"#
+    )
+}
+
+fn refused(config: &str, status: i32, must_say: &[&str]) {
+    let out = tenetd_once(config, &[]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(status), "stderr: {stderr}");
+    for needle in must_say {
+        assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    }
+}
+
+#[test]
+fn unknown_field_names_the_field() {
+    let prefix = unique("cfg");
+    refused(
+        &config(&prefix, "colour = \"blue\""),
+        2,
+        &["`port[0].colour`", "unknown field"],
+    );
+    assert!(dpdk_leftovers(&prefix).is_empty(), "nothing may start");
+}
+
+#[test]
+fn option_of_another_backend_names_the_field() {
+    refused(
+        &config(&unique("cfg"), "interface = \"eth0\""),
+        2,
+        &["`port[0].interface`", "not an option of backend `ring`"],
+    );
+}
+
+#[test]
+fn bad_value_names_the_field() {
+    refused(
+        &config(&unique("cfg"), "queues = 0"),
+        2,
+        &["`port[0].queues`", "between 1 and 16"],
+    );
+    refused(
+        &config(&unique("cfg"), "queues = \"many\""),
+        2,
+        &["`port[0].queues`", "invalid type"],
+    );
+}
+
+#[test]
+fn unset_environment_variable_is_named() {
+    let text =
+        config(&unique("cfg"), "").replace("workers = [1]", "workers = [${TENET_TEST_UNSET_CORE}]");
+    refused(&text, 2, &["TENET_TEST_UNSET_CORE", "is not set"]);
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let out = tenetd_once(&config(&unique("cfg"), ""), &["--check"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_command_line_is_a_usage_error() {
+    let out = tenetd_once(&config(&unique("cfg"), ""), &["--stats-interval", "soon"]).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stats-interval"));
+}
+
+#[test]
+fn missing_hugepages_say_how_to_fix() {
+    let text = config(&unique("cfg"), "").replace("memory_mb = 128", "memory_mb = 10000000");
+    refused(&text, 1, &["not enough free hugepages", "nr_hugepages"]);
+}
+
+#[test]
+fn missing_interface_fails_cleanly_at_run_time() {
+    let prefix = unique("cfg");
+    let text = config(&prefix, "").replace(
+        "backend = \"ring\"",
+        "backend = \"af-packet\"\ninterface = \"tenet-nope0\"",
+    );
+    refused(&text, 1, &["port `a`", "af-packet"]);
+    assert!(
+        dpdk_leftovers(&prefix).is_empty(),
+        "left behind: {:?}",
+        dpdk_leftovers(&prefix)
+    );
+}
