@@ -100,7 +100,9 @@ pub fn wire(
             next += 1;
             tx_owner.entry(id).or_insert(worker);
             owners.entry(id).or_default().push(worker);
-            plans[worker].rx.push(rxq);
+            if plan.backend.receives() {
+                plans[worker].rx.push(rxq);
+            }
             plans[worker].tx.push(txq);
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod counters;
 pub mod dpdk;
+pub mod packet;
 pub mod pipeline;
 pub mod worker;
 

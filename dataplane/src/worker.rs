@@ -149,8 +149,9 @@ fn run<P: Pipeline>(
     let mut batch = MbufBatch::new();
     let mut idle_polls = 0u32;
     let mut sleep = backoff.min_sleep;
+    // One TSC read per iteration: an iteration's cost runs from the previous read.
+    let mut last_tsc = dpdk::tsc();
     while !stop.load(Ordering::Relaxed) {
-        let start = dpdk::tsc();
         let mut moved = 0;
         for queue in rx.iter_mut() {
             let n = queue.rx_burst(&mut batch);
@@ -166,8 +167,11 @@ fn run<P: Pipeline>(
             moved += outputs.drain_inbound(&mut inbound, &mut batch, counters);
             outputs.flush(counters);
         }
+        let now = dpdk::tsc();
+        let spent = now.wrapping_sub(last_tsc);
+        last_tsc = now;
         if moved > 0 {
-            counters.add_busy_cycles(dpdk::tsc().wrapping_sub(start));
+            counters.add_busy_cycles(spent);
             idle_polls = 0;
             sleep = backoff.min_sleep;
             continue;
@@ -177,6 +181,7 @@ fn run<P: Pipeline>(
             counters.add_idle_sleep();
             std::thread::sleep(sleep);
             sleep = (sleep * 2).min(backoff.max_sleep);
+            last_tsc = dpdk::tsc();
         }
     }
     drop(outputs);

@@ -104,6 +104,16 @@ impl Backend {
         }
     }
 
+    /// Whether the port can ever receive. Ports that cannot (a sink, a record-only
+    /// pcap) are not polled, which saves a driver call per loop.
+    pub fn receives(&self) -> bool {
+        match self {
+            Backend::Null { rx, .. } => *rx,
+            Backend::Pcap { rx_file, .. } => rx_file.is_some(),
+            _ => true,
+        }
+    }
+
     /// The DPDK driver plugin files this backend needs (PCI NIC drivers vary by card and
     /// are not listed).
     pub fn driver_files(&self) -> Vec<&'static str> {

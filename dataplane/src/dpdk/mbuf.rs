@@ -173,6 +173,38 @@ impl Mbuf {
     }
 }
 
+impl crate::packet::frame::Frame for Mbuf {
+    #[inline(always)]
+    fn data(&self) -> &[u8] {
+        Mbuf::data(self)
+    }
+
+    #[inline(always)]
+    fn data_mut(&mut self) -> &mut [u8] {
+        Mbuf::data_mut(self)
+    }
+
+    #[inline(always)]
+    fn prepend(&mut self, len: usize) -> bool {
+        Mbuf::prepend(self, len)
+    }
+
+    #[inline(always)]
+    fn adjust(&mut self, len: usize) -> bool {
+        Mbuf::adjust(self, len)
+    }
+
+    #[inline(always)]
+    fn truncate(&mut self, len: usize) -> bool {
+        Mbuf::truncate(self, len)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        Mbuf::len(self)
+    }
+}
+
 impl Drop for Mbuf {
     fn drop(&mut self) {
         // SAFETY: self owns the mbuf; after this it is never touched again.
