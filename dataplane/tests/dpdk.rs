@@ -402,7 +402,10 @@ fn bond_of_null_members_carries_traffic() {
     assert_eq!(tx[0].tx_burst(&mut batch), 16);
     assert_eq!(port.stats().tx_packets, 16, "the active member sent them");
     let got = receive(&mut rx[0], 32, Duration::from_secs(2));
-    assert!(got.len() >= 32, "frames from the active member reach the bond's RX");
+    assert!(
+        got.len() >= 32,
+        "frames from the active member reach the bond's RX"
+    );
     drop(rx);
     port.stop().unwrap();
 }
