@@ -158,7 +158,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
+        "{} is missing: build it first: `cargo build --workspace --bins` (scripts/test does)",
         path.display()
     );
     path
