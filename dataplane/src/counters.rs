@@ -31,9 +31,30 @@ macro_rules! drop_reasons {
 }
 
 drop_reasons! {
-    NoOutput = "no-output": "the pipeline has no output for the input port",
+    NoOutput = "no-output": "the pipeline has no output for the packet (unconfigured port, or nowhere to flood)",
     TxRefused = "tx-refused": "the output device did not accept the packet (TX ring full or link down)",
     RingFull = "ring-full": "the ring to the core that owns the output's TX queue was full",
+    Malformed = "malformed": "a header is truncated or invalid",
+    TaggedOnAccess = "tagged-on-access": "an access port received an 802.1Q/802.1ad tagged frame (VLAN hopping attempt)",
+    UntaggedOnTrunk = "untagged-on-trunk": "a trunk port received an untagged frame",
+    DoubleTagged = "double-tagged": "a frame carried two VLAN tags or an 802.1ad outer tag",
+    UnknownVlan = "unknown-vlan": "the VLAN maps to no tenant on this port or tunnel",
+    BadSourceMac = "bad-source-mac": "the source MAC is multicast or broadcast",
+    PortSecurityMac = "port-security-mac": "the source MAC is not one the access port allows",
+    PortSecurityIp = "port-security-ip": "the source IP (or ARP sender) is not one the access port allows",
+    MacSpoof = "mac-spoof": "the source MAC belongs to a known endpoint elsewhere",
+    NotForUs = "not-for-us": "an underlay frame not addressed to this host",
+    Ipv4Invalid = "ipv4-invalid": "an underlay IPv4 header is malformed or its checksum is wrong",
+    Fragment = "fragment": "an underlay IPv4 fragment (tunnels do not reassemble)",
+    UplinkNotGre = "uplink-not-gre": "an underlay IPv4 packet for this host that is not GRE",
+    GreUnknownPeer = "gre-unknown-peer": "GRE from an address that is no tunnel peer of this host",
+    GreMalformed = "gre-malformed": "a GRE header with bad flags, version or protocol",
+    GreBadChecksum = "gre-bad-checksum": "a GRE checksum that does not match",
+    GreUnknownKey = "gre-unknown-key": "a GRE key (or its absence) that names no tenant this tunnel carries",
+    Hairpin = "hairpin": "the destination is where the frame came from (same port, or tunnel to tunnel)",
+    NeighborUnresolved = "neighbor-unresolved": "the tunnel's next hop MAC is not resolved yet",
+    NoHeadroom = "no-headroom": "no room in front of the frame for a tag or tunnel header",
+    CopyFailed = "copy-failed": "no packet buffer for a flooded copy",
 }
 
 /// Number of drop reasons.
@@ -48,6 +69,8 @@ pub struct CoreCounters {
     bursts: AtomicU64,
     busy_cycles: AtomicU64,
     idle_sleeps: AtomicU64,
+    punted: AtomicU64,
+    events_lost: AtomicU64,
     drops: [AtomicU64; DROP_REASON_COUNT],
 }
 
@@ -86,6 +109,18 @@ impl CoreCounters {
         bump(&self.idle_sleeps, 1);
     }
 
+    /// A packet consumed by the slow path (an ARP reply for this host, say).
+    #[inline(always)]
+    pub fn add_punted(&self) {
+        bump(&self.punted, 1);
+    }
+
+    /// A slow-path event lost because the queue to the control plane was full.
+    #[inline(always)]
+    pub fn add_event_lost(&self) {
+        bump(&self.events_lost, 1);
+    }
+
     /// Packets dropped for `reason`.
     #[inline(always)]
     pub fn add_drop(&self, reason: DropReason, n: usize) {
@@ -104,6 +139,8 @@ impl CoreCounters {
             bursts: self.bursts.load(Ordering::Relaxed),
             busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
             idle_sleeps: self.idle_sleeps.load(Ordering::Relaxed),
+            punted: self.punted.load(Ordering::Relaxed),
+            events_lost: self.events_lost.load(Ordering::Relaxed),
             drops,
         }
     }
@@ -122,6 +159,10 @@ pub struct CoreStats {
     pub busy_cycles: u64,
     /// Idle sleeps taken.
     pub idle_sleeps: u64,
+    /// Packets consumed by the slow path.
+    pub punted: u64,
+    /// Slow-path events lost to a full queue.
+    pub events_lost: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DROP_REASON_COUNT],
 }
@@ -155,6 +196,8 @@ impl CoreStats {
             total.bursts += s.bursts;
             total.busy_cycles += s.busy_cycles;
             total.idle_sleeps += s.idle_sleeps;
+            total.punted += s.punted;
+            total.events_lost += s.events_lost;
             for (t, d) in total.drops.iter_mut().zip(&s.drops) {
                 *t += d;
             }

@@ -2,6 +2,8 @@
 //!
 //! - [`dpdk`]: the only safe wrapper over `dpdk-sys` (EAL, mempools, ports, mbufs, rings).
 //! - [`counters`]: drop reasons as data and per-core counters.
+//! - [`packet`]: zero-copy header views and the frame trait.
+//! - [`table`]: the compiled flow tables and their RCU-style publication.
 //! - [`pipeline`]: what happens to a burst between RX and TX.
 //! - [`worker`]: the per-core poll loop that drives ports through a pipeline.
 
@@ -9,6 +11,7 @@ pub mod counters;
 pub mod dpdk;
 pub mod packet;
 pub mod pipeline;
+pub mod table;
 pub mod worker;
 
 /// Port ids index fixed per-worker tables; DPDK is built with this many at most.

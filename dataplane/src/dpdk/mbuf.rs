@@ -166,6 +166,26 @@ impl Mbuf {
         true
     }
 
+    /// A copy in a fresh mbuf of the same pool, with the same headroom, or `None` when
+    /// the pool is empty.
+    #[inline]
+    pub fn duplicate(&self) -> Option<Mbuf> {
+        let m = self.raw();
+        let mut slot = [std::ptr::null_mut(); 1];
+        // SAFETY: m.pool is the live pool this mbuf came from; slot has room for one.
+        let ret = unsafe { dpdk_sys::tenet_pktmbuf_alloc_bulk(m.pool, slot.as_mut_ptr(), 1) };
+        let mut copy = Mbuf::from_raw(NonNull::new(slot[0]).filter(|_| ret == 0)?);
+        let len = self.len();
+        let c = copy.raw_mut();
+        // Same pool, so same buffer size: the original's offset fits.
+        c.data_off = m.data_off;
+        c.data_len = m.data_len;
+        c.pkt_len = u32::from(m.data_len);
+        c.port = m.port;
+        copy.data_mut()[..len].copy_from_slice(self.data());
+        Some(copy)
+    }
+
     fn into_raw(self) -> *mut dpdk_sys::rte_mbuf {
         let raw = self.0.as_ptr();
         std::mem::forget(self);
@@ -202,6 +222,11 @@ impl crate::packet::frame::Frame for Mbuf {
     #[inline(always)]
     fn len(&self) -> usize {
         Mbuf::len(self)
+    }
+
+    #[inline]
+    fn duplicate(&self) -> Option<Self> {
+        Mbuf::duplicate(self)
     }
 }
 
@@ -302,6 +327,16 @@ impl MbufBatch {
         moved
     }
 
+    /// Takes the packets out in order, leaving the batch empty (what the iterator does
+    /// not yield is freed when it drops).
+    #[inline(always)]
+    pub fn drain(&mut self) -> Drain<'_> {
+        Drain {
+            batch: self,
+            next: 0,
+        }
+    }
+
     /// Frees every packet held; returns how many.
     #[inline]
     pub fn free_all(&mut self) -> usize {
@@ -345,6 +380,47 @@ impl MbufBatch {
     #[inline(always)]
     pub(crate) fn raw_ptr(&mut self) -> *mut *mut dpdk_sys::rte_mbuf {
         self.slots.as_mut_ptr()
+    }
+}
+
+/// Iterator of [`MbufBatch::drain`].
+pub struct Drain<'a> {
+    batch: &'a mut MbufBatch,
+    next: usize,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Mbuf;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Mbuf> {
+        if self.next >= self.batch.len {
+            return None;
+        }
+        let raw = self.batch.slots[self.next];
+        self.next += 1;
+        NonNull::new(raw).map(Mbuf::from_raw)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.batch.len - self.next;
+        (left, Some(left))
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        let left = self.batch.len - self.next;
+        if left > 0 {
+            // SAFETY: slots next..len still hold owned mbufs that were not yielded.
+            unsafe {
+                dpdk_sys::rte_pktmbuf_free_bulk(
+                    self.batch.slots.as_mut_ptr().add(self.next),
+                    left as u32,
+                )
+            };
+        }
+        self.batch.len = 0;
     }
 }
 

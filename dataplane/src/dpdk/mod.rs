@@ -18,7 +18,7 @@ mod time;
 pub use backend::{Backend, BondMode, DeviceNamer};
 pub use eal::{register_thread, unregister_thread, Eal, EalOptions};
 pub use error::DpdkError;
-pub use mbuf::{Mbuf, MbufBatch, BURST};
+pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
 pub use port::{port_name, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
 pub use ring::{MbufRing, RingConsumer, RingProducer};

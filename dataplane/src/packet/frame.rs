@@ -16,6 +16,11 @@ pub trait Frame {
     fn adjust(&mut self, len: usize) -> bool;
     /// Shortens the frame to `len` bytes; false when it is shorter already.
     fn truncate(&mut self, len: usize) -> bool;
+    /// A copy of the frame in a new buffer (for flooding), or `None` when no buffer is
+    /// free.
+    fn duplicate(&self) -> Option<Self>
+    where
+        Self: Sized;
     /// Length in bytes.
     fn len(&self) -> usize {
         self.data().len()
@@ -89,6 +94,10 @@ impl Frame for BufFrame {
         }
         self.buf.truncate(self.start + len);
         true
+    }
+
+    fn duplicate(&self) -> Option<Self> {
+        Some(self.clone())
     }
 }
 

@@ -1,0 +1,155 @@
+//! The slow path: what a worker tells the control plane (a MAC learned or seen again,
+//! a neighbour's MAC), over one bounded lock-free queue per core. Pushing never blocks
+//! or allocates; a full queue loses the event and counts it (learning retries on the
+//! next frame).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+
+use crate::counters::CoreCounters;
+use crate::packet::Mac;
+use crate::table::{fdb_key, Location, TenantIdx};
+
+/// One slow-path event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// `mac` of `tenant` was seen at `location`.
+    Learn {
+        /// The tenant.
+        tenant: TenantIdx,
+        /// The source MAC.
+        mac: Mac,
+        /// Where it came from.
+        location: Location,
+    },
+    /// An underlay neighbour announced itself (ARP request or reply).
+    Neighbor {
+        /// Its IP.
+        ip: Ipv4Addr,
+        /// Its MAC.
+        mac: Mac,
+    },
+}
+
+/// Events from one core, drained by the control plane.
+pub type EventQueue = ArrayQueue<Event>;
+
+/// Events a core queues before it starts losing them.
+pub const EVENT_QUEUE_LEN: usize = 4096;
+
+/// Seconds after which a MAC still in use is reported again, so the control plane's
+/// aging sees it alive.
+pub const REFRESH_SECS: u32 = 10;
+
+const CACHE_SLOTS: usize = 4096;
+
+#[derive(Clone, Copy)]
+struct Reported {
+    key: u64,
+    location: Location,
+    at: u32,
+}
+
+/// A core's learning front end: reports each (tenant, MAC, location) once per
+/// [`REFRESH_SECS`], remembered in a small direct-mapped cache so a busy flow costs one
+/// array probe per packet and no event.
+pub struct Learner {
+    events: Arc<EventQueue>,
+    cache: Box<[Option<Reported>]>,
+    /// Seconds on the worker's clock, set once per burst.
+    pub now: u32,
+}
+
+impl Learner {
+    /// A learner feeding `events`.
+    pub fn new(events: Arc<EventQueue>) -> Self {
+        Self {
+            events,
+            cache: vec![None; CACHE_SLOTS].into_boxed_slice(),
+            now: 0,
+        }
+    }
+
+    /// `mac` of `tenant` was seen at `location`.
+    #[inline(always)]
+    pub fn learn(
+        &mut self,
+        tenant: TenantIdx,
+        mac: Mac,
+        location: Location,
+        counters: &CoreCounters,
+    ) {
+        let key = fdb_key(tenant, &mac);
+        let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % CACHE_SLOTS;
+        if let Some(r) = &self.cache[slot] {
+            if r.key == key && r.location == location && self.now.wrapping_sub(r.at) < REFRESH_SECS
+            {
+                return;
+            }
+        }
+        if self
+            .events
+            .push(Event::Learn {
+                tenant,
+                mac,
+                location,
+            })
+            .is_err()
+        {
+            counters.add_event_lost();
+            return;
+        }
+        self.cache[slot] = Some(Reported {
+            key,
+            location,
+            at: self.now,
+        });
+    }
+
+    /// An underlay neighbour announced `ip` at `mac`.
+    #[inline]
+    pub fn neighbor(&mut self, ip: Ipv4Addr, mac: Mac, counters: &CoreCounters) {
+        if self.events.push(Event::Neighbor { ip, mac }).is_err() {
+            counters.add_event_lost();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_once_until_moved_or_stale() {
+        let queue = Arc::new(EventQueue::new(16));
+        let counters = CoreCounters::default();
+        let mut learner = Learner::new(Arc::clone(&queue));
+        let mac = [2, 0, 0, 0, 0, 1];
+        for _ in 0..100 {
+            learner.learn(0, mac, Location::Port(1), &counters);
+        }
+        assert_eq!(queue.len(), 1, "a busy source is reported once");
+        learner.learn(0, mac, Location::Port(2), &counters);
+        assert_eq!(queue.len(), 2, "a move is reported at once");
+        learner.now += REFRESH_SECS;
+        learner.learn(0, mac, Location::Port(2), &counters);
+        assert_eq!(queue.len(), 3, "a live MAC is reported again for aging");
+        learner.learn(1, mac, Location::Port(2), &counters);
+        assert_eq!(queue.len(), 4, "tenants are separate");
+    }
+
+    #[test]
+    fn full_queue_counts_the_loss_and_retries() {
+        let queue = Arc::new(EventQueue::new(1));
+        let counters = CoreCounters::default();
+        let mut learner = Learner::new(Arc::clone(&queue));
+        learner.learn(0, [2, 0, 0, 0, 0, 1], Location::Port(1), &counters);
+        learner.learn(0, [2, 0, 0, 0, 0, 2], Location::Port(1), &counters);
+        assert_eq!(counters.snapshot().events_lost, 1);
+        queue.pop();
+        learner.learn(0, [2, 0, 0, 0, 0, 2], Location::Port(1), &counters);
+        assert_eq!(queue.len(), 1, "the lost report is retried");
+    }
+}

@@ -1,0 +1,536 @@
+//! The tenant pipeline (DESIGN.md "A packet's way", steps 1, 2 and 4): classify a frame
+//! to a tenant by the role of the port it came in on, switch it inside that tenant, and
+//! hand it to its outputs with the tag or tunnel header the output needs.
+//!
+//! Generic over [`Frame`] and [`Sink`], so the same code runs on mbufs in a worker and on
+//! byte buffers in tests, property tests and fuzzers. It reads one [`FlowTables`]
+//! snapshot, allocates nothing, takes no lock and makes no system call; every frame it
+//! does not forward is counted under a [`DropReason`].
+
+use std::net::Ipv4Addr;
+
+use crate::counters::{CoreCounters, DropReason};
+use crate::packet::arp::{ArpOperation, ArpPacket};
+use crate::packet::checksum;
+use crate::packet::ethernet::{self, EtherType, EthernetFrame};
+use crate::packet::frame::Frame;
+use crate::packet::gre::GrePacket;
+use crate::packet::ipv4::{IpProtocol, Ipv4Packet};
+use crate::packet::vlan::VlanTag;
+use crate::packet::Mac;
+use crate::table::{
+    Design, FlowTables, Location, OuterHeader, PortRole, PortSecurity, TenantIdx, TunnelIdx,
+    NO_TENANT,
+};
+
+use super::events::Learner;
+
+const ETH_LEN: usize = 14;
+const TAG_LEN: usize = 4;
+const TPID_8021Q: u16 = 0x8100;
+
+/// Where a pipeline sends a frame.
+pub trait Sink<F> {
+    /// Queues `frame` for transmission on `port`.
+    fn send(&mut self, port: u16, frame: F);
+}
+
+/// What the pipeline needs besides the tables: counters and the slow-path front end.
+pub struct Context<'a> {
+    /// The core's counters.
+    pub counters: &'a CoreCounters,
+    /// Learning and neighbour reports.
+    pub learner: &'a mut Learner,
+}
+
+impl Context<'_> {
+    #[inline(always)]
+    fn drop(&self, reason: DropReason) {
+        self.counters.add_drop(reason, 1);
+    }
+}
+
+/// Where a frame entered the tenant's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    Port(u16),
+    Tunnel(TunnelIdx),
+}
+
+/// Runs one frame received on `in_port` through the pipeline.
+#[inline]
+pub fn handle<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    in_port: u16,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    match *tables.role(in_port) {
+        PortRole::Access { tenant, security } => {
+            from_access(tables, in_port, tenant, security, frame, sink, cx)
+        }
+        PortRole::Trunk => from_trunk(tables, in_port, frame, sink, cx),
+        PortRole::Uplink => from_uplink(tables, in_port, frame, sink, cx),
+        PortRole::CrossConnect(peer) => sink.send(peer, frame),
+        PortRole::Unused => cx.drop(DropReason::NoOutput),
+    }
+}
+
+fn from_access<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    in_port: u16,
+    tenant: TenantIdx,
+    security: Option<u16>,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
+        return cx.drop(DropReason::Malformed);
+    };
+    if matches!(eth.ethertype(), EtherType::Vlan | EtherType::QinQ) {
+        return cx.drop(DropReason::TaggedOnAccess);
+    }
+    if let Some(rules) = security.and_then(|i| tables.port_security.get(usize::from(i))) {
+        if let Err(reason) = check_port_security(rules, &eth) {
+            return cx.drop(reason);
+        }
+    }
+    switch(tables, tenant, Ingress::Port(in_port), frame, sink, cx);
+}
+
+/// A container may only send as the MAC and IPs its port allows, ARP included.
+fn check_port_security(rules: &PortSecurity, eth: &EthernetFrame<&[u8]>) -> Result<(), DropReason> {
+    if !rules.macs.is_empty() && !rules.macs.contains(&eth.src_addr()) {
+        return Err(DropReason::PortSecurityMac);
+    }
+    if rules.ips.is_empty() {
+        return Ok(());
+    }
+    let allowed = |ip: Ipv4Addr| rules.ips.contains(&ip);
+    match eth.ethertype() {
+        EtherType::Ipv4 => match Ipv4Packet::new_checked(eth.payload()) {
+            Ok(ip) if allowed(ip.src_addr()) => Ok(()),
+            Ok(_) => Err(DropReason::PortSecurityIp),
+            Err(_) => Err(DropReason::Malformed),
+        },
+        EtherType::Arp => match ArpPacket::new_checked(eth.payload()) {
+            Ok(arp)
+                if allowed(arp.sender_protocol_addr())
+                    && arp.sender_hardware_addr() == eth.src_addr() =>
+            {
+                Ok(())
+            }
+            Ok(_) => Err(DropReason::PortSecurityIp),
+            Err(_) => Err(DropReason::Malformed),
+        },
+        // With IP security on, nothing but IPv4 and ARP may leave the container.
+        _ => Err(DropReason::PortSecurityIp),
+    }
+}
+
+fn from_trunk<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    in_port: u16,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let tenant = match tagged_tenant(frame.data(), |vid| tables.trunk_tenant(in_port, vid)) {
+        Ok(tenant) => tenant,
+        Err(reason) => return cx.drop(reason),
+    };
+    pop_vlan(&mut frame);
+    switch(tables, tenant, Ingress::Port(in_port), frame, sink, cx);
+}
+
+/// The tenant of an 802.1Q-tagged frame; refuses untagged, 802.1ad and double tags.
+#[inline(always)]
+fn tagged_tenant(
+    data: &[u8],
+    tenant_of: impl Fn(u16) -> Option<TenantIdx>,
+) -> Result<TenantIdx, DropReason> {
+    let eth = EthernetFrame::new_checked(data).map_err(|_| DropReason::Malformed)?;
+    match eth.ethertype() {
+        EtherType::Vlan => {}
+        EtherType::QinQ => return Err(DropReason::DoubleTagged),
+        _ => return Err(DropReason::UntaggedOnTrunk),
+    }
+    let tag = VlanTag::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+    if matches!(tag.ethertype(), EtherType::Vlan | EtherType::QinQ) {
+        return Err(DropReason::DoubleTagged);
+    }
+    if data.len() < ETH_LEN + TAG_LEN {
+        return Err(DropReason::Malformed);
+    }
+    tenant_of(tag.vid()).ok_or(DropReason::UnknownVlan)
+}
+
+fn from_uplink<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    in_port: u16,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let Some(uplink) = tables.uplink else {
+        return cx.drop(DropReason::NoOutput);
+    };
+    let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
+        return cx.drop(DropReason::Malformed);
+    };
+    let dst = eth.dst_addr();
+    if dst != uplink.mac && !ethernet::is_broadcast(&dst) {
+        return cx.drop(DropReason::NotForUs);
+    }
+    match eth.ethertype() {
+        EtherType::Arp => underlay_arp(uplink.mac, uplink.ip, in_port, frame, sink, cx),
+        EtherType::Ipv4 if dst == uplink.mac => gre_decap(tables, uplink.ip, frame, sink, cx),
+        _ => cx.drop(DropReason::NotForUs),
+    }
+}
+
+/// Answers ARP for the underlay IP in place, and tells the control plane about every
+/// neighbour that asks or answers.
+fn underlay_arp<F: Frame, S: Sink<F>>(
+    our_mac: Mac,
+    our_ip: Ipv4Addr,
+    in_port: u16,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let (operation, sender_mac, sender_ip) = {
+        let data = frame.data();
+        let Ok(arp) = ArpPacket::new_checked(&data[ETH_LEN..]) else {
+            return cx.drop(DropReason::Malformed);
+        };
+        if arp.target_protocol_addr() != our_ip {
+            return cx.drop(DropReason::NotForUs);
+        }
+        (
+            arp.operation(),
+            arp.sender_hardware_addr(),
+            arp.sender_protocol_addr(),
+        )
+    };
+    if ethernet::is_multicast(&sender_mac) {
+        return cx.drop(DropReason::BadSourceMac);
+    }
+    cx.learner.neighbor(sender_ip, sender_mac, cx.counters);
+    match operation {
+        ArpOperation::Request => {
+            let data = frame.data_mut();
+            let mut eth = EthernetFrame::new_unchecked(&mut *data);
+            eth.set_dst_addr(sender_mac);
+            eth.set_src_addr(our_mac);
+            let mut arp = ArpPacket::new_unchecked(&mut data[ETH_LEN..]);
+            arp.set_operation(ArpOperation::Reply);
+            arp.set_target_hardware_addr(sender_mac);
+            arp.set_target_protocol_addr(sender_ip);
+            arp.set_sender_hardware_addr(our_mac);
+            arp.set_sender_protocol_addr(our_ip);
+            sink.send(in_port, frame);
+        }
+        ArpOperation::Reply => cx.counters.add_punted(),
+        _ => cx.drop(DropReason::Malformed),
+    }
+}
+
+/// Terminates GRE from a known peer: checks the outer headers, finds the tenant (by key
+/// in the dedicated design, by inner VLAN in the shared one), strips the outer headers.
+fn gre_decap<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    our_ip: Ipv4Addr,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let decided = {
+        let data = frame.data();
+        let Ok(ip) = Ipv4Packet::new_checked(&data[ETH_LEN..]) else {
+            return cx.drop(DropReason::Ipv4Invalid);
+        };
+        if !ip.verify_checksum() {
+            return cx.drop(DropReason::Ipv4Invalid);
+        }
+        if ip.dst_addr() != our_ip {
+            return cx.drop(DropReason::NotForUs);
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            return cx.drop(DropReason::Fragment);
+        }
+        if ip.protocol() != IpProtocol::Gre {
+            return cx.drop(DropReason::UplinkNotGre);
+        }
+        let Some(&tunnel) = tables.peer_tunnel.get(&u32::from(ip.src_addr())) else {
+            return cx.drop(DropReason::GreUnknownPeer);
+        };
+        let Ok(gre) = GrePacket::new_checked(ip.payload()) else {
+            return cx.drop(DropReason::GreMalformed);
+        };
+        if gre.protocol() != EtherType::TransparentEthernetBridging {
+            return cx.drop(DropReason::GreMalformed);
+        }
+        if !gre.verify_checksum() {
+            return cx.drop(DropReason::GreBadChecksum);
+        }
+        let tenant = match (tables.design, gre.key()) {
+            (Design::Dedicated, Some(key)) => match tables.key_tenant.get(&key) {
+                Some(&tenant) if tables.tunnel_carries(tunnel, tenant) => tenant,
+                _ => return cx.drop(DropReason::GreUnknownKey),
+            },
+            (Design::Shared, None) => NO_TENANT,
+            _ => return cx.drop(DropReason::GreUnknownKey),
+        };
+        let header_len = ip.header_len();
+        let outer = ETH_LEN + header_len + gre.header_len();
+        let end = ETH_LEN + usize::from(ip.total_len());
+        if end < outer + ETH_LEN {
+            return cx.drop(DropReason::Malformed);
+        }
+        (tunnel, tenant, outer, end)
+    };
+    let (tunnel, mut tenant, outer, end) = decided;
+    // Ethernet padding of short frames is not part of the tunnelled frame.
+    frame.truncate(end);
+    frame.adjust(outer);
+    if tables.design == Design::Shared {
+        tenant = match tagged_tenant(frame.data(), |vid| {
+            match tables.vlan_tenant[usize::from(vid)] {
+                NO_TENANT => None,
+                t => Some(t),
+            }
+        }) {
+            Ok(t) if tables.tunnel_carries(tunnel, t) => t,
+            Ok(_) => return cx.drop(DropReason::UnknownVlan),
+            Err(reason) => return cx.drop(reason),
+        };
+        pop_vlan(&mut frame);
+    }
+    switch(tables, tenant, Ingress::Tunnel(tunnel), frame, sink, cx);
+}
+
+/// Switches a frame inside `tenant`: learns its source, then unicasts or floods it.
+#[inline(always)]
+fn switch<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    ingress: Ingress,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let (dst, src) = {
+        let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
+            return cx.drop(DropReason::Malformed);
+        };
+        (eth.dst_addr(), eth.src_addr())
+    };
+    if ethernet::is_multicast(&src) {
+        return cx.drop(DropReason::BadSourceMac);
+    }
+    let here = match ingress {
+        Ingress::Port(port) => Location::Port(port),
+        Ingress::Tunnel(tunnel) => Location::Host(tables.tunnels[usize::from(tunnel)].host),
+    };
+    match tables.lookup(tenant, &src) {
+        Some(entry) if entry.is_static => {
+            if !reaches_through(tables, entry.location, ingress) {
+                return cx.drop(DropReason::MacSpoof);
+            }
+        }
+        _ => cx.learner.learn(tenant, src, here, cx.counters),
+    }
+    if ethernet::is_multicast(&dst) {
+        return flood(tables, tenant, ingress, frame, sink, cx);
+    }
+    match tables.lookup(tenant, &dst).map(|e| e.location) {
+        Some(Location::Port(port)) => {
+            if ingress == Ingress::Port(port) {
+                return cx.drop(DropReason::Hairpin);
+            }
+            to_port(tables, tenant, port, frame, sink, cx);
+        }
+        Some(Location::Host(host)) => {
+            let Some(tunnel) = tables.host_tunnel.get(usize::from(host)).copied().flatten() else {
+                return cx.drop(DropReason::NoOutput);
+            };
+            if let Ingress::Tunnel(from) = ingress {
+                if !relays(tables, from, tunnel) {
+                    return cx.drop(DropReason::Hairpin);
+                }
+            }
+            to_tunnel(tables, tenant, tunnel, frame, sink, cx);
+        }
+        None => flood(tables, tenant, ingress, frame, sink, cx),
+    }
+}
+
+/// Whether a frame from `ingress` may claim to come from `location` (a static entry).
+#[inline(always)]
+fn reaches_through(tables: &FlowTables, location: Location, ingress: Ingress) -> bool {
+    match (location, ingress) {
+        (Location::Port(p), Ingress::Port(q)) => p == q,
+        (Location::Host(h), Ingress::Tunnel(t)) => {
+            tables.host_tunnel.get(usize::from(h)).copied().flatten() == Some(t)
+        }
+        _ => false,
+    }
+}
+
+/// Tunnel-to-tunnel forwarding: only the shared design's hub relays between spokes; a
+/// dedicated mesh never does (split horizon).
+#[inline(always)]
+fn relays(tables: &FlowTables, from: TunnelIdx, to: TunnelIdx) -> bool {
+    tables.design == Design::Shared && tables.is_hub && from != to
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Port(u16),
+    Tunnel(TunnelIdx),
+}
+
+/// Unknown unicast and broadcast: every local port of the tenant but the ingress, and
+/// its tunnels when the frame came from a local port (or, at the shared hub, from
+/// another spoke).
+fn flood<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    ingress: Ingress,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let Some(t) = tables.tenants.get(usize::from(tenant)) else {
+        return cx.drop(DropReason::NoOutput);
+    };
+    let ports = t
+        .flood_ports
+        .iter()
+        .filter(move |&&p| ingress != Ingress::Port(p))
+        .map(|&p| Target::Port(p));
+    let tunnels = t
+        .tunnels
+        .iter()
+        .filter(move |&&tn| match ingress {
+            Ingress::Port(_) => true,
+            Ingress::Tunnel(from) => relays(tables, from, tn),
+        })
+        .map(|&tn| Target::Tunnel(tn));
+    let targets = ports.chain(tunnels);
+    let count = targets.clone().count();
+    if count == 0 {
+        return cx.drop(DropReason::NoOutput);
+    }
+    let mut original = Some(frame);
+    for (i, target) in targets.enumerate() {
+        let copy = if i + 1 == count {
+            original.take()
+        } else {
+            original.as_ref().and_then(Frame::duplicate)
+        };
+        let Some(copy) = copy else {
+            cx.drop(DropReason::CopyFailed);
+            continue;
+        };
+        match target {
+            Target::Port(p) => to_port(tables, tenant, p, copy, sink, cx),
+            Target::Tunnel(tn) => to_tunnel(tables, tenant, tn, copy, sink, cx),
+        }
+    }
+}
+
+/// Out of a local port, tagged on a trunk.
+#[inline(always)]
+fn to_port<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    port: u16,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    match tables.role(port) {
+        PortRole::Access { .. } => sink.send(port, frame),
+        PortRole::Trunk => {
+            let vlan = tables.tenants[usize::from(tenant)].vlan;
+            match vlan {
+                Some(vid) if tables.trunk_tenant(port, vid) == Some(tenant) => {
+                    if !push_vlan(&mut frame, vid) {
+                        return cx.drop(DropReason::NoHeadroom);
+                    }
+                    sink.send(port, frame);
+                }
+                _ => cx.drop(DropReason::UnknownVlan),
+            }
+        }
+        _ => cx.drop(DropReason::NoOutput),
+    }
+}
+
+/// GRE-encapsulates toward another host: the tenant's VLAN tag inside in the shared
+/// design, its id as the key in the dedicated one.
+#[inline(always)]
+fn to_tunnel<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    tunnel: TunnelIdx,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
+    let (Some(uplink), Some(t)) = (tables.uplink, tables.tenants.get(usize::from(tenant))) else {
+        return cx.drop(DropReason::NoOutput);
+    };
+    let Some(header) = tables.tunnels[usize::from(tunnel)].header.as_ref() else {
+        return cx.drop(DropReason::NeighborUnresolved);
+    };
+    if tables.design == Design::Shared {
+        let Some(vid) = t.vlan else {
+            return cx.drop(DropReason::UnknownVlan);
+        };
+        if !push_vlan(&mut frame, vid) {
+            return cx.drop(DropReason::NoHeadroom);
+        }
+    }
+    let inner_len = frame.len();
+    let len = usize::from(header.len);
+    if !frame.prepend(len) {
+        return cx.drop(DropReason::NoHeadroom);
+    }
+    let data = frame.data_mut();
+    data[..len].copy_from_slice(&header.bytes[..len]);
+    let total = (inner_len + len - ETH_LEN) as u16;
+    data[OuterHeader::IP_TOTAL_LEN..OuterHeader::IP_TOTAL_LEN + 2]
+        .copy_from_slice(&total.to_be_bytes());
+    let csum = checksum::update_u16(header.checksum_base, 0, total);
+    data[OuterHeader::IP_CHECKSUM..OuterHeader::IP_CHECKSUM + 2]
+        .copy_from_slice(&csum.to_be_bytes());
+    if tables.design == Design::Dedicated {
+        data[OuterHeader::GRE_KEY..OuterHeader::GRE_KEY + 4].copy_from_slice(&t.id.to_be_bytes());
+    }
+    sink.send(uplink.port, frame);
+}
+
+/// Inserts an 802.1Q tag (PCP 0) after the MACs.
+#[inline(always)]
+fn push_vlan<F: Frame>(frame: &mut F, vid: u16) -> bool {
+    if !frame.prepend(TAG_LEN) {
+        return false;
+    }
+    let data = frame.data_mut();
+    data.copy_within(TAG_LEN..TAG_LEN + 12, 0);
+    data[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
+    data[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+    true
+}
+
+/// Removes the 802.1Q tag after the MACs (the caller checked it is there).
+#[inline(always)]
+fn pop_vlan<F: Frame>(frame: &mut F) {
+    frame.data_mut().copy_within(0..12, TAG_LEN);
+    frame.adjust(TAG_LEN);
+}

@@ -1,0 +1,195 @@
+//! Assembles [`FlowTables`] from model-level facts (tenants, port roles, tunnels, MACs),
+//! keeping the derived parts (flood lists, VLAN and key maps) consistent. The control
+//! plane's compiler drives it; tests build tables with it directly.
+
+use std::net::Ipv4Addr;
+
+use super::{
+    fdb_key, tunnel_tenant_key, Design, FdbEntry, FlowTables, HostIdx, Location, OuterHeader,
+    PortRole, PortSecurity, TenantIdx, TenantTable, Tunnel, TunnelIdx, Uplink,
+};
+use crate::packet::Mac;
+
+/// Underlay IPv4 TTL of tunnel packets unless configured.
+pub const DEFAULT_TTL: u8 = 64;
+
+/// Builds one snapshot.
+pub struct TablesBuilder {
+    tables: FlowTables,
+    ttl: u8,
+    dont_fragment: bool,
+}
+
+impl TablesBuilder {
+    /// Empty tables for `design`; `is_hub` marks the shared design's egress host.
+    pub fn new(design: Design, is_hub: bool) -> Self {
+        Self {
+            tables: FlowTables {
+                design,
+                is_hub,
+                ..FlowTables::default()
+            },
+            ttl: DEFAULT_TTL,
+            dont_fragment: true,
+        }
+    }
+
+    /// Outer IPv4 TTL and DF bit of tunnels added after this call.
+    pub fn tunnel_ip_options(&mut self, ttl: u8, dont_fragment: bool) -> &mut Self {
+        self.ttl = ttl;
+        self.dont_fragment = dont_fragment;
+        self
+    }
+
+    /// Adds a tenant; `vlan` maps it on trunks (and on tunnels in the shared design).
+    pub fn tenant(&mut self, id: u32, vlan: Option<u16>) -> TenantIdx {
+        let idx = self.tables.tenants.len() as TenantIdx;
+        self.tables.tenants.push(TenantTable {
+            id,
+            vlan,
+            flood_ports: Vec::new(),
+            tunnels: Vec::new(),
+        });
+        if let Some(vid) = vlan {
+            self.tables.vlan_tenant[usize::from(vid & 0x0fff)] = idx;
+        }
+        self.tables.key_tenant.insert(id, idx);
+        idx
+    }
+
+    /// The index of the tenant with `id`.
+    pub fn tenant_index(&self, id: u32) -> Option<TenantIdx> {
+        self.tables.key_tenant.get(&id).copied()
+    }
+
+    /// An untagged port of one tenant, with optional port security.
+    pub fn access_port(&mut self, port: u16, tenant: TenantIdx, security: Option<PortSecurity>) {
+        let security = security.map(|rules| {
+            self.tables.port_security.push(rules);
+            (self.tables.port_security.len() - 1) as u16
+        });
+        self.set_role(port, PortRole::Access { tenant, security });
+        self.tables.tenants[usize::from(tenant)]
+            .flood_ports
+            .push(port);
+    }
+
+    /// A tagged port carrying `tenants` (each by its VLAN).
+    pub fn trunk_port(&mut self, port: u16, tenants: &[TenantIdx]) {
+        self.set_role(port, PortRole::Trunk);
+        let mut set = Box::new([0u64; 64]);
+        for &tenant in tenants {
+            let t = &mut self.tables.tenants[usize::from(tenant)];
+            if let Some(vid) = t.vlan {
+                let vid = usize::from(vid & 0x0fff);
+                set[vid / 64] |= 1 << (vid % 64);
+                t.flood_ports.push(port);
+            }
+        }
+        self.tables.trunk_vlans[usize::from(port)] = Some(set);
+    }
+
+    /// A port whose frames all go to `peer`, untouched.
+    pub fn cross_connect(&mut self, port: u16, peer: u16) {
+        self.set_role(port, PortRole::CrossConnect(peer));
+    }
+
+    /// The underlay port and this host's identity on it.
+    pub fn uplink(&mut self, port: u16, mac: Mac, ip: Ipv4Addr) {
+        self.set_role(port, PortRole::Uplink);
+        self.tables.uplink = Some(Uplink { port, mac, ip });
+    }
+
+    /// A tunnel to `host` at `remote_ip`; `next_hop_mac` is the resolved MAC of the next
+    /// hop toward it (`None` while unresolved: encapsulation then drops and counts).
+    /// Needs the uplink first.
+    pub fn tunnel(
+        &mut self,
+        host: HostIdx,
+        remote_ip: Ipv4Addr,
+        next_hop_mac: Option<Mac>,
+    ) -> TunnelIdx {
+        let header = match (self.tables.uplink, next_hop_mac) {
+            (Some(up), Some(mac)) => Some(OuterHeader::build(
+                up.mac,
+                mac,
+                up.ip,
+                remote_ip,
+                self.ttl,
+                self.dont_fragment,
+                self.tables.design == Design::Dedicated,
+            )),
+            _ => None,
+        };
+        let idx = self.tables.tunnels.len() as TunnelIdx;
+        self.tables.tunnels.push(Tunnel {
+            host,
+            remote_ip,
+            header,
+        });
+        self.tables.peer_tunnel.insert(u32::from(remote_ip), idx);
+        self.host_via(host, idx);
+        idx
+    }
+
+    /// `host` is reached through `tunnel` (a spoke reaches every host through the hub).
+    pub fn host_via(&mut self, host: HostIdx, tunnel: TunnelIdx) {
+        let h = usize::from(host);
+        if self.tables.host_tunnel.len() <= h {
+            self.tables.host_tunnel.resize(h + 1, None);
+        }
+        self.tables.host_tunnel[h] = Some(tunnel);
+    }
+
+    /// `tunnel` carries `tenant`: accepted from it and flooded to it.
+    pub fn tunnel_carries(&mut self, tunnel: TunnelIdx, tenant: TenantIdx) {
+        if self
+            .tables
+            .tunnel_tenants
+            .insert(tunnel_tenant_key(tunnel, tenant), ())
+            .is_none()
+        {
+            self.tables.tenants[usize::from(tenant)]
+                .tunnels
+                .push(tunnel);
+        }
+    }
+
+    /// A known endpoint's MAC; learning never moves it.
+    pub fn static_mac(&mut self, tenant: TenantIdx, mac: Mac, location: Location) {
+        self.tables.fdb.insert(
+            fdb_key(tenant, &mac),
+            FdbEntry {
+                location,
+                is_static: true,
+            },
+        );
+    }
+
+    /// A learned MAC (ignored where a static entry exists).
+    pub fn learned_mac(&mut self, tenant: TenantIdx, mac: Mac, location: Location) {
+        self.tables
+            .fdb
+            .entry(fdb_key(tenant, &mac))
+            .or_insert(FdbEntry {
+                location,
+                is_static: false,
+            });
+    }
+
+    /// Room for `n` more FDB entries without rehashing.
+    pub fn reserve_macs(&mut self, n: usize) {
+        self.tables.fdb.reserve(n);
+    }
+
+    /// The finished snapshot.
+    pub fn build(self) -> FlowTables {
+        self.tables
+    }
+
+    fn set_role(&mut self, port: u16, role: PortRole) {
+        if let Some(slot) = self.tables.ports.get_mut(usize::from(port)) {
+            *slot = role;
+        }
+    }
+}

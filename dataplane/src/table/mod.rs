@@ -1,0 +1,364 @@
+//! The compiled flow tables: an immutable snapshot of everything the pipeline needs to
+//! decide a packet's way, built by the control plane and published RCU-style (see
+//! [`publish`]). A worker reads one snapshot for a whole burst; nothing in here changes
+//! while a worker holds it.
+
+pub mod builder;
+pub mod publish;
+
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::Ipv4Addr;
+
+use crate::packet::Mac;
+use crate::MAX_PORTS;
+
+/// Which Docklet design the cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Design {
+    /// Tenants are VLANs on one fabric; a star of un-keyed GRE tunnels to the egress
+    /// host carries 802.1Q-tagged frames; the egress host relays between spokes.
+    Shared,
+    /// Each tenant its own network: GRE key = tenant id, tunnels only between hosts
+    /// where the tenant lives, split horizon between tunnels.
+    #[default]
+    Dedicated,
+}
+
+/// Dense index of a tenant in this host's tables (not its id).
+pub type TenantIdx = u16;
+/// Index into [`FlowTables::tunnels`].
+pub type TunnelIdx = u16;
+/// Index of a host in the cluster's host list.
+pub type HostIdx = u16;
+
+/// What a port is for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PortRole {
+    /// Not switched (unknown port, or one being attached).
+    #[default]
+    Unused,
+    /// Static cross-connect: everything goes to the peer port, untouched.
+    CrossConnect(u16),
+    /// One tenant, untagged. `security` indexes [`FlowTables::port_security`].
+    Access {
+        /// Its tenant.
+        tenant: TenantIdx,
+        /// Port security rules, if any.
+        security: Option<u16>,
+    },
+    /// 802.1Q-tagged; the VLAN picks the tenant (see [`FlowTables::trunk_vlans`]).
+    Trunk,
+    /// The host's underlay: GRE tunnels and ARP for the underlay IP.
+    Uplink,
+}
+
+/// Where a MAC lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// Behind a local port.
+    Port(u16),
+    /// Behind another host.
+    Host(HostIdx),
+}
+
+/// One forwarding entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// Where the MAC is.
+    pub location: Location,
+    /// Installed by the control plane for a known endpoint; learning never moves it and
+    /// frames claiming its MAC from elsewhere are dropped.
+    pub is_static: bool,
+}
+
+/// Port security of an access port: what a container may claim to be.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortSecurity {
+    /// Allowed source MACs (empty: any unicast MAC).
+    pub macs: Vec<Mac>,
+    /// Allowed source IPv4 addresses, also as ARP sender (empty: any).
+    pub ips: Vec<Ipv4Addr>,
+}
+
+/// A tenant as the dataplane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantTable {
+    /// The tenant id (GRE key in the dedicated design).
+    pub id: u32,
+    /// Its VLAN (shared design, and on trunks).
+    pub vlan: Option<u16>,
+    /// Local ports flooded to: access ports of the tenant and trunks carrying it.
+    pub flood_ports: Vec<u16>,
+    /// Tunnels flooded to from a local port.
+    pub tunnels: Vec<TunnelIdx>,
+}
+
+/// A GRE tunnel to another host, with its outer headers prebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The host at the other end.
+    pub host: HostIdx,
+    /// Its underlay IP.
+    pub remote_ip: Ipv4Addr,
+    /// Outer Ethernet + IPv4 + GRE headers; IPv4 total length and checksum are patched
+    /// per packet, the key per tenant. `None` until the next hop's MAC is known.
+    pub header: Option<OuterHeader>,
+}
+
+/// Prebuilt outer headers of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterHeader {
+    /// Ethernet (14) + IPv4 (20) + GRE (4, or 8 with a key).
+    pub bytes: [u8; OuterHeader::MAX_LEN],
+    /// Bytes used.
+    pub len: u8,
+    /// IPv4 header checksum computed with total length 0.
+    pub checksum_base: u16,
+}
+
+impl OuterHeader {
+    /// Largest outer header: Ethernet + IPv4 + GRE with key.
+    pub const MAX_LEN: usize = 14 + 20 + 8;
+    /// Offset of the IPv4 total length field.
+    pub const IP_TOTAL_LEN: usize = 14 + 2;
+    /// Offset of the IPv4 header checksum.
+    pub const IP_CHECKSUM: usize = 14 + 10;
+    /// Offset of the GRE key, when present.
+    pub const GRE_KEY: usize = 14 + 20 + 4;
+}
+
+impl OuterHeader {
+    /// Builds the outer headers of a tunnel from `src` to `dst` (MAC and IP), with a key
+    /// field when `keyed` (written per packet). Total length and checksum are patched per
+    /// packet from `checksum_base`.
+    pub fn build(
+        src_mac: Mac,
+        dst_mac: Mac,
+        src_ip: Ipv4Addr,
+        dst_ip: Ipv4Addr,
+        ttl: u8,
+        dont_fragment: bool,
+        keyed: bool,
+    ) -> Self {
+        let mut b = [0u8; Self::MAX_LEN];
+        b[0..6].copy_from_slice(&dst_mac);
+        b[6..12].copy_from_slice(&src_mac);
+        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut b[14..34];
+        ip[0] = 0x45;
+        if dont_fragment {
+            ip[6] = 0x40;
+        }
+        ip[8] = ttl;
+        ip[9] = 47; // GRE
+        ip[12..16].copy_from_slice(&src_ip.octets());
+        ip[16..20].copy_from_slice(&dst_ip.octets());
+        let checksum_base = crate::packet::checksum::checksum(&b[14..34]);
+        let flags: u16 = if keyed { 0x2000 } else { 0 };
+        b[34..36].copy_from_slice(&flags.to_be_bytes());
+        b[36..38].copy_from_slice(&0x6558u16.to_be_bytes());
+        Self {
+            bytes: b,
+            len: if keyed { 42 } else { 38 },
+            checksum_base,
+        }
+    }
+}
+
+/// The uplink: the host's own underlay identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uplink {
+    /// Port id.
+    pub port: u16,
+    /// Our underlay MAC.
+    pub mac: Mac,
+    /// Our underlay IP.
+    pub ip: Ipv4Addr,
+}
+
+/// Sentinel for "no tenant" in [`FlowTables::vlan_tenant`].
+pub const NO_TENANT: TenantIdx = TenantIdx::MAX;
+
+/// Everything the pipeline reads, as one immutable value.
+#[derive(Debug, Clone)]
+pub struct FlowTables {
+    /// Cluster design.
+    pub design: Design,
+    /// Whether this host is the shared design's egress host (the star's hub).
+    pub is_hub: bool,
+    /// Role of each port id.
+    pub ports: Vec<PortRole>,
+    /// Port security rule sets.
+    pub port_security: Vec<PortSecurity>,
+    /// Tenants by index.
+    pub tenants: Vec<TenantTable>,
+    /// VLAN id → tenant (shared design tunnels and trunks), [`NO_TENANT`] if none.
+    pub vlan_tenant: Vec<TenantIdx>,
+    /// For each trunk port id, a 4096-bit set of the VLANs it carries.
+    pub trunk_vlans: Vec<Option<Box<[u64; 64]>>>,
+    /// GRE key → tenant (dedicated design).
+    pub key_tenant: FastMap<u32, TenantIdx>,
+    /// (tenant, MAC) → entry; see [`fdb_key`].
+    pub fdb: FastMap<u64, FdbEntry>,
+    /// Tunnels by index.
+    pub tunnels: Vec<Tunnel>,
+    /// Host → the tunnel that reaches it (a spoke reaches every host through the hub).
+    pub host_tunnel: Vec<Option<TunnelIdx>>,
+    /// Underlay IP of a peer → the tunnel GRE from it arrives on.
+    pub peer_tunnel: FastMap<u32, TunnelIdx>,
+    /// Tenants each tunnel may carry (dedicated: hosts sharing the tenant), as
+    /// `(tunnel, tenant)` pairs packed by [`tunnel_tenant_key`].
+    pub tunnel_tenants: FastMap<u32, ()>,
+    /// The underlay, if this host has one.
+    pub uplink: Option<Uplink>,
+}
+
+impl Default for FlowTables {
+    fn default() -> Self {
+        Self {
+            design: Design::default(),
+            is_hub: false,
+            ports: vec![PortRole::Unused; MAX_PORTS],
+            port_security: Vec::new(),
+            tenants: Vec::new(),
+            vlan_tenant: vec![NO_TENANT; 4096],
+            trunk_vlans: vec![None; MAX_PORTS],
+            key_tenant: FastMap::default(),
+            fdb: FastMap::default(),
+            tunnels: Vec::new(),
+            host_tunnel: Vec::new(),
+            peer_tunnel: FastMap::default(),
+            tunnel_tenants: FastMap::default(),
+            uplink: None,
+        }
+    }
+}
+
+impl FlowTables {
+    /// The role of a port id.
+    #[inline(always)]
+    pub fn role(&self, port: u16) -> &PortRole {
+        self.ports
+            .get(usize::from(port))
+            .unwrap_or(&PortRole::Unused)
+    }
+
+    /// The tenant a trunk port's VLAN maps to, if the trunk carries it.
+    #[inline(always)]
+    pub fn trunk_tenant(&self, port: u16, vid: u16) -> Option<TenantIdx> {
+        let set = self.trunk_vlans.get(usize::from(port))?.as_ref()?;
+        let vid = usize::from(vid & 0x0fff);
+        if set[vid / 64] & (1 << (vid % 64)) == 0 {
+            return None;
+        }
+        match self.vlan_tenant[vid] {
+            NO_TENANT => None,
+            t => Some(t),
+        }
+    }
+
+    /// Whether `tunnel` may carry `tenant`.
+    #[inline(always)]
+    pub fn tunnel_carries(&self, tunnel: TunnelIdx, tenant: TenantIdx) -> bool {
+        self.tunnel_tenants
+            .contains_key(&tunnel_tenant_key(tunnel, tenant))
+    }
+
+    /// Looks a MAC up in a tenant.
+    #[inline(always)]
+    pub fn lookup(&self, tenant: TenantIdx, mac: &Mac) -> Option<&FdbEntry> {
+        self.fdb.get(&fdb_key(tenant, mac))
+    }
+}
+
+/// Packs (tenant, MAC) into one u64 FDB key.
+#[inline(always)]
+pub fn fdb_key(tenant: TenantIdx, mac: &Mac) -> u64 {
+    u64::from(tenant) << 48
+        | u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+}
+
+/// Unpacks an FDB key.
+pub fn fdb_key_parts(key: u64) -> (TenantIdx, Mac) {
+    let b = key.to_be_bytes();
+    (
+        (key >> 48) as TenantIdx,
+        [b[2], b[3], b[4], b[5], b[6], b[7]],
+    )
+}
+
+/// Packs (tunnel, tenant) into a key of [`FlowTables::tunnel_tenants`].
+#[inline(always)]
+pub fn tunnel_tenant_key(tunnel: TunnelIdx, tenant: TenantIdx) -> u32 {
+    u32::from(tunnel) << 16 | u32::from(tenant)
+}
+
+/// A multiply-and-fold hasher for integer keys: one multiplication per lookup, and the
+/// keys (MACs, IPs, GRE keys) are not attacker-chosen in a way a seedless hash must
+/// resist beyond the per-tenant caps the control plane enforces.
+#[derive(Default, Clone, Copy)]
+pub struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline(always)]
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
+    }
+
+    #[inline(always)]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline(always)]
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+}
+
+/// hashbrown map with [`IntHasher`].
+pub type FastMap<K, V> = hashbrown::HashMap<K, V, BuildHasherDefault<IntHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdb_keys_round_trip_and_separate_tenants() {
+        let mac = [0x02, 0, 0, 0, 0x0b, 0x07];
+        let a = fdb_key(1, &mac);
+        let b = fdb_key(2, &mac);
+        assert_ne!(a, b);
+        assert_eq!(fdb_key_parts(a), (1, mac));
+        assert_eq!(
+            fdb_key_parts(fdb_key(TenantIdx::MAX - 1, &[0xff; 6])),
+            (TenantIdx::MAX - 1, [0xff; 6])
+        );
+    }
+
+    #[test]
+    fn trunk_carries_only_its_vlans() {
+        let mut t = FlowTables::default();
+        t.vlan_tenant[100] = 0;
+        t.vlan_tenant[200] = 1;
+        let mut set = Box::new([0u64; 64]);
+        set[100 / 64] |= 1 << (100 % 64);
+        t.trunk_vlans[3] = Some(set);
+        assert_eq!(t.trunk_tenant(3, 100), Some(0));
+        assert_eq!(t.trunk_tenant(3, 200), None, "VLAN not on this trunk");
+        assert_eq!(t.trunk_tenant(4, 100), None, "not a trunk");
+    }
+}

@@ -1,0 +1,658 @@
+//! Golden tests of the tenant pipeline on byte buffers: each path's exact output bytes,
+//! and each drop's reason.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use dataplane::counters::{CoreCounters, DropReason};
+use dataplane::packet::frame::{BufFrame, Frame};
+use dataplane::packet::Mac;
+use dataplane::pipeline::events::{Event, EventQueue, Learner};
+use dataplane::pipeline::switch::{handle, Context, Sink};
+use dataplane::table::builder::TablesBuilder;
+use dataplane::table::{Design, FlowTables, Location};
+
+const A_ID: u32 = 100;
+const B_ID: u32 = 200;
+const C1: Mac = [2, 0, 0, 0, 0x0a, 1]; // tenant A container on port 0
+const C2: Mac = [2, 0, 0, 0, 0x0b, 1]; // tenant A container on port 1
+const CB: Mac = [2, 0, 0, 0, 0x0b, 2]; // tenant B container on port 2
+const REMOTE_A: Mac = [2, 0, 0, 0, 0x0b, 9]; // tenant A container on host 1
+const UPLINK_MAC: Mac = [2, 0, 0, 0, 0x0c, 1];
+const NEXT_HOP_MAC: Mac = [2, 0, 0, 0, 0x0c, 2];
+const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
+const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 2);
+const OTHER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 3);
+
+const ACCESS_A0: u16 = 0;
+const ACCESS_A1: u16 = 1;
+const ACCESS_B: u16 = 2;
+const TRUNK: u16 = 3;
+const UPLINK: u16 = 4;
+
+/// Tenants A (VLAN 100) and B (VLAN 200); A lives on host 1 too, B on host 2.
+fn tables(design: Design, is_hub: bool) -> FlowTables {
+    let mut b = TablesBuilder::new(design, is_hub);
+    let a = b.tenant(A_ID, Some(100));
+    let tb = b.tenant(B_ID, Some(200));
+    b.access_port(ACCESS_A0, a, None);
+    b.access_port(ACCESS_A1, a, None);
+    b.access_port(ACCESS_B, tb, None);
+    b.trunk_port(TRUNK, &[a, tb]);
+    b.uplink(UPLINK, UPLINK_MAC, LOCAL_IP);
+    let t1 = b.tunnel(1, REMOTE_IP, Some(NEXT_HOP_MAC));
+    let t2 = b.tunnel(2, OTHER_IP, Some(NEXT_HOP_MAC));
+    match design {
+        Design::Dedicated => {
+            b.tunnel_carries(t1, a);
+            b.tunnel_carries(t2, tb);
+        }
+        Design::Shared => {
+            for t in [t1, t2] {
+                b.tunnel_carries(t, a);
+                b.tunnel_carries(t, tb);
+            }
+        }
+    }
+    b.static_mac(a, C1, Location::Port(ACCESS_A0));
+    b.static_mac(a, C2, Location::Port(ACCESS_A1));
+    b.static_mac(tb, CB, Location::Port(ACCESS_B));
+    b.static_mac(a, REMOTE_A, Location::Host(1));
+    b.build()
+}
+
+#[derive(Default)]
+struct Collect(Vec<(u16, Vec<u8>)>);
+
+impl Sink<BufFrame> for Collect {
+    fn send(&mut self, port: u16, frame: BufFrame) {
+        self.0.push((port, frame.data().to_vec()));
+    }
+}
+
+struct Run {
+    out: Vec<(u16, Vec<u8>)>,
+    counters: CoreCounters,
+    events: Vec<Event>,
+}
+
+impl Run {
+    fn dropped(&self, reason: DropReason) -> u64 {
+        self.counters.snapshot().dropped(reason)
+    }
+}
+
+fn run(tables: &FlowTables, in_port: u16, frame: &[u8]) -> Run {
+    let queue = Arc::new(EventQueue::new(64));
+    let mut learner = Learner::new(Arc::clone(&queue));
+    let counters = CoreCounters::default();
+    let mut sink = Collect::default();
+    {
+        let mut cx = Context {
+            counters: &counters,
+            learner: &mut learner,
+        };
+        handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
+    }
+    let mut events = Vec::new();
+    while let Some(e) = queue.pop() {
+        events.push(e);
+    }
+    Run {
+        out: sink.0,
+        counters,
+        events,
+    }
+}
+
+/// Ethernet + a 46-byte payload (IPv4 ethertype, payload bytes counting up).
+fn eth(dst: Mac, src: Mac) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(dst);
+    f.extend(src);
+    f.extend(0x0800u16.to_be_bytes());
+    f.extend((0..46).map(|i| i as u8));
+    f
+}
+
+fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend(0x8100u16.to_be_bytes());
+    f.extend(vid.to_be_bytes());
+    f.extend(&frame[12..]);
+    f
+}
+
+/// The outer headers tenet must write, built independently with etherparse.
+fn gre_encapsulated(
+    inner: &[u8],
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    key: Option<u32>,
+    src: Mac,
+    dst: Mac,
+) -> Vec<u8> {
+    let mut gre = Vec::new();
+    gre.extend(if key.is_some() { 0x2000u16 } else { 0 }.to_be_bytes());
+    gre.extend(0x6558u16.to_be_bytes());
+    if let Some(k) = key {
+        gre.extend(k.to_be_bytes());
+    }
+    let payload_len = (gre.len() + inner.len()) as u16;
+    let mut ip = etherparse::Ipv4Header::new(
+        payload_len,
+        64,
+        etherparse::IpNumber(47),
+        src_ip.octets(),
+        dst_ip.octets(),
+    )
+    .unwrap();
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut f = Vec::new();
+    f.extend(dst);
+    f.extend(src);
+    f.extend(0x0800u16.to_be_bytes());
+    f.extend(ip.to_bytes());
+    f.extend(gre);
+    f.extend(inner);
+    f
+}
+
+#[test]
+fn access_to_access_known_unicast_is_untouched() {
+    let t = tables(Design::Dedicated, false);
+    let frame = eth(C2, C1);
+    let r = run(&t, ACCESS_A0, &frame);
+    assert_eq!(r.out, vec![(ACCESS_A1, frame)]);
+}
+
+#[test]
+fn access_to_trunk_pushes_the_tenant_vlan() {
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, Some(100));
+    b.access_port(ACCESS_A0, a, None);
+    b.trunk_port(TRUNK, &[a]);
+    b.static_mac(a, C2, Location::Port(TRUNK));
+    let t = b.build();
+    let frame = eth(C2, C1);
+    let r = run(&t, ACCESS_A0, &frame);
+    assert_eq!(r.out, vec![(TRUNK, tagged(&frame, 100))]);
+}
+
+#[test]
+fn trunk_to_access_pops_the_tag() {
+    let t = tables(Design::Dedicated, false);
+    let frame = eth(C2, [2, 0, 0, 0, 0x0d, 1]);
+    let r = run(&t, TRUNK, &tagged(&frame, 100));
+    assert_eq!(r.out, vec![(ACCESS_A1, frame)]);
+    // The same MAC in VLAN 200 is tenant B's business: unknown there, flooded in B only.
+    let r = run(&t, TRUNK, &tagged(&eth(C2, [2, 0, 0, 0, 0x0d, 1]), 200));
+    let ports: Vec<u16> = r.out.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ports, vec![ACCESS_B, UPLINK]);
+}
+
+#[test]
+fn access_to_remote_host_is_gre_with_the_tenant_key() {
+    let t = tables(Design::Dedicated, false);
+    let frame = eth(REMOTE_A, C1);
+    let r = run(&t, ACCESS_A0, &frame);
+    let want = gre_encapsulated(
+        &frame,
+        LOCAL_IP,
+        REMOTE_IP,
+        Some(A_ID),
+        UPLINK_MAC,
+        NEXT_HOP_MAC,
+    );
+    assert_eq!(r.out, vec![(UPLINK, want)]);
+}
+
+#[test]
+fn shared_design_tunnels_tagged_frames_without_key() {
+    let t = tables(Design::Shared, false);
+    let frame = eth(REMOTE_A, C1);
+    let r = run(&t, ACCESS_A0, &frame);
+    let want = gre_encapsulated(
+        &tagged(&frame, 100),
+        LOCAL_IP,
+        REMOTE_IP,
+        None,
+        UPLINK_MAC,
+        NEXT_HOP_MAC,
+    );
+    assert_eq!(r.out, vec![(UPLINK, want)]);
+}
+
+#[test]
+fn gre_from_a_peer_is_decapsulated_into_its_tenant() {
+    let t = tables(Design::Dedicated, false);
+    let inner = eth(C2, REMOTE_A);
+    let outer = gre_encapsulated(
+        &inner,
+        REMOTE_IP,
+        LOCAL_IP,
+        Some(A_ID),
+        NEXT_HOP_MAC,
+        UPLINK_MAC,
+    );
+    let r = run(&t, UPLINK, &outer);
+    assert_eq!(r.out, vec![(ACCESS_A1, inner.clone())]);
+    // Shared design: the tenant comes from the inner tag, which is removed.
+    let t = tables(Design::Shared, false);
+    let outer = gre_encapsulated(
+        &tagged(&inner, 100),
+        REMOTE_IP,
+        LOCAL_IP,
+        None,
+        NEXT_HOP_MAC,
+        UPLINK_MAC,
+    );
+    let r = run(&t, UPLINK, &outer);
+    assert_eq!(r.out, vec![(ACCESS_A1, inner)]);
+}
+
+#[test]
+fn gre_decap_ignores_ethernet_padding() {
+    let t = tables(Design::Dedicated, false);
+    let inner = eth(C2, REMOTE_A);
+    let mut outer = gre_encapsulated(
+        &inner,
+        REMOTE_IP,
+        LOCAL_IP,
+        Some(A_ID),
+        NEXT_HOP_MAC,
+        UPLINK_MAC,
+    );
+    outer.extend([0u8; 8]);
+    let r = run(&t, UPLINK, &outer);
+    assert_eq!(r.out, vec![(ACCESS_A1, inner)]);
+}
+
+#[test]
+fn broadcast_floods_the_tenant_with_split_horizon() {
+    let t = tables(Design::Dedicated, false);
+    let bcast = eth([0xff; 6], C1);
+    let r = run(&t, ACCESS_A0, &bcast);
+    let ports: Vec<u16> = r.out.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        ports,
+        vec![ACCESS_A1, TRUNK, UPLINK],
+        "A's ports, the trunk and A's tunnel; never B's"
+    );
+    assert_eq!(r.out[1].1, tagged(&bcast, 100));
+    assert_eq!(
+        r.out[2].1,
+        gre_encapsulated(
+            &bcast,
+            LOCAL_IP,
+            REMOTE_IP,
+            Some(A_ID),
+            UPLINK_MAC,
+            NEXT_HOP_MAC
+        )
+    );
+    // From a tunnel: local ports only, never back into the mesh.
+    let from_remote = eth([0xff; 6], REMOTE_A);
+    let outer = gre_encapsulated(
+        &from_remote,
+        REMOTE_IP,
+        LOCAL_IP,
+        Some(A_ID),
+        NEXT_HOP_MAC,
+        UPLINK_MAC,
+    );
+    let r = run(&t, UPLINK, &outer);
+    let ports: Vec<u16> = r.out.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ports, vec![ACCESS_A0, ACCESS_A1, TRUNK]);
+}
+
+#[test]
+fn shared_hub_relays_between_spokes_but_not_back() {
+    let t = tables(Design::Shared, true);
+    let from_spoke = tagged(&eth([0xff; 6], [2, 0, 0, 0, 0x0e, 1]), 100);
+    let outer = gre_encapsulated(
+        &from_spoke,
+        REMOTE_IP,
+        LOCAL_IP,
+        None,
+        NEXT_HOP_MAC,
+        UPLINK_MAC,
+    );
+    let r = run(&t, UPLINK, &outer);
+    let ports: Vec<u16> = r.out.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ports, vec![ACCESS_A0, ACCESS_A1, TRUNK, UPLINK]);
+    let relayed = &r.out[3].1;
+    assert_eq!(
+        &relayed[30..34],
+        &OTHER_IP.octets(),
+        "relayed to the other spoke only"
+    );
+}
+
+#[test]
+fn arp_for_the_underlay_ip_is_answered_in_place() {
+    let t = tables(Design::Dedicated, false);
+    let asker: Mac = [2, 0, 0, 0, 0x0c, 7];
+    let asker_ip = Ipv4Addr::new(198, 19, 255, 7);
+    let mut req = Vec::new();
+    req.extend([0xff; 6]);
+    req.extend(asker);
+    req.extend(0x0806u16.to_be_bytes());
+    req.extend([0, 1, 8, 0, 6, 4, 0, 1]);
+    req.extend(asker);
+    req.extend(asker_ip.octets());
+    req.extend([0; 6]);
+    req.extend(LOCAL_IP.octets());
+    req.extend([0; 18]); // padding to 60 bytes
+    let r = run(&t, UPLINK, &req);
+    let mut reply = Vec::new();
+    reply.extend(asker);
+    reply.extend(UPLINK_MAC);
+    reply.extend(0x0806u16.to_be_bytes());
+    reply.extend([0, 1, 8, 0, 6, 4, 0, 2]);
+    reply.extend(UPLINK_MAC);
+    reply.extend(LOCAL_IP.octets());
+    reply.extend(asker);
+    reply.extend(asker_ip.octets());
+    reply.extend([0; 18]);
+    assert_eq!(r.out, vec![(UPLINK, reply)]);
+    assert_eq!(
+        r.events,
+        vec![Event::Neighbor {
+            ip: asker_ip,
+            mac: asker
+        }]
+    );
+    // ARP for someone else's IP is not ours to answer.
+    let mut other = req.clone();
+    other[38..42].copy_from_slice(&[198, 19, 255, 99]);
+    let r = run(&t, UPLINK, &other);
+    assert!(r.out.is_empty());
+    assert_eq!(r.dropped(DropReason::NotForUs), 1);
+}
+
+#[test]
+fn unknown_sources_are_learned_through_events() {
+    let t = tables(Design::Dedicated, false);
+    let newcomer: Mac = [2, 0, 0, 0, 0x0a, 0x77];
+    let r = run(&t, ACCESS_A0, &eth(C2, newcomer));
+    assert_eq!(r.out.len(), 1);
+    assert_eq!(
+        r.events,
+        vec![Event::Learn {
+            tenant: 0,
+            mac: newcomer,
+            location: Location::Port(ACCESS_A0)
+        }]
+    );
+}
+
+#[test]
+fn hostile_frames_are_dropped_with_their_reason() {
+    let t = tables(Design::Dedicated, false);
+    let cases: Vec<(&str, u16, Vec<u8>, DropReason)> = vec![
+        (
+            "tag on access (VLAN hop to B)",
+            ACCESS_A0,
+            tagged(&eth(CB, C1), 200),
+            DropReason::TaggedOnAccess,
+        ),
+        (
+            "802.1ad on access",
+            ACCESS_A0,
+            {
+                let mut f = tagged(&eth(CB, C1), 200);
+                f[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+                f
+            },
+            DropReason::TaggedOnAccess,
+        ),
+        (
+            "double tag on trunk",
+            TRUNK,
+            tagged(&tagged(&eth(CB, C1), 200), 100),
+            DropReason::DoubleTagged,
+        ),
+        (
+            "untagged on trunk",
+            TRUNK,
+            eth(CB, C1),
+            DropReason::UntaggedOnTrunk,
+        ),
+        (
+            "VLAN the trunk does not carry",
+            TRUNK,
+            tagged(&eth(CB, C1), 300),
+            DropReason::UnknownVlan,
+        ),
+        ("runt", ACCESS_A0, vec![0xff; 10], DropReason::Malformed),
+        (
+            "multicast source",
+            ACCESS_A0,
+            eth(C2, [3, 0, 0, 0, 0, 1]),
+            DropReason::BadSourceMac,
+        ),
+        (
+            "B's static MAC from A's port",
+            ACCESS_A0,
+            eth(C2, C1)
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| if (6..12).contains(&i) { C2[i - 6] } else { b })
+                .collect(),
+            DropReason::MacSpoof,
+        ),
+        (
+            "A's MAC spoofed on another A port",
+            ACCESS_A1,
+            eth(REMOTE_A, C1),
+            DropReason::MacSpoof,
+        ),
+        (
+            "foreign GRE key",
+            UPLINK,
+            gre_encapsulated(
+                &eth(C2, REMOTE_A),
+                REMOTE_IP,
+                LOCAL_IP,
+                Some(B_ID),
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            ),
+            DropReason::GreUnknownKey,
+        ),
+        (
+            "unknown GRE key",
+            UPLINK,
+            gre_encapsulated(
+                &eth(C2, REMOTE_A),
+                REMOTE_IP,
+                LOCAL_IP,
+                Some(999),
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            ),
+            DropReason::GreUnknownKey,
+        ),
+        (
+            "GRE without key",
+            UPLINK,
+            gre_encapsulated(
+                &eth(C2, REMOTE_A),
+                REMOTE_IP,
+                LOCAL_IP,
+                None,
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            ),
+            DropReason::GreUnknownKey,
+        ),
+        (
+            "GRE from a stranger",
+            UPLINK,
+            gre_encapsulated(
+                &eth(C2, REMOTE_A),
+                Ipv4Addr::new(10, 9, 9, 9),
+                LOCAL_IP,
+                Some(A_ID),
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            ),
+            DropReason::GreUnknownPeer,
+        ),
+        (
+            "GRE for another IP",
+            UPLINK,
+            gre_encapsulated(
+                &eth(C2, REMOTE_A),
+                REMOTE_IP,
+                OTHER_IP,
+                Some(A_ID),
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            ),
+            DropReason::NotForUs,
+        ),
+        (
+            "underlay frame for another MAC",
+            UPLINK,
+            gre_encapsulated(
+                &eth(C2, REMOTE_A),
+                REMOTE_IP,
+                LOCAL_IP,
+                Some(A_ID),
+                NEXT_HOP_MAC,
+                [2, 9, 9, 9, 9, 9],
+            ),
+            DropReason::NotForUs,
+        ),
+        (
+            "bad outer checksum",
+            UPLINK,
+            {
+                let mut f = gre_encapsulated(
+                    &eth(C2, REMOTE_A),
+                    REMOTE_IP,
+                    LOCAL_IP,
+                    Some(A_ID),
+                    NEXT_HOP_MAC,
+                    UPLINK_MAC,
+                );
+                f[24] ^= 0xff;
+                f
+            },
+            DropReason::Ipv4Invalid,
+        ),
+        (
+            "truncated GRE",
+            UPLINK,
+            gre_encapsulated(
+                &eth(C2, REMOTE_A),
+                REMOTE_IP,
+                LOCAL_IP,
+                Some(A_ID),
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            )[..40]
+                .to_vec(),
+            DropReason::Ipv4Invalid,
+        ),
+        (
+            "known unicast back to its port",
+            ACCESS_A1,
+            eth(C2, [2, 0, 0, 0, 0x0a, 0x55]),
+            DropReason::Hairpin,
+        ),
+    ];
+    for (what, port, frame, reason) in cases {
+        let r = run(&t, port, &frame);
+        assert!(r.out.is_empty(), "{what}: forwarded {:?}", r.out);
+        assert_eq!(
+            r.dropped(reason),
+            1,
+            "{what}: counters {:?}",
+            r.counters.snapshot()
+        );
+        assert_eq!(
+            r.counters.snapshot().dropped_total(),
+            1,
+            "{what}: one reason only"
+        );
+    }
+}
+
+#[test]
+fn unresolved_next_hop_is_a_counted_drop() {
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, None);
+    b.access_port(ACCESS_A0, a, None);
+    b.uplink(UPLINK, UPLINK_MAC, LOCAL_IP);
+    let tn = b.tunnel(1, REMOTE_IP, None);
+    b.tunnel_carries(tn, a);
+    b.static_mac(a, REMOTE_A, Location::Host(1));
+    let r = run(&b.build(), ACCESS_A0, &eth(REMOTE_A, C1));
+    assert!(r.out.is_empty());
+    assert_eq!(r.dropped(DropReason::NeighborUnresolved), 1);
+}
+
+#[test]
+fn port_security_pins_mac_and_ip_including_arp() {
+    use dataplane::table::PortSecurity;
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, None);
+    let ip = Ipv4Addr::new(10, 0, 0, 5);
+    b.access_port(
+        ACCESS_A0,
+        a,
+        Some(PortSecurity {
+            macs: vec![C1],
+            ips: vec![ip],
+        }),
+    );
+    b.access_port(ACCESS_A1, a, None);
+    let t = b.build();
+    let udp = |src_mac: Mac, src_ip: Ipv4Addr| {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(src_mac, C2)
+            .ipv4(src_ip.octets(), [10, 0, 0, 6], 64)
+            .udp(1000, 2000)
+            .write(&mut out, &[1, 2, 3])
+            .unwrap();
+        out
+    };
+    assert_eq!(run(&t, ACCESS_A0, &udp(C1, ip)).out.len(), 1);
+    assert_eq!(
+        run(&t, ACCESS_A0, &udp([2, 0, 0, 0, 0x0a, 9], ip)).dropped(DropReason::PortSecurityMac),
+        1
+    );
+    assert_eq!(
+        run(&t, ACCESS_A0, &udp(C1, Ipv4Addr::new(10, 0, 0, 99)))
+            .dropped(DropReason::PortSecurityIp),
+        1
+    );
+    let arp = |sender_mac: Mac, sender_ip: Ipv4Addr| {
+        let mut f = Vec::new();
+        f.extend([0xff; 6]);
+        f.extend(C1);
+        f.extend(0x0806u16.to_be_bytes());
+        f.extend([0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend(sender_mac);
+        f.extend(sender_ip.octets());
+        f.extend([0; 6]);
+        f.extend([10, 0, 0, 6]);
+        f
+    };
+    assert_eq!(run(&t, ACCESS_A0, &arp(C1, ip)).out.len(), 1);
+    assert_eq!(
+        run(&t, ACCESS_A0, &arp(C1, Ipv4Addr::new(10, 0, 0, 6)))
+            .dropped(DropReason::PortSecurityIp),
+        1,
+        "ARP claiming another IP"
+    );
+    assert_eq!(
+        run(&t, ACCESS_A0, &arp(C2, ip)).dropped(DropReason::PortSecurityIp),
+        1,
+        "ARP claiming another MAC"
+    );
+}
