@@ -10,8 +10,19 @@ use dataplane::counters::{CoreStats, DropReason};
 use dataplane::dpdk::{self, Eal, Mempool, PortStats};
 use dataplane::worker::{Backoff, Worker};
 
+use std::sync::Arc;
+
+use dataplane::pipeline::events::{EventQueue, EVENT_QUEUE_LEN};
+use dataplane::pipeline::SwitchPipeline;
+use dataplane::table::publish::TablePublisher;
+
+use crate::compile::PortInfo;
 use crate::config::Validated;
+use crate::controller::Controller;
 use crate::wiring::{self, NamedPort};
+
+/// How often the control plane folds slow-path events into a new snapshot.
+const CONTROL_PERIOD: Duration = Duration::from_millis(10);
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -52,16 +63,39 @@ pub fn run(config: Validated, options: RunOptions) -> anyhow::Result<Summary> {
 }
 
 fn run_with_eal(config: &Validated, options: &RunOptions) -> anyhow::Result<Summary> {
-    let pool = Mempool::new("pkt", config.mbufs, dpdk_sys_any_socket())
-        .context("creating the packet pool")?;
+    let pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
     let mut ports = wiring::attach_ports(&config.ports)?;
-    let (plans, cross_connect) = wiring::wire(config, &pool, &mut ports)?;
+    let wiring = wiring::wire(config, &pool, &mut ports)?;
+    let port_info: Vec<PortInfo> = ports
+        .iter()
+        .map(|p| PortInfo {
+            id: p.port.id(),
+            mac: p.port.mac(),
+        })
+        .collect();
+    let queues: Vec<Arc<EventQueue>> = wiring
+        .plans
+        .iter()
+        .map(|_| Arc::new(EventQueue::new(EVENT_QUEUE_LEN)))
+        .collect();
+    let config = Arc::new(config.clone());
+    let first = crate::compile::compile(&config, &port_info, &Default::default());
+    let publisher = TablePublisher::new(first);
+    let mut controller = Controller::new(
+        config,
+        port_info,
+        publisher.clone(),
+        queues.clone(),
+        wiring.uplink_injector,
+    );
     let started = Instant::now();
-    let mut workers = Vec::with_capacity(plans.len());
-    for plan in plans {
+    let mut workers = Vec::with_capacity(wiring.plans.len());
+    let tsc_hz = dpdk::tsc_hz();
+    for (plan, queue) in wiring.plans.into_iter().zip(queues) {
         let core = plan.core;
+        let pipeline = SwitchPipeline::new(publisher.reader(), queue, tsc_hz);
         workers.push(
-            Worker::spawn(plan, cross_connect.clone(), Backoff::default())
+            Worker::spawn(plan, pipeline, Backoff::default())
                 .with_context(|| format!("starting the worker on CPU {core}"))?,
         );
     }
@@ -74,7 +108,13 @@ fn run_with_eal(config: &Validated, options: &RunOptions) -> anyhow::Result<Summ
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    runtime.block_on(wait_for_stop(&ports, &workers, options.stats_interval))?;
+    runtime.block_on(wait_for_stop(
+        &ports,
+        &workers,
+        options.stats_interval,
+        &mut controller,
+        &pool,
+    ))?;
     let elapsed = started.elapsed();
     let mut core_stats = Vec::with_capacity(workers.len());
     for worker in workers {
@@ -93,14 +133,12 @@ fn run_with_eal(config: &Validated, options: &RunOptions) -> anyhow::Result<Summ
     })
 }
 
-fn dpdk_sys_any_socket() -> i32 {
-    -1
-}
-
 async fn wait_for_stop(
     ports: &[NamedPort],
     workers: &[Worker],
     interval: Option<Duration>,
+    controller: &mut Controller,
+    pool: &Mempool,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -109,8 +147,11 @@ async fn wait_for_stop(
     let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
     ticker.tick().await;
     let mut previous = Snapshot::take(ports, workers);
+    let mut control_tick = tokio::time::interval(CONTROL_PERIOD);
+    control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
+            _ = control_tick.tick() => controller.step(Instant::now(), pool),
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = ticker.tick(), if interval.is_some() => {

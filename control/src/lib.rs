@@ -1,7 +1,9 @@
 //! tenet's control plane: configuration, the port manager that turns it into attached
 //! DPDK ports and worker plans, and the `tenetd` daemon around them.
 
+pub mod compile;
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod preflight;
 pub mod wiring;

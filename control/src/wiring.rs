@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use dataplane::dpdk::{DeviceNamer, MbufRing, Mempool, Port, PortConfig};
-use dataplane::pipeline::CrossConnect;
+use dataplane::dpdk::{DeviceNamer, MbufRing, Mempool, Port, PortConfig, RingProducer};
 use dataplane::worker::WorkerPlan;
 
+use crate::config::switching::RolePlan;
 use crate::config::{PortPlan, Validated};
 
 /// Packets a handoff ring holds: several bursts, so a briefly slow owner drops nothing.
@@ -56,13 +56,19 @@ pub fn attach_ports(plans: &[PortPlan]) -> anyhow::Result<Vec<NamedPort>> {
     Ok(ports)
 }
 
-/// Configures and starts every port, assigns queues to workers and builds the
-/// cross-connect. Returns one plan per worker CPU, in config order.
-pub fn wire(
-    config: &Validated,
-    pool: &Mempool,
-    ports: &mut [NamedPort],
-) -> anyhow::Result<(Vec<WorkerPlan>, CrossConnect)> {
+/// What wiring hands the daemon: one plan per worker CPU (config order), and the ring
+/// through which the control plane transmits on the uplink.
+pub struct Wiring {
+    /// Worker plans.
+    pub plans: Vec<WorkerPlan>,
+    /// Control plane → owner of the uplink's TX queue.
+    pub uplink_injector: Option<RingProducer>,
+}
+
+/// Configures and starts every port and hands each RX/TX queue pair to one worker
+/// (round-robin over all pairs). A worker reaches ports whose TX queue it does not own
+/// through a ring to the owner, since flooding may send anywhere.
+pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyhow::Result<Wiring> {
     let mut plans: Vec<WorkerPlan> = config
         .workers
         .iter()
@@ -74,8 +80,6 @@ pub fn wire(
             outbound: Vec::new(),
         })
         .collect();
-    // Which worker owns (port id, queue 0)'s TX queue, and which workers own any queue
-    // of a port: round-robin over every (port, queue) pair.
     let mut tx_owner: HashMap<u16, usize> = HashMap::new();
     let mut owners: HashMap<u16, Vec<usize>> = HashMap::new();
     let mut next = 0usize;
@@ -90,10 +94,7 @@ pub fn wire(
             .port
             .configure(&port_config, pool)
             .with_context(|| format!("port `{}`", named.name))?;
-        named
-            .port
-            .start()
-            .with_context(|| format!("port `{}`", named.name))?;
+        named.port.start().with_context(|| format!("port `{}`", named.name))?;
         let id = named.port.id();
         for (rxq, txq) in rx.into_iter().zip(tx) {
             let worker = next % plans.len();
@@ -106,27 +107,39 @@ pub fn wire(
             plans[worker].tx.push(txq);
         }
     }
-    let mut cross_connect = CrossConnect::default();
-    for &(from, to) in &config.cross_connects {
-        let (from_id, to_id) = (ports[from].port.id(), ports[to].port.id());
-        cross_connect.connect_one_way(from_id, to_id);
-        // Every worker that receives from `from` must reach `to`.
-        let Some(&owner) = tx_owner.get(&to_id) else {
-            continue;
-        };
-        let receivers = owners.get(&from_id).cloned().unwrap_or_default();
-        for worker in receivers {
-            let reaches = owners.get(&to_id).is_some_and(|o| o.contains(&worker))
-                || plans[worker].outbound.iter().any(|(p, _)| *p == to_id);
-            if reaches {
+    let port_ids: Vec<u16> = ports.iter().map(|p| p.port.id()).collect();
+    for worker in 0..plans.len() {
+        for &id in &port_ids {
+            let owns = owners.get(&id).is_some_and(|o| o.contains(&worker));
+            let Some(&owner) = tx_owner.get(&id) else {
+                continue;
+            };
+            if owns || plans[worker].rx.is_empty() {
                 continue;
             }
-            let (producer, consumer) =
-                MbufRing::create(&format!("w{worker}p{to_id}"), HANDOFF_RING_SIZE)
-                    .context("creating a handoff ring")?;
-            plans[worker].outbound.push((to_id, producer));
-            plans[owner].inbound.push((to_id, consumer));
+            let (producer, consumer) = MbufRing::create(&format!("w{worker}p{id}"), HANDOFF_RING_SIZE)
+                .context("creating a handoff ring")?;
+            plans[worker].outbound.push((id, producer));
+            plans[owner].inbound.push((id, consumer));
         }
     }
-    Ok((plans, cross_connect))
+    let uplink = config
+        .switching
+        .roles
+        .iter()
+        .position(|r| matches!(r, RolePlan::Uplink(_)))
+        .map(|i| ports[i].port.id());
+    let uplink_injector = match uplink.and_then(|id| Some((id, *tx_owner.get(&id)?))) {
+        Some((id, owner)) => {
+            let (producer, consumer) =
+                MbufRing::create("ctl-uplink", 256).context("creating the control ring")?;
+            plans[owner].inbound.push((id, consumer));
+            Some(producer)
+        }
+        None => None,
+    };
+    Ok(Wiring {
+        plans,
+        uplink_injector,
+    })
 }

@@ -345,7 +345,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// Lowers the TTL by one and patches the checksum (RFC 1624); returns the new TTL.
     ///
-    /// The caller drops packets whose TTL is 0 or 1 beforehand; a TTL of 0 is left as is.
+    /// Callers check for an expiring TTL first; a TTL of 0 is left unchanged and 0 returned.
     #[inline]
     pub fn decrement_ttl(&mut self) -> u8 {
         let ttl = self.ttl();

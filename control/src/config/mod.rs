@@ -3,11 +3,15 @@
 //! Everything is checked before anything starts: an unknown field, a bad value or a
 //! dangling reference is refused with an error naming the field (`port[1].interface`).
 
+pub mod switching;
+
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use dataplane::dpdk::{Backend, BondMode, EalOptions};
 use serde::Deserialize;
+use switching::{EndpointSpec, HostSpec, RoleName, SwitchPlan, SwitchSection, TenantSpec};
 
 /// A refused configuration: which field and why.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +50,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -66,6 +70,18 @@ pub struct Config {
     /// Static cross-connects between ports.
     #[serde(default, rename = "cross_connect")]
     pub cross_connects: Vec<CrossConnectSpec>,
+    /// Design and switching settings.
+    #[serde(default)]
+    pub switch: SwitchSection,
+    /// Hosts of the cluster (this one included).
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostSpec>,
+    /// Tenants.
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantSpec>,
+    /// Known endpoints (static FDB entries).
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<EndpointSpec>,
 }
 
 /// `[dataplane]`.
@@ -170,6 +186,18 @@ pub struct PortSpec {
     pub rx: Option<bool>,
     /// Generated frame size (`null`).
     pub packet_size: Option<u32>,
+    /// What the port is for: `access`, `trunk` or `uplink` (none: cross-connected).
+    pub role: Option<RoleName>,
+    /// The tenant of an access port.
+    pub tenant: Option<String>,
+    /// The tenants a trunk carries.
+    pub tenants: Option<Vec<String>>,
+    /// Port security: source MACs an access port accepts.
+    pub allowed_macs: Option<Vec<String>>,
+    /// Port security: source IPs (and ARP senders) an access port accepts.
+    pub allowed_ips: Option<Vec<Ipv4Addr>>,
+    /// The MAC an uplink answers to instead of the device's.
+    pub mac: Option<String>,
 }
 
 /// `[[cross_connect]]`.
@@ -213,6 +241,8 @@ pub struct Validated {
     pub ports: Vec<PortPlan>,
     /// `(from, to)` indices into `ports`: packets from `from` leave on `to`.
     pub cross_connects: Vec<(usize, usize)>,
+    /// Tenants, hosts, endpoints and port roles.
+    pub switching: SwitchPlan,
 }
 
 impl Config {
@@ -401,6 +431,18 @@ impl Config {
                 cross_connects.push((from, to));
             }
         }
+        let port_names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
+        let cross_connected: HashSet<usize> =
+            cross_connects.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let switching = switching::validate(
+            &self.switch,
+            &self.hosts,
+            &self.tenants,
+            &self.endpoints,
+            &self.ports,
+            &port_names,
+            &cross_connected,
+        )?;
         let pci_allow = ports
             .iter()
             .flat_map(|p| p.backend.pci_addresses())
@@ -420,6 +462,7 @@ impl Config {
             tx_descriptors: dp.tx_descriptors,
             ports,
             cross_connects,
+            switching,
         })
     }
 }
@@ -592,6 +635,12 @@ impl PortSpec {
                         (member.name.is_some(), "name"),
                         (member.queues.is_some(), "queues"),
                         (member.mtu.is_some(), "mtu"),
+                        (member.role.is_some(), "role"),
+                        (member.tenant.is_some(), "tenant"),
+                        (member.tenants.is_some(), "tenants"),
+                        (member.allowed_macs.is_some(), "allowed_macs"),
+                        (member.allowed_ips.is_some(), "allowed_ips"),
+                        (member.mac.is_some(), "mac"),
                     ] {
                         if present {
                             return Err(invalid(

@@ -1,0 +1,555 @@
+//! The switching part of the config: design, hosts, tenants, endpoints and port roles.
+//! Checked as strictly as the rest: every reference must resolve, every id, VLAN, key,
+//! name and address must be unique where the design needs it.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use dataplane::packet::Mac;
+use dataplane::table::Design;
+use serde::Deserialize;
+
+use super::{invalid, ConfigError, PortSpec};
+
+/// `[switch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchSection {
+    /// `shared` (VLAN per tenant, star of tunnels to the egress host) or `dedicated`
+    /// (GRE key per tenant, tunnels between hosts sharing a tenant).
+    pub design: String,
+    /// This host's name in `[[host]]`.
+    pub host: Option<String>,
+    /// Seconds a learned MAC lives without being seen.
+    pub fdb_aging_s: u32,
+    /// Learned MACs a tenant may have unless it says otherwise.
+    pub max_macs_per_tenant: u32,
+    /// Outer IPv4 TTL of tunnel packets.
+    pub tunnel_ttl: u8,
+    /// Outer IPv4 DF bit of tunnel packets.
+    pub tunnel_dont_fragment: bool,
+    /// Next hop for peers outside this host's underlay prefix.
+    pub underlay_gateway: Option<Ipv4Addr>,
+}
+
+impl Default for SwitchSection {
+    fn default() -> Self {
+        Self {
+            design: "dedicated".to_owned(),
+            host: None,
+            fdb_aging_s: 300,
+            max_macs_per_tenant: 4096,
+            tunnel_ttl: 64,
+            tunnel_dont_fragment: true,
+            underlay_gateway: None,
+        }
+    }
+}
+
+/// `[[host]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Unique name.
+    pub name: String,
+    /// Underlay address, optionally with its prefix length (`192.168.50.1/24`).
+    pub underlay_ip: String,
+    /// The host's underlay MAC, if known (otherwise resolved by ARP).
+    pub mac: Option<String>,
+    /// The shared design's egress host (exactly one).
+    #[serde(default)]
+    pub egress: bool,
+}
+
+/// `[[tenant]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Unique name.
+    pub name: String,
+    /// Unique id; the GRE key in the dedicated design.
+    pub id: u32,
+    /// VLAN on trunks (and on tunnels in the shared design, where it is required).
+    pub vlan: Option<u16>,
+    /// Cap on learned MACs.
+    pub max_macs: Option<u32>,
+    /// Other hosts where the tenant lives (tunnels in the dedicated design).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `[[endpoint]]`: a container's MAC, installed instead of learned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its MAC.
+    pub mac: String,
+    /// The local port it is behind.
+    pub port: Option<String>,
+    /// The other host it is on.
+    pub host: Option<String>,
+}
+
+/// Port roles in the user's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleName {
+    /// One tenant, untagged.
+    Access,
+    /// Tagged, VLAN picks the tenant.
+    Trunk,
+    /// The underlay.
+    Uplink,
+}
+
+/// A validated host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPlan {
+    /// Name.
+    pub name: String,
+    /// Underlay IP.
+    pub ip: Ipv4Addr,
+    /// Underlay prefix length (32: every peer is reached directly).
+    pub prefix: u8,
+    /// Static underlay MAC.
+    pub mac: Option<Mac>,
+    /// Egress host of the shared design.
+    pub egress: bool,
+}
+
+/// A validated tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPlan {
+    /// Name.
+    pub name: String,
+    /// Id (GRE key).
+    pub id: u32,
+    /// VLAN.
+    pub vlan: Option<u16>,
+    /// Learned-MAC cap.
+    pub max_macs: u32,
+    /// Other hosts it lives on (indices into the host list), from `hosts` and from its
+    /// remote endpoints.
+    pub hosts: Vec<usize>,
+}
+
+/// Where an endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointAt {
+    /// Behind a local port (index into the port list).
+    Port(usize),
+    /// On another host (index into the host list).
+    Host(usize),
+}
+
+/// A validated endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPlan {
+    /// Tenant index.
+    pub tenant: usize,
+    /// MAC.
+    pub mac: Mac,
+    /// Location.
+    pub at: EndpointAt,
+}
+
+/// A validated port role.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RolePlan {
+    /// Cross-connected (or unused).
+    #[default]
+    None,
+    /// Access port of a tenant, with optional port security.
+    Access {
+        /// Tenant index.
+        tenant: usize,
+        /// Allowed source MACs (empty: any).
+        allowed_macs: Vec<Mac>,
+        /// Allowed source IPs (empty: any).
+        allowed_ips: Vec<Ipv4Addr>,
+    },
+    /// Trunk carrying tenants (indices).
+    Trunk(Vec<usize>),
+    /// Uplink, with a MAC to use instead of the device's.
+    Uplink(Option<Mac>),
+}
+
+/// Everything validated about switching.
+#[derive(Debug, Clone)]
+pub struct SwitchPlan {
+    /// Design.
+    pub design: Design,
+    /// This host (index into `hosts`), if hosts are configured.
+    pub this_host: Option<usize>,
+    /// Hosts.
+    pub hosts: Vec<HostPlan>,
+    /// Tenants.
+    pub tenants: Vec<TenantPlan>,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointPlan>,
+    /// Role of each port (by port index).
+    pub roles: Vec<RolePlan>,
+    /// Learned MAC lifetime.
+    pub fdb_aging: Duration,
+    /// Tunnel TTL.
+    pub tunnel_ttl: u8,
+    /// Tunnel DF bit.
+    pub tunnel_dont_fragment: bool,
+    /// Underlay gateway.
+    pub underlay_gateway: Option<Ipv4Addr>,
+}
+
+impl SwitchPlan {
+    /// Whether this host is the shared design's hub.
+    pub fn is_hub(&self) -> bool {
+        self.design == Design::Shared && self.this_host.is_some_and(|h| self.hosts[h].egress)
+    }
+
+    /// Index of the egress host.
+    pub fn egress_host(&self) -> Option<usize> {
+        self.hosts.iter().position(|h| h.egress)
+    }
+}
+
+/// Parses `02:00:00:00:0a:01`.
+pub fn parse_mac(field: &str, text: &str) -> Result<Mac, ConfigError> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = || invalid(field, format!("`{text}` is not a MAC address like 02:00:00:00:0a:01"));
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
+}
+
+fn parse_unicast_mac(field: &str, text: &str) -> Result<Mac, ConfigError> {
+    let mac = parse_mac(field, text)?;
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return Err(invalid(field, format!("`{text}` is not a unicast MAC")));
+    }
+    Ok(mac)
+}
+
+/// Validates the switching sections against the (already validated) port names.
+pub(super) fn validate(
+    section: &SwitchSection,
+    hosts: &[HostSpec],
+    tenants: &[TenantSpec],
+    endpoints: &[EndpointSpec],
+    ports: &[PortSpec],
+    port_names: &[String],
+    cross_connected: &HashSet<usize>,
+) -> Result<SwitchPlan, ConfigError> {
+    let design = match section.design.as_str() {
+        "dedicated" => Design::Dedicated,
+        "shared" => Design::Shared,
+        other => {
+            return Err(invalid(
+                "switch.design",
+                format!("`{other}` is not a design (shared or dedicated)"),
+            ))
+        }
+    };
+    if !(1..=64).contains(&section.tunnel_ttl) {
+        return Err(invalid("switch.tunnel_ttl", "must be between 1 and 64"));
+    }
+    if section.fdb_aging_s < 10 {
+        return Err(invalid("switch.fdb_aging_s", "at least 10 seconds"));
+    }
+
+    let mut host_plans = Vec::with_capacity(hosts.len());
+    let (mut names, mut ips) = (HashSet::new(), HashSet::new());
+    for (i, h) in hosts.iter().enumerate() {
+        let field = format!("host[{i}]");
+        check_name(&format!("{field}.name"), &h.name)?;
+        if !names.insert(h.name.clone()) {
+            return Err(invalid(format!("{field}.name"), format!("host `{}` is defined twice", h.name)));
+        }
+        let (ip_text, prefix) = match h.underlay_ip.split_once('/') {
+            Some((ip, len)) => (ip, len.parse::<u8>().ok().filter(|l| (1..=32).contains(l))),
+            None => (h.underlay_ip.as_str(), Some(32)),
+        };
+        let (Ok(ip), Some(prefix)) = (ip_text.parse::<Ipv4Addr>(), prefix) else {
+            return Err(invalid(
+                format!("{field}.underlay_ip"),
+                format!("`{}` is not an IPv4 address (optionally /prefix)", h.underlay_ip),
+            ));
+        };
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(invalid(format!("{field}.underlay_ip"), "must be a unicast address"));
+        }
+        if !ips.insert(ip) {
+            return Err(invalid(format!("{field}.underlay_ip"), format!("{ip} is used by another host")));
+        }
+        let mac = match &h.mac {
+            Some(text) => Some(parse_unicast_mac(&format!("{field}.mac"), text)?),
+            None => None,
+        };
+        host_plans.push(HostPlan {
+            name: h.name.clone(),
+            ip,
+            prefix,
+            mac,
+            egress: h.egress,
+        });
+    }
+    let host_index = |field: &str, name: &str| {
+        host_plans
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| invalid(field, format!("no host is named `{name}`")))
+    };
+    let this_host = match &section.host {
+        Some(name) => Some(host_index("switch.host", name)?),
+        None if !host_plans.is_empty() => {
+            return Err(invalid("switch.host", "name this host among the [[host]] entries"))
+        }
+        None => None,
+    };
+    let egress: Vec<usize> = host_plans
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.egress)
+        .map(|(i, _)| i)
+        .collect();
+    if design == Design::Shared && !host_plans.is_empty() && egress.len() != 1 {
+        return Err(invalid(
+            "host",
+            format!("the shared design needs exactly one egress host, {} are marked", egress.len()),
+        ));
+    }
+    if design == Design::Dedicated && !egress.is_empty() {
+        return Err(invalid(
+            format!("host[{}].egress", egress[0]),
+            "the dedicated design has no egress host (gateways are per tenant)",
+        ));
+    }
+
+    let mut tenant_plans: Vec<TenantPlan> = Vec::with_capacity(tenants.len());
+    let (mut tnames, mut ids, mut vlans) = (HashSet::new(), HashSet::new(), HashSet::new());
+    for (i, t) in tenants.iter().enumerate() {
+        let field = format!("tenant[{i}]");
+        check_name(&format!("{field}.name"), &t.name)?;
+        if !tnames.insert(t.name.clone()) {
+            return Err(invalid(format!("{field}.name"), format!("tenant `{}` is defined twice", t.name)));
+        }
+        if !ids.insert(t.id) {
+            return Err(invalid(format!("{field}.id"), format!("id {} is used by another tenant", t.id)));
+        }
+        match t.vlan {
+            Some(vlan) if !(1..=4094).contains(&vlan) => {
+                return Err(invalid(format!("{field}.vlan"), "must be between 1 and 4094"))
+            }
+            Some(vlan) if !vlans.insert(vlan) => {
+                return Err(invalid(format!("{field}.vlan"), format!("VLAN {vlan} is used by another tenant")))
+            }
+            None if design == Design::Shared => {
+                return Err(invalid(format!("{field}.vlan"), "the shared design needs a VLAN per tenant"))
+            }
+            _ => {}
+        }
+        let max_macs = t.max_macs.unwrap_or(section.max_macs_per_tenant);
+        if !(1..=1_000_000).contains(&max_macs) {
+            return Err(invalid(format!("{field}.max_macs"), "must be between 1 and 1000000"));
+        }
+        let mut on = Vec::new();
+        for (j, name) in t.hosts.iter().enumerate() {
+            let h = host_index(&format!("{field}.hosts[{j}]"), name)?;
+            if Some(h) == this_host {
+                return Err(invalid(format!("{field}.hosts[{j}]"), "list other hosts, not this one"));
+            }
+            if !on.contains(&h) {
+                on.push(h);
+            }
+        }
+        tenant_plans.push(TenantPlan {
+            name: t.name.clone(),
+            id: t.id,
+            vlan: t.vlan,
+            max_macs,
+            hosts: on,
+        });
+    }
+    if tenant_plans.len() >= usize::from(dataplane::table::NO_TENANT) {
+        return Err(invalid("tenant", "at most 65534 tenants per host"));
+    }
+    let tenant_index = |plans: &[TenantPlan], field: &str, name: &str| {
+        plans
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| invalid(field, format!("no tenant is named `{name}`")))
+    };
+
+    let mut roles = Vec::with_capacity(ports.len());
+    let mut uplinks = 0;
+    for (i, spec) in ports.iter().enumerate() {
+        let field = format!("port[{i}]");
+        let role = match spec.role {
+            None => {
+                for (present, name) in [
+                    (spec.tenant.is_some(), "tenant"),
+                    (spec.tenants.is_some(), "tenants"),
+                    (spec.allowed_macs.is_some(), "allowed_macs"),
+                    (spec.allowed_ips.is_some(), "allowed_ips"),
+                    (spec.mac.is_some(), "mac"),
+                ] {
+                    if present {
+                        return Err(invalid(format!("{field}.{name}"), "needs a role"));
+                    }
+                }
+                RolePlan::None
+            }
+            Some(role) if cross_connected.contains(&i) => {
+                let _ = role;
+                return Err(invalid(
+                    format!("{field}.role"),
+                    "a cross-connected port takes no role",
+                ));
+            }
+            Some(RoleName::Access) => {
+                let name = spec
+                    .tenant
+                    .as_deref()
+                    .ok_or_else(|| invalid(format!("{field}.tenant"), "an access port needs a tenant"))?;
+                only(&field, spec, &["tenant", "allowed_macs", "allowed_ips"])?;
+                let tenant = tenant_index(&tenant_plans, &format!("{field}.tenant"), name)?;
+                let allowed_macs = spec
+                    .allowed_macs
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(j, m)| parse_unicast_mac(&format!("{field}.allowed_macs[{j}]"), m))
+                    .collect::<Result<_, _>>()?;
+                RolePlan::Access {
+                    tenant,
+                    allowed_macs,
+                    allowed_ips: spec.allowed_ips.clone().unwrap_or_default(),
+                }
+            }
+            Some(RoleName::Trunk) => {
+                only(&field, spec, &["tenants"])?;
+                let names = spec
+                    .tenants
+                    .as_deref()
+                    .ok_or_else(|| invalid(format!("{field}.tenants"), "a trunk port needs its tenants"))?;
+                let mut carried = Vec::new();
+                for (j, name) in names.iter().enumerate() {
+                    let f = format!("{field}.tenants[{j}]");
+                    let t = tenant_index(&tenant_plans, &f, name)?;
+                    if tenant_plans[t].vlan.is_none() {
+                        return Err(invalid(f, format!("tenant `{name}` has no VLAN to carry on a trunk")));
+                    }
+                    carried.push(t);
+                }
+                RolePlan::Trunk(carried)
+            }
+            Some(RoleName::Uplink) => {
+                only(&field, spec, &["mac"])?;
+                uplinks += 1;
+                if uplinks > 1 {
+                    return Err(invalid(format!("{field}.role"), "a host has one uplink (bond VFs for two)"));
+                }
+                if this_host.is_none() {
+                    return Err(invalid(format!("{field}.role"), "an uplink needs [[host]] entries and switch.host"));
+                }
+                let mac = match &spec.mac {
+                    Some(text) => Some(parse_unicast_mac(&format!("{field}.mac"), text)?),
+                    None => None,
+                };
+                RolePlan::Uplink(mac)
+            }
+        };
+        roles.push(role);
+    }
+
+    let mut endpoint_plans = Vec::with_capacity(endpoints.len());
+    let mut seen = HashSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let field = format!("endpoint[{i}]");
+        let tenant = tenant_index(&tenant_plans, &format!("{field}.tenant"), &e.tenant)?;
+        let mac = parse_unicast_mac(&format!("{field}.mac"), &e.mac)?;
+        if !seen.insert((tenant, mac)) {
+            return Err(invalid(format!("{field}.mac"), "this MAC is already an endpoint of the tenant"));
+        }
+        let at = match (&e.port, &e.host) {
+            (Some(port), None) => {
+                let p = port_names
+                    .iter()
+                    .position(|n| n == port)
+                    .ok_or_else(|| invalid(format!("{field}.port"), format!("no port is named `{port}`")))?;
+                let fits = match &roles[p] {
+                    RolePlan::Access { tenant: t, .. } => *t == tenant,
+                    RolePlan::Trunk(carried) => carried.contains(&tenant),
+                    _ => false,
+                };
+                if !fits {
+                    return Err(invalid(
+                        format!("{field}.port"),
+                        format!("port `{port}` does not carry tenant `{}`", e.tenant),
+                    ));
+                }
+                EndpointAt::Port(p)
+            }
+            (None, Some(host)) => {
+                let h = host_index(&format!("{field}.host"), host)?;
+                if Some(h) == this_host {
+                    return Err(invalid(format!("{field}.host"), "a local endpoint names its port instead"));
+                }
+                if !tenant_plans[tenant].hosts.contains(&h) {
+                    tenant_plans[tenant].hosts.push(h);
+                }
+                EndpointAt::Host(h)
+            }
+            _ => return Err(invalid(format!("{field}.port"), "give either port (local) or host (remote)")),
+        };
+        endpoint_plans.push(EndpointPlan { tenant, mac, at });
+    }
+
+    Ok(SwitchPlan {
+        design,
+        this_host,
+        hosts: host_plans,
+        tenants: tenant_plans,
+        endpoints: endpoint_plans,
+        roles,
+        fdb_aging: Duration::from_secs(u64::from(section.fdb_aging_s)),
+        tunnel_ttl: section.tunnel_ttl,
+        tunnel_dont_fragment: section.tunnel_dont_fragment,
+        underlay_gateway: section.underlay_gateway,
+    })
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(field, "1 to 64 letters, digits, '-', '_' or '.'"));
+    }
+    Ok(())
+}
+
+/// Refuses role options that belong to another role.
+fn only(field: &str, spec: &PortSpec, allowed: &[&str]) -> Result<(), ConfigError> {
+    for (present, name) in [
+        (spec.tenant.is_some(), "tenant"),
+        (spec.tenants.is_some(), "tenants"),
+        (spec.allowed_macs.is_some(), "allowed_macs"),
+        (spec.allowed_ips.is_some(), "allowed_ips"),
+        (spec.mac.is_some(), "mac"),
+    ] {
+        if present && !allowed.contains(&name) {
+            return Err(invalid(format!("{field}.{name}"), "not an option of this port's role"));
+        }
+    }
+    Ok(())
+}

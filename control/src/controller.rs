@@ -1,0 +1,256 @@
+//! The slow path's other end: drains the workers' event queues, keeps the learned MACs
+//! (with per-tenant caps and aging) and the underlay neighbours, resolves tunnel next
+//! hops by ARP, and publishes a new snapshot when anything changed.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataplane::dpdk::{MbufBatch, Mempool, RingProducer};
+use dataplane::packet::arp::{self, ArpOperation, ArpPacket, ArpRepr};
+use dataplane::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
+use dataplane::packet::Mac;
+use dataplane::pipeline::events::{Event, EventQueue};
+use dataplane::table::publish::TablePublisher;
+use dataplane::table::{Location, TenantIdx};
+
+use crate::compile::{self, Dynamic, Learned, PortInfo};
+use crate::config::Validated;
+
+/// How often unresolved next hops are asked for again.
+const ARP_RETRY: Duration = Duration::from_secs(1);
+/// How often resolved next hops are refreshed.
+const ARP_REFRESH: Duration = Duration::from_secs(30);
+/// How often learned MACs are aged.
+const AGING_PERIOD: Duration = Duration::from_secs(1);
+
+/// Counters of the control side of learning.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ControlStats {
+    /// Learn events applied.
+    pub learned: u64,
+    /// Learn events refused because the tenant reached its MAC cap.
+    pub learn_refused: u64,
+    /// Learned MACs aged out.
+    pub aged: u64,
+    /// Snapshots published.
+    pub published: u64,
+    /// ARP requests sent for next hops.
+    pub arp_sent: u64,
+}
+
+/// The control plane's view of the running switch.
+pub struct Controller {
+    config: Arc<Validated>,
+    ports: Vec<PortInfo>,
+    dynamic: Dynamic,
+    statics: HashSet<(TenantIdx, Mac)>,
+    per_tenant: Vec<u32>,
+    publisher: TablePublisher,
+    queues: Vec<Arc<EventQueue>>,
+    injector: Option<RingProducer>,
+    dirty: bool,
+    last_aging: Instant,
+    last_arp: Option<Instant>,
+    last_refresh: Instant,
+    stats: ControlStats,
+}
+
+impl Controller {
+    /// A controller publishing to `publisher` the tables of `config` over `ports`.
+    pub fn new(
+        config: Arc<Validated>,
+        ports: Vec<PortInfo>,
+        publisher: TablePublisher,
+        queues: Vec<Arc<EventQueue>>,
+        injector: Option<RingProducer>,
+    ) -> Self {
+        let statics = config
+            .switching
+            .endpoints
+            .iter()
+            .map(|e| (e.tenant as TenantIdx, e.mac))
+            .collect();
+        let per_tenant = vec![0; config.switching.tenants.len()];
+        let now = Instant::now();
+        Self {
+            config,
+            ports,
+            dynamic: Dynamic::default(),
+            statics,
+            per_tenant,
+            publisher,
+            queues,
+            injector,
+            dirty: false,
+            last_aging: now,
+            last_arp: None,
+            last_refresh: now,
+            stats: ControlStats::default(),
+        }
+    }
+
+    /// The tables for the current state (used for the first snapshot).
+    pub fn compile(&self) -> dataplane::table::FlowTables {
+        compile::compile(&self.config, &self.ports, &self.dynamic)
+    }
+
+    /// Control-side counters.
+    pub fn stats(&self) -> ControlStats {
+        self.stats
+    }
+
+    /// Learned MACs now.
+    pub fn learned(&self) -> usize {
+        self.dynamic.learned.len()
+    }
+
+    /// One round: apply events, age, resolve, publish if anything changed.
+    pub fn step(&mut self, now: Instant, pool: &Mempool) {
+        for i in 0..self.queues.len() {
+            while let Some(event) = self.queues[i].pop() {
+                self.apply(event, now);
+            }
+        }
+        if now.duration_since(self.last_aging) >= AGING_PERIOD {
+            self.age(now);
+            self.last_aging = now;
+        }
+        self.resolve(now, pool);
+        if self.dirty {
+            self.publisher.publish(self.compile());
+            self.stats.published += 1;
+            self.dirty = false;
+        }
+    }
+
+    fn apply(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Learn {
+                tenant,
+                mac,
+                location,
+            } => self.learn(tenant, mac, location, now),
+            Event::Neighbor { ip, mac } => {
+                if self.dynamic.neighbors.insert(ip, mac) != Some(mac) {
+                    tracing::info!(%ip, mac = %fmt_mac(&mac), "underlay neighbour resolved");
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn learn(&mut self, tenant: TenantIdx, mac: Mac, location: Location, now: Instant) {
+        let t = usize::from(tenant);
+        if t >= self.per_tenant.len() || self.statics.contains(&(tenant, mac)) {
+            return;
+        }
+        match self.dynamic.learned.get_mut(&(tenant, mac)) {
+            Some(entry) => {
+                if entry.location != location {
+                    entry.location = location;
+                    self.dirty = true;
+                }
+                entry.seen = now;
+            }
+            None => {
+                let cap = self.config.switching.tenants[t].max_macs;
+                if self.per_tenant[t] >= cap {
+                    self.stats.learn_refused += 1;
+                    return;
+                }
+                self.per_tenant[t] += 1;
+                self.dynamic.learned.insert((tenant, mac), Learned { location, seen: now });
+                self.dirty = true;
+            }
+        }
+        self.stats.learned += 1;
+    }
+
+    fn age(&mut self, now: Instant) {
+        let aging = self.config.switching.fdb_aging;
+        let per_tenant = &mut self.per_tenant;
+        let before = self.dynamic.learned.len();
+        self.dynamic.learned.retain(|&(tenant, _), entry| {
+            let keep = now.duration_since(entry.seen) < aging;
+            if !keep {
+                per_tenant[usize::from(tenant)] -= 1;
+            }
+            keep
+        });
+        let aged = before - self.dynamic.learned.len();
+        if aged > 0 {
+            self.stats.aged += aged as u64;
+            self.dirty = true;
+        }
+    }
+
+    /// Asks for every tunnel next hop without a MAC (every second), and refreshes the
+    /// known ones now and then.
+    fn resolve(&mut self, now: Instant, pool: &Mempool) {
+        let Some(up) = compile::underlay(&self.config, &self.ports) else {
+            return;
+        };
+        if self.last_arp.is_some_and(|t| now.duration_since(t) < ARP_RETRY) {
+            return;
+        }
+        self.last_arp = Some(now);
+        let refresh = now.duration_since(self.last_refresh) >= ARP_REFRESH;
+        if refresh {
+            self.last_refresh = now;
+        }
+        let plan = &self.config.switching;
+        let mut targets: Vec<Ipv4Addr> = Vec::new();
+        for host in compile::tunnel_hosts(plan) {
+            let hop = compile::next_hop(plan, host);
+            let static_mac = hop == plan.hosts[host].ip && plan.hosts[host].mac.is_some();
+            let known = self.dynamic.neighbors.contains_key(&hop);
+            if !static_mac && (!known || refresh) && !targets.contains(&hop) {
+                targets.push(hop);
+            }
+        }
+        let Some(injector) = self.injector.as_mut() else {
+            return;
+        };
+        for target in targets {
+            let Some(mut mbuf) = pool.alloc() else {
+                return;
+            };
+            if !mbuf.set_data(&arp_request(up.mac, up.ip, target)) {
+                continue;
+            }
+            let mut batch = MbufBatch::new();
+            if batch.push(mbuf).is_ok() && injector.enqueue_burst(&mut batch) == 1 {
+                self.stats.arp_sent += 1;
+            }
+        }
+    }
+}
+
+/// A broadcast ARP request from (`mac`, `ip`) for `target`, padded to 60 bytes.
+pub fn arp_request(mac: Mac, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = vec![0u8; 60];
+    EthernetRepr {
+        src_addr: mac,
+        dst_addr: ethernet::BROADCAST,
+        ethertype: EtherType::Arp,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    ArpRepr {
+        operation: ArpOperation::Request,
+        sender_hardware_addr: mac,
+        sender_protocol_addr: ip,
+        target_hardware_addr: [0; 6],
+        target_protocol_addr: target,
+    }
+    .emit(&mut ArpPacket::new_unchecked(
+        &mut frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + arp::HEADER_LEN],
+    ));
+    frame
+}
+
+/// `02:00:00:00:0a:01`.
+pub fn fmt_mac(mac: &Mac) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
