@@ -54,14 +54,17 @@ pub struct Underlay {
 pub fn underlay(config: &Validated, ports: &[PortInfo]) -> Option<Underlay> {
     let plan = &config.switching;
     let host = &plan.hosts[plan.this_host?];
-    plan.roles.iter().zip(ports).find_map(|(role, port)| match role {
-        RolePlan::Uplink(mac) => Some(Underlay {
-            port: port.id,
-            mac: mac.unwrap_or(port.mac),
-            ip: host.ip,
-        }),
-        _ => None,
-    })
+    plan.roles
+        .iter()
+        .zip(ports)
+        .find_map(|(role, port)| match role {
+            RolePlan::Uplink(mac) => Some(Underlay {
+                port: port.id,
+                mac: mac.unwrap_or(port.mac),
+                ip: host.ip,
+            }),
+            _ => None,
+        })
 }
 
 /// The IP to resolve to reach `host`: the host itself when on-link, else the gateway.
@@ -99,9 +102,17 @@ pub fn tunnel_hosts(plan: &SwitchPlan) -> Vec<usize> {
         return Vec::new();
     };
     let mut hosts: Vec<usize> = match plan.design {
-        Design::Dedicated => plan.tenants.iter().flat_map(|t| t.hosts.iter().copied()).collect(),
+        Design::Dedicated => plan
+            .tenants
+            .iter()
+            .flat_map(|t| t.hosts.iter().copied())
+            .collect(),
         Design::Shared if plan.is_hub() => (0..plan.hosts.len()).filter(|&h| h != me).collect(),
-        Design::Shared => plan.egress_host().into_iter().filter(|&h| h != me).collect(),
+        Design::Shared => plan
+            .egress_host()
+            .into_iter()
+            .filter(|&h| h != me)
+            .collect(),
     };
     hosts.sort_unstable();
     hosts.dedup();
@@ -124,10 +135,11 @@ pub fn compile(config: &Validated, ports: &[PortInfo], dynamic: &Dynamic) -> Flo
                 allowed_macs,
                 allowed_ips,
             } => {
-                let security = (!allowed_macs.is_empty() || !allowed_ips.is_empty()).then(|| PortSecurity {
-                    macs: allowed_macs.clone(),
-                    ips: allowed_ips.clone(),
-                });
+                let security =
+                    (!allowed_macs.is_empty() || !allowed_ips.is_empty()).then(|| PortSecurity {
+                        macs: allowed_macs.clone(),
+                        ips: allowed_ips.clone(),
+                    });
                 b.access_port(port.id, *tenant as TenantIdx, security);
             }
             RolePlan::Trunk(tenants) => {
@@ -145,7 +157,11 @@ pub fn compile(config: &Validated, ports: &[PortInfo], dynamic: &Dynamic) -> Flo
         b.uplink(up.port, up.mac, up.ip);
         let mut hub_tunnel = None;
         for host in tunnel_hosts(plan) {
-            let tunnel = b.tunnel(host as HostIdx, plan.hosts[host].ip, next_hop_mac(plan, host, dynamic));
+            let tunnel = b.tunnel(
+                host as HostIdx,
+                plan.hosts[host].ip,
+                next_hop_mac(plan, host, dynamic),
+            );
             match plan.design {
                 Design::Dedicated => {
                     for (t, tenant) in plan.tenants.iter().enumerate() {

@@ -161,7 +161,13 @@ impl Controller {
                     return;
                 }
                 self.per_tenant[t] += 1;
-                self.dynamic.learned.insert((tenant, mac), Learned { location, seen: now });
+                self.dynamic.learned.insert(
+                    (tenant, mac),
+                    Learned {
+                        location,
+                        seen: now,
+                    },
+                );
                 self.dirty = true;
             }
         }
@@ -192,7 +198,10 @@ impl Controller {
         let Some(up) = compile::underlay(&self.config, &self.ports) else {
             return;
         };
-        if self.last_arp.is_some_and(|t| now.duration_since(t) < ARP_RETRY) {
+        if self
+            .last_arp
+            .is_some_and(|t| now.duration_since(t) < ARP_RETRY)
+        {
             return;
         }
         self.last_arp = Some(now);
@@ -252,5 +261,8 @@ pub fn arp_request(mac: Mac, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
 
 /// `02:00:00:00:0a:01`.
 pub fn fmt_mac(mac: &Mac) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

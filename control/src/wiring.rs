@@ -94,7 +94,10 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             .port
             .configure(&port_config, pool)
             .with_context(|| format!("port `{}`", named.name))?;
-        named.port.start().with_context(|| format!("port `{}`", named.name))?;
+        named
+            .port
+            .start()
+            .with_context(|| format!("port `{}`", named.name))?;
         let id = named.port.id();
         for (rxq, txq) in rx.into_iter().zip(tx) {
             let worker = next % plans.len();
@@ -117,8 +120,9 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             if owns || plans[worker].rx.is_empty() {
                 continue;
             }
-            let (producer, consumer) = MbufRing::create(&format!("w{worker}p{id}"), HANDOFF_RING_SIZE)
-                .context("creating a handoff ring")?;
+            let (producer, consumer) =
+                MbufRing::create(&format!("w{worker}p{id}"), HANDOFF_RING_SIZE)
+                    .context("creating a handoff ring")?;
             plans[worker].outbound.push((id, producer));
             plans[owner].inbound.push((id, consumer));
         }

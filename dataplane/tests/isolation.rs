@@ -10,6 +10,7 @@ use dataplane::counters::CoreCounters;
 use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{EventQueue, Learner};
+use dataplane::pipeline::fdb_cache::FdbCache;
 use dataplane::pipeline::switch::{handle, Context, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
@@ -77,9 +78,11 @@ fn run(t: &FlowTables, port: u16, frame: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let mut learner = Learner::new(queue);
     let counters = CoreCounters::default();
     let mut sink = Collect::default();
+    let mut cache = FdbCache::default();
     let mut cx = Context {
         counters: &counters,
         learner: &mut learner,
+        cache: &mut cache,
     };
     handle(t, port, BufFrame::new(frame), &mut sink, &mut cx);
     sink.0

@@ -8,6 +8,7 @@ use dataplane::counters::{CoreCounters, DropReason};
 use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{Event, EventQueue, Learner};
+use dataplane::pipeline::fdb_cache::FdbCache;
 use dataplane::pipeline::switch::{handle, Context, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
@@ -87,10 +88,12 @@ fn run(tables: &FlowTables, in_port: u16, frame: &[u8]) -> Run {
     let mut learner = Learner::new(Arc::clone(&queue));
     let counters = CoreCounters::default();
     let mut sink = Collect::default();
+    let mut cache = FdbCache::default();
     {
         let mut cx = Context {
             counters: &counters,
             learner: &mut learner,
+            cache: &mut cache,
         };
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
     }

@@ -85,6 +85,7 @@ pub struct Link {
     pub host: String,
     /// MAC of the container side.
     pub mac: String,
+    host_ns: Option<String>,
 }
 
 impl Link {
@@ -92,6 +93,16 @@ impl Link {
     /// brings both up. Offloads are off so frames cross the switch as the kernel sent
     /// them (no partial checksums).
     pub fn new(ns: &Netns, address: Option<&str>) -> anyhow::Result<Self> {
+        Self::between(None, ns, address)
+    }
+
+    /// Like [`Link::new`], with the host end in `host_ns` (a namespace standing in for a
+    /// host running tenetd) instead of the root namespace.
+    pub fn between(
+        host_ns: Option<&Netns>,
+        ns: &Netns,
+        address: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let host = unique("tv");
         let peer = unique("tp");
         run(
@@ -101,6 +112,17 @@ impl Link {
         let mut link = Self {
             host: host.clone(),
             mac: String::new(),
+            host_ns: None,
+        };
+        if let Some(hns) = host_ns {
+            run("ip", &["link", "set", &host, "netns", hns.name()])?;
+            link.host_ns = Some(hns.name().to_owned());
+        }
+        let on_host = |args: &[&str]| -> anyhow::Result<String> {
+            match host_ns {
+                Some(hns) => hns.exec(args[0], &args[1..]),
+                None => run(args[0], &args[1..]),
+            }
         };
         run("ip", &["link", "set", &peer, "netns", ns.name()])?;
         ns.exec("ip", &["link", "set", &peer, "name", "eth0"])?;
@@ -109,26 +131,21 @@ impl Link {
         }
         // IPv6 autoconfiguration chatter would cross the switch too.
         let _ = ns.exec("sysctl", &["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
-        let _ = run(
+        let _ = on_host(&[
             "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{host}.disable_ipv6=1")],
-        );
-        for dev_ns in [None, Some(ns)] {
-            let dev = if dev_ns.is_some() {
-                "eth0"
-            } else {
-                host.as_str()
-            };
-            let args = [
-                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ];
-            let _ = match dev_ns {
-                Some(ns) => ns.exec("ethtool", &args),
-                None => run("ethtool", &args),
-            };
-        }
+            "-qw",
+            &format!("net.ipv6.conf.{host}.disable_ipv6=1"),
+        ]);
+        let offloads = [
+            "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ];
+        let mut args = vec!["ethtool", "-K", "eth0"];
+        args.extend(offloads);
+        let _ = ns.exec(args[0], &args[1..]);
+        args[2] = host.as_str();
+        let _ = on_host(&args);
         ns.exec("ip", &["link", "set", "eth0", "up"])?;
-        run("ip", &["link", "set", &host, "up"])?;
+        on_host(&["ip", "link", "set", &host, "up"])?;
         link.mac = ns
             .exec("cat", &["/sys/class/net/eth0/address"])?
             .trim()
@@ -140,11 +157,42 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         // Deleting one end deletes both (if the namespace did not take it already).
-        let _ = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if let Some(ns) = &self.host_ns {
+            cmd.args(["netns", "exec", ns, "ip"]);
+        }
+        let _ = cmd
             .args(["link", "del", &self.host])
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// An underlay link between two host namespaces: a veth pair with jumbo MTU so tunnelled
+/// full-size frames fit. Returns the interface names in `a` and `b`.
+pub fn underlay(a: &Netns, b: &Netns) -> anyhow::Result<(String, String)> {
+    let (ia, ib) = (unique("ua"), unique("ub"));
+    run(
+        "ip",
+        &["link", "add", &ia, "type", "veth", "peer", "name", &ib],
+    )?;
+    run("ip", &["link", "set", &ia, "netns", a.name()])?;
+    run("ip", &["link", "set", &ib, "netns", b.name()])?;
+    for (ns, dev) in [(a, &ia), (b, &ib)] {
+        ns.exec("ip", &["link", "set", dev, "mtu", "9000"])?;
+        let _ = ns.exec(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")],
+        );
+        let _ = ns.exec(
+            "ethtool",
+            &[
+                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ],
+        );
+        ns.exec("ip", &["link", "set", dev, "up"])?;
+    }
+    Ok((ia, ib))
 }
 
 /// Path of a workspace binary (`tenetd`), built by `cargo test --workspace`.
@@ -217,10 +265,23 @@ pub struct Stopped {
 impl Tenetd {
     /// Writes `config` to a file and starts `tenetd --config FILE` with `extra` args.
     pub fn start(config: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_in(None, config, extra)
+    }
+
+    /// Starts tenetd inside a namespace (a "host").
+    pub fn start_in(ns: Option<&Netns>, config: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = TempDir::new("cfg")?;
         let path = dir.path().join("tenetd.toml");
         std::fs::write(&path, config)?;
-        let mut child = Command::new(binary("tenetd"))
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = ns.command(&binary("tenetd").to_string_lossy());
+                c.env("TENET_LOG", "info");
+                c
+            }
+            None => Command::new(binary("tenetd")),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .args(extra)
@@ -406,7 +467,7 @@ impl Receiver {
     }
 }
 
-/// Sends `count` tagged frames from `iface` in `ns`.
+/// Sends `count` frames marked `tag` from `iface` in `ns`.
 pub fn send_frames(
     ns: &Netns,
     iface: &str,
@@ -415,23 +476,40 @@ pub fn send_frames(
     src: &str,
     dst: &str,
 ) -> anyhow::Result<()> {
-    ns.exec(
-        "python3",
-        &[
-            &frames_tool().to_string_lossy(),
-            "send",
-            iface,
-            &count.to_string(),
-            "--tag",
-            &tag.to_string(),
-            "--src",
-            src,
-            "--dst",
-            dst,
-            "--gap",
-            "0.0005",
-        ],
-    )?;
+    send_frames_vlan(ns, iface, count, tag, src, dst, None)
+}
+
+/// Like [`send_frames`], 802.1Q-tagged with `vlan` when given.
+pub fn send_frames_vlan(
+    ns: &Netns,
+    iface: &str,
+    count: usize,
+    tag: u32,
+    src: &str,
+    dst: &str,
+    vlan: Option<u16>,
+) -> anyhow::Result<()> {
+    let tool = frames_tool().to_string_lossy().into_owned();
+    let (count, tag) = (count.to_string(), tag.to_string());
+    let mut args = vec![
+        tool.as_str(),
+        "send",
+        iface,
+        &count,
+        "--tag",
+        &tag,
+        "--src",
+        src,
+        "--dst",
+        dst,
+        "--gap",
+        "0.0005",
+    ];
+    let vid = vlan.map(|v| v.to_string());
+    if let Some(vid) = &vid {
+        args.extend(["--vlan", vid.as_str()]);
+    }
+    ns.exec("python3", &args)?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Raw Ethernet frames for tenet's end-to-end tests (standard library only).
 
-  frames.py send IFACE COUNT [--src MAC] [--dst MAC] [--size N] [--tag TAG]
+  frames.py send IFACE COUNT [--src MAC] [--dst MAC] [--size N] [--tag TAG] [--vlan VID]
   frames.py recv IFACE COUNT [--timeout S] [--tag TAG]
 
 Frames carry ethertype 0x88b5 (IEEE local experimental), a 4-byte tag, a 4-byte
@@ -21,8 +21,9 @@ def mac(text):
     return bytes(int(x, 16) for x in text.split(":"))
 
 
-def frame(src, dst, tag, seq, size):
-    head = dst + src + ETHERTYPE.to_bytes(2, "big") + tag.to_bytes(4, "big") + seq.to_bytes(4, "big")
+def frame(src, dst, tag, seq, size, vlan=None):
+    dot1q = b"" if vlan is None else b"\x81\x00" + vlan.to_bytes(2, "big")
+    head = dst + src + dot1q + ETHERTYPE.to_bytes(2, "big") + tag.to_bytes(4, "big") + seq.to_bytes(4, "big")
     body = bytes((seq * 7 + i) & 0xFF for i in range(max(0, size - len(head))))
     return head + body
 
@@ -32,7 +33,7 @@ def send(args):
     s.bind((args.iface, 0))
     src, dst = mac(args.src), mac(args.dst)
     for seq in range(args.count):
-        s.send(frame(src, dst, args.tag, seq, args.size))
+        s.send(frame(src, dst, args.tag, seq, args.size, args.vlan))
         if args.gap:
             time.sleep(args.gap)
 
@@ -67,6 +68,7 @@ def main():
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--tag", type=int, default=1)
     p.add_argument("--gap", type=float, default=0.0)
+    p.add_argument("--vlan", type=int, default=None, help="send 802.1Q-tagged with this VID")
     p.add_argument("--timeout", type=float, default=10.0)
     args = p.parse_args()
     (send if args.mode == "send" else recv)(args)

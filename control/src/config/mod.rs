@@ -783,12 +783,25 @@ pub fn expand_variables(
                     message: format!("line {}: `${{` without a closing `}}`", n + 1),
                 });
             };
-            let var = &after[..end];
+            let (var, as_list) = match after[..end].strip_suffix(":list") {
+                Some(var) => (var, true),
+                None => (&after[..end], false),
+            };
             let value = lookup(var).ok_or_else(|| ConfigError::UnsetVariable {
                 line: n + 1,
                 var: var.to_owned(),
             })?;
-            out.push_str(&value);
+            if as_list {
+                // "a b c" -> "a", "b", "c": a whitespace-separated variable as the
+                // items of a TOML array of strings.
+                let items: Vec<String> = value
+                    .split_whitespace()
+                    .map(|item| format!("{item:?}"))
+                    .collect();
+                out.push_str(&items.join(", "));
+            } else {
+                out.push_str(&value);
+            }
             rest = &after[end + 1..];
         }
         out.push_str(rest);
@@ -842,6 +855,13 @@ ports = ["a", "b"]
                 packet_size: None
             }
         );
+    }
+
+    #[test]
+    fn list_variables_expand_to_array_items() {
+        let text =
+            expand_variables("macs = [${M:list}]\n", |_| Some("a  b\tc".to_owned())).unwrap();
+        assert_eq!(text, "macs = [\"a\", \"b\", \"c\"]\n");
     }
 
     #[test]

@@ -86,7 +86,9 @@ pub struct EndpointSpec {
     /// Its tenant.
     pub tenant: String,
     /// Its MAC.
-    pub mac: String,
+    pub mac: Option<String>,
+    /// Several endpoints at the same place, one per MAC.
+    pub macs: Option<Vec<String>>,
     /// The local port it is behind.
     pub port: Option<String>,
     /// The other host it is on.
@@ -217,7 +219,12 @@ impl SwitchPlan {
 /// Parses `02:00:00:00:0a:01`.
 pub fn parse_mac(field: &str, text: &str) -> Result<Mac, ConfigError> {
     let parts: Vec<&str> = text.split(':').collect();
-    let bad = || invalid(field, format!("`{text}` is not a MAC address like 02:00:00:00:0a:01"));
+    let bad = || {
+        invalid(
+            field,
+            format!("`{text}` is not a MAC address like 02:00:00:00:0a:01"),
+        )
+    };
     if parts.len() != 6 {
         return Err(bad());
     }
@@ -272,7 +279,10 @@ pub(super) fn validate(
         let field = format!("host[{i}]");
         check_name(&format!("{field}.name"), &h.name)?;
         if !names.insert(h.name.clone()) {
-            return Err(invalid(format!("{field}.name"), format!("host `{}` is defined twice", h.name)));
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("host `{}` is defined twice", h.name),
+            ));
         }
         let (ip_text, prefix) = match h.underlay_ip.split_once('/') {
             Some((ip, len)) => (ip, len.parse::<u8>().ok().filter(|l| (1..=32).contains(l))),
@@ -281,14 +291,23 @@ pub(super) fn validate(
         let (Ok(ip), Some(prefix)) = (ip_text.parse::<Ipv4Addr>(), prefix) else {
             return Err(invalid(
                 format!("{field}.underlay_ip"),
-                format!("`{}` is not an IPv4 address (optionally /prefix)", h.underlay_ip),
+                format!(
+                    "`{}` is not an IPv4 address (optionally /prefix)",
+                    h.underlay_ip
+                ),
             ));
         };
         if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
-            return Err(invalid(format!("{field}.underlay_ip"), "must be a unicast address"));
+            return Err(invalid(
+                format!("{field}.underlay_ip"),
+                "must be a unicast address",
+            ));
         }
         if !ips.insert(ip) {
-            return Err(invalid(format!("{field}.underlay_ip"), format!("{ip} is used by another host")));
+            return Err(invalid(
+                format!("{field}.underlay_ip"),
+                format!("{ip} is used by another host"),
+            ));
         }
         let mac = match &h.mac {
             Some(text) => Some(parse_unicast_mac(&format!("{field}.mac"), text)?),
@@ -311,7 +330,10 @@ pub(super) fn validate(
     let this_host = match &section.host {
         Some(name) => Some(host_index("switch.host", name)?),
         None if !host_plans.is_empty() => {
-            return Err(invalid("switch.host", "name this host among the [[host]] entries"))
+            return Err(invalid(
+                "switch.host",
+                "name this host among the [[host]] entries",
+            ))
         }
         None => None,
     };
@@ -324,7 +346,10 @@ pub(super) fn validate(
     if design == Design::Shared && !host_plans.is_empty() && egress.len() != 1 {
         return Err(invalid(
             "host",
-            format!("the shared design needs exactly one egress host, {} are marked", egress.len()),
+            format!(
+                "the shared design needs exactly one egress host, {} are marked",
+                egress.len()
+            ),
         ));
     }
     if design == Design::Dedicated && !egress.is_empty() {
@@ -340,32 +365,53 @@ pub(super) fn validate(
         let field = format!("tenant[{i}]");
         check_name(&format!("{field}.name"), &t.name)?;
         if !tnames.insert(t.name.clone()) {
-            return Err(invalid(format!("{field}.name"), format!("tenant `{}` is defined twice", t.name)));
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("tenant `{}` is defined twice", t.name),
+            ));
         }
         if !ids.insert(t.id) {
-            return Err(invalid(format!("{field}.id"), format!("id {} is used by another tenant", t.id)));
+            return Err(invalid(
+                format!("{field}.id"),
+                format!("id {} is used by another tenant", t.id),
+            ));
         }
         match t.vlan {
             Some(vlan) if !(1..=4094).contains(&vlan) => {
-                return Err(invalid(format!("{field}.vlan"), "must be between 1 and 4094"))
+                return Err(invalid(
+                    format!("{field}.vlan"),
+                    "must be between 1 and 4094",
+                ))
             }
             Some(vlan) if !vlans.insert(vlan) => {
-                return Err(invalid(format!("{field}.vlan"), format!("VLAN {vlan} is used by another tenant")))
+                return Err(invalid(
+                    format!("{field}.vlan"),
+                    format!("VLAN {vlan} is used by another tenant"),
+                ))
             }
             None if design == Design::Shared => {
-                return Err(invalid(format!("{field}.vlan"), "the shared design needs a VLAN per tenant"))
+                return Err(invalid(
+                    format!("{field}.vlan"),
+                    "the shared design needs a VLAN per tenant",
+                ))
             }
             _ => {}
         }
         let max_macs = t.max_macs.unwrap_or(section.max_macs_per_tenant);
         if !(1..=1_000_000).contains(&max_macs) {
-            return Err(invalid(format!("{field}.max_macs"), "must be between 1 and 1000000"));
+            return Err(invalid(
+                format!("{field}.max_macs"),
+                "must be between 1 and 1000000",
+            ));
         }
         let mut on = Vec::new();
         for (j, name) in t.hosts.iter().enumerate() {
             let h = host_index(&format!("{field}.hosts[{j}]"), name)?;
             if Some(h) == this_host {
-                return Err(invalid(format!("{field}.hosts[{j}]"), "list other hosts, not this one"));
+                return Err(invalid(
+                    format!("{field}.hosts[{j}]"),
+                    "list other hosts, not this one",
+                ));
             }
             if !on.contains(&h) {
                 on.push(h);
@@ -416,10 +462,9 @@ pub(super) fn validate(
                 ));
             }
             Some(RoleName::Access) => {
-                let name = spec
-                    .tenant
-                    .as_deref()
-                    .ok_or_else(|| invalid(format!("{field}.tenant"), "an access port needs a tenant"))?;
+                let name = spec.tenant.as_deref().ok_or_else(|| {
+                    invalid(format!("{field}.tenant"), "an access port needs a tenant")
+                })?;
                 only(&field, spec, &["tenant", "allowed_macs", "allowed_ips"])?;
                 let tenant = tenant_index(&tenant_plans, &format!("{field}.tenant"), name)?;
                 let allowed_macs = spec
@@ -437,16 +482,18 @@ pub(super) fn validate(
             }
             Some(RoleName::Trunk) => {
                 only(&field, spec, &["tenants"])?;
-                let names = spec
-                    .tenants
-                    .as_deref()
-                    .ok_or_else(|| invalid(format!("{field}.tenants"), "a trunk port needs its tenants"))?;
+                let names = spec.tenants.as_deref().ok_or_else(|| {
+                    invalid(format!("{field}.tenants"), "a trunk port needs its tenants")
+                })?;
                 let mut carried = Vec::new();
                 for (j, name) in names.iter().enumerate() {
                     let f = format!("{field}.tenants[{j}]");
                     let t = tenant_index(&tenant_plans, &f, name)?;
                     if tenant_plans[t].vlan.is_none() {
-                        return Err(invalid(f, format!("tenant `{name}` has no VLAN to carry on a trunk")));
+                        return Err(invalid(
+                            f,
+                            format!("tenant `{name}` has no VLAN to carry on a trunk"),
+                        ));
                     }
                     carried.push(t);
                 }
@@ -456,10 +503,16 @@ pub(super) fn validate(
                 only(&field, spec, &["mac"])?;
                 uplinks += 1;
                 if uplinks > 1 {
-                    return Err(invalid(format!("{field}.role"), "a host has one uplink (bond VFs for two)"));
+                    return Err(invalid(
+                        format!("{field}.role"),
+                        "a host has one uplink (bond VFs for two)",
+                    ));
                 }
                 if this_host.is_none() {
-                    return Err(invalid(format!("{field}.role"), "an uplink needs [[host]] entries and switch.host"));
+                    return Err(invalid(
+                        format!("{field}.role"),
+                        "an uplink needs [[host]] entries and switch.host",
+                    ));
                 }
                 let mac = match &spec.mac {
                     Some(text) => Some(parse_unicast_mac(&format!("{field}.mac"), text)?),
@@ -476,16 +529,28 @@ pub(super) fn validate(
     for (i, e) in endpoints.iter().enumerate() {
         let field = format!("endpoint[{i}]");
         let tenant = tenant_index(&tenant_plans, &format!("{field}.tenant"), &e.tenant)?;
-        let mac = parse_unicast_mac(&format!("{field}.mac"), &e.mac)?;
-        if !seen.insert((tenant, mac)) {
-            return Err(invalid(format!("{field}.mac"), "this MAC is already an endpoint of the tenant"));
-        }
+        let macs: Vec<(String, &String)> = match (&e.mac, &e.macs) {
+            (Some(mac), None) => vec![(format!("{field}.mac"), mac)],
+            (None, Some(macs)) if !macs.is_empty() => macs
+                .iter()
+                .enumerate()
+                .map(|(j, m)| (format!("{field}.macs[{j}]"), m))
+                .collect(),
+            _ => {
+                return Err(invalid(
+                    format!("{field}.mac"),
+                    "give mac, or a non-empty macs list",
+                ))
+            }
+        };
         let at = match (&e.port, &e.host) {
             (Some(port), None) => {
-                let p = port_names
-                    .iter()
-                    .position(|n| n == port)
-                    .ok_or_else(|| invalid(format!("{field}.port"), format!("no port is named `{port}`")))?;
+                let p = port_names.iter().position(|n| n == port).ok_or_else(|| {
+                    invalid(
+                        format!("{field}.port"),
+                        format!("no port is named `{port}`"),
+                    )
+                })?;
                 let fits = match &roles[p] {
                     RolePlan::Access { tenant: t, .. } => *t == tenant,
                     RolePlan::Trunk(carried) => carried.contains(&tenant),
@@ -502,16 +567,33 @@ pub(super) fn validate(
             (None, Some(host)) => {
                 let h = host_index(&format!("{field}.host"), host)?;
                 if Some(h) == this_host {
-                    return Err(invalid(format!("{field}.host"), "a local endpoint names its port instead"));
+                    return Err(invalid(
+                        format!("{field}.host"),
+                        "a local endpoint names its port instead",
+                    ));
                 }
                 if !tenant_plans[tenant].hosts.contains(&h) {
                     tenant_plans[tenant].hosts.push(h);
                 }
                 EndpointAt::Host(h)
             }
-            _ => return Err(invalid(format!("{field}.port"), "give either port (local) or host (remote)")),
+            _ => {
+                return Err(invalid(
+                    format!("{field}.port"),
+                    "give either port (local) or host (remote)",
+                ))
+            }
         };
-        endpoint_plans.push(EndpointPlan { tenant, mac, at });
+        for (mfield, text) in macs {
+            let mac = parse_unicast_mac(&mfield, text)?;
+            if !seen.insert((tenant, mac)) {
+                return Err(invalid(
+                    mfield,
+                    "this MAC is already an endpoint of the tenant",
+                ));
+            }
+            endpoint_plans.push(EndpointPlan { tenant, mac, at });
+        }
     }
 
     Ok(SwitchPlan {
@@ -531,7 +613,9 @@ pub(super) fn validate(
 fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
         || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
         return Err(invalid(field, "1 to 64 letters, digits, '-', '_' or '.'"));
     }
@@ -548,7 +632,10 @@ fn only(field: &str, spec: &PortSpec, allowed: &[&str]) -> Result<(), ConfigErro
         (spec.mac.is_some(), "mac"),
     ] {
         if present && !allowed.contains(&name) {
-            return Err(invalid(format!("{field}.{name}"), "not an option of this port's role"));
+            return Err(invalid(
+                format!("{field}.{name}"),
+                "not an option of this port's role",
+            ));
         }
     }
     Ok(())

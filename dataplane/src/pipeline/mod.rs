@@ -3,6 +3,7 @@
 //! naming the reason); the worker flushes the outputs once per burst.
 
 pub mod events;
+pub mod fdb_cache;
 mod outputs;
 pub mod switch;
 mod xconnect;
@@ -17,6 +18,7 @@ use crate::dpdk::{Mbuf, MbufBatch};
 use crate::table::publish::TableReader;
 use crate::table::PortRole;
 use events::{EventQueue, Learner};
+use fdb_cache::FdbCache;
 use switch::{Context, Sink};
 
 /// The per-burst packet decision. Runs on one worker; must not allocate, lock, log or
@@ -37,6 +39,7 @@ pub trait Pipeline: Send {
 pub struct SwitchPipeline {
     tables: TableReader,
     learner: Learner,
+    cache: FdbCache,
     tsc_hz: u64,
 }
 
@@ -46,6 +49,7 @@ impl SwitchPipeline {
         Self {
             tables,
             learner: Learner::new(events),
+            cache: FdbCache::default(),
             tsc_hz: tsc_hz.max(1),
         }
     }
@@ -72,7 +76,9 @@ impl Pipeline for SwitchPipeline {
         outputs: &mut Outputs,
         counters: &CoreCounters,
     ) {
-        self.tables.refresh();
+        if self.tables.refresh() {
+            self.cache.clear();
+        }
         self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
         let tables = self.tables.tables();
         if let PortRole::CrossConnect(peer) = *tables.role(in_port) {
@@ -82,6 +88,7 @@ impl Pipeline for SwitchPipeline {
         let mut cx = Context {
             counters,
             learner: &mut self.learner,
+            cache: &mut self.cache,
         };
         for frame in batch.drain() {
             switch::handle(tables, in_port, frame, &mut sink, &mut cx);

@@ -19,11 +19,12 @@ use crate::packet::ipv4::{IpProtocol, Ipv4Packet};
 use crate::packet::vlan::VlanTag;
 use crate::packet::Mac;
 use crate::table::{
-    Design, FlowTables, Location, OuterHeader, PortRole, PortSecurity, TenantIdx, TunnelIdx,
-    NO_TENANT,
+    fdb_key, Design, FlowTables, Location, OuterHeader, PortRole, PortSecurity, TenantIdx,
+    TunnelIdx, NO_TENANT,
 };
 
 use super::events::Learner;
+use super::fdb_cache::FdbCache;
 
 const ETH_LEN: usize = 14;
 const TAG_LEN: usize = 4;
@@ -41,6 +42,8 @@ pub struct Context<'a> {
     pub counters: &'a CoreCounters,
     /// Learning and neighbour reports.
     pub learner: &'a mut Learner,
+    /// The core's FDB cache (cleared by the caller on a new snapshot).
+    pub cache: &'a mut FdbCache,
 }
 
 impl Context<'_> {
@@ -335,18 +338,27 @@ fn switch<F: Frame, S: Sink<F>>(
         Ingress::Port(port) => Location::Port(port),
         Ingress::Tunnel(tunnel) => Location::Host(tables.tunnels[usize::from(tunnel)].host),
     };
-    match tables.lookup(tenant, &src) {
-        Some(entry) if entry.is_static => {
-            if !reaches_through(tables, entry.location, ingress) {
-                return cx.drop(DropReason::MacSpoof);
+    let src_key = fdb_key(tenant, &src);
+    let now = cx.learner.now;
+    if !cx.cache.same_source(src_key, here, now) {
+        match cx.cache.lookup(tables, src_key) {
+            Some(entry) if entry.is_static => {
+                if !reaches_through(tables, entry.location, ingress) {
+                    return cx.drop(DropReason::MacSpoof);
+                }
             }
+            _ => cx.learner.learn(tenant, src, here, cx.counters),
         }
-        _ => cx.learner.learn(tenant, src, here, cx.counters),
+        cx.cache.set_source(src_key, here, now);
     }
     if ethernet::is_multicast(&dst) {
         return flood(tables, tenant, ingress, frame, sink, cx);
     }
-    match tables.lookup(tenant, &dst).map(|e| e.location) {
+    match cx
+        .cache
+        .lookup(tables, fdb_key(tenant, &dst))
+        .map(|e| e.location)
+    {
         Some(Location::Port(port)) => {
             if ingress == Ingress::Port(port) {
                 return cx.drop(DropReason::Hairpin);

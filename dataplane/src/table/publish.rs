@@ -69,14 +69,17 @@ pub struct TableReader {
 }
 
 impl TableReader {
-    /// Moves to the newest snapshot if there is one. Call at the top of a burst.
+    /// Moves to the newest snapshot if there is one; true when it did. Call at the top
+    /// of a burst.
     #[inline(always)]
-    pub fn refresh(&mut self) {
+    pub fn refresh(&mut self) -> bool {
         let published = self.shared.version.load(Ordering::Acquire);
-        if published != self.version {
-            self.tables = self.shared.current.load_full();
-            self.version = published;
+        if published == self.version {
+            return false;
         }
+        self.tables = self.shared.current.load_full();
+        self.version = published;
+        true
     }
 
     /// The snapshot in use.

@@ -1,0 +1,230 @@
+//! Two hosts (network namespaces each running tenetd) joined by a veth underlay, two
+//! tenants with a container on each host, in both Docklet designs: real TCP between a
+//! tenant's containers across hosts, and no frame crossing tenants, even though both
+//! tenants use the same IP addresses.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tests::{send_frames_vlan, underlay, unique, Link, Netns, Receiver, Tenetd};
+
+struct Host {
+    ns: Netns,
+    uplink: String,
+    red: Link,
+    blue: Link,
+    red_ns: Netns,
+    blue_ns: Netns,
+}
+
+fn host(ns: Netns, uplink: String) -> Host {
+    let red_ns = Netns::new("red-").unwrap();
+    let blue_ns = Netns::new("blue-").unwrap();
+    Host {
+        red: Link::between(Some(&ns), &red_ns, None).unwrap(),
+        blue: Link::between(Some(&ns), &blue_ns, None).unwrap(),
+        ns,
+        uplink,
+        red_ns,
+        blue_ns,
+    }
+}
+
+fn config(design: &str, me: &str, h: &Host) -> String {
+    let egress = |name: &str| {
+        if design == "shared" && name == "a" {
+            "egress = true"
+        } else {
+            ""
+        }
+    };
+    let other = if me == "a" { "b" } else { "a" };
+    format!(
+        r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{prefix}"
+memory_mb = 256
+mbufs = 8191
+
+[switch]
+design = "{design}"
+host = "{me}"
+
+[[host]]
+name = "a"
+underlay_ip = "192.168.77.1/24"
+{ea}
+
+[[host]]
+name = "b"
+underlay_ip = "192.168.77.2/24"
+{eb}
+
+[[tenant]]
+name = "red"
+id = 100
+vlan = 100
+hosts = ["{other}"]
+
+[[tenant]]
+name = "blue"
+id = 200
+vlan = 200
+hosts = ["{other}"]
+
+[[port]]
+name = "red"
+backend = "af-packet"
+interface = "{red}"
+role = "access"
+tenant = "red"
+
+[[port]]
+name = "blue"
+backend = "af-packet"
+interface = "{blue}"
+role = "access"
+tenant = "blue"
+
+[[port]]
+name = "underlay"
+backend = "af-packet"
+interface = "{uplink}"
+role = "uplink"
+"#,
+        prefix = unique("tn"),
+        ea = egress("a"),
+        eb = egress("b"),
+        red = h.red.host,
+        blue = h.blue.host,
+        uplink = h.uplink,
+    )
+}
+
+/// Pings until it answers (learning and underlay ARP take a moment), or fails.
+fn wait_for_ping(from: &Netns, to: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if from.exec("ping", &["-c", "1", "-W", "1", to]).is_ok() {
+            return;
+        }
+    }
+    panic!("no ping reply from {to}");
+}
+
+fn two_tenants_across_two_hosts(design: &str) {
+    let (na, nb) = (Netns::new("ha-").unwrap(), Netns::new("hb-").unwrap());
+    let (ua, ub) = underlay(&na, &nb).unwrap();
+    let a = host(na, ua);
+    let b = host(nb, ub);
+    // Both tenants use the same addresses: only the switch keeps them apart.
+    for h in [&a, &b] {
+        let ip = if std::ptr::eq(h, &a) {
+            "10.1.0.1/24"
+        } else {
+            "10.1.0.2/24"
+        };
+        for ns in [&h.red_ns, &h.blue_ns] {
+            ns.exec("ip", &["addr", "add", ip, "dev", "eth0"]).unwrap();
+            ns.exec("ip", &["link", "set", "eth0", "mtu", "1400"])
+                .unwrap();
+        }
+    }
+    let mut ta = Tenetd::start_in(Some(&a.ns), &config(design, "a", &a), &[]).unwrap();
+    let mut tb = Tenetd::start_in(Some(&b.ns), &config(design, "b", &b), &[]).unwrap();
+    ta.wait_ready(Duration::from_secs(30)).unwrap();
+    tb.wait_ready(Duration::from_secs(30)).unwrap();
+
+    wait_for_ping(&a.red_ns, "10.1.0.2");
+    wait_for_ping(&a.blue_ns, "10.1.0.2");
+
+    // Real TCP across the hosts, in each tenant.
+    for (client, server) in [(&a.red_ns, &b.red_ns), (&b.blue_ns, &a.blue_ns)] {
+        let mut srv = server
+            .command("iperf3")
+            .args(["-s", "-1", "-B", server_ip(server)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let out = client
+            .exec("iperf3", &["-c", server_ip(server), "-t", "2", "-J"])
+            .expect("iperf3 through tenet");
+        let _ = srv.wait();
+        let bits: f64 = out
+            .split("\"sum_received\"")
+            .nth(1)
+            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+            .and_then(|s| s.split([',', '\n']).next())
+            .and_then(|s| s.trim().parse().ok())
+            .expect("iperf3 result");
+        assert!(bits > 1e6, "{design}: TCP across hosts at {bits} bit/s");
+    }
+
+    // Isolation: broadcasts from red on host a reach red on b, never blue, also when
+    // red forges blue's VLAN tag.
+    let red_rx = Receiver::start(&b.red_ns, "eth0", 50, 0xbeef).unwrap();
+    let blue_rx = Receiver::start(&b.blue_ns, "eth0", 1, 0xbeef).unwrap();
+    let blue_rx_tagged = Receiver::start(&a.blue_ns, "eth0", 1, 0xbeef).unwrap();
+    let bcast = "ff:ff:ff:ff:ff:ff";
+    send_frames_vlan(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, None).unwrap();
+    send_frames_vlan(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, Some(200)).unwrap();
+    send_frames_vlan(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, Some(100)).unwrap();
+    assert_eq!(
+        red_rx.collect(50, Duration::from_secs(5)).len(),
+        50,
+        "{design}: red to red"
+    );
+    assert!(
+        blue_rx.collect(1, Duration::from_secs(2)).is_empty(),
+        "{design}: red reached blue on b"
+    );
+    assert!(
+        blue_rx_tagged.collect(1, Duration::from_secs(1)).is_empty(),
+        "{design}: red reached blue on a"
+    );
+
+    let sa = ta.stop().unwrap();
+    let sb = tb.stop().unwrap();
+    assert!(
+        sa.status.success() && sb.status.success(),
+        "{}\n{}",
+        sa.stderr,
+        sb.stderr
+    );
+    assert!(
+        sa.stdout.contains("drop tagged-on-access"),
+        "tagged frames counted:\n{}",
+        sa.stdout
+    );
+    // The underlay next hops were resolved by the switches' own ARP.
+    assert!(
+        sa.stderr.contains("underlay neighbour resolved"),
+        "{}",
+        sa.stderr
+    );
+}
+
+fn server_ip(ns: &Netns) -> &'static str {
+    let out = ns
+        .exec("ip", &["-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    if out.contains("10.1.0.1/") {
+        "10.1.0.1"
+    } else {
+        "10.1.0.2"
+    }
+}
+
+#[test]
+fn dedicated_design_two_hosts_two_tenants() {
+    two_tenants_across_two_hosts("dedicated");
+}
+
+#[test]
+fn shared_design_two_hosts_two_tenants() {
+    two_tenants_across_two_hosts("shared");
+}
