@@ -4,23 +4,65 @@
 //! frames of one sender. Valid for one snapshot: cleared whenever the worker moves to
 //! a new one.
 
-use crate::table::{FdbEntry, FlowTables, Location};
+use crate::counters::DropReason;
+use crate::table::{FdbEntry, FlowTables, Location, TunnelIdx};
+
+/// What to do with a frame for a destination, resolved once per cache fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    /// Unknown destination: flood the tenant.
+    Flood,
+    /// Out of an access port, as is.
+    Port(u16),
+    /// Out of a trunk, tagged with the VLAN.
+    TaggedPort(u16, u16),
+    /// Into a tunnel.
+    Tunnel(TunnelIdx),
+    /// Nowhere, for this reason.
+    Drop(DropReason),
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    key: u64,
+    entry: Option<FdbEntry>,
+    out: Out,
+}
 
 const SLOTS: usize = 256;
 /// A key no lookup uses (tenant `NO_TENANT`, MAC ff:ff:ff:ff:ff:ff).
-const EMPTY: u64 = u64::MAX;
+const EMPTY_SLOT: Slot = Slot {
+    key: u64::MAX,
+    entry: None,
+    out: Out::Flood,
+};
 
 /// The cache of one worker.
 pub struct FdbCache {
-    slots: Box<[(u64, Option<FdbEntry>); SLOTS]>,
+    slots: Box<[Slot; SLOTS]>,
     last_source: Option<(u64, Location, u32)>,
+    last_tunnel: Option<TunnelMemo>,
+}
+
+/// The last decapsulation decision: (peer IP, GRE key or 0) → (tunnel, tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelMemo {
+    /// Outer source IP.
+    pub peer: u32,
+    /// GRE key (0 when absent).
+    pub key: u32,
+    /// The tunnel it arrived on.
+    pub tunnel: TunnelIdx,
+    /// The tenant the key named (dedicated design).
+    pub tenant: crate::table::TenantIdx,
 }
 
 impl Default for FdbCache {
     fn default() -> Self {
         Self {
-            slots: Box::new([(EMPTY, None); SLOTS]),
+            slots: Box::new([EMPTY_SLOT; SLOTS]),
             last_source: None,
+            last_tunnel: None,
         }
     }
 }
@@ -28,20 +70,42 @@ impl Default for FdbCache {
 impl FdbCache {
     /// Forgets everything (a new snapshot is in use).
     pub fn clear(&mut self) {
-        self.slots.fill((EMPTY, None));
+        self.slots.fill(EMPTY_SLOT);
         self.last_source = None;
+        self.last_tunnel = None;
     }
 
-    /// `tables.fdb[key]`, from the cache when possible.
+    /// The previous decapsulation's decision, if it was for `peer` and `key`.
     #[inline(always)]
-    pub fn lookup(&mut self, tables: &FlowTables, key: u64) -> Option<FdbEntry> {
+    pub fn tunnel(&self, peer: u32, key: u32) -> Option<TunnelMemo> {
+        self.last_tunnel.filter(|m| m.peer == peer && m.key == key)
+    }
+
+    /// Remembers a decapsulation decision.
+    #[inline(always)]
+    pub fn set_tunnel(&mut self, memo: TunnelMemo) {
+        self.last_tunnel = Some(memo);
+    }
+
+    /// `tables.fdb[key]` and what it means for a frame to that key (`resolve` runs on
+    /// a miss only), from the cache when possible.
+    #[inline(always)]
+    pub fn lookup(
+        &mut self,
+        tables: &FlowTables,
+        key: u64,
+        resolve: impl FnOnce(Option<FdbEntry>) -> Out,
+    ) -> (Option<FdbEntry>, Out) {
         let slot = &mut self.slots[(key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize];
-        if slot.0 == key {
-            return slot.1;
+        if slot.key != key {
+            let entry = tables.fdb.get(&key).copied();
+            *slot = Slot {
+                key,
+                entry,
+                out: resolve(entry),
+            };
         }
-        let found = tables.fdb.get(&key).copied();
-        *slot = (key, found);
-        found
+        (slot.entry, slot.out)
     }
 
     /// Whether the previous frame came from the same source and place within the same

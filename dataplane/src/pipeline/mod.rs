@@ -90,8 +90,6 @@ impl Pipeline for SwitchPipeline {
             learner: &mut self.learner,
             cache: &mut self.cache,
         };
-        for frame in batch.drain() {
-            switch::handle(tables, in_port, frame, &mut sink, &mut cx);
-        }
+        switch::handle_burst(tables, in_port, batch.drain(), &mut sink, &mut cx);
     }
 }

@@ -19,12 +19,12 @@ use crate::packet::ipv4::{IpProtocol, Ipv4Packet};
 use crate::packet::vlan::VlanTag;
 use crate::packet::Mac;
 use crate::table::{
-    fdb_key, Design, FlowTables, Location, OuterHeader, PortRole, PortSecurity, TenantIdx,
-    TunnelIdx, NO_TENANT,
+    Design, FlowTables, Location, OuterHeader, PortRole, PortSecurity, TenantIdx, TunnelIdx,
+    NO_TENANT,
 };
 
 use super::events::Learner;
-use super::fdb_cache::FdbCache;
+use super::fdb_cache::{FdbCache, Out, TunnelMemo};
 
 const ETH_LEN: usize = 14;
 const TAG_LEN: usize = 4;
@@ -69,14 +69,29 @@ pub fn handle<F: Frame, S: Sink<F>>(
     sink: &mut S,
     cx: &mut Context<'_>,
 ) {
+    handle_burst(tables, in_port, std::iter::once(frame), sink, cx);
+}
+
+/// Runs a burst of frames received on `in_port` through the pipeline; the port's role
+/// is looked up once for all of them.
+#[inline]
+pub fn handle_burst<F: Frame, S: Sink<F>>(
+    tables: &FlowTables,
+    in_port: u16,
+    frames: impl Iterator<Item = F>,
+    sink: &mut S,
+    cx: &mut Context<'_>,
+) {
     match *tables.role(in_port) {
         PortRole::Access { tenant, security } => {
-            from_access(tables, in_port, tenant, security, frame, sink, cx)
+            for frame in frames {
+                from_access(tables, in_port, tenant, security, frame, sink, cx);
+            }
         }
-        PortRole::Trunk => from_trunk(tables, in_port, frame, sink, cx),
-        PortRole::Uplink => from_uplink(tables, in_port, frame, sink, cx),
-        PortRole::CrossConnect(peer) => sink.send(peer, frame),
-        PortRole::Unused => cx.drop(DropReason::NoOutput),
+        PortRole::Trunk => frames.for_each(|f| from_trunk(tables, in_port, f, sink, cx)),
+        PortRole::Uplink => frames.for_each(|f| from_uplink(tables, in_port, f, sink, cx)),
+        PortRole::CrossConnect(peer) => frames.for_each(|f| sink.send(peer, f)),
+        PortRole::Unused => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
     }
 }
 
@@ -267,9 +282,7 @@ fn gre_decap<F: Frame, S: Sink<F>>(
         if ip.protocol() != IpProtocol::Gre {
             return cx.drop(DropReason::UplinkNotGre);
         }
-        let Some(&tunnel) = tables.peer_tunnel.get(&u32::from(ip.src_addr())) else {
-            return cx.drop(DropReason::GreUnknownPeer);
-        };
+        let peer = u32::from(ip.src_addr());
         let Ok(gre) = GrePacket::new_checked(ip.payload()) else {
             return cx.drop(DropReason::GreMalformed);
         };
@@ -279,13 +292,31 @@ fn gre_decap<F: Frame, S: Sink<F>>(
         if !gre.verify_checksum() {
             return cx.drop(DropReason::GreBadChecksum);
         }
-        let tenant = match (tables.design, gre.key()) {
-            (Design::Dedicated, Some(key)) => match tables.key_tenant.get(&key) {
-                Some(&tenant) if tables.tunnel_carries(tunnel, tenant) => tenant,
-                _ => return cx.drop(DropReason::GreUnknownKey),
-            },
-            (Design::Shared, None) => NO_TENANT,
-            _ => return cx.drop(DropReason::GreUnknownKey),
+        let key = gre.key();
+        let (tunnel, tenant) = match cx.cache.tunnel(peer, key.unwrap_or(0)) {
+            Some(memo) if key.is_some() == (tables.design == Design::Dedicated) => {
+                (memo.tunnel, memo.tenant)
+            }
+            _ => {
+                let Some(&tunnel) = tables.peer_tunnel.get(&peer) else {
+                    return cx.drop(DropReason::GreUnknownPeer);
+                };
+                let tenant = match (tables.design, key) {
+                    (Design::Dedicated, Some(key)) => match tables.key_tenant.get(&key) {
+                        Some(&tenant) if tables.tunnel_carries(tunnel, tenant) => tenant,
+                        _ => return cx.drop(DropReason::GreUnknownKey),
+                    },
+                    (Design::Shared, None) => NO_TENANT,
+                    _ => return cx.drop(DropReason::GreUnknownKey),
+                };
+                cx.cache.set_tunnel(TunnelMemo {
+                    peer,
+                    key: key.unwrap_or(0),
+                    tunnel,
+                    tenant,
+                });
+                (tunnel, tenant)
+            }
         };
         let header_len = ip.header_len();
         let outer = ETH_LEN + header_len + gre.header_len();
@@ -321,54 +352,72 @@ fn switch<F: Frame, S: Sink<F>>(
     tables: &FlowTables,
     tenant: TenantIdx,
     ingress: Ingress,
-    frame: F,
+    mut frame: F,
     sink: &mut S,
     cx: &mut Context<'_>,
 ) {
     let (dst, src) = {
-        let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
+        let data = frame.data();
+        let (Some(head), Some(mid)) = (data.get(..8), data.get(4..12)) else {
             return cx.drop(DropReason::Malformed);
         };
-        (eth.dst_addr(), eth.src_addr())
+        if data.len() < ETH_LEN {
+            return cx.drop(DropReason::Malformed);
+        }
+        // Both MACs as integers, from two overlapping 8-byte loads.
+        let head = u64::from_be_bytes(head.try_into().unwrap_or([0; 8]));
+        let mid = u64::from_be_bytes(mid.try_into().unwrap_or([0; 8]));
+        (head >> 16, mid & MAC_MASK)
     };
-    if ethernet::is_multicast(&src) {
+    if src & GROUP_BIT != 0 {
         return cx.drop(DropReason::BadSourceMac);
     }
+    let tenant_bits = u64::from(tenant) << 48;
     let here = match ingress {
         Ingress::Port(port) => Location::Port(port),
         Ingress::Tunnel(tunnel) => Location::Host(tables.tunnels[usize::from(tunnel)].host),
     };
-    let src_key = fdb_key(tenant, &src);
+    let src_key = tenant_bits | src;
     let now = cx.learner.now;
     if !cx.cache.same_source(src_key, here, now) {
-        match cx.cache.lookup(tables, src_key) {
+        match cx
+            .cache
+            .lookup(tables, src_key, |e| resolve(tables, tenant, e))
+            .0
+        {
             Some(entry) if entry.is_static => {
                 if !reaches_through(tables, entry.location, ingress) {
                     return cx.drop(DropReason::MacSpoof);
                 }
             }
-            _ => cx.learner.learn(tenant, src, here, cx.counters),
+            _ => cx.learner.learn(tenant, mac_bytes(src), here, cx.counters),
         }
         cx.cache.set_source(src_key, here, now);
     }
-    if ethernet::is_multicast(&dst) {
+    if dst & GROUP_BIT != 0 {
         return flood(tables, tenant, ingress, frame, sink, cx);
     }
-    match cx
+    let out = cx
         .cache
-        .lookup(tables, fdb_key(tenant, &dst))
-        .map(|e| e.location)
-    {
-        Some(Location::Port(port)) => {
+        .lookup(tables, tenant_bits | dst, |e| resolve(tables, tenant, e))
+        .1;
+    match out {
+        Out::Port(port) => {
             if ingress == Ingress::Port(port) {
                 return cx.drop(DropReason::Hairpin);
             }
-            to_port(tables, tenant, port, frame, sink, cx);
+            sink.send(port, frame);
         }
-        Some(Location::Host(host)) => {
-            let Some(tunnel) = tables.host_tunnel.get(usize::from(host)).copied().flatten() else {
-                return cx.drop(DropReason::NoOutput);
-            };
+        Out::TaggedPort(port, vid) => {
+            if ingress == Ingress::Port(port) {
+                return cx.drop(DropReason::Hairpin);
+            }
+            if !push_vlan(&mut frame, vid) {
+                return cx.drop(DropReason::NoHeadroom);
+            }
+            sink.send(port, frame);
+        }
+        Out::Tunnel(tunnel) => {
             if let Ingress::Tunnel(from) = ingress {
                 if !relays(tables, from, tunnel) {
                     return cx.drop(DropReason::Hairpin);
@@ -376,7 +425,47 @@ fn switch<F: Frame, S: Sink<F>>(
             }
             to_tunnel(tables, tenant, tunnel, frame, sink, cx);
         }
-        None => flood(tables, tenant, ingress, frame, sink, cx),
+        Out::Flood => flood(tables, tenant, ingress, frame, sink, cx),
+        Out::Drop(reason) => cx.drop(reason),
+    }
+}
+
+const MAC_MASK: u64 = 0xffff_ffff_ffff;
+/// The I/G bit of a MAC held in the low 48 bits of a u64.
+const GROUP_BIT: u64 = 1 << 40;
+
+fn mac_bytes(mac: u64) -> Mac {
+    let b = mac.to_be_bytes();
+    [b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// What a frame to a destination with FDB entry `entry` in `tenant` needs.
+fn resolve(tables: &FlowTables, tenant: TenantIdx, entry: Option<crate::table::FdbEntry>) -> Out {
+    let Some(entry) = entry else {
+        return Out::Flood;
+    };
+    match entry.location {
+        Location::Port(port) => port_out(tables, tenant, port),
+        Location::Host(host) => {
+            match tables.host_tunnel.get(usize::from(host)).copied().flatten() {
+                Some(tunnel) => Out::Tunnel(tunnel),
+                None => Out::Drop(DropReason::NoOutput),
+            }
+        }
+    }
+}
+
+/// How a frame of `tenant` leaves `port`: as is on an access port, tagged on a trunk.
+fn port_out(tables: &FlowTables, tenant: TenantIdx, port: u16) -> Out {
+    match tables.role(port) {
+        PortRole::Access { .. } => Out::Port(port),
+        PortRole::Trunk => match tables.tenants[usize::from(tenant)].vlan {
+            Some(vid) if tables.trunk_tenant(port, vid) == Some(tenant) => {
+                Out::TaggedPort(port, vid)
+            }
+            _ => Out::Drop(DropReason::UnknownVlan),
+        },
+        _ => Out::Drop(DropReason::NoOutput),
     }
 }
 
@@ -465,21 +554,16 @@ fn to_port<F: Frame, S: Sink<F>>(
     sink: &mut S,
     cx: &mut Context<'_>,
 ) {
-    match tables.role(port) {
-        PortRole::Access { .. } => sink.send(port, frame),
-        PortRole::Trunk => {
-            let vlan = tables.tenants[usize::from(tenant)].vlan;
-            match vlan {
-                Some(vid) if tables.trunk_tenant(port, vid) == Some(tenant) => {
-                    if !push_vlan(&mut frame, vid) {
-                        return cx.drop(DropReason::NoHeadroom);
-                    }
-                    sink.send(port, frame);
-                }
-                _ => cx.drop(DropReason::UnknownVlan),
+    match port_out(tables, tenant, port) {
+        Out::Port(port) => sink.send(port, frame),
+        Out::TaggedPort(port, vid) => {
+            if !push_vlan(&mut frame, vid) {
+                return cx.drop(DropReason::NoHeadroom);
             }
+            sink.send(port, frame);
         }
-        _ => cx.drop(DropReason::NoOutput),
+        Out::Drop(reason) => cx.drop(reason),
+        Out::Flood | Out::Tunnel(_) => cx.drop(DropReason::NoOutput),
     }
 }
 
@@ -514,7 +598,14 @@ fn to_tunnel<F: Frame, S: Sink<F>>(
         return cx.drop(DropReason::NoHeadroom);
     }
     let data = frame.data_mut();
-    data[..len].copy_from_slice(&header.bytes[..len]);
+    // Constant-size copies inline; a copy of run-time length is a memcpy call.
+    const KEYED: usize = OuterHeader::MAX_LEN;
+    const UNKEYED: usize = OuterHeader::MAX_LEN - 4;
+    if len == KEYED {
+        data[..KEYED].copy_from_slice(&header.bytes[..KEYED]);
+    } else {
+        data[..UNKEYED].copy_from_slice(&header.bytes[..UNKEYED]);
+    }
     let total = (inner_len + len - ETH_LEN) as u16;
     data[OuterHeader::IP_TOTAL_LEN..OuterHeader::IP_TOTAL_LEN + 2]
         .copy_from_slice(&total.to_be_bytes());
@@ -534,7 +625,11 @@ fn push_vlan<F: Frame>(frame: &mut F, vid: u16) -> bool {
         return false;
     }
     let data = frame.data_mut();
-    data.copy_within(TAG_LEN..TAG_LEN + 12, 0);
+    // A fixed-size copy through a register-sized temporary inlines; copy_within of 12
+    // bytes is a memmove call.
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&data[TAG_LEN..TAG_LEN + 12]);
+    data[..12].copy_from_slice(&macs);
     data[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
     data[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
     true
@@ -543,6 +638,9 @@ fn push_vlan<F: Frame>(frame: &mut F, vid: u16) -> bool {
 /// Removes the 802.1Q tag after the MACs (the caller checked it is there).
 #[inline(always)]
 fn pop_vlan<F: Frame>(frame: &mut F) {
-    frame.data_mut().copy_within(0..12, TAG_LEN);
+    let data = frame.data_mut();
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&data[..12]);
+    data[TAG_LEN..TAG_LEN + 12].copy_from_slice(&macs);
     frame.adjust(TAG_LEN);
 }
