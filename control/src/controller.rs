@@ -108,6 +108,13 @@ impl Controller {
 
     /// One round: apply events, age, resolve, publish if anything changed.
     pub fn step(&mut self, now: Instant, pool: &Mempool) {
+        self.absorb(now);
+        self.resolve(now, pool);
+        self.publish_if_changed();
+    }
+
+    /// Applies the workers' events and ages learned MACs.
+    pub fn absorb(&mut self, now: Instant) {
         for i in 0..self.queues.len() {
             while let Some(event) = self.queues[i].pop() {
                 self.apply(event, now);
@@ -117,7 +124,10 @@ impl Controller {
             self.age(now);
             self.last_aging = now;
         }
-        self.resolve(now, pool);
+    }
+
+    /// Publishes a new snapshot if anything changed since the last one.
+    pub fn publish_if_changed(&mut self) {
         if self.dirty {
             self.publisher.publish(self.compile());
             self.stats.published += 1;
@@ -265,4 +275,153 @@ pub fn fmt_mac(mac: &Mac) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+[switch]
+fdb_aging_s = 60
+
+[[tenant]]
+name = "red"
+id = 100
+max_macs = 2
+
+[[port]]
+name = "c1"
+backend = "ring"
+role = "access"
+tenant = "red"
+
+[[port]]
+name = "c2"
+backend = "ring"
+role = "access"
+tenant = "red"
+
+[[endpoint]]
+tenant = "red"
+mac = "02:00:00:00:0a:01"
+port = "c1"
+"#;
+
+    fn controller() -> (Controller, Arc<EventQueue>, TablePublisher) {
+        let config = Arc::new(Config::parse(CONFIG, |_| None).unwrap().validate().unwrap());
+        let ports = vec![
+            PortInfo {
+                id: 0,
+                mac: [2, 0, 0, 0, 0, 1],
+            },
+            PortInfo {
+                id: 1,
+                mac: [2, 0, 0, 0, 0, 2],
+            },
+        ];
+        let queue = Arc::new(EventQueue::new(64));
+        let publisher = TablePublisher::new(compile::compile(&config, &ports, &Dynamic::default()));
+        let c = Controller::new(
+            config,
+            ports,
+            publisher.clone(),
+            vec![Arc::clone(&queue)],
+            None,
+        );
+        (c, queue, publisher)
+    }
+
+    fn learn(queue: &EventQueue, last: u8, port: u16) {
+        queue
+            .push(Event::Learn {
+                tenant: 0,
+                mac: [2, 0, 0, 0, 0x0b, last],
+                location: Location::Port(port),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn learning_respects_the_tenant_cap_and_reaches_the_tables() {
+        let (mut c, queue, publisher) = controller();
+        let version = publisher.version();
+        for last in 1..=3 {
+            learn(&queue, last, 1);
+        }
+        c.absorb(Instant::now());
+        c.publish_if_changed();
+        assert_eq!(c.learned(), 2);
+        assert_eq!(
+            c.stats().learn_refused,
+            1,
+            "a tenant cannot exhaust the table"
+        );
+        assert!(
+            publisher.version() > version,
+            "a new snapshot was published"
+        );
+        let tables = publisher.current();
+        let entry = tables
+            .lookup(0, &[2, 0, 0, 0, 0x0b, 1])
+            .expect("learned MAC in the tables");
+        assert_eq!(entry.location, Location::Port(1));
+        assert!(!entry.is_static);
+        assert!(tables.lookup(0, &[2, 0, 0, 0, 0x0b, 3]).is_none());
+    }
+
+    #[test]
+    fn static_endpoints_are_not_relearned_and_moves_are_followed() {
+        let (mut c, queue, publisher) = controller();
+        queue
+            .push(Event::Learn {
+                tenant: 0,
+                mac: [2, 0, 0, 0, 0x0a, 1],
+                location: Location::Port(1),
+            })
+            .unwrap();
+        learn(&queue, 7, 0);
+        c.absorb(Instant::now());
+        learn(&queue, 7, 1);
+        c.absorb(Instant::now());
+        c.publish_if_changed();
+        let tables = publisher.current();
+        let endpoint = tables.lookup(0, &[2, 0, 0, 0, 0x0a, 1]).unwrap();
+        assert!(endpoint.is_static && endpoint.location == Location::Port(0));
+        assert_eq!(
+            tables.lookup(0, &[2, 0, 0, 0, 0x0b, 7]).unwrap().location,
+            Location::Port(1)
+        );
+    }
+
+    #[test]
+    fn unseen_macs_age_out_and_free_the_cap() {
+        let (mut c, queue, _publisher) = controller();
+        let start = Instant::now();
+        learn(&queue, 1, 1);
+        learn(&queue, 2, 1);
+        c.absorb(start);
+        assert_eq!(c.learned(), 2);
+        c.absorb(start + Duration::from_secs(61));
+        assert_eq!(c.learned(), 0);
+        assert_eq!(c.stats().aged, 2);
+        learn(&queue, 3, 1);
+        c.absorb(start + Duration::from_secs(62));
+        assert_eq!(c.learned(), 1, "the cap counts only live MACs");
+    }
+
+    #[test]
+    fn arp_request_is_well_formed() {
+        let frame = arp_request(
+            [2, 0, 0, 0, 0x0c, 1],
+            Ipv4Addr::new(192, 168, 77, 1),
+            Ipv4Addr::new(192, 168, 77, 2),
+        );
+        assert_eq!(frame.len(), 60);
+        assert_eq!(&frame[..6], &[0xff; 6]);
+        assert_eq!(&frame[12..14], &[0x08, 0x06]);
+        assert_eq!(&frame[20..22], &[0, 1], "request");
+        assert_eq!(&frame[38..42], &[192, 168, 77, 2], "target");
+    }
 }

@@ -974,4 +974,167 @@ members = [ { backend = "vf", pci = "0000:3b:02.0" }, { backend = "vf", pci = "0
         let text = "[[port]]\nname = \"v\"\nbackend = \"vhost-user\"\npath = \"rel.sock\"\n";
         assert!(err(text).starts_with("config field `port[0].path`"));
     }
+
+    const TENANTS: &str = r#"
+[switch]
+design = "dedicated"
+host = "a"
+
+[[host]]
+name = "a"
+underlay_ip = "192.168.77.1/24"
+
+[[host]]
+name = "b"
+underlay_ip = "192.168.77.2/24"
+mac = "02:00:00:00:0c:02"
+
+[[tenant]]
+name = "red"
+id = 100
+vlan = 100
+hosts = ["b"]
+
+[[tenant]]
+name = "blue"
+id = 200
+vlan = 200
+
+[[port]]
+name = "c1"
+backend = "ring"
+role = "access"
+tenant = "red"
+
+[[port]]
+name = "trunk"
+backend = "ring"
+role = "trunk"
+tenants = ["red", "blue"]
+
+[[port]]
+name = "up"
+backend = "ring"
+role = "uplink"
+
+[[endpoint]]
+tenant = "red"
+mac = "02:00:00:00:0a:01"
+port = "c1"
+
+[[endpoint]]
+tenant = "blue"
+macs = ["02:00:00:00:0b:01", "02:00:00:00:0b:02"]
+host = "b"
+"#;
+
+    #[test]
+    fn tenants_hosts_and_roles_validate() {
+        use switching::{EndpointAt, RolePlan};
+        let v = parse(TENANTS).unwrap();
+        let sw = &v.switching;
+        assert_eq!(sw.this_host, Some(0));
+        assert_eq!(sw.hosts[1].mac, Some([2, 0, 0, 0, 0x0c, 2]));
+        assert_eq!(sw.hosts[0].prefix, 24);
+        assert_eq!(sw.roles[1], RolePlan::Trunk(vec![0, 1]));
+        assert_eq!(sw.endpoints.len(), 3);
+        assert_eq!(sw.endpoints[1].at, EndpointAt::Host(1));
+        assert_eq!(
+            sw.tenants[1].hosts,
+            vec![1],
+            "a remote endpoint puts its tenant on that host"
+        );
+    }
+
+    #[test]
+    fn switching_mistakes_name_their_field() {
+        let cases = [
+            (
+                "design = \"dedicated\"",
+                "design = \"mesh\"",
+                "`switch.design`",
+            ),
+            (
+                "vlan = 200",
+                "vlan = 100",
+                "`tenant[1].vlan`: VLAN 100 is used",
+            ),
+            (
+                "vlan = 200",
+                "vlan = 4095",
+                "`tenant[1].vlan`: must be between 1 and 4094",
+            ),
+            ("id = 200", "id = 100", "`tenant[1].id`"),
+            (
+                "tenant = \"red\"\n\n[[port]]",
+                "tenant = \"green\"\n\n[[port]]",
+                "`port[0].tenant`: no tenant is named `green`",
+            ),
+            (
+                "hosts = [\"b\"]",
+                "hosts = [\"a\"]",
+                "`tenant[0].hosts[0]`: list other hosts",
+            ),
+            (
+                "hosts = [\"b\"]",
+                "hosts = [\"z\"]",
+                "`tenant[0].hosts[0]`: no host is named `z`",
+            ),
+            ("host = \"a\"", "host = \"q\"", "`switch.host`"),
+            (
+                "underlay_ip = \"192.168.77.2/24\"",
+                "underlay_ip = \"192.168.77.1/24\"",
+                "`host[1].underlay_ip`",
+            ),
+            (
+                "underlay_ip = \"192.168.77.2/24\"",
+                "underlay_ip = \"300.1.1.1\"",
+                "`host[1].underlay_ip`",
+            ),
+            (
+                "mac = \"02:00:00:00:0a:01\"",
+                "mac = \"01:00:5e:00:00:01\"",
+                "`endpoint[0].mac`: `01:00:5e:00:00:01` is not a unicast MAC",
+            ),
+            (
+                "mac = \"02:00:00:00:0a:01\"\nport = \"c1\"",
+                "mac = \"02:00:00:00:0a:01\"\nport = \"up\"",
+                "`endpoint[0].port`: port `up` does not carry",
+            ),
+            (
+                "tenants = [\"red\", \"blue\"]",
+                "tenant = \"red\"",
+                "`port[1].tenant`: not an option of this port's role",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(TENANTS.contains(from), "fixture lacks {from}");
+            let e = err(&TENANTS.replacen(from, to, 1));
+            assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn shared_design_needs_vlans_and_one_egress() {
+        let shared = TENANTS.replace("design = \"dedicated\"", "design = \"shared\"");
+        let e = err(&shared);
+        assert!(e.contains("exactly one egress host"), "{e}");
+        let one = shared.replacen(
+            "underlay_ip = \"192.168.77.1/24\"",
+            "underlay_ip = \"192.168.77.1/24\"\negress = true",
+            1,
+        );
+        assert!(parse(&one).unwrap().switching.is_hub());
+        let e = err(&one.replace("vlan = 200\n", ""));
+        assert!(
+            e.contains("`tenant[1].vlan`: the shared design needs a VLAN"),
+            "{e}"
+        );
+        let e = err(&TENANTS.replacen(
+            "underlay_ip = \"192.168.77.1/24\"",
+            "underlay_ip = \"192.168.77.1/24\"\negress = true",
+            1,
+        ));
+        assert!(e.contains("`host[0].egress`"), "{e}");
+    }
 }

@@ -61,6 +61,16 @@ impl BufFrame {
     pub fn headroom(&self) -> usize {
         self.start
     }
+
+    /// Replaces the frame with `bytes` behind [`DEFAULT_HEADROOM`], reusing the buffer
+    /// (no allocation once it is large enough): for benchmarks and fuzzers that recycle
+    /// one frame.
+    pub fn reset(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.resize(DEFAULT_HEADROOM, 0);
+        self.buf.extend_from_slice(bytes);
+        self.start = DEFAULT_HEADROOM;
+    }
 }
 
 impl Frame for BufFrame {
