@@ -441,16 +441,8 @@ pub(super) fn validate(
         let field = format!("port[{i}]");
         let role = match spec.role {
             None => {
-                for (present, name) in [
-                    (spec.tenant.is_some(), "tenant"),
-                    (spec.tenants.is_some(), "tenants"),
-                    (spec.allowed_macs.is_some(), "allowed_macs"),
-                    (spec.allowed_ips.is_some(), "allowed_ips"),
-                    (spec.mac.is_some(), "mac"),
-                ] {
-                    if present {
-                        return Err(invalid(format!("{field}.{name}"), "needs a role"));
-                    }
+                if let Some((_, name)) = role_options(spec).into_iter().find(|(set, _)| *set) {
+                    return Err(invalid(format!("{field}.{name}"), "needs a role"));
                 }
                 RolePlan::None
             }
@@ -622,21 +614,27 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Refuses role options that belong to another role.
-fn only(field: &str, spec: &PortSpec, allowed: &[&str]) -> Result<(), ConfigError> {
-    for (present, name) in [
+/// The role options a port spec sets, by field name.
+fn role_options(spec: &PortSpec) -> [(bool, &'static str); 5] {
+    [
         (spec.tenant.is_some(), "tenant"),
         (spec.tenants.is_some(), "tenants"),
         (spec.allowed_macs.is_some(), "allowed_macs"),
         (spec.allowed_ips.is_some(), "allowed_ips"),
         (spec.mac.is_some(), "mac"),
-    ] {
-        if present && !allowed.contains(&name) {
-            return Err(invalid(
-                format!("{field}.{name}"),
-                "not an option of this port's role",
-            ));
-        }
+    ]
+}
+
+/// Refuses role options that belong to another role.
+fn only(field: &str, spec: &PortSpec, allowed: &[&str]) -> Result<(), ConfigError> {
+    match role_options(spec)
+        .into_iter()
+        .find(|(set, name)| *set && !allowed.contains(name))
+    {
+        Some((_, name)) => Err(invalid(
+            format!("{field}.{name}"),
+            "not an option of this port's role",
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
