@@ -91,6 +91,55 @@ impl Controller {
         }
     }
 
+    /// Switches to a changed configuration (same ports): learned MACs of tenants that
+    /// remain are kept (re-indexed by tenant id), the rest forgotten; a new snapshot is
+    /// published at the next step.
+    pub fn reconfigure(&mut self, config: Arc<Validated>) {
+        let old_ids: Vec<u32> = self.config.switching.tenants.iter().map(|t| t.id).collect();
+        let new_index: std::collections::HashMap<u32, TenantIdx> = config
+            .switching
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id, i as TenantIdx))
+            .collect();
+        let statics: HashSet<(TenantIdx, Mac)> = config
+            .switching
+            .endpoints
+            .iter()
+            .map(|e| (e.tenant as TenantIdx, e.mac))
+            .collect();
+        let mut per_tenant = vec![0u32; config.switching.tenants.len()];
+        let learned = std::mem::take(&mut self.dynamic.learned);
+        for ((tenant, mac), entry) in learned {
+            let Some(&idx) = old_ids
+                .get(usize::from(tenant))
+                .and_then(|id| new_index.get(id))
+            else {
+                continue;
+            };
+            if statics.contains(&(idx, mac))
+                || per_tenant[usize::from(idx)]
+                    >= config.switching.tenants[usize::from(idx)].max_macs
+            {
+                continue;
+            }
+            per_tenant[usize::from(idx)] += 1;
+            self.dynamic.learned.insert((idx, mac), entry);
+        }
+        self.per_tenant = per_tenant;
+        self.statics = statics;
+        self.config = config;
+        // Next hops may have changed with the hosts: resolve now, not in a second.
+        self.last_arp = None;
+        self.dirty = true;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<Validated> {
+        &self.config
+    }
+
     /// The tables for the current state (used for the first snapshot).
     pub fn compile(&self) -> dataplane::table::FlowTables {
         compile::compile(&self.config, &self.ports, &self.dynamic)

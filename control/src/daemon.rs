@@ -16,9 +16,11 @@ use dataplane::pipeline::events::{EventQueue, EVENT_QUEUE_LEN};
 use dataplane::pipeline::SwitchPipeline;
 use dataplane::table::publish::TablePublisher;
 
+use crate::api;
 use crate::compile::PortInfo;
 use crate::config::Validated;
 use crate::controller::Controller;
+use crate::live::Live;
 use crate::wiring::{self, NamedPort};
 
 /// How often the control plane folds slow-path events into a new snapshot.
@@ -54,15 +56,20 @@ impl Summary {
     }
 }
 
-/// Runs the switch until SIGINT or SIGTERM.
-pub fn run(config: Validated, options: RunOptions) -> anyhow::Result<Summary> {
+/// Runs the switch until SIGINT or SIGTERM; `live` is the model as stored (the API
+/// edits it), `config` the same model validated over the start-up file.
+pub fn run(config: Validated, live: Live, options: RunOptions) -> anyhow::Result<Summary> {
     let eal = Eal::init(config.eal.clone()).context("starting DPDK")?;
-    let result = run_with_eal(&config, &options);
+    let result = run_with_eal(&config, live, &options);
     drop(eal);
     result
 }
 
-fn run_with_eal(config: &Validated, options: &RunOptions) -> anyhow::Result<Summary> {
+fn run_with_eal(
+    config: &Validated,
+    mut live: Live,
+    options: &RunOptions,
+) -> anyhow::Result<Summary> {
     let pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
     let mut ports = wiring::attach_ports(&config.ports)?;
     let wiring = wiring::wire(config, &pool, &mut ports)?;
@@ -108,13 +115,17 @@ fn run_with_eal(config: &Validated, options: &RunOptions) -> anyhow::Result<Summ
         .enable_all()
         .build()
         .context("starting the control runtime")?;
+    let api_socket = controller.config().api_socket.clone();
     runtime.block_on(wait_for_stop(
         &ports,
         &workers,
         options.stats_interval,
         &mut controller,
         &pool,
+        &mut live,
+        &api_socket,
     ))?;
+    let _ = std::fs::remove_file(&api_socket);
     let elapsed = started.elapsed();
     let mut core_stats = Vec::with_capacity(workers.len());
     for worker in workers {
@@ -139,8 +150,14 @@ async fn wait_for_stop(
     interval: Option<Duration>,
     controller: &mut Controller,
     pool: &Mempool,
+    live: &mut Live,
+    api_socket: &std::path::Path,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let listener = api::bind(api_socket)?;
+    let (calls_tx, mut calls) = tokio::sync::mpsc::channel::<api::Call>(64);
+    let server = tokio::spawn(api::serve(listener, calls_tx));
+    tracing::info!(socket = %api_socket.display(), "API listening");
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -152,6 +169,12 @@ async fn wait_for_stop(
     loop {
         tokio::select! {
             _ = control_tick.tick() => controller.step(Instant::now(), pool),
+            Some((command, reply)) = calls.recv() => {
+                let answer = live.answer(command, controller, ports, workers);
+                // A change takes effect now, not at the next tick.
+                controller.publish_if_changed();
+                let _ = reply.send(answer);
+            }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = ticker.tick(), if interval.is_some() => {
@@ -161,6 +184,7 @@ async fn wait_for_stop(
             }
         }
     }
+    server.abort();
     Ok(())
 }
 

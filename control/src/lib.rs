@@ -1,9 +1,13 @@
 //! tenet's control plane: configuration, the port manager that turns it into attached
 //! DPDK ports and worker plans, and the `tenetd` daemon around them.
 
+pub mod api;
 pub mod compile;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod live;
+pub mod model;
 pub mod preflight;
+pub mod store;
 pub mod wiring;

@@ -272,7 +272,7 @@ impl Tenetd {
     pub fn start_in(ns: Option<&Netns>, config: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = TempDir::new("cfg")?;
         let path = dir.path().join("tenetd.toml");
-        std::fs::write(&path, config)?;
+        std::fs::write(&path, private_control(config, dir.path()))?;
         let mut command = match ns {
             Some(ns) => {
                 let mut c = ns.command(&binary("tenetd").to_string_lossy());
@@ -398,11 +398,23 @@ impl Drop for Tenetd {
     }
 }
 
+/// Gives a test's tenetd its own API socket and state file (in `dir`) unless the config
+/// names them, so tests running side by side never share them or leave state behind.
+fn private_control(config: &str, dir: &Path) -> String {
+    if config.contains("[control]") {
+        return config.to_owned();
+    }
+    format!(
+        "{config}\n[control]\napi_socket = \"{0}/tenetd.sock\"\nstate_file = \"{0}/state.json\"\n",
+        dir.display()
+    )
+}
+
 /// Runs tenetd to completion (for configs it must refuse).
 pub fn tenetd_once(config: &str, extra: &[&str]) -> anyhow::Result<Output> {
     let dir = TempDir::new("cfg")?;
     let path = dir.path().join("tenetd.toml");
-    std::fs::write(&path, config)?;
+    std::fs::write(&path, private_control(config, dir.path()))?;
     Command::new(binary("tenetd"))
         .arg("--config")
         .arg(&path)

@@ -10,7 +10,10 @@ use std::time::Duration;
 use clap::Parser;
 use control::config::Config;
 use control::daemon::{self, RunOptions};
+use control::live::Live;
+use control::model::Model;
 use control::preflight;
+use control::store::FileStore;
 
 /// tenet's host vswitch daemon: a poll-mode DPDK dataplane driven by a config file.
 #[derive(Debug, Parser)]
@@ -60,6 +63,36 @@ fn main() -> ExitCode {
         println!("tenetd: config {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
+    // The file seeds the store; afterwards tenants, hosts and endpoints come from the
+    // store, where the API keeps them.
+    let store = FileStore::new(&config.state_file);
+    let (config, model) = match store.load() {
+        Ok(Some(model)) => match model.over(&config.source).validate() {
+            Ok(restored) => {
+                tracing::info!(state = %store.path().display(), tenants = model.tenants.len(), "restored the stored state");
+                (restored, model)
+            }
+            Err(e) => {
+                eprintln!(
+                    "tenetd: state file {} does not fit the config: {e}",
+                    store.path().display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        Ok(None) => {
+            let model = Model::of(&config.source);
+            if let Err(e) = store.save(&model) {
+                eprintln!("tenetd: {e:#}");
+                return ExitCode::from(1);
+            }
+            (config, model)
+        }
+        Err(e) => {
+            eprintln!("tenetd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let backends: Vec<_> = config.ports.iter().map(|p| &p.backend).collect();
     if let Err(missing) = preflight::check(config.eal.memory_mb, config.eal.in_memory, &backends) {
         eprintln!("tenetd: {missing}");
@@ -67,6 +100,7 @@ fn main() -> ExitCode {
     }
     match daemon::run(
         config,
+        Live { model, store },
         RunOptions {
             stats_interval: args.stats_interval,
         },

@@ -82,6 +82,29 @@ pub struct Config {
     /// Known endpoints (static FDB entries).
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointSpec>,
+    /// API socket and state file.
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// Unix socket of the HTTP/JSON API.
+    pub api_socket: PathBuf,
+    /// Where tenants, hosts and endpoints changed through the API are kept (written
+    /// atomically); restored from on start. Default: `/var/lib/tenet/<file_prefix>.json`.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            api_socket: PathBuf::from("/run/tenet/tenetd.sock"),
+            state_file: None,
+        }
+    }
 }
 
 /// `[dataplane]`.
@@ -243,6 +266,12 @@ pub struct Validated {
     pub cross_connects: Vec<(usize, usize)>,
     /// Tenants, hosts, endpoints and port roles.
     pub switching: SwitchPlan,
+    /// API socket path.
+    pub api_socket: PathBuf,
+    /// State file path.
+    pub state_file: PathBuf,
+    /// The configuration this was validated from (the API derives changed ones from it).
+    pub source: Config,
 }
 
 impl Config {
@@ -463,6 +492,11 @@ impl Config {
             ports,
             cross_connects,
             switching,
+            api_socket: self.control.api_socket.clone(),
+            state_file: self.control.state_file.clone().unwrap_or_else(|| {
+                PathBuf::from(format!("/var/lib/tenet/{}.json", dp.file_prefix))
+            }),
+            source: self.clone(),
         })
     }
 }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use dataplane::packet::Mac;
 use dataplane::table::Design;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{invalid, ConfigError, PortSpec};
 
 /// `[switch]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SwitchSection {
     /// `shared` (VLAN per tenant, star of tunnels to the egress host) or `dedicated`
@@ -48,7 +48,7 @@ impl Default for SwitchSection {
 }
 
 /// `[[host]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSpec {
     /// Unique name.
@@ -63,7 +63,7 @@ pub struct HostSpec {
 }
 
 /// `[[tenant]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     /// Unique name.
@@ -80,7 +80,7 @@ pub struct TenantSpec {
 }
 
 /// `[[endpoint]]`: a container's MAC, installed instead of learned.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Its tenant.
@@ -96,7 +96,7 @@ pub struct EndpointSpec {
 }
 
 /// Port roles in the user's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoleName {
     /// One tenant, untagged.

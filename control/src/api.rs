@@ -1,0 +1,239 @@
+//! The HTTP/JSON API on a Unix socket. This module only speaks HTTP: it turns requests
+//! into [`Command`]s, hands them to the daemon's control loop (which owns all state)
+//! and writes back what the loop answers. Errors are JSON: `{status, field, message}`.
+
+use std::path::Path;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::switching::{EndpointSpec, HostSpec, TenantSpec};
+use crate::model::Change;
+
+/// What a request asks of the control loop.
+#[derive(Debug)]
+pub enum Command {
+    /// All tenants.
+    ListTenants,
+    /// One tenant, with its endpoints.
+    ShowTenant(String),
+    /// All hosts.
+    ListHosts,
+    /// All endpoints.
+    ListEndpoints,
+    /// Ports with role, device, link and counters.
+    ListPorts,
+    /// Per-port, per-core and per-reason counters.
+    Stats,
+    /// Everything, like `ovs-vsctl show`.
+    Show,
+    /// A change of the model.
+    Change(Change),
+}
+
+/// The control loop's answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl Reply {
+    /// 200 with `body`.
+    pub fn ok(body: Value) -> Self {
+        Self { status: 200, body }
+    }
+
+    /// An error reply naming the field at fault.
+    pub fn error(status: u16, field: &str, message: &str) -> Self {
+        Self {
+            status,
+            body: json!({"status": status, "field": field, "message": message}),
+        }
+    }
+}
+
+/// A command with the channel its reply goes back on.
+pub type Call = (Command, oneshot::Sender<Reply>);
+
+/// Binds the API socket (replacing a stale one) with owner-only permissions.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "another tenetd serves {}; stop it or set [control] api_socket",
+            path.display()
+        );
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections forever, forwarding each request to the control loop.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "API accept failed");
+                continue;
+            }
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, calls.clone()));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "API connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    calls: mpsc::Sender<Call>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let body = req.into_body().collect().await?.to_bytes();
+    let reply = match route(&method, &path, &body) {
+        Ok(command) => {
+            let (tx, rx) = oneshot::channel();
+            if calls.send((command, tx)).await.is_err() {
+                Reply::error(503, "", "tenetd is stopping")
+            } else {
+                rx.await
+                    .unwrap_or_else(|_| Reply::error(503, "", "tenetd is stopping"))
+            }
+        }
+        Err(reply) => reply,
+    };
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut text = serde_json::to_vec_pretty(&reply.body).unwrap_or_default();
+    text.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Maps a request to a command, or to the error reply for a bad request.
+pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let not_found = || Reply::error(404, "path", &format!("no resource {method} {path}"));
+    if parts.first() != Some(&"v1") {
+        return Err(not_found());
+    }
+    let decoded = |s: &str| s.replace("%3A", ":").replace("%3a", ":");
+    match (method, &parts[1..]) {
+        (&Method::GET, ["tenants"]) => Ok(Command::ListTenants),
+        (&Method::POST, ["tenants"]) => Ok(Command::Change(Change::AddTenant(
+            parse::<TenantSpec>(body)?,
+        ))),
+        (&Method::GET, ["tenants", name]) => Ok(Command::ShowTenant((*name).to_owned())),
+        (&Method::DELETE, ["tenants", name]) => {
+            Ok(Command::Change(Change::DeleteTenant((*name).to_owned())))
+        }
+        (&Method::GET, ["hosts"]) => Ok(Command::ListHosts),
+        (&Method::POST, ["hosts"]) => {
+            Ok(Command::Change(Change::AddHost(parse::<HostSpec>(body)?)))
+        }
+        (&Method::DELETE, ["hosts", name]) => {
+            Ok(Command::Change(Change::DeleteHost((*name).to_owned())))
+        }
+        (&Method::GET, ["endpoints"]) => Ok(Command::ListEndpoints),
+        (&Method::POST, ["endpoints"]) => Ok(Command::Change(Change::AddEndpoint(parse::<
+            EndpointSpec,
+        >(body)?))),
+        (&Method::DELETE, ["endpoints", tenant, mac]) => {
+            Ok(Command::Change(Change::DeleteEndpoint {
+                tenant: (*tenant).to_owned(),
+                mac: decoded(mac),
+            }))
+        }
+        (&Method::GET, ["ports"]) => Ok(Command::ListPorts),
+        (&Method::GET, ["stats"]) => Ok(Command::Stats),
+        (&Method::GET, ["show"]) => Ok(Command::Show),
+        _ => Err(not_found()),
+    }
+}
+
+/// Decodes a JSON body, naming the field at fault when it does not fit.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        Reply::error(
+            400,
+            if field == "." { "" } else { &field },
+            &e.into_inner().to_string(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_refuses() {
+        assert!(matches!(
+            route(&Method::GET, "/v1/tenants", b""),
+            Ok(Command::ListTenants)
+        ));
+        let add = route(
+            &Method::POST,
+            "/v1/tenants",
+            br#"{"name":"red","id":5,"hosts":[]}"#,
+        );
+        assert!(matches!(add, Ok(Command::Change(Change::AddTenant(t))) if t.id == 5));
+        let bad = route(
+            &Method::POST,
+            "/v1/tenants",
+            br#"{"name":"red","id":"five"}"#,
+        )
+        .unwrap_err();
+        assert_eq!((bad.status, bad.body["field"].as_str()), (400, Some("id")));
+        let unknown = route(
+            &Method::POST,
+            "/v1/tenants",
+            br#"{"name":"red","id":5,"colour":1}"#,
+        )
+        .unwrap_err();
+        assert!(unknown.body["message"].as_str().unwrap().contains("colour"));
+        let del = route(
+            &Method::DELETE,
+            "/v1/endpoints/red/02%3A00%3A00%3A00%3A0a%3A01",
+            b"",
+        );
+        assert!(
+            matches!(del, Ok(Command::Change(Change::DeleteEndpoint { mac, .. })) if mac == "02:00:00:00:0a:01")
+        );
+        assert_eq!(route(&Method::GET, "/v2/x", b"").unwrap_err().status, 404);
+    }
+}

@@ -1,0 +1,435 @@
+//! `tenetctl`: the command line of a running tenetd, over its API socket.
+//!
+//! Exit status: 0 done, 1 refused (the API said no, or tenetd is unreachable), 2 usage.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+/// Control a running tenetd.
+#[derive(Debug, Parser)]
+#[command(name = "tenetctl", version)]
+struct Cli {
+    /// tenetd's API socket.
+    #[arg(
+        long,
+        default_value = "/run/tenet/tenetd.sock",
+        env = "TENET_SOCKET",
+        global = true
+    )]
+    socket: PathBuf,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Tenants: add, del, list, show.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Known endpoints (container MACs): add, del, list.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Cluster hosts: add, del, list.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Ports with their role, link and counters.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Counters: per port, per core, drops by reason.
+    Stats,
+    /// The whole switch.
+    Show,
+    /// Shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCmd {
+    /// Add a tenant.
+    Add(TenantAdd),
+    /// Remove a tenant.
+    Del {
+        /// Its name.
+        name: String,
+    },
+    /// List tenants.
+    List,
+    /// One tenant with its ports and endpoints.
+    Show {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TenantAdd {
+    /// Unique name.
+    name: String,
+    /// Tenant id (the GRE key in the dedicated design).
+    #[arg(long)]
+    id: u32,
+    /// VLAN (needed in the shared design).
+    #[arg(long)]
+    vlan: Option<u16>,
+    /// Cap on learned MACs.
+    #[arg(long)]
+    max_macs: Option<u32>,
+    /// Other hosts where it lives (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCmd {
+    /// Add an endpoint.
+    Add {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its MAC.
+        #[arg(long)]
+        mac: String,
+        /// The local port it is behind.
+        #[arg(long, conflicts_with = "host")]
+        port: Option<String>,
+        /// The other host it is on.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Remove an endpoint.
+    Del {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its MAC.
+        #[arg(long)]
+        mac: String,
+    },
+    /// List endpoints.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// Add a host.
+    Add {
+        /// Unique name.
+        name: String,
+        /// Underlay address, optionally with /prefix.
+        #[arg(long)]
+        underlay_ip: String,
+        /// Its underlay MAC, if known.
+        #[arg(long)]
+        mac: Option<String>,
+        /// The shared design's egress host.
+        #[arg(long)]
+        egress: bool,
+    },
+    /// Remove a host.
+    Del {
+        /// Its name.
+        name: String,
+    },
+    /// List hosts.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PortCmd {
+    /// List ports.
+    List,
+}
+
+/// What the API answered.
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+fn call(
+    socket: &PathBuf,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Answer, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach tenetd at {}: {e} (is it running? --socket)",
+            socket.display()
+        )
+    })?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tenetd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("writing to tenetd: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("reading from tenetd: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("tenetd sent no HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("tenetd sent a malformed status line")?;
+    let body =
+        serde_json::from_str(body.trim()).map_err(|e| format!("tenetd sent invalid JSON: {e}"))?;
+    Ok(Answer { status, body })
+}
+
+fn encode(segment: &str) -> String {
+    segment.replace(':', "%3A")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (method, path, body): (&str, String, Option<Value>) = match &cli.command {
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "tenetctl",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Tenant(TenantCmd::Add(t)) => (
+            "POST",
+            "/v1/tenants".into(),
+            Some(
+                json!({"name": t.name, "id": t.id, "vlan": t.vlan, "max_macs": t.max_macs, "hosts": t.hosts}),
+            ),
+        ),
+        Cmd::Tenant(TenantCmd::Del { name }) => ("DELETE", format!("/v1/tenants/{name}"), None),
+        Cmd::Tenant(TenantCmd::List) => ("GET", "/v1/tenants".into(), None),
+        Cmd::Tenant(TenantCmd::Show { name }) => ("GET", format!("/v1/tenants/{name}"), None),
+        Cmd::Endpoint(EndpointCmd::Add {
+            tenant,
+            mac,
+            port,
+            host,
+        }) => (
+            "POST",
+            "/v1/endpoints".into(),
+            Some(json!({"tenant": tenant, "mac": mac, "port": port, "host": host})),
+        ),
+        Cmd::Endpoint(EndpointCmd::Del { tenant, mac }) => (
+            "DELETE",
+            format!("/v1/endpoints/{tenant}/{}", encode(mac)),
+            None,
+        ),
+        Cmd::Endpoint(EndpointCmd::List) => ("GET", "/v1/endpoints".into(), None),
+        Cmd::Host(HostCmd::Add {
+            name,
+            underlay_ip,
+            mac,
+            egress,
+        }) => (
+            "POST",
+            "/v1/hosts".into(),
+            Some(json!({"name": name, "underlay_ip": underlay_ip, "mac": mac, "egress": egress})),
+        ),
+        Cmd::Host(HostCmd::Del { name }) => ("DELETE", format!("/v1/hosts/{name}"), None),
+        Cmd::Host(HostCmd::List) => ("GET", "/v1/hosts".into(), None),
+        Cmd::Port(PortCmd::List) => ("GET", "/v1/ports".into(), None),
+        Cmd::Stats => ("GET", "/v1/stats".into(), None),
+        Cmd::Show => ("GET", "/v1/show".into(), None),
+    };
+    let answer = match call(&cli.socket, method, &path, body.as_ref()) {
+        Ok(answer) => answer,
+        Err(message) => {
+            eprintln!("tenetctl: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    if !(200..300).contains(&answer.status) {
+        let field = answer.body["field"].as_str().unwrap_or("");
+        let message = answer.body["message"].as_str().unwrap_or("refused");
+        if cli.json {
+            println!("{}", answer.body);
+        } else if field.is_empty() {
+            eprintln!("tenetctl: {message}");
+        } else {
+            eprintln!("tenetctl: {field}: {message}");
+        }
+        return ExitCode::from(1);
+    }
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer.body).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&cli.command, &answer.body));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Human-readable output: one line per item, aligned.
+fn render(command: &Cmd, body: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    match command {
+        Cmd::Tenant(TenantCmd::List) => {
+            out.push_str(&format!(
+                "{:<20} {:>10} {:>6} {:>9}  hosts\n",
+                "name", "id", "vlan", "max_macs"
+            ));
+            for t in body.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<20} {:>10} {:>6} {:>9}  {}\n",
+                    s(&t["name"]),
+                    s(&t["id"]),
+                    s(&t["vlan"]),
+                    s(&t["max_macs"]),
+                    t["hosts"]
+                        .as_array()
+                        .map(|h| h.iter().map(s).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Cmd::Endpoint(EndpointCmd::List) => {
+            out.push_str(&format!(
+                "{:<20} {:<18} {:<14} host\n",
+                "tenant", "mac", "port"
+            ));
+            for e in body.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<20} {:<18} {:<14} {}\n",
+                    s(&e["tenant"]),
+                    s(&e["mac"]),
+                    s(&e["port"]),
+                    s(&e["host"])
+                ));
+            }
+        }
+        Cmd::Host(HostCmd::List) => {
+            out.push_str(&format!(
+                "{:<20} {:<20} {:<18} egress\n",
+                "name", "underlay_ip", "mac"
+            ));
+            for h in body.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<20} {:<20} {:<18} {}\n",
+                    s(&h["name"]),
+                    s(&h["underlay_ip"]),
+                    s(&h["mac"]),
+                    s(&h["egress"])
+                ));
+            }
+        }
+        Cmd::Port(PortCmd::List) => out.push_str(&ports_table(body)),
+        Cmd::Stats => {
+            out.push_str(&ports_table(&body["ports"]));
+            for c in body["cores"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "core {:<3} rx {:>14} tx {:>14} cycles/pkt {:>8.1}\n",
+                    s(&c["core"]),
+                    s(&c["rx_packets"]),
+                    s(&c["tx_packets"]),
+                    c["cycles_per_packet"].as_f64().unwrap_or(0.0)
+                ));
+            }
+            if let Some(drops) = body["drops"].as_object() {
+                for (name, n) in drops.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0) {
+                    out.push_str(&format!("drop {name:<22} {n:>14}\n"));
+                }
+            }
+            out.push_str(&format!(
+                "learned MACs {}\n",
+                s(&body["control"]["learned_macs"])
+            ));
+        }
+        Cmd::Show => {
+            out.push_str(&format!(
+                "design {}  host {}\n",
+                s(&body["design"]),
+                s(&body["host"])
+            ));
+            for t in body["tenants"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  tenant {} (id {}, vlan {})\n",
+                    s(&t["name"]),
+                    s(&t["id"]),
+                    s(&t["vlan"])
+                ));
+            }
+            for h in body["hosts"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  host {} {}\n",
+                    s(&h["name"]),
+                    s(&h["underlay_ip"])
+                ));
+            }
+            out.push_str(&ports_table(&body["ports"]));
+            out.push_str(&format!("learned MACs {}\n", s(&body["learned_macs"])));
+        }
+        _ => out.push_str(&format!("{}\n", s(&body["message"]))),
+    }
+    out
+}
+
+fn ports_table(ports: &Value) -> String {
+    let mut out = format!(
+        "{:<14} {:<11} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
+        "port", "backend", "device", "link", "role", "rx", "tx"
+    );
+    for p in ports.as_array().into_iter().flatten() {
+        let role = &p["role"];
+        let role_text = match role["role"].as_str() {
+            Some("access") => format!("access:{}", role["tenant"].as_str().unwrap_or("")),
+            Some("trunk") => format!(
+                "trunk:{}",
+                role["tenants"]
+                    .as_array()
+                    .map(|t| t
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default()
+            ),
+            Some(other) => other.to_owned(),
+            None => "-".to_owned(),
+        };
+        out.push_str(&format!(
+            "{:<14} {:<11} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
+            p["name"].as_str().unwrap_or(""),
+            p["backend"].as_str().unwrap_or(""),
+            p["device"].as_str().unwrap_or(""),
+            if p["link_up"].as_bool().unwrap_or(false) {
+                "up"
+            } else {
+                "down"
+            },
+            role_text,
+            p["rx_packets"],
+            p["tx_packets"]
+        ));
+    }
+    out
+}

@@ -1,0 +1,184 @@
+//! The control loop's answers to API commands: reads come from the live model, the
+//! controller and the counters; a change is validated, written to the store, and only
+//! then made live (a refused or unsaved change changes nothing).
+
+use std::sync::Arc;
+
+use dataplane::counters::{CoreStats, DropReason};
+use dataplane::worker::Worker;
+use serde_json::{json, Value};
+
+use crate::api::{Command, Reply};
+use crate::config::switching::RolePlan;
+use crate::controller::{fmt_mac, Controller};
+use crate::model::{Change, Model};
+use crate::store::FileStore;
+use crate::wiring::NamedPort;
+
+/// The model as edited through the API, and where it is kept.
+pub struct Live {
+    /// The model in force.
+    pub model: Model,
+    /// Its store.
+    pub store: FileStore,
+}
+
+impl Live {
+    /// Answers one command.
+    pub fn answer(
+        &mut self,
+        command: Command,
+        controller: &mut Controller,
+        ports: &[NamedPort],
+        workers: &[Worker],
+    ) -> Reply {
+        match command {
+            Command::ListTenants => Reply::ok(json!(self.model.tenants)),
+            Command::ShowTenant(name) => match self.model.tenants.iter().find(|t| t.name == name) {
+                Some(t) => {
+                    let endpoints: Vec<_> = self
+                        .model
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.tenant == name)
+                        .collect();
+                    let ports: Vec<&str> = ports_of(controller, ports, &name);
+                    Reply::ok(json!({"tenant": t, "endpoints": endpoints, "ports": ports}))
+                }
+                None => Reply::error(404, "name", &format!("no tenant is named `{name}`")),
+            },
+            Command::ListHosts => Reply::ok(json!(self.model.hosts)),
+            Command::ListEndpoints => Reply::ok(json!(self.model.endpoints)),
+            Command::ListPorts => Reply::ok(ports_json(controller, ports)),
+            Command::Stats => Reply::ok(stats_json(controller, ports, workers)),
+            Command::Show => Reply::ok(json!({
+                "design": self.model.switch.design,
+                "host": self.model.switch.host,
+                "hosts": self.model.hosts,
+                "tenants": self.model.tenants,
+                "endpoints": self.model.endpoints,
+                "ports": ports_json(controller, ports),
+                "learned_macs": controller.learned(),
+            })),
+            Command::Change(change) => self.change(change, controller),
+        }
+    }
+
+    fn change(&mut self, change: Change, controller: &mut Controller) -> Reply {
+        let base = controller.config().source.clone();
+        let (model, validated) = match self.model.apply(&change, &base) {
+            Ok(next) => next,
+            Err(refusal) => return Reply::error(refusal.status, &refusal.field, &refusal.message),
+        };
+        if let Err(e) = self.store.save(&model) {
+            tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
+            return Reply::error(500, "", &format!("could not save the state: {e:#}"));
+        }
+        tracing::info!(?change, "applied");
+        self.model = model;
+        controller.reconfigure(Arc::new(validated));
+        let status = match change {
+            Change::AddTenant(_) | Change::AddHost(_) | Change::AddEndpoint(_) => 201,
+            _ => 200,
+        };
+        Reply {
+            status,
+            body: json!({"status": status, "message": "applied"}),
+        }
+    }
+}
+
+fn role_name(role: &RolePlan, tenants: &[crate::config::switching::TenantPlan]) -> Value {
+    match role {
+        RolePlan::None => json!({"role": "cross-connect"}),
+        RolePlan::Access { tenant, .. } => {
+            json!({"role": "access", "tenant": tenants[*tenant].name})
+        }
+        RolePlan::Trunk(carried) => {
+            json!({"role": "trunk", "tenants": carried.iter().map(|&t| &tenants[t].name).collect::<Vec<_>>()})
+        }
+        RolePlan::Uplink(_) => json!({"role": "uplink"}),
+    }
+}
+
+fn ports_of<'a>(controller: &Controller, ports: &'a [NamedPort], tenant: &str) -> Vec<&'a str> {
+    let plan = &controller.config().switching;
+    ports
+        .iter()
+        .zip(&plan.roles)
+        .filter(|(_, role)| match role {
+            RolePlan::Access { tenant: t, .. } => plan.tenants[*t].name == tenant,
+            RolePlan::Trunk(carried) => carried.iter().any(|&t| plan.tenants[t].name == tenant),
+            _ => false,
+        })
+        .map(|(p, _)| p.name.as_str())
+        .collect()
+}
+
+fn ports_json(controller: &Controller, ports: &[NamedPort]) -> Value {
+    let config = controller.config();
+    let list: Vec<Value> = ports
+        .iter()
+        .zip(&config.ports)
+        .zip(&config.switching.roles)
+        .map(|((p, plan), role)| {
+            let s = p.port.stats();
+            let link = p.port.link();
+            json!({
+                "name": p.name,
+                "backend": plan.backend.kind(),
+                "device": p.port.name(),
+                "port_id": p.port.id(),
+                "mac": fmt_mac(&p.port.mac()),
+                "link_up": link.up,
+                "role": role_name(role, &config.switching.tenants),
+                "rx_packets": s.rx_packets,
+                "tx_packets": s.tx_packets,
+                "rx_bytes": s.rx_bytes,
+                "tx_bytes": s.tx_bytes,
+                "rx_missed": s.rx_missed,
+                "rx_errors": s.rx_errors,
+                "tx_errors": s.tx_errors,
+            })
+        })
+        .collect();
+    json!(list)
+}
+
+fn drops_json(stats: &CoreStats) -> Value {
+    let map: serde_json::Map<String, Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name().to_owned(), json!(stats.dropped(*r))))
+        .collect();
+    Value::Object(map)
+}
+
+fn stats_json(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) -> Value {
+    let cores: Vec<CoreStats> = workers.iter().map(|w| w.counters().snapshot()).collect();
+    let total = CoreStats::sum(&cores);
+    let control = controller.stats();
+    json!({
+        "ports": ports_json(controller, ports),
+        "cores": workers.iter().zip(&cores).map(|(w, s)| json!({
+            "core": w.core(),
+            "rx_packets": s.rx_packets,
+            "tx_packets": s.tx_packets,
+            "busy_cycles": s.busy_cycles,
+            "cycles_per_packet": s.cycles_per_packet(),
+            "idle_sleeps": s.idle_sleeps,
+            "punted": s.punted,
+            "events_lost": s.events_lost,
+            "drops": drops_json(s),
+        })).collect::<Vec<_>>(),
+        "drops": drops_json(&total),
+        "drop_reasons": DropReason::ALL.iter().map(|r| json!({"name": r.name(), "help": r.help()})).collect::<Vec<_>>(),
+        "control": {
+            "learned_macs": controller.learned(),
+            "learned": control.learned,
+            "learn_refused": control.learn_refused,
+            "aged": control.aged,
+            "published": control.published,
+            "arp_sent": control.arp_sent,
+        },
+    })
+}

@@ -1,0 +1,95 @@
+//! The file store: the live [`Model`] as JSON, replaced atomically (write a temporary
+//! file, fsync it, rename it over the old one, fsync the directory), so a crash at any
+//! moment leaves either the old state or the new one, never a torn file.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::model::Model;
+
+/// A model kept in one file.
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// A store at `path` (its directory is created on first save).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored model, or `None` when nothing was stored yet.
+    pub fn load(&self) -> anyhow::Result<Option<Model>> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        let model = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a tenet state file", self.path.display()))?;
+        Ok(Some(model))
+    }
+
+    /// Replaces the stored model atomically.
+    pub fn save(&self, model: &Model) -> anyhow::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let bytes = serde_json::to_vec_pretty(model).context("encoding the model")?;
+        {
+            let mut file =
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            file.write_all(&bytes)?;
+            file.sync_all().context("fsync of the new state")?;
+        }
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync of {}", dir.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn saves_and_loads_atomically() {
+        let dir = std::env::temp_dir().join(format!("tenet-store-{}", std::process::id()));
+        let store = FileStore::new(dir.join("state.json"));
+        assert!(store.load().unwrap().is_none());
+        let config = Config::parse("[[tenant]]\nname = \"red\"\nid = 7\n", |_| None).unwrap();
+        store.save(&Model::of(&config)).unwrap();
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back.tenants[0].name, "red");
+        assert_eq!(back.tenants[0].id, 7);
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file left behind");
+        fs::write(store.path(), b"{ torn").unwrap();
+        assert!(
+            store.load().is_err(),
+            "a damaged file is refused, not silently emptied"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,266 @@
+//! tenetd driven the way a user drives it: through tenetctl and the HTTP/JSON API on its
+//! Unix socket. Tenants and endpoints change while traffic flows, refused requests name
+//! their field and change nothing, and everything survives a restart and a kill -9.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tests::{binary, expected_frame, unique, Link, Netns, Receiver, TempDir, Tenetd};
+
+fn tenetctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(binary("tenetctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("tenetctl runs")
+}
+
+fn ok(socket: &Path, args: &[&str]) -> String {
+    let out = tenetctl(socket, args);
+    assert!(
+        out.status.success(),
+        "tenetctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(socket: &Path, args: &[&str], must_say: &str) {
+    let out = tenetctl(socket, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "tenetctl {args:?}: {stderr}");
+    assert!(
+        stderr.contains(must_say),
+        "tenetctl {args:?}: `{must_say}` not in {stderr}"
+    );
+}
+
+fn config(dir: &Path, prefix: &str, a: &str, b: &str) -> String {
+    format!(
+        r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{prefix}"
+memory_mb = 256
+mbufs = 8191
+
+[control]
+api_socket = "{dir}/tenetd.sock"
+state_file = "{dir}/state.json"
+
+[[tenant]]
+name = "red"
+id = 100
+
+[[port]]
+name = "c1"
+backend = "af-packet"
+interface = "{a}"
+role = "access"
+tenant = "red"
+
+[[port]]
+name = "c2"
+backend = "af-packet"
+interface = "{b}"
+role = "access"
+tenant = "red"
+"#,
+        dir = dir.display()
+    )
+}
+
+#[test]
+fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
+    let dir = TempDir::new("api").unwrap();
+    let socket = dir.path().join("tenetd.sock");
+    let state = dir.path().join("state.json");
+    let (ns1, ns2) = (Netns::new("ac1-").unwrap(), Netns::new("ac2-").unwrap());
+    let (l1, l2) = (
+        Link::new(&ns1, None).unwrap(),
+        Link::new(&ns2, None).unwrap(),
+    );
+    let text = config(dir.path(), &unique("api"), &l1.host, &l2.host);
+    let mut tenetd = Tenetd::start(&text, &[]).unwrap();
+    tenetd.wait_ready(Duration::from_secs(30)).unwrap();
+    tenetd
+        .wait_for_line("API listening", Duration::from_secs(10))
+        .unwrap();
+
+    // Reads.
+    assert!(ok(&socket, &["tenant", "list"]).contains("red"));
+    let ports: serde_json::Value =
+        serde_json::from_str(&ok(&socket, &["--json", "port", "list"])).unwrap();
+    assert_eq!(ports[0]["role"]["tenant"], "red");
+
+    // Traffic between the containers flows while tenants are added.
+    let tag = 0x0a91_0001;
+    let rx = Receiver::start(&ns2, "eth0", 200, tag).unwrap();
+    let sender = std::thread::spawn({
+        let (ns1_name, src, dst) = (ns1.name().to_owned(), l1.mac.clone(), l2.mac.clone());
+        move || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns1_name, "python3"])
+                .arg(tests::frames_tool())
+                .args([
+                    "send",
+                    "eth0",
+                    "200",
+                    "--tag",
+                    &tag.to_string(),
+                    "--src",
+                    &src,
+                    "--dst",
+                    &dst,
+                    "--gap",
+                    "0.002",
+                ])
+                .status()
+                .unwrap()
+        }
+    });
+    for i in 0..20 {
+        ok(
+            &socket,
+            &[
+                "tenant",
+                "add",
+                &format!("t{i}"),
+                "--id",
+                &(1000 + i).to_string(),
+            ],
+        );
+    }
+    assert!(sender.join().unwrap().success());
+    let got = rx.collect(200, Duration::from_secs(10));
+    assert_eq!(got.len(), 200, "frames lost while the tables changed");
+    assert_eq!(got[199], expected_frame(&l1.mac, &l2.mac, tag, 199, 64));
+
+    // An endpoint installs an FDB entry; refused requests name the field.
+    ok(
+        &socket,
+        &[
+            "endpoint", "add", "--tenant", "red", "--mac", &l2.mac, "--port", "c2",
+        ],
+    );
+    refused(
+        &socket,
+        &["tenant", "add", "dup", "--id", "100"],
+        "id: id 100 is used by another tenant",
+    );
+    refused(
+        &socket,
+        &["tenant", "add", "t0", "--id", "5"],
+        "name: tenant `t0` is defined twice",
+    );
+    refused(
+        &socket,
+        &["tenant", "add", "bad", "--id", "6", "--vlan", "5000"],
+        "vlan: must be between 1 and 4094",
+    );
+    refused(
+        &socket,
+        &["tenant", "del", "red"],
+        "tenant `red` is used by port `c1`",
+    );
+    refused(
+        &socket,
+        &["tenant", "del", "nosuch"],
+        "no tenant is named `nosuch`",
+    );
+    refused(
+        &socket,
+        &[
+            "endpoint",
+            "add",
+            "--tenant",
+            "red",
+            "--mac",
+            "ff:ff:ff:ff:ff:ff",
+            "--port",
+            "c2",
+        ],
+        "mac",
+    );
+    let usage = tenetctl(&socket, &["tenant", "add"]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "missing arguments are a usage error"
+    );
+    ok(&socket, &["tenant", "del", "t19"]);
+    let before = std::fs::read_to_string(&state).unwrap();
+    assert!(before.contains("\"t18\"") && !before.contains("\"t19\""));
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&socket, &["--json", "stats"])).unwrap();
+    assert!(stats["cores"][0]["rx_packets"].as_u64().unwrap() >= 200);
+    assert!(ok(&socket, &["show"]).contains("tenant t18"));
+
+    // Restart: everything is as it was.
+    let stopped = tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(!socket.exists(), "API socket removed at stop");
+    let mut tenetd = Tenetd::start(&text, &[]).unwrap();
+    tenetd
+        .wait_for_line("API listening", Duration::from_secs(30))
+        .unwrap();
+    let list = ok(&socket, &["tenant", "list"]);
+    assert!(list.contains("t18") && !list.contains("t19"), "{list}");
+    assert!(ok(&socket, &["endpoint", "list"]).contains(&l2.mac));
+
+    // kill -9 in the middle of a burst of writes: the state file is old or new, never torn.
+    let writer = std::thread::spawn({
+        let socket = socket.clone();
+        move || {
+            for i in 0..200 {
+                let out = tenetctl(
+                    &socket,
+                    &[
+                        "tenant",
+                        "add",
+                        &format!("k{i}"),
+                        "--id",
+                        &(5000 + i).to_string(),
+                    ],
+                );
+                if !out.status.success() {
+                    return i;
+                }
+            }
+            200
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    tests::run("kill", &["-9", &tenetd.pid().to_string()]).unwrap();
+    let written = writer.join().unwrap();
+    drop(tenetd);
+    let text_after = std::fs::read_to_string(&state).unwrap();
+    let model: serde_json::Value =
+        serde_json::from_str(&text_after).expect("state file intact after kill -9");
+    let kept = model["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().starts_with('k'))
+        .count();
+    assert!(
+        kept >= written && kept <= written + 1,
+        "acknowledged {written} writes, state has {kept}"
+    );
+    let leftovers = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert!(leftovers <= 1, "at most the one interrupted temporary file");
+    // And it restarts from it.
+    let mut tenetd = Tenetd::start(&text, &[]).unwrap();
+    tenetd
+        .wait_for_line("API listening", Duration::from_secs(30))
+        .unwrap();
+    assert!(ok(&socket, &["tenant", "list"]).contains("t18"));
+    tenetd.stop().unwrap();
+}
