@@ -14,6 +14,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::switching::{EndpointSpec, HostSpec, TenantSpec};
+use crate::config::PortSpec;
 use crate::model::Change;
 
 /// What a request asks of the control loop.
@@ -177,6 +178,14 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
             }))
         }
         (&Method::GET, ["ports"]) => Ok(Command::ListPorts),
+        (&Method::POST, ["ports"]) => {
+            Ok(Command::Change(Change::AddPort(Box::new(
+                parse::<PortSpec>(body)?,
+            ))))
+        }
+        (&Method::DELETE, ["ports", name]) => {
+            Ok(Command::Change(Change::DeletePort((*name).to_owned())))
+        }
         (&Method::GET, ["stats"]) => Ok(Command::Stats),
         (&Method::GET, ["show"]) => Ok(Command::Show),
         _ => Err(not_found()),

@@ -94,7 +94,8 @@ impl Controller {
     /// Switches to a changed configuration (same ports): learned MACs of tenants that
     /// remain are kept (re-indexed by tenant id), the rest forgotten; a new snapshot is
     /// published at the next step.
-    pub fn reconfigure(&mut self, config: Arc<Validated>) {
+    pub fn reconfigure(&mut self, config: Arc<Validated>, ports: Vec<PortInfo>) {
+        self.ports = ports;
         let old_ids: Vec<u32> = self.config.switching.tenants.iter().map(|t| t.id).collect();
         let new_index: std::collections::HashMap<u32, TenantIdx> = config
             .switching

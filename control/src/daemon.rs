@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dataplane::counters::{CoreStats, DropReason};
-use dataplane::dpdk::{self, Eal, Mempool, PortStats};
+use dataplane::dpdk::{self, DeviceNamer, Eal, Mempool, PortStats};
 use dataplane::worker::{Backoff, Worker};
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::compile::PortInfo;
 use crate::config::Validated;
 use crate::controller::Controller;
 use crate::live::Live;
-use crate::wiring::{self, NamedPort};
+use crate::wiring::{self, Dataplane, NamedPort};
 
 /// How often the control plane folds slow-path events into a new snapshot.
 const CONTROL_PERIOD: Duration = Duration::from_millis(10);
@@ -71,7 +71,8 @@ fn run_with_eal(
     options: &RunOptions,
 ) -> anyhow::Result<Summary> {
     let pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
-    let mut ports = wiring::attach_ports(&config.ports)?;
+    let mut namer = DeviceNamer::default();
+    let mut ports = wiring::attach_ports(&config.ports, &mut namer)?;
     let wiring = wiring::wire(config, &pool, &mut ports)?;
     let port_info: Vec<PortInfo> = ports
         .iter()
@@ -111,20 +112,25 @@ fn run_with_eal(
         workers = workers.len(),
         "tenetd forwarding; stop with Ctrl-C"
     );
+    let mut dataplane = Dataplane {
+        ports,
+        workers,
+        pool: &pool,
+        namer,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control runtime")?;
     let api_socket = controller.config().api_socket.clone();
     runtime.block_on(wait_for_stop(
-        &ports,
-        &workers,
+        &mut dataplane,
         options.stats_interval,
         &mut controller,
-        &pool,
         &mut live,
         &api_socket,
     ))?;
+    let Dataplane { ports, workers, .. } = dataplane;
     let _ = std::fs::remove_file(&api_socket);
     let elapsed = started.elapsed();
     let mut core_stats = Vec::with_capacity(workers.len());
@@ -145,11 +151,9 @@ fn run_with_eal(
 }
 
 async fn wait_for_stop(
-    ports: &[NamedPort],
-    workers: &[Worker],
+    dataplane: &mut Dataplane<'_>,
     interval: Option<Duration>,
     controller: &mut Controller,
-    pool: &Mempool,
     live: &mut Live,
     api_socket: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -163,14 +167,14 @@ async fn wait_for_stop(
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
     ticker.tick().await;
-    let mut previous = Snapshot::take(ports, workers);
+    let mut previous = Snapshot::take(&dataplane.ports, &dataplane.workers);
     let mut control_tick = tokio::time::interval(CONTROL_PERIOD);
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = control_tick.tick() => controller.step(Instant::now(), pool),
+            _ = control_tick.tick() => controller.step(Instant::now(), dataplane.pool),
             Some((command, reply)) = calls.recv() => {
-                let answer = live.answer(command, controller, ports, workers);
+                let answer = live.answer(command, controller, dataplane);
                 // A change takes effect now, not at the next tick.
                 controller.publish_if_changed();
                 let _ = reply.send(answer);
@@ -178,8 +182,11 @@ async fn wait_for_stop(
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = ticker.tick(), if interval.is_some() => {
-                let now = Snapshot::take(ports, workers);
-                print!("{}", rates(ports, &previous, &now));
+                let now = Snapshot::take(&dataplane.ports, &dataplane.workers);
+                // A port attached or detached since the last tick has no rate yet.
+                if now.ports.len() == previous.ports.len() {
+                    print!("{}", rates(&dataplane.ports, &previous, &now));
+                }
                 previous = now;
             }
         }

@@ -13,7 +13,7 @@ use crate::config::switching::RolePlan;
 use crate::controller::{fmt_mac, Controller};
 use crate::model::{Change, Model};
 use crate::store::FileStore;
-use crate::wiring::NamedPort;
+use crate::wiring::{Dataplane, NamedPort};
 
 /// The model as edited through the API, and where it is kept.
 pub struct Live {
@@ -29,9 +29,9 @@ impl Live {
         &mut self,
         command: Command,
         controller: &mut Controller,
-        ports: &[NamedPort],
-        workers: &[Worker],
+        dataplane: &mut Dataplane<'_>,
     ) -> Reply {
+        let (ports, workers) = (&dataplane.ports, &dataplane.workers);
         match command {
             Command::ListTenants => Reply::ok(json!(self.model.tenants)),
             Command::ShowTenant(name) => match self.model.tenants.iter().find(|t| t.name == name) {
@@ -60,25 +60,59 @@ impl Live {
                 "ports": ports_json(controller, ports),
                 "learned_macs": controller.learned(),
             })),
-            Command::Change(change) => self.change(change, controller),
+            Command::Change(change) => self.change(change, controller, dataplane),
         }
     }
 
-    fn change(&mut self, change: Change, controller: &mut Controller) -> Reply {
+    fn change(
+        &mut self,
+        change: Change,
+        controller: &mut Controller,
+        dataplane: &mut Dataplane<'_>,
+    ) -> Reply {
         let base = controller.config().source.clone();
         let (model, validated) = match self.model.apply(&change, &base) {
             Ok(next) => next,
             Err(refusal) => return Reply::error(refusal.status, &refusal.field, &refusal.message),
         };
+        // A new port's device must come up before the change is kept.
+        if let Change::AddPort(_) = &change {
+            let plan = validated.ports.last().expect("the new port is last");
+            if let Err(e) = dataplane.hot_attach(plan, &validated) {
+                return Reply::error(400, "backend", &format!("{e:#}"));
+            }
+        }
         if let Err(e) = self.store.save(&model) {
             tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
+            if let Change::AddPort(_) = &change {
+                let _ = dataplane.hot_detach(dataplane.ports.len() - 1);
+            }
             return Reply::error(500, "", &format!("could not save the state: {e:#}"));
         }
         tracing::info!(?change, "applied");
+        let removed = match &change {
+            Change::DeletePort(name) => dataplane.ports.iter().position(|p| &p.name == name),
+            _ => None,
+        };
         self.model = model;
-        controller.reconfigure(Arc::new(validated));
+        let mut ports = dataplane.port_info();
+        if let Some(index) = removed {
+            ports.remove(index);
+        }
+        controller.reconfigure(Arc::new(validated), ports);
+        if let Some(index) = removed {
+            // Workers stop using the port only once tables without it are out.
+            controller.publish_if_changed();
+            if let Err(e) = dataplane.hot_detach(index) {
+                tracing::error!(error = %format!("{e:#}"), "detaching the port");
+                return Reply::error(500, "name", &format!("{e:#}"));
+            }
+        }
         let status = match change {
-            Change::AddTenant(_) | Change::AddHost(_) | Change::AddEndpoint(_) => 201,
+            Change::AddTenant(_)
+            | Change::AddHost(_)
+            | Change::AddEndpoint(_)
+            | Change::AddPort(_) => 201,
             _ => 200,
         };
         Reply {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
-use crate::config::{Config, ConfigError, Validated};
+use crate::config::{Config, ConfigError, PortSpec, Validated};
 
 /// The live model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,6 +20,8 @@ pub struct Model {
     pub tenants: Vec<TenantSpec>,
     /// Endpoints.
     pub endpoints: Vec<EndpointSpec>,
+    /// Ports, in order (those of the config file first, then those added live).
+    pub ports: Vec<PortSpec>,
 }
 
 /// A change asked for through the API.
@@ -35,6 +37,10 @@ pub enum Change {
     DeleteHost(String),
     /// Add an endpoint.
     AddEndpoint(EndpointSpec),
+    /// Attach a port.
+    AddPort(Box<PortSpec>),
+    /// Detach a port by name.
+    DeletePort(String),
     /// Remove an endpoint by tenant and MAC.
     DeleteEndpoint {
         /// Tenant name.
@@ -73,6 +79,7 @@ impl Model {
             hosts: config.hosts.clone(),
             tenants: config.tenants.clone(),
             endpoints: config.endpoints.clone(),
+            ports: config.ports.clone(),
         }
     }
 
@@ -83,6 +90,7 @@ impl Model {
             hosts: self.hosts.clone(),
             tenants: self.tenants.clone(),
             endpoints: self.endpoints.clone(),
+            ports: self.ports.clone(),
             ..base.clone()
         }
     }
@@ -90,8 +98,35 @@ impl Model {
     /// Applies `change` and validates the result against `base`; on refusal nothing
     /// changes.
     pub fn apply(&self, change: &Change, base: &Config) -> Result<(Model, Validated), Refusal> {
+        if let Change::DeletePort(name) = change {
+            if let Some(e) = self
+                .endpoints
+                .iter()
+                .find(|e| e.port.as_deref() == Some(name.as_str()))
+            {
+                return Err(Refusal {
+                    status: 409,
+                    field: "name".to_owned(),
+                    message: format!(
+                        "port `{name}` has endpoints of tenant `{}`; delete them first",
+                        e.tenant
+                    ),
+                });
+            }
+            if base
+                .cross_connects
+                .iter()
+                .any(|x| x.ports.iter().any(|p| p == name))
+            {
+                return Err(Refusal {
+                    status: 409,
+                    field: "name".to_owned(),
+                    message: format!("port `{name}` is cross-connected in the config file"),
+                });
+            }
+        }
         if let Change::DeleteTenant(name) = change {
-            if let Some(port) = base.ports.iter().find(|p| {
+            if let Some(port) = self.ports.iter().find(|p| {
                 p.tenant.as_deref() == Some(name.as_str())
                     || p.tenants.iter().flatten().any(|t| t == name)
             }) {
@@ -126,6 +161,16 @@ impl Model {
             Change::AddEndpoint(e) => {
                 next.endpoints.push(e.clone());
                 (format!("endpoint[{}].", next.endpoints.len() - 1), true)
+            }
+            Change::AddPort(p) => {
+                next.ports.push((**p).clone());
+                (format!("port[{}].", next.ports.len() - 1), true)
+            }
+            Change::DeletePort(name) => {
+                let before = next.ports.len();
+                next.ports
+                    .retain(|p| p.name.as_deref() != Some(name.as_str()));
+                (String::new(), next.ports.len() < before)
             }
             Change::DeleteTenant(name) => {
                 let before = next.tenants.len();

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use dataplane::dpdk::{DeviceNamer, MbufRing, Mempool, Port, PortConfig, RingProducer};
-use dataplane::worker::WorkerPlan;
+use dataplane::worker::{Worker, WorkerCommand, WorkerPlan};
+
+use crate::compile::PortInfo;
 
 use crate::config::switching::RolePlan;
 use crate::config::{PortPlan, Validated};
@@ -23,37 +25,160 @@ pub struct NamedPort {
 }
 
 /// Attaches every port of the config, in order (bond members before their bond).
-pub fn attach_ports(plans: &[PortPlan]) -> anyhow::Result<Vec<NamedPort>> {
-    let mut namer = DeviceNamer::default();
-    let mut ports = Vec::with_capacity(plans.len());
-    for plan in plans {
-        if let dataplane::dpdk::Backend::VhostUser { path, .. } = &plan.backend {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("port `{}`: creating {}", plan.name, dir.display()))?;
+pub fn attach_ports(plans: &[PortPlan], namer: &mut DeviceNamer) -> anyhow::Result<Vec<NamedPort>> {
+    plans.iter().map(|plan| attach_port(plan, namer)).collect()
+}
+
+/// Attaches one port's device (and its bond members) through DPDK hotplug.
+pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<NamedPort> {
+    if let dataplane::dpdk::Backend::VhostUser { path, .. } = &plan.backend {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("port `{}`: creating {}", plan.name, dir.display()))?;
+        }
+    }
+    let mut devargs = plan.backend.devargs(plan.queues, namer);
+    let own = devargs
+        .pop()
+        .expect("a backend has at least its own device");
+    let mut members = Vec::with_capacity(devargs.len());
+    for member in &devargs {
+        members.push(
+            Port::attach(member)
+                .with_context(|| format!("port `{}`: attaching bond member", plan.name))?,
+        );
+    }
+    let mut port = Port::attach(&own)
+        .with_context(|| format!("port `{}` ({} backend)", plan.name, plan.backend.kind()))?;
+    port.adopt_members(members);
+    tracing::info!(port = %plan.name, device = %port.name(), id = port.id(), "attached");
+    Ok(NamedPort {
+        name: plan.name.clone(),
+        port,
+    })
+}
+
+/// The running dataplane the control loop changes: ports in config order, workers,
+/// the packet pool and the device namer (names are never reused).
+pub struct Dataplane<'a> {
+    /// Ports, parallel to the configuration's port list.
+    pub ports: Vec<NamedPort>,
+    /// Workers.
+    pub workers: Vec<Worker>,
+    /// Packet pool.
+    pub pool: &'a Mempool,
+    /// Device names handed out so far.
+    pub namer: DeviceNamer,
+}
+
+impl Dataplane<'_> {
+    /// What the compiler needs of each port.
+    pub fn port_info(&self) -> Vec<PortInfo> {
+        self.ports
+            .iter()
+            .map(|p| PortInfo {
+                id: p.port.id(),
+                mac: p.port.mac(),
+            })
+            .collect()
+    }
+
+    /// Attaches a port while traffic flows: probe, configure, start, then hand its
+    /// queues to the workers (queue i to worker i mod N; the worker of queue 0 owns
+    /// the TX path the others reach through rings).
+    pub fn hot_attach(&mut self, plan: &PortPlan, config: &Validated) -> anyhow::Result<()> {
+        let mut named = attach_port(plan, &mut self.namer)?;
+        let port_config = PortConfig {
+            queues: plan.queues,
+            rx_descriptors: config.rx_descriptors,
+            tx_descriptors: config.tx_descriptors,
+            mtu: plan.mtu,
+        };
+        let (rx, tx) = named
+            .port
+            .configure(&port_config, self.pool)
+            .with_context(|| format!("port `{}`", plan.name))?;
+        named
+            .port
+            .start()
+            .with_context(|| format!("port `{}`", plan.name))?;
+        let id = named.port.id();
+        let n = self.workers.len();
+        let mut commands: Vec<WorkerCommand> = (0..n)
+            .map(|_| WorkerCommand::Attach {
+                rx: Vec::new(),
+                tx: Vec::new(),
+                inbound: Vec::new(),
+                outbound: Vec::new(),
+            })
+            .collect();
+        for (i, (rxq, txq)) in rx.into_iter().zip(tx).enumerate() {
+            if let WorkerCommand::Attach { rx, tx, .. } = &mut commands[i % n] {
+                if plan.backend.receives() {
+                    rx.push(rxq);
+                }
+                tx.push(txq);
             }
         }
-        let mut devargs = plan.backend.devargs(plan.queues, &mut namer);
-        let own = devargs
-            .pop()
-            .expect("a backend has at least its own device");
-        let mut members = Vec::with_capacity(devargs.len());
-        for member in &devargs {
-            members.push(
-                Port::attach(member)
-                    .with_context(|| format!("port `{}`: attaching bond member", plan.name))?,
-            );
+        let owner = 0;
+        for worker in 0..n {
+            let owns =
+                matches!(&commands[worker], WorkerCommand::Attach { tx, .. } if !tx.is_empty());
+            if owns {
+                continue;
+            }
+            let (producer, consumer) =
+                MbufRing::create(&format!("w{worker}p{id}"), HANDOFF_RING_SIZE)
+                    .context("creating a handoff ring")?;
+            if let WorkerCommand::Attach { outbound, .. } = &mut commands[worker] {
+                outbound.push((id, producer));
+            }
+            if let WorkerCommand::Attach { inbound, .. } = &mut commands[owner] {
+                inbound.push((id, consumer));
+            }
         }
-        let mut port = Port::attach(&own)
-            .with_context(|| format!("port `{}` ({} backend)", plan.name, plan.backend.kind()))?;
-        port.adopt_members(members);
-        tracing::info!(port = %plan.name, device = %port.name(), id = port.id(), "attached");
-        ports.push(NamedPort {
-            name: plan.name.clone(),
-            port,
-        });
+        for (worker, command) in self.workers.iter().zip(commands) {
+            send(worker, command)?;
+        }
+        self.ports.push(named);
+        Ok(())
     }
-    Ok(ports)
+
+    /// Detaches the port at `index`: every worker lets go of it (after the caller has
+    /// published tables that no longer use it), then the device is closed and removed.
+    pub fn hot_detach(&mut self, index: usize) -> anyhow::Result<()> {
+        let id = self.ports[index].port.id();
+        let (done, acks) = std::sync::mpsc::channel();
+        for worker in &self.workers {
+            send(
+                worker,
+                WorkerCommand::Detach {
+                    port: id,
+                    done: done.clone(),
+                },
+            )?;
+        }
+        for _ in 0..self.workers.len() {
+            acks.recv_timeout(std::time::Duration::from_secs(5))
+                .context("a worker did not let go of the port")?;
+        }
+        let named = self.ports.remove(index);
+        tracing::info!(port = %named.name, device = %named.port.name(), "detached");
+        named.port.detach();
+        Ok(())
+    }
+}
+
+/// Hands a command to a worker, waiting briefly while its queue is full.
+fn send(worker: &Worker, mut command: WorkerCommand) -> anyhow::Result<()> {
+    for _ in 0..1000 {
+        match worker.command(command) {
+            Ok(()) => return Ok(()),
+            Err(back) => command = back,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    anyhow::bail!("worker on CPU {} does not take commands", worker.core())
 }
 
 /// What wiring hands the daemon: one plan per worker CPU (config order), and the ring
@@ -117,7 +242,7 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             let Some(&owner) = tx_owner.get(&id) else {
                 continue;
             };
-            if owns || plans[worker].rx.is_empty() {
+            if owns {
                 continue;
             }
             let (producer, consumer) =

@@ -50,11 +50,39 @@ impl Default for Backoff {
     }
 }
 
+/// A change to what a running worker owns, sent by the control plane.
+pub enum WorkerCommand {
+    /// Start using a newly attached port: its queues this worker owns, and the rings
+    /// that reach or come from its owner.
+    Attach {
+        /// RX queues to poll.
+        rx: Vec<RxQueue>,
+        /// TX queues to transmit on.
+        tx: Vec<TxQueue>,
+        /// Rings from other workers for ports whose TX queue is now ours.
+        inbound: Vec<(u16, RingConsumer)>,
+        /// Rings to the owner of the new port's TX queue.
+        outbound: Vec<(u16, RingProducer)>,
+    },
+    /// Stop using `port` (its queues and rings are dropped after a last flush); the
+    /// worker answers on `done` once nothing of it is in use.
+    Detach {
+        /// DPDK port id.
+        port: u16,
+        /// Acknowledgement.
+        done: std::sync::mpsc::Sender<()>,
+    },
+}
+
+/// Commands a worker has not yet taken.
+const COMMAND_QUEUE_LEN: usize = 64;
+
 /// A running worker thread.
 pub struct Worker {
     core: usize,
     counters: Arc<CoreCounters>,
     stop: Arc<AtomicBool>,
+    commands: Arc<crossbeam::queue::ArrayQueue<WorkerCommand>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -67,18 +95,21 @@ impl Worker {
     ) -> std::io::Result<Self> {
         let counters = Arc::new(CoreCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let commands = Arc::new(crossbeam::queue::ArrayQueue::new(COMMAND_QUEUE_LEN));
         let core = plan.core;
         let handle = std::thread::Builder::new()
             .name(format!("tenet-worker-{core}"))
             .spawn({
                 let counters = Arc::clone(&counters);
                 let stop = Arc::clone(&stop);
-                move || run(plan, pipeline, backoff, &counters, &stop)
+                let commands = Arc::clone(&commands);
+                move || run(plan, pipeline, backoff, &counters, &stop, &commands)
             })?;
         Ok(Self {
             core,
             counters,
             stop,
+            commands,
             handle: Some(handle),
         })
     }
@@ -91,6 +122,12 @@ impl Worker {
     /// Its counters, readable at any time.
     pub fn counters(&self) -> &Arc<CoreCounters> {
         &self.counters
+    }
+
+    /// Hands the worker a command; it takes it at its next loop. Gives the command back
+    /// when the queue is full.
+    pub fn command(&self, command: WorkerCommand) -> Result<(), WorkerCommand> {
+        self.commands.push(command)
     }
 
     /// Asks the worker to stop and waits until it has.
@@ -120,6 +157,7 @@ fn run<P: Pipeline>(
     backoff: Backoff,
     counters: &CoreCounters,
     stop: &AtomicBool,
+    commands: &crossbeam::queue::ArrayQueue<WorkerCommand>,
 ) {
     let WorkerPlan {
         core,
@@ -152,6 +190,26 @@ fn run<P: Pipeline>(
     // One TSC read per iteration: an iteration's cost runs from the previous read.
     let mut last_tsc = dpdk::tsc();
     while !stop.load(Ordering::Relaxed) {
+        if let Some(command) = commands.pop() {
+            match command {
+                WorkerCommand::Attach {
+                    rx: new_rx,
+                    tx: new_tx,
+                    inbound: new_inbound,
+                    outbound: new_outbound,
+                } => {
+                    rx.extend(new_rx);
+                    inbound.extend(new_inbound);
+                    outputs.attach(new_tx, new_outbound);
+                }
+                WorkerCommand::Detach { port, done } => {
+                    rx.retain(|q| q.port() != port);
+                    inbound.retain(|(p, _)| *p != port);
+                    outputs.detach(port, counters);
+                    let _ = done.send(());
+                }
+            }
+        }
         let mut moved = 0;
         for queue in rx.iter_mut() {
             let n = queue.rx_burst(&mut batch);

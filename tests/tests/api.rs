@@ -264,3 +264,149 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
     assert!(ok(&socket, &["tenant", "list"]).contains("t18"));
     tenetd.stop().unwrap();
 }
+
+/// A container attached while another container pair's traffic flows, reached at once,
+/// kept across a restart, and detached again without loss for the others.
+#[test]
+fn ports_attach_and_detach_while_traffic_flows() {
+    let dir = TempDir::new("hot").unwrap();
+    let socket = dir.path().join("tenetd.sock");
+    let (ns1, ns2, ns3) = (
+        Netns::new("hc1-").unwrap(),
+        Netns::new("hc2-").unwrap(),
+        Netns::new("hc3-").unwrap(),
+    );
+    let (l1, l2, l3) = (
+        Link::new(&ns1, None).unwrap(),
+        Link::new(&ns2, None).unwrap(),
+        Link::new(&ns3, None).unwrap(),
+    );
+    let text = config(dir.path(), &unique("hot"), &l1.host, &l2.host);
+    let mut tenetd = Tenetd::start(&text, &[]).unwrap();
+    tenetd
+        .wait_for_line("API listening", Duration::from_secs(30))
+        .unwrap();
+    // Endpoints make c1 -> c2 a known unicast that never floods to the new port.
+    ok(
+        &socket,
+        &[
+            "endpoint", "add", "--tenant", "red", "--mac", &l2.mac, "--port", "c2",
+        ],
+    );
+
+    let steady = |count: usize, tag: u32, around: &dyn Fn()| {
+        let rx = Receiver::start(&ns2, "eth0", count, tag).unwrap();
+        let sender = std::thread::spawn({
+            let (ns, src, dst) = (ns1.name().to_owned(), l1.mac.clone(), l2.mac.clone());
+            move || {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns, "python3"])
+                    .arg(tests::frames_tool())
+                    .args([
+                        "send",
+                        "eth0",
+                        &count.to_string(),
+                        "--tag",
+                        &tag.to_string(),
+                    ])
+                    .args(["--src", &src, "--dst", &dst, "--gap", "0.003"])
+                    .status()
+                    .unwrap()
+            }
+        });
+        around();
+        assert!(sender.join().unwrap().success());
+        assert_eq!(
+            rx.collect(count, Duration::from_secs(10)).len(),
+            count,
+            "c1 -> c2 lost frames"
+        );
+    };
+
+    steady(300, 0x40700001, &|| {
+        ok(
+            &socket,
+            &[
+                "port",
+                "add",
+                "c3",
+                "--backend",
+                "af-packet",
+                "--interface",
+                &l3.host,
+                "--role",
+                "access",
+                "--tenant",
+                "red",
+            ],
+        );
+    });
+    let ports = ok(&socket, &["port", "list"]);
+    assert!(
+        ports.contains("c3") && ports.contains("access:red"),
+        "{ports}"
+    );
+    // The new container is switched at once (a broadcast from it reaches c2).
+    let rx = Receiver::start(&ns2, "eth0", 20, 0x40700002).unwrap();
+    tests::send_frames(&ns3, "eth0", 20, 0x40700002, &l3.mac, "ff:ff:ff:ff:ff:ff").unwrap();
+    assert_eq!(
+        rx.collect(20, Duration::from_secs(5)).len(),
+        20,
+        "c3 attached but not switched"
+    );
+    refused(
+        &socket,
+        &[
+            "port",
+            "add",
+            "c4",
+            "--backend",
+            "af-packet",
+            "--interface",
+            "tenet-none0",
+            "--role",
+            "access",
+            "--tenant",
+            "red",
+        ],
+        "backend",
+    );
+    refused(
+        &socket,
+        &[
+            "port",
+            "add",
+            "c5",
+            "--backend",
+            "af-packet",
+            "--interface",
+            &l3.host,
+            "--role",
+            "access",
+            "--tenant",
+            "red",
+        ],
+        "used by another port",
+    );
+    assert!(
+        !ok(&socket, &["port", "list"]).contains("c4"),
+        "a failed attach changes nothing"
+    );
+
+    // Restart: the attached port comes back.
+    tenetd.stop().unwrap();
+    let mut tenetd = Tenetd::start(&text, &[]).unwrap();
+    tenetd
+        .wait_for_line("API listening", Duration::from_secs(30))
+        .unwrap();
+    assert!(ok(&socket, &["port", "list"]).contains("c3"));
+
+    steady(300, 0x40700003, &|| {
+        std::thread::sleep(Duration::from_millis(200));
+        ok(&socket, &["port", "del", "c3"]);
+    });
+    assert!(!ok(&socket, &["port", "list"]).contains("c3"));
+    refused(&socket, &["port", "del", "c2"], "has endpoints");
+    let stopped = tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}

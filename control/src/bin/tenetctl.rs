@@ -149,6 +149,49 @@ enum HostCmd {
 enum PortCmd {
     /// List ports.
     List,
+    /// Attach a port while the switch runs.
+    Add(PortAdd),
+    /// Detach a port.
+    Del {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PortAdd {
+    /// Unique name.
+    name: String,
+    /// null, ring, tap, pcap, af-packet, af-xdp, vhost-user, vf.
+    #[arg(long)]
+    backend: String,
+    /// Kernel interface (tap, af-packet, af-xdp).
+    #[arg(long)]
+    interface: Option<String>,
+    /// First interface queue (af-xdp).
+    #[arg(long)]
+    queue: Option<u32>,
+    /// Socket path (vhost-user).
+    #[arg(long)]
+    path: Option<String>,
+    /// Client mode (vhost-user).
+    #[arg(long)]
+    client: bool,
+    /// PCI address (vf).
+    #[arg(long)]
+    pci: Option<String>,
+    /// Queue pairs.
+    #[arg(long)]
+    queues: Option<u16>,
+    /// access, trunk or uplink.
+    #[arg(long)]
+    role: Option<String>,
+    /// Tenant of an access port.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Tenants of a trunk (repeatable).
+    #[arg(long = "trunk-tenant")]
+    tenants: Vec<String>,
 }
 
 /// What the API answered.
@@ -251,6 +294,29 @@ fn main() -> ExitCode {
         Cmd::Host(HostCmd::Del { name }) => ("DELETE", format!("/v1/hosts/{name}"), None),
         Cmd::Host(HostCmd::List) => ("GET", "/v1/hosts".into(), None),
         Cmd::Port(PortCmd::List) => ("GET", "/v1/ports".into(), None),
+        Cmd::Port(PortCmd::Add(p)) => {
+            let mut spec = json!({"name": p.name, "backend": p.backend});
+            for (key, value) in [
+                ("interface", p.interface.clone().map(Value::from)),
+                ("queue", p.queue.map(Value::from)),
+                ("path", p.path.clone().map(Value::from)),
+                ("client", p.client.then_some(Value::from(true))),
+                ("pci", p.pci.clone().map(Value::from)),
+                ("queues", p.queues.map(Value::from)),
+                ("role", p.role.clone().map(Value::from)),
+                ("tenant", p.tenant.clone().map(Value::from)),
+                (
+                    "tenants",
+                    (!p.tenants.is_empty()).then(|| Value::from(p.tenants.clone())),
+                ),
+            ] {
+                if let Some(value) = value {
+                    spec[key] = value;
+                }
+            }
+            ("POST", "/v1/ports".into(), Some(spec))
+        }
+        Cmd::Port(PortCmd::Del { name }) => ("DELETE", format!("/v1/ports/{name}"), None),
         Cmd::Stats => ("GET", "/v1/stats".into(), None),
         Cmd::Show => ("GET", "/v1/show".into(), None),
     };

@@ -150,7 +150,7 @@ impl Default for DataplaneConfig {
 }
 
 /// Kinds of port backend, in the user's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// Sink or generator.
@@ -174,7 +174,7 @@ pub enum BackendKind {
 }
 
 /// `[[port]]`, and also each entry of a bond's `members` (which take no name).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Unique name (members have none).

@@ -20,8 +20,8 @@ pub struct Outputs {
     /// Bit p set: buffer p holds packets.
     dirty: u64,
     sinks: [Sink; MAX_PORTS],
-    queues: Vec<TxQueue>,
-    rings: Vec<RingProducer>,
+    queues: Vec<Option<TxQueue>>,
+    rings: Vec<Option<RingProducer>>,
 }
 
 impl Outputs {
@@ -29,23 +29,46 @@ impl Outputs {
     /// other ports' TX queues (`(destination port, producer)`).
     pub fn new(queues: Vec<TxQueue>, rings: Vec<(u16, RingProducer)>) -> Self {
         const _: () = assert!(MAX_PORTS <= 64, "dirty mask is a u64");
-        let mut sinks: [Sink; MAX_PORTS] = std::array::from_fn(|_| Sink::None);
-        for (i, q) in queues.iter().enumerate() {
-            sinks[usize::from(q.port())] = Sink::Queue(i);
-        }
-        let mut producers = Vec::with_capacity(rings.len());
-        for (port, ring) in rings {
-            if let Some(slot @ Sink::None) = sinks.get_mut(usize::from(port)) {
-                *slot = Sink::Ring(producers.len());
-                producers.push(ring);
-            }
-        }
-        Self {
+        let mut outputs = Self {
             buffers: Box::new(std::array::from_fn(|_| MbufBatch::new())),
             dirty: 0,
-            sinks,
-            queues,
-            rings: producers,
+            sinks: std::array::from_fn(|_| Sink::None),
+            queues: Vec::new(),
+            rings: Vec::new(),
+        };
+        outputs.attach(queues, rings);
+        outputs
+    }
+
+    /// Adds TX queues this worker now owns and rings to the owners of other new ports.
+    pub fn attach(&mut self, queues: Vec<TxQueue>, rings: Vec<(u16, RingProducer)>) {
+        for q in queues {
+            if let Some(slot) = self.sinks.get_mut(usize::from(q.port())) {
+                *slot = Sink::Queue(self.queues.len());
+                self.queues.push(Some(q));
+            }
+        }
+        for (port, ring) in rings {
+            if let Some(slot @ Sink::None) = self.sinks.get_mut(usize::from(port)) {
+                *slot = Sink::Ring(self.rings.len());
+                self.rings.push(Some(ring));
+            }
+        }
+    }
+
+    /// Stops reaching `port`: what is buffered for it goes out first, then its queue or
+    /// ring is released.
+    pub fn detach(&mut self, port: u16, counters: &CoreCounters) {
+        let p = usize::from(port);
+        if p >= MAX_PORTS {
+            return;
+        }
+        self.flush_port(p, counters);
+        self.dirty &= !(1 << p);
+        match std::mem::replace(&mut self.sinks[p], Sink::None) {
+            Sink::Queue(i) => self.queues[i] = None,
+            Sink::Ring(i) => self.rings[i] = None,
+            Sink::None => {}
         }
     }
 
@@ -110,14 +133,17 @@ impl Outputs {
         }
         match self.sinks[p] {
             Sink::Queue(i) => {
-                let sent = self.queues[i].tx_burst(buffer);
-                counters.add_tx(sent);
+                if let Some(queue) = self.queues[i].as_mut() {
+                    counters.add_tx(queue.tx_burst(buffer));
+                }
                 if !buffer.is_empty() {
                     counters.add_drop(DropReason::TxRefused, buffer.free_all());
                 }
             }
             Sink::Ring(i) => {
-                self.rings[i].enqueue_burst(buffer);
+                if let Some(ring) = self.rings[i].as_mut() {
+                    ring.enqueue_burst(buffer);
+                }
                 if !buffer.is_empty() {
                     counters.add_drop(DropReason::RingFull, buffer.free_all());
                 }
