@@ -11,7 +11,7 @@ use dataplane::packet::frame::BufFrame;
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
-use dataplane::pipeline::switch::{handle, Context, Sink};
+use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 
@@ -118,6 +118,7 @@ fn path(c: &mut Criterion, name: &str, in_port: u16, template: Vec<u8>) {
                 counters: &counters,
                 learner: &mut learner,
                 cache: &mut cache,
+                tracer: NoTrace,
             };
             handle(&tables, in_port, frame, &mut sink, &mut cx);
         })

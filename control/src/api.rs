@@ -36,6 +36,24 @@ pub enum Command {
     Show,
     /// A change of the model.
     Change(Change),
+    /// Run a frame through the pipeline with the live tables and report each decision.
+    Trace {
+        /// Ingress port name.
+        port: String,
+        /// The frame.
+        frame: Vec<u8>,
+    },
+    /// Prometheus text exposition.
+    Metrics,
+}
+
+/// Body of `POST /v1/trace`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceRequest {
+    port: String,
+    /// The frame as hex.
+    frame: String,
 }
 
 /// The control loop's answer.
@@ -45,12 +63,27 @@ pub struct Reply {
     pub status: u16,
     /// JSON body.
     pub body: Value,
+    /// A plain-text body instead (Prometheus metrics).
+    pub text: Option<String>,
 }
 
 impl Reply {
     /// 200 with `body`.
     pub fn ok(body: Value) -> Self {
-        Self { status: 200, body }
+        Self {
+            status: 200,
+            body,
+            text: None,
+        }
+    }
+
+    /// 200 with a plain-text body.
+    pub fn text(text: String) -> Self {
+        Self {
+            status: 200,
+            body: Value::Null,
+            text: Some(text),
+        }
     }
 
     /// An error reply naming the field at fault.
@@ -58,6 +91,7 @@ impl Reply {
         Self {
             status,
             body: json!({"status": status, "field": field, "message": message}),
+            text: None,
         }
     }
 }
@@ -132,13 +166,19 @@ async fn handle(
         Err(reply) => reply,
     };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut text = serde_json::to_vec_pretty(&reply.body).unwrap_or_default();
-    text.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let (bytes, content_type) = match reply.text {
+        Some(text) => (text.into_bytes(), "text/plain; version=0.0.4"),
+        None => {
+            let mut text = serde_json::to_vec_pretty(&reply.body).unwrap_or_default();
+            text.push(b'\n');
+            (text, "application/json")
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     Ok(response)
 }
@@ -147,6 +187,9 @@ async fn handle(
 pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let not_found = || Reply::error(404, "path", &format!("no resource {method} {path}"));
+    if method == Method::GET && parts == ["metrics"] {
+        return Ok(Command::Metrics);
+    }
     if parts.first() != Some(&"v1") {
         return Err(not_found());
     }
@@ -188,8 +231,30 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         }
         (&Method::GET, ["stats"]) => Ok(Command::Stats),
         (&Method::GET, ["show"]) => Ok(Command::Show),
+        (&Method::POST, ["trace"]) => {
+            let request = parse::<TraceRequest>(body)?;
+            let frame = decode_hex(&request.frame)
+                .ok_or_else(|| Reply::error(400, "frame", "not an even number of hex digits"))?;
+            Ok(Command::Trace {
+                port: request.port,
+                frame,
+            })
+        }
         _ => Err(not_found()),
     }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let text: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
+    if !text.len().is_multiple_of(2) || text.is_empty() {
+        return None;
+    }
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 /// Decodes a JSON body, naming the field at fault when it does not fit.

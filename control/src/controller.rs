@@ -136,6 +136,11 @@ impl Controller {
         self.dirty = true;
     }
 
+    /// The snapshot the workers use now.
+    pub fn tables(&self) -> Arc<dataplane::table::FlowTables> {
+        self.publisher.current()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Arc<Validated> {
         &self.config

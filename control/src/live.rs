@@ -19,8 +19,8 @@ use crate::wiring::{Dataplane, NamedPort};
 pub struct Live {
     /// The model in force.
     pub model: Model,
-    /// Its store.
-    pub store: FileStore,
+    /// Its store (`None`: changes last until tenetd stops).
+    pub store: Option<FileStore>,
 }
 
 impl Live {
@@ -61,6 +61,8 @@ impl Live {
                 "learned_macs": controller.learned(),
             })),
             Command::Change(change) => self.change(change, controller, dataplane),
+            Command::Trace { port, frame } => trace(controller, ports, &port, frame),
+            Command::Metrics => Reply::text(metrics(controller, ports, workers)),
         }
     }
 
@@ -82,7 +84,11 @@ impl Live {
                 return Reply::error(400, "backend", &format!("{e:#}"));
             }
         }
-        if let Err(e) = self.store.save(&model) {
+        if let Err(e) = self
+            .store
+            .as_ref()
+            .map_or(Ok(()), |store| store.save(&model))
+        {
             tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
             if let Change::AddPort(_) = &change {
                 let _ = dataplane.hot_detach(dataplane.ports.len() - 1);
@@ -118,6 +124,7 @@ impl Live {
         Reply {
             status,
             body: json!({"status": status, "message": "applied"}),
+            text: None,
         }
     }
 }
@@ -215,4 +222,165 @@ fn stats_json(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) 
             "arp_sent": control.arp_sent,
         },
     })
+}
+
+/// Runs `frame` through the pipeline as if received on `port`, with the live tables,
+/// and reports every decision and every output. Nothing is transmitted or learned.
+fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8>) -> Reply {
+    use dataplane::counters::CoreCounters;
+    use dataplane::packet::frame::{BufFrame, Frame};
+    use dataplane::pipeline::events::{EventQueue, Learner};
+    use dataplane::pipeline::fdb_cache::FdbCache;
+    use dataplane::pipeline::switch::{handle, Context, Sink};
+
+    struct Collect(Vec<(u16, Vec<u8>)>);
+    impl Sink<BufFrame> for Collect {
+        fn send(&mut self, port: u16, frame: BufFrame) {
+            self.0.push((port, frame.data().to_vec()));
+        }
+    }
+
+    let Some(ingress) = ports.iter().find(|p| p.name == port) else {
+        return Reply::error(404, "port", &format!("no port is named `{port}`"));
+    };
+    let tables = controller.tables();
+    let counters = CoreCounters::default();
+    let mut learner = Learner::new(Arc::new(EventQueue::new(16)));
+    let mut cache = FdbCache::default();
+    let mut sink = Collect(Vec::new());
+    let mut cx = Context {
+        counters: &counters,
+        learner: &mut learner,
+        cache: &mut cache,
+        tracer: Vec::<String>::new(),
+    };
+    handle(
+        &tables,
+        ingress.port.id(),
+        BufFrame::new(&frame),
+        &mut sink,
+        &mut cx,
+    );
+    let decisions = cx.tracer;
+    let name_of = |id: u16| {
+        ports
+            .iter()
+            .find(|p| p.port.id() == id)
+            .map_or_else(|| id.to_string(), |p| p.name.clone())
+    };
+    let outputs: Vec<Value> = sink
+        .0
+        .iter()
+        .map(|(id, bytes)| {
+            json!({
+                "port": name_of(*id),
+                "frame": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            })
+        })
+        .collect();
+    Reply::ok(
+        json!({"decisions": decisions, "outputs": outputs, "drops": drops_json(&counters.snapshot())}),
+    )
+}
+
+/// Prometheus text exposition of the counters.
+fn metrics(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let port_stats: Vec<_> = ports
+        .iter()
+        .map(|p| (p.name.clone(), p.port.stats()))
+        .collect();
+    let per_port = |f: fn(&dataplane::dpdk::PortStats) -> u64| -> Vec<(String, u64)> {
+        port_stats
+            .iter()
+            .map(|(n, s)| (format!("{{port=\"{n}\"}}"), f(s)))
+            .collect()
+    };
+    family(
+        "tenet_port_rx_packets_total",
+        "Packets received by the port.",
+        "counter",
+        per_port(|s| s.rx_packets),
+    );
+    family(
+        "tenet_port_tx_packets_total",
+        "Packets transmitted by the port.",
+        "counter",
+        per_port(|s| s.tx_packets),
+    );
+    family(
+        "tenet_port_rx_bytes_total",
+        "Bytes received by the port.",
+        "counter",
+        per_port(|s| s.rx_bytes),
+    );
+    family(
+        "tenet_port_tx_bytes_total",
+        "Bytes transmitted by the port.",
+        "counter",
+        per_port(|s| s.tx_bytes),
+    );
+    family(
+        "tenet_port_rx_missed_total",
+        "Packets the device dropped for want of RX descriptors.",
+        "counter",
+        per_port(|s| s.rx_missed),
+    );
+    let cores: Vec<(usize, CoreStats)> = workers
+        .iter()
+        .map(|w| (w.core(), w.counters().snapshot()))
+        .collect();
+    let per_core = |f: fn(&CoreStats) -> u64| -> Vec<(String, u64)> {
+        cores
+            .iter()
+            .map(|(c, s)| (format!("{{core=\"{c}\"}}"), f(s)))
+            .collect()
+    };
+    family(
+        "tenet_core_rx_packets_total",
+        "Packets received by the worker.",
+        "counter",
+        per_core(|s| s.rx_packets),
+    );
+    family(
+        "tenet_core_tx_packets_total",
+        "Packets the worker handed to devices.",
+        "counter",
+        per_core(|s| s.tx_packets),
+    );
+    family(
+        "tenet_core_busy_cycles_total",
+        "TSC cycles of loop iterations that moved packets.",
+        "counter",
+        per_core(|s| s.busy_cycles),
+    );
+    let mut drops = Vec::new();
+    for (core, s) in &cores {
+        for reason in DropReason::ALL {
+            drops.push((
+                format!("{{core=\"{core}\",reason=\"{}\"}}", reason.name()),
+                s.dropped(*reason),
+            ));
+        }
+    }
+    family(
+        "tenet_drops_total",
+        "Packets dropped, by reason.",
+        "counter",
+        drops,
+    );
+    family(
+        "tenet_learned_macs",
+        "MACs learned and not aged out.",
+        "gauge",
+        vec![(String::new(), controller.learned() as u64)],
+    );
+    out
 }

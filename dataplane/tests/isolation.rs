@@ -11,7 +11,7 @@ use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
-use dataplane::pipeline::switch::{handle, Context, Sink};
+use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 use proptest::prelude::*;
@@ -83,6 +83,7 @@ fn run(t: &FlowTables, port: u16, frame: &[u8]) -> Vec<(u16, Vec<u8>)> {
         counters: &counters,
         learner: &mut learner,
         cache: &mut cache,
+        tracer: NoTrace,
     };
     handle(t, port, BufFrame::new(frame), &mut sink, &mut cx);
     sink.0

@@ -9,7 +9,7 @@ use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{Event, EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
-use dataplane::pipeline::switch::{handle, Context, Sink};
+use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 
@@ -94,6 +94,7 @@ fn run(tables: &FlowTables, in_port: u16, frame: &[u8]) -> Run {
             counters: &counters,
             learner: &mut learner,
             cache: &mut cache,
+            tracer: NoTrace,
         };
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
     }

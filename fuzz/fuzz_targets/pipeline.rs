@@ -10,7 +10,7 @@ use dataplane::counters::CoreCounters;
 use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::pipeline::events::{EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
-use dataplane::pipeline::switch::{handle, Context, Sink};
+use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 use libfuzzer_sys::fuzz_target;
@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
         counters: &counters,
         learner: &mut learner,
         cache: &mut cache,
+        tracer: NoTrace,
     };
     handle(&tables, port, BufFrame::new(frame), &mut sink, &mut cx);
     // Isolation: what entered on tenant A's own ports (0, 1, A-only trunk 3) stays in A.

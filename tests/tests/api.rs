@@ -17,6 +17,19 @@ fn tenetctl(socket: &Path, args: &[&str]) -> Output {
         .expect("tenetctl runs")
 }
 
+fn http_get(socket: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
 fn ok(socket: &Path, args: &[&str]) -> String {
     let out = tenetctl(socket, args);
     assert!(
@@ -198,6 +211,49 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
         serde_json::from_str(&ok(&socket, &["--json", "stats"])).unwrap();
     assert!(stats["cores"][0]["rx_packets"].as_u64().unwrap() >= 200);
     assert!(ok(&socket, &["show"]).contains("tenant t18"));
+
+    // Trace: a frame from c1 to c2's MAC, then one with a forged VLAN tag.
+    let hex = |mac: &str| mac.replace(':', "");
+    let frame = format!("{}{}0800{}", hex(&l2.mac), hex(&l1.mac), "00".repeat(46));
+    let traced: serde_json::Value = serde_json::from_str(&ok(
+        &socket,
+        &["--json", "trace", "--port", "c1", "--frame", &frame],
+    ))
+    .unwrap();
+    assert_eq!(traced["outputs"][0]["port"], "c2", "{traced}");
+    assert_eq!(traced["outputs"][0]["frame"], frame);
+    let decisions = traced["decisions"].to_string();
+    assert!(
+        decisions.contains("tenant 100") && decisions.contains("destination"),
+        "{decisions}"
+    );
+    let tagged = format!(
+        "{}{}8100006408 00{}",
+        hex(&l2.mac),
+        hex(&l1.mac),
+        "00".repeat(46)
+    )
+    .replace(' ', "");
+    let traced = ok(&socket, &["trace", "--port", "c1", "--frame", &tagged]);
+    assert!(
+        traced.contains("drop: tagged-on-access") && traced.contains("no output"),
+        "{traced}"
+    );
+    refused(
+        &socket,
+        &["trace", "--port", "nope", "--frame", &frame],
+        "port",
+    );
+    // Prometheus metrics.
+    let metrics = http_get(&socket, "/metrics");
+    assert!(
+        metrics.contains("# TYPE tenet_port_rx_packets_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tenet_drops_total{core=\"1\",reason=\"tagged-on-access\"}"),
+        "{metrics}"
+    );
 
     // Restart: everything is as it was.
     let stopped = tenetd.stop().unwrap();

@@ -44,9 +44,22 @@ enum Cmd {
     #[command(subcommand)]
     Port(PortCmd),
     /// Counters: per port, per core, drops by reason.
-    Stats,
+    Stats {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// The whole switch.
     Show,
+    /// Run a frame through the pipeline with the live tables and print each decision.
+    Trace {
+        /// Ingress port.
+        #[arg(long)]
+        port: String,
+        /// The frame, as hex.
+        #[arg(long)]
+        frame: String,
+    },
     /// Shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -317,9 +330,30 @@ fn main() -> ExitCode {
             ("POST", "/v1/ports".into(), Some(spec))
         }
         Cmd::Port(PortCmd::Del { name }) => ("DELETE", format!("/v1/ports/{name}"), None),
-        Cmd::Stats => ("GET", "/v1/stats".into(), None),
+        Cmd::Stats { .. } => ("GET", "/v1/stats".into(), None),
+        Cmd::Trace { port, frame } => (
+            "POST",
+            "/v1/trace".into(),
+            Some(json!({"port": port, "frame": frame})),
+        ),
         Cmd::Show => ("GET", "/v1/show".into(), None),
     };
+    if let Cmd::Stats { watch: true } = &cli.command {
+        loop {
+            match call(&cli.socket, method, &path, body.as_ref()) {
+                Ok(answer) if (200..300).contains(&answer.status) => {
+                    // Clear the screen and home the cursor, like watch(1).
+                    print!("\x1b[2J\x1b[H{}", render(&cli.command, &answer.body));
+                    let _ = std::io::stdout().flush();
+                }
+                Ok(_) | Err(_) => {
+                    eprintln!("tenetctl: tenetd stopped answering");
+                    return ExitCode::from(1);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
     let answer = match call(&cli.socket, method, &path, body.as_ref()) {
         Ok(answer) => answer,
         Err(message) => {
@@ -409,7 +443,23 @@ fn render(command: &Cmd, body: &Value) -> String {
             }
         }
         Cmd::Port(PortCmd::List) => out.push_str(&ports_table(body)),
-        Cmd::Stats => {
+        Cmd::Trace { .. } => {
+            for (i, d) in body["decisions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                out.push_str(&format!("{:>2}. {}\n", i + 1, s(d)));
+            }
+            for o in body["outputs"].as_array().into_iter().flatten() {
+                out.push_str(&format!("out {}: {}\n", s(&o["port"]), s(&o["frame"])));
+            }
+            if body["outputs"].as_array().is_none_or(|o| o.is_empty()) {
+                out.push_str("no output\n");
+            }
+        }
+        Cmd::Stats { .. } => {
             out.push_str(&ports_table(&body["ports"]));
             for c in body["cores"].as_array().into_iter().flatten() {
                 out.push_str(&format!(

@@ -65,9 +65,16 @@ fn main() -> ExitCode {
     }
     // The file seeds the store; afterwards tenants, hosts and endpoints come from the
     // store, where the API keeps them.
-    let store = FileStore::new(&config.state_file);
-    let (config, model) = match store.load() {
-        Ok(Some(model)) => match model.over(&config.source).validate() {
+    let store = config.state_file.as_ref().map(FileStore::new);
+    let loaded = match store.as_ref().map(FileStore::load).transpose() {
+        Ok(loaded) => loaded.flatten(),
+        Err(e) => {
+            eprintln!("tenetd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let (config, model) = match (loaded, &store) {
+        (Some(model), Some(store)) => match model.over(&config.source).validate() {
             Ok(restored) => {
                 tracing::info!(state = %store.path().display(), tenants = model.tenants.len(), "restored the stored state");
                 (restored, model)
@@ -80,17 +87,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Ok(None) => {
+        (_, store) => {
             let model = Model::of(&config.source);
-            if let Err(e) = store.save(&model) {
+            if let Some(Err(e)) = store.as_ref().map(|s| s.save(&model)) {
                 eprintln!("tenetd: {e:#}");
                 return ExitCode::from(1);
             }
             (config, model)
-        }
-        Err(e) => {
-            eprintln!("tenetd: {e:#}");
-            return ExitCode::from(2);
         }
     };
     let backends: Vec<_> = config.ports.iter().map(|p| &p.backend).collect();

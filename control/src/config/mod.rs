@@ -96,6 +96,9 @@ pub struct ControlSection {
     /// Where tenants, hosts and endpoints changed through the API are kept (written
     /// atomically); restored from on start. Default: `/var/lib/tenet/<file_prefix>.json`.
     pub state_file: Option<PathBuf>,
+    /// Keep API changes in the state file and restore them on start. Off for
+    /// throw-away runs (benchmarks), where the config file alone must rule.
+    pub persist: bool,
 }
 
 impl Default for ControlSection {
@@ -103,6 +106,7 @@ impl Default for ControlSection {
         Self {
             api_socket: PathBuf::from("/run/tenet/tenetd.sock"),
             state_file: None,
+            persist: true,
         }
     }
 }
@@ -268,8 +272,8 @@ pub struct Validated {
     pub switching: SwitchPlan,
     /// API socket path.
     pub api_socket: PathBuf,
-    /// State file path.
-    pub state_file: PathBuf,
+    /// State file path, `None` when nothing persists.
+    pub state_file: Option<PathBuf>,
     /// The configuration this was validated from (the API derives changed ones from it).
     pub source: Config,
 }
@@ -493,8 +497,10 @@ impl Config {
             cross_connects,
             switching,
             api_socket: self.control.api_socket.clone(),
-            state_file: self.control.state_file.clone().unwrap_or_else(|| {
-                PathBuf::from(format!("/var/lib/tenet/{}.json", dp.file_prefix))
+            state_file: self.control.persist.then(|| {
+                self.control.state_file.clone().unwrap_or_else(|| {
+                    PathBuf::from(format!("/var/lib/tenet/{}.json", dp.file_prefix))
+                })
             }),
             source: self.clone(),
         })

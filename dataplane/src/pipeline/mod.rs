@@ -89,6 +89,7 @@ impl Pipeline for SwitchPipeline {
             counters,
             learner: &mut self.learner,
             cache: &mut self.cache,
+            tracer: switch::NoTrace,
         };
         switch::handle_burst(tables, in_port, batch.drain(), &mut sink, &mut cx);
     }

@@ -36,20 +36,57 @@ pub trait Sink<F> {
     fn send(&mut self, port: u16, frame: F);
 }
 
-/// What the pipeline needs besides the tables: counters and the slow-path front end.
-pub struct Context<'a> {
+/// Where a traced run writes its decisions. The untraced pipeline uses [`NoTrace`],
+/// whose `ON` is false, so every note compiles away.
+pub trait Trace {
+    /// Whether notes are taken at all.
+    const ON: bool;
+    /// Records one decision.
+    fn note(&mut self, text: std::fmt::Arguments<'_>);
+}
+
+/// No tracing (the dataplane).
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    const ON: bool = false;
+    #[inline(always)]
+    fn note(&mut self, _: std::fmt::Arguments<'_>) {}
+}
+
+impl Trace for Vec<String> {
+    const ON: bool = true;
+    fn note(&mut self, text: std::fmt::Arguments<'_>) {
+        self.push(text.to_string());
+    }
+}
+
+macro_rules! note {
+    ($cx:expr, $($arg:tt)*) => {
+        if T::ON {
+            $cx.tracer.note(format_args!($($arg)*));
+        }
+    };
+}
+
+/// What the pipeline needs besides the tables: counters, the slow-path front end, the
+/// FDB cache and the tracer.
+pub struct Context<'a, T: Trace = NoTrace> {
     /// The core's counters.
     pub counters: &'a CoreCounters,
     /// Learning and neighbour reports.
     pub learner: &'a mut Learner,
     /// The core's FDB cache (cleared by the caller on a new snapshot).
     pub cache: &'a mut FdbCache,
+    /// Decision recorder.
+    pub tracer: T,
 }
 
-impl Context<'_> {
+impl<T: Trace> Context<'_, T> {
     #[inline(always)]
-    fn drop(&self, reason: DropReason) {
+    fn drop(&mut self, reason: DropReason) {
         self.counters.add_drop(reason, 1);
+        note!(self, "drop: {} ({})", reason.name(), reason.help());
     }
 }
 
@@ -62,12 +99,12 @@ enum Ingress {
 
 /// Runs one frame received on `in_port` through the pipeline.
 #[inline]
-pub fn handle<F: Frame, S: Sink<F>>(
+pub fn handle<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
     frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     handle_burst(tables, in_port, std::iter::once(frame), sink, cx);
 }
@@ -75,13 +112,14 @@ pub fn handle<F: Frame, S: Sink<F>>(
 /// Runs a burst of frames received on `in_port` through the pipeline; the port's role
 /// is looked up once for all of them.
 #[inline]
-pub fn handle_burst<F: Frame, S: Sink<F>>(
+pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
     frames: impl Iterator<Item = F>,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
+    note!(cx, "ingress port {in_port}: {:?}", tables.role(in_port));
     match *tables.role(in_port) {
         PortRole::Access { tenant, security } => {
             for frame in frames {
@@ -95,14 +133,14 @@ pub fn handle_burst<F: Frame, S: Sink<F>>(
     }
 }
 
-fn from_access<F: Frame, S: Sink<F>>(
+fn from_access<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
     tenant: TenantIdx,
     security: Option<u16>,
     frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
         return cx.drop(DropReason::Malformed);
@@ -115,7 +153,15 @@ fn from_access<F: Frame, S: Sink<F>>(
             return cx.drop(reason);
         }
     }
+    note!(cx, "access port: tenant {}", tenant_id(tables, tenant));
     switch(tables, tenant, Ingress::Port(in_port), frame, sink, cx);
+}
+
+fn tenant_id(tables: &FlowTables, tenant: TenantIdx) -> u32 {
+    tables
+        .tenants
+        .get(usize::from(tenant))
+        .map_or(u32::MAX, |t| t.id)
 }
 
 /// A container may only send as the MAC and IPs its port allows, ARP included.
@@ -148,17 +194,22 @@ fn check_port_security(rules: &PortSecurity, eth: &EthernetFrame<&[u8]>) -> Resu
     }
 }
 
-fn from_trunk<F: Frame, S: Sink<F>>(
+fn from_trunk<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
     mut frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let tenant = match tagged_tenant(frame.data(), |vid| tables.trunk_tenant(in_port, vid)) {
         Ok(tenant) => tenant,
         Err(reason) => return cx.drop(reason),
     };
+    note!(
+        cx,
+        "trunk: VLAN tag removed, tenant {}",
+        tenant_id(tables, tenant)
+    );
     pop_vlan(&mut frame);
     switch(tables, tenant, Ingress::Port(in_port), frame, sink, cx);
 }
@@ -185,12 +236,12 @@ fn tagged_tenant(
     tenant_of(tag.vid()).ok_or(DropReason::UnknownVlan)
 }
 
-fn from_uplink<F: Frame, S: Sink<F>>(
+fn from_uplink<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
     frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let Some(uplink) = tables.uplink else {
         return cx.drop(DropReason::NoOutput);
@@ -211,13 +262,13 @@ fn from_uplink<F: Frame, S: Sink<F>>(
 
 /// Answers ARP for the underlay IP in place, and tells the control plane about every
 /// neighbour that asks or answers.
-fn underlay_arp<F: Frame, S: Sink<F>>(
+fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
     our_mac: Mac,
     our_ip: Ipv4Addr,
     in_port: u16,
     mut frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let (operation, sender_mac, sender_ip) = {
         let data = frame.data();
@@ -249,21 +300,31 @@ fn underlay_arp<F: Frame, S: Sink<F>>(
             arp.set_target_protocol_addr(sender_ip);
             arp.set_sender_hardware_addr(our_mac);
             arp.set_sender_protocol_addr(our_ip);
+            note!(
+                cx,
+                "ARP request for our underlay IP {our_ip}: answered in place"
+            );
             sink.send(in_port, frame);
         }
-        ArpOperation::Reply => cx.counters.add_punted(),
+        ArpOperation::Reply => {
+            note!(
+                cx,
+                "ARP reply from {sender_ip}: neighbour reported to the control plane"
+            );
+            cx.counters.add_punted();
+        }
         _ => cx.drop(DropReason::Malformed),
     }
 }
 
 /// Terminates GRE from a known peer: checks the outer headers, finds the tenant (by key
 /// in the dedicated design, by inner VLAN in the shared one), strips the outer headers.
-fn gre_decap<F: Frame, S: Sink<F>>(
+fn gre_decap<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     our_ip: Ipv4Addr,
     mut frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let decided = {
         let data = frame.data();
@@ -343,18 +404,23 @@ fn gre_decap<F: Frame, S: Sink<F>>(
         };
         pop_vlan(&mut frame);
     }
+    note!(
+        cx,
+        "GRE from tunnel {tunnel} decapsulated ({outer} bytes), tenant {}",
+        tenant_id(tables, tenant)
+    );
     switch(tables, tenant, Ingress::Tunnel(tunnel), frame, sink, cx);
 }
 
 /// Switches a frame inside `tenant`: learns its source, then unicasts or floods it.
 #[inline(always)]
-fn switch<F: Frame, S: Sink<F>>(
+fn switch<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     ingress: Ingress,
     mut frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let (dst, src) = {
         let data = frame.data();
@@ -394,6 +460,7 @@ fn switch<F: Frame, S: Sink<F>>(
         }
         cx.cache.set_source(src_key, here, now);
     }
+    note!(cx, "source {} seen at {here:?}", fmt_mac(src));
     if dst & GROUP_BIT != 0 {
         return flood(tables, tenant, ingress, frame, sink, cx);
     }
@@ -401,6 +468,7 @@ fn switch<F: Frame, S: Sink<F>>(
         .cache
         .lookup(tables, tenant_bits | dst, |e| resolve(tables, tenant, e))
         .1;
+    note!(cx, "destination {}: {out:?}", fmt_mac(dst));
     match out {
         Out::Port(port) => {
             if ingress == Ingress::Port(port) {
@@ -433,6 +501,14 @@ fn switch<F: Frame, S: Sink<F>>(
 const MAC_MASK: u64 = 0xffff_ffff_ffff;
 /// The I/G bit of a MAC held in the low 48 bits of a u64.
 const GROUP_BIT: u64 = 1 << 40;
+
+fn fmt_mac(mac: u64) -> String {
+    mac_bytes(mac)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
 
 fn mac_bytes(mac: u64) -> Mac {
     let b = mac.to_be_bytes();
@@ -497,13 +573,13 @@ enum Target {
 /// Unknown unicast and broadcast: every local port of the tenant but the ingress, and
 /// its tunnels when the frame came from a local port (or, at the shared hub, from
 /// another spoke).
-fn flood<F: Frame, S: Sink<F>>(
+fn flood<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     ingress: Ingress,
     frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let Some(t) = tables.tenants.get(usize::from(tenant)) else {
         return cx.drop(DropReason::NoOutput);
@@ -523,6 +599,11 @@ fn flood<F: Frame, S: Sink<F>>(
         .map(|&tn| Target::Tunnel(tn));
     let targets = ports.chain(tunnels);
     let count = targets.clone().count();
+    note!(
+        cx,
+        "flood in tenant {} to {count} outputs",
+        tenant_id(tables, tenant)
+    );
     if count == 0 {
         return cx.drop(DropReason::NoOutput);
     }
@@ -546,13 +627,13 @@ fn flood<F: Frame, S: Sink<F>>(
 
 /// Out of a local port, tagged on a trunk.
 #[inline(always)]
-fn to_port<F: Frame, S: Sink<F>>(
+fn to_port<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     port: u16,
     mut frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     match port_out(tables, tenant, port) {
         Out::Port(port) => sink.send(port, frame),
@@ -570,13 +651,13 @@ fn to_port<F: Frame, S: Sink<F>>(
 /// GRE-encapsulates toward another host: the tenant's VLAN tag inside in the shared
 /// design, its id as the key in the dedicated one.
 #[inline(always)]
-fn to_tunnel<F: Frame, S: Sink<F>>(
+fn to_tunnel<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     tunnel: TunnelIdx,
     mut frame: F,
     sink: &mut S,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, T>,
 ) {
     let (Some(uplink), Some(t)) = (tables.uplink, tables.tenants.get(usize::from(tenant))) else {
         return cx.drop(DropReason::NoOutput);
@@ -615,6 +696,11 @@ fn to_tunnel<F: Frame, S: Sink<F>>(
     if tables.design == Design::Dedicated {
         data[OuterHeader::GRE_KEY..OuterHeader::GRE_KEY + 4].copy_from_slice(&t.id.to_be_bytes());
     }
+    note!(
+        cx,
+        "GRE encapsulated toward {} on tunnel {tunnel}",
+        tables.tunnels[usize::from(tunnel)].remote_ip
+    );
     sink.send(uplink.port, frame);
 }
 
