@@ -45,6 +45,8 @@ pub enum Command {
     },
     /// Prometheus text exposition.
     Metrics,
+    /// This API's OpenAPI document.
+    OpenApi,
 }
 
 /// Body of `POST /v1/trace`.
@@ -123,27 +125,40 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts connections forever, forwarding each request to the control loop.
+/// Accepts connections on the Unix socket forever, forwarding each request to the
+/// control loop.
 pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "API accept failed");
-                continue;
-            }
-        };
-        let calls = calls.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, calls.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "API connection ended");
-            }
-        });
+        match listener.accept().await {
+            Ok((stream, _)) => connection(stream, calls.clone()),
+            Err(e) => tracing::warn!(error = %e, "API accept failed"),
+        }
     }
+}
+
+/// The same API on TCP (`[control] api_listen`), for remote management.
+pub async fn serve_tcp(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => connection(stream, calls.clone()),
+            Err(e) => tracing::warn!(error = %e, "API accept failed"),
+        }
+    }
+}
+
+fn connection<S>(stream: S, calls: mpsc::Sender<Call>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| handle(req, calls.clone()));
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(error = %e, "API connection ended");
+        }
+    });
 }
 
 async fn handle(
@@ -181,6 +196,62 @@ async fn handle(
         hyper::header::HeaderValue::from_static(content_type),
     );
     Ok(response)
+}
+
+/// The OpenAPI 3 document of this API.
+pub fn openapi() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let list = |what: &str, schema: &str| json!({"get": {"summary": format!("List {what}"), "responses": {"200": {"description": what, "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": format!("#/components/schemas/{schema}")}}}}}}}});
+    let add = |schema: &str| {
+        json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}},
+               "responses": {"201": {"description": "applied"}, "400": {"description": "refused", "content": {"application/json": {"schema": error}}}, "409": {"description": "conflict", "content": {"application/json": {"schema": error}}}}})
+    };
+    let delete = json!({"delete": {"responses": {"200": {"description": "applied"}, "404": {"description": "no such item", "content": {"application/json": {"schema": error}}}, "409": {"description": "in use", "content": {"application/json": {"schema": error}}}}}});
+    let merge = |mut a: Value, key: &str, b: Value| {
+        a[key] = b;
+        a
+    };
+    let string = json!({"type": "string"});
+    let integer = json!({"type": "integer"});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "tenetd", "version": env!("CARGO_PKG_VERSION"), "description": "tenet's host vswitch daemon: tenants, hosts, endpoints, ports, counters and tracing."},
+        "paths": {
+            "/v1/tenants": merge(list("tenants", "Tenant"), "post", add("Tenant")),
+            "/v1/tenants/{name}": merge(delete.clone(), "get", json!({"responses": {"200": {"description": "the tenant with its endpoints and ports"}, "404": {"description": "no such tenant"}}})),
+            "/v1/hosts": merge(list("hosts", "Host"), "post", add("Host")),
+            "/v1/hosts/{name}": delete.clone(),
+            "/v1/endpoints": merge(list("endpoints", "Endpoint"), "post", add("Endpoint")),
+            "/v1/endpoints/{tenant}/{mac}": delete.clone(),
+            "/v1/ports": merge(list("ports", "PortStatus"), "post", add("Port")),
+            "/v1/ports/{name}": delete,
+            "/v1/stats": {"get": {"responses": {"200": {"description": "per-port, per-core and per-reason counters"}}}},
+            "/v1/show": {"get": {"responses": {"200": {"description": "the whole switch"}}}},
+            "/v1/trace": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceRequest"}}}},
+                                   "responses": {"200": {"description": "decisions and outputs"}, "404": {"description": "no such port"}}}},
+            "/v1/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
+            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text exposition", "content": {"text/plain": {}}}}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["status", "field", "message"], "properties": {"status": integer, "field": string, "message": string}},
+            "Tenant": {"type": "object", "required": ["name", "id"], "additionalProperties": false, "properties": {
+                "name": string, "id": {"type": "integer", "minimum": 0, "maximum": 4294967295u64},
+                "vlan": {"type": "integer", "minimum": 1, "maximum": 4094, "nullable": true},
+                "max_macs": {"type": "integer", "nullable": true}, "hosts": {"type": "array", "items": string}}},
+            "Host": {"type": "object", "required": ["name", "underlay_ip"], "additionalProperties": false, "properties": {
+                "name": string, "underlay_ip": string, "mac": {"type": "string", "nullable": true}, "egress": {"type": "boolean"}}},
+            "Endpoint": {"type": "object", "required": ["tenant"], "additionalProperties": false, "properties": {
+                "tenant": string, "mac": {"type": "string", "nullable": true}, "macs": {"type": "array", "items": string, "nullable": true},
+                "port": {"type": "string", "nullable": true}, "host": {"type": "string", "nullable": true}}},
+            "Port": {"type": "object", "required": ["name", "backend"], "properties": {
+                "name": string, "backend": {"type": "string", "enum": ["null", "ring", "tap", "pcap", "af-packet", "af-xdp", "vhost-user", "vf", "bond"]},
+                "queues": integer, "interface": string, "queue": integer, "path": string, "client": {"type": "boolean"}, "pci": string,
+                "role": {"type": "string", "enum": ["access", "trunk", "uplink"]}, "tenant": string, "tenants": {"type": "array", "items": string},
+                "allowed_macs": {"type": "array", "items": string}, "allowed_ips": {"type": "array", "items": string}, "mac": string}},
+            "PortStatus": {"type": "object"},
+            "TraceRequest": {"type": "object", "required": ["port", "frame"], "properties": {"port": string, "frame": {"type": "string", "description": "the frame as hex"}}},
+        }},
+    })
 }
 
 /// Maps a request to a command, or to the error reply for a bad request.
@@ -231,6 +302,7 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         }
         (&Method::GET, ["stats"]) => Ok(Command::Stats),
         (&Method::GET, ["show"]) => Ok(Command::Show),
+        (&Method::GET, ["openapi.json"]) => Ok(Command::OpenApi),
         (&Method::POST, ["trace"]) => {
             let request = parse::<TraceRequest>(body)?;
             let frame = decode_hex(&request.frame)
@@ -309,5 +381,35 @@ mod tests {
             matches!(del, Ok(Command::Change(Change::DeleteEndpoint { mac, .. })) if mac == "02:00:00:00:0a:01")
         );
         assert_eq!(route(&Method::GET, "/v2/x", b"").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn openapi_describes_every_route_there_is() {
+        let doc = openapi();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 12);
+        for (path, ops) in paths {
+            for method in ops.as_object().unwrap().keys() {
+                let concrete = path
+                    .replace("{name}", "x")
+                    .replace("{tenant}", "t")
+                    .replace("{mac}", "02%3A00%3A00%3A00%3A00%3A01");
+                let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let body: &[u8] = match (method.as_str(), path.as_str()) {
+                    ("post", "/v1/trace") => br#"{"port":"p","frame":"00"}"#,
+                    ("post", "/v1/tenants") => br#"{"name":"n","id":1}"#,
+                    ("post", "/v1/hosts") => br#"{"name":"n","underlay_ip":"10.0.0.1"}"#,
+                    ("post", "/v1/endpoints") => {
+                        br#"{"tenant":"t","mac":"02:00:00:00:00:01","port":"p"}"#
+                    }
+                    ("post", "/v1/ports") => br#"{"name":"n","backend":"ring"}"#,
+                    _ => b"",
+                };
+                assert!(
+                    route(&m, &concrete, body).is_ok(),
+                    "documented {method} {path} is not served"
+                );
+            }
+        }
     }
 }

@@ -160,6 +160,16 @@ async fn wait_for_stop(
     use tokio::signal::unix::{signal, SignalKind};
     let listener = api::bind(api_socket)?;
     let (calls_tx, mut calls) = tokio::sync::mpsc::channel::<api::Call>(64);
+    let tcp = match controller.config().api_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the API to {addr}"))?;
+            tracing::info!(%addr, "API listening on TCP too");
+            Some(tokio::spawn(api::serve_tcp(listener, calls_tx.clone())))
+        }
+        None => None,
+    };
     let server = tokio::spawn(api::serve(listener, calls_tx));
     tracing::info!(socket = %api_socket.display(), "API listening");
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -192,6 +202,9 @@ async fn wait_for_stop(
         }
     }
     server.abort();
+    if let Some(tcp) = tcp {
+        tcp.abort();
+    }
     Ok(())
 }
 

@@ -63,6 +63,7 @@ impl Live {
             Command::Change(change) => self.change(change, controller, dataplane),
             Command::Trace { port, frame } => trace(controller, ports, &port, frame),
             Command::Metrics => Reply::text(metrics(controller, ports, workers)),
+            Command::OpenApi => Reply::ok(crate::api::openapi()),
         }
     }
 

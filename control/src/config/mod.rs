@@ -96,6 +96,9 @@ pub struct ControlSection {
     /// Where tenants, hosts and endpoints changed through the API are kept (written
     /// atomically); restored from on start. Default: `/var/lib/tenet/<file_prefix>.json`.
     pub state_file: Option<PathBuf>,
+    /// Also serve the API on this TCP address (off by default: the Unix socket is
+    /// root-only, a TCP port is reachable by anyone who can route to it).
+    pub api_listen: Option<std::net::SocketAddr>,
     /// Keep API changes in the state file and restore them on start. Off for
     /// throw-away runs (benchmarks), where the config file alone must rule.
     pub persist: bool,
@@ -106,6 +109,7 @@ impl Default for ControlSection {
         Self {
             api_socket: PathBuf::from("/run/tenet/tenetd.sock"),
             state_file: None,
+            api_listen: None,
             persist: true,
         }
     }
@@ -272,6 +276,8 @@ pub struct Validated {
     pub switching: SwitchPlan,
     /// API socket path.
     pub api_socket: PathBuf,
+    /// Optional TCP address of the API.
+    pub api_listen: Option<std::net::SocketAddr>,
     /// State file path, `None` when nothing persists.
     pub state_file: Option<PathBuf>,
     /// The configuration this was validated from (the API derives changed ones from it).
@@ -497,6 +503,7 @@ impl Config {
             cross_connects,
             switching,
             api_socket: self.control.api_socket.clone(),
+            api_listen: self.control.api_listen,
             state_file: self.control.persist.then(|| {
                 self.control.state_file.clone().unwrap_or_else(|| {
                     PathBuf::from(format!("/var/lib/tenet/{}.json", dp.file_prefix))
