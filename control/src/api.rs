@@ -47,6 +47,34 @@ pub enum Command {
     Metrics,
     /// This API's OpenAPI document.
     OpenApi,
+    /// A pcap of what a port sends and receives, for `count` packets or `seconds`.
+    Capture {
+        /// Port name.
+        port: String,
+        /// Packets to capture.
+        count: usize,
+        /// Longest capture.
+        seconds: f64,
+    },
+}
+
+/// Body of `POST /v1/capture`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureRequest {
+    port: String,
+    #[serde(default = "default_capture_count")]
+    count: usize,
+    #[serde(default = "default_capture_seconds")]
+    seconds: f64,
+}
+
+fn default_capture_count() -> usize {
+    100
+}
+
+fn default_capture_seconds() -> f64 {
+    10.0
 }
 
 /// Body of `POST /v1/trace`.
@@ -65,8 +93,8 @@ pub struct Reply {
     pub status: u16,
     /// JSON body.
     pub body: Value,
-    /// A plain-text body instead (Prometheus metrics).
-    pub text: Option<String>,
+    /// A non-JSON body instead, with its content type (metrics, pcap).
+    pub raw: Option<(Vec<u8>, &'static str)>,
 }
 
 impl Reply {
@@ -75,16 +103,25 @@ impl Reply {
         Self {
             status: 200,
             body,
-            text: None,
+            raw: None,
         }
     }
 
-    /// 200 with a plain-text body.
+    /// 200 with a Prometheus text body.
     pub fn text(text: String) -> Self {
         Self {
             status: 200,
             body: Value::Null,
-            text: Some(text),
+            raw: Some((text.into_bytes(), "text/plain; version=0.0.4")),
+        }
+    }
+
+    /// 200 with a pcap file.
+    pub fn pcap(bytes: Vec<u8>) -> Self {
+        Self {
+            status: 200,
+            body: Value::Null,
+            raw: Some((bytes, "application/vnd.tcpdump.pcap")),
         }
     }
 
@@ -93,7 +130,7 @@ impl Reply {
         Self {
             status,
             body: json!({"status": status, "field": field, "message": message}),
-            text: None,
+            raw: None,
         }
     }
 }
@@ -181,8 +218,8 @@ async fn handle(
         Err(reply) => reply,
     };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let (bytes, content_type) = match reply.text {
-        Some(text) => (text.into_bytes(), "text/plain; version=0.0.4"),
+    let (bytes, content_type) = match reply.raw {
+        Some(raw) => raw,
         None => {
             let mut text = serde_json::to_vec_pretty(&reply.body).unwrap_or_default();
             text.push(b'\n');
@@ -230,6 +267,8 @@ pub fn openapi() -> Value {
             "/v1/trace": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceRequest"}}}},
                                    "responses": {"200": {"description": "decisions and outputs"}, "404": {"description": "no such port"}}}},
             "/v1/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
+            "/v1/capture": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaptureRequest"}}}},
+                                     "responses": {"200": {"description": "pcap of the port's traffic, both directions", "content": {"application/vnd.tcpdump.pcap": {}}}, "404": {"description": "no such port"}, "409": {"description": "another capture runs"}}}},
             "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text exposition", "content": {"text/plain": {}}}}}},
         },
         "components": {"schemas": {
@@ -249,6 +288,7 @@ pub fn openapi() -> Value {
                 "role": {"type": "string", "enum": ["access", "trunk", "uplink"]}, "tenant": string, "tenants": {"type": "array", "items": string},
                 "allowed_macs": {"type": "array", "items": string}, "allowed_ips": {"type": "array", "items": string}, "mac": string}},
             "PortStatus": {"type": "object"},
+            "CaptureRequest": {"type": "object", "required": ["port"], "properties": {"port": string, "count": {"type": "integer", "default": 100}, "seconds": {"type": "number", "default": 10}}},
             "TraceRequest": {"type": "object", "required": ["port", "frame"], "properties": {"port": string, "frame": {"type": "string", "description": "the frame as hex"}}},
         }},
     })
@@ -303,6 +343,20 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         (&Method::GET, ["stats"]) => Ok(Command::Stats),
         (&Method::GET, ["show"]) => Ok(Command::Show),
         (&Method::GET, ["openapi.json"]) => Ok(Command::OpenApi),
+        (&Method::POST, ["capture"]) => {
+            let r = parse::<CaptureRequest>(body)?;
+            if !(1..=1_000_000).contains(&r.count) {
+                return Err(Reply::error(400, "count", "must be between 1 and 1000000"));
+            }
+            if !(r.seconds > 0.0 && r.seconds <= 3600.0) {
+                return Err(Reply::error(400, "seconds", "must be between 0 and 3600"));
+            }
+            Ok(Command::Capture {
+                port: r.port,
+                count: r.count,
+                seconds: r.seconds,
+            })
+        }
         (&Method::POST, ["trace"]) => {
             let request = parse::<TraceRequest>(body)?;
             let frame = decode_hex(&request.frame)
@@ -403,6 +457,7 @@ mod tests {
                         br#"{"tenant":"t","mac":"02:00:00:00:00:01","port":"p"}"#
                     }
                     ("post", "/v1/ports") => br#"{"name":"n","backend":"ring"}"#,
+                    ("post", "/v1/capture") => br#"{"port":"p"}"#,
                     _ => b"",
                 };
                 assert!(

@@ -37,6 +37,8 @@ pub struct Dynamic {
     pub learned: HashMap<(TenantIdx, Mac), Learned>,
     /// Underlay neighbours by IP.
     pub neighbors: HashMap<Ipv4Addr, Mac>,
+    /// The port id being captured, if any.
+    pub capture: Option<u16>,
 }
 
 /// The underlay facts of this host, if it has an uplink.
@@ -186,6 +188,9 @@ pub fn compile(config: &Validated, ports: &[PortInfo], dynamic: &Dynamic) -> Flo
                 b.host_via(host as HostIdx, tunnel);
             }
         }
+    }
+    if let Some(port) = dynamic.capture {
+        b.capture(port);
     }
     b.reserve_macs(plan.endpoints.len() + dynamic.learned.len());
     for e in &plan.endpoints {

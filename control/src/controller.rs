@@ -136,6 +136,14 @@ impl Controller {
         self.dirty = true;
     }
 
+    /// Starts (`Some(port id)`) or stops capturing; takes effect with the next snapshot.
+    pub fn set_capture(&mut self, port: Option<u16>) {
+        if self.dynamic.capture != port {
+            self.dynamic.capture = port;
+            self.dirty = true;
+        }
+    }
+
     /// The snapshot the workers use now.
     pub fn tables(&self) -> Arc<dataplane::table::FlowTables> {
         self.publisher.current()

@@ -17,6 +17,7 @@ use dataplane::pipeline::SwitchPipeline;
 use dataplane::table::publish::TablePublisher;
 
 use crate::api;
+use crate::capture::Capture;
 use crate::compile::PortInfo;
 use crate::config::Validated;
 use crate::controller::Controller;
@@ -73,7 +74,8 @@ fn run_with_eal(
     let pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
     let mut namer = DeviceNamer::default();
     let mut ports = wiring::attach_ports(&config.ports, &mut namer)?;
-    let wiring = wiring::wire(config, &pool, &mut ports)?;
+    let mut wiring = wiring::wire(config, &pool, &mut ports)?;
+    let wiring_captures = std::mem::take(&mut wiring.captures);
     let port_info: Vec<PortInfo> = ports
         .iter()
         .map(|p| PortInfo {
@@ -123,14 +125,17 @@ fn run_with_eal(
         .build()
         .context("starting the control runtime")?;
     let api_socket = controller.config().api_socket.clone();
+    let mut capture = Capture::new(wiring_captures);
     runtime.block_on(wait_for_stop(
         &mut dataplane,
+        &mut capture,
         options.stats_interval,
         &mut controller,
         &mut live,
         &api_socket,
     ))?;
     let Dataplane { ports, workers, .. } = dataplane;
+    let capture_rings = capture;
     let _ = std::fs::remove_file(&api_socket);
     let elapsed = started.elapsed();
     let mut core_stats = Vec::with_capacity(workers.len());
@@ -139,6 +144,8 @@ fn run_with_eal(
         worker.stop();
         core_stats.push(counters.snapshot());
     }
+    // Captured copies still in flight go back to the pool while it exists.
+    drop(capture_rings);
     let total = CoreStats::sum(&core_stats);
     print!("{}", final_report(&ports, &core_stats));
     drop(ports);
@@ -152,6 +159,7 @@ fn run_with_eal(
 
 async fn wait_for_stop(
     dataplane: &mut Dataplane<'_>,
+    capture: &mut Capture,
     interval: Option<Duration>,
     controller: &mut Controller,
     live: &mut Live,
@@ -182,8 +190,15 @@ async fn wait_for_stop(
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = control_tick.tick() => controller.step(Instant::now(), dataplane.pool),
+            _ = control_tick.tick() => {
+                controller.step(Instant::now(), dataplane.pool);
+                capture.poll(Instant::now(), controller);
+            }
             Some((command, reply)) = calls.recv() => {
+                if let api::Command::Capture { port, count, seconds } = command {
+                    capture.start(port, count, seconds, reply, controller, &dataplane.ports);
+                    continue;
+                }
                 let answer = live.answer(command, controller, dataplane);
                 // A change takes effect now, not at the next tick.
                 controller.publish_if_changed();

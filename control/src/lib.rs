@@ -2,6 +2,7 @@
 //! DPDK ports and worker plans, and the `tenetd` daemon around them.
 
 pub mod api;
+pub mod capture;
 pub mod compile;
 pub mod config;
 pub mod controller;

@@ -64,6 +64,10 @@ impl Live {
             Command::Trace { port, frame } => trace(controller, ports, &port, frame),
             Command::Metrics => Reply::text(metrics(controller, ports, workers)),
             Command::OpenApi => Reply::ok(crate::api::openapi()),
+            // Captures take time; the control loop runs them (see daemon::Capture).
+            Command::Capture { .. } => {
+                Reply::error(500, "", "capture is handled by the control loop")
+            }
         }
     }
 
@@ -125,7 +129,7 @@ impl Live {
         Reply {
             status,
             body: json!({"status": status, "message": "applied"}),
-            text: None,
+            raw: None,
         }
     }
 }

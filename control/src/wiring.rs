@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use dataplane::dpdk::{DeviceNamer, MbufRing, Mempool, Port, PortConfig, RingProducer};
+use dataplane::dpdk::{
+    DeviceNamer, MbufRing, Mempool, Port, PortConfig, RingConsumer, RingProducer,
+};
 use dataplane::worker::{Worker, WorkerCommand, WorkerPlan};
 
 use crate::compile::PortInfo;
@@ -15,6 +17,8 @@ use crate::config::{PortPlan, Validated};
 
 /// Packets a handoff ring holds: several bursts, so a briefly slow owner drops nothing.
 const HANDOFF_RING_SIZE: u32 = 1024;
+/// Captured copies a worker may have in flight to the control plane (10 ms of it).
+const CAPTURE_RING_SIZE: u32 = 4096;
 
 /// A configured port by name.
 pub struct NamedPort {
@@ -188,6 +192,8 @@ pub struct Wiring {
     pub plans: Vec<WorkerPlan>,
     /// Control plane → owner of the uplink's TX queue.
     pub uplink_injector: Option<RingProducer>,
+    /// Workers → control plane: copies of captured packets.
+    pub captures: Vec<RingConsumer>,
 }
 
 /// Configures and starts every port and hands each RX/TX queue pair to one worker
@@ -203,8 +209,16 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             tx: Vec::new(),
             inbound: Vec::new(),
             outbound: Vec::new(),
+            capture: None,
         })
         .collect();
+    let mut captures = Vec::with_capacity(plans.len());
+    for (i, plan) in plans.iter_mut().enumerate() {
+        let (producer, consumer) = MbufRing::create(&format!("cap-w{i}"), CAPTURE_RING_SIZE)
+            .context("creating a capture ring")?;
+        plan.capture = Some(producer);
+        captures.push(consumer);
+    }
     let mut tx_owner: HashMap<u16, usize> = HashMap::new();
     let mut owners: HashMap<u16, Vec<usize>> = HashMap::new();
     let mut next = 0usize;
@@ -270,5 +284,6 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
     Ok(Wiring {
         plans,
         uplink_injector,
+        captures,
     })
 }

@@ -27,6 +27,8 @@ pub struct WorkerPlan {
     pub inbound: Vec<(u16, RingConsumer)>,
     /// Rings to the workers that own `port`'s TX queue.
     pub outbound: Vec<(u16, RingProducer)>,
+    /// Where copies of captured packets go (to the control plane).
+    pub capture: Option<RingProducer>,
 }
 
 /// Idle backoff: spin a while, then sleep, doubling up to a ceiling.
@@ -165,6 +167,7 @@ fn run<P: Pipeline>(
         tx,
         mut inbound,
         outbound,
+        capture,
     } = plan;
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         tracing::warn!(core, "could not pin worker; it runs unpinned");
@@ -184,6 +187,7 @@ fn run<P: Pipeline>(
         "worker started"
     );
     let mut outputs = Outputs::new(tx, outbound);
+    outputs.set_capture_ring(capture);
     let mut batch = MbufBatch::new();
     let mut idle_polls = 0u32;
     let mut sleep = backoff.min_sleep;

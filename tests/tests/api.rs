@@ -255,6 +255,60 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
         "{metrics}"
     );
 
+    // Capture c2 while traffic flows: what c2 transmits lands in a pcap, traffic goes on.
+    let pcap = dir.path().join("c2.pcap");
+    let capture = std::thread::spawn({
+        let (socket, pcap) = (socket.clone(), pcap.clone());
+        move || {
+            tenetctl(
+                &socket,
+                &[
+                    "capture",
+                    "--port",
+                    "c2",
+                    "--count",
+                    "20",
+                    "--seconds",
+                    "10",
+                    "-w",
+                    &pcap.to_string_lossy(),
+                ],
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let ctag = 0x0a91_0002;
+    let rx = Receiver::start(&ns2, "eth0", 40, ctag).unwrap();
+    tests::send_frames(&ns1, "eth0", 40, ctag, &l1.mac, &l2.mac).unwrap();
+    assert_eq!(
+        rx.collect(40, Duration::from_secs(10)).len(),
+        40,
+        "capture disturbed traffic"
+    );
+    let out = capture.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes());
+    let mut records = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        records.push(bytes[at + 16..at + 16 + len].to_vec());
+        at += 16 + len;
+    }
+    assert_eq!(
+        records.len(),
+        20,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(records[0], expected_frame(&l1.mac, &l2.mac, ctag, 0, 64));
+    assert_eq!(records[19], expected_frame(&l1.mac, &l2.mac, ctag, 19, 64));
+
     let doc = http_get(&socket, "/v1/openapi.json");
     assert!(
         doc.contains("\"openapi\": \"3.0.3\"") && doc.contains("/v1/tenants/{name}"),

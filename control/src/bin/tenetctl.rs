@@ -60,6 +60,21 @@ enum Cmd {
         #[arg(long)]
         frame: String,
     },
+    /// A pcap of what a port sends and receives, taken without stopping traffic.
+    Capture {
+        /// The port.
+        #[arg(long)]
+        port: String,
+        /// Packets to capture.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Longest capture, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The pcap file to write.
+        #[arg(short = 'w', long = "write")]
+        file: PathBuf,
+    },
     /// Shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -211,6 +226,7 @@ struct PortAdd {
 struct Answer {
     status: u16,
     body: Value,
+    raw: Vec<u8>,
 }
 
 fn call(
@@ -237,18 +253,30 @@ fn call(
     stream
         .read_to_end(&mut raw)
         .map_err(|e| format!("reading from tenetd: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .ok_or("tenetd sent no HTTP response")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or("tenetd sent a malformed status line")?;
-    let body =
-        serde_json::from_str(body.trim()).map_err(|e| format!("tenetd sent invalid JSON: {e}"))?;
-    Ok(Answer { status, body })
+    let json = head
+        .to_ascii_lowercase()
+        .contains("content-type: application/json");
+    let parsed = if json {
+        serde_json::from_slice(&body).map_err(|e| format!("tenetd sent invalid JSON: {e}"))?
+    } else {
+        Value::Null
+    };
+    Ok(Answer {
+        status,
+        body: parsed,
+        raw: body,
+    })
 }
 
 fn encode(segment: &str) -> String {
@@ -331,6 +359,16 @@ fn main() -> ExitCode {
         }
         Cmd::Port(PortCmd::Del { name }) => ("DELETE", format!("/v1/ports/{name}"), None),
         Cmd::Stats { .. } => ("GET", "/v1/stats".into(), None),
+        Cmd::Capture {
+            port,
+            count,
+            seconds,
+            ..
+        } => (
+            "POST",
+            "/v1/capture".into(),
+            Some(json!({"port": port, "count": count, "seconds": seconds})),
+        ),
         Cmd::Trace { port, frame } => (
             "POST",
             "/v1/trace".into(),
@@ -372,6 +410,27 @@ fn main() -> ExitCode {
             eprintln!("tenetctl: {field}: {message}");
         }
         return ExitCode::from(1);
+    }
+    if let Cmd::Capture { file, .. } = &cli.command {
+        // A pcap: 24-byte header, then 16 bytes and the frame per packet.
+        let mut packets = 0;
+        let mut at = 24;
+        while at + 16 <= answer.raw.len() {
+            let len = u32::from_le_bytes([
+                answer.raw[at + 8],
+                answer.raw[at + 9],
+                answer.raw[at + 10],
+                answer.raw[at + 11],
+            ]);
+            at += 16 + len as usize;
+            packets += 1;
+        }
+        if let Err(e) = std::fs::write(file, &answer.raw) {
+            eprintln!("tenetctl: writing {}: {e}", file.display());
+            return ExitCode::from(1);
+        }
+        println!("{packets} packets written to {}", file.display());
+        return ExitCode::SUCCESS;
     }
     if cli.json {
         println!(

@@ -81,6 +81,8 @@ impl Pipeline for SwitchPipeline {
         }
         self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
         let tables = self.tables.tables();
+        outputs.set_capture_mask(tables.capture);
+        outputs.capture_rx(in_port, batch);
         if let PortRole::CrossConnect(peer) = *tables.role(in_port) {
             return outputs.push_batch(peer, batch, counters);
         }

@@ -22,6 +22,9 @@ pub struct Outputs {
     sinks: [Sink; MAX_PORTS],
     queues: Vec<Option<TxQueue>>,
     rings: Vec<Option<RingProducer>>,
+    /// Bit p set: copies of what port p sends and receives go to `capture`.
+    capture_mask: u64,
+    capture: Option<RingProducer>,
 }
 
 impl Outputs {
@@ -35,9 +38,30 @@ impl Outputs {
             sinks: std::array::from_fn(|_| Sink::None),
             queues: Vec::new(),
             rings: Vec::new(),
+            capture_mask: 0,
+            capture: None,
         };
         outputs.attach(queues, rings);
         outputs
+    }
+
+    /// The ring copies of captured packets go to.
+    pub fn set_capture_ring(&mut self, ring: Option<RingProducer>) {
+        self.capture = ring;
+    }
+
+    /// Which ports to capture (bit p: port p), from the current flow tables.
+    #[inline(always)]
+    pub fn set_capture_mask(&mut self, mask: u64) {
+        self.capture_mask = mask;
+    }
+
+    /// Copies a received burst to the capture ring if `port` is being captured.
+    #[inline(always)]
+    pub fn capture_rx(&mut self, port: u16, batch: &MbufBatch) {
+        if self.capture_mask & (1u64 << (port & 63)) != 0 {
+            copy_to(&mut self.capture, batch);
+        }
     }
 
     /// Adds TX queues this worker now owns and rings to the owners of other new ports.
@@ -131,6 +155,9 @@ impl Outputs {
         if buffer.is_empty() {
             return;
         }
+        if self.capture_mask & (1u64 << p) != 0 {
+            copy_to(&mut self.capture, buffer);
+        }
         match self.sinks[p] {
             Sink::Queue(i) => {
                 if let Some(queue) = self.queues[i].as_mut() {
@@ -171,4 +198,22 @@ impl Outputs {
         }
         moved
     }
+}
+
+/// Copies every packet of `batch` into the capture ring; copies that do not fit (or
+/// find no free buffer) are skipped, never the traffic itself.
+#[cold]
+fn copy_to(ring: &mut Option<RingProducer>, batch: &MbufBatch) {
+    let Some(ring) = ring.as_mut() else {
+        return;
+    };
+    let mut copies = MbufBatch::new();
+    for mbuf in batch.as_slice() {
+        if let Some(copy) = mbuf.duplicate() {
+            if copies.push(copy).is_err() {
+                break;
+            }
+        }
+    }
+    ring.enqueue_burst(&mut copies);
 }

@@ -177,6 +177,13 @@ impl TablesBuilder {
             });
     }
 
+    /// Copies of what `port` sends and receives go to the control plane.
+    pub fn capture(&mut self, port: u16) {
+        if port < 64 {
+            self.tables.capture |= 1 << port;
+        }
+    }
+
     /// Room for `n` more FDB entries without rehashing.
     pub fn reserve_macs(&mut self, n: usize) {
         self.tables.fdb.reserve(n);

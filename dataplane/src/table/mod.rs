@@ -211,6 +211,9 @@ pub struct FlowTables {
     pub tunnel_tenants: FastMap<u32, ()>,
     /// The underlay, if this host has one.
     pub uplink: Option<Uplink>,
+    /// Ports being captured (bit p: port id p): workers copy what they send and
+    /// receive there to the control plane.
+    pub capture: u64,
 }
 
 impl Default for FlowTables {
@@ -230,6 +233,7 @@ impl Default for FlowTables {
             peer_tunnel: FastMap::default(),
             tunnel_tenants: FastMap::default(),
             uplink: None,
+            capture: 0,
         }
     }
 }
