@@ -180,3 +180,70 @@ fn vhost_user_pair_with_testpmd() {
         "vhost sockets removed at stop"
     );
 }
+
+/// Two workers: each container port belongs to another worker, so every frame crosses
+/// from the worker that received it to the one that owns the output's TX queue through
+/// their ring, in both directions, and arrives whole and in order.
+#[test]
+fn two_workers_hand_frames_over_through_rings() {
+    let ns1 = Netns::new("w1-").unwrap();
+    let ns2 = Netns::new("w2-").unwrap();
+    let link1 = Link::new(&ns1, Some("10.78.0.1/24")).unwrap();
+    let link2 = Link::new(&ns2, Some("10.78.0.2/24")).unwrap();
+    let config = format!(
+        r#"
+[dataplane]
+workers = [0, 1]
+file_prefix = "{prefix}"
+memory_mb = 256
+mbufs = 8191
+
+[[tenant]]
+name = "red"
+id = 1
+
+[[port]]
+name = "c1"
+backend = "af-packet"
+interface = "{a}"
+role = "access"
+tenant = "red"
+
+[[port]]
+name = "c2"
+backend = "af-packet"
+interface = "{b}"
+role = "access"
+tenant = "red"
+"#,
+        prefix = unique("w2"),
+        a = link1.host,
+        b = link2.host
+    );
+    let mut tenetd = Tenetd::start(&config, &[]).unwrap();
+    tenetd.wait_ready(Duration::from_secs(30)).unwrap();
+    for (from, to, src, dst, tag) in [
+        (&ns1, &ns2, &link1.mac, &link2.mac, 0x2a0_0001u32),
+        (&ns2, &ns1, &link2.mac, &link1.mac, 0x2a0_0002u32),
+    ] {
+        let receiver = Receiver::start(to, "eth0", 200, tag).unwrap();
+        send_frames(from, "eth0", 200, tag, src, dst).unwrap();
+        let got = receiver.collect(200, Duration::from_secs(10));
+        let want: Vec<Vec<u8>> = (0..200)
+            .map(|seq| expected_frame(src, dst, tag, seq, 64))
+            .collect();
+        assert_eq!(
+            got, want,
+            "frames lost, changed or reordered between workers"
+        );
+    }
+    ns1.exec("ping", &["-c", "2", "-W", "2", "10.78.0.2"])
+        .expect("ping across workers");
+    let stopped = tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        !stopped.stdout.contains("drop ring-full"),
+        "{}",
+        stopped.stdout
+    );
+}
