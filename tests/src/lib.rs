@@ -564,3 +564,9 @@ pub fn dpdk_leftovers(prefix: &str) -> Vec<PathBuf> {
     }
     left
 }
+
+/// Removes the DPDK runtime directory of `prefix`, which a DPDK process that was killed,
+/// or that does not clean up after itself (dpdk-testpmd), leaves behind.
+pub fn remove_dpdk_runtime(prefix: &str) {
+    let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(prefix));
+}

@@ -96,7 +96,8 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
         Link::new(&ns1, None).unwrap(),
         Link::new(&ns2, None).unwrap(),
     );
-    let text = config(dir.path(), &unique("api"), &l1.host, &l2.host);
+    let prefix = unique("api");
+    let text = config(dir.path(), &prefix, &l1.host, &l2.host);
     let mut tenetd = Tenetd::start(&text, &[]).unwrap();
     tenetd.wait_ready(Duration::from_secs(30)).unwrap();
     tenetd
@@ -353,6 +354,8 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
     tests::run("kill", &["-9", &tenetd.pid().to_string()]).unwrap();
     let written = writer.join().unwrap();
     drop(tenetd);
+    // A killed process cleans nothing; the test removes what it leaves.
+    tests::remove_dpdk_runtime(&prefix);
     let text_after = std::fs::read_to_string(&state).unwrap();
     let model: serde_json::Value =
         serde_json::from_str(&text_after).expect("state file intact after kill -9");
@@ -590,6 +593,7 @@ fn testpmd_container(sock0: &Path, sock1: &Path, seconds: u32) -> Vec<u64> {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("dpdk-testpmd runs");
+    tests::remove_dpdk_runtime(&prefix);
     let text = String::from_utf8_lossy(&out.stdout);
     text.split("Forward statistics for port")
         .skip(1)

@@ -153,6 +153,7 @@ fn vhost_user_pair_with_testpmd() {
         .stdin(Stdio::null())
         .output()
         .expect("dpdk-testpmd runs");
+    tests::remove_dpdk_runtime(&prefix);
     let out = String::from_utf8_lossy(&testpmd.stdout);
     // testpmd's final "Forward statistics for port N" blocks: RX-packets per port.
     let rx: Vec<u64> = out
