@@ -570,3 +570,64 @@ pub fn dpdk_leftovers(prefix: &str) -> Vec<PathBuf> {
 pub fn remove_dpdk_runtime(prefix: &str) {
     let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(prefix));
 }
+
+/// Runs dpdk-testpmd as a DPDK container on two virtio-user ports at `sock0` and
+/// `sock1` (as socket servers when `server`, else connecting to tenetd's), in io
+/// forwarding started with a burst, for `seconds`; returns what each port received.
+pub fn testpmd_virtio_pair(sock0: &Path, sock1: &Path, server: bool, seconds: u32) -> Vec<u64> {
+    let prefix = unique("tpmd");
+    let mode = if server { ",server=1" } else { "" };
+    let out = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            &seconds.to_string(),
+            "dpdk-testpmd",
+            "--lcores",
+            "0@0,1@0",
+        ])
+        .args([
+            "--no-pci",
+            "--in-memory",
+            "--single-file-segments",
+            "--file-prefix",
+            &prefix,
+            "-m",
+            "256",
+        ])
+        .arg(format!(
+            "--vdev=net_virtio_user0,path={},queues=1{mode}",
+            sock0.display()
+        ))
+        .arg(format!(
+            "--vdev=net_virtio_user1,path={},queues=1{mode}",
+            sock1.display()
+        ))
+        .args([
+            "--",
+            "--forward-mode=io",
+            "--auto-start",
+            "--tx-first",
+            "--stats-period",
+            "1",
+        ])
+        .args(["--nb-cores=1", "--total-num-mbufs=8192"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("dpdk-testpmd runs");
+    remove_dpdk_runtime(&prefix);
+    // testpmd's final "Forward statistics for port N" blocks: RX-packets per port.
+    String::from_utf8_lossy(&out.stdout)
+        .split("Forward statistics for port")
+        .skip(1)
+        .filter_map(|block| {
+            block
+                .split("RX-packets:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}

@@ -550,65 +550,6 @@ fn ports_attach_and_detach_while_traffic_flows() {
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }
 
-/// Runs dpdk-testpmd as a DPDK container on two virtio-user ports in server mode (the
-/// container owns the sockets, tenetd connects as the vhost-user client) for `seconds`,
-/// and returns the packets it received per port.
-fn testpmd_container(sock0: &Path, sock1: &Path, seconds: u32) -> Vec<u64> {
-    let prefix = unique("vctr");
-    let out = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            &seconds.to_string(),
-            "dpdk-testpmd",
-            "--lcores",
-            "0@0,1@0",
-            "--no-pci",
-            "--in-memory",
-        ])
-        .args([
-            "--single-file-segments",
-            "--file-prefix",
-            &prefix,
-            "-m",
-            "256",
-        ])
-        .arg(format!(
-            "--vdev=net_virtio_user0,path={},queues=1,server=1",
-            sock0.display()
-        ))
-        .arg(format!(
-            "--vdev=net_virtio_user1,path={},queues=1,server=1",
-            sock1.display()
-        ))
-        .args([
-            "--",
-            "--forward-mode=io",
-            "--auto-start",
-            "--tx-first",
-            "--stats-period",
-            "1",
-        ])
-        .args(["--nb-cores=1", "--total-num-mbufs=8192"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("dpdk-testpmd runs");
-    tests::remove_dpdk_runtime(&prefix);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("Forward statistics for port")
-        .skip(1)
-        .filter_map(|block| {
-            block
-                .split("RX-packets:")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 /// vhost-user ports attached live in client mode: a DPDK container behind them is
 /// switched at once, and after the container restarts tenetd reconnects by itself.
 #[test]
@@ -665,13 +606,13 @@ tenant = "red"
             ],
         );
     }
-    let first = testpmd_container(&sock0, &sock1, 6);
+    let first = tests::testpmd_virtio_pair(&sock0, &sock1, true, 6);
     assert!(
         first.len() >= 2 && first[0] > 1000 && first[1] > 1000,
         "first container run: {first:?}"
     );
     // The container restarts; tenetd's client ports reconnect without being told.
-    let second = testpmd_container(&sock0, &sock1, 8);
+    let second = tests::testpmd_virtio_pair(&sock0, &sock1, true, 8);
     assert!(
         second.len() >= 2 && second[0] > 1000 && second[1] > 1000,
         "after the restart: {second:?}"

@@ -1,7 +1,6 @@
 //! tenetd forwarding real traffic between containers (network namespaces) and between
 //! vhost-user peers, on the cross-connect pipeline.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tests::{expected_frame, send_frames, unique, Link, Netns, Receiver, TempDir, Tenetd};
@@ -114,65 +113,11 @@ fn vhost_user_pair_with_testpmd() {
         "vhost-user server sockets"
     );
 
-    let prefix = unique("tpmd");
-    let testpmd = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            "6",
-            "dpdk-testpmd",
-            "--lcores",
-            "0@0,1@0",
-            "--no-pci",
-            "--in-memory",
-        ])
-        .args([
-            "--single-file-segments",
-            "--file-prefix",
-            &prefix,
-            "-m",
-            "256",
-        ])
-        .arg(format!(
-            "--vdev=net_virtio_user0,path={},queues=1",
-            sock0.display()
-        ))
-        .arg(format!(
-            "--vdev=net_virtio_user1,path={},queues=1",
-            sock1.display()
-        ))
-        .args([
-            "--",
-            "--forward-mode=io",
-            "--auto-start",
-            "--tx-first",
-            "--stats-period",
-            "1",
-        ])
-        .args(["--nb-cores=1", "--total-num-mbufs=8192"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("dpdk-testpmd runs");
-    tests::remove_dpdk_runtime(&prefix);
-    let out = String::from_utf8_lossy(&testpmd.stdout);
-    // testpmd's final "Forward statistics for port N" blocks: RX-packets per port.
-    let rx: Vec<u64> = out
-        .split("Forward statistics for port")
-        .skip(1)
-        .filter_map(|block| {
-            block
-                .split("RX-packets:")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    assert!(rx.len() >= 2, "no per-port statistics from testpmd:\n{out}");
+    let rx = tests::testpmd_virtio_pair(&sock0, &sock1, false, 6);
+    assert!(rx.len() >= 2, "no per-port statistics from testpmd");
     assert!(
         rx[0] > 1000 && rx[1] > 1000,
-        "testpmd received {rx:?} through tenetd:\n{out}"
+        "testpmd received {rx:?} through tenetd"
     );
     let stopped = tenetd.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
