@@ -124,6 +124,7 @@ impl Dataplane<'_> {
                 tx.push(txq);
             }
         }
+        // Queue 0 went to worker 0: it owns the TX path the other workers reach by ring.
         let owner = 0;
         for worker in 0..n {
             let owns =
