@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use super::ethernet::read_mac;
-use super::{Error, Mac, Result};
+use super::{read_u16, Error, Mac, Result};
 
 /// Length of an Ethernet/IPv4 ARP packet.
 pub const HEADER_LEN: usize = 28;
@@ -118,12 +118,6 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     #[inline]
-    fn read_u16(&self, range: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[range];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
-    #[inline]
     fn read_ipv4(&self, range: core::ops::Range<usize>) -> Ipv4Addr {
         let b = &self.buffer.as_ref()[range];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
@@ -132,13 +126,13 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     /// Hardware type (1 for Ethernet).
     #[inline]
     pub fn hardware_type(&self) -> u16 {
-        self.read_u16(field::HTYPE)
+        read_u16(self.buffer.as_ref(), field::HTYPE.start)
     }
 
     /// Protocol type (0x0800 for IPv4).
     #[inline]
     pub fn protocol_type(&self) -> u16 {
-        self.read_u16(field::PTYPE)
+        read_u16(self.buffer.as_ref(), field::PTYPE.start)
     }
 
     /// Hardware address length.
@@ -156,7 +150,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     /// Operation.
     #[inline]
     pub fn operation(&self) -> ArpOperation {
-        self.read_u16(field::OPER).into()
+        read_u16(self.buffer.as_ref(), field::OPER.start).into()
     }
 
     /// Sender hardware address.

@@ -12,7 +12,7 @@
 
 use super::checksum;
 use super::ethernet::EtherType;
-use super::{Error, Result};
+use super::{read_u16, read_u32, write_u16, write_u32, Error, Result};
 
 /// Length of a header with no optional field.
 pub const MIN_HEADER_LEN: usize = 4;
@@ -91,22 +91,10 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
         self.buffer
     }
 
-    #[inline]
-    fn read_u16(&self, at: usize) -> u16 {
-        let b = &self.buffer.as_ref()[at..at + 2];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
-    #[inline]
-    fn read_u32(&self, at: usize) -> u32 {
-        let b = &self.buffer.as_ref()[at..at + 4];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-
     /// The raw flags and version word.
     #[inline]
     pub fn flags(&self) -> u16 {
-        self.read_u16(field::FLAGS.start)
+        read_u16(self.buffer.as_ref(), field::FLAGS.start)
     }
 
     /// Whether the checksum field is present (C).
@@ -136,7 +124,7 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
     /// Protocol type of the payload (0x6558 for Ethernet in tenet).
     #[inline]
     pub fn protocol(&self) -> EtherType {
-        self.read_u16(field::PROTOCOL.start).into()
+        read_u16(self.buffer.as_ref(), field::PROTOCOL.start).into()
     }
 
     /// Header length: 4 plus 4 for each of checksum, key and sequence number present.
@@ -163,19 +151,21 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
     #[inline]
     pub fn checksum(&self) -> Option<u16> {
         self.checksum_present()
-            .then(|| self.read_u16(field::OPTIONAL))
+            .then(|| read_u16(self.buffer.as_ref(), field::OPTIONAL))
     }
 
     /// The key, if present.
     #[inline]
     pub fn key(&self) -> Option<u32> {
-        self.key_present().then(|| self.read_u32(self.key_offset()))
+        self.key_present()
+            .then(|| read_u32(self.buffer.as_ref(), self.key_offset()))
     }
 
     /// The sequence number, if present.
     #[inline]
     pub fn seq(&self) -> Option<u32> {
-        self.seq_present().then(|| self.read_u32(self.seq_offset()))
+        self.seq_present()
+            .then(|| read_u32(self.buffer.as_ref(), self.seq_offset()))
     }
 
     /// Whether the checksum over header and payload is correct; true when absent.
@@ -192,20 +182,10 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
-    #[inline]
-    fn write_u16(&mut self, at: usize, value: u16) {
-        self.buffer.as_mut()[at..at + 2].copy_from_slice(&value.to_be_bytes());
-    }
-
-    #[inline]
-    fn write_u32(&mut self, at: usize, value: u32) {
-        self.buffer.as_mut()[at..at + 4].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Sets the raw flags and version word.
     #[inline]
     pub fn set_flags(&mut self, flags: u16) {
-        self.write_u16(field::FLAGS.start, flags);
+        write_u16(self.buffer.as_mut(), field::FLAGS.start, flags);
     }
 
     #[inline]
@@ -242,7 +222,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
     /// Sets the protocol type.
     #[inline]
     pub fn set_protocol(&mut self, protocol: EtherType) {
-        self.write_u16(field::PROTOCOL.start, protocol.into());
+        write_u16(self.buffer.as_mut(), field::PROTOCOL.start, protocol.into());
     }
 
     /// Stores `value` as the checksum (and zeroes reserved1); no-op unless C is set.
@@ -250,8 +230,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
     pub fn set_checksum(&mut self, value: u16) {
         debug_assert!(self.checksum_present());
         if self.checksum_present() {
-            self.write_u16(field::OPTIONAL, value);
-            self.write_u16(field::OPTIONAL + 2, 0);
+            write_u16(self.buffer.as_mut(), field::OPTIONAL, value);
+            write_u16(self.buffer.as_mut(), field::OPTIONAL + 2, 0);
         }
     }
 
@@ -261,7 +241,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
         debug_assert!(self.key_present());
         if self.key_present() {
             let at = self.key_offset();
-            self.write_u32(at, key);
+            write_u32(self.buffer.as_mut(), at, key);
         }
     }
 
@@ -271,7 +251,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
         debug_assert!(self.seq_present());
         if self.seq_present() {
             let at = self.seq_offset();
-            self.write_u32(at, seq);
+            write_u32(self.buffer.as_mut(), at, seq);
         }
     }
 

@@ -8,7 +8,7 @@
 //! [`Icmpv4Message::Unknown`].
 
 use super::checksum;
-use super::{Error, Result};
+use super::{read_u16, write_u16, Error, Result};
 
 /// Length of the ICMPv4 header.
 pub const HEADER_LEN: usize = 8;
@@ -101,12 +101,6 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
         self.buffer
     }
 
-    #[inline]
-    fn read_u16(&self, range: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[range];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
     /// Message type.
     #[inline]
     pub fn msg_type(&self) -> Icmpv4Message {
@@ -122,19 +116,19 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     /// Checksum as stored.
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.read_u16(field::CHECKSUM)
+        read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Echo identifier (meaningful for echo request and reply).
     #[inline]
     pub fn echo_ident(&self) -> u16 {
-        self.read_u16(field::ECHO_IDENT)
+        read_u16(self.buffer.as_ref(), field::ECHO_IDENT.start)
     }
 
     /// Echo sequence number (meaningful for echo request and reply).
     #[inline]
     pub fn echo_seq_no(&self) -> u16 {
-        self.read_u16(field::ECHO_SEQNO)
+        read_u16(self.buffer.as_ref(), field::ECHO_SEQNO.start)
     }
 
     /// The last 4 header bytes as one word, whatever the type.
@@ -158,11 +152,6 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
-    #[inline]
-    fn write_u16(&mut self, range: core::ops::Range<usize>, value: u16) {
-        self.buffer.as_mut()[range].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Sets the message type.
     #[inline]
     pub fn set_msg_type(&mut self, value: Icmpv4Message) {
@@ -178,19 +167,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
     /// Sets the stored checksum.
     #[inline]
     pub fn set_checksum(&mut self, value: u16) {
-        self.write_u16(field::CHECKSUM, value);
+        write_u16(self.buffer.as_mut(), field::CHECKSUM.start, value);
     }
 
     /// Sets the echo identifier.
     #[inline]
     pub fn set_echo_ident(&mut self, value: u16) {
-        self.write_u16(field::ECHO_IDENT, value);
+        write_u16(self.buffer.as_mut(), field::ECHO_IDENT.start, value);
     }
 
     /// Sets the echo sequence number.
     #[inline]
     pub fn set_echo_seq_no(&mut self, value: u16) {
-        self.write_u16(field::ECHO_SEQNO, value);
+        write_u16(self.buffer.as_mut(), field::ECHO_SEQNO.start, value);
     }
 
     /// Sets the last 4 header bytes as one word.

@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::{Error, Result};
+use super::{read_u16, write_u16, Error, Result};
 
 /// Length of a header without options.
 pub const MIN_HEADER_LEN: usize = 20;
@@ -131,12 +131,6 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     #[inline]
-    fn read_u16(&self, range: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[range];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
-    #[inline]
     fn read_ipv4(&self, range: core::ops::Range<usize>) -> Ipv4Addr {
         let b = &self.buffer.as_ref()[range];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
@@ -163,31 +157,31 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Total length of header and payload in bytes.
     #[inline]
     pub fn total_len(&self) -> u16 {
-        self.read_u16(field::LENGTH)
+        read_u16(self.buffer.as_ref(), field::LENGTH.start)
     }
 
     /// Identification.
     #[inline]
     pub fn ident(&self) -> u16 {
-        self.read_u16(field::IDENT)
+        read_u16(self.buffer.as_ref(), field::IDENT.start)
     }
 
     /// Don't fragment flag.
     #[inline]
     pub fn dont_frag(&self) -> bool {
-        self.read_u16(field::FLG_OFF) & FLAG_DF != 0
+        read_u16(self.buffer.as_ref(), field::FLG_OFF.start) & FLAG_DF != 0
     }
 
     /// More fragments flag.
     #[inline]
     pub fn more_frags(&self) -> bool {
-        self.read_u16(field::FLG_OFF) & FLAG_MF != 0
+        read_u16(self.buffer.as_ref(), field::FLG_OFF.start) & FLAG_MF != 0
     }
 
     /// Fragment offset in bytes (the 13-bit field × 8).
     #[inline]
     pub fn frag_offset(&self) -> u16 {
-        (self.read_u16(field::FLG_OFF) & OFFSET_MASK) << 3
+        (read_u16(self.buffer.as_ref(), field::FLG_OFF.start) & OFFSET_MASK) << 3
     }
 
     /// Time to live.
@@ -205,7 +199,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Header checksum as stored.
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.read_u16(field::CHECKSUM)
+        read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Source address.
@@ -241,11 +235,6 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
-    #[inline]
-    fn write_u16(&mut self, range: core::ops::Range<usize>, value: u16) {
-        self.buffer.as_mut()[range].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Sets the version nibble.
     #[inline]
     pub fn set_version(&mut self, version: u8) {
@@ -269,20 +258,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets the total length.
     #[inline]
     pub fn set_total_len(&mut self, value: u16) {
-        self.write_u16(field::LENGTH, value);
+        write_u16(self.buffer.as_mut(), field::LENGTH.start, value);
     }
 
     /// Sets the identification.
     #[inline]
     pub fn set_ident(&mut self, value: u16) {
-        self.write_u16(field::IDENT, value);
+        write_u16(self.buffer.as_mut(), field::IDENT.start, value);
     }
 
     #[inline]
     fn set_flag(&mut self, flag: u16, on: bool) {
-        let raw = self.read_u16(field::FLG_OFF);
+        let raw = read_u16(self.buffer.as_ref(), field::FLG_OFF.start);
         let raw = if on { raw | flag } else { raw & !flag };
-        self.write_u16(field::FLG_OFF, raw);
+        write_u16(self.buffer.as_mut(), field::FLG_OFF.start, raw);
     }
 
     /// Sets the don't fragment flag.
@@ -300,8 +289,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets the fragment offset in bytes (a multiple of 8 below 65536).
     #[inline]
     pub fn set_frag_offset(&mut self, offset: u16) {
-        let raw = self.read_u16(field::FLG_OFF);
-        self.write_u16(field::FLG_OFF, (raw & !OFFSET_MASK) | (offset >> 3));
+        let raw = read_u16(self.buffer.as_ref(), field::FLG_OFF.start);
+        write_u16(
+            self.buffer.as_mut(),
+            field::FLG_OFF.start,
+            (raw & !OFFSET_MASK) | (offset >> 3),
+        );
     }
 
     /// Sets the time to live (checksum untouched).
@@ -319,7 +312,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets the stored header checksum.
     #[inline]
     pub fn set_checksum(&mut self, value: u16) {
-        self.write_u16(field::CHECKSUM, value);
+        write_u16(self.buffer.as_mut(), field::CHECKSUM.start, value);
     }
 
     /// Sets the source address.
@@ -431,7 +424,11 @@ impl Ipv4Repr {
         packet.set_dscp_ecn(self.dscp_ecn);
         packet.set_total_len((MIN_HEADER_LEN + self.payload_len) as u16);
         packet.set_ident(self.ident);
-        packet.write_u16(field::FLG_OFF, if self.dont_frag { FLAG_DF } else { 0 });
+        write_u16(
+            packet.buffer.as_mut(),
+            field::FLG_OFF.start,
+            if self.dont_frag { FLAG_DF } else { 0 },
+        );
         packet.set_ttl(self.ttl);
         packet.set_protocol(self.protocol);
         packet.set_src_addr(self.src_addr);

@@ -50,6 +50,30 @@ pub type Result<T> = core::result::Result<T, Error>;
 pub type Mac = [u8; 6];
 
 /// Shared helpers for the protocol modules' unit tests.
+/// Big-endian u16 at byte `at` (the caller checked the length).
+#[inline(always)]
+pub(crate) fn read_u16(buf: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([buf[at], buf[at + 1]])
+}
+
+/// Big-endian u32 at byte `at` (the caller checked the length).
+#[inline(always)]
+pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+/// Writes `value` big-endian at byte `at`.
+#[inline(always)]
+pub(crate) fn write_u16(buf: &mut [u8], at: usize, value: u16) {
+    buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Writes `value` big-endian at byte `at`.
+#[inline(always)]
+pub(crate) fn write_u32(buf: &mut [u8], at: usize, value: u32) {
+    buf[at..at + 4].copy_from_slice(&value.to_be_bytes());
+}
+
 #[cfg(test)]
 pub(crate) mod testutil {
     /// A tiny deterministic xorshift generator, so randomized tests repeat exactly.

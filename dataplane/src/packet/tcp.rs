@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ipv4::IpProtocol;
-use super::{Error, Result};
+use super::{read_u16, read_u32, write_u16, write_u32, Error, Result};
 
 /// Length of a header without options.
 pub const MIN_HEADER_LEN: usize = 20;
@@ -94,40 +94,28 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         self.buffer
     }
 
-    #[inline]
-    fn read_u16(&self, range: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[range];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
-    #[inline]
-    fn read_u32(&self, range: core::ops::Range<usize>) -> u32 {
-        let b = &self.buffer.as_ref()[range];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-
     /// Source port.
     #[inline]
     pub fn src_port(&self) -> u16 {
-        self.read_u16(field::SRC_PORT)
+        read_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
     /// Destination port.
     #[inline]
     pub fn dst_port(&self) -> u16 {
-        self.read_u16(field::DST_PORT)
+        read_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
     /// Sequence number.
     #[inline]
     pub fn seq_number(&self) -> u32 {
-        self.read_u32(field::SEQ_NUM)
+        read_u32(self.buffer.as_ref(), field::SEQ_NUM.start)
     }
 
     /// Acknowledgment number (meaningful when ACK is set).
     #[inline]
     pub fn ack_number(&self) -> u32 {
-        self.read_u32(field::ACK_NUM)
+        read_u32(self.buffer.as_ref(), field::ACK_NUM.start)
     }
 
     /// Header length in bytes (data offset × 4), options included.
@@ -139,7 +127,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// All nine flag bits (see the `FLAG_*` constants).
     #[inline]
     pub fn flags(&self) -> u16 {
-        self.read_u16(field::FLAGS) & FLAGS_MASK
+        read_u16(self.buffer.as_ref(), field::FLAGS.start) & FLAGS_MASK
     }
 
     /// FIN flag.
@@ -193,19 +181,19 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Window size (unscaled).
     #[inline]
     pub fn window_len(&self) -> u16 {
-        self.read_u16(field::WIN_SIZE)
+        read_u16(self.buffer.as_ref(), field::WIN_SIZE.start)
     }
 
     /// Checksum as stored.
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.read_u16(field::CHECKSUM)
+        read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Urgent pointer.
     #[inline]
     pub fn urgent_at(&self) -> u16 {
-        self.read_u16(field::URGENT)
+        read_u16(self.buffer.as_ref(), field::URGENT.start)
     }
 
     /// Option bytes between the fixed header and `header_len`.
@@ -237,38 +225,28 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
-    #[inline]
-    fn write_u16(&mut self, range: core::ops::Range<usize>, value: u16) {
-        self.buffer.as_mut()[range].copy_from_slice(&value.to_be_bytes());
-    }
-
-    #[inline]
-    fn write_u32(&mut self, range: core::ops::Range<usize>, value: u32) {
-        self.buffer.as_mut()[range].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Sets the source port.
     #[inline]
     pub fn set_src_port(&mut self, value: u16) {
-        self.write_u16(field::SRC_PORT, value);
+        write_u16(self.buffer.as_mut(), field::SRC_PORT.start, value);
     }
 
     /// Sets the destination port.
     #[inline]
     pub fn set_dst_port(&mut self, value: u16) {
-        self.write_u16(field::DST_PORT, value);
+        write_u16(self.buffer.as_mut(), field::DST_PORT.start, value);
     }
 
     /// Sets the sequence number.
     #[inline]
     pub fn set_seq_number(&mut self, value: u32) {
-        self.write_u32(field::SEQ_NUM, value);
+        write_u32(self.buffer.as_mut(), field::SEQ_NUM.start, value);
     }
 
     /// Sets the acknowledgment number.
     #[inline]
     pub fn set_ack_number(&mut self, value: u32) {
-        self.write_u32(field::ACK_NUM, value);
+        write_u32(self.buffer.as_mut(), field::ACK_NUM.start, value);
     }
 
     /// Sets the header length in bytes (stored as `len / 4`; must be ≤ 60).
@@ -281,8 +259,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Sets all nine flag bits, keeping the data offset (reserved bits cleared).
     #[inline]
     pub fn set_flags(&mut self, flags: u16) {
-        let raw = self.read_u16(field::FLAGS);
-        self.write_u16(field::FLAGS, (raw & 0xf000) | (flags & FLAGS_MASK));
+        let raw = read_u16(self.buffer.as_ref(), field::FLAGS.start);
+        write_u16(
+            self.buffer.as_mut(),
+            field::FLAGS.start,
+            (raw & 0xf000) | (flags & FLAGS_MASK),
+        );
     }
 
     #[inline]
@@ -324,19 +306,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Sets the window size.
     #[inline]
     pub fn set_window_len(&mut self, value: u16) {
-        self.write_u16(field::WIN_SIZE, value);
+        write_u16(self.buffer.as_mut(), field::WIN_SIZE.start, value);
     }
 
     /// Sets the stored checksum.
     #[inline]
     pub fn set_checksum(&mut self, value: u16) {
-        self.write_u16(field::CHECKSUM, value);
+        write_u16(self.buffer.as_mut(), field::CHECKSUM.start, value);
     }
 
     /// Sets the urgent pointer.
     #[inline]
     pub fn set_urgent_at(&mut self, value: u16) {
-        self.write_u16(field::URGENT, value);
+        write_u16(self.buffer.as_mut(), field::URGENT.start, value);
     }
 
     /// Computes and stores the checksum over pseudo-header and the whole buffer.
@@ -411,8 +393,9 @@ impl TcpRepr {
         packet.set_dst_port(self.dst_port);
         packet.set_seq_number(self.seq_number);
         packet.set_ack_number(self.ack_number);
-        packet.write_u16(
-            field::FLAGS,
+        write_u16(
+            packet.buffer.as_mut(),
+            field::FLAGS.start,
             (((MIN_HEADER_LEN / 4) as u16) << 12) | (self.flags & FLAGS_MASK),
         );
         packet.set_window_len(self.window_len);

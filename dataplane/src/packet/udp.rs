@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ipv4::IpProtocol;
-use super::{Error, Result};
+use super::{read_u16, write_u16, Error, Result};
 
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
@@ -68,35 +68,29 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         self.buffer
     }
 
-    #[inline]
-    fn read_u16(&self, range: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[range];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
     /// Source port.
     #[inline]
     pub fn src_port(&self) -> u16 {
-        self.read_u16(field::SRC_PORT)
+        read_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
     /// Destination port.
     #[inline]
     pub fn dst_port(&self) -> u16 {
-        self.read_u16(field::DST_PORT)
+        read_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
     /// Length of header and payload, as the header declares it.
     #[inline]
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u16 {
-        self.read_u16(field::LENGTH)
+        read_u16(self.buffer.as_ref(), field::LENGTH.start)
     }
 
     /// Checksum as stored (0: none).
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.read_u16(field::CHECKSUM)
+        read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Whether the checksum is correct for these IPv4 addresses; true when it is 0.
@@ -120,33 +114,28 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
-    #[inline]
-    fn write_u16(&mut self, range: core::ops::Range<usize>, value: u16) {
-        self.buffer.as_mut()[range].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Sets the source port.
     #[inline]
     pub fn set_src_port(&mut self, value: u16) {
-        self.write_u16(field::SRC_PORT, value);
+        write_u16(self.buffer.as_mut(), field::SRC_PORT.start, value);
     }
 
     /// Sets the destination port.
     #[inline]
     pub fn set_dst_port(&mut self, value: u16) {
-        self.write_u16(field::DST_PORT, value);
+        write_u16(self.buffer.as_mut(), field::DST_PORT.start, value);
     }
 
     /// Sets the length field.
     #[inline]
     pub fn set_len(&mut self, value: u16) {
-        self.write_u16(field::LENGTH, value);
+        write_u16(self.buffer.as_mut(), field::LENGTH.start, value);
     }
 
     /// Sets the stored checksum.
     #[inline]
     pub fn set_checksum(&mut self, value: u16) {
-        self.write_u16(field::CHECKSUM, value);
+        write_u16(self.buffer.as_mut(), field::CHECKSUM.start, value);
     }
 
     /// Computes and stores the checksum over the first `len` bytes and the
