@@ -11,6 +11,7 @@ use dataplane::packet::frame::BufFrame;
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
+use dataplane::pipeline::router::RouterState;
 use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
@@ -106,6 +107,7 @@ fn path(c: &mut Criterion, name: &str, in_port: u16, template: Vec<u8>) {
     let counters = CoreCounters::default();
     let mut learner = Learner::new(Arc::new(EventQueue::new(1024)));
     let mut cache = FdbCache::default();
+    let mut router = RouterState::default();
     let mut sink = Recycle::default();
     let mut spare = BufFrame::new(&template);
     let mut group = c.benchmark_group("pipeline");
@@ -118,6 +120,7 @@ fn path(c: &mut Criterion, name: &str, in_port: u16, template: Vec<u8>) {
                 counters: &counters,
                 learner: &mut learner,
                 cache: &mut cache,
+                router: &mut router,
                 tracer: NoTrace,
             };
             handle(&tables, in_port, frame, &mut sink, &mut cx);

@@ -7,8 +7,10 @@ use std::time::Instant;
 
 use dataplane::packet::Mac;
 use dataplane::table::builder::TablesBuilder;
+use dataplane::table::routing::{Interface, Published, RouteTarget, Router};
 use dataplane::table::{Design, FlowTables, HostIdx, Location, PortSecurity, TenantIdx};
 
+use crate::config::gateway::Placement;
 use crate::config::switching::{EndpointAt, RolePlan, SwitchPlan};
 use crate::config::Validated;
 
@@ -37,6 +39,8 @@ pub struct Dynamic {
     pub learned: HashMap<(TenantIdx, Mac), Learned>,
     /// Underlay neighbours by IP.
     pub neighbors: HashMap<Ipv4Addr, Mac>,
+    /// Neighbours of the tenants' routers, by (tenant index, IP), and when last heard.
+    pub tenant_neighbors: HashMap<(TenantIdx, Ipv4Addr), (Mac, Instant)>,
     /// The port id being captured, if any.
     pub capture: Option<u16>,
 }
@@ -203,5 +207,86 @@ pub fn compile(config: &Validated, ports: &[PortInfo], dynamic: &Dynamic) -> Flo
     for (&(tenant, mac), learned) in &dynamic.learned {
         b.learned_mac(tenant, mac, learned.location);
     }
+    routing(config, &mut b, dynamic);
     b.build()
+}
+
+/// The routers, their routes and neighbours, published ports and the way out.
+fn routing(config: &Validated, b: &mut TablesBuilder, dynamic: &Dynamic) {
+    let plan = &config.switching;
+    let gateway = &config.gateway;
+    b.nat(gateway.nat);
+    let mut snat_here = false;
+    for (t, router) in gateway.routers.iter().enumerate() {
+        let Some(r) = router else {
+            continue;
+        };
+        let here = r.placement == Placement::Here;
+        let location = match r.placement {
+            Placement::Here => Location::Router,
+            Placement::Host(h) => Location::Host(h as HostIdx),
+        };
+        snat_here |= here && r.snat_ip.is_some();
+        b.router(
+            t as TenantIdx,
+            Router {
+                mac: r.mac,
+                interfaces: r
+                    .interfaces
+                    .iter()
+                    .map(|&(ip, prefix)| Interface { ip, prefix })
+                    .collect(),
+                here,
+                snat_ip: r.snat_ip.filter(|_| here),
+                route_lengths: 0,
+                max_connections: r.max_connections,
+            },
+            location,
+        );
+        if !here {
+            continue;
+        }
+        for &p in &r.peers {
+            for &(ip, prefix) in gateway.routers[p].iter().flat_map(|o| &o.interfaces) {
+                b.route(
+                    t as TenantIdx,
+                    ip,
+                    prefix,
+                    RouteTarget::Direct(p as TenantIdx),
+                );
+            }
+        }
+    }
+    for route in &gateway.routes {
+        if gateway.is_here(route.tenant) {
+            let t = route.tenant as TenantIdx;
+            b.route(t, route.ip, route.prefix, RouteTarget::Via(t, route.via));
+        }
+    }
+    for p in &gateway.published {
+        if gateway.is_here(p.tenant) {
+            b.publish(
+                p.protocol,
+                Published {
+                    tenant: p.tenant as TenantIdx,
+                    ip: p.ip,
+                    port: p.port,
+                    external_ip: p.external_ip,
+                    external_port: p.host_port,
+                },
+            );
+        }
+    }
+    // Known endpoints last: an ARP claiming an endpoint's address never wins over it.
+    for (&(tenant, ip), &(mac, _)) in &dynamic.tenant_neighbors {
+        b.neighbor(tenant, ip, mac);
+    }
+    for e in &plan.endpoints {
+        if let Some(ip) = e.ip {
+            b.neighbor(e.tenant as TenantIdx, ip, e.mac);
+        }
+    }
+    if let (true, Some(hop)) = (snat_here, plan.underlay_gateway) {
+        b.external(hop, dynamic.neighbors.get(&hop).copied());
+    }
 }

@@ -2,7 +2,7 @@
 //! (with per-tenant caps and aging) and the underlay neighbours, resolves tunnel next
 //! hops by ARP, and publishes a new snapshot when anything changed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +38,14 @@ pub struct ControlStats {
     pub published: u64,
     /// ARP requests sent for next hops.
     pub arp_sent: u64,
+    /// ARP requests the tenants' routers sent for their neighbours.
+    pub router_arp_sent: u64,
+    /// Gratuitous ARPs sent when a gateway was placed on this host.
+    pub garp_sent: u64,
 }
+
+/// How many times a router asks for a neighbour before giving up (until the next miss).
+const ROUTER_ARP_TRIES: u32 = 3;
 
 /// The control plane's view of the running switch.
 pub struct Controller {
@@ -50,6 +57,11 @@ pub struct Controller {
     publisher: TablePublisher,
     queues: Vec<Arc<EventQueue>>,
     injector: Option<RingProducer>,
+    router_injector: Option<RingProducer>,
+    /// Router neighbours being asked for: (tenant, IP) → (last asked, tries).
+    misses: HashMap<(TenantIdx, Ipv4Addr), (Option<Instant>, u32)>,
+    /// Ids of the tenants whose gateway was announced here (gratuitous ARP).
+    announced: HashSet<u32>,
     dirty: bool,
     last_aging: Instant,
     last_arp: Option<Instant>,
@@ -65,6 +77,7 @@ impl Controller {
         publisher: TablePublisher,
         queues: Vec<Arc<EventQueue>>,
         injector: Option<RingProducer>,
+        router_injector: Option<RingProducer>,
     ) -> Self {
         let statics = config
             .switching
@@ -83,6 +96,9 @@ impl Controller {
             publisher,
             queues,
             injector,
+            router_injector,
+            misses: HashMap::new(),
+            announced: HashSet::new(),
             dirty: false,
             last_aging: now,
             last_arp: None,
@@ -128,6 +144,22 @@ impl Controller {
             per_tenant[usize::from(idx)] += 1;
             self.dynamic.learned.insert((idx, mac), entry);
         }
+        let neighbors = std::mem::take(&mut self.dynamic.tenant_neighbors);
+        for ((tenant, ip), entry) in neighbors {
+            if let Some(&idx) = old_ids
+                .get(usize::from(tenant))
+                .and_then(|id| new_index.get(id))
+            {
+                self.dynamic.tenant_neighbors.insert((idx, ip), entry);
+            }
+        }
+        self.misses.clear();
+        // A gateway that moved away is announced again when it comes back.
+        self.announced.retain(|id| {
+            new_index
+                .get(id)
+                .is_some_and(|&t| config.gateway.is_here(usize::from(t)))
+        });
         self.per_tenant = per_tenant;
         self.statics = statics;
         self.config = config;
@@ -174,6 +206,8 @@ impl Controller {
         self.absorb(now);
         self.resolve(now, pool);
         self.publish_if_changed();
+        self.announce(pool);
+        self.ask_router_neighbors(now, pool);
     }
 
     /// Applies the workers' events and ages learned MACs.
@@ -211,7 +245,150 @@ impl Controller {
                     self.dirty = true;
                 }
             }
+            Event::TenantNeighbor { tenant, ip, mac } => self.tenant_neighbor(tenant, ip, mac, now),
+            Event::NeighborMiss { tenant, ip } => {
+                let known = self.dynamic.tenant_neighbors.contains_key(&(tenant, ip));
+                if usize::from(tenant) < self.per_tenant.len() && !known {
+                    self.misses.entry((tenant, ip)).or_insert((None, 0));
+                }
+            }
         }
+    }
+
+    /// A router's neighbour answered or asked: kept unless it claims a known
+    /// endpoint's address (those are installed, not learned) or the tenant has as many
+    /// neighbours as it may have MACs.
+    fn tenant_neighbor(&mut self, tenant: TenantIdx, ip: Ipv4Addr, mac: Mac, now: Instant) {
+        let t = usize::from(tenant);
+        if t >= self.per_tenant.len() {
+            return;
+        }
+        let plan = &self.config.switching;
+        if plan
+            .endpoints
+            .iter()
+            .any(|e| e.tenant == t && e.ip == Some(ip))
+        {
+            return;
+        }
+        self.misses.remove(&(tenant, ip));
+        match self.dynamic.tenant_neighbors.get_mut(&(tenant, ip)) {
+            Some(entry) => {
+                if entry.0 != mac {
+                    entry.0 = mac;
+                    self.dirty = true;
+                }
+                entry.1 = now;
+            }
+            None => {
+                let count = self
+                    .dynamic
+                    .tenant_neighbors
+                    .keys()
+                    .filter(|(x, _)| *x == tenant)
+                    .count();
+                if count as u32 >= plan.tenants[t].max_macs {
+                    self.stats.learn_refused += 1;
+                    return;
+                }
+                tracing::debug!(tenant = plan.tenants[t].id, %ip, mac = %fmt_mac(&mac), "router neighbour");
+                self.dynamic
+                    .tenant_neighbors
+                    .insert((tenant, ip), (mac, now));
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Sends each router's ARP requests for neighbours frames wait for: at once, then
+    /// every second, [`ROUTER_ARP_TRIES`] times.
+    fn ask_router_neighbors(&mut self, now: Instant, pool: &Mempool) {
+        if self.misses.is_empty() {
+            return;
+        }
+        let mut frames = Vec::new();
+        let gateway = &self.config.gateway;
+        self.misses.retain(|&(tenant, ip), (asked, tries)| {
+            if asked.is_some_and(|t| now.duration_since(t) < ARP_RETRY) {
+                return true;
+            }
+            if *tries >= ROUTER_ARP_TRIES {
+                return false;
+            }
+            let Some(Some(router)) = gateway.routers.get(usize::from(tenant)) else {
+                return false;
+            };
+            let Some(&(from, _)) = router
+                .interfaces
+                .iter()
+                .find(|&&(gw, len)| {
+                    let m = dataplane::table::routing::mask(len);
+                    u32::from(gw) & m == u32::from(ip) & m
+                })
+                .or(router.interfaces.first())
+            else {
+                return false;
+            };
+            frames.push(arp_request(router.mac, from, ip));
+            *asked = Some(now);
+            *tries += 1;
+            true
+        });
+        let sent = self.inject_as_router(pool, &frames);
+        self.stats.router_arp_sent += sent;
+    }
+
+    /// Announces each gateway placed on this host with a gratuitous ARP per address,
+    /// so containers and switches that knew the router MAC elsewhere learn where it is.
+    fn announce(&mut self, pool: &Mempool) {
+        let gateway = &self.config.gateway;
+        let mut frames = Vec::new();
+        let mut ids = Vec::new();
+        for (t, router) in gateway.routers.iter().enumerate() {
+            let Some(router) = router else {
+                continue;
+            };
+            let id = self.config.switching.tenants[t].id;
+            if router.placement != crate::config::gateway::Placement::Here
+                || self.announced.contains(&id)
+            {
+                continue;
+            }
+            for &(ip, _) in &router.interfaces {
+                frames.push(arp_request(router.mac, ip, ip));
+            }
+            ids.push(id);
+        }
+        if frames.is_empty() {
+            return;
+        }
+        let sent = self.inject_as_router(pool, &frames);
+        if sent == frames.len() as u64 {
+            self.announced.extend(ids);
+        }
+        self.stats.garp_sent += sent;
+    }
+
+    /// Hands frames sourced from a router MAC to the worker that floods them in the
+    /// router's tenant; returns how many went.
+    fn inject_as_router(&mut self, pool: &Mempool, frames: &[Vec<u8>]) -> u64 {
+        let Some(injector) = self.router_injector.as_mut() else {
+            return 0;
+        };
+        let mut sent = 0;
+        for frame in frames {
+            let Some(mut mbuf) = pool.alloc() else {
+                break;
+            };
+            if !mbuf.set_data(frame) {
+                continue;
+            }
+            let mut batch = MbufBatch::new();
+            if batch.push(mbuf).is_ok() && injector.enqueue_burst(&mut batch) == 1 {
+                sent += 1;
+            }
+        }
+        sent
     }
 
     fn learn(&mut self, tenant: TenantIdx, mac: Mac, location: Location, now: Instant) {
@@ -258,6 +435,13 @@ impl Controller {
             }
             keep
         });
+        let neighbors = self.dynamic.tenant_neighbors.len();
+        self.dynamic
+            .tenant_neighbors
+            .retain(|_, (_, seen)| now.duration_since(*seen) < aging);
+        if self.dynamic.tenant_neighbors.len() != neighbors {
+            self.dirty = true;
+        }
         let aged = before - self.dynamic.learned.len();
         if aged > 0 {
             self.stats.aged += aged as u64;
@@ -284,6 +468,15 @@ impl Controller {
         }
         let plan = &self.config.switching;
         let mut targets: Vec<Ipv4Addr> = Vec::new();
+        let snat_here =
+            self.config.gateway.routers.iter().flatten().any(|r| {
+                r.placement == crate::config::gateway::Placement::Here && r.snat_ip.is_some()
+            });
+        if let (true, Some(hop)) = (snat_here, plan.underlay_gateway) {
+            if !self.dynamic.neighbors.contains_key(&hop) || refresh {
+                targets.push(hop);
+            }
+        }
         for host in compile::tunnel_hosts(plan) {
             let hop = compile::next_hop(plan, host);
             let static_mac = hop == plan.hosts[host].ip && plan.hosts[host].mac.is_some();
@@ -391,6 +584,7 @@ port = "c1"
             ports,
             publisher.clone(),
             vec![Arc::clone(&queue)],
+            None,
             None,
         );
         (c, queue, publisher)

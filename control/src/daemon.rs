@@ -13,7 +13,7 @@ use dataplane::worker::{Backoff, Worker};
 use std::sync::Arc;
 
 use dataplane::pipeline::events::{EventQueue, EVENT_QUEUE_LEN};
-use dataplane::pipeline::SwitchPipeline;
+use dataplane::pipeline::{SwitchPipeline, WorkerSlot};
 use dataplane::table::publish::TablePublisher;
 
 use crate::api;
@@ -91,19 +91,27 @@ fn run_with_eal(
     let config = Arc::new(config.clone());
     let first = crate::compile::compile(&config, &port_info, &Default::default());
     let publisher = TablePublisher::new(first);
+    let nat_sessions = config.gateway.sessions_per_worker as usize;
     let mut controller = Controller::new(
         config,
         port_info,
         publisher.clone(),
         queues.clone(),
         wiring.uplink_injector,
+        Some(wiring.router_injector),
     );
     let started = Instant::now();
     let mut workers = Vec::with_capacity(wiring.plans.len());
     let tsc_hz = dpdk::tsc_hz();
-    for (plan, queue) in wiring.plans.into_iter().zip(queues) {
+    let count = wiring.plans.len() as u16;
+    for (index, (plan, queue)) in wiring.plans.into_iter().zip(queues).enumerate() {
         let core = plan.core;
-        let pipeline = SwitchPipeline::new(publisher.reader(), queue, tsc_hz);
+        let slot = WorkerSlot {
+            index: index as u16,
+            count,
+            nat_sessions,
+        };
+        let pipeline = SwitchPipeline::new(publisher.reader(), queue, tsc_hz, slot);
         workers.push(
             Worker::spawn(plan, pipeline, Backoff::default())
                 .with_context(|| format!("starting the worker on CPU {core}"))?,

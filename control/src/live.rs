@@ -236,6 +236,7 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
     use dataplane::packet::frame::{BufFrame, Frame};
     use dataplane::pipeline::events::{EventQueue, Learner};
     use dataplane::pipeline::fdb_cache::FdbCache;
+    use dataplane::pipeline::router::RouterState;
     use dataplane::pipeline::switch::{handle, Context, Sink};
 
     struct Collect(Vec<(u16, Vec<u8>)>);
@@ -252,11 +253,13 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
     let counters = CoreCounters::default();
     let mut learner = Learner::new(Arc::new(EventQueue::new(16)));
     let mut cache = FdbCache::default();
+    let mut router = RouterState::default();
     let mut sink = Collect(Vec::new());
     let mut cx = Context {
         counters: &counters,
         learner: &mut learner,
         cache: &mut cache,
+        router: &mut router,
         tracer: Vec::<String>::new(),
     };
     handle(

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::gateway::{PublishSpec, RouteSpec};
 use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
 use crate::config::{Config, ConfigError, PortSpec, Validated};
 
@@ -22,6 +23,12 @@ pub struct Model {
     pub endpoints: Vec<EndpointSpec>,
     /// Ports, in order (those of the config file first, then those added live).
     pub ports: Vec<PortSpec>,
+    /// Static routes.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Published container ports.
+    #[serde(default)]
+    pub published: Vec<PublishSpec>,
 }
 
 /// A change asked for through the API.
@@ -48,6 +55,40 @@ pub enum Change {
         /// MAC as written.
         mac: String,
     },
+    /// Change a tenant's gateway settings (placement: gateway migration; peers).
+    UpdateTenant(String, TenantPatch),
+    /// Add a static route.
+    AddRoute(RouteSpec),
+    /// Remove a route by tenant and prefix.
+    DeleteRoute {
+        /// Tenant name.
+        tenant: String,
+        /// Prefix as written.
+        prefix: String,
+    },
+    /// Publish a container port.
+    AddPublish(PublishSpec),
+    /// Withdraw a published port.
+    DeletePublish {
+        /// `tcp` or `udp`.
+        protocol: String,
+        /// The published port.
+        host_port: u16,
+    },
+}
+
+/// The tenant settings a running switch may change; absent fields stay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    /// New gateway placement (a host name or `central`).
+    pub gateway_host: Option<String>,
+    /// New peer list (consent to route with these tenants).
+    pub peers: Option<Vec<String>>,
+    /// New SNAT address.
+    pub snat_ip: Option<std::net::Ipv4Addr>,
+    /// New per-core SNAT connection cap.
+    pub max_connections: Option<u32>,
 }
 
 /// A refused change: HTTP status, the field at fault, and why.
@@ -80,6 +121,8 @@ impl Model {
             tenants: config.tenants.clone(),
             endpoints: config.endpoints.clone(),
             ports: config.ports.clone(),
+            routes: config.routes.clone(),
+            published: config.published.clone(),
         }
     }
 
@@ -91,6 +134,8 @@ impl Model {
             tenants: self.tenants.clone(),
             endpoints: self.endpoints.clone(),
             ports: self.ports.clone(),
+            routes: self.routes.clone(),
+            published: self.published.clone(),
             ..base.clone()
         }
     }
@@ -146,6 +191,18 @@ impl Model {
                     message: format!("tenant `{name}` has endpoints; delete them first"),
                 });
             }
+            let used = self.routes.iter().any(|r| &r.tenant == name)
+                || self.published.iter().any(|p| &p.tenant == name)
+                || self.tenants.iter().any(|t| t.peers.contains(name));
+            if used {
+                return Err(Refusal {
+                    status: 409,
+                    field: "name".to_owned(),
+                    message: format!(
+                        "tenant `{name}` has routes, published ports or peers; remove them first"
+                    ),
+                });
+            }
         }
         let mut next = self.clone();
         // Errors about the new item are reported by its own field names.
@@ -192,6 +249,50 @@ impl Model {
                 });
                 (String::new(), next.endpoints.len() < before)
             }
+            Change::UpdateTenant(name, patch) => {
+                match next.tenants.iter().position(|t| &t.name == name) {
+                    Some(i) => {
+                        let t = &mut next.tenants[i];
+                        if let Some(host) = &patch.gateway_host {
+                            t.gateway_host = Some(host.clone());
+                        }
+                        if let Some(peers) = &patch.peers {
+                            t.peers = peers.clone();
+                        }
+                        if let Some(ip) = patch.snat_ip {
+                            t.snat_ip = Some(ip);
+                        }
+                        if let Some(n) = patch.max_connections {
+                            t.max_connections = Some(n);
+                        }
+                        (format!("tenant[{i}]."), true)
+                    }
+                    None => (String::new(), false),
+                }
+            }
+            Change::AddRoute(r) => {
+                next.routes.push(r.clone());
+                (format!("route[{}].", next.routes.len() - 1), true)
+            }
+            Change::DeleteRoute { tenant, prefix } => {
+                let before = next.routes.len();
+                next.routes
+                    .retain(|r| !(&r.tenant == tenant && &r.prefix == prefix));
+                (String::new(), next.routes.len() < before)
+            }
+            Change::AddPublish(p) => {
+                next.published.push(p.clone());
+                (format!("publish[{}].", next.published.len() - 1), true)
+            }
+            Change::DeletePublish {
+                protocol,
+                host_port,
+            } => {
+                let before = next.published.len();
+                next.published
+                    .retain(|p| !(&p.protocol == protocol && p.host_port == *host_port));
+                (String::new(), next.published.len() < before)
+            }
         };
         if !ok {
             return Err(match change {
@@ -204,6 +305,20 @@ impl Model {
                 Change::DeleteEndpoint { tenant, mac } => {
                     Refusal::not_found("mac", format!("tenant `{tenant}` has no endpoint {mac}"))
                 }
+                Change::UpdateTenant(name, _) => {
+                    Refusal::not_found("name", format!("no tenant is named `{name}`"))
+                }
+                Change::DeleteRoute { tenant, prefix } => Refusal::not_found(
+                    "prefix",
+                    format!("tenant `{tenant}` has no route to {prefix}"),
+                ),
+                Change::DeletePublish {
+                    protocol,
+                    host_port,
+                } => Refusal::not_found(
+                    "host_port",
+                    format!("{host_port}/{protocol} is not published"),
+                ),
                 _ => Refusal::not_found("", "nothing to change".to_owned()),
             });
         }

@@ -193,6 +193,8 @@ pub struct Wiring {
     pub plans: Vec<WorkerPlan>,
     /// Control plane → owner of the uplink's TX queue.
     pub uplink_injector: Option<RingProducer>,
+    /// Control plane → the first worker, frames sent as a tenant's router.
+    pub router_injector: RingProducer,
     /// Workers → control plane: copies of captured packets.
     pub captures: Vec<RingConsumer>,
 }
@@ -211,6 +213,7 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             inbound: Vec::new(),
             outbound: Vec::new(),
             capture: None,
+            reprocess: Vec::new(),
         })
         .collect();
     let mut captures = Vec::with_capacity(plans.len());
@@ -282,9 +285,17 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
         }
         None => None,
     };
+    let (router_injector, consumer) =
+        MbufRing::create("ctl-router", 256).context("creating the router ring")?;
+    if let Some(first) = plans.first_mut() {
+        first
+            .reprocess
+            .push((dataplane::pipeline::switch::CONTROL_PORT, consumer));
+    }
     Ok(Wiring {
         plans,
         uplink_injector,
+        router_injector,
         captures,
     })
 }

@@ -44,7 +44,7 @@ drop_reasons! {
     PortSecurityIp = "port-security-ip": "the source IP (or ARP sender) is not one the access port allows",
     MacSpoof = "mac-spoof": "the source MAC belongs to a known endpoint elsewhere",
     NotForUs = "not-for-us": "an underlay frame not addressed to this host",
-    Ipv4Invalid = "ipv4-invalid": "an underlay IPv4 header is malformed or its checksum is wrong",
+    Ipv4Invalid = "ipv4-invalid": "an IPv4 header is malformed or its checksum is wrong",
     Fragment = "fragment": "an underlay IPv4 fragment (tunnels do not reassemble)",
     UplinkNotGre = "uplink-not-gre": "an underlay IPv4 packet for this host that is not GRE",
     GreUnknownPeer = "gre-unknown-peer": "GRE from an address that is no tunnel peer of this host",
@@ -52,9 +52,18 @@ drop_reasons! {
     GreBadChecksum = "gre-bad-checksum": "a GRE checksum that does not match",
     GreUnknownKey = "gre-unknown-key": "a GRE key (or its absence) that names no tenant this tunnel carries",
     Hairpin = "hairpin": "the destination is where the frame came from (same port, or tunnel to tunnel)",
-    NeighborUnresolved = "neighbor-unresolved": "the tunnel's next hop MAC is not resolved yet",
+    NeighborUnresolved = "neighbor-unresolved": "the next hop's MAC (tunnel, router or outside) is not resolved yet, or the hold queue is full",
     NoHeadroom = "no-headroom": "no room in front of the frame for a tag or tunnel header",
     CopyFailed = "copy-failed": "no packet buffer for a flooded copy",
+    NotRoutable = "not-routable": "a frame for the router that is neither IPv4 nor ARP, or not for its addresses",
+    TtlExceeded = "ttl-exceeded": "the TTL ran out at the router (an ICMP time-exceeded went back, rate permitting)",
+    NoRoute = "no-route": "the router has no route to the destination (an ICMP unreachable went back, rate permitting)",
+    NatNoSession = "nat-no-session": "a TCP segment of no known SNAT connection (answered with a reset), or an outside packet nothing expects",
+    NatUnsupported = "nat-unsupported": "a packet SNAT cannot translate: not TCP, UDP or ICMP echo, or a fragment",
+    NatPortsExhausted = "nat-ports-exhausted": "no free SNAT port toward that destination on this core",
+    NatTenantCap = "nat-tenant-cap": "the tenant holds as many SNAT connections as it may",
+    NatTableFull = "nat-table-full": "the core's SNAT connection table is full",
+    NatForeignCore = "nat-foreign-core": "an outside packet whose SNAT session is on another core, with no ring to it",
 }
 
 /// Number of drop reasons.
@@ -62,7 +71,7 @@ pub const DROP_REASON_COUNT: usize = DropReason::ALL.len();
 
 /// One worker's counters, on their own cache lines so the stats reader never slows it.
 #[repr(align(64))]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CoreCounters {
     rx_packets: AtomicU64,
     tx_packets: AtomicU64,
@@ -72,6 +81,21 @@ pub struct CoreCounters {
     punted: AtomicU64,
     events_lost: AtomicU64,
     drops: [AtomicU64; DROP_REASON_COUNT],
+}
+
+impl Default for CoreCounters {
+    fn default() -> Self {
+        Self {
+            rx_packets: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            bursts: AtomicU64::new(0),
+            busy_cycles: AtomicU64::new(0),
+            idle_sleeps: AtomicU64::new(0),
+            punted: AtomicU64::new(0),
+            events_lost: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 #[inline(always)]
@@ -147,7 +171,7 @@ impl CoreCounters {
 }
 
 /// A read copy of one core's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoreStats {
     /// Packets received.
     pub rx_packets: u64,
@@ -165,6 +189,21 @@ pub struct CoreStats {
     pub events_lost: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DROP_REASON_COUNT],
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        Self {
+            rx_packets: 0,
+            tx_packets: 0,
+            bursts: 0,
+            busy_cycles: 0,
+            idle_sleeps: 0,
+            punted: 0,
+            events_lost: 0,
+            drops: [0; DROP_REASON_COUNT],
+        }
+    }
 }
 
 impl CoreStats {

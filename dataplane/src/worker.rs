@@ -29,6 +29,10 @@ pub struct WorkerPlan {
     pub outbound: Vec<(u16, RingProducer)>,
     /// Where copies of captured packets go (to the control plane).
     pub capture: Option<RingProducer>,
+    /// Rings whose packets run through the pipeline as if received on `port` (frames
+    /// the control plane sends as a tenant's router come in on
+    /// [`crate::pipeline::switch::CONTROL_PORT`]).
+    pub reprocess: Vec<(u16, RingConsumer)>,
 }
 
 /// Idle backoff: spin a while, then sleep, doubling up to a ceiling.
@@ -168,6 +172,7 @@ fn run<P: Pipeline>(
         mut inbound,
         outbound,
         capture,
+        mut reprocess,
     } = plan;
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         tracing::warn!(core, "could not pin worker; it runs unpinned");
@@ -228,6 +233,14 @@ fn run<P: Pipeline>(
         if !inbound.is_empty() {
             moved += outputs.drain_inbound(&mut inbound, &mut batch, counters);
             outputs.flush(counters);
+        }
+        for (port, ring) in reprocess.iter_mut() {
+            let n = ring.dequeue_burst(&mut batch);
+            if n > 0 {
+                moved += n;
+                pipeline.process(*port, &mut batch, &mut outputs, counters);
+                outputs.flush(counters);
+            }
         }
         let now = dpdk::tsc();
         let spent = now.wrapping_sub(last_tsc);

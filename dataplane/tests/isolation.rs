@@ -11,6 +11,7 @@ use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
+use dataplane::pipeline::router::RouterState;
 use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
@@ -79,10 +80,12 @@ fn run(t: &FlowTables, port: u16, frame: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let counters = CoreCounters::default();
     let mut sink = Collect::default();
     let mut cache = FdbCache::default();
+    let mut router = RouterState::default();
     let mut cx = Context {
         counters: &counters,
         learner: &mut learner,
         cache: &mut cache,
+        router: &mut router,
         tracer: NoTrace,
     };
     handle(t, port, BufFrame::new(frame), &mut sink, &mut cx);

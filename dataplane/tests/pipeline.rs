@@ -9,6 +9,7 @@ use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{Event, EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
+use dataplane::pipeline::router::RouterState;
 use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
@@ -89,11 +90,13 @@ fn run(tables: &FlowTables, in_port: u16, frame: &[u8]) -> Run {
     let counters = CoreCounters::default();
     let mut sink = Collect::default();
     let mut cache = FdbCache::default();
+    let mut router = RouterState::default();
     {
         let mut cx = Context {
             counters: &counters,
             learner: &mut learner,
             cache: &mut cache,
+            router: &mut router,
             tracer: NoTrace,
         };
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);

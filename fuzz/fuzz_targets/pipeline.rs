@@ -10,6 +10,7 @@ use dataplane::counters::CoreCounters;
 use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::pipeline::events::{EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
+use dataplane::pipeline::router::RouterState;
 use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
@@ -66,11 +67,13 @@ fuzz_target!(|data: &[u8]| {
     let counters = CoreCounters::default();
     let mut learner = Learner::new(Arc::new(EventQueue::new(64)));
     let mut cache = FdbCache::default();
+    let mut router = RouterState::default();
     let mut sink = Collect::default();
     let mut cx = Context {
         counters: &counters,
         learner: &mut learner,
         cache: &mut cache,
+        router: &mut router,
         tracer: NoTrace,
     };
     handle(&tables, port, BufFrame::new(frame), &mut sink, &mut cx);

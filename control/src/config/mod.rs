@@ -3,6 +3,7 @@
 //! Everything is checked before anything starts: an unknown field, a bad value or a
 //! dangling reference is refused with an error naming the field (`port[1].interface`).
 
+pub mod gateway;
 pub mod switching;
 
 use std::collections::HashSet;
@@ -10,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use dataplane::dpdk::{Backend, BondMode, EalOptions};
+use gateway::{GatewayPlan, GatewaySection, PublishSpec, RouteSpec};
 use serde::Deserialize;
 use switching::{EndpointSpec, HostSpec, RoleName, SwitchPlan, SwitchSection, TenantSpec};
 
@@ -82,6 +84,15 @@ pub struct Config {
     /// Known endpoints (static FDB entries).
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointSpec>,
+    /// SNAT limits and timeouts.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// Static routes of the tenants' routers.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSpec>,
+    /// Container ports published on the gateway hosts.
+    #[serde(default, rename = "publish")]
+    pub published: Vec<PublishSpec>,
     /// API socket and state file.
     #[serde(default)]
     pub control: ControlSection,
@@ -274,6 +285,8 @@ pub struct Validated {
     pub cross_connects: Vec<(usize, usize)>,
     /// Tenants, hosts, endpoints and port roles.
     pub switching: SwitchPlan,
+    /// Routers, routes, published ports, SNAT limits.
+    pub gateway: GatewayPlan,
     /// API socket path.
     pub api_socket: PathBuf,
     /// Optional TCP address of the API.
@@ -473,7 +486,7 @@ impl Config {
         let port_names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
         let cross_connected: HashSet<usize> =
             cross_connects.iter().flat_map(|&(a, b)| [a, b]).collect();
-        let switching = switching::validate(
+        let mut switching = switching::validate(
             &self.switch,
             &self.hosts,
             &self.tenants,
@@ -481,6 +494,14 @@ impl Config {
             &self.ports,
             &port_names,
             &cross_connected,
+        )?;
+        let gateway = gateway::validate(
+            &self.gateway,
+            &self.switch,
+            &self.tenants,
+            &self.routes,
+            &self.published,
+            &mut switching,
         )?;
         let pci_allow = ports
             .iter()
@@ -502,6 +523,7 @@ impl Config {
             ports,
             cross_connects,
             switching,
+            gateway,
             api_socket: self.control.api_socket.clone(),
             api_listen: self.control.api_listen,
             state_file: self.control.persist.then(|| {
@@ -1177,11 +1199,18 @@ host = "b"
             e.contains("`tenant[1].vlan`: the shared design needs a VLAN"),
             "{e}"
         );
-        let e = err(&TENANTS.replacen(
+        // The dedicated design may name one egress host (the central gateway host).
+        let central = TENANTS.replacen(
             "underlay_ip = \"192.168.77.1/24\"",
             "underlay_ip = \"192.168.77.1/24\"\negress = true",
             1,
+        );
+        assert!(parse(&central).is_ok());
+        let e = err(&central.replacen(
+            "underlay_ip = \"192.168.77.2/24\"",
+            "underlay_ip = \"192.168.77.2/24\"\negress = true",
+            1,
         ));
-        assert!(e.contains("`host[0].egress`"), "{e}");
+        assert!(e.contains("`host[1].egress`: at most one"), "{e}");
     }
 }

@@ -77,6 +77,28 @@ pub struct TenantSpec {
     /// Other hosts where the tenant lives (tunnels in the dedicated design).
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// The gateway's address on each subnet, as `10.1.0.1/24`. A tenant with subnets
+    /// has a router.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
+    /// Where the gateway runs: a host's name, or `central` (the egress host). Default:
+    /// `central` when there is an egress host, else this host when there are no hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_host: Option<String>,
+    /// Source address toward the outside (default: the gateway host's underlay IP, when
+    /// `switch.underlay_gateway` names the way out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_ip: Option<Ipv4Addr>,
+    /// The router's MAC (default: derived from the id, `02:7e:` and the id's 4 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_mac: Option<String>,
+    /// Tenants this one consents to route with; routing happens only when both list
+    /// each other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// SNAT connections the tenant may hold per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// `[[endpoint]]`: a container's MAC, installed instead of learned.
@@ -93,6 +115,9 @@ pub struct EndpointSpec {
     pub port: Option<String>,
     /// The other host it is on.
     pub host: Option<String>,
+    /// Its IPv4 address (with one `mac`): the router's neighbour entry, no ARP needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// Port roles in the user's words.
@@ -156,6 +181,8 @@ pub struct EndpointPlan {
     pub mac: Mac,
     /// Location.
     pub at: EndpointAt,
+    /// Its IPv4 address, if known.
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// A validated port role.
@@ -352,10 +379,10 @@ pub(super) fn validate(
             ),
         ));
     }
-    if design == Design::Dedicated && !egress.is_empty() {
+    if design == Design::Dedicated && egress.len() > 1 {
         return Err(invalid(
-            format!("host[{}].egress", egress[0]),
-            "the dedicated design has no egress host (gateways are per tenant)",
+            format!("host[{}].egress", egress[1]),
+            "at most one egress host (the central gateway host)",
         ));
     }
 
@@ -576,6 +603,12 @@ pub(super) fn validate(
                 ))
             }
         };
+        if e.ip.is_some() && e.macs.is_some() {
+            return Err(invalid(
+                format!("{field}.ip"),
+                "an address belongs to one MAC: give mac, not macs",
+            ));
+        }
         for (mfield, text) in macs {
             let mac = parse_unicast_mac(&mfield, text)?;
             if !seen.insert((tenant, mac)) {
@@ -584,7 +617,12 @@ pub(super) fn validate(
                     "this MAC is already an endpoint of the tenant",
                 ));
             }
-            endpoint_plans.push(EndpointPlan { tenant, mac, at });
+            endpoint_plans.push(EndpointPlan {
+                tenant,
+                mac,
+                at,
+                ip: e.ip,
+            });
         }
     }
 

@@ -31,6 +31,22 @@ pub enum Event {
         /// Its MAC.
         mac: Mac,
     },
+    /// A neighbour of a tenant's router announced itself (ARP to the gateway).
+    TenantNeighbor {
+        /// The tenant.
+        tenant: TenantIdx,
+        /// Its IP.
+        ip: Ipv4Addr,
+        /// Its MAC.
+        mac: Mac,
+    },
+    /// A router needs the MAC of `ip` in `tenant` (frames wait in the hold queue).
+    NeighborMiss {
+        /// The tenant.
+        tenant: TenantIdx,
+        /// The address to resolve.
+        ip: Ipv4Addr,
+    },
 }
 
 /// Events from one core, drained by the control plane.
@@ -58,6 +74,9 @@ struct Reported {
 pub struct Learner {
     events: Arc<EventQueue>,
     cache: Box<[Option<Reported>]>,
+    /// The last neighbour reported or asked for, and when: a burst of frames to one
+    /// unresolved (or chatty) neighbour makes one event.
+    last_neighbor: Option<(u64, u32)>,
     /// Seconds on the worker's clock, set once per burst.
     pub now: u32,
 }
@@ -68,6 +87,7 @@ impl Learner {
         Self {
             events,
             cache: vec![None; CACHE_SLOTS].into_boxed_slice(),
+            last_neighbor: None,
             now: 0,
         }
     }
@@ -111,7 +131,39 @@ impl Learner {
     /// An underlay neighbour announced `ip` at `mac`.
     #[inline]
     pub fn neighbor(&mut self, ip: Ipv4Addr, mac: Mac, counters: &CoreCounters) {
-        if self.events.push(Event::Neighbor { ip, mac }).is_err() {
+        self.push(Event::Neighbor { ip, mac }, counters);
+    }
+
+    /// A neighbour of `tenant`'s router announced `ip` at `mac`.
+    #[inline]
+    pub fn tenant_neighbor(
+        &mut self,
+        tenant: TenantIdx,
+        ip: Ipv4Addr,
+        mac: Mac,
+        counters: &CoreCounters,
+    ) {
+        let key = crate::table::routing::neighbor_key(tenant, ip) ^ fdb_key(0, &mac);
+        if self.last_neighbor == Some((key, self.now)) {
+            return;
+        }
+        self.last_neighbor = Some((key, self.now));
+        self.push(Event::TenantNeighbor { tenant, ip, mac }, counters);
+    }
+
+    /// `tenant`'s router has frames for `ip` and no MAC for it.
+    #[inline]
+    pub fn neighbor_miss(&mut self, tenant: TenantIdx, ip: Ipv4Addr, counters: &CoreCounters) {
+        let key = crate::table::routing::neighbor_key(tenant, ip) | 1 << 63;
+        if self.last_neighbor == Some((key, self.now)) {
+            return;
+        }
+        self.last_neighbor = Some((key, self.now));
+        self.push(Event::NeighborMiss { tenant, ip }, counters);
+    }
+
+    fn push(&mut self, event: Event, counters: &CoreCounters) {
+        if self.events.push(event).is_err() {
             counters.add_event_lost();
         }
     }

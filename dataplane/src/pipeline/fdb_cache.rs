@@ -4,8 +4,11 @@
 //! frames of one sender. Valid for one snapshot: cleared whenever the worker moves to
 //! a new one.
 
+use std::net::Ipv4Addr;
+
 use crate::counters::DropReason;
-use crate::table::{FdbEntry, FlowTables, Location, TunnelIdx};
+use crate::packet::Mac;
+use crate::table::{FdbEntry, FlowTables, Location, TenantIdx, TunnelIdx};
 
 /// What to do with a frame for a destination, resolved once per cache fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +23,49 @@ pub enum Out {
     Tunnel(TunnelIdx),
     /// Nowhere, for this reason.
     Drop(DropReason),
+    /// To the tenant's router on this host.
+    Route,
 }
+
+/// What routing decided for a destination, resolved once per cache fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Into `tenant`, to `mac`, through `out`.
+    Deliver {
+        /// The tenant the packet enters (its own, or a peer's).
+        tenant: TenantIdx,
+        /// The next hop's MAC.
+        mac: Mac,
+        /// How that MAC is reached.
+        out: Out,
+    },
+    /// Out of the uplink, through SNAT.
+    External,
+    /// Nowhere.
+    NoRoute,
+}
+
+/// A next hop whose MAC is not known yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unresolved {
+    /// Its tenant.
+    pub tenant: TenantIdx,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Clone, Copy)]
+struct RouteSlot {
+    key: u64,
+    hop: Hop,
+}
+
+const ROUTE_SLOTS: usize = 256;
+/// A key no lookup uses: route keys keep their top 16 bits clear.
+const EMPTY_ROUTE: RouteSlot = RouteSlot {
+    key: u64::MAX,
+    hop: Hop::NoRoute,
+};
 
 #[derive(Clone, Copy)]
 struct Slot {
@@ -42,6 +87,7 @@ pub struct FdbCache {
     slots: Box<[Slot; SLOTS]>,
     last_source: Option<(u64, Location, u32)>,
     last_tunnel: Option<TunnelMemo>,
+    routes: Box<[RouteSlot; ROUTE_SLOTS]>,
 }
 
 /// The last decapsulation decision: (peer IP, GRE key or 0) → (tunnel, tenant).
@@ -63,6 +109,7 @@ impl Default for FdbCache {
             slots: Box::new([EMPTY_SLOT; SLOTS]),
             last_source: None,
             last_tunnel: None,
+            routes: Box::new([EMPTY_ROUTE; ROUTE_SLOTS]),
         }
     }
 }
@@ -73,6 +120,24 @@ impl FdbCache {
         self.slots.fill(EMPTY_SLOT);
         self.last_source = None;
         self.last_tunnel = None;
+        self.routes.fill(EMPTY_ROUTE);
+    }
+
+    /// The routing decision for `key` (a [`crate::table::routing::neighbor_key`] of
+    /// tenant and destination); `decide` runs on a miss, and only a resolved decision
+    /// is kept (an unresolved neighbour is asked again on the next packet).
+    #[inline(always)]
+    pub fn route(
+        &mut self,
+        key: u64,
+        decide: impl FnOnce() -> Result<Hop, Unresolved>,
+    ) -> Result<Hop, Unresolved> {
+        let slot = &mut self.routes[(key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize];
+        if slot.key != key {
+            let hop = decide()?;
+            *slot = RouteSlot { key, hop };
+        }
+        Ok(slot.hop)
     }
 
     /// The previous decapsulation's decision, if it was for `peer` and `key`.

@@ -4,13 +4,16 @@
 
 pub mod events;
 pub mod fdb_cache;
+pub mod nat;
 mod outputs;
+pub mod router;
 pub mod switch;
 mod xconnect;
 
 pub use outputs::Outputs;
 pub use xconnect::CrossConnect;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::counters::CoreCounters;
@@ -18,7 +21,8 @@ use crate::dpdk::{Mbuf, MbufBatch};
 use crate::table::publish::TableReader;
 use crate::table::PortRole;
 use events::{EventQueue, Learner};
-use fdb_cache::FdbCache;
+use fdb_cache::{FdbCache, Unresolved};
+use router::RouterState;
 use switch::{Context, Sink};
 
 /// The per-burst packet decision. Runs on one worker; must not allocate, lock, log or
@@ -34,23 +38,82 @@ pub trait Pipeline: Send {
     );
 }
 
+/// Routed frames a core keeps while their next hop is being resolved (Linux keeps 3
+/// per neighbour; this is per core, over all neighbours).
+pub const HOLD_QUEUE_LEN: usize = 64;
+
+/// Where a worker is among its peers, and how much router state it keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSlot {
+    /// This worker's index.
+    pub index: u16,
+    /// Number of workers (SNAT port slices).
+    pub count: u16,
+    /// SNAT sessions this worker can hold.
+    pub nat_sessions: usize,
+}
+
+/// Frames waiting for a neighbour: what they wait for, since when (seconds), the frame.
+type HoldQueue = VecDeque<(Unresolved, u32, Mbuf)>;
+
 /// The tenant switch as a worker's pipeline: picks up the newest flow tables at the top
 /// of each burst and runs every frame through [`switch::handle`].
 pub struct SwitchPipeline {
     tables: TableReader,
     learner: Learner,
     cache: FdbCache,
+    router: RouterState,
+    held: HoldQueue,
     tsc_hz: u64,
 }
 
 impl SwitchPipeline {
-    /// A pipeline reading `tables` and reporting to `events`.
-    pub fn new(tables: TableReader, events: Arc<EventQueue>, tsc_hz: u64) -> Self {
+    /// A pipeline reading `tables` and reporting to `events`, as worker `slot`.
+    pub fn new(
+        tables: TableReader,
+        events: Arc<EventQueue>,
+        tsc_hz: u64,
+        slot: WorkerSlot,
+    ) -> Self {
         Self {
             tables,
             learner: Learner::new(events),
             cache: FdbCache::default(),
+            router: RouterState::new(slot.nat_sessions, slot.index, slot.count),
+            held: VecDeque::with_capacity(HOLD_QUEUE_LEN),
             tsc_hz: tsc_hz.max(1),
+        }
+    }
+
+    /// Gives held frames their next chance with newer tables; drops the ones whose
+    /// neighbour stayed unresolved too long.
+    fn release_held(&mut self, outputs: &mut Outputs, counters: &CoreCounters) {
+        let tables = self.tables.tables();
+        let now = self.learner.now;
+        let mut sink = TxSink {
+            outputs,
+            counters,
+            held: None,
+        };
+        let mut cx = Context {
+            counters,
+            learner: &mut self.learner,
+            cache: &mut self.cache,
+            router: &mut self.router,
+            tracer: switch::NoTrace,
+        };
+        for _ in 0..self.held.len() {
+            let Some((pending, since, frame)) = self.held.pop_front() else {
+                break;
+            };
+            if let Err(frame) = router::release(tables, pending, frame, &mut sink, &mut cx) {
+                if now.wrapping_sub(since) < router::HOLD_SECS {
+                    self.held.push_back((pending, since, frame));
+                } else {
+                    drop(frame);
+                    counters.add_drop(crate::counters::DropReason::NeighborUnresolved, 1);
+                }
+            }
         }
     }
 }
@@ -58,12 +121,23 @@ impl SwitchPipeline {
 struct TxSink<'a> {
     outputs: &'a mut Outputs,
     counters: &'a CoreCounters,
+    held: Option<(&'a mut HoldQueue, u32)>,
 }
 
 impl Sink<Mbuf> for TxSink<'_> {
     #[inline(always)]
     fn send(&mut self, port: u16, frame: Mbuf) {
         self.outputs.push(port, frame, self.counters);
+    }
+
+    fn park(&mut self, next_hop: Unresolved, frame: Mbuf) -> Option<Mbuf> {
+        match self.held.as_mut() {
+            Some((queue, now)) if queue.len() < HOLD_QUEUE_LEN => {
+                queue.push_back((next_hop, *now, frame));
+                None
+            }
+            _ => Some(frame),
+        }
     }
 }
 
@@ -76,21 +150,37 @@ impl Pipeline for SwitchPipeline {
         outputs: &mut Outputs,
         counters: &CoreCounters,
     ) {
+        self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
         if self.tables.refresh() {
             self.cache.clear();
+            if !self.held.is_empty() {
+                self.release_held(outputs, counters);
+            }
+        } else if self
+            .held
+            .front()
+            .is_some_and(|h| self.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS)
+        {
+            self.release_held(outputs, counters);
         }
-        self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
         let tables = self.tables.tables();
+        self.router.nat.sweep_some(&tables.nat, self.learner.now);
         outputs.set_capture_mask(tables.capture);
         outputs.capture_rx(in_port, batch);
         if let PortRole::CrossConnect(peer) = *tables.role(in_port) {
             return outputs.push_batch(peer, batch, counters);
         }
-        let mut sink = TxSink { outputs, counters };
+        let now = self.learner.now;
+        let mut sink = TxSink {
+            outputs,
+            counters,
+            held: Some((&mut self.held, now)),
+        };
         let mut cx = Context {
             counters,
             learner: &mut self.learner,
             cache: &mut self.cache,
+            router: &mut self.router,
             tracer: switch::NoTrace,
         };
         switch::handle_burst(tables, in_port, batch.drain(), &mut sink, &mut cx);

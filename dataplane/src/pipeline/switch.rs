@@ -24,16 +24,28 @@ use crate::table::{
 };
 
 use super::events::Learner;
-use super::fdb_cache::{FdbCache, Out, TunnelMemo};
+use super::fdb_cache::{FdbCache, Out, TunnelMemo, Unresolved};
+use super::router::{self, RouterState};
 
 const ETH_LEN: usize = 14;
 const TAG_LEN: usize = 4;
 const TPID_8021Q: u16 = 0x8100;
 
+/// The input port id of frames the control plane sends as a tenant's router (ARP
+/// requests for its neighbours, gratuitous ARP): no device has it.
+pub const CONTROL_PORT: u16 = u16::MAX;
+
 /// Where a pipeline sends a frame.
 pub trait Sink<F> {
     /// Queues `frame` for transmission on `port`.
     fn send(&mut self, port: u16, frame: F);
+
+    /// Keeps a routed frame until `next_hop` is resolved; gives it back when there is
+    /// no room (the caller drops it). Without a hold queue nothing is kept.
+    fn park(&mut self, next_hop: Unresolved, frame: F) -> Option<F> {
+        let _ = next_hop;
+        Some(frame)
+    }
 }
 
 /// Where a traced run writes its decisions. The untraced pipeline uses [`NoTrace`],
@@ -78,13 +90,15 @@ pub struct Context<'a, T: Trace = NoTrace> {
     pub learner: &'a mut Learner,
     /// The core's FDB cache (cleared by the caller on a new snapshot).
     pub cache: &'a mut FdbCache,
+    /// The core's router state (SNAT sessions, ICMP budget).
+    pub router: &'a mut RouterState,
     /// Decision recorder.
     pub tracer: T,
 }
 
 impl<T: Trace> Context<'_, T> {
     #[inline(always)]
-    fn drop(&mut self, reason: DropReason) {
+    pub(super) fn drop(&mut self, reason: DropReason) {
         self.counters.add_drop(reason, 1);
         note!(self, "drop: {} ({})", reason.name(), reason.help());
     }
@@ -92,9 +106,13 @@ impl<T: Trace> Context<'_, T> {
 
 /// Where a frame entered the tenant's network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ingress {
+pub(super) enum Ingress {
+    /// A local port.
     Port(u16),
+    /// A tunnel from another host.
     Tunnel(TunnelIdx),
+    /// The tenant's router (routed, or sent by the control plane as the router).
+    Router,
 }
 
 /// Runs one frame received on `in_port` through the pipeline.
@@ -119,6 +137,9 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
+    if in_port == CONTROL_PORT {
+        return frames.for_each(|f| router::from_control(tables, f, sink, cx));
+    }
     note!(cx, "ingress port {in_port}: {:?}", tables.role(in_port));
     match *tables.role(in_port) {
         PortRole::Access { tenant, security } => {
@@ -254,34 +275,36 @@ fn from_uplink<F: Frame, S: Sink<F>, T: Trace>(
         return cx.drop(DropReason::NotForUs);
     }
     match eth.ethertype() {
-        EtherType::Arp => underlay_arp(uplink.mac, uplink.ip, in_port, frame, sink, cx),
+        EtherType::Arp => underlay_arp(tables, uplink.mac, in_port, frame, sink, cx),
         EtherType::Ipv4 if dst == uplink.mac => gre_decap(tables, uplink.ip, frame, sink, cx),
         _ => cx.drop(DropReason::NotForUs),
     }
 }
 
-/// Answers ARP for the underlay IP in place, and tells the control plane about every
-/// neighbour that asks or answers.
+/// Answers ARP for the underlay IP (and the SNAT and publishing addresses) in place,
+/// and tells the control plane about every neighbour that asks or answers.
 fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
     our_mac: Mac,
-    our_ip: Ipv4Addr,
     in_port: u16,
     mut frame: F,
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
-    let (operation, sender_mac, sender_ip) = {
+    let (operation, sender_mac, sender_ip, our_ip) = {
         let data = frame.data();
         let Ok(arp) = ArpPacket::new_checked(&data[ETH_LEN..]) else {
             return cx.drop(DropReason::Malformed);
         };
-        if arp.target_protocol_addr() != our_ip {
+        let target = arp.target_protocol_addr();
+        if !tables.owns_uplink_ip(target) {
             return cx.drop(DropReason::NotForUs);
         }
         (
             arp.operation(),
             arp.sender_hardware_addr(),
             arp.sender_protocol_addr(),
+            target,
         )
     };
     if ethernet::is_multicast(&sender_mac) {
@@ -326,6 +349,10 @@ fn gre_decap<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
+    if tables.external.is_some() && !is_gre_to(frame.data(), our_ip) {
+        // SNAT return traffic and published ports; GRE to the underlay IP stays here.
+        return router::from_outside(tables, frame, sink, cx);
+    }
     let decided = {
         let data = frame.data();
         let Ok(ip) = Ipv4Packet::new_checked(&data[ETH_LEN..]) else {
@@ -412,6 +439,14 @@ fn gre_decap<F: Frame, S: Sink<F>, T: Trace>(
     switch(tables, tenant, Ingress::Tunnel(tunnel), frame, sink, cx);
 }
 
+/// Whether an underlay IPv4 frame is GRE to `ip`, from two header bytes (the checks
+/// follow in [`gre_decap`]).
+#[inline(always)]
+fn is_gre_to(data: &[u8], ip: Ipv4Addr) -> bool {
+    data.get(ETH_LEN + 9) == Some(&47)
+        && data.get(ETH_LEN + 16..ETH_LEN + 20) == Some(&ip.octets()[..])
+}
+
 /// Switches a frame inside `tenant`: learns its source, then unicasts or floods it.
 #[inline(always)]
 fn switch<F: Frame, S: Sink<F>, T: Trace>(
@@ -442,6 +477,7 @@ fn switch<F: Frame, S: Sink<F>, T: Trace>(
     let here = match ingress {
         Ingress::Port(port) => Location::Port(port),
         Ingress::Tunnel(tunnel) => Location::Host(tables.tunnels[usize::from(tunnel)].host),
+        Ingress::Router => Location::Router,
     };
     let src_key = tenant_bits | src;
     let now = cx.learner.now;
@@ -462,6 +498,14 @@ fn switch<F: Frame, S: Sink<F>, T: Trace>(
     }
     note!(cx, "source {} seen at {here:?}", fmt_mac(src));
     if dst & GROUP_BIT != 0 {
+        if let Some(router) = tables.router(tenant) {
+            if frame.data().get(12..14) == Some(&[0x08, 0x06]) {
+                match router::gateway_arp(tables, tenant, router, ingress, frame, sink, cx) {
+                    Some(other) => frame = other,
+                    None => return,
+                }
+            }
+        }
         return flood(tables, tenant, ingress, frame, sink, cx);
     }
     let out = cx
@@ -469,6 +513,20 @@ fn switch<F: Frame, S: Sink<F>, T: Trace>(
         .lookup(tables, tenant_bits | dst, |e| resolve(tables, tenant, e))
         .1;
     note!(cx, "destination {}: {out:?}", fmt_mac(dst));
+    output(tables, tenant, ingress, out, frame, sink, cx);
+}
+
+/// Sends a frame of `tenant` that entered at `ingress` the way `out` says.
+#[inline(always)]
+pub(super) fn output<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    ingress: Ingress,
+    out: Out,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
     match out {
         Out::Port(port) => {
             if ingress == Ingress::Port(port) {
@@ -495,7 +553,42 @@ fn switch<F: Frame, S: Sink<F>, T: Trace>(
         }
         Out::Flood => flood(tables, tenant, ingress, frame, sink, cx),
         Out::Drop(reason) => cx.drop(reason),
+        Out::Route if ingress == Ingress::Router => cx.drop(DropReason::NotRoutable),
+        Out::Route => router::route(tables, tenant, ingress, frame, sink, cx),
     }
+}
+
+/// Back where a frame came from (a port, tagged if a trunk, or its tunnel).
+pub(super) fn to_ingress<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    ingress: Ingress,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    match ingress {
+        Ingress::Port(port) => to_port(tables, tenant, port, frame, sink, cx),
+        Ingress::Tunnel(tunnel) => to_tunnel(tables, tenant, tunnel, frame, sink, cx),
+        Ingress::Router => cx.drop(DropReason::NoOutput),
+    }
+}
+
+/// How a frame to `mac` in `tenant` leaves, without the cache (routed frames cache
+/// the whole decision themselves).
+pub(super) fn resolve_in(tables: &FlowTables, tenant: TenantIdx, mac: &Mac) -> Out {
+    resolve(tables, tenant, tables.lookup(tenant, mac).copied())
+}
+
+/// Floods a frame the router sends in `tenant` (to every local port and tunnel).
+pub(super) fn flood_from_router<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    flood(tables, tenant, Ingress::Router, frame, sink, cx);
 }
 
 const MAC_MASK: u64 = 0xffff_ffff_ffff;
@@ -521,6 +614,7 @@ fn resolve(tables: &FlowTables, tenant: TenantIdx, entry: Option<crate::table::F
         return Out::Flood;
     };
     match entry.location {
+        Location::Router => Out::Route,
         Location::Port(port) => port_out(tables, tenant, port),
         Location::Host(host) => {
             match tables.host_tunnel.get(usize::from(host)).copied().flatten() {
@@ -553,6 +647,7 @@ fn reaches_through(tables: &FlowTables, location: Location, ingress: Ingress) ->
         (Location::Host(h), Ingress::Tunnel(t)) => {
             tables.host_tunnel.get(usize::from(h)).copied().flatten() == Some(t)
         }
+        // Nobody but the router sends as the router.
         _ => false,
     }
 }
@@ -593,7 +688,7 @@ fn flood<F: Frame, S: Sink<F>, T: Trace>(
         .tunnels
         .iter()
         .filter(move |&&tn| match ingress {
-            Ingress::Port(_) => true,
+            Ingress::Port(_) | Ingress::Router => true,
             Ingress::Tunnel(from) => relays(tables, from, tn),
         })
         .map(|&tn| Target::Tunnel(tn));
@@ -644,7 +739,7 @@ fn to_port<F: Frame, S: Sink<F>, T: Trace>(
             sink.send(port, frame);
         }
         Out::Drop(reason) => cx.drop(reason),
-        Out::Flood | Out::Tunnel(_) => cx.drop(DropReason::NoOutput),
+        Out::Flood | Out::Tunnel(_) | Out::Route => cx.drop(DropReason::NoOutput),
     }
 }
 

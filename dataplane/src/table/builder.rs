@@ -4,6 +4,10 @@
 
 use std::net::Ipv4Addr;
 
+use super::routing::{
+    neighbor_key, published_inside_key, published_key, route_key, ExternalHop, NatSettings,
+    Published, RouteTarget, Router,
+};
 use super::{
     fdb_key, tunnel_tenant_key, Design, FdbEntry, FlowTables, HostIdx, Location, OuterHeader,
     PortRole, PortSecurity, TenantIdx, TenantTable, Tunnel, TunnelIdx, Uplink,
@@ -49,6 +53,7 @@ impl TablesBuilder {
             vlan,
             flood_ports: Vec::new(),
             tunnels: Vec::new(),
+            router: None,
         });
         if let Some(vid) = vlan {
             self.tables.vlan_tenant[usize::from(vid & 0x0fff)] = idx;
@@ -177,6 +182,66 @@ impl TablesBuilder {
             });
     }
 
+    /// Gives `tenant` a router. Its MAC becomes a static entry at `location`
+    /// ([`Location::Router`] where the gateway is this host, else the gateway host), its
+    /// subnets connected routes.
+    pub fn router(&mut self, tenant: TenantIdx, router: Router, location: Location) {
+        self.static_mac(tenant, router.mac, location);
+        self.tables
+            .router_tenant
+            .insert(super::fdb_key(0, &router.mac), tenant);
+        if let Some(ip) = router.snat_ip {
+            if !self.tables.uplink_ips.contains(&ip) {
+                self.tables.uplink_ips.push(ip);
+            }
+        }
+        let interfaces = router.interfaces.clone();
+        self.tables.tenants[usize::from(tenant)].router = Some(router);
+        for i in interfaces {
+            self.route(tenant, i.ip, i.prefix, RouteTarget::Direct(tenant));
+        }
+    }
+
+    /// A route of `tenant`'s router (after [`Self::router`]). A later route to the same
+    /// prefix replaces an earlier one.
+    pub fn route(&mut self, tenant: TenantIdx, ip: Ipv4Addr, prefix: u8, target: RouteTarget) {
+        let prefix = prefix.min(32);
+        self.tables
+            .routes
+            .insert(route_key(tenant, prefix, ip), target);
+        if let Some(r) = self.tables.tenants[usize::from(tenant)].router.as_mut() {
+            r.route_lengths |= 1 << prefix;
+        }
+    }
+
+    /// The MAC of `ip` in `tenant`, for its router.
+    pub fn neighbor(&mut self, tenant: TenantIdx, ip: Ipv4Addr, mac: Mac) {
+        self.tables.neighbors.insert(neighbor_key(tenant, ip), mac);
+    }
+
+    /// A published container port.
+    pub fn publish(&mut self, protocol: u8, p: Published) {
+        self.tables
+            .published
+            .insert(published_key(protocol, p.external_ip, p.external_port), p);
+        self.tables
+            .published_inside
+            .insert(published_inside_key(p.tenant, protocol, p.ip, p.port), p);
+        if !self.tables.uplink_ips.contains(&p.external_ip) {
+            self.tables.uplink_ips.push(p.external_ip);
+        }
+    }
+
+    /// The next hop toward the outside world, and its MAC once resolved.
+    pub fn external(&mut self, ip: Ipv4Addr, mac: Option<Mac>) {
+        self.tables.external = Some(ExternalHop { ip, mac });
+    }
+
+    /// SNAT limits and timeouts.
+    pub fn nat(&mut self, settings: NatSettings) {
+        self.tables.nat = settings;
+    }
+
     /// Copies of what `port` sends and receives go to the control plane.
     pub fn capture(&mut self, port: u16) {
         if port < 64 {
@@ -190,7 +255,11 @@ impl TablesBuilder {
     }
 
     /// The finished snapshot.
-    pub fn build(self) -> FlowTables {
+    pub fn build(mut self) -> FlowTables {
+        // The underlay IP is answered anyway; keep the extra list to the extras.
+        if let Some(up) = self.tables.uplink {
+            self.tables.uplink_ips.retain(|&ip| ip != up.ip);
+        }
         self.tables
     }
 

@@ -5,12 +5,14 @@
 
 pub mod builder;
 pub mod publish;
+pub mod routing;
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
 
 use crate::packet::Mac;
 use crate::MAX_PORTS;
+use routing::{ExternalHop, NatSettings, Published, RouteTarget, Router};
 
 /// Which Docklet design the cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +61,8 @@ pub enum Location {
     Port(u16),
     /// Behind another host.
     Host(HostIdx),
+    /// The tenant's router, on this host.
+    Router,
 }
 
 /// One forwarding entry.
@@ -91,6 +95,8 @@ pub struct TenantTable {
     pub flood_ports: Vec<u16>,
     /// Tunnels flooded to from a local port.
     pub tunnels: Vec<TunnelIdx>,
+    /// Its gateway, if it has one.
+    pub router: Option<Router>,
 }
 
 /// A GRE tunnel to another host, with its outer headers prebuilt.
@@ -214,6 +220,25 @@ pub struct FlowTables {
     /// Ports being captured (bit p: port id p): workers copy what they send and
     /// receive there to the control plane.
     pub capture: u64,
+    /// Routes of every tenant; see [`routing::route_key`].
+    pub routes: FastMap<u64, RouteTarget>,
+    /// Neighbours of the routers (endpoints and answers to the routers' ARP); see
+    /// [`routing::neighbor_key`].
+    pub neighbors: FastMap<u64, Mac>,
+    /// Router MAC → tenant, for frames the control plane sends as a router.
+    pub router_tenant: FastMap<u64, TenantIdx>,
+    /// Published ports by outside (protocol, address, port); see
+    /// [`routing::published_key`].
+    pub published: FastMap<u64, Published>,
+    /// Published ports by inside; see [`routing::published_inside_key`].
+    pub published_inside: FastMap<u128, Published>,
+    /// Addresses besides the underlay IP this host answers for on the uplink (SNAT
+    /// and publishing addresses).
+    pub uplink_ips: Vec<Ipv4Addr>,
+    /// Next hop of traffic to the outside world.
+    pub external: Option<ExternalHop>,
+    /// SNAT limits and timeouts.
+    pub nat: NatSettings,
 }
 
 impl Default for FlowTables {
@@ -234,6 +259,14 @@ impl Default for FlowTables {
             tunnel_tenants: FastMap::default(),
             uplink: None,
             capture: 0,
+            routes: FastMap::default(),
+            neighbors: FastMap::default(),
+            router_tenant: FastMap::default(),
+            published: FastMap::default(),
+            published_inside: FastMap::default(),
+            uplink_ips: Vec::new(),
+            external: None,
+            nat: NatSettings::default(),
         }
     }
 }
@@ -266,6 +299,18 @@ impl FlowTables {
     pub fn tunnel_carries(&self, tunnel: TunnelIdx, tenant: TenantIdx) -> bool {
         self.tunnel_tenants
             .contains_key(&tunnel_tenant_key(tunnel, tenant))
+    }
+
+    /// The router of a tenant.
+    #[inline(always)]
+    pub fn router(&self, tenant: TenantIdx) -> Option<&Router> {
+        self.tenants.get(usize::from(tenant))?.router.as_ref()
+    }
+
+    /// Whether the uplink answers for `ip` (the underlay IP or a SNAT address).
+    #[inline(always)]
+    pub fn owns_uplink_ip(&self, ip: Ipv4Addr) -> bool {
+        self.uplink.is_some_and(|u| u.ip == ip) || self.uplink_ips.contains(&ip)
     }
 
     /// Looks a MAC up in a tenant.
@@ -320,6 +365,12 @@ impl Hasher for IntHasher {
     fn write_u64(&mut self, n: u64) {
         let x = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.0 = x ^ (x >> 29);
+    }
+
+    #[inline(always)]
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
     }
 
     #[inline(always)]

@@ -1,0 +1,526 @@
+//! SNAT connection tracking of one core (VPP NAT44-ED style): a session per
+//! (tenant, protocol, inside address and port, remote address and port), translated to
+//! (SNAT address, port), and found again from the outside by the translated 5-tuple.
+//!
+//! Tables are per core and never shared: each worker hands out ports only from its own
+//! slice of the port range, so a return packet's destination port names the core that
+//! owns its session ([`NatTable::owner`]), and a packet that arrives elsewhere is handed
+//! to that core. No lock, no atomic, no allocation after start: sessions live in a
+//! fixed slab, the two indexes have their capacity reserved up front, and expired
+//! sessions are swept a few per burst.
+
+use std::net::Ipv4Addr;
+
+use crate::counters::DropReason;
+use crate::table::routing::NatSettings;
+use crate::table::{FastMap, TenantIdx};
+
+/// IP protocol numbers SNAT translates.
+pub const ICMP: u8 = 1;
+/// TCP.
+pub const TCP: u8 = 6;
+/// UDP.
+pub const UDP: u8 = 17;
+
+/// One direction of a connection as a packet shows it. For ICMP echo the identifier
+/// is the inside "port" (`src_port` outbound, `dst_port` inbound) and the other port 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// IP protocol.
+    pub protocol: u8,
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Source port (or echo identifier).
+    pub src_port: u16,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// Destination port (or echo identifier).
+    pub dst_port: u16,
+}
+
+/// What the inside of a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inside {
+    /// Its tenant.
+    pub tenant: TenantIdx,
+    /// The container's address.
+    pub ip: Ipv4Addr,
+    /// The container's port (or echo identifier).
+    pub port: u16,
+}
+
+const SEEN_OUT: u8 = 1;
+const SEEN_IN: u8 = 2;
+const FIN_OUT: u8 = 4;
+const FIN_IN: u8 = 8;
+const RESET: u8 = 16;
+
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    inside_key: u128,
+    outside_key: u128,
+    inside: Inside,
+    protocol: u8,
+    last_seen: u32,
+    state: u8,
+    live: bool,
+}
+
+const DEAD: Session = Session {
+    inside_key: 0,
+    outside_key: 0,
+    inside: Inside {
+        tenant: 0,
+        ip: Ipv4Addr::UNSPECIFIED,
+        port: 0,
+    },
+    protocol: 0,
+    last_seen: 0,
+    state: 0,
+    live: false,
+};
+
+/// Sessions examined per burst by the background sweep.
+const SWEEP_PER_BURST: usize = 8;
+/// Sessions examined before a full table or tenant refuses a new connection.
+const SWEEP_ON_PRESSURE: usize = 1024;
+/// Ports tried for a new connection before it is refused.
+const PORT_ATTEMPTS: usize = 256;
+
+/// One core's SNAT sessions.
+pub struct NatTable {
+    sessions: Vec<Session>,
+    free: Vec<u32>,
+    by_inside: FastMap<u128, u32>,
+    by_outside: FastMap<u128, u32>,
+    per_tenant: Vec<u32>,
+    cursor: usize,
+    worker: u16,
+    workers: u16,
+}
+
+impl NatTable {
+    /// Room for `capacity` sessions on worker `worker` of `workers`.
+    pub fn new(capacity: usize, worker: u16, workers: u16) -> Self {
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        let mut by_inside = FastMap::default();
+        let mut by_outside = FastMap::default();
+        by_inside.reserve(capacity);
+        by_outside.reserve(capacity);
+        Self {
+            sessions: vec![DEAD; capacity],
+            free: (0..capacity as u32).rev().collect(),
+            by_inside,
+            by_outside,
+            per_tenant: vec![0; usize::from(TenantIdx::MAX) + 1],
+            cursor: 0,
+            worker,
+            workers: workers.max(1),
+        }
+    }
+
+    /// Live sessions (expired ones count until swept).
+    pub fn len(&self) -> usize {
+        self.sessions.len() - self.free.len()
+    }
+
+    /// Whether there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sessions of `tenant` on this core.
+    pub fn tenant_sessions(&self, tenant: TenantIdx) -> u32 {
+        self.per_tenant[usize::from(tenant)]
+    }
+
+    /// The worker whose slice of the range holds `port`, if any.
+    #[inline(always)]
+    pub fn owner(settings: &NatSettings, workers: u16, port: u16) -> Option<u16> {
+        let span = slice_len(settings, workers);
+        let offset = port.checked_sub(settings.port_min)?;
+        let owner = offset / span;
+        (owner < workers.max(1)).then_some(owner)
+    }
+
+    /// This table's worker index and the number of workers.
+    pub fn worker(&self) -> (u16, u16) {
+        (self.worker, self.workers)
+    }
+
+    /// The outside port of an outbound packet (`flow` as sent by the container of
+    /// `tenant`), creating a session on `snat_ip` if there is none. A TCP segment other
+    /// than a SYN opens no session (its connection belongs to another gateway or is
+    /// long gone): [`DropReason::NatNoSession`], and the caller answers with a reset.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn outbound(
+        &mut self,
+        settings: &NatSettings,
+        tenant: TenantIdx,
+        max_per_tenant: u32,
+        snat_ip: Ipv4Addr,
+        flow: &Flow,
+        tcp_flags: u16,
+        now: u32,
+    ) -> Result<u16, DropReason> {
+        let inside_key = inside_key(tenant, flow);
+        if let Some(&i) = self.by_inside.get(&inside_key) {
+            let s = &mut self.sessions[i as usize];
+            if !expired(s, settings, now) {
+                s.last_seen = now;
+                s.state |= SEEN_OUT | tcp_state(flow.protocol, tcp_flags, FIN_OUT);
+                return Ok(outside_port(s.outside_key));
+            }
+            self.release(i);
+        }
+        if flow.protocol == TCP && tcp_flags & (SYN | ACK | RST) != SYN {
+            return Err(DropReason::NatNoSession);
+        }
+        if self.per_tenant[usize::from(tenant)] >= max_per_tenant {
+            self.sweep(settings, now, SWEEP_ON_PRESSURE);
+            if self.per_tenant[usize::from(tenant)] >= max_per_tenant {
+                return Err(DropReason::NatTenantCap);
+            }
+        }
+        if self.free.is_empty() {
+            self.sweep(settings, now, SWEEP_ON_PRESSURE);
+        }
+        let Some(&slot) = self.free.last() else {
+            return Err(DropReason::NatTableFull);
+        };
+        let port = self
+            .pick_port(settings, snat_ip, flow, inside_key, now)
+            .ok_or(DropReason::NatPortsExhausted)?;
+        self.free.pop();
+        let outside_key = outside_key(flow.protocol, snat_ip, port, flow.dst, flow.dst_port);
+        self.sessions[slot as usize] = Session {
+            inside_key,
+            outside_key,
+            inside: Inside {
+                tenant,
+                ip: flow.src,
+                port: flow.src_port,
+            },
+            protocol: flow.protocol,
+            last_seen: now,
+            state: SEEN_OUT | tcp_state(flow.protocol, tcp_flags, FIN_OUT),
+            live: true,
+        };
+        self.by_inside.insert(inside_key, slot);
+        self.by_outside.insert(outside_key, slot);
+        self.per_tenant[usize::from(tenant)] += 1;
+        Ok(port)
+    }
+
+    /// The inside of an inbound packet (`flow` as received on the uplink), if a live
+    /// session of this core expects it.
+    #[inline]
+    pub fn inbound(
+        &mut self,
+        settings: &NatSettings,
+        flow: &Flow,
+        tcp_flags: u16,
+        now: u32,
+    ) -> Option<Inside> {
+        let key = outside_key(
+            flow.protocol,
+            flow.dst,
+            flow.dst_port,
+            flow.src,
+            flow.src_port,
+        );
+        let i = *self.by_outside.get(&key)?;
+        if expired(&self.sessions[i as usize], settings, now) {
+            self.release(i);
+            return None;
+        }
+        let s = &mut self.sessions[i as usize];
+        s.last_seen = now;
+        s.state |= SEEN_IN | tcp_state(flow.protocol, tcp_flags, FIN_IN);
+        Some(s.inside)
+    }
+
+    /// Frees up to `budget` expired sessions, continuing where the last sweep ended.
+    pub fn sweep(&mut self, settings: &NatSettings, now: u32, budget: usize) {
+        let n = self.sessions.len();
+        for _ in 0..budget.min(n) {
+            self.cursor = (self.cursor + 1) % n;
+            let s = &self.sessions[self.cursor];
+            if s.live && expired(s, settings, now) {
+                self.release(self.cursor as u32);
+            }
+        }
+    }
+
+    /// The background share of sweeping, once per burst.
+    #[inline(always)]
+    pub fn sweep_some(&mut self, settings: &NatSettings, now: u32) {
+        if !self.is_empty() {
+            self.sweep(settings, now, SWEEP_PER_BURST);
+        }
+    }
+
+    /// Drops every session (the gateway left this host, or the tables changed shape).
+    pub fn clear(&mut self) {
+        for i in 0..self.sessions.len() {
+            if self.sessions[i].live {
+                self.release(i as u32);
+            }
+        }
+    }
+
+    fn release(&mut self, i: u32) {
+        let s = std::mem::replace(&mut self.sessions[i as usize], DEAD);
+        if !s.live {
+            return;
+        }
+        self.by_inside.remove(&s.inside_key);
+        self.by_outside.remove(&s.outside_key);
+        let count = &mut self.per_tenant[usize::from(s.inside.tenant)];
+        *count = count.saturating_sub(1);
+        self.free.push(i);
+    }
+
+    /// A port of this core's slice that no live session uses toward the same remote
+    /// (endpoint-dependent mapping: one port serves many remotes). Tries the
+    /// container's own port first, then a hash-chosen walk.
+    fn pick_port(
+        &mut self,
+        settings: &NatSettings,
+        snat_ip: Ipv4Addr,
+        flow: &Flow,
+        inside_key: u128,
+        now: u32,
+    ) -> Option<u16> {
+        let span = slice_len(settings, self.workers);
+        let base = settings.port_min + self.worker * span;
+        let own = flow.src_port.wrapping_sub(base);
+        let start = if own < span {
+            own
+        } else {
+            let h =
+                (inside_key as u64 ^ (inside_key >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            ((h >> 32) % u64::from(span)) as u16
+        };
+        for attempt in 0..usize::from(span).min(PORT_ATTEMPTS) {
+            let port = base + ((usize::from(start) + attempt) % usize::from(span)) as u16;
+            let key = outside_key(flow.protocol, snat_ip, port, flow.dst, flow.dst_port);
+            match self.by_outside.get(&key) {
+                None => return Some(port),
+                Some(&i) if expired(&self.sessions[i as usize], settings, now) => {
+                    self.release(i);
+                    return Some(port);
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+}
+
+const SYN: u16 = crate::packet::tcp::FLAG_SYN;
+const ACK: u16 = crate::packet::tcp::FLAG_ACK;
+const RST: u16 = crate::packet::tcp::FLAG_RST;
+const FIN: u16 = crate::packet::tcp::FLAG_FIN;
+
+/// Ports in each worker's slice of the range.
+#[inline(always)]
+fn slice_len(settings: &NatSettings, workers: u16) -> u16 {
+    let total = u32::from(settings.port_max.saturating_sub(settings.port_min)) + 1;
+    (total / u32::from(workers.max(1))).clamp(1, u32::from(u16::MAX)) as u16
+}
+
+#[inline(always)]
+fn tcp_state(protocol: u8, flags: u16, fin_bit: u8) -> u8 {
+    if protocol != TCP {
+        return 0;
+    }
+    let mut state = 0;
+    if flags & FIN != 0 {
+        state |= fin_bit;
+    }
+    if flags & RST != 0 {
+        state |= RESET;
+    }
+    state
+}
+
+#[inline(always)]
+fn expired(s: &Session, settings: &NatSettings, now: u32) -> bool {
+    let timeout = match s.protocol {
+        TCP if s.state & RESET != 0 => settings.tcp_transitory_s,
+        TCP if s.state & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN => settings.tcp_transitory_s,
+        TCP if s.state & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN => settings.tcp_established_s,
+        TCP => settings.tcp_transitory_s,
+        UDP => settings.udp_s,
+        _ => settings.icmp_s,
+    };
+    now.wrapping_sub(s.last_seen) > timeout
+}
+
+#[inline(always)]
+fn inside_key(tenant: TenantIdx, flow: &Flow) -> u128 {
+    u128::from(tenant) << 104
+        | u128::from(flow.protocol) << 96
+        | u128::from(u32::from(flow.src)) << 64
+        | u128::from(flow.src_port) << 48
+        | u128::from(u32::from(flow.dst)) << 16
+        | u128::from(flow.dst_port)
+}
+
+#[inline(always)]
+fn outside_key(protocol: u8, ip: Ipv4Addr, port: u16, remote: Ipv4Addr, remote_port: u16) -> u128 {
+    u128::from(protocol) << 96
+        | u128::from(u32::from(ip)) << 64
+        | u128::from(port) << 48
+        | u128::from(u32::from(remote)) << 16
+        | u128::from(remote_port)
+}
+
+#[inline(always)]
+fn outside_port(key: u128) -> u16 {
+    (key >> 48) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+    fn flow(protocol: u8, src_port: u16) -> Flow {
+        Flow {
+            protocol,
+            src: Ipv4Addr::new(10, 1, 0, 5),
+            src_port,
+            dst: SERVER,
+            dst_port: 80,
+        }
+    }
+
+    fn back(protocol: u8, port: u16) -> Flow {
+        Flow {
+            protocol,
+            src: SERVER,
+            src_port: 80,
+            dst: SNAT,
+            dst_port: port,
+        }
+    }
+
+    #[test]
+    fn a_connection_keeps_its_port_and_comes_back() {
+        let s = NatSettings::default();
+        let mut t = NatTable::new(16, 0, 1);
+        let p = t
+            .outbound(&s, 3, 10, SNAT, &flow(TCP, 40000), SYN, 0)
+            .unwrap();
+        assert_eq!(p, 40000, "the container's own port when free");
+        assert_eq!(
+            t.outbound(&s, 3, 10, SNAT, &flow(TCP, 40000), ACK, 1),
+            Ok(p)
+        );
+        let inside = t.inbound(&s, &back(TCP, p), SYN | ACK, 1).unwrap();
+        assert_eq!(inside.tenant, 3);
+        assert_eq!(inside.port, 40000);
+        assert_eq!(t.inbound(&s, &back(UDP, p), 0, 1), None, "other protocol");
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn mid_stream_tcp_opens_nothing() {
+        let s = NatSettings::default();
+        let mut t = NatTable::new(16, 0, 1);
+        assert_eq!(
+            t.outbound(&s, 0, 10, SNAT, &flow(TCP, 40000), ACK, 0),
+            Err(DropReason::NatNoSession)
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ports_run_out_and_come_back_after_expiry() {
+        let s = NatSettings {
+            port_min: 2000,
+            port_max: 2003,
+            udp_s: 5,
+            ..NatSettings::default()
+        };
+        let mut t = NatTable::new(64, 0, 1);
+        let mut ports = Vec::new();
+        for i in 0..4 {
+            ports.push(
+                t.outbound(&s, 0, 100, SNAT, &flow(UDP, 5000 + i), 0, 0)
+                    .unwrap(),
+            );
+        }
+        ports.sort_unstable();
+        assert_eq!(ports, [2000, 2001, 2002, 2003]);
+        assert_eq!(
+            t.outbound(&s, 0, 100, SNAT, &flow(UDP, 6000), 0, 1),
+            Err(DropReason::NatPortsExhausted)
+        );
+        assert!(t
+            .outbound(&s, 0, 100, SNAT, &flow(UDP, 6000), 0, 10)
+            .is_ok());
+    }
+
+    #[test]
+    fn tenant_cap_and_table_size_hold() {
+        let s = NatSettings::default();
+        let mut t = NatTable::new(3, 0, 1);
+        assert!(t.outbound(&s, 0, 2, SNAT, &flow(UDP, 1), 0, 0).is_ok());
+        assert!(t.outbound(&s, 0, 2, SNAT, &flow(UDP, 2), 0, 0).is_ok());
+        assert_eq!(
+            t.outbound(&s, 0, 2, SNAT, &flow(UDP, 3), 0, 0),
+            Err(DropReason::NatTenantCap)
+        );
+        assert!(t.outbound(&s, 1, 2, SNAT, &flow(UDP, 3), 0, 0).is_ok());
+        assert_eq!(
+            t.outbound(&s, 2, 2, SNAT, &flow(UDP, 4), 0, 0),
+            Err(DropReason::NatTableFull)
+        );
+    }
+
+    #[test]
+    fn each_worker_owns_a_slice_of_the_ports() {
+        let s = NatSettings {
+            port_min: 1000,
+            port_max: 1999,
+            ..NatSettings::default()
+        };
+        for w in 0..4 {
+            let mut t = NatTable::new(8, w, 4);
+            let p = t
+                .outbound(&s, 0, 10, SNAT, &flow(UDP, 40000), 0, 0)
+                .unwrap();
+            assert_eq!(NatTable::owner(&s, 4, p), Some(w));
+        }
+        assert_eq!(NatTable::owner(&s, 4, 999), None);
+        assert_eq!(NatTable::owner(&s, 4, 2000), None);
+    }
+
+    #[test]
+    fn closed_tcp_expires_sooner_than_established() {
+        let s = NatSettings {
+            tcp_established_s: 100,
+            tcp_transitory_s: 10,
+            ..NatSettings::default()
+        };
+        let mut t = NatTable::new(8, 0, 1);
+        let p = t.outbound(&s, 0, 10, SNAT, &flow(TCP, 1), SYN, 0).unwrap();
+        t.inbound(&s, &back(TCP, p), SYN | ACK, 0).unwrap();
+        assert!(
+            t.inbound(&s, &back(TCP, p), ACK, 50).is_some(),
+            "established"
+        );
+        t.outbound(&s, 0, 10, SNAT, &flow(TCP, 1), FIN | ACK, 50)
+            .unwrap();
+        t.inbound(&s, &back(TCP, p), FIN | ACK, 50).unwrap();
+        assert_eq!(t.inbound(&s, &back(TCP, p), ACK, 61), None, "closed");
+        t.sweep(&s, 61, 8);
+        assert!(t.is_empty());
+    }
+}

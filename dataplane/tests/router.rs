@@ -1,0 +1,606 @@
+//! Golden tests of the tenant router on byte buffers: ARP for the gateway, routing
+//! between subnets, TTL expiry, SNAT out and back (TCP, UDP, ICMP), published ports,
+//! port exhaustion, held frames, peering consent and spoofing of the router.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use dataplane::counters::{CoreCounters, DropReason};
+use dataplane::packet::frame::{BufFrame, Frame};
+use dataplane::packet::icmp::Icmpv4Packet;
+use dataplane::packet::ipv4::Ipv4Packet;
+use dataplane::packet::tcp::TcpPacket;
+use dataplane::packet::udp::UdpPacket;
+use dataplane::packet::Mac;
+use dataplane::pipeline::events::{Event, EventQueue, Learner};
+use dataplane::pipeline::fdb_cache::{FdbCache, Unresolved};
+use dataplane::pipeline::router::{self, RouterState};
+use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
+use dataplane::table::builder::TablesBuilder;
+use dataplane::table::routing::{
+    router_mac, Interface, NatSettings, Published, RouteTarget, Router,
+};
+use dataplane::table::{Design, FlowTables, Location};
+use etherparse::PacketBuilder;
+
+const A_ID: u32 = 100;
+const B_ID: u32 = 200;
+const C1: Mac = [2, 0, 0, 0, 0x0a, 1]; // tenant A, 10.1.0.5, port 0
+const C2: Mac = [2, 0, 0, 0, 0x0a, 2]; // tenant A, 10.1.1.7, port 1
+const CB: Mac = [2, 0, 0, 0, 0x0b, 1]; // tenant B, 10.2.0.5, port 2
+const UPLINK_MAC: Mac = [2, 0, 0, 0, 0x0c, 1];
+const OUTSIDE_MAC: Mac = [2, 0, 0, 0, 0x0c, 0xfe];
+const C1_IP: [u8; 4] = [10, 1, 0, 5];
+const C2_IP: [u8; 4] = [10, 1, 1, 7];
+const CB_IP: [u8; 4] = [10, 2, 0, 5];
+const UNKNOWN_IP: [u8; 4] = [10, 1, 1, 99];
+const GW_A: [u8; 4] = [10, 1, 0, 1];
+const SERVER: [u8; 4] = [203, 0, 113, 10];
+const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const SNAT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const OUTSIDE_HOP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+
+const PORT_C1: u16 = 0;
+const PORT_C2: u16 = 1;
+const PORT_B: u16 = 2;
+const UPLINK: u16 = 4;
+
+fn mac_a() -> Mac {
+    router_mac(A_ID)
+}
+
+fn mac_b() -> Mac {
+    router_mac(B_ID)
+}
+
+#[derive(Default)]
+struct Options {
+    peered: bool,
+    nat: NatSettings,
+}
+
+/// Tenant A (10.1.0.1/24 and 10.1.1.1/24, SNAT) and B (10.2.0.1/24, SNAT), both routed
+/// here; A publishes 10.1.0.5:80 as tcp/8080.
+fn tables(options: &Options) -> FlowTables {
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, None);
+    let tb = b.tenant(B_ID, None);
+    b.access_port(PORT_C1, a, None);
+    b.access_port(PORT_C2, a, None);
+    b.access_port(PORT_B, tb, None);
+    b.uplink(UPLINK, UPLINK_MAC, UNDERLAY_IP);
+    b.nat(options.nat);
+    let router = |mac, interfaces: &[([u8; 4], u8)]| Router {
+        mac,
+        interfaces: interfaces
+            .iter()
+            .map(|&(ip, prefix)| Interface {
+                ip: ip.into(),
+                prefix,
+            })
+            .collect(),
+        here: true,
+        snat_ip: Some(SNAT_IP),
+        route_lengths: 0,
+        max_connections: 100,
+    };
+    b.router(
+        a,
+        router(mac_a(), &[(GW_A, 24), ([10, 1, 1, 1], 24)]),
+        Location::Router,
+    );
+    b.router(
+        tb,
+        router(mac_b(), &[([10, 2, 0, 1], 24)]),
+        Location::Router,
+    );
+    if options.peered {
+        b.route(a, [10, 2, 0, 0].into(), 24, RouteTarget::Direct(tb));
+        b.route(tb, [10, 1, 0, 0].into(), 24, RouteTarget::Direct(a));
+    }
+    b.static_mac(a, C1, Location::Port(PORT_C1));
+    b.static_mac(a, C2, Location::Port(PORT_C2));
+    b.static_mac(tb, CB, Location::Port(PORT_B));
+    b.neighbor(a, C1_IP.into(), C1);
+    b.neighbor(a, C2_IP.into(), C2);
+    b.neighbor(tb, CB_IP.into(), CB);
+    b.external(OUTSIDE_HOP, Some(OUTSIDE_MAC));
+    b.publish(
+        6,
+        Published {
+            tenant: a,
+            ip: C1_IP.into(),
+            port: 80,
+            external_ip: SNAT_IP,
+            external_port: 8080,
+        },
+    );
+    b.build()
+}
+
+#[derive(Default)]
+struct Collect {
+    out: Vec<(u16, Vec<u8>)>,
+    parked: Vec<(Unresolved, Vec<u8>)>,
+}
+
+impl Sink<BufFrame> for Collect {
+    fn send(&mut self, port: u16, frame: BufFrame) {
+        self.out.push((port, frame.data().to_vec()));
+    }
+
+    fn park(&mut self, next_hop: Unresolved, frame: BufFrame) -> Option<BufFrame> {
+        self.parked.push((next_hop, frame.data().to_vec()));
+        None
+    }
+}
+
+/// A core: counters, learner, caches and router state kept across frames.
+struct Core {
+    counters: CoreCounters,
+    queue: Arc<EventQueue>,
+    learner: Learner,
+    cache: FdbCache,
+    router: RouterState,
+}
+
+impl Core {
+    fn new() -> Self {
+        let queue = Arc::new(EventQueue::new(64));
+        Self {
+            counters: CoreCounters::default(),
+            learner: Learner::new(Arc::clone(&queue)),
+            queue,
+            cache: FdbCache::default(),
+            router: RouterState::new(64, 0, 1),
+        }
+    }
+
+    fn run(&mut self, tables: &FlowTables, in_port: u16, frame: &[u8]) -> Collect {
+        let mut sink = Collect::default();
+        let mut cx = Context {
+            counters: &self.counters,
+            learner: &mut self.learner,
+            cache: &mut self.cache,
+            router: &mut self.router,
+            tracer: NoTrace,
+        };
+        handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
+        sink
+    }
+
+    fn dropped(&self, reason: DropReason) -> u64 {
+        self.counters.snapshot().dropped(reason)
+    }
+
+    fn events(&self) -> Vec<Event> {
+        std::iter::from_fn(|| self.queue.pop()).collect()
+    }
+}
+
+fn tcp(src: (Mac, [u8; 4], u16), dst: (Mac, [u8; 4], u16), ttl: u8, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src.1, dst.1, ttl)
+        .tcp(src.2, dst.2, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(5000) };
+    let mut out = Vec::new();
+    b.write(&mut out, b"hello").unwrap();
+    out
+}
+
+fn udp(src: (Mac, [u8; 4], u16), dst: (Mac, [u8; 4], u16), ttl: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src.1, dst.1, ttl)
+        .udp(src.2, dst.2)
+        .write(&mut out, b"datagram")
+        .unwrap();
+    out
+}
+
+fn ping(src: (Mac, [u8; 4]), dst: (Mac, [u8; 4]), id: u16, reply: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0).ipv4(src.1, dst.1, 64);
+    let b = if reply {
+        b.icmpv4_echo_reply(id, 1)
+    } else {
+        b.icmpv4_echo_request(id, 1)
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping").unwrap();
+    out
+}
+
+fn ip(frame: &[u8]) -> Ipv4Packet<&[u8]> {
+    let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+    assert!(ip.verify_checksum(), "IPv4 checksum");
+    ip
+}
+
+fn tcp_of(frame: &[u8]) -> (u16, u16) {
+    let ip = ip(frame);
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(
+        tcp.verify_checksum(ip.src_addr(), ip.dst_addr()),
+        "TCP checksum"
+    );
+    (tcp.src_port(), tcp.dst_port())
+}
+
+fn udp_of(frame: &[u8]) -> (u16, u16) {
+    let ip = ip(frame);
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(
+        udp.verify_checksum(ip.src_addr(), ip.dst_addr()),
+        "UDP checksum"
+    );
+    (udp.src_port(), udp.dst_port())
+}
+
+fn arp_request(sender: Mac, sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend(sender);
+    f.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend(sender);
+    f.extend(sender_ip);
+    f.extend([0; 6]);
+    f.extend(target_ip);
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn arp_for_the_gateway_is_answered_in_place() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let out = core.run(&t, PORT_C1, &arp_request(C1, C1_IP, GW_A)).out;
+    assert_eq!(out.len(), 1, "answered, not flooded");
+    let (port, reply) = &out[0];
+    assert_eq!(*port, PORT_C1);
+    assert_eq!(&reply[0..6], &C1);
+    assert_eq!(&reply[6..12], &mac_a());
+    assert_eq!(&reply[20..22], &[0, 2], "ARP reply");
+    assert_eq!(&reply[22..28], &mac_a(), "sender MAC = router");
+    assert_eq!(&reply[28..32], &GW_A, "sender IP = gateway");
+    assert_eq!(&reply[38..42], &C1_IP);
+    assert!(core.events().contains(&Event::TenantNeighbor {
+        tenant: 0,
+        ip: C1_IP.into(),
+        mac: C1
+    }));
+    // ARP for another container's address is switched as usual (flooded).
+    let out = core.run(&t, PORT_C1, &arp_request(C1, C1_IP, C2_IP)).out;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, PORT_C2);
+}
+
+#[test]
+fn routes_between_subnets_of_a_tenant() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let sent = tcp((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 64, true);
+    let out = core.run(&t, PORT_C1, &sent).out;
+    assert_eq!(out.len(), 1);
+    let (port, got) = &out[0];
+    assert_eq!(*port, PORT_C2);
+    assert_eq!(&got[0..6], &C2, "to the neighbour's MAC");
+    assert_eq!(&got[6..12], &mac_a(), "from the router");
+    assert_eq!(ip(got).ttl(), 63);
+    assert_eq!(tcp_of(got), (40000, 80), "ports untouched");
+    assert_eq!(&got[14 + 20..], &sent[14 + 20..], "payload untouched");
+    // The gateway answers ping.
+    let out = core
+        .run(&t, PORT_C1, &ping((C1, C1_IP), (mac_a(), GW_A), 7, false))
+        .out;
+    assert_eq!(out[0].0, PORT_C1);
+    let reply = ip(&out[0].1);
+    assert_eq!(reply.src_addr(), Ipv4Addr::from(GW_A));
+    let icmp = Icmpv4Packet::new_checked(reply.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(u8::from(icmp.msg_type()), 0);
+}
+
+#[test]
+fn ttl_expiry_sends_time_exceeded_with_the_original_header() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let sent = udp((C1, C1_IP, 5000), (mac_a(), C2_IP, 53), 1);
+    let out = core.run(&t, PORT_C1, &sent).out;
+    assert_eq!(core.dropped(DropReason::TtlExceeded), 1);
+    assert_eq!(out.len(), 1);
+    let (port, got) = &out[0];
+    assert_eq!(*port, PORT_C1, "back to the sender");
+    assert_eq!(&got[0..6], &C1);
+    let outer = ip(got);
+    assert_eq!(outer.src_addr(), Ipv4Addr::from(GW_A));
+    assert_eq!(outer.dst_addr(), Ipv4Addr::from(C1_IP));
+    let icmp = Icmpv4Packet::new_checked(outer.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (11, 0));
+    assert_eq!(
+        icmp.payload(),
+        &sent[14..14 + 28],
+        "the original IP header and 8 bytes"
+    );
+}
+
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let sent = udp((C1, C1_IP, 5000), (mac_a(), C2_IP, 53), 1);
+    let answered: usize = (0..router::ICMP_ERRORS_PER_SECOND + 50)
+        .map(|_| core.run(&t, PORT_C1, &sent).out.len())
+        .sum();
+    assert_eq!(answered as u32, router::ICMP_ERRORS_PER_SECOND);
+    assert_eq!(
+        core.dropped(DropReason::TtlExceeded),
+        u64::from(router::ICMP_ERRORS_PER_SECOND) + 50
+    );
+}
+
+#[test]
+fn snat_tcp_out_and_back() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let out = core
+        .run(
+            &t,
+            PORT_C1,
+            &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, true),
+        )
+        .out;
+    assert_eq!(out.len(), 1);
+    let (port, got) = &out[0];
+    assert_eq!(*port, UPLINK);
+    assert_eq!(&got[0..6], &OUTSIDE_MAC);
+    assert_eq!(&got[6..12], &UPLINK_MAC);
+    assert_eq!(ip(got).src_addr(), SNAT_IP);
+    assert_eq!(ip(got).ttl(), 63);
+    let (sport, dport) = tcp_of(got);
+    assert_eq!(dport, 443);
+    let back = tcp(
+        (OUTSIDE_MAC, SERVER, 443),
+        (UPLINK_MAC, SNAT_IP.octets(), sport),
+        60,
+        false,
+    );
+    let out = core.run(&t, UPLINK, &back).out;
+    assert_eq!(out.len(), 1);
+    let (port, got) = &out[0];
+    assert_eq!(*port, PORT_C1);
+    assert_eq!(&got[0..6], &C1);
+    assert_eq!(&got[6..12], &mac_a());
+    assert_eq!(ip(got).dst_addr(), Ipv4Addr::from(C1_IP));
+    assert_eq!(tcp_of(got), (443, 40000));
+    // Another remote port of the server is no session.
+    let stray = tcp(
+        (OUTSIDE_MAC, SERVER, 444),
+        (UPLINK_MAC, SNAT_IP.octets(), sport),
+        60,
+        false,
+    );
+    assert!(core.run(&t, UPLINK, &stray).out.is_empty());
+    assert_eq!(core.dropped(DropReason::NatNoSession), 1);
+}
+
+#[test]
+fn snat_udp_and_icmp_out_and_back() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let out = core
+        .run(
+            &t,
+            PORT_C1,
+            &udp((C1, C1_IP, 5353), (mac_a(), SERVER, 53), 64),
+        )
+        .out;
+    let (sport, _) = udp_of(&out[0].1);
+    let out = core
+        .run(
+            &t,
+            UPLINK,
+            &udp(
+                (OUTSIDE_MAC, SERVER, 53),
+                (UPLINK_MAC, SNAT_IP.octets(), sport),
+                60,
+            ),
+        )
+        .out;
+    assert_eq!(out[0].0, PORT_C1);
+    assert_eq!(udp_of(&out[0].1), (53, 5353));
+
+    let out = core
+        .run(
+            &t,
+            PORT_C1,
+            &ping((C1, C1_IP), (mac_a(), SERVER), 0x1234, false),
+        )
+        .out;
+    assert_eq!(out[0].0, UPLINK);
+    let sent = ip(&out[0].1);
+    assert_eq!(sent.src_addr(), SNAT_IP);
+    let icmp = Icmpv4Packet::new_checked(sent.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    let id = icmp.echo_ident();
+    let out = core
+        .run(
+            &t,
+            UPLINK,
+            &ping(
+                (OUTSIDE_MAC, SERVER),
+                (UPLINK_MAC, SNAT_IP.octets()),
+                id,
+                true,
+            ),
+        )
+        .out;
+    assert_eq!(out[0].0, PORT_C1);
+    let back = ip(&out[0].1);
+    assert_eq!(back.dst_addr(), Ipv4Addr::from(C1_IP));
+    let icmp = Icmpv4Packet::new_checked(back.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(icmp.echo_ident(), 0x1234);
+}
+
+#[test]
+fn published_port_in_and_back() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let client = [192, 0, 2, 50];
+    let out = core
+        .run(
+            &t,
+            UPLINK,
+            &tcp(
+                (OUTSIDE_MAC, client, 33000),
+                (UPLINK_MAC, SNAT_IP.octets(), 8080),
+                60,
+                true,
+            ),
+        )
+        .out;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, PORT_C1);
+    assert_eq!(ip(&out[0].1).dst_addr(), Ipv4Addr::from(C1_IP));
+    assert_eq!(tcp_of(&out[0].1), (33000, 80));
+    let out = core
+        .run(
+            &t,
+            PORT_C1,
+            &tcp((C1, C1_IP, 80), (mac_a(), client, 33000), 64, false),
+        )
+        .out;
+    assert_eq!(out[0].0, UPLINK);
+    assert_eq!(ip(&out[0].1).src_addr(), SNAT_IP);
+    assert_eq!(tcp_of(&out[0].1), (8080, 33000), "the published port");
+}
+
+#[test]
+fn port_exhaustion_is_a_counted_drop() {
+    let options = Options {
+        nat: NatSettings {
+            port_min: 2000,
+            port_max: 2001,
+            ..NatSettings::default()
+        },
+        ..Options::default()
+    };
+    let t = tables(&options);
+    let mut core = Core::new();
+    for sport in [50000, 50001, 50002] {
+        core.run(
+            &t,
+            PORT_C1,
+            &udp((C1, C1_IP, sport), (mac_a(), SERVER, 53), 64),
+        );
+    }
+    assert_eq!(core.dropped(DropReason::NatPortsExhausted), 1);
+    assert_eq!(core.router.nat.len(), 2);
+}
+
+#[test]
+fn mid_stream_tcp_without_session_is_reset() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let out = core
+        .run(
+            &t,
+            PORT_C1,
+            &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, false),
+        )
+        .out;
+    assert_eq!(core.dropped(DropReason::NatNoSession), 1);
+    assert_eq!(out.len(), 1, "a reset goes back");
+    let (port, got) = &out[0];
+    assert_eq!(*port, PORT_C1);
+    assert_eq!(tcp_of(got), (443, 40000));
+    let header = ip(got);
+    let tcp = TcpPacket::new_checked(header.payload()).unwrap();
+    assert!(tcp.rst());
+    assert_eq!(tcp.seq_number(), 5000, "the segment's ACK");
+}
+
+#[test]
+fn unresolved_neighbour_holds_and_asks() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let sink = core.run(
+        &t,
+        PORT_C1,
+        &udp((C1, C1_IP, 1), (mac_a(), UNKNOWN_IP, 2), 64),
+    );
+    assert!(sink.out.is_empty());
+    assert_eq!(sink.parked.len(), 1);
+    let pending = sink.parked[0].0;
+    assert_eq!(pending.ip, Ipv4Addr::from(UNKNOWN_IP));
+    assert!(core.events().contains(&Event::NeighborMiss {
+        tenant: 0,
+        ip: UNKNOWN_IP.into()
+    }));
+    // Newer tables know it: the held frame goes out.
+    let mut newer = tables(&Options::default());
+    let late: Mac = [2, 0, 0, 0, 0x0a, 0x99];
+    newer.neighbors.insert(
+        dataplane::table::routing::neighbor_key(0, UNKNOWN_IP.into()),
+        late,
+    );
+    newer.fdb.insert(
+        dataplane::table::fdb_key(0, &late),
+        dataplane::table::FdbEntry {
+            location: Location::Port(PORT_C2),
+            is_static: false,
+        },
+    );
+    let mut out = Collect::default();
+    let mut cx = Context {
+        counters: &core.counters,
+        learner: &mut core.learner,
+        cache: &mut core.cache,
+        router: &mut core.router,
+        tracer: NoTrace,
+    };
+    let held = BufFrame::new(&sink.parked[0].1);
+    assert!(router::release(&newer, pending, held, &mut out, &mut cx).is_ok());
+    assert_eq!(out.out[0].0, PORT_C2);
+    assert_eq!(&out.out[0].1[0..6], &late);
+    assert_eq!(ip(&out.out[0].1).ttl(), 63);
+}
+
+#[test]
+fn tenants_route_to_each_other_only_when_peered() {
+    let mut core = Core::new();
+    let to_a = udp((CB, CB_IP, 1), (mac_b(), C1_IP, 2), 64);
+    let apart = tables(&Options::default());
+    let out = core.run(&apart, PORT_B, &to_a).out;
+    assert!(
+        out.iter().all(|(p, _)| *p == UPLINK),
+        "without consent B's packet for A's subnet can only leave by the uplink: {out:?}"
+    );
+    let peered = tables(&Options {
+        peered: true,
+        ..Options::default()
+    });
+    let mut core = Core::new();
+    let out = core.run(&peered, PORT_B, &to_a).out;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, PORT_C1);
+    assert_eq!(&out[0].1[6..12], &mac_a(), "enters A from A's router");
+}
+
+#[test]
+fn nobody_sends_as_the_router() {
+    let t = tables(&Options::default());
+    let mut core = Core::new();
+    let forged = udp((mac_a(), C1_IP, 1), (C2, C2_IP, 2), 64);
+    assert!(core.run(&t, PORT_C1, &forged).out.is_empty());
+    assert_eq!(core.dropped(DropReason::MacSpoof), 1);
+    // A gratuitous ARP claiming the gateway address is refused, not flooded.
+    let garp = arp_request(C1, GW_A, GW_A);
+    assert!(core.run(&t, PORT_C1, &garp).out.is_empty());
+    assert_eq!(core.dropped(DropReason::NotRoutable), 1);
+    // Another tenant's router MAC is just an unknown MAC in B: flooded in B, never routed
+    // by A.
+    let cross = udp((CB, CB_IP, 1), (mac_a(), C1_IP, 2), 64);
+    let out = core.run(&t, PORT_B, &cross).out;
+    assert!(out.iter().all(|(p, _)| *p == PORT_B || *p == UPLINK));
+}
