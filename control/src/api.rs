@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::gateway::{PublishSpec, RouteSpec};
 use crate::config::switching::{EndpointSpec, HostSpec, TenantSpec};
 use crate::config::PortSpec;
-use crate::model::Change;
+use crate::model::{Change, TenantPatch};
 
 /// What a request asks of the control loop.
 #[derive(Debug)]
@@ -28,6 +29,10 @@ pub enum Command {
     ListHosts,
     /// All endpoints.
     ListEndpoints,
+    /// All static routes.
+    ListRoutes,
+    /// All published ports.
+    ListPublished,
     /// Ports with role, device, link and counters.
     ListPorts,
     /// Per-port, per-core and per-reason counters.
@@ -255,7 +260,11 @@ pub fn openapi() -> Value {
         "info": {"title": "tenetd", "version": env!("CARGO_PKG_VERSION"), "description": "tenet's host vswitch daemon: tenants, hosts, endpoints, ports, counters and tracing."},
         "paths": {
             "/v1/tenants": merge(list("tenants", "Tenant"), "post", add("Tenant")),
-            "/v1/tenants/{name}": merge(delete.clone(), "get", json!({"responses": {"200": {"description": "the tenant with its endpoints and ports"}, "404": {"description": "no such tenant"}}})),
+            "/v1/tenants/{name}": merge(merge(delete.clone(), "get", json!({"responses": {"200": {"description": "the tenant with its endpoints and ports"}, "404": {"description": "no such tenant"}}})), "patch", add("TenantPatch")),
+            "/v1/routes": merge(list("routes", "Route"), "post", add("Route")),
+            "/v1/routes/{tenant}/{ip}/{len}": delete.clone(),
+            "/v1/published": merge(list("published ports", "Publish"), "post", add("Publish")),
+            "/v1/published/{protocol}/{port}": delete.clone(),
             "/v1/hosts": merge(list("hosts", "Host"), "post", add("Host")),
             "/v1/hosts/{name}": delete.clone(),
             "/v1/endpoints": merge(list("endpoints", "Endpoint"), "post", add("Endpoint")),
@@ -276,12 +285,21 @@ pub fn openapi() -> Value {
             "Tenant": {"type": "object", "required": ["name", "id"], "additionalProperties": false, "properties": {
                 "name": string, "id": {"type": "integer", "minimum": 0, "maximum": 4294967295u64},
                 "vlan": {"type": "integer", "minimum": 1, "maximum": 4094, "nullable": true},
-                "max_macs": {"type": "integer", "nullable": true}, "hosts": {"type": "array", "items": string}}},
+                "max_macs": {"type": "integer", "nullable": true}, "hosts": {"type": "array", "items": string},
+                "subnets": {"type": "array", "items": string, "description": "the gateway's address on each subnet, like 10.1.0.1/24"},
+                "gateway_host": {"type": "string", "description": "a host's name, or central"}, "snat_ip": string, "router_mac": string,
+                "peers": {"type": "array", "items": string}, "max_connections": integer}},
+            "TenantPatch": {"type": "object", "additionalProperties": false, "properties": {
+                "gateway_host": string, "peers": {"type": "array", "items": string}, "snat_ip": string, "max_connections": integer}},
+            "Route": {"type": "object", "required": ["tenant", "prefix", "via"], "additionalProperties": false, "properties": {
+                "tenant": string, "prefix": string, "via": string}},
+            "Publish": {"type": "object", "required": ["tenant", "protocol", "host_port", "ip", "port"], "additionalProperties": false, "properties": {
+                "tenant": string, "protocol": {"type": "string", "enum": ["tcp", "udp"]}, "host_port": integer, "ip": string, "port": integer}},
             "Host": {"type": "object", "required": ["name", "underlay_ip"], "additionalProperties": false, "properties": {
                 "name": string, "underlay_ip": string, "mac": {"type": "string", "nullable": true}, "egress": {"type": "boolean"}}},
             "Endpoint": {"type": "object", "required": ["tenant"], "additionalProperties": false, "properties": {
                 "tenant": string, "mac": {"type": "string", "nullable": true}, "macs": {"type": "array", "items": string, "nullable": true},
-                "port": {"type": "string", "nullable": true}, "host": {"type": "string", "nullable": true}}},
+                "port": {"type": "string", "nullable": true}, "host": {"type": "string", "nullable": true}, "ip": string}},
             "Port": {"type": "object", "required": ["name", "backend"], "properties": {
                 "name": string, "backend": {"type": "string", "enum": ["null", "ring", "tap", "pcap", "af-packet", "af-xdp", "vhost-user", "vf", "bond"]},
                 "queues": integer, "interface": string, "queue": integer, "path": string, "client": {"type": "boolean"}, "pci": string,
@@ -314,6 +332,31 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         (&Method::DELETE, ["tenants", name]) => {
             Ok(Command::Change(Change::DeleteTenant((*name).to_owned())))
         }
+        (&Method::PATCH, ["tenants", name]) => Ok(Command::Change(Change::UpdateTenant(
+            (*name).to_owned(),
+            parse::<TenantPatch>(body)?,
+        ))),
+        (&Method::GET, ["routes"]) => Ok(Command::ListRoutes),
+        (&Method::POST, ["routes"]) => {
+            Ok(Command::Change(Change::AddRoute(parse::<RouteSpec>(body)?)))
+        }
+        (&Method::DELETE, ["routes", tenant, ip, len]) => {
+            Ok(Command::Change(Change::DeleteRoute {
+                tenant: (*tenant).to_owned(),
+                prefix: format!("{ip}/{len}"),
+            }))
+        }
+        (&Method::GET, ["published"]) => Ok(Command::ListPublished),
+        (&Method::POST, ["published"]) => Ok(Command::Change(Change::AddPublish(parse::<
+            PublishSpec,
+        >(body)?))),
+        (&Method::DELETE, ["published", protocol, port]) => match port.parse::<u16>() {
+            Ok(host_port) => Ok(Command::Change(Change::DeletePublish {
+                protocol: (*protocol).to_owned(),
+                host_port,
+            })),
+            Err(_) => Err(Reply::error(400, "host_port", "not a port number")),
+        },
         (&Method::GET, ["hosts"]) => Ok(Command::ListHosts),
         (&Method::POST, ["hosts"]) => {
             Ok(Command::Change(Change::AddHost(parse::<HostSpec>(body)?)))
@@ -447,7 +490,11 @@ mod tests {
                 let concrete = path
                     .replace("{name}", "x")
                     .replace("{tenant}", "t")
-                    .replace("{mac}", "02%3A00%3A00%3A00%3A00%3A01");
+                    .replace("{mac}", "02%3A00%3A00%3A00%3A00%3A01")
+                    .replace("{ip}", "10.9.0.0")
+                    .replace("{len}", "16")
+                    .replace("{protocol}", "tcp")
+                    .replace("{port}", "8080");
                 let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
                 let body: &[u8] = match (method.as_str(), path.as_str()) {
                     ("post", "/v1/trace") => br#"{"port":"p","frame":"00"}"#,
@@ -458,6 +505,11 @@ mod tests {
                     }
                     ("post", "/v1/ports") => br#"{"name":"n","backend":"ring"}"#,
                     ("post", "/v1/capture") => br#"{"port":"p"}"#,
+                    ("post", "/v1/routes") => br#"{"tenant":"t","prefix":"10.9.0.0/16","via":"10.1.0.9"}"#,
+                    ("post", "/v1/published") => {
+                        br#"{"tenant":"t","protocol":"tcp","host_port":80,"ip":"10.1.0.5","port":80}"#
+                    }
+                    ("patch", "/v1/tenants/{name}") => br#"{"gateway_host":"b"}"#,
                     _ => b"",
                 };
                 assert!(

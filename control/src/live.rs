@@ -49,6 +49,8 @@ impl Live {
             },
             Command::ListHosts => Reply::ok(json!(self.model.hosts)),
             Command::ListEndpoints => Reply::ok(json!(self.model.endpoints)),
+            Command::ListRoutes => Reply::ok(json!(self.model.routes)),
+            Command::ListPublished => Reply::ok(json!(self.model.published)),
             Command::ListPorts => Reply::ok(ports_json(controller, ports)),
             Command::Stats => Reply::ok(stats_json(controller, ports, workers)),
             Command::Show => Reply::ok(json!({
@@ -57,6 +59,8 @@ impl Live {
                 "hosts": self.model.hosts,
                 "tenants": self.model.tenants,
                 "endpoints": self.model.endpoints,
+                "routes": self.model.routes,
+                "published": self.model.published,
                 "ports": ports_json(controller, ports),
                 "learned_macs": controller.learned(),
             })),
@@ -123,6 +127,8 @@ impl Live {
             Change::AddTenant(_)
             | Change::AddHost(_)
             | Change::AddEndpoint(_)
+            | Change::AddRoute(_)
+            | Change::AddPublish(_)
             | Change::AddPort(_) => 201,
             _ => 200,
         };

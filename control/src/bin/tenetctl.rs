@@ -37,6 +37,12 @@ enum Cmd {
     /// Known endpoints (container MACs): add, del, list.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Static routes of the tenants' routers: add, del, list.
+    #[command(subcommand)]
+    Route(RouteCmd),
+    /// Container ports published on the gateway host: add, del, list.
+    #[command(subcommand)]
+    Publish(PublishCmd),
     /// Cluster hosts: add, del, list.
     #[command(subcommand)]
     Host(HostCmd),
@@ -98,6 +104,82 @@ enum TenantCmd {
         /// Its name.
         name: String,
     },
+    /// Change a running tenant's gateway: move it (`--gateway-host`), consent to
+    /// peering (`--peer`), SNAT address and connection cap.
+    Set {
+        /// Its name.
+        name: String,
+        /// The host its gateway moves to, or `central`.
+        #[arg(long)]
+        gateway_host: Option<String>,
+        /// Tenants it consents to route with (repeatable; replaces the list).
+        #[arg(long = "peer")]
+        peers: Option<Vec<String>>,
+        /// Withdraw every peering consent.
+        #[arg(long, conflicts_with = "peers")]
+        no_peers: bool,
+        /// SNAT address.
+        #[arg(long)]
+        snat_ip: Option<String>,
+        /// SNAT connections per core.
+        #[arg(long)]
+        max_connections: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCmd {
+    /// Add a static route.
+    Add {
+        /// The tenant.
+        tenant: String,
+        /// Destination, like 10.9.0.0/16.
+        prefix: String,
+        /// Next hop, on one of the tenant's subnets.
+        #[arg(long)]
+        via: String,
+    },
+    /// Remove a route.
+    Del {
+        /// The tenant.
+        tenant: String,
+        /// Destination as added.
+        prefix: String,
+    },
+    /// List routes.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PublishCmd {
+    /// Publish a container port (`docker run -p HOST_PORT:PORT`).
+    Add {
+        /// The container's tenant.
+        tenant: String,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// Port on the gateway host's outside address.
+        #[arg(long)]
+        host_port: u16,
+        /// The container's address.
+        #[arg(long)]
+        ip: String,
+        /// The container's port.
+        #[arg(long)]
+        port: u16,
+    },
+    /// Withdraw a published port.
+    Del {
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// The published port.
+        #[arg(long)]
+        host_port: u16,
+    },
+    /// List published ports.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +198,16 @@ struct TenantAdd {
     /// Other hosts where it lives (repeatable).
     #[arg(long = "host")]
     hosts: Vec<String>,
+    /// The gateway's address on a subnet, like 10.1.0.1/24 (repeatable): gives the
+    /// tenant a router.
+    #[arg(long = "subnet")]
+    subnets: Vec<String>,
+    /// Where the gateway runs: a host's name, or `central`.
+    #[arg(long)]
+    gateway_host: Option<String>,
+    /// SNAT address toward the outside.
+    #[arg(long)]
+    snat_ip: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,12 +392,78 @@ fn main() -> ExitCode {
             "POST",
             "/v1/tenants".into(),
             Some(
-                json!({"name": t.name, "id": t.id, "vlan": t.vlan, "max_macs": t.max_macs, "hosts": t.hosts}),
+                json!({"name": t.name, "id": t.id, "vlan": t.vlan, "max_macs": t.max_macs, "hosts": t.hosts,
+                       "subnets": t.subnets, "gateway_host": t.gateway_host, "snat_ip": t.snat_ip}),
             ),
         ),
         Cmd::Tenant(TenantCmd::Del { name }) => ("DELETE", format!("/v1/tenants/{name}"), None),
         Cmd::Tenant(TenantCmd::List) => ("GET", "/v1/tenants".into(), None),
         Cmd::Tenant(TenantCmd::Show { name }) => ("GET", format!("/v1/tenants/{name}"), None),
+        Cmd::Tenant(TenantCmd::Set {
+            name,
+            gateway_host,
+            peers,
+            no_peers,
+            snat_ip,
+            max_connections,
+        }) => {
+            let mut patch = serde_json::Map::new();
+            if let Some(host) = gateway_host {
+                patch.insert("gateway_host".into(), json!(host));
+            }
+            if let Some(peers) = peers {
+                patch.insert("peers".into(), json!(peers));
+            }
+            if *no_peers {
+                patch.insert("peers".into(), json!([]));
+            }
+            if let Some(ip) = snat_ip {
+                patch.insert("snat_ip".into(), json!(ip));
+            }
+            if let Some(n) = max_connections {
+                patch.insert("max_connections".into(), json!(n));
+            }
+            (
+                "PATCH",
+                format!("/v1/tenants/{name}"),
+                Some(Value::Object(patch)),
+            )
+        }
+        Cmd::Route(RouteCmd::Add {
+            tenant,
+            prefix,
+            via,
+        }) => (
+            "POST",
+            "/v1/routes".into(),
+            Some(json!({"tenant": tenant, "prefix": prefix, "via": via})),
+        ),
+        Cmd::Route(RouteCmd::Del { tenant, prefix }) => {
+            ("DELETE", format!("/v1/routes/{tenant}/{prefix}"), None)
+        }
+        Cmd::Route(RouteCmd::List) => ("GET", "/v1/routes".into(), None),
+        Cmd::Publish(PublishCmd::Add {
+            tenant,
+            protocol,
+            host_port,
+            ip,
+            port,
+        }) => (
+            "POST",
+            "/v1/published".into(),
+            Some(
+                json!({"tenant": tenant, "protocol": protocol, "host_port": host_port, "ip": ip, "port": port}),
+            ),
+        ),
+        Cmd::Publish(PublishCmd::Del {
+            protocol,
+            host_port,
+        }) => (
+            "DELETE",
+            format!("/v1/published/{protocol}/{host_port}"),
+            None,
+        ),
+        Cmd::Publish(PublishCmd::List) => ("GET", "/v1/published".into(), None),
         Cmd::Endpoint(EndpointCmd::Add {
             tenant,
             mac,
@@ -502,6 +660,33 @@ fn render(command: &Cmd, body: &Value) -> String {
             }
         }
         Cmd::Port(PortCmd::List) => out.push_str(&ports_table(body)),
+        Cmd::Route(RouteCmd::List) => {
+            out.push_str(&format!("{:<20} {:<20} via\n", "tenant", "prefix"));
+            for r in body.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<20} {:<20} {}\n",
+                    s(&r["tenant"]),
+                    s(&r["prefix"]),
+                    s(&r["via"])
+                ));
+            }
+        }
+        Cmd::Publish(PublishCmd::List) => {
+            out.push_str(&format!(
+                "{:<20} {:<8} {:>9}  to\n",
+                "tenant", "protocol", "host_port"
+            ));
+            for p in body.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<20} {:<8} {:>9}  {}:{}\n",
+                    s(&p["tenant"]),
+                    s(&p["protocol"]),
+                    s(&p["host_port"]),
+                    s(&p["ip"]),
+                    s(&p["port"])
+                ));
+            }
+        }
         Cmd::Trace { .. } => {
             for (i, d) in body["decisions"]
                 .as_array()

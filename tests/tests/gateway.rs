@@ -1,0 +1,244 @@
+//! The tenant gateway end to end: a host (a namespace running tenetd) with two tenants'
+//! containers and an uplink to "the internet" (a namespace with a server address behind
+//! the underlay's next hop). Containers reach the server by TCP through SNAT, an outside
+//! client reaches a published container port, and one tenant reaches the other's subnet
+//! only after both consented to peering through tenetctl.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::{binary, underlay, unique, Link, Netns, TempDir, Tenetd};
+
+const SERVER: &str = "203.0.113.10";
+const UPLINK_IP: &str = "198.18.0.1";
+
+fn tenetctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(binary("tenetctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("tenetctl runs")
+}
+
+fn ok(socket: &Path, args: &[&str]) -> String {
+    let out = tenetctl(socket, args);
+    assert!(
+        out.status.success(),
+        "tenetctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn config(dir: &Path, red: &str, blue: &str, uplink: &str) -> String {
+    format!(
+        r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{prefix}"
+memory_mb = 256
+mbufs = 8191
+
+[switch]
+design = "dedicated"
+host = "h"
+underlay_gateway = "198.18.0.254"
+
+[gateway]
+snat_port_min = 20000
+snat_port_max = 29999
+
+[[host]]
+name = "h"
+underlay_ip = "{UPLINK_IP}/24"
+
+[[tenant]]
+name = "red"
+id = 100
+subnets = ["10.1.0.1/24"]
+gateway_host = "h"
+
+[[tenant]]
+name = "blue"
+id = 200
+subnets = ["10.2.0.1/24"]
+gateway_host = "h"
+
+[[port]]
+name = "red"
+backend = "af-packet"
+interface = "{red}"
+role = "access"
+tenant = "red"
+
+[[port]]
+name = "blue"
+backend = "af-packet"
+interface = "{blue}"
+role = "access"
+tenant = "blue"
+
+[[port]]
+name = "underlay"
+backend = "af-packet"
+interface = "{uplink}"
+role = "uplink"
+
+[control]
+api_socket = "{dir}/tenetd.sock"
+state_file = "{dir}/state.json"
+"#,
+        prefix = unique("gw"),
+        dir = dir.display(),
+    )
+}
+
+fn pings(from: &Netns, to: &str) -> bool {
+    from.exec("ping", &["-c", "1", "-W", "1", to]).is_ok()
+}
+
+fn wait_for_ping(from: &Netns, to: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if pings(from, to) {
+            return;
+        }
+    }
+    panic!("no ping reply from {to}");
+}
+
+/// Runs an iperf3 server in `server` bound to `bind` (one test), a client in `client`
+/// toward `target:port`; returns the client's received bit rate and the server's JSON.
+fn iperf(server: &Netns, bind: &str, client: &Netns, target: &str, port: u16) -> (f64, String) {
+    let srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-J", "-B", bind, "-p", "5201"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client
+        .exec(
+            "iperf3",
+            &["-c", target, "-p", &port.to_string(), "-t", "2", "-J"],
+        )
+        .expect("iperf3 through the gateway");
+    let server_json = String::from_utf8_lossy(&srv.wait_with_output().unwrap().stdout).into_owned();
+    let bits: f64 = out
+        .split("\"sum_received\"")
+        .nth(1)
+        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+        .and_then(|s| s.split([',', '\n']).next())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("iperf3 result");
+    (bits, server_json)
+}
+
+#[test]
+fn containers_reach_the_outside_through_snat_and_are_reached_through_published_ports() {
+    let host = Netns::new("gwh-").unwrap();
+    let inet = Netns::new("inet-").unwrap();
+    let (uplink, outside) = underlay(&host, &inet).unwrap();
+    inet.exec("ip", &["addr", "add", "198.18.0.254/24", "dev", &outside])
+        .unwrap();
+    inet.exec("ip", &["link", "set", "lo", "up"]).unwrap();
+    inet.exec("ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"])
+        .unwrap();
+    let red_ns = Netns::new("red-").unwrap();
+    let blue_ns = Netns::new("blue-").unwrap();
+    let red = Link::between(Some(&host), &red_ns, Some("10.1.0.5/24")).unwrap();
+    let blue = Link::between(Some(&host), &blue_ns, Some("10.2.0.5/24")).unwrap();
+    red_ns
+        .exec("ip", &["route", "add", "default", "via", "10.1.0.1"])
+        .unwrap();
+    blue_ns
+        .exec("ip", &["route", "add", "default", "via", "10.2.0.1"])
+        .unwrap();
+
+    let dir = TempDir::new("gw").unwrap();
+    let socket = dir.path().join("tenetd.sock");
+    let mut tenetd = Tenetd::start_in(
+        Some(&host),
+        &config(dir.path(), &red.host, &blue.host, &uplink),
+        &[],
+    )
+    .unwrap();
+    tenetd.wait_ready(Duration::from_secs(30)).unwrap();
+
+    // The gateway answers ARP and ping on the tenant's subnet.
+    wait_for_ping(&red_ns, "10.1.0.1");
+
+    // TCP to the outside: the server sees the host's address, not the container's.
+    wait_for_ping(&red_ns, SERVER);
+    let (bits, server_json) = iperf(&inet, SERVER, &red_ns, SERVER, 5201);
+    assert!(bits > 1e6, "TCP through SNAT at {bits} bit/s");
+    assert!(
+        server_json.contains(&format!("\"remote_host\":\t\"{UPLINK_IP}\""))
+            || server_json.contains(&format!("\"remote_host\": \"{UPLINK_IP}\"")),
+        "the server saw the container's own address: {server_json}"
+    );
+
+    // A published port: the outside connects to the host, the container answers. Blue
+    // has sent nothing yet, so the router resolves it by ARP and holds the first
+    // segment meanwhile.
+    ok(
+        &socket,
+        &[
+            "publish",
+            "add",
+            "blue",
+            "--host-port",
+            "8080",
+            "--ip",
+            "10.2.0.5",
+            "--port",
+            "5201",
+        ],
+    );
+    let listed = ok(&socket, &["publish", "list"]);
+    assert!(listed.contains("10.2.0.5:5201"), "{listed}");
+    let (bits, _) = iperf(&blue_ns, "10.2.0.5", &inet, UPLINK_IP, 8080);
+    assert!(bits > 1e6, "TCP to a published port at {bits} bit/s");
+
+    // Tenants are apart until both consent.
+    assert!(!pings(&blue_ns, "10.1.0.5"), "blue reached red unpeered");
+    ok(&socket, &["tenant", "set", "blue", "--peer", "red"]);
+    assert!(
+        !pings(&blue_ns, "10.1.0.5"),
+        "one-sided consent is no peering"
+    );
+    ok(&socket, &["tenant", "set", "red", "--peer", "blue"]);
+    wait_for_ping(&blue_ns, "10.1.0.5");
+    ok(&socket, &["tenant", "set", "red", "--no-peers"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !pings(&blue_ns, "10.1.0.5"),
+        "consent withdrawn, still routed"
+    );
+
+    // A refused route names its field and changes nothing.
+    let out = tenetctl(
+        &socket,
+        &["route", "add", "red", "10.9.0.0/16", "--via", "10.7.0.9"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("via"));
+    ok(
+        &socket,
+        &["route", "add", "red", "10.9.0.0/16", "--via", "10.1.0.9"],
+    );
+    assert!(ok(&socket, &["route", "list"]).contains("10.9.0.0/16"));
+
+    let stopped = tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("underlay neighbour resolved"),
+        "{}",
+        stopped.stderr
+    );
+    drop((red, blue));
+}
