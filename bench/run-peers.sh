@@ -18,7 +18,7 @@ stamp=$(date +%Y%m%d-%H%M)
 if [ "$which" = replay ] || [ "$which" = all ]; then
     out=bench/results/$stamp-replay
     "$harness/replay.sh" -r "$rounds" -t "ideal custom:p2p" --label tenet -o "/tmp/tenet-replay-$stamp" \
-        --switch-cmd 'target/release/tenetd --config configs/bench/replay-$SCENARIO.toml'
+        --switch-cmd 'bench/tenetd-replay.sh'
     mkdir -p "$out"
     cp "/tmp/tenet-replay-$stamp"/{summary.txt,results.csv,env.txt} "$out/"
 fi

@@ -260,7 +260,8 @@ fn routing(config: &Validated, b: &mut TablesBuilder, dynamic: &Dynamic) {
     for route in &gateway.routes {
         if gateway.is_here(route.tenant) {
             let t = route.tenant as TenantIdx;
-            b.route(t, route.ip, route.prefix, RouteTarget::Via(t, route.via));
+            let via = route.via_tenant as TenantIdx;
+            b.route(t, route.ip, route.prefix, RouteTarget::Via(via, route.via));
         }
     }
     for p in &gateway.published {

@@ -10,7 +10,7 @@ macro_rules! drop_reasons {
     ($($variant:ident = $name:literal : $help:literal,)*) => {
         /// Why a packet was dropped. Every drop names one.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[repr(usize)]
+        #[repr(u8)]
         pub enum DropReason { $($variant,)* }
 
         impl DropReason {

@@ -58,7 +58,7 @@ pub struct RouteSpec {
     pub tenant: String,
     /// Destination, as `10.9.0.0/16` (`0.0.0.0/0`: instead of the way out).
     pub prefix: String,
-    /// Next hop: an address on one of the tenant's subnets.
+    /// Next hop: an address on one of the tenant's subnets, or a peer's.
     pub via: Ipv4Addr,
 }
 
@@ -115,6 +115,8 @@ pub struct RoutePlan {
     pub prefix: u8,
     /// Next hop.
     pub via: Ipv4Addr,
+    /// The tenant whose subnet holds the next hop (this one, or a peer).
+    pub via_tenant: usize,
 }
 
 /// A validated published port.
@@ -446,14 +448,25 @@ pub(super) fn validate(
                 format!("`{}` has host bits set", r.prefix),
             ));
         }
-        if !router.interfaces.iter().any(|&(gw, len)| {
-            u32::from(gw) & mask(len) == u32::from(r.via) & mask(len) && gw != r.via
-        }) {
+        let on_subnet = |t: usize| {
+            routers[t].as_ref().is_some_and(|o| {
+                o.interfaces.iter().any(|&(gw, len)| {
+                    u32::from(gw) & mask(len) == u32::from(r.via) & mask(len) && gw != r.via
+                })
+            })
+        };
+        let Some(via_tenant) = std::iter::once(tenant)
+            .chain(router.peers.iter().copied())
+            .find(|&t| on_subnet(t))
+        else {
             return Err(invalid(
                 format!("{field}.via"),
-                format!("{} is on none of the tenant's subnets", r.via),
+                format!(
+                    "{} is on none of the subnets of the tenant or its peers",
+                    r.via
+                ),
             ));
-        }
+        };
         if !seen.insert((tenant, ip, prefix)) {
             return Err(invalid(
                 format!("{field}.prefix"),
@@ -465,6 +478,7 @@ pub(super) fn validate(
             ip,
             prefix,
             via: r.via,
+            via_tenant,
         });
     }
 
@@ -556,4 +570,218 @@ pub(super) fn validate(
         },
         sessions_per_worker: section.sessions_per_worker,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Validated};
+    use super::*;
+
+    fn harness(var: &str) -> Option<String> {
+        let value = match var {
+            "SWITCH_CORE" => "1",
+            "DPDK_PREFIX" => "rpcustom",
+            "PCAP" => concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            "DST_MACS" => "02:00:00:00:0b:00 02:00:00:00:0b:01",
+            "VLAN_ID" => "100",
+            "GRE_KEY" => "4242",
+            "GRE_LOCAL_IP" => "198.19.255.1",
+            "GRE_REMOTE_IP" => "198.19.255.2",
+            "GRE_LOCAL_MAC" => "02:00:00:00:0c:01",
+            "GRE_REMOTE_MAC" => "02:00:00:00:0c:02",
+            "ROUTER_IN_MAC" => "02:00:00:00:0b:00",
+            "ROUTER_MAC" => "02:00:00:00:0d:01",
+            "NEXT_HOP_1" => "02:00:00:00:0d:02",
+            "NEXT_HOP_2" => "02:00:00:00:0d:03",
+            "VHU0" => "/tmp/vhu0",
+            "VHU1" => "/tmp/vhu1",
+            "DEMO_IF1" => "veth-demo1",
+            "DEMO_IF2" => "veth-demo2",
+            _ => return None,
+        };
+        Some(value.to_owned())
+    }
+
+    fn parse(text: &str) -> Result<Validated, ConfigError> {
+        Config::parse(text, harness)?.validate()
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("config must be refused").to_string()
+    }
+
+    #[test]
+    fn every_shipped_config_validates() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
+        let mut checked = 0;
+        for dir in [root.to_owned(), format!("{root}/bench")] {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if let Err(e) = parse(&text) {
+                        panic!("{}: {e}", path.display());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 9, "{checked} configs");
+    }
+
+    #[test]
+    fn the_route_benchmark_routes_through_a_peer() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/bench/replay-route.toml"
+        ))
+        .unwrap();
+        let v = parse(&text).unwrap();
+        let routers = &v.gateway.routers;
+        assert_eq!(routers[0].as_ref().unwrap().peers, [1]);
+        assert_eq!(routers[0].as_ref().unwrap().mac, [2, 0, 0, 0, 0x0b, 0]);
+        assert_eq!(v.gateway.routes[1].prefix, 17);
+        assert_eq!(v.gateway.routes[1].via_tenant, 1, "next hop in the peer");
+    }
+
+    const BASE: &str = r#"
+[dataplane]
+workers = [1]
+
+[[port]]
+name = "sink"
+backend = "null"
+
+[switch]
+host = "a"
+underlay_gateway = "198.18.0.254"
+
+[[host]]
+name = "a"
+underlay_ip = "198.18.0.1/24"
+
+[[host]]
+name = "b"
+underlay_ip = "198.18.0.2/24"
+
+[[tenant]]
+name = "red"
+id = 1
+subnets = ["10.1.0.1/24"]
+gateway_host = "a"
+
+[[tenant]]
+name = "blue"
+id = 2
+subnets = ["10.2.0.1/24"]
+gateway_host = "a"
+"#;
+
+    #[test]
+    fn placement_snat_and_router_macs() {
+        let v = parse(BASE).unwrap();
+        let red = v.gateway.routers[0].as_ref().unwrap();
+        assert_eq!(red.placement, Placement::Here);
+        assert_eq!(red.snat_ip, Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(red.mac, router_mac(1));
+        let moved =
+            parse(&BASE.replacen("gateway_host = \"a\"", "gateway_host = \"b\"", 1)).unwrap();
+        let red = moved.gateway.routers[0].as_ref().unwrap();
+        assert_eq!(red.placement, Placement::Host(1));
+        assert_eq!(
+            red.snat_ip,
+            Some(Ipv4Addr::new(198, 18, 0, 2)),
+            "the gateway host's address"
+        );
+        assert!(
+            moved.switching.tenants[0].hosts.contains(&1),
+            "the tunnel to the gateway host carries the tenant"
+        );
+    }
+
+    #[test]
+    fn bad_gateway_settings_name_their_field() {
+        let cases = [
+            (
+                BASE.replace("\"10.1.0.1/24\"", "\"10.1.0.1/24\", \"10.1.0.129/25\""),
+                "`tenant[0].subnets[1]`: overlaps 10.1.0.1/24",
+            ),
+            (
+                BASE.replace("10.1.0.1/24", "10.1.0.0/24"),
+                "`tenant[0].subnets[0]`: `10.1.0.0/24` must be the gateway's address",
+            ),
+            (
+                BASE.replace("10.1.0.1/24", "10.1.0.1"),
+                "`tenant[0].subnets[0]`: `10.1.0.1` is not an IPv4 address with a prefix",
+            ),
+            (
+                BASE.replacen("gateway_host = \"a\"", "gateway_host = \"c\"", 1),
+                "`tenant[0].gateway_host`: no host is named `c`",
+            ),
+            (
+                BASE.replacen("gateway_host = \"a\"", "gateway_host = \"central\"", 1),
+                "`tenant[0].gateway_host`: name the gateway's host, or mark an egress host",
+            ),
+            (
+                BASE.replace("underlay_gateway = \"198.18.0.254\"", "")
+                    .replacen("gateway_host = \"a\"", "gateway_host = \"a\"\nsnat_ip = \"198.18.0.9\"", 1),
+                "`tenant[0].snat_ip`: SNAT needs switch.underlay_gateway",
+            ),
+            (
+                format!("{BASE}[[route]]\ntenant = \"red\"\nprefix = \"10.9.0.0/16\"\nvia = \"10.2.0.9\"\n"),
+                "`route[0].via`: 10.2.0.9 is on none of the subnets",
+            ),
+            (
+                format!("{BASE}[[route]]\ntenant = \"red\"\nprefix = \"10.9.0.1/16\"\nvia = \"10.1.0.9\"\n"),
+                "`route[0].prefix`: `10.9.0.1/16` has host bits set",
+            ),
+            (
+                format!("{BASE}[[publish]]\ntenant = \"red\"\nprotocol = \"tcp\"\nhost_port = 30000\nip = \"10.1.0.5\"\nport = 80\n"),
+                "`publish[0].host_port`: inside the SNAT port range",
+            ),
+            (
+                format!("{BASE}[[publish]]\ntenant = \"red\"\nprotocol = \"sctp\"\nhost_port = 80\nip = \"10.1.0.5\"\nport = 80\n"),
+                "`publish[0].protocol`: `sctp` is not tcp or udp",
+            ),
+            (
+                BASE.replacen("id = 2\n", "id = 2\nrouter_mac = \"02:7e:00:00:00:01\"\n", 1),
+                "`tenant[1].router_mac`: tenant `red` uses this router MAC",
+            ),
+            (
+                BASE.replace("subnets = [\"10.2.0.1/24\"]\ngateway_host = \"a\"", "peers = [\"red\"]"),
+                "`tenant[1].peers`: needs subnets",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = err(&text);
+            assert!(e.contains(expected), "`{expected}` not in `{e}`");
+        }
+    }
+
+    #[test]
+    fn peering_takes_both_sides_and_one_gateway_host() {
+        let one_sided = BASE.replacen(
+            "gateway_host = \"a\"\n",
+            "gateway_host = \"a\"\npeers = [\"blue\"]\n",
+            1,
+        );
+        let v = parse(&one_sided).unwrap();
+        assert!(v.gateway.routers[0].as_ref().unwrap().peers.is_empty());
+        let both = one_sided.replacen(
+            "subnets = [\"10.2.0.1/24\"]\ngateway_host = \"a\"",
+            "subnets = [\"10.2.0.1/24\"]\ngateway_host = \"a\"\npeers = [\"red\"]",
+            1,
+        );
+        let v = parse(&both).unwrap();
+        assert_eq!(v.gateway.routers[0].as_ref().unwrap().peers, [1]);
+        assert_eq!(v.gateway.routers[1].as_ref().unwrap().peers, [0]);
+        let apart = both.replace(
+            "subnets = [\"10.2.0.1/24\"]\ngateway_host = \"a\"",
+            "subnets = [\"10.2.0.1/24\"]\ngateway_host = \"b\"",
+        );
+        assert!(err(&apart).contains("peers share a gateway host"));
+        let overlapping = both.replace("10.2.0.1/24", "10.1.0.129/25");
+        let e = err(&overlapping);
+        assert!(e.contains("overlaps 10.1.0.129/25 of peer `blue`"), "{e}");
+    }
 }

@@ -22,7 +22,7 @@ pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
 pub use port::{port_name, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
 pub use ring::{MbufRing, RingConsumer, RingProducer};
-pub use time::{tsc, tsc_hz};
+pub use time::{prefetch, tsc, tsc_hz};
 
 /// Directory the EAL loads PMD plugins from (empty if unknown at build time).
 pub const PMD_DIR: &str = dpdk_sys::PMD_DIR;

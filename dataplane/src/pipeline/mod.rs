@@ -167,8 +167,16 @@ impl Pipeline for SwitchPipeline {
         self.router.nat.sweep_some(&tables.nat, self.learner.now);
         outputs.set_capture_mask(tables.capture);
         outputs.capture_rx(in_port, batch);
-        if let PortRole::CrossConnect(peer) = *tables.role(in_port) {
-            return outputs.push_batch(peer, batch, counters);
+        match *tables.role(in_port) {
+            PortRole::CrossConnect(peer) => return outputs.push_batch(peer, batch, counters),
+            // Routed traffic: the whole burst's route slots start loading before the first
+            // frame needs its own (many flows spread them over more than L1 holds).
+            PortRole::Access { tenant, .. } if tables.router(tenant).is_some() => {
+                for mbuf in batch.as_slice() {
+                    self.cache.prefetch_route(tenant, mbuf.data());
+                }
+            }
+            _ => {}
         }
         let now = self.learner.now;
         let mut sink = TxSink {

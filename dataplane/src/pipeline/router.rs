@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use crate::counters::DropReason;
 use crate::packet::arp::{ArpOperation, ArpPacket};
 use crate::packet::checksum;
-use crate::packet::ethernet::{self, EtherType, EthernetFrame};
+use crate::packet::ethernet::{self, EthernetFrame};
 use crate::packet::frame::Frame;
 use crate::packet::ipv4::Ipv4Packet;
 use crate::packet::{read_u16, read_u32, write_u16, write_u32, Mac};
@@ -95,6 +95,8 @@ macro_rules! note {
 /// Answers ARP for a gateway address in place (back where it came from) and reports
 /// the sender as a neighbour of the router. Any host with the tenant answers: the
 /// router MAC is the same everywhere. Other ARP is given back for switching.
+// Kept out of line: inlined into the switch it bloats every path.
+#[inline(never)]
 pub(super) fn gateway_arp<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
@@ -156,6 +158,8 @@ pub(super) fn gateway_arp<F: Frame, S: Sink<F>, T: Trace>(
 }
 
 /// Routes a frame addressed to `tenant`'s router MAC on the gateway host.
+// Kept out of line: inlined into the switch it bloats every path.
+#[inline(never)]
 pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
@@ -164,37 +168,55 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
+    let (dst, ttl) = match frame.data().get(12..14) {
+        Some([0x08, 0x00]) => match valid_ipv4(frame.data()) {
+            Some(header) => header,
+            None => return cx.drop(DropReason::Ipv4Invalid),
+        },
+        Some([0x08, 0x06]) => {
+            let Some(router) = tables.router(tenant) else {
+                return cx.drop(DropReason::NoOutput);
+            };
+            if let Some(_other) = gateway_arp(tables, tenant, router, ingress, frame, sink, cx) {
+                cx.drop(DropReason::NotRoutable);
+            }
+            return;
+        }
+        Some(_) => return cx.drop(DropReason::NotRoutable),
+        None => return cx.drop(DropReason::Malformed),
+    };
+    let hop = cx
+        .cache
+        .route(neighbor_key(tenant, dst), || match tables.router(tenant) {
+            Some(router) => decide(tables, tenant, router, dst),
+            None => Ok(Hop::NoRoute),
+        });
+    note!(
+        cx,
+        "route {dst} in tenant {}: {hop:?}",
+        tenant_id(tables, tenant)
+    );
+    // The common case first, as a plain branch rather than a jump table.
+    if let (
+        Ok(Hop::Deliver {
+            mac,
+            src,
+            out,
+            tenant: to,
+        }),
+        2..,
+    ) = (hop, ttl)
+    {
+        let data = frame.data_mut();
+        decrement_ttl(data);
+        data[0..6].copy_from_slice(&mac);
+        data[6..12].copy_from_slice(&src);
+        return output(tables, to, Ingress::Router, out, frame, sink, cx);
+    }
     let Some(router) = tables.router(tenant) else {
         return cx.drop(DropReason::NoOutput);
     };
-    let (dst, ttl) = {
-        let data = frame.data();
-        let Ok(eth) = EthernetFrame::new_checked(data) else {
-            return cx.drop(DropReason::Malformed);
-        };
-        match eth.ethertype() {
-            EtherType::Ipv4 => {}
-            EtherType::Arp => {
-                if let Some(_other) = gateway_arp(tables, tenant, router, ingress, frame, sink, cx)
-                {
-                    cx.drop(DropReason::NotRoutable);
-                }
-                return;
-            }
-            _ => return cx.drop(DropReason::NotRoutable),
-        }
-        let Ok(ip) = Ipv4Packet::new_checked(&data[ETH_LEN..]) else {
-            return cx.drop(DropReason::Ipv4Invalid);
-        };
-        if !ip.verify_checksum() {
-            return cx.drop(DropReason::Ipv4Invalid);
-        }
-        (ip.dst_addr(), ip.ttl())
-    };
-    if router.owns(dst) {
-        return to_gateway(tables, tenant, router, frame, sink, cx);
-    }
-    if ttl <= 1 {
+    if ttl <= 1 && hop != Ok(Hop::Gateway) {
         return icmp_error(
             tables,
             tenant,
@@ -206,23 +228,9 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
             cx,
         );
     }
-    let hop = cx.cache.route(neighbor_key(tenant, dst), || {
-        decide(tables, tenant, router, dst)
-    });
-    note!(
-        cx,
-        "route {dst} in tenant {}: {hop:?}",
-        tenant_id(tables, tenant)
-    );
     match hop {
-        Ok(Hop::Deliver {
-            tenant: to,
-            mac,
-            out,
-        }) => {
-            decrement_ttl(frame.data_mut());
-            deliver(tables, to, mac, out, frame, sink, cx);
-        }
+        Ok(Hop::Deliver { .. }) => cx.drop(DropReason::TtlExceeded),
+        Ok(Hop::Gateway) => to_gateway(tables, tenant, router, frame, sink, cx),
         Ok(Hop::External) => external(tables, tenant, router, frame, sink, cx),
         Ok(Hop::NoRoute) => icmp_error(
             tables,
@@ -241,6 +249,24 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
     }
 }
 
+/// Destination and TTL of the IPv4 header after the Ethernet header, if it is valid
+/// and its checksum right (RFC 1812 5.2.2). The usual option-less header is checked
+/// with fixed-size reads the compiler unrolls.
+#[inline(always)]
+fn valid_ipv4(data: &[u8]) -> Option<(Ipv4Addr, u8)> {
+    let header: &[u8; 20] = data.get(ETH_LEN..ETH_LEN + 20)?.try_into().ok()?;
+    if header[0] == 0x45 {
+        let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        if total < 20 || total > data.len() - ETH_LEN || !checksum::ipv4_header_ok(header) {
+            return None;
+        }
+        let dst = Ipv4Addr::new(header[16], header[17], header[18], header[19]);
+        return Some((dst, header[8]));
+    }
+    let ip = Ipv4Packet::new_checked(&data[ETH_LEN..]).ok()?;
+    ip.verify_checksum().then(|| (ip.dst_addr(), ip.ttl()))
+}
+
 /// Where the router sends a packet for `dst`: into which tenant and to which MAC.
 fn decide(
     tables: &FlowTables,
@@ -248,6 +274,9 @@ fn decide(
     router: &Router,
     dst: Ipv4Addr,
 ) -> Result<Hop, Unresolved> {
+    if router.owns(dst) {
+        return Ok(Hop::Gateway);
+    }
     let (to, next) = match longest_match(&tables.routes, tenant, router.route_lengths, dst) {
         Some(RouteTarget::Direct(t)) => (t, dst),
         Some(RouteTarget::Via(t, hop)) => (t, hop),
@@ -261,9 +290,13 @@ fn decide(
             ip: next,
         });
     };
+    let Some(src) = tables.router(to).map(|r| r.mac) else {
+        return Ok(Hop::NoRoute);
+    };
     Ok(Hop::Deliver {
         tenant: to,
         mac,
+        src,
         out: resolve_in(tables, to, &mac),
     })
 }
@@ -390,15 +423,20 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
     let Some((flow, flags, ihl)) = l4_flow(frame.data(), Direction::Out) else {
         return cx.drop(DropReason::NatUnsupported);
     };
-    let published = tables
-        .published_inside
-        .get(&published_inside_key(
-            tenant,
-            flow.protocol,
-            flow.src,
-            flow.src_port,
-        ))
-        .map(|p| (p.external_ip, p.external_port));
+    // Most hosts publish nothing: skip the hash of a lookup that cannot hit.
+    let published = if tables.published_inside.is_empty() {
+        None
+    } else {
+        tables
+            .published_inside
+            .get(&published_inside_key(
+                tenant,
+                flow.protocol,
+                flow.src,
+                flow.src_port,
+            ))
+            .map(|p| (p.external_ip, p.external_port))
+    };
     let (ip, port) = match published {
         Some(outside) => outside,
         None => {
@@ -436,6 +474,8 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
 
 /// A packet from the outside for one of this host's SNAT or publishing addresses: back
 /// into its tenant through its session, or to a published port.
+// Kept out of line: inlined into the switch it bloats every path.
+#[inline(never)]
 pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     mut frame: F,
@@ -504,7 +544,9 @@ pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
     match cx.cache.route(neighbor_key(inside.tenant, inside.ip), || {
         decide(tables, inside.tenant, router, inside.ip)
     }) {
-        Ok(Hop::Deliver { tenant, mac, out }) => deliver(tables, tenant, mac, out, frame, sink, cx),
+        Ok(Hop::Deliver {
+            tenant, mac, out, ..
+        }) => deliver(tables, tenant, mac, out, frame, sink, cx),
         Ok(_) => cx.drop(DropReason::NoRoute),
         Err(pending) => hold(pending, frame, sink, cx),
     }
@@ -513,6 +555,8 @@ pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
 /// A frame the control plane sends as a tenant's router (ARP requests for its
 /// neighbours, gratuitous ARP on placement): flooded in the tenant whose router MAC is
 /// its source.
+// Kept out of line: inlined into the switch it bloats every path.
+#[inline(never)]
 pub(super) fn from_control<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     frame: F,
@@ -537,6 +581,7 @@ enum Direction {
 
 /// The SNAT view of an IPv4 packet: its flow, TCP flags and IP header length. `None`
 /// for what SNAT cannot translate (fragments, other protocols, ICMP other than echo).
+#[inline(always)]
 fn l4_flow(data: &[u8], direction: Direction) -> Option<(Flow, u16, usize)> {
     let ip = Ipv4Packet::new_checked(data.get(ETH_LEN..)?).ok()?;
     if ip.more_frags() || ip.frag_offset() != 0 {
@@ -579,7 +624,7 @@ enum Side {
 
 /// Rewrites one side's address and port (ICMP: the echo identifier), patching the IP
 /// and L4 checksums incrementally.
-#[inline]
+#[inline(always)]
 fn rewrite(data: &mut [u8], ihl: usize, protocol: u8, side: Side, ip: Ipv4Addr, port: u16) {
     let ip_at = if side == Side::Source { IP_SRC } else { IP_DST };
     let old_ip = read_u32(data, ip_at);
