@@ -468,11 +468,9 @@ impl Controller {
         }
         let plan = &self.config.switching;
         let mut targets: Vec<Ipv4Addr> = Vec::new();
-        let snat_here =
-            self.config.gateway.routers.iter().flatten().any(|r| {
-                r.placement == crate::config::gateway::Placement::Here && r.snat_ip.is_some()
-            });
-        if let (true, Some(hop)) = (snat_here, plan.underlay_gateway) {
+        // The way out is resolved whether or not a gateway runs here now: one that moves
+        // here must not lose its first packets to an unresolved next hop.
+        if let Some(hop) = plan.underlay_gateway {
             if !self.dynamic.neighbors.contains_key(&hop) || refresh {
                 targets.push(hop);
             }

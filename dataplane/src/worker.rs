@@ -242,6 +242,12 @@ fn run<P: Pipeline>(
                 outputs.flush(counters);
             }
         }
+        if moved == 0 {
+            moved = pipeline.idle(&mut outputs, counters);
+            if moved > 0 {
+                outputs.flush(counters);
+            }
+        }
         let now = dpdk::tsc();
         let spent = now.wrapping_sub(last_tsc);
         last_tsc = now;

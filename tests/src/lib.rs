@@ -217,6 +217,11 @@ pub fn frames_tool() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/frames.py")
 }
 
+/// The resettable TCP stream tool (gap measurement).
+pub fn stream_tool() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/stream.py")
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir {
     path: PathBuf,

@@ -242,3 +242,219 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
     );
     drop((red, blue));
 }
+
+/// A host of the migration test: tenetd's namespace, its uplink, its API socket.
+struct Site {
+    ns: Netns,
+    dir: TempDir,
+    uplink: String,
+}
+
+/// Joins `ns` to the "internet" bridge with a veth; returns the host-side name.
+fn to_bridge(ns: &Netns, inet: &Netns) -> String {
+    let (host_end, bridge_end) = (unique("um"), unique("bm"));
+    let run = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    run(&[
+        "link",
+        "add",
+        &host_end,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &bridge_end,
+    ]);
+    run(&["link", "set", &host_end, "netns", ns.name()]);
+    run(&["link", "set", &bridge_end, "netns", inet.name()]);
+    inet.exec("ip", &["link", "set", &bridge_end, "master", "br0"])
+        .unwrap();
+    for (n, dev) in [(ns, &host_end), (inet, &bridge_end)] {
+        n.exec("ip", &["link", "set", dev, "mtu", "9000"]).unwrap();
+        let _ = n.exec(
+            "ethtool",
+            &[
+                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ],
+        );
+        n.exec("ip", &["link", "set", dev, "up"]).unwrap();
+    }
+    host_end
+}
+
+fn migration_config(me: &str, site: &Site, container_port: Option<&str>) -> String {
+    let other = if me == "a" { "b" } else { "a" };
+    let port = container_port.map_or(String::new(), |iface| {
+        format!(
+            "[[port]]\nname = \"red\"\nbackend = \"af-packet\"\ninterface = \"{iface}\"\nrole = \"access\"\ntenant = \"red\"\n"
+        )
+    });
+    format!(
+        r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{prefix}"
+memory_mb = 256
+mbufs = 8191
+
+[switch]
+design = "dedicated"
+host = "{me}"
+underlay_gateway = "198.18.0.254"
+
+[gateway]
+snat_port_min = 20000
+snat_port_max = 29999
+
+[[host]]
+name = "a"
+underlay_ip = "198.18.0.1/24"
+
+[[host]]
+name = "b"
+underlay_ip = "198.18.0.2/24"
+
+[[tenant]]
+name = "red"
+id = 100
+subnets = ["10.1.0.1/24"]
+gateway_host = "a"
+hosts = ["{other}"]
+
+{port}
+[[port]]
+name = "underlay"
+backend = "af-packet"
+interface = "{uplink}"
+role = "uplink"
+
+[control]
+api_socket = "{dir}/tenetd.sock"
+state_file = "{dir}/state.json"
+"#,
+        prefix = unique("mg"),
+        uplink = site.uplink,
+        dir = site.dir.path().display(),
+    )
+}
+
+/// A tenant's gateway moves from host a to host b through the API while a container on
+/// a streams TCP to the outside. SNAT connections are reset, not carried: the outside
+/// address changes with the gateway host, so no carried session could survive it. The
+/// new gateway answers the stream's next segment with a reset and the client reconnects
+/// through b; the test measures that gap.
+#[test]
+fn gateway_moves_between_hosts_while_a_tcp_stream_runs() {
+    let inet = Netns::new("inet-").unwrap();
+    inet.exec("ip", &["link", "add", "br0", "type", "bridge"])
+        .unwrap();
+    inet.exec("ip", &["addr", "add", "198.18.0.254/24", "dev", "br0"])
+        .unwrap();
+    inet.exec("ip", &["link", "set", "br0", "up"]).unwrap();
+    inet.exec("ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"])
+        .unwrap();
+    let site = |tag: &str| {
+        let ns = Netns::new(tag).unwrap();
+        let uplink = to_bridge(&ns, &inet);
+        Site {
+            ns,
+            dir: TempDir::new("mg").unwrap(),
+            uplink,
+        }
+    };
+    let (a, b) = (site("mga-"), site("mgb-"));
+    let red_ns = Netns::new("red-").unwrap();
+    let red = Link::between(Some(&a.ns), &red_ns, Some("10.1.0.5/24")).unwrap();
+    red_ns
+        .exec("ip", &["link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
+    red_ns
+        .exec("ip", &["route", "add", "default", "via", "10.1.0.1"])
+        .unwrap();
+
+    let mut ta = Tenetd::start_in(
+        Some(&a.ns),
+        &migration_config("a", &a, Some(&red.host)),
+        &[],
+    )
+    .unwrap();
+    let mut tb = Tenetd::start_in(Some(&b.ns), &migration_config("b", &b, None), &[]).unwrap();
+    ta.wait_ready(Duration::from_secs(30)).unwrap();
+    tb.wait_ready(Duration::from_secs(30)).unwrap();
+    wait_for_ping(&red_ns, SERVER);
+
+    let seconds = 8.0;
+    let tool = tests::stream_tool();
+    let mut server = inet
+        .command("python3")
+        .arg(&tool)
+        .args(["server", SERVER, "7000", &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = server.stdout.as_mut().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut ready)
+            .unwrap();
+    }
+    assert_eq!(ready.trim(), "ready");
+    let mut client = red_ns
+        .command("python3")
+        .arg(&tool)
+        .args(["client", SERVER, "7000", &(seconds - 1.0).to_string()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // The new gateway host first, then the old one stops routing and forwards to it.
+    let moved = Instant::now();
+    ok(
+        &b.dir.path().join("tenetd.sock"),
+        &["tenant", "set", "red", "--gateway-host", "b"],
+    );
+    ok(
+        &a.dir.path().join("tenetd.sock"),
+        &["tenant", "set", "red", "--gateway-host", "b"],
+    );
+    let api = moved.elapsed();
+    let _ = client.wait();
+    let out = server.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let gap: f64 = report
+        .split("\"gap\": ")
+        .nth(1)
+        .and_then(|s| s.split(['}', ',']).next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gap in {report}"));
+    println!(
+        "gateway move: API {api:?}, TCP stream gap {:.0} ms: {report}",
+        gap * 1000.0
+    );
+    assert!(
+        report.contains("198.18.0.1") && report.contains("198.18.0.2"),
+        "the stream left through a, then through b: {report}"
+    );
+    // Measured here: 27 ms (reset at once, reconnect, one ARP by the new gateway).
+    // Without the reset the client would sit out its 1-s send timeout.
+    assert!(gap < 0.9, "stream interrupted {gap} s by the move");
+
+    let sa = ta.stop().unwrap();
+    let sb = tb.stop().unwrap();
+    assert!(
+        sa.status.success() && sb.status.success(),
+        "{}\n{}",
+        sa.stderr,
+        sb.stderr
+    );
+    assert!(
+        sb.stdout.contains("nat-no-session"),
+        "b reset the old connection:\n{}",
+        sb.stdout
+    );
+    drop(red);
+}

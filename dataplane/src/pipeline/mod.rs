@@ -36,6 +36,14 @@ pub trait Pipeline: Send {
         outputs: &mut Outputs,
         counters: &CoreCounters,
     );
+
+    /// Called when a poll found nothing to receive: work that waits on time or on the
+    /// control plane rather than on a packet (held frames whose neighbour got resolved).
+    /// Returns how many packets it moved; must be cheap when there is nothing to do.
+    fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
+        let _ = (outputs, counters);
+        0
+    }
 }
 
 /// Routed frames a core keeps while their next hop is being resolved (Linux keeps 3
@@ -87,7 +95,8 @@ impl SwitchPipeline {
 
     /// Gives held frames their next chance with newer tables; drops the ones whose
     /// neighbour stayed unresolved too long.
-    fn release_held(&mut self, outputs: &mut Outputs, counters: &CoreCounters) {
+    fn release_held(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
+        let before = self.held.len();
         let tables = self.tables.tables();
         let now = self.learner.now;
         let mut sink = TxSink {
@@ -115,6 +124,7 @@ impl SwitchPipeline {
                 }
             }
         }
+        before - self.held.len()
     }
 }
 
@@ -142,6 +152,25 @@ impl Sink<Mbuf> for TxSink<'_> {
 }
 
 impl Pipeline for SwitchPipeline {
+    fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
+        // A held frame waits for the snapshot that resolves its neighbour, which may
+        // come when no other packet does.
+        if self.held.is_empty() {
+            return 0;
+        }
+        self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
+        let expired = self
+            .held
+            .front()
+            .is_some_and(|h| self.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS);
+        if self.tables.refresh() {
+            self.cache.clear();
+        } else if !expired {
+            return 0;
+        }
+        self.release_held(outputs, counters)
+    }
+
     #[inline]
     fn process(
         &mut self,

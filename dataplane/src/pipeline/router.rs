@@ -121,7 +121,9 @@ pub(super) fn gateway_arp<F: Frame, S: Sink<F>, T: Trace>(
             arp.target_protocol_addr(),
         )
     };
-    if !router.owns(target_ip) {
+    // The router's own announcements (gratuitous ARP from the gateway host, whose
+    // source the switch already checked against the router MAC's place) are flooded.
+    if !router.owns(target_ip) || sender_mac == router.mac {
         return Some(frame);
     }
     if ethernet::is_multicast(&sender_mac) {
