@@ -98,6 +98,9 @@ fn next_hop_mac(plan: &SwitchPlan, host: usize, dynamic: &Dynamic) -> Option<Mac
             return Some(mac);
         }
     }
+    if Some(hop) == plan.underlay_gateway && plan.underlay_gateway_mac.is_some() {
+        return plan.underlay_gateway_mac;
+    }
     dynamic.neighbors.get(&hop).copied()
 }
 
@@ -288,6 +291,9 @@ fn routing(config: &Validated, b: &mut TablesBuilder, dynamic: &Dynamic) {
         }
     }
     if let (true, Some(hop)) = (snat_here, plan.underlay_gateway) {
-        b.external(hop, dynamic.neighbors.get(&hop).copied());
+        let mac = plan
+            .underlay_gateway_mac
+            .or_else(|| dynamic.neighbors.get(&hop).copied());
+        b.external(hop, mac);
     }
 }

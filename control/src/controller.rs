@@ -470,7 +470,7 @@ impl Controller {
         let mut targets: Vec<Ipv4Addr> = Vec::new();
         // The way out is resolved whether or not a gateway runs here now: one that moves
         // here must not lose its first packets to an unresolved next hop.
-        if let Some(hop) = plan.underlay_gateway {
+        if let (Some(hop), None) = (plan.underlay_gateway, plan.underlay_gateway_mac) {
             if !self.dynamic.neighbors.contains_key(&hop) || refresh {
                 targets.push(hop);
             }

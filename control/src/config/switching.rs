@@ -29,8 +29,11 @@ pub struct SwitchSection {
     pub tunnel_ttl: u8,
     /// Outer IPv4 DF bit of tunnel packets.
     pub tunnel_dont_fragment: bool,
-    /// Next hop for peers outside this host's underlay prefix.
+    /// Next hop for peers outside this host's underlay prefix, and the way out of the
+    /// tenants' gateways.
     pub underlay_gateway: Option<Ipv4Addr>,
+    /// Its MAC, when it is static (otherwise resolved by ARP).
+    pub underlay_gateway_mac: Option<String>,
 }
 
 impl Default for SwitchSection {
@@ -43,6 +46,7 @@ impl Default for SwitchSection {
             tunnel_ttl: 64,
             tunnel_dont_fragment: true,
             underlay_gateway: None,
+            underlay_gateway_mac: None,
         }
     }
 }
@@ -229,6 +233,8 @@ pub struct SwitchPlan {
     pub tunnel_dont_fragment: bool,
     /// Underlay gateway.
     pub underlay_gateway: Option<Ipv4Addr>,
+    /// Its static MAC.
+    pub underlay_gateway_mac: Option<Mac>,
 }
 
 impl SwitchPlan {
@@ -626,6 +632,16 @@ pub(super) fn validate(
         }
     }
 
+    let underlay_gateway_mac = match (&section.underlay_gateway_mac, section.underlay_gateway) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "switch.underlay_gateway_mac",
+                "needs switch.underlay_gateway",
+            ))
+        }
+        (Some(text), Some(_)) => Some(parse_unicast_mac("switch.underlay_gateway_mac", text)?),
+        (None, _) => None,
+    };
     Ok(SwitchPlan {
         design,
         this_host,
@@ -637,6 +653,7 @@ pub(super) fn validate(
         tunnel_ttl: section.tunnel_ttl,
         tunnel_dont_fragment: section.tunnel_dont_fragment,
         underlay_gateway: section.underlay_gateway,
+        underlay_gateway_mac,
     })
 }
 
