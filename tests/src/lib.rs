@@ -217,6 +217,38 @@ pub fn frames_tool() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/frames.py")
 }
 
+/// Runs `tenetctl --socket SOCKET ARGS...`.
+pub fn tenetctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(binary("tenetctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("tenetctl runs")
+}
+
+/// Runs tenetctl, which must succeed; returns its stdout.
+pub fn tenetctl_ok(socket: &Path, args: &[&str]) -> String {
+    let out = tenetctl(socket, args);
+    assert!(
+        out.status.success(),
+        "tenetctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pings until an answer comes (learning and ARP take a moment), or panics after 15 s.
+pub fn wait_for_ping(from: &Netns, to: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if from.exec("ping", &["-c", "1", "-W", "1", to]).is_ok() {
+            return;
+        }
+    }
+    panic!("no ping reply from {to}");
+}
+
 /// The resettable TCP stream tool (gap measurement).
 pub fn stream_tool() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/stream.py")

@@ -3,19 +3,12 @@
 //! their field and change nothing, and everything survives a restart and a kill -9.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use tests::{binary, expected_frame, unique, Link, Netns, Receiver, TempDir, Tenetd};
-
-fn tenetctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(binary("tenetctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("tenetctl runs")
-}
+use tests::{
+    expected_frame, tenetctl, tenetctl_ok, unique, Link, Netns, Receiver, TempDir, Tenetd,
+};
 
 fn http_get(socket: &Path, path: &str) -> String {
     use std::io::{Read, Write};
@@ -31,13 +24,7 @@ fn http_get(socket: &Path, path: &str) -> String {
 }
 
 fn ok(socket: &Path, args: &[&str]) -> String {
-    let out = tenetctl(socket, args);
-    assert!(
-        out.status.success(),
-        "tenetctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tenetctl_ok(socket, args)
 }
 
 fn refused(socket: &Path, args: &[&str], must_say: &str) {

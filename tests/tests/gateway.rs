@@ -5,31 +5,16 @@
 //! only after both consented to peering through tenetctl.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{binary, underlay, unique, Link, Netns, TempDir, Tenetd};
+use tests::{tenetctl, tenetctl_ok, underlay, unique, wait_for_ping, Link, Netns, TempDir, Tenetd};
 
 const SERVER: &str = "203.0.113.10";
 const UPLINK_IP: &str = "198.18.0.1";
 
-fn tenetctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(binary("tenetctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("tenetctl runs")
-}
-
 fn ok(socket: &Path, args: &[&str]) -> String {
-    let out = tenetctl(socket, args);
-    assert!(
-        out.status.success(),
-        "tenetctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tenetctl_ok(socket, args)
 }
 
 fn config(dir: &Path, red: &str, blue: &str, uplink: &str) -> String {
@@ -98,16 +83,6 @@ state_file = "{dir}/state.json"
 
 fn pings(from: &Netns, to: &str) -> bool {
     from.exec("ping", &["-c", "1", "-W", "1", to]).is_ok()
-}
-
-fn wait_for_ping(from: &Netns, to: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if pings(from, to) {
-            return;
-        }
-    }
-    panic!("no ping reply from {to}");
 }
 
 /// Runs an iperf3 server in `server` bound to `bind` (one test), a client in `client`

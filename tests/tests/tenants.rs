@@ -4,9 +4,9 @@
 //! tenants use the same IP addresses.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tests::{send_frames_vlan, underlay, unique, Link, Netns, Receiver, Tenetd};
+use tests::{send_frames_vlan, underlay, unique, wait_for_ping, Link, Netns, Receiver, Tenetd};
 
 struct Host {
     ns: Netns,
@@ -101,17 +101,6 @@ role = "uplink"
         blue = h.blue.host,
         uplink = h.uplink,
     )
-}
-
-/// Pings until it answers (learning and underlay ARP take a moment), or fails.
-fn wait_for_ping(from: &Netns, to: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if from.exec("ping", &["-c", "1", "-W", "1", to]).is_ok() {
-            return;
-        }
-    }
-    panic!("no ping reply from {to}");
 }
 
 fn two_tenants_across_two_hosts(design: &str) {

@@ -2,6 +2,16 @@
 //! RX burst and places each in the [`Outputs`] of the port it must leave on (or drops it,
 //! naming the reason); the worker flushes the outputs once per burst.
 
+/// Records a decision when the context traces (see [`switch::Trace`]); compiles to
+/// nothing in the dataplane, whose tracer's `ON` is false.
+macro_rules! note {
+    ($cx:expr, $($arg:tt)*) => {
+        if T::ON {
+            $cx.tracer.note(format_args!($($arg)*));
+        }
+    };
+}
+
 pub mod events;
 pub mod fdb_cache;
 pub mod nat;

@@ -23,7 +23,7 @@ use crate::table::{FlowTables, TenantIdx};
 use super::fdb_cache::{Hop, Out, Unresolved};
 use super::nat::{Flow, Inside, NatTable, ICMP, TCP, UDP};
 use super::switch::{
-    flood_from_router, output, resolve_in, to_ingress, Context, Ingress, Sink, Trace,
+    flood_from_router, output, resolve_in, tenant_id, to_ingress, Context, Ingress, Sink, Trace,
 };
 
 const ETH_LEN: usize = 14;
@@ -82,14 +82,6 @@ impl Default for RouterState {
     fn default() -> Self {
         Self::new(1024, 0, 1)
     }
-}
-
-macro_rules! note {
-    ($cx:expr, $($arg:tt)*) => {
-        if T::ON {
-            $cx.tracer.note(format_args!($($arg)*));
-        }
-    };
 }
 
 /// Answers ARP for a gateway address in place (back where it came from) and reports
@@ -232,7 +224,7 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
     }
     match hop {
         Ok(Hop::Deliver { .. }) => cx.drop(DropReason::TtlExceeded),
-        Ok(Hop::Gateway) => to_gateway(tables, tenant, router, frame, sink, cx),
+        Ok(Hop::Gateway) => to_gateway(tables, tenant, frame, sink, cx),
         Ok(Hop::External) => external(tables, tenant, router, frame, sink, cx),
         Ok(Hop::NoRoute) => icmp_error(
             tables,
@@ -362,7 +354,6 @@ pub fn release<F: Frame, S: Sink<F>, T: Trace>(
 fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
-    router: &Router,
     mut frame: F,
     sink: &mut S,
     cx: &mut Context<'_, T>,
@@ -393,7 +384,6 @@ fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
     note!(cx, "echo request to the gateway: answered");
     let out = resolve_in(tables, tenant, &requester);
     deliver(tables, tenant, requester, out, frame, sink, cx);
-    let _ = router;
 }
 
 /// Out of the uplink: source translated (a published port, or a SNAT session), MACs
@@ -453,9 +443,7 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
                 now,
             ) {
                 Ok(port) => (snat_ip, port),
-                Err(DropReason::NatNoSession) => {
-                    return tcp_reset(tables, tenant, router, frame, sink, cx)
-                }
+                Err(DropReason::NatNoSession) => return tcp_reset(tables, tenant, frame, sink, cx),
                 Err(reason) => return cx.drop(reason),
             }
         }
@@ -760,7 +748,6 @@ fn icmp_error<F: Frame, S: Sink<F>, T: Trace>(
 fn tcp_reset<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
-    router: &Router,
     mut frame: F,
     sink: &mut S,
     cx: &mut Context<'_, T>,
@@ -825,12 +812,4 @@ fn tcp_reset<F: Frame, S: Sink<F>, T: Trace>(
     note!(cx, "TCP segment of no SNAT connection: reset sent back");
     let out = resolve_in(tables, tenant, &requester);
     deliver(tables, tenant, requester, out, frame, sink, cx);
-    let _ = router;
-}
-
-fn tenant_id(tables: &FlowTables, tenant: TenantIdx) -> u32 {
-    tables
-        .tenants
-        .get(usize::from(tenant))
-        .map_or(u32::MAX, |t| t.id)
 }

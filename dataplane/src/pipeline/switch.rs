@@ -73,14 +73,6 @@ impl Trace for Vec<String> {
     }
 }
 
-macro_rules! note {
-    ($cx:expr, $($arg:tt)*) => {
-        if T::ON {
-            $cx.tracer.note(format_args!($($arg)*));
-        }
-    };
-}
-
 /// What the pipeline needs besides the tables: counters, the slow-path front end, the
 /// FDB cache and the tracer.
 pub struct Context<'a, T: Trace = NoTrace> {
@@ -178,7 +170,8 @@ fn from_access<F: Frame, S: Sink<F>, T: Trace>(
     switch(tables, tenant, Ingress::Port(in_port), frame, sink, cx);
 }
 
-fn tenant_id(tables: &FlowTables, tenant: TenantIdx) -> u32 {
+/// A tenant's id for trace notes.
+pub(super) fn tenant_id(tables: &FlowTables, tenant: TenantIdx) -> u32 {
     tables
         .tenants
         .get(usize::from(tenant))
