@@ -607,3 +607,100 @@ tenant = "red"
     let stopped = tenetd.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }
+
+/// A request with a JSON body on the API socket; returns the raw HTTP answer.
+fn http(socket: &Path, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The backends the live-port test above does not cover: a tap device, an AF_XDP socket
+/// on a container's veth, and a bond of two members, each attached through the API,
+/// listed with its device, and detached again, while the switch keeps forwarding.
+#[test]
+fn tap_af_xdp_and_bond_ports_attach_and_detach_live() {
+    let dir = TempDir::new("hotb").unwrap();
+    let socket = dir.path().join("tenetd.sock");
+    let (ns1, ns2, ns3) = (
+        Netns::new("hb1-").unwrap(),
+        Netns::new("hb2-").unwrap(),
+        Netns::new("hb3-").unwrap(),
+    );
+    let (l1, l2, l3) = (
+        Link::new(&ns1, Some("10.77.0.1/24")).unwrap(),
+        Link::new(&ns2, Some("10.77.0.2/24")).unwrap(),
+        Link::new(&ns3, None).unwrap(),
+    );
+    let mut tenetd = Tenetd::start(
+        &config(dir.path(), &unique("hotb"), &l1.host, &l2.host),
+        &[],
+    )
+    .unwrap();
+    tenetd
+        .wait_for_line("API listening", Duration::from_secs(30))
+        .unwrap();
+    let tap = unique("tt");
+    let ports = [
+        (
+            "t1",
+            format!(r#"{{"name":"t1","backend":"tap","interface":"{tap}","role":"access","tenant":"red"}}"#),
+            "net_tap",
+        ),
+        (
+            "x1",
+            format!(
+                r#"{{"name":"x1","backend":"af-xdp","interface":"{}","role":"access","tenant":"red"}}"#,
+                l3.host
+            ),
+            "net_af_xdp",
+        ),
+        (
+            "b1",
+            r#"{"name":"b1","backend":"bond","mode":"active-backup","members":[{"backend":"null"},{"backend":"null"}],"role":"access","tenant":"red"}"#
+                .to_owned(),
+            "net_bonding",
+        ),
+    ];
+    for (name, body, driver) in &ports {
+        let answer = http(&socket, "POST", "/v1/ports", body);
+        assert!(answer.starts_with("HTTP/1.1 201"), "{name}: {answer}");
+        let listed = http_get(&socket, "/v1/ports");
+        assert!(
+            listed.contains(&format!("\"{name}\"")) && listed.contains(driver),
+            "{name} not listed with {driver}: {listed}"
+        );
+        // The switch still forwards between the containers it had.
+        tests::wait_for_ping(&ns1, "10.77.0.2");
+    }
+    if let Ok(out) = Command::new("ip").args(["link", "show", &tap]).output() {
+        assert!(out.status.success(), "the tap device exists while attached");
+    }
+    for (name, _, _) in &ports {
+        let answer = http(&socket, "DELETE", &format!("/v1/ports/{name}"), "");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+    }
+    let listed = http_get(&socket, "/v1/ports");
+    for (name, _, _) in &ports {
+        assert!(
+            !listed.contains(&format!("\"{name}\"")),
+            "{name} still listed"
+        );
+    }
+    let gone = Command::new("ip")
+        .args(["link", "show", &tap])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the tap device outlived its port");
+    tests::wait_for_ping(&ns1, "10.77.0.2");
+    let stopped = tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
