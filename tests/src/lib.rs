@@ -178,21 +178,27 @@ pub fn underlay(a: &Netns, b: &Netns) -> anyhow::Result<(String, String)> {
     )?;
     run("ip", &["link", "set", &ia, "netns", a.name()])?;
     run("ip", &["link", "set", &ib, "netns", b.name()])?;
-    for (ns, dev) in [(a, &ia), (b, &ib)] {
-        ns.exec("ip", &["link", "set", dev, "mtu", "9000"])?;
-        let _ = ns.exec(
-            "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")],
-        );
-        let _ = ns.exec(
-            "ethtool",
-            &[
-                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
-        );
-        ns.exec("ip", &["link", "set", dev, "up"])?;
-    }
+    underlay_end(a, &ia)?;
+    underlay_end(b, &ib)?;
     Ok((ia, ib))
+}
+
+/// Readies one end of an underlay link: jumbo MTU (tunnelled full-size frames fit), no
+/// IPv6 chatter, no offloads (frames cross the switch as the kernel sent them), up.
+pub fn underlay_end(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    ns.exec("ip", &["link", "set", dev, "mtu", "9000"])?;
+    let _ = ns.exec(
+        "sysctl",
+        &["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")],
+    );
+    let _ = ns.exec(
+        "ethtool",
+        &[
+            "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ],
+    );
+    ns.exec("ip", &["link", "set", dev, "up"])?;
+    Ok(())
 }
 
 /// Path of a workspace binary (`tenetd`), built by `cargo test --workspace`.

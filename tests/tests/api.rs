@@ -7,24 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use tests::{
-    expected_frame, tenetctl, tenetctl_ok, unique, Link, Netns, Receiver, TempDir, Tenetd,
+    expected_frame, tenetctl, tenetctl_ok as ok, unique, Link, Netns, Receiver, TempDir, Tenetd,
 };
 
 fn http_get(socket: &Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
-fn ok(socket: &Path, args: &[&str]) -> String {
-    tenetctl_ok(socket, args)
+    http(socket, "GET", path, "")
 }
 
 fn refused(socket: &Path, args: &[&str], must_say: &str) {

@@ -5,17 +5,16 @@
 //! only after both consented to peering through tenetctl.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tests::{tenetctl, tenetctl_ok, underlay, unique, wait_for_ping, Link, Netns, TempDir, Tenetd};
+use tests::{
+    tenetctl, tenetctl_ok as ok, underlay, underlay_end, unique, wait_for_ping, Link, Netns,
+    TempDir, Tenetd,
+};
 
 const SERVER: &str = "203.0.113.10";
 const UPLINK_IP: &str = "198.18.0.1";
-
-fn ok(socket: &Path, args: &[&str]) -> String {
-    tenetctl_ok(socket, args)
-}
 
 fn config(dir: &Path, red: &str, blue: &str, uplink: &str) -> String {
     format!(
@@ -228,10 +227,7 @@ struct Site {
 /// Joins `ns` to the "internet" bridge with a veth; returns the host-side name.
 fn to_bridge(ns: &Netns, inet: &Netns) -> String {
     let (host_end, bridge_end) = (unique("um"), unique("bm"));
-    let run = |args: &[&str]| {
-        let status = Command::new("ip").args(args).status().unwrap();
-        assert!(status.success(), "ip {args:?}");
-    };
+    let run = |args: &[&str]| tests::run("ip", args).unwrap();
     run(&[
         "link",
         "add",
@@ -246,16 +242,8 @@ fn to_bridge(ns: &Netns, inet: &Netns) -> String {
     run(&["link", "set", &bridge_end, "netns", inet.name()]);
     inet.exec("ip", &["link", "set", &bridge_end, "master", "br0"])
         .unwrap();
-    for (n, dev) in [(ns, &host_end), (inet, &bridge_end)] {
-        n.exec("ip", &["link", "set", dev, "mtu", "9000"]).unwrap();
-        let _ = n.exec(
-            "ethtool",
-            &[
-                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
-        );
-        n.exec("ip", &["link", "set", dev, "up"]).unwrap();
-    }
+    underlay_end(ns, &host_end).unwrap();
+    underlay_end(inet, &bridge_end).unwrap();
     host_end
 }
 
