@@ -219,6 +219,7 @@ fn stats_json(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) 
             "cycles_per_packet": s.cycles_per_packet(),
             "idle_sleeps": s.idle_sleeps,
             "punted": s.punted,
+            "handed_off": s.handed_off,
             "events_lost": s.events_lost,
             "drops": drops_json(s),
         })).collect::<Vec<_>>(),

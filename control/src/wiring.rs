@@ -199,6 +199,25 @@ pub struct Wiring {
     pub captures: Vec<RingConsumer>,
 }
 
+/// Rings between every two workers for outside frames whose SNAT session the other
+/// holds: each core allocates translated ports from its own slice, and the uplink's RX
+/// queue may belong to any core. A handed-off frame runs again as received on `uplink`.
+fn connect_workers(plans: &mut [WorkerPlan], uplink: u16) -> anyhow::Result<()> {
+    for from in 0..plans.len() {
+        for to in 0..plans.len() {
+            if from == to {
+                continue;
+            }
+            let (producer, consumer) =
+                MbufRing::create(&format!("nat-w{from}w{to}"), HANDOFF_RING_SIZE)
+                    .context("creating a SNAT handoff ring")?;
+            plans[from].handoff.push((to as u16, producer));
+            plans[to].reprocess.push((uplink, consumer));
+        }
+    }
+    Ok(())
+}
+
 /// Configures and starts every port and hands each RX/TX queue pair to one worker
 /// (round-robin over all pairs). A worker reaches ports whose TX queue it does not own
 /// through a ring to the owner, since flooding may send anywhere.
@@ -214,6 +233,7 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             outbound: Vec::new(),
             capture: None,
             reprocess: Vec::new(),
+            handoff: Vec::new(),
         })
         .collect();
     let mut captures = Vec::with_capacity(plans.len());
@@ -285,6 +305,9 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
         }
         None => None,
     };
+    if let Some(uplink) = uplink {
+        connect_workers(&mut plans, uplink)?;
+    }
     let (router_injector, consumer) =
         MbufRing::create("ctl-router", 256).context("creating the router ring")?;
     if let Some(first) = plans.first_mut() {

@@ -63,7 +63,7 @@ drop_reasons! {
     NatPortsExhausted = "nat-ports-exhausted": "no free SNAT port toward that destination on this core",
     NatTenantCap = "nat-tenant-cap": "the tenant holds as many SNAT connections as it may",
     NatTableFull = "nat-table-full": "the core's SNAT connection table is full",
-    NatForeignCore = "nat-foreign-core": "an outside packet whose SNAT session is on another core, with no ring to it",
+    NatForeignCore = "nat-foreign-core": "an outside packet whose SNAT session is on another core, and no ring leads there (no uplink configured at start)",
 }
 
 /// Number of drop reasons.
@@ -79,6 +79,7 @@ pub struct CoreCounters {
     busy_cycles: AtomicU64,
     idle_sleeps: AtomicU64,
     punted: AtomicU64,
+    handed_off: AtomicU64,
     events_lost: AtomicU64,
     drops: [AtomicU64; DROP_REASON_COUNT],
 }
@@ -92,6 +93,7 @@ impl Default for CoreCounters {
             busy_cycles: AtomicU64::new(0),
             idle_sleeps: AtomicU64::new(0),
             punted: AtomicU64::new(0),
+            handed_off: AtomicU64::new(0),
             events_lost: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -139,6 +141,13 @@ impl CoreCounters {
         bump(&self.punted, 1);
     }
 
+    /// A packet passed to the core that holds its state (an SNAT reply whose session
+    /// another core made).
+    #[inline(always)]
+    pub fn add_handed_off(&self) {
+        bump(&self.handed_off, 1);
+    }
+
     /// A slow-path event lost because the queue to the control plane was full.
     #[inline(always)]
     pub fn add_event_lost(&self) {
@@ -164,6 +173,7 @@ impl CoreCounters {
             busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
             idle_sleeps: self.idle_sleeps.load(Ordering::Relaxed),
             punted: self.punted.load(Ordering::Relaxed),
+            handed_off: self.handed_off.load(Ordering::Relaxed),
             events_lost: self.events_lost.load(Ordering::Relaxed),
             drops,
         }
@@ -185,6 +195,8 @@ pub struct CoreStats {
     pub idle_sleeps: u64,
     /// Packets consumed by the slow path.
     pub punted: u64,
+    /// Packets passed to the core that holds their state.
+    pub handed_off: u64,
     /// Slow-path events lost to a full queue.
     pub events_lost: u64,
     /// Drops, indexed by `DropReason as usize`.
@@ -200,6 +212,7 @@ impl Default for CoreStats {
             busy_cycles: 0,
             idle_sleeps: 0,
             punted: 0,
+            handed_off: 0,
             events_lost: 0,
             drops: [0; DROP_REASON_COUNT],
         }
@@ -236,6 +249,7 @@ impl CoreStats {
             total.busy_cycles += s.busy_cycles;
             total.idle_sleeps += s.idle_sleeps;
             total.punted += s.punted;
+            total.handed_off += s.handed_off;
             total.events_lost += s.events_lost;
             for (t, d) in total.drops.iter_mut().zip(&s.drops) {
                 *t += d;

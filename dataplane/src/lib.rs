@@ -16,3 +16,7 @@ pub mod worker;
 
 /// Port ids index fixed per-worker tables; DPDK is built with this many at most.
 pub const MAX_PORTS: usize = dpdk_sys::RTE_MAX_ETHPORTS as usize;
+
+/// Workers a switch may run: SNAT hands frames between any two of them, tracked in a
+/// 64-bit mask.
+pub const MAX_WORKERS: usize = 64;

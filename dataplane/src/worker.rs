@@ -33,6 +33,9 @@ pub struct WorkerPlan {
     /// the control plane sends as a tenant's router come in on
     /// [`crate::pipeline::switch::CONTROL_PORT`]).
     pub reprocess: Vec<(u16, RingConsumer)>,
+    /// Rings to the other workers (`(worker index, producer)`) for frames whose state
+    /// they hold; each arrives there on a `reprocess` ring.
+    pub handoff: Vec<(u16, RingProducer)>,
 }
 
 /// Idle backoff: spin a while, then sleep, doubling up to a ceiling.
@@ -173,6 +176,7 @@ fn run<P: Pipeline>(
         outbound,
         capture,
         mut reprocess,
+        handoff,
     } = plan;
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         tracing::warn!(core, "could not pin worker; it runs unpinned");
@@ -193,6 +197,7 @@ fn run<P: Pipeline>(
     );
     let mut outputs = Outputs::new(tx, outbound);
     outputs.set_capture_ring(capture);
+    outputs.set_handoff_rings(handoff);
     let mut batch = MbufBatch::new();
     let mut idle_polls = 0u32;
     let mut sleep = backoff.min_sleep;

@@ -122,6 +122,8 @@ fn tables(options: &Options) -> FlowTables {
 struct Collect {
     out: Vec<(u16, Vec<u8>)>,
     parked: Vec<(Unresolved, Vec<u8>)>,
+    /// Frames handed to another worker, when the sink has rings to the others.
+    handed: Option<Vec<(u16, Vec<u8>)>>,
 }
 
 impl Sink<BufFrame> for Collect {
@@ -132,6 +134,16 @@ impl Sink<BufFrame> for Collect {
     fn park(&mut self, next_hop: Unresolved, frame: BufFrame) -> Option<BufFrame> {
         self.parked.push((next_hop, frame.data().to_vec()));
         None
+    }
+
+    fn hand_off(&mut self, worker: u16, frame: BufFrame) -> Option<BufFrame> {
+        match self.handed.as_mut() {
+            Some(handed) => {
+                handed.push((worker, frame.data().to_vec()));
+                None
+            }
+            None => Some(frame),
+        }
     }
 }
 
@@ -146,18 +158,32 @@ struct Core {
 
 impl Core {
     fn new() -> Self {
+        Self::worker(0, 1)
+    }
+
+    /// Worker `index` of `count` (each with its own SNAT port slice).
+    fn worker(index: u16, count: u16) -> Self {
         let queue = Arc::new(EventQueue::new(64));
         Self {
             counters: CoreCounters::default(),
             learner: Learner::new(Arc::clone(&queue)),
             queue,
             cache: FdbCache::default(),
-            router: RouterState::new(64, 0, 1),
+            router: RouterState::new(64, index, count),
         }
     }
 
     fn run(&mut self, tables: &FlowTables, in_port: u16, frame: &[u8]) -> Collect {
-        let mut sink = Collect::default();
+        self.run_into(tables, in_port, frame, Collect::default())
+    }
+
+    fn run_into(
+        &mut self,
+        tables: &FlowTables,
+        in_port: u16,
+        frame: &[u8],
+        mut sink: Collect,
+    ) -> Collect {
         let mut cx = Context {
             counters: &self.counters,
             learner: &mut self.learner,
@@ -381,6 +407,62 @@ fn snat_tcp_out_and_back() {
     );
     assert!(core.run(&t, UPLINK, &stray).out.is_empty());
     assert_eq!(core.dropped(DropReason::NatNoSession), 1);
+}
+
+#[test]
+fn snat_reply_on_another_core_is_handed_to_the_session_owner() {
+    let t = tables(&Options::default());
+    let mut uplink_core = Core::worker(0, 2);
+    let mut container_core = Core::worker(1, 2);
+    let out = container_core
+        .run(
+            &t,
+            PORT_C1,
+            &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, true),
+        )
+        .out;
+    let (_, sent) = &out[0];
+    let (sport, _) = tcp_of(sent);
+    let back = tcp(
+        (OUTSIDE_MAC, SERVER, 443),
+        (UPLINK_MAC, SNAT_IP.octets(), sport),
+        60,
+        false,
+    );
+    // Without rings between the cores the reply is a counted drop.
+    assert!(uplink_core.run(&t, UPLINK, &back).out.is_empty());
+    assert_eq!(uplink_core.dropped(DropReason::NatForeignCore), 1);
+    let with_rings = Collect {
+        handed: Some(Vec::new()),
+        ..Collect::default()
+    };
+    let handed = uplink_core
+        .run_into(&t, UPLINK, &back, with_rings)
+        .handed
+        .unwrap();
+    assert_eq!(handed, vec![(1, back.clone())], "unchanged, to worker 1");
+    assert_eq!(uplink_core.counters.snapshot().handed_off, 1);
+    let out = container_core.run(&t, UPLINK, &handed[0].1).out;
+    assert_eq!(out.len(), 1);
+    let (port, got) = &out[0];
+    assert_eq!(*port, PORT_C1);
+    assert_eq!(ip(got).dst_addr(), Ipv4Addr::from(C1_IP));
+    assert_eq!(tcp_of(got), (443, 40000));
+    // A port of the receiving core's own slice with no session is not passed on.
+    let own_slice = Collect {
+        handed: Some(Vec::new()),
+        ..Collect::default()
+    };
+    let mine = NatSettings::default().port_min;
+    let stray = tcp(
+        (OUTSIDE_MAC, SERVER, 443),
+        (UPLINK_MAC, SNAT_IP.octets(), mine),
+        60,
+        false,
+    );
+    let sink = uplink_core.run_into(&t, UPLINK, &stray, own_slice);
+    assert!(sink.handed.unwrap().is_empty() && sink.out.is_empty());
+    assert_eq!(uplink_core.dropped(DropReason::NatNoSession), 1);
 }
 
 #[test]

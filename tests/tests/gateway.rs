@@ -2,7 +2,9 @@
 //! containers and an uplink to "the internet" (a namespace with a server address behind
 //! the underlay's next hop). Containers reach the server by TCP through SNAT, an outside
 //! client reaches a published container port, and one tenant reaches the other's subnet
-//! only after both consented to peering through tenetctl.
+//! only after both consented to peering through tenetctl. The host runs two workers:
+//! red's port and the uplink share one, blue's port has the other, so blue's replies
+//! reach the core that holds its SNAT sessions through the handoff ring.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -20,7 +22,8 @@ fn config(dir: &Path, red: &str, blue: &str, uplink: &str) -> String {
     format!(
         r#"
 [dataplane]
-workers = [1]
+# Ports go round-robin: red and the uplink to the first worker, blue to the second.
+workers = [0, 1]
 main_core = 0
 file_prefix = "{prefix}"
 memory_mb = 256
@@ -155,6 +158,26 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
             || server_json.contains(&format!("\"remote_host\": \"{UPLINK_IP}\"")),
         "the server saw the container's own address: {server_json}"
     );
+
+    // Blue's sessions are on the other core: every reply is handed over to it.
+    let (bits, _) = iperf(&inet, SERVER, &blue_ns, SERVER, 5201);
+    assert!(
+        bits > 1e6,
+        "TCP through SNAT on another core at {bits} bit/s"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&socket, &["--json", "stats"])).unwrap();
+    let handed: u64 = stats["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["handed_off"].as_u64().unwrap())
+        .sum();
+    assert!(
+        handed > 100,
+        "replies handed to the session's core: {stats}"
+    );
+    assert_eq!(stats["drops"]["nat-foreign-core"], 0, "{stats}");
 
     // A published port: the outside connects to the host, the container answers. Blue
     // has sent nothing yet, so the router resolves it by ARP and holds the first

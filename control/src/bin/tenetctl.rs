@@ -707,11 +707,12 @@ fn render(command: &Cmd, body: &Value) -> String {
             out.push_str(&ports_table(&body["ports"]));
             for c in body["cores"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
-                    "core {:<3} rx {:>14} tx {:>14} cycles/pkt {:>8.1}\n",
+                    "core {:<3} rx {:>14} tx {:>14} cycles/pkt {:>8.1} handed off {:>10}\n",
                     s(&c["core"]),
                     s(&c["rx_packets"]),
                     s(&c["tx_packets"]),
-                    c["cycles_per_packet"].as_f64().unwrap_or(0.0)
+                    c["cycles_per_packet"].as_f64().unwrap_or(0.0),
+                    s(&c["handed_off"])
                 ));
             }
             if let Some(drops) = body["drops"].as_object() {

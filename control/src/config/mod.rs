@@ -338,6 +338,12 @@ impl Config {
                 "at least one worker CPU is needed",
             ));
         }
+        if dp.workers.len() > dataplane::MAX_WORKERS {
+            return Err(invalid(
+                "dataplane.workers",
+                format!("at most {} workers are supported", dataplane::MAX_WORKERS),
+            ));
+        }
         let mut seen_cores = HashSet::new();
         for (i, &core) in dp.workers.iter().enumerate() {
             if core >= cpus {

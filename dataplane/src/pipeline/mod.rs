@@ -159,6 +159,11 @@ impl Sink<Mbuf> for TxSink<'_> {
             _ => Some(frame),
         }
     }
+
+    #[inline]
+    fn hand_off(&mut self, worker: u16, frame: Mbuf) -> Option<Mbuf> {
+        self.outputs.hand_off(worker, frame, self.counters).err()
+    }
 }
 
 impl Pipeline for SwitchPipeline {

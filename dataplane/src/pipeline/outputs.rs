@@ -25,6 +25,10 @@ pub struct Outputs {
     /// Bit p set: copies of what port p sends and receives go to `capture`.
     capture_mask: u64,
     capture: Option<RingProducer>,
+    /// By worker index: frames to run on that worker, and the ring to it.
+    handoffs: Vec<(MbufBatch, Option<RingProducer>)>,
+    /// Bit w set: the handoff buffer for worker w holds frames.
+    handoff_dirty: u64,
 }
 
 impl Outputs {
@@ -40,6 +44,8 @@ impl Outputs {
             rings: Vec::new(),
             capture_mask: 0,
             capture: None,
+            handoffs: Vec::new(),
+            handoff_dirty: 0,
         };
         outputs.attach(queues, rings);
         outputs
@@ -48,6 +54,68 @@ impl Outputs {
     /// The ring copies of captured packets go to.
     pub fn set_capture_ring(&mut self, ring: Option<RingProducer>) {
         self.capture = ring;
+    }
+
+    /// The rings to the other workers (`(worker index, producer)`), for frames whose
+    /// state another worker holds.
+    pub fn set_handoff_rings(&mut self, rings: Vec<(u16, RingProducer)>) {
+        let count = rings
+            .iter()
+            .map(|(w, _)| usize::from(*w) + 1)
+            .max()
+            .unwrap_or(0);
+        const _: () = assert!(crate::MAX_WORKERS <= 64, "handoff mask is a u64");
+        self.handoffs = (0..count.min(crate::MAX_WORKERS))
+            .map(|_| (MbufBatch::new(), None))
+            .collect();
+        for (worker, ring) in rings {
+            if let Some(slot) = self.handoffs.get_mut(usize::from(worker)) {
+                slot.1 = Some(ring);
+            }
+        }
+    }
+
+    /// Queues `mbuf` for worker `worker`; gives it back when there is no ring there.
+    #[inline]
+    pub fn hand_off(
+        &mut self,
+        worker: u16,
+        mbuf: Mbuf,
+        counters: &CoreCounters,
+    ) -> Result<(), Mbuf> {
+        let w = usize::from(worker);
+        let Some((buffer, Some(_))) = self.handoffs.get_mut(w) else {
+            return Err(mbuf);
+        };
+        if let Err(back) = buffer.push(mbuf) {
+            self.flush_handoff(w, counters);
+            if self.handoffs[w].0.push(back).is_err() {
+                counters.add_drop(DropReason::RingFull, 1);
+            }
+        }
+        self.handoff_dirty |= 1 << w;
+        Ok(())
+    }
+
+    #[cold]
+    fn flush_handoffs(&mut self, counters: &CoreCounters) {
+        let mut dirty = self.handoff_dirty;
+        while dirty != 0 {
+            let w = dirty.trailing_zeros() as usize;
+            dirty &= dirty - 1;
+            self.flush_handoff(w, counters);
+        }
+        self.handoff_dirty = 0;
+    }
+
+    fn flush_handoff(&mut self, w: usize, counters: &CoreCounters) {
+        let (buffer, ring) = &mut self.handoffs[w];
+        if let Some(ring) = ring.as_mut() {
+            ring.enqueue_burst(buffer);
+        }
+        if !buffer.is_empty() {
+            counters.add_drop(DropReason::RingFull, buffer.free_all());
+        }
     }
 
     /// Which ports to capture (bit p: port p), from the current flow tables.
@@ -147,6 +215,9 @@ impl Outputs {
             self.flush_port(p, counters);
         }
         self.dirty = 0;
+        if self.handoff_dirty != 0 {
+            self.flush_handoffs(counters);
+        }
     }
 
     #[inline(always)]

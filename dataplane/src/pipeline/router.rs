@@ -499,12 +499,19 @@ pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
                 port: p.port,
             },
             None => {
+                // Each core allocates from its own port slice, so the port names the
+                // core whose table holds the session.
                 let (me, workers) = cx.router.nat.worker();
-                let reason = match NatTable::owner(&tables.nat, workers, flow.dst_port) {
-                    Some(owner) if owner != me => DropReason::NatForeignCore,
-                    _ => DropReason::NatNoSession,
+                return match NatTable::owner(&tables.nat, workers, flow.dst_port) {
+                    Some(owner) if owner != me => match sink.hand_off(owner, frame) {
+                        None => {
+                            note!(cx, "session on worker {owner}: handed off");
+                            cx.counters.add_handed_off();
+                        }
+                        Some(_) => cx.drop(DropReason::NatForeignCore),
+                    },
+                    _ => cx.drop(DropReason::NatNoSession),
                 };
-                return cx.drop(reason);
             }
         },
     };

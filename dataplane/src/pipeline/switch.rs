@@ -46,6 +46,13 @@ pub trait Sink<F> {
         let _ = next_hop;
         Some(frame)
     }
+
+    /// Passes `frame` to worker `worker`, which holds its state, to run there as if it
+    /// had arrived on the same port; gives it back when there is no way there.
+    fn hand_off(&mut self, worker: u16, frame: F) -> Option<F> {
+        let _ = worker;
+        Some(frame)
+    }
 }
 
 /// Where a traced run writes its decisions. The untraced pipeline uses [`NoTrace`],
