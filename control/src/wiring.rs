@@ -52,8 +52,23 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
                 .with_context(|| format!("port `{}`: attaching bond member", plan.name))?,
         );
     }
-    let mut port = Port::attach(&own)
-        .with_context(|| format!("port `{}` ({} backend)", plan.name, plan.backend.kind()))?;
+    let mut port = Port::attach(&own).with_context(|| {
+        let hint = match plan.backend {
+            // The PMD's own log names the fanout failure but not its cause.
+            dataplane::dpdk::Backend::AfPacket { .. } => {
+                "; if DPDK logged `could not set PACKET_FANOUT`, another af_packet user in \
+                 this network namespace holds the fanout group DPDK 22.11 derives from \
+                 tenetd's pid and the interface index: restart tenetd (a new pid) or use \
+                 an af-xdp port"
+            }
+            _ => "",
+        };
+        format!(
+            "port `{}` ({} backend){hint}",
+            plan.name,
+            plan.backend.kind()
+        )
+    })?;
     port.adopt_members(members);
     tracing::info!(port = %plan.name, device = %port.name(), id = port.id(), "attached");
     Ok(NamedPort {

@@ -105,10 +105,7 @@ impl Link {
     ) -> anyhow::Result<Self> {
         let host = unique("tv");
         let peer = unique("tp");
-        run(
-            "ip",
-            &["link", "add", &host, "type", "veth", "peer", "name", &peer],
-        )?;
+        add_veth(&host, &peer)?;
         let mut link = Self {
             host: host.clone(),
             mac: String::new(),
@@ -168,14 +165,38 @@ impl Drop for Link {
     }
 }
 
+/// Creates a veth pair whose first end has a random interface index.
+///
+/// DPDK 22.11's af_packet PMD names its fanout group `getpid() ^ ifindex`, and a group
+/// is per network namespace: two tenetd processes started a moment apart (consecutive
+/// pids) on interfaces made a moment apart (consecutive indexes) pick the same group
+/// for different interfaces, and the second attach fails with EINVAL. Random indexes
+/// make that a one-in-65536 chance per pair of ports instead of a likely one.
+fn add_veth(first: &str, second: &str) -> anyhow::Result<()> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut last = None;
+    for _ in 0..8 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let index = (1000 + random % 60_000).to_string();
+        let args = [
+            "link", "add", first, "index", &index, "type", "veth", "peer", "name", second,
+        ];
+        match run("ip", &args) {
+            Ok(_) => return Ok(()),
+            // The index is taken: draw another.
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
 /// An underlay link between two host namespaces: a veth pair with jumbo MTU so tunnelled
 /// full-size frames fit. Returns the interface names in `a` and `b`.
 pub fn underlay(a: &Netns, b: &Netns) -> anyhow::Result<(String, String)> {
     let (ia, ib) = (unique("ua"), unique("ub"));
-    run(
-        "ip",
-        &["link", "add", &ia, "type", "veth", "peer", "name", &ib],
-    )?;
+    add_veth(&ia, &ib)?;
     run("ip", &["link", "set", &ia, "netns", a.name()])?;
     run("ip", &["link", "set", &ib, "netns", b.name()])?;
     underlay_end(a, &ia)?;

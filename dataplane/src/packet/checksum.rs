@@ -42,21 +42,19 @@ pub fn ipv4_header_ok(header: &[u8; 20]) -> bool {
     let (sum, carry_a) = word(0).overflowing_add(word(8));
     let (sum, carry_b) = sum.overflowing_add(u64::from(u32::from_ne_bytes(tail)));
     let sum = u128::from(sum) + u128::from(carry_a) + u128::from(carry_b);
-    let sum = (sum & 0xffff_ffff_ffff_ffff) + (sum >> 64);
-    let mut sum = (sum as u64 & 0xffff_ffff) + (sum as u64 >> 32);
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum == 0xffff
+    let sum = ((sum & 0xffff_ffff_ffff_ffff) + (sum >> 64)) as u64;
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32) == 0xffff
 }
 
 /// Folds the carries of a partial sum into 16 bits (not complemented).
-#[inline]
-pub fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+#[inline(always)]
+pub fn fold(sum: u32) -> u16 {
+    // Two rounds always suffice for 32 bits: the first leaves at most 0x1fffe, and
+    // that folds to at most 0xffff. No loop, so no branch on the data.
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
 }
 
 /// The Internet checksum of `data`: the complemented folded sum.
@@ -74,13 +72,13 @@ pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16)
 }
 
 /// Stored checksum after a 16-bit word changed from `old` to `new` (RFC 1624 eqn. 3).
-#[inline]
+#[inline(always)]
 pub fn update_u16(checksum: u16, old: u16, new: u16) -> u16 {
     !fold(u32::from(!checksum) + u32::from(!old) + u32::from(new))
 }
 
 /// Stored checksum after a 32-bit, 16-bit aligned field changed from `old` to `new`.
-#[inline]
+#[inline(always)]
 pub fn update_u32(checksum: u16, old: u32, new: u32) -> u16 {
     let s = u32::from(!checksum)
         + u32::from(!(old >> 16) as u16)

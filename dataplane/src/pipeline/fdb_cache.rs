@@ -146,6 +146,13 @@ impl FdbCache {
         }
     }
 
+    /// The cached routing decision for `key`, if there is one (nothing is decided).
+    #[inline(always)]
+    pub fn peek_route(&self, key: u64) -> Option<Hop> {
+        let slot = &self.routes[route_slot(key)];
+        (slot.key == key).then_some(slot.hop)
+    }
+
     /// The routing decision for `key` (a [`crate::table::routing::neighbor_key`] of
     /// tenant and destination); `decide` runs on a miss, and only a resolved decision
     /// is kept (an unresolved neighbour is asked again on the next packet).

@@ -215,9 +215,18 @@ impl Pipeline for SwitchPipeline {
             PortRole::CrossConnect(peer) => return outputs.push_batch(peer, batch, counters),
             // Routed traffic: the whole burst's route slots start loading before the first
             // frame needs its own (many flows spread them over more than L1 holds).
-            PortRole::Access { tenant, .. } if tables.router(tenant).is_some() => {
-                for mbuf in batch.as_slice() {
-                    self.cache.prefetch_route(tenant, mbuf.data());
+            PortRole::Access { tenant, .. } => {
+                if let Some(router) = tables.router(tenant) {
+                    for mbuf in batch.as_slice() {
+                        self.cache.prefetch_route(tenant, mbuf.data());
+                    }
+                    // Then the SNAT slots of the frames those routes send outside.
+                    if router.snat_ip.is_some() {
+                        for mbuf in batch.as_slice() {
+                            let data = mbuf.data();
+                            router::prefetch_external(&self.cache, &self.router.nat, tenant, data);
+                        }
+                    }
                 }
             }
             _ => {}

@@ -6,14 +6,21 @@
 //! slice of the port range, so a return packet's destination port names the core that
 //! owns its session ([`NatTable::owner`]), and a packet that arrives elsewhere is handed
 //! to that core. No lock, no atomic, no allocation after start: sessions live in a
-//! fixed slab, the two indexes have their capacity reserved up front, and expired
-//! sessions are swept a few per burst.
+//! fixed slab, the two indexes are fixed-size [`KeyIndex`]es, and expired sessions are
+//! swept a few per burst.
+//!
+//! An established outbound packet touches two things: its index slot, which a burst
+//! prefetches ([`NatTable::prefetch_outbound`]), and its session's 8-byte activity
+//! record (timestamp, state, outside port) in a dense array that stays in cache for
+//! the flows in use. The rest of a session (its keys and inside address) is read only
+//! by replies, new connections and the sweep.
 
 use std::net::Ipv4Addr;
 
 use crate::counters::DropReason;
+use crate::table::key_index::KeyIndex;
 use crate::table::routing::NatSettings;
-use crate::table::{FastMap, TenantIdx};
+use crate::table::TenantIdx;
 
 /// IP protocol numbers SNAT translates.
 pub const ICMP: u8 = 1;
@@ -55,15 +62,12 @@ const FIN_OUT: u8 = 4;
 const FIN_IN: u8 = 8;
 const RESET: u8 = 16;
 
+/// What identifies a session, read off the per-packet path.
 #[derive(Debug, Clone, Copy)]
 struct Session {
     inside_key: u128,
     outside_key: u128,
     inside: Inside,
-    protocol: u8,
-    last_seen: u32,
-    state: u8,
-    live: bool,
 }
 
 const DEAD: Session = Session {
@@ -74,10 +78,25 @@ const DEAD: Session = Session {
         ip: Ipv4Addr::UNSPECIFIED,
         port: 0,
     },
-    protocol: 0,
+};
+
+/// What every packet of a session reads or writes.
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    last_seen: u32,
+    outside_port: u16,
+    protocol: u8,
+    /// `SEEN_*`, `FIN_*`, `RESET`, and `LIVE` while the slot holds a session.
+    state: u8,
+}
+
+const LIVE: u8 = 128;
+
+const IDLE: Activity = Activity {
     last_seen: 0,
+    outside_port: 0,
+    protocol: 0,
     state: 0,
-    live: false,
 };
 
 /// Sessions examined per burst by the background sweep.
@@ -90,9 +109,10 @@ const PORT_ATTEMPTS: usize = 256;
 /// One core's SNAT sessions.
 pub struct NatTable {
     sessions: Vec<Session>,
+    activity: Vec<Activity>,
     free: Vec<u32>,
-    by_inside: FastMap<u128, u32>,
-    by_outside: FastMap<u128, u32>,
+    by_inside: KeyIndex,
+    by_outside: KeyIndex,
     per_tenant: Vec<u32>,
     cursor: usize,
     worker: u16,
@@ -102,16 +122,13 @@ pub struct NatTable {
 impl NatTable {
     /// Room for `capacity` sessions on worker `worker` of `workers`.
     pub fn new(capacity: usize, worker: u16, workers: u16) -> Self {
-        let capacity = capacity.clamp(1, u32::MAX as usize);
-        let mut by_inside = FastMap::default();
-        let mut by_outside = FastMap::default();
-        by_inside.reserve(capacity);
-        by_outside.reserve(capacity);
+        let capacity = capacity.clamp(1, (u32::MAX - 1) as usize);
         Self {
             sessions: vec![DEAD; capacity],
+            activity: vec![IDLE; capacity],
             free: (0..capacity as u32).rev().collect(),
-            by_inside,
-            by_outside,
+            by_inside: KeyIndex::new(capacity),
+            by_outside: KeyIndex::new(capacity),
             per_tenant: vec![0; usize::from(TenantIdx::MAX) + 1],
             cursor: 0,
             worker,
@@ -148,6 +165,13 @@ impl NatTable {
         (self.worker, self.workers)
     }
 
+    /// Starts loading the index slot of the session an outbound packet (`flow` as sent
+    /// by a container of `tenant`) would use, for [`NatTable::outbound`] a little later.
+    #[inline(always)]
+    pub fn prefetch_outbound(&self, tenant: TenantIdx, flow: &Flow) {
+        self.by_inside.prefetch(inside_key(tenant, flow));
+    }
+
     /// The outside port of an outbound packet (`flow` as sent by the container of
     /// `tenant`), creating a session on `snat_ip` if there is none. A TCP segment other
     /// than a SYN opens no session (its connection belongs to another gateway or is
@@ -165,12 +189,12 @@ impl NatTable {
         now: u32,
     ) -> Result<u16, DropReason> {
         let inside_key = inside_key(tenant, flow);
-        if let Some(&i) = self.by_inside.get(&inside_key) {
-            let s = &mut self.sessions[i as usize];
-            if !expired(s, settings, now) {
-                s.last_seen = now;
-                s.state |= SEEN_OUT | tcp_state(flow.protocol, tcp_flags, FIN_OUT);
-                return Ok(outside_port(s.outside_key));
+        if let Some(i) = self.by_inside.get(inside_key) {
+            let a = &mut self.activity[i as usize];
+            if !expired(a, settings, now) {
+                a.last_seen = now;
+                a.state |= SEEN_OUT | tcp_state(flow.protocol, tcp_flags, FIN_OUT);
+                return Ok(a.outside_port);
             }
             self.release(i);
         }
@@ -202,13 +226,18 @@ impl NatTable {
                 ip: flow.src,
                 port: flow.src_port,
             },
-            protocol: flow.protocol,
-            last_seen: now,
-            state: SEEN_OUT | tcp_state(flow.protocol, tcp_flags, FIN_OUT),
-            live: true,
         };
-        self.by_inside.insert(inside_key, slot);
-        self.by_outside.insert(outside_key, slot);
+        self.activity[slot as usize] = Activity {
+            last_seen: now,
+            outside_port: port,
+            protocol: flow.protocol,
+            state: LIVE | SEEN_OUT | tcp_state(flow.protocol, tcp_flags, FIN_OUT),
+        };
+        // Both indexes hold as many keys as there are sessions, and a free slot means
+        // one of each is unused.
+        let indexed = self.by_inside.insert(inside_key, slot).is_ok()
+            && self.by_outside.insert(outside_key, slot).is_ok();
+        debug_assert!(indexed);
         self.per_tenant[usize::from(tenant)] += 1;
         Ok(port)
     }
@@ -230,15 +259,15 @@ impl NatTable {
             flow.src,
             flow.src_port,
         );
-        let i = *self.by_outside.get(&key)?;
-        if expired(&self.sessions[i as usize], settings, now) {
+        let i = self.by_outside.get(key)?;
+        let a = &mut self.activity[i as usize];
+        if expired(a, settings, now) {
             self.release(i);
             return None;
         }
-        let s = &mut self.sessions[i as usize];
-        s.last_seen = now;
-        s.state |= SEEN_IN | tcp_state(flow.protocol, tcp_flags, FIN_IN);
-        Some(s.inside)
+        a.last_seen = now;
+        a.state |= SEEN_IN | tcp_state(flow.protocol, tcp_flags, FIN_IN);
+        Some(self.sessions[i as usize].inside)
     }
 
     /// Frees up to `budget` expired sessions, continuing where the last sweep ended.
@@ -246,8 +275,8 @@ impl NatTable {
         let n = self.sessions.len();
         for _ in 0..budget.min(n) {
             self.cursor = (self.cursor + 1) % n;
-            let s = &self.sessions[self.cursor];
-            if s.live && expired(s, settings, now) {
+            let a = &self.activity[self.cursor];
+            if a.state & LIVE != 0 && expired(a, settings, now) {
                 self.release(self.cursor as u32);
             }
         }
@@ -264,19 +293,20 @@ impl NatTable {
     /// Drops every session (the gateway left this host, or the tables changed shape).
     pub fn clear(&mut self) {
         for i in 0..self.sessions.len() {
-            if self.sessions[i].live {
+            if self.activity[i].state & LIVE != 0 {
                 self.release(i as u32);
             }
         }
     }
 
     fn release(&mut self, i: u32) {
-        let s = std::mem::replace(&mut self.sessions[i as usize], DEAD);
-        if !s.live {
+        let a = std::mem::replace(&mut self.activity[i as usize], IDLE);
+        if a.state & LIVE == 0 {
             return;
         }
-        self.by_inside.remove(&s.inside_key);
-        self.by_outside.remove(&s.outside_key);
+        let s = std::mem::replace(&mut self.sessions[i as usize], DEAD);
+        self.by_inside.remove(s.inside_key);
+        self.by_outside.remove(s.outside_key);
         let count = &mut self.per_tenant[usize::from(s.inside.tenant)];
         *count = count.saturating_sub(1);
         self.free.push(i);
@@ -306,9 +336,9 @@ impl NatTable {
         for attempt in 0..usize::from(span).min(PORT_ATTEMPTS) {
             let port = base + ((usize::from(start) + attempt) % usize::from(span)) as u16;
             let key = outside_key(flow.protocol, snat_ip, port, flow.dst, flow.dst_port);
-            match self.by_outside.get(&key) {
+            match self.by_outside.get(key) {
                 None => return Some(port),
-                Some(&i) if expired(&self.sessions[i as usize], settings, now) => {
+                Some(i) if expired(&self.activity[i as usize], settings, now) => {
                     self.release(i);
                     return Some(port);
                 }
@@ -347,7 +377,7 @@ fn tcp_state(protocol: u8, flags: u16, fin_bit: u8) -> u8 {
 }
 
 #[inline(always)]
-fn expired(s: &Session, settings: &NatSettings, now: u32) -> bool {
+fn expired(s: &Activity, settings: &NatSettings, now: u32) -> bool {
     let timeout = match s.protocol {
         TCP if s.state & RESET != 0 => settings.tcp_transitory_s,
         TCP if s.state & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN => settings.tcp_transitory_s,
@@ -376,11 +406,6 @@ fn outside_key(protocol: u8, ip: Ipv4Addr, port: u16, remote: Ipv4Addr, remote_p
         | u128::from(port) << 48
         | u128::from(u32::from(remote)) << 16
         | u128::from(remote_port)
-}
-
-#[inline(always)]
-fn outside_port(key: u128) -> u16 {
-    (key >> 48) as u16
 }
 
 #[cfg(test)]

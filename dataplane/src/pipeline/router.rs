@@ -18,9 +18,9 @@ use crate::packet::{read_u16, read_u32, write_u16, write_u32, Mac};
 use crate::table::routing::{
     longest_match, neighbor_key, published_inside_key, published_key, RouteTarget, Router,
 };
-use crate::table::{FlowTables, TenantIdx};
+use crate::table::{FlowTables, Location, TenantIdx};
 
-use super::fdb_cache::{Hop, Out, Unresolved};
+use super::fdb_cache::{FdbCache, Hop, Out, Unresolved};
 use super::nat::{Flow, Inside, NatTable, ICMP, TCP, UDP};
 use super::switch::{
     flood_from_router, output, resolve_in, tenant_id, to_ingress, Context, Ingress, Sink, Trace,
@@ -243,6 +243,62 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
     }
 }
 
+/// The common routed packet decided from the core's caches alone, VPP-style, before
+/// the full pipeline: an untagged IPv4 frame from an access port's last checked source
+/// to `router_mac` (`router`'s, on this host), valid and with TTL to spare, whose
+/// destination the route cache already delivers to a local port or sends outside.
+/// It leaves exactly as [`route`] would send it. Any other frame comes back untouched,
+/// nothing counted or cached, for the full pipeline to run from the start.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    router: &Router,
+    router_mac: u64,
+    in_port: u16,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) -> Option<F> {
+    let data = frame.data();
+    let Some(head) = data.get(..ETH_LEN) else {
+        return Some(frame);
+    };
+    let dst = u64::from(read_u32(head, 0)) << 16 | u64::from(read_u16(head, 4));
+    let src = u64::from(read_u16(head, 6)) << 32 | u64::from(read_u32(head, 8));
+    if dst != router_mac
+        || head[12..14] != [0x08, 0x00]
+        || !cx.cache.same_source(
+            u64::from(tenant) << 48 | src,
+            Location::Port(in_port),
+            cx.learner.now,
+        )
+    {
+        return Some(frame);
+    }
+    let Some((ip, 2..)) = valid_ipv4(data) else {
+        return Some(frame);
+    };
+    match cx.cache.peek_route(neighbor_key(tenant, ip)) {
+        Some(Hop::Deliver {
+            mac,
+            src,
+            out: Out::Port(port),
+            ..
+        }) => {
+            let data = frame.data_mut();
+            decrement_ttl(data);
+            data[0..6].copy_from_slice(&mac);
+            data[6..12].copy_from_slice(&src);
+            sink.send(port, frame);
+        }
+        Some(Hop::External) => external(tables, tenant, router, frame, sink, cx),
+        _ => return Some(frame),
+    }
+    None
+}
+
 /// Destination and TTL of the IPv4 header after the Ethernet header, if it is valid
 /// and its checksum right (RFC 1812 5.2.2). The usual option-less header is checked
 /// with fixed-size reads the compiler unrolls.
@@ -384,6 +440,22 @@ fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
     note!(cx, "echo request to the gateway: answered");
     let out = resolve_in(tables, tenant, &requester);
     deliver(tables, tenant, requester, out, frame, sink, cx);
+}
+
+/// Starts loading the SNAT session slot of a frame of `tenant` whose destination the
+/// route cache already sends out of the uplink (harmless for any other frame).
+#[inline(always)]
+pub(super) fn prefetch_external(cache: &FdbCache, nat: &NatTable, tenant: TenantIdx, data: &[u8]) {
+    let Some(dst) = data.get(IP_DST..IP_DST + 4) else {
+        return;
+    };
+    let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+    if cache.peek_route(neighbor_key(tenant, dst)) != Some(Hop::External) {
+        return;
+    }
+    if let Some((flow, _, _)) = l4_flow(data, Direction::Out) {
+        nat.prefetch_outbound(tenant, &flow);
+    }
 }
 
 /// Out of the uplink: source translated (a published port, or a SNAT session), MACs
@@ -578,15 +650,18 @@ enum Direction {
 
 /// The SNAT view of an IPv4 packet: its flow, TCP flags and IP header length. `None`
 /// for what SNAT cannot translate (fragments, other protocols, ICMP other than echo).
+/// The caller has validated the IPv4 header (version, IHL, total length within the
+/// frame), so the fields are read at fixed offsets.
 #[inline(always)]
 fn l4_flow(data: &[u8], direction: Direction) -> Option<(Flow, u16, usize)> {
-    let ip = Ipv4Packet::new_checked(data.get(ETH_LEN..)?).ok()?;
-    if ip.more_frags() || ip.frag_offset() != 0 {
+    let ip = data.get(ETH_LEN..ETH_LEN + 20)?;
+    // The more-fragments flag or an offset: not a whole datagram.
+    if read_u16(ip, 6) & 0x3fff != 0 {
         return None;
     }
-    let ihl = ip.header_len();
-    let l4 = ip.payload();
-    let protocol = data[ETH_LEN + 9];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let l4 = data.get(ETH_LEN + ihl..ETH_LEN + usize::from(read_u16(ip, 2)))?;
+    let protocol = ip[9];
     let (src_port, dst_port, flags) = match protocol {
         TCP if l4.len() >= 20 => (read_u16(l4, 0), read_u16(l4, 2), read_u16(l4, 12) & 0x1ff),
         UDP if l4.len() >= 8 => (read_u16(l4, 0), read_u16(l4, 2), 0),
@@ -603,9 +678,9 @@ fn l4_flow(data: &[u8], direction: Direction) -> Option<(Flow, u16, usize)> {
     Some((
         Flow {
             protocol,
-            src: ip.src_addr(),
+            src: Ipv4Addr::from(read_u32(ip, 12)),
             src_port,
-            dst: ip.dst_addr(),
+            dst: Ipv4Addr::from(read_u32(ip, 16)),
             dst_port,
         },
         flags,

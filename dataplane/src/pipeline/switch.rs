@@ -142,7 +142,22 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
     note!(cx, "ingress port {in_port}: {:?}", tables.role(in_port));
     match *tables.role(in_port) {
         PortRole::Access { tenant, security } => {
+            // Routed frames from a port without per-packet rules may take the router's
+            // fast path; traces always see the whole pipeline.
+            let router = match tables.router(tenant) {
+                Some(r) if r.here && security.is_none() && !T::ON => Some((r, mac_u64(&r.mac))),
+                _ => None,
+            };
             for frame in frames {
+                let frame = match router {
+                    Some((r, mac)) => {
+                        match router::fast_route(tables, tenant, r, mac, in_port, frame, sink, cx) {
+                            Some(frame) => frame,
+                            None => continue,
+                        }
+                    }
+                    None => frame,
+                };
                 from_access(tables, in_port, tenant, security, frame, sink, cx);
             }
         }
@@ -601,6 +616,11 @@ fn fmt_mac(mac: u64) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// A MAC as the low 48 bits of an integer, as [`switch`] compares them.
+fn mac_u64(mac: &Mac) -> u64 {
+    u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
 }
 
 fn mac_bytes(mac: u64) -> Mac {

@@ -184,8 +184,10 @@ impl TablesBuilder {
 
     /// Gives `tenant` a router. Its MAC becomes a static entry at `location`
     /// ([`Location::Router`] where the gateway is this host, else the gateway host), its
-    /// subnets connected routes.
-    pub fn router(&mut self, tenant: TenantIdx, router: Router, location: Location) {
+    /// subnets connected routes. `router.here` follows from `location`: the fast path
+    /// trusts it to mean the router MAC's entry is [`Location::Router`].
+    pub fn router(&mut self, tenant: TenantIdx, mut router: Router, location: Location) {
+        router.here = location == Location::Router;
         self.static_mac(tenant, router.mac, location);
         self.tables
             .router_tenant
