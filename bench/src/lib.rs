@@ -1,3 +1,29 @@
-//! tenet's benchmarks live in `benches/` (criterion micro-benchmarks of each pipeline
-//! path on byte buffers: `cargo bench -p bench`) and in `run-peers.sh` (the switch
-//! beside dpdk-testpmd and Open vSwitch with DPDK, through the shared harnesses).
+//! `tenet-bench`: tenet measured the way testpmd and the OVS PVP guides measure a
+//! switch, beside dpdk-testpmd and Open vSwitch with DPDK in the same run.
+//!
+//! - [`template`], [`probe`], [`stats`], [`pcap`]: the frames of every scenario, the
+//!   probe each carries, what a receiver learns from probes, pcap files;
+//! - [`generator`]: the DPDK generator/reflector (`tenet-bench gen`);
+//! - [`runner`]: scenarios ([`scenario`]) on tenet and its peers ([`peers`], [`ovs`])
+//!   round by round, measured through DPDK telemetry ([`telemetry`]) or the generator,
+//!   written up by [`report`] (`tenet-bench run`);
+//! - [`control`]: the control plane's latency at 0 … 10,000 tenants beside OVS
+//!   (`tenet-bench control`);
+//! - [`process`], [`machine`]: the processes it starts, what it installs.
+//!
+//! Criterion micro-benchmarks of each pipeline path live in `benches/`.
+
+pub mod control;
+pub mod generator;
+pub mod machine;
+pub mod ovs;
+pub mod pcap;
+pub mod peers;
+pub mod probe;
+pub mod process;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod stats;
+pub mod telemetry;
+pub mod template;

@@ -519,6 +519,7 @@ impl Config {
                 file_prefix: dp.file_prefix.clone(),
                 memory_mb: dp.memory_mb,
                 in_memory: dp.in_memory,
+                single_file_segments: false,
                 pci_allow,
                 log_level: dp.dpdk_log_level.clone(),
             },

@@ -28,6 +28,10 @@ pub struct EalOptions {
     pub memory_mb: u32,
     /// Keep all memory anonymous: no hugepage files, nothing left behind by a crash.
     pub in_memory: bool,
+    /// One memory file per segment list instead of one per page: with `in_memory`, the
+    /// memory is then memfd-backed and a vhost-user peer can map it (what a virtio-user
+    /// port needs).
+    pub single_file_segments: bool,
     /// PCI devices (SR-IOV VFs) the EAL may probe; empty means no PCI bus scan at all.
     pub pci_allow: Vec<String>,
     /// DPDK log level (`--log-level`), e.g. `notice`, `debug`, `lib.eal:debug`.
@@ -41,6 +45,7 @@ impl Default for EalOptions {
             file_prefix: "tenet".to_owned(),
             memory_mb: 512,
             in_memory: true,
+            single_file_segments: false,
             pci_allow: Vec::new(),
             log_level: "notice".to_owned(),
         }
@@ -63,6 +68,9 @@ impl EalOptions {
         ];
         if self.in_memory {
             args.push("--in-memory".to_owned());
+        }
+        if self.single_file_segments {
+            args.push("--single-file-segments".to_owned());
         }
         if self.pci_allow.is_empty() {
             args.push("--no-pci".to_owned());

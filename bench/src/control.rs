@@ -1,0 +1,458 @@
+//! `tenet-bench control`: how long a user waits for the control plane at 0 … 10,000
+//! tenants (the Docklet paper's Table 3), beside Open vSwitch doing the same with its
+//! own tools: a tenant is added (`POST /v1/tenants` / `ovs-vsctl add-br`), a port
+//! attached and detached (`POST`/`DELETE /v1/ports` / `ovs-vsctl add-port`/`del-port`
+//! of a DPDK null device) and a route added and removed (`POST`/`DELETE /v1/routes` /
+//! `ovs-ofctl add-flow`/`del-flows`). tenetd keeps its state file on (every change is
+//! written and fsynced before the answer), as in production.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::ovs::Ovs;
+use crate::process::Proc;
+
+/// What to run.
+pub struct Options {
+    /// Tenant counts at which operations are timed (ascending).
+    pub counts: Vec<usize>,
+    /// Timed operations of each kind at each count.
+    pub samples: usize,
+    /// Measure OVS too.
+    pub ovs: bool,
+    /// Give up growing OVS past this much time (its bridges slow down as they grow).
+    pub ovs_budget: Duration,
+    /// Results directory.
+    pub out: PathBuf,
+    /// The tenetd binary.
+    pub tenetd: PathBuf,
+}
+
+/// Latencies of one kind of operation, milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort();
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i].as_secs_f64() * 1e3
+        };
+        Some(Self {
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            max_ms: at(1.0),
+        })
+    }
+}
+
+/// One switch at one tenant count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Point {
+    /// Tenants present.
+    pub tenants: usize,
+    /// Tenants added per second while growing to this count (`None` at the start).
+    pub add_rate: Option<f64>,
+    /// Adding one more tenant.
+    pub tenant_add: Option<Latency>,
+    /// Attaching a port.
+    pub port_attach: Option<Latency>,
+    /// Detaching it.
+    pub port_detach: Option<Latency>,
+    /// Adding a route.
+    pub route_add: Option<Latency>,
+    /// Removing it.
+    pub route_del: Option<Latency>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    /// The command line.
+    pub command: String,
+    /// tenet at each count.
+    pub tenet: Vec<Point>,
+    /// OVS at each count it reached.
+    pub ovs: Vec<Point>,
+    /// Why OVS stopped short, if it did.
+    pub ovs_note: String,
+}
+
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed())
+}
+
+/// tenetd's API over its Unix socket, one connection per call as tenetctl does.
+struct Api {
+    socket: PathBuf,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: &str) -> anyhow::Result<()> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .with_context(|| format!("connecting to {}", self.socket.display()))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: tenetd\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        let status: u16 = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("tenetd sent no status")?;
+        if !(200..300).contains(&status) {
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+            bail!("{method} {path}: {status} {body}");
+        }
+        Ok(())
+    }
+}
+
+fn tenant(i: usize) -> String {
+    // A router on a subnet of its own, so routes can be added to any tenant.
+    format!(
+        r#"{{"name":"t{i}","id":{},"subnets":["10.{}.{}.1/24"],"gateway_host":"h"}}"#,
+        i + 2,
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
+}
+
+/// Runs the whole benchmark.
+pub fn run(options: &Options, command: String) -> anyhow::Result<Results> {
+    std::fs::create_dir_all(&options.out)?;
+    let mut results = Results {
+        command,
+        ..Results::default()
+    };
+    results.tenet = run_tenet(options)?;
+    if options.ovs {
+        let (points, note) = run_ovs(options)?;
+        results.ovs = points;
+        results.ovs_note = note;
+    }
+    std::fs::write(
+        options.out.join("control.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(options.out.join("control.txt"), table(&results))?;
+    Ok(results)
+}
+
+fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
+    let work = std::env::temp_dir().join(format!("tenet-bench-control-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let socket = work.join("tenetd.sock");
+    let config = work.join("tenetd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dataplane]\nworkers = [1]\nmain_core = 0\nfile_prefix = \"tbctl\"\nmemory_mb = 256\n\n\
+             [switch]\nhost = \"h\"\n\n[[host]]\nname = \"h\"\nunderlay_ip = \"198.18.0.1/24\"\n\n\
+             [[tenant]]\nname = \"base\"\nid = 1\nsubnets = [\"10.255.0.1/24\"]\ngateway_host = \"h\"\n\n\
+             [[port]]\nname = \"up\"\nbackend = \"null\"\nrole = \"uplink\"\n\n\
+             [control]\napi_socket = \"{}\"\nstate_file = \"{}\"\n",
+            socket.display(),
+            work.join("state.json").display()
+        ),
+    )?;
+    let _ = std::fs::remove_dir_all("/var/run/dpdk/tbctl");
+    let mut command = Command::new(&options.tenetd);
+    command.arg("--config").arg(&config);
+    let mut tenetd = Proc::spawn("tenetd", command, &options.out.join("control-tenetd.log"))?;
+    let points = (|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if Instant::now() > deadline || !tenetd.alive() {
+                bail!(
+                    "tenetd did not open its API socket: {}",
+                    last_lines(&tenetd.log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let api = Api {
+            socket: socket.clone(),
+        };
+        let mut points = Vec::new();
+        let mut added = 0;
+        for &count in &options.counts {
+            let start = Instant::now();
+            let grown = count.saturating_sub(added);
+            while added < count {
+                api.call("POST", "/v1/tenants", &tenant(added))?;
+                added += 1;
+            }
+            let add_rate = (grown > 0).then(|| grown as f64 / start.elapsed().as_secs_f64());
+            let mut point = Point {
+                tenants: count,
+                add_rate,
+                ..Point::default()
+            };
+            let (mut adds, mut attaches, mut detaches, mut routes, mut unroutes) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for s in 0..options.samples {
+                let extra = 100_000 + s;
+                adds.push(timed(|| api.call("POST", "/v1/tenants", &tenant(extra)))?);
+                api.call("DELETE", &format!("/v1/tenants/t{extra}"), "")?;
+                let port = format!(
+                    r#"{{"name":"p{s}","backend":"null","role":"access","tenant":"base"}}"#
+                );
+                attaches.push(timed(|| api.call("POST", "/v1/ports", &port))?);
+                detaches.push(timed(|| {
+                    api.call("DELETE", &format!("/v1/ports/p{s}"), "")
+                })?);
+                let route =
+                    format!(r#"{{"tenant":"base","prefix":"10.200.{s}.0/24","via":"10.255.0.9"}}"#);
+                routes.push(timed(|| api.call("POST", "/v1/routes", &route))?);
+                unroutes.push(timed(|| {
+                    api.call("DELETE", &format!("/v1/routes/base/10.200.{s}.0/24"), "")
+                })?);
+            }
+            point.tenant_add = Latency::of(adds);
+            point.port_attach = Latency::of(attaches);
+            point.port_detach = Latency::of(detaches);
+            point.route_add = Latency::of(routes);
+            point.route_del = Latency::of(unroutes);
+            eprintln!("tenet-bench control: tenet at {count} tenants done");
+            points.push(point);
+        }
+        Ok(points)
+    })();
+    tenetd.stop();
+    let _ = std::fs::remove_dir_all(&work);
+    points
+}
+
+fn run_ovs(options: &Options) -> anyhow::Result<(Vec<Point>, String)> {
+    let work = std::env::temp_dir().join(format!("tenet-bench-control-ovs-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let ovs = Ovs::start(&work, &options.out, 1)?;
+    let result = grow_ovs(&ovs, options);
+    // Bridges go in batches (one transaction each), or their taps would outlive OVS.
+    if let Ok(list) = ovs.vsctl(&["list-br"]) {
+        let bridges: Vec<&str> = list.lines().collect();
+        for chunk in bridges.chunks(200) {
+            let mut args = Vec::new();
+            for br in chunk {
+                args.extend(["--", "del-br", br]);
+            }
+            let _ = ovs.vsctl(&args);
+        }
+    }
+    ovs.stop();
+    remove_bench_taps();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn grow_ovs(ovs: &Ovs, options: &Options) -> anyhow::Result<(Vec<Point>, String)> {
+    let started = Instant::now();
+    let add_br = |name: &str| {
+        ovs.vsctl(&[
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+        ])
+    };
+    add_br("tbc-base")?;
+    let mut points = Vec::new();
+    let mut added = 0;
+    let mut device = 0;
+    for &count in &options.counts {
+        let start = Instant::now();
+        let grown = count.saturating_sub(added);
+        while added < count {
+            if started.elapsed() > options.ovs_budget {
+                return Ok((
+                    points,
+                    format!(
+                        "OVS reached {added} bridges in the {:?} budget (--ovs-budget)",
+                        options.ovs_budget
+                    ),
+                ));
+            }
+            add_br(&format!("tbc{added}"))?;
+            added += 1;
+        }
+        let add_rate = (grown > 0).then(|| grown as f64 / start.elapsed().as_secs_f64());
+        let (mut adds, mut attaches, mut detaches, mut routes, mut unroutes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for s in 0..options.samples {
+            let name = format!("tbx{s}");
+            adds.push(timed(|| add_br(&name))?);
+            ovs.vsctl(&["del-br", &name])?;
+            // A fresh device name each time: DPDK does not reuse a detached vdev's name
+            // at once.
+            device += 1;
+            let port = format!("p{s}");
+            let devargs = format!("options:dpdk-devargs=\"net_null{device},no-rx=1\"");
+            attaches.push(timed(|| {
+                ovs.vsctl(&[
+                    "add-port",
+                    "tbc-base",
+                    &port,
+                    "--",
+                    "set",
+                    "Interface",
+                    &port,
+                    "type=dpdk",
+                    &devargs,
+                ])
+            })?);
+            detaches.push(timed(|| ovs.vsctl(&["del-port", "tbc-base", &port]))?);
+            let flow = format!("ip,nw_dst=10.200.{s}.0/24");
+            routes.push(timed(|| {
+                ovs.ofctl(&[
+                    "add-flow",
+                    "tbc-base",
+                    &format!("{flow},actions=dec_ttl,mod_dl_dst:02:00:00:00:0d:02,output:LOCAL"),
+                ])
+            })?);
+            unroutes.push(timed(|| {
+                ovs.ofctl(&["--strict", "del-flows", "tbc-base", &flow])
+            })?);
+        }
+        points.push(Point {
+            tenants: count,
+            add_rate,
+            tenant_add: Latency::of(adds),
+            port_attach: Latency::of(attaches),
+            port_detach: Latency::of(detaches),
+            route_add: Latency::of(routes),
+            route_del: Latency::of(unroutes),
+        });
+        eprintln!("tenet-bench control: OVS at {count} bridges done");
+    }
+    Ok((points, String::new()))
+}
+
+/// Taps of benchmark bridges an interrupted run left behind.
+fn remove_bench_taps() {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("tbc") || name.starts_with("tbx") {
+            let _ = crate::process::run("ip", &["link", "del", &name]);
+        }
+    }
+}
+
+fn last_lines(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// The results as a table: one line per count, tenet then OVS.
+pub fn table(results: &Results) -> String {
+    let cell = |l: &Option<Latency>| {
+        l.as_ref()
+            .map_or("-".to_owned(), |l| format!("{:.1}", l.p50_ms))
+    };
+    let mut t = format!(
+        "# {}\n{:<8} {:<6} {:>10} {:>11} {:>12} {:>12} {:>10} {:>10}\n",
+        results.command,
+        "tenants",
+        "switch",
+        "adds/s",
+        "add ms",
+        "attach ms",
+        "detach ms",
+        "route ms",
+        "unroute ms"
+    );
+    let rows = results
+        .tenet
+        .iter()
+        .map(|p| ("tenet", p))
+        .chain(results.ovs.iter().map(|p| ("ovs", p)));
+    let mut rows: Vec<_> = rows.collect();
+    rows.sort_by_key(|(s, p)| (p.tenants, *s != "tenet"));
+    for (switch, p) in rows {
+        t.push_str(&format!(
+            "{:<8} {:<6} {:>10} {:>11} {:>12} {:>12} {:>10} {:>10}\n",
+            p.tenants,
+            switch,
+            p.add_rate.map_or("-".to_owned(), |r| format!("{r:.0}")),
+            cell(&p.tenant_add),
+            cell(&p.port_attach),
+            cell(&p.port_detach),
+            cell(&p.route_add),
+            cell(&p.route_del),
+        ));
+    }
+    if !results.ovs_note.is_empty() {
+        t.push_str(&format!("\n{}\n", results.ovs_note));
+    }
+    t.push_str(
+        "\nms: median latency of one operation as its caller sees it (tenet: HTTP over the \
+         API socket, state file fsynced; OVS: one ovs-vsctl/ovs-ofctl run each).\n\
+         adds/s: tenants (OVS: bridges) added per second while growing to the count.\n",
+    );
+    t
+}
+
+/// Parses `--counts 0,100,1000`.
+pub fn parse_counts(text: &str) -> Result<Vec<usize>, String> {
+    let mut counts: Vec<usize> = text
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("counts: `{c}` is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    if counts.iter().any(|&c| c > 60_000) {
+        return Err("counts: at most 60000 tenants".to_owned());
+    }
+    counts.sort_unstable();
+    counts.dedup();
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_are_quantiles_of_the_samples() {
+        let l = Latency::of((1..=10).map(Duration::from_millis).collect()).unwrap();
+        assert_eq!((l.p50_ms, l.p90_ms, l.max_ms), (5.0, 9.0, 10.0));
+        assert!(Latency::of(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn counts_are_sorted_and_checked() {
+        assert_eq!(parse_counts("1000,0,100,100").unwrap(), [0, 100, 1000]);
+        assert!(parse_counts("1,x").unwrap_err().contains("`x`"));
+    }
+}

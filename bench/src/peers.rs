@@ -1,0 +1,385 @@
+//! The switches `tenet-bench run` measures, each started fresh for every measurement on
+//! the same devices: tenetd, dpdk-testpmd (io forwarding: the zero-logic upper bound)
+//! and Open vSwitch with DPDK set up for the same scenario ([`crate::ovs`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::ovs::Ovs;
+use crate::process::Proc;
+use crate::scenario::{Scenario, Topology};
+use crate::template::Size;
+
+/// A switch under test.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// tenetd.
+    Tenet,
+    /// dpdk-testpmd, io forwarding.
+    Testpmd,
+    /// Open vSwitch with DPDK.
+    Ovs,
+}
+
+impl Switch {
+    /// Its name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Switch::Tenet => "tenet",
+            Switch::Testpmd => "testpmd",
+            Switch::Ovs => "ovs",
+        }
+    }
+
+    /// From the command line (`--peer testpmd,ovs`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "tenet" => Ok(Switch::Tenet),
+            "testpmd" => Ok(Switch::Testpmd),
+            "ovs" => Ok(Switch::Ovs),
+            _ => Err(format!("peer `{text}`: one of testpmd, ovs")),
+        }
+    }
+}
+
+impl std::fmt::Display for Switch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything a switch needs to be started for one measurement.
+pub struct Setup<'a> {
+    /// The scenario.
+    pub scenario: &'static Scenario,
+    /// The topology.
+    pub topology: Topology,
+    /// Frame size.
+    pub size: &'a Size,
+    /// Flows of the input.
+    pub flows: usize,
+    /// The replay topology's input.
+    pub pcap: &'a Path,
+    /// A private directory for configs, sockets and databases.
+    pub work: &'a Path,
+    /// Where logs go.
+    pub logs: &'a Path,
+    /// Names this measurement's logs.
+    pub tag: &'a str,
+    /// tenet's configs (`configs/bench`).
+    pub configs: &'a Path,
+    /// The tenetd binary.
+    pub tenetd: &'a Path,
+    /// CPU the dataplane runs on.
+    pub core: usize,
+}
+
+impl Setup<'_> {
+    fn log(&self, what: &str) -> PathBuf {
+        self.logs.join(format!("{}.{what}.log", self.tag))
+    }
+
+    /// vhost-user sockets of the PVP topology, in the work directory.
+    pub fn sockets(&self) -> (PathBuf, PathBuf) {
+        (self.work.join("vhu0.sock"), self.work.join("vhu1.sock"))
+    }
+}
+
+/// A switch running for one measurement.
+pub struct Running {
+    /// Which switch.
+    pub switch: Switch,
+    /// Its DPDK file prefix (the telemetry socket).
+    pub prefix: String,
+    /// The replay topology's sink device (its TX counter is the measurement).
+    pub sink: String,
+    /// The PVP topology's vhost-user sockets, for the generator's virtio-user ports.
+    pub vhost: Option<(PathBuf, PathBuf)>,
+    /// Whether the vhost-user sockets are the generator's to serve (OVS's client
+    /// ports) rather than the switch's.
+    pub generator_serves: bool,
+    process: Option<Proc>,
+    ovs: Option<Ovs>,
+}
+
+/// What a switch said about a measurement once stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Afterwards {
+    /// Busy cycles per packet, as the switch counts them.
+    pub cycles_per_pkt: Option<f64>,
+    /// Whether the switch did the scenario's work (`None`: not checked).
+    pub check: Option<bool>,
+    /// Why the check failed.
+    pub check_note: String,
+}
+
+impl Running {
+    /// Whether the switch process is still up.
+    pub fn alive(&mut self) -> bool {
+        match (&mut self.process, &mut self.ovs) {
+            (Some(p), _) => p.alive(),
+            (None, Some(o)) => o.alive(),
+            (None, None) => false,
+        }
+    }
+
+    /// Called when the measured window opens (OVS clears its PMD counters).
+    pub fn window_opens(&mut self) {
+        if let Some(ovs) = &self.ovs {
+            let _ = ovs.appctl(&["dpif-netdev/pmd-stats-clear"]);
+        }
+    }
+
+    /// Called when the window closes, before stopping: OVS's cycles and datapath check.
+    pub fn window_closes(&mut self, setup: &Setup<'_>) -> Afterwards {
+        let Some(ovs) = &self.ovs else {
+            return Afterwards::default();
+        };
+        let stats = ovs
+            .appctl(&["dpif-netdev/pmd-stats-show"])
+            .unwrap_or_default();
+        let _ = std::fs::write(setup.log("pmd-stats"), &stats);
+        let flows = ovs.appctl(&["dpctl/dump-flows", "-m"]).unwrap_or_default();
+        let _ = std::fs::write(setup.log("dp-flows"), &flows);
+        let (check, note) = crate::ovs::check(setup.scenario, &flows);
+        Afterwards {
+            cycles_per_pkt: crate::ovs::cycles_per_packet(&stats),
+            check: Some(check),
+            check_note: note,
+        }
+    }
+
+    /// Stops it and reads what it printed.
+    pub fn stop(mut self, mut after: Afterwards) -> Afterwards {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+            let log = p.log();
+            after.cycles_per_pkt = after.cycles_per_pkt.or_else(|| cycles_from_log(&log));
+            if self.switch == Switch::Tenet {
+                let (ok, note) = tenet_check(&log);
+                after.check = Some(ok);
+                after.check_note = note;
+            }
+        }
+        if let Some(ovs) = self.ovs.take() {
+            ovs.stop();
+        }
+        after
+    }
+}
+
+/// Starts `switch` for `setup`.
+pub fn start(switch: Switch, setup: &Setup<'_>) -> anyhow::Result<Running> {
+    match switch {
+        Switch::Tenet => start_tenet(setup),
+        Switch::Testpmd => start_testpmd(setup),
+        Switch::Ovs => start_ovs(setup),
+    }
+}
+
+const TENET_PREFIX: &str = "tbtenet";
+const TESTPMD_PREFIX: &str = "tbtestpmd";
+
+fn clear_runtime(prefix: &str) {
+    let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(prefix));
+}
+
+fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
+    clear_runtime(TENET_PREFIX);
+    let text = setup.scenario.tenet_config(setup.configs, setup.topology)?;
+    let config = setup
+        .work
+        .join(format!("tenet-{}.toml", setup.scenario.name));
+    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+    let mut command = Command::new(setup.tenetd);
+    command.arg("--config").arg(&config);
+    for (key, value) in setup.scenario.environment(setup.core, TENET_PREFIX) {
+        command.env(key, value);
+    }
+    let (vhu0, vhu1) = setup.sockets();
+    let _ = std::fs::remove_file(&vhu0);
+    let _ = std::fs::remove_file(&vhu1);
+    command
+        .env("PCAP", setup.pcap)
+        .env("VHU0", &vhu0)
+        .env("VHU1", &vhu1)
+        .env("FRAME_SIZE", setup.size.to_string());
+    let process = Proc::spawn("tenetd", command, &setup.log("switch"))?;
+    Ok(Running {
+        switch: Switch::Tenet,
+        prefix: TENET_PREFIX.to_owned(),
+        // tenetd names virtual devices per driver in config order: the one null port.
+        sink: "net_null0".to_owned(),
+        vhost: (setup.topology == Topology::Pvp).then_some((vhu0, vhu1)),
+        generator_serves: false,
+        process: Some(process),
+        ovs: None,
+    })
+}
+
+fn start_testpmd(setup: &Setup<'_>) -> anyhow::Result<Running> {
+    clear_runtime(TESTPMD_PREFIX);
+    let (vhu0, vhu1) = setup.sockets();
+    let (rx, tx) = match setup.topology {
+        Topology::Replay => (
+            format!("net_pcap0,rx_pcap={},infinite_rx=1", setup.pcap.display()),
+            "net_null0,no-rx=1".to_owned(),
+        ),
+        Topology::Pvp => {
+            let _ = std::fs::remove_file(&vhu0);
+            let _ = std::fs::remove_file(&vhu1);
+            (
+                format!("net_vhost0,iface={},queues=1", vhu0.display()),
+                format!("net_vhost1,iface={},queues=1", vhu1.display()),
+            )
+        }
+    };
+    let mut command = Command::new("dpdk-testpmd");
+    command.args([
+        "--lcores",
+        &format!("0@0,1@{}", setup.core),
+        "--no-pci",
+        "--in-memory",
+        "--file-prefix",
+        TESTPMD_PREFIX,
+        "-m",
+        "512",
+        "--vdev",
+        &rx,
+        "--vdev",
+        &tx,
+        "--",
+        "--forward-mode=io",
+        "--port-topology=chained",
+        "--nb-cores=1",
+        "--auto-start",
+        "--stats-period=3600",
+        "--record-core-cycles",
+        // The pcap's frames stay allocated (infinite_rx keeps a copy of each).
+        &format!("--total-num-mbufs={}", setup.flows + 16384),
+    ]);
+    if setup.scenario.needs_jumbo(setup.size) {
+        command.arg("--max-pkt-len=9000");
+    }
+    let process = Proc::spawn("dpdk-testpmd", command, &setup.log("switch"))?;
+    Ok(Running {
+        switch: Switch::Testpmd,
+        prefix: TESTPMD_PREFIX.to_owned(),
+        sink: "net_null0".to_owned(),
+        vhost: (setup.topology == Topology::Pvp).then_some((vhu0, vhu1)),
+        generator_serves: false,
+        process: Some(process),
+        ovs: None,
+    })
+}
+
+fn start_ovs(setup: &Setup<'_>) -> anyhow::Result<Running> {
+    let ovs = Ovs::start(setup.work, setup.logs, setup.core)?;
+    let ports = match ovs.configure(setup) {
+        Ok(ports) => ports,
+        Err(e) => {
+            ovs.stop();
+            return Err(e);
+        }
+    };
+    Ok(Running {
+        switch: Switch::Ovs,
+        prefix: crate::ovs::PREFIX.to_owned(),
+        sink: ports.sink,
+        generator_serves: ports.vhost.is_some(),
+        vhost: ports.vhost,
+        process: None,
+        ovs: Some(ovs),
+    })
+}
+
+/// Cycles per packet from testpmd's `CPU cycles/packet=C` or tenetd's `RESULT ...
+/// cycles_per_pkt=C`.
+fn cycles_from_log(log: &str) -> Option<f64> {
+    log.lines().rev().find_map(|line| {
+        let value = line
+            .split_once("CPU cycles/packet=")
+            .or_else(|| {
+                line.starts_with("RESULT ")
+                    .then(|| line.split_once("cycles_per_pkt="))
+                    .flatten()
+            })?
+            .1;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// tenetd did the scenario's work when it dropped nothing for a reason of its own (it
+/// prints every drop reason with a count when it stops). A full output ring is the
+/// receiver's pace, not a decision: that loss shows in the `lost` column instead.
+fn tenet_check(log: &str) -> (bool, String) {
+    let drops: Vec<&str> = log
+        .lines()
+        .filter(|l| l.trim_start().starts_with("drop "))
+        .filter(|l| !l.contains("tx-refused") && !l.contains("ring-full"))
+        .collect();
+    if !log.lines().any(|l| l.starts_with("RESULT ")) {
+        return (false, "tenetd did not stop cleanly".to_owned());
+    }
+    if drops.is_empty() {
+        (true, String::new())
+    } else {
+        (false, drops.join("; "))
+    }
+}
+
+/// Refuses a `--cores` this machine cannot give: one CPU stays for the control threads
+/// and, in the PVP topology, the generator.
+pub fn check_cores(cores: usize) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 0 {
+        bail!("cores: at least 1");
+    }
+    if cores + 1 > cpus {
+        bail!(
+            "cores: {cores} dataplane cores need {} CPUs (one more for control threads and \
+             the generator); this machine has {cpus}",
+            cores + 1
+        );
+    }
+    if cores > 1 {
+        bail!(
+            "cores: {cores}: the replay input is one pcap queue and the generator sends on \
+             one queue per port, so more than one dataplane core would sit idle; \
+             measure with --cores 1"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_are_read_from_either_switch() {
+        assert_eq!(
+            cycles_from_log("x\nCPU cycles/packet=33.71 (total cycles=1)\n"),
+            Some(33.71)
+        );
+        assert_eq!(
+            cycles_from_log("RESULT pkts=5 seconds=1 cycles_per_pkt=68.9\n"),
+            Some(68.9)
+        );
+        assert_eq!(cycles_from_log("nothing"), None);
+    }
+
+    #[test]
+    fn tenet_is_checked_by_its_drop_counters() {
+        assert!(tenet_check("RESULT pkts=1 seconds=1 cycles_per_pkt=1\n").0);
+        let (ok, note) = tenet_check("  drop no-output 12\nRESULT pkts=1\n");
+        assert!(!ok && note.contains("no-output"));
+        assert!(tenet_check("drop tx-refused 9\nRESULT pkts=1\n").0);
+        assert!(!tenet_check("killed").0);
+    }
+}

@@ -1,0 +1,400 @@
+//! The scenarios `tenet-bench run` measures: each one's input frames, the tenetd config
+//! that forwards them from the input port to the output port, and the environment
+//! that config reads.
+//!
+//! tenetd's configs are the files the shared harness runs (`configs/bench/replay-*.toml`:
+//! pcap input, null sink). The PVP topology runs the same files with both ports turned
+//! into vhost-user servers, so a scenario's tenants, endpoints and routes are written
+//! once. `l2-many` (1,000 tenants, 100,000 MACs) is written out here: no one lists
+//! 100,000 endpoints by hand.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use crate::template::{self, Kind, Size, Spec};
+
+/// Where the switch's input comes from and its output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// One core: a pcap replayed forever into the switch, a null sink out of it.
+    Replay,
+    /// The generator on the other core, its two virtio-user ports on the switch's two
+    /// vhost-user ports (physical → virtual → physical, as in the OVS PVP guides).
+    Pvp,
+}
+
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Topology::Replay => "replay",
+            Topology::Pvp => "pvp",
+        })
+    }
+}
+
+/// A scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// What it exercises, for the report.
+    pub about: &'static str,
+    /// The tenetd config (`configs/bench/replay-<config>.toml`), or `None` when it is
+    /// generated.
+    config: Option<&'static str>,
+    kind: Kind,
+    /// Destination MACs of the input (0: the router MAC).
+    macs: usize,
+    tenants: usize,
+    /// Flows of the input unless the command line says otherwise.
+    pub default_flows: usize,
+}
+
+/// Every scenario, in report order.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "xconnect",
+        about: "port to port, no lookup",
+        config: Some("p2p"),
+        kind: Kind::Plain,
+        macs: 4,
+        tenants: 1,
+        default_flows: 256,
+    },
+    Scenario {
+        name: "l2",
+        about: "one tenant, known MACs (access to access)",
+        config: Some("normal"),
+        kind: Kind::Plain,
+        macs: 4,
+        tenants: 1,
+        default_flows: 256,
+    },
+    Scenario {
+        name: "l2-many",
+        about: "1,000 tenants on a trunk, 100,000 MACs",
+        config: None,
+        kind: Kind::Tenants,
+        macs: 100,
+        tenants: 1000,
+        default_flows: 100_000,
+    },
+    Scenario {
+        name: "vlan",
+        about: "802.1Q tag pushed (access to trunk)",
+        config: Some("vlan-push"),
+        kind: Kind::Plain,
+        macs: 4,
+        tenants: 1,
+        default_flows: 256,
+    },
+    Scenario {
+        name: "vlan-pop",
+        about: "802.1Q tag popped (trunk to access)",
+        config: Some("vlan-pop"),
+        kind: Kind::Vlan,
+        macs: 4,
+        tenants: 1,
+        default_flows: 256,
+    },
+    Scenario {
+        name: "gre-encap",
+        about: "GRE with the tenant's key toward another host",
+        config: Some("gre-encap"),
+        kind: Kind::Plain,
+        macs: 4,
+        tenants: 1,
+        default_flows: 256,
+    },
+    Scenario {
+        name: "gre-decap",
+        about: "GRE from another host, key to tenant",
+        config: Some("gre-decap"),
+        kind: Kind::Gre,
+        macs: 4,
+        tenants: 1,
+        default_flows: 256,
+    },
+    Scenario {
+        name: "route",
+        about: "tenant router: LPM, TTL, MAC rewrite",
+        config: Some("route"),
+        kind: Kind::Plain,
+        macs: 0,
+        tenants: 1,
+        default_flows: 256,
+    },
+    Scenario {
+        name: "snat",
+        about: "tenant router with SNAT of established UDP flows",
+        config: Some("snat"),
+        kind: Kind::Plain,
+        macs: 0,
+        tenants: 1,
+        default_flows: 256,
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> anyhow::Result<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name).with_context(|| {
+        let names: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
+        format!("scenario `{name}`: not one of {}", names.join(", "))
+    })
+}
+
+/// The router's routes in the `route` scenario (replay.sh's `ROUTES`), and the MAC its
+/// routed frames leave with.
+pub const ROUTES: [(&str, &str); 2] = [
+    ("10.1.0.0/16", "02:00:00:00:0d:02"),
+    ("10.1.128.0/17", "02:00:00:00:0d:03"),
+];
+/// Source MAC of routed frames (replay.sh's `ROUTER_MAC`).
+pub const ROUTER_MAC: &str = "02:00:00:00:0d:01";
+
+/// A MAC as text.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Scenario {
+    /// The input frames for `size` and `flows`.
+    pub fn spec(&self, size: &Size, flows: usize) -> Spec {
+        Spec {
+            tenants: self.tenants,
+            ..Spec::new(self.kind, size.clone(), flows, self.macs)
+        }
+    }
+
+    /// The generator template of this scenario's input, for `tenet-bench gen`.
+    pub fn template_name(&self) -> &'static str {
+        match (self.kind, self.macs) {
+            (Kind::Plain, 0) => "udp",
+            (Kind::Plain, _) => "l2",
+            (Kind::Vlan, _) => "vlan",
+            (Kind::Gre, _) => "gre",
+            (Kind::Tcp, _) => "tcp",
+            (Kind::Tenants, _) => "tenants",
+        }
+    }
+
+    /// Whether frames of `size` grow past a standard MTU on the way (tunnel headers).
+    pub fn needs_jumbo(&self, size: &Size) -> bool {
+        let largest = match size {
+            Size::Fixed(n) => *n,
+            Size::Imix => 1518,
+        };
+        largest + 42 > 1518 && (self.name == "gre-encap" || self.name == "gre-decap")
+            || largest > 1500 && self.name == "vlan"
+    }
+
+    /// The environment tenetd's config reads (besides the ports'), as replay.sh and
+    /// `bench/tenetd-replay.sh` set it.
+    pub fn environment(&self, core: usize, prefix: &str) -> Vec<(String, String)> {
+        let macs = template::dst_macs(self.macs)
+            .into_iter()
+            .map(mac_text)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let vars = [
+            ("SWITCH_CORE", core.to_string()),
+            ("DPDK_PREFIX", prefix.to_owned()),
+            ("VLAN_ID", template::VLAN_ID.to_string()),
+            ("GRE_KEY", template::GRE_KEY.to_string()),
+            ("GRE_LOCAL_IP", template::GRE_LOCAL_IP.to_string()),
+            ("GRE_REMOTE_IP", template::GRE_REMOTE_IP.to_string()),
+            ("GRE_LOCAL_MAC", mac_text(template::GRE_LOCAL_MAC)),
+            ("GRE_REMOTE_MAC", mac_text(template::GRE_REMOTE_MAC)),
+            ("DST_MACS", macs),
+            ("ROUTER_MAC", ROUTER_MAC.to_owned()),
+            ("ROUTER_IN_MAC", mac_text(template::ROUTER_IN_MAC)),
+            ("NEXT_HOP_1", ROUTES[0].1.to_owned()),
+            ("NEXT_HOP_2", ROUTES[1].1.to_owned()),
+            (
+                "ROUTES",
+                ROUTES
+                    .iter()
+                    .map(|(p, m)| format!("{p}={m}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        ];
+        vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    /// tenetd's config for `topology`: the input port reads `PCAP` (replay) or serves
+    /// vhost-user at `VHU0` (pvp); the output port is a null sink or serves at `VHU1`.
+    pub fn tenet_config(&self, configs: &Path, topology: Topology) -> anyhow::Result<String> {
+        let text = match self.config {
+            Some(file) => {
+                let path = configs.join(format!("replay-{file}.toml"));
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading tenet's config {}", path.display()))?
+            }
+            None => many_tenants_config(self.tenants, self.macs),
+        };
+        match topology {
+            Topology::Replay => Ok(text),
+            Topology::Pvp => as_vhost_user(&text),
+        }
+    }
+}
+
+/// The `l2-many` config: tenants 1..=n with VLANs 1..=n on a trunk input, each with
+/// `macs` endpoint MACs behind a trunk output.
+fn many_tenants_config(tenants: usize, macs: usize) -> String {
+    let mut t = String::from(
+        "# tenet-bench l2-many: tenants on a trunk, their MACs behind another trunk.\n\
+         [dataplane]\nworkers = [${SWITCH_CORE}]\nmain_core = 0\n\
+         file_prefix = \"${DPDK_PREFIX}\"\nmemory_mb = 768\n\
+         # The replayed pcap keeps a buffer per frame: 100,000 of them.\n\
+         mbufs = 131071\n\n\
+         [switch]\nmax_macs_per_tenant = 4096\n\n",
+    );
+    for i in 0..tenants {
+        let _ = writeln!(
+            t,
+            "[[tenant]]\nname = \"t{i}\"\nid = {}\nvlan = {}\n",
+            i + 1,
+            template::tenant_vlan(i)
+        );
+    }
+    let names: Vec<String> = (0..tenants).map(|i| format!("\"t{i}\"")).collect();
+    let _ = writeln!(
+        t,
+        "[[port]]\nname = \"replay\"\nbackend = \"pcap\"\nrx_file = \"${{PCAP}}\"\nrepeat = true\n\
+         role = \"trunk\"\ntenants = [{list}]\n\n\
+         [[port]]\nname = \"sink\"\nbackend = \"null\"\nrole = \"trunk\"\ntenants = [{list}]\n",
+        list = names.join(", ")
+    );
+    for i in 0..tenants {
+        let list: Vec<String> = (0..macs)
+            .map(|m| format!("\"{}\"", mac_text(template::tenant_mac(i, m))))
+            .collect();
+        let _ = writeln!(
+            t,
+            "[[endpoint]]\ntenant = \"t{i}\"\nport = \"sink\"\nmacs = [{}]\n",
+            list.join(", ")
+        );
+    }
+    t.push_str("[control]\npersist = false\n");
+    t
+}
+
+/// Turns the replay topology's two ports (`replay`: pcap input, `sink`: null output)
+/// into vhost-user servers at `${VHU0}` and `${VHU1}`, keeping their roles.
+pub fn as_vhost_user(text: &str) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut port: Option<&str> = None;
+    let mut replaced = 0;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            port = None;
+        }
+        if let Some(name) = trimmed
+            .strip_prefix("name = \"")
+            .and_then(|r| r.strip_suffix('"'))
+        {
+            port = match name {
+                "replay" => Some("${VHU0}"),
+                "sink" => Some("${VHU1}"),
+                _ => None,
+            };
+        }
+        match port {
+            Some(path) if trimmed.starts_with("backend") => {
+                let _ = writeln!(out, "backend = \"vhost-user\"\npath = \"{path}\"");
+                replaced += 1;
+            }
+            Some(_)
+                if ["rx_file", "tx_file", "repeat", "rx =", "packet_size"]
+                    .iter()
+                    .any(|k| trimmed.starts_with(k)) => {}
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if replaced != 2 {
+        bail!("the config has no `replay` and `sink` ports to make vhost-user ports of");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/bench")
+    }
+
+    #[test]
+    fn every_scenario_has_a_config_for_both_topologies() {
+        for s in SCENARIOS {
+            let replay = s.tenet_config(&configs(), Topology::Replay).unwrap();
+            assert!(replay.contains("${PCAP}"), "{}", s.name);
+            let pvp = s.tenet_config(&configs(), Topology::Pvp).unwrap();
+            assert!(pvp.contains("path = \"${VHU0}\""), "{}", s.name);
+            assert!(pvp.contains("path = \"${VHU1}\""), "{}", s.name);
+            assert!(
+                !pvp.contains("backend = \"pcap\"") && !pvp.contains("backend = \"null\""),
+                "{}",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn tenetd_accepts_every_config_of_both_topologies() {
+        let pcap = std::env::temp_dir().join(format!("tenet-bench-{}.pcap", std::process::id()));
+        crate::pcap::write(&pcap, [[0u8; 60]]).unwrap();
+        let pcap_path = pcap.to_string_lossy().into_owned();
+        for s in SCENARIOS {
+            let env = s.environment(1, "bench");
+            let lookup = |var: &str| -> Option<String> {
+                env.iter()
+                    .find(|(k, _)| k == var)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| {
+                        Some(match var {
+                            "PCAP" => pcap_path.clone(),
+                            "VHU0" => "/tmp/vhu0.sock".to_owned(),
+                            "VHU1" => "/tmp/vhu1.sock".to_owned(),
+                            _ => return None,
+                        })
+                    })
+            };
+            for topology in [Topology::Replay, Topology::Pvp] {
+                let text = s.tenet_config(&configs(), topology).unwrap();
+                let config = control::config::Config::parse(&text, lookup)
+                    .unwrap_or_else(|e| panic!("{} {topology}: {e}", s.name));
+                if let Err(e) = config.validate() {
+                    panic!("{} {topology}: {e}", s.name);
+                }
+            }
+        }
+        std::fs::remove_file(&pcap).unwrap();
+    }
+
+    #[test]
+    fn unknown_scenarios_are_named() {
+        let e = find("l3").unwrap_err().to_string();
+        assert!(e.contains("`l3`") && e.contains("route"), "{e}");
+    }
+
+    #[test]
+    fn the_many_tenants_config_lists_every_mac_once() {
+        let text = many_tenants_config(3, 5);
+        assert_eq!(text.matches("[[tenant]]").count(), 3);
+        assert_eq!(text.matches("\"02:01:00:02:00:04\"").count(), 1);
+    }
+}
