@@ -54,6 +54,8 @@ pub struct Options {
     pub tx: Vec<usize>,
     /// Ports that receive in `stream`/`rxonly` mode.
     pub rx: Vec<usize>,
+    /// Queue pairs per port (flows spread over them; each queue its own stream).
+    pub queues: u16,
     /// One frame per flow, sent in turn.
     pub templates: Vec<Template>,
     /// Packets per second per TX port; `None`: as fast as the ports take them.
@@ -133,16 +135,22 @@ pub struct Report {
 /// Full bursts one receive port may take in one pass of the loop.
 const RX_BURSTS_PER_PASS: usize = 4;
 
-struct Lane {
-    port: Port,
+struct Queue {
     rx: RxQueue,
     tx: TxQueue,
-    /// Frames built but not yet taken by the device.
+    /// Frames built (or received for forwarding) but not yet taken by the device.
     pending: MbufBatch,
+    /// Queue q of Q sends flows q, q+Q, q+2Q, ...: a flow stays on one queue, so a
+    /// switch that keeps a queue's order keeps the flow's.
     next_flow: usize,
     next_seq: u32,
-    report: PortReport,
     budget: f64,
+}
+
+struct Lane {
+    port: Port,
+    queues: Vec<Queue>,
+    report: PortReport,
 }
 
 /// Runs the generator until its time is up or `stop` is set; the EAL lives for the
@@ -166,33 +174,55 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     })
     .context("starting DPDK")?;
     let pool = Mempool::new("gen", options.mbufs, -1).context("packet pool")?;
+    // Frames longer than a standard MTU (tunnelled full-size frames) need a larger one.
+    let longest = options
+        .templates
+        .iter()
+        .map(|t| t.bytes.len())
+        .max()
+        .unwrap_or(0);
+    let config = PortConfig {
+        queues: options.queues,
+        mtu: (longest > 1514).then_some(9000),
+        ..PortConfig::default()
+    };
     let mut lanes = Vec::with_capacity(options.ports.len());
     for devargs in &options.ports {
         let mut port = Port::attach(devargs).with_context(|| format!("attaching {devargs}"))?;
-        let (mut rx, mut tx) = port
-            .configure(&PortConfig::default(), &pool)
+        let (rx, tx) = port
+            .configure(&config, &pool)
             .with_context(|| format!("configuring {devargs}"))?;
         port.start()
             .with_context(|| format!("starting {devargs}"))?;
         let name = port.name().to_owned();
+        let queues = rx
+            .into_iter()
+            .zip(tx)
+            .enumerate()
+            .map(|(q, (rx, tx))| Queue {
+                rx,
+                tx,
+                pending: MbufBatch::new(),
+                next_flow: q,
+                next_seq: 0,
+                budget: 0.0,
+            })
+            .collect();
         lanes.push(Lane {
-            rx: rx.remove(0),
-            tx: tx.remove(0),
             port,
-            pending: MbufBatch::new(),
-            next_flow: 0,
-            next_seq: 0,
+            queues,
             report: PortReport {
                 name,
                 ..PortReport::default()
             },
-            budget: 0.0,
         });
     }
     wait_for_links(&lanes, &stop);
     let report = poll(options, &mut lanes, &pool, &stop);
     for lane in &mut lanes {
-        lane.pending.free_all();
+        for queue in &mut lane.queues {
+            queue.pending.free_all();
+        }
         lane.report.rx_missed = lane.port.stats().rx_missed;
         let _ = lane.port.stop();
     }
@@ -208,8 +238,15 @@ fn validate(options: &Options) -> anyhow::Result<()> {
     if n == 0 {
         bail!("ports: at least one --port is needed");
     }
-    if n > 64 {
-        bail!("ports: at most 64");
+    if !(1..=16).contains(&options.queues) {
+        bail!("queues: must be between 1 and 16");
+    }
+    if n * usize::from(options.queues) > probe::STREAMS {
+        bail!(
+            "ports: {n} ports of {} queues are more streams than a probe names ({})",
+            options.queues,
+            probe::STREAMS
+        );
     }
     if let Some(&p) = options.tx.iter().chain(&options.rx).find(|&&p| p >= n) {
         bail!("tx/rx: port {p} does not exist (there are {n})");
@@ -242,6 +279,13 @@ fn wait_for_links(lanes: &[Lane], stop: &AtomicBool) {
     }
 }
 
+fn sent(report: &mut PortReport, n: usize, in_window: bool) {
+    report.sent += n as u64;
+    if in_window {
+        report.window_sent += n as u64;
+    }
+}
+
 fn poll(
     options: &Options,
     lanes: &mut [Lane],
@@ -251,6 +295,7 @@ fn poll(
     let hz = dpdk::tsc_hz().max(1);
     let ns_per_tick = 1e9 / hz as f64;
     let ticks = |d: Duration| (d.as_secs_f64() * hz as f64) as u64;
+    let queues = usize::from(options.queues);
     let start = dpdk::tsc();
     let window_start = start + ticks(options.warmup);
     let window_end = window_start + ticks(options.duration);
@@ -260,7 +305,7 @@ fn poll(
     let mut window_ticks = 0u64;
     let mut last_progress = start;
     let mut progress_counts = (0u64, 0u64);
-    let mut sequences = vec![Sequence::default(); lanes.len()];
+    let mut sequences = vec![Sequence::default(); lanes.len() * queues];
     let mut latency = Histogram::default();
     let mut probes = 0u64;
     let mut batch = MbufBatch::new();
@@ -276,11 +321,16 @@ fn poll(
         Mode::Io | Mode::Macswap => (0..lanes.len()).collect(),
         Mode::Txonly => Vec::new(),
     };
+    // Each queue's share of a port's rate.
+    let queue_rate = options.rate.map(|r| r / queues as f64);
     if options.mode == Mode::Io {
         for (p, lane) in lanes.iter_mut().enumerate() {
-            for _ in 0..options.tx_first {
-                fill(options, lane, p, pool, dpdk::tsc(), 32);
-                lane.report.sent += lane.tx.tx_burst(&mut lane.pending) as u64;
+            for (q, queue) in lane.queues.iter_mut().enumerate() {
+                for _ in 0..options.tx_first {
+                    fill(options, queue, p * queues + q, pool, dpdk::tsc(), 32);
+                    let n = queue.tx.tx_burst(&mut queue.pending);
+                    sent(&mut lane.report, n, false);
+                }
             }
         }
     }
@@ -317,91 +367,92 @@ fn poll(
         if now >= drain_end {
             break;
         }
-        let sending_now = sending && drain_end == u64::MAX;
-        for &p in &tx_ports {
-            let lane = &mut lanes[p];
-            if !sending_now {
-                break;
-            }
-            let want = match options.rate {
-                Some(rate) => {
-                    lane.budget = (lane.budget + rate * elapsed as f64 / hz as f64).min(64.0);
-                    lane.budget as usize
+        if sending && drain_end == u64::MAX {
+            for &p in &tx_ports {
+                let lane = &mut lanes[p];
+                // Frames still to build under --count: not yet sent, not yet pending.
+                let pending: usize = lane.queues.iter().map(|q| q.pending.len()).sum();
+                let mut left = options.count.map_or(usize::MAX, |c| {
+                    (c.saturating_sub(lane.report.sent) as usize).saturating_sub(pending)
+                });
+                for (q, queue) in lane.queues.iter_mut().enumerate() {
+                    let want = match queue_rate {
+                        Some(rate) => {
+                            queue.budget =
+                                (queue.budget + rate * elapsed as f64 / hz as f64).min(64.0);
+                            queue.budget as usize
+                        }
+                        None => 32,
+                    };
+                    let new = want.saturating_sub(queue.pending.len()).min(left);
+                    if new > 0 {
+                        let target = queue.pending.len() + new;
+                        left -= fill(options, queue, p * queues + q, pool, now, target);
+                    }
+                    let n = queue.tx.tx_burst(&mut queue.pending);
+                    if queue_rate.is_some() {
+                        queue.budget -= n as f64;
+                    }
+                    sent(&mut lane.report, n, in_window);
                 }
-                None => 32,
-            };
-            let left = options
-                .count
-                .map_or(usize::MAX, |c| c.saturating_sub(lane.report.sent) as usize);
-            let want = want.min(left);
-            if want > 0 {
-                fill(options, lane, p, pool, now, want);
-            }
-            let sent = lane.tx.tx_burst(&mut lane.pending) as u64;
-            if options.rate.is_some() {
-                lane.budget -= sent as f64;
-            }
-            lane.report.sent += sent;
-            if in_window {
-                lane.report.window_sent += sent;
             }
         }
         if receiving {
             for &p in &rx_ports {
-                match options.mode {
-                    Mode::Stream | Mode::Rxonly => {
-                        // Receiving must keep up with a switch as fast as the sending
-                        // side: up to a few bursts per pass while they come full.
-                        for _ in 0..RX_BURSTS_PER_PASS {
-                            let lane = &mut lanes[p];
-                            let n = lane.rx.rx_burst(&mut batch);
-                            if n == 0 {
-                                break;
-                            }
-                            count_received(&mut lane.report, batch.as_slice(), in_window);
-                            let now = dpdk::tsc();
-                            for m in batch.as_slice() {
-                                let Some((stream, probe)) = probe::read(m.data()) else {
-                                    continue;
-                                };
-                                probes += 1;
-                                if let Some(s) = sequences.get_mut(stream) {
-                                    s.see(probe.seq);
+                for q in 0..queues {
+                    match options.mode {
+                        Mode::Stream | Mode::Rxonly => {
+                            // Receiving must keep up with a switch as fast as the
+                            // sending side: a few bursts per pass while they come full.
+                            for _ in 0..RX_BURSTS_PER_PASS {
+                                let lane = &mut lanes[p];
+                                let n = lane.queues[q].rx.rx_burst(&mut batch);
+                                if n == 0 {
+                                    break;
                                 }
-                                if in_window && options.mode == Mode::Stream {
-                                    let ns = now.saturating_sub(probe.tsc) as f64 * ns_per_tick;
-                                    latency.record(ns as u64);
+                                count_received(&mut lane.report, batch.as_slice(), in_window);
+                                let now = dpdk::tsc();
+                                for m in batch.as_slice() {
+                                    let Some((stream, probe)) = probe::read(m.data()) else {
+                                        continue;
+                                    };
+                                    probes += 1;
+                                    if let Some(s) = sequences.get_mut(stream) {
+                                        s.see(probe.seq);
+                                    }
+                                    if in_window && options.mode == Mode::Stream {
+                                        let ns = now.saturating_sub(probe.tsc) as f64 * ns_per_tick;
+                                        latency.record(ns as u64);
+                                    }
                                 }
-                            }
-                            batch.free_all();
-                            if n < 32 {
-                                break;
+                                batch.free_all();
+                                if n < 32 {
+                                    break;
+                                }
                             }
                         }
+                        Mode::Io | Mode::Macswap => {
+                            // Received straight into the output queue's pending batch,
+                            // only as many as it has room for: a loop loses nothing
+                            // here, what the peer refused waits for the next pass.
+                            let out = if options.mode == Mode::Io { p ^ 1 } else { p };
+                            let (rx, received, pending) = split(lanes, p, out, q);
+                            let before = pending.len();
+                            if rx.rx_burst(pending) > 0 {
+                                count_received(received, &pending.as_slice()[before..], in_window);
+                                if options.mode == Mode::Macswap {
+                                    for m in &mut pending.as_mut_slice()[before..] {
+                                        swap_macs(m.data_mut());
+                                    }
+                                }
+                            }
+                            let lane = &mut lanes[out];
+                            let queue = &mut lane.queues[q];
+                            let n = queue.tx.tx_burst(&mut queue.pending);
+                            sent(&mut lane.report, n, in_window);
+                        }
+                        Mode::Txonly => {}
                     }
-                    Mode::Io | Mode::Macswap => {
-                        // Received straight into the output's pending batch, only as
-                        // many as it has room for: a loop loses nothing here, what the
-                        // peer refused waits for the next pass.
-                        let out = if options.mode == Mode::Io { p ^ 1 } else { p };
-                        let (rx, received, pending) = split(lanes, p, out);
-                        let before = pending.len();
-                        if rx.rx_burst(pending) > 0 {
-                            count_received(received, &pending.as_slice()[before..], in_window);
-                            if options.mode == Mode::Macswap {
-                                for m in &mut pending.as_mut_slice()[before..] {
-                                    swap_macs(m.data_mut());
-                                }
-                            }
-                        }
-                        let lane = &mut lanes[out];
-                        let sent = lane.tx.tx_burst(&mut lane.pending) as u64;
-                        lane.report.sent += sent;
-                        if in_window {
-                            lane.report.window_sent += sent;
-                        }
-                    }
-                    Mode::Txonly => {}
                 }
             }
         }
@@ -454,20 +505,27 @@ fn poll(
     })
 }
 
-/// Tops the lane's pending batch up to `want` frames (at most a burst) from the
-/// templates, each with a probe of stream `stream` when it has the room.
+/// Tops the queue's pending batch up to `want` frames (at most a burst) from its
+/// flows, each with a probe of `stream` when it has the room. Returns how many it
+/// added.
 #[inline]
-fn fill(options: &Options, lane: &mut Lane, stream: usize, pool: &Mempool, now: u64, want: usize) {
+fn fill(
+    options: &Options,
+    queue: &mut Queue,
+    stream: usize,
+    pool: &Mempool,
+    now: u64,
+    want: usize,
+) -> usize {
     let want = want.min(32);
-    while lane.pending.len() < want {
+    let step = usize::from(options.queues);
+    let before = queue.pending.len();
+    while queue.pending.len() < want {
         let Some(mut mbuf) = pool.alloc() else {
-            return;
+            break;
         };
-        let template = &options.templates[lane.next_flow];
-        lane.next_flow += 1;
-        if lane.next_flow == options.templates.len() {
-            lane.next_flow = 0;
-        }
+        let template = &options.templates[queue.next_flow % options.templates.len()];
+        queue.next_flow = (queue.next_flow + step) % (options.templates.len() * step).max(1);
         if !mbuf.set_data(&template.bytes) {
             continue;
         }
@@ -477,16 +535,17 @@ fn fill(options: &Options, lane: &mut Lane, stream: usize, pool: &Mempool, now: 
                 template.l4_checksum,
                 stream,
                 Probe {
-                    seq: lane.next_seq,
+                    seq: queue.next_seq,
                     tsc: now,
                 },
             );
-            lane.next_seq = lane.next_seq.wrapping_add(1);
+            queue.next_seq = queue.next_seq.wrapping_add(1);
         }
-        if lane.pending.push(mbuf).is_err() {
-            return;
+        if queue.pending.push(mbuf).is_err() {
+            break;
         }
     }
+    queue.pending.len() - before
 }
 
 fn count_received(report: &mut PortReport, frames: &[dataplane::dpdk::Mbuf], in_window: bool) {
@@ -506,16 +565,18 @@ fn swap_macs(frame: &mut [u8]) {
     }
 }
 
-/// Lane `from`'s RX queue and counts, and lane `to`'s pending batch (the same lane or
-/// another).
+/// Queue `q` of lane `from`: its RX queue and the lane's counts; and queue `q`'s
+/// pending batch of lane `to` (the same lane or another).
 fn split(
     lanes: &mut [Lane],
     from: usize,
     to: usize,
+    q: usize,
 ) -> (&mut RxQueue, &mut PortReport, &mut MbufBatch) {
     if from == to {
         let lane = &mut lanes[from];
-        return (&mut lane.rx, &mut lane.report, &mut lane.pending);
+        let queue = &mut lane.queues[q];
+        return (&mut queue.rx, &mut lane.report, &mut queue.pending);
     }
     let (a, b) = if from < to {
         let (head, tail) = lanes.split_at_mut(to);
@@ -524,5 +585,5 @@ fn split(
         let (head, tail) = lanes.split_at_mut(from);
         (&mut tail[0], &mut head[to])
     };
-    (&mut a.rx, &mut a.report, &mut b.pending)
+    (&mut a.queues[q].rx, &mut a.report, &mut b.queues[q].pending)
 }

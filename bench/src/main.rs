@@ -138,6 +138,9 @@ struct GenArgs {
     /// Ports that receive (stream, rxonly), by index; default: the last.
     #[arg(long, value_delimiter = ',')]
     rx: Vec<usize>,
+    /// Queue pairs per port (flows spread over them, one stream of probes each).
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
     #[command(flatten)]
     frames: FramesArgs,
     /// Packets per second per sending port (default: as fast as the port takes them).
@@ -257,6 +260,7 @@ fn gen(args: GenArgs) -> anyhow::Result<()> {
         } else {
             args.rx
         },
+        queues: args.queues,
         ports: args.ports,
         templates,
         rate: args.rate,

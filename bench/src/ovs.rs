@@ -87,9 +87,9 @@ pub struct Ports {
 }
 
 impl Ovs {
-    /// Starts ovsdb-server and ovs-vswitchd (DPDK: main thread on core 0, one PMD on
-    /// `core`, 512 MiB) and waits until DPDK is initialised.
-    pub fn start(work: &Path, logs: &Path, core: usize) -> anyhow::Result<Self> {
+    /// Starts ovsdb-server and ovs-vswitchd (DPDK: main thread on CPU 0, a PMD on each
+    /// of CPUs 1 to `cores`, 512 MiB) and waits until DPDK is initialised.
+    pub fn start(work: &Path, logs: &Path, cores: usize) -> anyhow::Result<Self> {
         let dir = work.join("ovs");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -129,7 +129,8 @@ impl Ovs {
             return Err(e);
         }
         let configured = ctl.vsctl(&["--no-wait", "init"]).and_then(|_| {
-            let pmd_mask = format!("other_config:pmd-cpu-mask={:#x}", 1u64 << core);
+            let mask = (1..=cores.min(63)).fold(0u64, |m, c| m | 1 << c);
+            let pmd_mask = format!("other_config:pmd-cpu-mask={mask:#x}");
             ctl.vsctl(&[
                 "--no-wait",
                 "set",

@@ -75,8 +75,9 @@ pub struct Setup<'a> {
     pub configs: &'a Path,
     /// The tenetd binary.
     pub tenetd: &'a Path,
-    /// CPU the dataplane runs on.
-    pub core: usize,
+    /// Dataplane cores: CPUs 1 to `cores` (CPU 0 keeps the control threads and, in the
+    /// PVP topology, the generator).
+    pub cores: usize,
 }
 
 impl Setup<'_> {
@@ -191,14 +192,17 @@ fn clear_runtime(prefix: &str) {
 
 fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
     clear_runtime(TENET_PREFIX);
-    let text = setup.scenario.tenet_config(setup.configs, setup.topology)?;
+    let text =
+        setup
+            .scenario
+            .tenet_config(setup.configs, setup.topology, setup.cores, setup.size)?;
     let config = setup
         .work
         .join(format!("tenet-{}.toml", setup.scenario.name));
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let mut command = Command::new(setup.tenetd);
     command.arg("--config").arg(&config);
-    for (key, value) in setup.scenario.environment(setup.core, TENET_PREFIX) {
+    for (key, value) in setup.scenario.environment(1, TENET_PREFIX) {
         command.env(key, value);
     }
     let (vhu0, vhu1) = setup.sockets();
@@ -225,46 +229,10 @@ fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
 fn start_testpmd(setup: &Setup<'_>) -> anyhow::Result<Running> {
     clear_runtime(TESTPMD_PREFIX);
     let (vhu0, vhu1) = setup.sockets();
-    let (rx, tx) = match setup.topology {
-        Topology::Replay => (
-            format!("net_pcap0,rx_pcap={},infinite_rx=1", setup.pcap.display()),
-            "net_null0,no-rx=1".to_owned(),
-        ),
-        Topology::Pvp => {
-            let _ = std::fs::remove_file(&vhu0);
-            let _ = std::fs::remove_file(&vhu1);
-            (
-                format!("net_vhost0,iface={},queues=1", vhu0.display()),
-                format!("net_vhost1,iface={},queues=1", vhu1.display()),
-            )
-        }
-    };
-    let mut command = Command::new("dpdk-testpmd");
-    command.args([
-        "--lcores",
-        &format!("0@0,1@{}", setup.core),
-        "--no-pci",
-        "--in-memory",
-        "--file-prefix",
-        TESTPMD_PREFIX,
-        "-m",
-        "512",
-        "--vdev",
-        &rx,
-        "--vdev",
-        &tx,
-        "--",
-        "--forward-mode=io",
-        "--port-topology=chained",
-        "--nb-cores=1",
-        "--auto-start",
-        "--stats-period=3600",
-        "--record-core-cycles",
-        // The pcap's frames stay allocated (infinite_rx keeps a copy of each).
-        &format!("--total-num-mbufs={}", setup.flows + 16384),
-    ]);
-    if setup.scenario.needs_jumbo(setup.size) {
-        command.arg("--max-pkt-len=9000");
+    let command = testpmd_command(setup, &vhu0, &vhu1);
+    if setup.topology == Topology::Pvp {
+        let _ = std::fs::remove_file(&vhu0);
+        let _ = std::fs::remove_file(&vhu1);
     }
     let process = Proc::spawn("dpdk-testpmd", command, &setup.log("switch"))?;
     Ok(Running {
@@ -278,8 +246,58 @@ fn start_testpmd(setup: &Setup<'_>) -> anyhow::Result<Running> {
     })
 }
 
+/// testpmd io forwarding between the scenario's two ports, a core and a queue pair per
+/// port for each dataplane core.
+fn testpmd_command(setup: &Setup<'_>, vhu0: &Path, vhu1: &Path) -> Command {
+    let queues = setup.cores;
+    let (rx, tx) = match setup.topology {
+        Topology::Replay => (
+            format!(
+                "net_pcap0,{}infinite_rx=1",
+                format!("rx_pcap={},", setup.pcap.display()).repeat(queues)
+            ),
+            "net_null0,no-rx=1".to_owned(),
+        ),
+        Topology::Pvp => (
+            format!("net_vhost0,iface={},queues={queues}", vhu0.display()),
+            format!("net_vhost1,iface={},queues={queues}", vhu1.display()),
+        ),
+    };
+    let lcores: Vec<String> = (0..=setup.cores).map(|c| format!("{c}@{c}")).collect();
+    let mut command = Command::new("dpdk-testpmd");
+    command.args([
+        "--lcores",
+        &lcores.join(","),
+        "--no-pci",
+        "--in-memory",
+        "--file-prefix",
+        TESTPMD_PREFIX,
+        "-m",
+        "512",
+        "--vdev",
+        &rx,
+        "--vdev",
+        &tx,
+        "--",
+        "--forward-mode=io",
+        "--port-topology=chained",
+        &format!("--nb-cores={}", setup.cores),
+        &format!("--rxq={queues}"),
+        &format!("--txq={queues}"),
+        "--auto-start",
+        "--stats-period=3600",
+        "--record-core-cycles",
+        // The pcap's frames stay allocated (infinite_rx keeps a copy of each, per queue).
+        &format!("--total-num-mbufs={}", setup.flows * queues + 16384),
+    ]);
+    if setup.scenario.needs_jumbo(setup.size) {
+        command.arg("--max-pkt-len=9000");
+    }
+    command
+}
+
 fn start_ovs(setup: &Setup<'_>) -> anyhow::Result<Running> {
-    let ovs = Ovs::start(setup.work, setup.logs, setup.core)?;
+    let ovs = Ovs::start(setup.work, setup.logs, setup.cores)?;
     let ports = match ovs.configure(setup) {
         Ok(ports) => ports,
         Err(e) => {
@@ -333,7 +351,7 @@ fn tenet_check(log: &str) -> (bool, String) {
     }
 }
 
-/// Refuses a `--cores` this machine cannot give: one CPU stays for the control threads
+/// Refuses a `--cores` this machine cannot give: CPU 0 stays for the control threads
 /// and, in the PVP topology, the generator.
 pub fn check_cores(cores: usize) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -342,16 +360,9 @@ pub fn check_cores(cores: usize) -> anyhow::Result<()> {
     }
     if cores + 1 > cpus {
         bail!(
-            "cores: {cores} dataplane cores need {} CPUs (one more for control threads and \
-             the generator); this machine has {cpus}",
+            "cores: {cores} dataplane cores need {} CPUs (CPU 0 keeps the control threads \
+             and the generator); this machine has {cpus}",
             cores + 1
-        );
-    }
-    if cores > 1 {
-        bail!(
-            "cores: {cores}: the replay input is one pcap queue and the generator sends on \
-             one queue per port, so more than one dataplane core would sit idle; \
-             measure with --cores 1"
         );
     }
     Ok(())
@@ -372,6 +383,39 @@ mod tests {
             Some(68.9)
         );
         assert_eq!(cycles_from_log("nothing"), None);
+    }
+
+    #[test]
+    fn testpmd_gets_a_core_and_queue_per_dataplane_core() {
+        let scenario = crate::scenario::find("l2").unwrap();
+        let size = Size::Fixed(64);
+        let setup = Setup {
+            scenario,
+            topology: Topology::Replay,
+            size: &size,
+            flows: 256,
+            pcap: Path::new("/tmp/in.pcap"),
+            work: Path::new("/tmp"),
+            logs: Path::new("/tmp"),
+            tag: "t",
+            configs: Path::new("/tmp"),
+            tenetd: Path::new("/bin/true"),
+            cores: 2,
+        };
+        let args: Vec<String> = testpmd_command(&setup, Path::new("a"), Path::new("b"))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let has = |a: &str| args.iter().any(|x| x == a);
+        assert!(has("0@0,1@1,2@2") && has("--nb-cores=2") && has("--rxq=2") && has("--txq=2"));
+        assert!(has(
+            "net_pcap0,rx_pcap=/tmp/in.pcap,rx_pcap=/tmp/in.pcap,infinite_rx=1"
+        ));
+        assert!(check_cores(0).is_err());
+        assert!(check_cores(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("this machine has"));
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
                             tag: &tag,
                             configs: &options.configs,
                             tenetd: &options.tenetd,
-                            core: 1,
+                            cores: options.cores,
                         };
                         let row = measure(switch, &setup, options, round);
                         progress.done += 1;
@@ -286,13 +286,23 @@ fn measure_pvp(
             "--flows",
             &setup.flows.to_string(),
             "--port",
-            &format!("net_virtio_user0,path={}{server},queues=1", vhu0.display()),
+            &format!(
+                "net_virtio_user0,path={}{server},queues={}",
+                vhu0.display(),
+                setup.cores
+            ),
             "--port",
-            &format!("net_virtio_user1,path={}{server},queues=1", vhu1.display()),
+            &format!(
+                "net_virtio_user1,path={}{server},queues={}",
+                vhu1.display(),
+                setup.cores
+            ),
             "--tx",
             "0",
             "--rx",
             "1",
+            "--queues",
+            &setup.cores.to_string(),
             "--duration",
             &options.duration.to_string(),
             "--warmup",

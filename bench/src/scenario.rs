@@ -228,9 +228,17 @@ impl Scenario {
         vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
-    /// tenetd's config for `topology`: the input port reads `PCAP` (replay) or serves
-    /// vhost-user at `VHU0` (pvp); the output port is a null sink or serves at `VHU1`.
-    pub fn tenet_config(&self, configs: &Path, topology: Topology) -> anyhow::Result<String> {
+    /// tenetd's config for `topology` on `cores` dataplane cores (1, 2, ...): the input
+    /// port reads `PCAP` (replay) or serves vhost-user at `VHU0` (pvp); the output port
+    /// is a null sink or serves at `VHU1`; with more cores each port has a queue per
+    /// core.
+    pub fn tenet_config(
+        &self,
+        configs: &Path,
+        topology: Topology,
+        cores: usize,
+        size: &Size,
+    ) -> anyhow::Result<String> {
         let text = match self.config {
             Some(file) => {
                 let path = configs.join(format!("replay-{file}.toml"));
@@ -239,10 +247,22 @@ impl Scenario {
             }
             None => many_tenants_config(self.tenants, self.macs),
         };
-        match topology {
-            Topology::Replay => Ok(text),
-            Topology::Pvp => as_vhost_user(&text),
+        let mut text = rewrite_ports(
+            &text,
+            &PortRewrite {
+                vhost: topology == Topology::Pvp,
+                queues: cores,
+                jumbo: topology == Topology::Pvp && self.needs_jumbo(size),
+            },
+        )?;
+        if cores > 1 {
+            let list: Vec<String> = (1..=cores).map(|c| c.to_string()).collect();
+            text = text.replace(
+                "workers = [${SWITCH_CORE}]",
+                &format!("workers = [{}]", list.join(", ")),
+            );
         }
+        Ok(text)
     }
 }
 
@@ -287,12 +307,23 @@ fn many_tenants_config(tenants: usize, macs: usize) -> String {
     t
 }
 
-/// Turns the replay topology's two ports (`replay`: pcap input, `sink`: null output)
-/// into vhost-user servers at `${VHU0}` and `${VHU1}`, keeping their roles.
-pub fn as_vhost_user(text: &str) -> anyhow::Result<String> {
+/// How the runner changes the replay config's two ports (`replay`: pcap input,
+/// `sink`: null output).
+pub struct PortRewrite {
+    /// Make both vhost-user servers at `${VHU0}` and `${VHU1}`.
+    pub vhost: bool,
+    /// Queues per port (one per dataplane core).
+    pub queues: usize,
+    /// A jumbo MTU, for tunnelled full-size frames.
+    pub jumbo: bool,
+}
+
+/// Rewrites the `replay` and `sink` ports of a replay config as `how` says, keeping
+/// their roles and everything else.
+pub fn rewrite_ports(text: &str, how: &PortRewrite) -> anyhow::Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut port: Option<&str> = None;
-    let mut replaced = 0;
+    let mut found = 0;
     for line in text.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with('[') {
@@ -308,23 +339,36 @@ pub fn as_vhost_user(text: &str) -> anyhow::Result<String> {
                 _ => None,
             };
         }
-        match port {
-            Some(path) if trimmed.starts_with("backend") => {
+        let Some(path) = port else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        if trimmed.starts_with("backend") {
+            found += 1;
+            if how.vhost {
                 let _ = writeln!(out, "backend = \"vhost-user\"\npath = \"{path}\"");
-                replaced += 1;
+            } else {
+                let _ = writeln!(out, "{line}");
             }
-            Some(_)
-                if ["rx_file", "tx_file", "repeat", "rx =", "packet_size"]
-                    .iter()
-                    .any(|k| trimmed.starts_with(k)) => {}
-            _ => {
-                out.push_str(line);
-                out.push('\n');
+            if how.queues > 1 {
+                let _ = writeln!(out, "queues = {}", how.queues);
             }
+            if how.jumbo {
+                out.push_str("mtu = 9000\n");
+            }
+            continue;
+        }
+        let pcap_or_null = ["rx_file", "tx_file", "repeat", "rx =", "packet_size"]
+            .iter()
+            .any(|k| trimmed.starts_with(k));
+        if !(how.vhost && pcap_or_null) {
+            out.push_str(line);
+            out.push('\n');
         }
     }
-    if replaced != 2 {
-        bail!("the config has no `replay` and `sink` ports to make vhost-user ports of");
+    if found != 2 {
+        bail!("the config has no `replay` and `sink` ports to run the benchmark through");
     }
     Ok(out)
 }
@@ -340,9 +384,13 @@ mod tests {
     #[test]
     fn every_scenario_has_a_config_for_both_topologies() {
         for s in SCENARIOS {
-            let replay = s.tenet_config(&configs(), Topology::Replay).unwrap();
+            let replay = s
+                .tenet_config(&configs(), Topology::Replay, 1, &Size::Fixed(64))
+                .unwrap();
             assert!(replay.contains("${PCAP}"), "{}", s.name);
-            let pvp = s.tenet_config(&configs(), Topology::Pvp).unwrap();
+            let pvp = s
+                .tenet_config(&configs(), Topology::Pvp, 1, &Size::Fixed(64))
+                .unwrap();
             assert!(pvp.contains("path = \"${VHU0}\""), "{}", s.name);
             assert!(pvp.contains("path = \"${VHU1}\""), "{}", s.name);
             assert!(
@@ -374,11 +422,30 @@ mod tests {
                     })
             };
             for topology in [Topology::Replay, Topology::Pvp] {
-                let text = s.tenet_config(&configs(), topology).unwrap();
-                let config = control::config::Config::parse(&text, lookup)
-                    .unwrap_or_else(|e| panic!("{} {topology}: {e}", s.name));
-                if let Err(e) = config.validate() {
-                    panic!("{} {topology}: {e}", s.name);
+                // Two cores and full-size frames: a queue per core, a jumbo MTU.
+                for (cores, size) in [
+                    (1, Size::Fixed(64)),
+                    (1, Size::Fixed(1518)),
+                    (2, Size::Fixed(1518)),
+                ] {
+                    let text = s.tenet_config(&configs(), topology, cores, &size).unwrap();
+                    let config = control::config::Config::parse(&text, lookup)
+                        .unwrap_or_else(|e| panic!("{} {topology}: {e}", s.name));
+                    if cores > 1 {
+                        assert!(text.contains("workers = [1, 2]"), "{} {topology}", s.name);
+                        assert_eq!(text.matches("queues = 2").count(), 2, "{}", s.name);
+                    }
+                    // tenetd refuses workers on CPUs the machine lacks.
+                    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    if cores < cpus {
+                        match config.validate() {
+                            Ok(v) => {
+                                assert_eq!(v.workers.len(), cores, "{} {topology}", s.name);
+                                assert!(v.ports.iter().all(|p| usize::from(p.queues) == cores));
+                            }
+                            Err(e) => panic!("{} {topology} {cores} cores: {e}", s.name),
+                        }
+                    }
                 }
             }
         }

@@ -450,6 +450,18 @@ impl Config {
                 }
             }
             let backend = spec.backend(&field)?;
+            if let Backend::Pcap {
+                tx_file: Some(_), ..
+            } = &backend
+            {
+                if queues > 1 {
+                    return Err(invalid(
+                        format!("{field}.queues"),
+                        "a pcap port writing tx_file has one queue (several would write \
+                         over each other's file)",
+                    ));
+                }
+            }
             ports.push(PortPlan {
                 name,
                 backend,

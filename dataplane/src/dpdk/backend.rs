@@ -167,12 +167,16 @@ impl Backend {
                 repeat,
             } => {
                 let mut args = namer.name("net_pcap");
+                // The PMD makes one RX queue per file argument: each replays the file.
                 if let Some(rx) = rx_file {
-                    args.push_str(&format!(",rx_pcap={}", rx.display()));
+                    for _ in 0..queues {
+                        args.push_str(&format!(",rx_pcap={}", rx.display()));
+                    }
                     if *repeat {
                         args.push_str(",infinite_rx=1");
                     }
                 }
+                // One writer per file (the config refuses more queues with a tx_file).
                 if let Some(tx) = tx_file {
                     args.push_str(&format!(",tx_pcap={}", tx.display()));
                 }
@@ -254,6 +258,11 @@ mod tests {
         assert_eq!(
             replay.devargs(1, &mut namer),
             vec!["net_pcap0,rx_pcap=/tmp/a.pcap,infinite_rx=1"]
+        );
+        // A queue per worker: each replays the same file.
+        assert_eq!(
+            replay.devargs(2, &mut namer),
+            vec!["net_pcap1,rx_pcap=/tmp/a.pcap,rx_pcap=/tmp/a.pcap,infinite_rx=1"]
         );
         let vhost = Backend::VhostUser {
             path: "/tmp/v.sock".into(),
