@@ -143,7 +143,7 @@ fn tenant(i: usize) -> String {
 
 /// Runs the whole benchmark.
 pub fn run(options: &Options, command: String) -> anyhow::Result<Results> {
-    std::fs::create_dir_all(&options.out)?;
+    std::fs::create_dir_all(options.out.join("logs"))?;
     let mut results = Results {
         command,
         ..Results::default()
@@ -182,7 +182,8 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
     let _ = std::fs::remove_dir_all("/var/run/dpdk/tbctl");
     let mut command = Command::new(&options.tenetd);
     command.arg("--config").arg(&config);
-    let mut tenetd = Proc::spawn("tenetd", command, &options.out.join("control-tenetd.log"))?;
+    let log = options.out.join("logs").join("tenetd.log");
+    let mut tenetd = Proc::spawn("tenetd", command, &log)?;
     let points = (|| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
@@ -250,7 +251,7 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
 fn run_ovs(options: &Options) -> anyhow::Result<(Vec<Point>, String)> {
     let work = std::env::temp_dir().join(format!("tenet-bench-control-ovs-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let ovs = Ovs::start(&work, &options.out, 1)?;
+    let ovs = Ovs::start(&work, &options.out.join("logs"), 1)?;
     let result = grow_ovs(&ovs, options);
     // Bridges go in batches (one transaction each), or their taps would outlive OVS.
     if let Ok(list) = ovs.vsctl(&["list-br"]) {
