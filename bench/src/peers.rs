@@ -170,6 +170,8 @@ impl Running {
         if let Some(ovs) = self.ovs.take() {
             ovs.stop();
         }
+        // testpmd leaves its runtime directory behind.
+        clear_runtime(&self.prefix);
         after
     }
 }

@@ -3,12 +3,15 @@
 
 pub mod api;
 pub mod capture;
+pub mod client;
+pub mod cni;
 pub mod compile;
 pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod live;
 pub mod model;
+pub mod netlink;
 pub mod preflight;
 pub mod store;
 pub mod wiring;

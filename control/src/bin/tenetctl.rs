@@ -2,12 +2,12 @@
 //!
 //! Exit status: 0 done, 1 refused (the API said no, or tenetd is unreachable), 2 usage.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use control::client::{encode, Client};
 use serde_json::{json, Value};
 
 /// Control a running tenetd.
@@ -314,67 +314,6 @@ struct PortAdd {
     tenants: Vec<String>,
 }
 
-/// What the API answered.
-struct Answer {
-    status: u16,
-    body: Value,
-    raw: Vec<u8>,
-}
-
-fn call(
-    socket: &PathBuf,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Answer, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach tenetd at {}: {e} (is it running? --socket)",
-            socket.display()
-        )
-    })?;
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: tenetd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        payload.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("writing to tenetd: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading from tenetd: {e}"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("tenetd sent no HTTP response")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let body = raw[split + 4..].to_vec();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("tenetd sent a malformed status line")?;
-    let json = head
-        .to_ascii_lowercase()
-        .contains("content-type: application/json");
-    let parsed = if json {
-        serde_json::from_slice(&body).map_err(|e| format!("tenetd sent invalid JSON: {e}"))?
-    } else {
-        Value::Null
-    };
-    Ok(Answer {
-        status,
-        body: parsed,
-        raw: body,
-    })
-}
-
-fn encode(segment: &str) -> String {
-    segment.replace(':', "%3A")
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (method, path, body): (&str, String, Option<Value>) = match &cli.command {
@@ -534,9 +473,10 @@ fn main() -> ExitCode {
         ),
         Cmd::Show => ("GET", "/v1/show".into(), None),
     };
+    let client = Client::new(&cli.socket);
     if let Cmd::Stats { watch: true } = &cli.command {
         loop {
-            match call(&cli.socket, method, &path, body.as_ref()) {
+            match client.call(method, &path, body.as_ref()) {
                 Ok(answer) if (200..300).contains(&answer.status) => {
                     // Clear the screen and home the cursor, like watch(1).
                     print!("\x1b[2J\x1b[H{}", render(&cli.command, &answer.body));
@@ -550,7 +490,7 @@ fn main() -> ExitCode {
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
-    let answer = match call(&cli.socket, method, &path, body.as_ref()) {
+    let answer = match client.call(method, &path, body.as_ref()) {
         Ok(answer) => answer,
         Err(message) => {
             eprintln!("tenetctl: {message}");

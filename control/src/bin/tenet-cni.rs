@@ -1,0 +1,61 @@
+//! `tenet-cni`: the CNI 1.0 plugin that attaches containers to tenetd (see
+//! `control::cni`). The runtime passes the command in `CNI_*` variables and the
+//! network config on stdin; the result, or a CNI error object, goes to stdout.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use control::cni::{self, code, CniError, Env, NetConf};
+
+fn run(env: &Env, input: &[u8]) -> Result<Option<serde_json::Value>, (CniError, String)> {
+    let version_of = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v["cniVersion"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "1.0.0".to_owned())
+    };
+    if env.command == "VERSION" {
+        return Ok(Some(cni::version()));
+    }
+    let version = version_of(input);
+    let (conf, raw) = NetConf::parse(input).map_err(|e| (e, version.clone()))?;
+    let result = match env.command.as_str() {
+        "ADD" => cni::add(env, &conf, &raw).map(Some),
+        "DEL" => cni::del(env, &conf, &raw).map(|_| None),
+        "CHECK" => cni::check(env, &conf).map(|_| None),
+        other => Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!("CNI_COMMAND: `{other}` is not ADD, DEL, CHECK or VERSION"),
+        )),
+    };
+    result.map_err(|e| (e, conf.cni_version))
+}
+
+fn main() -> ExitCode {
+    let env = match Env::read(|k| std::env::var(k).ok()) {
+        Ok(env) => env,
+        Err(e) => {
+            println!("{}", e.to_json("1.0.0"));
+            return ExitCode::from(1);
+        }
+    };
+    let mut input = Vec::new();
+    if env.command != "VERSION" {
+        if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+            let e = CniError::new(code::IO_FAILURE, format!("reading the network config: {e}"));
+            println!("{}", e.to_json("1.0.0"));
+            return ExitCode::from(1);
+        }
+    }
+    match run(&env, &input) {
+        Ok(Some(result)) => {
+            println!("{result}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err((e, version)) => {
+            println!("{}", e.to_json(&version));
+            ExitCode::from(1)
+        }
+    }
+}

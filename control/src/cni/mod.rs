@@ -1,0 +1,701 @@
+//! tenet's CNI 1.0 plugin (`tenet-cni`): a container joins a tenant's network.
+//!
+//! ADD makes a veth, moves one end into the container's namespace under `CNI_IFNAME`
+//! with an address from the tenant's subnet and the gateway route, asks tenetd to
+//! attach the host end as an access port of the tenant (AF_XDP, falling back to
+//! af_packet; port security on the container's MAC and address) and registers the
+//! endpoint, so the FDB entry is installed, not learned. With `"backend":
+//! "vhost-user"` there is no veth: tenetd serves a vhost-user socket per endpoint for a
+//! DPDK container, and the result names it (`socketPath`). DEL undoes all of it and
+//! succeeds when there is nothing to undo. CHECK verifies each piece is in place.
+//!
+//! Everything a container gets is named from its container id and interface, so DEL
+//! and CHECK find it again without state of their own: port and host veth
+//! `tn<hash>`, the address in the allocator's file for the container.
+
+pub mod ipam;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::client::{encode, Client};
+use crate::netlink;
+
+/// CNI versions this plugin speaks.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+
+/// Error codes of the CNI specification, and the plugin's own (100 and up).
+pub mod code {
+    /// The config's `cniVersion` is not supported.
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// A field the plugin does not support.
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// The container is unknown or does not exist.
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    /// The `CNI_*` environment is incomplete or wrong.
+    pub const INVALID_ENVIRONMENT: u32 = 4;
+    /// An I/O failure.
+    pub const IO_FAILURE: u32 = 5;
+    /// The config could not be decoded.
+    pub const DECODING_FAILURE: u32 = 6;
+    /// The config is invalid.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// A transient failure; the runtime should retry.
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    /// tenetd refused the change.
+    pub const TENETD_REFUSED: u32 = 100;
+    /// The IPAM plugin failed.
+    pub const IPAM_FAILED: u32 = 101;
+    /// Making the container's link failed.
+    pub const LINK_FAILED: u32 = 102;
+    /// CHECK found something missing or different.
+    pub const CHECK_FAILED: u32 = 103;
+}
+
+/// A CNI error object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    /// Its code.
+    pub code: u32,
+    /// What went wrong.
+    pub msg: String,
+    /// More, when there is.
+    pub details: String,
+}
+
+impl CniError {
+    /// An error with `code` and `msg`.
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    /// An I/O failure on `path`.
+    pub fn io(path: &Path, e: std::io::Error) -> Self {
+        Self::new(code::IO_FAILURE, format!("{}: {e}", path.display()))
+    }
+
+    /// As the JSON the specification asks for.
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        let mut v = json!({"cniVersion": cni_version, "code": self.code, "msg": self.msg});
+        if !self.details.is_empty() {
+            v["details"] = json!(self.details);
+        }
+        v
+    }
+}
+
+/// The `CNI_*` environment of one call.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// ADD, DEL, CHECK or VERSION.
+    pub command: String,
+    /// The container.
+    pub container_id: String,
+    /// Its network namespace (a path).
+    pub netns: String,
+    /// The interface to make inside.
+    pub ifname: String,
+    /// Where plugins are (for delegated IPAM).
+    pub path: String,
+}
+
+impl Env {
+    /// Reads the environment through `var`; `VERSION` needs nothing else.
+    pub fn read(var: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let need = |name: &str| {
+            var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                CniError::new(code::INVALID_ENVIRONMENT, format!("{name} is not set"))
+            })
+        };
+        let command = need("CNI_COMMAND")?;
+        if command == "VERSION" {
+            return Ok(Self {
+                command,
+                ..Self::default()
+            });
+        }
+        if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK") {
+            return Err(CniError::new(
+                code::INVALID_ENVIRONMENT,
+                format!("CNI_COMMAND: `{command}` is not ADD, DEL, CHECK or VERSION"),
+            ));
+        }
+        let ifname = need("CNI_IFNAME")?;
+        if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
+            return Err(CniError::new(
+                code::INVALID_ENVIRONMENT,
+                format!("CNI_IFNAME: `{ifname}` is not an interface name"),
+            ));
+        }
+        Ok(Self {
+            container_id: need("CNI_CONTAINERID")?,
+            // DEL may come after the namespace is gone.
+            netns: if command == "DEL" {
+                var("CNI_NETNS").unwrap_or_default()
+            } else {
+                need("CNI_NETNS")?
+            },
+            ifname,
+            path: var("CNI_PATH").unwrap_or_default(),
+            command,
+        })
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::client::DEFAULT_SOCKET)
+}
+
+fn default_backend() -> String {
+    "af-xdp".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_vhost_dir() -> PathBuf {
+    PathBuf::from("/run/tenet/vhost")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(ipam::DATA_DIR)
+}
+
+/// The network configuration a runtime passes on stdin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    /// Version of the config's format.
+    pub cni_version: String,
+    /// The network's name.
+    pub name: String,
+    /// The plugin (`tenet`).
+    #[serde(rename = "type")]
+    pub plugin: String,
+    /// The tenant the container joins.
+    pub tenant: Option<String>,
+    /// tenetd's API socket.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// How tenetd attaches the container: `af-xdp` (falls back to `af-packet`),
+    /// `af-packet`, or `vhost-user`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// The tenant subnet to take the address from (default: its first).
+    pub subnet: Option<String>,
+    /// MTU of the container's link.
+    pub mtu: Option<u32>,
+    /// Port security: the container may only send as its MAC and address.
+    #[serde(default = "default_true", rename = "portSecurity")]
+    pub port_security: bool,
+    /// vhost-user: tenetd connects to a socket the container serves, instead of
+    /// serving one.
+    #[serde(default, rename = "vhostClient")]
+    pub vhost_client: bool,
+    /// vhost-user: where the sockets are.
+    #[serde(default = "default_vhost_dir", rename = "vhostDir")]
+    pub vhost_dir: PathBuf,
+    /// The own allocator's directory.
+    #[serde(default = "default_data_dir", rename = "dataDir")]
+    pub data_dir: PathBuf,
+    /// Delegated IPAM (`{"type": "host-local", ...}`); none: the plugin's own.
+    pub ipam: Option<Value>,
+    /// The result of the previous plugin of a chain, or of ADD (CHECK, DEL).
+    pub prev_result: Option<Value>,
+}
+
+impl NetConf {
+    /// Parses and checks the config.
+    pub fn parse(bytes: &[u8]) -> Result<(Self, Value), CniError> {
+        let raw: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::new(code::DECODING_FAILURE, format!("network config: {e}")))?;
+        let conf: NetConf = serde_json::from_value(raw.clone())
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("network config: {e}")))?;
+        if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "cniVersion: `{}` is not one of {}",
+                    conf.cni_version,
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        if !matches!(conf.backend.as_str(), "af-xdp" | "af-packet" | "vhost-user") {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "backend: `{}` is not af-xdp, af-packet or vhost-user",
+                    conf.backend
+                ),
+            ));
+        }
+        if conf.name.is_empty() || conf.name.contains('/') || conf.name.starts_with('.') {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("name: `{}` cannot name a network", conf.name),
+            ));
+        }
+        Ok((conf, raw))
+    }
+
+    fn tenant(&self) -> Result<&str, CniError> {
+        self.tenant
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                CniError::new(code::INVALID_CONFIG, "tenant: missing (the tenant to join)")
+            })
+    }
+}
+
+/// The name of the port and host veth of `env`'s container: `tn` and 12 hex digits of
+/// a hash of the container id and interface (15 bytes at most, as Linux wants).
+pub fn port_name(env: &Env) -> String {
+    // FNV-1a: stable across builds and hosts, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in env
+        .container_id
+        .bytes()
+        .chain([0])
+        .chain(env.ifname.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("tn{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// A locally administered MAC for a vhost-user container (its DPDK app uses it).
+fn vhost_mac(name: &str) -> [u8; 6] {
+    let hex = &name[2..];
+    let n = u64::from_str_radix(hex, 16).unwrap_or(0);
+    let b = n.to_be_bytes();
+    [0x02, 0x7d, b[4], b[5], b[6], b[7]]
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_cidr(field: &str, text: &str) -> Result<(Ipv4Addr, u8), CniError> {
+    let bad = || {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("{field}: `{text}` is not an IPv4 address/prefix"),
+        )
+    };
+    let (ip, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if prefix > 32 {
+        return Err(bad());
+    }
+    Ok((ip, prefix))
+}
+
+/// What tenetd says, as a CNI error when it refuses or cannot be reached.
+fn api(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<crate::client::Answer, CniError> {
+    client.call(method, path, body).map_err(|e| match e {
+        crate::client::CallError::Unreachable { .. } => {
+            CniError::new(code::TRY_AGAIN_LATER, e.to_string())
+        }
+        crate::client::CallError::Protocol(_) => CniError::new(code::IO_FAILURE, e.to_string()),
+    })
+}
+
+/// The address a container gets and how it routes out.
+struct Addressing {
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+}
+
+/// Chooses the container's address: delegated to the IPAM plugin the config names,
+/// or from the tenant's subnet with the tenant's gateway.
+fn address(env: &Env, conf: &NetConf, raw: &Value, tenant: &Value) -> Result<Addressing, CniError> {
+    if let Some(ipam) = &conf.ipam {
+        let plugin = ipam.get("type").and_then(Value::as_str).unwrap_or("");
+        let result = ipam::delegate(env, plugin, raw)?;
+        let first = result["ips"]
+            .get(0)
+            .ok_or_else(|| CniError::new(code::IPAM_FAILED, format!("{plugin} gave no address")))?;
+        let (ip, prefix) = parse_cidr("ipam result", first["address"].as_str().unwrap_or(""))?;
+        let gateway = first["gateway"].as_str().and_then(|g| g.parse().ok());
+        return Ok(Addressing {
+            ip,
+            prefix,
+            gateway,
+        });
+    }
+    let subnets: Vec<(Ipv4Addr, u8)> = tenant["subnets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|s| parse_cidr("subnets", s).ok())
+        .collect();
+    let (gateway, prefix) = match &conf.subnet {
+        Some(wanted) => {
+            let (net, len) = parse_cidr("subnet", wanted)?;
+            let pool = ipam::Pool { network: net, prefix: len, gateway: None };
+            subnets
+                .iter()
+                .copied()
+                .find(|(gw, l)| *l == len && pool.contains(*gw))
+                .ok_or_else(|| {
+                    CniError::new(code::INVALID_CONFIG, format!("subnet: {wanted} is not one of the tenant's subnets"))
+                })?
+        }
+        None => *subnets.first().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "ipam: the tenant has no subnet (no gateway) to take addresses from; give it one or configure ipam",
+            )
+        })?,
+    };
+    let pool = ipam::Pool {
+        network: gateway,
+        prefix,
+        gateway: Some(gateway),
+    };
+    let ip = ipam::Allocator::new(&conf.data_dir, &conf.name).allocate(env, &pool)?;
+    Ok(Addressing {
+        ip,
+        prefix,
+        gateway: Some(gateway),
+    })
+}
+
+/// Gives the container's address back (own allocator, or the delegated plugin's DEL).
+fn release(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
+    match &conf.ipam {
+        Some(ipam) => {
+            let plugin = ipam.get("type").and_then(Value::as_str).unwrap_or("");
+            let del = Env {
+                command: "DEL".to_owned(),
+                ..env.clone()
+            };
+            ipam::delegate(&del, plugin, raw).map(|_| ())
+        }
+        None => ipam::Allocator::new(&conf.data_dir, &conf.name).release(env),
+    }
+}
+
+/// ADD: the container joins the tenant; returns the CNI result.
+pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
+    let tenant_name = conf.tenant()?;
+    let client = Client::new(&conf.socket);
+    let tenant = api(&client, "GET", &format!("/v1/tenants/{tenant_name}"), None)?;
+    if tenant.status == 404 {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("tenant: `{tenant_name}` does not exist in tenetd"),
+        ));
+    }
+    if !tenant.ok() {
+        return Err(CniError::new(code::TENETD_REFUSED, tenant.refusal()));
+    }
+    let name = port_name(env);
+    let addressing = address(env, conf, raw, &tenant.body["tenant"])?;
+    // From here each step undoes the ones before it when it fails.
+    let undo_address = |e: CniError| {
+        let _ = release(env, conf, raw);
+        e
+    };
+    let interfaces = if conf.backend == "vhost-user" {
+        let mac = vhost_mac(&name);
+        let path = conf.vhost_dir.join(format!("{name}.sock"));
+        std::fs::create_dir_all(&conf.vhost_dir)
+            .map_err(|e| undo_address(CniError::io(&conf.vhost_dir, e)))?;
+        let port = json!({
+            "name": name, "backend": "vhost-user", "path": path, "client": conf.vhost_client,
+            "role": "access", "tenant": tenant_name,
+        });
+        attach(&client, conf, port, mac, addressing.ip).map_err(undo_address)?;
+        json!([{"name": env.ifname, "mac": mac_text(mac), "sandbox": env.netns, "socketPath": path}])
+    } else {
+        let mac = netlink::create_veth(&netlink::VethPlan {
+            host: &name,
+            netns: Path::new(&env.netns),
+            ifname: &env.ifname,
+            address: Some((addressing.ip, addressing.prefix)),
+            gateway: addressing.gateway,
+            mtu: conf.mtu,
+        })
+        .map_err(|e| undo_address(CniError::new(code::LINK_FAILED, format!("{e:#}"))))?;
+        let undo_link = |e: CniError| {
+            let _ = netlink::delete_link(&name);
+            undo_address(e)
+        };
+        let port = |backend: &str| json!({"name": name, "backend": backend, "interface": name, "role": "access", "tenant": tenant_name});
+        let attached = match conf.backend.as_str() {
+            // AF_XDP where the kernel and driver take it; af_packet everywhere.
+            "af-xdp" => attach(&client, conf, port("af-xdp"), mac, addressing.ip)
+                .or_else(|_| attach(&client, conf, port("af-packet"), mac, addressing.ip)),
+            other => attach(&client, conf, port(other), mac, addressing.ip),
+        };
+        attached.map_err(undo_link)?;
+        json!([{"name": name}, {"name": env.ifname, "mac": mac_text(mac), "sandbox": env.netns}])
+    };
+    let container_index = if conf.backend == "vhost-user" { 0 } else { 1 };
+    let mut ip = json!({
+        "address": format!("{}/{}", addressing.ip, addressing.prefix),
+        "interface": container_index,
+    });
+    let mut routes = json!([]);
+    if let Some(gw) = addressing.gateway {
+        ip["gateway"] = json!(gw.to_string());
+        routes = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
+    }
+    Ok(json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": interfaces,
+        "ips": [ip],
+        "routes": routes,
+        "dns": {},
+    }))
+}
+
+/// Attaches the port and registers the endpoint; detaches the port again when the
+/// endpoint is refused.
+fn attach(
+    client: &Client,
+    conf: &NetConf,
+    mut port: Value,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+) -> Result<(), CniError> {
+    let tenant = port["tenant"].clone();
+    let name = port["name"].as_str().unwrap_or_default().to_owned();
+    if conf.port_security {
+        port["allowed_macs"] = json!([mac_text(mac)]);
+        port["allowed_ips"] = json!([ip.to_string()]);
+    }
+    let answer = api(client, "POST", "/v1/ports", Some(&port))?;
+    if !answer.ok() {
+        return Err(CniError::new(
+            code::TENETD_REFUSED,
+            format!("attaching port {name}: {}", answer.refusal()),
+        ));
+    }
+    let endpoint =
+        json!({"tenant": tenant, "mac": mac_text(mac), "ip": ip.to_string(), "port": name});
+    let answer = api(client, "POST", "/v1/endpoints", Some(&endpoint))?;
+    if !answer.ok() {
+        let _ = api(client, "DELETE", &format!("/v1/ports/{name}"), None);
+        return Err(CniError::new(
+            code::TENETD_REFUSED,
+            format!("registering the endpoint: {}", answer.refusal()),
+        ));
+    }
+    Ok(())
+}
+
+/// The port tenetd has for `name`, if any.
+fn find_port(client: &Client, name: &str) -> Result<Option<Value>, CniError> {
+    let answer = api(client, "GET", "/v1/ports", None)?;
+    if !answer.ok() {
+        return Err(CniError::new(code::TENETD_REFUSED, answer.refusal()));
+    }
+    Ok(answer
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .cloned())
+}
+
+/// The endpoints of `tenant` behind port `name`.
+fn endpoints_of(client: &Client, tenant: &str, name: &str) -> Result<Vec<Value>, CniError> {
+    let answer = api(client, "GET", "/v1/endpoints", None)?;
+    if !answer.ok() {
+        return Err(CniError::new(code::TENETD_REFUSED, answer.refusal()));
+    }
+    Ok(answer
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["tenant"] == tenant && e["port"] == name)
+        .cloned()
+        .collect())
+}
+
+/// DEL: undoes ADD; whatever is already gone is skipped.
+pub fn del(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
+    let name = port_name(env);
+    let client = Client::new(&conf.socket);
+    if let Some(tenant) = conf.tenant.as_deref().filter(|t| !t.is_empty()) {
+        for endpoint in endpoints_of(&client, tenant, &name)? {
+            let mac = endpoint["mac"].as_str().unwrap_or_default();
+            let answer = api(
+                &client,
+                "DELETE",
+                &format!("/v1/endpoints/{tenant}/{}", encode(mac)),
+                None,
+            )?;
+            if !answer.ok() && answer.status != 404 {
+                return Err(CniError::new(code::TENETD_REFUSED, answer.refusal()));
+            }
+        }
+    }
+    let answer = api(&client, "DELETE", &format!("/v1/ports/{name}"), None)?;
+    if !answer.ok() && answer.status != 404 {
+        return Err(CniError::new(
+            code::TENETD_REFUSED,
+            format!("detaching port {name}: {}", answer.refusal()),
+        ));
+    }
+    if conf.backend == "vhost-user" {
+        let path = conf.vhost_dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(path);
+    } else {
+        netlink::delete_link(&name)
+            .map_err(|e| CniError::new(code::LINK_FAILED, format!("{e:#}")))?;
+    }
+    release(env, conf, raw)
+}
+
+/// CHECK: the container's link, address, port and endpoint are all in place.
+pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let tenant = conf.tenant()?;
+    let name = port_name(env);
+    let client = Client::new(&conf.socket);
+    let failed = |what: String| Err(CniError::new(code::CHECK_FAILED, what));
+    let Some(port) = find_port(&client, &name)? else {
+        return failed(format!("tenetd has no port {name} for this container"));
+    };
+    if port["role"]["tenant"] != tenant {
+        return failed(format!("port {name} is not in tenant {tenant}"));
+    }
+    let endpoints = endpoints_of(&client, tenant, &name)?;
+    if endpoints.is_empty() {
+        return failed(format!(
+            "tenant {tenant} has no endpoint behind port {name}"
+        ));
+    }
+    let expected_ip = conf.prev_result.as_ref().and_then(|r| {
+        let address = r["ips"].get(0)?["address"].as_str()?;
+        parse_cidr("prevResult", address).ok()
+    });
+    if conf.backend == "vhost-user" {
+        return Ok(());
+    }
+    if !netlink::link_exists(&name)
+        .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))?
+    {
+        return failed(format!("the host end {name} is gone"));
+    }
+    let inside = netlink::container_end(Path::new(&env.netns), &env.ifname)
+        .map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("{e:#}")))?;
+    let Some(inside) = inside else {
+        return failed(format!("{} is gone from the container", env.ifname));
+    };
+    if !endpoints.iter().any(|e| e["mac"] == mac_text(inside.mac)) {
+        return failed(format!(
+            "{} has MAC {}, not the endpoint's",
+            env.ifname,
+            mac_text(inside.mac)
+        ));
+    }
+    if let Some(ip) = expected_ip {
+        if !inside.addresses.contains(&ip) {
+            return failed(format!("{} lost its address {}/{}", env.ifname, ip.0, ip.1));
+        }
+    }
+    Ok(())
+}
+
+/// VERSION's answer.
+pub fn version() -> Value {
+    json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Env, CniError> {
+        Env::read(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn the_environment_is_checked_naming_the_variable() {
+        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")]).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENVIRONMENT);
+        assert!(e.msg.contains("CNI_CONTAINERID"), "{e:?}");
+        let e = env(&[("CNI_COMMAND", "GET")]).unwrap_err();
+        assert!(e.msg.contains("CNI_COMMAND"));
+        assert_eq!(
+            env(&[("CNI_COMMAND", "VERSION")]).unwrap().command,
+            "VERSION"
+        );
+        let del = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "x"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap();
+        assert!(del.netns.is_empty(), "DEL without a namespace is fine");
+    }
+
+    #[test]
+    fn configs_are_checked_naming_the_field() {
+        let e = NetConf::parse(b"{").unwrap_err();
+        assert_eq!(e.code, code::DECODING_FAILURE);
+        let e = NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n","type":"tenet"}"#).unwrap_err();
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        let e =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"tenet","backend":"tap"}"#)
+                .unwrap_err();
+        assert!(e.msg.starts_with("backend"));
+        let (c, _) =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"tenet"}"#).unwrap();
+        assert_eq!(c.tenant().unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(c.backend, "af-xdp");
+    }
+
+    #[test]
+    fn names_are_stable_short_and_distinct() {
+        let a = Env {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+            ..Env::default()
+        };
+        let b = Env {
+            container_id: "abc".into(),
+            ifname: "eth1".into(),
+            ..Env::default()
+        };
+        assert_eq!(port_name(&a), port_name(&a.clone()));
+        assert_ne!(port_name(&a), port_name(&b));
+        assert_eq!(port_name(&a).len(), 14);
+        assert_eq!(
+            vhost_mac(&port_name(&a))[0] & 3,
+            2,
+            "locally administered unicast"
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! Container links, made and removed through netlink (rtnetlink for links, addresses
+//! and routes; ethtool's generic-netlink family for offloads), never by running `ip`.
+//!
+//! A container's link is a veth pair: the host end stays here for tenetd to attach, the
+//! other end moves into the container's network namespace under the name the runtime
+//! asked for, with its address and the gateway route. Work inside a namespace runs on a
+//! thread of its own that entered it (`setns` changes only the calling thread), with a
+//! netlink socket opened there.
+//!
+//! The container end sends with TX checksum offload off: a userspace switch reading
+//! the host end (AF_XDP, AF_PACKET) gets frames whose checksum the kernel left for a
+//! NIC to fill, and there is no NIC.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use futures_util::stream::TryStreamExt;
+use netlink_packet_core::{
+    DecodeError, Emitable, NetlinkMessage, NetlinkPayload, ParseableParametrized, NLM_F_ACK,
+    NLM_F_REQUEST,
+};
+use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// A container's end of a veth, as the container sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEnd {
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its IPv4 addresses with prefix lengths.
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+}
+
+/// What to make: a veth whose host end is `host` and whose other end is `ifname` in the
+/// namespace at `netns`, with `address` and a default route via `gateway`.
+#[derive(Debug, Clone)]
+pub struct VethPlan<'a> {
+    /// Host end's name.
+    pub host: &'a str,
+    /// The container's network namespace (`/var/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: &'a Path,
+    /// The container end's name in there.
+    pub ifname: &'a str,
+    /// Its address and prefix length.
+    pub address: Option<(Ipv4Addr, u8)>,
+    /// Its default route's next hop.
+    pub gateway: Option<Ipv4Addr>,
+    /// MTU of both ends.
+    pub mtu: Option<u32>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the netlink runtime")
+}
+
+fn connect() -> anyhow::Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// Whether a netlink error says the thing does not exist.
+fn not_found(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get() == -libc::ENODEV || c.get() == -libc::ENOENT))
+}
+
+async fn index_of(handle: &Handle, name: &str) -> anyhow::Result<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+    }
+}
+
+async fn mac_of(handle: &Handle, index: u32) -> anyhow::Result<[u8; 6]> {
+    let mut links = handle.link().get().match_index(index).execute();
+    let link = links
+        .try_next()
+        .await?
+        .with_context(|| format!("link {index} vanished"))?;
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            _ => None,
+        })
+        .context("link has no MAC")
+}
+
+/// Runs `f` on a thread that entered the network namespace at `netns`.
+fn in_netns<T: Send>(
+    netns: &Path,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let file = File::open(netns)
+        .with_context(|| format!("opening network namespace {}", netns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering network namespace {}", netns.display()))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    })
+}
+
+/// Makes the veth of `plan`; returns the container end's MAC. On failure nothing is
+/// left behind.
+pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<[u8; 6]> {
+    let ns = File::open(plan.netns)
+        .with_context(|| format!("opening network namespace {}", plan.netns.display()))?;
+    // A temporary name for the container end while it is still in our namespace.
+    let temporary = format!("{}p", &plan.host[..plan.host.len().min(14)]);
+    runtime()?.block_on(async {
+        let handle = connect()?;
+        let mut veth = LinkVeth::new(plan.host, &temporary);
+        if let Some(mtu) = plan.mtu {
+            veth = veth.mtu(mtu);
+        }
+        handle
+            .link()
+            .add(veth.build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {}", plan.host))?;
+        let moved = async {
+            let peer = index_of(&handle, &temporary)
+                .await?
+                .context("the new veth has no peer")?;
+            use std::os::fd::AsRawFd;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(peer)
+                        .setns_by_fd(ns.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .context("moving the veth into the namespace")?;
+            let host = index_of(&handle, plan.host)
+                .await?
+                .context("host end vanished")?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(host).up().build())
+                .execute()
+                .await
+                .context("bringing the host end up")?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = moved {
+            let _ = delete_with(&handle, plan.host).await;
+            return Err(e);
+        }
+        anyhow::Ok(())
+    })?;
+    let inside = in_netns(plan.netns, || {
+        runtime()?.block_on(async {
+            let handle = connect()?;
+            let index = index_of(&handle, &temporary)
+                .await?
+                .context("the veth did not arrive in the namespace")?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .name(plan.ifname.to_owned())
+                        .build(),
+                )
+                .execute()
+                .await
+                .with_context(|| format!("naming the container end {}", plan.ifname))?;
+            disable_tx_checksum(plan.ifname).await?;
+            if let Some((ip, prefix)) = plan.address {
+                handle
+                    .address()
+                    .add(index, IpAddr::V4(ip), prefix)
+                    .execute()
+                    .await
+                    .with_context(|| format!("adding {ip}/{prefix}"))?;
+            }
+            for link in [index, index_of(&handle, "lo").await?.unwrap_or(index)] {
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(link).up().build())
+                    .execute()
+                    .await
+                    .context("bringing the container end up")?;
+            }
+            if let Some(gateway) = plan.gateway {
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+                    .gateway(gateway)
+                    .output_interface(index)
+                    .build();
+                handle
+                    .route()
+                    .add(route)
+                    .execute()
+                    .await
+                    .with_context(|| format!("adding the default route via {gateway}"))?;
+            }
+            mac_of(&handle, index).await
+        })
+    });
+    if inside.is_err() {
+        // The host end takes the container end with it.
+        let _ = delete_link(plan.host);
+    }
+    inside
+}
+
+/// Makes a veth with both ends here (the Docker plugin's: Docker moves `peer` into
+/// the container itself); returns `peer`'s MAC.
+pub fn create_veth_here(
+    host: &str,
+    peer: &str,
+    mac: Option<[u8; 6]>,
+    mtu: Option<u32>,
+) -> anyhow::Result<[u8; 6]> {
+    runtime()?.block_on(async {
+        let handle = connect()?;
+        let mut veth = LinkVeth::new(host, peer);
+        if let Some(mtu) = mtu {
+            veth = veth.mtu(mtu);
+        }
+        handle
+            .link()
+            .add(veth.build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {host}"))?;
+        let made = async {
+            let peer_index = index_of(&handle, peer)
+                .await?
+                .context("the new veth has no peer")?;
+            if let Some(mac) = mac {
+                handle
+                    .link()
+                    .set(
+                        LinkUnspec::new_with_index(peer_index)
+                            .address(mac.to_vec())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .context("setting the container end's MAC")?;
+            }
+            // Offload settings move with the device into the container.
+            disable_tx_checksum(peer).await?;
+            for name in [host, peer] {
+                let index = index_of(&handle, name)
+                    .await?
+                    .context("veth end vanished")?;
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+                    .with_context(|| format!("bringing {name} up"))?;
+            }
+            mac_of(&handle, peer_index).await
+        }
+        .await;
+        if made.is_err() {
+            let _ = delete_with(&handle, host).await;
+        }
+        made
+    })
+}
+
+async fn delete_with(handle: &Handle, name: &str) -> anyhow::Result<bool> {
+    let Some(index) = index_of(handle, name).await? else {
+        return Ok(false);
+    };
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("deleting link {name}")),
+    }
+}
+
+/// Deletes link `name` here (a veth takes its peer along); false if there was none.
+pub fn delete_link(name: &str) -> anyhow::Result<bool> {
+    runtime()?.block_on(async {
+        let handle = connect()?;
+        delete_with(&handle, name).await
+    })
+}
+
+/// Whether link `name` exists here.
+pub fn link_exists(name: &str) -> anyhow::Result<bool> {
+    runtime()?.block_on(async {
+        let handle = connect()?;
+        Ok(index_of(&handle, name).await?.is_some())
+    })
+}
+
+/// The interface `ifname` inside the namespace at `netns`, if it is there.
+pub fn container_end(netns: &Path, ifname: &str) -> anyhow::Result<Option<ContainerEnd>> {
+    in_netns(netns, || {
+        runtime()?.block_on(async {
+            let handle = connect()?;
+            let Some(index) = index_of(&handle, ifname).await? else {
+                return Ok(None);
+            };
+            let mac = mac_of(&handle, index).await?;
+            let mut addresses = Vec::new();
+            let mut dump = handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute();
+            while let Some(message) = dump.try_next().await? {
+                let prefix = message.header.prefix_len;
+                for attribute in &message.attributes {
+                    if let AddressAttribute::Address(IpAddr::V4(ip)) = attribute {
+                        addresses.push((*ip, prefix));
+                    }
+                }
+            }
+            Ok(Some(ContainerEnd { mac, addresses }))
+        })
+    })
+}
+
+/// Turns TX checksum offload off on `ifname` in the calling thread's namespace
+/// (`ethtool -K ifname tx off`), through ethtool's generic-netlink family.
+pub async fn disable_tx_checksum(ifname: &str) -> anyhow::Result<()> {
+    let (connection, mut handle, _) =
+        genetlink::new_connection().context("opening generic netlink")?;
+    tokio::spawn(connection);
+    let mut message = NetlinkMessage::from(GenlMessage::from_payload(FeaturesOff::new(
+        ifname,
+        &["tx-checksum-ip-generic"],
+    )));
+    message.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut answers = handle
+        .request(message)
+        .await
+        .context("asking ethtool's netlink family")?;
+    use futures_util::StreamExt;
+    while let Some(answer) = answers.next().await {
+        let answer = answer.context("ethtool's answer")?;
+        if let NetlinkPayload::Error(e) = answer.payload {
+            if let Some(code) = e.code {
+                bail!(
+                    "turning TX checksum offload off on {ifname}: {}",
+                    std::io::Error::from_raw_os_error(-code.get())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ETHTOOL_MSG_FEATURES_SET` clearing some named features: the header names the
+/// device, the wanted bitset lists each feature without a value (listed, not set: off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FeaturesOff {
+    attributes: Vec<u8>,
+}
+
+const ETHTOOL_MSG_FEATURES_SET: u8 = 12;
+const ETHTOOL_A_FEATURES_HEADER: u16 = 1;
+const ETHTOOL_A_FEATURES_WANTED: u16 = 3;
+const ETHTOOL_A_HEADER_DEV_NAME: u16 = 2;
+const ETHTOOL_A_BITSET_BITS: u16 = 3;
+const ETHTOOL_A_BITSET_BITS_BIT: u16 = 1;
+const ETHTOOL_A_BITSET_BIT_NAME: u16 = 2;
+const NLA_F_NESTED: u16 = 0x8000;
+
+/// One netlink attribute: length, type, value, padding to 4 bytes.
+fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+    let len = 4 + value.len();
+    let mut out = Vec::with_capacity((len + 3) & !3);
+    out.extend((len as u16).to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
+    out.extend(value);
+    out.resize((len + 3) & !3, 0);
+    out
+}
+
+fn c_string(text: &str) -> Vec<u8> {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+impl FeaturesOff {
+    fn new(ifname: &str, features: &[&str]) -> Self {
+        let header = nla(
+            ETHTOOL_A_FEATURES_HEADER | NLA_F_NESTED,
+            &nla(ETHTOOL_A_HEADER_DEV_NAME, &c_string(ifname)),
+        );
+        let bits: Vec<u8> = features
+            .iter()
+            .flat_map(|f| {
+                nla(
+                    ETHTOOL_A_BITSET_BITS_BIT | NLA_F_NESTED,
+                    &nla(ETHTOOL_A_BITSET_BIT_NAME, &c_string(f)),
+                )
+            })
+            .collect();
+        let wanted = nla(
+            ETHTOOL_A_FEATURES_WANTED | NLA_F_NESTED,
+            &nla(ETHTOOL_A_BITSET_BITS | NLA_F_NESTED, &bits),
+        );
+        Self {
+            attributes: [header, wanted].concat(),
+        }
+    }
+}
+
+impl GenlFamily for FeaturesOff {
+    fn family_name() -> &'static str {
+        "ethtool"
+    }
+
+    fn command(&self) -> u8 {
+        ETHTOOL_MSG_FEATURES_SET
+    }
+
+    fn version(&self) -> u8 {
+        1
+    }
+}
+
+impl Emitable for FeaturesOff {
+    fn buffer_len(&self) -> usize {
+        self.attributes.len()
+    }
+
+    fn emit(&self, buffer: &mut [u8]) {
+        buffer[..self.attributes.len()].copy_from_slice(&self.attributes);
+    }
+}
+
+impl ParseableParametrized<[u8], GenlHeader> for FeaturesOff {
+    fn parse_with_param(buf: &[u8], _header: GenlHeader) -> Result<Self, DecodeError> {
+        // A set has no answer beyond the acknowledgement.
+        Ok(Self {
+            attributes: buf.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded_and_nested() {
+        let a = nla(2, &c_string("eth0"));
+        assert_eq!(a.len(), 12, "4 + 5 bytes, padded to 12");
+        assert_eq!(u16::from_ne_bytes([a[0], a[1]]), 9);
+        let m = FeaturesOff::new("eth0", &["tx-checksum-ip-generic"]);
+        let header_len = u16::from_ne_bytes([m.attributes[0], m.attributes[1]]) as usize;
+        assert_eq!(header_len, 4 + 12);
+        let kind = u16::from_ne_bytes([m.attributes[2], m.attributes[3]]);
+        assert_eq!(kind, ETHTOOL_A_FEATURES_HEADER | NLA_F_NESTED);
+        assert_eq!(m.buffer_len() % 4, 0);
+    }
+}

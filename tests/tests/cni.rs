@@ -1,0 +1,478 @@
+//! tenet-cni as a container runtime drives it: ADD, CHECK and DEL with the `CNI_*`
+//! environment and the network config on stdin, into namespaces made by `ip netns` as
+//! the CNI test tools make them, against a running tenetd; conformance of results and
+//! errors, no leftovers after failures, delegated IPAM, churn, and a DPDK container on
+//! vhost-user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::{binary, tenetctl_ok, unique, wait_for_ping, Netns, TempDir, Tenetd};
+
+/// A tenetd with tenants `red` and `blue`, both on 10.20.0.0/24 (tenants may overlap).
+struct Switch {
+    tenetd: Tenetd,
+    dir: TempDir,
+}
+
+impl Switch {
+    fn start() -> Self {
+        let dir = TempDir::new("cni").unwrap();
+        let config = format!(
+            r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{prefix}"
+memory_mb = 256
+
+[[tenant]]
+name = "red"
+id = 100
+subnets = ["10.20.0.1/24", "10.21.0.1/24"]
+
+[[tenant]]
+name = "blue"
+id = 200
+subnets = ["10.20.0.1/24"]
+
+[[port]]
+name = "spare"
+backend = "null"
+
+[control]
+api_socket = "{dir}/tenetd.sock"
+state_file = "{dir}/state.json"
+"#,
+            prefix = unique("cni"),
+            dir = dir.path().display()
+        );
+        let mut tenetd = Tenetd::start(&config, &[]).unwrap();
+        tenetd
+            .wait_for_line("API listening", Duration::from_secs(30))
+            .unwrap();
+        Self { tenetd, dir }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("tenetd.sock")
+    }
+
+    /// The network config of `tenant` (own IPAM under the switch's directory).
+    fn net(&self, name: &str, tenant: &str) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "type": "tenet",
+            "tenant": tenant,
+            "socket": self.socket(),
+            "dataDir": self.dir.path().join("ipam"),
+        })
+    }
+
+    fn ports(&self) -> Vec<String> {
+        let out = tenetctl_ok(&self.socket(), &["--json", "port", "list"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn endpoints(&self) -> Vec<Value> {
+        let out = tenetctl_ok(&self.socket(), &["--json", "endpoint", "list"]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn addresses_held(&self, network: &str) -> usize {
+        std::fs::read_dir(self.dir.path().join("ipam").join(network))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .parse::<std::net::Ipv4Addr>()
+                            .is_ok()
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// What the plugin answered: success, and its JSON (result or error object).
+fn cni(command: &str, container: &str, ns: Option<&Netns>, conf: &Value) -> (bool, Value) {
+    cni_env(command, &[("CNI_CONTAINERID", container)], ns, conf)
+}
+
+fn cni_env(
+    command: &str,
+    vars: &[(&str, &str)],
+    ns: Option<&Netns>,
+    conf: &Value,
+) -> (bool, Value) {
+    let mut cmd = Command::new(binary("tenet-cni"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni:/opt/cni/bin")
+        .envs(vars.iter().copied());
+    if let Some(ns) = ns {
+        cmd.env("CNI_NETNS", format!("/var/run/netns/{}", ns.name()));
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tenet-cni runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (out.status.success(), value)
+}
+
+fn add(conf: &Value, container: &str, ns: &Netns) -> Value {
+    let (ok, result) = cni("ADD", container, Some(ns), conf);
+    assert!(ok, "ADD {container} failed: {result}");
+    result
+}
+
+/// The host end tenet-cni makes for `container`'s eth0, if it exists (other tests
+/// make theirs at the same time).
+fn host_link(container: &str) -> Option<String> {
+    let env = control::cni::Env {
+        container_id: container.to_owned(),
+        ifname: "eth0".to_owned(),
+        ..Default::default()
+    };
+    let name = control::cni::port_name(&env);
+    Path::new("/sys/class/net")
+        .join(&name)
+        .exists()
+        .then_some(name)
+}
+
+#[test]
+fn add_check_del_is_a_full_round_trip() {
+    let sw = Switch::start();
+    let red = sw.net("red-net", "red");
+    let blue = sw.net("blue-net", "blue");
+    let (a, b, c) = (
+        Netns::new("ca").unwrap(),
+        Netns::new("cb").unwrap(),
+        Netns::new("cc").unwrap(),
+    );
+    let (ida, idb, idc) = (unique("ctr-a"), unique("ctr-b"), unique("ctr-c"));
+
+    let ra = add(&red, &ida, &a);
+    assert_eq!(ra["cniVersion"], "1.0.0");
+    assert_eq!(ra["interfaces"][1]["name"], "eth0");
+    assert_eq!(
+        ra["interfaces"][1]["sandbox"],
+        format!("/var/run/netns/{}", a.name())
+    );
+    assert_eq!(ra["ips"][0]["address"], "10.20.0.2/24");
+    assert_eq!(ra["ips"][0]["gateway"], "10.20.0.1");
+    assert_eq!(ra["ips"][0]["interface"], 1);
+    assert_eq!(
+        ra["routes"][0],
+        json!({"dst": "0.0.0.0/0", "gw": "10.20.0.1"})
+    );
+    let rb = add(&red, &idb, &b);
+    assert_eq!(rb["ips"][0]["address"], "10.20.0.3/24");
+    // Blue's own pool: the same addresses, another tenant.
+    let rc = add(&blue, &idc, &c);
+    assert_eq!(rc["ips"][0]["address"], "10.20.0.2/24");
+
+    // The container is configured as the result says, and reaches its tenant.
+    let route = a.exec("ip", &["route"]).unwrap();
+    assert!(route.contains("default via 10.20.0.1 dev eth0"), "{route}");
+    wait_for_ping(&a, "10.20.0.3");
+    wait_for_ping(&a, "10.20.0.1");
+    // Installed, not learned: the endpoints carry the containers' MACs and addresses.
+    let mac_a = ra["interfaces"][1]["mac"].as_str().unwrap();
+    assert!(sw
+        .endpoints()
+        .iter()
+        .any(|e| e["mac"] == mac_a && e["ip"] == "10.20.0.2" && e["tenant"] == "red"));
+    // Blue reaches nothing of red's, though the addresses are the same.
+    assert!(c
+        .exec("ping", &["-c", "2", "-W", "1", "10.20.0.3"])
+        .is_err());
+
+    let check = json!({"prevResult": ra}).as_object().unwrap().clone();
+    let mut with_prev = red.clone();
+    with_prev.as_object_mut().unwrap().extend(check);
+    let (ok, err) = cni("CHECK", &ida, Some(&a), &with_prev);
+    assert!(ok, "CHECK: {err}");
+
+    let (ok, err) = cni("DEL", &ida, Some(&a), &red);
+    assert!(ok, "DEL: {err}");
+    assert!(
+        a.exec("ip", &["link", "show", "eth0"]).is_err(),
+        "eth0 gone"
+    );
+    assert_eq!(sw.addresses_held("red-net"), 1, "a's address given back");
+    assert_eq!(sw.ports().len(), 3, "spare, b's and c's");
+    let (ok, _) = cni("DEL", &ida, Some(&a), &red);
+    assert!(ok, "a repeated DEL succeeds");
+    let (ok, _) = cni("DEL", "never-added", None, &red);
+    assert!(ok, "DEL of what was never added succeeds");
+    let (ok, err) = cni("CHECK", &ida, Some(&a), &with_prev);
+    assert!(!ok);
+    assert_eq!(err["code"], 103, "{err}");
+
+    for (id, ns, conf) in [(&idb, &b, &red), (&idc, &c, &blue)] {
+        assert!(cni("DEL", id, Some(ns), conf).0);
+    }
+    assert_eq!(sw.ports(), ["spare"]);
+    assert!(sw.endpoints().is_empty());
+    for id in [&ida, &idb, &idc] {
+        assert_eq!(host_link(id), None);
+    }
+    drop(sw.tenetd);
+}
+
+#[test]
+fn bad_requests_are_refused_with_cni_errors_and_leave_nothing() {
+    let sw = Switch::start();
+    let ns = Netns::new("cx").unwrap();
+    let id = unique("ctr-x");
+
+    let (ok, e) = cni("VERSION", &id, None, &json!({}));
+    assert!(
+        ok && e["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("1.0.0"))
+    );
+
+    let (ok, e) = cni("ADD", &id, Some(&ns), &sw.net("x-net", "green"));
+    assert!(!ok);
+    assert_eq!(
+        (e["code"].as_u64(), e["cniVersion"].as_str()),
+        (Some(7), Some("1.0.0"))
+    );
+    assert!(e["msg"].as_str().unwrap().contains("green"), "{e}");
+
+    let mut no_tenant = sw.net("x-net", "red");
+    no_tenant.as_object_mut().unwrap().remove("tenant");
+    let (_, e) = cni("ADD", &id, Some(&ns), &no_tenant);
+    assert_eq!(e["code"], 7);
+    assert!(e["msg"].as_str().unwrap().starts_with("tenant"), "{e}");
+
+    let mut old = sw.net("x-net", "red");
+    old["cniVersion"] = json!("0.1.0");
+    assert_eq!(cni("ADD", &id, Some(&ns), &old).1["code"], 1);
+    let mut tap = sw.net("x-net", "red");
+    tap["backend"] = json!("tap");
+    assert_eq!(cni("ADD", &id, Some(&ns), &tap).1["code"], 7);
+    let (_, e) = cni_env("ADD", &[], Some(&ns), &sw.net("x-net", "red"));
+    assert_eq!(e["code"], 4);
+    assert!(
+        e["msg"].as_str().unwrap().contains("CNI_CONTAINERID"),
+        "{e}"
+    );
+    let (_, e) = cni("ADD", &id, Some(&ns), &json!("not a config"));
+    assert!(matches!(e["code"].as_u64(), Some(6) | Some(7)), "{e}");
+    let mut nowhere = sw.net("x-net", "red");
+    nowhere["socket"] = json!("/tmp/no-tenetd-here.sock");
+    assert_eq!(cni("ADD", &id, Some(&ns), &nowhere).1["code"], 11);
+
+    // A namespace that is not there: the link fails after the address was taken.
+    let gone = Command::new(binary("tenet-cni"))
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &id)
+        .env("CNI_NETNS", "/var/run/netns/no-such-namespace")
+        .env("CNI_IFNAME", "eth0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let gone = {
+        let mut gone = gone;
+        use std::io::Write;
+        gone.stdin
+            .take()
+            .unwrap()
+            .write_all(sw.net("x-net", "red").to_string().as_bytes())
+            .unwrap();
+        gone.wait_with_output().unwrap()
+    };
+    let e: Value = serde_json::from_slice(&gone.stdout).unwrap();
+    assert_eq!(e["code"], 102, "{e}");
+
+    // Nothing of any of them remains.
+    assert_eq!(host_link(&id), None);
+    assert_eq!(sw.ports(), ["spare"]);
+    assert!(sw.endpoints().is_empty());
+    assert_eq!(sw.addresses_held("x-net"), 0);
+    assert!(ns.exec("ip", &["link", "show", "eth0"]).is_err());
+}
+
+#[test]
+fn addresses_can_come_from_host_local() {
+    let host_local = Path::new("/usr/lib/cni/host-local");
+    assert!(
+        host_local.exists(),
+        "scripts/setup installs containernetworking-plugins"
+    );
+    let sw = Switch::start();
+    let ns = Netns::new("ch").unwrap();
+    let data = sw.dir.path().join("host-local");
+    let mut conf = sw.net("hl-net", "red");
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.21.0.0/24", "gateway": "10.21.0.1", "rangeStart": "10.21.0.50"}]],
+        "dataDir": data,
+    });
+    let id = unique("ctr-h");
+    let r = add(&conf, &id, &ns);
+    assert_eq!(r["ips"][0]["address"], "10.21.0.50/24");
+    assert!(
+        data.join("hl-net").join("10.21.0.50").exists(),
+        "host-local keeps it"
+    );
+    wait_for_ping(&ns, "10.21.0.1");
+    assert!(cni("DEL", &id, Some(&ns), &conf).0);
+    assert!(
+        !data.join("hl-net").join("10.21.0.50").exists(),
+        "host-local gave it back"
+    );
+    assert_eq!(sw.ports(), ["spare"]);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn two_hundred_containers_come_and_go_without_leaks() {
+    let sw = Switch::start();
+    let red = sw.net("churn-net", "red");
+    let ns = Netns::new("cch").unwrap();
+    let mut rss = Vec::new();
+    for i in 0..200 {
+        let id = format!("churn-{i}");
+        let r = add(&red, &id, &ns);
+        assert!(
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.20.0."),
+            "{r}"
+        );
+        let (ok, e) = cni("DEL", &id, Some(&ns), &red);
+        assert!(ok, "DEL {i}: {e}");
+        if i == 19 || i == 199 {
+            rss.push(rss_kib(sw.tenetd.pid()));
+        }
+    }
+    assert_eq!(sw.ports(), ["spare"]);
+    assert!(sw.endpoints().is_empty());
+    assert_eq!(sw.addresses_held("churn-net"), 0);
+    assert!((0..200).all(|i| host_link(&format!("churn-{i}")).is_none()));
+    assert!(ns.exec("ip", &["link", "show", "eth0"]).is_err());
+    // 180 more containers after the first 20 cost tenetd less than 8 MiB.
+    let grown = rss[1].saturating_sub(rss[0]);
+    assert!(
+        grown < 8 * 1024,
+        "tenetd grew {grown} KiB over 180 containers ({rss:?})"
+    );
+    eprintln!(
+        "tenetd RSS after 20 containers {} KiB, after 200 {} KiB",
+        rss[0], rss[1]
+    );
+}
+
+#[test]
+fn a_dpdk_container_joins_through_vhost_user() {
+    let sw = Switch::start();
+    let mut fast = sw.net("fast-net", "red");
+    fast["backend"] = json!("vhost-user");
+    fast["vhostDir"] = json!(sw.dir.path().join("vhost"));
+    let dpdk_ns = Netns::new("cv").unwrap();
+    let id = unique("ctr-v");
+    let r = add(&fast, &id, &dpdk_ns);
+    let socket = PathBuf::from(r["interfaces"][0]["socketPath"].as_str().unwrap());
+    assert!(socket.exists(), "tenetd serves {}", socket.display());
+    let mac = r["interfaces"][0]["mac"].as_str().unwrap().to_owned();
+    let ip = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The DPDK container: testpmd answering ARP and ping as the address CNI gave it.
+    let prefix = unique("tpv");
+    let mut testpmd = Command::new("timeout")
+        .args(["-s", "INT", "20", "dpdk-testpmd", "--lcores", "0@0,1@1"])
+        .args([
+            "--no-pci",
+            "--in-memory",
+            "--single-file-segments",
+            "--file-prefix",
+            &prefix,
+            "-m",
+            "256",
+        ])
+        .arg(format!(
+            "--vdev=net_virtio_user0,path={},queues=1,mac={mac}",
+            socket.display()
+        ))
+        .args([
+            "--",
+            "--forward-mode=icmpecho",
+            "--auto-start",
+            "--stats-period",
+            "1",
+            "--nb-cores=1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let veth_ns = Netns::new("cw").unwrap();
+    add(&sw.net("red-net", "red"), &unique("ctr-w"), &veth_ns);
+    wait_for_ping(&veth_ns, &ip);
+    let _ = Command::new("kill")
+        .args(["-INT", &testpmd.id().to_string()])
+        .status();
+    let _ = testpmd.wait();
+    tests::remove_dpdk_runtime(&prefix);
+
+    assert!(cni("DEL", &id, Some(&dpdk_ns), &fast).0);
+    assert!(!socket.exists(), "the socket went with the port");
+    assert_eq!(
+        sw.ports().len(),
+        2,
+        "the spare port and the veth container's are left"
+    );
+}
