@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::client::{encode, Client};
+use crate::client::Client;
+use crate::containers::{self, mac_text, Container};
 use crate::netlink;
 
 /// CNI versions this plugin speaks.
@@ -260,18 +261,10 @@ impl NetConf {
 /// The name of the port and host veth of `env`'s container: `tn` and 12 hex digits of
 /// a hash of the container id and interface (15 bytes at most, as Linux wants).
 pub fn port_name(env: &Env) -> String {
-    // FNV-1a: stable across builds and hosts, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in env
-        .container_id
-        .bytes()
-        .chain([0])
-        .chain(env.ifname.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("tn{:012x}", h & 0xffff_ffff_ffff)
+    format!(
+        "tn{}",
+        containers::short_hash(&[&env.container_id, &env.ifname])
+    )
 }
 
 /// A locally administered MAC for a vhost-user container (its DPDK app uses it).
@@ -280,13 +273,6 @@ fn vhost_mac(name: &str) -> [u8; 6] {
     let n = u64::from_str_radix(hex, 16).unwrap_or(0);
     let b = n.to_be_bytes();
     [0x02, 0x7d, b[4], b[5], b[6], b[7]]
-}
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn parse_cidr(field: &str, text: &str) -> Result<(Ipv4Addr, u8), CniError> {
@@ -305,19 +291,12 @@ fn parse_cidr(field: &str, text: &str) -> Result<(Ipv4Addr, u8), CniError> {
     Ok((ip, prefix))
 }
 
-/// What tenetd says, as a CNI error when it refuses or cannot be reached.
-fn api(
-    client: &Client,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<crate::client::Answer, CniError> {
-    client.call(method, path, body).map_err(|e| match e {
-        crate::client::CallError::Unreachable { .. } => {
-            CniError::new(code::TRY_AGAIN_LATER, e.to_string())
-        }
-        crate::client::CallError::Protocol(_) => CniError::new(code::IO_FAILURE, e.to_string()),
-    })
+/// tenetd's refusal as a CNI error: unreachable is worth a retry.
+fn refused(e: containers::Refused) -> CniError {
+    match e {
+        containers::Refused::Unreachable(m) => CniError::new(code::TRY_AGAIN_LATER, m),
+        containers::Refused::Refused(m) => CniError::new(code::TENETD_REFUSED, m),
+    }
 }
 
 /// The address a container gets and how it routes out.
@@ -402,18 +381,16 @@ fn release(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
 pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
     let tenant_name = conf.tenant()?;
     let client = Client::new(&conf.socket);
-    let tenant = api(&client, "GET", &format!("/v1/tenants/{tenant_name}"), None)?;
-    if tenant.status == 404 {
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!("tenant: `{tenant_name}` does not exist in tenetd"),
-        ));
-    }
-    if !tenant.ok() {
-        return Err(CniError::new(code::TENETD_REFUSED, tenant.refusal()));
-    }
+    let tenant = containers::tenant(&client, tenant_name)
+        .map_err(refused)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("tenant: `{tenant_name}` does not exist in tenetd"),
+            )
+        })?;
     let name = port_name(env);
-    let addressing = address(env, conf, raw, &tenant.body["tenant"])?;
+    let addressing = address(env, conf, raw, &tenant)?;
     // From here each step undoes the ones before it when it fails.
     let undo_address = |e: CniError| {
         let _ = release(env, conf, raw);
@@ -424,11 +401,15 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         let path = conf.vhost_dir.join(format!("{name}.sock"));
         std::fs::create_dir_all(&conf.vhost_dir)
             .map_err(|e| undo_address(CniError::io(&conf.vhost_dir, e)))?;
-        let port = json!({
-            "name": name, "backend": "vhost-user", "path": path, "client": conf.vhost_client,
-            "role": "access", "tenant": tenant_name,
-        });
-        attach(&client, conf, port, mac, addressing.ip).map_err(undo_address)?;
+        let container = Container {
+            port: &name,
+            tenant: tenant_name,
+            mac,
+            ip: addressing.ip,
+            port_security: conf.port_security,
+        };
+        let port = json!({"backend": "vhost-user", "path": path, "client": conf.vhost_client});
+        containers::attach(&client, &container, port).map_err(|e| undo_address(refused(e)))?;
         json!([{"name": env.ifname, "mac": mac_text(mac), "sandbox": env.netns, "socketPath": path}])
     } else {
         let mac = netlink::create_veth(&netlink::VethPlan {
@@ -440,18 +421,17 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
             mtu: conf.mtu,
         })
         .map_err(|e| undo_address(CniError::new(code::LINK_FAILED, format!("{e:#}"))))?;
-        let undo_link = |e: CniError| {
+        let container = Container {
+            port: &name,
+            tenant: tenant_name,
+            mac,
+            ip: addressing.ip,
+            port_security: conf.port_security,
+        };
+        if let Err(e) = containers::attach_veth(&client, &container, &conf.backend) {
             let _ = netlink::delete_link(&name);
-            undo_address(e)
-        };
-        let port = |backend: &str| json!({"name": name, "backend": backend, "interface": name, "role": "access", "tenant": tenant_name});
-        let attached = match conf.backend.as_str() {
-            // AF_XDP where the kernel and driver take it; af_packet everywhere.
-            "af-xdp" => attach(&client, conf, port("af-xdp"), mac, addressing.ip)
-                .or_else(|_| attach(&client, conf, port("af-packet"), mac, addressing.ip)),
-            other => attach(&client, conf, port(other), mac, addressing.ip),
-        };
-        attached.map_err(undo_link)?;
+            return Err(undo_address(refused(e)));
+        }
         json!([{"name": name}, {"name": env.ifname, "mac": mac_text(mac), "sandbox": env.netns}])
     };
     let container_index = if conf.backend == "vhost-user" { 0 } else { 1 };
@@ -473,100 +453,14 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
     }))
 }
 
-/// Attaches the port and registers the endpoint; detaches the port again when the
-/// endpoint is refused.
-fn attach(
-    client: &Client,
-    conf: &NetConf,
-    mut port: Value,
-    mac: [u8; 6],
-    ip: Ipv4Addr,
-) -> Result<(), CniError> {
-    let tenant = port["tenant"].clone();
-    let name = port["name"].as_str().unwrap_or_default().to_owned();
-    if conf.port_security {
-        port["allowed_macs"] = json!([mac_text(mac)]);
-        port["allowed_ips"] = json!([ip.to_string()]);
-    }
-    let answer = api(client, "POST", "/v1/ports", Some(&port))?;
-    if !answer.ok() {
-        return Err(CniError::new(
-            code::TENETD_REFUSED,
-            format!("attaching port {name}: {}", answer.refusal()),
-        ));
-    }
-    let endpoint =
-        json!({"tenant": tenant, "mac": mac_text(mac), "ip": ip.to_string(), "port": name});
-    let answer = api(client, "POST", "/v1/endpoints", Some(&endpoint))?;
-    if !answer.ok() {
-        let _ = api(client, "DELETE", &format!("/v1/ports/{name}"), None);
-        return Err(CniError::new(
-            code::TENETD_REFUSED,
-            format!("registering the endpoint: {}", answer.refusal()),
-        ));
-    }
-    Ok(())
-}
-
-/// The port tenetd has for `name`, if any.
-fn find_port(client: &Client, name: &str) -> Result<Option<Value>, CniError> {
-    let answer = api(client, "GET", "/v1/ports", None)?;
-    if !answer.ok() {
-        return Err(CniError::new(code::TENETD_REFUSED, answer.refusal()));
-    }
-    Ok(answer
-        .body
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == name)
-        .cloned())
-}
-
-/// The endpoints of `tenant` behind port `name`.
-fn endpoints_of(client: &Client, tenant: &str, name: &str) -> Result<Vec<Value>, CniError> {
-    let answer = api(client, "GET", "/v1/endpoints", None)?;
-    if !answer.ok() {
-        return Err(CniError::new(code::TENETD_REFUSED, answer.refusal()));
-    }
-    Ok(answer
-        .body
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["tenant"] == tenant && e["port"] == name)
-        .cloned()
-        .collect())
-}
-
 /// DEL: undoes ADD; whatever is already gone is skipped.
 pub fn del(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     let name = port_name(env);
     let client = Client::new(&conf.socket);
-    if let Some(tenant) = conf.tenant.as_deref().filter(|t| !t.is_empty()) {
-        for endpoint in endpoints_of(&client, tenant, &name)? {
-            let mac = endpoint["mac"].as_str().unwrap_or_default();
-            let answer = api(
-                &client,
-                "DELETE",
-                &format!("/v1/endpoints/{tenant}/{}", encode(mac)),
-                None,
-            )?;
-            if !answer.ok() && answer.status != 404 {
-                return Err(CniError::new(code::TENETD_REFUSED, answer.refusal()));
-            }
-        }
-    }
-    let answer = api(&client, "DELETE", &format!("/v1/ports/{name}"), None)?;
-    if !answer.ok() && answer.status != 404 {
-        return Err(CniError::new(
-            code::TENETD_REFUSED,
-            format!("detaching port {name}: {}", answer.refusal()),
-        ));
-    }
+    let tenant = conf.tenant.as_deref().filter(|t| !t.is_empty());
+    containers::detach(&client, tenant, &name).map_err(refused)?;
     if conf.backend == "vhost-user" {
-        let path = conf.vhost_dir.join(format!("{name}.sock"));
-        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(conf.vhost_dir.join(format!("{name}.sock")));
     } else {
         netlink::delete_link(&name)
             .map_err(|e| CniError::new(code::LINK_FAILED, format!("{e:#}")))?;
@@ -580,13 +474,13 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let name = port_name(env);
     let client = Client::new(&conf.socket);
     let failed = |what: String| Err(CniError::new(code::CHECK_FAILED, what));
-    let Some(port) = find_port(&client, &name)? else {
+    let Some(port) = containers::find_port(&client, &name).map_err(refused)? else {
         return failed(format!("tenetd has no port {name} for this container"));
     };
     if port["role"]["tenant"] != tenant {
         return failed(format!("port {name} is not in tenant {tenant}"));
     }
-    let endpoints = endpoints_of(&client, tenant, &name)?;
+    let endpoints = containers::endpoints_of(&client, tenant, &name).map_err(refused)?;
     if endpoints.is_empty() {
         return failed(format!(
             "tenant {tenant} has no endpoint behind port {name}"

@@ -1,0 +1,218 @@
+//! What the container integrations (the CNI plugin, the Docker network plugin) ask of
+//! tenetd: an access port of a tenant for a container's host link, with port security
+//! on the container's MAC and address, and the endpoint that installs the container in
+//! the FDB; and their removal, which succeeds when there is nothing left to remove.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+
+use crate::client::{encode, Answer, CallError, Client};
+
+/// Why tenetd did not do it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// No tenetd answers: worth retrying later.
+    Unreachable(String),
+    /// tenetd answered no.
+    Refused(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Unreachable(m) | Refused::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A call whose failure to reach tenetd is a [`Refused::Unreachable`].
+pub fn call(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Answer, Refused> {
+    client.call(method, path, body).map_err(|e| match e {
+        CallError::Unreachable { .. } => Refused::Unreachable(e.to_string()),
+        CallError::Protocol(_) => Refused::Refused(e.to_string()),
+    })
+}
+
+/// A MAC as tenetd writes it.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The tenant `name` as tenetd has it (`None`: no such tenant).
+pub fn tenant(client: &Client, name: &str) -> Result<Option<Value>, Refused> {
+    let answer = call(client, "GET", &format!("/v1/tenants/{name}"), None)?;
+    match answer.status {
+        404 => Ok(None),
+        _ if answer.ok() => Ok(Some(answer.body["tenant"].clone())),
+        _ => Err(Refused::Refused(answer.refusal())),
+    }
+}
+
+/// The tenant's subnets: its gateway's address with the prefix length.
+pub fn subnets(tenant: &Value) -> Vec<(Ipv4Addr, u8)> {
+    tenant["subnets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|s| {
+            let (ip, len) = s.split_once('/')?;
+            Some((ip.parse().ok()?, len.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A container to attach: its port (and host link) name, its tenant, MAC and address.
+pub struct Container<'a> {
+    /// Port name (the host end's name for a veth).
+    pub port: &'a str,
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Whether it may only send as `mac` and `ip`.
+    pub port_security: bool,
+}
+
+/// Attaches `port` (a port spec without name, role or tenant) for `container` and
+/// registers its endpoint; when the endpoint is refused the port goes again.
+pub fn attach(client: &Client, container: &Container<'_>, mut port: Value) -> Result<(), Refused> {
+    port["name"] = json!(container.port);
+    port["role"] = json!("access");
+    port["tenant"] = json!(container.tenant);
+    if container.port_security {
+        port["allowed_macs"] = json!([mac_text(container.mac)]);
+        port["allowed_ips"] = json!([container.ip.to_string()]);
+    }
+    let answer = call(client, "POST", "/v1/ports", Some(&port))?;
+    if !answer.ok() {
+        return Err(Refused::Refused(format!(
+            "attaching port {}: {}",
+            container.port,
+            answer.refusal()
+        )));
+    }
+    let endpoint = json!({
+        "tenant": container.tenant,
+        "mac": mac_text(container.mac),
+        "ip": container.ip.to_string(),
+        "port": container.port,
+    });
+    let answer = call(client, "POST", "/v1/endpoints", Some(&endpoint))?;
+    if !answer.ok() {
+        let _ = call(
+            client,
+            "DELETE",
+            &format!("/v1/ports/{}", container.port),
+            None,
+        );
+        return Err(Refused::Refused(format!(
+            "registering the endpoint: {}",
+            answer.refusal()
+        )));
+    }
+    Ok(())
+}
+
+/// Attaches a container's veth host end `interface`: AF_XDP where the kernel and
+/// driver take it, af_packet otherwise (or only `backend` when it names one).
+pub fn attach_veth(
+    client: &Client,
+    container: &Container<'_>,
+    backend: &str,
+) -> Result<(), Refused> {
+    let port = |backend: &str| json!({"backend": backend, "interface": container.port});
+    match backend {
+        "af-xdp" => attach(client, container, port("af-xdp")).or_else(|e| match e {
+            Refused::Unreachable(_) => Err(e),
+            Refused::Refused(_) => attach(client, container, port("af-packet")),
+        }),
+        other => attach(client, container, port(other)),
+    }
+}
+
+/// The endpoints of `tenant` behind port `name`.
+pub fn endpoints_of(client: &Client, tenant: &str, name: &str) -> Result<Vec<Value>, Refused> {
+    let answer = call(client, "GET", "/v1/endpoints", None)?;
+    if !answer.ok() {
+        return Err(Refused::Refused(answer.refusal()));
+    }
+    Ok(answer
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["tenant"] == tenant && e["port"] == name)
+        .cloned()
+        .collect())
+}
+
+/// Removes port `name` and, when `tenant` is known, its endpoints; what is already
+/// gone is skipped.
+pub fn detach(client: &Client, tenant: Option<&str>, name: &str) -> Result<(), Refused> {
+    if let Some(tenant) = tenant {
+        for endpoint in endpoints_of(client, tenant, name)? {
+            let mac = endpoint["mac"].as_str().unwrap_or_default();
+            let answer = call(
+                client,
+                "DELETE",
+                &format!("/v1/endpoints/{tenant}/{}", encode(mac)),
+                None,
+            )?;
+            if !answer.ok() && answer.status != 404 {
+                return Err(Refused::Refused(answer.refusal()));
+            }
+        }
+    }
+    let answer = call(client, "DELETE", &format!("/v1/ports/{name}"), None)?;
+    if !answer.ok() && answer.status != 404 {
+        return Err(Refused::Refused(format!(
+            "detaching port {name}: {}",
+            answer.refusal()
+        )));
+    }
+    Ok(())
+}
+
+/// The port tenetd has named `name`, if any.
+pub fn find_port(client: &Client, name: &str) -> Result<Option<Value>, Refused> {
+    let answer = call(client, "GET", "/v1/ports", None)?;
+    if !answer.ok() {
+        return Err(Refused::Refused(answer.refusal()));
+    }
+    Ok(answer
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .cloned())
+}
+
+/// A stable 12-hex-digit name part from `parts` (FNV-1a: the same on every host and
+/// build, unlike std's hasher).
+pub fn short_hash(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= 0;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in part.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{:012x}", h & 0xffff_ffff_ffff)
+}

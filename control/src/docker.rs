@@ -1,0 +1,356 @@
+//! tenet as a Docker network driver (libnetwork's remote driver protocol, served by
+//! `tenet-docker` on `/run/docker/plugins/tenet.sock`), so that
+//! `docker network create -d tenet -o tenant=red --subnet 10.1.0.0/24 --gateway 10.1.0.1 red`
+//! and `docker run --network red` put a container on tenant `red`.
+//!
+//! A network is a tenant (its subnet must be one of the tenant's, and Docker's gateway
+//! the tenant's router). An endpoint is a veth: its host end attached to tenetd as an
+//! access port (AF_XDP, af_packet fallback) with port security and an installed
+//! endpoint, its other end handed to Docker on Join, which moves it into the container
+//! and gives it the address Docker's IPAM chose. What the driver knows is kept in a
+//! state file, so a restart of the plugin forgets no network.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::containers::{self, Container};
+use crate::netlink;
+
+/// A network Docker made with this driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// The tenant it is.
+    pub tenant: String,
+    /// Its gateway (the tenant's router on the subnet).
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// An endpoint of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Its network.
+    pub network: String,
+    /// The host end of its veth (the port's name).
+    pub host: String,
+    /// The end Docker moves into the container.
+    pub peer: String,
+    /// The container's MAC.
+    pub mac: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// Everything the driver keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// By network id.
+    pub networks: BTreeMap<String, Network>,
+    /// By endpoint id.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// The driver.
+pub struct Driver {
+    client: Client,
+    state_file: PathBuf,
+    state: State,
+    backend: String,
+}
+
+/// A failed request, answered as `{"Err": ...}`.
+pub type Failure = String;
+
+fn field<'a>(request: &'a Value, name: &str) -> Result<&'a str, Failure> {
+    request[name]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("{name}: missing"))
+}
+
+fn cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = text.split_once('/')?;
+    Some((ip.parse().ok()?, len.parse().ok()?))
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+impl Driver {
+    /// A driver talking to tenetd at `socket`, keeping its state in `state_file`
+    /// (loaded if it exists), attaching ports with `backend`.
+    pub fn open(socket: &Path, state_file: &Path, backend: &str) -> anyhow::Result<Self> {
+        let state = match std::fs::read(state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: not a tenet-docker state file: {e}",
+                    state_file.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", state_file.display())),
+        };
+        Ok(Self {
+            client: Client::new(socket),
+            state_file: state_file.to_owned(),
+            state,
+            backend: backend.to_owned(),
+        })
+    }
+
+    /// What it knows.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn save(&self) -> Result<(), Failure> {
+        let text = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
+        if let Some(dir) = self.state_file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        // Written aside and renamed over: a crash leaves the old state or the new.
+        let temporary = self.state_file.with_extension("tmp");
+        std::fs::write(&temporary, text)
+            .and_then(|_| std::fs::rename(&temporary, &self.state_file))
+            .map_err(|e| format!("saving {}: {e}", self.state_file.display()))
+    }
+
+    /// Answers one request of the protocol (`/NetworkDriver.Join`, ...).
+    pub fn handle(&mut self, path: &str, request: &Value) -> Value {
+        let answer = match path {
+            "/Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver"]})),
+            "/NetworkDriver.GetCapabilities" => {
+                Ok(json!({"Scope": "local", "ConnectivityScope": "local"}))
+            }
+            "/NetworkDriver.CreateNetwork" => self.create_network(request),
+            "/NetworkDriver.DeleteNetwork" => self.delete_network(request),
+            "/NetworkDriver.CreateEndpoint" => self.create_endpoint(request),
+            "/NetworkDriver.DeleteEndpoint" => self.delete_endpoint(request),
+            "/NetworkDriver.EndpointOperInfo" => self.endpoint_info(request),
+            "/NetworkDriver.Join" => self.join(request),
+            "/NetworkDriver.Leave" => Ok(json!({})),
+            "/NetworkDriver.DiscoverNew"
+            | "/NetworkDriver.DiscoverDelete"
+            | "/NetworkDriver.ProgramExternalConnectivity"
+            | "/NetworkDriver.RevokeExternalConnectivity" => Ok(json!({})),
+            other => Err(format!("{other}: not part of the network driver protocol")),
+        };
+        answer.unwrap_or_else(|e| json!({"Err": e}))
+    }
+
+    fn create_network(&mut self, request: &Value) -> Result<Value, Failure> {
+        let id = field(request, "NetworkID")?;
+        let options = &request["Options"]["com.docker.network.generic"];
+        let tenant_name = options["tenant"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or("tenant: missing (docker network create -d tenet -o tenant=NAME ...)")?;
+        let tenant = containers::tenant(&self.client, tenant_name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("tenant: `{tenant_name}` does not exist in tenetd"))?;
+        let subnets = containers::subnets(&tenant);
+        let pool = request["IPv4Data"][0]["Pool"].as_str().and_then(cidr);
+        let gateway = request["IPv4Data"][0]["Gateway"]
+            .as_str()
+            .and_then(|g| cidr(g).map(|c| c.0).or_else(|| g.parse().ok()));
+        // Containers route through the tenant's router: Docker's gateway must be it.
+        if let (Some((net, len)), false) = (pool, subnets.is_empty()) {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            let router = subnets
+                .iter()
+                .find(|(gw, l)| *l == len && u32::from(*gw) & mask == u32::from(net) & mask)
+                .map(|(gw, _)| *gw)
+                .ok_or_else(|| {
+                    format!("subnet: {net}/{len} is not one of tenant {tenant_name}'s subnets")
+                })?;
+            if gateway.is_some_and(|g| g != router) {
+                return Err(format!(
+                    "gateway: tenant {tenant_name}'s router is {router} on this subnet (--gateway {router})"
+                ));
+            }
+        }
+        self.state.networks.insert(
+            id.to_owned(),
+            Network {
+                tenant: tenant_name.to_owned(),
+                gateway,
+            },
+        );
+        self.save()?;
+        Ok(json!({}))
+    }
+
+    fn delete_network(&mut self, request: &Value) -> Result<Value, Failure> {
+        let id = field(request, "NetworkID")?;
+        if self.state.endpoints.values().any(|e| e.network == id) {
+            return Err("the network still has endpoints".to_owned());
+        }
+        if self.state.networks.remove(id).is_some() {
+            self.save()?;
+        }
+        Ok(json!({}))
+    }
+
+    fn create_endpoint(&mut self, request: &Value) -> Result<Value, Failure> {
+        let network_id = field(request, "NetworkID")?;
+        let id = field(request, "EndpointID")?;
+        let network = self
+            .state
+            .networks
+            .get(network_id)
+            .cloned()
+            .ok_or_else(|| format!("NetworkID: {network_id} is not a tenet network"))?;
+        let interface = &request["Interface"];
+        let (ip, _) = interface["Address"]
+            .as_str()
+            .and_then(cidr)
+            .ok_or("Interface.Address: tenet endpoints need an IPv4 address")?;
+        let given_mac = interface["MacAddress"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .map(|m| parse_mac(m).ok_or(format!("Interface.MacAddress: `{m}` is not a MAC")))
+            .transpose()?;
+        let hash = containers::short_hash(&[id]);
+        let (host, peer) = (format!("td{hash}"), format!("tp{hash}"));
+        let mac = netlink::create_veth_here(&host, &peer, given_mac, None)
+            .map_err(|e| format!("{e:#}"))?;
+        let container = Container {
+            port: &host,
+            tenant: &network.tenant,
+            mac,
+            ip,
+            port_security: true,
+        };
+        if let Err(e) = containers::attach_veth(&self.client, &container, &self.backend) {
+            let _ = netlink::delete_link(&host);
+            return Err(e.to_string());
+        }
+        self.state.endpoints.insert(
+            id.to_owned(),
+            Endpoint {
+                network: network_id.to_owned(),
+                host: host.clone(),
+                peer,
+                mac: containers::mac_text(mac),
+                ip,
+            },
+        );
+        self.save()?;
+        // Docker wants back only what it did not give.
+        Ok(if given_mac.is_some() {
+            json!({})
+        } else {
+            json!({"Interface": {"MacAddress": containers::mac_text(mac)}})
+        })
+    }
+
+    fn delete_endpoint(&mut self, request: &Value) -> Result<Value, Failure> {
+        let id = field(request, "EndpointID")?;
+        let Some(endpoint) = self.state.endpoints.get(id).cloned() else {
+            return Ok(json!({}));
+        };
+        let tenant = self
+            .state
+            .networks
+            .get(&endpoint.network)
+            .map(|n| n.tenant.clone());
+        containers::detach(&self.client, tenant.as_deref(), &endpoint.host)
+            .map_err(|e| e.to_string())?;
+        netlink::delete_link(&endpoint.host).map_err(|e| format!("{e:#}"))?;
+        self.state.endpoints.remove(id);
+        self.save()?;
+        Ok(json!({}))
+    }
+
+    fn endpoint_info(&self, request: &Value) -> Result<Value, Failure> {
+        let id = field(request, "EndpointID")?;
+        let endpoint = self
+            .state
+            .endpoints
+            .get(id)
+            .ok_or_else(|| format!("EndpointID: {id} is unknown"))?;
+        Ok(
+            json!({"Value": {"host_interface": endpoint.host, "mac": endpoint.mac, "ip": endpoint.ip}}),
+        )
+    }
+
+    fn join(&self, request: &Value) -> Result<Value, Failure> {
+        let id = field(request, "EndpointID")?;
+        let endpoint = self
+            .state
+            .endpoints
+            .get(id)
+            .ok_or_else(|| format!("EndpointID: {id} is unknown"))?;
+        let mut answer = json!({
+            "InterfaceName": {"SrcName": endpoint.peer, "DstPrefix": "eth"},
+            "StaticRoutes": [],
+        });
+        if let Some(gateway) = self
+            .state
+            .networks
+            .get(&endpoint.network)
+            .and_then(|n| n.gateway)
+        {
+            answer["Gateway"] = json!(gateway.to_string());
+        }
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_outside_the_protocol_or_without_ids_are_errors() {
+        let dir = std::env::temp_dir().join(format!("tenet-docker-{}", std::process::id()));
+        let mut d = Driver::open(
+            Path::new("/nonexistent.sock"),
+            &dir.join("state.json"),
+            "af-packet",
+        )
+        .unwrap();
+        assert_eq!(
+            d.handle("/Plugin.Activate", &json!({})),
+            json!({"Implements": ["NetworkDriver"]})
+        );
+        let e = d.handle("/NetworkDriver.Teleport", &json!({}));
+        assert!(e["Err"].as_str().unwrap().contains("Teleport"));
+        let e = d.handle("/NetworkDriver.CreateNetwork", &json!({"Options": {}}));
+        assert_eq!(e["Err"], "NetworkID: missing");
+        let e = d.handle(
+            "/NetworkDriver.CreateNetwork",
+            &json!({"NetworkID": "n1", "Options": {}}),
+        );
+        assert!(
+            e["Err"].as_str().unwrap().starts_with("tenant: missing"),
+            "{e}"
+        );
+        let e = d.handle(
+            "/NetworkDriver.CreateEndpoint",
+            &json!({"NetworkID": "n9", "EndpointID": "e1"}),
+        );
+        assert!(
+            e["Err"].as_str().unwrap().contains("not a tenet network"),
+            "{e}"
+        );
+        assert_eq!(
+            d.handle(
+                "/NetworkDriver.DeleteEndpoint",
+                &json!({"EndpointID": "gone"})
+            ),
+            json!({})
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,254 @@
+//! tenet-docker, driven as Docker drives a network plugin: the libnetwork remote
+//! driver calls over the plugin socket, with this test doing what the Docker engine
+//! does between them (moving the interface into the container and addressing it).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control::client::Client;
+use serde_json::{json, Value};
+use tests::{binary, tenetctl_ok, unique, wait_for_ping, Netns, TempDir, Tenetd};
+
+struct Plugin {
+    child: Child,
+}
+
+impl Plugin {
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("tenet.sock");
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(binary("tenet-docker"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--tenetd")
+            .arg(dir.join("tenetd.sock"))
+            .arg("--state-file")
+            .arg(dir.join("docker.json"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// One driver call, as Docker makes it.
+fn call(dir: &Path, path: &str, body: Value) -> Value {
+    let answer = Client::new(dir.join("tenet.sock"))
+        .call("POST", path, Some(&body))
+        .unwrap();
+    assert_eq!(answer.status, 200, "{path}");
+    serde_json::from_slice(&answer.raw).unwrap()
+}
+
+/// What the Docker engine does on Join: the interface into the container, renamed,
+/// addressed, with the gateway route.
+fn move_into(ns: &Netns, src: &str, address: &str, gateway: &str) {
+    tests::run("ip", &["link", "set", src, "netns", ns.name()]).unwrap();
+    ns.exec("ip", &["link", "set", src, "name", "eth0"])
+        .unwrap();
+    ns.exec("ip", &["addr", "add", address, "dev", "eth0"])
+        .unwrap();
+    ns.exec("ip", &["link", "set", "eth0", "up"]).unwrap();
+    ns.exec("ip", &["route", "add", "default", "via", gateway])
+        .unwrap();
+}
+
+#[test]
+fn docker_networks_and_endpoints_become_tenants_and_ports() {
+    let dir = TempDir::new("docker").unwrap();
+    let config = format!(
+        r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{}"
+memory_mb = 256
+
+[[tenant]]
+name = "red"
+id = 100
+subnets = ["10.40.0.1/24"]
+
+[[port]]
+name = "spare"
+backend = "null"
+
+[control]
+api_socket = "{1}/tenetd.sock"
+state_file = "{1}/state.json"
+"#,
+        unique("dock"),
+        dir.path().display()
+    );
+    let mut tenetd = Tenetd::start(&config, &[]).unwrap();
+    tenetd
+        .wait_for_line("API listening", Duration::from_secs(30))
+        .unwrap();
+    let mut plugin = Plugin::start(dir.path());
+    let d = dir.path();
+
+    assert_eq!(
+        call(d, "/Plugin.Activate", json!({})),
+        json!({"Implements": ["NetworkDriver"]})
+    );
+    assert_eq!(
+        call(d, "/NetworkDriver.GetCapabilities", json!({}))["Scope"],
+        "local"
+    );
+    let network = |tenant: &str, gateway: &str| {
+        json!({
+            "NetworkID": "n-red",
+            "Options": {"com.docker.network.generic": {"tenant": tenant}},
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.40.0.0/24", "Gateway": gateway}],
+            "IPv6Data": [],
+        })
+    };
+    let refused = call(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        network("green", "10.40.0.1/24"),
+    );
+    assert!(
+        refused["Err"].as_str().unwrap().contains("green"),
+        "{refused}"
+    );
+    let refused = call(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        network("red", "10.40.0.254/24"),
+    );
+    assert!(
+        refused["Err"].as_str().unwrap().starts_with("gateway"),
+        "{refused}"
+    );
+    assert_eq!(
+        call(
+            d,
+            "/NetworkDriver.CreateNetwork",
+            network("red", "10.40.0.1/24")
+        ),
+        json!({})
+    );
+
+    let endpoint = |id: &str, address: &str, mac: &str| {
+        json!({
+            "NetworkID": "n-red",
+            "EndpointID": id,
+            "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": mac},
+            "Options": {},
+        })
+    };
+    let e1 = call(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        endpoint("e1", "10.40.0.2/24", ""),
+    );
+    assert!(e1["Interface"]["MacAddress"].as_str().is_some(), "{e1}");
+    let e2 = call(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        endpoint("e2", "10.40.0.3/24", "02:00:00:40:00:03"),
+    );
+    assert_eq!(e2, json!({}), "Docker's MAC is kept, nothing to tell");
+    let (c1, c2) = (Netns::new("dk1").unwrap(), Netns::new("dk2").unwrap());
+    for (id, ns, address) in [("e1", &c1, "10.40.0.2/24"), ("e2", &c2, "10.40.0.3/24")] {
+        let join = call(
+            d,
+            "/NetworkDriver.Join",
+            json!({"NetworkID": "n-red", "EndpointID": id, "SandboxKey": "/var/run/docker/netns/x", "Options": {}}),
+        );
+        assert_eq!(join["InterfaceName"]["DstPrefix"], "eth");
+        assert_eq!(join["Gateway"], "10.40.0.1");
+        move_into(
+            ns,
+            join["InterfaceName"]["SrcName"].as_str().unwrap(),
+            address,
+            "10.40.0.1",
+        );
+    }
+    assert_eq!(
+        c2.exec("cat", &["/sys/class/net/eth0/address"])
+            .unwrap()
+            .trim(),
+        "02:00:00:40:00:03"
+    );
+    wait_for_ping(&c1, "10.40.0.3");
+    wait_for_ping(&c1, "10.40.0.1");
+
+    // A restarted plugin still knows its networks and endpoints.
+    drop(plugin);
+    plugin = Plugin::start(d);
+    let info = call(
+        d,
+        "/NetworkDriver.EndpointOperInfo",
+        json!({"NetworkID": "n-red", "EndpointID": "e1"}),
+    );
+    assert_eq!(info["Value"]["ip"], "10.40.0.2", "{info}");
+    let busy = call(
+        d,
+        "/NetworkDriver.DeleteNetwork",
+        json!({"NetworkID": "n-red"}),
+    );
+    assert!(busy["Err"].is_string(), "a network with endpoints stays");
+
+    for id in ["e1", "e2"] {
+        assert_eq!(
+            call(
+                d,
+                "/NetworkDriver.Leave",
+                json!({"NetworkID": "n-red", "EndpointID": id})
+            ),
+            json!({})
+        );
+        assert_eq!(
+            call(
+                d,
+                "/NetworkDriver.DeleteEndpoint",
+                json!({"NetworkID": "n-red", "EndpointID": id})
+            ),
+            json!({})
+        );
+    }
+    assert_eq!(
+        call(
+            d,
+            "/NetworkDriver.DeleteNetwork",
+            json!({"NetworkID": "n-red"})
+        ),
+        json!({})
+    );
+    let ports: Value = serde_json::from_str(&tenetctl_ok(
+        &d.join("tenetd.sock"),
+        &["--json", "port", "list"],
+    ))
+    .unwrap();
+    assert_eq!(
+        ports.as_array().unwrap().len(),
+        1,
+        "only the spare port: {ports}"
+    );
+    assert!(
+        c1.exec("ip", &["link", "show", "eth0"]).is_err(),
+        "the veth went with its host end"
+    );
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(d.join("docker.json")).unwrap()).unwrap();
+    assert_eq!(state, json!({"networks": {}, "endpoints": {}}));
+    drop(plugin);
+}
