@@ -134,12 +134,13 @@ fn cni_env(
         .spawn()
         .expect("tenet-cni runs");
     use std::io::Write;
-    child
+    // The plugin may refuse before it reads its config (a bad environment): a closed
+    // pipe is its answer, not the test's failure.
+    let _ = child
         .stdin
         .take()
         .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
+        .write_all(conf.to_string().as_bytes());
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let value = if text.trim().is_empty() {
