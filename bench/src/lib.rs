@@ -9,11 +9,14 @@
 //!   written up by [`report`] (`tenet-bench run`);
 //! - [`control`]: the control plane's latency at 0 … 10,000 tenants beside OVS
 //!   (`tenet-bench control`);
+//! - [`docklet`]: the Docklet paper's container experiments with tenet-cni
+//!   (`tenet-bench containers`);
 //! - [`process`], [`machine`]: the processes it starts, what it installs.
 //!
 //! Criterion micro-benchmarks of each pipeline path live in `benches/`.
 
 pub mod control;
+pub mod docklet;
 pub mod generator;
 pub mod machine;
 pub mod ovs;

@@ -33,8 +33,30 @@ enum Command {
     /// Times the control plane (tenant add, port attach, route add) at growing tenant
     /// counts, beside OVS doing the same with ovs-vsctl and ovs-ofctl.
     Control(ControlArgs),
+    /// The Docklet experiments: containers attached by tenet-cni on two hosts, beside
+    /// a plain veth and a Linux bridge; both designs with growing tenant counts; egress.
+    Containers(ContainersArgs),
     /// Writes a scenario's input frames to a pcap file.
     Pcap(PcapArgs),
+}
+
+#[derive(clap::Args)]
+struct ContainersArgs {
+    /// Tenant counts for the two designs.
+    #[arg(long, default_value = "1,5,10,20,50")]
+    counts: String,
+    /// Seconds each iperf3 runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Results directory (default: bench/results/<stamp>-containers).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The tenetd binary (default: beside tenet-bench).
+    #[arg(long)]
+    tenetd: Option<PathBuf>,
+    /// Where CNI plugins are (host-local).
+    #[arg(long, default_value = "/usr/lib/cni:/opt/cni/bin")]
+    cni_path: String,
 }
 
 #[derive(clap::Args)]
@@ -403,12 +425,42 @@ fn control(args: ControlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn containers(args: ContainersArgs) -> anyhow::Result<()> {
+    let counts = bench::control::parse_counts(&args.counts).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        counts.iter().all(|&n| (1..=200).contains(&n)),
+        "counts: each between 1 and 200 tenants"
+    );
+    anyhow::ensure!(args.seconds >= 1, "seconds: at least 1");
+    let tenetd = tenetd_beside(args.tenetd)?;
+    let cni = tenetd.with_file_name("tenet-cni");
+    anyhow::ensure!(
+        cni.exists(),
+        "tenet-cni: not found beside tenetd ({})",
+        cni.display()
+    );
+    bench::machine::prepare(true, false, 256)?;
+    let options = bench::docklet::Options {
+        counts,
+        seconds: args.seconds,
+        out: results_dir(args.out, "containers")?,
+        tenetd,
+        cni,
+        cni_path: args.cni_path,
+    };
+    let results = bench::docklet::run(&options, std::env::args().collect::<Vec<_>>().join(" "))?;
+    print!("{}", bench::docklet::table(&results));
+    println!("results in {}", options.out.display());
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gen(args) => gen(args),
         Command::Run(args) => run(args),
         Command::Control(args) => control(args),
+        Command::Containers(args) => containers(args),
         Command::Pcap(args) => args.frames.spec().and_then(|spec| {
             let t = template::build(&spec).map_err(anyhow::Error::msg)?;
             bench::pcap::write(&args.out, t.iter().map(|t| &t.bytes))

@@ -172,13 +172,15 @@ pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<[u8; 6]> {
             let index = index_of(&handle, &temporary)
                 .await?
                 .context("the veth did not arrive in the namespace")?;
+            // The MTU given at creation is the host end's; the container end's is its
+            // own, and a frame larger than the host end's is dropped on the way out.
+            let mut rename = LinkUnspec::new_with_index(index).name(plan.ifname.to_owned());
+            if let Some(mtu) = plan.mtu {
+                rename = rename.mtu(mtu);
+            }
             handle
                 .link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .name(plan.ifname.to_owned())
-                        .build(),
-                )
+                .set(rename.build())
                 .execute()
                 .await
                 .with_context(|| format!("naming the container end {}", plan.ifname))?;
@@ -246,17 +248,20 @@ pub fn create_veth_here(
             let peer_index = index_of(&handle, peer)
                 .await?
                 .context("the new veth has no peer")?;
+            let mut peer_set = LinkUnspec::new_with_index(peer_index);
             if let Some(mac) = mac {
+                peer_set = peer_set.address(mac.to_vec());
+            }
+            if let Some(mtu) = mtu {
+                peer_set = peer_set.mtu(mtu);
+            }
+            if mac.is_some() || mtu.is_some() {
                 handle
                     .link()
-                    .set(
-                        LinkUnspec::new_with_index(peer_index)
-                            .address(mac.to_vec())
-                            .build(),
-                    )
+                    .set(peer_set.build())
                     .execute()
                     .await
-                    .context("setting the container end's MAC")?;
+                    .context("setting the container end's MAC and MTU")?;
             }
             // Offload settings move with the device into the container.
             disable_tx_checksum(peer).await?;

@@ -1,0 +1,45 @@
+//! The Docklet experiments run end to end at a small size: two hosts with tenetd,
+//! containers attached by tenet-cni in both designs, the kernel baselines and egress
+//! through a gateway all carry real TCP, and the results file says so. The numbers
+//! themselves are `tenet-bench containers`' (bench/results), never checked here.
+
+use std::process::Command;
+
+use serde_json::Value;
+use tests::{binary, TempDir};
+
+#[test]
+fn the_container_experiments_carry_traffic_in_every_setup() {
+    let dir = TempDir::new("exp").unwrap();
+    let out = Command::new(binary("tenet-bench"))
+        .args(["containers", "--counts", "2", "--seconds", "1", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("tenet-bench runs");
+    assert!(
+        out.status.success(),
+        "tenet-bench containers failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("containers.json")).unwrap())
+            .unwrap();
+    let figures = results["internal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(results["egress"].as_array().unwrap());
+    for figure in figures {
+        assert!(figure["gbps"].as_f64().unwrap() > 0.01, "{figure}");
+    }
+    let designs = results["designs"].as_array().unwrap();
+    assert_eq!(designs.len(), 2, "shared and dedicated with 2 tenants");
+    for point in designs {
+        assert_eq!(point["tenants"], 2);
+        assert!(
+            point["gbps_min"].as_f64().unwrap() > 0.01,
+            "every tenant's pair carried traffic: {point}"
+        );
+    }
+}
