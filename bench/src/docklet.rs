@@ -147,9 +147,19 @@ fn iperf_pairs(
     seconds: u32,
     reverse: bool,
 ) -> anyhow::Result<Vec<f64>> {
-    let mut servers: Vec<Child> = Vec::new();
+    /// Servers and clients still running are killed, also when a pair fails.
+    struct Running(Vec<Child>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut servers = Running(Vec::new());
     for (i, (server, address, _)) in pairs.iter().enumerate() {
-        servers.push(
+        servers.0.push(
             server
                 .command("iperf3")
                 .args(["-s", "-1", "-B", address, "-p", &(5201 + i).to_string()])
@@ -176,19 +186,16 @@ fn iperf_pairs(
         }
         clients.push(c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
     }
+    let outputs: Vec<_> = clients.into_iter().map(Child::wait_with_output).collect();
     let mut rates = Vec::new();
-    for c in clients {
-        let out = c.wait_with_output()?;
-        let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    for out in outputs {
+        let v: Value = serde_json::from_slice(&out?.stdout).context("iperf3 JSON")?;
         let bits = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .with_context(|| format!("iperf3 failed: {}", v["error"]))?;
         rates.push(bits / 1e9);
     }
-    for mut s in servers {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(servers);
     Ok(rates)
 }
 

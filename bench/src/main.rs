@@ -43,7 +43,7 @@ enum Command {
 #[derive(clap::Args)]
 struct ContainersArgs {
     /// Tenant counts for the two designs.
-    #[arg(long, default_value = "1,5,10,20,50")]
+    #[arg(long, default_value = "1,5,10,20,30")]
     counts: String,
     /// Seconds each iperf3 runs.
     #[arg(long, default_value_t = 5)]
@@ -427,9 +427,13 @@ fn control(args: ControlArgs) -> anyhow::Result<()> {
 
 fn containers(args: ContainersArgs) -> anyhow::Result<()> {
     let counts = bench::control::parse_counts(&args.counts).map_err(anyhow::Error::msg)?;
+    // Each container is a DPDK port of its host's tenetd, and the uplink is one more.
+    let most = dataplane::MAX_PORTS - 1;
     anyhow::ensure!(
-        counts.iter().all(|&n| (1..=200).contains(&n)),
-        "counts: each between 1 and 200 tenants"
+        counts.iter().all(|&n| (1..=most).contains(&n)),
+        "counts: each between 1 and {most} tenants: a host attaches a port per container \
+         and this DPDK build allows {} ports per process, one of them the uplink",
+        dataplane::MAX_PORTS
     );
     anyhow::ensure!(args.seconds >= 1, "seconds: at least 1");
     let tenetd = tenetd_beside(args.tenetd)?;
