@@ -39,6 +39,9 @@ pub struct Options {
     pub cni: PathBuf,
     /// Where host-local is.
     pub cni_path: String,
+    /// The containers' port backend as tenet-cni's config names it (`af-xdp` falls
+    /// back to `af-packet` where AF_XDP or DPDK's port table gives out).
+    pub backend: String,
 }
 
 /// One measured figure.
@@ -327,7 +330,7 @@ fn container(
         "type": "tenet",
         "tenant": format!("t{tenant}"),
         "socket": host.socket(),
-        "backend": "af-xdp",
+        "backend": options.backend,
         "mtu": 1400,
         "ipam": {
             "type": "host-local",

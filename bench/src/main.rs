@@ -43,11 +43,15 @@ enum Command {
 #[derive(clap::Args)]
 struct ContainersArgs {
     /// Tenant counts for the two designs.
-    #[arg(long, default_value = "1,5,10,20,30")]
+    #[arg(long, default_value = "1,5,10,20,50")]
     counts: String,
     /// Seconds each iperf3 runs.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// Container port backend: af-xdp (falling back to af-packet, as tenet-cni does)
+    /// or af-packet.
+    #[arg(long, default_value = "af-xdp", value_parser = ["af-xdp", "af-packet"])]
+    backend: String,
     /// Results directory (default: bench/results/<stamp>-containers).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -427,12 +431,12 @@ fn control(args: ControlArgs) -> anyhow::Result<()> {
 
 fn containers(args: ContainersArgs) -> anyhow::Result<()> {
     let counts = bench::control::parse_counts(&args.counts).map_err(anyhow::Error::msg)?;
-    // Each container is a DPDK port of its host's tenetd, and the uplink is one more.
+    // Each container is a port of its host's tenetd, and the uplink is one more.
     let most = dataplane::MAX_PORTS - 1;
     anyhow::ensure!(
         counts.iter().all(|&n| (1..=most).contains(&n)),
         "counts: each between 1 and {most} tenants: a host attaches a port per container \
-         and this DPDK build allows {} ports per process, one of them the uplink",
+         and tenetd holds {} ports, one of them the uplink",
         dataplane::MAX_PORTS
     );
     anyhow::ensure!(args.seconds >= 1, "seconds: at least 1");
@@ -451,6 +455,7 @@ fn containers(args: ContainersArgs) -> anyhow::Result<()> {
         tenetd,
         cni,
         cni_path: args.cni_path,
+        backend: args.backend,
     };
     let results = bench::docklet::run(&options, std::env::args().collect::<Vec<_>>().join(" "))?;
     print!("{}", bench::docklet::table(&results));

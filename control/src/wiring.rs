@@ -41,6 +41,17 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
                 .with_context(|| format!("port `{}`: creating {}", plan.name, dir.display()))?;
         }
     }
+    // A kernel interface needs no DPDK device: tenet's own packet sockets serve it,
+    // outside DPDK's port table (bond members still go through DPDK's driver).
+    if let dataplane::dpdk::Backend::AfPacket { interface } = &plan.backend {
+        let port = Port::open_interface(interface)
+            .with_context(|| format!("port `{}` (af-packet backend)", plan.name))?;
+        tracing::info!(port = %plan.name, device = %port.name(), id = port.id(), "attached");
+        return Ok(NamedPort {
+            name: plan.name.clone(),
+            port,
+        });
+    }
     let mut devargs = plan.backend.devargs(plan.queues, namer);
     let own = devargs
         .pop()
@@ -52,23 +63,8 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
                 .with_context(|| format!("port `{}`: attaching bond member", plan.name))?,
         );
     }
-    let mut port = Port::attach(&own).with_context(|| {
-        let hint = match plan.backend {
-            // The PMD's own log names the fanout failure but not its cause.
-            dataplane::dpdk::Backend::AfPacket { .. } => {
-                "; if DPDK logged `could not set PACKET_FANOUT`, another af_packet user in \
-                 this network namespace holds the fanout group DPDK 22.11 derives from \
-                 tenetd's pid and the interface index: restart tenetd (a new pid) or use \
-                 an af-xdp port"
-            }
-            _ => "",
-        };
-        format!(
-            "port `{}` ({} backend){hint}",
-            plan.name,
-            plan.backend.kind()
-        )
-    })?;
+    let mut port = Port::attach(&own)
+        .with_context(|| format!("port `{}` ({} backend)", plan.name, plan.backend.kind()))?;
     port.adopt_members(members);
     tracing::info!(port = %plan.name, device = %port.name(), id = port.id(), "attached");
     Ok(NamedPort {

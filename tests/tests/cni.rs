@@ -411,6 +411,56 @@ fn two_hundred_containers_come_and_go_without_leaks() {
 }
 
 #[test]
+fn more_containers_than_dpdk_has_ports_attach_at_once() {
+    // Debian's DPDK holds 32 devices: the first containers get AF_XDP ports (DPDK
+    // devices); the rest fall back to af-packet, which tenet serves outside DPDK.
+    const COUNT: usize = 50;
+    let sw = Switch::start();
+    let red = sw.net("many-net", "red");
+    let containers: Vec<(String, Netns)> = (0..COUNT)
+        .map(|i| (unique(&format!("many-{i}")), Netns::new("cm").unwrap()))
+        .collect();
+    let addresses: Vec<String> = containers
+        .iter()
+        .map(|(id, ns)| {
+            let r = add(&red, id, ns);
+            let cidr = r["ips"][0]["address"].as_str().unwrap();
+            cidr.split('/').next().unwrap().to_owned()
+        })
+        .collect();
+    let out = tenetctl_ok(&sw.socket(), &["--json", "port", "list"]);
+    let ports: Value = serde_json::from_str(&out).unwrap();
+    let backends: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] != "spare")
+        .map(|p| p["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(backends.len(), COUNT, "{ports}");
+    assert!(backends.contains(&"af-xdp"), "{backends:?}");
+    assert!(
+        backends.iter().filter(|b| **b == "af-packet").count() >= COUNT - 31,
+        "{backends:?}"
+    );
+    // The first and the last containers, and every tenth, reach each other.
+    let first = &containers[0].1;
+    let last = &containers[COUNT - 1].1;
+    wait_for_ping(first, &addresses[COUNT - 1]);
+    wait_for_ping(last, &addresses[0]);
+    for i in (10..COUNT).step_by(10) {
+        wait_for_ping(&containers[i].1, &addresses[i - 1]);
+    }
+    for (id, ns) in &containers {
+        let (ok, e) = cni("DEL", id, Some(ns), &red);
+        assert!(ok, "DEL {id}: {e}");
+    }
+    assert_eq!(sw.ports(), ["spare"]);
+    assert!(sw.endpoints().is_empty());
+    assert_eq!(sw.addresses_held("many-net"), 0);
+}
+
+#[test]
 fn a_dpdk_container_joins_through_vhost_user() {
     let sw = Switch::start();
     let mut fast = sw.net("fast-net", "red");

@@ -403,10 +403,7 @@ impl Config {
         if self.ports.len() > dataplane::MAX_PORTS {
             return Err(invalid(
                 "port",
-                format!(
-                    "at most {} ports (DPDK's RTE_MAX_ETHPORTS)",
-                    dataplane::MAX_PORTS
-                ),
+                format!("at most {} ports", dataplane::MAX_PORTS),
             ));
         }
         let mut ports = Vec::with_capacity(self.ports.len());
@@ -470,6 +467,17 @@ impl Config {
             });
         }
         check_unique_resources(&ports)?;
+        let devices: usize = ports.iter().map(|p| p.backend.dpdk_devices()).sum();
+        if devices > dataplane::MAX_DPDK_PORTS {
+            return Err(invalid(
+                "port",
+                format!(
+                    "these ports need {devices} DPDK devices, DPDK holds at most {} \
+                     (RTE_MAX_ETHPORTS); af-packet ports need none",
+                    dataplane::MAX_DPDK_PORTS
+                ),
+            ));
+        }
         let index = |field: &str, name: &str| {
             ports
                 .iter()
@@ -943,6 +951,35 @@ ports = ["a", "b"]
                 packet_size: None
             }
         );
+    }
+
+    #[test]
+    fn dpdk_devices_are_counted_but_af_packet_ports_are_not() {
+        let ports = |n: usize, backend: &str| -> String {
+            (0..n)
+                .map(|i| {
+                    format!("[[port]]\nname = \"p{i}\"\nbackend = \"{backend}\"\ninterface = \"veth{i}\"\n")
+                })
+                .collect()
+        };
+        let head = "[dataplane]\nworkers = [1]\n";
+        let v = parse(&format!("{head}{}", ports(100, "af-packet"))).unwrap();
+        assert_eq!(v.ports.len(), 100);
+        assert!(parse(&format!(
+            "{head}{}",
+            ports(dataplane::MAX_DPDK_PORTS, "tap")
+        ))
+        .is_ok());
+        let e = err(&format!(
+            "{head}{}",
+            ports(dataplane::MAX_DPDK_PORTS + 1, "tap")
+        ));
+        assert!(e.contains("`port`") && e.contains("33 DPDK devices"), "{e}");
+        let e = err(&format!(
+            "{head}{}",
+            ports(dataplane::MAX_PORTS + 1, "af-packet")
+        ));
+        assert!(e.contains("at most 256 ports"), "{e}");
     }
 
     #[test]

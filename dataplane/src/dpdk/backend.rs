@@ -114,6 +114,21 @@ impl Backend {
         }
     }
 
+    /// DPDK devices the backend takes, bond members included. A plain af-packet port
+    /// takes none: tenet serves the interface through its own packet sockets.
+    pub fn dpdk_devices(&self) -> usize {
+        match self {
+            Backend::AfPacket { .. } => 0,
+            Backend::Bond { members, .. } => {
+                1 + members
+                    .iter()
+                    .map(|m| m.dpdk_devices().max(1))
+                    .sum::<usize>()
+            }
+            _ => 1,
+        }
+    }
+
     /// The DPDK driver plugin files this backend needs (PCI NIC drivers vary by card and
     /// are not listed).
     pub fn driver_files(&self) -> Vec<&'static str> {

@@ -1,4 +1,5 @@
-//! DPDK failures as values: which call failed, on what, and DPDK's own words for why.
+//! DPDK failures as values: which call failed, on what, and DPDK's (or the kernel's)
+//! own words for why.
 
 use std::ffi::CStr;
 
@@ -36,6 +37,20 @@ impl DpdkError {
             subject: subject.into(),
             errno: libc::EINVAL,
             reason: reason.to_owned(),
+        }
+    }
+}
+
+impl DpdkError {
+    /// A failed system call made for a port tenet serves itself, with the kernel's
+    /// errno (read right after the call).
+    pub(crate) fn os(call: &'static str, subject: impl Into<String>) -> Self {
+        let err = std::io::Error::last_os_error();
+        Self {
+            call,
+            subject: subject.into(),
+            errno: err.raw_os_error().unwrap_or(0),
+            reason: err.to_string(),
         }
     }
 }

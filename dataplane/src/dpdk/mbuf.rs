@@ -186,6 +186,20 @@ impl Mbuf {
         Some(copy)
     }
 
+    /// Makes a fresh mbuf hold `len` bytes received on `port` and returns them to be
+    /// filled; `None` when they do not fit its data room.
+    #[inline(always)]
+    pub(crate) fn receive(&mut self, len: usize, port: u16) -> Option<&mut [u8]> {
+        let m = self.raw_mut();
+        if len > usize::from(m.buf_len) - usize::from(m.data_off) {
+            return None;
+        }
+        m.data_len = len as u16; // fits: checked against buf_len, a u16
+        m.pkt_len = len as u32;
+        m.port = port;
+        Some(self.data_mut())
+    }
+
     fn into_raw(self) -> *mut dpdk_sys::rte_mbuf {
         let raw = self.0.as_ptr();
         std::mem::forget(self);
@@ -359,6 +373,19 @@ impl MbufBatch {
         }
         self.slots.copy_within(n..self.len, 0);
         self.len -= n;
+    }
+
+    /// Frees the first `n` packets (copied out, as to a kernel ring) and moves the rest
+    /// to the front.
+    #[inline(always)]
+    pub(crate) fn free_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        if n == 0 {
+            return;
+        }
+        // SAFETY: the first n slots hold owned mbufs; consume_front forgets them.
+        unsafe { dpdk_sys::rte_pktmbuf_free_bulk(self.slots.as_mut_ptr(), n as u32) };
+        self.consume_front(n);
     }
 
     /// Raw slots from `len` on, for a burst call to fill; follow with `filled`.

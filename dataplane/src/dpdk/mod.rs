@@ -11,6 +11,7 @@ mod eal;
 mod error;
 mod mbuf;
 mod mempool;
+mod packet_socket;
 mod port;
 mod ring;
 mod time;

@@ -1,5 +1,5 @@
-//! Ethernet ports: attach by devargs (hotplug), configure queues, start, stop, read
-//! counters, detach. A port's queues are handed out as values so that exactly one
+//! Ethernet ports: attach by devargs (hotplug) or open a kernel interface, configure
+//! queues, start, stop, read counters, detach. A port's queues are handed out as values so that exactly one
 //! worker polls each RX queue and transmits on each TX queue.
 
 use std::ffi::{c_char, CStr, CString};
@@ -7,6 +7,7 @@ use std::ffi::{c_char, CStr, CString};
 use super::error::DpdkError;
 use super::mbuf::MbufBatch;
 use super::mempool::Mempool;
+use super::packet_socket::{PacketPort, PacketRx, PacketTx};
 
 /// How to set a port up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub struct PortStats {
     pub rx_nombuf: u64,
 }
 
-/// An attached Ethernet device.
+/// An attached Ethernet device, or a kernel interface tenet serves itself.
 pub struct Port {
     id: u16,
     name: String,
@@ -70,6 +71,8 @@ pub struct Port {
     started: bool,
     /// Devices bonded under this one: detached after it.
     members: Vec<Port>,
+    /// Set for a kernel interface behind packet sockets: no DPDK device then.
+    packet: Option<PacketPort>,
 }
 
 impl Port {
@@ -102,6 +105,20 @@ impl Port {
         Ok(Self::new(id, name, bus))
     }
 
+    /// Opens kernel interface `interface` (a container's veth) through tenet's own
+    /// packet sockets: it takes a port id above DPDK's and no DPDK device.
+    pub fn open_interface(interface: &str) -> Result<Self, DpdkError> {
+        let packet = PacketPort::open(interface)?;
+        Ok(Self {
+            id: packet.id(),
+            name: format!("packet:{}", packet.interface()),
+            bus: "",
+            started: false,
+            members: Vec::new(),
+            packet: Some(packet),
+        })
+    }
+
     fn new(id: u16, name: String, bus: &'static str) -> Self {
         Self {
             id,
@@ -109,7 +126,13 @@ impl Port {
             bus,
             started: false,
             members: Vec::new(),
+            packet: None,
         }
+    }
+
+    /// Whether the port is a DPDK device (it holds one of DPDK's port slots).
+    pub fn is_dpdk(&self) -> bool {
+        self.packet.is_none()
     }
 
     /// Ties member devices (of a bond) to this port: they are detached after it.
@@ -122,7 +145,7 @@ impl Port {
         self.id
     }
 
-    /// DPDK device name (`net_null0`, a PCI address).
+    /// DPDK device name (`net_null0`, a PCI address), or `packet:<interface>`.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -140,6 +163,36 @@ impl Port {
                 &self.name,
                 "port is started; stop it first",
             ));
+        }
+        if let Some(packet) = self.packet.as_mut() {
+            let queues = config.queues.max(1);
+            let (rx, tx) = packet.configure(
+                queues,
+                config.rx_descriptors,
+                config.tx_descriptors,
+                config.mtu,
+                pool,
+            )?;
+            let id = self.id;
+            let rx = rx
+                .into_iter()
+                .zip(0..)
+                .map(|(packet, queue)| RxQueue {
+                    port: id,
+                    queue,
+                    packet: Some(packet),
+                })
+                .collect();
+            let tx = tx
+                .into_iter()
+                .zip(0..)
+                .map(|(packet, queue)| TxQueue {
+                    port: id,
+                    queue,
+                    packet: Some(packet),
+                })
+                .collect();
+            return Ok((rx, tx));
         }
         let mut info = dpdk_sys::rte_eth_dev_info::default();
         // SAFETY: info is a valid out-parameter; the port id is valid while self lives.
@@ -215,12 +268,14 @@ impl Port {
             .map(|queue| RxQueue {
                 port: self.id,
                 queue,
+                packet: None,
             })
             .collect();
         let tx = (0..queues)
             .map(|queue| TxQueue {
                 port: self.id,
                 queue,
+                packet: None,
             })
             .collect();
         Ok((rx, tx))
@@ -228,6 +283,11 @@ impl Port {
 
     /// Starts the device (and enables promiscuous mode, which a switch port needs).
     pub fn start(&mut self) -> Result<(), DpdkError> {
+        if let Some(packet) = &self.packet {
+            packet.start()?;
+            self.started = true;
+            return Ok(());
+        }
         // SAFETY: the port is configured; start is idempotent in DPDK.
         let ret = unsafe { dpdk_sys::rte_eth_dev_start(self.id) };
         if ret < 0 {
@@ -245,6 +305,10 @@ impl Port {
         if !self.started {
             return Ok(());
         }
+        if self.packet.is_some() {
+            self.started = false;
+            return Ok(());
+        }
         // SAFETY: valid port id; the caller guarantees no worker uses its queues.
         let ret = unsafe { dpdk_sys::rte_eth_dev_stop(self.id) };
         self.started = false;
@@ -256,6 +320,9 @@ impl Port {
 
     /// The device's MAC address.
     pub fn mac(&self) -> [u8; 6] {
+        if let Some(packet) = &self.packet {
+            return packet.mac();
+        }
         let mut addr = dpdk_sys::rte_ether_addr::default();
         // SAFETY: addr is a valid out-parameter.
         let ret = unsafe { dpdk_sys::rte_eth_macaddr_get(self.id, &mut addr) };
@@ -267,6 +334,9 @@ impl Port {
 
     /// Link state, without waiting for negotiation.
     pub fn link(&self) -> LinkStatus {
+        if let Some(packet) = &self.packet {
+            return packet.link();
+        }
         let mut link = dpdk_sys::rte_eth_link::default();
         // SAFETY: link is a valid out-parameter.
         let ret = unsafe { dpdk_sys::rte_eth_link_get_nowait(self.id, &mut link) };
@@ -284,6 +354,9 @@ impl Port {
 
     /// The device's counters. Safe to read while workers run (values may be a burst old).
     pub fn stats(&self) -> PortStats {
+        if let Some(packet) = &self.packet {
+            return packet.stats();
+        }
         let mut s = dpdk_sys::rte_eth_stats::default();
         // SAFETY: s is a valid out-parameter; PMDs read their counters without locks.
         let ret = unsafe { dpdk_sys::rte_eth_stats_get(self.id, &mut s) };
@@ -304,6 +377,22 @@ impl Port {
 
     /// The device's extended counters, by name.
     pub fn xstats(&self) -> Result<Vec<(String, u64)>, DpdkError> {
+        if self.packet.is_some() {
+            let s = self.stats();
+            return Ok([
+                ("rx_good_packets", s.rx_packets),
+                ("tx_good_packets", s.tx_packets),
+                ("rx_good_bytes", s.rx_bytes),
+                ("tx_good_bytes", s.tx_bytes),
+                ("rx_missed_errors", s.rx_missed),
+                ("rx_errors", s.rx_errors),
+                ("tx_errors", s.tx_errors),
+                ("rx_mbuf_allocation_errors", s.rx_nombuf),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect());
+        }
         // SAFETY: a null array with size 0 asks only for the count.
         let count = unsafe { dpdk_sys::rte_eth_xstats_get_names(self.id, std::ptr::null_mut(), 0) };
         if count < 0 {
@@ -341,6 +430,9 @@ impl Port {
     fn close(&mut self) {
         if let Err(e) = self.stop() {
             tracing::warn!(port = %self.name, error = %e, "stop failed");
+        }
+        if self.packet.take().is_some() {
+            return;
         }
         // SAFETY: the port is stopped and no queue is in use; close frees its queues.
         let ret = unsafe { dpdk_sys::rte_eth_dev_close(self.id) };
@@ -410,6 +502,7 @@ pub fn port_name(id: u16) -> Option<String> {
 pub struct RxQueue {
     port: u16,
     queue: u16,
+    packet: Option<PacketRx>,
 }
 
 impl RxQueue {
@@ -426,6 +519,9 @@ impl RxQueue {
     /// Receives up to the batch's free room; returns how many arrived.
     #[inline(always)]
     pub fn rx_burst(&mut self, batch: &mut MbufBatch) -> usize {
+        if let Some(packet) = self.packet.as_mut() {
+            return packet.rx_burst(batch);
+        }
         let (slots, room) = batch.spare_raw();
         // SAFETY: slots has `room` writable entries; this RxQueue is the only poller of
         // (port, queue), which DPDK requires; the port is started before workers run.
@@ -439,6 +535,7 @@ impl RxQueue {
 pub struct TxQueue {
     port: u16,
     queue: u16,
+    packet: Option<PacketTx>,
 }
 
 impl TxQueue {
@@ -458,6 +555,9 @@ impl TxQueue {
     pub fn tx_burst(&mut self, batch: &mut MbufBatch) -> usize {
         if batch.is_empty() {
             return 0;
+        }
+        if let Some(packet) = self.packet.as_mut() {
+            return packet.tx_burst(batch);
         }
         let len = batch.len() as u16;
         // SAFETY: the batch's first len pointers are owned mbufs; DPDK takes ownership

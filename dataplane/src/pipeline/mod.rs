@@ -209,7 +209,7 @@ impl Pipeline for SwitchPipeline {
         }
         let tables = self.tables.tables();
         self.router.nat.sweep_some(&tables.nat, self.learner.now);
-        outputs.set_capture_mask(tables.capture);
+        outputs.set_capture_mask(&tables.capture);
         outputs.capture_rx(in_port, batch);
         match *tables.role(in_port) {
             PortRole::CrossConnect(peer) => return outputs.push_batch(peer, batch, counters),

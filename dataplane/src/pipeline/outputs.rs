@@ -3,6 +3,7 @@
 
 use crate::counters::{CoreCounters, DropReason};
 use crate::dpdk::{Mbuf, MbufBatch, RingConsumer, RingProducer, TxQueue};
+use crate::port_set::PortSet;
 use crate::MAX_PORTS;
 
 enum Sink {
@@ -17,13 +18,13 @@ enum Sink {
 /// A worker's outputs: one buffer per port, flushed once per burst.
 pub struct Outputs {
     buffers: Box<[MbufBatch; MAX_PORTS]>,
-    /// Bit p set: buffer p holds packets.
-    dirty: u64,
+    /// Ports whose buffer holds packets.
+    dirty: PortSet,
     sinks: [Sink; MAX_PORTS],
     queues: Vec<Option<TxQueue>>,
     rings: Vec<Option<RingProducer>>,
-    /// Bit p set: copies of what port p sends and receives go to `capture`.
-    capture_mask: u64,
+    /// Ports whose sent and received packets are copied to `capture`.
+    capture_mask: PortSet,
     capture: Option<RingProducer>,
     /// By worker index: frames to run on that worker, and the ring to it.
     handoffs: Vec<(MbufBatch, Option<RingProducer>)>,
@@ -35,14 +36,13 @@ impl Outputs {
     /// Outputs over the TX queues this worker owns and the rings to the owners of the
     /// other ports' TX queues (`(destination port, producer)`).
     pub fn new(queues: Vec<TxQueue>, rings: Vec<(u16, RingProducer)>) -> Self {
-        const _: () = assert!(MAX_PORTS <= 64, "dirty mask is a u64");
         let mut outputs = Self {
             buffers: Box::new(std::array::from_fn(|_| MbufBatch::new())),
-            dirty: 0,
+            dirty: PortSet::EMPTY,
             sinks: std::array::from_fn(|_| Sink::None),
             queues: Vec::new(),
             rings: Vec::new(),
-            capture_mask: 0,
+            capture_mask: PortSet::EMPTY,
             capture: None,
             handoffs: Vec::new(),
             handoff_dirty: 0,
@@ -118,16 +118,16 @@ impl Outputs {
         }
     }
 
-    /// Which ports to capture (bit p: port p), from the current flow tables.
+    /// Which ports to capture, from the current flow tables.
     #[inline(always)]
-    pub fn set_capture_mask(&mut self, mask: u64) {
-        self.capture_mask = mask;
+    pub fn set_capture_mask(&mut self, mask: &PortSet) {
+        self.capture_mask = *mask;
     }
 
     /// Copies a received burst to the capture ring if `port` is being captured.
     #[inline(always)]
     pub fn capture_rx(&mut self, port: u16, batch: &MbufBatch) {
-        if self.capture_mask & (1u64 << (port & 63)) != 0 {
+        if self.capture_mask.contains(usize::from(port)) {
             copy_to(&mut self.capture, batch);
         }
     }
@@ -156,7 +156,7 @@ impl Outputs {
             return;
         }
         self.flush_port(p, counters);
-        self.dirty &= !(1 << p);
+        self.dirty.remove(p);
         match std::mem::replace(&mut self.sinks[p], Sink::None) {
             Sink::Queue(i) => self.queues[i] = None,
             Sink::Ring(i) => self.rings[i] = None,
@@ -185,7 +185,7 @@ impl Outputs {
                 counters.add_drop(DropReason::TxRefused, 1);
             }
         }
-        self.dirty |= 1 << p;
+        self.dirty.insert(p);
     }
 
     /// Queues a whole batch for `port`, leaving `batch` empty.
@@ -201,20 +201,17 @@ impl Outputs {
                 self.flush_port(p, counters);
             }
         }
-        self.dirty |= 1 << p;
+        self.dirty.insert(p);
     }
 
     /// Hands every buffered packet to its device or ring; frees and counts what they
     /// refuse.
     #[inline(always)]
     pub fn flush(&mut self, counters: &CoreCounters) {
-        let mut dirty = self.dirty;
-        while dirty != 0 {
-            let p = dirty.trailing_zeros() as usize;
-            dirty &= dirty - 1;
+        let dirty = self.dirty.take();
+        for p in dirty.iter() {
             self.flush_port(p, counters);
         }
-        self.dirty = 0;
         if self.handoff_dirty != 0 {
             self.flush_handoffs(counters);
         }
@@ -226,7 +223,7 @@ impl Outputs {
         if buffer.is_empty() {
             return;
         }
-        if self.capture_mask & (1u64 << p) != 0 {
+        if self.capture_mask.contains(p) {
             copy_to(&mut self.capture, buffer);
         }
         match self.sinks[p] {

@@ -246,9 +246,7 @@ impl TablesBuilder {
 
     /// Copies of what `port` sends and receives go to the control plane.
     pub fn capture(&mut self, port: u16) {
-        if port < 64 {
-            self.tables.capture |= 1 << port;
-        }
+        self.tables.capture.insert(usize::from(port));
     }
 
     /// Room for `n` more FDB entries without rehashing.

@@ -218,9 +218,9 @@ pub struct FlowTables {
     pub tunnel_tenants: FastMap<u32, ()>,
     /// The underlay, if this host has one.
     pub uplink: Option<Uplink>,
-    /// Ports being captured (bit p: port id p): workers copy what they send and
+    /// Ports being captured: workers copy what they send and
     /// receive there to the control plane.
-    pub capture: u64,
+    pub capture: crate::port_set::PortSet,
     /// Routes of every tenant; see [`routing::route_key`].
     pub routes: FastMap<u64, RouteTarget>,
     /// Neighbours of the routers (endpoints and answers to the routers' ARP); see
@@ -259,7 +259,7 @@ impl Default for FlowTables {
             peer_tunnel: FastMap::default(),
             tunnel_tenants: FastMap::default(),
             uplink: None,
-            capture: 0,
+            capture: crate::port_set::PortSet::EMPTY,
             routes: FastMap::default(),
             neighbors: FastMap::default(),
             router_tenant: FastMap::default(),

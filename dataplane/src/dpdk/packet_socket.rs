@@ -1,0 +1,805 @@
+//! Kernel interfaces (container veths) served by tenet's own PACKET_MMAP sockets, with
+//! TPACKET_V2 RX and TX rings, instead of DPDK's af_packet driver. Such a port takes no
+//! slot in DPDK's port table, which Debian builds with 32 (`RTE_MAX_ETHPORTS`), so a
+//! host attaches as many containers as the switch has port ids; and the kernel picks
+//! the fanout group id, where DPDK 22.11 derives one from pid and ifindex that another
+//! af_packet user of the namespace may already hold.
+//!
+//! Frames are copied between the rings and mbufs, as the af_packet driver does; the
+//! only system call on the fast path is one `sendto` per TX burst that kicks the ring.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::error::DpdkError;
+use super::mbuf::MbufBatch;
+use super::mempool::Mempool;
+use super::port::{LinkStatus, PortStats};
+use crate::port_set::PortSet;
+use crate::{MAX_DPDK_PORTS, MAX_PORTS};
+
+// The packet socket ABI (linux/if_packet.h), stable since Linux 4.20.
+const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_STATISTICS: libc::c_int = 6;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_TX_RING: libc::c_int = 13;
+const PACKET_LOSS: libc::c_int = 14;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const TPACKET_V2: libc::c_int = 1;
+const PACKET_FANOUT_HASH: u32 = 0;
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+const ETH_P_ALL: u16 = 0x0003;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+const TP_STATUS_SEND_REQUEST: u32 = 1;
+const TP_STATUS_SENDING: u32 = 2;
+const TPACKET_ALIGNMENT: usize = 16;
+
+#[repr(C)]
+struct Tpacket2Header {
+    status: u32,
+    len: u32,
+    snaplen: u32,
+    mac: u16,
+    net: u16,
+    sec: u32,
+    nsec: u32,
+    vlan_tci: u16,
+    vlan_tpid: u16,
+    padding: [u8; 4],
+}
+
+#[repr(C)]
+struct TpacketReq {
+    block_size: u32,
+    block_nr: u32,
+    frame_size: u32,
+    frame_nr: u32,
+}
+
+#[repr(C)]
+struct TpacketStats {
+    packets: u32,
+    drops: u32,
+}
+
+#[repr(C)]
+struct PacketMreq {
+    ifindex: libc::c_int,
+    kind: libc::c_ushort,
+    alen: libc::c_ushort,
+    address: [u8; 8],
+}
+
+const fn tpacket_align(x: usize) -> usize {
+    (x + TPACKET_ALIGNMENT - 1) & !(TPACKET_ALIGNMENT - 1)
+}
+
+/// Where a TX frame's bytes start: right after the aligned header (no sockaddr_ll, no
+/// PACKET_TX_HAS_OFF).
+const TX_DATA_OFFSET: usize = tpacket_align(std::mem::size_of::<Tpacket2Header>());
+/// Where the kernel puts a received frame at the latest: header, sockaddr_ll, and the
+/// alignment of the network header.
+const RX_DATA_OFFSET: usize = tpacket_align(
+    tpacket_align(std::mem::size_of::<Tpacket2Header>())
+        + std::mem::size_of::<libc::sockaddr_ll>()
+        + 16,
+);
+/// Where a received frame's sll_pkttype is: in the sockaddr_ll after the aligned
+/// header, behind sll_family, sll_protocol, sll_ifindex and sll_hatype.
+const SLL_PKTTYPE_OFFSET: usize = tpacket_align(std::mem::size_of::<Tpacket2Header>()) + 10;
+const PACKET_OUTGOING: u8 = 4;
+/// Ethernet header plus two VLAN tags: the most a frame carries beyond the MTU.
+const L2_OVERHEAD: usize = 14 + 8;
+/// The frame bytes an mbuf of tenet's pools holds.
+const MBUF_DATA_ROOM: usize =
+    (dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE - dpdk_sys::RTE_PKTMBUF_HEADROOM) as usize;
+
+/// Port ids handed to kernel interfaces: above DPDK's, below [`MAX_PORTS`].
+static TAKEN_IDS: Mutex<PortSet> = Mutex::new(PortSet::EMPTY);
+
+/// A port id held until the port and every queue end of it are gone: mbufs stamped
+/// with the id must never be mistaken for another port's.
+struct PortId(u16);
+
+impl PortId {
+    fn take() -> Option<Self> {
+        let mut taken = TAKEN_IDS.lock().unwrap_or_else(|e| e.into_inner());
+        let id = (MAX_DPDK_PORTS..MAX_PORTS).find(|&id| !taken.contains(id))?;
+        taken.insert(id);
+        u16::try_from(id).ok().map(Self)
+    }
+}
+
+impl Drop for PortId {
+    fn drop(&mut self) {
+        let mut taken = TAKEN_IDS.lock().unwrap_or_else(|e| e.into_inner());
+        taken.remove(usize::from(self.0));
+    }
+}
+
+/// A kernel interface the switch reads and writes through packet sockets.
+pub(crate) struct PacketPort {
+    id: Arc<PortId>,
+    interface: String,
+    ifindex: libc::c_int,
+    /// A socket that receives nothing, for the interface ioctls.
+    control: OwnedFd,
+    queues: Vec<Arc<Queue>>,
+    /// Ring overflows the kernel reported so far (reading them resets its count).
+    dropped: AtomicU64,
+}
+
+impl PacketPort {
+    /// Opens `interface`, which must exist in this network namespace.
+    pub(crate) fn open(interface: &str) -> Result<Self, DpdkError> {
+        let c_name = CString::new(interface)
+            .map_err(|_| DpdkError::invalid("if_nametoindex", interface, "NUL in name"))?;
+        // SAFETY: c_name is a valid C string for the call.
+        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(DpdkError::os("if_nametoindex", interface));
+        }
+        let control = packet_socket(0, interface)?;
+        let id = PortId::take().ok_or_else(|| {
+            DpdkError::invalid(
+                "packet port",
+                interface,
+                &format!("all {MAX_PORTS} port ids are in use"),
+            )
+        })?;
+        Ok(Self {
+            id: Arc::new(id),
+            interface: interface.to_owned(),
+            ifindex: ifindex as libc::c_int,
+            control,
+            queues: Vec::new(),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn id(&self) -> u16 {
+        self.id.0
+    }
+
+    pub(crate) fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Opens one socket per queue (joined in a fanout group that hashes flows over
+    /// them), each with `descriptors` frames per ring sized for the MTU, and hands out
+    /// the queue ends. Reconfiguring closes the previous sockets.
+    pub(crate) fn configure(
+        &mut self,
+        queues: u16,
+        rx_descriptors: u16,
+        tx_descriptors: u16,
+        mtu: Option<u16>,
+        pool: &Mempool,
+    ) -> Result<(Vec<PacketRx>, Vec<PacketTx>), DpdkError> {
+        self.queues.clear();
+        // A packet socket on a down interface receives nothing and cannot join a
+        // fanout group; DPDK's af_packet driver brings it up too.
+        self.bring_up()?;
+        if let Some(mtu) = mtu {
+            if let Err(e) = self.set_mtu(mtu) {
+                tracing::warn!(interface = %self.interface, mtu, error = %e, "keeping the interface's MTU");
+            }
+        }
+        let mtu = usize::try_from(self.mtu()?).unwrap_or(1500);
+        // No frame longer than an mbuf can be delivered (ports run without scatter), so
+        // ring frames are no larger: a 9000-byte MTU would otherwise spread a ring
+        // over eight times the memory (and the caches).
+        let longest = (mtu + L2_OVERHEAD).min(MBUF_DATA_ROOM);
+        let frame_size = (RX_DATA_OFFSET + longest).next_power_of_two();
+        let mut fanout_id = None;
+        let mut rx = Vec::with_capacity(usize::from(queues));
+        let mut tx = Vec::with_capacity(usize::from(queues));
+        for _ in 0..queues.max(1) {
+            let queue = Arc::new(Queue::open(
+                self,
+                frame_size,
+                usize::from(rx_descriptors),
+                usize::from(tx_descriptors),
+            )?);
+            let mut first = 0;
+            if queues > 1 {
+                fanout_id = Some(queue.join_fanout(fanout_id, &self.interface)?);
+                // Before joining, the socket saw every frame; those are the others'.
+                first = queue.discard_received();
+            }
+            rx.push(PacketRx {
+                queue: Arc::clone(&queue),
+                next: first,
+                port: self.id(),
+                pool: pool.as_ptr(),
+            });
+            tx.push(PacketTx {
+                // The kernel's own limit: the MTU plus the Ethernet header (and a
+                // 802.1Q tag when the frame carries one).
+                max_len: mtu + 14,
+                room: frame_size - TX_DATA_OFFSET,
+                queue: Arc::clone(&queue),
+                next: 0,
+                pending: false,
+            });
+            self.queues.push(queue);
+        }
+        Ok((rx, tx))
+    }
+
+    /// Makes the interface pass every frame up, not just those for its own MAC (the
+    /// kernel undoes it when the socket closes).
+    pub(crate) fn start(&self) -> Result<(), DpdkError> {
+        let request = PacketMreq {
+            ifindex: self.ifindex,
+            kind: PACKET_MR_PROMISC,
+            alen: 0,
+            address: [0; 8],
+        };
+        set_option(
+            &self.control,
+            PACKET_ADD_MEMBERSHIP,
+            &request,
+            &self.interface,
+        )
+    }
+
+    pub(crate) fn mac(&self) -> [u8; 6] {
+        let mut request = self.ifreq();
+        if self
+            .ioctl(libc::SIOCGIFHWADDR, "SIOCGIFHWADDR", &mut request)
+            .is_err()
+        {
+            return [0; 6];
+        }
+        // SAFETY: SIOCGIFHWADDR wrote the hardware address variant of the union.
+        let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+        std::array::from_fn(|i| data[i] as u8)
+    }
+
+    pub(crate) fn link(&self) -> LinkStatus {
+        let up = self
+            .flags()
+            .is_ok_and(|flags| flags & libc::IFF_RUNNING != 0);
+        LinkStatus { up, speed_mbps: 0 }
+    }
+
+    pub(crate) fn stats(&self) -> PortStats {
+        let mut stats = PortStats::default();
+        for queue in &self.queues {
+            let c = &queue.counters;
+            stats.rx_packets += c.rx_packets.load(Ordering::Relaxed);
+            stats.rx_bytes += c.rx_bytes.load(Ordering::Relaxed);
+            stats.rx_errors += c.rx_errors.load(Ordering::Relaxed);
+            stats.rx_nombuf += c.rx_nombuf.load(Ordering::Relaxed);
+            stats.tx_packets += c.tx_packets.load(Ordering::Relaxed);
+            stats.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
+            stats.tx_errors += c.tx_errors.load(Ordering::Relaxed);
+            let mut kernel = TpacketStats {
+                packets: 0,
+                drops: 0,
+            };
+            let mut len = std::mem::size_of::<TpacketStats>() as libc::socklen_t;
+            // SAFETY: kernel and len describe a writable tpacket_stats.
+            let ret = unsafe {
+                libc::getsockopt(
+                    queue.fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    PACKET_STATISTICS,
+                    (&mut kernel as *mut TpacketStats).cast(),
+                    &mut len,
+                )
+            };
+            if ret == 0 {
+                self.dropped
+                    .fetch_add(u64::from(kernel.drops), Ordering::Relaxed);
+            }
+        }
+        stats.rx_missed = self.dropped.load(Ordering::Relaxed);
+        stats
+    }
+
+    fn ifreq(&self) -> libc::ifreq {
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in request
+            .ifr_name
+            .iter_mut()
+            .zip(self.interface.bytes().take(libc::IFNAMSIZ - 1))
+        {
+            *dst = src as libc::c_char;
+        }
+        request
+    }
+
+    /// Runs interface request `code` with `request` (which names the interface).
+    fn ioctl(
+        &self,
+        code: libc::c_ulong,
+        call: &'static str,
+        request: &mut libc::ifreq,
+    ) -> Result<(), DpdkError> {
+        // SAFETY: request is a valid ifreq naming the interface; the interface
+        // requests used here read or write one variant of its union in place.
+        let ret =
+            unsafe { libc::ioctl(self.control.as_raw_fd(), code, request as *mut libc::ifreq) };
+        if ret < 0 {
+            return Err(DpdkError::os(call, self.interface.as_str()));
+        }
+        Ok(())
+    }
+
+    fn flags(&self) -> Result<libc::c_int, DpdkError> {
+        let mut request = self.ifreq();
+        self.ioctl(libc::SIOCGIFFLAGS, "SIOCGIFFLAGS", &mut request)?;
+        // SAFETY: SIOCGIFFLAGS wrote the flags variant.
+        Ok(libc::c_int::from(unsafe { request.ifr_ifru.ifru_flags }))
+    }
+
+    fn mtu(&self) -> Result<libc::c_int, DpdkError> {
+        let mut request = self.ifreq();
+        self.ioctl(libc::SIOCGIFMTU, "SIOCGIFMTU", &mut request)?;
+        // SAFETY: SIOCGIFMTU wrote the MTU variant.
+        Ok(unsafe { request.ifr_ifru.ifru_mtu })
+    }
+
+    fn bring_up(&self) -> Result<(), DpdkError> {
+        let flags = self.flags()?;
+        if flags & libc::IFF_UP != 0 {
+            return Ok(());
+        }
+        let mut request = self.ifreq();
+        request.ifr_ifru.ifru_flags = (flags | libc::IFF_UP) as libc::c_short;
+        self.ioctl(libc::SIOCSIFFLAGS, "SIOCSIFFLAGS", &mut request)
+    }
+
+    fn set_mtu(&self, mtu: u16) -> Result<(), DpdkError> {
+        let mut request = self.ifreq();
+        request.ifr_ifru.ifru_mtu = i32::from(mtu);
+        self.ioctl(libc::SIOCSIFMTU, "SIOCSIFMTU", &mut request)
+    }
+}
+
+/// Per-queue counters, each written only by the queue end that owns it.
+#[derive(Default)]
+struct QueueCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    rx_errors: AtomicU64,
+    rx_nombuf: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    tx_errors: AtomicU64,
+}
+
+/// Adds to a counter only this thread writes: no locked instruction needed.
+#[inline(always)]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// One socket and its mapped rings: the RX ring first, the TX ring right after.
+struct Queue {
+    _id: Arc<PortId>,
+    fd: OwnedFd,
+    map: *mut u8,
+    map_len: usize,
+    frame_size: usize,
+    rx_frames: usize,
+    tx_frames: usize,
+    counters: QueueCounters,
+}
+
+// SAFETY: the mapping is shared memory with the kernel; the RX half is touched only by
+// the one PacketRx and the TX half only by the one PacketTx of this queue, each owned by
+// a single worker, and frame ownership passes through the status word with
+// acquire/release ordering.
+unsafe impl Send for Queue {}
+// SAFETY: as above; the shared parts (fd, counters) are thread-safe.
+unsafe impl Sync for Queue {}
+
+impl Queue {
+    fn open(
+        port: &PacketPort,
+        frame_size: usize,
+        rx_frames: usize,
+        tx_frames: usize,
+    ) -> Result<Self, DpdkError> {
+        let name = port.interface.as_str();
+        let fd = packet_socket(0, name)?;
+        set_option(&fd, PACKET_VERSION, &TPACKET_V2, name)?;
+        // Frames go straight to the driver: the qdisc would only queue them again.
+        set_option(&fd, PACKET_QDISC_BYPASS, &1i32, name)?;
+        // A malformed TX frame is skipped instead of stopping the ring.
+        set_option(&fd, PACKET_LOSS, &1i32, name)?;
+        // What the kernel itself sends out of the interface is not the container's.
+        set_option(&fd, PACKET_IGNORE_OUTGOING, &1i32, name)?;
+        let rx = ring_request(frame_size, rx_frames);
+        let tx = ring_request(frame_size, tx_frames);
+        set_option(&fd, PACKET_RX_RING, &rx, name)?;
+        set_option(&fd, PACKET_TX_RING, &tx, name)?;
+        let rx_len = rx.block_size as usize * rx.block_nr as usize;
+        let map_len = rx_len + tx.block_size as usize * tx.block_nr as usize;
+        // SAFETY: maps the rings just configured on fd, shared with the kernel; the
+        // mapping is unmapped in Drop, before fd closes.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(DpdkError::os("mmap", name));
+        }
+        let queue = Self {
+            _id: Arc::clone(&port.id),
+            fd,
+            map: map.cast(),
+            map_len,
+            frame_size,
+            rx_frames: rx.frame_nr as usize,
+            tx_frames: tx.frame_nr as usize,
+            counters: QueueCounters::default(),
+        };
+        // SAFETY: sockaddr_ll is plain old data; zero is valid before the fields are set.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = ETH_P_ALL.to_be();
+        address.sll_ifindex = port.ifindex;
+        // SAFETY: address is a valid sockaddr_ll of the given length.
+        let ret = unsafe {
+            libc::bind(
+                queue.fd.as_raw_fd(),
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if ret < 0 {
+            return Err(DpdkError::os("bind", name));
+        }
+        Ok(queue)
+    }
+
+    /// Joins the fanout group `id`, or has the kernel pick a free one; returns it.
+    fn join_fanout(&self, id: Option<u16>, name: &str) -> Result<u16, DpdkError> {
+        let value: u32 = match id {
+            Some(id) => u32::from(id) | (PACKET_FANOUT_HASH << 16),
+            None => (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16,
+        };
+        set_option(&self.fd, PACKET_FANOUT, &value, name)?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+        let mut got: u32 = 0;
+        let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+        // SAFETY: got and len describe a writable u32.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_FANOUT,
+                (&mut got as *mut u32).cast(),
+                &mut len,
+            )
+        };
+        if ret < 0 {
+            return Err(DpdkError::os("getsockopt(PACKET_FANOUT)", name));
+        }
+        Ok((got & 0xffff) as u16)
+    }
+
+    /// Hands back what the kernel filled so far (from the ring's start, in order) and
+    /// returns where it will fill next.
+    fn discard_received(&self) -> usize {
+        let mut next = 0;
+        while next < self.rx_frames {
+            let status = self.status(self.rx_frame(next));
+            if status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+                break;
+            }
+            status.store(TP_STATUS_KERNEL, Ordering::Release);
+            next += 1;
+        }
+        next % self.rx_frames
+    }
+
+    #[inline(always)]
+    fn rx_frame(&self, index: usize) -> *mut u8 {
+        // SAFETY: index < rx_frames, so the frame lies inside the RX half of the map.
+        unsafe { self.map.add(index * self.frame_size) }
+    }
+
+    #[inline(always)]
+    fn tx_frame(&self, index: usize) -> *mut u8 {
+        // SAFETY: index < tx_frames, so the frame lies inside the TX half of the map.
+        unsafe { self.map.add((self.rx_frames + index) * self.frame_size) }
+    }
+
+    /// The frame's status word, through which it passes between kernel and switch.
+    #[inline(always)]
+    fn status(&self, frame: *mut u8) -> &AtomicU32 {
+        // SAFETY: every frame starts with a 16-byte aligned tpacket2_hdr whose first
+        // field is the u32 status the kernel also accesses atomically.
+        unsafe { &*frame.cast::<AtomicU32>() }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // SAFETY: map/map_len are the mapping made in open; no queue end is left (they
+        // hold this Queue through Arc), so nothing reads it any more.
+        unsafe { libc::munmap(self.map.cast(), self.map_len) };
+    }
+}
+
+/// A packet socket bound to nothing yet (protocol 0 receives nothing).
+fn packet_socket(protocol: u16, name: &str) -> Result<OwnedFd, DpdkError> {
+    // SAFETY: plain socket creation; the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::c_int::from(protocol.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(DpdkError::os("socket(AF_PACKET)", name));
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_option<T>(
+    fd: &OwnedFd,
+    option: libc::c_int,
+    value: &T,
+    name: &str,
+) -> Result<(), DpdkError> {
+    // SAFETY: value points to a live T of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            option,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(DpdkError::os(option_name(option), name));
+    }
+    Ok(())
+}
+
+fn option_name(option: libc::c_int) -> &'static str {
+    match option {
+        PACKET_ADD_MEMBERSHIP => "setsockopt(PACKET_ADD_MEMBERSHIP)",
+        PACKET_RX_RING => "setsockopt(PACKET_RX_RING)",
+        PACKET_VERSION => "setsockopt(PACKET_VERSION)",
+        PACKET_TX_RING => "setsockopt(PACKET_TX_RING)",
+        PACKET_LOSS => "setsockopt(PACKET_LOSS)",
+        PACKET_FANOUT => "setsockopt(PACKET_FANOUT)",
+        PACKET_QDISC_BYPASS => "setsockopt(PACKET_QDISC_BYPASS)",
+        PACKET_IGNORE_OUTGOING => "setsockopt(PACKET_IGNORE_OUTGOING)",
+        _ => "setsockopt",
+    }
+}
+
+/// A ring of at least `frames` frames of `frame_size` (a power of two), in blocks of
+/// whole pages that hold whole frames, so frame i sits at `i * frame_size`.
+fn ring_request(frame_size: usize, frames: usize) -> TpacketReq {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // Both are powers of two: the larger is a multiple of the other.
+    let block_size = frame_size.max(page);
+    let per_block = block_size / frame_size;
+    let blocks = frames.max(1).div_ceil(per_block);
+    TpacketReq {
+        block_size: block_size as u32,
+        block_nr: blocks as u32,
+        frame_size: frame_size as u32,
+        frame_nr: (blocks * per_block) as u32,
+    }
+}
+
+/// The receive side of one queue: owned by the worker that polls it.
+pub(crate) struct PacketRx {
+    queue: Arc<Queue>,
+    next: usize,
+    port: u16,
+    pool: *mut dpdk_sys::rte_mempool,
+}
+
+// SAFETY: the pool pointer refers to a thread-safe DPDK mempool that outlives every
+// port (daemon drop order); the queue's RX half belongs to this value alone.
+unsafe impl Send for PacketRx {}
+
+impl PacketRx {
+    /// Copies up to the batch's free room of waiting frames into fresh mbufs.
+    #[inline(always)]
+    pub(crate) fn rx_burst(&mut self, batch: &mut MbufBatch) -> usize {
+        let q = &*self.queue;
+        let room = batch.room();
+        let mut ready = 0;
+        while ready < room {
+            let index = (self.next + ready) % q.rx_frames;
+            if q.status(q.rx_frame(index)).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+                break;
+            }
+            ready += 1;
+        }
+        if ready == 0 {
+            return 0;
+        }
+        let start = batch.len();
+        let (slots, _) = batch.spare_raw();
+        // SAFETY: slots has room for `ready` <= room pointers; the pool is alive.
+        let ret = unsafe { dpdk_sys::tenet_pktmbuf_alloc_bulk(self.pool, slots, ready as u32) };
+        if ret != 0 {
+            // No buffers: leave the frames in the ring; the kernel drops what no longer
+            // fits, as a NIC would. One failure counted per failed burst.
+            bump(&q.counters.rx_nombuf, 1);
+            return 0;
+        }
+        batch.filled(ready);
+        let mut kept = start;
+        let mut bytes = 0u64;
+        let mut errors = 0u64;
+        for i in 0..ready {
+            let frame = q.rx_frame(self.next);
+            self.next = (self.next + 1) % q.rx_frames;
+            // SAFETY: the status said TP_STATUS_USER: the kernel finished the header and
+            // data, and does not touch the frame until it is handed back below.
+            let header = unsafe { &*frame.cast::<Tpacket2Header>() };
+            let status = header.status;
+            let (snap, full, offset) = (
+                header.snaplen as usize,
+                header.len as usize,
+                usize::from(header.mac),
+            );
+            // The kernel moved the outermost VLAN tag to the header: put it back, since
+            // the tag (a spoofed one included) is the switch's to judge.
+            let tag = (status & TP_STATUS_VLAN_VALID != 0).then(|| {
+                let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                    header.vlan_tpid
+                } else {
+                    0x8100
+                };
+                (tpid, header.vlan_tci)
+            });
+            // With several sockets in a fanout group, the kernel's PACKET_IGNORE_OUTGOING
+            // no longer applies: what the host itself sends out is dropped here.
+            // SAFETY: the sockaddr_ll follows the aligned header inside the frame.
+            let outgoing = unsafe { *frame.add(SLL_PKTTYPE_OFFSET) } == PACKET_OUTGOING;
+            let fits = snap == full && offset + snap <= q.frame_size && snap >= 12 && !outgoing;
+            let len = snap + if tag.is_some() { 4 } else { 0 };
+            let mbuf = &mut batch.as_mut_slice()[start + i];
+            let copied = fits
+                && match mbuf.receive(len, self.port) {
+                    Some(data) => {
+                        // SAFETY: offset + snap <= frame_size: the bytes lie in this frame.
+                        let src = unsafe { std::slice::from_raw_parts(frame.add(offset), snap) };
+                        match tag {
+                            None => data.copy_from_slice(src),
+                            Some((tpid, tci)) => {
+                                data[..12].copy_from_slice(&src[..12]);
+                                data[12..14].copy_from_slice(&tpid.to_be_bytes());
+                                data[14..16].copy_from_slice(&tci.to_be_bytes());
+                                data[16..].copy_from_slice(&src[12..]);
+                            }
+                        }
+                        true
+                    }
+                    None => false,
+                };
+            q.status(frame).store(TP_STATUS_KERNEL, Ordering::Release);
+            if copied {
+                batch.as_mut_slice().swap(kept, start + i);
+                kept += 1;
+                bytes += len as u64;
+            } else if !outgoing {
+                errors += 1;
+            }
+        }
+        // Frames cut short, too big for an mbuf or sent by the host sit at the end.
+        while batch.len() > kept {
+            drop(batch.pop());
+        }
+        let got = kept - start;
+        bump(&q.counters.rx_packets, got as u64);
+        bump(&q.counters.rx_bytes, bytes);
+        if errors > 0 {
+            bump(&q.counters.rx_errors, errors);
+        }
+        got
+    }
+}
+
+/// The transmit side of one queue: owned by the worker that transmits on it.
+pub(crate) struct PacketTx {
+    queue: Arc<Queue>,
+    next: usize,
+    /// Longest untagged frame the interface takes (a 802.1Q tag may add 4).
+    max_len: usize,
+    /// Bytes a ring frame holds.
+    room: usize,
+    /// The last kick failed (no buffer, link down): frames still wait in the ring.
+    pending: bool,
+}
+
+impl PacketTx {
+    /// Copies the batch into free TX frames and kicks the kernel once; what finds no
+    /// free frame stays in the batch. Returns how many were sent (frames the interface
+    /// cannot carry are freed and counted as TX errors).
+    #[inline(always)]
+    pub(crate) fn tx_burst(&mut self, batch: &mut MbufBatch) -> usize {
+        let q = &*self.queue;
+        let mut taken = 0;
+        let mut sent = 0u64;
+        let mut bytes = 0u64;
+        let mut ring_full = false;
+        for mbuf in batch.as_slice() {
+            let frame = q.tx_frame(self.next);
+            let status = q.status(frame);
+            if status.load(Ordering::Acquire) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING) != 0 {
+                ring_full = true;
+                break;
+            }
+            taken += 1;
+            let data = mbuf.data();
+            let tagged = data.len() >= 14 && data[12..14] == [0x81, 0x00];
+            let limit = (self.max_len + if tagged { 4 } else { 0 }).min(self.room);
+            if data.len() < 14 || data.len() > limit {
+                continue;
+            }
+            // SAFETY: the frame is AVAILABLE (ours until marked for sending) and
+            // TX_DATA_OFFSET + limit <= frame_size.
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), frame.add(TX_DATA_OFFSET), data.len());
+                (*frame.cast::<Tpacket2Header>()).len = data.len() as u32;
+            }
+            status.store(TP_STATUS_SEND_REQUEST, Ordering::Release);
+            self.next = (self.next + 1) % q.tx_frames;
+            sent += 1;
+            bytes += data.len() as u64;
+        }
+        // Frames a failed kick left in the ring (they block it when it is full) go
+        // with the next burst's kick.
+        if sent > 0 || ring_full || self.pending {
+            // SAFETY: a zero-length send with no address asks the kernel to transmit
+            // the frames marked SEND_REQUEST; it reads nothing of ours.
+            let ret = unsafe {
+                libc::sendto(
+                    q.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            self.pending = ret < 0;
+        }
+        batch.free_front(taken);
+        bump(&q.counters.tx_packets, sent);
+        bump(&q.counters.tx_bytes, bytes);
+        let malformed = taken as u64 - sent;
+        if malformed > 0 {
+            bump(&q.counters.tx_errors, malformed);
+        }
+        sent as usize
+    }
+}
