@@ -12,7 +12,7 @@ use crate::api::{Command, Reply};
 use crate::config::switching::RolePlan;
 use crate::controller::{fmt_mac, Controller};
 use crate::model::{Change, Model};
-use crate::store::FileStore;
+use crate::store::{Conflict, Store};
 use crate::wiring::{Dataplane, NamedPort};
 
 /// The model as edited through the API, and where it is kept.
@@ -20,7 +20,7 @@ pub struct Live {
     /// The model in force.
     pub model: Model,
     /// Its store (`None`: changes last until tenetd stops).
-    pub store: Option<FileStore>,
+    pub store: Option<Store>,
 }
 
 impl Live {
@@ -101,6 +101,9 @@ impl Live {
             tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
             if let Change::AddPort(_) = &change {
                 let _ = dataplane.hot_detach(dataplane.ports.len() - 1);
+            }
+            if let Some(conflict) = e.downcast_ref::<Conflict>() {
+                return Reply::error(409, &conflict.field, &conflict.message);
             }
             return Reply::error(500, "", &format!("could not save the state: {e:#}"));
         }

@@ -1,6 +1,7 @@
-//! The file store: the live [`Model`] as JSON, replaced atomically (write a temporary
-//! file, fsync it, rename it over the old one, fsync the directory), so a crash at any
-//! moment leaves either the old state or the new one, never a torn file.
+//! Where the live [`Model`] is kept: one host alone uses the file store (JSON replaced
+//! atomically: write a temporary file, fsync it, rename it over the old one, fsync the
+//! directory, so a crash leaves either the old state or the new one, never a torn
+//! file); hosts of a cluster share it in etcd ([`etcd`]).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -9,6 +10,45 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::model::Model;
+
+pub mod etcd;
+
+pub use etcd::{Conflict, EtcdStore};
+
+/// The store a tenetd uses.
+pub enum Store {
+    /// One host's file.
+    File(FileStore),
+    /// The cluster's etcd.
+    Etcd(EtcdStore),
+}
+
+impl Store {
+    /// The stored model, or `None` when nothing was stored yet; `seed` (the config's
+    /// model) gives a host new to a cluster its own settings and ports.
+    pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+        match self {
+            Store::File(file) => file.load(),
+            Store::Etcd(etcd) => etcd.load(seed),
+        }
+    }
+
+    /// Keeps `model`; refused (nothing kept) on failure.
+    pub fn save(&self, model: &Model) -> anyhow::Result<()> {
+        match self {
+            Store::File(file) => file.save(model),
+            Store::Etcd(etcd) => etcd.save(model),
+        }
+    }
+
+    /// Where, for logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::File(file) => file.path().display().to_string(),
+            Store::Etcd(etcd) => etcd.describe(),
+        }
+    }
+}
 
 /// A model kept in one file.
 pub struct FileStore {

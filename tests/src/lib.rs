@@ -695,3 +695,83 @@ pub fn testpmd_virtio_pair(sock0: &Path, sock1: &Path, server: bool, seconds: u3
         })
         .collect()
 }
+
+/// A real etcd on loopback with its own data directory; killed and removed on drop.
+pub struct Etcd {
+    child: Child,
+    client_url: String,
+    _data: TempDir,
+}
+
+fn free_loopback_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Etcd {
+    /// Starts etcd (Debian's `etcd-server`) and waits until it answers.
+    pub fn start() -> anyhow::Result<Self> {
+        let data = TempDir::new("etcd")?;
+        let (client, peer) = (free_loopback_port()?, free_loopback_port()?);
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "tenet-test", "--data-dir"])
+            .arg(data.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("tenet-test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting etcd (apt-get install etcd-server)")?;
+        let etcd = Self {
+            child,
+            client_url,
+            _data: data,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if etcd.get_prefix("/").is_ok() {
+                return Ok(etcd);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("etcd did not come up at {}", etcd.client_url)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.client_url
+    }
+
+    /// Keys and values under `prefix`, through etcdctl.
+    pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.client_url, "get", "--prefix", prefix])
+            .output()
+            .context("running etcdctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_owned(), kv.get(1).unwrap_or(&"").to_string()))
+            .collect())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

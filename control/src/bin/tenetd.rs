@@ -13,7 +13,7 @@ use control::daemon::{self, RunOptions};
 use control::live::Live;
 use control::model::Model;
 use control::preflight;
-use control::store::FileStore;
+use control::store::{EtcdStore, FileStore, Store};
 
 /// tenet's host vswitch daemon: a poll-mode DPDK dataplane driven by a config file.
 #[derive(Debug, Parser)]
@@ -64,9 +64,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // The file seeds the store; afterwards tenants, hosts and endpoints come from the
-    // store, where the API keeps them.
-    let store = config.state_file.as_ref().map(FileStore::new);
-    let loaded = match store.as_ref().map(FileStore::load).transpose() {
+    // store, where the API keeps them (in etcd, where every host of the cluster does).
+    let store = match (&config.etcd, &config.state_file) {
+        (Some(plan), _) => Some(Store::Etcd(EtcdStore::new(
+            plan.endpoints.clone(),
+            &plan.prefix,
+            &plan.host,
+        ))),
+        (None, Some(path)) => Some(Store::File(FileStore::new(path))),
+        (None, None) => None,
+    };
+    let seed = Model::of(&config.source);
+    let loaded = match store.as_ref().map(|s| s.load(&seed)).transpose() {
         Ok(loaded) => loaded.flatten(),
         Err(e) => {
             eprintln!("tenetd: {e:#}");
@@ -76,19 +85,24 @@ fn main() -> ExitCode {
     let (config, model) = match (loaded, &store) {
         (Some(model), Some(store)) => match model.over(&config.source).validate() {
             Ok(restored) => {
-                tracing::info!(state = %store.path().display(), tenants = model.tenants.len(), "restored the stored state");
+                tracing::info!(state = %store.describe(), tenants = model.tenants.len(), "restored the stored state");
+                // A host new to the cluster adds its own settings and ports.
+                if let Err(e) = store.save(&model) {
+                    eprintln!("tenetd: {e:#}");
+                    return ExitCode::from(1);
+                }
                 (restored, model)
             }
             Err(e) => {
                 eprintln!(
-                    "tenetd: state file {} does not fit the config: {e}",
-                    store.path().display()
+                    "tenetd: the state in {} does not fit the config: {e}",
+                    store.describe()
                 );
                 return ExitCode::from(2);
             }
         },
         (_, store) => {
-            let model = Model::of(&config.source);
+            let model = seed;
             if let Some(Err(e)) = store.as_ref().map(|s| s.save(&model)) {
                 eprintln!("tenetd: {e:#}");
                 return ExitCode::from(1);

@@ -113,6 +113,10 @@ pub struct ControlSection {
     /// Keep API changes in the state file and restore them on start. Off for
     /// throw-away runs (benchmarks), where the config file alone must rule.
     pub persist: bool,
+    /// etcd endpoints (`http://host:port`) of the cluster store; empty: the state file.
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster's model in etcd.
+    pub etcd_prefix: String,
 }
 
 impl Default for ControlSection {
@@ -122,6 +126,8 @@ impl Default for ControlSection {
             state_file: None,
             api_listen: None,
             persist: true,
+            etcd: Vec::new(),
+            etcd_prefix: "/tenet".to_owned(),
         }
     }
 }
@@ -291,8 +297,10 @@ pub struct Validated {
     pub api_socket: PathBuf,
     /// Optional TCP address of the API.
     pub api_listen: Option<std::net::SocketAddr>,
-    /// State file path, `None` when nothing persists.
+    /// State file path, `None` when nothing persists (or etcd keeps it).
     pub state_file: Option<PathBuf>,
+    /// The cluster store, when the model lives in etcd.
+    pub etcd: Option<EtcdPlan>,
     /// The configuration this was validated from (the API derives changed ones from it).
     pub source: Config,
 }
@@ -553,13 +561,70 @@ impl Config {
             gateway,
             api_socket: self.control.api_socket.clone(),
             api_listen: self.control.api_listen,
-            state_file: self.control.persist.then(|| {
+            etcd: self.etcd_plan()?,
+            state_file: (self.control.persist && self.control.etcd.is_empty()).then(|| {
                 self.control.state_file.clone().unwrap_or_else(|| {
                     PathBuf::from(format!("/var/lib/tenet/{}.json", dp.file_prefix))
                 })
             }),
             source: self.clone(),
         })
+    }
+}
+
+/// Where a cluster keeps its model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdPlan {
+    /// `http://host:port` of each etcd member.
+    pub endpoints: Vec<String>,
+    /// Key prefix (`/tenet`).
+    pub prefix: String,
+    /// This host's name, under which its own settings and ports are kept.
+    pub host: String,
+}
+
+impl Config {
+    fn etcd_plan(&self) -> Result<Option<EtcdPlan>, ConfigError> {
+        let control = &self.control;
+        if control.etcd.is_empty() {
+            return Ok(None);
+        }
+        if !control.persist {
+            return Err(invalid(
+                "control.persist",
+                "a cluster store (control.etcd) keeps every change; persist = false cannot go with it",
+            ));
+        }
+        for (i, endpoint) in control.etcd.iter().enumerate() {
+            let authority = endpoint.strip_prefix("http://").unwrap_or_default();
+            let port_ok = authority
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok || authority.contains('/') {
+                return Err(invalid(
+                    format!("control.etcd[{i}]"),
+                    format!("`{endpoint}` is not http://host:port"),
+                ));
+            }
+        }
+        let prefix = &control.etcd_prefix;
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+            return Err(invalid(
+                "control.etcd_prefix",
+                "must start with `/`, name something, and not end with `/`",
+            ));
+        }
+        let Some(host) = self.switch.host.clone() else {
+            return Err(invalid(
+                "switch.host",
+                "a cluster store keeps each host's ports under its name: set switch.host",
+            ));
+        };
+        Ok(Some(EtcdPlan {
+            endpoints: control.etcd.clone(),
+            prefix: prefix.clone(),
+            host,
+        }))
     }
 }
 

@@ -1,0 +1,429 @@
+//! The cluster store: the model in etcd under a key prefix, one key per object, so
+//! hosts share hosts, tenants, endpoints, routes and published ports, while each keeps
+//! its switch settings and ports under `local/<its name>/`. Tenant ids and VLANs are
+//! also claimed under `unique/`.
+//!
+//! A write is one etcd transaction that compares every key it touches with the
+//! revision this host last saw (a key it creates must not exist yet), so a write that
+//! races another host's, or takes a tenant id or VLAN another host holds, is refused
+//! with the key it collided on, never merged.
+//!
+//! etcd is reached through its v3 JSON gateway over HTTP/1.0: no gRPC stack, and a
+//! reply is read to the end of the connection.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::model::Model;
+
+/// How long one etcd call may take before the next endpoint is tried.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A write refused because another host changed what it touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The API field the colliding key stands for (`name`, `id`, `vlan`, ...).
+    pub field: String,
+    /// What collided, in words.
+    pub message: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Conflict {}
+
+/// A model kept in etcd.
+pub struct EtcdStore {
+    endpoints: Vec<String>,
+    prefix: String,
+    host: String,
+    /// Every key of ours as last read or written: its value and mod revision.
+    seen: Mutex<BTreeMap<String, (String, i64)>>,
+}
+
+impl EtcdStore {
+    /// A store on the etcd cluster at `endpoints` (`http://host:port`), under `prefix`,
+    /// for host `host`.
+    pub fn new(endpoints: Vec<String>, prefix: &str, host: &str) -> Self {
+        Self {
+            endpoints,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            host: host.to_owned(),
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Where the model is kept, for logs.
+    pub fn describe(&self) -> String {
+        format!("etcd {} under {}/", self.endpoints.join(","), self.prefix)
+    }
+
+    /// The cluster's model with this host's own part, or `None` when the cluster has
+    /// stored nothing yet. A host new to the cluster takes its switch settings and
+    /// ports from `seed` (its config).
+    pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+        let kvs = self.range()?;
+        let mut seen = self.lock_seen();
+        seen.clear();
+        let mut model = Model {
+            switch: seed.switch.clone(),
+            ports: seed.ports.clone(),
+            hosts: Vec::new(),
+            tenants: Vec::new(),
+            endpoints: Vec::new(),
+            routes: Vec::new(),
+            published: Vec::new(),
+        };
+        let mut shared = false;
+        for (key, value, revision) in kvs {
+            let Some(path) = key.strip_prefix(&format!("{}/", self.prefix)) else {
+                continue;
+            };
+            let parse = |what: &str| -> anyhow::Result<Value> {
+                serde_json::from_str(&value).with_context(|| format!("etcd key {key} ({what})"))
+            };
+            let kind = path.split('/').next().unwrap_or_default();
+            match kind {
+                "hosts" => model.hosts.push(serde_json::from_value(parse("a host")?)?),
+                "tenants" => model
+                    .tenants
+                    .push(serde_json::from_value(parse("a tenant")?)?),
+                "endpoints" => model
+                    .endpoints
+                    .push(serde_json::from_value(parse("an endpoint")?)?),
+                "routes" => model
+                    .routes
+                    .push(serde_json::from_value(parse("a route")?)?),
+                "published" => model
+                    .published
+                    .push(serde_json::from_value(parse("a published port")?)?),
+                "unique" => {}
+                "local" => {
+                    if path == self.local("switch") {
+                        model.switch = serde_json::from_value(parse("switch settings")?)?;
+                    } else if path == self.local("ports") {
+                        model.ports = serde_json::from_value(parse("ports")?)?;
+                    } else {
+                        continue;
+                    }
+                }
+                _ => continue,
+            }
+            shared |= kind != "local";
+            seen.insert(key, (value, revision));
+        }
+        Ok(shared.then_some(model))
+    }
+
+    /// Writes what changed since the last load or save in one transaction; refused
+    /// (nothing written) with a [`Conflict`] when another host got there first.
+    pub fn save(&self, model: &Model) -> anyhow::Result<()> {
+        let desired = self.keys(model)?;
+        let mut seen = self.lock_seen();
+        let mut compare = Vec::new();
+        let mut success = Vec::new();
+        for (key, value) in &desired {
+            match seen.get(key) {
+                Some((old, _)) if old == value => continue,
+                Some((_, revision)) => compare.push(json!({
+                    "key": BASE64.encode(key), "target": "MOD", "result": "EQUAL",
+                    "mod_revision": revision.to_string(),
+                })),
+                None => compare.push(json!({
+                    "key": BASE64.encode(key), "target": "CREATE", "result": "EQUAL",
+                    "create_revision": "0",
+                })),
+            }
+            success.push(json!({"request_put": {
+                "key": BASE64.encode(key), "value": BASE64.encode(value),
+            }}));
+        }
+        let gone: Vec<String> = seen
+            .keys()
+            .filter(|key| !desired.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in &gone {
+            let revision = seen[key].1;
+            compare.push(json!({
+                "key": BASE64.encode(key), "target": "MOD", "result": "EQUAL",
+                "mod_revision": revision.to_string(),
+            }));
+            success.push(json!({"request_delete_range": {"key": BASE64.encode(key)}}));
+        }
+        if success.is_empty() {
+            return Ok(());
+        }
+        let reply = self.call(
+            "/v3/kv/txn",
+            &json!({"compare": compare, "success": success}),
+        )?;
+        if reply["succeeded"] != json!(true) {
+            drop(seen);
+            return Err(self.explain_conflict(&desired, &gone).into());
+        }
+        let revision = revision_of(&reply["header"]);
+        for (key, value) in desired {
+            seen.entry(key)
+                .and_modify(|entry| {
+                    if entry.0 != value {
+                        *entry = (value.clone(), revision);
+                    }
+                })
+                .or_insert((value, revision));
+        }
+        for key in gone {
+            seen.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn local(&self, what: &str) -> String {
+        format!("local/{}/{what}", self.host)
+    }
+
+    /// The model as keys and values.
+    fn keys(&self, model: &Model) -> anyhow::Result<BTreeMap<String, String>> {
+        let p = &self.prefix;
+        let mut out = BTreeMap::new();
+        let mut put = |key: String, value: String| {
+            out.insert(key, value);
+        };
+        for host in &model.hosts {
+            put(format!("{p}/hosts/{}", host.name), text(host)?);
+        }
+        for tenant in &model.tenants {
+            put(format!("{p}/tenants/{}", tenant.name), text(tenant)?);
+            put(
+                format!("{p}/unique/tenant-id/{}", tenant.id),
+                text(&tenant.name)?,
+            );
+            if let Some(vlan) = tenant.vlan {
+                put(format!("{p}/unique/vlan/{vlan}"), text(&tenant.name)?);
+            }
+        }
+        for (i, endpoint) in model.endpoints.iter().enumerate() {
+            let mac = endpoint
+                .mac
+                .clone()
+                .or_else(|| endpoint.macs.as_ref().and_then(|m| m.first().cloned()));
+            let id = match (mac, endpoint.ip) {
+                (Some(mac), _) => mac.to_ascii_lowercase(),
+                (None, Some(ip)) => ip.to_string(),
+                (None, None) => format!("#{i}"),
+            };
+            put(
+                format!("{p}/endpoints/{}/{id}", endpoint.tenant),
+                text(endpoint)?,
+            );
+        }
+        for route in &model.routes {
+            let prefix = route.prefix.replace('/', "_");
+            put(
+                format!("{p}/routes/{}/{prefix}", route.tenant),
+                text(route)?,
+            );
+        }
+        for publish in &model.published {
+            put(
+                format!(
+                    "{p}/published/{}/{}-{}",
+                    publish.tenant, publish.protocol, publish.host_port
+                ),
+                text(publish)?,
+            );
+        }
+        put(
+            format!("{p}/{}", self.local("switch")),
+            text(&model.switch)?,
+        );
+        put(format!("{p}/{}", self.local("ports")), text(&model.ports)?);
+        Ok(out)
+    }
+
+    /// Says which key another host changed (read back after the refused write).
+    fn explain_conflict(&self, desired: &BTreeMap<String, String>, gone: &[String]) -> Conflict {
+        let seen = self.lock_seen();
+        let now: BTreeMap<String, (String, i64)> = self
+            .range()
+            .map(|kvs| kvs.into_iter().map(|(k, v, r)| (k, (v, r))).collect())
+            .unwrap_or_default();
+        let touched = desired
+            .iter()
+            .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
+            .map(|(k, _)| k)
+            .chain(gone);
+        for key in touched {
+            let changed = match (seen.get(key), now.get(key)) {
+                (None, None) => false,
+                (Some(a), Some(b)) => a.1 != b.1,
+                _ => true,
+            };
+            if !changed {
+                continue;
+            }
+            let path = key
+                .strip_prefix(&format!("{}/", self.prefix))
+                .unwrap_or(key);
+            let holder = now.get(key).map(|(v, _)| v.trim_matches('"').to_owned());
+            let parts: Vec<&str> = path.split('/').collect();
+            let (field, message) = match (parts.as_slice(), holder) {
+                (&["unique", "tenant-id", id], Some(name)) => (
+                    "id",
+                    format!("tenant id {id} is taken by tenant `{name}` (written by another host)"),
+                ),
+                (&["unique", "vlan", vlan], Some(name)) => (
+                    "vlan",
+                    format!("VLAN {vlan} is taken by tenant `{name}` (written by another host)"),
+                ),
+                _ => (
+                    "name",
+                    format!("`{path}` was changed by another host since this host read it"),
+                ),
+            };
+            return Conflict {
+                field: field.to_owned(),
+                message,
+            };
+        }
+        Conflict {
+            field: String::new(),
+            message: "the cluster changed under this write; nothing was written".to_owned(),
+        }
+    }
+
+    /// Every key under the prefix: (key, value, mod revision).
+    fn range(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let start = format!("{}/", self.prefix);
+        let reply = self.call(
+            "/v3/kv/range",
+            &json!({"key": BASE64.encode(&start), "range_end": BASE64.encode(prefix_end(&start))}),
+        )?;
+        let mut out = Vec::new();
+        for kv in reply["kvs"].as_array().into_iter().flatten() {
+            let decode = |field: &str| -> anyhow::Result<String> {
+                let text = kv[field].as_str().unwrap_or_default();
+                let bytes = BASE64
+                    .decode(text)
+                    .with_context(|| format!("etcd sent a {field} that is not base64"))?;
+                String::from_utf8(bytes).context("etcd sent a key or value that is not UTF-8")
+            };
+            out.push((decode("key")?, decode("value")?, revision_of(kv)));
+        }
+        Ok(out)
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers.
+    fn call(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let mut failures = Vec::new();
+        for endpoint in &self.endpoints {
+            match post(endpoint, path, body) {
+                Ok(reply) => return Ok(reply),
+                Err(e) => failures.push(format!("{endpoint}: {e:#}")),
+            }
+        }
+        bail!("no etcd endpoint answered ({})", failures.join("; "))
+    }
+}
+
+/// One HTTP/1.0 POST of JSON, the reply read to the end.
+fn post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let authority = endpoint
+        .strip_prefix("http://")
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let address = authority
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&address, CALL_TIMEOUT)?;
+    stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(CALL_TIMEOUT))?;
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, payload) = text
+        .split_once("\r\n\r\n")
+        .context("etcd's reply has no body")?;
+    let status = head.split(' ').nth(1).unwrap_or_default();
+    let value: Value = serde_json::from_str(payload)
+        .with_context(|| format!("etcd's reply is not JSON (HTTP {status})"))?;
+    if status != "200" {
+        bail!(
+            "etcd refused {path} (HTTP {status}): {}",
+            value["message"].as_str().unwrap_or(payload)
+        );
+    }
+    Ok(value)
+}
+
+fn revision_of(value: &Value) -> i64 {
+    let field = if value.get("mod_revision").is_some() {
+        &value["mod_revision"]
+    } else {
+        &value["revision"]
+    };
+    field
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| field.as_i64())
+        .unwrap_or(0)
+}
+
+/// The end of the range of keys that start with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn text<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(value)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_range_ends_after_every_key_under_it() {
+        assert_eq!(prefix_end("/tenet/"), b"/tenet0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"b".to_vec());
+    }
+
+    #[test]
+    fn revisions_come_as_strings_or_numbers() {
+        assert_eq!(revision_of(&json!({"mod_revision": "42"})), 42);
+        assert_eq!(revision_of(&json!({"revision": 7})), 7);
+        assert_eq!(revision_of(&json!({})), 0);
+    }
+}
