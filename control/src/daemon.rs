@@ -196,8 +196,15 @@ async fn wait_for_stop(
     let mut previous = Snapshot::take(&dataplane.ports, &dataplane.workers);
     let mut control_tick = tokio::time::interval(CONTROL_PERIOD);
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut cluster = live.watch();
     loop {
         tokio::select! {
+            Some(()) = async { match cluster.as_mut() {
+                Some(changes) => changes.recv().await,
+                None => std::future::pending().await,
+            } } => {
+                live.refresh(controller, dataplane);
+            }
             _ = control_tick.tick() => {
                 controller.step(Instant::now(), dataplane.pool);
                 capture.poll(Instant::now(), controller);

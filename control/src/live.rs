@@ -24,6 +24,52 @@ pub struct Live {
 }
 
 impl Live {
+    /// Changes other hosts make to the cluster's model, when the model lives in etcd.
+    pub fn watch(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        match &self.store {
+            Some(Store::Etcd(etcd)) => Some(etcd.watch()),
+            _ => None,
+        }
+    }
+
+    /// Takes the cluster's model as it is now (after another host changed it): this
+    /// host's tables follow it. A model that does not fit this host is logged and the
+    /// tables in force stay.
+    pub fn refresh(&mut self, controller: &mut Controller, dataplane: &Dataplane<'_>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let model = match store.load(&self.model) {
+            Ok(Some(model)) => model,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not read the cluster's model; keeping the tables in force");
+                return;
+            }
+        };
+        let same = serde_json::to_value(&model).ok() == serde_json::to_value(&self.model).ok();
+        if same {
+            return;
+        }
+        let base = controller.config().source.clone();
+        match model.over(&base).validate() {
+            Ok(validated) => {
+                tracing::info!(
+                    tenants = model.tenants.len(),
+                    hosts = model.hosts.len(),
+                    endpoints = model.endpoints.len(),
+                    "took the cluster's changes"
+                );
+                self.model = model;
+                controller.reconfigure(Arc::new(validated), dataplane.port_info());
+                controller.publish_if_changed();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster's model does not fit this host; keeping the tables in force");
+            }
+        }
+    }
+
     /// Answers one command.
     pub fn answer(
         &mut self,

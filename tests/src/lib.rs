@@ -698,9 +698,10 @@ pub fn testpmd_virtio_pair(sock0: &Path, sock1: &Path, server: bool, seconds: u3
 
 /// A real etcd on loopback with its own data directory; killed and removed on drop.
 pub struct Etcd {
-    child: Child,
+    child: Option<Child>,
     client_url: String,
-    _data: TempDir,
+    peer_url: String,
+    data: TempDir,
 }
 
 fn free_loopback_port() -> anyhow::Result<u16> {
@@ -712,35 +713,51 @@ fn free_loopback_port() -> anyhow::Result<u16> {
 impl Etcd {
     /// Starts etcd (Debian's `etcd-server`) and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
-        let data = TempDir::new("etcd")?;
         let (client, peer) = (free_loopback_port()?, free_loopback_port()?);
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut etcd = Self {
+            child: None,
+            client_url: format!("http://127.0.0.1:{client}"),
+            peer_url: format!("http://127.0.0.1:{peer}"),
+            data: TempDir::new("etcd")?,
+        };
+        etcd.resume()?;
+        Ok(etcd)
+    }
+
+    /// Kills etcd (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on its data and addresses, and waits until it answers.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
         let child = Command::new("etcd")
             .args(["--name", "tenet-test", "--data-dir"])
-            .arg(data.path().join("data"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("tenet-test={peer_url}")])
+            .arg(self.data.path().join("data"))
+            .args(["--listen-client-urls", &self.client_url])
+            .args(["--advertise-client-urls", &self.client_url])
+            .args(["--listen-peer-urls", &self.peer_url])
+            .args(["--initial-advertise-peer-urls", &self.peer_url])
+            .args([
+                "--initial-cluster",
+                &format!("tenet-test={}", self.peer_url),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting etcd (apt-get install etcd-server)")?;
-        let etcd = Self {
-            child,
-            client_url,
-            _data: data,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if etcd.get_prefix("/").is_ok() {
-                return Ok(etcd);
+            if self.get_prefix("/").is_ok() {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("etcd did not come up at {}", etcd.client_url)
+        bail!("etcd did not come up at {}", self.client_url)
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -771,7 +788,6 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

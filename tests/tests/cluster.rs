@@ -1,10 +1,11 @@
 //! Hosts sharing one model through a real etcd: what one host writes through its API,
-//! another host starting later has; each keeps its own ports; a write that collides
-//! with another host's (a name or tenant id taken since it read the cluster) is
-//! refused with the field and leaves the cluster as it was; restarts lose nothing.
+//! another host starting later has, and a running one follows through its watch; each
+//! keeps its own ports; a write that collides with another host's is refused with the
+//! field and leaves the cluster as it was; hosts ride out an etcd outage and converge
+//! when it returns; restarts lose nothing.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{tenetctl, tenetctl_ok, unique, Etcd, TempDir, Tenetd};
@@ -88,13 +89,25 @@ etcd = ["{url}"]
     }
 }
 
+/// Waits until `host` lists tenant `name`.
+fn wait_for_tenant(host: &Host, name: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if host.tenants().iter().any(|(n, _)| n == name) {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("tenant {name} did not reach the host within {within:?}");
+}
+
 fn pairs(list: &[(&str, u64)]) -> Vec<(String, u64)> {
     list.iter().map(|(n, i)| (n.to_string(), *i)).collect()
 }
 
 #[test]
 fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
-    let etcd = Etcd::start().unwrap();
+    let mut etcd = Etcd::start().unwrap();
     let a = Host::start("a", &etcd, "\n[[tenant]]\nname = \"red\"\nid = 100\n");
     tenetctl_ok(&a.socket(), &["tenant", "add", "green", "--id", "200"]);
     let keys: Vec<String> = etcd
@@ -124,19 +137,20 @@ fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
         .iter()
         .any(|(_, v)| v.contains("b-spare")));
 
-    // a writes after b read the cluster: b's writes that collide with it are refused.
+    // What a writes, b follows through its watch.
+    tenetctl_ok(&a.socket(), &["tenant", "add", "cyan", "--id", "250"]);
+    let took = wait_for_tenant(&b, "cyan", Duration::from_secs(5));
+    eprintln!("b had a's new tenant after {took:?}");
+    tenetctl_ok(&a.socket(), &["tenant", "del", "cyan"]);
+
+    // A write from b that collides with a's is refused whether b's watch brought a's
+    // write in already (b's own check) or not yet (etcd's transaction), and the
+    // cluster keeps a's.
     tenetctl_ok(&a.socket(), &["tenant", "add", "yellow", "--id", "300"]);
     let taken = tenetctl(&b.socket(), &["tenant", "add", "orange", "--id", "300"]);
     let said = String::from_utf8_lossy(&taken.stderr);
     assert!(!taken.status.success(), "{said}");
-    assert!(
-        said.contains("tenant id 300 is taken by tenant `yellow`") && said.contains("id"),
-        "{said}"
-    );
-    let same_name = tenetctl(&b.socket(), &["tenant", "add", "yellow", "--id", "301"]);
-    let said = String::from_utf8_lossy(&same_name.stderr);
-    assert!(!same_name.status.success());
-    assert!(said.contains("tenants/yellow"), "{said}");
+    assert!(said.contains("300"), "{said}");
     let stored = etcd.get_prefix("/tenet/tenants/yellow").unwrap();
     assert!(
         stored[0].1.contains("\"id\":300"),
@@ -148,6 +162,18 @@ fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
         "b kept nothing"
     );
 
+    // etcd goes away: both hosts keep their tables and answer; a write is refused and
+    // changes nothing; when etcd is back, writes flow and b follows again.
+    etcd.kill();
+    assert!(b.tenants().iter().any(|(n, _)| n == "yellow"));
+    let refused = tenetctl(&a.socket(), &["tenant", "add", "lime", "--id", "500"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("etcd"), "{said}");
+    assert!(a.tenants().iter().all(|(n, _)| n != "lime"));
+    etcd.resume().unwrap();
+    tenetctl_ok(&a.socket(), &["tenant", "add", "lime", "--id", "500"]);
+    wait_for_tenant(&b, "lime", Duration::from_secs(10));
+
     // A write that collides with nothing goes through from b, and nothing is lost:
     // a restarted a has every tenant written through either host.
     tenetctl_ok(&b.socket(), &["tenant", "add", "purple", "--id", "400"]);
@@ -158,6 +184,7 @@ fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
         a.tenants(),
         pairs(&[
             ("green", 200),
+            ("lime", 500),
             ("purple", 400),
             ("red", 100),
             ("yellow", 300)
@@ -196,4 +223,58 @@ fn a_cluster_store_config_is_checked_field_by_field() {
     )
     .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("switch.host"));
+}
+
+#[test]
+fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
+    use control::model::Model;
+    use control::store::{Conflict, EtcdStore};
+    let etcd = Etcd::start().unwrap();
+    let config = control::config::Config::parse(
+        "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
+         [[tenant]]\nname = \"red\"\nid = 100\nvlan = 10\n",
+        |_| None,
+    )
+    .unwrap();
+    let seed = Model::of(&config);
+    let a = EtcdStore::new(vec![etcd.url().to_owned()], "/race", "a");
+    let b = EtcdStore::new(vec![etcd.url().to_owned()], "/race", "b");
+    assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
+    a.save(&seed).unwrap();
+    let mut seen_by_b = b.load(&seed).unwrap().expect("b reads a's cluster");
+    assert_eq!(seen_by_b.tenants.len(), 1);
+
+    // a adds blue (id 200, VLAN 20); b, not having read it, adds green with the same id.
+    let mut from_a = seed.clone();
+    let mut blue = from_a.tenants[0].clone();
+    (blue.name, blue.id, blue.vlan) = ("blue".to_owned(), 200, Some(20));
+    from_a.tenants.push(blue.clone());
+    a.save(&from_a).unwrap();
+    let mut green = blue.clone();
+    (green.name, green.vlan) = ("green".to_owned(), Some(30));
+    seen_by_b.tenants.push(green.clone());
+    let e = b.save(&seen_by_b).unwrap_err();
+    let conflict = e.downcast_ref::<Conflict>().expect("a conflict");
+    assert_eq!(conflict.field, "id");
+    assert!(
+        conflict.message.contains("taken by tenant `blue`"),
+        "{conflict}"
+    );
+    assert!(etcd.get_prefix("/race/tenants/green").unwrap().is_empty());
+
+    // The same VLAN under another id: the VLAN is what collides.
+    seen_by_b.tenants.last_mut().unwrap().id = 300;
+    seen_by_b.tenants.last_mut().unwrap().vlan = Some(20);
+    let e = b.save(&seen_by_b).unwrap_err();
+    assert_eq!(e.downcast_ref::<Conflict>().unwrap().field, "vlan");
+
+    // b changing red, which a has not touched since b read it, goes through.
+    seen_by_b.tenants.pop();
+    seen_by_b.tenants[0].max_macs = Some(10);
+    b.save(&seen_by_b).unwrap();
+    // a changing red again from its older read collides with b's write.
+    from_a.tenants[0].max_macs = Some(20);
+    let e = a.save(&from_a).unwrap_err();
+    let conflict = e.downcast_ref::<Conflict>().unwrap();
+    assert!(conflict.message.contains("tenants/red"), "{conflict}");
 }

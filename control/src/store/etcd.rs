@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -51,6 +52,10 @@ pub struct EtcdStore {
     host: String,
     /// Every key of ours as last read or written: its value and mod revision.
     seen: Mutex<BTreeMap<String, (String, i64)>>,
+    /// The cluster's revision at the last load: a watch goes on from there.
+    loaded_at: AtomicI64,
+    /// Tells the watch thread to end.
+    stop: Arc<AtomicBool>,
 }
 
 impl EtcdStore {
@@ -62,7 +67,32 @@ impl EtcdStore {
             prefix: prefix.trim_end_matches('/').to_owned(),
             host: host.to_owned(),
             seen: Mutex::new(BTreeMap::new()),
+            loaded_at: AtomicI64::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Follows every change under the prefix after the last load, on a thread of its
+    /// own, and says so on the returned channel (several changes may come as one
+    /// message; the receiver reloads). When etcd goes away the thread reconnects and
+    /// resumes from the revision after the last one it saw, so no change is missed;
+    /// if etcd compacted that away, the next message makes the receiver reload all.
+    pub fn watch(&self) -> tokio::sync::mpsc::Receiver<()> {
+        let (changed, receiver) = tokio::sync::mpsc::channel(1);
+        let follower = Follower {
+            endpoints: self.endpoints.clone(),
+            start: format!("{}/", self.prefix),
+            next_revision: self.loaded_at.load(Ordering::Relaxed) + 1,
+            changed,
+            stop: Arc::clone(&self.stop),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("tenet-etcd-watch".to_owned())
+            .spawn(move || follower.run());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the etcd watch");
+        }
+        receiver
     }
 
     /// Where the model is kept, for logs.
@@ -74,7 +104,8 @@ impl EtcdStore {
     /// stored nothing yet. A host new to the cluster takes its switch settings and
     /// ports from `seed` (its config).
     pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
-        let kvs = self.range()?;
+        let (kvs, revision) = self.range()?;
+        self.loaded_at.store(revision, Ordering::Relaxed);
         let mut seen = self.lock_seen();
         seen.clear();
         let mut model = Model {
@@ -262,7 +293,7 @@ impl EtcdStore {
         let seen = self.lock_seen();
         let now: BTreeMap<String, (String, i64)> = self
             .range()
-            .map(|kvs| kvs.into_iter().map(|(k, v, r)| (k, (v, r))).collect())
+            .map(|(kvs, _)| kvs.into_iter().map(|(k, v, r)| (k, (v, r))).collect())
             .unwrap_or_default();
         let touched = desired
             .iter()
@@ -308,8 +339,10 @@ impl EtcdStore {
         }
     }
 
-    /// Every key under the prefix: (key, value, mod revision).
-    fn range(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+    /// Every key under the prefix, (key, value, mod revision), and the revision they
+    /// were read at.
+    #[allow(clippy::type_complexity)]
+    fn range(&self) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
         let start = format!("{}/", self.prefix);
         let reply = self.call(
             "/v3/kv/range",
@@ -326,7 +359,7 @@ impl EtcdStore {
             };
             out.push((decode("key")?, decode("value")?, revision_of(kv)));
         }
-        Ok(out)
+        Ok((out, revision_of(&reply["header"])))
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers.
@@ -342,8 +375,124 @@ impl EtcdStore {
     }
 }
 
-/// One HTTP/1.0 POST of JSON, the reply read to the end.
-fn post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The watch thread's state.
+struct Follower {
+    endpoints: Vec<String>,
+    start: String,
+    next_revision: i64,
+    changed: tokio::sync::mpsc::Sender<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Follower {
+    fn run(mut self) {
+        let mut reported_down = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            for endpoint in self.endpoints.clone() {
+                match self.follow(&endpoint) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        if !reported_down {
+                            tracing::warn!(%endpoint, error = %format!("{e:#}"), resume_at = self.next_revision, "etcd watch lost; forwarding goes on with the last tables");
+                            reported_down = true;
+                        }
+                    }
+                }
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            // Reconnected or not, the last tables stay; a new stream says it resumed.
+            reported_down = false;
+        }
+    }
+
+    /// Streams the watch from one endpoint until it breaks (an error) or tenetd stops
+    /// (`Ok`).
+    fn follow(&mut self, endpoint: &str) -> anyhow::Result<()> {
+        let body = json!({"create_request": {
+            "key": BASE64.encode(&self.start),
+            "range_end": BASE64.encode(prefix_end(&self.start)),
+            "start_revision": self.next_revision.to_string(),
+        }});
+        let mut stream = open_post(endpoint, "/v3/watch", &body)?;
+        // Short reads, so a stop is noticed while the stream is quiet.
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut header_done = false;
+        let mut buffer = [0u8; 16384];
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let n = match stream.read(&mut buffer) {
+                Ok(0) => bail!("etcd closed the watch"),
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            pending.extend_from_slice(&buffer[..n]);
+            if !header_done {
+                let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                if head.split(' ').nth(1) != Some("200") {
+                    bail!("etcd refused the watch: {head}");
+                }
+                pending.drain(..end + 4);
+                header_done = true;
+            }
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let Ok(message) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                self.take(&message)?;
+            }
+        }
+    }
+
+    fn take(&mut self, message: &Value) -> anyhow::Result<()> {
+        let result = &message["result"];
+        if let Some(error) = message.get("error") {
+            bail!("etcd ended the watch: {error}");
+        }
+        let compacted = revision_of(&json!({"revision": result["compact_revision"].clone()}));
+        if compacted > 0 {
+            // What happened before is gone: reload everything, follow from now on.
+            self.next_revision = compacted;
+            let _ = self.changed.try_send(());
+            bail!("etcd compacted the history to revision {compacted}");
+        }
+        let events = result["events"].as_array().map_or(&[][..], Vec::as_slice);
+        for event in events {
+            self.next_revision = self.next_revision.max(revision_of(&event["kv"]) + 1);
+        }
+        if !events.is_empty() {
+            let _ = self.changed.try_send(());
+        }
+        Ok(())
+    }
+}
+
+/// Opens a connection and sends one HTTP/1.0 POST of JSON; the reply is the caller's
+/// to read.
+fn open_post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<TcpStream> {
     let authority = endpoint
         .strip_prefix("http://")
         .unwrap_or(endpoint)
@@ -363,6 +512,12 @@ fn post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
+    Ok(stream)
+}
+
+/// One HTTP/1.0 POST of JSON, the reply read to the end.
+fn post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let mut stream = open_post(endpoint, path, body)?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply)?;
     let text = String::from_utf8_lossy(&reply);
