@@ -702,6 +702,8 @@ pub struct Etcd {
     client_url: String,
     peer_url: String,
     data: TempDir,
+    /// The namespace it runs in (`None`: this one).
+    ns: Option<String>,
 }
 
 fn free_loopback_port() -> anyhow::Result<u16> {
@@ -711,17 +713,39 @@ fn free_loopback_port() -> anyhow::Result<u16> {
 }
 
 impl Etcd {
-    /// Starts etcd (Debian's `etcd-server`) and waits until it answers.
+    /// Starts etcd (Debian's `etcd-server`) on loopback and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
         let (client, peer) = (free_loopback_port()?, free_loopback_port()?);
+        Self::launch(None, "127.0.0.1", client, peer)
+    }
+
+    /// Starts etcd inside `ns`, listening on `address` (one of the namespace's), as a
+    /// cluster's etcd on its management network.
+    pub fn start_in(ns: &Netns, address: &str) -> anyhow::Result<Self> {
+        Self::launch(Some(ns.name().to_owned()), address, 2379, 2380)
+    }
+
+    fn launch(ns: Option<String>, address: &str, client: u16, peer: u16) -> anyhow::Result<Self> {
         let mut etcd = Self {
             child: None,
-            client_url: format!("http://127.0.0.1:{client}"),
-            peer_url: format!("http://127.0.0.1:{peer}"),
+            client_url: format!("http://{address}:{client}"),
+            peer_url: format!("http://{address}:{peer}"),
             data: TempDir::new("etcd")?,
+            ns,
         };
         etcd.resume()?;
         Ok(etcd)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.ns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, program]);
+                command
+            }
+            None => Command::new(program),
+        }
     }
 
     /// Kills etcd (its data stays).
@@ -734,7 +758,8 @@ impl Etcd {
 
     /// Starts etcd again on its data and addresses, and waits until it answers.
     pub fn resume(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("etcd")
+        let child = self
+            .command("etcd")
             .args(["--name", "tenet-test", "--data-dir"])
             .arg(self.data.path().join("data"))
             .args(["--listen-client-urls", &self.client_url])
@@ -767,7 +792,8 @@ impl Etcd {
 
     /// Keys and values under `prefix`, through etcdctl.
     pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let out = Command::new("etcdctl")
+        let out = self
+            .command("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.client_url, "get", "--prefix", prefix])
             .output()

@@ -226,6 +226,9 @@ enum EndpointCmd {
         /// The other host it is on.
         #[arg(long)]
         host: Option<String>,
+        /// Its IPv4 address (the tenant's router and ARP answers use it).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
     },
     /// Remove an endpoint.
     Del {
@@ -408,10 +411,11 @@ fn main() -> ExitCode {
             mac,
             port,
             host,
+            ip,
         }) => (
             "POST",
             "/v1/endpoints".into(),
-            Some(json!({"tenant": tenant, "mac": mac, "port": port, "host": host})),
+            Some(json!({"tenant": tenant, "mac": mac, "port": port, "host": host, "ip": ip})),
         ),
         Cmd::Endpoint(EndpointCmd::Del { tenant, mac }) => (
             "DELETE",

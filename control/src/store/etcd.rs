@@ -23,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::config::switching::EndpointSpec;
 use crate::model::Model;
 
 /// How long one etcd call may take before the next endpoint is tried.
@@ -131,9 +132,15 @@ impl EtcdStore {
                 "tenants" => model
                     .tenants
                     .push(serde_json::from_value(parse("a tenant")?)?),
-                "endpoints" => model
-                    .endpoints
-                    .push(serde_json::from_value(parse("an endpoint")?)?),
+                "endpoints" => {
+                    let stored: EndpointSpec = serde_json::from_value(parse("an endpoint")?)?;
+                    match self.as_seen_here(stored) {
+                        Some(endpoint) => model.endpoints.push(endpoint),
+                        // Another host's view of an endpoint here, without its port:
+                        // this host's own record is the one that counts.
+                        None => continue,
+                    }
+                }
                 "routes" => model
                     .routes
                     .push(serde_json::from_value(parse("a route")?)?),
@@ -161,8 +168,8 @@ impl EtcdStore {
     /// Writes what changed since the last load or save in one transaction; refused
     /// (nothing written) with a [`Conflict`] when another host got there first.
     pub fn save(&self, model: &Model) -> anyhow::Result<()> {
-        let desired = self.keys(model)?;
         let mut seen = self.lock_seen();
+        let desired = self.keys(model, &seen)?;
         let mut compare = Vec::new();
         let mut success = Vec::new();
         for (key, value) in &desired {
@@ -225,12 +232,39 @@ impl EtcdStore {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// An endpoint as the cluster keeps it: a local one (at a port of this host) also
+    /// names this host, so the others know where it is.
+    fn as_stored(&self, endpoint: &EndpointSpec) -> EndpointSpec {
+        let mut stored = endpoint.clone();
+        if stored.port.is_some() && stored.host.is_none() {
+            stored.host = Some(self.host.clone());
+        }
+        stored
+    }
+
+    /// A stored endpoint as this host sees it: at its port when it is here, at its host
+    /// otherwise; `None` for a record of an endpoint here that names no port.
+    fn as_seen_here(&self, mut stored: EndpointSpec) -> Option<EndpointSpec> {
+        match (&stored.host, &stored.port) {
+            (Some(host), Some(_)) if *host == self.host => stored.host = None,
+            (Some(host), None) if *host == self.host => return None,
+            (Some(_), Some(_)) => stored.port = None,
+            _ => {}
+        }
+        Some(stored)
+    }
+
     fn local(&self, what: &str) -> String {
         format!("local/{}/{what}", self.host)
     }
 
-    /// The model as keys and values.
-    fn keys(&self, model: &Model) -> anyhow::Result<BTreeMap<String, String>> {
+    /// The model as keys and values. An endpoint of another host is kept as that host
+    /// stored it (with its port) unless this host changed it.
+    fn keys(
+        &self,
+        model: &Model,
+        seen: &BTreeMap<String, (String, i64)>,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
         let p = &self.prefix;
         let mut out = BTreeMap::new();
         let mut put = |key: String, value: String| {
@@ -259,10 +293,14 @@ impl EtcdStore {
                 (None, Some(ip)) => ip.to_string(),
                 (None, None) => format!("#{i}"),
             };
-            put(
-                format!("{p}/endpoints/{}/{id}", endpoint.tenant),
-                text(endpoint)?,
-            );
+            let key = format!("{p}/endpoints/{}/{id}", endpoint.tenant);
+            let mine = text(&self.as_stored(endpoint))?;
+            let theirs = seen.get(&key).and_then(|(raw, _)| {
+                let stored = serde_json::from_str(raw).ok()?;
+                let here = text(&self.as_seen_here(stored)?).ok()?;
+                (here == text(endpoint).ok()?).then(|| raw.clone())
+            });
+            put(key, theirs.unwrap_or(mine));
         }
         for route in &model.routes {
             let prefix = route.prefix.replace('/', "_");

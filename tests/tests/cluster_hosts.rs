@@ -1,0 +1,208 @@
+//! Hosts of one cluster as the Docklet design has them: network namespaces each running
+//! tenetd, on one underlay (a bridge) and one management network where etcd runs. Only
+//! the first host's config names the tenant; every container is attached and
+//! registered through its own host's API; the others learn where it is from the
+//! cluster's model and tunnel to it. A host joining later is reached the same way.
+
+use std::time::Duration;
+
+use tests::{tenetctl_ok, underlay_end, unique, wait_for_ping, Etcd, Link, Netns, TempDir, Tenetd};
+
+/// The underlay bridge and the management bridge (etcd at 10.99.0.1).
+struct Fabric {
+    ns: Netns,
+}
+
+impl Fabric {
+    fn new() -> Self {
+        let ns = Netns::new("fab").unwrap();
+        for (bridge, address) in [("br0", None), ("mg0", Some("10.99.0.1/24"))] {
+            ns.exec("ip", &["link", "add", bridge, "type", "bridge"])
+                .unwrap();
+            if let Some(address) = address {
+                ns.exec("ip", &["addr", "add", address, "dev", bridge])
+                    .unwrap();
+            }
+            ns.exec("ip", &["link", "set", bridge, "up"]).unwrap();
+        }
+        Self { ns }
+    }
+
+    /// Links `host` to both bridges; returns its underlay interface. Its management
+    /// address is 10.99.0.<10 + index>.
+    fn attach(&self, host: &Netns, index: u8) -> String {
+        let mut underlay = String::new();
+        for bridge in ["br0", "mg0"] {
+            let (near, far) = (unique("fh"), unique("ff"));
+            tests::run(
+                "ip",
+                &["link", "add", &near, "type", "veth", "peer", "name", &far],
+            )
+            .unwrap();
+            tests::run("ip", &["link", "set", &near, "netns", host.name()]).unwrap();
+            tests::run("ip", &["link", "set", &far, "netns", self.ns.name()]).unwrap();
+            self.ns
+                .exec("ip", &["link", "set", &far, "master", bridge, "up"])
+                .unwrap();
+            if bridge == "br0" {
+                underlay_end(host, &near).unwrap();
+                underlay = near;
+            } else {
+                let address = format!("10.99.0.{}/24", 10 + index);
+                host.exec("ip", &["addr", "add", &address, "dev", &near])
+                    .unwrap();
+                host.exec("ip", &["link", "set", &near, "up"]).unwrap();
+            }
+        }
+        underlay
+    }
+}
+
+struct Host {
+    name: String,
+    ns: Netns,
+    tenetd: Tenetd,
+    socket: std::path::PathBuf,
+    containers: Vec<(Netns, Link)>,
+    _dir: TempDir,
+}
+
+const HOSTS: [&str; 4] = ["a", "b", "c", "d"];
+
+impl Host {
+    fn start(fabric: &Fabric, etcd: &Etcd, index: u8) -> Self {
+        let name = HOSTS[usize::from(index)].to_owned();
+        let ns = Netns::new(&format!("h{name}-")).unwrap();
+        let uplink = fabric.attach(&ns, index);
+        let hosts: String = HOSTS
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                format!(
+                    "[[host]]\nname = \"{h}\"\nunderlay_ip = \"192.168.80.{}/24\"\n\n",
+                    i + 1
+                )
+            })
+            .collect();
+        // Only the first host seeds the tenant; the others take it from the cluster.
+        let tenant = if index == 0 {
+            "[[tenant]]\nname = \"red\"\nid = 100\n"
+        } else {
+            ""
+        };
+        let dir = TempDir::new(&format!("clh-{name}")).unwrap();
+        let socket = dir.path().join("tenetd.sock");
+        let config = format!(
+            r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{prefix}"
+memory_mb = 192
+mbufs = 4095
+
+[switch]
+design = "dedicated"
+host = "{name}"
+
+{hosts}{tenant}
+[[port]]
+name = "underlay"
+backend = "af-packet"
+interface = "{uplink}"
+role = "uplink"
+
+[control]
+api_socket = "{socket}"
+etcd = ["{url}"]
+"#,
+            prefix = unique(&format!("clh{name}")),
+            socket = socket.display(),
+            url = etcd.url(),
+        );
+        let mut tenetd = Tenetd::start_in(Some(&ns), &config, &[]).unwrap();
+        tenetd
+            .wait_for_line("API listening", Duration::from_secs(30))
+            .unwrap();
+        Self {
+            name,
+            ns,
+            tenetd,
+            socket,
+            containers: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// A container of tenant red at 10.1.0.<number>, attached and registered here.
+    fn container(&mut self, number: u8) {
+        let ctr = Netns::new(&format!("c{}-", self.name)).unwrap();
+        let address = format!("10.1.0.{number}");
+        let link = Link::between(Some(&self.ns), &ctr, Some(&format!("{address}/24"))).unwrap();
+        ctr.exec("ip", &["link", "set", "eth0", "mtu", "1400"])
+            .unwrap();
+        let port = format!("red-{number}");
+        tenetctl_ok(
+            &self.socket,
+            &[
+                "port",
+                "add",
+                &port,
+                "--backend",
+                "af-packet",
+                "--interface",
+                &link.host,
+                "--role",
+                "access",
+                "--tenant",
+                "red",
+            ],
+        );
+        tenetctl_ok(
+            &self.socket,
+            &[
+                "endpoint", "add", "--tenant", "red", "--mac", &link.mac, "--port", &port, "--ip",
+                &address,
+            ],
+        );
+        self.containers.push((ctr, link));
+    }
+}
+
+#[test]
+fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins() {
+    let fabric = Fabric::new();
+    let etcd = Etcd::start_in(&fabric.ns, "10.99.0.1").unwrap();
+    let mut hosts: Vec<Host> = (0..3).map(|i| Host::start(&fabric, &etcd, i)).collect();
+    for (i, host) in hosts.iter_mut().enumerate() {
+        host.container(i as u8 + 1);
+    }
+    // Every pair, both ways round: each host tunnels to where the cluster says the
+    // other containers are.
+    for (i, from) in hosts.iter().enumerate() {
+        for j in 0..hosts.len() {
+            if i != j {
+                wait_for_ping(&from.containers[0].0, &format!("10.1.0.{}", j + 1));
+            }
+        }
+    }
+    // The cluster knows each container at its host.
+    let stored = etcd.get_prefix("/tenet/endpoints/red/").unwrap();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for (k, v) in &stored {
+        assert!(v.contains("\"host\""), "{k}: {v}");
+    }
+
+    // A fourth host joins with nothing in its config but itself: it gets the tenant
+    // and the others' containers, and they get its container.
+    hosts.push(Host::start(&fabric, &etcd, 3));
+    hosts[3].container(4);
+    wait_for_ping(&hosts[3].containers[0].0, "10.1.0.1");
+    wait_for_ping(&hosts[0].containers[0].0, "10.1.0.4");
+    wait_for_ping(&hosts[2].containers[0].0, "10.1.0.4");
+
+    for host in hosts {
+        let stopped = host.tenetd.stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+}
