@@ -610,7 +610,7 @@ mod tests {
     #[test]
     fn the_prefix_range_ends_after_every_key_under_it() {
         assert_eq!(prefix_end("/tenet/"), b"/tenet0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), b"b".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
     }
 
     #[test]
