@@ -21,6 +21,9 @@ pub struct Live {
     pub model: Model,
     /// Its store (`None`: changes last until tenetd stops).
     pub store: Option<Store>,
+    /// The model the tables were last built from, with a cluster's dead hosts taken
+    /// out (`None`: not yet known).
+    pub running: Option<Value>,
 }
 
 impl Live {
@@ -47,12 +50,14 @@ impl Live {
                 return;
             }
         };
-        let same = serde_json::to_value(&model).ok() == serde_json::to_value(&self.model).ok();
+        let effective = store.effective(&model);
+        let same = serde_json::to_value(&model).ok() == serde_json::to_value(&self.model).ok()
+            && serde_json::to_value(&effective).ok() == self.running;
         if same {
             return;
         }
         let base = controller.config().source.clone();
-        match model.over(&base).validate() {
+        match effective.over(&base).validate() {
             Ok(validated) => {
                 tracing::info!(
                     tenants = model.tenants.len(),
@@ -61,6 +66,7 @@ impl Live {
                     "took the cluster's changes"
                 );
                 self.model = model;
+                self.running = serde_json::to_value(&effective).ok();
                 controller.reconfigure(Arc::new(validated), dataplane.port_info());
                 controller.publish_if_changed();
             }
@@ -128,10 +134,19 @@ impl Live {
         dataplane: &mut Dataplane<'_>,
     ) -> Reply {
         let base = controller.config().source.clone();
-        let (model, validated) = match self.model.apply(&change, &base) {
+        let (model, mut validated) = match self.model.apply(&change, &base) {
             Ok(next) => next,
             Err(refusal) => return Reply::error(refusal.status, &refusal.field, &refusal.message),
         };
+        // In a cluster the tables leave out hosts counted dead.
+        let effective = self.store.as_ref().map(|store| store.effective(&model));
+        if let Some(Store::Etcd(_)) = &self.store {
+            match effective.as_ref().map(|m| m.over(&base).validate()) {
+                Some(Ok(v)) => validated = v,
+                Some(Err(e)) => return Reply::error(400, "", &e.to_string()),
+                None => {}
+            }
+        }
         // A new port's device must come up before the change is kept.
         if let Change::AddPort(_) = &change {
             let plan = validated.ports.last().expect("the new port is last");
@@ -154,6 +169,7 @@ impl Live {
             return Reply::error(500, "", &format!("could not save the state: {e:#}"));
         }
         tracing::info!(?change, "applied");
+        self.running = effective.and_then(|m| serde_json::to_value(&m).ok());
         let removed = match &change {
             Change::DeletePort(name) => dataplane.ports.iter().position(|p| &p.name == name),
             _ => None,

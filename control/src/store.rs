@@ -41,6 +41,15 @@ impl Store {
         }
     }
 
+    /// The model as this host runs it: without the hosts a cluster counts dead (and
+    /// their endpoints and tunnels), gateways placed again. A single host runs it all.
+    pub fn effective(&self, model: &Model) -> Model {
+        match self {
+            Store::File(_) => model.clone(),
+            Store::Etcd(etcd) => model.effective(&etcd.alive()),
+        }
+    }
+
     /// Where, for logs and errors.
     pub fn describe(&self) -> String {
         match self {

@@ -191,8 +191,10 @@ fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
         ])
     );
     assert_eq!(a.ports(), ["a-spare"]);
-    drop(b);
-    drop(a);
+    for host in [a, b] {
+        let stopped = host.tenetd.stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
 }
 
 #[test]

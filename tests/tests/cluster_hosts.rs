@@ -2,7 +2,8 @@
 //! tenetd, on one underlay (a bridge) and one management network where etcd runs. Only
 //! the first host's config names the tenant; every container is attached and
 //! registered through its own host's API; the others learn where it is from the
-//! cluster's model and tunnel to it. A host joining later is reached the same way.
+//! cluster's model and tunnel to it. A host joining later is reached the same way; a
+//! host killed drops out when its lease runs out, and its gateways are placed again.
 
 use std::time::Duration;
 
@@ -64,10 +65,14 @@ struct Host {
     tenetd: Tenetd,
     socket: std::path::PathBuf,
     containers: Vec<(Netns, Link)>,
+    /// DPDK's file prefix: a killed tenetd leaves its runtime directory behind.
+    prefix: String,
     _dir: TempDir,
 }
 
 const HOSTS: [&str; 4] = ["a", "b", "c", "d"];
+/// Lease time of the hosts' registrations.
+const LEASE_S: u64 = 2;
 
 impl Host {
     fn start(fabric: &Fabric, etcd: &Etcd, index: u8) -> Self {
@@ -92,6 +97,7 @@ impl Host {
         };
         let dir = TempDir::new(&format!("clh-{name}")).unwrap();
         let socket = dir.path().join("tenetd.sock");
+        let prefix = unique(&format!("clh{name}"));
         let config = format!(
             r#"
 [dataplane]
@@ -115,8 +121,9 @@ role = "uplink"
 [control]
 api_socket = "{socket}"
 etcd = ["{url}"]
+etcd_lease_s = {LEASE_S}
 "#,
-            prefix = unique(&format!("clh{name}")),
+            prefix = prefix,
             socket = socket.display(),
             url = etcd.url(),
         );
@@ -130,41 +137,42 @@ etcd = ["{url}"]
             tenetd,
             socket,
             containers: Vec::new(),
+            prefix,
             _dir: dir,
         }
     }
 
     /// A container of tenant red at 10.1.0.<number>, attached and registered here.
     fn container(&mut self, number: u8) {
+        self.container_of("red", &format!("10.1.0.{number}"));
+    }
+
+    /// A container of `tenant` at `address` (/24), attached and registered here.
+    fn container_of(&mut self, tenant: &str, address: &str) {
         let ctr = Netns::new(&format!("c{}-", self.name)).unwrap();
-        let address = format!("10.1.0.{number}");
         let link = Link::between(Some(&self.ns), &ctr, Some(&format!("{address}/24"))).unwrap();
         ctr.exec("ip", &["link", "set", "eth0", "mtu", "1400"])
             .unwrap();
-        let port = format!("red-{number}");
-        tenetctl_ok(
-            &self.socket,
-            &[
-                "port",
-                "add",
-                &port,
-                "--backend",
-                "af-packet",
-                "--interface",
-                &link.host,
-                "--role",
-                "access",
-                "--tenant",
-                "red",
-            ],
-        );
-        tenetctl_ok(
-            &self.socket,
-            &[
-                "endpoint", "add", "--tenant", "red", "--mac", &link.mac, "--port", &port, "--ip",
-                &address,
-            ],
-        );
+        let port = format!("{tenant}-{}", address.rsplit('.').next().unwrap());
+        let attach = [
+            "port",
+            "add",
+            &port,
+            "--backend",
+            "af-packet",
+            "--interface",
+            &link.host,
+            "--role",
+            "access",
+            "--tenant",
+            tenant,
+        ];
+        tenetctl_ok(&self.socket, &attach);
+        let register = [
+            "endpoint", "add", "--tenant", tenant, "--mac", &link.mac, "--port", &port, "--ip",
+            address,
+        ];
+        tenetctl_ok(&self.socket, &register);
         self.containers.push((ctr, link));
     }
 }
@@ -200,6 +208,50 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
     wait_for_ping(&hosts[3].containers[0].0, "10.1.0.1");
     wait_for_ping(&hosts[0].containers[0].0, "10.1.0.4");
     wait_for_ping(&hosts[2].containers[0].0, "10.1.0.4");
+
+    // Tenant blue's gateway is pinned to c; a container of blue on a reaches it
+    // through the tunnel to c.
+    let blue = [
+        "tenant",
+        "add",
+        "blue",
+        "--id",
+        "200",
+        "--subnet",
+        "10.2.0.1/24",
+        "--gateway-host",
+        "c",
+    ];
+    tenetctl_ok(&hosts[0].socket, &blue);
+    hosts[0].container_of("blue", "10.2.0.10");
+    wait_for_ping(&hosts[0].containers[1].0, "10.2.0.1");
+
+    // c is killed: when its lease runs out, the others drop it and place blue's
+    // gateway again, on the host with the fewest gateways (a: none, first by name),
+    // where the container reaches it again.
+    let c = hosts.remove(2);
+    let killed = std::time::Instant::now();
+    tests::run("kill", &["-9", &c.tenetd.pid().to_string()]).unwrap();
+    let blue_on_a = &hosts[0].containers[1].0;
+    let mut back = None;
+    while killed.elapsed() < Duration::from_secs(LEASE_S + 10) {
+        if blue_on_a
+            .exec("ping", &["-c", "1", "-W", "1", "10.2.0.1"])
+            .is_ok()
+        {
+            back = Some(killed.elapsed());
+            break;
+        }
+    }
+    let back = back.expect("blue's gateway placed again after c's lease ran out");
+    eprintln!("blue's gateway answered again {back:?} after c was killed (lease {LEASE_S} s)");
+    assert!(back >= Duration::from_secs(LEASE_S) - Duration::from_millis(500));
+    assert!(etcd.get_prefix("/tenet/alive/c").unwrap().is_empty());
+    // The other containers still reach each other.
+    wait_for_ping(&hosts[0].containers[0].0, "10.1.0.2");
+    wait_for_ping(&hosts[2].containers[0].0, "10.1.0.1");
+    drop(c.tenetd);
+    tests::remove_dpdk_runtime(&c.prefix);
 
     for host in hosts {
         let stopped = host.tenetd.stop().unwrap();

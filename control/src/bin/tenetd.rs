@@ -66,11 +66,21 @@ fn main() -> ExitCode {
     // The file seeds the store; afterwards tenants, hosts and endpoints come from the
     // store, where the API keeps them (in etcd, where every host of the cluster does).
     let store = match (&config.etcd, &config.state_file) {
-        (Some(plan), _) => Some(Store::Etcd(EtcdStore::new(
-            plan.endpoints.clone(),
-            &plan.prefix,
-            &plan.host,
-        ))),
+        (Some(plan), _) => {
+            let etcd = EtcdStore::with_lease(
+                plan.endpoints.clone(),
+                &plan.prefix,
+                &plan.host,
+                plan.lease_s,
+            );
+            // Registered before the first load, so this host counts itself alive and
+            // the others add it as soon as they see the key.
+            if let Err(e) = etcd.register() {
+                eprintln!("tenetd: registering with the cluster: {e:#}");
+                return ExitCode::from(1);
+            }
+            Some(Store::Etcd(etcd))
+        }
         (None, Some(path)) => Some(Store::File(FileStore::new(path))),
         (None, None) => None,
     };
@@ -83,7 +93,8 @@ fn main() -> ExitCode {
         }
     };
     let (config, model) = match (loaded, &store) {
-        (Some(model), Some(store)) => match model.over(&config.source).validate() {
+        (Some(model), Some(store)) => match store.effective(&model).over(&config.source).validate()
+        {
             Ok(restored) => {
                 tracing::info!(state = %store.describe(), tenants = model.tenants.len(), "restored the stored state");
                 // A host new to the cluster adds its own settings and ports.
@@ -107,6 +118,19 @@ fn main() -> ExitCode {
                 eprintln!("tenetd: {e:#}");
                 return ExitCode::from(1);
             }
+            let config = match store {
+                // Hosts of the config not yet registered get no tunnels until they are.
+                Some(store @ Store::Etcd(_)) => {
+                    match store.effective(&model).over(&config.source).validate() {
+                        Ok(config) => config,
+                        Err(e) => {
+                            eprintln!("tenetd: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                _ => config,
+            };
             (config, model)
         }
     };
@@ -117,7 +141,13 @@ fn main() -> ExitCode {
     }
     match daemon::run(
         config,
-        Live { model, store },
+        Live {
+            running: store
+                .as_ref()
+                .and_then(|s| serde_json::to_value(s.effective(&model)).ok()),
+            model,
+            store,
+        },
         RunOptions {
             stats_interval: args.stats_interval,
         },

@@ -220,6 +220,9 @@ pub(super) fn validate(
         .collect();
     let mut routers = Vec::with_capacity(tenants.len());
     let mut macs: HashMap<Mac, usize> = HashMap::new();
+    // Gateways per host so far, for `auto` placement: every host validating the same
+    // model in the same order places the same way, so no host has to write it down.
+    let mut gateways_on: Vec<usize> = vec![0; plan.hosts.len()];
     for (i, t) in tenants.iter().enumerate() {
         let field = format!("tenant[{i}]");
         if t.subnets.is_empty() {
@@ -264,7 +267,7 @@ pub(super) fn validate(
         }
         let placement = match (t.gateway_host.as_deref(), plan.this_host) {
             (_, None) => match t.gateway_host.as_deref() {
-                None | Some("central") => Placement::Here,
+                None | Some("central") | Some("auto") => Placement::Here,
                 Some(name) => {
                     return Err(invalid(
                         format!("{field}.gateway_host"),
@@ -282,6 +285,16 @@ pub(super) fn validate(
                     ))
                 }
             },
+            (Some("auto"), Some(me)) => {
+                let least = (0..plan.hosts.len())
+                    .min_by_key(|&h| (gateways_on[h], plan.hosts[h].name.as_str()))
+                    .unwrap_or(me);
+                if least == me {
+                    Placement::Here
+                } else {
+                    Placement::Host(least)
+                }
+            }
             (Some(name), Some(me)) => match plan.hosts.iter().position(|h| h.name == name) {
                 Some(h) if h == me => Placement::Here,
                 Some(h) => Placement::Host(h),
@@ -297,6 +310,13 @@ pub(super) fn validate(
             if !plan.tenants[i].hosts.contains(&h) {
                 plan.tenants[i].hosts.push(h);
             }
+        }
+        let placed_on = match placement {
+            Placement::Here => plan.this_host,
+            Placement::Host(h) => Some(h),
+        };
+        if let Some(count) = placed_on.and_then(|h| gateways_on.get_mut(h)) {
+            *count += 1;
         }
         let gateway_ip = match placement {
             Placement::Here => plan.this_host.map(|h| plan.hosts[h].ip),
@@ -676,6 +696,35 @@ id = 2
 subnets = ["10.2.0.1/24"]
 gateway_host = "a"
 "#;
+
+    #[test]
+    fn automatic_placement_spreads_gateways_the_same_way_on_every_host() {
+        let auto = BASE.replace("gateway_host = \"a\"", "gateway_host = \"auto\"")
+            + "\n[[tenant]]\nname = \"green\"\nid = 3\nsubnets = [\"10.3.0.1/24\"]\n\
+               gateway_host = \"auto\"\n";
+        let on_a = parse(&auto).unwrap();
+        let on_b = parse(&auto.replace(
+            "host = \"a\"\nunderlay_gateway",
+            "host = \"b\"\nunderlay_gateway",
+        ))
+        .unwrap();
+        let placed = |v: &Validated| -> Vec<Placement> {
+            v.gateway
+                .routers
+                .iter()
+                .map(|r| r.as_ref().unwrap().placement)
+                .collect()
+        };
+        // Least loaded first, ties by host name: a, b, a — seen from a and from b.
+        assert_eq!(
+            placed(&on_a),
+            [Placement::Here, Placement::Host(1), Placement::Here]
+        );
+        assert_eq!(
+            placed(&on_b),
+            [Placement::Host(0), Placement::Here, Placement::Host(0)]
+        );
+    }
 
     #[test]
     fn placement_snat_and_router_macs() {

@@ -117,6 +117,8 @@ pub struct ControlSection {
     pub etcd: Vec<String>,
     /// Key prefix of this cluster's model in etcd.
     pub etcd_prefix: String,
+    /// Seconds after its last lease renewal that a host counts as gone.
+    pub etcd_lease_s: u64,
 }
 
 impl Default for ControlSection {
@@ -128,6 +130,7 @@ impl Default for ControlSection {
             persist: true,
             etcd: Vec::new(),
             etcd_prefix: "/tenet".to_owned(),
+            etcd_lease_s: 10,
         }
     }
 }
@@ -581,6 +584,8 @@ pub struct EtcdPlan {
     pub prefix: String,
     /// This host's name, under which its own settings and ports are kept.
     pub host: String,
+    /// Lease time of this host's registration, in seconds.
+    pub lease_s: u64,
 }
 
 impl Config {
@@ -614,6 +619,12 @@ impl Config {
                 "must start with `/`, name something, and not end with `/`",
             ));
         }
+        if !(2..=3600).contains(&control.etcd_lease_s) {
+            return Err(invalid(
+                "control.etcd_lease_s",
+                "must be between 2 and 3600 seconds",
+            ));
+        }
         let Some(host) = self.switch.host.clone() else {
             return Err(invalid(
                 "switch.host",
@@ -624,6 +635,7 @@ impl Config {
             endpoints: control.etcd.clone(),
             prefix: prefix.clone(),
             host,
+            lease_s: control.etcd_lease_s,
         }))
     }
 }

@@ -11,7 +11,7 @@
 //! etcd is reached through its v3 JSON gateway over HTTP/1.0: no gRPC stack, and a
 //! reply is read to the end of the connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -55,7 +55,11 @@ pub struct EtcdStore {
     seen: Mutex<BTreeMap<String, (String, i64)>>,
     /// The cluster's revision at the last load: a watch goes on from there.
     loaded_at: AtomicI64,
-    /// Tells the watch thread to end.
+    /// Hosts holding a live lease at the last load.
+    alive: Mutex<BTreeSet<String>>,
+    /// Seconds a host stays alive without renewing its lease.
+    lease_ttl: u64,
+    /// Tells the watch and lease threads to end.
     stop: Arc<AtomicBool>,
 }
 
@@ -63,7 +67,14 @@ impl EtcdStore {
     /// A store on the etcd cluster at `endpoints` (`http://host:port`), under `prefix`,
     /// for host `host`.
     pub fn new(endpoints: Vec<String>, prefix: &str, host: &str) -> Self {
+        Self::with_lease(endpoints, prefix, host, 10)
+    }
+
+    /// The same, with hosts counted dead `lease_ttl` seconds after their last renewal.
+    pub fn with_lease(endpoints: Vec<String>, prefix: &str, host: &str, lease_ttl: u64) -> Self {
         Self {
+            alive: Mutex::new(BTreeSet::new()),
+            lease_ttl,
             endpoints,
             prefix: prefix.trim_end_matches('/').to_owned(),
             host: host.to_owned(),
@@ -96,6 +107,32 @@ impl EtcdStore {
         receiver
     }
 
+    /// Hosts alive at the last load (this one always among them).
+    pub fn alive(&self) -> BTreeSet<String> {
+        let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        alive.insert(self.host.clone());
+        alive
+    }
+
+    /// Registers this host under a lease it renews on a thread of its own every third
+    /// of the lease time; a host that stops renewing (killed, cut off) drops out of
+    /// every other host's tunnels when the lease runs out. A lease lost while etcd was
+    /// away is taken anew.
+    pub fn register(&self) -> anyhow::Result<()> {
+        let lease = Lease {
+            endpoints: self.endpoints.clone(),
+            key: format!("{}/alive/{}", self.prefix, self.host),
+            ttl: self.lease_ttl,
+            stop: Arc::clone(&self.stop),
+        };
+        let id = lease.grant()?;
+        std::thread::Builder::new()
+            .name("tenet-etcd-lease".to_owned())
+            .spawn(move || lease.keep(id))
+            .context("starting the lease thread")?;
+        Ok(())
+    }
+
     /// Where the model is kept, for logs.
     pub fn describe(&self) -> String {
         format!("etcd {} under {}/", self.endpoints.join(","), self.prefix)
@@ -119,10 +156,15 @@ impl EtcdStore {
             published: Vec::new(),
         };
         let mut shared = false;
+        let mut alive = BTreeSet::new();
         for (key, value, revision) in kvs {
             let Some(path) = key.strip_prefix(&format!("{}/", self.prefix)) else {
                 continue;
             };
+            if let Some(host) = path.strip_prefix("alive/") {
+                alive.insert(host.to_owned());
+                continue;
+            }
             let parse = |what: &str| -> anyhow::Result<Value> {
                 serde_json::from_str(&value).with_context(|| format!("etcd key {key} ({what})"))
             };
@@ -162,6 +204,7 @@ impl EtcdStore {
             shared |= kind != "local";
             seen.insert(key, (value, revision));
         }
+        *self.alive.lock().unwrap_or_else(|e| e.into_inner()) = alive;
         Ok(shared.then_some(model))
     }
 
@@ -402,15 +445,111 @@ impl EtcdStore {
 
     /// POSTs `body` to `path` on the first endpoint that answers.
     fn call(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let mut failures = Vec::new();
-        for endpoint in &self.endpoints {
-            match post(endpoint, path, body) {
-                Ok(reply) => return Ok(reply),
-                Err(e) => failures.push(format!("{endpoint}: {e:#}")),
+        call_any(&self.endpoints, path, body)
+    }
+}
+
+/// This host's registration: a key under a lease.
+struct Lease {
+    endpoints: Vec<String>,
+    key: String,
+    ttl: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Lease {
+    /// A new lease with the key put under it; returns the lease id.
+    fn grant(&self) -> anyhow::Result<String> {
+        let granted = call_any(
+            &self.endpoints,
+            "/v3/lease/grant",
+            &json!({"TTL": self.ttl.to_string()}),
+        )?;
+        let id = granted["ID"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| granted["ID"].as_i64().map(|n| n.to_string()))
+            .context("etcd granted a lease without an id")?;
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        call_any(
+            &self.endpoints,
+            "/v3/kv/put",
+            &json!({
+                "key": BASE64.encode(&self.key),
+                "value": BASE64.encode(json!({"since": since}).to_string()),
+                "lease": id,
+            }),
+        )?;
+        tracing::info!(key = %self.key, ttl_s = self.ttl, "registered in the cluster");
+        Ok(id)
+    }
+
+    fn keep(self, mut id: String) {
+        let period = Duration::from_millis((self.ttl * 1000 / 3).max(200));
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(period);
+            match self.renew(&id) {
+                Ok(true) => {}
+                Ok(false) => match self.grant() {
+                    Ok(new) => id = new,
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not register again"),
+                },
+                // etcd away: the lease may outlive it; try again next period.
+                Err(_) => {}
             }
         }
-        bail!("no etcd endpoint answered ({})", failures.join("; "))
     }
+
+    /// Renews the lease; `false` when it had already run out.
+    fn renew(&self, id: &str) -> anyhow::Result<bool> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            match first_message(endpoint, "/v3/lease/keepalive", &json!({"ID": id})) {
+                Ok(reply) => {
+                    let ttl = revision_of(&json!({"revision": reply["result"]["TTL"].clone()}));
+                    return Ok(ttl > 0);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no etcd endpoint")))
+    }
+}
+
+/// The first JSON message of a streaming reply (the keepalive stream stays open).
+fn first_message(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let mut stream = open_post(endpoint, path, body)?;
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buffer)?;
+        if n == 0 {
+            bail!("etcd closed the stream");
+        }
+        reply.extend_from_slice(&buffer[..n]);
+        let Some(head_end) = reply.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let body = &reply[head_end + 4..];
+        if let Some(end) = body.iter().position(|&b| b == b'\n') {
+            return Ok(serde_json::from_slice(&body[..end])?);
+        }
+    }
+}
+
+/// POSTs `body` to `path` on the first of `endpoints` that answers.
+fn call_any(endpoints: &[String], path: &str, body: &Value) -> anyhow::Result<Value> {
+    let mut failures = Vec::new();
+    for endpoint in endpoints {
+        match post(endpoint, path, body) {
+            Ok(reply) => return Ok(reply),
+            Err(e) => failures.push(format!("{endpoint}: {e:#}")),
+        }
+    }
+    bail!("no etcd endpoint answered ({})", failures.join("; "))
 }
 
 impl Drop for EtcdStore {
