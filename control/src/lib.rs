@@ -14,6 +14,7 @@ pub mod docker;
 pub mod live;
 pub mod model;
 pub mod netlink;
+pub mod placement;
 pub mod preflight;
 pub mod store;
 pub mod wiring;

@@ -126,25 +126,6 @@ impl Model {
         }
     }
 
-    /// The model as this host runs it when only the hosts in `alive` are up: the others
-    /// leave the host list, their endpoints and tunnels go, and gateways placed on them
-    /// are placed again (`auto`) among the living.
-    pub fn effective(&self, alive: &std::collections::BTreeSet<String>) -> Model {
-        let up = |name: &str| alive.contains(name);
-        let mut model = self.clone();
-        model.hosts.retain(|h| up(&h.name));
-        model.endpoints.retain(|e| e.host.as_deref().is_none_or(up));
-        for tenant in &mut model.tenants {
-            tenant.hosts.retain(|h| up(h));
-            if let Some(host) = &tenant.gateway_host {
-                if !matches!(host.as_str(), "central" | "auto") && !up(host) {
-                    tenant.gateway_host = Some("auto".to_owned());
-                }
-            }
-        }
-        model
-    }
-
     /// `base` (dataplane, ports, control) with this model.
     pub fn over(&self, base: &Config) -> Config {
         Config {

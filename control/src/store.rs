@@ -41,12 +41,13 @@ impl Store {
         }
     }
 
-    /// The model as this host runs it: without the hosts a cluster counts dead (and
-    /// their endpoints and tunnels), gateways placed again. A single host runs it all.
+    /// The model as this host runs it: in a cluster, the tenants it hosts, without the
+    /// hosts counted dead, gateways placed ([`crate::placement::view`]). A single host
+    /// runs it all.
     pub fn effective(&self, model: &Model) -> Model {
         match self {
             Store::File(_) => model.clone(),
-            Store::Etcd(etcd) => model.effective(&etcd.alive()),
+            Store::Etcd(etcd) => crate::placement::view(model, &etcd.alive(), etcd.host()),
         }
     }
 

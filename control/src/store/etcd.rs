@@ -107,6 +107,11 @@ impl EtcdStore {
         receiver
     }
 
+    /// This host's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Hosts alive at the last load (this one always among them).
     pub fn alive(&self) -> BTreeSet<String> {
         let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone();
