@@ -11,10 +11,13 @@
 //!   (`tenet-bench control`);
 //! - [`docklet`]: the Docklet paper's container experiments with tenet-cni
 //!   (`tenet-bench containers`);
+//! - [`cluster`]: a large cluster's keys, views and tunnels from the real code, and
+//!   convergence of agents on a real etcd (`tenet-bench cluster`);
 //! - [`process`], [`machine`]: the processes it starts, what it installs.
 //!
 //! Criterion micro-benchmarks of each pipeline path live in `benches/`.
 
+pub mod cluster;
 pub mod control;
 pub mod docklet;
 pub mod generator;

@@ -26,31 +26,7 @@ pub fn prepare(install: bool, ovs: bool, pages: u64) -> anyhow::Result<()> {
     if ovs {
         wanted.push("openvswitch-switch-dpdk");
     }
-    let missing: Vec<&str> = wanted.into_iter().filter(|p| !installed(p)).collect();
-    if !missing.is_empty() {
-        if !install {
-            bail!(
-                "missing packages: {} (apt-get install -y {0}, or run without --no-install)",
-                missing.join(" ")
-            );
-        }
-        eprintln!("tenet-bench: installing {}", missing.join(" "));
-        process::run("apt-get", &["update", "-qq"])?;
-        let mut args = vec!["install", "-y", "-qq"];
-        args.extend(&missing);
-        let out = std::process::Command::new("apt-get")
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .context("running apt-get")?;
-        if !out.status.success() {
-            bail!(
-                "apt-get install {} failed: {}",
-                missing.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
+    ensure(&wanted, install)?;
     if ovs && !Path::new(crate::ovs::VSWITCHD).exists() {
         bail!(
             "{} is missing (package openvswitch-switch-dpdk)",
@@ -58,6 +34,38 @@ pub fn prepare(install: bool, ovs: bool, pages: u64) -> anyhow::Result<()> {
         );
     }
     hugepages(pages)
+}
+
+/// Installs what of `packages` is missing (Debian), or says what is when `install` is
+/// off.
+pub fn ensure(packages: &[&str], install: bool) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !install {
+        bail!(
+            "missing packages: {} (apt-get install -y {0}, or run without --no-install)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("tenet-bench: installing {}", missing.join(" "));
+    process::run("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(&missing);
+    let out = std::process::Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .context("running apt-get")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get install {} failed: {}",
+            missing.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn hugepages(pages: u64) -> anyhow::Result<()> {

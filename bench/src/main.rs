@@ -36,8 +36,40 @@ enum Command {
     /// The Docklet experiments: containers attached by tenet-cni on two hosts, beside
     /// a plain veth and a Linux bridge; both designs with growing tenant counts; egress.
     Containers(ContainersArgs),
+    /// A large cluster on paper (etcd keys, watch events, tenants and tunnels per host,
+    /// from the real placement code) and agents converging on a real etcd
+    Cluster(ClusterArgs),
     /// Writes a scenario's input frames to a pcap file.
     Pcap(PcapArgs),
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Hosts of the synthetic cluster.
+    #[arg(long, default_value_t = 1000)]
+    hosts: usize,
+    /// Its tenants.
+    #[arg(long, default_value_t = 100_000)]
+    tenants: usize,
+    /// Containers per tenant, each on a random host.
+    #[arg(long, default_value_t = 2)]
+    containers: usize,
+    /// Hosts whose view is computed and validated.
+    #[arg(long, default_value_t = 20)]
+    sample: usize,
+    /// Agents (hosts without dataplanes) in the convergence run; 0 skips it.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Tenants written one at a time while the agents follow.
+    #[arg(long, default_value_t = 20)]
+    writes: usize,
+    /// Tenants (two containers each) in the cluster before the agents start: every
+    /// agent reloads the model on a change, so this is what a change costs it.
+    #[arg(long, default_value_t = 1000)]
+    preload: usize,
+    /// Results directory (default: bench/results/<stamp>-cluster).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -429,6 +461,38 @@ fn control(args: ControlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.hosts >= 1, "hosts: at least 1");
+    anyhow::ensure!(args.sample >= 1, "sample: at least 1");
+    anyhow::ensure!(
+        args.agents == 0 || args.writes >= 1,
+        "writes: at least 1 when agents run"
+    );
+    anyhow::ensure!(
+        args.tenants * args.containers / args.hosts < dataplane::MAX_PORTS,
+        "containers: {} per host on average is more ports than a host holds ({})",
+        args.tenants * args.containers / args.hosts,
+        dataplane::MAX_PORTS
+    );
+    if args.agents > 0 {
+        bench::machine::ensure(&["etcd-server"], true)?;
+    }
+    let options = bench::cluster::Options {
+        hosts: args.hosts,
+        tenants: args.tenants,
+        containers: args.containers,
+        sample: args.sample,
+        agents: args.agents,
+        writes: args.writes,
+        preload: args.preload,
+        out: results_dir(args.out, "cluster")?,
+    };
+    let results = bench::cluster::run(&options, std::env::args().collect::<Vec<_>>().join(" "))?;
+    print!("{}", bench::cluster::table(&results));
+    println!("results in {}", options.out.display());
+    Ok(())
+}
+
 fn containers(args: ContainersArgs) -> anyhow::Result<()> {
     let counts = bench::control::parse_counts(&args.counts).map_err(anyhow::Error::msg)?;
     // Each container is a port of its host's tenetd, and the uplink is one more.
@@ -470,6 +534,7 @@ fn main() {
         Command::Run(args) => run(args),
         Command::Control(args) => control(args),
         Command::Containers(args) => containers(args),
+        Command::Cluster(args) => cluster(args),
         Command::Pcap(args) => args.frames.spec().and_then(|spec| {
             let t = template::build(&spec).map_err(anyhow::Error::msg)?;
             bench::pcap::write(&args.out, t.iter().map(|t| &t.bytes))

@@ -42,7 +42,7 @@ impl Live {
         let Some(store) = &self.store else {
             return;
         };
-        let model = match store.load(&self.model) {
+        let model = match store.reload(&self.model) {
             Ok(Some(model)) => model,
             Ok(None) => return,
             Err(e) => {

@@ -29,7 +29,11 @@ pub fn gateways(model: &Model, alive: &BTreeSet<String>) -> BTreeMap<String, Str
         .map(|h| h.name.clone());
     let mut load: BTreeMap<&str, usize> = up.iter().map(|h| (*h, 0)).collect();
     let mut placed = BTreeMap::new();
-    let mut tenants: Vec<_> = model.tenants.iter().filter(|t| !t.subnets.is_empty()).collect();
+    let mut tenants: Vec<_> = model
+        .tenants
+        .iter()
+        .filter(|t| !t.subnets.is_empty())
+        .collect();
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
     let mut floating = Vec::new();
     for tenant in tenants {
@@ -74,8 +78,8 @@ pub fn least_loaded<'a>(load: &BTreeMap<&'a str, usize>) -> Option<&'a str> {
 pub fn view(model: &Model, alive: &BTreeSet<String>, me: &str) -> Model {
     let up = |name: &str| alive.contains(name) || name == me;
     let gateways = gateways(model, alive);
-    let hub = model.switch.design == "shared"
-        && model.hosts.iter().any(|h| h.egress && h.name == me);
+    let hub =
+        model.switch.design == "shared" && model.hosts.iter().any(|h| h.egress && h.name == me);
     let mut here: BTreeSet<&str> = BTreeSet::new();
     for port in &model.ports {
         match port.role {
@@ -108,9 +112,8 @@ pub fn view(model: &Model, alive: &BTreeSet<String>, me: &str) -> Model {
         }
         tenant.peers.retain(|p| here.contains(p.as_str()));
     }
-    view.endpoints.retain(|e| {
-        here.contains(e.tenant.as_str()) && e.host.as_deref().is_none_or(up)
-    });
+    view.endpoints
+        .retain(|e| here.contains(e.tenant.as_str()) && e.host.as_deref().is_none_or(up));
     view.routes.retain(|r| here.contains(r.tenant.as_str()));
     view.published.retain(|p| here.contains(p.tenant.as_str()));
     view

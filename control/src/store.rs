@@ -33,6 +33,15 @@ impl Store {
         }
     }
 
+    /// The stored model again after a change was reported: a cluster store rebuilds it
+    /// from what its watch delivered, without reading all of etcd.
+    pub fn reload(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+        match self {
+            Store::File(file) => file.load(),
+            Store::Etcd(etcd) => etcd.load_cached(seed),
+        }
+    }
+
     /// Keeps `model`; refused (nothing kept) on failure.
     pub fn save(&self, model: &Model) -> anyhow::Result<()> {
         match self {

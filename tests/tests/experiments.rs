@@ -43,3 +43,45 @@ fn the_container_experiments_carry_traffic_in_every_setup() {
         );
     }
 }
+
+#[test]
+fn the_cluster_experiment_counts_from_the_real_code_and_agents_converge() {
+    let dir = TempDir::new("clexp").unwrap();
+    let out = Command::new(binary("tenet-bench"))
+        .args([
+            "cluster",
+            "--hosts",
+            "40",
+            "--tenants",
+            "400",
+            "--sample",
+            "4",
+            "--agents",
+            "8",
+            "--writes",
+            "3",
+            "--preload",
+            "50",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("tenet-bench runs");
+    assert!(
+        out.status.success(),
+        "tenet-bench cluster failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("cluster.json")).unwrap()).unwrap();
+    // 40 hosts (3 keys each: registration, switch, ports), 400 tenants (tenant and id
+    // claim), 800 endpoints.
+    assert_eq!(r["keys"], 40 + 40 * 3 + 400 * 2 + 800);
+    let tenants = r["tenants_per_host"]["median"].as_u64().unwrap();
+    let tunnels = r["tunnels_per_host"]["median"].as_u64().unwrap();
+    assert!((5..=40).contains(&tenants), "{r}");
+    assert!((1..40).contains(&tunnels), "{r}");
+    let writes = r["convergence_ms"].as_array().unwrap();
+    assert_eq!(writes.len(), 3, "every agent had every write: {r}");
+}

@@ -26,8 +26,14 @@ use serde_json::{json, Value};
 use crate::config::switching::EndpointSpec;
 use crate::model::Model;
 
+/// Operations per etcd transaction (etcd refuses more than 128).
+const MAX_TXN_OPS: usize = 64;
+
 /// How long one etcd call may take before the next endpoint is tried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Keys under the prefix with their values and mod revisions.
+type KeyCache = BTreeMap<String, (String, i64)>;
 
 /// A write refused because another host changed what it touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +63,9 @@ pub struct EtcdStore {
     loaded_at: AtomicI64,
     /// Hosts holding a live lease at the last load.
     alive: Mutex<BTreeSet<String>>,
+    /// Every key under the prefix, as the last load read them and the watch has
+    /// changed them since (`None`: to be read from etcd).
+    cache: Arc<Mutex<Option<KeyCache>>>,
     /// Seconds a host stays alive without renewing its lease.
     lease_ttl: u64,
     /// Tells the watch and lease threads to end.
@@ -74,6 +83,7 @@ impl EtcdStore {
     pub fn with_lease(endpoints: Vec<String>, prefix: &str, host: &str, lease_ttl: u64) -> Self {
         Self {
             alive: Mutex::new(BTreeSet::new()),
+            cache: Arc::new(Mutex::new(None)),
             lease_ttl,
             endpoints,
             prefix: prefix.trim_end_matches('/').to_owned(),
@@ -92,6 +102,7 @@ impl EtcdStore {
     pub fn watch(&self) -> tokio::sync::mpsc::Receiver<()> {
         let (changed, receiver) = tokio::sync::mpsc::channel(1);
         let follower = Follower {
+            cache: Arc::clone(&self.cache),
             endpoints: self.endpoints.clone(),
             start: format!("{}/", self.prefix),
             next_revision: self.loaded_at.load(Ordering::Relaxed) + 1,
@@ -110,6 +121,11 @@ impl EtcdStore {
     /// This host's name.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The keys and values `model` takes in etcd (this host's own part included).
+    pub fn keys_of(&self, model: &Model) -> anyhow::Result<BTreeMap<String, String>> {
+        self.keys(model, &BTreeMap::new())
     }
 
     /// Hosts alive at the last load (this one always among them).
@@ -149,6 +165,39 @@ impl EtcdStore {
     pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
         let (kvs, revision) = self.range()?;
         self.loaded_at.store(revision, Ordering::Relaxed);
+        *self.lock_cache() = Some(
+            kvs.iter()
+                .map(|(k, v, r)| (k.clone(), (v.clone(), *r)))
+                .collect(),
+        );
+        self.build(kvs, seed)
+    }
+
+    /// The model from the keys the watch has kept up to date, without asking etcd;
+    /// from etcd itself when there are none (before the first load, or after etcd
+    /// compacted away changes the watch had not seen).
+    pub fn load_cached(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+        let cached: Option<Vec<(String, String, i64)>> = self.lock_cache().as_ref().map(|c| {
+            c.iter()
+                .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+                .collect()
+        });
+        match cached {
+            Some(kvs) => self.build(kvs, seed),
+            None => self.load(seed),
+        }
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Option<KeyCache>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The model (and what this host has seen) from the keys under the prefix.
+    fn build(
+        &self,
+        kvs: Vec<(String, String, i64)>,
+        seed: &Model,
+    ) -> anyhow::Result<Option<Model>> {
         let mut seen = self.lock_seen();
         seen.clear();
         let mut model = Model {
@@ -218,23 +267,24 @@ impl EtcdStore {
     pub fn save(&self, model: &Model) -> anyhow::Result<()> {
         let mut seen = self.lock_seen();
         let desired = self.keys(model, &seen)?;
-        let mut compare = Vec::new();
-        let mut success = Vec::new();
+        // (key, new value or None to delete, compare, request)
+        let mut ops: Vec<(String, Option<String>, Value, Value)> = Vec::new();
         for (key, value) in &desired {
-            match seen.get(key) {
+            let compare = match seen.get(key) {
                 Some((old, _)) if old == value => continue,
-                Some((_, revision)) => compare.push(json!({
+                Some((_, revision)) => json!({
                     "key": BASE64.encode(key), "target": "MOD", "result": "EQUAL",
                     "mod_revision": revision.to_string(),
-                })),
-                None => compare.push(json!({
+                }),
+                None => json!({
                     "key": BASE64.encode(key), "target": "CREATE", "result": "EQUAL",
                     "create_revision": "0",
-                })),
-            }
-            success.push(json!({"request_put": {
+                }),
+            };
+            let put = json!({"request_put": {
                 "key": BASE64.encode(key), "value": BASE64.encode(value),
-            }}));
+            }});
+            ops.push((key.clone(), Some(value.clone()), compare, put));
         }
         let gone: Vec<String> = seen
             .keys()
@@ -242,36 +292,37 @@ impl EtcdStore {
             .cloned()
             .collect();
         for key in &gone {
-            let revision = seen[key].1;
-            compare.push(json!({
+            let compare = json!({
                 "key": BASE64.encode(key), "target": "MOD", "result": "EQUAL",
-                "mod_revision": revision.to_string(),
-            }));
-            success.push(json!({"request_delete_range": {"key": BASE64.encode(key)}}));
+                "mod_revision": seen[key].1.to_string(),
+            });
+            let delete = json!({"request_delete_range": {"key": BASE64.encode(key)}});
+            ops.push((key.clone(), None, compare, delete));
         }
-        if success.is_empty() {
-            return Ok(());
-        }
-        let reply = self.call(
-            "/v3/kv/txn",
-            &json!({"compare": compare, "success": success}),
-        )?;
-        if reply["succeeded"] != json!(true) {
-            drop(seen);
-            return Err(self.explain_conflict(&desired, &gone).into());
-        }
-        let revision = revision_of(&reply["header"]);
-        for (key, value) in desired {
-            seen.entry(key)
-                .and_modify(|entry| {
-                    if entry.0 != value {
-                        *entry = (value.clone(), revision);
+        // etcd takes 128 operations per transaction: a larger change (a cluster seeded
+        // from a big config) goes in several, each all or nothing.
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            let compare: Vec<&Value> = chunk.iter().map(|op| &op.2).collect();
+            let success: Vec<&Value> = chunk.iter().map(|op| &op.3).collect();
+            let reply = self.call(
+                "/v3/kv/txn",
+                &json!({"compare": compare, "success": success}),
+            )?;
+            if reply["succeeded"] != json!(true) {
+                drop(seen);
+                return Err(self.explain_conflict(&desired, &gone).into());
+            }
+            let revision = revision_of(&reply["header"]);
+            for (key, value, _, _) in chunk {
+                match value {
+                    Some(value) => {
+                        seen.insert(key.clone(), (value.clone(), revision));
                     }
-                })
-                .or_insert((value, revision));
-        }
-        for key in gone {
-            seen.remove(&key);
+                    None => {
+                        seen.remove(key);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -565,6 +616,7 @@ impl Drop for EtcdStore {
 
 /// The watch thread's state.
 struct Follower {
+    cache: Arc<Mutex<Option<KeyCache>>>,
     endpoints: Vec<String>,
     start: String,
     next_revision: i64,
@@ -658,13 +710,30 @@ impl Follower {
         if compacted > 0 {
             // What happened before is gone: reload everything, follow from now on.
             self.next_revision = compacted;
+            *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let _ = self.changed.try_send(());
             bail!("etcd compacted the history to revision {compacted}");
         }
         let events = result["events"].as_array().map_or(&[][..], Vec::as_slice);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         for event in events {
-            self.next_revision = self.next_revision.max(revision_of(&event["kv"]) + 1);
+            let kv = &event["kv"];
+            let revision = revision_of(kv);
+            self.next_revision = self.next_revision.max(revision + 1);
+            let text = |field: &str| -> Option<String> {
+                let bytes = BASE64.decode(kv[field].as_str().unwrap_or_default()).ok()?;
+                String::from_utf8(bytes).ok()
+            };
+            let (Some(cache), Some(key)) = (cache.as_mut(), text("key")) else {
+                continue;
+            };
+            if event["type"] == "DELETE" {
+                cache.remove(&key);
+            } else {
+                cache.insert(key, (text("value").unwrap_or_default(), revision));
+            }
         }
+        drop(cache);
         if !events.is_empty() {
             let _ = self.changed.try_send(());
         }

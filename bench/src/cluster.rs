@@ -1,0 +1,462 @@
+//! `tenet-bench cluster`: what a large cluster costs, from the real code, and how fast
+//! hosts converge, measured.
+//!
+//! On paper: a synthetic cluster (hosts, tenants with containers spread over random
+//! hosts, one tenant in ten with an `auto` gateway) is turned into etcd keys by the
+//! cluster store's own key layout, and a sample of hosts into the model each runs by
+//! the placement code; each view is validated as tenetd validates it, and its tunnels
+//! are the hosts its tenants reach. Watch events follow from the layout: every host
+//! watches the whole prefix.
+//!
+//! Measured: agents (hosts without dataplanes: a cluster store with its watch and
+//! lease, reloading on every change, as tenetd does) on a real etcd; one more host
+//! adds tenants one at a time, and the time until every agent has each one is taken.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use control::config::Config;
+use control::model::Model;
+use control::placement;
+use control::store::EtcdStore;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::process::Proc;
+
+/// What to run.
+pub struct Options {
+    /// Hosts of the synthetic cluster.
+    pub hosts: usize,
+    /// Its tenants.
+    pub tenants: usize,
+    /// Containers per tenant.
+    pub containers: usize,
+    /// Hosts whose view is computed.
+    pub sample: usize,
+    /// Agents in the convergence run (0: none).
+    pub agents: usize,
+    /// Tenants added one at a time in it.
+    pub writes: usize,
+    /// Tenants (with two containers each) the cluster holds before the agents start.
+    pub preload: usize,
+    /// Results directory.
+    pub out: PathBuf,
+}
+
+/// A distribution over the sampled hosts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Spread {
+    /// Smallest.
+    pub min: usize,
+    /// Median.
+    pub median: usize,
+    /// Largest.
+    pub max: usize,
+}
+
+impl Spread {
+    fn of(mut values: Vec<usize>) -> Self {
+        values.sort_unstable();
+        Self {
+            min: values.first().copied().unwrap_or(0),
+            median: values.get(values.len() / 2).copied().unwrap_or(0),
+            max: values.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    /// The command line.
+    pub command: String,
+    /// Cluster size.
+    pub hosts: usize,
+    /// Tenants.
+    pub tenants: usize,
+    /// Containers (endpoints).
+    pub containers: usize,
+    /// etcd keys of the whole cluster.
+    pub keys: usize,
+    /// Their bytes (keys and values).
+    pub bytes: usize,
+    /// Watch events every host receives when one container is added anywhere.
+    pub events_per_container_add: usize,
+    /// Hosts sampled.
+    pub sampled: usize,
+    /// Tenants a sampled host programs.
+    pub tenants_per_host: Spread,
+    /// Endpoints a sampled host programs (its own and remote).
+    pub endpoints_per_host: Spread,
+    /// Tunnels a sampled host has.
+    pub tunnels_per_host: Spread,
+    /// Seconds to compute and validate one host's view.
+    pub view_seconds: f64,
+    /// Agents in the convergence run.
+    pub agents: usize,
+    /// Tenants the cluster held in it before the writes.
+    pub preloaded: usize,
+    /// Milliseconds from a write until every agent had it, per write.
+    pub convergence_ms: Vec<f64>,
+}
+
+/// A small deterministic generator (xorshift64*): the same cluster on every run.
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+}
+
+fn host_name(i: usize) -> String {
+    format!("h{i:05}")
+}
+
+/// The cluster as the store keeps it: every endpoint at its host.
+fn synthetic(options: &Options) -> anyhow::Result<(Model, Vec<(usize, usize)>)> {
+    let mut text = String::from("[switch]\nhost = \"h00000\"\n");
+    for h in 0..options.hosts {
+        let ip = Ipv4Addr::from(0x0a00_0000u32 + h as u32 + 1);
+        text.push_str(&format!(
+            "[[host]]\nname = \"{}\"\nunderlay_ip = \"{ip}/8\"\n",
+            host_name(h)
+        ));
+    }
+    let mut model = Model::of(&Config::parse(&text, |_| None).context("synthetic hosts")?);
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    let mut placed = Vec::with_capacity(options.tenants * options.containers);
+    for t in 0..options.tenants {
+        let id = t as u32 + 1;
+        let mut tenant = json!({"name": format!("t{t:06}"), "id": id});
+        if t % 10 == 0 {
+            let net = Ipv4Addr::from(0x6400_0000u32 + (id << 8) + 1);
+            tenant["subnets"] = json!([format!("{net}/24")]);
+            tenant["gateway_host"] = json!("auto");
+        }
+        model.tenants.push(serde_json::from_value(tenant)?);
+        for c in 0..options.containers {
+            let host = random.below(options.hosts);
+            let n = t * options.containers + c;
+            let mac = format!(
+                "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                (n >> 32) & 0xff,
+                (n >> 24) & 0xff,
+                (n >> 16) & 0xff,
+                (n >> 8) & 0xff,
+                n & 0xff
+            );
+            model.endpoints.push(serde_json::from_value(json!({
+                "tenant": format!("t{t:06}"), "mac": mac, "host": host_name(host),
+            }))?);
+            placed.push((t, host));
+        }
+    }
+    Ok((model, placed))
+}
+
+/// Host `me`'s model: its containers behind ports of its own, everyone else's at
+/// their hosts.
+fn as_seen_by(model: &Model, me: usize, placed: &[(usize, usize)]) -> anyhow::Result<Model> {
+    let name = host_name(me);
+    let mut mine = model.clone();
+    mine.switch.host = Some(name.clone());
+    for (endpoint, &(t, host)) in mine.endpoints.iter_mut().zip(placed) {
+        if host == me {
+            let port =
+                format!("c{}", &endpoint.mac.as_deref().unwrap_or_default()[3..]).replace(':', "");
+            mine.ports.push(serde_json::from_value(json!({
+                "name": port, "backend": "af-packet", "interface": port,
+                "role": "access", "tenant": format!("t{t:06}"),
+            }))?);
+            endpoint.host = None;
+            endpoint.port = Some(port);
+        }
+    }
+    Ok(mine)
+}
+
+/// Keys, views and tunnels from the real code.
+fn on_paper(options: &Options, results: &mut Results) -> anyhow::Result<()> {
+    let (model, placed) = synthetic(options)?;
+    let base = Config::parse("", |_| None)?;
+    let store = EtcdStore::new(Vec::new(), "/tenet", &host_name(0));
+    let keys = store.keys_of(&model)?;
+    // Each host adds its own two keys and its registration.
+    let per_host_keys = 3;
+    results.keys = keys.len() - 2 + options.hosts * per_host_keys;
+    results.bytes = keys.iter().map(|(k, v)| k.len() + v.len()).sum();
+    // A container added: its endpoint and its host's port list change; every host
+    // watches the whole prefix.
+    results.events_per_container_add = 2;
+    let alive: BTreeSet<String> = (0..options.hosts).map(host_name).collect();
+    let step = (options.hosts / options.sample.max(1)).max(1);
+    let (mut tenants, mut endpoints, mut tunnels) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    for me in (0..options.hosts).step_by(step).take(options.sample) {
+        let mine = as_seen_by(&model, me, &placed)?;
+        let view = placement::view(&mine, &alive, &host_name(me));
+        let validated = view
+            .over(&base)
+            .validate()
+            .with_context(|| format!("host {me}'s view"))?;
+        let reached: BTreeSet<usize> = validated
+            .switching
+            .tenants
+            .iter()
+            .flat_map(|t| t.hosts.iter().copied())
+            .collect();
+        tenants.push(view.tenants.len());
+        endpoints.push(view.endpoints.len());
+        tunnels.push(reached.len());
+    }
+    results.sampled = tenants.len();
+    results.view_seconds = started.elapsed().as_secs_f64() / results.sampled.max(1) as f64;
+    results.tenants_per_host = Spread::of(tenants);
+    results.endpoints_per_host = Spread::of(endpoints);
+    results.tunnels_per_host = Spread::of(tunnels);
+    Ok(())
+}
+
+/// A throw-away etcd on loopback.
+struct LocalEtcd {
+    proc: Proc,
+    url: String,
+    data: PathBuf,
+}
+
+impl LocalEtcd {
+    fn start(out: &std::path::Path) -> anyhow::Result<Self> {
+        let port = |offset: u16| 23_000 + (std::process::id() % 1000) as u16 * 2 + offset;
+        let (client, peer) = (port(0), port(1));
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let data = std::env::temp_dir().join(format!("tenet-bench-etcd-{}", std::process::id()));
+        let mut command = Command::new("etcd");
+        command
+            .args(["--name", "bench", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("bench={peer_url}")]);
+        let proc = Proc::spawn("etcd", command, &out.join("etcd.log"))
+            .context("starting etcd (apt-get install etcd-server)")?;
+        let etcd = Self { proc, url, data };
+        let probe = EtcdStore::new(vec![etcd.url.clone()], "/probe", "probe");
+        let seed = Model::of(&Config::parse("", |_| None)?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while probe.load(&seed).is_err() {
+            if Instant::now() > deadline {
+                bail!("etcd did not come up at {}", etcd.url);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(etcd)
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        self.proc.stop();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Agents follow one writer; the time until all of them have each write.
+fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
+    let etcd = LocalEtcd::start(&options.out)?;
+    let prefix = "/converge";
+    let hosts: String = (0..=options.agents)
+        .map(|h| {
+            let ip = Ipv4Addr::from(0x0a00_0000u32 + h as u32 + 1);
+            format!(
+                "[[host]]\nname = \"{}\"\nunderlay_ip = \"{ip}/8\"\n",
+                host_name(h)
+            )
+        })
+        .collect();
+    let seed_for = |h: usize| -> anyhow::Result<Model> {
+        let text = format!("[switch]\nhost = \"{}\"\n{hosts}", host_name(h));
+        Ok(Model::of(&Config::parse(&text, |_| None)?))
+    };
+    let writer = EtcdStore::new(vec![etcd.url.clone()], prefix, &host_name(0));
+    let mut model = seed_for(0)?;
+    writer.load(&model)?;
+    // The cluster as it stands before: tenants with containers on the agents' hosts.
+    let mut random = Random(0x2545_f491_4f6c_dd1d);
+    for t in 0..options.preload {
+        model.tenants.push(serde_json::from_value(
+            json!({"name": format!("p{t:06}"), "id": 100_000 + t}),
+        )?);
+        for c in 0..2 {
+            let n = t * 2 + c;
+            model.endpoints.push(serde_json::from_value(json!({
+                "tenant": format!("p{t:06}"),
+                "mac": format!("02:aa:{:02x}:{:02x}:{:02x}:{:02x}", (n >> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff),
+                "host": host_name(1 + random.below(options.agents.max(1))),
+            }))?);
+        }
+    }
+    writer.save(&model)?;
+    results.preloaded = options.preload;
+    // Per agent, the instant it first had each tenant.
+    let seen: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
+        Arc::new(Mutex::new(vec![vec![None; options.writes]; options.agents]));
+    let ready = Arc::new(Barrier::new(options.agents + 1));
+    let mut threads = Vec::new();
+    for a in 0..options.agents {
+        let (url, seen, ready) = (etcd.url.clone(), Arc::clone(&seen), Arc::clone(&ready));
+        let seed = seed_for(a + 1)?;
+        let writes = options.writes;
+        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let agent = EtcdStore::with_lease(vec![url], prefix, &host_name(a + 1), 10);
+            agent.register()?;
+            agent.load(&seed)?;
+            let mut changes = agent.watch();
+            ready.wait();
+            let mut have = 0;
+            while have < writes {
+                if changes.blocking_recv().is_none() {
+                    bail!("agent {a}: the watch ended");
+                }
+                let now = Instant::now();
+                let Some(model) = agent.load_cached(&seed)? else {
+                    continue;
+                };
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                for t in &model.tenants {
+                    if let Some(w) = t
+                        .name
+                        .strip_prefix("w")
+                        .and_then(|n| n.parse::<usize>().ok())
+                    {
+                        if w < writes && seen[a][w].is_none() {
+                            seen[a][w] = Some(now);
+                            have += 1;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    ready.wait();
+    let mut written = Vec::with_capacity(options.writes);
+    for w in 0..options.writes {
+        std::thread::sleep(Duration::from_millis(200));
+        model.tenants.push(serde_json::from_value(
+            json!({"name": format!("w{w}"), "id": 10_000 + w}),
+        )?);
+        let at = Instant::now();
+        writer.save(&model)?;
+        written.push(at);
+    }
+    for (a, thread) in threads.into_iter().enumerate() {
+        match thread.join() {
+            Ok(result) => result.with_context(|| format!("agent {a}"))?,
+            Err(_) => bail!("agent {a} panicked"),
+        }
+    }
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    results.agents = options.agents;
+    results.convergence_ms = (0..options.writes)
+        .map(|w| {
+            let last = (0..options.agents)
+                .filter_map(|a| seen[a][w])
+                .max()
+                .unwrap_or(written[w]);
+            last.saturating_duration_since(written[w]).as_secs_f64() * 1e3
+        })
+        .collect();
+    Ok(())
+}
+
+/// Runs both parts and writes `cluster.txt` and `cluster.json`.
+pub fn run(options: &Options, command: String) -> anyhow::Result<Results> {
+    std::fs::create_dir_all(&options.out)?;
+    let mut results = Results {
+        command,
+        hosts: options.hosts,
+        tenants: options.tenants,
+        containers: options.tenants * options.containers,
+        ..Results::default()
+    };
+    eprintln!("tenet-bench cluster: keys and views of the synthetic cluster");
+    on_paper(options, &mut results)?;
+    if options.agents > 0 {
+        eprintln!("tenet-bench cluster: {} agents on etcd", options.agents);
+        convergence(options, &mut results)?;
+    }
+    std::fs::write(
+        options.out.join("cluster.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(options.out.join("cluster.txt"), table(&results))?;
+    Ok(results)
+}
+
+/// The results as text.
+pub fn table(r: &Results) -> String {
+    let mut out = format!("# {}\n\n", r.command);
+    out.push_str(&format!(
+        "Cluster: {} hosts, {} tenants, {} containers (one tenant in ten with an auto-placed gateway)\n",
+        r.hosts, r.tenants, r.containers
+    ));
+    out.push_str(&format!(
+        "  etcd keys                          {:>12}  ({:.1} MiB of keys and values)\n",
+        r.keys,
+        r.bytes as f64 / (1 << 20) as f64
+    ));
+    out.push_str(&format!(
+        "  watch events at every host per container added anywhere: {} (one prefix watch)\n",
+        r.events_per_container_add
+    ));
+    out.push_str(&format!(
+        "Per host ({} sampled; min / median / max):\n",
+        r.sampled
+    ));
+    for (what, s) in [
+        ("tenants programmed", &r.tenants_per_host),
+        ("endpoints programmed", &r.endpoints_per_host),
+        ("tunnels", &r.tunnels_per_host),
+    ] {
+        out.push_str(&format!(
+            "  {what:<22} {:>8} / {:>8} / {:>8}\n",
+            s.min, s.median, s.max
+        ));
+    }
+    out.push_str(&format!(
+        "  view computed and validated in {:.2} s per host\n",
+        r.view_seconds
+    ));
+    if r.agents > 0 {
+        let mut sorted = r.convergence_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+        let max = sorted.last().copied().unwrap_or(0.0);
+        out.push_str(&format!(
+            "Convergence: {} agents on one etcd holding {} tenants, {} writes: every agent had a write after {:.1} ms (median), {:.1} ms (slowest)\n",
+            r.agents,
+            r.preloaded,
+            r.convergence_ms.len(),
+            median,
+            max
+        ));
+    }
+    out
+}
