@@ -313,6 +313,9 @@ pub struct Tenetd {
     stderr: Arc<Mutex<String>>,
     lines: mpsc::Receiver<String>,
     _config_dir: TempDir,
+    /// DPDK's file prefix from the config: a killed tenetd leaves its runtime
+    /// directory behind.
+    file_prefix: Option<String>,
 }
 
 /// What a stopped tenetd left.
@@ -376,12 +379,17 @@ impl Tenetd {
                 }
             });
         }
+        let file_prefix = config.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == "file_prefix").then(|| value.trim().trim_matches('"').to_owned())
+        });
         Ok(Self {
             child: Some(child),
             stdout,
             stderr,
             lines,
             _config_dir: dir,
+            file_prefix,
         })
     }
 
@@ -458,6 +466,9 @@ impl Drop for Tenetd {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            if let Some(prefix) = &self.file_prefix {
+                remove_dpdk_runtime(prefix);
+            }
         }
     }
 }

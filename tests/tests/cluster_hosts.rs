@@ -65,8 +65,6 @@ struct Host {
     tenetd: Tenetd,
     socket: std::path::PathBuf,
     containers: Vec<(Netns, Link)>,
-    /// DPDK's file prefix: a killed tenetd leaves its runtime directory behind.
-    prefix: String,
     _dir: TempDir,
 }
 
@@ -137,7 +135,6 @@ etcd_lease_s = {LEASE_S}
             tenetd,
             socket,
             containers: Vec::new(),
-            prefix,
             _dir: dir,
         }
     }
@@ -250,8 +247,7 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
     // The other containers still reach each other.
     wait_for_ping(&hosts[0].containers[0].0, "10.1.0.2");
     wait_for_ping(&hosts[2].containers[0].0, "10.1.0.1");
-    drop(c.tenetd);
-    tests::remove_dpdk_runtime(&c.prefix);
+    drop(c);
 
     for host in hosts {
         let stopped = host.tenetd.stop().unwrap();
