@@ -335,6 +335,13 @@ impl Tenetd {
         Self::start_in(None, config, extra)
     }
 
+    /// Starts tenetd (in `ns`, if given) and waits until its API answers.
+    pub fn serving(ns: Option<&Netns>, config: &str) -> anyhow::Result<Self> {
+        let mut tenetd = Self::start_in(ns, config, &[])?;
+        tenetd.wait_for_line("API listening", Duration::from_secs(30))?;
+        Ok(tenetd)
+    }
+
     /// Starts tenetd inside a namespace (a "host").
     pub fn start_in(ns: Option<&Netns>, config: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = TempDir::new("cfg")?;

@@ -49,10 +49,7 @@ etcd = ["{url}"]
             dir = dir.path().display(),
             url = etcd.url(),
         );
-        let mut tenetd = Tenetd::start(&config, &[]).unwrap();
-        tenetd
-            .wait_for_line("API listening", Duration::from_secs(30))
-            .unwrap();
+        let tenetd = Tenetd::serving(None, &config).unwrap();
         Self { tenetd, dir }
     }
 

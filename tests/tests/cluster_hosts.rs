@@ -125,10 +125,7 @@ etcd_lease_s = {LEASE_S}
             socket = socket.display(),
             url = etcd.url(),
         );
-        let mut tenetd = Tenetd::start_in(Some(&ns), &config, &[]).unwrap();
-        tenetd
-            .wait_for_line("API listening", Duration::from_secs(30))
-            .unwrap();
+        let tenetd = Tenetd::serving(Some(&ns), &config).unwrap();
         Self {
             name,
             ns,

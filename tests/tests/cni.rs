@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::{binary, tenetctl_ok, unique, wait_for_ping, Netns, TempDir, Tenetd};
@@ -49,10 +48,7 @@ state_file = "{dir}/state.json"
             prefix = unique("cni"),
             dir = dir.path().display()
         );
-        let mut tenetd = Tenetd::start(&config, &[]).unwrap();
-        tenetd
-            .wait_for_line("API listening", Duration::from_secs(30))
-            .unwrap();
+        let tenetd = Tenetd::serving(None, &config).unwrap();
         Self { tenetd, dir }
     }
 
