@@ -3,7 +3,8 @@
 //! the first host's config names the tenant; every container is attached and
 //! registered through its own host's API; the others learn where it is from the
 //! cluster's model and tunnel to it. A host joining later is reached the same way; a
-//! host killed drops out when its lease runs out, and its gateways are placed again.
+//! host killed drops out when its lease runs out, and its gateways are placed again;
+//! while etcd is away, traffic flows on and hosts converge when it is back.
 
 use std::time::Duration;
 
@@ -174,7 +175,7 @@ etcd_lease_s = {LEASE_S}
 #[test]
 fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins() {
     let fabric = Fabric::new();
-    let etcd = Etcd::start_in(&fabric.ns, "10.99.0.1").unwrap();
+    let mut etcd = Etcd::start_in(&fabric.ns, "10.99.0.1").unwrap();
     let mut hosts: Vec<Host> = (0..3).map(|i| Host::start(&fabric, &etcd, i)).collect();
     for (i, host) in hosts.iter_mut().enumerate() {
         host.container(i as u8 + 1);
@@ -202,6 +203,25 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
     wait_for_ping(&hosts[3].containers[0].0, "10.1.0.1");
     wait_for_ping(&hosts[0].containers[0].0, "10.1.0.4");
     wait_for_ping(&hosts[2].containers[0].0, "10.1.0.4");
+
+    // etcd goes away while a steady ping runs: forwarding goes on with
+    // the tables in force; once etcd is back, a change made through a reaches d.
+    etcd.kill();
+    let during = hosts[0].containers[0]
+        .0
+        .exec("ping", &["-c", "20", "-i", "0.1", "-W", "1", "10.1.0.2"])
+        .expect("forwarding goes on without etcd");
+    assert!(during.contains(" 0% packet loss"), "{during}");
+    etcd.resume().unwrap();
+    tenetctl_ok(&hosts[0].socket, &["tenant", "add", "green", "--id", "300"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tenetctl_ok(&hosts[3].socket, &["tenant", "list"]).contains("green") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "d did not converge after etcd came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Tenant blue's gateway is pinned to c; a container of blue on a reaches it
     // through the tunnel to c.
