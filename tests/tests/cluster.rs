@@ -174,8 +174,11 @@ fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
     // A write that collides with nothing goes through from b, and nothing is lost:
     // a restarted a has every tenant written through either host.
     tenetctl_ok(&b.socket(), &["tenant", "add", "purple", "--id", "400"]);
+    assert_eq!(etcd.get_prefix("/tenet/alive/a").unwrap().len(), 1);
     let stopped = a.tenetd.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+    // A host that stops leaves the cluster at once (its lease is revoked).
+    assert!(etcd.get_prefix("/tenet/alive/a").unwrap().is_empty());
     let a = Host::start("a", &etcd, "");
     assert_eq!(
         a.tenants(),

@@ -70,6 +70,8 @@ pub struct EtcdStore {
     lease_ttl: u64,
     /// Tells the watch and lease threads to end.
     stop: Arc<AtomicBool>,
+    /// The lease this host is registered under, revoked when it stops.
+    lease: Arc<Mutex<Option<String>>>,
 }
 
 impl EtcdStore {
@@ -91,6 +93,7 @@ impl EtcdStore {
             seen: Mutex::new(BTreeMap::new()),
             loaded_at: AtomicI64::new(0),
             stop: Arc::new(AtomicBool::new(false)),
+            lease: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -145,6 +148,7 @@ impl EtcdStore {
             key: format!("{}/alive/{}", self.prefix, self.host),
             ttl: self.lease_ttl,
             stop: Arc::clone(&self.stop),
+            current: Arc::clone(&self.lease),
         };
         let id = lease.grant()?;
         std::thread::Builder::new()
@@ -511,6 +515,8 @@ struct Lease {
     key: String,
     ttl: u64,
     stop: Arc<AtomicBool>,
+    /// The lease granted last, shared with the store.
+    current: Arc<Mutex<Option<String>>>,
 }
 
 impl Lease {
@@ -540,6 +546,7 @@ impl Lease {
             }),
         )?;
         tracing::info!(key = %self.key, ttl_s = self.ttl, "registered in the cluster");
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
         Ok(id)
     }
 
@@ -611,6 +618,13 @@ fn call_any(endpoints: &[String], path: &str, body: &Value) -> anyhow::Result<Va
 impl Drop for EtcdStore {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // A host that stops leaves the cluster now, not when its lease runs out.
+        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(id) = lease {
+            if let Err(e) = call_any(&self.endpoints, "/v3/lease/revoke", &json!({"ID": id})) {
+                tracing::warn!(error = %format!("{e:#}"), "could not leave the cluster; the lease will run out");
+            }
+        }
     }
 }
 
