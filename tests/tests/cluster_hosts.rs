@@ -4,7 +4,8 @@
 //! registered through its own host's API; the others learn where it is from the
 //! cluster's model and tunnel to it. A host joining later is reached the same way; a
 //! host killed drops out when its lease runs out, and its gateways are placed again;
-//! while etcd is away, traffic flows on and hosts converge when it is back.
+//! while etcd is away, traffic flows on and hosts converge when it is back; a gateway
+//! moved through one host's API is followed by all.
 
 use std::time::Duration;
 
@@ -265,6 +266,32 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
     wait_for_ping(&hosts[0].containers[0].0, "10.1.0.2");
     wait_for_ping(&hosts[2].containers[0].0, "10.1.0.1");
     drop(c);
+
+    // The gateway moved through another host's API: every host follows, and a sends
+    // what its blue container addresses to the gateway through the tunnel to d.
+    tenetctl_ok(
+        &hosts[1].socket,
+        &["tenant", "set", "blue", "--gateway-host", "d"],
+    );
+    let router = "027e000000c8"; // 02:7e and tenant id 200
+    let src = hosts[0].containers[1].1.mac.replace(':', "");
+    let frame = format!("{router}{src}08004500001400000000400100000a02000a0a020001");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let trace = tenetctl_ok(
+            &hosts[0].socket,
+            &["trace", "--port", "blue-10", "--frame", &frame],
+        );
+        if trace.contains("192.168.80.4") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not toward d:\n{trace}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_ping(&hosts[0].containers[1].0, "10.2.0.1");
 
     for host in hosts {
         let stopped = host.tenetd.stop().unwrap();
