@@ -16,7 +16,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -317,22 +318,35 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     // Per agent, the instant it first had each tenant.
     let seen: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
         Arc::new(Mutex::new(vec![vec![None; options.writes]; options.agents]));
-    let ready = Arc::new(Barrier::new(options.agents + 1));
+    // Agents report when they follow the cluster (or why they could not); an agent
+    // that failed must not leave the others waiting, so all of them give up once
+    // `abort` is set.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let abort = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for a in 0..options.agents {
-        let (url, seen, ready) = (etcd.url.clone(), Arc::clone(&seen), Arc::clone(&ready));
+        let (url, seen) = (etcd.url.clone(), Arc::clone(&seen));
+        let (ready, abort) = (ready_tx.clone(), Arc::clone(&abort));
         let seed = seed_for(a + 1)?;
         let writes = options.writes;
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let agent = EtcdStore::with_lease(vec![url], prefix, &host_name(a + 1), 10);
-            agent.register()?;
-            agent.load(&seed)?;
+            let setup = agent
+                .register()
+                .and_then(|()| agent.load(&seed).map(|_| ()));
+            let failed = setup.is_err();
+            let _ = ready.send(setup);
+            if failed {
+                return Ok(());
+            }
             let mut changes = agent.watch();
-            ready.wait();
             let mut have = 0;
             while have < writes {
                 if changes.blocking_recv().is_none() {
                     bail!("agent {a}: the watch ended");
+                }
+                if abort.load(Ordering::Relaxed) {
+                    return Ok(());
                 }
                 let now = Instant::now();
                 let Some(model) = agent.load_cached(&seed)? else {
@@ -355,7 +369,20 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
             Ok(())
         }));
     }
-    ready.wait();
+    drop(ready_tx);
+    for _ in 0..options.agents {
+        let setup = ready_rx
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| anyhow::anyhow!("an agent did not start within 120 s"))
+            .and_then(|r| r);
+        if let Err(e) = setup {
+            abort.store(true, Ordering::Relaxed);
+            // One more write wakes the agents that wait for changes, to see the abort.
+            model.hosts.pop();
+            let _ = writer.save(&model);
+            return Err(e.context("starting the agents"));
+        }
+    }
     let mut written = Vec::with_capacity(options.writes);
     for w in 0..options.writes {
         std::thread::sleep(Duration::from_millis(200));
@@ -365,6 +392,16 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         let at = Instant::now();
         writer.save(&model)?;
         written.push(at);
+    }
+    // Agents that miss a write give up after a while rather than hang the run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if threads.iter().any(|t| !t.is_finished()) {
+        abort.store(true, Ordering::Relaxed);
+        model.hosts.pop();
+        let _ = writer.save(&model);
     }
     for (a, thread) in threads.into_iter().enumerate() {
         match thread.join() {

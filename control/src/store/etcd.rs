@@ -29,8 +29,12 @@ use crate::model::Model;
 /// Operations per etcd transaction (etcd refuses more than 128).
 const MAX_TXN_OPS: usize = 64;
 
-/// How long one etcd call may take before the next endpoint is tried.
+/// How long connecting to an etcd endpoint, or sending to it, may take before the
+/// next endpoint is tried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an answer may take: reading a large cluster's whole prefix takes etcd
+/// seconds when many hosts start at once.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Keys under the prefix with their values and mod revisions.
 type KeyCache = BTreeMap<String, (String, i64)>;
@@ -768,7 +772,7 @@ fn open_post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<TcpStre
         .next()
         .with_context(|| format!("{authority} has no address"))?;
     let mut stream = TcpStream::connect_timeout(&address, CALL_TIMEOUT)?;
-    stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     stream.set_write_timeout(Some(CALL_TIMEOUT))?;
     let body = body.to_string();
     write!(
