@@ -254,6 +254,18 @@ pub fn tenetctl(socket: &Path, args: &[&str]) -> Output {
         .expect("tenetctl runs")
 }
 
+/// The names of the ports the tenetd at `socket` has, in its order.
+pub fn port_names(socket: &Path) -> Vec<String> {
+    let out = tenetctl_ok(socket, &["--json", "port", "list"]);
+    let ports: serde_json::Value = serde_json::from_str(&out).expect("port list is JSON");
+    ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Runs tenetctl, which must succeed; returns its stdout.
 pub fn tenetctl_ok(socket: &Path, args: &[&str]) -> String {
     let out = tenetctl(socket, args);

@@ -76,13 +76,7 @@ etcd = ["{url}"]
     }
 
     fn ports(&self) -> Vec<String> {
-        let out = tenetctl_ok(&self.socket(), &["--json", "port", "list"]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_owned())
-            .collect()
+        tests::port_names(&self.socket())
     }
 }
 

@@ -69,13 +69,7 @@ state_file = "{dir}/state.json"
     }
 
     fn ports(&self) -> Vec<String> {
-        let out = tenetctl_ok(&self.socket(), &["--json", "port", "list"]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_owned())
-            .collect()
+        tests::port_names(&self.socket())
     }
 
     fn endpoints(&self) -> Vec<Value> {
