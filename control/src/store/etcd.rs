@@ -576,7 +576,7 @@ impl Lease {
         for endpoint in &self.endpoints {
             match first_message(endpoint, "/v3/lease/keepalive", &json!({"ID": id})) {
                 Ok(reply) => {
-                    let ttl = revision_of(&json!({"revision": reply["result"]["TTL"].clone()}));
+                    let ttl = integer(&reply["result"]["TTL"]);
                     return Ok(ttl > 0);
                 }
                 Err(e) => last = Some(e),
@@ -724,7 +724,7 @@ impl Follower {
         if let Some(error) = message.get("error") {
             bail!("etcd ended the watch: {error}");
         }
-        let compacted = revision_of(&json!({"revision": result["compact_revision"].clone()}));
+        let compacted = integer(&result["compact_revision"]);
         if compacted > 0 {
             // What happened before is gone: reload everything, follow from now on.
             self.next_revision = compacted;
@@ -805,12 +805,16 @@ fn post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
     Ok(value)
 }
 
+/// A key's mod revision, or a header's revision.
 fn revision_of(value: &Value) -> i64 {
-    let field = if value.get("mod_revision").is_some() {
-        &value["mod_revision"]
-    } else {
-        &value["revision"]
-    };
+    match value.get("mod_revision") {
+        Some(revision) => integer(revision),
+        None => integer(&value["revision"]),
+    }
+}
+
+/// A 64-bit number as etcd's JSON gateway writes it (a string), or plain; 0 if absent.
+fn integer(field: &Value) -> i64 {
     field
         .as_str()
         .and_then(|s| s.parse().ok())

@@ -288,18 +288,7 @@ impl PacketPort {
                 packets: 0,
                 drops: 0,
             };
-            let mut len = std::mem::size_of::<TpacketStats>() as libc::socklen_t;
-            // SAFETY: kernel and len describe a writable tpacket_stats.
-            let ret = unsafe {
-                libc::getsockopt(
-                    queue.fd.as_raw_fd(),
-                    libc::SOL_PACKET,
-                    PACKET_STATISTICS,
-                    (&mut kernel as *mut TpacketStats).cast(),
-                    &mut len,
-                )
-            };
-            if ret == 0 {
+            if get_option(&queue.fd, PACKET_STATISTICS, &mut kernel).is_ok() {
                 self.dropped
                     .fetch_add(u64::from(kernel.drops), Ordering::Relaxed);
             }
@@ -484,20 +473,8 @@ impl Queue {
             return Ok(id);
         }
         let mut got: u32 = 0;
-        let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
-        // SAFETY: got and len describe a writable u32.
-        let ret = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_FANOUT,
-                (&mut got as *mut u32).cast(),
-                &mut len,
-            )
-        };
-        if ret < 0 {
-            return Err(DpdkError::os("getsockopt(PACKET_FANOUT)", name));
-        }
+        get_option(&self.fd, PACKET_FANOUT, &mut got)
+            .map_err(|()| DpdkError::os("getsockopt(PACKET_FANOUT)", name))?;
         Ok((got & 0xffff) as u16)
     }
 
@@ -584,6 +561,25 @@ fn set_option<T>(
     Ok(())
 }
 
+/// Reads a packet-socket option into `value`; `Err` with errno left set.
+fn get_option<T>(fd: &OwnedFd, option: libc::c_int, value: &mut T) -> Result<(), ()> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: value points to a live, writable T of the size passed.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            option,
+            (value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(());
+    }
+    Ok(())
+}
+
 fn option_name(option: libc::c_int) -> &'static str {
     match option {
         PACKET_ADD_MEMBERSHIP => "setsockopt(PACKET_ADD_MEMBERSHIP)",
@@ -615,6 +611,17 @@ fn ring_request(frame_size: usize, frames: usize) -> TpacketReq {
     }
 }
 
+/// The frame after `index` in a ring of `frames` (a compare, not a division, per
+/// packet).
+#[inline(always)]
+fn next_frame(index: usize, frames: usize) -> usize {
+    if index + 1 == frames {
+        0
+    } else {
+        index + 1
+    }
+}
+
 /// The receive side of one queue: owned by the worker that polls it.
 pub(crate) struct PacketRx {
     queue: Arc<Queue>,
@@ -634,12 +641,13 @@ impl PacketRx {
         let q = &*self.queue;
         let room = batch.room();
         let mut ready = 0;
+        let mut index = self.next;
         while ready < room {
-            let index = (self.next + ready) % q.rx_frames;
             if q.status(q.rx_frame(index)).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
                 break;
             }
             ready += 1;
+            index = next_frame(index, q.rx_frames);
         }
         if ready == 0 {
             return 0;
@@ -660,7 +668,7 @@ impl PacketRx {
         let mut errors = 0u64;
         for i in 0..ready {
             let frame = q.rx_frame(self.next);
-            self.next = (self.next + 1) % q.rx_frames;
+            self.next = next_frame(self.next, q.rx_frames);
             // SAFETY: the status said TP_STATUS_USER: the kernel finished the header and
             // data, and does not touch the frame until it is handed back below.
             let header = unsafe { &*frame.cast::<Tpacket2Header>() };
@@ -772,7 +780,7 @@ impl PacketTx {
                 (*frame.cast::<Tpacket2Header>()).len = data.len() as u32;
             }
             status.store(TP_STATUS_SEND_REQUEST, Ordering::Release);
-            self.next = (self.next + 1) % q.tx_frames;
+            self.next = next_frame(self.next, q.tx_frames);
             sent += 1;
             bytes += data.len() as u64;
         }
