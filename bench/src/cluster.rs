@@ -12,7 +12,7 @@
 //! lease, reloading on every change, as tenetd does) on a real etcd; one more host
 //! adds tenants one at a time, and the time until every agent has each one is taken.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use control::config::Config;
 use control::model::Model;
-use control::placement;
+use control::placement::{self, Weigh};
 use control::store::EtcdStore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -188,18 +188,21 @@ fn as_seen_by(model: &Model, me: usize, placed: &[(usize, usize)]) -> anyhow::Re
 
 /// Keys, views and tunnels from the real code.
 fn on_paper(options: &Options, results: &mut Results) -> anyhow::Result<()> {
-    let (model, placed) = synthetic(options)?;
+    let (mut model, placed) = synthetic(options)?;
+    let alive: BTreeSet<String> = (0..options.hosts).map(host_name).collect();
+    // The placer's records of the floating gateways, as the cluster keeps them.
+    model.placed = placement::records(&model, &alive, Weigh::Tenants, &BTreeMap::new());
     let base = Config::parse("", |_| None)?;
     let store = EtcdStore::new(Vec::new(), "/tenet", &host_name(0));
     let keys = store.keys_of(&model)?;
-    // Each host adds its own two keys and its registration.
-    let per_host_keys = 3;
+    // Each host adds its own two keys, its registration and its traffic report (beside
+    // the prefix, so no host watches it).
+    let per_host_keys = 4;
     results.keys = keys.len() - 2 + options.hosts * per_host_keys;
     results.bytes = keys.iter().map(|(k, v)| k.len() + v.len()).sum();
     // A container added: its endpoint and its host's port list change; every host
     // watches the whole prefix.
     results.events_per_container_add = 2;
-    let alive: BTreeSet<String> = (0..options.hosts).map(host_name).collect();
     let step = (options.hosts / options.sample.max(1)).max(1);
     let (mut tenants, mut endpoints, mut tunnels) = (Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();

@@ -27,6 +27,12 @@ use crate::wiring::{self, Dataplane, NamedPort};
 /// How often the control plane folds slow-path events into a new snapshot.
 const CONTROL_PERIOD: Duration = Duration::from_millis(10);
 
+/// How often the gateways' egress is measured for a cluster's placement.
+const EGRESS_PERIOD: Duration = Duration::from_secs(1);
+/// Time constant of the measured egress: a burst moves it little, traffic that lasts
+/// seconds moves it most of the way.
+const EGRESS_SMOOTHING: Duration = Duration::from_secs(4);
+
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -197,6 +203,13 @@ async fn wait_for_stop(
     let mut control_tick = tokio::time::interval(CONTROL_PERIOD);
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut cluster = live.watch();
+    let mut egress = EgressMeter::new(&dataplane.workers);
+    let mut egress_tick = tokio::time::interval(EGRESS_PERIOD);
+    egress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    if cluster.is_some() {
+        // Whatever changed while this host started (placements to make included).
+        live.refresh(controller, dataplane);
+    }
     loop {
         tokio::select! {
             Some(()) = async { match cluster.as_mut() {
@@ -204,6 +217,9 @@ async fn wait_for_stop(
                 None => std::future::pending().await,
             } } => {
                 live.refresh(controller, dataplane);
+            }
+            _ = egress_tick.tick(), if cluster.is_some() => {
+                live.report_egress(egress.sample(&dataplane.workers));
             }
             _ = control_tick.tick() => {
                 controller.step(Instant::now(), dataplane.pool);
@@ -236,6 +252,42 @@ async fn wait_for_stop(
         tcp.abort();
     }
     Ok(())
+}
+
+/// The bits a second tenants' gateways send out of the uplink, smoothed.
+struct EgressMeter {
+    at: Instant,
+    bytes: u64,
+    bps: f64,
+}
+
+impl EgressMeter {
+    fn new(workers: &[Worker]) -> Self {
+        Self {
+            at: Instant::now(),
+            bytes: Self::total(workers),
+            bps: 0.0,
+        }
+    }
+
+    fn total(workers: &[Worker]) -> u64 {
+        workers
+            .iter()
+            .map(|w| w.counters().snapshot().gateway_egress_bytes)
+            .sum()
+    }
+
+    fn sample(&mut self, workers: &[Worker]) -> f64 {
+        let (now, bytes) = (Instant::now(), Self::total(workers));
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        if elapsed > 0.0 {
+            let rate = bytes.wrapping_sub(self.bytes) as f64 * 8.0 / elapsed;
+            let weight = 1.0 - (-elapsed / EGRESS_SMOOTHING.as_secs_f64()).exp();
+            self.bps += (rate - self.bps) * weight;
+        }
+        (self.at, self.bytes) = (now, bytes);
+        self.bps
+    }
 }
 
 struct Snapshot {

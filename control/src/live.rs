@@ -9,6 +9,7 @@ use dataplane::worker::Worker;
 use serde_json::{json, Value};
 
 use crate::api::{Command, Reply};
+use crate::config::gateway::Placement;
 use crate::config::switching::RolePlan;
 use crate::controller::{fmt_mac, Controller};
 use crate::model::{Change, Model};
@@ -35,6 +36,13 @@ impl Live {
         }
     }
 
+    /// Hands the cluster the traffic this host's gateways send out (bits a second).
+    pub fn report_egress(&mut self, bps: f64) {
+        if let Some(Store::Etcd(etcd)) = &self.store {
+            etcd.report_egress(bps);
+        }
+    }
+
     /// Takes the cluster's model as it is now (after another host changed it): this
     /// host's tables follow it. A model that does not fit this host is logged and the
     /// tables in force stay.
@@ -49,6 +57,17 @@ impl Live {
                 tracing::warn!(error = %format!("{e:#}"), "could not read the cluster's model; keeping the tables in force");
                 return;
             }
+        };
+        let model = match store.with_placements(&model) {
+            // The record goes to every host through its watch, this one's too.
+            Some(placed) => match store.save(&placed) {
+                Ok(()) => placed,
+                Err(e) => {
+                    tracing::info!(error = %format!("{e:#}"), "placing gateways: another host wrote first; taking its change next");
+                    model
+                }
+            },
+            None => model,
         };
         let effective = store.effective(&model);
         let same = serde_json::to_value(&model).ok() == serde_json::to_value(&self.model).ok()
@@ -95,7 +114,11 @@ impl Live {
                         .filter(|e| e.tenant == name)
                         .collect();
                     let ports: Vec<&str> = ports_of(controller, ports, &name);
-                    Reply::ok(json!({"tenant": t, "endpoints": endpoints, "ports": ports}))
+                    let gateway_on = self.gateway_on(controller, &name);
+                    Reply::ok(json!({
+                        "tenant": t, "endpoints": endpoints, "ports": ports,
+                        "gateway_on": gateway_on,
+                    }))
                 }
                 None => Reply::error(404, "name", &format!("no tenant is named `{name}`")),
             },
@@ -125,6 +148,24 @@ impl Live {
                 Reply::error(500, "", "capture is handled by the control loop")
             }
         }
+    }
+
+    /// The host `tenant`'s gateway runs on (`None`: it has none, or no living host
+    /// can take it): in a cluster as placed among the living hosts, recorded or not;
+    /// otherwise as this host's tables have it ("here" on a host without a name).
+    fn gateway_on(&self, controller: &Controller, tenant: &str) -> Option<String> {
+        if let Some(Store::Etcd(etcd)) = &self.store {
+            return crate::placement::gateways(&self.model, &etcd.alive()).remove(tenant);
+        }
+        let config = controller.config();
+        let switching = &config.switching;
+        let index = switching.tenants.iter().position(|t| t.name == tenant)?;
+        let router = config.gateway.routers.get(index)?.as_ref()?;
+        let host = match router.placement {
+            Placement::Here => switching.this_host,
+            Placement::Host(h) => Some(h),
+        };
+        Some(host.map_or_else(|| "here".to_owned(), |h| switching.hosts[h].name.clone()))
     }
 
     fn change(
@@ -286,6 +327,7 @@ fn stats_json(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) 
             "punted": s.punted,
             "handed_off": s.handed_off,
             "events_lost": s.events_lost,
+            "gateway_egress_bytes": s.gateway_egress_bytes,
             "drops": drops_json(s),
         })).collect::<Vec<_>>(),
         "drops": drops_json(&total),
@@ -440,6 +482,12 @@ fn metrics(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) -> 
         "TSC cycles of loop iterations that moved packets.",
         "counter",
         per_core(|s| s.busy_cycles),
+    );
+    family(
+        "tenet_core_gateway_egress_bytes_total",
+        "Bytes tenants' gateways sent out of the uplink.",
+        "counter",
+        per_core(|s| s.gateway_egress_bytes),
     );
     let mut drops = Vec::new();
     for (core, s) in &cores {

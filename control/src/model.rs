@@ -3,6 +3,8 @@
 //! with the start-up file's dataplane and ports it makes a full [`Config`] that is
 //! validated exactly like the file.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::gateway::{PublishSpec, RouteSpec};
@@ -29,6 +31,12 @@ pub struct Model {
     /// Published container ports.
     #[serde(default)]
     pub published: Vec<PublishSpec>,
+    /// In a cluster, where each floating gateway (`auto`, or whose host or egress host
+    /// is down) was placed, by tenant: recorded once so that a tenant added, a host
+    /// joining or a load changing moves no gateway that runs (see
+    /// [`crate::placement`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placed: BTreeMap<String, String>,
 }
 
 /// A change asked for through the API.
@@ -123,6 +131,7 @@ impl Model {
             ports: config.ports.clone(),
             routes: config.routes.clone(),
             published: config.published.clone(),
+            placed: BTreeMap::new(),
         }
     }
 
@@ -232,6 +241,7 @@ impl Model {
             Change::DeleteTenant(name) => {
                 let before = next.tenants.len();
                 next.tenants.retain(|t| &t.name != name);
+                next.placed.remove(name);
                 (String::new(), next.tenants.len() < before)
             }
             Change::DeleteHost(name) => {
@@ -255,6 +265,8 @@ impl Model {
                         let t = &mut next.tenants[i];
                         if let Some(host) = &patch.gateway_host {
                             t.gateway_host = Some(host.clone());
+                            // Set again, even to `auto`: placed afresh.
+                            next.placed.remove(name);
                         }
                         if let Some(peers) = &patch.peers {
                             t.peers = peers.clone();

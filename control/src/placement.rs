@@ -5,69 +5,168 @@
 //! gateway here (all of them on the shared design's egress host, the hub of its star).
 //! A host programs only those, so its tables and tunnels grow with its own tenants,
 //! not with the cluster.
+//!
+//! A floating gateway (`auto`, or one whose host is down) is placed once and the
+//! choice recorded in the model ([`Model::placed`]) by one host, the placer (the first
+//! living host by name): a choice computed afresh from the whole model would move
+//! running gateways whenever a tenant is added or a host joins, and a choice by
+//! measured traffic cannot be recomputed by every host alike. Until the record is
+//! written every host places the gateway as the placer does by tenant count, so a
+//! gateway is back as soon as its host's lease runs out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::switching::RoleName;
 use crate::model::Model;
 
+/// What decides where a floating gateway goes (`control.gateway_placement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weigh {
+    /// The living host with the fewest gateways.
+    Tenants,
+    /// The living host that sends the least traffic out of its gateways (as the hosts
+    /// measure and report it), then the fewest gateways.
+    Traffic,
+}
+
+impl Weigh {
+    /// From the config's word.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "tenants" => Some(Self::Tenants),
+            "traffic" => Some(Self::Traffic),
+            _ => None,
+        }
+    }
+}
+
+/// Egress rates within this many bits a second of each other count as equal, so
+/// measurement noise and idle hosts leave the choice to the gateway count.
+pub const TRAFFIC_STEP_BPS: f64 = 1e6;
+
 /// The host of every gateway (tenants with subnets), with only `alive` hosts used:
-/// a gateway pinned to a host that is down, or central while the egress host is down,
-/// is placed as `auto` is. `auto` gateways go, in tenant-name order, to the living host
-/// with the fewest gateways so far (ties by name).
+/// pinned, central (on the egress host), or floating. A floating gateway runs where
+/// `model.placed` records it while that host lives; one not recorded goes, in
+/// tenant-name order, to the living host with the fewest gateways so far (ties by
+/// name), as [`records`] would place it by tenant count.
 pub fn gateways(model: &Model, alive: &BTreeSet<String>) -> BTreeMap<String, String> {
-    let up: Vec<&str> = model
-        .hosts
-        .iter()
-        .map(|h| h.name.as_str())
-        .filter(|h| alive.contains(*h))
-        .collect();
+    place(model, alive, None).0
+}
+
+/// The floating gateways' records the placer keeps: those still valid, and the ones
+/// missing placed by `weigh`, with `egress_bps` the hosts' reported gateway egress
+/// (for [`Weigh::Traffic`]). Records of tenants gone, or no longer floating, go.
+pub fn records(
+    model: &Model,
+    alive: &BTreeSet<String>,
+    weigh: Weigh,
+    egress_bps: &BTreeMap<String, f64>,
+) -> BTreeMap<String, String> {
+    let traffic = (weigh == Weigh::Traffic).then_some(egress_bps);
+    let (placed, floating) = place(model, alive, traffic);
+    placed
+        .into_iter()
+        .filter(|(tenant, _)| floating.contains(tenant))
+        .collect()
+}
+
+/// The host that writes placement records: the first living one by name.
+pub fn placer(alive: &BTreeSet<String>) -> Option<&str> {
+    alive.first().map(String::as_str)
+}
+
+/// Every gateway's host, and which tenants' gateways float.
+fn place(
+    model: &Model,
+    alive: &BTreeSet<String>,
+    traffic: Option<&BTreeMap<String, f64>>,
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
     let egress = model
         .hosts
         .iter()
         .find(|h| h.egress && alive.contains(&h.name))
         .map(|h| h.name.clone());
-    let mut load: BTreeMap<&str, usize> = up.iter().map(|h| (*h, 0)).collect();
+    let mut load: BTreeMap<&str, HostLoad> = model
+        .hosts
+        .iter()
+        .filter(|h| alive.contains(&h.name))
+        .map(|h| {
+            let bps = traffic.and_then(|t| t.get(&h.name)).copied().unwrap_or(0.0);
+            (h.name.as_str(), HostLoad { gateways: 0, bps })
+        })
+        .collect();
     let mut placed = BTreeMap::new();
+    let mut floating = BTreeSet::new();
+    let mut unplaced = Vec::new();
     let mut tenants: Vec<_> = model
         .tenants
         .iter()
         .filter(|t| !t.subnets.is_empty())
         .collect();
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut floating = Vec::new();
     for tenant in tenants {
         let fixed = match tenant.gateway_host.as_deref() {
             Some("auto") => None,
             None | Some("central") => egress.clone(),
             Some(host) => alive.contains(host).then(|| host.to_owned()),
         };
-        match fixed {
+        if fixed.is_none() {
+            floating.insert(tenant.name.clone());
+        }
+        let recorded = || {
+            model
+                .placed
+                .get(&tenant.name)
+                .filter(|host| load.contains_key(host.as_str()))
+                .cloned()
+        };
+        match fixed.or_else(recorded) {
             Some(host) => {
-                if let Some(n) = load.get_mut(host.as_str()) {
-                    *n += 1;
+                if let Some(l) = load.get_mut(host.as_str()) {
+                    l.gateways += 1;
                 }
                 placed.insert(tenant.name.clone(), host);
             }
-            None => floating.push(tenant),
+            None => unplaced.push(tenant),
         }
     }
-    for tenant in floating {
+    // Gateways placed now are expected to send what the running ones send on average.
+    let (gateways, bps) = load
+        .values()
+        .fold((0, 0.0), |(n, b), l| (n + l.gateways, b + l.bps));
+    let per_gateway = if gateways == 0 {
+        0.0
+    } else {
+        bps / gateways as f64
+    };
+    for tenant in unplaced {
         if let Some(host) = least_loaded(&load) {
             let host = host.to_owned();
-            if let Some(n) = load.get_mut(host.as_str()) {
-                *n += 1;
+            if let Some(l) = load.get_mut(host.as_str()) {
+                l.gateways += 1;
+                l.bps += per_gateway;
             }
             placed.insert(tenant.name.clone(), host);
         }
     }
-    placed
+    (placed, floating)
 }
 
-/// The host with the fewest gateways (the first by name among equals).
-pub fn least_loaded<'a>(load: &BTreeMap<&'a str, usize>) -> Option<&'a str> {
+/// What a host carries already.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostLoad {
+    /// Gateways placed on it.
+    pub gateways: usize,
+    /// Bits a second its gateways send out (0 when weighing by tenants).
+    pub bps: f64,
+}
+
+/// The host with the least traffic (in steps of [`TRAFFIC_STEP_BPS`]), then the fewest
+/// gateways, then the first by name.
+pub fn least_loaded<'a>(load: &BTreeMap<&'a str, HostLoad>) -> Option<&'a str> {
+    let steps = |l: &HostLoad| (l.bps / TRAFFIC_STEP_BPS).floor() as u64;
     load.iter()
-        .min_by_key(|(name, n)| (**n, **name))
+        .min_by_key(|(name, l)| (steps(l), l.gateways, **name))
         .map(|(name, _)| *name)
 }
 
@@ -177,6 +276,101 @@ mod tests {
         assert_eq!(placed["p2"], "c", "central stays on the living egress host");
         let per_host = |h: &str| placed.values().filter(|v| *v == h).count();
         assert!(per_host("a").abs_diff(per_host("c")) <= 1, "{placed:?}");
+    }
+
+    #[test]
+    fn recorded_gateways_stay_when_tenants_come_and_move_only_off_dead_hosts() {
+        let mut m = model(
+            &[
+                tenant("p3", 3, "auto"),
+                tenant("p4", 4, "auto"),
+                tenant("p5", 5, "auto"),
+            ]
+            .concat(),
+        );
+        m.placed = records(&m, &all(), Weigh::Tenants, &BTreeMap::new());
+        let before = gateways(&m, &all());
+        assert_eq!(m.placed, before, "every gateway floats, every one recorded");
+        // A tenant first by name: computed afresh it would take a and push the others
+        // along; recorded, they stay and the newcomer goes where there is room.
+        let mut grown = model(
+            &[
+                tenant("p0", 10, "auto"),
+                tenant("p3", 3, "auto"),
+                tenant("p4", 4, "auto"),
+                tenant("p5", 5, "auto"),
+            ]
+            .concat(),
+        );
+        grown.placed = m.placed.clone();
+        let after = gateways(&grown, &all());
+        for t in ["p3", "p4", "p5"] {
+            assert_eq!(after[t], before[t], "{t} moved");
+        }
+        let wanted = records(&grown, &all(), Weigh::Tenants, &BTreeMap::new());
+        assert_eq!(wanted["p0"], after["p0"], "the placer records what all run");
+        assert_eq!(wanted.len(), 4);
+        // The host of p3 dies: only p3 moves.
+        let dead = before["p3"].clone();
+        let alive: BTreeSet<String> = all().into_iter().filter(|h| *h != dead).collect();
+        grown.placed = wanted;
+        let moved = gateways(&grown, &alive);
+        assert_ne!(moved["p3"], dead);
+        for t in ["p0", "p4", "p5"] {
+            if grown.placed[t] != dead {
+                assert_eq!(moved[t], grown.placed[t], "{t} moved though its host lives");
+            }
+        }
+    }
+
+    #[test]
+    fn records_of_gateways_no_longer_floating_or_gone_are_dropped() {
+        let mut m = model(&[tenant("pinned", 1, "b"), tenant("auto", 2, "auto")].concat());
+        let without_b: BTreeSet<String> = ["a", "c"].iter().map(|h| h.to_string()).collect();
+        // b is down: its pinned gateway floats and is recorded elsewhere.
+        m.placed = records(&m, &without_b, Weigh::Tenants, &BTreeMap::new());
+        assert!(m.placed.contains_key("pinned"), "{:?}", m.placed);
+        assert_ne!(m.placed["pinned"], "b");
+        // b is back: the gateway returns to it and the record goes.
+        assert_eq!(gateways(&m, &all())["pinned"], "b");
+        let kept = records(&m, &all(), Weigh::Tenants, &BTreeMap::new());
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["auto"]);
+        // A record of a tenant deleted goes too.
+        m.placed.insert("deleted".to_owned(), "a".to_owned());
+        assert!(!records(&m, &all(), Weigh::Tenants, &BTreeMap::new()).contains_key("deleted"));
+    }
+
+    #[test]
+    fn by_traffic_gateways_avoid_the_busy_host_until_its_load_is_matched() {
+        // c holds the central gateway and sends 100 Mbit/s out; b holds one sending
+        // 300 Mbit/s; a has none.
+        let mut m = model(
+            &[
+                tenant("central", 1, "central"),
+                tenant("busy", 2, "b"),
+                tenant("n1", 11, "auto"),
+                tenant("n2", 12, "auto"),
+                tenant("n3", 13, "auto"),
+            ]
+            .concat(),
+        );
+        let reports: BTreeMap<String, f64> = [("b".to_owned(), 300e6), ("c".to_owned(), 100e6)]
+            .into_iter()
+            .collect();
+        let placed = records(&m, &all(), Weigh::Traffic, &reports);
+        // Each new gateway is expected to send the mean, 200 Mbit/s: a (0) takes n1,
+        // then c (100) takes n2, then a (200) against b (300) and c (300): a again.
+        assert_eq!(
+            [&placed["n1"], &placed["n2"], &placed["n3"]],
+            ["a", "c", "a"]
+        );
+        // By tenant count the busy host is as good as any: b (one gateway) gets one.
+        let by_count = records(&m, &all(), Weigh::Tenants, &reports);
+        assert!(by_count.values().any(|h| h == "b"), "{by_count:?}");
+        // Traffic under a step counts as none.
+        let idle: BTreeMap<String, f64> = [("a".to_owned(), 0.4e6)].into_iter().collect();
+        m.tenants.retain(|t| t.name != "n2" && t.name != "n3");
+        assert_eq!(records(&m, &all(), Weigh::Traffic, &idle)["n1"], "a");
     }
 
     #[test]

@@ -60,6 +60,15 @@ impl Store {
         }
     }
 
+    /// `model` with its floating gateways' records brought up to date, when this host
+    /// places them for a cluster and they are not ([`EtcdStore::with_placements`]).
+    pub fn with_placements(&self, model: &Model) -> Option<Model> {
+        match self {
+            Store::File(_) => None,
+            Store::Etcd(etcd) => etcd.with_placements(model),
+        }
+    }
+
     /// Where, for logs and errors.
     pub fn describe(&self) -> String {
         match self {

@@ -81,6 +81,7 @@ pub struct CoreCounters {
     punted: AtomicU64,
     handed_off: AtomicU64,
     events_lost: AtomicU64,
+    gateway_egress_bytes: AtomicU64,
     drops: [AtomicU64; DROP_REASON_COUNT],
 }
 
@@ -95,6 +96,7 @@ impl Default for CoreCounters {
             punted: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
             events_lost: AtomicU64::new(0),
+            gateway_egress_bytes: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -154,6 +156,13 @@ impl CoreCounters {
         bump(&self.events_lost, 1);
     }
 
+    /// A frame of `bytes` a tenant's gateway sent out of the uplink (what a cluster
+    /// weighs when it places gateways by traffic).
+    #[inline(always)]
+    pub fn add_gateway_egress(&self, bytes: usize) {
+        bump(&self.gateway_egress_bytes, bytes as u64);
+    }
+
     /// Packets dropped for `reason`.
     #[inline(always)]
     pub fn add_drop(&self, reason: DropReason, n: usize) {
@@ -175,6 +184,7 @@ impl CoreCounters {
             punted: self.punted.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
             events_lost: self.events_lost.load(Ordering::Relaxed),
+            gateway_egress_bytes: self.gateway_egress_bytes.load(Ordering::Relaxed),
             drops,
         }
     }
@@ -199,6 +209,8 @@ pub struct CoreStats {
     pub handed_off: u64,
     /// Slow-path events lost to a full queue.
     pub events_lost: u64,
+    /// Bytes tenants' gateways sent out of the uplink.
+    pub gateway_egress_bytes: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DROP_REASON_COUNT],
 }
@@ -214,6 +226,7 @@ impl Default for CoreStats {
             punted: 0,
             handed_off: 0,
             events_lost: 0,
+            gateway_egress_bytes: 0,
             drops: [0; DROP_REASON_COUNT],
         }
     }
@@ -251,6 +264,7 @@ impl CoreStats {
             total.punted += s.punted;
             total.handed_off += s.handed_off;
             total.events_lost += s.events_lost;
+            total.gateway_egress_bytes += s.gateway_egress_bytes;
             for (t, d) in total.drops.iter_mut().zip(&s.drops) {
                 *t += d;
             }

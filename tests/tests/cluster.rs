@@ -274,3 +274,54 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
     let conflict = e.downcast_ref::<Conflict>().unwrap();
     assert!(conflict.message.contains("tenants/red"), "{conflict}");
 }
+
+#[test]
+fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change() {
+    use control::model::Model;
+    use control::store::EtcdStore;
+    let etcd = Etcd::start().unwrap();
+    let config = control::config::Config::parse(
+        "[switch]\nhost = \"a\"\n\
+         [[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
+         [[host]]\nname = \"b\"\nunderlay_ip = \"192.0.2.2/24\"\n\
+         [[tenant]]\nname = \"blue\"\nid = 200\nsubnets = [\"10.2.0.1/24\"]\n\
+         gateway_host = \"auto\"\n",
+        |_| None,
+    )
+    .unwrap();
+    let seed = Model::of(&config);
+    let store = |host: &str| EtcdStore::with_lease(vec![etcd.url().to_owned()], "/place", host, 5);
+    let (a, b) = (store("a"), store("b"));
+    a.register().unwrap();
+    b.register().unwrap();
+    a.load(&seed).unwrap();
+    a.save(&seed).unwrap();
+
+    // "0" comes first by name but never registered: it sees itself as the placer and
+    // places nothing; a, first of the registered hosts, does.
+    let unregistered = store("0");
+    let model = unregistered.load(&seed).unwrap().unwrap();
+    assert!(unregistered.with_placements(&model).is_none());
+    let model = b.load(&seed).unwrap().unwrap();
+    assert!(b.with_placements(&model).is_none(), "b is not the placer");
+    let model = a.load(&seed).unwrap().unwrap();
+    let placed = a.with_placements(&model).expect("a places blue");
+    assert_eq!(
+        placed.placed["blue"], "a",
+        "a and b hold none: a, first by name"
+    );
+    a.save(&placed).unwrap();
+    assert!(a.with_placements(&placed).is_none(), "recorded once");
+
+    // b pins blue to itself from what it read; meanwhile the placer rewrote the record.
+    let mut pinned = b.load(&seed).unwrap().unwrap();
+    assert_eq!(pinned.placed["blue"], "a");
+    let mut moved = placed.clone();
+    moved.placed.insert("blue".to_owned(), "b".to_owned());
+    a.save(&moved).unwrap();
+    pinned.tenants[0].gateway_host = Some("b".to_owned());
+    pinned.placed.remove("blue");
+    b.save(&pinned)
+        .expect("a record the placer rewrote does not block a change that drops it");
+    assert!(etcd.get_prefix("/place/placed/").unwrap().is_empty());
+}

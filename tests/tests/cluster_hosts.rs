@@ -5,13 +5,20 @@
 //! cluster's model and tunnel to it. A host joining later is reached the same way; a
 //! host killed drops out when its lease runs out, and its gateways are placed again;
 //! while etcd is away, traffic flows on and hosts converge when it is back; a gateway
-//! moved through one host's API is followed by all.
+//! moved through one host's API is followed by all. Gateways placed by traffic keep
+//! off the host whose gateways send the most to the outside (a server address in the
+//! fabric, behind the underlay's next hop).
 
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use tests::{tenetctl_ok, underlay_end, unique, wait_for_ping, Etcd, Link, Netns, TempDir, Tenetd};
 
-/// The underlay bridge and the management bridge (etcd at 10.99.0.1).
+/// The outside server, in the fabric behind the underlay's next hop.
+const SERVER: &str = "203.0.113.10";
+
+/// The underlay bridge with the next hop out (192.168.80.254) and the management
+/// bridge (etcd at 10.99.0.1).
 struct Fabric {
     ns: Netns,
 }
@@ -19,8 +26,21 @@ struct Fabric {
 impl Fabric {
     fn new() -> Self {
         let ns = Netns::new("fab").unwrap();
-        for (bridge, address) in [("br0", None), ("mg0", Some("10.99.0.1/24"))] {
+        let bridges = [
+            ("br0", Some("192.168.80.254/24")),
+            ("mg0", Some("10.99.0.1/24")),
+        ];
+        for (bridge, address) in bridges {
             ns.exec("ip", &["link", "add", bridge, "type", "bridge"])
+                .unwrap();
+            // A fixed MAC, as a router has: a bridge takes its lowest port's, which
+            // changes as hosts join, and the hosts' resolved next hop would go stale.
+            let mac = if bridge == "br0" {
+                "02:fa:b0:00:00:01"
+            } else {
+                "02:fa:b0:00:00:02"
+            };
+            ns.exec("ip", &["link", "set", bridge, "address", mac])
                 .unwrap();
             if let Some(address) = address {
                 ns.exec("ip", &["addr", "add", address, "dev", bridge])
@@ -28,6 +48,12 @@ impl Fabric {
             }
             ns.exec("ip", &["link", "set", bridge, "up"]).unwrap();
         }
+        ns.exec("ip", &["link", "set", "lo", "up"]).unwrap();
+        ns.exec("ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"])
+            .unwrap();
+        // The server's frames leave complete, as from a NIC: no checksum left for an
+        // offload to fill in.
+        ns.exec("ethtool", &["-K", "br0", "tx", "off"]).unwrap();
         Self { ns }
     }
 
@@ -75,7 +101,9 @@ const HOSTS: [&str; 4] = ["a", "b", "c", "d"];
 const LEASE_S: u64 = 2;
 
 impl Host {
-    fn start(fabric: &Fabric, etcd: &Etcd, index: u8) -> Self {
+    /// Host `index` of [`HOSTS`], placing floating gateways by `placement` when it
+    /// is the placer.
+    fn start(fabric: &Fabric, etcd: &Etcd, index: u8, placement: &str) -> Self {
         let name = HOSTS[usize::from(index)].to_owned();
         let ns = Netns::new(&format!("h{name}-")).unwrap();
         let uplink = fabric.attach(&ns, index);
@@ -110,6 +138,7 @@ mbufs = 4095
 [switch]
 design = "dedicated"
 host = "{name}"
+underlay_gateway = "192.168.80.254"
 
 {hosts}{tenant}
 [[port]]
@@ -122,6 +151,7 @@ role = "uplink"
 api_socket = "{socket}"
 etcd = ["{url}"]
 etcd_lease_s = {LEASE_S}
+gateway_placement = "{placement}"
 "#,
             prefix = prefix,
             socket = socket.display(),
@@ -177,7 +207,9 @@ etcd_lease_s = {LEASE_S}
 fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins() {
     let fabric = Fabric::new();
     let mut etcd = Etcd::start_in(&fabric.ns, "10.99.0.1").unwrap();
-    let mut hosts: Vec<Host> = (0..3).map(|i| Host::start(&fabric, &etcd, i)).collect();
+    let mut hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(&fabric, &etcd, i, "tenants"))
+        .collect();
     for (i, host) in hosts.iter_mut().enumerate() {
         host.container(i as u8 + 1);
     }
@@ -199,14 +231,35 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
 
     // A fourth host joins with nothing in its config but itself: it gets the tenant
     // and the others' containers, and they get its container.
-    hosts.push(Host::start(&fabric, &etcd, 3));
+    hosts.push(Host::start(&fabric, &etcd, 3, "tenants"));
     hosts[3].container(4);
     wait_for_ping(&hosts[3].containers[0].0, "10.1.0.1");
     wait_for_ping(&hosts[0].containers[0].0, "10.1.0.4");
     wait_for_ping(&hosts[2].containers[0].0, "10.1.0.4");
 
-    // etcd goes away while a steady ping runs: forwarding goes on with
-    // the tables in force; once etcd is back, a change made through a reaches d.
+    // etcd goes away and comes back under load: a TCP stream from a's container to
+    // b's runs throughout and no half second of it stalls, and a steady ping loses
+    // nothing; forwarding goes on with the tables in force. Once etcd is back, a
+    // change made through a reaches d.
+    let _receiver = hosts[1].containers[0]
+        .0
+        .command("iperf3")
+        .args(["-s", "-1", "-B", "10.1.0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stream = hosts[0].containers[0]
+        .0
+        .command("iperf3")
+        .args(["-c", "10.1.0.2", "-t", "6", "-i", "0.5", "-J"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     etcd.kill();
     let during = hosts[0].containers[0]
         .0
@@ -214,6 +267,19 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
         .expect("forwarding goes on without etcd");
     assert!(during.contains(" 0% packet loss"), "{during}");
     etcd.resume().unwrap();
+    let report = stream.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let intervals: Vec<f64> = report["intervals"]
+        .as_array()
+        .expect("iperf3 intervals")
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap())
+        .collect();
+    assert!(intervals.len() >= 10, "{report}");
+    assert!(
+        intervals.iter().all(|bps| *bps > 1e6),
+        "a stall while etcd was away or restarting: {intervals:?}"
+    );
     tenetctl_ok(&hosts[0].socket, &["tenant", "add", "green", "--id", "300"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !tenetctl_ok(&hosts[3].socket, &["tenant", "list"]).contains("green") {
@@ -262,6 +328,11 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
     eprintln!("blue's gateway answered again {back:?} after c was killed (lease {LEASE_S} s)");
     assert!(back >= Duration::from_secs(LEASE_S) - Duration::from_millis(500));
     assert!(etcd.get_prefix("/tenet/alive/c").unwrap().is_empty());
+    // The placer (a, first by name) recorded it, so it stays on a if c comes back
+    // and as long as a lives.
+    let recorded = etcd.get_prefix("/tenet/placed/").unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].1, "\"a\"", "{recorded:?}");
     // The other containers still reach each other.
     wait_for_ping(&hosts[0].containers[0].0, "10.1.0.2");
     wait_for_ping(&hosts[2].containers[0].0, "10.1.0.1");
@@ -292,7 +363,151 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
         std::thread::sleep(Duration::from_millis(50));
     }
     wait_for_ping(&hosts[0].containers[1].0, "10.2.0.1");
+    // Pinned to a living host, blue's gateway floats no more: its record goes.
+    assert!(wait_until(|| etcd
+        .get_prefix("/tenet/placed/")
+        .unwrap()
+        .is_empty()));
 
+    for host in hosts {
+        let stopped = host.tenetd.stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+}
+
+/// A process killed and reaped when dropped, even when a test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `done` came true within 10 s.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The host a tenant's gateway runs on, as `host` reports it.
+fn gateway_on(host: &Host, tenant: &str) -> serde_json::Value {
+    let shown = tenetctl_ok(&host.socket, &["--json", "tenant", "show", tenant]);
+    serde_json::from_str::<serde_json::Value>(&shown).unwrap()["gateway_on"].clone()
+}
+
+#[test]
+fn gateways_placed_by_traffic_keep_off_the_host_that_sends_the_most() {
+    let fabric = Fabric::new();
+    let etcd = Etcd::start_in(&fabric.ns, "10.99.0.1").unwrap();
+    let mut hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(&fabric, &etcd, i, "traffic"))
+        .collect();
+    // a holds two gateways, b one, c one: by count a new gateway would go to b.
+    for (tenant, id, host) in [
+        ("q1", 11, "a"),
+        ("q2", 12, "a"),
+        ("busy", 13, "b"),
+        ("q3", 14, "c"),
+    ] {
+        let subnet = format!("10.{id}.0.1/24");
+        let add = [
+            "tenant",
+            "add",
+            tenant,
+            "--id",
+            &id.to_string(),
+            "--subnet",
+            &subnet,
+            "--gateway-host",
+            host,
+        ];
+        tenetctl_ok(&hosts[2].socket, &add);
+    }
+    // b's gateway sends 20 Mbit/s of UDP to the outside through SNAT.
+    hosts[1].container_of("busy", "10.13.0.10");
+    let sender = &hosts[1].containers[0].0;
+    sender
+        .exec("ip", &["route", "add", "default", "via", "10.13.0.1"])
+        .unwrap();
+    wait_for_ping(sender, SERVER);
+    let _server = fabric
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1", "-B", SERVER])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let client = sender
+        .command("iperf3")
+        .args(["-c", SERVER, "-u", "-b", "20M", "-l", "1200", "-t", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    // b reports it: only b, and more than 10 Mbit/s once the rate has settled.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reports = loop {
+        let reports = etcd.get_prefix("/tenet-load/").unwrap();
+        let busy = reports
+            .iter()
+            .find(|(k, _)| k.ends_with("/b"))
+            .map(|(_, v)| {
+                serde_json::from_str::<serde_json::Value>(v).unwrap()["egress_bps"]
+                    .as_f64()
+                    .unwrap()
+            });
+        if busy.is_some_and(|bps| bps > 10e6) {
+            break reports;
+        }
+        if Instant::now() > deadline {
+            let stats = tenetctl_ok(&hosts[1].socket, &["--json", "stats"]);
+            panic!("b reported no traffic: {reports:?}\nb: {stats}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reports.len(), 1, "idle hosts report nothing: {reports:?}");
+
+    // A new tenant's gateway, placed through a's API: c (one quiet gateway), not b.
+    let add = [
+        "tenant",
+        "add",
+        "fresh",
+        "--id",
+        "15",
+        "--subnet",
+        "10.15.0.1/24",
+        "--gateway-host",
+        "auto",
+    ];
+    tenetctl_ok(&hosts[0].socket, &add);
+    assert!(
+        wait_until(|| !etcd.get_prefix("/tenet/placed/fresh").unwrap().is_empty()),
+        "the placer recorded no host for fresh"
+    );
+    assert_eq!(
+        etcd.get_prefix("/tenet/placed/fresh").unwrap()[0].1,
+        "\"c\""
+    );
+    for host in &hosts {
+        assert_eq!(gateway_on(host, "fresh"), "c", "as {} sees it", host.name);
+    }
+    // And it routes there: a container of fresh on a reaches its gateway on c.
+    hosts[0].container_of("fresh", "10.15.0.10");
+    wait_for_ping(&hosts[0].containers[0].0, "10.15.0.1");
+
+    drop(client);
     for host in hosts {
         let stopped = host.tenetd.stop().unwrap();
         assert!(stopped.status.success(), "{}", stopped.stderr);

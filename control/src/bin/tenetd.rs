@@ -72,7 +72,8 @@ fn main() -> ExitCode {
                 &plan.prefix,
                 &plan.host,
                 plan.lease_s,
-            );
+            )
+            .weighing(plan.weigh);
             // Registered before the first load, so this host counts itself alive and
             // the others add it as soon as they see the key.
             if let Err(e) = etcd.register() {

@@ -119,6 +119,10 @@ pub struct ControlSection {
     pub etcd_prefix: String,
     /// Seconds after its last lease renewal that a host counts as gone.
     pub etcd_lease_s: u64,
+    /// What places a cluster's floating gateways: `tenants` (the host with the fewest)
+    /// or `traffic` (the host whose gateways send out the least). The placer's, the
+    /// first living host by name, is the one in force: set it alike on every host.
+    pub gateway_placement: String,
 }
 
 impl Default for ControlSection {
@@ -131,6 +135,7 @@ impl Default for ControlSection {
             etcd: Vec::new(),
             etcd_prefix: "/tenet".to_owned(),
             etcd_lease_s: 10,
+            gateway_placement: "tenants".to_owned(),
         }
     }
 }
@@ -586,11 +591,22 @@ pub struct EtcdPlan {
     pub host: String,
     /// Lease time of this host's registration, in seconds.
     pub lease_s: u64,
+    /// What places floating gateways when this host is the placer.
+    pub weigh: crate::placement::Weigh,
 }
 
 impl Config {
     fn etcd_plan(&self) -> Result<Option<EtcdPlan>, ConfigError> {
         let control = &self.control;
+        let Some(weigh) = crate::placement::Weigh::parse(&control.gateway_placement) else {
+            return Err(invalid(
+                "control.gateway_placement",
+                format!(
+                    "`{}` is not `tenants` or `traffic`",
+                    control.gateway_placement
+                ),
+            ));
+        };
         if control.etcd.is_empty() {
             return Ok(None);
         }
@@ -636,6 +652,7 @@ impl Config {
             prefix: prefix.clone(),
             host,
             lease_s: control.etcd_lease_s,
+            weigh,
         }))
     }
 }

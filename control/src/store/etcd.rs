@@ -8,13 +8,18 @@
 //! races another host's, or takes a tenant id or VLAN another host holds, is refused
 //! with the key it collided on, never merged.
 //!
+//! Floating gateways' hosts are recorded under `placed/` by the cluster's placer
+//! ([`crate::placement`]). Each host reports the traffic its gateways send out under
+//! `<prefix>-load/<host>`, beside the prefix rather than under it: reports change all
+//! the time, only the placer reads them, and the hosts' watches need not carry them.
+//!
 //! etcd is reached through its v3 JSON gateway over HTTP/1.0: no gRPC stack, and a
 //! reply is read to the end of the connection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +30,7 @@ use serde_json::{json, Value};
 
 use crate::config::switching::EndpointSpec;
 use crate::model::Model;
+use crate::placement::{self, Weigh, TRAFFIC_STEP_BPS};
 
 /// Operations per etcd transaction (etcd refuses more than 128).
 const MAX_TXN_OPS: usize = 64;
@@ -36,8 +42,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// seconds when many hosts start at once.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Keys under the prefix with their values and mod revisions.
-type KeyCache = BTreeMap<String, (String, i64)>;
+/// Keys under the prefix with their values and mod revisions, with every change up to
+/// `revision` applied.
+struct KeyCache {
+    keys: BTreeMap<String, (String, i64)>,
+    revision: i64,
+}
+
+/// This host's own writes not yet seen through the watch: (value or `None` for a
+/// delete, revision) by key.
+type OwnWrites = BTreeMap<String, (Option<String>, i64)>;
 
 /// A write refused because another host changed what it touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,12 +84,21 @@ pub struct EtcdStore {
     /// Every key under the prefix, as the last load read them and the watch has
     /// changed them since (`None`: to be read from etcd).
     cache: Arc<Mutex<Option<KeyCache>>>,
+    /// What this host wrote that the cache may not hold yet: a reload before the watch
+    /// brings it must not take the older revisions for current (the next write would
+    /// be refused as a conflict with this host itself).
+    own_writes: Mutex<OwnWrites>,
     /// Seconds a host stays alive without renewing its lease.
     lease_ttl: u64,
     /// Tells the watch and lease threads to end.
     stop: Arc<AtomicBool>,
     /// The lease this host is registered under, revoked when it stops.
     lease: Arc<Mutex<Option<String>>>,
+    /// What places floating gateways when this host is the placer.
+    weigh: Weigh,
+    /// Bits a second this host's gateways send out (an `f64`'s bits), reported with
+    /// the lease.
+    egress_bps: Arc<AtomicU64>,
 }
 
 impl EtcdStore {
@@ -90,6 +113,7 @@ impl EtcdStore {
         Self {
             alive: Mutex::new(BTreeSet::new()),
             cache: Arc::new(Mutex::new(None)),
+            own_writes: Mutex::new(BTreeMap::new()),
             lease_ttl,
             endpoints,
             prefix: prefix.trim_end_matches('/').to_owned(),
@@ -98,7 +122,75 @@ impl EtcdStore {
             loaded_at: AtomicI64::new(0),
             stop: Arc::new(AtomicBool::new(false)),
             lease: Arc::new(Mutex::new(None)),
+            weigh: Weigh::Tenants,
+            egress_bps: Arc::new(AtomicU64::new(0f64.to_bits())),
         }
+    }
+
+    /// The same, placing floating gateways by `weigh` when this host is the placer.
+    pub fn weighing(mut self, weigh: Weigh) -> Self {
+        self.weigh = weigh;
+        self
+    }
+
+    /// Sets the gateway egress this host reports (bits a second); the lease thread
+    /// writes it when it has changed by a step or the lease is new.
+    pub fn report_egress(&self, bps: f64) {
+        self.egress_bps.store(bps.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The gateway egress every living host reported last, by host.
+    pub fn egress_reports(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let start = self.load_prefix();
+        let (kvs, _) = self.range_of(&start)?;
+        let mut reports = BTreeMap::new();
+        for (key, value, _) in kvs {
+            let host = key.strip_prefix(&start).unwrap_or_default();
+            let report: Value = serde_json::from_str(&value)
+                .with_context(|| format!("etcd key {key} (a traffic report)"))?;
+            if let Some(bps) = report["egress_bps"].as_f64() {
+                reports.insert(host.to_owned(), bps);
+            }
+        }
+        Ok(reports)
+    }
+
+    fn load_prefix(&self) -> String {
+        format!("{}-load/", self.prefix)
+    }
+
+    /// `model` with its floating gateways' records brought up to date, when this host
+    /// is the cluster's placer and they are not; `None` otherwise. Traffic reports are
+    /// read only when a gateway has to be placed.
+    pub fn with_placements(&self, model: &Model) -> Option<Model> {
+        // A host whose own registration has lapsed sees itself alone; were it to place,
+        // every host cut off the same way (etcd slow to renew all leases at once) would
+        // overwrite the others' records in turn until they are registered again.
+        let registered = self.lock_alive().contains(&self.host);
+        let alive = self.alive();
+        if !registered || placement::placer(&alive) != Some(self.host.as_str()) {
+            return None;
+        }
+        let none = BTreeMap::new();
+        let mut records = placement::records(model, &alive, Weigh::Tenants, &none);
+        if records == model.placed {
+            return None;
+        }
+        if self.weigh == Weigh::Traffic {
+            let reports = self.egress_reports().unwrap_or_else(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "no traffic reports; placing gateways by tenant count");
+                none
+            });
+            records = placement::records(model, &alive, Weigh::Traffic, &reports);
+        }
+        for (tenant, host) in &records {
+            if model.placed.get(tenant) != Some(host) {
+                tracing::info!(tenant = %tenant, host = %host, weigh = ?self.weigh, "placed a gateway");
+            }
+        }
+        let mut placed = model.clone();
+        placed.placed = records;
+        Some(placed)
     }
 
     /// Follows every change under the prefix after the last load, on a thread of its
@@ -137,9 +229,14 @@ impl EtcdStore {
 
     /// Hosts alive at the last load (this one always among them).
     pub fn alive(&self) -> BTreeSet<String> {
-        let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut alive = self.lock_alive().clone();
         alive.insert(self.host.clone());
         alive
+    }
+
+    /// Hosts registered at the last load, as etcd has them.
+    fn lock_alive(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.alive.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers this host under a lease it renews on a thread of its own every third
@@ -150,6 +247,8 @@ impl EtcdStore {
         let lease = Lease {
             endpoints: self.endpoints.clone(),
             key: format!("{}/alive/{}", self.prefix, self.host),
+            report_key: format!("{}{}", self.load_prefix(), self.host),
+            egress_bps: Arc::clone(&self.egress_bps),
             ttl: self.lease_ttl,
             stop: Arc::clone(&self.stop),
             current: Arc::clone(&self.lease),
@@ -173,11 +272,13 @@ impl EtcdStore {
     pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
         let (kvs, revision) = self.range()?;
         self.loaded_at.store(revision, Ordering::Relaxed);
-        *self.lock_cache() = Some(
-            kvs.iter()
+        *self.lock_cache() = Some(KeyCache {
+            keys: kvs
+                .iter()
                 .map(|(k, v, r)| (k.clone(), (v.clone(), *r)))
                 .collect(),
-        );
+            revision,
+        });
         self.build(kvs, seed)
     }
 
@@ -186,9 +287,23 @@ impl EtcdStore {
     /// compacted away changes the watch had not seen).
     pub fn load_cached(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
         let cached: Option<Vec<(String, String, i64)>> = self.lock_cache().as_ref().map(|c| {
-            c.iter()
-                .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
-                .collect()
+            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+            own.retain(|_, (_, revision)| *revision > c.revision);
+            if own.is_empty() {
+                return c
+                    .keys
+                    .iter()
+                    .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+                    .collect();
+            }
+            let mut keys = c.keys.clone();
+            for (key, (value, revision)) in own.iter() {
+                match value {
+                    Some(value) => keys.insert(key.clone(), (value.clone(), *revision)),
+                    None => keys.remove(key),
+                };
+            }
+            keys.into_iter().map(|(k, (v, r))| (k, v, r)).collect()
         });
         match cached {
             Some(kvs) => self.build(kvs, seed),
@@ -216,6 +331,7 @@ impl EtcdStore {
             endpoints: Vec::new(),
             routes: Vec::new(),
             published: Vec::new(),
+            placed: BTreeMap::new(),
         };
         let mut shared = false;
         let mut alive = BTreeSet::new();
@@ -251,6 +367,11 @@ impl EtcdStore {
                 "published" => model
                     .published
                     .push(serde_json::from_value(parse("a published port")?)?),
+                "placed" => {
+                    let tenant = path.strip_prefix("placed/").unwrap_or_default();
+                    let host: String = serde_json::from_value(parse("a gateway's host")?)?;
+                    model.placed.insert(tenant.to_owned(), host);
+                }
                 "unique" => {}
                 "local" => {
                     if path == self.local("switch") {
@@ -266,7 +387,7 @@ impl EtcdStore {
             shared |= kind != "local";
             seen.insert(key, (value, revision));
         }
-        *self.alive.lock().unwrap_or_else(|e| e.into_inner()) = alive;
+        *self.lock_alive() = alive;
         Ok(shared.then_some(model))
     }
 
@@ -275,8 +396,8 @@ impl EtcdStore {
     pub fn save(&self, model: &Model) -> anyhow::Result<()> {
         let mut seen = self.lock_seen();
         let desired = self.keys(model, &seen)?;
-        // (key, new value or None to delete, compare, request)
-        let mut ops: Vec<(String, Option<String>, Value, Value)> = Vec::new();
+        // (key, new value or None to delete, compare if any, request)
+        let mut ops: Vec<(String, Option<String>, Option<Value>, Value)> = Vec::new();
         for (key, value) in &desired {
             let compare = match seen.get(key) {
                 Some((old, _)) if old == value => continue,
@@ -289,6 +410,7 @@ impl EtcdStore {
                     "create_revision": "0",
                 }),
             };
+            let compare = Some(compare);
             let put = json!({"request_put": {
                 "key": BASE64.encode(key), "value": BASE64.encode(value),
             }});
@@ -299,10 +421,15 @@ impl EtcdStore {
             .filter(|key| !desired.contains_key(*key))
             .cloned()
             .collect();
+        let record = format!("{}/placed/", self.prefix);
         for key in &gone {
-            let compare = json!({
-                "key": BASE64.encode(key), "target": "MOD", "result": "EQUAL",
-                "mod_revision": seen[key].1.to_string(),
+            // A placement record may go whatever the placer wrote meanwhile: the
+            // placer places the tenant again from what the change leaves.
+            let compare = (!key.starts_with(&record)).then(|| {
+                json!({
+                    "key": BASE64.encode(key), "target": "MOD", "result": "EQUAL",
+                    "mod_revision": seen[key].1.to_string(),
+                })
             });
             let delete = json!({"request_delete_range": {"key": BASE64.encode(key)}});
             ops.push((key.clone(), None, compare, delete));
@@ -310,7 +437,7 @@ impl EtcdStore {
         // etcd takes 128 operations per transaction: a larger change (a cluster seeded
         // from a big config) goes in several, each all or nothing.
         for chunk in ops.chunks(MAX_TXN_OPS) {
-            let compare: Vec<&Value> = chunk.iter().map(|op| &op.2).collect();
+            let compare: Vec<&Value> = chunk.iter().filter_map(|op| op.2.as_ref()).collect();
             let success: Vec<&Value> = chunk.iter().map(|op| &op.3).collect();
             let reply = self.call(
                 "/v3/kv/txn",
@@ -321,7 +448,9 @@ impl EtcdStore {
                 return Err(self.explain_conflict(&desired, &gone).into());
             }
             let revision = revision_of(&reply["header"]);
+            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
             for (key, value, _, _) in chunk {
+                own.insert(key.clone(), (value.clone(), revision));
                 match value {
                     Some(value) => {
                         seen.insert(key.clone(), (value.clone(), revision));
@@ -425,6 +554,9 @@ impl EtcdStore {
                 text(publish)?,
             );
         }
+        for (tenant, host) in &model.placed {
+            put(format!("{p}/placed/{tenant}"), text(host)?);
+        }
         put(
             format!("{p}/{}", self.local("switch")),
             text(&model.switch)?,
@@ -488,10 +620,15 @@ impl EtcdStore {
     /// were read at.
     #[allow(clippy::type_complexity)]
     fn range(&self) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
-        let start = format!("{}/", self.prefix);
+        self.range_of(&format!("{}/", self.prefix))
+    }
+
+    /// Every key under `start`, as [`Self::range`].
+    #[allow(clippy::type_complexity)]
+    fn range_of(&self, start: &str) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
         let reply = self.call(
             "/v3/kv/range",
-            &json!({"key": BASE64.encode(&start), "range_end": BASE64.encode(prefix_end(&start))}),
+            &json!({"key": BASE64.encode(start), "range_end": BASE64.encode(prefix_end(start))}),
         )?;
         let mut out = Vec::new();
         for kv in reply["kvs"].as_array().into_iter().flatten() {
@@ -513,10 +650,14 @@ impl EtcdStore {
     }
 }
 
-/// This host's registration: a key under a lease.
+/// This host's registration: a key under a lease, and its traffic report under the
+/// same lease (both gone when the host is).
 struct Lease {
     endpoints: Vec<String>,
     key: String,
+    report_key: String,
+    /// The egress to report (an `f64`'s bits).
+    egress_bps: Arc<AtomicU64>,
     ttl: u64,
     stop: Arc<AtomicBool>,
     /// The lease granted last, shared with the store.
@@ -556,18 +697,50 @@ impl Lease {
 
     fn keep(self, mut id: String) {
         let period = Duration::from_millis((self.ttl * 1000 / 3).max(200));
+        // The step of traffic last reported; no report counts as none sent.
+        let mut reported = 0;
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(period);
             match self.renew(&id) {
                 Ok(true) => {}
                 Ok(false) => match self.grant() {
-                    Ok(new) => id = new,
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not register again"),
+                    Ok(new) => {
+                        id = new;
+                        reported = 0;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "could not register again");
+                        continue;
+                    }
                 },
                 // etcd away: the lease may outlive it; try again next period.
-                Err(_) => {}
+                Err(_) => continue,
+            }
+            let bps = f64::from_bits(self.egress_bps.load(Ordering::Relaxed));
+            let step = (bps / TRAFFIC_STEP_BPS).floor() as u64;
+            if step != reported {
+                match self.report(&id, bps) {
+                    Ok(()) => reported = step,
+                    Err(e) => {
+                        tracing::debug!(error = %format!("{e:#}"), "could not report traffic")
+                    }
+                }
             }
         }
+    }
+
+    /// Writes this host's gateway egress under its lease.
+    fn report(&self, id: &str, bps: f64) -> anyhow::Result<()> {
+        call_any(
+            &self.endpoints,
+            "/v3/kv/put",
+            &json!({
+                "key": BASE64.encode(&self.report_key),
+                "value": BASE64.encode(json!({"egress_bps": bps}).to_string()),
+                "lease": id,
+            }),
+        )?;
+        Ok(())
     }
 
     /// Renews the lease; `false` when it had already run out.
@@ -745,10 +918,13 @@ impl Follower {
             let (Some(cache), Some(key)) = (cache.as_mut(), text("key")) else {
                 continue;
             };
+            cache.revision = cache.revision.max(revision);
             if event["type"] == "DELETE" {
-                cache.remove(&key);
+                cache.keys.remove(&key);
             } else {
-                cache.insert(key, (text("value").unwrap_or_default(), revision));
+                cache
+                    .keys
+                    .insert(key, (text("value").unwrap_or_default(), revision));
             }
         }
         drop(cache);

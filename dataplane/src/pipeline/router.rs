@@ -531,6 +531,7 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
         flow.src,
         flow.src_port
     );
+    cx.counters.add_gateway_egress(frame.data().len());
     sink.send(up.port, frame);
 }
 
