@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use control::config::Config;
 use control::model::Model;
-use control::placement::{self, Weigh};
+use control::placement::{self, GatewayPlacement};
 use control::store::EtcdStore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -191,12 +191,12 @@ fn on_paper(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let (mut model, placed) = synthetic(options)?;
     let alive: BTreeSet<String> = (0..options.hosts).map(host_name).collect();
     // The placer's records of the floating gateways, as the cluster keeps them.
-    model.placed = placement::records(&model, &alive, Weigh::Tenants, &BTreeMap::new());
+    model.placed = placement::records(&model, &alive, GatewayPlacement::Tenants, &BTreeMap::new());
     let base = Config::parse("", |_| None)?;
     let store = EtcdStore::new(Vec::new(), "/tenet", &host_name(0));
     let keys = store.keys_of(&model)?;
-    // Each host adds its own two keys, its registration and its traffic report (beside
-    // the prefix, so no host watches it).
+    // Each host adds its own two keys, its registration and, at most, its traffic
+    // report (beside the prefix, so no host watches it; idle hosts write none).
     let per_host_keys = 4;
     results.keys = keys.len() - 2 + options.hosts * per_host_keys;
     results.bytes = keys.iter().map(|(k, v)| k.len() + v.len()).sum();

@@ -220,6 +220,7 @@ async fn wait_for_stop(
             }
             _ = egress_tick.tick(), if cluster.is_some() => {
                 live.report_egress(egress.sample(&dataplane.workers));
+                live.retry_placements(controller, dataplane);
             }
             _ = control_tick.tick() => {
                 controller.step(Instant::now(), dataplane.pool);
@@ -281,7 +282,7 @@ impl EgressMeter {
         let (now, bytes) = (Instant::now(), Self::total(workers));
         let elapsed = now.duration_since(self.at).as_secs_f64();
         if elapsed > 0.0 {
-            let rate = bytes.wrapping_sub(self.bytes) as f64 * 8.0 / elapsed;
+            let rate = bytes.saturating_sub(self.bytes) as f64 * 8.0 / elapsed;
             let weight = 1.0 - (-elapsed / EGRESS_SMOOTHING.as_secs_f64()).exp();
             self.bps += (rate - self.bps) * weight;
         }

@@ -25,6 +25,10 @@ pub struct Live {
     /// The model the tables were last built from, with a cluster's dead hosts taken
     /// out (`None`: not yet known).
     pub running: Option<Value>,
+    /// Gateway placements this host (the placer) could not record: tried again on the
+    /// next [`Live::retry_placements`] rather than at the next change in the cluster,
+    /// which may be long in coming.
+    pub placement_pending: bool,
 }
 
 impl Live {
@@ -36,8 +40,15 @@ impl Live {
         }
     }
 
+    /// Records the gateway placements a failed write left out, if any.
+    pub fn retry_placements(&mut self, controller: &mut Controller, dataplane: &Dataplane<'_>) {
+        if self.placement_pending {
+            self.refresh(controller, dataplane);
+        }
+    }
+
     /// Hands the cluster the traffic this host's gateways send out (bits a second).
-    pub fn report_egress(&mut self, bps: f64) {
+    pub fn report_egress(&self, bps: f64) {
         if let Some(Store::Etcd(etcd)) = &self.store {
             etcd.report_egress(bps);
         }
@@ -58,12 +69,20 @@ impl Live {
                 return;
             }
         };
+        let retrying = std::mem::take(&mut self.placement_pending);
         let model = match store.with_placements(&model) {
             // The record goes to every host through its watch, this one's too.
             Some(placed) => match store.save(&placed) {
                 Ok(()) => placed,
+                Err(e) if e.downcast_ref::<Conflict>().is_some() => {
+                    tracing::info!(error = %e, "placing gateways: another host wrote first; taking its change next");
+                    model
+                }
                 Err(e) => {
-                    tracing::info!(error = %format!("{e:#}"), "placing gateways: another host wrote first; taking its change next");
+                    if !retrying {
+                        tracing::warn!(error = %format!("{e:#}"), "could not record gateway placements; trying again every second");
+                    }
+                    self.placement_pending = true;
                     model
                 }
             },

@@ -21,7 +21,7 @@ use crate::model::Model;
 
 /// What decides where a floating gateway goes (`control.gateway_placement`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Weigh {
+pub enum GatewayPlacement {
     /// The living host with the fewest gateways.
     Tenants,
     /// The living host that sends the least traffic out of its gateways (as the hosts
@@ -29,7 +29,7 @@ pub enum Weigh {
     Traffic,
 }
 
-impl Weigh {
+impl GatewayPlacement {
     /// From the config's word.
     pub fn parse(word: &str) -> Option<Self> {
         match word {
@@ -40,8 +40,8 @@ impl Weigh {
     }
 }
 
-/// Egress rates within this many bits a second of each other count as equal, so
-/// measurement noise and idle hosts leave the choice to the gateway count.
+/// Egress rates are compared in whole steps of this many bits a second, so hosts in
+/// the same step (idle ones, below the first) are told apart by their gateway count.
 pub const TRAFFIC_STEP_BPS: f64 = 1e6;
 
 /// The host of every gateway (tenants with subnets), with only `alive` hosts used:
@@ -54,15 +54,15 @@ pub fn gateways(model: &Model, alive: &BTreeSet<String>) -> BTreeMap<String, Str
 }
 
 /// The floating gateways' records the placer keeps: those still valid, and the ones
-/// missing placed by `weigh`, with `egress_bps` the hosts' reported gateway egress
-/// (for [`Weigh::Traffic`]). Records of tenants gone, or no longer floating, go.
+/// missing placed `by` count or traffic, with `egress_bps` the hosts' reported gateway egress
+/// (for [`GatewayPlacement::Traffic`]). Records of tenants gone, or no longer floating, go.
 pub fn records(
     model: &Model,
     alive: &BTreeSet<String>,
-    weigh: Weigh,
+    by: GatewayPlacement,
     egress_bps: &BTreeMap<String, f64>,
 ) -> BTreeMap<String, String> {
-    let traffic = (weigh == Weigh::Traffic).then_some(egress_bps);
+    let traffic = (by == GatewayPlacement::Traffic).then_some(egress_bps);
     let (placed, floating) = place(model, alive, traffic);
     placed
         .into_iter()
@@ -157,7 +157,7 @@ fn place(
 pub struct HostLoad {
     /// Gateways placed on it.
     pub gateways: usize,
-    /// Bits a second its gateways send out (0 when weighing by tenants).
+    /// Bits a second its gateways send out (0 when placing by count).
     pub bps: f64,
 }
 
@@ -288,7 +288,7 @@ mod tests {
             ]
             .concat(),
         );
-        m.placed = records(&m, &all(), Weigh::Tenants, &BTreeMap::new());
+        m.placed = records(&m, &all(), GatewayPlacement::Tenants, &BTreeMap::new());
         let before = gateways(&m, &all());
         assert_eq!(m.placed, before, "every gateway floats, every one recorded");
         // A tenant first by name: computed afresh it would take a and push the others
@@ -307,7 +307,7 @@ mod tests {
         for t in ["p3", "p4", "p5"] {
             assert_eq!(after[t], before[t], "{t} moved");
         }
-        let wanted = records(&grown, &all(), Weigh::Tenants, &BTreeMap::new());
+        let wanted = records(&grown, &all(), GatewayPlacement::Tenants, &BTreeMap::new());
         assert_eq!(wanted["p0"], after["p0"], "the placer records what all run");
         assert_eq!(wanted.len(), 4);
         // The host of p3 dies: only p3 moves.
@@ -328,16 +328,19 @@ mod tests {
         let mut m = model(&[tenant("pinned", 1, "b"), tenant("auto", 2, "auto")].concat());
         let without_b: BTreeSet<String> = ["a", "c"].iter().map(|h| h.to_string()).collect();
         // b is down: its pinned gateway floats and is recorded elsewhere.
-        m.placed = records(&m, &without_b, Weigh::Tenants, &BTreeMap::new());
+        m.placed = records(&m, &without_b, GatewayPlacement::Tenants, &BTreeMap::new());
         assert!(m.placed.contains_key("pinned"), "{:?}", m.placed);
         assert_ne!(m.placed["pinned"], "b");
         // b is back: the gateway returns to it and the record goes.
         assert_eq!(gateways(&m, &all())["pinned"], "b");
-        let kept = records(&m, &all(), Weigh::Tenants, &BTreeMap::new());
+        let kept = records(&m, &all(), GatewayPlacement::Tenants, &BTreeMap::new());
         assert_eq!(kept.keys().collect::<Vec<_>>(), ["auto"]);
         // A record of a tenant deleted goes too.
         m.placed.insert("deleted".to_owned(), "a".to_owned());
-        assert!(!records(&m, &all(), Weigh::Tenants, &BTreeMap::new()).contains_key("deleted"));
+        assert!(
+            !records(&m, &all(), GatewayPlacement::Tenants, &BTreeMap::new())
+                .contains_key("deleted")
+        );
     }
 
     #[test]
@@ -357,7 +360,7 @@ mod tests {
         let reports: BTreeMap<String, f64> = [("b".to_owned(), 300e6), ("c".to_owned(), 100e6)]
             .into_iter()
             .collect();
-        let placed = records(&m, &all(), Weigh::Traffic, &reports);
+        let placed = records(&m, &all(), GatewayPlacement::Traffic, &reports);
         // Each new gateway is expected to send the mean, 200 Mbit/s: a (0) takes n1,
         // then c (100) takes n2, then a (200) against b (300) and c (300): a again.
         assert_eq!(
@@ -365,12 +368,15 @@ mod tests {
             ["a", "c", "a"]
         );
         // By tenant count the busy host is as good as any: b (one gateway) gets one.
-        let by_count = records(&m, &all(), Weigh::Tenants, &reports);
+        let by_count = records(&m, &all(), GatewayPlacement::Tenants, &reports);
         assert!(by_count.values().any(|h| h == "b"), "{by_count:?}");
         // Traffic under a step counts as none.
         let idle: BTreeMap<String, f64> = [("a".to_owned(), 0.4e6)].into_iter().collect();
         m.tenants.retain(|t| t.name != "n2" && t.name != "n3");
-        assert_eq!(records(&m, &all(), Weigh::Traffic, &idle)["n1"], "a");
+        assert_eq!(
+            records(&m, &all(), GatewayPlacement::Traffic, &idle)["n1"],
+            "a"
+        );
     }
 
     #[test]

@@ -325,3 +325,27 @@ fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change(
         .expect("a record the placer rewrote does not block a change that drops it");
     assert!(etcd.get_prefix("/place/placed/").unwrap().is_empty());
 }
+
+#[test]
+fn a_host_reloading_before_its_watch_brings_its_own_write_can_write_again() {
+    use control::model::Model;
+    use control::store::EtcdStore;
+    let etcd = Etcd::start().unwrap();
+    let config = control::config::Config::parse(
+        "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
+         [[tenant]]\nname = \"red\"\nid = 100\n",
+        |_| None,
+    )
+    .unwrap();
+    let seed = Model::of(&config);
+    let a = EtcdStore::new(vec![etcd.url().to_owned()], "/own", "a");
+    assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
+    a.save(&seed).unwrap();
+    // No watch runs: the store's copy of the keys is what the first load read.
+    let mut model = a.load_cached(&seed).unwrap().expect("its own write");
+    model.tenants[0].max_macs = Some(10);
+    a.save(&model)
+        .expect("a write over this host's own earlier one is no conflict");
+    let again = a.load_cached(&seed).unwrap().unwrap();
+    assert_eq!(again.tenants[0].max_macs, Some(10));
+}

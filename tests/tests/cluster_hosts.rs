@@ -241,20 +241,12 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
     // b's runs throughout and no half second of it stalls, and a steady ping loses
     // nothing; forwarding goes on with the tables in force. Once etcd is back, a
     // change made through a reaches d.
-    let _receiver = hosts[1].containers[0]
-        .0
-        .command("iperf3")
-        .args(["-s", "-1", "-B", "10.1.0.2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let _receiver = iperf_server(&hosts[1].containers[0].0, "10.1.0.2");
+    // Capped, so the switches and etcd keep some of the two CPUs.
     let stream = hosts[0].containers[0]
         .0
         .command("iperf3")
-        .args(["-c", "10.1.0.2", "-t", "6", "-i", "0.5", "-J"])
+        .args(["-c", "10.1.0.2", "-t", "6", "-i", "0.5", "-b", "200M", "-J"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -385,6 +377,27 @@ impl Drop for Reaped {
     }
 }
 
+/// A one-test iperf3 server in `ns` on `address`, listening when this returns.
+fn iperf_server(ns: &Netns, address: &str) -> Reaped {
+    let server = ns
+        .command("iperf3")
+        .args(["-s", "-1", "-B", address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let listening = || {
+        ns.exec("ss", &["-Hltn", &format!("src {address}:5201")])
+            .is_ok_and(|out| out.contains("5201"))
+    };
+    assert!(
+        wait_until(listening),
+        "iperf3 is not listening on {address}"
+    );
+    server
+}
+
 /// Whether `done` came true within 10 s.
 fn wait_until(mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -438,16 +451,7 @@ fn gateways_placed_by_traffic_keep_off_the_host_that_sends_the_most() {
         .exec("ip", &["route", "add", "default", "via", "10.13.0.1"])
         .unwrap();
     wait_for_ping(sender, SERVER);
-    let _server = fabric
-        .ns
-        .command("iperf3")
-        .args(["-s", "-1", "-B", SERVER])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let _server = iperf_server(&fabric.ns, SERVER);
     let client = sender
         .command("iperf3")
         .args(["-c", SERVER, "-u", "-b", "20M", "-l", "1200", "-t", "60"])
@@ -501,7 +505,12 @@ fn gateways_placed_by_traffic_keep_off_the_host_that_sends_the_most() {
         "\"c\""
     );
     for host in &hosts {
-        assert_eq!(gateway_on(host, "fresh"), "c", "as {} sees it", host.name);
+        assert!(
+            wait_until(|| gateway_on(host, "fresh") == "c"),
+            "{} sees fresh's gateway on {}",
+            host.name,
+            gateway_on(host, "fresh")
+        );
     }
     // And it routes there: a container of fresh on a reaches its gateway on c.
     hosts[0].container_of("fresh", "10.15.0.10");

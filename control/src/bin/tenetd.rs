@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                 &plan.host,
                 plan.lease_s,
             )
-            .weighing(plan.weigh);
+            .placing_gateways_by(plan.gateway_placement);
             // Registered before the first load, so this host counts itself alive and
             // the others add it as soon as they see the key.
             if let Err(e) = etcd.register() {
@@ -148,6 +148,7 @@ fn main() -> ExitCode {
                 .and_then(|s| serde_json::to_value(s.effective(&model)).ok()),
             model,
             store,
+            placement_pending: false,
         },
         RunOptions {
             stats_interval: args.stats_interval,

@@ -592,13 +592,15 @@ pub struct EtcdPlan {
     /// Lease time of this host's registration, in seconds.
     pub lease_s: u64,
     /// What places floating gateways when this host is the placer.
-    pub weigh: crate::placement::Weigh,
+    pub gateway_placement: crate::placement::GatewayPlacement,
 }
 
 impl Config {
     fn etcd_plan(&self) -> Result<Option<EtcdPlan>, ConfigError> {
         let control = &self.control;
-        let Some(weigh) = crate::placement::Weigh::parse(&control.gateway_placement) else {
+        let Some(gateway_placement) =
+            crate::placement::GatewayPlacement::parse(&control.gateway_placement)
+        else {
             return Err(invalid(
                 "control.gateway_placement",
                 format!(
@@ -652,7 +654,7 @@ impl Config {
             prefix: prefix.clone(),
             host,
             lease_s: control.etcd_lease_s,
-            weigh,
+            gateway_placement,
         }))
     }
 }

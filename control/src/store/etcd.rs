@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use crate::config::switching::EndpointSpec;
 use crate::model::Model;
-use crate::placement::{self, Weigh, TRAFFIC_STEP_BPS};
+use crate::placement::{self, GatewayPlacement, TRAFFIC_STEP_BPS};
 
 /// Operations per etcd transaction (etcd refuses more than 128).
 const MAX_TXN_OPS: usize = 64;
@@ -95,7 +95,7 @@ pub struct EtcdStore {
     /// The lease this host is registered under, revoked when it stops.
     lease: Arc<Mutex<Option<String>>>,
     /// What places floating gateways when this host is the placer.
-    weigh: Weigh,
+    gateway_placement: GatewayPlacement,
     /// Bits a second this host's gateways send out (an `f64`'s bits), reported with
     /// the lease.
     egress_bps: Arc<AtomicU64>,
@@ -122,14 +122,14 @@ impl EtcdStore {
             loaded_at: AtomicI64::new(0),
             stop: Arc::new(AtomicBool::new(false)),
             lease: Arc::new(Mutex::new(None)),
-            weigh: Weigh::Tenants,
+            gateway_placement: GatewayPlacement::Tenants,
             egress_bps: Arc::new(AtomicU64::new(0f64.to_bits())),
         }
     }
 
-    /// The same, placing floating gateways by `weigh` when this host is the placer.
-    pub fn weighing(mut self, weigh: Weigh) -> Self {
-        self.weigh = weigh;
+    /// The same, placing floating gateways `by` count or traffic when this host is the placer.
+    pub fn placing_gateways_by(mut self, by: GatewayPlacement) -> Self {
+        self.gateway_placement = by;
         self
     }
 
@@ -146,10 +146,18 @@ impl EtcdStore {
         let mut reports = BTreeMap::new();
         for (key, value, _) in kvs {
             let host = key.strip_prefix(&start).unwrap_or_default();
-            let report: Value = serde_json::from_str(&value)
-                .with_context(|| format!("etcd key {key} (a traffic report)"))?;
-            if let Some(bps) = report["egress_bps"].as_f64() {
-                reports.insert(host.to_owned(), bps);
+            let bps = serde_json::from_str::<Value>(&value)
+                .ok()
+                .and_then(|report| report["egress_bps"].as_f64())
+                .filter(|bps| bps.is_finite() && *bps >= 0.0);
+            match bps {
+                Some(bps) => {
+                    reports.insert(host.to_owned(), bps);
+                }
+                // One host's garbled report must not cost the others theirs.
+                None => {
+                    tracing::warn!(%key, %value, "not a traffic report; that host counts as idle")
+                }
             }
         }
         Ok(reports)
@@ -172,20 +180,20 @@ impl EtcdStore {
             return None;
         }
         let none = BTreeMap::new();
-        let mut records = placement::records(model, &alive, Weigh::Tenants, &none);
+        let mut records = placement::records(model, &alive, GatewayPlacement::Tenants, &none);
         if records == model.placed {
             return None;
         }
-        if self.weigh == Weigh::Traffic {
+        if self.gateway_placement == GatewayPlacement::Traffic {
             let reports = self.egress_reports().unwrap_or_else(|e| {
                 tracing::warn!(error = %format!("{e:#}"), "no traffic reports; placing gateways by tenant count");
                 none
             });
-            records = placement::records(model, &alive, Weigh::Traffic, &reports);
+            records = placement::records(model, &alive, GatewayPlacement::Traffic, &reports);
         }
         for (tenant, host) in &records {
             if model.placed.get(tenant) != Some(host) {
-                tracing::info!(tenant = %tenant, host = %host, weigh = ?self.weigh, "placed a gateway");
+                tracing::info!(tenant = %tenant, host = %host, by = ?self.gateway_placement, "placed a gateway");
             }
         }
         let mut placed = model.clone();
@@ -697,8 +705,8 @@ impl Lease {
 
     fn keep(self, mut id: String) {
         let period = Duration::from_millis((self.ttl * 1000 / 3).max(200));
-        // The step of traffic last reported; no report counts as none sent.
-        let mut reported = 0;
+        // The rate last reported; no report stands for none.
+        let mut reported = 0.0;
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(period);
             match self.renew(&id) {
@@ -706,7 +714,7 @@ impl Lease {
                 Ok(false) => match self.grant() {
                     Ok(new) => {
                         id = new;
-                        reported = 0;
+                        reported = 0.0;
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "could not register again");
@@ -716,11 +724,12 @@ impl Lease {
                 // etcd away: the lease may outlive it; try again next period.
                 Err(_) => continue,
             }
+            // Written when it moved by a step or 5 %, whichever is more: a rate that
+            // wanders around a step, or a busy host's, does not write every period.
             let bps = f64::from_bits(self.egress_bps.load(Ordering::Relaxed));
-            let step = (bps / TRAFFIC_STEP_BPS).floor() as u64;
-            if step != reported {
+            if (bps - reported).abs() > TRAFFIC_STEP_BPS.max(reported * 0.05) {
                 match self.report(&id, bps) {
-                    Ok(()) => reported = step,
+                    Ok(()) => reported = bps,
                     Err(e) => {
                         tracing::debug!(error = %format!("{e:#}"), "could not report traffic")
                     }
