@@ -246,8 +246,12 @@ mod tests {
         )
     }
 
+    fn hosts(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|h| h.to_string()).collect()
+    }
+
     fn all() -> BTreeSet<String> {
-        ["a", "b", "c"].iter().map(|h| h.to_string()).collect()
+        hosts(&["a", "b", "c"])
     }
 
     #[test]
@@ -270,7 +274,7 @@ mod tests {
             ["b", "c", "a", "a", "b"]
         );
         // b goes down: its pinned gateway and the auto ones are placed among a and c.
-        let without_b: BTreeSet<String> = ["a", "c"].iter().map(|h| h.to_string()).collect();
+        let without_b = hosts(&["a", "c"]);
         let placed = gateways(&m, &without_b);
         assert!(placed.values().all(|h| h != "b"), "{placed:?}");
         assert_eq!(placed["p2"], "c", "central stays on the living egress host");
@@ -326,7 +330,7 @@ mod tests {
     #[test]
     fn records_of_gateways_no_longer_floating_or_gone_are_dropped() {
         let mut m = model(&[tenant("pinned", 1, "b"), tenant("auto", 2, "auto")].concat());
-        let without_b: BTreeSet<String> = ["a", "c"].iter().map(|h| h.to_string()).collect();
+        let without_b = hosts(&["a", "c"]);
         // b is down: its pinned gateway floats and is recorded elsewhere.
         m.placed = records(&m, &without_b, GatewayPlacement::Tenants, &BTreeMap::new());
         assert!(m.placed.contains_key("pinned"), "{:?}", m.placed);
@@ -400,7 +404,7 @@ mod tests {
         assert_eq!(names, ["mine", "gw-here"]);
         assert_eq!(v.endpoints.len(), 1, "only mine's endpoint on c");
         // c goes down: its endpoint goes, and so does c.
-        let without_c: BTreeSet<String> = ["a", "b"].iter().map(|h| h.to_string()).collect();
+        let without_c = hosts(&["a", "b"]);
         let v = view(&m, &without_c, "a");
         assert!(v.endpoints.is_empty());
         assert!(v.hosts.iter().all(|h| h.name != "c"));

@@ -221,18 +221,19 @@ fn a_cluster_store_config_is_checked_field_by_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("switch.host"));
 }
 
+/// The model of a config's text, as a host seeds the cluster store with it.
+fn seed(config: &str) -> control::model::Model {
+    control::model::Model::of(&control::config::Config::parse(config, |_| None).unwrap())
+}
+
 #[test]
 fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
-    use control::model::Model;
     use control::store::{Conflict, EtcdStore};
     let etcd = Etcd::start().unwrap();
-    let config = control::config::Config::parse(
+    let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[tenant]]\nname = \"red\"\nid = 100\nvlan = 10\n",
-        |_| None,
-    )
-    .unwrap();
-    let seed = Model::of(&config);
+    );
     let a = EtcdStore::new(vec![etcd.url().to_owned()], "/race", "a");
     let b = EtcdStore::new(vec![etcd.url().to_owned()], "/race", "b");
     assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
@@ -277,19 +278,15 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
 
 #[test]
 fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change() {
-    use control::model::Model;
     use control::store::EtcdStore;
     let etcd = Etcd::start().unwrap();
-    let config = control::config::Config::parse(
+    let seed = seed(
         "[switch]\nhost = \"a\"\n\
          [[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[host]]\nname = \"b\"\nunderlay_ip = \"192.0.2.2/24\"\n\
          [[tenant]]\nname = \"blue\"\nid = 200\nsubnets = [\"10.2.0.1/24\"]\n\
          gateway_host = \"auto\"\n",
-        |_| None,
-    )
-    .unwrap();
-    let seed = Model::of(&config);
+    );
     let store = |host: &str| EtcdStore::with_lease(vec![etcd.url().to_owned()], "/place", host, 5);
     let (a, b) = (store("a"), store("b"));
     a.register().unwrap();
@@ -328,16 +325,12 @@ fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change(
 
 #[test]
 fn a_host_reloading_before_its_watch_brings_its_own_write_can_write_again() {
-    use control::model::Model;
     use control::store::EtcdStore;
     let etcd = Etcd::start().unwrap();
-    let config = control::config::Config::parse(
+    let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[tenant]]\nname = \"red\"\nid = 100\n",
-        |_| None,
-    )
-    .unwrap();
-    let seed = Model::of(&config);
+    );
     let a = EtcdStore::new(vec![etcd.url().to_owned()], "/own", "a");
     assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
     a.save(&seed).unwrap();
