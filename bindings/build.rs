@@ -17,6 +17,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_eal_hotplug_remove",
     "rte_pktmbuf_pool_create",
     "rte_pktmbuf_free_bulk",
+    "__rte_pktmbuf_linearize",
     "rte_mempool_free",
     "rte_mempool_in_use_count",
     "rte_ring_create",

@@ -528,6 +528,10 @@ fn containers(args: ContainersArgs) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // Before any thread starts: the generator's ports may be AF_XDP.
+    if let Some(note) = dataplane::dpdk::prepare_process() {
+        eprintln!("tenet-bench: {note}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gen(args) => gen(args),

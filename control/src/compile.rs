@@ -32,6 +32,40 @@ pub struct Learned {
     pub seen: Instant,
 }
 
+/// Where the configured tenants and hosts sit in the tables: their stable slots
+/// ([`crate::slots`]) by position in the plan's lists. A tenant without a slot (every
+/// slot taken) is left out of the tables.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ids {
+    /// Slot of each `plan.tenants[i]`.
+    pub tenants: Vec<Option<TenantIdx>>,
+    /// Slot of each `plan.hosts[i]`.
+    pub hosts: Vec<HostIdx>,
+}
+
+impl Ids {
+    /// Slots in plan order (0, 1, 2, ...): what a switch that never changes needs
+    /// (tests, benchmarks, the first tables of a fresh start).
+    pub fn dense(plan: &SwitchPlan) -> Self {
+        Self {
+            tenants: (0..plan.tenants.len())
+                .map(|t| Some(t as TenantIdx))
+                .collect(),
+            hosts: (0..plan.hosts.len()).map(|h| h as HostIdx).collect(),
+        }
+    }
+
+    /// The slot of tenant `t` (a plan position).
+    pub fn tenant(&self, t: usize) -> Option<TenantIdx> {
+        self.tenants.get(t).copied().flatten()
+    }
+
+    /// The slot of host `h` (a plan position).
+    pub fn host(&self, h: usize) -> HostIdx {
+        self.hosts.get(h).copied().unwrap_or(HostIdx::MAX)
+    }
+}
+
 /// What the control plane knows beyond the config.
 #[derive(Debug, Default, Clone)]
 pub struct Dynamic {
@@ -43,6 +77,8 @@ pub struct Dynamic {
     pub tenant_neighbors: HashMap<(TenantIdx, Ipv4Addr), (Mac, Instant)>,
     /// The port id being captured, if any.
     pub capture: Option<u16>,
+    /// The tables' [`FlowTables::retired`] mark.
+    pub retired: u64,
 }
 
 /// The underlay facts of this host, if it has an uplink.
@@ -56,15 +92,15 @@ pub struct Underlay {
     pub ip: Ipv4Addr,
 }
 
-/// This host's uplink identity.
-pub fn underlay(config: &Validated, ports: &[PortInfo]) -> Option<Underlay> {
+/// This host's uplink identity (none while the uplink's device is down).
+pub fn underlay(config: &Validated, ports: &[Option<PortInfo>]) -> Option<Underlay> {
     let plan = &config.switching;
     let host = &plan.hosts[plan.this_host?];
     plan.roles
         .iter()
         .zip(ports)
-        .find_map(|(role, port)| match role {
-            RolePlan::Uplink(mac) => Some(Underlay {
+        .find_map(|(role, port)| match (role, port) {
+            (RolePlan::Uplink(mac), Some(port)) => Some(Underlay {
                 port: port.id,
                 mac: mac.unwrap_or(port.mac),
                 ip: host.ip,
@@ -128,60 +164,76 @@ pub fn tunnel_hosts(plan: &SwitchPlan) -> Vec<usize> {
     hosts
 }
 
-/// Builds the snapshot.
-pub fn compile(config: &Validated, ports: &[PortInfo], dynamic: &Dynamic) -> FlowTables {
+/// Builds the snapshot. `ports` runs parallel to the config's ports (`None`: its device
+/// is down, so it has no role); `ids` gives each tenant and host its slot.
+pub fn compile(
+    config: &Validated,
+    ports: &[Option<PortInfo>],
+    ids: &Ids,
+    dynamic: &Dynamic,
+) -> FlowTables {
     let plan = &config.switching;
     let mut b = TablesBuilder::new(plan.design, plan.is_hub());
     b.tunnel_ip_options(plan.tunnel_ttl, plan.tunnel_dont_fragment);
-    for t in &plan.tenants {
-        b.tenant(t.id, t.vlan);
+    b.retired(dynamic.retired);
+    for (t, tenant) in plan.tenants.iter().enumerate() {
+        if let Some(slot) = ids.tenant(t) {
+            b.tenant_in(slot, tenant.id, tenant.vlan);
+        }
     }
-    for (i, (role, port)) in plan.roles.iter().zip(ports).enumerate() {
+    for (role, port) in plan.roles.iter().zip(ports) {
+        let Some(port) = port else {
+            continue;
+        };
         match role {
-            RolePlan::None => {}
+            RolePlan::None | RolePlan::Uplink(_) => {}
             RolePlan::Access {
                 tenant,
                 allowed_macs,
                 allowed_ips,
             } => {
+                let Some(slot) = ids.tenant(*tenant) else {
+                    continue;
+                };
                 let security =
                     (!allowed_macs.is_empty() || !allowed_ips.is_empty()).then(|| PortSecurity {
                         macs: allowed_macs.clone(),
                         ips: allowed_ips.clone(),
                     });
-                b.access_port(port.id, *tenant as TenantIdx, security);
+                b.access_port(port.id, slot, security);
             }
             RolePlan::Trunk(tenants) => {
-                let carried: Vec<TenantIdx> = tenants.iter().map(|&t| t as TenantIdx).collect();
+                let carried: Vec<TenantIdx> =
+                    tenants.iter().filter_map(|&t| ids.tenant(t)).collect();
                 b.trunk_port(port.id, &carried);
             }
-            RolePlan::Uplink(_) => {}
         }
-        let _ = i;
     }
     for &(from, to) in &config.cross_connects {
-        b.cross_connect(ports[from].id, ports[to].id);
+        if let (Some(Some(from)), Some(Some(to))) = (ports.get(from), ports.get(to)) {
+            b.cross_connect(from.id, to.id);
+        }
     }
     if let Some(up) = underlay(config, ports) {
         b.uplink(up.port, up.mac, up.ip);
         let mut hub_tunnel = None;
         for host in tunnel_hosts(plan) {
             let tunnel = b.tunnel(
-                host as HostIdx,
+                ids.host(host),
                 plan.hosts[host].ip,
                 next_hop_mac(plan, host, dynamic),
             );
             match plan.design {
                 Design::Dedicated => {
                     for (t, tenant) in plan.tenants.iter().enumerate() {
-                        if tenant.hosts.contains(&host) {
-                            b.tunnel_carries(tunnel, t as TenantIdx);
+                        if let (true, Some(slot)) = (tenant.hosts.contains(&host), ids.tenant(t)) {
+                            b.tunnel_carries(tunnel, slot);
                         }
                     }
                 }
                 Design::Shared => {
-                    for t in 0..plan.tenants.len() {
-                        b.tunnel_carries(tunnel, t as TenantIdx);
+                    for slot in (0..plan.tenants.len()).filter_map(|t| ids.tenant(t)) {
+                        b.tunnel_carries(tunnel, slot);
                     }
                     if !plan.is_hub() {
                         hub_tunnel = Some(tunnel);
@@ -192,7 +244,7 @@ pub fn compile(config: &Validated, ports: &[PortInfo], dynamic: &Dynamic) -> Flo
         // A spoke reaches every other host through the hub.
         if let (Some(tunnel), Some(me)) = (hub_tunnel, plan.this_host) {
             for host in (0..plan.hosts.len()).filter(|&h| h != me) {
-                b.host_via(host as HostIdx, tunnel);
+                b.host_via(ids.host(host), tunnel);
             }
         }
     }
@@ -201,37 +253,43 @@ pub fn compile(config: &Validated, ports: &[PortInfo], dynamic: &Dynamic) -> Flo
     }
     b.reserve_macs(plan.endpoints.len() + dynamic.learned.len());
     for e in &plan.endpoints {
-        let location = match e.at {
-            EndpointAt::Port(p) => Location::Port(ports[p].id),
-            EndpointAt::Host(h) => Location::Host(h as HostIdx),
+        let Some(slot) = ids.tenant(e.tenant) else {
+            continue;
         };
-        b.static_mac(e.tenant as TenantIdx, e.mac, location);
+        let location = match e.at {
+            EndpointAt::Port(p) => match ports.get(p).copied().flatten() {
+                Some(port) => Location::Port(port.id),
+                None => continue,
+            },
+            EndpointAt::Host(h) => Location::Host(ids.host(h)),
+        };
+        b.static_mac(slot, e.mac, location);
     }
     for (&(tenant, mac), learned) in &dynamic.learned {
         b.learned_mac(tenant, mac, learned.location);
     }
-    routing(config, &mut b, dynamic);
+    routing(config, &mut b, ids, dynamic);
     b.build()
 }
 
 /// The routers, their routes and neighbours, published ports and the way out.
-fn routing(config: &Validated, b: &mut TablesBuilder, dynamic: &Dynamic) {
+fn routing(config: &Validated, b: &mut TablesBuilder, ids: &Ids, dynamic: &Dynamic) {
     let plan = &config.switching;
     let gateway = &config.gateway;
     b.nat(gateway.nat);
     let mut snat_here = false;
     for (t, router) in gateway.routers.iter().enumerate() {
-        let Some(r) = router else {
+        let (Some(r), Some(slot)) = (router, ids.tenant(t)) else {
             continue;
         };
         let here = r.placement == Placement::Here;
         let location = match r.placement {
             Placement::Here => Location::Router,
-            Placement::Host(h) => Location::Host(h as HostIdx),
+            Placement::Host(h) => Location::Host(ids.host(h)),
         };
         snat_here |= here && r.snat_ip.is_some();
         b.router(
-            t as TenantIdx,
+            slot,
             Router {
                 mac: r.mac,
                 interfaces: r
@@ -250,29 +308,29 @@ fn routing(config: &Validated, b: &mut TablesBuilder, dynamic: &Dynamic) {
             continue;
         }
         for &p in &r.peers {
+            let Some(peer) = ids.tenant(p) else {
+                continue;
+            };
             for &(ip, prefix) in gateway.routers[p].iter().flat_map(|o| &o.interfaces) {
-                b.route(
-                    t as TenantIdx,
-                    ip,
-                    prefix,
-                    RouteTarget::Direct(p as TenantIdx),
-                );
+                b.route(slot, ip, prefix, RouteTarget::Direct(peer));
             }
         }
     }
     for route in &gateway.routes {
-        if gateway.is_here(route.tenant) {
-            let t = route.tenant as TenantIdx;
-            let via = route.via_tenant as TenantIdx;
+        if let (true, Some(t), Some(via)) = (
+            gateway.is_here(route.tenant),
+            ids.tenant(route.tenant),
+            ids.tenant(route.via_tenant),
+        ) {
             b.route(t, route.ip, route.prefix, RouteTarget::Via(via, route.via));
         }
     }
     for p in &gateway.published {
-        if gateway.is_here(p.tenant) {
+        if let (true, Some(tenant)) = (gateway.is_here(p.tenant), ids.tenant(p.tenant)) {
             b.publish(
                 p.protocol,
                 Published {
-                    tenant: p.tenant as TenantIdx,
+                    tenant,
                     ip: p.ip,
                     port: p.port,
                     external_ip: p.external_ip,
@@ -286,8 +344,8 @@ fn routing(config: &Validated, b: &mut TablesBuilder, dynamic: &Dynamic) {
         b.neighbor(tenant, ip, mac);
     }
     for e in &plan.endpoints {
-        if let Some(ip) = e.ip {
-            b.neighbor(e.tenant as TenantIdx, ip, e.mac);
+        if let (Some(ip), Some(slot)) = (e.ip, ids.tenant(e.tenant)) {
+            b.neighbor(slot, ip, e.mac);
         }
     }
     if let (true, Some(hop)) = (snat_here, plan.underlay_gateway) {

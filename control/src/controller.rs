@@ -13,10 +13,13 @@ use dataplane::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{Event, EventQueue};
 use dataplane::table::publish::TablePublisher;
-use dataplane::table::{Location, TenantIdx};
+use dataplane::table::{Design, HostIdx, Location, TenantIdx};
 
-use crate::compile::{self, Dynamic, Learned, PortInfo};
+use crate::compile::{self, Dynamic, Ids, Learned, PortInfo};
+use crate::config::gateway::Placement;
+use crate::config::switching::{RolePlan, TenantPlan};
 use crate::config::Validated;
+use crate::slots::Slots;
 
 /// How often unresolved next hops are asked for again.
 const ARP_RETRY: Duration = Duration::from_secs(1);
@@ -32,6 +35,9 @@ pub struct ControlStats {
     pub learned: u64,
     /// Learn events refused because the tenant reached its MAC cap.
     pub learn_refused: u64,
+    /// Learn events refused because their port, host or tenant is gone (or the port
+    /// now serves another tenant): queued before a change, applied after it.
+    pub learn_stale: u64,
     /// Learned MACs aged out.
     pub aged: u64,
     /// Snapshots published.
@@ -47,13 +53,26 @@ pub struct ControlStats {
 /// How many times a router asks for a neighbour before giving up (until the next miss).
 const ROUTER_ARP_TRIES: u32 = 3;
 
+/// Tenant slots a host can give out (one value means "no tenant" in the tables).
+const TENANT_SLOTS: u16 = TenantIdx::MAX;
+
 /// The control plane's view of the running switch.
 pub struct Controller {
     config: Arc<Validated>,
-    ports: Vec<PortInfo>,
+    /// Parallel to the config's ports; `None` while a port's device is down.
+    ports: Vec<Option<PortInfo>>,
+    tenant_slots: Slots<(u32, String)>,
+    host_slots: Slots<String>,
+    ids: Ids,
+    /// Plan position of each tenant slot in use.
+    tenant_at: HashMap<TenantIdx, usize>,
+    /// Plan position of each host slot in use.
+    host_at: HashMap<HostIdx, usize>,
+    /// The tenants each port id carries (one for an access port, a trunk's VLANs).
+    port_tenants: HashMap<u16, Vec<TenantIdx>>,
     dynamic: Dynamic,
     statics: HashSet<(TenantIdx, Mac)>,
-    per_tenant: Vec<u32>,
+    per_tenant: HashMap<TenantIdx, u32>,
     publisher: TablePublisher,
     queues: Vec<Arc<EventQueue>>,
     injector: Option<RingProducer>,
@@ -69,30 +88,37 @@ pub struct Controller {
     stats: ControlStats,
 }
 
+/// What a tenant is, for its slot: deleted and created again under another name or
+/// id, it is another tenant and gets another slot.
+fn tenant_key(t: &TenantPlan) -> (u32, String) {
+    (t.id, t.name.clone())
+}
+
 impl Controller {
-    /// A controller publishing to `publisher` the tables of `config` over `ports`.
+    /// A controller publishing to `publisher` the tables of `config` over `ports`
+    /// (parallel to the config's ports, `None` where a device is down); it publishes
+    /// the first tables at once.
     pub fn new(
         config: Arc<Validated>,
-        ports: Vec<PortInfo>,
+        ports: Vec<Option<PortInfo>>,
         publisher: TablePublisher,
         queues: Vec<Arc<EventQueue>>,
         injector: Option<RingProducer>,
         router_injector: Option<RingProducer>,
     ) -> Self {
-        let statics = config
-            .switching
-            .endpoints
-            .iter()
-            .map(|e| (e.tenant as TenantIdx, e.mac))
-            .collect();
-        let per_tenant = vec![0; config.switching.tenants.len()];
         let now = Instant::now();
-        Self {
-            config,
-            ports,
+        let mut controller = Self {
+            config: Arc::clone(&config),
+            ports: Vec::new(),
+            tenant_slots: Slots::new(TENANT_SLOTS),
+            host_slots: Slots::new(HostIdx::MAX),
+            ids: Ids::default(),
+            tenant_at: HashMap::new(),
+            host_at: HashMap::new(),
+            port_tenants: HashMap::new(),
             dynamic: Dynamic::default(),
-            statics,
-            per_tenant,
+            statics: HashSet::new(),
+            per_tenant: HashMap::new(),
             publisher,
             queues,
             injector,
@@ -104,68 +130,179 @@ impl Controller {
             last_arp: None,
             last_refresh: now,
             stats: ControlStats::default(),
-        }
+        };
+        controller.take(config, ports);
+        controller.publisher.publish(controller.compile());
+        controller
     }
 
-    /// Switches to a changed configuration (same ports): learned MACs of tenants that
-    /// remain are kept (re-indexed by tenant id), the rest forgotten; a new snapshot is
-    /// published at the next step.
-    pub fn reconfigure(&mut self, config: Arc<Validated>, ports: Vec<PortInfo>) {
-        self.ports = ports;
-        let old_ids: Vec<u32> = self.config.switching.tenants.iter().map(|t| t.id).collect();
-        let new_index: std::collections::HashMap<u32, TenantIdx> = config
-            .switching
-            .tenants
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.id, i as TenantIdx))
-            .collect();
-        let statics: HashSet<(TenantIdx, Mac)> = config
-            .switching
-            .endpoints
-            .iter()
-            .map(|e| (e.tenant as TenantIdx, e.mac))
-            .collect();
-        let mut per_tenant = vec![0u32; config.switching.tenants.len()];
-        let learned = std::mem::take(&mut self.dynamic.learned);
-        for ((tenant, mac), entry) in learned {
-            let Some(&idx) = old_ids
-                .get(usize::from(tenant))
-                .and_then(|id| new_index.get(id))
-            else {
-                continue;
-            };
-            if statics.contains(&(idx, mac))
-                || per_tenant[usize::from(idx)]
-                    >= config.switching.tenants[usize::from(idx)].max_macs
-            {
-                continue;
-            }
-            per_tenant[usize::from(idx)] += 1;
-            self.dynamic.learned.insert((idx, mac), entry);
-        }
-        let neighbors = std::mem::take(&mut self.dynamic.tenant_neighbors);
-        for ((tenant, ip), entry) in neighbors {
-            if let Some(&idx) = old_ids
-                .get(usize::from(tenant))
-                .and_then(|id| new_index.get(id))
-            {
-                self.dynamic.tenant_neighbors.insert((idx, ip), entry);
-            }
-        }
+    /// Switches to a changed configuration: every tenant and host keeps its slot,
+    /// newcomers get free ones. What the change took away goes at once, not at aging:
+    /// learned MACs and router neighbours of tenants that left, MACs learned on ports
+    /// that are gone or now serve other tenants, or behind hosts that left; workers
+    /// drop their SNAT sessions and held frames of it when they take the new tables.
+    /// A new snapshot is published at the next step.
+    pub fn reconfigure(&mut self, config: Arc<Validated>, ports: Vec<Option<PortInfo>>) {
+        let gateways_before = self.gateways_here();
+        let ports_before: HashSet<u16> = self.ports.iter().flatten().map(|p| p.id).collect();
+        let retired = self.take(config, ports);
+        let ports_now: HashSet<u16> = self.ports.iter().flatten().map(|p| p.id).collect();
+        let port_gone = ports_before.difference(&ports_now).next().is_some();
+        let gateway_gone = gateways_before
+            .difference(&self.gateways_here())
+            .next()
+            .is_some();
+        let learned = self.dynamic.learned.len();
+        let (learned_ok, per_tenant) = {
+            let mut per_tenant: HashMap<TenantIdx, u32> = HashMap::new();
+            let learned = std::mem::take(&mut self.dynamic.learned);
+            let kept: HashMap<(TenantIdx, Mac), Learned> = learned
+                .into_iter()
+                .filter(|&((tenant, mac), entry)| {
+                    self.may_learn(tenant, entry.location) && !self.statics.contains(&(tenant, mac))
+                })
+                .filter(|&((tenant, _), _)| {
+                    let count = per_tenant.entry(tenant).or_default();
+                    *count += 1;
+                    *count <= self.max_macs(tenant)
+                })
+                .collect();
+            (kept, per_tenant)
+        };
+        let forgot = learned_ok.len() < learned;
+        self.dynamic.learned = learned_ok;
+        self.per_tenant = per_tenant;
+        let tenant_at = &self.tenant_at;
+        self.dynamic
+            .tenant_neighbors
+            .retain(|(tenant, _), _| tenant_at.contains_key(tenant));
         self.misses.clear();
         // A gateway that moved away is announced again when it comes back.
-        self.announced.retain(|id| {
-            new_index
-                .get(id)
-                .is_some_and(|&t| config.gateway.is_here(usize::from(t)))
-        });
-        self.per_tenant = per_tenant;
-        self.statics = statics;
-        self.config = config;
+        let here: HashSet<u32> = self
+            .config
+            .gateway
+            .routers
+            .iter()
+            .zip(&self.config.switching.tenants)
+            .filter(|(r, _)| matches!(r, Some(r) if r.placement == Placement::Here))
+            .map(|(_, t)| t.id)
+            .collect();
+        self.announced.retain(|id| here.contains(id));
+        if retired || port_gone || gateway_gone || forgot {
+            self.dynamic.retired += 1;
+        }
         // Next hops may have changed with the hosts: resolve now, not in a second.
         self.last_arp = None;
         self.dirty = true;
+    }
+
+    /// Takes `config` and `ports` and gives every tenant and host its slot; true when
+    /// a tenant or host left (its slot retires).
+    fn take(&mut self, config: Arc<Validated>, ports: Vec<Option<PortInfo>>) -> bool {
+        let plan = &config.switching;
+        // The first tables without what leaves carry the next version.
+        let version = self.publisher.version() + 1;
+        let keys: Vec<(u32, String)> = plan.tenants.iter().map(tenant_key).collect();
+        let (tenants, retired_tenants) = self.tenant_slots.assign(&keys, version);
+        for (t, slot) in plan.tenants.iter().zip(&tenants) {
+            if slot.is_none() {
+                tracing::error!(tenant = %t.name, "no tenant slot left on this host; the tenant is left out of the tables");
+            }
+        }
+        let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+        let (hosts, retired_hosts) = self.host_slots.assign(&names, version);
+        self.ids = Ids {
+            tenants,
+            hosts: hosts
+                .into_iter()
+                .map(|h| h.unwrap_or(HostIdx::MAX))
+                .collect(),
+        };
+        self.tenant_at = self
+            .ids
+            .tenants
+            .iter()
+            .enumerate()
+            .filter_map(|(t, slot)| Some(((*slot)?, t)))
+            .collect();
+        self.host_at = self
+            .ids
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(h, &slot)| (slot, h))
+            .collect();
+        self.port_tenants = HashMap::new();
+        for (role, port) in plan.roles.iter().zip(&ports) {
+            let Some(port) = port else {
+                continue;
+            };
+            let carried: Vec<TenantIdx> = match role {
+                RolePlan::Access { tenant, .. } => self.ids.tenant(*tenant).into_iter().collect(),
+                RolePlan::Trunk(tenants) => {
+                    tenants.iter().filter_map(|&t| self.ids.tenant(t)).collect()
+                }
+                RolePlan::None | RolePlan::Uplink(_) => Vec::new(),
+            };
+            self.port_tenants.insert(port.id, carried);
+        }
+        self.statics = plan
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((self.ids.tenant(e.tenant)?, e.mac)))
+            .collect();
+        self.ports = ports;
+        self.config = config;
+        !retired_tenants.is_empty() || !retired_hosts.is_empty()
+    }
+
+    /// The gateways running here, with their SNAT addresses.
+    fn gateways_here(&self) -> HashSet<(TenantIdx, Option<Ipv4Addr>)> {
+        self.config
+            .gateway
+            .routers
+            .iter()
+            .enumerate()
+            .filter_map(|(t, r)| match r {
+                Some(r) if r.placement == Placement::Here => Some((self.ids.tenant(t)?, r.snat_ip)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `tenant` (a slot) may have a MAC at `location` now: a tenant in use, on
+    /// a port that carries it or behind a host that shares it. Learn events queued
+    /// before a change are checked again here, so none brings back what it removed.
+    fn may_learn(&self, tenant: TenantIdx, location: Location) -> bool {
+        let Some(&t) = self.tenant_at.get(&tenant) else {
+            return false;
+        };
+        match location {
+            Location::Port(port) => self
+                .port_tenants
+                .get(&port)
+                .is_some_and(|carried| carried.contains(&tenant)),
+            Location::Host(host) => {
+                let plan = &self.config.switching;
+                self.host_at.get(&host).is_some_and(|&h| {
+                    plan.design == Design::Shared || plan.tenants[t].hosts.contains(&h)
+                })
+            }
+            // The router's MAC is installed, never learned.
+            Location::Router => false,
+        }
+    }
+
+    /// The MAC cap of a tenant (a slot in use).
+    fn max_macs(&self, tenant: TenantIdx) -> u32 {
+        self.tenant_at
+            .get(&tenant)
+            .map_or(0, |&t| self.config.switching.tenants[t].max_macs)
+    }
+
+    /// Where each tenant and host sits in the tables now.
+    pub fn ids(&self) -> &Ids {
+        &self.ids
     }
 
     /// Starts (`Some(port id)`) or stops capturing; takes effect with the next snapshot.
@@ -188,7 +325,7 @@ impl Controller {
 
     /// The tables for the current state (used for the first snapshot).
     pub fn compile(&self) -> dataplane::table::FlowTables {
-        compile::compile(&self.config, &self.ports, &self.dynamic)
+        compile::compile(&self.config, &self.ports, &self.ids, &self.dynamic)
     }
 
     /// Control-side counters.
@@ -210,13 +347,20 @@ impl Controller {
         self.ask_router_neighbors(now, pool);
     }
 
-    /// Applies the workers' events and ages learned MACs.
+    /// Applies the workers' events and ages learned MACs; frees the slots every
+    /// worker is done with. Also the barrier after a port's detach: what the workers
+    /// queued about it until they let go is drained (and refused) here.
     pub fn absorb(&mut self, now: Instant) {
+        // Read before draining: the events a worker queued before it moved past a
+        // version are in the queues by the time it says so.
+        let oldest = self.publisher.oldest_in_use();
         for i in 0..self.queues.len() {
             while let Some(event) = self.queues[i].pop() {
                 self.apply(event, now);
             }
         }
+        self.tenant_slots.release(oldest);
+        self.host_slots.release(oldest);
         if now.duration_since(self.last_aging) >= AGING_PERIOD {
             self.age(now);
             self.last_aging = now;
@@ -248,7 +392,7 @@ impl Controller {
             Event::TenantNeighbor { tenant, ip, mac } => self.tenant_neighbor(tenant, ip, mac, now),
             Event::NeighborMiss { tenant, ip } => {
                 let known = self.dynamic.tenant_neighbors.contains_key(&(tenant, ip));
-                if usize::from(tenant) < self.per_tenant.len() && !known {
+                if self.tenant_at.contains_key(&tenant) && !known {
                     self.misses.entry((tenant, ip)).or_insert((None, 0));
                 }
             }
@@ -259,10 +403,9 @@ impl Controller {
     /// endpoint's address (those are installed, not learned) or the tenant has as many
     /// neighbours as it may have MACs.
     fn tenant_neighbor(&mut self, tenant: TenantIdx, ip: Ipv4Addr, mac: Mac, now: Instant) {
-        let t = usize::from(tenant);
-        if t >= self.per_tenant.len() {
+        let Some(&t) = self.tenant_at.get(&tenant) else {
             return;
-        }
+        };
         let plan = &self.config.switching;
         if plan
             .endpoints
@@ -308,6 +451,7 @@ impl Controller {
         }
         let mut frames = Vec::new();
         let gateway = &self.config.gateway;
+        let tenant_at = &self.tenant_at;
         self.misses.retain(|&(tenant, ip), (asked, tries)| {
             if asked.is_some_and(|t| now.duration_since(t) < ARP_RETRY) {
                 return true;
@@ -315,7 +459,8 @@ impl Controller {
             if *tries >= ROUTER_ARP_TRIES {
                 return false;
             }
-            let Some(Some(router)) = gateway.routers.get(usize::from(tenant)) else {
+            let Some(Some(router)) = tenant_at.get(&tenant).and_then(|&t| gateway.routers.get(t))
+            else {
                 return false;
             };
             let Some(&(from, _)) = router
@@ -349,9 +494,7 @@ impl Controller {
                 continue;
             };
             let id = self.config.switching.tenants[t].id;
-            if router.placement != crate::config::gateway::Placement::Here
-                || self.announced.contains(&id)
-            {
+            if router.placement != Placement::Here || self.announced.contains(&id) {
                 continue;
             }
             for &(ip, _) in &router.interfaces {
@@ -392,8 +535,11 @@ impl Controller {
     }
 
     fn learn(&mut self, tenant: TenantIdx, mac: Mac, location: Location, now: Instant) {
-        let t = usize::from(tenant);
-        if t >= self.per_tenant.len() || self.statics.contains(&(tenant, mac)) {
+        if !self.may_learn(tenant, location) {
+            self.stats.learn_stale += 1;
+            return;
+        }
+        if self.statics.contains(&(tenant, mac)) {
             return;
         }
         match self.dynamic.learned.get_mut(&(tenant, mac)) {
@@ -405,12 +551,13 @@ impl Controller {
                 entry.seen = now;
             }
             None => {
-                let cap = self.config.switching.tenants[t].max_macs;
-                if self.per_tenant[t] >= cap {
+                let cap = self.max_macs(tenant);
+                let count = self.per_tenant.entry(tenant).or_default();
+                if *count >= cap {
                     self.stats.learn_refused += 1;
                     return;
                 }
-                self.per_tenant[t] += 1;
+                *count += 1;
                 self.dynamic.learned.insert(
                     (tenant, mac),
                     Learned {
@@ -431,7 +578,9 @@ impl Controller {
         self.dynamic.learned.retain(|&(tenant, _), entry| {
             let keep = now.duration_since(entry.seen) < aging;
             if !keep {
-                per_tenant[usize::from(tenant)] -= 1;
+                if let Some(count) = per_tenant.get_mut(&tenant) {
+                    *count = count.saturating_sub(1);
+                }
             }
             keep
         });
@@ -563,20 +712,22 @@ mac = "02:00:00:00:0a:01"
 port = "c1"
 "#;
 
+    fn validated(text: &str) -> Arc<Validated> {
+        Arc::new(Config::parse(text, |_| None).unwrap().validate().unwrap())
+    }
+
+    fn port(id: u16) -> Option<PortInfo> {
+        Some(PortInfo {
+            id,
+            mac: [2, 0, 0, 0, 0, id as u8 + 1],
+        })
+    }
+
     fn controller() -> (Controller, Arc<EventQueue>, TablePublisher) {
-        let config = Arc::new(Config::parse(CONFIG, |_| None).unwrap().validate().unwrap());
-        let ports = vec![
-            PortInfo {
-                id: 0,
-                mac: [2, 0, 0, 0, 0, 1],
-            },
-            PortInfo {
-                id: 1,
-                mac: [2, 0, 0, 0, 0, 2],
-            },
-        ];
+        let config = validated(CONFIG);
+        let ports = vec![port(0), port(1)];
         let queue = Arc::new(EventQueue::new(64));
-        let publisher = TablePublisher::new(compile::compile(&config, &ports, &Dynamic::default()));
+        let publisher = TablePublisher::new(Default::default());
         let c = Controller::new(
             config,
             ports,
@@ -664,6 +815,152 @@ port = "c1"
         learn(&queue, 3, 1);
         c.absorb(start + Duration::from_secs(62));
         assert_eq!(c.learned(), 1, "the cap counts only live MACs");
+    }
+
+    /// Two tenants, each with an access port: `p{n}` on port id `n`.
+    fn two_tenants(red_ports: &[u16], blue_ports: &[u16], tenants_first: &[&str]) -> String {
+        let mut text = String::new();
+        for name in tenants_first {
+            let id = if *name == "red" { 100 } else { 200 };
+            text += &format!("[[tenant]]\nname = \"{name}\"\nid = {id}\n\n");
+        }
+        for (tenant, ports) in [("red", red_ports), ("blue", blue_ports)] {
+            for p in ports {
+                text += &format!(
+                    "[[port]]\nname = \"p{p}\"\nbackend = \"ring\"\nrole = \"access\"\ntenant = \"{tenant}\"\n\n"
+                );
+            }
+        }
+        text
+    }
+
+    fn ports_of(config: &Validated) -> Vec<Option<PortInfo>> {
+        config
+            .ports
+            .iter()
+            .map(|p| port(p.name[1..].parse().unwrap()))
+            .collect()
+    }
+
+    fn learn_in(queue: &EventQueue, tenant: TenantIdx, last: u8, port: u16) {
+        queue
+            .push(Event::Learn {
+                tenant,
+                mac: [2, 0, 0, 0, 0xaa, last],
+                location: Location::Port(port),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_mac_learned_on_a_deleted_port_dies_with_it_and_never_follows_its_id() {
+        let config = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
+        let queue = Arc::new(EventQueue::new(64));
+        let publisher = TablePublisher::new(Default::default());
+        let mut c = Controller::new(
+            Arc::clone(&config),
+            ports_of(&config),
+            publisher.clone(),
+            vec![Arc::clone(&queue)],
+            None,
+            None,
+        );
+        let red = c.ids().tenant(0).unwrap();
+        let blue = c.ids().tenant(1).unwrap();
+        learn_in(&queue, red, 1, 1);
+        c.absorb(Instant::now());
+        assert_eq!(c.learned(), 1);
+        // Red's port p1 goes; an event about it was still queued.
+        learn_in(&queue, red, 2, 1);
+        let without = validated(&two_tenants(&[], &[2], &["red", "blue"]));
+        c.reconfigure(Arc::clone(&without), ports_of(&without));
+        assert_eq!(c.learned(), 0, "dropped at the change, not at aging");
+        // Blue's new port takes the id 1 the old one had.
+        let reused = validated(&two_tenants(&[], &[2, 1], &["red", "blue"]));
+        c.reconfigure(Arc::clone(&reused), ports_of(&reused));
+        c.absorb(Instant::now());
+        c.publish_if_changed();
+        assert_eq!(c.learned(), 0, "the queued event is refused");
+        assert_eq!(c.stats().learn_stale, 1);
+        let tables = publisher.current();
+        assert!(tables.lookup(red, &[2, 0, 0, 0, 0xaa, 1]).is_none());
+        assert!(tables.lookup(red, &[2, 0, 0, 0, 0xaa, 2]).is_none());
+        assert_eq!(
+            tables.role(1),
+            &dataplane::table::PortRole::Access {
+                tenant: blue,
+                security: None
+            }
+        );
+        assert!(tables.retired > 0, "workers are told to drop their state");
+    }
+
+    #[test]
+    fn tenants_keep_their_slots_while_others_come_and_go() {
+        let config = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
+        let queue = Arc::new(EventQueue::new(64));
+        let publisher = TablePublisher::new(Default::default());
+        let mut c = Controller::new(
+            Arc::clone(&config),
+            ports_of(&config),
+            publisher.clone(),
+            vec![Arc::clone(&queue)],
+            None,
+            None,
+        );
+        let (red, blue) = (c.ids().tenant(0).unwrap(), c.ids().tenant(1).unwrap());
+        learn_in(&queue, blue, 7, 2);
+        c.absorb(Instant::now());
+        // Red leaves: blue moves to the first position of the list, not of the tables.
+        let blue_only = validated(&two_tenants(&[], &[2], &["blue"]));
+        c.reconfigure(Arc::clone(&blue_only), ports_of(&blue_only));
+        assert_eq!(c.ids().tenant(0), Some(blue));
+        assert_eq!(c.learned(), 1, "blue's MAC stays");
+        // Red comes back before every worker has moved on: a new slot.
+        let _reader = publisher.reader();
+        c.publish_if_changed();
+        let again = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
+        c.reconfigure(Arc::clone(&again), ports_of(&again));
+        let red_again = c.ids().tenant(0).unwrap();
+        assert_ne!(red_again, red, "the old slot is still retiring");
+        assert_ne!(red_again, blue);
+        c.publish_if_changed();
+        let tables = publisher.current();
+        assert!(tables.tenant(red).is_none());
+        assert_eq!(tables.tenant(red_again).map(|t| t.id), Some(100));
+        assert_eq!(
+            tables
+                .lookup(blue, &[2, 0, 0, 0, 0xaa, 7])
+                .unwrap()
+                .location,
+            Location::Port(2)
+        );
+    }
+
+    #[test]
+    fn a_port_given_to_another_tenant_takes_none_of_the_old_tenants_macs() {
+        let config = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
+        let queue = Arc::new(EventQueue::new(64));
+        let mut c = Controller::new(
+            Arc::clone(&config),
+            ports_of(&config),
+            TablePublisher::new(Default::default()),
+            vec![Arc::clone(&queue)],
+            None,
+            None,
+        );
+        let red = c.ids().tenant(0).unwrap();
+        learn_in(&queue, red, 1, 1);
+        c.absorb(Instant::now());
+        let swapped = validated(&two_tenants(&[2], &[1], &["red", "blue"]));
+        c.reconfigure(Arc::clone(&swapped), ports_of(&swapped));
+        assert_eq!(c.learned(), 0);
+        learn_in(&queue, red, 1, 1);
+        c.absorb(Instant::now());
+        assert_eq!(c.learned(), 0, "red's MAC on what is now blue's port");
+        learn_in(&queue, red, 1, 2);
+        c.absorb(Instant::now());
+        assert_eq!(c.learned(), 1);
     }
 
     #[test]

@@ -82,11 +82,15 @@ fn run_with_eal(
     let mut ports = wiring::attach_ports(&config.ports, &mut namer)?;
     let mut wiring = wiring::wire(config, &pool, &mut ports)?;
     let wiring_captures = std::mem::take(&mut wiring.captures);
-    let port_info: Vec<PortInfo> = ports
+    let port_info: Vec<Option<PortInfo>> = config
+        .ports
         .iter()
-        .map(|p| PortInfo {
-            id: p.port.id(),
-            mac: p.port.mac(),
+        .map(|plan| {
+            let named = ports.iter().find(|p| p.name == plan.name)?;
+            Some(PortInfo {
+                id: named.port.id(),
+                mac: named.port.mac(),
+            })
         })
         .collect();
     let queues: Vec<Arc<EventQueue>> = wiring
@@ -95,8 +99,8 @@ fn run_with_eal(
         .map(|_| Arc::new(EventQueue::new(EVENT_QUEUE_LEN)))
         .collect();
     let config = Arc::new(config.clone());
-    let first = crate::compile::compile(&config, &port_info, &Default::default());
-    let publisher = TablePublisher::new(first);
+    // The controller publishes the first real tables before any worker starts.
+    let publisher = TablePublisher::new(Default::default());
     let nat_sessions = config.gateway.sessions_per_worker as usize;
     let mut controller = Controller::new(
         config,
@@ -133,6 +137,7 @@ fn run_with_eal(
         workers,
         pool: &pool,
         namer,
+        down: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

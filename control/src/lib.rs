@@ -16,5 +16,6 @@ pub mod model;
 pub mod netlink;
 pub mod placement;
 pub mod preflight;
+pub mod slots;
 pub mod store;
 pub mod wiring;

@@ -105,7 +105,8 @@ impl Live {
                 );
                 self.model = model;
                 self.running = serde_json::to_value(&effective).ok();
-                controller.reconfigure(Arc::new(validated), dataplane.port_info());
+                let ports = dataplane.port_info(&validated.ports);
+                controller.reconfigure(Arc::new(validated), ports);
                 controller.publish_if_changed();
             }
             Err(e) => {
@@ -122,6 +123,7 @@ impl Live {
         dataplane: &mut Dataplane<'_>,
     ) -> Reply {
         let (ports, workers) = (&dataplane.ports, &dataplane.workers);
+        let dp = &*dataplane;
         match command {
             Command::ListTenants => Reply::ok(json!(self.model.tenants)),
             Command::ShowTenant(name) => match self.model.tenants.iter().find(|t| t.name == name) {
@@ -132,7 +134,7 @@ impl Live {
                         .iter()
                         .filter(|e| e.tenant == name)
                         .collect();
-                    let ports: Vec<&str> = ports_of(controller, ports, &name);
+                    let ports: Vec<&str> = ports_of(controller, &name);
                     let gateway_on = self.gateway_on(controller, &name);
                     Reply::ok(json!({
                         "tenant": t, "endpoints": endpoints, "ports": ports,
@@ -145,8 +147,8 @@ impl Live {
             Command::ListEndpoints => Reply::ok(json!(self.model.endpoints)),
             Command::ListRoutes => Reply::ok(json!(self.model.routes)),
             Command::ListPublished => Reply::ok(json!(self.model.published)),
-            Command::ListPorts => Reply::ok(ports_json(controller, ports)),
-            Command::Stats => Reply::ok(stats_json(controller, ports, workers)),
+            Command::ListPorts => Reply::ok(ports_json(controller, dp)),
+            Command::Stats => Reply::ok(stats_json(controller, dp)),
             Command::Show => Reply::ok(json!({
                 "design": self.model.switch.design,
                 "host": self.model.switch.host,
@@ -155,7 +157,7 @@ impl Live {
                 "endpoints": self.model.endpoints,
                 "routes": self.model.routes,
                 "published": self.model.published,
-                "ports": ports_json(controller, ports),
+                "ports": ports_json(controller, dp),
                 "learned_macs": controller.learned(),
             })),
             Command::Change(change) => self.change(change, controller, dataplane),
@@ -220,8 +222,11 @@ impl Live {
             .map_or(Ok(()), |store| store.save(&model))
         {
             tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
-            if let Change::AddPort(_) = &change {
-                let _ = dataplane.hot_detach(dataplane.ports.len() - 1);
+            if let Change::AddPort(spec) = &change {
+                let name = validated.ports.last().map(|p| p.name.clone());
+                if let Err(e) = dataplane.hot_detach(name.as_deref().unwrap_or_default()) {
+                    tracing::error!(error = %format!("{e:#}"), port = ?spec.name, "detaching the refused port");
+                }
             }
             if let Some(conflict) = e.downcast_ref::<Conflict>() {
                 return Reply::error(409, &conflict.field, &conflict.message);
@@ -230,23 +235,21 @@ impl Live {
         }
         tracing::info!(?change, "applied");
         self.running = effective.and_then(|m| serde_json::to_value(&m).ok());
-        let removed = match &change {
-            Change::DeletePort(name) => dataplane.ports.iter().position(|p| &p.name == name),
-            _ => None,
-        };
         self.model = model;
-        let mut ports = dataplane.port_info();
-        if let Some(index) = removed {
-            ports.remove(index);
-        }
+        // Ports are paired with the config by name: a port the change removed has no
+        // role in these tables, whether or not its device is detached yet.
+        let ports = dataplane.port_info(&validated.ports);
         controller.reconfigure(Arc::new(validated), ports);
-        if let Some(index) = removed {
+        if let Change::DeletePort(name) = &change {
             // Workers stop using the port only once tables without it are out.
             controller.publish_if_changed();
-            if let Err(e) = dataplane.hot_detach(index) {
-                tracing::error!(error = %format!("{e:#}"), "detaching the port");
+            if let Err(e) = dataplane.hot_detach(name) {
+                tracing::error!(error = %format!("{e:#}"), port = %name, "detaching the port; it stays attached, unused, and is tried again");
                 return Reply::error(500, "name", &format!("{e:#}"));
             }
+            // What the workers queued about the port until they let go of it is
+            // refused now, before a later port can take its id.
+            controller.absorb(std::time::Instant::now());
         }
         let status = match change {
             Change::AddTenant(_)
@@ -278,9 +281,11 @@ fn role_name(role: &RolePlan, tenants: &[crate::config::switching::TenantPlan]) 
     }
 }
 
-fn ports_of<'a>(controller: &Controller, ports: &'a [NamedPort], tenant: &str) -> Vec<&'a str> {
-    let plan = &controller.config().switching;
-    ports
+fn ports_of<'a>(controller: &'a Controller, tenant: &str) -> Vec<&'a str> {
+    let config = controller.config();
+    let plan = &config.switching;
+    config
+        .ports
         .iter()
         .zip(&plan.roles)
         .filter(|(_, role)| match role {
@@ -292,34 +297,57 @@ fn ports_of<'a>(controller: &Controller, ports: &'a [NamedPort], tenant: &str) -
         .collect()
 }
 
-fn ports_json(controller: &Controller, ports: &[NamedPort]) -> Value {
+/// Every configured port, attached or down, and every port still detaching.
+fn ports_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
     let config = controller.config();
-    let list: Vec<Value> = ports
+    let mut list: Vec<Value> = config
+        .ports
         .iter()
-        .zip(&config.ports)
         .zip(&config.switching.roles)
-        .map(|((p, plan), role)| {
-            let s = p.port.stats();
-            let link = p.port.link();
-            json!({
-                "name": p.name,
-                "backend": plan.backend.kind(),
-                "device": p.port.name(),
-                "port_id": p.port.id(),
-                "mac": fmt_mac(&p.port.mac()),
-                "link_up": link.up,
-                "role": role_name(role, &config.switching.tenants),
-                "rx_packets": s.rx_packets,
-                "tx_packets": s.tx_packets,
-                "rx_bytes": s.rx_bytes,
-                "tx_bytes": s.tx_bytes,
-                "rx_missed": s.rx_missed,
-                "rx_errors": s.rx_errors,
-                "tx_errors": s.tx_errors,
-            })
+        .map(|(plan, role)| {
+            let role = role_name(role, &config.switching.tenants);
+            match dataplane.port(&plan.name) {
+                Some(port) => port_json(&plan.name, plan.backend.kind(), role, port),
+                None => json!({
+                    "name": plan.name,
+                    "backend": plan.backend.kind(),
+                    "state": "down",
+                    "error": dataplane.down.get(&plan.name),
+                    "role": role,
+                    "link_up": false,
+                }),
+            }
         })
         .collect();
+    for named in &dataplane.ports {
+        if !config.ports.iter().any(|p| p.name == named.name) {
+            let mut entry = port_json(&named.name, "", json!({"role": "none"}), &named.port);
+            entry["state"] = json!("detaching");
+            list.push(entry);
+        }
+    }
     json!(list)
+}
+
+fn port_json(name: &str, backend: &str, role: Value, port: &dataplane::dpdk::Port) -> Value {
+    let s = port.stats();
+    json!({
+        "name": name,
+        "backend": backend,
+        "state": "up",
+        "device": port.name(),
+        "port_id": port.id(),
+        "mac": fmt_mac(&port.mac()),
+        "link_up": port.link().up,
+        "role": role,
+        "rx_packets": s.rx_packets,
+        "tx_packets": s.tx_packets,
+        "rx_bytes": s.rx_bytes,
+        "tx_bytes": s.tx_bytes,
+        "rx_missed": s.rx_missed,
+        "rx_errors": s.rx_errors,
+        "tx_errors": s.tx_errors,
+    })
 }
 
 fn drops_json(stats: &CoreStats) -> Value {
@@ -330,12 +358,13 @@ fn drops_json(stats: &CoreStats) -> Value {
     Value::Object(map)
 }
 
-fn stats_json(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) -> Value {
+fn stats_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
+    let workers = &dataplane.workers;
     let cores: Vec<CoreStats> = workers.iter().map(|w| w.counters().snapshot()).collect();
     let total = CoreStats::sum(&cores);
     let control = controller.stats();
     json!({
-        "ports": ports_json(controller, ports),
+        "ports": ports_json(controller, dataplane),
         "cores": workers.iter().zip(&cores).map(|(w, s)| json!({
             "core": w.core(),
             "rx_packets": s.rx_packets,

@@ -73,10 +73,11 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
     })
 }
 
-/// The running dataplane the control loop changes: ports in config order, workers,
-/// the packet pool and the device namer (names are never reused).
+/// The running dataplane the control loop changes: attached ports, workers, the packet
+/// pool and the device namer (names are never reused).
 pub struct Dataplane<'a> {
-    /// Ports, parallel to the configuration's port list.
+    /// Attached ports, found by name (a configured port whose device is down has none;
+    /// a port the config dropped stays here until the workers let go of it).
     pub ports: Vec<NamedPort>,
     /// Workers.
     pub workers: Vec<Worker>,
@@ -84,18 +85,28 @@ pub struct Dataplane<'a> {
     pub pool: &'a Mempool,
     /// Device names handed out so far.
     pub namer: DeviceNamer,
+    /// Configured ports whose device could not be attached, with the reason.
+    pub down: HashMap<String, String>,
 }
 
 impl Dataplane<'_> {
-    /// What the compiler needs of each port.
-    pub fn port_info(&self) -> Vec<PortInfo> {
-        self.ports
+    /// What the compiler needs of each configured port, in config order: `None` for
+    /// a port whose device is not attached.
+    pub fn port_info(&self, plans: &[PortPlan]) -> Vec<Option<PortInfo>> {
+        plans
             .iter()
-            .map(|p| PortInfo {
-                id: p.port.id(),
-                mac: p.port.mac(),
+            .map(|plan| {
+                self.port(&plan.name).map(|p| PortInfo {
+                    id: p.id(),
+                    mac: p.mac(),
+                })
             })
             .collect()
+    }
+
+    /// The attached port named `name`.
+    pub fn port(&self, name: &str) -> Option<&Port> {
+        self.ports.iter().find(|p| p.name == name).map(|p| &p.port)
     }
 
     /// Attaches a port while traffic flows: probe, configure, start, then hand its
@@ -160,9 +171,14 @@ impl Dataplane<'_> {
         Ok(())
     }
 
-    /// Detaches the port at `index`: every worker lets go of it (after the caller has
-    /// published tables that no longer use it), then the device is closed and removed.
-    pub fn hot_detach(&mut self, index: usize) -> anyhow::Result<()> {
+    /// Detaches the port named `name`: every worker lets go of it (after the caller
+    /// has published tables that no longer use it), then the device is closed and
+    /// removed. When a worker does not answer, the port stays attached (and unused by
+    /// the tables) for a later try.
+    pub fn hot_detach(&mut self, name: &str) -> anyhow::Result<()> {
+        let Some(index) = self.ports.iter().position(|p| p.name == name) else {
+            return Ok(());
+        };
         let id = self.ports[index].port.id();
         let (done, acks) = std::sync::mpsc::channel();
         for worker in &self.workers {
@@ -257,7 +273,10 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
     let mut tx_owner: HashMap<u16, usize> = HashMap::new();
     let mut owners: HashMap<u16, Vec<usize>> = HashMap::new();
     let mut next = 0usize;
-    for (named, plan) in ports.iter_mut().zip(&config.ports) {
+    for named in ports.iter_mut() {
+        let Some(plan) = config.ports.iter().find(|p| p.name == named.name) else {
+            continue;
+        };
         let port_config = PortConfig {
             queues: plan.queues,
             rx_descriptors: config.rx_descriptors,
@@ -306,7 +325,8 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
         .roles
         .iter()
         .position(|r| matches!(r, RolePlan::Uplink(_)))
-        .map(|i| ports[i].port.id());
+        .and_then(|i| ports.iter().find(|p| p.name == config.ports[i].name))
+        .map(|p| p.port.id());
     let uplink_injector = match uplink.and_then(|id| Some((id, *tx_owner.get(&id)?))) {
         Some((id, owner)) => {
             let (producer, consumer) =

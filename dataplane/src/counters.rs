@@ -51,6 +51,7 @@ drop_reasons! {
     GreMalformed = "gre-malformed": "a GRE header with bad flags, version or protocol",
     GreBadChecksum = "gre-bad-checksum": "a GRE checksum that does not match",
     GreUnknownKey = "gre-unknown-key": "a GRE key (or its absence) that names no tenant this tunnel carries",
+    ForeignPort = "foreign-port": "the destination is a port of another tenant (a stale forwarding entry); never sent",
     Hairpin = "hairpin": "the destination is where the frame came from (same port, or tunnel to tunnel)",
     NeighborUnresolved = "neighbor-unresolved": "the next hop's MAC (tunnel, router or outside) is not resolved yet, or the hold queue is full",
     NoHeadroom = "no-headroom": "no room in front of the frame for a tag or tunnel header",
@@ -64,6 +65,8 @@ drop_reasons! {
     NatTenantCap = "nat-tenant-cap": "the tenant holds as many SNAT connections as it may",
     NatTableFull = "nat-table-full": "the core's SNAT connection table is full",
     NatForeignCore = "nat-foreign-core": "an outside packet whose SNAT session is on another core, and no ring leads there (no uplink configured at start)",
+    SegmentsTooLong = "segments-too-long": "a frame received in several segments that together do not fit one packet buffer",
+    Retired = "retired": "a frame waited for a neighbour of a tenant (or gateway) that was removed from this host meanwhile",
 }
 
 /// Number of drop reasons.
@@ -82,6 +85,7 @@ pub struct CoreCounters {
     handed_off: AtomicU64,
     events_lost: AtomicU64,
     gateway_egress_bytes: AtomicU64,
+    joined_segments: AtomicU64,
     drops: [AtomicU64; DROP_REASON_COUNT],
 }
 
@@ -97,6 +101,7 @@ impl Default for CoreCounters {
             handed_off: AtomicU64::new(0),
             events_lost: AtomicU64::new(0),
             gateway_egress_bytes: AtomicU64::new(0),
+            joined_segments: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -163,6 +168,12 @@ impl CoreCounters {
         bump(&self.gateway_egress_bytes, bytes as u64);
     }
 
+    /// Frames received in several segments and joined into one.
+    #[inline(always)]
+    pub fn add_joined_segments(&self, n: usize) {
+        bump(&self.joined_segments, n as u64);
+    }
+
     /// Packets dropped for `reason`.
     #[inline(always)]
     pub fn add_drop(&self, reason: DropReason, n: usize) {
@@ -185,6 +196,7 @@ impl CoreCounters {
             handed_off: self.handed_off.load(Ordering::Relaxed),
             events_lost: self.events_lost.load(Ordering::Relaxed),
             gateway_egress_bytes: self.gateway_egress_bytes.load(Ordering::Relaxed),
+            joined_segments: self.joined_segments.load(Ordering::Relaxed),
             drops,
         }
     }
@@ -211,6 +223,8 @@ pub struct CoreStats {
     pub events_lost: u64,
     /// Bytes tenants' gateways sent out of the uplink.
     pub gateway_egress_bytes: u64,
+    /// Frames received in several segments, joined into one.
+    pub joined_segments: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DROP_REASON_COUNT],
 }
@@ -227,6 +241,7 @@ impl Default for CoreStats {
             handed_off: 0,
             events_lost: 0,
             gateway_egress_bytes: 0,
+            joined_segments: 0,
             drops: [0; DROP_REASON_COUNT],
         }
     }
@@ -265,6 +280,7 @@ impl CoreStats {
             total.handed_off += s.handed_off;
             total.events_lost += s.events_lost;
             total.gateway_egress_bytes += s.gateway_egress_bytes;
+            total.joined_segments += s.joined_segments;
             for (t, d) in total.drops.iter_mut().zip(&s.drops) {
                 *t += d;
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::counters::CoreCounters;
+use crate::counters::{CoreCounters, DropReason};
 use crate::dpdk::{self, MbufBatch, RingConsumer, RingProducer, RxQueue, TxQueue};
 use crate::pipeline::{Outputs, Pipeline};
 
@@ -232,6 +232,11 @@ fn run<P: Pipeline>(
             }
             moved += n;
             counters.add_rx(n);
+            let (joined, freed) = batch.join_segments();
+            if joined + freed > 0 {
+                counters.add_joined_segments(joined);
+                counters.add_drop(DropReason::SegmentsTooLong, freed);
+            }
             pipeline.process(queue.port(), &mut batch, &mut outputs, counters);
             outputs.flush(counters);
         }

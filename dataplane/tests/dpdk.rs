@@ -105,6 +105,62 @@ fn mbuf_prepend_adjust_append() {
 }
 
 #[test]
+fn a_leaked_drain_leaks_its_packets_but_never_frees_one_twice() {
+    let pool = pool("drainleak", 63);
+    let mut batch = MbufBatch::new();
+    for seq in 0..4 {
+        batch.push(mbuf_with(&pool, &frame(seq))).ok().unwrap();
+    }
+    let mut drain = batch.drain();
+    let first = drain.next().unwrap();
+    std::mem::forget(drain);
+    drop(first);
+    assert!(
+        batch.is_empty(),
+        "the batch gave its packets to the iterator"
+    );
+    drop(batch);
+    assert_eq!(pool.available(), 63 - 3, "three leaked, none freed twice");
+}
+
+#[test]
+fn chained_frames_are_joined_at_receive_or_dropped_when_too_long() {
+    let pool = pool("chains", 63);
+    let whole = frame(1);
+    let mut short = mbuf_with(&pool, &whole[..40]);
+    short.chain(mbuf_with(&pool, &whole[40..])).ok().unwrap();
+    assert!(short.is_chained());
+    let mut long = mbuf_with(&pool, &[0xab; 1500]);
+    long.chain(mbuf_with(&pool, &[0xcd; 1500])).ok().unwrap();
+    let mut batch = MbufBatch::new();
+    batch.push(short).ok().unwrap();
+    batch.push(mbuf_with(&pool, &frame(2))).ok().unwrap();
+    batch.push(long).ok().unwrap();
+    batch.push(mbuf_with(&pool, &frame(3))).ok().unwrap();
+    assert_eq!(batch.join_segments(), (1, 1), "one joined, one too long");
+    let got: Vec<Vec<u8>> = batch.as_slice().iter().map(|m| m.data().to_vec()).collect();
+    assert_eq!(got, [whole, frame(2), frame(3)], "in order, whole");
+    assert!(batch.as_slice().iter().all(|m| !m.is_chained()));
+    drop(batch);
+    assert_eq!(pool.available(), 63, "every segment went back");
+}
+
+#[test]
+fn a_ring_whose_consumer_left_first_frees_what_its_producer_sent_after() {
+    let pool = pool("ringleft", 127);
+    let (mut producer, consumer) = MbufRing::create("left", 64).unwrap();
+    drop(consumer);
+    let mut batch = MbufBatch::new();
+    for seq in 0..8 {
+        batch.push(mbuf_with(&pool, &frame(seq))).ok().unwrap();
+    }
+    assert_eq!(producer.enqueue_burst(&mut batch), 8);
+    assert_eq!(pool.available(), 127 - 8);
+    drop(producer);
+    assert_eq!(pool.available(), 127, "the last end drained the ring");
+}
+
+#[test]
 fn ring_port_loops_frames_back_in_order() {
     let pool = pool("ringloop", 2047);
     let mut port = attach(&Backend::Ring);

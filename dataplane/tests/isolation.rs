@@ -30,6 +30,7 @@ const UPLINK_MAC: Mac = [2, 0, 0, 0, 0x0c, 1];
 const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
 const HOST_A: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 2); // shares A
 const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 3); // shares B
+const STALE_MAC: Mac = [2, 0, 0, 0, 0xa, 9];
 
 fn tables(design: Design, is_hub: bool) -> FlowTables {
     let mut b = TablesBuilder::new(design, is_hub);
@@ -62,6 +63,9 @@ fn tables(design: Design, is_hub: bool) -> FlowTables {
     b.static_mac(tb, [2, 0, 0, 0, 0xb, 1], Location::Port(B_PORT));
     b.static_mac(tb, [2, 0, 0, 0, 0xb, 2], Location::Host(2));
     b.static_mac(tb, [2, 0, 0, 0, 0xb, 3], Location::Port(SHARED_TRUNK));
+    // A's MAC learned on a port that B has now: what a port id reused by another
+    // tenant's new port leaves behind until the control plane drops it.
+    b.learned_mac(a, STALE_MAC, Location::Port(B_PORT));
     b.build()
 }
 
@@ -121,17 +125,18 @@ fn belongs_to_a(design: Design, port: u16, frame: &[u8]) -> bool {
 }
 
 fn mac_from(choice: u8, raw: [u8; 6]) -> Mac {
-    const KNOWN: [Mac; 6] = [
+    const KNOWN: [Mac; 7] = [
         [2, 0, 0, 0, 0xa, 1],
         [2, 0, 0, 0, 0xa, 2],
         [2, 0, 0, 0, 0xb, 1],
         [2, 0, 0, 0, 0xb, 2],
         [2, 0, 0, 0, 0xb, 3],
         [0xff; 6],
+        STALE_MAC,
     ];
-    match choice % 8 {
-        c @ 0..=5 => KNOWN[c as usize],
-        6 => UPLINK_MAC,
+    match choice % 9 {
+        c @ 0..=6 => KNOWN[c as usize],
+        7 => UPLINK_MAC,
         _ => raw,
     }
 }
@@ -192,6 +197,35 @@ fn hostile_frame() -> impl Strategy<Value = Vec<u8>> {
                 f
             },
         )
+}
+
+#[test]
+fn a_stale_entry_never_sends_a_frame_out_of_another_tenants_port() {
+    let t = tables(Design::Dedicated, false);
+    let mut frame = vec![0u8; 64];
+    frame[..6].copy_from_slice(&STALE_MAC);
+    frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0xa, 1]);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let queue = Arc::new(EventQueue::new(16));
+    let mut learner = Learner::new(queue);
+    let counters = CoreCounters::default();
+    let mut sink = Collect::default();
+    let (mut cache, mut router) = (FdbCache::default(), RouterState::default());
+    let mut cx = Context {
+        counters: &counters,
+        learner: &mut learner,
+        cache: &mut cache,
+        router: &mut router,
+        tracer: NoTrace,
+    };
+    handle(&t, A_PORTS[0], BufFrame::new(&frame), &mut sink, &mut cx);
+    assert!(sink.0.is_empty(), "sent to {:?}", sink.0);
+    assert_eq!(
+        counters
+            .snapshot()
+            .dropped(dataplane::counters::DropReason::ForeignPort),
+        1
+    );
 }
 
 proptest! {

@@ -44,6 +44,8 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (the etcd lease and watch threads come soon).
+    let prepared = dataplane::dpdk::prepare_process();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -52,6 +54,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(note) = prepared {
+        tracing::info!("{note}");
+    }
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(e) => {

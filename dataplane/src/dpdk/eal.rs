@@ -99,7 +99,11 @@ impl Eal {
                 "the EAL was already initialised in this process",
             ));
         }
-        allow_af_xdp_without_dispatcher();
+        if needs_af_xdp_without_dispatcher() {
+            tracing::warn!(
+                "locked-memory limit too low for libxdp's dispatcher program and {DISPATCHER_VAR} unset: AF_XDP ports will fail to attach (call dpdk::prepare_process first)"
+            );
+        }
         let args = options.args();
         tracing::debug!(?args, "starting the EAL");
         let owned: Vec<CString> = args
@@ -196,32 +200,48 @@ fn remove_hugepage_files(prefix: &str) {
     }
 }
 
+/// What libxdp reads to skip its dispatcher program.
+const DISPATCHER_VAR: &str = "LIBXDP_SKIP_DISPATCHER";
+
+/// Sets up the process environment DPDK's drivers read, and says what it did (to be
+/// logged once logging runs). Call first thing in `main`, before any thread starts:
+/// changing the environment races with any thread that reads it.
+///
 /// libxdp loads a dispatcher program that needs more locked memory than container
 /// hosts usually grant (8 MiB here, not raisable without CAP_SYS_RESOURCE); its load
 /// then fails and with it every AF_XDP port. Without the dispatcher libxdp attaches the
 /// PMD's program directly, which is all tenet needs (one program per interface).
-fn allow_af_xdp_without_dispatcher() {
-    const VAR: &str = "LIBXDP_SKIP_DISPATCHER";
-    const DISPATCHER_NEEDS: u64 = 64 << 20;
-    if std::env::var_os(VAR).is_some() {
-        return;
+pub fn prepare_process() -> Option<String> {
+    if !needs_af_xdp_without_dispatcher() {
+        return None;
     }
+    std::env::set_var(DISPATCHER_VAR, "1");
+    Some(format!(
+        "locked-memory limit {} KiB too low for libxdp's dispatcher program; set {DISPATCHER_VAR}=1 so AF_XDP ports attach their program directly",
+        memlock_limit() / 1024
+    ))
+}
+
+/// Whether AF_XDP needs libxdp's dispatcher skipped and nobody said so yet.
+fn needs_af_xdp_without_dispatcher() -> bool {
+    const DISPATCHER_NEEDS: u64 = 64 << 20;
+    if std::env::var_os(DISPATCHER_VAR).is_some() {
+        return false;
+    }
+    let limit = memlock_limit();
+    limit != libc::RLIM_INFINITY && limit < DISPATCHER_NEEDS
+}
+
+fn memlock_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the rlimit we own; no other effect.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
-    if ok && (limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= DISPATCHER_NEEDS) {
-        return;
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return 0;
     }
-    // Called from Eal::init before the EAL or tenet starts any thread, so no other
-    // thread can be reading the environment while it changes.
-    std::env::set_var(VAR, "1");
-    tracing::info!(
-        memlock_limit_kib = limit.rlim_cur / 1024,
-        "locked-memory limit too low for libxdp's dispatcher program; set {VAR}=1 so AF_XDP ports attach their program directly"
-    );
+    limit.rlim_cur
 }
 
 /// Registers the calling (non-EAL) thread with the EAL so it gets an lcore id, and with

@@ -9,7 +9,9 @@ use std::ptr::NonNull;
 pub const BURST: usize = 32;
 
 /// One packet, owned: dropped means freed back to its pool. Only the first segment's
-/// data is visible; tenet's ports run without scatter, so frames are one segment.
+/// data is visible, so a device that chains segments (a vhost-user guest's large
+/// frame) has its bursts joined at receive ([`MbufBatch::join_segments`]) before any
+/// stage reads them.
 #[repr(transparent)]
 pub struct Mbuf(NonNull<dpdk_sys::rte_mbuf>);
 
@@ -200,6 +202,44 @@ impl Mbuf {
         Some(self.data_mut())
     }
 
+    /// Whether the frame spans several segments.
+    #[inline(always)]
+    pub fn is_chained(&self) -> bool {
+        self.raw().nb_segs > 1
+    }
+
+    /// Appends `tail`'s segments after this frame's last one: a frame larger than
+    /// one buffer, as a vhost-user guest sends it. Hands `tail` back when the chain
+    /// would hold more segments than DPDK counts.
+    pub fn chain(&mut self, tail: Mbuf) -> Result<(), Mbuf> {
+        let (segs, len) = (tail.raw().nb_segs, tail.raw().pkt_len);
+        let Some(total) = self.raw().nb_segs.checked_add(segs) else {
+            return Err(tail);
+        };
+        let mut last = self.0;
+        // SAFETY: self owns every segment of its chain, so walking `next` reaches only
+        // live mbufs, and linking `tail` there hands its ownership to the chain.
+        unsafe {
+            while let Some(next) = NonNull::new(last.as_ref().next) {
+                last = next;
+            }
+            last.as_mut().next = tail.into_raw();
+        }
+        let m = self.raw_mut();
+        m.nb_segs = total;
+        m.pkt_len += len;
+        Ok(())
+    }
+
+    /// Copies every later segment into the first one and frees them; false, and the
+    /// chain left as it was, when the first segment's tailroom is too small.
+    #[cold]
+    fn join(&mut self) -> bool {
+        // SAFETY: self owns the whole chain; DPDK's linearize moves the data into the
+        // first segment only when it fits and frees the unchained segments itself.
+        unsafe { dpdk_sys::__rte_pktmbuf_linearize(self.0.as_ptr()) == 0 }
+    }
+
     fn into_raw(self) -> *mut dpdk_sys::rte_mbuf {
         let raw = self.0.as_ptr();
         std::mem::forget(self);
@@ -342,13 +382,50 @@ impl MbufBatch {
     }
 
     /// Takes the packets out in order, leaving the batch empty (what the iterator does
-    /// not yield is freed when it drops).
+    /// not yield is freed when it drops; if the iterator is leaked instead, so are they,
+    /// never freed twice).
     #[inline(always)]
     pub fn drain(&mut self) -> Drain<'_> {
+        // The batch forgets its packets first: from here the iterator alone owns them.
+        let end = std::mem::replace(&mut self.len, 0);
         Drain {
             batch: self,
             next: 0,
+            end,
         }
+    }
+
+    /// Makes every packet of the batch one segment: a chain is joined into its first
+    /// segment when it fits there, and freed otherwise. Returns (joined, freed).
+    #[inline]
+    pub fn join_segments(&mut self) -> (usize, usize) {
+        if !self.as_slice().iter().any(Mbuf::is_chained) {
+            return (0, 0);
+        }
+        self.join_chains()
+    }
+
+    #[cold]
+    fn join_chains(&mut self) -> (usize, usize) {
+        let (mut joined, mut freed) = (0, 0);
+        let mut kept = 0;
+        for i in 0..self.len {
+            // SAFETY: slot i < len holds an owned, non-null mbuf; it is either moved to
+            // slot `kept` (<= i) or freed, so every slot below the new len stays owned.
+            let mut mbuf = Mbuf::from_raw(unsafe { NonNull::new_unchecked(self.slots[i]) });
+            if mbuf.is_chained() {
+                if !mbuf.join() {
+                    drop(mbuf);
+                    freed += 1;
+                    continue;
+                }
+                joined += 1;
+            }
+            self.slots[kept] = mbuf.into_raw();
+            kept += 1;
+        }
+        self.len = kept;
+        (joined, freed)
     }
 
     /// Frees every packet held; returns how many.
@@ -410,10 +487,12 @@ impl MbufBatch {
     }
 }
 
-/// Iterator of [`MbufBatch::drain`].
+/// Iterator of [`MbufBatch::drain`]: owns the packets `next..end` of the batch's slots
+/// (the batch itself already counts none).
 pub struct Drain<'a> {
     batch: &'a mut MbufBatch,
     next: usize,
+    end: usize,
 }
 
 impl Iterator for Drain<'_> {
@@ -421,7 +500,7 @@ impl Iterator for Drain<'_> {
 
     #[inline(always)]
     fn next(&mut self) -> Option<Mbuf> {
-        if self.next >= self.batch.len {
+        if self.next >= self.end {
             return None;
         }
         let raw = self.batch.slots[self.next];
@@ -430,16 +509,17 @@ impl Iterator for Drain<'_> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.batch.len - self.next;
+        let left = self.end - self.next;
         (left, Some(left))
     }
 }
 
 impl Drop for Drain<'_> {
     fn drop(&mut self) {
-        let left = self.batch.len - self.next;
+        let left = self.end - self.next;
         if left > 0 {
-            // SAFETY: slots next..len still hold owned mbufs that were not yielded.
+            // SAFETY: slots next..end still hold owned mbufs that were not yielded, and
+            // the batch (len 0) does not count them.
             unsafe {
                 dpdk_sys::rte_pktmbuf_free_bulk(
                     self.batch.slots.as_mut_ptr().add(self.next),
@@ -447,7 +527,6 @@ impl Drop for Drain<'_> {
                 )
             };
         }
-        self.batch.len = 0;
     }
 }
 

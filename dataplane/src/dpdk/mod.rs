@@ -17,7 +17,7 @@ mod ring;
 mod time;
 
 pub use backend::{Backend, BondMode, DeviceNamer};
-pub use eal::{register_thread, unregister_thread, Eal, EalOptions};
+pub use eal::{prepare_process, register_thread, unregister_thread, Eal, EalOptions};
 pub use error::DpdkError;
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;

@@ -22,8 +22,28 @@ unsafe impl Sync for RawRing {}
 
 impl Drop for RawRing {
     fn drop(&mut self) {
-        // SAFETY: the last end was dropped; nothing else points at the ring. Packets
-        // still inside were drained by the consumer's Drop.
+        // The consumer's Drop drained the ring, but a producer that outlived it (a
+        // worker that had not yet let go of a detached port) may have filled it again.
+        let mut batch = MbufBatch::new();
+        loop {
+            let (slots, room) = batch.spare_raw();
+            // SAFETY: both ends are gone, so this is the ring's only user; every object
+            // in it is an owned mbuf, and slots has room writable entries.
+            let n = unsafe {
+                dpdk_sys::tenet_ring_sc_dequeue_burst(
+                    self.0.as_ptr(),
+                    slots.cast(),
+                    u32::from(room),
+                )
+            };
+            if n == 0 {
+                break;
+            }
+            batch.filled(n as usize);
+            batch.free_all();
+        }
+        // SAFETY: the last end was dropped and the ring is empty; nothing else points
+        // at it.
         unsafe { dpdk_sys::rte_ring_free(self.0.as_ptr()) };
     }
 }

@@ -128,6 +128,13 @@ impl Learner {
         });
     }
 
+    /// Forgets what was reported: after tenants or ports were removed, every source
+    /// is reported afresh, so the control plane relearns MACs it dropped with them.
+    pub fn forget(&mut self) {
+        self.cache.fill(None);
+        self.last_neighbor = None;
+    }
+
     /// An underlay neighbour announced `ip` at `mac`.
     #[inline]
     pub fn neighbor(&mut self, ip: Ipv4Addr, mac: Mac, counters: &CoreCounters) {

@@ -26,7 +26,7 @@ pub use xconnect::CrossConnect;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::counters::CoreCounters;
+use crate::counters::{CoreCounters, DropReason};
 use crate::dpdk::{Mbuf, MbufBatch};
 use crate::table::publish::TableReader;
 use crate::table::PortRole;
@@ -83,6 +83,8 @@ pub struct SwitchPipeline {
     router: RouterState,
     held: HoldQueue,
     tsc_hz: u64,
+    /// The [`crate::table::FlowTables::retired`] mark whose state this core dropped.
+    retired: u64,
 }
 
 impl SwitchPipeline {
@@ -100,7 +102,44 @@ impl SwitchPipeline {
             router: RouterState::new(slot.nat_sessions, slot.index, slot.count),
             held: VecDeque::with_capacity(HOLD_QUEUE_LEN),
             tsc_hz: tsc_hz.max(1),
+            retired: 0,
         }
+    }
+
+    /// Moves to the newest tables, if there are any; true when it did. State that
+    /// names what the new tables retired goes first, then the control plane hears
+    /// that this core is done with the old tables (and may reuse their identities).
+    fn refresh(&mut self, counters: &CoreCounters) -> bool {
+        if !self.tables.refresh() {
+            return false;
+        }
+        self.cache.clear();
+        let retired = self.tables.tables().retired;
+        if retired != self.retired {
+            self.retired = retired;
+            self.forget_retired(counters);
+        }
+        self.tables.post();
+        true
+    }
+
+    /// Drops the SNAT sessions whose gateway is no longer here (or no longer on that
+    /// address), the held frames of tenants that are gone, and the learning memos.
+    #[cold]
+    fn forget_retired(&mut self, counters: &CoreCounters) {
+        let tables = self.tables.tables();
+        self.router.nat.retain(|tenant, outside| {
+            tables
+                .router(tenant)
+                .filter(|r| r.here)
+                .and_then(|r| r.snat_ip)
+                == Some(outside)
+        });
+        let before = self.held.len();
+        self.held
+            .retain(|(pending, _, _)| tables.tenant(pending.tenant).is_some());
+        counters.add_drop(DropReason::Retired, before - self.held.len());
+        self.learner.forget();
     }
 
     /// Gives held frames their next chance with newer tables; drops the ones whose
@@ -130,7 +169,7 @@ impl SwitchPipeline {
                     self.held.push_back((pending, since, frame));
                 } else {
                     drop(frame);
-                    counters.add_drop(crate::counters::DropReason::NeighborUnresolved, 1);
+                    counters.add_drop(DropReason::NeighborUnresolved, 1);
                 }
             }
         }
@@ -168,8 +207,11 @@ impl Sink<Mbuf> for TxSink<'_> {
 
 impl Pipeline for SwitchPipeline {
     fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
-        // A held frame waits for the snapshot that resolves its neighbour, which may
-        // come when no other packet does.
+        // An idle core moves to new tables too: it frees the old ones, and the control
+        // plane may reuse what they retired only once every core has moved. A held frame
+        // waits for the snapshot that resolves its neighbour, which may come when no
+        // other packet does.
+        let moved = self.refresh(counters);
         if self.held.is_empty() {
             return 0;
         }
@@ -178,9 +220,7 @@ impl Pipeline for SwitchPipeline {
             .held
             .front()
             .is_some_and(|h| self.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS);
-        if self.tables.refresh() {
-            self.cache.clear();
-        } else if !expired {
+        if !moved && !expired {
             return 0;
         }
         self.release_held(outputs, counters)
@@ -195,8 +235,7 @@ impl Pipeline for SwitchPipeline {
         counters: &CoreCounters,
     ) {
         self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
-        if self.tables.refresh() {
-            self.cache.clear();
+        if self.refresh(counters) {
             if !self.held.is_empty() {
                 self.release_held(outputs, counters);
             }

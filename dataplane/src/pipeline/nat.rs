@@ -299,6 +299,22 @@ impl NatTable {
         }
     }
 
+    /// Drops every session `keep` refuses, given its tenant and its outside (SNAT)
+    /// address: what a change of the tables took away (a tenant gone, a gateway moved
+    /// off this host, a new SNAT address) must not answer for anyone any more.
+    pub fn retain(&mut self, mut keep: impl FnMut(TenantIdx, Ipv4Addr) -> bool) {
+        for i in 0..self.sessions.len() {
+            if self.activity[i].state & LIVE == 0 {
+                continue;
+            }
+            let s = &self.sessions[i];
+            let outside_ip = Ipv4Addr::from((s.outside_key >> 64) as u32);
+            if !keep(s.inside.tenant, outside_ip) {
+                self.release(i as u32);
+            }
+        }
+    }
+
     fn release(&mut self, i: u32) {
         let a = std::mem::replace(&mut self.activity[i as usize], IDLE);
         if a.state & LIVE == 0 {
@@ -452,6 +468,29 @@ mod tests {
         assert_eq!(inside.port, 40000);
         assert_eq!(t.inbound(&s, &back(UDP, p), 0, 1), None, "other protocol");
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn retain_drops_the_sessions_of_what_is_gone() {
+        let s = NatSettings::default();
+        let other = Ipv4Addr::new(198, 18, 0, 2);
+        let mut t = NatTable::new(16, 0, 1);
+        let gone = t.outbound(&s, 1, 10, SNAT, &flow(UDP, 1000), 0, 0).unwrap();
+        let moved = t
+            .outbound(&s, 2, 10, other, &flow(UDP, 1000), 0, 0)
+            .unwrap();
+        let stays = t.outbound(&s, 3, 10, SNAT, &flow(UDP, 1000), 0, 0).unwrap();
+        t.retain(|tenant, ip| (tenant == 3 || tenant == 2) && ip == SNAT);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.tenant_sessions(1), 0);
+        assert_eq!(t.tenant_sessions(2), 0, "its SNAT address changed");
+        assert!(t.inbound(&s, &back(UDP, gone), 0, 1).is_none());
+        let back_other = Flow {
+            dst: other,
+            ..back(UDP, moved)
+        };
+        assert!(t.inbound(&s, &back_other, 0, 1).is_none());
+        assert_eq!(t.inbound(&s, &back(UDP, stays), 0, 1).unwrap().tenant, 3);
     }
 
     #[test]

@@ -194,10 +194,7 @@ fn from_access<F: Frame, S: Sink<F>, T: Trace>(
 
 /// A tenant's id for trace notes.
 pub(super) fn tenant_id(tables: &FlowTables, tenant: TenantIdx) -> u32 {
-    tables
-        .tenants
-        .get(usize::from(tenant))
-        .map_or(u32::MAX, |t| t.id)
+    tables.tenant(tenant).map_or(u32::MAX, |t| t.id)
 }
 
 /// A container may only send as the MAC and IPs its port allows, ARP included.
@@ -645,11 +642,16 @@ fn resolve(tables: &FlowTables, tenant: TenantIdx, entry: Option<crate::table::F
     }
 }
 
-/// How a frame of `tenant` leaves `port`: as is on an access port, tagged on a trunk.
+/// How a frame of `tenant` leaves `port`: as is on an access port of that tenant,
+/// tagged on a trunk carrying it, nowhere else. The check is the last word on
+/// isolation: whatever an FDB entry says (a MAC learned on a port whose id a
+/// later port of another tenant took), a frame never leaves through another tenant's
+/// port.
 fn port_out(tables: &FlowTables, tenant: TenantIdx, port: u16) -> Out {
     match tables.role(port) {
-        PortRole::Access { .. } => Out::Port(port),
-        PortRole::Trunk => match tables.tenants[usize::from(tenant)].vlan {
+        PortRole::Access { tenant: owner, .. } if *owner == tenant => Out::Port(port),
+        PortRole::Access { .. } => Out::Drop(DropReason::ForeignPort),
+        PortRole::Trunk => match tables.tenant(tenant).and_then(|t| t.vlan) {
             Some(vid) if tables.trunk_tenant(port, vid) == Some(tenant) => {
                 Out::TaggedPort(port, vid)
             }
@@ -696,7 +698,7 @@ fn flood<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
-    let Some(t) = tables.tenants.get(usize::from(tenant)) else {
+    let Some(t) = tables.tenant(tenant) else {
         return cx.drop(DropReason::NoOutput);
     };
     let ports = t
@@ -774,7 +776,7 @@ fn to_tunnel<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
-    let (Some(uplink), Some(t)) = (tables.uplink, tables.tenants.get(usize::from(tenant))) else {
+    let (Some(uplink), Some(t)) = (tables.uplink, tables.tenant(tenant)) else {
         return cx.drop(DropReason::NoOutput);
     };
     let Some(header) = tables.tunnels[usize::from(tunnel)].header.as_ref() else {

@@ -45,10 +45,20 @@ impl TablesBuilder {
         self
     }
 
-    /// Adds a tenant; `vlan` maps it on trunks (and on tunnels in the shared design).
+    /// Adds a tenant in the next unused slot; `vlan` maps it on trunks (and on tunnels
+    /// in the shared design).
     pub fn tenant(&mut self, id: u32, vlan: Option<u16>) -> TenantIdx {
-        let idx = self.tables.tenants.len() as TenantIdx;
-        self.tables.tenants.push(TenantTable {
+        let slot = self.tables.tenants.len() as TenantIdx;
+        self.tenant_in(slot, id, vlan)
+    }
+
+    /// Adds a tenant in `slot` (the control plane's stable slot for it).
+    pub fn tenant_in(&mut self, slot: TenantIdx, id: u32, vlan: Option<u16>) -> TenantIdx {
+        let at = usize::from(slot);
+        if self.tables.tenants.len() <= at {
+            self.tables.tenants.resize(at + 1, None);
+        }
+        self.tables.tenants[at] = Some(TenantTable {
             id,
             vlan,
             flood_ports: Vec::new(),
@@ -56,10 +66,23 @@ impl TablesBuilder {
             router: None,
         });
         if let Some(vid) = vlan {
-            self.tables.vlan_tenant[usize::from(vid & 0x0fff)] = idx;
+            self.tables.vlan_tenant[usize::from(vid & 0x0fff)] = slot;
         }
-        self.tables.key_tenant.insert(id, idx);
-        idx
+        self.tables.key_tenant.insert(id, slot);
+        slot
+    }
+
+    /// Marks the snapshot as the first without something the previous ones had
+    /// ([`FlowTables::retired`]).
+    pub fn retired(&mut self, epoch: u64) -> &mut Self {
+        self.tables.retired = epoch;
+        self
+    }
+
+    fn tenant_mut(&mut self, slot: TenantIdx) -> &mut TenantTable {
+        self.tables.tenants[usize::from(slot)]
+            .as_mut()
+            .expect("a tenant is added before its ports, tunnels and router")
     }
 
     /// The index of the tenant with `id`.
@@ -74,9 +97,7 @@ impl TablesBuilder {
             (self.tables.port_security.len() - 1) as u16
         });
         self.set_role(port, PortRole::Access { tenant, security });
-        self.tables.tenants[usize::from(tenant)]
-            .flood_ports
-            .push(port);
+        self.tenant_mut(tenant).flood_ports.push(port);
     }
 
     /// A tagged port carrying `tenants` (each by its VLAN).
@@ -84,7 +105,7 @@ impl TablesBuilder {
         self.set_role(port, PortRole::Trunk);
         let mut set = Box::new([0u64; 64]);
         for &tenant in tenants {
-            let t = &mut self.tables.tenants[usize::from(tenant)];
+            let t = self.tenant_mut(tenant);
             if let Some(vid) = t.vlan {
                 let vid = usize::from(vid & 0x0fff);
                 set[vid / 64] |= 1 << (vid % 64);
@@ -154,9 +175,7 @@ impl TablesBuilder {
             .insert(tunnel_tenant_key(tunnel, tenant), ())
             .is_none()
         {
-            self.tables.tenants[usize::from(tenant)]
-                .tunnels
-                .push(tunnel);
+            self.tenant_mut(tenant).tunnels.push(tunnel);
         }
     }
 
@@ -198,7 +217,7 @@ impl TablesBuilder {
             }
         }
         let interfaces = router.interfaces.clone();
-        self.tables.tenants[usize::from(tenant)].router = Some(router);
+        self.tenant_mut(tenant).router = Some(router);
         for i in interfaces {
             self.route(tenant, i.ip, i.prefix, RouteTarget::Direct(tenant));
         }
@@ -211,7 +230,7 @@ impl TablesBuilder {
         self.tables
             .routes
             .insert(route_key(tenant, prefix, ip), target);
-        if let Some(r) = self.tables.tenants[usize::from(tenant)].router.as_mut() {
+        if let Some(r) = self.tenant_mut(tenant).router.as_mut() {
             r.route_lengths |= 1 << prefix;
         }
     }

@@ -27,11 +27,14 @@ pub enum Design {
     Dedicated,
 }
 
-/// Dense index of a tenant in this host's tables (not its id).
+/// A tenant's slot in this host's tables (not its id). The control plane gives each
+/// tenant a slot for as long as it lives on this host and hands a freed slot out again
+/// only after every worker has moved past the tables that used it and dropped the
+/// state that named it (see [`FlowTables::retired`]).
 pub type TenantIdx = u16;
 /// Index into [`FlowTables::tunnels`].
 pub type TunnelIdx = u16;
-/// Index of a host in the cluster's host list.
+/// A host's slot, stable while the host is in the cluster (like [`TenantIdx`]).
 pub type HostIdx = u16;
 
 /// What a port is for.
@@ -197,8 +200,8 @@ pub struct FlowTables {
     pub ports: Vec<PortRole>,
     /// Port security rule sets.
     pub port_security: Vec<PortSecurity>,
-    /// Tenants by index.
-    pub tenants: Vec<TenantTable>,
+    /// Tenants by slot; `None` where no tenant lives (a slot freed or not yet used).
+    pub tenants: Vec<Option<TenantTable>>,
     /// VLAN id → tenant (shared design tunnels and trunks), [`NO_TENANT`] if none.
     pub vlan_tenant: Vec<TenantIdx>,
     /// For each trunk port id, a 4096-bit set of the VLANs it carries.
@@ -240,6 +243,11 @@ pub struct FlowTables {
     pub external: Option<ExternalHop>,
     /// SNAT limits and timeouts.
     pub nat: NatSettings,
+    /// Grows whenever a tenant, a port or a gateway left this host's tables since the
+    /// previous snapshot: a worker that sees it change drops the per-core state naming
+    /// what is gone (SNAT sessions, held frames, learning memos) before it forwards
+    /// with the new tables.
+    pub retired: u64,
 }
 
 impl Default for FlowTables {
@@ -268,6 +276,7 @@ impl Default for FlowTables {
             uplink_ips: Vec::new(),
             external: None,
             nat: NatSettings::default(),
+            retired: 0,
         }
     }
 }
@@ -302,10 +311,16 @@ impl FlowTables {
             .contains_key(&tunnel_tenant_key(tunnel, tenant))
     }
 
+    /// The tenant in `slot`, if one lives there.
+    #[inline(always)]
+    pub fn tenant(&self, slot: TenantIdx) -> Option<&TenantTable> {
+        self.tenants.get(usize::from(slot))?.as_ref()
+    }
+
     /// The router of a tenant.
     #[inline(always)]
     pub fn router(&self, tenant: TenantIdx) -> Option<&Router> {
-        self.tenants.get(usize::from(tenant))?.router.as_ref()
+        self.tenant(tenant)?.router.as_ref()
     }
 
     /// Whether the uplink answers for `ip` (the underlay IP or a SNAT address).

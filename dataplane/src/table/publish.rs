@@ -5,9 +5,13 @@
 //! new `Arc`, dropping its old one. A snapshot is freed when the last worker has moved
 //! past it. A packet is handled entirely by one snapshot; publishing never stops or
 //! drops traffic, and the per-packet path takes no lock and touches no refcount.
+//!
+//! Each reader also posts the version it moved to, so the control plane can tell when
+//! every reader is past a snapshot ([`TablePublisher::oldest_in_use`]): only then may an
+//! identity that snapshot retired (a tenant's slot) be given to something else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
@@ -16,6 +20,8 @@ use super::FlowTables;
 struct Shared {
     current: ArcSwap<FlowTables>,
     version: AtomicU64,
+    /// The version each live reader uses (a reader dropped leaves a dead `Weak`).
+    readers: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 /// The control plane's end: publishes new snapshots.
@@ -31,6 +37,7 @@ impl TablePublisher {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(initial),
                 version: AtomicU64::new(1),
+                readers: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -53,11 +60,38 @@ impl TablePublisher {
 
     /// A reader for a worker.
     pub fn reader(&self) -> TableReader {
+        let mut readers = self.lock_readers();
+        // Read under the lock: a publish racing with this registration is either seen
+        // here or counted by oldest_in_use as this reader's next refresh.
+        let version = self.version();
+        let posted = Arc::new(AtomicU64::new(version));
+        readers.retain(|r| r.strong_count() > 0);
+        readers.push(Arc::downgrade(&posted));
         TableReader {
             shared: Arc::clone(&self.shared),
-            version: self.version(),
+            version,
             tables: self.current(),
+            posted,
         }
+    }
+
+    /// The oldest version any reader still uses (the newest published when there is no
+    /// reader). Everything a snapshot older than this retired is out of every reader's
+    /// hands.
+    pub fn oldest_in_use(&self) -> u64 {
+        let newest = self.version();
+        self.lock_readers()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|v| v.load(Ordering::Acquire))
+            .fold(newest, u64::min)
+    }
+
+    fn lock_readers(&self) -> std::sync::MutexGuard<'_, Vec<Weak<AtomicU64>>> {
+        self.shared
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -66,6 +100,7 @@ pub struct TableReader {
     shared: Arc<Shared>,
     version: u64,
     tables: Arc<FlowTables>,
+    posted: Arc<AtomicU64>,
 }
 
 impl TableReader {
@@ -80,6 +115,13 @@ impl TableReader {
         self.tables = self.shared.current.load_full();
         self.version = published;
         true
+    }
+
+    /// Tells the control plane this reader is done with every snapshot before the one
+    /// it holds now. Call after the state the older snapshots named is dropped.
+    #[inline]
+    pub fn post(&self) {
+        self.posted.store(self.version, Ordering::Release);
     }
 
     /// The snapshot in use.
@@ -124,5 +166,26 @@ mod tests {
             first.upgrade().is_none(),
             "freed once every reader moved on"
         );
+    }
+
+    #[test]
+    fn the_oldest_version_in_use_waits_for_every_reader_to_post() {
+        let publisher = TablePublisher::new(FlowTables::default());
+        assert_eq!(publisher.oldest_in_use(), 1, "no reader: the newest");
+        let mut a = publisher.reader();
+        let mut b = publisher.reader();
+        publisher.publish(FlowTables::default());
+        assert_eq!(publisher.oldest_in_use(), 1);
+        a.refresh();
+        a.post();
+        assert_eq!(publisher.oldest_in_use(), 1, "b still holds version 1");
+        b.refresh();
+        assert_eq!(publisher.oldest_in_use(), 1, "moved, but not yet posted");
+        b.post();
+        assert_eq!(publisher.oldest_in_use(), 2);
+        drop(a);
+        drop(b);
+        publisher.publish(FlowTables::default());
+        assert_eq!(publisher.oldest_in_use(), 3, "dropped readers hold nothing");
     }
 }
