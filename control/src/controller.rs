@@ -27,6 +27,13 @@ const ARP_RETRY: Duration = Duration::from_secs(1);
 const ARP_REFRESH: Duration = Duration::from_secs(30);
 /// How often learned MACs are aged.
 const AGING_PERIOD: Duration = Duration::from_secs(1);
+/// How long after asking for a next hop's MAC a reply counts as its answer.
+const ARP_ANSWER_WINDOW: Duration = Duration::from_secs(3);
+/// The least time between two changes of a resolved next hop's MAC: a station on the
+/// underlay that races the real one moves a tunnel at most this often (and is logged).
+const NEIGHBOR_MOVE_LOCK: Duration = Duration::from_secs(10);
+/// A next hop that answered none of our requests for this long is forgotten.
+const NEIGHBOR_STALE: Duration = Duration::from_secs(3 * 30 + 5);
 
 /// Counters of the control side of learning.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,32 @@ pub struct ControlStats {
     pub router_arp_sent: u64,
     /// Gratuitous ARPs sent when a gateway was placed on this host.
     pub garp_sent: u64,
+    /// Underlay ARP replies not taken: nobody asked (or not lately), a second answer
+    /// to one request disagreed, or the next hop moved again too soon.
+    pub arp_refused: u64,
+}
+
+/// What this host asked of an underlay next hop, and what it heard.
+#[derive(Debug, Clone)]
+struct Asked {
+    /// When the request went out.
+    at: Instant,
+    /// The distinct MACs that answered it.
+    answers: Vec<Mac>,
+    /// Whether the first answer was taken at once (the next hop was unresolved).
+    installed: bool,
+}
+
+/// Distinct answers to one request kept (a flood of forged ones counts as refused).
+const MAX_ANSWERS: usize = 4;
+
+/// A resolved underlay next hop's history.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    /// When its MAC last changed (or was first learned).
+    changed: Instant,
+    /// When it last answered.
+    confirmed: Instant,
 }
 
 /// How many times a router asks for a neighbour before giving up (until the next miss).
@@ -81,6 +114,10 @@ pub struct Controller {
     misses: HashMap<(TenantIdx, Ipv4Addr), (Option<Instant>, u32)>,
     /// Ids of the tenants whose gateway was announced here (gratuitous ARP).
     announced: HashSet<u32>,
+    /// Underlay next hops asked for.
+    asked: HashMap<Ipv4Addr, Asked>,
+    /// Underlay next hops resolved.
+    resolved: HashMap<Ipv4Addr, Resolved>,
     dirty: bool,
     last_aging: Instant,
     last_arp: Option<Instant>,
@@ -125,6 +162,8 @@ impl Controller {
             router_injector,
             misses: HashMap::new(),
             announced: HashSet::new(),
+            asked: HashMap::new(),
+            resolved: HashMap::new(),
             dirty: false,
             last_aging: now,
             last_arp: None,
@@ -341,6 +380,7 @@ impl Controller {
     /// One round: apply events, age, resolve, publish if anything changed.
     pub fn step(&mut self, now: Instant, pool: &Mempool) {
         self.absorb(now);
+        self.settle_next_hops(now);
         self.resolve(now, pool);
         self.publish_if_changed();
         self.announce(pool);
@@ -383,12 +423,7 @@ impl Controller {
                 mac,
                 location,
             } => self.learn(tenant, mac, location, now),
-            Event::Neighbor { ip, mac } => {
-                if self.dynamic.neighbors.insert(ip, mac) != Some(mac) {
-                    tracing::info!(%ip, mac = %fmt_mac(&mac), "underlay neighbour resolved");
-                    self.dirty = true;
-                }
-            }
+            Event::Neighbor { ip, mac } => self.underlay_reply(ip, mac, now),
             Event::TenantNeighbor { tenant, ip, mac } => self.tenant_neighbor(tenant, ip, mac, now),
             Event::NeighborMiss { tenant, ip } => {
                 let known = self.dynamic.tenant_neighbors.contains_key(&(tenant, ip));
@@ -397,6 +432,174 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// An ARP reply on the underlay. Only an answer to this host's own request counts
+    /// (anyone on the segment can send one unasked). The first answer for a next hop
+    /// not yet resolved is taken at once; whether a resolved one moves is decided when
+    /// the request's window closes ([`Controller::settle_next_hops`]).
+    fn underlay_reply(&mut self, ip: Ipv4Addr, mac: Mac, now: Instant) {
+        let Some(ask) = self
+            .asked
+            .get_mut(&ip)
+            .filter(|a| now.duration_since(a.at) < ARP_ANSWER_WINDOW)
+        else {
+            self.stats.arp_refused += 1;
+            tracing::debug!(%ip, mac = %fmt_mac(&mac), "unsolicited underlay ARP reply ignored");
+            return;
+        };
+        if !ask.answers.contains(&mac) {
+            if ask.answers.len() >= MAX_ANSWERS {
+                self.stats.arp_refused += 1;
+                return;
+            }
+            ask.answers.push(mac);
+        }
+        if !self.dynamic.neighbors.contains_key(&ip) && ask.answers.len() == 1 {
+            ask.installed = true;
+            tracing::info!(%ip, mac = %fmt_mac(&mac), "underlay neighbour resolved");
+            self.dynamic.neighbors.insert(ip, mac);
+            self.resolved.insert(
+                ip,
+                Resolved {
+                    changed: now,
+                    confirmed: now,
+                },
+            );
+            self.dirty = true;
+        }
+    }
+
+    /// Decides on the answers to each request whose window closed. One answer, the MAC
+    /// in use: confirmed. One answer, another MAC: the next hop moved (at most once per
+    /// [`NEIGHBOR_MOVE_LOCK`], logged). Disagreeing answers: somebody lies; the MAC in
+    /// use stays, and a MAC taken from such a window is dropped and asked again.
+    fn settle_next_hops(&mut self, now: Instant) {
+        let closed: Vec<(Ipv4Addr, Asked)> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| now.duration_since(a.at) >= ARP_ANSWER_WINDOW)
+            .map(|(&ip, a)| (ip, a.clone()))
+            .collect();
+        for (ip, ask) in closed {
+            self.asked.remove(&ip);
+            let Some(current) = self.dynamic.neighbors.get(&ip).copied() else {
+                continue;
+            };
+            match ask.answers.as_slice() {
+                [] => {}
+                [only] if *only == current => {
+                    if let Some(r) = self.resolved.get_mut(&ip) {
+                        r.confirmed = now;
+                    }
+                }
+                [moved] => {
+                    let changed = self.resolved.get(&ip).map_or(now, |r| r.changed);
+                    if now.duration_since(changed) < NEIGHBOR_MOVE_LOCK {
+                        self.stats.arp_refused += 1;
+                        tracing::warn!(%ip, old = %fmt_mac(&current), new = %fmt_mac(moved), "underlay next hop moved again too soon; keeping it where it was");
+                        continue;
+                    }
+                    tracing::warn!(%ip, old = %fmt_mac(&current), new = %fmt_mac(moved), "underlay next hop moved");
+                    self.dynamic.neighbors.insert(ip, *moved);
+                    self.resolved.insert(
+                        ip,
+                        Resolved {
+                            changed: now,
+                            confirmed: now,
+                        },
+                    );
+                    self.dirty = true;
+                }
+                several => {
+                    self.stats.arp_refused += 1;
+                    let macs: Vec<String> = several.iter().map(fmt_mac).collect();
+                    if ask.installed {
+                        tracing::warn!(%ip, answers = ?macs, "stations disagree on a new underlay next hop; asking again");
+                        self.dynamic.neighbors.remove(&ip);
+                        self.resolved.remove(&ip);
+                        self.dirty = true;
+                    } else {
+                        tracing::warn!(%ip, answers = ?macs, kept = %fmt_mac(&current), "stations disagree on an underlay next hop; keeping the one in use");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The underlay next hops this host needs: toward its tunnels' peers and the way
+    /// out; none with a configured MAC.
+    fn wanted_next_hops(&self) -> Vec<Ipv4Addr> {
+        let plan = &self.config.switching;
+        let mut hops: Vec<Ipv4Addr> = Vec::new();
+        // The way out is resolved whether or not a gateway runs here now: one that moves
+        // here must not lose its first packets to an unresolved next hop.
+        if let (Some(hop), None) = (plan.underlay_gateway, plan.underlay_gateway_mac) {
+            hops.push(hop);
+        }
+        for host in compile::tunnel_hosts(plan) {
+            let hop = compile::next_hop(plan, host);
+            let static_mac = hop == plan.hosts[host].ip && plan.hosts[host].mac.is_some();
+            if !static_mac && !hops.contains(&hop) {
+                hops.push(hop);
+            }
+        }
+        hops
+    }
+
+    /// The next hops to ask for now: the unresolved ones (every second), all of them
+    /// now and then to refresh; forgets the ones no longer needed and those that
+    /// stopped answering. Records the requests as asked.
+    fn due_next_hops(&mut self, now: Instant) -> Vec<Ipv4Addr> {
+        if self
+            .last_arp
+            .is_some_and(|t| now.duration_since(t) < ARP_RETRY)
+        {
+            return Vec::new();
+        }
+        self.last_arp = Some(now);
+        let refresh = now.duration_since(self.last_refresh) >= ARP_REFRESH;
+        if refresh {
+            self.last_refresh = now;
+        }
+        let wanted = self.wanted_next_hops();
+        let resolved = &self.resolved;
+        let before = self.dynamic.neighbors.len();
+        self.dynamic.neighbors.retain(|ip, _| {
+            wanted.contains(ip)
+                && resolved
+                    .get(ip)
+                    .is_some_and(|r| now.duration_since(r.confirmed) < NEIGHBOR_STALE)
+        });
+        if self.dynamic.neighbors.len() != before {
+            tracing::info!(
+                forgotten = before - self.dynamic.neighbors.len(),
+                "underlay next hops no longer needed or no longer answering forgotten"
+            );
+            self.dirty = true;
+        }
+        let neighbors = &self.dynamic.neighbors;
+        self.resolved.retain(|ip, _| neighbors.contains_key(ip));
+        self.asked.retain(|ip, _| wanted.contains(ip));
+        let due: Vec<Ipv4Addr> = wanted
+            .into_iter()
+            .filter(|hop| refresh || !self.dynamic.neighbors.contains_key(hop))
+            .collect();
+        for &hop in &due {
+            // A request still open with answers keeps them (they are weighed together).
+            let open = self.asked.get(&hop).is_some_and(|a| !a.answers.is_empty());
+            if !open {
+                self.asked.insert(
+                    hop,
+                    Asked {
+                        at: now,
+                        answers: Vec::new(),
+                        installed: false,
+                    },
+                );
+            }
+        }
+        due
     }
 
     /// A router's neighbour answered or asked: kept unless it claims a known
@@ -604,34 +807,7 @@ impl Controller {
         let Some(up) = compile::underlay(&self.config, &self.ports) else {
             return;
         };
-        if self
-            .last_arp
-            .is_some_and(|t| now.duration_since(t) < ARP_RETRY)
-        {
-            return;
-        }
-        self.last_arp = Some(now);
-        let refresh = now.duration_since(self.last_refresh) >= ARP_REFRESH;
-        if refresh {
-            self.last_refresh = now;
-        }
-        let plan = &self.config.switching;
-        let mut targets: Vec<Ipv4Addr> = Vec::new();
-        // The way out is resolved whether or not a gateway runs here now: one that moves
-        // here must not lose its first packets to an unresolved next hop.
-        if let (Some(hop), None) = (plan.underlay_gateway, plan.underlay_gateway_mac) {
-            if !self.dynamic.neighbors.contains_key(&hop) || refresh {
-                targets.push(hop);
-            }
-        }
-        for host in compile::tunnel_hosts(plan) {
-            let hop = compile::next_hop(plan, host);
-            let static_mac = hop == plan.hosts[host].ip && plan.hosts[host].mac.is_some();
-            let known = self.dynamic.neighbors.contains_key(&hop);
-            if !static_mac && (!known || refresh) && !targets.contains(&hop) {
-                targets.push(hop);
-            }
-        }
+        let targets = self.due_next_hops(now);
         let Some(injector) = self.injector.as_mut() else {
             return;
         };
@@ -961,6 +1137,149 @@ port = "c1"
         learn_in(&queue, red, 1, 2);
         c.absorb(Instant::now());
         assert_eq!(c.learned(), 1);
+    }
+
+    const UNDERLAY: &str = r#"
+[switch]
+host = "a"
+
+[[host]]
+name = "a"
+underlay_ip = "192.168.77.1/24"
+
+[[host]]
+name = "b"
+underlay_ip = "192.168.77.2/24"
+
+[[tenant]]
+name = "red"
+id = 100
+hosts = ["b"]
+
+[[port]]
+name = "up"
+backend = "ring"
+role = "uplink"
+"#;
+
+    const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+    const REAL: Mac = [2, 0, 0, 0, 0x77, 2];
+    const LIAR: Mac = [2, 0, 0, 0, 0x66, 6];
+
+    fn underlay_controller() -> (Controller, Arc<EventQueue>, TablePublisher) {
+        let queue = Arc::new(EventQueue::new(64));
+        let publisher = TablePublisher::new(Default::default());
+        let c = Controller::new(
+            validated(UNDERLAY),
+            vec![port(0)],
+            publisher.clone(),
+            vec![Arc::clone(&queue)],
+            None,
+            None,
+        );
+        (c, queue, publisher)
+    }
+
+    fn reply(queue: &EventQueue, mac: Mac) {
+        queue.push(Event::Neighbor { ip: PEER, mac }).unwrap();
+    }
+
+    /// The MAC the tunnel to b is built toward.
+    fn tunnel_mac(publisher: &TablePublisher) -> Option<Mac> {
+        let tables = publisher.current();
+        let header = tables.tunnels.first()?.header?;
+        Some(header.bytes[..6].try_into().unwrap())
+    }
+
+    #[test]
+    fn underlay_next_hops_are_learned_only_from_answers_to_our_requests() {
+        let (mut c, queue, publisher) = underlay_controller();
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        reply(&queue, LIAR);
+        c.absorb(at(0.0));
+        assert_eq!(c.dynamic.neighbors.get(&PEER), None, "nobody asked");
+        assert_eq!(c.due_next_hops(at(0.0)), [PEER]);
+        reply(&queue, REAL);
+        c.absorb(at(0.1));
+        c.publish_if_changed();
+        assert_eq!(tunnel_mac(&publisher), Some(REAL));
+        // An unasked reply, long after the request: refused.
+        reply(&queue, LIAR);
+        c.absorb(at(5.0));
+        c.settle_next_hops(at(5.0));
+        // The refresh: the liar answers first, the real host too: the tunnel stays.
+        assert_eq!(c.due_next_hops(at(31.0)), [PEER]);
+        reply(&queue, LIAR);
+        reply(&queue, REAL);
+        c.absorb(at(31.1));
+        c.settle_next_hops(at(34.5));
+        c.publish_if_changed();
+        assert_eq!(tunnel_mac(&publisher), Some(REAL));
+        assert_eq!(c.stats().arp_refused, 3);
+        // A real move (only the new MAC answers) is taken once the window closes, and a
+        // second move within the lock is refused.
+        assert_eq!(c.due_next_hops(at(62.0)), [PEER]);
+        reply(&queue, LIAR);
+        c.absorb(at(62.1));
+        c.publish_if_changed();
+        assert_eq!(
+            tunnel_mac(&publisher),
+            Some(REAL),
+            "not before the window closes"
+        );
+        c.settle_next_hops(at(65.1));
+        c.publish_if_changed();
+        assert_eq!(tunnel_mac(&publisher), Some(LIAR));
+    }
+
+    #[test]
+    fn disagreeing_first_answers_leave_the_next_hop_unresolved_and_asked_again() {
+        let (mut c, queue, publisher) = underlay_controller();
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        assert_eq!(c.due_next_hops(at(0.0)), [PEER]);
+        reply(&queue, LIAR);
+        reply(&queue, REAL);
+        c.absorb(at(0.1));
+        c.settle_next_hops(at(3.1));
+        c.publish_if_changed();
+        assert_eq!(
+            tunnel_mac(&publisher),
+            None,
+            "no tunnel toward a contested MAC"
+        );
+        assert_eq!(c.due_next_hops(at(3.2)), [PEER], "asked again");
+        reply(&queue, REAL);
+        c.absorb(at(3.3));
+        c.publish_if_changed();
+        assert_eq!(tunnel_mac(&publisher), Some(REAL));
+    }
+
+    #[test]
+    fn next_hops_that_stop_answering_or_are_no_longer_needed_are_forgotten() {
+        let (mut c, queue, _publisher) = underlay_controller();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        c.due_next_hops(at(0));
+        reply(&queue, REAL);
+        c.absorb(at(0));
+        c.settle_next_hops(at(4));
+        for s in [31, 62, 93] {
+            assert_eq!(c.due_next_hops(at(s)), [PEER], "refresh at {s} s");
+            c.settle_next_hops(at(s + 4));
+        }
+        assert_eq!(c.dynamic.neighbors.get(&PEER), Some(&REAL), "95 s not yet");
+        c.due_next_hops(at(124));
+        assert_eq!(c.dynamic.neighbors.get(&PEER), None, "silent for over 95 s");
+        // A tenant no longer on b: its next hop goes, and is not asked for.
+        c.due_next_hops(at(125));
+        reply(&queue, REAL);
+        c.absorb(at(125));
+        let alone = validated(&UNDERLAY.replace("hosts = [\"b\"]", ""));
+        c.reconfigure(alone, vec![port(0)]);
+        assert!(c.due_next_hops(at(130)).is_empty());
+        assert!(c.dynamic.neighbors.is_empty());
     }
 
     #[test]

@@ -27,6 +27,10 @@ use crate::wiring::{self, Dataplane, NamedPort};
 /// How often the control plane folds slow-path events into a new snapshot.
 const CONTROL_PERIOD: Duration = Duration::from_millis(10);
 
+/// How often ports are checked: a vanished interface goes down, a down port whose
+/// next try is due is tried.
+const PORT_PERIOD: Duration = Duration::from_secs(1);
+
 /// How often the gateways' egress is measured for a cluster's placement.
 const EGRESS_PERIOD: Duration = Duration::from_secs(1);
 /// Time constant of the measured egress: a burst moves it little, traffic that lasts
@@ -65,22 +69,31 @@ impl Summary {
 
 /// Runs the switch until SIGINT or SIGTERM; `live` is the model as stored (the API
 /// edits it), `config` the same model validated over the start-up file.
-pub fn run(config: Validated, live: Live, options: RunOptions) -> anyhow::Result<Summary> {
+pub fn run(
+    config: Validated,
+    live: Live,
+    done: StoreDone,
+    options: RunOptions,
+) -> anyhow::Result<Summary> {
     let eal = Eal::init(config.eal.clone()).context("starting DPDK")?;
-    let result = run_with_eal(&config, live, &options);
+    let result = run_with_eal(&config, live, done, &options);
     drop(eal);
     result
 }
 
+/// Where the live model's blocking store calls report (see [`Live::new`]).
+pub type StoreDone = tokio::sync::mpsc::UnboundedReceiver<crate::live::Done>;
+
 fn run_with_eal(
     config: &Validated,
     mut live: Live,
+    mut done: StoreDone,
     options: &RunOptions,
 ) -> anyhow::Result<Summary> {
     let pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
     let mut namer = DeviceNamer::default();
-    let mut ports = wiring::attach_ports(&config.ports, &mut namer)?;
-    let mut wiring = wiring::wire(config, &pool, &mut ports)?;
+    let (mut ports, mut down) = wiring::attach_ports(&config.ports, &mut namer);
+    let mut wiring = wiring::wire(config, &pool, &mut ports, &mut down)?;
     let wiring_captures = std::mem::take(&mut wiring.captures);
     let port_info: Vec<Option<PortInfo>> = config
         .ports
@@ -93,6 +106,9 @@ fn run_with_eal(
             })
         })
         .collect();
+    for (name, d) in &down {
+        tracing::warn!(port = %name, error = %d.reason, "starting without this port; it is tried again until its device is back");
+    }
     let queues: Vec<Arc<EventQueue>> = wiring
         .plans
         .iter()
@@ -107,7 +123,7 @@ fn run_with_eal(
         port_info,
         publisher.clone(),
         queues.clone(),
-        wiring.uplink_injector,
+        Some(wiring.uplink_injector),
         Some(wiring.router_injector),
     );
     let started = Instant::now();
@@ -137,7 +153,7 @@ fn run_with_eal(
         workers,
         pool: &pool,
         namer,
-        down: Default::default(),
+        down,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -150,9 +166,12 @@ fn run_with_eal(
         &mut capture,
         options.stats_interval,
         &mut controller,
-        &mut live,
+        (&mut live, &mut done),
         &api_socket,
     ))?;
+    // A store call still under way (etcd slow to answer) may finish or not; the
+    // change it carries was not answered as applied either way.
+    runtime.shutdown_timeout(Duration::from_secs(5));
     let Dataplane { ports, workers, .. } = dataplane;
     let capture_rings = capture;
     let _ = std::fs::remove_file(&api_socket);
@@ -181,7 +200,7 @@ async fn wait_for_stop(
     capture: &mut Capture,
     interval: Option<Duration>,
     controller: &mut Controller,
-    live: &mut Live,
+    (live, done): (&mut Live, &mut StoreDone),
     api_socket: &std::path::Path,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -207,13 +226,15 @@ async fn wait_for_stop(
     let mut previous = Snapshot::take(&dataplane.ports, &dataplane.workers);
     let mut control_tick = tokio::time::interval(CONTROL_PERIOD);
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut port_tick = tokio::time::interval(PORT_PERIOD);
+    port_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut cluster = live.watch();
     let mut egress = EgressMeter::new(&dataplane.workers);
     let mut egress_tick = tokio::time::interval(EGRESS_PERIOD);
     egress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     if cluster.is_some() {
         // Whatever changed while this host started (placements to make included).
-        live.refresh(controller, dataplane);
+        live.refresh();
     }
     loop {
         tokio::select! {
@@ -221,19 +242,25 @@ async fn wait_for_stop(
                 Some(changes) => changes.recv().await,
                 None => std::future::pending().await,
             } } => {
-                live.refresh(controller, dataplane);
+                live.refresh();
             }
+            Some(finished) = done.recv() => live.finish(finished, controller, dataplane),
             _ = egress_tick.tick(), if cluster.is_some() => {
                 live.report_egress(egress.sample(&dataplane.workers));
-                live.retry_placements(controller, dataplane);
+                live.retry_placements();
             }
             _ = control_tick.tick() => {
                 controller.step(Instant::now(), dataplane.pool);
                 capture.poll(Instant::now(), controller);
             }
+            _ = port_tick.tick() => tend_ports(dataplane, controller),
             Some((command, reply)) = calls.recv() => {
                 if let api::Command::Capture { port, count, seconds } = command {
                     capture.start(port, count, seconds, reply, controller, &dataplane.ports);
+                    continue;
+                }
+                if let api::Command::Change(change) = command {
+                    live.submit(change, reply, controller, dataplane);
                     continue;
                 }
                 let answer = live.answer(command, controller, dataplane);
@@ -258,6 +285,32 @@ async fn wait_for_stop(
         tcp.abort();
     }
     Ok(())
+}
+
+/// Takes down the ports whose kernel interface vanished (tables without them go out
+/// first) and brings back the down ones whose device is there again.
+fn tend_ports(dataplane: &mut Dataplane<'_>, controller: &mut Controller) {
+    let config = Arc::clone(controller.config());
+    let gone = dataplane.vanished();
+    if !gone.is_empty() {
+        for name in &gone {
+            dataplane.down.insert(
+                name.clone(),
+                wiring::Down::new("its interface vanished".to_owned()),
+            );
+        }
+        let ports = dataplane.port_info(&config.ports);
+        controller.reconfigure(Arc::clone(&config), ports);
+        controller.publish_if_changed();
+        dataplane.take_down(&gone, "its interface vanished");
+        // What the workers queued about those ports until they let go is refused now.
+        controller.absorb(Instant::now());
+    }
+    if !dataplane.retry_down(&config, Instant::now()).is_empty() {
+        let ports = dataplane.port_info(&config.ports);
+        controller.reconfigure(config, ports);
+        controller.publish_if_changed();
+    }
 }
 
 /// The bits a second tenants' gateways send out of the uplink, smoothed.

@@ -115,14 +115,9 @@ impl Driver {
 
     fn save(&self) -> Result<(), Failure> {
         let text = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
-        if let Some(dir) = self.state_file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        // Written aside and renamed over: a crash leaves the old state or the new.
-        let temporary = self.state_file.with_extension("tmp");
-        std::fs::write(&temporary, text)
-            .and_then(|_| std::fs::rename(&temporary, &self.state_file))
-            .map_err(|e| format!("saving {}: {e}", self.state_file.display()))
+        // A crash leaves the old state or the new, and the new one survives a power cut.
+        crate::store::write_private(&self.state_file, &text)
+            .map_err(|e| format!("saving {}: {e:#}", self.state_file.display()))
     }
 
     /// Answers one request of the protocol (`/NetworkDriver.Join`, ...).

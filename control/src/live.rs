@@ -1,27 +1,63 @@
 //! The control loop's answers to API commands: reads come from the live model, the
 //! controller and the counters; a change is validated, written to the store, and only
 //! then made live (a refused or unsaved change changes nothing).
+//!
+//! The store is never waited on in the control loop: a change's write and a read of the
+//! cluster's model run on blocking threads and report back on [`Live::done`], while the
+//! loop goes on learning, resolving and answering reads. Changes are written one at a
+//! time, in the order they came.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dataplane::counters::{CoreStats, DropReason};
-use dataplane::worker::Worker;
 use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{Command, Reply};
 use crate::config::gateway::Placement;
 use crate::config::switching::RolePlan;
+use crate::config::Validated;
 use crate::controller::{fmt_mac, Controller};
 use crate::model::{Change, Model};
 use crate::store::{Conflict, Store};
 use crate::wiring::{Dataplane, NamedPort};
+
+/// What a store call on a blocking thread reports.
+pub enum Done {
+    /// The change being written is kept (or not).
+    Saved(anyhow::Result<()>),
+    /// The cluster's model as read (with its floating gateways placed, when this host
+    /// places them).
+    Read(Box<Read>),
+}
+
+/// A read of the cluster's model.
+pub struct Read {
+    /// The model, `None` when nothing is stored; an error when etcd did not answer.
+    model: anyhow::Result<Option<Model>>,
+    /// Whether recording gateway placements failed for a reason other than another
+    /// host writing first (tried again every second).
+    placement_failed: bool,
+    /// Whether this host's own part is in the cluster now.
+    seeded: bool,
+}
+
+/// A change whose write is under way.
+struct Saving {
+    change: Change,
+    model: Model,
+    validated: Validated,
+    effective: Option<Model>,
+    reply: oneshot::Sender<Reply>,
+}
 
 /// The model as edited through the API, and where it is kept.
 pub struct Live {
     /// The model in force.
     pub model: Model,
     /// Its store (`None`: changes last until tenetd stops).
-    pub store: Option<Store>,
+    pub store: Option<Arc<Store>>,
     /// The model the tables were last built from, with a cluster's dead hosts taken
     /// out (`None`: not yet known).
     pub running: Option<Value>,
@@ -29,64 +65,139 @@ pub struct Live {
     /// next [`Live::retry_placements`] rather than at the next change in the cluster,
     /// which may be long in coming.
     pub placement_pending: bool,
+    /// This host's own part (switch settings, ports) is not in the cluster yet: etcd
+    /// was away when it started. Written at the first read that reaches etcd.
+    pub unseeded: bool,
+    /// Records of the stored model left out of the tables now because they do not fit
+    /// (see [`Model::validate_leniently`]).
+    skipped: std::collections::BTreeSet<String>,
+    /// Where blocking store calls report (the loop hands it back to [`Live::finish`]).
+    report: mpsc::UnboundedSender<Done>,
+    saving: Option<Saving>,
+    queued: VecDeque<(Change, oneshot::Sender<Reply>)>,
+    reading: bool,
+    read_again: bool,
 }
 
 impl Live {
+    /// The live model `model`, kept in `store`, that the tables were built from as
+    /// `running`; and where its blocking store calls report, for the control loop.
+    pub fn new(
+        model: Model,
+        store: Option<Arc<Store>>,
+        running: Option<Value>,
+    ) -> (Self, mpsc::UnboundedReceiver<Done>) {
+        let (report, done) = mpsc::unbounded_channel();
+        let live = Self {
+            model,
+            store,
+            running,
+            placement_pending: false,
+            unseeded: false,
+            skipped: Default::default(),
+            report,
+            saving: None,
+            queued: VecDeque::new(),
+            reading: false,
+            read_again: false,
+        };
+        (live, done)
+    }
+
     /// Changes other hosts make to the cluster's model, when the model lives in etcd.
     pub fn watch(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
-        match &self.store {
+        match self.store.as_deref() {
             Some(Store::Etcd(etcd)) => Some(etcd.watch()),
             _ => None,
         }
     }
 
-    /// Records the gateway placements a failed write left out, if any.
-    pub fn retry_placements(&mut self, controller: &mut Controller, dataplane: &Dataplane<'_>) {
-        if self.placement_pending {
-            self.refresh(controller, dataplane);
+    /// Records the gateway placements a failed write left out, and writes this host's
+    /// own part if etcd was away when it started.
+    pub fn retry_placements(&mut self) {
+        if self.placement_pending || self.unseeded {
+            self.refresh();
         }
     }
 
     /// Hands the cluster the traffic this host's gateways send out (bits a second).
     pub fn report_egress(&self, bps: f64) {
-        if let Some(Store::Etcd(etcd)) = &self.store {
+        if let Some(Store::Etcd(etcd)) = self.store.as_deref() {
             etcd.report_egress(bps);
         }
     }
 
-    /// Takes the cluster's model as it is now (after another host changed it): this
-    /// host's tables follow it. A model that does not fit this host is logged and the
-    /// tables in force stay.
-    pub fn refresh(&mut self, controller: &mut Controller, dataplane: &Dataplane<'_>) {
-        let Some(store) = &self.store else {
+    /// Reads the cluster's model again (another host changed it), on a blocking
+    /// thread; [`Live::finish`] takes it. A read asked for while one runs follows it.
+    pub fn refresh(&mut self) {
+        let Some(store) = self.store.clone() else {
             return;
         };
-        let model = match store.reload(&self.model) {
+        if self.reading {
+            self.read_again = true;
+            return;
+        }
+        self.reading = true;
+        let seed = self.model.clone();
+        let retrying = std::mem::take(&mut self.placement_pending);
+        let unseeded = self.unseeded;
+        let report = self.report.clone();
+        tokio::task::spawn_blocking(move || {
+            let read = read_cluster(&store, &seed, retrying, unseeded);
+            let _ = report.send(Done::Read(Box::new(read)));
+        });
+    }
+
+    /// Takes what a blocking store call reported.
+    pub fn finish(
+        &mut self,
+        done: Done,
+        controller: &mut Controller,
+        dataplane: &mut Dataplane<'_>,
+    ) {
+        match done {
+            Done::Saved(result) => {
+                if let Some(saving) = self.saving.take() {
+                    let reply = self.commit(
+                        saving.change.clone(),
+                        &saving,
+                        result,
+                        controller,
+                        dataplane,
+                    );
+                    let _ = saving.reply.send(reply);
+                }
+                self.next_change(controller, dataplane);
+            }
+            Done::Read(read) => {
+                self.reading = false;
+                self.take_read(*read, controller, dataplane);
+                if std::mem::take(&mut self.read_again) {
+                    self.refresh();
+                }
+            }
+        }
+    }
+
+    /// Takes the cluster's model as read: this host's tables follow it. Records that
+    /// do not fit this host are left out (and logged); a model whose own part does not
+    /// fit is logged and the tables in force stay.
+    fn take_read(&mut self, read: Read, controller: &mut Controller, dataplane: &Dataplane<'_>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        self.placement_pending |= read.placement_failed;
+        if read.seeded && self.unseeded {
+            tracing::info!("this host's part is in the cluster now");
+            self.unseeded = false;
+        }
+        let model = match read.model {
             Ok(Some(model)) => model,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "could not read the cluster's model; keeping the tables in force");
                 return;
             }
-        };
-        let retrying = std::mem::take(&mut self.placement_pending);
-        let model = match store.with_placements(&model) {
-            // The record goes to every host through its watch, this one's too.
-            Some(placed) => match store.save(&placed) {
-                Ok(()) => placed,
-                Err(e) if e.downcast_ref::<Conflict>().is_some() => {
-                    tracing::info!(error = %e, "placing gateways: another host wrote first; taking its change next");
-                    model
-                }
-                Err(e) => {
-                    if !retrying {
-                        tracing::warn!(error = %format!("{e:#}"), "could not record gateway placements; trying again every second");
-                    }
-                    self.placement_pending = true;
-                    model
-                }
-            },
-            None => model,
         };
         let effective = store.effective(&model);
         let same = serde_json::to_value(&model).ok() == serde_json::to_value(&self.model).ok()
@@ -95,8 +206,9 @@ impl Live {
             return;
         }
         let base = controller.config().source.clone();
-        match effective.over(&base).validate() {
-            Ok(validated) => {
+        match effective.validate_leniently(&base) {
+            Ok((validated, skipped)) => {
+                self.note_skipped(&skipped);
                 tracing::info!(
                     tenants = model.tenants.len(),
                     hosts = model.hosts.len(),
@@ -105,6 +217,7 @@ impl Live {
                 );
                 self.model = model;
                 self.running = serde_json::to_value(&effective).ok();
+                keep_copy(&store, self.model.clone());
                 let ports = dataplane.port_info(&validated.ports);
                 controller.reconfigure(Arc::new(validated), ports);
                 controller.publish_if_changed();
@@ -115,6 +228,171 @@ impl Live {
         }
     }
 
+    /// Takes note of the records left out of the tables now, logging the new ones.
+    pub fn note_skipped(&mut self, skipped: &[crate::model::Skipped]) {
+        for record in skipped {
+            if !self.skipped.contains(&record.record) {
+                tracing::warn!(%record, "a stored record does not fit; left out, the rest runs");
+            }
+        }
+        self.skipped = skipped.iter().map(|s| s.record.clone()).collect();
+    }
+
+    /// Takes an API change: it is validated and written after the changes before it;
+    /// the answer goes back on `reply` once it is live (or refused).
+    pub fn submit(
+        &mut self,
+        change: Change,
+        reply: oneshot::Sender<Reply>,
+        controller: &mut Controller,
+        dataplane: &mut Dataplane<'_>,
+    ) {
+        self.queued.push_back((change, reply));
+        self.next_change(controller, dataplane);
+    }
+
+    /// Starts writing the next queued change, unless one is being written.
+    fn next_change(&mut self, controller: &mut Controller, dataplane: &mut Dataplane<'_>) {
+        while self.saving.is_none() {
+            let Some((change, reply)) = self.queued.pop_front() else {
+                return;
+            };
+            let saving = match self.prepare(change, reply, controller, dataplane) {
+                Ok(saving) => saving,
+                Err((reply, refusal)) => {
+                    let _ = reply.send(refusal);
+                    continue;
+                }
+            };
+            let Some(store) = self.store.clone() else {
+                let reply = self.commit(
+                    saving.change.clone(),
+                    &saving,
+                    Ok(()),
+                    controller,
+                    dataplane,
+                );
+                let _ = saving.reply.send(reply);
+                continue;
+            };
+            let model = saving.model.clone();
+            let report = self.report.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = report.send(Done::Saved(store.save(&model)));
+            });
+            self.saving = Some(saving);
+        }
+    }
+
+    /// Validates a change against the model in force and attaches a new port's device
+    /// (it must come up before the change is kept).
+    #[allow(clippy::result_large_err)]
+    fn prepare(
+        &mut self,
+        change: Change,
+        reply: oneshot::Sender<Reply>,
+        controller: &mut Controller,
+        dataplane: &mut Dataplane<'_>,
+    ) -> Result<Saving, (oneshot::Sender<Reply>, Reply)> {
+        let base = controller.config().source.clone();
+        let (model, mut validated) = match self.model.apply(&change, &base) {
+            Ok(next) => next,
+            Err(refusal) => {
+                let refused = Reply::error(refusal.status, &refusal.field, &refusal.message);
+                return Err((reply, refused));
+            }
+        };
+        // In a cluster the tables leave out hosts counted dead.
+        let effective = self.store.as_ref().map(|store| store.effective(&model));
+        if let Some(Store::Etcd(_)) = self.store.as_deref() {
+            // Records that were unfit before stay left out, as in the tables (the
+            // change itself was checked whole above).
+            match effective.as_ref().map(|m| m.validate_leniently(&base)) {
+                Some(Ok((v, _))) => validated = v,
+                Some(Err(e)) => return Err((reply, Reply::error(400, "", &e.to_string()))),
+                None => {}
+            }
+        }
+        if let Change::AddPort(_) = &change {
+            let plan = validated.ports.last().expect("the new port is last");
+            if let Err(e) = dataplane.hot_attach(plan, &validated) {
+                return Err((reply, Reply::error(400, "backend", &format!("{e:#}"))));
+            }
+        }
+        Ok(Saving {
+            change,
+            model,
+            validated,
+            effective,
+            reply,
+        })
+    }
+
+    /// Makes a written change live, or undoes what preparing it did when the write
+    /// failed; returns the answer.
+    fn commit(
+        &mut self,
+        change: Change,
+        saving: &Saving,
+        saved: anyhow::Result<()>,
+        controller: &mut Controller,
+        dataplane: &mut Dataplane<'_>,
+    ) -> Reply {
+        if let Err(e) = saved {
+            tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
+            if let Change::AddPort(spec) = &change {
+                let name = saving.validated.ports.last().map(|p| p.name.clone());
+                if let Err(e) = dataplane.hot_detach(name.as_deref().unwrap_or_default()) {
+                    tracing::error!(error = %format!("{e:#}"), port = ?spec.name, "detaching the refused port");
+                }
+            }
+            if let Some(conflict) = e.downcast_ref::<Conflict>() {
+                return Reply::error(409, &conflict.field, &conflict.message);
+            }
+            return Reply::error(500, "", &format!("could not save the state: {e:#}"));
+        }
+        tracing::info!(?change, "applied");
+        self.running = saving
+            .effective
+            .as_ref()
+            .and_then(|m| serde_json::to_value(m).ok());
+        if let Some(store) = &self.store {
+            keep_copy(store, saving.model.clone());
+        }
+        self.model = saving.model.clone();
+        let validated = saving.validated.clone();
+        // Ports are paired with the config by name: a port the change removed has no
+        // role in these tables, whether or not its device is detached yet.
+        let ports = dataplane.port_info(&validated.ports);
+        controller.reconfigure(Arc::new(validated), ports);
+        controller.publish_if_changed();
+        if let Change::DeletePort(name) = &change {
+            dataplane.down.remove(name);
+            // Workers stop using the port only once tables without it are out.
+            if let Err(e) = dataplane.hot_detach(name) {
+                tracing::error!(error = %format!("{e:#}"), port = %name, "detaching the port; it stays attached, unused, and is tried again");
+                return Reply::error(500, "name", &format!("{e:#}"));
+            }
+            // What the workers queued about the port until they let go of it is
+            // refused now, before a later port can take its id.
+            controller.absorb(std::time::Instant::now());
+        }
+        let status = match change {
+            Change::AddTenant(_)
+            | Change::AddHost(_)
+            | Change::AddEndpoint(_)
+            | Change::AddRoute(_)
+            | Change::AddPublish(_)
+            | Change::AddPort(_) => 201,
+            _ => 200,
+        };
+        Reply {
+            status,
+            body: json!({"status": status, "message": "applied"}),
+            raw: None,
+        }
+    }
+
     /// Answers one command.
     pub fn answer(
         &mut self,
@@ -122,7 +400,7 @@ impl Live {
         controller: &mut Controller,
         dataplane: &mut Dataplane<'_>,
     ) -> Reply {
-        let (ports, workers) = (&dataplane.ports, &dataplane.workers);
+        let ports = &dataplane.ports;
         let dp = &*dataplane;
         match command {
             Command::ListTenants => Reply::ok(json!(self.model.tenants)),
@@ -160,9 +438,10 @@ impl Live {
                 "ports": ports_json(controller, dp),
                 "learned_macs": controller.learned(),
             })),
-            Command::Change(change) => self.change(change, controller, dataplane),
+            // Changes are written off the loop (see Live::submit).
+            Command::Change(_) => Reply::error(500, "", "changes are handled by the control loop"),
             Command::Trace { port, frame } => trace(controller, ports, &port, frame),
-            Command::Metrics => Reply::text(metrics(controller, ports, workers)),
+            Command::Metrics => Reply::text(metrics(controller, dp) + &self.store_metrics()),
             Command::OpenApi => Reply::ok(crate::api::openapi()),
             // Captures take time; the control loop runs them (see daemon::Capture).
             Command::Capture { .. } => {
@@ -171,11 +450,32 @@ impl Live {
         }
     }
 
+    /// Prometheus text of the store's health: what was skipped, what waits.
+    fn store_metrics(&self) -> String {
+        let skipped_keys = match self.store.as_deref() {
+            Some(Store::Etcd(etcd)) => etcd.skipped_keys(),
+            _ => 0,
+        };
+        format!(
+            "# HELP tenet_store_skipped_keys Keys of the cluster store that do not hold what their place says, skipped.\n\
+             # TYPE tenet_store_skipped_keys gauge\n\
+             tenet_store_skipped_keys {skipped_keys}\n\
+             # HELP tenet_store_skipped_records Stored records left out of the tables because they do not fit.\n\
+             # TYPE tenet_store_skipped_records gauge\n\
+             tenet_store_skipped_records {}\n\
+             # HELP tenet_store_unseeded Whether this host's own part is not yet in the cluster store (etcd away at start).\n\
+             # TYPE tenet_store_unseeded gauge\n\
+             tenet_store_unseeded {}\n",
+            self.skipped.len(),
+            u8::from(self.unseeded)
+        )
+    }
+
     /// The host `tenant`'s gateway runs on (`None`: it has none, or no living host
     /// can take it): in a cluster as placed among the living hosts, recorded or not;
     /// otherwise as this host's tables have it ("here" on a host without a name).
     fn gateway_on(&self, controller: &Controller, tenant: &str) -> Option<String> {
-        if let Some(Store::Etcd(etcd)) = &self.store {
+        if let Some(Store::Etcd(etcd)) = self.store.as_deref() {
             return crate::placement::gateways(&self.model, &etcd.alive()).remove(tenant);
         }
         let config = controller.config();
@@ -188,84 +488,64 @@ impl Live {
         };
         Some(host.map_or_else(|| "here".to_owned(), |h| switching.hosts[h].name.clone()))
     }
+}
 
-    fn change(
-        &mut self,
-        change: Change,
-        controller: &mut Controller,
-        dataplane: &mut Dataplane<'_>,
-    ) -> Reply {
-        let base = controller.config().source.clone();
-        let (model, mut validated) = match self.model.apply(&change, &base) {
-            Ok(next) => next,
-            Err(refusal) => return Reply::error(refusal.status, &refusal.field, &refusal.message),
-        };
-        // In a cluster the tables leave out hosts counted dead.
-        let effective = self.store.as_ref().map(|store| store.effective(&model));
-        if let Some(Store::Etcd(_)) = &self.store {
-            match effective.as_ref().map(|m| m.over(&base).validate()) {
-                Some(Ok(v)) => validated = v,
-                Some(Err(e)) => return Reply::error(400, "", &e.to_string()),
-                None => {}
+/// Reads the cluster's model from `store` (on a blocking thread), writes this host's
+/// own part when it is not in yet, and records floating gateways' places when this host
+/// is the placer.
+fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> Read {
+    let mut seeded = false;
+    let model = match store.reload(seed) {
+        Ok(Some(model)) => model,
+        // The cluster holds nothing yet: this host's part starts it.
+        Ok(None) if unseeded => seed.clone(),
+        other => {
+            return Read {
+                model: other,
+                placement_failed: retrying,
+                seeded,
             }
         }
-        // A new port's device must come up before the change is kept.
-        if let Change::AddPort(_) = &change {
-            let plan = validated.ports.last().expect("the new port is last");
-            if let Err(e) = dataplane.hot_attach(plan, &validated) {
-                return Reply::error(400, "backend", &format!("{e:#}"));
+    };
+    if unseeded {
+        match store.save(&model) {
+            Ok(()) => seeded = true,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not write this host's part to the cluster; trying again every second")
             }
-        }
-        if let Err(e) = self
-            .store
-            .as_ref()
-            .map_or(Ok(()), |store| store.save(&model))
-        {
-            tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
-            if let Change::AddPort(spec) = &change {
-                let name = validated.ports.last().map(|p| p.name.clone());
-                if let Err(e) = dataplane.hot_detach(name.as_deref().unwrap_or_default()) {
-                    tracing::error!(error = %format!("{e:#}"), port = ?spec.name, "detaching the refused port");
-                }
-            }
-            if let Some(conflict) = e.downcast_ref::<Conflict>() {
-                return Reply::error(409, &conflict.field, &conflict.message);
-            }
-            return Reply::error(500, "", &format!("could not save the state: {e:#}"));
-        }
-        tracing::info!(?change, "applied");
-        self.running = effective.and_then(|m| serde_json::to_value(&m).ok());
-        self.model = model;
-        // Ports are paired with the config by name: a port the change removed has no
-        // role in these tables, whether or not its device is detached yet.
-        let ports = dataplane.port_info(&validated.ports);
-        controller.reconfigure(Arc::new(validated), ports);
-        if let Change::DeletePort(name) = &change {
-            // Workers stop using the port only once tables without it are out.
-            controller.publish_if_changed();
-            if let Err(e) = dataplane.hot_detach(name) {
-                tracing::error!(error = %format!("{e:#}"), port = %name, "detaching the port; it stays attached, unused, and is tried again");
-                return Reply::error(500, "name", &format!("{e:#}"));
-            }
-            // What the workers queued about the port until they let go of it is
-            // refused now, before a later port can take its id.
-            controller.absorb(std::time::Instant::now());
-        }
-        let status = match change {
-            Change::AddTenant(_)
-            | Change::AddHost(_)
-            | Change::AddEndpoint(_)
-            | Change::AddRoute(_)
-            | Change::AddPublish(_)
-            | Change::AddPort(_) => 201,
-            _ => 200,
-        };
-        Reply {
-            status,
-            body: json!({"status": status, "message": "applied"}),
-            raw: None,
         }
     }
+    let mut placement_failed = false;
+    let model = match store.with_placements(&model) {
+        // The record goes to every host through its watch, this one's too.
+        Some(placed) => match store.save(&placed) {
+            Ok(()) => placed,
+            Err(e) if e.downcast_ref::<Conflict>().is_some() => {
+                tracing::info!(error = %e, "placing gateways: another host wrote first; taking its change next");
+                model
+            }
+            Err(e) => {
+                if !retrying {
+                    tracing::warn!(error = %format!("{e:#}"), "could not record gateway placements; trying again every second");
+                }
+                placement_failed = true;
+                model
+            }
+        },
+        None => model,
+    };
+    Read {
+        model: Ok(Some(model)),
+        placement_failed,
+        seeded,
+    }
+}
+
+/// Keeps the model where a restart finds it when the store does not answer (a
+/// cluster's local copy), off the control loop.
+fn keep_copy(store: &Arc<Store>, model: Model) {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || store.keep_copy(&model));
 }
 
 fn role_name(role: &RolePlan, tenants: &[crate::config::switching::TenantPlan]) -> Value {
@@ -312,7 +592,7 @@ fn ports_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
                     "name": plan.name,
                     "backend": plan.backend.kind(),
                     "state": "down",
-                    "error": dataplane.down.get(&plan.name),
+                    "error": dataplane.down.get(&plan.name).map(|d| d.reason.as_str()),
                     "role": role,
                     "link_up": false,
                 }),
@@ -454,7 +734,8 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
 }
 
 /// Prometheus text exposition of the counters.
-fn metrics(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) -> String {
+fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
+    let (ports, workers, down) = (&dataplane.ports, &dataplane.workers, &dataplane.down);
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
@@ -463,6 +744,19 @@ fn metrics(controller: &Controller, ports: &[NamedPort], workers: &[Worker]) -> 
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
+    let configured = &controller.config().ports;
+    family(
+        "tenet_port_up",
+        "Whether the configured port has its device (0: down, retried until it is back).",
+        "gauge",
+        configured
+            .iter()
+            .map(|p| {
+                let up = ports.iter().any(|n| n.name == p.name) && !down.contains_key(&p.name);
+                (format!("{{port=\"{}\"}}", p.name), u64::from(up))
+            })
+            .collect(),
+    );
     let port_stats: Vec<_> = ports
         .iter()
         .map(|p| (p.name.clone(), p.port.stats()))

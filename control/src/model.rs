@@ -99,6 +99,21 @@ pub struct TenantPatch {
     pub max_connections: Option<u32>,
 }
 
+/// A stored record left out because it does not fit.
+#[derive(Debug)]
+pub struct Skipped {
+    /// Which record, in words (`tenant `blue``).
+    pub record: String,
+    /// Why.
+    pub error: ConfigError,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.record, self.error)
+    }
+}
+
 /// A refused change: HTTP status, the field at fault, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
@@ -146,6 +161,60 @@ impl Model {
             routes: self.routes.clone(),
             published: self.published.clone(),
             ..base.clone()
+        }
+    }
+
+    /// Validates this model over `base` the way a store's model must be taken: a
+    /// record that does not fit (a tenant, host, endpoint, route or published port
+    /// another host wrote, or an older tenet accepted) is left out, with the reason,
+    /// and the rest runs. Only a fault of this host's own part (its switch settings,
+    /// its ports) refuses the whole.
+    pub fn validate_leniently(
+        &self,
+        base: &Config,
+    ) -> Result<(Validated, Vec<Skipped>), ConfigError> {
+        let mut model = self.clone();
+        let mut skipped = Vec::new();
+        loop {
+            let error = match model.over(base).validate() {
+                Ok(validated) => return Ok((validated, skipped)),
+                Err(error) => error,
+            };
+            let field = match &error {
+                ConfigError::Invalid { field, .. } | ConfigError::Syntax { field, .. } => field,
+                _ => return Err(error),
+            };
+            let Some(record) = model.take_record(field) else {
+                return Err(error);
+            };
+            skipped.push(Skipped { record, error });
+        }
+    }
+
+    /// Removes the record a config field path (`tenant[3].subnets`) points into;
+    /// names it, or `None` when the field is no record's.
+    fn take_record(&mut self, field: &str) -> Option<String> {
+        let (list, rest) = field.split_once('[')?;
+        let index: usize = rest.split_once(']')?.0.parse().ok()?;
+        fn take<T>(list: &mut Vec<T>, index: usize, name: impl Fn(&T) -> String) -> Option<String> {
+            (index < list.len()).then(|| name(&list.remove(index)))
+        }
+        match list {
+            "tenant" => take(&mut self.tenants, index, |t| format!("tenant `{}`", t.name)),
+            "host" => take(&mut self.hosts, index, |h| format!("host `{}`", h.name)),
+            "endpoint" => take(&mut self.endpoints, index, |e| {
+                format!("an endpoint of tenant `{}`", e.tenant)
+            }),
+            "route" => take(&mut self.routes, index, |r| {
+                format!("route {} of tenant `{}`", r.prefix, r.tenant)
+            }),
+            "publish" => take(&mut self.published, index, |p| {
+                format!(
+                    "published {} port {} of tenant `{}`",
+                    p.protocol, p.host_port, p.tenant
+                )
+            }),
+            _ => None,
         }
     }
 
@@ -334,11 +403,49 @@ impl Model {
                 _ => Refusal::not_found("", "nothing to change".to_owned()),
             });
         }
-        let validated = next
-            .over(base)
-            .validate()
-            .map_err(|e| refusal(e, &prefix))?;
+        let validated = match next.over(base).validate() {
+            Ok(validated) => validated,
+            Err(e) => {
+                // The model may hold a record that was unfit before this change (another
+                // host wrote it): it stays left out, as in the tables. Only a fault the
+                // change brings refuses it.
+                let Ok((validated, after)) = next.validate_leniently(base) else {
+                    return Err(refusal(e, &prefix));
+                };
+                let before: std::collections::HashSet<String> = self
+                    .validate_leniently(base)
+                    .map(|(_, skipped)| skipped.into_iter().map(|s| s.record).collect())
+                    .unwrap_or_default();
+                if let Some(new) = after.into_iter().find(|s| !before.contains(&s.record)) {
+                    return Err(refusal(at_change(new.error, &prefix), &prefix));
+                }
+                validated
+            }
+        };
         Ok((next, validated))
+    }
+}
+
+/// An error found with unfit records left out names its record by a position in the
+/// shorter list: give it the changed record's position again (`prefix`, `tenant[2].`).
+fn at_change(error: ConfigError, prefix: &str) -> ConfigError {
+    let list = prefix.split('[').next().unwrap_or_default();
+    let rebase = |field: String| match field.split_once("].") {
+        Some((head, rest)) if !list.is_empty() && head.split('[').next() == Some(list) => {
+            format!("{prefix}{rest}")
+        }
+        _ => field,
+    };
+    match error {
+        ConfigError::Invalid { field, message } => ConfigError::Invalid {
+            field: rebase(field),
+            message,
+        },
+        ConfigError::Syntax { field, message } => ConfigError::Syntax {
+            field: rebase(field),
+            message,
+        },
+        other => other,
     }
 }
 
@@ -366,5 +473,73 @@ fn refusal(error: ConfigError, prefix: &str) -> Refusal {
             field: String::new(),
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_that_do_not_fit_are_left_out_and_named_and_the_rest_runs() {
+        let base = Config::parse(
+            r#"
+[[tenant]]
+name = "red"
+id = 100
+subnets = ["10.1.0.1/24"]
+
+[[port]]
+name = "c1"
+backend = "ring"
+role = "access"
+tenant = "red"
+"#,
+            |_| None,
+        )
+        .unwrap();
+        let mut model = Model::of(&base);
+        let mut bad: TenantSpec = serde_json::from_value(serde_json::json!({
+            "name": "blue", "id": 200, "subnets": ["10.2.0.1/99"],
+        }))
+        .unwrap();
+        model.tenants.push(bad.clone());
+        model.endpoints.push(
+            serde_json::from_value(serde_json::json!({
+                "tenant": "blue", "mac": "02:00:00:00:0b:01", "port": "c1",
+            }))
+            .unwrap(),
+        );
+        let (validated, skipped) = model.validate_leniently(&base).unwrap();
+        assert_eq!(validated.switching.tenants.len(), 1);
+        assert!(validated.switching.endpoints.is_empty());
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped.iter().any(|s| s.record == "tenant `blue`"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped.iter().any(|s| s
+                .to_string()
+                .starts_with("an endpoint of tenant `blue`: config field `endpoint[0].port`")),
+            "{skipped:?}"
+        );
+        // A change goes through beside the unfit records; one that is unfit itself
+        // is refused with its own field.
+        let green: TenantSpec =
+            serde_json::from_value(serde_json::json!({"name": "green", "id": 300})).unwrap();
+        let (next, validated) = model.apply(&Change::AddTenant(green), &base).unwrap();
+        assert_eq!(next.tenants.len(), 3);
+        assert_eq!(validated.switching.tenants.len(), 2);
+        let unfit: TenantSpec = serde_json::from_value(
+            serde_json::json!({"name": "grey", "id": 400, "subnets": ["nonsense"]}),
+        )
+        .unwrap();
+        let refused = model.apply(&Change::AddTenant(unfit), &base).unwrap_err();
+        assert_eq!(refused.field, "subnets[0]", "{refused:?}");
+        // A fault of this host's own part refuses the whole.
+        bad.name = "green".to_owned();
+        model.ports[0].tenant = Some("nobody".to_owned());
+        assert!(model.validate_leniently(&base).is_err());
     }
 }

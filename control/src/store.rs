@@ -1,10 +1,11 @@
 //! Where the live [`Model`] is kept: one host alone uses the file store (JSON replaced
-//! atomically: write a temporary file, fsync it, rename it over the old one, fsync the
-//! directory, so a crash leaves either the old state or the new one, never a torn
-//! file); hosts of a cluster share it in etcd ([`etcd`]).
+//! atomically, readable by root alone: [`write_private`]); hosts of a cluster share it
+//! in etcd ([`etcd`]), each keeping a local copy of its own view for a start while etcd
+//! does not answer.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -20,7 +21,7 @@ pub enum Store {
     /// One host's file.
     File(FileStore),
     /// The cluster's etcd.
-    Etcd(EtcdStore),
+    Etcd(Box<EtcdStore>),
 }
 
 impl Store {
@@ -57,6 +58,16 @@ impl Store {
         match self {
             Store::File(_) => model.clone(),
             Store::Etcd(etcd) => crate::placement::view(model, &etcd.alive(), etcd.host()),
+        }
+    }
+
+    /// Keeps a copy of the cluster's model where a start finds it when etcd does not
+    /// answer; a single host's file is the model itself.
+    pub fn keep_copy(&self, model: &Model) {
+        if let Store::Etcd(etcd) = self {
+            if let Err(e) = etcd.keep_copy(model) {
+                tracing::warn!(error = %format!("{e:#}"), "could not keep the local copy of the cluster's model");
+            }
         }
     }
 
@@ -108,28 +119,52 @@ impl FileStore {
 
     /// Replaces the stored model atomically.
     pub fn save(&self, model: &Model) -> anyhow::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec_pretty(model).context("encoding the model")?;
-        {
-            let mut file =
-                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            file.write_all(&bytes)?;
-            file.sync_all().context("fsync of the new state")?;
-        }
-        fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
+        write_private(&self.path, &bytes)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one,
+/// never a torn one: a temporary file (mode 0600: state names tenants, addresses and
+/// ports) written and fsynced, renamed over `path`, and the directory fsynced so the
+/// rename itself survives. The directory is made (0700) if missing.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| -> anyhow::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().context("fsync of the new file")?;
+        fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("fsync of {}", dir.display()))?;
-        Ok(())
+            .with_context(|| format!("fsync of {}", dir.display()))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    written
 }
 
 #[cfg(test)]
@@ -147,6 +182,9 @@ mod tests {
         let back = store.load().unwrap().unwrap();
         assert_eq!(back.tenants[0].name, "red");
         assert_eq!(back.tenants[0].id, 7);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "state is root's alone");
         let leftovers: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .flatten()

@@ -3,6 +3,7 @@
 //! TX queue another worker owns.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dataplane::dpdk::{
@@ -12,7 +13,6 @@ use dataplane::worker::{Worker, WorkerCommand, WorkerPlan};
 
 use crate::compile::PortInfo;
 
-use crate::config::switching::RolePlan;
 use crate::config::{PortPlan, Validated};
 
 /// Packets a handoff ring holds: several bursts, so a briefly slow owner drops nothing.
@@ -26,11 +26,59 @@ pub struct NamedPort {
     pub name: String,
     /// The attached device.
     pub port: Port,
+    /// The kernel interface it serves, when it serves one, and its index then: another
+    /// index under the same name (or none) means the interface is gone.
+    pub kernel: Option<(String, u32)>,
 }
 
-/// Attaches every port of the config, in order (bond members before their bond).
-pub fn attach_ports(plans: &[PortPlan], namer: &mut DeviceNamer) -> anyhow::Result<Vec<NamedPort>> {
-    plans.iter().map(|plan| attach_port(plan, namer)).collect()
+/// A configured port without a device: why, and when it is tried again.
+#[derive(Debug, Clone)]
+pub struct Down {
+    /// What failed.
+    pub reason: String,
+    /// The next attempt.
+    pub next_try: Instant,
+    /// The wait after the next failure.
+    pub backoff: Duration,
+}
+
+/// First wait before a down port is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts on a down port.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl Down {
+    /// Down for `reason`, tried again soon.
+    pub fn new(reason: String) -> Self {
+        Self {
+            reason,
+            next_try: Instant::now() + RETRY_FIRST,
+            backoff: RETRY_FIRST,
+        }
+    }
+}
+
+/// Attaches every port of the config, in order (bond members before their bond). A
+/// port whose device cannot be attached (a container's veth gone while tenetd was
+/// down) does not stop the others: it is reported and comes back down, to be tried
+/// again.
+pub fn attach_ports(
+    plans: &[PortPlan],
+    namer: &mut DeviceNamer,
+) -> (Vec<NamedPort>, HashMap<String, Down>) {
+    let mut ports = Vec::with_capacity(plans.len());
+    let mut down = HashMap::new();
+    for plan in plans {
+        match attach_port(plan, namer) {
+            Ok(port) => ports.push(port),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::warn!(port = %plan.name, error = %reason, "port down; trying again");
+                down.insert(plan.name.clone(), Down::new(reason));
+            }
+        }
+    }
+    (ports, down)
 }
 
 /// Attaches one port's device (and its bond members) through DPDK hotplug.
@@ -44,14 +92,25 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
     // A kernel interface needs no DPDK device: tenet's own packet sockets serve it,
     // outside DPDK's port table (bond members still go through DPDK's driver).
     if let dataplane::dpdk::Backend::AfPacket { interface } = &plan.backend {
+        let kernel = dataplane::dpdk::interface_index(interface).map(|i| (interface.clone(), i));
         let port = Port::open_interface(interface)
             .with_context(|| format!("port `{}` (af-packet backend)", plan.name))?;
         tracing::info!(port = %plan.name, device = %port.name(), id = port.id(), "attached");
         return Ok(NamedPort {
             name: plan.name.clone(),
             port,
+            kernel,
         });
     }
+    let kernel = match plan.backend.kernel_interface() {
+        Some(interface) => {
+            let index = dataplane::dpdk::interface_index(interface).ok_or_else(|| {
+                anyhow::anyhow!("port `{}`: no interface `{interface}`", plan.name)
+            })?;
+            Some((interface.to_owned(), index))
+        }
+        None => None,
+    };
     let mut devargs = plan.backend.devargs(plan.queues, namer);
     let own = devargs
         .pop()
@@ -70,6 +129,7 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
     Ok(NamedPort {
         name: plan.name.clone(),
         port,
+        kernel,
     })
 }
 
@@ -85,13 +145,13 @@ pub struct Dataplane<'a> {
     pub pool: &'a Mempool,
     /// Device names handed out so far.
     pub namer: DeviceNamer,
-    /// Configured ports whose device could not be attached, with the reason.
-    pub down: HashMap<String, String>,
+    /// Configured ports without a device (it could not be attached, or it vanished).
+    pub down: HashMap<String, Down>,
 }
 
 impl Dataplane<'_> {
     /// What the compiler needs of each configured port, in config order: `None` for
-    /// a port whose device is not attached.
+    /// a port that is down.
     pub fn port_info(&self, plans: &[PortPlan]) -> Vec<Option<PortInfo>> {
         plans
             .iter()
@@ -104,9 +164,88 @@ impl Dataplane<'_> {
             .collect()
     }
 
-    /// The attached port named `name`.
+    /// The attached port named `name` (none while it is down).
     pub fn port(&self, name: &str) -> Option<&Port> {
+        if self.down.contains_key(name) {
+            return None;
+        }
         self.ports.iter().find(|p| p.name == name).map(|p| &p.port)
+    }
+
+    /// Attached ports whose kernel interface is gone (a container deleted with its
+    /// veth, or a new veth under the old name): they must go down.
+    pub fn vanished(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .filter(|p| !self.down.contains_key(&p.name))
+            .filter_map(|p| {
+                let (interface, index) = p.kernel.as_ref()?;
+                (dataplane::dpdk::interface_index(interface) != Some(*index))
+                    .then(|| p.name.clone())
+            })
+            .collect()
+    }
+
+    /// Takes ports down whose tables are out already: each worker lets go, the device
+    /// is closed, and the port waits in [`Dataplane::down`] for its next try.
+    pub fn take_down(&mut self, names: &[String], reason: &str) {
+        for name in names {
+            self.down.insert(name.clone(), Down::new(reason.to_owned()));
+            if let Err(e) = self.hot_detach(name) {
+                tracing::error!(port = %name, error = %format!("{e:#}"), "detaching a port gone down");
+            }
+            tracing::warn!(port = %name, reason, "port down; trying again");
+        }
+    }
+
+    /// Tries the down ports whose next try is due; returns the ones that came up.
+    pub fn retry_down(&mut self, config: &Validated, now: Instant) -> Vec<String> {
+        let due: Vec<String> = self
+            .down
+            .iter()
+            .filter(|(_, d)| d.next_try <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut up = Vec::new();
+        for name in due {
+            let Some(plan) = config.ports.iter().find(|p| p.name == name) else {
+                // The config dropped it meanwhile.
+                self.down.remove(&name);
+                continue;
+            };
+            // An interface that is not there yet is not worth a device probe.
+            let absent = plan
+                .backend
+                .kernel_interface()
+                .is_some_and(|i| dataplane::dpdk::interface_index(i).is_none());
+            // A port still attached (its detach failed) must let go first.
+            let stuck = self.ports.iter().any(|p| p.name == name);
+            let result = if absent {
+                Err(anyhow::anyhow!("interface missing"))
+            } else if stuck {
+                self.hot_detach(&name)
+                    .and_then(|()| self.hot_attach(plan, config))
+            } else {
+                self.hot_attach(plan, config)
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(port = %name, "port up again");
+                    self.down.remove(&name);
+                    up.push(name);
+                }
+                Err(e) => {
+                    if let Some(d) = self.down.get_mut(&name) {
+                        if !absent {
+                            d.reason = format!("{e:#}");
+                        }
+                        d.next_try = now + d.backoff;
+                        d.backoff = (d.backoff * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+        up
     }
 
     /// Attaches a port while traffic flows: probe, configure, start, then hand its
@@ -218,8 +357,8 @@ fn send(worker: &Worker, mut command: WorkerCommand) -> anyhow::Result<()> {
 pub struct Wiring {
     /// Worker plans.
     pub plans: Vec<WorkerPlan>,
-    /// Control plane → owner of the uplink's TX queue.
-    pub uplink_injector: Option<RingProducer>,
+    /// Control plane → the first worker, frames sent out of the uplink.
+    pub uplink_injector: RingProducer,
     /// Control plane → the first worker, frames sent as a tenant's router.
     pub router_injector: RingProducer,
     /// Workers → control plane: copies of captured packets.
@@ -228,8 +367,10 @@ pub struct Wiring {
 
 /// Rings between every two workers for outside frames whose SNAT session the other
 /// holds: each core allocates translated ports from its own slice, and the uplink's RX
-/// queue may belong to any core. A handed-off frame runs again as received on `uplink`.
-fn connect_workers(plans: &mut [WorkerPlan], uplink: u16) -> anyhow::Result<()> {
+/// queue may belong to any core. A handed-off frame runs again as received on the
+/// uplink, whichever port that is when it arrives (it may come and go).
+fn connect_workers(plans: &mut [WorkerPlan]) -> anyhow::Result<()> {
+    let uplink = dataplane::pipeline::switch::HANDOFF_PORT;
     for from in 0..plans.len() {
         for to in 0..plans.len() {
             if from == to {
@@ -247,8 +388,14 @@ fn connect_workers(plans: &mut [WorkerPlan], uplink: u16) -> anyhow::Result<()> 
 
 /// Configures and starts every port and hands each RX/TX queue pair to one worker
 /// (round-robin over all pairs). A worker reaches ports whose TX queue it does not own
-/// through a ring to the owner, since flooding may send anywhere.
-pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyhow::Result<Wiring> {
+/// through a ring to the owner, since flooding may send anywhere. A port that does not
+/// start is closed and put `down`, to be tried again; the others run.
+pub fn wire(
+    config: &Validated,
+    pool: &Mempool,
+    ports: &mut Vec<NamedPort>,
+    down: &mut HashMap<String, Down>,
+) -> anyhow::Result<Wiring> {
     let mut plans: Vec<WorkerPlan> = config
         .workers
         .iter()
@@ -283,14 +430,19 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             tx_descriptors: config.tx_descriptors,
             mtu: plan.mtu,
         };
-        let (rx, tx) = named
+        let started = named
             .port
             .configure(&port_config, pool)
-            .with_context(|| format!("port `{}`", named.name))?;
-        named
-            .port
-            .start()
-            .with_context(|| format!("port `{}`", named.name))?;
+            .and_then(|queues| named.port.start().map(|()| queues));
+        let (rx, tx) = match started {
+            Ok(queues) => queues,
+            Err(e) => {
+                let reason = format!("port `{}`: {e}", named.name);
+                tracing::warn!(port = %named.name, error = %reason, "port down; trying again");
+                down.insert(named.name.clone(), Down::new(reason));
+                continue;
+            }
+        };
         let id = named.port.id();
         for (rxq, txq) in rx.into_iter().zip(tx) {
             let worker = next % plans.len();
@@ -303,6 +455,7 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             plans[worker].tx.push(txq);
         }
     }
+    ports.retain(|p| !down.contains_key(&p.name));
     let port_ids: Vec<u16> = ports.iter().map(|p| p.port.id()).collect();
     for worker in 0..plans.len() {
         for &id in &port_ids {
@@ -320,25 +473,15 @@ pub fn wire(config: &Validated, pool: &Mempool, ports: &mut [NamedPort]) -> anyh
             plans[owner].inbound.push((id, consumer));
         }
     }
-    let uplink = config
-        .switching
-        .roles
-        .iter()
-        .position(|r| matches!(r, RolePlan::Uplink(_)))
-        .and_then(|i| ports.iter().find(|p| p.name == config.ports[i].name))
-        .map(|p| p.port.id());
-    let uplink_injector = match uplink.and_then(|id| Some((id, *tx_owner.get(&id)?))) {
-        Some((id, owner)) => {
-            let (producer, consumer) =
-                MbufRing::create("ctl-uplink", 256).context("creating the control ring")?;
-            plans[owner].inbound.push((id, consumer));
-            Some(producer)
-        }
-        None => None,
-    };
-    if let Some(uplink) = uplink {
-        connect_workers(&mut plans, uplink)?;
+    // Whether or not an uplink is attached now: one may come (or come back) later.
+    let (uplink_injector, consumer) =
+        MbufRing::create("ctl-uplink", 256).context("creating the control ring")?;
+    if let Some(first) = plans.first_mut() {
+        first
+            .reprocess
+            .push((dataplane::pipeline::switch::UNDERLAY_PORT, consumer));
     }
+    connect_workers(&mut plans)?;
     let (router_injector, consumer) =
         MbufRing::create("ctl-router", 256).context("creating the router ring")?;
     if let Some(first) = plans.first_mut() {

@@ -363,7 +363,21 @@ fn arp_for_the_underlay_ip_is_answered_in_place() {
     reply.extend(asker);
     reply.extend(asker_ip.octets());
     reply.extend([0; 18]);
-    assert_eq!(r.out, vec![(UPLINK, reply)]);
+    assert_eq!(r.out, vec![(UPLINK, reply.clone())]);
+    assert!(
+        r.events.is_empty(),
+        "a request teaches nothing: anyone may ask in anyone's name"
+    );
+    // A reply (to our own request, the control plane checks) is reported.
+    let mut answer = reply;
+    answer[..6].copy_from_slice(&UPLINK_MAC);
+    answer[6..12].copy_from_slice(&asker);
+    answer[22..28].copy_from_slice(&asker);
+    answer[28..32].copy_from_slice(&asker_ip.octets());
+    answer[32..38].copy_from_slice(&UPLINK_MAC);
+    answer[38..42].copy_from_slice(&LOCAL_IP.octets());
+    let r = run(&t, UPLINK, &answer);
+    assert!(r.out.is_empty());
     assert_eq!(
         r.events,
         vec![Event::Neighbor {

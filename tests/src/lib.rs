@@ -103,7 +103,18 @@ impl Link {
         ns: &Netns,
         address: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let host = unique("tv");
+        Self::named(host_ns, ns, &unique("tv"), address)
+    }
+
+    /// Like [`Link::between`], with the host end named `host` (a container recreated
+    /// under its old interface name).
+    pub fn named(
+        host_ns: Option<&Netns>,
+        ns: &Netns,
+        host: &str,
+        address: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let host = host.to_owned();
         let peer = unique("tp");
         add_veth(&host, &peer)?;
         let mut link = Self {
@@ -264,6 +275,22 @@ pub fn port_names(socket: &Path) -> Vec<String> {
         .flatten()
         .filter_map(|p| p["name"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// One HTTP/1.1 request to the API at `socket`; returns the whole answer (status
+/// line, headers and body).
+pub fn http(socket: &Path, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("API socket");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request written");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("answer read");
+    text
 }
 
 /// Runs tenetctl, which must succeed; returns its stdout.
@@ -440,6 +467,18 @@ impl Tenetd {
             "no `{needle}` from tenetd within {timeout:?}:\n{}",
             self.stderr_text()
         )
+    }
+
+    /// Kills it with SIGKILL (a crash: nothing is cleaned up by tenetd itself) and
+    /// waits for it to be gone.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        if let Some(prefix) = &self.file_prefix {
+            remove_dpdk_runtime(prefix);
+        }
+        Ok(())
     }
 
     /// Its process id.
@@ -818,6 +857,23 @@ impl Etcd {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
         &self.client_url
+    }
+
+    /// Puts `value` at `key`, through etcdctl (what a buggy writer or a hand edit
+    /// leaves).
+    pub fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let out = self
+            .command("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.client_url, "put", key, value])
+            .output()
+            .context("running etcdctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// Keys and values under `prefix`, through etcdctl.

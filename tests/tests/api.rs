@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use tests::{
-    expected_frame, tenetctl, tenetctl_ok as ok, unique, Link, Netns, Receiver, TempDir, Tenetd,
+    expected_frame, http, tenetctl, tenetctl_ok as ok, unique, Link, Netns, Receiver, TempDir,
+    Tenetd,
 };
 
 fn http_get(socket: &Path, path: &str) -> String {
@@ -596,20 +597,6 @@ tenant = "red"
 }
 
 /// A request with a JSON body on the API socket; returns the raw HTTP answer.
-fn http(socket: &Path, method: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// The backends the live-port test above does not cover: a tap device, an AF_XDP socket
 /// on a container's veth, and a bond of two members, each attached through the API,
 /// listed with its device, and detached again, while the switch keeps forwarding.

@@ -17,7 +17,16 @@ struct Host {
 
 impl Host {
     fn start(name: &str, etcd: &Etcd, tenants: &str) -> Self {
-        let dir = TempDir::new(&format!("cluster-{name}")).unwrap();
+        Self::start_in(
+            TempDir::new(&format!("cluster-{name}")).unwrap(),
+            name,
+            etcd,
+            tenants,
+        )
+    }
+
+    /// Starts host `name` with `dir` for its socket and local copy (a restart keeps it).
+    fn start_in(dir: TempDir, name: &str, etcd: &Etcd, tenants: &str) -> Self {
         let config = format!(
             r#"
 [dataplane]
@@ -43,6 +52,7 @@ backend = "null"
 
 [control]
 api_socket = "{dir}/tenetd.sock"
+state_file = "{dir}/view.json"
 etcd = ["{url}"]
 "#,
             prefix = unique(&format!("cl{name}")),
@@ -185,6 +195,88 @@ fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
         ])
     );
     assert_eq!(a.ports(), ["a-spare"]);
+    for host in [a, b] {
+        let stopped = host.tenetd.stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+}
+
+fn metric(host: &Host, name: &str) -> Option<u64> {
+    let text = tests::http(&host.socket(), "GET", "/metrics", "");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[test]
+fn garbage_in_etcd_is_skipped_and_a_host_starts_while_etcd_is_away() {
+    let mut etcd = Etcd::start().unwrap();
+    let a = Host::start("a", &etcd, "\n[[tenant]]\nname = \"red\"\nid = 100\n");
+    tenetctl_ok(&a.socket(), &["tenant", "add", "green", "--id", "200"]);
+
+    // Keys a buggy writer or a hand edit left: not JSON, the wrong shape, a record
+    // that does not fit (a VLAN out of range). Each costs itself, nothing else.
+    etcd.put("/tenet/tenants/broken", "{not json").unwrap();
+    etcd.put("/tenet/tenants/shape", r#"{"name":"shape","id":"x"}"#)
+        .unwrap();
+    etcd.put(
+        "/tenet/tenants/unfit",
+        r#"{"name":"unfit","id":900,"vlan":5000,"hosts":["a"]}"#,
+    )
+    .unwrap();
+    tenetctl_ok(&a.socket(), &["tenant", "add", "blue", "--id", "300"]);
+    wait_for_tenant(&a, "blue", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&a, "tenet_store_skipped_keys") != Some(2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&a, "tenet_store_skipped_keys"), Some(2));
+    assert!(metric(&a, "tenet_store_skipped_records") >= Some(1));
+    // A restart with the garbage still there succeeds.
+    let dir = a.dir;
+    let stopped = a.tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let a = Host::start_in(dir, "a", &etcd, "");
+    let listed: Vec<String> = a.tenants().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        ["blue", "green", "red"]
+            .iter()
+            .all(|t| listed.contains(&t.to_string())),
+        "{listed:?}"
+    );
+
+    // etcd away at start: a runs its last view from its local copy.
+    let dir = a.dir;
+    let stopped = a.tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    etcd.kill();
+    let a = Host::start_in(dir, "a", &etcd, "");
+    let listed: Vec<String> = a.tenants().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        ["blue", "green", "red"]
+            .iter()
+            .all(|t| listed.contains(&t.to_string())),
+        "{listed:?}"
+    );
+    assert_eq!(metric(&a, "tenet_store_unseeded"), Some(1));
+    let refused = tenetctl(&a.socket(), &["tenant", "add", "lime", "--id", "500"]);
+    assert!(!refused.status.success(), "no write while etcd is away");
+
+    // etcd is back: a registers, writes its part and follows the cluster again.
+    etcd.resume().unwrap();
+    let b = Host::start("b", &etcd, "");
+    tenetctl_ok(&b.socket(), &["tenant", "add", "cyan", "--id", "600"]);
+    wait_for_tenant(&a, "cyan", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (metric(&a, "tenet_store_unseeded") != Some(0)
+        || etcd.get_prefix("/tenet/alive/a").unwrap().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&a, "tenet_store_unseeded"), Some(0));
+    assert_eq!(etcd.get_prefix("/tenet/alive/a").unwrap().len(), 1);
+    tenetctl_ok(&a.socket(), &["tenant", "add", "lime", "--id", "500"]);
+    wait_for_tenant(&b, "lime", Duration::from_secs(10));
     for host in [a, b] {
         let stopped = host.tenetd.stop().unwrap();
         assert!(stopped.status.success(), "{}", stopped.stderr);

@@ -149,12 +149,14 @@ role = "uplink"
 
 [control]
 api_socket = "{socket}"
+state_file = "{view}"
 etcd = ["{url}"]
 etcd_lease_s = {LEASE_S}
 gateway_placement = "{placement}"
 "#,
             prefix = prefix,
             socket = socket.display(),
+            view = socket.with_file_name("view.json").display(),
             url = etcd.url(),
         );
         let tenetd = Tenetd::serving(Some(&ns), &config).unwrap();

@@ -700,8 +700,8 @@ fn render(command: &Cmd, body: &Value) -> String {
 
 fn ports_table(ports: &Value) -> String {
     let mut out = format!(
-        "{:<14} {:<11} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
-        "port", "backend", "device", "link", "role", "rx", "tx"
+        "{:<14} {:<11} {:<9} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
+        "port", "backend", "state", "device", "link", "role", "rx", "tx"
     );
     for p in ports.as_array().into_iter().flatten() {
         let role = &p["role"];
@@ -721,20 +721,25 @@ fn ports_table(ports: &Value) -> String {
             Some(other) => other.to_owned(),
             None => "-".to_owned(),
         };
+        let count = |v: &Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
         out.push_str(&format!(
-            "{:<14} {:<11} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
+            "{:<14} {:<11} {:<9} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
             p["name"].as_str().unwrap_or(""),
             p["backend"].as_str().unwrap_or(""),
-            p["device"].as_str().unwrap_or(""),
+            p["state"].as_str().unwrap_or("up"),
+            p["device"].as_str().unwrap_or("-"),
             if p["link_up"].as_bool().unwrap_or(false) {
                 "up"
             } else {
                 "down"
             },
             role_text,
-            p["rx_packets"],
-            p["tx_packets"]
+            count(&p["rx_packets"]),
+            count(&p["tx_packets"])
         ));
+        if let Some(error) = p["error"].as_str() {
+            out.push_str(&format!("  {error}\n"));
+        }
     }
     out
 }

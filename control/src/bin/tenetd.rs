@@ -5,10 +5,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use control::config::Config;
+use control::config::{Config, ConfigError, Validated};
 use control::daemon::{self, RunOptions};
 use control::live::Live;
 use control::model::Model;
@@ -71,90 +72,49 @@ fn main() -> ExitCode {
     // The file seeds the store; afterwards tenants, hosts and endpoints come from the
     // store, where the API keeps them (in etcd, where every host of the cluster does).
     let store = match (&config.etcd, &config.state_file) {
-        (Some(plan), _) => {
-            let etcd = EtcdStore::with_lease(
+        (Some(plan), local) => {
+            let mut etcd = EtcdStore::with_lease(
                 plan.endpoints.clone(),
                 &plan.prefix,
                 &plan.host,
                 plan.lease_s,
             )
             .placing_gateways_by(plan.gateway_placement);
+            if let Some(path) = local {
+                etcd = etcd.with_local_copy(path.clone());
+            }
             // Registered before the first load, so this host counts itself alive and
-            // the others add it as soon as they see the key.
+            // the others add it as soon as they see the key (or as soon as etcd is
+            // back, when it is away now).
             if let Err(e) = etcd.register() {
-                eprintln!("tenetd: registering with the cluster: {e:#}");
-                return ExitCode::from(1);
-            }
-            Some(Store::Etcd(etcd))
-        }
-        (None, Some(path)) => Some(Store::File(FileStore::new(path))),
-        (None, None) => None,
-    };
-    let seed = Model::of(&config.source);
-    let loaded = match store.as_ref().map(|s| s.load(&seed)).transpose() {
-        Ok(loaded) => loaded.flatten(),
-        Err(e) => {
-            eprintln!("tenetd: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let (config, model) = match (loaded, &store) {
-        (Some(model), Some(store)) => match store.effective(&model).over(&config.source).validate()
-        {
-            Ok(restored) => {
-                tracing::info!(state = %store.describe(), tenants = model.tenants.len(), "restored the stored state");
-                // A host new to the cluster adds its own settings and ports.
-                if let Err(e) = store.save(&model) {
-                    eprintln!("tenetd: {e:#}");
-                    return ExitCode::from(1);
-                }
-                (restored, model)
-            }
-            Err(e) => {
-                eprintln!(
-                    "tenetd: the state in {} does not fit the config: {e}",
-                    store.describe()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        (_, store) => {
-            let model = seed;
-            if let Some(Err(e)) = store.as_ref().map(|s| s.save(&model)) {
                 eprintln!("tenetd: {e:#}");
                 return ExitCode::from(1);
             }
-            let config = match store {
-                // Hosts of the config not yet registered get no tunnels until they are.
-                Some(store @ Store::Etcd(_)) => {
-                    match store.effective(&model).over(&config.source).validate() {
-                        Ok(config) => config,
-                        Err(e) => {
-                            eprintln!("tenetd: {e}");
-                            return ExitCode::from(2);
-                        }
-                    }
-                }
-                _ => config,
-            };
-            (config, model)
+            Some(Arc::new(Store::Etcd(Box::new(etcd))))
+        }
+        (None, Some(path)) => Some(Arc::new(Store::File(FileStore::new(path)))),
+        (None, None) => None,
+    };
+    let restored = match restore(&config, store.as_deref()) {
+        Ok(restored) => restored,
+        Err(e) => {
+            eprintln!("tenetd: {e}");
+            return ExitCode::from(2);
         }
     };
+    let config = restored.config;
     let backends: Vec<_> = config.ports.iter().map(|p| &p.backend).collect();
     if let Err(missing) = preflight::check(config.eal.memory_mb, config.eal.in_memory, &backends) {
         eprintln!("tenetd: {missing}");
         return ExitCode::from(1);
     }
+    let (mut live, done) = Live::new(restored.model, store, restored.running);
+    live.unseeded = restored.unseeded;
+    live.note_skipped(&restored.skipped);
     match daemon::run(
         config,
-        Live {
-            running: store
-                .as_ref()
-                .and_then(|s| serde_json::to_value(s.effective(&model)).ok()),
-            model,
-            store,
-            placement_pending: false,
-        },
+        live,
+        done,
         RunOptions {
             stats_interval: args.stats_interval,
         },
@@ -166,6 +126,112 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tenetd: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// What a start runs: the configuration, the live model, and what of it the store had.
+struct Restored {
+    config: Validated,
+    model: Model,
+    /// The view the tables run, in a cluster.
+    running: Option<serde_json::Value>,
+    /// This host's own part could not be written to the cluster (etcd away).
+    unseeded: bool,
+    /// Stored records left out because they do not fit.
+    skipped: Vec<control::model::Skipped>,
+}
+
+/// Takes the stored model over the config. A start always succeeds but for a config
+/// that is wrong in itself: a stored record that does not fit is left out (named), a
+/// damaged state file is set aside, and while etcd does not answer the host runs its
+/// last own view (or its config) and catches up when etcd is back.
+fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, ConfigError> {
+    let seed = Model::of(&config.source);
+    let fresh = |unseeded: bool| Restored {
+        config: config.clone(),
+        model: seed.clone(),
+        running: None,
+        unseeded,
+        skipped: Vec::new(),
+    };
+    let Some(store) = store else {
+        return Ok(fresh(false));
+    };
+    let running = |view: &Model| serde_json::to_value(view).ok();
+    match (store.load(&seed), store) {
+        (Ok(Some(model)), _) => {
+            let effective = store.effective(&model);
+            let (validated, skipped) = effective.validate_leniently(&config.source)?;
+            tracing::info!(state = %store.describe(), tenants = model.tenants.len(), "restored the stored state");
+            // A host new to the cluster adds its own settings and ports.
+            let unseeded = match store.save(&model) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not write this host's part of the state; trying again");
+                    true
+                }
+            };
+            store.keep_copy(&model);
+            Ok(Restored {
+                config: validated,
+                running: running(&effective),
+                model,
+                unseeded,
+                skipped,
+            })
+        }
+        (Ok(None), _) => {
+            let unseeded = match store.save(&seed) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not write the state; trying again");
+                    true
+                }
+            };
+            let mut restored = fresh(unseeded);
+            if let Store::Etcd(_) = store {
+                // Hosts of the config not yet registered get no tunnels until they are.
+                let effective = store.effective(&seed);
+                let (validated, skipped) = effective.validate_leniently(&config.source)?;
+                store.keep_copy(&seed);
+                restored.running = running(&effective);
+                restored.config = validated;
+                restored.skipped = skipped;
+            }
+            Ok(restored)
+        }
+        (Err(e), Store::Etcd(etcd)) => {
+            let copy = match etcd.restore_copy() {
+                Ok(copy) => copy,
+                Err(local) => {
+                    tracing::warn!(error = %format!("{local:#}"), "the local copy of the cluster's model is damaged");
+                    None
+                }
+            };
+            let Some(model) = copy else {
+                tracing::warn!(error = %format!("{e:#}"), "etcd does not answer and there is no local copy of the cluster's model: starting from the config; the cluster's state follows when etcd is back");
+                return Ok(fresh(true));
+            };
+            tracing::warn!(error = %format!("{e:#}"), tenants = model.tenants.len(), "etcd does not answer: running the cluster's model as this host last kept it until it is back");
+            let effective = store.effective(&model);
+            let (validated, skipped) = effective.validate_leniently(&config.source)?;
+            Ok(Restored {
+                config: validated,
+                running: running(&effective),
+                model,
+                unseeded: true,
+                skipped,
+            })
+        }
+        (Err(e), Store::File(file)) => {
+            // A file tenet wrote is never torn; one damaged by hand or by the disk is
+            // kept for the operator, and the switch runs its config.
+            let aside = file.path().with_extension("damaged");
+            let moved = std::fs::rename(file.path(), &aside);
+            tracing::error!(error = %format!("{e:#}"), kept_as = %aside.display(), moved = moved.is_ok(), "the state file is damaged; starting from the config");
+            let unseeded = store.save(&seed).is_err();
+            Ok(fresh(unseeded))
         }
     }
 }

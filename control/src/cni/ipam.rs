@@ -9,6 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -118,20 +119,46 @@ impl Allocator {
         let start = last
             .and_then(|l| hosts.iter().position(|h| *h == l))
             .map_or(0, |i| i + 1);
-        for ip in hosts.iter().cycle().skip(start).take(hosts.len()) {
-            let path = self.dir.join(ip.to_string());
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    file.write_all(owner(env).as_bytes())
-                        .and_then(|_| file.sync_all())
-                        .map_err(|e| CniError::io(&path, e))?;
-                    std::fs::write(&last_path, ip.to_string())
-                        .map_err(|e| CniError::io(&last_path, e))?;
-                    return Ok(*ip);
+        // The lease is written whole aside, then linked into place: the link takes the
+        // address or finds it taken, and a crash never leaves a lease without its
+        // holder (an address nobody could give back).
+        let claim = self.dir.join(format!(".claim-{}", std::process::id()));
+        {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&claim)
+                .map_err(|e| CniError::io(&claim, e))?;
+            file.write_all(owner(env).as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(|e| CniError::io(&claim, e))?;
+        }
+        let claimed = (|| {
+            for ip in hosts.iter().cycle().skip(start).take(hosts.len()) {
+                let path = self.dir.join(ip.to_string());
+                // An empty lease is what an older tenet-cni left when it crashed
+                // between creating and writing one: nobody holds that address.
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(&path);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(CniError::io(&path, e)),
+                match std::fs::hard_link(&claim, &path) {
+                    Ok(()) => return Ok(Some(*ip)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(CniError::io(&path, e)),
+                }
             }
+            Ok(None)
+        })();
+        let _ = std::fs::remove_file(&claim);
+        if let Some(ip) = claimed? {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| CniError::io(&self.dir, e))?;
+            crate::store::write_private(&last_path, ip.to_string().as_bytes())
+                .map_err(|e| CniError::new(super::code::IO_FAILURE, format!("{e:#}")))?;
+            return Ok(ip);
         }
         Err(CniError::new(
             super::code::TRY_AGAIN_LATER,

@@ -106,6 +106,8 @@ pub struct ControlSection {
     pub api_socket: PathBuf,
     /// Where tenants, hosts and endpoints changed through the API are kept (written
     /// atomically); restored from on start. Default: `/var/lib/tenet/<file_prefix>.json`.
+    /// With `etcd`, this host's own view of the cluster's model is kept there, for a
+    /// start while etcd does not answer.
     pub state_file: Option<PathBuf>,
     /// Also serve the API on this TCP address (off by default: the Unix socket is
     /// root-only, a TCP port is reachable by anyone who can route to it).
@@ -305,7 +307,8 @@ pub struct Validated {
     pub api_socket: PathBuf,
     /// Optional TCP address of the API.
     pub api_listen: Option<std::net::SocketAddr>,
-    /// State file path, `None` when nothing persists (or etcd keeps it).
+    /// State file path, `None` when nothing persists. With etcd keeping the state, the
+    /// local copy of this host's view (what it runs while etcd does not answer).
     pub state_file: Option<PathBuf>,
     /// The cluster store, when the model lives in etcd.
     pub etcd: Option<EtcdPlan>,
@@ -570,7 +573,7 @@ impl Config {
             api_socket: self.control.api_socket.clone(),
             api_listen: self.control.api_listen,
             etcd: self.etcd_plan()?,
-            state_file: (self.control.persist && self.control.etcd.is_empty()).then(|| {
+            state_file: self.control.persist.then(|| {
                 self.control.state_file.clone().unwrap_or_else(|| {
                     PathBuf::from(format!("/var/lib/tenet/{}.json", dp.file_prefix))
                 })

@@ -89,6 +89,15 @@ impl DeviceNamer {
 }
 
 impl Backend {
+    /// The existing kernel interface the port serves (a container's veth), if any:
+    /// its disappearance takes the port down.
+    pub fn kernel_interface(&self) -> Option<&str> {
+        match self {
+            Backend::AfPacket { interface } | Backend::AfXdp { interface, .. } => Some(interface),
+            _ => None,
+        }
+    }
+
     /// The user-facing name of the backend kind.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -127,6 +127,14 @@ impl Drop for PortId {
 }
 
 /// A kernel interface the switch reads and writes through packet sockets.
+/// The index of kernel interface `name` in this network namespace, if it exists now.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c_name = CString::new(name).ok()?;
+    // SAFETY: c_name is a valid C string for the call; no other effect.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 pub(crate) struct PacketPort {
     id: Arc<PortId>,
     interface: String,

@@ -24,7 +24,7 @@ pub enum Event {
         /// Where it came from.
         location: Location,
     },
-    /// An underlay neighbour announced itself (ARP request or reply).
+    /// An underlay neighbour answered an ARP request for it.
     Neighbor {
         /// Its IP.
         ip: Ipv4Addr,

@@ -247,6 +247,10 @@ impl Pipeline for SwitchPipeline {
             self.release_held(outputs, counters);
         }
         let tables = self.tables.tables();
+        let in_port = match (in_port, tables.uplink) {
+            (switch::HANDOFF_PORT, Some(up)) => up.port,
+            (port, _) => port,
+        };
         self.router.nat.sweep_some(&tables.nat, self.learner.now);
         outputs.set_capture_mask(&tables.capture);
         outputs.capture_rx(in_port, batch);

@@ -35,6 +35,14 @@ const TPID_8021Q: u16 = 0x8100;
 /// requests for its neighbours, gratuitous ARP): no device has it.
 pub const CONTROL_PORT: u16 = u16::MAX;
 
+/// The input port id of frames the control plane sends out of the uplink, whichever
+/// port that is now (ARP requests for the underlay's next hops).
+pub const UNDERLAY_PORT: u16 = u16::MAX - 1;
+
+/// The input port id of frames another core handed over (SNAT replies whose session
+/// is here): they run as if received on the uplink, whichever port that is now.
+pub const HANDOFF_PORT: u16 = u16::MAX - 2;
+
 /// Where a pipeline sends a frame.
 pub trait Sink<F> {
     /// Queues `frame` for transmission on `port`.
@@ -136,9 +144,20 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
-    if in_port == CONTROL_PORT {
-        return frames.for_each(|f| router::from_control(tables, f, sink, cx));
-    }
+    let in_port = match in_port {
+        CONTROL_PORT => return frames.for_each(|f| router::from_control(tables, f, sink, cx)),
+        UNDERLAY_PORT => {
+            return match tables.uplink {
+                Some(up) => frames.for_each(|f| sink.send(up.port, f)),
+                None => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
+            }
+        }
+        HANDOFF_PORT => match tables.uplink {
+            Some(up) => up.port,
+            None => return frames.for_each(|_| cx.drop(DropReason::NoOutput)),
+        },
+        port => port,
+    };
     note!(cx, "ingress port {in_port}: {:?}", tables.role(in_port));
     match *tables.role(in_port) {
         PortRole::Access { tenant, security } => {
@@ -294,7 +313,7 @@ fn from_uplink<F: Frame, S: Sink<F>, T: Trace>(
 }
 
 /// Answers ARP for the underlay IP (and the SNAT and publishing addresses) in place,
-/// and tells the control plane about every neighbour that asks or answers.
+/// and tells the control plane about every neighbour that answers.
 fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
     our_mac: Mac,
@@ -322,7 +341,6 @@ fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
     if ethernet::is_multicast(&sender_mac) {
         return cx.drop(DropReason::BadSourceMac);
     }
-    cx.learner.neighbor(sender_ip, sender_mac, cx.counters);
     match operation {
         ArpOperation::Request => {
             let data = frame.data_mut();
@@ -341,7 +359,10 @@ fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
             );
             sink.send(in_port, frame);
         }
+        // Only replies are reported (and only answers to our own requests count
+        // there): a request teaches nothing, so nobody moves a tunnel by asking.
         ArpOperation::Reply => {
+            cx.learner.neighbor(sender_ip, sender_mac, cx.counters);
             note!(
                 cx,
                 "ARP reply from {sender_ip}: neighbour reported to the control plane"
