@@ -1,8 +1,15 @@
-//! The HTTP/JSON API on a Unix socket. This module only speaks HTTP: it turns requests
-//! into [`Command`]s, hands them to the daemon's control loop (which owns all state)
-//! and writes back what the loop answers. Errors are JSON: `{status, field, message}`.
+//! The HTTP/JSON API on a Unix socket (root's alone) and, when asked, on TCP with TLS
+//! and client certificates. This module only speaks HTTP: it turns requests into
+//! [`Command`]s, hands them to the daemon's control loop (which owns all state) and
+//! writes back what the loop answers. Errors are JSON: `{status, field, message}`.
+//!
+//! Whoever reaches the API gets bounded resources, never more: a body larger than
+//! [`MAX_BODY`] is refused with 413 before it is read, at most [`MAX_CONNECTIONS`]
+//! connections are served at once, and a client has [`READ_TIME`] to send a request.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -143,6 +150,155 @@ impl Reply {
 /// A command with the channel its reply goes back on.
 pub type Call = (Command, oneshot::Sender<Reply>);
 
+/// The largest request body read: a frame to trace, a port to add, never more.
+pub const MAX_BODY: u64 = 1 << 20;
+/// Connections served at once over both listeners; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers, and its body.
+pub const READ_TIME: Duration = Duration::from_secs(10);
+/// Longest life of one connection (a keep-alive one included).
+const CONNECTION_LIFE: Duration = Duration::from_secs(600);
+
+/// What both listeners share: the way to the control loop and the connection budget.
+#[derive(Clone)]
+pub struct Server {
+    calls: mpsc::Sender<Call>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Server {
+    /// A server handing requests to `calls`.
+    pub fn new(calls: mpsc::Sender<Call>) -> Self {
+        Self {
+            calls,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        }
+    }
+
+    /// Accepts connections on the Unix socket forever.
+    pub async fn serve(self, listener: UnixListener) {
+        loop {
+            let permit = self.permit().await;
+            match listener.accept().await {
+                Ok((stream, _)) => self.connection(stream, permit),
+                Err(e) => tracing::warn!(error = %e, "API accept failed"),
+            }
+        }
+    }
+
+    /// The same API on TCP (`[control] api_listen`), for remote management: only a
+    /// client presenting a certificate of the configured CA gets past the handshake.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: tokio_rustls::TlsAcceptor,
+    ) {
+        loop {
+            let permit = self.permit().await;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    continue;
+                }
+            };
+            let server = self.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(READ_TIME, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => server.connection(stream, permit),
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "API client refused at the TLS handshake")
+                    }
+                    Err(_) => tracing::info!(%peer, "API client too slow for the TLS handshake"),
+                }
+            });
+        }
+    }
+
+    async fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the API's connection budget is never closed")
+    }
+
+    fn connection<S>(&self, stream: S, permit: tokio::sync::OwnedSemaphorePermit)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let calls = self.calls.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, calls.clone()));
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIME)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFE, serving).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "API connection ended"),
+                Err(_) => tracing::debug!("API connection closed after its longest life"),
+                Ok(Ok(())) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The TLS side of the TCP API: this server's certificate chain and key, and the CA
+/// whose certificates clients must present (no certificate, no connection).
+pub fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let certs = |path: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let pem = read(path)?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "{} holds no PEM certificate",
+            path.display()
+        );
+        Ok(certs)
+    };
+    let chain = certs(cert).context("control.api_tls_cert")?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .ok()
+        .flatten()
+        .with_context(|| {
+            format!(
+                "control.api_tls_key: {} holds no PEM private key",
+                key.display()
+            )
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certs(client_ca).context("control.api_client_ca")? {
+        roots
+            .add(ca)
+            .context("control.api_client_ca: not a CA certificate")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .context("control.api_client_ca")?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("control.api_tls_key: does not match control.api_tls_cert")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Binds the API socket (replacing a stale one) with owner-only permissions.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     use anyhow::Context;
@@ -167,50 +323,50 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts connections on the Unix socket forever, forwarding each request to the
-/// control loop.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => connection(stream, calls.clone()),
-            Err(e) => tracing::warn!(error = %e, "API accept failed"),
-        }
-    }
-}
-
-/// The same API on TCP (`[control] api_listen`), for remote management.
-pub async fn serve_tcp(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => connection(stream, calls.clone()),
-            Err(e) => tracing::warn!(error = %e, "API accept failed"),
-        }
-    }
-}
-
-fn connection<S>(stream: S, calls: mpsc::Sender<Call>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let service = hyper::service::service_fn(move |req| handle(req, calls.clone()));
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(error = %e, "API connection ended");
-        }
-    });
-}
-
 async fn handle(
     req: Request<Incoming>,
     calls: mpsc::Sender<Call>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let body = req.into_body().collect().await?.to_bytes();
-    let reply = match route(&method, &path, &body) {
+    let reply = match read_body(req).await {
+        Ok(body) => answer(&method, &path, &body, &calls).await,
+        Err(refused) => refused,
+    };
+    Ok(respond(reply))
+}
+
+/// The request's body, if it is small enough and comes in time.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
+    let too_large = || {
+        Reply::error(
+            413,
+            "body",
+            &format!("a request body may hold {MAX_BODY} bytes at most"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY as usize);
+    match tokio::time::timeout(READ_TIME, limited.collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Reply::error(400, "body", &format!("reading the body: {e}"))),
+        Err(_) => Err(Reply::error(
+            408,
+            "body",
+            &format!("the body did not arrive within {READ_TIME:?}"),
+        )),
+    }
+}
+
+async fn answer(method: &Method, path: &str, body: &[u8], calls: &mpsc::Sender<Call>) -> Reply {
+    match route(method, path, body) {
         Ok(command) => {
             let (tx, rx) = oneshot::channel();
             if calls.send((command, tx)).await.is_err() {
@@ -221,7 +377,10 @@ async fn handle(
             }
         }
         Err(reply) => reply,
-    };
+    }
+}
+
+fn respond(reply: Reply) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let (bytes, content_type) = match reply.raw {
         Some(raw) => raw,
@@ -237,7 +396,7 @@ async fn handle(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
-    Ok(response)
+    response
 }
 
 /// The OpenAPI 3 document of this API.

@@ -206,17 +206,19 @@ async fn wait_for_stop(
     use tokio::signal::unix::{signal, SignalKind};
     let listener = api::bind(api_socket)?;
     let (calls_tx, mut calls) = tokio::sync::mpsc::channel::<api::Call>(64);
-    let tcp = match controller.config().api_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
+    let api = api::Server::new(calls_tx);
+    let tcp = match controller.config().api_tcp.clone() {
+        Some(tcp) => {
+            let tls = api::tls_acceptor(&tcp.cert, &tcp.key, &tcp.client_ca)?;
+            let listener = tokio::net::TcpListener::bind(tcp.listen)
                 .await
-                .with_context(|| format!("binding the API to {addr}"))?;
-            tracing::info!(%addr, "API listening on TCP too");
-            Some(tokio::spawn(api::serve_tcp(listener, calls_tx.clone())))
+                .with_context(|| format!("binding the API to {}", tcp.listen))?;
+            tracing::info!(addr = %tcp.listen, "API listening on TCP too (TLS, client certificates)");
+            Some(tokio::spawn(api.clone().serve_tls(listener, tls)))
         }
         None => None,
     };
-    let server = tokio::spawn(api::serve(listener, calls_tx));
+    let server = tokio::spawn(api.serve(listener));
     tracing::info!(socket = %api_socket.display(), "API listening");
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =

@@ -294,6 +294,14 @@ impl Live {
         controller: &mut Controller,
         dataplane: &mut Dataplane<'_>,
     ) -> Result<Saving, (oneshot::Sender<Reply>, Reply)> {
+        if let Change::AddPort(spec) = &change {
+            let dir = &controller.config().files_dir;
+            for (field, path) in [("rx_file", &spec.rx_file), ("tx_file", &spec.tx_file)] {
+                if let Some(Err(why)) = path.as_deref().map(|p| confined(p, dir)) {
+                    return Err((reply, Reply::error(400, field, &why)));
+                }
+            }
+        }
         let base = controller.config().source.clone();
         let (model, mut validated) = match self.model.apply(&change, &base) {
             Ok(next) => next,
@@ -488,6 +496,52 @@ impl Live {
         };
         Some(host.map_or_else(|| "here".to_owned(), |h| switching.hosts[h].name.clone()))
     }
+}
+
+/// Whether `path`, named by a client of the API, lies in `dir` (made if missing, root's
+/// alone): tenetd runs as root, and a pcap port's file is written wherever it points.
+/// No `..`, no symbolic link as the file, and the real directory holding it inside
+/// `dir`'s real path.
+fn confined(path: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let outside = || {
+        format!(
+            "`{}` is not a file in {} (control.files_dir), where files named through the API must be",
+            path.display(),
+            dir.display()
+        )
+    };
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(outside());
+    }
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let real_dir = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let real_parent = path
+        .parent()
+        .and_then(|p| p.canonicalize().ok())
+        .ok_or_else(outside)?;
+    if !real_parent.starts_with(&real_dir) {
+        return Err(outside());
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!(
+            "`{}` is a symbolic link; name the file itself",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the cluster's model from `store` (on a blocking thread), writes this host's

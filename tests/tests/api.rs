@@ -375,31 +375,11 @@ fn ports_attach_and_detach_while_traffic_flows() {
         Link::new(&ns2, None).unwrap(),
         Link::new(&ns3, None).unwrap(),
     );
-    // The API on TCP as well, on loopback.
-    let tcp_port = 20000 + std::process::id() % 20000;
-    let text = config(dir.path(), &unique("hot"), &l1.host, &l2.host).replace(
-        "[control]\n",
-        &format!("[control]\napi_listen = \"127.0.0.1:{tcp_port}\"\n"),
-    );
+    let text = config(dir.path(), &unique("hot"), &l1.host, &l2.host);
     let mut tenetd = Tenetd::start(&text, &[]).unwrap();
     tenetd
         .wait_for_line("API listening", Duration::from_secs(30))
         .unwrap();
-    {
-        use std::io::{Read, Write};
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", tcp_port as u16)).unwrap();
-        write!(
-            tcp,
-            "GET /v1/tenants HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).unwrap();
-        assert!(
-            answer.starts_with("HTTP/1.1 200") && answer.contains("\"red\""),
-            "{answer}"
-        );
-    }
     // Endpoints make c1 -> c2 a known unicast that never floods to the new port.
     ok(
         &socket,

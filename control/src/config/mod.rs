@@ -110,8 +110,19 @@ pub struct ControlSection {
     /// start while etcd does not answer.
     pub state_file: Option<PathBuf>,
     /// Also serve the API on this TCP address (off by default: the Unix socket is
-    /// root-only, a TCP port is reachable by anyone who can route to it).
+    /// root-only, a TCP port is reachable by anyone who can route to it). Only with
+    /// TLS and client certificates: `api_tls_cert`, `api_tls_key` and `api_client_ca`.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain the TCP API presents.
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key of `api_tls_cert`.
+    pub api_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) whose client certificates the TCP API accepts; a client
+    /// without one is refused at the handshake.
+    pub api_client_ca: Option<PathBuf>,
+    /// The directory files named through the API (a pcap port's `rx_file` and
+    /// `tx_file`) must lie in: a client of the API writes no file as root elsewhere.
+    pub files_dir: PathBuf,
     /// Keep API changes in the state file and restore them on start. Off for
     /// throw-away runs (benchmarks), where the config file alone must rule.
     pub persist: bool,
@@ -133,6 +144,10 @@ impl Default for ControlSection {
             api_socket: PathBuf::from("/run/tenet/tenetd.sock"),
             state_file: None,
             api_listen: None,
+            api_tls_cert: None,
+            api_tls_key: None,
+            api_client_ca: None,
+            files_dir: PathBuf::from("/var/lib/tenet/files"),
             persist: true,
             etcd: Vec::new(),
             etcd_prefix: "/tenet".to_owned(),
@@ -306,7 +321,9 @@ pub struct Validated {
     /// API socket path.
     pub api_socket: PathBuf,
     /// Optional TCP address of the API.
-    pub api_listen: Option<std::net::SocketAddr>,
+    pub api_tcp: Option<TcpApi>,
+    /// Where files named through the API must lie.
+    pub files_dir: PathBuf,
     /// State file path, `None` when nothing persists. With etcd keeping the state, the
     /// local copy of this host's view (what it runs while etcd does not answer).
     pub state_file: Option<PathBuf>,
@@ -571,7 +588,8 @@ impl Config {
             switching,
             gateway,
             api_socket: self.control.api_socket.clone(),
-            api_listen: self.control.api_listen,
+            api_tcp: self.tcp_api()?,
+            files_dir: self.control.files_dir.clone(),
             etcd: self.etcd_plan()?,
             state_file: self.control.persist.then(|| {
                 self.control.state_file.clone().unwrap_or_else(|| {
@@ -598,7 +616,61 @@ pub struct EtcdPlan {
     pub gateway_placement: crate::placement::GatewayPlacement,
 }
 
+/// The API on TCP: where, and the TLS it requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpApi {
+    /// Address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Certificate chain presented.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// CA of the client certificates accepted.
+    pub client_ca: PathBuf,
+}
+
 impl Config {
+    /// The TCP API, refused without TLS and client certificates: a TCP port reaches
+    /// further than root's Unix socket, and whoever talks to the API controls the
+    /// switch.
+    fn tcp_api(&self) -> Result<Option<TcpApi>, ConfigError> {
+        let control = &self.control;
+        let files = [
+            ("control.api_tls_cert", &control.api_tls_cert),
+            ("control.api_tls_key", &control.api_tls_key),
+            ("control.api_client_ca", &control.api_client_ca),
+        ];
+        let Some(listen) = control.api_listen else {
+            if let Some((field, _)) = files.iter().find(|(_, f)| f.is_some()) {
+                return Err(invalid(*field, "has no use without control.api_listen"));
+            }
+            return Ok(None);
+        };
+        let mut paths = Vec::with_capacity(3);
+        for (field, file) in files {
+            let Some(path) = file else {
+                return Err(invalid(
+                    "control.api_listen",
+                    format!("the API on TCP requires TLS with client certificates: set {field} (and the other two of control.api_tls_cert, api_tls_key, api_client_ca)"),
+                ));
+            };
+            if !path.is_file() {
+                return Err(invalid(
+                    field,
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            paths.push(path.clone());
+        }
+        let [cert, key, client_ca] = <[PathBuf; 3]>::try_from(paths).expect("three paths");
+        Ok(Some(TcpApi {
+            listen,
+            cert,
+            key,
+            client_ca,
+        }))
+    }
+
     fn etcd_plan(&self) -> Result<Option<EtcdPlan>, ConfigError> {
         let control = &self.control;
         let Some(gateway_placement) =
