@@ -28,8 +28,9 @@ use std::sync::Arc;
 
 use crate::counters::{CoreCounters, DropReason};
 use crate::dpdk::{Mbuf, MbufBatch};
+use crate::packet::frame::Frame;
 use crate::table::publish::TableReader;
-use crate::table::PortRole;
+use crate::table::{FlowTables, PortRole};
 use events::{EventQueue, Learner};
 use fdb_cache::{FdbCache, Unresolved};
 use router::RouterState;
@@ -72,38 +73,158 @@ pub struct WorkerSlot {
 }
 
 /// Frames waiting for a neighbour: what they wait for, since when (seconds), the frame.
-type HoldQueue = VecDeque<(Unresolved, u32, Mbuf)>;
+type HoldQueue<F> = VecDeque<(Unresolved, u32, F)>;
 
-/// The tenant switch as a worker's pipeline: picks up the newest flow tables at the top
-/// of each burst and runs every frame through [`switch::handle`].
-pub struct SwitchPipeline {
+/// One core's forwarding state over frames of type `F` (mbufs in a worker, byte
+/// buffers in tests, property tests and fuzzers): the tables it reads, what it tells
+/// the control plane, its caches, its router state (SNAT sessions) and the frames it
+/// holds for a neighbour. Everything a change of the tables retires goes before the
+/// core forwards with them, and only then does the control plane hear it moved on.
+pub struct Core<F> {
     tables: TableReader,
     learner: Learner,
     cache: FdbCache,
     router: RouterState,
-    held: HoldQueue,
-    tsc_hz: u64,
+    held: HoldQueue<F>,
     /// The [`crate::table::FlowTables::retired`] mark whose state this core dropped.
     retired: u64,
 }
 
-impl SwitchPipeline {
-    /// A pipeline reading `tables` and reporting to `events`, as worker `slot`.
-    pub fn new(
-        tables: TableReader,
-        events: Arc<EventQueue>,
-        tsc_hz: u64,
-        slot: WorkerSlot,
-    ) -> Self {
+/// A sink that keeps routed frames waiting for a neighbour in the core's hold queue.
+struct Parking<'a, S, F> {
+    sink: &'a mut S,
+    held: &'a mut HoldQueue<F>,
+    now: u32,
+}
+
+impl<F, S: Sink<F>> Sink<F> for Parking<'_, S, F> {
+    #[inline(always)]
+    fn send(&mut self, port: u16, frame: F) {
+        self.sink.send(port, frame);
+    }
+
+    fn park(&mut self, next_hop: Unresolved, frame: F) -> Option<F> {
+        if self.held.len() >= HOLD_QUEUE_LEN {
+            return Some(frame);
+        }
+        self.held.push_back((next_hop, self.now, frame));
+        None
+    }
+
+    #[inline]
+    fn hand_off(&mut self, worker: u16, frame: F) -> Option<F> {
+        self.sink.hand_off(worker, frame)
+    }
+}
+
+impl<F: Frame> Core<F> {
+    /// A core reading `tables`, reporting to `events`, as worker `slot`.
+    pub fn new(tables: TableReader, events: Arc<EventQueue>, slot: WorkerSlot) -> Self {
         Self {
             tables,
             learner: Learner::new(events),
             cache: FdbCache::default(),
             router: RouterState::new(slot.nat_sessions, slot.index, slot.count),
             held: VecDeque::with_capacity(HOLD_QUEUE_LEN),
-            tsc_hz: tsc_hz.max(1),
             retired: 0,
         }
+    }
+
+    /// The tables in use.
+    #[inline(always)]
+    pub fn tables(&self) -> &FlowTables {
+        self.tables.tables()
+    }
+
+    /// Frames held for a neighbour now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// SNAT sessions this core holds now.
+    pub fn sessions(&self) -> usize {
+        self.router.nat.len()
+    }
+
+    /// Starts a burst at `now` (seconds on the core's clock): moves to the newest
+    /// tables, gives held frames their chance, sweeps a few expired SNAT sessions.
+    #[inline]
+    pub fn begin(&mut self, now: u32, sink: &mut impl Sink<F>, counters: &CoreCounters) {
+        self.learner.now = now;
+        if self.refresh(counters) || self.held_expired() {
+            self.release_held(sink, counters);
+        }
+        let tables = self.tables.tables();
+        self.router.nat.sweep_some(&tables.nat, now);
+    }
+
+    /// Starts loading what the frames of a burst from `in_port` will look up (their
+    /// route slots, and the SNAT slots of those routed outside).
+    #[inline(always)]
+    pub fn prefetch<'a>(&self, in_port: u16, frames: impl Iterator<Item = &'a [u8]> + Clone) {
+        let tables = self.tables.tables();
+        // Routed traffic: the whole burst's route slots start loading before the first
+        // frame needs its own (many flows spread them over more than L1 holds).
+        if let PortRole::Access { tenant, .. } = *tables.role(in_port) {
+            if let Some(router) = tables.router(tenant) {
+                for data in frames.clone() {
+                    self.cache.prefetch_route(tenant, data);
+                }
+                // Then the SNAT slots of the frames those routes send outside.
+                if router.snat_ip.is_some() {
+                    for data in frames {
+                        router::prefetch_external(&self.cache, &self.router.nat, tenant, data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a burst of frames received on `in_port` (after [`Core::begin`]).
+    #[inline]
+    pub fn run(
+        &mut self,
+        in_port: u16,
+        frames: impl Iterator<Item = F>,
+        sink: &mut impl Sink<F>,
+        counters: &CoreCounters,
+    ) {
+        let tables = self.tables.tables();
+        let mut parking = Parking {
+            sink,
+            held: &mut self.held,
+            now: self.learner.now,
+        };
+        let mut cx = Context {
+            counters,
+            learner: &mut self.learner,
+            cache: &mut self.cache,
+            router: &mut self.router,
+            tracer: switch::NoTrace,
+        };
+        switch::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
+    }
+
+    /// What a core does when no packet came: moves to new tables (so it frees the old
+    /// ones, and the control plane may reuse what they retired), and gives held frames
+    /// the chance new tables may bring. Returns how many frames it moved; cheap when
+    /// there is nothing to do.
+    pub fn idle(&mut self, now: u32, sink: &mut impl Sink<F>, counters: &CoreCounters) -> usize {
+        let moved = self.refresh(counters);
+        if self.held.is_empty() {
+            return 0;
+        }
+        self.learner.now = now;
+        if !moved && !self.held_expired() {
+            return 0;
+        }
+        self.release_held(sink, counters)
+    }
+
+    fn held_expired(&self) -> bool {
+        self.held
+            .front()
+            .is_some_and(|h| self.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS)
     }
 
     /// Moves to the newest tables, if there are any; true when it did. State that
@@ -142,17 +263,15 @@ impl SwitchPipeline {
         self.learner.forget();
     }
 
-    /// Gives held frames their next chance with newer tables; drops the ones whose
-    /// neighbour stayed unresolved too long.
-    fn release_held(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
+    /// Gives held frames their next chance with the tables in use; drops the ones
+    /// whose neighbour stayed unresolved too long. Returns how many left the queue.
+    fn release_held(&mut self, sink: &mut impl Sink<F>, counters: &CoreCounters) -> usize {
+        if self.held.is_empty() {
+            return 0;
+        }
         let before = self.held.len();
         let tables = self.tables.tables();
         let now = self.learner.now;
-        let mut sink = TxSink {
-            outputs,
-            counters,
-            held: None,
-        };
         let mut cx = Context {
             counters,
             learner: &mut self.learner,
@@ -164,7 +283,7 @@ impl SwitchPipeline {
             let Some((pending, since, frame)) = self.held.pop_front() else {
                 break;
             };
-            if let Err(frame) = router::release(tables, pending, frame, &mut sink, &mut cx) {
+            if let Err(frame) = router::release(tables, pending, frame, sink, &mut cx) {
                 if now.wrapping_sub(since) < router::HOLD_SECS {
                     self.held.push_back((pending, since, frame));
                 } else {
@@ -177,26 +296,41 @@ impl SwitchPipeline {
     }
 }
 
+/// The tenant switch as a worker's pipeline: a [`Core`] over mbufs, sending to the
+/// worker's per-port outputs.
+pub struct SwitchPipeline {
+    core: Core<Mbuf>,
+    tsc_hz: u64,
+}
+
+impl SwitchPipeline {
+    /// A pipeline reading `tables` and reporting to `events`, as worker `slot`.
+    pub fn new(
+        tables: TableReader,
+        events: Arc<EventQueue>,
+        tsc_hz: u64,
+        slot: WorkerSlot,
+    ) -> Self {
+        Self {
+            core: Core::new(tables, events, slot),
+            tsc_hz: tsc_hz.max(1),
+        }
+    }
+
+    fn now(&self) -> u32 {
+        (crate::dpdk::tsc() / self.tsc_hz) as u32
+    }
+}
+
 struct TxSink<'a> {
     outputs: &'a mut Outputs,
     counters: &'a CoreCounters,
-    held: Option<(&'a mut HoldQueue, u32)>,
 }
 
 impl Sink<Mbuf> for TxSink<'_> {
     #[inline(always)]
     fn send(&mut self, port: u16, frame: Mbuf) {
         self.outputs.push(port, frame, self.counters);
-    }
-
-    fn park(&mut self, next_hop: Unresolved, frame: Mbuf) -> Option<Mbuf> {
-        match self.held.as_mut() {
-            Some((queue, now)) if queue.len() < HOLD_QUEUE_LEN => {
-                queue.push_back((next_hop, *now, frame));
-                None
-            }
-            _ => Some(frame),
-        }
     }
 
     #[inline]
@@ -207,23 +341,9 @@ impl Sink<Mbuf> for TxSink<'_> {
 
 impl Pipeline for SwitchPipeline {
     fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
-        // An idle core moves to new tables too: it frees the old ones, and the control
-        // plane may reuse what they retired only once every core has moved. A held frame
-        // waits for the snapshot that resolves its neighbour, which may come when no
-        // other packet does.
-        let moved = self.refresh(counters);
-        if self.held.is_empty() {
-            return 0;
-        }
-        self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
-        let expired = self
-            .held
-            .front()
-            .is_some_and(|h| self.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS);
-        if !moved && !expired {
-            return 0;
-        }
-        self.release_held(outputs, counters)
+        let now = self.now();
+        let mut sink = TxSink { outputs, counters };
+        self.core.idle(now, &mut sink, counters)
     }
 
     #[inline]
@@ -234,59 +354,22 @@ impl Pipeline for SwitchPipeline {
         outputs: &mut Outputs,
         counters: &CoreCounters,
     ) {
-        self.learner.now = (crate::dpdk::tsc() / self.tsc_hz) as u32;
-        if self.refresh(counters) {
-            if !self.held.is_empty() {
-                self.release_held(outputs, counters);
-            }
-        } else if self
-            .held
-            .front()
-            .is_some_and(|h| self.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS)
-        {
-            self.release_held(outputs, counters);
-        }
-        let tables = self.tables.tables();
+        let now = self.now();
+        self.core
+            .begin(now, &mut TxSink { outputs, counters }, counters);
+        let tables = self.core.tables();
         let in_port = match (in_port, tables.uplink) {
             (switch::HANDOFF_PORT, Some(up)) => up.port,
             (port, _) => port,
         };
-        self.router.nat.sweep_some(&tables.nat, self.learner.now);
         outputs.set_capture_mask(&tables.capture);
         outputs.capture_rx(in_port, batch);
-        match *tables.role(in_port) {
-            PortRole::CrossConnect(peer) => return outputs.push_batch(peer, batch, counters),
-            // Routed traffic: the whole burst's route slots start loading before the first
-            // frame needs its own (many flows spread them over more than L1 holds).
-            PortRole::Access { tenant, .. } => {
-                if let Some(router) = tables.router(tenant) {
-                    for mbuf in batch.as_slice() {
-                        self.cache.prefetch_route(tenant, mbuf.data());
-                    }
-                    // Then the SNAT slots of the frames those routes send outside.
-                    if router.snat_ip.is_some() {
-                        for mbuf in batch.as_slice() {
-                            let data = mbuf.data();
-                            router::prefetch_external(&self.cache, &self.router.nat, tenant, data);
-                        }
-                    }
-                }
-            }
-            _ => {}
+        if let PortRole::CrossConnect(peer) = *tables.role(in_port) {
+            return outputs.push_batch(peer, batch, counters);
         }
-        let now = self.learner.now;
-        let mut sink = TxSink {
-            outputs,
-            counters,
-            held: Some((&mut self.held, now)),
-        };
-        let mut cx = Context {
-            counters,
-            learner: &mut self.learner,
-            cache: &mut self.cache,
-            router: &mut self.router,
-            tracer: switch::NoTrace,
-        };
-        switch::handle_burst(tables, in_port, batch.drain(), &mut sink, &mut cx);
+        self.core
+            .prefetch(in_port, batch.as_slice().iter().map(Mbuf::data));
+        let mut sink = TxSink { outputs, counters };
+        self.core.run(in_port, batch.drain(), &mut sink, counters);
     }
 }
