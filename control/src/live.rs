@@ -798,6 +798,22 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
+    let pool = dataplane.pool;
+    family(
+        "tenet_mempool_in_use",
+        "Packet buffers out of the pool (in flight, queued, or leaked).",
+        "gauge",
+        vec![(
+            String::new(),
+            u64::from(pool.capacity().saturating_sub(pool.available())),
+        )],
+    );
+    family(
+        "tenet_mempool_capacity",
+        "Packet buffers the pool holds in all.",
+        "gauge",
+        vec![(String::new(), u64::from(pool.capacity()))],
+    );
     let configured = &controller.config().ports;
     family(
         "tenet_port_up",

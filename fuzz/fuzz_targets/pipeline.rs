@@ -1,6 +1,7 @@
 //! The whole pipeline under libFuzzer: the first input byte picks the ingress port and
 //! the design, the rest is the frame. Any panic is a finding, and so is a frame from
-//! tenant A's ports leaving toward tenant B.
+//! tenant A's ports leaving toward tenant B. The tables of each design are built once
+//! per process; each input gets fresh per-core state.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -63,20 +64,44 @@ fuzz_target!(|data: &[u8]| {
     };
     let port = u16::from(selector % 6);
     let design = if selector & 0x40 != 0 { Design::Shared } else { Design::Dedicated };
-    let tables = tables(design, selector & 0x80 != 0 && design == Design::Shared);
+    let hub = selector & 0x80 != 0 && design == Design::Shared;
+    static BUILT: std::sync::OnceLock<[FlowTables; 3]> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        [
+            tables(Design::Dedicated, false),
+            tables(Design::Shared, false),
+            tables(Design::Shared, true),
+        ]
+    });
+    let tables = &built[match (design, hub) {
+        (Design::Dedicated, _) => 0,
+        (Design::Shared, false) => 1,
+        (Design::Shared, true) => 2,
+    }];
+    // Per-core state made once and reset per input: cheaper than building it anew.
+    thread_local! {
+        static CORE: std::cell::RefCell<(Arc<EventQueue>, Learner, FdbCache, RouterState)> = {
+            let queue = Arc::new(EventQueue::new(64));
+            std::cell::RefCell::new((Arc::clone(&queue), Learner::new(queue), FdbCache::default(), RouterState::default()))
+        };
+    }
     let counters = CoreCounters::default();
-    let mut learner = Learner::new(Arc::new(EventQueue::new(64)));
-    let mut cache = FdbCache::default();
-    let mut router = RouterState::default();
     let mut sink = Collect::default();
-    let mut cx = Context {
-        counters: &counters,
-        learner: &mut learner,
-        cache: &mut cache,
-        router: &mut router,
-        tracer: NoTrace,
-    };
-    handle(&tables, port, BufFrame::new(frame), &mut sink, &mut cx);
+    CORE.with(|core| {
+        let (queue, learner, cache, router) = &mut *core.borrow_mut();
+        while queue.pop().is_some() {}
+        learner.forget();
+        cache.clear();
+        router.nat.clear();
+        let mut cx = Context {
+            counters: &counters,
+            learner,
+            cache,
+            router,
+            tracer: NoTrace,
+        };
+        handle(tables, port, BufFrame::new(frame), &mut sink, &mut cx);
+    });
     // Isolation: what entered on tenant A's own ports (0, 1, A-only trunk 3) stays in A.
     if matches!(port, 0 | 1 | 3) {
         for (out, bytes) in &sink.0 {

@@ -3,13 +3,17 @@
 
   frames.py send IFACE COUNT [--src MAC] [--dst MAC] [--size N] [--tag TAG] [--vlan VID]
   frames.py recv IFACE COUNT [--timeout S] [--tag TAG]
+  frames.py sniff IFACE 0 [--timeout S]
 
 Frames carry ethertype 0x88b5 (IEEE local experimental), a 4-byte tag, a 4-byte
 sequence number and a payload derived from both, so a receiver can tell every frame
 apart and check its bytes. `recv` prints "ready" once its socket is bound, then one
-line per matching frame (hex), and exits after COUNT frames or the timeout.
+line per matching frame (hex), and exits after COUNT frames or the timeout. `sniff`
+prints every frame the interface receives, of any kind (its first 256 bytes, hex),
+until the timeout or SIGTERM.
 """
 import argparse
+import signal
 import socket
 import sys
 import time
@@ -58,9 +62,26 @@ def recv(args):
         got += 1
 
 
+def sniff(args):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.bind((args.iface, 0))
+    s.settimeout(0.2)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", flush=True)
+    deadline = time.time() + args.timeout
+    while time.time() < deadline:
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        print(data[:256].hex(), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["send", "recv"])
+    p.add_argument("mode", choices=["send", "recv", "sniff"])
     p.add_argument("iface")
     p.add_argument("count", type=int)
     p.add_argument("--src", default="02:00:00:00:0a:01")
@@ -71,7 +92,7 @@ def main():
     p.add_argument("--vlan", type=int, default=None, help="send 802.1Q-tagged with this VID")
     p.add_argument("--timeout", type=float, default=10.0)
     args = p.parse_args()
-    (send if args.mode == "send" else recv)(args)
+    {"send": send, "recv": recv, "sniff": sniff}[args.mode](args)
 
 
 if __name__ == "__main__":
