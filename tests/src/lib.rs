@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod sniff;
+
 /// Runs a command, failing with its stderr when it fails.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program)

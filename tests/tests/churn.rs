@@ -8,86 +8,17 @@
 //! cycles under flooding traffic on two workers leave the packet pool as it was.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tests::sniff::{judge, mac_bytes, ping_marked, router_mac, Sniffer};
 use tests::{
     frames_tool, http, tenetctl, tenetctl_ok as ok, underlay, unique, Link, Netns, TempDir, Tenetd,
 };
 
 const SERVER: &str = "203.0.113.10";
 const TENANTS: [(&str, u32); 2] = [("red", 100), ("blue", 200)];
-
-/// The mark a tenant's pings carry in their payload.
-fn mark(tenant: usize) -> [u8; 4] {
-    [0x7e, 0x57, 0x00, 0xa0 + tenant as u8]
-}
-
-fn router_mac(id: u32) -> [u8; 6] {
-    let b = id.to_be_bytes();
-    [0x02, 0x7e, b[0], b[1], b[2], b[3]]
-}
-
-/// Every frame a container's interface receives, as hex lines.
-struct Sniffer {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Sniffer {
-    fn start(ns: &Netns) -> Self {
-        let mut child = ns
-            .command("python3")
-            .arg(frames_tool())
-            .args(["sniff", "eth0", "0", "--timeout", "600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (ready, started) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line == "ready" {
-                    let _ = ready.send(());
-                    continue;
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        started
-            .recv_timeout(Duration::from_secs(10))
-            .expect("sniffer ready");
-        Self { child, lines }
-    }
-
-    fn frames(mut self) -> Vec<Vec<u8>> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(200));
-        let lines = self.lines.lock().unwrap().clone();
-        lines
-            .iter()
-            .map(|hex| {
-                (0..hex.len() / 2)
-                    .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Sniffer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Container {
     tenant: usize,
@@ -118,18 +49,7 @@ impl Container {
     }
 
     fn ping(&mut self, target: &str, interval: &str) {
-        let pattern: String = mark(self.tenant)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let child = self
-            .ns
-            .command("ping")
-            .args(["-i", interval, "-W", "1", "-p", &pattern, target])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = ping_marked(&self.ns, self.tenant, target, interval);
         self.pings.push(child);
     }
 
@@ -358,50 +278,28 @@ fn a_minute_of_churn_never_lets_a_frame_cross_tenants() {
     std::thread::sleep(Duration::from_secs(3));
     eprintln!("{port_changes} port changes, {tenant_rebirths} tenants deleted and re-created, {snat_moves} SNAT moves");
 
-    let mut macs: [Vec<[u8; 6]>; 2] = [Vec::new(), Vec::new()];
+    let mut macs: [Vec<[u8; 6]>; 2] = [
+        vec![router_mac(TENANTS[0].1)],
+        vec![router_mac(TENANTS[1].1)],
+    ];
     for c in &containers {
-        let mac: Vec<u8> = c
-            .link
-            .mac
-            .split(':')
-            .map(|x| u8::from_str_radix(x, 16).unwrap())
-            .collect();
-        macs[c.tenant].push(mac.try_into().unwrap());
+        macs[c.tenant].push(mac_bytes(&c.link.mac));
     }
     let stats = ok(&socket, &["--json", "stats"]);
     for c in containers.iter_mut() {
         c.stop_pings();
         let frames = c.sniffer.take().unwrap().frames();
-        let own = mark(c.tenant);
-        let other = mark(1 - c.tenant);
-        let (mut from_peer, mut from_outside) = (0, 0);
-        for f in &frames {
-            let has = |m: &[u8; 4]| f.windows(4).any(|w| w == m);
-            assert!(
-                !has(&other),
-                "{} container {} got the other tenant's packet: {f:02x?}\n{stats}",
-                TENANTS[c.tenant].0,
-                c.ip
-            );
-            if has(&own) {
-                if f.len() > 30 && f[26..30] == [203, 0, 113, 10] {
-                    from_outside += 1;
-                } else {
-                    from_peer += 1;
-                }
-                continue;
-            }
-            let src: [u8; 6] = f[6..12].try_into().unwrap();
-            assert!(
-                macs[c.tenant].contains(&src) || src == router_mac(TENANTS[c.tenant].1),
-                "{} container {} got a frame from {src:02x?}: {f:02x?}\n{stats}",
-                TENANTS[c.tenant].0,
-                c.ip
-            );
-        }
+        let name = TENANTS[c.tenant].0;
+        let (from_peer, from_outside) = judge(
+            &frames,
+            c.tenant,
+            TENANTS.len(),
+            &macs[c.tenant],
+            [203, 0, 113, 10],
+        )
+        .unwrap_or_else(|leak| panic!("{name} container {} got {leak}\n{stats}", c.ip));
         eprintln!(
-            "{} {}: {} frames, {from_peer} marked from its peer, {from_outside} from outside",
-            TENANTS[c.tenant].0,
+            "{name} {}: {} frames, {from_peer} marked from its peer, {from_outside} from outside",
             c.ip,
             frames.len()
         );

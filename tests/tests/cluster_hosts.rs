@@ -524,3 +524,258 @@ fn gateways_placed_by_traffic_keep_off_the_host_that_sends_the_most() {
         assert!(stopped.status.success(), "{}", stopped.stderr);
     }
 }
+
+/// A container of the cluster churn test: its host, its tenant, what runs in it.
+struct Churned {
+    host: usize,
+    tenant: usize,
+    ns: Netns,
+    link: Link,
+    ip: String,
+    port: Option<String>,
+    pings: Vec<Reaped>,
+    sniffer: Option<tests::sniff::Sniffer>,
+}
+
+const CHURN_TENANTS: [(&str, u32); 2] = [("red", 100), ("blue", 200)];
+
+/// Runs tenetctl on `socket` until it succeeds (another host's change may take a
+/// moment to arrive through etcd) or 10 s pass; whether it did.
+fn eventually(socket: &std::path::Path, args: &[&str]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tests::tenetctl(socket, args).status.success() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Churned {
+    /// Attaches the container under its host's lowest free port name and registers it.
+    fn attach(&mut self, hosts: &[Host], names: &mut [std::collections::BTreeSet<usize>]) {
+        let taken = &mut names[self.host];
+        let n = (0..).find(|n| !taken.contains(n)).unwrap();
+        let name = format!("p{n}");
+        let socket = &hosts[self.host].socket;
+        let tenant = CHURN_TENANTS[self.tenant].0;
+        let attach = [
+            "port",
+            "add",
+            &name,
+            "--backend",
+            "af-packet",
+            "--interface",
+            &self.link.host,
+            "--role",
+            "access",
+            "--tenant",
+            tenant,
+        ];
+        if !eventually(socket, &attach) {
+            return;
+        }
+        let register = [
+            "endpoint",
+            "add",
+            "--tenant",
+            tenant,
+            "--mac",
+            &self.link.mac,
+            "--port",
+            &name,
+            "--ip",
+            &self.ip,
+        ];
+        assert!(eventually(socket, &register), "registering {name}");
+        taken.insert(n);
+        self.port = Some(name);
+    }
+
+    fn detach(&mut self, hosts: &[Host], names: &mut [std::collections::BTreeSet<usize>]) {
+        let Some(name) = self.port.take() else {
+            return;
+        };
+        let socket = &hosts[self.host].socket;
+        let tenant = CHURN_TENANTS[self.tenant].0;
+        assert!(eventually(
+            socket,
+            &[
+                "endpoint",
+                "del",
+                "--tenant",
+                tenant,
+                "--mac",
+                &self.link.mac
+            ]
+        ));
+        assert!(eventually(socket, &["port", "del", &name]));
+        names[self.host].remove(&name[1..].parse::<usize>().unwrap());
+    }
+}
+
+#[test]
+fn a_minute_of_churn_across_three_hosts_never_lets_a_frame_cross_tenants() {
+    use tests::sniff::{judge, mac_bytes, ping_marked, router_mac, Sniffer};
+    let seconds: u64 = std::env::var("TENET_CHURN_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut rng = std::process::id() as u64 * 0x9e37_79b9 + 7;
+    eprintln!("cluster churn seed {rng}, {seconds} s");
+    let mut next = |below: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % below as u64) as usize
+    };
+    let fabric = Fabric::new();
+    let etcd = Etcd::start_in(&fabric.ns, "10.99.0.1").unwrap();
+    let hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(&fabric, &etcd, i, "tenants"))
+        .collect();
+    // Both tenants on one subnet, one gateway address, each gateway on its own host.
+    let a = &hosts[0].socket;
+    tenetctl_ok(a, &["tenant", "del", "red"]);
+    for ((name, id), gateway) in CHURN_TENANTS.iter().zip(["a", "b"]) {
+        let add = [
+            "tenant",
+            "add",
+            name,
+            "--id",
+            &id.to_string(),
+            "--subnet",
+            "10.1.0.1/24",
+            "--gateway-host",
+            gateway,
+        ];
+        tenetctl_ok(a, &add);
+    }
+    // A container of each tenant on each host, at the same address in both tenants.
+    let mut names = vec![std::collections::BTreeSet::new(); hosts.len()];
+    let mut containers: Vec<Churned> = Vec::new();
+    for host in 0..hosts.len() {
+        for tenant in 0..CHURN_TENANTS.len() {
+            let ns = Netns::new(&format!("k{}{host}-", CHURN_TENANTS[tenant].0)).unwrap();
+            let ip = format!("10.1.0.{}", 11 + host);
+            let link =
+                Link::between(Some(&hosts[host].ns), &ns, Some(&format!("{ip}/24"))).unwrap();
+            ns.exec("ip", &["link", "set", "eth0", "mtu", "1400"])
+                .unwrap();
+            ns.exec("ip", &["route", "add", "default", "via", "10.1.0.1"])
+                .unwrap();
+            let sniffer = Some(Sniffer::start(&ns));
+            let mut c = Churned {
+                host,
+                tenant,
+                ns,
+                link,
+                ip,
+                port: None,
+                pings: Vec::new(),
+                sniffer,
+            };
+            c.attach(&hosts, &mut names);
+            containers.push(c);
+        }
+    }
+    for c in containers.iter_mut() {
+        let peer = format!("10.1.0.{}", 11 + (c.host + 1) % hosts.len());
+        c.pings
+            .push(Reaped(ping_marked(&c.ns, c.tenant, &peer, "0.2")));
+        c.pings
+            .push(Reaped(ping_marked(&c.ns, c.tenant, SERVER, "0.3")));
+    }
+
+    let start = Instant::now();
+    let (mut port_changes, mut moves, mut rebirths) = (0, 0, 0);
+    while start.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_millis(200 + next(400) as u64));
+        match next(20) {
+            0..=11 => {
+                let i = next(containers.len());
+                if containers[i].port.is_some() {
+                    containers[i].detach(&hosts, &mut names);
+                } else {
+                    containers[i].attach(&hosts, &mut names);
+                }
+                port_changes += 1;
+            }
+            12..=15 => {
+                // A gateway moves, through any host's API.
+                let tenant = CHURN_TENANTS[next(2)].0;
+                let to = ["a", "b", "c", "auto"][next(4)];
+                let via = &hosts[next(hosts.len())].socket;
+                if eventually(via, &["tenant", "set", tenant, "--gateway-host", to]) {
+                    moves += 1;
+                }
+            }
+            16 => {
+                // A tenant goes everywhere and comes back: a new tenant to every host.
+                let t = next(2);
+                for c in containers.iter_mut().filter(|c| c.tenant == t) {
+                    c.detach(&hosts, &mut names);
+                }
+                let (name, id) = CHURN_TENANTS[t];
+                assert!(eventually(a, &["tenant", "del", name]), "deleting {name}");
+                let gateway = ["a", "b", "c"][next(3)];
+                let add = [
+                    "tenant",
+                    "add",
+                    name,
+                    "--id",
+                    &id.to_string(),
+                    "--subnet",
+                    "10.1.0.1/24",
+                    "--gateway-host",
+                    gateway,
+                ];
+                assert!(eventually(a, &add), "adding {name} again");
+                for c in containers.iter_mut().filter(|c| c.tenant == t) {
+                    c.attach(&hosts, &mut names);
+                }
+                rebirths += 1;
+            }
+            _ => {}
+        }
+    }
+    for c in containers.iter_mut() {
+        if c.port.is_none() {
+            c.attach(&hosts, &mut names);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    eprintln!("{port_changes} port changes, {moves} gateway moves, {rebirths} tenants deleted and re-created");
+
+    let mut macs: Vec<Vec<[u8; 6]>> = CHURN_TENANTS
+        .iter()
+        .map(|(_, id)| vec![router_mac(*id)])
+        .collect();
+    for c in &containers {
+        macs[c.tenant].push(mac_bytes(&c.link.mac));
+    }
+    for c in containers.iter_mut() {
+        c.pings.clear();
+        let frames = c.sniffer.take().unwrap().frames();
+        let name = CHURN_TENANTS[c.tenant].0;
+        let (inside, outside) = judge(&frames, c.tenant, 2, &macs[c.tenant], [203, 0, 113, 10])
+            .unwrap_or_else(|leak| {
+                panic!("{name} container {} on host {} got {leak}", c.ip, c.host)
+            });
+        eprintln!(
+            "{name} {} on {}: {} frames, {inside} marked from inside, {outside} from outside",
+            c.ip,
+            HOSTS[c.host],
+            frames.len()
+        );
+        assert!(inside > 10, "{name} {}: too little from its peer", c.ip);
+        assert!(outside > 10, "{name} {}: too little from outside", c.ip);
+    }
+    for host in hosts {
+        let stopped = host.tenetd.stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+}
