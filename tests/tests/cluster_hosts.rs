@@ -658,8 +658,8 @@ fn a_minute_of_churn_across_three_hosts_never_lets_a_frame_cross_tenants() {
     let mut names = vec![std::collections::BTreeSet::new(); hosts.len()];
     let mut containers: Vec<Churned> = Vec::new();
     for host in 0..hosts.len() {
-        for tenant in 0..CHURN_TENANTS.len() {
-            let ns = Netns::new(&format!("k{}{host}-", CHURN_TENANTS[tenant].0)).unwrap();
+        for (tenant, (name, _)) in CHURN_TENANTS.iter().enumerate() {
+            let ns = Netns::new(&format!("k{name}{host}-")).unwrap();
             let ip = format!("10.1.0.{}", 11 + host);
             let link =
                 Link::between(Some(&hosts[host].ns), &ns, Some(&format!("{ip}/24"))).unwrap();
