@@ -710,6 +710,7 @@ fn stats_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
             "handed_off": s.handed_off,
             "events_lost": s.events_lost,
             "gateway_egress_bytes": s.gateway_egress_bytes,
+            "joined_segments": s.joined_segments,
             "drops": drops_json(s),
         })).collect::<Vec<_>>(),
         "drops": drops_json(&total),
@@ -721,6 +722,8 @@ fn stats_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
             "aged": control.aged,
             "published": control.published,
             "arp_sent": control.arp_sent,
+            "arp_refused": control.arp_refused,
+            "learn_stale": control.learn_stale,
         },
     })
 }
@@ -915,6 +918,25 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
         "Packets dropped, by reason.",
         "counter",
         drops,
+    );
+    let control = controller.stats();
+    family(
+        "tenet_underlay_arp_refused_total",
+        "Underlay ARP replies not taken: unasked, contested, or a next hop moving again too soon.",
+        "counter",
+        vec![(String::new(), control.arp_refused)],
+    );
+    family(
+        "tenet_learn_stale_total",
+        "Learn events refused because their port, host or tenant went (or changed) before they were applied.",
+        "counter",
+        vec![(String::new(), control.learn_stale)],
+    );
+    family(
+        "tenet_core_joined_segments_total",
+        "Frames received in several segments and joined into one.",
+        "counter",
+        per_core(|s| s.joined_segments),
     );
     family(
         "tenet_learned_macs",

@@ -779,3 +779,110 @@ fn a_minute_of_churn_across_three_hosts_never_lets_a_frame_cross_tenants() {
         assert!(stopped.status.success(), "{}", stopped.stderr);
     }
 }
+
+/// The MAC `host` answers to on the underlay.
+fn uplink_mac(host: &Host) -> String {
+    let ports: serde_json::Value =
+        serde_json::from_str(&tenetctl_ok(&host.socket, &["--json", "port", "list"])).unwrap();
+    ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "underlay")
+        .and_then(|p| p["mac"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn arp_in_another_hosts_name_does_not_move_a_tunnel() {
+    let fabric = Fabric::new();
+    let etcd = Etcd::start_in(&fabric.ns, "10.99.0.1").unwrap();
+    let mut hosts: Vec<Host> = (0..2)
+        .map(|i| Host::start(&fabric, &etcd, i, "tenants"))
+        .collect();
+    hosts[0].container(1);
+    hosts[1].container(2);
+    wait_for_ping(&hosts[0].containers[0].0, "10.1.0.2");
+    let real = uplink_mac(&hosts[1]).replace(':', "");
+
+    // A station on the underlay claims b's address: unasked replies and requests in
+    // b's name (asking a, too), thousands a second, and an answer to every request for
+    // b (a's refreshes every 30 s included).
+    let attacker = Netns::new("atk-").unwrap();
+    let (near, far) = (unique("ah"), unique("af"));
+    tests::run(
+        "ip",
+        &["link", "add", &near, "type", "veth", "peer", "name", &far],
+    )
+    .unwrap();
+    tests::run("ip", &["link", "set", &near, "netns", attacker.name()]).unwrap();
+    tests::run("ip", &["link", "set", &far, "netns", fabric.ns.name()]).unwrap();
+    fabric
+        .ns
+        .exec("ip", &["link", "set", &far, "master", "br0", "up"])
+        .unwrap();
+    attacker.exec("ip", &["link", "set", &near, "up"]).unwrap();
+    let poison = Reaped(
+        attacker
+            .command("python3")
+            .arg(tests::frames_tool())
+            .args([
+                "poison",
+                &near,
+                "0",
+                "--claim",
+                "192.168.80.2",
+                "--ask",
+                "192.168.80.1",
+            ])
+            .args(["--src", "02:66:66:66:66:66", "--timeout", "40"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // What a would send b's container: its tunnel's next hop must stay b's MAC.
+    let frame = format!(
+        "{}{}08004500001400000000400100000a0100010a010002",
+        hosts[1].containers[0].1.mac.replace(':', ""),
+        hosts[0].containers[0].1.mac.replace(':', "")
+    );
+    let next_hop = || -> String {
+        let trace: serde_json::Value = serde_json::from_str(&tenetctl_ok(
+            &hosts[0].socket,
+            &["--json", "trace", "--port", "red-1", "--frame", &frame],
+        ))
+        .unwrap();
+        trace["outputs"][0]["frame"].as_str().unwrap_or_default()[..12].to_owned()
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(38) {
+        assert_eq!(
+            next_hop(),
+            real,
+            "a's tunnel to b moved after {:?}",
+            started.elapsed()
+        );
+        hosts[0].containers[0]
+            .0
+            .exec("ping", &["-c", "1", "-W", "2", "10.1.0.2"])
+            .expect("traffic to b goes on");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(poison);
+    let stats: serde_json::Value =
+        serde_json::from_str(&tenetctl_ok(&hosts[0].socket, &["--json", "stats"])).unwrap();
+    // Gratuitous ARP for someone else's address is not for this host (the dataplane
+    // drops it); a request asking a in b's name is answered and teaches nothing; an
+    // answer to a's own refresh in b's name is contested by b's and refused.
+    let refused = stats["control"]["arp_refused"].as_u64().unwrap();
+    let dropped = stats["drops"]["not-for-us"].as_u64().unwrap();
+    let answered = stats["ports"][0]["tx_packets"].as_u64().unwrap();
+    eprintln!("a dropped {dropped} forged ARP frames, answered {answered} requests in b's name and refused {refused} answers");
+    assert!(dropped > 100 && answered > 100, "{stats}");
+    for host in hosts {
+        let stopped = host.tenetd.stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+}

