@@ -290,7 +290,8 @@ async fn wait_for_stop(
 }
 
 /// Takes down the ports whose kernel interface vanished (tables without them go out
-/// first) and brings back the down ones whose device is there again.
+/// first), lets go of ports the config dropped whose detach failed, and brings back the
+/// down ones whose device is there again.
 fn tend_ports(dataplane: &mut Dataplane<'_>, controller: &mut Controller) {
     let config = Arc::clone(controller.config());
     let gone = dataplane.vanished();
@@ -307,6 +308,20 @@ fn tend_ports(dataplane: &mut Dataplane<'_>, controller: &mut Controller) {
         dataplane.take_down(&gone, "its interface vanished");
         // What the workers queued about those ports until they let go is refused now.
         controller.absorb(Instant::now());
+    }
+    // A port the config dropped whose detach failed (a worker did not answer) is
+    // still attached, without a role: let go of it now.
+    let orphans: Vec<String> = dataplane
+        .ports
+        .iter()
+        .filter(|p| !config.ports.iter().any(|plan| plan.name == p.name))
+        .map(|p| p.name.clone())
+        .collect();
+    for name in orphans {
+        match dataplane.hot_detach(&name) {
+            Ok(()) => controller.absorb(Instant::now()),
+            Err(e) => tracing::warn!(port = %name, error = %format!("{e:#}"), "still detaching"),
+        }
     }
     if !dataplane.retry_down(&config, Instant::now()).is_empty() {
         let ports = dataplane.port_info(&config.ports);
