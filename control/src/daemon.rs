@@ -154,6 +154,7 @@ fn run_with_eal(
         pool: &pool,
         namer,
         down,
+        detaching: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -309,15 +310,10 @@ fn tend_ports(dataplane: &mut Dataplane<'_>, controller: &mut Controller) {
         // What the workers queued about those ports until they let go is refused now.
         controller.absorb(Instant::now());
     }
-    // A port the config dropped whose detach failed (a worker did not answer) is
-    // still attached, without a role: let go of it now.
-    let orphans: Vec<String> = dataplane
-        .ports
-        .iter()
-        .filter(|p| !config.ports.iter().any(|plan| plan.name == p.name))
-        .map(|p| p.name.clone())
-        .collect();
-    for name in orphans {
+    // A port whose detach failed (a worker did not answer) is still attached, without
+    // a role: let go of it now.
+    let stuck: Vec<String> = dataplane.detaching.iter().cloned().collect();
+    for name in stuck {
         match dataplane.hot_detach(&name) {
             Ok(()) => controller.absorb(Instant::now()),
             Err(e) => tracing::warn!(port = %name, error = %format!("{e:#}"), "still detaching"),

@@ -654,7 +654,7 @@ fn ports_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
         })
         .collect();
     for named in &dataplane.ports {
-        if !config.ports.iter().any(|p| p.name == named.name) {
+        if dataplane.detaching.contains(&named.name) {
             let mut entry = port_json(&named.name, "", json!({"role": "none"}), &named.port);
             entry["state"] = json!("detaching");
             list.push(entry);

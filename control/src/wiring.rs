@@ -147,6 +147,9 @@ pub struct Dataplane<'a> {
     pub namer: DeviceNamer,
     /// Configured ports without a device (it could not be attached, or it vanished).
     pub down: HashMap<String, Down>,
+    /// Ports whose detach failed (a worker did not answer): still attached, unused by
+    /// the tables, tried again.
+    pub detaching: std::collections::BTreeSet<String>,
 }
 
 impl Dataplane<'_> {
@@ -315,6 +318,16 @@ impl Dataplane<'_> {
     /// removed. When a worker does not answer, the port stays attached (and unused by
     /// the tables) for a later try.
     pub fn hot_detach(&mut self, name: &str) -> anyhow::Result<()> {
+        let detached = self.try_detach(name);
+        if detached.is_err() {
+            self.detaching.insert(name.to_owned());
+        } else {
+            self.detaching.remove(name);
+        }
+        detached
+    }
+
+    fn try_detach(&mut self, name: &str) -> anyhow::Result<()> {
         let Some(index) = self.ports.iter().position(|p| p.name == name) else {
             return Ok(());
         };
