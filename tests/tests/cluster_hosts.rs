@@ -540,14 +540,20 @@ struct Churned {
 const CHURN_TENANTS: [(&str, u32); 2] = [("red", 100), ("blue", 200)];
 
 /// Runs tenetctl on `socket` until it succeeds (another host's change may take a
-/// moment to arrive through etcd) or 10 s pass; whether it did.
+/// moment to arrive through etcd, and etcd is slow when the disk is busy) or 30 s
+/// pass; whether it did.
 fn eventually(socket: &std::path::Path, args: &[&str]) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if tests::tenetctl(socket, args).status.success() {
+        let out = tests::tenetctl(socket, args);
+        if out.status.success() {
             return true;
         }
         if Instant::now() > deadline {
+            eprintln!(
+                "tenetctl {args:?} still refused after 30 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             return false;
         }
         std::thread::sleep(Duration::from_millis(100));
