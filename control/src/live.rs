@@ -46,6 +46,8 @@ pub struct Read {
 /// A change whose write is under way.
 struct Saving {
     change: Change,
+    /// The model the change was made on.
+    before: Model,
     model: Model,
     validated: Validated,
     effective: Option<Model>,
@@ -143,7 +145,16 @@ impl Live {
         let unseeded = self.unseeded;
         let report = self.report.clone();
         tokio::task::spawn_blocking(move || {
-            let read = read_cluster(&store, &seed, retrying, unseeded);
+            // Whatever happens there, the loop hears back: a read that never reports
+            // would leave this host deaf to the cluster.
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                read_cluster(&store, &seed, retrying, unseeded)
+            }))
+            .unwrap_or_else(|_| Read {
+                model: Err(anyhow::anyhow!("reading the cluster's model failed")),
+                placement_failed: retrying,
+                seeded: false,
+            });
             let _ = report.send(Done::Read(Box::new(read)));
         });
     }
@@ -275,10 +286,15 @@ impl Live {
                 let _ = saving.reply.send(reply);
                 continue;
             };
-            let model = saving.model.clone();
+            let (before, model) = (saving.before.clone(), saving.model.clone());
             let report = self.report.clone();
             tokio::task::spawn_blocking(move || {
-                let _ = report.send(Done::Saved(store.save(&model)));
+                // A write that never reports would hold every later change.
+                let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    store.save_change(&before, &model)
+                }))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the change failed")));
+                let _ = report.send(Done::Saved(saved));
             });
             self.saving = Some(saving);
         }
@@ -329,6 +345,7 @@ impl Live {
         }
         Ok(Saving {
             change,
+            before: self.model.clone(),
             model,
             validated,
             effective,
@@ -572,7 +589,7 @@ fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> 
     let mut placement_failed = false;
     let model = match store.with_placements(&model) {
         // The record goes to every host through its watch, this one's too.
-        Some(placed) => match store.save(&placed) {
+        Some(placed) => match store.save_change(&model, &placed) {
             Ok(()) => placed,
             Err(e) if e.downcast_ref::<Conflict>().is_some() => {
                 tracing::info!(error = %e, "placing gateways: another host wrote first; taking its change next");

@@ -51,6 +51,15 @@ impl Store {
         }
     }
 
+    /// Keeps the change from `before` to `after`: in a cluster only what the change
+    /// touches is written, so a write of another host that arrived meanwhile stays.
+    pub fn save_change(&self, before: &Model, after: &Model) -> anyhow::Result<()> {
+        match self {
+            Store::File(file) => file.save(after),
+            Store::Etcd(etcd) => etcd.save_change(before, after),
+        }
+    }
+
     /// The model as this host runs it: in a cluster, the tenants it hosts, without the
     /// hosts counted dead, gateways placed ([`crate::placement::view`]). A single host
     /// runs it all.

@@ -493,8 +493,44 @@ impl EtcdStore {
     /// Writes what changed since the last load or save in one transaction; refused
     /// (nothing written) with a [`Conflict`] when another host got there first.
     pub fn save(&self, model: &Model) -> anyhow::Result<()> {
-        let mut seen = self.lock_seen();
+        let seen = self.lock_seen();
         let desired = self.keys(model, &seen)?;
+        let gone: Vec<String> = seen
+            .keys()
+            .filter(|key| !desired.contains_key(*key))
+            .cloned()
+            .collect();
+        self.write(seen, desired, gone)
+    }
+
+    /// Writes what turned `before` into `after`, and nothing else, in one transaction
+    /// compared with what this host read: a key the change does not touch is left as
+    /// the cluster has it, even when this host's `before` is older than its last read
+    /// (another host's write that arrived while the change was prepared stays).
+    pub fn save_change(&self, before: &Model, after: &Model) -> anyhow::Result<()> {
+        let seen = self.lock_seen();
+        let was = self.keys(before, &seen)?;
+        let now = self.keys(after, &seen)?;
+        let gone: Vec<String> = was
+            .keys()
+            .filter(|key| !now.contains_key(*key) && seen.contains_key(*key))
+            .cloned()
+            .collect();
+        let desired: BTreeMap<String, String> = now
+            .into_iter()
+            .filter(|(key, value)| was.get(key) != Some(value))
+            .collect();
+        self.write(seen, desired, gone)
+    }
+
+    /// Puts `desired` and deletes `gone`, each compared with the revision this host
+    /// saw (a key it puts anew must not exist yet).
+    fn write(
+        &self,
+        mut seen: std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>>,
+        desired: BTreeMap<String, String>,
+        gone: Vec<String>,
+    ) -> anyhow::Result<()> {
         // (key, new value or None to delete, compare if any, request)
         let mut ops: Vec<(String, Option<String>, Option<Value>, Value)> = Vec::new();
         for (key, value) in &desired {
@@ -515,11 +551,6 @@ impl EtcdStore {
             }});
             ops.push((key.clone(), Some(value.clone()), compare, put));
         }
-        let gone: Vec<String> = seen
-            .keys()
-            .filter(|key| !desired.contains_key(*key))
-            .cloned()
-            .collect();
         let record = format!("{}/placed/", self.prefix);
         for key in &gone {
             // A placement record may go whatever the placer wrote meanwhile: the
