@@ -92,7 +92,7 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
     // A kernel interface needs no DPDK device: tenet's own packet sockets serve it,
     // outside DPDK's port table (bond members still go through DPDK's driver).
     if let dataplane::dpdk::Backend::AfPacket { interface } = &plan.backend {
-        let kernel = dataplane::dpdk::interface_index(interface).map(|i| (interface.clone(), i));
+        let kernel = dataplane::kernel::interface_index(interface).map(|i| (interface.clone(), i));
         let port = Port::open_interface(interface)
             .with_context(|| format!("port `{}` (af-packet backend)", plan.name))?;
         tracing::info!(port = %plan.name, device = %port.name(), id = port.id(), "attached");
@@ -104,7 +104,7 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
     }
     let kernel = match plan.backend.kernel_interface() {
         Some(interface) => {
-            let index = dataplane::dpdk::interface_index(interface).ok_or_else(|| {
+            let index = dataplane::kernel::interface_index(interface).ok_or_else(|| {
                 anyhow::anyhow!("port `{}`: no interface `{interface}`", plan.name)
             })?;
             Some((interface.to_owned(), index))
@@ -183,7 +183,7 @@ impl Dataplane<'_> {
             .filter(|p| !self.down.contains_key(&p.name))
             .filter_map(|p| {
                 let (interface, index) = p.kernel.as_ref()?;
-                (dataplane::dpdk::interface_index(interface) != Some(*index))
+                (dataplane::kernel::interface_index(interface) != Some(*index))
                     .then(|| p.name.clone())
             })
             .collect()
@@ -220,7 +220,7 @@ impl Dataplane<'_> {
             let absent = plan
                 .backend
                 .kernel_interface()
-                .is_some_and(|i| dataplane::dpdk::interface_index(i).is_none());
+                .is_some_and(|i| dataplane::kernel::interface_index(i).is_none());
             // A port still attached (its detach failed) must let go first.
             let stuck = self.ports.iter().any(|p| p.name == name);
             let result = if absent {

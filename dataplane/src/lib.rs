@@ -1,6 +1,7 @@
 //! tenet's dataplane: everything a packet touches.
 //!
 //! - [`dpdk`]: the only safe wrapper over `dpdk-sys` (EAL, mempools, ports, mbufs, rings).
+//! - [`kernel`]: the kernel's packet sockets that serve container veths.
 //! - [`counters`]: drop reasons as data and per-core counters.
 //! - [`packet`]: zero-copy header views and the frame trait.
 //! - [`table`]: the compiled flow tables and their RCU-style publication.
@@ -9,7 +10,10 @@
 //! - [`worker`]: the per-core poll loop that drives ports through a pipeline.
 
 pub mod counters;
+#[allow(unsafe_code)]
 pub mod dpdk;
+#[allow(unsafe_code)]
+pub mod kernel;
 pub mod packet;
 pub mod pipeline;
 pub mod port_set;

@@ -11,7 +11,6 @@ mod eal;
 mod error;
 mod mbuf;
 mod mempool;
-mod packet_socket;
 mod port;
 mod ring;
 mod time;
@@ -21,7 +20,6 @@ pub use eal::{prepare_process, register_thread, unregister_thread, Eal, EalOptio
 pub use error::DpdkError;
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
-pub use packet_socket::interface_index;
 pub use port::{port_name, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
 pub use ring::{MbufRing, RingConsumer, RingProducer};
 pub use time::{prefetch, tsc, tsc_hz};

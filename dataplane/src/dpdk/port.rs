@@ -7,7 +7,7 @@ use std::ffi::{c_char, CStr, CString};
 use super::error::DpdkError;
 use super::mbuf::MbufBatch;
 use super::mempool::Mempool;
-use super::packet_socket::{PacketPort, PacketRx, PacketTx};
+use crate::kernel::{PacketPort, PacketRx, PacketTx};
 
 /// How to set a port up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

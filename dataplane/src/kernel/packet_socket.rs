@@ -13,90 +13,37 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::error::DpdkError;
-use super::mbuf::MbufBatch;
-use super::mempool::Mempool;
-use super::port::{LinkStatus, PortStats};
+use crate::dpdk::{DpdkError, LinkStatus, MbufBatch, Mempool, PortStats};
 use crate::port_set::PortSet;
 use crate::{MAX_DPDK_PORTS, MAX_PORTS};
 
-// The packet socket ABI (linux/if_packet.h), stable since Linux 4.20.
-const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
-const PACKET_MR_PROMISC: libc::c_ushort = 1;
-const PACKET_RX_RING: libc::c_int = 5;
-const PACKET_STATISTICS: libc::c_int = 6;
-const PACKET_VERSION: libc::c_int = 10;
-const PACKET_TX_RING: libc::c_int = 13;
-const PACKET_LOSS: libc::c_int = 14;
-const PACKET_FANOUT: libc::c_int = 18;
-const PACKET_QDISC_BYPASS: libc::c_int = 20;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const TPACKET_V2: libc::c_int = 1;
-const PACKET_FANOUT_HASH: u32 = 0;
-const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
-const ETH_P_ALL: u16 = 0x0003;
-const TP_STATUS_KERNEL: u32 = 0;
-const TP_STATUS_USER: u32 = 1;
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
-const TP_STATUS_SEND_REQUEST: u32 = 1;
-const TP_STATUS_SENDING: u32 = 2;
-const TPACKET_ALIGNMENT: usize = 16;
+use libc::{
+    packet_mreq, tpacket2_hdr, tpacket_req, tpacket_stats, ETH_P_ALL, PACKET_ADD_MEMBERSHIP,
+    PACKET_FANOUT, PACKET_FANOUT_FLAG_UNIQUEID, PACKET_FANOUT_HASH, PACKET_IGNORE_OUTGOING,
+    PACKET_LOSS, PACKET_MR_PROMISC, PACKET_OUTGOING, PACKET_QDISC_BYPASS, PACKET_RX_RING,
+    PACKET_STATISTICS, PACKET_TX_RING, PACKET_VERSION, TPACKET_ALIGNMENT, TP_STATUS_KERNEL,
+    TP_STATUS_SENDING, TP_STATUS_SEND_REQUEST, TP_STATUS_USER, TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+};
 
-#[repr(C)]
-struct Tpacket2Header {
-    status: u32,
-    len: u32,
-    snaplen: u32,
-    mac: u16,
-    net: u16,
-    sec: u32,
-    nsec: u32,
-    vlan_tci: u16,
-    vlan_tpid: u16,
-    padding: [u8; 4],
-}
-
-#[repr(C)]
-struct TpacketReq {
-    block_size: u32,
-    block_nr: u32,
-    frame_size: u32,
-    frame_nr: u32,
-}
-
-#[repr(C)]
-struct TpacketStats {
-    packets: u32,
-    drops: u32,
-}
-
-#[repr(C)]
-struct PacketMreq {
-    ifindex: libc::c_int,
-    kind: libc::c_ushort,
-    alen: libc::c_ushort,
-    address: [u8; 8],
-}
-
+/// libc has `TPACKET_ALIGN` only as an unsafe, non-const fn.
 const fn tpacket_align(x: usize) -> usize {
     (x + TPACKET_ALIGNMENT - 1) & !(TPACKET_ALIGNMENT - 1)
 }
 
 /// Where a TX frame's bytes start: right after the aligned header (no sockaddr_ll, no
 /// PACKET_TX_HAS_OFF).
-const TX_DATA_OFFSET: usize = tpacket_align(std::mem::size_of::<Tpacket2Header>());
+const TX_DATA_OFFSET: usize = tpacket_align(std::mem::size_of::<tpacket2_hdr>());
 /// Where the kernel puts a received frame at the latest: header, sockaddr_ll, and the
 /// alignment of the network header.
 const RX_DATA_OFFSET: usize = tpacket_align(
-    tpacket_align(std::mem::size_of::<Tpacket2Header>())
+    tpacket_align(std::mem::size_of::<tpacket2_hdr>())
         + std::mem::size_of::<libc::sockaddr_ll>()
         + 16,
 );
 /// Where a received frame's sll_pkttype is: in the sockaddr_ll after the aligned
 /// header, behind sll_family, sll_protocol, sll_ifindex and sll_hatype.
-const SLL_PKTTYPE_OFFSET: usize = tpacket_align(std::mem::size_of::<Tpacket2Header>()) + 10;
-const PACKET_OUTGOING: u8 = 4;
+const SLL_PKTTYPE_OFFSET: usize = tpacket_align(std::mem::size_of::<tpacket2_hdr>()) + 10;
 /// Ethernet header plus two VLAN tags: the most a frame carries beyond the MTU.
 const L2_OVERHEAD: usize = 14 + 8;
 /// The frame bytes an mbuf of tenet's pools holds.
@@ -247,11 +194,11 @@ impl PacketPort {
     /// Makes the interface pass every frame up, not just those for its own MAC (the
     /// kernel undoes it when the socket closes).
     pub(crate) fn start(&self) -> Result<(), DpdkError> {
-        let request = PacketMreq {
-            ifindex: self.ifindex,
-            kind: PACKET_MR_PROMISC,
-            alen: 0,
-            address: [0; 8],
+        let request = packet_mreq {
+            mr_ifindex: self.ifindex,
+            mr_type: PACKET_MR_PROMISC as libc::c_ushort,
+            mr_alen: 0,
+            mr_address: [0; 8],
         };
         set_option(
             &self.control,
@@ -292,13 +239,13 @@ impl PacketPort {
             stats.tx_packets += c.tx_packets.load(Ordering::Relaxed);
             stats.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
             stats.tx_errors += c.tx_errors.load(Ordering::Relaxed);
-            let mut kernel = TpacketStats {
-                packets: 0,
-                drops: 0,
+            let mut kernel = tpacket_stats {
+                tp_packets: 0,
+                tp_drops: 0,
             };
             if get_option(&queue.fd, PACKET_STATISTICS, &mut kernel).is_ok() {
                 self.dropped
-                    .fetch_add(u64::from(kernel.drops), Ordering::Relaxed);
+                    .fetch_add(u64::from(kernel.tp_drops), Ordering::Relaxed);
             }
         }
         stats.rx_missed = self.dropped.load(Ordering::Relaxed);
@@ -413,7 +360,12 @@ impl Queue {
     ) -> Result<Self, DpdkError> {
         let name = port.interface.as_str();
         let fd = packet_socket(0, name)?;
-        set_option(&fd, PACKET_VERSION, &TPACKET_V2, name)?;
+        set_option(
+            &fd,
+            PACKET_VERSION,
+            &(libc::tpacket_versions::TPACKET_V2 as libc::c_int),
+            name,
+        )?;
         // Frames go straight to the driver: the qdisc would only queue them again.
         set_option(&fd, PACKET_QDISC_BYPASS, &1i32, name)?;
         // A malformed TX frame is skipped instead of stopping the ring.
@@ -424,8 +376,8 @@ impl Queue {
         let tx = ring_request(frame_size, tx_frames);
         set_option(&fd, PACKET_RX_RING, &rx, name)?;
         set_option(&fd, PACKET_TX_RING, &tx, name)?;
-        let rx_len = rx.block_size as usize * rx.block_nr as usize;
-        let map_len = rx_len + tx.block_size as usize * tx.block_nr as usize;
+        let rx_len = rx.tp_block_size as usize * rx.tp_block_nr as usize;
+        let map_len = rx_len + tx.tp_block_size as usize * tx.tp_block_nr as usize;
         // SAFETY: maps the rings just configured on fd, shared with the kernel; the
         // mapping is unmapped in Drop, before fd closes.
         let map = unsafe {
@@ -447,14 +399,14 @@ impl Queue {
             map: map.cast(),
             map_len,
             frame_size,
-            rx_frames: rx.frame_nr as usize,
-            tx_frames: tx.frame_nr as usize,
+            rx_frames: rx.tp_frame_nr as usize,
+            tx_frames: tx.tp_frame_nr as usize,
             counters: QueueCounters::default(),
         };
         // SAFETY: sockaddr_ll is plain old data; zero is valid before the fields are set.
         let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = ETH_P_ALL.to_be();
+        address.sll_protocol = (ETH_P_ALL as u16).to_be();
         address.sll_ifindex = port.ifindex;
         // SAFETY: address is a valid sockaddr_ll of the given length.
         let ret = unsafe {
@@ -604,18 +556,18 @@ fn option_name(option: libc::c_int) -> &'static str {
 
 /// A ring of at least `frames` frames of `frame_size` (a power of two), in blocks of
 /// whole pages that hold whole frames, so frame i sits at `i * frame_size`.
-fn ring_request(frame_size: usize, frames: usize) -> TpacketReq {
+fn ring_request(frame_size: usize, frames: usize) -> tpacket_req {
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     // Both are powers of two: the larger is a multiple of the other.
     let block_size = frame_size.max(page);
     let per_block = block_size / frame_size;
     let blocks = frames.max(1).div_ceil(per_block);
-    TpacketReq {
-        block_size: block_size as u32,
-        block_nr: blocks as u32,
-        frame_size: frame_size as u32,
-        frame_nr: (blocks * per_block) as u32,
+    tpacket_req {
+        tp_block_size: block_size as u32,
+        tp_block_nr: blocks as u32,
+        tp_frame_size: frame_size as u32,
+        tp_frame_nr: (blocks * per_block) as u32,
     }
 }
 
@@ -679,22 +631,22 @@ impl PacketRx {
             self.next = next_frame(self.next, q.rx_frames);
             // SAFETY: the status said TP_STATUS_USER: the kernel finished the header and
             // data, and does not touch the frame until it is handed back below.
-            let header = unsafe { &*frame.cast::<Tpacket2Header>() };
-            let status = header.status;
+            let header = unsafe { &*frame.cast::<tpacket2_hdr>() };
+            let status = header.tp_status;
             let (snap, full, offset) = (
-                header.snaplen as usize,
-                header.len as usize,
-                usize::from(header.mac),
+                header.tp_snaplen as usize,
+                header.tp_len as usize,
+                usize::from(header.tp_mac),
             );
             // The kernel moved the outermost VLAN tag to the header: put it back, since
             // the tag (a spoofed one included) is the switch's to judge.
             let tag = (status & TP_STATUS_VLAN_VALID != 0).then(|| {
                 let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                    header.vlan_tpid
+                    header.tp_vlan_tpid
                 } else {
                     0x8100
                 };
-                (tpid, header.vlan_tci)
+                (tpid, header.tp_vlan_tci)
             });
             // With several sockets in a fanout group, the kernel's PACKET_IGNORE_OUTGOING
             // no longer applies: what the host itself sends out is dropped here.
@@ -785,7 +737,7 @@ impl PacketTx {
             // TX_DATA_OFFSET + limit <= frame_size.
             unsafe {
                 std::ptr::copy_nonoverlapping(data.as_ptr(), frame.add(TX_DATA_OFFSET), data.len());
-                (*frame.cast::<Tpacket2Header>()).len = data.len() as u32;
+                (*frame.cast::<tpacket2_hdr>()).tp_len = data.len() as u32;
             }
             status.store(TP_STATUS_SEND_REQUEST, Ordering::Release);
             self.next = next_frame(self.next, q.tx_frames);
