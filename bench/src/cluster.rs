@@ -25,6 +25,7 @@ use control::config::Config;
 use control::model::Model;
 use control::placement::{self, GatewayPlacement};
 use control::store::EtcdStore;
+use dataplane::packet::MacText;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -148,14 +149,7 @@ fn synthetic(options: &Options) -> anyhow::Result<(Model, Vec<(usize, usize)>)> 
         for c in 0..options.containers {
             let host = random.below(options.hosts);
             let n = t * options.containers + c;
-            let mac = format!(
-                "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                (n >> 32) & 0xff,
-                (n >> 24) & 0xff,
-                (n >> 16) & 0xff,
-                (n >> 8) & 0xff,
-                n & 0xff
-            );
+            let mac = numbered_mac(0x02, n as u64).to_string();
             model.endpoints.push(serde_json::from_value(json!({
                 "tenant": format!("t{t:06}"), "mac": mac, "host": host_name(host),
             }))?);
@@ -311,7 +305,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
             let n = t * 2 + c;
             model.endpoints.push(serde_json::from_value(json!({
                 "tenant": format!("p{t:06}"),
-                "mac": format!("02:aa:{:02x}:{:02x}:{:02x}:{:02x}", (n >> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff),
+                "mac": numbered_mac(0x02, 0xaa << 32 | (n as u64 & 0xffff_ffff)).to_string(),
                 "host": host_name(1 + random.below(options.agents.max(1))),
             }))?);
         }
@@ -499,4 +493,10 @@ pub fn table(r: &Results) -> String {
         ));
     }
     out
+}
+
+/// The locally administered MAC `first:` followed by the low 40 bits of `n`.
+fn numbered_mac(first: u8, n: u64) -> MacText {
+    let b = n.to_be_bytes();
+    MacText([first, b[3], b[4], b[5], b[6], b[7]])
 }

@@ -11,8 +11,9 @@ use anyhow::{bail, Context};
 
 use crate::peers::Setup;
 use crate::process::{self, Proc};
-use crate::scenario::{self, mac_text, Scenario, Topology};
+use crate::scenario::{self, Scenario, Topology};
 use crate::template;
+use dataplane::packet::MacText;
 
 /// OVS's DPDK file prefix (its telemetry socket).
 pub const PREFIX: &str = "tbovs";
@@ -319,7 +320,7 @@ impl Ovs {
                 // would be flooded to the bridge's tap too. Static entries, as a user
                 // would add for known containers.
                 for mac in template::dst_macs(spec.macs) {
-                    self.appctl(&["fdb/add", br, "out0", "0", &mac_text(mac)])?;
+                    self.appctl(&["fdb/add", br, "out0", "0", &MacText(mac).to_string()])?;
                 }
                 Ok(())
             }
@@ -392,7 +393,7 @@ impl Ovs {
             text.push_str(&format!(
                 "priority=10,in_port=1,dl_vlan={},dl_dst={},actions=output:2\n",
                 template::tenant_vlan(tenant),
-                mac_text(mac)
+                MacText(mac)
             ));
         }
         let file = self.ctl.dir.join("l2-many.flows");
@@ -403,7 +404,7 @@ impl Ovs {
 
     fn tunnel_bridges(&self) -> anyhow::Result<()> {
         self.add_bridge("tb-br-int", &[])?;
-        let hwaddr = format!("other_config:hwaddr={}", mac_text(template::GRE_LOCAL_MAC));
+        let hwaddr = format!("other_config:hwaddr={}", MacText(template::GRE_LOCAL_MAC));
         self.add_bridge("tb-br-phy", &[&hwaddr])?;
         self.vsctl(&[
             "add-port",
@@ -441,7 +442,7 @@ impl Ovs {
             "tnl/neigh/set",
             "tb-br-phy",
             &template::GRE_REMOTE_IP.to_string(),
-            &mac_text(template::GRE_REMOTE_MAC),
+            &MacText(template::GRE_REMOTE_MAC).to_string(),
         ])?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

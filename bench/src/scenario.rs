@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 
 use crate::template::{self, Kind, Size, Spec};
+use dataplane::packet::MacText;
 
 /// Where the switch's input comes from and its output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -155,14 +156,6 @@ pub const ROUTES: [(&str, &str); 2] = [
 /// Source MAC of routed frames (replay.sh's `ROUTER_MAC`).
 pub const ROUTER_MAC: &str = "02:00:00:00:0d:01";
 
-/// A MAC as text.
-pub fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 impl Scenario {
     /// The input frames for `size` and `flows`.
     pub fn spec(&self, size: &Size, flows: usize) -> Spec {
@@ -199,7 +192,7 @@ impl Scenario {
     pub fn environment(&self, core: usize, prefix: &str) -> Vec<(String, String)> {
         let macs = template::dst_macs(self.macs)
             .into_iter()
-            .map(mac_text)
+            .map(|m| MacText(m).to_string())
             .collect::<Vec<_>>()
             .join(" ");
         let vars = [
@@ -209,11 +202,20 @@ impl Scenario {
             ("GRE_KEY", template::GRE_KEY.to_string()),
             ("GRE_LOCAL_IP", template::GRE_LOCAL_IP.to_string()),
             ("GRE_REMOTE_IP", template::GRE_REMOTE_IP.to_string()),
-            ("GRE_LOCAL_MAC", mac_text(template::GRE_LOCAL_MAC)),
-            ("GRE_REMOTE_MAC", mac_text(template::GRE_REMOTE_MAC)),
+            (
+                "GRE_LOCAL_MAC",
+                MacText(template::GRE_LOCAL_MAC).to_string(),
+            ),
+            (
+                "GRE_REMOTE_MAC",
+                MacText(template::GRE_REMOTE_MAC).to_string(),
+            ),
             ("DST_MACS", macs),
             ("ROUTER_MAC", ROUTER_MAC.to_owned()),
-            ("ROUTER_IN_MAC", mac_text(template::ROUTER_IN_MAC)),
+            (
+                "ROUTER_IN_MAC",
+                MacText(template::ROUTER_IN_MAC).to_string(),
+            ),
             ("NEXT_HOP_1", ROUTES[0].1.to_owned()),
             ("NEXT_HOP_2", ROUTES[1].1.to_owned()),
             (
@@ -295,7 +297,7 @@ fn many_tenants_config(tenants: usize, macs: usize) -> String {
     );
     for i in 0..tenants {
         let list: Vec<String> = (0..macs)
-            .map(|m| format!("\"{}\"", mac_text(template::tenant_mac(i, m))))
+            .map(|m| format!("\"{}\"", MacText(template::tenant_mac(i, m))))
             .collect();
         let _ = writeln!(
             t,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use dataplane::packet::Mac;
+use dataplane::packet::{Ipv4Cidr, Mac};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::routing::{Interface, Published, RouteTarget, Router};
 use dataplane::table::{Design, FlowTables, HostIdx, Location, PortSecurity, TenantIdx};
@@ -118,8 +118,11 @@ pub fn next_hop(plan: &SwitchPlan, host: usize) -> Ipv4Addr {
     if me.prefix == 32 {
         return target;
     }
-    let mask = u32::MAX << (32 - u32::from(me.prefix));
-    let on_link = u32::from(me.ip) & mask == u32::from(target) & mask;
+    let on_link = Ipv4Cidr {
+        ip: me.ip,
+        prefix: me.prefix,
+    }
+    .contains(target);
     match plan.underlay_gateway {
         Some(gateway) if !on_link => gateway,
         _ => target,

@@ -5,6 +5,8 @@
 
 use std::net::Ipv4Addr;
 
+use dataplane::packet::{Ipv4Cidr, MacText};
+
 use serde_json::{json, Value};
 
 use crate::client::{encode, Answer, CallError, Client};
@@ -39,14 +41,6 @@ pub fn call(
     })
 }
 
-/// A MAC as tenetd writes it.
-pub fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The tenant `name` as tenetd has it (`None`: no such tenant).
 pub fn tenant(client: &Client, name: &str) -> Result<Option<Value>, Refused> {
     let answer = call(client, "GET", &format!("/v1/tenants/{name}"), None)?;
@@ -58,16 +52,13 @@ pub fn tenant(client: &Client, name: &str) -> Result<Option<Value>, Refused> {
 }
 
 /// The tenant's subnets: its gateway's address with the prefix length.
-pub fn subnets(tenant: &Value) -> Vec<(Ipv4Addr, u8)> {
+pub fn subnets(tenant: &Value) -> Vec<Ipv4Cidr> {
     tenant["subnets"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .filter_map(|s| {
-            let (ip, len) = s.split_once('/')?;
-            Some((ip.parse().ok()?, len.parse().ok()?))
-        })
+        .filter_map(|s| s.parse().ok())
         .collect()
 }
 
@@ -92,7 +83,7 @@ pub fn attach(client: &Client, container: &Container<'_>, mut port: Value) -> Re
     port["role"] = json!("access");
     port["tenant"] = json!(container.tenant);
     if container.port_security {
-        port["allowed_macs"] = json!([mac_text(container.mac)]);
+        port["allowed_macs"] = json!([MacText(container.mac).to_string()]);
         port["allowed_ips"] = json!([container.ip.to_string()]);
     }
     let answer = call(client, "POST", "/v1/ports", Some(&port))?;
@@ -105,7 +96,7 @@ pub fn attach(client: &Client, container: &Container<'_>, mut port: Value) -> Re
     }
     let endpoint = json!({
         "tenant": container.tenant,
-        "mac": mac_text(container.mac),
+        "mac": MacText(container.mac).to_string(),
         "ip": container.ip.to_string(),
         "port": container.port,
     });

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dataplane::dpdk::{MbufBatch, Mempool, RingProducer};
 use dataplane::packet::arp::{self, ArpOperation, ArpPacket, ArpRepr};
 use dataplane::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
-use dataplane::packet::Mac;
+use dataplane::packet::{Mac, MacText};
 use dataplane::pipeline::events::{Event, EventQueue};
 use dataplane::table::publish::TablePublisher;
 use dataplane::table::{Design, HostIdx, Location, TenantIdx};
@@ -445,7 +445,7 @@ impl Controller {
             .filter(|a| now.duration_since(a.at) < ARP_ANSWER_WINDOW)
         else {
             self.stats.arp_refused += 1;
-            tracing::debug!(%ip, mac = %fmt_mac(&mac), "unsolicited underlay ARP reply ignored");
+            tracing::debug!(%ip, mac = %MacText(mac), "unsolicited underlay ARP reply ignored");
             return;
         };
         if !ask.answers.contains(&mac) {
@@ -457,7 +457,7 @@ impl Controller {
         }
         if !self.dynamic.neighbors.contains_key(&ip) && ask.answers.len() == 1 {
             ask.installed = true;
-            tracing::info!(%ip, mac = %fmt_mac(&mac), "underlay neighbour resolved");
+            tracing::info!(%ip, mac = %MacText(mac), "underlay neighbour resolved");
             self.dynamic.neighbors.insert(ip, mac);
             self.resolved.insert(
                 ip,
@@ -497,10 +497,10 @@ impl Controller {
                     let changed = self.resolved.get(&ip).map_or(now, |r| r.changed);
                     if now.duration_since(changed) < NEIGHBOR_MOVE_LOCK {
                         self.stats.arp_refused += 1;
-                        tracing::warn!(%ip, old = %fmt_mac(&current), new = %fmt_mac(moved), "underlay next hop moved again too soon; keeping it where it was");
+                        tracing::warn!(%ip, old = %MacText(current), new = %MacText(*moved), "underlay next hop moved again too soon; keeping it where it was");
                         continue;
                     }
-                    tracing::warn!(%ip, old = %fmt_mac(&current), new = %fmt_mac(moved), "underlay next hop moved");
+                    tracing::warn!(%ip, old = %MacText(current), new = %MacText(*moved), "underlay next hop moved");
                     self.dynamic.neighbors.insert(ip, *moved);
                     self.resolved.insert(
                         ip,
@@ -513,14 +513,15 @@ impl Controller {
                 }
                 several => {
                     self.stats.arp_refused += 1;
-                    let macs: Vec<String> = several.iter().map(fmt_mac).collect();
+                    let macs: Vec<String> =
+                        several.iter().map(|m| MacText(*m).to_string()).collect();
                     if ask.installed {
                         tracing::warn!(%ip, answers = ?macs, "stations disagree on a new underlay next hop; asking again");
                         self.dynamic.neighbors.remove(&ip);
                         self.resolved.remove(&ip);
                         self.dirty = true;
                     } else {
-                        tracing::warn!(%ip, answers = ?macs, kept = %fmt_mac(&current), "stations disagree on an underlay next hop; keeping the one in use");
+                        tracing::warn!(%ip, answers = ?macs, kept = %MacText(current), "stations disagree on an underlay next hop; keeping the one in use");
                     }
                 }
             }
@@ -637,7 +638,7 @@ impl Controller {
                     self.stats.learn_refused += 1;
                     return;
                 }
-                tracing::debug!(tenant = plan.tenants[t].id, %ip, mac = %fmt_mac(&mac), "router neighbour");
+                tracing::debug!(tenant = plan.tenants[t].id, %ip, mac = %MacText(mac), "router neighbour");
                 self.dynamic
                     .tenant_neighbors
                     .insert((tenant, ip), (mac, now));
@@ -670,7 +671,7 @@ impl Controller {
                 .interfaces
                 .iter()
                 .find(|&&(gw, len)| {
-                    let m = dataplane::table::routing::mask(len);
+                    let m = dataplane::packet::mask(len);
                     u32::from(gw) & m == u32::from(ip) & m
                 })
                 .or(router.interfaces.first())
@@ -846,14 +847,6 @@ pub fn arp_request(mac: Mac, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
         &mut frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + arp::HEADER_LEN],
     ));
     frame
-}
-
-/// `02:00:00:00:0a:01`.
-pub fn fmt_mac(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use dataplane::packet::{parse_mac, Ipv4Cidr, MacText};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -70,20 +71,6 @@ fn field<'a>(request: &'a Value, name: &str) -> Result<&'a str, Failure> {
         .as_str()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| format!("{name}: missing"))
-}
-
-fn cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let (ip, len) = text.split_once('/')?;
-    Some((ip.parse().ok()?, len.parse().ok()?))
-}
-
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    bytes.try_into().ok()
 }
 
 impl Driver {
@@ -154,19 +141,23 @@ impl Driver {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("tenant: `{tenant_name}` does not exist in tenetd"))?;
         let subnets = containers::subnets(&tenant);
-        let pool = request["IPv4Data"][0]["Pool"].as_str().and_then(cidr);
-        let gateway = request["IPv4Data"][0]["Gateway"]
+        let pool = request["IPv4Data"][0]["Pool"]
             .as_str()
-            .and_then(|g| cidr(g).map(|c| c.0).or_else(|| g.parse().ok()));
+            .and_then(|p| p.parse::<Ipv4Cidr>().ok());
+        let gateway = request["IPv4Data"][0]["Gateway"].as_str().and_then(|g| {
+            g.parse::<Ipv4Cidr>()
+                .map(|c| c.ip)
+                .ok()
+                .or_else(|| g.parse().ok())
+        });
         // Containers route through the tenant's router: Docker's gateway must be it.
-        if let (Some((net, len)), false) = (pool, subnets.is_empty()) {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        if let (Some(pool), false) = (pool, subnets.is_empty()) {
             let router = subnets
                 .iter()
-                .find(|(gw, l)| *l == len && u32::from(*gw) & mask == u32::from(net) & mask)
-                .map(|(gw, _)| *gw)
+                .find(|s| s.prefix == pool.prefix && s.contains(pool.ip))
+                .map(|s| s.ip)
                 .ok_or_else(|| {
-                    format!("subnet: {net}/{len} is not one of tenant {tenant_name}'s subnets")
+                    format!("subnet: {pool} is not one of tenant {tenant_name}'s subnets")
                 })?;
             if gateway.is_some_and(|g| g != router) {
                 return Err(format!(
@@ -206,14 +197,15 @@ impl Driver {
             .cloned()
             .ok_or_else(|| format!("NetworkID: {network_id} is not a tenet network"))?;
         let interface = &request["Interface"];
-        let (ip, _) = interface["Address"]
+        let ip = interface["Address"]
             .as_str()
-            .and_then(cidr)
+            .and_then(|a| a.parse::<Ipv4Cidr>().ok())
+            .map(|c| c.ip)
             .ok_or("Interface.Address: tenet endpoints need an IPv4 address")?;
         let given_mac = interface["MacAddress"]
             .as_str()
             .filter(|m| !m.is_empty())
-            .map(|m| parse_mac(m).ok_or(format!("Interface.MacAddress: `{m}` is not a MAC")))
+            .map(|m| parse_mac(m).map_err(|e| format!("Interface.MacAddress: {e}")))
             .transpose()?;
         let hash = containers::short_hash(&[id]);
         let (host, peer) = (format!("td{hash}"), format!("tp{hash}"));
@@ -236,7 +228,7 @@ impl Driver {
                 network: network_id.to_owned(),
                 host: host.clone(),
                 peer,
-                mac: containers::mac_text(mac),
+                mac: MacText(mac).to_string(),
                 ip,
             },
         );
@@ -245,7 +237,7 @@ impl Driver {
         Ok(if given_mac.is_some() {
             json!({})
         } else {
-            json!({"Interface": {"MacAddress": containers::mac_text(mac)}})
+            json!({"Interface": {"MacAddress": MacText(mac).to_string()}})
         })
     }
 

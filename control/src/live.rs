@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dataplane::counters::{CoreStats, DropReason};
+use dataplane::packet::MacText;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,7 +19,7 @@ use crate::api::{Command, Reply};
 use crate::config::gateway::Placement;
 use crate::config::switching::RolePlan;
 use crate::config::Validated;
-use crate::controller::{fmt_mac, Controller};
+use crate::controller::Controller;
 use crate::model::{Change, Model};
 use crate::store::{Conflict, Store};
 use crate::wiring::{Dataplane, NamedPort};
@@ -688,7 +689,7 @@ fn port_json(name: &str, backend: &str, role: Value, port: &dataplane::dpdk::Por
         "state": "up",
         "device": port.name(),
         "port_id": port.id(),
-        "mac": fmt_mac(&port.mac()),
+        "mac": MacText(port.mac()).to_string(),
         "link_up": port.link().up,
         "role": role,
         "rx_packets": s.rx_packets,

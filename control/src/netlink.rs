@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use dataplane::packet::Ipv4Cidr;
 use futures_util::stream::TryStreamExt;
 use netlink_packet_core::{
     DecodeError, Emitable, NetlinkMessage, NetlinkPayload, ParseableParametrized, NLM_F_ACK,
@@ -32,7 +33,7 @@ pub struct ContainerEnd {
     /// Its MAC.
     pub mac: [u8; 6],
     /// Its IPv4 addresses with prefix lengths.
-    pub addresses: Vec<(Ipv4Addr, u8)>,
+    pub addresses: Vec<Ipv4Cidr>,
 }
 
 /// What to make: a veth whose host end is `host` and whose other end is `ifname` in the
@@ -332,7 +333,7 @@ pub fn container_end(netns: &Path, ifname: &str) -> anyhow::Result<Option<Contai
                 let prefix = message.header.prefix_len;
                 for attribute in &message.attributes {
                     if let AddressAttribute::Address(IpAddr::V4(ip)) = attribute {
-                        addresses.push((*ip, prefix));
+                        addresses.push(Ipv4Cidr { ip: *ip, prefix });
                     }
                 }
             }

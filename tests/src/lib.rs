@@ -662,12 +662,8 @@ pub fn send_frames_vlan(
 
 /// The frame `frames.py send` makes for `seq` (to compare byte by byte).
 pub fn expected_frame(src: &str, dst: &str, tag: u32, seq: u32, size: usize) -> Vec<u8> {
-    let mac = |s: &str| -> Vec<u8> {
-        s.split(':')
-            .map(|x| u8::from_str_radix(x, 16).expect("mac"))
-            .collect()
-    };
-    let mut f = mac(dst);
+    let mac = |s: &str| dataplane::packet::parse_mac(s).expect("a MAC");
+    let mut f = mac(dst).to_vec();
     f.extend(mac(src));
     f.extend(0x88b5u16.to_be_bytes());
     f.extend(tag.to_be_bytes());
@@ -677,7 +673,7 @@ pub fn expected_frame(src: &str, dst: &str, tag: u32, seq: u32, size: usize) -> 
     f
 }
 
-fn decode_hex(hex: &str) -> Vec<u8> {
+pub(crate) fn decode_hex(hex: &str) -> Vec<u8> {
     (0..hex.len() / 2)
         .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
         .collect()

@@ -21,11 +21,7 @@ pub fn router_mac(id: u32) -> [u8; 6] {
 
 /// `aa:bb:...` as bytes.
 pub fn mac_bytes(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).expect("a MAC"))
-        .collect();
-    bytes.try_into().expect("six bytes")
+    dataplane::packet::parse_mac(text).expect("a MAC")
 }
 
 /// Pings `target` from `ns` every `interval` seconds, the payload marked with
@@ -82,14 +78,7 @@ impl Sniffer {
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));
         let lines = self.lines.lock().expect("sniffer lines").clone();
-        lines
-            .iter()
-            .map(|hex| {
-                (0..hex.len() / 2)
-                    .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                    .collect()
-            })
-            .collect()
+        lines.iter().map(|hex| crate::decode_hex(hex)).collect()
     }
 }
 

@@ -13,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use dataplane::packet::Ipv4Cidr;
 use serde_json::Value;
 
 use super::{CniError, Env};
@@ -23,18 +24,16 @@ pub const DATA_DIR: &str = "/var/lib/tenet/cni/networks";
 /// A pool of addresses: the subnet's hosts but its gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
-    /// The subnet's address.
-    pub network: Ipv4Addr,
-    /// Its prefix length.
-    pub prefix: u8,
+    /// The subnet.
+    pub subnet: Ipv4Cidr,
     /// The gateway (never handed out).
     pub gateway: Option<Ipv4Addr>,
 }
 
 impl Pool {
     fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        let base = u32::from(self.network) & mask(self.prefix);
-        let size = 1u64 << (32 - u32::from(self.prefix));
+        let base = u32::from(self.subnet.network());
+        let size = 1u64 << (32 - u32::from(self.subnet.prefix));
         // The network and broadcast addresses are nobody's (a /31 or /32 has none).
         let (first, last) = if size > 2 {
             (1, size - 2)
@@ -48,12 +47,8 @@ impl Pool {
 
     /// Whether `ip` is in the subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.prefix) == u32::from(self.network) & mask(self.prefix)
+        self.subnet.contains(ip)
     }
-}
-
-fn mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
 }
 
 /// The plugin's own allocator for one network.
@@ -163,8 +158,8 @@ impl Allocator {
         Err(CniError::new(
             super::code::TRY_AGAIN_LATER,
             format!(
-                "no free address in {}/{} (every one is allocated)",
-                pool.network, pool.prefix
+                "no free address in {} (every one is allocated)",
+                pool.subnet
             ),
         ))
     }
@@ -292,8 +287,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tenet-ipam-{}", std::process::id()));
         let a = Allocator::new(&dir, "net");
         let pool = Pool {
-            network: Ipv4Addr::new(10, 1, 0, 0),
-            prefix: 29,
+            subnet: Ipv4Cidr {
+                ip: Ipv4Addr::new(10, 1, 0, 0),
+                prefix: 29,
+            },
             gateway: Some(Ipv4Addr::new(10, 1, 0, 1)),
         };
         // A /29 has 6 hosts; the gateway takes one.

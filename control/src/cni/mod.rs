@@ -16,13 +16,15 @@
 pub mod ipam;
 
 use std::net::Ipv4Addr;
+
+use dataplane::packet::{Ipv4Cidr, MacText};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::client::Client;
-use crate::containers::{self, mac_text, Container};
+use crate::containers::{self, Container};
 use crate::netlink;
 
 /// CNI versions this plugin speaks.
@@ -275,20 +277,9 @@ fn vhost_mac(name: &str) -> [u8; 6] {
     [0x02, 0x7d, b[4], b[5], b[6], b[7]]
 }
 
-fn parse_cidr(field: &str, text: &str) -> Result<(Ipv4Addr, u8), CniError> {
-    let bad = || {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("{field}: `{text}` is not an IPv4 address/prefix"),
-        )
-    };
-    let (ip, prefix) = text.split_once('/').ok_or_else(bad)?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    if prefix > 32 {
-        return Err(bad());
-    }
-    Ok((ip, prefix))
+fn parse_cidr(field: &str, text: &str) -> Result<Ipv4Cidr, CniError> {
+    text.parse()
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("{field}: {e}")))
 }
 
 /// tenetd's refusal as a CNI error: unreachable is worth a retry.
@@ -315,29 +306,22 @@ fn address(env: &Env, conf: &NetConf, raw: &Value, tenant: &Value) -> Result<Add
         let first = result["ips"]
             .get(0)
             .ok_or_else(|| CniError::new(code::IPAM_FAILED, format!("{plugin} gave no address")))?;
-        let (ip, prefix) = parse_cidr("ipam result", first["address"].as_str().unwrap_or(""))?;
+        let address = parse_cidr("ipam result", first["address"].as_str().unwrap_or(""))?;
         let gateway = first["gateway"].as_str().and_then(|g| g.parse().ok());
         return Ok(Addressing {
-            ip,
-            prefix,
+            ip: address.ip,
+            prefix: address.prefix,
             gateway,
         });
     }
-    let subnets: Vec<(Ipv4Addr, u8)> = tenant["subnets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .filter_map(|s| parse_cidr("subnets", s).ok())
-        .collect();
-    let (gateway, prefix) = match &conf.subnet {
+    let subnets = containers::subnets(tenant);
+    let router = match &conf.subnet {
         Some(wanted) => {
-            let (net, len) = parse_cidr("subnet", wanted)?;
-            let pool = ipam::Pool { network: net, prefix: len, gateway: None };
+            let wanted_subnet = parse_cidr("subnet", wanted)?;
             subnets
                 .iter()
                 .copied()
-                .find(|(gw, l)| *l == len && pool.contains(*gw))
+                .find(|s| s.prefix == wanted_subnet.prefix && wanted_subnet.contains(s.ip))
                 .ok_or_else(|| {
                     CniError::new(code::INVALID_CONFIG, format!("subnet: {wanted} is not one of the tenant's subnets"))
                 })?
@@ -350,15 +334,14 @@ fn address(env: &Env, conf: &NetConf, raw: &Value, tenant: &Value) -> Result<Add
         })?,
     };
     let pool = ipam::Pool {
-        network: gateway,
-        prefix,
-        gateway: Some(gateway),
+        subnet: router,
+        gateway: Some(router.ip),
     };
     let ip = ipam::Allocator::new(&conf.data_dir, &conf.name).allocate(env, &pool)?;
     Ok(Addressing {
         ip,
-        prefix,
-        gateway: Some(gateway),
+        prefix: router.prefix,
+        gateway: Some(router.ip),
     })
 }
 
@@ -410,7 +393,7 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         };
         let port = json!({"backend": "vhost-user", "path": path, "client": conf.vhost_client});
         containers::attach(&client, &container, port).map_err(|e| undo_address(refused(e)))?;
-        json!([{"name": env.ifname, "mac": mac_text(mac), "sandbox": env.netns, "socketPath": path}])
+        json!([{"name": env.ifname, "mac": MacText(mac).to_string(), "sandbox": env.netns, "socketPath": path}])
     } else {
         let mac = netlink::create_veth(&netlink::VethPlan {
             host: &name,
@@ -432,7 +415,7 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
             let _ = netlink::delete_link(&name);
             return Err(undo_address(refused(e)));
         }
-        json!([{"name": name}, {"name": env.ifname, "mac": mac_text(mac), "sandbox": env.netns}])
+        json!([{"name": name}, {"name": env.ifname, "mac": MacText(mac).to_string(), "sandbox": env.netns}])
     };
     let container_index = if conf.backend == "vhost-user" { 0 } else { 1 };
     let mut ip = json!({
@@ -503,16 +486,19 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let Some(inside) = inside else {
         return failed(format!("{} is gone from the container", env.ifname));
     };
-    if !endpoints.iter().any(|e| e["mac"] == mac_text(inside.mac)) {
+    if !endpoints
+        .iter()
+        .any(|e| e["mac"] == MacText(inside.mac).to_string())
+    {
         return failed(format!(
             "{} has MAC {}, not the endpoint's",
             env.ifname,
-            mac_text(inside.mac)
+            MacText(inside.mac)
         ));
     }
     if let Some(ip) = expected_ip {
         if !inside.addresses.contains(&ip) {
-            return failed(format!("{} lost its address {}/{}", env.ifname, ip.0, ip.1));
+            return failed(format!("{} lost its address {ip}", env.ifname));
         }
     }
     Ok(())

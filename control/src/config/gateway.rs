@@ -5,8 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
-use dataplane::packet::Mac;
-use dataplane::table::routing::{mask, router_mac, NatSettings};
+use dataplane::packet::address::AddressError;
+use dataplane::packet::{mask, Ipv4Cidr, Mac};
+use dataplane::table::routing::{router_mac, NatSettings};
 use serde::{Deserialize, Serialize};
 
 use super::switching::{parse_mac, SwitchPlan, SwitchSection, TenantSpec};
@@ -164,21 +165,12 @@ impl GatewayPlan {
     }
 }
 
-/// Parses `10.1.0.1/24` into address and prefix length.
+/// Parses `10.1.0.1/24` into address and prefix length, refused with `field`.
 pub fn parse_cidr(field: &str, text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
-    let bad = || {
-        invalid(
-            field,
-            format!("`{text}` is not an IPv4 address with a prefix length, like 10.1.0.1/24"),
-        )
-    };
-    let (ip, len) = text.split_once('/').ok_or_else(bad)?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    if len > 32 {
-        return Err(bad());
-    }
-    Ok((ip, len))
+    let cidr: Ipv4Cidr = text
+        .parse()
+        .map_err(|e: AddressError| invalid(field, e.to_string()))?;
+    Ok((cidr.ip, cidr.prefix))
 }
 
 /// Validates the gateway settings of `tenants` against the switching plan; may add the

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use dataplane::packet::Mac;
+use dataplane::packet::{Ipv4Cidr, Mac};
 use dataplane::table::Design;
 use serde::{Deserialize, Serialize};
 
@@ -249,26 +249,9 @@ impl SwitchPlan {
     }
 }
 
-/// Parses `02:00:00:00:0a:01`.
+/// Parses `02:00:00:00:0a:01`, refused with `field`.
 pub fn parse_mac(field: &str, text: &str) -> Result<Mac, ConfigError> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let bad = || {
-        invalid(
-            field,
-            format!("`{text}` is not a MAC address like 02:00:00:00:0a:01"),
-        )
-    };
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    Ok(mac)
+    dataplane::packet::parse_mac(text).map_err(|e| invalid(field, e.to_string()))
 }
 
 fn parse_unicast_mac(field: &str, text: &str) -> Result<Mac, ConfigError> {
@@ -317,11 +300,15 @@ pub(super) fn validate(
                 format!("host `{}` is defined twice", h.name),
             ));
         }
-        let (ip_text, prefix) = match h.underlay_ip.split_once('/') {
-            Some((ip, len)) => (ip, len.parse::<u8>().ok().filter(|l| (1..=32).contains(l))),
-            None => (h.underlay_ip.as_str(), Some(32)),
+        let underlay = if h.underlay_ip.contains('/') {
+            h.underlay_ip.parse::<Ipv4Cidr>().ok()
+        } else {
+            h.underlay_ip
+                .parse()
+                .ok()
+                .map(|ip| Ipv4Cidr { ip, prefix: 32 })
         };
-        let (Ok(ip), Some(prefix)) = (ip_text.parse::<Ipv4Addr>(), prefix) else {
+        let Some(Ipv4Cidr { ip, prefix }) = underlay.filter(|u| u.prefix >= 1) else {
             return Err(invalid(
                 format!("{field}.underlay_ip"),
                 format!(

@@ -10,6 +10,7 @@
 //! Unknown protocol codes never fail a parse: they come back as `Unknown(n)` and
 //! round-trip unchanged.
 
+pub mod address;
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
@@ -46,8 +47,7 @@ impl std::error::Error for Error {}
 /// Result of parsing or checking a header.
 pub type Result<T> = core::result::Result<T, Error>;
 
-/// An Ethernet MAC address, in wire order.
-pub type Mac = [u8; 6];
+pub use address::{mask, parse_mac, Ipv4Cidr, Mac, MacText};
 
 /// Shared helpers for the protocol modules' unit tests.
 /// Big-endian u16 at byte `at` (the caller checked the length).

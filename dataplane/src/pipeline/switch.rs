@@ -17,7 +17,7 @@ use crate::packet::frame::Frame;
 use crate::packet::gre::GrePacket;
 use crate::packet::ipv4::{IpProtocol, Ipv4Packet};
 use crate::packet::vlan::VlanTag;
-use crate::packet::Mac;
+use crate::packet::{Mac, MacText};
 use crate::table::{
     Design, FlowTables, Location, OuterHeader, PortRole, PortSecurity, TenantIdx, TunnelIdx,
     NO_TENANT,
@@ -529,7 +529,7 @@ fn switch<F: Frame, S: Sink<F>, T: Trace>(
         }
         cx.cache.set_source(src_key, here, now);
     }
-    note!(cx, "source {} seen at {here:?}", fmt_mac(src));
+    note!(cx, "source {} seen at {here:?}", MacText(mac_bytes(src)));
     if dst & GROUP_BIT != 0 {
         if let Some(router) = tables.router(tenant) {
             if frame.data().get(12..14) == Some(&[0x08, 0x06]) {
@@ -545,7 +545,7 @@ fn switch<F: Frame, S: Sink<F>, T: Trace>(
         .cache
         .lookup(tables, tenant_bits | dst, |e| resolve(tables, tenant, e))
         .1;
-    note!(cx, "destination {}: {out:?}", fmt_mac(dst));
+    note!(cx, "destination {}: {out:?}", MacText(mac_bytes(dst)));
     output(tables, tenant, ingress, out, frame, sink, cx);
 }
 
@@ -627,14 +627,6 @@ pub(super) fn flood_from_router<F: Frame, S: Sink<F>, T: Trace>(
 const MAC_MASK: u64 = 0xffff_ffff_ffff;
 /// The I/G bit of a MAC held in the low 48 bits of a u64.
 const GROUP_BIT: u64 = 1 << 40;
-
-fn fmt_mac(mac: u64) -> String {
-    mac_bytes(mac)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// A MAC as the low 48 bits of an integer, as [`switch`] compares them.
 fn mac_u64(mac: &Mac) -> u64 {

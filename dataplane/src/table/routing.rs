@@ -10,24 +10,11 @@
 use std::net::Ipv4Addr;
 
 use super::{FastMap, TenantIdx};
-use crate::packet::Mac;
+use crate::packet::{mask, Mac};
 
-/// A gateway address of a tenant's router: its IP on one connected subnet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interface {
-    /// The gateway IP containers of the subnet use.
-    pub ip: Ipv4Addr,
-    /// The subnet's prefix length.
-    pub prefix: u8,
-}
-
-impl Interface {
-    /// Whether `ip` is on this interface's subnet.
-    #[inline(always)]
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.prefix) == u32::from(self.ip) & mask(self.prefix)
-    }
-}
+/// A gateway address of a tenant's router: its IP on one connected subnet, and the
+/// subnet's prefix length.
+pub type Interface = crate::packet::Ipv4Cidr;
 
 /// A tenant's virtual router as one host sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,15 +119,6 @@ pub struct ExternalHop {
     pub mac: Option<Mac>,
 }
 
-/// The IPv4 netmask of a prefix length.
-#[inline(always)]
-pub fn mask(prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p => u32::MAX << (32 - u32::from(p.min(32))),
-    }
-}
-
 /// Key of a route: tenant, prefix length and the masked address.
 #[inline(always)]
 pub fn route_key(tenant: TenantIdx, prefix: u8, ip: Ipv4Addr) -> u64 {
@@ -233,10 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn masks_and_router_macs() {
-        assert_eq!(mask(0), 0);
-        assert_eq!(mask(24), 0xffff_ff00);
-        assert_eq!(mask(32), u32::MAX);
+    fn router_macs_and_interfaces() {
         assert_eq!(router_mac(0x0102_0304), [2, 0x7e, 1, 2, 3, 4]);
         let i = Interface {
             ip: Ipv4Addr::new(10, 1, 0, 1),
