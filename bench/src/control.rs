@@ -6,14 +6,14 @@
 //! `ovs-ofctl add-flow`/`del-flows`). tenetd keeps its state file on (every change is
 //! written and fsynced before the answer), as in production.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
+
+use control::client::Client;
 
 use crate::ovs::Ovs;
 use crate::process::Proc;
@@ -101,31 +101,16 @@ fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// tenetd's API over its Unix socket, one connection per call as tenetctl does.
+/// tenetd's API through tenetctl's own client, one connection per call.
 struct Api {
-    socket: PathBuf,
+    client: Client,
 }
 
 impl Api {
     fn call(&self, method: &str, path: &str, body: &str) -> anyhow::Result<()> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .with_context(|| format!("connecting to {}", self.socket.display()))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: tenetd\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        let status: u16 = answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("tenetd sent no status")?;
-        if !(200..300).contains(&status) {
-            let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-            bail!("{method} {path}: {status} {body}");
+        let answer = self.client.send(method, path, body.as_bytes())?;
+        if !answer.ok() {
+            bail!("{method} {path}: {answer}");
         }
         Ok(())
     }
@@ -196,7 +181,7 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
             std::thread::sleep(Duration::from_millis(50));
         }
         let api = Api {
-            socket: socket.clone(),
+            client: Client::new(&socket),
         };
         let mut points = Vec::new();
         let mut added = 0;

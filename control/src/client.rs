@@ -27,6 +27,11 @@ impl Answer {
         (200..300).contains(&self.status)
     }
 
+    /// The body as text (lossy), for what is not JSON (metrics) and for messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
     /// The refusal's message (`{"field", "message"}`), for errors shown to people.
     pub fn refusal(&self) -> String {
         let message = self.body.get("message").and_then(Value::as_str);
@@ -34,8 +39,14 @@ impl Answer {
         match (field, message) {
             (Some(f), Some(m)) if !f.is_empty() => format!("{f}: {m}"),
             (_, Some(m)) => m.to_owned(),
-            _ => String::from_utf8_lossy(&self.raw).trim().to_owned(),
+            _ => self.text().trim().to_owned(),
         }
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.text())
     }
 }
 
@@ -82,19 +93,27 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, CallError> {
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        self.send(method, path, payload.as_bytes())
+    }
+
+    /// Sends `method path` with `body` as it is (JSON or not: tests send malformed
+    /// bodies on purpose) and returns the answer, whatever its status.
+    pub fn send(&self, method: &str, path: &str, body: &[u8]) -> Result<Answer, CallError> {
         let mut stream =
             UnixStream::connect(&self.socket).map_err(|source| CallError::Unreachable {
                 socket: self.socket.clone(),
                 source,
             })?;
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = format!(
+        let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: tenetd\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-            payload.len()
-        );
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
         stream
-            .write_all(request.as_bytes())
+            .write_all(&request)
             .map_err(|e| CallError::Protocol(format!("writing: {e}")))?;
         let mut raw = Vec::new();
         stream

@@ -279,20 +279,12 @@ pub fn port_names(socket: &Path) -> Vec<String> {
         .collect()
 }
 
-/// One HTTP/1.1 request to the API at `socket`; returns the whole answer (status
-/// line, headers and body).
-pub fn http(socket: &Path, method: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("API socket");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request written");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("answer read");
-    text
+/// One request to the API at `socket`, through the client tenetctl uses; the body
+/// goes as it is.
+pub fn http(socket: &Path, method: &str, path: &str, body: &str) -> control::client::Answer {
+    control::client::Client::new(socket)
+        .send(method, path, body.as_bytes())
+        .expect("the API answered")
 }
 
 /// Runs tenetctl, which must succeed; returns its stdout.

@@ -202,7 +202,7 @@ fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
 }
 
 fn metric(host: &Host, name: &str) -> Option<u64> {
-    let text = tests::http(&host.socket(), "GET", "/metrics", "");
+    let text = tests::http(&host.socket(), "GET", "/metrics", "").text();
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }

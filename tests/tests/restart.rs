@@ -103,7 +103,7 @@ fn a_restart_without_a_containers_veth_succeeds_and_the_port_comes_back_with_it(
     assert_eq!(port_state(&socket, "r1"), "up");
     let listed = ok(&socket, &["port", "list"]);
     assert!(listed.contains("r2") && listed.contains("down"), "{listed}");
-    let metrics = tests::http(&socket, "GET", "/metrics", "");
+    let metrics = tests::http(&socket, "GET", "/metrics", "").text();
     assert!(
         metrics.contains("tenet_port_up{port=\"r2\"} 0")
             && metrics.contains("tenet_port_up{port=\"r1\"} 1"),
