@@ -1,8 +1,8 @@
 //! `tenet-bench`: tenet measured the way testpmd and the OVS PVP guides measure a
 //! switch, beside dpdk-testpmd and Open vSwitch with DPDK in the same run.
 //!
-//! - [`template`], [`probe`], [`stats`], [`pcap`]: the frames of every scenario, the
-//!   probe each carries, what a receiver learns from probes, pcap files;
+//! - [`template`], [`probe`], [`stats`]: the frames of every scenario, the probe each
+//!   carries, what a receiver learns from probes (pcap files through `control::pcap`);
 //! - [`generator`]: the DPDK generator/reflector (`tenet-bench gen`);
 //! - [`runner`]: scenarios ([`scenario`]) on tenet and its peers ([`peers`], [`ovs`])
 //!   round by round, measured through DPDK telemetry ([`telemetry`]) or the generator,
@@ -23,7 +23,6 @@ pub mod docklet;
 pub mod generator;
 pub mod machine;
 pub mod ovs;
-pub mod pcap;
 pub mod peers;
 pub mod probe;
 pub mod process;

@@ -541,7 +541,7 @@ fn main() {
         Command::Cluster(args) => cluster(args),
         Command::Pcap(args) => args.frames.spec().and_then(|spec| {
             let t = template::build(&spec).map_err(anyhow::Error::msg)?;
-            bench::pcap::write(&args.out, t.iter().map(|t| &t.bytes))
+            control::pcap::write(&args.out, t.iter().map(|t| &t.bytes))
         }),
     };
     if let Err(e) = result {

@@ -140,7 +140,7 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
                 let pcap = pcaps.join(format!("{}-{size}-{flows}.pcap", scenario.name));
                 let templates = crate::template::build(&scenario.spec(size, flows))
                     .map_err(anyhow::Error::msg)?;
-                crate::pcap::write(&pcap, templates.iter().map(|t| &t.bytes))?;
+                control::pcap::write(&pcap, templates.iter().map(|t| &t.bytes))?;
                 for round in 1..=options.rounds {
                     // Rotate who goes first, so no switch always meets a cold or a warm
                     // machine.

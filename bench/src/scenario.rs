@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn tenetd_accepts_every_config_of_both_topologies() {
         let pcap = std::env::temp_dir().join(format!("tenet-bench-{}.pcap", std::process::id()));
-        crate::pcap::write(&pcap, [[0u8; 60]]).unwrap();
+        control::pcap::write(&pcap, [[0u8; 60]]).unwrap();
         let pcap_path = pcap.to_string_lossy().into_owned();
         for s in SCENARIOS {
             let env = s.environment(1, "bench");

@@ -9,6 +9,7 @@ use dataplane::dpdk::{MbufBatch, RingConsumer};
 use tokio::sync::oneshot;
 
 use crate::api::Reply;
+use crate::pcap;
 use crate::controller::Controller;
 use crate::wiring::NamedPort;
 
@@ -71,7 +72,7 @@ impl Capture {
             count,
             got: 0,
             deadline: Instant::now() + Duration::from_secs_f64(seconds),
-            file: pcap_header(),
+            file: pcap::header(),
             reply,
         });
     }
@@ -87,7 +88,7 @@ impl Capture {
                 if let Some(p) = self.pending.as_mut() {
                     for mbuf in batch.as_slice() {
                         if p.got < p.count {
-                            pcap_record(&mut p.file, stamp, mbuf.data());
+                            pcap::push_record(&mut p.file, stamp, mbuf.data());
                             p.got += 1;
                         }
                     }
@@ -108,25 +109,4 @@ impl Capture {
             }
         }
     }
-}
-
-/// pcap global header: microsecond timestamps, Ethernet.
-fn pcap_header() -> Vec<u8> {
-    let mut h = Vec::with_capacity(24);
-    h.extend(0xa1b2_c3d4u32.to_le_bytes());
-    h.extend(2u16.to_le_bytes());
-    h.extend(4u16.to_le_bytes());
-    h.extend(0i32.to_le_bytes());
-    h.extend(0u32.to_le_bytes());
-    h.extend(65535u32.to_le_bytes());
-    h.extend(1u32.to_le_bytes());
-    h
-}
-
-fn pcap_record(file: &mut Vec<u8>, stamp: Duration, frame: &[u8]) {
-    file.extend((stamp.as_secs() as u32).to_le_bytes());
-    file.extend(stamp.subsec_micros().to_le_bytes());
-    file.extend((frame.len() as u32).to_le_bytes());
-    file.extend((frame.len() as u32).to_le_bytes());
-    file.extend(frame);
 }

@@ -73,7 +73,7 @@ fn the_generator_sends_what_its_templates_say() {
             ],
         );
         assert_eq!(n(&report, "sent"), 64, "{template}");
-        let frames = bench::pcap::read(&capture).unwrap();
+        let frames = control::pcap::read(&capture).unwrap();
         assert_eq!(
             frames.len(),
             64,
@@ -193,13 +193,13 @@ fn the_generator_finds_the_frames_a_link_lost_or_swapped() {
         ],
     );
     // The link: ten frames from the 100th lost, two pairs delivered the wrong way round.
-    let mut frames = bench::pcap::read(&sent).unwrap();
+    let mut frames = control::pcap::read(&sent).unwrap();
     assert_eq!(frames.len(), 1000);
     frames.swap(500, 501);
     frames.swap(200, 201);
     frames.drain(100..110);
     let damaged = dir.path().join("damaged.pcap");
-    bench::pcap::write(&damaged, &frames).unwrap();
+    control::pcap::write(&damaged, &frames).unwrap();
     let report = gen(
         dir.path(),
         &[

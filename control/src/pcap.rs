@@ -1,8 +1,9 @@
-//! Classic libpcap files (Ethernet, microsecond timestamps): written for the replay
-//! topology and for captures, read back to check what a generator or switch sent.
+//! Classic libpcap files (Ethernet, microsecond timestamps): tenetd's captures, the
+//! replay topology's input, and what tests read back to check what was sent.
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -10,12 +11,9 @@ const MAGIC: u32 = 0xa1b2_c3d4;
 const LINKTYPE_ETHERNET: u32 = 1;
 const SNAPLEN: u32 = 65535;
 
-/// Writes `frames` (without FCS) to `path`, one record each, timestamps 1 µs apart.
-pub fn write(
-    path: &Path,
-    frames: impl IntoIterator<Item = impl AsRef<[u8]>>,
-) -> anyhow::Result<()> {
-    let mut out = Vec::new();
+/// The file header: microsecond timestamps, Ethernet.
+pub fn header() -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
     out.extend(MAGIC.to_le_bytes());
     out.extend(2u16.to_le_bytes());
     out.extend(4u16.to_le_bytes());
@@ -23,14 +21,28 @@ pub fn write(
     out.extend(0u32.to_le_bytes());
     out.extend(SNAPLEN.to_le_bytes());
     out.extend(LINKTYPE_ETHERNET.to_le_bytes());
+    out
+}
+
+/// Appends one record of `frame` (kept whole, however long) taken at `stamp` since
+/// the epoch.
+pub fn push_record(out: &mut Vec<u8>, stamp: Duration, frame: &[u8]) {
+    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+    out.extend((stamp.as_secs() as u32).to_le_bytes());
+    out.extend(stamp.subsec_micros().to_le_bytes());
+    out.extend(len.to_le_bytes());
+    out.extend(len.to_le_bytes());
+    out.extend(frame);
+}
+
+/// Writes `frames` (without FCS) to `path`, one record each, timestamps 1 µs apart.
+pub fn write(
+    path: &Path,
+    frames: impl IntoIterator<Item = impl AsRef<[u8]>>,
+) -> anyhow::Result<()> {
+    let mut out = header();
     for (i, frame) in frames.into_iter().enumerate() {
-        let frame = frame.as_ref();
-        let len = u32::try_from(frame.len()).context("frame longer than 4 GiB")?;
-        out.extend(((i / 1_000_000) as u32).to_le_bytes());
-        out.extend(((i % 1_000_000) as u32).to_le_bytes());
-        out.extend(len.to_le_bytes());
-        out.extend(len.to_le_bytes());
-        out.extend(frame);
+        push_record(&mut out, Duration::from_micros(i as u64), frame.as_ref());
     }
     let mut file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
