@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use dataplane::packet::MacText;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::process::Proc;
+use crate::lab::Etcd;
 
 /// What to run.
 pub struct Options {
@@ -225,59 +224,9 @@ fn on_paper(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A throw-away etcd on loopback.
-struct LocalEtcd {
-    proc: Proc,
-    url: String,
-    data: PathBuf,
-}
-
-impl LocalEtcd {
-    fn start(out: &std::path::Path) -> anyhow::Result<Self> {
-        let port = |offset: u16| 23_000 + (std::process::id() % 1000) as u16 * 2 + offset;
-        let (client, peer) = (port(0), port(1));
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let data = std::env::temp_dir().join(format!("tenet-bench-etcd-{}", std::process::id()));
-        let mut command = Command::new("etcd");
-        command
-            .args(["--name", "bench", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("bench={peer_url}")]);
-        let proc = Proc::spawn("etcd", command, &out.join("etcd.log"))
-            .context("starting etcd (apt-get install etcd-server)")?;
-        let etcd = Self { proc, url, data };
-        let probe = EtcdStore::new(vec![etcd.url.clone()], "/probe", "probe");
-        let seed = Model::of(&Config::parse("", |_| None)?);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while probe.load(&seed).is_err() {
-            if Instant::now() > deadline {
-                bail!("etcd did not come up at {}", etcd.url);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(etcd)
-    }
-}
-
-impl Drop for LocalEtcd {
-    fn drop(&mut self) {
-        self.proc.stop();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
 /// Agents follow one writer; the time until all of them have each write.
 fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
-    let etcd = LocalEtcd::start(&options.out)?;
+    let etcd = Etcd::start()?;
     let prefix = "/converge";
     let hosts: String = (0..=options.agents)
         .map(|h| {
@@ -292,7 +241,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         let text = format!("[switch]\nhost = \"{}\"\n{hosts}", host_name(h));
         Ok(Model::of(&Config::parse(&text, |_| None)?))
     };
-    let writer = EtcdStore::new(vec![etcd.url.clone()], prefix, &host_name(0));
+    let writer = EtcdStore::new(vec![etcd.url().to_owned()], prefix, &host_name(0));
     let mut model = seed_for(0)?;
     writer.load(&model)?;
     // The cluster as it stands before: tenants with containers on the agents' hosts.
@@ -322,7 +271,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let abort = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for a in 0..options.agents {
-        let (url, seen) = (etcd.url.clone(), Arc::clone(&seen));
+        let (url, seen) = (etcd.url().to_owned(), Arc::clone(&seen));
         let (ready, abort) = (ready_tx.clone(), Arc::clone(&abort));
         let seed = seed_for(a + 1)?;
         let writes = options.writes;

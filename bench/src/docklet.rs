@@ -16,14 +16,15 @@
 //! for machines and wires, and only the containers' attachment is tenet's.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::process::{self, Proc};
+use crate::lab::{veth_between, Netns, TempDir};
+use crate::process::Proc;
 
 /// What to run.
 pub struct Options {
@@ -83,70 +84,10 @@ pub struct Results {
     pub egress: Vec<Figure>,
 }
 
-/// A network namespace this run made, deleted on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> anyhow::Result<Self> {
-        let name = format!("tbd{}{tag}", std::process::id() % 10_000);
-        let _ = process::run("ip", &["netns", "del", &name]);
-        process::run("ip", &["netns", "add", &name])?;
-        let ns = Self(name);
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec!["netns", "exec", &self.0, program];
-        all.extend_from_slice(args);
-        process::run("ip", &all)
-    }
-
-    fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        self.exec("ip", args)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = process::run("ip", &["netns", "del", &self.0]);
-    }
-}
-
-/// A veth from `a` (as `name_a`) to `b` (as `name_b`), up, with offloads as the
-/// kernel sets them.
-fn veth(a: &Ns, name_a: &str, b: &Ns, name_b: &str) -> anyhow::Result<()> {
-    let (ta, tb) = (
-        format!("tbv{}a", std::process::id() % 100_000),
-        format!("tbv{}b", std::process::id() % 100_000),
-    );
-    process::run(
-        "ip",
-        &["link", "add", &ta, "type", "veth", "peer", "name", &tb],
-    )?;
-    process::run("ip", &["link", "set", &ta, "netns", &a.0])?;
-    process::run("ip", &["link", "set", &tb, "netns", &b.0])?;
-    a.ip(&["link", "set", &ta, "name", name_a])?;
-    b.ip(&["link", "set", &tb, "name", name_b])?;
-    a.ip(&["link", "set", name_a, "up"])?;
-    b.ip(&["link", "set", name_b, "up"])?;
-    Ok(())
-}
-
 /// Runs iperf3 servers in each `(server, address)` and clients from the matching
 /// `client` at once for `seconds`; returns each pair's received Gbit/s.
 fn iperf_pairs(
-    pairs: &[(&Ns, String, &Ns)],
+    pairs: &[(&Netns, String, &Netns)],
     seconds: u32,
     reverse: bool,
 ) -> anyhow::Result<Vec<f64>> {
@@ -208,14 +149,16 @@ fn average(rates: &[f64]) -> f64 {
 
 /// A host: its namespace, its end of the underlay, and its tenetd.
 struct Host {
-    ns: Ns,
-    dir: PathBuf,
+    ns: Netns,
+    dir: TempDir,
     tenetd: Option<Proc>,
+    /// The last byte of the first address its containers get (hosts do not overlap).
+    first_address: u32,
 }
 
 impl Host {
     fn socket(&self) -> PathBuf {
-        self.dir.join("tenetd.sock")
+        self.dir.path().join("tenetd.sock")
     }
 
     fn stop(&mut self) {
@@ -228,7 +171,6 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -270,7 +212,7 @@ fn lab_config(design: &str, me: &str, uplink: &str, tenants: usize, dir: &Path) 
 }
 
 fn start_tenetd(host: &mut Host, config: &str, options: &Options, log: &str) -> anyhow::Result<()> {
-    let path = host.dir.join("tenetd.toml");
+    let path = host.dir.path().join("tenetd.toml");
     std::fs::write(&path, config)?;
     let mut command = host.ns.command(&options.tenetd.to_string_lossy());
     command.arg("--config").arg(&path);
@@ -278,7 +220,7 @@ fn start_tenetd(host: &mut Host, config: &str, options: &Options, log: &str) -> 
     let deadline = Instant::now() + Duration::from_secs(30);
     while !host.socket().exists() {
         if Instant::now() > deadline || !p.alive() {
-            bail!("tenetd in {} did not start: see logs/{log}", host.ns.0);
+            bail!("tenetd in {} did not start: see logs/{log}", host.ns.name());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -288,26 +230,24 @@ fn start_tenetd(host: &mut Host, config: &str, options: &Options, log: &str) -> 
 
 /// The two-host lab: namespaces, a jumbo underlay, tenetd on each.
 fn lab(design: &str, tenants: usize, options: &Options) -> anyhow::Result<(Host, Host)> {
-    let make = |tag: &str| -> anyhow::Result<Host> {
-        let ns = Ns::new(tag)?;
-        let dir = std::env::temp_dir().join(format!("tenet-docklet-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+    let make = |tag: &str, first_address: u32| -> anyhow::Result<Host> {
         Ok(Host {
-            ns,
-            dir,
+            ns: Netns::new(tag)?,
+            dir: TempDir::new(&format!("docklet-{tag}"))?,
             tenetd: None,
+            first_address,
         })
     };
-    let (mut a, mut b) = (make("ha")?, make("hb")?);
-    veth(&a.ns, "under", &b.ns, "under")?;
+    let (mut a, mut b) = (make("ha", 10)?, make("hb", 100)?);
+    veth_between(&a.ns, "under", &b.ns, "under")?;
     for h in [&a, &b] {
         h.ns.ip(&["link", "set", "under", "mtu", "9000"])?;
         let _ =
             h.ns.exec("sysctl", &["-qw", "net.ipv6.conf.under.disable_ipv6=1"]);
     }
     let log = |me: &str| format!("{design}-{tenants}-{me}.tenetd.log");
-    let config_a = lab_config(design, "a", "under", tenants, &a.dir);
-    let config_b = lab_config(design, "b", "under", tenants, &b.dir);
+    let config_a = lab_config(design, "a", "under", tenants, a.dir.path());
+    let config_b = lab_config(design, "b", "under", tenants, b.dir.path());
     start_tenetd(&mut a, &config_a, options, &log("a"))?;
     start_tenetd(&mut b, &config_b, options, &log("b"))?;
     Ok((a, b))
@@ -320,10 +260,10 @@ fn container(
     tenant: usize,
     tag: &str,
     options: &Options,
-) -> anyhow::Result<(Ns, String)> {
-    let ns = Ns::new(tag)?;
+) -> anyhow::Result<(Netns, String)> {
+    let ns = Netns::new(tag)?;
     let net = format!("10.{}.{}", 100 + tenant / 256, tenant % 256);
-    let start = if host.ns.0.ends_with("ha") { 10 } else { 100 };
+    let start = host.first_address;
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": format!("t{tenant}"),
@@ -336,14 +276,14 @@ fn container(
             "type": "host-local",
             "ranges": [[{"subnet": format!("{net}.0/24"), "gateway": format!("{net}.1"),
                          "rangeStart": format!("{net}.{start}"), "rangeEnd": format!("{net}.{}", start + 89)}]],
-            "dataDir": host.dir.join("ipam"),
+            "dataDir": host.dir.path().join("ipam"),
         },
     });
     let mut child = host
         .ns
         .command(&options.cni.to_string_lossy())
         .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &ns.0)
+        .env("CNI_CONTAINERID", ns.name())
         .env("CNI_NETNS", ns.path())
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", &options.cni_path)
@@ -371,14 +311,14 @@ fn container(
 }
 
 /// Pings until `to` answers (learning and ARP across hosts take a moment).
-fn reach(from: &Ns, to: &str) -> anyhow::Result<()> {
+fn reach(from: &Netns, to: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if from.exec("ping", &["-c", "1", "-W", "1", to]).is_ok() {
             return Ok(());
         }
     }
-    bail!("{to} never answered a ping from {}", from.0)
+    bail!("{to} never answered a ping from {}", from.name())
 }
 
 /// Tenant pairs across the two hosts, all at once: per-tenant Gbit/s.
@@ -393,7 +333,7 @@ fn tenant_pairs(design: &str, tenants: usize, options: &Options) -> anyhow::Resu
     for (ca, ib, _) in &made {
         reach(ca, ib)?;
     }
-    let pairs: Vec<(&Ns, String, &Ns)> = made
+    let pairs: Vec<(&Netns, String, &Netns)> = made
         .iter()
         .map(|(ca, ib, cb)| (cb, ib.clone(), ca))
         .collect();
@@ -405,8 +345,8 @@ fn tenant_pairs(design: &str, tenants: usize, options: &Options) -> anyhow::Resu
 
 /// The same two namespaces over a plain veth and over a Linux bridge.
 fn kernel_baselines(options: &Options) -> anyhow::Result<Vec<Figure>> {
-    let (c1, c2) = (Ns::new("k1")?, Ns::new("k2")?);
-    veth(&c1, "eth0", &c2, "eth0")?;
+    let (c1, c2) = (Netns::new("k1")?, Netns::new("k2")?);
+    veth_between(&c1, "eth0", &c2, "eth0")?;
     c1.ip(&["addr", "add", "10.250.0.1/24", "dev", "eth0"])?;
     c2.ip(&["addr", "add", "10.250.0.2/24", "dev", "eth0"])?;
     let plain = iperf_pairs(
@@ -415,11 +355,11 @@ fn kernel_baselines(options: &Options) -> anyhow::Result<Vec<Figure>> {
         false,
     )?;
     drop((c1, c2));
-    let (bridge, c1, c2) = (Ns::new("kb")?, Ns::new("k3")?, Ns::new("k4")?);
+    let (bridge, c1, c2) = (Netns::new("kb")?, Netns::new("k3")?, Netns::new("k4")?);
     bridge.ip(&["link", "add", "br0", "type", "bridge"])?;
     bridge.ip(&["link", "set", "br0", "up"])?;
-    veth(&c1, "eth0", &bridge, "p1")?;
-    veth(&c2, "eth0", &bridge, "p2")?;
+    veth_between(&c1, "eth0", &bridge, "p1")?;
+    veth_between(&c2, "eth0", &bridge, "p2")?;
     for p in ["p1", "p2"] {
         bridge.ip(&["link", "set", p, "master", "br0"])?;
     }
@@ -468,17 +408,16 @@ fn kernel_baselines(options: &Options) -> anyhow::Result<Vec<Figure>> {
 /// A container downloading through its gateway's SNAT, and the host downloading over
 /// its own kernel link, from one server outside.
 fn egress(options: &Options) -> anyhow::Result<Vec<Figure>> {
-    let host_ns = Ns::new("eh")?;
-    let inet = Ns::new("ei")?;
-    let dir = std::env::temp_dir().join(format!("tenet-docklet-{}-egress", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let host_ns = Netns::new("eh")?;
+    let inet = Netns::new("ei")?;
     let mut host = Host {
         ns: host_ns,
-        dir,
+        dir: TempDir::new("docklet-egress")?,
         tenetd: None,
+        first_address: 100,
     };
-    veth(&host.ns, "uplink", &inet, "outside")?;
-    veth(&host.ns, "own", &inet, "own")?;
+    veth_between(&host.ns, "uplink", &inet, "outside")?;
+    veth_between(&host.ns, "own", &inet, "own")?;
     inet.ip(&["addr", "add", "198.18.0.254/24", "dev", "outside"])?;
     inet.ip(&["addr", "add", "198.19.0.254/24", "dev", "own"])?;
     inet.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"])?;
@@ -503,7 +442,7 @@ fn egress(options: &Options) -> anyhow::Result<Vec<Figure>> {
          [[tenant]]\nname = \"t0\"\nid = 100\nsubnets = [\"10.100.0.1/24\"]\ngateway_host = \"h\"\n\n\
          [[port]]\nname = \"underlay\"\nbackend = \"af-packet\"\ninterface = \"uplink\"\nrole = \"uplink\"\n\n\
          [control]\napi_socket = \"{0}/tenetd.sock\"\npersist = false\n",
-        host.dir.display(),
+        host.dir.path().display(),
         pid = std::process::id() % 10_000
     );
     start_tenetd(&mut host, &config, options, "egress.tenetd.log")?;

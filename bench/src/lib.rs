@@ -13,7 +13,8 @@
 //!   (`tenet-bench containers`);
 //! - [`cluster`]: a large cluster's keys, views and tunnels from the real code, and
 //!   convergence of agents on a real etcd (`tenet-bench cluster`);
-//! - [`process`], [`machine`]: the processes it starts, what it installs.
+//! - [`process`], [`lab`], [`machine`]: the processes it starts, the namespaces, veths,
+//!   temporary directories and etcd it and the end-to-end tests build on, what it installs.
 //!
 //! Criterion micro-benchmarks of each pipeline path live in `benches/`.
 
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod control;
 pub mod docklet;
 pub mod generator;
+pub mod lab;
 pub mod machine;
 pub mod ovs;
 pub mod peers;

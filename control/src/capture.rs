@@ -9,8 +9,8 @@ use dataplane::dpdk::{MbufBatch, RingConsumer};
 use tokio::sync::oneshot;
 
 use crate::api::Reply;
-use crate::pcap;
 use crate::controller::Controller;
+use crate::pcap;
 use crate::wiring::NamedPort;
 
 struct Pending {

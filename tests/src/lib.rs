@@ -1,6 +1,7 @@
-//! Helpers for tenet's end-to-end tests: network namespaces as containers, veth links,
-//! a tenetd process under test, and the raw-frame tool. Everything made here is removed
-//! when its guard drops, also when a test fails.
+//! Helpers for tenet's end-to-end tests: container links, a tenetd process under test,
+//! tenetctl and the API, and the raw-frame tool, on the lab tenet-bench uses too
+//! (`bench::lab`: namespaces, veth pairs, temporary directories, etcd). Everything made
+//! here is removed when its guard drops, also when a test fails.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,74 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub use bench::lab::{add_veth, unique, Etcd, Netns, TempDir};
+pub use bench::process::run;
+
 pub mod sniff;
-
-/// Runs a command, failing with its stderr when it fails.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A short name unique to this test process and call site, for namespaces, interfaces
-/// and file prefixes (interface names are limited to 15 bytes).
-pub fn unique(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id() % 100_000;
-    format!("{tag}{pid}{seq}")
-}
-
-/// A network namespace standing in for a container.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Creates the namespace with loopback up.
-    pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let name = unique(tag);
-        run("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
-        ns.exec("ip", &["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Runs a command inside, failing on a non-zero exit.
-    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec!["netns", "exec", &self.name, program];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    /// A command inside, to spawn or run as the caller likes.
-    pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name]);
-    }
-}
 
 /// A container's link: a veth pair whose host end tenetd attaches and whose other end
 /// sits in the container namespace as `eth0` with `address`.
@@ -176,33 +113,6 @@ impl Drop for Link {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// Creates a veth pair whose first end has a random interface index.
-///
-/// DPDK 22.11's af_packet PMD names its fanout group `getpid() ^ ifindex`, and a group
-/// is per network namespace: two tenetd processes started a moment apart (consecutive
-/// pids) on interfaces made a moment apart (consecutive indexes) pick the same group
-/// for different interfaces, and the second attach fails with EINVAL. Random indexes
-/// make that a one-in-65536 chance per pair of ports instead of a likely one.
-fn add_veth(first: &str, second: &str) -> anyhow::Result<()> {
-    use std::hash::{BuildHasher, Hasher};
-    let mut last = None;
-    for _ in 0..8 {
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let index = (1000 + random % 60_000).to_string();
-        let args = [
-            "link", "add", first, "index", &index, "type", "veth", "peer", "name", second,
-        ];
-        match run("ip", &args) {
-            Ok(_) => return Ok(()),
-            // The index is taken: draw another.
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("tried at least once"))
 }
 
 /// An underlay link between two host namespaces: a veth pair with jumbo MTU so tunnelled
@@ -312,31 +222,6 @@ pub fn wait_for_ping(from: &Netns, to: &str) {
 /// The resettable TCP stream tool (gap measurement).
 pub fn stream_tool() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/stream.py")
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates it under /tmp.
-    pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(unique(&format!("tenet-{tag}-")));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self { path })
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 /// A running tenetd. Its output is collected; dropping it kills it if still running.
@@ -753,143 +638,4 @@ pub fn testpmd_virtio_pair(sock0: &Path, sock1: &Path, server: bool, seconds: u3
                 .ok()
         })
         .collect()
-}
-
-/// A real etcd on loopback with its own data directory; killed and removed on drop.
-pub struct Etcd {
-    child: Option<Child>,
-    client_url: String,
-    peer_url: String,
-    data: TempDir,
-    /// The namespace it runs in (`None`: this one).
-    ns: Option<String>,
-}
-
-fn free_loopback_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-impl Etcd {
-    /// Starts etcd (Debian's `etcd-server`) on loopback and waits until it answers.
-    pub fn start() -> anyhow::Result<Self> {
-        let (client, peer) = (free_loopback_port()?, free_loopback_port()?);
-        Self::launch(None, "127.0.0.1", client, peer)
-    }
-
-    /// Starts etcd inside `ns`, listening on `address` (one of the namespace's), as a
-    /// cluster's etcd on its management network.
-    pub fn start_in(ns: &Netns, address: &str) -> anyhow::Result<Self> {
-        Self::launch(Some(ns.name().to_owned()), address, 2379, 2380)
-    }
-
-    fn launch(ns: Option<String>, address: &str, client: u16, peer: u16) -> anyhow::Result<Self> {
-        let mut etcd = Self {
-            child: None,
-            client_url: format!("http://{address}:{client}"),
-            peer_url: format!("http://{address}:{peer}"),
-            data: TempDir::new("etcd")?,
-            ns,
-        };
-        etcd.resume()?;
-        Ok(etcd)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        match &self.ns {
-            Some(ns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", ns, program]);
-                command
-            }
-            None => Command::new(program),
-        }
-    }
-
-    /// Kills etcd (its data stays).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts etcd again on its data and addresses, and waits until it answers.
-    pub fn resume(&mut self) -> anyhow::Result<()> {
-        let child = self
-            .command("etcd")
-            .args(["--name", "tenet-test", "--data-dir"])
-            .arg(self.data.path().join("data"))
-            .args(["--listen-client-urls", &self.client_url])
-            .args(["--advertise-client-urls", &self.client_url])
-            .args(["--listen-peer-urls", &self.peer_url])
-            .args(["--initial-advertise-peer-urls", &self.peer_url])
-            .args([
-                "--initial-cluster",
-                &format!("tenet-test={}", self.peer_url),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting etcd (apt-get install etcd-server)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.get_prefix("/").is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("etcd did not come up at {}", self.client_url)
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> &str {
-        &self.client_url
-    }
-
-    /// Puts `value` at `key`, through etcdctl (what a buggy writer or a hand edit
-    /// leaves).
-    pub fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        let out = self
-            .command("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.client_url, "put", key, value])
-            .output()
-            .context("running etcdctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "etcdctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-
-    /// Keys and values under `prefix`, through etcdctl.
-    pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let out = self
-            .command("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.client_url, "get", "--prefix", prefix])
-            .output()
-            .context("running etcdctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "etcdctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let lines: Vec<&str> = text.lines().collect();
-        Ok(lines
-            .chunks(2)
-            .map(|kv| (kv[0].to_owned(), kv.get(1).unwrap_or(&"").to_string()))
-            .collect())
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

@@ -1,0 +1,278 @@
+//! The lab tenet-bench and the end-to-end tests build on: network namespaces standing
+//! in for containers and hosts, veth pairs between them, temporary directories, and a
+//! real etcd. Everything made here is removed when its guard drops, also when a run or
+//! a test fails. Processes are [`crate::process`]'s.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::process::run;
+
+/// A short name unique to this process and call, for namespaces, interfaces and file
+/// prefixes (interface names are limited to 15 bytes).
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id() % 100_000;
+    format!("{tag}{pid}{seq}")
+}
+
+/// A network namespace standing in for a container or a host.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with loopback up.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let name = unique(tag);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its file, as CNI's `CNI_NETNS` names it.
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside, failing on a non-zero exit.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs `ip` inside.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.exec("ip", args)
+    }
+
+    /// A command inside, to spawn or run as the caller likes.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Creates a veth pair whose first end has a random interface index.
+///
+/// DPDK 22.11's af_packet PMD names its fanout group `getpid() ^ ifindex`, and a group
+/// is per network namespace: two tenetd processes started a moment apart (consecutive
+/// pids) on interfaces made a moment apart (consecutive indexes) pick the same group
+/// for different interfaces, and the second attach fails with EINVAL. Random indexes
+/// make that a one-in-65536 chance per pair of ports instead of a likely one.
+pub fn add_veth(first: &str, second: &str) -> anyhow::Result<()> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut last = None;
+    for _ in 0..8 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let index = (1000 + random % 60_000).to_string();
+        let args = [
+            "link", "add", first, "index", &index, "type", "veth", "peer", "name", second,
+        ];
+        match run("ip", &args) {
+            Ok(_) => return Ok(()),
+            // The index is taken: draw another.
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
+/// A veth from `a` (as `name_a`) to `b` (as `name_b`), both ends up, offloads as the
+/// kernel sets them.
+pub fn veth_between(a: &Netns, name_a: &str, b: &Netns, name_b: &str) -> anyhow::Result<()> {
+    let (ta, tb) = (unique("lva"), unique("lvb"));
+    add_veth(&ta, &tb)?;
+    run("ip", &["link", "set", &ta, "netns", a.name()])?;
+    run("ip", &["link", "set", &tb, "netns", b.name()])?;
+    a.ip(&["link", "set", &ta, "name", name_a])?;
+    b.ip(&["link", "set", &tb, "name", name_b])?;
+    a.ip(&["link", "set", name_a, "up"])?;
+    b.ip(&["link", "set", name_b, "up"])?;
+    Ok(())
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates it under /tmp.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(unique(&format!("tenet-{tag}-")));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A real etcd on loopback with its own data directory; killed and removed on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    client_url: String,
+    peer_url: String,
+    data: TempDir,
+    /// The namespace it runs in (`None`: this one).
+    ns: Option<String>,
+}
+
+fn free_loopback_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Etcd {
+    /// Starts etcd (Debian's `etcd-server`) on loopback and waits until it answers.
+    pub fn start() -> anyhow::Result<Self> {
+        let (client, peer) = (free_loopback_port()?, free_loopback_port()?);
+        Self::launch(None, "127.0.0.1", client, peer)
+    }
+
+    /// Starts etcd inside `ns`, listening on `address` (one of the namespace's), as a
+    /// cluster's etcd on its management network.
+    pub fn start_in(ns: &Netns, address: &str) -> anyhow::Result<Self> {
+        Self::launch(Some(ns.name().to_owned()), address, 2379, 2380)
+    }
+
+    fn launch(ns: Option<String>, address: &str, client: u16, peer: u16) -> anyhow::Result<Self> {
+        let mut etcd = Self {
+            child: None,
+            client_url: format!("http://{address}:{client}"),
+            peer_url: format!("http://{address}:{peer}"),
+            data: TempDir::new("etcd")?,
+            ns,
+        };
+        etcd.resume()?;
+        Ok(etcd)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.ns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, program]);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Kills etcd (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on its data and addresses, and waits until it answers.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        let child = self
+            .command("etcd")
+            .args(["--name", "tenet-test", "--data-dir"])
+            .arg(self.data.path().join("data"))
+            .args(["--listen-client-urls", &self.client_url])
+            .args(["--advertise-client-urls", &self.client_url])
+            .args(["--listen-peer-urls", &self.peer_url])
+            .args(["--initial-advertise-peer-urls", &self.peer_url])
+            .args([
+                "--initial-cluster",
+                &format!("tenet-test={}", self.peer_url),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting etcd (apt-get install etcd-server)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.get_prefix("/").is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("etcd did not come up at {}", self.client_url)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.client_url
+    }
+
+    /// Puts `value` at `key`, through etcdctl (what a buggy writer or a hand edit
+    /// leaves).
+    pub fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let out = self
+            .command("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.client_url, "put", key, value])
+            .output()
+            .context("running etcdctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Keys and values under `prefix`, through etcdctl.
+    pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let out = self
+            .command("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.client_url, "get", "--prefix", prefix])
+            .output()
+            .context("running etcdctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_owned(), kv.get(1).unwrap_or(&"").to_string()))
+            .collect())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
