@@ -749,44 +749,11 @@ fn stats_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
 /// Runs `frame` through the pipeline as if received on `port`, with the live tables,
 /// and reports every decision and every output. Nothing is transmitted or learned.
 fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8>) -> Reply {
-    use dataplane::counters::CoreCounters;
-    use dataplane::packet::frame::{BufFrame, Frame};
-    use dataplane::pipeline::events::{EventQueue, Learner};
-    use dataplane::pipeline::fdb_cache::FdbCache;
-    use dataplane::pipeline::router::RouterState;
-    use dataplane::pipeline::switch::{handle, Context, Sink};
-
-    struct Collect(Vec<(u16, Vec<u8>)>);
-    impl Sink<BufFrame> for Collect {
-        fn send(&mut self, port: u16, frame: BufFrame) {
-            self.0.push((port, frame.data().to_vec()));
-        }
-    }
-
     let Some(ingress) = ports.iter().find(|p| p.name == port) else {
         return Reply::error(404, "port", &format!("no port is named `{port}`"));
     };
-    let tables = controller.tables();
-    let counters = CoreCounters::default();
-    let mut learner = Learner::new(Arc::new(EventQueue::new(16)));
-    let mut cache = FdbCache::default();
-    let mut router = RouterState::default();
-    let mut sink = Collect(Vec::new());
-    let mut cx = Context {
-        counters: &counters,
-        learner: &mut learner,
-        cache: &mut cache,
-        router: &mut router,
-        tracer: Vec::<String>::new(),
-    };
-    handle(
-        &tables,
-        ingress.port.id(),
-        BufFrame::new(&frame),
-        &mut sink,
-        &mut cx,
-    );
-    let decisions = cx.tracer;
+    let mut core = dataplane::pipeline::offline::Offline::default();
+    let (sink, decisions) = core.trace(&controller.tables(), ingress.port.id(), &frame);
     let name_of = |id: u16| {
         ports
             .iter()
@@ -794,7 +761,7 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
             .map_or_else(|| id.to_string(), |p| p.name.clone())
     };
     let outputs: Vec<Value> = sink
-        .0
+        .sent
         .iter()
         .map(|(id, bytes)| {
             json!({
@@ -804,7 +771,7 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
         })
         .collect();
     Reply::ok(
-        json!({"decisions": decisions, "outputs": outputs, "drops": drops_json(&counters.snapshot())}),
+        json!({"decisions": decisions, "outputs": outputs, "drops": drops_json(&core.stats())}),
     )
 }
 

@@ -4,15 +4,9 @@
 //! A; and nothing arriving anywhere makes the pipeline panic.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
-use dataplane::counters::CoreCounters;
-use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::Mac;
-use dataplane::pipeline::events::{EventQueue, Learner};
-use dataplane::pipeline::fdb_cache::FdbCache;
-use dataplane::pipeline::router::RouterState;
-use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
+use dataplane::pipeline::offline::Offline;
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 use proptest::prelude::*;
@@ -69,31 +63,8 @@ fn tables(design: Design, is_hub: bool) -> FlowTables {
     b.build()
 }
 
-#[derive(Default)]
-struct Collect(Vec<(u16, Vec<u8>)>);
-
-impl Sink<BufFrame> for Collect {
-    fn send(&mut self, port: u16, frame: BufFrame) {
-        self.0.push((port, frame.data().to_vec()));
-    }
-}
-
 fn run(t: &FlowTables, port: u16, frame: &[u8]) -> Vec<(u16, Vec<u8>)> {
-    let queue = Arc::new(EventQueue::new(1024));
-    let mut learner = Learner::new(queue);
-    let counters = CoreCounters::default();
-    let mut sink = Collect::default();
-    let mut cache = FdbCache::default();
-    let mut router = RouterState::default();
-    let mut cx = Context {
-        counters: &counters,
-        learner: &mut learner,
-        cache: &mut cache,
-        router: &mut router,
-        tracer: NoTrace,
-    };
-    handle(t, port, BufFrame::new(frame), &mut sink, &mut cx);
-    sink.0
+    Offline::default().run(t, port, frame).sent
 }
 
 fn vid_of(frame: &[u8]) -> Option<u16> {
@@ -206,24 +177,11 @@ fn a_stale_entry_never_sends_a_frame_out_of_another_tenants_port() {
     frame[..6].copy_from_slice(&STALE_MAC);
     frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0xa, 1]);
     frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    let queue = Arc::new(EventQueue::new(16));
-    let mut learner = Learner::new(queue);
-    let counters = CoreCounters::default();
-    let mut sink = Collect::default();
-    let (mut cache, mut router) = (FdbCache::default(), RouterState::default());
-    let mut cx = Context {
-        counters: &counters,
-        learner: &mut learner,
-        cache: &mut cache,
-        router: &mut router,
-        tracer: NoTrace,
-    };
-    handle(&t, A_PORTS[0], BufFrame::new(&frame), &mut sink, &mut cx);
-    assert!(sink.0.is_empty(), "sent to {:?}", sink.0);
+    let mut core = Offline::default();
+    let sent = core.run(&t, A_PORTS[0], &frame).sent;
+    assert!(sent.is_empty(), "sent to {sent:?}");
     assert_eq!(
-        counters
-            .snapshot()
-            .dropped(dataplane::counters::DropReason::ForeignPort),
+        core.dropped(dataplane::counters::DropReason::ForeignPort),
         1
     );
 }

@@ -2,15 +2,11 @@
 //! and each drop's reason.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
-use dataplane::counters::{CoreCounters, DropReason};
-use dataplane::packet::frame::{BufFrame, Frame};
+use dataplane::counters::DropReason;
 use dataplane::packet::Mac;
-use dataplane::pipeline::events::{Event, EventQueue, Learner};
-use dataplane::pipeline::fdb_cache::FdbCache;
-use dataplane::pipeline::router::RouterState;
-use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
+use dataplane::pipeline::events::Event;
+use dataplane::pipeline::offline::Offline;
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 
@@ -63,53 +59,23 @@ fn tables(design: Design, is_hub: bool) -> FlowTables {
     b.build()
 }
 
-#[derive(Default)]
-struct Collect(Vec<(u16, Vec<u8>)>);
-
-impl Sink<BufFrame> for Collect {
-    fn send(&mut self, port: u16, frame: BufFrame) {
-        self.0.push((port, frame.data().to_vec()));
-    }
-}
-
 struct Run {
     out: Vec<(u16, Vec<u8>)>,
-    counters: CoreCounters,
+    core: Offline,
     events: Vec<Event>,
 }
 
 impl Run {
     fn dropped(&self, reason: DropReason) -> u64 {
-        self.counters.snapshot().dropped(reason)
+        self.core.dropped(reason)
     }
 }
 
 fn run(tables: &FlowTables, in_port: u16, frame: &[u8]) -> Run {
-    let queue = Arc::new(EventQueue::new(64));
-    let mut learner = Learner::new(Arc::clone(&queue));
-    let counters = CoreCounters::default();
-    let mut sink = Collect::default();
-    let mut cache = FdbCache::default();
-    let mut router = RouterState::default();
-    {
-        let mut cx = Context {
-            counters: &counters,
-            learner: &mut learner,
-            cache: &mut cache,
-            router: &mut router,
-            tracer: NoTrace,
-        };
-        handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
-    }
-    let mut events = Vec::new();
-    while let Some(e) = queue.pop() {
-        events.push(e);
-    }
-    Run {
-        out: sink.0,
-        counters,
-        events,
-    }
+    let mut core = Offline::default();
+    let out = core.run(tables, in_port, frame).sent;
+    let events = core.events();
+    Run { out, core, events }
 }
 
 /// Ethernet + a 46-byte payload (IPv4 ethertype, payload bytes counting up).
@@ -593,13 +559,9 @@ fn hostile_frames_are_dropped_with_their_reason() {
             r.dropped(reason),
             1,
             "{what}: counters {:?}",
-            r.counters.snapshot()
+            r.core.stats()
         );
-        assert_eq!(
-            r.counters.snapshot().dropped_total(),
-            1,
-            "{what}: one reason only"
-        );
+        assert_eq!(r.core.stats().dropped_total(), 1, "{what}: one reason only");
     }
 }
 

@@ -3,19 +3,17 @@
 //! port exhaustion, held frames, peering consent and spoofing of the router.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
-use dataplane::counters::{CoreCounters, DropReason};
-use dataplane::packet::frame::{BufFrame, Frame};
+use dataplane::counters::DropReason;
+use dataplane::packet::frame::BufFrame;
 use dataplane::packet::icmp::Icmpv4Packet;
 use dataplane::packet::ipv4::Ipv4Packet;
 use dataplane::packet::tcp::TcpPacket;
 use dataplane::packet::udp::UdpPacket;
 use dataplane::packet::Mac;
-use dataplane::pipeline::events::{Event, EventQueue, Learner};
-use dataplane::pipeline::fdb_cache::{FdbCache, Unresolved};
-use dataplane::pipeline::router::{self, RouterState};
-use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
+use dataplane::pipeline::events::Event;
+use dataplane::pipeline::offline::{Collect, Offline};
+use dataplane::pipeline::router;
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::routing::{
     router_mac, Interface, NatSettings, Published, RouteTarget, Router,
@@ -119,114 +117,6 @@ fn tables(options: &Options) -> FlowTables {
     b.build()
 }
 
-#[derive(Default)]
-struct Collect {
-    out: Vec<(u16, Vec<u8>)>,
-    parked: Vec<(Unresolved, Vec<u8>)>,
-    /// Frames handed to another worker, when the sink has rings to the others.
-    handed: Option<Vec<(u16, Vec<u8>)>>,
-}
-
-impl Sink<BufFrame> for Collect {
-    fn send(&mut self, port: u16, frame: BufFrame) {
-        self.out.push((port, frame.data().to_vec()));
-    }
-
-    fn park(&mut self, next_hop: Unresolved, frame: BufFrame) -> Option<BufFrame> {
-        self.parked.push((next_hop, frame.data().to_vec()));
-        None
-    }
-
-    fn hand_off(&mut self, worker: u16, frame: BufFrame) -> Option<BufFrame> {
-        match self.handed.as_mut() {
-            Some(handed) => {
-                handed.push((worker, frame.data().to_vec()));
-                None
-            }
-            None => Some(frame),
-        }
-    }
-}
-
-/// A core: counters, learner, caches and router state kept across frames.
-struct Core {
-    counters: CoreCounters,
-    queue: Arc<EventQueue>,
-    learner: Learner,
-    cache: FdbCache,
-    router: RouterState,
-}
-
-impl Core {
-    fn new() -> Self {
-        Self::worker(0, 1)
-    }
-
-    /// Worker `index` of `count` (each with its own SNAT port slice).
-    fn worker(index: u16, count: u16) -> Self {
-        let queue = Arc::new(EventQueue::new(64));
-        Self {
-            counters: CoreCounters::default(),
-            learner: Learner::new(Arc::clone(&queue)),
-            queue,
-            cache: FdbCache::default(),
-            router: RouterState::new(64, index, count),
-        }
-    }
-
-    fn run(&mut self, tables: &FlowTables, in_port: u16, frame: &[u8]) -> Collect {
-        self.run_into(tables, in_port, frame, Collect::default())
-    }
-
-    fn run_into(
-        &mut self,
-        tables: &FlowTables,
-        in_port: u16,
-        frame: &[u8],
-        mut sink: Collect,
-    ) -> Collect {
-        let mut cx = Context {
-            counters: &self.counters,
-            learner: &mut self.learner,
-            cache: &mut self.cache,
-            router: &mut self.router,
-            tracer: NoTrace,
-        };
-        handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
-        sink
-    }
-
-    /// Like [`Core::run`], with a tracer: the whole pipeline runs, never the fast path.
-    fn run_traced(&mut self, tables: &FlowTables, in_port: u16, frame: &[u8]) -> Collect {
-        let mut sink = Collect::default();
-        let mut cx = Context {
-            counters: &self.counters,
-            learner: &mut self.learner,
-            cache: &mut self.cache,
-            router: &mut self.router,
-            tracer: Vec::<String>::new(),
-        };
-        handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
-        sink
-    }
-
-    fn drops(&self) -> Vec<(DropReason, u64)> {
-        let stats = self.counters.snapshot();
-        DropReason::ALL
-            .iter()
-            .map(|&r| (r, stats.dropped(r)))
-            .collect()
-    }
-
-    fn dropped(&self, reason: DropReason) -> u64 {
-        self.counters.snapshot().dropped(reason)
-    }
-
-    fn events(&self) -> Vec<Event> {
-        std::iter::from_fn(|| self.queue.pop()).collect()
-    }
-}
-
 fn tcp(src: (Mac, [u8; 4], u16), dst: (Mac, [u8; 4], u16), ttl: u8, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(src.0, dst.0)
         .ipv4(src.1, dst.1, ttl)
@@ -300,8 +190,8 @@ fn arp_request(sender: Mac, sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
 #[test]
 fn arp_for_the_gateway_is_answered_in_place() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
-    let out = core.run(&t, PORT_C1, &arp_request(C1, C1_IP, GW_A)).out;
+    let mut core = Offline::worker(0, 1);
+    let out = core.run(&t, PORT_C1, &arp_request(C1, C1_IP, GW_A)).sent;
     assert_eq!(out.len(), 1, "answered, not flooded");
     let (port, reply) = &out[0];
     assert_eq!(*port, PORT_C1);
@@ -317,7 +207,7 @@ fn arp_for_the_gateway_is_answered_in_place() {
         mac: C1
     }));
     // ARP for another container's address is switched as usual (flooded).
-    let out = core.run(&t, PORT_C1, &arp_request(C1, C1_IP, C2_IP)).out;
+    let out = core.run(&t, PORT_C1, &arp_request(C1, C1_IP, C2_IP)).sent;
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, PORT_C2);
 }
@@ -325,9 +215,9 @@ fn arp_for_the_gateway_is_answered_in_place() {
 #[test]
 fn routes_between_subnets_of_a_tenant() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let sent = tcp((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 64, true);
-    let out = core.run(&t, PORT_C1, &sent).out;
+    let out = core.run(&t, PORT_C1, &sent).sent;
     assert_eq!(out.len(), 1);
     let (port, got) = &out[0];
     assert_eq!(*port, PORT_C2);
@@ -339,7 +229,7 @@ fn routes_between_subnets_of_a_tenant() {
     // The gateway answers ping.
     let out = core
         .run(&t, PORT_C1, &ping((C1, C1_IP), (mac_a(), GW_A), 7, false))
-        .out;
+        .sent;
     assert_eq!(out[0].0, PORT_C1);
     let reply = ip(&out[0].1);
     assert_eq!(reply.src_addr(), Ipv4Addr::from(GW_A));
@@ -351,9 +241,9 @@ fn routes_between_subnets_of_a_tenant() {
 #[test]
 fn ttl_expiry_sends_time_exceeded_with_the_original_header() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let sent = udp((C1, C1_IP, 5000), (mac_a(), C2_IP, 53), 1);
-    let out = core.run(&t, PORT_C1, &sent).out;
+    let out = core.run(&t, PORT_C1, &sent).sent;
     assert_eq!(core.dropped(DropReason::TtlExceeded), 1);
     assert_eq!(out.len(), 1);
     let (port, got) = &out[0];
@@ -375,10 +265,10 @@ fn ttl_expiry_sends_time_exceeded_with_the_original_header() {
 #[test]
 fn icmp_errors_are_rate_limited() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let sent = udp((C1, C1_IP, 5000), (mac_a(), C2_IP, 53), 1);
     let answered: usize = (0..router::ICMP_ERRORS_PER_SECOND + 50)
-        .map(|_| core.run(&t, PORT_C1, &sent).out.len())
+        .map(|_| core.run(&t, PORT_C1, &sent).sent.len())
         .sum();
     assert_eq!(answered as u32, router::ICMP_ERRORS_PER_SECOND);
     assert_eq!(
@@ -390,14 +280,14 @@ fn icmp_errors_are_rate_limited() {
 #[test]
 fn snat_tcp_out_and_back() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let out = core
         .run(
             &t,
             PORT_C1,
             &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, true),
         )
-        .out;
+        .sent;
     assert_eq!(out.len(), 1);
     let (port, got) = &out[0];
     assert_eq!(*port, UPLINK);
@@ -413,7 +303,7 @@ fn snat_tcp_out_and_back() {
         60,
         false,
     );
-    let out = core.run(&t, UPLINK, &back).out;
+    let out = core.run(&t, UPLINK, &back).sent;
     assert_eq!(out.len(), 1);
     let (port, got) = &out[0];
     assert_eq!(*port, PORT_C1);
@@ -428,22 +318,22 @@ fn snat_tcp_out_and_back() {
         60,
         false,
     );
-    assert!(core.run(&t, UPLINK, &stray).out.is_empty());
+    assert!(core.run(&t, UPLINK, &stray).sent.is_empty());
     assert_eq!(core.dropped(DropReason::NatNoSession), 1);
 }
 
 #[test]
 fn snat_reply_on_another_core_is_handed_to_the_session_owner() {
     let t = tables(&Options::default());
-    let mut uplink_core = Core::worker(0, 2);
-    let mut container_core = Core::worker(1, 2);
+    let mut uplink_core = Offline::worker(0, 2);
+    let mut container_core = Offline::worker(1, 2);
     let out = container_core
         .run(
             &t,
             PORT_C1,
             &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, true),
         )
-        .out;
+        .sent;
     let (_, sent) = &out[0];
     let (sport, _) = tcp_of(sent);
     let back = tcp(
@@ -453,29 +343,23 @@ fn snat_reply_on_another_core_is_handed_to_the_session_owner() {
         false,
     );
     // Without rings between the cores the reply is a counted drop.
-    assert!(uplink_core.run(&t, UPLINK, &back).out.is_empty());
+    assert!(uplink_core.run(&t, UPLINK, &back).sent.is_empty());
     assert_eq!(uplink_core.dropped(DropReason::NatForeignCore), 1);
-    let with_rings = Collect {
-        handed: Some(Vec::new()),
-        ..Collect::default()
-    };
+    let with_rings = Collect::with_workers();
     let handed = uplink_core
         .run_into(&t, UPLINK, &back, with_rings)
         .handed
         .unwrap();
     assert_eq!(handed, vec![(1, back.clone())], "unchanged, to worker 1");
     assert_eq!(uplink_core.counters.snapshot().handed_off, 1);
-    let out = container_core.run(&t, UPLINK, &handed[0].1).out;
+    let out = container_core.run(&t, UPLINK, &handed[0].1).sent;
     assert_eq!(out.len(), 1);
     let (port, got) = &out[0];
     assert_eq!(*port, PORT_C1);
     assert_eq!(ip(got).dst_addr(), Ipv4Addr::from(C1_IP));
     assert_eq!(tcp_of(got), (443, 40000));
     // A port of the receiving core's own slice with no session is not passed on.
-    let own_slice = Collect {
-        handed: Some(Vec::new()),
-        ..Collect::default()
-    };
+    let own_slice = Collect::with_workers();
     let mine = NatSettings::default().port_min;
     let stray = tcp(
         (OUTSIDE_MAC, SERVER, 443),
@@ -484,21 +368,21 @@ fn snat_reply_on_another_core_is_handed_to_the_session_owner() {
         false,
     );
     let sink = uplink_core.run_into(&t, UPLINK, &stray, own_slice);
-    assert!(sink.handed.unwrap().is_empty() && sink.out.is_empty());
+    assert!(sink.handed.unwrap().is_empty() && sink.sent.is_empty());
     assert_eq!(uplink_core.dropped(DropReason::NatNoSession), 1);
 }
 
 #[test]
 fn snat_udp_and_icmp_out_and_back() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let out = core
         .run(
             &t,
             PORT_C1,
             &udp((C1, C1_IP, 5353), (mac_a(), SERVER, 53), 64),
         )
-        .out;
+        .sent;
     let (sport, _) = udp_of(&out[0].1);
     let out = core
         .run(
@@ -510,7 +394,7 @@ fn snat_udp_and_icmp_out_and_back() {
                 60,
             ),
         )
-        .out;
+        .sent;
     assert_eq!(out[0].0, PORT_C1);
     assert_eq!(udp_of(&out[0].1), (53, 5353));
 
@@ -520,7 +404,7 @@ fn snat_udp_and_icmp_out_and_back() {
             PORT_C1,
             &ping((C1, C1_IP), (mac_a(), SERVER), 0x1234, false),
         )
-        .out;
+        .sent;
     assert_eq!(out[0].0, UPLINK);
     let sent = ip(&out[0].1);
     assert_eq!(sent.src_addr(), SNAT_IP);
@@ -538,7 +422,7 @@ fn snat_udp_and_icmp_out_and_back() {
                 true,
             ),
         )
-        .out;
+        .sent;
     assert_eq!(out[0].0, PORT_C1);
     let back = ip(&out[0].1);
     assert_eq!(back.dst_addr(), Ipv4Addr::from(C1_IP));
@@ -550,7 +434,7 @@ fn snat_udp_and_icmp_out_and_back() {
 #[test]
 fn published_port_in_and_back() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let client = [192, 0, 2, 50];
     let out = core
         .run(
@@ -563,7 +447,7 @@ fn published_port_in_and_back() {
                 true,
             ),
         )
-        .out;
+        .sent;
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, PORT_C1);
     assert_eq!(ip(&out[0].1).dst_addr(), Ipv4Addr::from(C1_IP));
@@ -574,7 +458,7 @@ fn published_port_in_and_back() {
             PORT_C1,
             &tcp((C1, C1_IP, 80), (mac_a(), client, 33000), 64, false),
         )
-        .out;
+        .sent;
     assert_eq!(out[0].0, UPLINK);
     assert_eq!(ip(&out[0].1).src_addr(), SNAT_IP);
     assert_eq!(tcp_of(&out[0].1), (8080, 33000), "the published port");
@@ -591,7 +475,7 @@ fn port_exhaustion_is_a_counted_drop() {
         ..Options::default()
     };
     let t = tables(&options);
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     for sport in [50000, 50001, 50002] {
         core.run(
             &t,
@@ -600,20 +484,20 @@ fn port_exhaustion_is_a_counted_drop() {
         );
     }
     assert_eq!(core.dropped(DropReason::NatPortsExhausted), 1);
-    assert_eq!(core.router.nat.len(), 2);
+    assert_eq!(core.sessions(), 2);
 }
 
 #[test]
 fn mid_stream_tcp_without_session_is_reset() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let out = core
         .run(
             &t,
             PORT_C1,
             &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, false),
         )
-        .out;
+        .sent;
     assert_eq!(core.dropped(DropReason::NatNoSession), 1);
     assert_eq!(out.len(), 1, "a reset goes back");
     let (port, got) = &out[0];
@@ -628,13 +512,13 @@ fn mid_stream_tcp_without_session_is_reset() {
 #[test]
 fn unresolved_neighbour_holds_and_asks() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let sink = core.run(
         &t,
         PORT_C1,
         &udp((C1, C1_IP, 1), (mac_a(), UNKNOWN_IP, 2), 64),
     );
-    assert!(sink.out.is_empty());
+    assert!(sink.sent.is_empty());
     assert_eq!(sink.parked.len(), 1);
     let pending = sink.parked[0].0;
     assert_eq!(pending.ip, Ipv4Addr::from(UNKNOWN_IP));
@@ -657,26 +541,20 @@ fn unresolved_neighbour_holds_and_asks() {
         },
     );
     let mut out = Collect::default();
-    let mut cx = Context {
-        counters: &core.counters,
-        learner: &mut core.learner,
-        cache: &mut core.cache,
-        router: &mut core.router,
-        tracer: NoTrace,
-    };
+    let mut cx = core.context();
     let held = BufFrame::new(&sink.parked[0].1);
     assert!(router::release(&newer, pending, held, &mut out, &mut cx).is_ok());
-    assert_eq!(out.out[0].0, PORT_C2);
-    assert_eq!(&out.out[0].1[0..6], &late);
-    assert_eq!(ip(&out.out[0].1).ttl(), 63);
+    assert_eq!(out.sent[0].0, PORT_C2);
+    assert_eq!(&out.sent[0].1[0..6], &late);
+    assert_eq!(ip(&out.sent[0].1).ttl(), 63);
 }
 
 #[test]
 fn tenants_route_to_each_other_only_when_peered() {
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let to_a = udp((CB, CB_IP, 1), (mac_b(), C1_IP, 2), 64);
     let apart = tables(&Options::default());
-    let out = core.run(&apart, PORT_B, &to_a).out;
+    let out = core.run(&apart, PORT_B, &to_a).sent;
     assert!(
         out.iter().all(|(p, _)| *p == UPLINK),
         "without consent B's packet for A's subnet can only leave by the uplink: {out:?}"
@@ -685,8 +563,8 @@ fn tenants_route_to_each_other_only_when_peered() {
         peered: true,
         ..Options::default()
     });
-    let mut core = Core::new();
-    let out = core.run(&peered, PORT_B, &to_a).out;
+    let mut core = Offline::worker(0, 1);
+    let out = core.run(&peered, PORT_B, &to_a).sent;
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, PORT_C1);
     assert_eq!(&out[0].1[6..12], &mac_a(), "enters A from A's router");
@@ -695,18 +573,18 @@ fn tenants_route_to_each_other_only_when_peered() {
 #[test]
 fn nobody_sends_as_the_router() {
     let t = tables(&Options::default());
-    let mut core = Core::new();
+    let mut core = Offline::worker(0, 1);
     let forged = udp((mac_a(), C1_IP, 1), (C2, C2_IP, 2), 64);
-    assert!(core.run(&t, PORT_C1, &forged).out.is_empty());
+    assert!(core.run(&t, PORT_C1, &forged).sent.is_empty());
     assert_eq!(core.dropped(DropReason::MacSpoof), 1);
     // A gratuitous ARP claiming the gateway address is refused, not flooded.
     let garp = arp_request(C1, GW_A, GW_A);
-    assert!(core.run(&t, PORT_C1, &garp).out.is_empty());
+    assert!(core.run(&t, PORT_C1, &garp).sent.is_empty());
     assert_eq!(core.dropped(DropReason::NotRoutable), 1);
     // Another tenant's router MAC is just an unknown MAC in B: flooded in B, never routed
     // by A.
     let cross = udp((CB, CB_IP, 1), (mac_a(), C1_IP, 2), 64);
-    let out = core.run(&t, PORT_B, &cross).out;
+    let out = core.run(&t, PORT_B, &cross).sent;
     assert!(out.iter().all(|(p, _)| *p == PORT_B || *p == UPLINK));
 }
 
@@ -756,16 +634,16 @@ proptest! {
         frames in prop::collection::vec(routed_frame(), 1..48),
     ) {
         let t = tables(&Options::default());
-        let mut fast = Core::new();
-        let mut whole = Core::new();
+        let mut fast = Offline::worker(0, 1);
+        let mut whole = Offline::worker(0, 1);
         for frame in &frames {
             let a = fast.run(&t, PORT_C1, frame);
-            let b = whole.run_traced(&t, PORT_C1, frame);
-            prop_assert_eq!(a.out, b.out, "frame {:02x?}", frame);
+            let b = whole.trace(&t, PORT_C1, frame).0;
+            prop_assert_eq!(a.sent, b.sent, "frame {:02x?}", frame);
             prop_assert_eq!(a.parked, b.parked);
         }
         prop_assert_eq!(fast.drops(), whole.drops());
-        prop_assert_eq!(fast.router.nat.len(), whole.router.nat.len());
+        prop_assert_eq!(fast.sessions(), whole.sessions());
         prop_assert_eq!(fast.events(), whole.events());
     }
 }

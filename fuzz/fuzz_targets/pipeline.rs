@@ -5,14 +5,8 @@
 #![no_main]
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
-use dataplane::counters::CoreCounters;
-use dataplane::packet::frame::{BufFrame, Frame};
-use dataplane::pipeline::events::{EventQueue, Learner};
-use dataplane::pipeline::fdb_cache::FdbCache;
-use dataplane::pipeline::router::RouterState;
-use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
+use dataplane::pipeline::offline::Offline;
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 use libfuzzer_sys::fuzz_target;
@@ -45,15 +39,6 @@ fn tables(design: Design, hub: bool) -> FlowTables {
     b.build()
 }
 
-#[derive(Default)]
-struct Collect(Vec<(u16, Vec<u8>)>);
-
-impl Sink<BufFrame> for Collect {
-    fn send(&mut self, port: u16, frame: BufFrame) {
-        self.0.push((port, frame.data().to_vec()));
-    }
-}
-
 fn vid(frame: &[u8]) -> Option<u16> {
     (frame.len() >= 16 && frame[12..14] == [0x81, 0]).then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0xfff)
 }
@@ -80,31 +65,16 @@ fuzz_target!(|data: &[u8]| {
     }];
     // Per-core state made once and reset per input: cheaper than building it anew.
     thread_local! {
-        static CORE: std::cell::RefCell<(Arc<EventQueue>, Learner, FdbCache, RouterState)> = {
-            let queue = Arc::new(EventQueue::new(64));
-            std::cell::RefCell::new((Arc::clone(&queue), Learner::new(queue), FdbCache::default(), RouterState::default()))
-        };
+        static CORE: std::cell::RefCell<Offline> = std::cell::RefCell::new(Offline::default());
     }
-    let counters = CoreCounters::default();
-    let mut sink = Collect::default();
-    CORE.with(|core| {
-        let (queue, learner, cache, router) = &mut *core.borrow_mut();
-        while queue.pop().is_some() {}
-        learner.forget();
-        cache.clear();
-        router.nat.clear();
-        let mut cx = Context {
-            counters: &counters,
-            learner,
-            cache,
-            router,
-            tracer: NoTrace,
-        };
-        handle(tables, port, BufFrame::new(frame), &mut sink, &mut cx);
+    let sent = CORE.with(|core| {
+        let mut core = core.borrow_mut();
+        core.reset();
+        core.run(tables, port, frame).sent
     });
     // Isolation: what entered on tenant A's own ports (0, 1, A-only trunk 3) stays in A.
     if matches!(port, 0 | 1 | 3) {
-        for (out, bytes) in &sink.0 {
+        for (out, bytes) in &sent {
             let ok = match *out {
                 0 | 1 => vid(bytes).is_none(),
                 3 | 5 => vid(bytes) == Some(100),

@@ -19,10 +19,10 @@ use control::compile::PortInfo;
 use control::config::{Config, Validated};
 use control::controller::Controller;
 use dataplane::counters::CoreCounters;
-use dataplane::packet::frame::{BufFrame, Frame};
+use dataplane::packet::frame::BufFrame;
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::EventQueue;
-use dataplane::pipeline::switch::Sink;
+use dataplane::pipeline::offline::Collect;
 use dataplane::pipeline::{Core, WorkerSlot};
 use dataplane::table::publish::TablePublisher;
 use dataplane::table::routing::router_mac;
@@ -107,16 +107,6 @@ pub struct Container {
 pub struct Tenant {
     present: bool,
     gateway: bool,
-}
-
-/// What the outputs of one step went to.
-#[derive(Default)]
-pub struct Collect(Vec<(u16, Vec<u8>)>);
-
-impl Sink<BufFrame> for Collect {
-    fn send(&mut self, port: u16, frame: BufFrame) {
-        self.0.push((port, frame.data().to_vec()));
-    }
 }
 
 pub struct World {
@@ -356,7 +346,7 @@ impl World {
     /// Every output must belong to the tenant of the port it leaves by; SNAT'd ones
     /// leaving by the uplink are remembered for replies.
     fn check(&mut self, sink: &Collect) {
-        for (port, frame) in &sink.0 {
+        for (port, frame) in &sink.sent {
             if *port == UPLINK {
                 self.remember_session(frame);
                 continue;

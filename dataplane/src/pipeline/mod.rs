@@ -15,6 +15,7 @@ macro_rules! note {
 pub mod events;
 pub mod fdb_cache;
 pub mod nat;
+pub mod offline;
 mod outputs;
 pub mod router;
 pub mod switch;

@@ -1,0 +1,192 @@
+//! The pipeline outside a worker, one frame at a time on byte buffers: what
+//! `tenetctl trace`, the tests and the fuzzers run. The per-core state a worker keeps
+//! across bursts (counters, learner, caches, SNAT sessions) is kept here across calls,
+//! so a sequence of frames behaves as it would on one core.
+
+use std::sync::Arc;
+
+use super::events::{Event, EventQueue, Learner};
+use super::fdb_cache::{FdbCache, Unresolved};
+use super::router::RouterState;
+use super::switch::{handle, Context, NoTrace, Sink, Trace};
+use crate::counters::{CoreCounters, CoreStats, DropReason};
+use crate::packet::frame::{BufFrame, Frame};
+use crate::table::FlowTables;
+
+/// What the frames of a run went to: transmissions, frames held for an unresolved
+/// next hop, and (when the sink has rings to other workers) frames handed over.
+#[derive(Debug, Default)]
+pub struct Collect {
+    /// (port, frame) in the order sent.
+    pub sent: Vec<(u16, Vec<u8>)>,
+    /// Frames held until their next hop resolves.
+    pub parked: Vec<(Unresolved, Vec<u8>)>,
+    /// (worker, frame) handed over; `None`: this sink has no other workers.
+    pub handed: Option<Vec<(u16, Vec<u8>)>>,
+}
+
+impl Collect {
+    /// A sink that can hand frames to other workers.
+    pub fn with_workers() -> Self {
+        Self {
+            handed: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+}
+
+impl Sink<BufFrame> for Collect {
+    fn send(&mut self, port: u16, frame: BufFrame) {
+        self.sent.push((port, frame.data().to_vec()));
+    }
+
+    fn park(&mut self, next_hop: Unresolved, frame: BufFrame) -> Option<BufFrame> {
+        self.parked.push((next_hop, frame.data().to_vec()));
+        None
+    }
+
+    fn hand_off(&mut self, worker: u16, frame: BufFrame) -> Option<BufFrame> {
+        match self.handed.as_mut() {
+            Some(handed) => {
+                handed.push((worker, frame.data().to_vec()));
+                None
+            }
+            None => Some(frame),
+        }
+    }
+}
+
+/// One core's state, kept across the frames run on it.
+pub struct Offline {
+    /// Its counters.
+    pub counters: CoreCounters,
+    queue: Arc<EventQueue>,
+    learner: Learner,
+    cache: FdbCache,
+    router: RouterState,
+}
+
+impl Default for Offline {
+    /// A single worker with room for 1024 SNAT sessions.
+    fn default() -> Self {
+        Self::with(RouterState::default())
+    }
+}
+
+impl Offline {
+    /// Worker `index` of `count` (each has its own slice of SNAT ports), with room
+    /// for 64 SNAT sessions.
+    pub fn worker(index: u16, count: u16) -> Self {
+        Self::with(RouterState::new(64, index, count))
+    }
+
+    fn with(router: RouterState) -> Self {
+        let queue = Arc::new(EventQueue::new(1024));
+        Self {
+            counters: CoreCounters::default(),
+            learner: Learner::new(Arc::clone(&queue)),
+            queue,
+            cache: FdbCache::default(),
+            router,
+        }
+    }
+
+    /// The context a stage runs with, untraced (for calling a stage directly).
+    pub fn context(&mut self) -> Context<'_, NoTrace> {
+        self.context_with(NoTrace)
+    }
+
+    fn context_with<T: Trace>(&mut self, tracer: T) -> Context<'_, T> {
+        Context {
+            counters: &self.counters,
+            learner: &mut self.learner,
+            cache: &mut self.cache,
+            router: &mut self.router,
+            tracer,
+        }
+    }
+
+    /// Runs `frame` as received on `in_port`.
+    pub fn run(&mut self, tables: &FlowTables, in_port: u16, frame: &[u8]) -> Collect {
+        self.run_into(tables, in_port, frame, Collect::default())
+    }
+
+    /// Like [`Offline::run`], into `sink`.
+    pub fn run_into(
+        &mut self,
+        tables: &FlowTables,
+        in_port: u16,
+        frame: &[u8],
+        mut sink: Collect,
+    ) -> Collect {
+        let mut cx = self.context();
+        handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
+        sink
+    }
+
+    /// Like [`Offline::run`], noting every decision.
+    pub fn trace(
+        &mut self,
+        tables: &FlowTables,
+        in_port: u16,
+        frame: &[u8],
+    ) -> (Collect, Vec<String>) {
+        let mut sink = Collect::default();
+        let mut cx = self.context_with(Vec::<String>::new());
+        handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
+        (sink, cx.tracer)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> CoreStats {
+        self.counters.snapshot()
+    }
+
+    /// How many frames were dropped for `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.stats().dropped(reason)
+    }
+
+    /// Every drop reason with its count so far.
+    pub fn drops(&self) -> Vec<(DropReason, u64)> {
+        let stats = self.stats();
+        DropReason::ALL
+            .iter()
+            .map(|&r| (r, stats.dropped(r)))
+            .collect()
+    }
+
+    /// The SNAT sessions this core holds.
+    pub fn sessions(&self) -> usize {
+        self.router.nat.len()
+    }
+
+    /// The learning and neighbour reports queued so far (taken).
+    pub fn events(&self) -> Vec<Event> {
+        std::iter::from_fn(|| self.queue.pop()).collect()
+    }
+
+    /// Forgets everything a run left (fuzzing starts every input afresh; cheaper than
+    /// a new core).
+    pub fn reset(&mut self) {
+        while self.queue.pop().is_some() {}
+        self.learner.forget();
+        self.cache.clear();
+        self.router.nat.clear();
+        self.counters = CoreCounters::default();
+    }
+}
+
+/// Runs each of `frames` as received on `in_port`, in order, on one fresh core.
+pub fn run_frames<'a>(
+    tables: &FlowTables,
+    in_port: u16,
+    frames: impl IntoIterator<Item = &'a [u8]>,
+) -> (Collect, Offline) {
+    let mut core = Offline::default();
+    let mut sink = Collect::default();
+    for frame in frames {
+        sink = core.run_into(tables, in_port, frame, sink);
+    }
+    (sink, core)
+}
