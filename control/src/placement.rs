@@ -70,6 +70,41 @@ pub fn records(
         .collect()
 }
 
+/// `model` with its floating gateways' records brought up to date, when host `me` is
+/// the cluster's placer (the first of `alive` by name) and they are not; `None`
+/// otherwise. `me` is `None` when this host's own registration has lapsed: such a
+/// host sees itself alone, and were it to place, every host cut off the same way
+/// (etcd slow to renew all leases at once) would overwrite the others' records in
+/// turn. `reports` (the hosts' egress) is asked for only when placing by traffic and
+/// a gateway has to be placed.
+pub fn update(
+    model: &Model,
+    alive: &BTreeSet<String>,
+    me: Option<&str>,
+    by: GatewayPlacement,
+    reports: impl FnOnce() -> BTreeMap<String, f64>,
+) -> Option<Model> {
+    if me.is_none() || placer(alive) != me {
+        return None;
+    }
+    let none = BTreeMap::new();
+    let mut placed = records(model, alive, GatewayPlacement::Tenants, &none);
+    if placed == model.placed {
+        return None;
+    }
+    if by == GatewayPlacement::Traffic {
+        placed = records(model, alive, GatewayPlacement::Traffic, &reports());
+    }
+    for (tenant, host) in &placed {
+        if model.placed.get(tenant) != Some(host) {
+            tracing::info!(tenant = %tenant, host = %host, by = ?by, "placed a gateway");
+        }
+    }
+    let mut updated = model.clone();
+    updated.placed = placed;
+    Some(updated)
+}
+
 /// The host that writes placement records: the first living one by name.
 pub fn placer(alive: &BTreeSet<String>) -> Option<&str> {
     alive.first().map(String::as_str)

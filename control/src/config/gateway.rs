@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::switching::{parse_mac, SwitchPlan, SwitchSection, TenantSpec};
 use super::{invalid, ConfigError};
+use crate::placement::{self, HostLoad};
 
 /// `[gateway]`: SNAT limits and timeouts, the same for every tenant.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -278,8 +279,16 @@ pub(super) fn validate(
                 }
             },
             (Some("auto"), Some(me)) => {
-                let least = (0..plan.hosts.len())
-                    .min_by_key(|&h| (gateways_on[h], plan.hosts[h].name.as_str()))
+                // The placer's rule, by gateway count (a static cluster reports no
+                // traffic).
+                let load = plan
+                    .hosts
+                    .iter()
+                    .zip(&gateways_on)
+                    .map(|(h, &gateways)| (h.name.as_str(), HostLoad { gateways, bps: 0.0 }))
+                    .collect();
+                let least = placement::least_loaded(&load)
+                    .and_then(|name| plan.hosts.iter().position(|h| h.name == name))
                     .unwrap_or(me);
                 if least == me {
                     Placement::Here

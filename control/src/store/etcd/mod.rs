@@ -1,0 +1,469 @@
+//! The cluster store: the model in etcd under a key prefix, one key per object, so
+//! hosts share hosts, tenants, endpoints, routes and published ports, while each keeps
+//! its switch settings and ports under `local/<its name>/`. Tenant ids and VLANs are
+//! also claimed under `unique/`.
+//!
+//! A write is one etcd transaction that compares every key it touches with the
+//! revision this host last saw (a key it creates must not exist yet), so a write that
+//! races another host's, or takes a tenant id or VLAN another host holds, is refused
+//! with the key it collided on, never merged.
+//!
+//! Floating gateways' hosts are recorded under `placed/` by the cluster's placer
+//! ([`crate::placement`]). Each host reports the traffic its gateways send out under
+//! `<prefix>-load/<host>`, beside the prefix rather than under it: reports change all
+//! the time, only the placer reads them, and the hosts' watches need not carry them.
+//!
+//! The store's parts: [`client`] speaks to etcd, [`keys`] maps the model to keys and
+//! back, [`watch`] follows the cluster, [`lease`] keeps this host registered and
+//! reports its traffic; placement itself is [`crate::placement`]'s.
+
+mod client;
+mod keys;
+mod lease;
+mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::model::Model;
+use crate::placement::{self, GatewayPlacement};
+
+use client::{call_any, encode, revision_of};
+use watch::KeyCache;
+
+/// Operations per etcd transaction (etcd refuses more than 128).
+const MAX_TXN_OPS: usize = 64;
+
+/// This host's own writes not yet seen through the watch: (value or `None` for a
+/// delete, revision) by key.
+type OwnWrites = BTreeMap<String, (Option<String>, i64)>;
+
+/// What a host keeps of the cluster for a start without etcd.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LocalCopy {
+    model: Model,
+    alive: BTreeSet<String>,
+}
+
+/// A write refused because another host changed what it touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The API field the colliding key stands for (`name`, `id`, `vlan`, ...).
+    pub field: String,
+    /// What collided, in words.
+    pub message: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Conflict {}
+
+/// A model kept in etcd.
+pub struct EtcdStore {
+    endpoints: Vec<String>,
+    prefix: String,
+    host: String,
+    /// Every key of ours as last read or written: its value and mod revision.
+    seen: Mutex<BTreeMap<String, (String, i64)>>,
+    /// The cluster's revision at the last load: a watch goes on from there.
+    loaded_at: AtomicI64,
+    /// Hosts holding a live lease at the last load.
+    alive: Mutex<BTreeSet<String>>,
+    /// Every key under the prefix, as the last load read them and the watch has
+    /// changed them since (`None`: to be read from etcd).
+    cache: Arc<Mutex<Option<KeyCache>>>,
+    /// What this host wrote that the cache may not hold yet: a reload before the watch
+    /// brings it must not take the older revisions for current (the next write would
+    /// be refused as a conflict with this host itself).
+    own_writes: Mutex<OwnWrites>,
+    /// Seconds a host stays alive without renewing its lease.
+    lease_ttl: u64,
+    /// Tells the watch and lease threads to end.
+    stop: Arc<AtomicBool>,
+    /// The lease this host is registered under, revoked when it stops.
+    lease: Arc<Mutex<Option<String>>>,
+    /// What places floating gateways when this host is the placer.
+    gateway_placement: GatewayPlacement,
+    /// Bits a second this host's gateways send out (an `f64`'s bits), reported with
+    /// the lease.
+    egress_bps: Arc<AtomicU64>,
+    /// Where this host keeps its own view of the model for a start without etcd.
+    local_copy: Option<PathBuf>,
+    /// Keys under the prefix that are not what their place says (not JSON, not the
+    /// record kind), skipped at the last read.
+    skipped_keys: Mutex<BTreeSet<String>>,
+}
+
+impl EtcdStore {
+    /// A store on the etcd cluster at `endpoints` (`http://host:port`), under `prefix`,
+    /// for host `host`.
+    pub fn new(endpoints: Vec<String>, prefix: &str, host: &str) -> Self {
+        Self::with_lease(endpoints, prefix, host, 10)
+    }
+
+    /// The same, with hosts counted dead `lease_ttl` seconds after their last renewal.
+    pub fn with_lease(endpoints: Vec<String>, prefix: &str, host: &str, lease_ttl: u64) -> Self {
+        Self {
+            alive: Mutex::new(BTreeSet::new()),
+            cache: Arc::new(Mutex::new(None)),
+            own_writes: Mutex::new(BTreeMap::new()),
+            lease_ttl,
+            endpoints,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            host: host.to_owned(),
+            seen: Mutex::new(BTreeMap::new()),
+            loaded_at: AtomicI64::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+            lease: Arc::new(Mutex::new(None)),
+            gateway_placement: GatewayPlacement::Tenants,
+            egress_bps: Arc::new(AtomicU64::new(0f64.to_bits())),
+            local_copy: None,
+            skipped_keys: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The same, keeping this host's view of the model at `path` (see
+    /// [`EtcdStore::keep_view`]).
+    pub fn with_local_copy(mut self, path: PathBuf) -> Self {
+        self.local_copy = Some(path);
+        self
+    }
+
+    /// Writes the model and the hosts alive now to the local copy: what this host
+    /// runs, for a start while etcd does not answer.
+    pub fn keep_copy(&self, model: &Model) -> anyhow::Result<()> {
+        let Some(path) = &self.local_copy else {
+            return Ok(());
+        };
+        let copy = LocalCopy {
+            model: model.clone(),
+            alive: self.lock_alive().clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&copy).context("encoding the local copy")?;
+        crate::store::write_private(path, &bytes)
+    }
+
+    /// The model as this host last kept it, with the hosts then alive taken as alive
+    /// again, for a start while etcd does not answer (`None`: no copy).
+    pub fn restore_copy(&self) -> anyhow::Result<Option<Model>> {
+        let Some(path) = &self.local_copy else {
+            return Ok(None);
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let copy: LocalCopy = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a local copy of a cluster's model",
+                path.display()
+            )
+        })?;
+        *self.lock_alive() = copy.alive;
+        Ok(Some(copy.model))
+    }
+
+    /// Keys skipped at the last read because they do not hold what their place says.
+    pub fn skipped_keys(&self) -> usize {
+        self.skipped_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// The same, placing floating gateways `by` count or traffic when this host is the placer.
+    pub fn placing_gateways_by(mut self, by: GatewayPlacement) -> Self {
+        self.gateway_placement = by;
+        self
+    }
+
+    /// `model` with its floating gateways' records brought up to date, when this host
+    /// is the cluster's placer and they are not; `None` otherwise. Traffic reports are
+    /// read only when a gateway has to be placed.
+    pub fn with_placements(&self, model: &Model) -> Option<Model> {
+        let registered = self.lock_alive().contains(&self.host);
+        placement::update(
+            model,
+            &self.alive(),
+            registered.then_some(self.host.as_str()),
+            self.gateway_placement,
+            || {
+                self.egress_reports().unwrap_or_else(|e| {
+                    tracing::warn!(error = %format!("{e:#}"), "no traffic reports; placing gateways by tenant count");
+                    BTreeMap::new()
+                })
+            },
+        )
+    }
+
+    /// This host's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The keys and values `model` takes in etcd (this host's own part included).
+    pub fn keys_of(&self, model: &Model) -> anyhow::Result<BTreeMap<String, String>> {
+        self.keys(model, &BTreeMap::new())
+    }
+
+    /// Hosts alive at the last load (this one always among them).
+    pub fn alive(&self) -> BTreeSet<String> {
+        let mut alive = self.lock_alive().clone();
+        alive.insert(self.host.clone());
+        alive
+    }
+
+    /// Hosts registered at the last load, as etcd has them.
+    fn lock_alive(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.alive.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where the model is kept, for logs.
+    pub fn describe(&self) -> String {
+        format!("etcd {} under {}/", self.endpoints.join(","), self.prefix)
+    }
+
+    /// The cluster's model with this host's own part, or `None` when the cluster has
+    /// stored nothing yet. A host new to the cluster takes its switch settings and
+    /// ports from `seed` (its config).
+    pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+        let (kvs, revision) = self.range()?;
+        self.loaded_at.store(revision, Ordering::Relaxed);
+        *self.lock_cache() = Some(KeyCache {
+            keys: kvs
+                .iter()
+                .map(|(k, v, r)| (k.clone(), (v.clone(), *r)))
+                .collect(),
+            revision,
+            base: revision,
+        });
+        self.build(kvs, seed)
+    }
+
+    /// The model from the keys the watch has kept up to date, without asking etcd;
+    /// from etcd itself when there are none (before the first load, or after etcd
+    /// compacted away changes the watch had not seen).
+    pub fn load_cached(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+        let cached: Option<Vec<(String, String, i64)>> = self.lock_cache().as_ref().map(|c| {
+            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+            own.retain(|_, (_, revision)| *revision > c.revision);
+            if own.is_empty() {
+                return c
+                    .keys
+                    .iter()
+                    .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+                    .collect();
+            }
+            let mut keys = c.keys.clone();
+            for (key, (value, revision)) in own.iter() {
+                match value {
+                    Some(value) => keys.insert(key.clone(), (value.clone(), *revision)),
+                    None => keys.remove(key),
+                };
+            }
+            keys.into_iter().map(|(k, (v, r))| (k, v, r)).collect()
+        });
+        match cached {
+            Some(kvs) => self.build(kvs, seed),
+            None => self.load(seed),
+        }
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Option<KeyCache>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes what changed since the last load or save in one transaction; refused
+    /// (nothing written) with a [`Conflict`] when another host got there first.
+    pub fn save(&self, model: &Model) -> anyhow::Result<()> {
+        let seen = self.lock_seen();
+        let desired = self.keys(model, &seen)?;
+        let gone: Vec<String> = seen
+            .keys()
+            .filter(|key| !desired.contains_key(*key))
+            .cloned()
+            .collect();
+        self.write(seen, desired, gone)
+    }
+
+    /// Writes what turned `before` into `after`, and nothing else, in one transaction
+    /// compared with what this host read: a key the change does not touch is left as
+    /// the cluster has it, even when this host's `before` is older than its last read
+    /// (another host's write that arrived while the change was prepared stays).
+    pub fn save_change(&self, before: &Model, after: &Model) -> anyhow::Result<()> {
+        let seen = self.lock_seen();
+        let was = self.keys(before, &seen)?;
+        let now = self.keys(after, &seen)?;
+        let gone: Vec<String> = was
+            .keys()
+            .filter(|key| !now.contains_key(*key) && seen.contains_key(*key))
+            .cloned()
+            .collect();
+        let desired: BTreeMap<String, String> = now
+            .into_iter()
+            .filter(|(key, value)| was.get(key) != Some(value))
+            .collect();
+        self.write(seen, desired, gone)
+    }
+
+    /// Puts `desired` and deletes `gone`, each compared with the revision this host
+    /// saw (a key it puts anew must not exist yet).
+    fn write(
+        &self,
+        mut seen: std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>>,
+        desired: BTreeMap<String, String>,
+        gone: Vec<String>,
+    ) -> anyhow::Result<()> {
+        // (key, new value or None to delete, compare if any, request)
+        let mut ops: Vec<(String, Option<String>, Option<Value>, Value)> = Vec::new();
+        for (key, value) in &desired {
+            let compare = match seen.get(key) {
+                Some((old, _)) if old == value => continue,
+                Some((_, revision)) => json!({
+                    "key": encode(key), "target": "MOD", "result": "EQUAL",
+                    "mod_revision": revision.to_string(),
+                }),
+                None => json!({
+                    "key": encode(key), "target": "CREATE", "result": "EQUAL",
+                    "create_revision": "0",
+                }),
+            };
+            let compare = Some(compare);
+            let put = json!({"request_put": {
+                "key": encode(key), "value": encode(value),
+            }});
+            ops.push((key.clone(), Some(value.clone()), compare, put));
+        }
+        let record = format!("{}/placed/", self.prefix);
+        for key in &gone {
+            // A placement record may go whatever the placer wrote meanwhile: the
+            // placer places the tenant again from what the change leaves.
+            let compare = (!key.starts_with(&record)).then(|| {
+                json!({
+                    "key": encode(key), "target": "MOD", "result": "EQUAL",
+                    "mod_revision": seen[key].1.to_string(),
+                })
+            });
+            let delete = json!({"request_delete_range": {"key": encode(key)}});
+            ops.push((key.clone(), None, compare, delete));
+        }
+        // etcd takes 128 operations per transaction: a larger change (a cluster seeded
+        // from a big config) goes in several, each all or nothing.
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            let compare: Vec<&Value> = chunk.iter().filter_map(|op| op.2.as_ref()).collect();
+            let success: Vec<&Value> = chunk.iter().map(|op| &op.3).collect();
+            let reply = self.call(
+                "/v3/kv/txn",
+                &json!({"compare": compare, "success": success}),
+            )?;
+            if reply["succeeded"] != json!(true) {
+                drop(seen);
+                return Err(self.explain_conflict(&desired, &gone).into());
+            }
+            let revision = revision_of(&reply["header"]);
+            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, value, _, _) in chunk {
+                own.insert(key.clone(), (value.clone(), revision));
+                match value {
+                    Some(value) => {
+                        seen.insert(key.clone(), (value.clone(), revision));
+                    }
+                    None => {
+                        seen.remove(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Says which key another host changed (read back after the refused write).
+    fn explain_conflict(&self, desired: &BTreeMap<String, String>, gone: &[String]) -> Conflict {
+        let seen = self.lock_seen();
+        let now: BTreeMap<String, (String, i64)> = self
+            .range()
+            .map(|(kvs, _)| kvs.into_iter().map(|(k, v, r)| (k, (v, r))).collect())
+            .unwrap_or_default();
+        let touched = desired
+            .iter()
+            .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
+            .map(|(k, _)| k)
+            .chain(gone);
+        for key in touched {
+            let changed = match (seen.get(key), now.get(key)) {
+                (None, None) => false,
+                (Some(a), Some(b)) => a.1 != b.1,
+                _ => true,
+            };
+            if !changed {
+                continue;
+            }
+            let path = key
+                .strip_prefix(&format!("{}/", self.prefix))
+                .unwrap_or(key);
+            let holder = now.get(key).map(|(v, _)| v.trim_matches('"').to_owned());
+            let parts: Vec<&str> = path.split('/').collect();
+            let (field, message) = match (parts.as_slice(), holder) {
+                (&["unique", "tenant-id", id], Some(name)) => (
+                    "id",
+                    format!("tenant id {id} is taken by tenant `{name}` (written by another host)"),
+                ),
+                (&["unique", "vlan", vlan], Some(name)) => (
+                    "vlan",
+                    format!("VLAN {vlan} is taken by tenant `{name}` (written by another host)"),
+                ),
+                _ => (
+                    "name",
+                    format!("`{path}` was changed by another host since this host read it"),
+                ),
+            };
+            return Conflict {
+                field: field.to_owned(),
+                message,
+            };
+        }
+        Conflict {
+            field: String::new(),
+            message: "the cluster changed under this write; nothing was written".to_owned(),
+        }
+    }
+
+    /// Every key under the prefix, (key, value, mod revision), and the revision they
+    /// were read at.
+    #[allow(clippy::type_complexity)]
+    fn range(&self) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
+        client::range(&self.endpoints, &format!("{}/", self.prefix))
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers.
+    fn call(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        call_any(&self.endpoints, path, body)
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // A host that stops leaves the cluster now, not when its lease runs out.
+        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(id) = lease {
+            if let Err(e) = call_any(&self.endpoints, "/v3/lease/revoke", &json!({"ID": id})) {
+                tracing::warn!(error = %format!("{e:#}"), "could not leave the cluster; the lease will run out");
+            }
+        }
+    }
+}
