@@ -221,208 +221,236 @@ impl Model {
     /// Applies `change` and validates the result against `base`; on refusal nothing
     /// changes.
     pub fn apply(&self, change: &Change, base: &Config) -> Result<(Model, Validated), Refusal> {
-        if let Change::DeletePort(name) = change {
-            if let Some(e) = self
-                .endpoints
-                .iter()
-                .find(|e| e.port.as_deref() == Some(name.as_str()))
-            {
-                return Err(Refusal {
-                    status: 409,
-                    field: "name".to_owned(),
-                    message: format!(
-                        "port `{name}` has endpoints of tenant `{}`; delete them first",
-                        e.tenant
-                    ),
-                });
-            }
-            if base
-                .cross_connects
-                .iter()
-                .any(|x| x.ports.iter().any(|p| p == name))
-            {
-                return Err(Refusal {
-                    status: 409,
-                    field: "name".to_owned(),
-                    message: format!("port `{name}` is cross-connected in the config file"),
-                });
-            }
-        }
-        if let Change::DeleteTenant(name) = change {
-            if let Some(port) = self.ports.iter().find(|p| {
-                p.tenant.as_deref() == Some(name.as_str())
-                    || p.tenants.iter().flatten().any(|t| t == name)
-            }) {
-                return Err(Refusal {
-                    status: 409,
-                    field: "name".to_owned(),
-                    message: format!(
-                        "tenant `{name}` is used by port `{}`",
-                        port.name.as_deref().unwrap_or("?")
-                    ),
-                });
-            }
-            if self.endpoints.iter().any(|e| &e.tenant == name) {
-                return Err(Refusal {
-                    status: 409,
-                    field: "name".to_owned(),
-                    message: format!("tenant `{name}` has endpoints; delete them first"),
-                });
-            }
-            let used = self.routes.iter().any(|r| &r.tenant == name)
-                || self.published.iter().any(|p| &p.tenant == name)
-                || self.tenants.iter().any(|t| t.peers.contains(name));
-            if used {
-                return Err(Refusal {
-                    status: 409,
-                    field: "name".to_owned(),
-                    message: format!(
-                        "tenant `{name}` has routes, published ports or peers; remove them first"
-                    ),
-                });
-            }
+        match change {
+            Change::DeletePort(name) => self.check_port_unused(name, base)?,
+            Change::DeleteTenant(name) => self.check_tenant_unused(name)?,
+            _ => {}
         }
         let mut next = self.clone();
         // Errors about the new item are reported by its own field names.
-        let (prefix, ok) = match change {
+        let (prefix, ok) = next.edit(change);
+        if !ok {
+            return Err(nothing_to_change(change));
+        }
+        let validated = self.validate_change(&next, base, &prefix)?;
+        Ok((next, validated))
+    }
+
+    /// A port with endpoints, or cross-connected in the config file, stays.
+    fn check_port_unused(&self, name: &str, base: &Config) -> Result<(), Refusal> {
+        if let Some(e) = self
+            .endpoints
+            .iter()
+            .find(|e| e.port.as_deref() == Some(name))
+        {
+            return Err(in_use(format!(
+                "port `{name}` has endpoints of tenant `{}`; delete them first",
+                e.tenant
+            )));
+        }
+        if base
+            .cross_connects
+            .iter()
+            .any(|x| x.ports.iter().any(|p| p == name))
+        {
+            return Err(in_use(format!(
+                "port `{name}` is cross-connected in the config file"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A tenant a port, an endpoint, a route, a published port or a peer uses stays.
+    fn check_tenant_unused(&self, name: &String) -> Result<(), Refusal> {
+        if let Some(port) = self.ports.iter().find(|p| {
+            p.tenant.as_deref() == Some(name.as_str())
+                || p.tenants.iter().flatten().any(|t| t == name)
+        }) {
+            return Err(in_use(format!(
+                "tenant `{name}` is used by port `{}`",
+                port.name.as_deref().unwrap_or("?")
+            )));
+        }
+        if self.endpoints.iter().any(|e| &e.tenant == name) {
+            return Err(in_use(format!(
+                "tenant `{name}` has endpoints; delete them first"
+            )));
+        }
+        let used = self.routes.iter().any(|r| &r.tenant == name)
+            || self.published.iter().any(|p| &p.tenant == name)
+            || self.tenants.iter().any(|t| t.peers.contains(name));
+        if used {
+            return Err(in_use(format!(
+                "tenant `{name}` has routes, published ports or peers; remove them first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes `change`: the field prefix of the record it adds or changes (empty for a
+    /// removal), and whether there was anything to change.
+    fn edit(&mut self, change: &Change) -> (String, bool) {
+        match change {
             Change::AddTenant(t) => {
-                next.tenants.push(t.clone());
-                (format!("tenant[{}].", next.tenants.len() - 1), true)
+                self.tenants.push(t.clone());
+                (format!("tenant[{}].", self.tenants.len() - 1), true)
             }
             Change::AddHost(h) => {
-                next.hosts.push(h.clone());
-                (format!("host[{}].", next.hosts.len() - 1), true)
+                self.hosts.push(h.clone());
+                (format!("host[{}].", self.hosts.len() - 1), true)
             }
             Change::AddEndpoint(e) => {
-                next.endpoints.push(e.clone());
-                (format!("endpoint[{}].", next.endpoints.len() - 1), true)
+                self.endpoints.push(e.clone());
+                (format!("endpoint[{}].", self.endpoints.len() - 1), true)
             }
             Change::AddPort(p) => {
-                next.ports.push((**p).clone());
-                (format!("port[{}].", next.ports.len() - 1), true)
-            }
-            Change::DeletePort(name) => {
-                let before = next.ports.len();
-                next.ports
-                    .retain(|p| p.name.as_deref() != Some(name.as_str()));
-                (String::new(), next.ports.len() < before)
-            }
-            Change::DeleteTenant(name) => {
-                let before = next.tenants.len();
-                next.tenants.retain(|t| &t.name != name);
-                next.placed.remove(name);
-                (String::new(), next.tenants.len() < before)
-            }
-            Change::DeleteHost(name) => {
-                let before = next.hosts.len();
-                next.hosts.retain(|h| &h.name != name);
-                (String::new(), next.hosts.len() < before)
-            }
-            Change::DeleteEndpoint { tenant, mac } => {
-                let before = next.endpoints.len();
-                next.endpoints.retain(|e| {
-                    !(&e.tenant == tenant
-                        && e.mac
-                            .as_deref()
-                            .is_some_and(|m| m.eq_ignore_ascii_case(mac)))
-                });
-                (String::new(), next.endpoints.len() < before)
-            }
-            Change::UpdateTenant(name, patch) => {
-                match next.tenants.iter().position(|t| &t.name == name) {
-                    Some(i) => {
-                        let t = &mut next.tenants[i];
-                        if let Some(host) = &patch.gateway_host {
-                            t.gateway_host = Some(host.clone());
-                            // Set again, even to `auto`: placed afresh.
-                            next.placed.remove(name);
-                        }
-                        if let Some(peers) = &patch.peers {
-                            t.peers = peers.clone();
-                        }
-                        if let Some(ip) = patch.snat_ip {
-                            t.snat_ip = Some(ip);
-                        }
-                        if let Some(n) = patch.max_connections {
-                            t.max_connections = Some(n);
-                        }
-                        (format!("tenant[{i}]."), true)
-                    }
-                    None => (String::new(), false),
-                }
+                self.ports.push((**p).clone());
+                (format!("port[{}].", self.ports.len() - 1), true)
             }
             Change::AddRoute(r) => {
-                next.routes.push(r.clone());
-                (format!("route[{}].", next.routes.len() - 1), true)
-            }
-            Change::DeleteRoute { tenant, prefix } => {
-                let before = next.routes.len();
-                next.routes
-                    .retain(|r| !(&r.tenant == tenant && &r.prefix == prefix));
-                (String::new(), next.routes.len() < before)
+                self.routes.push(r.clone());
+                (format!("route[{}].", self.routes.len() - 1), true)
             }
             Change::AddPublish(p) => {
-                next.published.push(p.clone());
-                (format!("publish[{}].", next.published.len() - 1), true)
+                self.published.push(p.clone());
+                (format!("publish[{}].", self.published.len() - 1), true)
             }
+            Change::UpdateTenant(name, patch) => self.update_tenant(name, patch),
+            Change::DeletePort(_)
+            | Change::DeleteTenant(_)
+            | Change::DeleteHost(_)
+            | Change::DeleteEndpoint { .. }
+            | Change::DeleteRoute { .. }
+            | Change::DeletePublish { .. } => (String::new(), self.remove(change)),
+        }
+    }
+
+    /// Removes what a deleting `change` names; whether there was any (never for
+    /// another change).
+    fn remove(&mut self, change: &Change) -> bool {
+        match change {
+            Change::DeletePort(name) => remove_where(&mut self.ports, |p| {
+                p.name.as_deref() == Some(name.as_str())
+            }),
+            Change::DeleteTenant(name) => {
+                let removed = remove_where(&mut self.tenants, |t| &t.name == name);
+                self.placed.remove(name);
+                removed
+            }
+            Change::DeleteHost(name) => remove_where(&mut self.hosts, |h| &h.name == name),
+            Change::DeleteEndpoint { tenant, mac } => remove_where(&mut self.endpoints, |e| {
+                &e.tenant == tenant
+                    && e.mac
+                        .as_deref()
+                        .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+            }),
+            Change::DeleteRoute { tenant, prefix } => remove_where(&mut self.routes, |r| {
+                &r.tenant == tenant && &r.prefix == prefix
+            }),
             Change::DeletePublish {
                 protocol,
                 host_port,
-            } => {
-                let before = next.published.len();
-                next.published
-                    .retain(|p| !(&p.protocol == protocol && p.host_port == *host_port));
-                (String::new(), next.published.len() < before)
-            }
-        };
-        if !ok {
-            return Err(match change {
-                Change::DeleteTenant(name) => {
-                    Refusal::not_found("name", format!("no tenant is named `{name}`"))
-                }
-                Change::DeleteHost(name) => {
-                    Refusal::not_found("name", format!("no host is named `{name}`"))
-                }
-                Change::DeleteEndpoint { tenant, mac } => {
-                    Refusal::not_found("mac", format!("tenant `{tenant}` has no endpoint {mac}"))
-                }
-                Change::UpdateTenant(name, _) => {
-                    Refusal::not_found("name", format!("no tenant is named `{name}`"))
-                }
-                Change::DeleteRoute { tenant, prefix } => Refusal::not_found(
-                    "prefix",
-                    format!("tenant `{tenant}` has no route to {prefix}"),
-                ),
-                Change::DeletePublish {
-                    protocol,
-                    host_port,
-                } => Refusal::not_found(
-                    "host_port",
-                    format!("{host_port}/{protocol} is not published"),
-                ),
-                _ => Refusal::not_found("", "nothing to change".to_owned()),
-            });
+            } => remove_where(&mut self.published, |p| {
+                &p.protocol == protocol && p.host_port == *host_port
+            }),
+            _ => false,
         }
-        let validated = match next.over(base).validate() {
-            Ok(validated) => validated,
+    }
+
+    fn update_tenant(&mut self, name: &String, patch: &TenantPatch) -> (String, bool) {
+        let Some(i) = self.tenants.iter().position(|t| &t.name == name) else {
+            return (String::new(), false);
+        };
+        let t = &mut self.tenants[i];
+        if let Some(host) = &patch.gateway_host {
+            t.gateway_host = Some(host.clone());
+            // Set again, even to `auto`: placed afresh.
+            self.placed.remove(name);
+        }
+        if let Some(peers) = &patch.peers {
+            t.peers = peers.clone();
+        }
+        if let Some(ip) = patch.snat_ip {
+            t.snat_ip = Some(ip);
+        }
+        if let Some(n) = patch.max_connections {
+            t.max_connections = Some(n);
+        }
+        (format!("tenant[{i}]."), true)
+    }
+
+    /// Validates `next`, this model changed; `prefix` names the changed record.
+    fn validate_change(
+        &self,
+        next: &Model,
+        base: &Config,
+        prefix: &str,
+    ) -> Result<Validated, Refusal> {
+        match next.over(base).validate() {
+            Ok(validated) => Ok(validated),
             Err(e) => {
                 // The model may hold a record that was unfit before this change (another
                 // host wrote it): it stays left out, as in the tables. Only a fault the
                 // change brings refuses it.
                 let Ok((validated, after)) = next.validate_leniently(base) else {
-                    return Err(refusal(e, &prefix));
+                    return Err(refusal(e, prefix));
                 };
                 let before: std::collections::HashSet<String> = self
                     .validate_leniently(base)
                     .map(|(_, skipped)| skipped.into_iter().map(|s| s.record).collect())
                     .unwrap_or_default();
                 if let Some(new) = after.into_iter().find(|s| !before.contains(&s.record)) {
-                    return Err(refusal(at_change(new.error, &prefix), &prefix));
+                    return Err(refusal(at_change(new.error, prefix), prefix));
                 }
-                validated
+                Ok(validated)
             }
-        };
-        Ok((next, validated))
+        }
+    }
+}
+
+/// A 409 on the `name` field: what is deleted is still in use.
+fn in_use(message: String) -> Refusal {
+    Refusal {
+        status: 409,
+        field: "name".to_owned(),
+        message,
+    }
+}
+
+/// Removes the items `matches` picks; whether there were any.
+fn remove_where<T>(list: &mut Vec<T>, mut matches: impl FnMut(&T) -> bool) -> bool {
+    let before = list.len();
+    list.retain(|item| !matches(item));
+    list.len() < before
+}
+
+/// The refusal of a change that found nothing to change.
+fn nothing_to_change(change: &Change) -> Refusal {
+    match change {
+        Change::DeleteTenant(name) => {
+            Refusal::not_found("name", format!("no tenant is named `{name}`"))
+        }
+        Change::DeleteHost(name) => {
+            Refusal::not_found("name", format!("no host is named `{name}`"))
+        }
+        Change::DeleteEndpoint { tenant, mac } => {
+            Refusal::not_found("mac", format!("tenant `{tenant}` has no endpoint {mac}"))
+        }
+        Change::UpdateTenant(name, _) => {
+            Refusal::not_found("name", format!("no tenant is named `{name}`"))
+        }
+        Change::DeleteRoute { tenant, prefix } => Refusal::not_found(
+            "prefix",
+            format!("tenant `{tenant}` has no route to {prefix}"),
+        ),
+        Change::DeletePublish {
+            protocol,
+            host_port,
+        } => Refusal::not_found(
+            "host_port",
+            format!("{host_port}/{protocol} is not published"),
+        ),
+        _ => Refusal::not_found("", "nothing to change".to_owned()),
     }
 }
 

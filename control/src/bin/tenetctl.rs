@@ -3,7 +3,7 @@
 //! Exit status: 0 done, 1 refused (the API said no, or tenetd is unreachable), 2 usage.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -317,20 +317,82 @@ struct PortAdd {
     tenants: Vec<String>,
 }
 
+/// An API request: method, path and JSON body.
+type Request = (&'static str, String, Option<Value>);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (method, path, body): (&str, String, Option<Value>) = match &cli.command {
+    let (method, path, body): Request = match &cli.command {
         Cmd::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "tenetctl",
-                &mut std::io::stdout(),
-            );
+            print_completions(*shell);
             return ExitCode::SUCCESS;
         }
-        Cmd::Tenant(TenantCmd::Add(t)) => (
+        Cmd::Tenant(cmd) => tenant_request(cmd),
+        Cmd::Route(cmd) => route_request(cmd),
+        Cmd::Publish(cmd) => publish_request(cmd),
+        Cmd::Endpoint(cmd) => endpoint_request(cmd),
+        Cmd::Host(cmd) => host_request(cmd),
+        Cmd::Port(cmd) => port_request(cmd),
+        Cmd::Stats { .. } => ("GET", "/v1/stats".into(), None),
+        Cmd::Capture {
+            port,
+            count,
+            seconds,
+            ..
+        } => (
+            "POST",
+            "/v1/capture".into(),
+            Some(json!({"port": port, "count": count, "seconds": seconds})),
+        ),
+        Cmd::Trace { port, frame } => (
+            "POST",
+            "/v1/trace".into(),
+            Some(json!({"port": port, "frame": frame})),
+        ),
+        Cmd::Show => ("GET", "/v1/show".into(), None),
+    };
+    let client = Client::new(&cli.socket);
+    if let Cmd::Stats { watch: true } = &cli.command {
+        return watch(&client, &cli.command, (method, path, body));
+    }
+    let answer = match client.call(method, &path, body.as_ref()) {
+        Ok(answer) => answer,
+        Err(message) => {
+            eprintln!("tenetctl: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    if !(200..300).contains(&answer.status) {
+        report_refusal(&answer.body, cli.json);
+        return ExitCode::from(1);
+    }
+    if let Cmd::Capture { file, .. } = &cli.command {
+        return write_capture(file, &answer.raw);
+    }
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer.body).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&cli.command, &answer.body));
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "tenetctl",
+        &mut std::io::stdout(),
+    );
+}
+
+fn tenant_request(cmd: &TenantCmd) -> Request {
+    match cmd {
+        TenantCmd::Add(t) => (
             "POST",
             "/v1/tenants".into(),
             Some(
@@ -338,17 +400,17 @@ fn main() -> ExitCode {
                        "subnets": t.subnets, "gateway_host": t.gateway_host, "snat_ip": t.snat_ip}),
             ),
         ),
-        Cmd::Tenant(TenantCmd::Del { name }) => ("DELETE", format!("/v1/tenants/{name}"), None),
-        Cmd::Tenant(TenantCmd::List) => ("GET", "/v1/tenants".into(), None),
-        Cmd::Tenant(TenantCmd::Show { name }) => ("GET", format!("/v1/tenants/{name}"), None),
-        Cmd::Tenant(TenantCmd::Set {
+        TenantCmd::Del { name } => ("DELETE", format!("/v1/tenants/{name}"), None),
+        TenantCmd::List => ("GET", "/v1/tenants".into(), None),
+        TenantCmd::Show { name } => ("GET", format!("/v1/tenants/{name}"), None),
+        TenantCmd::Set {
             name,
             gateway_host,
             peers,
             no_peers,
             snat_ip,
             max_connections,
-        }) => {
+        } => {
             let mut patch = serde_json::Map::new();
             if let Some(host) = gateway_host {
                 patch.insert("gateway_host".into(), json!(host));
@@ -371,330 +433,351 @@ fn main() -> ExitCode {
                 Some(Value::Object(patch)),
             )
         }
-        Cmd::Route(RouteCmd::Add {
+    }
+}
+
+fn route_request(cmd: &RouteCmd) -> Request {
+    match cmd {
+        RouteCmd::Add {
             tenant,
             prefix,
             via,
-        }) => (
+        } => (
             "POST",
             "/v1/routes".into(),
             Some(json!({"tenant": tenant, "prefix": prefix, "via": via})),
         ),
-        Cmd::Route(RouteCmd::Del { tenant, prefix }) => {
+        RouteCmd::Del { tenant, prefix } => {
             ("DELETE", format!("/v1/routes/{tenant}/{prefix}"), None)
         }
-        Cmd::Route(RouteCmd::List) => ("GET", "/v1/routes".into(), None),
-        Cmd::Publish(PublishCmd::Add {
+        RouteCmd::List => ("GET", "/v1/routes".into(), None),
+    }
+}
+
+fn publish_request(cmd: &PublishCmd) -> Request {
+    match cmd {
+        PublishCmd::Add {
             tenant,
             protocol,
             host_port,
             ip,
             port,
-        }) => (
+        } => (
             "POST",
             "/v1/published".into(),
             Some(
                 json!({"tenant": tenant, "protocol": protocol, "host_port": host_port, "ip": ip, "port": port}),
             ),
         ),
-        Cmd::Publish(PublishCmd::Del {
+        PublishCmd::Del {
             protocol,
             host_port,
-        }) => (
+        } => (
             "DELETE",
             format!("/v1/published/{protocol}/{host_port}"),
             None,
         ),
-        Cmd::Publish(PublishCmd::List) => ("GET", "/v1/published".into(), None),
-        Cmd::Endpoint(EndpointCmd::Add {
+        PublishCmd::List => ("GET", "/v1/published".into(), None),
+    }
+}
+
+fn endpoint_request(cmd: &EndpointCmd) -> Request {
+    match cmd {
+        EndpointCmd::Add {
             tenant,
             mac,
             port,
             host,
             ip,
-        }) => (
+        } => (
             "POST",
             "/v1/endpoints".into(),
             Some(json!({"tenant": tenant, "mac": mac, "port": port, "host": host, "ip": ip})),
         ),
-        Cmd::Endpoint(EndpointCmd::Del { tenant, mac }) => (
+        EndpointCmd::Del { tenant, mac } => (
             "DELETE",
             format!("/v1/endpoints/{tenant}/{}", encode(mac)),
             None,
         ),
-        Cmd::Endpoint(EndpointCmd::List) => ("GET", "/v1/endpoints".into(), None),
-        Cmd::Host(HostCmd::Add {
+        EndpointCmd::List => ("GET", "/v1/endpoints".into(), None),
+    }
+}
+
+fn host_request(cmd: &HostCmd) -> Request {
+    match cmd {
+        HostCmd::Add {
             name,
             underlay_ip,
             mac,
             egress,
-        }) => (
+        } => (
             "POST",
             "/v1/hosts".into(),
             Some(json!({"name": name, "underlay_ip": underlay_ip, "mac": mac, "egress": egress})),
         ),
-        Cmd::Host(HostCmd::Del { name }) => ("DELETE", format!("/v1/hosts/{name}"), None),
-        Cmd::Host(HostCmd::List) => ("GET", "/v1/hosts".into(), None),
-        Cmd::Port(PortCmd::List) => ("GET", "/v1/ports".into(), None),
-        Cmd::Port(PortCmd::Add(p)) => {
-            let mut spec = json!({"name": p.name, "backend": p.backend});
-            for (key, value) in [
-                ("interface", p.interface.clone().map(Value::from)),
-                ("queue", p.queue.map(Value::from)),
-                ("path", p.path.clone().map(Value::from)),
-                ("client", p.client.then_some(Value::from(true))),
-                ("pci", p.pci.clone().map(Value::from)),
-                ("queues", p.queues.map(Value::from)),
-                ("role", p.role.clone().map(Value::from)),
-                ("tenant", p.tenant.clone().map(Value::from)),
-                (
-                    "tenants",
-                    (!p.tenants.is_empty()).then(|| Value::from(p.tenants.clone())),
-                ),
-            ] {
-                if let Some(value) = value {
-                    spec[key] = value;
-                }
-            }
-            ("POST", "/v1/ports".into(), Some(spec))
-        }
-        Cmd::Port(PortCmd::Del { name }) => ("DELETE", format!("/v1/ports/{name}"), None),
-        Cmd::Stats { .. } => ("GET", "/v1/stats".into(), None),
-        Cmd::Capture {
-            port,
-            count,
-            seconds,
-            ..
-        } => (
-            "POST",
-            "/v1/capture".into(),
-            Some(json!({"port": port, "count": count, "seconds": seconds})),
+        HostCmd::Del { name } => ("DELETE", format!("/v1/hosts/{name}"), None),
+        HostCmd::List => ("GET", "/v1/hosts".into(), None),
+    }
+}
+
+fn port_request(cmd: &PortCmd) -> Request {
+    match cmd {
+        PortCmd::List => ("GET", "/v1/ports".into(), None),
+        PortCmd::Add(p) => ("POST", "/v1/ports".into(), Some(port_spec(p))),
+        PortCmd::Del { name } => ("DELETE", format!("/v1/ports/{name}"), None),
+    }
+}
+
+/// The port's JSON, with only the options given.
+fn port_spec(p: &PortAdd) -> Value {
+    let mut spec = json!({"name": p.name, "backend": p.backend});
+    for (key, value) in [
+        ("interface", p.interface.clone().map(Value::from)),
+        ("queue", p.queue.map(Value::from)),
+        ("path", p.path.clone().map(Value::from)),
+        ("client", p.client.then_some(Value::from(true))),
+        ("pci", p.pci.clone().map(Value::from)),
+        ("queues", p.queues.map(Value::from)),
+        ("role", p.role.clone().map(Value::from)),
+        ("tenant", p.tenant.clone().map(Value::from)),
+        (
+            "tenants",
+            (!p.tenants.is_empty()).then(|| Value::from(p.tenants.clone())),
         ),
-        Cmd::Trace { port, frame } => (
-            "POST",
-            "/v1/trace".into(),
-            Some(json!({"port": port, "frame": frame})),
-        ),
-        Cmd::Show => ("GET", "/v1/show".into(), None),
-    };
-    let client = Client::new(&cli.socket);
-    if let Cmd::Stats { watch: true } = &cli.command {
-        loop {
-            match client.call(method, &path, body.as_ref()) {
-                Ok(answer) if (200..300).contains(&answer.status) => {
-                    // Clear the screen and home the cursor, like watch(1).
-                    print!("\x1b[2J\x1b[H{}", render(&cli.command, &answer.body));
-                    let _ = std::io::stdout().flush();
-                }
-                Ok(_) | Err(_) => {
-                    eprintln!("tenetctl: tenetd stopped answering");
-                    return ExitCode::from(1);
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_secs(1));
+    ] {
+        if let Some(value) = value {
+            spec[key] = value;
         }
     }
-    let answer = match client.call(method, &path, body.as_ref()) {
-        Ok(answer) => answer,
-        Err(message) => {
-            eprintln!("tenetctl: {message}");
-            return ExitCode::from(1);
+    spec
+}
+
+/// `stats --watch`: asks every second until tenetd stops answering.
+fn watch(client: &Client, command: &Cmd, (method, path, body): Request) -> ExitCode {
+    loop {
+        match client.call(method, &path, body.as_ref()) {
+            Ok(answer) if (200..300).contains(&answer.status) => {
+                // Clear the screen and home the cursor, like watch(1).
+                print!("\x1b[2J\x1b[H{}", render(command, &answer.body));
+                let _ = std::io::stdout().flush();
+            }
+            Ok(_) | Err(_) => {
+                eprintln!("tenetctl: tenetd stopped answering");
+                return ExitCode::from(1);
+            }
         }
-    };
-    if !(200..300).contains(&answer.status) {
-        let field = answer.body["field"].as_str().unwrap_or("");
-        let message = answer.body["message"].as_str().unwrap_or("refused");
-        if cli.json {
-            println!("{}", answer.body);
-        } else if field.is_empty() {
-            eprintln!("tenetctl: {message}");
-        } else {
-            eprintln!("tenetctl: {field}: {message}");
-        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+fn report_refusal(body: &Value, json: bool) {
+    let field = body["field"].as_str().unwrap_or("");
+    let message = body["message"].as_str().unwrap_or("refused");
+    if json {
+        println!("{body}");
+    } else if field.is_empty() {
+        eprintln!("tenetctl: {message}");
+    } else {
+        eprintln!("tenetctl: {field}: {message}");
+    }
+}
+
+/// Writes the capture's pcap to `file` and says how many packets it holds.
+fn write_capture(file: &Path, raw: &[u8]) -> ExitCode {
+    // A pcap: 24-byte header, then 16 bytes and the frame per packet.
+    let mut packets = 0;
+    let mut at = 24;
+    while at + 16 <= raw.len() {
+        let len = u32::from_le_bytes([raw[at + 8], raw[at + 9], raw[at + 10], raw[at + 11]]);
+        at += 16 + len as usize;
+        packets += 1;
+    }
+    if let Err(e) = std::fs::write(file, raw) {
+        eprintln!("tenetctl: writing {}: {e}", file.display());
         return ExitCode::from(1);
     }
-    if let Cmd::Capture { file, .. } = &cli.command {
-        // A pcap: 24-byte header, then 16 bytes and the frame per packet.
-        let mut packets = 0;
-        let mut at = 24;
-        while at + 16 <= answer.raw.len() {
-            let len = u32::from_le_bytes([
-                answer.raw[at + 8],
-                answer.raw[at + 9],
-                answer.raw[at + 10],
-                answer.raw[at + 11],
-            ]);
-            at += 16 + len as usize;
-            packets += 1;
-        }
-        if let Err(e) = std::fs::write(file, &answer.raw) {
-            eprintln!("tenetctl: writing {}: {e}", file.display());
-            return ExitCode::from(1);
-        }
-        println!("{packets} packets written to {}", file.display());
-        return ExitCode::SUCCESS;
-    }
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&answer.body).unwrap_or_default()
-        );
-    } else {
-        print!("{}", render(&cli.command, &answer.body));
-    }
+    println!("{packets} packets written to {}", file.display());
     ExitCode::SUCCESS
 }
 
 /// Human-readable output: one line per item, aligned.
 fn render(command: &Cmd, body: &Value) -> String {
-    let s = |v: &Value| match v {
+    match command {
+        Cmd::Tenant(TenantCmd::List) => tenants_table(body),
+        Cmd::Endpoint(EndpointCmd::List) => endpoints_table(body),
+        Cmd::Host(HostCmd::List) => hosts_table(body),
+        Cmd::Port(PortCmd::List) => ports_table(body),
+        Cmd::Route(RouteCmd::List) => routes_table(body),
+        Cmd::Publish(PublishCmd::List) => published_table(body),
+        Cmd::Trace { .. } => trace_text(body),
+        Cmd::Stats { .. } => stats_text(body),
+        Cmd::Show => show_text(body),
+        _ => format!("{}\n", text(&body["message"])),
+    }
+}
+
+/// A JSON value as a table cell: strings unquoted, null as `-`.
+fn text(v: &Value) -> String {
+    match v {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    };
-    let mut out = String::new();
-    match command {
-        Cmd::Tenant(TenantCmd::List) => {
-            out.push_str(&format!(
-                "{:<20} {:>10} {:>6} {:>9}  hosts\n",
-                "name", "id", "vlan", "max_macs"
-            ));
-            for t in body.as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "{:<20} {:>10} {:>6} {:>9}  {}\n",
-                    s(&t["name"]),
-                    s(&t["id"]),
-                    s(&t["vlan"]),
-                    s(&t["max_macs"]),
-                    t["hosts"]
-                        .as_array()
-                        .map(|h| h.iter().map(s).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default()
-                ));
-            }
-        }
-        Cmd::Endpoint(EndpointCmd::List) => {
-            out.push_str(&format!(
-                "{:<20} {:<18} {:<14} host\n",
-                "tenant", "mac", "port"
-            ));
-            for e in body.as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "{:<20} {:<18} {:<14} {}\n",
-                    s(&e["tenant"]),
-                    s(&e["mac"]),
-                    s(&e["port"]),
-                    s(&e["host"])
-                ));
-            }
-        }
-        Cmd::Host(HostCmd::List) => {
-            out.push_str(&format!(
-                "{:<20} {:<20} {:<18} egress\n",
-                "name", "underlay_ip", "mac"
-            ));
-            for h in body.as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "{:<20} {:<20} {:<18} {}\n",
-                    s(&h["name"]),
-                    s(&h["underlay_ip"]),
-                    s(&h["mac"]),
-                    s(&h["egress"])
-                ));
-            }
-        }
-        Cmd::Port(PortCmd::List) => out.push_str(&ports_table(body)),
-        Cmd::Route(RouteCmd::List) => {
-            out.push_str(&format!("{:<20} {:<20} via\n", "tenant", "prefix"));
-            for r in body.as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "{:<20} {:<20} {}\n",
-                    s(&r["tenant"]),
-                    s(&r["prefix"]),
-                    s(&r["via"])
-                ));
-            }
-        }
-        Cmd::Publish(PublishCmd::List) => {
-            out.push_str(&format!(
-                "{:<20} {:<8} {:>9}  to\n",
-                "tenant", "protocol", "host_port"
-            ));
-            for p in body.as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "{:<20} {:<8} {:>9}  {}:{}\n",
-                    s(&p["tenant"]),
-                    s(&p["protocol"]),
-                    s(&p["host_port"]),
-                    s(&p["ip"]),
-                    s(&p["port"])
-                ));
-            }
-        }
-        Cmd::Trace { .. } => {
-            for (i, d) in body["decisions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                out.push_str(&format!("{:>2}. {}\n", i + 1, s(d)));
-            }
-            for o in body["outputs"].as_array().into_iter().flatten() {
-                out.push_str(&format!("out {}: {}\n", s(&o["port"]), s(&o["frame"])));
-            }
-            if body["outputs"].as_array().is_none_or(|o| o.is_empty()) {
-                out.push_str("no output\n");
-            }
-        }
-        Cmd::Stats { .. } => {
-            out.push_str(&ports_table(&body["ports"]));
-            for c in body["cores"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "core {:<3} rx {:>14} tx {:>14} cycles/pkt {:>8.1} handed off {:>10}\n",
-                    s(&c["core"]),
-                    s(&c["rx_packets"]),
-                    s(&c["tx_packets"]),
-                    c["cycles_per_packet"].as_f64().unwrap_or(0.0),
-                    s(&c["handed_off"])
-                ));
-            }
-            if let Some(drops) = body["drops"].as_object() {
-                for (name, n) in drops.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0) {
-                    out.push_str(&format!("drop {name:<22} {n:>14}\n"));
-                }
-            }
-            out.push_str(&format!(
-                "learned MACs {}\n",
-                s(&body["control"]["learned_macs"])
-            ));
-        }
-        Cmd::Show => {
-            out.push_str(&format!(
-                "design {}  host {}\n",
-                s(&body["design"]),
-                s(&body["host"])
-            ));
-            for t in body["tenants"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "  tenant {} (id {}, vlan {})\n",
-                    s(&t["name"]),
-                    s(&t["id"]),
-                    s(&t["vlan"])
-                ));
-            }
-            for h in body["hosts"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "  host {} {}\n",
-                    s(&h["name"]),
-                    s(&h["underlay_ip"])
-                ));
-            }
-            out.push_str(&ports_table(&body["ports"]));
-            out.push_str(&format!("learned MACs {}\n", s(&body["learned_macs"])));
-        }
-        _ => out.push_str(&format!("{}\n", s(&body["message"]))),
     }
+}
+
+fn tenants_table(body: &Value) -> String {
+    let mut out = format!(
+        "{:<20} {:>10} {:>6} {:>9}  hosts\n",
+        "name", "id", "vlan", "max_macs"
+    );
+    for t in body.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:>10} {:>6} {:>9}  {}\n",
+            text(&t["name"]),
+            text(&t["id"]),
+            text(&t["vlan"]),
+            text(&t["max_macs"]),
+            t["hosts"]
+                .as_array()
+                .map(|h| h.iter().map(text).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+fn endpoints_table(body: &Value) -> String {
+    let mut out = format!("{:<20} {:<18} {:<14} host\n", "tenant", "mac", "port");
+    for e in body.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:<18} {:<14} {}\n",
+            text(&e["tenant"]),
+            text(&e["mac"]),
+            text(&e["port"]),
+            text(&e["host"])
+        ));
+    }
+    out
+}
+
+fn hosts_table(body: &Value) -> String {
+    let mut out = format!(
+        "{:<20} {:<20} {:<18} egress\n",
+        "name", "underlay_ip", "mac"
+    );
+    for h in body.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:<20} {:<18} {}\n",
+            text(&h["name"]),
+            text(&h["underlay_ip"]),
+            text(&h["mac"]),
+            text(&h["egress"])
+        ));
+    }
+    out
+}
+
+fn routes_table(body: &Value) -> String {
+    let mut out = format!("{:<20} {:<20} via\n", "tenant", "prefix");
+    for r in body.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:<20} {}\n",
+            text(&r["tenant"]),
+            text(&r["prefix"]),
+            text(&r["via"])
+        ));
+    }
+    out
+}
+
+fn published_table(body: &Value) -> String {
+    let mut out = format!(
+        "{:<20} {:<8} {:>9}  to\n",
+        "tenant", "protocol", "host_port"
+    );
+    for p in body.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:<8} {:>9}  {}:{}\n",
+            text(&p["tenant"]),
+            text(&p["protocol"]),
+            text(&p["host_port"]),
+            text(&p["ip"]),
+            text(&p["port"])
+        ));
+    }
+    out
+}
+
+fn trace_text(body: &Value) -> String {
+    let mut out = String::new();
+    for (i, d) in body["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        out.push_str(&format!("{:>2}. {}\n", i + 1, text(d)));
+    }
+    for o in body["outputs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "out {}: {}\n",
+            text(&o["port"]),
+            text(&o["frame"])
+        ));
+    }
+    if body["outputs"].as_array().is_none_or(|o| o.is_empty()) {
+        out.push_str("no output\n");
+    }
+    out
+}
+
+fn stats_text(body: &Value) -> String {
+    let mut out = ports_table(&body["ports"]);
+    for c in body["cores"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "core {:<3} rx {:>14} tx {:>14} cycles/pkt {:>8.1} handed off {:>10}\n",
+            text(&c["core"]),
+            text(&c["rx_packets"]),
+            text(&c["tx_packets"]),
+            c["cycles_per_packet"].as_f64().unwrap_or(0.0),
+            text(&c["handed_off"])
+        ));
+    }
+    if let Some(drops) = body["drops"].as_object() {
+        for (name, n) in drops.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0) {
+            out.push_str(&format!("drop {name:<22} {n:>14}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "learned MACs {}\n",
+        text(&body["control"]["learned_macs"])
+    ));
+    out
+}
+
+fn show_text(body: &Value) -> String {
+    let mut out = format!(
+        "design {}  host {}\n",
+        text(&body["design"]),
+        text(&body["host"])
+    );
+    for t in body["tenants"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  tenant {} (id {}, vlan {})\n",
+            text(&t["name"]),
+            text(&t["id"]),
+            text(&t["vlan"])
+        ));
+    }
+    for h in body["hosts"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  host {} {}\n",
+            text(&h["name"]),
+            text(&h["underlay_ip"])
+        ));
+    }
+    out.push_str(&ports_table(&body["ports"]));
+    out.push_str(&format!("learned MACs {}\n", text(&body["learned_macs"])));
     out
 }
 

@@ -184,6 +184,27 @@ pub(super) fn validate(
     published: &[PublishSpec],
     plan: &mut SwitchPlan,
 ) -> Result<GatewayPlan, ConfigError> {
+    check_limits(section)?;
+    let index: HashMap<&str, usize> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut routers = RouterChecker::new(section, switch, tenants, &index, plan).check_all(plan)?;
+    settle_peering(&mut routers, tenants)?;
+    let route_plans = validate_routes(routes, &index, &routers)?;
+    let publish_plans = validate_published(section, published, &index, &routers)?;
+    Ok(GatewayPlan {
+        routers,
+        routes: route_plans,
+        published: publish_plans,
+        nat: nat_settings(section),
+        sessions_per_worker: section.sessions_per_worker,
+    })
+}
+
+/// The SNAT port range, timeouts and session count of `[gateway]`.
+fn check_limits(section: &GatewaySection) -> Result<(), ConfigError> {
     if section.snat_port_min == 0 || section.snat_port_min > section.snat_port_max {
         return Err(invalid(
             "gateway.snat_port_min",
@@ -206,107 +227,101 @@ pub(super) fn validate(
             "must be between 1 and 16000000",
         ));
     }
-    let index: HashMap<&str, usize> = tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
-    let mut routers = Vec::with_capacity(tenants.len());
-    let mut macs: HashMap<Mac, usize> = HashMap::new();
+    Ok(())
+}
+
+fn nat_settings(section: &GatewaySection) -> NatSettings {
+    NatSettings {
+        port_min: section.snat_port_min,
+        port_max: section.snat_port_max,
+        tcp_established_s: section.tcp_established_s,
+        tcp_transitory_s: section.tcp_transitory_s,
+        udp_s: section.udp_s,
+        icmp_s: section.icmp_s,
+    }
+}
+
+/// Checks the tenants' routers in order, keeping what one router takes from the next
+/// (its MAC, a gateway slot on its host).
+struct RouterChecker<'a> {
+    section: &'a GatewaySection,
+    switch: &'a SwitchSection,
+    tenants: &'a [TenantSpec],
+    index: &'a HashMap<&'a str, usize>,
+    /// The tenant whose router has each MAC.
+    macs: HashMap<Mac, usize>,
     // Gateways per host so far, for `auto` placement: every host validating the same
     // model in the same order places the same way, so no host has to write it down.
-    let mut gateways_on: Vec<usize> = vec![0; plan.hosts.len()];
-    for (i, t) in tenants.iter().enumerate() {
+    gateways_on: Vec<usize>,
+}
+
+impl<'a> RouterChecker<'a> {
+    fn new(
+        section: &'a GatewaySection,
+        switch: &'a SwitchSection,
+        tenants: &'a [TenantSpec],
+        index: &'a HashMap<&'a str, usize>,
+        plan: &SwitchPlan,
+    ) -> Self {
+        Self {
+            section,
+            switch,
+            tenants,
+            index,
+            macs: HashMap::new(),
+            gateways_on: vec![0; plan.hosts.len()],
+        }
+    }
+
+    /// The router of each tenant (`None` without subnets), then the endpoints' MACs
+    /// against the routers'.
+    fn check_all(mut self, plan: &mut SwitchPlan) -> Result<Vec<Option<RouterPlan>>, ConfigError> {
+        let mut routers = Vec::with_capacity(self.tenants.len());
+        for (i, t) in self.tenants.iter().enumerate() {
+            routers.push(self.router(i, t, plan)?);
+        }
+        check_endpoint_macs(plan, &self.macs)?;
+        Ok(routers)
+    }
+
+    fn router(
+        &mut self,
+        i: usize,
+        t: &TenantSpec,
+        plan: &mut SwitchPlan,
+    ) -> Result<Option<RouterPlan>, ConfigError> {
         let field = format!("tenant[{i}]");
         if t.subnets.is_empty() {
-            for (set, name) in [
-                (t.gateway_host.is_some(), "gateway_host"),
-                (t.snat_ip.is_some(), "snat_ip"),
-                (t.router_mac.is_some(), "router_mac"),
-                (!t.peers.is_empty(), "peers"),
-                (t.max_connections.is_some(), "max_connections"),
-            ] {
-                if set {
-                    return Err(invalid(
-                        format!("{field}.{name}"),
-                        "needs subnets (a tenant without subnets has no gateway)",
-                    ));
-                }
-            }
-            routers.push(None);
-            continue;
+            refuse_gateway_settings(&field, t)?;
+            return Ok(None);
         }
-        let mut interfaces: Vec<(Ipv4Addr, u8)> = Vec::new();
-        for (j, text) in t.subnets.iter().enumerate() {
-            let f = format!("{field}.subnets[{j}]");
-            let (ip, prefix) = parse_cidr(&f, text)?;
-            let host_bits = u32::from(ip) & !mask(prefix);
-            if !(1..=30).contains(&prefix) || host_bits == 0 || host_bits == !mask(prefix) {
-                return Err(invalid(
-                    f,
-                    format!("`{text}` must be the gateway's address in its subnet (like 10.1.0.1/24, prefix 1 to 30)"),
-                ));
-            }
-            if let Some((other, len)) = interfaces.iter().find(|(o, l)| {
-                let m = mask(prefix.min(*l));
-                u32::from(*o) & m == u32::from(ip) & m
-            }) {
-                return Err(invalid(
-                    f,
-                    format!("overlaps {other}/{len} of the same tenant"),
-                ));
-            }
-            interfaces.push((ip, prefix));
+        let interfaces = parse_subnets(&field, t)?;
+        let placement = place_gateway(&field, t, plan, &self.gateways_on)?;
+        self.record_placement(i, placement, plan);
+        let snat_ip = self.snat_ip(&field, t, plan, placement)?;
+        let mac = self.router_mac(&field, i, t)?;
+        let max_connections = t
+            .max_connections
+            .unwrap_or(self.section.max_connections_per_tenant);
+        if max_connections == 0 {
+            return Err(invalid(
+                format!("{field}.max_connections"),
+                "must be at least 1",
+            ));
         }
-        let placement = match (t.gateway_host.as_deref(), plan.this_host) {
-            (_, None) => match t.gateway_host.as_deref() {
-                None | Some("central") | Some("auto") => Placement::Here,
-                Some(name) => {
-                    return Err(invalid(
-                        format!("{field}.gateway_host"),
-                        format!("no host is named `{name}` (no [[host]] entries)"),
-                    ))
-                }
-            },
-            (None | Some("central"), Some(me)) => match plan.egress_host() {
-                Some(h) if h == me => Placement::Here,
-                Some(h) => Placement::Host(h),
-                None => {
-                    return Err(invalid(
-                        format!("{field}.gateway_host"),
-                        "name the gateway's host, or mark an egress host for `central`",
-                    ))
-                }
-            },
-            (Some("auto"), Some(me)) => {
-                // The placer's rule, by gateway count (a static cluster reports no
-                // traffic).
-                let load = plan
-                    .hosts
-                    .iter()
-                    .zip(&gateways_on)
-                    .map(|(h, &gateways)| (h.name.as_str(), HostLoad { gateways, bps: 0.0 }))
-                    .collect();
-                let least = placement::least_loaded(&load)
-                    .and_then(|name| plan.hosts.iter().position(|h| h.name == name))
-                    .unwrap_or(me);
-                if least == me {
-                    Placement::Here
-                } else {
-                    Placement::Host(least)
-                }
-            }
-            (Some(name), Some(me)) => match plan.hosts.iter().position(|h| h.name == name) {
-                Some(h) if h == me => Placement::Here,
-                Some(h) => Placement::Host(h),
-                None => {
-                    return Err(invalid(
-                        format!("{field}.gateway_host"),
-                        format!("no host is named `{name}`"),
-                    ))
-                }
-            },
-        };
+        let peers = self.peer_indices(&field, i, t)?;
+        Ok(Some(RouterPlan {
+            mac,
+            interfaces,
+            placement,
+            snat_ip,
+            peers,
+            max_connections,
+        }))
+    }
+
+    /// The gateway host carries the tenant, and counts one more gateway.
+    fn record_placement(&mut self, i: usize, placement: Placement, plan: &mut SwitchPlan) {
         if let Placement::Host(h) = placement {
             if !plan.tenants[i].hosts.contains(&h) {
                 plan.tenants[i].hosts.push(h);
@@ -316,15 +331,24 @@ pub(super) fn validate(
             Placement::Here => plan.this_host,
             Placement::Host(h) => Some(h),
         };
-        if let Some(count) = placed_on.and_then(|h| gateways_on.get_mut(h)) {
+        if let Some(count) = placed_on.and_then(|h| self.gateways_on.get_mut(h)) {
             *count += 1;
         }
+    }
+
+    fn snat_ip(
+        &self,
+        field: &str,
+        t: &TenantSpec,
+        plan: &SwitchPlan,
+        placement: Placement,
+    ) -> Result<Option<Ipv4Addr>, ConfigError> {
         let gateway_ip = match placement {
             Placement::Here => plan.this_host.map(|h| plan.hosts[h].ip),
             Placement::Host(h) => Some(plan.hosts[h].ip),
         };
-        let snat_ip = match t.snat_ip {
-            Some(ip) if switch.underlay_gateway.is_none() => {
+        Ok(match t.snat_ip {
+            Some(ip) if self.switch.underlay_gateway.is_none() => {
                 let _ = ip;
                 return Err(invalid(
                     format!("{field}.snat_ip"),
@@ -338,8 +362,12 @@ pub(super) fn validate(
                 ))
             }
             Some(ip) => Some(ip),
-            None => switch.underlay_gateway.and(gateway_ip),
-        };
+            None => self.switch.underlay_gateway.and(gateway_ip),
+        })
+    }
+
+    /// The router's MAC, given or derived from the id, unique among the routers.
+    fn router_mac(&mut self, field: &str, i: usize, t: &TenantSpec) -> Result<Mac, ConfigError> {
         let mac = match &t.router_mac {
             Some(text) => {
                 let f = format!("{field}.router_mac");
@@ -351,24 +379,25 @@ pub(super) fn validate(
             }
             None => router_mac(t.id),
         };
-        if let Some(other) = macs.insert(mac, i) {
+        if let Some(other) = self.macs.insert(mac, i) {
             return Err(invalid(
                 format!("{field}.router_mac"),
-                format!("tenant `{}` uses this router MAC", tenants[other].name),
+                format!("tenant `{}` uses this router MAC", self.tenants[other].name),
             ));
         }
-        let max_connections = t
-            .max_connections
-            .unwrap_or(section.max_connections_per_tenant);
-        if max_connections == 0 {
-            return Err(invalid(
-                format!("{field}.max_connections"),
-                "must be at least 1",
-            ));
-        }
+        Ok(mac)
+    }
+
+    /// The tenants `t` asks to peer with, by index (consent is settled later).
+    fn peer_indices(
+        &self,
+        field: &str,
+        i: usize,
+        t: &TenantSpec,
+    ) -> Result<Vec<usize>, ConfigError> {
         let mut peers = Vec::new();
         for (j, name) in t.peers.iter().enumerate() {
-            let Some(&p) = index.get(name.as_str()) else {
+            let Some(&p) = self.index.get(name.as_str()) else {
                 return Err(invalid(
                     format!("{field}.peers[{j}]"),
                     format!("no tenant is named `{name}`"),
@@ -382,15 +411,116 @@ pub(super) fn validate(
             }
             peers.push(p);
         }
-        routers.push(Some(RouterPlan {
-            mac,
-            interfaces,
-            placement,
-            snat_ip,
-            peers,
-            max_connections,
-        }));
+        Ok(peers)
     }
+}
+
+/// Refuses router settings on a tenant without subnets.
+fn refuse_gateway_settings(field: &str, t: &TenantSpec) -> Result<(), ConfigError> {
+    for (set, name) in [
+        (t.gateway_host.is_some(), "gateway_host"),
+        (t.snat_ip.is_some(), "snat_ip"),
+        (t.router_mac.is_some(), "router_mac"),
+        (!t.peers.is_empty(), "peers"),
+        (t.max_connections.is_some(), "max_connections"),
+    ] {
+        if set {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                "needs subnets (a tenant without subnets has no gateway)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's address and prefix on each subnet; subnets of a tenant do not overlap.
+fn parse_subnets(field: &str, t: &TenantSpec) -> Result<Vec<(Ipv4Addr, u8)>, ConfigError> {
+    let mut interfaces: Vec<(Ipv4Addr, u8)> = Vec::new();
+    for (j, text) in t.subnets.iter().enumerate() {
+        let f = format!("{field}.subnets[{j}]");
+        let (ip, prefix) = parse_cidr(&f, text)?;
+        let host_bits = u32::from(ip) & !mask(prefix);
+        if !(1..=30).contains(&prefix) || host_bits == 0 || host_bits == !mask(prefix) {
+            return Err(invalid(
+                f,
+                format!("`{text}` must be the gateway's address in its subnet (like 10.1.0.1/24, prefix 1 to 30)"),
+            ));
+        }
+        if let Some((other, len)) = interfaces.iter().find(|(o, l)| {
+            let m = mask(prefix.min(*l));
+            u32::from(*o) & m == u32::from(ip) & m
+        }) {
+            return Err(invalid(
+                f,
+                format!("overlaps {other}/{len} of the same tenant"),
+            ));
+        }
+        interfaces.push((ip, prefix));
+    }
+    Ok(interfaces)
+}
+
+/// Where `t`'s gateway runs, from its `gateway_host` and the hosts.
+fn place_gateway(
+    field: &str,
+    t: &TenantSpec,
+    plan: &SwitchPlan,
+    gateways_on: &[usize],
+) -> Result<Placement, ConfigError> {
+    Ok(match (t.gateway_host.as_deref(), plan.this_host) {
+        (_, None) => match t.gateway_host.as_deref() {
+            None | Some("central") | Some("auto") => Placement::Here,
+            Some(name) => {
+                return Err(invalid(
+                    format!("{field}.gateway_host"),
+                    format!("no host is named `{name}` (no [[host]] entries)"),
+                ))
+            }
+        },
+        (None | Some("central"), Some(me)) => match plan.egress_host() {
+            Some(h) if h == me => Placement::Here,
+            Some(h) => Placement::Host(h),
+            None => {
+                return Err(invalid(
+                    format!("{field}.gateway_host"),
+                    "name the gateway's host, or mark an egress host for `central`",
+                ))
+            }
+        },
+        (Some("auto"), Some(me)) => place_automatically(plan, gateways_on, me),
+        (Some(name), Some(me)) => match plan.hosts.iter().position(|h| h.name == name) {
+            Some(h) if h == me => Placement::Here,
+            Some(h) => Placement::Host(h),
+            None => {
+                return Err(invalid(
+                    format!("{field}.gateway_host"),
+                    format!("no host is named `{name}`"),
+                ))
+            }
+        },
+    })
+}
+
+fn place_automatically(plan: &SwitchPlan, gateways_on: &[usize], me: usize) -> Placement {
+    // The placer's rule, by gateway count (a static cluster reports no traffic).
+    let load = plan
+        .hosts
+        .iter()
+        .zip(gateways_on)
+        .map(|(h, &gateways)| (h.name.as_str(), HostLoad { gateways, bps: 0.0 }))
+        .collect();
+    let least = placement::least_loaded(&load)
+        .and_then(|name| plan.hosts.iter().position(|h| h.name == name))
+        .unwrap_or(me);
+    if least == me {
+        Placement::Here
+    } else {
+        Placement::Host(least)
+    }
+}
+
+fn check_endpoint_macs(plan: &SwitchPlan, macs: &HashMap<Mac, usize>) -> Result<(), ConfigError> {
     for (e, endpoint) in plan.endpoints.iter().enumerate() {
         if macs.contains_key(&endpoint.mac) {
             return Err(invalid(
@@ -399,197 +529,242 @@ pub(super) fn validate(
             ));
         }
     }
-    // Consent is mutual; a one-sided request waits for the other side. Peers route
-    // through each other's router, so both gateways must run on one host.
+    Ok(())
+}
+
+/// Keeps the mutual peers of each router. Consent is mutual; a one-sided request waits
+/// for the other side. Peers route through each other's router, so both gateways must
+/// run on one host.
+fn settle_peering(
+    routers: &mut [Option<RouterPlan>],
+    tenants: &[TenantSpec],
+) -> Result<(), ConfigError> {
     for i in 0..routers.len() {
         let Some(r) = routers[i].clone() else {
             continue;
         };
-        let mut mutual = Vec::new();
-        for &p in &r.peers {
-            let Some(other) = &routers[p] else {
-                return Err(invalid(
-                    format!("tenant[{i}].peers"),
-                    format!("tenant `{}` has no subnets to route to", tenants[p].name),
-                ));
-            };
-            if !other.peers.contains(&i) {
-                continue;
-            }
-            if other.placement != r.placement {
-                return Err(invalid(
-                    format!("tenant[{i}].gateway_host"),
-                    format!(
-                        "peered tenant `{}` has its gateway elsewhere; peers share a gateway host",
-                        tenants[p].name
-                    ),
-                ));
-            }
-            for &(ip, prefix) in &r.interfaces {
-                if let Some((o, l)) = other.interfaces.iter().find(|(o, l)| {
-                    let m = mask(prefix.min(*l));
-                    u32::from(*o) & m == u32::from(ip) & m
-                }) {
-                    return Err(invalid(
-                        format!("tenant[{i}].peers"),
-                        format!(
-                            "{ip}/{prefix} overlaps {o}/{l} of peer `{}`",
-                            tenants[p].name
-                        ),
-                    ));
-                }
-            }
-            mutual.push(p);
-        }
+        let mutual = mutual_peers(i, &r, routers, tenants)?;
         if let Some(r) = routers[i].as_mut() {
             r.peers = mutual;
         }
     }
+    Ok(())
+}
 
+/// The peers of router `i` (`r`) that consent in turn.
+fn mutual_peers(
+    i: usize,
+    r: &RouterPlan,
+    routers: &[Option<RouterPlan>],
+    tenants: &[TenantSpec],
+) -> Result<Vec<usize>, ConfigError> {
+    let mut mutual = Vec::new();
+    for &p in &r.peers {
+        let Some(other) = &routers[p] else {
+            return Err(invalid(
+                format!("tenant[{i}].peers"),
+                format!("tenant `{}` has no subnets to route to", tenants[p].name),
+            ));
+        };
+        if !other.peers.contains(&i) {
+            continue;
+        }
+        if other.placement != r.placement {
+            return Err(invalid(
+                format!("tenant[{i}].gateway_host"),
+                format!(
+                    "peered tenant `{}` has its gateway elsewhere; peers share a gateway host",
+                    tenants[p].name
+                ),
+            ));
+        }
+        check_peer_overlap(i, r, other, &tenants[p].name)?;
+        mutual.push(p);
+    }
+    Ok(mutual)
+}
+
+fn check_peer_overlap(
+    i: usize,
+    r: &RouterPlan,
+    other: &RouterPlan,
+    other_name: &str,
+) -> Result<(), ConfigError> {
+    for &(ip, prefix) in &r.interfaces {
+        if let Some((o, l)) = other.interfaces.iter().find(|(o, l)| {
+            let m = mask(prefix.min(*l));
+            u32::from(*o) & m == u32::from(ip) & m
+        }) {
+            return Err(invalid(
+                format!("tenant[{i}].peers"),
+                format!("{ip}/{prefix} overlaps {o}/{l} of peer `{other_name}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ip` is on one of `router`'s subnets, and not the gateway's own address.
+fn on_subnet_of(router: Option<&RouterPlan>, ip: Ipv4Addr) -> bool {
+    router.is_some_and(|r| {
+        r.interfaces
+            .iter()
+            .any(|&(gw, len)| u32::from(gw) & mask(len) == u32::from(ip) & mask(len) && gw != ip)
+    })
+}
+
+fn validate_routes(
+    routes: &[RouteSpec],
+    index: &HashMap<&str, usize>,
+    routers: &[Option<RouterPlan>],
+) -> Result<Vec<RoutePlan>, ConfigError> {
     let mut route_plans = Vec::with_capacity(routes.len());
     let mut seen = HashSet::new();
     for (i, r) in routes.iter().enumerate() {
         let field = format!("route[{i}]");
-        let Some(&tenant) = index.get(r.tenant.as_str()) else {
-            return Err(invalid(
-                format!("{field}.tenant"),
-                format!("no tenant is named `{}`", r.tenant),
-            ));
-        };
-        let Some(router) = &routers[tenant] else {
-            return Err(invalid(
-                format!("{field}.tenant"),
-                format!("tenant `{}` has no subnets (no router)", r.tenant),
-            ));
-        };
-        let (ip, prefix) = parse_cidr(&format!("{field}.prefix"), &r.prefix)?;
-        if u32::from(ip) & !mask(prefix) != 0 {
-            return Err(invalid(
-                format!("{field}.prefix"),
-                format!("`{}` has host bits set", r.prefix),
-            ));
-        }
-        let on_subnet = |t: usize| {
-            routers[t].as_ref().is_some_and(|o| {
-                o.interfaces.iter().any(|&(gw, len)| {
-                    u32::from(gw) & mask(len) == u32::from(r.via) & mask(len) && gw != r.via
-                })
-            })
-        };
-        let Some(via_tenant) = std::iter::once(tenant)
-            .chain(router.peers.iter().copied())
-            .find(|&t| on_subnet(t))
-        else {
-            return Err(invalid(
-                format!("{field}.via"),
-                format!(
-                    "{} is on none of the subnets of the tenant or its peers",
-                    r.via
-                ),
-            ));
-        };
-        if !seen.insert((tenant, ip, prefix)) {
+        let plan = validate_route(&field, r, index, routers)?;
+        if !seen.insert((plan.tenant, plan.ip, plan.prefix)) {
             return Err(invalid(
                 format!("{field}.prefix"),
                 format!("tenant `{}` already has a route to {}", r.tenant, r.prefix),
             ));
         }
-        route_plans.push(RoutePlan {
-            tenant,
-            ip,
-            prefix,
-            via: r.via,
-            via_tenant,
-        });
+        route_plans.push(plan);
     }
+    Ok(route_plans)
+}
 
+fn validate_route(
+    field: &str,
+    r: &RouteSpec,
+    index: &HashMap<&str, usize>,
+    routers: &[Option<RouterPlan>],
+) -> Result<RoutePlan, ConfigError> {
+    let Some(&tenant) = index.get(r.tenant.as_str()) else {
+        return Err(invalid(
+            format!("{field}.tenant"),
+            format!("no tenant is named `{}`", r.tenant),
+        ));
+    };
+    let Some(router) = &routers[tenant] else {
+        return Err(invalid(
+            format!("{field}.tenant"),
+            format!("tenant `{}` has no subnets (no router)", r.tenant),
+        ));
+    };
+    let (ip, prefix) = parse_cidr(&format!("{field}.prefix"), &r.prefix)?;
+    if u32::from(ip) & !mask(prefix) != 0 {
+        return Err(invalid(
+            format!("{field}.prefix"),
+            format!("`{}` has host bits set", r.prefix),
+        ));
+    }
+    let Some(via_tenant) = std::iter::once(tenant)
+        .chain(router.peers.iter().copied())
+        .find(|&t| on_subnet_of(routers[t].as_ref(), r.via))
+    else {
+        return Err(invalid(
+            format!("{field}.via"),
+            format!(
+                "{} is on none of the subnets of the tenant or its peers",
+                r.via
+            ),
+        ));
+    };
+    Ok(RoutePlan {
+        tenant,
+        ip,
+        prefix,
+        via: r.via,
+        via_tenant,
+    })
+}
+
+fn validate_published(
+    section: &GatewaySection,
+    published: &[PublishSpec],
+    index: &HashMap<&str, usize>,
+    routers: &[Option<RouterPlan>],
+) -> Result<Vec<PublishPlan>, ConfigError> {
     let mut publish_plans = Vec::with_capacity(published.len());
     let mut taken = HashSet::new();
     for (i, p) in published.iter().enumerate() {
         let field = format!("publish[{i}]");
-        let Some(&tenant) = index.get(p.tenant.as_str()) else {
-            return Err(invalid(
-                format!("{field}.tenant"),
-                format!("no tenant is named `{}`", p.tenant),
-            ));
-        };
-        let protocol = match p.protocol.as_str() {
-            "tcp" => 6,
-            "udp" => 17,
-            other => {
-                return Err(invalid(
-                    format!("{field}.protocol"),
-                    format!("`{other}` is not tcp or udp"),
-                ))
-            }
-        };
-        let Some(external_ip) = routers[tenant].as_ref().and_then(|r| r.snat_ip) else {
-            return Err(invalid(
-                format!("{field}.tenant"),
-                format!(
-                    "tenant `{}` has no outside address (subnets and switch.underlay_gateway)",
-                    p.tenant
-                ),
-            ));
-        };
-        if p.host_port == 0 || p.port == 0 {
-            return Err(invalid(
-                format!("{field}.host_port"),
-                "ports are 1 to 65535",
-            ));
-        }
-        if (section.snat_port_min..=section.snat_port_max).contains(&p.host_port) {
+        let plan = validate_publish(&field, p, section, index, routers)?;
+        if !taken.insert((plan.protocol, plan.external_ip, p.host_port)) {
             return Err(invalid(
                 format!("{field}.host_port"),
                 format!(
-                    "inside the SNAT port range {}-{}",
-                    section.snat_port_min, section.snat_port_max
+                    "{}/{} on {} is already published",
+                    p.host_port, p.protocol, plan.external_ip
                 ),
             ));
         }
-        let inside = routers[tenant].as_ref().is_some_and(|r| {
-            r.interfaces.iter().any(|&(gw, len)| {
-                u32::from(gw) & mask(len) == u32::from(p.ip) & mask(len) && gw != p.ip
-            })
-        });
-        if !inside {
-            return Err(invalid(
-                format!("{field}.ip"),
-                format!("{} is on none of the tenant's subnets", p.ip),
-            ));
-        }
-        if !taken.insert((protocol, external_ip, p.host_port)) {
-            return Err(invalid(
-                format!("{field}.host_port"),
-                format!(
-                    "{}/{} on {external_ip} is already published",
-                    p.host_port, p.protocol
-                ),
-            ));
-        }
-        publish_plans.push(PublishPlan {
-            tenant,
-            protocol,
-            external_ip,
-            host_port: p.host_port,
-            ip: p.ip,
-            port: p.port,
-        });
+        publish_plans.push(plan);
     }
+    Ok(publish_plans)
+}
 
-    Ok(GatewayPlan {
-        routers,
-        routes: route_plans,
-        published: publish_plans,
-        nat: NatSettings {
-            port_min: section.snat_port_min,
-            port_max: section.snat_port_max,
-            tcp_established_s: section.tcp_established_s,
-            tcp_transitory_s: section.tcp_transitory_s,
-            udp_s: section.udp_s,
-            icmp_s: section.icmp_s,
-        },
-        sessions_per_worker: section.sessions_per_worker,
+fn validate_publish(
+    field: &str,
+    p: &PublishSpec,
+    section: &GatewaySection,
+    index: &HashMap<&str, usize>,
+    routers: &[Option<RouterPlan>],
+) -> Result<PublishPlan, ConfigError> {
+    let Some(&tenant) = index.get(p.tenant.as_str()) else {
+        return Err(invalid(
+            format!("{field}.tenant"),
+            format!("no tenant is named `{}`", p.tenant),
+        ));
+    };
+    let protocol = match p.protocol.as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        other => {
+            return Err(invalid(
+                format!("{field}.protocol"),
+                format!("`{other}` is not tcp or udp"),
+            ))
+        }
+    };
+    let Some(external_ip) = routers[tenant].as_ref().and_then(|r| r.snat_ip) else {
+        return Err(invalid(
+            format!("{field}.tenant"),
+            format!(
+                "tenant `{}` has no outside address (subnets and switch.underlay_gateway)",
+                p.tenant
+            ),
+        ));
+    };
+    if p.host_port == 0 || p.port == 0 {
+        return Err(invalid(
+            format!("{field}.host_port"),
+            "ports are 1 to 65535",
+        ));
+    }
+    if (section.snat_port_min..=section.snat_port_max).contains(&p.host_port) {
+        return Err(invalid(
+            format!("{field}.host_port"),
+            format!(
+                "inside the SNAT port range {}-{}",
+                section.snat_port_min, section.snat_port_max
+            ),
+        ));
+    }
+    if !on_subnet_of(routers[tenant].as_ref(), p.ip) {
+        return Err(invalid(
+            format!("{field}.ip"),
+            format!("{} is on none of the tenant's subnets", p.ip),
+        ));
+    }
+    Ok(PublishPlan {
+        tenant,
+        protocol,
+        external_ip,
+        host_port: p.host_port,
+        ip: p.ip,
+        port: p.port,
     })
 }
 

@@ -366,73 +366,51 @@ impl Config {
 
     /// Checks every value and reference; nothing is started.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        let cpus = online_cpus();
         let dp = &self.dataplane;
-        if dp.workers.is_empty() {
-            return Err(invalid(
-                "dataplane.workers",
-                "at least one worker CPU is needed",
-            ));
-        }
-        if dp.workers.len() > dataplane::MAX_WORKERS {
-            return Err(invalid(
-                "dataplane.workers",
-                format!("at most {} workers are supported", dataplane::MAX_WORKERS),
-            ));
-        }
-        let mut seen_cores = HashSet::new();
-        for (i, &core) in dp.workers.iter().enumerate() {
-            if core >= cpus {
-                return Err(invalid(
-                    format!("dataplane.workers[{i}]"),
-                    format!("CPU {core} does not exist (this machine has {cpus})"),
-                ));
-            }
-            if !seen_cores.insert(core) {
-                return Err(invalid(
-                    format!("dataplane.workers[{i}]"),
-                    format!("CPU {core} is listed twice"),
-                ));
-            }
-        }
-        let main_core = match dp.main_core {
-            Some(core) if core >= cpus => {
-                return Err(invalid(
-                    "dataplane.main_core",
-                    format!("CPU {core} does not exist (this machine has {cpus})"),
-                ))
-            }
-            Some(core) => core,
-            None => (0..cpus).find(|c| !dp.workers.contains(c)).unwrap_or(0),
-        };
-        if dp.memory_mb < 64 {
-            return Err(invalid("dataplane.memory_mb", "at least 64 MiB are needed"));
-        }
-        if dp.file_prefix.is_empty()
-            || !dp
-                .file_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(invalid(
-                "dataplane.file_prefix",
-                "use letters, digits, '-' and '_' only, at least one",
-            ));
-        }
-        if dp.mbufs < 1024 {
-            return Err(invalid(
-                "dataplane.mbufs",
-                "at least 1024 packet buffers are needed",
-            ));
-        }
-        for (field, value) in [
-            ("dataplane.rx_descriptors", dp.rx_descriptors),
-            ("dataplane.tx_descriptors", dp.tx_descriptors),
-        ] {
-            if !(64..=16384).contains(&value) {
-                return Err(invalid(field, "must be between 64 and 16384"));
-            }
-        }
+        let main_core = check_dataplane(dp)?;
+        let ports = self.validate_ports()?;
+        let cross_connects = self.validate_cross_connects(&ports)?;
+        let port_names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
+        let cross_connected: HashSet<usize> =
+            cross_connects.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let mut switching = switching::validate(
+            &self.switch,
+            &self.hosts,
+            &self.tenants,
+            &self.endpoints,
+            &self.ports,
+            &port_names,
+            &cross_connected,
+        )?;
+        let gateway = gateway::validate(
+            &self.gateway,
+            &self.switch,
+            &self.tenants,
+            &self.routes,
+            &self.published,
+            &mut switching,
+        )?;
+        Ok(Validated {
+            eal: eal_options(dp, main_core, &ports),
+            workers: dp.workers.clone(),
+            mbufs: dp.mbufs,
+            rx_descriptors: dp.rx_descriptors,
+            tx_descriptors: dp.tx_descriptors,
+            ports,
+            cross_connects,
+            switching,
+            gateway,
+            api_socket: self.control.api_socket.clone(),
+            api_tcp: self.tcp_api()?,
+            files_dir: self.control.files_dir.clone(),
+            etcd: self.etcd_plan()?,
+            state_file: self.state_file(),
+            source: self.clone(),
+        })
+    }
+
+    /// The ports in order, each checked, then what they share.
+    fn validate_ports(&self) -> Result<Vec<PortPlan>, ConfigError> {
         if self.ports.is_empty() {
             return Err(invalid("port", "at least one [[port]] is needed"));
         }
@@ -445,75 +423,18 @@ impl Config {
         let mut ports = Vec::with_capacity(self.ports.len());
         let mut names = HashSet::new();
         for (i, spec) in self.ports.iter().enumerate() {
-            let field = format!("port[{i}]");
-            let name = match &spec.name {
-                None => return Err(invalid(format!("{field}.name"), "every port needs a name")),
-                Some(name) => name.clone(),
-            };
-            if name.is_empty()
-                || name.len() > 32
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(invalid(
-                    format!("{field}.name"),
-                    "1 to 32 letters, digits, '-' or '_'",
-                ));
-            }
-            if !names.insert(name.clone()) {
-                return Err(invalid(
-                    format!("{field}.name"),
-                    format!("port `{name}` is defined twice"),
-                ));
-            }
-            let queues = spec.queues.unwrap_or(1);
-            if !(1..=16).contains(&queues) {
-                return Err(invalid(
-                    format!("{field}.queues"),
-                    "must be between 1 and 16",
-                ));
-            }
-            if let Some(mtu) = spec.mtu {
-                if !(68..=9600).contains(&mtu) {
-                    return Err(invalid(
-                        format!("{field}.mtu"),
-                        "must be between 68 and 9600",
-                    ));
-                }
-            }
-            let backend = spec.backend(&field)?;
-            if let Backend::Pcap {
-                tx_file: Some(_), ..
-            } = &backend
-            {
-                if queues > 1 {
-                    return Err(invalid(
-                        format!("{field}.queues"),
-                        "a pcap port writing tx_file has one queue (several would write \
-                         over each other's file)",
-                    ));
-                }
-            }
-            ports.push(PortPlan {
-                name,
-                backend,
-                queues,
-                mtu: spec.mtu,
-            });
+            ports.push(spec.plan(&format!("port[{i}]"), &mut names)?);
         }
         check_unique_resources(&ports)?;
-        let devices: usize = ports.iter().map(|p| p.backend.dpdk_devices()).sum();
-        if devices > dataplane::MAX_DPDK_PORTS {
-            return Err(invalid(
-                "port",
-                format!(
-                    "these ports need {devices} DPDK devices, DPDK holds at most {} \
-                     (RTE_MAX_ETHPORTS); af-packet ports need none",
-                    dataplane::MAX_DPDK_PORTS
-                ),
-            ));
-        }
+        check_dpdk_devices(&ports)?;
+        Ok(ports)
+    }
+
+    /// `(from, to)` pairs, both ways unless one-way; a port sends to one port at most.
+    fn validate_cross_connects(
+        &self,
+        ports: &[PortPlan],
+    ) -> Result<Vec<(usize, usize)>, ConfigError> {
         let index = |field: &str, name: &str| {
             ports
                 .iter()
@@ -545,59 +466,137 @@ impl Config {
                 cross_connects.push((from, to));
             }
         }
-        let port_names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
-        let cross_connected: HashSet<usize> =
-            cross_connects.iter().flat_map(|&(a, b)| [a, b]).collect();
-        let mut switching = switching::validate(
-            &self.switch,
-            &self.hosts,
-            &self.tenants,
-            &self.endpoints,
-            &self.ports,
-            &port_names,
-            &cross_connected,
-        )?;
-        let gateway = gateway::validate(
-            &self.gateway,
-            &self.switch,
-            &self.tenants,
-            &self.routes,
-            &self.published,
-            &mut switching,
-        )?;
-        let pci_allow = ports
-            .iter()
-            .flat_map(|p| p.backend.pci_addresses())
-            .collect();
-        Ok(Validated {
-            eal: EalOptions {
-                main_core,
-                file_prefix: dp.file_prefix.clone(),
-                memory_mb: dp.memory_mb,
-                in_memory: dp.in_memory,
-                single_file_segments: false,
-                pci_allow,
-                log_level: dp.dpdk_log_level.clone(),
-            },
-            workers: dp.workers.clone(),
-            mbufs: dp.mbufs,
-            rx_descriptors: dp.rx_descriptors,
-            tx_descriptors: dp.tx_descriptors,
-            ports,
-            cross_connects,
-            switching,
-            gateway,
-            api_socket: self.control.api_socket.clone(),
-            api_tcp: self.tcp_api()?,
-            files_dir: self.control.files_dir.clone(),
-            etcd: self.etcd_plan()?,
-            state_file: self.control.persist.then(|| {
-                self.control.state_file.clone().unwrap_or_else(|| {
-                    PathBuf::from(format!("/var/lib/tenet/{}.json", dp.file_prefix))
-                })
-            }),
-            source: self.clone(),
+        Ok(cross_connects)
+    }
+
+    /// Where the model persists, `None` when nothing does.
+    fn state_file(&self) -> Option<PathBuf> {
+        self.control.persist.then(|| {
+            self.control.state_file.clone().unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "/var/lib/tenet/{}.json",
+                    self.dataplane.file_prefix
+                ))
+            })
         })
+    }
+}
+
+/// Checks `[dataplane]` and returns the main core.
+fn check_dataplane(dp: &DataplaneConfig) -> Result<usize, ConfigError> {
+    let cpus = online_cpus();
+    check_workers(dp, cpus)?;
+    let main_core = main_core(dp, cpus)?;
+    check_dataplane_sizes(dp)?;
+    Ok(main_core)
+}
+
+fn check_workers(dp: &DataplaneConfig, cpus: usize) -> Result<(), ConfigError> {
+    if dp.workers.is_empty() {
+        return Err(invalid(
+            "dataplane.workers",
+            "at least one worker CPU is needed",
+        ));
+    }
+    if dp.workers.len() > dataplane::MAX_WORKERS {
+        return Err(invalid(
+            "dataplane.workers",
+            format!("at most {} workers are supported", dataplane::MAX_WORKERS),
+        ));
+    }
+    let mut seen_cores = HashSet::new();
+    for (i, &core) in dp.workers.iter().enumerate() {
+        if core >= cpus {
+            return Err(invalid(
+                format!("dataplane.workers[{i}]"),
+                format!("CPU {core} does not exist (this machine has {cpus})"),
+            ));
+        }
+        if !seen_cores.insert(core) {
+            return Err(invalid(
+                format!("dataplane.workers[{i}]"),
+                format!("CPU {core} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The main core given, or the first CPU that runs no worker.
+fn main_core(dp: &DataplaneConfig, cpus: usize) -> Result<usize, ConfigError> {
+    Ok(match dp.main_core {
+        Some(core) if core >= cpus => {
+            return Err(invalid(
+                "dataplane.main_core",
+                format!("CPU {core} does not exist (this machine has {cpus})"),
+            ))
+        }
+        Some(core) => core,
+        None => (0..cpus).find(|c| !dp.workers.contains(c)).unwrap_or(0),
+    })
+}
+
+/// Memory, file prefix, buffers and descriptors.
+fn check_dataplane_sizes(dp: &DataplaneConfig) -> Result<(), ConfigError> {
+    if dp.memory_mb < 64 {
+        return Err(invalid("dataplane.memory_mb", "at least 64 MiB are needed"));
+    }
+    if dp.file_prefix.is_empty()
+        || !dp
+            .file_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            "dataplane.file_prefix",
+            "use letters, digits, '-' and '_' only, at least one",
+        ));
+    }
+    if dp.mbufs < 1024 {
+        return Err(invalid(
+            "dataplane.mbufs",
+            "at least 1024 packet buffers are needed",
+        ));
+    }
+    for (field, value) in [
+        ("dataplane.rx_descriptors", dp.rx_descriptors),
+        ("dataplane.tx_descriptors", dp.tx_descriptors),
+    ] {
+        if !(64..=16384).contains(&value) {
+            return Err(invalid(field, "must be between 64 and 16384"));
+        }
+    }
+    Ok(())
+}
+
+fn check_dpdk_devices(ports: &[PortPlan]) -> Result<(), ConfigError> {
+    let devices: usize = ports.iter().map(|p| p.backend.dpdk_devices()).sum();
+    if devices > dataplane::MAX_DPDK_PORTS {
+        return Err(invalid(
+            "port",
+            format!(
+                "these ports need {devices} DPDK devices, DPDK holds at most {} \
+                 (RTE_MAX_ETHPORTS); af-packet ports need none",
+                dataplane::MAX_DPDK_PORTS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn eal_options(dp: &DataplaneConfig, main_core: usize, ports: &[PortPlan]) -> EalOptions {
+    let pci_allow = ports
+        .iter()
+        .flat_map(|p| p.backend.pci_addresses())
+        .collect();
+    EalOptions {
+        main_core,
+        file_prefix: dp.file_prefix.clone(),
+        memory_mb: dp.memory_mb,
+        in_memory: dp.in_memory,
+        single_file_segments: false,
+        pci_allow,
+        log_level: dp.dpdk_log_level.clone(),
     }
 }
 
@@ -758,8 +757,99 @@ impl PortSpec {
         set
     }
 
+    /// Checks the port at `field` (`port[0]`); `names` holds the names taken so far.
+    fn plan(&self, field: &str, names: &mut HashSet<String>) -> Result<PortPlan, ConfigError> {
+        let name = self.checked_name(field, names)?;
+        let queues = self.queues.unwrap_or(1);
+        if !(1..=16).contains(&queues) {
+            return Err(invalid(
+                format!("{field}.queues"),
+                "must be between 1 and 16",
+            ));
+        }
+        if let Some(mtu) = self.mtu {
+            if !(68..=9600).contains(&mtu) {
+                return Err(invalid(
+                    format!("{field}.mtu"),
+                    "must be between 68 and 9600",
+                ));
+            }
+        }
+        let backend = self.backend(field)?;
+        if let Backend::Pcap {
+            tx_file: Some(_), ..
+        } = &backend
+        {
+            if queues > 1 {
+                return Err(invalid(
+                    format!("{field}.queues"),
+                    "a pcap port writing tx_file has one queue (several would write \
+                     over each other's file)",
+                ));
+            }
+        }
+        Ok(PortPlan {
+            name,
+            backend,
+            queues,
+            mtu: self.mtu,
+        })
+    }
+
+    /// The port's name, well-formed and not in `names` (where it is added).
+    fn checked_name(
+        &self,
+        field: &str,
+        names: &mut HashSet<String>,
+    ) -> Result<String, ConfigError> {
+        let name = match &self.name {
+            None => return Err(invalid(format!("{field}.name"), "every port needs a name")),
+            Some(name) => name.clone(),
+        };
+        if name.is_empty()
+            || name.len() > 32
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                format!("{field}.name"),
+                "1 to 32 letters, digits, '-' or '_'",
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("port `{name}` is defined twice"),
+            ));
+        }
+        Ok(name)
+    }
+
     /// Turns the spec into a backend, refusing options the backend does not take.
     fn backend(&self, field: &str) -> Result<Backend, ConfigError> {
+        self.check_backend_options(field)?;
+        Ok(match self.backend {
+            BackendKind::Null => self.null_backend(field)?,
+            BackendKind::Ring => Backend::Ring,
+            BackendKind::Tap => Backend::Tap {
+                interface: self.interface(field)?,
+            },
+            BackendKind::AfPacket => Backend::AfPacket {
+                interface: self.interface(field)?,
+            },
+            BackendKind::AfXdp => Backend::AfXdp {
+                interface: self.interface(field)?,
+                queue: self.queue.unwrap_or(0),
+            },
+            BackendKind::Pcap => self.pcap_backend(field)?,
+            BackendKind::VhostUser => self.vhost_user_backend(field)?,
+            BackendKind::Vf => self.vf_backend(field)?,
+            BackendKind::Bond => self.bond_backend(field)?,
+        })
+    }
+
+    fn check_backend_options(&self, field: &str) -> Result<(), ConfigError> {
         let allowed: &[&str] = match self.backend {
             BackendKind::Null => &["rx", "packet_size"],
             BackendKind::Ring => &[],
@@ -770,160 +860,165 @@ impl PortSpec {
             BackendKind::Vf => &["pci"],
             BackendKind::Bond => &["mode", "members"],
         };
-        let kind = backend_name(self.backend);
         if let Some(extra) = self.set_fields().into_iter().find(|f| !allowed.contains(f)) {
             return Err(invalid(
                 format!("{field}.{extra}"),
                 format!(
-                    "not an option of backend `{kind}` (it takes: {})",
+                    "not an option of backend `{}` (it takes: {})",
+                    backend_name(self.backend),
                     list_or_none(allowed)
                 ),
             ));
         }
-        let interface = || -> Result<String, ConfigError> {
-            let name = self.interface.clone().ok_or_else(|| {
-                invalid(
-                    format!("{field}.interface"),
-                    format!("backend `{kind}` needs an interface"),
-                )
-            })?;
-            check_interface_name(&format!("{field}.interface"), &name)?;
-            Ok(name)
-        };
-        Ok(match self.backend {
-            BackendKind::Null => Backend::Null {
-                rx: self.rx.unwrap_or(false),
-                packet_size: match self.packet_size {
-                    Some(size) if !(60..=9000).contains(&size) => {
-                        return Err(invalid(
-                            format!("{field}.packet_size"),
-                            "must be between 60 and 9000",
-                        ))
-                    }
-                    other => other,
-                },
+        Ok(())
+    }
+
+    /// The kernel interface a tap, af-packet or af-xdp port needs.
+    fn interface(&self, field: &str) -> Result<String, ConfigError> {
+        let name = self.interface.clone().ok_or_else(|| {
+            invalid(
+                format!("{field}.interface"),
+                format!(
+                    "backend `{}` needs an interface",
+                    backend_name(self.backend)
+                ),
+            )
+        })?;
+        check_interface_name(&format!("{field}.interface"), &name)?;
+        Ok(name)
+    }
+
+    fn null_backend(&self, field: &str) -> Result<Backend, ConfigError> {
+        Ok(Backend::Null {
+            rx: self.rx.unwrap_or(false),
+            packet_size: match self.packet_size {
+                Some(size) if !(60..=9000).contains(&size) => {
+                    return Err(invalid(
+                        format!("{field}.packet_size"),
+                        "must be between 60 and 9000",
+                    ))
+                }
+                other => other,
             },
-            BackendKind::Ring => Backend::Ring,
-            BackendKind::Tap => Backend::Tap {
-                interface: interface()?,
-            },
-            BackendKind::AfPacket => Backend::AfPacket {
-                interface: interface()?,
-            },
-            BackendKind::AfXdp => Backend::AfXdp {
-                interface: interface()?,
-                queue: self.queue.unwrap_or(0),
-            },
-            BackendKind::Pcap => {
-                if self.rx_file.is_none() && self.tx_file.is_none() {
-                    return Err(invalid(
-                        format!("{field}.rx_file"),
-                        "backend `pcap` needs rx_file, tx_file or both",
-                    ));
-                }
-                if self.repeat.is_some() && self.rx_file.is_none() {
-                    return Err(invalid(
-                        format!("{field}.repeat"),
-                        "repeat needs an rx_file",
-                    ));
-                }
-                for (name, path) in [("rx_file", &self.rx_file), ("tx_file", &self.tx_file)] {
-                    if let Some(path) = path {
-                        check_devarg_path(&format!("{field}.{name}"), path)?;
-                    }
-                }
-                if let Some(rx) = &self.rx_file {
-                    if !rx.is_file() {
-                        return Err(invalid(
-                            format!("{field}.rx_file"),
-                            format!("{} is not a readable file", rx.display()),
-                        ));
-                    }
-                }
-                Backend::Pcap {
-                    rx_file: self.rx_file.clone(),
-                    tx_file: self.tx_file.clone(),
-                    repeat: self.repeat.unwrap_or(false),
-                }
-            }
-            BackendKind::VhostUser => {
-                let path = self.path.clone().ok_or_else(|| {
-                    invalid(
-                        format!("{field}.path"),
-                        "backend `vhost-user` needs a socket path",
-                    )
-                })?;
-                check_devarg_path(&format!("{field}.path"), &path)?;
-                if !path.is_absolute() {
-                    return Err(invalid(
-                        format!("{field}.path"),
-                        "use an absolute socket path",
-                    ));
-                }
-                Backend::VhostUser {
-                    path,
-                    client: self.client.unwrap_or(false),
-                }
-            }
-            BackendKind::Vf => {
-                let pci = self.pci.clone().ok_or_else(|| {
-                    invalid(format!("{field}.pci"), "backend `vf` needs a PCI address")
-                })?;
-                if !is_pci_address(&pci) {
-                    return Err(invalid(
-                        format!("{field}.pci"),
-                        format!("`{pci}` is not a PCI address like 0000:3b:02.0"),
-                    ));
-                }
-                Backend::Vf { pci }
-            }
-            BackendKind::Bond => {
-                let mode = match self.mode.as_deref() {
-                    None | Some("active-backup") => BondMode::ActiveBackup,
-                    Some("balance") => BondMode::Balance,
-                    Some(other) => {
-                        return Err(invalid(
-                            format!("{field}.mode"),
-                            format!("`{other}` is not a bond mode (active-backup or balance)"),
-                        ))
-                    }
-                };
-                let specs = self.members.as_deref().unwrap_or(&[]);
-                if specs.len() < 2 {
-                    return Err(invalid(
-                        format!("{field}.members"),
-                        "a bond needs at least two members",
-                    ));
-                }
-                let mut members = Vec::with_capacity(specs.len());
-                for (j, member) in specs.iter().enumerate() {
-                    let mfield = format!("{field}.members[{j}]");
-                    for (present, name) in [
-                        (member.name.is_some(), "name"),
-                        (member.queues.is_some(), "queues"),
-                        (member.mtu.is_some(), "mtu"),
-                        (member.role.is_some(), "role"),
-                        (member.tenant.is_some(), "tenant"),
-                        (member.tenants.is_some(), "tenants"),
-                        (member.allowed_macs.is_some(), "allowed_macs"),
-                        (member.allowed_ips.is_some(), "allowed_ips"),
-                        (member.mac.is_some(), "mac"),
-                    ] {
-                        if present {
-                            return Err(invalid(
-                                format!("{mfield}.{name}"),
-                                "set on the bond, not on its members",
-                            ));
-                        }
-                    }
-                    if member.backend == BackendKind::Bond {
-                        return Err(invalid(format!("{mfield}.backend"), "bonds do not nest"));
-                    }
-                    members.push(member.backend(&mfield)?);
-                }
-                Backend::Bond { mode, members }
-            }
         })
+    }
+
+    fn pcap_backend(&self, field: &str) -> Result<Backend, ConfigError> {
+        if self.rx_file.is_none() && self.tx_file.is_none() {
+            return Err(invalid(
+                format!("{field}.rx_file"),
+                "backend `pcap` needs rx_file, tx_file or both",
+            ));
+        }
+        if self.repeat.is_some() && self.rx_file.is_none() {
+            return Err(invalid(
+                format!("{field}.repeat"),
+                "repeat needs an rx_file",
+            ));
+        }
+        for (name, path) in [("rx_file", &self.rx_file), ("tx_file", &self.tx_file)] {
+            if let Some(path) = path {
+                check_devarg_path(&format!("{field}.{name}"), path)?;
+            }
+        }
+        if let Some(rx) = &self.rx_file {
+            if !rx.is_file() {
+                return Err(invalid(
+                    format!("{field}.rx_file"),
+                    format!("{} is not a readable file", rx.display()),
+                ));
+            }
+        }
+        Ok(Backend::Pcap {
+            rx_file: self.rx_file.clone(),
+            tx_file: self.tx_file.clone(),
+            repeat: self.repeat.unwrap_or(false),
+        })
+    }
+
+    fn vhost_user_backend(&self, field: &str) -> Result<Backend, ConfigError> {
+        let path = self.path.clone().ok_or_else(|| {
+            invalid(
+                format!("{field}.path"),
+                "backend `vhost-user` needs a socket path",
+            )
+        })?;
+        check_devarg_path(&format!("{field}.path"), &path)?;
+        if !path.is_absolute() {
+            return Err(invalid(
+                format!("{field}.path"),
+                "use an absolute socket path",
+            ));
+        }
+        Ok(Backend::VhostUser {
+            path,
+            client: self.client.unwrap_or(false),
+        })
+    }
+
+    fn vf_backend(&self, field: &str) -> Result<Backend, ConfigError> {
+        let pci = self
+            .pci
+            .clone()
+            .ok_or_else(|| invalid(format!("{field}.pci"), "backend `vf` needs a PCI address"))?;
+        if !is_pci_address(&pci) {
+            return Err(invalid(
+                format!("{field}.pci"),
+                format!("`{pci}` is not a PCI address like 0000:3b:02.0"),
+            ));
+        }
+        Ok(Backend::Vf { pci })
+    }
+
+    fn bond_backend(&self, field: &str) -> Result<Backend, ConfigError> {
+        let mode = match self.mode.as_deref() {
+            None | Some("active-backup") => BondMode::ActiveBackup,
+            Some("balance") => BondMode::Balance,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{field}.mode"),
+                    format!("`{other}` is not a bond mode (active-backup or balance)"),
+                ))
+            }
+        };
+        let specs = self.members.as_deref().unwrap_or(&[]);
+        if specs.len() < 2 {
+            return Err(invalid(
+                format!("{field}.members"),
+                "a bond needs at least two members",
+            ));
+        }
+        let mut members = Vec::with_capacity(specs.len());
+        for (j, member) in specs.iter().enumerate() {
+            members.push(member.bond_member(&format!("{field}.members[{j}]"))?);
+        }
+        Ok(Backend::Bond { mode, members })
+    }
+
+    /// A bond member (at `mfield`) is a backend only: the rest is set on the bond.
+    fn bond_member(&self, mfield: &str) -> Result<Backend, ConfigError> {
+        for (present, name) in [
+            (self.name.is_some(), "name"),
+            (self.queues.is_some(), "queues"),
+            (self.mtu.is_some(), "mtu"),
+            (self.role.is_some(), "role"),
+            (self.tenant.is_some(), "tenant"),
+            (self.tenants.is_some(), "tenants"),
+            (self.allowed_macs.is_some(), "allowed_macs"),
+            (self.allowed_ips.is_some(), "allowed_ips"),
+            (self.mac.is_some(), "mac"),
+        ] {
+            if present {
+                return Err(invalid(
+                    format!("{mfield}.{name}"),
+                    "set on the bond, not on its members",
+                ));
+            }
+        }
+        if self.backend == BackendKind::Bond {
+            return Err(invalid(format!("{mfield}.backend"), "bonds do not nest"));
+        }
+        self.backend(mfield)
     }
 }
 

@@ -272,6 +272,37 @@ pub(super) fn validate(
     port_names: &[String],
     cross_connected: &HashSet<usize>,
 ) -> Result<SwitchPlan, ConfigError> {
+    let design = check_switch_section(section)?;
+    let host_plans = validate_hosts(hosts)?;
+    let this_host = find_this_host(section, &host_plans)?;
+    check_egress(design, &host_plans)?;
+    let mut tenant_plans = validate_tenants(section, design, tenants, &host_plans, this_host)?;
+    let roles = validate_roles(ports, cross_connected, &tenant_plans, this_host)?;
+    let places = Places {
+        port_names,
+        roles: &roles,
+        hosts: &host_plans,
+        this_host,
+    };
+    let endpoint_plans = validate_endpoints(endpoints, &places, &mut tenant_plans)?;
+    let underlay_gateway_mac = underlay_gateway_mac(section)?;
+    Ok(SwitchPlan {
+        design,
+        this_host,
+        hosts: host_plans,
+        tenants: tenant_plans,
+        endpoints: endpoint_plans,
+        roles,
+        fdb_aging: Duration::from_secs(u64::from(section.fdb_aging_s)),
+        tunnel_ttl: section.tunnel_ttl,
+        tunnel_dont_fragment: section.tunnel_dont_fragment,
+        underlay_gateway: section.underlay_gateway,
+        underlay_gateway_mac,
+    })
+}
+
+/// The design, tunnel TTL and FDB aging of `[switch]`.
+fn check_switch_section(section: &SwitchSection) -> Result<Design, ConfigError> {
     let design = match section.design.as_str() {
         "dedicated" => Design::Dedicated,
         "shared" => Design::Shared,
@@ -288,7 +319,10 @@ pub(super) fn validate(
     if section.fdb_aging_s < 10 {
         return Err(invalid("switch.fdb_aging_s", "at least 10 seconds"));
     }
+    Ok(design)
+}
 
+fn validate_hosts(hosts: &[HostSpec]) -> Result<Vec<HostPlan>, ConfigError> {
     let mut host_plans = Vec::with_capacity(hosts.len());
     let (mut names, mut ips) = (HashSet::new(), HashSet::new());
     for (i, h) in hosts.iter().enumerate() {
@@ -300,29 +334,7 @@ pub(super) fn validate(
                 format!("host `{}` is defined twice", h.name),
             ));
         }
-        let underlay = if h.underlay_ip.contains('/') {
-            h.underlay_ip.parse::<Ipv4Cidr>().ok()
-        } else {
-            h.underlay_ip
-                .parse()
-                .ok()
-                .map(|ip| Ipv4Cidr { ip, prefix: 32 })
-        };
-        let Some(Ipv4Cidr { ip, prefix }) = underlay.filter(|u| u.prefix >= 1) else {
-            return Err(invalid(
-                format!("{field}.underlay_ip"),
-                format!(
-                    "`{}` is not an IPv4 address (optionally /prefix)",
-                    h.underlay_ip
-                ),
-            ));
-        };
-        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
-            return Err(invalid(
-                format!("{field}.underlay_ip"),
-                "must be a unicast address",
-            ));
-        }
+        let (ip, prefix) = parse_underlay(&field, h)?;
         if !ips.insert(ip) {
             return Err(invalid(
                 format!("{field}.underlay_ip"),
@@ -341,29 +353,76 @@ pub(super) fn validate(
             egress: h.egress,
         });
     }
-    let host_index = |field: &str, name: &str| {
-        host_plans
-            .iter()
-            .position(|h| h.name == name)
-            .ok_or_else(|| invalid(field, format!("no host is named `{name}`")))
+    Ok(host_plans)
+}
+
+/// A host's unicast underlay address and prefix length (32 when not given).
+fn parse_underlay(field: &str, h: &HostSpec) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let underlay = if h.underlay_ip.contains('/') {
+        h.underlay_ip.parse::<Ipv4Cidr>().ok()
+    } else {
+        h.underlay_ip
+            .parse()
+            .ok()
+            .map(|ip| Ipv4Cidr { ip, prefix: 32 })
     };
-    let this_host = match &section.host {
-        Some(name) => Some(host_index("switch.host", name)?),
-        None if !host_plans.is_empty() => {
+    let Some(Ipv4Cidr { ip, prefix }) = underlay.filter(|u| u.prefix >= 1) else {
+        return Err(invalid(
+            format!("{field}.underlay_ip"),
+            format!(
+                "`{}` is not an IPv4 address (optionally /prefix)",
+                h.underlay_ip
+            ),
+        ));
+    };
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(invalid(
+            format!("{field}.underlay_ip"),
+            "must be a unicast address",
+        ));
+    }
+    Ok((ip, prefix))
+}
+
+fn host_index(hosts: &[HostPlan], field: &str, name: &str) -> Result<usize, ConfigError> {
+    hosts
+        .iter()
+        .position(|h| h.name == name)
+        .ok_or_else(|| invalid(field, format!("no host is named `{name}`")))
+}
+
+fn tenant_index(plans: &[TenantPlan], field: &str, name: &str) -> Result<usize, ConfigError> {
+    plans
+        .iter()
+        .position(|t| t.name == name)
+        .ok_or_else(|| invalid(field, format!("no tenant is named `{name}`")))
+}
+
+/// `switch.host` among the hosts; required when there are hosts.
+fn find_this_host(
+    section: &SwitchSection,
+    hosts: &[HostPlan],
+) -> Result<Option<usize>, ConfigError> {
+    Ok(match &section.host {
+        Some(name) => Some(host_index(hosts, "switch.host", name)?),
+        None if !hosts.is_empty() => {
             return Err(invalid(
                 "switch.host",
                 "name this host among the [[host]] entries",
             ))
         }
         None => None,
-    };
-    let egress: Vec<usize> = host_plans
+    })
+}
+
+fn check_egress(design: Design, hosts: &[HostPlan]) -> Result<(), ConfigError> {
+    let egress: Vec<usize> = hosts
         .iter()
         .enumerate()
         .filter(|(_, h)| h.egress)
         .map(|(i, _)| i)
         .collect();
-    if design == Design::Shared && !host_plans.is_empty() && egress.len() != 1 {
+    if design == Design::Shared && !hosts.is_empty() && egress.len() != 1 {
         return Err(invalid(
             "host",
             format!(
@@ -378,45 +437,29 @@ pub(super) fn validate(
             "at most one egress host (the central gateway host)",
         ));
     }
+    Ok(())
+}
 
+/// Names, ids and VLANs taken by the tenants checked so far.
+#[derive(Default)]
+struct TenantKeys {
+    names: HashSet<String>,
+    ids: HashSet<u32>,
+    vlans: HashSet<u16>,
+}
+
+fn validate_tenants(
+    section: &SwitchSection,
+    design: Design,
+    tenants: &[TenantSpec],
+    hosts: &[HostPlan],
+    this_host: Option<usize>,
+) -> Result<Vec<TenantPlan>, ConfigError> {
     let mut tenant_plans: Vec<TenantPlan> = Vec::with_capacity(tenants.len());
-    let (mut tnames, mut ids, mut vlans) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut keys = TenantKeys::default();
     for (i, t) in tenants.iter().enumerate() {
         let field = format!("tenant[{i}]");
-        check_name(&format!("{field}.name"), &t.name)?;
-        if !tnames.insert(t.name.clone()) {
-            return Err(invalid(
-                format!("{field}.name"),
-                format!("tenant `{}` is defined twice", t.name),
-            ));
-        }
-        if !ids.insert(t.id) {
-            return Err(invalid(
-                format!("{field}.id"),
-                format!("id {} is used by another tenant", t.id),
-            ));
-        }
-        match t.vlan {
-            Some(vlan) if !(1..=4094).contains(&vlan) => {
-                return Err(invalid(
-                    format!("{field}.vlan"),
-                    "must be between 1 and 4094",
-                ))
-            }
-            Some(vlan) if !vlans.insert(vlan) => {
-                return Err(invalid(
-                    format!("{field}.vlan"),
-                    format!("VLAN {vlan} is used by another tenant"),
-                ))
-            }
-            None if design == Design::Shared => {
-                return Err(invalid(
-                    format!("{field}.vlan"),
-                    "the shared design needs a VLAN per tenant",
-                ))
-            }
-            _ => {}
-        }
+        check_tenant_keys(&field, t, design, &mut keys)?;
         let max_macs = t.max_macs.unwrap_or(section.max_macs_per_tenant);
         if !(1..=1_000_000).contains(&max_macs) {
             return Err(invalid(
@@ -424,37 +467,93 @@ pub(super) fn validate(
                 "must be between 1 and 1000000",
             ));
         }
-        let mut on = Vec::new();
-        for (j, name) in t.hosts.iter().enumerate() {
-            let h = host_index(&format!("{field}.hosts[{j}]"), name)?;
-            if Some(h) == this_host {
-                return Err(invalid(
-                    format!("{field}.hosts[{j}]"),
-                    "list other hosts, not this one",
-                ));
-            }
-            if !on.contains(&h) {
-                on.push(h);
-            }
-        }
         tenant_plans.push(TenantPlan {
             name: t.name.clone(),
             id: t.id,
             vlan: t.vlan,
             max_macs,
-            hosts: on,
+            hosts: tenant_hosts(&field, t, hosts, this_host)?,
         });
     }
     if tenant_plans.len() >= usize::from(dataplane::table::NO_TENANT) {
         return Err(invalid("tenant", "at most 65534 tenants per host"));
     }
-    let tenant_index = |plans: &[TenantPlan], field: &str, name: &str| {
-        plans
-            .iter()
-            .position(|t| t.name == name)
-            .ok_or_else(|| invalid(field, format!("no tenant is named `{name}`")))
-    };
+    Ok(tenant_plans)
+}
 
+/// The tenant's name, id and VLAN: well-formed and not taken (`keys` takes them).
+fn check_tenant_keys(
+    field: &str,
+    t: &TenantSpec,
+    design: Design,
+    keys: &mut TenantKeys,
+) -> Result<(), ConfigError> {
+    check_name(&format!("{field}.name"), &t.name)?;
+    if !keys.names.insert(t.name.clone()) {
+        return Err(invalid(
+            format!("{field}.name"),
+            format!("tenant `{}` is defined twice", t.name),
+        ));
+    }
+    if !keys.ids.insert(t.id) {
+        return Err(invalid(
+            format!("{field}.id"),
+            format!("id {} is used by another tenant", t.id),
+        ));
+    }
+    match t.vlan {
+        Some(vlan) if !(1..=4094).contains(&vlan) => {
+            return Err(invalid(
+                format!("{field}.vlan"),
+                "must be between 1 and 4094",
+            ))
+        }
+        Some(vlan) if !keys.vlans.insert(vlan) => {
+            return Err(invalid(
+                format!("{field}.vlan"),
+                format!("VLAN {vlan} is used by another tenant"),
+            ))
+        }
+        None if design == Design::Shared => {
+            return Err(invalid(
+                format!("{field}.vlan"),
+                "the shared design needs a VLAN per tenant",
+            ))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The other hosts the tenant lists, by index, each once.
+fn tenant_hosts(
+    field: &str,
+    t: &TenantSpec,
+    hosts: &[HostPlan],
+    this_host: Option<usize>,
+) -> Result<Vec<usize>, ConfigError> {
+    let mut on = Vec::new();
+    for (j, name) in t.hosts.iter().enumerate() {
+        let h = host_index(hosts, &format!("{field}.hosts[{j}]"), name)?;
+        if Some(h) == this_host {
+            return Err(invalid(
+                format!("{field}.hosts[{j}]"),
+                "list other hosts, not this one",
+            ));
+        }
+        if !on.contains(&h) {
+            on.push(h);
+        }
+    }
+    Ok(on)
+}
+
+fn validate_roles(
+    ports: &[PortSpec],
+    cross_connected: &HashSet<usize>,
+    tenants: &[TenantPlan],
+    this_host: Option<usize>,
+) -> Result<Vec<RolePlan>, ConfigError> {
     let mut roles = Vec::with_capacity(ports.len());
     let mut uplinks = 0;
     for (i, spec) in ports.iter().enumerate() {
@@ -473,129 +572,116 @@ pub(super) fn validate(
                     "a cross-connected port takes no role",
                 ));
             }
-            Some(RoleName::Access) => {
-                let name = spec.tenant.as_deref().ok_or_else(|| {
-                    invalid(format!("{field}.tenant"), "an access port needs a tenant")
-                })?;
-                only(&field, spec, &["tenant", "allowed_macs", "allowed_ips"])?;
-                let tenant = tenant_index(&tenant_plans, &format!("{field}.tenant"), name)?;
-                let allowed_macs = spec
-                    .allowed_macs
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(j, m)| parse_unicast_mac(&format!("{field}.allowed_macs[{j}]"), m))
-                    .collect::<Result<_, _>>()?;
-                RolePlan::Access {
-                    tenant,
-                    allowed_macs,
-                    allowed_ips: spec.allowed_ips.clone().unwrap_or_default(),
-                }
-            }
-            Some(RoleName::Trunk) => {
-                only(&field, spec, &["tenants"])?;
-                let names = spec.tenants.as_deref().ok_or_else(|| {
-                    invalid(format!("{field}.tenants"), "a trunk port needs its tenants")
-                })?;
-                let mut carried = Vec::new();
-                for (j, name) in names.iter().enumerate() {
-                    let f = format!("{field}.tenants[{j}]");
-                    let t = tenant_index(&tenant_plans, &f, name)?;
-                    if tenant_plans[t].vlan.is_none() {
-                        return Err(invalid(
-                            f,
-                            format!("tenant `{name}` has no VLAN to carry on a trunk"),
-                        ));
-                    }
-                    carried.push(t);
-                }
-                RolePlan::Trunk(carried)
-            }
+            Some(RoleName::Access) => access_role(&field, spec, tenants)?,
+            Some(RoleName::Trunk) => trunk_role(&field, spec, tenants)?,
             Some(RoleName::Uplink) => {
                 only(&field, spec, &["mac"])?;
                 uplinks += 1;
-                if uplinks > 1 {
-                    return Err(invalid(
-                        format!("{field}.role"),
-                        "a host has one uplink (bond VFs for two)",
-                    ));
-                }
-                if this_host.is_none() {
-                    return Err(invalid(
-                        format!("{field}.role"),
-                        "an uplink needs [[host]] entries and switch.host",
-                    ));
-                }
-                let mac = match &spec.mac {
-                    Some(text) => Some(parse_unicast_mac(&format!("{field}.mac"), text)?),
-                    None => None,
-                };
-                RolePlan::Uplink(mac)
+                uplink_role(&field, spec, uplinks, this_host)?
             }
         };
         roles.push(role);
     }
+    Ok(roles)
+}
 
+fn access_role(
+    field: &str,
+    spec: &PortSpec,
+    tenants: &[TenantPlan],
+) -> Result<RolePlan, ConfigError> {
+    let name = spec
+        .tenant
+        .as_deref()
+        .ok_or_else(|| invalid(format!("{field}.tenant"), "an access port needs a tenant"))?;
+    only(field, spec, &["tenant", "allowed_macs", "allowed_ips"])?;
+    let tenant = tenant_index(tenants, &format!("{field}.tenant"), name)?;
+    let allowed_macs = spec
+        .allowed_macs
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, m)| parse_unicast_mac(&format!("{field}.allowed_macs[{j}]"), m))
+        .collect::<Result<_, _>>()?;
+    Ok(RolePlan::Access {
+        tenant,
+        allowed_macs,
+        allowed_ips: spec.allowed_ips.clone().unwrap_or_default(),
+    })
+}
+
+fn trunk_role(
+    field: &str,
+    spec: &PortSpec,
+    tenants: &[TenantPlan],
+) -> Result<RolePlan, ConfigError> {
+    only(field, spec, &["tenants"])?;
+    let names = spec
+        .tenants
+        .as_deref()
+        .ok_or_else(|| invalid(format!("{field}.tenants"), "a trunk port needs its tenants"))?;
+    let mut carried = Vec::new();
+    for (j, name) in names.iter().enumerate() {
+        let f = format!("{field}.tenants[{j}]");
+        let t = tenant_index(tenants, &f, name)?;
+        if tenants[t].vlan.is_none() {
+            return Err(invalid(
+                f,
+                format!("tenant `{name}` has no VLAN to carry on a trunk"),
+            ));
+        }
+        carried.push(t);
+    }
+    Ok(RolePlan::Trunk(carried))
+}
+
+/// The uplink role of a port, the `uplinks`th uplink seen.
+fn uplink_role(
+    field: &str,
+    spec: &PortSpec,
+    uplinks: usize,
+    this_host: Option<usize>,
+) -> Result<RolePlan, ConfigError> {
+    if uplinks > 1 {
+        return Err(invalid(
+            format!("{field}.role"),
+            "a host has one uplink (bond VFs for two)",
+        ));
+    }
+    if this_host.is_none() {
+        return Err(invalid(
+            format!("{field}.role"),
+            "an uplink needs [[host]] entries and switch.host",
+        ));
+    }
+    let mac = match &spec.mac {
+        Some(text) => Some(parse_unicast_mac(&format!("{field}.mac"), text)?),
+        None => None,
+    };
+    Ok(RolePlan::Uplink(mac))
+}
+
+/// Where endpoints can be: the local ports with their roles, and the hosts.
+struct Places<'a> {
+    port_names: &'a [String],
+    roles: &'a [RolePlan],
+    hosts: &'a [HostPlan],
+    this_host: Option<usize>,
+}
+
+/// The endpoints, one per MAC; a remote endpoint adds its host to its tenant's.
+fn validate_endpoints(
+    endpoints: &[EndpointSpec],
+    places: &Places,
+    tenant_plans: &mut [TenantPlan],
+) -> Result<Vec<EndpointPlan>, ConfigError> {
     let mut endpoint_plans = Vec::with_capacity(endpoints.len());
     let mut seen = HashSet::new();
     for (i, e) in endpoints.iter().enumerate() {
         let field = format!("endpoint[{i}]");
-        let tenant = tenant_index(&tenant_plans, &format!("{field}.tenant"), &e.tenant)?;
-        let macs: Vec<(String, &String)> = match (&e.mac, &e.macs) {
-            (Some(mac), None) => vec![(format!("{field}.mac"), mac)],
-            (None, Some(macs)) if !macs.is_empty() => macs
-                .iter()
-                .enumerate()
-                .map(|(j, m)| (format!("{field}.macs[{j}]"), m))
-                .collect(),
-            _ => {
-                return Err(invalid(
-                    format!("{field}.mac"),
-                    "give mac, or a non-empty macs list",
-                ))
-            }
-        };
-        let at = match (&e.port, &e.host) {
-            (Some(port), None) => {
-                let p = port_names.iter().position(|n| n == port).ok_or_else(|| {
-                    invalid(
-                        format!("{field}.port"),
-                        format!("no port is named `{port}`"),
-                    )
-                })?;
-                let fits = match &roles[p] {
-                    RolePlan::Access { tenant: t, .. } => *t == tenant,
-                    RolePlan::Trunk(carried) => carried.contains(&tenant),
-                    _ => false,
-                };
-                if !fits {
-                    return Err(invalid(
-                        format!("{field}.port"),
-                        format!("port `{port}` does not carry tenant `{}`", e.tenant),
-                    ));
-                }
-                EndpointAt::Port(p)
-            }
-            (None, Some(host)) => {
-                let h = host_index(&format!("{field}.host"), host)?;
-                if Some(h) == this_host {
-                    return Err(invalid(
-                        format!("{field}.host"),
-                        "a local endpoint names its port instead",
-                    ));
-                }
-                if !tenant_plans[tenant].hosts.contains(&h) {
-                    tenant_plans[tenant].hosts.push(h);
-                }
-                EndpointAt::Host(h)
-            }
-            _ => {
-                return Err(invalid(
-                    format!("{field}.port"),
-                    "give either port (local) or host (remote)",
-                ))
-            }
-        };
+        let tenant = tenant_index(tenant_plans, &format!("{field}.tenant"), &e.tenant)?;
+        let macs = endpoint_macs(&field, e)?;
+        let at = locate_endpoint(&field, e, tenant, places, tenant_plans)?;
         if e.ip.is_some() && e.macs.is_some() {
             return Err(invalid(
                 format!("{field}.ip"),
@@ -618,30 +704,98 @@ pub(super) fn validate(
             });
         }
     }
+    Ok(endpoint_plans)
+}
 
-    let underlay_gateway_mac = match (&section.underlay_gateway_mac, section.underlay_gateway) {
-        (Some(_), None) => {
+/// The endpoint's MACs (`mac`, or `macs`), each with its field.
+fn endpoint_macs<'e>(
+    field: &str,
+    e: &'e EndpointSpec,
+) -> Result<Vec<(String, &'e String)>, ConfigError> {
+    Ok(match (&e.mac, &e.macs) {
+        (Some(mac), None) => vec![(format!("{field}.mac"), mac)],
+        (None, Some(macs)) if !macs.is_empty() => macs
+            .iter()
+            .enumerate()
+            .map(|(j, m)| (format!("{field}.macs[{j}]"), m))
+            .collect(),
+        _ => {
             return Err(invalid(
-                "switch.underlay_gateway_mac",
-                "needs switch.underlay_gateway",
+                format!("{field}.mac"),
+                "give mac, or a non-empty macs list",
             ))
         }
-        (Some(text), Some(_)) => Some(parse_unicast_mac("switch.underlay_gateway_mac", text)?),
-        (None, _) => None,
-    };
-    Ok(SwitchPlan {
-        design,
-        this_host,
-        hosts: host_plans,
-        tenants: tenant_plans,
-        endpoints: endpoint_plans,
-        roles,
-        fdb_aging: Duration::from_secs(u64::from(section.fdb_aging_s)),
-        tunnel_ttl: section.tunnel_ttl,
-        tunnel_dont_fragment: section.tunnel_dont_fragment,
-        underlay_gateway: section.underlay_gateway,
-        underlay_gateway_mac,
     })
+}
+
+/// Behind a local port that carries the tenant, or on another host.
+fn locate_endpoint(
+    field: &str,
+    e: &EndpointSpec,
+    tenant: usize,
+    places: &Places,
+    tenant_plans: &mut [TenantPlan],
+) -> Result<EndpointAt, ConfigError> {
+    Ok(match (&e.port, &e.host) {
+        (Some(port), None) => {
+            let p = places
+                .port_names
+                .iter()
+                .position(|n| n == port)
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{field}.port"),
+                        format!("no port is named `{port}`"),
+                    )
+                })?;
+            let fits = match &places.roles[p] {
+                RolePlan::Access { tenant: t, .. } => *t == tenant,
+                RolePlan::Trunk(carried) => carried.contains(&tenant),
+                _ => false,
+            };
+            if !fits {
+                return Err(invalid(
+                    format!("{field}.port"),
+                    format!("port `{port}` does not carry tenant `{}`", e.tenant),
+                ));
+            }
+            EndpointAt::Port(p)
+        }
+        (None, Some(host)) => {
+            let h = host_index(places.hosts, &format!("{field}.host"), host)?;
+            if Some(h) == places.this_host {
+                return Err(invalid(
+                    format!("{field}.host"),
+                    "a local endpoint names its port instead",
+                ));
+            }
+            if !tenant_plans[tenant].hosts.contains(&h) {
+                tenant_plans[tenant].hosts.push(h);
+            }
+            EndpointAt::Host(h)
+        }
+        _ => {
+            return Err(invalid(
+                format!("{field}.port"),
+                "give either port (local) or host (remote)",
+            ))
+        }
+    })
+}
+
+fn underlay_gateway_mac(section: &SwitchSection) -> Result<Option<Mac>, ConfigError> {
+    Ok(
+        match (&section.underlay_gateway_mac, section.underlay_gateway) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "switch.underlay_gateway_mac",
+                    "needs switch.underlay_gateway",
+                ))
+            }
+            (Some(text), Some(_)) => Some(parse_unicast_mac("switch.underlay_gateway_mac", text)?),
+            (None, _) => None,
+        },
+    )
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
