@@ -11,8 +11,9 @@ use dataplane::packet::frame::BufFrame;
 use dataplane::packet::Mac;
 use dataplane::pipeline::events::{EventQueue, Learner};
 use dataplane::pipeline::fdb_cache::FdbCache;
+use dataplane::pipeline::handle;
 use dataplane::pipeline::router::RouterState;
-use dataplane::pipeline::switch::{handle, Context, NoTrace, Sink};
+use dataplane::pipeline::stage::{Context, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::routing::{Interface, RouteTarget, Router};
 use dataplane::table::{Design, FlowTables, Location};
@@ -156,6 +157,7 @@ fn path(c: &mut Criterion, name: &str, in_port: u16, template: Vec<u8>) {
                 cache: &mut cache,
                 router: &mut router,
                 tracer: NoTrace,
+                fast_path: true,
             };
             handle(&tables, in_port, frame, &mut sink, &mut cx);
         })
@@ -257,6 +259,7 @@ fn snat_new_connections(c: &mut Criterion) {
                 cache: &mut cache,
                 router: &mut router,
                 tracer: NoTrace,
+                fast_path: true,
             };
             handle(&tables, ACCESS_IN, frame, &mut sink, &mut cx);
         })

@@ -9,7 +9,12 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane::packet::checksum;
+use dataplane::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
+use dataplane::packet::gre::{GrePacket, GreRepr};
+use dataplane::packet::ipv4::{self, IpProtocol, Ipv4Packet, Ipv4Repr};
+use dataplane::packet::tcp::{self, TcpPacket, TcpRepr};
+use dataplane::packet::udp::{self, UdpPacket, UdpRepr};
+use dataplane::packet::vlan::{self, VlanRepr, VlanTag};
 
 /// Source MAC of every plain frame.
 pub const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0x0a, 0];
@@ -193,98 +198,163 @@ pub fn build(spec: &Spec) -> Result<Vec<Template>, String> {
 
 fn flow(spec: &Spec, i: usize, len: usize) -> Result<Template, String> {
     match spec.kind {
-        Kind::Plain => Ok(l2(i, len, dst_mac(i, spec.macs), SRC_MAC, None, UDP)),
-        Kind::Tcp => Ok(l2(i, len, dst_mac(i, spec.macs), SRC_MAC, None, TCP)),
+        Kind::Plain => Ok(l2(
+            i,
+            len,
+            dst_mac(i, spec.macs),
+            SRC_MAC,
+            None,
+            IpProtocol::Udp,
+        )),
+        Kind::Tcp => Ok(l2(
+            i,
+            len,
+            dst_mac(i, spec.macs),
+            SRC_MAC,
+            None,
+            IpProtocol::Tcp,
+        )),
         Kind::Vlan => Ok(l2(
             i,
             len,
             dst_mac(i, spec.macs),
             SRC_MAC,
             Some(VLAN_ID),
-            UDP,
+            IpProtocol::Udp,
         )),
         Kind::Tenants => {
             let tenant = i % spec.tenants;
             let index = (i / spec.tenants) % spec.macs.max(1);
             let dst = tenant_mac(tenant, index);
             let vlan = Some(tenant_vlan(tenant));
-            Ok(l2(i, len, dst, tenant_src_mac(tenant), vlan, UDP))
+            Ok(l2(
+                i,
+                len,
+                dst,
+                tenant_src_mac(tenant),
+                vlan,
+                IpProtocol::Udp,
+            ))
         }
         Kind::Gre => {
-            let inner = l2(i, len, dst_mac(i, spec.macs), SRC_MAC, None, UDP);
+            let inner = l2(
+                i,
+                len,
+                dst_mac(i, spec.macs),
+                SRC_MAC,
+                None,
+                IpProtocol::Udp,
+            );
             Ok(gre(inner))
         }
     }
 }
 
-const UDP: u8 = 17;
-const TCP: u8 = 6;
-
 /// Ethernet (optionally tagged) / IPv4 / UDP or TCP of `len` bytes (no FCS).
-fn l2(i: usize, len: usize, dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, proto: u8) -> Template {
-    let mut f = Vec::with_capacity(len);
-    f.extend(dst);
-    f.extend(src);
-    if let Some(vid) = vlan {
-        f.extend(0x8100u16.to_be_bytes());
-        f.extend((vid & 0x0fff).to_be_bytes());
-    }
-    f.extend(0x0800u16.to_be_bytes());
-    let ip_at = f.len();
-    let l4_len = if proto == TCP { 20 } else { 8 };
+fn l2(
+    i: usize,
+    len: usize,
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlan: Option<u16>,
+    proto: IpProtocol,
+) -> Template {
+    let ip_at = ethernet::HEADER_LEN + vlan.map_or(0, |_| vlan::HEADER_LEN);
+    let l4_at = ip_at + ipv4::MIN_HEADER_LEN;
+    let l4_len = match proto {
+        IpProtocol::Tcp => tcp::MIN_HEADER_LEN,
+        _ => udp::HEADER_LEN,
+    };
     // The shortest frame still holds its headers; larger sizes pad the payload.
-    let total = len.max(ip_at + 20 + l4_len);
-    let payload = total - ip_at - 20 - l4_len;
+    let total = len.max(l4_at + l4_len);
+    let payload = total - l4_at - l4_len;
+    let mut f = vec![0u8; total];
+    EthernetRepr {
+        src_addr: src,
+        dst_addr: dst,
+        ethertype: if vlan.is_some() {
+            EtherType::Vlan
+        } else {
+            EtherType::Ipv4
+        },
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+    if let Some(vid) = vlan {
+        VlanRepr {
+            vid,
+            pcp: 0,
+            dei: false,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut VlanTag::new_unchecked(&mut f[ethernet::HEADER_LEN..]));
+    }
     let src_ip = Ipv4Addr::from(0x0a00_0001u32.wrapping_add(i as u32));
     let dst_ip = Ipv4Addr::new(10, 1, (i % 256) as u8, ((i / 256) % 254 + 1) as u8);
-    f.extend(ipv4_header(
-        src_ip,
-        dst_ip,
-        proto,
-        (20 + l4_len + payload) as u16,
-    ));
-    let l4_at = f.len();
+    ipv4_header(src_ip, dst_ip, proto, l4_len + payload)
+        .emit(&mut Ipv4Packet::new_unchecked(&mut f[ip_at..]));
     let sport = (1024 + i % 60000) as u16;
-    if proto == TCP {
-        f.extend(sport.to_be_bytes());
-        f.extend(80u16.to_be_bytes());
-        f.extend(1u32.to_be_bytes()); // sequence
-        f.extend(1u32.to_be_bytes()); // acknowledgement
-        f.extend([0x50, 0x10]); // 20-byte header, ACK
-        f.extend(64240u16.to_be_bytes());
-        f.extend([0, 0, 0, 0]); // checksum, urgent pointer
-    } else {
-        f.extend(sport.to_be_bytes());
-        f.extend(9u16.to_be_bytes());
-        f.extend(((8 + payload) as u16).to_be_bytes());
-        f.extend([0, 0]);
-    }
-    f.resize(total, 0);
-    let sum_at = l4_at + if proto == TCP { 16 } else { 6 };
-    let pseudo = checksum::pseudo_header_v4(src_ip, dst_ip, proto, (total - l4_at) as u16);
-    let mut sum = !checksum::fold(pseudo + checksum::sum(&f[l4_at..]));
-    if proto == UDP && sum == 0 {
-        sum = 0xffff;
-    }
-    f[sum_at..sum_at + 2].copy_from_slice(&sum.to_be_bytes());
+    let l4 = &mut f[l4_at..];
+    let sum_at = match proto {
+        IpProtocol::Tcp => {
+            let mut segment = TcpPacket::new_unchecked(l4);
+            TcpRepr {
+                src_port: sport,
+                dst_port: 80,
+                seq_number: 1,
+                ack_number: 1,
+                flags: tcp::FLAG_ACK,
+                window_len: 64240,
+                urgent_at: 0,
+            }
+            .emit(&mut segment);
+            segment.fill_checksum(src_ip, dst_ip);
+            tcp::CHECKSUM_AT
+        }
+        _ => {
+            let mut datagram = UdpPacket::new_unchecked(l4);
+            UdpRepr {
+                src_port: sport,
+                dst_port: 9,
+                payload_len: payload,
+            }
+            .emit(&mut datagram);
+            datagram.fill_checksum(src_ip, dst_ip);
+            udp::CHECKSUM_AT
+        }
+    };
     Template {
         probe: payload >= PROBE_ROOM,
-        l4_checksum: Some(sum_at),
+        l4_checksum: Some(l4_at + sum_at),
         bytes: f,
     }
 }
 
 /// A plain frame as GRE from the remote host to us (outer headers of 42 bytes).
 fn gre(inner: Template) -> Template {
-    let mut f = Vec::with_capacity(inner.bytes.len() + 42);
-    f.extend(GRE_LOCAL_MAC);
-    f.extend(GRE_REMOTE_MAC);
-    f.extend(0x0800u16.to_be_bytes());
-    let total = (20 + 8 + inner.bytes.len()) as u16;
-    f.extend(ipv4_header(GRE_REMOTE_IP, GRE_LOCAL_IP, 47, total));
-    f.extend([0x20, 0x00, 0x65, 0x58]);
-    f.extend(GRE_KEY.to_be_bytes());
-    let outer = f.len();
+    let gre = GreRepr {
+        protocol: EtherType::TransparentEthernetBridging,
+        checksum: false,
+        key: Some(GRE_KEY),
+        seq: None,
+    };
+    let ip_at = ethernet::HEADER_LEN;
+    let gre_at = ip_at + ipv4::MIN_HEADER_LEN;
+    let outer = gre_at + gre.buffer_len();
+    let mut f = vec![0u8; outer];
+    EthernetRepr {
+        src_addr: GRE_REMOTE_MAC,
+        dst_addr: GRE_LOCAL_MAC,
+        ethertype: EtherType::Ipv4,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+    ipv4_header(
+        GRE_REMOTE_IP,
+        GRE_LOCAL_IP,
+        IpProtocol::Gre,
+        gre.buffer_len() + inner.bytes.len(),
+    )
+    .emit(&mut Ipv4Packet::new_unchecked(&mut f[ip_at..]));
+    gre.emit(&mut GrePacket::new_unchecked(&mut f[gre_at..]));
     f.extend(&inner.bytes);
     Template {
         bytes: f,
@@ -293,19 +363,18 @@ fn gre(inner: Template) -> Template {
     }
 }
 
-/// An option-less IPv4 header, don't-fragment, TTL 64, checksum filled.
-fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, total: u16) -> [u8; 20] {
-    let mut h = [0u8; 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[6] = 0x40;
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    let sum = checksum::checksum(&h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    h
+/// An option-less IPv4 header, don't-fragment, TTL 64, as the shared harness writes it.
+fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: IpProtocol, payload_len: usize) -> Ipv4Repr {
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol,
+        payload_len,
+        ttl: 64,
+        dscp_ecn: 0,
+        ident: 0,
+        dont_frag: true,
+    }
 }
 
 #[cfg(test)]

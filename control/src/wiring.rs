@@ -383,7 +383,7 @@ pub struct Wiring {
 /// queue may belong to any core. A handed-off frame runs again as received on the
 /// uplink, whichever port that is when it arrives (it may come and go).
 fn connect_workers(plans: &mut [WorkerPlan]) -> anyhow::Result<()> {
-    let uplink = dataplane::pipeline::switch::HANDOFF_PORT;
+    let uplink = dataplane::pipeline::stage::HANDOFF_PORT;
     for from in 0..plans.len() {
         for to in 0..plans.len() {
             if from == to {
@@ -492,7 +492,7 @@ pub fn wire(
     if let Some(first) = plans.first_mut() {
         first
             .reprocess
-            .push((dataplane::pipeline::switch::UNDERLAY_PORT, consumer));
+            .push((dataplane::pipeline::stage::UNDERLAY_PORT, consumer));
     }
     connect_workers(&mut plans)?;
     let (router_injector, consumer) =
@@ -500,7 +500,7 @@ pub fn wire(
     if let Some(first) = plans.first_mut() {
         first
             .reprocess
-            .push((dataplane::pipeline::switch::CONTROL_PORT, consumer));
+            .push((dataplane::pipeline::stage::CONTROL_PORT, consumer));
     }
     Ok(Wiring {
         plans,

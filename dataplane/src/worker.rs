@@ -31,7 +31,7 @@ pub struct WorkerPlan {
     pub capture: Option<RingProducer>,
     /// Rings whose packets run through the pipeline as if received on `port` (frames
     /// the control plane sends as a tenant's router come in on
-    /// [`crate::pipeline::switch::CONTROL_PORT`]).
+    /// [`crate::pipeline::stage::CONTROL_PORT`]).
     pub reprocess: Vec<(u16, RingConsumer)>,
     /// Rings to the other workers (`(worker index, producer)`) for frames whose state
     /// they hold; each arrives there on a `reprocess` ring.

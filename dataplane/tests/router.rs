@@ -212,6 +212,27 @@ fn arp_for_the_gateway_is_answered_in_place() {
     assert_eq!(out[0].0, PORT_C2);
 }
 
+/// A trace shows the way a real packet takes: once the route is cached, a routed frame
+/// takes the router's fast path, traced or not, and leaves the same way.
+#[test]
+fn a_trace_follows_the_fast_path_real_frames_take() {
+    let t = tables(&Options::default());
+    let mut core = Offline::worker(0, 1);
+    let sent = tcp((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 64, true);
+    let (first, notes) = core.trace(&t, PORT_C1, &sent);
+    assert!(
+        notes.iter().all(|n| !n.contains("fast path")),
+        "nothing cached yet: {notes:?}"
+    );
+    let (second, notes) = core.trace(&t, PORT_C1, &sent);
+    assert!(
+        notes.iter().any(|n| n.contains("fast path")),
+        "cached: {notes:?}"
+    );
+    assert_eq!(first.sent, second.sent);
+    assert_eq!(second.sent[0].0, PORT_C2);
+}
+
 #[test]
 fn routes_between_subnets_of_a_tenant() {
     let t = tables(&Options::default());
@@ -635,10 +656,10 @@ proptest! {
     ) {
         let t = tables(&Options::default());
         let mut fast = Offline::worker(0, 1);
-        let mut whole = Offline::worker(0, 1);
+        let mut whole = Offline::worker(0, 1).without_fast_path();
         for frame in &frames {
             let a = fast.run(&t, PORT_C1, frame);
-            let b = whole.trace(&t, PORT_C1, frame).0;
+            let b = whole.run(&t, PORT_C1, frame);
             prop_assert_eq!(a.sent, b.sent, "frame {:02x?}", frame);
             prop_assert_eq!(a.parked, b.parked);
         }

@@ -71,6 +71,41 @@ impl From<EtherType> for u16 {
     }
 }
 
+impl EtherType {
+    /// IPv4's ethertype as it stands in a frame, for the pipeline's fast checks of the
+    /// raw bytes.
+    pub const IPV4_BYTES: [u8; 2] = [0x08, 0x00];
+    /// ARP's, likewise.
+    pub const ARP_BYTES: [u8; 2] = [0x08, 0x06];
+}
+
+/// Both MACs of `frame` as integers (in their low 48 bits: destination, source),
+/// from two overlapping 8-byte loads; `None` when the frame is shorter than an
+/// Ethernet header. The pipeline compares and hashes MACs this way.
+#[inline(always)]
+pub fn macs_u64(frame: &[u8]) -> Option<(u64, u64)> {
+    let (Some(head), Some(mid)) = (frame.get(..8), frame.get(4..12)) else {
+        return None;
+    };
+    if frame.len() < HEADER_LEN {
+        return None;
+    }
+    let head = u64::from_be_bytes(head.try_into().unwrap_or([0; 8]));
+    let mid = u64::from_be_bytes(mid.try_into().unwrap_or([0; 8]));
+    Some((head >> 16, mid & 0xffff_ffff_ffff))
+}
+
+/// Readdresses `frame` in place: a routed frame's next hop and the MAC it leaves as.
+#[inline(always)]
+pub fn set_addresses(frame: &mut [u8], dst: Mac, src: Mac) {
+    let mut eth = EthernetFrame::new_unchecked(frame);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
+}
+
+/// Where a frame's ethertype stands (for fast checks of its raw bytes).
+pub const ETHERTYPE_AT: core::ops::Range<usize> = field::ETHERTYPE;
+
 mod field {
     use core::ops::{Range, RangeFrom};
 

@@ -31,7 +31,7 @@ pub const RESERVED_MASK: u16 = 0x4ff8;
 /// Version bits.
 pub const VERSION_MASK: u16 = 0x0007;
 
-mod field {
+pub(crate) mod field {
     use core::ops::Range;
 
     pub const FLAGS: Range<usize> = 0..2;

@@ -29,6 +29,17 @@ pub enum IpProtocol {
     Unknown(u8),
 }
 
+impl IpProtocol {
+    /// ICMP's protocol number, to match a raw protocol byte against.
+    pub const ICMP: u8 = 1;
+    /// TCP's protocol number.
+    pub const TCP: u8 = 6;
+    /// UDP's protocol number.
+    pub const UDP: u8 = 17;
+    /// GRE's protocol number.
+    pub const GRE: u8 = 47;
+}
+
 impl From<u8> for IpProtocol {
     fn from(value: u8) -> Self {
         match value {
@@ -53,7 +64,7 @@ impl From<IpProtocol> for u8 {
     }
 }
 
-mod field {
+pub(crate) mod field {
     use core::ops::Range;
 
     pub const VER_IHL: usize = 0;
@@ -182,6 +193,26 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     #[inline]
     pub fn frag_offset(&self) -> u16 {
         (read_u16(self.buffer.as_ref(), field::FLG_OFF.start) & OFFSET_MASK) << 3
+    }
+
+    /// Whether this is a datagram's fragment (more fragments follow, or an offset):
+    /// one test of the flags and offset together.
+    #[inline]
+    pub fn is_fragment(&self) -> bool {
+        read_u16(self.buffer.as_ref(), field::FLG_OFF.start) & (FLAG_MF | OFFSET_MASK) != 0
+    }
+
+    /// Whether this is version 4 with the 20-byte header of no options (the common
+    /// case, checked with one compare).
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        self.buffer.as_ref()[field::VER_IHL] == 0x45
+    }
+
+    /// The protocol's raw number (see [`IpProtocol`]'s constants).
+    #[inline]
+    pub fn protocol_number(&self) -> u8 {
+        self.buffer.as_ref()[field::PROTOCOL]
     }
 
     /// Time to live.

@@ -36,6 +36,9 @@ pub const FLAG_NS: u16 = 0x100;
 
 const FLAGS_MASK: u16 = 0x01ff;
 
+/// Where the checksum stands in the header, for patching it in place.
+pub const CHECKSUM_AT: usize = field::CHECKSUM.start;
+
 mod field {
     use core::ops::Range;
 

@@ -14,6 +14,9 @@ use super::{read_u16, write_u16, Error, Result};
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
 
+/// Where the checksum stands in the header, for patching it in place.
+pub const CHECKSUM_AT: usize = field::CHECKSUM.start;
+
 mod field {
     use core::ops::Range;
 

@@ -6,6 +6,7 @@
 //! (12 bits). Ids 0 and 4095 are reserved; usable ids are [`VID_MIN`]..=[`VID_MAX`].
 
 use super::ethernet::EtherType;
+use super::frame::Frame;
 use super::{Error, Result};
 
 /// Length of a VLAN tag (after the outer ethertype).
@@ -16,6 +17,9 @@ pub const VID_MIN: u16 = 1;
 
 /// Highest usable VLAN id.
 pub const VID_MAX: u16 = 4094;
+
+/// The 802.1Q tag protocol identifier (the ethertype before a tag).
+pub const TPID: u16 = 0x8100;
 
 const VID_MASK: u16 = 0x0fff;
 const DEI_BIT: u16 = 0x1000;
@@ -189,6 +193,37 @@ impl VlanRepr {
         tag.set_tci(tci);
         tag.set_ethertype(self.ethertype);
     }
+}
+
+/// The destination and source MACs a tag goes behind.
+const MACS_LEN: usize = 12;
+
+/// Inserts an 802.1Q tag (PCP 0) for `vid` after the MACs of `frame`; false when the
+/// frame has no headroom for it.
+#[inline(always)]
+pub fn push_tag<F: Frame>(frame: &mut F, vid: u16) -> bool {
+    if !frame.prepend(HEADER_LEN) {
+        return false;
+    }
+    let data = frame.data_mut();
+    // A fixed-size copy through a register-sized temporary inlines; copy_within of 12
+    // bytes is a memmove call.
+    let mut macs = [0u8; MACS_LEN];
+    macs.copy_from_slice(&data[HEADER_LEN..HEADER_LEN + MACS_LEN]);
+    data[..MACS_LEN].copy_from_slice(&macs);
+    data[MACS_LEN..MACS_LEN + 2].copy_from_slice(&TPID.to_be_bytes());
+    data[MACS_LEN + 2..MACS_LEN + 4].copy_from_slice(&(vid & VID_MASK).to_be_bytes());
+    true
+}
+
+/// Removes the 802.1Q tag after the MACs of `frame` (the caller checked it is there).
+#[inline(always)]
+pub fn pop_tag<F: Frame>(frame: &mut F) {
+    let data = frame.data_mut();
+    let mut macs = [0u8; MACS_LEN];
+    macs.copy_from_slice(&data[..MACS_LEN]);
+    data[HEADER_LEN..HEADER_LEN + MACS_LEN].copy_from_slice(&macs);
+    frame.adjust(HEADER_LEN);
 }
 
 #[cfg(test)]

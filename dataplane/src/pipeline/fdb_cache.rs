@@ -7,6 +7,8 @@
 use std::net::Ipv4Addr;
 
 use crate::counters::DropReason;
+use crate::packet::ethernet::{self, EtherType};
+use crate::packet::ipv4::{self, Ipv4Packet};
 use crate::packet::Mac;
 use crate::table::{FdbEntry, FlowTables, Location, TenantIdx, TunnelIdx};
 
@@ -139,8 +141,13 @@ impl FdbCache {
     /// for a lookup one frame later (harmless if the frame is not routed).
     #[inline(always)]
     pub fn prefetch_route(&self, tenant: TenantIdx, frame: &[u8]) {
-        if let (Some([0x08, 0x00]), Some(dst)) = (frame.get(12..14), frame.get(30..34)) {
-            let ip = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+        let ethertype = frame.get(ethernet::ETHERTYPE_AT);
+        let header = frame.get(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN);
+        if let (Some(ethertype), Some(header)) = (ethertype, header) {
+            if ethertype != EtherType::IPV4_BYTES {
+                return;
+            }
+            let ip = Ipv4Packet::new_unchecked(header).dst_addr();
             let key = crate::table::routing::neighbor_key(tenant, ip);
             crate::dpdk::prefetch(&self.routes[route_slot(key)]);
         }

@@ -2,7 +2,7 @@
 //! RX burst and places each in the [`Outputs`] of the port it must leave on (or drops it,
 //! naming the reason); the worker flushes the outputs once per burst.
 
-/// Records a decision when the context traces (see [`switch::Trace`]); compiles to
+/// Records a decision when the context traces (see [`stage::Trace`]); compiles to
 /// nothing in the dataplane, whose tracer's `ON` is false.
 macro_rules! note {
     ($cx:expr, $($arg:tt)*) => {
@@ -12,14 +12,19 @@ macro_rules! note {
     };
 }
 
+mod classify;
 pub mod events;
 pub mod fdb_cache;
 pub mod nat;
 pub mod offline;
+mod output;
 mod outputs;
 pub mod router;
-pub mod switch;
+pub mod stage;
+mod switch;
 mod xconnect;
+
+pub use classify::{handle, handle_burst};
 
 pub use outputs::Outputs;
 pub use xconnect::CrossConnect;
@@ -35,7 +40,7 @@ use crate::table::{FlowTables, PortRole};
 use events::{EventQueue, Learner};
 use fdb_cache::{FdbCache, Unresolved};
 use router::RouterState;
-use switch::{Context, Sink};
+use stage::{Context, Sink};
 
 /// The per-burst packet decision. Runs on one worker; must not allocate, lock, log or
 /// make system calls.
@@ -201,9 +206,10 @@ impl<F: Frame> Core<F> {
             learner: &mut self.learner,
             cache: &mut self.cache,
             router: &mut self.router,
-            tracer: switch::NoTrace,
+            tracer: stage::NoTrace,
+            fast_path: true,
         };
-        switch::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
+        classify::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
     }
 
     /// What a core does when no packet came: moves to new tables (so it frees the old
@@ -278,7 +284,8 @@ impl<F: Frame> Core<F> {
             learner: &mut self.learner,
             cache: &mut self.cache,
             router: &mut self.router,
-            tracer: switch::NoTrace,
+            tracer: stage::NoTrace,
+            fast_path: true,
         };
         for _ in 0..self.held.len() {
             let Some((pending, since, frame)) = self.held.pop_front() else {
@@ -360,7 +367,7 @@ impl Pipeline for SwitchPipeline {
             .begin(now, &mut TxSink { outputs, counters }, counters);
         let tables = self.core.tables();
         let in_port = match (in_port, tables.uplink) {
-            (switch::HANDOFF_PORT, Some(up)) => up.port,
+            (stage::HANDOFF_PORT, Some(up)) => up.port,
             (port, _) => port,
         };
         outputs.set_capture_mask(&tables.capture);

@@ -18,16 +18,10 @@
 use std::net::Ipv4Addr;
 
 use crate::counters::DropReason;
+use crate::packet::ipv4::IpProtocol;
 use crate::table::key_index::KeyIndex;
 use crate::table::routing::NatSettings;
 use crate::table::TenantIdx;
-
-/// IP protocol numbers SNAT translates.
-pub const ICMP: u8 = 1;
-/// TCP.
-pub const TCP: u8 = 6;
-/// UDP.
-pub const UDP: u8 = 17;
 
 /// One direction of a connection as a packet shows it. For ICMP echo the identifier
 /// is the inside "port" (`src_port` outbound, `dst_port` inbound) and the other port 0.
@@ -198,7 +192,7 @@ impl NatTable {
             }
             self.release(i);
         }
-        if flow.protocol == TCP && tcp_flags & (SYN | ACK | RST) != SYN {
+        if flow.protocol == IpProtocol::TCP && tcp_flags & (SYN | ACK | RST) != SYN {
             return Err(DropReason::NatNoSession);
         }
         if self.per_tenant[usize::from(tenant)] >= max_per_tenant {
@@ -379,7 +373,7 @@ fn slice_len(settings: &NatSettings, workers: u16) -> u16 {
 
 #[inline(always)]
 fn tcp_state(protocol: u8, flags: u16, fin_bit: u8) -> u8 {
-    if protocol != TCP {
+    if protocol != IpProtocol::TCP {
         return 0;
     }
     let mut state = 0;
@@ -395,11 +389,15 @@ fn tcp_state(protocol: u8, flags: u16, fin_bit: u8) -> u8 {
 #[inline(always)]
 fn expired(s: &Activity, settings: &NatSettings, now: u32) -> bool {
     let timeout = match s.protocol {
-        TCP if s.state & RESET != 0 => settings.tcp_transitory_s,
-        TCP if s.state & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN => settings.tcp_transitory_s,
-        TCP if s.state & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN => settings.tcp_established_s,
-        TCP => settings.tcp_transitory_s,
-        UDP => settings.udp_s,
+        IpProtocol::TCP if s.state & RESET != 0 => settings.tcp_transitory_s,
+        IpProtocol::TCP if s.state & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN => {
+            settings.tcp_transitory_s
+        }
+        IpProtocol::TCP if s.state & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN => {
+            settings.tcp_established_s
+        }
+        IpProtocol::TCP => settings.tcp_transitory_s,
+        IpProtocol::UDP => settings.udp_s,
         _ => settings.icmp_s,
     };
     now.wrapping_sub(s.last_seen) > timeout
@@ -456,17 +454,23 @@ mod tests {
         let s = NatSettings::default();
         let mut t = NatTable::new(16, 0, 1);
         let p = t
-            .outbound(&s, 3, 10, SNAT, &flow(TCP, 40000), SYN, 0)
+            .outbound(&s, 3, 10, SNAT, &flow(IpProtocol::TCP, 40000), SYN, 0)
             .unwrap();
         assert_eq!(p, 40000, "the container's own port when free");
         assert_eq!(
-            t.outbound(&s, 3, 10, SNAT, &flow(TCP, 40000), ACK, 1),
+            t.outbound(&s, 3, 10, SNAT, &flow(IpProtocol::TCP, 40000), ACK, 1),
             Ok(p)
         );
-        let inside = t.inbound(&s, &back(TCP, p), SYN | ACK, 1).unwrap();
+        let inside = t
+            .inbound(&s, &back(IpProtocol::TCP, p), SYN | ACK, 1)
+            .unwrap();
         assert_eq!(inside.tenant, 3);
         assert_eq!(inside.port, 40000);
-        assert_eq!(t.inbound(&s, &back(UDP, p), 0, 1), None, "other protocol");
+        assert_eq!(
+            t.inbound(&s, &back(IpProtocol::UDP, p), 0, 1),
+            None,
+            "other protocol"
+        );
         assert_eq!(t.len(), 1);
     }
 
@@ -475,22 +479,31 @@ mod tests {
         let s = NatSettings::default();
         let other = Ipv4Addr::new(198, 18, 0, 2);
         let mut t = NatTable::new(16, 0, 1);
-        let gone = t.outbound(&s, 1, 10, SNAT, &flow(UDP, 1000), 0, 0).unwrap();
-        let moved = t
-            .outbound(&s, 2, 10, other, &flow(UDP, 1000), 0, 0)
+        let gone = t
+            .outbound(&s, 1, 10, SNAT, &flow(IpProtocol::UDP, 1000), 0, 0)
             .unwrap();
-        let stays = t.outbound(&s, 3, 10, SNAT, &flow(UDP, 1000), 0, 0).unwrap();
+        let moved = t
+            .outbound(&s, 2, 10, other, &flow(IpProtocol::UDP, 1000), 0, 0)
+            .unwrap();
+        let stays = t
+            .outbound(&s, 3, 10, SNAT, &flow(IpProtocol::UDP, 1000), 0, 0)
+            .unwrap();
         t.retain(|tenant, ip| (tenant == 3 || tenant == 2) && ip == SNAT);
         assert_eq!(t.len(), 1);
         assert_eq!(t.tenant_sessions(1), 0);
         assert_eq!(t.tenant_sessions(2), 0, "its SNAT address changed");
-        assert!(t.inbound(&s, &back(UDP, gone), 0, 1).is_none());
+        assert!(t.inbound(&s, &back(IpProtocol::UDP, gone), 0, 1).is_none());
         let back_other = Flow {
             dst: other,
-            ..back(UDP, moved)
+            ..back(IpProtocol::UDP, moved)
         };
         assert!(t.inbound(&s, &back_other, 0, 1).is_none());
-        assert_eq!(t.inbound(&s, &back(UDP, stays), 0, 1).unwrap().tenant, 3);
+        assert_eq!(
+            t.inbound(&s, &back(IpProtocol::UDP, stays), 0, 1)
+                .unwrap()
+                .tenant,
+            3
+        );
     }
 
     #[test]
@@ -498,7 +511,7 @@ mod tests {
         let s = NatSettings::default();
         let mut t = NatTable::new(16, 0, 1);
         assert_eq!(
-            t.outbound(&s, 0, 10, SNAT, &flow(TCP, 40000), ACK, 0),
+            t.outbound(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 40000), ACK, 0),
             Err(DropReason::NatNoSession)
         );
         assert!(t.is_empty());
@@ -516,18 +529,18 @@ mod tests {
         let mut ports = Vec::new();
         for i in 0..4 {
             ports.push(
-                t.outbound(&s, 0, 100, SNAT, &flow(UDP, 5000 + i), 0, 0)
+                t.outbound(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 5000 + i), 0, 0)
                     .unwrap(),
             );
         }
         ports.sort_unstable();
         assert_eq!(ports, [2000, 2001, 2002, 2003]);
         assert_eq!(
-            t.outbound(&s, 0, 100, SNAT, &flow(UDP, 6000), 0, 1),
+            t.outbound(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 6000), 0, 1),
             Err(DropReason::NatPortsExhausted)
         );
         assert!(t
-            .outbound(&s, 0, 100, SNAT, &flow(UDP, 6000), 0, 10)
+            .outbound(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 6000), 0, 10)
             .is_ok());
     }
 
@@ -535,15 +548,21 @@ mod tests {
     fn tenant_cap_and_table_size_hold() {
         let s = NatSettings::default();
         let mut t = NatTable::new(3, 0, 1);
-        assert!(t.outbound(&s, 0, 2, SNAT, &flow(UDP, 1), 0, 0).is_ok());
-        assert!(t.outbound(&s, 0, 2, SNAT, &flow(UDP, 2), 0, 0).is_ok());
+        assert!(t
+            .outbound(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 1), 0, 0)
+            .is_ok());
+        assert!(t
+            .outbound(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 2), 0, 0)
+            .is_ok());
         assert_eq!(
-            t.outbound(&s, 0, 2, SNAT, &flow(UDP, 3), 0, 0),
+            t.outbound(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 3), 0, 0),
             Err(DropReason::NatTenantCap)
         );
-        assert!(t.outbound(&s, 1, 2, SNAT, &flow(UDP, 3), 0, 0).is_ok());
+        assert!(t
+            .outbound(&s, 1, 2, SNAT, &flow(IpProtocol::UDP, 3), 0, 0)
+            .is_ok());
         assert_eq!(
-            t.outbound(&s, 2, 2, SNAT, &flow(UDP, 4), 0, 0),
+            t.outbound(&s, 2, 2, SNAT, &flow(IpProtocol::UDP, 4), 0, 0),
             Err(DropReason::NatTableFull)
         );
     }
@@ -558,7 +577,7 @@ mod tests {
         for w in 0..4 {
             let mut t = NatTable::new(8, w, 4);
             let p = t
-                .outbound(&s, 0, 10, SNAT, &flow(UDP, 40000), 0, 0)
+                .outbound(&s, 0, 10, SNAT, &flow(IpProtocol::UDP, 40000), 0, 0)
                 .unwrap();
             assert_eq!(NatTable::owner(&s, 4, p), Some(w));
         }
@@ -574,16 +593,24 @@ mod tests {
             ..NatSettings::default()
         };
         let mut t = NatTable::new(8, 0, 1);
-        let p = t.outbound(&s, 0, 10, SNAT, &flow(TCP, 1), SYN, 0).unwrap();
-        t.inbound(&s, &back(TCP, p), SYN | ACK, 0).unwrap();
+        let p = t
+            .outbound(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 1), SYN, 0)
+            .unwrap();
+        t.inbound(&s, &back(IpProtocol::TCP, p), SYN | ACK, 0)
+            .unwrap();
         assert!(
-            t.inbound(&s, &back(TCP, p), ACK, 50).is_some(),
+            t.inbound(&s, &back(IpProtocol::TCP, p), ACK, 50).is_some(),
             "established"
         );
-        t.outbound(&s, 0, 10, SNAT, &flow(TCP, 1), FIN | ACK, 50)
+        t.outbound(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 1), FIN | ACK, 50)
             .unwrap();
-        t.inbound(&s, &back(TCP, p), FIN | ACK, 50).unwrap();
-        assert_eq!(t.inbound(&s, &back(TCP, p), ACK, 61), None, "closed");
+        t.inbound(&s, &back(IpProtocol::TCP, p), FIN | ACK, 50)
+            .unwrap();
+        assert_eq!(
+            t.inbound(&s, &back(IpProtocol::TCP, p), ACK, 61),
+            None,
+            "closed"
+        );
         t.sweep(&s, 61, 8);
         assert!(t.is_empty());
     }

@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
+use super::classify::handle;
 use super::events::{Event, EventQueue, Learner};
 use super::fdb_cache::{FdbCache, Unresolved};
 use super::router::RouterState;
-use super::switch::{handle, Context, NoTrace, Sink, Trace};
+use super::stage::{Context, NoTrace, Sink, Trace};
 use crate::counters::{CoreCounters, CoreStats, DropReason};
 use crate::packet::frame::{BufFrame, Frame};
 use crate::table::FlowTables;
@@ -64,6 +65,7 @@ pub struct Offline {
     learner: Learner,
     cache: FdbCache,
     router: RouterState,
+    fast_path: bool,
 }
 
 impl Default for Offline {
@@ -88,7 +90,15 @@ impl Offline {
             queue,
             cache: FdbCache::default(),
             router,
+            fast_path: true,
         }
+    }
+
+    /// The same core, never taking the router's fast path (to check that path against
+    /// the whole pipeline).
+    pub fn without_fast_path(mut self) -> Self {
+        self.fast_path = false;
+        self
     }
 
     /// The context a stage runs with, untraced (for calling a stage directly).
@@ -103,6 +113,7 @@ impl Offline {
             cache: &mut self.cache,
             router: &mut self.router,
             tracer,
+            fast_path: self.fast_path,
         }
     }
 

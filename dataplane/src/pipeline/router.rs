@@ -11,33 +11,26 @@ use std::net::Ipv4Addr;
 use crate::counters::DropReason;
 use crate::packet::arp::{ArpOperation, ArpPacket};
 use crate::packet::checksum;
-use crate::packet::ethernet::{self, EthernetFrame};
+use crate::packet::ethernet::{self, EtherType, EthernetFrame};
 use crate::packet::frame::Frame;
-use crate::packet::ipv4::Ipv4Packet;
-use crate::packet::{read_u16, read_u32, write_u16, write_u32, Mac};
+use crate::packet::icmp::{self, Icmpv4Message, Icmpv4Packet};
+use crate::packet::ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
+use crate::packet::tcp::{self, TcpPacket};
+use crate::packet::udp::UdpPacket;
+use crate::packet::Mac;
 use crate::table::routing::{
     longest_match, neighbor_key, published_inside_key, published_key, RouteTarget, Router,
 };
 use crate::table::{FlowTables, Location, TenantIdx};
 
 use super::fdb_cache::{FdbCache, Hop, Out, Unresolved};
-use super::nat::{Flow, Inside, NatTable, ICMP, TCP, UDP};
-use super::switch::{
-    flood_from_router, output, resolve_in, tenant_id, to_ingress, Context, Ingress, Sink, Trace,
-};
+use super::nat::{Flow, Inside, NatTable};
+use super::output::{flood_from_router, output, resolve_in, to_ingress};
+use super::stage::{tenant_id, Context, Ingress, Sink, Trace};
 
-const ETH_LEN: usize = 14;
-const IP_CHECKSUM: usize = ETH_LEN + 10;
-const IP_SRC: usize = ETH_LEN + 12;
-const IP_DST: usize = ETH_LEN + 16;
-const IP_TTL: usize = ETH_LEN + 8;
+const ETH_LEN: usize = ethernet::HEADER_LEN;
 /// TTL of the packets the router itself originates.
 const OWN_TTL: u8 = 64;
-
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_UNREACHABLE: u8 = 3;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_TIME_EXCEEDED: u8 = 11;
 
 /// ICMP errors one core sends per second at most (RFC 1812 4.3.2.8 asks for a limit).
 pub const ICMP_ERRORS_PER_SECOND: u32 = 100;
@@ -162,12 +155,12 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
-    let (dst, ttl) = match frame.data().get(12..14) {
-        Some([0x08, 0x00]) => match valid_ipv4(frame.data()) {
+    let (dst, ttl) = match frame.data().get(ethernet::ETHERTYPE_AT) {
+        Some(t) if t == EtherType::IPV4_BYTES => match valid_ipv4(frame.data()) {
             Some(header) => header,
             None => return cx.drop(DropReason::Ipv4Invalid),
         },
-        Some([0x08, 0x06]) => {
+        Some(t) if t == EtherType::ARP_BYTES => {
             let Some(router) = tables.router(tenant) else {
                 return cx.drop(DropReason::NoOutput);
             };
@@ -203,8 +196,7 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
     {
         let data = frame.data_mut();
         decrement_ttl(data);
-        data[0..6].copy_from_slice(&mac);
-        data[6..12].copy_from_slice(&src);
+        ethernet::set_addresses(data, mac, src);
         return output(tables, to, Ingress::Router, out, frame, sink, cx);
     }
     let Some(router) = tables.router(tenant) else {
@@ -216,7 +208,7 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
             tenant,
             router,
             frame,
-            (ICMP_TIME_EXCEEDED, 0),
+            (Icmpv4Message::TimeExceeded, 0),
             DropReason::TtlExceeded,
             sink,
             cx,
@@ -231,7 +223,7 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
             tenant,
             router,
             frame,
-            (ICMP_UNREACHABLE, 0),
+            (Icmpv4Message::DstUnreachable, 0),
             DropReason::NoRoute,
             sink,
             cx,
@@ -265,10 +257,11 @@ pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
     let Some(head) = data.get(..ETH_LEN) else {
         return Some(frame);
     };
-    let dst = u64::from(read_u32(head, 0)) << 16 | u64::from(read_u16(head, 4));
-    let src = u64::from(read_u16(head, 6)) << 32 | u64::from(read_u32(head, 8));
+    let Some((dst, src)) = ethernet::macs_u64(data) else {
+        return Some(frame);
+    };
     if dst != router_mac
-        || head[12..14] != [0x08, 0x00]
+        || head[ethernet::ETHERTYPE_AT] != EtherType::IPV4_BYTES
         || !cx.cache.same_source(
             u64::from(tenant) << 48 | src,
             Location::Port(in_port),
@@ -287,13 +280,16 @@ pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
             out: Out::Port(port),
             ..
         }) => {
+            note!(cx, "fast path: route {ip} cached, to port {port}");
             let data = frame.data_mut();
             decrement_ttl(data);
-            data[0..6].copy_from_slice(&mac);
-            data[6..12].copy_from_slice(&src);
+            ethernet::set_addresses(data, mac, src);
             sink.send(port, frame);
         }
-        Some(Hop::External) => external(tables, tenant, router, frame, sink, cx),
+        Some(Hop::External) => {
+            note!(cx, "fast path: route {ip} cached, outside");
+            external(tables, tenant, router, frame, sink, cx)
+        }
         _ => return Some(frame),
     }
     None
@@ -305,13 +301,13 @@ pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
 #[inline(always)]
 fn valid_ipv4(data: &[u8]) -> Option<(Ipv4Addr, u8)> {
     let header: &[u8; 20] = data.get(ETH_LEN..ETH_LEN + 20)?.try_into().ok()?;
-    if header[0] == 0x45 {
-        let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let plain = Ipv4Packet::new_unchecked(header);
+    if plain.is_plain() {
+        let total = usize::from(plain.total_len());
         if total < 20 || total > data.len() - ETH_LEN || !checksum::ipv4_header_ok(header) {
             return None;
         }
-        let dst = Ipv4Addr::new(header[16], header[17], header[18], header[19]);
-        return Some((dst, header[8]));
+        return Some((plain.dst_addr(), plain.ttl()));
     }
     let ip = Ipv4Packet::new_checked(&data[ETH_LEN..]).ok()?;
     ip.verify_checksum().then(|| (ip.dst_addr(), ip.ttl()))
@@ -366,8 +362,7 @@ fn deliver<F: Frame, S: Sink<F>, T: Trace>(
         return cx.drop(DropReason::NoOutput);
     };
     let data = frame.data_mut();
-    data[0..6].copy_from_slice(&mac);
-    data[6..12].copy_from_slice(&router.mac);
+    ethernet::set_addresses(data, mac, router.mac);
     output(tables, tenant, Ingress::Router, out, frame, sink, cx);
 }
 
@@ -415,28 +410,29 @@ fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
     cx: &mut Context<'_, T>,
 ) {
     let data = frame.data_mut();
-    let ihl = usize::from(data[ETH_LEN] & 0x0f) * 4;
-    let l4 = ETH_LEN + ihl;
-    let is_echo = data[ETH_LEN + 9] == ICMP
-        && data.len() >= l4 + 8
-        && data[l4] == ICMP_ECHO_REQUEST
-        && read_u16(data, ETH_LEN + 6) & 0x3fff == 0;
+    let requester = EthernetFrame::new_unchecked(&*data).src_addr();
+    let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]);
+    let ihl = ip.header_len();
+    let is_echo = ip.protocol_number() == IpProtocol::ICMP
+        && !ip.is_fragment()
+        && ip.payload_mut().len() >= icmp::HEADER_LEN
+        && Icmpv4Packet::new_unchecked(ip.payload_mut()).msg_type() == Icmpv4Message::EchoRequest;
     if !is_echo {
         return cx.drop(DropReason::NotRoutable);
     }
-    let (src, dst) = (read_u32(data, IP_SRC), read_u32(data, IP_DST));
-    write_u32(data, IP_SRC, dst);
-    write_u32(data, IP_DST, src);
-    data[IP_TTL] = OWN_TTL;
-    Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]).fill_checksum();
-    data[l4] = ICMP_ECHO_REPLY;
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    ip.set_src_addr(dst);
+    ip.set_dst_addr(src);
+    ip.set_ttl(OWN_TTL);
+    ip.fill_checksum();
+    let mut echo = Icmpv4Packet::new_unchecked(&mut ip.into_inner()[ihl..]);
+    echo.set_msg_type(Icmpv4Message::EchoReply);
     let sum = checksum::update_u16(
-        read_u16(data, l4 + 2),
-        u16::from(ICMP_ECHO_REQUEST) << 8,
-        u16::from(ICMP_ECHO_REPLY) << 8,
+        echo.checksum(),
+        u16::from(u8::from(Icmpv4Message::EchoRequest)) << 8,
+        u16::from(u8::from(Icmpv4Message::EchoReply)) << 8,
     );
-    write_u16(data, l4 + 2, sum);
-    let requester: Mac = data[6..12].try_into().unwrap_or([0; 6]);
+    echo.set_checksum(sum);
     note!(cx, "echo request to the gateway: answered");
     let out = resolve_in(tables, tenant, &requester);
     deliver(tables, tenant, requester, out, frame, sink, cx);
@@ -446,10 +442,10 @@ fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
 /// route cache already sends out of the uplink (harmless for any other frame).
 #[inline(always)]
 pub(super) fn prefetch_external(cache: &FdbCache, nat: &NatTable, tenant: TenantIdx, data: &[u8]) {
-    let Some(dst) = data.get(IP_DST..IP_DST + 4) else {
+    let Some(header) = data.get(ETH_LEN..ETH_LEN + 20) else {
         return;
     };
-    let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+    let dst = Ipv4Packet::new_unchecked(header).dst_addr();
     if cache.peek_route(neighbor_key(tenant, dst)) != Some(Hop::External) {
         return;
     }
@@ -475,7 +471,7 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
             tenant,
             router,
             frame,
-            (ICMP_UNREACHABLE, 0),
+            (Icmpv4Message::DstUnreachable, 0),
             DropReason::NoRoute,
             sink,
             cx,
@@ -523,8 +519,7 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
     let data = frame.data_mut();
     rewrite(data, ihl, flow.protocol, Side::Source, ip, port);
     decrement_ttl(data);
-    data[0..6].copy_from_slice(&hop_mac);
-    data[6..12].copy_from_slice(&up.mac);
+    ethernet::set_addresses(data, hop_mac, up.mac);
     note!(
         cx,
         "SNAT {}:{} -> {ip}:{port}, out of the uplink",
@@ -556,7 +551,7 @@ pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
     let Some((flow, flags, ihl)) = l4_flow(frame.data(), Direction::In) else {
         return cx.drop(DropReason::NatUnsupported);
     };
-    if frame.data()[IP_TTL] <= 1 {
+    if Ipv4Packet::new_unchecked(&frame.data()[ETH_LEN..]).ttl() <= 1 {
         return cx.drop(DropReason::TtlExceeded);
     }
     let now = cx.learner.now;
@@ -633,10 +628,10 @@ pub(super) fn from_control<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
-    let Some(src) = frame.data().get(6..12) else {
+    let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
         return cx.drop(DropReason::Malformed);
     };
-    let src: Mac = src.try_into().unwrap_or([0; 6]);
+    let src = eth.src_addr();
     let Some(&tenant) = tables.router_tenant.get(&crate::table::fdb_key(0, &src)) else {
         return cx.drop(DropReason::NoOutput);
     };
@@ -655,22 +650,28 @@ enum Direction {
 /// frame), so the fields are read at fixed offsets.
 #[inline(always)]
 fn l4_flow(data: &[u8], direction: Direction) -> Option<(Flow, u16, usize)> {
-    let ip = data.get(ETH_LEN..ETH_LEN + 20)?;
-    // The more-fragments flag or an offset: not a whole datagram.
-    if read_u16(ip, 6) & 0x3fff != 0 {
+    let ip = Ipv4Packet::new_unchecked(data.get(ETH_LEN..ETH_LEN + 20)?);
+    if ip.is_fragment() {
         return None;
     }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let l4 = data.get(ETH_LEN + ihl..ETH_LEN + usize::from(read_u16(ip, 2)))?;
-    let protocol = ip[9];
+    let ihl = ip.header_len();
+    let l4 = data.get(ETH_LEN + ihl..ETH_LEN + usize::from(ip.total_len()))?;
+    let protocol = ip.protocol_number();
     let (src_port, dst_port, flags) = match protocol {
-        TCP if l4.len() >= 20 => (read_u16(l4, 0), read_u16(l4, 2), read_u16(l4, 12) & 0x1ff),
-        UDP if l4.len() >= 8 => (read_u16(l4, 0), read_u16(l4, 2), 0),
-        ICMP if l4.len() >= 8 => {
-            let id = read_u16(l4, 4);
-            match (direction, l4[0]) {
-                (Direction::Out, ICMP_ECHO_REQUEST) => (id, 0, 0),
-                (Direction::In, ICMP_ECHO_REPLY) => (0, id, 0),
+        IpProtocol::TCP if l4.len() >= tcp::MIN_HEADER_LEN => {
+            let segment = TcpPacket::new_unchecked(l4);
+            (segment.src_port(), segment.dst_port(), segment.flags())
+        }
+        IpProtocol::UDP if l4.len() >= 8 => {
+            let datagram = UdpPacket::new_unchecked(l4);
+            (datagram.src_port(), datagram.dst_port(), 0)
+        }
+        IpProtocol::ICMP if l4.len() >= icmp::HEADER_LEN => {
+            let message = Icmpv4Packet::new_unchecked(l4);
+            let id = message.echo_ident();
+            match (direction, message.msg_type()) {
+                (Direction::Out, Icmpv4Message::EchoRequest) => (id, 0, 0),
+                (Direction::In, Icmpv4Message::EchoReply) => (0, id, 0),
                 _ => return None,
             }
         }
@@ -679,9 +680,9 @@ fn l4_flow(data: &[u8], direction: Direction) -> Option<(Flow, u16, usize)> {
     Some((
         Flow {
             protocol,
-            src: Ipv4Addr::from(read_u32(ip, 12)),
+            src: ip.src_addr(),
             src_port,
-            dst: Ipv4Addr::from(read_u32(ip, 16)),
+            dst: ip.dst_addr(),
             dst_port,
         },
         flags,
@@ -699,40 +700,56 @@ enum Side {
 /// and L4 checksums incrementally.
 #[inline(always)]
 fn rewrite(data: &mut [u8], ihl: usize, protocol: u8, side: Side, ip: Ipv4Addr, port: u16) {
-    let ip_at = if side == Side::Source { IP_SRC } else { IP_DST };
-    let old_ip = read_u32(data, ip_at);
+    let mut header = Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]);
+    let old_ip = u32::from(match side {
+        Side::Source => header.src_addr(),
+        Side::Destination => header.dst_addr(),
+    });
     let new_ip = u32::from(ip);
-    write_u32(data, ip_at, new_ip);
-    let sum = checksum::update_u32(read_u16(data, IP_CHECKSUM), old_ip, new_ip);
-    write_u16(data, IP_CHECKSUM, sum);
-    let l4 = ETH_LEN + ihl;
-    let port_at = match (protocol, side) {
-        (ICMP, _) => l4 + 4,
-        (_, Side::Source) => l4,
-        (_, Side::Destination) => l4 + 2,
-    };
-    let old_port = read_u16(data, port_at);
-    write_u16(data, port_at, port);
+    match side {
+        Side::Source => header.set_src_addr(ip),
+        Side::Destination => header.set_dst_addr(ip),
+    }
+    header.set_checksum(checksum::update_u32(header.checksum(), old_ip, new_ip));
+    let l4 = &mut data[ETH_LEN + ihl..];
     match protocol {
-        TCP => {
-            let at = l4 + 16;
-            let sum = checksum::update_u32(read_u16(data, at), old_ip, new_ip);
-            write_u16(data, at, checksum::update_u16(sum, old_port, port));
+        IpProtocol::TCP => {
+            let mut segment = TcpPacket::new_unchecked(l4);
+            let old_port = match side {
+                Side::Source => segment.src_port(),
+                Side::Destination => segment.dst_port(),
+            };
+            match side {
+                Side::Source => segment.set_src_port(port),
+                Side::Destination => segment.set_dst_port(port),
+            }
+            let sum = checksum::update_u32(segment.checksum(), old_ip, new_ip);
+            segment.set_checksum(checksum::update_u16(sum, old_port, port));
         }
-        UDP => {
-            let at = l4 + 6;
-            let old = read_u16(data, at);
+        IpProtocol::UDP => {
+            let mut datagram = UdpPacket::new_unchecked(l4);
+            let old_port = match side {
+                Side::Source => datagram.src_port(),
+                Side::Destination => datagram.dst_port(),
+            };
+            match side {
+                Side::Source => datagram.set_src_port(port),
+                Side::Destination => datagram.set_dst_port(port),
+            }
+            let old = datagram.checksum();
             // Zero means "no checksum" in UDP over IPv4; a computed zero is sent as ones.
             if old != 0 {
                 let sum = checksum::update_u32(old, old_ip, new_ip);
                 let sum = checksum::update_u16(sum, old_port, port);
-                write_u16(data, at, if sum == 0 { 0xffff } else { sum });
+                datagram.set_checksum(if sum == 0 { 0xffff } else { sum });
             }
         }
+        // ICMP echo: the identifier stands for the port; no pseudo-header.
         _ => {
-            let at = l4 + 2;
-            let sum = checksum::update_u16(read_u16(data, at), old_port, port);
-            write_u16(data, at, sum);
+            let mut message = Icmpv4Packet::new_unchecked(l4);
+            let old_port = message.echo_ident();
+            message.set_echo_ident(port);
+            message.set_checksum(checksum::update_u16(message.checksum(), old_port, port));
         }
     }
 }
@@ -740,15 +757,7 @@ fn rewrite(data: &mut [u8], ihl: usize, protocol: u8, side: Side, ip: Ipv4Addr, 
 /// Lowers the TTL by one with an incremental checksum (the caller checked it is > 1).
 #[inline(always)]
 fn decrement_ttl(data: &mut [u8]) {
-    let ttl = data[IP_TTL];
-    let protocol = data[IP_TTL + 1];
-    data[IP_TTL] = ttl.wrapping_sub(1);
-    let sum = checksum::update_u16(
-        read_u16(data, IP_CHECKSUM),
-        u16::from_be_bytes([ttl, protocol]),
-        u16::from_be_bytes([ttl.wrapping_sub(1), protocol]),
-    );
-    write_u16(data, IP_CHECKSUM, sum);
+    Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]).decrement_ttl();
 }
 
 /// Turns a packet the router cannot forward into the ICMP error about it, in place:
@@ -762,7 +771,7 @@ fn icmp_error<F: Frame, S: Sink<F>, T: Trace>(
     tenant: TenantIdx,
     router: &Router,
     mut frame: F,
-    (icmp_type, code): (u8, u8),
+    (icmp_type, code): (Icmpv4Message, u8),
     reason: DropReason,
     sink: &mut S,
     cx: &mut Context<'_, T>,
@@ -770,30 +779,29 @@ fn icmp_error<F: Frame, S: Sink<F>, T: Trace>(
     cx.drop(reason);
     let (src_mac, src_ip, keep) = {
         let data = frame.data();
-        let ihl = usize::from(data[ETH_LEN] & 0x0f) * 4;
-        let src_ip = Ipv4Addr::from(read_u32(data, IP_SRC));
-        let protocol = data[ETH_LEN + 9];
-        let first_fragment = read_u16(data, ETH_LEN + 6) & 0x1fff == 0;
-        let about_error = protocol == ICMP
+        let ip = Ipv4Packet::new_unchecked(&data[ETH_LEN..]);
+        let ihl = ip.header_len();
+        let src_ip = ip.src_addr();
+        let about_error = ip.protocol_number() == IpProtocol::ICMP
             && !matches!(
-                data.get(ETH_LEN + ihl),
-                Some(&ICMP_ECHO_REQUEST) | Some(&ICMP_ECHO_REPLY)
+                data.get(ETH_LEN + ihl).map(|&t| Icmpv4Message::from(t)),
+                Some(Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply)
             );
         if about_error
-            || !first_fragment
+            || ip.frag_offset() != 0
             || src_ip.is_broadcast()
             || src_ip.is_multicast()
             || src_ip.is_unspecified()
         {
             return;
         }
-        let src_mac: Mac = data[6..12].try_into().unwrap_or([0; 6]);
+        let src_mac = EthernetFrame::new_unchecked(data).src_addr();
         (src_mac, src_ip, (data.len() - ETH_LEN).min(ihl + 8))
     };
     if !cx.router.icmp_allowed(cx.learner.now) {
         return;
     }
-    const NEW: usize = 20 + 8;
+    const NEW: usize = 20 + icmp::HEADER_LEN;
     if !frame.prepend(NEW) || !frame.truncate(ETH_LEN + NEW + keep) {
         return;
     }
@@ -801,26 +809,24 @@ fn icmp_error<F: Frame, S: Sink<F>, T: Trace>(
         .interface_for(src_ip)
         .map_or(Ipv4Addr::UNSPECIFIED, |i| i.ip);
     let data = frame.data_mut();
-    data[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut data[ETH_LEN..ETH_LEN + 20];
-    ip.fill(0);
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((NEW + keep) as u16).to_be_bytes());
-    ip[8] = OWN_TTL;
-    ip[9] = ICMP;
-    ip[12..16].copy_from_slice(&from.octets());
-    ip[16..20].copy_from_slice(&src_ip.octets());
-    Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]).fill_checksum();
-    let icmp = &mut data[ETH_LEN + 20..];
-    icmp[..8].fill(0);
-    icmp[0] = icmp_type;
-    icmp[1] = code;
-    let sum = checksum::checksum(icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    note!(
-        cx,
-        "ICMP type {icmp_type} code {code} sent back to {src_ip}"
-    );
+    EthernetFrame::new_unchecked(&mut *data).set_ethertype(ethernet::EtherType::Ipv4);
+    Ipv4Repr {
+        src_addr: from,
+        dst_addr: src_ip,
+        protocol: IpProtocol::Icmp,
+        payload_len: icmp::HEADER_LEN + keep,
+        ttl: OWN_TTL,
+        dscp_ecn: 0,
+        ident: 0,
+        dont_frag: false,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]));
+    let mut message = Icmpv4Packet::new_unchecked(&mut data[ETH_LEN + 20..]);
+    message.set_msg_type(icmp_type);
+    message.set_msg_code(code);
+    message.set_rest_of_header(0);
+    message.fill_checksum();
+    note!(cx, "ICMP {icmp_type:?} code {code} sent back to {src_ip}");
     let out = resolve_in(tables, tenant, &src_mac);
     deliver(tables, tenant, src_mac, out, frame, sink, cx);
 }
@@ -840,58 +846,55 @@ fn tcp_reset<F: Frame, S: Sink<F>, T: Trace>(
         return;
     }
     let data = frame.data();
+    let ip = Ipv4Packet::new_unchecked(&data[ETH_LEN..]);
     // Only option-less headers: the reset is built in the original's place.
-    let ihl = usize::from(data[ETH_LEN] & 0x0f) * 4;
+    let ihl = ip.header_len();
     let l4 = ETH_LEN + ihl;
-    if ihl != 20 || data.len() < l4 + 20 {
+    if ihl != 20 || data.len() < l4 + tcp::MIN_HEADER_LEN {
         return;
     }
-    let flags = read_u16(data, l4 + 12);
-    if flags & crate::packet::tcp::FLAG_RST != 0 {
+    let segment = TcpPacket::new_unchecked(&data[l4..]);
+    let flags = segment.flags();
+    if flags & tcp::FLAG_RST != 0 {
         return;
     }
-    let total = usize::from(read_u16(data, ETH_LEN + 2));
-    let tcp_len = total.saturating_sub(ihl);
-    let header_len = usize::from(data[l4 + 12] >> 4) * 4;
-    let payload = tcp_len.saturating_sub(header_len) as u32;
-    let syn_fin = u32::from(flags & 0x3 != 0);
-    let (seq, ack) = (read_u32(data, l4 + 4), read_u32(data, l4 + 8));
-    let requester: Mac = data[6..12].try_into().unwrap_or([0; 6]);
-    if !frame.truncate(l4 + 20) {
+    let tcp_len = usize::from(ip.total_len()).saturating_sub(ihl);
+    let payload = tcp_len.saturating_sub(segment.header_len()) as u32;
+    let syn_fin = u32::from(flags & (tcp::FLAG_SYN | tcp::FLAG_FIN) != 0);
+    let (seq, ack) = (segment.seq_number(), segment.ack_number());
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let (sport, dport) = (segment.src_port(), segment.dst_port());
+    let requester = EthernetFrame::new_unchecked(data).src_addr();
+    if !frame.truncate(l4 + tcp::MIN_HEADER_LEN) {
         return;
     }
     let data = frame.data_mut();
-    let (src, dst) = (read_u32(data, IP_SRC), read_u32(data, IP_DST));
-    write_u32(data, IP_SRC, dst);
-    write_u32(data, IP_DST, src);
-    write_u16(data, ETH_LEN + 2, 40);
-    data[IP_TTL] = OWN_TTL;
-    Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]).fill_checksum();
-    let (sport, dport) = (read_u16(data, l4), read_u16(data, l4 + 2));
-    write_u16(data, l4, dport);
-    write_u16(data, l4 + 2, sport);
-    let ack_flag = flags & crate::packet::tcp::FLAG_ACK != 0;
+    let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]);
+    ip.set_src_addr(dst);
+    ip.set_dst_addr(src);
+    ip.set_total_len(40);
+    ip.set_ttl(OWN_TTL);
+    ip.fill_checksum();
+    let mut reset = TcpPacket::new_unchecked(&mut data[l4..]);
+    reset.set_src_port(dport);
+    reset.set_dst_port(sport);
     // RFC 793 reset generation: seq from the segment's ACK if it had one.
-    let (rst_seq, rst_ack, rst_flags) = if ack_flag {
-        (ack, 0, crate::packet::tcp::FLAG_RST)
+    let (rst_seq, rst_ack, rst_flags) = if flags & tcp::FLAG_ACK != 0 {
+        (ack, 0, tcp::FLAG_RST)
     } else {
         (
             0,
             seq.wrapping_add(payload + syn_fin),
-            crate::packet::tcp::FLAG_RST | crate::packet::tcp::FLAG_ACK,
+            tcp::FLAG_RST | tcp::FLAG_ACK,
         )
     };
-    write_u32(data, l4 + 4, rst_seq);
-    write_u32(data, l4 + 8, rst_ack);
-    write_u16(data, l4 + 12, 5 << 12 | rst_flags);
-    write_u16(data, l4 + 14, 0);
-    write_u16(data, l4 + 16, 0);
-    write_u16(data, l4 + 18, 0);
-    let (s, d) = (Ipv4Addr::from(dst), Ipv4Addr::from(src));
-    let sum = !checksum::fold(
-        checksum::pseudo_header_v4(s, d, TCP, 20) + checksum::sum(&data[l4..l4 + 20]),
-    );
-    write_u16(data, l4 + 16, sum);
+    reset.set_seq_number(rst_seq);
+    reset.set_ack_number(rst_ack);
+    reset.set_header_len(tcp::MIN_HEADER_LEN);
+    reset.set_flags(rst_flags);
+    reset.set_window_len(0);
+    reset.set_urgent_at(0);
+    reset.fill_checksum(dst, src);
     note!(cx, "TCP segment of no SNAT connection: reset sent back");
     let out = resolve_in(tables, tenant, &requester);
     deliver(tables, tenant, requester, out, frame, sink, cx);

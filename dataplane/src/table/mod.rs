@@ -11,6 +11,9 @@ pub mod routing;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
 
+use crate::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
+use crate::packet::gre::{self, GrePacket, GreRepr};
+use crate::packet::ipv4::{self, IpProtocol, Ipv4Packet, Ipv4Repr};
 use crate::packet::Mac;
 use crate::MAX_PORTS;
 use routing::{ExternalHop, NatSettings, Published, RouteTarget, Router};
@@ -115,6 +118,14 @@ pub struct Tunnel {
     pub header: Option<OuterHeader>,
 }
 
+/// The GRE header of a dedicated design's tunnel (the longest tenet sends).
+const GRE_KEYED: GreRepr = GreRepr {
+    protocol: EtherType::TransparentEthernetBridging,
+    checksum: false,
+    key: Some(0),
+    seq: None,
+};
+
 /// Prebuilt outer headers of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OuterHeader {
@@ -128,16 +139,14 @@ pub struct OuterHeader {
 
 impl OuterHeader {
     /// Largest outer header: Ethernet + IPv4 + GRE with key.
-    pub const MAX_LEN: usize = 14 + 20 + 8;
+    pub const MAX_LEN: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + GRE_KEYED.buffer_len();
     /// Offset of the IPv4 total length field.
-    pub const IP_TOTAL_LEN: usize = 14 + 2;
+    pub const IP_TOTAL_LEN: usize = ethernet::HEADER_LEN + ipv4::field::LENGTH.start;
     /// Offset of the IPv4 header checksum.
-    pub const IP_CHECKSUM: usize = 14 + 10;
-    /// Offset of the GRE key, when present.
-    pub const GRE_KEY: usize = 14 + 20 + 4;
-}
+    pub const IP_CHECKSUM: usize = ethernet::HEADER_LEN + ipv4::field::CHECKSUM.start;
+    /// Offset of the GRE key, when present (the header has no checksum field).
+    pub const GRE_KEY: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + gre::field::OPTIONAL;
 
-impl OuterHeader {
     /// Builds the outer headers of a tunnel from `src` to `dst` (MAC and IP), with a key
     /// field when `keyed` (written per packet). Total length and checksum are patched per
     /// packet from `checksum_base`.
@@ -151,25 +160,41 @@ impl OuterHeader {
         keyed: bool,
     ) -> Self {
         let mut b = [0u8; Self::MAX_LEN];
-        b[0..6].copy_from_slice(&dst_mac);
-        b[6..12].copy_from_slice(&src_mac);
-        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip = &mut b[14..34];
-        ip[0] = 0x45;
-        if dont_fragment {
-            ip[6] = 0x40;
+        EthernetRepr {
+            src_addr: src_mac,
+            dst_addr: dst_mac,
+            ethertype: EtherType::Ipv4,
         }
-        ip[8] = ttl;
-        ip[9] = 47; // GRE
-        ip[12..16].copy_from_slice(&src_ip.octets());
-        ip[16..20].copy_from_slice(&dst_ip.octets());
-        let checksum_base = crate::packet::checksum::checksum(&b[14..34]);
-        let flags: u16 = if keyed { 0x2000 } else { 0 };
-        b[34..36].copy_from_slice(&flags.to_be_bytes());
-        b[36..38].copy_from_slice(&0x6558u16.to_be_bytes());
+        .emit(&mut EthernetFrame::new_unchecked(&mut b[..]));
+        let (ip_bytes, gre_bytes) = b[ethernet::HEADER_LEN..].split_at_mut(ipv4::MIN_HEADER_LEN);
+        let mut ip = Ipv4Packet::new_unchecked(ip_bytes);
+        Ipv4Repr {
+            src_addr: src_ip,
+            dst_addr: dst_ip,
+            protocol: IpProtocol::Gre,
+            payload_len: 0,
+            ttl,
+            dscp_ecn: 0,
+            ident: 0,
+            dont_frag: dont_fragment,
+        }
+        .emit(&mut ip);
+        // The base the per-packet checksum is patched from: total length 0, and the
+        // stored checksum 0 (both written per packet).
+        ip.set_total_len(0);
+        ip.fill_checksum();
+        let checksum_base = ip.checksum();
+        ip.set_checksum(0);
+        let gre = GreRepr {
+            protocol: EtherType::TransparentEthernetBridging,
+            checksum: false,
+            key: keyed.then_some(0),
+            seq: None,
+        };
+        gre.emit(&mut GrePacket::new_unchecked(gre_bytes));
         Self {
             bytes: b,
-            len: if keyed { 42 } else { 38 },
+            len: (ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + gre.buffer_len()) as u8,
             checksum_base,
         }
     }

@@ -1,0 +1,109 @@
+//! What every stage of the pipeline speaks: where frames go ([`Sink`]), what a stage
+//! runs with ([`Context`]), where a frame entered ([`Ingress`]), traces, and the
+//! input ports no device has.
+
+use crate::counters::{CoreCounters, DropReason};
+use crate::table::{FlowTables, TenantIdx, TunnelIdx};
+
+use super::events::Learner;
+use super::fdb_cache::{FdbCache, Unresolved};
+use super::router::RouterState;
+
+/// The input port id of frames the control plane sends as a tenant's router (ARP
+/// requests for its neighbours, gratuitous ARP): no device has it.
+pub const CONTROL_PORT: u16 = u16::MAX;
+
+/// The input port id of frames the control plane sends out of the uplink, whichever
+/// port that is now (ARP requests for the underlay's next hops).
+pub const UNDERLAY_PORT: u16 = u16::MAX - 1;
+
+/// The input port id of frames another core handed over (SNAT replies whose session
+/// is here): they run as if received on the uplink, whichever port that is now.
+pub const HANDOFF_PORT: u16 = u16::MAX - 2;
+
+/// Where a pipeline sends a frame.
+pub trait Sink<F> {
+    /// Queues `frame` for transmission on `port`.
+    fn send(&mut self, port: u16, frame: F);
+
+    /// Keeps a routed frame until `next_hop` is resolved; gives it back when there is
+    /// no room (the caller drops it). Without a hold queue nothing is kept.
+    fn park(&mut self, next_hop: Unresolved, frame: F) -> Option<F> {
+        let _ = next_hop;
+        Some(frame)
+    }
+
+    /// Passes `frame` to worker `worker`, which holds its state, to run there as if it
+    /// had arrived on the same port; gives it back when there is no way there.
+    fn hand_off(&mut self, worker: u16, frame: F) -> Option<F> {
+        let _ = worker;
+        Some(frame)
+    }
+}
+
+/// Where a traced run writes its decisions. The untraced pipeline uses [`NoTrace`],
+/// whose `ON` is false, so every note compiles away.
+pub trait Trace {
+    /// Whether notes are taken at all.
+    const ON: bool;
+    /// Records one decision.
+    fn note(&mut self, text: std::fmt::Arguments<'_>);
+}
+
+/// No tracing (the dataplane).
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    const ON: bool = false;
+    #[inline(always)]
+    fn note(&mut self, _: std::fmt::Arguments<'_>) {}
+}
+
+impl Trace for Vec<String> {
+    const ON: bool = true;
+    fn note(&mut self, text: std::fmt::Arguments<'_>) {
+        self.push(text.to_string());
+    }
+}
+
+/// What the pipeline needs besides the tables: counters, the slow-path front end, the
+/// FDB cache and the tracer.
+pub struct Context<'a, T: Trace = NoTrace> {
+    /// The core's counters.
+    pub counters: &'a CoreCounters,
+    /// Learning and neighbour reports.
+    pub learner: &'a mut Learner,
+    /// The core's FDB cache (cleared by the caller on a new snapshot).
+    pub cache: &'a mut FdbCache,
+    /// The core's router state (SNAT sessions, ICMP budget).
+    pub router: &'a mut RouterState,
+    /// Decision recorder.
+    pub tracer: T,
+    /// Whether routed frames may take the router's fast path (off only to check it
+    /// against the whole pipeline).
+    pub fast_path: bool,
+}
+
+impl<T: Trace> Context<'_, T> {
+    #[inline(always)]
+    pub(crate) fn drop(&mut self, reason: DropReason) {
+        self.counters.add_drop(reason, 1);
+        note!(self, "drop: {} ({})", reason.name(), reason.help());
+    }
+}
+
+/// Where a frame entered the tenant's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// A local port.
+    Port(u16),
+    /// A tunnel from another host.
+    Tunnel(TunnelIdx),
+    /// The tenant's router (routed, or sent by the control plane as the router).
+    Router,
+}
+
+/// A tenant's id for trace notes.
+pub(crate) fn tenant_id(tables: &FlowTables, tenant: TenantIdx) -> u32 {
+    tables.tenant(tenant).map_or(u32::MAX, |t| t.id)
+}
