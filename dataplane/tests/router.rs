@@ -564,7 +564,7 @@ fn unresolved_neighbour_holds_and_asks() {
     let mut out = Collect::default();
     let mut cx = core.context();
     let held = BufFrame::new(&sink.parked[0].1);
-    assert!(router::release(&newer, pending, held, &mut out, &mut cx).is_ok());
+    assert!(dataplane::pipeline::release(&newer, pending, held, &mut out, &mut cx).is_ok());
     assert_eq!(out.sent[0].0, PORT_C2);
     assert_eq!(&out.sent[0].1[0..6], &late);
     assert_eq!(ip(&out.sent[0].1).ttl(), 63);

@@ -95,6 +95,15 @@ pub fn macs_u64(frame: &[u8]) -> Option<(u64, u64)> {
     Some((head >> 16, mid & 0xffff_ffff_ffff))
 }
 
+/// The I/G (group) bit of a MAC held as [`macs_u64`] gives it.
+pub const GROUP_BIT: u64 = 1 << 40;
+
+/// `mac` as an integer the way [`macs_u64`] gives a frame's MACs.
+#[inline(always)]
+pub fn mac_u64(mac: &Mac) -> u64 {
+    u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+}
+
 /// Readdresses `frame` in place: a routed frame's next hop and the MAC it leaves as.
 #[inline(always)]
 pub fn set_addresses(frame: &mut [u8], dst: Mac, src: Mac) {

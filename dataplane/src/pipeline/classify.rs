@@ -1,8 +1,8 @@
-//! The first stage (DESIGN.md "A packet's way", step 1): a frame is classified to a
-//! tenant by the role of the port it came in on (an access port's tenant, a trunk's
-//! VLAN, a tunnel's GRE key or inner VLAN), checked (port security, tags, the outer
-//! headers), and handed to the switch; the uplink's ARP and the outside's SNAT
-//! replies go to the underlay and the router.
+//! The first stage (step 1 of a packet's way, which [`super::dispatch`] runs): a frame
+//! is classified to a tenant by the role of the port it came in on (an access port's
+//! tenant, a trunk's VLAN, a tunnel's GRE key or inner VLAN), checked (port security,
+//! tags, the outer headers), and handed to the switch; the uplink's ARP and the
+//! outside's SNAT replies go to the underlay and the router.
 
 use std::net::Ipv4Addr;
 
@@ -11,107 +11,36 @@ use crate::packet::arp::{ArpOperation, ArpPacket};
 use crate::packet::ethernet::{self, EtherType, EthernetFrame, HEADER_LEN as ETH_LEN};
 use crate::packet::frame::Frame;
 use crate::packet::gre::GrePacket;
-use crate::packet::ipv4::{IpProtocol, Ipv4Packet};
+use crate::packet::ipv4::{IpProtocol, Ipv4Packet, MIN_HEADER_LEN as IP_LEN};
 use crate::packet::vlan::{self, VlanTag, HEADER_LEN as TAG_LEN};
 use crate::packet::Mac;
-use crate::table::{Design, FlowTables, PortRole, PortSecurity, TenantIdx, NO_TENANT};
+use crate::table::{Design, FlowTables, PortSecurity, TenantIdx, NO_TENANT};
 
 use super::fdb_cache::TunnelMemo;
-use super::router;
-use super::stage::{
-    tenant_id, Context, Ingress, Sink, Trace, CONTROL_PORT, HANDOFF_PORT, UNDERLAY_PORT,
-};
-use super::switch;
+use super::stage::{tenant_id, Classified, Context, Ingress, Trace};
 
-/// Runs one frame received on `in_port` through the pipeline.
-#[inline]
-pub fn handle<F: Frame, S: Sink<F>, T: Trace>(
-    tables: &FlowTables,
-    in_port: u16,
-    frame: F,
-    sink: &mut S,
-    cx: &mut Context<'_, T>,
-) {
-    handle_burst(tables, in_port, std::iter::once(frame), sink, cx);
-}
-
-/// Runs a burst of frames received on `in_port` through the pipeline; the port's role
-/// is looked up once for all of them.
-#[inline]
-pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
-    tables: &FlowTables,
-    in_port: u16,
-    frames: impl Iterator<Item = F>,
-    sink: &mut S,
-    cx: &mut Context<'_, T>,
-) {
-    let in_port = match in_port {
-        CONTROL_PORT => return frames.for_each(|f| router::from_control(tables, f, sink, cx)),
-        UNDERLAY_PORT => {
-            return match tables.uplink {
-                Some(up) => frames.for_each(|f| sink.send(up.port, f)),
-                None => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
-            }
-        }
-        HANDOFF_PORT => match tables.uplink {
-            Some(up) => up.port,
-            None => return frames.for_each(|_| cx.drop(DropReason::NoOutput)),
-        },
-        port => port,
-    };
-    note!(cx, "ingress port {in_port}: {:?}", tables.role(in_port));
-    match *tables.role(in_port) {
-        PortRole::Access { tenant, security } => {
-            // Routed frames from a port without per-packet rules may take the router's
-            // fast path (traces too: they show the way a real packet takes).
-            let router = match tables.router(tenant) {
-                Some(r) if r.here && security.is_none() && cx.fast_path => {
-                    Some((r, switch::mac_u64(&r.mac)))
-                }
-                _ => None,
-            };
-            for frame in frames {
-                let frame = match router {
-                    Some((r, mac)) => {
-                        match router::fast_route(tables, tenant, r, mac, in_port, frame, sink, cx) {
-                            Some(frame) => frame,
-                            None => continue,
-                        }
-                    }
-                    None => frame,
-                };
-                from_access(tables, in_port, tenant, security, frame, sink, cx);
-            }
-        }
-        PortRole::Trunk => frames.for_each(|f| from_trunk(tables, in_port, f, sink, cx)),
-        PortRole::Uplink => frames.for_each(|f| from_uplink(tables, in_port, f, sink, cx)),
-        PortRole::CrossConnect(peer) => frames.for_each(|f| sink.send(peer, f)),
-        PortRole::Unused => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
-    }
-}
-
-fn from_access<F: Frame, S: Sink<F>, T: Trace>(
+#[inline(always)]
+pub(super) fn from_access<F: Frame, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
     tenant: TenantIdx,
     security: Option<u16>,
-    frame: F,
-    sink: &mut S,
+    frame: &F,
     cx: &mut Context<'_, T>,
-) {
+) -> Classified {
     let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
-        return cx.drop(DropReason::Malformed);
+        return cx.stop(DropReason::Malformed);
     };
     if matches!(eth.ethertype(), EtherType::Vlan | EtherType::QinQ) {
-        return cx.drop(DropReason::TaggedOnAccess);
+        return cx.stop(DropReason::TaggedOnAccess);
     }
     if let Some(rules) = security.and_then(|i| tables.port_security.get(usize::from(i))) {
         if let Err(reason) = check_port_security(rules, &eth) {
-            return cx.drop(reason);
+            return cx.stop(reason);
         }
     }
     note!(cx, "access port: tenant {}", tenant_id(tables, tenant));
-    switch::switch(tables, tenant, Ingress::Port(in_port), frame, sink, cx);
+    Classified::Switch(tenant, Ingress::Port(in_port))
 }
 
 /// A container may only send as the MAC and IPs its port allows, ARP included.
@@ -144,24 +73,24 @@ fn check_port_security(rules: &PortSecurity, eth: &EthernetFrame<&[u8]>) -> Resu
     }
 }
 
-fn from_trunk<F: Frame, S: Sink<F>, T: Trace>(
+#[inline(always)]
+pub(super) fn from_trunk<F: Frame, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
-    mut frame: F,
-    sink: &mut S,
+    frame: &mut F,
     cx: &mut Context<'_, T>,
-) {
+) -> Classified {
     let tenant = match tagged_tenant(frame.data(), |vid| tables.trunk_tenant(in_port, vid)) {
         Ok(tenant) => tenant,
-        Err(reason) => return cx.drop(reason),
+        Err(reason) => return cx.stop(reason),
     };
     note!(
         cx,
         "trunk: VLAN tag removed, tenant {}",
         tenant_id(tables, tenant)
     );
-    vlan::pop_tag(&mut frame);
-    switch::switch(tables, tenant, Ingress::Port(in_port), frame, sink, cx);
+    vlan::pop_tag(frame);
+    Classified::Switch(tenant, Ingress::Port(in_port))
 }
 
 /// The tenant of an 802.1Q-tagged frame; refuses untagged, 802.1ad and double tags.
@@ -186,48 +115,49 @@ fn tagged_tenant(
     tenant_of(tag.vid()).ok_or(DropReason::UnknownVlan)
 }
 
-fn from_uplink<F: Frame, S: Sink<F>, T: Trace>(
+#[inline(always)]
+pub(super) fn from_uplink<F: Frame, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
-    frame: F,
-    sink: &mut S,
+    frame: &mut F,
     cx: &mut Context<'_, T>,
-) {
+) -> Classified {
     let Some(uplink) = tables.uplink else {
-        return cx.drop(DropReason::NoOutput);
+        return cx.stop(DropReason::NoOutput);
     };
     let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
-        return cx.drop(DropReason::Malformed);
+        return cx.stop(DropReason::Malformed);
     };
     let dst = eth.dst_addr();
     if dst != uplink.mac && !ethernet::is_broadcast(&dst) {
-        return cx.drop(DropReason::NotForUs);
+        return cx.stop(DropReason::NotForUs);
     }
     match eth.ethertype() {
-        EtherType::Arp => underlay_arp(tables, uplink.mac, in_port, frame, sink, cx),
-        EtherType::Ipv4 if dst == uplink.mac => gre_decap(tables, uplink.ip, frame, sink, cx),
-        _ => cx.drop(DropReason::NotForUs),
+        EtherType::Arp => underlay_arp(tables, uplink.mac, in_port, frame, cx),
+        EtherType::Ipv4 if dst == uplink.mac => gre_decap(tables, uplink.ip, frame, cx),
+        _ => cx.stop(DropReason::NotForUs),
     }
 }
 
 /// Answers ARP for the underlay IP (and the SNAT and publishing addresses) in place,
 /// and tells the control plane about every neighbour that answers.
-fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
+// Rare (ARP): kept out of line so the uplink's GRE path stays compact.
+#[inline(never)]
+fn underlay_arp<F: Frame, T: Trace>(
     tables: &FlowTables,
     our_mac: Mac,
     in_port: u16,
-    mut frame: F,
-    sink: &mut S,
+    frame: &mut F,
     cx: &mut Context<'_, T>,
-) {
+) -> Classified {
     let (operation, sender_mac, sender_ip, our_ip) = {
         let data = frame.data();
         let Ok(arp) = ArpPacket::new_checked(&data[ETH_LEN..]) else {
-            return cx.drop(DropReason::Malformed);
+            return cx.stop(DropReason::Malformed);
         };
         let target = arp.target_protocol_addr();
         if !tables.owns_uplink_ip(target) {
-            return cx.drop(DropReason::NotForUs);
+            return cx.stop(DropReason::NotForUs);
         }
         (
             arp.operation(),
@@ -237,7 +167,7 @@ fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
         )
     };
     if ethernet::is_multicast(&sender_mac) {
-        return cx.drop(DropReason::BadSourceMac);
+        return cx.stop(DropReason::BadSourceMac);
     }
     match operation {
         ArpOperation::Request => {
@@ -255,7 +185,7 @@ fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
                 cx,
                 "ARP request for our underlay IP {our_ip}: answered in place"
             );
-            sink.send(in_port, frame);
+            Classified::Send(in_port)
         }
         // Only replies are reported (and only answers to our own requests count
         // there): a request teaches nothing, so nobody moves a tunnel by asking.
@@ -266,50 +196,51 @@ fn underlay_arp<F: Frame, S: Sink<F>, T: Trace>(
                 "ARP reply from {sender_ip}: neighbour reported to the control plane"
             );
             cx.counters.add_punted();
+            Classified::Done
         }
-        _ => cx.drop(DropReason::Malformed),
+        _ => cx.stop(DropReason::Malformed),
     }
 }
 
 /// Terminates GRE from a known peer: checks the outer headers, finds the tenant (by key
 /// in the dedicated design, by inner VLAN in the shared one), strips the outer headers.
-fn gre_decap<F: Frame, S: Sink<F>, T: Trace>(
+#[inline(always)]
+fn gre_decap<F: Frame, T: Trace>(
     tables: &FlowTables,
     our_ip: Ipv4Addr,
-    mut frame: F,
-    sink: &mut S,
+    frame: &mut F,
     cx: &mut Context<'_, T>,
-) {
+) -> Classified {
     if tables.external.is_some() && !is_gre_to(frame.data(), our_ip) {
         // SNAT return traffic and published ports; GRE to the underlay IP stays here.
-        return router::from_outside(tables, frame, sink, cx);
+        return Classified::FromOutside;
     }
     let decided = {
         let data = frame.data();
         let Ok(ip) = Ipv4Packet::new_checked(&data[ETH_LEN..]) else {
-            return cx.drop(DropReason::Ipv4Invalid);
+            return cx.stop(DropReason::Ipv4Invalid);
         };
         if !ip.verify_checksum() {
-            return cx.drop(DropReason::Ipv4Invalid);
+            return cx.stop(DropReason::Ipv4Invalid);
         }
         if ip.dst_addr() != our_ip {
-            return cx.drop(DropReason::NotForUs);
+            return cx.stop(DropReason::NotForUs);
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
-            return cx.drop(DropReason::Fragment);
+            return cx.stop(DropReason::Fragment);
         }
         if ip.protocol() != IpProtocol::Gre {
-            return cx.drop(DropReason::UplinkNotGre);
+            return cx.stop(DropReason::UplinkNotGre);
         }
         let peer = u32::from(ip.src_addr());
         let Ok(gre) = GrePacket::new_checked(ip.payload()) else {
-            return cx.drop(DropReason::GreMalformed);
+            return cx.stop(DropReason::GreMalformed);
         };
         if gre.protocol() != EtherType::TransparentEthernetBridging {
-            return cx.drop(DropReason::GreMalformed);
+            return cx.stop(DropReason::GreMalformed);
         }
         if !gre.verify_checksum() {
-            return cx.drop(DropReason::GreBadChecksum);
+            return cx.stop(DropReason::GreBadChecksum);
         }
         let key = gre.key();
         let (tunnel, tenant) = match cx.cache.tunnel(peer, key.unwrap_or(0)) {
@@ -318,15 +249,15 @@ fn gre_decap<F: Frame, S: Sink<F>, T: Trace>(
             }
             _ => {
                 let Some(&tunnel) = tables.peer_tunnel.get(&peer) else {
-                    return cx.drop(DropReason::GreUnknownPeer);
+                    return cx.stop(DropReason::GreUnknownPeer);
                 };
                 let tenant = match (tables.design, key) {
                     (Design::Dedicated, Some(key)) => match tables.key_tenant.get(&key) {
                         Some(&tenant) if tables.tunnel_carries(tunnel, tenant) => tenant,
-                        _ => return cx.drop(DropReason::GreUnknownKey),
+                        _ => return cx.stop(DropReason::GreUnknownKey),
                     },
                     (Design::Shared, None) => NO_TENANT,
-                    _ => return cx.drop(DropReason::GreUnknownKey),
+                    _ => return cx.stop(DropReason::GreUnknownKey),
                 };
                 cx.cache.set_tunnel(TunnelMemo {
                     peer,
@@ -341,7 +272,7 @@ fn gre_decap<F: Frame, S: Sink<F>, T: Trace>(
         let outer = ETH_LEN + header_len + gre.header_len();
         let end = ETH_LEN + usize::from(ip.total_len());
         if end < outer + ETH_LEN {
-            return cx.drop(DropReason::Malformed);
+            return cx.stop(DropReason::Malformed);
         }
         (tunnel, tenant, outer, end)
     };
@@ -357,24 +288,24 @@ fn gre_decap<F: Frame, S: Sink<F>, T: Trace>(
             }
         }) {
             Ok(t) if tables.tunnel_carries(tunnel, t) => t,
-            Ok(_) => return cx.drop(DropReason::UnknownVlan),
-            Err(reason) => return cx.drop(reason),
+            Ok(_) => return cx.stop(DropReason::UnknownVlan),
+            Err(reason) => return cx.stop(reason),
         };
-        vlan::pop_tag(&mut frame);
+        vlan::pop_tag(frame);
     }
     note!(
         cx,
         "GRE from tunnel {tunnel} decapsulated ({outer} bytes), tenant {}",
         tenant_id(tables, tenant)
     );
-    switch::switch(tables, tenant, Ingress::Tunnel(tunnel), frame, sink, cx);
+    Classified::Switch(tenant, Ingress::Tunnel(tunnel))
 }
 
 /// Whether an underlay IPv4 frame is GRE to `ip`, from two header bytes (the checks
 /// follow in [`gre_decap`]).
 #[inline(always)]
 fn is_gre_to(data: &[u8], ip: Ipv4Addr) -> bool {
-    data.get(ETH_LEN..ETH_LEN + 20)
+    data.get(ETH_LEN..ETH_LEN + IP_LEN)
         .map(Ipv4Packet::new_unchecked)
         .is_some_and(|h| h.protocol_number() == IpProtocol::GRE && h.dst_addr() == ip)
 }

@@ -13,18 +13,20 @@ macro_rules! note {
 }
 
 mod classify;
+mod dispatch;
 pub mod events;
 pub mod fdb_cache;
 pub mod nat;
 pub mod offline;
 mod output;
 mod outputs;
+mod resolve;
 pub mod router;
 pub mod stage;
 mod switch;
 mod xconnect;
 
-pub use classify::{handle, handle_burst};
+pub use dispatch::{handle, handle_burst, release};
 
 pub use outputs::Outputs;
 pub use xconnect::CrossConnect;
@@ -209,7 +211,7 @@ impl<F: Frame> Core<F> {
             tracer: stage::NoTrace,
             fast_path: true,
         };
-        classify::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
+        dispatch::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
     }
 
     /// What a core does when no packet came: moves to new tables (so it frees the old
@@ -291,7 +293,7 @@ impl<F: Frame> Core<F> {
             let Some((pending, since, frame)) = self.held.pop_front() else {
                 break;
             };
-            if let Err(frame) = router::release(tables, pending, frame, sink, &mut cx) {
+            if let Err(frame) = dispatch::release(tables, pending, frame, sink, &mut cx) {
                 if now.wrapping_sub(since) < router::HOLD_SECS {
                     self.held.push_back((pending, since, frame));
                 } else {

@@ -359,10 +359,7 @@ impl NatTable {
     }
 }
 
-const SYN: u16 = crate::packet::tcp::FLAG_SYN;
-const ACK: u16 = crate::packet::tcp::FLAG_ACK;
-const RST: u16 = crate::packet::tcp::FLAG_RST;
-const FIN: u16 = crate::packet::tcp::FLAG_FIN;
+use crate::packet::tcp::{FLAG_ACK as ACK, FLAG_FIN as FIN, FLAG_RST as RST, FLAG_SYN as SYN};
 
 /// Ports in each worker's slice of the range.
 #[inline(always)]

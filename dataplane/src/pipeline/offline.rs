@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::classify::handle;
+use super::dispatch::handle;
 use super::events::{Event, EventQueue, Learner};
 use super::fdb_cache::{FdbCache, Unresolved};
 use super::router::RouterState;

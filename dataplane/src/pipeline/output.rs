@@ -1,17 +1,18 @@
-//! The last stage (DESIGN.md "A packet's way", step 4): a decided frame leaves the way
-//! its [`Out`] says: as is on an access port of its tenant, tagged on a trunk,
-//! GRE-encapsulated toward another host, or flooded to them all. The port check here
-//! is the last word on isolation.
+//! The last stage (step 4 of a packet's way, which [`super::dispatch`] runs): a
+//! decided frame leaves the way its [`Out`] says: as is on an access port of its
+//! tenant, tagged on a trunk, GRE-encapsulated toward another host, or flooded to them
+//! all, each port checked against the frame's tenant ([`super::resolve`]) on the way
+//! out.
 
 use crate::counters::DropReason;
 use crate::packet::checksum;
 use crate::packet::ethernet::HEADER_LEN as ETH_LEN;
 use crate::packet::frame::Frame;
 use crate::packet::vlan;
-use crate::packet::Mac;
-use crate::table::{Design, FlowTables, Location, OuterHeader, PortRole, TenantIdx, TunnelIdx};
+use crate::table::{Design, FlowTables, OuterHeader, TenantIdx, TunnelIdx};
 
 use super::fdb_cache::Out;
+use super::resolve::port_out;
 use super::stage::{tenant_id, Context, Ingress, Sink, Trace};
 
 /// Sends a frame of `tenant` that entered at `ingress` the way `out` says.
@@ -69,63 +70,6 @@ pub(crate) fn to_ingress<F: Frame, S: Sink<F>, T: Trace>(
         Ingress::Port(port) => to_port(tables, tenant, port, frame, sink, cx),
         Ingress::Tunnel(tunnel) => to_tunnel(tables, tenant, tunnel, frame, sink, cx),
         Ingress::Router => cx.drop(DropReason::NoOutput),
-    }
-}
-
-/// How a frame to `mac` in `tenant` leaves, without the cache (routed frames cache
-/// the whole decision themselves).
-pub(crate) fn resolve_in(tables: &FlowTables, tenant: TenantIdx, mac: &Mac) -> Out {
-    resolve(tables, tenant, tables.lookup(tenant, mac).copied())
-}
-
-/// Floods a frame the router sends in `tenant` (to every local port and tunnel).
-pub(crate) fn flood_from_router<F: Frame, S: Sink<F>, T: Trace>(
-    tables: &FlowTables,
-    tenant: TenantIdx,
-    frame: F,
-    sink: &mut S,
-    cx: &mut Context<'_, T>,
-) {
-    flood(tables, tenant, Ingress::Router, frame, sink, cx);
-}
-
-/// What a frame to a destination with FDB entry `entry` in `tenant` needs.
-pub(crate) fn resolve(
-    tables: &FlowTables,
-    tenant: TenantIdx,
-    entry: Option<crate::table::FdbEntry>,
-) -> Out {
-    let Some(entry) = entry else {
-        return Out::Flood;
-    };
-    match entry.location {
-        Location::Router => Out::Route,
-        Location::Port(port) => port_out(tables, tenant, port),
-        Location::Host(host) => {
-            match tables.host_tunnel.get(usize::from(host)).copied().flatten() {
-                Some(tunnel) => Out::Tunnel(tunnel),
-                None => Out::Drop(DropReason::NoOutput),
-            }
-        }
-    }
-}
-
-/// How a frame of `tenant` leaves `port`: as is on an access port of that tenant,
-/// tagged on a trunk carrying it, nowhere else. The check is the last word on
-/// isolation: whatever an FDB entry says (a MAC learned on a port whose id a
-/// later port of another tenant took), a frame never leaves through another tenant's
-/// port.
-fn port_out(tables: &FlowTables, tenant: TenantIdx, port: u16) -> Out {
-    match tables.role(port) {
-        PortRole::Access { tenant: owner, .. } if *owner == tenant => Out::Port(port),
-        PortRole::Access { .. } => Out::Drop(DropReason::ForeignPort),
-        PortRole::Trunk => match tables.tenant(tenant).and_then(|t| t.vlan) {
-            Some(vid) if tables.trunk_tenant(port, vid) == Some(tenant) => {
-                Out::TaggedPort(port, vid)
-            }
-            _ => Out::Drop(DropReason::UnknownVlan),
-        },
-        _ => Out::Drop(DropReason::NoOutput),
     }
 }
 
@@ -253,7 +197,7 @@ fn to_tunnel<F: Frame, S: Sink<F>, T: Trace>(
     let data = frame.data_mut();
     // Constant-size copies inline; a copy of run-time length is a memcpy call.
     const KEYED: usize = OuterHeader::MAX_LEN;
-    const UNKEYED: usize = OuterHeader::MAX_LEN - 4;
+    const UNKEYED: usize = OuterHeader::UNKEYED_LEN;
     if len == KEYED {
         data[..KEYED].copy_from_slice(&header.bytes[..KEYED]);
     } else {

@@ -1,7 +1,8 @@
-//! The tenant router (DESIGN.md "A packet's way", step 3): ARP for the gateway
-//! addresses, IPv4 forwarding with TTL and incremental checksums, longest-prefix match,
-//! neighbour resolution with a hold queue, SNAT toward the uplink, port publishing
-//! (DNAT) from it, and rate-limited ICMP errors built in place from the offending frame.
+//! The tenant router (step 3 of a packet's way, which [`super::dispatch`] runs): ARP
+//! for the gateway addresses, IPv4 forwarding with TTL and incremental checksums,
+//! longest-prefix match, neighbour resolution with a hold queue, SNAT toward the
+//! uplink, port publishing (DNAT) from it, and rate-limited ICMP errors built in place
+//! from the offending frame.
 //!
 //! Like the switch it allocates nothing, locks nothing and makes no system call; the
 //! SNAT sessions are this core's own ([`super::nat`]).
@@ -14,7 +15,7 @@ use crate::packet::checksum;
 use crate::packet::ethernet::{self, EtherType, EthernetFrame};
 use crate::packet::frame::Frame;
 use crate::packet::icmp::{self, Icmpv4Message, Icmpv4Packet};
-use crate::packet::ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
+use crate::packet::ipv4::{self, IpProtocol, Ipv4Packet, Ipv4Repr};
 use crate::packet::tcp::{self, TcpPacket};
 use crate::packet::udp::UdpPacket;
 use crate::packet::Mac;
@@ -25,10 +26,11 @@ use crate::table::{FlowTables, Location, TenantIdx};
 
 use super::fdb_cache::{FdbCache, Hop, Out, Unresolved};
 use super::nat::{Flow, Inside, NatTable};
-use super::output::{flood_from_router, output, resolve_in, to_ingress};
-use super::stage::{tenant_id, Context, Ingress, Sink, Trace};
+use super::resolve::resolve_in;
+use super::stage::{tenant_id, Context, Exit, Ingress, Trace};
 
 const ETH_LEN: usize = ethernet::HEADER_LEN;
+const IP_LEN: usize = ipv4::MIN_HEADER_LEN;
 /// TTL of the packets the router itself originates.
 const OWN_TTL: u8 = 64;
 
@@ -79,25 +81,27 @@ impl Default for RouterState {
 
 /// Answers ARP for a gateway address in place (back where it came from) and reports
 /// the sender as a neighbour of the router. Any host with the tenant answers: the
-/// router MAC is the same everywhere. Other ARP is given back for switching.
-// Kept out of line: inlined into the switch it bloats every path.
+/// router MAC is the same everywhere. Other broadcast ARP is flooded; other ARP sent
+/// to the router MAC is not the router's to forward.
+// Kept out of line: inlined into the dispatcher it bloats every path.
 #[inline(never)]
-pub(super) fn gateway_arp<F: Frame, S: Sink<F>, T: Trace>(
+pub(super) fn gateway_arp<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
-    router: &Router,
     ingress: Ingress,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) -> Option<F> {
+) -> Exit<F> {
+    let Some(router) = tables.router(tenant) else {
+        return cx.stop(DropReason::NoOutput);
+    };
     let (operation, sender_mac, sender_ip, target_ip) = {
         let Some(arp) = frame
             .data()
             .get(ETH_LEN..)
             .and_then(|d| ArpPacket::new_checked(d).ok())
         else {
-            return Some(frame);
+            return not_for_gateway(tenant, ingress, frame, cx);
         };
         (
             arp.operation(),
@@ -109,11 +113,10 @@ pub(super) fn gateway_arp<F: Frame, S: Sink<F>, T: Trace>(
     // The router's own announcements (gratuitous ARP from the gateway host, whose
     // source the switch already checked against the router MAC's place) are flooded.
     if !router.owns(target_ip) || sender_mac == router.mac {
-        return Some(frame);
+        return not_for_gateway(tenant, ingress, frame, cx);
     }
     if ethernet::is_multicast(&sender_mac) {
-        cx.drop(DropReason::BadSourceMac);
-        return None;
+        return cx.stop(DropReason::BadSourceMac);
     }
     if !sender_ip.is_unspecified() {
         cx.learner
@@ -132,45 +135,54 @@ pub(super) fn gateway_arp<F: Frame, S: Sink<F>, T: Trace>(
             arp.set_sender_hardware_addr(router.mac);
             arp.set_sender_protocol_addr(target_ip);
             note!(cx, "ARP request for gateway {target_ip}: answered in place");
-            to_ingress(tables, tenant, ingress, frame, sink, cx);
+            Exit::ToIngress(tenant, ingress, frame)
         }
         ArpOperation::Reply => {
             note!(cx, "ARP reply from {sender_ip}: neighbour of the router");
             cx.counters.add_punted();
+            Exit::Done
         }
         // A gratuitous ARP claiming the gateway address, or a malformed operation.
-        _ => cx.drop(DropReason::NotRoutable),
+        _ => cx.stop(DropReason::NotRoutable),
     }
-    None
+}
+
+/// ARP the gateway does not answer: flooded when broadcast, dropped when sent to the
+/// router MAC.
+fn not_for_gateway<F: Frame, T: Trace>(
+    tenant: TenantIdx,
+    ingress: Ingress,
+    frame: F,
+    cx: &mut Context<'_, T>,
+) -> Exit<F> {
+    match ethernet::macs_u64(frame.data()) {
+        Some((dst, _)) if dst & ethernet::GROUP_BIT != 0 => {
+            Exit::Output(tenant, ingress, Out::Flood, frame)
+        }
+        _ => cx.stop(DropReason::NotRoutable),
+    }
 }
 
 /// Routes a frame addressed to `tenant`'s router MAC on the gateway host.
-// Kept out of line: inlined into the switch it bloats every path.
+// Kept out of line: inlined into the dispatcher it bloats every path.
 #[inline(never)]
-pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
+pub(super) fn route<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     ingress: Ingress,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     let (dst, ttl) = match frame.data().get(ethernet::ETHERTYPE_AT) {
         Some(t) if t == EtherType::IPV4_BYTES => match valid_ipv4(frame.data()) {
             Some(header) => header,
-            None => return cx.drop(DropReason::Ipv4Invalid),
+            None => return cx.stop(DropReason::Ipv4Invalid),
         },
         Some(t) if t == EtherType::ARP_BYTES => {
-            let Some(router) = tables.router(tenant) else {
-                return cx.drop(DropReason::NoOutput);
-            };
-            if let Some(_other) = gateway_arp(tables, tenant, router, ingress, frame, sink, cx) {
-                cx.drop(DropReason::NotRoutable);
-            }
-            return;
+            return gateway_arp(tables, tenant, ingress, frame, cx)
         }
-        Some(_) => return cx.drop(DropReason::NotRoutable),
-        None => return cx.drop(DropReason::Malformed),
+        Some(_) => return cx.stop(DropReason::NotRoutable),
+        None => return cx.stop(DropReason::Malformed),
     };
     let hop = cx
         .cache
@@ -197,10 +209,10 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
         let data = frame.data_mut();
         decrement_ttl(data);
         ethernet::set_addresses(data, mac, src);
-        return output(tables, to, Ingress::Router, out, frame, sink, cx);
+        return Exit::Output(to, Ingress::Router, out, frame);
     }
     let Some(router) = tables.router(tenant) else {
-        return cx.drop(DropReason::NoOutput);
+        return cx.stop(DropReason::NoOutput);
     };
     if ttl <= 1 && hop != Ok(Hop::Gateway) {
         return icmp_error(
@@ -210,14 +222,13 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
             frame,
             (Icmpv4Message::TimeExceeded, 0),
             DropReason::TtlExceeded,
-            sink,
             cx,
         );
     }
     match hop {
-        Ok(Hop::Deliver { .. }) => cx.drop(DropReason::TtlExceeded),
-        Ok(Hop::Gateway) => to_gateway(tables, tenant, frame, sink, cx),
-        Ok(Hop::External) => external(tables, tenant, router, frame, sink, cx),
+        Ok(Hop::Deliver { .. }) => cx.stop(DropReason::TtlExceeded),
+        Ok(Hop::Gateway) => to_gateway(tables, tenant, frame, cx),
+        Ok(Hop::External) => external(tables, tenant, router, frame, cx),
         Ok(Hop::NoRoute) => icmp_error(
             tables,
             tenant,
@@ -225,12 +236,11 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
             frame,
             (Icmpv4Message::DstUnreachable, 0),
             DropReason::NoRoute,
-            sink,
             cx,
         ),
         Err(pending) => {
             decrement_ttl(frame.data_mut());
-            hold(pending, frame, sink, cx);
+            hold(pending, frame, cx)
         }
     }
 }
@@ -239,26 +249,25 @@ pub(super) fn route<F: Frame, S: Sink<F>, T: Trace>(
 /// the full pipeline: an untagged IPv4 frame from an access port's last checked source
 /// to `router_mac` (`router`'s, on this host), valid and with TTL to spare, whose
 /// destination the route cache already delivers to a local port or sends outside.
-/// It leaves exactly as [`route`] would send it. Any other frame comes back untouched,
-/// nothing counted or cached, for the full pipeline to run from the start.
+/// It leaves exactly as [`route`] would send it. Any other frame comes back untouched
+/// (`Err`), nothing counted or cached, for the full pipeline to run from the start.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
+pub(super) fn fast_route<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     router: &Router,
     router_mac: u64,
     in_port: u16,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) -> Option<F> {
+) -> Result<Exit<F>, F> {
     let data = frame.data();
     let Some(head) = data.get(..ETH_LEN) else {
-        return Some(frame);
+        return Err(frame);
     };
     let Some((dst, src)) = ethernet::macs_u64(data) else {
-        return Some(frame);
+        return Err(frame);
     };
     if dst != router_mac
         || head[ethernet::ETHERTYPE_AT] != EtherType::IPV4_BYTES
@@ -268,10 +277,10 @@ pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
             cx.learner.now,
         )
     {
-        return Some(frame);
+        return Err(frame);
     }
     let Some((ip, 2..)) = valid_ipv4(data) else {
-        return Some(frame);
+        return Err(frame);
     };
     match cx.cache.peek_route(neighbor_key(tenant, ip)) {
         Some(Hop::Deliver {
@@ -284,15 +293,14 @@ pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
             let data = frame.data_mut();
             decrement_ttl(data);
             ethernet::set_addresses(data, mac, src);
-            sink.send(port, frame);
+            Ok(Exit::Send(port, frame))
         }
         Some(Hop::External) => {
             note!(cx, "fast path: route {ip} cached, outside");
-            external(tables, tenant, router, frame, sink, cx)
+            Ok(external(tables, tenant, router, frame, cx))
         }
-        _ => return Some(frame),
+        _ => Err(frame),
     }
-    None
 }
 
 /// Destination and TTL of the IPv4 header after the Ethernet header, if it is valid
@@ -300,11 +308,11 @@ pub(super) fn fast_route<F: Frame, S: Sink<F>, T: Trace>(
 /// with fixed-size reads the compiler unrolls.
 #[inline(always)]
 fn valid_ipv4(data: &[u8]) -> Option<(Ipv4Addr, u8)> {
-    let header: &[u8; 20] = data.get(ETH_LEN..ETH_LEN + 20)?.try_into().ok()?;
+    let header: &[u8; IP_LEN] = data.get(ETH_LEN..ETH_LEN + IP_LEN)?.try_into().ok()?;
     let plain = Ipv4Packet::new_unchecked(header);
     if plain.is_plain() {
         let total = usize::from(plain.total_len());
-        if total < 20 || total > data.len() - ETH_LEN || !checksum::ipv4_header_ok(header) {
+        if total < IP_LEN || total > data.len() - ETH_LEN || !checksum::ipv4_header_ok(header) {
             return None;
         }
         return Some((plain.dst_addr(), plain.ttl()));
@@ -349,47 +357,38 @@ fn decide(
 
 /// Sends a routed packet (TTL already lowered) into `tenant` toward `mac`.
 #[inline(always)]
-fn deliver<F: Frame, S: Sink<F>, T: Trace>(
+fn deliver<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     mac: Mac,
     out: Out,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     let Some(router) = tables.router(tenant) else {
-        return cx.drop(DropReason::NoOutput);
+        return cx.stop(DropReason::NoOutput);
     };
     let data = frame.data_mut();
     ethernet::set_addresses(data, mac, router.mac);
-    output(tables, tenant, Ingress::Router, out, frame, sink, cx);
+    Exit::Output(tenant, Ingress::Router, out, frame)
 }
 
 /// Parks a frame until its next hop is resolved, and asks the control plane for it.
-fn hold<F: Frame, S: Sink<F>, T: Trace>(
-    pending: Unresolved,
-    frame: F,
-    sink: &mut S,
-    cx: &mut Context<'_, T>,
-) {
+fn hold<F: Frame, T: Trace>(pending: Unresolved, frame: F, cx: &mut Context<'_, T>) -> Exit<F> {
     cx.learner
         .neighbor_miss(pending.tenant, pending.ip, cx.counters);
     note!(cx, "neighbour {} unresolved: held, ARP asked", pending.ip);
-    if sink.park(pending, frame).is_some() {
-        cx.drop(DropReason::NeighborUnresolved);
-    }
+    Exit::Park(pending, frame)
 }
 
 /// A held frame's second chance, with newer tables: delivered if its neighbour is known
 /// now, given back otherwise.
-pub fn release<F: Frame, S: Sink<F>, T: Trace>(
+pub(super) fn release<F: Frame, T: Trace>(
     tables: &FlowTables,
     pending: Unresolved,
     frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) -> Result<(), F> {
+) -> Result<Exit<F>, F> {
     let Some(&mac) = tables
         .neighbors
         .get(&neighbor_key(pending.tenant, pending.ip))
@@ -397,18 +396,16 @@ pub fn release<F: Frame, S: Sink<F>, T: Trace>(
         return Err(frame);
     };
     let out = resolve_in(tables, pending.tenant, &mac);
-    deliver(tables, pending.tenant, mac, out, frame, sink, cx);
-    Ok(())
+    Ok(deliver(tables, pending.tenant, mac, out, frame, cx))
 }
 
 /// A packet for one of the gateway's own addresses: ping is answered, the rest dropped.
-fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
+fn to_gateway<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     let data = frame.data_mut();
     let requester = EthernetFrame::new_unchecked(&*data).src_addr();
     let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]);
@@ -418,7 +415,7 @@ fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
         && ip.payload_mut().len() >= icmp::HEADER_LEN
         && Icmpv4Packet::new_unchecked(ip.payload_mut()).msg_type() == Icmpv4Message::EchoRequest;
     if !is_echo {
-        return cx.drop(DropReason::NotRoutable);
+        return cx.stop(DropReason::NotRoutable);
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     ip.set_src_addr(dst);
@@ -435,14 +432,14 @@ fn to_gateway<F: Frame, S: Sink<F>, T: Trace>(
     echo.set_checksum(sum);
     note!(cx, "echo request to the gateway: answered");
     let out = resolve_in(tables, tenant, &requester);
-    deliver(tables, tenant, requester, out, frame, sink, cx);
+    deliver(tables, tenant, requester, out, frame, cx)
 }
 
 /// Starts loading the SNAT session slot of a frame of `tenant` whose destination the
 /// route cache already sends out of the uplink (harmless for any other frame).
 #[inline(always)]
 pub(super) fn prefetch_external(cache: &FdbCache, nat: &NatTable, tenant: TenantIdx, data: &[u8]) {
-    let Some(header) = data.get(ETH_LEN..ETH_LEN + 20) else {
+    let Some(header) = data.get(ETH_LEN..ETH_LEN + IP_LEN) else {
         return;
     };
     let dst = Ipv4Packet::new_unchecked(header).dst_addr();
@@ -456,14 +453,13 @@ pub(super) fn prefetch_external(cache: &FdbCache, nat: &NatTable, tenant: Tenant
 
 /// Out of the uplink: source translated (a published port, or a SNAT session), MACs
 /// of the uplink and the outside next hop.
-fn external<F: Frame, S: Sink<F>, T: Trace>(
+fn external<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     router: &Router,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     let (Some(up), Some(snat_ip), Some(hop)) = (tables.uplink, router.snat_ip, tables.external)
     else {
         return icmp_error(
@@ -473,15 +469,14 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
             frame,
             (Icmpv4Message::DstUnreachable, 0),
             DropReason::NoRoute,
-            sink,
             cx,
         );
     };
     let Some(hop_mac) = hop.mac else {
-        return cx.drop(DropReason::NeighborUnresolved);
+        return cx.stop(DropReason::NeighborUnresolved);
     };
     let Some((flow, flags, ihl)) = l4_flow(frame.data(), Direction::Out) else {
-        return cx.drop(DropReason::NatUnsupported);
+        return cx.stop(DropReason::NatUnsupported);
     };
     // Most hosts publish nothing: skip the hash of a lookup that cannot hit.
     let published = if tables.published_inside.is_empty() {
@@ -511,8 +506,8 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
                 now,
             ) {
                 Ok(port) => (snat_ip, port),
-                Err(DropReason::NatNoSession) => return tcp_reset(tables, tenant, frame, sink, cx),
-                Err(reason) => return cx.drop(reason),
+                Err(DropReason::NatNoSession) => return tcp_reset(tables, tenant, frame, cx),
+                Err(reason) => return cx.stop(reason),
             }
         }
     };
@@ -527,32 +522,31 @@ fn external<F: Frame, S: Sink<F>, T: Trace>(
         flow.src_port
     );
     cx.counters.add_gateway_egress(frame.data().len());
-    sink.send(up.port, frame);
+    Exit::Send(up.port, frame)
 }
 
 /// A packet from the outside for one of this host's SNAT or publishing addresses: back
 /// into its tenant through its session, or to a published port.
-// Kept out of line: inlined into the switch it bloats every path.
+// Kept out of line: inlined into the dispatcher it bloats every path.
 #[inline(never)]
-pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
+pub(super) fn from_outside<F: Frame, T: Trace>(
     tables: &FlowTables,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     match Ipv4Packet::new_checked(&frame.data()[ETH_LEN..]) {
         Ok(ip) if ip.verify_checksum() => {
             if !tables.owns_uplink_ip(ip.dst_addr()) {
-                return cx.drop(DropReason::NotForUs);
+                return cx.stop(DropReason::NotForUs);
             }
         }
-        _ => return cx.drop(DropReason::Ipv4Invalid),
+        _ => return cx.stop(DropReason::Ipv4Invalid),
     }
     let Some((flow, flags, ihl)) = l4_flow(frame.data(), Direction::In) else {
-        return cx.drop(DropReason::NatUnsupported);
+        return cx.stop(DropReason::NatUnsupported);
     };
     if Ipv4Packet::new_unchecked(&frame.data()[ETH_LEN..]).ttl() <= 1 {
-        return cx.drop(DropReason::TtlExceeded);
+        return cx.stop(DropReason::TtlExceeded);
     }
     let now = cx.learner.now;
     let inside = match cx.router.nat.inbound(&tables.nat, &flow, flags, now) {
@@ -571,21 +565,15 @@ pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
                 // core whose table holds the session.
                 let (me, workers) = cx.router.nat.worker();
                 return match NatTable::owner(&tables.nat, workers, flow.dst_port) {
-                    Some(owner) if owner != me => match sink.hand_off(owner, frame) {
-                        None => {
-                            note!(cx, "session on worker {owner}: handed off");
-                            cx.counters.add_handed_off();
-                        }
-                        Some(_) => cx.drop(DropReason::NatForeignCore),
-                    },
-                    _ => cx.drop(DropReason::NatNoSession),
+                    Some(owner) if owner != me => Exit::HandOff(owner, frame),
+                    _ => cx.stop(DropReason::NatNoSession),
                 };
             }
         },
     };
     let Some(router) = tables.router(inside.tenant).filter(|r| r.here) else {
         // The gateway moved away; its old sessions lead nowhere from here.
-        return cx.drop(DropReason::NatNoSession);
+        return cx.stop(DropReason::NatNoSession);
     };
     let data = frame.data_mut();
     rewrite(
@@ -611,31 +599,30 @@ pub(super) fn from_outside<F: Frame, S: Sink<F>, T: Trace>(
     }) {
         Ok(Hop::Deliver {
             tenant, mac, out, ..
-        }) => deliver(tables, tenant, mac, out, frame, sink, cx),
-        Ok(_) => cx.drop(DropReason::NoRoute),
-        Err(pending) => hold(pending, frame, sink, cx),
+        }) => deliver(tables, tenant, mac, out, frame, cx),
+        Ok(_) => cx.stop(DropReason::NoRoute),
+        Err(pending) => hold(pending, frame, cx),
     }
 }
 
 /// A frame the control plane sends as a tenant's router (ARP requests for its
 /// neighbours, gratuitous ARP on placement): flooded in the tenant whose router MAC is
 /// its source.
-// Kept out of line: inlined into the switch it bloats every path.
+// Kept out of line: inlined into the dispatcher it bloats every path.
 #[inline(never)]
-pub(super) fn from_control<F: Frame, S: Sink<F>, T: Trace>(
+pub(super) fn from_control<F: Frame, T: Trace>(
     tables: &FlowTables,
     frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
-        return cx.drop(DropReason::Malformed);
+        return cx.stop(DropReason::Malformed);
     };
     let src = eth.src_addr();
     let Some(&tenant) = tables.router_tenant.get(&crate::table::fdb_key(0, &src)) else {
-        return cx.drop(DropReason::NoOutput);
+        return cx.stop(DropReason::NoOutput);
     };
-    flood_from_router(tables, tenant, frame, sink, cx);
+    Exit::Output(tenant, Ingress::Router, Out::Flood, frame)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -650,7 +637,7 @@ enum Direction {
 /// frame), so the fields are read at fixed offsets.
 #[inline(always)]
 fn l4_flow(data: &[u8], direction: Direction) -> Option<(Flow, u16, usize)> {
-    let ip = Ipv4Packet::new_unchecked(data.get(ETH_LEN..ETH_LEN + 20)?);
+    let ip = Ipv4Packet::new_unchecked(data.get(ETH_LEN..ETH_LEN + IP_LEN)?);
     if ip.is_fragment() {
         return None;
     }
@@ -766,16 +753,15 @@ fn decrement_ttl(data: &mut [u8]) {
 /// dropped under `reason`; the error goes back only within the rate limit and never
 /// about an ICMP error, a fragment or a non-unicast source.
 #[allow(clippy::too_many_arguments)]
-fn icmp_error<F: Frame, S: Sink<F>, T: Trace>(
+fn icmp_error<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     router: &Router,
     mut frame: F,
     (icmp_type, code): (Icmpv4Message, u8),
     reason: DropReason,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     cx.drop(reason);
     let (src_mac, src_ip, keep) = {
         let data = frame.data();
@@ -793,17 +779,17 @@ fn icmp_error<F: Frame, S: Sink<F>, T: Trace>(
             || src_ip.is_multicast()
             || src_ip.is_unspecified()
         {
-            return;
+            return Exit::Done;
         }
         let src_mac = EthernetFrame::new_unchecked(data).src_addr();
         (src_mac, src_ip, (data.len() - ETH_LEN).min(ihl + 8))
     };
     if !cx.router.icmp_allowed(cx.learner.now) {
-        return;
+        return Exit::Done;
     }
-    const NEW: usize = 20 + icmp::HEADER_LEN;
+    const NEW: usize = IP_LEN + icmp::HEADER_LEN;
     if !frame.prepend(NEW) || !frame.truncate(ETH_LEN + NEW + keep) {
-        return;
+        return Exit::Done;
     }
     let from = router
         .interface_for(src_ip)
@@ -821,42 +807,41 @@ fn icmp_error<F: Frame, S: Sink<F>, T: Trace>(
         dont_frag: false,
     }
     .emit(&mut Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]));
-    let mut message = Icmpv4Packet::new_unchecked(&mut data[ETH_LEN + 20..]);
+    let mut message = Icmpv4Packet::new_unchecked(&mut data[ETH_LEN + IP_LEN..]);
     message.set_msg_type(icmp_type);
     message.set_msg_code(code);
     message.set_rest_of_header(0);
     message.fill_checksum();
     note!(cx, "ICMP {icmp_type:?} code {code} sent back to {src_ip}");
     let out = resolve_in(tables, tenant, &src_mac);
-    deliver(tables, tenant, src_mac, out, frame, sink, cx);
+    deliver(tables, tenant, src_mac, out, frame, cx)
 }
 
 /// Answers a TCP segment that opens no SNAT session with a reset to its sender, in
 /// place, so an application whose connection belonged to a gateway that moved (or to a
 /// session that expired) learns it at once instead of retransmitting into nothing.
-fn tcp_reset<F: Frame, S: Sink<F>, T: Trace>(
+fn tcp_reset<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     mut frame: F,
-    sink: &mut S,
     cx: &mut Context<'_, T>,
-) {
+) -> Exit<F> {
     cx.drop(DropReason::NatNoSession);
     if !cx.router.icmp_allowed(cx.learner.now) {
-        return;
+        return Exit::Done;
     }
     let data = frame.data();
     let ip = Ipv4Packet::new_unchecked(&data[ETH_LEN..]);
     // Only option-less headers: the reset is built in the original's place.
     let ihl = ip.header_len();
     let l4 = ETH_LEN + ihl;
-    if ihl != 20 || data.len() < l4 + tcp::MIN_HEADER_LEN {
-        return;
+    if ihl != IP_LEN || data.len() < l4 + tcp::MIN_HEADER_LEN {
+        return Exit::Done;
     }
     let segment = TcpPacket::new_unchecked(&data[l4..]);
     let flags = segment.flags();
     if flags & tcp::FLAG_RST != 0 {
-        return;
+        return Exit::Done;
     }
     let tcp_len = usize::from(ip.total_len()).saturating_sub(ihl);
     let payload = tcp_len.saturating_sub(segment.header_len()) as u32;
@@ -866,13 +851,13 @@ fn tcp_reset<F: Frame, S: Sink<F>, T: Trace>(
     let (sport, dport) = (segment.src_port(), segment.dst_port());
     let requester = EthernetFrame::new_unchecked(data).src_addr();
     if !frame.truncate(l4 + tcp::MIN_HEADER_LEN) {
-        return;
+        return Exit::Done;
     }
     let data = frame.data_mut();
     let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]);
     ip.set_src_addr(dst);
     ip.set_dst_addr(src);
-    ip.set_total_len(40);
+    ip.set_total_len((IP_LEN + tcp::MIN_HEADER_LEN) as u16);
     ip.set_ttl(OWN_TTL);
     ip.fill_checksum();
     let mut reset = TcpPacket::new_unchecked(&mut data[l4..]);
@@ -897,5 +882,5 @@ fn tcp_reset<F: Frame, S: Sink<F>, T: Trace>(
     reset.fill_checksum(dst, src);
     note!(cx, "TCP segment of no SNAT connection: reset sent back");
     let out = resolve_in(tables, tenant, &requester);
-    deliver(tables, tenant, requester, out, frame, sink, cx);
+    deliver(tables, tenant, requester, out, frame, cx)
 }

@@ -1,12 +1,12 @@
-//! What every stage of the pipeline speaks: where frames go ([`Sink`]), what a stage
-//! runs with ([`Context`]), where a frame entered ([`Ingress`]), traces, and the
-//! input ports no device has.
+//! What every stage of the pipeline speaks: what stages decide ([`Classified`], [`Switched`], [`Exit`]), where
+//! frames go ([`Sink`]), what a stage runs with ([`Context`]), where a frame entered
+//! ([`Ingress`]), traces, and the input ports no device has.
 
 use crate::counters::{CoreCounters, DropReason};
 use crate::table::{FlowTables, TenantIdx, TunnelIdx};
 
 use super::events::Learner;
-use super::fdb_cache::{FdbCache, Unresolved};
+use super::fdb_cache::{FdbCache, Out, Unresolved};
 use super::router::RouterState;
 
 /// The input port id of frames the control plane sends as a tenant's router (ARP
@@ -20,6 +20,79 @@ pub const UNDERLAY_PORT: u16 = u16::MAX - 1;
 /// The input port id of frames another core handed over (SNAT replies whose session
 /// is here): they run as if received on the uplink, whichever port that is now.
 pub const HANDOFF_PORT: u16 = u16::MAX - 2;
+
+/// How a frame leaves the router (and every way's end): the router takes frames by
+/// value, since it may keep them (held, handed over) or rebuild them (answers, ICMP
+/// errors).
+pub(crate) enum Exit<F> {
+    /// Leaves inside `tenant` the way `Out` says (the output stage).
+    Output(TenantIdx, Ingress, Out, F),
+    /// Back where it came from (answers built in place).
+    ToIngress(TenantIdx, Ingress, F),
+    /// Out of a port as it is (the uplink, the underlay, the router's fast path).
+    Send(u16, F),
+    /// Held until its next hop is resolved.
+    Park(Unresolved, F),
+    /// To the worker that holds its SNAT session.
+    HandOff(u16, F),
+    /// Nothing more: dropped (and counted), punted or consumed.
+    Done,
+}
+
+/// What classification decided about a frame it kept (and may have changed) in place:
+/// the tenant to switch it in, the router for traffic from the outside, or a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Classified {
+    /// Inside `tenant`: learn the source, look up the destination (the switch).
+    Switch(TenantIdx, Ingress),
+    /// From the outside to one of the uplink's SNAT or publishing addresses.
+    FromOutside,
+    /// Out of a port as it is (answered in place).
+    Send(u16),
+    /// Nothing more: dropped (and counted) or punted.
+    Done,
+}
+
+/// What the switch decided about a frame it only read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Switched {
+    /// Leaves the way `Out` says (the output stage).
+    Output(Out),
+    /// Addressed to the tenant's router MAC.
+    Route,
+    /// A broadcast ARP in a tenant with a router: the router answers for its
+    /// addresses, the rest is flooded.
+    GatewayArp,
+    /// Nothing more: dropped (and counted).
+    Done,
+}
+
+/// A stage's verdict type; [`Context::stop`] gives its "dropped" value.
+pub(crate) trait Verdict {
+    /// Nothing more to do with the frame.
+    fn done() -> Self;
+}
+
+impl<F> Verdict for Exit<F> {
+    #[inline(always)]
+    fn done() -> Self {
+        Exit::Done
+    }
+}
+
+impl Verdict for Classified {
+    #[inline(always)]
+    fn done() -> Self {
+        Classified::Done
+    }
+}
+
+impl Verdict for Switched {
+    #[inline(always)]
+    fn done() -> Self {
+        Switched::Done
+    }
+}
 
 /// Where a pipeline sends a frame.
 pub trait Sink<F> {
@@ -89,6 +162,13 @@ impl<T: Trace> Context<'_, T> {
     pub(crate) fn drop(&mut self, reason: DropReason) {
         self.counters.add_drop(reason, 1);
         note!(self, "drop: {} ({})", reason.name(), reason.help());
+    }
+
+    /// Drops and counts a frame: the verdict of a stage that stops it.
+    #[inline(always)]
+    pub(crate) fn stop<V: Verdict>(&mut self, reason: DropReason) -> V {
+        self.drop(reason);
+        V::done()
     }
 }
 

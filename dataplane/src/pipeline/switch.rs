@@ -1,34 +1,33 @@
-//! The switch (DESIGN.md "A packet's way", step 2): inside one tenant, a frame's
-//! source is learned (or checked against a static entry) and its destination looked
-//! up in the core's FDB cache; frames for the tenant's router go to the router, the
-//! rest to the output stage.
+//! The switch (step 2 of a packet's way, which [`super::dispatch`] runs): inside one
+//! tenant, a frame's source is learned (or checked against a static entry) and its
+//! destination looked up in the core's FDB cache; frames for the tenant's router go to
+//! the router, the rest to the output stage.
 
 use crate::counters::DropReason;
-use crate::packet::ethernet::{self, EtherType};
+use crate::packet::ethernet::{self, EtherType, GROUP_BIT};
 use crate::packet::frame::Frame;
 use crate::packet::{Mac, MacText};
 use crate::table::{FlowTables, Location, TenantIdx};
 
 use super::fdb_cache::Out;
-use super::output::{flood, output, resolve};
-use super::router;
-use super::stage::{Context, Ingress, Sink, Trace};
+use super::resolve::resolve;
+use super::stage::{Context, Ingress, Switched, Trace};
 
-/// Switches a frame inside `tenant`: learns its source, then unicasts or floods it.
+/// Switches a frame inside `tenant`: learns its source, then decides where it goes
+/// (a port, a tunnel, everywhere, or the router).
 #[inline(always)]
-pub(crate) fn switch<F: Frame, S: Sink<F>, T: Trace>(
+pub(crate) fn switch<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     ingress: Ingress,
-    mut frame: F,
-    sink: &mut S,
+    frame: &F,
     cx: &mut Context<'_, T>,
-) {
+) -> Switched {
     let Some((dst, src)) = ethernet::macs_u64(frame.data()) else {
-        return cx.drop(DropReason::Malformed);
+        return cx.stop(DropReason::Malformed);
     };
     if src & GROUP_BIT != 0 {
-        return cx.drop(DropReason::BadSourceMac);
+        return cx.stop(DropReason::BadSourceMac);
     }
     let tenant_bits = u64::from(tenant) << 48;
     let here = match ingress {
@@ -46,7 +45,7 @@ pub(crate) fn switch<F: Frame, S: Sink<F>, T: Trace>(
         {
             Some(entry) if entry.is_static => {
                 if !reaches_through(tables, entry.location, ingress) {
-                    return cx.drop(DropReason::MacSpoof);
+                    return cx.stop(DropReason::MacSpoof);
                 }
             }
             _ => cx.learner.learn(tenant, mac_bytes(src), here, cx.counters),
@@ -55,15 +54,12 @@ pub(crate) fn switch<F: Frame, S: Sink<F>, T: Trace>(
     }
     note!(cx, "source {} seen at {here:?}", MacText(mac_bytes(src)));
     if dst & GROUP_BIT != 0 {
-        if let Some(router) = tables.router(tenant) {
-            if frame.data().get(ethernet::ETHERTYPE_AT) == Some(&EtherType::ARP_BYTES[..]) {
-                match router::gateway_arp(tables, tenant, router, ingress, frame, sink, cx) {
-                    Some(other) => frame = other,
-                    None => return,
-                }
-            }
+        if tables.router(tenant).is_some()
+            && frame.data().get(ethernet::ETHERTYPE_AT) == Some(&EtherType::ARP_BYTES[..])
+        {
+            return Switched::GatewayArp;
         }
-        return flood(tables, tenant, ingress, frame, sink, cx);
+        return Switched::Output(Out::Flood);
     }
     let out = cx
         .cache
@@ -71,9 +67,9 @@ pub(crate) fn switch<F: Frame, S: Sink<F>, T: Trace>(
         .1;
     note!(cx, "destination {}: {out:?}", MacText(mac_bytes(dst)));
     if out == Out::Route {
-        return router::route(tables, tenant, ingress, frame, sink, cx);
+        return Switched::Route;
     }
-    output(tables, tenant, ingress, out, frame, sink, cx);
+    Switched::Output(out)
 }
 
 /// Whether a frame from `ingress` may claim to come from `location` (a static entry).
@@ -89,14 +85,7 @@ fn reaches_through(tables: &FlowTables, location: Location, ingress: Ingress) ->
     }
 }
 
-/// The I/G bit of a MAC held in the low 48 bits of a u64.
-const GROUP_BIT: u64 = 1 << 40;
-
-/// A MAC as the low 48 bits of an integer, as [`switch`] compares them.
-pub(crate) fn mac_u64(mac: &Mac) -> u64 {
-    u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
-}
-
+/// A MAC held as [`ethernet::macs_u64`] gives it, as bytes (for notes and learning).
 fn mac_bytes(mac: u64) -> Mac {
     let b = mac.to_be_bytes();
     [b[2], b[3], b[4], b[5], b[6], b[7]]

@@ -140,6 +140,9 @@ pub struct OuterHeader {
 impl OuterHeader {
     /// Largest outer header: Ethernet + IPv4 + GRE with key.
     pub const MAX_LEN: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + GRE_KEYED.buffer_len();
+    /// Outer header without a GRE key (the shared design's).
+    pub const UNKEYED_LEN: usize =
+        ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + gre::MIN_HEADER_LEN;
     /// Offset of the IPv4 total length field.
     pub const IP_TOTAL_LEN: usize = ethernet::HEADER_LEN + ipv4::field::LENGTH.start;
     /// Offset of the IPv4 header checksum.

@@ -1,6 +1,7 @@
-//! The tenant routers' part of the flow tables (DESIGN.md "A packet's way", step 3): each
-//! tenant's gateway addresses and router MAC, its longest-prefix-match routes, the
-//! neighbours the router may send to, port publishing (DNAT), and the SNAT settings.
+//! The tenant routers' part of the flow tables (what [`crate::pipeline::router`]
+//! reads): each tenant's gateway addresses and router MAC, its longest-prefix-match
+//! routes, the neighbours the router may send to, port publishing (DNAT), and the SNAT
+//! settings.
 //!
 //! Routes live in one hash map keyed by (tenant, prefix length, masked address); a
 //! lookup probes only the prefix lengths the tenant uses, longest first. Tenants have a

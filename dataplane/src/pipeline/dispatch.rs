@@ -1,0 +1,196 @@
+//! A packet's way in one place: a burst's port role picks the first stage, and each
+//! stage's verdict the one after it ([`Classified`] → switch or router, [`Switched`]
+//! → router or output, [`Exit`] → out), until the frame leaves, waits or stops. Stages
+//! never call one another; VPP's next-node idea without its graph machinery: each
+//! verdict type names only the stages that may follow, and the first two stages
+//! decide about a frame the dispatcher keeps, so their verdicts stay in registers.
+
+use crate::counters::DropReason;
+use crate::packet::ethernet;
+use crate::packet::frame::Frame;
+use crate::table::{FlowTables, PortRole, TenantIdx};
+
+use super::fdb_cache::Unresolved;
+use super::stage::{
+    Classified, Context, Exit, Sink, Switched, Trace, CONTROL_PORT, HANDOFF_PORT, UNDERLAY_PORT,
+};
+use super::{classify, output, router, switch};
+
+/// Runs one frame received on `in_port` through the pipeline.
+#[inline]
+pub fn handle<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    in_port: u16,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    handle_burst(tables, in_port, std::iter::once(frame), sink, cx);
+}
+
+/// Runs a burst of frames received on `in_port` through the pipeline; the port's role
+/// is looked up once for all of them.
+#[inline]
+pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    in_port: u16,
+    frames: impl Iterator<Item = F>,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    let in_port = match in_port {
+        CONTROL_PORT => {
+            return frames.for_each(|f| {
+                let exit = router::from_control(tables, f, cx);
+                leave(tables, exit, sink, cx);
+            })
+        }
+        UNDERLAY_PORT => {
+            return match tables.uplink {
+                Some(up) => frames.for_each(|f| sink.send(up.port, f)),
+                None => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
+            }
+        }
+        HANDOFF_PORT => match tables.uplink {
+            Some(up) => up.port,
+            None => return frames.for_each(|_| cx.drop(DropReason::NoOutput)),
+        },
+        port => port,
+    };
+    note!(cx, "ingress port {in_port}: {:?}", tables.role(in_port));
+    match *tables.role(in_port) {
+        PortRole::Access { tenant, security } => {
+            access_burst(tables, in_port, tenant, security, frames, sink, cx)
+        }
+        PortRole::Trunk => frames.for_each(|mut f| {
+            let classified = classify::from_trunk(tables, in_port, &mut f, cx);
+            run(tables, f, classified, sink, cx);
+        }),
+        PortRole::Uplink => frames.for_each(|mut f| {
+            let classified = classify::from_uplink(tables, in_port, &mut f, cx);
+            run(tables, f, classified, sink, cx);
+        }),
+        PortRole::CrossConnect(peer) => frames.for_each(|f| sink.send(peer, f)),
+        PortRole::Unused => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
+    }
+}
+
+/// An access port's burst. Routed frames from a port without per-packet rules may take
+/// the router's fast path first (traces too: they show the way a real packet takes).
+#[inline(always)]
+fn access_burst<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    in_port: u16,
+    tenant: TenantIdx,
+    security: Option<u16>,
+    frames: impl Iterator<Item = F>,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    let fast = match tables.router(tenant) {
+        Some(r) if r.here && security.is_none() && cx.fast_path => {
+            Some((r, ethernet::mac_u64(&r.mac)))
+        }
+        _ => None,
+    };
+    for frame in frames {
+        let frame = match fast {
+            Some((router, mac)) => {
+                match router::fast_route(tables, tenant, router, mac, in_port, frame, cx) {
+                    Ok(exit) => {
+                        leave(tables, exit, sink, cx);
+                        continue;
+                    }
+                    Err(frame) => frame,
+                }
+            }
+            None => frame,
+        };
+        let classified = classify::from_access(tables, in_port, tenant, security, &frame, cx);
+        run(tables, frame, classified, sink, cx);
+    }
+}
+
+/// A held frame's second chance, with newer tables: sent on if its neighbour is known
+/// now, given back otherwise.
+pub fn release<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    pending: Unresolved,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) -> Result<(), F> {
+    let exit = router::release(tables, pending, frame, cx)?;
+    leave(tables, exit, sink, cx);
+    Ok(())
+}
+
+/// Runs a classified frame the rest of its way: the switch, then the router or the
+/// output stage (or straight to the router from the outside). Each way ends in its own
+/// call, so nothing a stage decided passes through memory.
+#[inline(always)]
+fn run<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    frame: F,
+    classified: Classified,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    match classified {
+        Classified::Switch(tenant, ingress) => {
+            match switch::switch(tables, tenant, ingress, &frame, cx) {
+                Switched::Output(out) => {
+                    output::output(tables, tenant, ingress, out, frame, sink, cx)
+                }
+                Switched::Route => {
+                    let exit = router::route(tables, tenant, ingress, frame, cx);
+                    leave(tables, exit, sink, cx);
+                }
+                Switched::GatewayArp => {
+                    let exit = router::gateway_arp(tables, tenant, ingress, frame, cx);
+                    leave(tables, exit, sink, cx);
+                }
+                Switched::Done => {}
+            }
+        }
+        Classified::FromOutside => {
+            let exit = router::from_outside(tables, frame, cx);
+            leave(tables, exit, sink, cx);
+        }
+        Classified::Send(port) => sink.send(port, frame),
+        Classified::Done => {}
+    }
+}
+
+/// The end of every way: out through the output stage or a port, held, handed to
+/// another worker, or nothing.
+#[inline(always)]
+fn leave<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    exit: Exit<F>,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    match exit {
+        Exit::Output(tenant, ingress, out, frame) => {
+            output::output(tables, tenant, ingress, out, frame, sink, cx)
+        }
+        Exit::ToIngress(tenant, ingress, frame) => {
+            output::to_ingress(tables, tenant, ingress, frame, sink, cx)
+        }
+        Exit::Send(port, frame) => sink.send(port, frame),
+        Exit::Park(pending, frame) => {
+            if sink.park(pending, frame).is_some() {
+                cx.drop(DropReason::NeighborUnresolved);
+            }
+        }
+        Exit::HandOff(worker, frame) => match sink.hand_off(worker, frame) {
+            None => {
+                note!(cx, "session on worker {worker}: handed off");
+                cx.counters.add_handed_off();
+            }
+            Some(_) => cx.drop(DropReason::NatForeignCore),
+        },
+        Exit::Done => {}
+    }
+}
