@@ -62,14 +62,18 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
         PortRole::Access { tenant, security } => {
             access_burst(tables, in_port, tenant, security, frames, sink, cx)
         }
-        PortRole::Trunk => frames.for_each(|mut f| {
-            let classified = classify::from_trunk(tables, in_port, &mut f, cx);
-            run(tables, f, classified, sink, cx);
-        }),
-        PortRole::Uplink => frames.for_each(|mut f| {
-            let classified = classify::from_uplink(tables, in_port, &mut f, cx);
-            run(tables, f, classified, sink, cx);
-        }),
+        PortRole::Trunk => {
+            for mut frame in frames {
+                let classified = classify::from_trunk(tables, in_port, &mut frame, cx);
+                run(tables, frame, classified, sink, cx);
+            }
+        }
+        PortRole::Uplink => {
+            for mut frame in frames {
+                let classified = classify::from_uplink(tables, in_port, &mut frame, cx);
+                run(tables, frame, classified, sink, cx);
+            }
+        }
         PortRole::CrossConnect(peer) => frames.for_each(|f| sink.send(peer, f)),
         PortRole::Unused => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
     }
