@@ -825,36 +825,30 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             .map(|(n, s)| (format!("{{port=\"{n}\"}}"), f(s)))
             .collect()
     };
-    family(
-        "tenet_port_rx_packets_total",
-        "Packets received by the port.",
-        "counter",
-        per_port(|s| s.rx_packets),
-    );
-    family(
-        "tenet_port_tx_packets_total",
-        "Packets transmitted by the port.",
-        "counter",
-        per_port(|s| s.tx_packets),
-    );
-    family(
-        "tenet_port_rx_bytes_total",
-        "Bytes received by the port.",
-        "counter",
-        per_port(|s| s.rx_bytes),
-    );
-    family(
-        "tenet_port_tx_bytes_total",
-        "Bytes transmitted by the port.",
-        "counter",
-        per_port(|s| s.tx_bytes),
-    );
-    family(
-        "tenet_port_rx_missed_total",
-        "Packets the device dropped for want of RX descriptors.",
-        "counter",
-        per_port(|s| s.rx_missed),
-    );
+    type PortField = fn(&dataplane::dpdk::PortStats) -> u64;
+    let port_counters: [(&str, &str, PortField); 5] = [
+        ("rx_packets", "Packets received by the port.", |s| {
+            s.rx_packets
+        }),
+        ("tx_packets", "Packets transmitted by the port.", |s| {
+            s.tx_packets
+        }),
+        ("rx_bytes", "Bytes received by the port.", |s| s.rx_bytes),
+        ("tx_bytes", "Bytes transmitted by the port.", |s| s.tx_bytes),
+        (
+            "rx_missed",
+            "Packets the device dropped for want of RX descriptors.",
+            |s| s.rx_missed,
+        ),
+    ];
+    for (name, help, field) in port_counters {
+        family(
+            &format!("tenet_port_{name}_total"),
+            help,
+            "counter",
+            per_port(field),
+        );
+    }
     let cores: Vec<(usize, CoreStats)> = workers
         .iter()
         .map(|w| (w.core(), w.counters().snapshot()))
@@ -865,30 +859,38 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             .map(|(c, s)| (format!("{{core=\"{c}\"}}"), f(s)))
             .collect()
     };
-    family(
-        "tenet_core_rx_packets_total",
-        "Packets received by the worker.",
-        "counter",
-        per_core(|s| s.rx_packets),
-    );
-    family(
-        "tenet_core_tx_packets_total",
-        "Packets the worker handed to devices.",
-        "counter",
-        per_core(|s| s.tx_packets),
-    );
-    family(
-        "tenet_core_busy_cycles_total",
-        "TSC cycles of loop iterations that moved packets.",
-        "counter",
-        per_core(|s| s.busy_cycles),
-    );
-    family(
-        "tenet_core_gateway_egress_bytes_total",
-        "Bytes tenants' gateways sent out of the uplink.",
-        "counter",
-        per_core(|s| s.gateway_egress_bytes),
-    );
+    type CoreField = fn(&CoreStats) -> u64;
+    let core_counters: [(&str, &str, CoreField); 5] = [
+        ("rx_packets", "Packets received by the worker.", |s| {
+            s.rx_packets
+        }),
+        ("tx_packets", "Packets the worker handed to devices.", |s| {
+            s.tx_packets
+        }),
+        (
+            "busy_cycles",
+            "TSC cycles of loop iterations that moved packets.",
+            |s| s.busy_cycles,
+        ),
+        (
+            "gateway_egress_bytes",
+            "Bytes tenants' gateways sent out of the uplink.",
+            |s| s.gateway_egress_bytes,
+        ),
+        (
+            "joined_segments",
+            "Frames received in several segments and joined into one.",
+            |s| s.joined_segments,
+        ),
+    ];
+    for (name, help, field) in core_counters {
+        family(
+            &format!("tenet_core_{name}_total"),
+            help,
+            "counter",
+            per_core(field),
+        );
+    }
     let mut drops = Vec::new();
     for (core, s) in &cores {
         for reason in DropReason::ALL {
@@ -916,12 +918,6 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
         "Learn events refused because their port, host or tenant went (or changed) before they were applied.",
         "counter",
         vec![(String::new(), control.learn_stale)],
-    );
-    family(
-        "tenet_core_joined_segments_total",
-        "Frames received in several segments and joined into one.",
-        "counter",
-        per_core(|s| s.joined_segments),
     );
     family(
         "tenet_learned_macs",

@@ -16,6 +16,7 @@ use crate::dpdk::{self, MbufBatch, RingConsumer, RingProducer, RxQueue, TxQueue}
 use crate::pipeline::{Outputs, Pipeline};
 
 /// What one worker owns.
+#[derive(Default)]
 pub struct WorkerPlan {
     /// CPU to pin to.
     pub core: usize,

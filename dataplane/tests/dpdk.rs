@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use dataplane::counters::DropReason;
 use dataplane::dpdk::{
     Backend, DeviceNamer, Eal, EalOptions, Mbuf, MbufBatch, MbufRing, Mempool, Port, PortConfig,
-    BURST,
+    RxQueue, TxQueue, BURST,
 };
 use dataplane::pipeline::CrossConnect;
 use dataplane::worker::{Backoff, Worker, WorkerPlan};
@@ -206,6 +206,20 @@ fn null_port_sinks_and_counts() {
 }
 
 /// Sends `count` frames into `into` (a ring port, so they come back on its RX side).
+/// A worker on `core` polling `rx` and transmitting on `tx`, nothing else.
+fn plan(core: usize, rx: Vec<RxQueue>, tx: Vec<TxQueue>) -> WorkerPlan {
+    WorkerPlan {
+        core,
+        rx,
+        tx,
+        ..WorkerPlan::default()
+    }
+}
+
+fn spawn(plan: WorkerPlan, pipeline: CrossConnect) -> Worker {
+    Worker::spawn(plan, pipeline, Backoff::default()).unwrap()
+}
+
 fn inject(tx: &mut dataplane::dpdk::TxQueue, pool: &Mempool, seqs: std::ops::Range<u32>) {
     let mut batch = MbufBatch::new();
     for seq in seqs {
@@ -232,21 +246,7 @@ fn worker_cross_connects_ports() {
     let mut xc = CrossConnect::default();
     xc.connect_one_way(a.id(), b.id());
     // The worker polls a and transmits on b; the test plays the outside world.
-    let worker = Worker::spawn(
-        WorkerPlan {
-            core: 0,
-            rx: vec![a_rx.remove(0)],
-            tx: vec![b_tx.remove(0)],
-            inbound: vec![],
-            outbound: vec![],
-            capture: None,
-            reprocess: Vec::new(),
-            handoff: Vec::new(),
-        },
-        xc,
-        Backoff::default(),
-    )
-    .unwrap();
+    let worker = spawn(plan(0, vec![a_rx.remove(0)], vec![b_tx.remove(0)]), xc);
     inject(&mut a_tx[0], &pool, 0..500);
     let got = receive(&mut b_rx[0], 500, Duration::from_secs(5));
     let want: Vec<Vec<u8>> = (0..500).map(frame).collect();
@@ -271,36 +271,20 @@ fn rings_carry_packets_to_the_core_that_owns_the_tx_queue() {
     let mut xc = CrossConnect::default();
     xc.connect_one_way(a.id(), b.id());
     let (producer, consumer) = MbufRing::create("handoff", 1024).unwrap();
-    let receiver = Worker::spawn(
+    let receiver = spawn(
         WorkerPlan {
-            core: 0,
-            rx: vec![a_rx.remove(0)],
-            tx: vec![],
-            inbound: vec![],
             outbound: vec![(b.id(), producer)],
-            capture: None,
-            reprocess: Vec::new(),
-            handoff: Vec::new(),
+            ..plan(0, vec![a_rx.remove(0)], vec![])
         },
         xc.clone(),
-        Backoff::default(),
-    )
-    .unwrap();
-    let transmitter = Worker::spawn(
+    );
+    let transmitter = spawn(
         WorkerPlan {
-            core: 1,
-            rx: vec![],
-            tx: vec![b_tx.remove(0)],
             inbound: vec![(b.id(), consumer)],
-            outbound: vec![],
-            capture: None,
-            reprocess: Vec::new(),
-            handoff: Vec::new(),
+            ..plan(1, vec![], vec![b_tx.remove(0)])
         },
         xc,
-        Backoff::default(),
-    )
-    .unwrap();
+    );
     inject(&mut a_tx[0], &pool, 0..300);
     let got = receive(&mut b_rx[0], 300, Duration::from_secs(5));
     assert_eq!(got, (0..300).map(frame).collect::<Vec<_>>());
@@ -332,21 +316,7 @@ fn refused_packets_are_freed_and_counted() {
     dead.start().unwrap();
     let mut xc = CrossConnect::default();
     xc.connect_one_way(a.id(), dead.id());
-    let worker = Worker::spawn(
-        WorkerPlan {
-            core: 0,
-            rx: vec![a_rx.remove(0)],
-            tx: vec![dead_tx.remove(0)],
-            inbound: vec![],
-            outbound: vec![],
-            capture: None,
-            reprocess: Vec::new(),
-            handoff: Vec::new(),
-        },
-        xc,
-        Backoff::default(),
-    )
-    .unwrap();
+    let worker = spawn(plan(0, vec![a_rx.remove(0)], vec![dead_tx.remove(0)]), xc);
     let before = pool.available();
     inject(&mut a_tx[0], &pool, 0..100);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -377,21 +347,10 @@ fn no_output_is_a_counted_drop() {
     let mut a = attach(&Backend::Ring);
     let (mut a_rx, mut a_tx) = a.configure(&PortConfig::default(), &pool).unwrap();
     a.start().unwrap();
-    let worker = Worker::spawn(
-        WorkerPlan {
-            core: 1,
-            rx: vec![a_rx.remove(0)],
-            tx: vec![],
-            inbound: vec![],
-            outbound: vec![],
-            capture: None,
-            reprocess: Vec::new(),
-            handoff: Vec::new(),
-        },
+    let worker = spawn(
+        plan(1, vec![a_rx.remove(0)], vec![]),
         CrossConnect::default(),
-        Backoff::default(),
-    )
-    .unwrap();
+    );
     let before = pool.available();
     inject(&mut a_tx[0], &pool, 0..40);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -414,21 +373,10 @@ fn idle_worker_backs_off() {
     let mut a = attach(&Backend::Ring);
     let (mut a_rx, _a_tx) = a.configure(&PortConfig::default(), &pool).unwrap();
     a.start().unwrap();
-    let worker = Worker::spawn(
-        WorkerPlan {
-            core: 1,
-            rx: vec![a_rx.remove(0)],
-            tx: vec![],
-            inbound: vec![],
-            outbound: vec![],
-            capture: None,
-            reprocess: Vec::new(),
-            handoff: Vec::new(),
-        },
+    let worker = spawn(
+        plan(1, vec![a_rx.remove(0)], vec![]),
         CrossConnect::default(),
-        Backoff::default(),
-    )
-    .unwrap();
+    );
     std::thread::sleep(Duration::from_millis(300));
     let sleeps = worker.counters().snapshot().idle_sleeps;
     // 300 ms of sleeps capped at 500 us: hundreds, not the millions of a busy spin.

@@ -97,6 +97,16 @@ fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
 }
 
 /// The outer headers tenet must write, built independently with etherparse.
+/// `inner` as this host tunnels it to the remote host.
+fn tunnelled_out(inner: &[u8], key: Option<u32>) -> Vec<u8> {
+    gre_encapsulated(inner, LOCAL_IP, REMOTE_IP, key, UPLINK_MAC, NEXT_HOP_MAC)
+}
+
+/// `inner` as the remote host tunnels it to this one.
+fn tunnelled_in(inner: &[u8], key: Option<u32>) -> Vec<u8> {
+    gre_encapsulated(inner, REMOTE_IP, LOCAL_IP, key, NEXT_HOP_MAC, UPLINK_MAC)
+}
+
 fn gre_encapsulated(
     inner: &[u8],
     src_ip: Ipv4Addr,
@@ -170,14 +180,7 @@ fn access_to_remote_host_is_gre_with_the_tenant_key() {
     let t = tables(Design::Dedicated, false);
     let frame = eth(REMOTE_A, C1);
     let r = run(&t, ACCESS_A0, &frame);
-    let want = gre_encapsulated(
-        &frame,
-        LOCAL_IP,
-        REMOTE_IP,
-        Some(A_ID),
-        UPLINK_MAC,
-        NEXT_HOP_MAC,
-    );
+    let want = tunnelled_out(&frame, Some(A_ID));
     assert_eq!(r.out, vec![(UPLINK, want)]);
 }
 
@@ -186,14 +189,7 @@ fn shared_design_tunnels_tagged_frames_without_key() {
     let t = tables(Design::Shared, false);
     let frame = eth(REMOTE_A, C1);
     let r = run(&t, ACCESS_A0, &frame);
-    let want = gre_encapsulated(
-        &tagged(&frame, 100),
-        LOCAL_IP,
-        REMOTE_IP,
-        None,
-        UPLINK_MAC,
-        NEXT_HOP_MAC,
-    );
+    let want = tunnelled_out(&tagged(&frame, 100), None);
     assert_eq!(r.out, vec![(UPLINK, want)]);
 }
 
@@ -201,26 +197,12 @@ fn shared_design_tunnels_tagged_frames_without_key() {
 fn gre_from_a_peer_is_decapsulated_into_its_tenant() {
     let t = tables(Design::Dedicated, false);
     let inner = eth(C2, REMOTE_A);
-    let outer = gre_encapsulated(
-        &inner,
-        REMOTE_IP,
-        LOCAL_IP,
-        Some(A_ID),
-        NEXT_HOP_MAC,
-        UPLINK_MAC,
-    );
+    let outer = tunnelled_in(&inner, Some(A_ID));
     let r = run(&t, UPLINK, &outer);
     assert_eq!(r.out, vec![(ACCESS_A1, inner.clone())]);
     // Shared design: the tenant comes from the inner tag, which is removed.
     let t = tables(Design::Shared, false);
-    let outer = gre_encapsulated(
-        &tagged(&inner, 100),
-        REMOTE_IP,
-        LOCAL_IP,
-        None,
-        NEXT_HOP_MAC,
-        UPLINK_MAC,
-    );
+    let outer = tunnelled_in(&tagged(&inner, 100), None);
     let r = run(&t, UPLINK, &outer);
     assert_eq!(r.out, vec![(ACCESS_A1, inner)]);
 }
@@ -229,14 +211,7 @@ fn gre_from_a_peer_is_decapsulated_into_its_tenant() {
 fn gre_decap_ignores_ethernet_padding() {
     let t = tables(Design::Dedicated, false);
     let inner = eth(C2, REMOTE_A);
-    let mut outer = gre_encapsulated(
-        &inner,
-        REMOTE_IP,
-        LOCAL_IP,
-        Some(A_ID),
-        NEXT_HOP_MAC,
-        UPLINK_MAC,
-    );
+    let mut outer = tunnelled_in(&inner, Some(A_ID));
     outer.extend([0u8; 8]);
     let r = run(&t, UPLINK, &outer);
     assert_eq!(r.out, vec![(ACCESS_A1, inner)]);
@@ -254,27 +229,10 @@ fn broadcast_floods_the_tenant_with_split_horizon() {
         "A's ports, the trunk and A's tunnel; never B's"
     );
     assert_eq!(r.out[1].1, tagged(&bcast, 100));
-    assert_eq!(
-        r.out[2].1,
-        gre_encapsulated(
-            &bcast,
-            LOCAL_IP,
-            REMOTE_IP,
-            Some(A_ID),
-            UPLINK_MAC,
-            NEXT_HOP_MAC
-        )
-    );
+    assert_eq!(r.out[2].1, tunnelled_out(&bcast, Some(A_ID)));
     // From a tunnel: local ports only, never back into the mesh.
     let from_remote = eth([0xff; 6], REMOTE_A);
-    let outer = gre_encapsulated(
-        &from_remote,
-        REMOTE_IP,
-        LOCAL_IP,
-        Some(A_ID),
-        NEXT_HOP_MAC,
-        UPLINK_MAC,
-    );
+    let outer = tunnelled_in(&from_remote, Some(A_ID));
     let r = run(&t, UPLINK, &outer);
     let ports: Vec<u16> = r.out.iter().map(|(p, _)| *p).collect();
     assert_eq!(ports, vec![ACCESS_A0, ACCESS_A1, TRUNK]);
@@ -284,14 +242,7 @@ fn broadcast_floods_the_tenant_with_split_horizon() {
 fn shared_hub_relays_between_spokes_but_not_back() {
     let t = tables(Design::Shared, true);
     let from_spoke = tagged(&eth([0xff; 6], [2, 0, 0, 0, 0x0e, 1]), 100);
-    let outer = gre_encapsulated(
-        &from_spoke,
-        REMOTE_IP,
-        LOCAL_IP,
-        None,
-        NEXT_HOP_MAC,
-        UPLINK_MAC,
-    );
+    let outer = tunnelled_in(&from_spoke, None);
     let r = run(&t, UPLINK, &outer);
     let ports: Vec<u16> = r.out.iter().map(|(p, _)| *p).collect();
     assert_eq!(ports, vec![ACCESS_A0, ACCESS_A1, TRUNK, UPLINK]);
@@ -439,40 +390,19 @@ fn hostile_frames_are_dropped_with_their_reason() {
         (
             "foreign GRE key",
             UPLINK,
-            gre_encapsulated(
-                &eth(C2, REMOTE_A),
-                REMOTE_IP,
-                LOCAL_IP,
-                Some(B_ID),
-                NEXT_HOP_MAC,
-                UPLINK_MAC,
-            ),
+            tunnelled_in(&eth(C2, REMOTE_A), Some(B_ID)),
             DropReason::GreUnknownKey,
         ),
         (
             "unknown GRE key",
             UPLINK,
-            gre_encapsulated(
-                &eth(C2, REMOTE_A),
-                REMOTE_IP,
-                LOCAL_IP,
-                Some(999),
-                NEXT_HOP_MAC,
-                UPLINK_MAC,
-            ),
+            tunnelled_in(&eth(C2, REMOTE_A), Some(999)),
             DropReason::GreUnknownKey,
         ),
         (
             "GRE without key",
             UPLINK,
-            gre_encapsulated(
-                &eth(C2, REMOTE_A),
-                REMOTE_IP,
-                LOCAL_IP,
-                None,
-                NEXT_HOP_MAC,
-                UPLINK_MAC,
-            ),
+            tunnelled_in(&eth(C2, REMOTE_A), None),
             DropReason::GreUnknownKey,
         ),
         (
@@ -518,14 +448,7 @@ fn hostile_frames_are_dropped_with_their_reason() {
             "bad outer checksum",
             UPLINK,
             {
-                let mut f = gre_encapsulated(
-                    &eth(C2, REMOTE_A),
-                    REMOTE_IP,
-                    LOCAL_IP,
-                    Some(A_ID),
-                    NEXT_HOP_MAC,
-                    UPLINK_MAC,
-                );
+                let mut f = tunnelled_in(&eth(C2, REMOTE_A), Some(A_ID));
                 f[24] ^= 0xff;
                 f
             },
@@ -534,15 +457,7 @@ fn hostile_frames_are_dropped_with_their_reason() {
         (
             "truncated GRE",
             UPLINK,
-            gre_encapsulated(
-                &eth(C2, REMOTE_A),
-                REMOTE_IP,
-                LOCAL_IP,
-                Some(A_ID),
-                NEXT_HOP_MAC,
-                UPLINK_MAC,
-            )[..40]
-                .to_vec(),
+            tunnelled_in(&eth(C2, REMOTE_A), Some(A_ID))[..40].to_vec(),
             DropReason::Ipv4Invalid,
         ),
         (

@@ -579,30 +579,30 @@ pub fn remove_dpdk_runtime(prefix: &str) {
     let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(prefix));
 }
 
+/// dpdk-testpmd's command line up to its devices: stopped by SIGINT after `seconds`,
+/// on `lcores`, in memory under `prefix` (so it leaves no hugepage files).
+pub fn testpmd(seconds: u32, lcores: &str, prefix: &str) -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .args(["-s", "INT", &seconds.to_string(), "dpdk-testpmd"])
+        .args(["--lcores", lcores, "--no-pci", "--in-memory"])
+        .args([
+            "--single-file-segments",
+            "--file-prefix",
+            prefix,
+            "-m",
+            "256",
+        ]);
+    command
+}
+
 /// Runs dpdk-testpmd as a DPDK container on two virtio-user ports at `sock0` and
 /// `sock1` (as socket servers when `server`, else connecting to tenetd's), in io
 /// forwarding started with a burst, for `seconds`; returns what each port received.
 pub fn testpmd_virtio_pair(sock0: &Path, sock1: &Path, server: bool, seconds: u32) -> Vec<u64> {
     let prefix = unique("tpmd");
     let mode = if server { ",server=1" } else { "" };
-    let out = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            &seconds.to_string(),
-            "dpdk-testpmd",
-            "--lcores",
-            "0@0,1@0",
-        ])
-        .args([
-            "--no-pci",
-            "--in-memory",
-            "--single-file-segments",
-            "--file-prefix",
-            &prefix,
-            "-m",
-            "256",
-        ])
+    let out = testpmd(seconds, "0@0,1@0", &prefix)
         .arg(format!(
             "--vdev=net_virtio_user0,path={},queues=1{mode}",
             sock0.display()

@@ -472,17 +472,7 @@ fn a_dpdk_container_joins_through_vhost_user() {
 
     // The DPDK container: testpmd answering ARP and ping as the address CNI gave it.
     let prefix = unique("tpv");
-    let mut testpmd = Command::new("timeout")
-        .args(["-s", "INT", "20", "dpdk-testpmd", "--lcores", "0@0,1@1"])
-        .args([
-            "--no-pci",
-            "--in-memory",
-            "--single-file-segments",
-            "--file-prefix",
-            &prefix,
-            "-m",
-            "256",
-        ])
+    let mut testpmd = tests::testpmd(20, "0@0,1@1", &prefix)
         .arg(format!(
             "--vdev=net_virtio_user0,path={},queues=1,mac={mac}",
             socket.display()
