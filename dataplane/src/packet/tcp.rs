@@ -228,6 +228,20 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    /// Puts `port` in the source (`source`) or destination port; returns the port it
+    /// replaced (what a NAT rewrite patches the checksum with).
+    #[inline]
+    pub fn replace_port(&mut self, source: bool, port: u16) -> u16 {
+        let range = if source {
+            field::SRC_PORT
+        } else {
+            field::DST_PORT
+        };
+        let old = read_u16(self.buffer.as_ref(), range.start);
+        write_u16(self.buffer.as_mut(), range.start, port);
+        old
+    }
+
     /// Sets the source port.
     #[inline]
     pub fn set_src_port(&mut self, value: u16) {
@@ -410,6 +424,17 @@ impl TcpRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_port_gives_back_the_port_it_replaced() {
+        let mut bytes = [0u8; 20];
+        let mut packet = TcpPacket::new_unchecked(&mut bytes[..]);
+        packet.set_src_port(1000);
+        packet.set_dst_port(2000);
+        assert_eq!(packet.replace_port(true, 1111), 1000);
+        assert_eq!(packet.replace_port(false, 2222), 2000);
+        assert_eq!((packet.src_port(), packet.dst_port()), (1111, 2222));
+    }
     use crate::packet::ethernet::EthernetFrame;
     use crate::packet::ipv4::Ipv4Packet;
     use crate::packet::testutil::XorShift;

@@ -117,6 +117,20 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    /// Puts `port` in the source (`source`) or destination port; returns the port it
+    /// replaced (what a NAT rewrite patches the checksum with).
+    #[inline]
+    pub fn replace_port(&mut self, source: bool, port: u16) -> u16 {
+        let range = if source {
+            field::SRC_PORT
+        } else {
+            field::DST_PORT
+        };
+        let old = read_u16(self.buffer.as_ref(), range.start);
+        write_u16(self.buffer.as_mut(), range.start, port);
+        old
+    }
+
     /// Sets the source port.
     #[inline]
     pub fn set_src_port(&mut self, value: u16) {
@@ -204,6 +218,17 @@ impl UdpRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_port_gives_back_the_port_it_replaced() {
+        let mut bytes = [0u8; 8];
+        let mut packet = UdpPacket::new_unchecked(&mut bytes[..]);
+        packet.set_src_port(1000);
+        packet.set_dst_port(2000);
+        assert_eq!(packet.replace_port(true, 1111), 1000);
+        assert_eq!(packet.replace_port(false, 2222), 2000);
+        assert_eq!((packet.src_port(), packet.dst_port()), (1111, 2222));
+    }
     use crate::packet::ethernet::EthernetFrame;
     use crate::packet::ipv4::Ipv4Packet;
     use crate::packet::testutil::XorShift;

@@ -702,27 +702,13 @@ fn rewrite(data: &mut [u8], ihl: usize, protocol: u8, side: Side, ip: Ipv4Addr, 
     match protocol {
         IpProtocol::TCP => {
             let mut segment = TcpPacket::new_unchecked(l4);
-            let old_port = match side {
-                Side::Source => segment.src_port(),
-                Side::Destination => segment.dst_port(),
-            };
-            match side {
-                Side::Source => segment.set_src_port(port),
-                Side::Destination => segment.set_dst_port(port),
-            }
+            let old_port = segment.replace_port(side == Side::Source, port);
             let sum = checksum::update_u32(segment.checksum(), old_ip, new_ip);
             segment.set_checksum(checksum::update_u16(sum, old_port, port));
         }
         IpProtocol::UDP => {
             let mut datagram = UdpPacket::new_unchecked(l4);
-            let old_port = match side {
-                Side::Source => datagram.src_port(),
-                Side::Destination => datagram.dst_port(),
-            };
-            match side {
-                Side::Source => datagram.set_src_port(port),
-                Side::Destination => datagram.set_dst_port(port),
-            }
+            let old_port = datagram.replace_port(side == Side::Source, port);
             let old = datagram.checksum();
             // Zero means "no checksum" in UDP over IPv4; a computed zero is sent as ones.
             if old != 0 {
