@@ -368,6 +368,41 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
     assert!(conflict.message.contains("tenants/red"), "{conflict}");
 }
 
+/// The watch may bring another host's write in after the model a change was checked
+/// against was built: the change is still compared with what it started from, so the
+/// other host's claim stands.
+#[test]
+fn a_change_checked_against_an_older_model_than_the_hosts_last_read_is_refused() {
+    use control::store::{Conflict, EtcdStore};
+    let etcd = Etcd::start().unwrap();
+    let seed = seed(
+        "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
+         [[tenant]]\nname = \"red\"\nid = 100\n",
+    );
+    let a = EtcdStore::new(vec![etcd.url().to_owned()], "/late", "a");
+    let b = EtcdStore::new(vec![etcd.url().to_owned()], "/late", "b");
+    a.save(&seed).unwrap();
+    let before = b.load(&seed).unwrap().expect("b reads a's cluster");
+
+    // a claims id 300; b reads the cluster again (as its watch would) but checks its
+    // change against the model it had.
+    let mut from_a = before.clone();
+    let mut yellow = from_a.tenants[0].clone();
+    (yellow.name, yellow.id) = ("yellow".to_owned(), 300);
+    from_a.tenants.push(yellow.clone());
+    a.save(&from_a).unwrap();
+    b.load(&seed).unwrap();
+    let mut after = before.clone();
+    let mut orange = yellow;
+    orange.name = "orange".to_owned();
+    after.tenants.push(orange);
+    let e = b.save_change(&before, &after).unwrap_err();
+    assert!(e.downcast_ref::<Conflict>().is_some(), "{e:#}");
+    let claim = etcd.get_prefix("/late/unique/tenant-id/300").unwrap();
+    assert!(claim[0].1.contains("yellow"), "a's claim stands: {claim:?}");
+    assert!(etcd.get_prefix("/late/tenants/orange").unwrap().is_empty());
+}
+
 #[test]
 fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change() {
     use control::store::EtcdStore;

@@ -293,7 +293,7 @@ impl EtcdStore {
             .filter(|key| !desired.contains_key(*key))
             .cloned()
             .collect();
-        self.write(seen, desired, gone)
+        self.write(seen, desired, gone, None)
     }
 
     /// Writes what turned `before` into `after`, and nothing else, in one transaction
@@ -313,30 +313,50 @@ impl EtcdStore {
             .into_iter()
             .filter(|(key, value)| was.get(key) != Some(value))
             .collect();
-        self.write(seen, desired, gone)
+        self.write(seen, desired, gone, Some(&was))
     }
 
-    /// Puts `desired` and deletes `gone`, each compared with the revision this host
-    /// saw (a key it puts anew must not exist yet).
+    /// Puts `desired` and deletes `gone`, each compared with what the change started
+    /// from: the values in `expected` when given (a key it lacks must not exist yet),
+    /// else the revision this host saw. The watch may have brought another host's write
+    /// into `seen` after the model a change was checked against was built; comparing
+    /// with `seen` then would overwrite that write (a tenant id claimed twice).
     fn write(
         &self,
         mut seen: std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>>,
         desired: BTreeMap<String, String>,
         gone: Vec<String>,
+        expected: Option<&BTreeMap<String, String>>,
     ) -> anyhow::Result<()> {
+        let absent = |key: &str| {
+            json!({
+                "key": encode(key), "target": "CREATE", "result": "EQUAL",
+                "create_revision": "0",
+            })
+        };
+        let holds = |key: &str, value: &str| {
+            json!({
+                "key": encode(key), "target": "VALUE", "result": "EQUAL",
+                "value": encode(value),
+            })
+        };
+        let unchanged_since = |key: &str, revision: i64| {
+            json!({
+                "key": encode(key), "target": "MOD", "result": "EQUAL",
+                "mod_revision": revision.to_string(),
+            })
+        };
         // (key, new value or None to delete, compare if any, request)
         let mut ops: Vec<(String, Option<String>, Option<Value>, Value)> = Vec::new();
         for (key, value) in &desired {
-            let compare = match seen.get(key) {
-                Some((old, _)) if old == value => continue,
-                Some((_, revision)) => json!({
-                    "key": encode(key), "target": "MOD", "result": "EQUAL",
-                    "mod_revision": revision.to_string(),
-                }),
-                None => json!({
-                    "key": encode(key), "target": "CREATE", "result": "EQUAL",
-                    "create_revision": "0",
-                }),
+            let compare = match (seen.get(key), expected) {
+                (Some((old, _)), _) if old == value => continue,
+                (_, Some(expected)) => match expected.get(key) {
+                    Some(old) => holds(key, old),
+                    None => absent(key),
+                },
+                (Some((_, revision)), None) => unchanged_since(key, *revision),
+                (None, None) => absent(key),
             };
             let compare = Some(compare);
             let put = json!({"request_put": {
@@ -349,10 +369,10 @@ impl EtcdStore {
             // A placement record may go whatever the placer wrote meanwhile: the
             // placer places the tenant again from what the change leaves.
             let compare = (!key.starts_with(&record)).then(|| {
-                json!({
-                    "key": encode(key), "target": "MOD", "result": "EQUAL",
-                    "mod_revision": seen[key].1.to_string(),
-                })
+                match expected.and_then(|expected| expected.get(key)) {
+                    Some(old) => holds(key, old),
+                    None => unchanged_since(key, seen[key].1),
+                }
             });
             let delete = json!({"request_delete_range": {"key": encode(key)}});
             ops.push((key.clone(), None, compare, delete));
