@@ -367,8 +367,7 @@ impl FlowTables {
 /// Packs (tenant, MAC) into one u64 FDB key.
 #[inline(always)]
 pub fn fdb_key(tenant: TenantIdx, mac: &Mac) -> u64 {
-    u64::from(tenant) << 48
-        | u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+    u64::from(tenant) << 48 | ethernet::mac_u64(mac)
 }
 
 /// Unpacks an FDB key.
