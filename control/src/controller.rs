@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane::dpdk::{MbufBatch, Mempool, RingProducer};
-use dataplane::packet::arp::{self, ArpOperation, ArpPacket, ArpRepr};
-use dataplane::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
+use dataplane::packet::arp;
 use dataplane::packet::{Mac, MacText};
 use dataplane::pipeline::events::{Event, EventQueue};
 use dataplane::table::publish::TablePublisher;
@@ -678,7 +677,7 @@ impl Controller {
             else {
                 return false;
             };
-            frames.push(arp_request(router.mac, from, ip));
+            frames.push(arp::request_frame(router.mac, from, ip));
             *asked = Some(now);
             *tries += 1;
             true
@@ -702,7 +701,7 @@ impl Controller {
                 continue;
             }
             for &(ip, _) in &router.interfaces {
-                frames.push(arp_request(router.mac, ip, ip));
+                frames.push(arp::request_frame(router.mac, ip, ip));
             }
             ids.push(id);
         }
@@ -816,7 +815,7 @@ impl Controller {
             let Some(mut mbuf) = pool.alloc() else {
                 return;
             };
-            if !mbuf.set_data(&arp_request(up.mac, up.ip, target)) {
+            if !mbuf.set_data(&arp::request_frame(up.mac, up.ip, target)) {
                 continue;
             }
             let mut batch = MbufBatch::new();
@@ -825,28 +824,6 @@ impl Controller {
             }
         }
     }
-}
-
-/// A broadcast ARP request from (`mac`, `ip`) for `target`, padded to 60 bytes.
-pub fn arp_request(mac: Mac, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
-    let mut frame = vec![0u8; 60];
-    EthernetRepr {
-        src_addr: mac,
-        dst_addr: ethernet::BROADCAST,
-        ethertype: EtherType::Arp,
-    }
-    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
-    ArpRepr {
-        operation: ArpOperation::Request,
-        sender_hardware_addr: mac,
-        sender_protocol_addr: ip,
-        target_hardware_addr: [0; 6],
-        target_protocol_addr: target,
-    }
-    .emit(&mut ArpPacket::new_unchecked(
-        &mut frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + arp::HEADER_LEN],
-    ));
-    frame
 }
 
 #[cfg(test)]
@@ -1273,19 +1250,5 @@ role = "uplink"
         c.reconfigure(alone, vec![port(0)]);
         assert!(c.due_next_hops(at(130)).is_empty());
         assert!(c.dynamic.neighbors.is_empty());
-    }
-
-    #[test]
-    fn arp_request_is_well_formed() {
-        let frame = arp_request(
-            [2, 0, 0, 0, 0x0c, 1],
-            Ipv4Addr::new(192, 168, 77, 1),
-            Ipv4Addr::new(192, 168, 77, 2),
-        );
-        assert_eq!(frame.len(), 60);
-        assert_eq!(&frame[..6], &[0xff; 6]);
-        assert_eq!(&frame[12..14], &[0x08, 0x06]);
-        assert_eq!(&frame[20..22], &[0, 1], "request");
-        assert_eq!(&frame[38..42], &[192, 168, 77, 2], "target");
     }
 }

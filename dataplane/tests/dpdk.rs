@@ -37,6 +37,22 @@ fn attach(backend: &Backend) -> Port {
     Port::attach(devargs.last().unwrap()).expect("attach")
 }
 
+/// A port of `backend` configured with one queue each way on `pool`, and started.
+fn started(backend: &Backend, pool: &Mempool) -> (Port, RxQueue, TxQueue) {
+    let mut port = attach(backend);
+    let (mut rx, mut tx) = port.configure(&PortConfig::default(), pool).unwrap();
+    port.start().unwrap();
+    (port, rx.remove(0), tx.remove(0))
+}
+
+/// Waits up to 5 s for `worker` to have dropped `count` frames for `reason`.
+fn wait_for_drops(worker: &Worker, reason: DropReason, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worker.counters().snapshot().dropped(reason) < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn pool(label: &str, count: u32) -> Mempool {
     eal();
     Mempool::new(label, count, -1).expect("mempool")
@@ -163,15 +179,13 @@ fn a_ring_whose_consumer_left_first_frees_what_its_producer_sent_after() {
 #[test]
 fn ring_port_loops_frames_back_in_order() {
     let pool = pool("ringloop", 2047);
-    let mut port = attach(&Backend::Ring);
-    let (mut rx, mut tx) = port.configure(&PortConfig::default(), &pool).unwrap();
-    port.start().unwrap();
+    let (port, mut rx, mut tx) = started(&Backend::Ring, &pool);
     let mut batch = MbufBatch::new();
     for seq in 0..BURST as u32 {
         batch.push(mbuf_with(&pool, &frame(seq))).ok().unwrap();
     }
-    assert_eq!(tx[0].tx_burst(&mut batch), BURST);
-    let got = receive(&mut rx[0], BURST, Duration::from_secs(1));
+    assert_eq!(tx.tx_burst(&mut batch), BURST);
+    let got = receive(&mut rx, BURST, Duration::from_secs(1));
     let want: Vec<Vec<u8>> = (0..BURST as u32).map(frame).collect();
     assert_eq!(got, want);
     let stats = port.stats();
@@ -237,18 +251,14 @@ fn inject(tx: &mut dataplane::dpdk::TxQueue, pool: &Mempool, seqs: std::ops::Ran
 #[test]
 fn worker_cross_connects_ports() {
     let pool = pool("xconnect", 4095);
-    let mut a = attach(&Backend::Ring);
-    let mut b = attach(&Backend::Ring);
-    let (mut a_rx, mut a_tx) = a.configure(&PortConfig::default(), &pool).unwrap();
-    let (mut b_rx, mut b_tx) = b.configure(&PortConfig::default(), &pool).unwrap();
-    a.start().unwrap();
-    b.start().unwrap();
+    let (a, a_rx, mut a_tx) = started(&Backend::Ring, &pool);
+    let (b, mut b_rx, b_tx) = started(&Backend::Ring, &pool);
     let mut xc = CrossConnect::default();
     xc.connect_one_way(a.id(), b.id());
     // The worker polls a and transmits on b; the test plays the outside world.
-    let worker = spawn(plan(0, vec![a_rx.remove(0)], vec![b_tx.remove(0)]), xc);
-    inject(&mut a_tx[0], &pool, 0..500);
-    let got = receive(&mut b_rx[0], 500, Duration::from_secs(5));
+    let worker = spawn(plan(0, vec![a_rx], vec![b_tx]), xc);
+    inject(&mut a_tx, &pool, 0..500);
+    let got = receive(&mut b_rx, 500, Duration::from_secs(5));
     let want: Vec<Vec<u8>> = (0..500).map(frame).collect();
     assert_eq!(got.len(), 500);
     assert!(got == want, "frames changed or reordered");
@@ -262,31 +272,27 @@ fn worker_cross_connects_ports() {
 #[test]
 fn rings_carry_packets_to_the_core_that_owns_the_tx_queue() {
     let pool = pool("handoff", 4095);
-    let mut a = attach(&Backend::Ring);
-    let mut b = attach(&Backend::Ring);
-    let (mut a_rx, mut a_tx) = a.configure(&PortConfig::default(), &pool).unwrap();
-    let (mut b_rx, mut b_tx) = b.configure(&PortConfig::default(), &pool).unwrap();
-    a.start().unwrap();
-    b.start().unwrap();
+    let (a, a_rx, mut a_tx) = started(&Backend::Ring, &pool);
+    let (b, mut b_rx, b_tx) = started(&Backend::Ring, &pool);
     let mut xc = CrossConnect::default();
     xc.connect_one_way(a.id(), b.id());
     let (producer, consumer) = MbufRing::create("handoff", 1024).unwrap();
     let receiver = spawn(
         WorkerPlan {
             outbound: vec![(b.id(), producer)],
-            ..plan(0, vec![a_rx.remove(0)], vec![])
+            ..plan(0, vec![a_rx], vec![])
         },
         xc.clone(),
     );
     let transmitter = spawn(
         WorkerPlan {
             inbound: vec![(b.id(), consumer)],
-            ..plan(1, vec![], vec![b_tx.remove(0)])
+            ..plan(1, vec![], vec![b_tx])
         },
         xc,
     );
-    inject(&mut a_tx[0], &pool, 0..300);
-    let got = receive(&mut b_rx[0], 300, Duration::from_secs(5));
+    inject(&mut a_tx, &pool, 0..300);
+    let got = receive(&mut b_rx, 300, Duration::from_secs(5));
     assert_eq!(got, (0..300).map(frame).collect::<Vec<_>>());
     let (r, t) = (
         receiver.counters().snapshot(),
@@ -302,29 +308,23 @@ fn rings_carry_packets_to_the_core_that_owns_the_tx_queue() {
 #[test]
 fn refused_packets_are_freed_and_counted() {
     let pool = pool("refused", 2047);
-    let mut a = attach(&Backend::Ring);
+    let (a, a_rx, mut a_tx) = started(&Backend::Ring, &pool);
     // A vhost-user server nobody connects to: its TX refuses everything.
     let sock = std::env::temp_dir().join(format!("tenet-refuse-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let mut dead = attach(&Backend::VhostUser {
-        path: sock.clone(),
-        client: false,
-    });
-    let (mut a_rx, mut a_tx) = a.configure(&PortConfig::default(), &pool).unwrap();
-    let (_dead_rx, mut dead_tx) = dead.configure(&PortConfig::default(), &pool).unwrap();
-    a.start().unwrap();
-    dead.start().unwrap();
+    let (dead, _dead_rx, dead_tx) = started(
+        &Backend::VhostUser {
+            path: sock.clone(),
+            client: false,
+        },
+        &pool,
+    );
     let mut xc = CrossConnect::default();
     xc.connect_one_way(a.id(), dead.id());
-    let worker = spawn(plan(0, vec![a_rx.remove(0)], vec![dead_tx.remove(0)]), xc);
+    let worker = spawn(plan(0, vec![a_rx], vec![dead_tx]), xc);
     let before = pool.available();
-    inject(&mut a_tx[0], &pool, 0..100);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while worker.counters().snapshot().dropped(DropReason::TxRefused) < 100
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    inject(&mut a_tx, &pool, 0..100);
+    wait_for_drops(&worker, DropReason::TxRefused, 100);
     let stats = worker.counters().snapshot();
     assert_eq!(stats.dropped(DropReason::TxRefused), 100);
     assert_eq!(stats.tx_packets, 0);
@@ -344,21 +344,11 @@ fn refused_packets_are_freed_and_counted() {
 #[test]
 fn no_output_is_a_counted_drop() {
     let pool = pool("nooutput", 1023);
-    let mut a = attach(&Backend::Ring);
-    let (mut a_rx, mut a_tx) = a.configure(&PortConfig::default(), &pool).unwrap();
-    a.start().unwrap();
-    let worker = spawn(
-        plan(1, vec![a_rx.remove(0)], vec![]),
-        CrossConnect::default(),
-    );
+    let (_a, a_rx, mut a_tx) = started(&Backend::Ring, &pool);
+    let worker = spawn(plan(1, vec![a_rx], vec![]), CrossConnect::default());
     let before = pool.available();
-    inject(&mut a_tx[0], &pool, 0..40);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while worker.counters().snapshot().dropped(DropReason::NoOutput) < 40
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    inject(&mut a_tx, &pool, 0..40);
+    wait_for_drops(&worker, DropReason::NoOutput, 40);
     assert_eq!(
         worker.counters().snapshot().dropped(DropReason::NoOutput),
         40
@@ -370,13 +360,8 @@ fn no_output_is_a_counted_drop() {
 #[test]
 fn idle_worker_backs_off() {
     let pool = pool("idle", 255);
-    let mut a = attach(&Backend::Ring);
-    let (mut a_rx, _a_tx) = a.configure(&PortConfig::default(), &pool).unwrap();
-    a.start().unwrap();
-    let worker = spawn(
-        plan(1, vec![a_rx.remove(0)], vec![]),
-        CrossConnect::default(),
-    );
+    let (_a, a_rx, _a_tx) = started(&Backend::Ring, &pool);
+    let worker = spawn(plan(1, vec![a_rx], vec![]), CrossConnect::default());
     std::thread::sleep(Duration::from_millis(300));
     let sleeps = worker.counters().snapshot().idle_sleeps;
     // 300 ms of sleeps capped at 500 us: hundreds, not the millions of a busy spin.

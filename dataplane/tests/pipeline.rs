@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use dataplane::counters::DropReason;
-use dataplane::packet::Mac;
+use dataplane::packet::{arp, Mac};
 use dataplane::pipeline::events::Event;
 use dataplane::pipeline::offline::Offline;
 use dataplane::table::builder::TablesBuilder;
@@ -259,16 +259,7 @@ fn arp_for_the_underlay_ip_is_answered_in_place() {
     let t = tables(Design::Dedicated, false);
     let asker: Mac = [2, 0, 0, 0, 0x0c, 7];
     let asker_ip = Ipv4Addr::new(198, 19, 255, 7);
-    let mut req = Vec::new();
-    req.extend([0xff; 6]);
-    req.extend(asker);
-    req.extend(0x0806u16.to_be_bytes());
-    req.extend([0, 1, 8, 0, 6, 4, 0, 1]);
-    req.extend(asker);
-    req.extend(asker_ip.octets());
-    req.extend([0; 6]);
-    req.extend(LOCAL_IP.octets());
-    req.extend([0; 18]); // padding to 60 bytes
+    let req = arp::request_frame(asker, asker_ip, LOCAL_IP);
     let r = run(&t, UPLINK, &req);
     let mut reply = Vec::new();
     reply.extend(asker);
@@ -529,16 +520,10 @@ fn port_security_pins_mac_and_ip_including_arp() {
             .dropped(DropReason::PortSecurityIp),
         1
     );
+    // The Ethernet source stays the port's own MAC; only the ARP sender lies.
     let arp = |sender_mac: Mac, sender_ip: Ipv4Addr| {
-        let mut f = Vec::new();
-        f.extend([0xff; 6]);
-        f.extend(C1);
-        f.extend(0x0806u16.to_be_bytes());
-        f.extend([0, 1, 8, 0, 6, 4, 0, 1]);
-        f.extend(sender_mac);
-        f.extend(sender_ip.octets());
-        f.extend([0; 6]);
-        f.extend([10, 0, 0, 6]);
+        let mut f = arp::request_frame(sender_mac, sender_ip, Ipv4Addr::new(10, 0, 0, 6));
+        f[6..12].copy_from_slice(&C1);
         f
     };
     assert_eq!(run(&t, ACCESS_A0, &arp(C1, ip)).out.len(), 1);

@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 
 use dataplane::counters::DropReason;
+use dataplane::packet::arp;
 use dataplane::packet::frame::BufFrame;
 use dataplane::packet::icmp::Icmpv4Packet;
 use dataplane::packet::ipv4::Ipv4Packet;
@@ -117,6 +118,18 @@ fn tables(options: &Options) -> FlowTables {
     b.build()
 }
 
+/// Tenant A's and B's router tables and a fresh single worker to run frames on.
+fn one_core() -> (FlowTables, Offline) {
+    (tables(&Options::default()), Offline::worker(0, 1))
+}
+
+/// The one frame a run sent, with its port (a run that sent none or several fails).
+fn only(run: Collect) -> (u16, Vec<u8>) {
+    let mut sent = run.sent;
+    assert_eq!(sent.len(), 1, "one frame sent, not {}", sent.len());
+    sent.remove(0)
+}
+
 fn tcp(src: (Mac, [u8; 4], u16), dst: (Mac, [u8; 4], u16), ttl: u8, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(src.0, dst.0)
         .ipv4(src.1, dst.1, ttl)
@@ -176,24 +189,13 @@ fn udp_of(frame: &[u8]) -> (u16, u16) {
 }
 
 fn arp_request(sender: Mac, sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend(sender);
-    f.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend(sender);
-    f.extend(sender_ip);
-    f.extend([0; 6]);
-    f.extend(target_ip);
-    f.resize(60, 0);
-    f
+    arp::request_frame(sender, sender_ip.into(), target_ip.into())
 }
 
 #[test]
 fn arp_for_the_gateway_is_answered_in_place() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
-    let out = core.run(&t, PORT_C1, &arp_request(C1, C1_IP, GW_A)).sent;
-    assert_eq!(out.len(), 1, "answered, not flooded");
-    let (port, reply) = &out[0];
+    let (t, mut core) = one_core();
+    let (port, reply) = &only(core.run(&t, PORT_C1, &arp_request(C1, C1_IP, GW_A)));
     assert_eq!(*port, PORT_C1);
     assert_eq!(&reply[0..6], &C1);
     assert_eq!(&reply[6..12], &mac_a());
@@ -216,8 +218,7 @@ fn arp_for_the_gateway_is_answered_in_place() {
 /// takes the router's fast path, traced or not, and leaves the same way.
 #[test]
 fn a_trace_follows_the_fast_path_real_frames_take() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let sent = tcp((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 64, true);
     let (first, notes) = core.trace(&t, PORT_C1, &sent);
     assert!(
@@ -235,12 +236,9 @@ fn a_trace_follows_the_fast_path_real_frames_take() {
 
 #[test]
 fn routes_between_subnets_of_a_tenant() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let sent = tcp((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 64, true);
-    let out = core.run(&t, PORT_C1, &sent).sent;
-    assert_eq!(out.len(), 1);
-    let (port, got) = &out[0];
+    let (port, got) = &only(core.run(&t, PORT_C1, &sent));
     assert_eq!(*port, PORT_C2);
     assert_eq!(&got[0..6], &C2, "to the neighbour's MAC");
     assert_eq!(&got[6..12], &mac_a(), "from the router");
@@ -261,8 +259,7 @@ fn routes_between_subnets_of_a_tenant() {
 
 #[test]
 fn ttl_expiry_sends_time_exceeded_with_the_original_header() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let sent = udp((C1, C1_IP, 5000), (mac_a(), C2_IP, 53), 1);
     let out = core.run(&t, PORT_C1, &sent).sent;
     assert_eq!(core.dropped(DropReason::TtlExceeded), 1);
@@ -285,8 +282,7 @@ fn ttl_expiry_sends_time_exceeded_with_the_original_header() {
 
 #[test]
 fn icmp_errors_are_rate_limited() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let sent = udp((C1, C1_IP, 5000), (mac_a(), C2_IP, 53), 1);
     let answered: usize = (0..router::ICMP_ERRORS_PER_SECOND + 50)
         .map(|_| core.run(&t, PORT_C1, &sent).sent.len())
@@ -300,17 +296,12 @@ fn icmp_errors_are_rate_limited() {
 
 #[test]
 fn snat_tcp_out_and_back() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
-    let out = core
-        .run(
-            &t,
-            PORT_C1,
-            &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, true),
-        )
-        .sent;
-    assert_eq!(out.len(), 1);
-    let (port, got) = &out[0];
+    let (t, mut core) = one_core();
+    let (port, got) = &only(core.run(
+        &t,
+        PORT_C1,
+        &tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, true),
+    ));
     assert_eq!(*port, UPLINK);
     assert_eq!(&got[0..6], &OUTSIDE_MAC);
     assert_eq!(&got[6..12], &UPLINK_MAC);
@@ -324,9 +315,7 @@ fn snat_tcp_out_and_back() {
         60,
         false,
     );
-    let out = core.run(&t, UPLINK, &back).sent;
-    assert_eq!(out.len(), 1);
-    let (port, got) = &out[0];
+    let (port, got) = &only(core.run(&t, UPLINK, &back));
     assert_eq!(*port, PORT_C1);
     assert_eq!(&got[0..6], &C1);
     assert_eq!(&got[6..12], &mac_a());
@@ -395,8 +384,7 @@ fn snat_reply_on_another_core_is_handed_to_the_session_owner() {
 
 #[test]
 fn snat_udp_and_icmp_out_and_back() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let out = core
         .run(
             &t,
@@ -454,8 +442,7 @@ fn snat_udp_and_icmp_out_and_back() {
 
 #[test]
 fn published_port_in_and_back() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let client = [192, 0, 2, 50];
     let out = core
         .run(
@@ -510,8 +497,7 @@ fn port_exhaustion_is_a_counted_drop() {
 
 #[test]
 fn mid_stream_tcp_without_session_is_reset() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let out = core
         .run(
             &t,
@@ -532,8 +518,7 @@ fn mid_stream_tcp_without_session_is_reset() {
 
 #[test]
 fn unresolved_neighbour_holds_and_asks() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let sink = core.run(
         &t,
         PORT_C1,
@@ -593,8 +578,7 @@ fn tenants_route_to_each_other_only_when_peered() {
 
 #[test]
 fn nobody_sends_as_the_router() {
-    let t = tables(&Options::default());
-    let mut core = Offline::worker(0, 1);
+    let (t, mut core) = one_core();
     let forged = udp((mac_a(), C1_IP, 1), (C2, C2_IP, 2), 64);
     assert!(core.run(&t, PORT_C1, &forged).sent.is_empty());
     assert_eq!(core.dropped(DropReason::MacSpoof), 1);

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::ethernet::read_mac;
+use super::ethernet::{self, read_mac, EtherType, EthernetFrame, EthernetRepr};
 use super::{read_u16, Error, Mac, Result};
 
 /// Length of an Ethernet/IPv4 ARP packet.
@@ -283,10 +283,32 @@ impl ArpRepr {
     }
 }
 
+/// A broadcast ARP request frame from (`mac`, `ip`) for `target`, padded to Ethernet's
+/// 60-byte minimum: what the control plane sends to resolve a neighbour.
+pub fn request_frame(mac: Mac, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = vec![0u8; 60];
+    EthernetRepr {
+        src_addr: mac,
+        dst_addr: ethernet::BROADCAST,
+        ethertype: EtherType::Arp,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    ArpRepr {
+        operation: ArpOperation::Request,
+        sender_hardware_addr: mac,
+        sender_protocol_addr: ip,
+        target_hardware_addr: [0; 6],
+        target_protocol_addr: target,
+    }
+    .emit(&mut ArpPacket::new_unchecked(
+        &mut frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + HEADER_LEN],
+    ));
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
     use crate::packet::testutil::XorShift;
 
     // Who has 10.0.0.2? Tell 10.0.0.1 (02:00:00:00:00:01).
@@ -454,5 +476,19 @@ mod tests {
                 let _ = (p.into_inner(), r);
             }
         }
+    }
+
+    #[test]
+    fn a_request_frame_is_a_padded_broadcast_request() {
+        let frame = request_frame(
+            [2, 0, 0, 0, 0x0c, 1],
+            Ipv4Addr::new(192, 168, 77, 1),
+            Ipv4Addr::new(192, 168, 77, 2),
+        );
+        assert_eq!(frame.len(), 60);
+        assert_eq!(&frame[..6], &[0xff; 6]);
+        assert_eq!(&frame[12..14], &[0x08, 0x06]);
+        assert_eq!(&frame[20..22], &[0, 1], "request");
+        assert_eq!(&frame[38..42], &[192, 168, 77, 2], "target");
     }
 }

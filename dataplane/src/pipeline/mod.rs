@@ -42,7 +42,7 @@ use crate::table::{FlowTables, PortRole};
 use events::{EventQueue, Learner};
 use fdb_cache::{FdbCache, Unresolved};
 use router::RouterState;
-use stage::{Context, Sink};
+use stage::{CoreState, Sink};
 
 /// The per-burst packet decision. Runs on one worker; must not allocate, lock, log or
 /// make system calls.
@@ -90,9 +90,7 @@ type HoldQueue<F> = VecDeque<(Unresolved, u32, F)>;
 /// core forwards with them, and only then does the control plane hear it moved on.
 pub struct Core<F> {
     tables: TableReader,
-    learner: Learner,
-    cache: FdbCache,
-    router: RouterState,
+    state: CoreState,
     held: HoldQueue<F>,
     /// The [`crate::table::FlowTables::retired`] mark whose state this core dropped.
     retired: u64,
@@ -130,9 +128,11 @@ impl<F: Frame> Core<F> {
     pub fn new(tables: TableReader, events: Arc<EventQueue>, slot: WorkerSlot) -> Self {
         Self {
             tables,
-            learner: Learner::new(events),
-            cache: FdbCache::default(),
-            router: RouterState::new(slot.nat_sessions, slot.index, slot.count),
+            state: CoreState {
+                learner: Learner::new(events),
+                cache: FdbCache::default(),
+                router: RouterState::new(slot.nat_sessions, slot.index, slot.count),
+            },
             held: VecDeque::with_capacity(HOLD_QUEUE_LEN),
             retired: 0,
         }
@@ -151,19 +151,19 @@ impl<F: Frame> Core<F> {
 
     /// SNAT sessions this core holds now.
     pub fn sessions(&self) -> usize {
-        self.router.nat.len()
+        self.state.router.nat.len()
     }
 
     /// Starts a burst at `now` (seconds on the core's clock): moves to the newest
     /// tables, gives held frames their chance, sweeps a few expired SNAT sessions.
     #[inline]
     pub fn begin(&mut self, now: u32, sink: &mut impl Sink<F>, counters: &CoreCounters) {
-        self.learner.now = now;
+        self.state.learner.now = now;
         if self.refresh(counters) || self.held_expired() {
             self.release_held(sink, counters);
         }
         let tables = self.tables.tables();
-        self.router.nat.sweep_some(&tables.nat, now);
+        self.state.router.nat.sweep_some(&tables.nat, now);
     }
 
     /// Starts loading what the frames of a burst from `in_port` will look up (their
@@ -176,12 +176,17 @@ impl<F: Frame> Core<F> {
         if let PortRole::Access { tenant, .. } = *tables.role(in_port) {
             if let Some(router) = tables.router(tenant) {
                 for data in frames.clone() {
-                    self.cache.prefetch_route(tenant, data);
+                    self.state.cache.prefetch_route(tenant, data);
                 }
                 // Then the SNAT slots of the frames those routes send outside.
                 if router.snat_ip.is_some() {
                     for data in frames {
-                        router::prefetch_external(&self.cache, &self.router.nat, tenant, data);
+                        router::prefetch_external(
+                            &self.state.cache,
+                            &self.state.router.nat,
+                            tenant,
+                            data,
+                        );
                     }
                 }
             }
@@ -201,16 +206,9 @@ impl<F: Frame> Core<F> {
         let mut parking = Parking {
             sink,
             held: &mut self.held,
-            now: self.learner.now,
+            now: self.state.learner.now,
         };
-        let mut cx = Context {
-            counters,
-            learner: &mut self.learner,
-            cache: &mut self.cache,
-            router: &mut self.router,
-            tracer: stage::NoTrace,
-            fast_path: true,
-        };
+        let mut cx = self.state.context(counters, stage::NoTrace, true);
         dispatch::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
     }
 
@@ -223,7 +221,7 @@ impl<F: Frame> Core<F> {
         if self.held.is_empty() {
             return 0;
         }
-        self.learner.now = now;
+        self.state.learner.now = now;
         if !moved && !self.held_expired() {
             return 0;
         }
@@ -233,7 +231,7 @@ impl<F: Frame> Core<F> {
     fn held_expired(&self) -> bool {
         self.held
             .front()
-            .is_some_and(|h| self.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS)
+            .is_some_and(|h| self.state.learner.now.wrapping_sub(h.1) >= router::HOLD_SECS)
     }
 
     /// Moves to the newest tables, if there are any; true when it did. State that
@@ -243,7 +241,7 @@ impl<F: Frame> Core<F> {
         if !self.tables.refresh() {
             return false;
         }
-        self.cache.clear();
+        self.state.cache.clear();
         let retired = self.tables.tables().retired;
         if retired != self.retired {
             self.retired = retired;
@@ -258,7 +256,7 @@ impl<F: Frame> Core<F> {
     #[cold]
     fn forget_retired(&mut self, counters: &CoreCounters) {
         let tables = self.tables.tables();
-        self.router.nat.retain(|tenant, outside| {
+        self.state.router.nat.retain(|tenant, outside| {
             tables
                 .router(tenant)
                 .filter(|r| r.here)
@@ -269,7 +267,7 @@ impl<F: Frame> Core<F> {
         self.held
             .retain(|(pending, _, _)| tables.tenant(pending.tenant).is_some());
         counters.add_drop(DropReason::Retired, before - self.held.len());
-        self.learner.forget();
+        self.state.learner.forget();
     }
 
     /// Gives held frames their next chance with the tables in use; drops the ones
@@ -280,15 +278,8 @@ impl<F: Frame> Core<F> {
         }
         let before = self.held.len();
         let tables = self.tables.tables();
-        let now = self.learner.now;
-        let mut cx = Context {
-            counters,
-            learner: &mut self.learner,
-            cache: &mut self.cache,
-            router: &mut self.router,
-            tracer: stage::NoTrace,
-            fast_path: true,
-        };
+        let now = self.state.learner.now;
+        let mut cx = self.state.context(counters, stage::NoTrace, true);
         for _ in 0..self.held.len() {
             let Some((pending, since, frame)) = self.held.pop_front() else {
                 break;

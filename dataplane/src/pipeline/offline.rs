@@ -9,7 +9,7 @@ use super::dispatch::handle;
 use super::events::{Event, EventQueue, Learner};
 use super::fdb_cache::{FdbCache, Unresolved};
 use super::router::RouterState;
-use super::stage::{Context, NoTrace, Sink, Trace};
+use super::stage::{Context, CoreState, NoTrace, Sink, Trace};
 use crate::counters::{CoreCounters, CoreStats, DropReason};
 use crate::packet::frame::{BufFrame, Frame};
 use crate::table::FlowTables;
@@ -62,9 +62,7 @@ pub struct Offline {
     /// Its counters.
     pub counters: CoreCounters,
     queue: Arc<EventQueue>,
-    learner: Learner,
-    cache: FdbCache,
-    router: RouterState,
+    state: CoreState,
     fast_path: bool,
 }
 
@@ -86,10 +84,12 @@ impl Offline {
         let queue = Arc::new(EventQueue::new(1024));
         Self {
             counters: CoreCounters::default(),
-            learner: Learner::new(Arc::clone(&queue)),
+            state: CoreState {
+                learner: Learner::new(Arc::clone(&queue)),
+                cache: FdbCache::default(),
+                router,
+            },
             queue,
-            cache: FdbCache::default(),
-            router,
             fast_path: true,
         }
     }
@@ -107,14 +107,7 @@ impl Offline {
     }
 
     fn context_with<T: Trace>(&mut self, tracer: T) -> Context<'_, T> {
-        Context {
-            counters: &self.counters,
-            learner: &mut self.learner,
-            cache: &mut self.cache,
-            router: &mut self.router,
-            tracer,
-            fast_path: self.fast_path,
-        }
+        self.state.context(&self.counters, tracer, self.fast_path)
     }
 
     /// Runs `frame` as received on `in_port`.
@@ -169,7 +162,7 @@ impl Offline {
 
     /// The SNAT sessions this core holds.
     pub fn sessions(&self) -> usize {
-        self.router.nat.len()
+        self.state.router.nat.len()
     }
 
     /// The learning and neighbour reports queued so far (taken).
@@ -181,9 +174,9 @@ impl Offline {
     /// a new core).
     pub fn reset(&mut self) {
         while self.queue.pop().is_some() {}
-        self.learner.forget();
-        self.cache.clear();
-        self.router.nat.clear();
+        self.state.learner.forget();
+        self.state.cache.clear();
+        self.state.router.nat.clear();
         self.counters = CoreCounters::default();
     }
 }

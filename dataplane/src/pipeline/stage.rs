@@ -157,6 +157,38 @@ pub struct Context<'a, T: Trace = NoTrace> {
     pub fast_path: bool,
 }
 
+/// What a core keeps across bursts for its stages: the learner, the FDB cache and the
+/// router state. One owner, so the worker's core and the offline core lend the same
+/// three to a [`Context`] the same way.
+pub struct CoreState {
+    /// Learning and neighbour reports.
+    pub learner: Learner,
+    /// The core's FDB cache.
+    pub cache: FdbCache,
+    /// SNAT sessions and the ICMP budget.
+    pub router: RouterState,
+}
+
+impl CoreState {
+    /// The context a burst (or one offline frame) runs with.
+    #[inline(always)]
+    pub fn context<'a, T: Trace>(
+        &'a mut self,
+        counters: &'a CoreCounters,
+        tracer: T,
+        fast_path: bool,
+    ) -> Context<'a, T> {
+        Context {
+            counters,
+            learner: &mut self.learner,
+            cache: &mut self.cache,
+            router: &mut self.router,
+            tracer,
+            fast_path,
+        }
+    }
+}
+
 impl<T: Trace> Context<'_, T> {
     #[inline(always)]
     pub(crate) fn drop(&mut self, reason: DropReason) {
