@@ -133,20 +133,23 @@ pub fn attach_veth(
     }
 }
 
-/// The endpoints of `tenant` behind port `name`.
-pub fn endpoints_of(client: &Client, tenant: &str, name: &str) -> Result<Vec<Value>, Refused> {
-    let answer = call(client, "GET", "/v1/endpoints", None)?;
+/// The records a listing such as `/v1/ports` answers.
+fn list(client: &Client, path: &str) -> Result<Vec<Value>, Refused> {
+    let answer = call(client, "GET", path, None)?;
     if !answer.ok() {
         return Err(Refused::Refused(answer.refusal()));
     }
-    Ok(answer
-        .body
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["tenant"] == tenant && e["port"] == name)
-        .cloned()
-        .collect())
+    match answer.body {
+        Value::Array(records) => Ok(records),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The endpoints of `tenant` behind port `name`.
+pub fn endpoints_of(client: &Client, tenant: &str, name: &str) -> Result<Vec<Value>, Refused> {
+    let mut endpoints = list(client, "/v1/endpoints")?;
+    endpoints.retain(|e| e["tenant"] == tenant && e["port"] == name);
+    Ok(endpoints)
 }
 
 /// Removes port `name` and, when `tenant` is known, its endpoints; what is already
@@ -178,17 +181,9 @@ pub fn detach(client: &Client, tenant: Option<&str>, name: &str) -> Result<(), R
 
 /// The port tenetd has named `name`, if any.
 pub fn find_port(client: &Client, name: &str) -> Result<Option<Value>, Refused> {
-    let answer = call(client, "GET", "/v1/ports", None)?;
-    if !answer.ok() {
-        return Err(Refused::Refused(answer.refusal()));
-    }
-    Ok(answer
-        .body
-        .as_array()
+    Ok(list(client, "/v1/ports")?
         .into_iter()
-        .flatten()
-        .find(|p| p["name"] == name)
-        .cloned())
+        .find(|p| p["name"] == name))
 }
 
 /// A stable 12-hex-digit name part from `parts` (FNV-1a: the same on every host and

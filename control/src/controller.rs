@@ -457,16 +457,21 @@ impl Controller {
         if !self.dynamic.neighbors.contains_key(&ip) && ask.answers.len() == 1 {
             ask.installed = true;
             tracing::info!(%ip, mac = %MacText(mac), "underlay neighbour resolved");
-            self.dynamic.neighbors.insert(ip, mac);
-            self.resolved.insert(
-                ip,
-                Resolved {
-                    changed: now,
-                    confirmed: now,
-                },
-            );
-            self.dirty = true;
+            self.install_next_hop(ip, mac, now);
         }
+    }
+
+    /// Takes `mac` as the next hop `ip` from `now` on; a move is locked out from then.
+    fn install_next_hop(&mut self, ip: Ipv4Addr, mac: Mac, now: Instant) {
+        self.dynamic.neighbors.insert(ip, mac);
+        self.resolved.insert(
+            ip,
+            Resolved {
+                changed: now,
+                confirmed: now,
+            },
+        );
+        self.dirty = true;
     }
 
     /// Decides on the answers to each request whose window closed. One answer, the MAC
@@ -500,15 +505,7 @@ impl Controller {
                         continue;
                     }
                     tracing::warn!(%ip, old = %MacText(current), new = %MacText(*moved), "underlay next hop moved");
-                    self.dynamic.neighbors.insert(ip, *moved);
-                    self.resolved.insert(
-                        ip,
-                        Resolved {
-                            changed: now,
-                            confirmed: now,
-                        },
-                    );
-                    self.dirty = true;
+                    self.install_next_hop(ip, *moved, now);
                 }
                 several => {
                     self.stats.arp_refused += 1;
@@ -869,9 +866,11 @@ port = "c1"
         })
     }
 
-    fn controller() -> (Controller, Arc<EventQueue>, TablePublisher) {
-        let config = validated(CONFIG);
-        let ports = vec![port(0), port(1)];
+    /// A controller of `config` with one worker queue, and the publisher it fills.
+    fn controller_of(
+        config: Arc<Validated>,
+        ports: Vec<Option<PortInfo>>,
+    ) -> (Controller, Arc<EventQueue>, TablePublisher) {
         let queue = Arc::new(EventQueue::new(64));
         let publisher = TablePublisher::new(Default::default());
         let c = Controller::new(
@@ -885,14 +884,23 @@ port = "c1"
         (c, queue, publisher)
     }
 
-    fn learn(queue: &EventQueue, last: u8, port: u16) {
+    fn controller() -> (Controller, Arc<EventQueue>, TablePublisher) {
+        controller_of(validated(CONFIG), vec![port(0), port(1)])
+    }
+
+    /// What a worker tells the controller when `mac` of `tenant` comes in on `port`.
+    fn learn_mac(queue: &EventQueue, tenant: TenantIdx, mac: Mac, port: u16) {
         queue
             .push(Event::Learn {
-                tenant: 0,
-                mac: [2, 0, 0, 0, 0x0b, last],
+                tenant,
+                mac,
                 location: Location::Port(port),
             })
             .unwrap();
+    }
+
+    fn learn(queue: &EventQueue, last: u8, port: u16) {
+        learn_mac(queue, 0, [2, 0, 0, 0, 0x0b, last], port);
     }
 
     #[test]
@@ -926,13 +934,7 @@ port = "c1"
     #[test]
     fn static_endpoints_are_not_relearned_and_moves_are_followed() {
         let (mut c, queue, publisher) = controller();
-        queue
-            .push(Event::Learn {
-                tenant: 0,
-                mac: [2, 0, 0, 0, 0x0a, 1],
-                location: Location::Port(1),
-            })
-            .unwrap();
+        learn_mac(&queue, 0, [2, 0, 0, 0, 0x0a, 1], 1);
         learn(&queue, 7, 0);
         c.absorb(Instant::now());
         learn(&queue, 7, 1);
@@ -988,29 +990,26 @@ port = "c1"
             .collect()
     }
 
+    /// Red with its port p1 and blue with p2.
+    fn red_and_blue_controller() -> (Controller, Arc<EventQueue>, TablePublisher) {
+        let config = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
+        let ports = ports_of(&config);
+        controller_of(config, ports)
+    }
+
+    fn reconfigure_to(c: &mut Controller, text: &str) {
+        let config = validated(text);
+        let ports = ports_of(&config);
+        c.reconfigure(config, ports);
+    }
+
     fn learn_in(queue: &EventQueue, tenant: TenantIdx, last: u8, port: u16) {
-        queue
-            .push(Event::Learn {
-                tenant,
-                mac: [2, 0, 0, 0, 0xaa, last],
-                location: Location::Port(port),
-            })
-            .unwrap();
+        learn_mac(queue, tenant, [2, 0, 0, 0, 0xaa, last], port);
     }
 
     #[test]
     fn a_mac_learned_on_a_deleted_port_dies_with_it_and_never_follows_its_id() {
-        let config = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
-        let queue = Arc::new(EventQueue::new(64));
-        let publisher = TablePublisher::new(Default::default());
-        let mut c = Controller::new(
-            Arc::clone(&config),
-            ports_of(&config),
-            publisher.clone(),
-            vec![Arc::clone(&queue)],
-            None,
-            None,
-        );
+        let (mut c, queue, publisher) = red_and_blue_controller();
         let red = c.ids().tenant(0).unwrap();
         let blue = c.ids().tenant(1).unwrap();
         learn_in(&queue, red, 1, 1);
@@ -1018,12 +1017,10 @@ port = "c1"
         assert_eq!(c.learned(), 1);
         // Red's port p1 goes; an event about it was still queued.
         learn_in(&queue, red, 2, 1);
-        let without = validated(&two_tenants(&[], &[2], &["red", "blue"]));
-        c.reconfigure(Arc::clone(&without), ports_of(&without));
+        reconfigure_to(&mut c, &two_tenants(&[], &[2], &["red", "blue"]));
         assert_eq!(c.learned(), 0, "dropped at the change, not at aging");
         // Blue's new port takes the id 1 the old one had.
-        let reused = validated(&two_tenants(&[], &[2, 1], &["red", "blue"]));
-        c.reconfigure(Arc::clone(&reused), ports_of(&reused));
+        reconfigure_to(&mut c, &two_tenants(&[], &[2, 1], &["red", "blue"]));
         c.absorb(Instant::now());
         c.publish_if_changed();
         assert_eq!(c.learned(), 0, "the queued event is refused");
@@ -1043,30 +1040,18 @@ port = "c1"
 
     #[test]
     fn tenants_keep_their_slots_while_others_come_and_go() {
-        let config = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
-        let queue = Arc::new(EventQueue::new(64));
-        let publisher = TablePublisher::new(Default::default());
-        let mut c = Controller::new(
-            Arc::clone(&config),
-            ports_of(&config),
-            publisher.clone(),
-            vec![Arc::clone(&queue)],
-            None,
-            None,
-        );
+        let (mut c, queue, publisher) = red_and_blue_controller();
         let (red, blue) = (c.ids().tenant(0).unwrap(), c.ids().tenant(1).unwrap());
         learn_in(&queue, blue, 7, 2);
         c.absorb(Instant::now());
         // Red leaves: blue moves to the first position of the list, not of the tables.
-        let blue_only = validated(&two_tenants(&[], &[2], &["blue"]));
-        c.reconfigure(Arc::clone(&blue_only), ports_of(&blue_only));
+        reconfigure_to(&mut c, &two_tenants(&[], &[2], &["blue"]));
         assert_eq!(c.ids().tenant(0), Some(blue));
         assert_eq!(c.learned(), 1, "blue's MAC stays");
         // Red comes back before every worker has moved on: a new slot.
         let _reader = publisher.reader();
         c.publish_if_changed();
-        let again = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
-        c.reconfigure(Arc::clone(&again), ports_of(&again));
+        reconfigure_to(&mut c, &two_tenants(&[1], &[2], &["red", "blue"]));
         let red_again = c.ids().tenant(0).unwrap();
         assert_ne!(red_again, red, "the old slot is still retiring");
         assert_ne!(red_again, blue);
@@ -1085,21 +1070,11 @@ port = "c1"
 
     #[test]
     fn a_port_given_to_another_tenant_takes_none_of_the_old_tenants_macs() {
-        let config = validated(&two_tenants(&[1], &[2], &["red", "blue"]));
-        let queue = Arc::new(EventQueue::new(64));
-        let mut c = Controller::new(
-            Arc::clone(&config),
-            ports_of(&config),
-            TablePublisher::new(Default::default()),
-            vec![Arc::clone(&queue)],
-            None,
-            None,
-        );
+        let (mut c, queue, _) = red_and_blue_controller();
         let red = c.ids().tenant(0).unwrap();
         learn_in(&queue, red, 1, 1);
         c.absorb(Instant::now());
-        let swapped = validated(&two_tenants(&[2], &[1], &["red", "blue"]));
-        c.reconfigure(Arc::clone(&swapped), ports_of(&swapped));
+        reconfigure_to(&mut c, &two_tenants(&[2], &[1], &["red", "blue"]));
         assert_eq!(c.learned(), 0);
         learn_in(&queue, red, 1, 1);
         c.absorb(Instant::now());
@@ -1137,25 +1112,22 @@ role = "uplink"
     const LIAR: Mac = [2, 0, 0, 0, 0x66, 6];
 
     fn underlay_controller() -> (Controller, Arc<EventQueue>, TablePublisher) {
-        let queue = Arc::new(EventQueue::new(64));
-        let publisher = TablePublisher::new(Default::default());
-        let c = Controller::new(
-            validated(UNDERLAY),
-            vec![port(0)],
-            publisher.clone(),
-            vec![Arc::clone(&queue)],
-            None,
-            None,
-        );
-        (c, queue, publisher)
+        controller_of(validated(UNDERLAY), vec![port(0)])
+    }
+
+    /// Instants by seconds after now.
+    fn clock() -> impl Fn(f64) -> Instant {
+        let t0 = Instant::now();
+        move |s| t0 + Duration::from_secs_f64(s)
     }
 
     fn reply(queue: &EventQueue, mac: Mac) {
         queue.push(Event::Neighbor { ip: PEER, mac }).unwrap();
     }
 
-    /// The MAC the tunnel to b is built toward.
-    fn tunnel_mac(publisher: &TablePublisher) -> Option<Mac> {
+    /// The MAC the tunnel to b is built toward, in the tables `c` publishes.
+    fn tunnel_mac(c: &mut Controller, publisher: &TablePublisher) -> Option<Mac> {
+        c.publish_if_changed();
         let tables = publisher.current();
         let header = tables.tunnels.first()?.header?;
         Some(header.bytes[..6].try_into().unwrap())
@@ -1164,16 +1136,14 @@ role = "uplink"
     #[test]
     fn underlay_next_hops_are_learned_only_from_answers_to_our_requests() {
         let (mut c, queue, publisher) = underlay_controller();
-        let t0 = Instant::now();
-        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let at = clock();
         reply(&queue, LIAR);
         c.absorb(at(0.0));
         assert_eq!(c.dynamic.neighbors.get(&PEER), None, "nobody asked");
         assert_eq!(c.due_next_hops(at(0.0)), [PEER]);
         reply(&queue, REAL);
         c.absorb(at(0.1));
-        c.publish_if_changed();
-        assert_eq!(tunnel_mac(&publisher), Some(REAL));
+        assert_eq!(tunnel_mac(&mut c, &publisher), Some(REAL));
         // An unasked reply, long after the request: refused.
         reply(&queue, LIAR);
         c.absorb(at(5.0));
@@ -1184,71 +1154,64 @@ role = "uplink"
         reply(&queue, REAL);
         c.absorb(at(31.1));
         c.settle_next_hops(at(34.5));
-        c.publish_if_changed();
-        assert_eq!(tunnel_mac(&publisher), Some(REAL));
+        assert_eq!(tunnel_mac(&mut c, &publisher), Some(REAL));
         assert_eq!(c.stats().arp_refused, 3);
         // A real move (only the new MAC answers) is taken once the window closes, and a
         // second move within the lock is refused.
         assert_eq!(c.due_next_hops(at(62.0)), [PEER]);
         reply(&queue, LIAR);
         c.absorb(at(62.1));
-        c.publish_if_changed();
         assert_eq!(
-            tunnel_mac(&publisher),
+            tunnel_mac(&mut c, &publisher),
             Some(REAL),
             "not before the window closes"
         );
         c.settle_next_hops(at(65.1));
-        c.publish_if_changed();
-        assert_eq!(tunnel_mac(&publisher), Some(LIAR));
+        assert_eq!(tunnel_mac(&mut c, &publisher), Some(LIAR));
     }
 
     #[test]
     fn disagreeing_first_answers_leave_the_next_hop_unresolved_and_asked_again() {
         let (mut c, queue, publisher) = underlay_controller();
-        let t0 = Instant::now();
-        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let at = clock();
         assert_eq!(c.due_next_hops(at(0.0)), [PEER]);
         reply(&queue, LIAR);
         reply(&queue, REAL);
         c.absorb(at(0.1));
         c.settle_next_hops(at(3.1));
-        c.publish_if_changed();
         assert_eq!(
-            tunnel_mac(&publisher),
+            tunnel_mac(&mut c, &publisher),
             None,
             "no tunnel toward a contested MAC"
         );
         assert_eq!(c.due_next_hops(at(3.2)), [PEER], "asked again");
         reply(&queue, REAL);
         c.absorb(at(3.3));
-        c.publish_if_changed();
-        assert_eq!(tunnel_mac(&publisher), Some(REAL));
+        assert_eq!(tunnel_mac(&mut c, &publisher), Some(REAL));
     }
 
     #[test]
     fn next_hops_that_stop_answering_or_are_no_longer_needed_are_forgotten() {
         let (mut c, queue, _publisher) = underlay_controller();
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        c.due_next_hops(at(0));
+        let at = clock();
+        c.due_next_hops(at(0.0));
         reply(&queue, REAL);
-        c.absorb(at(0));
-        c.settle_next_hops(at(4));
-        for s in [31, 62, 93] {
+        c.absorb(at(0.0));
+        c.settle_next_hops(at(4.0));
+        for s in [31.0, 62.0, 93.0] {
             assert_eq!(c.due_next_hops(at(s)), [PEER], "refresh at {s} s");
-            c.settle_next_hops(at(s + 4));
+            c.settle_next_hops(at(s + 4.0));
         }
         assert_eq!(c.dynamic.neighbors.get(&PEER), Some(&REAL), "95 s not yet");
-        c.due_next_hops(at(124));
+        c.due_next_hops(at(124.0));
         assert_eq!(c.dynamic.neighbors.get(&PEER), None, "silent for over 95 s");
         // A tenant no longer on b: its next hop goes, and is not asked for.
-        c.due_next_hops(at(125));
+        c.due_next_hops(at(125.0));
         reply(&queue, REAL);
-        c.absorb(at(125));
+        c.absorb(at(125.0));
         let alone = validated(&UNDERLAY.replace("hosts = [\"b\"]", ""));
         c.reconfigure(alone, vec![port(0)]);
-        assert!(c.due_next_hops(at(130)).is_empty());
+        assert!(c.due_next_hops(at(130.0)).is_empty());
         assert!(c.dynamic.neighbors.is_empty());
     }
 }

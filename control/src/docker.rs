@@ -259,25 +259,24 @@ impl Driver {
         Ok(json!({}))
     }
 
-    fn endpoint_info(&self, request: &Value) -> Result<Value, Failure> {
+    /// The endpoint the request's `EndpointID` names, which must exist.
+    fn known_endpoint(&self, request: &Value) -> Result<&Endpoint, Failure> {
         let id = field(request, "EndpointID")?;
-        let endpoint = self
-            .state
+        self.state
             .endpoints
             .get(id)
-            .ok_or_else(|| format!("EndpointID: {id} is unknown"))?;
+            .ok_or_else(|| format!("EndpointID: {id} is unknown"))
+    }
+
+    fn endpoint_info(&self, request: &Value) -> Result<Value, Failure> {
+        let endpoint = self.known_endpoint(request)?;
         Ok(
             json!({"Value": {"host_interface": endpoint.host, "mac": endpoint.mac, "ip": endpoint.ip}}),
         )
     }
 
     fn join(&self, request: &Value) -> Result<Value, Failure> {
-        let id = field(request, "EndpointID")?;
-        let endpoint = self
-            .state
-            .endpoints
-            .get(id)
-            .ok_or_else(|| format!("EndpointID: {id} is unknown"))?;
+        let endpoint = self.known_endpoint(request)?;
         let mut answer = json!({
             "InterfaceName": {"SrcName": endpoint.peer, "DstPrefix": "eth"},
             "StaticRoutes": [],

@@ -24,8 +24,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// A container's end of a veth, as the container sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,31 @@ async fn mac_of(handle: &Handle, index: u32) -> anyhow::Result<[u8; 6]> {
         .context("link has no MAC")
 }
 
+/// Makes the veth pair `host`–`peer` here.
+async fn add_veth(handle: &Handle, host: &str, peer: &str, mtu: Option<u32>) -> anyhow::Result<()> {
+    handle
+        .link()
+        .add(with_mtu(LinkVeth::new(host, peer), mtu).build())
+        .execute()
+        .await
+        .with_context(|| format!("creating veth {host}"))
+}
+
+fn with_mtu<T>(link: LinkMessageBuilder<T>, mtu: Option<u32>) -> LinkMessageBuilder<T> {
+    match mtu {
+        Some(mtu) => link.mtu(mtu),
+        None => link,
+    }
+}
+
+async fn set_link(handle: &Handle, link: LinkMessage) -> Result<(), rtnetlink::Error> {
+    handle.link().set(link).execute().await
+}
+
+async fn bring_up(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    set_link(handle, LinkUnspec::new_with_index(index).up().build()).await
+}
+
 /// Runs `f` on a thread that entered the network namespace at `netns`.
 fn in_netns<T: Send>(
     netns: &Path,
@@ -124,38 +149,24 @@ pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<[u8; 6]> {
     let temporary = format!("{}p", &plan.host[..plan.host.len().min(14)]);
     runtime()?.block_on(async {
         let handle = connect()?;
-        let mut veth = LinkVeth::new(plan.host, &temporary);
-        if let Some(mtu) = plan.mtu {
-            veth = veth.mtu(mtu);
-        }
-        handle
-            .link()
-            .add(veth.build())
-            .execute()
-            .await
-            .with_context(|| format!("creating veth {}", plan.host))?;
+        add_veth(&handle, plan.host, &temporary, plan.mtu).await?;
         let moved = async {
             let peer = index_of(&handle, &temporary)
                 .await?
                 .context("the new veth has no peer")?;
             use std::os::fd::AsRawFd;
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(peer)
-                        .setns_by_fd(ns.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .context("moving the veth into the namespace")?;
+            set_link(
+                &handle,
+                LinkUnspec::new_with_index(peer)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
+            .await
+            .context("moving the veth into the namespace")?;
             let host = index_of(&handle, plan.host)
                 .await?
                 .context("host end vanished")?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(host).up().build())
-                .execute()
+            bring_up(&handle, host)
                 .await
                 .context("bringing the host end up")?;
             anyhow::Ok(())
@@ -175,14 +186,8 @@ pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<[u8; 6]> {
                 .context("the veth did not arrive in the namespace")?;
             // The MTU given at creation is the host end's; the container end's is its
             // own, and a frame larger than the host end's is dropped on the way out.
-            let mut rename = LinkUnspec::new_with_index(index).name(plan.ifname.to_owned());
-            if let Some(mtu) = plan.mtu {
-                rename = rename.mtu(mtu);
-            }
-            handle
-                .link()
-                .set(rename.build())
-                .execute()
+            let rename = LinkUnspec::new_with_index(index).name(plan.ifname.to_owned());
+            set_link(&handle, with_mtu(rename, plan.mtu).build())
                 .await
                 .with_context(|| format!("naming the container end {}", plan.ifname))?;
             disable_tx_checksum(plan.ifname).await?;
@@ -195,10 +200,7 @@ pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<[u8; 6]> {
                     .with_context(|| format!("adding {ip}/{prefix}"))?;
             }
             for link in [index, index_of(&handle, "lo").await?.unwrap_or(index)] {
-                handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(link).up().build())
-                    .execute()
+                bring_up(&handle, link)
                     .await
                     .context("bringing the container end up")?;
             }
@@ -235,16 +237,7 @@ pub fn create_veth_here(
 ) -> anyhow::Result<[u8; 6]> {
     runtime()?.block_on(async {
         let handle = connect()?;
-        let mut veth = LinkVeth::new(host, peer);
-        if let Some(mtu) = mtu {
-            veth = veth.mtu(mtu);
-        }
-        handle
-            .link()
-            .add(veth.build())
-            .execute()
-            .await
-            .with_context(|| format!("creating veth {host}"))?;
+        add_veth(&handle, host, peer, mtu).await?;
         let made = async {
             let peer_index = index_of(&handle, peer)
                 .await?
@@ -253,14 +246,8 @@ pub fn create_veth_here(
             if let Some(mac) = mac {
                 peer_set = peer_set.address(mac.to_vec());
             }
-            if let Some(mtu) = mtu {
-                peer_set = peer_set.mtu(mtu);
-            }
             if mac.is_some() || mtu.is_some() {
-                handle
-                    .link()
-                    .set(peer_set.build())
-                    .execute()
+                set_link(&handle, with_mtu(peer_set, mtu).build())
                     .await
                     .context("setting the container end's MAC and MTU")?;
             }
@@ -270,10 +257,7 @@ pub fn create_veth_here(
                 let index = index_of(&handle, name)
                     .await?
                     .context("veth end vanished")?;
-                handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(index).up().build())
-                    .execute()
+                bring_up(&handle, index)
                     .await
                     .with_context(|| format!("bringing {name} up"))?;
             }

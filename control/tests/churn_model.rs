@@ -85,27 +85,33 @@ fn a_reused_port_id_carries_nothing_of_its_old_tenant() {
     world.run(world.ports[0].unwrap().id, frame);
 }
 
+/// A container of `tenant` on `port` that its gateway knows: it asked for the gateway's
+/// MAC (ARP) and the controller took it in as a neighbour.
+fn gateways_neighbour(port: usize, tenant: usize) -> [Op; 3] {
+    [
+        Op::AddPort { port, tenant },
+        Op::Send {
+            port,
+            kind: 2,
+            pick: 0,
+        },
+        Op::Absorb,
+    ]
+}
+
 /// SNAT sessions of a tenant that went answer nobody, even once another tenant has
 /// taken its slot in the tables and a container at the same address.
 #[test]
 fn snat_replies_of_a_tenant_that_left_reach_nobody_else() {
     let mut world = World::new();
-    for op in [
-        Op::AddPort { port: 0, tenant: 0 },
-        Op::Send {
-            port: 0,
-            kind: 2,
-            pick: 0,
-        },
-        Op::Absorb,
-        Op::Send {
-            port: 0,
-            kind: 3,
-            pick: 1,
-        },
-    ] {
+    for op in gateways_neighbour(0, 0) {
         world.apply(&op);
     }
+    world.apply(&Op::Send {
+        port: 0,
+        kind: 3,
+        pick: 1,
+    });
     assert_eq!(world.sessions.len(), 1, "tenant 0's session went out");
     assert_eq!(world.core.sessions(), 1);
     world.apply(&Op::DeleteTenant { tenant: 0 });
@@ -124,16 +130,8 @@ fn snat_replies_of_a_tenant_that_left_reach_nobody_else() {
         Some(0),
         "tenant 2 got tenant 0's old slot"
     );
-    for op in [
-        Op::AddPort { port: 3, tenant: 2 },
-        Op::Send {
-            port: 3,
-            kind: 2,
-            pick: 0,
-        },
-        Op::Absorb,
-        Op::Reply { pick: 0 },
-    ] {
+    for op in gateways_neighbour(3, 2) {
         world.apply(&op);
     }
+    world.apply(&Op::Reply { pick: 0 });
 }

@@ -379,20 +379,20 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         let _ = release(env, conf, raw);
         e
     };
+    let container = |mac: [u8; 6]| Container {
+        port: &name,
+        tenant: tenant_name,
+        mac,
+        ip: addressing.ip,
+        port_security: conf.port_security,
+    };
     let interfaces = if conf.backend == "vhost-user" {
         let mac = vhost_mac(&name);
         let path = conf.vhost_dir.join(format!("{name}.sock"));
         std::fs::create_dir_all(&conf.vhost_dir)
             .map_err(|e| undo_address(CniError::io(&conf.vhost_dir, e)))?;
-        let container = Container {
-            port: &name,
-            tenant: tenant_name,
-            mac,
-            ip: addressing.ip,
-            port_security: conf.port_security,
-        };
         let port = json!({"backend": "vhost-user", "path": path, "client": conf.vhost_client});
-        containers::attach(&client, &container, port).map_err(|e| undo_address(refused(e)))?;
+        containers::attach(&client, &container(mac), port).map_err(|e| undo_address(refused(e)))?;
         json!([{"name": env.ifname, "mac": MacText(mac).to_string(), "sandbox": env.netns, "socketPath": path}])
     } else {
         let mac = netlink::create_veth(&netlink::VethPlan {
@@ -404,14 +404,7 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
             mtu: conf.mtu,
         })
         .map_err(|e| undo_address(CniError::new(code::LINK_FAILED, format!("{e:#}"))))?;
-        let container = Container {
-            port: &name,
-            tenant: tenant_name,
-            mac,
-            ip: addressing.ip,
-            port_security: conf.port_security,
-        };
-        if let Err(e) = containers::attach_veth(&client, &container, &conf.backend) {
+        if let Err(e) = containers::attach_veth(&client, &container(mac), &conf.backend) {
             let _ = netlink::delete_link(&name);
             return Err(undo_address(refused(e)));
         }
