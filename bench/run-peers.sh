@@ -15,28 +15,28 @@ harness=../shared/bench
 cargo build --release -p control --bin tenetd
 stamp=$(date +%Y%m%d-%H%M)
 
-if [ "$which" = replay ] || [ "$which" = all ]; then
-    out=bench/results/$stamp-replay
-    "$harness/replay.sh" -r "$rounds" -t "ideal custom:p2p" --label tenet -o "/tmp/tenet-replay-$stamp" \
-        --switch-cmd 'bench/tenetd-replay.sh'
+# run_harness RUN SCRIPT TYPES LABEL SWITCH_CMD: one harness run, its results kept under
+# bench/results/$stamp-RUN.
+run_harness() {
+    local run=$1 script=$2 types=$3 label=$4 switch_cmd=$5
+    local scratch=/tmp/tenet-$run-$stamp out=bench/results/$stamp-$run
+    "$harness/$script" -r "$rounds" -t "$types" --label "$label" -o "$scratch" \
+        --switch-cmd "$switch_cmd"
     mkdir -p "$out"
-    cp "/tmp/tenet-replay-$stamp"/{summary.txt,results.csv,env.txt} "$out/"
+    cp "$scratch"/{summary.txt,results.csv,env.txt} "$out/"
+}
+
+if [ "$which" = replay ] || [ "$which" = all ]; then
+    run_harness replay replay.sh "ideal custom:p2p" tenet 'bench/tenetd-replay.sh'
 fi
 if [ "$which" = route ] || [ "$which" = all ]; then
     # The router beside OVS's dec_ttl + MAC rewrite flows, then SNAT (established
     # sessions) on the same pcap beside the same OVS flows.
     for mode in route snat; do
-        out=bench/results/$stamp-$mode
-        TENET_SCENARIO=$mode "$harness/replay.sh" -r "$rounds" -t "ideal ovs-route custom:route" \
-            --label "tenet-$mode" -o "/tmp/tenet-$mode-$stamp" --switch-cmd 'bench/tenetd-replay.sh'
-        mkdir -p "$out"
-        cp "/tmp/tenet-$mode-$stamp"/{summary.txt,results.csv,env.txt} "$out/"
+        TENET_SCENARIO=$mode run_harness "$mode" replay.sh "ideal ovs-route custom:route" "tenet-$mode" \
+            'bench/tenetd-replay.sh'
     done
 fi
 if [ "$which" = pvp ] || [ "$which" = all ]; then
-    out=bench/results/$stamp-pvp
-    "$harness/pvp.sh" -r "$rounds" -t "ideal custom" --label tenet -o "/tmp/tenet-pvp-$stamp" \
-        --switch-cmd 'target/release/tenetd --config configs/bench/pvp.toml'
-    mkdir -p "$out"
-    cp "/tmp/tenet-pvp-$stamp"/{summary.txt,results.csv,env.txt} "$out/"
+    run_harness pvp pvp.sh "ideal custom" tenet 'target/release/tenetd --config configs/bench/pvp.toml'
 fi

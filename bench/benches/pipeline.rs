@@ -137,37 +137,59 @@ impl Sink<BufFrame> for Recycle {
     }
 }
 
+/// One core's pipeline state against the benchmark's tables.
+struct Core {
+    tables: FlowTables,
+    counters: CoreCounters,
+    learner: Learner,
+    cache: FdbCache,
+    router: RouterState,
+    sink: Recycle,
+}
+
+impl Core {
+    fn new(router: RouterState) -> Self {
+        Self {
+            tables: tables(),
+            counters: CoreCounters::default(),
+            learner: Learner::new(Arc::new(EventQueue::new(1024))),
+            cache: FdbCache::default(),
+            router,
+            sink: Recycle::default(),
+        }
+    }
+
+    fn handle(&mut self, in_port: u16, frame: BufFrame) {
+        let mut cx = Context {
+            counters: &self.counters,
+            learner: &mut self.learner,
+            cache: &mut self.cache,
+            router: &mut self.router,
+            tracer: NoTrace,
+            fast_path: true,
+        };
+        handle(&self.tables, in_port, frame, &mut self.sink, &mut cx);
+    }
+}
+
 fn path(c: &mut Criterion, name: &str, in_port: u16, template: Vec<u8>) {
-    let tables = tables();
-    let counters = CoreCounters::default();
-    let mut learner = Learner::new(Arc::new(EventQueue::new(1024)));
-    let mut cache = FdbCache::default();
-    let mut router = RouterState::default();
-    let mut sink = Recycle::default();
+    let mut core = Core::new(RouterState::default());
     let mut spare = BufFrame::new(&template);
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(1));
     group.bench_function(name, |b| {
         b.iter(|| {
-            let mut frame = sink.frame.take().unwrap_or_else(|| spare.clone());
+            let mut frame = core.sink.frame.take().unwrap_or_else(|| spare.clone());
             frame.reset(&template);
-            let mut cx = Context {
-                counters: &counters,
-                learner: &mut learner,
-                cache: &mut cache,
-                router: &mut router,
-                tracer: NoTrace,
-                fast_path: true,
-            };
-            handle(&tables, in_port, frame, &mut sink, &mut cx);
+            core.handle(in_port, frame);
         })
     });
     group.finish();
     // Every frame either comes out or is counted as dropped; neither means the path was
     // filtered out of this run.
-    let dropped = counters.snapshot().dropped_total();
-    if sink.sent + dropped > 0 {
-        assert!(sink.sent > 0, "{name}: nothing came out");
+    let dropped = core.counters.snapshot().dropped_total();
+    if core.sink.sent + dropped > 0 {
+        assert!(core.sink.sent > 0, "{name}: nothing came out");
         assert_eq!(dropped, 0, "{name}: drops");
     }
     spare.reset(&template);
@@ -223,12 +245,7 @@ fn snat_new_connections(c: &mut Criterion) {
     use dataplane::packet::frame::Frame;
 
     const SESSIONS: usize = 1 << 20;
-    let tables = tables();
-    let counters = CoreCounters::default();
-    let mut learner = Learner::new(Arc::new(EventQueue::new(1024)));
-    let mut cache = FdbCache::default();
-    let mut router = RouterState::new(SESSIONS, 0, 1);
-    let mut sink = Recycle::default();
+    let mut core = Core::new(RouterState::new(SESSIONS, 0, 1));
     let mut template = udp_to(ROUTER_MAC, SRC, [203, 0, 0, 0]);
     // UDP over IPv4 may go without a checksum; the IP header's is patched per frame.
     template[40..42].copy_from_slice(&[0, 0]);
@@ -238,11 +255,12 @@ fn snat_new_connections(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("snat new connection (udp)", |b| {
         b.iter(|| {
-            if router.nat.len() >= SESSIONS - 1 {
-                router.nat.clear();
+            if core.router.nat.len() >= SESSIONS - 1 {
+                core.router.nat.clear();
             }
             n = n.wrapping_add(1);
-            let mut frame = sink
+            let mut frame = core
+                .sink
                 .frame
                 .take()
                 .unwrap_or_else(|| BufFrame::new(&template));
@@ -253,20 +271,12 @@ fn snat_new_connections(c: &mut Criterion) {
             let sum = checksum::update_u32(base_checksum, u32::from_be_bytes([203, 0, 0, 0]), dst);
             data[24..26].copy_from_slice(&sum.to_be_bytes());
             data[34..36].copy_from_slice(&(1024 + (n & 63) as u16).to_be_bytes());
-            let mut cx = Context {
-                counters: &counters,
-                learner: &mut learner,
-                cache: &mut cache,
-                router: &mut router,
-                tracer: NoTrace,
-                fast_path: true,
-            };
-            handle(&tables, ACCESS_IN, frame, &mut sink, &mut cx);
+            core.handle(ACCESS_IN, frame);
         })
     });
     group.finish();
     assert_eq!(
-        counters.snapshot().dropped_total(),
+        core.counters.snapshot().dropped_total(),
         0,
         "new connections dropped"
     );

@@ -257,17 +257,7 @@ fn run_ovs(options: &Options) -> anyhow::Result<(Vec<Point>, String)> {
 
 fn grow_ovs(ovs: &Ovs, options: &Options) -> anyhow::Result<(Vec<Point>, String)> {
     let started = Instant::now();
-    let add_br = |name: &str| {
-        ovs.vsctl(&[
-            "add-br",
-            name,
-            "--",
-            "set",
-            "bridge",
-            name,
-            "datapath_type=netdev",
-        ])
-    };
+    let add_br = |name: &str| ovs.add_netdev_bridge(name, &[]);
     add_br("tbc-base")?;
     let mut points = Vec::new();
     let mut added = 0;

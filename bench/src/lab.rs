@@ -232,13 +232,13 @@ impl Etcd {
         &self.client_url
     }
 
-    /// Puts `value` at `key`, through etcdctl (what a buggy writer or a hand edit
-    /// leaves).
-    pub fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+    /// etcdctl's output for `args`, against this etcd.
+    fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self
             .command("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.client_url, "put", key, value])
+            .args(["--endpoints", &self.client_url])
+            .args(args)
             .output()
             .context("running etcdctl")?;
         anyhow::ensure!(
@@ -246,23 +246,19 @@ impl Etcd {
             "etcdctl: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Puts `value` at `key`, through etcdctl (what a buggy writer or a hand edit
+    /// leaves).
+    pub fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.etcdctl(&["put", key, value])?;
         Ok(())
     }
 
     /// Keys and values under `prefix`, through etcdctl.
     pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let out = self
-            .command("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.client_url, "get", "--prefix", prefix])
-            .output()
-            .context("running etcdctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "etcdctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = self.etcdctl(&["get", "--prefix", prefix])?;
         let lines: Vec<&str> = text.lines().collect();
         Ok(lines
             .chunks(2)

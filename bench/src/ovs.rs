@@ -206,7 +206,9 @@ impl Ovs {
         self.ctl.appctl(args)
     }
 
-    fn add_bridge(&self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+    /// Adds a userspace-datapath (DPDK) bridge, `extra` being more `bridge` settings;
+    /// it starts with OVS's default flow (normal switching).
+    pub fn add_netdev_bridge(&self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
         let mut args = vec![
             "add-br",
             name,
@@ -218,6 +220,11 @@ impl Ovs {
         ];
         args.extend_from_slice(extra);
         self.vsctl(&args)?;
+        Ok(())
+    }
+
+    fn add_bridge(&self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.add_netdev_bridge(name, extra)?;
         self.ofctl(&["del-flows", name])?;
         Ok(())
     }

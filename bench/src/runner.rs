@@ -219,39 +219,51 @@ fn wire_gbps(pps: f64, size: &Size) -> f64 {
     pps * (size.mean() + 20.0) * 8.0 / 1e9
 }
 
+/// Starts the switch, measures with `measure`, and stops the switch whether that
+/// succeeded or not; a successful measurement's row gets what the switch said of it
+/// (its cycles and datapath check).
+fn with_switch<T>(
+    switch: Switch,
+    setup: &Setup<'_>,
+    row: &mut Row,
+    measure: impl FnOnce(&mut peers::Running) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut running = peers::start(switch, setup)?;
+    let measured = measure(&mut running);
+    let after = running.window_closes(setup);
+    let after = running.stop(after);
+    let measured = measured?;
+    row.cycles_per_pkt = after.cycles_per_pkt;
+    row.check = after.check;
+    row.note = after.check_note;
+    Ok(measured)
+}
+
 fn measure_replay(
     switch: Switch,
     setup: &Setup<'_>,
     options: &Options,
     row: &mut Row,
 ) -> anyhow::Result<()> {
-    let mut running = peers::start(switch, setup)?;
-    let sink = running.sink.clone();
-    let prefix = running.prefix.clone();
-    let measured = (|| {
+    let window = with_switch(switch, setup, row, |running| {
+        let sink = running.sink.clone();
+        let prefix = running.prefix.clone();
         let (mut tel, port) =
             telemetry::wait_for_port(&prefix, &sink, Duration::from_secs(60), || running.alive())?;
         std::thread::sleep(Duration::from_secs_f64(options.warmup));
         running.window_opens();
-        let window = telemetry::sample(
+        telemetry::sample(
             &mut tel,
             port,
             "opackets",
             options.duration,
             Duration::from_secs(1),
-        )?;
-        anyhow::Ok(window)
-    })();
-    let after = running.window_closes(setup);
-    let after = running.stop(after);
-    let window = measured?;
+        )
+    })?;
     row.mpps = Some(window.pps / 1e6);
     row.gbps = Some(wire_gbps(window.pps, setup.size));
     row.min_mpps = Some(window.min_pps / 1e6);
     row.max_mpps = Some(window.max_pps / 1e6);
-    row.cycles_per_pkt = after.cycles_per_pkt;
-    row.check = after.check;
-    row.note = after.check_note;
     Ok(())
 }
 
@@ -261,12 +273,11 @@ fn measure_pvp(
     options: &Options,
     row: &mut Row,
 ) -> anyhow::Result<()> {
-    let mut running = peers::start(switch, setup)?;
-    let (vhu0, vhu1) = running
-        .vhost
-        .clone()
-        .context("the switch has no vhost-user ports")?;
-    let measured = (|| {
+    let report = with_switch(switch, setup, row, |running| {
+        let (vhu0, vhu1) = running
+            .vhost
+            .clone()
+            .context("the switch has no vhost-user ports")?;
         if !running.generator_serves {
             wait_for_sockets(&[&vhu0, &vhu1], Duration::from_secs(60), || running.alive())?;
         }
@@ -343,15 +354,9 @@ fn measure_pvp(
         let text = std::fs::read_to_string(&json)?;
         let report: generator::Report = serde_json::from_str(&text)?;
         anyhow::Ok(report)
-    })();
-    let after = running.window_closes(setup);
-    let after = running.stop(after);
-    let report = measured?;
+    })?;
     row.mpps = Some(report.rx_pps / 1e6);
     row.gbps = Some(report.rx_gbps);
-    row.cycles_per_pkt = after.cycles_per_pkt;
-    row.check = after.check;
-    row.note = after.check_note;
     row.lost = Some(report.lost);
     row.latency = report.latency;
     if report.received == 0 {

@@ -377,6 +377,26 @@ fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: IpProtocol, payload_len: 
     }
 }
 
+/// Whether the UDP or TCP checksum of `packet` (IPv4) is right; panics on any other
+/// packet, as no template makes one.
+#[cfg(test)]
+pub(crate) fn l4_checksum_is_right(packet: &etherparse::SlicedPacket<'_>) -> bool {
+    use etherparse::{NetSlice, TransportSlice};
+    let Some(NetSlice::Ipv4(ip)) = &packet.net else {
+        panic!("not IPv4: {:?}", packet.net)
+    };
+    let h = ip.header().to_header();
+    match &packet.transport {
+        Some(TransportSlice::Udp(u)) => {
+            u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap() == u.checksum()
+        }
+        Some(TransportSlice::Tcp(t)) => {
+            t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap() == t.checksum()
+        }
+        other => panic!("neither UDP nor TCP: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,19 +451,8 @@ mod tests {
                     let h = ip.header().to_header();
                     assert_eq!(h.header_checksum, h.calc_header_checksum(), "{kind:?}");
                     let payload = ip.payload().payload;
-                    let ok = match &p.transport {
-                        Some(TransportSlice::Udp(u)) => {
-                            u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap()
-                                == u.checksum()
-                        }
-                        Some(TransportSlice::Tcp(t)) => {
-                            t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap()
-                                == t.checksum()
-                        }
-                        _ => panic!("transport of {kind:?}"),
-                    };
                     assert!(
-                        ok,
+                        l4_checksum_is_right(&p),
                         "{kind:?} {size} flow {i}: L4 checksum ({} bytes)",
                         payload.len()
                     );
