@@ -3,6 +3,7 @@
 //! (`bench::lab`: namespaces, veth pairs, temporary directories, etcd). Everything made
 //! here is removed when its guard drops, also when a test fails.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -168,7 +169,7 @@ pub fn frames_tool() -> PathBuf {
 }
 
 /// Runs `tenetctl --socket SOCKET ARGS...`.
-pub fn tenetctl(socket: &Path, args: &[&str]) -> Output {
+pub fn tenetctl(socket: &Path, args: &[impl AsRef<OsStr> + std::fmt::Debug]) -> Output {
     Command::new(binary("tenetctl"))
         .arg("--socket")
         .arg(socket)
@@ -198,7 +199,7 @@ pub fn http(socket: &Path, method: &str, path: &str, body: &str) -> control::cli
 }
 
 /// Runs tenetctl, which must succeed; returns its stdout.
-pub fn tenetctl_ok(socket: &Path, args: &[&str]) -> String {
+pub fn tenetctl_ok(socket: &Path, args: &[impl AsRef<OsStr> + std::fmt::Debug]) -> String {
     let out = tenetctl(socket, args);
     assert!(
         out.status.success(),
@@ -206,6 +207,26 @@ pub fn tenetctl_ok(socket: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// tenetctl's arguments that add tenant `name` with `id`, its subnet given as the
+/// gateway's address (`10.1.0.1/24`), and its gateway on `gateway_host` (`auto`:
+/// placed by the cluster).
+pub fn tenant_add(name: &str, id: u32, subnet: &str, gateway_host: &str) -> Vec<String> {
+    let id = id.to_string();
+    [
+        "tenant",
+        "add",
+        name,
+        "--id",
+        &id,
+        "--subnet",
+        subnet,
+        "--gateway-host",
+        gateway_host,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Pings until an answer comes (learning and ARP take a moment), or panics after 15 s.
@@ -491,20 +512,9 @@ impl Receiver {
     }
 }
 
-/// Sends `count` frames marked `tag` from `iface` in `ns`.
+/// Sends `count` frames marked `tag` from `iface` in `ns`, 802.1Q-tagged with `vlan`
+/// when given.
 pub fn send_frames(
-    ns: &Netns,
-    iface: &str,
-    count: usize,
-    tag: u32,
-    src: &str,
-    dst: &str,
-) -> anyhow::Result<()> {
-    send_frames_vlan(ns, iface, count, tag, src, dst, None)
-}
-
-/// Like [`send_frames`], 802.1Q-tagged with `vlan` when given.
-pub fn send_frames_vlan(
     ns: &Netns,
     iface: &str,
     count: usize,

@@ -255,7 +255,7 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
     std::thread::sleep(Duration::from_millis(300));
     let ctag = 0x0a91_0002;
     let rx = Receiver::start(&ns2, "eth0", 40, ctag).unwrap();
-    tests::send_frames(&ns1, "eth0", 40, ctag, &l1.mac, &l2.mac).unwrap();
+    tests::send_frames(&ns1, "eth0", 40, ctag, &l1.mac, &l2.mac, None).unwrap();
     assert_eq!(
         rx.collect(40, Duration::from_secs(10)).len(),
         40,
@@ -442,7 +442,16 @@ fn ports_attach_and_detach_while_traffic_flows() {
     );
     // The new container is switched at once (a broadcast from it reaches c2).
     let rx = Receiver::start(&ns2, "eth0", 20, 0x40700002).unwrap();
-    tests::send_frames(&ns3, "eth0", 20, 0x40700002, &l3.mac, "ff:ff:ff:ff:ff:ff").unwrap();
+    tests::send_frames(
+        &ns3,
+        "eth0",
+        20,
+        0x40700002,
+        &l3.mac,
+        "ff:ff:ff:ff:ff:ff",
+        None,
+    )
+    .unwrap();
     assert_eq!(
         rx.collect(20, Duration::from_secs(5)).len(),
         20,

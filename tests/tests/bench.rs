@@ -224,13 +224,25 @@ fn the_generator_finds_the_frames_a_link_lost_or_swapped() {
 /// DPDK prefixes and OVS bridge names.
 static RUNNER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `tenet-bench run` with `args` into a fresh directory and returns its results.
-fn run_bench(dir: &Path, args: &[&str]) -> Value {
+/// Runs `tenet-bench run ARGS` beside testpmd and OVS, one short round, into a fresh
+/// directory and returns its results.
+fn run_one_round_beside_peers(args: &[&str]) -> Value {
     let _one = RUNNER.lock().unwrap_or_else(|e| e.into_inner());
-    let out = dir.join("results");
+    let dir = TempDir::new("run").unwrap();
+    let out = dir.path().join("results");
     let output = Command::new(binary("tenet-bench"))
         .arg("run")
         .args(args)
+        .args([
+            "--peer",
+            "testpmd,ovs",
+            "--rounds",
+            "1",
+            "--duration",
+            "2",
+            "--warmup",
+            "1",
+        ])
         .arg("--out")
         .arg(&out)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -259,22 +271,7 @@ fn summary<'a>(results: &'a Value, scenario: &str, switch: &str) -> &'a Value {
 
 #[test]
 fn the_runner_measures_tenet_beside_testpmd_and_ovs() {
-    let dir = TempDir::new("run").unwrap();
-    let results = run_bench(
-        dir.path(),
-        &[
-            "l2",
-            "route",
-            "--peer",
-            "testpmd,ovs",
-            "--rounds",
-            "1",
-            "--duration",
-            "2",
-            "--warmup",
-            "1",
-        ],
-    );
+    let results = run_one_round_beside_peers(&["l2", "route"]);
     for scenario in ["l2", "route"] {
         for switch in ["tenet", "testpmd", "ovs"] {
             let s = summary(&results, scenario, switch);
@@ -313,23 +310,7 @@ fn the_runner_measures_tenet_beside_testpmd_and_ovs() {
 
 #[test]
 fn the_runner_loops_vhost_user_through_each_switch() {
-    let dir = TempDir::new("pvp").unwrap();
-    let results = run_bench(
-        dir.path(),
-        &[
-            "vlan",
-            "--topology",
-            "pvp",
-            "--peer",
-            "testpmd,ovs",
-            "--rounds",
-            "1",
-            "--duration",
-            "2",
-            "--warmup",
-            "1",
-        ],
-    );
+    let results = run_one_round_beside_peers(&["vlan", "--topology", "pvp"]);
     for switch in ["tenet", "testpmd", "ovs"] {
         let s = summary(&results, "vlan", switch);
         assert!(s["mpps"].as_f64().unwrap() > 0.05, "{switch}: {s}");

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tests::sniff::{judge, mac_bytes, ping_marked, router_mac, Sniffer};
 use tests::{
-    frames_tool, http, tenetctl, tenetctl_ok as ok, underlay, unique, Link, Netns, TempDir, Tenetd,
+    frames_tool, http, tenant_add, tenetctl, tenetctl_ok as ok, underlay, unique, Link, Netns,
+    TempDir, Tenetd,
 };
 
 const SERVER: &str = "203.0.113.10";
@@ -238,20 +239,7 @@ fn a_minute_of_churn_never_lets_a_frame_cross_tenants() {
                 }
                 let (name, id) = TENANTS[t];
                 ok(&socket, &["tenant", "del", name]);
-                ok(
-                    &socket,
-                    &[
-                        "tenant",
-                        "add",
-                        name,
-                        "--id",
-                        &id.to_string(),
-                        "--subnet",
-                        "10.1.0.1/24",
-                        "--gateway-host",
-                        "h",
-                    ],
-                );
+                ok(&socket, &tenant_add(name, id, "10.1.0.1/24", "h"));
                 for c in containers.iter_mut().filter(|c| c.tenant == t) {
                     attach(&socket, c, &mut names);
                 }

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use control::store::EtcdStore;
 use serde_json::Value;
 use tests::{tenetctl, tenetctl_ok, unique, Etcd, TempDir, Tenetd};
 
@@ -313,6 +314,12 @@ fn a_cluster_store_config_is_checked_field_by_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("switch.host"));
 }
 
+/// Hosts a and b of one cluster, under `prefix` in `etcd`.
+fn hosts_a_and_b(etcd: &Etcd, prefix: &str) -> (EtcdStore, EtcdStore) {
+    let host = |name| EtcdStore::new(vec![etcd.url().to_owned()], prefix, name);
+    (host("a"), host("b"))
+}
+
 /// The model of a config's text, as a host seeds the cluster store with it.
 fn seed(config: &str) -> control::model::Model {
     control::model::Model::of(&control::config::Config::parse(config, |_| None).unwrap())
@@ -320,14 +327,13 @@ fn seed(config: &str) -> control::model::Model {
 
 #[test]
 fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
-    use control::store::{Conflict, EtcdStore};
+    use control::store::Conflict;
     let etcd = Etcd::start().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[tenant]]\nname = \"red\"\nid = 100\nvlan = 10\n",
     );
-    let a = EtcdStore::new(vec![etcd.url().to_owned()], "/race", "a");
-    let b = EtcdStore::new(vec![etcd.url().to_owned()], "/race", "b");
+    let (a, b) = hosts_a_and_b(&etcd, "/race");
     assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
     a.save(&seed).unwrap();
     let mut seen_by_b = b.load(&seed).unwrap().expect("b reads a's cluster");
@@ -373,14 +379,13 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
 /// other host's claim stands.
 #[test]
 fn a_change_checked_against_an_older_model_than_the_hosts_last_read_is_refused() {
-    use control::store::{Conflict, EtcdStore};
+    use control::store::Conflict;
     let etcd = Etcd::start().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[tenant]]\nname = \"red\"\nid = 100\n",
     );
-    let a = EtcdStore::new(vec![etcd.url().to_owned()], "/late", "a");
-    let b = EtcdStore::new(vec![etcd.url().to_owned()], "/late", "b");
+    let (a, b) = hosts_a_and_b(&etcd, "/late");
     a.save(&seed).unwrap();
     let before = b.load(&seed).unwrap().expect("b reads a's cluster");
 
@@ -405,7 +410,6 @@ fn a_change_checked_against_an_older_model_than_the_hosts_last_read_is_refused()
 
 #[test]
 fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change() {
-    use control::store::EtcdStore;
     let etcd = Etcd::start().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n\
@@ -452,7 +456,6 @@ fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change(
 
 #[test]
 fn a_host_reloading_before_its_watch_brings_its_own_write_can_write_again() {
-    use control::store::EtcdStore;
     let etcd = Etcd::start().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\

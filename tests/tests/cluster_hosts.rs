@@ -12,7 +12,10 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tests::{tenetctl_ok, underlay_end, unique, wait_for_ping, Etcd, Link, Netns, TempDir, Tenetd};
+use tests::{
+    tenant_add, tenetctl_ok, underlay_end, unique, wait_for_ping, Etcd, Link, Netns, TempDir,
+    Tenetd,
+};
 
 /// The outside server, in the fabric behind the underlay's next hop.
 const SERVER: &str = "203.0.113.10";
@@ -57,22 +60,29 @@ impl Fabric {
         Self { ns }
     }
 
+    /// Plugs `ns` into `bridge` through a veth whose name there (returned) starts
+    /// with `prefix`; that end is left down.
+    fn plug(&self, ns: &Netns, bridge: &str, prefix: &str) -> String {
+        let (near, far) = (unique(&format!("{prefix}h")), unique(&format!("{prefix}f")));
+        tests::run(
+            "ip",
+            &["link", "add", &near, "type", "veth", "peer", "name", &far],
+        )
+        .unwrap();
+        tests::run("ip", &["link", "set", &near, "netns", ns.name()]).unwrap();
+        tests::run("ip", &["link", "set", &far, "netns", self.ns.name()]).unwrap();
+        self.ns
+            .exec("ip", &["link", "set", &far, "master", bridge, "up"])
+            .unwrap();
+        near
+    }
+
     /// Links `host` to both bridges; returns its underlay interface. Its management
     /// address is 10.99.0.<10 + index>.
     fn attach(&self, host: &Netns, index: u8) -> String {
         let mut underlay = String::new();
         for bridge in ["br0", "mg0"] {
-            let (near, far) = (unique("fh"), unique("ff"));
-            tests::run(
-                "ip",
-                &["link", "add", &near, "type", "veth", "peer", "name", &far],
-            )
-            .unwrap();
-            tests::run("ip", &["link", "set", &near, "netns", host.name()]).unwrap();
-            tests::run("ip", &["link", "set", &far, "netns", self.ns.name()]).unwrap();
-            self.ns
-                .exec("ip", &["link", "set", &far, "master", bridge, "up"])
-                .unwrap();
+            let near = self.plug(host, bridge, "f");
             if bridge == "br0" {
                 underlay_end(host, &near).unwrap();
                 underlay = near;
@@ -286,18 +296,10 @@ fn containers_on_every_host_of_a_cluster_reach_each_other_and_a_new_host_joins()
 
     // Tenant blue's gateway is pinned to c; a container of blue on a reaches it
     // through the tunnel to c.
-    let blue = [
-        "tenant",
-        "add",
-        "blue",
-        "--id",
-        "200",
-        "--subnet",
-        "10.2.0.1/24",
-        "--gateway-host",
-        "c",
-    ];
-    tenetctl_ok(&hosts[0].socket, &blue);
+    tenetctl_ok(
+        &hosts[0].socket,
+        &tenant_add("blue", 200, "10.2.0.1/24", "c"),
+    );
     hosts[0].container_of("blue", "10.2.0.10");
     wait_for_ping(&hosts[0].containers[1].0, "10.2.0.1");
 
@@ -433,18 +435,7 @@ fn gateways_placed_by_traffic_keep_off_the_host_that_sends_the_most() {
         ("q3", 14, "c"),
     ] {
         let subnet = format!("10.{id}.0.1/24");
-        let add = [
-            "tenant",
-            "add",
-            tenant,
-            "--id",
-            &id.to_string(),
-            "--subnet",
-            &subnet,
-            "--gateway-host",
-            host,
-        ];
-        tenetctl_ok(&hosts[2].socket, &add);
+        tenetctl_ok(&hosts[2].socket, &tenant_add(tenant, id, &subnet, host));
     }
     // b's gateway sends 20 Mbit/s of UDP to the outside through SNAT.
     hosts[1].container_of("busy", "10.13.0.10");
@@ -486,18 +477,10 @@ fn gateways_placed_by_traffic_keep_off_the_host_that_sends_the_most() {
     assert_eq!(reports.len(), 1, "idle hosts report nothing: {reports:?}");
 
     // A new tenant's gateway, placed through a's API: c (one quiet gateway), not b.
-    let add = [
-        "tenant",
-        "add",
-        "fresh",
-        "--id",
-        "15",
-        "--subnet",
-        "10.15.0.1/24",
-        "--gateway-host",
-        "auto",
-    ];
-    tenetctl_ok(&hosts[0].socket, &add);
+    tenetctl_ok(
+        &hosts[0].socket,
+        &tenant_add("fresh", 15, "10.15.0.1/24", "auto"),
+    );
     assert!(
         wait_until(|| !etcd.get_prefix("/tenet/placed/fresh").unwrap().is_empty()),
         "the placer recorded no host for fresh"
@@ -542,7 +525,10 @@ const CHURN_TENANTS: [(&str, u32); 2] = [("red", 100), ("blue", 200)];
 /// Runs tenetctl on `socket` until it succeeds (another host's change may take a
 /// moment to arrive through etcd, and etcd is slow when the disk is busy) or 30 s
 /// pass; whether it did.
-fn eventually(socket: &std::path::Path, args: &[&str]) -> bool {
+fn eventually(
+    socket: &std::path::Path,
+    args: &[impl AsRef<std::ffi::OsStr> + std::fmt::Debug],
+) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = tests::tenetctl(socket, args);
@@ -647,18 +633,7 @@ fn a_minute_of_churn_across_three_hosts_never_lets_a_frame_cross_tenants() {
     let a = &hosts[0].socket;
     tenetctl_ok(a, &["tenant", "del", "red"]);
     for ((name, id), gateway) in CHURN_TENANTS.iter().zip(["a", "b"]) {
-        let add = [
-            "tenant",
-            "add",
-            name,
-            "--id",
-            &id.to_string(),
-            "--subnet",
-            "10.1.0.1/24",
-            "--gateway-host",
-            gateway,
-        ];
-        tenetctl_ok(a, &add);
+        tenetctl_ok(a, &tenant_add(name, *id, "10.1.0.1/24", gateway));
     }
     // A container of each tenant on each host, at the same address in both tenants.
     let mut names = vec![std::collections::BTreeSet::new(); hosts.len()];
@@ -728,17 +703,7 @@ fn a_minute_of_churn_across_three_hosts_never_lets_a_frame_cross_tenants() {
                 let (name, id) = CHURN_TENANTS[t];
                 assert!(eventually(a, &["tenant", "del", name]), "deleting {name}");
                 let gateway = ["a", "b", "c"][next(3)];
-                let add = [
-                    "tenant",
-                    "add",
-                    name,
-                    "--id",
-                    &id.to_string(),
-                    "--subnet",
-                    "10.1.0.1/24",
-                    "--gateway-host",
-                    gateway,
-                ];
+                let add = tenant_add(name, id, "10.1.0.1/24", gateway);
                 assert!(eventually(a, &add), "adding {name} again");
                 for c in containers.iter_mut().filter(|c| c.tenant == t) {
                     c.attach(&hosts, &mut names);
@@ -816,18 +781,7 @@ fn arp_in_another_hosts_name_does_not_move_a_tunnel() {
     // b's name (asking a, too), thousands a second, and an answer to every request for
     // b (a's refreshes every 30 s included).
     let attacker = Netns::new("atk-").unwrap();
-    let (near, far) = (unique("ah"), unique("af"));
-    tests::run(
-        "ip",
-        &["link", "add", &near, "type", "veth", "peer", "name", &far],
-    )
-    .unwrap();
-    tests::run("ip", &["link", "set", &near, "netns", attacker.name()]).unwrap();
-    tests::run("ip", &["link", "set", &far, "netns", fabric.ns.name()]).unwrap();
-    fabric
-        .ns
-        .exec("ip", &["link", "set", &far, "master", "br0", "up"])
-        .unwrap();
+    let near = fabric.plug(&attacker, "br0", "a");
     attacker.exec("ip", &["link", "set", &near, "up"]).unwrap();
     let poison = Reaped(
         attacker

@@ -47,7 +47,7 @@ fn containers_talk_through(backend: &str) {
     const COUNT: usize = 300;
     let tag = 0x7e5e_0001;
     let receiver = Receiver::start(&ns2, "eth0", COUNT, tag).unwrap();
-    send_frames(&ns1, "eth0", COUNT, tag, &link1.mac, &link2.mac).unwrap();
+    send_frames(&ns1, "eth0", COUNT, tag, &link1.mac, &link2.mac, None).unwrap();
     let got = receiver.collect(COUNT, Duration::from_secs(15));
     let want: Vec<Vec<u8>> = (0..COUNT as u32)
         .map(|seq| expected_frame(&link1.mac, &link2.mac, tag, seq, 64))
@@ -173,7 +173,7 @@ tenant = "red"
         (&ns2, &ns1, &link2.mac, &link1.mac, 0x2a0_0002u32),
     ] {
         let receiver = Receiver::start(to, "eth0", 200, tag).unwrap();
-        send_frames(from, "eth0", 200, tag, src, dst).unwrap();
+        send_frames(from, "eth0", 200, tag, src, dst, None).unwrap();
         let got = receiver.collect(200, Duration::from_secs(10));
         let want: Vec<Vec<u8>> = (0..200)
             .map(|seq| expected_frame(src, dst, tag, seq, 64))

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tests::{send_frames_vlan, underlay, unique, wait_for_ping, Link, Netns, Receiver, Tenetd};
+use tests::{send_frames, underlay, unique, wait_for_ping, Link, Netns, Receiver, Tenetd};
 
 struct Host {
     ns: Netns,
@@ -159,9 +159,9 @@ fn two_tenants_across_two_hosts(design: &str) {
     let blue_rx = Receiver::start(&b.blue_ns, "eth0", 1, 0xbeef).unwrap();
     let blue_rx_tagged = Receiver::start(&a.blue_ns, "eth0", 1, 0xbeef).unwrap();
     let bcast = "ff:ff:ff:ff:ff:ff";
-    send_frames_vlan(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, None).unwrap();
-    send_frames_vlan(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, Some(200)).unwrap();
-    send_frames_vlan(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, Some(100)).unwrap();
+    send_frames(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, None).unwrap();
+    send_frames(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, Some(200)).unwrap();
+    send_frames(&a.red_ns, "eth0", 50, 0xbeef, &a.red.mac, bcast, Some(100)).unwrap();
     assert_eq!(
         red_rx.collect(50, Duration::from_secs(5)).len(),
         50,

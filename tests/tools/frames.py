@@ -14,6 +14,7 @@ prints every frame the interface receives, of any kind (its first 256 bytes, hex
 until the timeout or SIGTERM.
 """
 import argparse
+import itertools
 import signal
 import socket
 import sys
@@ -43,49 +44,47 @@ def send(args):
             time.sleep(args.gap)
 
 
-def recv(args):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
-    s.bind((args.iface, 0))
-    s.settimeout(0.2)
+def listening(iface, ethertype, poll):
+    """A socket bound to `iface` for `ethertype`, whose reads give up after `poll`
+    seconds; says "ready", as the tests wait for that before they send."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+    s.bind((iface, 0))
+    s.settimeout(poll)
     print("ready", flush=True)
-    got = 0
-    deadline = time.time() + args.timeout
-    while got < args.count and time.time() < deadline:
-        try:
-            data, addr = s.recvfrom(65535)
-        except socket.timeout:
-            continue
-        if addr[2] == socket.PACKET_OUTGOING:
-            continue
-        if len(data) < 22 or int.from_bytes(data[14:18], "big") != args.tag:
-            continue
-        print(data.hex(), flush=True)
-        got += 1
+    return s
 
 
-def sniff(args):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    s.bind((args.iface, 0))
-    s.settimeout(0.2)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print("ready", flush=True)
-    deadline = time.time() + args.timeout
+def arriving(s, timeout):
+    """The frames `s` receives (not those its interface sends) for `timeout` seconds."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             data, addr = s.recvfrom(65535)
         except socket.timeout:
             continue
-        if addr[2] == socket.PACKET_OUTGOING:
-            continue
+        if addr[2] != socket.PACKET_OUTGOING:
+            yield data
+
+
+def recv(args):
+    s = listening(args.iface, ETHERTYPE, 0.2)
+    tagged = (d for d in arriving(s, args.timeout)
+              if len(d) >= 22 and int.from_bytes(d[14:18], "big") == args.tag)
+    for data in itertools.islice(tagged, args.count):
+        print(data.hex(), flush=True)
+
+
+def sniff(args):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    s = listening(args.iface, 0x0003, 0.2)
+    for data in arriving(s, args.timeout):
         print(data[:256].hex(), flush=True)
 
 
 def poison(args):
     """ARP in the name of another station: unasked replies and requests claiming
     `claim` at our MAC, several a second, and a reply to every request for it."""
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
-    s.bind((args.iface, 0))
-    s.settimeout(0.05)
+    s = listening(args.iface, 0x0806, 0.05)
     me = mac(args.src)
     claim = socket.inet_aton(args.claim)
 
@@ -93,7 +92,6 @@ def poison(args):
         return (dst_mac + me + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04" + op.to_bytes(2, "big")
                 + me + claim + target_mac + target_ip).ljust(60, b"\x00")
 
-    print("ready", flush=True)
     deadline = time.time() + args.timeout
     sent = 0
     while time.time() < deadline:
