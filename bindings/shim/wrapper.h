@@ -21,5 +21,6 @@ unsigned int tenet_ring_sp_enqueue_burst(struct rte_ring *r, void *const *objs, 
 unsigned int tenet_ring_sc_dequeue_burst(struct rte_ring *r, void **objs, unsigned int n);
 unsigned int tenet_ring_count(const struct rte_ring *r);
 unsigned int tenet_mempool_avail_count(const struct rte_mempool *pool);
+uint16_t tenet_pktmbuf_data_room_size(struct rte_mempool *pool);
 int tenet_errno(void);
 unsigned int tenet_lcore_id(void);

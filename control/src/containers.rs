@@ -117,19 +117,23 @@ pub fn attach(client: &Client, container: &Container<'_>, mut port: Value) -> Re
 }
 
 /// Attaches a container's veth host end `interface`: AF_XDP where the kernel and
-/// driver take it, af_packet otherwise (or only `backend` when it names one).
-pub fn attach_veth(
+/// driver take it, af_packet otherwise (or only `backend` when it names one). Returns
+/// the backend it attached with.
+pub fn attach_veth<'b>(
     client: &Client,
     container: &Container<'_>,
-    backend: &str,
-) -> Result<(), Refused> {
+    backend: &'b str,
+) -> Result<&'b str, Refused> {
     let port = |backend: &str| json!({"backend": backend, "interface": container.port});
     match backend {
-        "af-xdp" => attach(client, container, port("af-xdp")).or_else(|e| match e {
-            Refused::Unreachable(_) => Err(e),
-            Refused::Refused(_) => attach(client, container, port("af-packet")),
-        }),
-        other => attach(client, container, port(other)),
+        "af-xdp" => match attach(client, container, port("af-xdp")) {
+            Ok(()) => Ok("af-xdp"),
+            Err(Refused::Refused(_)) => {
+                attach(client, container, port("af-packet")).map(|()| "af-packet")
+            }
+            Err(e) => Err(e),
+        },
+        other => attach(client, container, port(other)).map(|()| other),
     }
 }
 

@@ -90,7 +90,12 @@ fn run_with_eal(
     mut done: StoreDone,
     options: &RunOptions,
 ) -> anyhow::Result<Summary> {
-    let pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
+    let mut pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
+    if config.jumbo_mbufs > 0 {
+        let large = Mempool::large("jumbo", config.jumbo_mbufs, -1)
+            .context("creating the large-buffer pool (dataplane.jumbo_mbufs)")?;
+        pool = pool.with_large(large);
+    }
     let mut namer = DeviceNamer::default();
     let (mut ports, mut down) = wiring::attach_ports(&config.ports, &mut namer);
     let mut wiring = wiring::wire(config, &pool, &mut ports, &mut down)?;

@@ -218,9 +218,18 @@ impl Driver {
             ip,
             port_security: true,
         };
-        if let Err(e) = containers::attach_veth(&self.client, &container, &self.backend) {
-            let _ = netlink::delete_link(&host);
-            return Err(e.to_string());
+        match containers::attach_veth(&self.client, &container, &self.backend) {
+            Err(e) => {
+                let _ = netlink::delete_link(&host);
+                return Err(e.to_string());
+            }
+            // As tenet-cni does: an af-packet port takes 64 KiB segments whole.
+            Ok("af-packet") => {
+                if let Err(e) = netlink::offload_here(&peer) {
+                    tracing::warn!(error = %format!("{e:#}"), "the container keeps sending frame by frame");
+                }
+            }
+            Ok(_) => {}
         }
         self.state.endpoints.insert(
             id.to_owned(),

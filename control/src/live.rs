@@ -699,6 +699,8 @@ fn port_json(name: &str, backend: &str, role: Value, port: &dataplane::dpdk::Por
         "rx_missed": s.rx_missed,
         "rx_errors": s.rx_errors,
         "tx_errors": s.tx_errors,
+        "rx_large": s.rx_large,
+        "tx_large": s.tx_large,
     })
 }
 
@@ -826,7 +828,7 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             .collect()
     };
     type PortField = fn(&dataplane::dpdk::PortStats) -> u64;
-    let port_counters: [(&str, &str, PortField); 5] = [
+    let port_counters: [(&str, &str, PortField); 7] = [
         ("rx_packets", "Packets received by the port.", |s| {
             s.rx_packets
         }),
@@ -839,6 +841,16 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             "rx_missed",
             "Packets the device dropped for want of RX descriptors.",
             |s| s.rx_missed,
+        ),
+        (
+            "rx_large",
+            "Large TCP segments (up to 64 KiB, GSO) the port received whole.",
+            |s| s.rx_large,
+        ),
+        (
+            "tx_large",
+            "Large TCP segments the port transmitted whole or cut by tenet.",
+            |s| s.tx_large,
         ),
     ];
     for (name, help, field) in port_counters {

@@ -327,15 +327,81 @@ pub fn container_end(netns: &Path, ifname: &str) -> anyhow::Result<Option<Contai
 }
 
 /// Turns TX checksum offload off on `ifname` in the calling thread's namespace
-/// (`ethtool -K ifname tx off`), through ethtool's generic-netlink family.
+/// (`ethtool -K ifname tx off`), and with it every segmentation offload: what an AF_XDP
+/// socket sees carries no word of a checksum still owed.
 pub async fn disable_tx_checksum(ifname: &str) -> anyhow::Result<()> {
+    set_features(ifname, &[], &["tx-checksum-ip-generic"]).await
+}
+
+/// Offloads tenet's packet sockets carry whole: partial checksums and TCP/IPv4
+/// segments up to 64 KiB.
+const CARRIED_OFFLOADS: &[&str] = &[
+    "tx-checksum-ip-generic",
+    "tx-scatter-gather",
+    "tx-tcp-segmentation",
+];
+
+/// Segmentation kinds tenet cannot cut: the kernel cuts those before they leave.
+const UNCARRIED_OFFLOADS: &[&str] = &[
+    "tx-tcp6-segmentation",
+    "tx-udp-segmentation",
+    "tx-gso-list",
+    "tx-gre-segmentation",
+    "tx-gre-csum-segmentation",
+    "tx-ipxip4-segmentation",
+    "tx-ipxip6-segmentation",
+    "tx-udp_tnl-segmentation",
+    "tx-udp_tnl-csum-segmentation",
+    "tx-sctp-segmentation",
+];
+
+/// The most a container end may hand over at once: a 64 KiB segment with its headers
+/// must fit one of tenet's large buffers (65,407 bytes).
+const GSO_MAX_SIZE: u32 = 65_000;
+
+/// Readies a container end whose host end an af-packet port serves (in the calling
+/// thread's namespace): checksums and TCP/IPv4 segmentation left to tenet, the kinds
+/// it cannot cut done by the kernel, segments capped to fit a large buffer.
+async fn offload_to_packet_socket(ifname: &str) -> anyhow::Result<()> {
+    let handle = connect()?;
+    let index = index_of(&handle, ifname)
+        .await?
+        .with_context(|| format!("no interface {ifname}"))?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::GsoMaxSize(GSO_MAX_SIZE))
+                .build(),
+        )
+        .execute()
+        .await
+        .with_context(|| format!("capping {ifname}'s segments at {GSO_MAX_SIZE} bytes"))?;
+    set_features(ifname, CARRIED_OFFLOADS, UNCARRIED_OFFLOADS).await
+}
+
+/// [`offload_to_packet_socket`] for the container end `ifname` in the namespace at
+/// `netns` (tenet-cni's containers).
+pub fn offload_container_end(netns: &Path, ifname: &str) -> anyhow::Result<()> {
+    in_netns(netns, || {
+        runtime()?.block_on(offload_to_packet_socket(ifname))
+    })
+}
+
+/// [`offload_to_packet_socket`] for `ifname` here (the Docker plugin's container end,
+/// before Docker moves it; its settings move with it).
+pub fn offload_here(ifname: &str) -> anyhow::Result<()> {
+    runtime()?.block_on(offload_to_packet_socket(ifname))
+}
+
+/// Sets ethtool features of `ifname` by name, `on` and `off`, through ethtool's
+/// generic-netlink family (`ethtool -K`).
+async fn set_features(ifname: &str, on: &[&str], off: &[&str]) -> anyhow::Result<()> {
     let (connection, mut handle, _) =
         genetlink::new_connection().context("opening generic netlink")?;
     tokio::spawn(connection);
-    let mut message = NetlinkMessage::from(GenlMessage::from_payload(FeaturesOff::new(
-        ifname,
-        &["tx-checksum-ip-generic"],
-    )));
+    let mut message =
+        NetlinkMessage::from(GenlMessage::from_payload(SetFeatures::new(ifname, on, off)));
     message.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     let mut answers = handle
         .request(message)
@@ -347,7 +413,7 @@ pub async fn disable_tx_checksum(ifname: &str) -> anyhow::Result<()> {
         if let NetlinkPayload::Error(e) = answer.payload {
             if let Some(code) = e.code {
                 bail!(
-                    "turning TX checksum offload off on {ifname}: {}",
+                    "setting offloads of {ifname} (on: {on:?}, off: {off:?}): {}",
                     std::io::Error::from_raw_os_error(-code.get())
                 );
             }
@@ -356,10 +422,11 @@ pub async fn disable_tx_checksum(ifname: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ETHTOOL_MSG_FEATURES_SET` clearing some named features: the header names the
-/// device, the wanted bitset lists each feature without a value (listed, not set: off).
+/// `ETHTOOL_MSG_FEATURES_SET` of some named features: the header names the device, the
+/// wanted bitset lists each feature, with a value flag when it is to be on (listed
+/// without one: off).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FeaturesOff {
+struct SetFeatures {
     attributes: Vec<u8>,
 }
 
@@ -370,6 +437,7 @@ const ETHTOOL_A_HEADER_DEV_NAME: u16 = 2;
 const ETHTOOL_A_BITSET_BITS: u16 = 3;
 const ETHTOOL_A_BITSET_BITS_BIT: u16 = 1;
 const ETHTOOL_A_BITSET_BIT_NAME: u16 = 2;
+const ETHTOOL_A_BITSET_BIT_VALUE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 
 /// One netlink attribute: length, type, value, padding to 4 bytes.
@@ -389,20 +457,24 @@ fn c_string(text: &str) -> Vec<u8> {
     bytes
 }
 
-impl FeaturesOff {
-    fn new(ifname: &str, features: &[&str]) -> Self {
+impl SetFeatures {
+    fn new(ifname: &str, on: &[&str], off: &[&str]) -> Self {
         let header = nla(
             ETHTOOL_A_FEATURES_HEADER | NLA_F_NESTED,
             &nla(ETHTOOL_A_HEADER_DEV_NAME, &c_string(ifname)),
         );
-        let bits: Vec<u8> = features
+        let bit = |name: &str, value: bool| {
+            let mut bit = nla(ETHTOOL_A_BITSET_BIT_NAME, &c_string(name));
+            if value {
+                bit.extend(nla(ETHTOOL_A_BITSET_BIT_VALUE, &[]));
+            }
+            nla(ETHTOOL_A_BITSET_BITS_BIT | NLA_F_NESTED, &bit)
+        };
+        let bits: Vec<u8> = on
             .iter()
-            .flat_map(|f| {
-                nla(
-                    ETHTOOL_A_BITSET_BITS_BIT | NLA_F_NESTED,
-                    &nla(ETHTOOL_A_BITSET_BIT_NAME, &c_string(f)),
-                )
-            })
+            .map(|f| bit(f, true))
+            .chain(off.iter().map(|f| bit(f, false)))
+            .flatten()
             .collect();
         let wanted = nla(
             ETHTOOL_A_FEATURES_WANTED | NLA_F_NESTED,
@@ -414,7 +486,7 @@ impl FeaturesOff {
     }
 }
 
-impl GenlFamily for FeaturesOff {
+impl GenlFamily for SetFeatures {
     fn family_name() -> &'static str {
         "ethtool"
     }
@@ -428,7 +500,7 @@ impl GenlFamily for FeaturesOff {
     }
 }
 
-impl Emitable for FeaturesOff {
+impl Emitable for SetFeatures {
     fn buffer_len(&self) -> usize {
         self.attributes.len()
     }
@@ -438,7 +510,7 @@ impl Emitable for FeaturesOff {
     }
 }
 
-impl ParseableParametrized<[u8], GenlHeader> for FeaturesOff {
+impl ParseableParametrized<[u8], GenlHeader> for SetFeatures {
     fn parse_with_param(buf: &[u8], _header: GenlHeader) -> Result<Self, DecodeError> {
         // A set has no answer beyond the acknowledgement.
         Ok(Self {
@@ -456,11 +528,22 @@ mod tests {
         let a = nla(2, &c_string("eth0"));
         assert_eq!(a.len(), 12, "4 + 5 bytes, padded to 12");
         assert_eq!(u16::from_ne_bytes([a[0], a[1]]), 9);
-        let m = FeaturesOff::new("eth0", &["tx-checksum-ip-generic"]);
+        let m = SetFeatures::new("eth0", &[], &["tx-checksum-ip-generic"]);
         let header_len = u16::from_ne_bytes([m.attributes[0], m.attributes[1]]) as usize;
         assert_eq!(header_len, 4 + 12);
         let kind = u16::from_ne_bytes([m.attributes[2], m.attributes[3]]);
         assert_eq!(kind, ETHTOOL_A_FEATURES_HEADER | NLA_F_NESTED);
         assert_eq!(m.buffer_len() % 4, 0);
+    }
+
+    #[test]
+    fn a_feature_to_turn_on_carries_the_value_flag() {
+        let off = SetFeatures::new("eth0", &[], &["tx-tcp-segmentation"]);
+        let on = SetFeatures::new("eth0", &["tx-tcp-segmentation"], &[]);
+        // The flag is an empty attribute: 4 more bytes in every enclosing nest.
+        assert_eq!(on.attributes.len(), off.attributes.len() + 4);
+        let flag = nla(ETHTOOL_A_BITSET_BIT_VALUE, &[]);
+        assert!(on.attributes.windows(4).any(|w| w == flag.as_slice()));
+        assert!(!off.attributes.windows(4).any(|w| w == flag.as_slice()));
     }
 }

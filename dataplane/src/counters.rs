@@ -66,6 +66,7 @@ drop_reasons! {
     NatTableFull = "nat-table-full": "the core's SNAT connection table is full",
     NatForeignCore = "nat-foreign-core": "an outside packet whose SNAT session is on another core, and no ring leads there (no uplink configured at start)",
     SegmentsTooLong = "segments-too-long": "a frame received in several segments that together do not fit one packet buffer",
+    Uncuttable = "uncuttable": "a large TCP segment tenet could not cut for a port that cannot take it whole (not TCP/IPv4, an MTU too small, or no buffer free)",
     Retired = "retired": "a frame waited for a neighbour of a tenant (or gateway) that was removed from this host meanwhile",
 }
 

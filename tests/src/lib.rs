@@ -128,6 +128,20 @@ pub fn underlay(a: &Netns, b: &Netns) -> anyhow::Result<(String, String)> {
     Ok((ia, ib))
 }
 
+/// Hands the container end `eth0` in `ns` the offloads a container keeps on tenet's
+/// af-packet ports, as tenet-cni sets them: checksums and TCP/IPv4 segmentation left
+/// to the switch, segments capped to one large buffer.
+pub fn offload_container_end(ns: &Netns) -> anyhow::Result<()> {
+    ns.exec("ip", &["link", "set", "eth0", "gso_max_size", "65000"])?;
+    ns.exec(
+        "ethtool",
+        &[
+            "-K", "eth0", "tx", "on", "sg", "on", "tso", "on", "gso", "on",
+        ],
+    )?;
+    Ok(())
+}
+
 /// Readies one end of an underlay link: jumbo MTU (tunnelled full-size frames fit), no
 /// IPv6 chatter, no offloads (frames cross the switch as the kernel sent them), up.
 pub fn underlay_end(ns: &Netns, dev: &str) -> anyhow::Result<()> {
@@ -238,6 +252,27 @@ pub fn wait_for_ping(from: &Netns, to: &str) {
         }
     }
     panic!("no ping reply from {to}");
+}
+
+/// One iperf3 TCP test of `seconds` from `client` to a server in `server` bound to
+/// `address`; the received bit rate.
+pub fn iperf3_bits(client: &Netns, server: &Netns, address: &str, seconds: u32) -> f64 {
+    let mut srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client
+        .exec("iperf3", &["-c", address, "-t", &seconds.to_string(), "-J"])
+        .expect("iperf3 through tenet");
+    let _ = srv.wait();
+    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 result: {out}"))
 }
 
 /// The resettable TCP stream tool (gap measurement).

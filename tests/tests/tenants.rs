@@ -3,10 +3,11 @@
 //! tenant's containers across hosts, and no frame crossing tenants, even though both
 //! tenants use the same IP addresses.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tests::{send_frames, underlay, unique, wait_for_ping, Link, Netns, Receiver, Tenetd};
+use tests::{
+    iperf3_bits, send_frames, underlay, unique, wait_for_ping, Link, Netns, Receiver, Tenetd,
+};
 
 struct Host {
     ns: Netns,
@@ -131,25 +132,7 @@ fn two_tenants_across_two_hosts(design: &str) {
 
     // Real TCP across the hosts, in each tenant.
     for (client, server) in [(&a.red_ns, &b.red_ns), (&b.blue_ns, &a.blue_ns)] {
-        let mut srv = server
-            .command("iperf3")
-            .args(["-s", "-1", "-B", server_ip(server)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        let out = client
-            .exec("iperf3", &["-c", server_ip(server), "-t", "2", "-J"])
-            .expect("iperf3 through tenet");
-        let _ = srv.wait();
-        let bits: f64 = out
-            .split("\"sum_received\"")
-            .nth(1)
-            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
-            .and_then(|s| s.split([',', '\n']).next())
-            .and_then(|s| s.trim().parse().ok())
-            .expect("iperf3 result");
+        let bits = iperf3_bits(client, server, server_ip(server), 2);
         assert!(bits > 1e6, "{design}: TCP across hosts at {bits} bit/s");
     }
 

@@ -404,9 +404,19 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
             mtu: conf.mtu,
         })
         .map_err(|e| undo_address(CniError::new(code::LINK_FAILED, format!("{e:#}"))))?;
-        if let Err(e) = containers::attach_veth(&client, &container(mac), &conf.backend) {
-            let _ = netlink::delete_link(&name);
-            return Err(undo_address(refused(e)));
+        match containers::attach_veth(&client, &container(mac), &conf.backend) {
+            Err(e) => {
+                let _ = netlink::delete_link(&name);
+                return Err(undo_address(refused(e)));
+            }
+            // The container's kernel may hand over 64 KiB segments with checksums
+            // still owed: an af-packet port takes them whole (AF_XDP could not).
+            Ok("af-packet") => {
+                if let Err(e) = netlink::offload_container_end(Path::new(&env.netns), &env.ifname) {
+                    tracing::warn!(error = %format!("{e:#}"), "the container keeps sending frame by frame");
+                }
+            }
+            Ok(_) => {}
         }
         json!([{"name": name}, {"name": env.ifname, "mac": MacText(mac).to_string(), "sandbox": env.netns}])
     };

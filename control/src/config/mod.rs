@@ -174,6 +174,9 @@ pub struct DataplaneConfig {
     pub file_prefix: String,
     /// Packet buffers in the pool.
     pub mbufs: u32,
+    /// 64 KiB buffers for the large TCP segments containers hand over (GSO) and jumbo
+    /// frames; 0 drops every frame larger than a packet buffer.
+    pub jumbo_mbufs: u32,
     /// RX descriptors per queue.
     pub rx_descriptors: u16,
     /// TX descriptors per queue.
@@ -192,6 +195,7 @@ impl Default for DataplaneConfig {
             in_memory: defaults.in_memory,
             file_prefix: defaults.file_prefix,
             mbufs: 32767,
+            jumbo_mbufs: 511,
             rx_descriptors: 1024,
             tx_descriptors: 1024,
             dpdk_log_level: defaults.log_level,
@@ -306,6 +310,8 @@ pub struct Validated {
     pub workers: Vec<usize>,
     /// Pool size.
     pub mbufs: u32,
+    /// Large-buffer pool size (0: none).
+    pub jumbo_mbufs: u32,
     /// Descriptors per RX queue.
     pub rx_descriptors: u16,
     /// Descriptors per TX queue.
@@ -394,6 +400,7 @@ impl Config {
             eal: eal_options(dp, main_core, &ports),
             workers: dp.workers.clone(),
             mbufs: dp.mbufs,
+            jumbo_mbufs: dp.jumbo_mbufs,
             rx_descriptors: dp.rx_descriptors,
             tx_descriptors: dp.tx_descriptors,
             ports,
@@ -556,6 +563,12 @@ fn check_dataplane_sizes(dp: &DataplaneConfig) -> Result<(), ConfigError> {
         return Err(invalid(
             "dataplane.mbufs",
             "at least 1024 packet buffers are needed",
+        ));
+    }
+    if dp.jumbo_mbufs != 0 && !(64..=65535).contains(&dp.jumbo_mbufs) {
+        return Err(invalid(
+            "dataplane.jumbo_mbufs",
+            "0 (no large frames) or 64 to 65535 large buffers",
         ));
     }
     for (field, value) in [

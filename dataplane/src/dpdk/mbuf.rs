@@ -8,6 +8,11 @@ use std::ptr::NonNull;
 /// Packets moved per RX/TX call and per pipeline pass.
 pub const BURST: usize = 32;
 
+/// DPDK's `RTE_MBUF_F_TX_TCP_SEG` (a function-like macro bindgen cannot read; the shim
+/// asserts the value at build time). An mbuf owes segmentation when this flag says so:
+/// receive paths set `ol_flags` whole but may leave a stale `tso_segsz` behind.
+const TX_TCP_SEG: u64 = 1 << 50;
+
 /// One packet, owned: dropped means freed back to its pool. Only the first segment's
 /// data is visible, so a device that chains segments (a vhost-user guest's large
 /// frame) has its bursts joined at receive ([`MbufBatch::join_segments`]) before any
@@ -22,6 +27,18 @@ unsafe impl Send for Mbuf {}
 impl Mbuf {
     pub(crate) fn from_raw(raw: NonNull<dpdk_sys::rte_mbuf>) -> Self {
         Self(raw)
+    }
+
+    /// A fresh, empty mbuf of `pool` (a live pool), or `None` when it has none free.
+    #[inline]
+    pub(crate) fn alloc_from(pool: *mut dpdk_sys::rte_mempool) -> Option<Mbuf> {
+        let mut slot = [std::ptr::null_mut(); 1];
+        // SAFETY: the caller's pool is alive (pools outlive every port and worker);
+        // slot has room for the one pointer asked for.
+        let ret = unsafe { dpdk_sys::tenet_pktmbuf_alloc_bulk(pool, slot.as_mut_ptr(), 1) };
+        NonNull::new(slot[0])
+            .filter(|_| ret == 0)
+            .map(Mbuf::from_raw)
     }
 
     #[inline(always)]
@@ -173,10 +190,7 @@ impl Mbuf {
     #[inline]
     pub fn duplicate(&self) -> Option<Mbuf> {
         let m = self.raw();
-        let mut slot = [std::ptr::null_mut(); 1];
-        // SAFETY: m.pool is the live pool this mbuf came from; slot has room for one.
-        let ret = unsafe { dpdk_sys::tenet_pktmbuf_alloc_bulk(m.pool, slot.as_mut_ptr(), 1) };
-        let mut copy = Mbuf::from_raw(NonNull::new(slot[0]).filter(|_| ret == 0)?);
+        let mut copy = Mbuf::alloc_from(m.pool)?;
         let len = self.len();
         let c = copy.raw_mut();
         // Same pool, so same buffer size: the original's offset fits.
@@ -185,7 +199,37 @@ impl Mbuf {
         c.pkt_len = u32::from(m.data_len);
         c.port = m.port;
         copy.data_mut()[..len].copy_from_slice(self.data());
+        copy.set_gso_size(self.gso_size());
         Some(copy)
+    }
+
+    /// The TCP segment size the frame is owed (0: none); see
+    /// [`crate::packet::frame::Frame::gso_size`].
+    #[inline(always)]
+    pub fn gso_size(&self) -> u16 {
+        let m = self.raw();
+        if m.ol_flags & TX_TCP_SEG == 0 {
+            return 0;
+        }
+        // SAFETY: both views of the union are plain integers over the same 8 bytes.
+        unsafe { m.__bindgen_anon_3.__bindgen_anon_1.tso_segsz() as u16 }
+    }
+
+    /// Marks the frame as owing segmentation at `size` (0: none).
+    #[inline(always)]
+    pub fn set_gso_size(&mut self, size: u16) {
+        let m = self.raw_mut();
+        if size == 0 {
+            m.ol_flags &= !TX_TCP_SEG;
+            return;
+        }
+        m.ol_flags |= TX_TCP_SEG;
+        // SAFETY: as in gso_size().
+        unsafe {
+            m.__bindgen_anon_3
+                .__bindgen_anon_1
+                .set_tso_segsz(u64::from(size))
+        };
     }
 
     /// Makes a fresh mbuf hold `len` bytes received on `port` and returns them to be
@@ -281,6 +325,16 @@ impl crate::packet::frame::Frame for Mbuf {
     #[inline]
     fn duplicate(&self) -> Option<Self> {
         Mbuf::duplicate(self)
+    }
+
+    #[inline(always)]
+    fn gso_size(&self) -> u16 {
+        Mbuf::gso_size(self)
+    }
+
+    #[inline(always)]
+    fn set_gso_size(&mut self, size: u16) {
+        Mbuf::set_gso_size(self, size)
     }
 }
 
@@ -431,6 +485,17 @@ impl MbufBatch {
         }
         self.len = kept;
         (joined, freed)
+    }
+
+    /// Whether any packet of the batch is a large TCP segment still to be cut.
+    #[inline(always)]
+    pub fn owes_segmentation(&self) -> bool {
+        // One pass without a branch per packet, as in join_segments.
+        self.as_slice()
+            .iter()
+            .fold(0, |all, m| all | m.raw().ol_flags)
+            & TX_TCP_SEG
+            != 0
     }
 
     /// Frees every packet held; returns how many.

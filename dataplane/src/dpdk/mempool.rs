@@ -13,12 +13,23 @@ static NEXT_POOL: AtomicU32 = AtomicU32::new(0);
 /// touching the shared ring.
 const CACHE_SIZE: u32 = 256;
 
+/// Data room of a large buffer: the most a `u16` buffer length allows, so one
+/// contiguous buffer holds a 64 KiB TCP segment (65,407 bytes after the headroom).
+const LARGE_DATA_ROOM: u16 = u16::MAX;
+
+/// Per-lcore cache of large buffers: few are in flight at once, and a cache of the
+/// small pools' size would strand most of the pool.
+const LARGE_CACHE_SIZE: u32 = 16;
+
 /// A pool of packet buffers. Ports' RX queues fill from it; dropping it while a port
-/// still uses it is prevented by the daemon's drop order (ports first).
+/// still uses it is prevented by the daemon's drop order (ports first). It may carry a
+/// pool of large buffers beside it ([`Mempool::with_large`]) for frames no packet
+/// buffer holds, so wherever the pool goes, so do they.
 pub struct Mempool {
     raw: NonNull<dpdk_sys::rte_mempool>,
     name: String,
     capacity: u32,
+    large: Option<Box<Mempool>>,
 }
 
 // SAFETY: a DPDK mempool is designed for concurrent use from many lcores; the pointer
@@ -30,23 +41,43 @@ unsafe impl Sync for Mempool {}
 impl Mempool {
     /// Creates a pool of `count` mbufs with the default data room (2048 B + headroom).
     pub fn new(label: &str, count: u32, socket: i32) -> Result<Self, DpdkError> {
+        let room = dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
+        Self::create(label, count, CACHE_SIZE.min(count / 2), room, socket)
+    }
+
+    /// Creates a pool of `count` 64 KiB mbufs, for [`Mempool::with_large`].
+    pub fn large(label: &str, count: u32, socket: i32) -> Result<Self, DpdkError> {
+        let cache = LARGE_CACHE_SIZE.min(count / 2);
+        Self::create(label, count, cache, LARGE_DATA_ROOM, socket)
+    }
+
+    /// This pool with `large` beside it, owned with it.
+    pub fn with_large(mut self, large: Mempool) -> Self {
+        self.large = Some(Box::new(large));
+        self
+    }
+
+    /// The large buffers beside this pool, if it has any.
+    pub fn large_pool(&self) -> Option<&Mempool> {
+        self.large.as_deref()
+    }
+
+    fn create(
+        label: &str,
+        count: u32,
+        cache: u32,
+        data_room: u16,
+        socket: i32,
+    ) -> Result<Self, DpdkError> {
         let seq = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
         // Pool names are global in DPDK and limited to 26 bytes.
         let name: String = format!("{seq}-{label}").chars().take(24).collect();
         let c_name = CString::new(name.clone())
             .map_err(|_| DpdkError::invalid("rte_pktmbuf_pool_create", label, "NUL in name"))?;
-        let cache = CACHE_SIZE.min(count / 2);
         // SAFETY: c_name is a valid C string for the duration of the call; sizes are
         // plain integers DPDK validates.
         let raw = unsafe {
-            dpdk_sys::rte_pktmbuf_pool_create(
-                c_name.as_ptr(),
-                count,
-                cache,
-                0,
-                dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
-                socket,
-            )
+            dpdk_sys::rte_pktmbuf_pool_create(c_name.as_ptr(), count, cache, 0, data_room, socket)
         };
         let raw =
             NonNull::new(raw).ok_or_else(|| DpdkError::new("rte_pktmbuf_pool_create", &name, 0))?;
@@ -54,6 +85,7 @@ impl Mempool {
             raw,
             name,
             capacity: count,
+            large: None,
         })
     }
 
@@ -73,16 +105,17 @@ impl Mempool {
         unsafe { dpdk_sys::tenet_mempool_avail_count(self.raw.as_ptr()) }
     }
 
+    /// The frame bytes one of its mbufs holds.
+    pub fn data_room(&self) -> usize {
+        // SAFETY: the pool is alive; the private data of a pktmbuf pool is its
+        // rte_pktmbuf_pool_private, written once at creation.
+        usize::from(unsafe { dpdk_sys::tenet_pktmbuf_data_room_size(self.raw.as_ptr()) })
+            - dpdk_sys::RTE_PKTMBUF_HEADROOM as usize
+    }
+
     /// Allocates one mbuf, reset and empty.
     pub fn alloc(&self) -> Option<Mbuf> {
-        let mut slot = [std::ptr::null_mut(); 1];
-        // SAFETY: the pool is alive and slot has room for the one pointer requested.
-        let ret =
-            unsafe { dpdk_sys::tenet_pktmbuf_alloc_bulk(self.raw.as_ptr(), slot.as_mut_ptr(), 1) };
-        if ret != 0 {
-            return None;
-        }
-        NonNull::new(slot[0]).map(Mbuf::from_raw)
+        Mbuf::alloc_from(self.raw.as_ptr())
     }
 
     pub(crate) fn as_ptr(&self) -> *mut dpdk_sys::rte_mempool {

@@ -20,7 +20,7 @@ pub use eal::{prepare_process, register_thread, unregister_thread, Eal, EalOptio
 pub use error::DpdkError;
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
-pub use port::{port_name, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
+pub use port::{port_name, Cut, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
 pub use ring::{MbufRing, RingConsumer, RingProducer};
 pub use time::{prefetch, tsc, tsc_hz};
 

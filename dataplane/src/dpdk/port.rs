@@ -5,9 +5,10 @@
 use std::ffi::{c_char, CStr, CString};
 
 use super::error::DpdkError;
-use super::mbuf::MbufBatch;
+use super::mbuf::{Mbuf, MbufBatch};
 use super::mempool::Mempool;
 use crate::kernel::{PacketPort, PacketRx, PacketTx};
+use crate::packet::gso::{L4Checksum, Layout};
 
 /// How to set a port up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,10 @@ pub struct PortStats {
     pub tx_errors: u64,
     /// RX mbuf allocation failures.
     pub rx_nombuf: u64,
+    /// Large TCP segments (GSO) received whole.
+    pub rx_large: u64,
+    /// Large TCP segments transmitted: handed on whole, or cut by tenet.
+    pub tx_large: u64,
 }
 
 /// An attached Ethernet device, or a kernel interface tenet serves itself.
@@ -190,6 +195,7 @@ impl Port {
                     port: id,
                     queue,
                     packet: Some(packet),
+                    cutter: None,
                 })
                 .collect();
             return Ok((rx, tx));
@@ -271,11 +277,20 @@ impl Port {
                 packet: None,
             })
             .collect();
+        let mut mtu = 1500;
+        // SAFETY: plain query on a valid port id into a live u16.
+        if unsafe { dpdk_sys::rte_eth_dev_get_mtu(self.id, &mut mtu) } < 0 {
+            mtu = 1500;
+        }
         let tx = (0..queues)
             .map(|queue| TxQueue {
                 port: self.id,
                 queue,
                 packet: None,
+                cutter: Some(Cutter {
+                    pool: pool.as_ptr(),
+                    max_len: usize::from(mtu) + 14,
+                }),
             })
             .collect();
         Ok((rx, tx))
@@ -372,6 +387,8 @@ impl Port {
             rx_errors: s.ierrors,
             tx_errors: s.oerrors,
             rx_nombuf: s.rx_nombuf,
+            // A DPDK device is handed no large segments: they are cut before it.
+            ..PortStats::default()
         }
     }
 
@@ -536,7 +553,32 @@ pub struct TxQueue {
     port: u16,
     queue: u16,
     packet: Option<PacketTx>,
+    /// How large TCP segments are cut for a device that cannot take them whole (a
+    /// kernel interface's queue takes them itself).
+    cutter: Option<Cutter>,
 }
+
+/// How far [`TxQueue::cut`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Every segment is in the batch.
+    Done,
+    /// The batch is full; go on from this segment once it is sent.
+    More(usize),
+    /// The frame cannot be cut (not TCP/IPv4, MTU too small, no buffer free).
+    Failed,
+}
+
+/// Cuts large TCP segments for a DPDK device, into fresh buffers of the port's pool.
+struct Cutter {
+    pool: *mut dpdk_sys::rte_mempool,
+    /// The MTU plus the Ethernet header.
+    max_len: usize,
+}
+
+// SAFETY: the pool is a thread-safe DPDK mempool that outlives every port (daemon
+// drop order); the TX queue and its cutter belong to one worker at a time.
+unsafe impl Send for Cutter {}
 
 impl TxQueue {
     /// Port id.
@@ -547,6 +589,50 @@ impl TxQueue {
     /// Queue index.
     pub fn queue(&self) -> u16 {
         self.queue
+    }
+
+    /// Whether the device takes large TCP segments whole (kernel interfaces do, and
+    /// cut what the kernel cannot take); others need [`TxQueue::cut`] first.
+    #[inline(always)]
+    pub fn takes_large(&self) -> bool {
+        self.cutter.is_none()
+    }
+
+    /// Cuts segments `from..` of the large TCP segment `large` into frames this
+    /// device takes (fresh buffers of its pool, full checksums), appended to `out` in
+    /// order until it is full.
+    #[cold]
+    pub fn cut(&self, large: &Mbuf, from: usize, out: &mut MbufBatch) -> Cut {
+        let Some(cutter) = &self.cutter else {
+            return Cut::Failed;
+        };
+        let data = large.data();
+        let Ok(layout) = Layout::parse(data) else {
+            return Cut::Failed;
+        };
+        let Some(mss) = layout.fitted_mss(data, usize::from(large.gso_size()), cutter.max_len)
+        else {
+            return Cut::Failed;
+        };
+        let count = layout.segments(mss);
+        for index in from..count {
+            if out.room() == 0 {
+                return Cut::More(index);
+            }
+            let Some(mut segment) = Mbuf::alloc_from(cutter.pool) else {
+                return Cut::Failed;
+            };
+            let room = segment.tailroom();
+            let written = segment.receive(room, self.port).and_then(|bytes| {
+                layout.write_segment(data, mss, index, L4Checksum::Complete, bytes)
+            });
+            let Some(len) = written else {
+                return Cut::Failed;
+            };
+            segment.truncate(len);
+            let _ = out.push(segment);
+        }
+        Cut::Done
     }
 
     /// Transmits the batch; what the device refused stays in the batch, in order.

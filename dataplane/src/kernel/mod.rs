@@ -3,6 +3,7 @@
 //! invariant it relies on, and nothing unsafe leaks out of it.
 
 mod packet_socket;
+mod vnet;
 
 pub use packet_socket::interface_index;
 pub(crate) use packet_socket::{PacketPort, PacketRx, PacketTx};

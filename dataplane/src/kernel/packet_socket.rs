@@ -13,7 +13,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::dpdk::{DpdkError, LinkStatus, MbufBatch, Mempool, PortStats};
+use super::vnet::{self, VnetHeader};
+use crate::dpdk::{DpdkError, LinkStatus, Mbuf, MbufBatch, Mempool, PortStats};
+use crate::packet::gso::{self, L4Checksum, Layout};
+use crate::packet::tcp;
 use crate::port_set::PortSet;
 use crate::{MAX_DPDK_PORTS, MAX_PORTS};
 
@@ -25,6 +28,17 @@ use libc::{
     TP_STATUS_SENDING, TP_STATUS_SEND_REQUEST, TP_STATUS_USER, TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
 };
+
+/// `PACKET_VNET_HDR` (if_packet.h): every frame in and out carries a virtio-net header.
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// `PACKET_COPY_THRESH`: a frame too large for a ring frame is also queued whole on the
+/// socket (ring frame marked `TP_STATUS_COPY`), to be read with `recvmsg`.
+const PACKET_COPY_THRESH: libc::c_int = 7;
+/// `TP_STATUS_COPY`.
+const TP_STATUS_COPY: u32 = 1 << 1;
+/// Socket buffer for the frames queued whole (a 64 KiB segment costs about twice that
+/// in the kernel's accounting): room for a few dozen in flight.
+const LARGE_SOCKET_BUFFER: libc::c_int = 8 << 20;
 
 /// libc has `TPACKET_ALIGN` only as an unsafe, non-const fn.
 const fn tpacket_align(x: usize) -> usize {
@@ -154,7 +168,7 @@ impl PacketPort {
         // ring frames are no larger: a 9000-byte MTU would otherwise spread a ring
         // over eight times the memory (and the caches).
         let longest = (mtu + L2_OVERHEAD).min(MBUF_DATA_ROOM);
-        let frame_size = (RX_DATA_OFFSET + longest).next_power_of_two();
+        let frame_size = (RX_DATA_OFFSET + vnet::LEN + longest).next_power_of_two();
         let mut fanout_id = None;
         let mut rx = Vec::with_capacity(usize::from(queues));
         let mut tx = Vec::with_capacity(usize::from(queues));
@@ -176,15 +190,19 @@ impl PacketPort {
                 next: first,
                 port: self.id(),
                 pool: pool.as_ptr(),
+                large_pool: pool.large_pool().map(Mempool::as_ptr),
             });
+            let header = if queue.vnet { vnet::LEN } else { 0 };
             tx.push(PacketTx {
-                // The kernel's own limit: the MTU plus the Ethernet header (and a
-                // 802.1Q tag when the frame carries one).
-                max_len: mtu + 14,
-                room: frame_size - TX_DATA_OFFSET,
                 queue: Arc::clone(&queue),
-                next: 0,
-                pending: false,
+                ring: TxRing {
+                    // The kernel's own limit: the MTU plus the Ethernet header (and a
+                    // 802.1Q tag when the frame carries one).
+                    max_len: mtu + 14,
+                    room: frame_size - TX_DATA_OFFSET - header,
+                    next: 0,
+                    pending: false,
+                },
             });
             self.queues.push(queue);
         }
@@ -243,6 +261,8 @@ impl PacketPort {
                 tp_packets: 0,
                 tp_drops: 0,
             };
+            stats.rx_large += c.rx_large.load(Ordering::Relaxed);
+            stats.tx_large += c.tx_large.load(Ordering::Relaxed);
             if get_option(&queue.fd, PACKET_STATISTICS, &mut kernel).is_ok() {
                 self.dropped
                     .fetch_add(u64::from(kernel.tp_drops), Ordering::Relaxed);
@@ -323,6 +343,8 @@ struct QueueCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     tx_errors: AtomicU64,
+    rx_large: AtomicU64,
+    tx_large: AtomicU64,
 }
 
 /// Adds to a counter only this thread writes: no locked instruction needed.
@@ -335,6 +357,11 @@ fn bump(counter: &AtomicU64, n: u64) {
 struct Queue {
     _id: Arc<PortId>,
     fd: OwnedFd,
+    /// Frames carry a virtio-net header (the kernel took `PACKET_VNET_HDR`).
+    vnet: bool,
+    /// A socket without rings, for the large segments no ring frame holds; receives
+    /// nothing (protocol 0). `None` without `vnet`.
+    large_tx: Option<OwnedFd>,
     map: *mut u8,
     map_len: usize,
     frame_size: usize,
@@ -372,6 +399,33 @@ impl Queue {
         set_option(&fd, PACKET_LOSS, &1i32, name)?;
         // What the kernel itself sends out of the interface is not the container's.
         set_option(&fd, PACKET_IGNORE_OUTGOING, &1i32, name)?;
+        // Large segments and partial checksums pass whole (the header says what they
+        // owe); only possible before the rings exist. A kernel that refuses leaves the
+        // port as it was: frames one by one, large ones dropped.
+        let vnet = set_option(&fd, PACKET_VNET_HDR, &1i32, name).is_ok()
+            && set_option(&fd, PACKET_COPY_THRESH, &1i32, name).is_ok();
+        if vnet {
+            // Without room, a large frame would arrive cut short (counted, dropped).
+            // The ring's frames and the large ones leave through two sockets: neither
+            // may run out of send buffer before the other, or the stream reorders.
+            let _ = set_socket_option(&fd, libc::SO_SNDBUFFORCE, LARGE_SOCKET_BUFFER);
+            if set_socket_option(&fd, libc::SO_RCVBUFFORCE, LARGE_SOCKET_BUFFER).is_err() {
+                tracing::warn!(
+                    interface = name,
+                    "large frames may be dropped: SO_RCVBUFFORCE refused"
+                );
+            }
+        } else {
+            tracing::warn!(
+                interface = name,
+                "PACKET_VNET_HDR refused: large TCP segments are not taken whole"
+            );
+        }
+        let large_tx = if vnet {
+            Some(large_sender(port, name)?)
+        } else {
+            None
+        };
         let rx = ring_request(frame_size, rx_frames);
         let tx = ring_request(frame_size, tx_frames);
         set_option(&fd, PACKET_RX_RING, &rx, name)?;
@@ -396,6 +450,8 @@ impl Queue {
         let queue = Self {
             _id: Arc::clone(&port.id),
             fd,
+            vnet,
+            large_tx,
             map: map.cast(),
             map_len,
             frame_size,
@@ -403,22 +459,7 @@ impl Queue {
             tx_frames: tx.tp_frame_nr as usize,
             counters: QueueCounters::default(),
         };
-        // SAFETY: sockaddr_ll is plain old data; zero is valid before the fields are set.
-        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = (ETH_P_ALL as u16).to_be();
-        address.sll_ifindex = port.ifindex;
-        // SAFETY: address is a valid sockaddr_ll of the given length.
-        let ret = unsafe {
-            libc::bind(
-                queue.fd.as_raw_fd(),
-                (&address as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 {
-            return Err(DpdkError::os("bind", name));
-        }
+        bind(&queue.fd, ETH_P_ALL as u16, port.ifindex, name)?;
         Ok(queue)
     }
 
@@ -480,6 +521,59 @@ impl Drop for Queue {
         // hold this Queue through Arc), so nothing reads it any more.
         unsafe { libc::munmap(self.map.cast(), self.map_len) };
     }
+}
+
+/// Binds packet socket `fd` to interface `ifindex` for `protocol` (0: sends only).
+fn bind(fd: &OwnedFd, protocol: u16, ifindex: libc::c_int, name: &str) -> Result<(), DpdkError> {
+    // SAFETY: sockaddr_ll is plain old data; zero is valid before the fields are set.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = protocol.to_be();
+    address.sll_ifindex = ifindex;
+    // SAFETY: address is a valid sockaddr_ll of the given length.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(DpdkError::os("bind", name));
+    }
+    Ok(())
+}
+
+/// The ring-less socket large segments leave through: a socket with a TX ring sends
+/// only from the ring, whose frames are sized for the MTU.
+fn large_sender(port: &PacketPort, name: &str) -> Result<OwnedFd, DpdkError> {
+    let fd = packet_socket(0, name)?;
+    set_option(&fd, PACKET_VNET_HDR, &1i32, name)?;
+    // Through the qdisc layer, not around it: only there does the kernel ready the
+    // headers its own segmentation needs (an interface without TSO cuts the segment in
+    // software; bypassing, it would drop it).
+    // Best effort: the default buffer holds about three 64 KiB segments.
+    let _ = set_socket_option(&fd, libc::SO_SNDBUFFORCE, LARGE_SOCKET_BUFFER);
+    bind(&fd, 0, port.ifindex, name)?;
+    Ok(fd)
+}
+
+/// Sets socket-level option `option` to `value`.
+fn set_socket_option(fd: &OwnedFd, option: libc::c_int, value: libc::c_int) -> Result<(), ()> {
+    // SAFETY: value points to a live c_int of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(());
+    }
+    Ok(())
 }
 
 /// A packet socket bound to nothing yet (protocol 0 receives nothing).
@@ -550,6 +644,8 @@ fn option_name(option: libc::c_int) -> &'static str {
         PACKET_FANOUT => "setsockopt(PACKET_FANOUT)",
         PACKET_QDISC_BYPASS => "setsockopt(PACKET_QDISC_BYPASS)",
         PACKET_IGNORE_OUTGOING => "setsockopt(PACKET_IGNORE_OUTGOING)",
+        PACKET_VNET_HDR => "setsockopt(PACKET_VNET_HDR)",
+        PACKET_COPY_THRESH => "setsockopt(PACKET_COPY_THRESH)",
         _ => "setsockopt",
     }
 }
@@ -588,6 +684,8 @@ pub(crate) struct PacketRx {
     next: usize,
     port: u16,
     pool: *mut dpdk_sys::rte_mempool,
+    /// Where frames larger than a ring frame go (none: they are dropped).
+    large_pool: Option<*mut dpdk_sys::rte_mempool>,
 }
 
 // SAFETY: the pool pointer refers to a thread-safe DPDK mempool that outlives every
@@ -652,11 +750,35 @@ impl PacketRx {
             // no longer applies: what the host itself sends out is dropped here.
             // SAFETY: the sockaddr_ll follows the aligned header inside the frame.
             let outgoing = unsafe { *frame.add(SLL_PKTTYPE_OFFSET) } == PACKET_OUTGOING;
+            if status & TP_STATUS_COPY != 0 {
+                // Too large for the ring: the whole frame waits on the socket, in the
+                // ring's order. Read it now (dropped or not) to stay in step.
+                let large = self.receive_large(tag);
+                q.status(frame).store(TP_STATUS_KERNEL, Ordering::Release);
+                match large {
+                    Some(large) if !outgoing => {
+                        bytes += large.len() as u64;
+                        batch.as_mut_slice()[start + i] = large;
+                        batch.as_mut_slice().swap(kept, start + i);
+                        kept += 1;
+                    }
+                    Some(_) => {}
+                    None => errors += 1,
+                }
+                continue;
+            }
+            let owed = if q.vnet {
+                // SAFETY: with PACKET_VNET_HDR the kernel writes the header right in
+                // front of the frame's bytes, inside this ring frame.
+                VnetHeader::read(unsafe { &*frame.add(offset - vnet::LEN).cast() })
+            } else {
+                VnetHeader::default()
+            };
             let fits = snap == full && offset + snap <= q.frame_size && snap >= 12 && !outgoing;
             let len = snap + if tag.is_some() { 4 } else { 0 };
             let mbuf = &mut batch.as_mut_slice()[start + i];
-            let copied = fits
-                && match mbuf.receive(len, self.port) {
+            let copied =
+                fits && match mbuf.receive(len, self.port) {
                     Some(data) => {
                         // SAFETY: offset + snap <= frame_size: the bytes lie in this frame.
                         let src = unsafe { std::slice::from_raw_parts(frame.add(offset), snap) };
@@ -672,7 +794,7 @@ impl PacketRx {
                         true
                     }
                     None => false,
-                };
+                } && (owed == VnetHeader::default() || take_owed(mbuf, owed, tag.is_some(), q));
             q.status(frame).store(TP_STATUS_KERNEL, Ordering::Release);
             if copied {
                 batch.as_mut_slice().swap(kept, start + i);
@@ -696,16 +818,251 @@ impl PacketRx {
     }
 }
 
+impl PacketRx {
+    /// Reads the next frame queued whole on the socket into a large buffer, with the
+    /// ring's VLAN tag put back, and takes what its header says it owes; `None` (the
+    /// frame dropped) without a large buffer, or for a frame that does not fit one.
+    #[cold]
+    fn receive_large(&self, tag: Option<(u16, u16)>) -> Option<Mbuf> {
+        let q = &*self.queue;
+        let mut header = [0u8; vnet::LEN];
+        let mut large = self.large_pool.and_then(Mbuf::alloc_from);
+        let shift = if tag.is_some() { 4 } else { 0 };
+        let room = large.as_ref().map_or(0, |m| m.tailroom());
+        let data = match large.as_mut() {
+            Some(m) => m.receive(room, self.port).unwrap_or(&mut []),
+            None => &mut [],
+        };
+        let data = data.get_mut(shift..).unwrap_or(&mut []);
+        let mut iov = [
+            libc::iovec {
+                iov_base: header.as_mut_ptr().cast(),
+                iov_len: header.len(),
+            },
+            libc::iovec {
+                iov_base: data.as_mut_ptr().cast(),
+                iov_len: data.len(),
+            },
+        ];
+        // SAFETY: msghdr is plain old data; zero is valid before the fields are set.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: the iovecs point at live, writable buffers of the lengths given; the
+        // call reads one queued frame (dropping it if no buffer was given).
+        let got = unsafe { libc::recvmsg(q.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        let mut large = large?;
+        let len = usize::try_from(got)
+            .ok()
+            .and_then(|n| n.checked_sub(vnet::LEN))
+            .filter(|&n| n >= 14 && msg.msg_flags & libc::MSG_TRUNC == 0)?;
+        large.truncate(len + shift);
+        if let Some((tpid, tci)) = tag {
+            let data = large.data_mut();
+            data.copy_within(4..16, 0);
+            data[12..14].copy_from_slice(&tpid.to_be_bytes());
+            data[14..16].copy_from_slice(&tci.to_be_bytes());
+        }
+        let owed = VnetHeader::read(&header);
+        take_owed(&mut large, owed, tag.is_some(), q).then_some(large)
+    }
+}
+
+/// Takes what a received frame's virtio-net header says it owes: a large TCP segment
+/// keeps its segment size (the egress cuts it, with fresh checksums), a partial
+/// checksum is finished now (nothing after RX trusts a checksum field it did not
+/// write). False for what tenet cannot carry (segments of IPv6 or UDP, a checksum
+/// outside the frame): dropped and counted.
+#[cold]
+fn take_owed(mbuf: &mut Mbuf, owed: VnetHeader, tagged: bool, q: &Queue) -> bool {
+    match owed.gso_kind() {
+        vnet::GSO_NONE => {}
+        vnet::GSO_TCPV4 if owed.gso_size > 0 => {
+            mbuf.set_gso_size(owed.gso_size);
+            bump(&q.counters.rx_large, 1);
+            return true;
+        }
+        _ => return false,
+    }
+    if owed.flags & vnet::F_NEEDS_CSUM == 0 {
+        return true;
+    }
+    // The kernel counted from the frame without the tag it moved to the ring header.
+    let start = usize::from(owed.csum_start) + if tagged { 4 } else { 0 };
+    gso::complete_checksum(mbuf.data_mut(), start, usize::from(owed.csum_offset))
+}
+
 /// The transmit side of one queue: owned by the worker that transmits on it.
 pub(crate) struct PacketTx {
     queue: Arc<Queue>,
+    ring: TxRing,
+}
+
+/// Where the transmit side is in its ring, and what the interface takes.
+struct TxRing {
     next: usize,
     /// Longest untagged frame the interface takes (a 802.1Q tag may add 4).
     max_len: usize,
-    /// Bytes a ring frame holds.
+    /// Bytes a ring frame holds (behind its virtio-net header, if any).
     room: usize,
     /// The last kick failed (no buffer, link down): frames still wait in the ring.
     pending: bool,
+}
+/// What became of a large segment.
+enum Large {
+    /// On its way (whole, or cut into ring frames).
+    Sent,
+    /// No room now (socket buffer or ring full): it stays in the batch.
+    NoRoom,
+    /// Not a TCP/IPv4 segment tenet can cut, or cut smaller than any wire takes.
+    Refused,
+}
+
+impl TxRing {
+    /// Asks the kernel to transmit the frames marked SEND_REQUEST; a failed kick is
+    /// retried with the next burst.
+    #[inline(always)]
+    fn kick(&mut self, q: &Queue) {
+        // SAFETY: a zero-length send with no address asks the kernel to transmit the
+        // frames marked SEND_REQUEST; it reads nothing of ours.
+        let ret = unsafe {
+            libc::sendto(
+                q.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        self.pending = ret < 0;
+    }
+
+    /// Sends a large TCP segment: whole to the kernel with a virtio-net header saying
+    /// what it owes, when it is plain TCP/IPv4 whose segments fit the interface (the
+    /// kernel, the NIC or the container's stack cuts it, or takes it whole); otherwise
+    /// (tunnelled, or segments too large for this MTU) cut here into ring frames.
+    #[cold]
+    fn send_large(&mut self, q: &Queue, mbuf: &mut Mbuf) -> Large {
+        let Ok(layout) = Layout::parse(mbuf.data()) else {
+            return Large::Refused;
+        };
+        let owed = usize::from(mbuf.gso_size());
+        // A ring frame holds a little more than the interface takes; the MTU decides.
+        let Some(mss) = layout.fitted_mss(mbuf.data(), owed, self.max_len) else {
+            return Large::Refused;
+        };
+        let whole = q.large_tx.is_some()
+            && layout.outer_ip_offset().is_none()
+            && mss == owed
+            && layout.segments(mss) > 1;
+        if whole {
+            self.send_whole(q, mbuf, &layout, owed)
+        } else {
+            self.send_cut(q, mbuf.data(), &layout, mss)
+        }
+    }
+
+    /// Hands the segment to the kernel whole through the ring-less socket.
+    fn send_whole(&mut self, q: &Queue, mbuf: &mut Mbuf, layout: &Layout, owed: usize) -> Large {
+        let Some((csum_start, csum_offset)) =
+            gso::make_partial(mbuf.data_mut(), layout.ip_offset())
+        else {
+            return Large::Refused;
+        };
+        let header = VnetHeader {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_TCPV4,
+            hdr_len: layout.header_len() as u16,
+            gso_size: owed as u16,
+            csum_start: csum_start as u16,
+            csum_offset: csum_offset as u16,
+        };
+        if !mbuf.prepend(vnet::LEN) {
+            return Large::Refused;
+        }
+        let Some(bytes) = mbuf.data_mut().first_chunk_mut::<{ vnet::LEN }>() else {
+            return Large::Refused;
+        };
+        header.write(bytes);
+        let Some(fd) = q.large_tx.as_ref() else {
+            return Large::Refused;
+        };
+        let data = mbuf.data();
+        // SAFETY: data is a live buffer of the length given; the socket is bound to
+        // the interface, so no address is needed.
+        let ret = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        mbuf.adjust(vnet::LEN);
+        if ret < 0 {
+            let error = std::io::Error::last_os_error().raw_os_error();
+            if matches!(error, Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
+                return Large::NoRoom;
+            }
+            return Large::Refused;
+        }
+        bump(&q.counters.tx_large, 1);
+        Large::Sent
+    }
+
+    /// Cuts the segment at `mss` into free ring frames (all of them or none), each with
+    /// its TCP checksum left for the kernel to finish where the header can say so.
+    fn send_cut(&mut self, q: &Queue, data: &[u8], layout: &Layout, mss: usize) -> Large {
+        let count = layout.segments(mss);
+        if count > q.tx_frames {
+            return Large::Refused;
+        }
+        let busy = TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING;
+        let mut index = self.next;
+        for _ in 0..count {
+            if q.status(q.tx_frame(index)).load(Ordering::Acquire) & busy != 0 {
+                return Large::NoRoom;
+            }
+            index = next_frame(index, q.tx_frames);
+        }
+        let (header, checksum) = if q.vnet {
+            (vnet::LEN, L4Checksum::Partial)
+        } else {
+            (0, L4Checksum::Complete)
+        };
+        let owed = VnetHeader {
+            flags: vnet::F_NEEDS_CSUM,
+            csum_start: layout.tcp_offset() as u16,
+            csum_offset: tcp::CHECKSUM_AT as u16,
+            ..VnetHeader::default()
+        };
+        for i in 0..count {
+            let frame = q.tx_frame(self.next);
+            // SAFETY: the frame is AVAILABLE (checked above) and ours until marked for
+            // sending; the slice covers its data area and no more.
+            let area = unsafe {
+                std::slice::from_raw_parts_mut(frame.add(TX_DATA_OFFSET), header + self.room)
+            };
+            let (head, out) = area.split_at_mut(header);
+            let Some(len) = layout.write_segment(data, mss, i, checksum, out) else {
+                // Cannot happen for a layout parsed from this frame with segments that
+                // fit; what was written so far still goes.
+                return Large::Refused;
+            };
+            if let Some(head) = head.first_chunk_mut::<{ vnet::LEN }>() {
+                owed.write(head);
+            }
+            // SAFETY: as above; the header is the frame's own.
+            unsafe { (*frame.cast::<tpacket2_hdr>()).tp_len = (header + len) as u32 };
+            q.status(frame)
+                .store(TP_STATUS_SEND_REQUEST, Ordering::Release);
+            self.next = next_frame(self.next, q.tx_frames);
+        }
+        self.kick(q);
+        bump(&q.counters.tx_large, 1);
+        Large::Sent
+    }
 }
 
 impl PacketTx {
@@ -714,13 +1071,39 @@ impl PacketTx {
     /// cannot carry are freed and counted as TX errors).
     #[inline(always)]
     pub(crate) fn tx_burst(&mut self, batch: &mut MbufBatch) -> usize {
-        let q = &*self.queue;
+        let (q, ring) = (&*self.queue, &mut self.ring);
         let mut taken = 0;
         let mut sent = 0u64;
         let mut bytes = 0u64;
         let mut ring_full = false;
-        for mbuf in batch.as_slice() {
-            let frame = q.tx_frame(self.next);
+        let header = if q.vnet { vnet::LEN } else { 0 };
+        let mut kicked = 0;
+        for mbuf in batch.as_mut_slice() {
+            if mbuf.gso_size() != 0 {
+                // The ring's frames so far leave first: the stream keeps its order.
+                if sent > kicked || ring.pending {
+                    ring.kick(q);
+                    kicked = sent;
+                }
+                match ring.send_large(q, mbuf) {
+                    Large::Sent => {
+                        taken += 1;
+                        sent += 1;
+                        kicked = sent;
+                        bytes += mbuf.len() as u64;
+                        continue;
+                    }
+                    Large::NoRoom => {
+                        ring_full = true;
+                        break;
+                    }
+                    Large::Refused => {
+                        taken += 1;
+                        continue;
+                    }
+                }
+            }
+            let frame = q.tx_frame(ring.next);
             let status = q.status(frame);
             if status.load(Ordering::Acquire) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING) != 0 {
                 ring_full = true;
@@ -729,37 +1112,28 @@ impl PacketTx {
             taken += 1;
             let data = mbuf.data();
             let tagged = data.len() >= 14 && data[12..14] == [0x81, 0x00];
-            let limit = (self.max_len + if tagged { 4 } else { 0 }).min(self.room);
+            let limit = (ring.max_len + if tagged { 4 } else { 0 }).min(ring.room);
             if data.len() < 14 || data.len() > limit {
                 continue;
             }
             // SAFETY: the frame is AVAILABLE (ours until marked for sending) and
-            // TX_DATA_OFFSET + limit <= frame_size.
+            // TX_DATA_OFFSET + header + limit <= frame_size. A frame that owes nothing
+            // has an all-zero virtio-net header.
             unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), frame.add(TX_DATA_OFFSET), data.len());
-                (*frame.cast::<tpacket2_hdr>()).tp_len = data.len() as u32;
+                let at = frame.add(TX_DATA_OFFSET);
+                std::ptr::write_bytes(at, 0, header);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), at.add(header), data.len());
+                (*frame.cast::<tpacket2_hdr>()).tp_len = (header + data.len()) as u32;
             }
             status.store(TP_STATUS_SEND_REQUEST, Ordering::Release);
-            self.next = next_frame(self.next, q.tx_frames);
+            ring.next = next_frame(ring.next, q.tx_frames);
             sent += 1;
             bytes += data.len() as u64;
         }
         // Frames a failed kick left in the ring (they block it when it is full) go
         // with the next burst's kick.
-        if sent > 0 || ring_full || self.pending {
-            // SAFETY: a zero-length send with no address asks the kernel to transmit
-            // the frames marked SEND_REQUEST; it reads nothing of ours.
-            let ret = unsafe {
-                libc::sendto(
-                    q.fd.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            self.pending = ret < 0;
+        if sent > kicked || ring_full || ring.pending {
+            ring.kick(q);
         }
         batch.free_front(taken);
         bump(&q.counters.tx_packets, sent);

@@ -21,6 +21,12 @@ pub trait Frame {
     fn duplicate(&self) -> Option<Self>
     where
         Self: Sized;
+    /// The TCP segment size a large frame is owed, 0 for a frame as it goes on a wire:
+    /// a container's kernel hands over up to 64 KiB of one TCP stream in one frame
+    /// (GSO), and the egress cuts it at this size (or has the port do it).
+    fn gso_size(&self) -> u16;
+    /// Marks the frame as owing segmentation at `size` bytes of TCP payload (0: none).
+    fn set_gso_size(&mut self, size: u16);
     /// Length in bytes.
     fn len(&self) -> usize {
         self.data().len()
@@ -39,6 +45,7 @@ pub const DEFAULT_HEADROOM: usize = 128;
 pub struct BufFrame {
     buf: Vec<u8>,
     start: usize,
+    gso_size: u16,
 }
 
 impl BufFrame {
@@ -54,6 +61,7 @@ impl BufFrame {
         Self {
             buf,
             start: headroom,
+            gso_size: 0,
         }
     }
 
@@ -70,6 +78,7 @@ impl BufFrame {
         self.buf.resize(DEFAULT_HEADROOM, 0);
         self.buf.extend_from_slice(bytes);
         self.start = DEFAULT_HEADROOM;
+        self.gso_size = 0;
     }
 }
 
@@ -108,6 +117,14 @@ impl Frame for BufFrame {
 
     fn duplicate(&self) -> Option<Self> {
         Some(self.clone())
+    }
+
+    fn gso_size(&self) -> u16 {
+        self.gso_size
+    }
+
+    fn set_gso_size(&mut self, size: u16) {
+        self.gso_size = size;
     }
 }
 

@@ -77,6 +77,10 @@ impl From<super::Error> for Unsegmentable {
     }
 }
 
+/// The smallest segment size tenet cuts to: anything less means an MTU that leaves no
+/// room for data behind the headers.
+pub const MIN_SEGMENT: usize = 256;
+
 /// What a segment's TCP checksum field gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4Checksum {
@@ -212,6 +216,17 @@ impl Layout {
     #[inline]
     pub fn tcp_offset(&self) -> usize {
         self.tcp
+    }
+
+    /// The segment size to cut at for a port that takes frames of at most `max_len`
+    /// bytes (its MTU plus the Ethernet header; one 802.1Q tag on `frame` may add 4):
+    /// what the sender asked (`owed`), or less when its segments would not fit. `None`
+    /// when that leaves less than [`MIN_SEGMENT`] bytes: an MTU too small to carry
+    /// the headers sensibly.
+    pub fn fitted_mss(&self, frame: &[u8], owed: usize, max_len: usize) -> Option<usize> {
+        let tagged = frame.get(12..14) == Some(&vlan::TPID.to_be_bytes()[..]);
+        let max_len = max_len + if tagged { vlan::HEADER_LEN } else { 0 };
+        Some(owed.min(max_len.checked_sub(self.header_len())?)).filter(|&m| m >= MIN_SEGMENT)
     }
 
     /// How many segments a segment size of `mss` payload bytes makes: at least 1, since

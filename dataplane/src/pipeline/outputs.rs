@@ -2,7 +2,7 @@
 //! worker's own TX queue on that port, or the ring to the core that owns it.
 
 use crate::counters::{CoreCounters, DropReason};
-use crate::dpdk::{Mbuf, MbufBatch, RingConsumer, RingProducer, TxQueue};
+use crate::dpdk::{Cut, Mbuf, MbufBatch, RingConsumer, RingProducer, TxQueue};
 use crate::port_set::PortSet;
 use crate::MAX_PORTS;
 
@@ -229,7 +229,11 @@ impl Outputs {
         match self.sinks[p] {
             Sink::Queue(i) => {
                 if let Some(queue) = self.queues[i].as_mut() {
-                    counters.add_tx(queue.tx_burst(buffer));
+                    if !queue.takes_large() && buffer.owes_segmentation() {
+                        cut_and_send(queue, buffer, counters);
+                    } else {
+                        counters.add_tx(queue.tx_burst(buffer));
+                    }
                 }
                 if !buffer.is_empty() {
                     counters.add_drop(DropReason::TxRefused, buffer.free_all());
@@ -265,6 +269,45 @@ impl Outputs {
             self.push_batch(*port, scratch, counters);
         }
         moved
+    }
+}
+
+/// Sends `batch` through `queue` with its large TCP segments cut into frames the
+/// device takes, in order; frees and counts what cannot be cut or is refused.
+#[cold]
+fn cut_and_send(queue: &mut TxQueue, batch: &mut MbufBatch, counters: &CoreCounters) {
+    let mut out = MbufBatch::new();
+    for frame in batch.drain() {
+        if frame.gso_size() == 0 {
+            if let Err(frame) = out.push(frame) {
+                transmit(queue, &mut out, counters);
+                let _ = out.push(frame);
+            }
+            continue;
+        }
+        let mut from = 0;
+        loop {
+            match queue.cut(&frame, from, &mut out) {
+                Cut::Done => break,
+                Cut::More(next) => {
+                    transmit(queue, &mut out, counters);
+                    from = next;
+                }
+                Cut::Failed => {
+                    counters.add_drop(DropReason::Uncuttable, 1);
+                    break;
+                }
+            }
+        }
+    }
+    transmit(queue, &mut out, counters);
+}
+
+/// Sends `out` through `queue`; frees and counts what the device refuses.
+fn transmit(queue: &mut TxQueue, out: &mut MbufBatch, counters: &CoreCounters) {
+    counters.add_tx(queue.tx_burst(out));
+    if !out.is_empty() {
+        counters.add_drop(DropReason::TxRefused, out.free_all());
     }
 }
 

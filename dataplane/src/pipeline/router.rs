@@ -799,6 +799,8 @@ fn icmp_error<F: Frame, T: Trace>(
     message.set_rest_of_header(0);
     message.fill_checksum();
     note!(cx, "ICMP {icmp_type:?} code {code} sent back to {src_ip}");
+    // Built in the place of a frame that may have owed segmentation; this one owes none.
+    frame.set_gso_size(0);
     let out = resolve_in(tables, tenant, &src_mac);
     deliver(tables, tenant, src_mac, out, frame, cx)
 }
@@ -867,6 +869,7 @@ fn tcp_reset<F: Frame, T: Trace>(
     reset.set_urgent_at(0);
     reset.fill_checksum(dst, src);
     note!(cx, "TCP segment of no SNAT connection: reset sent back");
+    frame.set_gso_size(0);
     let out = resolve_in(tables, tenant, &requester);
     deliver(tables, tenant, requester, out, frame, cx)
 }
