@@ -80,9 +80,9 @@ struct ContainersArgs {
     /// Seconds each iperf3 runs.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
-    /// Container port backend: af-xdp (falling back to af-packet, as tenet-cni does)
-    /// or af-packet.
-    #[arg(long, default_value = "af-xdp", value_parser = ["af-xdp", "af-packet"])]
+    /// Container port backend, as tenet-cni's config names it: af-packet (its default)
+    /// or af-xdp (falling back to af-packet).
+    #[arg(long, default_value = "af-packet", value_parser = ["af-xdp", "af-packet"])]
     backend: String,
     /// Results directory (default: bench/results/<stamp>-containers).
     #[arg(long)]

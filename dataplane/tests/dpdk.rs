@@ -642,3 +642,66 @@ fn a_multi_queue_packet_port_spreads_flows_without_duplicates() {
         "both queues used: {per_queue:?}"
     );
 }
+
+/// A TCP/IPv4 frame of `payload` bytes from 10.0.0.1:40000 to 10.0.0.2:5201, as a
+/// container's kernel hands over a large segment (the TCP checksum left partial).
+fn large_segment(payload: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..payload).map(|i| (i * 7 + 3) as u8).collect();
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 5201, 1000, 64240)
+        .ack(1)
+        .write(&mut frame, &data)
+        .unwrap();
+    let at = 14 + 20;
+    dataplane::packet::gso::make_partial(&mut frame, 14).unwrap();
+    assert_eq!(frame.len(), at + 20 + payload);
+    frame
+}
+
+#[test]
+fn a_large_segment_is_cut_for_a_port_that_cannot_take_it() {
+    let pool = pool("cut", 1023).with_large(Mempool::large("cutlarge", 64, -1).unwrap());
+    let (_a, mut a_rx, a_tx) = started(&Backend::Ring, &pool);
+    let large = large_segment(20_000);
+    let mut mbuf = pool.large_pool().unwrap().alloc().unwrap();
+    assert!(mbuf.append(large.len()));
+    mbuf.data_mut().copy_from_slice(&large);
+    mbuf.set_gso_size(1448);
+    let counters = dataplane::counters::CoreCounters::default();
+    let mut outputs = dataplane::pipeline::Outputs::new(vec![a_tx], vec![]);
+    outputs.push(a_rx.port(), mbuf, &counters);
+    outputs.flush(&counters);
+    let got = receive(&mut a_rx, 14, Duration::from_secs(2));
+    // 20,000 bytes at 1,448 a segment: 13 full ones and 1,176 bytes.
+    assert_eq!(got.len(), 14, "{:?}", counters.snapshot());
+    let mut payload = Vec::new();
+    for (i, segment) in got.iter().enumerate() {
+        let packet = etherparse::SlicedPacket::from_ethernet(segment).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
+            panic!("segment {i} is not IPv4");
+        };
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = &packet.transport else {
+            panic!("segment {i} is not TCP");
+        };
+        let header = ip.header().to_header();
+        assert_eq!(
+            header.header_checksum,
+            header.calc_header_checksum(),
+            "IPv4 checksum of segment {i}"
+        );
+        assert_eq!(tcp.sequence_number(), 1000 + (i * 1448) as u32);
+        assert_eq!(
+            tcp.checksum(),
+            tcp.to_header()
+                .calc_checksum_ipv4(&header, tcp.payload())
+                .unwrap(),
+            "TCP checksum of segment {i}"
+        );
+        assert!(segment.len() <= 1514);
+        payload.extend_from_slice(tcp.payload());
+    }
+    assert_eq!(payload, large[54..], "the payload, in order");
+    assert_eq!(counters.snapshot().tx_packets, 14);
+}

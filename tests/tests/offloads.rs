@@ -149,7 +149,14 @@ fn large_segments_pass_whole_between_containers_and_are_cut_for_the_tunnel() {
     // receiving kernel checks (it takes them as plain frames, nothing owed).
     let errors_before = tcp_checksum_errors(c2);
     let bits = iperf3_bits(c0, c2, "10.1.0.3", 2);
-    assert!(bits > 1e7, "TCP across hosts at {bits} bit/s");
+    assert!(
+        bits > 1e7,
+        "TCP across hosts at {bits} bit/s; a: {} {}; b: {} {}",
+        a.port("underlay"),
+        a.port("c0"),
+        b.port("underlay"),
+        b.port("c0")
+    );
     assert_eq!(
         tcp_checksum_errors(c2),
         errors_before,

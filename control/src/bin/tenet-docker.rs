@@ -27,8 +27,9 @@ struct Cli {
     /// Where the driver keeps its networks and endpoints.
     #[arg(long, default_value = "/var/lib/tenet/docker.json")]
     state_file: PathBuf,
-    /// How containers are attached: af-xdp (falls back to af-packet) or af-packet.
-    #[arg(long, default_value = "af-xdp", value_parser = ["af-xdp", "af-packet"])]
+    /// How containers are attached: af-packet (large TCP segments pass whole) or
+    /// af-xdp (falls back to af-packet).
+    #[arg(long, default_value = "af-packet", value_parser = ["af-xdp", "af-packet"])]
     backend: String,
 }
 

@@ -156,8 +156,10 @@ fn default_socket() -> PathBuf {
     PathBuf::from(crate::client::DEFAULT_SOCKET)
 }
 
+/// af-packet: the container's kernel hands it 64 KiB segments with checksums still
+/// owed, as it does a bridge (AF_XDP takes frames one by one, checksums finished).
 fn default_backend() -> String {
-    "af-xdp".to_owned()
+    "af-packet".to_owned()
 }
 
 fn default_true() -> bool {
@@ -188,8 +190,8 @@ pub struct NetConf {
     /// tenetd's API socket.
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
-    /// How tenetd attaches the container: `af-xdp` (falls back to `af-packet`),
-    /// `af-packet`, or `vhost-user`.
+    /// How tenetd attaches the container: `af-packet` (the default), `af-xdp` (falls
+    /// back to `af-packet`), or `vhost-user`.
     #[serde(default = "default_backend")]
     pub backend: String,
     /// The tenant subnet to take the address from (default: its first).
@@ -557,7 +559,7 @@ mod tests {
         let (c, _) =
             NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"tenet"}"#).unwrap();
         assert_eq!(c.tenant().unwrap_err().code, code::INVALID_CONFIG);
-        assert_eq!(c.backend, "af-xdp");
+        assert_eq!(c.backend, "af-packet");
     }
 
     #[test]

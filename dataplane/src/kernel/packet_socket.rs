@@ -164,20 +164,22 @@ impl PacketPort {
             }
         }
         let mtu = usize::try_from(self.mtu()?).unwrap_or(1500);
-        // No frame longer than an mbuf can be delivered (ports run without scatter), so
-        // ring frames are no larger: a 9000-byte MTU would otherwise spread a ring
-        // over eight times the memory (and the caches).
-        let longest = (mtu + L2_OVERHEAD).min(MBUF_DATA_ROOM);
-        let frame_size = (RX_DATA_OFFSET + vnet::LEN + longest).next_power_of_two();
+        // RX ring frames hold what a packet buffer holds: a larger frame (a jumbo MTU,
+        // a container's 64 KiB segment) is read whole from the socket into a large
+        // buffer, so a 9000-byte MTU does not spread the ring over eight times the
+        // memory (and the caches). TX ring frames hold a whole frame of the MTU: the
+        // segments tenet cuts for a jumbo underlay go through the ring.
+        let rx_frame_size = (RX_DATA_OFFSET + vnet::LEN + (mtu + L2_OVERHEAD).min(MBUF_DATA_ROOM))
+            .next_power_of_two();
+        let tx_frame_size = (TX_DATA_OFFSET + vnet::LEN + mtu + L2_OVERHEAD).next_power_of_two();
         let mut fanout_id = None;
         let mut rx = Vec::with_capacity(usize::from(queues));
         let mut tx = Vec::with_capacity(usize::from(queues));
         for _ in 0..queues.max(1) {
             let queue = Arc::new(Queue::open(
                 self,
-                frame_size,
-                usize::from(rx_descriptors),
-                usize::from(tx_descriptors),
+                ring_request(rx_frame_size, usize::from(rx_descriptors)),
+                ring_request(tx_frame_size, usize::from(tx_descriptors)),
             )?);
             let mut first = 0;
             if queues > 1 {
@@ -191,6 +193,7 @@ impl PacketPort {
                 port: self.id(),
                 pool: pool.as_ptr(),
                 large_pool: pool.large_pool().map(Mempool::as_ptr),
+                small_room: pool.data_room(),
             });
             let header = if queue.vnet { vnet::LEN } else { 0 };
             tx.push(PacketTx {
@@ -199,7 +202,8 @@ impl PacketPort {
                     // The kernel's own limit: the MTU plus the Ethernet header (and a
                     // 802.1Q tag when the frame carries one).
                     max_len: mtu + 14,
-                    room: frame_size - TX_DATA_OFFSET - header,
+                    room: tx_frame_size - TX_DATA_OFFSET - header,
+                    fits: mtu + 14,
                     next: 0,
                     pending: false,
                 },
@@ -364,7 +368,10 @@ struct Queue {
     large_tx: Option<OwnedFd>,
     map: *mut u8,
     map_len: usize,
-    frame_size: usize,
+    rx_frame_size: usize,
+    tx_frame_size: usize,
+    /// Where the TX ring starts in the map.
+    tx_base: usize,
     rx_frames: usize,
     tx_frames: usize,
     counters: QueueCounters,
@@ -379,12 +386,7 @@ unsafe impl Send for Queue {}
 unsafe impl Sync for Queue {}
 
 impl Queue {
-    fn open(
-        port: &PacketPort,
-        frame_size: usize,
-        rx_frames: usize,
-        tx_frames: usize,
-    ) -> Result<Self, DpdkError> {
+    fn open(port: &PacketPort, rx: tpacket_req, tx: tpacket_req) -> Result<Self, DpdkError> {
         let name = port.interface.as_str();
         let fd = packet_socket(0, name)?;
         set_option(
@@ -426,8 +428,6 @@ impl Queue {
         } else {
             None
         };
-        let rx = ring_request(frame_size, rx_frames);
-        let tx = ring_request(frame_size, tx_frames);
         set_option(&fd, PACKET_RX_RING, &rx, name)?;
         set_option(&fd, PACKET_TX_RING, &tx, name)?;
         let rx_len = rx.tp_block_size as usize * rx.tp_block_nr as usize;
@@ -454,7 +454,9 @@ impl Queue {
             large_tx,
             map: map.cast(),
             map_len,
-            frame_size,
+            rx_frame_size: rx.tp_frame_size as usize,
+            tx_frame_size: tx.tp_frame_size as usize,
+            tx_base: rx_len,
             rx_frames: rx.tp_frame_nr as usize,
             tx_frames: tx.tp_frame_nr as usize,
             counters: QueueCounters::default(),
@@ -497,13 +499,13 @@ impl Queue {
     #[inline(always)]
     fn rx_frame(&self, index: usize) -> *mut u8 {
         // SAFETY: index < rx_frames, so the frame lies inside the RX half of the map.
-        unsafe { self.map.add(index * self.frame_size) }
+        unsafe { self.map.add(index * self.rx_frame_size) }
     }
 
     #[inline(always)]
     fn tx_frame(&self, index: usize) -> *mut u8 {
         // SAFETY: index < tx_frames, so the frame lies inside the TX half of the map.
-        unsafe { self.map.add((self.rx_frames + index) * self.frame_size) }
+        unsafe { self.map.add(self.tx_base + index * self.tx_frame_size) }
     }
 
     /// The frame's status word, through which it passes between kernel and switch.
@@ -684,8 +686,10 @@ pub(crate) struct PacketRx {
     next: usize,
     port: u16,
     pool: *mut dpdk_sys::rte_mempool,
-    /// Where frames larger than a ring frame go (none: they are dropped).
+    /// Where frames larger than a packet buffer go (none: they are dropped).
     large_pool: Option<*mut dpdk_sys::rte_mempool>,
+    /// The frame bytes a buffer of `pool` holds.
+    small_room: usize,
 }
 
 // SAFETY: the pool pointer refers to a thread-safe DPDK mempool that outlives every
@@ -774,8 +778,15 @@ impl PacketRx {
             } else {
                 VnetHeader::default()
             };
-            let fits = snap == full && offset + snap <= q.frame_size && snap >= 12 && !outgoing;
+            let fits = snap == full && offset + snap <= q.rx_frame_size && snap >= 12 && !outgoing;
             let len = snap + if tag.is_some() { 4 } else { 0 };
+            if len > self.small_room {
+                // In the ring (a jumbo MTU's frames may be), but larger than a packet
+                // buffer: a large one takes it.
+                if let Some(large) = self.large_pool.and_then(Mbuf::alloc_from) {
+                    batch.as_mut_slice()[start + i] = large;
+                }
+            }
             let mbuf = &mut batch.as_mut_slice()[start + i];
             let copied =
                 fits && match mbuf.receive(len, self.port) {
@@ -905,6 +916,9 @@ struct TxRing {
     max_len: usize,
     /// Bytes a ring frame holds (behind its virtio-net header, if any).
     room: usize,
+    /// The longest untagged frame that goes through the ring: larger ones leave
+    /// whole through the ring-less socket, or are cut.
+    fits: usize,
     /// The last kick failed (no buffer, link down): frames still wait in the ring.
     pending: bool,
 }
@@ -919,6 +933,12 @@ enum Large {
 }
 
 impl TxRing {
+    /// Whether `data` is a tagged frame the ring takes (its tag may add 4 bytes).
+    #[inline(always)]
+    fn fits_tagged(&self, data: &[u8]) -> bool {
+        data.len() <= self.fits + 4 && data.get(12..14) == Some(&[0x81, 0x00][..])
+    }
+
     /// Asks the kernel to transmit the frames marked SEND_REQUEST; a failed kick is
     /// retried with the next burst.
     #[inline(always)]
@@ -944,27 +964,34 @@ impl TxRing {
     /// (tunnelled, or segments too large for this MTU) cut here into ring frames.
     #[cold]
     fn send_large(&mut self, q: &Queue, mbuf: &mut Mbuf) -> Large {
-        let Ok(layout) = Layout::parse(mbuf.data()) else {
+        let data = mbuf.data();
+        let owed = usize::from(mbuf.gso_size());
+        let tagged = data.get(12..14) == Some(&[0x81, 0x00][..]);
+        let limit = self.max_len + if tagged { 4 } else { 0 };
+        if owed == 0 && data.len() <= limit {
+            // A jumbo frame the interface takes but a ring frame does not hold.
+            return self.send_whole(q, mbuf, VnetHeader::default());
+        }
+        let Ok(layout) = Layout::parse(data) else {
             return Large::Refused;
         };
-        let owed = usize::from(mbuf.gso_size());
-        // A ring frame holds a little more than the interface takes; the MTU decides.
-        let Some(mss) = layout.fitted_mss(mbuf.data(), owed, self.max_len) else {
+        // Larger than this port's MTU without owing segmentation: a tunnel's segment
+        // filled to the underlay's frames (or a wire's jumbo frame). Checked first: cut
+        // or handed on with the checksum owed, it would be trusted unchecked.
+        if owed == 0 && !layout.tcp_checksum_ok(data) {
+            return Large::Refused;
+        }
+        let asked = if owed == 0 { usize::MAX } else { owed };
+        let Some(mss) = layout.fitted_mss(data, asked, self.max_len) else {
             return Large::Refused;
         };
         let whole = q.large_tx.is_some()
             && layout.outer_ip_offset().is_none()
-            && mss == owed
+            && (owed == 0 || mss == owed)
             && layout.segments(mss) > 1;
-        if whole {
-            self.send_whole(q, mbuf, &layout, owed)
-        } else {
-            self.send_cut(q, mbuf.data(), &layout, mss)
+        if !whole {
+            return self.send_cut(q, data, &layout, mss);
         }
-    }
-
-    /// Hands the segment to the kernel whole through the ring-less socket.
-    fn send_whole(&mut self, q: &Queue, mbuf: &mut Mbuf, layout: &Layout, owed: usize) -> Large {
         let Some((csum_start, csum_offset)) =
             gso::make_partial(mbuf.data_mut(), layout.ip_offset())
         else {
@@ -974,10 +1001,16 @@ impl TxRing {
             flags: vnet::F_NEEDS_CSUM,
             gso_type: vnet::GSO_TCPV4,
             hdr_len: layout.header_len() as u16,
-            gso_size: owed as u16,
+            gso_size: mss as u16,
             csum_start: csum_start as u16,
             csum_offset: csum_offset as u16,
         };
+        self.send_whole(q, mbuf, header)
+    }
+
+    /// Hands the frame to the kernel whole through the ring-less socket, with `header`
+    /// saying what it owes.
+    fn send_whole(&mut self, q: &Queue, mbuf: &mut Mbuf, header: VnetHeader) -> Large {
         if !mbuf.prepend(vnet::LEN) {
             return Large::Refused;
         }
@@ -1079,7 +1112,7 @@ impl PacketTx {
         let header = if q.vnet { vnet::LEN } else { 0 };
         let mut kicked = 0;
         for mbuf in batch.as_mut_slice() {
-            if mbuf.gso_size() != 0 {
+            if mbuf.gso_size() != 0 || (mbuf.len() > ring.fits && !ring.fits_tagged(mbuf.data())) {
                 // The ring's frames so far leave first: the stream keeps its order.
                 if sent > kicked || ring.pending {
                     ring.kick(q);
@@ -1117,7 +1150,7 @@ impl PacketTx {
                 continue;
             }
             // SAFETY: the frame is AVAILABLE (ours until marked for sending) and
-            // TX_DATA_OFFSET + header + limit <= frame_size. A frame that owes nothing
+            // TX_DATA_OFFSET + header + limit <= tx_frame_size. A frame that owes nothing
             // has an all-zero virtio-net header.
             unsafe {
                 let at = frame.add(TX_DATA_OFFSET);

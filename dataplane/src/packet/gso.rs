@@ -219,14 +219,38 @@ impl Layout {
     }
 
     /// The segment size to cut at for a port that takes frames of at most `max_len`
-    /// bytes (its MTU plus the Ethernet header; one 802.1Q tag on `frame` may add 4):
-    /// what the sender asked (`owed`), or less when its segments would not fit. `None`
-    /// when that leaves less than [`MIN_SEGMENT`] bytes: an MTU too small to carry
-    /// the headers sensibly.
+    /// bytes (its MTU plus the Ethernet header; one 802.1Q tag on `frame` may add 4).
+    /// A plain segment is cut where its sender asked (`owed`), or smaller when that
+    /// would not fit. A tunnelled one fills the underlay's frames: the far end hands its
+    /// container what the container's port takes (whole, or cut again), so the sender's
+    /// size only multiplies the frames on the wire. `None` when less than
+    /// [`MIN_SEGMENT`] bytes fit: an MTU too small to carry the headers sensibly.
     pub fn fitted_mss(&self, frame: &[u8], owed: usize, max_len: usize) -> Option<usize> {
         let tagged = frame.get(12..14) == Some(&vlan::TPID.to_be_bytes()[..]);
         let max_len = max_len + if tagged { vlan::HEADER_LEN } else { 0 };
-        Some(owed.min(max_len.checked_sub(self.header_len())?)).filter(|&m| m >= MIN_SEGMENT)
+        let fits = max_len.checked_sub(self.header_len())?;
+        let mss = if self.outer_ip.is_some() {
+            fits
+        } else {
+            owed.min(fits)
+        };
+        Some(mss).filter(|&m| m >= MIN_SEGMENT)
+    }
+
+    /// Whether the TCP checksum of `frame` (the frame parsed) is right: what came off a
+    /// wire is checked before tenet cuts it or hands it on with a checksum still owed,
+    /// which the receiver would trust unchecked.
+    pub fn tcp_checksum_ok(&self, frame: &[u8]) -> bool {
+        if frame.len() != self.header_len() + self.payload_len {
+            return false;
+        }
+        let ip = Ipv4Packet::new_unchecked(&frame[self.ip..]);
+        let Ok(tcp_len) = u16::try_from(frame.len() - self.tcp) else {
+            return false;
+        };
+        let pseudo =
+            checksum::pseudo_header_v4(ip.src_addr(), ip.dst_addr(), IpProtocol::TCP, tcp_len);
+        checksum::fold(pseudo + checksum::sum(&frame[self.tcp..])) == 0xffff
     }
 
     /// How many segments a segment size of `mss` payload bytes makes: at least 1, since
