@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use tests::{binary, tenetctl_ok, unique, wait_for_ping, Netns, TempDir, Tenetd};
+use tests::{binary, iperf3_bits, tenetctl_ok, unique, wait_for_ping, Netns, TempDir, Tenetd};
 
 /// A tenetd with tenants `red` and `blue`, both on 10.20.0.0/24 (tenants may overlap).
 struct Switch {
@@ -199,6 +199,21 @@ fn add_check_del_is_a_full_round_trip() {
     assert!(route.contains("default via 10.20.0.1 dev eth0"), "{route}");
     wait_for_ping(&a, "10.20.0.3");
     wait_for_ping(&a, "10.20.0.1");
+    // On its af-packet port the container keeps what a bridge would leave it: TCP
+    // segments of up to 64 KiB (one large buffer's worth) and checksums handed over.
+    let features = a.exec("ethtool", &["-k", "eth0"]).unwrap();
+    for wanted in [
+        "tx-checksum-ip-generic: on",
+        "tx-tcp-segmentation: on",
+        "tx-tcp6-segmentation: off",
+        "tx-udp-segmentation: off",
+    ] {
+        assert!(features.contains(wanted), "{wanted}: {features}");
+    }
+    let link = a.exec("ip", &["-d", "link", "show", "eth0"]).unwrap();
+    assert!(link.contains("gso_max_size 65000"), "{link}");
+    let bits = iperf3_bits(&a, &b, "10.20.0.3", 1);
+    assert!(bits > 1e8, "TCP between the containers at {bits} bit/s");
     // Installed, not learned: the endpoints carry the containers' MACs and addresses.
     let mac_a = ra["interfaces"][1]["mac"].as_str().unwrap();
     assert!(sw
@@ -406,7 +421,8 @@ fn more_containers_than_dpdk_has_ports_attach_at_once() {
     // devices); the rest fall back to af-packet, which tenet serves outside DPDK.
     const COUNT: usize = 50;
     let sw = Switch::start();
-    let red = sw.net("many-net", "red");
+    let mut red = sw.net("many-net", "red");
+    red["backend"] = json!("af-xdp");
     let containers: Vec<(String, Netns)> = (0..COUNT)
         .map(|i| (unique(&format!("many-{i}")), Netns::new("cm").unwrap()))
         .collect();

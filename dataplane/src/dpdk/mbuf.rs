@@ -4,6 +4,7 @@
 //! fields so they inline; only whole-burst operations cross into C.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Packets moved per RX/TX call and per pipeline pass.
 pub const BURST: usize = 32;
@@ -12,6 +13,11 @@ pub const BURST: usize = 32;
 /// asserts the value at build time). An mbuf owes segmentation when this flag says so:
 /// receive paths set `ol_flags` whole but may leave a stale `tso_segsz` behind.
 const TX_TCP_SEG: u64 = 1 << 50;
+
+/// Whether any frame of this process ever owed segmentation: until one does (a switch
+/// without af-packet containers never has one), a burst is not even looked at for
+/// them.
+static SEGMENTATION_OWED: AtomicBool = AtomicBool::new(false);
 
 /// One packet, owned: dropped means freed back to its pool. Only the first segment's
 /// data is visible, so a device that chains segments (a vhost-user guest's large
@@ -224,6 +230,9 @@ impl Mbuf {
             return;
         }
         m.ol_flags |= TX_TCP_SEG;
+        if !SEGMENTATION_OWED.load(Ordering::Relaxed) {
+            SEGMENTATION_OWED.store(true, Ordering::Relaxed);
+        }
         // SAFETY: as in gso_size().
         unsafe {
             m.__bindgen_anon_3
@@ -490,6 +499,9 @@ impl MbufBatch {
     /// Whether any packet of the batch is a large TCP segment still to be cut.
     #[inline(always)]
     pub fn owes_segmentation(&self) -> bool {
+        if !SEGMENTATION_OWED.load(Ordering::Relaxed) {
+            return false;
+        }
         // One pass without a branch per packet, as in join_segments.
         self.as_slice()
             .iter()
