@@ -343,6 +343,22 @@ fn tenant_pairs(design: &str, tenants: usize, options: &Options) -> anyhow::Resu
     Ok(rates)
 }
 
+/// Two containers of one tenant on one host: tenet's ports alone, no tunnel between.
+fn same_host_pair(options: &Options) -> anyhow::Result<f64> {
+    let (a, b) = lab("dedicated", 1, options)?;
+    let (client, _) = container(&a, 0, "a0", options)?;
+    let (server, address) = container(&a, 0, "a1", options)?;
+    reach(&client, &address)?;
+    let rates = iperf_pairs(
+        &[(&server, address.clone(), &client)],
+        options.seconds,
+        false,
+    )?;
+    drop((client, server));
+    drop((a, b));
+    Ok(rates[0])
+}
+
 /// The same two namespaces over a plain veth and over a Linux bridge.
 fn kernel_baselines(options: &Options) -> anyhow::Result<Vec<Figure>> {
     let (c1, c2) = (Netns::new("k1")?, Netns::new("k2")?);
@@ -481,6 +497,12 @@ pub fn run(options: &Options, command: String) -> anyhow::Result<Results> {
             pairs: 1,
         });
     }
+    eprintln!("tenet-bench containers: internal bandwidth, one host");
+    results.internal.push(Figure {
+        what: "tenet, two containers on one host".into(),
+        gbps: same_host_pair(options)?,
+        pairs: 1,
+    });
     results.internal.extend(kernel_baselines(options)?);
     for &n in &options.counts {
         for design in ["shared", "dedicated"] {
