@@ -551,9 +551,9 @@ fn bind(fd: &OwnedFd, protocol: u16, ifindex: libc::c_int, name: &str) -> Result
 fn large_sender(port: &PacketPort, name: &str) -> Result<OwnedFd, DpdkError> {
     let fd = packet_socket(0, name)?;
     set_option(&fd, PACKET_VNET_HDR, &1i32, name)?;
-    // Through the qdisc layer, not around it: only there does the kernel ready the
-    // headers its own segmentation needs (an interface without TSO cuts the segment in
-    // software; bypassing, it would drop it).
+    // No PACKET_QDISC_BYPASS here: only through the qdisc layer does the kernel ready
+    // the headers its own segmentation needs (an interface without TSO cuts the
+    // segment in software; bypassing, the kernel drops it).
     // Best effort: the default buffer holds about three 64 KiB segments.
     let _ = set_socket_option(&fd, libc::SO_SNDBUFFORCE, LARGE_SOCKET_BUFFER);
     bind(&fd, 0, port.ifindex, name)?;
@@ -771,12 +771,12 @@ impl PacketRx {
                 }
                 continue;
             }
-            let owed = if q.vnet {
+            let owed = match offset.checked_sub(vnet::LEN) {
                 // SAFETY: with PACKET_VNET_HDR the kernel writes the header right in
-                // front of the frame's bytes, inside this ring frame.
-                VnetHeader::read(unsafe { &*frame.add(offset - vnet::LEN).cast() })
-            } else {
-                VnetHeader::default()
+                // front of the frame's bytes, inside this ring frame (the offset was
+                // checked to leave room for it).
+                Some(at) if q.vnet => VnetHeader::read(unsafe { &*frame.add(at).cast() }),
+                _ => VnetHeader::default(),
             };
             let fits = snap == full && offset + snap <= q.rx_frame_size && snap >= 12 && !outgoing;
             let len = snap + if tag.is_some() { 4 } else { 0 };
