@@ -92,9 +92,16 @@ fn run_with_eal(
 ) -> anyhow::Result<Summary> {
     let mut pool = Mempool::new("pkt", config.mbufs, -1).context("creating the packet pool")?;
     if config.jumbo_mbufs > 0 {
-        let large = Mempool::large("jumbo", config.jumbo_mbufs, -1)
-            .context("creating the large-buffer pool (dataplane.jumbo_mbufs)")?;
-        pool = pool.with_large(large);
+        // Without them the switch still runs: containers' large segments and jumbo
+        // frames are dropped (counted as RX errors), everything else goes as before.
+        match Mempool::large("jumbo", config.jumbo_mbufs, -1) {
+            Ok(large) => pool = pool.with_large(large),
+            Err(e) => tracing::warn!(
+                error = %e,
+                jumbo_mbufs = config.jumbo_mbufs,
+                "no large buffers (raise dataplane.memory_mb or lower dataplane.jumbo_mbufs): large TCP segments and jumbo frames are dropped"
+            ),
+        }
     }
     let mut namer = DeviceNamer::default();
     let (mut ports, mut down) = wiring::attach_ports(&config.ports, &mut namer);
