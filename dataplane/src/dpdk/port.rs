@@ -289,7 +289,9 @@ impl Port {
                 packet: None,
                 cutter: Some(Cutter {
                     pool: pool.as_ptr(),
-                    max_len: usize::from(mtu) + 14,
+                    // Segments go into the pool's buffers: a jumbo MTU is cut to what
+                    // one holds (with room for a tag).
+                    max_len: (usize::from(mtu) + 14).min(pool.data_room() - 4),
                 }),
             })
             .collect();

@@ -404,9 +404,14 @@ impl Queue {
         // Large segments and partial checksums pass whole (the header says what they
         // owe); only possible before the rings exist. A kernel that refuses leaves the
         // port as it was: frames one by one, large ones dropped.
-        let vnet = set_option(&fd, PACKET_VNET_HDR, &1i32, name).is_ok()
-            && set_option(&fd, PACKET_COPY_THRESH, &1i32, name).is_ok();
+        let vnet = set_option(&fd, PACKET_VNET_HDR, &1i32, name).is_ok();
         if vnet {
+            if set_option(&fd, PACKET_COPY_THRESH, &1i32, name).is_err() {
+                tracing::warn!(
+                    interface = name,
+                    "PACKET_COPY_THRESH refused: frames larger than a ring frame are dropped"
+                );
+            }
             // Without room, a large frame would arrive cut short (counted, dropped).
             // The ring's frames and the large ones leave through two sockets: neither
             // may run out of send buffer before the other, or the stream reorders.
@@ -487,13 +492,34 @@ impl Queue {
         let mut next = 0;
         while next < self.rx_frames {
             let status = self.status(self.rx_frame(next));
-            if status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+            let value = status.load(Ordering::Acquire);
+            if value & TP_STATUS_USER == 0 {
                 break;
+            }
+            if value & TP_STATUS_COPY != 0 {
+                // Its whole copy waits on the socket: it goes too, or every later
+                // large frame would be read in another's place.
+                self.drop_queued();
             }
             status.store(TP_STATUS_KERNEL, Ordering::Release);
             next += 1;
         }
         next % self.rx_frames
+    }
+
+    /// Reads and drops the next frame queued whole on the socket.
+    fn drop_queued(&self) {
+        let mut header = [0u8; vnet::LEN];
+        // SAFETY: the buffer is live and writable for its length; the call takes one
+        // queued frame and keeps what fits (the header), dropping the rest.
+        unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                header.as_mut_ptr().cast(),
+                header.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
     }
 
     #[inline(always)]
@@ -757,25 +783,32 @@ impl PacketRx {
             if status & TP_STATUS_COPY != 0 {
                 // Too large for the ring: the whole frame waits on the socket, in the
                 // ring's order. Read it now (dropped or not) to stay in step.
-                let large = self.receive_large(tag);
+                let large = if outgoing {
+                    q.drop_queued();
+                    None
+                } else {
+                    self.receive_large(tag, full)
+                };
                 q.status(frame).store(TP_STATUS_KERNEL, Ordering::Release);
                 match large {
-                    Some(large) if !outgoing => {
+                    Some(large) => {
                         bytes += large.len() as u64;
                         batch.as_mut_slice()[start + i] = large;
                         batch.as_mut_slice().swap(kept, start + i);
                         kept += 1;
                     }
-                    Some(_) => {}
-                    None => errors += 1,
+                    None if !outgoing => errors += 1,
+                    None => {}
                 }
                 continue;
             }
             let owed = match offset.checked_sub(vnet::LEN) {
-                // SAFETY: with PACKET_VNET_HDR the kernel writes the header right in
-                // front of the frame's bytes, inside this ring frame (the offset was
-                // checked to leave room for it).
-                Some(at) if q.vnet => VnetHeader::read(unsafe { &*frame.add(at).cast() }),
+                Some(at) if q.vnet && offset <= q.rx_frame_size => {
+                    // SAFETY: with PACKET_VNET_HDR the kernel writes the header right
+                    // in front of the frame's bytes; the offset was checked to put all
+                    // of it inside this ring frame.
+                    VnetHeader::read(unsafe { &*frame.add(at).cast() })
+                }
                 _ => VnetHeader::default(),
             };
             let fits = snap == full && offset + snap <= q.rx_frame_size && snap >= 12 && !outgoing;
@@ -832,9 +865,10 @@ impl PacketRx {
 impl PacketRx {
     /// Reads the next frame queued whole on the socket into a large buffer, with the
     /// ring's VLAN tag put back, and takes what its header says it owes; `None` (the
-    /// frame dropped) without a large buffer, or for a frame that does not fit one.
+    /// frame dropped) without a large buffer, for a frame that does not fit one, or for
+    /// one not `expected` bytes long (not the frame the ring slot announced).
     #[cold]
-    fn receive_large(&self, tag: Option<(u16, u16)>) -> Option<Mbuf> {
+    fn receive_large(&self, tag: Option<(u16, u16)>, expected: usize) -> Option<Mbuf> {
         let q = &*self.queue;
         let mut header = [0u8; vnet::LEN];
         let mut large = self.large_pool.and_then(Mbuf::alloc_from);
@@ -866,7 +900,7 @@ impl PacketRx {
         let len = usize::try_from(got)
             .ok()
             .and_then(|n| n.checked_sub(vnet::LEN))
-            .filter(|&n| n >= 14 && msg.msg_flags & libc::MSG_TRUNC == 0)?;
+            .filter(|&n| n >= 14 && n == expected && msg.msg_flags & libc::MSG_TRUNC == 0)?;
         large.truncate(len + shift);
         if let Some((tpid, tci)) = tag {
             let data = large.data_mut();
@@ -1005,7 +1039,12 @@ impl TxRing {
             csum_start: csum_start as u16,
             csum_offset: csum_offset as u16,
         };
-        self.send_whole(q, mbuf, header)
+        let sent = self.send_whole(q, mbuf, header);
+        if matches!(sent, Large::NoRoom) && owed == 0 {
+            // It stays in the batch as it came: with its checksum whole.
+            gso::complete_checksum(mbuf.data_mut(), csum_start, csum_offset);
+        }
+        sent
     }
 
     /// Hands the frame to the kernel whole through the ring-less socket, with `header`
@@ -1081,6 +1120,7 @@ impl TxRing {
             let Some(len) = layout.write_segment(data, mss, i, checksum, out) else {
                 // Cannot happen for a layout parsed from this frame with segments that
                 // fit; what was written so far still goes.
+                self.kick(q);
                 return Large::Refused;
             };
             if let Some(head) = head.first_chunk_mut::<{ vnet::LEN }>() {

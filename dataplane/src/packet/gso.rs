@@ -81,6 +81,9 @@ impl From<super::Error> for Unsegmentable {
 /// room for data behind the headers.
 pub const MIN_SEGMENT: usize = 256;
 
+/// The smallest segment size a frame may owe (Linux's `TCP_MIN_MSS`).
+pub const MIN_OWED_SEGMENT: usize = 88;
+
 /// What a segment's TCP checksum field gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4Checksum {
@@ -224,17 +227,20 @@ impl Layout {
     /// would not fit. A tunnelled one fills the underlay's frames: the far end hands its
     /// container what the container's port takes (whole, or cut again), so the sender's
     /// size only multiplies the frames on the wire. `None` when less than
-    /// [`MIN_SEGMENT`] bytes fit: an MTU too small to carry the headers sensibly.
+    /// [`MIN_SEGMENT`] bytes fit (an MTU too small to carry the headers sensibly), or
+    /// the sender asked for less than [`MIN_OWED_SEGMENT`].
     pub fn fitted_mss(&self, frame: &[u8], owed: usize, max_len: usize) -> Option<usize> {
         let tagged = frame.get(12..14) == Some(&vlan::TPID.to_be_bytes()[..]);
         let max_len = max_len + if tagged { vlan::HEADER_LEN } else { 0 };
-        let fits = max_len.checked_sub(self.header_len())?;
-        let mss = if self.outer_ip.is_some() {
-            fits
-        } else {
-            owed.min(fits)
-        };
-        Some(mss).filter(|&m| m >= MIN_SEGMENT)
+        let fits = max_len
+            .checked_sub(self.header_len())
+            .filter(|&f| f >= MIN_SEGMENT)?;
+        if self.outer_ip.is_some() {
+            return Some(fits);
+        }
+        // A sender's own size is honoured down to the smallest MSS Linux sends with:
+        // a peer may ask for small segments, but a frame owing 1-byte ones is an attack.
+        Some(owed.min(fits)).filter(|&m| m >= MIN_OWED_SEGMENT)
     }
 
     /// Whether the TCP checksum of `frame` (the frame parsed) is right: what came off a
@@ -844,6 +850,41 @@ mod tests {
             let segs = check_segments(&frame, &shape, &[], 1448, L4Checksum::Complete);
             assert_eq!(segs[0].len(), frame.len());
         }
+    }
+
+    #[test]
+    fn segments_are_fitted_to_the_port() {
+        // Plain: 14 + 20 + 20 bytes of headers; the sender's size where it fits.
+        let plain = build(&Shape::plain(), &[0; 4000], 0);
+        let layout = Layout::parse(&plain).unwrap();
+        assert_eq!(layout.fitted_mss(&plain, 1448, 1514), Some(1448));
+        assert_eq!(
+            layout.fitted_mss(&plain, 8948, 1514),
+            Some(1460),
+            "the MTU cuts"
+        );
+        assert_eq!(
+            layout.fitted_mss(&plain, 536, 9014),
+            Some(536),
+            "a small MSS stands"
+        );
+        assert_eq!(
+            layout.fitted_mss(&plain, 1, 1514),
+            None,
+            "1-byte segments refused"
+        );
+        assert_eq!(
+            layout.fitted_mss(&plain, 1448, 200),
+            None,
+            "no room behind the headers"
+        );
+        // Tunnelled (outer tag, inner tag): filled to the underlay's frames whatever
+        // the sender asked; the outer tag may add its 4 bytes.
+        let tunnelled = build(&Shape::gre(Some(7)), &[0; 20000], 0);
+        let layout = Layout::parse(&tunnelled).unwrap();
+        let fits = 9014 + 4 - layout.header_len();
+        assert_eq!(layout.fitted_mss(&tunnelled, 1448, 9014), Some(fits));
+        assert_eq!(layout.fitted_mss(&tunnelled, 1, 9014), Some(fits));
     }
 
     #[test]
