@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::vnet::{self, VnetHeader};
 use crate::dpdk::{DpdkError, LinkStatus, Mbuf, MbufBatch, Mempool, PortStats};
 use crate::packet::gso::{self, L4Checksum, Layout};
-use crate::packet::tcp;
+use crate::packet::{tcp, vlan};
 use crate::port_set::PortSet;
 use crate::{MAX_DPDK_PORTS, MAX_PORTS};
 
@@ -60,9 +60,6 @@ const RX_DATA_OFFSET: usize = tpacket_align(
 const SLL_PKTTYPE_OFFSET: usize = tpacket_align(std::mem::size_of::<tpacket2_hdr>()) + 10;
 /// Ethernet header plus two VLAN tags: the most a frame carries beyond the MTU.
 const L2_OVERHEAD: usize = 14 + 8;
-/// The frame bytes an mbuf of tenet's pools holds.
-const MBUF_DATA_ROOM: usize =
-    (dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE - dpdk_sys::RTE_PKTMBUF_HEADROOM) as usize;
 
 /// Port ids handed to kernel interfaces: above DPDK's, below [`MAX_PORTS`].
 static TAKEN_IDS: Mutex<PortSet> = Mutex::new(PortSet::EMPTY);
@@ -169,8 +166,9 @@ impl PacketPort {
         // buffer, so a 9000-byte MTU does not spread the ring over eight times the
         // memory (and the caches). TX ring frames hold a whole frame of the MTU: the
         // segments tenet cuts for a jumbo underlay go through the ring.
-        let rx_frame_size = (RX_DATA_OFFSET + vnet::LEN + (mtu + L2_OVERHEAD).min(MBUF_DATA_ROOM))
-            .next_power_of_two();
+        let rx_frame_size =
+            (RX_DATA_OFFSET + vnet::LEN + (mtu + L2_OVERHEAD).min(pool.data_room()))
+                .next_power_of_two();
         let tx_frame_size = (TX_DATA_OFFSET + vnet::LEN + mtu + L2_OVERHEAD).next_power_of_two();
         let mut fanout_id = None;
         let mut rx = Vec::with_capacity(usize::from(queues));
@@ -203,7 +201,6 @@ impl PacketPort {
                     // 802.1Q tag when the frame carries one).
                     max_len: mtu + 14,
                     room: tx_frame_size - TX_DATA_OFFSET - header,
-                    fits: mtu + 14,
                     next: 0,
                     pending: false,
                 },
@@ -950,9 +947,6 @@ struct TxRing {
     max_len: usize,
     /// Bytes a ring frame holds (behind its virtio-net header, if any).
     room: usize,
-    /// The longest untagged frame that goes through the ring: larger ones leave
-    /// whole through the ring-less socket, or are cut.
-    fits: usize,
     /// The last kick failed (no buffer, link down): frames still wait in the ring.
     pending: bool,
 }
@@ -967,10 +961,17 @@ enum Large {
 }
 
 impl TxRing {
-    /// Whether `data` is a tagged frame the ring takes (its tag may add 4 bytes).
+    /// The longest `data` may be to leave through the ring as it is (its tag may add
+    /// 4 bytes to the MTU); a longer one leaves whole through the ring-less socket,
+    /// or is cut.
     #[inline(always)]
-    fn fits_tagged(&self, data: &[u8]) -> bool {
-        data.len() <= self.fits + 4 && data.get(12..14) == Some(&[0x81, 0x00][..])
+    fn limit_for(&self, data: &[u8]) -> usize {
+        self.max_len
+            + if vlan::is_tagged(data) {
+                vlan::HEADER_LEN
+            } else {
+                0
+            }
     }
 
     /// Asks the kernel to transmit the frames marked SEND_REQUEST; a failed kick is
@@ -1000,12 +1001,6 @@ impl TxRing {
     fn send_large(&mut self, q: &Queue, mbuf: &mut Mbuf) -> Large {
         let data = mbuf.data();
         let owed = usize::from(mbuf.gso_size());
-        let tagged = data.get(12..14) == Some(&[0x81, 0x00][..]);
-        let limit = self.max_len + if tagged { 4 } else { 0 };
-        if owed == 0 && data.len() <= limit {
-            // A jumbo frame the interface takes but a ring frame does not hold.
-            return self.send_whole(q, mbuf, VnetHeader::default());
-        }
         let Ok(layout) = Layout::parse(data) else {
             return Large::Refused;
         };
@@ -1152,7 +1147,9 @@ impl PacketTx {
         let header = if q.vnet { vnet::LEN } else { 0 };
         let mut kicked = 0;
         for mbuf in batch.as_mut_slice() {
-            if mbuf.gso_size() != 0 || (mbuf.len() > ring.fits && !ring.fits_tagged(mbuf.data())) {
+            if mbuf.gso_size() != 0
+                || (mbuf.len() > ring.max_len && mbuf.len() > ring.limit_for(mbuf.data()))
+            {
                 // The ring's frames so far leave first: the stream keeps its order.
                 if sent > kicked || ring.pending {
                     ring.kick(q);
@@ -1184,8 +1181,7 @@ impl PacketTx {
             }
             taken += 1;
             let data = mbuf.data();
-            let tagged = data.len() >= 14 && data[12..14] == [0x81, 0x00];
-            let limit = (ring.max_len + if tagged { 4 } else { 0 }).min(ring.room);
+            let limit = ring.limit_for(data).min(ring.room);
             if data.len() < 14 || data.len() > limit {
                 continue;
             }

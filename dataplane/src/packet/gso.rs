@@ -230,8 +230,12 @@ impl Layout {
     /// [`MIN_SEGMENT`] bytes fit (an MTU too small to carry the headers sensibly), or
     /// the sender asked for less than [`MIN_OWED_SEGMENT`].
     pub fn fitted_mss(&self, frame: &[u8], owed: usize, max_len: usize) -> Option<usize> {
-        let tagged = frame.get(12..14) == Some(&vlan::TPID.to_be_bytes()[..]);
-        let max_len = max_len + if tagged { vlan::HEADER_LEN } else { 0 };
+        let max_len = max_len
+            + if vlan::is_tagged(frame) {
+                vlan::HEADER_LEN
+            } else {
+                0
+            };
         let fits = max_len
             .checked_sub(self.header_len())
             .filter(|&f| f >= MIN_SEGMENT)?;

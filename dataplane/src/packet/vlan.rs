@@ -198,6 +198,13 @@ impl VlanRepr {
 /// The destination and source MACs a tag goes behind.
 const MACS_LEN: usize = 12;
 
+/// Whether `frame` carries an 802.1Q tag behind its MACs (what adds 4 bytes to the
+/// longest frame a port takes).
+#[inline(always)]
+pub fn is_tagged(frame: &[u8]) -> bool {
+    frame.get(MACS_LEN..MACS_LEN + 2) == Some(&TPID.to_be_bytes()[..])
+}
+
 /// Inserts an 802.1Q tag (PCP 0) for `vid` after the MACs of `frame`; false when the
 /// frame has no headroom for it.
 #[inline(always)]
