@@ -21,6 +21,20 @@ pub struct PortInfo {
     pub id: u16,
     /// The device's MAC.
     pub mac: Mac,
+    /// The device's MTU, if it reports one: routed packets larger than it are refused
+    /// with ICMP (path MTU discovery) instead of being lost at its TX queue.
+    pub mtu: Option<u16>,
+}
+
+impl PortInfo {
+    /// What the compiler needs of a started port.
+    pub fn of(port: &dataplane::dpdk::Port) -> Self {
+        Self {
+            id: port.id(),
+            mac: port.mac(),
+            mtu: port.mtu(),
+        }
+    }
 }
 
 /// A MAC the dataplane learned.
@@ -188,6 +202,9 @@ pub fn compile(
         let Some(port) = port else {
             continue;
         };
+        if let Some(mtu) = port.mtu {
+            b.port_mtu(port.id, mtu);
+        }
         match role {
             RolePlan::None | RolePlan::Uplink(_) => {}
             RolePlan::Access {

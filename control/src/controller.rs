@@ -863,6 +863,7 @@ port = "c1"
         Some(PortInfo {
             id,
             mac: [2, 0, 0, 0, 0, id as u8 + 1],
+            mtu: Some(1500),
         })
     }
 

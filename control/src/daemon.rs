@@ -112,10 +112,7 @@ fn run_with_eal(
         .iter()
         .map(|plan| {
             let named = ports.iter().find(|p| p.name == plan.name)?;
-            Some(PortInfo {
-                id: named.port.id(),
-                mac: named.port.mac(),
-            })
+            Some(PortInfo::of(&named.port))
         })
         .collect();
     for (name, d) in &down {

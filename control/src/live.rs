@@ -691,6 +691,7 @@ fn port_json(name: &str, backend: &str, role: Value, port: &dataplane::dpdk::Por
         "port_id": port.id(),
         "mac": MacText(port.mac()).to_string(),
         "link_up": port.link().up,
+        "mtu": port.mtu(),
         "role": role,
         "rx_packets": s.rx_packets,
         "tx_packets": s.tx_packets,

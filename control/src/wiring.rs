@@ -158,12 +158,7 @@ impl Dataplane<'_> {
     pub fn port_info(&self, plans: &[PortPlan]) -> Vec<Option<PortInfo>> {
         plans
             .iter()
-            .map(|plan| {
-                self.port(&plan.name).map(|p| PortInfo {
-                    id: p.id(),
-                    mac: p.mac(),
-                })
-            })
+            .map(|plan| self.port(&plan.name).map(PortInfo::of))
             .collect()
     }
 

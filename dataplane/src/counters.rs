@@ -67,6 +67,8 @@ drop_reasons! {
     NatForeignCore = "nat-foreign-core": "an outside packet whose SNAT session is on another core, and no ring leads there (no uplink configured at start)",
     SegmentsTooLong = "segments-too-long": "a frame received in several segments that together do not fit one packet buffer",
     Uncuttable = "uncuttable": "a large TCP segment tenet could not cut for a port that cannot take it whole (not TCP/IPv4, an MTU too small, or no buffer free)",
+    FragmentationNeeded = "fragmentation-needed": "a routed packet larger than the next hop's MTU, with DF set (an ICMP fragmentation-needed went back, rate permitting)",
+    TooBig = "too-big": "a routed packet larger than the next hop's MTU that no ICMP error answers: without DF (tenet does not fragment), or found too large after waiting for its neighbour",
     Retired = "retired": "a frame waited for a neighbour of a tenant (or gateway) that was removed from this host meanwhile",
 }
 

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use dataplane::counters::DropReason;
 use dataplane::packet::arp;
-use dataplane::packet::frame::BufFrame;
+use dataplane::packet::frame::{BufFrame, Frame};
 use dataplane::packet::icmp::Icmpv4Packet;
 use dataplane::packet::ipv4::Ipv4Packet;
 use dataplane::packet::tcp::TcpPacket;
@@ -57,6 +57,8 @@ fn mac_b() -> Mac {
 struct Options {
     peered: bool,
     nat: NatSettings,
+    /// (port, MTU) of ports whose device reports an MTU.
+    mtus: Vec<(u16, u16)>,
 }
 
 /// Tenant A (10.1.0.1/24 and 10.1.1.1/24, SNAT) and B (10.2.0.1/24, SNAT), both routed
@@ -70,6 +72,9 @@ fn tables(options: &Options) -> FlowTables {
     b.access_port(PORT_B, tb, None);
     b.uplink(UPLINK, UPLINK_MAC, UNDERLAY_IP);
     b.nat(options.nat);
+    for &(port, mtu) in &options.mtus {
+        b.port_mtu(port, mtu);
+    }
     let router = |mac, interfaces: &[([u8; 4], u8)]| Router {
         mac,
         interfaces: interfaces
@@ -160,6 +165,42 @@ fn ping(src: (Mac, [u8; 4]), dst: (Mac, [u8; 4]), id: u16, reply: bool) -> Vec<u
     let mut out = Vec::new();
     b.write(&mut out, b"ping").unwrap();
     out
+}
+
+/// A TCP/IPv4 frame whose IPv4 packet is `total` bytes long, DF set as asked.
+fn tcp_sized(
+    src: (Mac, [u8; 4], u16),
+    dst: (Mac, [u8; 4], u16),
+    total: usize,
+    df: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src.1, dst.1, 64)
+        .tcp(src.2, dst.2, 1000, 64240)
+        .ack(5000)
+        .write(&mut out, &vec![0x5a; total - 40])
+        .unwrap();
+    let mut ip = Ipv4Packet::new_unchecked(&mut out[14..]);
+    ip.set_dont_frag(df);
+    ip.fill_checksum();
+    out
+}
+
+/// The ICMP error `frame` is: (type, code, rest of header), checked, and the quoted
+/// original (its IP header and 8 bytes).
+fn icmp_error_of(frame: &[u8]) -> ((u8, u8, u32), Vec<u8>) {
+    let outer = ip(frame);
+    let icmp = Icmpv4Packet::new_checked(outer.payload()).unwrap();
+    assert!(icmp.verify_checksum(), "ICMP checksum");
+    (
+        (
+            u8::from(icmp.msg_type()),
+            icmp.msg_code(),
+            icmp.rest_of_header(),
+        ),
+        icmp.payload().to_vec(),
+    )
 }
 
 fn ip(frame: &[u8]) -> Ipv4Packet<&[u8]> {
@@ -651,4 +692,129 @@ proptest! {
         prop_assert_eq!(fast.sessions(), whole.sessions());
         prop_assert_eq!(fast.events(), whole.events());
     }
+}
+
+/// C2's port takes IPv4 packets of 1,400 bytes; the uplink 1,300.
+fn small_mtus() -> FlowTables {
+    tables(&Options {
+        mtus: vec![(PORT_C2, 1400), (UPLINK, 1300)],
+        ..Options::default()
+    })
+}
+
+/// Path MTU discovery (RFC 1191): a packet larger than the next hop's MTU, DF set, is
+/// answered with "fragmentation needed" naming that MTU, whether the route was cached
+/// (the fast path) or not; one that fits passes.
+#[test]
+fn too_big_for_the_next_hop_with_df_gets_fragmentation_needed() {
+    let t = small_mtus();
+    for mut core in [
+        Offline::worker(0, 1),
+        Offline::worker(0, 1).without_fast_path(),
+    ] {
+        let fits = tcp_sized((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 1400, true);
+        for _ in 0..2 {
+            assert_eq!(only(core.run(&t, PORT_C1, &fits)).0, PORT_C2);
+        }
+        let sent = tcp_sized((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 1401, true);
+        let (port, got) = only(core.run(&t, PORT_C1, &sent));
+        assert_eq!(port, PORT_C1, "back to the sender");
+        assert_eq!(&got[0..6], &C1);
+        assert_eq!(&got[6..12], &mac_a());
+        assert_eq!(ip(&got).src_addr(), Ipv4Addr::from(GW_A));
+        assert_eq!(ip(&got).dst_addr(), Ipv4Addr::from(C1_IP));
+        let (kind, quoted) = icmp_error_of(&got);
+        assert_eq!(kind, (3, 4, 1400), "fragmentation needed, MTU 1400");
+        assert_eq!(
+            quoted,
+            &sent[14..14 + 28],
+            "the original IP header and 8 bytes"
+        );
+        assert_eq!(core.dropped(DropReason::FragmentationNeeded), 1);
+    }
+}
+
+/// Without DF a packet too large is dropped and counted: tenet does not fragment.
+#[test]
+fn too_big_without_df_is_dropped() {
+    let t = small_mtus();
+    let (_, mut core) = one_core();
+    let sent = tcp_sized((C1, C1_IP, 40000), (mac_a(), C2_IP, 80), 1401, false);
+    assert!(core.run(&t, PORT_C1, &sent).sent.is_empty());
+    assert_eq!(core.dropped(DropReason::TooBig), 1);
+    assert_eq!(core.dropped(DropReason::FragmentationNeeded), 0);
+}
+
+/// A large TCP segment owes its segmentation: it is cut to fit where it leaves, so the
+/// MTU does not refuse it.
+#[test]
+fn a_large_segment_is_routed_whatever_the_mtu() {
+    let t = small_mtus();
+    let (_, mut core) = one_core();
+    let mut frame = BufFrame::new(&tcp_sized(
+        (C1, C1_IP, 40000),
+        (mac_a(), C2_IP, 80),
+        20_000,
+        true,
+    ));
+    frame.set_gso_size(1360);
+    let run = core.run_frame(&t, PORT_C1, frame);
+    assert_eq!(run.sent.len(), 1);
+    assert_eq!(run.sent[0].0, PORT_C2);
+    assert_eq!(run.owed, [1360], "still owed");
+    assert_eq!(ip(&run.sent[0].1).ttl(), 63);
+}
+
+/// Toward the outside the uplink's MTU counts, before any SNAT session is made.
+#[test]
+fn too_big_for_the_uplink_is_refused_before_snat() {
+    let t = small_mtus();
+    let (_, mut core) = one_core();
+    let sent = tcp_sized((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 1301, true);
+    let (port, got) = only(core.run(&t, PORT_C1, &sent));
+    assert_eq!(port, PORT_C1);
+    assert_eq!(icmp_error_of(&got).0, (3, 4, 1300));
+    assert_eq!(
+        core.sessions(),
+        0,
+        "no session for a packet that never left"
+    );
+    let open = tcp((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 64, true);
+    assert_eq!(only(core.run(&t, PORT_C1, &open)).0, UPLINK);
+    let fits = tcp_sized((C1, C1_IP, 40000), (mac_a(), SERVER, 443), 1300, true);
+    assert_eq!(only(core.run(&t, PORT_C1, &fits)).0, UPLINK);
+    // A tunnel carries what the uplink does less GRE, outer IPv4 and inner Ethernet.
+    assert_eq!(t.tunnel_mtu(), 1300 - 42);
+}
+
+/// From the outside (a published port here) the error goes back out of the uplink to
+/// the sender, from the address it sent to, quoting the header it sent.
+#[test]
+fn too_big_from_outside_is_answered_out_of_the_uplink() {
+    let t = tables(&Options {
+        mtus: vec![(PORT_C1, 1400)],
+        ..Options::default()
+    });
+    let (_, mut core) = one_core();
+    let client = [192, 0, 2, 50];
+    let sent = tcp_sized(
+        (OUTSIDE_MAC, client, 33000),
+        (UPLINK_MAC, SNAT_IP.octets(), 8080),
+        1401,
+        true,
+    );
+    let (port, got) = only(core.run(&t, UPLINK, &sent));
+    assert_eq!(port, UPLINK);
+    assert_eq!(&got[0..6], &OUTSIDE_MAC);
+    assert_eq!(&got[6..12], &UPLINK_MAC);
+    assert_eq!(ip(&got).src_addr(), SNAT_IP);
+    assert_eq!(ip(&got).dst_addr(), Ipv4Addr::from(client));
+    let (kind, quoted) = icmp_error_of(&got);
+    assert_eq!(kind, (3, 4, 1400));
+    assert_eq!(
+        quoted,
+        &sent[14..14 + 28],
+        "the header as the sender sent it"
+    );
+    assert_eq!(core.dropped(DropReason::FragmentationNeeded), 1);
 }

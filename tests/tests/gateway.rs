@@ -60,6 +60,7 @@ backend = "af-packet"
 interface = "{red}"
 role = "access"
 tenant = "red"
+mtu = 1400
 
 [[port]]
 name = "blue"
@@ -128,6 +129,10 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
     let red_ns = Netns::new("red-").unwrap();
     let blue_ns = Netns::new("blue-").unwrap();
     let red = Link::between(Some(&host), &red_ns, Some("10.1.0.5/24")).unwrap();
+    // Red's network takes smaller packets than blue's (tenetd sets its end).
+    red_ns
+        .exec("ip", &["link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
     let blue = Link::between(Some(&host), &blue_ns, Some("10.2.0.5/24")).unwrap();
     red_ns
         .exec("ip", &["route", "add", "default", "via", "10.1.0.1"])
@@ -210,6 +215,35 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
     );
     ok(&socket, &["tenant", "set", "red", "--peer", "blue"]);
     wait_for_ping(&blue_ns, "10.1.0.5");
+
+    // Path MTU discovery: a packet too large for red's port, DF set, is refused by the
+    // gateway with the MTU, which blue's kernel then keeps for the route.
+    let ports: serde_json::Value =
+        serde_json::from_str(&ok(&socket, &["--json", "port", "list"])).unwrap();
+    let red_port = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "red");
+    assert_eq!(red_port.unwrap()["mtu"], 1400, "{ports}");
+    let refused = blue_ns
+        .command("ping")
+        .args(["-c", "1", "-W", "1", "-M", "do", "-s", "1450", "10.1.0.5"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        said.contains("Frag needed and DF set (mtu = 1400)"),
+        "{said}"
+    );
+    let route = blue_ns.exec("ip", &["route", "get", "10.1.0.5"]).unwrap();
+    assert!(route.contains("mtu 1400"), "{route}");
+    assert!(blue_ns
+        .exec(
+            "ping",
+            &["-c", "1", "-W", "1", "-M", "do", "-s", "1372", "10.1.0.5"]
+        )
+        .is_ok());
     ok(&socket, &["tenant", "set", "red", "--no-peers"]);
     std::thread::sleep(Duration::from_millis(100));
     assert!(

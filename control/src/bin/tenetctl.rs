@@ -783,8 +783,8 @@ fn show_text(body: &Value) -> String {
 
 fn ports_table(ports: &Value) -> String {
     let mut out = format!(
-        "{:<14} {:<11} {:<9} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
-        "port", "backend", "state", "device", "link", "role", "rx", "tx"
+        "{:<14} {:<11} {:<9} {:<16} {:<5} {:>5} {:<22} {:>12} {:>12}\n",
+        "port", "backend", "state", "device", "link", "mtu", "role", "rx", "tx"
     );
     for p in ports.as_array().into_iter().flatten() {
         let role = &p["role"];
@@ -806,7 +806,7 @@ fn ports_table(ports: &Value) -> String {
         };
         let count = |v: &Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
         out.push_str(&format!(
-            "{:<14} {:<11} {:<9} {:<16} {:<5} {:<22} {:>12} {:>12}\n",
+            "{:<14} {:<11} {:<9} {:<16} {:<5} {:>5} {:<22} {:>12} {:>12}\n",
             p["name"].as_str().unwrap_or(""),
             p["backend"].as_str().unwrap_or(""),
             p["state"].as_str().unwrap_or("up"),
@@ -816,6 +816,7 @@ fn ports_table(ports: &Value) -> String {
             } else {
                 "down"
             },
+            count(&p["mtu"]),
             role_text,
             count(&p["rx_packets"]),
             count(&p["tx_packets"])

@@ -474,6 +474,7 @@ fn port_info(config: &Validated, ports: &[Option<Container>; PORTS]) -> Vec<Opti
             Some(PortInfo {
                 id,
                 mac: [2, 0, 0, 0, 0xdd, id as u8],
+                mtu: None,
             })
         })
         .collect()

@@ -369,6 +369,16 @@ impl Port {
         }
     }
 
+    /// The device's MTU (the largest IP packet it sends), if it reports one.
+    pub fn mtu(&self) -> Option<u16> {
+        if let Some(packet) = &self.packet {
+            return packet.mtu().ok().and_then(|mtu| u16::try_from(mtu).ok());
+        }
+        let mut mtu = 0;
+        // SAFETY: plain query on a valid port id into a live u16.
+        (unsafe { dpdk_sys::rte_eth_dev_get_mtu(self.id, &mut mtu) } == 0).then_some(mtu)
+    }
+
     /// The device's counters. Safe to read while workers run (values may be a burst old).
     pub fn stats(&self) -> PortStats {
         if let Some(packet) = &self.packet {

@@ -310,7 +310,7 @@ impl PacketPort {
         Ok(libc::c_int::from(unsafe { request.ifr_ifru.ifru_flags }))
     }
 
-    fn mtu(&self) -> Result<libc::c_int, DpdkError> {
+    pub(crate) fn mtu(&self) -> Result<libc::c_int, DpdkError> {
         let mut request = self.ifreq();
         self.ioctl(libc::SIOCGIFMTU, "SIOCGIFMTU", &mut request)?;
         // SAFETY: SIOCGIFMTU wrote the MTU variant.

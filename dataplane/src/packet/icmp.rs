@@ -225,6 +225,31 @@ impl Icmpv4Repr {
         }
     }
 
+    /// Destination unreachable, network unreachable (code 0): no route.
+    pub const NET_UNREACHABLE: Self = Self {
+        msg_type: Icmpv4Message::DstUnreachable,
+        msg_code: 0,
+        rest_of_header: 0,
+    };
+
+    /// Time exceeded in transit (code 0).
+    pub const TTL_EXCEEDED: Self = Self {
+        msg_type: Icmpv4Message::TimeExceeded,
+        msg_code: 0,
+        rest_of_header: 0,
+    };
+
+    /// Destination unreachable, fragmentation needed and DF set (code 4), with the next
+    /// hop's MTU in the low half of the rest of the header (RFC 1191 section 4).
+    #[inline]
+    pub const fn fragmentation_needed(next_hop_mtu: u16) -> Self {
+        Self {
+            msg_type: Icmpv4Message::DstUnreachable,
+            msg_code: 4,
+            rest_of_header: next_hop_mtu as u32,
+        }
+    }
+
     /// Reads the header of `packet` after checking its length (not the checksum).
     pub fn parse<T: AsRef<[u8]>>(packet: &Icmpv4Packet<T>) -> Result<Self> {
         packet.check_len()?;

@@ -20,6 +20,9 @@ use crate::table::FlowTables;
 pub struct Collect {
     /// (port, frame) in the order sent.
     pub sent: Vec<(u16, Vec<u8>)>,
+    /// The segment size each sent frame owes ([`Frame::gso_size`], 0: none), in the
+    /// same order.
+    pub owed: Vec<u16>,
     /// Frames held until their next hop resolves.
     pub parked: Vec<(Unresolved, Vec<u8>)>,
     /// (worker, frame) handed over; `None`: this sink has no other workers.
@@ -39,6 +42,7 @@ impl Collect {
 impl Sink<BufFrame> for Collect {
     fn send(&mut self, port: u16, frame: BufFrame) {
         self.sent.push((port, frame.data().to_vec()));
+        self.owed.push(frame.gso_size());
     }
 
     fn park(&mut self, next_hop: Unresolved, frame: BufFrame) -> Option<BufFrame> {
@@ -113,6 +117,15 @@ impl Offline {
     /// Runs `frame` as received on `in_port`.
     pub fn run(&mut self, tables: &FlowTables, in_port: u16, frame: &[u8]) -> Collect {
         self.run_into(tables, in_port, frame, Collect::default())
+    }
+
+    /// Runs `frame` as received on `in_port`, with what it owes (a large segment's
+    /// [`Frame::gso_size`]).
+    pub fn run_frame(&mut self, tables: &FlowTables, in_port: u16, frame: BufFrame) -> Collect {
+        let mut sink = Collect::default();
+        let mut cx = self.context();
+        handle(tables, in_port, frame, &mut sink, &mut cx);
+        sink
     }
 
     /// Like [`Offline::run`], into `sink`.

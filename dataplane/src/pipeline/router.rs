@@ -14,7 +14,7 @@ use crate::packet::arp::{ArpOperation, ArpPacket};
 use crate::packet::checksum;
 use crate::packet::ethernet::{self, EtherType, EthernetFrame};
 use crate::packet::frame::Frame;
-use crate::packet::icmp::{self, Icmpv4Message, Icmpv4Packet};
+use crate::packet::icmp::{self, Icmpv4Message, Icmpv4Packet, Icmpv4Repr};
 use crate::packet::ipv4::{self, IpProtocol, Ipv4Packet, Ipv4Repr};
 use crate::packet::tcp::{self, TcpPacket};
 use crate::packet::udp::UdpPacket;
@@ -173,7 +173,7 @@ pub(super) fn route<F: Frame, T: Trace>(
     mut frame: F,
     cx: &mut Context<'_, T>,
 ) -> Exit<F> {
-    let (dst, ttl) = match frame.data().get(ethernet::ETHERTYPE_AT) {
+    let (dst, ttl, len) = match frame.data().get(ethernet::ETHERTYPE_AT) {
         Some(t) if t == EtherType::IPV4_BYTES => match valid_ipv4(frame.data()) {
             Some(header) => header,
             None => return cx.stop(DropReason::Ipv4Invalid),
@@ -206,10 +206,12 @@ pub(super) fn route<F: Frame, T: Trace>(
         2..,
     ) = (hop, ttl)
     {
-        let data = frame.data_mut();
-        decrement_ttl(data);
-        ethernet::set_addresses(data, mac, src);
-        return Exit::Output(to, Ingress::Router, out, frame);
+        if fits(len, ip_mtu(tables, out), &frame) {
+            let data = frame.data_mut();
+            decrement_ttl(data);
+            ethernet::set_addresses(data, mac, src);
+            return Exit::Output(to, Ingress::Router, out, frame);
+        }
     }
     let Some(router) = tables.router(tenant) else {
         return cx.stop(DropReason::NoOutput);
@@ -220,13 +222,15 @@ pub(super) fn route<F: Frame, T: Trace>(
             tenant,
             router,
             frame,
-            (Icmpv4Message::TimeExceeded, 0),
+            Icmpv4Repr::TTL_EXCEEDED,
             DropReason::TtlExceeded,
             cx,
         );
     }
     match hop {
-        Ok(Hop::Deliver { .. }) => cx.stop(DropReason::TtlExceeded),
+        Ok(Hop::Deliver { out, .. }) => {
+            too_big(tables, tenant, router, frame, ip_mtu(tables, out), cx)
+        }
         Ok(Hop::Gateway) => to_gateway(tables, tenant, frame, cx),
         Ok(Hop::External) => external(tables, tenant, router, frame, cx),
         Ok(Hop::NoRoute) => icmp_error(
@@ -234,7 +238,7 @@ pub(super) fn route<F: Frame, T: Trace>(
             tenant,
             router,
             frame,
-            (Icmpv4Message::DstUnreachable, 0),
+            Icmpv4Repr::NET_UNREACHABLE,
             DropReason::NoRoute,
             cx,
         ),
@@ -279,7 +283,7 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
     {
         return Err(frame);
     }
-    let Some((ip, 2..)) = valid_ipv4(data) else {
+    let Some((ip, 2.., len)) = valid_ipv4(data) else {
         return Err(frame);
     };
     match cx.cache.peek_route(neighbor_key(tenant, ip)) {
@@ -288,7 +292,7 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
             src,
             out: Out::Port(port),
             ..
-        }) => {
+        }) if fits(len, tables.port_mtu(port), &frame) => {
             note!(cx, "fast path: route {ip} cached, to port {port}");
             let data = frame.data_mut();
             decrement_ttl(data);
@@ -303,11 +307,11 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
     }
 }
 
-/// Destination and TTL of the IPv4 header after the Ethernet header, if it is valid
-/// and its checksum right (RFC 1812 5.2.2). The usual option-less header is checked
-/// with fixed-size reads the compiler unrolls.
+/// Destination, TTL and total length of the IPv4 header after the Ethernet header, if
+/// it is valid and its checksum right (RFC 1812 5.2.2). The usual option-less header
+/// is checked with fixed-size reads the compiler unrolls.
 #[inline(always)]
-fn valid_ipv4(data: &[u8]) -> Option<(Ipv4Addr, u8)> {
+fn valid_ipv4(data: &[u8]) -> Option<(Ipv4Addr, u8, u16)> {
     let header: &[u8; IP_LEN] = data.get(ETH_LEN..ETH_LEN + IP_LEN)?.try_into().ok()?;
     let plain = Ipv4Packet::new_unchecked(header);
     if plain.is_plain() {
@@ -315,10 +319,61 @@ fn valid_ipv4(data: &[u8]) -> Option<(Ipv4Addr, u8)> {
         if total < IP_LEN || total > data.len() - ETH_LEN || !checksum::ipv4_header_ok(header) {
             return None;
         }
-        return Some((plain.dst_addr(), plain.ttl()));
+        return Some((plain.dst_addr(), plain.ttl(), plain.total_len()));
     }
     let ip = Ipv4Packet::new_checked(&data[ETH_LEN..]).ok()?;
-    ip.verify_checksum().then(|| (ip.dst_addr(), ip.ttl()))
+    ip.verify_checksum()
+        .then(|| (ip.dst_addr(), ip.ttl(), ip.total_len()))
+}
+
+/// The IPv4 total length of a frame whose IPv4 header was validated.
+#[inline(always)]
+fn ip_total_len(data: &[u8]) -> u16 {
+    Ipv4Packet::new_unchecked(&data[ETH_LEN..]).total_len()
+}
+
+/// The largest IPv4 packet `out` sends: its port's MTU, or for a tunnel the underlay's
+/// less the headers around the packet. A flood is not limited here (each port's TX
+/// refuses what it cannot send).
+#[inline(always)]
+fn ip_mtu(tables: &FlowTables, out: Out) -> u16 {
+    match out {
+        Out::Port(port) | Out::TaggedPort(port, _) => tables.port_mtu(port),
+        Out::Tunnel(_) => tables.tunnel_mtu(),
+        Out::Flood | Out::Drop(_) | Out::Route => u16::MAX,
+    }
+}
+
+/// Whether a packet of IPv4 length `len` may leave through a way of `mtu`. A large TCP
+/// segment always may: it is cut to fit where it leaves.
+#[inline(always)]
+fn fits<F: Frame>(len: u16, mtu: u16, frame: &F) -> bool {
+    len <= mtu || frame.gso_size() != 0
+}
+
+/// A routed packet larger than the way out (`mtu`): refused with ICMP "fragmentation
+/// needed" naming the MTU when its sender forbade fragmenting (path MTU discovery,
+/// RFC 1191), dropped otherwise (tenet does not fragment).
+fn too_big<F: Frame, T: Trace>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    router: &Router,
+    frame: F,
+    mtu: u16,
+    cx: &mut Context<'_, T>,
+) -> Exit<F> {
+    if !Ipv4Packet::new_unchecked(&frame.data()[ETH_LEN..]).dont_frag() {
+        return cx.stop(DropReason::TooBig);
+    }
+    icmp_error(
+        tables,
+        tenant,
+        router,
+        frame,
+        Icmpv4Repr::fragmentation_needed(mtu),
+        DropReason::FragmentationNeeded,
+        cx,
+    )
 }
 
 /// Where the router sends a packet for `dst`: into which tenant and to which MAC.
@@ -396,6 +451,11 @@ pub(super) fn release<F: Frame, T: Trace>(
         return Err(frame);
     };
     let out = resolve_in(tables, pending.tenant, &mac);
+    if !fits(ip_total_len(frame.data()), ip_mtu(tables, out), &frame) {
+        // Its sender's tenant is no longer known here to answer in: its next try
+        // gets the ICMP error.
+        return Ok(cx.stop(DropReason::TooBig));
+    }
     Ok(deliver(tables, pending.tenant, mac, out, frame, cx))
 }
 
@@ -467,7 +527,7 @@ fn external<F: Frame, T: Trace>(
             tenant,
             router,
             frame,
-            (Icmpv4Message::DstUnreachable, 0),
+            Icmpv4Repr::NET_UNREACHABLE,
             DropReason::NoRoute,
             cx,
         );
@@ -475,6 +535,10 @@ fn external<F: Frame, T: Trace>(
     let Some(hop_mac) = hop.mac else {
         return cx.stop(DropReason::NeighborUnresolved);
     };
+    let mtu = tables.port_mtu(up.port);
+    if !fits(ip_total_len(frame.data()), mtu, &frame) {
+        return too_big(tables, tenant, router, frame, mtu, cx);
+    }
     let Some((flow, flags, ihl)) = l4_flow(frame.data(), Direction::Out) else {
         return cx.stop(DropReason::NatUnsupported);
     };
@@ -575,6 +639,15 @@ pub(super) fn from_outside<F: Frame, T: Trace>(
         // The gateway moved away; its old sessions lead nowhere from here.
         return cx.stop(DropReason::NatNoSession);
     };
+    let hop = cx.cache.route(neighbor_key(inside.tenant, inside.ip), || {
+        decide(tables, inside.tenant, router, inside.ip)
+    });
+    if let Ok(Hop::Deliver { out, .. }) = hop {
+        let mtu = ip_mtu(tables, out);
+        if !fits(ip_total_len(frame.data()), mtu, &frame) {
+            return too_big_from_outside(tables, frame, mtu, cx);
+        }
+    }
     let data = frame.data_mut();
     rewrite(
         data,
@@ -594,9 +667,7 @@ pub(super) fn from_outside<F: Frame, T: Trace>(
         inside.port,
         tenant_id(tables, inside.tenant)
     );
-    match cx.cache.route(neighbor_key(inside.tenant, inside.ip), || {
-        decide(tables, inside.tenant, router, inside.ip)
-    }) {
+    match hop {
         Ok(Hop::Deliver {
             tenant, mac, out, ..
         }) => deliver(tables, tenant, mac, out, frame, cx),
@@ -733,58 +804,120 @@ fn decrement_ttl(data: &mut [u8]) {
     Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]).decrement_ttl();
 }
 
-/// Turns a packet the router cannot forward into the ICMP error about it, in place:
-/// the new IPv4 and ICMP headers go in front of the original IP header, which stays
-/// where it is with the first 8 bytes of its payload (RFC 792). The original counts as
-/// dropped under `reason`; the error goes back only within the rate limit and never
-/// about an ICMP error, a fragment or a non-unicast source.
-#[allow(clippy::too_many_arguments)]
+/// Turns a packet the router cannot forward into the ICMP error about it, in place (see
+/// [`make_icmp_error`]), and sends it back to its sender in `tenant`. The original
+/// counts as dropped under `reason`; the error goes back only within the rate limit.
 fn icmp_error<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     router: &Router,
     mut frame: F,
-    (icmp_type, code): (Icmpv4Message, u8),
+    error: Icmpv4Repr,
     reason: DropReason,
     cx: &mut Context<'_, T>,
 ) -> Exit<F> {
     cx.drop(reason);
-    let (src_mac, src_ip, keep) = {
-        let data = frame.data();
-        let ip = Ipv4Packet::new_unchecked(&data[ETH_LEN..]);
-        let ihl = ip.header_len();
-        let src_ip = ip.src_addr();
-        let about_error = ip.protocol_number() == IpProtocol::ICMP
-            && !matches!(
-                data.get(ETH_LEN + ihl).map(|&t| Icmpv4Message::from(t)),
-                Some(Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply)
-            );
-        if about_error
-            || ip.frag_offset() != 0
-            || src_ip.is_broadcast()
-            || src_ip.is_multicast()
-            || src_ip.is_unspecified()
-        {
-            return Exit::Done;
-        }
-        let src_mac = EthernetFrame::new_unchecked(data).src_addr();
-        (src_mac, src_ip, (data.len() - ETH_LEN).min(ihl + 8))
+    let Some((src_mac, src_ip)) = error_recipient(frame.data()) else {
+        return Exit::Done;
     };
     if !cx.router.icmp_allowed(cx.learner.now) {
-        return Exit::Done;
-    }
-    const NEW: usize = IP_LEN + icmp::HEADER_LEN;
-    if !frame.prepend(NEW) || !frame.truncate(ETH_LEN + NEW + keep) {
         return Exit::Done;
     }
     let from = router
         .interface_for(src_ip)
         .map_or(Ipv4Addr::UNSPECIFIED, |i| i.ip);
+    if !make_icmp_error(&mut frame, from, src_ip, error) {
+        return Exit::Done;
+    }
+    note!(cx, "ICMP {error:?} sent back to {src_ip}");
+    let out = resolve_in(tables, tenant, &src_mac);
+    deliver(tables, tenant, src_mac, out, frame, cx)
+}
+
+/// An outside packet too large for the way into its tenant: refused as [`too_big`]
+/// refuses an inside one, the ICMP error going back out of the uplink from the address
+/// the packet was sent to (before any translation, so the sender recognises its own
+/// header in it).
+fn too_big_from_outside<F: Frame, T: Trace>(
+    tables: &FlowTables,
+    mut frame: F,
+    mtu: u16,
+    cx: &mut Context<'_, T>,
+) -> Exit<F> {
+    let ip = Ipv4Packet::new_unchecked(&frame.data()[ETH_LEN..]);
+    if !ip.dont_frag() {
+        return cx.stop(DropReason::TooBig);
+    }
+    let to_us = ip.dst_addr();
+    cx.drop(DropReason::FragmentationNeeded);
+    let (Some(up), Some((src_mac, src_ip))) = (tables.uplink, error_recipient(frame.data())) else {
+        return Exit::Done;
+    };
+    if !cx.router.icmp_allowed(cx.learner.now)
+        || !make_icmp_error(
+            &mut frame,
+            to_us,
+            src_ip,
+            Icmpv4Repr::fragmentation_needed(mtu),
+        )
+    {
+        return Exit::Done;
+    }
+    ethernet::set_addresses(frame.data_mut(), src_mac, up.mac);
+    note!(
+        cx,
+        "ICMP fragmentation needed ({mtu}) sent back out to {src_ip}"
+    );
+    Exit::Send(up.port, frame)
+}
+
+/// Who an ICMP error about this IPv4 frame goes to (its source MAC and IP), if anyone:
+/// never about an ICMP error, a fragment past the first or a non-unicast source
+/// (RFC 1812 4.3.2.7).
+fn error_recipient(data: &[u8]) -> Option<(Mac, Ipv4Addr)> {
+    let ip = Ipv4Packet::new_unchecked(&data[ETH_LEN..]);
+    let src_ip = ip.src_addr();
+    let about_error = ip.protocol_number() == IpProtocol::ICMP
+        && !matches!(
+            data.get(ETH_LEN + ip.header_len())
+                .map(|&t| Icmpv4Message::from(t)),
+            Some(Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply)
+        );
+    if about_error
+        || ip.frag_offset() != 0
+        || src_ip.is_broadcast()
+        || src_ip.is_multicast()
+        || src_ip.is_unspecified()
+    {
+        return None;
+    }
+    Some((EthernetFrame::new_unchecked(data).src_addr(), src_ip))
+}
+
+/// Rewrites an IPv4 frame into `error` about it, from `from` to `to`: the new IPv4 and
+/// ICMP headers go in front of the original IP header, which stays where it is with the
+/// first 8 bytes of its payload (RFC 792). The Ethernet addresses are left to the
+/// caller. False (the frame unchanged or not worth sending) if there is no room.
+fn make_icmp_error<F: Frame>(
+    frame: &mut F,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    error: Icmpv4Repr,
+) -> bool {
+    let keep = {
+        let data = frame.data();
+        let ihl = Ipv4Packet::new_unchecked(&data[ETH_LEN..]).header_len();
+        (data.len() - ETH_LEN).min(ihl + 8)
+    };
+    const NEW: usize = IP_LEN + icmp::HEADER_LEN;
+    if !frame.prepend(NEW) || !frame.truncate(ETH_LEN + NEW + keep) {
+        return false;
+    }
     let data = frame.data_mut();
     EthernetFrame::new_unchecked(&mut *data).set_ethertype(ethernet::EtherType::Ipv4);
     Ipv4Repr {
         src_addr: from,
-        dst_addr: src_ip,
+        dst_addr: to,
         protocol: IpProtocol::Icmp,
         payload_len: icmp::HEADER_LEN + keep,
         ttl: OWN_TTL,
@@ -794,15 +927,11 @@ fn icmp_error<F: Frame, T: Trace>(
     }
     .emit(&mut Ipv4Packet::new_unchecked(&mut data[ETH_LEN..]));
     let mut message = Icmpv4Packet::new_unchecked(&mut data[ETH_LEN + IP_LEN..]);
-    message.set_msg_type(icmp_type);
-    message.set_msg_code(code);
-    message.set_rest_of_header(0);
+    error.emit(&mut message);
     message.fill_checksum();
-    note!(cx, "ICMP {icmp_type:?} code {code} sent back to {src_ip}");
     // Built in the place of a frame that may have owed segmentation; this one owes none.
     frame.set_gso_size(0);
-    let out = resolve_in(tables, tenant, &src_mac);
-    deliver(tables, tenant, src_mac, out, frame, cx)
+    true
 }
 
 /// Answers a TCP segment that opens no SNAT session with a reset to its sender, in

@@ -126,6 +126,13 @@ impl TablesBuilder {
         self.tables.uplink = Some(Uplink { port, mac, ip });
     }
 
+    /// The largest IPv4 packet `port` sends (its device MTU).
+    pub fn port_mtu(&mut self, port: u16, mtu: u16) {
+        if let Some(slot) = self.tables.port_mtu.get_mut(usize::from(port)) {
+            *slot = mtu;
+        }
+    }
+
     /// A tunnel to `host` at `remote_ip`; `next_hop_mac` is the resolved MAC of the next
     /// hop toward it (`None` while unresolved: encapsulation then drops and counts).
     /// Needs the uplink first.

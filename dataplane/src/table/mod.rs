@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use crate::packet::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
 use crate::packet::gre::{self, GrePacket, GreRepr};
 use crate::packet::ipv4::{self, IpProtocol, Ipv4Packet, Ipv4Repr};
-use crate::packet::Mac;
+use crate::packet::{vlan, Mac};
 use crate::MAX_PORTS;
 use routing::{ExternalHop, NatSettings, Published, RouteTarget, Router};
 
@@ -126,6 +126,13 @@ const GRE_KEYED: GreRepr = GreRepr {
     seq: None,
 };
 
+/// Bytes a dedicated design's tunnel adds around a tenant's IPv4 packet: outer IPv4,
+/// keyed GRE, inner Ethernet.
+const TUNNEL_OVERHEAD_KEYED: usize = OuterHeader::MAX_LEN;
+/// The same for the shared design: outer IPv4, GRE without a key, inner Ethernet with
+/// the tenant's VLAN tag.
+const TUNNEL_OVERHEAD_TAGGED: usize = OuterHeader::UNKEYED_LEN + vlan::HEADER_LEN;
+
 /// Prebuilt outer headers of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OuterHeader {
@@ -226,6 +233,9 @@ pub struct FlowTables {
     pub is_hub: bool,
     /// Role of each port id.
     pub ports: Vec<PortRole>,
+    /// The largest IPv4 packet each port id sends (its MTU); `u16::MAX` where the
+    /// device reports none.
+    pub port_mtu: Vec<u16>,
     /// Port security rule sets.
     pub port_security: Vec<PortSecurity>,
     /// Tenants by slot; `None` where no tenant lives (a slot freed or not yet used).
@@ -284,6 +294,7 @@ impl Default for FlowTables {
             design: Design::default(),
             is_hub: false,
             ports: vec![PortRole::Unused; MAX_PORTS],
+            port_mtu: vec![u16::MAX; MAX_PORTS],
             port_security: Vec::new(),
             tenants: Vec::new(),
             vlan_tenant: vec![NO_TENANT; 4096],
@@ -316,6 +327,30 @@ impl FlowTables {
         self.ports
             .get(usize::from(port))
             .unwrap_or(&PortRole::Unused)
+    }
+
+    /// The largest IPv4 packet `port` sends.
+    #[inline(always)]
+    pub fn port_mtu(&self, port: u16) -> u16 {
+        self.port_mtu
+            .get(usize::from(port))
+            .copied()
+            .unwrap_or(u16::MAX)
+    }
+
+    /// The largest IPv4 packet of a tenant that a tunnel carries: the uplink's MTU less
+    /// the outer IPv4 and GRE headers and the inner Ethernet header (and, in the shared
+    /// design, the tenant's VLAN tag inside).
+    #[inline(always)]
+    pub fn tunnel_mtu(&self) -> u16 {
+        let Some(up) = self.uplink else {
+            return u16::MAX;
+        };
+        let inner = match self.design {
+            Design::Dedicated => TUNNEL_OVERHEAD_KEYED,
+            Design::Shared => TUNNEL_OVERHEAD_TAGGED,
+        };
+        self.port_mtu(up.port).saturating_sub(inner as u16)
     }
 
     /// The tenant a trunk port's VLAN maps to, if the trunk carries it.
