@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use super::vnet::{self, VnetHeader};
 use crate::dpdk::{DpdkError, LinkStatus, Mbuf, MbufBatch, Mempool, PortStats};
+use crate::packet::gro::{self, Train};
 use crate::packet::gso::{self, L4Checksum, Layout};
 use crate::packet::{tcp, vlan};
 use crate::port_set::PortSet;
@@ -161,14 +162,17 @@ impl PacketPort {
             }
         }
         let mtu = usize::try_from(self.mtu()?).unwrap_or(1500);
-        // RX ring frames hold what a packet buffer holds: a larger frame (a jumbo MTU,
-        // a container's 64 KiB segment) is read whole from the socket into a large
-        // buffer, so a 9000-byte MTU does not spread the ring over eight times the
-        // memory (and the caches). TX ring frames hold a whole frame of the MTU: the
-        // segments tenet cuts for a jumbo underlay go through the ring.
-        let rx_frame_size =
-            (RX_DATA_OFFSET + vnet::LEN + (mtu + L2_OVERHEAD).min(pool.data_room()))
-                .next_power_of_two();
+        // Ring frames hold a whole frame of the MTU, both ways: a jumbo underlay's frames
+        // are read off the ring (into large buffers, where a train of them is joined)
+        // rather than one system call each, and the segments tenet cuts for it go out
+        // through the ring. Without large buffers a frame larger than a packet buffer
+        // cannot be kept anyway: the RX ring stays at a packet buffer's size. A
+        // container's 64 KiB segment is read whole from the socket.
+        let rx_room = match pool.large_pool() {
+            Some(_) => mtu + L2_OVERHEAD,
+            None => (mtu + L2_OVERHEAD).min(pool.data_room()),
+        };
+        let rx_frame_size = (RX_DATA_OFFSET + vnet::LEN + rx_room).next_power_of_two();
         let tx_frame_size = (TX_DATA_OFFSET + vnet::LEN + mtu + L2_OVERHEAD).next_power_of_two();
         let mut fanout_id = None;
         let mut rx = Vec::with_capacity(usize::from(queues));
@@ -192,6 +196,7 @@ impl PacketPort {
                 pool: pool.as_ptr(),
                 large_pool: pool.large_pool().map(Mempool::as_ptr),
                 small_room: pool.data_room(),
+                large_room: pool.large_pool().map_or(0, Mempool::data_room),
             });
             let header = if queue.vnet { vnet::LEN } else { 0 };
             tx.push(PacketTx {
@@ -713,6 +718,20 @@ pub(crate) struct PacketRx {
     large_pool: Option<*mut dpdk_sys::rte_mempool>,
     /// The frame bytes a buffer of `pool` holds.
     small_room: usize,
+    /// The frame bytes a buffer of `large_pool` holds.
+    large_room: usize,
+}
+
+/// A train of TCP segments being joined as a burst is read off the ring (see
+/// [`crate::packet::gro`]): its first frame sits in the batch at `slot`, in a packet
+/// buffer until a second frame joins, then in a large one that grows by each payload.
+struct OpenTrain {
+    train: Train,
+    slot: usize,
+    in_large: bool,
+    /// Whether the first frame's TCP checksum is known right (the kernel's header said
+    /// so, or the frame came from this host's own stack with the checksum owed).
+    first_trusted: bool,
 }
 
 // SAFETY: the pool pointer refers to a thread-safe DPDK mempool that outlives every
@@ -751,6 +770,8 @@ impl PacketRx {
         let mut kept = start;
         let mut bytes = 0u64;
         let mut errors = 0u64;
+        let mut open: Option<OpenTrain> = None;
+        let mut joined = 0u64;
         for i in 0..ready {
             let frame = q.rx_frame(self.next);
             self.next = next_frame(self.next, q.rx_frames);
@@ -778,6 +799,9 @@ impl PacketRx {
             // SAFETY: the sockaddr_ll follows the aligned header inside the frame.
             let outgoing = unsafe { *frame.add(SLL_PKTTYPE_OFFSET) } == PACKET_OUTGOING;
             if status & TP_STATUS_COPY != 0 {
+                if let Some(train) = open.take() {
+                    self.close(train, batch);
+                }
                 // Too large for the ring: the whole frame waits on the socket, in the
                 // ring's order. Read it now (dropped or not) to stay in step.
                 let large = if outgoing {
@@ -810,6 +834,22 @@ impl PacketRx {
             };
             let fits = snap == full && offset + snap <= q.rx_frame_size && snap >= 12 && !outgoing;
             let len = snap + if tag.is_some() { 4 } else { 0 };
+            if let Some(mut train) = open.take() {
+                // SAFETY: as for the copy below: offset + snap <= frame_size.
+                let src = unsafe { std::slice::from_raw_parts(frame.add(offset), snap) };
+                let joins = fits
+                    && tag.is_none()
+                    && owed.gso_kind() == vnet::GSO_NONE
+                    && self.join(&mut train, batch, src, owed);
+                if joins {
+                    q.status(frame).store(TP_STATUS_KERNEL, Ordering::Release);
+                    joined += 1;
+                    bytes += snap as u64;
+                    open = Some(train);
+                    continue;
+                }
+                self.close(train, batch);
+            }
             if len > self.small_room {
                 // In the ring (a jumbo MTU's frames may be), but larger than a packet
                 // buffer: a large one takes it.
@@ -841,16 +881,23 @@ impl PacketRx {
                 batch.as_mut_slice().swap(kept, start + i);
                 kept += 1;
                 bytes += len as u64;
+                if tag.is_none() && owed.gso_kind() == vnet::GSO_NONE && len >= gro::MIN_FRAME {
+                    open = self.start_train(batch, kept - 1, owed);
+                }
             } else if !outgoing {
                 errors += 1;
             }
+        }
+        if let Some(train) = open {
+            self.close(train, batch);
         }
         // Frames cut short, too big for an mbuf or sent by the host sit at the end.
         while batch.len() > kept {
             drop(batch.pop());
         }
         let got = kept - start;
-        bump(&q.counters.rx_packets, got as u64);
+        // The wire's frames, joined or not.
+        bump(&q.counters.rx_packets, got as u64 + joined);
         bump(&q.counters.rx_bytes, bytes);
         if errors > 0 {
             bump(&q.counters.rx_errors, errors);
@@ -860,6 +907,74 @@ impl PacketRx {
 }
 
 impl PacketRx {
+    /// A train that starts with the frame just kept at `slot`, if it may start one.
+    #[inline]
+    fn start_train(&self, batch: &MbufBatch, slot: usize, owed: VnetHeader) -> Option<OpenTrain> {
+        self.large_pool?;
+        let train = Train::start(batch.as_slice()[slot].data(), self.large_room)?;
+        Some(OpenTrain {
+            train,
+            slot,
+            in_large: false,
+            first_trusted: owed.flags & (vnet::F_NEEDS_CSUM | vnet::F_DATA_VALID) != 0,
+        })
+    }
+
+    /// Appends the payload of the ring frame `src` to the train if the frame continues
+    /// it and its TCP checksum is right (or owed by this host's own stack, which the
+    /// joined segment's way out makes anyway): false, and nothing changed, otherwise.
+    fn join(
+        &self,
+        open: &mut OpenTrain,
+        batch: &mut MbufBatch,
+        src: &[u8],
+        owed: VnetHeader,
+    ) -> bool {
+        let mut train = open.train;
+        let Some(payload) = train.join(batch.as_slice()[open.slot].data(), src) else {
+            return false;
+        };
+        let checked = |frame: &[u8]| Layout::parse(frame).is_ok_and(|l| l.tcp_checksum_ok(frame));
+        if owed.flags & (vnet::F_NEEDS_CSUM | vnet::F_DATA_VALID) == 0 && !checked(src) {
+            return false;
+        }
+        if !open.in_large {
+            let first = batch.as_slice()[open.slot].data();
+            if !open.first_trusted && !checked(first) {
+                return false;
+            }
+            let Some(mut large) = self.large_pool.and_then(Mbuf::alloc_from) else {
+                return false;
+            };
+            let Some(data) = large.receive(first.len(), self.port) else {
+                return false;
+            };
+            data.copy_from_slice(first);
+            batch.as_mut_slice()[open.slot] = large;
+            open.in_large = true;
+        }
+        let large = &mut batch.as_mut_slice()[open.slot];
+        let at = large.len();
+        if !large.append(payload.len()) {
+            return false;
+        }
+        large.data_mut()[at..].copy_from_slice(&src[payload]);
+        open.train = train;
+        true
+    }
+
+    /// Ends a train: with more than one frame joined, its first frame's headers are made
+    /// those of the whole, which now owes its segmentation.
+    fn close(&self, open: OpenTrain, batch: &mut MbufBatch) {
+        if open.train.frames() < 2 {
+            return;
+        }
+        let large = &mut batch.as_mut_slice()[open.slot];
+        open.train.finish(large.data_mut());
+        large.set_gso_size(open.train.mss() as u16);
+        bump(&self.queue.counters.rx_large, 1);
+    }
+
     /// Reads the next frame queued whole on the socket into a large buffer, with the
     /// ring's VLAN tag put back, and takes what its header says it owes; `None` (the
     /// frame dropped) without a large buffer, for a frame that does not fit one, or for
@@ -994,9 +1109,9 @@ impl TxRing {
     }
 
     /// Sends a large TCP segment: whole to the kernel with a virtio-net header saying
-    /// what it owes, when it is plain TCP/IPv4 whose segments fit the interface (the
-    /// kernel, the NIC or the container's stack cuts it, or takes it whole); otherwise
-    /// (tunnelled, or segments too large for this MTU) cut here into ring frames.
+    /// what it owes (its segments fitted to the interface), when it is plain TCP/IPv4
+    /// (the kernel, the NIC or the container's stack cuts it, or takes it whole);
+    /// otherwise (tunnelled) cut here into ring frames.
     #[cold]
     fn send_large(&mut self, q: &Queue, mbuf: &mut Mbuf) -> Large {
         let data = mbuf.data();
@@ -1014,10 +1129,10 @@ impl TxRing {
         let Some(mss) = layout.fitted_mss(data, asked, self.max_len) else {
             return Large::Refused;
         };
-        let whole = q.large_tx.is_some()
-            && layout.outer_ip_offset().is_none()
-            && (owed == 0 || mss == owed)
-            && layout.segments(mss) > 1;
+        // Whole at the fitted size even where that is below the sender's: segments of
+        // any size make the same stream, and the receiver's kernel takes one skb.
+        let whole =
+            q.large_tx.is_some() && layout.outer_ip_offset().is_none() && layout.segments(mss) > 1;
         if !whole {
             return self.send_cut(q, data, &layout, mss);
         }

@@ -12,6 +12,9 @@ pub(crate) const LEN: usize = 10;
 /// the sum from `csum_start` to the end, folded, completes it.
 pub(crate) const F_NEEDS_CSUM: u8 = 1;
 
+/// `VIRTIO_NET_HDR_F_DATA_VALID`: the kernel (or the NIC) found the L4 checksum right.
+pub(crate) const F_DATA_VALID: u8 = 2;
+
 /// `VIRTIO_NET_HDR_GSO_NONE`.
 pub(crate) const GSO_NONE: u8 = 0;
 /// `VIRTIO_NET_HDR_GSO_TCPV4`.

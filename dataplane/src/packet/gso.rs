@@ -388,7 +388,7 @@ impl Layout {
 /// Stores the checksum of the IPv4 header that is exactly `header` (the view's
 /// `fill_checksum` would trust the IHL in the bytes, which belong to the caller's frame).
 #[inline]
-fn fill_ipv4_checksum(header: &mut [u8]) {
+pub(super) fn fill_ipv4_checksum(header: &mut [u8]) {
     let mut ip = Ipv4Packet::new_unchecked(&mut *header);
     ip.set_checksum(0);
     let value = checksum::checksum(header);

@@ -16,6 +16,7 @@ pub mod checksum;
 pub mod ethernet;
 pub mod frame;
 pub mod gre;
+pub mod gro;
 pub mod gso;
 pub mod icmp;
 pub mod ipv4;

@@ -39,7 +39,7 @@ const FLAGS_MASK: u16 = 0x01ff;
 /// Where the checksum stands in the header, for patching it in place.
 pub const CHECKSUM_AT: usize = field::CHECKSUM.start;
 
-mod field {
+pub(crate) mod field {
     use core::ops::Range;
 
     pub const SRC_PORT: Range<usize> = 0..2;
