@@ -959,15 +959,16 @@ fn vhost_port(tag: &str, pool: &Mempool) -> (Port, RxQueue, TxQueue, std::path::
     (port, rx, tx, sock)
 }
 
-/// Waits up to 5 s for `port`'s guest to be there (the PMD raises the link).
-fn wait_for_guest(port: &Port) {
+/// Waits up to 5 s for `port`'s guest to be there (the PMD raises the link) and, when
+/// it `takes_large` segments, for tenet to know (the PMD says so just after).
+fn wait_for_guest(port: &Port, takes_large: bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !port.link().up && Instant::now() < deadline {
+    let ready = || port.link().up && port.guest_takes_large() == Some(takes_large);
+    while !ready() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(port.link().up, "guest connected");
-    // The link goes up just before the PMD tells tenet what the guest negotiated.
-    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(port.guest_takes_large(), Some(takes_large));
 }
 
 /// Frames the queue receives until `want` came or 5 s passed, whole.
@@ -1060,6 +1061,8 @@ fn a_vhost_user_port_offers_only_the_segmentation_tenet_can_cut() {
         guest::offered(&sock) & bit(dpdk_sys::VIRTIO_NET_F_HOST_TSO4),
         0
     );
+    let (ring, _rx, _tx) = started(&Backend::Ring, &without);
+    assert_eq!(ring.guest_takes_large(), None, "not a vhost-user port");
 }
 
 #[test]
@@ -1069,7 +1072,7 @@ fn a_64k_tcp_segment_crosses_a_vhost_user_port_whole_both_ways() {
     guest::offer_tso6(&sock);
     let guest = Guest::probe(&sock);
     guest.start(true);
-    wait_for_guest(&port);
+    wait_for_guest(&port, true);
 
     // The guest sends one 65,000-byte segment asking for TSO at an MSS of 1448: its
     // TCP checksum partial (the pseudo-header with the length, as virtio wants it).
@@ -1139,6 +1142,14 @@ fn a_64k_tcp_segment_crosses_a_vhost_user_port_whole_both_ways() {
     assert_eq!(tcp.checksum, dataplane::packet::checksum::fold(seed));
     assert_eq!(counters.snapshot().tx_packets, 1);
     assert_eq!(port.stats().tx_large, 1);
+
+    // Gone, the guest takes nothing whole any more: the next one may not.
+    drop(guest);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port.guest_takes_large() != Some(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(port.guest_takes_large(), Some(false));
 }
 
 #[test]
@@ -1147,7 +1158,7 @@ fn a_guest_without_tso_gets_the_segment_cut_with_full_checksums() {
     let (port, _rx, tx, sock) = vhost_port("vcut", &pool);
     let guest = Guest::probe(&sock);
     guest.start(false);
-    wait_for_guest(&port);
+    wait_for_guest(&port, false);
     let large = tcp_frame(20_000, 3);
     let mut mbuf = pool.large_pool().unwrap().alloc().unwrap();
     assert!(mbuf.set_data(&large));
@@ -1179,7 +1190,7 @@ fn a_guests_partial_checksums_are_finished_and_long_frames_joined() {
     guest::offer_tso6(&sock);
     let guest = Guest::probe(&sock);
     guest.start(true);
-    wait_for_guest(&port);
+    wait_for_guest(&port, true);
 
     // TCP and UDP left for the device to finish, as a guest with CSUM sends them.
     let mut tcp = tcp_frame(300, 4);

@@ -400,6 +400,13 @@ impl Port {
         Ok(())
     }
 
+    /// Whether the guest now connected to this vhost-user port takes large TCP/IPv4
+    /// segments whole (it negotiated GUEST_TSO4 and GUEST_CSUM); `None` for any other
+    /// port. Others get them cut.
+    pub fn guest_takes_large(&self) -> Option<bool> {
+        self.vhost.as_ref().map(|vhost| vhost.guest.takes_tso())
+    }
+
     /// The device's MAC address.
     pub fn mac(&self) -> [u8; 6] {
         if let Some(packet) = &self.packet {
