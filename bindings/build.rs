@@ -44,6 +44,13 @@ const FUNCTIONS: &[&str] = &[
     "rte_eth_xstats_get",
     "rte_eth_xstats_get_names",
     "rte_eth_dev_get_mtu",
+    "rte_eth_dev_callback_register",
+    "rte_eth_dev_callback_unregister",
+    "rte_net_get_ptype",
+    "rte_vhost_driver_enable_features",
+    "rte_vhost_driver_disable_features",
+    "rte_vhost_driver_get_features",
+    "rte_vhost_get_negotiated_features",
     "tenet_.*",
 ];
 
@@ -60,6 +67,8 @@ const TYPES: &[&str] = &[
     "rte_eth_xstat_name",
     "rte_eth_link",
     "rte_ether_addr",
+    "rte_eth_event_type",
+    "rte_net_hdr_lens",
 ];
 
 const VARS: &[&str] = &[
@@ -75,6 +84,13 @@ const VARS: &[&str] = &[
     "SOCKET_ID_ANY",
     "LCORE_ID_ANY",
     "RTE_ETH_LINK_UP",
+    "RTE_PTYPE_L2_MASK",
+    "RTE_PTYPE_L3_MASK",
+    "RTE_PTYPE_L4_MASK",
+    "RTE_PTYPE_L4_TCP",
+    "RTE_PTYPE_L4_UDP",
+    "VIRTIO_NET_F_.*",
+    "TENET_.*",
 ];
 
 /// Packed structs that hold aligned ones (Rust E0588): opaque, tenet parses headers itself.

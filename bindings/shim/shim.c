@@ -1,9 +1,5 @@
 #include "wrapper.h"
 
-/* tenet's Rust side spells this flag as a plain constant (bindgen cannot expand
- * RTE_BIT64): a DPDK that moves it fails to build here instead of corrupting mbufs. */
-_Static_assert(RTE_MBUF_F_TX_TCP_SEG == (1ULL << 50), "RTE_MBUF_F_TX_TCP_SEG moved");
-
 uint16_t tenet_eth_rx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **pkts, uint16_t nb_pkts)
 {
 	return rte_eth_rx_burst(port_id, queue_id, pkts, nb_pkts);
@@ -47,6 +43,11 @@ unsigned int tenet_mempool_avail_count(const struct rte_mempool *pool)
 uint16_t tenet_pktmbuf_data_room_size(struct rte_mempool *pool)
 {
 	return rte_pktmbuf_data_room_size(pool);
+}
+
+uint16_t tenet_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value)
+{
+	return rte_mbuf_refcnt_update(m, value);
 }
 
 int tenet_errno(void)

@@ -10,6 +10,29 @@
 #include <rte_mbuf.h>
 #include <rte_ethdev.h>
 #include <rte_ring.h>
+#include <rte_net.h>
+#include <rte_vhost.h>
+
+/* Offload flags and capabilities are RTE_BIT64() macros, which bindgen cannot expand;
+ * as constants they reach Rust with DPDK's own values. */
+static const uint64_t TENET_MBUF_F_RX_LRO = RTE_MBUF_F_RX_LRO;
+static const uint64_t TENET_MBUF_F_RX_L4_CKSUM_MASK = RTE_MBUF_F_RX_L4_CKSUM_MASK;
+static const uint64_t TENET_MBUF_F_RX_L4_CKSUM_NONE = RTE_MBUF_F_RX_L4_CKSUM_NONE;
+static const uint64_t TENET_MBUF_F_RX_L4_CKSUM_GOOD = RTE_MBUF_F_RX_L4_CKSUM_GOOD;
+static const uint64_t TENET_MBUF_F_TX_TCP_SEG = RTE_MBUF_F_TX_TCP_SEG;
+static const uint64_t TENET_MBUF_F_TX_TCP_CKSUM = RTE_MBUF_F_TX_TCP_CKSUM;
+static const uint64_t TENET_MBUF_F_TX_UDP_CKSUM = RTE_MBUF_F_TX_UDP_CKSUM;
+static const uint64_t TENET_MBUF_F_TX_IP_CKSUM = RTE_MBUF_F_TX_IP_CKSUM;
+static const uint64_t TENET_MBUF_F_TX_IPV4 = RTE_MBUF_F_TX_IPV4;
+static const uint64_t TENET_MBUF_F_TX_IPV6 = RTE_MBUF_F_TX_IPV6;
+static const uint64_t TENET_ETH_RX_OFFLOAD_TCP_CKSUM = RTE_ETH_RX_OFFLOAD_TCP_CKSUM;
+static const uint64_t TENET_ETH_RX_OFFLOAD_UDP_CKSUM = RTE_ETH_RX_OFFLOAD_UDP_CKSUM;
+static const uint64_t TENET_ETH_RX_OFFLOAD_TCP_LRO = RTE_ETH_RX_OFFLOAD_TCP_LRO;
+static const uint64_t TENET_ETH_TX_OFFLOAD_TCP_TSO = RTE_ETH_TX_OFFLOAD_TCP_TSO;
+static const uint64_t TENET_ETH_TX_OFFLOAD_TCP_CKSUM = RTE_ETH_TX_OFFLOAD_TCP_CKSUM;
+static const uint64_t TENET_ETH_TX_OFFLOAD_UDP_CKSUM = RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
+static const uint64_t TENET_ETH_TX_OFFLOAD_IPV4_CKSUM = RTE_ETH_TX_OFFLOAD_IPV4_CKSUM;
+static const uint64_t TENET_ETH_TX_OFFLOAD_MULTI_SEGS = RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
 
 /* DPDK's fast path is static inline and has no symbol; shim.c exports it.
  * Every call here is made once per burst, never once per packet. */
@@ -22,5 +45,6 @@ unsigned int tenet_ring_sc_dequeue_burst(struct rte_ring *r, void **objs, unsign
 unsigned int tenet_ring_count(const struct rte_ring *r);
 unsigned int tenet_mempool_avail_count(const struct rte_mempool *pool);
 uint16_t tenet_pktmbuf_data_room_size(struct rte_mempool *pool);
+uint16_t tenet_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value);
 int tenet_errno(void);
 unsigned int tenet_lcore_id(void);

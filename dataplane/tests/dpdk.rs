@@ -1,6 +1,7 @@
 //! The DPDK layer and the worker on real virtual devices (`net_ring`, `net_null`,
-//! `net_vhost`). Needs root and free hugepages, like tenetd itself. DPDK initialises
-//! once per process, so every test shares one EAL and makes its own pool and ports.
+//! `net_vhost`, with `net_virtio_user` guests). Needs root and free hugepages, like
+//! tenetd itself. DPDK initialises once per process, so every test shares one EAL and
+//! makes its own pool and ports.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ fn eal() -> &'static Eal {
         Eal::init(EalOptions {
             file_prefix: format!("tenet-dptest-{}", std::process::id()),
             memory_mb: 256,
+            // Memory a vhost-user port can map: the virtio-user guests below need it.
+            single_file_segments: true,
             ..EalOptions::default()
         })
         .expect("EAL init (root and free hugepages needed)")
@@ -704,4 +707,557 @@ fn a_large_segment_is_cut_for_a_port_that_cannot_take_it() {
     }
     assert_eq!(payload, large[54..], "the payload, in order");
     assert_eq!(counters.snapshot().tx_packets, 14);
+}
+
+/// A DPDK application on a virtio-user port: the guest (a DPDK container) at the other
+/// end of a vhost-user port, driven with DPDK directly rather than through tenet's port
+/// code, so what it sees checks tenet's side instead of mirroring it.
+#[allow(unsafe_code)]
+mod guest {
+    use std::ffi::CString;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+
+    /// What the guest sets on a frame it sends, beside its bytes.
+    #[derive(Clone, Copy, Default)]
+    pub struct Offload {
+        pub flags: u64,
+        /// Ethernet, IP and L4 header lengths.
+        pub lens: (u64, u64, u64),
+        pub tso_segsz: u16,
+    }
+
+    /// A frame the guest received, with what its RX path reported.
+    pub struct Received {
+        pub bytes: Vec<u8>,
+        pub ol_flags: u64,
+        pub tso_segsz: u16,
+        pub segments: u16,
+    }
+
+    pub struct Guest {
+        pub port: u16,
+        name: String,
+        rx_pool: *mut dpdk_sys::rte_mempool,
+        tx_pool: *mut dpdk_sys::rte_mempool,
+    }
+
+    fn pool(name: &str, count: u32, room: u16) -> *mut dpdk_sys::rte_mempool {
+        let c_name = CString::new(name).unwrap();
+        // SAFETY: a valid name; DPDK copies it.
+        let pool =
+            unsafe { dpdk_sys::rte_pktmbuf_pool_create(c_name.as_ptr(), count, 0, 0, room, -1) };
+        assert!(!pool.is_null(), "guest pool {name}");
+        pool
+    }
+
+    impl Guest {
+        /// A virtio-user port on `socket` (tenet's vhost-user server). With `offloads`
+        /// it asks for what a guest that takes and sends large segments asks for: LRO
+        /// and TCP/UDP checksums on RX (GUEST_TSO4/6, GUEST_CSUM), TSO and checksums on
+        /// TX (HOST_TSO4/6, CSUM). Not started: see [`Guest::start`].
+        pub fn probe(socket: &Path) -> Guest {
+            super::eal();
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("net_virtio_user{n}");
+            let args = CString::new(format!("{name},path={},queues=1", socket.display())).unwrap();
+            // SAFETY: a valid devargs string; DPDK copies what it keeps.
+            let ret = unsafe { dpdk_sys::rte_dev_probe(args.as_ptr()) };
+            assert_eq!(ret, 0, "probe {name}");
+            let c_name = CString::new(name.as_str()).unwrap();
+            let mut port = 0;
+            // SAFETY: valid name and out-parameter.
+            let ret = unsafe { dpdk_sys::rte_eth_dev_get_port_by_name(c_name.as_ptr(), &mut port) };
+            assert_eq!(ret, 0);
+            Guest {
+                port,
+                rx_pool: pool(&format!("g{n}rx"), 2047, 2048 + 128),
+                tx_pool: pool(&format!("g{n}tx"), 15, u16::MAX),
+                name,
+            }
+        }
+
+        pub fn info(&self) -> dpdk_sys::rte_eth_dev_info {
+            let mut info = dpdk_sys::rte_eth_dev_info::default();
+            // SAFETY: valid port and out-parameter.
+            let ret = unsafe { dpdk_sys::rte_eth_dev_info_get(self.port, &mut info) };
+            assert_eq!(ret, 0);
+            info
+        }
+
+        pub fn start(&self, offloads: bool) {
+            let mut conf = dpdk_sys::rte_eth_conf::default();
+            if offloads {
+                conf.rxmode.offloads = dpdk_sys::TENET_ETH_RX_OFFLOAD_TCP_LRO
+                    | dpdk_sys::TENET_ETH_RX_OFFLOAD_TCP_CKSUM
+                    | dpdk_sys::TENET_ETH_RX_OFFLOAD_UDP_CKSUM;
+                conf.txmode.offloads = dpdk_sys::TENET_ETH_TX_OFFLOAD_TCP_TSO
+                    | dpdk_sys::TENET_ETH_TX_OFFLOAD_TCP_CKSUM
+                    | dpdk_sys::TENET_ETH_TX_OFFLOAD_UDP_CKSUM
+                    | dpdk_sys::TENET_ETH_TX_OFFLOAD_MULTI_SEGS;
+            }
+            // SAFETY: a stopped port, a valid conf, queues on a live pool.
+            unsafe {
+                assert_eq!(
+                    dpdk_sys::rte_eth_dev_configure(self.port, 1, 1, &conf),
+                    0,
+                    "configure {}",
+                    self.name
+                );
+                assert_eq!(
+                    dpdk_sys::rte_eth_rx_queue_setup(
+                        self.port,
+                        0,
+                        1024,
+                        0,
+                        std::ptr::null(),
+                        self.rx_pool
+                    ),
+                    0
+                );
+                assert_eq!(
+                    dpdk_sys::rte_eth_tx_queue_setup(self.port, 0, 1024, 0, std::ptr::null()),
+                    0
+                );
+                assert_eq!(dpdk_sys::rte_eth_dev_start(self.port), 0);
+            }
+        }
+
+        /// Sends `bytes` in one mbuf with `offload` set on it; true when the device
+        /// took it.
+        pub fn send(&self, bytes: &[u8], offload: Offload) -> bool {
+            let mut m = std::ptr::null_mut();
+            // SAFETY: the pool is live, `m` a slot for one pointer; the mbuf is ours
+            // until the burst takes it, its data room (64 KiB) holds `bytes`.
+            unsafe {
+                assert_eq!(
+                    dpdk_sys::tenet_pktmbuf_alloc_bulk(self.tx_pool, &mut m, 1),
+                    0
+                );
+                let mbuf = &mut *m;
+                let at = (mbuf.buf_addr as *mut u8).add(usize::from(mbuf.data_off));
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
+                mbuf.data_len = bytes.len() as u16;
+                mbuf.pkt_len = bytes.len() as u32;
+                mbuf.ol_flags = offload.flags;
+                let lens = &mut mbuf.__bindgen_anon_3.__bindgen_anon_1;
+                lens.set_l2_len(offload.lens.0);
+                lens.set_l3_len(offload.lens.1);
+                lens.set_l4_len(offload.lens.2);
+                lens.set_tso_segsz(u64::from(offload.tso_segsz));
+                if dpdk_sys::tenet_eth_tx_burst(self.port, 0, &mut m, 1) == 1 {
+                    return true;
+                }
+                dpdk_sys::tenet_pktmbuf_free(m);
+            }
+            false
+        }
+
+        /// Receives until `want` frames came or `timeout` passed.
+        pub fn receive(&self, want: usize, timeout: Duration) -> Vec<Received> {
+            let deadline = Instant::now() + timeout;
+            let mut got = Vec::new();
+            while got.len() < want && Instant::now() < deadline {
+                let mut slots = [std::ptr::null_mut(); 32];
+                // SAFETY: slots has room for 32 pointers; this thread alone polls.
+                let n =
+                    unsafe { dpdk_sys::tenet_eth_rx_burst(self.port, 0, slots.as_mut_ptr(), 32) };
+                if n == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                for &head in &slots[..usize::from(n)] {
+                    // SAFETY: the burst handed over owned chains of live mbufs; each
+                    // segment's data lies in its data room; freed once read.
+                    unsafe {
+                        let first = &*head;
+                        let mut bytes = Vec::with_capacity(first.pkt_len as usize);
+                        let mut segment = head;
+                        while !segment.is_null() {
+                            let m = &*segment;
+                            bytes.extend_from_slice(std::slice::from_raw_parts(
+                                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                                usize::from(m.data_len),
+                            ));
+                            segment = m.next;
+                        }
+                        got.push(Received {
+                            bytes,
+                            ol_flags: first.ol_flags,
+                            tso_segsz: first.__bindgen_anon_3.__bindgen_anon_1.tso_segsz() as u16,
+                            segments: first.nb_segs,
+                        });
+                        dpdk_sys::tenet_pktmbuf_free(head);
+                    }
+                }
+            }
+            got
+        }
+    }
+
+    impl Drop for Guest {
+        fn drop(&mut self) {
+            let bus = CString::new("vdev").unwrap();
+            let name = CString::new(self.name.as_str()).unwrap();
+            // SAFETY: the port and pools are this guest's; nothing polls them any more.
+            unsafe {
+                dpdk_sys::rte_eth_dev_stop(self.port);
+                dpdk_sys::rte_eth_dev_close(self.port);
+                dpdk_sys::rte_eal_hotplug_remove(bus.as_ptr(), name.as_ptr());
+                dpdk_sys::rte_mempool_free(self.rx_pool);
+                dpdk_sys::rte_mempool_free(self.tx_pool);
+            }
+        }
+    }
+
+    /// The virtio-net features tenet's vhost-user socket at `socket` offers.
+    pub fn offered(socket: &Path) -> u64 {
+        let path = CString::new(socket.to_str().unwrap()).unwrap();
+        let mut features = 0;
+        // SAFETY: a valid path and out-parameter.
+        let ret = unsafe { dpdk_sys::rte_vhost_driver_get_features(path.as_ptr(), &mut features) };
+        assert_eq!(ret, 0);
+        features
+    }
+
+    /// Also offers TCP/IPv6 segmentation on tenet's socket: DPDK's virtio-user
+    /// advertises TX TSO only when both TCP/IPv4 and TCP/IPv6 are offered (a Linux
+    /// guest takes each alone), so without this a DPDK guest cannot send tenet a
+    /// large segment at all. Only the IPv4 kind is sent here.
+    pub fn offer_tso6(socket: &Path) {
+        let path = CString::new(socket.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path; only the socket's feature mask changes.
+        let ret = unsafe {
+            dpdk_sys::rte_vhost_driver_enable_features(
+                path.as_ptr(),
+                1 << dpdk_sys::VIRTIO_NET_F_HOST_TSO6,
+            )
+        };
+        assert_eq!(ret, 0);
+    }
+}
+
+use guest::{Guest, Offload};
+
+fn bit(feature: u32) -> u64 {
+    1 << feature
+}
+
+/// A vhost-user server port of tenet's at a fresh socket, configured and started.
+fn vhost_port(tag: &str, pool: &Mempool) -> (Port, RxQueue, TxQueue, std::path::PathBuf) {
+    let sock = std::env::temp_dir().join(format!("tenet-{tag}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let (port, rx, tx) = started(
+        &Backend::VhostUser {
+            path: sock.clone(),
+            client: false,
+        },
+        pool,
+    );
+    (port, rx, tx, sock)
+}
+
+/// Waits up to 5 s for `port`'s guest to be there (the PMD raises the link) and, when
+/// it `takes_large` segments, for tenet to know (the PMD says so just after).
+fn wait_for_guest(port: &Port, takes_large: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ready = || port.link().up && port.guest_takes_large() == Some(takes_large);
+    while !ready() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(port.link().up, "guest connected");
+    assert_eq!(port.guest_takes_large(), Some(takes_large));
+}
+
+/// Frames the queue receives until `want` came or 5 s passed, whole.
+fn receive_mbufs(queue: &mut RxQueue, want: usize) -> Vec<Mbuf> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    let mut batch = MbufBatch::new();
+    while got.len() < want && Instant::now() < deadline {
+        if queue.rx_burst(&mut batch) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got.extend(batch.drain());
+    }
+    got
+}
+
+/// A plain TCP/IPv4 frame carrying `payload` bytes (a pattern from `seed`), with
+/// full checksums.
+fn tcp_frame(payload: usize, seed: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..payload).map(|i| (i * 13 + seed) as u8).collect();
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
+        .ipv4([10, 0, 1, 3], [10, 0, 1, 4], 64)
+        .tcp(33000, 80, 7000, 64240)
+        .ack(9)
+        .write(&mut frame, &data)
+        .unwrap();
+    frame
+}
+
+/// The TCP header and payload of a TCP/IPv4 frame, checked to be well formed, and
+/// its IPv4 header (checksum verified).
+fn tcp_parts(frame: &[u8]) -> (etherparse::Ipv4Header, etherparse::TcpHeader, Vec<u8>) {
+    let packet = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
+        panic!("not IPv4");
+    };
+    let Some(etherparse::TransportSlice::Tcp(tcp)) = &packet.transport else {
+        panic!("not TCP");
+    };
+    let header = ip.header().to_header();
+    assert_eq!(header.header_checksum, header.calc_header_checksum());
+    assert_eq!(usize::from(header.total_len), frame.len() - 14);
+    (header, tcp.to_header(), tcp.payload().to_vec())
+}
+
+fn tcp_checksum_ok(frame: &[u8]) -> bool {
+    let (ip, tcp, payload) = tcp_parts(frame);
+    tcp.checksum == tcp.calc_checksum_ipv4(&ip, &payload).unwrap()
+}
+
+#[test]
+fn a_vhost_user_port_offers_only_the_segmentation_tenet_can_cut() {
+    let with_large = pool("offer", 1023).with_large(Mempool::large("offerlarge", 8, -1).unwrap());
+    let (_port, _rx, _tx, sock) = vhost_port("offer", &with_large);
+    let offered = guest::offered(&sock);
+    for (feature, name) in [
+        (dpdk_sys::VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+        (dpdk_sys::VIRTIO_NET_F_CSUM, "CSUM"),
+        (dpdk_sys::VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
+        (dpdk_sys::VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
+        (dpdk_sys::VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+    ] {
+        assert_ne!(offered & bit(feature), 0, "{name} offered");
+    }
+    for (feature, name) in [
+        (dpdk_sys::VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
+        (dpdk_sys::VIRTIO_NET_F_HOST_UFO, "HOST_UFO"),
+        (dpdk_sys::VIRTIO_NET_F_GSO, "GSO"),
+    ] {
+        assert_eq!(offered & bit(feature), 0, "{name} withheld");
+    }
+    // What a DPDK guest makes of it: it may ask for LRO, not for TSO.
+    let guest = Guest::probe(&sock);
+    let info = guest.info();
+    assert_ne!(
+        info.rx_offload_capa & dpdk_sys::TENET_ETH_RX_OFFLOAD_TCP_LRO,
+        0
+    );
+    assert_eq!(
+        info.tx_offload_capa & dpdk_sys::TENET_ETH_TX_OFFLOAD_TCP_TSO,
+        0
+    );
+    drop(guest);
+
+    // No large buffers to take them into: no large segments from the guest either.
+    let without = pool("offernone", 1023);
+    let (_port, _rx, _tx, sock) = vhost_port("offernone", &without);
+    assert_eq!(
+        guest::offered(&sock) & bit(dpdk_sys::VIRTIO_NET_F_HOST_TSO4),
+        0
+    );
+    let (ring, _rx, _tx) = started(&Backend::Ring, &without);
+    assert_eq!(ring.guest_takes_large(), None, "not a vhost-user port");
+}
+
+#[test]
+fn a_64k_tcp_segment_crosses_a_vhost_user_port_whole_both_ways() {
+    let pool = pool("vtso", 4095).with_large(Mempool::large("vtsolarge", 16, -1).unwrap());
+    let (port, mut rx, tx, sock) = vhost_port("vtso", &pool);
+    guest::offer_tso6(&sock);
+    let guest = Guest::probe(&sock);
+    guest.start(true);
+    wait_for_guest(&port, true);
+
+    // The guest sends one 65,000-byte segment asking for TSO at an MSS of 1448: its
+    // TCP checksum partial (the pseudo-header with the length, as virtio wants it).
+    let mut sent = tcp_frame(65_000, 1);
+    dataplane::packet::gso::make_partial(&mut sent, 14).unwrap();
+    let tso = Offload {
+        flags: dpdk_sys::TENET_MBUF_F_TX_TCP_SEG | dpdk_sys::TENET_MBUF_F_TX_IPV4,
+        lens: (14, 20, 20),
+        tso_segsz: 1448,
+    };
+    assert!(guest.send(&sent, tso));
+    let got = receive_mbufs(&mut rx, 1);
+    assert_eq!(got.len(), 1, "one frame, not {} pieces", got.len());
+    let frame = &got[0];
+    assert!(!frame.is_chained(), "in one buffer");
+    assert_eq!(frame.len(), sent.len());
+    assert_eq!(frame.gso_size(), 1448, "the guest's MSS");
+    assert_eq!(frame.data(), sent.as_slice(), "every byte as sent");
+    assert_eq!(port.stats().rx_large, 1);
+    drop(got);
+
+    // And back: tenet hands a large segment on whole, the guest's RX presents it as
+    // the LRO frame it negotiated.
+    let back = tcp_frame(60_000, 2);
+    let mut mbuf = pool.large_pool().unwrap().alloc().unwrap();
+    assert!(mbuf.set_data(&back));
+    mbuf.set_gso_size(1448);
+    let counters = dataplane::counters::CoreCounters::default();
+    let mut outputs = dataplane::pipeline::Outputs::new(vec![tx], vec![]);
+    outputs.push(port.id(), mbuf, &counters);
+    outputs.flush(&counters);
+    let got = guest.receive(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "{:?}", counters.snapshot());
+    let frame = &got[0];
+    assert_eq!(frame.bytes.len(), back.len(), "whole");
+    assert!(frame.segments > 1, "in the guest's 2 KiB buffers");
+    assert_ne!(frame.ol_flags & dpdk_sys::TENET_MBUF_F_RX_LRO, 0, "LRO");
+    assert_eq!(
+        frame.ol_flags & dpdk_sys::TENET_MBUF_F_RX_L4_CKSUM_MASK,
+        dpdk_sys::TENET_MBUF_F_RX_L4_CKSUM_NONE,
+        "checksum left to the guest"
+    );
+    assert_eq!(frame.tso_segsz, 1448);
+    let (ip, tcp, payload) = tcp_parts(&frame.bytes);
+    let (want_ip, want_tcp, want_payload) = tcp_parts(&back);
+    assert_eq!(
+        (ip.source, ip.destination),
+        (want_ip.source, want_ip.destination)
+    );
+    assert_eq!(
+        (tcp.source_port, tcp.destination_port, tcp.sequence_number),
+        (
+            want_tcp.source_port,
+            want_tcp.destination_port,
+            want_tcp.sequence_number
+        )
+    );
+    assert_eq!(payload, want_payload);
+    // DPDK's vhost library seeds the field as for a NIC (rte_net_intel_cksum_prepare):
+    // the pseudo-header without the length.
+    let seed = dataplane::packet::checksum::pseudo_header_v4(
+        ip.source.into(),
+        ip.destination.into(),
+        6,
+        0,
+    );
+    assert_eq!(tcp.checksum, dataplane::packet::checksum::fold(seed));
+    assert_eq!(counters.snapshot().tx_packets, 1);
+    assert_eq!(port.stats().tx_large, 1);
+
+    // Gone, the guest takes nothing whole any more: the next one may not.
+    drop(guest);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port.guest_takes_large() != Some(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(port.guest_takes_large(), Some(false));
+}
+
+#[test]
+fn a_guest_without_tso_gets_the_segment_cut_with_full_checksums() {
+    let pool = pool("vcut", 4095).with_large(Mempool::large("vcutlarge", 16, -1).unwrap());
+    let (port, _rx, tx, sock) = vhost_port("vcut", &pool);
+    let guest = Guest::probe(&sock);
+    guest.start(false);
+    wait_for_guest(&port, false);
+    let large = tcp_frame(20_000, 3);
+    let mut mbuf = pool.large_pool().unwrap().alloc().unwrap();
+    assert!(mbuf.set_data(&large));
+    mbuf.set_gso_size(1448);
+    let counters = dataplane::counters::CoreCounters::default();
+    let mut outputs = dataplane::pipeline::Outputs::new(vec![tx], vec![]);
+    outputs.push(port.id(), mbuf, &counters);
+    outputs.flush(&counters);
+    // 20,000 bytes at 1,448 a segment: 13 full ones and 1,176 bytes.
+    let got = guest.receive(14, Duration::from_secs(5));
+    assert_eq!(got.len(), 14, "{:?}", counters.snapshot());
+    let mut payload = Vec::new();
+    for (i, frame) in got.iter().enumerate() {
+        assert_eq!(frame.ol_flags & dpdk_sys::TENET_MBUF_F_RX_LRO, 0);
+        assert!(frame.bytes.len() <= 1514);
+        assert!(tcp_checksum_ok(&frame.bytes), "TCP checksum of segment {i}");
+        let (_, tcp, data) = tcp_parts(&frame.bytes);
+        assert_eq!(tcp.sequence_number, 7000 + (i * 1448) as u32);
+        payload.extend_from_slice(&data);
+    }
+    assert_eq!(payload, tcp_parts(&large).2, "the payload, in order");
+    assert_eq!(port.stats().tx_large, 1);
+}
+
+#[test]
+fn a_guests_partial_checksums_are_finished_and_long_frames_joined() {
+    let pool = pool("vcsum", 4095).with_large(Mempool::large("vcsumlarge", 16, -1).unwrap());
+    let (port, mut rx, _tx, sock) = vhost_port("vcsum", &pool);
+    guest::offer_tso6(&sock);
+    let guest = Guest::probe(&sock);
+    guest.start(true);
+    wait_for_guest(&port, true);
+
+    // TCP and UDP left for the device to finish, as a guest with CSUM sends them.
+    let mut tcp = tcp_frame(300, 4);
+    dataplane::packet::gso::make_partial(&mut tcp, 14).unwrap();
+    let mut udp = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
+        .ipv4([10, 0, 1, 3], [10, 0, 1, 4], 64)
+        .udp(5000, 53)
+        .write(&mut udp, &[0x5a; 101])
+        .unwrap();
+    dataplane::packet::gso::make_partial(&mut udp, 14).unwrap();
+    // A jumbo frame: more than a packet buffer, so the vhost library chains it.
+    let mut jumbo = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
+        .ipv4([10, 0, 1, 3], [10, 0, 1, 4], 64)
+        .udp(5001, 9)
+        .write(&mut jumbo, &[0xa5; 8972])
+        .unwrap();
+    // A TCP/IPv6 large segment tenet cannot cut: dropped and counted.
+    let mut tcp6 = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
+        .ipv6([0xfd; 16], [0xfe; 16], 64)
+        .tcp(33000, 80, 1, 64240)
+        .write(&mut tcp6, &[0x11; 20_000])
+        .unwrap();
+    let csum = |l4: u64, l4_len| Offload {
+        flags: l4 | dpdk_sys::TENET_MBUF_F_TX_IPV4,
+        lens: (14, 20, l4_len),
+        tso_segsz: 0,
+    };
+    assert!(guest.send(&tcp, csum(dpdk_sys::TENET_MBUF_F_TX_TCP_CKSUM, 20)));
+    assert!(guest.send(
+        &tcp6,
+        Offload {
+            flags: dpdk_sys::TENET_MBUF_F_TX_TCP_SEG | dpdk_sys::TENET_MBUF_F_TX_IPV6,
+            lens: (14, 40, 20),
+            tso_segsz: 1428,
+        }
+    ));
+    assert!(guest.send(&udp, csum(dpdk_sys::TENET_MBUF_F_TX_UDP_CKSUM, 8)));
+    assert!(guest.send(&jumbo, Offload::default()));
+
+    let got = receive_mbufs(&mut rx, 3);
+    let got: Vec<Vec<u8>> = got.iter().map(|m| m.data().to_vec()).collect();
+    assert_eq!(got.len(), 3);
+    assert!(tcp_checksum_ok(&got[0]), "TCP checksum finished");
+    assert_eq!(got[0][..50], tcp[..50], "headers otherwise as sent");
+    assert_eq!(got[0][52..], tcp[52..], "payload as sent");
+    let udp_got = etherparse::SlicedPacket::from_ethernet(&got[1]).unwrap();
+    let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(datagram))) =
+        (&udp_got.net, &udp_got.transport)
+    else {
+        panic!("not UDP/IPv4");
+    };
+    assert_eq!(
+        datagram.checksum(),
+        datagram
+            .to_header()
+            .calc_checksum_ipv4(&ip.header().to_header(), datagram.payload())
+            .unwrap(),
+        "UDP checksum finished"
+    );
+    assert_eq!(got[2], jumbo, "the jumbo frame whole, in one buffer");
+    let stats = port.stats();
+    assert_eq!(
+        (stats.rx_errors, stats.rx_large),
+        (1, 0),
+        "the IPv6 segment"
+    );
 }

@@ -216,6 +216,9 @@ impl Backend {
                 "{},iface={interface},start_queue={queue},queue_count={queues}",
                 namer.name("net_af_xdp")
             ),
+            // No `tso=1`: it offers TCP/IPv6 segmentation with TCP/IPv4, which tenet
+            // cannot cut; the port offers TCP/IPv4 alone once the PMD has registered the
+            // socket (Port::configure).
             Backend::VhostUser { path, client } => format!(
                 "{},iface={},queues={queues},client={}",
                 namer.name("net_vhost"),

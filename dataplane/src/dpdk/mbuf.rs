@@ -9,20 +9,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Packets moved per RX/TX call and per pipeline pass.
 pub const BURST: usize = 32;
 
-/// DPDK's `RTE_MBUF_F_TX_TCP_SEG` (a function-like macro bindgen cannot read; the shim
-/// asserts the value at build time). An mbuf owes segmentation when this flag says so:
+/// DPDK's `RTE_MBUF_F_TX_TCP_SEG`. An mbuf owes segmentation when this flag says so:
 /// receive paths set `ol_flags` whole but may leave a stale `tso_segsz` behind.
-const TX_TCP_SEG: u64 = 1 << 50;
+const TX_TCP_SEG: u64 = dpdk_sys::TENET_MBUF_F_TX_TCP_SEG;
+
+/// What a receive path that parses virtio-net headers (net_vhost, net_virtio) sets on
+/// a frame a guest sent as a large TCP segment: `tso_segsz` then holds its segment size.
+pub(crate) const RX_LRO: u64 = dpdk_sys::TENET_MBUF_F_RX_LRO;
+
+/// The two bits of the L4 checksum state a receive path reports.
+pub(crate) const RX_L4_CKSUM_MASK: u64 = dpdk_sys::TENET_MBUF_F_RX_L4_CKSUM_MASK;
+
+/// L4 checksum state "none": the field holds only the pseudo-header sum a sender left
+/// for the device to finish (virtio-net's NEEDS_CSUM).
+pub(crate) const RX_L4_CKSUM_NONE: u64 = dpdk_sys::TENET_MBUF_F_RX_L4_CKSUM_NONE;
 
 /// Whether any frame of this process ever owed segmentation: until one does (a switch
-/// without af-packet containers never has one), a burst is not even looked at for
-/// them.
+/// whose ports never hand over a large segment never has one), a burst is not even
+/// looked at for them.
 static SEGMENTATION_OWED: AtomicBool = AtomicBool::new(false);
 
 /// One packet, owned: dropped means freed back to its pool. Only the first segment's
-/// data is visible, so a device that chains segments (a vhost-user guest's large
-/// frame) has its bursts joined at receive ([`MbufBatch::join_segments`]) before any
-/// stage reads them.
+/// data is visible, so a device that chains segments has its bursts joined at receive
+/// ([`MbufBatch::join_segments`]; a vhost-user port joins what no packet buffer holds
+/// into a large buffer) before any stage reads them.
 #[repr(transparent)]
 pub struct Mbuf(NonNull<dpdk_sys::rte_mbuf>);
 
@@ -261,6 +271,109 @@ impl Mbuf {
         self.raw().nb_segs > 1
     }
 
+    /// What the receive path reported in `ol_flags`, and the segment size it stored
+    /// (meaningful with [`RX_LRO`]).
+    #[inline]
+    pub(crate) fn rx_offloads(&self) -> (u64, u16) {
+        let m = self.raw();
+        // SAFETY: both views of the union are plain integers over the same 8 bytes.
+        let size = unsafe { m.__bindgen_anon_3.__bindgen_anon_1.tso_segsz() } as u16;
+        (m.ol_flags, size)
+    }
+
+    /// Forgets every offload flag: what the receive path reported is taken, and from
+    /// here `ol_flags` says only what tenet sets ([`Mbuf::set_gso_size`]).
+    #[inline]
+    pub(crate) fn clear_offloads(&mut self) {
+        self.raw_mut().ol_flags = 0;
+    }
+
+    /// Where the L4 header starts and which L4 protocol it is (`RTE_PTYPE_L4_*`), as
+    /// DPDK's own parser finds them (any VLAN stacking, IPv4 options, IPv6 extension
+    /// headers): the parser a virtio-net receive path used to judge the checksum
+    /// partial, so both agree on where it lies. `None` for a frame with no L4 header it
+    /// knows.
+    pub(crate) fn l4_header(&self) -> Option<(usize, u32)> {
+        let mut lens = dpdk_sys::rte_net_hdr_lens::default();
+        let layers =
+            dpdk_sys::RTE_PTYPE_L2_MASK | dpdk_sys::RTE_PTYPE_L3_MASK | dpdk_sys::RTE_PTYPE_L4_MASK;
+        // SAFETY: the mbuf is live and owned; the parser only reads its data (through
+        // rte_pktmbuf_read, which stays inside pkt_len) and writes `lens`.
+        let ptype = unsafe { dpdk_sys::rte_net_get_ptype(self.0.as_ptr(), &mut lens, layers) };
+        let l4 = ptype & dpdk_sys::RTE_PTYPE_L4_MASK;
+        (l4 != 0).then(|| (usize::from(lens.l2_len) + usize::from(lens.l3_len), l4))
+    }
+
+    /// A second handle on this very mbuf (its reference count raised): what a device
+    /// is handed while the caller's handle is still borrowed. Both see the same bytes,
+    /// so the caller writes through one only once it no longer reads the other; the
+    /// buffer goes back to its pool when both are dropped.
+    #[inline]
+    pub(crate) fn share(&self) -> Mbuf {
+        // SAFETY: self owns a live mbuf; raising its reference count makes the second
+        // handle an owner in its own right (each drop lowers it by one).
+        unsafe { dpdk_sys::tenet_mbuf_refcnt_update(self.0.as_ptr(), 1) };
+        Mbuf(self.0)
+    }
+
+    /// Asks the device to cut this TCP/IPv4 frame into segments of `mss` payload bytes
+    /// and to fill in every IPv4 header checksum (ethdev's TSO request): `l2`, `l3` and
+    /// `l4` are the lengths of its Ethernet (with any tag), IPv4 and TCP headers. The
+    /// caller prepares the headers as ethdev asks: IPv4 checksum 0, TCP checksum the
+    /// pseudo-header sum without the length.
+    #[inline]
+    pub(crate) fn request_tso(&mut self, l2: usize, l3: usize, l4: usize, mss: u16) {
+        self.set_gso_size(mss);
+        let m = self.raw_mut();
+        m.ol_flags |= dpdk_sys::TENET_MBUF_F_TX_IPV4 | dpdk_sys::TENET_MBUF_F_TX_IP_CKSUM;
+        // SAFETY: as in gso_size(); the setters mask each value to its field's width.
+        let lens = unsafe { &mut m.__bindgen_anon_3.__bindgen_anon_1 };
+        lens.set_l2_len(l2 as u64);
+        lens.set_l3_len(l3 as u64);
+        lens.set_l4_len(l4 as u64);
+    }
+
+    /// This frame in one segment: a chain is joined into its first segment when that
+    /// holds it all, else copied into a fresh buffer of `large` (a pool of larger
+    /// buffers) with its offload metadata. `None`, and the frame freed, when neither
+    /// holds it (or the chain's lengths disagree).
+    #[cold]
+    pub(crate) fn into_one_segment(
+        mut self,
+        large: Option<*mut dpdk_sys::rte_mempool>,
+    ) -> Option<Mbuf> {
+        if !self.is_chained() || self.join() {
+            return Some(self);
+        }
+        let mut whole = large.and_then(Mbuf::alloc_from)?;
+        let (len, port) = (self.raw().pkt_len as usize, self.raw().port);
+        let out = whole.receive(len, port)?;
+        let mut at = 0;
+        let mut segment = Some(self.0);
+        while let Some(raw) = segment {
+            // SAFETY: self owns every segment of its chain and keeps it alive here;
+            // each segment's [buf_addr + data_off, + data_len) lies in its data room.
+            let bytes = unsafe {
+                let m = raw.as_ref();
+                segment = NonNull::new(m.next);
+                std::slice::from_raw_parts(
+                    (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                    usize::from(m.data_len),
+                )
+            };
+            out.get_mut(at..at + bytes.len())?.copy_from_slice(bytes);
+            at += bytes.len();
+        }
+        if at != len {
+            return None;
+        }
+        let (from, to) = (self.raw(), whole.raw_mut());
+        to.ol_flags = from.ol_flags;
+        to.__bindgen_anon_1 = from.__bindgen_anon_1;
+        to.__bindgen_anon_3 = from.__bindgen_anon_3;
+        Some(whole)
+    }
+
     /// Appends `tail`'s segments after this frame's last one: a frame larger than
     /// one buffer, as a vhost-user guest sends it. Hands `tail` back when the chain
     /// would hold more segments than DPDK counts.
@@ -476,24 +589,57 @@ impl MbufBatch {
     #[cold]
     fn join_chains(&mut self) -> (usize, usize) {
         let (mut joined, mut freed) = (0, 0);
-        let mut kept = 0;
-        for i in 0..self.len {
-            // SAFETY: slot i < len holds an owned, non-null mbuf; it is either moved to
-            // slot `kept` (<= i) or freed, so every slot below the new len stays owned.
-            let mut mbuf = Mbuf::from_raw(unsafe { NonNull::new_unchecked(self.slots[i]) });
-            if mbuf.is_chained() {
-                if !mbuf.join() {
-                    drop(mbuf);
-                    freed += 1;
-                    continue;
-                }
-                joined += 1;
+        self.retain_from(0, |mut mbuf| {
+            if !mbuf.is_chained() {
+                return Some(mbuf);
             }
-            self.slots[kept] = mbuf.into_raw();
-            kept += 1;
-        }
-        self.len = kept;
+            if mbuf.join() {
+                joined += 1;
+                Some(mbuf)
+            } else {
+                freed += 1;
+                None
+            }
+        });
         (joined, freed)
+    }
+
+    /// Whether a packet from `from` on spans several segments or carries any of
+    /// `flags`: one pass without a branch per packet, as in join_segments.
+    #[inline(always)]
+    pub(crate) fn any_chained_or_flagged(&self, from: usize, flags: u64) -> bool {
+        let (segments, seen) = self.as_slice()[from.min(self.len)..].iter().fold(
+            (0u16, 0u64),
+            |(segments, seen), m| {
+                let m = m.raw();
+                (segments | (m.nb_segs - 1), seen | m.ol_flags)
+            },
+        );
+        segments != 0 || seen & flags != 0
+    }
+
+    /// Hands each packet from `from` on to `keep`, and keeps, in order, those it hands
+    /// back (the others it dropped, or freed by dropping them). Returns how many of
+    /// them stayed.
+    pub(crate) fn retain_from(
+        &mut self,
+        from: usize,
+        mut keep: impl FnMut(Mbuf) -> Option<Mbuf>,
+    ) -> usize {
+        let from = from.min(self.len);
+        let end = std::mem::replace(&mut self.len, from);
+        for i in from..end {
+            // SAFETY: slot i (from <= i < end) holds an owned, non-null mbuf the batch
+            // no longer counts (len was lowered to `from` first, so a panic in `keep`
+            // leaks the rest instead of freeing any twice); what comes back goes to
+            // slot len (<= i), the rest is gone.
+            let mbuf = Mbuf::from_raw(unsafe { NonNull::new_unchecked(self.slots[i]) });
+            if let Some(mbuf) = keep(mbuf) {
+                self.slots[self.len] = mbuf.into_raw();
+                self.len += 1;
+            }
+        }
+        self.len - from
     }
 
     /// Whether any packet of the batch is a large TCP segment still to be cut.

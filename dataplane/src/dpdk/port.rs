@@ -2,13 +2,19 @@
 //! queues, start, stop, read counters, detach. A port's queues are handed out as values so that exactly one
 //! worker polls each RX queue and transmits on each TX queue.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::error::DpdkError;
-use super::mbuf::{Mbuf, MbufBatch};
+use super::mbuf::{Mbuf, MbufBatch, RX_L4_CKSUM_MASK, RX_L4_CKSUM_NONE, RX_LRO};
 use super::mempool::Mempool;
 use crate::kernel::{PacketPort, PacketRx, PacketTx};
-use crate::packet::gso::{L4Checksum, Layout};
+use crate::packet::checksum;
+use crate::packet::gso::{self, L4Checksum, Layout};
+use crate::packet::ipv4::{IpProtocol, Ipv4Packet};
+use crate::packet::tcp::{self, TcpPacket, FLAG_CWR};
+use crate::packet::udp;
 
 /// How to set a port up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +74,25 @@ pub struct PortStats {
     pub tx_large: u64,
 }
 
+/// What tenet itself counts on a DPDK device's queue (the device counts the rest).
+/// Each field has one writer, the worker owning the queue end; all are cold paths.
+#[derive(Default)]
+struct QueueCounters {
+    rx_large: AtomicU64,
+    /// Frames the device handed over that tenet dropped: a chain no buffer holds, a
+    /// large segment tenet cannot cut, a checksum it cannot finish.
+    rx_dropped: AtomicU64,
+    tx_large: AtomicU64,
+}
+
+impl QueueCounters {
+    fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
 /// An attached Ethernet device, or a kernel interface tenet serves itself.
 pub struct Port {
     id: u16,
@@ -78,6 +103,10 @@ pub struct Port {
     members: Vec<Port>,
     /// Set for a kernel interface behind packet sockets: no DPDK device then.
     packet: Option<PacketPort>,
+    /// Set for a vhost-user device (`net_vhost`): its socket and its guest.
+    vhost: Option<Vhost>,
+    /// Per queue, what tenet counts beside the device (set by configure).
+    counters: Vec<Arc<QueueCounters>>,
 }
 
 impl Port {
@@ -91,7 +120,7 @@ impl Port {
             "pci"
         };
         if let Some(id) = port_by_name(&name) {
-            return Ok(Self::new(id, name, bus));
+            return Ok(Self::new(id, name, bus, devargs));
         }
         let c_args = CString::new(devargs)
             .map_err(|_| DpdkError::invalid("rte_dev_probe", devargs, "NUL in devargs"))?;
@@ -107,7 +136,7 @@ impl Port {
                 "device probed but no Ethernet port appeared",
             )
         })?;
-        Ok(Self::new(id, name, bus))
+        Ok(Self::new(id, name, bus, devargs))
     }
 
     /// Opens kernel interface `interface` (a container's veth) through tenet's own
@@ -121,17 +150,21 @@ impl Port {
             started: false,
             members: Vec::new(),
             packet: Some(packet),
+            vhost: None,
+            counters: Vec::new(),
         })
     }
 
-    fn new(id: u16, name: String, bus: &'static str) -> Self {
+    fn new(id: u16, name: String, bus: &'static str, devargs: &str) -> Self {
         Self {
             id,
+            vhost: Vhost::from_devargs(id, &name, devargs),
             name,
             bus,
             started: false,
             members: Vec::new(),
             packet: None,
+            counters: Vec::new(),
         }
     }
 
@@ -186,6 +219,7 @@ impl Port {
                     port: id,
                     queue,
                     packet: Some(packet),
+                    guest: None,
                 })
                 .collect();
             let tx = tx
@@ -217,11 +251,27 @@ impl Port {
                 ),
             ));
         }
-        let conf = dpdk_sys::rte_eth_conf::default();
-        // SAFETY: conf is a zeroed (all defaults) configuration valid for every PMD.
+        let mut conf = dpdk_sys::rte_eth_conf::default();
+        if let Some(vhost) = self.vhost.as_mut() {
+            // Without these the PMD finishes every partial checksum a guest sends in
+            // software (its rx_sw_csum), a large segment's too; tenet finishes only
+            // those of frames that owe no segmentation (RxQueue::rx_burst). Only a PMD
+            // in DPDK's compliant offload mode (tenet's: no legacy-ol-flags) offers them.
+            conf.rxmode.offloads = info.rx_offload_capa
+                & (dpdk_sys::TENET_ETH_RX_OFFLOAD_TCP_CKSUM
+                    | dpdk_sys::TENET_ETH_RX_OFFLOAD_UDP_CKSUM);
+            vhost.watch_guest(self.id, &self.name);
+        }
+        // SAFETY: conf is a zeroed (all defaults) configuration valid for every PMD,
+        // with at most offloads the device advertised added.
         let ret = unsafe { dpdk_sys::rte_eth_dev_configure(self.id, queues, queues, &conf) };
         if ret < 0 {
             return Err(DpdkError::new("rte_eth_dev_configure", &self.name, ret));
+        }
+        if let Some(vhost) = &self.vhost {
+            // The PMD registered the socket in rte_eth_dev_configure: its features
+            // can be changed only now.
+            vhost.offer_features(pool.large_pool().is_some(), &self.name);
         }
         let mut rxd = config.rx_descriptors;
         let mut txd = config.tx_descriptors;
@@ -270,11 +320,19 @@ impl Port {
                 tracing::warn!(port = %self.name, mtu, error = %err, "keeping the device's MTU");
             }
         }
+        self.counters = (0..queues)
+            .map(|_| Arc::new(QueueCounters::default()))
+            .collect();
+        let guest = self.vhost.as_ref().map(|v| Arc::clone(&v.guest));
         let rx = (0..queues)
             .map(|queue| RxQueue {
                 port: self.id,
                 queue,
                 packet: None,
+                guest: guest.as_ref().map(|_| GuestRx {
+                    large: pool.large_pool().map(Mempool::as_ptr),
+                    counters: Arc::clone(&self.counters[usize::from(queue)]),
+                }),
             })
             .collect();
         let mut mtu = 1500;
@@ -292,6 +350,8 @@ impl Port {
                     // Segments go into the pool's buffers: a jumbo MTU is cut to what
                     // one holds (with room for a tag).
                     max_len: (usize::from(mtu) + 14).min(pool.data_room() - 4),
+                    guest: guest.clone(),
+                    counters: Arc::clone(&self.counters[usize::from(queue)]),
                 }),
             })
             .collect();
@@ -311,6 +371,11 @@ impl Port {
             return Err(DpdkError::new("rte_eth_dev_start", &self.name, ret));
         }
         self.started = true;
+        if let Some(vhost) = &self.vhost {
+            // A guest that connected before the start had no queues to show it on,
+            // and the PMD raises no link event when they appear.
+            vhost.guest.refresh();
+        }
         // Some virtual devices have no promiscuous switch (and need none).
         // SAFETY: plain setter on a valid, started port.
         let _ = unsafe { dpdk_sys::rte_eth_promiscuous_enable(self.id) };
@@ -333,6 +398,13 @@ impl Port {
             return Err(DpdkError::new("rte_eth_dev_stop", &self.name, ret));
         }
         Ok(())
+    }
+
+    /// Whether the guest now connected to this vhost-user port takes large TCP/IPv4
+    /// segments whole (it negotiated GUEST_TSO4 and GUEST_CSUM); `None` for any other
+    /// port. Others get them cut.
+    pub fn guest_takes_large(&self) -> Option<bool> {
+        self.vhost.as_ref().map(|vhost| vhost.guest.takes_tso())
     }
 
     /// The device's MAC address.
@@ -390,7 +462,7 @@ impl Port {
         if ret < 0 {
             return PortStats::default();
         }
-        PortStats {
+        let mut stats = PortStats {
             rx_packets: s.ipackets,
             tx_packets: s.opackets,
             rx_bytes: s.ibytes,
@@ -399,9 +471,14 @@ impl Port {
             rx_errors: s.ierrors,
             tx_errors: s.oerrors,
             rx_nombuf: s.rx_nombuf,
-            // A DPDK device is handed no large segments: they are cut before it.
             ..PortStats::default()
+        };
+        for c in &self.counters {
+            stats.rx_large += c.rx_large.load(Ordering::Relaxed);
+            stats.rx_errors += c.rx_dropped.load(Ordering::Relaxed);
+            stats.tx_large += c.tx_large.load(Ordering::Relaxed);
         }
+        stats
     }
 
     /// The device's extended counters, by name.
@@ -462,6 +539,9 @@ impl Port {
         }
         if self.packet.take().is_some() {
             return;
+        }
+        if let Some(vhost) = self.vhost.as_mut() {
+            vhost.unwatch_guest(self.id, &self.name);
         }
         // SAFETY: the port is stopped and no queue is in use; close frees its queues.
         let ret = unsafe { dpdk_sys::rte_eth_dev_close(self.id) };
@@ -527,11 +607,289 @@ pub fn port_name(id: u16) -> Option<String> {
     )
 }
 
+/// A vhost-user device's socket, and its guest as tenet's TX sees it.
+struct Vhost {
+    socket: CString,
+    guest: Arc<Guest>,
+    /// Whether the link-change callback is registered with `guest` as its argument
+    /// (this Arc keeps it alive until the callback is gone).
+    watching: bool,
+}
+
+/// Feature bit `bit` of virtio-net.
+const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
+
+/// Kinds of large segment a guest could send that tenet cannot cut: TCP/IPv6 (the
+/// segmenter does IPv4), UDP fragmentation, and VIRTIO_NET_F_GSO, which a Linux guest
+/// takes as TCP/IPv4 and TCP/IPv6 segmentation both. The same kinds tenet-cni turns
+/// off on an af-packet container's interface.
+const UNCUTTABLE: u64 = feature(dpdk_sys::VIRTIO_NET_F_GSO)
+    | feature(dpdk_sys::VIRTIO_NET_F_HOST_TSO6)
+    | feature(dpdk_sys::VIRTIO_NET_F_HOST_UFO);
+
+/// What a guest must have negotiated to be handed a large TCP/IPv4 segment whole.
+const GUEST_TAKES_TSO: u64 =
+    feature(dpdk_sys::VIRTIO_NET_F_GUEST_TSO4) | feature(dpdk_sys::VIRTIO_NET_F_GUEST_CSUM);
+
+impl Vhost {
+    /// The vhost-user side of a device attached by `devargs`, if it is one.
+    fn from_devargs(id: u16, name: &str, devargs: &str) -> Option<Self> {
+        if !name.starts_with("net_vhost") {
+            return None;
+        }
+        let path = devargs
+            .split(',')
+            .find_map(|arg| arg.strip_prefix("iface="))?;
+        Some(Self {
+            socket: CString::new(path).ok()?,
+            guest: Arc::new(Guest {
+                port: id,
+                takes_tso: AtomicBool::new(false),
+                refreshing: Mutex::new(()),
+            }),
+            watching: false,
+        })
+    }
+
+    /// Sets the virtio-net features the socket offers: TCP/IPv4 segmentation from the
+    /// guest when large buffers can hold what it sends, none of the kinds tenet cannot
+    /// cut. The PMD's `tso=1` devarg would offer TCP/IPv6 with TCP/IPv4 (one switch
+    /// for both) and before this call could take either back; without it TCP/IPv4 is
+    /// added here, so a guest that negotiates in between (tenet as client connects
+    /// inside rte_eth_dev_configure) misses an offload rather than gaining one tenet
+    /// cannot carry. VIRTIO_NET_F_GSO and HOST_UFO the PMD offers either way; a guest
+    /// that got them first is named by [`Guest::refresh`].
+    fn offer_features(&self, large: bool, name: &str) {
+        let tso4 = feature(dpdk_sys::VIRTIO_NET_F_HOST_TSO4);
+        let (on, off) = if large {
+            (tso4, UNCUTTABLE)
+        } else {
+            (0, UNCUTTABLE | tso4)
+        };
+        // SAFETY: the socket path is a valid C string for the calls; the vhost library
+        // looks the socket up under its own lock and only changes its feature mask.
+        let ret = unsafe {
+            let off = dpdk_sys::rte_vhost_driver_disable_features(self.socket.as_ptr(), off);
+            let on = match on {
+                0 => 0,
+                on => dpdk_sys::rte_vhost_driver_enable_features(self.socket.as_ptr(), on),
+            };
+            off.min(on)
+        };
+        if ret < 0 {
+            tracing::warn!(port = %name, "could not set the vhost-user socket's offloads");
+        }
+    }
+
+    /// Registers the callback that keeps the guest's state current (the PMD raises a
+    /// link event when a guest comes, after storing its features, and when it goes).
+    fn watch_guest(&mut self, id: u16, name: &str) {
+        if self.watching {
+            return;
+        }
+        // SAFETY: the callback reads only the Guest behind its argument, which this
+        // Vhost keeps alive until unwatch_guest has unregistered it (or forever).
+        let ret = unsafe {
+            dpdk_sys::rte_eth_dev_callback_register(
+                id,
+                dpdk_sys::RTE_ETH_EVENT_INTR_LSC,
+                Some(on_link_change),
+                Arc::as_ptr(&self.guest).cast_mut().cast(),
+            )
+        };
+        self.watching = ret == 0;
+        if !self.watching {
+            let err = DpdkError::new("rte_eth_dev_callback_register", name, ret);
+            tracing::warn!(port = %name, error = %err, "large segments to this guest will be cut");
+        }
+    }
+
+    /// Unregisters the link-change callback, waiting out a call in progress; should
+    /// that never end, the guest state is leaked rather than freed under it.
+    fn unwatch_guest(&mut self, id: u16, name: &str) {
+        if !self.watching {
+            return;
+        }
+        for _ in 0..100 {
+            // SAFETY: the same registration watch_guest made; DPDK refuses (-EAGAIN)
+            // while the callback runs, so after success it never runs again.
+            let ret = unsafe {
+                dpdk_sys::rte_eth_dev_callback_unregister(
+                    id,
+                    dpdk_sys::RTE_ETH_EVENT_INTR_LSC,
+                    Some(on_link_change),
+                    Arc::as_ptr(&self.guest).cast_mut().cast(),
+                )
+            };
+            if ret != -libc::EAGAIN {
+                self.watching = false;
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        tracing::warn!(port = %name, "link-change callback still running; its state is leaked");
+        std::mem::forget(Arc::clone(&self.guest));
+        self.watching = false;
+    }
+}
+
+/// What the guest of a vhost-user device negotiated, as far as TX is concerned.
+struct Guest {
+    port: u16,
+    /// Whether the guest takes a large TCP/IPv4 segment whole (GUEST_TSO4 and
+    /// GUEST_CSUM): read by the TX queues without a lock, written on link changes.
+    takes_tso: AtomicBool,
+    /// Makes each refresh's read and store one step: the PMD's event thread and the
+    /// control plane (at start) both refresh, and a stale read stored last would keep
+    /// a guest's state wrong until it reconnects.
+    refreshing: Mutex<()>,
+}
+
+/// `rte_eth_vhost_get_vid_from_port_id`, which lives in the net_vhost plugin the EAL
+/// loaded (not in a library tenet links): looked up there once.
+type VidOf = unsafe extern "C" fn(u16) -> c_int;
+
+fn vid_of() -> Option<VidOf> {
+    static LOOKUP: std::sync::OnceLock<Option<VidOf>> = std::sync::OnceLock::new();
+    *LOOKUP.get_or_init(|| {
+        let path = CString::new(format!("{}/librte_net_vhost.so", dpdk_sys::PMD_DIR)).ok()?;
+        // SAFETY: RTLD_NOLOAD only returns the handle of the plugin already loaded (a
+        // reference never closed, so the symbol stays valid); nothing is loaded or run.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+        if handle.is_null() {
+            tracing::warn!(plugin = %path.to_string_lossy(), "net_vhost plugin not loaded: large segments to guests will be cut");
+            return None;
+        }
+        // SAFETY: handle is a live library handle and the name a C string literal.
+        let symbol = unsafe { libc::dlsym(handle, c"rte_eth_vhost_get_vid_from_port_id".as_ptr()) };
+        // SAFETY: the symbol is the function rte_eth_vhost.h declares as
+        // `int rte_eth_vhost_get_vid_from_port_id(uint16_t port_id)`.
+        (!symbol.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, VidOf>(symbol) })
+    })
+}
+
+impl Guest {
+    #[inline(always)]
+    fn takes_tso(&self) -> bool {
+        self.takes_tso.load(Ordering::Relaxed)
+    }
+
+    /// Reads what the guest now connected negotiated (nothing when none is).
+    fn refresh(&self) {
+        let _one_at_a_time = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let features = vid_of().and_then(|vid_of| {
+            // SAFETY: a plain lookup by port id in the PMD's own list, under its lock.
+            let vid = unsafe { vid_of(self.port) };
+            let mut features = 0u64;
+            // SAFETY: a lookup of a device id the vhost library validates; features is
+            // a valid out-parameter.
+            let ret = (vid >= 0).then(|| unsafe {
+                dpdk_sys::rte_vhost_get_negotiated_features(vid, &mut features)
+            });
+            (ret == Some(0)).then_some(features)
+        });
+        let features = features.unwrap_or(0);
+        self.takes_tso.store(
+            features & GUEST_TAKES_TSO == GUEST_TAKES_TSO,
+            Ordering::Relaxed,
+        );
+        if features & UNCUTTABLE != 0 {
+            tracing::warn!(
+                port = self.port,
+                features = format_args!("{:#x}", features & UNCUTTABLE),
+                "guest negotiated segmentation offloads before tenet withdrew them: such segments from it are dropped until it reconnects"
+            );
+        }
+    }
+}
+
+/// The PMD's link-change event: a guest came or went.
+extern "C" fn on_link_change(
+    _port: u16,
+    _event: dpdk_sys::rte_eth_event_type,
+    guest: *mut c_void,
+    _detail: *mut c_void,
+) -> c_int {
+    // SAFETY: the argument registered is a Guest its Vhost keeps alive for as long as
+    // the registration lasts (see unwatch_guest).
+    let guest = unsafe { &*guest.cast::<Guest>() };
+    guest.refresh();
+    0
+}
+
 /// One RX queue of a port. Not clonable: its owner is the only poller.
 pub struct RxQueue {
     port: u16,
     queue: u16,
     packet: Option<PacketRx>,
+    /// Set on a vhost-user device: what its guest's frames owe is taken at receive.
+    guest: Option<GuestRx>,
+}
+
+/// Takes what a vhost-user guest's frames owe, as the vhost library reports it in
+/// DPDK's compliant offload flags.
+struct GuestRx {
+    /// Where chains that no packet buffer holds are joined (none: they are dropped).
+    large: Option<*mut dpdk_sys::rte_mempool>,
+    counters: Arc<QueueCounters>,
+}
+
+// SAFETY: the pool is a thread-safe DPDK mempool that outlives every port (daemon
+// drop order); the RX queue belongs to one worker at a time.
+unsafe impl Send for GuestRx {}
+
+impl GuestRx {
+    /// Takes what the frames from `from` on owe; returns how many of them stay.
+    #[cold]
+    fn take_offloads(&self, batch: &mut MbufBatch, from: usize) -> usize {
+        let (mut large, mut dropped) = (0, 0);
+        let kept = batch.retain_from(from, |mbuf| {
+            let taken = take_guest_offloads(mbuf, self.large);
+            match &taken {
+                Some(m) if m.gso_size() > 0 => large += 1,
+                Some(_) => {}
+                None => dropped += 1,
+            }
+            taken
+        });
+        QueueCounters::add(&self.counters.rx_large, large);
+        QueueCounters::add(&self.counters.rx_dropped, dropped);
+        kept
+    }
+}
+
+/// Takes what a guest's frame owes: a chain becomes one segment (in a large buffer
+/// when no packet buffer holds it), a large TCP segment keeps its segment size (its
+/// checksum, partial, is ignored until egress makes it again), a partial checksum of
+/// a frame that owes no segmentation is finished now, as on af-packet ports. `None`
+/// (the frame freed) for what tenet cannot carry: a chain no buffer holds, a large
+/// segment other than TCP/IPv4, a partial checksum of neither TCP nor UDP.
+fn take_guest_offloads(mbuf: Mbuf, large: Option<*mut dpdk_sys::rte_mempool>) -> Option<Mbuf> {
+    let (flags, size) = mbuf.rx_offloads();
+    let mut mbuf = mbuf.into_one_segment(large)?;
+    mbuf.clear_offloads();
+    if flags & RX_LRO != 0 {
+        if size == 0 || Layout::parse(mbuf.data()).is_err() {
+            return None;
+        }
+        mbuf.set_gso_size(size);
+    } else if flags & RX_L4_CKSUM_MASK == RX_L4_CKSUM_NONE {
+        let (start, l4) = mbuf.l4_header()?;
+        let offset = match l4 {
+            dpdk_sys::RTE_PTYPE_L4_TCP => tcp::CHECKSUM_AT,
+            dpdk_sys::RTE_PTYPE_L4_UDP => udp::CHECKSUM_AT,
+            _ => return None,
+        };
+        if !gso::complete_checksum(mbuf.data_mut(), start, offset) {
+            return None;
+        }
+    }
+    Some(mbuf)
 }
 
 impl RxQueue {
@@ -551,13 +909,52 @@ impl RxQueue {
         if let Some(packet) = self.packet.as_mut() {
             return packet.rx_burst(batch);
         }
+        let start = batch.len();
         let (slots, room) = batch.spare_raw();
         // SAFETY: slots has `room` writable entries; this RxQueue is the only poller of
         // (port, queue), which DPDK requires; the port is started before workers run.
         let n = unsafe { dpdk_sys::tenet_eth_rx_burst(self.port, self.queue, slots, room) };
         batch.filled(usize::from(n));
+        if let Some(guest) = &self.guest {
+            if batch.any_chained_or_flagged(start, RX_LRO | RX_L4_CKSUM_MASK) {
+                return guest.take_offloads(batch, start);
+            }
+        }
         usize::from(n)
     }
+}
+
+/// Whether the large segment `frame` (laid out as `layout`) can be handed on whole to
+/// be cut at `mss`: plain TCP/IPv4 (the guest cannot undo GRE) that makes more than
+/// one segment, without CWR (the vhost library never marks a segment ECN, so the
+/// guest would copy CWR into every segment it cuts).
+fn goes_whole(frame: &[u8], layout: &Layout, mss: usize) -> bool {
+    layout.outer_ip_offset().is_none()
+        && layout.segments(mss) > 1
+        && TcpPacket::new_unchecked(&frame[layout.tcp_offset()..]).flags() & FLAG_CWR == 0
+}
+
+/// `large` as a frame asking the device for TSO at `mss`, its headers as ethdev asks:
+/// the IPv4 total length of the whole packet (the pipeline may have kept the sender's
+/// or a tunnel's), its checksum 0 for the device to fill, and the TCP checksum field
+/// the pseudo-header sum without the length. The vhost library rewrites that field
+/// the same way (rte_net_intel_cksum_prepare) before it builds the guest's header.
+fn tso_request(large: &Mbuf, layout: &Layout, mss: usize) -> Mbuf {
+    let mut whole = large.share();
+    let (ip, tcp_at) = (layout.ip_offset(), layout.tcp_offset());
+    let data = whole.data_mut();
+    // Fits: one buffer holds at most 65,535 bytes.
+    let total = (data.len() - ip) as u16;
+    let mut header = Ipv4Packet::new_unchecked(&mut data[ip..tcp_at]);
+    header.set_total_len(total);
+    header.set_checksum(0);
+    let pseudo =
+        checksum::pseudo_header_v4(header.src_addr(), header.dst_addr(), IpProtocol::TCP, 0);
+    TcpPacket::new_unchecked(&mut data[tcp_at..]).set_checksum(checksum::fold(pseudo));
+    // Fits: fitted_mss is below the port's frame length.
+    let mss = mss as u16;
+    whole.request_tso(ip, tcp_at - ip, layout.header_len() - tcp_at, mss);
+    whole
 }
 
 /// One TX queue of a port. Not clonable: its owner is the only transmitter.
@@ -581,11 +978,15 @@ pub enum Cut {
     Failed,
 }
 
-/// Cuts large TCP segments for a DPDK device, into fresh buffers of the port's pool.
+/// Cuts large TCP segments for a DPDK device, into fresh buffers of the port's pool,
+/// or hands them on whole to a vhost-user guest that takes them.
 struct Cutter {
     pool: *mut dpdk_sys::rte_mempool,
     /// The MTU plus the Ethernet header.
     max_len: usize,
+    /// The guest of a vhost-user device.
+    guest: Option<Arc<Guest>>,
+    counters: Arc<QueueCounters>,
 }
 
 // SAFETY: the pool is a thread-safe DPDK mempool that outlives every port (daemon
@@ -612,20 +1013,38 @@ impl TxQueue {
 
     /// Cuts segments `from..` of the large TCP segment `large` into frames this
     /// device takes (fresh buffers of its pool, full checksums), appended to `out` in
-    /// order until it is full.
+    /// order until it is full. A vhost-user guest that negotiated TCP/IPv4 segmentation
+    /// is handed a plain segment whole instead, as one frame asking for TSO: the vhost
+    /// library turns the request into the guest's virtio-net header.
     #[cold]
     pub fn cut(&self, large: &Mbuf, from: usize, out: &mut MbufBatch) -> Cut {
         let Some(cutter) = &self.cutter else {
             return Cut::Failed;
         };
+        let (layout, mss, whole) = {
+            let data = large.data();
+            let Ok(layout) = Layout::parse(data) else {
+                return Cut::Failed;
+            };
+            let owed = usize::from(large.gso_size());
+            let Some(mss) = layout.fitted_mss(data, owed, cutter.max_len) else {
+                return Cut::Failed;
+            };
+            let whole = from == 0
+                && cutter.guest.as_ref().is_some_and(|guest| guest.takes_tso())
+                && goes_whole(data, &layout, mss);
+            (layout, mss, whole)
+        };
+        if whole {
+            if out.room() == 0 {
+                return Cut::More(0);
+            }
+            // No view of `large` is held from here: the shared handle rewrites it.
+            let _ = out.push(tso_request(large, &layout, mss));
+            QueueCounters::add(&cutter.counters.tx_large, 1);
+            return Cut::Done;
+        }
         let data = large.data();
-        let Ok(layout) = Layout::parse(data) else {
-            return Cut::Failed;
-        };
-        let Some(mss) = layout.fitted_mss(data, usize::from(large.gso_size()), cutter.max_len)
-        else {
-            return Cut::Failed;
-        };
         let count = layout.segments(mss);
         for index in from..count {
             if out.room() == 0 {
@@ -644,6 +1063,7 @@ impl TxQueue {
             segment.truncate(len);
             let _ = out.push(segment);
         }
+        QueueCounters::add(&cutter.counters.tx_large, 1);
         Cut::Done
     }
 
