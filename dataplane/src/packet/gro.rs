@@ -17,6 +17,7 @@
 
 use core::ops::Range;
 
+use super::checksum;
 use super::gso::{fill_ipv4_checksum, Layout};
 use super::ipv4::{self, Ipv4Packet};
 use super::tcp::{self, TcpPacket, FLAG_ACK, FLAG_PSH};
@@ -73,14 +74,18 @@ fn varying(layout: &Layout) -> [Range<usize>; 8] {
 }
 
 /// The frame's layout if it is a segment a train may hold: payload, no padding (each
-/// IPv4 length says exactly what follows it), and only ACK set, or ACK and PSH.
+/// IPv4 length says exactly what follows it) and a right checksum on each IPv4 header
+/// (the joined one gets new ones: a wrong one must not pass), and only ACK set, or ACK
+/// and PSH.
 fn segment_of(frame: &[u8]) -> Option<Layout> {
     if frame.len() < MIN_FRAME {
         return None;
     }
     let layout = Layout::parse(frame).ok()?;
     let exact = |at: usize| {
-        usize::from(Ipv4Packet::new_unchecked(&frame[at..]).total_len()) == frame.len() - at
+        let ip = Ipv4Packet::new_unchecked(&frame[at..]);
+        usize::from(ip.total_len()) == frame.len() - at
+            && checksum::checksum(&frame[at..at + ip.header_len()]) == 0
     };
     let flags = TcpPacket::new_unchecked(&frame[layout.tcp_offset()..]).flags();
     (layout.payload_len() > 0
@@ -312,9 +317,11 @@ mod tests {
     #[test]
     fn a_train_stops_where_the_stream_does() {
         let frames = train(&payload(6 * MSS), false);
+        // Each change comes with a right IPv4 header checksum, but for the last.
         let refused = |mutate: &dyn Fn(&mut Vec<u8>), at: usize| {
             let mut frames = frames.clone();
             mutate(&mut frames[at]);
+            fill_ipv4_checksum(&mut frames[at][14..34]);
             join_all(&frames, 65_000).1
         };
         // A gap in the sequence, a repeated identification, another port, another TTL,
@@ -330,6 +337,7 @@ mod tests {
         short[2].truncate(cut);
         let total = u16::from_be_bytes([short[2][16], short[2][17]]) - 100;
         short[2][16..18].copy_from_slice(&total.to_be_bytes());
+        fill_ipv4_checksum(&mut short[2][14..34]);
         assert_eq!(join_all(&short, 65_000).1, 3);
         // PSH in the middle: that frame joins, nothing after it.
         let mut pushed = frames.clone();
@@ -337,6 +345,10 @@ mod tests {
         assert_eq!(join_all(&pushed, 65_000).1, 2);
         // The room of the buffer.
         assert_eq!(join_all(&frames, frames[0].len() + 2 * MSS).1, 3);
+        // A wrong IPv4 header checksum (the joined frame's would be made anew).
+        let mut wrong = frames.clone();
+        wrong[2][24] ^= 1;
+        assert_eq!(join_all(&wrong, 65_000).1, 2, "IPv4 checksum");
         // Padding behind the IPv4 packet.
         let mut padded = frames.clone();
         padded[1].push(0);

@@ -397,17 +397,23 @@ pub(super) fn fill_ipv4_checksum(header: &mut [u8]) {
 
 /// Finishes the checksum of a frame whose field holds the partial pseudo-header sum:
 /// sums from `start` (the L4 header) to the end and stores the complemented fold at
-/// `start + offset` (virtio-net's csum_start and csum_offset, RFC 1071). A result of 0
-/// is stored as 0xffff, as Linux does, since 0 means "no checksum" to UDP and the two
-/// are the same ones-complement value to TCP. False (frame unchanged) when `start` and
-/// `offset` do not fit the frame.
+/// `start + offset` (virtio-net's csum_start and csum_offset, RFC 1071). A UDP result
+/// of 0 is stored as 0xffff, since 0 means "no checksum" to UDP (RFC 768); a TCP one
+/// stays 0, as [`Layout::write_segment`] and every other TCP stack write it (the two are
+/// the same ones-complement value to a receiver). False (frame unchanged) when `start`
+/// and `offset` do not fit the frame.
 pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> bool {
     let field = start.checked_add(offset);
     let Some(at) = field.filter(|&at| frame.len() >= 2 && at <= frame.len() - 2) else {
         return false;
     };
     let value = !checksum::fold(checksum::sum(&frame[start..]));
-    write_u16(frame, at, if value == 0 { 0xffff } else { value });
+    let value = if value == 0 && offset == udp::CHECKSUM_AT {
+        0xffff
+    } else {
+        value
+    };
+    write_u16(frame, at, value);
     true
 }
 
@@ -1168,11 +1174,7 @@ mod tests {
             } else {
                 let mut p = TcpPacket::new_checked(&mut fresh[start..]).unwrap();
                 p.fill_checksum(src, dst);
-                // Linux never stores a computed 0; TCP reads 0xffff as the same value.
-                match p.checksum() {
-                    0 => 0xffff,
-                    c => c,
-                }
+                p.checksum()
             };
             let at = if udp {
                 udp::CHECKSUM_AT
