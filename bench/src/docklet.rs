@@ -1,35 +1,43 @@
-//! `tenet-bench containers`: the Docklet experiments on this machine. Hosts are
-//! network namespaces each running tenetd, joined by a veth underlay; containers are
-//! namespaces attached by tenet-cni (run inside their host's namespace, as a kubelet
-//! there would), addressed by host-local with a range per host; traffic is iperf3 TCP.
+//! `tenet-bench containers`: the Docklet paper's Table 2 on this machine, on the rig's
+//! hosts (network namespaces each running tenetd, plugged into one Linux bridge with
+//! the outside behind it), containers attached by tenet-cni, traffic iperf3 TCP:
 //!
-//! - internal: one tenant, a container on each host, beside the same two namespaces
-//!   joined by a plain veth and by a Linux bridge (Docker's default network);
-//! - tenants: both designs (shared: VLAN per tenant, GRE star to the egress host,
-//!   central gateways; dedicated: GRE key per tenant, gateways spread over the hosts)
-//!   with N tenants, two containers each on different hosts, all pairs at once, the
-//!   average bandwidth per tenant (the paper's Table 2);
-//! - egress: a container downloading from an "outside" server through its gateway's
-//!   SNAT, beside the host downloading from the same server over its own kernel link.
-//!
-//! The rig itself (namespaces, underlay, baselines) is set up with `ip`: it stands in
-//! for machines and wires, and only the containers' attachment is tenet's.
+//! - internal: two containers of a tenant on different hosts in each design, two on
+//!   the same host, beside two namespaces over a plain veth and over a Linux bridge
+//!   (Docker's default) with and without its offloads;
+//! - designs: N tenants, two containers each on different hosts spread over every
+//!   host, all pairs at once, bandwidth per tenant (in the shared design a pair whose
+//!   ends are both off the egress host crosses it: the star);
+//! - egress: N tenants with a container each downloading from a server outside through
+//!   its gateway's SNAT, all at once, with the gateways spread over the hosts
+//!   (distributed), then moved through tenetd's API onto the egress host (central);
+//!   beside the host downloading from the same server over its own kernel link.
 
-use std::path::{Path, PathBuf};
+mod rig;
+
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::lab::{veth_between, Netns, TempDir};
-use crate::process::Proc;
+use crate::lab::{veth_between, veth_to_bridge, Netns};
+use rig::{reach, Container, Design, Gateway, Rig, TenantPlan, EGRESS_HOST, SERVER};
+
+pub use rig::TENETD_MEMORY_MB;
+
+/// Most hosts a run takes: each host's tenetd takes [`TENETD_MEMORY_MB`] of the 2 GiB
+/// of hugepages the run reserves.
+pub const MAX_HOSTS: usize = 8;
 
 /// What to run.
 pub struct Options {
-    /// Tenant counts for the designs experiment.
+    /// Tenant counts for the designs and egress experiments.
     pub counts: Vec<usize>,
+    /// Hosts (2 to [`MAX_HOSTS`]).
+    pub hosts: usize,
     /// Seconds each iperf3 runs.
     pub seconds: u32,
     /// Results directory.
@@ -56,13 +64,9 @@ pub struct Figure {
     pub pairs: usize,
 }
 
-/// A design's result at one tenant count.
+/// Tenants' bandwidths measured at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DesignPoint {
-    /// `shared` or `dedicated`.
-    pub design: String,
-    /// Tenants (pairs running at once).
-    pub tenants: usize,
+pub struct Spread {
     /// Average Gbit/s per tenant.
     pub gbps_per_tenant: f64,
     /// The slowest tenant's.
@@ -71,17 +75,57 @@ pub struct DesignPoint {
     pub gbps_total: f64,
 }
 
+impl Spread {
+    fn of(rates: &[f64]) -> Self {
+        let total: f64 = rates.iter().sum();
+        Self {
+            gbps_per_tenant: total / rates.len().max(1) as f64,
+            gbps_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+            gbps_total: total,
+        }
+    }
+}
+
+/// A design's internal bandwidth at one tenant count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesignPoint {
+    /// `shared` or `dedicated`.
+    pub design: String,
+    /// Tenants (pairs running at once).
+    pub tenants: usize,
+    /// Their bandwidths.
+    #[serde(flatten)]
+    pub rates: Spread,
+}
+
+/// Egress bandwidth under one gateway placement at one tenant count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayPoint {
+    /// `central` (every gateway on the egress host) or `distributed` (round-robin
+    /// over the hosts).
+    pub placement: String,
+    /// Tenants (downloads running at once).
+    pub tenants: usize,
+    /// Their bandwidths.
+    #[serde(flatten)]
+    pub rates: Spread,
+}
+
 /// Everything measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Results {
     /// The command line.
     pub command: String,
-    /// Internal bandwidth: tenet across hosts, veth, Linux bridge.
+    /// Hosts in the rig.
+    pub hosts: usize,
+    /// Internal bandwidth: tenet across hosts and on one, veth, Linux bridge.
     pub internal: Vec<Figure>,
     /// Both designs at each tenant count.
     pub designs: Vec<DesignPoint>,
     /// Egress: a container through its gateway, the host itself.
     pub egress: Vec<Figure>,
+    /// Egress under central and distributed gateways at each tenant count.
+    pub gateways: Vec<GatewayPoint>,
 }
 
 /// Runs iperf3 servers in each `(server, address)` and clients from the matching
@@ -143,223 +187,207 @@ fn iperf_pairs(
     Ok(rates)
 }
 
-fn average(rates: &[f64]) -> f64 {
-    rates.iter().sum::<f64>() / rates.len().max(1) as f64
+/// Tenant `t`'s two containers: on hosts 2t+1 and 2t+2 (modulo the hosts), so two
+/// tenants use four hosts and the shared design's first pair crosses the egress host
+/// without ending there.
+fn pair_hosts(t: usize, hosts: usize) -> [usize; 2] {
+    [(2 * t + 1) % hosts, (2 * t + 2) % hosts]
 }
 
-/// A host: its namespace, its end of the underlay, and its tenetd.
-struct Host {
-    ns: Netns,
-    dir: TempDir,
-    tenetd: Option<Proc>,
-    /// The last byte of the first address its containers get (hosts do not overlap).
-    first_address: u32,
+/// Tenant `t`'s gateway host when gateways are distributed: round-robin.
+fn spread_gateway(t: usize, hosts: usize) -> usize {
+    t % hosts
 }
 
-impl Host {
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("tenetd.sock")
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.tenetd.take() {
-            p.stop();
-        }
-    }
+/// Tenant `t`'s downloading container: the host after its distributed gateway's,
+/// skipping the egress host, so that under either placement the container reaches its
+/// gateway through a tunnel (with two hosts, a tenant whose gateway is host 1 can only
+/// have its container on the egress host).
+fn egress_container(t: usize, hosts: usize) -> usize {
+    let gateway = spread_gateway(t, hosts);
+    (1..hosts)
+        .map(|k| (gateway + k) % hosts)
+        .find(|&h| h != EGRESS_HOST)
+        .unwrap_or(EGRESS_HOST)
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// `hosts` each once, in ascending order.
+fn distinct(hosts: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    let mut all: Vec<usize> = hosts.into_iter().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
-/// tenetd's config for host `me` of the two-host lab: `tenants` tenants with their
-/// gateways central (shared) or alternating between hosts (dedicated).
-fn lab_config(design: &str, me: &str, uplink: &str, tenants: usize, dir: &Path) -> String {
-    let other = if me == "a" { "b" } else { "a" };
-    // One host's worker on each CPU: two busy-polling workers sharing one CPU would
-    // take turns by scheduler time slices.
-    let core = if me == "a" { 0 } else { 1 };
-    let mut t = format!(
-        "[dataplane]\nworkers = [{core}]\nmain_core = {core}\nfile_prefix = \"tbd{me}{pid}\"\nmemory_mb = 256\nmbufs = 16383\n\n\
-         [switch]\ndesign = \"{design}\"\nhost = \"{me}\"\n\n\
-         [[host]]\nname = \"a\"\nunderlay_ip = \"192.168.77.1/24\"\n{egress}\n\n\
-         [[host]]\nname = \"b\"\nunderlay_ip = \"192.168.77.2/24\"\n\n",
-        pid = std::process::id() % 10_000,
-        egress = if design == "shared" { "egress = true" } else { "" },
-    );
-    for i in 0..tenants {
-        let gateway = match design {
-            "shared" => "central",
-            _ if i % 2 == 0 => "a",
-            _ => "b",
-        };
-        t.push_str(&format!(
-            "[[tenant]]\nname = \"t{i}\"\nid = {}\nvlan = {}\nhosts = [\"{other}\"]\nsubnets = [\"10.{}.{}.1/24\"]\ngateway_host = \"{gateway}\"\n\n",
-            100 + i,
-            100 + i,
-            100 + i / 256,
-            i % 256
-        ));
-    }
-    t.push_str(&format!(
-        "[[port]]\nname = \"underlay\"\nbackend = \"af-packet\"\ninterface = \"{uplink}\"\nrole = \"uplink\"\n\n\
-         [control]\napi_socket = \"{0}/tenetd.sock\"\npersist = false\n",
-        dir.display()
-    ));
-    t
-}
-
-fn start_tenetd(host: &mut Host, config: &str, options: &Options, log: &str) -> anyhow::Result<()> {
-    let path = host.dir.path().join("tenetd.toml");
-    std::fs::write(&path, config)?;
-    let mut command = host.ns.command(&options.tenetd.to_string_lossy());
-    command.arg("--config").arg(&path);
-    let mut p = Proc::spawn("tenetd", command, &options.out.join("logs").join(log))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !host.socket().exists() {
-        if Instant::now() > deadline || !p.alive() {
-            bail!("tenetd in {} did not start: see logs/{log}", host.ns.name());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    host.tenetd = Some(p);
-    Ok(())
-}
-
-/// The two-host lab: namespaces, a jumbo underlay, tenetd on each.
-fn lab(design: &str, tenants: usize, options: &Options) -> anyhow::Result<(Host, Host)> {
-    let make = |tag: &str, first_address: u32| -> anyhow::Result<Host> {
-        Ok(Host {
-            ns: Netns::new(tag)?,
-            dir: TempDir::new(&format!("docklet-{tag}"))?,
-            tenetd: None,
-            first_address,
+/// The tenants of the pairs experiment: gateways central in the shared design, spread
+/// in the dedicated one.
+fn pairs_plan(design: Design, tenants: usize, hosts: usize) -> Vec<TenantPlan> {
+    (0..tenants)
+        .map(|t| {
+            let gateway = match design {
+                Design::Shared => Gateway::Central,
+                Design::Dedicated => Gateway::On(spread_gateway(t, hosts)),
+            };
+            TenantPlan {
+                hosts: distinct(pair_hosts(t, hosts).into_iter().chain([gateway.host()])),
+                gateway,
+            }
         })
-    };
-    let (mut a, mut b) = (make("ha", 10)?, make("hb", 100)?);
-    veth_between(&a.ns, "under", &b.ns, "under")?;
-    for h in [&a, &b] {
-        h.ns.ip(&["link", "set", "under", "mtu", "9000"])?;
-        let _ =
-            h.ns.exec("sysctl", &["-qw", "net.ipv6.conf.under.disable_ipv6=1"]);
-    }
-    let log = |me: &str| format!("{design}-{tenants}-{me}.tenetd.log");
-    let config_a = lab_config(design, "a", "under", tenants, a.dir.path());
-    let config_b = lab_config(design, "b", "under", tenants, b.dir.path());
-    start_tenetd(&mut a, &config_a, options, &log("a"))?;
-    start_tenetd(&mut b, &config_b, options, &log("b"))?;
-    Ok((a, b))
+        .collect()
 }
 
-/// A container of tenant `tenant` on `host`, attached by tenet-cni run in the host's
-/// namespace; addresses from host-local, from .10 on host a and .100 on host b.
-fn container(
-    host: &Host,
-    tenant: usize,
-    tag: &str,
-    options: &Options,
-) -> anyhow::Result<(Netns, String)> {
-    let ns = Netns::new(tag)?;
-    let net = format!("10.{}.{}", 100 + tenant / 256, tenant % 256);
-    let start = host.first_address;
-    let conf = json!({
-        "cniVersion": "1.0.0",
-        "name": format!("t{tenant}"),
-        "type": "tenet",
-        "tenant": format!("t{tenant}"),
-        "socket": host.socket(),
-        "backend": options.backend,
-        "mtu": 1400,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{"subnet": format!("{net}.0/24"), "gateway": format!("{net}.1"),
-                         "rangeStart": format!("{net}.{start}"), "rangeEnd": format!("{net}.{}", start + 89)}]],
-            "dataDir": host.dir.path().join("ipam"),
-        },
-    });
-    let mut child = host
-        .ns
-        .command(&options.cni.to_string_lossy())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", ns.name())
-        .env("CNI_NETNS", ns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", &options.cni_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(conf.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    let result: Value =
-        serde_json::from_slice(&out.stdout).context("tenet-cni answered no JSON")?;
-    if !out.status.success() {
-        bail!("tenet-cni ADD: {}", result["msg"]);
-    }
-    let address = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .context("no address in the result")?
-        .to_owned();
-    Ok((ns, address))
+/// The tenants of the egress experiment: gateways spread, each tenant also on the
+/// egress host, where its gateway moves.
+fn egress_plan(tenants: usize, hosts: usize) -> Vec<TenantPlan> {
+    (0..tenants)
+        .map(|t| TenantPlan {
+            hosts: distinct([
+                egress_container(t, hosts),
+                spread_gateway(t, hosts),
+                EGRESS_HOST,
+            ]),
+            gateway: Gateway::On(spread_gateway(t, hosts)),
+        })
+        .collect()
 }
 
-/// Pings until `to` answers (learning and ARP across hosts take a moment).
-fn reach(from: &Netns, to: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if from.exec("ping", &["-c", "1", "-W", "1", to]).is_ok() {
-            return Ok(());
-        }
-    }
-    bail!("{to} never answered a ping from {}", from.name())
+/// Where the same-host pair is: where the pairs' first container is, off the egress
+/// host.
+const SAME_HOST: usize = 1;
+
+/// The one tenant of the same-host pair, its gateway beside it.
+fn same_host_plan() -> Vec<TenantPlan> {
+    vec![TenantPlan {
+        hosts: vec![SAME_HOST],
+        gateway: Gateway::On(SAME_HOST),
+    }]
 }
 
-/// Tenant pairs across the two hosts, all at once: per-tenant Gbit/s.
-fn tenant_pairs(design: &str, tenants: usize, options: &Options) -> anyhow::Result<Vec<f64>> {
-    let (a, b) = lab(design, tenants, options)?;
-    let mut made = Vec::new();
+/// `tenants` tenants' pairs across hosts, all at once: per-tenant Gbit/s.
+fn tenant_pairs(design: Design, tenants: usize, options: &Options) -> anyhow::Result<Vec<f64>> {
+    let hosts = options.hosts;
+    let plan = pairs_plan(design, tenants, hosts);
+    let tag = format!("{}-{tenants}", design.name());
+    let rig = Rig::new(design, hosts, &plan, &tag, options)?;
+    let mut made: Vec<(Container, Container)> = Vec::new();
     for t in 0..tenants {
-        let (ca, _) = container(&a, t, &format!("a{t}"), options)?;
-        let (cb, ib) = container(&b, t, &format!("b{t}"), options)?;
-        made.push((ca, ib, cb));
+        let [a, b] = pair_hosts(t, hosts);
+        made.push((rig.attach(a, t, options)?, rig.attach(b, t, options)?));
     }
-    for (ca, ib, _) in &made {
-        reach(ca, ib)?;
+    for (a, b) in &made {
+        reach(&a.ns, &b.address)?;
     }
     let pairs: Vec<(&Netns, String, &Netns)> = made
         .iter()
-        .map(|(ca, ib, cb)| (cb, ib.clone(), ca))
+        .map(|(a, b)| (&b.ns, b.address.clone(), &a.ns))
         .collect();
-    let rates = iperf_pairs(&pairs, options.seconds, false)?;
-    drop(made);
-    drop((a, b));
-    Ok(rates)
+    iperf_pairs(&pairs, options.seconds, false)
+}
+
+/// The first table's name for one tenant's pair across hosts in `design`.
+fn pair_label(design: Design, hosts: usize) -> String {
+    match design {
+        Design::Dedicated => {
+            "tenet, two containers of a tenant on different hosts, dedicated (GRE key)".to_owned()
+        }
+        Design::Shared => {
+            let [a, b] = pair_hosts(0, hosts);
+            let through = if a != EGRESS_HOST && b != EGRESS_HOST {
+                ", through the egress host"
+            } else {
+                ""
+            };
+            format!("tenet, the same, shared (VLAN in a GRE star{through})")
+        }
+    }
 }
 
 /// Two containers of one tenant on one host: tenet's ports alone, no tunnel between.
 fn same_host_pair(options: &Options) -> anyhow::Result<f64> {
-    let (a, b) = lab("dedicated", 1, options)?;
-    let (client, _) = container(&a, 0, "a0", options)?;
-    let (server, address) = container(&a, 0, "a1", options)?;
-    reach(&client, &address)?;
+    let rig = Rig::new(
+        Design::Dedicated,
+        options.hosts,
+        &same_host_plan(),
+        "same-host",
+        options,
+    )?;
+    let client = rig.attach(SAME_HOST, 0, options)?;
+    let server = rig.attach(SAME_HOST, 0, options)?;
+    reach(&client.ns, &server.address)?;
     let rates = iperf_pairs(
-        &[(&server, address.clone(), &client)],
+        &[(&server.ns, server.address.clone(), &client.ns)],
         options.seconds,
         false,
     )?;
-    drop((client, server));
-    drop((a, b));
     Ok(rates[0])
 }
 
-/// The same two namespaces over a plain veth and over a Linux bridge.
+/// What the egress experiment measured at one tenant count.
+struct Downloads {
+    distributed: Vec<f64>,
+    central: Vec<f64>,
+    /// The egress host's own download, when asked for.
+    own: Option<f64>,
+}
+
+/// `tenants` tenants (dedicated design) with a container each downloading from the
+/// server outside through its gateway's SNAT, all at once: first with the gateways
+/// spread over the hosts, then with every gateway moved onto the egress host through
+/// tenetd's API. With `own`, the egress host's own download over its kernel link too.
+fn gateway_egress(tenants: usize, own: bool, options: &Options) -> anyhow::Result<Downloads> {
+    let hosts = options.hosts;
+    let rig = Rig::new(
+        Design::Dedicated,
+        hosts,
+        &egress_plan(tenants, hosts),
+        &format!("egress-{tenants}"),
+        options,
+    )?;
+    let containers = (0..tenants)
+        .map(|t| rig.attach(egress_container(t, hosts), t, options))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let download = || -> anyhow::Result<Vec<f64>> {
+        for c in &containers {
+            reach(&c.ns, SERVER)?;
+        }
+        let pairs: Vec<(&Netns, String, &Netns)> = containers
+            .iter()
+            .map(|c| (&rig.outside, SERVER.to_owned(), &c.ns))
+            .collect();
+        iperf_pairs(&pairs, options.seconds, true)
+    };
+    let distributed = download()?;
+    // Where round-robin already put every gateway on the egress host (one tenant), the
+    // central placement is the same one: measured once.
+    let central = if (0..tenants).all(|t| spread_gateway(t, hosts) == EGRESS_HOST) {
+        distributed.clone()
+    } else {
+        for t in 0..tenants {
+            rig.move_gateway(t, Gateway::Central)?;
+        }
+        download()?
+    };
+    let own = if own {
+        let host = &rig.hosts[EGRESS_HOST].ns;
+        Some(
+            iperf_pairs(
+                &[(&rig.outside, SERVER.to_owned(), host)],
+                options.seconds,
+                true,
+            )?[0],
+        )
+    } else {
+        None
+    };
+    Ok(Downloads {
+        distributed,
+        central,
+        own,
+    })
+}
+
+/// Two namespaces over a plain veth and over a Linux bridge, with and without its
+/// offloads.
 fn kernel_baselines(options: &Options) -> anyhow::Result<Vec<Figure>> {
     let (c1, c2) = (Netns::new("k1")?, Netns::new("k2")?);
     veth_between(&c1, "eth0", &c2, "eth0")?;
@@ -374,11 +402,8 @@ fn kernel_baselines(options: &Options) -> anyhow::Result<Vec<Figure>> {
     let (bridge, c1, c2) = (Netns::new("kb")?, Netns::new("k3")?, Netns::new("k4")?);
     bridge.ip(&["link", "add", "br0", "type", "bridge"])?;
     bridge.ip(&["link", "set", "br0", "up"])?;
-    veth_between(&c1, "eth0", &bridge, "p1")?;
-    veth_between(&c2, "eth0", &bridge, "p2")?;
-    for p in ["p1", "p2"] {
-        bridge.ip(&["link", "set", p, "master", "br0"])?;
-    }
+    veth_to_bridge(&c1, "eth0", &bridge, "p1", "br0")?;
+    veth_to_bridge(&c2, "eth0", &bridge, "p2", "br0")?;
     c1.ip(&["addr", "add", "10.250.0.1/24", "dev", "eth0"])?;
     c2.ip(&["addr", "add", "10.250.0.2/24", "dev", "eth0"])?;
     let bridged = iperf_pairs(
@@ -404,78 +429,18 @@ fn kernel_baselines(options: &Options) -> anyhow::Result<Vec<Figure>> {
     )?;
     Ok(vec![
         Figure {
-            what: "plain veth between the two namespaces".into(),
+            what: "two namespaces over a plain veth (kernel, TSO/GSO)".into(),
             gbps: plain[0],
             pairs: 1,
         },
         Figure {
-            what: "Linux bridge (Docker's default)".into(),
+            what: "over a Linux bridge, Docker's default (kernel, TSO/GSO)".into(),
             gbps: bridged[0],
             pairs: 1,
         },
         Figure {
-            what: "Linux bridge, offloads off, MTU 1400".into(),
+            what: "over that bridge frame by frame (offloads off, MTU 1400)".into(),
             gbps: framed[0],
-            pairs: 1,
-        },
-    ])
-}
-
-/// A container downloading through its gateway's SNAT, and the host downloading over
-/// its own kernel link, from one server outside.
-fn egress(options: &Options) -> anyhow::Result<Vec<Figure>> {
-    let host_ns = Netns::new("eh")?;
-    let inet = Netns::new("ei")?;
-    let mut host = Host {
-        ns: host_ns,
-        dir: TempDir::new("docklet-egress")?,
-        tenetd: None,
-        first_address: 100,
-    };
-    veth_between(&host.ns, "uplink", &inet, "outside")?;
-    veth_between(&host.ns, "own", &inet, "own")?;
-    inet.ip(&["addr", "add", "198.18.0.254/24", "dev", "outside"])?;
-    inet.ip(&["addr", "add", "198.19.0.254/24", "dev", "own"])?;
-    inet.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"])?;
-    host.ns
-        .ip(&["addr", "add", "198.19.0.1/24", "dev", "own"])?;
-    host.ns
-        .ip(&["route", "add", "203.0.113.10/32", "via", "198.19.0.254"])?;
-    for (ns, dev) in [(&host.ns, "uplink"), (&inet, "outside")] {
-        ns.ip(&["link", "set", dev, "mtu", "9000"])?;
-        let _ = ns.exec(
-            "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")],
-        );
-    }
-    // The outside stands in for a network behind a NIC, which fills in checksums; a
-    // veth leaves them to a NIC that is not there.
-    inet.exec("ethtool", &["-K", "outside", "tx", "off"])?;
-    let config = format!(
-        "[dataplane]\nworkers = [1]\nmain_core = 0\nfile_prefix = \"tbdeg{pid}\"\nmemory_mb = 256\nmbufs = 16383\n\n\
-         [switch]\nhost = \"h\"\nunderlay_gateway = \"198.18.0.254\"\n\n\
-         [[host]]\nname = \"h\"\nunderlay_ip = \"198.18.0.1/24\"\n\n\
-         [[tenant]]\nname = \"t0\"\nid = 100\nsubnets = [\"10.100.0.1/24\"]\ngateway_host = \"h\"\n\n\
-         [[port]]\nname = \"underlay\"\nbackend = \"af-packet\"\ninterface = \"uplink\"\nrole = \"uplink\"\n\n\
-         [control]\napi_socket = \"{0}/tenetd.sock\"\npersist = false\n",
-        host.dir.path().display(),
-        pid = std::process::id() % 10_000
-    );
-    start_tenetd(&mut host, &config, options, "egress.tenetd.log")?;
-    let (c, _) = container(&host, 0, "ec", options)?;
-    reach(&c, "203.0.113.10")?;
-    let server = "203.0.113.10".to_owned();
-    let through = iperf_pairs(&[(&inet, server.clone(), &c)], options.seconds, true)?;
-    let own = iperf_pairs(&[(&inet, server, &host.ns)], options.seconds, true)?;
-    Ok(vec![
-        Figure {
-            what: "container through its gateway (SNAT)".into(),
-            gbps: through[0],
-            pairs: 1,
-        },
-        Figure {
-            what: "the host over its own kernel link".into(),
-            gbps: own[0],
             pairs: 1,
         },
     ])
@@ -486,39 +451,69 @@ pub fn run(options: &Options, command: String) -> anyhow::Result<Results> {
     std::fs::create_dir_all(options.out.join("logs"))?;
     let mut results = Results {
         command,
+        hosts: options.hosts,
         ..Results::default()
     };
-    for design in ["dedicated", "shared"] {
-        eprintln!("tenet-bench containers: internal bandwidth, {design}");
-        let rates = tenant_pairs(design, 1, options)?;
-        results.internal.push(Figure {
-            what: format!("tenet across two hosts, {design} design (GRE)"),
-            gbps: rates[0],
-            pairs: 1,
-        });
-    }
-    eprintln!("tenet-bench containers: internal bandwidth, one host");
-    results.internal.push(Figure {
-        what: "tenet, two containers on one host".into(),
-        gbps: same_host_pair(options)?,
-        pairs: 1,
-    });
-    results.internal.extend(kernel_baselines(options)?);
-    for &n in &options.counts {
-        for design in ["shared", "dedicated"] {
-            eprintln!("tenet-bench containers: {n} tenants, {design}");
+    // One tenant alone is also the first table's figure for its design: measured once.
+    let sizes = distinct(options.counts.iter().copied().chain([1]));
+    let mut designs = Vec::new();
+    for &n in &sizes {
+        for design in [Design::Dedicated, Design::Shared] {
+            eprintln!("tenet-bench containers: {n} tenants, {}", design.name());
             let rates = tenant_pairs(design, n, options)?;
-            results.designs.push(DesignPoint {
-                design: design.to_owned(),
+            if n == 1 {
+                results.internal.push(Figure {
+                    what: pair_label(design, options.hosts),
+                    gbps: rates[0],
+                    pairs: 1,
+                });
+            }
+            designs.push(DesignPoint {
+                design: design.name().to_owned(),
                 tenants: n,
-                gbps_per_tenant: average(&rates),
-                gbps_min: rates.iter().copied().fold(f64::MAX, f64::min),
-                gbps_total: rates.iter().sum(),
+                rates: Spread::of(&rates),
             });
         }
     }
-    eprintln!("tenet-bench containers: egress");
-    results.egress = egress(options)?;
+    eprintln!("tenet-bench containers: two containers on one host");
+    results.internal.push(Figure {
+        what: "tenet, two containers of a tenant on the same host".into(),
+        gbps: same_host_pair(options)?,
+        pairs: 1,
+    });
+    eprintln!("tenet-bench containers: kernel baselines");
+    results.internal.extend(kernel_baselines(options)?);
+    for &n in &sizes {
+        eprintln!("tenet-bench containers: egress, {n} tenants, distributed and central gateways");
+        let d = gateway_egress(n, n == 1, options)?;
+        if let Some(own) = d.own {
+            results.egress.push(Figure {
+                what:
+                    "a container downloading through its gateway's SNAT (gateway on another host)"
+                        .into(),
+                gbps: d.distributed[0],
+                pairs: 1,
+            });
+            results.egress.push(Figure {
+                what: "the host downloading from the same server over its own kernel link".into(),
+                gbps: own,
+                pairs: 1,
+            });
+        }
+        if options.counts.contains(&n) {
+            for (placement, rates) in [("central", &d.central), ("distributed", &d.distributed)] {
+                results.gateways.push(GatewayPoint {
+                    placement: placement.to_owned(),
+                    tenants: n,
+                    rates: Spread::of(rates),
+                });
+            }
+        }
+    }
+    results.designs = designs
+        .into_iter()
+        .filter(|d| options.counts.contains(&d.tenants))
+        .collect();
     std::fs::write(
         options.out.join("containers.json"),
         serde_json::to_string_pretty(&results)?,
@@ -527,43 +522,143 @@ pub fn run(options: &Options, command: String) -> anyhow::Result<Results> {
     Ok(results)
 }
 
-/// The results as text.
+/// `Gbit/s per tenant (slowest; all tenants)`.
+fn spread_cell(s: Option<&Spread>) -> String {
+    s.map_or("-".to_owned(), |s| {
+        format!(
+            "{:.2} ({:.2}; {:.2})",
+            s.gbps_per_tenant, s.gbps_min, s.gbps_total
+        )
+    })
+}
+
+/// The results as markdown.
 pub fn table(r: &Results) -> String {
     let mut t = format!(
-        "# {}\n\nInternal TCP bandwidth between two containers of one tenant (iperf3):\n",
-        r.command
+        "# {}\n\n{} hosts (network namespaces each running tenetd) on a Linux bridge, \
+         containers (MTU 1400) attached by tenet-cni, iperf3 TCP.\n\n\
+         | setup | Gbit/s |\n|---|---|\n",
+        r.command, r.hosts
     );
-    for f in &r.internal {
-        t.push_str(&format!("  {:<48} {:>7.2} Gbit/s\n", f.what, f.gbps));
+    for f in r.internal.iter().chain(&r.egress) {
+        t.push_str(&format!("| {} | {:.2} |\n", f.what, f.gbps));
     }
-    t.push_str("\nAll tenants' pairs at once, average per tenant (Gbit/s; slowest; total):\n");
-    t.push_str(&format!(
-        "  {:>7}  {:>28}  {:>28}\n",
-        "tenants", "shared (VLAN, GRE star)", "dedicated (GRE key)"
-    ));
+    t.push_str(
+        "\nInternal: every tenant's two containers on different hosts, all pairs at once; \
+         Gbit/s per tenant (slowest; all tenants):\n\n\
+         | tenants | shared (VLAN, GRE star) | dedicated (GRE key) |\n|---|---|---|\n",
+    );
     let mut counts: Vec<usize> = r.designs.iter().map(|d| d.tenants).collect();
     counts.dedup();
     for n in counts {
         let cell = |design: &str| {
-            r.designs
-                .iter()
-                .find(|d| d.tenants == n && d.design == design)
-                .map_or("-".to_owned(), |d| {
-                    format!(
-                        "{:.2} ({:.2}; {:.2})",
-                        d.gbps_per_tenant, d.gbps_min, d.gbps_total
-                    )
-                })
+            spread_cell(
+                r.designs
+                    .iter()
+                    .find(|d| d.tenants == n && d.design == design)
+                    .map(|d| &d.rates),
+            )
         };
         t.push_str(&format!(
-            "  {n:>7}  {:>28}  {:>28}\n",
+            "| {n} | {} | {} |\n",
             cell("shared"),
             cell("dedicated")
         ));
     }
-    t.push_str("\nDownload from an outside server:\n");
-    for f in &r.egress {
-        t.push_str(&format!("  {:<48} {:>7.2} Gbit/s\n", f.what, f.gbps));
+    t.push_str(&format!(
+        "\nEgress: every tenant's container downloading from the server outside at once, \
+         through its gateway's SNAT (dedicated design); Gbit/s per tenant (slowest; all \
+         tenants):\n\n\
+         | tenants | central (every gateway on h{EGRESS_HOST}) | distributed (round-robin over {} hosts) | distributed / central, all tenants |\n\
+         |---|---|---|---|\n",
+        r.hosts
+    ));
+    let mut counts: Vec<usize> = r.gateways.iter().map(|g| g.tenants).collect();
+    counts.dedup();
+    for n in counts {
+        let point = |placement: &str| {
+            r.gateways
+                .iter()
+                .find(|g| g.tenants == n && g.placement == placement)
+                .map(|g| &g.rates)
+        };
+        let (central, distributed) = (point("central"), point("distributed"));
+        let ratio = match (central, distributed) {
+            (Some(c), Some(d)) if c.gbps_total > 0.0 => {
+                format!("{:.2}", d.gbps_total / c.gbps_total)
+            }
+            _ => "-".to_owned(),
+        };
+        t.push_str(&format!(
+            "| {n} | {} | {} | {ratio} |\n",
+            spread_cell(central),
+            spread_cell(distributed)
+        ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_span_two_hosts_and_two_tenants_use_four() {
+        for hosts in 2..=MAX_HOSTS {
+            for t in 0..3 * hosts {
+                let [a, b] = pair_hosts(t, hosts);
+                assert!(a != b && a < hosts && b < hosts, "{hosts} hosts, t{t}");
+            }
+        }
+        assert_eq!(
+            distinct((0..2).flat_map(|t| pair_hosts(t, 4))),
+            [0, 1, 2, 3]
+        );
+        assert!(!pair_hosts(0, 4).contains(&EGRESS_HOST));
+    }
+
+    #[test]
+    fn downloads_reach_their_gateway_through_a_tunnel_under_either_placement() {
+        for hosts in 3..=MAX_HOSTS {
+            let gateways = distinct((0..hosts).map(|t| spread_gateway(t, hosts)));
+            assert_eq!(gateways.len(), hosts, "distributed: every host has one");
+            for t in 0..3 * hosts {
+                let c = egress_container(t, hosts);
+                assert!(c != EGRESS_HOST && c != spread_gateway(t, hosts) && c < hosts);
+            }
+        }
+        // Two hosts leave no choice for the tenant whose gateway is on the other one.
+        assert_eq!(egress_container(0, 2), 1);
+        assert_eq!(egress_container(1, 2), EGRESS_HOST);
+    }
+
+    #[test]
+    fn every_hosts_config_of_every_experiment_validates() {
+        let dir = std::env::temp_dir();
+        for hosts in [2, 4, MAX_HOSTS] {
+            let plans = [
+                (Design::Shared, pairs_plan(Design::Shared, 5, hosts)),
+                (Design::Dedicated, pairs_plan(Design::Dedicated, 5, hosts)),
+                (Design::Dedicated, egress_plan(5, hosts)),
+                (Design::Dedicated, same_host_plan()),
+            ];
+            for (design, plan) in &plans {
+                for me in 0..hosts {
+                    let text = rig::tenetd_config(*design, me, hosts, plan, &dir);
+                    let parsed =
+                        control::config::Config::parse(&text, |_| None).and_then(|c| c.validate());
+                    assert!(parsed.is_ok(), "{parsed:?}\n{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_spread_is_the_average_the_slowest_and_the_sum() {
+        let s = Spread::of(&[1.0, 3.0, 2.0]);
+        assert_eq!(
+            (s.gbps_per_tenant, s.gbps_min, s.gbps_total),
+            (2.0, 1.0, 6.0)
+        );
+    }
 }

@@ -113,6 +113,20 @@ pub fn veth_between(a: &Netns, name_a: &str, b: &Netns, name_b: &str) -> anyhow:
     Ok(())
 }
 
+/// A veth from `a` (as `name_a`) to the bridge `bridge` in `b`, where its end (`name_b`)
+/// becomes a port of the bridge; both ends up.
+pub fn veth_to_bridge(
+    a: &Netns,
+    name_a: &str,
+    b: &Netns,
+    name_b: &str,
+    bridge: &str,
+) -> anyhow::Result<()> {
+    veth_between(a, name_a, b, name_b)?;
+    b.ip(&["link", "set", name_b, "master", bridge])?;
+    Ok(())
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir {
     path: PathBuf,

@@ -33,8 +33,9 @@ enum Command {
     /// Times the control plane (tenant add, port attach, route add) at growing tenant
     /// counts, beside OVS doing the same with ovs-vsctl and ovs-ofctl.
     Control(ControlArgs),
-    /// The Docklet experiments: containers attached by tenet-cni on two hosts, beside
-    /// a plain veth and a Linux bridge; both designs with growing tenant counts; egress.
+    /// The Docklet experiments (the paper's Table 2): containers attached by tenet-cni
+    /// on hosts sharing a bridge, beside a plain veth and a Linux bridge; both designs
+    /// with growing tenant counts; egress through central and distributed gateways.
     Containers(ContainersArgs),
     /// A large cluster on paper (etcd keys, watch events, tenants and tunnels per host,
     /// from the real placement code) and agents converging on a real etcd
@@ -74,9 +75,14 @@ struct ClusterArgs {
 
 #[derive(clap::Args)]
 struct ContainersArgs {
-    /// Tenant counts for the two designs.
+    /// Tenant counts for the two designs and for egress through central and
+    /// distributed gateways.
     #[arg(long, default_value = "1,5,10,20,50")]
     counts: String,
+    /// Hosts (network namespaces each running tenetd) on the underlay bridge; the
+    /// first is the egress host.
+    #[arg(long, default_value_t = 4)]
+    hosts: usize,
     /// Seconds each iperf3 runs.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
@@ -504,6 +510,13 @@ fn containers(args: ContainersArgs) -> anyhow::Result<()> {
         dataplane::MAX_PORTS
     );
     anyhow::ensure!(args.seconds >= 1, "seconds: at least 1");
+    let most = bench::docklet::MAX_HOSTS;
+    anyhow::ensure!(
+        (2..=most).contains(&args.hosts),
+        "hosts: between 2 and {most}: containers of a tenant on different hosts need two, \
+         and each host's tenetd takes {} MiB of the 2 GiB of hugepages the run reserves",
+        bench::docklet::TENETD_MEMORY_MB
+    );
     let tenetd = tenetd_beside(args.tenetd)?;
     let cni = tenetd.with_file_name("tenet-cni");
     anyhow::ensure!(
@@ -511,9 +524,11 @@ fn containers(args: ContainersArgs) -> anyhow::Result<()> {
         "tenet-cni: not found beside tenetd ({})",
         cni.display()
     );
-    bench::machine::prepare(true, false, 256)?;
+    let pages = args.hosts as u64 * bench::docklet::TENETD_MEMORY_MB / 2;
+    bench::machine::prepare(true, false, pages)?;
     let options = bench::docklet::Options {
         counts,
+        hosts: args.hosts,
         seconds: args.seconds,
         out: results_dir(args.out, "containers")?,
         tenetd,
