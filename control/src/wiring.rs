@@ -256,6 +256,7 @@ impl Dataplane<'_> {
             rx_descriptors: config.rx_descriptors,
             tx_descriptors: config.tx_descriptors,
             mtu: plan.mtu,
+            tso: plan.tso,
         };
         let (rx, tx) = named
             .port
@@ -437,6 +438,7 @@ pub fn wire(
             rx_descriptors: config.rx_descriptors,
             tx_descriptors: config.tx_descriptors,
             mtu: plan.mtu,
+            tso: plan.tso,
         };
         let started = named
             .port

@@ -1,6 +1,7 @@
-//! The Docklet experiments run end to end at a small size: two hosts with tenetd,
+//! The Docklet experiments run end to end at a small size: four hosts with tenetd,
 //! containers attached by tenet-cni in both designs, the kernel baselines and egress
-//! through a gateway all carry real TCP, and the results file says so. The numbers
+//! through central and distributed gateways all carry real TCP, and the results file
+//! says so. The numbers
 //! themselves are `tenet-bench containers`' (bench/results), never checked here.
 
 use std::process::Command;
@@ -40,6 +41,18 @@ fn the_container_experiments_carry_traffic_in_every_setup() {
         assert!(
             point["gbps_min"].as_f64().unwrap() > 0.01,
             "every tenant's pair carried traffic: {point}"
+        );
+    }
+    let gateways = results["gateways"].as_array().unwrap();
+    let placements: Vec<&str> = gateways
+        .iter()
+        .map(|g| g["placement"].as_str().unwrap())
+        .collect();
+    assert_eq!(placements, ["central", "distributed"], "{gateways:?}");
+    for point in gateways {
+        assert!(
+            point["gbps_min"].as_f64().unwrap() > 0.01,
+            "every tenant downloaded through its gateway: {point}"
         );
     }
 }

@@ -239,6 +239,9 @@ pub struct PortSpec {
     pub queues: Option<u16>,
     /// MTU to set on the device.
     pub mtu: Option<u16>,
+    /// Hand large TCP segments to the device whole when it advertises TCP segmentation
+    /// (`vf`, `tap`, `bond`); off by default, like OVS's `userspace-tso-enable`.
+    pub tso: Option<bool>,
     /// Kernel interface (`tap`, `af-packet`, `af-xdp`).
     pub interface: Option<String>,
     /// First interface queue (`af-xdp`).
@@ -299,6 +302,8 @@ pub struct PortPlan {
     pub queues: u16,
     /// MTU, if set.
     pub mtu: Option<u16>,
+    /// Whether large TCP segments go to the device whole (TSO).
+    pub tso: bool,
 }
 
 /// A validated configuration, ready to start.
@@ -789,6 +794,19 @@ impl PortSpec {
             }
         }
         let backend = self.backend(field)?;
+        let tso = self.tso.unwrap_or(false);
+        if tso
+            && !matches!(
+                self.backend,
+                BackendKind::Vf | BackendKind::Tap | BackendKind::Bond
+            )
+        {
+            return Err(invalid(
+                format!("{field}.tso"),
+                "only for devices that segment (vf, tap, bond); af-packet ports hand large \
+                 segments to the kernel whole and vhost-user guests negotiate it themselves",
+            ));
+        }
         if let Backend::Pcap {
             tx_file: Some(_), ..
         } = &backend
@@ -806,6 +824,7 @@ impl PortSpec {
             backend,
             queues,
             mtu: self.mtu,
+            tso,
         })
     }
 
@@ -1014,6 +1033,7 @@ impl PortSpec {
             (self.name.is_some(), "name"),
             (self.queues.is_some(), "queues"),
             (self.mtu.is_some(), "mtu"),
+            (self.tso.is_some(), "tso"),
             (self.role.is_some(), "role"),
             (self.tenant.is_some(), "tenant"),
             (self.tenants.is_some(), "tenants"),
@@ -1306,6 +1326,18 @@ ports = ["a", "b"]
             e.starts_with("config field `port[0].interface`: not an option of backend `ring`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tso_is_for_devices_that_segment() {
+        let e = err(&TWO_PORTS.replace("backend = \"ring\"", "backend = \"ring\"\ntso = true"));
+        assert!(e.starts_with("config field `port[0].tso`"), "{e}");
+        let tap = TWO_PORTS.replace(
+            "backend = \"ring\"",
+            "backend = \"tap\"\ninterface = \"tso0\"\ntso = true",
+        );
+        assert!(parse(&tap).unwrap().ports[0].tso);
+        assert!(!parse(TWO_PORTS).unwrap().ports[0].tso, "off unless asked");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct PortConfig {
     pub tx_descriptors: u16,
     /// MTU to set, if any (devices that cannot change it keep theirs, with a warning).
     pub mtu: Option<u16>,
+    /// Hand large TCP/IPv4 segments to the device whole (TSO) when it advertises TCP
+    /// segmentation, as a VF does. Off unless asked: TX offloads take some NICs off
+    /// their vector TX paths, and every frame pays for that.
+    pub tso: bool,
 }
 
 impl Default for PortConfig {
@@ -36,6 +40,7 @@ impl Default for PortConfig {
             rx_descriptors: 1024,
             tx_descriptors: 1024,
             mtu: None,
+            tso: false,
         }
     }
 }
@@ -252,6 +257,30 @@ impl Port {
             ));
         }
         let mut conf = dpdk_sys::rte_eth_conf::default();
+        // What ethdev's TSO request needs of a device: segmentation and both checksums.
+        const TSO: u64 = dpdk_sys::TENET_ETH_TX_OFFLOAD_TCP_TSO
+            | dpdk_sys::TENET_ETH_TX_OFFLOAD_TCP_CKSUM
+            | dpdk_sys::TENET_ETH_TX_OFFLOAD_IPV4_CKSUM;
+        let device_tso = config.tso && self.vhost.is_none() && info.tx_offload_capa & TSO == TSO;
+        // DPDK 22.11's tap compares a TSO segment with its Ethernet header against the
+        // MTU (tap's pmd_tx_burst) and refuses a full one: its segments are fitted 14
+        // bytes short.
+        let tso_margin = if device_tso && !info.driver_name.is_null() {
+            // SAFETY: the driver name is a static C string the PMD owns.
+            let driver = unsafe { CStr::from_ptr(info.driver_name) };
+            if driver.to_bytes() == b"net_tap" {
+                14
+            } else {
+                0
+            }
+        } else {
+            0
+        };
+        if device_tso {
+            conf.txmode.offloads = TSO;
+        } else if config.tso && self.vhost.is_none() {
+            tracing::warn!(port = %self.name, "the device does not advertise TCP segmentation: large segments are cut for it");
+        }
         if let Some(vhost) = self.vhost.as_mut() {
             // Without these the PMD finishes every partial checksum a guest sends in
             // software (its rx_sw_csum), a large segment's too; tenet finishes only
@@ -349,7 +378,8 @@ impl Port {
                     pool: pool.as_ptr(),
                     // Segments go into the pool's buffers: a jumbo MTU is cut to what
                     // one holds (with room for a tag).
-                    max_len: (usize::from(mtu) + 14).min(pool.data_room() - 4),
+                    max_len: (usize::from(mtu) + 14).min(pool.data_room() - 4) - tso_margin,
+                    device_tso,
                     guest: guest.clone(),
                     counters: Arc::clone(&self.counters[usize::from(queue)]),
                 }),
@@ -979,11 +1009,13 @@ pub enum Cut {
 }
 
 /// Cuts large TCP segments for a DPDK device, into fresh buffers of the port's pool,
-/// or hands them on whole to a vhost-user guest that takes them.
+/// or hands them on whole to a device or vhost-user guest that takes them.
 struct Cutter {
     pool: *mut dpdk_sys::rte_mempool,
     /// The MTU plus the Ethernet header.
     max_len: usize,
+    /// The device takes TSO requests (configured with TX segmentation offload).
+    device_tso: bool,
     /// The guest of a vhost-user device.
     guest: Option<Arc<Guest>>,
     counters: Arc<QueueCounters>,
@@ -1013,9 +1045,10 @@ impl TxQueue {
 
     /// Cuts segments `from..` of the large TCP segment `large` into frames this
     /// device takes (fresh buffers of its pool, full checksums), appended to `out` in
-    /// order until it is full. A vhost-user guest that negotiated TCP/IPv4 segmentation
-    /// is handed a plain segment whole instead, as one frame asking for TSO: the vhost
-    /// library turns the request into the guest's virtio-net header.
+    /// order until it is full. A device configured for TSO, or a vhost-user guest that
+    /// negotiated TCP/IPv4 segmentation, is handed a plain segment whole instead, as one
+    /// frame asking for TSO: the NIC cuts it, or the vhost library turns the request
+    /// into the guest's virtio-net header.
     #[cold]
     pub fn cut(&self, large: &Mbuf, from: usize, out: &mut MbufBatch) -> Cut {
         let Some(cutter) = &self.cutter else {
@@ -1031,7 +1064,8 @@ impl TxQueue {
                 return Cut::Failed;
             };
             let whole = from == 0
-                && cutter.guest.as_ref().is_some_and(|guest| guest.takes_tso())
+                && (cutter.device_tso
+                    || cutter.guest.as_ref().is_some_and(|guest| guest.takes_tso()))
                 && goes_whole(data, &layout, mss);
             (layout, mss, whole)
         };
