@@ -150,7 +150,21 @@ fn large_segments_pass_whole_between_containers_and_are_cut_for_the_tunnel() {
     // Across hosts: cut into wire-size frames inside the tunnel, each with checksums the
     // receiving kernel checks (it takes them as plain frames, nothing owed).
     let errors_before = tcp_checksum_errors(c2);
+    // Pings cross the same tunnel during the stream: frames of other flows between
+    // the segments of a train must pass too.
+    let pinger = c0
+        .command("sh")
+        .args(["-c", "sleep 0.7; ping -c 10 -i 0.1 -W 1 10.1.0.3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let bits = iperf3_bits(c0, c2, "10.1.0.3", 2);
+    let pinged = pinger.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&pinged.stdout);
+    assert!(
+        said.contains(" 0% packet loss"),
+        "pings during the stream: {said}"
+    );
     assert!(
         bits > 1e7,
         "TCP across hosts at {bits} bit/s; a: {} {}; b: {} {}",

@@ -1119,8 +1119,8 @@ impl TxRing {
         let Ok(layout) = Layout::parse(data) else {
             return Large::Refused;
         };
-        // Larger than this port's MTU without owing segmentation: a tunnel's segment
-        // filled to the underlay's frames (or a wire's jumbo frame). Checked first: cut
+        // Larger than this port's MTU without owing segmentation: a wire's jumbo frame
+        // (or another jumbo port's). Checked first: cut
         // or handed on with the checksum owed, it would be trusted unchecked.
         if owed == 0 && !layout.tcp_checksum_ok(data) {
             return Large::Refused;

@@ -223,12 +223,14 @@ impl Layout {
 
     /// The segment size to cut at for a port that takes frames of at most `max_len`
     /// bytes (its MTU plus the Ethernet header; one 802.1Q tag on `frame` may add 4).
-    /// A plain segment is cut where its sender asked (`owed`), or smaller when that
-    /// would not fit. A tunnelled one fills the underlay's frames: the far end hands its
-    /// container what the container's port takes (whole, or cut again), so the sender's
-    /// size only multiplies the frames on the wire. `None` when less than
-    /// [`MIN_SEGMENT`] bytes fit (an MTU too small to carry the headers sensibly), or
-    /// the sender asked for less than [`MIN_OWED_SEGMENT`].
+    /// A segment, plain or tunnelled, is cut where its sender asked (`owed`), or smaller
+    /// when that would not fit: never larger, since the sender's size answers the MSS
+    /// its peer announced, which the peer's MTU bounds (a tunnel's segments filled to a
+    /// jumbo underlay reached a container behind a 1,400-byte MTU cut again to the
+    /// host end's 1,500, and were dropped there). The far end joins the tunnel's frames
+    /// again (`packet::gro`). `None` when less than [`MIN_SEGMENT`] bytes fit (an MTU too
+    /// small to carry the headers sensibly), or the sender asked for less than
+    /// [`MIN_OWED_SEGMENT`].
     pub fn fitted_mss(&self, frame: &[u8], owed: usize, max_len: usize) -> Option<usize> {
         let max_len = max_len
             + if vlan::is_tagged(frame) {
@@ -239,9 +241,6 @@ impl Layout {
         let fits = max_len
             .checked_sub(self.header_len())
             .filter(|&f| f >= MIN_SEGMENT)?;
-        if self.outer_ip.is_some() {
-            return Some(fits);
-        }
         // A sender's own size is honoured down to the smallest MSS Linux sends with:
         // a peer may ask for small segments, but a frame owing 1-byte ones is an attack.
         Some(owed.min(fits)).filter(|&m| m >= MIN_OWED_SEGMENT)
@@ -888,13 +887,14 @@ mod tests {
             None,
             "no room behind the headers"
         );
-        // Tunnelled (outer tag, inner tag): filled to the underlay's frames whatever
-        // the sender asked; the outer tag may add its 4 bytes.
+        // Tunnelled (outer tag, inner tag): the sender's size on a jumbo underlay, less
+        // on a small one (the outer tag may add its 4 bytes).
         let tunnelled = build(&Shape::gre(Some(7)), &[0; 20000], 0);
         let layout = Layout::parse(&tunnelled).unwrap();
-        let fits = 9014 + 4 - layout.header_len();
-        assert_eq!(layout.fitted_mss(&tunnelled, 1448, 9014), Some(fits));
-        assert_eq!(layout.fitted_mss(&tunnelled, 1, 9014), Some(fits));
+        assert_eq!(layout.fitted_mss(&tunnelled, 1448, 9014), Some(1448));
+        let fits = 1514 + 4 - layout.header_len();
+        assert_eq!(layout.fitted_mss(&tunnelled, 1448, 1514), Some(fits));
+        assert_eq!(layout.fitted_mss(&tunnelled, 1, 9014), None);
     }
 
     #[test]
