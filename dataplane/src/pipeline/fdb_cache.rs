@@ -42,6 +42,8 @@ pub enum Hop {
         src: Mac,
         /// How that MAC is reached.
         out: Out,
+        /// The largest IPv4 packet that way takes (path MTU, checked per packet).
+        mtu: u16,
     },
     /// For one of the router's own addresses.
     Gateway,

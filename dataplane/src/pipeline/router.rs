@@ -202,11 +202,12 @@ pub(super) fn route<F: Frame, T: Trace>(
             src,
             out,
             tenant: to,
+            mtu,
         }),
         2..,
     ) = (hop, ttl)
     {
-        if fits(len, ip_mtu(tables, out), &frame) {
+        if fits(len, mtu, &frame) {
             let data = frame.data_mut();
             decrement_ttl(data);
             ethernet::set_addresses(data, mac, src);
@@ -228,9 +229,7 @@ pub(super) fn route<F: Frame, T: Trace>(
         );
     }
     match hop {
-        Ok(Hop::Deliver { out, .. }) => {
-            too_big(tables, tenant, router, frame, ip_mtu(tables, out), cx)
-        }
+        Ok(Hop::Deliver { mtu, .. }) => too_big(tables, tenant, router, frame, mtu, cx),
         Ok(Hop::Gateway) => to_gateway(tables, tenant, frame, cx),
         Ok(Hop::External) => external(tables, tenant, router, frame, cx),
         Ok(Hop::NoRoute) => icmp_error(
@@ -291,8 +290,9 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
             mac,
             src,
             out: Out::Port(port),
+            mtu,
             ..
-        }) if fits(len, tables.port_mtu(port), &frame) => {
+        }) if fits(len, mtu, &frame) => {
             note!(cx, "fast path: route {ip} cached, to port {port}");
             let data = frame.data_mut();
             decrement_ttl(data);
@@ -402,11 +402,13 @@ fn decide(
     let Some(src) = tables.router(to).map(|r| r.mac) else {
         return Ok(Hop::NoRoute);
     };
+    let out = resolve_in(tables, to, &mac);
     Ok(Hop::Deliver {
         tenant: to,
         mac,
         src,
-        out: resolve_in(tables, to, &mac),
+        out,
+        mtu: ip_mtu(tables, out),
     })
 }
 
@@ -642,8 +644,7 @@ pub(super) fn from_outside<F: Frame, T: Trace>(
     let hop = cx.cache.route(neighbor_key(inside.tenant, inside.ip), || {
         decide(tables, inside.tenant, router, inside.ip)
     });
-    if let Ok(Hop::Deliver { out, .. }) = hop {
-        let mtu = ip_mtu(tables, out);
+    if let Ok(Hop::Deliver { mtu, .. }) = hop {
         if !fits(ip_total_len(frame.data()), mtu, &frame) {
             return too_big_from_outside(tables, frame, mtu, cx);
         }
