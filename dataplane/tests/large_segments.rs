@@ -6,6 +6,8 @@
 //! and each segment is parsed with etherparse: headers, lengths, IP identification
 //! sequence, checksums (outer and inner) and the payload bytes in order.
 
+mod frames;
+
 use std::net::Ipv4Addr;
 
 use dataplane::packet::frame::{BufFrame, Frame};
@@ -16,6 +18,7 @@ use dataplane::table::builder::TablesBuilder;
 use dataplane::table::routing::{router_mac, Interface, Published, Router};
 use dataplane::table::{Design, FlowTables, Location};
 use etherparse::{Ipv4HeaderSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use frames::{gre_encapsulated, tagged};
 
 const A_ID: u32 = 100;
 const A_VLAN: u16 = 100;
@@ -130,43 +133,6 @@ fn ipv4_header_checksum(header: &[u8]) -> u16 {
         .unwrap()
         .to_header()
         .calc_header_checksum()
-}
-
-/// The tunnel around `inner` from `src` to `dst` (GRE, keyed or not), as the far host
-/// sends it.
-fn tunnelled(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr, key: Option<u32>) -> Vec<u8> {
-    let mut gre = Vec::new();
-    gre.extend(if key.is_some() { 0x2000u16 } else { 0 }.to_be_bytes());
-    gre.extend(0x6558u16.to_be_bytes());
-    if let Some(k) = key {
-        gre.extend(k.to_be_bytes());
-    }
-    let mut ip = etherparse::Ipv4Header::new(
-        (gre.len() + inner.len()) as u16,
-        64,
-        etherparse::IpNumber::GRE,
-        src.octets(),
-        dst.octets(),
-    )
-    .unwrap();
-    ip.dont_fragment = true;
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut f = Vec::new();
-    f.extend(UPLINK_MAC);
-    f.extend(NEXT_HOP_MAC);
-    f.extend(0x0800u16.to_be_bytes());
-    f.extend(ip.to_bytes());
-    f.extend(gre);
-    f.extend(inner);
-    f
-}
-
-fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend(0x8100u16.to_be_bytes());
-    f.extend(vid.to_be_bytes());
-    f.extend(&frame[12..]);
-    f
 }
 
 /// What the segments of a frame that left must show.
@@ -363,7 +329,7 @@ fn decapsulated_from_another_host_in_both_designs() {
             },
             ttl: 64,
         };
-        let frame = tunnelled(&inner, REMOTE_IP, LOCAL_IP, key);
+        let frame = gre_encapsulated(&inner, REMOTE_IP, LOCAL_IP, key, NEXT_HOP_MAC, UPLINK_MAC);
         check_path(
             &tables(design),
             &mut Offline::default(),

@@ -3,12 +3,15 @@
 
 use std::net::Ipv4Addr;
 
+mod frames;
+
 use dataplane::counters::DropReason;
 use dataplane::packet::{arp, Mac};
 use dataplane::pipeline::events::Event;
 use dataplane::pipeline::offline::Offline;
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
+use frames::{gre_encapsulated, tagged};
 
 const A_ID: u32 = 100;
 const B_ID: u32 = 200;
@@ -88,14 +91,6 @@ fn eth(dst: Mac, src: Mac) -> Vec<u8> {
     f
 }
 
-fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend(0x8100u16.to_be_bytes());
-    f.extend(vid.to_be_bytes());
-    f.extend(&frame[12..]);
-    f
-}
-
 /// The outer headers tenet must write, built independently with etherparse.
 /// `inner` as this host tunnels it to the remote host.
 fn tunnelled_out(inner: &[u8], key: Option<u32>) -> Vec<u8> {
@@ -105,41 +100,6 @@ fn tunnelled_out(inner: &[u8], key: Option<u32>) -> Vec<u8> {
 /// `inner` as the remote host tunnels it to this one.
 fn tunnelled_in(inner: &[u8], key: Option<u32>) -> Vec<u8> {
     gre_encapsulated(inner, REMOTE_IP, LOCAL_IP, key, NEXT_HOP_MAC, UPLINK_MAC)
-}
-
-fn gre_encapsulated(
-    inner: &[u8],
-    src_ip: Ipv4Addr,
-    dst_ip: Ipv4Addr,
-    key: Option<u32>,
-    src: Mac,
-    dst: Mac,
-) -> Vec<u8> {
-    let mut gre = Vec::new();
-    gre.extend(if key.is_some() { 0x2000u16 } else { 0 }.to_be_bytes());
-    gre.extend(0x6558u16.to_be_bytes());
-    if let Some(k) = key {
-        gre.extend(k.to_be_bytes());
-    }
-    let payload_len = (gre.len() + inner.len()) as u16;
-    let mut ip = etherparse::Ipv4Header::new(
-        payload_len,
-        64,
-        etherparse::IpNumber(47),
-        src_ip.octets(),
-        dst_ip.octets(),
-    )
-    .unwrap();
-    ip.dont_fragment = true;
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut f = Vec::new();
-    f.extend(dst);
-    f.extend(src);
-    f.extend(0x0800u16.to_be_bytes());
-    f.extend(ip.to_bytes());
-    f.extend(gre);
-    f.extend(inner);
-    f
 }
 
 #[test]
