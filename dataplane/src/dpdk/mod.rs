@@ -14,6 +14,8 @@ mod mempool;
 mod port;
 mod ring;
 mod time;
+#[doc(hidden)]
+pub mod virtio_guest;
 
 pub use backend::{Backend, BondMode, DeviceNamer};
 pub use eal::{prepare_process, register_thread, unregister_thread, Eal, EalOptions};
