@@ -47,9 +47,10 @@ pub struct Read {
 /// A change whose write is under way.
 struct Saving {
     change: Change,
-    /// The model the change was made on.
-    before: Model,
-    model: Model,
+    /// The model the change was made on (shared, not copied: at a hundred thousand
+    /// tenants a copy of the model costs more than the change).
+    before: Arc<Model>,
+    model: Arc<Model>,
     validated: Validated,
     effective: Option<Model>,
     reply: oneshot::Sender<Reply>,
@@ -58,11 +59,11 @@ struct Saving {
 /// The model as edited through the API, and where it is kept.
 pub struct Live {
     /// The model in force.
-    pub model: Model,
+    pub model: Arc<Model>,
     /// Its store (`None`: changes last until tenetd stops).
     pub store: Option<Arc<Store>>,
     /// The model the tables were last built from, with a cluster's dead hosts taken
-    /// out (`None`: not yet known).
+    /// out (`None`: not yet known, or a single host, which runs the model itself).
     pub running: Option<Value>,
     /// Gateway placements this host (the placer) could not record: tried again on the
     /// next [`Live::retry_placements`] rather than at the next change in the cluster,
@@ -92,7 +93,7 @@ impl Live {
     ) -> (Self, mpsc::UnboundedReceiver<Done>) {
         let (report, done) = mpsc::unbounded_channel();
         let live = Self {
-            model,
+            model: Arc::new(model),
             store,
             running,
             placement_pending: false,
@@ -141,7 +142,7 @@ impl Live {
             return;
         }
         self.reading = true;
-        let seed = self.model.clone();
+        let seed = Arc::clone(&self.model);
         let retrying = std::mem::take(&mut self.placement_pending);
         let unseeded = self.unseeded;
         let report = self.report.clone();
@@ -170,14 +171,7 @@ impl Live {
         match done {
             Done::Saved(result) => {
                 if let Some(saving) = self.saving.take() {
-                    let reply = self.commit(
-                        saving.change.clone(),
-                        &saving,
-                        result,
-                        controller,
-                        dataplane,
-                    );
-                    let _ = saving.reply.send(reply);
+                    self.commit(saving, result, controller, dataplane);
                 }
                 self.next_change(controller, dataplane);
             }
@@ -212,7 +206,7 @@ impl Live {
             }
         };
         let effective = store.effective(&model);
-        let same = serde_json::to_value(&model).ok() == serde_json::to_value(&self.model).ok()
+        let same = serde_json::to_value(&model).ok() == serde_json::to_value(&*self.model).ok()
             && serde_json::to_value(&effective).ok() == self.running;
         if same {
             return;
@@ -227,9 +221,9 @@ impl Live {
                     endpoints = model.endpoints.len(),
                     "took the cluster's changes"
                 );
-                self.model = model;
+                self.model = Arc::new(model);
                 self.running = serde_json::to_value(&effective).ok();
-                keep_copy(&store, self.model.clone());
+                keep_copy(&store, Arc::clone(&self.model));
                 let ports = dataplane.port_info(&validated.ports);
                 controller.reconfigure(Arc::new(validated), ports);
                 controller.publish_if_changed();
@@ -277,17 +271,10 @@ impl Live {
                 }
             };
             let Some(store) = self.store.clone() else {
-                let reply = self.commit(
-                    saving.change.clone(),
-                    &saving,
-                    Ok(()),
-                    controller,
-                    dataplane,
-                );
-                let _ = saving.reply.send(reply);
+                self.commit(saving, Ok(()), controller, dataplane);
                 continue;
             };
-            let (before, model) = (saving.before.clone(), saving.model.clone());
+            let (before, model) = (Arc::clone(&saving.before), Arc::clone(&saving.model));
             let report = self.report.clone();
             tokio::task::spawn_blocking(move || {
                 // A write that never reports would hold every later change.
@@ -319,23 +306,26 @@ impl Live {
                 }
             }
         }
-        let base = controller.config().source.clone();
-        let (model, mut validated) = match self.model.apply(&change, &base) {
+        let base = &controller.config().source;
+        let (model, mut validated) = match self.model.apply(&change, base) {
             Ok(next) => next,
             Err(refusal) => {
                 let refused = Reply::error(refusal.status, &refusal.field, &refusal.message);
                 return Err((reply, refused));
             }
         };
-        // In a cluster the tables leave out hosts counted dead.
-        let effective = self.store.as_ref().map(|store| store.effective(&model));
-        if let Some(Store::Etcd(_)) = self.store.as_deref() {
+        // In a cluster the tables leave out hosts counted dead; a single host runs
+        // the model itself.
+        let effective = match self.store.as_deref() {
+            Some(store @ Store::Etcd(_)) => Some(store.effective(&model)),
+            _ => None,
+        };
+        if let Some(effective) = &effective {
             // Records that were unfit before stay left out, as in the tables (the
             // change itself was checked whole above).
-            match effective.as_ref().map(|m| m.validate_leniently(&base)) {
-                Some(Ok((v, _))) => validated = v,
-                Some(Err(e)) => return Err((reply, Reply::error(400, "", &e.to_string()))),
-                None => {}
+            match effective.validate_leniently(base) {
+                Ok((v, _)) => validated = v,
+                Err(e) => return Err((reply, Reply::error(400, "", &e.to_string()))),
             }
         }
         if let Change::AddPort(_) = &change {
@@ -346,8 +336,8 @@ impl Live {
         }
         Ok(Saving {
             change,
-            before: self.model.clone(),
-            model,
+            before: Arc::clone(&self.model),
+            model: Arc::new(model),
             validated,
             effective,
             reply,
@@ -355,11 +345,35 @@ impl Live {
     }
 
     /// Makes a written change live, or undoes what preparing it did when the write
-    /// failed; returns the answer.
+    /// failed; answers the change.
     fn commit(
         &mut self,
+        saving: Saving,
+        saved: anyhow::Result<()>,
+        controller: &mut Controller,
+        dataplane: &mut Dataplane<'_>,
+    ) {
+        let Saving {
+            change,
+            model,
+            validated,
+            effective,
+            reply,
+            ..
+        } = saving;
+        let answer = self.make_live(
+            change, model, validated, effective, saved, controller, dataplane,
+        );
+        let _ = reply.send(answer);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make_live(
+        &mut self,
         change: Change,
-        saving: &Saving,
+        model: Arc<Model>,
+        validated: Validated,
+        effective: Option<Model>,
         saved: anyhow::Result<()>,
         controller: &mut Controller,
         dataplane: &mut Dataplane<'_>,
@@ -367,7 +381,7 @@ impl Live {
         if let Err(e) = saved {
             tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
             if let Change::AddPort(spec) = &change {
-                let name = saving.validated.ports.last().map(|p| p.name.clone());
+                let name = validated.ports.last().map(|p| p.name.clone());
                 if let Err(e) = dataplane.hot_detach(name.as_deref().unwrap_or_default()) {
                     tracing::error!(error = %format!("{e:#}"), port = ?spec.name, "detaching the refused port");
                 }
@@ -378,15 +392,13 @@ impl Live {
             return Reply::error(500, "", &format!("could not save the state: {e:#}"));
         }
         tracing::info!(?change, "applied");
-        self.running = saving
-            .effective
+        self.running = effective
             .as_ref()
             .and_then(|m| serde_json::to_value(m).ok());
         if let Some(store) = &self.store {
-            keep_copy(store, saving.model.clone());
+            keep_copy(store, Arc::clone(&model));
         }
-        self.model = saving.model.clone();
-        let validated = saving.validated.clone();
+        self.model = model;
         // Ports are paired with the config by name: a port the change removed has no
         // role in these tables, whether or not its device is detached yet.
         let ports = dataplane.port_info(&validated.ports);
@@ -615,7 +627,7 @@ fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> 
 
 /// Keeps the model where a restart finds it when the store does not answer (a
 /// cluster's local copy), off the control loop.
-fn keep_copy(store: &Arc<Store>, model: Model) {
+fn keep_copy(store: &Arc<Store>, model: Arc<Model>) {
     let store = Arc::clone(store);
     tokio::task::spawn_blocking(move || store.keep_copy(&model));
 }

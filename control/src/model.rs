@@ -176,7 +176,7 @@ impl Model {
         let mut model = self.clone();
         let mut skipped = Vec::new();
         loop {
-            let error = match model.over(base).validate() {
+            let error = match model.over(base).into_validated() {
                 Ok(validated) => return Ok((validated, skipped)),
                 Err(error) => error,
             };
@@ -386,7 +386,7 @@ impl Model {
         base: &Config,
         prefix: &str,
     ) -> Result<Validated, Refusal> {
-        match next.over(base).validate() {
+        match next.over(base).into_validated() {
             Ok(validated) => Ok(validated),
             Err(e) => {
                 // The model may hold a record that was unfit before this change (another

@@ -60,7 +60,7 @@ pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> C
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Cores, memory and DPDK settings.
@@ -372,11 +372,26 @@ impl Config {
 
     /// Reads and validates.
     pub fn load(path: &Path) -> Result<Validated, ConfigError> {
-        Self::read(path)?.validate()
+        Self::read(path)?.into_validated()
     }
 
     /// Checks every value and reference; nothing is started.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let mut validated = self.check()?;
+        validated.source = self.clone();
+        Ok(validated)
+    }
+
+    /// [`Config::validate`], keeping this config in the result without a copy (a
+    /// model of many tenants costs more to copy than to check).
+    pub fn into_validated(self) -> Result<Validated, ConfigError> {
+        let mut validated = self.check()?;
+        validated.source = self;
+        Ok(validated)
+    }
+
+    /// The checks and plans of [`Config::validate`], the source left empty.
+    fn check(&self) -> Result<Validated, ConfigError> {
         let dp = &self.dataplane;
         let main_core = check_dataplane(dp)?;
         let ports = self.validate_ports()?;
@@ -417,7 +432,7 @@ impl Config {
             files_dir: self.control.files_dir.clone(),
             etcd: self.etcd_plan()?,
             state_file: self.state_file(),
-            source: self.clone(),
+            source: Config::default(),
         })
     }
 
