@@ -13,6 +13,7 @@ use anyhow::Context;
 use crate::model::Model;
 
 pub mod etcd;
+pub mod journal;
 
 pub use etcd::{Conflict, EtcdStore};
 
