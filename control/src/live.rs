@@ -274,12 +274,16 @@ impl Live {
                 self.commit(saving, Ok(()), controller, dataplane);
                 continue;
             };
-            let (before, model) = (Arc::clone(&saving.before), Arc::clone(&saving.model));
+            let (change, before, model) = (
+                saving.change.clone(),
+                Arc::clone(&saving.before),
+                Arc::clone(&saving.model),
+            );
             let report = self.report.clone();
             tokio::task::spawn_blocking(move || {
                 // A write that never reports would hold every later change.
                 let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    store.save_change(&before, &model)
+                    store.save_change(&change, &before, &model)
                 }))
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the change failed")));
                 let _ = report.send(Done::Saved(saved));
@@ -602,7 +606,7 @@ fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> 
     let mut placement_failed = false;
     let model = match store.with_placements(&model) {
         // The record goes to every host through its watch, this one's too.
-        Some(placed) => match store.save_change(&model, &placed) {
+        Some(placed) => match store.save_placements(&model, &placed) {
             Ok(()) => placed,
             Err(e) if e.downcast_ref::<Conflict>().is_some() => {
                 tracing::info!(error = %e, "placing gateways: another host wrote first; taking its change next");

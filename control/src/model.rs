@@ -85,6 +85,23 @@ pub enum Change {
     },
 }
 
+/// A record of the model by list and position ([`Model::place_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// `tenants[i]`.
+    Tenant(usize),
+    /// `hosts[i]`.
+    Host(usize),
+    /// `endpoints[i]`.
+    Endpoint(usize),
+    /// `ports[i]`.
+    Port(usize),
+    /// `routes[i]`.
+    Route(usize),
+    /// `published[i]`.
+    Publish(usize),
+}
+
 /// The tenant settings a running switch may change; absent fields stay.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,33 +345,69 @@ impl Model {
     /// Removes what a deleting `change` names; whether there was any (never for
     /// another change).
     fn remove(&mut self, change: &Change) -> bool {
-        match change {
-            Change::DeletePort(name) => remove_where(&mut self.ports, |p| {
-                p.name.as_deref() == Some(name.as_str())
-            }),
-            Change::DeleteTenant(name) => {
-                let removed = remove_where(&mut self.tenants, |t| &t.name == name);
+        let Some(place) = self.place_of(change) else {
+            return false;
+        };
+        match (change, place) {
+            (Change::DeletePort(_), Place::Port(i)) => drop(self.ports.remove(i)),
+            (Change::DeleteTenant(name), Place::Tenant(i)) => {
+                self.tenants.remove(i);
                 self.placed.remove(name);
-                removed
             }
-            Change::DeleteHost(name) => remove_where(&mut self.hosts, |h| &h.name == name),
-            Change::DeleteEndpoint { tenant, mac } => remove_where(&mut self.endpoints, |e| {
-                &e.tenant == tenant
-                    && e.mac
-                        .as_deref()
-                        .is_some_and(|m| m.eq_ignore_ascii_case(mac))
-            }),
-            Change::DeleteRoute { tenant, prefix } => remove_where(&mut self.routes, |r| {
-                &r.tenant == tenant && &r.prefix == prefix
-            }),
+            (Change::DeleteHost(_), Place::Host(i)) => drop(self.hosts.remove(i)),
+            (Change::DeleteEndpoint { .. }, Place::Endpoint(i)) => drop(self.endpoints.remove(i)),
+            (Change::DeleteRoute { .. }, Place::Route(i)) => drop(self.routes.remove(i)),
+            (Change::DeletePublish { .. }, Place::Publish(i)) => drop(self.published.remove(i)),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Where `change` lands in this model (the model before it): the record it
+    /// changes or removes, or the position a record it adds takes at the end of its
+    /// list; `None` when it names nothing here.
+    pub fn place_of(&self, change: &Change) -> Option<Place> {
+        let tenant_named = |name: &str| self.tenants.iter().position(|t| t.name == name);
+        Some(match change {
+            Change::AddTenant(_) => Place::Tenant(self.tenants.len()),
+            Change::AddHost(_) => Place::Host(self.hosts.len()),
+            Change::AddEndpoint(_) => Place::Endpoint(self.endpoints.len()),
+            Change::AddPort(_) => Place::Port(self.ports.len()),
+            Change::AddRoute(_) => Place::Route(self.routes.len()),
+            Change::AddPublish(_) => Place::Publish(self.published.len()),
+            Change::UpdateTenant(name, _) | Change::DeleteTenant(name) => {
+                Place::Tenant(tenant_named(name)?)
+            }
+            Change::DeletePort(name) => Place::Port(
+                self.ports
+                    .iter()
+                    .position(|p| p.name.as_deref() == Some(name.as_str()))?,
+            ),
+            Change::DeleteHost(name) => {
+                Place::Host(self.hosts.iter().position(|h| &h.name == name)?)
+            }
+            Change::DeleteEndpoint { tenant, mac } => {
+                Place::Endpoint(self.endpoints.iter().position(|e| {
+                    &e.tenant == tenant
+                        && e.mac
+                            .as_deref()
+                            .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+                })?)
+            }
+            Change::DeleteRoute { tenant, prefix } => Place::Route(
+                self.routes
+                    .iter()
+                    .position(|r| &r.tenant == tenant && &r.prefix == prefix)?,
+            ),
             Change::DeletePublish {
                 protocol,
                 host_port,
-            } => remove_where(&mut self.published, |p| {
-                &p.protocol == protocol && p.host_port == *host_port
-            }),
-            _ => false,
-        }
+            } => Place::Publish(
+                self.published
+                    .iter()
+                    .position(|p| &p.protocol == protocol && p.host_port == *host_port)?,
+            ),
+        })
     }
 
     fn update_tenant(&mut self, name: &String, patch: &TenantPatch) -> (String, bool) {
@@ -415,13 +468,6 @@ fn in_use(message: String) -> Refusal {
         field: "name".to_owned(),
         message,
     }
-}
-
-/// Removes the items `matches` picks; whether there were any.
-fn remove_where<T>(list: &mut Vec<T>, mut matches: impl FnMut(&T) -> bool) -> bool {
-    let before = list.len();
-    list.retain(|item| !matches(item));
-    list.len() < before
 }
 
 /// The refusal of a change that found nothing to change.

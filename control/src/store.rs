@@ -1,21 +1,23 @@
-//! Where the live [`Model`] is kept: one host alone uses the file store (JSON replaced
-//! atomically, readable by root alone: [`write_private`]); hosts of a cluster share it
-//! in etcd ([`etcd`]), each keeping a local copy of its own view for a start while etcd
-//! does not answer.
+//! Where the live [`Model`] is kept: one host alone uses the file store (a journal
+//! each change appends its records to, readable by root alone: [`file`]); hosts of a
+//! cluster share it in etcd ([`etcd`]), each keeping a local copy of its own view for a
+//! start while etcd does not answer.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
-use crate::model::Model;
+use crate::model::{Change, Model};
 
 pub mod etcd;
+pub mod file;
 pub mod journal;
 
 pub use etcd::{Conflict, EtcdStore};
+pub use file::FileStore;
 
 /// The store a tenetd uses.
 pub enum Store {
@@ -52,11 +54,26 @@ impl Store {
         }
     }
 
-    /// Keeps the change from `before` to `after`: in a cluster only what the change
-    /// touches is written, so a write of another host that arrived meanwhile stays.
-    pub fn save_change(&self, before: &Model, after: &Model) -> anyhow::Result<()> {
+    /// Keeps the change from `before` to `after` that this host made as gateway
+    /// placer (a cluster's: a single host places nothing, and keeps `after` whole).
+    pub fn save_placements(&self, before: &Model, after: &Model) -> anyhow::Result<()> {
         match self {
             Store::File(file) => file.save(after),
+            Store::Etcd(etcd) => etcd.save_change(before, after),
+        }
+    }
+
+    /// Keeps `change`, made to `before` giving `after`: only what the change touches
+    /// is written (one host's journal record; in a cluster, so that a write of another
+    /// host that arrived meanwhile stays).
+    pub fn save_change(
+        &self,
+        change: &Change,
+        before: &Model,
+        after: &Model,
+    ) -> anyhow::Result<()> {
+        match self {
+            Store::File(file) => file.save_change(change, before, after),
             Store::Etcd(etcd) => etcd.save_change(before, after),
         }
     }
@@ -93,44 +110,9 @@ impl Store {
     /// Where, for logs and errors.
     pub fn describe(&self) -> String {
         match self {
-            Store::File(file) => file.path().display().to_string(),
+            Store::File(file) => file.journal_dir().display().to_string(),
             Store::Etcd(etcd) => etcd.describe(),
         }
-    }
-}
-
-/// A model kept in one file.
-pub struct FileStore {
-    path: PathBuf,
-}
-
-impl FileStore {
-    /// A store at `path` (its directory is created on first save).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The stored model, or `None` when nothing was stored yet.
-    pub fn load(&self) -> anyhow::Result<Option<Model>> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
-        };
-        let model = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a tenet state file", self.path.display()))?;
-        Ok(Some(model))
-    }
-
-    /// Replaces the stored model atomically.
-    pub fn save(&self, model: &Model) -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec_pretty(model).context("encoding the model")?;
-        write_private(&self.path, &bytes)
     }
 }
 
@@ -180,32 +162,23 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
-    fn saves_and_loads_atomically() {
-        let dir = std::env::temp_dir().join(format!("tenet-store-{}", std::process::id()));
-        let store = FileStore::new(dir.join("state.json"));
-        assert!(store.load().unwrap().is_none());
-        let config = Config::parse("[[tenant]]\nname = \"red\"\nid = 7\n", |_| None).unwrap();
-        store.save(&Model::of(&config)).unwrap();
-        let back = store.load().unwrap().unwrap();
-        assert_eq!(back.tenants[0].name, "red");
-        assert_eq!(back.tenants[0].id, 7);
+    fn a_private_file_is_replaced_whole_and_readable_by_root_alone() {
+        let dir = std::env::temp_dir().join(format!("tenet-private-{}", std::process::id()));
+        let path = dir.join("sub").join("copy.json");
+        write_private(&path, b"one").unwrap();
+        write_private(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "state is root's alone");
-        let leftovers: Vec<_> = fs::read_dir(&dir)
+        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "no temporary file left behind");
-        fs::write(store.path(), b"{ torn").unwrap();
-        assert!(
-            store.load().is_err(),
-            "a damaged file is refused, not silently emptied"
-        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

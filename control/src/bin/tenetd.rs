@@ -225,11 +225,17 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
             })
         }
         (Err(e), Store::File(file)) => {
-            // A file tenet wrote is never torn; one damaged by hand or by the disk is
-            // kept for the operator, and the switch runs its config.
-            let aside = file.path().with_extension("damaged");
-            let moved = std::fs::rename(file.path(), &aside);
-            tracing::error!(error = %format!("{e:#}"), kept_as = %aside.display(), moved = moved.is_ok(), "the state file is damaged; starting from the config");
+            // A torn last record is repaired at open; a journal damaged elsewhere (by
+            // hand, by the disk) is kept for the operator, and the switch runs its
+            // config.
+            match file.set_aside() {
+                Ok(aside) => {
+                    tracing::error!(error = %format!("{e:#}"), kept_as = %aside.display(), "the state journal is damaged; starting from the config")
+                }
+                Err(moved) => {
+                    tracing::error!(error = %format!("{e:#}"), moving = %format!("{moved:#}"), "the state journal is damaged and could not be moved aside; starting from the config")
+                }
+            }
             let unseeded = store.save(&seed).is_err();
             Ok(fresh(unseeded))
         }
