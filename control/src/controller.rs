@@ -11,7 +11,8 @@ use dataplane::dpdk::{MbufBatch, Mempool, RingProducer};
 use dataplane::packet::arp;
 use dataplane::packet::{Mac, MacText};
 use dataplane::pipeline::events::{Event, EventQueue};
-use dataplane::table::publish::TablePublisher;
+use dataplane::table::edit::TableEdit;
+use dataplane::table::publish::{Spare, TablePublisher};
 use dataplane::table::{Design, HostIdx, Location, TenantIdx};
 
 use crate::compile::{self, Dynamic, Ids, Learned, PortInfo};
@@ -48,6 +49,9 @@ pub struct ControlStats {
     pub aged: u64,
     /// Snapshots published.
     pub published: u64,
+    /// Of those, snapshots made by editing the spare copy in place (learned MACs only
+    /// changed) instead of compiling.
+    pub published_edited: u64,
     /// ARP requests sent for next hops.
     pub arp_sent: u64,
     /// ARP requests the tenants' routers sent for their neighbours.
@@ -117,7 +121,11 @@ pub struct Controller {
     asked: HashMap<Ipv4Addr, Asked>,
     /// Underlay next hops resolved.
     resolved: HashMap<Ipv4Addr, Resolved>,
+    /// Something changed that needs the tables compiled whole.
     dirty: bool,
+    /// Learned MACs changed since the last publish, made in place on the spare.
+    edits: Vec<TableEdit>,
+    spare: Spare,
     last_aging: Instant,
     last_arp: Option<Instant>,
     last_refresh: Instant,
@@ -164,13 +172,18 @@ impl Controller {
             asked: HashMap::new(),
             resolved: HashMap::new(),
             dirty: false,
+            edits: Vec::new(),
+            spare: Spare::default(),
             last_aging: now,
             last_arp: None,
             last_refresh: now,
             stats: ControlStats::default(),
         };
         controller.take(config, ports);
-        controller.publisher.publish(controller.compile());
+        let tables = controller.compile();
+        controller
+            .publisher
+            .publish_whole(tables, &mut controller.spare);
         controller
     }
 
@@ -406,12 +419,22 @@ impl Controller {
         }
     }
 
-    /// Publishes a new snapshot if anything changed since the last one.
+    /// Publishes a new snapshot if anything changed since the last one: compiled
+    /// whole after a change of configuration, neighbours or ports; with only learned
+    /// MACs changed, the spare copy edited (what learning costs does not grow with the
+    /// tables).
     pub fn publish_if_changed(&mut self) {
         if self.dirty {
-            self.publisher.publish(self.compile());
+            let tables = self.compile();
+            self.publisher.publish_whole(tables, &mut self.spare);
+            self.edits.clear();
             self.stats.published += 1;
             self.dirty = false;
+        } else if !self.edits.is_empty() {
+            let edits = std::mem::take(&mut self.edits);
+            self.publisher.publish_edits(edits, &mut self.spare);
+            self.stats.published += 1;
+            self.stats.published_edited += 1;
         }
     }
 
@@ -742,11 +765,16 @@ impl Controller {
         if self.statics.contains(&(tenant, mac)) {
             return;
         }
+        let learned = TableEdit::Learn {
+            tenant,
+            mac,
+            location,
+        };
         match self.dynamic.learned.get_mut(&(tenant, mac)) {
             Some(entry) => {
                 if entry.location != location {
                     entry.location = location;
-                    self.dirty = true;
+                    self.edits.push(learned);
                 }
                 entry.seen = now;
             }
@@ -765,7 +793,7 @@ impl Controller {
                         seen: now,
                     },
                 );
-                self.dirty = true;
+                self.edits.push(learned);
             }
         }
         self.stats.learned += 1;
@@ -774,13 +802,15 @@ impl Controller {
     fn age(&mut self, now: Instant) {
         let aging = self.config.switching.fdb_aging;
         let per_tenant = &mut self.per_tenant;
+        let edits = &mut self.edits;
         let before = self.dynamic.learned.len();
-        self.dynamic.learned.retain(|&(tenant, _), entry| {
+        self.dynamic.learned.retain(|&(tenant, mac), entry| {
             let keep = now.duration_since(entry.seen) < aging;
             if !keep {
                 if let Some(count) = per_tenant.get_mut(&tenant) {
                     *count = count.saturating_sub(1);
                 }
+                edits.push(TableEdit::Forget { tenant, mac });
             }
             keep
         });
@@ -792,10 +822,7 @@ impl Controller {
             self.dirty = true;
         }
         let aged = before - self.dynamic.learned.len();
-        if aged > 0 {
-            self.stats.aged += aged as u64;
-            self.dirty = true;
-        }
+        self.stats.aged += aged as u64;
     }
 
     /// Asks for every tunnel next hop without a MAC (every second), and refreshes the
@@ -948,6 +975,95 @@ port = "c1"
             tables.lookup(0, &[2, 0, 0, 0, 0x0b, 7]).unwrap().location,
             Location::Port(1)
         );
+    }
+
+    mod edited {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// MAC `n` (0 is the static endpoint's) seen on port id 0 or 1.
+            Learn(u8, u16),
+            /// Seconds pass (aging runs every ten).
+            Wait(u64),
+            /// The configuration is taken again: a whole compile.
+            Reconfigure,
+            /// A worker starts keeping the snapshot it has (the spare may be in its
+            /// hands), or lets it go.
+            Hold,
+            Publish,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0u8..12, 0u16..2).prop_map(|(n, p)| Step::Learn(n, p)),
+                1 => (0u64..40).prop_map(Step::Wait),
+                1 => Just(Step::Reconfigure),
+                1 => Just(Step::Hold),
+                3 => Just(Step::Publish),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// Whatever is learned, moved and aged, and whichever copy takes the edits,
+            /// the tables workers get are the ones a compile builds from the same facts.
+            #[test]
+            fn edited_tables_are_the_compiled_ones(steps in proptest::collection::vec(step(), 1..80)) {
+                let text = CONFIG.replace("max_macs = 2", "max_macs = 8");
+                let (mut c, queue, publisher) = controller_of(validated(&text), vec![port(0), port(1)]);
+                let mut now = Instant::now();
+                let mut held = None;
+                for step in steps {
+                    match step {
+                        Step::Learn(0, port) => learn_mac(&queue, 0, [2, 0, 0, 0, 0x0a, 1], port),
+                        Step::Learn(n, port) => learn(&queue, n, port),
+                        Step::Wait(s) => now += Duration::from_secs(s),
+                        Step::Reconfigure => {
+                            let (config, ports) = (Arc::clone(c.config()), c.ports.clone());
+                            c.reconfigure(config, ports);
+                        }
+                        Step::Hold => {
+                            held = match held {
+                                Some(_) => None,
+                                None => Some(publisher.reader()),
+                            }
+                        }
+                        Step::Publish => {
+                            c.absorb(now);
+                            c.publish_if_changed();
+                            prop_assert_eq!(&publisher.current().fdb, &c.compile().fdb);
+                        }
+                    }
+                }
+                c.absorb(now);
+                c.publish_if_changed();
+                prop_assert_eq!(&publisher.current().fdb, &c.compile().fdb);
+                prop_assert!(c.stats().published >= c.stats().published_edited);
+                drop(held);
+            }
+        }
+    }
+
+    #[test]
+    fn learning_edits_the_spare_instead_of_compiling() {
+        let text = CONFIG.replace("max_macs = 2", "max_macs = 100");
+        let (mut c, queue, publisher) = controller_of(validated(&text), vec![port(0), port(1)]);
+        let mut reader = publisher.reader();
+        for round in 0..4u8 {
+            learn(&queue, round + 1, 1);
+            c.absorb(Instant::now());
+            c.publish_if_changed();
+            reader.refresh();
+        }
+        assert_eq!(c.stats().published_edited, 4, "no compile for learned MACs");
+        for last in 1..=4 {
+            assert!(reader
+                .tables()
+                .lookup(0, &[2, 0, 0, 0, 0x0b, last])
+                .is_some());
+        }
     }
 
     #[test]

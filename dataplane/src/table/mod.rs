@@ -4,6 +4,7 @@
 //! while a worker holds it.
 
 pub mod builder;
+pub mod edit;
 pub mod key_index;
 pub mod publish;
 pub mod routing;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
+use super::edit::TableEdit;
 use super::FlowTables;
 
 struct Shared {
@@ -44,8 +45,47 @@ impl TablePublisher {
 
     /// Makes `tables` the snapshot every worker picks up at its next burst.
     pub fn publish(&self, tables: FlowTables) {
-        self.shared.current.store(Arc::new(tables));
+        drop(self.swap(tables));
+    }
+
+    /// [`Self::publish`], keeping the snapshot it replaces as `spare` for
+    /// [`Self::publish_edits`].
+    pub fn publish_whole(&self, tables: FlowTables, spare: &mut Spare) {
+        spare.tables = Some(self.swap(tables));
+        spare.behind = None;
+    }
+
+    /// Publishes the snapshot in force with `edits` made: the spare, once no worker
+    /// holds it, brought up to date and edited in place (the cost of the edits);
+    /// otherwise a copy of the snapshot in force. Whether the spare was free.
+    pub fn publish_edits(&self, edits: Vec<TableEdit>, spare: &mut Spare) -> bool {
+        let reusable = match (
+            spare.tables.take().map(Arc::try_unwrap),
+            spare.behind.take(),
+        ) {
+            (Some(Ok(mut tables)), Some(behind)) => {
+                for edit in &behind {
+                    tables.apply(edit);
+                }
+                Some(tables)
+            }
+            // A worker still uses it (it frees it), or the last publish was whole.
+            _ => None,
+        };
+        let reused = reusable.is_some();
+        let mut tables = reusable.unwrap_or_else(|| FlowTables::clone(&self.current()));
+        for edit in &edits {
+            tables.apply(edit);
+        }
+        spare.tables = Some(self.swap(tables));
+        spare.behind = Some(edits);
+        reused
+    }
+
+    fn swap(&self, tables: FlowTables) -> Arc<FlowTables> {
+        let old = self.shared.current.swap(Arc::new(tables));
         self.shared.version.fetch_add(1, Ordering::Release);
+        old
     }
 
     /// The snapshot published last.
@@ -93,6 +133,17 @@ impl TablePublisher {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The snapshot in force before the last publish, which workers let go of within a
+/// burst: [`TablePublisher::publish_edits`] makes the next small change to it instead
+/// of compiling or copying the tables.
+#[derive(Default)]
+pub struct Spare {
+    tables: Option<Arc<FlowTables>>,
+    /// The edits the snapshot in force has and `tables` has not (`None`: unknown, the
+    /// last publish was whole).
+    behind: Option<Vec<TableEdit>>,
 }
 
 /// A worker's end: holds the snapshot it is using.
@@ -165,6 +216,49 @@ mod tests {
         assert!(
             first.upgrade().is_none(),
             "freed once every reader moved on"
+        );
+    }
+
+    #[test]
+    fn edits_reuse_the_spare_once_no_reader_holds_it_and_always_land() {
+        use crate::table::fdb_key;
+        use crate::table::Location;
+        let learn = |last: u8, port: u16| TableEdit::Learn {
+            tenant: 0,
+            mac: [2, 0, 0, 0, 0, last],
+            location: Location::Port(port),
+        };
+        let publisher = TablePublisher::new(FlowTables::default());
+        let mut spare = Spare::default();
+        let mut reader = publisher.reader();
+        publisher.publish_whole(FlowTables::default(), &mut spare);
+        reader.refresh();
+        assert!(
+            !publisher.publish_edits(vec![learn(1, 1)], &mut spare),
+            "after a whole publish the spare is stale: a copy is edited"
+        );
+        assert!(
+            !publisher.publish_edits(vec![learn(2, 1)], &mut spare),
+            "the reader has not moved on from the spare"
+        );
+        reader.refresh();
+        assert!(publisher.publish_edits(vec![learn(1, 5)], &mut spare));
+        reader.refresh();
+        assert!(publisher.publish_edits(vec![learn(3, 1)], &mut spare));
+        reader.refresh();
+        let fdb = &reader.tables().fdb;
+        let at = |last: u8| {
+            fdb.get(&fdb_key(0, &[2, 0, 0, 0, 0, last]))
+                .map(|e| e.location)
+        };
+        assert_eq!(
+            (at(1), at(2), at(3)),
+            (
+                Some(Location::Port(5)),
+                Some(Location::Port(1)),
+                Some(Location::Port(1))
+            ),
+            "every edit made once, in order, whichever copy took it"
         );
     }
 
