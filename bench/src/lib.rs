@@ -7,6 +7,8 @@
 //! - [`runner`]: scenarios ([`scenario`]) on tenet and its peers ([`peers`], [`ovs`])
 //!   round by round, measured through DPDK telemetry ([`telemetry`]) or the generator,
 //!   written up by [`report`] (`tenet-bench run`);
+//! - [`churn`]: tenants and endpoints changed through the API while tenet forwards
+//!   (`tenet-bench run --churn RATE`);
 //! - [`control`]: the control plane's latency at 0 … 10,000 tenants beside OVS
 //!   (`tenet-bench control`);
 //! - [`docklet`]: the Docklet paper's container experiments with tenet-cni
@@ -18,6 +20,7 @@
 //!
 //! Criterion micro-benchmarks of each pipeline path live in `benches/`.
 
+pub mod churn;
 pub mod cluster;
 pub mod control;
 pub mod docklet;

@@ -282,6 +282,10 @@ struct RunArgs {
     /// Dataplane cores for each switch.
     #[arg(long, default_value_t = 1)]
     cores: usize,
+    /// Change tenet through its API during the measured window: tenants and endpoints
+    /// added and deleted, this many a second (each a new snapshot of the tables).
+    #[arg(long)]
+    churn: Option<u32>,
     /// Results directory (default: bench/results/<stamp>-<topology> when run from the
     /// repository, else tenet-bench-<stamp>).
     #[arg(long)]
@@ -371,6 +375,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     peers::check_cores(args.cores)?;
+    if let Some(rate) = args.churn {
+        anyhow::ensure!(
+            (1..=100_000).contains(&rate),
+            "churn: {rate} is not in 1..=100000 changes a second"
+        );
+    }
     let mut peer = Vec::new();
     for p in args.peer {
         anyhow::ensure!(p != Switch::Tenet, "peer: tenet is always measured");
@@ -410,6 +420,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         sizes: args.sizes,
         flows: args.flows,
         cores: args.cores,
+        churn: args.churn,
         out: out.clone(),
         tenetd,
         configs,

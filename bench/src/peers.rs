@@ -78,6 +78,8 @@ pub struct Setup<'a> {
     /// Dataplane cores: CPUs 1 to `cores` (CPU 0 keeps the control threads and, in the
     /// PVP topology, the generator).
     pub cores: usize,
+    /// tenet is changed through its API during the window ([`crate::churn`]).
+    pub churn: bool,
 }
 
 impl Setup<'_> {
@@ -104,6 +106,10 @@ pub struct Running {
     /// Whether the vhost-user sockets are the generator's to serve (OVS's client
     /// ports) rather than the switch's.
     pub generator_serves: bool,
+    /// Where changes go during the window (tenet with `--churn`).
+    churn_target: Option<crate::churn::Target>,
+    /// The changes being made.
+    pub churn: Option<crate::churn::Churn>,
     process: Option<Proc>,
     ovs: Option<Ovs>,
 }
@@ -129,10 +135,14 @@ impl Running {
         }
     }
 
-    /// Called when the measured window opens (OVS clears its PMD counters).
-    pub fn window_opens(&mut self) {
+    /// Called when the measured window opens (OVS clears its PMD counters; tenet
+    /// starts changing at `churn` changes a second, when asked).
+    pub fn window_opens(&mut self, churn: Option<u32>) {
         if let Some(ovs) = &self.ovs {
             let _ = ovs.appctl(&["dpif-netdev/pmd-stats-clear"]);
+        }
+        if let (Some(rate), Some(target)) = (churn, self.churn_target.take()) {
+            self.churn = Some(crate::churn::Churn::start(target, rate));
         }
     }
 
@@ -201,6 +211,17 @@ fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
     let config = setup
         .work
         .join(format!("tenet-{}.toml", setup.scenario.name));
+    let churn_target = match setup.churn {
+        true => Some(crate::churn::Target {
+            socket: setup.work.join("tenet-api.sock"),
+            tenant: crate::churn::sink_tenant(&text),
+        }),
+        false => None,
+    };
+    let text = match &churn_target {
+        Some(target) => crate::churn::with_api(&text, &target.socket)?,
+        None => text,
+    };
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let mut command = Command::new(setup.tenetd);
     command.arg("--config").arg(&config);
@@ -223,6 +244,8 @@ fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
         sink: "net_null0".to_owned(),
         vhost: (setup.topology == Topology::Pvp).then_some((vhu0, vhu1)),
         generator_serves: false,
+        churn_target,
+        churn: None,
         process: Some(process),
         ovs: None,
     })
@@ -243,6 +266,8 @@ fn start_testpmd(setup: &Setup<'_>) -> anyhow::Result<Running> {
         sink: "net_null0".to_owned(),
         vhost: (setup.topology == Topology::Pvp).then_some((vhu0, vhu1)),
         generator_serves: false,
+        churn_target: None,
+        churn: None,
         process: Some(process),
         ovs: None,
     })
@@ -313,6 +338,8 @@ fn start_ovs(setup: &Setup<'_>) -> anyhow::Result<Running> {
         sink: ports.sink,
         generator_serves: ports.vhost.is_some(),
         vhost: ports.vhost,
+        churn_target: None,
+        churn: None,
         process: None,
         ovs: Some(ovs),
     })
@@ -403,6 +430,7 @@ mod tests {
             configs: Path::new("/tmp"),
             tenetd: Path::new("/bin/true"),
             cores: 2,
+            churn: false,
         };
         let args: Vec<String> = testpmd_command(&setup, Path::new("a"), Path::new("b"))
             .get_args()

@@ -43,6 +43,9 @@ pub struct Summary {
     pub checks: (usize, usize),
     /// Median p99 latency over rounds, ns (pvp).
     pub p99_ns: Option<u64>,
+    /// Median rate of changes made through the API during the window (`--churn`).
+    #[serde(default)]
+    pub changes_per_s: Option<f64>,
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -102,6 +105,7 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
             let vs_ovs_rounds = ratios(Switch::Ovs);
             let mut vs_ovs = vs_ovs_rounds.clone();
             let checked: Vec<bool> = rows_of.iter().filter_map(|r| r.check).collect();
+            let mut changes: Vec<f64> = rows_of.iter().filter_map(|r| r.changes_per_s).collect();
             Summary {
                 rounds: mpps.len(),
                 mpps_min: mpps.iter().copied().reduce(f64::min),
@@ -122,6 +126,7 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
                 },
                 checks: (checked.iter().filter(|&&c| c).count(), checked.len()),
                 p99_ns: median(&mut p99).map(|v| v as u64),
+                changes_per_s: median(&mut changes),
                 scenario,
                 size,
                 switch,
@@ -178,6 +183,17 @@ pub fn table(summaries: &[Summary]) -> String {
             check
         );
     }
+    for s in summaries {
+        if let Some(rate) = s.changes_per_s {
+            let _ = writeln!(
+                t,
+                "{} {} {}: {rate:.0} tenant and endpoint changes a second through the API during the window",
+                s.scenario,
+                s.size,
+                s.switch.name()
+            );
+        }
+    }
     t.push_str(
         "\nMpps: median over rounds (min-max). Gbit/s: on the wire (frame + FCS + preamble + gap).\n\
          /testpmd, /ovs: median of the per-round ratios of this switch's rate to the peer's.\n\
@@ -191,7 +207,7 @@ pub fn table(summaries: &[Summary]) -> String {
 /// Writes every measurement so far (after each one, so an interrupted run keeps them).
 pub fn write_rows(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let mut csv = String::from(
-        "round,scenario,size,switch,mpps,gbps,min_1s_mpps,max_1s_mpps,cycles_per_pkt,check,lost,p50_ns,p99_ns,p999_ns,note\n",
+        "round,scenario,size,switch,mpps,gbps,min_1s_mpps,max_1s_mpps,cycles_per_pkt,check,lost,changes_per_s,p50_ns,p99_ns,p999_ns,note\n",
     );
     for r in rows {
         let lat = |f: fn(&crate::stats::LatencySummary) -> u64| {
@@ -201,7 +217,7 @@ pub fn write_rows(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
         };
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
             r.round,
             r.scenario,
             r.size,
@@ -215,6 +231,7 @@ pub fn write_rows(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
             r.check
                 .map_or(String::new(), |c| if c { "ok" } else { "FAIL" }.to_owned()),
             r.lost.map_or(String::new(), |v| v.to_string()),
+            r.changes_per_s.map_or(String::new(), |v| format!("{v:.0}")),
             lat(|l| l.p50_ns),
             lat(|l| l.p99_ns),
             lat(|l| l.p999_ns),
@@ -416,6 +433,7 @@ mod tests {
             cycles_per_pkt: Some(70.0),
             check: Some(true),
             lost: None,
+            changes_per_s: None,
             latency: None,
             note: String::new(),
         }

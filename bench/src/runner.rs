@@ -38,6 +38,9 @@ pub struct Options {
     pub flows: Option<usize>,
     /// Dataplane cores.
     pub cores: usize,
+    /// Tenant and endpoint changes a second made through tenet's API during the
+    /// measured window (`None`: none).
+    pub churn: Option<u32>,
     /// Results directory.
     pub out: PathBuf,
     /// The tenetd binary.
@@ -73,6 +76,9 @@ pub struct Row {
     pub check: Option<bool>,
     /// Frames lost (pvp: sent by the generator and not received back).
     pub lost: Option<u64>,
+    /// Changes tenetd applied through its API during the window, a second (`--churn`).
+    #[serde(default)]
+    pub changes_per_s: Option<f64>,
     /// Latency of the probes (pvp).
     pub latency: Option<LatencySummary>,
     /// Why a measurement failed or a check did not pass.
@@ -162,6 +168,7 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
                             configs: &options.configs,
                             tenetd: &options.tenetd,
                             cores: options.cores,
+                            churn: options.churn.is_some(),
                         };
                         let row = measure(switch, &setup, options, round);
                         progress.done += 1;
@@ -200,6 +207,7 @@ fn measure(switch: Switch, setup: &Setup<'_>, options: &Options, round: usize) -
         cycles_per_pkt: None,
         check: None,
         lost: None,
+        changes_per_s: None,
         latency: None,
         note: String::new(),
     };
@@ -230,12 +238,23 @@ fn with_switch<T>(
 ) -> anyhow::Result<T> {
     let mut running = peers::start(switch, setup)?;
     let measured = measure(&mut running);
+    let churned = running.churn.take().map(crate::churn::Churn::finish);
     let after = running.window_closes(setup);
     let after = running.stop(after);
     let measured = measured?;
     row.cycles_per_pkt = after.cycles_per_pkt;
     row.check = after.check;
     row.note = after.check_note;
+    if let Some(done) = churned {
+        row.changes_per_s = Some(done.applied as f64 / done.seconds.max(1e-9));
+        if done.failed > 0 {
+            row.check = Some(false);
+            row.note = format!(
+                "{} changes failed (the first is in the run's output); {}",
+                done.failed, row.note
+            );
+        }
+    }
     Ok(measured)
 }
 
@@ -251,7 +270,7 @@ fn measure_replay(
         let (mut tel, port) =
             telemetry::wait_for_port(&prefix, &sink, Duration::from_secs(60), || running.alive())?;
         std::thread::sleep(Duration::from_secs_f64(options.warmup));
-        running.window_opens();
+        running.window_opens(options.churn);
         telemetry::sample(
             &mut tel,
             port,
@@ -340,7 +359,7 @@ fn measure_pvp(
                 break status;
             }
             if !opened && started.elapsed() >= warmup + Duration::from_secs(1) {
-                running.window_opens();
+                running.window_opens(options.churn);
                 opened = true;
             }
             if started.elapsed() > limit {
