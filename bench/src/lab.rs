@@ -3,13 +3,14 @@
 //! real etcd. Everything made here is removed when its guard drops, also when a run or
 //! a test fails. Processes are [`crate::process`]'s.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod etcd;
 
-use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::process::run;
+
+pub use etcd::{Etcd, EtcdTls};
 
 /// A short name unique to this process and call, for namespaces, interfaces and file
 /// prefixes (interface names are limited to 15 bytes).
@@ -149,140 +150,5 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A real etcd on loopback with its own data directory; killed and removed on drop.
-pub struct Etcd {
-    child: Option<Child>,
-    client_url: String,
-    peer_url: String,
-    data: TempDir,
-    /// The namespace it runs in (`None`: this one).
-    ns: Option<String>,
-}
-
-fn free_loopback_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-impl Etcd {
-    /// Starts etcd (Debian's `etcd-server`) on loopback and waits until it answers.
-    pub fn start() -> anyhow::Result<Self> {
-        let (client, peer) = (free_loopback_port()?, free_loopback_port()?);
-        Self::launch(None, "127.0.0.1", client, peer)
-    }
-
-    /// Starts etcd inside `ns`, listening on `address` (one of the namespace's), as a
-    /// cluster's etcd on its management network.
-    pub fn start_in(ns: &Netns, address: &str) -> anyhow::Result<Self> {
-        Self::launch(Some(ns.name().to_owned()), address, 2379, 2380)
-    }
-
-    fn launch(ns: Option<String>, address: &str, client: u16, peer: u16) -> anyhow::Result<Self> {
-        let mut etcd = Self {
-            child: None,
-            client_url: format!("http://{address}:{client}"),
-            peer_url: format!("http://{address}:{peer}"),
-            data: TempDir::new("etcd")?,
-            ns,
-        };
-        etcd.resume()?;
-        Ok(etcd)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        match &self.ns {
-            Some(ns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", ns, program]);
-                command
-            }
-            None => Command::new(program),
-        }
-    }
-
-    /// Kills etcd (its data stays).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts etcd again on its data and addresses, and waits until it answers.
-    pub fn resume(&mut self) -> anyhow::Result<()> {
-        let child = self
-            .command("etcd")
-            .args(["--name", "tenet-test", "--data-dir"])
-            .arg(self.data.path().join("data"))
-            .args(["--listen-client-urls", &self.client_url])
-            .args(["--advertise-client-urls", &self.client_url])
-            .args(["--listen-peer-urls", &self.peer_url])
-            .args(["--initial-advertise-peer-urls", &self.peer_url])
-            .args([
-                "--initial-cluster",
-                &format!("tenet-test={}", self.peer_url),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting etcd (apt-get install etcd-server)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.get_prefix("/").is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("etcd did not come up at {}", self.client_url)
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> &str {
-        &self.client_url
-    }
-
-    /// etcdctl's output for `args`, against this etcd.
-    fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .command("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.client_url])
-            .args(args)
-            .output()
-            .context("running etcdctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "etcdctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Puts `value` at `key`, through etcdctl (what a buggy writer or a hand edit
-    /// leaves).
-    pub fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.etcdctl(&["put", key, value])?;
-        Ok(())
-    }
-
-    /// Keys and values under `prefix`, through etcdctl.
-    pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let text = self.etcdctl(&["get", "--prefix", prefix])?;
-        let lines: Vec<&str> = text.lines().collect();
-        Ok(lines
-            .chunks(2)
-            .map(|kv| (kv[0].to_owned(), kv.get(1).unwrap_or(&"").to_string()))
-            .collect())
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-pub use bench::lab::{add_veth, unique, Etcd, Netns, TempDir};
+pub use bench::lab::{add_veth, unique, Etcd, EtcdTls, Netns, TempDir};
 pub use bench::process::run;
 
 pub mod sniff;

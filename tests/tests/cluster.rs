@@ -28,6 +28,11 @@ impl Host {
 
     /// Starts host `name` with `dir` for its socket and local copy (a restart keeps it).
     fn start_in(dir: TempDir, name: &str, etcd: &Etcd, tenants: &str) -> Self {
+        Self::start_reaching(dir, name, &etcd.control_toml(), tenants)
+    }
+
+    /// The same, reaching etcd as `etcd` (`[control]` lines) says.
+    fn start_reaching(dir: TempDir, name: &str, etcd: &str, tenants: &str) -> Self {
         let config = format!(
             r#"
 [dataplane]
@@ -54,11 +59,9 @@ backend = "null"
 [control]
 api_socket = "{dir}/tenetd.sock"
 state_file = "{dir}/view.json"
-etcd = ["{url}"]
-"#,
+{etcd}"#,
             prefix = unique(&format!("cl{name}")),
             dir = dir.path().display(),
-            url = etcd.url(),
         );
         let tenetd = Tenetd::serving(None, &config).unwrap();
         Self { tenetd, dir }
@@ -100,7 +103,10 @@ fn wait_for_tenant(host: &Host, name: &str, within: Duration) -> Duration {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("tenant {name} did not reach the host within {within:?}");
+    panic!(
+        "tenant {name} did not reach the host within {within:?}: {}",
+        host.tenetd.stderr_text()
+    );
 }
 
 fn pairs(list: &[(&str, u64)]) -> Vec<(String, u64)> {
@@ -109,7 +115,7 @@ fn pairs(list: &[(&str, u64)]) -> Vec<(String, u64)> {
 
 #[test]
 fn hosts_share_one_model_through_etcd_and_collisions_are_refused() {
-    let mut etcd = Etcd::start().unwrap();
+    let mut etcd = Etcd::start_secure().unwrap();
     let a = Host::start("a", &etcd, "\n[[tenant]]\nname = \"red\"\nid = 100\n");
     tenetctl_ok(&a.socket(), &["tenant", "add", "green", "--id", "200"]);
     let keys: Vec<String> = etcd
@@ -210,7 +216,7 @@ fn metric(host: &Host, name: &str) -> Option<u64> {
 
 #[test]
 fn garbage_in_etcd_is_skipped_and_a_host_starts_while_etcd_is_away() {
-    let mut etcd = Etcd::start().unwrap();
+    let mut etcd = Etcd::start_secure().unwrap();
     let a = Host::start("a", &etcd, "\n[[tenant]]\nname = \"red\"\nid = 100\n");
     tenetctl_ok(&a.socket(), &["tenant", "add", "green", "--id", "200"]);
 
@@ -314,9 +320,105 @@ fn a_cluster_store_config_is_checked_field_by_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("switch.host"));
 }
 
+/// A host etcd does not take is told the field to fix: a wrong password, a CA that did
+/// not sign etcd's certificate, no client certificate for an etcd that requires one.
+/// `tenetd --check` refuses such a config; a tenetd started with one logs it and runs
+/// its own config meanwhile, as it does while etcd is away.
+#[test]
+fn a_host_that_etcd_refuses_is_told_which_field_to_fix() {
+    let etcd = Etcd::start_secure().unwrap();
+    let tls = etcd.tls().unwrap();
+    let good = etcd.control_toml();
+    let path = |p: PathBuf| p.display().to_string();
+    let wrong_password = good.replace(&path(tls.password_file()), &path(tls.wrong_password_file()));
+    let wrong_ca = good.replace(&path(tls.ca()), &path(tls.other_ca()));
+    let no_cert: String = good
+        .lines()
+        .filter(|l| !l.starts_with("etcd_cert") && !l.starts_with("etcd_key"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = |control: &str| {
+        format!(
+            "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
+             [[port]]\nname = \"p\"\nbackend = \"null\"\n[control]\n{control}"
+        )
+    };
+    let out = tests::tenetd_once(&config(&good), &["--check"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("takes this host"), "{said}");
+    for (control, field, why) in [
+        (
+            &wrong_password,
+            "control.etcd_password_file",
+            "wrong password",
+        ),
+        (&wrong_ca, "control.etcd_ca", "not trusted"),
+        (
+            &no_cert,
+            "control.etcd_cert",
+            "requires a client certificate",
+        ),
+    ] {
+        let out = tests::tenetd_once(&config(control), &["--check"]).unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{field}: {said}{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            said.contains(field) && said.contains(why),
+            "{field}: {said}"
+        );
+        assert!(
+            !said.contains("tenet-test-password") && !said.contains("not-the-password"),
+            "passwords stay out of the output: {said}"
+        );
+    }
+
+    // The store itself says the same, as a config error.
+    let mut access = etcd.access();
+    access.user.as_mut().unwrap().password = control::config::Secret::new("not-it");
+    let store = EtcdStore::new(vec![etcd.url().to_owned()], "/tenet", "a").with_access(access);
+    let refused = store.load(&seed("")).unwrap_err();
+    let config_error = refused
+        .downcast_ref::<control::config::ConfigError>()
+        .unwrap_or_else(|| panic!("not a config error: {refused:#}"));
+    assert!(
+        config_error
+            .to_string()
+            .contains("control.etcd_password_file"),
+        "{config_error}"
+    );
+
+    // A tenetd with the wrong password starts on its config and says why it is not in
+    // the cluster; the right one joins.
+    let a = Host::start_reaching(TempDir::new("cluster-a").unwrap(), "a", &wrong_password, "");
+    let logs = a.tenetd.stderr_text();
+    assert!(
+        logs.contains("control.etcd_password_file") && logs.contains("etcd refuses this host"),
+        "{logs}"
+    );
+    assert!(!logs.contains("not-the-password"), "{logs}");
+    assert!(etcd.get_prefix("/tenet/alive/a").unwrap().is_empty());
+    let stopped = a.tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let a = Host::start("a", &etcd, "");
+    assert_eq!(etcd.get_prefix("/tenet/alive/a").unwrap().len(), 1);
+    let stopped = a.tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
 /// Hosts a and b of one cluster, under `prefix` in `etcd`.
 fn hosts_a_and_b(etcd: &Etcd, prefix: &str) -> (EtcdStore, EtcdStore) {
-    let host = |name| EtcdStore::new(vec![etcd.url().to_owned()], prefix, name);
+    let host =
+        |name| EtcdStore::new(vec![etcd.url().to_owned()], prefix, name).with_access(etcd.access());
     (host("a"), host("b"))
 }
 
@@ -328,7 +430,7 @@ fn seed(config: &str) -> control::model::Model {
 #[test]
 fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
     use control::store::Conflict;
-    let etcd = Etcd::start().unwrap();
+    let etcd = Etcd::start_secure().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[tenant]]\nname = \"red\"\nid = 100\nvlan = 10\n",
@@ -380,7 +482,7 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
 #[test]
 fn a_change_checked_against_an_older_model_than_the_hosts_last_read_is_refused() {
     use control::store::Conflict;
-    let etcd = Etcd::start().unwrap();
+    let etcd = Etcd::start_secure().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[tenant]]\nname = \"red\"\nid = 100\n",
@@ -410,7 +512,7 @@ fn a_change_checked_against_an_older_model_than_the_hosts_last_read_is_refused()
 
 #[test]
 fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change() {
-    let etcd = Etcd::start().unwrap();
+    let etcd = Etcd::start_secure().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n\
          [[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
@@ -418,7 +520,10 @@ fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change(
          [[tenant]]\nname = \"blue\"\nid = 200\nsubnets = [\"10.2.0.1/24\"]\n\
          gateway_host = \"auto\"\n",
     );
-    let store = |host: &str| EtcdStore::with_lease(vec![etcd.url().to_owned()], "/place", host, 5);
+    let store = |host: &str| {
+        EtcdStore::with_lease(vec![etcd.url().to_owned()], "/place", host, 5)
+            .with_access(etcd.access())
+    };
     let (a, b) = (store("a"), store("b"));
     a.register().unwrap();
     b.register().unwrap();
@@ -456,12 +561,12 @@ fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change(
 
 #[test]
 fn a_host_reloading_before_its_watch_brings_its_own_write_can_write_again() {
-    let etcd = Etcd::start().unwrap();
+    let etcd = Etcd::start_secure().unwrap();
     let seed = seed(
         "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
          [[tenant]]\nname = \"red\"\nid = 100\n",
     );
-    let a = EtcdStore::new(vec![etcd.url().to_owned()], "/own", "a");
+    let a = EtcdStore::new(vec![etcd.url().to_owned()], "/own", "a").with_access(etcd.access());
     assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
     a.save(&seed).unwrap();
     // No watch runs: the store's copy of the keys is what the first load read.

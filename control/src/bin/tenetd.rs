@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use control::config::{Config, ConfigError, Validated};
+use control::config::{Config, ConfigError, EtcdPlan, Validated};
 use control::daemon::{self, RunOptions};
 use control::live::Live;
 use control::model::Model;
@@ -34,6 +34,39 @@ struct Args {
     log: String,
 }
 
+/// `--check`: the config is valid, and etcd, when it keeps the model, takes this host.
+/// etcd not answering now is only a note: tenetd starts without it.
+fn check(path: &std::path::Path, config: &Validated) -> ExitCode {
+    if let Some(plan) = &config.etcd {
+        match cluster_store(plan).check_access() {
+            Ok(()) => println!("tenetd: etcd {} takes this host", plan.endpoints.join(",")),
+            Err(e) => match e.downcast_ref::<ConfigError>() {
+                Some(refused) => {
+                    eprintln!("tenetd: {refused}");
+                    return ExitCode::from(2);
+                }
+                None => println!(
+                    "tenetd: note: {e:#}; tenetd would start on its local copy and join when etcd answers"
+                ),
+            },
+        }
+    }
+    println!("tenetd: config {} is valid", path.display());
+    ExitCode::SUCCESS
+}
+
+/// The cluster store `plan` describes.
+fn cluster_store(plan: &EtcdPlan) -> EtcdStore {
+    EtcdStore::with_lease(
+        plan.endpoints.clone(),
+        &plan.prefix,
+        &plan.host,
+        plan.lease_s,
+    )
+    .with_access(plan.access.clone())
+    .placing_gateways_by(plan.gateway_placement)
+}
+
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
@@ -45,7 +78,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    // Before any thread exists (the etcd lease and watch threads come soon).
+    // Before any thread exists (the etcd client's runtime thread comes soon).
     let prepared = dataplane::dpdk::prepare_process();
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -66,20 +99,13 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!("tenetd: config {} is valid", args.config.display());
-        return ExitCode::SUCCESS;
+        return check(&args.config, &config);
     }
     // The file seeds the store; afterwards tenants, hosts and endpoints come from the
     // store, where the API keeps them (in etcd, where every host of the cluster does).
     let store = match (&config.etcd, &config.state_file) {
         (Some(plan), local) => {
-            let mut etcd = EtcdStore::with_lease(
-                plan.endpoints.clone(),
-                &plan.prefix,
-                &plan.host,
-                plan.lease_s,
-            )
-            .placing_gateways_by(plan.gateway_placement);
+            let mut etcd = cluster_store(plan);
             if let Some(path) = local {
                 etcd = etcd.with_local_copy(path.clone());
             }
@@ -202,6 +228,9 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
             Ok(restored)
         }
         (Err(e), Store::Etcd(etcd)) => {
+            if let Some(refused) = e.downcast_ref::<ConfigError>() {
+                tracing::error!(error = %refused, "etcd refuses this host: fix the config and restart; until then it runs its own view and keeps trying");
+            }
             let copy = match etcd.restore_copy() {
                 Ok(copy) => copy,
                 Err(local) => {

@@ -3,6 +3,7 @@
 //! Everything is checked before anything starts: an unknown field, a bad value or a
 //! dangling reference is refused with an error naming the field (`port[1].interface`).
 
+pub mod etcd;
 pub mod gateway;
 pub mod switching;
 
@@ -11,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use dataplane::dpdk::{Backend, BondMode, EalOptions};
+pub use etcd::{ClientIdentity, Credentials, EtcdAccess, EtcdPlan, Secret};
 use gateway::{GatewayPlan, GatewaySection, PublishSpec, RouteSpec};
 use serde::Deserialize;
 use switching::{EndpointSpec, HostSpec, RoleName, SwitchPlan, SwitchSection, TenantSpec};
@@ -126,12 +128,26 @@ pub struct ControlSection {
     /// Keep API changes in the state file and restore them on start. Off for
     /// throw-away runs (benchmarks), where the config file alone must rule.
     pub persist: bool,
-    /// etcd endpoints (`http://host:port`) of the cluster store; empty: the state file.
+    /// etcd endpoints (`http://host:port`, or `https://host:port` with `etcd_ca`) of
+    /// the cluster store; empty: the state file.
     pub etcd: Vec<String>,
     /// Key prefix of this cluster's model in etcd.
     pub etcd_prefix: String,
     /// Seconds after its last lease renewal that a host counts as gone.
     pub etcd_lease_s: u64,
+    /// PEM CA certificate(s) etcd's server certificate must chain to (`https://`).
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for an etcd that requires one (`--client-cert-auth`).
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of `etcd_cert`.
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, for an etcd with authentication on; its password comes from
+    /// `etcd_password_file` or `etcd_password_env`, never from the config itself.
+    pub etcd_user: Option<String>,
+    /// File holding `etcd_user`'s password (a trailing newline is not part of it).
+    pub etcd_password_file: Option<PathBuf>,
+    /// Environment variable holding `etcd_user`'s password.
+    pub etcd_password_env: Option<String>,
     /// What places a cluster's floating gateways: `tenants` (the host with the fewest)
     /// or `traffic` (the host whose gateways send out the least). The placer's, the
     /// first living host by name, is the one in force: set it alike on every host.
@@ -152,6 +168,12 @@ impl Default for ControlSection {
             etcd: Vec::new(),
             etcd_prefix: "/tenet".to_owned(),
             etcd_lease_s: 10,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
+            etcd_password_env: None,
             gateway_placement: "tenants".to_owned(),
         }
     }
@@ -633,21 +655,6 @@ fn eal_options(dp: &DataplaneConfig, main_core: usize, ports: &[PortPlan]) -> Ea
     }
 }
 
-/// Where a cluster keeps its model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdPlan {
-    /// `http://host:port` of each etcd member.
-    pub endpoints: Vec<String>,
-    /// Key prefix (`/tenet`).
-    pub prefix: String,
-    /// This host's name, under which its own settings and ports are kept.
-    pub host: String,
-    /// Lease time of this host's registration, in seconds.
-    pub lease_s: u64,
-    /// What places floating gateways when this host is the placer.
-    pub gateway_placement: crate::placement::GatewayPlacement,
-}
-
 /// The API on TCP: where, and the TLS it requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpApi {
@@ -700,68 +707,6 @@ impl Config {
             cert,
             key,
             client_ca,
-        }))
-    }
-
-    fn etcd_plan(&self) -> Result<Option<EtcdPlan>, ConfigError> {
-        let control = &self.control;
-        let Some(gateway_placement) =
-            crate::placement::GatewayPlacement::parse(&control.gateway_placement)
-        else {
-            return Err(invalid(
-                "control.gateway_placement",
-                format!(
-                    "`{}` is not `tenants` or `traffic`",
-                    control.gateway_placement
-                ),
-            ));
-        };
-        if control.etcd.is_empty() {
-            return Ok(None);
-        }
-        if !control.persist {
-            return Err(invalid(
-                "control.persist",
-                "a cluster store (control.etcd) keeps every change; persist = false cannot go with it",
-            ));
-        }
-        for (i, endpoint) in control.etcd.iter().enumerate() {
-            let authority = endpoint.strip_prefix("http://").unwrap_or_default();
-            let port_ok = authority
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok || authority.contains('/') {
-                return Err(invalid(
-                    format!("control.etcd[{i}]"),
-                    format!("`{endpoint}` is not http://host:port"),
-                ));
-            }
-        }
-        let prefix = &control.etcd_prefix;
-        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
-            return Err(invalid(
-                "control.etcd_prefix",
-                "must start with `/`, name something, and not end with `/`",
-            ));
-        }
-        if !(2..=3600).contains(&control.etcd_lease_s) {
-            return Err(invalid(
-                "control.etcd_lease_s",
-                "must be between 2 and 3600 seconds",
-            ));
-        }
-        let Some(host) = self.switch.host.clone() else {
-            return Err(invalid(
-                "switch.host",
-                "a cluster store keeps each host's ports under its name: set switch.host",
-            ));
-        };
-        Ok(Some(EtcdPlan {
-            endpoints: control.etcd.clone(),
-            prefix: prefix.clone(),
-            host,
-            lease_s: control.etcd_lease_s,
-            gateway_placement,
         }))
     }
 }

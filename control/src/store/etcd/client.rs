@@ -1,182 +1,284 @@
-//! A client of etcd's v3 JSON gateway over HTTP/1.0: no gRPC stack, and a reply is
-//! read to the end of the connection (a stream's first message for keepalives and
-//! watches). Every call tries the endpoints in order.
+//! etcd as this host reaches it: one gRPC client (the `etcd-client` crate), connected
+//! at first use and kept (its channel reconnects by itself, a user's token is renewed
+//! when it runs out), over TLS with the CA, client certificate and user the config
+//! names. A refusal that only the config can fix (a password, a CA, a client
+//! certificate) comes back as a [`ConfigError`] naming the field; over TLS, a handshake
+//! of the store's own ([`super::handshake`]) finds those before the client connects.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use serde_json::{json, Value};
+use anyhow::Context;
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, KvClient, TlsOptions,
+};
 
-/// How long connecting to an etcd endpoint, or sending to it, may take before the
-/// next endpoint is tried.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+use super::handshake::{shake_hands, Handshake};
+use crate::config::{ConfigError, EtcdAccess};
+
+/// How long connecting to an etcd endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an answer may take: reading a large cluster's whole prefix takes etcd
-/// seconds when many hosts start at once.
+/// seconds when many hosts start at once. Streams (watch, keepalives) run past it.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on a quiet connection, so a watch over a dead one (etcd's host gone
+/// without closing it) is noticed and resumed elsewhere.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// The largest reply taken: a large cluster's whole prefix at once (gRPC's default
+/// of 4 MiB is a few thousand tenants).
+const MAX_REPLY_BYTES: usize = 1 << 30;
 
-/// Every key under `start`: (key, value, mod revision), and the revision they were
-/// read at.
-#[allow(clippy::type_complexity)]
-pub(super) fn range(
-    endpoints: &[String],
-    start: &str,
-) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
-    let reply = call_any(
-        endpoints,
-        "/v3/kv/range",
-        &json!({"key": BASE64.encode(start), "range_end": BASE64.encode(prefix_end(start))}),
-    )?;
-    let mut out = Vec::new();
-    for kv in reply["kvs"].as_array().into_iter().flatten() {
-        let decode = |field: &str| -> anyhow::Result<String> {
-            let text = kv[field].as_str().unwrap_or_default();
-            let bytes = BASE64
-                .decode(text)
-                .with_context(|| format!("etcd sent a {field} that is not base64"))?;
-            String::from_utf8(bytes).context("etcd sent a key or value that is not UTF-8")
+/// A connection to the etcd cluster, shared by the store and its watch and lease tasks.
+pub(super) struct Etcd {
+    endpoints: Vec<String>,
+    access: EtcdAccess,
+    /// The client once connected; connecting again only after a failed first try.
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Etcd {
+    pub(super) fn new(endpoints: Vec<String>, access: EtcdAccess) -> Self {
+        Self {
+            endpoints,
+            access,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub(super) fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The client, connecting (and authenticating) first if this is the first call
+    /// that reached etcd.
+    pub(super) async fn client(&self) -> anyhow::Result<Client> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        if self.access.ca.is_some() {
+            self.check_tls().await?;
+        }
+        let client = Client::connect(&self.endpoints, Some(self.options()))
+            .await
+            .map_err(|e| self.explain(e))?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Refused when every endpoint that answers refuses this host's TLS (see
+    /// [`handshake`]); etcd not answering is left to the client to find.
+    async fn check_tls(&self) -> anyhow::Result<()> {
+        let mut refusal = None;
+        for endpoint in &self.endpoints {
+            match shake_hands(endpoint, &self.access).await {
+                Handshake::Taken => return Ok(()),
+                Handshake::Refused(tls) => refusal = refusal.or(self.refused_tls(&tls)),
+                Handshake::Unknown(why) => {
+                    tracing::debug!(%endpoint, %why, "no TLS handshake with etcd")
+                }
+            }
+        }
+        match refusal {
+            Some(refused) => Err(refused.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Signs in again: etcd voids its tokens when it restarts, and a watch refused for
+    /// that is not retried by the client itself.
+    pub(super) async fn renew_token(&self) -> anyhow::Result<()> {
+        self.client()
+            .await?
+            .refresh_token()
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// The KV client, taking replies as large as a whole cluster's prefix.
+    pub(super) async fn kv(&self) -> anyhow::Result<KvClient> {
+        Ok(self
+            .client()
+            .await?
+            .kv_client()
+            .max_decoding_message_size(MAX_REPLY_BYTES))
+    }
+
+    fn options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(ANSWER_TIMEOUT)
+            .with_keep_alive(PING_INTERVAL, CONNECT_TIMEOUT)
+            // etcd's tokens run out (5 minutes by default) and die with a restart.
+            .with_auto_token_refresh(true);
+        if let Some(ca) = &self.access.ca {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some(identity) = &self.access.identity {
+                tls = tls.identity(Identity::from_pem(&identity.cert, identity.key.expose()));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some(user) = &self.access.user {
+            options = options.with_user(&user.name, user.password.expose());
+        }
+        options
+    }
+
+    /// Every key under `prefix`: (key, value, mod revision), and the revision they were
+    /// read at.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn range(
+        &self,
+        prefix: &str,
+    ) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
+        let reply = self
+            .kv()
+            .await?
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.explain(e))?;
+        let mut out = Vec::with_capacity(reply.kvs().len());
+        for kv in reply.kvs() {
+            let key = kv.key_str().context("etcd sent a key that is not UTF-8")?;
+            let value = kv
+                .value_str()
+                .with_context(|| format!("etcd sent a value of {key} that is not UTF-8"))?;
+            out.push((key.to_owned(), value.to_owned(), kv.mod_revision()));
+        }
+        Ok((out, revision(reply.header())))
+    }
+
+    /// Says what went wrong with a call in words an operator acts on: a refusal the
+    /// config can fix names its field; anything else is etcd not answering.
+    pub(super) fn explain(&self, error: etcd_client::Error) -> anyhow::Error {
+        let refusal = match &error {
+            etcd_client::Error::GRpcStatus(status) => {
+                use std::error::Error;
+                self.refused_credentials(status.message()).or_else(|| {
+                    let tls = status.source().and_then(tls_error)?;
+                    self.refused_tls(tls)
+                })
+            }
+            etcd_client::Error::TransportError(e) => {
+                tls_error(e).and_then(|tls| self.refused_tls(tls))
+            }
+            etcd_client::Error::IoError(e) => tls_error(e).and_then(|tls| self.refused_tls(tls)),
+            _ => None,
         };
-        out.push((decode("key")?, decode("value")?, revision_of(kv)));
-    }
-    Ok((out, revision_of(&reply["header"])))
-}
-
-/// `text` as etcd's JSON gateway takes keys and values (base64).
-pub(super) fn encode(text: impl AsRef<[u8]>) -> String {
-    BASE64.encode(text)
-}
-
-/// A key or value from etcd's JSON gateway, when it is base64 of UTF-8.
-pub(super) fn decode(field: &Value) -> Option<String> {
-    let bytes = BASE64.decode(field.as_str().unwrap_or_default()).ok()?;
-    String::from_utf8(bytes).ok()
-}
-
-/// The first JSON message of a streaming reply (the keepalive stream stays open).
-pub(super) fn first_message(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
-    let mut stream = open_post(endpoint, path, body)?;
-    let mut reply = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buffer)?;
-        if n == 0 {
-            bail!("etcd closed the stream");
-        }
-        reply.extend_from_slice(&buffer[..n]);
-        let Some(head_end) = reply.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let body = &reply[head_end + 4..];
-        if let Some(end) = body.iter().position(|&b| b == b'\n') {
-            return Ok(serde_json::from_slice(&body[..end])?);
+        match refusal {
+            Some(config) => config.into(),
+            None => anyhow::anyhow!(
+                "etcd at {} did not answer: {error}",
+                self.endpoints.join(",")
+            ),
         }
     }
-}
 
-/// POSTs `body` to `path` on the first of `endpoints` that answers.
-pub(super) fn call_any(endpoints: &[String], path: &str, body: &Value) -> anyhow::Result<Value> {
-    let mut failures = Vec::new();
-    for endpoint in endpoints {
-        match post(endpoint, path, body) {
-            Ok(reply) => return Ok(reply),
-            Err(e) => failures.push(format!("{endpoint}: {e:#}")),
+    /// A user or password etcd refused.
+    fn refused_credentials(&self, said: &str) -> Option<ConfigError> {
+        let user = self.access.user.as_ref();
+        if said.contains("authentication failed") {
+            let (field, name) = user.map_or(("control.etcd_user", ""), |user| {
+                (user.password_field, user.name.as_str())
+            });
+            return Some(refused(
+                field,
+                format!("etcd refused user `{name}`: wrong password, or no such user ({said})"),
+            ));
+        }
+        if said.contains("user name is empty") {
+            return Some(refused(
+                "control.etcd_user",
+                format!("etcd has authentication on: set control.etcd_user and its password, or a client certificate named for an etcd user ({said})"),
+            ));
+        }
+        if said.contains("permission denied") {
+            let (field, who) = match (user, &self.access.identity) {
+                (Some(user), _) => ("control.etcd_user", format!("user `{}`", user.name)),
+                (None, Some(_)) => (
+                    "control.etcd_cert",
+                    "the user the client certificate names".to_owned(),
+                ),
+                (None, None) => ("control.etcd_user", "this host".to_owned()),
+            };
+            return Some(refused(
+                field,
+                format!("etcd denies {who} the cluster's keys: grant its role readwrite on the prefix (etcdctl role grant-permission --prefix) ({said})"),
+            ));
+        }
+        None
+    }
+
+    /// A TLS handshake that failed for want of the right CA or client certificate.
+    fn refused_tls(&self, tls: &rustls::Error) -> Option<ConfigError> {
+        match tls {
+            rustls::Error::InvalidCertificate(why) => {
+                let field = match why {
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. } => "control.etcd",
+                    _ => "control.etcd_ca",
+                };
+                Some(refused(
+                    field,
+                    format!("etcd's server certificate is not trusted: {tls} (is control.etcd_ca the CA that signed it, and does it name the host of control.etcd?)"),
+                ))
+            }
+            rustls::Error::AlertReceived(alert) => {
+                use rustls::AlertDescription::*;
+                if !matches!(
+                    alert,
+                    BadCertificate
+                        | CertificateRequired
+                        | UnknownCA
+                        | CertificateUnknown
+                        | UnsupportedCertificate
+                        | CertificateExpired
+                        | CertificateRevoked
+                        | AccessDenied
+                ) {
+                    return None;
+                }
+                let message = match self.access.identity {
+                    Some(_) => format!("etcd does not accept this host's client certificate ({tls}): is it signed by the CA etcd trusts (--trusted-ca-file), for client authentication, and still valid?"),
+                    None => format!("etcd requires a client certificate ({tls}): set control.etcd_cert and control.etcd_key"),
+                };
+                Some(refused("control.etcd_cert", message))
+            }
+            _ => None,
         }
     }
-    bail!("no etcd endpoint answered ({})", failures.join("; "))
 }
 
-/// Opens a connection and sends one HTTP/1.0 POST of JSON; the reply is the caller's
-/// to read.
-pub(super) fn open_post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<TcpStream> {
-    let authority = endpoint
-        .strip_prefix("http://")
-        .unwrap_or(endpoint)
-        .trim_end_matches('/');
-    let address = authority
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {authority}"))?
-        .next()
-        .with_context(|| format!("{authority} has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&address, CALL_TIMEOUT)?;
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    stream.set_write_timeout(Some(CALL_TIMEOUT))?;
-    let body = body.to_string();
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(stream)
+/// The `ConfigError` of a refusal, for the caller to tell from etcd being away.
+fn refused(field: &str, message: String) -> ConfigError {
+    crate::config::invalid(field, message)
 }
 
-/// One HTTP/1.0 POST of JSON, the reply read to the end.
-fn post(endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
-    let mut stream = open_post(endpoint, path, body)?;
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply)?;
-    let text = String::from_utf8_lossy(&reply);
-    let (head, payload) = text
-        .split_once("\r\n\r\n")
-        .context("etcd's reply has no body")?;
-    let status = head.split(' ').nth(1).unwrap_or_default();
-    let value: Value = serde_json::from_str(payload)
-        .with_context(|| format!("etcd's reply is not JSON (HTTP {status})"))?;
-    if status != "200" {
-        bail!(
-            "etcd refused {path} (HTTP {status}): {}",
-            value["message"].as_str().unwrap_or(payload)
-        );
-    }
-    Ok(value)
+/// Whether `error` is etcd refusing this host's config (not etcd being away).
+pub(super) fn misconfigured(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<ConfigError>().is_some()
 }
 
-/// A key's mod revision, or a header's revision.
-pub(super) fn revision_of(value: &Value) -> i64 {
-    match value.get("mod_revision") {
-        Some(revision) => integer(revision),
-        None => integer(&value["revision"]),
-    }
-}
-
-/// A 64-bit number as etcd's JSON gateway writes it (a string), or plain; 0 if absent.
-pub(super) fn integer(field: &Value) -> i64 {
-    field
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .or_else(|| field.as_i64())
-        .unwrap_or(0)
-}
-
-/// The end of the range of keys that start with `prefix`.
-pub(super) fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
+/// The TLS error somewhere in a chain of causes. An I/O error's `source` skips what it
+/// wraps, so that is looked into too.
+pub(super) fn tls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref()) {
+                return Some(tls);
+            }
+        }
+        next = error.source();
     }
-    vec![0]
+    None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_prefix_range_ends_after_every_key_under_it() {
-        assert_eq!(prefix_end("/tenet/"), b"/tenet0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
-    }
-
-    #[test]
-    fn revisions_come_as_strings_or_numbers() {
-        assert_eq!(revision_of(&json!({"mod_revision": "42"})), 42);
-        assert_eq!(revision_of(&json!({"revision": 7})), 7);
-        assert_eq!(revision_of(&json!({})), 0);
-    }
+/// A reply's revision (0 without a header).
+pub(super) fn revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, |header| header.revision())
 }

@@ -16,24 +16,31 @@
 //! The store's parts: [`client`] speaks to etcd, [`keys`] maps the model to keys and
 //! back, [`watch`] follows the cluster, [`lease`] keeps this host registered and
 //! reports its traffic; placement itself is [`crate::placement`]'s.
+//!
+//! The store's methods wait for etcd: tenetd calls them on blocking threads, never in
+//! its runtime's async tasks. They wait in a small runtime of the store's own (one
+//! thread, started at the first call), where the watch and the lease run as tasks.
 
 mod client;
+mod handshake;
 mod keys;
 mod lease;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
+use crate::config::EtcdAccess;
 use crate::model::Model;
 use crate::placement::{self, GatewayPlacement};
 
-use client::{call_any, encode, revision_of};
+use client::{revision, Etcd};
 use watch::KeyCache;
 
 /// Operations per etcd transaction (etcd refuses more than 128).
@@ -67,9 +74,13 @@ impl std::fmt::Display for Conflict {
 
 impl std::error::Error for Conflict {}
 
+/// How long a stopping host tries to leave the cluster before its lease is left to run
+/// out, and how long `tenetd --check` waits for etcd.
+const SHORT_WAIT: Duration = Duration::from_secs(5);
+
 /// A model kept in etcd.
 pub struct EtcdStore {
-    endpoints: Vec<String>,
+    etcd: Arc<Etcd>,
     prefix: String,
     host: String,
     /// Every key of ours as last read or written: its value and mod revision.
@@ -87,10 +98,12 @@ pub struct EtcdStore {
     own_writes: Mutex<OwnWrites>,
     /// Seconds a host stays alive without renewing its lease.
     lease_ttl: u64,
-    /// Tells the watch and lease threads to end.
-    stop: Arc<AtomicBool>,
+    /// Where etcd is waited on, and the watch and lease run; started at the first call.
+    runtime: OnceLock<tokio::runtime::Runtime>,
+    /// The task keeping the lease, ended before the lease is revoked.
+    lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The lease this host is registered under, revoked when it stops.
-    lease: Arc<Mutex<Option<String>>>,
+    lease: Arc<Mutex<Option<i64>>>,
     /// What places floating gateways when this host is the placer.
     gateway_placement: GatewayPlacement,
     /// Bits a second this host's gateways send out (an `f64`'s bits), reported with
@@ -104,8 +117,8 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// A store on the etcd cluster at `endpoints` (`http://host:port`), under `prefix`,
-    /// for host `host`.
+    /// A store on the etcd cluster at `endpoints` (`http://host:port`; `https://` with
+    /// [`EtcdStore::with_access`]), under `prefix`, for host `host`.
     pub fn new(endpoints: Vec<String>, prefix: &str, host: &str) -> Self {
         Self::with_lease(endpoints, prefix, host, 10)
     }
@@ -117,18 +130,52 @@ impl EtcdStore {
             cache: Arc::new(Mutex::new(None)),
             own_writes: Mutex::new(BTreeMap::new()),
             lease_ttl,
-            endpoints,
+            etcd: Arc::new(Etcd::new(endpoints, EtcdAccess::default())),
             prefix: prefix.trim_end_matches('/').to_owned(),
             host: host.to_owned(),
             seen: Mutex::new(BTreeMap::new()),
             loaded_at: AtomicI64::new(0),
-            stop: Arc::new(AtomicBool::new(false)),
+            runtime: OnceLock::new(),
+            lease_task: Mutex::new(None),
             lease: Arc::new(Mutex::new(None)),
             gateway_placement: GatewayPlacement::Tenants,
             egress_bps: Arc::new(AtomicU64::new(0f64.to_bits())),
             local_copy: None,
             skipped_keys: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// The same, reaching etcd with `access`: the CA of its TLS certificate, a client
+    /// certificate, a user.
+    pub fn with_access(mut self, access: EtcdAccess) -> Self {
+        self.etcd = Arc::new(Etcd::new(self.etcd.endpoints().to_vec(), access));
+        self
+    }
+
+    /// Whether etcd takes this host: connects, authenticates and reads the prefix once.
+    /// A refusal the config can fix is a [`crate::config::ConfigError`] naming the
+    /// field; etcd not answering is any other error.
+    pub fn check_access(&self) -> anyhow::Result<()> {
+        let prefix = format!("{}/", self.prefix);
+        let etcd = &self.etcd;
+        let read = async {
+            let mut kv = etcd.kv().await?;
+            kv.get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(|e| etcd.explain(e))
+        };
+        self.block_on(async {
+            tokio::time::timeout(SHORT_WAIT, read).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "etcd at {} did not answer within {SHORT_WAIT:?}",
+                    etcd.endpoints().join(",")
+                )
+            })?
+        })?;
+        Ok(())
     }
 
     /// The same, keeping this host's view of the model at `path` (see
@@ -230,7 +277,11 @@ impl EtcdStore {
 
     /// Where the model is kept, for logs.
     pub fn describe(&self) -> String {
-        format!("etcd {} under {}/", self.endpoints.join(","), self.prefix)
+        format!(
+            "etcd {} under {}/",
+            self.etcd.endpoints().join(","),
+            self.prefix
+        )
     }
 
     /// The cluster's model with this host's own part, or `None` when the cluster has
@@ -328,26 +379,12 @@ impl EtcdStore {
         gone: Vec<String>,
         expected: Option<&BTreeMap<String, String>>,
     ) -> anyhow::Result<()> {
-        let absent = |key: &str| {
-            json!({
-                "key": encode(key), "target": "CREATE", "result": "EQUAL",
-                "create_revision": "0",
-            })
-        };
-        let holds = |key: &str, value: &str| {
-            json!({
-                "key": encode(key), "target": "VALUE", "result": "EQUAL",
-                "value": encode(value),
-            })
-        };
-        let unchanged_since = |key: &str, revision: i64| {
-            json!({
-                "key": encode(key), "target": "MOD", "result": "EQUAL",
-                "mod_revision": revision.to_string(),
-            })
-        };
+        let absent = |key: &str| Compare::create_revision(key, CompareOp::Equal, 0);
+        let holds = |key: &str, value: &str| Compare::value(key, CompareOp::Equal, value);
+        let unchanged_since =
+            |key: &str, revision: i64| Compare::mod_revision(key, CompareOp::Equal, revision);
         // (key, new value or None to delete, compare if any, request)
-        let mut ops: Vec<(String, Option<String>, Option<Value>, Value)> = Vec::new();
+        let mut ops: Vec<(String, Option<String>, Option<Compare>, TxnOp)> = Vec::new();
         for (key, value) in &desired {
             let compare = match (seen.get(key), expected) {
                 (Some((old, _)), _) if old == value => continue,
@@ -359,9 +396,7 @@ impl EtcdStore {
                 (None, None) => absent(key),
             };
             let compare = Some(compare);
-            let put = json!({"request_put": {
-                "key": encode(key), "value": encode(value),
-            }});
+            let put = TxnOp::put(key.as_str(), value.as_str(), None);
             ops.push((key.clone(), Some(value.clone()), compare, put));
         }
         let record = format!("{}/placed/", self.prefix);
@@ -374,23 +409,25 @@ impl EtcdStore {
                     None => unchanged_since(key, seen[key].1),
                 }
             });
-            let delete = json!({"request_delete_range": {"key": encode(key)}});
+            let delete = TxnOp::delete(key.as_str(), None);
             ops.push((key.clone(), None, compare, delete));
         }
         // etcd takes 128 operations per transaction: a larger change (a cluster seeded
         // from a big config) goes in several, each all or nothing.
         for chunk in ops.chunks(MAX_TXN_OPS) {
-            let compare: Vec<&Value> = chunk.iter().filter_map(|op| op.2.as_ref()).collect();
-            let success: Vec<&Value> = chunk.iter().map(|op| &op.3).collect();
-            let reply = self.call(
-                "/v3/kv/txn",
-                &json!({"compare": compare, "success": success}),
-            )?;
-            if reply["succeeded"] != json!(true) {
+            let compare: Vec<Compare> = chunk.iter().filter_map(|op| op.2.clone()).collect();
+            let success: Vec<TxnOp> = chunk.iter().map(|op| op.3.clone()).collect();
+            let txn = Txn::new().when(compare).and_then(success);
+            let etcd = &self.etcd;
+            let reply = self.block_on(async {
+                let mut kv = etcd.kv().await?;
+                kv.txn(txn).await.map_err(|e| etcd.explain(e))
+            })?;
+            if !reply.succeeded() {
                 drop(seen);
                 return Err(self.explain_conflict(&desired, &gone).into());
             }
-            let revision = revision_of(&reply["header"]);
+            let revision = revision(reply.header());
             let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
             for (key, value, _, _) in chunk {
                 own.insert(key.clone(), (value.clone(), revision));
@@ -466,24 +503,81 @@ impl EtcdStore {
     /// were read at.
     #[allow(clippy::type_complexity)]
     fn range(&self) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
-        client::range(&self.endpoints, &format!("{}/", self.prefix))
+        self.block_on(self.etcd.range(&format!("{}/", self.prefix)))
     }
 
-    /// POSTs `body` to `path` on the first endpoint that answers.
-    fn call(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        call_any(&self.endpoints, path, body)
+    /// Waits for `call` on this thread, in the store's runtime (started now if this is
+    /// the first call): the caller is a blocking thread, not an async task.
+    fn block_on<T>(
+        &self,
+        call: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        self.runtime()?.block_on(call)
+    }
+
+    /// The store's runtime, started at the first call that needs it: a store that never
+    /// reaches etcd (keys for a benchmark, a test of the mapping) starts no thread.
+    fn runtime(&self) -> anyhow::Result<&tokio::runtime::Runtime> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tenet-etcd")
+            .enable_all()
+            .build()
+            .context("starting the etcd client's runtime")?;
+        // Two first calls at once: one runtime stays, the other goes without blocking
+        // (a runtime dropped in place would wait for its thread).
+        if let Err(spare) = self.runtime.set(runtime) {
+            spare.shutdown_background();
+        }
+        self.runtime
+            .get()
+            .context("the etcd client's runtime did not start")
     }
 }
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // A host that stops leaves the cluster now, not when its lease runs out.
-        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(id) = lease {
-            if let Err(e) = call_any(&self.endpoints, "/v3/lease/revoke", &json!({"ID": id})) {
-                tracing::warn!(error = %format!("{e:#}"), "could not leave the cluster; the lease will run out");
-            }
-        }
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let lease_task = self
+            .lease_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let lease = Arc::clone(&self.lease);
+        let etcd = &self.etcd;
+        // A host that stops leaves the cluster now, not when its lease runs out. The
+        // lease task ends first, so it cannot register the host again meanwhile. On a
+        // thread of its own: a store may be dropped inside an async task, where waiting
+        // in another runtime is refused.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                runtime.block_on(async {
+                    if let Some(task) = lease_task {
+                        task.abort();
+                        let _ = task.await;
+                    }
+                    let id = lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let Some(id) = id else {
+                        return;
+                    };
+                    let revoke = async {
+                        let mut leases = etcd.client().await?.lease_client();
+                        leases.revoke(id).await.map_err(|e| etcd.explain(e))
+                    };
+                    let left = tokio::time::timeout(SHORT_WAIT, revoke)
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("etcd did not answer")));
+                    if let Err(e) = left {
+                        tracing::warn!(error = %format!("{e:#}"), "could not leave the cluster; the lease will run out");
+                    }
+                });
+            });
+        });
+        runtime.shutdown_background();
     }
 }
