@@ -169,15 +169,39 @@ impl Model {
 
     /// `base` (dataplane, ports, control) with this model.
     pub fn over(&self, base: &Config) -> Config {
+        self.clone().into_config(base)
+    }
+
+    /// [`Model::over`], the model's lists moved in rather than copied (only `base`'s
+    /// own sections are copied: its lists may be a whole model too). The gateway
+    /// placements stay behind: a config has none.
+    pub fn into_config(self, base: &Config) -> Config {
         Config {
-            switch: self.switch.clone(),
-            hosts: self.hosts.clone(),
-            tenants: self.tenants.clone(),
-            endpoints: self.endpoints.clone(),
-            ports: self.ports.clone(),
-            routes: self.routes.clone(),
-            published: self.published.clone(),
-            ..base.clone()
+            dataplane: base.dataplane.clone(),
+            cross_connects: base.cross_connects.clone(),
+            gateway: base.gateway.clone(),
+            control: base.control.clone(),
+            switch: self.switch,
+            hosts: self.hosts,
+            tenants: self.tenants,
+            endpoints: self.endpoints,
+            ports: self.ports,
+            routes: self.routes,
+            published: self.published,
+        }
+    }
+
+    /// The model a config holds, its lists moved out (left empty), with `placed`.
+    fn taken_from(config: &mut Config, placed: BTreeMap<String, String>) -> Self {
+        Self {
+            switch: std::mem::take(&mut config.switch),
+            hosts: std::mem::take(&mut config.hosts),
+            tenants: std::mem::take(&mut config.tenants),
+            endpoints: std::mem::take(&mut config.endpoints),
+            ports: std::mem::take(&mut config.ports),
+            routes: std::mem::take(&mut config.routes),
+            published: std::mem::take(&mut config.published),
+            placed,
         }
     }
 
@@ -249,8 +273,20 @@ impl Model {
         if !ok {
             return Err(nothing_to_change(change));
         }
-        let validated = self.validate_change(&next, base, &prefix)?;
-        Ok((next, validated))
+        // The model is copied once: its lists go into the config validated and come
+        // back out of it (the plan keeps the config's own sections as its base).
+        let placed = std::mem::take(&mut next.placed);
+        match next.into_config(base).checked() {
+            Ok(mut validated) => {
+                let next = Self::taken_from(&mut validated.source, placed);
+                Ok((next, validated))
+            }
+            Err((error, mut config)) => {
+                let next = Self::taken_from(&mut config, placed);
+                let validated = self.validate_leniently_after(error, &next, base, &prefix)?;
+                Ok((next, validated))
+            }
+        }
     }
 
     /// A port with endpoints, or cross-connected in the config file, stays.
@@ -432,32 +468,30 @@ impl Model {
         (format!("tenant[{i}]."), true)
     }
 
-    /// Validates `next`, this model changed; `prefix` names the changed record.
-    fn validate_change(
+    /// `next`, this model changed, failed validation with `error`: taken with its unfit
+    /// records left out, unless the change itself brings one (`prefix` names the
+    /// changed record).
+    fn validate_leniently_after(
         &self,
+        error: ConfigError,
         next: &Model,
         base: &Config,
         prefix: &str,
     ) -> Result<Validated, Refusal> {
-        match next.over(base).into_validated() {
-            Ok(validated) => Ok(validated),
-            Err(e) => {
-                // The model may hold a record that was unfit before this change (another
-                // host wrote it): it stays left out, as in the tables. Only a fault the
-                // change brings refuses it.
-                let Ok((validated, after)) = next.validate_leniently(base) else {
-                    return Err(refusal(e, prefix));
-                };
-                let before: std::collections::HashSet<String> = self
-                    .validate_leniently(base)
-                    .map(|(_, skipped)| skipped.into_iter().map(|s| s.record).collect())
-                    .unwrap_or_default();
-                if let Some(new) = after.into_iter().find(|s| !before.contains(&s.record)) {
-                    return Err(refusal(at_change(new.error, prefix), prefix));
-                }
-                Ok(validated)
-            }
+        // The model may hold a record that was unfit before this change (another host
+        // wrote it): it stays left out, as in the tables. Only a fault the change
+        // brings refuses it.
+        let Ok((validated, after)) = next.validate_leniently(base) else {
+            return Err(refusal(error, prefix));
+        };
+        let before: std::collections::HashSet<String> = self
+            .validate_leniently(base)
+            .map(|(_, skipped)| skipped.into_iter().map(|s| s.record).collect())
+            .unwrap_or_default();
+        if let Some(new) = after.into_iter().find(|s| !before.contains(&s.record)) {
+            return Err(refusal(at_change(new.error, prefix), prefix));
         }
+        Ok(validated)
     }
 }
 

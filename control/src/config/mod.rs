@@ -362,7 +362,9 @@ pub struct Validated {
     pub state_file: Option<PathBuf>,
     /// The cluster store, when the model lives in etcd.
     pub etcd: Option<EtcdPlan>,
-    /// The configuration this was validated from (the API derives changed ones from it).
+    /// The configuration this was validated from (the API derives changed ones from
+    /// it); after an API change its model lists are the live model's, kept there and
+    /// not here.
     pub source: Config,
 }
 
@@ -407,9 +409,18 @@ impl Config {
     /// [`Config::validate`], keeping this config in the result without a copy (a
     /// model of many tenants costs more to copy than to check).
     pub fn into_validated(self) -> Result<Validated, ConfigError> {
-        let mut validated = self.check()?;
-        validated.source = self;
-        Ok(validated)
+        self.checked().map_err(|(error, _)| error)
+    }
+
+    /// [`Config::into_validated`], the config handed back with the error.
+    pub fn checked(self) -> Result<Validated, (ConfigError, Config)> {
+        match self.check() {
+            Ok(mut validated) => {
+                validated.source = self;
+                Ok(validated)
+            }
+            Err(error) => Err((error, self)),
+        }
     }
 
     /// The checks and plans of [`Config::validate`], the source left empty.
