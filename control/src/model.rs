@@ -281,7 +281,8 @@ impl Model {
                 let next = Self::taken_from(&mut validated.source, placed);
                 Ok((next, validated))
             }
-            Err((error, mut config)) => {
+            Err(refused) => {
+                let (error, mut config) = *refused;
                 let next = Self::taken_from(&mut config, placed);
                 let validated = self.validate_leniently_after(error, &next, base, &prefix)?;
                 Ok((next, validated))

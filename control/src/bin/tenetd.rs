@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             }
             Some(Arc::new(Store::Etcd(Box::new(etcd))))
         }
-        (None, Some(path)) => Some(Arc::new(Store::File(FileStore::new(path)))),
+        (None, Some(path)) => Some(Arc::new(Store::File(Box::new(FileStore::new(path))))),
         (None, None) => None,
     };
     let restored = match restore(&config, store.as_deref()) {

@@ -409,17 +409,17 @@ impl Config {
     /// [`Config::validate`], keeping this config in the result without a copy (a
     /// model of many tenants costs more to copy than to check).
     pub fn into_validated(self) -> Result<Validated, ConfigError> {
-        self.checked().map_err(|(error, _)| error)
+        self.checked().map_err(|refused| refused.0)
     }
 
     /// [`Config::into_validated`], the config handed back with the error.
-    pub fn checked(self) -> Result<Validated, (ConfigError, Config)> {
+    pub fn checked(self) -> Result<Validated, Box<(ConfigError, Config)>> {
         match self.check() {
             Ok(mut validated) => {
                 validated.source = self;
                 Ok(validated)
             }
-            Err(error) => Err((error, self)),
+            Err(error) => Err(Box::new((error, self))),
         }
     }
 
