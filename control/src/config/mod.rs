@@ -106,10 +106,12 @@ pub struct Config {
 pub struct ControlSection {
     /// Unix socket of the HTTP/JSON API.
     pub api_socket: PathBuf,
-    /// Where tenants, hosts and endpoints changed through the API are kept (written
-    /// atomically); restored from on start. Default: `/var/lib/tenet/<file_prefix>.json`.
-    /// With `etcd`, this host's own view of the cluster's model is kept there, for a
-    /// start while etcd does not answer.
+    /// Where tenants, hosts and endpoints changed through the API are kept: a journal
+    /// in the directory `<state_file>.journal/`, each change appended and fsynced
+    /// (a whole state file of an older tenet there is taken in once); restored from on
+    /// start. Default: `/var/lib/tenet/<file_prefix>.json`. With `etcd`, this host's
+    /// own view of the cluster's model is kept in the file itself (written
+    /// atomically), for a start while etcd does not answer.
     pub state_file: Option<PathBuf>,
     /// Also serve the API on this TCP address (off by default: the Unix socket is
     /// root-only, a TCP port is reachable by anyone who can route to it). Only with
