@@ -167,6 +167,21 @@ impl Model {
         }
     }
 
+    /// A model of `switch` settings and `ports` alone, its lists empty (to be filled
+    /// from a store's records).
+    pub fn bare(switch: SwitchSection, ports: Vec<PortSpec>) -> Self {
+        Self {
+            switch,
+            ports,
+            hosts: Vec::new(),
+            tenants: Vec::new(),
+            endpoints: Vec::new(),
+            routes: Vec::new(),
+            published: Vec::new(),
+            placed: BTreeMap::new(),
+        }
+    }
+
     /// `base` (dataplane, ports, control) with this model.
     pub fn over(&self, base: &Config) -> Config {
         self.clone().into_config(base)

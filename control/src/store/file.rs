@@ -356,16 +356,7 @@ fn model_of(records: &BTreeMap<String, String>) -> anyhow::Result<(Model, Order)
     }
     let switch = records.get(SWITCH).context("no `switch` record")?;
     let ports = records.get(PORTS).context("no `ports` record")?;
-    let mut model = Model {
-        switch: parse(SWITCH, switch)?,
-        ports: parse(PORTS, ports)?,
-        hosts: Vec::new(),
-        tenants: Vec::new(),
-        endpoints: Vec::new(),
-        routes: Vec::new(),
-        published: Vec::new(),
-        placed: BTreeMap::new(),
-    };
+    let mut model = Model::bare(parse(SWITCH, switch)?, parse(PORTS, ports)?);
     let mut order = Order::default();
     for (key, value) in records {
         let Some((list, rest)) = key.split_once('/') else {
