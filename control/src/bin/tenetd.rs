@@ -14,7 +14,7 @@ use control::daemon::{self, RunOptions};
 use control::live::Live;
 use control::model::Model;
 use control::preflight;
-use control::store::{EtcdStore, FileStore, Store};
+use control::store::{journal, EtcdStore, FileStore, Store};
 
 /// tenet's host vswitch daemon: a poll-mode DPDK dataplane driven by a config file.
 #[derive(Debug, Parser)]
@@ -251,6 +251,14 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
                 model,
                 unseeded: true,
                 skipped,
+            })
+        }
+        (Err(e), Store::File(_)) if e.downcast_ref::<journal::InUse>().is_some() => {
+            // Another tenetd runs on this state: starting beside it would fight over
+            // its ports and its state.
+            Err(ConfigError::Invalid {
+                field: "control.state_file".to_owned(),
+                message: format!("{e:#}"),
             })
         }
         (Err(e), Store::File(file)) => {

@@ -573,6 +573,23 @@ mod tests {
         assert!(same(&back, &model), "the rest loads");
     }
 
+    #[test]
+    fn a_journal_another_store_holds_is_in_use_not_damaged() {
+        let dir = dir("in-use");
+        let base = Config::parse(BASE, |_| None).unwrap();
+        let state = dir.0.join("state.json");
+        let first = FileStore::new(&state);
+        first.save(&Model::of(&base)).unwrap();
+        let error = FileStore::new(&state).load().unwrap_err();
+        assert!(
+            error
+                .downcast_ref::<super::super::journal::InUse>()
+                .is_some(),
+            "{error:#}"
+        );
+        assert!(first.load().unwrap().is_some(), "the holder's state stays");
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Add(u32),

@@ -442,12 +442,34 @@ fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
 fn lock_dir(dir: &Path) -> anyhow::Result<Flock<File>> {
     let handle = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     Flock::lock(handle, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        anyhow::anyhow!(
-            "journal {} is in use (another tenetd holds it): {errno}",
-            dir.display()
-        )
+        anyhow::Error::new(InUse {
+            dir: dir.to_owned(),
+            errno,
+        })
     })
 }
+
+/// The journal is held by another process (another tenetd on the same state): not a
+/// damaged journal, and never to be moved aside from under it.
+#[derive(Debug)]
+pub struct InUse {
+    /// The journal's directory.
+    pub dir: PathBuf,
+    errno: nix::errno::Errno,
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "journal {} is in use (another tenetd holds it): {}",
+            self.dir.display(),
+            self.errno
+        )
+    }
+}
+
+impl std::error::Error for InUse {}
 
 /// Removes what [`write_private`] leaves behind when a crash interrupts it.
 fn remove_temporary_files(dir: &Path) -> anyhow::Result<usize> {
