@@ -22,7 +22,7 @@ pub use file::FileStore;
 /// The store a tenetd uses.
 pub enum Store {
     /// One host's file.
-    File(FileStore),
+    File(Box<FileStore>),
     /// The cluster's etcd.
     Etcd(Box<EtcdStore>),
 }
