@@ -88,7 +88,9 @@ impl EtcdStore {
         seed: &Model,
     ) -> Option<Model> {
         let mut seen = self.lock_seen();
-        seen.clear();
+        // Updated in place rather than built again: at every watch event nearly every
+        // key is as the last read left it, and copying them all is what a read cost.
+        let mut taken: Vec<&str> = Vec::with_capacity(seen.len());
         let mut model = Model {
             switch: seed.switch.clone(),
             ports: seed.ports.clone(),
@@ -133,7 +135,18 @@ impl EtcdStore {
                 }
             }
             shared |= !matches!(record, Record::Switch(_) | Record::Ports(_));
-            seen.insert(key.to_owned(), (value.to_owned(), revision));
+            taken.push(key);
+            match seen.get_mut(key) {
+                Some(held) if held.1 == revision && held.0 == value => {}
+                Some(held) => *held = (value.to_owned(), revision),
+                None => {
+                    seen.insert(key.to_owned(), (value.to_owned(), revision));
+                }
+            }
+        }
+        // `taken` is in key order, and every key in it is in `seen`.
+        if seen.len() != taken.len() {
+            seen.retain(|key, _| taken.binary_search(&key.as_str()).is_ok());
         }
         *self.lock_alive() = alive;
         *skipped_keys = skipped;
