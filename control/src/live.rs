@@ -64,7 +64,7 @@ pub struct Live {
     pub store: Option<Arc<Store>>,
     /// The model the tables were last built from, with a cluster's dead hosts taken
     /// out (`None`: not yet known, or a single host, which runs the model itself).
-    pub running: Option<Value>,
+    pub running: Option<Model>,
     /// Gateway placements this host (the placer) could not record: tried again on the
     /// next [`Live::retry_placements`] rather than at the next change in the cluster,
     /// which may be long in coming.
@@ -89,7 +89,7 @@ impl Live {
     pub fn new(
         model: Model,
         store: Option<Arc<Store>>,
-        running: Option<Value>,
+        running: Option<Model>,
     ) -> (Self, mpsc::UnboundedReceiver<Done>) {
         let (report, done) = mpsc::unbounded_channel();
         let live = Self {
@@ -206,8 +206,8 @@ impl Live {
             }
         };
         let effective = store.effective(&model);
-        let same = serde_json::to_value(&model).ok() == serde_json::to_value(&*self.model).ok()
-            && serde_json::to_value(&effective).ok() == self.running;
+        // Compared as they are, not as JSON: every watch event at every host comes here.
+        let same = model == *self.model && self.running.as_ref() == Some(&effective);
         if same {
             return;
         }
@@ -222,7 +222,7 @@ impl Live {
                     "took the cluster's changes"
                 );
                 self.model = Arc::new(model);
-                self.running = serde_json::to_value(&effective).ok();
+                self.running = Some(effective);
                 keep_copy(&store, Arc::clone(&self.model));
                 let ports = dataplane.port_info(&validated.ports);
                 controller.reconfigure(Arc::new(validated), ports);
@@ -396,9 +396,7 @@ impl Live {
             return Reply::error(500, "", &format!("could not save the state: {e:#}"));
         }
         tracing::info!(?change, "applied");
-        self.running = effective
-            .as_ref()
-            .and_then(|m| serde_json::to_value(m).ok());
+        self.running = effective;
         if let Some(store) = &self.store {
             keep_copy(store, Arc::clone(&model));
         }

@@ -12,7 +12,7 @@ use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec
 use crate::config::{Config, ConfigError, PortSpec, Validated};
 
 /// The live model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     /// Design and switching settings.

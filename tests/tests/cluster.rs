@@ -577,3 +577,28 @@ fn a_host_reloading_before_its_watch_brings_its_own_write_can_write_again() {
     let again = a.load_cached(&seed).unwrap().unwrap();
     assert_eq!(again.tenants[0].max_macs, Some(10));
 }
+
+#[test]
+fn a_cluster_of_more_keys_than_a_page_is_read_whole() {
+    let etcd = Etcd::start_secure().unwrap();
+    let mut seed =
+        seed("[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n");
+    let (a, b) = hosts_a_and_b(&etcd, "/paged");
+    assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
+    // Two keys a tenant (its record and its id's claim): several pages of keys.
+    for t in 0..1_500u32 {
+        seed.tenants.push(
+            serde_json::from_value(
+                serde_json::json!({"name": format!("t{t:05}"), "id": 1_000 + t}),
+            )
+            .unwrap(),
+        );
+    }
+    a.save(&seed).unwrap();
+    let mut read = b.load(&seed).unwrap().expect("b reads a's cluster");
+    assert_eq!(read.tenants.len(), 1_500);
+    assert_eq!(read.tenants, seed.tenants);
+    // Every key's revision was read with it: a change of the last page goes through.
+    read.tenants.last_mut().unwrap().max_macs = Some(10);
+    b.save(&read).expect("b's read is current");
+}

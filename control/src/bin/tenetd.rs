@@ -161,7 +161,7 @@ struct Restored {
     config: Validated,
     model: Model,
     /// The view the tables run, in a cluster.
-    running: Option<serde_json::Value>,
+    running: Option<Model>,
     /// This host's own part could not be written to the cluster (etcd away).
     unseeded: bool,
     /// Stored records left out because they do not fit.
@@ -184,7 +184,6 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
     let Some(store) = store else {
         return Ok(fresh(false));
     };
-    let running = |view: &Model| serde_json::to_value(view).ok();
     match (store.load(&seed), store) {
         (Ok(Some(model)), _) => {
             let effective = store.effective(&model);
@@ -201,7 +200,7 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
             store.keep_copy(&model);
             Ok(Restored {
                 config: validated,
-                running: running(&effective),
+                running: Some(effective),
                 model,
                 unseeded,
                 skipped,
@@ -221,7 +220,7 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
                 let effective = store.effective(&seed);
                 let (validated, skipped) = effective.validate_leniently(&config.source)?;
                 store.keep_copy(&seed);
-                restored.running = running(&effective);
+                restored.running = Some(effective);
                 restored.config = validated;
                 restored.skipped = skipped;
             }
@@ -247,7 +246,7 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
             let (validated, skipped) = effective.validate_leniently(&config.source)?;
             Ok(Restored {
                 config: validated,
-                running: running(&effective),
+                running: Some(effective),
                 model,
                 unseeded: true,
                 skipped,

@@ -252,7 +252,7 @@ pub enum BackendKind {
 }
 
 /// `[[port]]`, and also each entry of a bond's `members` (which take no name).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Unique name (members have none).

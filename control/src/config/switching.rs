@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{invalid, ConfigError, PortSpec};
 
 /// `[switch]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SwitchSection {
     /// `shared` (VLAN per tenant, star of tunnels to the egress host) or `dedicated`
@@ -52,7 +52,7 @@ impl Default for SwitchSection {
 }
 
 /// `[[host]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSpec {
     /// Unique name.
@@ -67,7 +67,7 @@ pub struct HostSpec {
 }
 
 /// `[[tenant]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     /// Unique name.
@@ -106,7 +106,7 @@ pub struct TenantSpec {
 }
 
 /// `[[endpoint]]`: a container's MAC, installed instead of learned.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Its tenant.

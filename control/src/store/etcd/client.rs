@@ -23,9 +23,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 pings on a quiet connection, so a watch over a dead one (etcd's host gone
 /// without closing it) is noticed and resumed elsewhere.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
-/// The largest reply taken: a large cluster's whole prefix at once (gRPC's default
-/// of 4 MiB is a few thousand tenants).
+/// The largest reply taken: gRPC's default of 4 MiB may be short of a page of large
+/// values (hosts' ports).
 const MAX_REPLY_BYTES: usize = 1 << 30;
+/// Keys per reply when the whole prefix is read: a large cluster comes in pages, each
+/// far below gRPC's message limits, with memory bounded per call.
+const PAGE_KEYS: i64 = 1_000;
 
 /// A connection to the etcd cluster, shared by the store and its watch and lease tasks.
 pub(super) struct Etcd {
@@ -124,27 +127,46 @@ impl Etcd {
     }
 
     /// Every key under `prefix`: (key, value, mod revision), and the revision they were
-    /// read at.
+    /// read at. Read in pages of `PAGE_KEYS`, all at the first page's revision (one
+    /// consistent snapshot), so that no one reply holds a whole large cluster.
     #[allow(clippy::type_complexity)]
     pub(super) async fn range(
         &self,
         prefix: &str,
     ) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
-        let reply = self
-            .kv()
-            .await?
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.explain(e))?;
-        let mut out = Vec::with_capacity(reply.kvs().len());
-        for kv in reply.kvs() {
-            let key = kv.key_str().context("etcd sent a key that is not UTF-8")?;
-            let value = kv
-                .value_str()
-                .with_context(|| format!("etcd sent a value of {key} that is not UTF-8"))?;
-            out.push((key.to_owned(), value.to_owned(), kv.mod_revision()));
+        let end = prefix_end(prefix.as_bytes());
+        let mut kv = self.kv().await?;
+        let mut out = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut at = 0;
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE_KEYS)
+                .with_revision(at);
+            let reply = kv
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(|e| self.explain(e))?;
+            if at == 0 {
+                at = revision(reply.header());
+            }
+            for kv in reply.kvs() {
+                let key = kv.key_str().context("etcd sent a key that is not UTF-8")?;
+                let value = kv
+                    .value_str()
+                    .with_context(|| format!("etcd sent a value of {key} that is not UTF-8"))?;
+                out.push((key.to_owned(), value.to_owned(), kv.mod_revision()));
+            }
+            match reply.kvs().last() {
+                Some(last) if reply.more() => {
+                    // The smallest key after the last one read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((out, at)),
+            }
         }
-        Ok((out, revision(reply.header())))
     }
 
     /// Says what went wrong with a call in words an operator acts on: a refusal the
@@ -276,6 +298,19 @@ pub(super) fn tls_error<'a>(
         next = error.source();
     }
     None
+}
+
+/// The end of the range of keys starting with `prefix` (the first key after them all).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // A prefix of 0xff bytes alone: every key from it on.
+    vec![0]
 }
 
 /// A reply's revision (0 without a header).

@@ -41,6 +41,7 @@ use crate::model::Model;
 use crate::placement::{self, GatewayPlacement};
 
 use client::{revision, Etcd};
+use keys::Record;
 use watch::KeyCache;
 
 /// Operations per etcd transaction (etcd refuses more than 128).
@@ -49,6 +50,10 @@ const MAX_TXN_OPS: usize = 64;
 /// This host's own writes not yet seen through the watch: (value or `None` for a
 /// delete, revision) by key.
 type OwnWrites = BTreeMap<String, (Option<String>, i64)>;
+
+/// One of this host's writes the watch has not brought yet, parsed: value, revision,
+/// record.
+type OwnWrite = (String, i64, Record);
 
 /// What a host keeps of the cluster for a start without etcd.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -290,44 +295,57 @@ impl EtcdStore {
     pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
         let (kvs, revision) = self.range()?;
         self.loaded_at.store(revision, Ordering::Relaxed);
-        *self.lock_cache() = Some(KeyCache {
-            keys: kvs
-                .iter()
-                .map(|(k, v, r)| (k.clone(), (v.clone(), *r)))
-                .collect(),
-            revision,
-            base: revision,
-        });
-        self.build(kvs, seed)
+        // The cache is in place before the model is built: the watch adds what it
+        // brings from now on.
+        let mut cache = self.lock_cache();
+        let cache = cache.insert(KeyCache::read(kvs, revision));
+        Ok(self.build(cache.records(|k, v| self.parse(k, v)), seed))
     }
 
     /// The model from the keys the watch has kept up to date, without asking etcd;
     /// from etcd itself when there are none (before the first load, or after etcd
-    /// compacted away changes the watch had not seen).
+    /// compacted away changes the watch had not seen). Only keys changed since the last
+    /// read are parsed.
     pub fn load_cached(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
-        let cached: Option<Vec<(String, String, i64)>> = self.lock_cache().as_ref().map(|c| {
+        let mut guard = self.lock_cache();
+        let Some(cache) = guard.as_mut() else {
+            drop(guard);
+            return self.load(seed);
+        };
+        // Copied out: `build` takes `seen`, which a write holds while it takes these.
+        let own: Vec<(String, Option<OwnWrite>)> = {
             let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-            own.retain(|_, (_, revision)| *revision > c.revision);
-            if own.is_empty() {
-                return c
-                    .keys
-                    .iter()
-                    .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
-                    .collect();
-            }
-            let mut keys = c.keys.clone();
-            for (key, (value, revision)) in own.iter() {
-                match value {
-                    Some(value) => keys.insert(key.clone(), (value.clone(), *revision)),
-                    None => keys.remove(key),
-                };
-            }
-            keys.into_iter().map(|(k, (v, r))| (k, v, r)).collect()
-        });
-        match cached {
-            Some(kvs) => self.build(kvs, seed),
-            None => self.load(seed),
+            own.retain(|_, (_, revision)| *revision > cache.revision);
+            own.iter()
+                .map(|(key, (value, revision))| {
+                    let write = value
+                        .as_ref()
+                        .map(|value| (value.clone(), *revision, self.parse(key, value)));
+                    (key.clone(), write)
+                })
+                .collect()
+        };
+        let cached = cache.records(|k, v| self.parse(k, v));
+        if own.is_empty() {
+            return Ok(self.build(cached, seed));
         }
+        let mut keys: BTreeMap<&str, (&str, i64, &Record)> = cached
+            .map(|(key, value, revision, record)| (key, (value, revision, record)))
+            .collect();
+        for (key, write) in &own {
+            match write {
+                Some((value, revision, record)) => {
+                    keys.insert(key, (value, *revision, record));
+                }
+                None => {
+                    keys.remove(key.as_str());
+                }
+            }
+        }
+        let keys = keys
+            .into_iter()
+            .map(|(key, (value, revision, record))| (key, value, revision, record));
+        Ok(self.build(keys, seed))
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Option<KeyCache>> {

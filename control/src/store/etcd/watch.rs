@@ -10,6 +10,7 @@ use anyhow::bail;
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 
 use super::client::{misconfigured, revision, Etcd};
+use super::keys::Record;
 use super::EtcdStore;
 
 /// How long a broken watch waits before it is opened again.
@@ -21,9 +22,65 @@ const MAX_MESSAGE_BYTES: usize = 1 << 30;
 /// `revision` applied; read whole at revision `base` (a watch replaying older events
 /// after a reconnection must not undo newer state).
 pub(super) struct KeyCache {
-    pub(super) keys: BTreeMap<String, (String, i64)>,
+    keys: BTreeMap<String, CachedKey>,
     pub(super) revision: i64,
     pub(super) base: i64,
+}
+
+/// A key's value and mod revision, and what it holds once parsed.
+struct CachedKey {
+    value: String,
+    revision: i64,
+    /// `None` until the next read of the model parses it: the watch only stores.
+    record: Option<Record>,
+}
+
+impl KeyCache {
+    /// The keys read whole at `revision`: (key, value, mod revision).
+    pub(super) fn read(keys: Vec<(String, String, i64)>, revision: i64) -> Self {
+        let mut cache = Self {
+            keys: BTreeMap::new(),
+            revision,
+            base: revision,
+        };
+        for (key, value, revision) in keys {
+            cache.put(key, value, revision);
+        }
+        cache
+    }
+
+    pub(super) fn put(&mut self, key: String, value: String, revision: i64) {
+        let record = None;
+        self.keys.insert(
+            key,
+            CachedKey {
+                value,
+                revision,
+                record,
+            },
+        );
+    }
+
+    pub(super) fn delete(&mut self, key: &str) {
+        self.keys.remove(key);
+    }
+
+    /// Every key, in order, as (key, value, mod revision, what it holds); `parse`
+    /// parses only the keys put since the last call.
+    pub(super) fn records(
+        &mut self,
+        parse: impl Fn(&str, &str) -> Record,
+    ) -> impl Iterator<Item = (&str, &str, i64, &Record)> {
+        for (key, cached) in &mut self.keys {
+            if cached.record.is_none() {
+                cached.record = Some(parse(key, &cached.value));
+            }
+        }
+        self.keys.iter().filter_map(|(key, cached)| {
+            let record = cached.record.as_ref()?;
+            Some((key.as_str(), cached.value.as_str(), cached.revision, record))
+        })
+    }
 }
 
 impl EtcdStore {
@@ -180,12 +237,10 @@ impl Follower {
             }
             cache.revision = cache.revision.max(revision);
             if event.event_type() == EventType::Delete {
-                cache.keys.remove(key);
+                cache.delete(key);
             } else {
                 let value = kv.value_str().unwrap_or_default();
-                cache
-                    .keys
-                    .insert(key.to_owned(), (value.to_owned(), revision));
+                cache.put(key.to_owned(), value.to_owned(), revision);
             }
         }
         drop(cache);
