@@ -91,16 +91,7 @@ impl EtcdStore {
         // Updated in place rather than built again: at every watch event nearly every
         // key is as the last read left it, and copying them all is what a read cost.
         let mut taken: Vec<&str> = Vec::with_capacity(seen.len());
-        let mut model = Model {
-            switch: seed.switch.clone(),
-            ports: seed.ports.clone(),
-            hosts: Vec::new(),
-            tenants: Vec::new(),
-            endpoints: Vec::new(),
-            routes: Vec::new(),
-            published: Vec::new(),
-            placed: BTreeMap::new(),
-        };
+        let mut model = Model::bare(seed.switch.clone(), seed.ports.clone());
         let mut shared = false;
         let mut alive = BTreeSet::new();
         let mut skipped = BTreeSet::new();
