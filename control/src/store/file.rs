@@ -161,7 +161,7 @@ impl FileStore {
         let Some(place) = before.place_of(change) else {
             return replace(kept, after);
         };
-        let (mut writes, reorder) = writes_of(change, place, after, &kept.order)?;
+        let (mut writes, reorder) = writes_of(place, after, &kept.order)?;
         writes.extend(placement_writes(change, before, after)?);
         kept.journal.append(&writes)?;
         match reorder {
@@ -247,22 +247,17 @@ fn replace(kept: &mut Kept, model: &Model) -> anyhow::Result<()> {
 }
 
 /// The writes of a change at `place` and how the lists' sequence numbers move.
-fn writes_of(
-    change: &Change,
-    place: Place,
-    after: &Model,
-    order: &Order,
-) -> anyhow::Result<(Vec<Write>, Reorder)> {
+fn writes_of(place: Place, after: &Model, order: &Order) -> anyhow::Result<(Vec<Write>, Reorder)> {
     fn one<T: Serialize>(
         name: &str,
         at: usize,
         items: &[T],
         seqs: &[u64],
-        removed: bool,
         next: u64,
         list: fn(&mut Order) -> &mut Vec<u64>,
     ) -> anyhow::Result<(Vec<Write>, Reorder)> {
-        if removed {
+        // The list after the change is one shorter than its sequence numbers: a removal.
+        if items.len() < seqs.len() {
             let seq = *seqs.get(at).context("the journal lost track of a record")?;
             return Ok((
                 vec![Write::Delete(key(name, seq))],
@@ -278,56 +273,26 @@ fn writes_of(
             ),
         })
     }
-    let removed = matches!(
-        change,
-        Change::DeleteTenant(_)
-            | Change::DeleteHost(_)
-            | Change::DeleteEndpoint { .. }
-            | Change::DeleteRoute { .. }
-            | Change::DeletePublish { .. }
-            | Change::DeletePort(_)
-    );
     let next = order.next;
     match place {
-        Place::Tenant(at) => one(
-            TENANT,
-            at,
-            &after.tenants,
-            &order.tenants,
-            removed,
-            next,
-            |o| &mut o.tenants,
-        ),
-        Place::Host(at) => one(HOST, at, &after.hosts, &order.hosts, removed, next, |o| {
-            &mut o.hosts
+        Place::Tenant(at) => one(TENANT, at, &after.tenants, &order.tenants, next, |o| {
+            &mut o.tenants
         }),
+        Place::Host(at) => one(HOST, at, &after.hosts, &order.hosts, next, |o| &mut o.hosts),
         Place::Endpoint(at) => one(
             ENDPOINT,
             at,
             &after.endpoints,
             &order.endpoints,
-            removed,
             next,
             |o| &mut o.endpoints,
         ),
-        Place::Route(at) => one(
-            ROUTE,
-            at,
-            &after.routes,
-            &order.routes,
-            removed,
-            next,
-            |o| &mut o.routes,
-        ),
-        Place::Publish(at) => one(
-            PUBLISH,
-            at,
-            &after.published,
-            &order.published,
-            removed,
-            next,
-            |o| &mut o.published,
-        ),
+        Place::Route(at) => one(ROUTE, at, &after.routes, &order.routes, next, |o| {
+            &mut o.routes
+        }),
+        Place::Publish(at) => one(PUBLISH, at, &after.published, &order.published, next, |o| {
+            &mut o.published
+        }),
         Place::Port(_) => Ok((
             vec![Write::Put(PORTS.to_owned(), text(&after.ports)?)],
             Reorder::None,
