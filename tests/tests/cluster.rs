@@ -5,6 +5,8 @@
 //! when it returns; restarts lose nothing.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use control::store::EtcdStore;
@@ -288,6 +290,58 @@ fn garbage_in_etcd_is_skipped_and_a_host_starts_while_etcd_is_away() {
         let stopped = host.tenetd.stop().unwrap();
         assert!(stopped.status.success(), "{}", stopped.stderr);
     }
+}
+
+/// Writes through a host's API while another writer keeps the host's watch busy:
+/// every write is answered. A write once waited forever when the watch brought a
+/// change while the write was in flight (the write held a lock through its etcd call
+/// that a read of the cache, and through it the watch, waited for).
+#[test]
+fn every_write_is_answered_while_the_watch_brings_changes() {
+    let etcd = Etcd::start_secure().unwrap();
+    let a = Host::start("a", &etcd, "");
+    let stop = AtomicBool::new(false);
+    let unanswered = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                etcd.put("/tenet/tenants/noise", &format!("{{not json {round}"))
+                    .unwrap();
+            }
+        });
+        let unanswered = (0..80).find_map(|i| {
+            let (name, id) = (format!("t{}", i / 2), (1000 + i / 2).to_string());
+            let args: Vec<String> = if i % 2 == 0 {
+                ["tenant", "add", &name, "--id", &id]
+                    .map(str::to_owned)
+                    .into()
+            } else {
+                ["tenant", "del", &name].map(str::to_owned).into()
+            };
+            let (sent, answer) = mpsc::channel();
+            let socket = a.socket();
+            std::thread::spawn(move || {
+                let _ = sent.send(tenetctl(&socket, &args));
+            });
+            match answer.recv_timeout(Duration::from_secs(40)) {
+                Ok(out) if out.status.success() => None,
+                Ok(out) => Some(format!(
+                    "write {i} refused: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+                Err(_) => Some(format!("write {i} unanswered after 40 s")),
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        unanswered
+    });
+    if let Some(why) = unanswered {
+        panic!("{why}: {}", a.tenetd.stderr_text());
+    }
+    let stopped = a.tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
 }
 
 #[test]

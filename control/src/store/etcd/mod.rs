@@ -18,8 +18,12 @@
 //! reports its traffic; placement itself is [`crate::placement`]'s.
 //!
 //! The store's methods wait for etcd: tenetd calls them on blocking threads, never in
-//! its runtime's async tasks. They wait in a small runtime of the store's own (one
-//! thread, started at the first call), where the watch and the lease run as tasks.
+//! its runtime's async tasks. They wait in a small runtime of the store's own (two
+//! threads, started at the first call), where the watch and the lease run as tasks.
+//! No lock is held while etcd is waited on: the watch task takes the cache's lock, a
+//! read holding it waits for `seen`, and a write holding `seen` through its etcd call
+//! would wait for an answer that thread is to deliver. The second thread keeps answers
+//! coming while the watch waits for a long read of the cache.
 
 mod client;
 mod handshake;
@@ -60,6 +64,15 @@ type OwnWrite = (String, i64, Record);
 struct LocalCopy {
     model: Model,
     alive: BTreeSet<String>,
+}
+
+/// One key a write puts or deletes: its new value (`None`: deleted), what etcd must
+/// find first, and the request.
+struct Operation {
+    key: String,
+    value: Option<String>,
+    compare: Option<Compare>,
+    request: TxnOp,
 }
 
 /// A write refused because another host changed what it touches.
@@ -362,7 +375,9 @@ impl EtcdStore {
             .filter(|key| !desired.contains_key(*key))
             .cloned()
             .collect();
-        self.write(seen, desired, gone, None)
+        let ops = self.operations(&seen, &desired, &gone, None);
+        drop(seen);
+        self.write(ops, &desired, &gone)
     }
 
     /// Writes what turned `before` into `after`, and nothing else, in one transaction
@@ -382,28 +397,30 @@ impl EtcdStore {
             .into_iter()
             .filter(|(key, value)| was.get(key) != Some(value))
             .collect();
-        self.write(seen, desired, gone, Some(&was))
+        let ops = self.operations(&seen, &desired, &gone, Some(&was));
+        drop(seen);
+        self.write(ops, &desired, &gone)
     }
 
-    /// Puts `desired` and deletes `gone`, each compared with what the change started
-    /// from: the values in `expected` when given (a key it lacks must not exist yet),
-    /// else the revision this host saw. The watch may have brought another host's write
-    /// into `seen` after the model a change was checked against was built; comparing
-    /// with `seen` then would overwrite that write (a tenant id claimed twice).
-    fn write(
+    /// The operations that put `desired` and delete `gone`, each compared with what
+    /// the change started from: the values in `expected` when given (a key it lacks
+    /// must not exist yet), else the revision this host saw. The watch may have brought
+    /// another host's write into `seen` after the model a change was checked against
+    /// was built; comparing with `seen` then would overwrite that write (a tenant id
+    /// claimed twice).
+    fn operations(
         &self,
-        mut seen: std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>>,
-        desired: BTreeMap<String, String>,
-        gone: Vec<String>,
+        seen: &BTreeMap<String, (String, i64)>,
+        desired: &BTreeMap<String, String>,
+        gone: &[String],
         expected: Option<&BTreeMap<String, String>>,
-    ) -> anyhow::Result<()> {
+    ) -> Vec<Operation> {
         let absent = |key: &str| Compare::create_revision(key, CompareOp::Equal, 0);
         let holds = |key: &str, value: &str| Compare::value(key, CompareOp::Equal, value);
         let unchanged_since =
             |key: &str, revision: i64| Compare::mod_revision(key, CompareOp::Equal, revision);
-        // (key, new value or None to delete, compare if any, request)
-        let mut ops: Vec<(String, Option<String>, Option<Compare>, TxnOp)> = Vec::new();
-        for (key, value) in &desired {
+        let mut ops = Vec::new();
+        for (key, value) in desired {
             let compare = match (seen.get(key), expected) {
                 (Some((old, _)), _) if old == value => continue,
                 (_, Some(expected)) => match expected.get(key) {
@@ -413,12 +430,15 @@ impl EtcdStore {
                 (Some((_, revision)), None) => unchanged_since(key, *revision),
                 (None, None) => absent(key),
             };
-            let compare = Some(compare);
-            let put = TxnOp::put(key.as_str(), value.as_str(), None);
-            ops.push((key.clone(), Some(value.clone()), compare, put));
+            ops.push(Operation {
+                key: key.clone(),
+                value: Some(value.clone()),
+                compare: Some(compare),
+                request: TxnOp::put(key.as_str(), value.as_str(), None),
+            });
         }
         let record = format!("{}/placed/", self.prefix);
-        for key in &gone {
+        for key in gone {
             // A placement record may go whatever the placer wrote meanwhile: the
             // placer places the tenant again from what the change leaves.
             let compare = (!key.starts_with(&record)).then(|| {
@@ -427,14 +447,29 @@ impl EtcdStore {
                     None => unchanged_since(key, seen[key].1),
                 }
             });
-            let delete = TxnOp::delete(key.as_str(), None);
-            ops.push((key.clone(), None, compare, delete));
+            ops.push(Operation {
+                key: key.clone(),
+                value: None,
+                compare,
+                request: TxnOp::delete(key.as_str(), None),
+            });
         }
+        ops
+    }
+
+    /// Sends `ops` to etcd and keeps what they wrote as seen; `seen` is taken only
+    /// after etcd answered (see the module's note on locks).
+    fn write(
+        &self,
+        ops: Vec<Operation>,
+        desired: &BTreeMap<String, String>,
+        gone: &[String],
+    ) -> anyhow::Result<()> {
         // etcd takes 128 operations per transaction: a larger change (a cluster seeded
         // from a big config) goes in several, each all or nothing.
         for chunk in ops.chunks(MAX_TXN_OPS) {
-            let compare: Vec<Compare> = chunk.iter().filter_map(|op| op.2.clone()).collect();
-            let success: Vec<TxnOp> = chunk.iter().map(|op| op.3.clone()).collect();
+            let compare: Vec<Compare> = chunk.iter().filter_map(|op| op.compare.clone()).collect();
+            let success: Vec<TxnOp> = chunk.iter().map(|op| op.request.clone()).collect();
             let txn = Txn::new().when(compare).and_then(success);
             let etcd = &self.etcd;
             let reply = self.block_on(async {
@@ -442,19 +477,19 @@ impl EtcdStore {
                 kv.txn(txn).await.map_err(|e| etcd.explain(e))
             })?;
             if !reply.succeeded() {
-                drop(seen);
-                return Err(self.explain_conflict(&desired, &gone).into());
+                return Err(self.explain_conflict(desired, gone).into());
             }
             let revision = revision(reply.header());
+            let mut seen = self.lock_seen();
             let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-            for (key, value, _, _) in chunk {
-                own.insert(key.clone(), (value.clone(), revision));
-                match value {
+            for op in chunk {
+                own.insert(op.key.clone(), (op.value.clone(), revision));
+                match &op.value {
                     Some(value) => {
-                        seen.insert(key.clone(), (value.clone(), revision));
+                        seen.insert(op.key.clone(), (value.clone(), revision));
                     }
                     None => {
-                        seen.remove(key);
+                        seen.remove(&op.key);
                     }
                 }
             }
@@ -468,11 +503,12 @@ impl EtcdStore {
 
     /// Says which key another host changed (read back after the refused write).
     fn explain_conflict(&self, desired: &BTreeMap<String, String>, gone: &[String]) -> Conflict {
-        let seen = self.lock_seen();
+        // Read before `seen` is locked: no lock is held while etcd is waited on.
         let now: BTreeMap<String, (String, i64)> = self
             .range()
             .map(|(kvs, _)| kvs.into_iter().map(|(k, v, r)| (k, (v, r))).collect())
             .unwrap_or_default();
+        let seen = self.lock_seen();
         let touched = desired
             .iter()
             .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
@@ -540,7 +576,7 @@ impl EtcdStore {
             return Ok(runtime);
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .thread_name("tenet-etcd")
             .enable_all()
             .build()
