@@ -1,7 +1,7 @@
 //! The compiler: validated config + what the dataplane learned (MACs, neighbours) →
 //! one immutable [`FlowTables`] snapshot. Pure: the same inputs give the same tables.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //! (with per-tenant caps and aging) and the underlay neighbours, resolves tunnel next
 //! hops by ARP, and publishes a new snapshot when anything changed.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -500,7 +500,7 @@ impl Model {
         let Ok((validated, after)) = next.validate_leniently(base) else {
             return Err(refusal(error, prefix));
         };
-        let before: std::collections::HashSet<String> = self
+        let before: hashbrown::HashSet<String> = self
             .validate_leniently(base)
             .map(|(_, skipped)| skipped.into_iter().map(|s| s.record).collect())
             .unwrap_or_default();

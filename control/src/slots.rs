@@ -9,8 +9,10 @@
 //! queued before have been drained. Until then nothing can confuse the old owner's
 //! leftovers with a new owner.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
+
+use hashbrown::HashMap;
 
 /// Slots of one kind of identity.
 #[derive(Debug)]
@@ -43,7 +45,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
     /// and missing from `keys` retire their slots as of table version `version` (the
     /// first that will not have them); returns those slots too.
     pub fn assign(&mut self, keys: &[K], version: u64) -> (Vec<Option<u16>>, Vec<u16>) {
-        let wanted: std::collections::HashSet<&K> = keys.iter().collect();
+        let wanted: hashbrown::HashSet<&K> = keys.iter().collect();
         let gone: Vec<K> = self
             .by_key
             .keys()

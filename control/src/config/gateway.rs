@@ -2,16 +2,19 @@
 //! address, MAC, peers), static routes, published ports, and the SNAT limits. Checked
 //! against the already validated switching plan.
 
-use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
 use std::net::Ipv4Addr;
 
 use dataplane::packet::address::AddressError;
 use dataplane::packet::{mask, Ipv4Cidr, Mac};
 use dataplane::table::routing::{router_mac, NatSettings};
+use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
-use super::switching::{parse_mac, SwitchPlan, SwitchSection, TenantSpec};
-use super::{invalid, ConfigError};
+use super::switching::{
+    parse_mac, tenant_index_of, SwitchPlan, SwitchSection, TenantIndex, TenantSpec,
+};
+use super::{invalid, ConfigError, Field};
 use crate::placement::{self, HostLoad};
 
 /// `[gateway]`: SNAT limits and timeouts, the same for every tenant.
@@ -167,7 +170,7 @@ impl GatewayPlan {
 }
 
 /// Parses `10.1.0.1/24` into address and prefix length, refused with `field`.
-pub fn parse_cidr(field: &str, text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+pub fn parse_cidr(field: impl Display, text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     let cidr: Ipv4Cidr = text
         .parse()
         .map_err(|e: AddressError| invalid(field, e.to_string()))?;
@@ -185,11 +188,7 @@ pub(super) fn validate(
     plan: &mut SwitchPlan,
 ) -> Result<GatewayPlan, ConfigError> {
     check_limits(section)?;
-    let index: HashMap<&str, usize> = tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
+    let index = tenant_index_of(tenants);
     let mut routers = RouterChecker::new(section, switch, tenants, &index, plan).check_all(plan)?;
     settle_peering(&mut routers, tenants)?;
     let route_plans = validate_routes(routes, &index, &routers)?;
@@ -247,7 +246,7 @@ struct RouterChecker<'a> {
     section: &'a GatewaySection,
     switch: &'a SwitchSection,
     tenants: &'a [TenantSpec],
-    index: &'a HashMap<&'a str, usize>,
+    index: &'a TenantIndex<'a>,
     /// The tenant whose router has each MAC.
     macs: HashMap<Mac, usize>,
     // Gateways per host so far, for `auto` placement: every host validating the same
@@ -260,7 +259,7 @@ impl<'a> RouterChecker<'a> {
         section: &'a GatewaySection,
         switch: &'a SwitchSection,
         tenants: &'a [TenantSpec],
-        index: &'a HashMap<&'a str, usize>,
+        index: &'a TenantIndex<'a>,
         plan: &SwitchPlan,
     ) -> Self {
         Self {
@@ -268,7 +267,7 @@ impl<'a> RouterChecker<'a> {
             switch,
             tenants,
             index,
-            macs: HashMap::new(),
+            macs: HashMap::with_capacity(tenants.len()),
             gateways_on: vec![0; plan.hosts.len()],
         }
     }
@@ -290,7 +289,7 @@ impl<'a> RouterChecker<'a> {
         t: &TenantSpec,
         plan: &mut SwitchPlan,
     ) -> Result<Option<RouterPlan>, ConfigError> {
-        let field = format!("tenant[{i}]");
+        let field = Field::Item("tenant", i);
         if t.subnets.is_empty() {
             refuse_gateway_settings(&field, t)?;
             return Ok(None);
@@ -338,7 +337,7 @@ impl<'a> RouterChecker<'a> {
 
     fn snat_ip(
         &self,
-        field: &str,
+        field: &Field,
         t: &TenantSpec,
         plan: &SwitchPlan,
         placement: Placement,
@@ -367,7 +366,7 @@ impl<'a> RouterChecker<'a> {
     }
 
     /// The router's MAC, given or derived from the id, unique among the routers.
-    fn router_mac(&mut self, field: &str, i: usize, t: &TenantSpec) -> Result<Mac, ConfigError> {
+    fn router_mac(&mut self, field: &Field, i: usize, t: &TenantSpec) -> Result<Mac, ConfigError> {
         let mac = match &t.router_mac {
             Some(text) => {
                 let f = format!("{field}.router_mac");
@@ -391,7 +390,7 @@ impl<'a> RouterChecker<'a> {
     /// The tenants `t` asks to peer with, by index (consent is settled later).
     fn peer_indices(
         &self,
-        field: &str,
+        field: &Field,
         i: usize,
         t: &TenantSpec,
     ) -> Result<Vec<usize>, ConfigError> {
@@ -416,7 +415,7 @@ impl<'a> RouterChecker<'a> {
 }
 
 /// Refuses router settings on a tenant without subnets.
-fn refuse_gateway_settings(field: &str, t: &TenantSpec) -> Result<(), ConfigError> {
+fn refuse_gateway_settings(field: &Field, t: &TenantSpec) -> Result<(), ConfigError> {
     for (set, name) in [
         (t.gateway_host.is_some(), "gateway_host"),
         (t.snat_ip.is_some(), "snat_ip"),
@@ -435,11 +434,11 @@ fn refuse_gateway_settings(field: &str, t: &TenantSpec) -> Result<(), ConfigErro
 }
 
 /// The gateway's address and prefix on each subnet; subnets of a tenant do not overlap.
-fn parse_subnets(field: &str, t: &TenantSpec) -> Result<Vec<(Ipv4Addr, u8)>, ConfigError> {
-    let mut interfaces: Vec<(Ipv4Addr, u8)> = Vec::new();
+fn parse_subnets(field: &Field, t: &TenantSpec) -> Result<Vec<(Ipv4Addr, u8)>, ConfigError> {
+    let mut interfaces: Vec<(Ipv4Addr, u8)> = Vec::with_capacity(t.subnets.len());
     for (j, text) in t.subnets.iter().enumerate() {
-        let f = format!("{field}.subnets[{j}]");
-        let (ip, prefix) = parse_cidr(&f, text)?;
+        let f = field.entry("subnets", j);
+        let (ip, prefix) = parse_cidr(f, text)?;
         let host_bits = u32::from(ip) & !mask(prefix);
         if !(1..=30).contains(&prefix) || host_bits == 0 || host_bits == !mask(prefix) {
             return Err(invalid(
@@ -463,7 +462,7 @@ fn parse_subnets(field: &str, t: &TenantSpec) -> Result<Vec<(Ipv4Addr, u8)>, Con
 
 /// Where `t`'s gateway runs, from its `gateway_host` and the hosts.
 fn place_gateway(
-    field: &str,
+    field: &Field,
     t: &TenantSpec,
     plan: &SwitchPlan,
     gateways_on: &[usize],
@@ -540,10 +539,10 @@ fn settle_peering(
     tenants: &[TenantSpec],
 ) -> Result<(), ConfigError> {
     for i in 0..routers.len() {
-        let Some(r) = routers[i].clone() else {
-            continue;
+        let mutual = match &routers[i] {
+            Some(r) if !r.peers.is_empty() => mutual_peers(i, r, routers, tenants)?,
+            _ => continue,
         };
-        let mutual = mutual_peers(i, &r, routers, tenants)?;
         if let Some(r) = routers[i].as_mut() {
             r.peers = mutual;
         }
@@ -615,13 +614,13 @@ fn on_subnet_of(router: Option<&RouterPlan>, ip: Ipv4Addr) -> bool {
 
 fn validate_routes(
     routes: &[RouteSpec],
-    index: &HashMap<&str, usize>,
+    index: &TenantIndex,
     routers: &[Option<RouterPlan>],
 ) -> Result<Vec<RoutePlan>, ConfigError> {
     let mut route_plans = Vec::with_capacity(routes.len());
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::with_capacity(routes.len());
     for (i, r) in routes.iter().enumerate() {
-        let field = format!("route[{i}]");
+        let field = Field::Item("route", i);
         let plan = validate_route(&field, r, index, routers)?;
         if !seen.insert((plan.tenant, plan.ip, plan.prefix)) {
             return Err(invalid(
@@ -635,9 +634,9 @@ fn validate_routes(
 }
 
 fn validate_route(
-    field: &str,
+    field: &Field,
     r: &RouteSpec,
-    index: &HashMap<&str, usize>,
+    index: &TenantIndex,
     routers: &[Option<RouterPlan>],
 ) -> Result<RoutePlan, ConfigError> {
     let Some(&tenant) = index.get(r.tenant.as_str()) else {
@@ -652,7 +651,7 @@ fn validate_route(
             format!("tenant `{}` has no subnets (no router)", r.tenant),
         ));
     };
-    let (ip, prefix) = parse_cidr(&format!("{field}.prefix"), &r.prefix)?;
+    let (ip, prefix) = parse_cidr(field.member("prefix"), &r.prefix)?;
     if u32::from(ip) & !mask(prefix) != 0 {
         return Err(invalid(
             format!("{field}.prefix"),
@@ -683,13 +682,13 @@ fn validate_route(
 fn validate_published(
     section: &GatewaySection,
     published: &[PublishSpec],
-    index: &HashMap<&str, usize>,
+    index: &TenantIndex,
     routers: &[Option<RouterPlan>],
 ) -> Result<Vec<PublishPlan>, ConfigError> {
     let mut publish_plans = Vec::with_capacity(published.len());
-    let mut taken = HashSet::new();
+    let mut taken = HashSet::with_capacity(published.len());
     for (i, p) in published.iter().enumerate() {
-        let field = format!("publish[{i}]");
+        let field = Field::Item("publish", i);
         let plan = validate_publish(&field, p, section, index, routers)?;
         if !taken.insert((plan.protocol, plan.external_ip, p.host_port)) {
             return Err(invalid(
@@ -706,10 +705,10 @@ fn validate_published(
 }
 
 fn validate_publish(
-    field: &str,
+    field: &Field,
     p: &PublishSpec,
     section: &GatewaySection,
-    index: &HashMap<&str, usize>,
+    index: &TenantIndex,
     routers: &[Option<RouterPlan>],
 ) -> Result<PublishPlan, ConfigError> {
     let Some(&tenant) = index.get(p.tenant.as_str()) else {

@@ -7,7 +7,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod switching;
 
-use std::collections::HashSet;
+use hashbrown::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -54,10 +54,44 @@ pub enum ConfigError {
     },
 }
 
-pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl std::fmt::Display, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field: field.into(),
+        field: field.to_string(),
         message: message.into(),
+    }
+}
+
+/// Where a value sits in the config (`tenant[3].subnets[0]`), written out only when an
+/// error names it: checking a valid record of a model of many formats nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Field<'a> {
+    /// `list[index]`: a record.
+    Item(&'static str, usize),
+    /// `parent.name`.
+    Member(&'a Field<'a>, &'static str),
+    /// `parent.name[index]`.
+    Entry(&'a Field<'a>, &'static str, usize),
+}
+
+impl<'a> Field<'a> {
+    /// Its member `name`.
+    pub(crate) fn member(&'a self, name: &'static str) -> Field<'a> {
+        Field::Member(self, name)
+    }
+
+    /// Entry `index` of its list member `name`.
+    pub(crate) fn entry(&'a self, name: &'static str, index: usize) -> Field<'a> {
+        Field::Entry(self, name, index)
+    }
+}
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Field::Item(list, index) => write!(f, "{list}[{index}]"),
+            Field::Member(parent, name) => write!(f, "{parent}.{name}"),
+            Field::Entry(parent, name, index) => write!(f, "{parent}.{name}[{index}]"),
+        }
     }
 }
 

@@ -2,15 +2,16 @@
 //! Checked as strictly as the rest: every reference must resolve, every id, VLAN, key,
 //! name and address must be unique where the design needs it.
 
-use std::collections::HashSet;
+use std::fmt::Display;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use dataplane::packet::{Ipv4Cidr, Mac};
 use dataplane::table::Design;
+use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError, PortSpec};
+use super::{invalid, ConfigError, Field, PortSpec};
 
 /// `[switch]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -250,11 +251,11 @@ impl SwitchPlan {
 }
 
 /// Parses `02:00:00:00:0a:01`, refused with `field`.
-pub fn parse_mac(field: &str, text: &str) -> Result<Mac, ConfigError> {
+pub fn parse_mac(field: impl Display, text: &str) -> Result<Mac, ConfigError> {
     dataplane::packet::parse_mac(text).map_err(|e| invalid(field, e.to_string()))
 }
 
-fn parse_unicast_mac(field: &str, text: &str) -> Result<Mac, ConfigError> {
+fn parse_unicast_mac(field: impl Display + Copy, text: &str) -> Result<Mac, ConfigError> {
     let mac = parse_mac(field, text)?;
     if mac[0] & 1 == 1 || mac == [0; 6] {
         return Err(invalid(field, format!("`{text}` is not a unicast MAC")));
@@ -277,14 +278,15 @@ pub(super) fn validate(
     let this_host = find_this_host(section, &host_plans)?;
     check_egress(design, &host_plans)?;
     let mut tenant_plans = validate_tenants(section, design, tenants, &host_plans, this_host)?;
-    let roles = validate_roles(ports, cross_connected, &tenant_plans, this_host)?;
+    let index = tenant_index_of(tenants);
+    let roles = validate_roles(ports, cross_connected, &tenant_plans, &index, this_host)?;
     let places = Places {
         port_names,
         roles: &roles,
         hosts: &host_plans,
         this_host,
     };
-    let endpoint_plans = validate_endpoints(endpoints, &places, &mut tenant_plans)?;
+    let endpoint_plans = validate_endpoints(endpoints, &places, &index, &mut tenant_plans)?;
     let underlay_gateway_mac = underlay_gateway_mac(section)?;
     Ok(SwitchPlan {
         design,
@@ -327,7 +329,7 @@ fn validate_hosts(hosts: &[HostSpec]) -> Result<Vec<HostPlan>, ConfigError> {
     let (mut names, mut ips) = (HashSet::new(), HashSet::new());
     for (i, h) in hosts.iter().enumerate() {
         let field = format!("host[{i}]");
-        check_name(&format!("{field}.name"), &h.name)?;
+        check_name(format_args!("{field}.name"), &h.name)?;
         if !names.insert(h.name.clone()) {
             return Err(invalid(
                 format!("{field}.name"),
@@ -384,17 +386,34 @@ fn parse_underlay(field: &str, h: &HostSpec) -> Result<(Ipv4Addr, u8), ConfigErr
     Ok((ip, prefix))
 }
 
-fn host_index(hosts: &[HostPlan], field: &str, name: &str) -> Result<usize, ConfigError> {
+fn host_index(hosts: &[HostPlan], field: impl Display, name: &str) -> Result<usize, ConfigError> {
     hosts
         .iter()
         .position(|h| h.name == name)
         .ok_or_else(|| invalid(field, format!("no host is named `{name}`")))
 }
 
-fn tenant_index(plans: &[TenantPlan], field: &str, name: &str) -> Result<usize, ConfigError> {
-    plans
-        .iter()
-        .position(|t| t.name == name)
+/// The tenants' positions by name.
+pub(super) type TenantIndex<'a> = HashMap<&'a str, usize>;
+
+/// The positions of `tenants` by name (the first of a name twice: validation refuses
+/// the second).
+pub(super) fn tenant_index_of(tenants: &[TenantSpec]) -> TenantIndex<'_> {
+    let mut index = HashMap::with_capacity(tenants.len());
+    for (i, t) in tenants.iter().enumerate() {
+        index.entry(t.name.as_str()).or_insert(i);
+    }
+    index
+}
+
+fn tenant_index(
+    index: &TenantIndex,
+    field: impl Display,
+    name: &str,
+) -> Result<usize, ConfigError> {
+    index
+        .get(name)
+        .copied()
         .ok_or_else(|| invalid(field, format!("no tenant is named `{name}`")))
 }
 
@@ -441,9 +460,8 @@ fn check_egress(design: Design, hosts: &[HostPlan]) -> Result<(), ConfigError> {
 }
 
 /// Names, ids and VLANs taken by the tenants checked so far.
-#[derive(Default)]
-struct TenantKeys {
-    names: HashSet<String>,
+struct TenantKeys<'a> {
+    names: HashSet<&'a str>,
     ids: HashSet<u32>,
     vlans: HashSet<u16>,
 }
@@ -456,9 +474,13 @@ fn validate_tenants(
     this_host: Option<usize>,
 ) -> Result<Vec<TenantPlan>, ConfigError> {
     let mut tenant_plans: Vec<TenantPlan> = Vec::with_capacity(tenants.len());
-    let mut keys = TenantKeys::default();
+    let mut keys = TenantKeys {
+        names: HashSet::with_capacity(tenants.len()),
+        ids: HashSet::with_capacity(tenants.len()),
+        vlans: HashSet::new(),
+    };
     for (i, t) in tenants.iter().enumerate() {
-        let field = format!("tenant[{i}]");
+        let field = Field::Item("tenant", i);
         check_tenant_keys(&field, t, design, &mut keys)?;
         let max_macs = t.max_macs.unwrap_or(section.max_macs_per_tenant);
         if !(1..=1_000_000).contains(&max_macs) {
@@ -482,14 +504,14 @@ fn validate_tenants(
 }
 
 /// The tenant's name, id and VLAN: well-formed and not taken (`keys` takes them).
-fn check_tenant_keys(
-    field: &str,
-    t: &TenantSpec,
+fn check_tenant_keys<'a>(
+    field: &Field,
+    t: &'a TenantSpec,
     design: Design,
-    keys: &mut TenantKeys,
+    keys: &mut TenantKeys<'a>,
 ) -> Result<(), ConfigError> {
-    check_name(&format!("{field}.name"), &t.name)?;
-    if !keys.names.insert(t.name.clone()) {
+    check_name(field.member("name"), &t.name)?;
+    if !keys.names.insert(&t.name) {
         return Err(invalid(
             format!("{field}.name"),
             format!("tenant `{}` is defined twice", t.name),
@@ -527,17 +549,17 @@ fn check_tenant_keys(
 
 /// The other hosts the tenant lists, by index, each once.
 fn tenant_hosts(
-    field: &str,
+    field: &Field,
     t: &TenantSpec,
     hosts: &[HostPlan],
     this_host: Option<usize>,
 ) -> Result<Vec<usize>, ConfigError> {
     let mut on = Vec::new();
     for (j, name) in t.hosts.iter().enumerate() {
-        let h = host_index(hosts, &format!("{field}.hosts[{j}]"), name)?;
+        let h = host_index(hosts, field.entry("hosts", j), name)?;
         if Some(h) == this_host {
             return Err(invalid(
-                format!("{field}.hosts[{j}]"),
+                field.entry("hosts", j),
                 "list other hosts, not this one",
             ));
         }
@@ -552,6 +574,7 @@ fn validate_roles(
     ports: &[PortSpec],
     cross_connected: &HashSet<usize>,
     tenants: &[TenantPlan],
+    index: &TenantIndex,
     this_host: Option<usize>,
 ) -> Result<Vec<RolePlan>, ConfigError> {
     let mut roles = Vec::with_capacity(ports.len());
@@ -572,8 +595,8 @@ fn validate_roles(
                     "a cross-connected port takes no role",
                 ));
             }
-            Some(RoleName::Access) => access_role(&field, spec, tenants)?,
-            Some(RoleName::Trunk) => trunk_role(&field, spec, tenants)?,
+            Some(RoleName::Access) => access_role(&field, spec, index)?,
+            Some(RoleName::Trunk) => trunk_role(&field, spec, tenants, index)?,
             Some(RoleName::Uplink) => {
                 only(&field, spec, &["mac"])?;
                 uplinks += 1;
@@ -585,23 +608,19 @@ fn validate_roles(
     Ok(roles)
 }
 
-fn access_role(
-    field: &str,
-    spec: &PortSpec,
-    tenants: &[TenantPlan],
-) -> Result<RolePlan, ConfigError> {
+fn access_role(field: &str, spec: &PortSpec, index: &TenantIndex) -> Result<RolePlan, ConfigError> {
     let name = spec
         .tenant
         .as_deref()
         .ok_or_else(|| invalid(format!("{field}.tenant"), "an access port needs a tenant"))?;
     only(field, spec, &["tenant", "allowed_macs", "allowed_ips"])?;
-    let tenant = tenant_index(tenants, &format!("{field}.tenant"), name)?;
+    let tenant = tenant_index(index, format!("{field}.tenant"), name)?;
     let allowed_macs = spec
         .allowed_macs
         .iter()
         .flatten()
         .enumerate()
-        .map(|(j, m)| parse_unicast_mac(&format!("{field}.allowed_macs[{j}]"), m))
+        .map(|(j, m)| parse_unicast_mac(format_args!("{field}.allowed_macs[{j}]"), m))
         .collect::<Result<_, _>>()?;
     Ok(RolePlan::Access {
         tenant,
@@ -614,6 +633,7 @@ fn trunk_role(
     field: &str,
     spec: &PortSpec,
     tenants: &[TenantPlan],
+    index: &TenantIndex,
 ) -> Result<RolePlan, ConfigError> {
     only(field, spec, &["tenants"])?;
     let names = spec
@@ -623,7 +643,7 @@ fn trunk_role(
     let mut carried = Vec::new();
     for (j, name) in names.iter().enumerate() {
         let f = format!("{field}.tenants[{j}]");
-        let t = tenant_index(tenants, &f, name)?;
+        let t = tenant_index(index, &f, name)?;
         if tenants[t].vlan.is_none() {
             return Err(invalid(
                 f,
@@ -673,23 +693,28 @@ struct Places<'a> {
 fn validate_endpoints(
     endpoints: &[EndpointSpec],
     places: &Places,
+    index: &TenantIndex,
     tenant_plans: &mut [TenantPlan],
 ) -> Result<Vec<EndpointPlan>, ConfigError> {
     let mut endpoint_plans = Vec::with_capacity(endpoints.len());
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::with_capacity(endpoints.len());
     for (i, e) in endpoints.iter().enumerate() {
-        let field = format!("endpoint[{i}]");
-        let tenant = tenant_index(tenant_plans, &format!("{field}.tenant"), &e.tenant)?;
+        let field = Field::Item("endpoint", i);
+        let tenant = tenant_index(index, field.member("tenant"), &e.tenant)?;
         let macs = endpoint_macs(&field, e)?;
         let at = locate_endpoint(&field, e, tenant, places, tenant_plans)?;
         if e.ip.is_some() && e.macs.is_some() {
             return Err(invalid(
-                format!("{field}.ip"),
+                field.member("ip"),
                 "an address belongs to one MAC: give mac, not macs",
             ));
         }
-        for (mfield, text) in macs {
-            let mac = parse_unicast_mac(&mfield, text)?;
+        for (j, text) in macs.iter().enumerate() {
+            let mfield = match e.macs {
+                Some(_) => field.entry("macs", j),
+                None => field.member("mac"),
+            };
+            let mac = parse_unicast_mac(mfield, text)?;
             if !seen.insert((tenant, mac)) {
                 return Err(invalid(
                     mfield,
@@ -707,30 +732,21 @@ fn validate_endpoints(
     Ok(endpoint_plans)
 }
 
-/// The endpoint's MACs (`mac`, or `macs`), each with its field.
-fn endpoint_macs<'e>(
-    field: &str,
-    e: &'e EndpointSpec,
-) -> Result<Vec<(String, &'e String)>, ConfigError> {
-    Ok(match (&e.mac, &e.macs) {
-        (Some(mac), None) => vec![(format!("{field}.mac"), mac)],
-        (None, Some(macs)) if !macs.is_empty() => macs
-            .iter()
-            .enumerate()
-            .map(|(j, m)| (format!("{field}.macs[{j}]"), m))
-            .collect(),
-        _ => {
-            return Err(invalid(
-                format!("{field}.mac"),
-                "give mac, or a non-empty macs list",
-            ))
-        }
-    })
+/// The endpoint's MACs: `mac`, or the `macs` list.
+fn endpoint_macs<'e>(field: &Field, e: &'e EndpointSpec) -> Result<&'e [String], ConfigError> {
+    match (&e.mac, &e.macs) {
+        (Some(mac), None) => Ok(std::slice::from_ref(mac)),
+        (None, Some(macs)) if !macs.is_empty() => Ok(macs),
+        _ => Err(invalid(
+            field.member("mac"),
+            "give mac, or a non-empty macs list",
+        )),
+    }
 }
 
 /// Behind a local port that carries the tenant, or on another host.
 fn locate_endpoint(
-    field: &str,
+    field: &Field,
     e: &EndpointSpec,
     tenant: usize,
     places: &Places,
@@ -762,7 +778,7 @@ fn locate_endpoint(
             EndpointAt::Port(p)
         }
         (None, Some(host)) => {
-            let h = host_index(places.hosts, &format!("{field}.host"), host)?;
+            let h = host_index(places.hosts, field.member("host"), host)?;
             if Some(h) == places.this_host {
                 return Err(invalid(
                     format!("{field}.host"),
@@ -798,7 +814,7 @@ fn underlay_gateway_mac(section: &SwitchSection) -> Result<Option<Mac>, ConfigEr
     )
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+fn check_name(field: impl Display, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
         || name.len() > 64
         || !name
