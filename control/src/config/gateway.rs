@@ -11,9 +11,7 @@ use dataplane::table::routing::{router_mac, NatSettings};
 use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
-use super::switching::{
-    parse_mac, tenant_index_of, SwitchPlan, SwitchSection, TenantIndex, TenantSpec,
-};
+use super::switching::{parse_mac, SwitchPlan, SwitchSection, TenantIndex, TenantSpec, Tenants};
 use super::{invalid, ConfigError, Field};
 use crate::placement::{self, HostLoad};
 
@@ -182,17 +180,17 @@ pub fn parse_cidr(field: impl Display, text: &str) -> Result<(Ipv4Addr, u8), Con
 pub(super) fn validate(
     section: &GatewaySection,
     switch: &SwitchSection,
-    tenants: &[TenantSpec],
+    tenants: &Tenants,
     routes: &[RouteSpec],
     published: &[PublishSpec],
     plan: &mut SwitchPlan,
 ) -> Result<GatewayPlan, ConfigError> {
     check_limits(section)?;
-    let index = tenant_index_of(tenants);
-    let mut routers = RouterChecker::new(section, switch, tenants, &index, plan).check_all(plan)?;
+    let (index, tenants) = (&tenants.index, tenants.specs);
+    let mut routers = RouterChecker::new(section, switch, tenants, index, plan).check_all(plan)?;
     settle_peering(&mut routers, tenants)?;
-    let route_plans = validate_routes(routes, &index, &routers)?;
-    let publish_plans = validate_published(section, published, &index, &routers)?;
+    let route_plans = validate_routes(routes, index, &routers)?;
+    let publish_plans = validate_published(section, published, index, &routers)?;
     Ok(GatewayPlan {
         routers,
         routes: route_plans,

@@ -468,10 +468,11 @@ impl Config {
         let port_names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
         let cross_connected: HashSet<usize> =
             cross_connects.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let tenants = switching::Tenants::of(&self.tenants);
         let mut switching = switching::validate(
             &self.switch,
             &self.hosts,
-            &self.tenants,
+            &tenants,
             &self.endpoints,
             &self.ports,
             &port_names,
@@ -480,7 +481,7 @@ impl Config {
         let gateway = gateway::validate(
             &self.gateway,
             &self.switch,
-            &self.tenants,
+            &tenants,
             &self.routes,
             &self.published,
             &mut switching,

@@ -267,7 +267,7 @@ fn parse_unicast_mac(field: impl Display + Copy, text: &str) -> Result<Mac, Conf
 pub(super) fn validate(
     section: &SwitchSection,
     hosts: &[HostSpec],
-    tenants: &[TenantSpec],
+    tenants: &Tenants,
     endpoints: &[EndpointSpec],
     ports: &[PortSpec],
     port_names: &[String],
@@ -277,16 +277,17 @@ pub(super) fn validate(
     let host_plans = validate_hosts(hosts)?;
     let this_host = find_this_host(section, &host_plans)?;
     check_egress(design, &host_plans)?;
-    let mut tenant_plans = validate_tenants(section, design, tenants, &host_plans, this_host)?;
-    let index = tenant_index_of(tenants);
-    let roles = validate_roles(ports, cross_connected, &tenant_plans, &index, this_host)?;
+    let mut tenant_plans =
+        validate_tenants(section, design, tenants.specs, &host_plans, this_host)?;
+    let index = &tenants.index;
+    let roles = validate_roles(ports, cross_connected, &tenant_plans, index, this_host)?;
     let places = Places {
         port_names,
         roles: &roles,
         hosts: &host_plans,
         this_host,
     };
-    let endpoint_plans = validate_endpoints(endpoints, &places, &index, &mut tenant_plans)?;
+    let endpoint_plans = validate_endpoints(endpoints, &places, index, &mut tenant_plans)?;
     let underlay_gateway_mac = underlay_gateway_mac(section)?;
     Ok(SwitchPlan {
         design,
@@ -396,14 +397,22 @@ fn host_index(hosts: &[HostPlan], field: impl Display, name: &str) -> Result<usi
 /// The tenants' positions by name.
 pub(super) type TenantIndex<'a> = HashMap<&'a str, usize>;
 
-/// The positions of `tenants` by name (the first of a name twice: validation refuses
-/// the second).
-pub(super) fn tenant_index_of(tenants: &[TenantSpec]) -> TenantIndex<'_> {
-    let mut index = HashMap::with_capacity(tenants.len());
-    for (i, t) in tenants.iter().enumerate() {
-        index.entry(t.name.as_str()).or_insert(i);
+/// The tenants as validation takes them: in order, and by name.
+pub(super) struct Tenants<'a> {
+    pub(super) specs: &'a [TenantSpec],
+    /// Positions by name (the first of a name given twice: validation refuses the
+    /// second). Built once: every reference to a tenant by name is looked up here.
+    pub(super) index: TenantIndex<'a>,
+}
+
+impl<'a> Tenants<'a> {
+    pub(super) fn of(specs: &'a [TenantSpec]) -> Self {
+        let mut index = HashMap::with_capacity(specs.len());
+        for (i, t) in specs.iter().enumerate() {
+            index.entry(t.name.as_str()).or_insert(i);
+        }
+        Self { specs, index }
     }
-    index
 }
 
 fn tenant_index(
