@@ -51,6 +51,9 @@ const FUNCTIONS: &[&str] = &[
     "rte_vhost_driver_disable_features",
     "rte_vhost_driver_get_features",
     "rte_vhost_get_negotiated_features",
+    "rte_eth_bond_mode_get",
+    "rte_eth_bond_primary_get",
+    "rte_eth_bond_primary_set",
     "tenet_.*",
 ];
 
@@ -90,6 +93,7 @@ const VARS: &[&str] = &[
     "RTE_PTYPE_L4_TCP",
     "RTE_PTYPE_L4_UDP",
     "VIRTIO_NET_F_.*",
+    "BONDING_MODE_ACTIVE_BACKUP",
     "TENET_.*",
 ];
 
@@ -170,6 +174,10 @@ fn main() {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     println!("cargo:rustc-env=DPDK_PMD_DIR={pmd_dir}");
+    // The bond's own API (tenet moves a bond's traffic off a member it sees down) lives
+    // in the bond PMD, which pkg-config's list leaves out. Linked, it is loaded at
+    // start; the EAL's later load of the same file as a plugin finds it loaded.
+    println!("cargo:rustc-link-lib=dylib=rte_net_bond");
     println!("cargo:rerun-if-changed=shim/shim.c");
     println!("cargo:rerun-if-changed=shim/wrapper.h");
 }

@@ -12,6 +12,7 @@
 #include <rte_ring.h>
 #include <rte_net.h>
 #include <rte_vhost.h>
+#include <rte_eth_bond.h>
 
 /* Offload flags and capabilities are RTE_BIT64() macros, which bindgen cannot expand;
  * as constants they reach Rust with DPDK's own values. */
@@ -33,6 +34,7 @@ static const uint64_t TENET_ETH_TX_OFFLOAD_TCP_CKSUM = RTE_ETH_TX_OFFLOAD_TCP_CK
 static const uint64_t TENET_ETH_TX_OFFLOAD_UDP_CKSUM = RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
 static const uint64_t TENET_ETH_TX_OFFLOAD_IPV4_CKSUM = RTE_ETH_TX_OFFLOAD_IPV4_CKSUM;
 static const uint64_t TENET_ETH_TX_OFFLOAD_MULTI_SEGS = RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+static const uint32_t TENET_ETH_DEV_INTR_LSC = RTE_ETH_DEV_INTR_LSC;
 
 /* DPDK's fast path is static inline and has no symbol; shim.c exports it.
  * Every call here is made once per burst, never once per packet. */

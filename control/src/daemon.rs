@@ -262,6 +262,7 @@ async fn wait_for_stop(
                 live.retry_placements();
             }
             _ = control_tick.tick() => {
+                dataplane.tend_bonds();
                 controller.step(Instant::now(), dataplane.pool);
                 capture.poll(Instant::now(), controller);
             }

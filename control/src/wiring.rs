@@ -170,6 +170,16 @@ impl Dataplane<'_> {
         self.ports.iter().find(|p| p.name == name).map(|p| &p.port)
     }
 
+    /// Moves each active-backup bond's traffic off a member whose link went down (see
+    /// [`Port::keep_bond_on_a_live_member`]).
+    pub fn tend_bonds(&self) {
+        for named in &self.ports {
+            if let Some((from, to)) = named.port.keep_bond_on_a_live_member() {
+                tracing::warn!(port = %named.name, from = %from, to = %to, "bond member link down; traffic moved to another member");
+            }
+        }
+    }
+
     /// Attached ports whose kernel interface is gone (a container deleted with its
     /// veth, or a new veth under the old name): they must go down.
     pub fn vanished(&self) -> Vec<String> {

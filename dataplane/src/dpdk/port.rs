@@ -281,6 +281,15 @@ impl Port {
         } else if config.tso && self.vhost.is_none() {
             tracing::warn!(port = %self.name, "the device does not advertise TCP segmentation: large segments are cut for it");
         }
+        // A device that can report link changes by interrupt does so only when asked.
+        // A bond learns of a member's link only that way (it polls just the members
+        // that cannot report): without it an active-backup bond never fails over.
+        // SAFETY: dev_flags, when set, points at the device's flags, alive as the port.
+        let reports_link = !info.dev_flags.is_null()
+            && unsafe { *info.dev_flags } & dpdk_sys::TENET_ETH_DEV_INTR_LSC != 0;
+        if reports_link {
+            conf.intr_conf.set_lsc(1);
+        }
         if let Some(vhost) = self.vhost.as_mut() {
             // Without these the PMD finishes every partial checksum a guest sends in
             // software (its rx_sw_csum), a large segment's too; tenet finishes only
@@ -449,6 +458,37 @@ impl Port {
             return [0; 6];
         }
         addr.addr_bytes
+    }
+
+    /// In an active-backup bond, moves the traffic to a member whose link is up when
+    /// the member carrying it is down; the move made, as (from, to) member devices.
+    ///
+    /// DPDK's bond fails over on link events, and some members never raise one to it:
+    /// a tap updates its link from the kernel's notifications without telling anyone,
+    /// and the bond polls only members that cannot report. tenet watches the members
+    /// itself, as OVS watches its bonds' carriers.
+    pub fn keep_bond_on_a_live_member(&self) -> Option<(String, String)> {
+        if self.members.is_empty() {
+            return None;
+        }
+        // SAFETY: plain queries on this bond's port id, valid while self lives.
+        let (mode, primary) = unsafe {
+            (
+                dpdk_sys::rte_eth_bond_mode_get(self.id),
+                dpdk_sys::rte_eth_bond_primary_get(self.id),
+            )
+        };
+        if mode != dpdk_sys::BONDING_MODE_ACTIVE_BACKUP as i32 {
+            return None;
+        }
+        let carrying = self.members.iter().find(|m| i32::from(m.id) == primary)?;
+        if carrying.link().up {
+            return None;
+        }
+        let live = self.members.iter().find(|m| m.link().up)?;
+        // SAFETY: both ids are live ports: this bond and one of its members.
+        let ret = unsafe { dpdk_sys::rte_eth_bond_primary_set(self.id, live.id) };
+        (ret == 0).then(|| (carrying.name.clone(), live.name.clone()))
     }
 
     /// Link state, without waiting for negotiation.
