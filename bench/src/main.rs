@@ -286,6 +286,11 @@ struct RunArgs {
     /// added and deleted, this many a second (each a new snapshot of the tables).
     #[arg(long)]
     churn: Option<u32>,
+    /// Packets a second the PVP generator offers (default: as many as come back); 0
+    /// offers none, to measure the switch idle. Each row reports the switch's busiest
+    /// thread's CPU use in the window.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Results directory (default: bench/results/<stamp>-<topology> when run from the
     /// repository, else tenet-bench-<stamp>).
     #[arg(long)]
@@ -381,6 +386,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "churn: {rate} is not in 1..=100000 changes a second"
         );
     }
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate >= 0.0,
+            "rate: {rate} is not a number of packets a second (0 or more)"
+        );
+        anyhow::ensure!(
+            matches!(args.topology, TopologyArg::Pvp),
+            "rate: only the pvp topology's generator takes a rate (replay sends a capture as fast as it goes)"
+        );
+    }
     let mut peer = Vec::new();
     for p in args.peer {
         anyhow::ensure!(p != Switch::Tenet, "peer: tenet is always measured");
@@ -421,6 +436,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         flows: args.flows,
         cores: args.cores,
         churn: args.churn,
+        rate: args.rate,
         out: out.clone(),
         tenetd,
         configs,

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -110,6 +111,8 @@ pub struct Running {
     churn_target: Option<crate::churn::Target>,
     /// The changes being made.
     pub churn: Option<crate::churn::Churn>,
+    /// Each thread's CPU time when the window opened, and when that was.
+    cpu_at_open: Option<(Instant, ThreadTimes)>,
     process: Option<Proc>,
     ovs: Option<Ovs>,
 }
@@ -119,6 +122,8 @@ pub struct Running {
 pub struct Afterwards {
     /// Busy cycles per packet, as the switch counts them.
     pub cycles_per_pkt: Option<f64>,
+    /// CPU use of the switch's busiest thread in the window, in cores.
+    pub cpu: Option<f64>,
     /// Whether the switch did the scenario's work (`None`: not checked).
     pub check: Option<bool>,
     /// Why the check failed.
@@ -138,6 +143,10 @@ impl Running {
     /// Called when the measured window opens (OVS clears its PMD counters; tenet
     /// starts changing at `churn` changes a second, when asked).
     pub fn window_opens(&mut self, churn: Option<u32>) {
+        self.cpu_at_open = self
+            .process
+            .as_ref()
+            .map(|p| (Instant::now(), thread_times(p.pid())));
         if let Some(ovs) = &self.ovs {
             let _ = ovs.appctl(&["dpif-netdev/pmd-stats-clear"]);
         }
@@ -148,8 +157,17 @@ impl Running {
 
     /// Called when the window closes, before stopping: OVS's cycles and datapath check.
     pub fn window_closes(&mut self, setup: &Setup<'_>) -> Afterwards {
+        let cpu = match (self.cpu_at_open.take(), &self.process) {
+            (Some((opened, before)), Some(p)) => {
+                busiest_thread(&before, &thread_times(p.pid()), opened.elapsed())
+            }
+            _ => None,
+        };
         let Some(ovs) = &self.ovs else {
-            return Afterwards::default();
+            return Afterwards {
+                cpu,
+                ..Afterwards::default()
+            };
         };
         let stats = ovs
             .appctl(&["dpif-netdev/pmd-stats-show"])
@@ -159,6 +177,7 @@ impl Running {
         let _ = std::fs::write(setup.log("dp-flows"), &flows);
         let (check, note) = crate::ovs::check(setup.scenario, &flows);
         Afterwards {
+            cpu,
             cycles_per_pkt: crate::ovs::cycles_per_packet(&stats),
             check: Some(check),
             check_note: note,
@@ -184,6 +203,39 @@ impl Running {
         clear_runtime(&self.prefix);
         after
     }
+}
+
+/// Time on a CPU (ns) of each thread of a process, by thread id.
+type ThreadTimes = std::collections::HashMap<u32, u64>;
+
+/// Each thread's time on a CPU so far (threads that ended are missing), from the
+/// scheduler's own account (`schedstat`, nanoseconds).
+fn thread_times(pid: u32) -> ThreadTimes {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return ThreadTimes::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            Some((tid, stat.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The CPU use, in cores, of the thread that used the most between `before` and
+/// `after`, `elapsed` apart: a poll-mode switch's worker.
+fn busiest_thread(before: &ThreadTimes, after: &ThreadTimes, elapsed: Duration) -> Option<f64> {
+    let seconds = elapsed.as_secs_f64();
+    if seconds <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .filter_map(|(tid, &now)| Some(now.saturating_sub(*before.get(tid)?)))
+        .max()
+        .map(|ns| ns as f64 / 1e9 / seconds)
 }
 
 /// Starts `switch` for `setup`.
@@ -238,6 +290,7 @@ fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
         .env("FRAME_SIZE", setup.size.to_string());
     let process = Proc::spawn("tenetd", command, &setup.log("switch"))?;
     Ok(Running {
+        cpu_at_open: None,
         switch: Switch::Tenet,
         prefix: TENET_PREFIX.to_owned(),
         // tenetd names virtual devices per driver in config order: the one null port.
@@ -261,6 +314,7 @@ fn start_testpmd(setup: &Setup<'_>) -> anyhow::Result<Running> {
     }
     let process = Proc::spawn("dpdk-testpmd", command, &setup.log("switch"))?;
     Ok(Running {
+        cpu_at_open: None,
         switch: Switch::Testpmd,
         prefix: TESTPMD_PREFIX.to_owned(),
         sink: "net_null0".to_owned(),
@@ -333,6 +387,7 @@ fn start_ovs(setup: &Setup<'_>) -> anyhow::Result<Running> {
         }
     };
     Ok(Running {
+        cpu_at_open: None,
         switch: Switch::Ovs,
         prefix: crate::ovs::PREFIX.to_owned(),
         sink: ports.sink,
@@ -400,6 +455,34 @@ pub fn check_cores(cores: usize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_busiest_thread_is_the_one_that_spun() {
+        let before = thread_times(std::process::id());
+        let opened = Instant::now();
+        let (spun, measured) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        let after = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let until = Instant::now() + Duration::from_millis(300);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                spun.wait();
+                measured.wait();
+            });
+            spun.wait();
+            let after = thread_times(std::process::id());
+            measured.wait();
+            after
+        });
+        // The spinner began after `before`: it counts from zero.
+        let mut before = before;
+        for tid in after.keys() {
+            before.entry(*tid).or_insert(0);
+        }
+        let cpu = busiest_thread(&before, &after, opened.elapsed()).unwrap();
+        assert!((0.3..=1.1).contains(&cpu), "{cpu}");
+    }
 
     #[test]
     fn cycles_are_read_from_either_switch() {

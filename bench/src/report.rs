@@ -46,6 +46,9 @@ pub struct Summary {
     /// Median rate of changes made through the API during the window (`--churn`).
     #[serde(default)]
     pub changes_per_s: Option<f64>,
+    /// Median CPU use of the switch's busiest thread in the window, in cores.
+    #[serde(default)]
+    pub cpu: Option<f64>,
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -106,6 +109,7 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
             let mut vs_ovs = vs_ovs_rounds.clone();
             let checked: Vec<bool> = rows_of.iter().filter_map(|r| r.check).collect();
             let mut changes: Vec<f64> = rows_of.iter().filter_map(|r| r.changes_per_s).collect();
+            let mut cpu: Vec<f64> = rows_of.iter().filter_map(|r| r.cpu).collect();
             Summary {
                 rounds: mpps.len(),
                 mpps_min: mpps.iter().copied().reduce(f64::min),
@@ -127,6 +131,7 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
                 checks: (checked.iter().filter(|&&c| c).count(), checked.len()),
                 p99_ns: median(&mut p99).map(|v| v as u64),
                 changes_per_s: median(&mut changes),
+                cpu: median(&mut cpu),
                 scenario,
                 size,
                 switch,
@@ -144,7 +149,7 @@ pub fn table(summaries: &[Summary]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<10} {:>5} {:<8} {:>21} {:>7} {:>8} {:>9} {:>6} {:>9} {:>6}",
+        "{:<10} {:>5} {:<8} {:>21} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>6}",
         "scenario",
         "size",
         "switch",
@@ -154,6 +159,7 @@ pub fn table(summaries: &[Summary]) -> String {
         "/testpmd",
         "/ovs",
         "p99 us",
+        "cpu%",
         "check"
     );
     for s in summaries {
@@ -170,7 +176,7 @@ pub fn table(summaries: &[Summary]) -> String {
         };
         let _ = writeln!(
             t,
-            "{:<10} {:>5} {:<8} {:>21} {:>7} {:>8} {:>9} {:>6} {:>9} {:>6}",
+            "{:<10} {:>5} {:<8} {:>21} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>6}",
             s.scenario,
             s.size,
             s.switch.name(),
@@ -180,6 +186,7 @@ pub fn table(summaries: &[Summary]) -> String {
             opt(s.vs_testpmd, 2),
             opt(s.vs_ovs, 2),
             opt(s.p99_ns.map(|n| n as f64 / 1000.0), 1),
+            opt(s.cpu.map(|c| c * 100.0), 1),
             check
         );
     }
@@ -198,7 +205,8 @@ pub fn table(summaries: &[Summary]) -> String {
         "\nMpps: median over rounds (min-max). Gbit/s: on the wire (frame + FCS + preamble + gap).\n\
          /testpmd, /ovs: median of the per-round ratios of this switch's rate to the peer's.\n\
          cyc/pkt: busy cycles per packet as each switch counts them (tenetd RESULT, testpmd\n\
-         --record-core-cycles, OVS pmd-stats-show). check: tenetd dropped nothing / OVS's\n\
+         --record-core-cycles, OVS pmd-stats-show). cpu%: the busiest thread's time on a CPU\n\
+         in the window (the kernel's account; OVS not measured). check: tenetd dropped nothing / OVS's\n\
          datapath held the scenario's action / the generator got frames back.\n",
     );
     t
@@ -207,7 +215,7 @@ pub fn table(summaries: &[Summary]) -> String {
 /// Writes every measurement so far (after each one, so an interrupted run keeps them).
 pub fn write_rows(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let mut csv = String::from(
-        "round,scenario,size,switch,mpps,gbps,min_1s_mpps,max_1s_mpps,cycles_per_pkt,check,lost,changes_per_s,p50_ns,p99_ns,p999_ns,note\n",
+        "round,scenario,size,switch,mpps,gbps,min_1s_mpps,max_1s_mpps,cycles_per_pkt,check,lost,changes_per_s,p50_ns,p99_ns,p999_ns,cpu,note\n",
     );
     for r in rows {
         let lat = |f: fn(&crate::stats::LatencySummary) -> u64| {
@@ -217,7 +225,7 @@ pub fn write_rows(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
         };
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
             r.round,
             r.scenario,
             r.size,
@@ -235,6 +243,7 @@ pub fn write_rows(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
             lat(|l| l.p50_ns),
             lat(|l| l.p99_ns),
             lat(|l| l.p999_ns),
+            r.cpu.map_or(String::new(), |v| format!("{v:.3}")),
             r.note.replace('"', "'")
         );
     }
@@ -435,6 +444,7 @@ mod tests {
             lost: None,
             changes_per_s: None,
             latency: None,
+            cpu: Some(1.0),
             note: String::new(),
         }
     }

@@ -41,6 +41,8 @@ pub struct Options {
     /// Tenant and endpoint changes a second made through tenet's API during the
     /// measured window (`None`: none).
     pub churn: Option<u32>,
+    /// Packets a second the PVP generator offers (`None`: as many as come back; 0: none).
+    pub rate: Option<f64>,
     /// Results directory.
     pub out: PathBuf,
     /// The tenetd binary.
@@ -81,6 +83,10 @@ pub struct Row {
     pub changes_per_s: Option<f64>,
     /// Latency of the probes (pvp).
     pub latency: Option<LatencySummary>,
+    /// CPU use of the switch's busiest thread in the window, in cores (a poll-mode
+    /// worker: 1.0 when it never rests).
+    #[serde(default)]
+    pub cpu: Option<f64>,
     /// Why a measurement failed or a check did not pass.
     pub note: String,
 }
@@ -209,6 +215,7 @@ fn measure(switch: Switch, setup: &Setup<'_>, options: &Options, round: usize) -
         lost: None,
         changes_per_s: None,
         latency: None,
+        cpu: None,
         note: String::new(),
     };
     let outcome = match setup.topology {
@@ -243,6 +250,7 @@ fn with_switch<T>(
     let after = running.stop(after);
     let measured = measured?;
     row.cycles_per_pkt = after.cycles_per_pkt;
+    row.cpu = after.cpu;
     row.check = after.check;
     row.note = after.check_note;
     if let Some(done) = churned {
@@ -300,6 +308,13 @@ fn measure_pvp(
         if !running.generator_serves {
             wait_for_sockets(&[&vhu0, &vhu1], Duration::from_secs(60), || running.alive())?;
         }
+        if options.rate == Some(0.0) {
+            // Nothing offered: the switch idles through the window.
+            std::thread::sleep(Duration::from_secs_f64(options.warmup + 1.0));
+            running.window_opens(options.churn);
+            std::thread::sleep(Duration::from_secs_f64(options.duration));
+            return Ok(None);
+        }
         let server = if running.generator_serves {
             ",server=1"
         } else {
@@ -344,6 +359,9 @@ fn measure_pvp(
             "--json",
         ]);
         command.arg(&json);
+        if let Some(rate) = options.rate {
+            command.args(["--rate", &rate.to_string()]);
+        }
         let _ = std::fs::remove_file(&json);
         let mut gen = Proc::spawn(
             "tenet-bench gen",
@@ -372,8 +390,12 @@ fn measure_pvp(
         }
         let text = std::fs::read_to_string(&json)?;
         let report: generator::Report = serde_json::from_str(&text)?;
-        anyhow::Ok(report)
+        anyhow::Ok(Some(report))
     })?;
+    let Some(report) = report else {
+        row.mpps = Some(0.0);
+        return Ok(());
+    };
     row.mpps = Some(report.rx_pps / 1e6);
     row.gbps = Some(report.rx_gbps);
     row.lost = Some(report.lost);
