@@ -127,6 +127,7 @@ fn run_with_eal(
     // The controller publishes the first real tables before any worker starts.
     let publisher = TablePublisher::new(Default::default());
     let nat_sessions = config.gateway.sessions_per_worker as usize;
+    let max_sleep = config.max_idle_sleep;
     let mut controller = Controller::new(
         config,
         port_info,
@@ -148,8 +149,15 @@ fn run_with_eal(
         };
         let pipeline = SwitchPipeline::new(publisher.reader(), queue, tsc_hz, slot);
         workers.push(
-            Worker::spawn(plan, pipeline, Backoff::default())
-                .with_context(|| format!("starting the worker on CPU {core}"))?,
+            Worker::spawn(
+                plan,
+                pipeline,
+                Backoff {
+                    max_sleep,
+                    ..Backoff::default()
+                },
+            )
+            .with_context(|| format!("starting the worker on CPU {core}"))?,
         );
     }
     tracing::info!(

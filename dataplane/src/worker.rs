@@ -39,16 +39,30 @@ pub struct WorkerPlan {
     pub handoff: Vec<(u16, RingProducer)>,
 }
 
-/// Idle backoff: spin a while, then sleep, doubling up to a ceiling.
+/// Idle backoff: spin a while, then sleep, doubling up to a ceiling. A round of polls
+/// that brings fewer than [`LIGHT_ROUND`] packets counts as idle too: a trickle
+/// (a few thousand packets a second) would otherwise keep the core spinning at every
+/// packet's heels. While packets still trickle in, naps stay at `trickle_sleep` or
+/// shorter, so a packet waits at most that long; only silence lets them grow to
+/// `max_sleep`. A round that brings more returns to busy polling.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
-    /// Empty polls before the first sleep.
+    /// Light polls before the first sleep.
     pub spin_polls: u32,
     /// First sleep.
     pub min_sleep: Duration,
-    /// Longest sleep (the worst added latency for the first packet after a lull).
+    /// Longest sleep (the worst added latency for the first packet after a lull);
+    /// zero: never sleep (busy polling, as OVS's and VPP's workers do by default).
     pub max_sleep: Duration,
+    /// Longest sleep after a round that brought packets.
+    pub trickle_sleep: Duration,
 }
+
+/// Packets a round of polls brings below which the worker counts it as light: a
+/// quarter burst. At a steady rate the sleeps settle where a round brings about this
+/// many, so the core's use follows the load instead of jumping to a full core at the
+/// first packet.
+pub const LIGHT_ROUND: usize = 8;
 
 impl Default for Backoff {
     fn default() -> Self {
@@ -56,6 +70,7 @@ impl Default for Backoff {
             spin_polls: 1024,
             min_sleep: Duration::from_micros(10),
             max_sleep: Duration::from_micros(500),
+            trickle_sleep: Duration::from_micros(50),
         }
     }
 }
@@ -182,6 +197,9 @@ fn run<P: Pipeline>(
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         tracing::warn!(core, "could not pin worker; it runs unpinned");
     }
+    if !backoff.max_sleep.is_zero() && !crate::kernel::precise_sleeps() {
+        tracing::warn!(core, "the worker's short sleeps may end up to 50 us late");
+    }
     let lcore = match dpdk::register_thread() {
         Ok(lcore) => Some(lcore),
         Err(e) => {
@@ -264,11 +282,16 @@ fn run<P: Pipeline>(
         last_tsc = now;
         if moved > 0 {
             counters.add_busy_cycles(spent);
+        }
+        if moved >= LIGHT_ROUND || backoff.max_sleep.is_zero() {
             idle_polls = 0;
             sleep = backoff.min_sleep;
             continue;
         }
         idle_polls = idle_polls.saturating_add(1);
+        if moved > 0 {
+            sleep = sleep.min(backoff.trickle_sleep);
+        }
         if idle_polls > backoff.spin_polls {
             counters.add_idle_sleep();
             std::thread::sleep(sleep);

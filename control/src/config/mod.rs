@@ -241,6 +241,10 @@ pub struct DataplaneConfig {
     pub tx_descriptors: u16,
     /// DPDK's own log level.
     pub dpdk_log_level: String,
+    /// The longest a worker with (next to) nothing to do sleeps between polls, in
+    /// microseconds: the most latency a packet after a lull meets. 0: workers never
+    /// sleep and each keeps its core busy (OVS's and VPP's default).
+    pub max_idle_sleep_us: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -257,6 +261,7 @@ impl Default for DataplaneConfig {
             rx_descriptors: 1024,
             tx_descriptors: 1024,
             dpdk_log_level: defaults.log_level,
+            max_idle_sleep_us: 500,
         }
     }
 }
@@ -373,6 +378,8 @@ pub struct Validated {
     pub workers: Vec<usize>,
     /// Pool size.
     pub mbufs: u32,
+    /// The longest a worker sleeps when there is (next to) nothing to do; zero: never.
+    pub max_idle_sleep: std::time::Duration,
     /// Large-buffer pool size (0: none).
     pub jumbo_mbufs: u32,
     /// Descriptors per RX queue.
@@ -490,6 +497,7 @@ impl Config {
             eal: eal_options(dp, main_core, &ports),
             workers: dp.workers.clone(),
             mbufs: dp.mbufs,
+            max_idle_sleep: std::time::Duration::from_micros(u64::from(dp.max_idle_sleep_us)),
             jumbo_mbufs: dp.jumbo_mbufs,
             rx_descriptors: dp.rx_descriptors,
             tx_descriptors: dp.tx_descriptors,
@@ -668,6 +676,12 @@ fn check_dataplane_sizes(dp: &DataplaneConfig) -> Result<(), ConfigError> {
         if !(64..=16384).contains(&value) {
             return Err(invalid(field, "must be between 64 and 16384"));
         }
+    }
+    if dp.max_idle_sleep_us > 10_000 {
+        return Err(invalid(
+            "dataplane.max_idle_sleep_us",
+            "at most 10000 (10 ms); 0 keeps the workers polling",
+        ));
     }
     Ok(())
 }
@@ -1316,6 +1330,26 @@ ports = ["a", "b"]
             "workers = [${CORE}]\nmemory_mb = \"lots\"",
         ));
         assert!(e.starts_with("config field `dataplane.memory_mb`"), "{e}");
+    }
+
+    #[test]
+    fn a_worker_naps_at_most_ten_milliseconds_or_never() {
+        let nap = |us: u32| {
+            parse(&TWO_PORTS.replace(
+                "workers = [${CORE}]",
+                &format!("workers = [${{CORE}}]\nmax_idle_sleep_us = {us}"),
+            ))
+        };
+        assert_eq!(nap(0).unwrap().max_idle_sleep, std::time::Duration::ZERO);
+        assert_eq!(
+            nap(10_000).unwrap().max_idle_sleep,
+            std::time::Duration::from_millis(10)
+        );
+        let e = nap(10_001).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config field `dataplane.max_idle_sleep_us`"),
+            "{e}"
+        );
     }
 
     #[test]
