@@ -4,6 +4,7 @@
 //! A; and nothing arriving anywhere makes the pipeline panic.
 
 use std::net::Ipv4Addr;
+use std::sync::OnceLock;
 
 use dataplane::packet::Mac;
 use dataplane::pipeline::offline::Offline;
@@ -61,6 +62,26 @@ fn tables(design: Design, is_hub: bool) -> FlowTables {
     // tenant's new port leaves behind until the control plane drops it.
     b.learned_mac(a, STALE_MAC, Location::Port(B_PORT));
     b.build()
+}
+
+/// [`tables`] with FDBs larger than the worker's threshold for looking a burst's MACs
+/// up ahead of its frames (10,000 more MACs in each tenant), so that pass is tried too.
+fn big_tables(design: Design) -> &'static FlowTables {
+    static TABLES: [OnceLock<FlowTables>; 2] = [OnceLock::new(), OnceLock::new()];
+    TABLES[usize::from(design == Design::Shared)].get_or_init(|| {
+        let mut t = tables(design, false);
+        let mut b = TablesBuilder::new(design, false);
+        for (slot, port) in [(0, A_PORTS[1]), (1, B_PORT)] {
+            for i in 0..10_000u32 {
+                let [_, x, y, z] = i.to_be_bytes();
+                b.static_mac(slot, [2, 1, slot as u8, x, y, z], Location::Port(port));
+            }
+        }
+        for (key, entry) in &b.build().fdb {
+            t.fdb.insert(*key, *entry);
+        }
+        t
+    })
 }
 
 fn run(t: &FlowTables, port: u16, frame: &[u8]) -> Vec<(u16, Vec<u8>)> {
@@ -199,6 +220,22 @@ proptest! {
         let design = if shared { Design::Shared } else { Design::Dedicated };
         let t = tables(design, hub && shared);
         for (out_port, out) in run(&t, port, &frame) {
+            prop_assert!(
+                belongs_to_a(design, out_port, &out),
+                "frame {:02x?} on port {} left on port {} as {:02x?}", frame, port, out_port, out
+            );
+        }
+    }
+
+    #[test]
+    fn frames_from_tenant_a_never_reach_tenant_b_through_a_big_fdb(
+        frame in hostile_frame(),
+        port in prop::sample::select(vec![0u16, 1, A_TRUNK]),
+        shared in any::<bool>(),
+    ) {
+        let design = if shared { Design::Shared } else { Design::Dedicated };
+        let t = big_tables(design);
+        for (out_port, out) in run(t, port, &frame) {
             prop_assert!(
                 belongs_to_a(design, out_port, &out),
                 "frame {:02x?} on port {} left on port {} as {:02x?}", frame, port, out_port, out
