@@ -64,8 +64,8 @@ fn tables(design: Design, is_hub: bool) -> FlowTables {
     b.build()
 }
 
-/// [`tables`] with FDBs larger than the worker's threshold for looking a burst's MACs
-/// up ahead of its frames (10,000 more MACs in each tenant), so that pass is tried too.
+/// [`tables`] with 10,000 more MACs in each tenant: far more keys than the core's FDB
+/// cache has slots, so entries of both tenants keep evicting each other there.
 fn big_tables(design: Design) -> &'static FlowTables {
     static TABLES: [OnceLock<FlowTables>; 2] = [OnceLock::new(), OnceLock::new()];
     TABLES[usize::from(design == Design::Shared)].get_or_init(|| {

@@ -63,11 +63,6 @@ pub struct Unresolved {
 }
 
 #[inline(always)]
-fn slot_of(key: u64) -> usize {
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
-}
-
-#[inline(always)]
 fn route_slot(key: u64) -> usize {
     (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
 }
@@ -196,12 +191,6 @@ impl FdbCache {
         self.last_tunnel = Some(memo);
     }
 
-    /// Whether the cache holds `key`'s entry.
-    #[inline(always)]
-    pub fn holds(&self, key: u64) -> bool {
-        self.slots[slot_of(key)].key == key
-    }
-
     /// `tables.fdb[key]` and what it means for a frame to that key (`resolve` runs on
     /// a miss only), from the cache when possible.
     #[inline(always)]
@@ -211,7 +200,7 @@ impl FdbCache {
         key: u64,
         resolve: impl FnOnce(Option<FdbEntry>) -> Out,
     ) -> (Option<FdbEntry>, Out) {
-        let slot = &mut self.slots[slot_of(key)];
+        let slot = &mut self.slots[(key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize];
         if slot.key != key {
             let entry = tables.fdb.get(&key).copied();
             *slot = Slot {

@@ -37,9 +37,8 @@ use std::sync::Arc;
 use crate::counters::{CoreCounters, DropReason};
 use crate::dpdk::{Mbuf, MbufBatch};
 use crate::packet::frame::Frame;
-use crate::packet::{ethernet, vlan};
 use crate::table::publish::TableReader;
-use crate::table::{FlowTables, PortRole, TenantIdx};
+use crate::table::{FlowTables, PortRole};
 use events::{EventQueue, Learner};
 use fdb_cache::{FdbCache, Unresolved};
 use router::RouterState;
@@ -63,57 +62,6 @@ pub trait Pipeline: Send {
     fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
         let _ = (outputs, counters);
         0
-    }
-}
-
-/// FDB entries from which a burst's lookups are made ahead of its frames: a smaller
-/// table stays in the CPU's caches, where the extra pass costs more than it saves.
-const WARM_FDB_ABOVE: usize = 8192;
-
-/// Fills the FDB cache with the destinations and sources of a burst's frames before
-/// any is switched, in one tight pass over the MACs the cache lacks: with a table
-/// larger than the CPU's caches (100,000 MACs) the lookups' misses overlap there
-/// instead of stalling one frame after another. This decides only what the cache
-/// holds: every frame's checks still run on its own way.
-#[inline(always)]
-fn warm_fdb<'a>(
-    cache: &mut FdbCache,
-    tables: &FlowTables,
-    in_port: u16,
-    frames: impl Iterator<Item = &'a [u8]>,
-) {
-    if tables.fdb.len() < WARM_FDB_ABOVE {
-        return;
-    }
-    let mut warm = |tenant: TenantIdx, data: &[u8]| {
-        let Some((dst, src)) = ethernet::macs_u64(data) else {
-            return;
-        };
-        let bits = u64::from(tenant) << 48;
-        for mac in [dst, src] {
-            let key = bits | mac;
-            if mac & ethernet::GROUP_BIT == 0 && !cache.holds(key) {
-                cache.lookup(tables, key, |e| resolve::resolve(tables, tenant, e));
-            }
-        }
-    };
-    match *tables.role(in_port) {
-        PortRole::Access { tenant, .. } => frames.for_each(|data| warm(tenant, data)),
-        PortRole::Trunk => {
-            for data in frames {
-                if !vlan::is_tagged(data) {
-                    continue;
-                }
-                let Some(tag) = data.get(14..16) else {
-                    continue;
-                };
-                let vid = u16::from_be_bytes([tag[0], tag[1]]);
-                if let Some(tenant) = tables.trunk_tenant(in_port, vid) {
-                    warm(tenant, data);
-                }
-            }
-        }
-        _ => {}
     }
 }
 
@@ -219,12 +167,10 @@ impl<F: Frame> Core<F> {
     }
 
     /// Starts loading what the frames of a burst from `in_port` will look up (their
-    /// route slots, and the SNAT slots of those routed outside), and looks their MACs
-    /// up in the FDB in one pass.
+    /// route slots, and the SNAT slots of those routed outside).
     #[inline(always)]
-    pub fn prefetch<'a>(&mut self, in_port: u16, frames: impl Iterator<Item = &'a [u8]> + Clone) {
+    pub fn prefetch<'a>(&self, in_port: u16, frames: impl Iterator<Item = &'a [u8]> + Clone) {
         let tables = self.tables.tables();
-        warm_fdb(&mut self.state.cache, tables, in_port, frames.clone());
         // Routed traffic: the whole burst's route slots start loading before the first
         // frame needs its own (many flows spread them over more than L1 holds).
         if let PortRole::Access { tenant, .. } = *tables.role(in_port) {

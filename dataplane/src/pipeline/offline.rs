@@ -123,13 +123,6 @@ impl Offline {
     /// [`Frame::gso_size`]).
     pub fn run_frame(&mut self, tables: &FlowTables, in_port: u16, frame: BufFrame) -> Collect {
         let mut sink = Collect::default();
-        // As a worker does with a burst (what the FDB cache holds is all it decides).
-        super::warm_fdb(
-            &mut self.state.cache,
-            tables,
-            in_port,
-            [frame.data()].into_iter(),
-        );
         let mut cx = self.context();
         handle(tables, in_port, frame, &mut sink, &mut cx);
         sink
@@ -143,7 +136,6 @@ impl Offline {
         frame: &[u8],
         mut sink: Collect,
     ) -> Collect {
-        super::warm_fdb(&mut self.state.cache, tables, in_port, [frame].into_iter());
         let mut cx = self.context();
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
         sink
