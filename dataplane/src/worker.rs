@@ -219,7 +219,9 @@ fn run<P: Pipeline>(
     outputs.set_handoff_rings(handoff);
     let mut batch = MbufBatch::new();
     let mut idle_polls = 0u32;
-    let mut sleep = backoff.min_sleep;
+    // A ceiling below the first nap is the ceiling.
+    let first_sleep = backoff.min_sleep.min(backoff.max_sleep);
+    let mut sleep = first_sleep;
     // One TSC read per iteration: an iteration's cost runs from the previous read.
     let mut last_tsc = dpdk::tsc();
     while !stop.load(Ordering::Relaxed) {
@@ -285,7 +287,7 @@ fn run<P: Pipeline>(
         }
         if moved >= LIGHT_ROUND || backoff.max_sleep.is_zero() {
             idle_polls = 0;
-            sleep = backoff.min_sleep;
+            sleep = first_sleep;
             continue;
         }
         idle_polls = idle_polls.saturating_add(1);

@@ -6,6 +6,7 @@ mod packet_socket;
 mod vnet;
 
 pub use packet_socket::interface_index;
+pub(crate) use packet_socket::{PacketPort, PacketRx, PacketTx};
 
 /// Lets the calling thread's short sleeps end on time: the kernel otherwise lets a
 /// sleep run up to 50 us late to batch wake-ups, which dwarfs a poll loop's 10 us
@@ -14,4 +15,3 @@ pub fn precise_sleeps() -> bool {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and changes only this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) == 0 }
 }
-pub(crate) use packet_socket::{PacketPort, PacketRx, PacketTx};
