@@ -281,15 +281,6 @@ impl Port {
         } else if config.tso && self.vhost.is_none() {
             tracing::warn!(port = %self.name, "the device does not advertise TCP segmentation: large segments are cut for it");
         }
-        // A device that can report link changes by interrupt does so only when asked.
-        // A bond learns of a member's link only that way (it polls just the members
-        // that cannot report): without it an active-backup bond never fails over.
-        // SAFETY: dev_flags, when set, points at the device's flags, alive as the port.
-        let reports_link = !info.dev_flags.is_null()
-            && unsafe { *info.dev_flags } & dpdk_sys::TENET_ETH_DEV_INTR_LSC != 0;
-        if reports_link {
-            conf.intr_conf.set_lsc(1);
-        }
         if let Some(vhost) = self.vhost.as_mut() {
             // Without these the PMD finishes every partial checksum a guest sends in
             // software (its rx_sw_csum), a large segment's too; tenet finishes only
