@@ -396,6 +396,7 @@ impl Live {
             return Reply::error(500, "", &format!("could not save the state: {e:#}"));
         }
         tracing::info!(?change, "applied");
+        let touched = change.tenants_touched(&self.model);
         self.running = effective;
         if let Some(store) = &self.store {
             keep_copy(store, Arc::clone(&model));
@@ -404,7 +405,12 @@ impl Live {
         // Ports are paired with the config by name: a port the change removed has no
         // role in these tables, whether or not its device is detached yet.
         let ports = dataplane.port_info(&validated.ports);
-        controller.reconfigure(Arc::new(validated), ports);
+        // A cluster's view may move other tenants with any change (hosts counted dead,
+        // gateways placed): taken whole.
+        match touched.filter(|_| self.running.is_none()) {
+            Some(names) => controller.reconfigure_touching(Arc::new(validated), ports, &names),
+            None => controller.reconfigure(Arc::new(validated), ports),
+        }
         controller.publish_if_changed();
         if let Change::DeletePort(name) = &change {
             dataplane.down.remove(name);

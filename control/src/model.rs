@@ -152,6 +152,32 @@ impl Refusal {
     }
 }
 
+impl Change {
+    /// The tenants this change touches, by name, given the model `before` it: all
+    /// that a change of them alone moves in the tables (ports are compared anyway);
+    /// `None` for a change that may move any tenant (hosts, gateway placement,
+    /// peering).
+    pub fn tenants_touched(&self, before: &Model) -> Option<Vec<String>> {
+        let name = match self {
+            Change::AddTenant(t) => t.name.clone(),
+            Change::DeleteTenant(name) => name.clone(),
+            Change::AddEndpoint(e) => e.tenant.clone(),
+            Change::DeleteEndpoint { tenant, .. } | Change::DeleteRoute { tenant, .. } => {
+                tenant.clone()
+            }
+            Change::AddRoute(r) => r.tenant.clone(),
+            Change::AddPublish(p) => p.tenant.clone(),
+            Change::DeletePublish { .. } => match before.place_of(self)? {
+                Place::Publish(i) => before.published[i].tenant.clone(),
+                _ => return None,
+            },
+            Change::AddPort(_) | Change::DeletePort(_) => return Some(Vec::new()),
+            Change::AddHost(_) | Change::DeleteHost(_) | Change::UpdateTenant(..) => return None,
+        };
+        Some(vec![name])
+    }
+}
+
 impl Model {
     /// The model part of a configuration.
     pub fn of(config: &Config) -> Self {

@@ -52,25 +52,31 @@ impl<K: Hash + Eq + Clone> Slots<K> {
             .filter(|k| !wanted.contains(k))
             .cloned()
             .collect();
-        let mut retired = Vec::with_capacity(gone.len());
-        for key in gone {
-            if let Some(slot) = self.by_key.remove(&key) {
-                self.retiring.push((slot, version));
-                retired.push(slot);
-            }
-        }
-        let slots = keys
+        let retired = gone
             .iter()
-            .map(|key| {
-                if let Some(&slot) = self.by_key.get(key) {
-                    return Some(slot);
-                }
-                let slot = self.take()?;
-                self.by_key.insert(key.clone(), slot);
-                Some(slot)
-            })
+            .filter_map(|key| self.retire(key, version))
             .collect();
+        let slots = keys.iter().map(|key| self.give(key)).collect();
         (slots, retired)
+    }
+
+    /// The slot of `key`: the one it has, or a free one (`None` when every slot is
+    /// taken or still retiring).
+    pub fn give(&mut self, key: &K) -> Option<u16> {
+        if let Some(&slot) = self.by_key.get(key) {
+            return Some(slot);
+        }
+        let slot = self.take()?;
+        self.by_key.insert(key.clone(), slot);
+        Some(slot)
+    }
+
+    /// Retires the slot of `key` (gone) as of table version `version`; the slot, if
+    /// it had one.
+    pub fn retire(&mut self, key: &K, version: u64) -> Option<u16> {
+        let slot = self.by_key.remove(key)?;
+        self.retiring.push((slot, version));
+        Some(slot)
     }
 
     /// Frees the retired slots every reader is past: `oldest_in_use` is the oldest

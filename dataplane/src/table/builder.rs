@@ -92,27 +92,44 @@ impl TablesBuilder {
 
     /// An untagged port of one tenant, with optional port security.
     pub fn access_port(&mut self, port: u16, tenant: TenantIdx, security: Option<PortSecurity>) {
+        self.access_role(port, tenant, security);
+        self.tenant_mut(tenant).flood_ports.push(port);
+    }
+
+    /// [`TablesBuilder::access_port`]'s role alone: the tenant's flood list is left to
+    /// whoever builds the tenant's table.
+    pub fn access_role(&mut self, port: u16, tenant: TenantIdx, security: Option<PortSecurity>) {
         let security = security.map(|rules| {
             self.tables.port_security.push(rules);
             (self.tables.port_security.len() - 1) as u16
         });
         self.set_role(port, PortRole::Access { tenant, security });
-        self.tenant_mut(tenant).flood_ports.push(port);
     }
 
     /// A tagged port carrying `tenants` (each by its VLAN).
     pub fn trunk_port(&mut self, port: u16, tenants: &[TenantIdx]) {
-        self.set_role(port, PortRole::Trunk);
-        let mut set = Box::new([0u64; 64]);
+        let mut vids = Vec::new();
         for &tenant in tenants {
             let t = self.tenant_mut(tenant);
             if let Some(vid) = t.vlan {
-                let vid = usize::from(vid & 0x0fff);
-                set[vid / 64] |= 1 << (vid % 64);
+                vids.push(vid);
                 t.flood_ports.push(port);
             }
         }
-        self.tables.trunk_vlans[usize::from(port)] = Some(set);
+        self.trunk_role(port, &vids);
+    }
+
+    /// [`TablesBuilder::trunk_port`]'s role alone, by the VLANs it carries.
+    pub fn trunk_role(&mut self, port: u16, vids: &[u16]) {
+        self.set_role(port, PortRole::Trunk);
+        let mut set = Box::new([0u64; 64]);
+        for &vid in vids {
+            let vid = usize::from(vid & 0x0fff);
+            set[vid / 64] |= 1 << (vid % 64);
+        }
+        if let Some(slot) = self.tables.trunk_vlans.get_mut(usize::from(port)) {
+            *slot = Some(set);
+        }
     }
 
     /// A port whose frames all go to `peer`, untouched.
@@ -258,6 +275,12 @@ impl TablesBuilder {
         if !self.tables.uplink_ips.contains(&p.external_ip) {
             self.tables.uplink_ips.push(p.external_ip);
         }
+    }
+
+    /// The addresses answered on the uplink besides its own, in place of those the
+    /// routers and published ports added.
+    pub fn uplink_ips(&mut self, ips: Vec<Ipv4Addr>) {
+        self.tables.uplink_ips = ips;
     }
 
     /// The next hop toward the outside world, and its MAC once resolved.

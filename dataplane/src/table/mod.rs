@@ -226,7 +226,7 @@ pub struct Uplink {
 pub const NO_TENANT: TenantIdx = TenantIdx::MAX;
 
 /// Everything the pipeline reads, as one immutable value.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FlowTables {
     /// Cluster design.
     pub design: Design,

@@ -1,17 +1,21 @@
 //! The compiler: validated config + what the dataplane learned (MACs, neighbours) →
 //! one immutable [`FlowTables`] snapshot. Pure: the same inputs give the same tables.
 
+pub mod delta;
+pub mod tenant;
+
 use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use dataplane::packet::{Ipv4Cidr, Mac};
 use dataplane::table::builder::TablesBuilder;
-use dataplane::table::routing::{Interface, Published, RouteTarget, Router};
+use dataplane::table::edit::{PortTables, TableEdit};
+use dataplane::table::routing::{neighbor_key, ExternalHop};
 use dataplane::table::{Design, FlowTables, HostIdx, Location, PortSecurity, TenantIdx};
 
 use crate::config::gateway::Placement;
-use crate::config::switching::{EndpointAt, RolePlan, SwitchPlan};
+use crate::config::switching::{RolePlan, SwitchPlan};
 use crate::config::Validated;
 
 /// A started port as the compiler needs it.
@@ -182,8 +186,47 @@ pub fn tunnel_hosts(plan: &SwitchPlan) -> Vec<usize> {
 }
 
 /// Builds the snapshot. `ports` runs parallel to the config's ports (`None`: its device
-/// is down, so it has no role); `ids` gives each tenant and host its slot.
+/// is down, so it has no role); `ids` gives each tenant and host its slot. The tables
+/// are the frame ([`frame`]) with every tenant's entries ([`tenant::entries`]) in it,
+/// then what the dataplane learned: exactly what [`delta::edits`] brings tables to
+/// when a change touched a few tenants.
 pub fn compile(
+    config: &Validated,
+    ports: &[Option<PortInfo>],
+    ids: &Ids,
+    dynamic: &Dynamic,
+) -> FlowTables {
+    let plan = &config.switching;
+    let mut tables = frame(config, ports, ids, dynamic);
+    tables
+        .fdb
+        .reserve(plan.endpoints.len() + plan.tenants.len() + dynamic.learned.len());
+    let members = tenant::Members::of(config, ports, |_| true);
+    for t in 0..plan.tenants.len() {
+        for edit in tenant::entries(config, ports, ids, &tables, &members, t) {
+            tables.apply(&edit);
+        }
+    }
+    for (&(tenant, mac), learned) in &dynamic.learned {
+        tables.apply(&TableEdit::Learn {
+            tenant,
+            mac,
+            location: learned.location,
+        });
+    }
+    // Known endpoints first: an ARP claiming an endpoint's address never wins over it.
+    for (&(tenant, ip), &(mac, _)) in &dynamic.tenant_neighbors {
+        tables
+            .neighbors
+            .entry(neighbor_key(tenant, ip))
+            .or_insert(mac);
+    }
+    tables
+}
+
+/// The tables without any tenant's entries: ports, tunnels, the uplink and the way
+/// out, the addresses answered on the uplink, capture and NAT settings.
+fn frame(
     config: &Validated,
     ports: &[Option<PortInfo>],
     ids: &Ids,
@@ -193,11 +236,25 @@ pub fn compile(
     let mut b = TablesBuilder::new(plan.design, plan.is_hub());
     b.tunnel_ip_options(plan.tunnel_ttl, plan.tunnel_dont_fragment);
     b.retired(dynamic.retired);
-    for (t, tenant) in plan.tenants.iter().enumerate() {
-        if let Some(slot) = ids.tenant(t) {
-            b.tenant_in(slot, tenant.id, tenant.vlan);
-        }
+    lay_ports(&mut b, config, ports, ids);
+    let underlay = underlay(config, ports);
+    if underlay.is_some() {
+        lay_tunnels(&mut b, plan, ids, dynamic);
     }
+    b.uplink_ips(extra_uplink_ips(config, ids, underlay.map(|u| u.ip)));
+    if let Some(port) = dynamic.capture {
+        b.capture(port);
+    }
+    b.nat(config.gateway.nat);
+    if let Some(hop) = external_hop(config, ids, dynamic) {
+        b.external(hop.ip, hop.mac);
+    }
+    b.build()
+}
+
+/// Every port's role, MTU, security rules and trunk VLANs, and the uplink.
+fn lay_ports(b: &mut TablesBuilder, config: &Validated, ports: &[Option<PortInfo>], ids: &Ids) {
+    let plan = &config.switching;
     for (role, port) in plan.roles.iter().zip(ports) {
         let Some(port) = port else {
             continue;
@@ -220,12 +277,15 @@ pub fn compile(
                         macs: allowed_macs.clone(),
                         ips: allowed_ips.clone(),
                     });
-                b.access_port(port.id, slot, security);
+                b.access_role(port.id, slot, security);
             }
             RolePlan::Trunk(tenants) => {
-                let carried: Vec<TenantIdx> =
-                    tenants.iter().filter_map(|&t| ids.tenant(t)).collect();
-                b.trunk_port(port.id, &carried);
+                let vids: Vec<u16> = tenants
+                    .iter()
+                    .filter(|&&t| ids.tenant(t).is_some())
+                    .filter_map(|&t| plan.tenants[t].vlan)
+                    .collect();
+                b.trunk_role(port.id, &vids);
             }
         }
     }
@@ -236,142 +296,79 @@ pub fn compile(
     }
     if let Some(up) = underlay(config, ports) {
         b.uplink(up.port, up.mac, up.ip);
-        let mut hub_tunnel = None;
-        for host in tunnel_hosts(plan) {
-            let tunnel = b.tunnel(
-                ids.host(host),
-                plan.hosts[host].ip,
-                next_hop_mac(plan, host, dynamic),
-            );
-            match plan.design {
-                Design::Dedicated => {
-                    for (t, tenant) in plan.tenants.iter().enumerate() {
-                        if let (true, Some(slot)) = (tenant.hosts.contains(&host), ids.tenant(t)) {
-                            b.tunnel_carries(tunnel, slot);
-                        }
-                    }
-                }
-                Design::Shared => {
-                    for slot in (0..plan.tenants.len()).filter_map(|t| ids.tenant(t)) {
-                        b.tunnel_carries(tunnel, slot);
-                    }
-                    if !plan.is_hub() {
-                        hub_tunnel = Some(tunnel);
-                    }
-                }
-            }
-        }
-        // A spoke reaches every other host through the hub.
-        if let (Some(tunnel), Some(me)) = (hub_tunnel, plan.this_host) {
-            for host in (0..plan.hosts.len()).filter(|&h| h != me) {
-                b.host_via(ids.host(host), tunnel);
-            }
-        }
     }
-    if let Some(port) = dynamic.capture {
-        b.capture(port);
-    }
-    b.reserve_macs(plan.endpoints.len() + dynamic.learned.len());
-    for e in &plan.endpoints {
-        let Some(slot) = ids.tenant(e.tenant) else {
-            continue;
-        };
-        let location = match e.at {
-            EndpointAt::Port(p) => match ports.get(p).copied().flatten() {
-                Some(port) => Location::Port(port.id),
-                None => continue,
-            },
-            EndpointAt::Host(h) => Location::Host(ids.host(h)),
-        };
-        b.static_mac(slot, e.mac, location);
-    }
-    for (&(tenant, mac), learned) in &dynamic.learned {
-        b.learned_mac(tenant, mac, learned.location);
-    }
-    routing(config, &mut b, ids, dynamic);
-    b.build()
 }
 
-/// The routers, their routes and neighbours, published ports and the way out.
-fn routing(config: &Validated, b: &mut TablesBuilder, ids: &Ids, dynamic: &Dynamic) {
+/// The port tables `config` over `ports` compiles to.
+pub fn port_tables(config: &Validated, ports: &[Option<PortInfo>], ids: &Ids) -> PortTables {
     let plan = &config.switching;
-    let gateway = &config.gateway;
-    b.nat(gateway.nat);
-    let mut snat_here = false;
-    for (t, router) in gateway.routers.iter().enumerate() {
-        let (Some(r), Some(slot)) = (router, ids.tenant(t)) else {
-            continue;
-        };
-        let here = r.placement == Placement::Here;
-        let location = match r.placement {
-            Placement::Here => Location::Router,
-            Placement::Host(h) => Location::Host(ids.host(h)),
-        };
-        snat_here |= here && r.snat_ip.is_some();
-        b.router(
-            slot,
-            Router {
-                mac: r.mac,
-                interfaces: r
-                    .interfaces
-                    .iter()
-                    .map(|&(ip, prefix)| Interface { ip, prefix })
-                    .collect(),
-                here,
-                snat_ip: r.snat_ip.filter(|_| here),
-                route_lengths: 0,
-                max_connections: r.max_connections,
-            },
-            location,
+    let mut b = TablesBuilder::new(plan.design, plan.is_hub());
+    lay_ports(&mut b, config, ports, ids);
+    PortTables::of(&b.build())
+}
+
+/// A tunnel to each host this one keeps one to, and the hosts reached through each.
+fn lay_tunnels(b: &mut TablesBuilder, plan: &SwitchPlan, ids: &Ids, dynamic: &Dynamic) {
+    let mut hub_tunnel = None;
+    for host in tunnel_hosts(plan) {
+        let tunnel = b.tunnel(
+            ids.host(host),
+            plan.hosts[host].ip,
+            next_hop_mac(plan, host, dynamic),
         );
-        if !here {
-            continue;
-        }
-        for &p in &r.peers {
-            let Some(peer) = ids.tenant(p) else {
-                continue;
-            };
-            for &(ip, prefix) in gateway.routers[p].iter().flat_map(|o| &o.interfaces) {
-                b.route(slot, ip, prefix, RouteTarget::Direct(peer));
-            }
+        if plan.design == Design::Shared && !plan.is_hub() {
+            hub_tunnel = Some(tunnel);
         }
     }
-    for route in &gateway.routes {
-        if let (true, Some(t), Some(via)) = (
-            gateway.is_here(route.tenant),
-            ids.tenant(route.tenant),
-            ids.tenant(route.via_tenant),
-        ) {
-            b.route(t, route.ip, route.prefix, RouteTarget::Via(via, route.via));
+    // A spoke reaches every other host through the hub.
+    if let (Some(tunnel), Some(me)) = (hub_tunnel, plan.this_host) {
+        for host in (0..plan.hosts.len()).filter(|&h| h != me) {
+            b.host_via(ids.host(host), tunnel);
         }
     }
-    for p in &gateway.published {
-        if let (true, Some(tenant)) = (gateway.is_here(p.tenant), ids.tenant(p.tenant)) {
-            b.publish(
-                p.protocol,
-                Published {
-                    tenant,
-                    ip: p.ip,
-                    port: p.port,
-                    external_ip: p.external_ip,
-                    external_port: p.host_port,
-                },
-            );
+}
+
+/// The addresses this host answers for on the uplink besides `underlay_ip`: the SNAT
+/// addresses of the gateways here, and the outside addresses of their published ports.
+pub fn extra_uplink_ips(
+    config: &Validated,
+    ids: &Ids,
+    underlay_ip: Option<Ipv4Addr>,
+) -> Vec<Ipv4Addr> {
+    let gateway = &config.gateway;
+    let snat = gateway
+        .routers
+        .iter()
+        .enumerate()
+        .filter(|&(t, _)| ids.tenant(t).is_some())
+        .filter_map(|(_, r)| r.as_ref().filter(|r| r.placement == Placement::Here))
+        .filter_map(|r| r.snat_ip);
+    let published = gateway
+        .published
+        .iter()
+        .filter(|p| gateway.is_here(p.tenant) && ids.tenant(p.tenant).is_some())
+        .map(|p| p.external_ip);
+    let mut ips: Vec<Ipv4Addr> = Vec::new();
+    for ip in snat.chain(published) {
+        if Some(ip) != underlay_ip && !ips.contains(&ip) {
+            ips.push(ip);
         }
     }
-    // Known endpoints last: an ARP claiming an endpoint's address never wins over it.
-    for (&(tenant, ip), &(mac, _)) in &dynamic.tenant_neighbors {
-        b.neighbor(tenant, ip, mac);
-    }
-    for e in &plan.endpoints {
-        if let (Some(ip), Some(slot)) = (e.ip, ids.tenant(e.tenant)) {
-            b.neighbor(slot, ip, e.mac);
-        }
-    }
-    if let (true, Some(hop)) = (snat_here, plan.underlay_gateway) {
-        let mac = plan
+    ips
+}
+
+/// The next hop of traffic to the outside world, when a gateway here translates.
+pub fn external_hop(config: &Validated, ids: &Ids, dynamic: &Dynamic) -> Option<ExternalHop> {
+    let plan = &config.switching;
+    let hop = plan.underlay_gateway?;
+    let snat_here = config.gateway.routers.iter().enumerate().any(|(t, r)| {
+        matches!(r, Some(r) if r.placement == Placement::Here && r.snat_ip.is_some())
+            && ids.tenant(t).is_some()
+    });
+    snat_here.then(|| ExternalHop {
+        ip: hop,
+        mac: plan
             .underlay_gateway_mac
-            .or_else(|| dynamic.neighbors.get(&hop).copied());
-        b.external(hop, mac);
-    }
+            .or_else(|| dynamic.neighbors.get(&hop).copied()),
+    })
 }

@@ -21,6 +21,8 @@ use crate::config::switching::{RolePlan, TenantPlan};
 use crate::config::Validated;
 use crate::slots::Slots;
 
+mod touched;
+
 /// How often unresolved next hops are asked for again.
 const ARP_RETRY: Duration = Duration::from_secs(1);
 /// How often resolved next hops are refreshed.
@@ -117,6 +119,9 @@ pub struct Controller {
     misses: HashMap<(TenantIdx, Ipv4Addr), (Option<Instant>, u32)>,
     /// Ids of the tenants whose gateway was announced here (gratuitous ARP).
     announced: HashSet<u32>,
+    /// A gateway here may not be announced yet: looked for at the next step (not at
+    /// every step: that would cost a look at every tenant each time).
+    announce_pending: bool,
     /// Underlay next hops asked for.
     asked: HashMap<Ipv4Addr, Asked>,
     /// Underlay next hops resolved.
@@ -169,6 +174,7 @@ impl Controller {
             router_injector,
             misses: HashMap::new(),
             announced: HashSet::new(),
+            announce_pending: true,
             asked: HashMap::new(),
             resolved: HashMap::new(),
             dirty: false,
@@ -203,26 +209,7 @@ impl Controller {
             .difference(&self.gateways_here())
             .next()
             .is_some();
-        let learned = self.dynamic.learned.len();
-        let (learned_ok, per_tenant) = {
-            let mut per_tenant: HashMap<TenantIdx, u32> = HashMap::new();
-            let learned = std::mem::take(&mut self.dynamic.learned);
-            let kept: HashMap<(TenantIdx, Mac), Learned> = learned
-                .into_iter()
-                .filter(|&((tenant, mac), entry)| {
-                    self.may_learn(tenant, entry.location) && !self.statics.contains(&(tenant, mac))
-                })
-                .filter(|&((tenant, _), _)| {
-                    let count = per_tenant.entry(tenant).or_default();
-                    *count += 1;
-                    *count <= self.max_macs(tenant)
-                })
-                .collect();
-            (kept, per_tenant)
-        };
-        let forgot = learned_ok.len() < learned;
-        self.dynamic.learned = learned_ok;
-        self.per_tenant = per_tenant;
+        let forgot = !self.drop_disallowed_learned().is_empty();
         let tenant_at = &self.tenant_at;
         self.dynamic
             .tenant_neighbors
@@ -239,6 +226,7 @@ impl Controller {
             .map(|(_, t)| t.id)
             .collect();
         self.announced.retain(|id| here.contains(id));
+        self.announce_pending = true;
         if retired || port_gone || gateway_gone || forgot {
             self.dynamic.retired += 1;
         }
@@ -283,8 +271,22 @@ impl Controller {
             .enumerate()
             .map(|(h, &slot)| (slot, h))
             .collect();
+        self.statics = plan
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((self.ids.tenant(e.tenant)?, e.mac)))
+            .collect();
+        self.ports = ports;
+        self.config = config;
+        self.index_ports();
+        !retired_tenants.is_empty() || !retired_hosts.is_empty()
+    }
+
+    /// Which tenants each started port carries now.
+    fn index_ports(&mut self) {
         self.port_tenants = HashMap::new();
-        for (role, port) in plan.roles.iter().zip(&ports) {
+        let roles = &self.config.switching.roles;
+        for (role, port) in roles.iter().zip(&self.ports) {
             let Some(port) = port else {
                 continue;
             };
@@ -297,14 +299,31 @@ impl Controller {
             };
             self.port_tenants.insert(port.id, carried);
         }
-        self.statics = plan
-            .endpoints
-            .iter()
-            .filter_map(|e| Some((self.ids.tenant(e.tenant)?, e.mac)))
-            .collect();
-        self.ports = ports;
-        self.config = config;
-        !retired_tenants.is_empty() || !retired_hosts.is_empty()
+    }
+
+    /// Forgets the learned MACs the configuration no longer allows (their tenant or
+    /// port gone, the port serving another tenant, the MAC now an endpoint's, the
+    /// tenant over its cap) and counts the rest per tenant; the forgotten ones.
+    fn drop_disallowed_learned(&mut self) -> Vec<(TenantIdx, Mac)> {
+        let mut per_tenant: HashMap<TenantIdx, u32> = HashMap::new();
+        let mut forgotten = Vec::new();
+        let mut learned = std::mem::take(&mut self.dynamic.learned);
+        learned.retain(|&(tenant, mac), entry| {
+            let allowed = self.may_learn(tenant, entry.location)
+                && !self.statics.contains(&(tenant, mac))
+                && {
+                    let count = per_tenant.entry(tenant).or_default();
+                    *count += 1;
+                    *count <= self.max_macs(tenant)
+                };
+            if !allowed {
+                forgotten.push((tenant, mac));
+            }
+            allowed
+        });
+        self.dynamic.learned = learned;
+        self.per_tenant = per_tenant;
+        forgotten
     }
 
     /// The gateways running here, with their SNAT addresses.
@@ -709,6 +728,9 @@ impl Controller {
     /// Announces each gateway placed on this host with a gratuitous ARP per address,
     /// so containers and switches that knew the router MAC elsewhere learn where it is.
     fn announce(&mut self, pool: &Mempool) {
+        if !self.announce_pending {
+            return;
+        }
         let gateway = &self.config.gateway;
         let mut frames = Vec::new();
         let mut ids = Vec::new();
@@ -726,11 +748,13 @@ impl Controller {
             ids.push(id);
         }
         if frames.is_empty() {
+            self.announce_pending = false;
             return;
         }
         let sent = self.inject_as_router(pool, &frames);
         if sent == frames.len() as u64 {
             self.announced.extend(ids);
+            self.announce_pending = false;
         }
         self.stats.garp_sent += sent;
     }
