@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{Command, Reply};
 use crate::config::gateway::Placement;
+use crate::config::grow::{self, Keys};
 use crate::config::switching::RolePlan;
 use crate::config::Validated;
 use crate::controller::Controller;
@@ -53,6 +54,9 @@ struct Saving {
     model: Arc<Model>,
     validated: Validated,
     effective: Option<Model>,
+    /// Whether the change was validated alone ([`crate::config::grow`]): the keys
+    /// already took it.
+    validated_alone: bool,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -75,6 +79,9 @@ pub struct Live {
     /// Records of the stored model left out of the tables now because they do not fit
     /// (see [`Model::validate_leniently`]).
     skipped: std::collections::BTreeSet<String>,
+    /// What the model's tenants took, for a tenant validated alone; followed from
+    /// change to change (`None`: built again when next needed).
+    keys: Option<Keys>,
     /// Where blocking store calls report (the loop hands it back to [`Live::finish`]).
     report: mpsc::UnboundedSender<Done>,
     saving: Option<Saving>,
@@ -99,6 +106,7 @@ impl Live {
             placement_pending: false,
             unseeded: false,
             skipped: Default::default(),
+            keys: None,
             report,
             saving: None,
             queued: VecDeque::new(),
@@ -310,14 +318,23 @@ impl Live {
                 }
             }
         }
-        let base = &controller.config().source;
-        let (model, mut validated) = match self.model.apply(&change, base) {
-            Ok(next) => next,
-            Err(refusal) => {
-                let refused = Reply::error(refusal.status, &refusal.field, &refusal.message);
-                return Err((reply, refused));
-            }
+        let cluster = matches!(self.store.as_deref(), Some(Store::Etcd(_)));
+        let alone = match &change {
+            Change::AddTenant(spec) if !cluster => self.add_tenant_alone(spec, controller.config()),
+            _ => None,
         };
+        let validated_alone = alone.is_some();
+        let (model, mut validated) = match alone {
+            Some(next) => next,
+            None => match self.model.apply(&change, &controller.config().source) {
+                Ok(next) => next,
+                Err(refusal) => {
+                    let refused = Reply::error(refusal.status, &refusal.field, &refusal.message);
+                    return Err((reply, refused));
+                }
+            },
+        };
+        let base = &controller.config().source;
         // In a cluster the tables leave out hosts counted dead; a single host runs
         // the model itself.
         let effective = match self.store.as_deref() {
@@ -344,8 +361,28 @@ impl Live {
             model: Arc::new(model),
             validated,
             effective,
+            validated_alone,
             reply,
         })
+    }
+
+    /// The model with tenant `spec` added and its validation, checking the tenant
+    /// alone against what the others took; `None` when the whole model must be
+    /// validated (to refuse it with the reason, among others).
+    fn add_tenant_alone(
+        &mut self,
+        spec: &crate::config::switching::TenantSpec,
+        validated: &Validated,
+    ) -> Option<(Model, Validated)> {
+        let mut keys = self
+            .keys
+            .take()
+            .or_else(|| Keys::of(&self.model, validated))?;
+        let next = grow::add_tenant(validated, &self.model, spec, &mut keys)?;
+        let mut model = Model::clone(&self.model);
+        model.tenants.push(spec.clone());
+        self.keys = Some(keys);
+        Some((model, next))
     }
 
     /// Makes a written change live, or undoes what preparing it did when the write
@@ -362,11 +399,18 @@ impl Live {
             model,
             validated,
             effective,
+            validated_alone,
             reply,
             ..
         } = saving;
         let answer = self.make_live(
-            change, model, validated, effective, saved, controller, dataplane,
+            change,
+            model,
+            (validated, validated_alone),
+            effective,
+            saved,
+            controller,
+            dataplane,
         );
         let _ = reply.send(answer);
     }
@@ -376,13 +420,15 @@ impl Live {
         &mut self,
         change: Change,
         model: Arc<Model>,
-        validated: Validated,
+        (validated, validated_alone): (Validated, bool),
         effective: Option<Model>,
         saved: anyhow::Result<()>,
         controller: &mut Controller,
         dataplane: &mut Dataplane<'_>,
     ) -> Reply {
         if let Err(e) = saved {
+            // They may have taken what the refused change brought.
+            self.keys = None;
             tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
             if let Change::AddPort(spec) = &change {
                 let name = validated.ports.last().map(|p| p.name.clone());
@@ -397,6 +443,16 @@ impl Live {
         }
         tracing::info!(?change, "applied");
         let touched = change.tenants_touched(&self.model);
+        if !validated_alone {
+            self.keys = match (self.keys.take(), &touched) {
+                (Some(keys), Some(names)) => keys.follow(
+                    (&self.model, controller.config()),
+                    (&model, &validated),
+                    names,
+                ),
+                _ => None,
+            };
+        }
         self.running = effective;
         if let Some(store) = &self.store {
             keep_copy(store, Arc::clone(&model));

@@ -240,16 +240,22 @@ fn nat_settings(section: &GatewaySection) -> NatSettings {
 
 /// Checks the tenants' routers in order, keeping what one router takes from the next
 /// (its MAC, a gateway slot on its host).
-struct RouterChecker<'a> {
+pub(crate) struct RouterChecker<'a> {
     section: &'a GatewaySection,
     switch: &'a SwitchSection,
     tenants: &'a [TenantSpec],
     index: &'a TenantIndex<'a>,
-    /// The tenant whose router has each MAC.
-    macs: HashMap<Mac, usize>,
-    // Gateways per host so far, for `auto` placement: every host validating the same
-    // model in the same order places the same way, so no host has to write it down.
-    gateways_on: Vec<usize>,
+    keys: RouterKeys,
+}
+
+/// What the routers checked so far took from the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RouterKeys {
+    /// The tenant whose router has each MAC (its position when it was checked).
+    pub(crate) macs: HashMap<Mac, usize>,
+    /// Gateways per host so far, for `auto` placement: every host validating the same
+    /// model in the same order places the same way, so no host has to write it down.
+    pub(crate) gateways_on: Vec<usize>,
 }
 
 impl<'a> RouterChecker<'a> {
@@ -260,14 +266,33 @@ impl<'a> RouterChecker<'a> {
         index: &'a TenantIndex<'a>,
         plan: &SwitchPlan,
     ) -> Self {
+        let keys = RouterKeys {
+            macs: HashMap::with_capacity(tenants.len()),
+            gateways_on: vec![0; plan.hosts.len()],
+        };
+        Self::resumed(section, switch, tenants, index, keys)
+    }
+
+    /// A checker going on after the routers that took `keys`.
+    pub(crate) fn resumed(
+        section: &'a GatewaySection,
+        switch: &'a SwitchSection,
+        tenants: &'a [TenantSpec],
+        index: &'a TenantIndex<'a>,
+        keys: RouterKeys,
+    ) -> Self {
         Self {
             section,
             switch,
             tenants,
             index,
-            macs: HashMap::with_capacity(tenants.len()),
-            gateways_on: vec![0; plan.hosts.len()],
+            keys,
         }
+    }
+
+    /// What the routers checked took.
+    pub(crate) fn into_keys(self) -> RouterKeys {
+        self.keys
     }
 
     /// The router of each tenant (`None` without subnets), then the endpoints' MACs
@@ -277,11 +302,11 @@ impl<'a> RouterChecker<'a> {
         for (i, t) in self.tenants.iter().enumerate() {
             routers.push(self.router(i, t, plan)?);
         }
-        check_endpoint_macs(plan, &self.macs)?;
+        check_endpoint_macs(plan, &self.keys.macs)?;
         Ok(routers)
     }
 
-    fn router(
+    pub(crate) fn router(
         &mut self,
         i: usize,
         t: &TenantSpec,
@@ -293,7 +318,7 @@ impl<'a> RouterChecker<'a> {
             return Ok(None);
         }
         let interfaces = parse_subnets(&field, t)?;
-        let placement = place_gateway(&field, t, plan, &self.gateways_on)?;
+        let placement = place_gateway(&field, t, plan, &self.keys.gateways_on)?;
         self.record_placement(i, placement, plan);
         let snat_ip = self.snat_ip(&field, t, plan, placement)?;
         let mac = self.router_mac(&field, i, t)?;
@@ -328,7 +353,7 @@ impl<'a> RouterChecker<'a> {
             Placement::Here => plan.this_host,
             Placement::Host(h) => Some(h),
         };
-        if let Some(count) = placed_on.and_then(|h| self.gateways_on.get_mut(h)) {
+        if let Some(count) = placed_on.and_then(|h| self.keys.gateways_on.get_mut(h)) {
             *count += 1;
         }
     }
@@ -376,11 +401,12 @@ impl<'a> RouterChecker<'a> {
             }
             None => router_mac(t.id),
         };
-        if let Some(other) = self.macs.insert(mac, i) {
-            return Err(invalid(
-                format!("{field}.router_mac"),
-                format!("tenant `{}` uses this router MAC", self.tenants[other].name),
-            ));
+        if let Some(other) = self.keys.macs.insert(mac, i) {
+            let message = match self.tenants.get(other) {
+                Some(other) => format!("tenant `{}` uses this router MAC", other.name),
+                None => "another tenant uses this router MAC".to_owned(),
+            };
+            return Err(invalid(format!("{field}.router_mac"), message));
         }
         Ok(mac)
     }

@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod gateway;
+pub mod grow;
 pub mod switching;
 
 use hashbrown::HashSet;

@@ -468,11 +468,34 @@ fn check_egress(design: Design, hosts: &[HostPlan]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Where tenants' names, ids and VLANs are taken: by a whole validation as it goes
+/// ([`TenantKeys`]), or kept between changes ([`crate::config::grow::Keys`]).
+pub(crate) trait TenantKeyring<'a> {
+    /// Takes `name`; false when it is taken.
+    fn take_name(&mut self, name: &'a str) -> bool;
+    /// Takes `id`; false when it is taken.
+    fn take_id(&mut self, id: u32) -> bool;
+    /// Takes `vlan`; false when it is taken.
+    fn take_vlan(&mut self, vlan: u16) -> bool;
+}
+
 /// Names, ids and VLANs taken by the tenants checked so far.
 struct TenantKeys<'a> {
     names: HashSet<&'a str>,
     ids: HashSet<u32>,
     vlans: HashSet<u16>,
+}
+
+impl<'a> TenantKeyring<'a> for TenantKeys<'a> {
+    fn take_name(&mut self, name: &'a str) -> bool {
+        self.names.insert(name)
+    }
+    fn take_id(&mut self, id: u32) -> bool {
+        self.ids.insert(id)
+    }
+    fn take_vlan(&mut self, vlan: u16) -> bool {
+        self.vlans.insert(vlan)
+    }
 }
 
 fn validate_tenants(
@@ -489,27 +512,57 @@ fn validate_tenants(
         vlans: HashSet::new(),
     };
     for (i, t) in tenants.iter().enumerate() {
-        let field = Field::Item("tenant", i);
-        check_tenant_keys(&field, t, design, &mut keys)?;
-        let max_macs = t.max_macs.unwrap_or(section.max_macs_per_tenant);
-        if !(1..=1_000_000).contains(&max_macs) {
-            return Err(invalid(
-                format!("{field}.max_macs"),
-                "must be between 1 and 1000000",
-            ));
-        }
-        tenant_plans.push(TenantPlan {
-            name: t.name.clone(),
-            id: t.id,
-            vlan: t.vlan,
-            max_macs,
-            hosts: tenant_hosts(&field, t, hosts, this_host)?,
-        });
+        let place = TenantPlace {
+            section,
+            design,
+            hosts,
+            this_host,
+        };
+        tenant_plans.push(tenant_plan(&place, i, t, &mut keys)?);
     }
-    if tenant_plans.len() >= usize::from(dataplane::table::NO_TENANT) {
+    check_tenant_count(tenant_plans.len())?;
+    Ok(tenant_plans)
+}
+
+/// What a tenant is checked against besides the other tenants.
+pub(crate) struct TenantPlace<'s> {
+    pub(crate) section: &'s SwitchSection,
+    pub(crate) design: Design,
+    pub(crate) hosts: &'s [HostPlan],
+    pub(crate) this_host: Option<usize>,
+}
+
+/// Tenant `t`, the `i`th: checked, its keys taken from `keys`.
+pub(crate) fn tenant_plan<'a>(
+    place: &TenantPlace<'_>,
+    i: usize,
+    t: &'a TenantSpec,
+    keys: &mut impl TenantKeyring<'a>,
+) -> Result<TenantPlan, ConfigError> {
+    let field = Field::Item("tenant", i);
+    check_tenant_keys(&field, t, place.design, keys)?;
+    let max_macs = t.max_macs.unwrap_or(place.section.max_macs_per_tenant);
+    if !(1..=1_000_000).contains(&max_macs) {
+        return Err(invalid(
+            format!("{field}.max_macs"),
+            "must be between 1 and 1000000",
+        ));
+    }
+    Ok(TenantPlan {
+        name: t.name.clone(),
+        id: t.id,
+        vlan: t.vlan,
+        max_macs,
+        hosts: tenant_hosts(&field, t, place.hosts, place.this_host)?,
+    })
+}
+
+/// A host's tables have a slot per tenant, one value meaning none.
+pub(crate) fn check_tenant_count(tenants: usize) -> Result<(), ConfigError> {
+    if tenants >= usize::from(dataplane::table::NO_TENANT) {
         return Err(invalid("tenant", "at most 65534 tenants per host"));
     }
-    Ok(tenant_plans)
+    Ok(())
 }
 
 /// The tenant's name, id and VLAN: well-formed and not taken (`keys` takes them).
@@ -517,16 +570,16 @@ fn check_tenant_keys<'a>(
     field: &Field,
     t: &'a TenantSpec,
     design: Design,
-    keys: &mut TenantKeys<'a>,
+    keys: &mut impl TenantKeyring<'a>,
 ) -> Result<(), ConfigError> {
     check_name(field.member("name"), &t.name)?;
-    if !keys.names.insert(&t.name) {
+    if !keys.take_name(&t.name) {
         return Err(invalid(
             format!("{field}.name"),
             format!("tenant `{}` is defined twice", t.name),
         ));
     }
-    if !keys.ids.insert(t.id) {
+    if !keys.take_id(t.id) {
         return Err(invalid(
             format!("{field}.id"),
             format!("id {} is used by another tenant", t.id),
@@ -539,7 +592,7 @@ fn check_tenant_keys<'a>(
                 "must be between 1 and 4094",
             ))
         }
-        Some(vlan) if !keys.vlans.insert(vlan) => {
+        Some(vlan) if !keys.take_vlan(vlan) => {
             return Err(invalid(
                 format!("{field}.vlan"),
                 format!("VLAN {vlan} is used by another tenant"),

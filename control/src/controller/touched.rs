@@ -17,6 +17,7 @@ use super::{tenant_key, Controller};
 use crate::compile::delta::{self, Side, Touched};
 use crate::compile::{Ids, PortInfo};
 use crate::config::gateway::Placement;
+use crate::config::grow::placements_moved;
 use crate::config::switching::EndpointAt;
 use crate::config::Validated;
 
@@ -386,6 +387,7 @@ impl Controller {
         let len_after = new.tenants.len();
         if old.tenants.len() - removed.len() + added.len() != len_after
             || added.iter().any(|&a| a < len_after - added.len())
+            || (!removed.is_empty() && placements_moved(&self.config, config))
         {
             return None;
         }

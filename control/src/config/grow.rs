@@ -1,0 +1,391 @@
+//! A tenant added without validating the whole config again: whole validation's own
+//! checks of one more tenant at the end of the list ([`switching::tenant_plan`],
+//! [`RouterChecker::router`]), run against what the tenants before it took ([`Keys`]:
+//! names, ids, VLANs, router MACs, gateways per host, endpoint MACs), kept from change
+//! to change. What these checks cannot settle alone (a refusal and its reason, peers, a
+//! model whose records did not all fit) is left to whole validation.
+
+use hashbrown::{HashMap, HashSet};
+
+use dataplane::packet::Mac;
+
+use super::gateway::{Placement, RouterChecker, RouterKeys};
+use super::switching::{self, TenantKeyring, TenantPlace, TenantSpec};
+use super::Validated;
+use crate::model::Model;
+
+/// What the tenants of a validated model took that another tenant may not take again.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    names: HashSet<String>,
+    ids: HashSet<u32>,
+    vlans: HashSet<u16>,
+    routers: RouterKeys,
+    /// Endpoints per MAC (a router may not have one).
+    endpoint_macs: HashMap<Mac, u32>,
+}
+
+/// Keys are the same whatever position each router MAC was first taken at (that only
+/// names the tenant in a refusal, which whole validation makes).
+impl PartialEq for Keys {
+    fn eq(&self, other: &Self) -> bool {
+        let macs = |k: &Self| k.routers.macs.keys().copied().collect::<HashSet<Mac>>();
+        self.names == other.names
+            && self.ids == other.ids
+            && self.vlans == other.vlans
+            && macs(self) == macs(other)
+            && self.routers.gateways_on == other.routers.gateways_on
+            && self.endpoint_macs == other.endpoint_macs
+    }
+}
+
+impl TenantKeyring<'_> for Keys {
+    fn take_name(&mut self, name: &str) -> bool {
+        !self.names.contains(name) && self.names.insert(name.to_owned())
+    }
+    fn take_id(&mut self, id: u32) -> bool {
+        self.ids.insert(id)
+    }
+    fn take_vlan(&mut self, vlan: u16) -> bool {
+        self.vlans.insert(vlan)
+    }
+}
+
+impl Keys {
+    /// What the tenants of `model` took, validated as `validated`; `None` when a record
+    /// of the model did not fit (left out of `validated`: a tenant added may make it
+    /// fit, which only whole validation sees).
+    pub fn of(model: &Model, validated: &Validated) -> Option<Self> {
+        if !fits(model, validated) {
+            return None;
+        }
+        let mut keys = Self {
+            names: HashSet::with_capacity(model.tenants.len()),
+            ids: HashSet::with_capacity(model.tenants.len()),
+            vlans: HashSet::new(),
+            routers: RouterKeys {
+                macs: HashMap::with_capacity(model.tenants.len()),
+                gateways_on: vec![0; validated.switching.hosts.len()],
+            },
+            endpoint_macs: HashMap::new(),
+        };
+        for t in 0..model.tenants.len() {
+            keys.tenant(model, validated, t, true);
+        }
+        for e in &validated.switching.endpoints {
+            *keys.endpoint_macs.entry(e.mac).or_default() += 1;
+        }
+        Some(keys)
+    }
+
+    /// Takes (or gives back) what tenant `t` holds, but its endpoints' MACs.
+    fn tenant(&mut self, model: &Model, validated: &Validated, t: usize, take: bool) {
+        let spec = &model.tenants[t];
+        let router = validated.gateway.routers[t].as_ref();
+        let placed_on = router.and_then(|r| match r.placement {
+            Placement::Here => validated.switching.this_host,
+            Placement::Host(h) => Some(h),
+        });
+        if take {
+            self.names.insert(spec.name.clone());
+            self.ids.insert(spec.id);
+            self.vlans.extend(spec.vlan);
+            if let Some(r) = router {
+                self.routers.macs.insert(r.mac, t);
+            }
+        } else {
+            self.names.remove(&spec.name);
+            self.ids.remove(&spec.id);
+            if let Some(vlan) = spec.vlan {
+                self.vlans.remove(&vlan);
+            }
+            if let Some(r) = router {
+                self.routers.macs.remove(&r.mac);
+            }
+        }
+        if let Some(count) = placed_on.and_then(|h| self.routers.gateways_on.get_mut(h)) {
+            *count = if take {
+                *count + 1
+            } else {
+                count.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Follows a change that touched only the tenants `names` (as [`Keys::of`] would
+    /// find them after it): what they held before is given back, what they hold now
+    /// is taken. `None` when the change moved more (a gateway placed elsewhere, a
+    /// record that no longer fits): build them again.
+    pub fn follow(
+        mut self,
+        before: (&Model, &Validated),
+        after: (&Model, &Validated),
+        names: &[String],
+    ) -> Option<Self> {
+        if !fits(after.0, after.1) || placements_moved(before.1, after.1) {
+            return None;
+        }
+        for (side, take) in [(before, false), (after, true)] {
+            let (model, validated) = side;
+            for name in names {
+                let Some(t) = model.tenants.iter().position(|t| &t.name == name) else {
+                    continue;
+                };
+                self.tenant(model, validated, t, take);
+                for e in validated
+                    .switching
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.tenant == t)
+                {
+                    let count = self.endpoint_macs.entry(e.mac).or_default();
+                    if take {
+                        *count += 1;
+                    } else {
+                        *count = count.saturating_sub(1);
+                    }
+                    if *count == 0 {
+                        self.endpoint_macs.remove(&e.mac);
+                    }
+                }
+            }
+        }
+        Some(self)
+    }
+}
+
+/// Whether every record of `model` is in `validated` (none was left out).
+fn fits(model: &Model, validated: &Validated) -> bool {
+    model.tenants.len() == validated.switching.tenants.len()
+        && model.ports.len() == validated.ports.len()
+        && model.routes.len() == validated.gateway.routes.len()
+        && model.published.len() == validated.gateway.published.len()
+        && model.hosts.len() == validated.switching.hosts.len()
+        && validated.switching.endpoints.len()
+            == model
+                .endpoints
+                .iter()
+                .map(|e| e.macs.as_ref().map_or(1, Vec::len))
+                .sum::<usize>()
+}
+
+/// Whether a gateway of a tenant on both sides runs elsewhere after the change
+/// (`auto` placement follows the order of the tenants, which a removal shifts).
+pub fn placements_moved(before: &Validated, after: &Validated) -> bool {
+    let placement = |v: &Validated, t: usize| v.gateway.routers[t].as_ref().map(|r| r.placement);
+    let (old, new) = (&before.switching.tenants, &after.switching.tenants);
+    // Tenants keep their order: walk both lists, skipping names on one side only.
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        if old[i].name == new[j].name {
+            if placement(before, i) != placement(after, j) {
+                return true;
+            }
+            i += 1;
+            j += 1;
+        } else if new.len() - j < old.len() - i {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    false
+}
+
+/// `validated` (the model `model` validated, wholly: see [`Keys::of`]) with tenant
+/// `spec` added at the end, as whole validation of the model with it would have it;
+/// `None` when whole validation must decide (it is refused, or has peers). `keys`
+/// take the tenant's (build them again after `None`).
+pub fn add_tenant(
+    validated: &Validated,
+    model: &Model,
+    spec: &TenantSpec,
+    keys: &mut Keys,
+) -> Option<Validated> {
+    if !spec.peers.is_empty() || !fits(model, validated) {
+        return None;
+    }
+    let i = model.tenants.len();
+    let mut next = validated.clone();
+    let plan = &mut next.switching;
+    let place = TenantPlace {
+        section: &model.switch,
+        design: plan.design,
+        hosts: &plan.hosts,
+        this_host: plan.this_host,
+    };
+    let tenant = switching::tenant_plan(&place, i, spec, keys).ok()?;
+    switching::check_tenant_count(i + 1).ok()?;
+    plan.tenants.push(tenant);
+    let index = HashMap::new();
+    let mut checker = RouterChecker::resumed(
+        &validated.source.gateway,
+        &model.switch,
+        &model.tenants,
+        &index,
+        std::mem::take(&mut keys.routers),
+    );
+    let router = checker.router(i, spec, plan);
+    keys.routers = checker.into_keys();
+    let router = router.ok()?;
+    if router
+        .as_ref()
+        .is_some_and(|r| keys.endpoint_macs.contains_key(&r.mac))
+    {
+        return None;
+    }
+    next.gateway.routers.push(router);
+    Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::model::Change;
+
+    const BASE: &str = r#"
+[switch]
+host = "h1"
+underlay_gateway = "198.18.0.254"
+
+[[host]]
+name = "h1"
+underlay_ip = "198.18.0.1/24"
+
+[[host]]
+name = "h2"
+underlay_ip = "198.18.0.2/24"
+egress = true
+
+[[host]]
+name = "h3"
+underlay_ip = "198.18.0.3/24"
+
+[[port]]
+name = "p0"
+backend = "ring"
+role = "uplink"
+
+[[port]]
+name = "p1"
+backend = "ring"
+role = "trunk"
+tenants = ["t0"]
+
+[[tenant]]
+name = "t0"
+id = 1
+vlan = 1
+"#;
+
+    /// A tenant as a user may ask for one: often one that clashes with another, or
+    /// is wrong on its own.
+    fn tenant() -> impl Strategy<Value = TenantSpec> {
+        let gateway = prop_oneof![
+            Just(None),
+            Just(Some("h1")),
+            Just(Some("h2")),
+            Just(Some("auto")),
+            Just(Some("central")),
+            Just(Some("nowhere")),
+        ];
+        (
+            (0..6usize, 0..8u32, proptest::option::of(0..6u16)),
+            (proptest::option::of(0..4u8), gateway, any::<bool>()),
+            (
+                proptest::option::of(0..3u8),
+                proptest::option::of(0..3u32),
+                0..4usize,
+                any::<bool>(),
+            ),
+        )
+            .prop_map(
+                |((name, id, vlan), (subnet, gateway, snat), (mac, max_macs, hosts, peer))| {
+                    TenantSpec {
+                        name: format!("t{name}"),
+                        id,
+                        vlan,
+                        max_macs: max_macs.map(|m| m * 5),
+                        hosts: [vec![], vec!["h2"], vec!["h1"], vec!["h3", "h3"]][hosts]
+                            .iter()
+                            .map(|h| h.to_string())
+                            .collect(),
+                        subnets: subnet
+                            .map(|s| vec![format!("10.{s}.0.1/24")])
+                            .unwrap_or_default(),
+                        gateway_host: gateway.map(str::to_owned),
+                        snat_ip: snat.then(|| std::net::Ipv4Addr::new(198, 18, 0, 100)),
+                        router_mac: mac.map(|m| format!("02:00:00:00:0a:0{m}")),
+                        peers: if peer { vec!["t1".to_owned()] } else { vec![] },
+                        max_connections: None,
+                    }
+                },
+            )
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            4 => tenant().prop_map(Change::AddTenant),
+            2 => (0..6usize).prop_map(|t| Change::DeleteTenant(format!("t{t}"))),
+            2 => (0..6usize, 0..3u8).prop_map(|(t, m)| Change::AddEndpoint(serde_json::from_str(&format!(
+                r#"{{"tenant":"t{t}","mac":"02:00:00:00:0a:0{m}","host":"h2"}}"#
+            )).unwrap())),
+            1 => (0..6usize, 0..3u8).prop_map(|(t, m)| Change::DeleteEndpoint {
+                tenant: format!("t{t}"),
+                mac: format!("02:00:00:00:0a:0{m}"),
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// A tenant validated alone against the keys the others took is the tenant the
+        /// whole model's validation has, in the same validated whole; the keys, followed
+        /// from change to change, are the ones the model holds.
+        #[test]
+        fn a_tenant_validated_alone_is_the_one_whole_validation_makes(
+            changes in proptest::collection::vec(change(), 1..40),
+        ) {
+            let config = Config::parse(BASE, |_| None).unwrap().validate().unwrap();
+            let base = config.source.clone();
+            let mut model = Model::of(&base);
+            let mut validated = config;
+            let mut keys = Keys::of(&model, &validated);
+            prop_assert!(keys.is_some());
+            for change in changes {
+                let whole = model.apply(&change, &base);
+                if let Change::AddTenant(spec) = &change {
+                    let mut taken = Keys::of(&model, &validated).unwrap();
+                    if let Some(keys) = &keys {
+                        prop_assert_eq!(keys, &taken);
+                    }
+                    if let Some(alone) = add_tenant(&validated, &model, spec, &mut taken) {
+                        let Ok((_, whole)) = &whole else {
+                            return Err(TestCaseError::fail(format!("{spec:?} refused whole, taken alone")));
+                        };
+                        prop_assert_eq!(format!("{:?}", alone.switching), format!("{:?}", whole.switching));
+                        prop_assert_eq!(format!("{:?}", alone.gateway), format!("{:?}", whole.gateway));
+                    }
+                }
+                let Ok((next, next_validated)) = whole else {
+                    continue;
+                };
+                let names = change.tenants_touched(&model).unwrap();
+                keys = match keys {
+                    Some(k) => k.follow((&model, &validated), (&next, &next_validated), &names),
+                    // Built again, as the live model does at its next tenant.
+                    None => Keys::of(&next, &next_validated),
+                };
+                model = next;
+                validated = next_validated;
+                if let Some(keys) = &keys {
+                    let fresh = Keys::of(&model, &validated);
+                    prop_assert_eq!(Some(keys), fresh.as_ref());
+                }
+            }
+        }
+    }
+}
