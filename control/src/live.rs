@@ -21,7 +21,7 @@ use crate::config::grow::{self, Keys};
 use crate::config::switching::RolePlan;
 use crate::config::Validated;
 use crate::controller::Controller;
-use crate::model::{Change, Model};
+use crate::model::{Change, Model, Place};
 use crate::store::{Conflict, Store};
 use crate::wiring::{Dataplane, NamedPort};
 
@@ -319,9 +319,9 @@ impl Live {
             }
         }
         let cluster = matches!(self.store.as_deref(), Some(Store::Etcd(_)));
-        let alone = match &change {
-            Change::AddTenant(spec) if !cluster => self.add_tenant_alone(spec, controller.config()),
-            _ => None,
+        let alone = match cluster {
+            false => self.validate_alone(&change, controller.config()),
+            true => None,
         };
         let validated_alone = alone.is_some();
         let (model, mut validated) = match alone {
@@ -366,23 +366,30 @@ impl Live {
         })
     }
 
-    /// The model with tenant `spec` added and its validation, checking the tenant
-    /// alone against what the others took; `None` when the whole model must be
-    /// validated (to refuse it with the reason, among others).
-    fn add_tenant_alone(
+    /// The model with `change` made and its validation, the changed record checked
+    /// alone ([`grow`]); `None` when the whole model must be validated (to refuse the
+    /// change with the reason, among others).
+    fn validate_alone(
         &mut self,
-        spec: &crate::config::switching::TenantSpec,
+        change: &Change,
         validated: &Validated,
     ) -> Option<(Model, Validated)> {
-        let mut keys = self
-            .keys
-            .take()
-            .or_else(|| Keys::of(&self.model, validated))?;
-        let next = grow::add_tenant(validated, &self.model, spec, &mut keys)?;
-        let mut model = Model::clone(&self.model);
-        model.tenants.push(spec.clone());
-        self.keys = Some(keys);
-        Some((model, next))
+        let before = &self.model;
+        let next = match change {
+            Change::AddTenant(spec) => {
+                let mut keys = self.keys.take().or_else(|| Keys::of(before, validated))?;
+                let next = grow::add_tenant(validated, before, spec, &mut keys)?;
+                self.keys = Some(keys);
+                next
+            }
+            Change::AddRoute(spec) => grow::add_route(validated, before, spec)?,
+            Change::DeleteRoute { .. } => match before.place_of(change)? {
+                Place::Route(at) => grow::delete_route(validated, before, at)?,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some((before.made(change), next))
     }
 
     /// Makes a written change live, or undoes what preparing it did when the write

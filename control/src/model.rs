@@ -331,6 +331,13 @@ impl Model {
         }
     }
 
+    /// This model with `change` made, unchecked (the caller checked it).
+    pub fn made(&self, change: &Change) -> Model {
+        let mut next = self.clone();
+        next.edit(change);
+        next
+    }
+
     /// A port with endpoints, or cross-connected in the config file, stays.
     fn check_port_unused(&self, name: &str, base: &Config) -> Result<(), Refusal> {
         if let Some(e) = self

@@ -657,7 +657,7 @@ fn validate_routes(
     Ok(route_plans)
 }
 
-fn validate_route(
+pub(crate) fn validate_route(
     field: &Field,
     r: &RouteSpec,
     index: &TenantIndex,

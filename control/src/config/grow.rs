@@ -1,17 +1,19 @@
-//! A tenant added without validating the whole config again: whole validation's own
-//! checks of one more tenant at the end of the list ([`switching::tenant_plan`],
-//! [`RouterChecker::router`]), run against what the tenants before it took ([`Keys`]:
-//! names, ids, VLANs, router MACs, gateways per host, endpoint MACs), kept from change
-//! to change. What these checks cannot settle alone (a refusal and its reason, peers, a
+//! A record added or removed without validating the whole config again. A tenant
+//! added is given whole validation's own checks of one more tenant at the end of the
+//! list ([`switching::tenant_plan`], [`RouterChecker::router`]), run against what the
+//! tenants before it took ([`Keys`]: names, ids, VLANs, router MACs, gateways per host,
+//! endpoint MACs), kept from change to change; a route added, its own checks against
+//! its tenant's router and routes; a route removed, none (nothing else depends on
+//! it). What these checks cannot settle alone (a refusal and its reason, peers, a
 //! model whose records did not all fit) is left to whole validation.
 
 use hashbrown::{HashMap, HashSet};
 
 use dataplane::packet::Mac;
 
-use super::gateway::{Placement, RouterChecker, RouterKeys};
+use super::gateway::{validate_route, Placement, RouteSpec, RouterChecker, RouterKeys};
 use super::switching::{self, TenantKeyring, TenantPlace, TenantSpec};
-use super::Validated;
+use super::{Field, Validated};
 use crate::model::Model;
 
 /// What the tenants of a validated model took that another tenant may not take again.
@@ -238,6 +240,39 @@ pub fn add_tenant(
     Some(next)
 }
 
+/// `validated` (the model `model` validated, wholly) with route `spec` added at the
+/// end, as whole validation would have it; `None` when whole validation must decide.
+pub fn add_route(validated: &Validated, model: &Model, spec: &RouteSpec) -> Option<Validated> {
+    if !fits(model, validated) {
+        return None;
+    }
+    let tenant = model.tenants.iter().position(|t| t.name == spec.tenant)?;
+    let index = HashMap::from([(spec.tenant.as_str(), tenant)]);
+    let field = Field::Item("route", model.routes.len());
+    let route = validate_route(&field, spec, &index, &validated.gateway.routers).ok()?;
+    let taken = validated
+        .gateway
+        .routes
+        .iter()
+        .any(|r| (r.tenant, r.ip, r.prefix) == (route.tenant, route.ip, route.prefix));
+    if taken {
+        return None;
+    }
+    let mut next = validated.clone();
+    next.gateway.routes.push(route);
+    Some(next)
+}
+
+/// `validated` (the model `model` validated, wholly) without its `at`th route.
+pub fn delete_route(validated: &Validated, model: &Model, at: usize) -> Option<Validated> {
+    if !fits(model, validated) || at >= validated.gateway.routes.len() {
+        return None;
+    }
+    let mut next = validated.clone();
+    next.gateway.routes.remove(at);
+    Some(next)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -337,6 +372,17 @@ vlan = 1
                 tenant: format!("t{t}"),
                 mac: format!("02:00:00:00:0a:0{m}"),
             }),
+            4 => (0..6usize, 0..3u8, 0..3u8, 0..4u8).prop_map(|(t, r, host, s)| {
+                Change::AddRoute(RouteSpec {
+                    tenant: format!("t{t}"),
+                    prefix: format!("172.16.{r}.{}/24", host / 2),
+                    via: std::net::Ipv4Addr::new(10, s, 0, 9),
+                })
+            }),
+            2 => (0..6usize, 0..3u8).prop_map(|(t, r)| Change::DeleteRoute {
+                tenant: format!("t{t}"),
+                prefix: format!("172.16.{r}.0/24"),
+            }),
         ]
     }
 
@@ -355,7 +401,12 @@ vlan = 1
             let mut validated = config;
             let mut keys = Keys::of(&model, &validated);
             prop_assert!(keys.is_some());
-            for change in changes {
+            let routed = (1..3).map(|t| {
+                Change::AddTenant(serde_json::from_str(&format!(
+                    r#"{{"name":"t{t}","id":{t}0,"subnets":["10.{t}.0.1/24"],"gateway_host":"h1"}}"#
+                )).unwrap())
+            });
+            for change in routed.chain(changes) {
                 let whole = model.apply(&change, &base);
                 if let Change::AddTenant(spec) = &change {
                     let mut taken = Keys::of(&model, &validated).unwrap();
@@ -369,6 +420,21 @@ vlan = 1
                         prop_assert_eq!(format!("{:?}", alone.switching), format!("{:?}", whole.switching));
                         prop_assert_eq!(format!("{:?}", alone.gateway), format!("{:?}", whole.gateway));
                     }
+                }
+                let alone = match &change {
+                    Change::AddRoute(spec) => Some(add_route(&validated, &model, spec)),
+                    Change::DeleteRoute { .. } => match model.place_of(&change) {
+                        Some(crate::model::Place::Route(at)) => Some(delete_route(&validated, &model, at)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(Some(alone)) = alone {
+                    let Ok((_, whole)) = &whole else {
+                        return Err(TestCaseError::fail(format!("{change:?} refused whole, taken alone")));
+                    };
+                    prop_assert_eq!(format!("{:?}", alone.gateway), format!("{:?}", whole.gateway));
+                    prop_assert_eq!(format!("{:?}", alone.switching), format!("{:?}", whole.switching));
                 }
                 let Ok((next, next_validated)) = whole else {
                     continue;
