@@ -387,6 +387,14 @@ impl Live {
                 Place::Route(at) => grow::delete_route(validated, before, at)?,
                 _ => return None,
             },
+            Change::AddPort(spec) => grow::add_port(validated, before, spec)?,
+            Change::DeletePort(name) => {
+                before.check_port_unused(name, &validated.source).ok()?;
+                match before.place_of(change)? {
+                    Place::Port(at) => grow::delete_port(validated, before, at)?,
+                    _ => return None,
+                }
+            }
             _ => return None,
         };
         Some((before.made(change), next))

@@ -339,7 +339,7 @@ impl Model {
     }
 
     /// A port with endpoints, or cross-connected in the config file, stays.
-    fn check_port_unused(&self, name: &str, base: &Config) -> Result<(), Refusal> {
+    pub fn check_port_unused(&self, name: &str, base: &Config) -> Result<(), Refusal> {
         if let Some(e) = self
             .endpoints
             .iter()

@@ -4,7 +4,8 @@
 //! tenants before it took ([`Keys`]: names, ids, VLANs, router MACs, gateways per host,
 //! endpoint MACs), kept from change to change; a route added, its own checks against
 //! its tenant's router and routes; a route removed, none (nothing else depends on
-//! it). What these checks cannot settle alone (a refusal and its reason, peers, a
+//! it); a port attached or detached, every port's own checks again (a host has few)
+//! and the new port's role against the tenants it names. What these checks cannot settle alone (a refusal and its reason, peers, a
 //! model whose records did not all fit) is left to whole validation.
 
 use hashbrown::{HashMap, HashSet};
@@ -12,8 +13,9 @@ use hashbrown::{HashMap, HashSet};
 use dataplane::packet::Mac;
 
 use super::gateway::{validate_route, Placement, RouteSpec, RouterChecker, RouterKeys};
-use super::switching::{self, TenantKeyring, TenantPlace, TenantSpec};
-use super::{Field, Validated};
+use super::switching::{self, EndpointAt, RoleName, TenantKeyring, TenantPlace, TenantSpec};
+use super::{check_dataplane, eal_options, validate_cross_connects, validate_ports};
+use super::{Field, PortSpec, Validated};
 use crate::model::Model;
 
 /// What the tenants of a validated model took that another tenant may not take again.
@@ -273,6 +275,74 @@ pub fn delete_route(validated: &Validated, model: &Model, at: usize) -> Option<V
     Some(next)
 }
 
+/// `validated` (the model `model` validated, wholly) with port `spec` attached at the
+/// end; `None` when whole validation must decide (an uplink among them: there may be
+/// one).
+pub fn add_port(validated: &Validated, model: &Model, spec: &PortSpec) -> Option<Validated> {
+    if !fits(model, validated) || spec.role == Some(RoleName::Uplink) {
+        return None;
+    }
+    let mut specs = model.ports.clone();
+    specs.push(spec.clone());
+    let mut next = with_ports(validated, &specs)?;
+    let at = specs.len() - 1;
+    if next.cross_connects.iter().any(|&(a, b)| a == at || b == at) {
+        return None;
+    }
+    let mut index = HashMap::new();
+    for name in spec.tenant.iter().chain(spec.tenants.iter().flatten()) {
+        let t = model.tenants.iter().position(|t| &t.name == name)?;
+        index.insert(name.as_str(), t);
+    }
+    let plan = &validated.switching;
+    let mut roles = switching::validate_roles(
+        std::slice::from_ref(spec),
+        &Default::default(),
+        &plan.tenants,
+        &index,
+        plan.this_host,
+    )
+    .ok()?;
+    next.switching.roles.push(roles.pop()?);
+    Some(next)
+}
+
+/// `validated` (the model `model` validated, wholly) without its `at`th port (the
+/// model's checks say whether it may go: [`Model::check_port_unused`]).
+pub fn delete_port(validated: &Validated, model: &Model, at: usize) -> Option<Validated> {
+    if !fits(model, validated) || at >= model.ports.len() {
+        return None;
+    }
+    let mut specs = model.ports.clone();
+    specs.remove(at);
+    let mut next = with_ports(validated, &specs)?;
+    next.switching.roles.remove(at);
+    for e in &mut next.switching.endpoints {
+        if let EndpointAt::Port(p) = &mut e.at {
+            match (*p).cmp(&at) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return None,
+                std::cmp::Ordering::Greater => *p -= 1,
+            }
+        }
+    }
+    Some(next)
+}
+
+/// `validated` with the ports `specs`, each checked, and what follows from them (the
+/// cross-connects, the EAL's devices); the roles are left to the caller.
+fn with_ports(validated: &Validated, specs: &[PortSpec]) -> Option<Validated> {
+    let source = &validated.source;
+    let ports = validate_ports(specs).ok()?;
+    let cross_connects = validate_cross_connects(&source.cross_connects, &ports).ok()?;
+    let main_core = check_dataplane(&source.dataplane).ok()?;
+    let mut next = validated.clone();
+    next.eal = eal_options(&source.dataplane, main_core, &ports);
+    next.ports = ports;
+    next.cross_connects = cross_connects;
+    Some(next)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -383,6 +453,21 @@ vlan = 1
                 tenant: format!("t{t}"),
                 prefix: format!("172.16.{r}.0/24"),
             }),
+            3 => (2..5u8, 0..4u8, 0..6usize).prop_map(|(p, kind, t)| {
+                let role = match kind {
+                    0 => format!(r#""role":"access","tenant":"t{t}""#),
+                    1 => format!(r#""role":"access","tenant":"t{t}","allowed_macs":["02:00:00:00:0b:01"]"#),
+                    2 => format!(r#""role":"trunk","tenants":["t0","t{t}"]"#),
+                    _ => r#""role":"uplink""#.to_owned(),
+                };
+                Change::AddPort(Box::new(serde_json::from_str(&format!(
+                    r#"{{"name":"p{p}","backend":"ring",{role}}}"#
+                )).unwrap()))
+            }),
+            2 => (0..5u8).prop_map(|p| Change::DeletePort(format!("p{p}"))),
+            2 => (0..6usize, 0..3u8, 1..5u8).prop_map(|(t, m, p)| Change::AddEndpoint(serde_json::from_str(&format!(
+                r#"{{"tenant":"t{t}","mac":"02:00:00:00:0c:0{m}","port":"p{p}"}}"#
+            )).unwrap())),
         ]
     }
 
@@ -422,6 +507,16 @@ vlan = 1
                     }
                 }
                 let alone = match &change {
+                    Change::AddPort(spec) => Some(add_port(&validated, &model, spec)),
+                    Change::DeletePort(name) => match model.place_of(&change) {
+                        Some(crate::model::Place::Port(at)) => Some(
+                            model
+                                .check_port_unused(name, &validated.source)
+                                .ok()
+                                .and_then(|()| delete_port(&validated, &model, at)),
+                        ),
+                        _ => None,
+                    },
                     Change::AddRoute(spec) => Some(add_route(&validated, &model, spec)),
                     Change::DeleteRoute { .. } => match model.place_of(&change) {
                         Some(crate::model::Place::Route(at)) => Some(delete_route(&validated, &model, at)),
@@ -435,6 +530,9 @@ vlan = 1
                     };
                     prop_assert_eq!(format!("{:?}", alone.gateway), format!("{:?}", whole.gateway));
                     prop_assert_eq!(format!("{:?}", alone.switching), format!("{:?}", whole.switching));
+                    prop_assert_eq!(format!("{:?}", alone.ports), format!("{:?}", whole.ports));
+                    prop_assert_eq!(&alone.cross_connects, &whole.cross_connects);
+                    prop_assert_eq!(format!("{:?}", alone.eal), format!("{:?}", whole.eal));
                 }
                 let Ok((next, next_validated)) = whole else {
                     continue;

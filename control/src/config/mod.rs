@@ -471,8 +471,8 @@ impl Config {
     fn check(&self) -> Result<Validated, ConfigError> {
         let dp = &self.dataplane;
         let main_core = check_dataplane(dp)?;
-        let ports = self.validate_ports()?;
-        let cross_connects = self.validate_cross_connects(&ports)?;
+        let ports = validate_ports(&self.ports)?;
+        let cross_connects = validate_cross_connects(&self.cross_connects, &ports)?;
         let port_names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
         let cross_connected: HashSet<usize> =
             cross_connects.iter().flat_map(|&(a, b)| [a, b]).collect();
@@ -515,66 +515,6 @@ impl Config {
         })
     }
 
-    /// The ports in order, each checked, then what they share.
-    fn validate_ports(&self) -> Result<Vec<PortPlan>, ConfigError> {
-        if self.ports.is_empty() {
-            return Err(invalid("port", "at least one [[port]] is needed"));
-        }
-        if self.ports.len() > dataplane::MAX_PORTS {
-            return Err(invalid(
-                "port",
-                format!("at most {} ports", dataplane::MAX_PORTS),
-            ));
-        }
-        let mut ports = Vec::with_capacity(self.ports.len());
-        let mut names = HashSet::new();
-        for (i, spec) in self.ports.iter().enumerate() {
-            ports.push(spec.plan(&format!("port[{i}]"), &mut names)?);
-        }
-        check_unique_resources(&ports)?;
-        check_dpdk_devices(&ports)?;
-        Ok(ports)
-    }
-
-    /// `(from, to)` pairs, both ways unless one-way; a port sends to one port at most.
-    fn validate_cross_connects(
-        &self,
-        ports: &[PortPlan],
-    ) -> Result<Vec<(usize, usize)>, ConfigError> {
-        let index = |field: &str, name: &str| {
-            ports
-                .iter()
-                .position(|p| p.name == name)
-                .ok_or_else(|| invalid(field, format!("no port is named `{name}`")))
-        };
-        let mut cross_connects = Vec::new();
-        let mut sources = HashSet::new();
-        for (i, xc) in self.cross_connects.iter().enumerate() {
-            let a = index(&format!("cross_connect[{i}].ports[0]"), &xc.ports[0])?;
-            let b = index(&format!("cross_connect[{i}].ports[1]"), &xc.ports[1])?;
-            if a == b {
-                return Err(invalid(
-                    format!("cross_connect[{i}].ports"),
-                    "a port cannot be connected to itself",
-                ));
-            }
-            let mut pairs = vec![(a, b)];
-            if !xc.one_way {
-                pairs.push((b, a));
-            }
-            for (from, to) in pairs {
-                if !sources.insert(from) {
-                    return Err(invalid(
-                        format!("cross_connect[{i}].ports"),
-                        format!("port `{}` already sends to another port", ports[from].name),
-                    ));
-                }
-                cross_connects.push((from, to));
-            }
-        }
-        Ok(cross_connects)
-    }
-
     /// Where the model persists, `None` when nothing does.
     fn state_file(&self) -> Option<PathBuf> {
         self.control.persist.then(|| {
@@ -588,8 +528,68 @@ impl Config {
     }
 }
 
+/// The ports in order, each checked, then what they share.
+pub(crate) fn validate_ports(specs: &[PortSpec]) -> Result<Vec<PortPlan>, ConfigError> {
+    if specs.is_empty() {
+        return Err(invalid("port", "at least one [[port]] is needed"));
+    }
+    if specs.len() > dataplane::MAX_PORTS {
+        return Err(invalid(
+            "port",
+            format!("at most {} ports", dataplane::MAX_PORTS),
+        ));
+    }
+    let mut ports = Vec::with_capacity(specs.len());
+    let mut names = HashSet::new();
+    for (i, spec) in specs.iter().enumerate() {
+        ports.push(spec.plan(&format!("port[{i}]"), &mut names)?);
+    }
+    check_unique_resources(&ports)?;
+    check_dpdk_devices(&ports)?;
+    Ok(ports)
+}
+
+/// `(from, to)` pairs, both ways unless one-way; a port sends to one port at most.
+pub(crate) fn validate_cross_connects(
+    specs: &[CrossConnectSpec],
+    ports: &[PortPlan],
+) -> Result<Vec<(usize, usize)>, ConfigError> {
+    let index = |field: &str, name: &str| {
+        ports
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| invalid(field, format!("no port is named `{name}`")))
+    };
+    let mut cross_connects = Vec::new();
+    let mut sources = HashSet::new();
+    for (i, xc) in specs.iter().enumerate() {
+        let a = index(&format!("cross_connect[{i}].ports[0]"), &xc.ports[0])?;
+        let b = index(&format!("cross_connect[{i}].ports[1]"), &xc.ports[1])?;
+        if a == b {
+            return Err(invalid(
+                format!("cross_connect[{i}].ports"),
+                "a port cannot be connected to itself",
+            ));
+        }
+        let mut pairs = vec![(a, b)];
+        if !xc.one_way {
+            pairs.push((b, a));
+        }
+        for (from, to) in pairs {
+            if !sources.insert(from) {
+                return Err(invalid(
+                    format!("cross_connect[{i}].ports"),
+                    format!("port `{}` already sends to another port", ports[from].name),
+                ));
+            }
+            cross_connects.push((from, to));
+        }
+    }
+    Ok(cross_connects)
+}
+
 /// Checks `[dataplane]` and returns the main core.
-fn check_dataplane(dp: &DataplaneConfig) -> Result<usize, ConfigError> {
+pub(crate) fn check_dataplane(dp: &DataplaneConfig) -> Result<usize, ConfigError> {
     let cpus = online_cpus();
     check_workers(dp, cpus)?;
     let main_core = main_core(dp, cpus)?;
@@ -702,7 +702,11 @@ fn check_dpdk_devices(ports: &[PortPlan]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn eal_options(dp: &DataplaneConfig, main_core: usize, ports: &[PortPlan]) -> EalOptions {
+pub(crate) fn eal_options(
+    dp: &DataplaneConfig,
+    main_core: usize,
+    ports: &[PortPlan],
+) -> EalOptions {
     let pci_allow = ports
         .iter()
         .flat_map(|p| p.backend.pci_addresses())

@@ -632,7 +632,7 @@ fn tenant_hosts(
     Ok(on)
 }
 
-fn validate_roles(
+pub(super) fn validate_roles(
     ports: &[PortSpec],
     cross_connected: &HashSet<usize>,
     tenants: &[TenantPlan],
