@@ -4,6 +4,7 @@
 //! validated exactly like the file.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ pub struct Model {
     /// Hosts.
     pub hosts: Vec<HostSpec>,
     /// Tenants.
-    pub tenants: Vec<TenantSpec>,
+    pub tenants: Vec<Arc<TenantSpec>>,
     /// Endpoints.
     pub endpoints: Vec<EndpointSpec>,
     /// Ports, in order (those of the config file first, then those added live).
@@ -394,7 +395,7 @@ impl Model {
     fn edit(&mut self, change: &Change) -> (String, bool) {
         match change {
             Change::AddTenant(t) => {
-                self.tenants.push(t.clone());
+                self.tenants.push(Arc::new(t.clone()));
                 (format!("tenant[{}].", self.tenants.len() - 1), true)
             }
             Change::AddHost(h) => {
@@ -499,7 +500,7 @@ impl Model {
         let Some(i) = self.tenants.iter().position(|t| &t.name == name) else {
             return (String::new(), false);
         };
-        let t = &mut self.tenants[i];
+        let t = Arc::make_mut(&mut self.tenants[i]);
         if let Some(host) = &patch.gateway_host {
             t.gateway_host = Some(host.clone());
             // Set again, even to `auto`: placed afresh.
@@ -660,7 +661,7 @@ tenant = "red"
             "name": "blue", "id": 200, "subnets": ["10.2.0.1/99"],
         }))
         .unwrap();
-        model.tenants.push(bad.clone());
+        model.tenants.push(Arc::new(bad.clone()));
         model.endpoints.push(
             serde_json::from_value(serde_json::json!({
                 "tenant": "blue", "mac": "02:00:00:00:0b:01", "port": "c1",

@@ -240,8 +240,17 @@ pub fn view(model: &Model, alive: &BTreeSet<String>, me: &str) -> Model {
     view.hosts.retain(|h| up(&h.name));
     view.tenants.retain(|t| here.contains(t.name.as_str()));
     for tenant in &mut view.tenants {
+        let placed = gateways.get(&tenant.name);
+        // Tenants are shared with the model: copied only when the view differs.
+        let differs = tenant.hosts.iter().any(|h| !up(h))
+            || placed.is_some_and(|host| tenant.gateway_host.as_ref() != Some(host))
+            || tenant.peers.iter().any(|p| !here.contains(p.as_str()));
+        if !differs {
+            continue;
+        }
+        let tenant = std::sync::Arc::make_mut(tenant);
         tenant.hosts.retain(|h| up(h));
-        if let Some(host) = gateways.get(&tenant.name) {
+        if let Some(host) = placed {
             tenant.gateway_host = Some(host.clone());
         }
         tenant.peers.retain(|p| here.contains(p.as_str()));

@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use control::config::switching::TenantSpec;
 use control::store::EtcdStore;
 use serde_json::Value;
 use tests::{tenetctl, tenetctl_ok, unique, Etcd, TempDir, Tenetd};
@@ -497,13 +499,13 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
 
     // a adds blue (id 200, VLAN 20); b, not having read it, adds green with the same id.
     let mut from_a = seed.clone();
-    let mut blue = from_a.tenants[0].clone();
+    let mut blue = TenantSpec::clone(&from_a.tenants[0]);
     (blue.name, blue.id, blue.vlan) = ("blue".to_owned(), 200, Some(20));
-    from_a.tenants.push(blue.clone());
+    from_a.tenants.push(Arc::new(blue.clone()));
     a.save(&from_a).unwrap();
     let mut green = blue.clone();
     (green.name, green.vlan) = ("green".to_owned(), Some(30));
-    seen_by_b.tenants.push(green.clone());
+    seen_by_b.tenants.push(Arc::new(green.clone()));
     let e = b.save(&seen_by_b).unwrap_err();
     let conflict = e.downcast_ref::<Conflict>().expect("a conflict");
     assert_eq!(conflict.field, "id");
@@ -514,17 +516,17 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
     assert!(etcd.get_prefix("/race/tenants/green").unwrap().is_empty());
 
     // The same VLAN under another id: the VLAN is what collides.
-    seen_by_b.tenants.last_mut().unwrap().id = 300;
-    seen_by_b.tenants.last_mut().unwrap().vlan = Some(20);
+    let last = Arc::make_mut(seen_by_b.tenants.last_mut().unwrap());
+    (last.id, last.vlan) = (300, Some(20));
     let e = b.save(&seen_by_b).unwrap_err();
     assert_eq!(e.downcast_ref::<Conflict>().unwrap().field, "vlan");
 
     // b changing red, which a has not touched since b read it, goes through.
     seen_by_b.tenants.pop();
-    seen_by_b.tenants[0].max_macs = Some(10);
+    Arc::make_mut(&mut seen_by_b.tenants[0]).max_macs = Some(10);
     b.save(&seen_by_b).unwrap();
     // a changing red again from its older read collides with b's write.
-    from_a.tenants[0].max_macs = Some(20);
+    Arc::make_mut(&mut from_a.tenants[0]).max_macs = Some(20);
     let e = a.save(&from_a).unwrap_err();
     let conflict = e.downcast_ref::<Conflict>().unwrap();
     assert!(conflict.message.contains("tenants/red"), "{conflict}");
@@ -548,15 +550,15 @@ fn a_change_checked_against_an_older_model_than_the_hosts_last_read_is_refused()
     // a claims id 300; b reads the cluster again (as its watch would) but checks its
     // change against the model it had.
     let mut from_a = before.clone();
-    let mut yellow = from_a.tenants[0].clone();
+    let mut yellow = TenantSpec::clone(&from_a.tenants[0]);
     (yellow.name, yellow.id) = ("yellow".to_owned(), 300);
-    from_a.tenants.push(yellow.clone());
+    from_a.tenants.push(Arc::new(yellow.clone()));
     a.save(&from_a).unwrap();
     b.load(&seed).unwrap();
     let mut after = before.clone();
     let mut orange = yellow;
     orange.name = "orange".to_owned();
-    after.tenants.push(orange);
+    after.tenants.push(Arc::new(orange));
     let e = b.save_change(&before, &after).unwrap_err();
     assert!(e.downcast_ref::<Conflict>().is_some(), "{e:#}");
     let claim = etcd.get_prefix("/late/unique/tenant-id/300").unwrap();
@@ -606,7 +608,7 @@ fn only_a_registered_placer_records_gateways_and_a_record_never_blocks_a_change(
     let mut moved = placed.clone();
     moved.placed.insert("blue".to_owned(), "b".to_owned());
     a.save(&moved).unwrap();
-    pinned.tenants[0].gateway_host = Some("b".to_owned());
+    Arc::make_mut(&mut pinned.tenants[0]).gateway_host = Some("b".to_owned());
     pinned.placed.remove("blue");
     b.save(&pinned)
         .expect("a record the placer rewrote does not block a change that drops it");
@@ -625,7 +627,7 @@ fn a_host_reloading_before_its_watch_brings_its_own_write_can_write_again() {
     a.save(&seed).unwrap();
     // No watch runs: the store's copy of the keys is what the first load read.
     let mut model = a.load_cached(&seed).unwrap().expect("its own write");
-    model.tenants[0].max_macs = Some(10);
+    Arc::make_mut(&mut model.tenants[0]).max_macs = Some(10);
     a.save(&model)
         .expect("a write over this host's own earlier one is no conflict");
     let again = a.load_cached(&seed).unwrap().unwrap();
@@ -653,6 +655,6 @@ fn a_cluster_of_more_keys_than_a_page_is_read_whole() {
     assert_eq!(read.tenants.len(), 1_500);
     assert_eq!(read.tenants, seed.tenants);
     // Every key's revision was read with it: a change of the last page goes through.
-    read.tenants.last_mut().unwrap().max_macs = Some(10);
+    Arc::make_mut(read.tenants.last_mut().unwrap()).max_macs = Some(10);
     b.save(&read).expect("b's read is current");
 }

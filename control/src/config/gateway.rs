@@ -4,6 +4,7 @@
 
 use std::fmt::Display;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use dataplane::packet::address::AddressError;
 use dataplane::packet::{mask, Ipv4Cidr, Mac};
@@ -243,7 +244,7 @@ fn nat_settings(section: &GatewaySection) -> NatSettings {
 pub(crate) struct RouterChecker<'a> {
     section: &'a GatewaySection,
     switch: &'a SwitchSection,
-    tenants: &'a [TenantSpec],
+    tenants: &'a [Arc<TenantSpec>],
     index: &'a TenantIndex<'a>,
     keys: RouterKeys,
 }
@@ -262,7 +263,7 @@ impl<'a> RouterChecker<'a> {
     fn new(
         section: &'a GatewaySection,
         switch: &'a SwitchSection,
-        tenants: &'a [TenantSpec],
+        tenants: &'a [Arc<TenantSpec>],
         index: &'a TenantIndex<'a>,
         plan: &SwitchPlan,
     ) -> Self {
@@ -277,7 +278,7 @@ impl<'a> RouterChecker<'a> {
     pub(crate) fn resumed(
         section: &'a GatewaySection,
         switch: &'a SwitchSection,
-        tenants: &'a [TenantSpec],
+        tenants: &'a [Arc<TenantSpec>],
         index: &'a TenantIndex<'a>,
         keys: RouterKeys,
     ) -> Self {
@@ -560,7 +561,7 @@ fn check_endpoint_macs(plan: &SwitchPlan, macs: &HashMap<Mac, usize>) -> Result<
 /// run on one host.
 fn settle_peering(
     routers: &mut [Option<RouterPlan>],
-    tenants: &[TenantSpec],
+    tenants: &[Arc<TenantSpec>],
 ) -> Result<(), ConfigError> {
     for i in 0..routers.len() {
         let mutual = match &routers[i] {
@@ -579,7 +580,7 @@ fn mutual_peers(
     i: usize,
     r: &RouterPlan,
     routers: &[Option<RouterPlan>],
-    tenants: &[TenantSpec],
+    tenants: &[Arc<TenantSpec>],
 ) -> Result<Vec<usize>, ConfigError> {
     let mut mutual = Vec::new();
     for &p in &r.peers {

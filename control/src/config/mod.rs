@@ -11,6 +11,7 @@ pub mod switching;
 use hashbrown::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dataplane::dpdk::{Backend, BondMode, EalOptions};
 pub use etcd::{ClientIdentity, Credentials, EtcdAccess, EtcdPlan, Secret};
@@ -117,7 +118,7 @@ pub struct Config {
     pub hosts: Vec<HostSpec>,
     /// Tenants.
     #[serde(default, rename = "tenant")]
-    pub tenants: Vec<TenantSpec>,
+    pub tenants: Vec<Arc<TenantSpec>>,
     /// Known endpoints (static FDB entries).
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointSpec>,

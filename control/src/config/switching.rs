@@ -4,6 +4,7 @@
 
 use std::fmt::Display;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::packet::{Ipv4Cidr, Mac};
@@ -399,14 +400,14 @@ pub(super) type TenantIndex<'a> = HashMap<&'a str, usize>;
 
 /// The tenants as validation takes them: in order, and by name.
 pub(super) struct Tenants<'a> {
-    pub(super) specs: &'a [TenantSpec],
+    pub(super) specs: &'a [Arc<TenantSpec>],
     /// Positions by name (the first of a name given twice: validation refuses the
     /// second). Built once: every reference to a tenant by name is looked up here.
     pub(super) index: TenantIndex<'a>,
 }
 
 impl<'a> Tenants<'a> {
-    pub(super) fn of(specs: &'a [TenantSpec]) -> Self {
+    pub(super) fn of(specs: &'a [Arc<TenantSpec>]) -> Self {
         let mut index = HashMap::with_capacity(specs.len());
         for (i, t) in specs.iter().enumerate() {
             index.entry(t.name.as_str()).or_insert(i);
@@ -501,7 +502,7 @@ impl<'a> TenantKeyring<'a> for TenantKeys<'a> {
 fn validate_tenants(
     section: &SwitchSection,
     design: Design,
-    tenants: &[TenantSpec],
+    tenants: &[Arc<TenantSpec>],
     hosts: &[HostPlan],
     this_host: Option<usize>,
 ) -> Result<Vec<TenantPlan>, ConfigError> {

@@ -501,7 +501,7 @@ mod tests {
         let base = Config::parse(BASE, |_| None).unwrap();
         let state = dir.0.join("state.json");
         let mut model = Model::of(&base);
-        model.tenants.push(tenant(5));
+        model.tenants.push(std::sync::Arc::new(tenant(5)));
         std::fs::create_dir_all(&dir.0).unwrap();
         std::fs::write(&state, serde_json::to_vec(&model).unwrap()).unwrap();
         let loaded = FileStore::new(&state).load().unwrap().unwrap();

@@ -99,7 +99,7 @@ impl EtcdStore {
         for (key, value, revision, record) in keys {
             match record {
                 Record::Host(host) => model.hosts.push(host.clone()),
-                Record::Tenant(tenant) => model.tenants.push(tenant.clone()),
+                Record::Tenant(tenant) => model.tenants.push(std::sync::Arc::new(tenant.clone())),
                 Record::Endpoint(endpoint) => model.endpoints.push(endpoint.clone()),
                 Record::Route(route) => model.routes.push(route.clone()),
                 Record::Published(publish) => model.published.push(publish.clone()),
