@@ -246,7 +246,12 @@ impl Controller {
         }
         self.statics.extend(new_statics.iter().copied());
         let mut edits = Vec::new();
-        let forgotten = if shift.removed.is_empty() && !ports_changed {
+        // A tenant on fewer hosts keeps no MAC learned behind the others.
+        let hosts_changed = touched.iter().any(|t| match (t.before, t.after) {
+            (Some(old), Some(new)) => old_plan.tenants[old].hosts != new_plan.tenants[new].hosts,
+            _ => false,
+        });
+        let forgotten = if shift.removed.is_empty() && !ports_changed && !hosts_changed {
             // Nothing left that a MAC was learned on: only a new endpoint's MAC goes.
             let mut forgotten = Vec::new();
             for key in &new_statics {
@@ -493,7 +498,8 @@ role = "uplink"
     #[derive(Debug, Clone)]
     enum Step {
         Change(Change),
-        /// A MAC (last byte) of a tenant (position) learned on a port id.
+        /// A MAC (last byte) of a tenant (position) learned on a port id, or behind the
+        /// other host (port 0).
         Learn(usize, u8, u16),
         /// A router neighbour of a tenant (position) heard.
         Neighbor(usize, u8),
@@ -502,7 +508,7 @@ role = "uplink"
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             4 => change().prop_map(Step::Change),
-            2 => (0..NAMES.len(), 1..6u8, 1..5u16).prop_map(|(t, m, p)| Step::Learn(t, m, p)),
+            2 => (0..NAMES.len(), 1..6u8, 0..5u16).prop_map(|(t, m, p)| Step::Learn(t, m, p)),
             1 => (0..NAMES.len(), 10..14u8).prop_map(|(t, last)| Step::Neighbor(t, last)),
         ]
     }
@@ -589,11 +595,15 @@ role = "uplink"
                         let Some(slot) = whole.controller.ids().tenant(t) else {
                             continue;
                         };
+                        let location = match port {
+                            0 => Location::Host(whole.controller.ids().host(1)),
+                            port => Location::Port(port),
+                        };
                         for twin in [&mut touching, &mut whole] {
                             twin.tell(Event::Learn {
                                 tenant: slot,
                                 mac: [2, 0, 0, 0, 0x0a, last],
-                                location: Location::Port(port),
+                                location,
                             });
                         }
                     }
