@@ -143,8 +143,9 @@ pub struct PublishPlan {
 /// Everything validated about gateways.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayPlan {
-    /// Router of each tenant (by tenant index), if it has one.
-    pub routers: Vec<Option<RouterPlan>>,
+    /// Router of each tenant (by tenant index), if it has one (shared with the plans a
+    /// change derives from this one).
+    pub routers: Vec<Option<Arc<RouterPlan>>>,
     /// Static routes.
     pub routes: Vec<RoutePlan>,
     /// Published ports.
@@ -160,10 +161,7 @@ impl GatewayPlan {
     pub fn is_here(&self, tenant: usize) -> bool {
         matches!(
             self.routers.get(tenant),
-            Some(Some(RouterPlan {
-                placement: Placement::Here,
-                ..
-            }))
+            Some(Some(router)) if router.placement == Placement::Here
         )
     }
 }
@@ -188,7 +186,12 @@ pub(super) fn validate(
 ) -> Result<GatewayPlan, ConfigError> {
     check_limits(section)?;
     let (index, tenants) = (&tenants.index, tenants.specs);
-    let mut routers = RouterChecker::new(section, switch, tenants, index, plan).check_all(plan)?;
+    let mut routers: Vec<Option<Arc<RouterPlan>>> =
+        RouterChecker::new(section, switch, tenants, index, plan)
+            .check_all(plan)?
+            .into_iter()
+            .map(|r| r.map(Arc::new))
+            .collect();
     settle_peering(&mut routers, tenants)?;
     let route_plans = validate_routes(routes, index, &routers)?;
     let publish_plans = validate_published(section, published, index, &routers)?;
@@ -347,7 +350,7 @@ impl<'a> RouterChecker<'a> {
     fn record_placement(&mut self, i: usize, placement: Placement, plan: &mut SwitchPlan) {
         if let Placement::Host(h) = placement {
             if !plan.tenants[i].hosts.contains(&h) {
-                plan.tenants[i].hosts.push(h);
+                Arc::make_mut(&mut plan.tenants[i]).hosts.push(h);
             }
         }
         let placed_on = match placement {
@@ -560,7 +563,7 @@ fn check_endpoint_macs(plan: &SwitchPlan, macs: &HashMap<Mac, usize>) -> Result<
 /// for the other side. Peers route through each other's router, so both gateways must
 /// run on one host.
 fn settle_peering(
-    routers: &mut [Option<RouterPlan>],
+    routers: &mut [Option<Arc<RouterPlan>>],
     tenants: &[Arc<TenantSpec>],
 ) -> Result<(), ConfigError> {
     for i in 0..routers.len() {
@@ -569,7 +572,7 @@ fn settle_peering(
             _ => continue,
         };
         if let Some(r) = routers[i].as_mut() {
-            r.peers = mutual;
+            Arc::make_mut(r).peers = mutual;
         }
     }
     Ok(())
@@ -579,7 +582,7 @@ fn settle_peering(
 fn mutual_peers(
     i: usize,
     r: &RouterPlan,
-    routers: &[Option<RouterPlan>],
+    routers: &[Option<Arc<RouterPlan>>],
     tenants: &[Arc<TenantSpec>],
 ) -> Result<Vec<usize>, ConfigError> {
     let mut mutual = Vec::new();
@@ -640,7 +643,7 @@ fn on_subnet_of(router: Option<&RouterPlan>, ip: Ipv4Addr) -> bool {
 fn validate_routes(
     routes: &[RouteSpec],
     index: &TenantIndex,
-    routers: &[Option<RouterPlan>],
+    routers: &[Option<Arc<RouterPlan>>],
 ) -> Result<Vec<RoutePlan>, ConfigError> {
     let mut route_plans = Vec::with_capacity(routes.len());
     let mut seen = HashSet::with_capacity(routes.len());
@@ -662,7 +665,7 @@ pub(crate) fn validate_route(
     field: &Field,
     r: &RouteSpec,
     index: &TenantIndex,
-    routers: &[Option<RouterPlan>],
+    routers: &[Option<Arc<RouterPlan>>],
 ) -> Result<RoutePlan, ConfigError> {
     let Some(&tenant) = index.get(r.tenant.as_str()) else {
         return Err(invalid(
@@ -685,7 +688,7 @@ pub(crate) fn validate_route(
     }
     let Some(via_tenant) = std::iter::once(tenant)
         .chain(router.peers.iter().copied())
-        .find(|&t| on_subnet_of(routers[t].as_ref(), r.via))
+        .find(|&t| on_subnet_of(routers[t].as_deref(), r.via))
     else {
         return Err(invalid(
             format!("{field}.via"),
@@ -708,7 +711,7 @@ fn validate_published(
     section: &GatewaySection,
     published: &[PublishSpec],
     index: &TenantIndex,
-    routers: &[Option<RouterPlan>],
+    routers: &[Option<Arc<RouterPlan>>],
 ) -> Result<Vec<PublishPlan>, ConfigError> {
     let mut publish_plans = Vec::with_capacity(published.len());
     let mut taken = HashSet::with_capacity(published.len());
@@ -734,7 +737,7 @@ fn validate_publish(
     p: &PublishSpec,
     section: &GatewaySection,
     index: &TenantIndex,
-    routers: &[Option<RouterPlan>],
+    routers: &[Option<Arc<RouterPlan>>],
 ) -> Result<PublishPlan, ConfigError> {
     let Some(&tenant) = index.get(p.tenant.as_str()) else {
         return Err(invalid(
@@ -776,7 +779,7 @@ fn validate_publish(
             ),
         ));
     }
-    if !on_subnet_of(routers[tenant].as_ref(), p.ip) {
+    if !on_subnet_of(routers[tenant].as_deref(), p.ip) {
         return Err(invalid(
             format!("{field}.ip"),
             format!("{} is on none of the tenant's subnets", p.ip),

@@ -220,7 +220,7 @@ pub fn add_tenant(
     };
     let tenant = switching::tenant_plan(&place, i, spec, keys).ok()?;
     switching::check_tenant_count(i + 1).ok()?;
-    plan.tenants.push(tenant);
+    plan.tenants.push(std::sync::Arc::new(tenant));
     let index = HashMap::new();
     let mut checker = RouterChecker::resumed(
         &validated.source.gateway,
@@ -238,7 +238,7 @@ pub fn add_tenant(
     {
         return None;
     }
-    next.gateway.routers.push(router);
+    next.gateway.routers.push(router.map(std::sync::Arc::new));
     Some(next)
 }
 

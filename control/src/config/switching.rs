@@ -221,8 +221,8 @@ pub struct SwitchPlan {
     pub this_host: Option<usize>,
     /// Hosts.
     pub hosts: Vec<HostPlan>,
-    /// Tenants.
-    pub tenants: Vec<TenantPlan>,
+    /// Tenants (shared with the plans a change derives from this one).
+    pub tenants: Vec<Arc<TenantPlan>>,
     /// Endpoints.
     pub endpoints: Vec<EndpointPlan>,
     /// Role of each port (by port index).
@@ -278,8 +278,11 @@ pub(super) fn validate(
     let host_plans = validate_hosts(hosts)?;
     let this_host = find_this_host(section, &host_plans)?;
     check_egress(design, &host_plans)?;
-    let mut tenant_plans =
-        validate_tenants(section, design, tenants.specs, &host_plans, this_host)?;
+    let mut tenant_plans: Vec<Arc<TenantPlan>> =
+        validate_tenants(section, design, tenants.specs, &host_plans, this_host)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
     let index = &tenants.index;
     let roles = validate_roles(ports, cross_connected, &tenant_plans, index, this_host)?;
     let places = Places {
@@ -636,7 +639,7 @@ fn tenant_hosts(
 pub(super) fn validate_roles(
     ports: &[PortSpec],
     cross_connected: &HashSet<usize>,
-    tenants: &[TenantPlan],
+    tenants: &[Arc<TenantPlan>],
     index: &TenantIndex,
     this_host: Option<usize>,
 ) -> Result<Vec<RolePlan>, ConfigError> {
@@ -695,7 +698,7 @@ fn access_role(field: &str, spec: &PortSpec, index: &TenantIndex) -> Result<Role
 fn trunk_role(
     field: &str,
     spec: &PortSpec,
-    tenants: &[TenantPlan],
+    tenants: &[Arc<TenantPlan>],
     index: &TenantIndex,
 ) -> Result<RolePlan, ConfigError> {
     only(field, spec, &["tenants"])?;
@@ -757,7 +760,7 @@ fn validate_endpoints(
     endpoints: &[EndpointSpec],
     places: &Places,
     index: &TenantIndex,
-    tenant_plans: &mut [TenantPlan],
+    tenant_plans: &mut [Arc<TenantPlan>],
 ) -> Result<Vec<EndpointPlan>, ConfigError> {
     let mut endpoint_plans = Vec::with_capacity(endpoints.len());
     let mut seen = HashSet::with_capacity(endpoints.len());
@@ -813,7 +816,7 @@ fn locate_endpoint(
     e: &EndpointSpec,
     tenant: usize,
     places: &Places,
-    tenant_plans: &mut [TenantPlan],
+    tenant_plans: &mut [Arc<TenantPlan>],
 ) -> Result<EndpointAt, ConfigError> {
     Ok(match (&e.port, &e.host) {
         (Some(port), None) => {
@@ -849,7 +852,7 @@ fn locate_endpoint(
                 ));
             }
             if !tenant_plans[tenant].hosts.contains(&h) {
-                tenant_plans[tenant].hosts.push(h);
+                Arc::make_mut(&mut tenant_plans[tenant]).hosts.push(h);
             }
             EndpointAt::Host(h)
         }

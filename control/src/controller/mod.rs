@@ -241,7 +241,7 @@ impl Controller {
         let plan = &config.switching;
         // The first tables without what leaves carry the next version.
         let version = self.publisher.version() + 1;
-        let keys: Vec<(u32, String)> = plan.tenants.iter().map(tenant_key).collect();
+        let keys: Vec<(u32, String)> = plan.tenants.iter().map(|t| tenant_key(t)).collect();
         let (tenants, retired_tenants) = self.tenant_slots.assign(&keys, version);
         for (t, slot) in plan.tenants.iter().zip(&tenants) {
             if slot.is_none() {
