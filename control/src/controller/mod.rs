@@ -94,6 +94,28 @@ const ROUTER_ARP_TRIES: u32 = 3;
 /// Tenant slots a host can give out (one value means "no tenant" in the tables).
 const TENANT_SLOTS: u16 = TenantIdx::MAX;
 
+/// Which gateways may wait for their announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Announce {
+    /// None.
+    Nothing,
+    /// Any: look at every tenant.
+    All,
+    /// These tenants' (by slot).
+    Tenants(Vec<TenantIdx>),
+}
+
+impl Announce {
+    /// Also the gateway of `slot`.
+    fn add(&mut self, slot: TenantIdx) {
+        match self {
+            Announce::All => {}
+            Announce::Tenants(slots) => slots.push(slot),
+            Announce::Nothing => *self = Announce::Tenants(vec![slot]),
+        }
+    }
+}
+
 /// The control plane's view of the running switch.
 pub struct Controller {
     config: Arc<Validated>,
@@ -104,6 +126,8 @@ pub struct Controller {
     ids: Ids,
     /// Plan position of each tenant slot in use.
     tenant_at: HashMap<TenantIdx, usize>,
+    /// Slot of each tenant in use, by name.
+    named: HashMap<String, TenantIdx>,
     /// Plan position of each host slot in use.
     host_at: HashMap<HostIdx, usize>,
     /// The tenants each port id carries (one for an access port, a trunk's VLANs).
@@ -119,9 +143,9 @@ pub struct Controller {
     misses: HashMap<(TenantIdx, Ipv4Addr), (Option<Instant>, u32)>,
     /// Ids of the tenants whose gateway was announced here (gratuitous ARP).
     announced: HashSet<u32>,
-    /// A gateway here may not be announced yet: looked for at the next step (not at
-    /// every step: that would cost a look at every tenant each time).
-    announce_pending: bool,
+    /// The gateways here that may not be announced yet, looked for at the next step
+    /// (not at every step: that would cost a look at every tenant each time).
+    to_announce: Announce,
     /// Underlay next hops asked for.
     asked: HashMap<Ipv4Addr, Asked>,
     /// Underlay next hops resolved.
@@ -163,6 +187,7 @@ impl Controller {
             host_slots: Slots::new(HostIdx::MAX),
             ids: Ids::default(),
             tenant_at: HashMap::new(),
+            named: HashMap::new(),
             host_at: HashMap::new(),
             port_tenants: HashMap::new(),
             dynamic: Dynamic::default(),
@@ -174,7 +199,7 @@ impl Controller {
             router_injector,
             misses: HashMap::new(),
             announced: HashSet::new(),
-            announce_pending: true,
+            to_announce: Announce::All,
             asked: HashMap::new(),
             resolved: HashMap::new(),
             dirty: false,
@@ -226,7 +251,7 @@ impl Controller {
             .map(|(_, t)| t.id)
             .collect();
         self.announced.retain(|id| here.contains(id));
-        self.announce_pending = true;
+        self.to_announce = Announce::All;
         if retired || port_gone || gateway_gone || forgot {
             self.dynamic.retired += 1;
         }
@@ -263,6 +288,12 @@ impl Controller {
             .iter()
             .enumerate()
             .filter_map(|(t, slot)| Some(((*slot)?, t)))
+            .collect();
+        self.named = plan
+            .tenants
+            .iter()
+            .zip(&self.ids.tenants)
+            .filter_map(|(t, slot)| Some((t.name.clone(), (*slot)?)))
             .collect();
         self.host_at = self
             .ids
@@ -728,14 +759,19 @@ impl Controller {
     /// Announces each gateway placed on this host with a gratuitous ARP per address,
     /// so containers and switches that knew the router MAC elsewhere learn where it is.
     fn announce(&mut self, pool: &Mempool) {
-        if !self.announce_pending {
-            return;
-        }
+        let positions: Vec<usize> = match &self.to_announce {
+            Announce::Nothing => return,
+            Announce::All => (0..self.config.gateway.routers.len()).collect(),
+            Announce::Tenants(slots) => slots
+                .iter()
+                .filter_map(|slot| self.tenant_at.get(slot).copied())
+                .collect(),
+        };
         let gateway = &self.config.gateway;
         let mut frames = Vec::new();
         let mut ids = Vec::new();
-        for (t, router) in gateway.routers.iter().enumerate() {
-            let Some(router) = router else {
+        for t in positions {
+            let Some(router) = &gateway.routers[t] else {
                 continue;
             };
             let id = self.config.switching.tenants[t].id;
@@ -748,13 +784,13 @@ impl Controller {
             ids.push(id);
         }
         if frames.is_empty() {
-            self.announce_pending = false;
+            self.to_announce = Announce::Nothing;
             return;
         }
         let sent = self.inject_as_router(pool, &frames);
         if sent == frames.len() as u64 {
             self.announced.extend(ids);
-            self.announce_pending = false;
+            self.to_announce = Announce::Nothing;
         }
         self.stats.garp_sent += sent;
     }

@@ -17,7 +17,6 @@ use super::{tenant_key, Controller};
 use crate::compile::delta::{self, Side, Touched};
 use crate::compile::{Ids, PortInfo};
 use crate::config::gateway::Placement;
-use crate::config::grow::placements_moved;
 use crate::config::switching::EndpointAt;
 use crate::config::Validated;
 
@@ -54,6 +53,14 @@ impl Shift {
     }
 }
 
+/// Whether tenant `old` of `before` is tenant `new` of `after`.
+fn old_tenant_is(before: &Validated, after: &Validated, old: usize, new: usize) -> bool {
+    let (was, is) = (&before.switching.tenants, &after.switching.tenants);
+    was.get(old)
+        .zip(is.get(new))
+        .is_some_and(|(a, b)| a.name == b.name && a.id == b.id)
+}
+
 impl Controller {
     /// [`Controller::reconfigure`] after a change that touched only the tenants
     /// `names` (as they were or are now) and the ports: what the change left alone is
@@ -67,6 +74,10 @@ impl Controller {
         let Some(shift) = self.shift_to(&config, names) else {
             return self.reconfigure(config, ports);
         };
+        let old_positions: hashbrown::HashMap<&String, usize> = names
+            .iter()
+            .filter_map(|name| Some((name, self.position(&self.config.switching, name)?)))
+            .collect();
         let before = Arc::clone(&self.config);
         let ports_before = std::mem::replace(&mut self.ports, ports);
         let ids_before = self.ids.clone();
@@ -95,6 +106,12 @@ impl Controller {
         for &old in &shift.removed {
             if let Some(slot) = ids_before.tenant(old) {
                 self.tenant_at.remove(&slot);
+                self.named.remove(&old_plan.tenants[old].name);
+            }
+        }
+        for &new in &shift.added {
+            if let Some(slot) = self.ids.tenant(new) {
+                self.named.insert(new_plan.tenants[new].name.clone(), slot);
             }
         }
         let moved_from = shift
@@ -124,10 +141,8 @@ impl Controller {
                 touched.push(t);
             }
         };
-        for name in names {
-            if let Some(old) = old_plan.tenants.iter().position(|t| &t.name == name) {
-                touch_before(old, &mut touched);
-            }
+        for old in names.iter().filter_map(|name| old_positions.get(name)) {
+            touch_before(*old, &mut touched);
         }
         let touch_after = |new: usize, touched: &mut Vec<Touched>| {
             let t = Touched {
@@ -317,7 +332,11 @@ impl Controller {
                 self.announced.remove(&id);
             }
         }
-        self.announce_pending = true;
+        for t in &touched {
+            if let Some(slot) = t.after.and_then(|new| self.ids.tenant(new)) {
+                self.to_announce.add(slot);
+            }
+        }
         let port_gone = ports_before
             .iter()
             .flatten()
@@ -376,8 +395,21 @@ impl Controller {
         let mut removed = Vec::new();
         let mut added = Vec::new();
         for name in names {
-            let was = old.tenants.iter().position(|t| &t.name == name);
-            let is = new.tenants.iter().position(|t| &t.name == name);
+            let was = self.position(old, name);
+            let is = match was {
+                // Where it was (a change of one tenant moves no other), or gone.
+                Some(was) => new
+                    .tenants
+                    .get(was)
+                    .filter(|t| &t.name == name)
+                    .map(|_| was),
+                // Added at the end.
+                None => new
+                    .tenants
+                    .last()
+                    .filter(|t| &t.name == name)
+                    .map(|_| new.tenants.len() - 1),
+            };
             match (was, is) {
                 (Some(was), None) => removed.push(was),
                 (None, Some(is)) => added.push(is),
@@ -390,16 +422,57 @@ impl Controller {
         added.sort_unstable();
         added.dedup();
         let len_after = new.tenants.len();
-        if old.tenants.len() - removed.len() + added.len() != len_after
-            || added.iter().any(|&a| a < len_after - added.len())
-            || (!removed.is_empty() && placements_moved(&self.config, config))
-        {
-            return None;
-        }
-        Some(Shift {
+        let shift = Shift {
             removed,
             added,
             len_after,
+        };
+        let follows = |new: usize| {
+            let old = shift.before(new);
+            old.is_none_or(|old| old_tenant_is(&self.config, config, old, new))
+        };
+        // The lists must be the same but for what was named: checked at the seams.
+        let seams = shift
+            .removed
+            .iter()
+            .flat_map(|&r| [r.checked_sub(1), Some(r)])
+            .flatten()
+            .filter(|&new| new < len_after);
+        if old.tenants.len() - shift.removed.len() + shift.added.len() != len_after
+            || shift
+                .added
+                .iter()
+                .any(|&a| a < len_after - shift.added.len())
+            || !seams.chain([0, len_after.saturating_sub(1)]).all(follows)
+            || (!shift.removed.is_empty() && self.placements_moved(config, &shift))
+        {
+            return None;
+        }
+        Some(shift)
+    }
+
+    /// The position of tenant `name` in `plan` (the plan in force), if it has a slot;
+    /// else found by walking the list.
+    fn position(&self, plan: &crate::config::switching::SwitchPlan, name: &str) -> Option<usize> {
+        match self
+            .named
+            .get(name)
+            .and_then(|slot| self.tenant_at.get(slot))
+        {
+            Some(&t) => Some(t),
+            None => plan.tenants.iter().position(|t| t.name == name),
+        }
+    }
+
+    /// Whether a gateway of a tenant that stays runs elsewhere after the change
+    /// (`auto` placement follows the order of the tenants, which a removal shifts).
+    fn placements_moved(&self, config: &Validated, shift: &Shift) -> bool {
+        let placement =
+            |v: &Validated, t: usize| v.gateway.routers[t].as_ref().map(|r| r.placement);
+        (0..shift.len_after).any(|new| {
+            shift
+                .before(new)
+                .is_some_and(|old| placement(&self.config, old) != placement(config, new))
         })
     }
 }
@@ -627,6 +700,7 @@ role = "uplink"
                 prop_assert_eq!(&a.statics, &b.statics);
                 prop_assert_eq!(&a.port_tenants, &b.port_tenants);
                 prop_assert_eq!(&a.tenant_at, &b.tenant_at);
+                prop_assert_eq!(&a.named, &b.named);
                 prop_assert_eq!(&a.announced, &b.announced);
                 let mut learned_a: Vec<_> = a.dynamic.learned.iter().map(|(k, l)| (*k, l.location)).collect();
                 let mut learned_b: Vec<_> = b.dynamic.learned.iter().map(|(k, l)| (*k, l.location)).collect();
