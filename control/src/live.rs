@@ -382,6 +382,13 @@ impl Live {
                 self.keys = Some(keys);
                 next
             }
+            Change::AddEndpoint(spec) => {
+                let mut keys = self.keys.take().or_else(|| Keys::of(before, validated))?;
+                let next = grow::add_endpoint(validated, before, spec, &mut keys);
+                // Untouched when refused: kept.
+                self.keys = Some(keys);
+                next?
+            }
             Change::AddRoute(spec) => grow::add_route(validated, before, spec)?,
             Change::DeleteRoute { .. } => match before.place_of(change)? {
                 Place::Route(at) => grow::delete_route(validated, before, at)?,

@@ -4,16 +4,21 @@
 //! tenants before it took ([`Keys`]: names, ids, VLANs, router MACs, gateways per host,
 //! endpoint MACs), kept from change to change; a route added, its own checks against
 //! its tenant's router and routes; a route removed, none (nothing else depends on
-//! it); a port attached or detached, every port's own checks again (a host has few)
+//! it); an endpoint added, its own checks against its tenant's ports, endpoints and
+//! the routers' MACs; a port attached or detached, every port's own checks again (a host has few)
 //! and the new port's role against the tenants it names. What these checks cannot settle alone (a refusal and its reason, peers, a
 //! model whose records did not all fit) is left to whole validation.
+
+use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 
 use dataplane::packet::Mac;
 
 use super::gateway::{validate_route, Placement, RouteSpec, RouterChecker, RouterKeys};
-use super::switching::{self, EndpointAt, RoleName, TenantKeyring, TenantPlace, TenantSpec};
+use super::switching::{
+    self, EndpointAt, EndpointSpec, Places, RoleName, TenantKeyring, TenantPlace, TenantSpec,
+};
 use super::{check_dataplane, eal_options, validate_cross_connects, validate_ports};
 use super::{Field, PortSpec, Validated};
 use crate::model::Model;
@@ -275,6 +280,57 @@ pub fn delete_route(validated: &Validated, model: &Model, at: usize) -> Option<V
     Some(next)
 }
 
+/// `validated` (the model `model` validated, wholly) with endpoint `spec` added at the
+/// end; `None` when whole validation must decide (a refusal, or a remote endpoint on a
+/// host its tenant is not on yet: where that host goes in the tenant's list is whole
+/// validation's). `keys` take its MACs.
+pub fn add_endpoint(
+    validated: &Validated,
+    model: &Model,
+    spec: &EndpointSpec,
+    keys: &mut Keys,
+) -> Option<Validated> {
+    if !fits(model, validated) {
+        return None;
+    }
+    let tenant = model.tenants.iter().position(|t| t.name == spec.tenant)?;
+    let index: HashMap<&str, usize> = HashMap::from_iter([(spec.tenant.as_str(), tenant)]);
+    let plan = &validated.switching;
+    let port_names: Vec<String> = validated.ports.iter().map(|p| p.name.clone()).collect();
+    let places = Places {
+        port_names: &port_names,
+        roles: &plan.roles,
+        hosts: &plan.hosts,
+        this_host: plan.this_host,
+    };
+    let mut next = validated.clone();
+    let endpoints = switching::validate_endpoints(
+        std::slice::from_ref(spec),
+        &places,
+        &index,
+        &mut next.switching.tenants,
+    )
+    .ok()?;
+    if !Arc::ptr_eq(&next.switching.tenants[tenant], &plan.tenants[tenant]) {
+        return None;
+    }
+    let taken = |mac: &Mac| {
+        keys.routers.macs.contains_key(mac)
+            || plan
+                .endpoints
+                .iter()
+                .any(|e| e.tenant == tenant && e.mac == *mac)
+    };
+    if endpoints.iter().any(|e| taken(&e.mac)) {
+        return None;
+    }
+    for e in endpoints {
+        *keys.endpoint_macs.entry(e.mac).or_default() += 1;
+        next.switching.endpoints.push(e);
+    }
+    Some(next)
+}
+
 /// `validated` (the model `model` validated, wholly) with port `spec` attached at the
 /// end; `None` when whole validation must decide (an uplink among them: there may be
 /// one).
@@ -507,6 +563,15 @@ vlan = 1
                     }
                 }
                 let alone = match &change {
+                    Change::AddEndpoint(spec) => {
+                        let mut taken = Keys::of(&model, &validated).unwrap();
+                        let alone = add_endpoint(&validated, &model, spec, &mut taken);
+                        if let (Some(_), Ok((next, next_validated))) = (&alone, &whole) {
+                            let fresh = Keys::of(next, next_validated);
+                            prop_assert_eq!(Some(&taken), fresh.as_ref());
+                        }
+                        Some(alone)
+                    }
                     Change::AddPort(spec) => Some(add_port(&validated, &model, spec)),
                     Change::DeletePort(name) => match model.place_of(&change) {
                         Some(crate::model::Place::Port(at)) => Some(

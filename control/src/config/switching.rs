@@ -748,15 +748,15 @@ fn uplink_role(
 }
 
 /// Where endpoints can be: the local ports with their roles, and the hosts.
-struct Places<'a> {
-    port_names: &'a [String],
-    roles: &'a [RolePlan],
-    hosts: &'a [HostPlan],
-    this_host: Option<usize>,
+pub(crate) struct Places<'a> {
+    pub(crate) port_names: &'a [String],
+    pub(crate) roles: &'a [RolePlan],
+    pub(crate) hosts: &'a [HostPlan],
+    pub(crate) this_host: Option<usize>,
 }
 
 /// The endpoints, one per MAC; a remote endpoint adds its host to its tenant's.
-fn validate_endpoints(
+pub(crate) fn validate_endpoints(
     endpoints: &[EndpointSpec],
     places: &Places,
     index: &TenantIndex,
