@@ -3,11 +3,12 @@
 //! list ([`switching::tenant_plan`], [`RouterChecker::router`]), run against what the
 //! tenants before it took ([`Keys`]: names, ids, VLANs, router MACs, gateways per host,
 //! endpoint MACs), kept from change to change; a route added, its own checks against
-//! its tenant's router and routes; a route removed, none (nothing else depends on
-//! it); an endpoint added, its own checks against its tenant's ports, endpoints and
-//! the routers' MACs; a port attached or detached, every port's own checks again (a host has few)
-//! and the new port's role against the tenants it names. What these checks cannot settle alone (a refusal and its reason, peers, a
-//! model whose records did not all fit) is left to whole validation.
+//! its tenant's router and routes; a route removed, none (nothing else depends on it);
+//! an endpoint added, its own checks against its tenant's ports, endpoints and the
+//! routers' MACs; a port attached or detached, every port's own checks again (a host
+//! has few) and the new port's role against the tenants it names. What these checks
+//! cannot settle alone (a refusal and its reason, peers, a model whose records did not
+//! all fit) is left to whole validation.
 
 use std::sync::Arc;
 
