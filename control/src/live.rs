@@ -389,6 +389,15 @@ impl Live {
                 self.keys = Some(keys);
                 next?
             }
+            Change::DeleteEndpoint { .. } => {
+                let Place::Endpoint(at) = before.place_of(change)? else {
+                    return None;
+                };
+                let mut keys = self.keys.take().or_else(|| Keys::of(before, validated))?;
+                let next = grow::delete_endpoint(validated, before, at, &mut keys);
+                self.keys = Some(keys);
+                next?
+            }
             Change::AddRoute(spec) => grow::add_route(validated, before, spec)?,
             Change::DeleteRoute { .. } => match before.place_of(change)? {
                 Place::Route(at) => grow::delete_route(validated, before, at)?,

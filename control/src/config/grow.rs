@@ -5,7 +5,7 @@
 //! endpoint MACs), kept from change to change; a route added, its own checks against
 //! its tenant's router and routes; a route removed, none (nothing else depends on it);
 //! an endpoint added, its own checks against its tenant's ports, endpoints and the
-//! routers' MACs; a port attached or detached, every port's own checks again (a host
+//! routers' MACs; a local endpoint removed, none; a port attached or detached, every port's own checks again (a host
 //! has few) and the new port's role against the tenants it names. What these checks
 //! cannot settle alone (a refusal and its reason, peers, a model whose records did not
 //! all fit) is left to whole validation.
@@ -332,6 +332,33 @@ pub fn add_endpoint(
     Some(next)
 }
 
+/// `validated` (the model `model` validated, wholly) without its `at`th endpoint (a
+/// local one: a remote one may leave its tenant on fewer hosts, which is whole
+/// validation's); `keys` give back its MACs.
+pub fn delete_endpoint(
+    validated: &Validated,
+    model: &Model,
+    at: usize,
+    keys: &mut Keys,
+) -> Option<Validated> {
+    let spec = model.endpoints.get(at)?;
+    if !fits(model, validated) || spec.host.is_some() {
+        return None;
+    }
+    let macs = |e: &EndpointSpec| e.macs.as_ref().map_or(1, Vec::len);
+    let first = model.endpoints[..at].iter().map(macs).sum::<usize>();
+    let mut next = validated.clone();
+    for e in next.switching.endpoints.drain(first..first + macs(spec)) {
+        if let Some(count) = keys.endpoint_macs.get_mut(&e.mac) {
+            *count -= 1;
+            if *count == 0 {
+                keys.endpoint_macs.remove(&e.mac);
+            }
+        }
+    }
+    Some(next)
+}
+
 /// `validated` (the model `model` validated, wholly) with port `spec` attached at the
 /// end; `None` when whole validation must decide (an uplink among them: there may be
 /// one).
@@ -495,9 +522,9 @@ vlan = 1
             2 => (0..6usize, 0..3u8).prop_map(|(t, m)| Change::AddEndpoint(serde_json::from_str(&format!(
                 r#"{{"tenant":"t{t}","mac":"02:00:00:00:0a:0{m}","host":"h2"}}"#
             )).unwrap())),
-            1 => (0..6usize, 0..3u8).prop_map(|(t, m)| Change::DeleteEndpoint {
+            2 => (0..6usize, 0..3u8, any::<bool>()).prop_map(|(t, m, local)| Change::DeleteEndpoint {
                 tenant: format!("t{t}"),
-                mac: format!("02:00:00:00:0a:0{m}"),
+                mac: format!("02:00:00:00:{}:0{m}", if local { "0c" } else { "0a" }),
             }),
             4 => (0..6usize, 0..3u8, 0..3u8, 0..4u8).prop_map(|(t, r, host, s)| {
                 Change::AddRoute(RouteSpec {
@@ -548,7 +575,18 @@ vlan = 1
                     r#"{{"name":"t{t}","id":{t}0,"subnets":["10.{t}.0.1/24"],"gateway_host":"h1"}}"#
                 )).unwrap())
             });
-            for change in routed.chain(changes) {
+            let attached = [
+                Change::AddPort(Box::new(serde_json::from_str(
+                    r#"{"name":"p4","backend":"ring","role":"access","tenant":"t1"}"#,
+                ).unwrap())),
+                Change::AddEndpoint(serde_json::from_str(
+                    r#"{"tenant":"t1","macs":["02:00:00:00:0c:01","02:00:00:00:0c:02"],"port":"p4"}"#,
+                ).unwrap()),
+                Change::AddEndpoint(serde_json::from_str(
+                    r#"{"tenant":"t1","mac":"02:00:00:00:0c:00","port":"p4"}"#,
+                ).unwrap()),
+            ];
+            for change in routed.chain(attached).chain(changes) {
                 let whole = model.apply(&change, &base);
                 if let Change::AddTenant(spec) = &change {
                     let mut taken = Keys::of(&model, &validated).unwrap();
@@ -573,6 +611,18 @@ vlan = 1
                         }
                         Some(alone)
                     }
+                    Change::DeleteEndpoint { .. } => match model.place_of(&change) {
+                        Some(crate::model::Place::Endpoint(at)) => {
+                            let mut taken = Keys::of(&model, &validated).unwrap();
+                            let alone = delete_endpoint(&validated, &model, at, &mut taken);
+                            if let (Some(_), Ok((next, next_validated))) = (&alone, &whole) {
+                                let fresh = Keys::of(next, next_validated);
+                                prop_assert_eq!(Some(&taken), fresh.as_ref());
+                            }
+                            Some(alone)
+                        }
+                        _ => None,
+                    },
                     Change::AddPort(spec) => Some(add_port(&validated, &model, spec)),
                     Change::DeletePort(name) => match model.place_of(&change) {
                         Some(crate::model::Place::Port(at)) => Some(
