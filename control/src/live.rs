@@ -375,28 +375,32 @@ impl Live {
         validated: &Validated,
     ) -> Option<(Model, Validated)> {
         let before = &self.model;
+        // Built when first needed, then followed from change to change.
+        let keys = |kept: &mut Option<Keys>| {
+            if kept.is_none() {
+                *kept = Keys::of(before, validated);
+            }
+        };
         let next = match change {
             Change::AddTenant(spec) => {
-                let mut keys = self.keys.take().or_else(|| Keys::of(before, validated))?;
-                let next = grow::add_tenant(validated, before, spec, &mut keys)?;
-                self.keys = Some(keys);
-                next
+                keys(&mut self.keys);
+                let next = grow::add_tenant(validated, before, spec, self.keys.as_mut()?);
+                if next.is_none() {
+                    // They may have taken part of the tenant.
+                    self.keys = None;
+                }
+                next?
             }
             Change::AddEndpoint(spec) => {
-                let mut keys = self.keys.take().or_else(|| Keys::of(before, validated))?;
-                let next = grow::add_endpoint(validated, before, spec, &mut keys);
-                // Untouched when refused: kept.
-                self.keys = Some(keys);
-                next?
+                keys(&mut self.keys);
+                grow::add_endpoint(validated, before, spec, self.keys.as_mut()?)?
             }
             Change::DeleteEndpoint { .. } => {
                 let Place::Endpoint(at) = before.place_of(change)? else {
                     return None;
                 };
-                let mut keys = self.keys.take().or_else(|| Keys::of(before, validated))?;
-                let next = grow::delete_endpoint(validated, before, at, &mut keys);
-                self.keys = Some(keys);
-                next?
+                keys(&mut self.keys);
+                grow::delete_endpoint(validated, before, at, self.keys.as_mut()?)?
             }
             Change::AddRoute(spec) => grow::add_route(validated, before, spec)?,
             Change::DeleteRoute { .. } => match before.place_of(change)? {

@@ -132,13 +132,23 @@ impl Keys {
         after: (&Model, &Validated),
         names: &[String],
     ) -> Option<Self> {
-        if !fits(after.0, after.1) || placements_moved(before.1, after.1) {
+        if !fits(after.0, after.1) {
             return None;
         }
+        let at = |model: &Model, name: &String| model.tenants.iter().position(|t| &t.name == name);
+        let places: Positions = names
+            .iter()
+            .map(|name| (at(before.0, name), at(after.0, name)))
+            .collect();
+        let shift = Shift::of(&places, after.0.tenants.len());
+        if placements_moved(before.1, after.1, &shift) {
+            return None;
+        }
+        // All given back before any is taken: one may take what another gave back.
         for (side, take) in [(before, false), (after, true)] {
             let (model, validated) = side;
-            for name in names {
-                let Some(t) = model.tenants.iter().position(|t| &t.name == name) else {
+            for &(was, is) in &places {
+                let Some(t) = (if take { is } else { was }) else {
                     continue;
                 };
                 self.tenant(model, validated, t, take);
@@ -179,27 +189,83 @@ fn fits(model: &Model, validated: &Validated) -> bool {
                 .sum::<usize>()
 }
 
-/// Whether a gateway of a tenant on both sides runs elsewhere after the change
-/// (`auto` placement follows the order of the tenants, which a removal shifts).
-pub fn placements_moved(before: &Validated, after: &Validated) -> bool {
-    let placement = |v: &Validated, t: usize| v.gateway.routers[t].as_ref().map(|r| r.placement);
-    let (old, new) = (&before.switching.tenants, &after.switching.tenants);
-    // Tenants keep their order: walk both lists, skipping names on one side only.
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() && j < new.len() {
-        if old[i].name == new[j].name {
-            if placement(before, i) != placement(after, j) {
-                return true;
-            }
-            i += 1;
-            j += 1;
-        } else if new.len() - j < old.len() - i {
-            i += 1;
-        } else {
-            j += 1;
+/// Where each tenant a change touched is before and after it (`None`: not there).
+pub(crate) type Positions = Vec<(Option<usize>, Option<usize>)>;
+
+/// How the tenants of a plan before a change map onto those after it: the same list
+/// with `removed` (old positions, ascending) taken out and `added` (new positions, at
+/// its end) put in.
+#[derive(Debug)]
+pub(crate) struct Shift {
+    pub(crate) removed: Vec<usize>,
+    pub(crate) added: Vec<usize>,
+    pub(crate) len_after: usize,
+}
+
+impl Shift {
+    /// The shift of a change that touched tenants at `places` (each its position before
+    /// and after, `None` where it is not) to a list of `len_after`.
+    pub(crate) fn of(places: &[(Option<usize>, Option<usize>)], len_after: usize) -> Self {
+        let mut removed: Vec<usize> = places
+            .iter()
+            .filter_map(|&p| match p {
+                (Some(was), None) => Some(was),
+                _ => None,
+            })
+            .collect();
+        let mut added: Vec<usize> = places
+            .iter()
+            .filter_map(|&p| match p {
+                (None, Some(is)) => Some(is),
+                _ => None,
+            })
+            .collect();
+        removed.sort_unstable();
+        removed.dedup();
+        added.sort_unstable();
+        added.dedup();
+        Self {
+            removed,
+            added,
+            len_after,
         }
     }
-    false
+
+    /// Where the tenant at `old` (a position before) is after the change.
+    pub(crate) fn after(&self, old: usize) -> Option<usize> {
+        if self.removed.binary_search(&old).is_ok() {
+            return None;
+        }
+        Some(old - self.removed.partition_point(|&r| r < old))
+    }
+
+    /// Where the tenant at `new` (a position after) was before the change.
+    pub(crate) fn before(&self, new: usize) -> Option<usize> {
+        if new >= self.len_after.checked_sub(self.added.len())? {
+            return None;
+        }
+        let mut old = new;
+        for &r in &self.removed {
+            if r <= old {
+                old += 1;
+            }
+        }
+        Some(old)
+    }
+}
+
+/// Whether a gateway of a tenant on both sides of `shift` runs elsewhere after it
+/// (`auto` placement follows the order of the tenants, which a removal shifts).
+pub(crate) fn placements_moved(before: &Validated, after: &Validated, shift: &Shift) -> bool {
+    if shift.removed.is_empty() {
+        return false;
+    }
+    let placement = |v: &Validated, t: usize| v.gateway.routers[t].as_ref().map(|r| r.placement);
+    (0..shift.len_after).any(|new| {
+        shift
+            .before(new)
+            .is_some_and(|old| placement(before, old) != placement(after, new))
+    })
 }
 
 /// `validated` (the model `model` validated, wholly: see [`Keys::of`]) with tenant

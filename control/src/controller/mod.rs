@@ -110,6 +110,7 @@ impl Announce {
     fn add(&mut self, slot: TenantIdx) {
         match self {
             Announce::All => {}
+            Announce::Tenants(slots) if slots.contains(&slot) => {}
             Announce::Tenants(slots) => slots.push(slot),
             Announce::Nothing => *self = Announce::Tenants(vec![slot]),
         }

@@ -17,41 +17,9 @@ use super::{tenant_key, Controller};
 use crate::compile::delta::{self, Side, Touched};
 use crate::compile::{Ids, PortInfo};
 use crate::config::gateway::Placement;
+use crate::config::grow::{placements_moved, Positions, Shift};
 use crate::config::switching::EndpointAt;
 use crate::config::Validated;
-
-/// How the tenants of the config before a change map onto those after it: the same
-/// list with `removed` (old positions, ascending) taken out and `added` (new positions)
-/// put at its end.
-struct Shift {
-    removed: Vec<usize>,
-    added: Vec<usize>,
-    len_after: usize,
-}
-
-impl Shift {
-    /// Where the tenant at `old` (a position before) is after the change.
-    fn after(&self, old: usize) -> Option<usize> {
-        if self.removed.binary_search(&old).is_ok() {
-            return None;
-        }
-        Some(old - self.removed.partition_point(|&r| r < old))
-    }
-
-    /// Where the tenant at `new` (a position after) was before the change.
-    fn before(&self, new: usize) -> Option<usize> {
-        if new >= self.len_after - self.added.len() {
-            return None;
-        }
-        let mut old = new;
-        for &r in &self.removed {
-            if r <= old {
-                old += 1;
-            }
-        }
-        Some(old)
-    }
-}
 
 /// Whether tenant `old` of `before` is tenant `new` of `after`.
 fn old_tenant_is(before: &Validated, after: &Validated, old: usize, new: usize) -> bool {
@@ -71,13 +39,9 @@ impl Controller {
         ports: Vec<Option<PortInfo>>,
         names: &[String],
     ) {
-        let Some(shift) = self.shift_to(&config, names) else {
+        let Some((shift, places)) = self.shift_to(&config, names) else {
             return self.reconfigure(config, ports);
         };
-        let old_positions: hashbrown::HashMap<&String, usize> = names
-            .iter()
-            .filter_map(|name| Some((name, self.position(&self.config.switching, name)?)))
-            .collect();
         let before = Arc::clone(&self.config);
         let ports_before = std::mem::replace(&mut self.ports, ports);
         let ids_before = self.ids.clone();
@@ -141,8 +105,8 @@ impl Controller {
                 touched.push(t);
             }
         };
-        for old in names.iter().filter_map(|name| old_positions.get(name)) {
-            touch_before(*old, &mut touched);
+        for &old in places.iter().filter_map(|(was, _)| was.as_ref()) {
+            touch_before(old, &mut touched);
         }
         let touch_after = |new: usize, touched: &mut Vec<Touched>| {
             let t = Touched {
@@ -156,36 +120,22 @@ impl Controller {
         for &new in &shift.added {
             touch_after(new, &mut touched);
         }
-        let changed_ports: Vec<u16> = {
-            let mut ids: Vec<u16> = port_tenants_before
-                .iter()
-                .filter(|&(id, carried)| self.port_tenants.get(id) != Some(carried))
-                .map(|(&id, _)| id)
-                .chain(
-                    self.port_tenants
-                        .keys()
-                        .filter(|id| !port_tenants_before.contains_key(*id))
-                        .copied(),
-                )
-                .collect();
-            ids.extend(
-                ports_before
-                    .iter()
-                    .flatten()
-                    .filter(|p| !self.ports.contains(&Some(**p)))
-                    .map(|p| p.id),
-            );
-            ids.extend(
-                self.ports
-                    .iter()
-                    .flatten()
-                    .filter(|p| !ports_before.contains(&Some(**p)))
-                    .map(|p| p.id),
-            );
-            ids.sort_unstable();
-            ids.dedup();
-            ids
+        // Ports whose device or carried tenants differ (came, went or changed role).
+        let info = |ports: &[Option<PortInfo>], id: u16| {
+            ports.iter().flatten().find(|p| p.id == id).copied()
         };
+        let mut changed_ports: Vec<u16> = ports_before
+            .iter()
+            .chain(&self.ports)
+            .flatten()
+            .map(|p| p.id)
+            .collect();
+        changed_ports.sort_unstable();
+        changed_ports.dedup();
+        changed_ports.retain(|&id| {
+            info(&ports_before, id) != info(&self.ports, id)
+                || port_tenants_before.get(&id) != self.port_tenants.get(&id)
+        });
         let ports_changed = !changed_ports.is_empty();
         for &id in &changed_ports {
             let carried = port_tenants_before
@@ -382,8 +332,9 @@ impl Controller {
     }
 
     /// How `config`'s tenants follow from the ones in force when a change touched only
-    /// `names`; `None` when more than that changed (hosts, another tenant).
-    fn shift_to(&self, config: &Validated, names: &[String]) -> Option<Shift> {
+    /// `names`, and where each of those is before and after; `None` when more than that
+    /// changed (hosts, another tenant).
+    fn shift_to(&self, config: &Validated, names: &[String]) -> Option<(Shift, Positions)> {
         let (old, new) = (&self.config.switching, &config.switching);
         if old.hosts != new.hosts
             || old.design != new.design
@@ -392,8 +343,7 @@ impl Controller {
         {
             return None;
         }
-        let mut removed = Vec::new();
-        let mut added = Vec::new();
+        let mut places = Vec::with_capacity(names.len());
         for name in names {
             let was = self.position(old, name);
             let is = match was {
@@ -410,23 +360,15 @@ impl Controller {
                     .filter(|t| &t.name == name)
                     .map(|_| new.tenants.len() - 1),
             };
-            match (was, is) {
-                (Some(was), None) => removed.push(was),
-                (None, Some(is)) => added.push(is),
-                (Some(was), Some(is)) if old.tenants[was].id != new.tenants[is].id => return None,
-                _ => {}
+            if let (Some(was), Some(is)) = (was, is) {
+                if old.tenants[was].id != new.tenants[is].id {
+                    return None;
+                }
             }
+            places.push((was, is));
         }
-        removed.sort_unstable();
-        removed.dedup();
-        added.sort_unstable();
-        added.dedup();
         let len_after = new.tenants.len();
-        let shift = Shift {
-            removed,
-            added,
-            len_after,
-        };
+        let shift = Shift::of(&places, len_after);
         let follows = |new: usize| {
             let old = shift.before(new);
             old.is_none_or(|old| old_tenant_is(&self.config, config, old, new))
@@ -444,11 +386,11 @@ impl Controller {
                 .iter()
                 .any(|&a| a < len_after - shift.added.len())
             || !seams.chain([0, len_after.saturating_sub(1)]).all(follows)
-            || (!shift.removed.is_empty() && self.placements_moved(config, &shift))
+            || placements_moved(&self.config, config, &shift)
         {
             return None;
         }
-        Some(shift)
+        Some((shift, places))
     }
 
     /// The position of tenant `name` in `plan` (the plan in force), if it has a slot;
@@ -462,18 +404,6 @@ impl Controller {
             Some(&t) => Some(t),
             None => plan.tenants.iter().position(|t| t.name == name),
         }
-    }
-
-    /// Whether a gateway of a tenant that stays runs elsewhere after the change
-    /// (`auto` placement follows the order of the tenants, which a removal shifts).
-    fn placements_moved(&self, config: &Validated, shift: &Shift) -> bool {
-        let placement =
-            |v: &Validated, t: usize| v.gateway.routers[t].as_ref().map(|r| r.placement);
-        (0..shift.len_after).any(|new| {
-            shift
-                .before(new)
-                .is_some_and(|old| placement(&self.config, old) != placement(config, new))
-        })
     }
 }
 
