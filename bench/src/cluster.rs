@@ -144,7 +144,7 @@ fn synthetic(options: &Options) -> anyhow::Result<(Model, Vec<(usize, usize)>)> 
             tenant["subnets"] = json!([format!("{net}/24")]);
             tenant["gateway_host"] = json!("auto");
         }
-        model.tenants.push(serde_json::from_value(tenant)?);
+        model.tenants.push_back(serde_json::from_value(tenant)?);
         for c in 0..options.containers {
             let host = random.below(options.hosts);
             let n = t * options.containers + c;
@@ -247,7 +247,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     // The cluster as it stands before: tenants with containers on the agents' hosts.
     let mut random = Random(0x2545_f491_4f6c_dd1d);
     for t in 0..options.preload {
-        model.tenants.push(serde_json::from_value(
+        model.tenants.push_back(serde_json::from_value(
             json!({"name": format!("p{t:06}"), "id": 100_000 + t}),
         )?);
         for c in 0..2 {
@@ -332,7 +332,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let mut written = Vec::with_capacity(options.writes);
     for w in 0..options.writes {
         std::thread::sleep(Duration::from_millis(200));
-        model.tenants.push(serde_json::from_value(
+        model.tenants.push_back(serde_json::from_value(
             json!({"name": format!("w{w}"), "id": 10_000 + w}),
         )?);
         let at = Instant::now();

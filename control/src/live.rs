@@ -731,7 +731,10 @@ fn keep_copy(store: &Arc<Store>, model: Arc<Model>) {
     tokio::task::spawn_blocking(move || store.keep_copy(&model));
 }
 
-fn role_name(role: &RolePlan, tenants: &[Arc<crate::config::switching::TenantPlan>]) -> Value {
+fn role_name(
+    role: &RolePlan,
+    tenants: &crate::config::List<Arc<crate::config::switching::TenantPlan>>,
+) -> Value {
     match role {
         RolePlan::None => json!({"role": "cross-connect"}),
         RolePlan::Access { tenant, .. } => {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::gateway::{PublishSpec, RouteSpec};
 use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
-use crate::config::{Config, ConfigError, PortSpec, Validated};
+use crate::config::{Config, ConfigError, List, PortSpec, Validated};
 
 /// The live model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ pub struct Model {
     /// Hosts.
     pub hosts: Vec<HostSpec>,
     /// Tenants.
-    pub tenants: Vec<Arc<TenantSpec>>,
+    pub tenants: List<Arc<TenantSpec>>,
     /// Endpoints.
     pub endpoints: Vec<EndpointSpec>,
     /// Ports, in order (those of the config file first, then those added live).
@@ -201,7 +201,7 @@ impl Model {
             switch,
             ports,
             hosts: Vec::new(),
-            tenants: Vec::new(),
+            tenants: List::new(),
             endpoints: Vec::new(),
             routes: Vec::new(),
             published: Vec::new(),
@@ -283,7 +283,8 @@ impl Model {
             (index < list.len()).then(|| name(&list.remove(index)))
         }
         match list {
-            "tenant" => take(&mut self.tenants, index, |t| format!("tenant `{}`", t.name)),
+            "tenant" => (index < self.tenants.len())
+                .then(|| format!("tenant `{}`", self.tenants.remove(index).name)),
             "host" => take(&mut self.hosts, index, |h| format!("host `{}`", h.name)),
             "endpoint" => take(&mut self.endpoints, index, |e| {
                 format!("an endpoint of tenant `{}`", e.tenant)
@@ -395,7 +396,7 @@ impl Model {
     fn edit(&mut self, change: &Change) -> (String, bool) {
         match change {
             Change::AddTenant(t) => {
-                self.tenants.push(Arc::new(t.clone()));
+                self.tenants.push_back(Arc::new(t.clone()));
                 (format!("tenant[{}].", self.tenants.len() - 1), true)
             }
             Change::AddHost(h) => {
@@ -661,7 +662,7 @@ tenant = "red"
             "name": "blue", "id": 200, "subnets": ["10.2.0.1/99"],
         }))
         .unwrap();
-        model.tenants.push(Arc::new(bad.clone()));
+        model.tenants.push_back(Arc::new(bad.clone()));
         model.endpoints.push(
             serde_json::from_value(serde_json::json!({
                 "tenant": "blue", "mac": "02:00:00:00:0b:01", "port": "c1",

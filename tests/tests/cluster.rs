@@ -501,11 +501,11 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
     let mut from_a = seed.clone();
     let mut blue = TenantSpec::clone(&from_a.tenants[0]);
     (blue.name, blue.id, blue.vlan) = ("blue".to_owned(), 200, Some(20));
-    from_a.tenants.push(Arc::new(blue.clone()));
+    from_a.tenants.push_back(Arc::new(blue.clone()));
     a.save(&from_a).unwrap();
     let mut green = blue.clone();
     (green.name, green.vlan) = ("green".to_owned(), Some(30));
-    seen_by_b.tenants.push(Arc::new(green.clone()));
+    seen_by_b.tenants.push_back(Arc::new(green.clone()));
     let e = b.save(&seen_by_b).unwrap_err();
     let conflict = e.downcast_ref::<Conflict>().expect("a conflict");
     assert_eq!(conflict.field, "id");
@@ -516,13 +516,13 @@ fn a_write_racing_another_hosts_is_refused_by_etcd_with_the_field() {
     assert!(etcd.get_prefix("/race/tenants/green").unwrap().is_empty());
 
     // The same VLAN under another id: the VLAN is what collides.
-    let last = Arc::make_mut(seen_by_b.tenants.last_mut().unwrap());
+    let last = Arc::make_mut(seen_by_b.tenants.back_mut().unwrap());
     (last.id, last.vlan) = (300, Some(20));
     let e = b.save(&seen_by_b).unwrap_err();
     assert_eq!(e.downcast_ref::<Conflict>().unwrap().field, "vlan");
 
     // b changing red, which a has not touched since b read it, goes through.
-    seen_by_b.tenants.pop();
+    seen_by_b.tenants.pop_back();
     Arc::make_mut(&mut seen_by_b.tenants[0]).max_macs = Some(10);
     b.save(&seen_by_b).unwrap();
     // a changing red again from its older read collides with b's write.
@@ -552,13 +552,13 @@ fn a_change_checked_against_an_older_model_than_the_hosts_last_read_is_refused()
     let mut from_a = before.clone();
     let mut yellow = TenantSpec::clone(&from_a.tenants[0]);
     (yellow.name, yellow.id) = ("yellow".to_owned(), 300);
-    from_a.tenants.push(Arc::new(yellow.clone()));
+    from_a.tenants.push_back(Arc::new(yellow.clone()));
     a.save(&from_a).unwrap();
     b.load(&seed).unwrap();
     let mut after = before.clone();
     let mut orange = yellow;
     orange.name = "orange".to_owned();
-    after.tenants.push(Arc::new(orange));
+    after.tenants.push_back(Arc::new(orange));
     let e = b.save_change(&before, &after).unwrap_err();
     assert!(e.downcast_ref::<Conflict>().is_some(), "{e:#}");
     let claim = etcd.get_prefix("/late/unique/tenant-id/300").unwrap();
@@ -643,7 +643,7 @@ fn a_cluster_of_more_keys_than_a_page_is_read_whole() {
     assert!(a.load(&seed).unwrap().is_none(), "an empty cluster");
     // Two keys a tenant (its record and its id's claim): several pages of keys.
     for t in 0..1_500u32 {
-        seed.tenants.push(
+        seed.tenants.push_back(
             serde_json::from_value(
                 serde_json::json!({"name": format!("t{t:05}"), "id": 1_000 + t}),
             )
@@ -655,6 +655,6 @@ fn a_cluster_of_more_keys_than_a_page_is_read_whole() {
     assert_eq!(read.tenants.len(), 1_500);
     assert_eq!(read.tenants, seed.tenants);
     // Every key's revision was read with it: a change of the last page goes through.
-    Arc::make_mut(read.tenants.last_mut().unwrap()).max_macs = Some(10);
+    Arc::make_mut(read.tenants.back_mut().unwrap()).max_macs = Some(10);
     b.save(&read).expect("b's read is current");
 }

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use hashbrown::HashMap;
 
 use dataplane::table::edit::TableEdit;
-use dataplane::table::{fdb_key_parts, FlowTables, TenantIdx, Uplink, NO_TENANT};
+use dataplane::table::{fdb_key_parts, Design, FlowTables, TenantIdx, Uplink, NO_TENANT};
 
 use super::tenant::{self, Members};
 use super::{
@@ -124,14 +124,13 @@ pub fn edits(
     if uplink != tables.uplink {
         return None;
     }
-    let (plan_before, plan_after) = (&before.config.switching, &after.config.switching);
     let has_hosts = |side: &Side<'_>, t: Option<usize>| {
         t.is_some_and(|t| !side.config.switching.tenants[t].hosts.is_empty())
     };
     let hosts_touched = touched
         .iter()
         .any(|t| has_hosts(&before, t.before) || has_hosts(&after, t.after));
-    if uplink.is_some() && hosts_touched && tunnel_hosts(plan_before) != tunnel_hosts(plan_after) {
+    if uplink.is_some() && hosts_touched && tunnels_move(&before, &after, tables, touched) {
         return None;
     }
     let reaches_out = |side: &Side<'_>, t: Option<usize>| {
@@ -188,4 +187,40 @@ pub fn edits(
             .map(|(_, edit)| edit),
     );
     Some(edits)
+}
+
+/// Whether the hosts this one keeps tunnels to differ after the change. Only the
+/// dedicated design ties them to the tenants (the union of their hosts), and there
+/// only the touched tenants differ: a host they gained is new when no tunnel of
+/// `tables` reaches it; a host they lost may have been the last tenant's, which takes
+/// a walk over every tenant (a tenant leaving a host: rare).
+fn tunnels_move(
+    before: &Side<'_>,
+    after: &Side<'_>,
+    tables: &FlowTables,
+    touched: &[Touched],
+) -> bool {
+    let (plan_before, plan_after) = (&before.config.switching, &after.config.switching);
+    if plan_after.design != Design::Dedicated {
+        return tunnel_hosts(plan_before) != tunnel_hosts(plan_after);
+    }
+    let hosts = |side: &Side<'_>, at: fn(&Touched) -> Option<usize>| {
+        let tenants = &side.config.switching.tenants;
+        let mut hosts: Vec<usize> = touched
+            .iter()
+            .filter_map(at)
+            .flat_map(|t| tenants[t].hosts.iter().copied())
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
+    };
+    let (had, has) = (hosts(before, |t| t.before), hosts(after, |t| t.after));
+    if had.iter().any(|h| !has.contains(h)) {
+        return tunnel_hosts(plan_before) != tunnel_hosts(plan_after);
+    }
+    has.iter().filter(|h| !had.contains(h)).any(|&h| {
+        let slot = after.ids.host(h);
+        !tables.tunnels.iter().any(|tunnel| tunnel.host == slot)
+    })
 }

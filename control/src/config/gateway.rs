@@ -13,7 +13,7 @@ use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::switching::{parse_mac, SwitchPlan, SwitchSection, TenantIndex, TenantSpec, Tenants};
-use super::{invalid, ConfigError, Field};
+use super::{invalid, ConfigError, Field, List};
 use crate::placement::{self, HostLoad};
 
 /// `[gateway]`: SNAT limits and timeouts, the same for every tenant.
@@ -145,7 +145,7 @@ pub struct PublishPlan {
 pub struct GatewayPlan {
     /// Router of each tenant (by tenant index), if it has one (shared with the plans a
     /// change derives from this one).
-    pub routers: Vec<Option<Arc<RouterPlan>>>,
+    pub routers: List<Option<Arc<RouterPlan>>>,
     /// Static routes.
     pub routes: Vec<RoutePlan>,
     /// Published ports.
@@ -186,7 +186,7 @@ pub(super) fn validate(
 ) -> Result<GatewayPlan, ConfigError> {
     check_limits(section)?;
     let (index, tenants) = (&tenants.index, tenants.specs);
-    let mut routers: Vec<Option<Arc<RouterPlan>>> =
+    let mut routers: List<Option<Arc<RouterPlan>>> =
         RouterChecker::new(section, switch, tenants, index, plan)
             .check_all(plan)?
             .into_iter()
@@ -247,7 +247,7 @@ fn nat_settings(section: &GatewaySection) -> NatSettings {
 pub(crate) struct RouterChecker<'a> {
     section: &'a GatewaySection,
     switch: &'a SwitchSection,
-    tenants: &'a [Arc<TenantSpec>],
+    tenants: &'a List<Arc<TenantSpec>>,
     index: &'a TenantIndex<'a>,
     keys: RouterKeys,
 }
@@ -266,7 +266,7 @@ impl<'a> RouterChecker<'a> {
     fn new(
         section: &'a GatewaySection,
         switch: &'a SwitchSection,
-        tenants: &'a [Arc<TenantSpec>],
+        tenants: &'a List<Arc<TenantSpec>>,
         index: &'a TenantIndex<'a>,
         plan: &SwitchPlan,
     ) -> Self {
@@ -281,7 +281,7 @@ impl<'a> RouterChecker<'a> {
     pub(crate) fn resumed(
         section: &'a GatewaySection,
         switch: &'a SwitchSection,
-        tenants: &'a [Arc<TenantSpec>],
+        tenants: &'a List<Arc<TenantSpec>>,
         index: &'a TenantIndex<'a>,
         keys: RouterKeys,
     ) -> Self {
@@ -563,8 +563,8 @@ fn check_endpoint_macs(plan: &SwitchPlan, macs: &HashMap<Mac, usize>) -> Result<
 /// for the other side. Peers route through each other's router, so both gateways must
 /// run on one host.
 fn settle_peering(
-    routers: &mut [Option<Arc<RouterPlan>>],
-    tenants: &[Arc<TenantSpec>],
+    routers: &mut List<Option<Arc<RouterPlan>>>,
+    tenants: &List<Arc<TenantSpec>>,
 ) -> Result<(), ConfigError> {
     for i in 0..routers.len() {
         let mutual = match &routers[i] {
@@ -582,8 +582,8 @@ fn settle_peering(
 fn mutual_peers(
     i: usize,
     r: &RouterPlan,
-    routers: &[Option<Arc<RouterPlan>>],
-    tenants: &[Arc<TenantSpec>],
+    routers: &List<Option<Arc<RouterPlan>>>,
+    tenants: &List<Arc<TenantSpec>>,
 ) -> Result<Vec<usize>, ConfigError> {
     let mut mutual = Vec::new();
     for &p in &r.peers {
@@ -643,7 +643,7 @@ fn on_subnet_of(router: Option<&RouterPlan>, ip: Ipv4Addr) -> bool {
 fn validate_routes(
     routes: &[RouteSpec],
     index: &TenantIndex,
-    routers: &[Option<Arc<RouterPlan>>],
+    routers: &List<Option<Arc<RouterPlan>>>,
 ) -> Result<Vec<RoutePlan>, ConfigError> {
     let mut route_plans = Vec::with_capacity(routes.len());
     let mut seen = HashSet::with_capacity(routes.len());
@@ -665,7 +665,7 @@ pub(crate) fn validate_route(
     field: &Field,
     r: &RouteSpec,
     index: &TenantIndex,
-    routers: &[Option<Arc<RouterPlan>>],
+    routers: &List<Option<Arc<RouterPlan>>>,
 ) -> Result<RoutePlan, ConfigError> {
     let Some(&tenant) = index.get(r.tenant.as_str()) else {
         return Err(invalid(
@@ -711,7 +711,7 @@ fn validate_published(
     section: &GatewaySection,
     published: &[PublishSpec],
     index: &TenantIndex,
-    routers: &[Option<Arc<RouterPlan>>],
+    routers: &List<Option<Arc<RouterPlan>>>,
 ) -> Result<Vec<PublishPlan>, ConfigError> {
     let mut publish_plans = Vec::with_capacity(published.len());
     let mut taken = HashSet::with_capacity(published.len());
@@ -737,7 +737,7 @@ fn validate_publish(
     p: &PublishSpec,
     section: &GatewaySection,
     index: &TenantIndex,
-    routers: &[Option<Arc<RouterPlan>>],
+    routers: &List<Option<Arc<RouterPlan>>>,
 ) -> Result<PublishPlan, ConfigError> {
     let Some(&tenant) = index.get(p.tenant.as_str()) else {
         return Err(invalid(

@@ -292,7 +292,7 @@ pub fn add_tenant(
     };
     let tenant = switching::tenant_plan(&place, i, spec, keys).ok()?;
     switching::check_tenant_count(i + 1).ok()?;
-    plan.tenants.push(std::sync::Arc::new(tenant));
+    plan.tenants.push_back(std::sync::Arc::new(tenant));
     let index = HashMap::new();
     let mut checker = RouterChecker::resumed(
         &validated.source.gateway,
@@ -310,7 +310,9 @@ pub fn add_tenant(
     {
         return None;
     }
-    next.gateway.routers.push(router.map(std::sync::Arc::new));
+    next.gateway
+        .routers
+        .push_back(router.map(std::sync::Arc::new));
     Some(next)
 }
 

@@ -8,6 +8,11 @@ pub mod gateway;
 pub mod grow;
 pub mod switching;
 
+/// A list whose copies share their records and most of their structure: a change
+/// copies a few chunks of it, not the list, so it costs the same at 100 tenants as at
+/// 100,000.
+pub type List<T> = imbl::Vector<T>;
+
 use hashbrown::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -118,7 +123,7 @@ pub struct Config {
     pub hosts: Vec<HostSpec>,
     /// Tenants.
     #[serde(default, rename = "tenant")]
-    pub tenants: Vec<Arc<TenantSpec>>,
+    pub tenants: List<Arc<TenantSpec>>,
     /// Known endpoints (static FDB entries).
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointSpec>,

@@ -12,7 +12,7 @@ use dataplane::table::Design;
 use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError, Field, PortSpec};
+use super::{invalid, ConfigError, Field, List, PortSpec};
 
 /// `[switch]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -222,7 +222,7 @@ pub struct SwitchPlan {
     /// Hosts.
     pub hosts: Vec<HostPlan>,
     /// Tenants (shared with the plans a change derives from this one).
-    pub tenants: Vec<Arc<TenantPlan>>,
+    pub tenants: List<Arc<TenantPlan>>,
     /// Endpoints.
     pub endpoints: Vec<EndpointPlan>,
     /// Role of each port (by port index).
@@ -278,7 +278,7 @@ pub(super) fn validate(
     let host_plans = validate_hosts(hosts)?;
     let this_host = find_this_host(section, &host_plans)?;
     check_egress(design, &host_plans)?;
-    let mut tenant_plans: Vec<Arc<TenantPlan>> =
+    let mut tenant_plans: List<Arc<TenantPlan>> =
         validate_tenants(section, design, tenants.specs, &host_plans, this_host)?
             .into_iter()
             .map(Arc::new)
@@ -403,14 +403,14 @@ pub(super) type TenantIndex<'a> = HashMap<&'a str, usize>;
 
 /// The tenants as validation takes them: in order, and by name.
 pub(super) struct Tenants<'a> {
-    pub(super) specs: &'a [Arc<TenantSpec>],
+    pub(super) specs: &'a List<Arc<TenantSpec>>,
     /// Positions by name (the first of a name given twice: validation refuses the
     /// second). Built once: every reference to a tenant by name is looked up here.
     pub(super) index: TenantIndex<'a>,
 }
 
 impl<'a> Tenants<'a> {
-    pub(super) fn of(specs: &'a [Arc<TenantSpec>]) -> Self {
+    pub(super) fn of(specs: &'a List<Arc<TenantSpec>>) -> Self {
         let mut index = HashMap::with_capacity(specs.len());
         for (i, t) in specs.iter().enumerate() {
             index.entry(t.name.as_str()).or_insert(i);
@@ -505,7 +505,7 @@ impl<'a> TenantKeyring<'a> for TenantKeys<'a> {
 fn validate_tenants(
     section: &SwitchSection,
     design: Design,
-    tenants: &[Arc<TenantSpec>],
+    tenants: &List<Arc<TenantSpec>>,
     hosts: &[HostPlan],
     this_host: Option<usize>,
 ) -> Result<Vec<TenantPlan>, ConfigError> {
@@ -639,7 +639,7 @@ fn tenant_hosts(
 pub(super) fn validate_roles(
     ports: &[PortSpec],
     cross_connected: &HashSet<usize>,
-    tenants: &[Arc<TenantPlan>],
+    tenants: &List<Arc<TenantPlan>>,
     index: &TenantIndex,
     this_host: Option<usize>,
 ) -> Result<Vec<RolePlan>, ConfigError> {
@@ -698,7 +698,7 @@ fn access_role(field: &str, spec: &PortSpec, index: &TenantIndex) -> Result<Role
 fn trunk_role(
     field: &str,
     spec: &PortSpec,
-    tenants: &[Arc<TenantPlan>],
+    tenants: &List<Arc<TenantPlan>>,
     index: &TenantIndex,
 ) -> Result<RolePlan, ConfigError> {
     only(field, spec, &["tenants"])?;
@@ -760,7 +760,7 @@ pub(crate) fn validate_endpoints(
     endpoints: &[EndpointSpec],
     places: &Places,
     index: &TenantIndex,
-    tenant_plans: &mut [Arc<TenantPlan>],
+    tenant_plans: &mut List<Arc<TenantPlan>>,
 ) -> Result<Vec<EndpointPlan>, ConfigError> {
     let mut endpoint_plans = Vec::with_capacity(endpoints.len());
     let mut seen = HashSet::with_capacity(endpoints.len());
@@ -816,7 +816,7 @@ fn locate_endpoint(
     e: &EndpointSpec,
     tenant: usize,
     places: &Places,
-    tenant_plans: &mut [Arc<TenantPlan>],
+    tenant_plans: &mut List<Arc<TenantPlan>>,
 ) -> Result<EndpointAt, ConfigError> {
     Ok(match (&e.port, &e.host) {
         (Some(port), None) => {

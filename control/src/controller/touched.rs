@@ -294,11 +294,12 @@ impl Controller {
         if retired || port_gone || gateway_gone || !forgotten.is_empty() {
             self.dynamic.retired += 1;
         }
-        self.last_arp = None;
 
         // The tables: edited, unless a whole compile is due anyway or the change moved
-        // more than the touched tenants' entries.
+        // more than the touched tenants' entries. Only the latter may bring a new
+        // tunnel, whose next hop is asked for at once.
         if self.dirty {
+            self.last_arp = None;
             return;
         }
         let tables = self.publisher.current();
@@ -327,7 +328,10 @@ impl Controller {
                     self.edits.push(TableEdit::Retired(self.dynamic.retired));
                 }
             }
-            None => self.dirty = true,
+            None => {
+                self.dirty = true;
+                self.last_arp = None;
+            }
         }
     }
 
@@ -394,7 +398,8 @@ impl Controller {
     }
 
     /// The position of tenant `name` in `plan` (the plan in force), if it has a slot;
-    /// else found by walking the list.
+    /// else found by walking the list, which only a tenant left without a slot needs
+    /// (a new tenant's name is in no list yet).
     fn position(&self, plan: &crate::config::switching::SwitchPlan, name: &str) -> Option<usize> {
         match self
             .named
@@ -402,6 +407,7 @@ impl Controller {
             .and_then(|slot| self.tenant_at.get(slot))
         {
             Some(&t) => Some(t),
+            None if self.named.len() == plan.tenants.len() => None,
             None => plan.tenants.iter().position(|t| t.name == name),
         }
     }

@@ -198,11 +198,11 @@ fn replace(kept: &mut Kept, model: &Model) -> anyhow::Result<()> {
         (SWITCH.to_owned(), text(&model.switch)?),
         (PORTS.to_owned(), text(&model.ports)?),
     ];
-    fn list<T: Serialize>(
+    fn list<'a, T: Serialize + 'a>(
         records: &mut Vec<(String, String)>,
         order: &mut Order,
         name: &str,
-        items: &[T],
+        items: impl IntoIterator<Item = &'a T>,
         seqs: fn(&mut Order) -> &mut Vec<u64>,
     ) -> anyhow::Result<()> {
         for item in items {
@@ -251,20 +251,20 @@ fn writes_of(place: Place, after: &Model, order: &Order) -> anyhow::Result<(Vec<
     fn one<T: Serialize>(
         name: &str,
         at: usize,
-        items: &[T],
+        (len, item): (usize, Option<&T>),
         seqs: &[u64],
         next: u64,
         list: fn(&mut Order) -> &mut Vec<u64>,
     ) -> anyhow::Result<(Vec<Write>, Reorder)> {
         // The list after the change is one shorter than its sequence numbers: a removal.
-        if items.len() < seqs.len() {
+        if len < seqs.len() {
             let seq = *seqs.get(at).context("the journal lost track of a record")?;
             return Ok((
                 vec![Write::Delete(key(name, seq))],
                 Reorder::Remove(list, at),
             ));
         }
-        let item = items.get(at).context("the changed record is missing")?;
+        let item = item.context("the changed record is missing")?;
         Ok(match seqs.get(at) {
             Some(&seq) => (vec![Write::Put(key(name, seq), text(item)?)], Reorder::None),
             None => (
@@ -275,24 +275,46 @@ fn writes_of(place: Place, after: &Model, order: &Order) -> anyhow::Result<(Vec<
     }
     let next = order.next;
     match place {
-        Place::Tenant(at) => one(TENANT, at, &after.tenants, &order.tenants, next, |o| {
-            &mut o.tenants
-        }),
-        Place::Host(at) => one(HOST, at, &after.hosts, &order.hosts, next, |o| &mut o.hosts),
+        Place::Tenant(at) => one(
+            TENANT,
+            at,
+            (after.tenants.len(), after.tenants.get(at)),
+            &order.tenants,
+            next,
+            |o| &mut o.tenants,
+        ),
+        Place::Host(at) => one(
+            HOST,
+            at,
+            (after.hosts.len(), after.hosts.get(at)),
+            &order.hosts,
+            next,
+            |o| &mut o.hosts,
+        ),
         Place::Endpoint(at) => one(
             ENDPOINT,
             at,
-            &after.endpoints,
+            (after.endpoints.len(), after.endpoints.get(at)),
             &order.endpoints,
             next,
             |o| &mut o.endpoints,
         ),
-        Place::Route(at) => one(ROUTE, at, &after.routes, &order.routes, next, |o| {
-            &mut o.routes
-        }),
-        Place::Publish(at) => one(PUBLISH, at, &after.published, &order.published, next, |o| {
-            &mut o.published
-        }),
+        Place::Route(at) => one(
+            ROUTE,
+            at,
+            (after.routes.len(), after.routes.get(at)),
+            &order.routes,
+            next,
+            |o| &mut o.routes,
+        ),
+        Place::Publish(at) => one(
+            PUBLISH,
+            at,
+            (after.published.len(), after.published.get(at)),
+            &order.published,
+            next,
+            |o| &mut o.published,
+        ),
         Place::Port(_) => Ok((
             vec![Write::Put(PORTS.to_owned(), text(&after.ports)?)],
             Reorder::None,
@@ -337,7 +359,7 @@ fn model_of(records: &BTreeMap<String, String>) -> anyhow::Result<(Model, Order)
             let seq: u64 = rest.parse().context("not a sequence number")?;
             match list {
                 TENANT => (
-                    model.tenants.push(parse(key, value)?),
+                    model.tenants.push_back(parse(key, value)?),
                     order.tenants.push(seq),
                 ),
                 HOST => (model.hosts.push(parse(key, value)?), order.hosts.push(seq)),
@@ -501,7 +523,7 @@ mod tests {
         let base = Config::parse(BASE, |_| None).unwrap();
         let state = dir.0.join("state.json");
         let mut model = Model::of(&base);
-        model.tenants.push(std::sync::Arc::new(tenant(5)));
+        model.tenants.push_back(std::sync::Arc::new(tenant(5)));
         std::fs::create_dir_all(&dir.0).unwrap();
         std::fs::write(&state, serde_json::to_vec(&model).unwrap()).unwrap();
         let loaded = FileStore::new(&state).load().unwrap().unwrap();

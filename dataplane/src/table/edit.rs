@@ -1,6 +1,6 @@
 //! Small changes made to a copy of the tables in place, so that a change costs what it
-//! changes rather than a whole compile: the control plane keeps the snapshot workers
-//! used before the last publish ([`super::publish::Spare`]), brings it up to date with
+//! changes rather than a whole compile: the control plane keeps a few snapshots workers
+//! used before ([`super::publish::Spare`]), brings one no worker holds up to date with
 //! the edits it missed, makes the new ones, and publishes it again (left-right). What
 //! changes often (MACs learned and aged) and what one API change touches (a tenant's
 //! entries, the port roles) both go this way. The result is exactly what the compiler

@@ -48,37 +48,49 @@ impl TablePublisher {
         drop(self.swap(tables));
     }
 
-    /// [`Self::publish`], keeping the snapshot it replaces as `spare` for
-    /// [`Self::publish_edits`].
+    /// [`Self::publish`], forgetting the snapshots kept in `spare`: edits cannot bring
+    /// them up to date any more.
     pub fn publish_whole(&self, tables: FlowTables, spare: &mut Spare) {
-        spare.tables = Some(self.swap(tables));
-        spare.behind = None;
+        spare.kept.clear();
+        drop(self.swap(tables));
     }
 
-    /// Publishes the snapshot in force with `edits` made: the spare, once no worker
-    /// holds it, brought up to date and edited in place (the cost of the edits);
-    /// otherwise a copy of the snapshot in force. Whether the spare was free.
+    /// Publishes the snapshot in force with `edits` made: a snapshot published before,
+    /// once no worker holds it, brought up to date and edited in place (the cost of
+    /// the edits); otherwise a copy of the snapshot in force. Whether a kept snapshot
+    /// was free.
     pub fn publish_edits(&self, edits: Vec<TableEdit>, spare: &mut Spare) -> bool {
-        let reusable = match (
-            spare.tables.take().map(Arc::try_unwrap),
-            spare.behind.take(),
-        ) {
-            (Some(Ok(mut tables)), Some(behind)) => {
-                for edit in &behind {
+        let edits = Arc::new(edits);
+        // Oldest first: a napping worker holds the one it took last.
+        let free = spare
+            .kept
+            .iter_mut()
+            .position(|k| Arc::get_mut(&mut k.tables).is_some())
+            .map(|at| spare.kept.remove(at));
+        let (mut tables, reused) = match free.map(|k| (Arc::try_unwrap(k.tables), k.behind)) {
+            Some((Ok(mut tables), behind)) => {
+                for edit in behind.iter().flat_map(|edits| edits.iter()) {
                     tables.apply(edit);
                 }
-                Some(tables)
+                (tables, true)
             }
-            // A worker still uses it (it frees it), or the last publish was whole.
-            _ => None,
+            _ => (FlowTables::clone(&self.current()), false),
         };
-        let reused = reusable.is_some();
-        let mut tables = reusable.unwrap_or_else(|| FlowTables::clone(&self.current()));
-        for edit in &edits {
+        for edit in edits.iter() {
             tables.apply(edit);
         }
-        spare.tables = Some(self.swap(tables));
-        spare.behind = Some(edits);
+        let replaced = self.swap(tables);
+        for kept in &mut spare.kept {
+            kept.behind.push(Arc::clone(&edits));
+        }
+        spare.kept.push(Kept {
+            tables: replaced,
+            behind: vec![edits],
+        });
+        if spare.kept.len() > KEPT {
+            // The one furthest behind goes (whoever holds it frees it).
+            spare.kept.remove(0);
+        }
         reused
     }
 
@@ -135,15 +147,24 @@ impl TablePublisher {
     }
 }
 
-/// The snapshot in force before the last publish, which workers let go of within a
-/// burst: [`TablePublisher::publish_edits`] makes the next small change to it instead
-/// of compiling or copying the tables.
+/// How many snapshots published before the one in force [`Spare`] keeps: each worker
+/// holds at most one of them (the one it took before a nap), so with a few workers one
+/// is nearly always free.
+const KEPT: usize = 3;
+
+/// Snapshots published before the one in force, which workers let go of within a
+/// burst: [`TablePublisher::publish_edits`] makes the next small change to one of them
+/// instead of compiling or copying the tables.
 #[derive(Default)]
 pub struct Spare {
-    tables: Option<Arc<FlowTables>>,
-    /// The edits the snapshot in force has and `tables` has not (`None`: unknown, the
-    /// last publish was whole).
-    behind: Option<Vec<TableEdit>>,
+    /// Oldest first.
+    kept: Vec<Kept>,
+}
+
+struct Kept {
+    tables: Arc<FlowTables>,
+    /// The edits, publish by publish, the snapshot in force has and `tables` has not.
+    behind: Vec<Arc<Vec<TableEdit>>>,
 }
 
 /// A worker's end: holds the snapshot it is using.
@@ -220,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn edits_reuse_the_spare_once_no_reader_holds_it_and_always_land() {
+    fn edits_reuse_a_snapshot_no_reader_holds_and_always_land() {
         use crate::table::fdb_key;
         use crate::table::Location;
         let learn = |last: u8, port: u16| TableEdit::Learn {
@@ -235,16 +256,21 @@ mod tests {
         reader.refresh();
         assert!(
             !publisher.publish_edits(vec![learn(1, 1)], &mut spare),
-            "after a whole publish the spare is stale: a copy is edited"
+            "after a whole publish nothing kept can catch up: a copy is edited"
         );
         assert!(
             !publisher.publish_edits(vec![learn(2, 1)], &mut spare),
-            "the reader has not moved on from the spare"
+            "the reader still holds the one kept"
+        );
+        assert!(
+            publisher.publish_edits(vec![learn(1, 5)], &mut spare),
+            "the reader napped through the last one: it is free"
         );
         reader.refresh();
-        assert!(publisher.publish_edits(vec![learn(1, 5)], &mut spare));
-        reader.refresh();
-        assert!(publisher.publish_edits(vec![learn(3, 1)], &mut spare));
+        assert!(
+            publisher.publish_edits(vec![learn(3, 1)], &mut spare),
+            "the reader let go of the oldest, three publishes behind"
+        );
         reader.refresh();
         let fdb = &reader.tables().fdb;
         let at = |last: u8| {

@@ -99,7 +99,9 @@ impl EtcdStore {
         for (key, value, revision, record) in keys {
             match record {
                 Record::Host(host) => model.hosts.push(host.clone()),
-                Record::Tenant(tenant) => model.tenants.push(std::sync::Arc::new(tenant.clone())),
+                Record::Tenant(tenant) => {
+                    model.tenants.push_back(std::sync::Arc::new(tenant.clone()))
+                }
                 Record::Endpoint(endpoint) => model.endpoints.push(endpoint.clone()),
                 Record::Route(route) => model.routes.push(route.clone()),
                 Record::Published(publish) => model.published.push(publish.clone()),
@@ -349,7 +351,7 @@ mod tests {
         Model {
             switch: SwitchSection::default(),
             hosts: Vec::new(),
-            tenants: Vec::new(),
+            tenants: Default::default(),
             endpoints: Vec::new(),
             ports: Vec::new(),
             routes: Vec::new(),
