@@ -77,6 +77,10 @@ pub struct Point {
     pub add_rate: Option<f64>,
     /// Adding one more tenant.
     pub tenant_add: Option<Latency>,
+    /// Removing one of the first tenants (every later one moves up a position), or
+    /// the one just added when there are none.
+    #[serde(default)]
+    pub tenant_del: Option<Latency>,
     /// Attaching a port.
     pub port_attach: Option<Latency>,
     /// Detaching it.
@@ -203,12 +207,25 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
                 add_rate,
                 ..Point::default()
             };
-            let (mut adds, mut attaches, mut detaches, mut routes, mut unroutes) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut adds, mut deletes, mut attaches, mut detaches, mut routes, mut unroutes) = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
             for s in 0..options.samples {
                 let extra = 100_000 + s;
                 adds.push(timed(|| api.call("POST", "/v1/tenants", &tenant(extra)))?);
-                api.call("DELETE", &format!("/v1/tenants/t{extra}"), "")?;
+                let early = if s < added { s } else { extra };
+                deletes.push(timed(|| {
+                    api.call("DELETE", &format!("/v1/tenants/t{early}"), "")
+                })?);
+                if early != extra {
+                    api.call("DELETE", &format!("/v1/tenants/t{extra}"), "")?;
+                    api.call("POST", "/v1/tenants", &tenant(early))?;
+                }
                 let port = format!(
                     r#"{{"name":"p{s}","backend":"null","role":"access","tenant":"base"}}"#
                 );
@@ -224,6 +241,7 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
                 })?);
             }
             point.tenant_add = Latency::of(adds);
+            point.tenant_del = Latency::of(deletes);
             point.port_attach = Latency::of(attaches);
             point.port_detach = Latency::of(detaches);
             point.route_add = Latency::of(routes);
@@ -284,12 +302,27 @@ fn grow_ovs(ovs: &Ovs, options: &Options) -> anyhow::Result<(Vec<Point>, String)
             added += 1;
         }
         let add_rate = (grown > 0).then(|| grown as f64 / start.elapsed().as_secs_f64());
-        let (mut adds, mut attaches, mut detaches, mut routes, mut unroutes) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut adds, mut deletes, mut attaches, mut detaches, mut routes, mut unroutes) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for s in 0..options.samples {
             let name = format!("tbx{s}");
             adds.push(timed(|| add_br(&name))?);
-            ovs.vsctl(&["del-br", &name])?;
+            let early = if s < added {
+                format!("tbc{s}")
+            } else {
+                name.clone()
+            };
+            deletes.push(timed(|| ovs.vsctl(&["del-br", &early]))?);
+            if early != name {
+                ovs.vsctl(&["del-br", &name])?;
+                add_br(&early)?;
+            }
             // A fresh device name each time: DPDK does not reuse a detached vdev's name
             // at once.
             device += 1;
@@ -325,6 +358,7 @@ fn grow_ovs(ovs: &Ovs, options: &Options) -> anyhow::Result<(Vec<Point>, String)
             tenants: count,
             add_rate,
             tenant_add: Latency::of(adds),
+            tenant_del: Latency::of(deletes),
             port_attach: Latency::of(attaches),
             port_detach: Latency::of(detaches),
             route_add: Latency::of(routes),
@@ -361,12 +395,13 @@ pub fn table(results: &Results) -> String {
         })
     };
     let mut t = format!(
-        "# {}\n{:<8} {:<6} {:>10} {:>11} {:>12} {:>12} {:>10} {:>10}\n",
+        "# {}\n{:<8} {:<6} {:>10} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10}\n",
         results.command,
         "tenants",
         "switch",
         "adds/s",
         "add ms",
+        "del ms",
         "attach ms",
         "detach ms",
         "route ms",
@@ -381,11 +416,12 @@ pub fn table(results: &Results) -> String {
     rows.sort_by_key(|(s, p)| (p.tenants, *s != "tenet"));
     for (switch, p) in rows {
         t.push_str(&format!(
-            "{:<8} {:<6} {:>10} {:>11} {:>12} {:>12} {:>10} {:>10}\n",
+            "{:<8} {:<6} {:>10} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10}\n",
             p.tenants,
             switch,
             p.add_rate.map_or("-".to_owned(), |r| format!("{r:.0}")),
             cell(&p.tenant_add),
+            cell(&p.tenant_del),
             cell(&p.port_attach),
             cell(&p.port_detach),
             cell(&p.route_add),
@@ -399,6 +435,8 @@ pub fn table(results: &Results) -> String {
         "\nms: median/99th percentile latency of one operation as its caller sees it (tenet: \
          HTTP over the API socket, its state record fsynced; OVS: one ovs-vsctl/ovs-ofctl \
          run each).\n\
+         del: removing one of the first tenants (bridges), every later one a position up; \
+         added back untimed.\n\
          adds/s: tenants (OVS: bridges) added per second while growing to the count.\n",
     );
     t

@@ -48,6 +48,9 @@ pub struct Read {
 /// A change whose write is under way.
 struct Saving {
     change: Change,
+    /// Where it lands in `before`, when found ahead of the store, which looks
+    /// otherwise.
+    place: Option<Place>,
     /// The model the change was made on (shared, not copied: at a hundred thousand
     /// tenants a copy of the model costs more than the change).
     before: Arc<Model>,
@@ -282,8 +285,9 @@ impl Live {
                 self.commit(saving, Ok(()), controller, dataplane);
                 continue;
             };
-            let (change, before, model) = (
+            let (change, place, before, model) = (
                 saving.change.clone(),
+                saving.place,
                 Arc::clone(&saving.before),
                 Arc::clone(&saving.model),
             );
@@ -291,7 +295,7 @@ impl Live {
             tokio::task::spawn_blocking(move || {
                 // A write that never reports would hold every later change.
                 let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    store.save_change(&change, &before, &model)
+                    store.save_change(&change, place, &before, &model)
                 }))
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the change failed")));
                 let _ = report.send(Done::Saved(saved));
@@ -319,8 +323,9 @@ impl Live {
             }
         }
         let cluster = matches!(self.store.as_deref(), Some(Store::Etcd(_)));
+        let place = place_of(&self.model, &change, controller);
         let alone = match cluster {
-            false => self.validate_alone(&change, controller.config()),
+            false => self.validate_alone(&change, place, controller.config()),
             true => None,
         };
         let validated_alone = alone.is_some();
@@ -357,6 +362,7 @@ impl Live {
         }
         Ok(Saving {
             change,
+            place,
             before: Arc::clone(&self.model),
             model: Arc::new(model),
             validated,
@@ -372,6 +378,7 @@ impl Live {
     fn validate_alone(
         &mut self,
         change: &Change,
+        place: Option<Place>,
         validated: &Validated,
     ) -> Option<(Model, Validated)> {
         let before = &self.model;
@@ -396,28 +403,40 @@ impl Live {
                 grow::add_endpoint(validated, before, spec, self.keys.as_mut()?)?
             }
             Change::DeleteEndpoint { .. } => {
-                let Place::Endpoint(at) = before.place_of(change)? else {
+                let Place::Endpoint(at) = place? else {
                     return None;
                 };
                 keys(&mut self.keys);
                 grow::delete_endpoint(validated, before, at, self.keys.as_mut()?)?
             }
+            Change::DeleteTenant(name) => {
+                let Place::Tenant(at) = place? else {
+                    return None;
+                };
+                keys(&mut self.keys);
+                let keys = self.keys.as_mut()?;
+                match keys.peering() {
+                    0 => before.check_tenant_unused_but_as_peer(name).ok()?,
+                    _ => before.check_tenant_unused(name).ok()?,
+                }
+                grow::delete_tenant(validated, before, at, keys)?
+            }
             Change::AddRoute(spec) => grow::add_route(validated, before, spec)?,
-            Change::DeleteRoute { .. } => match before.place_of(change)? {
+            Change::DeleteRoute { .. } => match place? {
                 Place::Route(at) => grow::delete_route(validated, before, at)?,
                 _ => return None,
             },
             Change::AddPort(spec) => grow::add_port(validated, before, spec)?,
             Change::DeletePort(name) => {
                 before.check_port_unused(name, &validated.source).ok()?;
-                match before.place_of(change)? {
+                match place? {
                     Place::Port(at) => grow::delete_port(validated, before, at)?,
                     _ => return None,
                 }
             }
             _ => return None,
         };
-        Some((before.made(change), next))
+        Some((before.made(change, place), next))
     }
 
     /// Makes a written change live, or undoes what preparing it did when the write
@@ -499,7 +518,9 @@ impl Live {
         // A cluster's view may move other tenants with any change (hosts counted dead,
         // gateways placed): taken whole.
         match touched.filter(|_| self.running.is_none()) {
-            Some(names) => controller.reconfigure_touching(Arc::new(validated), ports, &names),
+            Some(names) => {
+                controller.reconfigure_touching(Arc::new(validated), ports, &names, validated_alone)
+            }
             None => controller.reconfigure(Arc::new(validated), ports),
         }
         controller.publish_if_changed();
@@ -631,6 +652,21 @@ impl Live {
 /// alone): tenetd runs as root, and a pcap port's file is written wherever it points.
 /// No `..`, no symbolic link as the file, and the real directory holding it inside
 /// `dir`'s real path.
+/// Where `change` lands in `model`: a tenant by the controller's index of the
+/// tenants it runs (checked against the model: in a cluster it runs a view), else
+/// by [`Model::place_of`].
+fn place_of(model: &Model, change: &Change, controller: &Controller) -> Option<Place> {
+    if let Change::DeleteTenant(name) | Change::UpdateTenant(name, _) = change {
+        let at = controller
+            .tenant_position(name)
+            .filter(|&at| model.tenants.get(at).is_some_and(|t| &t.name == name));
+        if let Some(at) = at {
+            return Some(Place::Tenant(at));
+        }
+    }
+    model.place_of(change)
+}
+
 fn confined(path: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     let outside = || {

@@ -154,6 +154,19 @@ impl Refusal {
 }
 
 impl Change {
+    /// Whether it removes a record.
+    pub fn removes(&self) -> bool {
+        matches!(
+            self,
+            Change::DeletePort(_)
+                | Change::DeleteTenant(_)
+                | Change::DeleteHost(_)
+                | Change::DeleteEndpoint { .. }
+                | Change::DeleteRoute { .. }
+                | Change::DeletePublish { .. }
+        )
+    }
+
     /// The tenants this change touches, by name, given the model `before` it: all
     /// that a change of them alone moves in the tables (ports are compared anyway);
     /// `None` for a change that may move any tenant (hosts, gateway placement,
@@ -333,10 +346,18 @@ impl Model {
         }
     }
 
-    /// This model with `change` made, unchecked (the caller checked it).
-    pub fn made(&self, change: &Change) -> Model {
+    /// This model with `change`, at `place` ([`Model::place_of`]), made, unchecked
+    /// (the caller checked it).
+    pub fn made(&self, change: &Change, place: Option<Place>) -> Model {
         let mut next = self.clone();
-        next.edit(change);
+        match place {
+            Some(place) if change.removes() => {
+                next.remove_at(change, place);
+            }
+            _ => {
+                next.edit(change);
+            }
+        }
         next
     }
 
@@ -365,7 +386,17 @@ impl Model {
     }
 
     /// A tenant a port, an endpoint, a route, a published port or a peer uses stays.
-    fn check_tenant_unused(&self, name: &String) -> Result<(), Refusal> {
+    pub fn check_tenant_unused(&self, name: &String) -> Result<(), Refusal> {
+        self.check_tenant_unused_but_as_peer(name)?;
+        if self.tenants.iter().any(|t| t.peers.contains(name)) {
+            return Err(peered(name));
+        }
+        Ok(())
+    }
+
+    /// [`Model::check_tenant_unused`] but for the walk over every tenant's peers, for a
+    /// caller that knows no tenant lists peers.
+    pub fn check_tenant_unused_but_as_peer(&self, name: &String) -> Result<(), Refusal> {
         if let Some(port) = self.ports.iter().find(|p| {
             p.tenant.as_deref() == Some(name.as_str())
                 || p.tenants.iter().flatten().any(|t| t == name)
@@ -380,13 +411,10 @@ impl Model {
                 "tenant `{name}` has endpoints; delete them first"
             )));
         }
-        let used = self.routes.iter().any(|r| &r.tenant == name)
+        if self.routes.iter().any(|r| &r.tenant == name)
             || self.published.iter().any(|p| &p.tenant == name)
-            || self.tenants.iter().any(|t| t.peers.contains(name));
-        if used {
-            return Err(in_use(format!(
-                "tenant `{name}` has routes, published ports or peers; remove them first"
-            )));
+        {
+            return Err(peered(name));
         }
         Ok(())
     }
@@ -432,9 +460,13 @@ impl Model {
     /// Removes what a deleting `change` names; whether there was any (never for
     /// another change).
     fn remove(&mut self, change: &Change) -> bool {
-        let Some(place) = self.place_of(change) else {
-            return false;
-        };
+        match self.place_of(change) {
+            Some(place) => self.remove_at(change, place),
+            None => false,
+        }
+    }
+
+    fn remove_at(&mut self, change: &Change, place: Place) -> bool {
         match (change, place) {
             (Change::DeletePort(_), Place::Port(i)) => drop(self.ports.remove(i)),
             (Change::DeleteTenant(name), Place::Tenant(i)) => {
@@ -547,6 +579,12 @@ impl Model {
 }
 
 /// A 409 on the `name` field: what is deleted is still in use.
+fn peered(name: &str) -> Refusal {
+    in_use(format!(
+        "tenant `{name}` has routes, published ports or peers; remove them first"
+    ))
+}
+
 fn in_use(message: String) -> Refusal {
     Refusal {
         status: 409,

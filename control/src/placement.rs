@@ -141,7 +141,7 @@ fn place(
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
     for tenant in tenants {
         let fixed = match tenant.gateway_host.as_deref() {
-            Some("auto") => None,
+            Some(crate::config::gateway::AUTO) => None,
             None | Some("central") => egress.clone(),
             Some(host) => alive.contains(host).then(|| host.to_owned()),
         };

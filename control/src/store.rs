@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::model::{Change, Model};
+use crate::model::{Change, Model, Place};
 
 pub mod etcd;
 pub mod file;
@@ -69,11 +69,12 @@ impl Store {
     pub fn save_change(
         &self,
         change: &Change,
+        place: Option<Place>,
         before: &Model,
         after: &Model,
     ) -> anyhow::Result<()> {
         match self {
-            Store::File(file) => file.save_change(change, before, after),
+            Store::File(file) => file.save_change(change, place, before, after),
             Store::Etcd(etcd) => etcd.save_change(before, after),
         }
     }

@@ -252,6 +252,9 @@ pub(crate) struct RouterChecker<'a> {
     keys: RouterKeys,
 }
 
+/// The gateway host that asks for the least loaded host.
+pub(crate) const AUTO: &str = "auto";
+
 /// What the routers checked so far took from the next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct RouterKeys {
@@ -497,7 +500,7 @@ fn place_gateway(
 ) -> Result<Placement, ConfigError> {
     Ok(match (t.gateway_host.as_deref(), plan.this_host) {
         (_, None) => match t.gateway_host.as_deref() {
-            None | Some("central") | Some("auto") => Placement::Here,
+            None | Some("central") | Some(AUTO) => Placement::Here,
             Some(name) => {
                 return Err(invalid(
                     format!("{field}.gateway_host"),
@@ -515,7 +518,7 @@ fn place_gateway(
                 ))
             }
         },
-        (Some("auto"), Some(me)) => place_automatically(plan, gateways_on, me),
+        (Some(AUTO), Some(me)) => place_automatically(plan, gateways_on, me),
         (Some(name), Some(me)) => match plan.hosts.iter().position(|h| h.name == name) {
             Some(h) if h == me => Placement::Here,
             Some(h) => Placement::Host(h),

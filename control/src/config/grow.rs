@@ -2,13 +2,15 @@
 //! added is given whole validation's own checks of one more tenant at the end of the
 //! list ([`switching::tenant_plan`], [`RouterChecker::router`]), run against what the
 //! tenants before it took ([`Keys`]: names, ids, VLANs, router MACs, gateways per host,
-//! endpoint MACs), kept from change to change; a route added, its own checks against
-//! its tenant's router and routes; a route removed, none (nothing else depends on it);
-//! an endpoint added, its own checks against its tenant's ports, endpoints and the
-//! routers' MACs; a local endpoint removed, none; a port attached or detached, every port's own checks again (a host
-//! has few) and the new port's role against the tenants it names. What these checks
-//! cannot settle alone (a refusal and its reason, peers, a model whose records did not
-//! all fit) is left to whole validation.
+//! endpoint MACs), kept from change to change; a tenant nothing refers to removed, the
+//! positions after it shifted; a route added, its own checks against its tenant's
+//! router and routes; a route removed, none (nothing else depends on it); an endpoint
+//! added, its own checks against its tenant's ports, endpoints and the routers' MACs;
+//! a local endpoint removed, none; a port attached or detached, every port's own
+//! checks again (a host has few) and the new port's role against the tenants it names.
+//! What these checks cannot settle alone (a refusal and its reason, peers, a removal
+//! that moves an `auto` gateway, a model whose records did not all fit) is left to
+//! whole validation.
 
 use std::sync::Arc;
 
@@ -16,9 +18,10 @@ use hashbrown::{HashMap, HashSet};
 
 use dataplane::packet::Mac;
 
-use super::gateway::{validate_route, Placement, RouteSpec, RouterChecker, RouterKeys};
+use super::gateway::{validate_route, Placement, RouteSpec, RouterChecker, RouterKeys, AUTO};
 use super::switching::{
-    self, EndpointAt, EndpointSpec, Places, RoleName, TenantKeyring, TenantPlace, TenantSpec,
+    self, EndpointAt, EndpointSpec, Places, RoleName, RolePlan, TenantKeyring, TenantPlace,
+    TenantSpec,
 };
 use super::{check_dataplane, eal_options, validate_cross_connects, validate_ports};
 use super::{Field, PortSpec, Validated};
@@ -33,6 +36,11 @@ pub struct Keys {
     routers: RouterKeys,
     /// Endpoints per MAC (a router may not have one).
     endpoint_macs: HashMap<Mac, u32>,
+    /// Tenants whose gateway is placed `auto`: by the gateways counted on each host
+    /// before it in the list, which a tenant removed ahead of it changes.
+    autos: usize,
+    /// Tenants that list peers (a peer is named by position, which a removal moves).
+    peering: usize,
 }
 
 /// Keys are the same whatever position each router MAC was first taken at (that only
@@ -46,6 +54,8 @@ impl PartialEq for Keys {
             && macs(self) == macs(other)
             && self.routers.gateways_on == other.routers.gateways_on
             && self.endpoint_macs == other.endpoint_macs
+            && self.autos == other.autos
+            && self.peering == other.peering
     }
 }
 
@@ -62,6 +72,11 @@ impl TenantKeyring<'_> for Keys {
 }
 
 impl Keys {
+    /// Tenants that list peers.
+    pub fn peering(&self) -> usize {
+        self.peering
+    }
+
     /// What the tenants of `model` took, validated as `validated`; `None` when a record
     /// of the model did not fit (left out of `validated`: a tenant added may make it
     /// fit, which only whole validation sees).
@@ -78,6 +93,8 @@ impl Keys {
                 gateways_on: vec![0; validated.switching.hosts.len()],
             },
             endpoint_macs: HashMap::new(),
+            autos: 0,
+            peering: 0,
         };
         for t in 0..model.tenants.len() {
             keys.tenant(model, validated, t, true);
@@ -96,6 +113,16 @@ impl Keys {
             Placement::Here => validated.switching.this_host,
             Placement::Host(h) => Some(h),
         });
+        if spec.gateway_host.as_deref() == Some(AUTO) {
+            self.autos = if take { self.autos + 1 } else { self.autos - 1 };
+        }
+        if !spec.peers.is_empty() {
+            self.peering = if take {
+                self.peering + 1
+            } else {
+                self.peering - 1
+            };
+        }
         if take {
             self.names.insert(spec.name.clone());
             self.ids.insert(spec.id);
@@ -313,6 +340,63 @@ pub fn add_tenant(
     next.gateway
         .routers
         .push_back(router.map(std::sync::Arc::new));
+    Some(next)
+}
+
+/// `validated` (the model `model` validated, wholly) without its `at`th tenant (the
+/// model's checks say whether it may go: nothing refers to it), every later tenant a
+/// position nearer; `None` when whole validation must decide (its gateway counted on
+/// a host that an `auto` gateway is placed by). `keys` give back what it took.
+pub fn delete_tenant(
+    validated: &Validated,
+    model: &Model,
+    at: usize,
+    keys: &mut Keys,
+) -> Option<Validated> {
+    if !fits(model, validated) || at >= model.tenants.len() {
+        return None;
+    }
+    let own_auto = model.tenants[at].gateway_host.as_deref() == Some(AUTO);
+    if validated.gateway.routers[at].is_some() && keys.autos > usize::from(own_auto) {
+        return None;
+    }
+    let mut next = validated.clone();
+    next.switching.tenants.remove(at);
+    next.gateway.routers.remove(at);
+    let moved = |t: &mut usize| {
+        if *t > at {
+            *t -= 1;
+        }
+    };
+    for e in &mut next.switching.endpoints {
+        moved(&mut e.tenant);
+    }
+    for role in &mut next.switching.roles {
+        match role {
+            RolePlan::Access { tenant, .. } => moved(tenant),
+            RolePlan::Trunk(tenants) => tenants.iter_mut().for_each(moved),
+            RolePlan::None | RolePlan::Uplink(_) => {}
+        }
+    }
+    for route in &mut next.gateway.routes {
+        moved(&mut route.tenant);
+        moved(&mut route.via_tenant);
+    }
+    for publish in &mut next.gateway.published {
+        moved(&mut publish.tenant);
+    }
+    // Copied only where a peer moves: the list is shared with the plan in force.
+    let peering: Vec<usize> = (next.gateway.routers.iter().enumerate())
+        .take(if keys.peering > 0 { usize::MAX } else { 0 })
+        .filter(|(_, r)| r.as_ref().is_some_and(|r| r.peers.iter().any(|&p| p > at)))
+        .map(|(t, _)| t)
+        .collect();
+    for t in peering {
+        if let Some(router) = next.gateway.routers[t].as_mut() {
+            Arc::make_mut(router).peers.iter_mut().for_each(moved);
+        }
+    }
+    keys.tenant(model, validated, at, false);
     Some(next)
 }
 
@@ -623,6 +707,48 @@ vlan = 1
         ]
     }
 
+    /// A gateway placed `auto` goes to the host with the fewest gateways before it in
+    /// the list: removing one ahead of it may move it, which only whole validation
+    /// settles.
+    #[test]
+    fn a_removal_ahead_of_an_auto_gateway_is_left_to_whole_validation() {
+        let config = Config::parse(BASE, |_| None).unwrap().validate().unwrap();
+        let base = config.source.clone();
+        let (mut model, mut validated) = (Model::of(&base), config);
+        for (name, id, host) in [("ta", 20, "h1"), ("tb", 21, "auto")] {
+            let spec = serde_json::from_str(&format!(
+                r#"{{"name":"{name}","id":{id},"subnets":["10.{id}.0.1/24"],"gateway_host":"{host}"}}"#
+            ))
+            .unwrap();
+            (model, validated) = model.apply(&Change::AddTenant(spec), &base).unwrap();
+        }
+        let delete = Change::DeleteTenant("ta".to_owned());
+        let Some(crate::model::Place::Tenant(at)) = model.place_of(&delete) else {
+            panic!("ta is in the model");
+        };
+        let (_, whole) = model.apply(&delete, &base).unwrap();
+        let placement = |v: &Validated| {
+            v.gateway
+                .routers
+                .last()
+                .cloned()
+                .flatten()
+                .map(|r| r.placement)
+        };
+        assert_ne!(
+            placement(&whole),
+            placement(&validated),
+            "the case at hand: tb's gateway moves"
+        );
+        let mut keys = Keys::of(&model, &validated).unwrap();
+        assert!(delete_tenant(&validated, &model, at, &mut keys).is_none());
+        assert_eq!(
+            Some(keys),
+            Keys::of(&model, &validated),
+            "nothing given back"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// A tenant validated alone against the keys the others took is the tenant the
@@ -699,6 +825,18 @@ vlan = 1
                                 .ok()
                                 .and_then(|()| delete_port(&validated, &model, at)),
                         ),
+                        _ => None,
+                    },
+                    Change::DeleteTenant(name) => match model.place_of(&change) {
+                        Some(crate::model::Place::Tenant(at)) if model.check_tenant_unused(name).is_ok() => {
+                            let mut taken = Keys::of(&model, &validated).unwrap();
+                            let alone = delete_tenant(&validated, &model, at, &mut taken);
+                            if let (Some(_), Ok((next, next_validated))) = (&alone, &whole) {
+                                let fresh = Keys::of(next, next_validated);
+                                prop_assert_eq!(Some(&taken), fresh.as_ref());
+                            }
+                            Some(alone)
+                        }
                         _ => None,
                     },
                     Change::AddRoute(spec) => Some(add_route(&validated, &model, spec)),

@@ -126,7 +126,7 @@ pub struct Controller {
     host_slots: Slots<String>,
     ids: Ids,
     /// Plan position of each tenant slot in use.
-    tenant_at: HashMap<TenantIdx, usize>,
+    tenant_at: PositionsBySlot,
     /// Slot of each tenant in use, by name.
     named: HashMap<String, TenantIdx>,
     /// Plan position of each host slot in use.
@@ -168,6 +168,54 @@ fn tenant_key(t: &TenantPlan) -> (u32, String) {
     (t.id, t.name.clone())
 }
 
+/// The plan position of each tenant slot in use, in an array by slot (slots are small
+/// numbers): removing a tenant moves every later one a position, which rewrites
+/// entries here in place.
+#[derive(Debug, Default)]
+pub(crate) struct PositionsBySlot(Vec<Option<usize>>);
+
+impl PositionsBySlot {
+    pub(crate) fn get(&self, slot: &TenantIdx) -> Option<&usize> {
+        self.0.get(usize::from(*slot))?.as_ref()
+    }
+
+    pub(crate) fn contains_key(&self, slot: &TenantIdx) -> bool {
+        self.get(slot).is_some()
+    }
+
+    pub(crate) fn insert(&mut self, slot: TenantIdx, position: usize) {
+        let at = usize::from(slot);
+        if at >= self.0.len() {
+            self.0.resize(at + 1, None);
+        }
+        self.0[at] = Some(position);
+    }
+
+    pub(crate) fn remove(&mut self, slot: &TenantIdx) {
+        if let Some(entry) = self.0.get_mut(usize::from(*slot)) {
+            *entry = None;
+        }
+    }
+}
+
+impl FromIterator<(TenantIdx, usize)> for PositionsBySlot {
+    fn from_iter<I: IntoIterator<Item = (TenantIdx, usize)>>(pairs: I) -> Self {
+        let mut positions = Self::default();
+        for (slot, position) in pairs {
+            positions.insert(slot, position);
+        }
+        positions
+    }
+}
+
+/// The same positions, however far each array reaches.
+impl PartialEq for PositionsBySlot {
+    fn eq(&self, other: &Self) -> bool {
+        let len = self.0.len().max(other.0.len());
+        (0..len).all(|at| self.0.get(at).copied().flatten() == other.0.get(at).copied().flatten())
+    }
+}
+
 impl Controller {
     /// A controller publishing to `publisher` the tables of `config` over `ports`
     /// (parallel to the config's ports, `None` where a device is down); it publishes
@@ -187,7 +235,7 @@ impl Controller {
             tenant_slots: Slots::new(TENANT_SLOTS),
             host_slots: Slots::new(HostIdx::MAX),
             ids: Ids::default(),
-            tenant_at: HashMap::new(),
+            tenant_at: PositionsBySlot::default(),
             named: HashMap::new(),
             host_at: HashMap::new(),
             port_tenants: HashMap::new(),

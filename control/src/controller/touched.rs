@@ -33,13 +33,16 @@ impl Controller {
     /// [`Controller::reconfigure`] after a change that touched only the tenants
     /// `names` (as they were or are now) and the ports: what the change left alone is
     /// not looked at again. A config that is more than that change away is taken whole.
+    /// `placements_kept`: the change is known to move no gateway (validated alone:
+    /// [`crate::config::grow`]), which spares looking at every tenant after a removal.
     pub fn reconfigure_touching(
         &mut self,
         config: Arc<Validated>,
         ports: Vec<Option<PortInfo>>,
         names: &[String],
+        placements_kept: bool,
     ) {
-        let Some((shift, places)) = self.shift_to(&config, names) else {
+        let Some((shift, places)) = self.shift_to(&config, names, placements_kept) else {
             return self.reconfigure(config, ports);
         };
         let before = Arc::clone(&self.config);
@@ -338,7 +341,12 @@ impl Controller {
     /// How `config`'s tenants follow from the ones in force when a change touched only
     /// `names`, and where each of those is before and after; `None` when more than that
     /// changed (hosts, another tenant).
-    fn shift_to(&self, config: &Validated, names: &[String]) -> Option<(Shift, Positions)> {
+    fn shift_to(
+        &self,
+        config: &Validated,
+        names: &[String],
+        placements_kept: bool,
+    ) -> Option<(Shift, Positions)> {
         let (old, new) = (&self.config.switching, &config.switching);
         if old.hosts != new.hosts
             || old.design != new.design
@@ -390,11 +398,18 @@ impl Controller {
                 .iter()
                 .any(|&a| a < len_after - shift.added.len())
             || !seams.chain([0, len_after.saturating_sub(1)]).all(follows)
-            || placements_moved(&self.config, config, &shift)
+            || (!placements_kept && placements_moved(&self.config, config, &shift))
         {
             return None;
         }
         Some((shift, places))
+    }
+
+    /// The position of tenant `name` in the plan in force, if it has a slot (found
+    /// without a walk over the tenants).
+    pub fn tenant_position(&self, name: &str) -> Option<usize> {
+        let slot = self.named.get(name)?;
+        self.tenant_at.get(slot).copied()
     }
 
     /// The position of tenant `name` in `plan` (the plan in force), if it has a slot;
@@ -594,7 +609,7 @@ role = "uplink"
                         let validated = Arc::new(validated);
                         let ports = ports_of(&validated);
                         match change.tenants_touched(&model) {
-                            Some(names) => touching.controller.reconfigure_touching(Arc::clone(&validated), ports.clone(), &names),
+                            Some(names) => touching.controller.reconfigure_touching(Arc::clone(&validated), ports.clone(), &names, false),
                             None => touching.controller.reconfigure(Arc::clone(&validated), ports.clone()),
                         }
                         whole.controller.reconfigure(validated, ports);

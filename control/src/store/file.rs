@@ -148,17 +148,18 @@ impl FileStore {
         replace(self.open(&mut kept)?, model)
     }
 
-    /// Keeps `change`, made to `before` giving `after`: only the records it touches are
-    /// written.
+    /// Keeps `change`, made to `before` at `place` ([`Model::place_of`], found here
+    /// when `None`) giving `after`: only the records it touches are written.
     pub fn save_change(
         &self,
         change: &Change,
+        place: Option<Place>,
         before: &Model,
         after: &Model,
     ) -> anyhow::Result<()> {
         let mut kept = self.lock();
         let kept = self.open(&mut kept)?;
-        let Some(place) = before.place_of(change) else {
+        let Some(place) = place.or_else(|| before.place_of(change)) else {
             return replace(kept, after);
         };
         let (mut writes, reorder) = writes_of(place, after, &kept.order)?;
@@ -433,7 +434,7 @@ mod tests {
     fn make(store: &FileStore, model: &mut Model, base: &Config, change: Change) -> bool {
         match model.apply(&change, base) {
             Ok((after, _)) => {
-                store.save_change(&change, model, &after).unwrap();
+                store.save_change(&change, None, model, &after).unwrap();
                 *model = after;
                 true
             }
