@@ -149,7 +149,7 @@ fn synthetic(options: &Options) -> anyhow::Result<(Model, Vec<(usize, usize)>)> 
             let host = random.below(options.hosts);
             let n = t * options.containers + c;
             let mac = numbered_mac(0x02, n as u64).to_string();
-            model.endpoints.push(serde_json::from_value(json!({
+            model.endpoints.push_back(serde_json::from_value(json!({
                 "tenant": format!("t{t:06}"), "mac": mac, "host": host_name(host),
             }))?);
             placed.push((t, host));
@@ -252,7 +252,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         )?);
         for c in 0..2 {
             let n = t * 2 + c;
-            model.endpoints.push(serde_json::from_value(json!({
+            model.endpoints.push_back(serde_json::from_value(json!({
                 "tenant": format!("p{t:06}"),
                 "mac": numbered_mac(0x02, 0xaa << 32 | (n as u64 & 0xffff_ffff)).to_string(),
                 "host": host_name(1 + random.below(options.agents.max(1))),

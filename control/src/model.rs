@@ -23,7 +23,7 @@ pub struct Model {
     /// Tenants.
     pub tenants: List<Arc<TenantSpec>>,
     /// Endpoints.
-    pub endpoints: Vec<EndpointSpec>,
+    pub endpoints: List<EndpointSpec>,
     /// Ports, in order (those of the config file first, then those added live).
     pub ports: Vec<PortSpec>,
     /// Static routes.
@@ -215,7 +215,7 @@ impl Model {
             ports,
             hosts: Vec::new(),
             tenants: List::new(),
-            endpoints: Vec::new(),
+            endpoints: List::new(),
             routes: Vec::new(),
             published: Vec::new(),
             placed: BTreeMap::new(),
@@ -299,7 +299,8 @@ impl Model {
             "tenant" => (index < self.tenants.len())
                 .then(|| format!("tenant `{}`", self.tenants.remove(index).name)),
             "host" => take(&mut self.hosts, index, |h| format!("host `{}`", h.name)),
-            "endpoint" => take(&mut self.endpoints, index, |e| {
+            "endpoint" => (index < self.endpoints.len()).then(|| {
+                let e = self.endpoints.remove(index);
                 format!("an endpoint of tenant `{}`", e.tenant)
             }),
             "route" => take(&mut self.routes, index, |r| {
@@ -432,7 +433,7 @@ impl Model {
                 (format!("host[{}].", self.hosts.len() - 1), true)
             }
             Change::AddEndpoint(e) => {
-                self.endpoints.push(e.clone());
+                self.endpoints.push_back(e.clone());
                 (format!("endpoint[{}].", self.endpoints.len() - 1), true)
             }
             Change::AddPort(p) => {
@@ -701,7 +702,7 @@ tenant = "red"
         }))
         .unwrap();
         model.tenants.push_back(Arc::new(bad.clone()));
-        model.endpoints.push(
+        model.endpoints.push_back(
             serde_json::from_value(serde_json::json!({
                 "tenant": "blue", "mac": "02:00:00:00:0b:01", "port": "c1",
             }))

@@ -28,6 +28,8 @@ pub struct Side<'a> {
     pub ports: &'a [Option<PortInfo>],
     /// Slots by its plan positions.
     pub ids: &'a Ids,
+    /// What belongs to the touched tenants on this side ([`Members::of`]).
+    pub members: &'a Members,
 }
 
 /// A tenant a change touched: its plan position before and after (`None`: it was not
@@ -162,10 +164,10 @@ pub fn edits(
         }
     }
     let shares = |side: Side<'_>, positions: Vec<usize>| {
-        let members = Members::of(side.config, side.ports, |t| positions.contains(&t));
         let mut share: HashMap<Key, TableEdit> = HashMap::new();
         for &t in &positions {
-            for edit in tenant::entries(side.config, side.ports, side.ids, tables, &members, t) {
+            for edit in tenant::entries(side.config, side.ports, side.ids, tables, side.members, t)
+            {
                 if let Some(key) = key_of(&edit) {
                     share.insert(key, edit);
                 }

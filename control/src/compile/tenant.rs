@@ -34,6 +34,12 @@ pub struct Members {
 }
 
 impl Members {
+    /// Positions in the plan's list of tenant `t`'s endpoints (`t` among those
+    /// gathered).
+    pub fn endpoints_of(&self, t: usize) -> &[usize] {
+        self.endpoints.get(&t).map_or(&[], Vec::as_slice)
+    }
+
     /// The members of the tenants `wanted` says yes to.
     pub fn of(
         config: &Validated,

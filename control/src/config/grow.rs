@@ -368,8 +368,13 @@ pub fn delete_tenant(
             *t -= 1;
         }
     };
-    for e in &mut next.switching.endpoints {
-        moved(&mut e.tenant);
+    // Edited only where a tenant moves: the list is shared with the plan in force.
+    let later: Vec<usize> = (next.switching.endpoints.iter().enumerate())
+        .filter(|(_, e)| e.tenant > at)
+        .map(|(i, _)| i)
+        .collect();
+    for i in later {
+        moved(&mut next.switching.endpoints[i].tenant);
     }
     for role in &mut next.switching.roles {
         match role {
@@ -458,7 +463,7 @@ pub fn add_endpoint(
     };
     let mut next = validated.clone();
     let endpoints = switching::validate_endpoints(
-        std::slice::from_ref(spec),
+        std::iter::once(spec),
         &places,
         &index,
         &mut next.switching.tenants,
@@ -479,7 +484,7 @@ pub fn add_endpoint(
     }
     for e in endpoints {
         *keys.endpoint_macs.entry(e.mac).or_default() += 1;
-        next.switching.endpoints.push(e);
+        next.switching.endpoints.push_back(e);
     }
     Some(next)
 }
@@ -498,9 +503,9 @@ pub fn delete_endpoint(
         return None;
     }
     let macs = |e: &EndpointSpec| e.macs.as_ref().map_or(1, Vec::len);
-    let first = model.endpoints[..at].iter().map(macs).sum::<usize>();
+    let first = model.endpoints.iter().take(at).map(macs).sum::<usize>();
     let mut next = validated.clone();
-    for e in next.switching.endpoints.drain(first..first + macs(spec)) {
+    for e in next.switching.endpoints.slice(first..first + macs(spec)) {
         if let Some(count) = keys.endpoint_macs.get_mut(&e.mac) {
             *count -= 1;
             if *count == 0 {

@@ -126,7 +126,7 @@ pub struct Config {
     pub tenants: List<Arc<TenantSpec>>,
     /// Known endpoints (static FDB entries).
     #[serde(default, rename = "endpoint")]
-    pub endpoints: Vec<EndpointSpec>,
+    pub endpoints: List<EndpointSpec>,
     /// SNAT limits and timeouts.
     #[serde(default)]
     pub gateway: GatewaySection,

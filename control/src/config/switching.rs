@@ -224,7 +224,7 @@ pub struct SwitchPlan {
     /// Tenants (shared with the plans a change derives from this one).
     pub tenants: List<Arc<TenantPlan>>,
     /// Endpoints.
-    pub endpoints: Vec<EndpointPlan>,
+    pub endpoints: List<EndpointPlan>,
     /// Role of each port (by port index).
     pub roles: Vec<RolePlan>,
     /// Learned MAC lifetime.
@@ -269,7 +269,7 @@ pub(super) fn validate(
     section: &SwitchSection,
     hosts: &[HostSpec],
     tenants: &Tenants,
-    endpoints: &[EndpointSpec],
+    endpoints: &List<EndpointSpec>,
     ports: &[PortSpec],
     port_names: &[String],
     cross_connected: &HashSet<usize>,
@@ -291,14 +291,14 @@ pub(super) fn validate(
         hosts: &host_plans,
         this_host,
     };
-    let endpoint_plans = validate_endpoints(endpoints, &places, index, &mut tenant_plans)?;
+    let endpoint_plans = validate_endpoints(endpoints.iter(), &places, index, &mut tenant_plans)?;
     let underlay_gateway_mac = underlay_gateway_mac(section)?;
     Ok(SwitchPlan {
         design,
         this_host,
         hosts: host_plans,
         tenants: tenant_plans,
-        endpoints: endpoint_plans,
+        endpoints: endpoint_plans.into_iter().collect(),
         roles,
         fdb_aging: Duration::from_secs(u64::from(section.fdb_aging_s)),
         tunnel_ttl: section.tunnel_ttl,
@@ -756,15 +756,15 @@ pub(crate) struct Places<'a> {
 }
 
 /// The endpoints, one per MAC; a remote endpoint adds its host to its tenant's.
-pub(crate) fn validate_endpoints(
-    endpoints: &[EndpointSpec],
+pub(crate) fn validate_endpoints<'e>(
+    endpoints: impl ExactSizeIterator<Item = &'e EndpointSpec>,
     places: &Places,
     index: &TenantIndex,
     tenant_plans: &mut List<Arc<TenantPlan>>,
 ) -> Result<Vec<EndpointPlan>, ConfigError> {
     let mut endpoint_plans = Vec::with_capacity(endpoints.len());
     let mut seen = HashSet::with_capacity(endpoints.len());
-    for (i, e) in endpoints.iter().enumerate() {
+    for (i, e) in endpoints.enumerate() {
         let field = Field::Item("endpoint", i);
         let tenant = tenant_index(index, field.member("tenant"), &e.tenant)?;
         let macs = endpoint_macs(&field, e)?;

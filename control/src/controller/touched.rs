@@ -15,6 +15,7 @@ use dataplane::table::TenantIdx;
 
 use super::{tenant_key, Controller};
 use crate::compile::delta::{self, Side, Touched};
+use crate::compile::tenant::Members;
 use crate::compile::{Ids, PortInfo};
 use crate::config::gateway::Placement;
 use crate::config::grow::{placements_moved, Positions, Shift};
@@ -182,24 +183,29 @@ impl Controller {
             }
         }
 
+        // What belongs to the touched tenants, gathered once a side.
+        let positions = |at: fn(&Touched) -> Option<usize>| -> Vec<usize> {
+            touched.iter().filter_map(at).collect()
+        };
+        let (was, is) = (positions(|t| t.before), positions(|t| t.after));
+        let members_before = Members::of(&before, &ports_before, |t| was.contains(&t));
+        let members_after = Members::of(&config, &self.ports, |t| is.contains(&t));
+
         // Statics, learned MACs and router neighbours of what was touched.
-        let statics = |config: &Validated, ids: &Ids, t: usize| -> Vec<(TenantIdx, Mac)> {
+        let statics = |config: &Validated, members: &Members, ids: &Ids, t: usize| {
             let Some(slot) = ids.tenant(t) else {
                 return Vec::new();
             };
-            config
-                .switching
-                .endpoints
-                .iter()
-                .filter(|e| e.tenant == t)
-                .map(|e| (slot, e.mac))
-                .collect()
+            let endpoints = &config.switching.endpoints;
+            (members.endpoints_of(t).iter())
+                .map(|&e| (slot, endpoints[e].mac))
+                .collect::<Vec<(TenantIdx, Mac)>>()
         };
         let mut new_statics = Vec::new();
         for t in &touched {
             for old in t
                 .before
-                .map(|old| statics(&before, &ids_before, old))
+                .map(|old| statics(&before, &members_before, &ids_before, old))
                 .into_iter()
                 .flatten()
             {
@@ -207,7 +213,7 @@ impl Controller {
             }
             new_statics.extend(
                 t.after
-                    .map(|new| statics(&config, &self.ids, new))
+                    .map(|new| statics(&config, &members_after, &self.ids, new))
                     .into_iter()
                     .flatten(),
             );
@@ -310,11 +316,13 @@ impl Controller {
             config: &before,
             ports: &ports_before,
             ids: &ids_before,
+            members: &members_before,
         };
         let new_side = Side {
             config: &config,
             ports: &self.ports,
             ids: &self.ids,
+            members: &members_after,
         };
         match delta::edits(
             old_side,

@@ -365,7 +365,7 @@ fn model_of(records: &BTreeMap<String, String>) -> anyhow::Result<(Model, Order)
                 ),
                 HOST => (model.hosts.push(parse(key, value)?), order.hosts.push(seq)),
                 ENDPOINT => (
-                    model.endpoints.push(parse(key, value)?),
+                    model.endpoints.push_back(parse(key, value)?),
                     order.endpoints.push(seq),
                 ),
                 ROUTE => (

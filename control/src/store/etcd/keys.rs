@@ -102,7 +102,7 @@ impl EtcdStore {
                 Record::Tenant(tenant) => {
                     model.tenants.push_back(std::sync::Arc::new(tenant.clone()))
                 }
-                Record::Endpoint(endpoint) => model.endpoints.push(endpoint.clone()),
+                Record::Endpoint(endpoint) => model.endpoints.push_back(endpoint.clone()),
                 Record::Route(route) => model.routes.push(route.clone()),
                 Record::Published(publish) => model.published.push(publish.clone()),
                 Record::Placed { tenant, host } => {
@@ -352,7 +352,7 @@ mod tests {
             switch: SwitchSection::default(),
             hosts: Vec::new(),
             tenants: Default::default(),
-            endpoints: Vec::new(),
+            endpoints: Default::default(),
             ports: Vec::new(),
             routes: Vec::new(),
             published: Vec::new(),
