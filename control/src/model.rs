@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::gateway::{PublishSpec, RouteSpec};
 use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
-use crate::config::{Config, ConfigError, List, PortSpec, Validated};
+use crate::config::{items, Config, ConfigError, List, PortSpec, Validated};
 
 /// The live model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,11 +364,7 @@ impl Model {
 
     /// A port with endpoints, or cross-connected in the config file, stays.
     pub fn check_port_unused(&self, name: &str, base: &Config) -> Result<(), Refusal> {
-        if let Some(e) = self
-            .endpoints
-            .iter()
-            .find(|e| e.port.as_deref() == Some(name))
-        {
+        if let Some(e) = items(&self.endpoints).find(|e| e.port.as_deref() == Some(name)) {
             return Err(in_use(format!(
                 "port `{name}` has endpoints of tenant `{}`; delete them first",
                 e.tenant
@@ -407,7 +403,7 @@ impl Model {
                 port.name.as_deref().unwrap_or("?")
             )));
         }
-        if self.endpoints.iter().any(|e| &e.tenant == name) {
+        if items(&self.endpoints).any(|e| &e.tenant == name) {
             return Err(in_use(format!(
                 "tenant `{name}` has endpoints; delete them first"
             )));
@@ -507,7 +503,7 @@ impl Model {
                 Place::Host(self.hosts.iter().position(|h| &h.name == name)?)
             }
             Change::DeleteEndpoint { tenant, mac } => {
-                Place::Endpoint(self.endpoints.iter().position(|e| {
+                Place::Endpoint(items(&self.endpoints).position(|e| {
                     &e.tenant == tenant
                         && e.mac
                             .as_deref()

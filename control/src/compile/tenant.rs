@@ -17,7 +17,7 @@ use dataplane::table::{
 use super::{Ids, PortInfo};
 use crate::config::gateway::Placement;
 use crate::config::switching::{EndpointAt, RolePlan};
-use crate::config::Validated;
+use crate::config::{items, Validated};
 
 /// What of the config's lists belongs to which tenants (by plan position): gathered in
 /// one pass over each list, for every tenant or for the few a change touched.
@@ -67,26 +67,23 @@ impl Members {
                 _ => {}
             }
         }
-        let by_tenant = |list: &mut HashMap<usize, Vec<usize>>,
-                         tenants: &mut dyn Iterator<Item = usize>| {
+        fn by_tenant(
+            list: &mut HashMap<usize, Vec<usize>>,
+            tenants: impl Iterator<Item = usize>,
+            wanted: &impl Fn(usize) -> bool,
+        ) {
             for (i, t) in tenants.enumerate() {
                 if wanted(t) {
                     list.entry(t).or_default().push(i);
                 }
             }
-        };
-        by_tenant(
-            &mut members.endpoints,
-            &mut plan.endpoints.iter().map(|e| e.tenant),
-        );
-        by_tenant(
-            &mut members.routes,
-            &mut gateway.routes.iter().map(|r| r.tenant),
-        );
-        by_tenant(
-            &mut members.published,
-            &mut gateway.published.iter().map(|p| p.tenant),
-        );
+        }
+        let endpoints = items(&plan.endpoints).map(|e| e.tenant);
+        by_tenant(&mut members.endpoints, endpoints, &wanted);
+        let routes = gateway.routes.iter().map(|r| r.tenant);
+        by_tenant(&mut members.routes, routes, &wanted);
+        let published = gateway.published.iter().map(|p| p.tenant);
+        by_tenant(&mut members.published, published, &wanted);
         members
     }
 

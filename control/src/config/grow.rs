@@ -24,7 +24,7 @@ use super::switching::{
     TenantSpec,
 };
 use super::{check_dataplane, eal_options, validate_cross_connects, validate_ports};
-use super::{Field, PortSpec, Validated};
+use super::{items, Field, PortSpec, Validated};
 use crate::model::Model;
 
 /// What the tenants of a validated model took that another tenant may not take again.
@@ -179,12 +179,7 @@ impl Keys {
                     continue;
                 };
                 self.tenant(model, validated, t, take);
-                for e in validated
-                    .switching
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.tenant == t)
-                {
+                for e in items(&validated.switching.endpoints).filter(|e| e.tenant == t) {
                     let count = self.endpoint_macs.entry(e.mac).or_default();
                     if take {
                         *count += 1;
@@ -209,9 +204,7 @@ fn fits(model: &Model, validated: &Validated) -> bool {
         && model.published.len() == validated.gateway.published.len()
         && model.hosts.len() == validated.switching.hosts.len()
         && validated.switching.endpoints.len()
-            == model
-                .endpoints
-                .iter()
+            == items(&model.endpoints)
                 .map(|e| e.macs.as_ref().map_or(1, Vec::len))
                 .sum::<usize>()
 }
@@ -369,7 +362,7 @@ pub fn delete_tenant(
         }
     };
     // Edited only where a tenant moves: the list is shared with the plan in force.
-    let later: Vec<usize> = (next.switching.endpoints.iter().enumerate())
+    let later: Vec<usize> = (items(&next.switching.endpoints).enumerate())
         .filter(|(_, e)| e.tenant > at)
         .map(|(i, _)| i)
         .collect();
@@ -474,10 +467,7 @@ pub fn add_endpoint(
     }
     let taken = |mac: &Mac| {
         keys.routers.macs.contains_key(mac)
-            || plan
-                .endpoints
-                .iter()
-                .any(|e| e.tenant == tenant && e.mac == *mac)
+            || items(&plan.endpoints).any(|e| e.tenant == tenant && e.mac == *mac)
     };
     if endpoints.iter().any(|e| taken(&e.mac)) {
         return None;
@@ -503,7 +493,7 @@ pub fn delete_endpoint(
         return None;
     }
     let macs = |e: &EndpointSpec| e.macs.as_ref().map_or(1, Vec::len);
-    let first = model.endpoints.iter().take(at).map(macs).sum::<usize>();
+    let first = items(&model.endpoints).take(at).map(macs).sum::<usize>();
     let mut next = validated.clone();
     for e in next.switching.endpoints.slice(first..first + macs(spec)) {
         if let Some(count) = keys.endpoint_macs.get_mut(&e.mac) {

@@ -13,6 +13,13 @@ pub mod switching;
 /// 100,000.
 pub type List<T> = imbl::Vector<T>;
 
+/// Every item of `list` in order, a chunk at a time: a tight loop over each chunk,
+/// where the list's own iterator walks its tree for every item (a pass over 100,000
+/// endpoints is what a change touching a tenant still makes).
+pub fn items<T: Clone>(list: &List<T>) -> impl Iterator<Item = &T> {
+    list.leaves().flatten()
+}
+
 use hashbrown::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -492,6 +499,9 @@ impl Config {
             &port_names,
             &cross_connected,
         )?;
+        if self.control.etcd.is_empty() {
+            switching::check_tenant_count(switching.tenants.len())?;
+        }
         let gateway = gateway::validate(
             &self.gateway,
             &self.switch,
@@ -1268,6 +1278,49 @@ ports = ["a", "b"]
 
     fn err(text: &str) -> String {
         parse(text).expect_err("config must be refused").to_string()
+    }
+
+    /// One host's tables hold 65,534 tenants; a cluster's model holds the cloud's, of
+    /// which each host runs those it hosts.
+    #[test]
+    fn the_tenants_one_host_holds_are_counted_but_not_a_clouds() {
+        let with_tenants = |control: &str, count: u32| {
+            let mut config = Config::parse(&format!("{TWO_PORTS}\n{control}"), |var| {
+                (var == "CORE").then(|| "1".to_owned())
+            })
+            .unwrap();
+            for id in 1..=count {
+                config.tenants.push_back(Arc::new(TenantSpec {
+                    name: format!("t{id}"),
+                    id,
+                    ..serde_json::from_str(r#"{"name":"t","id":1}"#).unwrap()
+                }));
+            }
+            config.validate()
+        };
+        let most = u32::from(dataplane::table::NO_TENANT) - 1;
+        let alone = "[control]\npersist = false";
+        assert!(with_tenants(alone, most).is_ok());
+        let refused = with_tenants(alone, most + 1).unwrap_err().to_string();
+        assert!(
+            refused.contains("tenant") && refused.contains("at most 65534 tenants per host"),
+            "{refused}"
+        );
+        let cloud = with_tenants(
+            r#"
+[control]
+etcd = ["http://127.0.0.1:2379"]
+
+[switch]
+host = "h1"
+
+[[host]]
+name = "h1"
+underlay_ip = "198.18.0.1/24"
+"#,
+            most + 1,
+        );
+        assert!(cloud.is_ok(), "{:?}", cloud.err());
     }
 
     #[test]

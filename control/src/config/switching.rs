@@ -524,7 +524,6 @@ fn validate_tenants(
         };
         tenant_plans.push(tenant_plan(&place, i, t, &mut keys)?);
     }
-    check_tenant_count(tenant_plans.len())?;
     Ok(tenant_plans)
 }
 
@@ -561,7 +560,9 @@ pub(crate) fn tenant_plan<'a>(
     })
 }
 
-/// A host's tables have a slot per tenant, one value meaning none.
+/// A host's tables have a slot per tenant, one value meaning none. A cluster's model
+/// holds the cloud's tenants, and each host's tables only those it hosts (a host out of
+/// slots leaves the rest out of its tables, and says so): checked for one host alone.
 pub(crate) fn check_tenant_count(tenants: usize) -> Result<(), ConfigError> {
     if tenants >= usize::from(dataplane::table::NO_TENANT) {
         return Err(invalid("tenant", "at most 65534 tenants per host"));

@@ -18,7 +18,7 @@ use dataplane::table::{Design, HostIdx, Location, TenantIdx};
 use crate::compile::{self, Dynamic, Ids, Learned, PortInfo};
 use crate::config::gateway::Placement;
 use crate::config::switching::{RolePlan, TenantPlan};
-use crate::config::Validated;
+use crate::config::{items, Validated};
 use crate::slots::Slots;
 
 mod touched;
@@ -351,9 +351,7 @@ impl Controller {
             .enumerate()
             .map(|(h, &slot)| (slot, h))
             .collect();
-        self.statics = plan
-            .endpoints
-            .iter()
+        self.statics = items(&plan.endpoints)
             .filter_map(|e| Some((self.ids.tenant(e.tenant)?, e.mac)))
             .collect();
         self.ports = ports;
@@ -729,11 +727,7 @@ impl Controller {
             return;
         };
         let plan = &self.config.switching;
-        if plan
-            .endpoints
-            .iter()
-            .any(|e| e.tenant == t && e.ip == Some(ip))
-        {
+        if items(&plan.endpoints).any(|e| e.tenant == t && e.ip == Some(ip)) {
             return;
         }
         self.misses.remove(&(tenant, ip));
