@@ -383,15 +383,17 @@ pub fn delete_tenant(
     for publish in &mut next.gateway.published {
         moved(&mut publish.tenant);
     }
-    // Copied only where a peer moves: the list is shared with the plan in force.
-    let peering: Vec<usize> = (next.gateway.routers.iter().enumerate())
-        .take(if keys.peering > 0 { usize::MAX } else { 0 })
-        .filter(|(_, r)| r.as_ref().is_some_and(|r| r.peers.iter().any(|&p| p > at)))
-        .map(|(t, _)| t)
-        .collect();
-    for t in peering {
-        if let Some(router) = next.gateway.routers[t].as_mut() {
-            Arc::make_mut(router).peers.iter_mut().for_each(moved);
+    // A router has peers only when its tenant lists some: looked for only then, and
+    // copied only where a peer moves (the list is shared with the plan in force).
+    if keys.peering > 0 {
+        let peering: Vec<usize> = (next.gateway.routers.iter().enumerate())
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.peers.iter().any(|&p| p > at)))
+            .map(|(t, _)| t)
+            .collect();
+        for t in peering {
+            if let Some(router) = next.gateway.routers[t].as_mut() {
+                Arc::make_mut(router).peers.iter_mut().for_each(moved);
+            }
         }
     }
     keys.tenant(model, validated, at, false);
