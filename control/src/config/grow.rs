@@ -6,11 +6,11 @@
 //! positions after it shifted; a route added, its own checks against its tenant's
 //! router and routes; a route removed, none (nothing else depends on it); an endpoint
 //! added, its own checks against its tenant's ports, endpoints and the routers' MACs;
-//! a local endpoint removed, none; a port attached or detached, every port's own
-//! checks again (a host has few) and the new port's role against the tenants it names.
-//! What these checks cannot settle alone (a refusal and its reason, peers, a removal
-//! that moves an `auto` gateway, a model whose records did not all fit) is left to
-//! whole validation.
+//! an endpoint removed, none (a remote one, when its tenant's hosts stay as they
+//! are); a port attached or detached, every port's own checks again (a host has few)
+//! and the new port's role against the tenants it names. What these checks cannot
+//! settle alone (a refusal and its reason, peers, a removal that moves an `auto`
+//! gateway, a model whose records did not all fit) is left to whole validation.
 
 use std::sync::Arc;
 
@@ -481,9 +481,9 @@ pub fn add_endpoint(
     Some(next)
 }
 
-/// `validated` (the model `model` validated, wholly) without its `at`th endpoint (a
-/// local one: a remote one may leave its tenant on fewer hosts, which is whole
-/// validation's); `keys` give back its MACs.
+/// `validated` (the model `model` validated, wholly) without its `at`th endpoint;
+/// `None` when whole validation must decide (a remote one whose tenant's hosts would
+/// change without it). `keys` give back its MACs.
 pub fn delete_endpoint(
     validated: &Validated,
     model: &Model,
@@ -491,11 +491,18 @@ pub fn delete_endpoint(
     keys: &mut Keys,
 ) -> Option<Validated> {
     let spec = model.endpoints.get(at)?;
-    if !fits(model, validated) || spec.host.is_some() {
+    if !fits(model, validated) {
         return None;
     }
     let macs = |e: &EndpointSpec| e.macs.as_ref().map_or(1, Vec::len);
     let first = items(&model.endpoints).take(at).map(macs).sum::<usize>();
+    if spec.host.is_some() {
+        let tenant = validated.switching.endpoints.get(first)?.tenant;
+        let hosts = hosts_but(model, validated, tenant, at)?;
+        if hosts != validated.switching.tenants[tenant].hosts {
+            return None;
+        }
+    }
     let mut next = validated.clone();
     for e in next.switching.endpoints.slice(first..first + macs(spec)) {
         if let Some(count) = keys.endpoint_macs.get_mut(&e.mac) {
@@ -506,6 +513,25 @@ pub fn delete_endpoint(
         }
     }
     Some(next)
+}
+
+/// The hosts of tenant `t` as whole validation lists them without endpoint `but`: the
+/// tenant's own, then those its remote endpoints name, in the order first named.
+fn hosts_but(model: &Model, validated: &Validated, t: usize, but: usize) -> Option<Vec<usize>> {
+    let plan = &validated.switching;
+    let host = |name: &String| plan.hosts.iter().position(|h| &h.name == name);
+    let tenant = &model.tenants[t];
+    let mut hosts = Vec::new();
+    let remote = (items(&model.endpoints).enumerate())
+        .filter(|&(i, e)| i != but && e.tenant == tenant.name && e.port.is_none())
+        .filter_map(|(_, e)| e.host.as_ref());
+    for name in tenant.hosts.iter().chain(remote) {
+        let h = host(name)?;
+        if !hosts.contains(&h) {
+            hosts.push(h);
+        }
+    }
+    Some(hosts)
 }
 
 /// `validated` (the model `model` validated, wholly) with port `spec` attached at the
