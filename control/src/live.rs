@@ -325,7 +325,7 @@ impl Live {
         let cluster = matches!(self.store.as_deref(), Some(Store::Etcd(_)));
         let place = place_of(&self.model, &change, controller);
         let alone = match cluster {
-            false => self.validate_alone(&change, place, controller.config()),
+            false => self.validate_alone(&change, place, controller),
             true => None,
         };
         let validated_alone = alone.is_some();
@@ -379,9 +379,16 @@ impl Live {
         &mut self,
         change: &Change,
         place: Option<Place>,
-        validated: &Validated,
+        controller: &Controller,
     ) -> Option<(Model, Validated)> {
-        let before = &self.model;
+        let (before, validated) = (&self.model, controller.config());
+        // The controller runs this model's plan (`fits` holds whenever a record is
+        // validated alone): its index gives a tenant's position, checked by name.
+        let tenant_at = |name: &str| {
+            controller
+                .tenant_position(name)
+                .filter(|&at| before.tenants.get(at).is_some_and(|t| t.name == name))
+        };
         // Built when first needed, then followed from change to change.
         let keys = |kept: &mut Option<Keys>| {
             if kept.is_none() {
@@ -400,7 +407,7 @@ impl Live {
             }
             Change::AddEndpoint(spec) => {
                 keys(&mut self.keys);
-                grow::add_endpoint(validated, before, spec, self.keys.as_mut()?)?
+                grow::add_endpoint(validated, before, spec, self.keys.as_mut()?, &tenant_at)?
             }
             Change::DeleteEndpoint { .. } => {
                 let Place::Endpoint(at) = place? else {
@@ -421,12 +428,17 @@ impl Live {
                 }
                 grow::delete_tenant(validated, before, at, keys)?
             }
-            Change::AddRoute(spec) => grow::add_route(validated, before, spec)?,
+            Change::AddRoute(spec) => grow::add_route(validated, before, spec, &tenant_at)?,
+            Change::AddPublish(spec) => grow::add_publish(validated, before, spec, &tenant_at)?,
+            Change::DeletePublish { .. } => match place? {
+                Place::Publish(at) => grow::delete_publish(validated, before, at)?,
+                _ => return None,
+            },
             Change::DeleteRoute { .. } => match place? {
                 Place::Route(at) => grow::delete_route(validated, before, at)?,
                 _ => return None,
             },
-            Change::AddPort(spec) => grow::add_port(validated, before, spec)?,
+            Change::AddPort(spec) => grow::add_port(validated, before, spec, &tenant_at)?,
             Change::DeletePort(name) => {
                 before.check_port_unused(name, &validated.source).ok()?;
                 match place? {

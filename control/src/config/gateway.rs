@@ -735,7 +735,7 @@ fn validate_published(
     Ok(publish_plans)
 }
 
-fn validate_publish(
+pub(crate) fn validate_publish(
     field: &Field,
     p: &PublishSpec,
     section: &GatewaySection,

@@ -3,14 +3,15 @@
 //! list ([`switching::tenant_plan`], [`RouterChecker::router`]), run against what the
 //! tenants before it took ([`Keys`]: names, ids, VLANs, router MACs, gateways per host,
 //! endpoint MACs), kept from change to change; a tenant nothing refers to removed, the
-//! positions after it shifted; a route added, its own checks against its tenant's
-//! router and routes; a route removed, none (nothing else depends on it); an endpoint
-//! added, its own checks against its tenant's ports, endpoints and the routers' MACs;
-//! an endpoint removed, none (a remote one, when its tenant's hosts stay as they
-//! are); a port attached or detached, every port's own checks again (a host has few)
-//! and the new port's role against the tenants it names. What these checks cannot
-//! settle alone (a refusal and its reason, peers, a removal that moves an `auto`
-//! gateway, a model whose records did not all fit) is left to whole validation.
+//! positions after it shifted; a route or published port added, its own checks
+//! against its tenant's router and the others; a route or published port removed,
+//! none (nothing else depends on it); an endpoint added, its own checks against its
+//! tenant's ports, endpoints and the routers' MACs; an endpoint removed, none (a
+//! remote one, when its tenant's hosts stay as they are); a port attached or
+//! detached, every port's own checks again (a host has few) and the new port's role
+//! against the tenants it names. What these checks cannot settle alone (a refusal and
+//! its reason, peers, a removal that moves an `auto` gateway, a model whose records
+//! did not all fit) is left to whole validation.
 
 use std::sync::Arc;
 
@@ -18,7 +19,10 @@ use hashbrown::{HashMap, HashSet};
 
 use dataplane::packet::Mac;
 
-use super::gateway::{validate_route, Placement, RouteSpec, RouterChecker, RouterKeys, AUTO};
+use super::gateway::{
+    validate_publish, validate_route, Placement, PublishPlan, PublishSpec, RouteSpec,
+    RouterChecker, RouterKeys, AUTO,
+};
 use super::switching::{
     self, EndpointAt, EndpointSpec, Places, RoleName, RolePlan, TenantKeyring, TenantPlace,
     TenantSpec,
@@ -26,6 +30,15 @@ use super::switching::{
 use super::{check_dataplane, eal_options, validate_cross_connects, validate_ports};
 use super::{items, Field, PortSpec, Validated};
 use crate::model::Model;
+
+/// A tenant's position in the model by name: the caller's index where it has one
+/// ([`walk`] otherwise).
+pub type TenantAt<'a> = &'a dyn Fn(&str) -> Option<usize>;
+
+/// [`TenantAt`] by a walk over the model's tenants.
+pub fn walk(model: &Model) -> impl Fn(&str) -> Option<usize> + '_ {
+    |name| model.tenants.iter().position(|t| t.name == name)
+}
 
 /// What the tenants of a validated model took that another tenant may not take again.
 #[derive(Debug, Clone)]
@@ -402,11 +415,16 @@ pub fn delete_tenant(
 
 /// `validated` (the model `model` validated, wholly) with route `spec` added at the
 /// end, as whole validation would have it; `None` when whole validation must decide.
-pub fn add_route(validated: &Validated, model: &Model, spec: &RouteSpec) -> Option<Validated> {
+pub fn add_route(
+    validated: &Validated,
+    model: &Model,
+    spec: &RouteSpec,
+    tenant_at: TenantAt<'_>,
+) -> Option<Validated> {
     if !fits(model, validated) {
         return None;
     }
-    let tenant = model.tenants.iter().position(|t| t.name == spec.tenant)?;
+    let tenant = tenant_at(&spec.tenant)?;
     let index = HashMap::from([(spec.tenant.as_str(), tenant)]);
     let field = Field::Item("route", model.routes.len());
     let route = validate_route(&field, spec, &index, &validated.gateway.routers).ok()?;
@@ -433,6 +451,43 @@ pub fn delete_route(validated: &Validated, model: &Model, at: usize) -> Option<V
     Some(next)
 }
 
+/// `validated` (the model `model` validated, wholly) with published port `spec` added
+/// at the end, as whole validation would have it; `None` when whole validation must
+/// decide.
+pub fn add_publish(
+    validated: &Validated,
+    model: &Model,
+    spec: &PublishSpec,
+    tenant_at: TenantAt<'_>,
+) -> Option<Validated> {
+    if !fits(model, validated) {
+        return None;
+    }
+    let tenant = tenant_at(&spec.tenant)?;
+    let index = HashMap::from([(spec.tenant.as_str(), tenant)]);
+    let field = Field::Item("publish", model.published.len());
+    let gateway = &validated.gateway;
+    let section = &validated.source.gateway;
+    let publish = validate_publish(&field, spec, section, &index, &gateway.routers).ok()?;
+    let key = |p: &PublishPlan| (p.protocol, p.external_ip, p.host_port);
+    if gateway.published.iter().any(|p| key(p) == key(&publish)) {
+        return None;
+    }
+    let mut next = validated.clone();
+    next.gateway.published.push(publish);
+    Some(next)
+}
+
+/// `validated` (the model `model` validated, wholly) without its `at`th published port.
+pub fn delete_publish(validated: &Validated, model: &Model, at: usize) -> Option<Validated> {
+    if !fits(model, validated) || at >= validated.gateway.published.len() {
+        return None;
+    }
+    let mut next = validated.clone();
+    next.gateway.published.remove(at);
+    Some(next)
+}
+
 /// `validated` (the model `model` validated, wholly) with endpoint `spec` added at the
 /// end; `None` when whole validation must decide (a refusal, or a remote endpoint on a
 /// host its tenant is not on yet: where that host goes in the tenant's list is whole
@@ -442,11 +497,12 @@ pub fn add_endpoint(
     model: &Model,
     spec: &EndpointSpec,
     keys: &mut Keys,
+    tenant_at: TenantAt<'_>,
 ) -> Option<Validated> {
     if !fits(model, validated) {
         return None;
     }
-    let tenant = model.tenants.iter().position(|t| t.name == spec.tenant)?;
+    let tenant = tenant_at(&spec.tenant)?;
     let index: HashMap<&str, usize> = HashMap::from_iter([(spec.tenant.as_str(), tenant)]);
     let plan = &validated.switching;
     let port_names: Vec<String> = validated.ports.iter().map(|p| p.name.clone()).collect();
@@ -537,7 +593,12 @@ fn hosts_but(model: &Model, validated: &Validated, t: usize, but: usize) -> Opti
 /// `validated` (the model `model` validated, wholly) with port `spec` attached at the
 /// end; `None` when whole validation must decide (an uplink among them: there may be
 /// one).
-pub fn add_port(validated: &Validated, model: &Model, spec: &PortSpec) -> Option<Validated> {
+pub fn add_port(
+    validated: &Validated,
+    model: &Model,
+    spec: &PortSpec,
+    tenant_at: TenantAt<'_>,
+) -> Option<Validated> {
     if !fits(model, validated) || spec.role == Some(RoleName::Uplink) {
         return None;
     }
@@ -550,7 +611,7 @@ pub fn add_port(validated: &Validated, model: &Model, spec: &PortSpec) -> Option
     }
     let mut index = HashMap::new();
     for name in spec.tenant.iter().chain(spec.tenants.iter().flatten()) {
-        let t = model.tenants.iter().position(|t| &t.name == name)?;
+        let t = tenant_at(name)?;
         index.insert(name.as_str(), t);
     }
     let plan = &validated.switching;
@@ -724,6 +785,18 @@ vlan = 1
                 )).unwrap()))
             }),
             2 => (0..5u8).prop_map(|p| Change::DeletePort(format!("p{p}"))),
+            // Mostly the routed tenants' (with an outside address), on their subnets.
+            3 => (0..4usize, prop_oneof![4 => Just("tcp"), 4 => Just("udp"), 1 => Just("sctp")], 0..3u16)
+                .prop_map(|(t, protocol, host_port)| Change::AddPublish(PublishSpec {
+                    tenant: format!("t{}", t.min(2)),
+                    protocol: protocol.to_owned(),
+                    host_port,
+                    ip: std::net::Ipv4Addr::new(10, t as u8, 0, 5),
+                    port: 80,
+                })),
+            1 => (prop_oneof![Just("tcp"), Just("udp")], 0..3u16).prop_map(|(protocol, host_port)| {
+                Change::DeletePublish { protocol: protocol.to_owned(), host_port }
+            }),
             2 => (0..6usize, 0..3u8, 1..5u8).prop_map(|(t, m, p)| Change::AddEndpoint(serde_json::from_str(&format!(
                 r#"{{"tenant":"t{t}","mac":"02:00:00:00:0c:0{m}","port":"p{p}"}}"#
             )).unwrap())),
@@ -789,7 +862,7 @@ vlan = 1
             prop_assert!(keys.is_some());
             let routed = (1..3).map(|t| {
                 Change::AddTenant(serde_json::from_str(&format!(
-                    r#"{{"name":"t{t}","id":{t}0,"subnets":["10.{t}.0.1/24"],"gateway_host":"h1"}}"#
+                    r#"{{"name":"t{t}","id":{t}0,"subnets":["10.{t}.0.1/24"],"gateway_host":"h1","snat_ip":"198.18.0.10{t}"}}"#
                 )).unwrap())
             });
             let attached = [
@@ -821,7 +894,7 @@ vlan = 1
                 let alone = match &change {
                     Change::AddEndpoint(spec) => {
                         let mut taken = Keys::of(&model, &validated).unwrap();
-                        let alone = add_endpoint(&validated, &model, spec, &mut taken);
+                        let alone = add_endpoint(&validated, &model, spec, &mut taken, &walk(&model));
                         if let (Some(_), Ok((next, next_validated))) = (&alone, &whole) {
                             let fresh = Keys::of(next, next_validated);
                             prop_assert_eq!(Some(&taken), fresh.as_ref());
@@ -840,7 +913,7 @@ vlan = 1
                         }
                         _ => None,
                     },
-                    Change::AddPort(spec) => Some(add_port(&validated, &model, spec)),
+                    Change::AddPort(spec) => Some(add_port(&validated, &model, spec, &walk(&model))),
                     Change::DeletePort(name) => match model.place_of(&change) {
                         Some(crate::model::Place::Port(at)) => Some(
                             model
@@ -862,7 +935,12 @@ vlan = 1
                         }
                         _ => None,
                     },
-                    Change::AddRoute(spec) => Some(add_route(&validated, &model, spec)),
+                    Change::AddRoute(spec) => Some(add_route(&validated, &model, spec, &walk(&model))),
+                    Change::AddPublish(spec) => Some(add_publish(&validated, &model, spec, &walk(&model))),
+                    Change::DeletePublish { .. } => match model.place_of(&change) {
+                        Some(crate::model::Place::Publish(at)) => Some(delete_publish(&validated, &model, at)),
+                        _ => None,
+                    },
                     Change::DeleteRoute { .. } => match model.place_of(&change) {
                         Some(crate::model::Place::Route(at)) => Some(delete_route(&validated, &model, at)),
                         _ => None,
