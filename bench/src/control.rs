@@ -91,6 +91,32 @@ pub struct Point {
     pub route_del: Option<Latency>,
 }
 
+/// One count's samples of each operation, as taken.
+#[derive(Default)]
+struct Samples {
+    adds: Vec<Duration>,
+    deletes: Vec<Duration>,
+    attaches: Vec<Duration>,
+    detaches: Vec<Duration>,
+    routes: Vec<Duration>,
+    unroutes: Vec<Duration>,
+}
+
+impl Samples {
+    fn point(self, tenants: usize, add_rate: Option<f64>) -> Point {
+        Point {
+            tenants,
+            add_rate,
+            tenant_add: Latency::of(self.adds),
+            tenant_del: Latency::of(self.deletes),
+            port_attach: Latency::of(self.attaches),
+            port_detach: Latency::of(self.detaches),
+            route_add: Latency::of(self.routes),
+            route_del: Latency::of(self.unroutes),
+        }
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Results {
@@ -202,24 +228,14 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
                 added += 1;
             }
             let add_rate = (grown > 0).then(|| grown as f64 / start.elapsed().as_secs_f64());
-            let mut point = Point {
-                tenants: count,
-                add_rate,
-                ..Point::default()
-            };
-            let (mut adds, mut deletes, mut attaches, mut detaches, mut routes, mut unroutes) = (
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-            );
+            let mut taken = Samples::default();
             for s in 0..options.samples {
                 let extra = 100_000 + s;
-                adds.push(timed(|| api.call("POST", "/v1/tenants", &tenant(extra)))?);
+                taken
+                    .adds
+                    .push(timed(|| api.call("POST", "/v1/tenants", &tenant(extra)))?);
                 let early = if s < added { s } else { extra };
-                deletes.push(timed(|| {
+                taken.deletes.push(timed(|| {
                     api.call("DELETE", &format!("/v1/tenants/t{early}"), "")
                 })?);
                 if early != extra {
@@ -229,23 +245,22 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
                 let port = format!(
                     r#"{{"name":"p{s}","backend":"null","role":"access","tenant":"base"}}"#
                 );
-                attaches.push(timed(|| api.call("POST", "/v1/ports", &port))?);
-                detaches.push(timed(|| {
+                taken
+                    .attaches
+                    .push(timed(|| api.call("POST", "/v1/ports", &port))?);
+                taken.detaches.push(timed(|| {
                     api.call("DELETE", &format!("/v1/ports/p{s}"), "")
                 })?);
                 let route =
                     format!(r#"{{"tenant":"base","prefix":"10.200.{s}.0/24","via":"10.255.0.9"}}"#);
-                routes.push(timed(|| api.call("POST", "/v1/routes", &route))?);
-                unroutes.push(timed(|| {
+                taken
+                    .routes
+                    .push(timed(|| api.call("POST", "/v1/routes", &route))?);
+                taken.unroutes.push(timed(|| {
                     api.call("DELETE", &format!("/v1/routes/base/10.200.{s}.0/24"), "")
                 })?);
             }
-            point.tenant_add = Latency::of(adds);
-            point.tenant_del = Latency::of(deletes);
-            point.port_attach = Latency::of(attaches);
-            point.port_detach = Latency::of(detaches);
-            point.route_add = Latency::of(routes);
-            point.route_del = Latency::of(unroutes);
+            let point = taken.point(count, add_rate);
             eprintln!("tenet-bench control: tenet at {count} tenants done");
             points.push(point);
         }
@@ -302,23 +317,18 @@ fn grow_ovs(ovs: &Ovs, options: &Options) -> anyhow::Result<(Vec<Point>, String)
             added += 1;
         }
         let add_rate = (grown > 0).then(|| grown as f64 / start.elapsed().as_secs_f64());
-        let (mut adds, mut deletes, mut attaches, mut detaches, mut routes, mut unroutes) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        let mut taken = Samples::default();
         for s in 0..options.samples {
             let name = format!("tbx{s}");
-            adds.push(timed(|| add_br(&name))?);
+            taken.adds.push(timed(|| add_br(&name))?);
             let early = if s < added {
                 format!("tbc{s}")
             } else {
                 name.clone()
             };
-            deletes.push(timed(|| ovs.vsctl(&["del-br", &early]))?);
+            taken
+                .deletes
+                .push(timed(|| ovs.vsctl(&["del-br", &early]))?);
             if early != name {
                 ovs.vsctl(&["del-br", &name])?;
                 add_br(&early)?;
@@ -328,7 +338,7 @@ fn grow_ovs(ovs: &Ovs, options: &Options) -> anyhow::Result<(Vec<Point>, String)
             device += 1;
             let port = format!("p{s}");
             let devargs = format!("options:dpdk-devargs=\"net_null{device},no-rx=1\"");
-            attaches.push(timed(|| {
+            taken.attaches.push(timed(|| {
                 ovs.vsctl(&[
                     "add-port",
                     "tbc-base",
@@ -341,29 +351,22 @@ fn grow_ovs(ovs: &Ovs, options: &Options) -> anyhow::Result<(Vec<Point>, String)
                     &devargs,
                 ])
             })?);
-            detaches.push(timed(|| ovs.vsctl(&["del-port", "tbc-base", &port]))?);
+            taken
+                .detaches
+                .push(timed(|| ovs.vsctl(&["del-port", "tbc-base", &port]))?);
             let flow = format!("ip,nw_dst=10.200.{s}.0/24");
-            routes.push(timed(|| {
+            taken.routes.push(timed(|| {
                 ovs.ofctl(&[
                     "add-flow",
                     "tbc-base",
                     &format!("{flow},actions=dec_ttl,mod_dl_dst:02:00:00:00:0d:02,output:LOCAL"),
                 ])
             })?);
-            unroutes.push(timed(|| {
+            taken.unroutes.push(timed(|| {
                 ovs.ofctl(&["--strict", "del-flows", "tbc-base", &flow])
             })?);
         }
-        points.push(Point {
-            tenants: count,
-            add_rate,
-            tenant_add: Latency::of(adds),
-            tenant_del: Latency::of(deletes),
-            port_attach: Latency::of(attaches),
-            port_detach: Latency::of(detaches),
-            route_add: Latency::of(routes),
-            route_del: Latency::of(unroutes),
-        });
+        points.push(taken.point(count, add_rate));
         eprintln!("tenet-bench control: OVS at {count} bridges done");
     }
     Ok((points, String::new()))

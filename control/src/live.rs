@@ -384,11 +384,7 @@ impl Live {
         let (before, validated) = (&self.model, controller.config());
         // The controller runs this model's plan (`fits` holds whenever a record is
         // validated alone): its index gives a tenant's position, checked by name.
-        let tenant_at = |name: &str| {
-            controller
-                .tenant_position(name)
-                .filter(|&at| before.tenants.get(at).is_some_and(|t| t.name == name))
-        };
+        let tenant_at = |name: &str| tenant_in(before, controller, name);
         // Built when first needed, then followed from change to change.
         let keys = |kept: &mut Option<Keys>| {
             if kept.is_none() {
@@ -669,14 +665,19 @@ impl Live {
 /// by [`Model::place_of`].
 fn place_of(model: &Model, change: &Change, controller: &Controller) -> Option<Place> {
     if let Change::DeleteTenant(name) | Change::UpdateTenant(name, _) = change {
-        let at = controller
-            .tenant_position(name)
-            .filter(|&at| model.tenants.get(at).is_some_and(|t| &t.name == name));
-        if let Some(at) = at {
+        if let Some(at) = tenant_in(model, controller, name) {
             return Some(Place::Tenant(at));
         }
     }
     model.place_of(change)
+}
+
+/// Tenant `name`'s position in `model` by the controller's index, when the tenant it
+/// runs there is that one (in a cluster it runs a view, positioned otherwise).
+fn tenant_in(model: &Model, controller: &Controller, name: &str) -> Option<usize> {
+    controller
+        .tenant_position(name)
+        .filter(|&at| model.tenants.get(at).is_some_and(|t| t.name == name))
 }
 
 fn confined(path: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
