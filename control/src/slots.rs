@@ -17,20 +17,20 @@ use hashbrown::HashMap;
 /// Slots of one kind of identity.
 #[derive(Debug)]
 pub struct Slots<K> {
-    by_key: HashMap<K, u16>,
+    by_key: HashMap<K, u32>,
     /// Slots free for reuse, lowest first.
-    free: BTreeSet<u16>,
+    free: BTreeSet<u32>,
     /// Slots never handed out start here.
-    fresh: u16,
+    fresh: u32,
     /// How many slots there are: `0..limit`.
-    limit: u16,
+    limit: u32,
     /// Retired slots and the first table version published without them.
-    retiring: Vec<(u16, u64)>,
+    retiring: Vec<(u32, u64)>,
 }
 
 impl<K: Hash + Eq + Clone> Slots<K> {
     /// Slots `0..limit`.
-    pub fn new(limit: u16) -> Self {
+    pub fn new(limit: u32) -> Self {
         Self {
             by_key: HashMap::new(),
             free: BTreeSet::new(),
@@ -44,7 +44,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
     /// new here (`None` when every slot is taken or still retiring). Keys held before
     /// and missing from `keys` retire their slots as of table version `version` (the
     /// first that will not have them); returns those slots too.
-    pub fn assign(&mut self, keys: &[K], version: u64) -> (Vec<Option<u16>>, Vec<u16>) {
+    pub fn assign(&mut self, keys: &[K], version: u64) -> (Vec<Option<u32>>, Vec<u32>) {
         let wanted: hashbrown::HashSet<&K> = keys.iter().collect();
         let gone: Vec<K> = self
             .by_key
@@ -62,7 +62,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
 
     /// The slot of `key`: the one it has, or a free one (`None` when every slot is
     /// taken or still retiring).
-    pub fn give(&mut self, key: &K) -> Option<u16> {
+    pub fn give(&mut self, key: &K) -> Option<u32> {
         if let Some(&slot) = self.by_key.get(key) {
             return Some(slot);
         }
@@ -73,7 +73,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
 
     /// Retires the slot of `key` (gone) as of table version `version`; the slot, if
     /// it had one.
-    pub fn retire(&mut self, key: &K, version: u64) -> Option<u16> {
+    pub fn retire(&mut self, key: &K, version: u64) -> Option<u32> {
         let slot = self.by_key.remove(key)?;
         self.retiring.push((slot, version));
         Some(slot)
@@ -94,7 +94,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
     }
 
     /// The slot `key` holds now.
-    pub fn slot(&self, key: &K) -> Option<u16> {
+    pub fn slot(&self, key: &K) -> Option<u32> {
         self.by_key.get(key).copied()
     }
 
@@ -103,7 +103,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         self.retiring.len()
     }
 
-    fn take(&mut self) -> Option<u16> {
+    fn take(&mut self) -> Option<u32> {
         if let Some(slot) = self.free.pop_first() {
             return Some(slot);
         }

@@ -49,7 +49,7 @@ enum Key {
     Vlan(u16),
     Gre(u32),
     Fdb(u64),
-    Tunnel(u32),
+    Tunnel(u64),
     Route(u64),
     Neighbor(u64),
     RouterTenant(u64),

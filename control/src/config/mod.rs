@@ -1280,7 +1280,7 @@ ports = ["a", "b"]
         parse(text).expect_err("config must be refused").to_string()
     }
 
-    /// One host's tables hold 65,534 tenants; a cluster's model holds the cloud's, of
+    /// One host's tables hold 131,071 tenants; a cluster's model holds the cloud's, of
     /// which each host runs those it hosts.
     #[test]
     fn the_tenants_one_host_holds_are_counted_but_not_a_clouds() {
@@ -1298,12 +1298,12 @@ ports = ["a", "b"]
             }
             config.validate()
         };
-        let most = u32::from(dataplane::table::NO_TENANT) - 1;
+        let most = dataplane::table::NO_TENANT;
         let alone = "[control]\npersist = false";
         assert!(with_tenants(alone, most).is_ok());
         let refused = with_tenants(alone, most + 1).unwrap_err().to_string();
         assert!(
-            refused.contains("tenant") && refused.contains("at most 65534 tenants per host"),
+            refused.contains("tenant") && refused.contains("at most 131071 tenants per host"),
             "{refused}"
         );
         let cloud = with_tenants(

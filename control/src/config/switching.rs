@@ -564,8 +564,11 @@ pub(crate) fn tenant_plan<'a>(
 /// holds the cloud's tenants, and each host's tables only those it hosts (a host out of
 /// slots leaves the rest out of its tables, and says so): checked for one host alone.
 pub(crate) fn check_tenant_count(tenants: usize) -> Result<(), ConfigError> {
-    if tenants >= usize::from(dataplane::table::NO_TENANT) {
-        return Err(invalid("tenant", "at most 65534 tenants per host"));
+    if tenants > dataplane::table::NO_TENANT as usize {
+        return Err(invalid(
+            "tenant",
+            format!("at most {} tenants per host", dataplane::table::NO_TENANT),
+        ));
     }
     Ok(())
 }

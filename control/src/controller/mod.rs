@@ -91,8 +91,8 @@ struct Resolved {
 /// How many times a router asks for a neighbour before giving up (until the next miss).
 const ROUTER_ARP_TRIES: u32 = 3;
 
-/// Tenant slots a host can give out (one value means "no tenant" in the tables).
-const TENANT_SLOTS: u16 = TenantIdx::MAX;
+/// Tenant slots a host can give out (the next value means "no tenant" in the tables).
+const TENANT_SLOTS: u32 = dataplane::table::NO_TENANT;
 
 /// Which gateways may wait for their announcement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +176,7 @@ pub(crate) struct PositionsBySlot(Vec<Option<usize>>);
 
 impl PositionsBySlot {
     pub(crate) fn get(&self, slot: &TenantIdx) -> Option<&usize> {
-        self.0.get(usize::from(*slot))?.as_ref()
+        self.0.get(*slot as usize)?.as_ref()
     }
 
     pub(crate) fn contains_key(&self, slot: &TenantIdx) -> bool {
@@ -184,7 +184,7 @@ impl PositionsBySlot {
     }
 
     pub(crate) fn insert(&mut self, slot: TenantIdx, position: usize) {
-        let at = usize::from(slot);
+        let at = slot as usize;
         if at >= self.0.len() {
             self.0.resize(at + 1, None);
         }
@@ -192,7 +192,7 @@ impl PositionsBySlot {
     }
 
     pub(crate) fn remove(&mut self, slot: &TenantIdx) {
-        if let Some(entry) = self.0.get_mut(usize::from(*slot)) {
+        if let Some(entry) = self.0.get_mut(*slot as usize) {
             *entry = None;
         }
     }
@@ -233,7 +233,7 @@ impl Controller {
             config: Arc::clone(&config),
             ports: Vec::new(),
             tenant_slots: Slots::new(TENANT_SLOTS),
-            host_slots: Slots::new(HostIdx::MAX),
+            host_slots: Slots::new(u32::from(HostIdx::MAX)),
             ids: Ids::default(),
             tenant_at: PositionsBySlot::default(),
             named: HashMap::new(),
@@ -328,7 +328,10 @@ impl Controller {
             tenants,
             hosts: hosts
                 .into_iter()
-                .map(|h| h.unwrap_or(HostIdx::MAX))
+                .map(|h| {
+                    h.and_then(|h| HostIdx::try_from(h).ok())
+                        .unwrap_or(HostIdx::MAX)
+                })
                 .collect(),
         };
         self.tenant_at = self

@@ -91,7 +91,8 @@ struct Slot {
 }
 
 const SLOTS: usize = 256;
-/// A key no lookup uses (tenant `NO_TENANT`, MAC ff:ff:ff:ff:ff:ff).
+/// A key no lookup uses (the `NO_TENANT` slot, where group MACs go; frames to them are
+/// flooded before any lookup).
 const EMPTY_SLOT: Slot = Slot {
     key: u64::MAX,
     entry: None,

@@ -21,7 +21,7 @@ use crate::counters::DropReason;
 use crate::packet::ipv4::IpProtocol;
 use crate::table::key_index::KeyIndex;
 use crate::table::routing::NatSettings;
-use crate::table::TenantIdx;
+use crate::table::{TenantIdx, NO_TENANT};
 
 /// One direction of a connection as a packet shows it. For ICMP echo the identifier
 /// is the inside "port" (`src_port` outbound, `dst_port` inbound) and the other port 0.
@@ -123,7 +123,7 @@ impl NatTable {
             free: (0..capacity as u32).rev().collect(),
             by_inside: KeyIndex::new(capacity),
             by_outside: KeyIndex::new(capacity),
-            per_tenant: vec![0; usize::from(TenantIdx::MAX) + 1],
+            per_tenant: vec![0; NO_TENANT as usize + 1],
             cursor: 0,
             worker,
             workers: workers.max(1),
@@ -142,7 +142,7 @@ impl NatTable {
 
     /// Sessions of `tenant` on this core.
     pub fn tenant_sessions(&self, tenant: TenantIdx) -> u32 {
-        self.per_tenant[usize::from(tenant)]
+        self.per_tenant[tenant as usize]
     }
 
     /// The worker whose slice of the range holds `port`, if any.
@@ -195,9 +195,9 @@ impl NatTable {
         if flow.protocol == IpProtocol::TCP && tcp_flags & (SYN | ACK | RST) != SYN {
             return Err(DropReason::NatNoSession);
         }
-        if self.per_tenant[usize::from(tenant)] >= max_per_tenant {
+        if self.per_tenant[tenant as usize] >= max_per_tenant {
             self.sweep(settings, now, SWEEP_ON_PRESSURE);
-            if self.per_tenant[usize::from(tenant)] >= max_per_tenant {
+            if self.per_tenant[tenant as usize] >= max_per_tenant {
                 return Err(DropReason::NatTenantCap);
             }
         }
@@ -232,7 +232,7 @@ impl NatTable {
         let indexed = self.by_inside.insert(inside_key, slot).is_ok()
             && self.by_outside.insert(outside_key, slot).is_ok();
         debug_assert!(indexed);
-        self.per_tenant[usize::from(tenant)] += 1;
+        self.per_tenant[tenant as usize] += 1;
         Ok(port)
     }
 
@@ -317,7 +317,7 @@ impl NatTable {
         let s = std::mem::replace(&mut self.sessions[i as usize], DEAD);
         self.by_inside.remove(s.inside_key);
         self.by_outside.remove(s.outside_key);
-        let count = &mut self.per_tenant[usize::from(s.inside.tenant)];
+        let count = &mut self.per_tenant[s.inside.tenant as usize];
         *count = count.saturating_sub(1);
         self.free.push(i);
     }

@@ -275,7 +275,7 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
     if dst != router_mac
         || head[ethernet::ETHERTYPE_AT] != EtherType::IPV4_BYTES
         || !cx.cache.same_source(
-            u64::from(tenant) << 48 | src,
+            crate::table::fdb_key_of(tenant, src),
             Location::Port(in_port),
             cx.learner.now,
         )

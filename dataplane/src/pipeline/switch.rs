@@ -7,7 +7,7 @@ use crate::counters::DropReason;
 use crate::packet::ethernet::{self, EtherType, GROUP_BIT};
 use crate::packet::frame::Frame;
 use crate::packet::{Mac, MacText};
-use crate::table::{FlowTables, Location, TenantIdx};
+use crate::table::{fdb_key_of, FlowTables, Location, TenantIdx};
 
 use super::fdb_cache::Out;
 use super::resolve::resolve;
@@ -29,13 +29,12 @@ pub(crate) fn switch<F: Frame, T: Trace>(
     if src & GROUP_BIT != 0 {
         return cx.stop(DropReason::BadSourceMac);
     }
-    let tenant_bits = u64::from(tenant) << 48;
     let here = match ingress {
         Ingress::Port(port) => Location::Port(port),
         Ingress::Tunnel(tunnel) => Location::Host(tables.tunnels[usize::from(tunnel)].host),
         Ingress::Router => Location::Router,
     };
-    let src_key = tenant_bits | src;
+    let src_key = fdb_key_of(tenant, src);
     let now = cx.learner.now;
     if !cx.cache.same_source(src_key, here, now) {
         match cx
@@ -63,7 +62,9 @@ pub(crate) fn switch<F: Frame, T: Trace>(
     }
     let out = cx
         .cache
-        .lookup(tables, tenant_bits | dst, |e| resolve(tables, tenant, e))
+        .lookup(tables, fdb_key_of(tenant, dst), |e| {
+            resolve(tables, tenant, e)
+        })
         .1;
     note!(cx, "destination {}: {out:?}", MacText(mac_bytes(dst)));
     if out == Out::Route {

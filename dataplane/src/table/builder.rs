@@ -54,7 +54,7 @@ impl TablesBuilder {
 
     /// Adds a tenant in `slot` (the control plane's stable slot for it).
     pub fn tenant_in(&mut self, slot: TenantIdx, id: u32, vlan: Option<u16>) -> TenantIdx {
-        let at = usize::from(slot);
+        let at = slot as usize;
         if self.tables.tenants.len() <= at {
             self.tables.tenants.resize(at + 1, None);
         }
@@ -80,7 +80,7 @@ impl TablesBuilder {
     }
 
     fn tenant_mut(&mut self, slot: TenantIdx) -> &mut TenantTable {
-        self.tables.tenants[usize::from(slot)]
+        self.tables.tenants[slot as usize]
             .as_mut()
             .expect("a tenant is added before its ports, tunnels and router")
     }

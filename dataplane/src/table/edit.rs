@@ -44,7 +44,7 @@ pub enum TableEdit {
     /// An FDB entry set whatever was there (static entries), or removed.
     Fdb(u64, Option<FdbEntry>),
     /// Whether a tunnel carries a tenant; see [`super::tunnel_tenant_key`].
-    TunnelTenant(u32, bool),
+    TunnelTenant(u64, bool),
     /// A route; see [`super::routing::route_key`].
     Route(u64, Option<RouteTarget>),
     /// A router neighbour; see [`super::routing::neighbor_key`].
@@ -133,7 +133,7 @@ impl FlowTables {
                 }
             }
             TableEdit::Tenant(slot, table) => {
-                let at = usize::from(*slot);
+                let at = *slot as usize;
                 if self.tenants.len() <= at {
                     self.tenants.resize(at + 1, None);
                 }
