@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use control::config::switching::TenantSpec;
 use control::config::Config;
-use control::model::Model;
+use control::model::{Change, Model};
 use control::placement::{self, GatewayPlacement};
 use control::store::EtcdStore;
 use dataplane::packet::MacText;
@@ -299,16 +300,17 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
                     continue;
                 };
                 let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                for t in &model.tenants {
-                    if let Some(w) = t
-                        .name
-                        .strip_prefix("w")
-                        .and_then(|n| n.parse::<usize>().ok())
-                    {
-                        if w < writes && seen[a][w].is_none() {
-                            seen[a][w] = Some(now);
-                            have += 1;
-                        }
+                // The model's tenants are in key order: each awaited one is looked up,
+                // as a host finds a tenant, rather than every tenant walked.
+                for (w, at) in seen[a].iter_mut().enumerate() {
+                    let name = format!("w{w}");
+                    let found = model
+                        .tenants
+                        .binary_search_by(|t| t.name.as_str().cmp(&name))
+                        .is_ok();
+                    if found && at.is_none() {
+                        *at = Some(now);
+                        have += 1;
                     }
                 }
             }
@@ -332,11 +334,13 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let mut written = Vec::with_capacity(options.writes);
     for w in 0..options.writes {
         std::thread::sleep(Duration::from_millis(200));
-        model.tenants.push_back(serde_json::from_value(
-            json!({"name": format!("w{w}"), "id": 10_000 + w}),
-        )?);
+        let tenant: TenantSpec =
+            serde_json::from_value(json!({"name": format!("w{w}"), "id": 10_000 + w}))?;
+        let before = model.clone();
+        model.tenants.push_back(Arc::new(tenant.clone()));
         let at = Instant::now();
-        writer.save(&model)?;
+        // As tenetd writes an API change: the records it touches, not the whole model.
+        writer.save_made(&Change::AddTenant(tenant), &before, &model)?;
         written.push(at);
     }
     // Agents that miss a write give up after a while rather than hang the run.

@@ -75,7 +75,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         match self {
             Store::File(file) => file.save_change(change, place, before, after),
-            Store::Etcd(etcd) => etcd.save_change(before, after),
+            Store::Etcd(etcd) => etcd.save_made(change, before, after),
         }
     }
 

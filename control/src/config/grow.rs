@@ -664,14 +664,15 @@ fn with_ports(validated: &Validated, specs: &[PortSpec]) -> Option<Validated> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
     use crate::config::Config;
     use crate::model::Change;
 
-    const BASE: &str = r#"
+    /// A host's config with a few hosts, ports and one tenant, for changes to grow.
+    pub(crate) const BASE: &str = r#"
 [switch]
 host = "h1"
 underlay_gateway = "198.18.0.254"
@@ -751,7 +752,8 @@ vlan = 1
             )
     }
 
-    fn change() -> impl Strategy<Value = Change> {
+    /// A change as a user may ask for one, right or wrong.
+    pub(crate) fn change() -> impl Strategy<Value = Change> {
         prop_oneof![
             4 => tenant().prop_map(Change::AddTenant),
             2 => (0..6usize).prop_map(|t| Change::DeleteTenant(format!("t{t}"))),

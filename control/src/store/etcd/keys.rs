@@ -1,12 +1,12 @@
 //! The model as etcd keys and back: one key per object under the prefix, this host's
 //! own part under `local/<host>/`, ids and VLANs claimed under `unique/`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::config::gateway::{PublishSpec, RouteSpec};
 use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
 use crate::config::PortSpec;
-use crate::model::Model;
+use crate::model::{Change, Model};
 
 use super::EtcdStore;
 
@@ -79,73 +79,6 @@ impl EtcdStore {
         parsed.unwrap_or_else(|e| Record::Garbled(e.to_string()))
     }
 
-    /// The model (and what this host has seen) from the keys under the prefix, in key
-    /// order: (key, value, mod revision, what it holds). `None` when the cluster holds
-    /// nothing shared yet.
-    pub(super) fn build<'a>(
-        &self,
-        keys: impl IntoIterator<Item = (&'a str, &'a str, i64, &'a Record)>,
-        seed: &Model,
-    ) -> Option<Model> {
-        let mut seen = self.lock_seen();
-        // Updated in place rather than built again: at every watch event nearly every
-        // key is as the last read left it, and copying them all is what a read cost.
-        let mut taken: Vec<&str> = Vec::with_capacity(seen.len());
-        let mut model = Model::bare(seed.switch.clone(), seed.ports.clone());
-        let mut shared = false;
-        let mut alive = BTreeSet::new();
-        let mut skipped = BTreeSet::new();
-        let mut skipped_keys = self.skipped_keys.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, value, revision, record) in keys {
-            match record {
-                Record::Host(host) => model.hosts.push(host.clone()),
-                Record::Tenant(tenant) => {
-                    model.tenants.push_back(std::sync::Arc::new(tenant.clone()))
-                }
-                Record::Endpoint(endpoint) => model.endpoints.push_back(endpoint.clone()),
-                Record::Route(route) => model.routes.push(route.clone()),
-                Record::Published(publish) => model.published.push(publish.clone()),
-                Record::Placed { tenant, host } => {
-                    model.placed.insert(tenant.clone(), host.clone());
-                }
-                Record::Unique => {}
-                Record::Switch(switch) => model.switch = switch.clone(),
-                Record::Ports(ports) => model.ports = ports.clone(),
-                Record::Alive(host) => {
-                    alive.insert(host.clone());
-                    continue;
-                }
-                Record::Elsewhere => continue,
-                // One garbled key (a bug elsewhere, a hand edit) costs that record
-                // only; it stays in etcd untouched (never in `seen`, so never
-                // rewritten or deleted from here).
-                Record::Garbled(error) => {
-                    if !skipped_keys.contains(key) {
-                        tracing::warn!(%key, %error, "an etcd key does not hold what its place says; skipped");
-                    }
-                    skipped.insert(key.to_owned());
-                    continue;
-                }
-            }
-            shared |= !matches!(record, Record::Switch(_) | Record::Ports(_));
-            taken.push(key);
-            match seen.get_mut(key) {
-                Some(held) if held.1 == revision && held.0 == value => {}
-                Some(held) => *held = (value.to_owned(), revision),
-                None => {
-                    seen.insert(key.to_owned(), (value.to_owned(), revision));
-                }
-            }
-        }
-        // `taken` is in key order, and every key in it is in `seen`.
-        if seen.len() != taken.len() {
-            seen.retain(|key, _| taken.binary_search(&key.as_str()).is_ok());
-        }
-        *self.lock_alive() = alive;
-        *skipped_keys = skipped;
-        shared.then_some(model)
-    }
-
     /// An endpoint as the cluster keeps it: a local one (at a port of this host) also
     /// names this host, so the others know where it is.
     pub(super) fn as_stored(&self, endpoint: &EndpointSpec) -> EndpointSpec {
@@ -179,15 +112,29 @@ impl EtcdStore {
         model: &Model,
         seen: &BTreeMap<String, (String, i64)>,
     ) -> anyhow::Result<BTreeMap<String, String>> {
+        self.keys_in(model, seen, &Scope::All)
+    }
+
+    /// The keys and values of the records `scope` covers: a change's keys are found
+    /// among its tenant's records, without writing out the whole model.
+    pub(super) fn keys_in(
+        &self,
+        model: &Model,
+        seen: &BTreeMap<String, (String, i64)>,
+        scope: &Scope,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
         let p = &self.prefix;
         let mut out = BTreeMap::new();
         let mut put = |key: String, value: String| {
             out.insert(key, value);
         };
-        for host in &model.hosts {
-            put(format!("{p}/hosts/{}", host.name), text(host)?);
+        let of = |tenant: &str| scope.covers(tenant);
+        if scope.hosts() {
+            for host in &model.hosts {
+                put(format!("{p}/hosts/{}", host.name), text(host)?);
+            }
         }
-        for tenant in &model.tenants {
+        for tenant in crate::config::items(&model.tenants).filter(|t| of(&t.name)) {
             put(format!("{p}/tenants/{}", tenant.name), text(tenant)?);
             put(
                 format!("{p}/unique/tenant-id/{}", tenant.id),
@@ -197,7 +144,10 @@ impl EtcdStore {
                 put(format!("{p}/unique/vlan/{vlan}"), text(&tenant.name)?);
             }
         }
-        for (i, endpoint) in model.endpoints.iter().enumerate() {
+        for (i, endpoint) in crate::config::items(&model.endpoints).enumerate() {
+            if !of(&endpoint.tenant) {
+                continue;
+            }
             let mac = endpoint
                 .mac
                 .clone()
@@ -216,14 +166,14 @@ impl EtcdStore {
             });
             put(key, theirs.unwrap_or(mine));
         }
-        for route in &model.routes {
+        for route in model.routes.iter().filter(|r| of(&r.tenant)) {
             let prefix = route.prefix.replace('/', "_");
             put(
                 format!("{p}/routes/{}/{prefix}", route.tenant),
                 text(route)?,
             );
         }
-        for publish in &model.published {
+        for publish in model.published.iter().filter(|p| of(&p.tenant)) {
             put(
                 format!(
                     "{p}/published/{}/{}-{}",
@@ -232,15 +182,74 @@ impl EtcdStore {
                 text(publish)?,
             );
         }
-        for (tenant, host) in &model.placed {
+        for (tenant, host) in model.placed.iter().filter(|(t, _)| of(t)) {
             put(format!("{p}/placed/{tenant}"), text(host)?);
         }
-        put(
-            format!("{p}/{}", self.local("switch")),
-            text(&model.switch)?,
-        );
-        put(format!("{p}/{}", self.local("ports")), text(&model.ports)?);
+        if scope.local() {
+            put(
+                format!("{p}/{}", self.local("switch")),
+                text(&model.switch)?,
+            );
+            put(format!("{p}/{}", self.local("ports")), text(&model.ports)?);
+        }
         Ok(out)
+    }
+}
+
+/// The records a change may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The whole model.
+    All,
+    /// One tenant's records (its tenant, endpoints, routes, published ports, gateway
+    /// placement and claimed id and VLAN).
+    Tenant(String),
+    /// The hosts.
+    Hosts,
+    /// This host's own switch settings and ports.
+    Local,
+}
+
+impl Scope {
+    /// What `change`, made to `before`, may touch: the records of the tenant it names,
+    /// the hosts, or this host's own part.
+    pub(crate) fn of(change: &Change, before: &Model) -> Self {
+        let tenant = |name: &str| Scope::Tenant(name.to_owned());
+        match change {
+            Change::AddTenant(t) => tenant(&t.name),
+            Change::DeleteTenant(name) | Change::UpdateTenant(name, _) => tenant(name),
+            Change::AddEndpoint(e) => tenant(&e.tenant),
+            Change::DeleteEndpoint { tenant: name, .. }
+            | Change::DeleteRoute { tenant: name, .. } => tenant(name),
+            Change::AddRoute(r) => tenant(&r.tenant),
+            Change::AddPublish(p) => tenant(&p.tenant),
+            Change::DeletePublish {
+                protocol,
+                host_port,
+            } => before
+                .published
+                .iter()
+                .find(|p| &p.protocol == protocol && p.host_port == *host_port)
+                .map_or(Scope::Local, |p| tenant(&p.tenant)),
+            Change::AddHost(_) | Change::DeleteHost(_) => Scope::Hosts,
+            Change::AddPort(_) | Change::DeletePort(_) => Scope::Local,
+        }
+    }
+
+    fn covers(&self, tenant: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenant(name) => name == tenant,
+            Scope::Hosts | Scope::Local => false,
+        }
+    }
+
+    fn hosts(&self) -> bool {
+        matches!(self, Scope::All | Scope::Hosts)
+    }
+
+    fn local(&self) -> bool {
+        matches!(self, Scope::All | Scope::Local)
     }
 }
 
@@ -250,6 +259,9 @@ fn text<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -326,12 +338,14 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// Another host puts a key (the watch brings it).
+        /// Another host puts a key (the watch brings it later).
         Put(usize, usize),
         Delete(usize),
-        /// This host writes: seen at once, brought by the watch at the next change.
+        /// This host writes: in the cache at once, brought by the watch later.
         OwnPut(usize, usize),
         OwnDelete(usize),
+        /// The watch brings up to this many of the changes it has not brought yet.
+        Watch(usize),
         /// A read of the model from the cache.
         Read,
     }
@@ -343,6 +357,7 @@ mod tests {
             2 => place.clone().prop_map(Op::Delete),
             1 => (place.clone(), any::<usize>()).prop_map(|(p, v)| Op::OwnPut(p, v)),
             1 => place.prop_map(Op::OwnDelete),
+            3 => (1..6usize).prop_map(Op::Watch),
             3 => Just(Op::Read),
         ]
     }
@@ -360,49 +375,142 @@ mod tests {
         }
     }
 
-    type Built = (
+    type Outcome = (
         Option<Model>,
         BTreeMap<String, (String, i64)>,
         BTreeSet<String>,
         BTreeSet<String>,
     );
 
-    fn outcome(store: &EtcdStore, model: Option<Model>) -> Built {
+    fn outcome(store: &EtcdStore, model: Option<Model>) -> Outcome {
         let skipped = store.skipped_keys.lock().unwrap().clone();
         (model, store.lock_seen().clone(), store.alive(), skipped)
     }
 
-    /// The model built afresh from every key, each parsed now.
-    fn from_scratch(keys: &BTreeMap<String, (String, i64)>) -> Built {
+    /// What every key builds, each parsed now and pushed in key order: the reference
+    /// the cache's model, kept key by key, is held to.
+    fn from_scratch(keys: &BTreeMap<String, (String, i64)>) -> Outcome {
         let store = EtcdStore::new(Vec::new(), "/t", HERE);
-        let records: Vec<Record> = keys.iter().map(|(k, (v, _))| store.parse(k, v)).collect();
-        let all = keys
-            .iter()
-            .zip(&records)
-            .map(|((k, (v, r)), record)| (k.as_str(), v.as_str(), *r, record));
-        let model = store.build(all, &seed());
-        outcome(&store, model)
+        let mut model = seed();
+        let mut seen = BTreeMap::new();
+        let mut alive = BTreeSet::from([HERE.to_owned()]);
+        let mut skipped = BTreeSet::new();
+        let mut shared = false;
+        for (key, (value, revision)) in keys {
+            let record = store.parse(key, value);
+            match &record {
+                Record::Host(host) => model.hosts.push(host.clone()),
+                Record::Tenant(tenant) => model.tenants.push_back(Arc::new(tenant.clone())),
+                Record::Endpoint(endpoint) => model.endpoints.push_back(endpoint.clone()),
+                Record::Route(route) => model.routes.push(route.clone()),
+                Record::Published(publish) => model.published.push(publish.clone()),
+                Record::Placed { tenant, host } => {
+                    model.placed.insert(tenant.clone(), host.clone());
+                }
+                Record::Unique => {}
+                Record::Switch(switch) => model.switch = switch.clone(),
+                Record::Ports(ports) => model.ports = ports.clone(),
+                Record::Alive(host) => {
+                    alive.insert(host.clone());
+                    continue;
+                }
+                Record::Elsewhere => continue,
+                Record::Garbled(_) => {
+                    skipped.insert(key.clone());
+                    continue;
+                }
+            }
+            shared |= !matches!(record, Record::Switch(_) | Record::Ports(_));
+            seen.insert(key.clone(), (value.clone(), *revision));
+        }
+        (shared.then_some(model), seen, alive, skipped)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A change's keys written out within its scope differ, between the model
+        /// before and after, exactly where the whole model's keys differ.
+        #[test]
+        fn a_changes_scope_holds_every_key_it_changes(
+            changes in prop::collection::vec(crate::config::grow::tests::change(), 1..40),
+        ) {
+            use crate::config::grow::tests::BASE;
+            let base = crate::config::Config::parse(BASE, |_| None).unwrap();
+            let store = EtcdStore::new(Vec::new(), "/t", "h1");
+            let mut model = Model::of(&base);
+            for t in 0..6 {
+                model.placed.insert(format!("t{t}"), "h2".to_owned());
+            }
+            let none = BTreeMap::new();
+            let differ = |before: &Model, after: &Model, scope: &Scope| {
+                let was = store.keys_in(before, &none, scope).unwrap();
+                let now = store.keys_in(after, &none, scope).unwrap();
+                let keys: BTreeSet<&String> = was.keys().chain(now.keys()).collect();
+                keys.into_iter()
+                    .filter(|k| was.get(*k) != now.get(*k))
+                    .map(|k| (k.clone(), was.get(k).cloned(), now.get(k).cloned()))
+                    .collect::<Vec<_>>()
+            };
+            for change in &changes {
+                let Ok((after, _)) = model.apply(change, &base) else {
+                    continue;
+                };
+                prop_assert_eq!(
+                    differ(&model, &after, &Scope::of(change, &model)),
+                    differ(&model, &after, &Scope::All),
+                    "{:?}", change
+                );
+                model = after;
+            }
+        }
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
 
-        /// Watch events applied one by one to the parsed cache, with this host's own
-        /// writes laid over it, build the model that every key parsed afresh builds.
+        /// Watch events applied one by one to the cache, this host's own writes put
+        /// in as etcd takes them, build at every read what the keys the watch brought
+        /// build with this host's later writes laid over them, key by key as from
+        /// scratch.
         #[test]
         fn the_cache_builds_what_the_keys_build(ops in prop::collection::vec(op(), 1..80)) {
             let store = EtcdStore::new(Vec::new(), "/t", HERE);
             *store.lock_cache() = Some(KeyCache::read(Vec::new(), 1));
-            // What etcd holds, and this host's writes the watch has not brought yet.
-            let mut etcd: BTreeMap<String, (String, i64)> = BTreeMap::new();
-            let mut unwatched: Vec<(String, Option<String>, i64)> = Vec::new();
-            let mut revision = 1;
+            // Every change etcd took, in order: (key, value or deleted, revision, this
+            // host's); the watch has brought the first `watched`.
+            let mut log: Vec<(String, Option<String>, i64, bool)> = Vec::new();
+            let mut watched = 0;
+            let mut etcd: BTreeMap<String, String> = BTreeMap::new();
             let value = |p: usize, v: usize| PLACES[p].1[v % PLACES[p].1.len()].to_owned();
             for op in ops.iter().chain([&Op::Read]) {
                 let (place, put, own) = match op {
                     Op::Read => {
                         let built = store.load_cached(&seed()).unwrap();
-                        prop_assert_eq!(outcome(&store, built), from_scratch(&etcd));
+                        let mut expected: BTreeMap<String, (String, i64)> = BTreeMap::new();
+                        let seen = log[..watched].iter();
+                        let own_later = log[watched..].iter().filter(|change| change.3);
+                        for (key, put, revision, _) in seen.chain(own_later) {
+                            match put {
+                                Some(value) => expected.insert(key.clone(), (value.clone(), *revision)),
+                                None => expected.remove(key),
+                            };
+                        }
+                        prop_assert_eq!(outcome(&store, built), from_scratch(&expected));
+                        continue;
+                    }
+                    Op::Watch(n) => {
+                        let mut guard = store.lock_cache();
+                        let cache = guard.as_mut().unwrap();
+                        let upto = (watched + n).min(log.len());
+                        for (key, put, revision, _) in &log[watched..upto] {
+                            match put {
+                                Some(value) => cache.put(key.clone(), value.clone(), *revision),
+                                None => cache.delete(key, *revision),
+                            }
+                            cache.reached(*revision);
+                        }
+                        watched = upto;
                         continue;
                     }
                     Op::Put(p, v) => (*p, Some(value(*p, *v)), false),
@@ -415,27 +523,23 @@ mod tests {
                 if put.is_none() && !etcd.contains_key(&key) {
                     continue;
                 }
-                revision += 1;
+                let revision = log.len() as i64 + 2;
                 match &put {
-                    Some(value) => etcd.insert(key.clone(), (value.clone(), revision)),
+                    Some(value) => etcd.insert(key.clone(), value.clone()),
                     None => etcd.remove(&key),
                 };
                 if own {
+                    // What a write does once etcd took it (`EtcdStore::write`).
                     store.own_writes.lock().unwrap().insert(key.clone(), (put.clone(), revision));
-                }
-                unwatched.push((key, put, revision));
-                if !own {
-                    // The watch brings events in order: this host's earlier writes first.
                     let mut guard = store.lock_cache();
-                    let cache = guard.as_mut().unwrap();
-                    for (key, put, revision) in unwatched.drain(..) {
-                        match put {
-                            Some(value) => cache.put(key, value, revision),
-                            None => cache.delete(&key),
-                        }
-                        cache.revision = revision;
-                    }
+                    guard.as_mut().unwrap().wrote(&key, put.as_deref(), revision);
+                    let mut seen = store.lock_seen();
+                    match &put {
+                        Some(value) => seen.insert(key.clone(), (value.clone(), revision)),
+                        None => seen.remove(&key),
+                    };
                 }
+                log.push((key, put, revision, own));
             }
         }
     }

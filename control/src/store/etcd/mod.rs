@@ -14,8 +14,9 @@
 //! the time, only the placer reads them, and the hosts' watches need not carry them.
 //!
 //! The store's parts: [`client`] speaks to etcd, [`keys`] maps the model to keys and
-//! back, [`watch`] follows the cluster, [`lease`] keeps this host registered and
-//! reports its traffic; placement itself is [`crate::placement`]'s.
+//! records, [`built`] keeps the model those records build up to date key by key,
+//! [`watch`] follows the cluster, [`lease`] keeps this host registered and reports its
+//! traffic; placement itself is [`crate::placement`]'s.
 //!
 //! The store's methods wait for etcd: tenetd calls them on blocking threads, never in
 //! its runtime's async tasks. They wait in a small runtime of the store's own (two
@@ -25,6 +26,7 @@
 //! would wait for an answer that thread is to deliver. The second thread keeps answers
 //! coming while the watch waits for a long read of the cache.
 
+mod built;
 mod client;
 mod handshake;
 mod keys;
@@ -41,11 +43,11 @@ use anyhow::Context;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use crate::config::EtcdAccess;
-use crate::model::Model;
+use crate::model::{Change, Model};
 use crate::placement::{self, GatewayPlacement};
 
 use client::{revision, Etcd};
-use keys::Record;
+use keys::Scope;
 use watch::KeyCache;
 
 /// Operations per etcd transaction (etcd refuses more than 128).
@@ -54,10 +56,6 @@ const MAX_TXN_OPS: usize = 64;
 /// This host's own writes not yet seen through the watch: (value or `None` for a
 /// delete, revision) by key.
 type OwnWrites = BTreeMap<String, (Option<String>, i64)>;
-
-/// One of this host's writes the watch has not brought yet, parsed: value, revision,
-/// record.
-type OwnWrite = (String, i64, Record);
 
 /// What a host keeps of the cluster for a start without etcd.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -110,9 +108,10 @@ pub struct EtcdStore {
     /// Every key under the prefix, as the last load read them and the watch has
     /// changed them since (`None`: to be read from etcd).
     cache: Arc<Mutex<Option<KeyCache>>>,
-    /// What this host wrote that the cache may not hold yet: a reload before the watch
-    /// brings it must not take the older revisions for current (the next write would
-    /// be refused as a conflict with this host itself).
+    /// What this host wrote that the watch has not brought back yet. The cache takes
+    /// each write at once; a read of all of etcd begun before a write was taken lays
+    /// them over what it read, so it does not take older revisions for current (the
+    /// next write would be refused as a conflict with this host itself).
     own_writes: Mutex<OwnWrites>,
     /// Seconds a host stays alive without renewing its lease.
     lease_ttl: u64,
@@ -310,55 +309,49 @@ impl EtcdStore {
         self.loaded_at.store(revision, Ordering::Relaxed);
         // The cache is in place before the model is built: the watch adds what it
         // brings from now on.
-        let mut cache = self.lock_cache();
-        let cache = cache.insert(KeyCache::read(kvs, revision));
-        Ok(self.build(cache.records(|k, v| self.parse(k, v)), seed))
+        let mut guard = self.lock_cache();
+        let cache = guard.insert(KeyCache::read(kvs, revision));
+        // Read whole: what this host has seen is what the read holds, and its own
+        // writes the read may have missed (a read begun before one was taken).
+        self.lock_seen().clear();
+        for (key, (value, at)) in self.lock_own_writes().iter() {
+            cache.wrote(key, value.as_deref(), *at);
+        }
+        Ok(self.build(cache, seed))
     }
 
     /// The model from the keys the watch has kept up to date, without asking etcd;
     /// from etcd itself when there are none (before the first load, or after etcd
-    /// compacted away changes the watch had not seen). Only keys changed since the last
-    /// read are parsed.
+    /// compacted away changes the watch had not seen). Only the keys changed since the
+    /// last read are parsed and put into the model.
     pub fn load_cached(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
         let mut guard = self.lock_cache();
         let Some(cache) = guard.as_mut() else {
             drop(guard);
             return self.load(seed);
         };
-        // Copied out: `build` takes `seen`, which a write holds while it takes these.
-        let own: Vec<(String, Option<OwnWrite>)> = {
-            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-            own.retain(|_, (_, revision)| *revision > cache.revision);
-            own.iter()
-                .map(|(key, (value, revision))| {
-                    let write = value
-                        .as_ref()
-                        .map(|value| (value.clone(), *revision, self.parse(key, value)));
-                    (key.clone(), write)
-                })
-                .collect()
-        };
-        let cached = cache.records(|k, v| self.parse(k, v));
-        if own.is_empty() {
-            return Ok(self.build(cached, seed));
+        let revision = cache.revision;
+        self.lock_own_writes().retain(|_, (_, at)| *at > revision);
+        Ok(self.build(cache, seed))
+    }
+
+    /// The model `cache` builds, with what this host has seen, the hosts alive and the
+    /// keys skipped brought up to date.
+    fn build(&self, cache: &mut KeyCache, seed: &Model) -> Option<Model> {
+        let built = cache.build(|k, v| self.parse(k, v), &mut self.lock_seen());
+        let mut alive = self.lock_alive();
+        if *alive != built.alive {
+            alive.clone_from(&built.alive);
         }
-        let mut keys: BTreeMap<&str, (&str, i64, &Record)> = cached
-            .map(|(key, value, revision, record)| (key, (value, revision, record)))
-            .collect();
-        for (key, write) in &own {
-            match write {
-                Some((value, revision, record)) => {
-                    keys.insert(key, (value, *revision, record));
-                }
-                None => {
-                    keys.remove(key.as_str());
-                }
-            }
+        let mut skipped = self.skipped_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if *skipped != built.skipped {
+            skipped.clone_from(&built.skipped);
         }
-        let keys = keys
-            .into_iter()
-            .map(|(key, (value, revision, record))| (key, value, revision, record));
-        Ok(self.build(keys, seed))
+        built.model(seed)
+    }
+
+    fn lock_own_writes(&self) -> std::sync::MutexGuard<'_, OwnWrites> {
+        self.own_writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Option<KeyCache>> {
@@ -385,9 +378,20 @@ impl EtcdStore {
     /// the cluster has it, even when this host's `before` is older than its last read
     /// (another host's write that arrived while the change was prepared stays).
     pub fn save_change(&self, before: &Model, after: &Model) -> anyhow::Result<()> {
+        self.save_within(&Scope::All, before, after)
+    }
+
+    /// The same for `change`, which made `after` from `before`: only the records it may
+    /// touch are written out and compared (one tenant's, the hosts, or this host's
+    /// own), so a change costs what it touches, not the size of the cloud.
+    pub fn save_made(&self, change: &Change, before: &Model, after: &Model) -> anyhow::Result<()> {
+        self.save_within(&Scope::of(change, before), before, after)
+    }
+
+    fn save_within(&self, scope: &Scope, before: &Model, after: &Model) -> anyhow::Result<()> {
         let seen = self.lock_seen();
-        let was = self.keys(before, &seen)?;
-        let now = self.keys(after, &seen)?;
+        let was = self.keys_in(before, &seen, scope)?;
+        let now = self.keys_in(after, &seen, scope)?;
         let gone: Vec<String> = was
             .keys()
             .filter(|key| !now.contains_key(*key) && seen.contains_key(*key))
@@ -480,9 +484,13 @@ impl EtcdStore {
                 return Err(self.explain_conflict(desired, gone).into());
             }
             let revision = revision(reply.header());
+            let mut cache = self.lock_cache();
             let mut seen = self.lock_seen();
-            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut own = self.lock_own_writes();
             for op in chunk {
+                if let Some(cache) = cache.as_mut() {
+                    cache.wrote(&op.key, op.value.as_deref(), revision);
+                }
                 own.insert(op.key.clone(), (op.value.clone(), revision));
                 match &op.value {
                     Some(value) => {

@@ -1,7 +1,7 @@
 //! Following the cluster: a task streams etcd's watch of the prefix into the key cache
 //! and tells the control loop that something changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::bail;
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 
+use super::built::Built;
 use super::client::{misconfigured, revision, Etcd};
 use super::keys::Record;
 use super::EtcdStore;
@@ -20,11 +21,21 @@ const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
 /// Keys under the prefix with their values and mod revisions, with every change up to
 /// `revision` applied; read whole at revision `base` (a watch replaying older events
-/// after a reconnection must not undo newer state).
+/// after a reconnection must not undo newer state). This host's own writes go in when
+/// etcd takes them, before the watch brings them back.
 pub(super) struct KeyCache {
     keys: BTreeMap<String, CachedKey>,
     pub(super) revision: i64,
     pub(super) base: i64,
+    /// Keys put or deleted since the model was last brought up to date.
+    dirty: BTreeSet<String>,
+    /// What the model holds for a dirty key that was replaced or deleted since.
+    stale: BTreeMap<String, Record>,
+    /// Keys this host deleted at a revision the watch has not reached: an older put
+    /// the watch brings meanwhile must not bring them back.
+    deleted: BTreeMap<String, i64>,
+    /// The model the keys build, as of the last read.
+    built: Built,
 }
 
 /// A key's value and mod revision, and what it holds once parsed.
@@ -42,6 +53,10 @@ impl KeyCache {
             keys: BTreeMap::new(),
             revision,
             base: revision,
+            dirty: BTreeSet::new(),
+            stale: BTreeMap::new(),
+            deleted: BTreeMap::new(),
+            built: Built::default(),
         };
         for (key, value, revision) in keys {
             cache.put(key, value, revision);
@@ -49,37 +64,106 @@ impl KeyCache {
         cache
     }
 
+    /// `key` holds `value` as of `revision` (older news than the cache has is
+    /// ignored).
     pub(super) fn put(&mut self, key: String, value: String, revision: i64) {
-        let record = None;
-        self.keys.insert(
-            key,
-            CachedKey {
-                value,
-                revision,
-                record,
-            },
-        );
+        if self.deleted.get(&key).is_some_and(|&at| at >= revision) {
+            return;
+        }
+        let old = match self.keys.get_mut(&key) {
+            Some(cached) if cached.revision >= revision => return,
+            Some(cached) => {
+                cached.value = value;
+                cached.revision = revision;
+                cached.record.take()
+            }
+            None => {
+                self.keys.insert(
+                    key.clone(),
+                    CachedKey {
+                        value,
+                        revision,
+                        record: None,
+                    },
+                );
+                None
+            }
+        };
+        self.mark(key, old);
     }
 
-    pub(super) fn delete(&mut self, key: &str) {
-        self.keys.remove(key);
+    /// `key` was deleted at `revision`.
+    pub(super) fn delete(&mut self, key: &str, revision: i64) {
+        if self.keys.get(key).is_some_and(|c| c.revision > revision) {
+            return;
+        }
+        if let Some(cached) = self.keys.remove(key) {
+            self.mark(key.to_owned(), cached.record);
+        }
     }
 
-    /// Every key, in order, as (key, value, mod revision, what it holds); `parse`
-    /// parses only the keys put since the last call.
-    pub(super) fn records(
-        &mut self,
-        parse: impl Fn(&str, &str) -> Record,
-    ) -> impl Iterator<Item = (&str, &str, i64, &Record)> {
-        for (key, cached) in &mut self.keys {
-            if cached.record.is_none() {
-                cached.record = Some(parse(key, &cached.value));
+    /// This host wrote `key` (`None`: deleted it) at `revision`: in at once, unless
+    /// the watch already went past it.
+    pub(super) fn wrote(&mut self, key: &str, value: Option<&str>, revision: i64) {
+        if revision <= self.revision {
+            return;
+        }
+        match value {
+            Some(value) => self.put(key.to_owned(), value.to_owned(), revision),
+            None => {
+                self.delete(key, revision);
+                self.deleted.insert(key.to_owned(), revision);
             }
         }
-        self.keys.iter().filter_map(|(key, cached)| {
-            let record = cached.record.as_ref()?;
-            Some((key.as_str(), cached.value.as_str(), cached.revision, record))
-        })
+    }
+
+    /// Every change up to `revision` is in.
+    pub(super) fn reached(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+        if !self.deleted.is_empty() {
+            let now = self.revision;
+            self.deleted.retain(|_, at| *at > now);
+        }
+    }
+
+    fn mark(&mut self, key: String, applied: Option<Record>) {
+        if let Some(record) = applied {
+            self.stale.entry(key.clone()).or_insert(record);
+        }
+        self.dirty.insert(key);
+    }
+
+    /// Brings the model up to date with the keys changed since the last call (`parse`
+    /// parses each once) and `seen` with what they hold: (value, mod revision) of each
+    /// key the model takes. Returns the model.
+    pub(super) fn build(
+        &mut self,
+        parse: impl Fn(&str, &str) -> Record,
+        seen: &mut BTreeMap<String, (String, i64)>,
+    ) -> &Built {
+        for key in std::mem::take(&mut self.dirty) {
+            if let Some(old) = self.stale.remove(&key) {
+                self.built.remove(&key, &old);
+            }
+            let Some(cached) = self.keys.get_mut(&key) else {
+                seen.remove(&key);
+                continue;
+            };
+            let record = cached.record.insert(parse(&key, &cached.value));
+            self.built.insert(&key, record);
+            if record.is_taken() {
+                match seen.get_mut(&key) {
+                    Some(held) if held.1 == cached.revision && held.0 == cached.value => {}
+                    Some(held) => *held = (cached.value.clone(), cached.revision),
+                    None => {
+                        seen.insert(key, (cached.value.clone(), cached.revision));
+                    }
+                }
+            } else {
+                seen.remove(&key);
+            }
+        }
+        &self.built
     }
 }
 
@@ -218,7 +302,7 @@ impl Follower {
             let revision = revision(message.header());
             self.next_revision = self.next_revision.max(revision + 1);
             if let Some(cache) = self.lock_cache().as_mut() {
-                cache.revision = cache.revision.max(revision);
+                cache.reached(revision);
             }
             return Ok(());
         }
@@ -235,13 +319,13 @@ impl Follower {
             if revision <= cache.base {
                 continue;
             }
-            cache.revision = cache.revision.max(revision);
             if event.event_type() == EventType::Delete {
-                cache.delete(key);
+                cache.delete(key, revision);
             } else {
                 let value = kv.value_str().unwrap_or_default();
                 cache.put(key.to_owned(), value.to_owned(), revision);
             }
+            cache.reached(revision);
         }
         drop(cache);
         if !events.is_empty() {

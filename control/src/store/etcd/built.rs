@@ -1,0 +1,200 @@
+//! The model the cluster's keys build, kept up to date key by key: a watch event puts
+//! or removes the one record its key holds (a binary search in the list of that
+//! record's kind, kept in key order), so a read after a change costs what the change
+//! touched, not the size of the cloud. The long lists are persistent, so handing the
+//! model out shares them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::config::gateway::{PublishSpec, RouteSpec};
+use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection};
+use crate::config::{List, PortSpec};
+use crate::model::Model;
+
+use super::keys::Record;
+
+/// A model's list kept in its keys' order, with the keys beside it.
+#[derive(Default)]
+struct Keyed {
+    keys: List<Arc<str>>,
+}
+
+/// A list a record can be put into or taken out of at a position.
+trait Positioned<T> {
+    fn insert_at(&mut self, at: usize, item: T);
+    fn remove_at(&mut self, at: usize);
+}
+
+impl<T> Positioned<T> for Vec<T> {
+    fn insert_at(&mut self, at: usize, item: T) {
+        self.insert(at, item);
+    }
+    fn remove_at(&mut self, at: usize) {
+        self.remove(at);
+    }
+}
+
+impl<T: Clone> Positioned<T> for List<T> {
+    fn insert_at(&mut self, at: usize, item: T) {
+        self.insert(at, item);
+    }
+    fn remove_at(&mut self, at: usize) {
+        self.remove(at);
+    }
+}
+
+impl Keyed {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.keys.binary_search_by(|k| k.as_ref().cmp(key))
+    }
+
+    fn insert<T>(&mut self, list: &mut impl Positioned<T>, key: &str, item: T) {
+        // A key holds one record: it is taken out before its new one goes in.
+        if let Err(at) = self.find(key) {
+            self.keys.insert(at, key.into());
+            list.insert_at(at, item);
+        }
+    }
+
+    fn remove<T>(&mut self, list: &mut impl Positioned<T>, key: &str) {
+        if let Ok(at) = self.find(key) {
+            self.keys.remove(at);
+            list.remove_at(at);
+        }
+    }
+}
+
+/// The model the keys read so far build, with what a read hands out besides it.
+pub(super) struct Built {
+    /// Hosts, tenants, endpoints, routes, published ports and placements; the switch
+    /// settings and ports are this host's records, or the seed's when it has none.
+    model: Model,
+    hosts: Keyed,
+    tenants: Keyed,
+    endpoints: Keyed,
+    routes: Keyed,
+    published: Keyed,
+    switch: Option<SwitchSection>,
+    ports: Option<Vec<PortSpec>>,
+    /// Records of the cluster's shared part (not this host's own): none means the
+    /// cluster stored nothing yet.
+    shared: usize,
+    /// Hosts holding a live lease.
+    pub(super) alive: BTreeSet<String>,
+    /// Keys that do not hold what their place says.
+    pub(super) skipped: BTreeSet<String>,
+}
+
+impl Default for Built {
+    fn default() -> Self {
+        Self {
+            model: Model::bare(SwitchSection::default(), Vec::new()),
+            hosts: Keyed::default(),
+            tenants: Keyed::default(),
+            endpoints: Keyed::default(),
+            routes: Keyed::default(),
+            published: Keyed::default(),
+            switch: None,
+            ports: None,
+            shared: 0,
+            alive: BTreeSet::new(),
+            skipped: BTreeSet::new(),
+        }
+    }
+}
+
+impl Built {
+    /// Takes out what `key` held.
+    pub(super) fn remove(&mut self, key: &str, record: &Record) {
+        let model = &mut self.model;
+        match record {
+            Record::Host(_) => self.hosts.remove::<HostSpec>(&mut model.hosts, key),
+            Record::Tenant(_) => self.tenants.remove(&mut model.tenants, key),
+            Record::Endpoint(_) => self
+                .endpoints
+                .remove::<EndpointSpec>(&mut model.endpoints, key),
+            Record::Route(_) => self.routes.remove::<RouteSpec>(&mut model.routes, key),
+            Record::Published(_) => self
+                .published
+                .remove::<PublishSpec>(&mut model.published, key),
+            Record::Placed { tenant, .. } => drop(model.placed.remove(tenant)),
+            Record::Unique => {}
+            Record::Switch(_) => self.switch = None,
+            Record::Ports(_) => self.ports = None,
+            Record::Alive(host) => drop(self.alive.remove(host)),
+            Record::Elsewhere => return,
+            Record::Garbled(_) => drop(self.skipped.remove(key)),
+        }
+        if record.is_shared() {
+            self.shared -= 1;
+        }
+    }
+
+    /// Puts in what `key` holds now.
+    pub(super) fn insert(&mut self, key: &str, record: &Record) {
+        let model = &mut self.model;
+        match record {
+            Record::Host(host) => self.hosts.insert(&mut model.hosts, key, host.clone()),
+            Record::Tenant(tenant) => {
+                self.tenants
+                    .insert(&mut model.tenants, key, Arc::new(tenant.clone()))
+            }
+            Record::Endpoint(endpoint) => {
+                self.endpoints
+                    .insert(&mut model.endpoints, key, endpoint.clone())
+            }
+            Record::Route(route) => self.routes.insert(&mut model.routes, key, route.clone()),
+            Record::Published(publish) => {
+                self.published
+                    .insert(&mut model.published, key, publish.clone())
+            }
+            Record::Placed { tenant, host } => {
+                model.placed.insert(tenant.clone(), host.clone());
+            }
+            Record::Unique => {}
+            Record::Switch(switch) => self.switch = Some(switch.clone()),
+            Record::Ports(ports) => self.ports = Some(ports.clone()),
+            Record::Alive(host) => drop(self.alive.insert(host.clone())),
+            Record::Elsewhere => return,
+            Record::Garbled(error) => {
+                // One garbled key (a bug elsewhere, a hand edit) costs that record
+                // only; it stays in etcd untouched (never in `seen`, so never
+                // rewritten or deleted from here).
+                tracing::warn!(%key, %error, "an etcd key does not hold what its place says; skipped");
+                self.skipped.insert(key.to_owned());
+            }
+        }
+        if record.is_shared() {
+            self.shared += 1;
+        }
+    }
+
+    /// The model, with this host's own settings and ports from `seed` where the
+    /// cluster holds none; `None` when the cluster stored nothing shared yet.
+    pub(super) fn model(&self, seed: &Model) -> Option<Model> {
+        if self.shared == 0 {
+            return None;
+        }
+        let mut model = self.model.clone();
+        model.switch = self.switch.clone().unwrap_or_else(|| seed.switch.clone());
+        model.ports = self.ports.clone().unwrap_or_else(|| seed.ports.clone());
+        Some(model)
+    }
+}
+
+impl Record {
+    /// Whether the key is part of the model this host keeps (and so compared on its
+    /// writes): not a lease, not another host's business, not garbled.
+    pub(super) fn is_taken(&self) -> bool {
+        !matches!(
+            self,
+            Record::Alive(_) | Record::Elsewhere | Record::Garbled(_)
+        )
+    }
+
+    /// Whether the key is part of the cluster's shared model.
+    fn is_shared(&self) -> bool {
+        self.is_taken() && !matches!(self, Record::Switch(_) | Record::Ports(_))
+    }
+}
