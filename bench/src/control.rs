@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use control::client::Client;
 
+use crate::lab::Etcd;
 use crate::ovs::Ovs;
 use crate::process::Proc;
 
@@ -32,6 +33,9 @@ pub struct Options {
     pub out: PathBuf,
     /// The tenetd binary.
     pub tenetd: PathBuf,
+    /// Keep tenetd's model in an etcd started for the run, as one host of a cluster
+    /// does (every change a transaction, read back through the watch).
+    pub etcd: bool,
 }
 
 /// Latencies of one kind of operation, milliseconds.
@@ -200,6 +204,14 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
             work.join("state.json").display()
         ),
     )?;
+    // In a cluster the model lives in etcd: one host of one, its changes written as
+    // transactions and followed through its watch.
+    let etcd = options.etcd.then(Etcd::start).transpose()?;
+    if let Some(etcd) = &etcd {
+        let mut text = std::fs::read_to_string(&config)?;
+        text.push_str(&format!("etcd = [\"{}\"]\n", etcd.url()));
+        std::fs::write(&config, text)?;
+    }
     let _ = std::fs::remove_dir_all("/var/run/dpdk/tbctl");
     let mut command = Command::new(&options.tenetd);
     command.arg("--config").arg(&config);
@@ -437,8 +449,8 @@ pub fn table(results: &Results) -> String {
     }
     t.push_str(
         "\nms: median/99th percentile latency of one operation as its caller sees it (tenet: \
-         HTTP over the API socket, its state record fsynced; OVS: one ovs-vsctl/ovs-ofctl \
-         run each).\n\
+         HTTP over the API socket, its state record fsynced, or with --etcd its etcd \
+         transaction; OVS: one ovs-vsctl/ovs-ofctl run each).\n\
          del: removing one of the first tenants (bridges), every later one a position up; \
          added back untimed.\n\
          adds/s: tenants (OVS: bridges) added per second while growing to the count.\n",

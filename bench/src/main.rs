@@ -122,6 +122,9 @@ struct ControlArgs {
     /// The tenetd binary (default: beside tenet-bench).
     #[arg(long)]
     tenetd: Option<PathBuf>,
+    /// Keep tenetd's model in etcd (started for the run), as a host of a cluster does.
+    #[arg(long)]
+    etcd: bool,
     /// Fail instead of installing missing packages.
     #[arg(long)]
     no_install: bool,
@@ -487,7 +490,12 @@ fn control(args: ControlArgs) -> anyhow::Result<()> {
         ovs_budget: Duration::from_secs(args.ovs_budget),
         out: results_dir(args.out, "control")?,
         tenetd: tenetd_beside(args.tenetd)?,
+        etcd: args.etcd,
     };
+    anyhow::ensure!(
+        !(options.etcd && options.ovs),
+        "etcd: OVS keeps no cluster model to compare with"
+    );
     let results = bench::control::run(&options, std::env::args().collect::<Vec<_>>().join(" "))?;
     print!("{}", bench::control::table(&results));
     println!("results in {}", options.out.display());

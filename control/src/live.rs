@@ -22,7 +22,8 @@ use crate::config::switching::RolePlan;
 use crate::config::Validated;
 use crate::controller::Controller;
 use crate::model::{Change, Model, Place};
-use crate::store::{Conflict, Store};
+use crate::store::etcd::Touched;
+use crate::store::{Conflict, LocalCopies, Store};
 use crate::wiring::{Dataplane, NamedPort};
 
 /// What a store call on a blocking thread reports.
@@ -43,6 +44,9 @@ pub struct Read {
     placement_failed: bool,
     /// Whether this host's own part is in the cluster now.
     seeded: bool,
+    /// The tenants whose records changed since the last read (`None`: anything may
+    /// have).
+    touched: Touched,
 }
 
 /// A change whose write is under way.
@@ -91,6 +95,11 @@ pub struct Live {
     queued: VecDeque<(Change, oneshot::Sender<Reply>)>,
     reading: bool,
     read_again: bool,
+    /// A cluster's local copy, written behind the changes (`None`: no store).
+    copies: Option<LocalCopies>,
+    /// The last read of the cluster was not taken (an error, a model that did not
+    /// fit): the next is taken whole, whatever it says changed.
+    read_missed: bool,
 }
 
 impl Live {
@@ -102,9 +111,12 @@ impl Live {
         running: Option<Model>,
     ) -> (Self, mpsc::UnboundedReceiver<Done>) {
         let (report, done) = mpsc::unbounded_channel();
+        let copies = store.clone().map(LocalCopies::new);
         let live = Self {
             model: Arc::new(model),
             store,
+            copies,
+            read_missed: true,
             running,
             placement_pending: false,
             unseeded: false,
@@ -167,6 +179,7 @@ impl Live {
                 model: Err(anyhow::anyhow!("reading the cluster's model failed")),
                 placement_failed: retrying,
                 seeded: false,
+                touched: None,
             });
             let _ = report.send(Done::Read(Box::new(read)));
         });
@@ -208,6 +221,9 @@ impl Live {
             tracing::info!("this host's part is in the cluster now");
             self.unseeded = false;
         }
+        // A read not taken leaves changes the next one does not name: that one is
+        // taken whole.
+        let missed = std::mem::replace(&mut self.read_missed, true);
         let model = match read.model {
             Ok(Some(model)) => model,
             Ok(None) => return,
@@ -216,10 +232,27 @@ impl Live {
                 return;
             }
         };
+        // Most changes in a large cluster are other hosts' tenants': this host's view
+        // stays as it is, and only the model is taken.
+        if let (Some(names), Some(running), false, Store::Etcd(etcd)) =
+            (&read.touched, &self.running, missed, &*store)
+        {
+            let alive = etcd.alive();
+            let elsewhere = |tenant: &String| {
+                crate::placement::surely_elsewhere(&model, &alive, etcd.host(), tenant, running)
+            };
+            if names.iter().all(elsewhere) {
+                self.model = Arc::new(model);
+                self.keep_copy();
+                self.read_missed = false;
+                return;
+            }
+        }
         let effective = store.effective(&model);
         // Compared as they are, not as JSON: every watch event at every host comes here.
         let same = model == *self.model && self.running.as_ref() == Some(&effective);
         if same {
+            self.read_missed = false;
             return;
         }
         let base = controller.config().source.clone();
@@ -234,7 +267,8 @@ impl Live {
                 );
                 self.model = Arc::new(model);
                 self.running = Some(effective);
-                keep_copy(&store, Arc::clone(&self.model));
+                self.read_missed = false;
+                self.keep_copy();
                 let ports = dataplane.port_info(&validated.ports);
                 controller.reconfigure(Arc::new(validated), ports);
                 controller.publish_if_changed();
@@ -242,6 +276,14 @@ impl Live {
             Err(e) => {
                 tracing::warn!(error = %e, "the cluster's model does not fit this host; keeping the tables in force");
             }
+        }
+    }
+
+    /// Keeps the model where a restart finds it when the store does not answer (a
+    /// cluster's local copy), off the control loop.
+    fn keep_copy(&self) {
+        if let Some(copies) = &self.copies {
+            copies.keep(Arc::clone(&self.model));
         }
     }
 
@@ -516,10 +558,8 @@ impl Live {
             };
         }
         self.running = effective;
-        if let Some(store) = &self.store {
-            keep_copy(store, Arc::clone(&model));
-        }
         self.model = model;
+        self.keep_copy();
         // Ports are paired with the config by name: a port the change removed has no
         // role in these tables, whether or not its device is detached yet.
         let ports = dataplane.port_info(&validated.ports);
@@ -727,15 +767,16 @@ fn confined(path: &std::path::Path, dir: &std::path::Path) -> Result<(), String>
 /// is the placer.
 fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> Read {
     let mut seeded = false;
-    let model = match store.reload(seed) {
-        Ok(Some(model)) => model,
+    let (model, mut touched) = match store.reload(seed) {
+        Ok((Some(model), touched)) => (model, touched),
         // The cluster holds nothing yet: this host's part starts it.
-        Ok(None) if unseeded => seed.clone(),
+        Ok((None, _)) if unseeded => (seed.clone(), None),
         other => {
             return Read {
-                model: other,
+                model: other.map(|(model, _)| model),
                 placement_failed: retrying,
                 seeded,
+                touched: None,
             }
         }
     };
@@ -751,7 +792,10 @@ fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> 
     let model = match store.with_placements(&model) {
         // The record goes to every host through its watch, this one's too.
         Some(placed) => match store.save_placements(&model, &placed) {
-            Ok(()) => placed,
+            Ok(()) => {
+                touched = None;
+                placed
+            }
             Err(e) if e.downcast_ref::<Conflict>().is_some() => {
                 tracing::info!(error = %e, "placing gateways: another host wrote first; taking its change next");
                 model
@@ -770,14 +814,8 @@ fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> 
         model: Ok(Some(model)),
         placement_failed,
         seeded,
+        touched,
     }
-}
-
-/// Keeps the model where a restart finds it when the store does not answer (a
-/// cluster's local copy), off the control loop.
-fn keep_copy(store: &Arc<Store>, model: Arc<Model>) {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || store.keep_copy(&model));
 }
 
 fn role_name(

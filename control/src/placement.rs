@@ -206,7 +206,8 @@ pub fn least_loaded<'a>(load: &BTreeMap<&'a str, HostLoad>) -> Option<&'a str> {
 }
 
 /// The model host `me` runs when the hosts in `alive` are up: hosts down are gone
-/// with their endpoints; gateways are placed (by name); and only the tenants with a
+/// with their endpoints; gateways are placed (by name, into each tenant's
+/// `gateway_host`; the view holds no placement records); and only the tenants with a
 /// port, a gateway or a static claim (`hosts`) here remain, with their endpoints,
 /// routes and published ports (all tenants on the shared design's egress host).
 pub fn view(model: &Model, alive: &BTreeSet<String>, me: &str) -> Model {
@@ -259,7 +260,72 @@ pub fn view(model: &Model, alive: &BTreeSet<String>, me: &str) -> Model {
         .retain(|e| here.contains(e.tenant.as_str()) && e.host.as_deref().is_none_or(up));
     view.routes.retain(|r| here.contains(r.tenant.as_str()));
     view.published.retain(|p| here.contains(p.tenant.as_str()));
+    // Placed into the tenants above: the records themselves are the cluster's.
+    view.placed.clear();
     view
+}
+
+/// Whether host `me` surely does not run `tenant` of `model` (see [`view`]), told from
+/// that tenant's records alone and `running`, the view in force: no local port carries
+/// it, it claims no place here, its gateway is placed elsewhere, no gateway here peers
+/// with it, and it was not here before. `false` when it may run here, or when its
+/// gateway is not placed yet (placing it weighs every gateway). A change touching only
+/// such tenants leaves this host's view as it was, but for gateways not placed yet,
+/// which the placer's record settles.
+pub fn surely_elsewhere(
+    model: &Model,
+    alive: &BTreeSet<String>,
+    me: &str,
+    tenant: &str,
+    running: &Model,
+) -> bool {
+    let hub =
+        model.switch.design == "shared" && model.hosts.iter().any(|h| h.egress && h.name == me);
+    let carried = model.ports.iter().any(|port| {
+        port.tenant.as_deref() == Some(tenant) || port.tenants.iter().flatten().any(|t| t == tenant)
+    });
+    let ran = running.tenants.iter().any(|t| {
+        t.name == tenant
+            || (t.gateway_host.as_deref() == Some(me) && t.peers.iter().any(|p| p == tenant))
+    });
+    if hub || carried || ran {
+        return false;
+    }
+    let found = match model
+        .tenants
+        .binary_search_by(|t| t.name.as_str().cmp(tenant))
+    {
+        Ok(at) => model.tenants.get(at),
+        Err(_) => crate::config::items(&model.tenants).find(|t| t.name == tenant),
+    };
+    let Some(spec) = found else {
+        return true;
+    };
+    if spec.hosts.iter().any(|h| h == me) {
+        return false;
+    }
+    if spec.subnets.is_empty() {
+        return true;
+    }
+    // As `place` has it: pinned, central, or as recorded on a host alive.
+    let up = |host: &str| alive.contains(host) && model.hosts.iter().any(|h| h.name == host);
+    let fixed = match spec.gateway_host.as_deref() {
+        Some(crate::config::gateway::AUTO) => None,
+        None | Some("central") => model
+            .hosts
+            .iter()
+            .find(|h| h.egress && alive.contains(&h.name))
+            .map(|h| h.name.as_str()),
+        Some(host) => alive.contains(host).then_some(host),
+    };
+    let recorded = || {
+        model
+            .placed
+            .get(tenant)
+            .map(String::as_str)
+            .filter(|h| up(h))
+    };
+    fixed.or_else(recorded).is_some_and(|host| host != me)
 }
 
 #[cfg(test)]
@@ -452,5 +518,114 @@ mod tests {
         let v = view(&m, &without_c, "a");
         assert!(v.endpoints.is_empty());
         assert!(v.hosts.iter().all(|h| h.name != "c"));
+    }
+
+    mod elsewhere {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::config::switching::TenantSpec;
+
+        const GATEWAYS: &[Option<&str>] = &[
+            None,
+            Some("a"),
+            Some("b"),
+            Some("c"),
+            Some("d"),
+            Some("auto"),
+            Some("central"),
+        ];
+
+        fn tenant(n: usize) -> impl Strategy<Value = TenantSpec> {
+            (
+                any::<bool>(),
+                0..GATEWAYS.len(),
+                prop::sample::subsequence(vec!["a", "b"], 0..=2),
+                prop::sample::subsequence(vec!["t0", "t1", "t2", "t3", "t4", "t5"], 0..=1),
+            )
+                .prop_map(move |(routed, gateway, hosts, peers)| TenantSpec {
+                    name: format!("t{n}"),
+                    id: n as u32 + 1,
+                    subnets: if routed {
+                        vec![format!("10.{n}.0.1/24")]
+                    } else {
+                        vec![]
+                    },
+                    gateway_host: GATEWAYS[gateway].map(str::to_owned),
+                    hosts: hosts.into_iter().map(str::to_owned).collect(),
+                    peers: peers.into_iter().map(str::to_owned).collect(),
+                    ..serde_json::from_str(r#"{"name":"t","id":1}"#).unwrap()
+                })
+        }
+
+        /// Tenants t0..t5 (some absent), each floating one's gateway recorded on
+        /// one of the hosts.
+        fn tenants() -> impl Strategy<Value = Vec<(Option<TenantSpec>, usize)>> {
+            (0..6usize)
+                .map(|n| (prop::option::weighted(0.8, tenant(n)), 0..3usize))
+                .collect::<Vec<_>>()
+        }
+
+        fn model_of(tenants: &[(Option<TenantSpec>, usize)], shared: bool) -> Model {
+            let mut m = model(
+                "[[port]]\nname = \"p0\"\nbackend = \"ring\"\nrole = \"access\"\ntenant = \"t0\"\n",
+            );
+            if shared {
+                m.switch.design = "shared".to_owned();
+            }
+            for (spec, placed) in tenants {
+                if let Some(spec) = spec {
+                    m.placed
+                        .insert(spec.name.clone(), ["a", "b", "c"][*placed].to_owned());
+                    m.tenants.push_back(std::sync::Arc::new(spec.clone()));
+                }
+            }
+            m
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, max_global_rejects: 100_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// A tenant told surely elsewhere, changed or gone, leaves the view of the
+            /// host as it was (gateways all placed, as the placer keeps them).
+            #[test]
+            fn a_tenant_surely_elsewhere_leaves_the_view_as_it_was(
+                before in tenants(),
+                changed in 0..6usize,
+                replacement in prop::option::weighted(0.8, (0..6usize).prop_flat_map(tenant)),
+                placed in 0..3usize,
+                alive in prop::sample::subsequence(vec!["b", "c"], 0..=2),
+                shared in any::<bool>(),
+            ) {
+                let alive: BTreeSet<String> =
+                    alive.into_iter().chain(["a"]).map(str::to_owned).collect();
+                let mut after = before.clone();
+                after[changed] = (
+                    replacement.map(|t| TenantSpec { name: format!("t{changed}"), id: changed as u32 + 1, ..t }),
+                    placed,
+                );
+                let (m0, m1) = (model_of(&before, shared), model_of(&after, shared));
+                // Gateways not placed yet (or placed on a host down) go where the
+                // load is least, which any tenant moves: the placer's next record
+                // settles them, and the hosts take that record whole.
+                let all_placed = |m: &Model| {
+                    let (placed, _) = place(m, &alive, None);
+                    m.tenants.iter().filter(|t| !t.subnets.is_empty()).all(|t| {
+                        let recorded = m.placed.get(&t.name).filter(|h| alive.contains(*h));
+                        placed.contains_key(&t.name) && (recorded == placed.get(&t.name) || match t.gateway_host.as_deref() {
+                            Some("auto") => false,
+                            None | Some("central") => m.hosts.iter().any(|h| h.egress && alive.contains(&h.name)),
+                            Some(host) => alive.contains(host),
+                        })
+                    })
+                };
+                prop_assume!(all_placed(&m0) && all_placed(&m1));
+                let running = view(&m0, &alive, "a");
+                let name = format!("t{changed}");
+                if surely_elsewhere(&m1, &alive, "a", &name, &running) {
+                    prop_assert_eq!(view(&m1, &alive, "a"), running);
+                }
+            }
+        }
     }
 }

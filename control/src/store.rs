@@ -7,6 +7,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -37,12 +40,13 @@ impl Store {
         }
     }
 
-    /// The stored model again after a change was reported: a cluster store rebuilds it
-    /// from what its watch delivered, without reading all of etcd.
-    pub fn reload(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+    /// The stored model again after a change was reported, with what changed since
+    /// the last read (`None`: anything may have): a cluster store brings it up to date
+    /// with what its watch delivered, without reading all of etcd.
+    pub fn reload(&self, seed: &Model) -> anyhow::Result<(Option<Model>, etcd::Touched)> {
         match self {
-            Store::File(file) => file.load(),
-            Store::Etcd(etcd) => etcd.load_cached(seed),
+            Store::File(file) => Ok((file.load()?, None)),
+            Store::Etcd(etcd) => etcd.load_changes(seed),
         }
     }
 
@@ -115,6 +119,81 @@ impl Store {
             Store::Etcd(etcd) => etcd.describe(),
         }
     }
+}
+
+/// How often a cluster host writes its local copy at most.
+const COPY_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes a cluster's local copy off the control loop, at most once every
+/// [`COPY_EVERY`] and the latest model each time: every watch event brings a model,
+/// and writing out the whole cloud's at each costs more than taking the event. What
+/// is pending when tenetd stops is written then; a crash may leave the copy that
+/// long behind, which a start while etcd is away runs until etcd answers again.
+pub struct LocalCopies {
+    store: Arc<Store>,
+    pending: Arc<Mutex<Option<Arc<Model>>>>,
+    /// A task is writing or waiting to write what is pending.
+    scheduled: Arc<AtomicBool>,
+    /// Held while a copy is written: the last one, at stop, must not race the task's.
+    writing: Arc<Mutex<()>>,
+}
+
+impl LocalCopies {
+    /// Copies of `store`'s model (nothing is written for a single host's file store).
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            pending: Arc::default(),
+            scheduled: Arc::default(),
+            writing: Arc::default(),
+        }
+    }
+
+    /// Keeps `model` as the copy to write next. Called in tenetd's runtime.
+    pub fn keep(&self, model: Arc<Model>) {
+        if !matches!(*self.store, Store::Etcd(_)) {
+            return;
+        }
+        *lock(&self.pending) = Some(model);
+        if self.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (store, pending) = (Arc::clone(&self.store), Arc::clone(&self.pending));
+        let (scheduled, writing) = (Arc::clone(&self.scheduled), Arc::clone(&self.writing));
+        tokio::spawn(async move {
+            loop {
+                let next = lock(&pending).take();
+                let Some(model) = next else {
+                    scheduled.store(false, Ordering::Release);
+                    // A model kept between the take and the store saw a task running.
+                    if lock(&pending).is_some() && !scheduled.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
+                };
+                let (store, writing) = (Arc::clone(&store), Arc::clone(&writing));
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _held = lock(&writing);
+                    store.keep_copy(&model);
+                })
+                .await;
+                tokio::time::sleep(COPY_EVERY).await;
+            }
+        });
+    }
+}
+
+impl Drop for LocalCopies {
+    fn drop(&mut self) {
+        if let Some(model) = lock(&self.pending).take() {
+            let _held = lock(&self.writing);
+            self.store.keep_copy(&model);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one,

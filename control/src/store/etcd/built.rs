@@ -183,7 +183,37 @@ impl Built {
     }
 }
 
+/// What a read changed: the tenants whose records came, changed or went; `None` when
+/// anything else did (hosts, leases, this host's own part, a garbled key) or the read
+/// was of everything.
+pub type Touched = Option<BTreeSet<String>>;
+
 impl Record {
+    /// Notes in `touched` what this record's coming or going changes.
+    pub(super) fn touches(&self, touched: &mut Touched) {
+        let tenant = match self {
+            Record::Tenant(tenant) => &tenant.name,
+            Record::Endpoint(endpoint) => &endpoint.tenant,
+            Record::Route(route) => &route.tenant,
+            Record::Published(publish) => &publish.tenant,
+            Record::Placed { tenant, .. } => tenant,
+            Record::Unique | Record::Elsewhere => return,
+            Record::Host(_)
+            | Record::Switch(_)
+            | Record::Ports(_)
+            | Record::Alive(_)
+            | Record::Garbled(_) => {
+                *touched = None;
+                return;
+            }
+        };
+        if let Some(names) = touched {
+            if !names.contains(tenant) {
+                names.insert(tenant.clone());
+            }
+        }
+    }
+
     /// Whether the key is part of the model this host keeps (and so compared on its
     /// writes): not a lease, not another host's business, not garbled.
     pub(super) fn is_taken(&self) -> bool {

@@ -50,6 +50,8 @@ use client::{revision, Etcd};
 use keys::Scope;
 use watch::KeyCache;
 
+pub use built::Touched;
+
 /// Operations per etcd transaction (etcd refuses more than 128).
 const MAX_TXN_OPS: usize = 64;
 
@@ -212,7 +214,7 @@ impl EtcdStore {
             model: model.clone(),
             alive: self.lock_alive().clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&copy).context("encoding the local copy")?;
+        let bytes = serde_json::to_vec(&copy).context("encoding the local copy")?;
         crate::store::write_private(path, &bytes)
     }
 
@@ -317,7 +319,7 @@ impl EtcdStore {
         for (key, (value, at)) in self.lock_own_writes().iter() {
             cache.wrote(key, value.as_deref(), *at);
         }
-        Ok(self.build(cache, seed))
+        Ok(self.build(cache, seed).0)
     }
 
     /// The model from the keys the watch has kept up to date, without asking etcd;
@@ -325,20 +327,25 @@ impl EtcdStore {
     /// compacted away changes the watch had not seen). Only the keys changed since the
     /// last read are parsed and put into the model.
     pub fn load_cached(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
+        Ok(self.load_changes(seed)?.0)
+    }
+
+    /// [`EtcdStore::load_cached`], with what changed since the last read.
+    pub fn load_changes(&self, seed: &Model) -> anyhow::Result<(Option<Model>, Touched)> {
         let mut guard = self.lock_cache();
         let Some(cache) = guard.as_mut() else {
             drop(guard);
-            return self.load(seed);
+            return Ok((self.load(seed)?, None));
         };
         let revision = cache.revision;
         self.lock_own_writes().retain(|_, (_, at)| *at > revision);
         Ok(self.build(cache, seed))
     }
 
-    /// The model `cache` builds, with what this host has seen, the hosts alive and the
-    /// keys skipped brought up to date.
-    fn build(&self, cache: &mut KeyCache, seed: &Model) -> Option<Model> {
-        let built = cache.build(|k, v| self.parse(k, v), &mut self.lock_seen());
+    /// The model `cache` builds and what changed in it, with what this host has seen,
+    /// the hosts alive and the keys skipped brought up to date.
+    fn build(&self, cache: &mut KeyCache, seed: &Model) -> (Option<Model>, Touched) {
+        let (built, touched) = cache.build(|k, v| self.parse(k, v), &mut self.lock_seen());
         let mut alive = self.lock_alive();
         if *alive != built.alive {
             alive.clone_from(&built.alive);
@@ -347,7 +354,7 @@ impl EtcdStore {
         if *skipped != built.skipped {
             skipped.clone_from(&built.skipped);
         }
-        built.model(seed)
+        (built.model(seed), touched)
     }
 
     fn lock_own_writes(&self) -> std::sync::MutexGuard<'_, OwnWrites> {

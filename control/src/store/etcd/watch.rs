@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::bail;
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 
-use super::built::Built;
+use super::built::{Built, Touched};
 use super::client::{misconfigured, revision, Etcd};
 use super::keys::Record;
 use super::EtcdStore;
@@ -36,6 +36,8 @@ pub(super) struct KeyCache {
     deleted: BTreeMap<String, i64>,
     /// The model the keys build, as of the last read.
     built: Built,
+    /// Read whole since the last read of the model: everything changed.
+    fresh: bool,
 }
 
 /// A key's value and mod revision, and what it holds once parsed.
@@ -57,6 +59,7 @@ impl KeyCache {
             stale: BTreeMap::new(),
             deleted: BTreeMap::new(),
             built: Built::default(),
+            fresh: true,
         };
         for (key, value, revision) in keys {
             cache.put(key, value, revision);
@@ -135,14 +138,16 @@ impl KeyCache {
 
     /// Brings the model up to date with the keys changed since the last call (`parse`
     /// parses each once) and `seen` with what they hold: (value, mod revision) of each
-    /// key the model takes. Returns the model.
+    /// key the model takes. Returns the model and what changed in it.
     pub(super) fn build(
         &mut self,
         parse: impl Fn(&str, &str) -> Record,
         seen: &mut BTreeMap<String, (String, i64)>,
-    ) -> &Built {
+    ) -> (&Built, Touched) {
+        let mut touched = (!std::mem::take(&mut self.fresh)).then(BTreeSet::new);
         for key in std::mem::take(&mut self.dirty) {
             if let Some(old) = self.stale.remove(&key) {
+                old.touches(&mut touched);
                 self.built.remove(&key, &old);
             }
             let Some(cached) = self.keys.get_mut(&key) else {
@@ -150,6 +155,7 @@ impl KeyCache {
                 continue;
             };
             let record = cached.record.insert(parse(&key, &cached.value));
+            record.touches(&mut touched);
             self.built.insert(&key, record);
             if record.is_taken() {
                 match seen.get_mut(&key) {
@@ -163,7 +169,7 @@ impl KeyCache {
                 seen.remove(&key);
             }
         }
-        &self.built
+        (&self.built, touched)
     }
 }
 
