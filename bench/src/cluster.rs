@@ -47,6 +47,9 @@ pub struct Options {
     pub writes: usize,
     /// Tenants (with two containers each) the cluster holds before the agents start.
     pub preload: usize,
+    /// A tenetd (this binary) that joins the cluster as one more host and is timed
+    /// like the agents, through its API.
+    pub follower: Option<PathBuf>,
     /// Results directory.
     pub out: PathBuf,
 }
@@ -106,6 +109,13 @@ pub struct Results {
     pub preloaded: usize,
     /// Milliseconds from a write until every agent had it, per write.
     pub convergence_ms: Vec<f64>,
+    /// Milliseconds from a write of a tenant on other hosts until the follower's API
+    /// had it.
+    #[serde(default)]
+    pub follower_elsewhere_ms: Vec<f64>,
+    /// The same for a tenant that claims the follower's host (its tables change).
+    #[serde(default)]
+    pub follower_here_ms: Vec<f64>,
 }
 
 /// A small deterministic generator (xorshift64*): the same cluster on every run.
@@ -229,7 +239,8 @@ fn on_paper(options: &Options, results: &mut Results) -> anyhow::Result<()> {
 fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let etcd = Etcd::start()?;
     let prefix = "/converge";
-    let hosts: String = (0..=options.agents)
+    let follower_host = host_name(options.agents + 1);
+    let hosts: String = (0..=options.agents + usize::from(options.follower.is_some()))
         .map(|h| {
             let ip = Ipv4Addr::from(0x0a00_0000u32 + h as u32 + 1);
             format!(
@@ -262,6 +273,18 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     }
     writer.save(&model)?;
     results.preloaded = options.preload;
+    let follower = match &options.follower {
+        Some(tenetd) => Some(Follower::start(
+            tenetd,
+            prefix,
+            &follower_host,
+            &hosts,
+            etcd.url(),
+            &options.out,
+            &format!("p{:06}", options.preload.saturating_sub(1)),
+        )?),
+        None => None,
+    };
     // Per agent, the instant it first had each tenant.
     let seen: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
         Arc::new(Mutex::new(vec![vec![None; options.writes]; options.agents]));
@@ -334,14 +357,25 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let mut written = Vec::with_capacity(options.writes);
     for w in 0..options.writes {
         std::thread::sleep(Duration::from_millis(200));
-        let tenant: TenantSpec =
-            serde_json::from_value(json!({"name": format!("w{w}"), "id": 10_000 + w}))?;
+        // One write in four claims the follower's host: its tables take that one.
+        let here = w % 4 == 3;
+        let claim: Vec<&str> = if here { vec![&follower_host] } else { vec![] };
+        let tenant: TenantSpec = serde_json::from_value(
+            json!({"name": format!("w{w}"), "id": 10_000 + w, "hosts": claim}),
+        )?;
         let before = model.clone();
         model.tenants.push_back(Arc::new(tenant.clone()));
         let at = Instant::now();
         // As tenetd writes an API change: the records it touches, not the whole model.
         writer.save_made(&Change::AddTenant(tenant), &before, &model)?;
         written.push(at);
+        if let Some(follower) = &follower {
+            let took = follower.until_it_has(&format!("w{w}"), at)?;
+            match here {
+                true => results.follower_here_ms.push(took),
+                false => results.follower_elsewhere_ms.push(took),
+            }
+        }
     }
     // Agents that miss a write give up after a while rather than hang the run.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -371,6 +405,75 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         })
         .collect();
     Ok(())
+}
+
+/// A tenetd that joins the cluster as one more host.
+struct Follower {
+    tenetd: crate::process::Proc,
+    client: control::client::Client,
+    _work: crate::lab::TempDir,
+}
+
+impl Follower {
+    /// Starts `tenetd` as `host` of the cluster under `prefix` on `etcd` (hosts as
+    /// `hosts` lists them), and waits until it runs the cluster's model (it has tenant `last`).
+    fn start(
+        tenetd: &std::path::Path,
+        prefix: &str,
+        host: &str,
+        hosts: &str,
+        etcd: &str,
+        out: &std::path::Path,
+        last: &str,
+    ) -> anyhow::Result<Self> {
+        let work = crate::lab::TempDir::new("tenet-bench-follower")?;
+        let socket = work.path().join("tenetd.sock");
+        let config = work.path().join("tenetd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[dataplane]\nworkers = [1]\nmain_core = 0\nfile_prefix = \"tbfollow\"\nmemory_mb = 256\n\n\
+                 [switch]\nhost = \"{host}\"\n\n{hosts}\n\
+                 [[port]]\nname = \"up\"\nbackend = \"null\"\nrole = \"uplink\"\n\n\
+                 [control]\napi_socket = \"{}\"\nstate_file = \"{}\"\netcd = [\"{etcd}\"]\netcd_prefix = \"{prefix}\"\n",
+                socket.display(),
+                work.path().join("view.json").display()
+            ),
+        )?;
+        let _ = std::fs::remove_dir_all("/var/run/dpdk/tbfollow");
+        let mut command = std::process::Command::new(tenetd);
+        command.arg("--config").arg(&config);
+        std::fs::create_dir_all(out.join("logs"))?;
+        let proc =
+            crate::process::Proc::spawn("tenetd", command, &out.join("logs").join("follower.log"))?;
+        let follower = Self {
+            tenetd: proc,
+            client: control::client::Client::new(&socket),
+            _work: work,
+        };
+        follower.until_it_has(last, Instant::now())?;
+        Ok(follower)
+    }
+
+    /// Milliseconds from `since` until the follower's API answers for `tenant`.
+    fn until_it_has(&self, tenant: &str, since: Instant) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let path = format!("/v1/tenants/{tenant}");
+        loop {
+            if let Ok(answer) = self.client.send("GET", &path, b"") {
+                if answer.ok() {
+                    return Ok(since.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the follower tenetd did not take tenant {tenant}: {}",
+                    self.tenetd.log()
+                );
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
 }
 
 /// Runs both parts and writes `cluster.txt` and `cluster.json`.
@@ -444,6 +547,22 @@ pub fn table(r: &Results) -> String {
             median,
             max
         ));
+        for (what, taken) in [
+            ("on other hosts", &r.follower_elsewhere_ms),
+            ("claiming its host", &r.follower_here_ms),
+        ] {
+            if taken.is_empty() {
+                continue;
+            }
+            let mut sorted = taken.clone();
+            sorted.sort_by(f64::total_cmp);
+            out.push_str(&format!(
+                "  a tenetd of the cluster had a tenant {what} after {:.1} ms (median), {:.1} ms (slowest) of {}\n",
+                sorted[sorted.len() / 2],
+                sorted[sorted.len() - 1],
+                sorted.len()
+            ));
+        }
     }
     out
 }

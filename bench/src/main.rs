@@ -71,6 +71,12 @@ struct ClusterArgs {
     /// Results directory (default: bench/results/<stamp>-cluster).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run a tenetd as one more host of the cluster, timed like the agents.
+    #[arg(long)]
+    follower: bool,
+    /// The tenetd binary for --follower (default: beside tenet-bench).
+    #[arg(long)]
+    tenetd: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -518,6 +524,17 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     if args.agents > 0 {
         bench::machine::ensure(&["etcd-server"], true)?;
     }
+    anyhow::ensure!(
+        !args.follower || args.agents > 0,
+        "follower: it follows the agents' run; give --agents"
+    );
+    let follower = match args.follower {
+        true => {
+            bench::machine::prepare(true, false, 128)?;
+            Some(tenetd_beside(args.tenetd)?)
+        }
+        false => None,
+    };
     let options = bench::cluster::Options {
         hosts: args.hosts,
         tenants: args.tenants,
@@ -526,6 +543,7 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         agents: args.agents,
         writes: args.writes,
         preload: args.preload,
+        follower,
         out: results_dir(args.out, "cluster")?,
     };
     let results = bench::cluster::run(&options, std::env::args().collect::<Vec<_>>().join(" "))?;

@@ -23,15 +23,15 @@ struct Keyed {
 /// A list a record can be put into or taken out of at a position.
 trait Positioned<T> {
     fn insert_at(&mut self, at: usize, item: T);
-    fn remove_at(&mut self, at: usize);
+    fn remove_at(&mut self, at: usize) -> T;
 }
 
 impl<T> Positioned<T> for Vec<T> {
     fn insert_at(&mut self, at: usize, item: T) {
         self.insert(at, item);
     }
-    fn remove_at(&mut self, at: usize) {
-        self.remove(at);
+    fn remove_at(&mut self, at: usize) -> T {
+        self.remove(at)
     }
 }
 
@@ -39,8 +39,8 @@ impl<T: Clone> Positioned<T> for List<T> {
     fn insert_at(&mut self, at: usize, item: T) {
         self.insert(at, item);
     }
-    fn remove_at(&mut self, at: usize) {
-        self.remove(at);
+    fn remove_at(&mut self, at: usize) -> T {
+        self.remove(at)
     }
 }
 
@@ -57,11 +57,10 @@ impl Keyed {
         }
     }
 
-    fn remove<T>(&mut self, list: &mut impl Positioned<T>, key: &str) {
-        if let Ok(at) = self.find(key) {
-            self.keys.remove(at);
-            list.remove_at(at);
-        }
+    fn remove<T>(&mut self, list: &mut impl Positioned<T>, key: &str) -> Option<T> {
+        let at = self.find(key).ok()?;
+        self.keys.remove(at);
+        Some(list.remove_at(at))
     }
 }
 
@@ -104,70 +103,152 @@ impl Default for Built {
     }
 }
 
+/// What the model holds for a key: enough to take it out again (the record itself is
+/// in the model, not kept twice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Held {
+    Host,
+    Tenant,
+    Endpoint,
+    Route,
+    Published,
+    Placed(String),
+    Unique,
+    Switch,
+    Ports,
+    Alive(String),
+    Elsewhere,
+    Garbled,
+}
+
+impl Held {
+    /// Whether the key is part of the model this host keeps (and so compared on its
+    /// writes): not a lease, not another host's business, not garbled.
+    pub(super) fn is_taken(&self) -> bool {
+        !matches!(self, Held::Alive(_) | Held::Elsewhere | Held::Garbled)
+    }
+
+    /// Whether the key is part of the cluster's shared model.
+    fn is_shared(&self) -> bool {
+        self.is_taken() && !matches!(self, Held::Switch | Held::Ports)
+    }
+}
+
 impl Built {
-    /// Takes out what `key` held.
-    pub(super) fn remove(&mut self, key: &str, record: &Record) {
+    /// Takes out what `key` held, noting in `touched` what that changes.
+    pub(super) fn remove(&mut self, key: &str, held: &Held, touched: &mut Touched) {
         let model = &mut self.model;
-        match record {
-            Record::Host(_) => self.hosts.remove::<HostSpec>(&mut model.hosts, key),
-            Record::Tenant(_) => self.tenants.remove(&mut model.tenants, key),
-            Record::Endpoint(_) => self
+        let tenant = match held {
+            Held::Host => {
+                self.hosts.remove::<HostSpec>(&mut model.hosts, key);
+                None
+            }
+            Held::Tenant => self
+                .tenants
+                .remove(&mut model.tenants, key)
+                .map(|t| t.name.clone()),
+            Held::Endpoint => self
                 .endpoints
-                .remove::<EndpointSpec>(&mut model.endpoints, key),
-            Record::Route(_) => self.routes.remove::<RouteSpec>(&mut model.routes, key),
-            Record::Published(_) => self
+                .remove::<EndpointSpec>(&mut model.endpoints, key)
+                .map(|e| e.tenant),
+            Held::Route => self
+                .routes
+                .remove::<RouteSpec>(&mut model.routes, key)
+                .map(|r| r.tenant),
+            Held::Published => self
                 .published
-                .remove::<PublishSpec>(&mut model.published, key),
-            Record::Placed { tenant, .. } => drop(model.placed.remove(tenant)),
-            Record::Unique => {}
-            Record::Switch(_) => self.switch = None,
-            Record::Ports(_) => self.ports = None,
-            Record::Alive(host) => drop(self.alive.remove(host)),
-            Record::Elsewhere => return,
-            Record::Garbled(_) => drop(self.skipped.remove(key)),
+                .remove::<PublishSpec>(&mut model.published, key)
+                .map(|p| p.tenant),
+            Held::Placed(tenant) => {
+                model.placed.remove(tenant);
+                Some(tenant.clone())
+            }
+            Held::Switch => {
+                self.switch = None;
+                None
+            }
+            Held::Ports => {
+                self.ports = None;
+                None
+            }
+            Held::Alive(host) => {
+                self.alive.remove(host);
+                None
+            }
+            Held::Garbled => {
+                self.skipped.remove(key);
+                None
+            }
+            Held::Unique | Held::Elsewhere => None,
+        };
+        match (tenant, held) {
+            (Some(tenant), _) => note(touched, tenant),
+            (None, Held::Unique | Held::Elsewhere) => {}
+            (None, _) => *touched = None,
         }
-        if record.is_shared() {
+        if held.is_shared() {
             self.shared -= 1;
         }
     }
 
-    /// Puts in what `key` holds now.
-    pub(super) fn insert(&mut self, key: &str, record: &Record) {
+    /// Puts in what `key` holds now, noting in `touched` what that changes; what the
+    /// model holds for it.
+    pub(super) fn insert(&mut self, key: &str, record: Record, touched: &mut Touched) -> Held {
+        record.touches(touched);
         let model = &mut self.model;
-        match record {
-            Record::Host(host) => self.hosts.insert(&mut model.hosts, key, host.clone()),
+        let held = match record {
+            Record::Host(host) => {
+                self.hosts.insert(&mut model.hosts, key, host);
+                Held::Host
+            }
             Record::Tenant(tenant) => {
                 self.tenants
-                    .insert(&mut model.tenants, key, Arc::new(tenant.clone()))
+                    .insert(&mut model.tenants, key, Arc::new(tenant));
+                Held::Tenant
             }
             Record::Endpoint(endpoint) => {
-                self.endpoints
-                    .insert(&mut model.endpoints, key, endpoint.clone())
+                self.endpoints.insert(&mut model.endpoints, key, endpoint);
+                Held::Endpoint
             }
-            Record::Route(route) => self.routes.insert(&mut model.routes, key, route.clone()),
+            Record::Route(route) => {
+                self.routes.insert(&mut model.routes, key, route);
+                Held::Route
+            }
             Record::Published(publish) => {
-                self.published
-                    .insert(&mut model.published, key, publish.clone())
+                self.published.insert(&mut model.published, key, publish);
+                Held::Published
             }
             Record::Placed { tenant, host } => {
-                model.placed.insert(tenant.clone(), host.clone());
+                model.placed.insert(tenant.clone(), host);
+                Held::Placed(tenant)
             }
-            Record::Unique => {}
-            Record::Switch(switch) => self.switch = Some(switch.clone()),
-            Record::Ports(ports) => self.ports = Some(ports.clone()),
-            Record::Alive(host) => drop(self.alive.insert(host.clone())),
-            Record::Elsewhere => return,
+            Record::Unique => Held::Unique,
+            Record::Switch(switch) => {
+                self.switch = Some(switch);
+                Held::Switch
+            }
+            Record::Ports(ports) => {
+                self.ports = Some(ports);
+                Held::Ports
+            }
+            Record::Alive(host) => {
+                self.alive.insert(host.clone());
+                Held::Alive(host)
+            }
+            Record::Elsewhere => Held::Elsewhere,
             Record::Garbled(error) => {
                 // One garbled key (a bug elsewhere, a hand edit) costs that record
                 // only; it stays in etcd untouched (never in `seen`, so never
                 // rewritten or deleted from here).
                 tracing::warn!(%key, %error, "an etcd key does not hold what its place says; skipped");
                 self.skipped.insert(key.to_owned());
+                Held::Garbled
             }
-        }
-        if record.is_shared() {
+        };
+        if held.is_shared() {
             self.shared += 1;
         }
+        held
     }
 
     /// The model, with this host's own settings and ports from `seed` where the
@@ -189,8 +270,8 @@ impl Built {
 pub type Touched = Option<BTreeSet<String>>;
 
 impl Record {
-    /// Notes in `touched` what this record's coming or going changes.
-    pub(super) fn touches(&self, touched: &mut Touched) {
+    /// Notes in `touched` what this record's coming changes.
+    fn touches(&self, touched: &mut Touched) {
         let tenant = match self {
             Record::Tenant(tenant) => &tenant.name,
             Record::Endpoint(endpoint) => &endpoint.tenant,
@@ -207,24 +288,18 @@ impl Record {
                 return;
             }
         };
-        if let Some(names) = touched {
-            if !names.contains(tenant) {
-                names.insert(tenant.clone());
-            }
+        if touched
+            .as_ref()
+            .is_some_and(|names| !names.contains(tenant))
+        {
+            note(touched, tenant.clone());
         }
     }
+}
 
-    /// Whether the key is part of the model this host keeps (and so compared on its
-    /// writes): not a lease, not another host's business, not garbled.
-    pub(super) fn is_taken(&self) -> bool {
-        !matches!(
-            self,
-            Record::Alive(_) | Record::Elsewhere | Record::Garbled(_)
-        )
-    }
-
-    /// Whether the key is part of the cluster's shared model.
-    fn is_shared(&self) -> bool {
-        self.is_taken() && !matches!(self, Record::Switch(_) | Record::Ports(_))
+/// Notes that `tenant`'s records changed.
+fn note(touched: &mut Touched, tenant: String) {
+    if let Some(names) = touched {
+        names.insert(tenant);
     }
 }

@@ -387,6 +387,60 @@ mod tests {
         (model, store.lock_seen().clone(), store.alive(), skipped)
     }
 
+    /// The records of every tenant but `touched`'s, as text.
+    fn untouched(model: &Model, touched: &BTreeSet<String>) -> Vec<String> {
+        let other = |tenant: &str| !touched.contains(tenant);
+        let text = |v: &dyn erased::Text| v.text();
+        let mut out: Vec<String> = Vec::new();
+        out.extend(
+            model
+                .tenants
+                .iter()
+                .filter(|t| other(&t.name))
+                .map(|t| text(&**t)),
+        );
+        out.extend(
+            model
+                .endpoints
+                .iter()
+                .filter(|e| other(&e.tenant))
+                .map(|e| text(e)),
+        );
+        out.extend(
+            model
+                .routes
+                .iter()
+                .filter(|r| other(&r.tenant))
+                .map(|r| text(r)),
+        );
+        out.extend(
+            model
+                .published
+                .iter()
+                .filter(|p| other(&p.tenant))
+                .map(|p| text(p)),
+        );
+        out.extend(
+            model
+                .placed
+                .iter()
+                .filter(|(t, _)| other(t))
+                .map(|(t, h)| format!("{t}={h}")),
+        );
+        out
+    }
+
+    mod erased {
+        pub trait Text {
+            fn text(&self) -> String;
+        }
+        impl<T: serde::Serialize> Text for T {
+            fn text(&self) -> String {
+                serde_json::to_string(self).unwrap()
+            }
+        }
+    }
+
     /// What every key builds, each parsed now and pushed in key order: the reference
     /// the cache's model, kept key by key, is held to.
     fn from_scratch(keys: &BTreeMap<String, (String, i64)>) -> Outcome {
@@ -482,11 +536,25 @@ mod tests {
             let mut log: Vec<(String, Option<String>, i64, bool)> = Vec::new();
             let mut watched = 0;
             let mut etcd: BTreeMap<String, String> = BTreeMap::new();
+            let mut last_read: Option<Outcome> = None;
             let value = |p: usize, v: usize| PLACES[p].1[v % PLACES[p].1.len()].to_owned();
             for op in ops.iter().chain([&Op::Read]) {
                 let (place, put, own) = match op {
                     Op::Read => {
-                        let built = store.load_cached(&seed()).unwrap();
+                        let (built, touched) = store.load_changes(&seed()).unwrap();
+                        let now = outcome(&store, built.clone());
+                        // What the read says it touched is all that changed.
+                        // (A model that comes or goes is taken whole.)
+                        let models = last_read.as_ref().map(|last| (&last.0, &now.0));
+                        if let (Some(names), Some((before @ Some(_), after @ Some(_))), Some(last)) = (&touched, models, &last_read) {
+                            prop_assert_eq!(before.as_ref().map(|m| (&m.hosts, &m.switch, &m.ports)), after.as_ref().map(|m| (&m.hosts, &m.switch, &m.ports)));
+                            prop_assert_eq!(&last.2, &now.2);
+                            prop_assert_eq!(&last.3, &now.3);
+                            let others = |m: &Option<Model>| m.as_ref().map(|m| untouched(m, names));
+                            prop_assert_eq!(others(before), others(after));
+                        }
+                        let built = now.0.clone();
+                        last_read = Some(now);
                         let mut expected: BTreeMap<String, (String, i64)> = BTreeMap::new();
                         let seen = log[..watched].iter();
                         let own_later = log[watched..].iter().filter(|change| change.3);

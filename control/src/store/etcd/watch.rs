@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::bail;
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 
-use super::built::{Built, Touched};
+use super::built::{Built, Held, Touched};
 use super::client::{misconfigured, revision, Etcd};
 use super::keys::Record;
 use super::EtcdStore;
@@ -30,7 +30,7 @@ pub(super) struct KeyCache {
     /// Keys put or deleted since the model was last brought up to date.
     dirty: BTreeSet<String>,
     /// What the model holds for a dirty key that was replaced or deleted since.
-    stale: BTreeMap<String, Record>,
+    stale: BTreeMap<String, Held>,
     /// Keys this host deleted at a revision the watch has not reached: an older put
     /// the watch brings meanwhile must not bring them back.
     deleted: BTreeMap<String, i64>,
@@ -40,12 +40,12 @@ pub(super) struct KeyCache {
     fresh: bool,
 }
 
-/// A key's value and mod revision, and what it holds once parsed.
+/// A key's value and mod revision, and what the model holds for it.
 struct CachedKey {
     value: String,
     revision: i64,
     /// `None` until the next read of the model parses it: the watch only stores.
-    record: Option<Record>,
+    held: Option<Held>,
 }
 
 impl KeyCache {
@@ -78,7 +78,7 @@ impl KeyCache {
             Some(cached) => {
                 cached.value = value;
                 cached.revision = revision;
-                cached.record.take()
+                cached.held.take()
             }
             None => {
                 self.keys.insert(
@@ -86,7 +86,7 @@ impl KeyCache {
                     CachedKey {
                         value,
                         revision,
-                        record: None,
+                        held: None,
                     },
                 );
                 None
@@ -101,7 +101,7 @@ impl KeyCache {
             return;
         }
         if let Some(cached) = self.keys.remove(key) {
-            self.mark(key.to_owned(), cached.record);
+            self.mark(key.to_owned(), cached.held);
         }
     }
 
@@ -129,9 +129,9 @@ impl KeyCache {
         }
     }
 
-    fn mark(&mut self, key: String, applied: Option<Record>) {
-        if let Some(record) = applied {
-            self.stale.entry(key.clone()).or_insert(record);
+    fn mark(&mut self, key: String, applied: Option<Held>) {
+        if let Some(held) = applied {
+            self.stale.entry(key.clone()).or_insert(held);
         }
         self.dirty.insert(key);
     }
@@ -147,17 +147,17 @@ impl KeyCache {
         let mut touched = (!std::mem::take(&mut self.fresh)).then(BTreeSet::new);
         for key in std::mem::take(&mut self.dirty) {
             if let Some(old) = self.stale.remove(&key) {
-                old.touches(&mut touched);
-                self.built.remove(&key, &old);
+                self.built.remove(&key, &old, &mut touched);
             }
             let Some(cached) = self.keys.get_mut(&key) else {
                 seen.remove(&key);
                 continue;
             };
-            let record = cached.record.insert(parse(&key, &cached.value));
-            record.touches(&mut touched);
-            self.built.insert(&key, record);
-            if record.is_taken() {
+            let record = parse(&key, &cached.value);
+            let held = cached
+                .held
+                .insert(self.built.insert(&key, record, &mut touched));
+            if held.is_taken() {
                 match seen.get_mut(&key) {
                     Some(held) if held.1 == cached.revision && held.0 == cached.value => {}
                     Some(held) => *held = (cached.value.clone(), cached.revision),
