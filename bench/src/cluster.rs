@@ -341,10 +341,13 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         }));
     }
     drop(ready_tx);
+    // Every agent reads the whole cluster at start, all of them at once on however
+    // few cores: the wait grows with the cluster.
+    let start_within = Duration::from_secs(120 + (options.preload * options.agents / 10_000) as u64);
     for _ in 0..options.agents {
         let setup = ready_rx
-            .recv_timeout(Duration::from_secs(120))
-            .map_err(|_| anyhow::anyhow!("an agent did not start within 120 s"))
+            .recv_timeout(start_within)
+            .map_err(|_| anyhow::anyhow!("an agent did not start within {start_within:?}"))
             .and_then(|r| r);
         if let Err(e) = setup {
             abort.store(true, Ordering::Relaxed);
