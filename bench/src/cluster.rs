@@ -343,7 +343,8 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     drop(ready_tx);
     // Every agent reads the whole cluster at start, all of them at once on however
     // few cores: the wait grows with the cluster.
-    let start_within = Duration::from_secs(120 + (options.preload * options.agents / 10_000) as u64);
+    let start_within =
+        Duration::from_secs(120 + (options.preload * options.agents / 10_000) as u64);
     for _ in 0..options.agents {
         let setup = ready_rx
             .recv_timeout(start_within)
