@@ -647,7 +647,9 @@ impl Live {
             // Changes are written off the loop (see Live::submit).
             Command::Change(_) => Reply::error(500, "", "changes are handled by the control loop"),
             Command::Trace { port, frame } => trace(controller, ports, &port, frame),
-            Command::Metrics => Reply::text(metrics(controller, dp) + &self.store_metrics()),
+            Command::Metrics => Reply::text(
+                metrics(controller, dp) + &self.store_metrics() + &self.tenant_metrics(controller),
+            ),
             Command::OpenApi => Reply::ok(crate::api::openapi()),
             // Captures take time; the control loop runs them (see daemon::Capture).
             Command::Capture { .. } => {
@@ -674,6 +676,21 @@ impl Live {
              tenet_store_unseeded {}\n",
             self.skipped.len(),
             u8::from(self.unseeded)
+        )
+    }
+
+    /// Prometheus text of the tenants in the model and in this host's tables (in a
+    /// cluster, the ones it hosts).
+    fn tenant_metrics(&self, controller: &Controller) -> String {
+        format!(
+            "# HELP tenet_tenants Tenants in the model (a cluster's: every host's).\n\
+             # TYPE tenet_tenants gauge\n\
+             tenet_tenants {}\n\
+             # HELP tenet_tenants_running Tenants in this host's tables.\n\
+             # TYPE tenet_tenants_running gauge\n\
+             tenet_tenants_running {}\n",
+            self.model.tenants.len(),
+            controller.config().switching.tenants.len()
         )
     }
 

@@ -242,15 +242,17 @@ pub fn view(model: &Model, alive: &BTreeSet<String>, me: &str) -> Model {
     view.tenants.retain(|t| here.contains(t.name.as_str()));
     for tenant in &mut view.tenants {
         let placed = gateways.get(&tenant.name);
-        // Tenants are shared with the model: copied only when the view differs.
-        let differs = tenant.hosts.iter().any(|h| !up(h))
+        // Tenants are shared with the model: copied only when the view differs. A
+        // tenant's hosts are the others it lives on: a claim on this host brought it
+        // here and is no other host.
+        let differs = tenant.hosts.iter().any(|h| !up(h) || h == me)
             || placed.is_some_and(|host| tenant.gateway_host.as_ref() != Some(host))
             || tenant.peers.iter().any(|p| !here.contains(p.as_str()));
         if !differs {
             continue;
         }
         let tenant = std::sync::Arc::make_mut(tenant);
-        tenant.hosts.retain(|h| up(h));
+        tenant.hosts.retain(|h| up(h) && h != me);
         if let Some(host) = placed {
             tenant.gateway_host = Some(host.clone());
         }
@@ -362,6 +364,24 @@ mod tests {
 
     fn all() -> BTreeSet<String> {
         hosts(&["a", "b", "c"])
+    }
+
+    /// A tenant another host wrote with a claim on this one runs here, its hosts the
+    /// others it lives on (a host never lists itself).
+    #[test]
+    fn a_claim_on_this_host_brings_the_tenant_here_as_one_of_its_hosts() {
+        let m = model(
+            "[[port]]\nname = \"p0\"\nbackend = \"null\"\n\
+             [[tenant]]\nname = \"t\"\nid = 7\nhosts = [\"a\", \"b\"]\n",
+        );
+        let here = view(&m, &all(), "a");
+        assert_eq!(here.tenants.len(), 1);
+        assert_eq!(here.tenants[0].hosts, ["b"]);
+        let base = Config::parse("[switch]\nhost = \"a\"\n", |_| None).unwrap();
+        let (validated, skipped) = here.validate_leniently(&base).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(validated.switching.tenants.len(), 1);
+        assert!(view(&m, &all(), "c").tenants.is_empty(), "c is not claimed");
     }
 
     #[test]

@@ -218,6 +218,77 @@ fn metric(host: &Host, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
+/// Waits until `host`'s metric `name` reads `value`; what it read last.
+fn metric_becomes(host: &Host, name: &str, value: u64) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = metric(host, name);
+        if now == Some(value) || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A host takes other hosts' tenants into its model but not its tables, and a tenant
+/// that comes to it (a claim on it) into both, while the rest of the cluster keeps
+/// changing: a change of tenants elsewhere leaves the host's view as it was, a change
+/// that brings a tenant here or takes it away rebuilds it.
+#[test]
+fn a_host_runs_its_own_tenants_while_other_hosts_change_theirs() {
+    let etcd = Etcd::start_secure().unwrap();
+    let a = Host::start("a", &etcd, "");
+    let b = Host::start("b", &etcd, "");
+    let base = metric(&a, "tenet_tenants_running").unwrap();
+    let b_runs = metric(&b, "tenet_tenants_running").unwrap();
+    for round in 0..3u32 {
+        for t in 0..10u32 {
+            let id = (1000 + round * 100 + t).to_string();
+            tenetctl_ok(
+                &b.socket(),
+                &["tenant", "add", &format!("far{round}-{t}"), "--id", &id],
+            );
+            if t == 5 {
+                // One comes to a in the middle of the others.
+                let id = (5000 + round).to_string();
+                let name = format!("near{round}");
+                tenetctl_ok(
+                    &b.socket(),
+                    &["tenant", "add", &name, "--id", &id, "--host", "a"],
+                );
+            }
+        }
+        let expected = base + u64::from(round) + 1;
+        let total = metric(&b, "tenet_tenants").unwrap();
+        assert_eq!(
+            metric_becomes(&a, "tenet_tenants", total),
+            Some(total),
+            "a has every tenant in its model"
+        );
+        assert_eq!(
+            metric_becomes(&a, "tenet_tenants_running", expected),
+            Some(expected),
+            "a runs its own tenants only (round {round})"
+        );
+        assert_eq!(
+            metric(&b, "tenet_tenants_running"),
+            Some(b_runs),
+            "none of them is b's"
+        );
+    }
+    // Taken away again, among others' changes: a's tables drop it, b's are unmoved.
+    tenetctl_ok(&b.socket(), &["tenant", "del", "far0-0"]);
+    tenetctl_ok(&b.socket(), &["tenant", "del", "near1"]);
+    tenetctl_ok(&b.socket(), &["tenant", "del", "far0-1"]);
+    let total = metric(&b, "tenet_tenants").unwrap();
+    assert_eq!(metric_becomes(&a, "tenet_tenants", total), Some(total));
+    assert_eq!(
+        metric_becomes(&a, "tenet_tenants_running", base + 2),
+        Some(base + 2)
+    );
+    assert_eq!(metric(&b, "tenet_tenants_running"), Some(b_runs));
+}
+
 #[test]
 fn garbage_in_etcd_is_skipped_and_a_host_starts_while_etcd_is_away() {
     let mut etcd = Etcd::start_secure().unwrap();
