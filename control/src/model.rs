@@ -172,9 +172,19 @@ impl Change {
     /// `None` for a change that may move any tenant (hosts, gateway placement,
     /// peering).
     pub fn tenants_touched(&self, before: &Model) -> Option<Vec<String>> {
-        let name = match self {
+        match self {
+            Change::AddPort(_) | Change::DeletePort(_) => Some(Vec::new()),
+            Change::AddHost(_) | Change::DeleteHost(_) | Change::UpdateTenant(..) => None,
+            _ => self.tenant_edited(before).map(|name| vec![name]),
+        }
+    }
+
+    /// The tenant whose records this change edits, given the model `before` it;
+    /// `None` for a change of a host or a port, or one that names nothing there.
+    pub fn tenant_edited(&self, before: &Model) -> Option<String> {
+        Some(match self {
             Change::AddTenant(t) => t.name.clone(),
-            Change::DeleteTenant(name) => name.clone(),
+            Change::DeleteTenant(name) | Change::UpdateTenant(name, _) => name.clone(),
             Change::AddEndpoint(e) => e.tenant.clone(),
             Change::DeleteEndpoint { tenant, .. } | Change::DeleteRoute { tenant, .. } => {
                 tenant.clone()
@@ -185,10 +195,11 @@ impl Change {
                 Place::Publish(i) => before.published[i].tenant.clone(),
                 _ => return None,
             },
-            Change::AddPort(_) | Change::DeletePort(_) => return Some(Vec::new()),
-            Change::AddHost(_) | Change::DeleteHost(_) | Change::UpdateTenant(..) => return None,
-        };
-        Some(vec![name])
+            Change::AddPort(_)
+            | Change::DeletePort(_)
+            | Change::AddHost(_)
+            | Change::DeleteHost(_) => return None,
+        })
     }
 }
 

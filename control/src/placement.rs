@@ -116,11 +116,7 @@ fn place(
     alive: &BTreeSet<String>,
     traffic: Option<&BTreeMap<String, f64>>,
 ) -> (BTreeMap<String, String>, BTreeSet<String>) {
-    let egress = model
-        .hosts
-        .iter()
-        .find(|h| h.egress && alive.contains(&h.name))
-        .map(|h| h.name.clone());
+    let egress = egress_alive(model, alive);
     let mut load: BTreeMap<&str, HostLoad> = model
         .hosts
         .iter()
@@ -140,11 +136,7 @@ fn place(
         .collect();
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
     for tenant in tenants {
-        let fixed = match tenant.gateway_host.as_deref() {
-            Some(crate::config::gateway::AUTO) => None,
-            None | Some("central") => egress.clone(),
-            Some(host) => alive.contains(host).then(|| host.to_owned()),
-        };
+        let fixed = pinned(tenant.gateway_host.as_deref(), egress, alive).map(str::to_owned);
         if fixed.is_none() {
             floating.insert(tenant.name.clone());
         }
@@ -188,6 +180,30 @@ fn place(
 }
 
 /// What a host carries already.
+/// The egress host, when it is alive.
+fn egress_alive<'a>(model: &'a Model, alive: &BTreeSet<String>) -> Option<&'a str> {
+    model
+        .hosts
+        .iter()
+        .find(|h| h.egress && alive.contains(&h.name))
+        .map(|h| h.name.as_str())
+}
+
+/// Where a tenant's gateway goes whatever the others' do, by its `gateway_host`: the
+/// living host it names, or the egress host for `central` (and none named); `None`
+/// when it floats (`auto`, or its host is down).
+fn pinned<'a>(
+    gateway_host: Option<&'a str>,
+    egress: Option<&'a str>,
+    alive: &BTreeSet<String>,
+) -> Option<&'a str> {
+    match gateway_host {
+        Some(crate::config::gateway::AUTO) => None,
+        None | Some("central") => egress,
+        Some(host) => alive.contains(host).then_some(host),
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostLoad {
     /// Gateways placed on it.
@@ -311,15 +327,11 @@ pub fn surely_elsewhere(
     }
     // As `place` has it: pinned, central, or as recorded on a host alive.
     let up = |host: &str| alive.contains(host) && model.hosts.iter().any(|h| h.name == host);
-    let fixed = match spec.gateway_host.as_deref() {
-        Some(crate::config::gateway::AUTO) => None,
-        None | Some("central") => model
-            .hosts
-            .iter()
-            .find(|h| h.egress && alive.contains(&h.name))
-            .map(|h| h.name.as_str()),
-        Some(host) => alive.contains(host).then_some(host),
-    };
+    let fixed = pinned(
+        spec.gateway_host.as_deref(),
+        egress_alive(model, alive),
+        alive,
+    );
     let recorded = || {
         model
             .placed

@@ -214,25 +214,12 @@ impl Scope {
     /// What `change`, made to `before`, may touch: the records of the tenant it names,
     /// the hosts, or this host's own part.
     pub(crate) fn of(change: &Change, before: &Model) -> Self {
-        let tenant = |name: &str| Scope::Tenant(name.to_owned());
         match change {
-            Change::AddTenant(t) => tenant(&t.name),
-            Change::DeleteTenant(name) | Change::UpdateTenant(name, _) => tenant(name),
-            Change::AddEndpoint(e) => tenant(&e.tenant),
-            Change::DeleteEndpoint { tenant: name, .. }
-            | Change::DeleteRoute { tenant: name, .. } => tenant(name),
-            Change::AddRoute(r) => tenant(&r.tenant),
-            Change::AddPublish(p) => tenant(&p.tenant),
-            Change::DeletePublish {
-                protocol,
-                host_port,
-            } => before
-                .published
-                .iter()
-                .find(|p| &p.protocol == protocol && p.host_port == *host_port)
-                .map_or(Scope::Local, |p| tenant(&p.tenant)),
             Change::AddHost(_) | Change::DeleteHost(_) => Scope::Hosts,
-            Change::AddPort(_) | Change::DeletePort(_) => Scope::Local,
+            // A change naming nothing here writes nothing of the shared model.
+            _ => change
+                .tenant_edited(before)
+                .map_or(Scope::Local, Scope::Tenant),
         }
     }
 
