@@ -47,6 +47,8 @@ pub struct Read {
     /// The tenants whose records changed since the last read (`None`: anything may
     /// have).
     touched: Touched,
+    /// Whether tenants a change names were held first.
+    held: bool,
 }
 
 /// A change whose write is under way.
@@ -100,6 +102,13 @@ pub struct Live {
     /// The last read of the cluster was not taken (an error, a model that did not
     /// fit): the next is taken whole, whatever it says changed.
     read_missed: bool,
+    /// The next change waits for a read that holds the tenants it names (a host
+    /// watching its own tenants).
+    holding: bool,
+    /// Tenants to hold once the read under way is taken.
+    hold_waiting: Option<Vec<String>>,
+    /// The next change's tenants were held: it goes on with what was read.
+    front_held: bool,
 }
 
 impl Live {
@@ -127,6 +136,9 @@ impl Live {
             queued: VecDeque::new(),
             reading: false,
             read_again: false,
+            holding: false,
+            hold_waiting: None,
+            front_held: false,
         };
         (live, done)
     }
@@ -157,13 +169,22 @@ impl Live {
     /// Reads the cluster's model again (another host changed it), on a blocking
     /// thread; [`Live::finish`] takes it. A read asked for while one runs follows it.
     pub fn refresh(&mut self) {
-        let Some(store) = self.store.clone() else {
+        if self.store.is_none() {
             return;
-        };
+        }
         if self.reading {
             self.read_again = true;
             return;
         }
+        self.start_read(Vec::new());
+    }
+
+    /// Reads the cluster's model on a blocking thread, holding `hold` first (a host
+    /// watching its own tenants reads their records and follows them for a while).
+    fn start_read(&mut self, hold: Vec<String>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         self.reading = true;
         let seed = Arc::clone(&self.model);
         let retrying = std::mem::take(&mut self.placement_pending);
@@ -172,7 +193,13 @@ impl Live {
         tokio::task::spawn_blocking(move || {
             // Whatever happens there, the loop hears back: a read that never reports
             // would leave this host deaf to the cluster.
+            let held = !hold.is_empty();
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let (Store::Etcd(etcd), true) = (&*store, held) {
+                    if let Err(e) = etcd.hold(hold) {
+                        tracing::warn!(error = %format!("{e:#}"), "could not read the tenants a change names; checking it against what this host holds");
+                    }
+                }
                 read_cluster(&store, &seed, retrying, unseeded)
             }))
             .unwrap_or_else(|_| Read {
@@ -180,7 +207,9 @@ impl Live {
                 placement_failed: retrying,
                 seeded: false,
                 touched: None,
+                held: false,
             });
+            let read = Read { held, ..read };
             let _ = report.send(Done::Read(Box::new(read)));
         });
     }
@@ -201,9 +230,17 @@ impl Live {
             }
             Done::Read(read) => {
                 self.reading = false;
+                let held = read.held;
                 self.take_read(*read, controller, dataplane);
-                if std::mem::take(&mut self.read_again) {
+                if let Some(tenants) = self.hold_waiting.take() {
+                    self.start_read(tenants);
+                } else if std::mem::take(&mut self.read_again) {
                     self.refresh();
+                }
+                if held {
+                    self.holding = false;
+                    self.front_held = true;
+                    self.next_change(controller, dataplane);
                 }
             }
         }
@@ -312,7 +349,20 @@ impl Live {
 
     /// Starts writing the next queued change, unless one is being written.
     fn next_change(&mut self, controller: &mut Controller, dataplane: &mut Dataplane<'_>) {
-        while self.saving.is_none() {
+        while self.saving.is_none() && !self.holding {
+            let Some((next, _)) = self.queued.front() else {
+                return;
+            };
+            if !std::mem::take(&mut self.front_held) {
+                if let Some(tenants) = self.not_held(next) {
+                    self.holding = true;
+                    match self.reading {
+                        true => self.hold_waiting = Some(tenants),
+                        false => self.start_read(tenants),
+                    }
+                    return;
+                }
+            }
             let Some((change, reply)) = self.queued.pop_front() else {
                 return;
             };
@@ -344,6 +394,24 @@ impl Live {
             });
             self.saving = Some(saving);
         }
+    }
+
+    /// The tenants `change` names that this host, watching its own tenants, does not
+    /// hold (`None`: none, or it watches everything).
+    fn not_held(&self, change: &Change) -> Option<Vec<String>> {
+        let Some(Store::Etcd(etcd)) = self.store.as_deref() else {
+            return None;
+        };
+        if etcd.watches() != crate::store::Watch::Own {
+            return None;
+        }
+        let missing: Vec<String> = change
+            .tenants_named()
+            .into_iter()
+            .filter(|name| !self.model.tenants.iter().any(|t| t.name == *name))
+            .map(str::to_owned)
+            .collect();
+        (!missing.is_empty()).then_some(missing)
     }
 
     /// Validates a change against the model in force and attaches a new port's device
@@ -660,9 +728,9 @@ impl Live {
 
     /// Prometheus text of the store's health: what was skipped, what waits.
     fn store_metrics(&self) -> String {
-        let skipped_keys = match self.store.as_deref() {
-            Some(Store::Etcd(etcd)) => etcd.skipped_keys(),
-            _ => 0,
+        let (skipped_keys, events) = match self.store.as_deref() {
+            Some(Store::Etcd(etcd)) => (etcd.skipped_keys(), etcd.events_received()),
+            _ => (0, 0),
         };
         format!(
             "# HELP tenet_store_skipped_keys Keys of the cluster store that do not hold what their place says, skipped.\n\
@@ -673,7 +741,10 @@ impl Live {
              tenet_store_skipped_records {}\n\
              # HELP tenet_store_unseeded Whether this host's own part is not yet in the cluster store (etcd away at start).\n\
              # TYPE tenet_store_unseeded gauge\n\
-             tenet_store_unseeded {}\n",
+             tenet_store_unseeded {}\n\
+             # HELP tenet_store_events_total Watch events this host received from the cluster store.\n\
+             # TYPE tenet_store_events_total counter\n\
+             tenet_store_events_total {events}\n",
             self.skipped.len(),
             u8::from(self.unseeded)
         )
@@ -683,7 +754,7 @@ impl Live {
     /// cluster, the ones it hosts).
     fn tenant_metrics(&self, controller: &Controller) -> String {
         format!(
-            "# HELP tenet_tenants Tenants in the model (a cluster's: every host's).\n\
+            "# HELP tenet_tenants Tenants in the model (a cluster's: every host's, or the ones this host holds when it watches its own).\n\
              # TYPE tenet_tenants gauge\n\
              tenet_tenants {}\n\
              # HELP tenet_tenants_running Tenants in this host's tables.\n\
@@ -794,6 +865,7 @@ fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> 
                 placement_failed: retrying,
                 seeded,
                 touched: None,
+                held: false,
             }
         }
     };
@@ -832,6 +904,7 @@ fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> 
         placement_failed,
         seeded,
         touched,
+        held: false,
     }
 }
 

@@ -179,6 +179,43 @@ impl Change {
         }
     }
 
+    /// Every tenant this change names: the one it edits (or adds), the peers it
+    /// lists, a port's tenants. A host holding only its own tenants reads these first.
+    pub fn tenants_named(&self) -> Vec<&str> {
+        fn one(name: &str) -> Vec<&str> {
+            vec![name]
+        }
+        match self {
+            Change::AddTenant(t) => {
+                let mut names = one(&t.name);
+                names.extend(t.peers.iter().map(String::as_str));
+                names
+            }
+            Change::DeleteTenant(name) => one(name),
+            Change::UpdateTenant(name, patch) => {
+                let mut names = one(name);
+                names.extend(patch.peers.iter().flatten().map(String::as_str));
+                names
+            }
+            Change::AddEndpoint(e) => one(&e.tenant),
+            Change::DeleteEndpoint { tenant, .. } | Change::DeleteRoute { tenant, .. } => {
+                one(tenant)
+            }
+            Change::AddRoute(r) => one(&r.tenant),
+            Change::AddPublish(p) => one(&p.tenant),
+            Change::AddPort(port) => port
+                .tenant
+                .iter()
+                .chain(port.tenants.iter().flatten())
+                .map(String::as_str)
+                .collect(),
+            Change::DeletePublish { .. }
+            | Change::DeletePort(_)
+            | Change::AddHost(_)
+            | Change::DeleteHost(_) => Vec::new(),
+        }
+    }
+
     /// The tenant whose records this change edits, given the model `before` it;
     /// `None` for a change of a host or a port, or one that names nothing there.
     pub fn tenant_edited(&self, before: &Model) -> Option<String> {

@@ -80,11 +80,11 @@ pub fn records(
 pub fn update(
     model: &Model,
     alive: &BTreeSet<String>,
-    me: Option<&str>,
+    placing: bool,
     by: GatewayPlacement,
     reports: impl FnOnce() -> BTreeMap<String, f64>,
 ) -> Option<Model> {
-    if me.is_none() || placer(alive) != me {
+    if !placing {
         return None;
     }
     let none = BTreeMap::new();
@@ -105,9 +105,10 @@ pub fn update(
     Some(updated)
 }
 
-/// The host that writes placement records: the first living one by name.
-pub fn placer(alive: &BTreeSet<String>) -> Option<&str> {
-    alive.first().map(String::as_str)
+/// The host that writes placement records: the first by name of the living hosts
+/// that can place (those watching the whole cluster).
+pub fn placer(can_place: &BTreeSet<String>) -> Option<&str> {
+    can_place.first().map(String::as_str)
 }
 
 /// Every gateway's host, and which tenants' gateways float.

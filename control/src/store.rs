@@ -19,7 +19,7 @@ pub mod etcd;
 pub mod file;
 pub mod journal;
 
-pub use etcd::{Conflict, EtcdStore};
+pub use etcd::{Conflict, EtcdStore, Watch};
 pub use file::FileStore;
 
 /// The store a tenetd uses.

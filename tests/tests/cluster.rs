@@ -289,6 +289,152 @@ fn a_host_runs_its_own_tenants_while_other_hosts_change_theirs() {
     assert_eq!(metric(&b, "tenet_tenants_running"), Some(b_runs));
 }
 
+/// A host watching its own tenants (`etcd_watch = "own"`) holds the tenants that come
+/// to it (an endpoint there, a claim on it) and no others, drops them when they leave,
+/// takes them again when they come back, receives fewer events than a host watching
+/// everything, and still changes any tenant through its API (read when named). It
+/// does not place gateways: the host watching everything does, though its name comes
+/// later.
+#[test]
+fn a_host_watching_its_own_tenants_holds_only_them() {
+    let etcd = Etcd::start_secure().unwrap();
+    let dir = TempDir::new("cluster-a").unwrap();
+    let own = format!("{}etcd_watch = \"own\"\n", etcd.control_toml());
+    let a = Host::start_reaching(dir, "a", &own, "");
+    let b = Host::start("b", &etcd, "");
+    let held = |host: &Host| metric(host, "tenet_tenants");
+    assert_eq!(held(&a), Some(0), "a starts holding nothing");
+    for t in 0..10u32 {
+        let id = (1000 + t).to_string();
+        tenetctl_ok(
+            &b.socket(),
+            &["tenant", "add", &format!("far{t}"), "--id", &id],
+        );
+    }
+    tenetctl_ok(
+        &b.socket(),
+        &["tenant", "add", "near", "--id", "2000", "--host", "a"],
+    );
+    assert_eq!(metric_becomes(&b, "tenet_tenants", 11), Some(11));
+    assert_eq!(
+        metric_becomes(&a, "tenet_tenants", 1),
+        Some(1),
+        "a holds its claim only"
+    );
+    assert_eq!(metric_becomes(&a, "tenet_tenants_running", 1), Some(1));
+
+    // An endpoint another host places on a brings its tenant into a's model (a runs
+    // it once a port of its own is behind it); removed, the tenant goes; back, it
+    // comes.
+    let endpoint = ["--tenant", "far3", "--mac", "02:00:00:00:03:01"];
+    for round in 0..2 {
+        let mut add = vec!["endpoint", "add"];
+        add.extend(endpoint);
+        add.extend(["--host", "a"]);
+        tenetctl_ok(&b.socket(), &add);
+        assert_eq!(
+            metric_becomes(&a, "tenet_tenants", 2),
+            Some(2),
+            "round {round}"
+        );
+        let mut del = vec!["endpoint", "del"];
+        del.extend(endpoint);
+        tenetctl_ok(&b.socket(), &del);
+        assert_eq!(
+            metric_becomes(&a, "tenet_tenants", 1),
+            Some(1),
+            "round {round}"
+        );
+        assert_eq!(metric(&a, "tenet_tenants_running"), Some(1));
+    }
+    // A claim taken away and given again, with the same id.
+    tenetctl_ok(&b.socket(), &["tenant", "del", "near"]);
+    assert_eq!(metric_becomes(&a, "tenet_tenants", 0), Some(0));
+    assert_eq!(metric_becomes(&a, "tenet_tenants_running", 0), Some(0));
+    tenetctl_ok(
+        &b.socket(),
+        &["tenant", "add", "near", "--id", "2000", "--host", "a"],
+    );
+    assert_eq!(metric_becomes(&a, "tenet_tenants_running", 1), Some(1));
+
+    // The placer is b, the host watching everything, though `a` comes first by name.
+    tenetctl_ok(
+        &b.socket(),
+        &[
+            "tenant",
+            "add",
+            "gw",
+            "--id",
+            "3000",
+            "--subnet",
+            "10.77.0.1/24",
+            "--gateway-host",
+            "auto",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while etcd.get_prefix("/tenet/placed/gw").unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let placed = etcd.get_prefix("/tenet/placed/gw").unwrap();
+    assert_eq!(placed.len(), 1, "b placed the floating gateway");
+    // Placed on a, a holds and runs it (its gateway is there).
+    let running = match placed[0].1.as_str() {
+        "\"a\"" => 2,
+        _ => 1,
+    };
+    assert_eq!(
+        metric_becomes(&a, "tenet_tenants_running", running),
+        Some(running)
+    );
+
+    // A port of a's own for a tenant it does not hold, through its API: the tenant
+    // is read when the change names it, and runs.
+    tenetctl_ok(
+        &a.socket(),
+        &[
+            "port",
+            "add",
+            "a-far4",
+            "--backend",
+            "null",
+            "--role",
+            "access",
+            "--tenant",
+            "far4",
+        ],
+    );
+    assert_eq!(
+        metric_becomes(&a, "tenet_tenants_running", running + 1),
+        Some(running + 1)
+    );
+    tenetctl_ok(&a.socket(), &["port", "del", "a-far4"]);
+    assert_eq!(
+        metric_becomes(&a, "tenet_tenants_running", running),
+        Some(running)
+    );
+    // Through a's API: a tenant a does not hold is read when a change names it.
+    let total = metric(&b, "tenet_tenants").unwrap();
+    tenetctl_ok(&a.socket(), &["tenant", "del", "far6"]);
+    assert_eq!(
+        metric_becomes(&b, "tenet_tenants", total - 1),
+        Some(total - 1)
+    );
+    // A name taken elsewhere is refused as taken, naming the field.
+    let taken = tenetctl(&a.socket(), &["tenant", "add", "far7", "--id", "4000"]);
+    assert!(!taken.status.success());
+    let said = String::from_utf8_lossy(&taken.stderr);
+    assert!(said.contains("name"), "{said}");
+
+    // a received its own tenants' events, not the cloud's.
+    let a_events = metric(&a, "tenet_store_events_total").unwrap();
+    let b_events = metric(&b, "tenet_store_events_total").unwrap();
+    assert!(
+        a_events * 2 < b_events,
+        "a received {a_events} events, b {b_events}"
+    );
+}
+
 #[test]
 fn garbage_in_etcd_is_skipped_and_a_host_starts_while_etcd_is_away() {
     let mut etcd = Etcd::start_secure().unwrap();
@@ -429,6 +575,10 @@ fn a_cluster_store_config_is_checked_field_by_field() {
             "etcd = [\"http://127.0.0.1:2379\"]\npersist = false",
             "control.persist",
         ),
+        (
+            "etcd = [\"http://127.0.0.1:2379\"]\netcd_watch = \"mine\"",
+            "control.etcd_watch",
+        ),
     ] {
         let config = format!(
             "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\n\
@@ -445,6 +595,19 @@ fn a_cluster_store_config_is_checked_field_by_field() {
     )
     .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("switch.host"));
+    // The egress host holds every tenant's gateway: it cannot watch its own only.
+    let out = tests::tenetd_once(
+        "[switch]\nhost = \"a\"\n[[host]]\nname = \"a\"\nunderlay_ip = \"192.0.2.1/24\"\negress = true\n\
+         [[port]]\nname = \"p\"\nbackend = \"null\"\n[control]\n\
+         etcd = [\"http://127.0.0.1:2379\"]\netcd_watch = \"own\"\n",
+        &["--check"],
+    )
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("control.etcd_watch"),
+        "{said}"
+    );
 }
 
 /// A host etcd does not take is told the field to fix: a wrong password, a CA that did

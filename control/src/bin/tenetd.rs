@@ -71,6 +71,7 @@ fn cluster_store(plan: &EtcdPlan) -> EtcdStore {
     )
     .with_access(plan.access.clone())
     .placing_gateways_by(plan.gateway_placement)
+    .watching(plan.watch)
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {

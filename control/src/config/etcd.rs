@@ -27,6 +27,8 @@ pub struct EtcdPlan {
     pub lease_s: u64,
     /// What places floating gateways when this host is the placer.
     pub gateway_placement: crate::placement::GatewayPlacement,
+    /// How much of the cluster this host follows.
+    pub watch: crate::store::Watch,
     /// The TLS and credentials etcd is reached with.
     pub access: EtcdAccess,
 }
@@ -108,6 +110,22 @@ impl Config {
                 ),
             ));
         };
+        let Some(watch) = crate::store::Watch::parse(&control.etcd_watch) else {
+            return Err(invalid(
+                "control.etcd_watch",
+                format!("`{}` is not `all` or `own`", control.etcd_watch),
+            ));
+        };
+        let egress = self
+            .hosts
+            .iter()
+            .any(|h| h.egress && Some(&h.name) == self.switch.host.as_ref());
+        if watch == crate::store::Watch::Own && egress {
+            return Err(invalid(
+                "control.etcd_watch",
+                "this is the egress host, which holds every tenant's gateway: it watches `all`",
+            ));
+        }
         if control.etcd.is_empty() {
             if let Some(field) = self.etcd_access_fields().first() {
                 return Err(invalid(*field, "has no use without control.etcd"));
@@ -146,6 +164,7 @@ impl Config {
             host,
             lease_s: control.etcd_lease_s,
             gateway_placement,
+            watch,
             access: self.etcd_access(tls)?,
         }))
     }

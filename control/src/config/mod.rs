@@ -202,6 +202,10 @@ pub struct ControlSection {
     /// or `traffic` (the host whose gateways send out the least). The placer's, the
     /// first living host by name, is the one in force: set it alike on every host.
     pub gateway_placement: String,
+    /// How much of the cluster this host follows: `all` (every tenant, the default;
+    /// the egress host and the gateway placer) or `own` (the hosts and the tenants it
+    /// holds: its endpoints', its claims', its gateways', its ports', their peers').
+    pub etcd_watch: String,
 }
 
 impl Default for ControlSection {
@@ -225,6 +229,7 @@ impl Default for ControlSection {
             etcd_password_file: None,
             etcd_password_env: None,
             gateway_placement: "tenants".to_owned(),
+            etcd_watch: "all".to_owned(),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection};
 use crate::config::{List, PortSpec};
 use crate::model::Model;
 
+use super::interest::Watch;
 use super::keys::Record;
 
 /// A model's list kept in its keys' order, with the keys beside it.
@@ -81,6 +82,8 @@ pub(super) struct Built {
     shared: usize,
     /// Hosts holding a live lease.
     pub(super) alive: BTreeSet<String>,
+    /// Those of them watching their own tenants only (they do not place gateways).
+    pub(super) watching_own: BTreeSet<String>,
     /// Keys that do not hold what their place says.
     pub(super) skipped: BTreeSet<String>,
 }
@@ -98,6 +101,7 @@ impl Default for Built {
             ports: None,
             shared: 0,
             alive: BTreeSet::new(),
+            watching_own: BTreeSet::new(),
             skipped: BTreeSet::new(),
         }
     }
@@ -173,6 +177,7 @@ impl Built {
             }
             Held::Alive(host) => {
                 self.alive.remove(host);
+                self.watching_own.remove(host);
                 None
             }
             Held::Garbled => {
@@ -231,8 +236,11 @@ impl Built {
                 self.ports = Some(ports);
                 Held::Ports
             }
-            Record::Alive(host) => {
+            Record::Alive(host, watch) => {
                 self.alive.insert(host.clone());
+                if watch == Watch::Own {
+                    self.watching_own.insert(host.clone());
+                }
                 Held::Alive(host)
             }
             Record::Elsewhere => Held::Elsewhere,
@@ -282,7 +290,7 @@ impl Record {
             Record::Host(_)
             | Record::Switch(_)
             | Record::Ports(_)
-            | Record::Alive(_)
+            | Record::Alive(..)
             | Record::Garbled(_) => {
                 *touched = None;
                 return;

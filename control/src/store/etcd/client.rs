@@ -134,11 +134,21 @@ impl Etcd {
         &self,
         prefix: &str,
     ) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
-        let end = prefix_end(prefix.as_bytes());
+        self.range_at(&KeyRange::prefix(prefix), 0).await
+    }
+
+    /// The keys of `range` as they were at revision `at` (0: now), with the revision
+    /// read at; paged as [`Etcd::range`] is.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn range_at(
+        &self,
+        range: &KeyRange,
+        mut at: i64,
+    ) -> anyhow::Result<(Vec<(String, String, i64)>, i64)> {
+        let end = range.end.clone();
         let mut kv = self.kv().await?;
         let mut out = Vec::new();
-        let mut from = prefix.as_bytes().to_vec();
-        let mut at = 0;
+        let mut from = range.start.as_bytes().to_vec();
         loop {
             let options = GetOptions::new()
                 .with_range(end.clone())
@@ -298,6 +308,38 @@ pub(super) fn tls_error<'a>(
         next = error.source();
     }
     None
+}
+
+/// Keys from `start` up to, not including, `end`: every key under a prefix, or one key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct KeyRange {
+    pub(super) start: String,
+    pub(super) end: Vec<u8>,
+}
+
+impl KeyRange {
+    /// Every key starting with `prefix`.
+    pub(super) fn prefix(prefix: &str) -> Self {
+        Self {
+            start: prefix.to_owned(),
+            end: prefix_end(prefix.as_bytes()),
+        }
+    }
+
+    /// The key `key` alone.
+    pub(super) fn key(key: &str) -> Self {
+        let mut end = key.as_bytes().to_vec();
+        end.push(0);
+        Self {
+            start: key.to_owned(),
+            end,
+        }
+    }
+
+    /// Whether `key` is in the range.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        key >= self.start.as_str() && key.as_bytes() < self.end.as_slice()
+    }
 }
 
 /// The end of the range of keys starting with `prefix` (the first key after them all).

@@ -1,13 +1,18 @@
 //! The model as etcd keys and back: one key per object under the prefix, this host's
-//! own part under `local/<host>/`, ids and VLANs claimed under `unique/`.
+//! own part under `local/<host>/`, ids and VLANs claimed under `unique/`, and an index
+//! of the hosts each tenant lives on under `member/<host>/<tenant>` (a tenant's
+//! endpoints' hosts, the hosts it claims, its gateway's), written with the tenant's
+//! records (one index key per record, see [`member_key`]), so that a host watching its
+//! own tenants ([`super::interest`]) learns of a tenant that comes to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::gateway::{PublishSpec, RouteSpec};
 use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
 use crate::config::PortSpec;
 use crate::model::{Change, Model};
 
+use super::interest::Watch;
 use super::EtcdStore;
 
 /// What one key holds for this host, parsed once (when it is read, or the watch brings
@@ -25,14 +30,15 @@ pub(super) enum Record {
         tenant: String,
         host: String,
     },
-    /// A claimed tenant id or VLAN: no part of the model, but compared on writes.
+    /// A claimed tenant id or VLAN, or a host's membership of a tenant: no part of
+    /// the model, but compared on writes.
     Unique,
     /// This host's own switch settings.
     Switch(SwitchSection),
     /// This host's own ports.
     Ports(Vec<PortSpec>),
-    /// A host holding a live lease.
-    Alive(String),
+    /// A host holding a live lease, and how much of the cluster it follows.
+    Alive(String, Watch),
     /// None of this host's business: outside the prefix, another host's own part,
     /// another host's view of an endpoint here, a kind this version does not know.
     Elsewhere,
@@ -47,7 +53,13 @@ impl EtcdStore {
             return Record::Elsewhere;
         };
         if let Some(host) = path.strip_prefix("alive/") {
-            return Record::Alive(host.to_owned());
+            // A registration says whether the host watches its own tenants only (an
+            // older tenet's says nothing: it watches everything).
+            let watch = serde_json::from_str::<serde_json::Value>(value)
+                .ok()
+                .and_then(|v| v["watch"].as_str().and_then(Watch::parse))
+                .unwrap_or_default();
+            return Record::Alive(host.to_owned(), watch);
         }
         let kind = path.split('/').next().unwrap_or_default();
         let parsed = (|| -> serde_json::Result<Record> {
@@ -66,7 +78,7 @@ impl EtcdStore {
                     tenant: path.strip_prefix("placed/").unwrap_or_default().to_owned(),
                     host: serde_json::from_str(value)?,
                 },
-                "unique" => Record::Unique,
+                "unique" | "member" => Record::Unique,
                 "local" if path == self.local("switch") => {
                     Record::Switch(serde_json::from_str(value)?)
                 }
@@ -134,8 +146,17 @@ impl EtcdStore {
                 put(format!("{p}/hosts/{}", host.name), text(host)?);
             }
         }
+        let hosts: BTreeSet<&str> = model.hosts.iter().map(|h| h.name.as_str()).collect();
         for tenant in crate::config::items(&model.tenants).filter(|t| of(&t.name)) {
             put(format!("{p}/tenants/{}", tenant.name), text(tenant)?);
+            for host in &tenant.hosts {
+                put(member_key(p, host, &tenant.name, "claim"), String::new());
+            }
+            // A gateway on the egress host (`central`, or none named) needs no key:
+            // the egress host holds every tenant's gateway and watches everything.
+            if let Some(host) = tenant.gateway_host.as_deref().filter(|h| hosts.contains(h)) {
+                put(member_key(p, host, &tenant.name, "gateway"), String::new());
+            }
             put(
                 format!("{p}/unique/tenant-id/{}", tenant.id),
                 text(&tenant.name)?,
@@ -158,7 +179,12 @@ impl EtcdStore {
                 (None, None) => format!("#{i}"),
             };
             let key = format!("{p}/endpoints/{}/{id}", endpoint.tenant);
-            let mine = text(&self.as_stored(endpoint))?;
+            let stored = self.as_stored(endpoint);
+            if let Some(host) = &stored.host {
+                let why = format!("endpoint-{id}");
+                put(member_key(p, host, &endpoint.tenant, &why), String::new());
+            }
+            let mine = text(&stored)?;
             let theirs = seen.get(&key).and_then(|(raw, _)| {
                 let stored = serde_json::from_str(raw).ok()?;
                 let here = text(&self.as_seen_here(stored)?).ok()?;
@@ -184,7 +210,9 @@ impl EtcdStore {
         }
         for (tenant, host) in model.placed.iter().filter(|(t, _)| of(t)) {
             put(format!("{p}/placed/{tenant}"), text(host)?);
+            put(member_key(p, host, tenant, "placed"), String::new());
         }
+
         if scope.local() {
             put(
                 format!("{p}/{}", self.local("switch")),
@@ -194,6 +222,29 @@ impl EtcdStore {
         }
         Ok(out)
     }
+}
+
+/// The key saying that `tenant` lives on `host` for the reason `why` (one record's:
+/// an endpoint's id, `claim`, `gateway`, `placed`). Each goes with its record, written
+/// and deleted in the record's transaction and guarded by its comparison, so the index
+/// is never out of step with the records however hosts race.
+pub(super) fn member_key(prefix: &str, host: &str, tenant: &str, why: &str) -> String {
+    format!("{prefix}/member/{host}/{tenant}/{why}")
+}
+
+/// The tenant whose records `path` (under the prefix) is among.
+pub(super) fn tenant_of(path: &str) -> Option<&str> {
+    let (kind, rest) = path.split_once('/')?;
+    match kind {
+        "tenants" | "placed" => Some(rest),
+        "endpoints" | "routes" | "published" => rest.split_once('/').map(|(tenant, _)| tenant),
+        _ => None,
+    }
+}
+
+/// Whether `path` (under the prefix) is a key of the member index.
+pub(super) fn is_member(path: &str) -> bool {
+    path.starts_with("member/")
 }
 
 /// The records a change may touch.
@@ -451,7 +502,7 @@ mod tests {
                 Record::Unique => {}
                 Record::Switch(switch) => model.switch = switch.clone(),
                 Record::Ports(ports) => model.ports = ports.clone(),
-                Record::Alive(host) => {
+                Record::Alive(host, _) => {
                     alive.insert(host.clone());
                     continue;
                 }

@@ -27,6 +27,7 @@ impl EtcdStore {
             report_key: format!("{}{}", self.load_prefix(), self.host),
             egress_bps: Arc::clone(&self.egress_bps),
             ttl: self.lease_ttl,
+            watch: self.watch,
             current: Arc::clone(&self.lease),
         };
         let id = match self.block_on(lease.grant()) {
@@ -89,6 +90,9 @@ struct Lease {
     /// The egress to report (an `f64`'s bits).
     egress_bps: Arc<AtomicU64>,
     ttl: u64,
+    /// How much of the cluster this host follows: a host watching its own tenants
+    /// is not chosen to place gateways.
+    watch: super::Watch,
     /// The lease granted last, shared with the store.
     current: Arc<Mutex<Option<i64>>>,
 }
@@ -116,8 +120,12 @@ impl Lease {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.put_under(id, &self.key, json!({ "since": since }))
-            .await?;
+        self.put_under(
+            id,
+            &self.key,
+            json!({ "since": since, "watch": self.watch }),
+        )
+        .await?;
         tracing::info!(key = %self.key, ttl_s = self.ttl, "registered in the cluster");
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
         Ok(id)

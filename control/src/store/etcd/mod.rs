@@ -29,6 +29,7 @@
 mod built;
 mod client;
 mod handshake;
+mod interest;
 mod keys;
 mod lease;
 mod watch;
@@ -46,11 +47,12 @@ use crate::config::EtcdAccess;
 use crate::model::{Change, Model};
 use crate::placement::{self, GatewayPlacement};
 
-use client::{revision, Etcd};
+use client::{revision, Etcd, KeyRange};
 use keys::Scope;
 use watch::KeyCache;
 
 pub use built::Touched;
+pub use interest::Watch;
 
 /// Operations per etcd transaction (etcd refuses more than 128).
 const MAX_TXN_OPS: usize = 64;
@@ -107,6 +109,8 @@ pub struct EtcdStore {
     loaded_at: AtomicI64,
     /// Hosts holding a live lease at the last load.
     alive: Mutex<BTreeSet<String>>,
+    /// Those of them watching their own tenants only.
+    watching_own: Mutex<BTreeSet<String>>,
     /// Every key under the prefix, as the last load read them and the watch has
     /// changed them since (`None`: to be read from etcd).
     cache: Arc<Mutex<Option<KeyCache>>>,
@@ -133,6 +137,12 @@ pub struct EtcdStore {
     /// Keys under the prefix that are not what their place says (not JSON, not the
     /// record kind), skipped at the last read.
     skipped_keys: Mutex<BTreeSet<String>>,
+    /// How much of the cluster this host follows ([`interest`]).
+    watch: Watch,
+    /// Where [`EtcdStore::hold`] asks the watch for tenants (`None`: no watch yet).
+    demands: Mutex<Option<tokio::sync::mpsc::Sender<watch::Demand>>>,
+    /// Watch events received.
+    events: Arc<AtomicU64>,
 }
 
 impl EtcdStore {
@@ -146,6 +156,7 @@ impl EtcdStore {
     pub fn with_lease(endpoints: Vec<String>, prefix: &str, host: &str, lease_ttl: u64) -> Self {
         Self {
             alive: Mutex::new(BTreeSet::new()),
+            watching_own: Mutex::new(BTreeSet::new()),
             cache: Arc::new(Mutex::new(None)),
             own_writes: Mutex::new(BTreeMap::new()),
             lease_ttl,
@@ -161,7 +172,29 @@ impl EtcdStore {
             egress_bps: Arc::new(AtomicU64::new(0f64.to_bits())),
             local_copy: None,
             skipped_keys: Mutex::new(BTreeSet::new()),
+            watch: Watch::All,
+            demands: Mutex::new(None),
+            events: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The same, following `watch` of the cluster: everything, or this host's own
+    /// tenants ([`interest`]).
+    pub fn watching(mut self, watch: Watch) -> Self {
+        self.watch = watch;
+        self
+    }
+
+    /// What this host follows of the cluster.
+    pub fn watches(&self) -> Watch {
+        self.watch
+    }
+
+    /// `key` without the prefix.
+    fn path_of<'k>(&self, key: &'k str) -> &'k str {
+        key.strip_prefix(self.prefix.as_str())
+            .and_then(|k| k.strip_prefix('/'))
+            .unwrap_or(key)
     }
 
     /// The same, reaching etcd with `access`: the CA of its TLS certificate, a client
@@ -257,11 +290,19 @@ impl EtcdStore {
     /// is the cluster's placer and they are not; `None` otherwise. Traffic reports are
     /// read only when a gateway has to be placed.
     pub fn with_placements(&self, model: &Model) -> Option<Model> {
-        let registered = self.lock_alive().contains(&self.host);
+        // Hosts watching their own tenants do not see the others' to place them.
+        let placing = {
+            let alive = self.lock_alive();
+            let own = self.lock_watching_own();
+            let can_place: BTreeSet<String> = alive.difference(&own).cloned().collect();
+            self.watch == Watch::All
+                && alive.contains(&self.host)
+                && placement::placer(&can_place) == Some(self.host.as_str())
+        };
         placement::update(
             model,
             &self.alive(),
-            registered.then_some(self.host.as_str()),
+            placing,
             self.gateway_placement,
             || {
                 self.egress_reports().unwrap_or_else(|e| {
@@ -289,6 +330,11 @@ impl EtcdStore {
         alive
     }
 
+    /// Hosts registered at the last load as watching their own tenants only.
+    fn lock_watching_own(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.watching_own.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Hosts registered at the last load, as etcd has them.
     fn lock_alive(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         self.alive.lock().unwrap_or_else(|e| e.into_inner())
@@ -307,19 +353,63 @@ impl EtcdStore {
     /// stored nothing yet. A host new to the cluster takes its switch settings and
     /// ports from `seed` (its config).
     pub fn load(&self, seed: &Model) -> anyhow::Result<Option<Model>> {
-        let (kvs, revision) = self.range()?;
-        self.loaded_at.store(revision, Ordering::Relaxed);
+        let read = match self.watch {
+            Watch::All => {
+                let (kvs, revision) = self.range()?;
+                KeyCache::read(kvs, revision)
+            }
+            Watch::Own => self.block_on(self.read_own())?,
+        };
+        self.loaded_at.store(read.base, Ordering::Relaxed);
         // The cache is in place before the model is built: the watch adds what it
         // brings from now on.
         let mut guard = self.lock_cache();
-        let cache = guard.insert(KeyCache::read(kvs, revision));
+        let cache = guard.insert(read);
         // Read whole: what this host has seen is what the read holds, and its own
-        // writes the read may have missed (a read begun before one was taken).
+        // writes the read may have missed (a read begun before one was taken), of
+        // what it follows.
         self.lock_seen().clear();
+        let interest = self.interest();
+        let followed = interest.followed(cache, []);
         for (key, (value, at)) in self.lock_own_writes().iter() {
-            cache.wrote(key, value.as_deref(), *at);
+            if interest.follows(key, &followed) {
+                cache.wrote(key, value.as_deref(), *at);
+            }
         }
         Ok(self.build(cache, seed).0)
+    }
+
+    /// What a host watching its own tenants follows, read at one revision: the
+    /// cluster's ranges, then the records of the tenants they make it hold (and of
+    /// those tenants' peers).
+    async fn read_own(&self) -> anyhow::Result<KeyCache> {
+        let interest = self.interest();
+        let mut at = 0;
+        let mut kvs = Vec::new();
+        for range in interest.cluster_ranges() {
+            let (read, revision) = self.etcd.range_at(&range, at).await?;
+            at = revision;
+            kvs.extend(read);
+        }
+        let mut cache = KeyCache::read(kvs, at);
+        let mut read = BTreeSet::new();
+        loop {
+            let wanted = interest.followed(&cache, []);
+            let new: Vec<String> = wanted.difference(&read).cloned().collect();
+            if new.is_empty() {
+                cache.read_tenants = read;
+                return Ok(cache);
+            }
+            for tenant in new {
+                for range in interest.tenant_ranges(&tenant) {
+                    let (kvs, _) = self.etcd.range_at(&range, at).await?;
+                    for (key, value, revision) in kvs {
+                        cache.put(key, value, revision);
+                    }
+                }
+                read.insert(tenant);
+            }
+        }
     }
 
     /// The model from the keys the watch has kept up to date, without asking etcd;
@@ -350,6 +440,11 @@ impl EtcdStore {
         if *alive != built.alive {
             alive.clone_from(&built.alive);
         }
+        let mut own = self.lock_watching_own();
+        if *own != built.watching_own {
+            own.clone_from(&built.watching_own);
+        }
+        drop(own);
         let mut skipped = self.skipped_keys.lock().unwrap_or_else(|e| e.into_inner());
         if *skipped != built.skipped {
             skipped.clone_from(&built.skipped);
@@ -399,9 +494,18 @@ impl EtcdStore {
         let seen = self.lock_seen();
         let was = self.keys_in(before, &seen, scope)?;
         let now = self.keys_in(after, &seen, scope)?;
+        // A key this host never saw is not deleted (it may not exist), except what
+        // goes with a record of the change: its index keys, and its claims, which a
+        // host watching its own tenants does not follow.
+        let goes_with_a_record = |key: &str| {
+            let path = self.path_of(key);
+            keys::is_member(path) || (self.watch == Watch::Own && path.starts_with("unique/"))
+        };
         let gone: Vec<String> = was
             .keys()
-            .filter(|key| !now.contains_key(*key) && seen.contains_key(*key))
+            .filter(|key| {
+                !now.contains_key(*key) && (seen.contains_key(*key) || goes_with_a_record(key))
+            })
             .cloned()
             .collect();
         let desired: BTreeMap<String, String> = now
@@ -430,21 +534,25 @@ impl EtcdStore {
         let holds = |key: &str, value: &str| Compare::value(key, CompareOp::Equal, value);
         let unchanged_since =
             |key: &str, revision: i64| Compare::mod_revision(key, CompareOp::Equal, revision);
+        // An index key rides on its record's comparison: written or deleted with it
+        // whatever it holds (a cluster written before the index has none).
+        let indexed = |key: &str| keys::is_member(self.path_of(key));
         let mut ops = Vec::new();
         for (key, value) in desired {
             let compare = match (seen.get(key), expected) {
                 (Some((old, _)), _) if old == value => continue,
-                (_, Some(expected)) => match expected.get(key) {
+                _ if indexed(key) => None,
+                (_, Some(expected)) => Some(match expected.get(key) {
                     Some(old) => holds(key, old),
                     None => absent(key),
-                },
-                (Some((_, revision)), None) => unchanged_since(key, *revision),
-                (None, None) => absent(key),
+                }),
+                (Some((_, revision)), None) => Some(unchanged_since(key, *revision)),
+                (None, None) => Some(absent(key)),
             };
             ops.push(Operation {
                 key: key.clone(),
                 value: Some(value.clone()),
-                compare: Some(compare),
+                compare,
                 request: TxnOp::put(key.as_str(), value.as_str(), None),
             });
         }
@@ -452,10 +560,14 @@ impl EtcdStore {
         for key in gone {
             // A placement record may go whatever the placer wrote meanwhile: the
             // placer places the tenant again from what the change leaves.
-            let compare = (!key.starts_with(&record)).then(|| {
-                match expected.and_then(|expected| expected.get(key)) {
-                    Some(old) => holds(key, old),
-                    None => unchanged_since(key, seen[key].1),
+            let compare = (!key.starts_with(&record) && !indexed(key)).then(|| {
+                match (
+                    expected.and_then(|expected| expected.get(key)),
+                    seen.get(key),
+                ) {
+                    (Some(old), _) => holds(key, old),
+                    (None, Some((_, revision))) => unchanged_since(key, *revision),
+                    (None, None) => absent(key),
                 }
             });
             ops.push(Operation {
@@ -491,6 +603,9 @@ impl EtcdStore {
                 return Err(self.explain_conflict(desired, gone).into());
             }
             let revision = revision(reply.header());
+            if self.watch == Watch::Own {
+                self.hold_written(chunk);
+            }
             let mut cache = self.lock_cache();
             let mut seen = self.lock_seen();
             let mut own = self.lock_own_writes();
@@ -512,16 +627,55 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// A host watching its own tenants follows, for a while, the tenants it wrote (it
+    /// keeps its own writes in the cache; the watch keeps them current), without
+    /// waiting for the watch to read them.
+    fn hold_written(&self, ops: &[Operation]) {
+        let tenants: BTreeSet<String> = ops
+            .iter()
+            .filter_map(|op| keys::tenant_of(self.path_of(&op.key)))
+            .map(str::to_owned)
+            .collect();
+        let sender = self
+            .demands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Some(sender), false) = (sender, tenants.is_empty()) {
+            let (done, _) = tokio::sync::oneshot::channel();
+            let _ = sender.try_send(watch::Demand {
+                tenants: tenants.into_iter().collect(),
+                done,
+            });
+        }
+    }
+
     fn lock_seen(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Says which key another host changed (read back after the refused write).
     fn explain_conflict(&self, desired: &BTreeMap<String, String>, gone: &[String]) -> Conflict {
-        // Read before `seen` is locked: no lock is held while etcd is waited on.
+        // Read before `seen` is locked: no lock is held while etcd is waited on. Only
+        // the keys the write touched, not the cluster.
+        let asked: Vec<String> = {
+            let seen = self.lock_seen();
+            desired
+                .iter()
+                .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .chain(gone.iter().cloned())
+                .collect()
+        };
         let now: BTreeMap<String, (String, i64)> = self
-            .range()
-            .map(|(kvs, _)| kvs.into_iter().map(|(k, v, r)| (k, (v, r))).collect())
+            .block_on(async {
+                let mut now = BTreeMap::new();
+                for key in asked {
+                    let (kvs, _) = self.etcd.range_at(&KeyRange::key(&key), 0).await?;
+                    now.extend(kvs.into_iter().map(|(k, v, r)| (k, (v, r))));
+                }
+                Ok(now)
+            })
             .unwrap_or_default();
         let seen = self.lock_seen();
         let touched = desired
