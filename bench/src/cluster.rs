@@ -24,7 +24,7 @@ use control::config::switching::TenantSpec;
 use control::config::Config;
 use control::model::{Change, Model};
 use control::placement::{self, GatewayPlacement};
-use control::store::EtcdStore;
+use control::store::{EtcdStore, Watch};
 use dataplane::packet::MacText;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -50,6 +50,8 @@ pub struct Options {
     /// A tenetd (this binary) that joins the cluster as one more host and is timed
     /// like the agents, through its API.
     pub follower: Option<PathBuf>,
+    /// What agents and the follower watch: everything, or their own tenants.
+    pub watch: Watch,
     /// Results directory.
     pub out: PathBuf,
 }
@@ -116,6 +118,21 @@ pub struct Results {
     /// The same for a tenant that claims the follower's host (its tables change).
     #[serde(default)]
     pub follower_here_ms: Vec<f64>,
+    /// What the agents watched (`all` or `own`).
+    #[serde(default)]
+    pub watch: String,
+    /// Agents each write was awaited at (all of them, or the ones it lives on).
+    #[serde(default)]
+    pub awaited_per_write: Vec<usize>,
+    /// Watch events each agent received from its start to the end of the run.
+    #[serde(default)]
+    pub events_per_agent: Spread,
+    /// Tenants each agent held at the end of the run.
+    #[serde(default)]
+    pub tenants_per_agent: Spread,
+    /// Seconds from the agents' start until every one of them followed the cluster.
+    #[serde(default)]
+    pub agents_start_s: f64,
 }
 
 /// A small deterministic generator (xorshift64*): the same cluster on every run.
@@ -235,12 +252,20 @@ fn on_paper(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Agents follow one writer; the time until all of them have each write.
+/// Agents follow one writer; the time until all of them (or, watching their own
+/// tenants, the ones a write lives on) have each write.
 fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let etcd = Etcd::start()?;
     let prefix = "/converge";
+    let own = options.watch == Watch::Own;
     let follower_host = host_name(options.agents + 1);
-    let hosts: String = (0..=options.agents + usize::from(options.follower.is_some()))
+    // Watching their own tenants, agents are some of many hosts: the cluster's
+    // containers are spread over all of them.
+    let simulated = match own {
+        true => options.hosts.max(options.agents + 2),
+        false => options.agents + 1 + usize::from(options.follower.is_some()),
+    };
+    let hosts: String = (0..simulated)
         .map(|h| {
             let ip = Ipv4Addr::from(0x0a00_0000u32 + h as u32 + 1);
             format!(
@@ -256,8 +281,13 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let writer = EtcdStore::new(vec![etcd.url().to_owned()], prefix, &host_name(0));
     let mut model = seed_for(0)?;
     writer.load(&model)?;
-    // The cluster as it stands before: tenants with containers on the agents' hosts.
+    // The cluster as it stands before: tenants with containers on the agents' hosts
+    // (on any host, when agents watch their own).
     let mut random = Random(0x2545_f491_4f6c_dd1d);
+    let container_host = |random: &mut Random| match own {
+        true => random.below(simulated),
+        false => 1 + random.below(options.agents.max(1)),
+    };
     for t in 0..options.preload {
         model.tenants.push_back(serde_json::from_value(
             json!({"name": format!("p{t:06}"), "id": 100_000 + t}),
@@ -267,12 +297,29 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
             model.endpoints.push_back(serde_json::from_value(json!({
                 "tenant": format!("p{t:06}"),
                 "mac": numbered_mac(0x02, 0xaa << 32 | (n as u64 & 0xffff_ffff)).to_string(),
-                "host": host_name(1 + random.below(options.agents.max(1))),
+                "host": host_name(container_host(&mut random)),
             }))?);
         }
     }
     writer.save(&model)?;
     results.preloaded = options.preload;
+    // Each write: a tenant, and (agents watching their own) a container on one agent's
+    // host and one on any host; the agents it is awaited at.
+    let mut plan = Vec::with_capacity(options.writes);
+    for _ in 0..options.writes {
+        let on: Vec<usize> = match own {
+            true => vec![1 + random.below(options.agents.max(1)), random.below(simulated)],
+            false => Vec::new(),
+        };
+        let awaited: Vec<bool> = (0..options.agents)
+            .map(|a| !own || on.contains(&(a + 1)))
+            .collect();
+        plan.push((on, awaited));
+    }
+    results.awaited_per_write = plan
+        .iter()
+        .map(|(_, awaited)| awaited.iter().filter(|a| **a).count())
+        .collect();
     let follower = match &options.follower {
         Some(tenetd) => Some(Follower::start(
             tenetd,
@@ -281,39 +328,67 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
             &hosts,
             etcd.url(),
             &options.out,
-            &format!("p{:06}", options.preload.saturating_sub(1)),
+            // Watching its own tenants, it holds none of the preloaded ones.
+            (!own).then(|| format!("p{:06}", options.preload.saturating_sub(1))),
+            options.watch,
         )?),
         None => None,
     };
     // Per agent, the instant it first had each tenant.
     let seen: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
         Arc::new(Mutex::new(vec![vec![None; options.writes]; options.agents]));
+    // Tenants each agent held at its last read.
+    let held: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new(vec![0; options.agents]));
     // Agents report when they follow the cluster (or why they could not); an agent
     // that failed must not leave the others waiting, so all of them give up once
-    // `abort` is set.
+    // `abort` is set. Agents stay until `finished`, so each one's events are counted
+    // over the whole run.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let abort = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
+    let mut agents = Vec::new();
+    let started = Instant::now();
     for a in 0..options.agents {
-        let (url, seen) = (etcd.url().to_owned(), Arc::clone(&seen));
-        let (ready, abort) = (ready_tx.clone(), Arc::clone(&abort));
+        let (seen, held) = (Arc::clone(&seen), Arc::clone(&held));
+        let (ready, abort, finished) = (
+            ready_tx.clone(),
+            Arc::clone(&abort),
+            Arc::clone(&finished),
+        );
         let seed = seed_for(a + 1)?;
-        let writes = options.writes;
+        let awaited: Vec<bool> = plan.iter().map(|(_, awaited)| awaited[a]).collect();
+        let agent = Arc::new(
+            EtcdStore::with_lease(vec![etcd.url().to_owned()], prefix, &host_name(a + 1), 10)
+                .watching(options.watch),
+        );
+        agents.push(Arc::clone(&agent));
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let agent = EtcdStore::with_lease(vec![url], prefix, &host_name(a + 1), 10);
-            let setup = agent
-                .register()
-                .and_then(|()| agent.load(&seed).map(|_| ()));
+            let setup = agent.register().and_then(|()| agent.load(&seed)).map(|model| {
+                held.lock().unwrap_or_else(|e| e.into_inner())[a] =
+                    model.map_or(0, |m| m.tenants.len());
+            });
             let failed = setup.is_err();
             let _ = ready.send(setup);
             if failed {
                 return Ok(());
             }
             let mut changes = agent.watch();
+            let awaiting = awaited.iter().filter(|a| **a).count();
             let mut have = 0;
-            while have < writes {
-                if changes.blocking_recv().is_none() {
-                    bail!("agent {a}: the watch ended");
+            while !finished.load(Ordering::Relaxed) {
+                // Past the writes it awaits, an agent only keeps following.
+                let change = match have < awaiting {
+                    true => changes.blocking_recv().map(|()| true),
+                    false => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        Some(changes.try_recv().is_ok())
+                    }
+                };
+                match change {
+                    None => bail!("agent {a}: the watch ended"),
+                    Some(false) => continue,
+                    Some(true) => {}
                 }
                 if abort.load(Ordering::Relaxed) {
                     return Ok(());
@@ -322,6 +397,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
                 let Some(model) = agent.load_cached(&seed)? else {
                     continue;
                 };
+                held.lock().unwrap_or_else(|e| e.into_inner())[a] = model.tenants.len();
                 let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                 // The model's tenants are in key order: each awaited one is looked up,
                 // as a host finds a tenant, rather than every tenant walked.
@@ -331,7 +407,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
                         .tenants
                         .binary_search_by(|t| t.name.as_str().cmp(&name))
                         .is_ok();
-                    if found && at.is_none() {
+                    if found && at.is_none() && awaited[w] {
                         *at = Some(now);
                         have += 1;
                     }
@@ -341,67 +417,99 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         }));
     }
     drop(ready_tx);
-    // Every agent reads the whole cluster at start, all of them at once on however
-    // few cores: the wait grows with the cluster.
+    // Every agent reads what it follows at start, all of them at once on however few
+    // cores: the wait grows with the cluster.
     let start_within =
         Duration::from_secs(120 + (options.preload * options.agents / 10_000) as u64);
+    let stop = |model: &mut Model| {
+        abort.store(true, Ordering::Relaxed);
+        finished.store(true, Ordering::Relaxed);
+        // One more write wakes the agents that wait for changes, to see the abort.
+        model.hosts.pop();
+        let _ = writer.save(model);
+    };
     for _ in 0..options.agents {
         let setup = ready_rx
             .recv_timeout(start_within)
             .map_err(|_| anyhow::anyhow!("an agent did not start within {start_within:?}"))
             .and_then(|r| r);
         if let Err(e) = setup {
-            abort.store(true, Ordering::Relaxed);
-            // One more write wakes the agents that wait for changes, to see the abort.
-            model.hosts.pop();
-            let _ = writer.save(&model);
+            stop(&mut model);
             return Err(e.context("starting the agents"));
         }
     }
+    results.agents_start_s = started.elapsed().as_secs_f64();
+    // Registrations of the last agents settle before the events are counted.
+    std::thread::sleep(Duration::from_secs(1));
+    let events_before: Vec<u64> = agents.iter().map(|a| a.events_received()).collect();
     let mut written = Vec::with_capacity(options.writes);
-    for w in 0..options.writes {
+    for (w, (on, _)) in plan.iter().enumerate() {
         std::thread::sleep(Duration::from_millis(200));
         // One write in four claims the follower's host: its tables take that one.
         let here = w % 4 == 3;
         let claim: Vec<&str> = if here { vec![&follower_host] } else { vec![] };
+        let name = format!("w{w}");
         let tenant: TenantSpec = serde_json::from_value(
-            json!({"name": format!("w{w}"), "id": 10_000 + w, "hosts": claim}),
+            json!({"name": name, "id": 10_000 + w, "hosts": claim}),
         )?;
         let before = model.clone();
         model.tenants.push_back(Arc::new(tenant.clone()));
+        for (c, host) in on.iter().enumerate() {
+            model.endpoints.push_back(serde_json::from_value(json!({
+                "tenant": name,
+                "mac": numbered_mac(0x02, 0xbb << 32 | (w * 2 + c) as u64).to_string(),
+                "host": host_name(*host),
+            }))?);
+        }
         let at = Instant::now();
         // As tenetd writes an API change: the records it touches, not the whole model.
         writer.save_made(&Change::AddTenant(tenant), &before, &model)?;
         written.push(at);
         if let Some(follower) = &follower {
-            let took = follower.until_it_has(&format!("w{w}"), at)?;
-            match here {
-                true => results.follower_here_ms.push(took),
-                false => results.follower_elsewhere_ms.push(took),
+            // Watching its own tenants, it never holds one on other hosts.
+            if here || !own {
+                let took = follower.until_it_has(&name, at)?;
+                match here {
+                    true => results.follower_here_ms.push(took),
+                    false => results.follower_elsewhere_ms.push(took),
+                }
             }
         }
     }
     // Agents that miss a write give up after a while rather than hang the run.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+    let all_in = || {
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        (0..options.agents).all(|a| {
+            (0..options.writes).all(|w| !plan[w].1[a] || seen[a][w].is_some())
+        })
+    };
+    while !all_in() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    if threads.iter().any(|t| !t.is_finished()) {
-        abort.store(true, Ordering::Relaxed);
-        model.hosts.pop();
-        let _ = writer.save(&model);
-    }
+    let events: Vec<usize> = agents
+        .iter()
+        .zip(&events_before)
+        .map(|(a, before)| (a.events_received() - before) as usize)
+        .collect();
+    stop(&mut model);
     for (a, thread) in threads.into_iter().enumerate() {
         match thread.join() {
             Ok(result) => result.with_context(|| format!("agent {a}"))?,
             Err(_) => bail!("agent {a} panicked"),
         }
     }
+    drop(agents);
+    results.events_per_agent = Spread::of(events);
+    results.tenants_per_agent =
+        Spread::of(held.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    anyhow::ensure!(all_in(), "an agent missed a write it hosts");
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     results.agents = options.agents;
     results.convergence_ms = (0..options.writes)
         .map(|w| {
             let last = (0..options.agents)
+                .filter(|a| plan[w].1[*a])
                 .filter_map(|a| seen[a][w])
                 .max()
                 .unwrap_or(written[w]);
@@ -428,7 +536,8 @@ impl Follower {
         hosts: &str,
         etcd: &str,
         out: &std::path::Path,
-        last: &str,
+        last: Option<String>,
+        watch: Watch,
     ) -> anyhow::Result<Self> {
         let work = crate::lab::TempDir::new("tenet-bench-follower")?;
         let socket = work.path().join("tenetd.sock");
@@ -439,9 +548,10 @@ impl Follower {
                 "[dataplane]\nworkers = [1]\nmain_core = 0\nfile_prefix = \"tbfollow\"\nmemory_mb = 256\n\n\
                  [switch]\nhost = \"{host}\"\n\n{hosts}\n\
                  [[port]]\nname = \"up\"\nbackend = \"null\"\nrole = \"uplink\"\n\n\
-                 [control]\napi_socket = \"{}\"\nstate_file = \"{}\"\netcd = [\"{etcd}\"]\netcd_prefix = \"{prefix}\"\n",
+                 [control]\napi_socket = \"{}\"\nstate_file = \"{}\"\netcd = [\"{etcd}\"]\netcd_prefix = \"{prefix}\"\netcd_watch = \"{}\"\n",
                 socket.display(),
-                work.path().join("view.json").display()
+                work.path().join("view.json").display(),
+                format!("{watch:?}").to_lowercase(),
             ),
         )?;
         let _ = std::fs::remove_dir_all("/var/run/dpdk/tbfollow");
@@ -455,8 +565,24 @@ impl Follower {
             client: control::client::Client::new(&socket),
             _work: work,
         };
-        follower.until_it_has(last, Instant::now())?;
+        match last {
+            Some(last) => follower.until_it_has(&last, Instant::now())?,
+            None => follower.until_it_answers()?,
+        };
         Ok(follower)
+    }
+
+    /// Milliseconds until the follower's API answers.
+    fn until_it_answers(&self) -> anyhow::Result<f64> {
+        let since = Instant::now();
+        let deadline = since + Duration::from_secs(120);
+        while self.client.send("GET", "/v1/tenants", b"").is_err() {
+            if Instant::now() > deadline {
+                bail!("the follower tenetd did not answer: {}", self.tenetd.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(since.elapsed().as_secs_f64() * 1e3)
     }
 
     /// Milliseconds from `since` until the follower's API answers for `tenant`.
@@ -488,6 +614,7 @@ pub fn run(options: &Options, command: String) -> anyhow::Result<Results> {
         hosts: options.hosts,
         tenants: options.tenants,
         containers: options.tenants * options.containers,
+        watch: format!("{:?}", options.watch).to_lowercase(),
         ..Results::default()
     };
     eprintln!("tenet-bench cluster: keys and views of the synthetic cluster");
@@ -516,10 +643,15 @@ pub fn table(r: &Results) -> String {
         r.keys,
         r.bytes as f64 / (1 << 20) as f64
     ));
-    out.push_str(&format!(
-        "  watch events at every host per container added anywhere: {} (one prefix watch)\n",
-        r.events_per_container_add
-    ));
+    match r.watch.as_str() {
+        "own" => out.push_str(
+            "  watch events per container added: 2 at its host (its endpoint, its index key), 1 at each other host holding its tenant, none elsewhere\n",
+        ),
+        _ => out.push_str(&format!(
+            "  watch events at every host per container added anywhere: {} (one prefix watch)\n",
+            r.events_per_container_add
+        )),
+    }
     out.push_str(&format!(
         "Per host ({} sampled; min / median / max):\n",
         r.sampled
@@ -543,14 +675,41 @@ pub fn table(r: &Results) -> String {
         sorted.sort_by(f64::total_cmp);
         let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
         let max = sorted.last().copied().unwrap_or(0.0);
+        let p99 = sorted
+            .get((sorted.len() * 99).div_ceil(100).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0);
+        let whom = match r.watch.as_str() {
+            "own" => "every agent it lives on",
+            _ => "every agent",
+        };
         out.push_str(&format!(
-            "Convergence: {} agents on one etcd holding {} tenants, {} writes: every agent had a write after {:.1} ms (median), {:.1} ms (slowest)\n",
+            "Convergence: {} agents (watching {}) on one etcd holding {} tenants, {} writes: {whom} had a write after {:.1} ms (median), {:.1} ms (p99), {:.1} ms (slowest)\n",
             r.agents,
+            if r.watch.is_empty() { "all" } else { r.watch.as_str() },
             r.preloaded,
             r.convergence_ms.len(),
             median,
+            p99,
             max
         ));
+        if !r.awaited_per_write.is_empty() {
+            let awaited: usize = r.awaited_per_write.iter().sum();
+            out.push_str(&format!(
+                "  agents awaited per write: {:.1} on average; agents started (each read what it follows) in {:.1} s\n",
+                awaited as f64 / r.awaited_per_write.len() as f64,
+                r.agents_start_s
+            ));
+            for (what, s) in [
+                ("watch events received during the writes", &r.events_per_agent),
+                ("tenants held at the end", &r.tenants_per_agent),
+            ] {
+                out.push_str(&format!(
+                    "  per agent, {what} (min / median / max): {} / {} / {}\n",
+                    s.min, s.median, s.max
+                ));
+            }
+        }
         for (what, taken) in [
             ("on other hosts", &r.follower_elsewhere_ms),
             ("claiming its host", &r.follower_here_ms),

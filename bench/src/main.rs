@@ -77,6 +77,16 @@ struct ClusterArgs {
     /// The tenetd binary for --follower (default: beside tenet-bench).
     #[arg(long)]
     tenetd: Option<PathBuf>,
+    /// What each agent (and the follower) watches: `all` (the whole cluster: every
+    /// write reaches every agent) or `own` (its own tenants: the preloaded tenants'
+    /// containers are spread over all --hosts, and each write puts a container on one
+    /// agent's host and one on any host).
+    #[arg(long, default_value = "all", value_parser = parse_watch)]
+    watch: control::store::Watch,
+}
+
+fn parse_watch(word: &str) -> Result<control::store::Watch, String> {
+    control::store::Watch::parse(word).ok_or_else(|| format!("`{word}` is not `all` or `own`"))
 }
 
 #[derive(clap::Args)]
@@ -544,6 +554,7 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         writes: args.writes,
         preload: args.preload,
         follower,
+        watch: args.watch,
         out: results_dir(args.out, "cluster")?,
     };
     let results = bench::cluster::run(&options, std::env::args().collect::<Vec<_>>().join(" "))?;
