@@ -1,0 +1,1103 @@
+//! `tenetctl`: the command line of a running tenetd, over its API socket.
+//!
+//! Exit status (also in `--help`):
+//! - 0: done; also when stdout closes early (`tenetctl stats --watch | head`).
+//! - 1: refused: tenetd said no (the message names the field at fault), the exchange
+//!   with it broke off, or the output could not be written.
+//! - 2: usage: the command line is wrong (the message names the argument).
+//! - 3: tenetd unreachable: nothing answers on the socket (the message names it).
+
+mod rates;
+mod render;
+mod table;
+
+use std::io::{ErrorKind, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use control::client::{encode, CallError, Client};
+use serde_json::{json, Value};
+
+use rates::{rates, rates_text};
+use render::{render, stats_text};
+
+/// The exit status, for `--help`: scripts tell a refusal from a tenetd that is not
+/// running.
+const EXIT_STATUS: &str = "Exit status:
+  0  done (also when stdout closes early, as in `| head`)
+  1  refused: tenetd said no, the exchange with it broke off, or the output could not be written
+  2  usage: the command line is wrong
+  3  tenetd unreachable: nothing answers on the socket (--socket, TENET_SOCKET)";
+
+/// Control a running tenetd.
+#[derive(Debug, Parser)]
+#[command(name = "tenetctl", version, after_help = EXIT_STATUS)]
+struct Cli {
+    /// tenetd's API socket.
+    #[arg(
+        long,
+        default_value = "/run/tenet/tenetd.sock",
+        env = "TENET_SOCKET",
+        global = true
+    )]
+    socket: PathBuf,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Tenants: add, del, list, show.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Known endpoints (container MACs): add, del, list.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Static routes of the tenants' routers: add, del, list.
+    #[command(subcommand)]
+    Route(RouteCmd),
+    /// Container ports published on the gateway host: add, del, list.
+    #[command(subcommand)]
+    Publish(PublishCmd),
+    /// Cluster hosts: add, del, list.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Ports with their role, link and counters.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Counters: per port, per core, drops by reason.
+    Stats {
+        /// Refresh every second until interrupted, showing rates per second.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The whole switch.
+    Show,
+    /// Run a frame through the pipeline with the live tables and print each decision.
+    Trace {
+        /// Ingress port.
+        #[arg(long)]
+        port: String,
+        /// The frame, as hex.
+        #[arg(long)]
+        frame: String,
+    },
+    /// A pcap of what a port sends and receives, taken without stopping traffic.
+    Capture {
+        /// The port.
+        #[arg(long)]
+        port: String,
+        /// Packets to capture.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Longest capture, in seconds.
+        #[arg(
+            long,
+            default_value_t = 10.0,
+            value_parser = positive_seconds,
+            allow_negative_numbers = true
+        )]
+        seconds: f64,
+        /// The pcap file to write; `-` for stdout (`-w - | tcpdump -r -`), `./-` for
+        /// a file named `-`.
+        #[arg(short = 'w', long = "write")]
+        file: PathBuf,
+    },
+    /// Shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCmd {
+    /// Add a tenant.
+    Add(TenantAdd),
+    /// Remove a tenant.
+    Del {
+        /// Its name.
+        name: String,
+    },
+    /// List tenants.
+    List,
+    /// One tenant with its ports and endpoints.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Change a running tenant's gateway: move it (`--gateway-host`), consent to
+    /// peering (`--peer`), SNAT address and connection cap.
+    Set {
+        /// Its name.
+        name: String,
+        /// The host its gateway moves to, or `central`.
+        #[arg(long)]
+        gateway_host: Option<String>,
+        /// Tenants it consents to route with (repeatable; replaces the list).
+        #[arg(long = "peer")]
+        peers: Option<Vec<String>>,
+        /// Withdraw every peering consent.
+        #[arg(long, conflicts_with = "peers")]
+        no_peers: bool,
+        /// SNAT address.
+        #[arg(long)]
+        snat_ip: Option<String>,
+        /// SNAT connections per core.
+        #[arg(long)]
+        max_connections: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCmd {
+    /// Add a static route.
+    Add {
+        /// The tenant.
+        tenant: String,
+        /// Destination, like 10.9.0.0/16.
+        prefix: String,
+        /// Next hop, on one of the tenant's subnets.
+        #[arg(long)]
+        via: String,
+    },
+    /// Remove a route.
+    Del {
+        /// The tenant.
+        tenant: String,
+        /// Destination as added.
+        prefix: String,
+    },
+    /// List routes.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PublishCmd {
+    /// Publish a container port (`docker run -p HOST_PORT:PORT`).
+    Add {
+        /// The container's tenant.
+        tenant: String,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// Port on the gateway host's outside address.
+        #[arg(long)]
+        host_port: u16,
+        /// The container's address.
+        #[arg(long)]
+        ip: String,
+        /// The container's port.
+        #[arg(long)]
+        port: u16,
+    },
+    /// Withdraw a published port.
+    Del {
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// The published port.
+        #[arg(long)]
+        host_port: u16,
+    },
+    /// List published ports.
+    List,
+}
+
+#[derive(Debug, Args)]
+struct TenantAdd {
+    /// Unique name.
+    name: String,
+    /// Tenant id (the GRE key in the dedicated design).
+    #[arg(long)]
+    id: u32,
+    /// VLAN (needed in the shared design).
+    #[arg(long)]
+    vlan: Option<u16>,
+    /// Cap on learned MACs.
+    #[arg(long)]
+    max_macs: Option<u32>,
+    /// Other hosts where it lives (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// The gateway's address on a subnet, like 10.1.0.1/24 (repeatable): gives the
+    /// tenant a router.
+    #[arg(long = "subnet")]
+    subnets: Vec<String>,
+    /// Where the gateway runs: a host's name, or `central`.
+    #[arg(long)]
+    gateway_host: Option<String>,
+    /// SNAT address toward the outside.
+    #[arg(long)]
+    snat_ip: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCmd {
+    /// Add an endpoint.
+    Add {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its MAC.
+        #[arg(long)]
+        mac: String,
+        /// The local port it is behind.
+        #[arg(long, conflicts_with = "host")]
+        port: Option<String>,
+        /// The other host it is on.
+        #[arg(long)]
+        host: Option<String>,
+        /// Its IPv4 address (the tenant's router and ARP answers use it).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+    },
+    /// Remove an endpoint.
+    Del {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its MAC.
+        #[arg(long)]
+        mac: String,
+    },
+    /// List endpoints.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// Add a host.
+    Add {
+        /// Unique name.
+        name: String,
+        /// Underlay address, optionally with /prefix.
+        #[arg(long)]
+        underlay_ip: String,
+        /// Its underlay MAC, if known.
+        #[arg(long)]
+        mac: Option<String>,
+        /// The shared design's egress host.
+        #[arg(long)]
+        egress: bool,
+    },
+    /// Remove a host.
+    Del {
+        /// Its name.
+        name: String,
+    },
+    /// List hosts.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PortCmd {
+    /// List ports.
+    List,
+    /// Attach a port while the switch runs.
+    Add(PortAdd),
+    /// Detach a port.
+    Del {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PortAdd {
+    /// Unique name.
+    name: String,
+    /// null, ring, tap, pcap, af-packet, af-xdp, vhost-user, vf.
+    #[arg(long)]
+    backend: String,
+    /// Kernel interface (tap, af-packet, af-xdp).
+    #[arg(long)]
+    interface: Option<String>,
+    /// First interface queue (af-xdp).
+    #[arg(long)]
+    queue: Option<u32>,
+    /// Socket path (vhost-user).
+    #[arg(long)]
+    path: Option<String>,
+    /// Client mode (vhost-user).
+    #[arg(long)]
+    client: bool,
+    /// PCI address (vf).
+    #[arg(long)]
+    pci: Option<String>,
+    /// Queue pairs.
+    #[arg(long)]
+    queues: Option<u16>,
+    /// access, trunk or uplink.
+    #[arg(long)]
+    role: Option<String>,
+    /// Tenant of an access port.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Tenants of a trunk (repeatable).
+    #[arg(long = "trunk-tenant")]
+    tenants: Vec<String>,
+}
+
+/// An API request: method, path and JSON body.
+type Request = (&'static str, String, Option<Value>);
+
+/// How tenetctl ends; the numbers are its exit status (2, usage, is clap's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Done, or stdout closed early (`| head`).
+    Done = 0,
+    /// tenetd said no, the exchange with it broke off, or the output could not be
+    /// written.
+    Refused = 1,
+    /// Nothing answers on the socket.
+    Unreachable = 3,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let terminal = stdout.is_terminal();
+    let status = run(&cli, terminal, &mut stdout.lock(), &mut std::io::stderr());
+    ExitCode::from(status as u8)
+}
+
+/// Runs the command, writing its output to `out` and its complaints to `err`; `terminal`
+/// says whether `out` is one (`stats --watch` clears it between screens).
+fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> Status {
+    let (method, path, body): Request = match &cli.command {
+        Cmd::Completions { shell } => return emit(&completions(*shell), out, err),
+        Cmd::Tenant(cmd) => tenant_request(cmd),
+        Cmd::Route(cmd) => route_request(cmd),
+        Cmd::Publish(cmd) => publish_request(cmd),
+        Cmd::Endpoint(cmd) => endpoint_request(cmd),
+        Cmd::Host(cmd) => host_request(cmd),
+        Cmd::Port(cmd) => port_request(cmd),
+        Cmd::Stats { .. } => ("GET", "/v1/stats".into(), None),
+        Cmd::Capture {
+            port,
+            count,
+            seconds,
+            ..
+        } => (
+            "POST",
+            "/v1/capture".into(),
+            Some(json!({"port": port, "count": count, "seconds": seconds})),
+        ),
+        Cmd::Trace { port, frame } => (
+            "POST",
+            "/v1/trace".into(),
+            Some(json!({"port": port, "frame": frame})),
+        ),
+        Cmd::Show => ("GET", "/v1/show".into(), None),
+    };
+    let client = Client::new(&cli.socket);
+    if let Cmd::Stats { watch: true } = &cli.command {
+        let watch = Watch {
+            client: &client,
+            path: &path,
+            every: Duration::from_secs(1),
+            terminal,
+        };
+        return watch.run(out, err);
+    }
+    let answer = match client.call(method, &path, body.as_ref()) {
+        Ok(answer) => answer,
+        Err(e) => return unanswered(&e, err),
+    };
+    if !answer.ok() {
+        return refused(&answer.body, cli.json, out, err);
+    }
+    if let Cmd::Capture { file, .. } = &cli.command {
+        return write_capture(file, &answer.raw, out, err);
+    }
+    let text = if cli.json {
+        serde_json::to_string_pretty(&answer.body).unwrap_or_default() + "\n"
+    } else {
+        render(&cli.command, &answer.body)
+    };
+    emit(text.as_bytes(), out, err)
+}
+
+/// Writes `bytes` to `out`. A reader that has had enough (`| head`) is a normal end.
+fn emit(bytes: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> Status {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Status::Done,
+        Err(e) => unwritten(&e, err),
+    }
+}
+
+/// How a failed write to stdout ends tenetctl. Rust ignores SIGPIPE, so a closed pipe
+/// comes back as an error; it means the reader has had enough (`| head`), not that
+/// anything went wrong.
+fn unwritten(e: &std::io::Error, err: &mut dyn Write) -> Status {
+    if e.kind() == ErrorKind::BrokenPipe {
+        return Status::Done;
+    }
+    say(err, format_args!("writing to stdout: {e}"));
+    Status::Refused
+}
+
+/// A line to stderr. If stderr is gone too there is no one left to tell.
+fn say(err: &mut dyn Write, message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(err, "tenetctl: {message}");
+}
+
+/// Why no answer came.
+fn unanswered(e: &CallError, err: &mut dyn Write) -> Status {
+    say(err, format_args!("{e}"));
+    match e {
+        CallError::Unreachable { .. } => Status::Unreachable,
+        CallError::Protocol(_) => Status::Refused,
+    }
+}
+
+/// The API's refusal, `{"field", "message"}`: as it is with `--json`, else as a line
+/// naming the field.
+fn refused(body: &Value, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> Status {
+    if json {
+        emit(format!("{body}\n").as_bytes(), out, err);
+        return Status::Refused;
+    }
+    let field = body["field"].as_str().unwrap_or("");
+    let message = body["message"].as_str().unwrap_or("refused");
+    if field.is_empty() {
+        say(err, format_args!("{message}"));
+    } else {
+        say(err, format_args!("{field}: {message}"));
+    }
+    Status::Refused
+}
+
+/// The completion script, whole: clap_complete panics on a write error, so it writes
+/// to memory and [`emit`] writes to stdout.
+fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tenetctl", &mut script);
+    script
+}
+
+/// `stats --watch`.
+struct Watch<'a> {
+    client: &'a Client,
+    path: &'a str,
+    every: Duration,
+    terminal: bool,
+}
+
+impl Watch<'_> {
+    /// Asks every `every` and shows the rates since the previous answer (the first
+    /// screen, with nothing to compare, shows the totals) until tenetd stops answering
+    /// or stdout closes.
+    fn run(&self, out: &mut dyn Write, err: &mut dyn Write) -> Status {
+        let mut previous: Option<(Value, Instant)> = None;
+        loop {
+            let answer = match self.client.call("GET", self.path, None) {
+                Ok(answer) => answer,
+                Err(e) => return unanswered(&e, err),
+            };
+            if !answer.ok() {
+                return refused(&answer.body, false, out, err);
+            }
+            let now = Instant::now();
+            let screen = match &previous {
+                Some((before, at)) => rates_text(&rates(
+                    before,
+                    &answer.body,
+                    now.duration_since(*at).as_secs_f64(),
+                )),
+                None => format!(
+                    "totals since start; per second from the next screen\n\n{}",
+                    stats_text(&answer.body)
+                ),
+            };
+            // Clear the screen and home the cursor, like watch(1); escapes would be
+            // litter in a pipe, where a blank line parts the screens.
+            let parting = match (self.terminal, &previous) {
+                (true, _) => "\x1b[2J\x1b[H",
+                (false, None) => "",
+                (false, Some(_)) => "\n",
+            };
+            let text = format!("{parting}{screen}");
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                return unwritten(&e, err);
+            }
+            previous = Some((answer.body, now));
+            std::thread::sleep(self.every);
+        }
+    }
+}
+
+/// Writes the capture's pcap to `file`, or to stdout when it is `-` (for
+/// `| tcpdump -r -`), and says how many packets it holds: on stdout after a file, on
+/// stderr after the pcap itself.
+fn write_capture(file: &Path, raw: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> Status {
+    // A pcap: 24-byte header, then 16 bytes and the frame per packet.
+    let mut packets = 0;
+    let mut at = 24;
+    while at + 16 <= raw.len() {
+        let len = u32::from_le_bytes([raw[at + 8], raw[at + 9], raw[at + 10], raw[at + 11]]);
+        at += 16 + len as usize;
+        packets += 1;
+    }
+    if file.as_os_str() == "-" {
+        return match out.write_all(raw).and_then(|()| out.flush()) {
+            Ok(()) => {
+                say(err, format_args!("{packets} packets written to stdout"));
+                Status::Done
+            }
+            Err(e) => unwritten(&e, err),
+        };
+    }
+    if let Err(e) = std::fs::write(file, raw) {
+        say(err, format_args!("writing {}: {e}", file.display()));
+        return Status::Refused;
+    }
+    emit(
+        format!("{packets} packets written to {}\n", file.display()).as_bytes(),
+        out,
+        err,
+    )
+}
+
+fn tenant_request(cmd: &TenantCmd) -> Request {
+    match cmd {
+        TenantCmd::Add(t) => (
+            "POST",
+            "/v1/tenants".into(),
+            Some(
+                json!({"name": t.name, "id": t.id, "vlan": t.vlan, "max_macs": t.max_macs, "hosts": t.hosts,
+                       "subnets": t.subnets, "gateway_host": t.gateway_host, "snat_ip": t.snat_ip}),
+            ),
+        ),
+        TenantCmd::Del { name } => ("DELETE", format!("/v1/tenants/{name}"), None),
+        TenantCmd::List => ("GET", "/v1/tenants".into(), None),
+        TenantCmd::Show { name } => ("GET", format!("/v1/tenants/{name}"), None),
+        TenantCmd::Set {
+            name,
+            gateway_host,
+            peers,
+            no_peers,
+            snat_ip,
+            max_connections,
+        } => {
+            let mut patch = serde_json::Map::new();
+            if let Some(host) = gateway_host {
+                patch.insert("gateway_host".into(), json!(host));
+            }
+            if let Some(peers) = peers {
+                patch.insert("peers".into(), json!(peers));
+            }
+            if *no_peers {
+                patch.insert("peers".into(), json!([]));
+            }
+            if let Some(ip) = snat_ip {
+                patch.insert("snat_ip".into(), json!(ip));
+            }
+            if let Some(n) = max_connections {
+                patch.insert("max_connections".into(), json!(n));
+            }
+            (
+                "PATCH",
+                format!("/v1/tenants/{name}"),
+                Some(Value::Object(patch)),
+            )
+        }
+    }
+}
+
+fn route_request(cmd: &RouteCmd) -> Request {
+    match cmd {
+        RouteCmd::Add {
+            tenant,
+            prefix,
+            via,
+        } => (
+            "POST",
+            "/v1/routes".into(),
+            Some(json!({"tenant": tenant, "prefix": prefix, "via": via})),
+        ),
+        RouteCmd::Del { tenant, prefix } => {
+            ("DELETE", format!("/v1/routes/{tenant}/{prefix}"), None)
+        }
+        RouteCmd::List => ("GET", "/v1/routes".into(), None),
+    }
+}
+
+fn publish_request(cmd: &PublishCmd) -> Request {
+    match cmd {
+        PublishCmd::Add {
+            tenant,
+            protocol,
+            host_port,
+            ip,
+            port,
+        } => (
+            "POST",
+            "/v1/published".into(),
+            Some(
+                json!({"tenant": tenant, "protocol": protocol, "host_port": host_port, "ip": ip, "port": port}),
+            ),
+        ),
+        PublishCmd::Del {
+            protocol,
+            host_port,
+        } => (
+            "DELETE",
+            format!("/v1/published/{protocol}/{host_port}"),
+            None,
+        ),
+        PublishCmd::List => ("GET", "/v1/published".into(), None),
+    }
+}
+
+fn endpoint_request(cmd: &EndpointCmd) -> Request {
+    match cmd {
+        EndpointCmd::Add {
+            tenant,
+            mac,
+            port,
+            host,
+            ip,
+        } => (
+            "POST",
+            "/v1/endpoints".into(),
+            Some(json!({"tenant": tenant, "mac": mac, "port": port, "host": host, "ip": ip})),
+        ),
+        EndpointCmd::Del { tenant, mac } => (
+            "DELETE",
+            format!("/v1/endpoints/{tenant}/{}", encode(mac)),
+            None,
+        ),
+        EndpointCmd::List => ("GET", "/v1/endpoints".into(), None),
+    }
+}
+
+fn host_request(cmd: &HostCmd) -> Request {
+    match cmd {
+        HostCmd::Add {
+            name,
+            underlay_ip,
+            mac,
+            egress,
+        } => (
+            "POST",
+            "/v1/hosts".into(),
+            Some(json!({"name": name, "underlay_ip": underlay_ip, "mac": mac, "egress": egress})),
+        ),
+        HostCmd::Del { name } => ("DELETE", format!("/v1/hosts/{name}"), None),
+        HostCmd::List => ("GET", "/v1/hosts".into(), None),
+    }
+}
+
+fn port_request(cmd: &PortCmd) -> Request {
+    match cmd {
+        PortCmd::List => ("GET", "/v1/ports".into(), None),
+        PortCmd::Add(p) => ("POST", "/v1/ports".into(), Some(port_spec(p))),
+        PortCmd::Del { name } => ("DELETE", format!("/v1/ports/{name}"), None),
+    }
+}
+
+/// The port's JSON, with only the options given.
+fn port_spec(p: &PortAdd) -> Value {
+    let mut spec = json!({"name": p.name, "backend": p.backend});
+    for (key, value) in [
+        ("interface", p.interface.clone().map(Value::from)),
+        ("queue", p.queue.map(Value::from)),
+        ("path", p.path.clone().map(Value::from)),
+        ("client", p.client.then_some(Value::from(true))),
+        ("pci", p.pci.clone().map(Value::from)),
+        ("queues", p.queues.map(Value::from)),
+        ("role", p.role.clone().map(Value::from)),
+        ("tenant", p.tenant.clone().map(Value::from)),
+        (
+            "tenants",
+            (!p.tenants.is_empty()).then(|| Value::from(p.tenants.clone())),
+        ),
+    ] {
+        if let Some(value) = value {
+            spec[key] = value;
+        }
+    }
+    spec
+}
+
+/// `--seconds`: a number of seconds above zero. NaN and infinity would reach tenetd as
+/// JSON `null` and be refused in words about types.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err("not a number of seconds above zero".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::net::UnixListener;
+    use std::sync::mpsc;
+
+    /// A directory of this test's own, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("tenetctl-test-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A stand-in for tenetd on `dir/tenetd.sock`: answers one connection per
+    /// `(status, body)`, then stops listening and removes its socket. Sends each
+    /// request's line (`GET /v1/stats`) on the channel.
+    fn fake_tenetd(dir: &Path, answers: Vec<(u16, Value)>) -> (PathBuf, mpsc::Receiver<String>) {
+        let socket = dir.join("tenetd.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (sent, requests) = mpsc::channel();
+        let path = socket.clone();
+        std::thread::spawn(move || {
+            for (status, body) in answers {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header == "\r\n" {
+                        break;
+                    }
+                    if let Some(n) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = n.trim().parse().unwrap();
+                    }
+                }
+                reader.read_exact(&mut vec![0; length]).unwrap();
+                let _ = sent.send(line.trim_end().to_owned());
+                let body = body.to_string();
+                let mut stream = reader.into_inner();
+                write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            drop(listener);
+            let _ = std::fs::remove_file(path);
+        });
+        (socket, requests)
+    }
+
+    /// A stdout that takes `writes` writes, then behaves as a pipe whose reader left.
+    struct Pipe {
+        taken: Vec<u8>,
+        writes: usize,
+    }
+
+    impl Pipe {
+        fn closed_after(writes: usize) -> Self {
+            Self {
+                taken: Vec::new(),
+                writes,
+            }
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if self.writes == 0 {
+                return Err(ErrorKind::BrokenPipe.into());
+            }
+            self.writes -= 1;
+            self.taken.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("tenetctl").chain(args.iter().copied())).unwrap()
+    }
+
+    /// Runs tenetctl with `args` on stdout `out`; returns its status and stderr.
+    fn run_with(args: &[&str], out: &mut dyn Write) -> (Status, String) {
+        let mut err = Vec::new();
+        let status = run(&cli(args), false, out, &mut err);
+        (status, String::from_utf8(err).unwrap())
+    }
+
+    fn stats(rx: u64) -> Value {
+        json!({
+            "ports": [{"name": "c1", "backend": "ring", "state": "up", "link_up": true,
+                       "role": {"role": "uplink"}, "rx_packets": rx, "tx_packets": 0,
+                       "rx_bytes": rx * 100, "tx_bytes": 0, "rx_missed": 0}],
+            "cores": [], "drops": {}, "control": {"learned_macs": 0},
+        })
+    }
+
+    #[test]
+    fn exit_statuses_are_the_documented_ones() {
+        assert_eq!(Status::Done as u8, 0);
+        assert_eq!(Status::Refused as u8, 1);
+        assert_eq!(Status::Unreachable as u8, 3);
+        use clap::CommandFactory;
+        let help = Cli::command().render_help().to_string();
+        for line in ["0  done", "1  refused", "2  usage", "3  tenetd unreachable"] {
+            assert!(help.contains(line), "{line} not in {help}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_tenetd_is_status_3_naming_the_socket() {
+        let scratch = Scratch::new("unreachable");
+        // No socket at all.
+        let missing = scratch.0.join("nothing.sock");
+        let missing = missing.to_str().unwrap();
+        let (status, said) = run_with(&["--socket", missing, "tenant", "list"], &mut Vec::new());
+        assert_eq!(status, Status::Unreachable);
+        assert!(said.contains(missing), "{said}");
+        // A socket nobody listens on any more: connection refused.
+        let stale = scratch.0.join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        let stale = stale.to_str().unwrap();
+        let mut out = Vec::new();
+        let (status, said) = run_with(&["--socket", stale, "stats", "--watch"], &mut out);
+        assert_eq!(status, Status::Unreachable);
+        assert!(said.contains(stale), "{said}");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_is_status_1_naming_the_field() {
+        let scratch = Scratch::new("refused");
+        let refusal =
+            json!({"status": 404, "field": "name", "message": "no tenant is named `red`"});
+        let (socket, requests) = fake_tenetd(&scratch.0, vec![(404, refusal)]);
+        let mut out = Vec::new();
+        let (status, said) = run_with(
+            &[
+                "--socket",
+                socket.to_str().unwrap(),
+                "tenant",
+                "show",
+                "red",
+            ],
+            &mut out,
+        );
+        assert_eq!(requests.recv().unwrap(), "GET /v1/tenants/red HTTP/1.1");
+        assert_eq!(status, Status::Refused);
+        assert_eq!(said, "tenetctl: name: no tenant is named `red`\n");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tenant_show_prints_what_tenetd_answers() {
+        let scratch = Scratch::new("show");
+        let answer = json!({"tenant": {"name": "red", "id": 100}, "endpoints": [],
+                            "ports": ["r1"], "gateway_on": null});
+        let (socket, _) = fake_tenetd(&scratch.0, vec![(200, answer)]);
+        let mut out = Vec::new();
+        let (status, said) = run_with(
+            &[
+                "--socket",
+                socket.to_str().unwrap(),
+                "tenant",
+                "show",
+                "red",
+            ],
+            &mut out,
+        );
+        assert_eq!((status, said.as_str()), (Status::Done, ""));
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("name             red\nid               100\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_closed_stdout_ends_quietly() {
+        for args in [
+            &["completions", "bash"][..],
+            &["--socket", "/nonexistent", "completions", "zsh"],
+        ] {
+            let (status, said) = run_with(args, &mut Pipe::closed_after(0));
+            assert_eq!((status, said.as_str()), (Status::Done, ""), "{args:?}");
+        }
+        let mut err = Vec::new();
+        assert_eq!(
+            emit(b"x", &mut Pipe::closed_after(0), &mut err),
+            Status::Done
+        );
+        assert!(err.is_empty());
+        // Any other failure to write is one, and said.
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        assert_eq!(emit(b"x", &mut Full, &mut err), Status::Refused);
+        assert!(String::from_utf8(err)
+            .unwrap()
+            .starts_with("tenetctl: writing to stdout: "));
+    }
+
+    #[test]
+    fn watch_shows_rates_and_ends_quietly_when_stdout_closes() {
+        let scratch = Scratch::new("watch");
+        // Counters far above what moves between answers, so the totals cannot pass
+        // for rates.
+        let answers = (0..3)
+            .map(|i| (200, stats(1_000_000_000_000 + 1_000 * i)))
+            .collect();
+        let (socket, requests) = fake_tenetd(&scratch.0, answers);
+        let client = Client::new(&socket);
+        let watch = Watch {
+            client: &client,
+            path: "/v1/stats",
+            every: Duration::from_millis(20),
+            terminal: false,
+        };
+        // Two screens, then the reader leaves (`| head`).
+        let mut out = Pipe::closed_after(2);
+        let mut err = Vec::new();
+        assert_eq!(watch.run(&mut out, &mut err), Status::Done);
+        assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+        assert_eq!(requests.iter().take(3).count(), 3);
+        let shown = String::from_utf8(out.taken).unwrap();
+        let (totals, rates) = shown.split_once("\nper second over the last ").unwrap();
+        assert!(totals.starts_with("totals since start"), "{shown}");
+        assert!(!totals.contains('\x1b'), "escapes in a pipe: {shown:?}");
+        assert!(rates.contains("rx pkt/s"), "{shown}");
+        // 1,000 packets in 20 ms or more: at most 50,000 a second, not the trillion
+        // counted since start.
+        let row = rates.lines().find(|l| l.starts_with("c1")).unwrap();
+        let rx = row.split_whitespace().nth(1).unwrap();
+        assert!(rx != "-" && !rx.ends_with('T'), "{row}");
+    }
+
+    #[test]
+    fn watch_ends_with_status_3_when_tenetd_goes() {
+        let scratch = Scratch::new("watch-gone");
+        let (socket, _) = fake_tenetd(&scratch.0, vec![(200, stats(1))]);
+        let client = Client::new(&socket);
+        let watch = Watch {
+            client: &client,
+            path: "/v1/stats",
+            every: Duration::from_millis(50),
+            terminal: true,
+        };
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        assert_eq!(watch.run(&mut out, &mut err), Status::Unreachable);
+        assert!(out.starts_with(b"\x1b[2J\x1b[Htotals since start"));
+        let said = String::from_utf8(err).unwrap();
+        assert!(said.contains(socket.to_str().unwrap()), "{said}");
+    }
+
+    /// A pcap of `packets` frames of 60 bytes.
+    fn pcap(packets: usize) -> Vec<u8> {
+        let mut file = vec![0xd4, 0xc3, 0xb2, 0xa1];
+        file.resize(24, 0);
+        for _ in 0..packets {
+            file.extend_from_slice(&[0; 8]);
+            file.extend_from_slice(&60u32.to_le_bytes());
+            file.extend_from_slice(&60u32.to_le_bytes());
+            file.extend_from_slice(&[0xab; 60]);
+        }
+        file
+    }
+
+    #[test]
+    fn capture_to_dash_writes_the_pcap_to_stdout_and_talks_on_stderr() {
+        let raw = pcap(2);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            write_capture(Path::new("-"), &raw, &mut out, &mut err),
+            Status::Done
+        );
+        assert_eq!(out, raw);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "tenetctl: 2 packets written to stdout\n"
+        );
+        assert!(!Path::new("-").exists());
+        // tcpdump gone early: a normal end, nothing said.
+        let mut err = Vec::new();
+        assert_eq!(
+            write_capture(Path::new("-"), &raw, &mut Pipe::closed_after(0), &mut err),
+            Status::Done
+        );
+        assert!(err.is_empty());
+    }
+
+    #[test]
+    fn capture_to_a_file_writes_it_and_says_so_on_stdout() {
+        let scratch = Scratch::new("capture");
+        let file = scratch.0.join("c.pcap");
+        let raw = pcap(3);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(write_capture(&file, &raw, &mut out, &mut err), Status::Done);
+        assert_eq!(std::fs::read(&file).unwrap(), raw);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("3 packets written to {}\n", file.display())
+        );
+        assert!(err.is_empty());
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let nowhere = scratch.0.join("no-such-dir/c.pcap");
+        assert_eq!(
+            write_capture(&nowhere, &raw, &mut out, &mut err),
+            Status::Refused
+        );
+        assert!(String::from_utf8(err)
+            .unwrap()
+            .contains("no-such-dir/c.pcap"));
+    }
+
+    #[test]
+    fn capture_seconds_must_be_a_number_above_zero() {
+        for bad in ["nan", "inf", "0", "-1", "soon"] {
+            let e = Cli::try_parse_from([
+                "tenetctl",
+                "capture",
+                "--port",
+                "p",
+                "--seconds",
+                bad,
+                "-w",
+                "-",
+            ])
+            .unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--seconds"), "{e}");
+        }
+        let ok = cli(&["capture", "--port", "p", "--seconds", "0.5", "-w", "-"]);
+        assert!(matches!(ok.command, Cmd::Capture { seconds, .. } if seconds == 0.5));
+    }
+}
