@@ -308,7 +308,10 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let mut plan = Vec::with_capacity(options.writes);
     for _ in 0..options.writes {
         let on: Vec<usize> = match own {
-            true => vec![1 + random.below(options.agents.max(1)), random.below(simulated)],
+            true => vec![
+                1 + random.below(options.agents.max(1)),
+                random.below(simulated),
+            ],
             false => Vec::new(),
         };
         let awaited: Vec<bool> = (0..options.agents)
@@ -351,11 +354,8 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let started = Instant::now();
     for a in 0..options.agents {
         let (seen, held) = (Arc::clone(&seen), Arc::clone(&held));
-        let (ready, abort, finished) = (
-            ready_tx.clone(),
-            Arc::clone(&abort),
-            Arc::clone(&finished),
-        );
+        let (ready, abort, finished) =
+            (ready_tx.clone(), Arc::clone(&abort), Arc::clone(&finished));
         let seed = seed_for(a + 1)?;
         let awaited: Vec<bool> = plan.iter().map(|(_, awaited)| awaited[a]).collect();
         let agent = Arc::new(
@@ -364,10 +364,13 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         );
         agents.push(Arc::clone(&agent));
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let setup = agent.register().and_then(|()| agent.load(&seed)).map(|model| {
-                held.lock().unwrap_or_else(|e| e.into_inner())[a] =
-                    model.map_or(0, |m| m.tenants.len());
-            });
+            let setup = agent
+                .register()
+                .and_then(|()| agent.load(&seed))
+                .map(|model| {
+                    held.lock().unwrap_or_else(|e| e.into_inner())[a] =
+                        model.map_or(0, |m| m.tenants.len());
+                });
             let failed = setup.is_err();
             let _ = ready.send(setup);
             if failed {
@@ -449,9 +452,8 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         let here = w % 4 == 3;
         let claim: Vec<&str> = if here { vec![&follower_host] } else { vec![] };
         let name = format!("w{w}");
-        let tenant: TenantSpec = serde_json::from_value(
-            json!({"name": name, "id": 10_000 + w, "hosts": claim}),
-        )?;
+        let tenant: TenantSpec =
+            serde_json::from_value(json!({"name": name, "id": 10_000 + w, "hosts": claim}))?;
         let before = model.clone();
         model.tenants.push_back(Arc::new(tenant.clone()));
         for (c, host) in on.iter().enumerate() {
@@ -480,9 +482,8 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let all_in = || {
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        (0..options.agents).all(|a| {
-            (0..options.writes).all(|w| !plan[w].1[a] || seen[a][w].is_some())
-        })
+        (0..options.agents)
+            .all(|a| (0..options.writes).all(|w| !plan[w].1[a] || seen[a][w].is_some()))
     };
     while !all_in() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -501,8 +502,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     }
     drop(agents);
     results.events_per_agent = Spread::of(events);
-    results.tenants_per_agent =
-        Spread::of(held.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    results.tenants_per_agent = Spread::of(held.lock().unwrap_or_else(|e| e.into_inner()).clone());
     anyhow::ensure!(all_in(), "an agent missed a write it hosts");
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     results.agents = options.agents;
@@ -701,7 +701,10 @@ pub fn table(r: &Results) -> String {
                 r.agents_start_s
             ));
             for (what, s) in [
-                ("watch events received during the writes", &r.events_per_agent),
+                (
+                    "watch events received during the writes",
+                    &r.events_per_agent,
+                ),
                 ("tenants held at the end", &r.tenants_per_agent),
             ] {
                 out.push_str(&format!(

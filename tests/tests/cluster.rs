@@ -298,12 +298,7 @@ fn a_host_runs_its_own_tenants_while_other_hosts_change_theirs() {
 #[test]
 fn a_host_watching_its_own_tenants_holds_only_them() {
     let etcd = Etcd::start_secure().unwrap();
-    let dir = TempDir::new("cluster-a").unwrap();
-    let own = format!("{}etcd_watch = \"own\"\n", etcd.control_toml());
-    let a = Host::start_reaching(dir, "a", &own, "");
     let b = Host::start("b", &etcd, "");
-    let held = |host: &Host| metric(host, "tenet_tenants");
-    assert_eq!(held(&a), Some(0), "a starts holding nothing");
     for t in 0..10u32 {
         let id = (1000 + t).to_string();
         tenetctl_ok(
@@ -316,6 +311,12 @@ fn a_host_watching_its_own_tenants_holds_only_them() {
         &["tenant", "add", "near", "--id", "2000", "--host", "a"],
     );
     assert_eq!(metric_becomes(&b, "tenet_tenants", 11), Some(11));
+    // a joins the cluster: it writes its own part and holds its claim only.
+    let dir = TempDir::new("cluster-a").unwrap();
+    let own = format!("{}etcd_watch = \"own\"\n", etcd.control_toml());
+    let a = Host::start_reaching(dir, "a", &own, "");
+    assert_eq!(metric_becomes(&a, "tenet_store_unseeded", 0), Some(0));
+    assert!(!etcd.get_prefix("/tenet/local/a/ports").unwrap().is_empty());
     assert_eq!(
         metric_becomes(&a, "tenet_tenants", 1),
         Some(1),

@@ -464,7 +464,14 @@ impl EtcdStore {
     /// (nothing written) with a [`Conflict`] when another host got there first.
     pub fn save(&self, model: &Model) -> anyhow::Result<()> {
         let seen = self.lock_seen();
-        let desired = self.keys(model, &seen)?;
+        let mut desired = self.keys(model, &seen)?;
+        if self.watch == Watch::Own {
+            // Claims and other hosts' index keys of a tenant this host holds are in
+            // the cluster, though not followed here: they are left as they are.
+            desired.retain(|key, value| {
+                seen.contains_key(key) || !self.kept_unseen(key, value, &seen)
+            });
+        }
         let gone: Vec<String> = seen
             .keys()
             .filter(|key| !desired.contains_key(*key))
@@ -627,6 +634,21 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Whether `key` (holding `value`) goes with a tenant already in the cluster but is
+    /// not followed by this host (a host watching its own tenants): the tenant's claims
+    /// and other hosts' index keys.
+    fn kept_unseen(&self, key: &str, value: &str, seen: &BTreeMap<String, (String, i64)>) -> bool {
+        let path = self.path_of(key);
+        let tenant = if path.starts_with("unique/") {
+            serde_json::from_str::<String>(value).ok()
+        } else if let Some(rest) = path.strip_prefix("member/") {
+            rest.split('/').nth(1).map(str::to_owned)
+        } else {
+            None
+        };
+        tenant.is_some_and(|t| seen.contains_key(&format!("{}/tenants/{t}", self.prefix)))
+    }
+
     /// A host watching its own tenants follows, for a while, the tenants it wrote (it
     /// keeps its own writes in the cache; the watch keeps them current), without
     /// waiting for the watch to read them.
@@ -658,10 +680,12 @@ impl EtcdStore {
     fn explain_conflict(&self, desired: &BTreeMap<String, String>, gone: &[String]) -> Conflict {
         // Read before `seen` is locked: no lock is held while etcd is waited on. Only
         // the keys the write touched, not the cluster.
+        // Index keys are written whatever they hold: never what collided.
         let asked: Vec<String> = {
             let seen = self.lock_seen();
             desired
                 .iter()
+                .filter(|(k, _)| !keys::is_member(self.path_of(k)))
                 .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
                 .map(|(k, _)| k.clone())
                 .chain(gone.iter().cloned())
@@ -682,7 +706,8 @@ impl EtcdStore {
             .iter()
             .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
             .map(|(k, _)| k)
-            .chain(gone);
+            .chain(gone)
+            .filter(|k| !keys::is_member(self.path_of(k)));
         for key in touched {
             let changed = match (seen.get(key), now.get(key)) {
                 (None, None) => false,
