@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, KvClient, TlsOptions,
+    Certificate, Client, ConnectOptions, GetOptions, Identity, KvClient, TlsOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 
 use super::handshake::{shake_hands, Handshake};
@@ -26,6 +27,8 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// The largest reply taken: gRPC's default of 4 MiB may be short of a page of large
 /// values (hosts' ports).
 const MAX_REPLY_BYTES: usize = 1 << 30;
+/// Ranges read in one transaction (etcd takes at most 128 operations in one).
+pub(super) const RANGES_PER_READ: usize = 64;
 /// Keys per reply when the whole prefix is read: a large cluster comes in pages, each
 /// far below gRPC's message limits, with memory bounded per call.
 const PAGE_KEYS: i64 = 1_000;
@@ -177,6 +180,44 @@ impl Etcd {
                 _ => return Ok((out, at)),
             }
         }
+    }
+
+    /// The keys of each of `ranges` (at most [`RANGES_PER_READ`]), read in one
+    /// transaction: one round trip, one revision, which comes back with them.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn read_ranges(
+        &self,
+        ranges: &[KeyRange],
+    ) -> anyhow::Result<(Vec<Vec<(String, String, i64)>>, i64)> {
+        let ops: Vec<TxnOp> = ranges
+            .iter()
+            .map(|range| {
+                let options = GetOptions::new().with_range(range.end.clone());
+                TxnOp::get(range.start.as_str(), Some(options))
+            })
+            .collect();
+        let reply = self
+            .kv()
+            .await?
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| self.explain(e))?;
+        let mut out = Vec::with_capacity(ranges.len());
+        for answer in reply.op_responses() {
+            let TxnOpResponse::Get(got) = answer else {
+                anyhow::bail!("etcd answered a read with something else");
+            };
+            let mut kvs = Vec::with_capacity(got.kvs().len());
+            for kv in got.kvs() {
+                let key = kv.key_str().context("etcd sent a key that is not UTF-8")?;
+                let value = kv
+                    .value_str()
+                    .with_context(|| format!("etcd sent a value of {key} that is not UTF-8"))?;
+                kvs.push((key.to_owned(), value.to_owned(), kv.mod_revision()));
+            }
+            out.push(kvs);
+        }
+        Ok((out, revision(reply.header())))
     }
 
     /// Says what went wrong with a call in words an operator acts on: a refusal the

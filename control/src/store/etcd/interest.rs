@@ -39,6 +39,9 @@ impl Watch {
     }
 }
 
+/// Ranges of one tenant's records.
+pub(super) const TENANT_RANGES: usize = 5;
+
 /// What a watch follows: the cluster's own ranges, or one tenant's records.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Owner {
@@ -81,7 +84,7 @@ impl Interest {
 
     /// The ranges of one tenant's records (its claimed id and VLAN are left out: only
     /// a write compares them, with the values its own records give).
-    pub(super) fn tenant_ranges(&self, tenant: &str) -> [KeyRange; 5] {
+    pub(super) fn tenant_ranges(&self, tenant: &str) -> [KeyRange; TENANT_RANGES] {
         let p = &self.prefix;
         [
             KeyRange::key(&format!("{p}/tenants/{tenant}")),

@@ -397,7 +397,6 @@ impl EtcdStore {
             let wanted = interest.followed(&cache, []);
             let new: Vec<String> = wanted.difference(&read).cloned().collect();
             if new.is_empty() {
-                cache.read_tenants = read;
                 return Ok(cache);
             }
             for tenant in new {

@@ -12,7 +12,7 @@ use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 
 use super::built::{Built, Held, Touched};
 use super::client::{misconfigured, revision, Etcd, KeyRange};
-use super::interest::{Interest, Owner, Watch};
+use super::interest::{Interest, Owner, Watch, TENANT_RANGES};
 use super::keys::Record;
 use super::EtcdStore;
 
@@ -40,9 +40,6 @@ pub(super) struct KeyCache {
     built: Built,
     /// Read whole since the last read of the model: everything changed.
     fresh: bool,
-    /// The tenants whose records the whole read took (a host watching its own
-    /// tenants): the watch follows them from the read's revision on.
-    pub(super) read_tenants: BTreeSet<String>,
 }
 
 /// A key's value and mod revision, and what the model holds for it.
@@ -65,7 +62,6 @@ impl KeyCache {
             deleted: BTreeMap::new(),
             built: Built::default(),
             fresh: true,
-            read_tenants: BTreeSet::new(),
         };
         for (key, value, revision) in keys {
             cache.put(key, value, revision);
@@ -515,16 +511,12 @@ impl Follower {
             return Ok(());
         }
         let held = self.held.keys().cloned();
-        let (wanted, base, read_whole) = {
+        let (wanted, base) = {
             let cache = self.lock_cache();
             let Some(cache) = cache.as_ref() else {
                 return Ok(());
             };
-            let read_whole = match Some(cache.base) == self.reconciled_base {
-                true => BTreeSet::new(),
-                false => cache.read_tenants.clone(),
-            };
-            (self.interest.followed(cache, held), cache.base, read_whole)
+            (self.interest.followed(cache, held), cache.base)
         };
         let followed: BTreeSet<String> = self
             .watches
@@ -552,30 +544,29 @@ impl Follower {
             }
             moved = true;
         }
-        for tenant in wanted.difference(&followed) {
-            let ranges = self.interest.tenant_ranges(tenant);
-            // Read with the cache whole: followed from the read on.
-            let mut at = base;
-            if !read_whole.contains(tenant) {
-                at = 0;
-                let mut read = Vec::new();
-                for range in &ranges {
-                    let (kvs, revision) = self.etcd.range_at(range, at).await?;
-                    at = revision;
-                    read.push(kvs);
+        // Each tenant newly held (or held since a whole read, which the cache has as of
+        // an older revision) is read again now, a few at a time in one transaction,
+        // and watched from the revision after: a watch from a revision etcd has passed
+        // waits for etcd to catch it up, a few hundred watches at a time, which
+        // delayed a starting host's events by seconds.
+        let new: Vec<&String> = wanted.difference(&followed).collect();
+        let per_read = super::client::RANGES_PER_READ / TENANT_RANGES;
+        for tenants in new.chunks(per_read) {
+            let ranges: Vec<KeyRange> = tenants
+                .iter()
+                .flat_map(|t| self.interest.tenant_ranges(t))
+                .collect();
+            let (read, at) = self.etcd.read_ranges(&ranges).await?;
+            if let Some(cache) = self.lock_cache().as_mut() {
+                for (range, kvs) in ranges.iter().zip(read) {
+                    cache.take_range(range, kvs, at);
                 }
-                if let Some(cache) = self.lock_cache().as_mut() {
-                    for (range, kvs) in ranges.iter().zip(read) {
-                        cache.take_range(range, kvs, at);
-                    }
-                }
-                moved = true;
             }
-            for range in ranges {
+            for (i, range) in ranges.into_iter().enumerate() {
                 let id = self.next_id;
                 self.next_id += 1;
                 let following = Following {
-                    owner: Owner::Tenant(tenant.clone()),
+                    owner: Owner::Tenant(tenants[i / TENANT_RANGES].clone()),
                     range,
                     next_revision: at + 1,
                 };
@@ -585,6 +576,7 @@ impl Follower {
                     .map_err(|e| self.etcd.explain(e))?;
                 self.watches.insert(id, following);
             }
+            moved = true;
         }
         self.reconciled_base = Some(base);
         if moved {
