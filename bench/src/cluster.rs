@@ -371,12 +371,22 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
                     held.lock().unwrap_or_else(|e| e.into_inner())[a] =
                         model.map_or(0, |m| m.tenants.len());
                 });
-            let failed = setup.is_err();
-            let _ = ready.send(setup);
-            if failed {
+            if setup.is_err() {
+                let _ = ready.send(setup);
                 return Ok(());
             }
             let mut changes = agent.watch();
+            // Started once its watch follows all it holds.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !agent.is_following() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = ready.send(match agent.is_following() {
+                true => Ok(()),
+                false => Err(anyhow::anyhow!(
+                    "agent {a}: the watch did not follow the cluster"
+                )),
+            });
             let awaiting = awaited.iter().filter(|a| **a).count();
             let mut have = 0;
             while !finished.load(Ordering::Relaxed) {
@@ -442,7 +452,7 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         }
     }
     results.agents_start_s = started.elapsed().as_secs_f64();
-    // Registrations of the last agents settle before the events are counted.
+    // The last agents' registrations reach the others before the events are counted.
     std::thread::sleep(Duration::from_secs(1));
     let events_before: Vec<u64> = agents.iter().map(|a| a.events_received()).collect();
     let mut written = Vec::with_capacity(options.writes);
@@ -696,7 +706,7 @@ pub fn table(r: &Results) -> String {
         if !r.awaited_per_write.is_empty() {
             let awaited: usize = r.awaited_per_write.iter().sum();
             out.push_str(&format!(
-                "  agents awaited per write: {:.1} on average; agents started (each read what it follows) in {:.1} s\n",
+                "  agents awaited per write: {:.1} on average; agents started (each read and watches what it follows) in {:.1} s\n",
                 awaited as f64 / r.awaited_per_write.len() as f64,
                 r.agents_start_s
             ));

@@ -518,6 +518,51 @@ mod tests {
         (shared.then_some(model), seen, alive, skipped)
     }
 
+    /// A range read again (a tenant newly held) replaces what the cache had there as
+    /// of the read: keys the read lacks were deleted meanwhile and go, what it has
+    /// comes in, and a write of this host newer than the read stays.
+    #[test]
+    fn a_range_read_again_replaces_what_the_cache_had_there() {
+        use crate::store::etcd::client::KeyRange;
+        let kv = |k: &str, v: &str, r: i64| (k.to_owned(), v.to_owned(), r);
+        let mut cache = KeyCache::read(
+            vec![
+                kv("/t/endpoints/x/1", "a", 5),
+                kv("/t/endpoints/x/2", "b", 6),
+                kv("/t/endpoints/xy/1", "other tenant", 6),
+            ],
+            6,
+        );
+        cache.wrote("/t/endpoints/x/4", Some("mine"), 12);
+        let range = KeyRange::prefix("/t/endpoints/x/");
+        cache.take_range(
+            &range,
+            vec![
+                kv("/t/endpoints/x/1", "a", 5),
+                kv("/t/endpoints/x/3", "c", 8),
+            ],
+            9,
+        );
+        let held: Vec<(&str, &str)> = cache
+            .values_in(&KeyRange::prefix("/t/endpoints/"))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                ("/t/endpoints/x/1", "a"),
+                ("/t/endpoints/x/3", "c"),
+                ("/t/endpoints/x/4", "mine"),
+                ("/t/endpoints/xy/1", "other tenant"),
+            ]
+        );
+        cache.forget(&range);
+        let held: Vec<&str> = cache
+            .values_in(&KeyRange::prefix("/t/endpoints/"))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(held, ["/t/endpoints/xy/1"]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 

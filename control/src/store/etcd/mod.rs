@@ -143,6 +143,8 @@ pub struct EtcdStore {
     demands: Mutex<Option<tokio::sync::mpsc::Sender<watch::Demand>>>,
     /// Watch events received.
     events: Arc<AtomicU64>,
+    /// Whether the watch follows everything this host holds.
+    following: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EtcdStore {
@@ -175,6 +177,7 @@ impl EtcdStore {
             watch: Watch::All,
             demands: Mutex::new(None),
             events: Arc::new(AtomicU64::new(0)),
+            following: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 

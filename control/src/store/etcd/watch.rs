@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -280,6 +280,7 @@ impl EtcdStore {
             demands_open: true,
             held: BTreeMap::new(),
             events: Arc::clone(&self.events),
+            following: Arc::clone(&self.following),
             changed,
         };
         match self.runtime() {
@@ -331,6 +332,12 @@ impl EtcdStore {
     pub fn events_received(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
     }
+
+    /// Whether the watch follows everything this host holds: its stream is open and
+    /// every tenant it holds is read and watched.
+    pub fn is_following(&self) -> bool {
+        self.following.load(Ordering::Relaxed)
+    }
 }
 
 /// One watch: the range it follows, for what, and the first revision it has not seen.
@@ -374,6 +381,9 @@ struct Follower {
     /// Tenants held on demand, until when.
     held: BTreeMap<String, Instant>,
     events: Arc<AtomicU64>,
+    /// Set once the stream is open and the tenants held are followed; cleared when it
+    /// breaks.
+    following: Arc<AtomicBool>,
     changed: tokio::sync::mpsc::Sender<()>,
 }
 
@@ -381,7 +391,9 @@ impl Follower {
     async fn run(mut self) {
         let mut lost = false;
         while !self.changed.is_closed() {
-            match self.follow(&mut lost).await {
+            let followed = self.follow(&mut lost).await;
+            self.following.store(false, Ordering::Relaxed);
+            match followed {
                 Ok(()) => return,
                 Err(e) => {
                     if !lost {
@@ -446,6 +458,15 @@ impl Follower {
                         }
                         if moved || self.reloaded() {
                             self.reconcile(&mut stream).await?;
+                        }
+                        if message.created() && self.lock_cache().is_some() {
+                            // Every watch asked for so far is on the stream (etcd
+                            // answers in order): a host watching its own tenants
+                            // reconciled above.
+                            self.following.store(
+                                self.interest.watch == Watch::All || !self.reloaded(),
+                                Ordering::Relaxed,
+                            );
                         }
                     }
                     demand = self.demands.recv(), if self.demands_open => {
