@@ -303,17 +303,14 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     }
     writer.save(&model)?;
     results.preloaded = options.preload;
-    // Each write: a tenant, and (agents watching their own) a container on one agent's
-    // host and one on any host; the agents it is awaited at.
+    // Each write: a tenant with a container on one agent's host and one on any host;
+    // the agents it is awaited at (all of them, or those it lives on).
     let mut plan = Vec::with_capacity(options.writes);
     for _ in 0..options.writes {
-        let on: Vec<usize> = match own {
-            true => vec![
-                1 + random.below(options.agents.max(1)),
-                random.below(simulated),
-            ],
-            false => Vec::new(),
-        };
+        let on = vec![
+            1 + random.below(options.agents.max(1)),
+            random.below(simulated),
+        ];
         let awaited: Vec<bool> = (0..options.agents)
             .map(|a| !own || on.contains(&(a + 1)))
             .collect();

@@ -78,9 +78,9 @@ struct ClusterArgs {
     #[arg(long)]
     tenetd: Option<PathBuf>,
     /// What each agent (and the follower) watches: `all` (the whole cluster: every
-    /// write reaches every agent) or `own` (its own tenants: the preloaded tenants'
-    /// containers are spread over all --hosts, and each write puts a container on one
-    /// agent's host and one on any host).
+    /// write is awaited at every agent) or `own` (its own tenants: the preloaded
+    /// tenants' containers are spread over all --hosts, and a write, a tenant with a
+    /// container on one agent's host and one on any host, is awaited where it lives).
     #[arg(long, default_value = "all", value_parser = parse_watch)]
     watch: control::store::Watch,
 }
