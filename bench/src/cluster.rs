@@ -323,14 +323,16 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let follower = match &options.follower {
         Some(tenetd) => Some(Follower::start(
             tenetd,
-            prefix,
+            &Cluster {
+                etcd: etcd.url(),
+                prefix,
+                watch: options.watch,
+            },
             &follower_host,
             &hosts,
-            etcd.url(),
             &options.out,
             // Watching its own tenants, it holds none of the preloaded ones.
             (!own).then(|| format!("p{:06}", options.preload.saturating_sub(1))),
-            options.watch,
         )?),
         None => None,
     };
@@ -526,6 +528,16 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a cluster lives and how its hosts watch it.
+#[derive(Clone, Copy)]
+struct Cluster<'a> {
+    /// etcd's URL.
+    etcd: &'a str,
+    /// The cluster's key prefix.
+    prefix: &'a str,
+    watch: Watch,
+}
+
 /// A tenetd that joins the cluster as one more host.
 struct Follower {
     tenetd: crate::process::Proc,
@@ -534,18 +546,21 @@ struct Follower {
 }
 
 impl Follower {
-    /// Starts `tenetd` as `host` of the cluster under `prefix` on `etcd` (hosts as
-    /// `hosts` lists them), and waits until it runs the cluster's model (it has tenant `last`).
+    /// Starts `tenetd` as `host` of `cluster` (hosts as `hosts` lists them), and waits
+    /// until it runs the cluster's model (it has tenant `last`).
     fn start(
         tenetd: &std::path::Path,
-        prefix: &str,
+        cluster: &Cluster<'_>,
         host: &str,
         hosts: &str,
-        etcd: &str,
         out: &std::path::Path,
         last: Option<String>,
-        watch: Watch,
     ) -> anyhow::Result<Self> {
+        let Cluster {
+            etcd,
+            prefix,
+            watch,
+        } = *cluster;
         let work = crate::lab::TempDir::new("tenet-bench-follower")?;
         let socket = work.path().join("tenetd.sock");
         let config = work.path().join("tenetd.toml");
