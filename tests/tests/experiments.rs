@@ -90,8 +90,8 @@ fn the_cluster_experiment_counts_from_the_real_code_and_agents_converge() {
         serde_json::from_slice(&std::fs::read(dir.path().join("cluster.json")).unwrap()).unwrap();
     // 40 hosts (4 keys each: registration, switch, ports, traffic report), 400 tenants
     // (tenant and id claim), 800 endpoints, 40 gateways' placement records (one tenant
-    // in ten floats).
-    assert_eq!(r["keys"], 40 + 40 * 4 + 400 * 2 + 800 + 40);
+    // in ten floats), and the member index of the endpoints' and gateways' hosts.
+    assert_eq!(r["keys"], 40 + 40 * 4 + 400 * 2 + 800 + 40 + 800 + 40);
     let tenants = r["tenants_per_host"]["median"].as_u64().unwrap();
     let tunnels = r["tunnels_per_host"]["median"].as_u64().unwrap();
     assert!((5..=40).contains(&tenants), "{r}");
