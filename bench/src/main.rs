@@ -274,8 +274,8 @@ enum TopologyArg {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Scenarios (default: all): xconnect l2 l2-many vlan vlan-pop gre-encap gre-decap
-    /// route snat.
+    /// Scenarios (default: all): xconnect l2 l2-many l2-million vlan vlan-pop gre-encap
+    /// gre-decap route snat.
     scenarios: Vec<String>,
     /// Topology.
     #[arg(long, value_enum, default_value = "replay")]

@@ -363,7 +363,7 @@ impl Ovs {
                 Ok(())
             }
             "snat" => self.snat_flows(br),
-            "l2-many" => self.many_tenant_flows(br, &spec),
+            "l2-many" | "l2-million" => self.many_tenant_flows(br, &spec),
             other => bail!("no OVS setup for scenario {other}"),
         }
     }
@@ -517,7 +517,7 @@ pub fn check(scenario: &Scenario, flows: &str) -> (bool, String) {
     let ok = match scenario.name {
         _ if flows.trim().is_empty() => false,
         // Exactly one output action: no flood to several ports (`-m` names the port).
-        "xconnect" | "l2" | "l2-many" => flows.lines().any(|l| {
+        "xconnect" | "l2" | "l2-many" | "l2-million" => flows.lines().any(|l| {
             l.rsplit_once("actions:").is_some_and(|(_, a)| {
                 let a = a.split(", dp-extra-info").next().unwrap_or(a).trim();
                 !a.is_empty() && a != "drop" && !a.contains(',')

@@ -77,8 +77,8 @@ fn big_tables(design: Design) -> &'static FlowTables {
                 b.static_mac(slot, [2, 1, slot as u8, x, y, z], Location::Port(port));
             }
         }
-        for (key, entry) in &b.build().fdb {
-            t.fdb.insert(*key, *entry);
+        for (key, entry) in b.build().fdb.iter() {
+            t.fdb.insert(key, entry).expect("the FDB grows");
         }
         t
     })

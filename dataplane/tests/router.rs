@@ -580,13 +580,16 @@ fn unresolved_neighbour_holds_and_asks() {
         dataplane::table::routing::neighbor_key(0, UNKNOWN_IP.into()),
         late,
     );
-    newer.fdb.insert(
-        dataplane::table::fdb_key(0, &late),
-        dataplane::table::FdbEntry {
-            location: Location::Port(PORT_C2),
-            is_static: false,
-        },
-    );
+    newer
+        .fdb
+        .insert(
+            dataplane::table::fdb_key(0, &late),
+            dataplane::table::FdbEntry {
+                location: Location::Port(PORT_C2),
+                is_static: false,
+            },
+        )
+        .expect("the FDB grows");
     let mut out = Collect::default();
     let mut cx = core.context();
     let held = BufFrame::new(&sink.parked[0].1);

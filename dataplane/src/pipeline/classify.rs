@@ -93,6 +93,21 @@ pub(super) fn from_trunk<F: Frame, T: Trace>(
     Classified::Switch(tenant, Ingress::Port(in_port))
 }
 
+/// The tenant a frame from trunk `in_port` will be switched in if its tag is valid,
+/// for prefetching its lookups ahead ([`from_trunk`] decides).
+#[inline(always)]
+pub(super) fn trunk_tenant_ahead(
+    tables: &FlowTables,
+    in_port: u16,
+    data: &[u8],
+) -> Option<TenantIdx> {
+    let tag = data.get(ETH_LEN..ETH_LEN + TAG_LEN)?;
+    if data[ethernet::ETHERTYPE_AT] != vlan::TPID.to_be_bytes() {
+        return None;
+    }
+    tables.trunk_tenant(in_port, u16::from_be_bytes([tag[0], tag[1]]))
+}
+
 /// The tenant of an 802.1Q-tagged frame; refuses untagged, 802.1ad and double tags.
 #[inline(always)]
 fn tagged_tenant(

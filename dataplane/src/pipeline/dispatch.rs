@@ -12,9 +12,59 @@ use crate::table::{FlowTables, PortRole, TenantIdx};
 
 use super::fdb_cache::Unresolved;
 use super::stage::{
-    Classified, Context, Exit, Sink, Switched, Trace, CONTROL_PORT, HANDOFF_PORT, UNDERLAY_PORT,
+    Classified, Context, CoreState, Exit, Sink, Switched, Trace, CONTROL_PORT, HANDOFF_PORT,
+    UNDERLAY_PORT,
 };
 use super::{classify, output, router, switch};
+
+/// FDB entries past which a burst prefetches its frames' FDB slots: 16-byte slots at
+/// most half full, 256 KB, more than a core's L2 keeps beside everything else (below,
+/// the second pass over the burst would cost more than the misses it saves).
+const PREFETCH_FDB_PAST: usize = 8192;
+
+/// Starts loading what the frames of a burst from `in_port` will look up: their FDB
+/// slots (when the FDB outgrows the core's caches), their route slots, and the SNAT
+/// slots of those routed outside. The whole burst's slots start loading before the
+/// first frame needs its own, so the misses of 32 frames overlap.
+#[inline(always)]
+pub fn prefetch_burst<'a>(
+    tables: &FlowTables,
+    state: &CoreState,
+    in_port: u16,
+    frames: impl Iterator<Item = &'a [u8]> + Clone,
+) {
+    let cache = &state.cache;
+    let big_fdb = tables.fdb.len() > PREFETCH_FDB_PAST;
+    match *tables.role(in_port) {
+        PortRole::Trunk if big_fdb => {
+            for data in frames {
+                if let Some(tenant) = classify::trunk_tenant_ahead(tables, in_port, data) {
+                    cache.prefetch_fdb(tables, &state.learner, tenant, data);
+                }
+            }
+        }
+        PortRole::Access { tenant, .. } => {
+            if big_fdb {
+                for data in frames.clone() {
+                    cache.prefetch_fdb(tables, &state.learner, tenant, data);
+                }
+            }
+            let Some(router) = tables.router(tenant) else {
+                return;
+            };
+            for data in frames.clone() {
+                cache.prefetch_route(tenant, data);
+            }
+            // Then the SNAT slots of the frames those routes send outside.
+            if router.snat_ip.is_some() {
+                for data in frames {
+                    router::prefetch_external(cache, &state.router.nat, tenant, data);
+                }
+            }
+        }
+        _ => {}
+    }
+}
 
 /// Runs one frame received on `in_port` through the pipeline.
 #[inline]

@@ -61,6 +61,11 @@ pub const REFRESH_SECS: u32 = 10;
 
 const CACHE_SLOTS: usize = 4096;
 
+#[inline(always)]
+fn reported_slot(key: u64) -> usize {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % CACHE_SLOTS
+}
+
 #[derive(Clone, Copy)]
 struct Reported {
     key: u64,
@@ -92,6 +97,12 @@ impl Learner {
         }
     }
 
+    /// Starts loading what [`Learner::learn`] reads for the source with FDB key `key`.
+    #[inline(always)]
+    pub fn prefetch(&self, key: u64) {
+        crate::dpdk::prefetch(&self.cache[reported_slot(key)]);
+    }
+
     /// `mac` of `tenant` was seen at `location`.
     #[inline(always)]
     pub fn learn(
@@ -102,7 +113,7 @@ impl Learner {
         counters: &CoreCounters,
     ) {
         let key = fdb_key(tenant, &mac);
-        let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % CACHE_SLOTS;
+        let slot = reported_slot(key);
         if let Some(r) = &self.cache[slot] {
             if r.key == key && r.location == location && self.now.wrapping_sub(r.at) < REFRESH_SECS
             {

@@ -6,11 +6,12 @@
 
 use std::net::Ipv4Addr;
 
+use super::events::Learner;
 use crate::counters::DropReason;
-use crate::packet::ethernet::{self, EtherType};
+use crate::packet::ethernet::{self, EtherType, GROUP_BIT};
 use crate::packet::ipv4::{self, Ipv4Packet};
 use crate::packet::Mac;
-use crate::table::{FdbEntry, FlowTables, Location, TenantIdx, TunnelIdx};
+use crate::table::{fdb_key_of, FdbEntry, FlowTables, Location, TenantIdx, TunnelIdx};
 
 /// What to do with a frame for a destination, resolved once per cache fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,11 @@ pub struct Unresolved {
 #[inline(always)]
 fn route_slot(key: u64) -> usize {
     (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
+}
+
+#[inline(always)]
+fn fdb_slot(key: u64) -> usize {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize
 }
 
 #[derive(Clone, Copy)]
@@ -156,6 +162,30 @@ impl FdbCache {
         }
     }
 
+    /// Starts loading the FDB slots of a frame's destination and source MACs in
+    /// `tenant` that this cache does not answer for, for a lookup a few frames later,
+    /// and the slot where `learner` remembers the source as reported.
+    #[inline(always)]
+    pub fn prefetch_fdb(
+        &self,
+        tables: &FlowTables,
+        learner: &Learner,
+        tenant: TenantIdx,
+        frame: &[u8],
+    ) {
+        let Some((dst, src)) = ethernet::macs_u64(frame) else {
+            return;
+        };
+        for mac in [dst, src] {
+            let key = fdb_key_of(tenant, mac);
+            // A group destination is flooded, never looked up.
+            if mac & GROUP_BIT == 0 && self.slots[fdb_slot(key)].key != key {
+                tables.fdb.prefetch(key);
+            }
+        }
+        learner.prefetch(fdb_key_of(tenant, src));
+    }
+
     /// The cached routing decision for `key`, if there is one (nothing is decided).
     #[inline(always)]
     pub fn peek_route(&self, key: u64) -> Option<Hop> {
@@ -201,9 +231,9 @@ impl FdbCache {
         key: u64,
         resolve: impl FnOnce(Option<FdbEntry>) -> Out,
     ) -> (Option<FdbEntry>, Out) {
-        let slot = &mut self.slots[(key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize];
+        let slot = &mut self.slots[fdb_slot(key)];
         if slot.key != key {
-            let entry = tables.fdb.get(&key).copied();
+            let entry = tables.fdb.get(key);
             *slot = Slot {
                 key,
                 entry,

@@ -166,31 +166,11 @@ impl<F: Frame> Core<F> {
         self.state.router.nat.sweep_some(&tables.nat, now);
     }
 
-    /// Starts loading what the frames of a burst from `in_port` will look up (their
-    /// route slots, and the SNAT slots of those routed outside).
+    /// Starts loading what the frames of a burst from `in_port` will look up
+    /// ([`dispatch::prefetch_burst`]).
     #[inline(always)]
     pub fn prefetch<'a>(&self, in_port: u16, frames: impl Iterator<Item = &'a [u8]> + Clone) {
-        let tables = self.tables.tables();
-        // Routed traffic: the whole burst's route slots start loading before the first
-        // frame needs its own (many flows spread them over more than L1 holds).
-        if let PortRole::Access { tenant, .. } = *tables.role(in_port) {
-            if let Some(router) = tables.router(tenant) {
-                for data in frames.clone() {
-                    self.state.cache.prefetch_route(tenant, data);
-                }
-                // Then the SNAT slots of the frames those routes send outside.
-                if router.snat_ip.is_some() {
-                    for data in frames {
-                        router::prefetch_external(
-                            &self.state.cache,
-                            &self.state.router.nat,
-                            tenant,
-                            data,
-                        );
-                    }
-                }
-            }
-        }
+        dispatch::prefetch_burst(self.tables.tables(), &self.state, in_port, frames);
     }
 
     /// Runs a burst of frames received on `in_port` (after [`Core::begin`]).

@@ -1,11 +1,12 @@
 //! The pipeline outside a worker, one frame at a time on byte buffers: what
 //! `tenetctl trace`, the tests and the fuzzers run. The per-core state a worker keeps
 //! across bursts (counters, learner, caches, SNAT sessions) is kept here across calls,
-//! so a sequence of frames behaves as it would on one core.
+//! so a sequence of frames behaves as it would on one core; each frame is prefetched
+//! for as a worker's burst is, so whatever runs here runs that too.
 
 use std::sync::Arc;
 
-use super::dispatch::handle;
+use super::dispatch::{handle, prefetch_burst};
 use super::events::{Event, EventQueue, Learner};
 use super::fdb_cache::{FdbCache, Unresolved};
 use super::router::RouterState;
@@ -123,6 +124,7 @@ impl Offline {
     /// [`Frame::gso_size`]).
     pub fn run_frame(&mut self, tables: &FlowTables, in_port: u16, frame: BufFrame) -> Collect {
         let mut sink = Collect::default();
+        prefetch_burst(tables, &self.state, in_port, std::iter::once(frame.data()));
         let mut cx = self.context();
         handle(tables, in_port, frame, &mut sink, &mut cx);
         sink
@@ -136,6 +138,7 @@ impl Offline {
         frame: &[u8],
         mut sink: Collect,
     ) -> Collect {
+        prefetch_burst(tables, &self.state, in_port, std::iter::once(frame));
         let mut cx = self.context();
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
         sink
@@ -149,6 +152,7 @@ impl Offline {
         frame: &[u8],
     ) -> (Collect, Vec<String>) {
         let mut sink = Collect::default();
+        prefetch_burst(tables, &self.state, in_port, std::iter::once(frame));
         let mut cx = self.context_with(Vec::<String>::new());
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
         (sink, cx.tracer)

@@ -12,7 +12,7 @@ use super::fdb_cache::Out;
 /// How a frame to `mac` in `tenant` leaves, without the cache (routed frames cache
 /// the whole decision themselves).
 pub(crate) fn resolve_in(tables: &FlowTables, tenant: TenantIdx, mac: &Mac) -> Out {
-    resolve(tables, tenant, tables.lookup(tenant, mac).copied())
+    resolve(tables, tenant, tables.lookup(tenant, mac))
 }
 
 /// What a frame to a destination with FDB entry `entry` in `tenant` needs.
@@ -41,7 +41,7 @@ pub(crate) fn port_out(tables: &FlowTables, tenant: TenantIdx, port: u16) -> Out
     match tables.role(port) {
         PortRole::Access { tenant: owner, .. } if *owner == tenant => Out::Port(port),
         PortRole::Access { .. } => Out::Drop(DropReason::ForeignPort),
-        PortRole::Trunk => match tables.tenant(tenant).and_then(|t| t.vlan) {
+        PortRole::Trunk => match tables.tenant_vlan(tenant) {
             Some(vid) if tables.trunk_tenant(port, vid) == Some(tenant) => {
                 Out::TaggedPort(port, vid)
             }

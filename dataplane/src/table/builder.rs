@@ -54,17 +54,14 @@ impl TablesBuilder {
 
     /// Adds a tenant in `slot` (the control plane's stable slot for it).
     pub fn tenant_in(&mut self, slot: TenantIdx, id: u32, vlan: Option<u16>) -> TenantIdx {
-        let at = slot as usize;
-        if self.tables.tenants.len() <= at {
-            self.tables.tenants.resize(at + 1, None);
-        }
-        self.tables.tenants[at] = Some(TenantTable {
+        let table = TenantTable {
             id,
             vlan,
             flood_ports: Vec::new(),
             tunnels: Vec::new(),
             router: None,
-        });
+        };
+        self.tables.set_tenant(slot, Some(table));
         if let Some(vid) = vlan {
             self.tables.vlan_tenant[usize::from(vid & 0x0fff)] = slot;
         }
@@ -205,24 +202,23 @@ impl TablesBuilder {
 
     /// A known endpoint's MAC; learning never moves it.
     pub fn static_mac(&mut self, tenant: TenantIdx, mac: Mac, location: Location) {
-        self.tables.fdb.insert(
-            fdb_key(tenant, &mac),
-            FdbEntry {
-                location,
-                is_static: true,
-            },
-        );
+        let entry = FdbEntry {
+            location,
+            is_static: true,
+        };
+        self.tables.set_fdb(fdb_key(tenant, &mac), entry);
     }
 
     /// A learned MAC (ignored where a static entry exists).
     pub fn learned_mac(&mut self, tenant: TenantIdx, mac: Mac, location: Location) {
-        self.tables
-            .fdb
-            .entry(fdb_key(tenant, &mac))
-            .or_insert(FdbEntry {
+        let key = fdb_key(tenant, &mac);
+        if !self.tables.fdb.contains_key(key) {
+            let entry = FdbEntry {
                 location,
                 is_static: false,
-            });
+            };
+            self.tables.set_fdb(key, entry);
+        }
     }
 
     /// Gives `tenant` a router. Its MAC becomes a static entry at `location`

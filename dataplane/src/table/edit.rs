@@ -118,36 +118,32 @@ impl FlowTables {
                 mac,
                 location,
             } => {
-                let entry = self.fdb.entry(fdb_key(tenant, &mac)).or_insert(FdbEntry {
-                    location,
-                    is_static: false,
-                });
-                if !entry.is_static {
-                    entry.location = location;
+                let key = fdb_key(tenant, &mac);
+                if !self.fdb.get(key).is_some_and(|e| e.is_static) {
+                    let learned = FdbEntry {
+                        location,
+                        is_static: false,
+                    };
+                    self.set_fdb(key, learned);
                 }
             }
             &TableEdit::Forget { tenant, mac } => {
                 let key = fdb_key(tenant, &mac);
-                if self.fdb.get(&key).is_some_and(|e| !e.is_static) {
-                    self.fdb.remove(&key);
+                if self.fdb.get(key).is_some_and(|e| !e.is_static) {
+                    self.fdb.remove(key);
                 }
             }
-            TableEdit::Tenant(slot, table) => {
-                let at = *slot as usize;
-                if self.tenants.len() <= at {
-                    self.tenants.resize(at + 1, None);
-                }
-                self.tenants[at] = table.as_deref().cloned();
-                // The compiler's list ends at the last slot in use.
-                while self.tenants.last().is_some_and(Option::is_none) {
-                    self.tenants.pop();
-                }
-            }
+            TableEdit::Tenant(slot, table) => self.set_tenant(*slot, table.as_deref().cloned()),
             &TableEdit::VlanTenant(vid, tenant) => {
                 self.vlan_tenant[usize::from(vid & 0x0fff)] = tenant;
             }
             &TableEdit::KeyTenant(key, tenant) => set(&mut self.key_tenant, key, tenant),
-            &TableEdit::Fdb(key, entry) => set(&mut self.fdb, key, entry),
+            &TableEdit::Fdb(key, entry) => match entry {
+                Some(entry) => self.set_fdb(key, entry),
+                None => {
+                    self.fdb.remove(key);
+                }
+            },
             &TableEdit::TunnelTenant(key, carried) => {
                 set(&mut self.tunnel_tenants, key, carried.then_some(()))
             }
@@ -205,7 +201,7 @@ mod tests {
         ] {
             tables.apply(&edit);
         }
-        let at = |tables: &FlowTables, mac: &Mac| tables.fdb.get(&fdb_key(t, mac)).copied();
+        let at = |tables: &FlowTables, mac: &Mac| tables.fdb.get(fdb_key(t, mac));
         assert_eq!(
             at(&tables, &fixed),
             Some(FdbEntry {

@@ -74,6 +74,12 @@ pub enum Location {
     Router,
 }
 
+/// The FDB: (tenant, MAC) keys ([`fdb_key`]) to entries, slots a burst can prefetch.
+pub type Fdb = key_index::KeyIndex<u64, FdbEntry>;
+
+/// No VLAN: 802.1Q's reserved 4095 never names a tenant.
+const NO_VLAN: u16 = 0x0fff;
+
 /// One forwarding entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdbEntry {
@@ -243,6 +249,10 @@ pub struct FlowTables {
     pub port_security: Vec<PortSecurity>,
     /// Tenants by slot; `None` where no tenant lives (a slot freed or not yet used).
     pub tenants: Vec<Option<TenantTable>>,
+    /// Each slot's VLAN ([`NO_VLAN`] if none), beside `tenants`: a frame out of a trunk
+    /// reads two bytes of a dense array, not a tenant's table (a cache miss apiece
+    /// when thousands of tenants send).
+    tenant_vlans: Vec<u16>,
     /// VLAN id → tenant (shared design tunnels and trunks), [`NO_TENANT`] if none.
     pub vlan_tenant: Vec<TenantIdx>,
     /// For each trunk port id, a 4096-bit set of the VLANs it carries.
@@ -250,7 +260,7 @@ pub struct FlowTables {
     /// GRE key → tenant (dedicated design).
     pub key_tenant: FastMap<u32, TenantIdx>,
     /// (tenant, MAC) → entry; see [`fdb_key`].
-    pub fdb: FastMap<u64, FdbEntry>,
+    pub fdb: Fdb,
     /// Tunnels by index.
     pub tunnels: Vec<Tunnel>,
     /// Host → the tunnel that reaches it (a spoke reaches every host through the hub).
@@ -300,10 +310,11 @@ impl Default for FlowTables {
             port_mtu: vec![u16::MAX; MAX_PORTS],
             port_security: Vec::new(),
             tenants: Vec::new(),
+            tenant_vlans: Vec::new(),
             vlan_tenant: vec![NO_TENANT; 4096],
             trunk_vlans: vec![None; MAX_PORTS],
             key_tenant: FastMap::default(),
-            fdb: FastMap::default(),
+            fdb: Fdb::growing(),
             tunnels: Vec::new(),
             host_tunnel: Vec::new(),
             peer_tunnel: FastMap::default(),
@@ -383,6 +394,30 @@ impl FlowTables {
         self.tenants.get(slot as usize)?.as_ref()
     }
 
+    /// The VLAN of the tenant in `slot`, if it has one.
+    #[inline(always)]
+    pub fn tenant_vlan(&self, slot: TenantIdx) -> Option<u16> {
+        match self.tenant_vlans.get(slot as usize) {
+            Some(&NO_VLAN) | None => None,
+            Some(&vid) => Some(vid),
+        }
+    }
+
+    /// Puts `table` in `slot` (`None` frees it); the list ends at the last slot in use.
+    pub fn set_tenant(&mut self, slot: TenantIdx, table: Option<TenantTable>) {
+        let at = slot as usize;
+        if self.tenants.len() <= at {
+            self.tenants.resize(at + 1, None);
+            self.tenant_vlans.resize(at + 1, NO_VLAN);
+        }
+        self.tenant_vlans[at] = table.as_ref().and_then(|t| t.vlan).unwrap_or(NO_VLAN);
+        self.tenants[at] = table;
+        while self.tenants.last().is_some_and(Option::is_none) {
+            self.tenants.pop();
+            self.tenant_vlans.pop();
+        }
+    }
+
     /// The router of a tenant.
     #[inline(always)]
     pub fn router(&self, tenant: TenantIdx) -> Option<&Router> {
@@ -395,10 +430,16 @@ impl FlowTables {
         self.uplink.is_some_and(|u| u.ip == ip) || self.uplink_ips.contains(&ip)
     }
 
+    /// Sets an FDB entry.
+    pub fn set_fdb(&mut self, key: u64, entry: FdbEntry) {
+        // The FDB grows (only the control plane writes it): it takes every key.
+        let _ = self.fdb.insert(key, entry);
+    }
+
     /// Looks a MAC up in a tenant.
     #[inline(always)]
-    pub fn lookup(&self, tenant: TenantIdx, mac: &Mac) -> Option<&FdbEntry> {
-        self.fdb.get(&fdb_key(tenant, mac))
+    pub fn lookup(&self, tenant: TenantIdx, mac: &Mac) -> Option<FdbEntry> {
+        self.fdb.get(fdb_key(tenant, mac))
     }
 }
 

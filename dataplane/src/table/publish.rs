@@ -274,7 +274,7 @@ mod tests {
         reader.refresh();
         let fdb = &reader.tables().fdb;
         let at = |last: u8| {
-            fdb.get(&fdb_key(0, &[2, 0, 0, 0, 0, last]))
+            fdb.get(fdb_key(0, &[2, 0, 0, 0, 0, last]))
                 .map(|e| e.location)
         };
         assert_eq!(
