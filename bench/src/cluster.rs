@@ -47,6 +47,8 @@ pub struct Options {
     pub writes: usize,
     /// Tenants (with two containers each) the cluster holds before the agents start.
     pub preload: usize,
+    /// How long the agents follow the cluster before the first write.
+    pub settle: Duration,
     /// A tenetd (this binary) that joins the cluster as one more host and is timed
     /// like the agents, through its API.
     pub follower: Option<PathBuf>,
@@ -133,6 +135,13 @@ pub struct Results {
     /// Seconds from the agents' start until every one of them followed the cluster.
     #[serde(default)]
     pub agents_start_s: f64,
+    /// Seconds from then until etcd had caught up every watch the agents made (its
+    /// slow watchers, created behind the current revision, all synced).
+    #[serde(default)]
+    pub etcd_settle_s: f64,
+    /// Seconds the agents followed the cluster before the first write.
+    #[serde(default)]
+    pub settle_s: f64,
 }
 
 /// A small deterministic generator (xorshift64*): the same cluster on every run.
@@ -451,8 +460,22 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         }
     }
     results.agents_start_s = started.elapsed().as_secs_f64();
-    // The last agents' registrations reach the others before the events are counted.
-    std::thread::sleep(Duration::from_secs(1));
+    // A watch made behind etcd's revision (agents registered meanwhile) is caught up a
+    // few hundred at a time, every 100 ms: writes are timed once etcd has none left,
+    // as a cluster runs after its hosts started, and the wait is reported.
+    let settling = Instant::now();
+    while etcd.metric("etcd_debugging_mvcc_slow_watcher_total")? > 0.0 {
+        if settling.elapsed() > Duration::from_secs(300) {
+            stop(&mut model);
+            bail!("etcd did not catch its watches up within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    results.etcd_settle_s = settling.elapsed().as_secs_f64();
+    results.settle_s = options.settle.as_secs_f64();
+    // The last agents' registrations reach the others, and their start-up is over,
+    // before the events are counted and the writes timed.
+    std::thread::sleep(options.settle);
     let events_before: Vec<u64> = agents.iter().map(|a| a.events_received()).collect();
     let mut written = Vec::with_capacity(options.writes);
     for (w, (on, _)) in plan.iter().enumerate() {
@@ -718,9 +741,11 @@ pub fn table(r: &Results) -> String {
         if !r.awaited_per_write.is_empty() {
             let awaited: usize = r.awaited_per_write.iter().sum();
             out.push_str(&format!(
-                "  agents awaited per write: {:.1} on average; agents started (each read and watches what it follows) in {:.1} s\n",
+                "  agents awaited per write: {:.1} on average; agents started (each read and watches what it follows) in {:.1} s, etcd caught their watches up {:.1} s later; writes began {:.0} s after\n",
                 awaited as f64 / r.awaited_per_write.len() as f64,
-                r.agents_start_s
+                r.agents_start_s,
+                r.etcd_settle_s,
+                r.settle_s
             ));
             for (what, s) in [
                 (

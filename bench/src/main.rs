@@ -68,6 +68,11 @@ struct ClusterArgs {
     /// agent reloads the model on a change, so this is what a change costs it.
     #[arg(long, default_value_t = 1000)]
     preload: usize,
+    /// Seconds the agents follow the cluster before the first write: all of them start
+    /// at once on this machine's cores, and for a few seconds after the last one
+    /// follows, their start-up still competes with the writes.
+    #[arg(long, default_value_t = 15.0)]
+    settle: f64,
     /// Results directory (default: bench/results/<stamp>-cluster).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -553,6 +558,7 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         agents: args.agents,
         writes: args.writes,
         preload: args.preload,
+        settle: seconds("settle", args.settle)?,
         follower,
         watch: args.watch,
         out: results_dir(args.out, "cluster")?,

@@ -75,6 +75,8 @@ fn the_cluster_experiment_counts_from_the_real_code_and_agents_converge() {
             "3",
             "--preload",
             "50",
+            "--settle",
+            "1",
             "--out",
         ])
         .arg(dir.path())

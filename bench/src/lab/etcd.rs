@@ -174,6 +174,26 @@ impl Etcd {
         &self.client_url
     }
 
+    /// The value of gauge or counter `name` on etcd's `/metrics` (plain etcd only).
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        use std::io::{Read, Write};
+        let address = self
+            .client_url
+            .strip_prefix("http://")
+            .context("metrics are read from a plain (http) etcd")?;
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        text.lines()
+            .find_map(|line| {
+                let (metric, value) = line.split_once(' ')?;
+                (metric == name).then(|| value.trim().parse::<f64>().ok())?
+            })
+            .with_context(|| format!("etcd's /metrics has no {name}"))
+    }
+
     /// Its certificates and credentials, when secured.
     pub fn tls(&self) -> Option<&EtcdTls> {
         self.tls.as_ref()
