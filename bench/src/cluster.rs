@@ -464,12 +464,22 @@ fn convergence(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     // few hundred at a time, every 100 ms: writes are timed once etcd has none left,
     // as a cluster runs after its hosts started, and the wait is reported.
     let settling = Instant::now();
-    while etcd.metric("etcd_debugging_mvcc_slow_watcher_total")? > 0.0 {
-        if settling.elapsed() > Duration::from_secs(300) {
-            stop(&mut model);
-            bail!("etcd did not catch its watches up within 300 s");
+    loop {
+        let slow = etcd.metric("etcd_debugging_mvcc_slow_watcher_total");
+        let late = settling.elapsed() > Duration::from_secs(300);
+        match slow {
+            Ok(n) if n <= 0.0 => break,
+            Ok(_) if !late => std::thread::sleep(Duration::from_millis(100)),
+            // The agents are told to stop before the run ends, however it ends.
+            Ok(_) => {
+                stop(&mut model);
+                bail!("etcd did not catch its watches up within 300 s");
+            }
+            Err(e) => {
+                stop(&mut model);
+                return Err(e.context("reading etcd's slow watchers"));
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
     results.etcd_settle_s = settling.elapsed().as_secs_f64();
     results.settle_s = options.settle.as_secs_f64();
