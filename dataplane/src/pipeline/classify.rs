@@ -101,11 +101,7 @@ pub(super) fn trunk_tenant_ahead(
     in_port: u16,
     data: &[u8],
 ) -> Option<TenantIdx> {
-    let tag = data.get(ETH_LEN..ETH_LEN + TAG_LEN)?;
-    if data[ethernet::ETHERTYPE_AT] != vlan::TPID.to_be_bytes() {
-        return None;
-    }
-    tables.trunk_tenant(in_port, u16::from_be_bytes([tag[0], tag[1]]))
+    tagged_tenant(data, |vid| tables.trunk_tenant(in_port, vid)).ok()
 }
 
 /// The tenant of an 802.1Q-tagged frame; refuses untagged, 802.1ad and double tags.
