@@ -167,6 +167,7 @@ impl Core {
             router: &mut self.router,
             tracer: NoTrace,
             fast_path: true,
+            spread: None,
         };
         handle(&self.tables, in_port, frame, &mut self.sink, &mut cx);
     }

@@ -34,6 +34,9 @@ static const uint64_t TENET_ETH_TX_OFFLOAD_TCP_CKSUM = RTE_ETH_TX_OFFLOAD_TCP_CK
 static const uint64_t TENET_ETH_TX_OFFLOAD_UDP_CKSUM = RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
 static const uint64_t TENET_ETH_TX_OFFLOAD_IPV4_CKSUM = RTE_ETH_TX_OFFLOAD_IPV4_CKSUM;
 static const uint64_t TENET_ETH_TX_OFFLOAD_MULTI_SEGS = RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+static const uint64_t TENET_ETH_RSS_IP = RTE_ETH_RSS_IP;
+static const uint64_t TENET_ETH_RSS_TCP = RTE_ETH_RSS_TCP;
+static const uint64_t TENET_ETH_RSS_UDP = RTE_ETH_RSS_UDP;
 
 /* DPDK's fast path is static inline and has no symbol; shim.c exports it.
  * Every call here is made once per burst, never once per packet. */

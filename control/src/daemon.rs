@@ -128,6 +128,7 @@ fn run_with_eal(
     let publisher = TablePublisher::new(Default::default());
     let nat_sessions = config.gateway.sessions_per_worker as usize;
     let max_sleep = config.max_idle_sleep;
+    let spread_tunnels = config.spread_tunnels;
     let mut controller = Controller::new(
         config,
         port_info,
@@ -146,6 +147,7 @@ fn run_with_eal(
             index: index as u16,
             count,
             nat_sessions,
+            spread_tunnels,
         };
         let pipeline = SwitchPipeline::new(publisher.reader(), queue, tsc_hz, slot);
         workers.push(

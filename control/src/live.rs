@@ -1020,6 +1020,7 @@ fn stats_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
             "idle_sleeps": s.idle_sleeps,
             "punted": s.punted,
             "handed_off": s.handed_off,
+            "spread": s.spread,
             "events_lost": s.events_lost,
             "gateway_egress_bytes": s.gateway_egress_bytes,
             "joined_segments": s.joined_segments,
@@ -1164,7 +1165,7 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             .collect()
     };
     type CoreField = fn(&CoreStats) -> u64;
-    let core_counters: [(&str, &str, CoreField); 5] = [
+    let core_counters: [(&str, &str, CoreField); 7] = [
         ("rx_packets", "Packets received by the worker.", |s| {
             s.rx_packets
         }),
@@ -1175,6 +1176,16 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             "busy_cycles",
             "TSC cycles of loop iterations that moved packets.",
             |s| s.busy_cycles,
+        ),
+        (
+            "handed_off",
+            "Packets passed to the worker that holds their SNAT session.",
+            |s| s.handed_off,
+        ),
+        (
+            "spread",
+            "GRE frames passed to the worker their inner flow hashes to.",
+            |s| s.spread,
         ),
         (
             "gateway_egress_bytes",

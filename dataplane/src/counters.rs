@@ -86,6 +86,7 @@ pub struct CoreCounters {
     idle_sleeps: AtomicU64,
     punted: AtomicU64,
     handed_off: AtomicU64,
+    spread: AtomicU64,
     events_lost: AtomicU64,
     gateway_egress_bytes: AtomicU64,
     joined_segments: AtomicU64,
@@ -102,6 +103,7 @@ impl Default for CoreCounters {
             idle_sleeps: AtomicU64::new(0),
             punted: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
+            spread: AtomicU64::new(0),
             events_lost: AtomicU64::new(0),
             gateway_egress_bytes: AtomicU64::new(0),
             joined_segments: AtomicU64::new(0),
@@ -158,6 +160,12 @@ impl CoreCounters {
         bump(&self.handed_off, 1);
     }
 
+    /// A GRE frame passed to the worker its inner flow hashes to.
+    #[inline(always)]
+    pub fn add_spread(&self) {
+        bump(&self.spread, 1);
+    }
+
     /// A slow-path event lost because the queue to the control plane was full.
     #[inline(always)]
     pub fn add_event_lost(&self) {
@@ -197,6 +205,7 @@ impl CoreCounters {
             idle_sleeps: self.idle_sleeps.load(Ordering::Relaxed),
             punted: self.punted.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
+            spread: self.spread.load(Ordering::Relaxed),
             events_lost: self.events_lost.load(Ordering::Relaxed),
             gateway_egress_bytes: self.gateway_egress_bytes.load(Ordering::Relaxed),
             joined_segments: self.joined_segments.load(Ordering::Relaxed),
@@ -222,6 +231,8 @@ pub struct CoreStats {
     pub punted: u64,
     /// Packets passed to the core that holds their state.
     pub handed_off: u64,
+    /// GRE frames passed to the worker their inner flow hashes to.
+    pub spread: u64,
     /// Slow-path events lost to a full queue.
     pub events_lost: u64,
     /// Bytes tenants' gateways sent out of the uplink.
@@ -242,6 +253,7 @@ impl Default for CoreStats {
             idle_sleeps: 0,
             punted: 0,
             handed_off: 0,
+            spread: 0,
             events_lost: 0,
             gateway_egress_bytes: 0,
             joined_segments: 0,
@@ -281,6 +293,7 @@ impl CoreStats {
             total.idle_sleeps += s.idle_sleeps;
             total.punted += s.punted;
             total.handed_off += s.handed_off;
+            total.spread += s.spread;
             total.events_lost += s.events_lost;
             total.gateway_egress_bytes += s.gateway_egress_bytes;
             total.joined_segments += s.joined_segments;

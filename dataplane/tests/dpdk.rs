@@ -222,6 +222,39 @@ fn null_port_sinks_and_counts() {
     assert!(port.link().up);
 }
 
+#[test]
+fn a_multi_queue_device_spreads_flows_over_every_queue_with_a_symmetric_key() {
+    let pool = pool("rss", 1023);
+    let mut port = attach(&Backend::Null {
+        rx: false,
+        packet_size: None,
+    });
+    // One queue: nothing to spread, and nothing asked of the device.
+    port.configure(&PortConfig::default(), &pool).unwrap();
+    let single = port.rss().expect("net_null reports its RSS");
+    assert!(!single.symmetric(), "{single:?}");
+    let config = PortConfig {
+        queues: 3,
+        ..PortConfig::default()
+    };
+    let (rx, _tx) = port.configure(&config, &pool).unwrap();
+    port.start().unwrap();
+    assert_eq!(rx.len(), 3);
+    let rss = port.rss().expect("net_null reports its RSS");
+    assert!(rss.symmetric(), "{rss:?}");
+    assert_ne!(rss.hash_types, 0);
+    assert!(!rss.table.is_empty());
+    for queue in 0..3u16 {
+        let share = rss.table.iter().filter(|&&q| q == queue).count();
+        assert!(
+            share.abs_diff(rss.table.len() / 3) <= 1,
+            "queue {queue} has {share} of {} entries",
+            rss.table.len()
+        );
+    }
+    port.stop().unwrap();
+}
+
 /// Sends `count` frames into `into` (a ring port, so they come back on its RX side).
 /// A worker on `core` polling `rx` and transmitting on `tx`, nothing else.
 fn plan(core: usize, rx: Vec<RxQueue>, tx: Vec<TxQueue>) -> WorkerPlan {

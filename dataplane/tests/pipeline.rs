@@ -8,7 +8,8 @@ mod frames;
 use dataplane::counters::DropReason;
 use dataplane::packet::{arp, Mac};
 use dataplane::pipeline::events::Event;
-use dataplane::pipeline::offline::Offline;
+use dataplane::pipeline::offline::{Collect, Offline};
+use dataplane::pipeline::stage::HANDOFF_PORT;
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::{Design, FlowTables, Location};
 use frames::{gre_encapsulated, tagged};
@@ -175,6 +176,68 @@ fn gre_decap_ignores_ethernet_padding() {
     outer.extend([0u8; 8]);
     let r = run(&t, UPLINK, &outer);
     assert_eq!(r.out, vec![(ACCESS_A1, inner)]);
+}
+
+/// A container's UDP datagram (ports `sport` → 53) inside an Ethernet frame.
+fn udp_frame(dst: Mac, src: Mac, sport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src, dst)
+        .ipv4([10, 1, 0, 2], [10, 1, 0, 3], 64)
+        .udp(sport, 53)
+        .write(&mut f, &[7; 18])
+        .unwrap();
+    f
+}
+
+#[test]
+fn gre_from_one_peer_is_shared_by_inner_flow_between_two_workers() {
+    for (design, key) in [(Design::Dedicated, Some(A_ID)), (Design::Shared, None)] {
+        let t = tables(design, false);
+        let mut first = Offline::worker(0, 2).spreading_tunnels();
+        let mut second = Offline::worker(1, 2).spreading_tunnels();
+        let mut kept_by = [0usize; 2];
+        for sport in 1000..1200u16 {
+            let inner = udp_frame(C2, REMOTE_A, sport);
+            let on_wire = match design {
+                Design::Dedicated => inner.clone(),
+                Design::Shared => tagged(&inner, 100),
+            };
+            let outer = tunnelled_in(&on_wire, key);
+            // Whichever worker's queue receives it, one of them switches it.
+            let at_first = first.run_into(&t, UPLINK, &outer, Collect::with_workers());
+            let at_second = second.run_into(&t, UPLINK, &outer, Collect::with_workers());
+            let handed_by_first = at_first.handed.clone().unwrap();
+            let handed_by_second = at_second.handed.clone().unwrap();
+            let owner = if handed_by_first.is_empty() {
+                assert_eq!(handed_by_second, vec![(0, outer.clone())], "{design:?}");
+                assert_eq!(at_first.sent, vec![(ACCESS_A1, inner.clone())]);
+                assert!(at_second.sent.is_empty());
+                0
+            } else {
+                assert_eq!(handed_by_first, vec![(1, outer.clone())], "{design:?}");
+                assert!(handed_by_second.is_empty(), "{design:?}: both handed over");
+                assert_eq!(at_second.sent, vec![(ACCESS_A1, inner.clone())]);
+                assert!(at_first.sent.is_empty());
+                1
+            };
+            kept_by[owner] += 1;
+            // Handed over, it is switched there and never passed on again.
+            let worker = if owner == 0 { &mut first } else { &mut second };
+            let there = worker.run_into(&t, HANDOFF_PORT, &outer, Collect::with_workers());
+            assert_eq!(there.sent, vec![(ACCESS_A1, inner.clone())]);
+            assert_eq!(there.handed, Some(Vec::new()));
+        }
+        assert!(
+            kept_by.iter().all(|&n| (60..=140).contains(&n)),
+            "{design:?}: 200 flows split {kept_by:?}"
+        );
+        assert_eq!(first.stats().spread, kept_by[1] as u64);
+        assert_eq!(second.stats().spread, kept_by[0] as u64);
+        assert_eq!(
+            first.stats().dropped_total() + second.stats().dropped_total(),
+            0
+        );
+    }
 }
 
 #[test]

@@ -257,6 +257,17 @@ pub fn wait_for_ping(from: &Netns, to: &str) {
 /// One iperf3 TCP test of `seconds` from `client` to a server in `server` bound to
 /// `address`; the received bit rate.
 pub fn iperf3_bits(client: &Netns, server: &Netns, address: &str, seconds: u32) -> f64 {
+    iperf3_streams(client, server, address, seconds, 1)
+}
+
+/// Like [`iperf3_bits`], with `streams` TCP connections at once (`-P`).
+pub fn iperf3_streams(
+    client: &Netns,
+    server: &Netns,
+    address: &str,
+    seconds: u32,
+    streams: u32,
+) -> f64 {
     let mut srv = server
         .command("iperf3")
         .args(["-s", "-1", "-B", address])
@@ -266,7 +277,18 @@ pub fn iperf3_bits(client: &Netns, server: &Netns, address: &str, seconds: u32) 
         .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(500));
     let out = client
-        .exec("iperf3", &["-c", address, "-t", &seconds.to_string(), "-J"])
+        .exec(
+            "iperf3",
+            &[
+                "-c",
+                address,
+                "-t",
+                &seconds.to_string(),
+                "-P",
+                &streams.to_string(),
+                "-J",
+            ],
+        )
         .expect("iperf3 through tenet");
     let _ = srv.wait();
     let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");

@@ -1,12 +1,16 @@
 //! Two hosts (network namespaces each running tenetd) joined by a veth underlay, two
 //! tenants with a container on each host, in both Docklet designs: real TCP between a
 //! tenant's containers across hosts, and no frame crossing tenants, even though both
-//! tenants use the same IP addresses.
+//! tenants use the same IP addresses. Host b runs two workers: the underlay's one RX
+//! queue belongs to the first, which shares the GRE from host a with the second by
+//! inner flow.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tests::{
-    iperf3_bits, send_frames, underlay, unique, wait_for_ping, Link, Netns, Receiver, Tenetd,
+    iperf3_bits, iperf3_streams, send_frames, tenetctl_ok, underlay, unique, wait_for_ping, Link,
+    Netns, Receiver, TempDir, Tenetd,
 };
 
 struct Host {
@@ -31,7 +35,7 @@ fn host(ns: Netns, uplink: String) -> Host {
     }
 }
 
-fn config(design: &str, me: &str, h: &Host) -> String {
+fn config(design: &str, me: &str, h: &Host, api: &Path) -> String {
     let egress = |name: &str| {
         if design == "shared" && name == "a" {
             "egress = true"
@@ -40,14 +44,19 @@ fn config(design: &str, me: &str, h: &Host) -> String {
         }
     };
     let other = if me == "a" { "b" } else { "a" };
+    // Ports go round-robin: red and the underlay to the first worker, blue to the second.
+    let workers = if me == "b" { "[0, 1]" } else { "[1]" };
     format!(
         r#"
 [dataplane]
-workers = [1]
+workers = {workers}
 main_core = 0
 file_prefix = "{prefix}"
 memory_mb = 256
 mbufs = 8191
+
+[control]
+api_socket = "{api}"
 
 [switch]
 design = "{design}"
@@ -101,6 +110,7 @@ role = "uplink"
         red = h.red.host,
         blue = h.blue.host,
         uplink = h.uplink,
+        api = api.display(),
     )
 }
 
@@ -122,8 +132,10 @@ fn two_tenants_across_two_hosts(design: &str) {
                 .unwrap();
         }
     }
-    let mut ta = Tenetd::start_in(Some(&a.ns), &config(design, "a", &a), &[]).unwrap();
-    let mut tb = Tenetd::start_in(Some(&b.ns), &config(design, "b", &b), &[]).unwrap();
+    let dir = TempDir::new("tn").unwrap();
+    let (api_a, api_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let mut ta = Tenetd::start_in(Some(&a.ns), &config(design, "a", &a, &api_a), &[]).unwrap();
+    let mut tb = Tenetd::start_in(Some(&b.ns), &config(design, "b", &b, &api_b), &[]).unwrap();
     ta.wait_ready(Duration::from_secs(30)).unwrap();
     tb.wait_ready(Duration::from_secs(30)).unwrap();
 
@@ -135,6 +147,23 @@ fn two_tenants_across_two_hosts(design: &str) {
         let bits = iperf3_bits(client, server, server_ip(server), 2);
         assert!(bits > 1e6, "{design}: TCP across hosts at {bits} bit/s");
     }
+
+    // Many TCP connections from one peer host: one outer address pair, one RX queue
+    // on b; the first worker hands the connections the second owns over its ring.
+    let bits = iperf3_streams(&a.red_ns, &b.red_ns, server_ip(&b.red_ns), 2, 16);
+    assert!(bits > 1e6, "{design}: 16 connections at {bits} bit/s");
+    let stats: serde_json::Value =
+        serde_json::from_str(&tenetctl_ok(&api_b, &["--json", "stats"])).unwrap();
+    let cores = stats["cores"].as_array().unwrap();
+    assert_eq!(cores.len(), 2, "{stats}");
+    // Packets per connection vary too much to expect half of them: that half the
+    // connections (their handshakes and teardowns alone) went over is what is sure.
+    let spread = cores[0]["spread"].as_u64().unwrap();
+    assert!(
+        spread >= 16 && cores[1]["spread"] == 0,
+        "{design}: the underlay's worker shares GRE by inner flow: {stats}"
+    );
+    assert_eq!(stats["drops"]["ring-full"], 0, "{stats}");
 
     // Isolation: broadcasts from red on host a reach red on b, never blue, also when
     // red forges blue's VLAN tag.

@@ -264,6 +264,10 @@ pub struct DataplaneConfig {
     /// microseconds: the most latency a packet after a lull meets. 0: workers never
     /// sleep and each keeps its core busy (OVS's and VPP's default).
     pub max_idle_sleep_us: u32,
+    /// With several workers, the one that receives GRE hands each frame to the worker
+    /// its inner flow hashes to (a NIC's RSS puts all of one peer host's tunnel on one
+    /// queue). Off only for NICs that spread tunnelled flows themselves.
+    pub spread_tunnels: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -281,6 +285,7 @@ impl Default for DataplaneConfig {
             tx_descriptors: 1024,
             dpdk_log_level: defaults.log_level,
             max_idle_sleep_us: 500,
+            spread_tunnels: true,
         }
     }
 }
@@ -399,6 +404,8 @@ pub struct Validated {
     pub mbufs: u32,
     /// The longest a worker sleeps when there is (next to) nothing to do; zero: never.
     pub max_idle_sleep: std::time::Duration,
+    /// Whether GRE is shared between the workers by its inner flow.
+    pub spread_tunnels: bool,
     /// Large-buffer pool size (0: none).
     pub jumbo_mbufs: u32,
     /// Descriptors per RX queue.
@@ -520,6 +527,7 @@ impl Config {
             workers: dp.workers.clone(),
             mbufs: dp.mbufs,
             max_idle_sleep: std::time::Duration::from_micros(u64::from(dp.max_idle_sleep_us)),
+            spread_tunnels: dp.spread_tunnels,
             jumbo_mbufs: dp.jumbo_mbufs,
             rx_descriptors: dp.rx_descriptors,
             tx_descriptors: dp.tx_descriptors,

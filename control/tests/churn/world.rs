@@ -150,6 +150,7 @@ impl World {
                 index: 0,
                 count: 1,
                 nat_sessions: 1024,
+                spread_tunnels: false,
             },
         );
         Self {

@@ -13,6 +13,7 @@ mod mbuf;
 mod mempool;
 mod port;
 mod ring;
+mod rss;
 mod time;
 #[doc(hidden)]
 pub mod virtio_guest;
@@ -24,6 +25,7 @@ pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
 pub use port::{port_name, Cut, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
 pub use ring::{MbufRing, RingConsumer, RingProducer};
+pub use rss::RssState;
 pub use time::{prefetch, tsc, tsc_hz};
 
 /// Directory the EAL loads PMD plugins from (empty if unknown at build time).

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::error::DpdkError;
 use super::mbuf::{Mbuf, MbufBatch, RX_L4_CKSUM_MASK, RX_L4_CKSUM_NONE, RX_LRO};
 use super::mempool::Mempool;
+use super::rss::{self, RssState};
 use crate::kernel::{PacketPort, PacketRx, PacketTx};
 use crate::packet::checksum;
 use crate::packet::gso::{self, L4Checksum, Layout};
@@ -257,6 +258,20 @@ impl Port {
             ));
         }
         let mut conf = dpdk_sys::rte_eth_conf::default();
+        let rss_types = if queues > 1 {
+            rss::hash_types(&info)
+        } else {
+            0
+        };
+        if rss_types != 0 {
+            rss::request(&mut conf, rss_types);
+        } else if queues > 1 {
+            tracing::warn!(
+                port = %self.name,
+                queues,
+                "the device has no receive-side scaling: all it receives arrives on queue 0"
+            );
+        }
         // What ethdev's TSO request needs of a device: segmentation and both checksums.
         const TSO: u64 = dpdk_sys::TENET_ETH_TX_OFFLOAD_TCP_TSO
             | dpdk_sys::TENET_ETH_TX_OFFLOAD_TCP_CKSUM
@@ -341,6 +356,21 @@ impl Port {
                 return Err(DpdkError::new("rte_eth_tx_queue_setup", &self.name, ret));
             }
         }
+        if rss_types != 0 {
+            // A device that keeps its own key or table still spreads, less evenly or
+            // not symmetrically: worth a warning, not a port.
+            match rss::spread(self.id, &self.name, &info, rss_types, queues) {
+                Ok(symmetric) => tracing::info!(
+                    port = %self.name,
+                    queues,
+                    symmetric,
+                    "receive-side scaling spreads flows over the queues"
+                ),
+                Err(e) => {
+                    tracing::warn!(port = %self.name, error = %e, "keeping the device's RSS key and table")
+                }
+            }
+        }
         if let Some(mtu) = config.mtu {
             // SAFETY: plain setter on a valid, stopped port.
             let ret = unsafe { dpdk_sys::rte_eth_dev_set_mtu(self.id, mtu) };
@@ -386,6 +416,23 @@ impl Port {
             })
             .collect();
         Ok((rx, tx))
+    }
+
+    /// How the device spreads received flows over its queues, read back from it; `None`
+    /// for a kernel packet port (its socket fanout spreads them) or a device without
+    /// receive-side scaling.
+    pub fn rss(&self) -> Option<RssState> {
+        if self.packet.is_some() {
+            return None;
+        }
+        let mut info = dpdk_sys::rte_eth_dev_info::default();
+        // SAFETY: info is a valid out-parameter; the port id is valid while self lives.
+        if unsafe { dpdk_sys::rte_eth_dev_info_get(self.id, &mut info) } < 0
+            || info.flow_type_rss_offloads == 0
+        {
+            return None;
+        }
+        rss::query(self.id, &info)
     }
 
     /// Starts the device (and enables promiscuous mode, which a switch port needs).

@@ -102,7 +102,14 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
             }
         }
         HANDOFF_PORT => match tables.uplink {
-            Some(up) => up.port,
+            Some(up) => {
+                note!(
+                    cx,
+                    "handed over by another worker, as received on the uplink (port {})",
+                    up.port
+                );
+                return uplink_burst(tables, up.port, frames, sink, cx);
+            }
             None => return frames.for_each(|_| cx.drop(DropReason::NoOutput)),
         },
         port => port,
@@ -118,14 +125,45 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
                 run(tables, frame, classified, sink, cx);
             }
         }
-        PortRole::Uplink => {
-            for mut frame in frames {
-                let classified = classify::from_uplink(tables, in_port, &mut frame, cx);
-                run(tables, frame, classified, sink, cx);
+        PortRole::Uplink => match (cx.spread, tables.uplink) {
+            (Some(spread), Some(up)) => {
+                for frame in frames {
+                    let Some(owner) = spread.elsewhere(frame.data(), up.ip) else {
+                        uplink_burst(tables, in_port, std::iter::once(frame), sink, cx);
+                        continue;
+                    };
+                    match sink.hand_off(owner, frame) {
+                        None => {
+                            note!(cx, "GRE whose inner flow worker {owner} owns: handed over");
+                            cx.counters.add_spread();
+                        }
+                        // No ring to that worker (a test's single core): switched here.
+                        Some(frame) => {
+                            uplink_burst(tables, in_port, std::iter::once(frame), sink, cx)
+                        }
+                    }
+                }
             }
-        }
+            _ => uplink_burst(tables, in_port, frames, sink, cx),
+        },
         PortRole::CrossConnect(peer) => frames.for_each(|f| sink.send(peer, f)),
         PortRole::Unused => frames.for_each(|_| cx.drop(DropReason::NoOutput)),
+    }
+}
+
+/// Frames the uplink received, or another worker handed over (those are never
+/// spread again).
+#[inline(always)]
+fn uplink_burst<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    in_port: u16,
+    frames: impl Iterator<Item = F>,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    for mut frame in frames {
+        let classified = classify::from_uplink(tables, in_port, &mut frame, cx);
+        run(tables, frame, classified, sink, cx);
     }
 }
 

@@ -22,6 +22,7 @@ mod output;
 mod outputs;
 mod resolve;
 pub mod router;
+pub mod spread;
 pub mod stage;
 mod switch;
 mod xconnect;
@@ -42,6 +43,7 @@ use crate::table::{FlowTables, PortRole};
 use events::{EventQueue, Learner};
 use fdb_cache::{FdbCache, Unresolved};
 use router::RouterState;
+use spread::Spread;
 use stage::{CoreState, Sink};
 
 /// The per-burst packet decision. Runs on one worker; must not allocate, lock, log or
@@ -78,6 +80,9 @@ pub struct WorkerSlot {
     pub count: u16,
     /// SNAT sessions this worker can hold.
     pub nat_sessions: usize,
+    /// Whether GRE received here is shared with the other workers by its inner flow
+    /// ([`spread`]): off only for NICs that hash tunnelled flows themselves.
+    pub spread_tunnels: bool,
 }
 
 /// Frames waiting for a neighbour: what they wait for, since when (seconds), the frame.
@@ -132,6 +137,11 @@ impl<F: Frame> Core<F> {
                 learner: Learner::new(events),
                 cache: FdbCache::default(),
                 router: RouterState::new(slot.nat_sessions, slot.index, slot.count),
+                spread: if slot.spread_tunnels {
+                    Spread::new(slot.index, slot.count)
+                } else {
+                    None
+                },
             },
             held: VecDeque::with_capacity(HOLD_QUEUE_LEN),
             retired: 0,

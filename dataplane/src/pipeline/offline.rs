@@ -10,6 +10,7 @@ use super::dispatch::{handle, prefetch_burst};
 use super::events::{Event, EventQueue, Learner};
 use super::fdb_cache::{FdbCache, Unresolved};
 use super::router::RouterState;
+use super::spread::Spread;
 use super::stage::{Context, CoreState, NoTrace, Sink, Trace};
 use crate::counters::{CoreCounters, CoreStats, DropReason};
 use crate::packet::frame::{BufFrame, Frame};
@@ -85,6 +86,14 @@ impl Offline {
         Self::with(RouterState::new(64, index, count))
     }
 
+    /// Shares GRE it receives with the other workers by inner flow, as a worker with
+    /// `spread_tunnels` does.
+    pub fn spreading_tunnels(mut self) -> Self {
+        let (index, count) = self.state.router.nat.worker();
+        self.state.spread = Spread::new(index, count);
+        self
+    }
+
     fn with(router: RouterState) -> Self {
         let queue = Arc::new(EventQueue::new(1024));
         Self {
@@ -93,6 +102,7 @@ impl Offline {
                 learner: Learner::new(Arc::clone(&queue)),
                 cache: FdbCache::default(),
                 router,
+                spread: None,
             },
             queue,
             fast_path: true,

@@ -8,6 +8,7 @@ use crate::table::{FlowTables, TenantIdx, TunnelIdx};
 use super::events::Learner;
 use super::fdb_cache::{FdbCache, Out, Unresolved};
 use super::router::RouterState;
+use super::spread::Spread;
 
 /// The input port id of frames the control plane sends as a tenant's router (ARP
 /// requests for its neighbours, gratuitous ARP): no device has it.
@@ -155,6 +156,8 @@ pub struct Context<'a, T: Trace = NoTrace> {
     /// Whether routed frames may take the router's fast path (off only to check it
     /// against the whole pipeline).
     pub fast_path: bool,
+    /// Whether (and with whom) this core shares tunnelled traffic by its inner flow.
+    pub spread: Option<Spread>,
 }
 
 /// What a core keeps across bursts for its stages: the learner, the FDB cache and the
@@ -167,6 +170,8 @@ pub struct CoreState {
     pub cache: FdbCache,
     /// SNAT sessions and the ICMP budget.
     pub router: RouterState,
+    /// Whether (and with whom) this core shares tunnelled traffic by its inner flow.
+    pub spread: Option<Spread>,
 }
 
 impl CoreState {
@@ -185,6 +190,7 @@ impl CoreState {
             router: &mut self.router,
             tracer,
             fast_path,
+            spread: self.spread,
         }
     }
 }

@@ -237,6 +237,7 @@ pub fn stats_text(body: &Value) -> String {
         ("tx", Align::Right),
         ("cycles/pkt", Align::Right),
         ("handed_off", Align::Right),
+        ("spread", Align::Right),
     ]);
     for c in body["cores"].as_array().into_iter().flatten() {
         cores.row(vec![
@@ -245,6 +246,7 @@ pub fn stats_text(body: &Value) -> String {
             text(&c["tx_packets"]),
             format!("{:.1}", c["cycles_per_packet"].as_f64().unwrap_or(0.0)),
             text(&c["handed_off"]),
+            text(&c["spread"]),
         ]);
     }
     if !cores.is_empty() {
@@ -476,9 +478,9 @@ gone                            tap      down   -             down     -  access
                        "rx_packets": 1_000_000, "tx_packets": 999_999}],
             "cores": [
                 {"core": 1, "rx_packets": 123_456_789, "tx_packets": 5, "cycles_per_packet": 87.25,
-                 "handed_off": 0, "drops": {}},
+                 "handed_off": 0, "spread": 0, "drops": {}},
                 {"core": 12, "rx_packets": 3, "tx_packets": 4_000_000_000_u64, "cycles_per_packet": 1234.0,
-                 "handed_off": 17, "drops": {}},
+                 "handed_off": 17, "spread": 250_000, "drops": {}},
             ],
             "drops": {"no-route": 0, "tagged-on-access": 12_345_678, "ttl": 3},
             "control": {"learned_macs": 4},
@@ -489,9 +491,9 @@ gone                            tap      down   -             down     -  access
 port  backend    state  device          link   mtu  role             rx      tx
 c1    af-packet  up     net_af_packet0  up    1500  access:red  1000000  999999
 
-core         rx          tx  cycles/pkt  handed_off
-   1  123456789           5        87.2           0
-  12          3  4000000000      1234.0          17
+core         rx          tx  cycles/pkt  handed_off  spread
+   1  123456789           5        87.2           0       0
+  12          3  4000000000      1234.0          17  250000
 
 drop               packets
 tagged-on-access  12345678
