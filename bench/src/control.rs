@@ -287,7 +287,7 @@ fn run_tenet(options: &Options) -> anyhow::Result<Vec<Point>> {
 fn run_ovs(options: &Options) -> anyhow::Result<(Vec<Point>, String)> {
     let work = std::env::temp_dir().join(format!("tenet-bench-control-ovs-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let ovs = Ovs::start(&work, &options.out.join("logs"), 1)?;
+    let ovs = Ovs::start(&work, &options.out.join("logs"), &[1])?;
     let result = grow_ovs(&ovs, options);
     // Bridges go in batches (one transaction each), or their taps would outlive OVS.
     if let Ok(list) = ovs.vsctl(&["list-br"]) {

@@ -303,7 +303,8 @@ struct RunArgs {
     /// Flows of the input (default: each scenario's, 256; l2-many 100,000).
     #[arg(long)]
     flows: Option<usize>,
-    /// Dataplane cores for each switch.
+    /// Dataplane cores for each switch: CPUs 1 to N, or (replay, N = every CPU) 0 to
+    /// N-1 with the control threads beside the first, as testpmd's main lcore is.
     #[arg(long, default_value_t = 1)]
     cores: usize,
     /// Change tenet through its API during the measured window: tenants and endpoints
@@ -403,7 +404,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "flows: {flows} is not in 1..=1048576"
         );
     }
-    peers::check_cores(args.cores)?;
+    let cpus = peers::check_cores(args.cores, matches!(args.topology, TopologyArg::Pvp))?;
     if let Some(rate) = args.churn {
         anyhow::ensure!(
             (1..=100_000).contains(&rate),
@@ -458,7 +459,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         sizes: args.sizes,
         flows: args.flows,
-        cores: args.cores,
+        cpus,
         churn: args.churn,
         rate: args.rate,
         out: out.clone(),

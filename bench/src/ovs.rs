@@ -89,8 +89,8 @@ pub struct Ports {
 
 impl Ovs {
     /// Starts ovsdb-server and ovs-vswitchd (DPDK: main thread on CPU 0, a PMD on each
-    /// of CPUs 1 to `cores`, 512 MiB) and waits until DPDK is initialised.
-    pub fn start(work: &Path, logs: &Path, cores: usize) -> anyhow::Result<Self> {
+    /// of `cpus`, 512 MiB) and waits until DPDK is initialised.
+    pub fn start(work: &Path, logs: &Path, cpus: &[usize]) -> anyhow::Result<Self> {
         let dir = work.join("ovs");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -130,7 +130,10 @@ impl Ovs {
             return Err(e);
         }
         let configured = ctl.vsctl(&["--no-wait", "init"]).and_then(|_| {
-            let mask = (1..=cores.min(63)).fold(0u64, |m, c| m | 1 << c);
+            let mask = cpus
+                .iter()
+                .filter(|&&c| c < 64)
+                .fold(0u64, |m, c| m | 1 << c);
             let pmd_mask = format!("other_config:pmd-cpu-mask={mask:#x}");
             ctl.vsctl(&[
                 "--no-wait",

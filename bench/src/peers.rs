@@ -76,14 +76,18 @@ pub struct Setup<'a> {
     pub configs: &'a Path,
     /// The tenetd binary.
     pub tenetd: &'a Path,
-    /// Dataplane cores: CPUs 1 to `cores` (CPU 0 keeps the control threads and, in the
-    /// PVP topology, the generator).
-    pub cores: usize,
+    /// The dataplane cores' CPUs ([`check_cores`]).
+    pub cpus: &'a [usize],
     /// tenet is changed through its API during the window ([`crate::churn`]).
     pub churn: bool,
 }
 
 impl Setup<'_> {
+    /// Dataplane cores.
+    pub fn cores(&self) -> usize {
+        self.cpus.len()
+    }
+
     fn log(&self, what: &str) -> PathBuf {
         self.logs.join(format!("{}.{what}.log", self.tag))
     }
@@ -259,7 +263,7 @@ fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
     let text =
         setup
             .scenario
-            .tenet_config(setup.configs, setup.topology, setup.cores, setup.size)?;
+            .tenet_config(setup.configs, setup.topology, setup.cpus, setup.size)?;
     let config = setup
         .work
         .join(format!("tenet-{}.toml", setup.scenario.name));
@@ -330,7 +334,7 @@ fn start_testpmd(setup: &Setup<'_>) -> anyhow::Result<Running> {
 /// testpmd io forwarding between the scenario's two ports, a core and a queue pair per
 /// port for each dataplane core.
 fn testpmd_command(setup: &Setup<'_>, vhu0: &Path, vhu1: &Path) -> Command {
-    let queues = setup.cores;
+    let queues = setup.cores();
     let (rx, tx) = match setup.topology {
         Topology::Replay => (
             format!(
@@ -344,7 +348,12 @@ fn testpmd_command(setup: &Setup<'_>, vhu0: &Path, vhu1: &Path) -> Command {
             format!("net_vhost1,iface={},queues={queues}", vhu1.display()),
         ),
     };
-    let lcores: Vec<String> = (0..=setup.cores).map(|c| format!("{c}@{c}")).collect();
+    // The main lcore on CPU 0 (it sleeps), a forwarding lcore on each dataplane CPU.
+    let lcores: Vec<String> = std::iter::once(0)
+        .chain(setup.cpus.iter().copied())
+        .enumerate()
+        .map(|(lcore, cpu)| format!("{lcore}@{cpu}"))
+        .collect();
     let mut command = Command::new("dpdk-testpmd");
     command.args([
         "--lcores",
@@ -362,7 +371,7 @@ fn testpmd_command(setup: &Setup<'_>, vhu0: &Path, vhu1: &Path) -> Command {
         "--",
         "--forward-mode=io",
         "--port-topology=chained",
-        &format!("--nb-cores={}", setup.cores),
+        &format!("--nb-cores={}", setup.cores()),
         &format!("--rxq={queues}"),
         &format!("--txq={queues}"),
         "--auto-start",
@@ -378,7 +387,7 @@ fn testpmd_command(setup: &Setup<'_>, vhu0: &Path, vhu1: &Path) -> Command {
 }
 
 fn start_ovs(setup: &Setup<'_>) -> anyhow::Result<Running> {
-    let ovs = Ovs::start(setup.work, setup.logs, setup.cores)?;
+    let ovs = Ovs::start(setup.work, setup.logs, setup.cpus)?;
     let ports = match ovs.configure(setup) {
         Ok(ports) => ports,
         Err(e) => {
@@ -435,21 +444,31 @@ fn tenet_check(log: &str) -> (bool, String) {
     }
 }
 
-/// Refuses a `--cores` this machine cannot give: CPU 0 stays for the control threads
-/// and, in the PVP topology, the generator.
-pub fn check_cores(cores: usize) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// The CPUs of `cores` dataplane cores on this machine, or why it cannot give them.
+pub fn check_cores(cores: usize, pvp: bool) -> anyhow::Result<Vec<usize>> {
+    let machine = std::thread::available_parallelism().map_or(1, |n| n.get());
+    dataplane_cpus(cores, pvp, machine)
+}
+
+/// CPUs 1 to `cores` while CPU 0 is free for the control threads (and, in the PVP
+/// topology, the generator). Replay has no generator: it may take every CPU, the first
+/// worker then sharing CPU 0 with the control threads, which sleep, as testpmd's main
+/// lcore does beside its first forwarding core.
+fn dataplane_cpus(cores: usize, pvp: bool, machine: usize) -> anyhow::Result<Vec<usize>> {
     if cores == 0 {
         bail!("cores: at least 1");
     }
-    if cores + 1 > cpus {
-        bail!(
-            "cores: {cores} dataplane cores need {} CPUs (CPU 0 keeps the control threads \
-             and the generator); this machine has {cpus}",
-            cores + 1
-        );
+    if cores < machine {
+        return Ok((1..=cores).collect());
     }
-    Ok(())
+    if cores == machine && !pvp {
+        return Ok((0..cores).collect());
+    }
+    bail!(
+        "cores: {cores} dataplane cores need {} CPUs (CPU 0 keeps the {}); this machine has {machine}",
+        if pvp { cores + 1 } else { cores },
+        if pvp { "generator" } else { "control threads" }
+    )
 }
 
 #[cfg(test)]
@@ -512,7 +531,7 @@ mod tests {
             tag: "t",
             configs: Path::new("/tmp"),
             tenetd: Path::new("/bin/true"),
-            cores: 2,
+            cpus: &[1, 2],
             churn: false,
         };
         let args: Vec<String> = testpmd_command(&setup, Path::new("a"), Path::new("b"))
@@ -524,11 +543,29 @@ mod tests {
         assert!(has(
             "net_pcap0,rx_pcap=/tmp/in.pcap,rx_pcap=/tmp/in.pcap,infinite_rx=1"
         ));
-        assert!(check_cores(0).is_err());
-        assert!(check_cores(1000)
+        let two = Setup {
+            cpus: &[0, 1],
+            ..setup
+        };
+        let args: Vec<String> = testpmd_command(&two, Path::new("a"), Path::new("b"))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.iter().any(|x| x == "0@0,1@0,2@1"), "{args:?}");
+    }
+
+    #[test]
+    fn cores_take_cpus_after_the_first_unless_replay_takes_them_all() {
+        assert_eq!(dataplane_cpus(1, false, 2).unwrap(), vec![1]);
+        assert_eq!(dataplane_cpus(2, false, 2).unwrap(), vec![0, 1]);
+        assert_eq!(dataplane_cpus(2, false, 4).unwrap(), vec![1, 2]);
+        assert!(dataplane_cpus(0, false, 2).is_err());
+        let e = dataplane_cpus(2, true, 2).unwrap_err().to_string();
+        assert!(e.contains("need 3 CPUs") && e.contains("generator"), "{e}");
+        assert!(dataplane_cpus(3, false, 2)
             .unwrap_err()
             .to_string()
-            .contains("this machine has"));
+            .contains("this machine has 2"));
     }
 
     #[test]

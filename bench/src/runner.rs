@@ -36,8 +36,8 @@ pub struct Options {
     pub sizes: Vec<Size>,
     /// Flows of the input (`None`: the scenario's default).
     pub flows: Option<usize>,
-    /// Dataplane cores.
-    pub cores: usize,
+    /// The CPUs of each switch's dataplane cores.
+    pub cpus: Vec<usize>,
     /// Tenant and endpoint changes a second made through tenet's API during the
     /// measured window (`None`: none).
     pub churn: Option<u32>,
@@ -173,7 +173,7 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
                             tag: &tag,
                             configs: &options.configs,
                             tenetd: &options.tenetd,
-                            cores: options.cores,
+                            cpus: &options.cpus,
                             churn: options.churn.is_some(),
                         };
                         let row = measure(switch, &setup, options, round);
@@ -334,20 +334,20 @@ fn measure_pvp(
             &format!(
                 "net_virtio_user0,path={}{server},queues={}",
                 vhu0.display(),
-                setup.cores
+                setup.cores()
             ),
             "--port",
             &format!(
                 "net_virtio_user1,path={}{server},queues={}",
                 vhu1.display(),
-                setup.cores
+                setup.cores()
             ),
             "--tx",
             "0",
             "--rx",
             "1",
             "--queues",
-            &setup.cores.to_string(),
+            &setup.cores().to_string(),
             "--duration",
             &options.duration.to_string(),
             "--warmup",
@@ -461,7 +461,7 @@ fn environment(options: &Options) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
         "# tenet-bench run, {}\ncommand: {}\ncpu: {cpu} x {cpus}\nkernel: {}\ndpdk: {}\novs: {}\ntenet: {git}\n\
-         topology: {} rounds: {} duration: {}s warmup: {}s cores: {}\n",
+         topology: {} rounds: {} duration: {}s warmup: {}s cores: {} (CPUs {:?})\n",
         chrono_now(),
         options.command_line,
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -471,7 +471,8 @@ fn environment(options: &Options) -> String {
         options.rounds,
         options.duration,
         options.warmup,
-        options.cores,
+        options.cpus.len(),
+        options.cpus,
     )
 }
 

@@ -239,7 +239,7 @@ impl Scenario {
         vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
-    /// tenetd's config for `topology` on `cores` dataplane cores (1, 2, ...): the input
+    /// tenetd's config for `topology` with workers on `cpus`: the input
     /// port reads `PCAP` (replay) or serves vhost-user at `VHU0` (pvp); the output port
     /// is a null sink or serves at `VHU1`; with more cores each port has a queue per
     /// core.
@@ -247,7 +247,7 @@ impl Scenario {
         &self,
         configs: &Path,
         topology: Topology,
-        cores: usize,
+        cpus: &[usize],
         size: &Size,
     ) -> anyhow::Result<String> {
         let text = match self.config {
@@ -262,12 +262,12 @@ impl Scenario {
             &text,
             &PortRewrite {
                 vhost: topology == Topology::Pvp,
-                queues: cores,
+                queues: cpus.len(),
                 jumbo: topology == Topology::Pvp && self.needs_jumbo(size),
             },
         )?;
-        if cores > 1 {
-            let list: Vec<String> = (1..=cores).map(|c| c.to_string()).collect();
+        if cpus != [1] {
+            let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
             text = text.replace(
                 "workers = [${SWITCH_CORE}]",
                 &format!("workers = [{}]", list.join(", ")),
@@ -396,11 +396,11 @@ mod tests {
     fn every_scenario_has_a_config_for_both_topologies() {
         for s in SCENARIOS {
             let replay = s
-                .tenet_config(&configs(), Topology::Replay, 1, &Size::Fixed(64))
+                .tenet_config(&configs(), Topology::Replay, &[1], &Size::Fixed(64))
                 .unwrap();
             assert!(replay.contains("${PCAP}"), "{}", s.name);
             let pvp = s
-                .tenet_config(&configs(), Topology::Pvp, 1, &Size::Fixed(64))
+                .tenet_config(&configs(), Topology::Pvp, &[1], &Size::Fixed(64))
                 .unwrap();
             assert!(pvp.contains("path = \"${VHU0}\""), "{}", s.name);
             assert!(pvp.contains("path = \"${VHU1}\""), "{}", s.name);
@@ -436,21 +436,24 @@ mod tests {
             };
             for topology in [Topology::Replay, Topology::Pvp] {
                 // Two cores and full-size frames: a queue per core, a jumbo MTU.
-                for (cores, size) in [
-                    (1, Size::Fixed(64)),
-                    (1, Size::Fixed(1518)),
-                    (2, Size::Fixed(1518)),
+                for (cpus, size) in [
+                    (&[1][..], Size::Fixed(64)),
+                    (&[1], Size::Fixed(1518)),
+                    (&[1, 2], Size::Fixed(1518)),
+                    (&[0, 1], Size::Fixed(64)),
                 ] {
-                    let text = s.tenet_config(&configs(), topology, cores, &size).unwrap();
+                    let cores = cpus.len();
+                    let text = s.tenet_config(&configs(), topology, cpus, &size).unwrap();
                     let config = control::config::Config::parse(&text, lookup)
                         .unwrap_or_else(|e| panic!("{} {topology}: {e}", s.name));
                     if cores > 1 {
-                        assert!(text.contains("workers = [1, 2]"), "{} {topology}", s.name);
+                        let workers = format!("workers = [{}, {}]", cpus[0], cpus[1]);
+                        assert!(text.contains(&workers), "{} {topology}", s.name);
                         assert_eq!(text.matches("queues = 2").count(), 2, "{}", s.name);
                     }
                     // tenetd refuses workers on CPUs the machine lacks.
-                    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    if cores < cpus {
+                    let machine = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    if cpus.iter().all(|&c| c < machine) {
                         match config.validate() {
                             Ok(v) => {
                                 assert_eq!(v.workers.len(), cores, "{} {topology}", s.name);

@@ -269,6 +269,7 @@ fn run<P: Pipeline>(
             let n = ring.dequeue_burst(&mut batch);
             if n > 0 {
                 moved += n;
+                batch.prefetch_from_another_core();
                 pipeline.process(*port, &mut batch, &mut outputs, counters);
                 outputs.flush(counters);
             }

@@ -45,7 +45,11 @@ fn config(design: &str, me: &str, h: &Host, api: &Path) -> String {
     };
     let other = if me == "a" { "b" } else { "a" };
     // Ports go round-robin: red and the underlay to the first worker, blue to the second.
-    let workers = if me == "b" { "[0, 1]" } else { "[1]" };
+    let workers = if me == "b" {
+        "[0, 1]\nspread_tunnels = true"
+    } else {
+        "[1]"
+    };
     format!(
         r#"
 [dataplane]

@@ -26,6 +26,7 @@ pub use mempool::Mempool;
 pub use port::{port_name, Cut, LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue};
 pub use ring::{MbufRing, RingConsumer, RingProducer};
 pub use rss::RssState;
+pub(crate) use time::prefetch_addr;
 pub use time::{prefetch, tsc, tsc_hz};
 
 /// Directory the EAL loads PMD plugins from (empty if unknown at build time).

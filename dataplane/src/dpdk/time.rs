@@ -17,11 +17,18 @@ pub fn tsc_hz() -> u64 {
 /// (DPDK's `rte_prefetch0`): a burst's next lookup is started while this one runs.
 #[inline(always)]
 pub fn prefetch<T>(value: &T) {
-    // SAFETY: PREFETCHT0 is a hint with no architectural effect; the address is that of
-    // a live reference, and SSE is part of the x86_64 baseline.
+    prefetch_addr((value as *const T).cast::<u8>());
+}
+
+/// Like [`prefetch`], for any address: a prefetch never faults, so it may name memory
+/// no reference covers (the next line of a descriptor).
+#[inline(always)]
+pub(crate) fn prefetch_addr(address: *const u8) {
+    // SAFETY: PREFETCHT0 is a hint with no architectural effect, valid on any address
+    // (it never faults), and SSE is part of the x86_64 baseline.
     unsafe {
         core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-            (value as *const T).cast::<i8>(),
+            address.cast::<i8>(),
         )
     }
 }

@@ -81,7 +81,7 @@ pub struct WorkerSlot {
     /// SNAT sessions this worker can hold.
     pub nat_sessions: usize,
     /// Whether GRE received here is shared with the other workers by its inner flow
-    /// ([`spread`]): off only for NICs that hash tunnelled flows themselves.
+    /// ([`spread`]).
     pub spread_tunnels: bool,
 }
 
