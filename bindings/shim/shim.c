@@ -1,4 +1,31 @@
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* fopencookie */
+#endif
+#include <stdio.h>
 #include "wrapper.h"
+
+static tenet_log_sink log_sink;
+
+static ssize_t log_write(void *cookie, const char *buf, size_t size)
+{
+	(void)cookie;
+	log_sink(rte_log_cur_msg_loglevel(), buf, size);
+	return (ssize_t)size;
+}
+
+int tenet_log_to(tenet_log_sink sink)
+{
+	cookie_io_functions_t io = { .write = log_write };
+	FILE *stream;
+
+	log_sink = sink;
+	stream = fopencookie(NULL, "w", io);
+	if (stream == NULL)
+		return -1;
+	/* One write per line, each with the level of the message it ends. */
+	setvbuf(stream, NULL, _IOLBF, 0);
+	return rte_openlog_stream(stream);
+}
 
 uint16_t tenet_eth_rx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **pkts, uint16_t nb_pkts)
 {

@@ -13,6 +13,7 @@
 #include <rte_net.h>
 #include <rte_vhost.h>
 #include <rte_eth_bond.h>
+#include <rte_log.h>
 
 /* Offload flags and capabilities are RTE_BIT64() macros, which bindgen cannot expand;
  * as constants they reach Rust with DPDK's own values. */
@@ -52,3 +53,7 @@ uint16_t tenet_pktmbuf_data_room_size(struct rte_mempool *pool);
 uint16_t tenet_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value);
 int tenet_errno(void);
 unsigned int tenet_lcore_id(void);
+
+/* DPDK's log lines, handed to `sink` with the message's level (RTE_LOG_*). */
+typedef void (*tenet_log_sink)(int level, const char *bytes, size_t len);
+int tenet_log_to(tenet_log_sink sink);

@@ -123,3 +123,32 @@ fn a_missing_interface_starts_its_port_down_and_the_switch_runs() {
         dpdk_leftovers(&prefix)
     );
 }
+
+#[test]
+fn a_bad_log_filter_is_refused_before_anything_starts() {
+    let prefix = unique("cfg");
+    let out = tenetd_once(&config(&prefix, ""), &["--log", "dataplane=loudest"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("--log") && stderr.contains("dataplane=loudest"),
+        "{stderr}"
+    );
+    assert!(dpdk_leftovers(&prefix).is_empty(), "nothing may start");
+}
+
+#[test]
+fn without_a_config_argument_the_system_config_is_read() {
+    let default = std::path::Path::new("/etc/tenet/tenetd.toml");
+    if default.exists() {
+        // A machine with tenet installed: its own config is not ours to judge.
+        return;
+    }
+    let out = std::process::Command::new(tests::binary("tenetd"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("/etc/tenet/tenetd.toml"), "{stderr}");
+}

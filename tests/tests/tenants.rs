@@ -138,7 +138,13 @@ fn two_tenants_across_two_hosts(design: &str) {
     }
     let dir = TempDir::new("tn").unwrap();
     let (api_a, api_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    let mut ta = Tenetd::start_in(Some(&a.ns), &config(design, "a", &a, &api_a), &[]).unwrap();
+    // Host a logs JSON (a log shipper's format), host b text; neither into a terminal.
+    let mut ta = Tenetd::start_in(
+        Some(&a.ns),
+        &config(design, "a", &a, &api_a),
+        &["--log-format", "json"],
+    )
+    .unwrap();
     let mut tb = Tenetd::start_in(Some(&b.ns), &config(design, "b", &b, &api_b), &[]).unwrap();
     ta.wait_ready(Duration::from_secs(30)).unwrap();
     tb.wait_ready(Duration::from_secs(30)).unwrap();
@@ -210,6 +216,19 @@ fn two_tenants_across_two_hosts(design: &str) {
         sa.stderr.contains("underlay neighbour resolved"),
         "{}",
         sa.stderr
+    );
+    for line in sa.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{design}: a log line that is not JSON ({e}): {line}"));
+        assert!(
+            record["level"].is_string() && record["fields"].is_object(),
+            "{line}"
+        );
+    }
+    assert!(
+        sb.stderr.contains("INFO") && !sb.stderr.contains('\u{1b}'),
+        "{design}: colour codes in a log that goes to a pipe: {}",
+        sb.stderr
     );
 }
 

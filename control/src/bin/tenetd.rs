@@ -3,6 +3,7 @@
 //! Exit status: 0 after a clean stop, 1 when something failed at run time, 2 when the
 //! command line or the config was refused (nothing was started).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "tenetd", version)]
 struct Args {
     /// TOML config; values may name environment variables as ${VAR}.
-    #[arg(long, short)]
+    #[arg(long, short, default_value = "/etc/tenet/tenetd.toml")]
     config: PathBuf,
     /// Print per-port and per-core rates every this many seconds.
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
@@ -38,6 +39,15 @@ struct Args {
     /// Log filter (tracing syntax), e.g. `info`, `debug`, `dataplane=debug`.
     #[arg(long, default_value = "info", env = "TENET_LOG")]
     log: String,
+    /// Log lines as text or as one JSON object each (for a log shipper).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `--check`: the config is valid, and etcd, when it keeps the model, takes this host.
@@ -88,13 +98,25 @@ fn main() -> ExitCode {
     // Before any thread exists (the etcd client's runtime thread comes soon).
     let prepared = dataplane::dpdk::prepare_process();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "tenetd: --log (or TENET_LOG): `{}` is not a log filter: {e}",
+                args.log
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        // Colour codes only for a person at a terminal, never in a file or the journal.
+        .with_ansi(std::io::stderr().is_terminal());
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if let Some(note) = prepared {
         tracing::info!("{note}");
     }

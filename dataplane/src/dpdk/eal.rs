@@ -104,6 +104,7 @@ impl Eal {
                 "locked-memory limit too low for libxdp's dispatcher program and {DISPATCHER_VAR} unset: AF_XDP ports will fail to attach (call dpdk::prepare_process first)"
             );
         }
+        super::log::route_to_tracing();
         let args = options.args();
         tracing::debug!(?args, "starting the EAL");
         let owned: Vec<CString> = args

@@ -9,6 +9,7 @@
 mod backend;
 mod eal;
 mod error;
+mod log;
 mod mbuf;
 mod mempool;
 mod port;

@@ -72,14 +72,14 @@ pub struct ArpPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
     /// Wraps `buffer` without checking it; accessors panic if it is too short.
-    #[inline]
+    #[inline(always)]
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
     }
 
     /// Wraps `buffer` after [`check_len`](Self::check_len) and
     /// [`check_format`](Self::check_format).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let packet = Self::new_unchecked(buffer);
         packet.check_len()?;
@@ -88,7 +88,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// `Truncated` if the buffer is shorter than [`HEADER_LEN`].
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
@@ -98,7 +98,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// `Malformed` unless this is Ethernet/IPv4 ARP; call after `check_len`.
-    #[inline]
+    #[inline(always)]
     pub fn check_format(&self) -> Result<()> {
         if self.hardware_type() == HTYPE_ETHERNET
             && self.protocol_type() == PTYPE_IPV4
@@ -112,67 +112,67 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// Returns the underlying buffer.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
-    #[inline]
+    #[inline(always)]
     fn read_ipv4(&self, range: core::ops::Range<usize>) -> Ipv4Addr {
         let b = &self.buffer.as_ref()[range];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
 
     /// Hardware type (1 for Ethernet).
-    #[inline]
+    #[inline(always)]
     pub fn hardware_type(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::HTYPE.start)
     }
 
     /// Protocol type (0x0800 for IPv4).
-    #[inline]
+    #[inline(always)]
     pub fn protocol_type(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::PTYPE.start)
     }
 
     /// Hardware address length.
-    #[inline]
+    #[inline(always)]
     pub fn hardware_len(&self) -> u8 {
         self.buffer.as_ref()[field::HLEN]
     }
 
     /// Protocol address length.
-    #[inline]
+    #[inline(always)]
     pub fn protocol_len(&self) -> u8 {
         self.buffer.as_ref()[field::PLEN]
     }
 
     /// Operation.
-    #[inline]
+    #[inline(always)]
     pub fn operation(&self) -> ArpOperation {
         read_u16(self.buffer.as_ref(), field::OPER.start).into()
     }
 
     /// Sender hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn sender_hardware_addr(&self) -> Mac {
         read_mac(&self.buffer.as_ref()[field::SHA])
     }
 
     /// Sender protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn sender_protocol_addr(&self) -> Ipv4Addr {
         self.read_ipv4(field::SPA)
     }
 
     /// Target hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn target_hardware_addr(&self) -> Mac {
         read_mac(&self.buffer.as_ref()[field::THA])
     }
 
     /// Target protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn target_protocol_addr(&self) -> Ipv4Addr {
         self.read_ipv4(field::TPA)
     }
@@ -180,55 +180,55 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     /// Sets the hardware type.
-    #[inline]
+    #[inline(always)]
     pub fn set_hardware_type(&mut self, value: u16) {
         self.buffer.as_mut()[field::HTYPE].copy_from_slice(&value.to_be_bytes());
     }
 
     /// Sets the protocol type.
-    #[inline]
+    #[inline(always)]
     pub fn set_protocol_type(&mut self, value: u16) {
         self.buffer.as_mut()[field::PTYPE].copy_from_slice(&value.to_be_bytes());
     }
 
     /// Sets the hardware address length.
-    #[inline]
+    #[inline(always)]
     pub fn set_hardware_len(&mut self, value: u8) {
         self.buffer.as_mut()[field::HLEN] = value;
     }
 
     /// Sets the protocol address length.
-    #[inline]
+    #[inline(always)]
     pub fn set_protocol_len(&mut self, value: u8) {
         self.buffer.as_mut()[field::PLEN] = value;
     }
 
     /// Sets the operation.
-    #[inline]
+    #[inline(always)]
     pub fn set_operation(&mut self, value: ArpOperation) {
         self.buffer.as_mut()[field::OPER].copy_from_slice(&u16::from(value).to_be_bytes());
     }
 
     /// Sets the sender hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn set_sender_hardware_addr(&mut self, addr: Mac) {
         self.buffer.as_mut()[field::SHA].copy_from_slice(&addr);
     }
 
     /// Sets the sender protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn set_sender_protocol_addr(&mut self, addr: Ipv4Addr) {
         self.buffer.as_mut()[field::SPA].copy_from_slice(&addr.octets());
     }
 
     /// Sets the target hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn set_target_hardware_addr(&mut self, addr: Mac) {
         self.buffer.as_mut()[field::THA].copy_from_slice(&addr);
     }
 
     /// Sets the target protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn set_target_protocol_addr(&mut self, addr: Ipv4Addr) {
         self.buffer.as_mut()[field::TPA].copy_from_slice(&addr.octets());
     }
@@ -264,7 +264,7 @@ impl ArpRepr {
     }
 
     /// Length of the packet [`emit`](Self::emit) writes.
-    #[inline]
+    #[inline(always)]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

@@ -139,13 +139,13 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Wraps `buffer` without checking it; accessors panic if it is too short.
-    #[inline]
+    #[inline(always)]
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
     }
 
     /// Wraps `buffer` after [`check_len`](Self::check_len).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let frame = Self::new_unchecked(buffer);
         frame.check_len()?;
@@ -153,7 +153,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// `Truncated` if the buffer is shorter than the header.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
@@ -163,32 +163,32 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// Returns the underlying buffer.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// Destination MAC address.
-    #[inline]
+    #[inline(always)]
     pub fn dst_addr(&self) -> Mac {
         read_mac(&self.buffer.as_ref()[field::DST])
     }
 
     /// Source MAC address.
-    #[inline]
+    #[inline(always)]
     pub fn src_addr(&self) -> Mac {
         read_mac(&self.buffer.as_ref()[field::SRC])
     }
 
     /// The ethertype of the payload.
-    #[inline]
+    #[inline(always)]
     pub fn ethertype(&self) -> EtherType {
         let b = &self.buffer.as_ref()[field::ETHERTYPE];
         u16::from_be_bytes([b[0], b[1]]).into()
     }
 
     /// Bytes after the header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
@@ -196,25 +196,25 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     /// Sets the destination MAC address.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_addr(&mut self, addr: Mac) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&addr);
     }
 
     /// Sets the source MAC address.
-    #[inline]
+    #[inline(always)]
     pub fn set_src_addr(&mut self, addr: Mac) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&addr);
     }
 
     /// Sets the ethertype.
-    #[inline]
+    #[inline(always)]
     pub fn set_ethertype(&mut self, ethertype: EtherType) {
         self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&u16::from(ethertype).to_be_bytes());
     }
 
     /// Bytes after the header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
@@ -243,7 +243,7 @@ impl EthernetRepr {
     }
 
     /// Length of the header [`emit`](Self::emit) writes.
-    #[inline]
+    #[inline(always)]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

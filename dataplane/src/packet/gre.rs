@@ -48,14 +48,14 @@ pub struct GrePacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> GrePacket<T> {
     /// Wraps `buffer` without checking it; accessors panic if it is too short.
-    #[inline]
+    #[inline(always)]
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
     }
 
     /// Wraps `buffer` after [`check_len`](Self::check_len) and
     /// [`check_format`](Self::check_format).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let packet = Self::new_unchecked(buffer);
         packet.check_len()?;
@@ -64,7 +64,7 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
     }
 
     /// `Truncated` if the buffer is shorter than the header its flags announce.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < MIN_HEADER_LEN || len < self.header_len() {
@@ -76,7 +76,7 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
 
     /// `Malformed` unless version is 0 and no reserved flag is set; call after
     /// `check_len`.
-    #[inline]
+    #[inline(always)]
     pub fn check_format(&self) -> Result<()> {
         if self.flags() & (RESERVED_MASK | VERSION_MASK) != 0 {
             Err(Error::Malformed)
@@ -86,49 +86,49 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
     }
 
     /// Returns the underlying buffer.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// The raw flags and version word.
-    #[inline]
+    #[inline(always)]
     pub fn flags(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::FLAGS.start)
     }
 
     /// Whether the checksum field is present (C).
-    #[inline]
+    #[inline(always)]
     pub fn checksum_present(&self) -> bool {
         self.flags() & FLAG_C != 0
     }
 
     /// Whether the key field is present (K).
-    #[inline]
+    #[inline(always)]
     pub fn key_present(&self) -> bool {
         self.flags() & FLAG_K != 0
     }
 
     /// Whether the sequence number field is present (S).
-    #[inline]
+    #[inline(always)]
     pub fn seq_present(&self) -> bool {
         self.flags() & FLAG_S != 0
     }
 
     /// Version (0 once checked).
-    #[inline]
+    #[inline(always)]
     pub fn version(&self) -> u8 {
         (self.flags() & VERSION_MASK) as u8
     }
 
     /// Protocol type of the payload (0x6558 for Ethernet in tenet).
-    #[inline]
+    #[inline(always)]
     pub fn protocol(&self) -> EtherType {
         read_u16(self.buffer.as_ref(), field::PROTOCOL.start).into()
     }
 
     /// Header length: 4 plus 4 for each of checksum, key and sequence number present.
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         let flags = self.flags();
         MIN_HEADER_LEN
@@ -137,45 +137,54 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
                 + usize::from(flags & FLAG_S != 0))
     }
 
-    #[inline]
+    #[inline(always)]
     fn key_offset(&self) -> usize {
         field::OPTIONAL + if self.checksum_present() { 4 } else { 0 }
     }
 
-    #[inline]
+    #[inline(always)]
     fn seq_offset(&self) -> usize {
         self.key_offset() + if self.key_present() { 4 } else { 0 }
     }
 
     /// The stored checksum, if present.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> Option<u16> {
-        self.checksum_present()
-            .then(|| read_u16(self.buffer.as_ref(), field::OPTIONAL))
+        if self.checksum_present() {
+            Some(read_u16(self.buffer.as_ref(), field::OPTIONAL))
+        } else {
+            None
+        }
     }
 
     /// The key, if present.
-    #[inline]
+    #[inline(always)]
     pub fn key(&self) -> Option<u32> {
-        self.key_present()
-            .then(|| read_u32(self.buffer.as_ref(), self.key_offset()))
+        if self.key_present() {
+            Some(read_u32(self.buffer.as_ref(), self.key_offset()))
+        } else {
+            None
+        }
     }
 
     /// The sequence number, if present.
-    #[inline]
+    #[inline(always)]
     pub fn seq(&self) -> Option<u32> {
-        self.seq_present()
-            .then(|| read_u32(self.buffer.as_ref(), self.seq_offset()))
+        if self.seq_present() {
+            Some(read_u32(self.buffer.as_ref(), self.seq_offset()))
+        } else {
+            None
+        }
     }
 
     /// Whether the checksum over header and payload is correct; true when absent.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         !self.checksum_present() || checksum::checksum(self.buffer.as_ref()) == 0
     }
 
     /// Bytes after the header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
@@ -183,50 +192,50 @@ impl<T: AsRef<[u8]>> GrePacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
     /// Sets the raw flags and version word.
-    #[inline]
+    #[inline(always)]
     pub fn set_flags(&mut self, flags: u16) {
         write_u16(self.buffer.as_mut(), field::FLAGS.start, flags);
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_flag(&mut self, flag: u16, on: bool) {
         let flags = self.flags();
         self.set_flags(if on { flags | flag } else { flags & !flag });
     }
 
     /// Sets C; moves no bytes, so set flags before writing optional fields.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum_present(&mut self, on: bool) {
         self.set_flag(FLAG_C, on);
     }
 
     /// Sets K; moves no bytes, so set flags before writing optional fields.
-    #[inline]
+    #[inline(always)]
     pub fn set_key_present(&mut self, on: bool) {
         self.set_flag(FLAG_K, on);
     }
 
     /// Sets S; moves no bytes, so set flags before writing optional fields.
-    #[inline]
+    #[inline(always)]
     pub fn set_seq_present(&mut self, on: bool) {
         self.set_flag(FLAG_S, on);
     }
 
     /// Sets the version (low 3 bits).
-    #[inline]
+    #[inline(always)]
     pub fn set_version(&mut self, version: u8) {
         let flags = (self.flags() & !VERSION_MASK) | (u16::from(version) & VERSION_MASK);
         self.set_flags(flags);
     }
 
     /// Sets the protocol type.
-    #[inline]
+    #[inline(always)]
     pub fn set_protocol(&mut self, protocol: EtherType) {
         write_u16(self.buffer.as_mut(), field::PROTOCOL.start, protocol.into());
     }
 
     /// Stores `value` as the checksum (and zeroes reserved1); no-op unless C is set.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u16) {
         debug_assert!(self.checksum_present());
         if self.checksum_present() {
@@ -236,7 +245,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
     }
 
     /// Stores the key; no-op unless K is set.
-    #[inline]
+    #[inline(always)]
     pub fn set_key(&mut self, key: u32) {
         debug_assert!(self.key_present());
         if self.key_present() {
@@ -246,7 +255,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
     }
 
     /// Stores the sequence number; no-op unless S is set.
-    #[inline]
+    #[inline(always)]
     pub fn set_seq(&mut self, seq: u32) {
         debug_assert!(self.seq_present());
         if self.seq_present() {
@@ -257,7 +266,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
 
     /// Computes the checksum over header and payload and stores it; no-op unless C is
     /// set. Call once the payload is in place.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         if self.checksum_present() {
             self.set_checksum(0);
@@ -267,7 +276,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GrePacket<T> {
     }
 
     /// Bytes after the header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let header_len = self.header_len();
         &mut self.buffer.as_mut()[header_len..]
@@ -301,7 +310,7 @@ impl GreRepr {
     }
 
     /// Length of the header [`emit`](Self::emit) writes.
-    #[inline]
+    #[inline(always)]
     pub const fn buffer_len(&self) -> usize {
         MIN_HEADER_LEN
             + 4 * (self.checksum as usize

@@ -72,13 +72,13 @@ pub struct Icmpv4Packet<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     /// Wraps `buffer` without checking it; accessors panic if it is too short.
-    #[inline]
+    #[inline(always)]
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
     }
 
     /// Wraps `buffer` after [`check_len`](Self::check_len).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let packet = Self::new_unchecked(buffer);
         packet.check_len()?;
@@ -86,7 +86,7 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     }
 
     /// `Truncated` if the buffer is shorter than the header.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
@@ -96,56 +96,56 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     }
 
     /// Returns the underlying buffer.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// Message type.
-    #[inline]
+    #[inline(always)]
     pub fn msg_type(&self) -> Icmpv4Message {
         self.buffer.as_ref()[field::TYPE].into()
     }
 
     /// Message code.
-    #[inline]
+    #[inline(always)]
     pub fn msg_code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
     /// Checksum as stored.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Echo identifier (meaningful for echo request and reply).
-    #[inline]
+    #[inline(always)]
     pub fn echo_ident(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ECHO_IDENT.start)
     }
 
     /// Echo sequence number (meaningful for echo request and reply).
-    #[inline]
+    #[inline(always)]
     pub fn echo_seq_no(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ECHO_SEQNO.start)
     }
 
     /// The last 4 header bytes as one word, whatever the type.
-    #[inline]
+    #[inline(always)]
     pub fn rest_of_header(&self) -> u32 {
         let b = &self.buffer.as_ref()[field::REST];
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])
     }
 
     /// Whether the checksum over the whole message is correct.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum::checksum(self.buffer.as_ref()) == 0
     }
 
     /// Bytes after the 8-byte header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
@@ -153,43 +153,43 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
     /// Sets the message type.
-    #[inline]
+    #[inline(always)]
     pub fn set_msg_type(&mut self, value: Icmpv4Message) {
         self.buffer.as_mut()[field::TYPE] = value.into();
     }
 
     /// Sets the message code.
-    #[inline]
+    #[inline(always)]
     pub fn set_msg_code(&mut self, value: u8) {
         self.buffer.as_mut()[field::CODE] = value;
     }
 
     /// Sets the stored checksum.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM.start, value);
     }
 
     /// Sets the echo identifier.
-    #[inline]
+    #[inline(always)]
     pub fn set_echo_ident(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::ECHO_IDENT.start, value);
     }
 
     /// Sets the echo sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn set_echo_seq_no(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::ECHO_SEQNO.start, value);
     }
 
     /// Sets the last 4 header bytes as one word.
-    #[inline]
+    #[inline(always)]
     pub fn set_rest_of_header(&mut self, value: u32) {
         self.buffer.as_mut()[field::REST].copy_from_slice(&value.to_be_bytes());
     }
 
     /// Computes the checksum over the whole message and stores it.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let sum = checksum::checksum(self.buffer.as_ref());
@@ -197,7 +197,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
     }
 
     /// Bytes after the 8-byte header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
@@ -216,7 +216,7 @@ pub struct Icmpv4Repr {
 
 impl Icmpv4Repr {
     /// An echo request or reply header.
-    #[inline]
+    #[inline(always)]
     pub const fn echo(msg_type: Icmpv4Message, ident: u16, seq_no: u16) -> Self {
         Self {
             msg_type,
@@ -241,7 +241,7 @@ impl Icmpv4Repr {
 
     /// Destination unreachable, fragmentation needed and DF set (code 4), with the next
     /// hop's MTU in the low half of the rest of the header (RFC 1191 section 4).
-    #[inline]
+    #[inline(always)]
     pub const fn fragmentation_needed(next_hop_mtu: u16) -> Self {
         Self {
             msg_type: Icmpv4Message::DstUnreachable,
@@ -261,7 +261,7 @@ impl Icmpv4Repr {
     }
 
     /// Length of the header [`emit`](Self::emit) writes.
-    #[inline]
+    #[inline(always)]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

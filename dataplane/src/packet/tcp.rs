@@ -60,13 +60,13 @@ pub struct TcpPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Wraps `buffer` without checking it; accessors panic if it is too short.
-    #[inline]
+    #[inline(always)]
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
     }
 
     /// Wraps `buffer` after [`check_len`](Self::check_len).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let packet = Self::new_unchecked(buffer);
         packet.check_len()?;
@@ -75,7 +75,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     /// `Truncated` if the buffer is shorter than 20 bytes or than `header_len`;
     /// `Malformed` if the data offset is below 5.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < MIN_HEADER_LEN {
@@ -92,121 +92,121 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Returns the underlying buffer.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
     /// Sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn seq_number(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::SEQ_NUM.start)
     }
 
     /// Acknowledgment number (meaningful when ACK is set).
-    #[inline]
+    #[inline(always)]
     pub fn ack_number(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::ACK_NUM.start)
     }
 
     /// Header length in bytes (data offset × 4), options included.
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::FLAGS.start] >> 4) * 4
     }
 
     /// All nine flag bits (see the `FLAG_*` constants).
-    #[inline]
+    #[inline(always)]
     pub fn flags(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::FLAGS.start) & FLAGS_MASK
     }
 
     /// FIN flag.
-    #[inline]
+    #[inline(always)]
     pub fn fin(&self) -> bool {
         self.flags() & FLAG_FIN != 0
     }
 
     /// SYN flag.
-    #[inline]
+    #[inline(always)]
     pub fn syn(&self) -> bool {
         self.flags() & FLAG_SYN != 0
     }
 
     /// RST flag.
-    #[inline]
+    #[inline(always)]
     pub fn rst(&self) -> bool {
         self.flags() & FLAG_RST != 0
     }
 
     /// PSH flag.
-    #[inline]
+    #[inline(always)]
     pub fn psh(&self) -> bool {
         self.flags() & FLAG_PSH != 0
     }
 
     /// ACK flag.
-    #[inline]
+    #[inline(always)]
     pub fn ack(&self) -> bool {
         self.flags() & FLAG_ACK != 0
     }
 
     /// URG flag.
-    #[inline]
+    #[inline(always)]
     pub fn urg(&self) -> bool {
         self.flags() & FLAG_URG != 0
     }
 
     /// ECE flag.
-    #[inline]
+    #[inline(always)]
     pub fn ece(&self) -> bool {
         self.flags() & FLAG_ECE != 0
     }
 
     /// CWR flag.
-    #[inline]
+    #[inline(always)]
     pub fn cwr(&self) -> bool {
         self.flags() & FLAG_CWR != 0
     }
 
     /// Window size (unscaled).
-    #[inline]
+    #[inline(always)]
     pub fn window_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::WIN_SIZE.start)
     }
 
     /// Checksum as stored.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Urgent pointer.
-    #[inline]
+    #[inline(always)]
     pub fn urgent_at(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::URGENT.start)
     }
 
     /// Option bytes between the fixed header and `header_len`.
-    #[inline]
+    #[inline(always)]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[MIN_HEADER_LEN..self.header_len()]
     }
 
     /// Partial sum of pseudo-header and segment, for verify and fill.
-    #[inline]
+    #[inline(always)]
     fn full_sum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u32 {
         let data = self.buffer.as_ref();
         // Segments never exceed an IPv4 payload; clamp rather than wrap if misused.
@@ -215,13 +215,13 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Whether the checksum over pseudo-header and the whole buffer is correct.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
         checksum::fold(self.full_sum(src, dst)) == 0xffff
     }
 
     /// Bytes after the header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
@@ -230,7 +230,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Puts `port` in the source (`source`) or destination port; returns the port it
     /// replaced (what a NAT rewrite patches the checksum with).
-    #[inline]
+    #[inline(always)]
     pub fn replace_port(&mut self, source: bool, port: u16) -> u16 {
         let range = if source {
             field::SRC_PORT
@@ -243,38 +243,38 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     }
 
     /// Sets the source port.
-    #[inline]
+    #[inline(always)]
     pub fn set_src_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::SRC_PORT.start, value);
     }
 
     /// Sets the destination port.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::DST_PORT.start, value);
     }
 
     /// Sets the sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn set_seq_number(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::SEQ_NUM.start, value);
     }
 
     /// Sets the acknowledgment number.
-    #[inline]
+    #[inline(always)]
     pub fn set_ack_number(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::ACK_NUM.start, value);
     }
 
     /// Sets the header length in bytes (stored as `len / 4`; must be ≤ 60).
-    #[inline]
+    #[inline(always)]
     pub fn set_header_len(&mut self, len: usize) {
         let b = &mut self.buffer.as_mut()[field::FLAGS.start];
         *b = (*b & 0x0f) | (((len / 4) as u8) << 4);
     }
 
     /// Sets all nine flag bits, keeping the data offset (reserved bits cleared).
-    #[inline]
+    #[inline(always)]
     pub fn set_flags(&mut self, flags: u16) {
         let raw = read_u16(self.buffer.as_ref(), field::FLAGS.start);
         write_u16(
@@ -284,62 +284,62 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         );
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_flag(&mut self, flag: u16, on: bool) {
         let flags = self.flags();
         self.set_flags(if on { flags | flag } else { flags & !flag });
     }
 
     /// Sets FIN.
-    #[inline]
+    #[inline(always)]
     pub fn set_fin(&mut self, on: bool) {
         self.set_flag(FLAG_FIN, on);
     }
 
     /// Sets SYN.
-    #[inline]
+    #[inline(always)]
     pub fn set_syn(&mut self, on: bool) {
         self.set_flag(FLAG_SYN, on);
     }
 
     /// Sets RST.
-    #[inline]
+    #[inline(always)]
     pub fn set_rst(&mut self, on: bool) {
         self.set_flag(FLAG_RST, on);
     }
 
     /// Sets PSH.
-    #[inline]
+    #[inline(always)]
     pub fn set_psh(&mut self, on: bool) {
         self.set_flag(FLAG_PSH, on);
     }
 
     /// Sets ACK.
-    #[inline]
+    #[inline(always)]
     pub fn set_ack(&mut self, on: bool) {
         self.set_flag(FLAG_ACK, on);
     }
 
     /// Sets the window size.
-    #[inline]
+    #[inline(always)]
     pub fn set_window_len(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::WIN_SIZE.start, value);
     }
 
     /// Sets the stored checksum.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM.start, value);
     }
 
     /// Sets the urgent pointer.
-    #[inline]
+    #[inline(always)]
     pub fn set_urgent_at(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::URGENT.start, value);
     }
 
     /// Computes and stores the checksum over pseudo-header and the whole buffer.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
         let sum = !checksum::fold(self.full_sum(src, dst));
@@ -347,14 +347,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     }
 
     /// Option bytes, writable.
-    #[inline]
+    #[inline(always)]
     pub fn options_mut(&mut self) -> &mut [u8] {
         let header_len = self.header_len();
         &mut self.buffer.as_mut()[MIN_HEADER_LEN..header_len]
     }
 
     /// Bytes after the header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let header_len = self.header_len();
         &mut self.buffer.as_mut()[header_len..]
@@ -398,7 +398,7 @@ impl TcpRepr {
     }
 
     /// Length of the header [`emit`](Self::emit) writes.
-    #[inline]
+    #[inline(always)]
     pub const fn buffer_len(&self) -> usize {
         MIN_HEADER_LEN
     }

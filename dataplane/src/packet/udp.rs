@@ -34,13 +34,13 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
     /// Wraps `buffer` without checking it; accessors panic if it is too short.
-    #[inline]
+    #[inline(always)]
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
     }
 
     /// Wraps `buffer` after [`check_len`](Self::check_len).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let packet = Self::new_unchecked(buffer);
         packet.check_len()?;
@@ -49,7 +49,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
     /// `Truncated` if the buffer is shorter than the header or than `len`;
     /// `Malformed` if `len` is below 8.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         let buffer_len = self.buffer.as_ref().len();
         if buffer_len < HEADER_LEN {
@@ -66,38 +66,38 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Returns the underlying buffer.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
     /// Length of header and payload, as the header declares it.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH.start)
     }
 
     /// Checksum as stored (0: none).
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Whether the checksum is correct for these IPv4 addresses; true when it is 0.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
         if self.checksum() == 0 {
             return true;
@@ -110,7 +110,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Bytes from the end of the header to `len`.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..usize::from(self.len())]
     }
@@ -119,7 +119,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     /// Puts `port` in the source (`source`) or destination port; returns the port it
     /// replaced (what a NAT rewrite patches the checksum with).
-    #[inline]
+    #[inline(always)]
     pub fn replace_port(&mut self, source: bool, port: u16) -> u16 {
         let range = if source {
             field::SRC_PORT
@@ -132,32 +132,32 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     }
 
     /// Sets the source port.
-    #[inline]
+    #[inline(always)]
     pub fn set_src_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::SRC_PORT.start, value);
     }
 
     /// Sets the destination port.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::DST_PORT.start, value);
     }
 
     /// Sets the length field.
-    #[inline]
+    #[inline(always)]
     pub fn set_len(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::LENGTH.start, value);
     }
 
     /// Sets the stored checksum.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM.start, value);
     }
 
     /// Computes and stores the checksum over the first `len` bytes and the
     /// pseudo-header; a result of 0 is stored as 0xffff.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
         let len = self.len();
@@ -169,7 +169,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     }
 
     /// Bytes from the end of the header to `len`, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let len = usize::from(self.len());
         &mut self.buffer.as_mut()[HEADER_LEN..len]
@@ -199,7 +199,7 @@ impl UdpRepr {
     }
 
     /// Length of the header [`emit`](Self::emit) writes.
-    #[inline]
+    #[inline(always)]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

@@ -41,13 +41,13 @@ pub struct VlanTag<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> VlanTag<T> {
     /// Wraps `buffer` without checking it; accessors panic if it is too short.
-    #[inline]
+    #[inline(always)]
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
     }
 
     /// Wraps `buffer` after [`check_len`](Self::check_len).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let tag = Self::new_unchecked(buffer);
         tag.check_len()?;
@@ -55,7 +55,7 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
     }
 
     /// `Truncated` if the buffer is shorter than the tag.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
@@ -65,45 +65,45 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
     }
 
     /// Returns the underlying buffer.
-    #[inline]
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// The whole tag control information word.
-    #[inline]
+    #[inline(always)]
     pub fn tci(&self) -> u16 {
         let b = &self.buffer.as_ref()[field::TCI];
         u16::from_be_bytes([b[0], b[1]])
     }
 
     /// VLAN id (low 12 bits of the TCI).
-    #[inline]
+    #[inline(always)]
     pub fn vid(&self) -> u16 {
         self.tci() & VID_MASK
     }
 
     /// Priority code point (top 3 bits of the TCI).
-    #[inline]
+    #[inline(always)]
     pub fn pcp(&self) -> u8 {
         (self.tci() >> PCP_SHIFT) as u8
     }
 
     /// Drop eligible indicator.
-    #[inline]
+    #[inline(always)]
     pub fn dei(&self) -> bool {
         self.tci() & DEI_BIT != 0
     }
 
     /// Ethertype of what follows the tag.
-    #[inline]
+    #[inline(always)]
     pub fn ethertype(&self) -> EtherType {
         let b = &self.buffer.as_ref()[field::ETHERTYPE];
         u16::from_be_bytes([b[0], b[1]]).into()
     }
 
     /// Bytes after the tag.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
@@ -111,27 +111,27 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> VlanTag<T> {
     /// Sets the whole tag control information word.
-    #[inline]
+    #[inline(always)]
     pub fn set_tci(&mut self, tci: u16) {
         self.buffer.as_mut()[field::TCI].copy_from_slice(&tci.to_be_bytes());
     }
 
     /// Sets the VLAN id (only its low 12 bits are used), keeping PCP and DEI.
-    #[inline]
+    #[inline(always)]
     pub fn set_vid(&mut self, vid: u16) {
         let tci = (self.tci() & !VID_MASK) | (vid & VID_MASK);
         self.set_tci(tci);
     }
 
     /// Sets the priority code point (only its low 3 bits are used).
-    #[inline]
+    #[inline(always)]
     pub fn set_pcp(&mut self, pcp: u8) {
         let tci = (self.tci() & !(0x7 << PCP_SHIFT)) | (u16::from(pcp & 0x7) << PCP_SHIFT);
         self.set_tci(tci);
     }
 
     /// Sets the drop eligible indicator.
-    #[inline]
+    #[inline(always)]
     pub fn set_dei(&mut self, dei: bool) {
         let tci = if dei {
             self.tci() | DEI_BIT
@@ -142,13 +142,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VlanTag<T> {
     }
 
     /// Sets the inner ethertype.
-    #[inline]
+    #[inline(always)]
     pub fn set_ethertype(&mut self, ethertype: EtherType) {
         self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&u16::from(ethertype).to_be_bytes());
     }
 
     /// Bytes after the tag, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
@@ -180,7 +180,7 @@ impl VlanRepr {
     }
 
     /// Length of the tag [`emit`](Self::emit) writes.
-    #[inline]
+    #[inline(always)]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
