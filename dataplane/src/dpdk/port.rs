@@ -266,10 +266,12 @@ impl Port {
         if rss_types != 0 {
             rss::request(&mut conf, rss_types);
         } else if queues > 1 {
-            tracing::warn!(
+            // A vhost-user guest or a kernel socket picks its queues itself; a NIC
+            // without RSS delivers everything to queue 0.
+            tracing::info!(
                 port = %self.name,
                 queues,
-                "the device has no receive-side scaling: all it receives arrives on queue 0"
+                "no receive-side scaling to set up: the device decides each packet's queue"
             );
         }
         // What ethdev's TSO request needs of a device: segmentation and both checksums.
