@@ -216,6 +216,18 @@ impl Server {
         }
     }
 
+    /// `GET /metrics` alone on plain TCP (`[control] metrics_listen`): what a Prometheus
+    /// scraper needs, without credentials, and nothing that reads more or changes.
+    pub async fn serve_metrics(self, listener: tokio::net::TcpListener) {
+        loop {
+            let permit = self.permit().await;
+            match listener.accept().await {
+                Ok((stream, _)) => self.serve_connection(stream, permit, Listener::Metrics),
+                Err(e) => tracing::warn!(error = %e, "metrics accept failed"),
+            }
+        }
+    }
+
     async fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
         Arc::clone(&self.slots)
             .acquire_owned()
@@ -227,9 +239,21 @@ impl Server {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_connection(stream, permit, Listener::Api);
+    }
+
+    fn serve_connection<S>(
+        &self,
+        stream: S,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        listener: Listener,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let calls = self.calls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, calls.clone()));
+            let service =
+                hyper::service::service_fn(move |req| handle(req, calls.clone(), listener));
             let serving = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(READ_TIME)
@@ -323,12 +347,28 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Which listener a connection came through: the API takes every request, the metrics
+/// listener only `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Api,
+    Metrics,
+}
+
 async fn handle(
     req: Request<Incoming>,
     calls: mpsc::Sender<Call>,
+    listener: Listener,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if listener == Listener::Metrics && !(method == Method::GET && path == "/metrics") {
+        return Ok(respond(Reply::error(
+            404,
+            "path",
+            &format!("the metrics listener serves GET /metrics only, not {method} {path}"),
+        )));
+    }
     let reply = match read_body(req).await {
         Ok(body) => answer(&method, &path, &body, &calls).await,
         Err(refused) => refused,

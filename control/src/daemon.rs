@@ -238,6 +238,20 @@ async fn wait_for_stop(
         }
         None => None,
     };
+    // A scraper's port taken by something else costs the metrics, not the switch.
+    let metrics = match controller.config().metrics_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "metrics listening (GET /metrics only)");
+                Some(tokio::spawn(api.clone().serve_metrics(listener)))
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "metrics listener not started: control.metrics_listen");
+                None
+            }
+        },
+        None => None,
+    };
     let server = tokio::spawn(api.serve(listener));
     tracing::info!(socket = %api_socket.display(), "API listening");
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -304,8 +318,8 @@ async fn wait_for_stop(
         }
     }
     server.abort();
-    if let Some(tcp) = tcp {
-        tcp.abort();
+    for listener in [tcp, metrics].into_iter().flatten() {
+        listener.abort();
     }
     Ok(())
 }

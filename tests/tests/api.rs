@@ -15,6 +15,79 @@ fn http_get(socket: &Path, path: &str) -> String {
     http(socket, "GET", path, "").text()
 }
 
+/// One HTTP/1.1 request over plain TCP; the whole response.
+fn plain_http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: tenet\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Prometheus' text exposition format, as its parser reads it: every sample line is
+/// `name{labels} value` of a family announced by `# TYPE`, names in the metric
+/// alphabet, counters ending in `_total`, values numbers.
+fn check_exposition(text: &str) {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let mut types = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(name_ok(name), "{line}");
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            if kind == "counter" {
+                assert!(
+                    name.ends_with("_total"),
+                    "a counter not named _total: {line}"
+                );
+            }
+            types.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with('#') {
+            assert!(line.starts_with("# HELP "), "{line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            types.contains_key(name),
+            "a sample of no announced family: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split(',') {
+                    let (label, quoted) = pair.split_once('=').unwrap();
+                    assert!(
+                        name_ok(label) && quoted.starts_with('"') && quoted.ends_with('"'),
+                        "{line}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(!types.is_empty(), "no families: {text}");
+}
+
 fn refused(socket: &Path, args: &[&str], must_say: &str) {
     let out = tenetctl(socket, args);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -72,7 +145,16 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
         Link::new(&ns2, None).unwrap(),
     );
     let prefix = unique("api");
-    let text = config(dir.path(), &prefix, &l1.host, &l2.host);
+    // A free port for the read-only metrics listener (taken back just before tenetd
+    // binds it).
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = config(dir.path(), &prefix, &l1.host, &l2.host).replace(
+        "[control]\n",
+        &format!("[control]\nmetrics_listen = \"{metrics_addr}\"\n"),
+    );
     let mut tenetd = Tenetd::start(&text, &[]).unwrap();
     tenetd.wait_ready(Duration::from_secs(30)).unwrap();
     tenetd
@@ -232,6 +314,25 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
         metrics.contains("tenet_drops_total{core=\"1\",reason=\"tagged-on-access\"}"),
         "{metrics}"
     );
+    // The same on the metrics listener, in Prometheus' text format, with no
+    // credentials; it takes nothing else.
+    let scraped = plain_http(metrics_addr, "GET", "/metrics", "");
+    let (status, body) = scraped.split_once("\r\n\r\n").unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{scraped}");
+    check_exposition(body);
+    assert!(
+        body.contains("tenet_core_spread_total{core=\"1\"}"),
+        "{body}"
+    );
+    let write = plain_http(
+        metrics_addr,
+        "POST",
+        "/v1/tenants",
+        r#"{"name":"scraped","id":901}"#,
+    );
+    assert!(write.starts_with("HTTP/1.1 404"), "{write}");
+    assert!(plain_http(metrics_addr, "GET", "/v1/tenants", "").starts_with("HTTP/1.1 404"));
+    assert!(!ok(&socket, &["tenant", "list"]).contains("scraped"));
 
     // Capture c2 while traffic flows: what c2 transmits lands in a pcap, traffic goes on.
     let pcap = dir.path().join("c2.pcap");

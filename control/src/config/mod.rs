@@ -165,6 +165,9 @@ pub struct ControlSection {
     /// root-only, a TCP port is reachable by anyone who can route to it). Only with
     /// TLS and client certificates: `api_tls_cert`, `api_tls_key` and `api_client_ca`.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// Serve `GET /metrics` (Prometheus text) on this TCP address, plain HTTP and
+    /// nothing else: a scraper needs no credentials and can change nothing.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// PEM certificate chain the TCP API presents.
     pub api_tls_cert: Option<PathBuf>,
     /// PEM private key of `api_tls_cert`.
@@ -214,6 +217,7 @@ impl Default for ControlSection {
             api_socket: PathBuf::from("/run/tenet/tenetd.sock"),
             state_file: None,
             api_listen: None,
+            metrics_listen: None,
             api_tls_cert: None,
             api_tls_key: None,
             api_client_ca: None,
@@ -426,6 +430,8 @@ pub struct Validated {
     pub api_socket: PathBuf,
     /// Optional TCP address of the API.
     pub api_tcp: Option<TcpApi>,
+    /// Optional TCP address of the read-only metrics listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where files named through the API must lie.
     pub files_dir: PathBuf,
     /// State file path, `None` when nothing persists. With etcd keeping the state, the
@@ -539,6 +545,7 @@ impl Config {
             gateway,
             api_socket: self.control.api_socket.clone(),
             api_tcp: self.tcp_api()?,
+            metrics_listen: self.control.metrics_listen,
             files_dir: self.control.files_dir.clone(),
             etcd: self.etcd_plan()?,
             state_file: self.state_file(),
