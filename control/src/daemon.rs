@@ -226,7 +226,7 @@ async fn wait_for_stop(
     use tokio::signal::unix::{signal, SignalKind};
     let listener = api::bind(api_socket)?;
     let (calls_tx, mut calls) = tokio::sync::mpsc::channel::<api::Call>(64);
-    let api = api::Server::new(calls_tx);
+    let api = api::Server::new(calls_tx.clone());
     let tcp = match controller.config().api_tcp.clone() {
         Some(tcp) => {
             let tls = api::tls_acceptor(&tcp.cert, &tcp.key, &tcp.client_ca)?;
@@ -243,7 +243,10 @@ async fn wait_for_stop(
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(%addr, "metrics listening (GET /metrics only)");
-                Some(tokio::spawn(api.clone().serve_metrics(listener)))
+                // Its own connection budget: scrapers, who need no credentials, cannot
+                // take the API's connections away from root.
+                let scrapers = api::Server::new(calls_tx.clone());
+                Some(tokio::spawn(scrapers.serve_metrics(listener)))
             }
             Err(e) => {
                 tracing::error!(%addr, error = %e, "metrics listener not started: control.metrics_listen");
