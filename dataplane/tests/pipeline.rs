@@ -11,6 +11,7 @@ use dataplane::pipeline::events::Event;
 use dataplane::pipeline::offline::{Collect, Offline};
 use dataplane::pipeline::stage::HANDOFF_PORT;
 use dataplane::table::builder::TablesBuilder;
+use dataplane::table::routing::{Interface, Router};
 use dataplane::table::{Design, FlowTables, Location};
 use frames::{gre_encapsulated, tagged};
 
@@ -134,6 +135,69 @@ fn trunk_to_access_pops_the_tag() {
     let r = run(&t, TRUNK, &tagged(&eth(C2, [2, 0, 0, 0, 0x0d, 1]), 200));
     let ports: Vec<u16> = r.out.iter().map(|(p, _)| *p).collect();
     assert_eq!(ports, vec![ACCESS_B, UPLINK]);
+}
+
+/// A frame between two trunks keeps its tag, rewritten (PCP cleared, as a pop and a
+/// push leave it); back out of the trunk it came from is a hairpin.
+#[test]
+fn trunk_to_trunk_rewrites_the_tag_in_place() {
+    const TRUNK2: u16 = 5;
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, Some(100));
+    b.trunk_port(TRUNK, &[a]);
+    b.trunk_port(TRUNK2, &[a]);
+    b.static_mac(a, C2, Location::Port(TRUNK2));
+    b.static_mac(a, C1, Location::Port(TRUNK));
+    let t = b.build();
+    let sender = [2, 0, 0, 0, 0x0d, 1];
+    let frame = eth(C2, sender);
+    let mut with_priority = tagged(&frame, 100);
+    with_priority[14] |= 5 << 5;
+    let r = run(&t, TRUNK, &with_priority);
+    assert_eq!(r.out, vec![(TRUNK2, tagged(&frame, 100))]);
+    let r = run(&t, TRUNK, &tagged(&eth(C1, sender), 100));
+    assert!(r.out.is_empty());
+    assert_eq!(r.dropped(DropReason::Hairpin), 1);
+}
+
+/// The router's ARP check reads the ethertype behind a trunk frame's tag: a tagged
+/// request for the gateway is answered, tagged, out of the trunk.
+#[test]
+fn a_tagged_arp_for_the_gateway_is_answered_out_of_the_trunk() {
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, Some(100));
+    b.trunk_port(TRUNK, &[a]);
+    let gateway = Ipv4Addr::new(10, 1, 0, 1);
+    let router_mac = [2, 0, 0, 0, 0x0e, 1];
+    b.router(
+        a,
+        Router {
+            mac: router_mac,
+            interfaces: vec![Interface {
+                ip: gateway,
+                prefix: 24,
+            }],
+            here: true,
+            snat_ip: None,
+            route_lengths: 0,
+            max_connections: 100,
+        },
+        Location::Router,
+    );
+    let t = b.build();
+    let asker_ip = Ipv4Addr::new(10, 1, 0, 5);
+    let request = arp::request_frame(C1, asker_ip, gateway);
+    let r = run(&t, TRUNK, &tagged(&request, 100));
+    assert_eq!(r.out.len(), 1, "answered: {:?}", r.out);
+    let (port, reply) = &r.out[0];
+    assert_eq!(*port, TRUNK);
+    assert_eq!(
+        &reply[12..16],
+        &[0x81, 0x00, 0, 100],
+        "tagged with the tenant's VLAN"
+    );
+    assert_eq!(&reply[24..26], &[0, 2], "ARP reply");
+    assert_eq!(&reply[26..32], &router_mac, "sender MAC = router");
 }
 
 #[test]

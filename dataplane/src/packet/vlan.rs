@@ -223,6 +223,15 @@ pub fn push_tag<F: Frame>(frame: &mut F, vid: u16) -> bool {
     true
 }
 
+/// Sets the 802.1Q tag after the MACs of `frame` (the caller checked it is there) to
+/// `vid` with PCP 0, as [`pop_tag`] and [`push_tag`] would leave it, without moving
+/// the MACs twice.
+#[inline(always)]
+pub fn retag<F: Frame>(frame: &mut F, vid: u16) {
+    let data = frame.data_mut();
+    data[MACS_LEN + 2..MACS_LEN + 4].copy_from_slice(&(vid & VID_MASK).to_be_bytes());
+}
+
 /// Removes the 802.1Q tag after the MACs of `frame` (the caller checked it is there).
 #[inline(always)]
 pub fn pop_tag<F: Frame>(frame: &mut F) {

@@ -77,20 +77,15 @@ fn check_port_security(rules: &PortSecurity, eth: &EthernetFrame<&[u8]>) -> Resu
 pub(super) fn from_trunk<F: Frame, T: Trace>(
     tables: &FlowTables,
     in_port: u16,
-    frame: &mut F,
+    frame: &F,
     cx: &mut Context<'_, T>,
 ) -> Classified {
     let tenant = match tagged_tenant(frame.data(), |vid| tables.trunk_tenant(in_port, vid)) {
         Ok(tenant) => tenant,
         Err(reason) => return cx.stop(reason),
     };
-    note!(
-        cx,
-        "trunk: VLAN tag removed, tenant {}",
-        tenant_id(tables, tenant)
-    );
-    vlan::pop_tag(frame);
-    Classified::Switch(tenant, Ingress::Port(in_port))
+    note!(cx, "trunk: VLAN tenant {}", tenant_id(tables, tenant));
+    Classified::SwitchTagged(tenant, Ingress::Port(in_port))
 }
 
 /// The tenant a frame from trunk `in_port` will be switched in if its tag is valid,

@@ -6,14 +6,14 @@
 //! decide about a frame the dispatcher keeps, so their verdicts stay in registers.
 
 use crate::counters::DropReason;
-use crate::packet::ethernet;
 use crate::packet::frame::Frame;
+use crate::packet::{ethernet, vlan};
 use crate::table::{FlowTables, PortRole, TenantIdx};
 
-use super::fdb_cache::Unresolved;
+use super::fdb_cache::{Out, Unresolved};
 use super::stage::{
-    Classified, Context, CoreState, Exit, Sink, Switched, Trace, CONTROL_PORT, HANDOFF_PORT,
-    UNDERLAY_PORT,
+    Classified, Context, CoreState, Exit, Ingress, Sink, Switched, Trace, CONTROL_PORT,
+    HANDOFF_PORT, UNDERLAY_PORT,
 };
 use super::{classify, output, router, switch};
 
@@ -120,8 +120,8 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
             access_burst(tables, in_port, tenant, security, frames, sink, cx)
         }
         PortRole::Trunk => {
-            for mut frame in frames {
-                let classified = classify::from_trunk(tables, in_port, &mut frame, cx);
+            for frame in frames {
+                let classified = classify::from_trunk(tables, in_port, &frame, cx);
                 run(tables, frame, classified, sink, cx);
             }
         }
@@ -223,27 +223,25 @@ pub fn release<F: Frame, S: Sink<F>, T: Trace>(
 #[inline(always)]
 fn run<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,
-    frame: F,
+    mut frame: F,
     classified: Classified,
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
     match classified {
         Classified::Switch(tenant, ingress) => {
-            match switch::switch(tables, tenant, ingress, &frame, cx) {
-                Switched::Output(out) => {
-                    output::output(tables, tenant, ingress, out, frame, sink, cx)
-                }
-                Switched::Route => {
-                    let exit = router::route(tables, tenant, ingress, frame, cx);
-                    leave(tables, exit, sink, cx);
-                }
-                Switched::GatewayArp => {
-                    let exit = router::gateway_arp(tables, tenant, ingress, frame, cx);
-                    leave(tables, exit, sink, cx);
-                }
-                Switched::Done => {}
+            let switched = switch::switch(tables, tenant, ingress, &frame, 0, cx);
+            switched_way(tables, tenant, ingress, switched, frame, sink, cx);
+        }
+        Classified::SwitchTagged(tenant, ingress) => {
+            let switched = switch::switch(tables, tenant, ingress, &frame, vlan::HEADER_LEN, cx);
+            if let Switched::Output(Out::TaggedPort(port, vid)) = switched {
+                note!(cx, "VLAN tag rewritten to {vid}");
+                return output::retagged(ingress, port, vid, frame, sink, cx);
             }
+            note!(cx, "VLAN tag removed");
+            vlan::pop_tag(&mut frame);
+            switched_way(tables, tenant, ingress, switched, frame, sink, cx);
         }
         Classified::FromOutside => {
             let exit = router::from_outside(tables, frame, cx);
@@ -251,6 +249,31 @@ fn run<F: Frame, S: Sink<F>, T: Trace>(
         }
         Classified::Send(port) => sink.send(port, frame),
         Classified::Done => {}
+    }
+}
+
+/// The way after the switch: the output stage or the router.
+#[inline(always)]
+fn switched_way<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    tenant: TenantIdx,
+    ingress: Ingress,
+    switched: Switched,
+    frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    match switched {
+        Switched::Output(out) => output::output(tables, tenant, ingress, out, frame, sink, cx),
+        Switched::Route => {
+            let exit = router::route(tables, tenant, ingress, frame, cx);
+            leave(tables, exit, sink, cx);
+        }
+        Switched::GatewayArp => {
+            let exit = router::gateway_arp(tables, tenant, ingress, frame, cx);
+            leave(tables, exit, sink, cx);
+        }
+        Switched::Done => {}
     }
 }
 

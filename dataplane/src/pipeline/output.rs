@@ -57,6 +57,24 @@ pub(crate) fn output<F: Frame, S: Sink<F>, T: Trace>(
     }
 }
 
+/// A frame from a trunk that leaves through trunk `port` as `vid`: its tag, still on,
+/// is rewritten in place.
+#[inline(always)]
+pub(crate) fn retagged<F: Frame, S: Sink<F>, T: Trace>(
+    ingress: Ingress,
+    port: u16,
+    vid: u16,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    if ingress == Ingress::Port(port) {
+        return cx.drop(DropReason::Hairpin);
+    }
+    vlan::retag(&mut frame, vid);
+    sink.send(port, frame);
+}
+
 /// Back where a frame came from (a port, tagged if a trunk, or its tunnel).
 pub(crate) fn to_ingress<F: Frame, S: Sink<F>, T: Trace>(
     tables: &FlowTables,

@@ -46,6 +46,10 @@ pub(crate) enum Exit<F> {
 pub(crate) enum Classified {
     /// Inside `tenant`: learn the source, look up the destination (the switch).
     Switch(TenantIdx, Ingress),
+    /// The same for a frame from a trunk whose 802.1Q tag is still on: it comes off
+    /// after the switch, unless the frame leaves through a trunk, which only rewrites
+    /// it (the MACs are read before anything moves them, and moved at most once).
+    SwitchTagged(TenantIdx, Ingress),
     /// From the outside to one of the uplink's SNAT or publishing addresses.
     FromOutside,
     /// Out of a port as it is (answered in place).

@@ -14,13 +14,15 @@ use super::resolve::resolve;
 use super::stage::{Context, Ingress, Switched, Trace};
 
 /// Switches a frame inside `tenant`: learns its source, then decides where it goes
-/// (a port, a tunnel, everywhere, or the router).
+/// (a port, a tunnel, everywhere, or the router). `tag_len` is the length of the
+/// 802.1Q tag still behind its MACs (0 or [`crate::packet::vlan::HEADER_LEN`]).
 #[inline(always)]
 pub(crate) fn switch<F: Frame, T: Trace>(
     tables: &FlowTables,
     tenant: TenantIdx,
     ingress: Ingress,
     frame: &F,
+    tag_len: usize,
     cx: &mut Context<'_, T>,
 ) -> Switched {
     let Some((dst, src)) = ethernet::macs_u64(frame.data()) else {
@@ -54,7 +56,10 @@ pub(crate) fn switch<F: Frame, T: Trace>(
     note!(cx, "source {} seen at {here:?}", MacText(mac_bytes(src)));
     if dst & GROUP_BIT != 0 {
         if tables.router(tenant).is_some()
-            && frame.data().get(ethernet::ETHERTYPE_AT) == Some(&EtherType::ARP_BYTES[..])
+            && frame
+                .data()
+                .get(ethernet::ETHERTYPE_AT.start + tag_len..ethernet::ETHERTYPE_AT.end + tag_len)
+                == Some(&EtherType::ARP_BYTES[..])
         {
             return Switched::GatewayArp;
         }
