@@ -162,6 +162,20 @@ fn run_with_eal(
             .with_context(|| format!("starting the worker on CPU {core}"))?,
         );
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    // Before anything says the switch is up: a SIGINT sent on "tenetd forwarding" must
+    // stop it cleanly, not kill it by the default action.
+    let stop_signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _runtime = runtime.enter();
+        let interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        (interrupt, terminate)
+    };
     tracing::info!(
         ports = ports.len(),
         workers = workers.len(),
@@ -175,10 +189,6 @@ fn run_with_eal(
         down,
         detaching: Default::default(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the control runtime")?;
     let api_socket = controller.config().api_socket.clone();
     let mut capture = Capture::new(wiring_captures);
     runtime.block_on(wait_for_stop(
@@ -188,6 +198,7 @@ fn run_with_eal(
         &mut controller,
         (&mut live, &mut done),
         &api_socket,
+        stop_signals,
     ))?;
     // A store call still under way (etcd slow to answer) may finish or not; the
     // change it carries was not answered as applied either way.
@@ -222,8 +233,9 @@ async fn wait_for_stop(
     controller: &mut Controller,
     (live, done): (&mut Live, &mut StoreDone),
     api_socket: &std::path::Path,
+    stop_signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
+    let (mut interrupt, mut terminate) = stop_signals;
     let listener = api::bind(api_socket)?;
     let (calls_tx, mut calls) = tokio::sync::mpsc::channel::<api::Call>(64);
     let api = api::Server::new(calls_tx.clone());
@@ -257,9 +269,6 @@ async fn wait_for_stop(
     };
     let server = tokio::spawn(api.serve(listener));
     tracing::info!(socket = %api_socket.display(), "API listening");
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
     ticker.tick().await;
     let mut previous = Snapshot::take(&dataplane.ports, &dataplane.workers);

@@ -152,3 +152,52 @@ fn without_a_config_argument_the_system_config_is_read() {
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("/etc/tenet/tenetd.toml"), "{stderr}");
 }
+
+/// What the shipped configs name from the environment, as a user would set it.
+const EXAMPLE_ENVIRONMENT: [(&str, &str); 10] = [
+    ("RED_C1_IF", "veth-red1"),
+    ("BLUE_C1_IF", "veth-blue1"),
+    ("VF_NIC1", "0000:3b:02.0"),
+    ("VF_NIC2", "0000:5e:02.0"),
+    ("TRUNK_VF", "0000:3b:02.1"),
+    ("UPLINK_VF", "0000:3b:02.2"),
+    ("UPLINK_IF", "eth1"),
+    ("DEMO_RED1", "tdemo-red1"),
+    ("DEMO_RED2", "tdemo-red2"),
+    ("DEMO_BLUE1", "tdemo-blue1"),
+];
+
+/// The example configs of both designs and the demo's are valid as shipped (with their
+/// interfaces named), so the README's starting points cannot rot.
+#[test]
+fn the_shipped_example_configs_are_valid() {
+    let repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut files: Vec<_> = std::fs::read_dir(repo.join("configs/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "an example per design: {files:?}");
+    files.push(repo.join("configs/demo.toml"));
+    for file in files {
+        let out = std::process::Command::new(tests::binary("tenetd"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&file)
+            .envs(EXAMPLE_ENVIRONMENT)
+            .env("DEMO_UPLINK", "tdemo-up")
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.contains("is valid"),
+            "{}: {said}",
+            file.display()
+        );
+    }
+}
