@@ -12,7 +12,8 @@ use tests::{binary, iperf3_bits, tenetctl_ok, unique, wait_for_ping, Netns, Temp
 
 /// A tenetd with tenants `red` and `blue`, both on 10.20.0.0/24 (tenants may overlap).
 struct Switch {
-    tenetd: Tenetd,
+    tenetd: Option<Tenetd>,
+    config: String,
     dir: TempDir,
 }
 
@@ -48,8 +49,22 @@ state_file = "{dir}/state.json"
             prefix = unique("cni"),
             dir = dir.path().display()
         );
-        let tenetd = Tenetd::serving(None, &config).unwrap();
-        Self { tenetd, dir }
+        let tenetd = Some(Tenetd::serving(None, &config).unwrap());
+        Self {
+            tenetd,
+            config,
+            dir,
+        }
+    }
+
+    /// Stops tenetd (its state kept) until [`Switch::resume`].
+    fn pause(&mut self) {
+        let stopped = self.tenetd.take().expect("running").stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+
+    fn resume(&mut self) {
+        self.tenetd = Some(Tenetd::serving(None, &self.config).unwrap());
     }
 
     fn socket(&self) -> PathBuf {
@@ -395,7 +410,7 @@ fn two_hundred_containers_come_and_go_without_leaks() {
         let (ok, e) = cni("DEL", &id, Some(&ns), &red);
         assert!(ok, "DEL {i}: {e}");
         if i == 19 || i == 199 {
-            rss.push(rss_kib(sw.tenetd.pid()));
+            rss.push(rss_kib(sw.tenetd.as_ref().unwrap().pid()));
         }
     }
     assert_eq!(sw.ports(), ["spare"]);
@@ -522,4 +537,151 @@ fn a_dpdk_container_joins_through_vhost_user() {
         2,
         "the spare port and the veth container's are left"
     );
+}
+
+/// The network config of `sw`'s `tenant` at CNI 1.1.
+fn net_1_1(sw: &Switch, name: &str, tenant: &str) -> Value {
+    let mut conf = sw.net(name, tenant);
+    conf["cniVersion"] = json!("1.1.0");
+    conf
+}
+
+fn network_call(command: &str, conf: &Value) -> (bool, Value) {
+    cni_env(command, &[], None, conf)
+}
+
+/// CNI 1.1 as a runtime drives it: VERSION lists 1.1.0, STATUS says the network can
+/// take an ADD, a retried ADD replaces what the first left (same address), CHECK
+/// passes, GC detaches the containers the runtime no longer lists and keeps the rest,
+/// and the tenant may come per container from `CNI_ARGS` or `args.cni`.
+#[test]
+fn cni_1_1_status_gc_retried_add_and_tenant_per_container() {
+    let sw = Switch::start();
+    let red = net_1_1(&sw, "red11", "red");
+    let (ok, version) = network_call("VERSION", &red);
+    assert!(
+        ok && version["supportedVersions"].to_string().contains("1.1.0"),
+        "{version}"
+    );
+    let (ok, status) = network_call("STATUS", &red);
+    assert!(ok, "STATUS: {status}");
+    let (ok, status) = network_call("STATUS", &net_1_1(&sw, "green11", "green"));
+    assert!(!ok);
+    assert_eq!(
+        status["code"], 50,
+        "no such tenant: not available: {status}"
+    );
+
+    let (a, b) = (Netns::new("ga").unwrap(), Netns::new("gb").unwrap());
+    let (ida, idb) = (unique("gc-a"), unique("gc-b"));
+    let first = add(&red, &ida, &a);
+    assert_eq!(first["cniVersion"], "1.1.0");
+    let again = add(&red, &ida, &a);
+    assert_eq!(
+        again["ips"], first["ips"],
+        "a retried ADD keeps the address"
+    );
+    assert_ne!(
+        again["interfaces"][1]["mac"], first["interfaces"][1]["mac"],
+        "a fresh link"
+    );
+    let mut with_prev = red.clone();
+    with_prev["prevResult"] = again.clone();
+    let (ok, err) = cni("CHECK", &ida, Some(&a), &with_prev);
+    assert!(ok, "CHECK after a retried ADD: {err}");
+    add(&red, &idb, &b);
+    assert_eq!(
+        sw.ports().len(),
+        3,
+        "spare and one port each: {:?}",
+        sw.ports()
+    );
+    wait_for_ping(&a, "10.20.0.1");
+
+    let mut gc = red.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": idb, "ifname": "eth0"}]);
+    let (ok, err) = network_call("GC", &gc);
+    assert!(ok, "GC: {err}");
+    assert_eq!(host_link(&ida), None, "a's link collected");
+    assert!(host_link(&idb).is_some(), "b's kept");
+    assert_eq!(sw.ports().len(), 2, "a's port collected: {:?}", sw.ports());
+    assert_eq!(sw.addresses_held("red11"), 1, "a's address given back");
+    let (ok, err) = cni("CHECK", &idb, Some(&b), &red);
+    assert!(ok, "b untouched: {err}");
+    assert!(cni("DEL", &idb, Some(&b), &red).0);
+
+    // The tenant per container: blue, though the network says red.
+    let (c, d) = (Netns::new("gc").unwrap(), Netns::new("gd").unwrap());
+    let (idc, idd) = (unique("gc-c"), unique("gc-d"));
+    let (ok, result) = cni_env(
+        "ADD",
+        &[
+            ("CNI_CONTAINERID", &idc),
+            ("CNI_ARGS", "IgnoreUnknown=1;TENET_TENANT=blue"),
+        ],
+        Some(&c),
+        &red,
+    );
+    assert!(ok, "ADD with CNI_ARGS: {result}");
+    let mut by_args = red.clone();
+    by_args["args"] = json!({"cni": {"tenant": "blue"}});
+    let rd = add(&by_args, &idd, &d);
+    let blue_macs: Vec<Value> = sw
+        .endpoints()
+        .into_iter()
+        .filter(|e| e["tenant"] == "blue")
+        .map(|e| e["mac"].clone())
+        .collect();
+    assert_eq!(blue_macs.len(), 2, "both in blue: {:?}", sw.endpoints());
+    let d_address = rd["ips"][0]["address"].as_str().unwrap();
+    assert_ne!(result["ips"][0]["address"], d_address);
+    wait_for_ping(&c, d_address.split('/').next().unwrap());
+    assert!(
+        cni_env(
+            "DEL",
+            &[("CNI_CONTAINERID", &idc), ("CNI_ARGS", "TENET_TENANT=blue")],
+            Some(&c),
+            &red
+        )
+        .0
+    );
+    assert!(cni("DEL", &idd, Some(&d), &by_args).0);
+    assert_eq!(sw.ports(), ["spare"]);
+    assert!(sw.endpoints().is_empty());
+}
+
+/// A pod's teardown never waits for the switch: DEL with tenetd down succeeds at once
+/// (link and address gone), STATUS says the network is unavailable meanwhile, and the
+/// port tenetd kept across its restart is detached by the next call that reaches it.
+#[test]
+fn del_succeeds_while_tenetd_is_down_and_the_port_goes_when_it_is_back() {
+    let mut sw = Switch::start();
+    let red = net_1_1(&sw, "red-down", "red");
+    let (a, b) = (Netns::new("da").unwrap(), Netns::new("db").unwrap());
+    let (ida, idb) = (unique("down-a"), unique("down-b"));
+    add(&red, &ida, &a);
+    let port = host_link(&ida).expect("a's link");
+    sw.pause();
+    let (ok, status) = network_call("STATUS", &red);
+    assert!(!ok);
+    assert_eq!(status["code"], 50, "{status}");
+    let (ok, err) = cni("DEL", &ida, Some(&a), &red);
+    assert!(ok, "DEL with tenetd down: {err}");
+    assert_eq!(host_link(&ida), None, "the link went at once");
+    assert_eq!(sw.addresses_held("red-down"), 0, "so did the address");
+    sw.resume();
+    assert!(
+        sw.ports().contains(&port),
+        "tenetd kept the port: {:?}",
+        sw.ports()
+    );
+    add(&red, &idb, &b);
+    assert!(
+        !sw.ports().contains(&port),
+        "detached by the next call: {:?}",
+        sw.ports()
+    );
+    assert!(sw.endpoints().iter().all(|e| e["port"] != port.as_str()));
+    assert!(cni("DEL", &idb, Some(&b), &red).0);
+    assert_eq!(sw.ports(), ["spare"]);
 }

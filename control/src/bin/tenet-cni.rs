@@ -1,4 +1,4 @@
-//! `tenet-cni`: the CNI 1.0 plugin that attaches containers to tenetd (see
+//! `tenet-cni`: the CNI plugin that attaches containers to tenetd (see
 //! `control::cni`). The runtime passes the command in `CNI_*` variables and the
 //! network config on stdin; the result, or a CNI error object, goes to stdout.
 
@@ -19,13 +19,16 @@ fn run(env: &Env, input: &[u8]) -> Result<Option<serde_json::Value>, (CniError, 
     }
     let version = version_of(input);
     let (conf, raw) = NetConf::parse(input).map_err(|e| (e, version.clone()))?;
+    let conf = conf.with_args(env);
     let result = match env.command.as_str() {
         "ADD" => cni::add(env, &conf, &raw).map(Some),
         "DEL" => cni::del(env, &conf, &raw).map(|_| None),
         "CHECK" => cni::check(env, &conf).map(|_| None),
+        "STATUS" => cni::status(&conf).map(|_| None),
+        "GC" => cni::gc(&conf, &raw).map(|_| None),
         other => Err(CniError::new(
             code::INVALID_ENVIRONMENT,
-            format!("CNI_COMMAND: `{other}` is not ADD, DEL, CHECK or VERSION"),
+            format!("CNI_COMMAND: `{other}` is not ADD, DEL, CHECK, STATUS, GC or VERSION"),
         )),
     };
     result.map_err(|e| (e, conf.cni_version))

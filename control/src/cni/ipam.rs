@@ -177,6 +177,30 @@ impl Allocator {
         Ok(())
     }
 
+    /// The containers (id, interface) holding an address.
+    pub fn holders(&self) -> Result<Vec<(String, String)>, CniError> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock()?;
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<Ipv4Addr>().is_ok())
+            })
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let (container, ifname) = text.trim().split_once('\n')?;
+                Some((container.to_owned(), ifname.to_owned()))
+            })
+            .collect())
+    }
+
     /// Addresses in use.
     pub fn in_use(&self) -> usize {
         std::fs::read_dir(&self.dir)
@@ -278,7 +302,7 @@ mod tests {
             container_id: id.to_owned(),
             netns: String::new(),
             ifname: "eth0".to_owned(),
-            path: String::new(),
+            ..Env::default()
         }
     }
 

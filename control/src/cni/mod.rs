@@ -1,4 +1,5 @@
-//! tenet's CNI 1.0 plugin (`tenet-cni`): a container joins a tenant's network.
+//! tenet's CNI plugin (`tenet-cni`, CNI up to 1.1): a container joins a tenant's
+//! network.
 //!
 //! ADD makes a veth, moves one end into the container's namespace under `CNI_IFNAME`
 //! with an address from the tenant's subnet and the gateway route, asks tenetd to
@@ -7,7 +8,14 @@
 //! endpoint, so the FDB entry is installed, not learned. With `"backend":
 //! "vhost-user"` there is no veth: tenetd serves a vhost-user socket per endpoint for a
 //! DPDK container, and the result names it (`socketPath`). DEL undoes all of it and
-//! succeeds when there is nothing to undo. CHECK verifies each piece is in place.
+//! succeeds when there is nothing to undo, and when tenetd is down: the link and the
+//! address go at once, the port is remembered and detached by the next call that
+//! reaches tenetd (a pod's teardown never waits for the switch). CHECK verifies each
+//! piece is in place. A retried ADD replaces what the first one left. STATUS says
+//! whether tenetd and the tenant are there to take an ADD; GC detaches the
+//! containers of this network the runtime no longer lists. The tenant is the
+//! config's `tenant`, or per container `args.cni.tenant` (a Multus
+//! NetworkAttachmentDefinition's `cni-args`) or `TENET_TENANT` in `CNI_ARGS`.
 //!
 //! Everything a container gets is named from its container id and interface, so DEL
 //! and CHECK find it again without state of their own: port and host veth
@@ -28,7 +36,7 @@ use crate::containers::{self, Container};
 use crate::netlink;
 
 /// CNI versions this plugin speaks.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// Error codes of the CNI specification, and the plugin's own (100 and up).
 pub mod code {
@@ -56,6 +64,8 @@ pub mod code {
     pub const LINK_FAILED: u32 = 102;
     /// CHECK found something missing or different.
     pub const CHECK_FAILED: u32 = 103;
+    /// STATUS: the plugin cannot take an ADD now (CNI 1.1).
+    pub const NOT_AVAILABLE: u32 = 50;
 }
 
 /// A CNI error object.
@@ -107,6 +117,8 @@ pub struct Env {
     pub ifname: String,
     /// Where plugins are (for delegated IPAM).
     pub path: String,
+    /// `CNI_ARGS`: `KEY=value` pairs separated by `;`.
+    pub args: String,
 }
 
 impl Env {
@@ -118,16 +130,18 @@ impl Env {
             })
         };
         let command = need("CNI_COMMAND")?;
-        if command == "VERSION" {
+        // These concern the network, not one container.
+        if matches!(command.as_str(), "VERSION" | "STATUS" | "GC") {
             return Ok(Self {
                 command,
+                path: var("CNI_PATH").unwrap_or_default(),
                 ..Self::default()
             });
         }
         if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK") {
             return Err(CniError::new(
                 code::INVALID_ENVIRONMENT,
-                format!("CNI_COMMAND: `{command}` is not ADD, DEL, CHECK or VERSION"),
+                format!("CNI_COMMAND: `{command}` is not ADD, DEL, CHECK, STATUS, GC or VERSION"),
             ));
         }
         let ifname = need("CNI_IFNAME")?;
@@ -147,8 +161,19 @@ impl Env {
             },
             ifname,
             path: var("CNI_PATH").unwrap_or_default(),
+            args: var("CNI_ARGS").unwrap_or_default(),
             command,
         })
+    }
+
+    /// The value of `key` in `CNI_ARGS`, if given.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args
+            .split(';')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -222,8 +247,13 @@ impl NetConf {
     pub fn parse(bytes: &[u8]) -> Result<(Self, Value), CniError> {
         let raw: Value = serde_json::from_slice(bytes)
             .map_err(|e| CniError::new(code::DECODING_FAILURE, format!("network config: {e}")))?;
-        let conf: NetConf = serde_json::from_value(raw.clone())
+        let mut conf: NetConf = serde_json::from_value(raw.clone())
             .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("network config: {e}")))?;
+        // Per container (Multus passes a NetworkAttachmentDefinition's `cni-args`
+        // here): the tenant may differ from the network's.
+        if let Some(tenant) = raw["args"]["cni"]["tenant"].as_str() {
+            conf.tenant = Some(tenant.to_owned());
+        }
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
@@ -250,6 +280,14 @@ impl NetConf {
             ));
         }
         Ok((conf, raw))
+    }
+
+    /// `TENET_TENANT` in `CNI_ARGS` chooses the tenant of this container.
+    pub fn with_args(mut self, env: &Env) -> Self {
+        if let Some(tenant) = env.arg("TENET_TENANT") {
+            self.tenant = Some(tenant.to_owned());
+        }
+        self
     }
 
     fn tenant(&self) -> Result<&str, CniError> {
@@ -374,7 +412,24 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
                 format!("tenant: `{tenant_name}` does not exist in tenetd"),
             )
         })?;
+    Pending::new(&conf.data_dir).settle(&client);
     let name = port_name(env);
+    // A retried ADD (the runtime timed out on the first): what the first one made
+    // goes, the address it took stays (the allocator hands it out again).
+    let leftover_link = conf.backend != "vhost-user"
+        && netlink::link_exists(&name)
+            .map_err(|e| CniError::new(code::LINK_FAILED, format!("{e:#}")))?;
+    if leftover_link
+        || containers::find_port(&client, &name)
+            .map_err(refused)?
+            .is_some()
+    {
+        containers::detach(&client, Some(tenant_name), &name).map_err(refused)?;
+        if leftover_link {
+            netlink::delete_link(&name)
+                .map_err(|e| CniError::new(code::LINK_FAILED, format!("{e:#}")))?;
+        }
+    }
     let addressing = address(env, conf, raw, &tenant)?;
     // From here each step undoes the ones before it when it fails.
     let undo_address = |e: CniError| {
@@ -446,7 +501,16 @@ pub fn del(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     let name = port_name(env);
     let client = Client::new(&conf.socket);
     let tenant = conf.tenant.as_deref().filter(|t| !t.is_empty());
-    containers::detach(&client, tenant, &name).map_err(refused)?;
+    let pending = Pending::new(&conf.data_dir);
+    match containers::detach(&client, tenant, &name) {
+        Ok(()) => pending.settle(&client),
+        // tenetd down must not hold a pod's teardown: the port is detached later.
+        Err(containers::Refused::Unreachable(m)) => {
+            tracing::warn!(port = %name, reason = %m, "tenetd unreachable: the port is detached by a later call");
+            pending.remember(tenant, &name)?;
+        }
+        Err(e) => return Err(refused(e)),
+    }
     if conf.backend == "vhost-user" {
         let _ = std::fs::remove_file(conf.vhost_dir.join(format!("{name}.sock")));
     } else {
@@ -509,9 +573,134 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// STATUS (CNI 1.1): whether an ADD could succeed now: tenetd answers and has the
+/// tenant.
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    let tenant = conf.tenant()?;
+    let client = Client::new(&conf.socket);
+    match containers::tenant(&client, tenant) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!("tenant `{tenant}` does not exist in tenetd"),
+        )),
+        Err(e) => Err(CniError::new(code::NOT_AVAILABLE, e.to_string())),
+    }
+}
+
+/// GC (CNI 1.1): every container this network gave an address to that the runtime no
+/// longer lists in `cni.dev/valid-attachments` loses its port, link and address
+/// (with delegated IPAM the network's containers cannot be told from other
+/// networks' of the tenant, so only remembered detaches are settled).
+pub fn gc(conf: &NetConf, raw: &Value) -> Result<(), CniError> {
+    let client = Client::new(&conf.socket);
+    let pending = Pending::new(&conf.data_dir);
+    pending.settle(&client);
+    if conf.ipam.is_some() {
+        return Ok(());
+    }
+    let valid: Vec<(String, String)> = raw["cni.dev/valid-attachments"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|a| {
+                    Some((
+                        a["containerID"].as_str()?.to_owned(),
+                        a["ifname"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let allocator = ipam::Allocator::new(&conf.data_dir, &conf.name);
+    for (container_id, ifname) in allocator.holders()? {
+        if valid
+            .iter()
+            .any(|(c, i)| *c == container_id && *i == ifname)
+        {
+            continue;
+        }
+        let env = Env {
+            command: "DEL".to_owned(),
+            container_id,
+            ifname,
+            ..Env::default()
+        };
+        del(&env, conf, raw)?;
+    }
+    Ok(())
+}
+
+/// Ports whose DEL came while tenetd was down, detached by the next call that reaches
+/// it: `tenant<TAB>port` lines in a file beside the address leases.
+struct Pending {
+    path: PathBuf,
+}
+
+impl Pending {
+    fn new(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join("pending-detach"),
+        }
+    }
+
+    fn lock(&self) -> Result<std::fs::File, CniError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| CniError::io(dir, e))?;
+        let path = self.path.with_extension("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CniError::io(&path, e))?;
+        file.lock().map_err(|e| CniError::io(&path, e))?;
+        Ok(file)
+    }
+
+    fn remember(&self, tenant: Option<&str>, port: &str) -> Result<(), CniError> {
+        let _lock = self.lock()?;
+        let mut text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        text.push_str(&format!("{}\t{port}\n", tenant.unwrap_or("")));
+        crate::store::write_private(&self.path, text.as_bytes())
+            .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
+    }
+
+    /// Detaches what is remembered, keeping what tenetd could not take yet.
+    fn settle(&self, client: &Client) {
+        if !self.path.exists() {
+            return;
+        }
+        let Ok(_lock) = self.lock() else {
+            return;
+        };
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut left = String::new();
+        for line in text.lines() {
+            let Some((tenant, port)) = line.split_once('\t') else {
+                continue;
+            };
+            let tenant = Some(tenant).filter(|t| !t.is_empty());
+            match containers::detach(client, tenant, port) {
+                Ok(()) => tracing::info!(port, "detached after tenetd came back"),
+                Err(e) => {
+                    tracing::warn!(port, reason = %e, "still not detached");
+                    left.push_str(line);
+                    left.push('\n');
+                }
+            }
+        }
+        let _ = if left.is_empty() {
+            std::fs::remove_file(&self.path)
+        } else {
+            crate::store::write_private(&self.path, left.as_bytes()).map_err(std::io::Error::other)
+        };
+    }
+}
+
 /// VERSION's answer.
 pub fn version() -> Value {
-    json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS})
+    json!({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS})
 }
 
 #[cfg(test)]
@@ -544,6 +733,23 @@ mod tests {
         ])
         .unwrap();
         assert!(del.netns.is_empty(), "DEL without a namespace is fine");
+        for command in ["STATUS", "GC"] {
+            let e = env(&[("CNI_COMMAND", command)]).unwrap();
+            assert_eq!(e.command, command, "a network's command needs no container");
+        }
+        let args = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "x"),
+            ("CNI_NETNS", "/var/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1; TENET_TENANT = blue;K8S_POD_NAME=p",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(args.arg("TENET_TENANT"), Some("blue"));
+        assert_eq!(args.arg("K8S_POD_NAMESPACE"), None);
     }
 
     #[test]
