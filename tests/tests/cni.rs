@@ -80,7 +80,12 @@ state_file = "{dir}/state.json"
             "tenant": tenant,
             "socket": self.socket(),
             "dataDir": self.dir.path().join("ipam"),
+            "logFile": self.log_file(),
         })
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("cni.log")
     }
 
     fn ports(&self) -> Vec<String> {
@@ -648,6 +653,31 @@ fn cni_1_1_status_gc_retried_add_and_tenant_per_container() {
     assert!(cni("DEL", &idd, Some(&d), &by_args).0);
     assert_eq!(sw.ports(), ["spare"]);
     assert!(sw.endpoints().is_empty());
+
+    // A result before 1.0.0 names each address's version.
+    let mut old = red.clone();
+    old["cniVersion"] = json!("0.4.0");
+    let e = Netns::new("ge").unwrap();
+    let ide = unique("gc-e");
+    let result = add(&old, &ide, &e);
+    assert_eq!(result["cniVersion"], "0.4.0");
+    assert_eq!(result["ips"][0]["version"], "4", "{result}");
+    assert!(cni("DEL", &ide, Some(&e), &old).0);
+
+    // Every call is in the log file, refusals with their code.
+    let log = std::fs::read_to_string(sw.log_file()).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("INFO")
+            && l.contains("command=ADD")
+            && l.contains(&format!("container={ide}"))
+            && l.contains("address=")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("command=STATUS") && l.contains("code=50")),
+        "{log}"
+    );
 }
 
 /// A pod's teardown never waits for the switch: DEL with tenetd down succeeds at once

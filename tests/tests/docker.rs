@@ -27,7 +27,13 @@ impl Plugin {
             .arg(dir.join("docker.json"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("plugin.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -206,6 +212,21 @@ state_file = "{1}/state.json"
         json!({"NetworkID": "n-red"}),
     );
     assert!(busy["Err"].is_string(), "a network with endpoints stays");
+    // Its log (stderr: the journal under systemd) has each call, refusals with why.
+    let log = std::fs::read_to_string(d.join("plugin.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("INFO")
+            && l.contains("/NetworkDriver.CreateEndpoint")
+            && l.contains("done")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("/NetworkDriver.DeleteNetwork")
+            && l.contains("refused")),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b'), "no colour codes in a file: {log}");
 
     for id in ["e1", "e2"] {
         assert_eq!(

@@ -20,6 +20,7 @@ fn run(env: &Env, input: &[u8]) -> Result<Option<serde_json::Value>, (CniError, 
     let version = version_of(input);
     let (conf, raw) = NetConf::parse(input).map_err(|e| (e, version.clone()))?;
     let conf = conf.with_args(env);
+    start_log(conf.log_file.as_deref());
     let result = match env.command.as_str() {
         "ADD" => cni::add(env, &conf, &raw).map(Some),
         "DEL" => cni::del(env, &conf, &raw).map(|_| None),
@@ -31,7 +32,49 @@ fn run(env: &Env, input: &[u8]) -> Result<Option<serde_json::Value>, (CniError, 
             format!("CNI_COMMAND: `{other}` is not ADD, DEL, CHECK, STATUS, GC or VERSION"),
         )),
     };
+    let tenant = conf.tenant.as_deref().unwrap_or("-");
+    match &result {
+        Ok(answer) => {
+            let address = answer
+                .as_ref()
+                .and_then(|a| a["ips"][0]["address"].as_str())
+                .unwrap_or("");
+            tracing::info!(command = %env.command, network = %conf.name, tenant, container = %env.container_id, ifname = %env.ifname, address, "done");
+        }
+        Err(e) => {
+            tracing::error!(command = %env.command, network = %conf.name, tenant, container = %env.container_id, code = e.code, "{}", e.msg);
+        }
+    }
     result.map_err(|e| (e, conf.cni_version))
+}
+
+/// Logs to `file` (appended, every call), else warnings and errors to stderr (the
+/// runtime keeps a plugin's stderr). A file that cannot be opened is said on stderr.
+fn start_log(file: Option<&std::path::Path>) {
+    let opened = file.map(|path| {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("tenet-cni: logFile {}: {e}", path.display()))
+    });
+    let logs = tracing_subscriber::fmt().with_ansi(false);
+    match opened {
+        Some(Ok(file)) => logs.with_writer(std::sync::Mutex::new(file)).init(),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            logs.with_writer(std::io::stderr)
+                .with_max_level(tracing::Level::WARN)
+                .init()
+        }
+        None => logs
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::WARN)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {

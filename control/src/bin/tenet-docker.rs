@@ -31,6 +31,9 @@ struct Cli {
     /// af-xdp (falls back to af-packet).
     #[arg(long, default_value = "af-packet", value_parser = ["af-xdp", "af-packet"])]
     backend: String,
+    /// Log filter (tracing syntax); lines go to stderr (the journal under systemd).
+    #[arg(long, default_value = "info", env = "TENET_LOG")]
+    log: String,
 }
 
 type Job = (String, Value, oneshot::Sender<Value>);
@@ -63,6 +66,24 @@ async fn handle(
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "tenet-docker: --log: `{}` is not a log filter: {e}",
+                cli.log
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
     let driver = match Driver::open(&cli.tenetd, &cli.state_file, &cli.backend) {
         Ok(d) => d,
         Err(e) => {
@@ -77,6 +98,12 @@ fn main() -> std::process::ExitCode {
         let mut driver = driver;
         for (path, request, reply) in queue {
             let answer = driver.handle(&path, &request);
+            let network = request["NetworkID"].as_str().unwrap_or("");
+            let endpoint = request["EndpointID"].as_str().unwrap_or("");
+            match answer["Err"].as_str().filter(|e| !e.is_empty()) {
+                Some(err) => tracing::warn!(%path, network, endpoint, "refused: {err}"),
+                None => tracing::info!(%path, network, endpoint, "done"),
+            }
             let _ = reply.send(answer);
         }
     });
@@ -92,7 +119,7 @@ fn main() -> std::process::ExitCode {
     };
     let served = runtime.block_on(async {
         let listener = control::api::bind(&cli.socket)?;
-        eprintln!("tenet-docker: serving {}", cli.socket.display());
+        tracing::info!(socket = %cli.socket.display(), "tenet-docker serving");
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

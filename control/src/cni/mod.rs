@@ -240,6 +240,10 @@ pub struct NetConf {
     pub ipam: Option<Value>,
     /// The result of the previous plugin of a chain, or of ADD (CHECK, DEL).
     pub prev_result: Option<Value>,
+    /// A file every call is logged to (appended); without it only warnings and
+    /// errors go to stderr, which the runtime keeps.
+    #[serde(rename = "logFile")]
+    pub log_file: Option<PathBuf>,
 }
 
 impl NetConf {
@@ -482,6 +486,10 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         "address": format!("{}/{}", addressing.ip, addressing.prefix),
         "interface": container_index,
     });
+    // Results before 1.0.0 name each address's IP version.
+    if conf.cni_version.starts_with("0.") {
+        ip["version"] = json!("4");
+    }
     let mut routes = json!([]);
     if let Some(gw) = addressing.gateway {
         ip["gateway"] = json!(gw.to_string());
