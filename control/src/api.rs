@@ -46,6 +46,12 @@ pub enum Command {
     Stats,
     /// Everything, like `ovs-vsctl show`.
     Show,
+    /// The FDB by tenant and MAC: installed and learned entries, where they lead.
+    Fdb,
+    /// The underlay's and the tenants' routers' neighbours.
+    Neighbors,
+    /// This host's tunnels and the tenants each carries.
+    Tunnels,
     /// A change of the model.
     Change(Change),
     /// Run a frame through the pipeline with the live tables and report each decision.
@@ -472,6 +478,9 @@ pub fn openapi() -> Value {
             "/v1/ports/{name}": delete,
             "/v1/stats": {"get": {"responses": {"200": {"description": "per-port, per-core and per-reason counters"}}}},
             "/v1/show": {"get": {"responses": {"200": {"description": "the whole switch"}}}},
+            "/v1/fdb": {"get": {"responses": {"200": {"description": "the FDB: tenant, MAC, static or learned, where it leads (port, host or router), age"}}}},
+            "/v1/neighbors": {"get": {"responses": {"200": {"description": "the underlay's next hops and the tenants' routers' neighbours: tenant, IP, MAC, age"}}}},
+            "/v1/tunnels": {"get": {"responses": {"200": {"description": "this host's tunnels: far host, its underlay IP, next hop resolved, tenants carried"}}}},
             "/v1/trace": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceRequest"}}}},
                                    "responses": {"200": {"description": "decisions and outputs"}, "404": {"description": "no such port"}}}},
             "/v1/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
@@ -584,6 +593,9 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         }
         (&Method::GET, ["stats"]) => Ok(Command::Stats),
         (&Method::GET, ["show"]) => Ok(Command::Show),
+        (&Method::GET, ["fdb"]) => Ok(Command::Fdb),
+        (&Method::GET, ["neighbors"]) => Ok(Command::Neighbors),
+        (&Method::GET, ["tunnels"]) => Ok(Command::Tunnels),
         (&Method::GET, ["openapi.json"]) => Ok(Command::OpenApi),
         (&Method::POST, ["capture"]) => {
             let r = parse::<CaptureRequest>(body)?;

@@ -712,6 +712,9 @@ impl Live {
                 "ports": ports_json(controller, dp),
                 "learned_macs": controller.learned(),
             })),
+            Command::Fdb => Reply::ok(controller.fdb_view(std::time::Instant::now())),
+            Command::Neighbors => Reply::ok(controller.neighbors_view(std::time::Instant::now())),
+            Command::Tunnels => Reply::ok(controller.tunnels_view()),
             // Changes are written off the loop (see Live::submit).
             Command::Change(_) => Reply::error(500, "", "changes are handled by the control loop"),
             Command::Trace { port, frame } => trace(controller, ports, &port, frame),

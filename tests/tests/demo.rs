@@ -30,6 +30,19 @@ fn the_demo_shows_two_isolated_tenants_with_gateways_and_cleans_up() {
         assert!(stdout.contains(check), "`{check}` missing:\n{stdout}");
     }
     assert!(stdout.contains("tenant red") && stdout.contains("tenant blue"));
+    // tenetctl's views name what the tables hold: red1's MAC learned on its port,
+    // each gateway's router MAC installed, the underlay's next hop and red's
+    // neighbour 10.1.0.2 (red1 used its gateway) with their MACs.
+    let has_line = |words: &[&str]| {
+        stdout
+            .lines()
+            .any(|l| words.iter().all(|w| l.split_whitespace().any(|x| x == *w)))
+    };
+    assert!(has_line(&["red", "learned", "red1"]), "{stdout}");
+    assert!(has_line(&["blue", "learned", "blue1"]), "{stdout}");
+    assert!(has_line(&["red", "static", "router"]), "{stdout}");
+    assert!(has_line(&["-", "198.18.0.254"]), "{stdout}");
+    assert!(has_line(&["red", "10.1.0.2"]), "{stdout}");
     assert!(stdout.contains("demo: cleaned up"));
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);

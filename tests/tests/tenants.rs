@@ -174,6 +174,23 @@ fn two_tenants_across_two_hosts(design: &str) {
         "{design}: the underlay's worker shares GRE by inner flow: {stats}"
     );
     assert_eq!(stats["drops"]["ring-full"], 0, "{stats}");
+    // tenetctl's views by name: b's one tunnel leads to a, resolved, carrying both
+    // tenants; red's container on a is learned behind host a.
+    let tunnels = tenetctl_ok(&api_b, &["tunnel"]);
+    assert!(
+        tunnels.lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words == ["a", "192.168.77.1", "resolved", "blue,red"]
+        }),
+        "{design}: {tunnels}"
+    );
+    let fdb = tenetctl_ok(&api_b, &["fdb", "--tenant", "red"]);
+    assert!(
+        fdb.lines()
+            .any(|l| l.contains("learned") && l.contains("host a")),
+        "{design}: {fdb}"
+    );
+    assert!(fdb.lines().skip(1).all(|l| l.starts_with("red ")), "{fdb}");
 
     // Isolation: broadcasts from red on host a reach red on b, never blue, also when
     // red forges blue's VLAN tag.

@@ -821,8 +821,17 @@ mod tests {
             "NEXT_HOP_2" => "02:00:00:00:0d:03",
             "VHU0" => "/tmp/vhu0",
             "VHU1" => "/tmp/vhu1",
-            "DEMO_IF1" => "veth-demo1",
-            "DEMO_IF2" => "veth-demo2",
+            "DEMO_RED1" => "tdemo-red1",
+            "DEMO_RED2" => "tdemo-red2",
+            "DEMO_BLUE1" => "tdemo-blue1",
+            "DEMO_UPLINK" => "tdemo-up",
+            "RED_C1_IF" => "veth-red1",
+            "BLUE_C1_IF" => "veth-blue1",
+            "VF_NIC1" => "0000:3b:02.0",
+            "VF_NIC2" => "0000:5e:02.0",
+            "TRUNK_VF" => "0000:3b:02.1",
+            "UPLINK_VF" => "0000:3b:02.2",
+            "UPLINK_IF" => "eth1",
             _ => return None,
         };
         Some(value.to_owned())
@@ -840,7 +849,11 @@ mod tests {
     fn every_shipped_config_validates() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
         let mut checked = 0;
-        for dir in [root.to_owned(), format!("{root}/bench")] {
+        for dir in [
+            root.to_owned(),
+            format!("{root}/bench"),
+            format!("{root}/examples"),
+        ] {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|e| e == "toml") {
@@ -852,7 +865,7 @@ mod tests {
                 }
             }
         }
-        assert!(checked >= 9, "{checked} configs");
+        assert!(checked >= 13, "{checked} configs");
     }
 
     #[test]

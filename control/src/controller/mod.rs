@@ -22,6 +22,7 @@ use crate::config::{items, Validated};
 use crate::slots::Slots;
 
 mod touched;
+mod views;
 
 /// How often unresolved next hops are asked for again.
 const ARP_RETRY: Duration = Duration::from_secs(1);

@@ -78,6 +78,20 @@ enum Cmd {
     },
     /// The whole switch.
     Show,
+    /// The FDB: each tenant's MACs, installed or learned, and where they lead.
+    Fdb {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Neighbours: the underlay's next hops and the tenants' routers'.
+    Neigh {
+        /// Only this tenant's routers' (`-` for the underlay's).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// This host's GRE tunnels and the tenants each carries.
+    Tunnel,
     /// Run a frame through the pipeline with the live tables and print each decision.
     Trace {
         /// Ingress port.
@@ -395,6 +409,9 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
             Some(json!({"port": port, "frame": frame})),
         ),
         Cmd::Show => ("GET", "/v1/show".into(), None),
+        Cmd::Fdb { .. } => ("GET", "/v1/fdb".into(), None),
+        Cmd::Neigh { .. } => ("GET", "/v1/neighbors".into(), None),
+        Cmd::Tunnel => ("GET", "/v1/tunnels".into(), None),
     };
     let client = Client::new(&cli.socket);
     if let Cmd::Stats { watch: true } = &cli.command {

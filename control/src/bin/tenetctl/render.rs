@@ -18,6 +18,9 @@ pub fn render(command: &Cmd, body: &Value) -> String {
         Cmd::Trace { .. } => trace_text(body),
         Cmd::Stats { .. } => stats_text(body),
         Cmd::Show => show_text(body),
+        Cmd::Fdb { tenant } => fdb_table(&only_tenant(body, tenant.as_deref())),
+        Cmd::Neigh { tenant } => neighbors_table(&only_tenant(body, tenant.as_deref())),
+        Cmd::Tunnel => tunnels_table(body),
         _ => message_text(body),
     }
 }
@@ -147,6 +150,86 @@ fn endpoints_table(body: &Value) -> String {
             macs(e),
             text(&e["port"]),
             text(&e["host"]),
+        ]);
+    }
+    t.render()
+}
+
+/// The rows of `tenant` alone (`-`: those of no tenant), or all.
+fn only_tenant(body: &Value, tenant: Option<&str>) -> Value {
+    let Some(tenant) = tenant else {
+        return body.clone();
+    };
+    let wanted = |row: &&Value| match &row["tenant"] {
+        Value::Null => tenant == "-",
+        name => name == tenant,
+    };
+    Value::Array(
+        body.as_array()
+            .into_iter()
+            .flatten()
+            .filter(wanted)
+            .cloned()
+            .collect(),
+    )
+}
+
+fn fdb_table(body: &Value) -> String {
+    let mut t = Table::new(&[
+        ("tenant", Align::Left),
+        ("mac", Align::Left),
+        ("type", Align::Left),
+        ("at", Align::Left),
+        ("age_s", Align::Right),
+    ]);
+    for e in body.as_array().into_iter().flatten() {
+        t.row(vec![
+            text(&e["tenant"]),
+            text(&e["mac"]),
+            text(&e["type"]),
+            text(&e["at"]),
+            text(&e["age_s"]),
+        ]);
+    }
+    t.render()
+}
+
+fn neighbors_table(body: &Value) -> String {
+    let mut t = Table::new(&[
+        ("tenant", Align::Left),
+        ("ip", Align::Left),
+        ("mac", Align::Left),
+        ("age_s", Align::Right),
+    ]);
+    for n in body.as_array().into_iter().flatten() {
+        t.row(vec![
+            text(&n["tenant"]),
+            text(&n["ip"]),
+            text(&n["mac"]),
+            text(&n["age_s"]),
+        ]);
+    }
+    t.render()
+}
+
+fn tunnels_table(body: &Value) -> String {
+    let mut t = Table::new(&[
+        ("host", Align::Left),
+        ("remote_ip", Align::Left),
+        ("next_hop", Align::Left),
+        ("tenants", Align::Left),
+    ]);
+    for n in body.as_array().into_iter().flatten() {
+        let resolved = if n["resolved"].as_bool().unwrap_or(false) {
+            "resolved"
+        } else {
+            "unresolved"
+        };
+        t.row(vec![
+            text(&n["host"]),
+            text(&n["remote_ip"]),
+            resolved.to_owned(),
+            text(&n["tenants"]),
         ]);
     }
     t.render()
@@ -360,6 +443,64 @@ fn ports_table(ports: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn fdb_neighbour_and_tunnel_tables_name_everything_and_filter_by_tenant() {
+        let fdb = json!([
+            {"tenant": "blue", "mac": "02:00:00:00:0b:01", "type": "static", "at": "host b", "age_s": null},
+            {"tenant": "red", "mac": "02:00:00:00:0a:01", "type": "learned", "at": "port red-c1", "age_s": 12},
+            {"tenant": "red", "mac": "02:7e:00:00:00:64", "type": "static", "at": "router", "age_s": null},
+        ]);
+        assert_eq!(
+            render(&Cmd::Fdb { tenant: None }, &fdb),
+            "\
+tenant  mac                type     at           age_s
+blue    02:00:00:00:0b:01  static   host b           -
+red     02:00:00:00:0a:01  learned  port red-c1     12
+red     02:7e:00:00:00:64  static   router           -
+"
+        );
+        assert_eq!(
+            render(
+                &Cmd::Fdb {
+                    tenant: Some("blue".into())
+                },
+                &fdb
+            ),
+            "\
+tenant  mac                type    at      age_s
+blue    02:00:00:00:0b:01  static  host b      -
+"
+        );
+        let neighbors = json!([
+            {"tenant": null, "ip": "192.168.77.254", "mac": "02:00:00:00:0c:fe", "age_s": 3},
+            {"tenant": "red", "ip": "10.1.0.5", "mac": "02:00:00:00:0a:01", "age_s": 40},
+        ]);
+        assert_eq!(
+            render(
+                &Cmd::Neigh {
+                    tenant: Some("-".into())
+                },
+                &neighbors
+            ),
+            "\
+tenant  ip              mac                age_s
+-       192.168.77.254  02:00:00:00:0c:fe      3
+"
+        );
+        let tunnels = json!([
+            {"host": "b", "remote_ip": "192.168.77.2", "resolved": true, "tenants": ["blue", "red"]},
+            {"host": "c", "remote_ip": "10.9.0.3", "resolved": false, "tenants": []},
+        ]);
+        assert_eq!(
+            render(&Cmd::Tunnel, &tunnels),
+            "\
+host  remote_ip     next_hop    tenants
+b     192.168.77.2  resolved    blue,red
+c     10.9.0.3      unresolved  -
+"
+        );
+    }
 
     fn show_red() -> Cmd {
         Cmd::Tenant(TenantCmd::Show { name: "red".into() })
