@@ -269,6 +269,16 @@ async fn wait_for_stop(
     };
     let server = tokio::spawn(api.serve(listener));
     tracing::info!(socket = %api_socket.display(), "API listening");
+    let systemd = crate::notify::Notifier::from_env();
+    if let Some(systemd) = &systemd {
+        systemd.send("READY=1\nSTATUS=forwarding");
+    }
+    let mut watchdog = tokio::time::interval(
+        systemd
+            .as_ref()
+            .and_then(crate::notify::Notifier::watchdog_period)
+            .unwrap_or(Duration::from_secs(3600)),
+    );
     let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
     ticker.tick().await;
     let mut previous = Snapshot::take(&dataplane.ports, &dataplane.workers);
@@ -317,6 +327,11 @@ async fn wait_for_stop(
                 controller.publish_if_changed();
                 let _ = reply.send(answer);
             }
+            _ = watchdog.tick(), if systemd.as_ref().is_some_and(|s| s.watchdog_period().is_some()) => {
+                if let Some(systemd) = &systemd {
+                    systemd.send("WATCHDOG=1");
+                }
+            }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = ticker.tick(), if interval.is_some() => {
@@ -328,6 +343,9 @@ async fn wait_for_stop(
                 previous = now;
             }
         }
+    }
+    if let Some(systemd) = &systemd {
+        systemd.send("STOPPING=1");
     }
     server.abort();
     for listener in [tcp, metrics].into_iter().flatten() {

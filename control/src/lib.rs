@@ -14,6 +14,7 @@ pub mod docker;
 pub mod live;
 pub mod model;
 pub mod netlink;
+pub mod notify;
 pub mod pcap;
 pub mod placement;
 pub mod preflight;
