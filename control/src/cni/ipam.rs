@@ -56,6 +56,21 @@ pub struct Allocator {
     dir: PathBuf,
 }
 
+/// Holds `path` (made, with its directory, if missing) locked until the file is
+/// dropped: plugin calls for several containers run at once.
+pub(super) fn lock_file(path: &Path) -> Result<File, CniError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| CniError::io(dir, e))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| CniError::io(path, e))?;
+    file.lock().map_err(|e| CniError::io(path, e))?;
+    Ok(file)
+}
+
 /// Who holds an address: `container\nifname`.
 fn owner(env: &Env) -> String {
     format!("{}\n{}", env.container_id, env.ifname)
@@ -70,16 +85,7 @@ impl Allocator {
     }
 
     fn lock(&self) -> Result<File, CniError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| CniError::io(&self.dir, e))?;
-        let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| CniError::io(&path, e))?;
-        file.lock().map_err(|e| CniError::io(&path, e))?;
-        Ok(file)
+        lock_file(&self.dir.join("lock"))
     }
 
     /// The address `env`'s container holds, if any.

@@ -653,17 +653,7 @@ impl Pending {
     }
 
     fn lock(&self) -> Result<std::fs::File, CniError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| CniError::io(dir, e))?;
-        let path = self.path.with_extension("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| CniError::io(&path, e))?;
-        file.lock().map_err(|e| CniError::io(&path, e))?;
-        Ok(file)
+        ipam::lock_file(&self.path.with_extension("lock"))
     }
 
     fn remember(&self, tenant: Option<&str>, port: &str) -> Result<(), CniError> {
