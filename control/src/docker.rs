@@ -121,10 +121,9 @@ impl Driver {
             "/NetworkDriver.EndpointOperInfo" => self.endpoint_info(request),
             "/NetworkDriver.Join" => self.join(request),
             "/NetworkDriver.Leave" => Ok(json!({})),
-            "/NetworkDriver.DiscoverNew"
-            | "/NetworkDriver.DiscoverDelete"
-            | "/NetworkDriver.ProgramExternalConnectivity"
-            | "/NetworkDriver.RevokeExternalConnectivity" => Ok(json!({})),
+            "/NetworkDriver.ProgramExternalConnectivity" => self.publish(request),
+            "/NetworkDriver.RevokeExternalConnectivity" => self.unpublish(request),
+            "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => Ok(json!({})),
             other => Err(format!("{other}: not part of the network driver protocol")),
         };
         answer.unwrap_or_else(|e| json!({"Err": e}))
@@ -277,6 +276,60 @@ impl Driver {
             .ok_or_else(|| format!("EndpointID: {id} is unknown"))
     }
 
+    /// `docker run -p HOST_PORT:PORT`: each of the endpoint's port mappings becomes a
+    /// port published on the tenant's gateway (DNAT from its outside address), all or
+    /// none.
+    fn publish(&self, request: &Value) -> Result<Value, Failure> {
+        let endpoint = self.known_endpoint(request)?;
+        let tenant = self.tenant_of(endpoint)?;
+        let mappings = request["Options"]["com.docker.network.portmap"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut published: Vec<(String, u64)> = Vec::new();
+        for mapping in &mappings {
+            let result = publish_one(&self.client, tenant, endpoint.ip, mapping);
+            match result {
+                Ok(done) => published.push(done),
+                Err(e) => {
+                    for (protocol, host_port) in published {
+                        let _ = unpublish_one(&self.client, &protocol, host_port);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(json!({}))
+    }
+
+    /// Takes back what [`Driver::publish`] published for the endpoint: every port the
+    /// tenant publishes to its address.
+    fn unpublish(&self, request: &Value) -> Result<Value, Failure> {
+        let endpoint = self.known_endpoint(request)?;
+        let tenant = self.tenant_of(endpoint)?;
+        let answer = containers::call(&self.client, "GET", "/v1/published", None)
+            .map_err(|e| e.to_string())?;
+        if !answer.ok() {
+            return Err(answer.refusal());
+        }
+        let ip = endpoint.ip.to_string();
+        for p in answer.body.as_array().into_iter().flatten() {
+            if p["tenant"] == tenant && p["ip"] == ip.as_str() {
+                let protocol = p["protocol"].as_str().unwrap_or("tcp");
+                unpublish_one(&self.client, protocol, p["host_port"].as_u64().unwrap_or(0))?;
+            }
+        }
+        Ok(json!({}))
+    }
+
+    fn tenant_of(&self, endpoint: &Endpoint) -> Result<&str, Failure> {
+        self.state
+            .networks
+            .get(&endpoint.network)
+            .map(|n| n.tenant.as_str())
+            .ok_or_else(|| format!("NetworkID: {} is unknown", endpoint.network))
+    }
+
     fn endpoint_info(&self, request: &Value) -> Result<Value, Failure> {
         let endpoint = self.known_endpoint(request)?;
         Ok(
@@ -300,6 +353,63 @@ impl Driver {
         }
         Ok(answer)
     }
+}
+
+/// One of Docker's port mappings (`{"Proto": 6, "Port": 80, "HostPort": 8080, ...}`)
+/// published for the container at `ip`; returns (protocol, host port).
+fn publish_one(
+    client: &Client,
+    tenant: &str,
+    ip: Ipv4Addr,
+    mapping: &Value,
+) -> Result<(String, u64), Failure> {
+    let protocol = match mapping["Proto"].as_u64() {
+        Some(6) => "tcp",
+        Some(17) => "udp",
+        other => {
+            return Err(format!(
+                "portmap Proto: {} is neither TCP (6) nor UDP (17)",
+                other.map_or("missing".to_owned(), |p| p.to_string())
+            ))
+        }
+    };
+    let port = mapping["Port"].as_u64().filter(|p| (1..=65535).contains(p));
+    let host_port = mapping["HostPort"]
+        .as_u64()
+        .filter(|p| (1..=65535).contains(p));
+    let (Some(port), Some(host_port)) = (port, host_port) else {
+        return Err(format!(
+            "portmap: {mapping} needs a container Port and a HostPort (docker run -p HOST_PORT:PORT)"
+        ));
+    };
+    let body = json!({"tenant": tenant, "protocol": protocol, "host_port": host_port,
+                      "ip": ip.to_string(), "port": port});
+    let answer = containers::call(client, "POST", "/v1/published", Some(&body))
+        .map_err(|e| e.to_string())?;
+    if !answer.ok() {
+        return Err(format!(
+            "publishing {protocol}/{host_port}: {}",
+            answer.refusal()
+        ));
+    }
+    Ok((protocol.to_owned(), host_port))
+}
+
+fn unpublish_one(client: &Client, protocol: &str, host_port: u64) -> Result<(), Failure> {
+    let answer = containers::call(
+        client,
+        "DELETE",
+        &format!("/v1/published/{protocol}/{host_port}"),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    if !answer.ok() && answer.status != 404 {
+        return Err(format!(
+            "unpublishing {protocol}/{host_port}: {}",
+            answer.refusal()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

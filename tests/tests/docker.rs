@@ -78,6 +78,30 @@ fn move_into(ns: &Netns, src: &str, address: &str, gateway: &str) {
 #[test]
 fn docker_networks_and_endpoints_become_tenants_and_ports() {
     let dir = TempDir::new("docker").unwrap();
+    // The outside: a namespace behind tenetd's uplink, where published ports are
+    // reached from.
+    let inet = Netns::new("dkinet").unwrap();
+    let uplink = unique("dkup");
+    tests::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            inet.name(),
+        ],
+    )
+    .unwrap();
+    tests::underlay_end(&inet, "eth0").unwrap();
+    inet.exec("ip", &["addr", "add", "198.18.0.254/24", "dev", "eth0"])
+        .unwrap();
+    tests::run("ip", &["link", "set", &uplink, "up"]).unwrap();
     let config = format!(
         r#"
 [dataplane]
@@ -86,14 +110,34 @@ main_core = 0
 file_prefix = "{}"
 memory_mb = 256
 
+[switch]
+design = "dedicated"
+host = "h"
+underlay_gateway = "198.18.0.254"
+
+[gateway]
+snat_port_min = 20000
+snat_port_max = 29999
+
+[[host]]
+name = "h"
+underlay_ip = "198.18.0.1/24"
+
 [[tenant]]
 name = "red"
 id = 100
 subnets = ["10.40.0.1/24"]
+gateway_host = "h"
 
 [[port]]
 name = "spare"
 backend = "null"
+
+[[port]]
+name = "underlay"
+backend = "af-packet"
+interface = "{uplink}"
+role = "uplink"
 
 [control]
 api_socket = "{1}/tenetd.sock"
@@ -197,6 +241,61 @@ state_file = "{1}/state.json"
     wait_for_ping(&c1, "10.40.0.3");
     wait_for_ping(&c1, "10.40.0.1");
 
+    // docker run -p 18080:5201: published on red's gateway, reached from outside.
+    let portmap = |mappings: Value| {
+        json!({"NetworkID": "n-red", "EndpointID": "e1",
+               "Options": {"com.docker.network.portmap": mappings}})
+    };
+    assert_eq!(
+        call(
+            d,
+            "/NetworkDriver.ProgramExternalConnectivity",
+            portmap(json!([{"Proto": 6, "IP": "", "Port": 5201, "HostIP": "", "HostPort": 18080}]))
+        ),
+        json!({})
+    );
+    let published = tenetctl_ok(&d.join("tenetd.sock"), &["publish", "list"]);
+    assert!(
+        published.contains("18080") && published.contains("10.40.0.2"),
+        "{published}"
+    );
+    let server = c1
+        .command("iperf3")
+        .args(["-s", "-1", "-B", "10.40.0.2", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    inet.exec("iperf3", &["-c", "198.18.0.1", "-p", "18080", "-t", "1"])
+        .expect("the published port reached from outside");
+    let _ = server.wait_with_output();
+    // A mapping tenet cannot publish is refused whole: nothing of it stays.
+    let refused = call(
+        d,
+        "/NetworkDriver.ProgramExternalConnectivity",
+        portmap(json!([
+            {"Proto": 17, "Port": 53, "HostPort": 18053},
+            {"Proto": 1, "Port": 0, "HostPort": 0},
+        ])),
+    );
+    assert!(
+        refused["Err"].as_str().unwrap().contains("Proto"),
+        "{refused}"
+    );
+    let published = tenetctl_ok(&d.join("tenetd.sock"), &["publish", "list"]);
+    assert!(!published.contains("18053"), "{published}");
+    assert_eq!(
+        call(
+            d,
+            "/NetworkDriver.RevokeExternalConnectivity",
+            json!({"NetworkID": "n-red", "EndpointID": "e1"})
+        ),
+        json!({})
+    );
+    let published = tenetctl_ok(&d.join("tenetd.sock"), &["publish", "list"]);
+    assert!(!published.contains("18080"), "revoked: {published}");
+
     // A restarted plugin still knows its networks and endpoints.
     drop(plugin);
     plugin = Plugin::start(d);
@@ -259,10 +358,16 @@ state_file = "{1}/state.json"
         &["--json", "port", "list"],
     ))
     .unwrap();
+    let names: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     assert_eq!(
-        ports.as_array().unwrap().len(),
-        1,
-        "only the spare port: {ports}"
+        names,
+        ["spare", "underlay"],
+        "only the configured ports: {ports}"
     );
     assert!(
         c1.exec("ip", &["link", "show", "eth0"]).is_err(),
