@@ -1124,7 +1124,7 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             .collect()
     };
     type PortField = fn(&dataplane::dpdk::PortStats) -> u64;
-    let port_counters: [(&str, &str, PortField); 7] = [
+    let port_counters: [(&str, &str, PortField); 10] = [
         ("rx_packets", "Packets received by the port.", |s| {
             s.rx_packets
         }),
@@ -1137,6 +1137,19 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             "rx_missed",
             "Packets the device dropped for want of RX descriptors.",
             |s| s.rx_missed,
+        ),
+        (
+            "rx_errors",
+            "Erroneous packets the device received (bad checksum, runt, ...).",
+            |s| s.rx_errors,
+        ),
+        ("tx_errors", "Packets the device failed to transmit.", |s| {
+            s.tx_errors
+        }),
+        (
+            "rx_nombuf",
+            "Packets the device dropped for want of a packet buffer.",
+            |s| s.rx_nombuf,
         ),
         (
             "rx_large",
@@ -1243,5 +1256,44 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
         "gauge",
         vec![(String::new(), controller.learned() as u64)],
     );
+    let tenants = controller.tenant_counts();
+    family(
+        "tenet_tenant_learned_macs",
+        "MACs learned in the tenant and not aged out.",
+        "gauge",
+        tenants
+            .iter()
+            .map(|t| (format!("{{tenant=\"{}\"}}", t.name), u64::from(t.learned)))
+            .collect(),
+    );
+    family(
+        "tenet_tenant_ports",
+        "Ports of this host that carry the tenant (access ports and trunks).",
+        "gauge",
+        tenants
+            .iter()
+            .map(|t| (format!("{{tenant=\"{}\"}}", t.name), t.ports as u64))
+            .collect(),
+    );
+    family(
+        "tenet_build_info",
+        "The running tenetd's version (always 1).",
+        "gauge",
+        vec![(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
+    );
+    // Seconds, as Prometheus wants time: busy cycles over the TSC's rate.
+    let tsc_hz = dataplane::dpdk::tsc_hz().max(1) as f64;
+    let _ = writeln!(
+        out,
+        "# HELP tenet_core_busy_seconds_total Time the worker spent in loop iterations that moved packets.\n\
+         # TYPE tenet_core_busy_seconds_total counter"
+    );
+    for (core, s) in &cores {
+        let _ = writeln!(
+            out,
+            "tenet_core_busy_seconds_total{{core=\"{core}\"}} {:.6}",
+            s.busy_cycles as f64 / tsc_hz
+        );
+    }
     out
 }

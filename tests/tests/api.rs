@@ -324,6 +324,17 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
         body.contains("tenet_core_spread_total{core=\"1\"}"),
         "{body}"
     );
+    // Per tenant, per port errors, CPU time in seconds, the build.
+    for series in [
+        "tenet_tenant_ports{tenant=\"red\"} 2",
+        "tenet_tenant_learned_macs{tenant=\"red\"}",
+        "tenet_port_rx_errors_total{port=\"c1\"}",
+        "tenet_port_tx_errors_total{port=\"c1\"}",
+        "tenet_core_busy_seconds_total{core=\"1\"}",
+        "tenet_build_info{version=",
+    ] {
+        assert!(body.contains(series), "{series}: {body}");
+    }
     let write = plain_http(
         metrics_addr,
         "POST",

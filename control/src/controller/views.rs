@@ -10,7 +10,36 @@ use serde_json::{json, Value};
 
 use super::Controller;
 
+/// What the metrics say of one tenant this host runs.
+pub struct TenantCounts {
+    /// Its name.
+    pub name: String,
+    /// MACs learned in it, not aged out.
+    pub learned: u32,
+    /// This host's ports that carry it.
+    pub ports: usize,
+}
+
 impl Controller {
+    /// Each tenant this host runs with its learned MACs and ports, by name.
+    pub fn tenant_counts(&self) -> Vec<TenantCounts> {
+        let mut counts: Vec<TenantCounts> = self
+            .named
+            .iter()
+            .map(|(name, slot)| TenantCounts {
+                name: name.clone(),
+                learned: self.per_tenant.get(slot).copied().unwrap_or(0),
+                ports: self
+                    .port_tenants
+                    .values()
+                    .filter(|carried| carried.contains(slot))
+                    .count(),
+            })
+            .collect();
+        counts.sort_by(|a, b| a.name.cmp(&b.name));
+        counts
+    }
+
     fn tenant_named(&self, slot: TenantIdx) -> Option<&str> {
         let at = *self.tenant_at.get(&slot)?;
         Some(self.config.switching.tenants.get(at)?.name.as_str())
