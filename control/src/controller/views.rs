@@ -50,18 +50,20 @@ impl Controller {
         Some(self.config.switching.hosts.get(at)?.name.as_str())
     }
 
-    fn port_named(&self, id: u16) -> Option<&str> {
-        let at = self
-            .ports
+    /// Port names by id, made once per view (an FDB of a million MACs names its ports
+    /// a million times).
+    fn port_names(&self) -> hashbrown::HashMap<u16, &str> {
+        self.ports
             .iter()
-            .position(|p| p.as_ref().is_some_and(|p| p.id == id))?;
-        Some(self.config.ports.get(at)?.name.as_str())
+            .zip(&self.config.ports)
+            .filter_map(|(info, plan)| Some((info.as_ref()?.id, plan.name.as_str())))
+            .collect()
     }
 
     /// Where an FDB entry leads: `port NAME`, `host NAME` or `router`.
-    fn place(&self, location: Location) -> String {
+    fn place(&self, ports: &hashbrown::HashMap<u16, &str>, location: Location) -> String {
         match location {
-            Location::Port(id) => format!("port {}", self.port_named(id).unwrap_or("?")),
+            Location::Port(id) => format!("port {}", ports.get(&id).copied().unwrap_or("?")),
             Location::Host(host) => format!("host {}", self.host_named(host).unwrap_or("?")),
             Location::Router => "router".to_owned(),
         }
@@ -71,6 +73,7 @@ impl Controller {
     /// learned ones with their age, by tenant and MAC.
     pub fn fdb_view(&self, now: Instant) -> Value {
         let tables = self.tables();
+        let ports = self.port_names();
         let mut rows: Vec<(String, String, Value)> = Vec::new();
         // Installed: the endpoints, and each router's MAC in its tenant.
         let routers = self
@@ -86,7 +89,7 @@ impl Controller {
             };
             let mac = MacText(mac).to_string();
             let row = json!({"tenant": tenant, "mac": mac, "type": "static",
-                             "at": self.place(entry.location), "age_s": null});
+                             "at": self.place(&ports, entry.location), "age_s": null});
             rows.push((tenant.to_owned(), mac, row));
         }
         for (&(slot, mac), learned) in &self.dynamic.learned {
@@ -95,7 +98,7 @@ impl Controller {
             };
             let mac = MacText(mac).to_string();
             let row = json!({"tenant": tenant, "mac": mac, "type": "learned",
-                             "at": self.place(learned.location),
+                             "at": self.place(&ports, learned.location),
                              "age_s": now.saturating_duration_since(learned.seen).as_secs()});
             rows.push((tenant.to_owned(), mac, row));
         }
