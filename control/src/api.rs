@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::addresses::AddressRequest;
 use crate::config::gateway::{PublishSpec, RouteSpec};
 use crate::config::switching::{EndpointSpec, HostSpec, TenantSpec};
 use crate::config::PortSpec;
@@ -40,6 +41,8 @@ pub enum Command {
     ListRoutes,
     /// All published ports.
     ListPublished,
+    /// All claimed addresses.
+    ListAddresses,
     /// Ports with role, device, link and counters.
     ListPorts,
     /// Per-port, per-core and per-reason counters.
@@ -470,6 +473,9 @@ pub fn openapi() -> Value {
             "/v1/routes/{tenant}/{ip}/{len}": delete.clone(),
             "/v1/published": merge(list("published ports", "Publish"), "post", add("Publish")),
             "/v1/published/{protocol}/{port}": delete.clone(),
+            "/v1/addresses": merge(list("claimed addresses", "Address"), "post", json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AddressRequest"}}}},
+                "responses": {"201": {"description": "claimed: ip, prefix, gateway"}, "200": {"description": "the owner holds it already"}, "400": {"description": "a field is invalid", "content": {"application/json": {"schema": error}}}, "404": {"description": "no such tenant", "content": {"application/json": {"schema": error}}}, "409": {"description": "the address is taken, or the subnet full", "content": {"application/json": {"schema": error}}}}})),
+            "/v1/addresses/{tenant}/{ip}": delete.clone(),
             "/v1/hosts": merge(list("hosts", "Host"), "post", add("Host")),
             "/v1/hosts/{name}": delete.clone(),
             "/v1/endpoints": merge(list("endpoints", "Endpoint"), "post", add("Endpoint")),
@@ -503,6 +509,11 @@ pub fn openapi() -> Value {
                 "tenant": string, "prefix": string, "via": string}},
             "Publish": {"type": "object", "required": ["tenant", "protocol", "host_port", "ip", "port"], "additionalProperties": false, "properties": {
                 "tenant": string, "protocol": {"type": "string", "enum": ["tcp", "udp"]}, "host_port": integer, "ip": string, "port": integer}},
+            "AddressRequest": {"type": "object", "required": ["tenant", "owner"], "additionalProperties": false, "properties": {
+                "tenant": string, "owner": {"type": "string", "description": "who holds it; the same owner asking again gets the same address"},
+                "ip": {"type": "string", "description": "a particular (static) address"}, "subnet": {"type": "string", "description": "one of the tenant's subnets (default: its first)"}}},
+            "Address": {"type": "object", "required": ["tenant", "ip", "owner"], "properties": {
+                "tenant": string, "ip": string, "owner": string, "host": {"type": "string", "description": "the host that claimed it; none: this one"}}},
             "Host": {"type": "object", "required": ["name", "underlay_ip"], "additionalProperties": false, "properties": {
                 "name": string, "underlay_ip": string, "mac": {"type": "string", "nullable": true}, "egress": {"type": "boolean"}}},
             "Endpoint": {"type": "object", "required": ["tenant"], "additionalProperties": false, "properties": {
@@ -564,6 +575,23 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
                 host_port,
             })),
             Err(_) => Err(Reply::error(400, "host_port", "not a port number")),
+        },
+        (&Method::GET, ["addresses"]) => Ok(Command::ListAddresses),
+        (&Method::POST, ["addresses"]) => {
+            Ok(Command::Change(Change::ClaimAddress(parse::<
+                AddressRequest,
+            >(body)?)))
+        }
+        (&Method::DELETE, ["addresses", tenant, ip]) => match ip.parse() {
+            Ok(ip) => Ok(Command::Change(Change::ReleaseAddress {
+                tenant: (*tenant).to_owned(),
+                ip,
+            })),
+            Err(_) => Err(Reply::error(
+                400,
+                "ip",
+                &format!("`{ip}` is not an IPv4 address"),
+            )),
         },
         (&Method::GET, ["hosts"]) => Ok(Command::ListHosts),
         (&Method::POST, ["hosts"]) => {
@@ -721,6 +749,7 @@ mod tests {
                         br#"{"tenant":"t","protocol":"tcp","host_port":80,"ip":"10.1.0.5","port":80}"#
                     }
                     ("patch", "/v1/tenants/{name}") => br#"{"gateway_host":"b"}"#,
+                    ("post", "/v1/addresses") => br#"{"tenant":"t","owner":"o"}"#,
                     _ => b"",
                 };
                 assert!(

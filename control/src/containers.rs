@@ -137,6 +137,96 @@ pub fn attach_veth<'b>(
     }
 }
 
+/// An address tenetd handed out: the container's address, prefix length and gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Its subnet's prefix length.
+    pub prefix: u8,
+    /// The tenant's router on that subnet.
+    pub gateway: Ipv4Addr,
+}
+
+/// Claims an address of `tenant` for `owner` (the one asked for, or a free one on
+/// `subnet`, default the tenant's first): unique across the cluster, and the same
+/// again when `owner` asks again.
+pub fn claim_address(
+    client: &Client,
+    tenant: &str,
+    owner: &str,
+    ip: Option<Ipv4Addr>,
+    subnet: Option<&str>,
+) -> Result<Claimed, Refused> {
+    let mut request = json!({"tenant": tenant, "owner": owner});
+    if let Some(ip) = ip {
+        request["ip"] = json!(ip.to_string());
+    }
+    if let Some(subnet) = subnet {
+        request["subnet"] = json!(subnet);
+    }
+    let answer = call(client, "POST", "/v1/addresses", Some(&request))?;
+    if !answer.ok() {
+        return Err(Refused::Refused(format!(
+            "claiming an address: {}",
+            answer.refusal()
+        )));
+    }
+    let body = &answer.body;
+    let parsed = (|| {
+        Some(Claimed {
+            ip: body["ip"].as_str()?.parse().ok()?,
+            prefix: u8::try_from(body["prefix"].as_u64()?).ok()?,
+            gateway: body["gateway"].as_str()?.parse().ok()?,
+        })
+    })();
+    parsed.ok_or_else(|| Refused::Refused(format!("tenetd answered a claim with {body}")))
+}
+
+/// The addresses claimed through this host's tenetd (not another host's) whose owner
+/// starts with `owner_prefix`: (tenant, address, owner).
+pub fn claimed_here(
+    client: &Client,
+    owner_prefix: &str,
+) -> Result<Vec<(String, Ipv4Addr, String)>, Refused> {
+    Ok(list(client, "/v1/addresses")?
+        .into_iter()
+        .filter(|a| a["host"].is_null())
+        .filter_map(|a| {
+            let owner = a["owner"].as_str()?;
+            owner.starts_with(owner_prefix).then(|| {
+                Some((
+                    a["tenant"].as_str()?.to_owned(),
+                    a["ip"].as_str()?.parse().ok()?,
+                    owner.to_owned(),
+                ))
+            })?
+        })
+        .collect())
+}
+
+/// Gives back every address `owner` holds here; none held is fine.
+pub fn release_addresses(client: &Client, owner: &str) -> Result<(), Refused> {
+    for (tenant, ip, held_by) in claimed_here(client, owner)? {
+        if held_by != owner {
+            continue;
+        }
+        let answer = call(
+            client,
+            "DELETE",
+            &format!("/v1/addresses/{tenant}/{ip}"),
+            None,
+        )?;
+        if !answer.ok() && answer.status != 404 {
+            return Err(Refused::Refused(format!(
+                "releasing {ip}: {}",
+                answer.refusal()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The records a listing such as `/v1/ports` answers.
 fn list(client: &Client, path: &str) -> Result<Vec<Value>, Refused> {
     let answer = call(client, "GET", path, None)?;

@@ -1,6 +1,7 @@
 //! tenet's control plane: configuration, the port manager that turns it into attached
 //! DPDK ports and worker plans, and the `tenetd` daemon around them.
 
+pub mod addresses;
 pub mod api;
 pub mod capture;
 pub mod client;

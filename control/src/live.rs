@@ -15,6 +15,7 @@ use dataplane::packet::MacText;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::addresses;
 use crate::api::{Command, Reply};
 use crate::config::gateway::Placement;
 use crate::config::grow::{self, Keys};
@@ -61,7 +62,8 @@ struct Saving {
     /// tenants a copy of the model costs more than the change).
     before: Arc<Model>,
     model: Arc<Model>,
-    validated: Validated,
+    /// `None` for a change of claimed addresses alone: the tables stay as they are.
+    validated: Option<Validated>,
     effective: Option<Model>,
     /// Whether the change was validated alone ([`crate::config::grow`]): the keys
     /// already took it.
@@ -432,6 +434,9 @@ impl Live {
                 }
             }
         }
+        if change.addresses_only() {
+            return self.prepare_addresses(change, reply);
+        }
         let cluster = matches!(self.store.as_deref(), Some(Store::Etcd(_)));
         let place = place_of(&self.model, &change, controller);
         let alone = match cluster {
@@ -475,9 +480,46 @@ impl Live {
             place,
             before: Arc::clone(&self.model),
             model: Arc::new(model),
-            validated,
+            validated: Some(validated),
             effective,
             validated_alone,
+            reply,
+        })
+    }
+
+    /// An address claimed or released ([`crate::addresses`]): checked against the
+    /// model alone. A claim its owner already holds is answered at once.
+    #[allow(clippy::result_large_err)]
+    fn prepare_addresses(
+        &mut self,
+        change: Change,
+        reply: oneshot::Sender<Reply>,
+    ) -> Result<Saving, (oneshot::Sender<Reply>, Reply)> {
+        let place = self.model.place_of(&change);
+        match &change {
+            Change::ClaimAddress(request) => {
+                if let Some(held) = addresses::held(&self.model, request) {
+                    return Err((reply, claimed(200, &held)));
+                }
+                if let Err(refusal) = addresses::resolve(&self.model, request) {
+                    let refused = Reply::error(refusal.status, &refusal.field, &refusal.message);
+                    return Err((reply, refused));
+                }
+            }
+            Change::ReleaseAddress { tenant, ip } if place.is_none() => {
+                let message = format!("{ip} is not claimed in tenant `{tenant}`");
+                return Err((reply, Reply::error(404, "ip", &message)));
+            }
+            _ => {}
+        }
+        Ok(Saving {
+            model: Arc::new(self.model.made(&change, place)),
+            change,
+            place,
+            before: Arc::clone(&self.model),
+            validated: None,
+            effective: None,
+            validated_alone: true,
             reply,
         })
     }
@@ -575,6 +617,18 @@ impl Live {
             reply,
             ..
         } = saving;
+        let Some(validated) = validated else {
+            let answer = match self.settle_addresses(change, model, saved) {
+                Ok(answer) => answer,
+                // Another host took the address first: chosen again without it.
+                Err(again) => {
+                    self.queued.push_front((Change::ClaimAddress(again), reply));
+                    return;
+                }
+            };
+            let _ = reply.send(answer);
+            return;
+        };
         let answer = self.make_live(
             change,
             model,
@@ -585,6 +639,54 @@ impl Live {
             dataplane,
         );
         let _ = reply.send(answer);
+    }
+
+    /// A written claim or release in force (the tables do not change), or its
+    /// refusal; `Err` gives back a claim to ask again, its address taken by another
+    /// host whose claim this host has not seen yet.
+    fn settle_addresses(
+        &mut self,
+        change: Change,
+        model: Arc<Model>,
+        saved: anyhow::Result<()>,
+    ) -> Result<Reply, addresses::AddressRequest> {
+        /// Hosts racing for the addresses of one small subnet give up after this many.
+        const TRIES: usize = 8;
+        let claimed_now = match (&change, model.addresses.last()) {
+            (Change::ClaimAddress(_), Some(spec)) => Some(spec.clone()),
+            _ => None,
+        };
+        if let Err(e) = saved {
+            if let (Some(conflict), Change::ClaimAddress(request), Some(spec)) =
+                (e.downcast_ref::<Conflict>(), &change, &claimed_now)
+            {
+                if conflict.field == "ip" && request.ip.is_none() && request.avoid.len() < TRIES {
+                    let mut again = request.clone();
+                    again.avoid.push(spec.ip);
+                    return Err(again);
+                }
+                return Ok(Reply::error(409, &conflict.field, &conflict.message));
+            }
+            tracing::error!(error = %format!("{e:#}"), "could not save the state; change refused");
+            return Ok(match e.downcast_ref::<Conflict>() {
+                Some(conflict) => Reply::error(409, &conflict.field, &conflict.message),
+                None => Reply::error(500, "", &format!("could not save the state: {e:#}")),
+            });
+        }
+        tracing::info!(?change, "applied");
+        self.model = model;
+        self.keep_copy();
+        Ok(match claimed_now {
+            Some(spec) => match addresses::subnet_of(&self.model, &spec.tenant, spec.ip) {
+                Some(subnet) => claimed(201, &addresses::Resolved { spec, subnet }),
+                None => Reply::error(500, "", "the claimed address left its tenant's subnets"),
+            },
+            None => Reply {
+                status: 200,
+                body: json!({"status": 200, "message": "applied"}),
+                raw: None,
+            },
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -699,6 +801,7 @@ impl Live {
             Command::ListEndpoints => Reply::ok(json!(self.model.endpoints)),
             Command::ListRoutes => Reply::ok(json!(self.model.routes)),
             Command::ListPublished => Reply::ok(json!(self.model.published)),
+            Command::ListAddresses => Reply::ok(json!(self.model.addresses)),
             Command::ListPorts => Reply::ok(ports_json(controller, dp)),
             Command::Stats => Reply::ok(stats_json(controller, dp)),
             Command::Show => Reply::ok(json!({
@@ -809,6 +912,23 @@ fn tenant_in(model: &Model, controller: &Controller, name: &str) -> Option<usize
     controller
         .tenant_position(name)
         .filter(|&at| model.tenants.get(at).is_some_and(|t| t.name == name))
+}
+
+/// The answer to a claim: the address, its prefix length and gateway.
+fn claimed(status: u16, resolved: &addresses::Resolved) -> Reply {
+    let spec = &resolved.spec;
+    Reply {
+        status,
+        body: json!({
+            "status": status,
+            "tenant": spec.tenant,
+            "owner": spec.owner,
+            "ip": spec.ip,
+            "prefix": resolved.subnet.prefix,
+            "gateway": resolved.subnet.ip,
+        }),
+        raw: None,
+    }
 }
 
 fn confined(path: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::addresses::AddressRequest;
 use crate::config::gateway::{PublishSpec, RouteSpec};
-use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
+use crate::config::switching::{AddressSpec, EndpointSpec, HostSpec, SwitchSection, TenantSpec};
 use crate::config::{items, Config, ConfigError, List, PortSpec, Validated};
 
 /// The live model.
@@ -38,6 +39,10 @@ pub struct Model {
     /// [`crate::placement`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub placed: BTreeMap<String, String>,
+    /// Addresses claimed for containers ([`crate::addresses`]). Like the placements,
+    /// no part of a config: the tables never see them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<AddressSpec>,
 }
 
 /// A change asked for through the API.
@@ -84,6 +89,15 @@ pub enum Change {
         /// The published port.
         host_port: u16,
     },
+    /// Claim an address for a container.
+    ClaimAddress(AddressRequest),
+    /// Give a claimed address back.
+    ReleaseAddress {
+        /// Tenant name.
+        tenant: String,
+        /// The address.
+        ip: std::net::Ipv4Addr,
+    },
 }
 
 /// A record of the model by list and position ([`Model::place_of`]).
@@ -101,6 +115,8 @@ pub enum Place {
     Route(usize),
     /// `published[i]`.
     Publish(usize),
+    /// `addresses[i]`.
+    Address(usize),
 }
 
 /// The tenant settings a running switch may change; absent fields stay.
@@ -164,6 +180,15 @@ impl Change {
                 | Change::DeleteEndpoint { .. }
                 | Change::DeleteRoute { .. }
                 | Change::DeletePublish { .. }
+                | Change::ReleaseAddress { .. }
+        )
+    }
+
+    /// Whether it claims or releases an address: the tables do not change.
+    pub fn addresses_only(&self) -> bool {
+        matches!(
+            self,
+            Change::ClaimAddress(_) | Change::ReleaseAddress { .. }
         )
     }
 
@@ -203,6 +228,8 @@ impl Change {
             }
             Change::AddRoute(r) => one(&r.tenant),
             Change::AddPublish(p) => one(&p.tenant),
+            Change::ClaimAddress(a) => one(&a.tenant),
+            Change::ReleaseAddress { tenant, .. } => one(tenant),
             Change::AddPort(port) => port
                 .tenant
                 .iter()
@@ -228,6 +255,8 @@ impl Change {
             }
             Change::AddRoute(r) => r.tenant.clone(),
             Change::AddPublish(p) => p.tenant.clone(),
+            Change::ClaimAddress(a) => a.tenant.clone(),
+            Change::ReleaseAddress { tenant, .. } => tenant.clone(),
             Change::DeletePublish { .. } => match before.place_of(self)? {
                 Place::Publish(i) => before.published[i].tenant.clone(),
                 _ => return None,
@@ -252,6 +281,7 @@ impl Model {
             routes: config.routes.clone(),
             published: config.published.clone(),
             placed: BTreeMap::new(),
+            addresses: Vec::new(),
         }
     }
 
@@ -267,6 +297,7 @@ impl Model {
             routes: Vec::new(),
             published: Vec::new(),
             placed: BTreeMap::new(),
+            addresses: Vec::new(),
         }
     }
 
@@ -294,8 +325,12 @@ impl Model {
         }
     }
 
-    /// The model a config holds, its lists moved out (left empty), with `placed`.
-    fn taken_from(config: &mut Config, placed: BTreeMap<String, String>) -> Self {
+    /// The model a config holds, its lists moved out (left empty), with the
+    /// model's own records (`placed`, `addresses`).
+    fn taken_from(
+        config: &mut Config,
+        (placed, addresses): (BTreeMap<String, String>, Vec<AddressSpec>),
+    ) -> Self {
         Self {
             switch: std::mem::take(&mut config.switch),
             hosts: std::mem::take(&mut config.hosts),
@@ -305,6 +340,7 @@ impl Model {
             routes: std::mem::take(&mut config.routes),
             published: std::mem::take(&mut config.published),
             placed,
+            addresses,
         }
     }
 
@@ -380,15 +416,18 @@ impl Model {
         }
         // The model is copied once: its lists go into the config validated and come
         // back out of it (the plan keeps the config's own sections as its base).
-        let placed = std::mem::take(&mut next.placed);
+        let own = (
+            std::mem::take(&mut next.placed),
+            std::mem::take(&mut next.addresses),
+        );
         match next.into_config(base).checked() {
             Ok(mut validated) => {
-                let next = Self::taken_from(&mut validated.source, placed);
+                let next = Self::taken_from(&mut validated.source, own);
                 Ok((next, validated))
             }
             Err(refused) => {
                 let (error, mut config) = *refused;
-                let next = Self::taken_from(&mut config, placed);
+                let next = Self::taken_from(&mut config, own);
                 let validated = self.validate_leniently_after(error, &next, base, &prefix)?;
                 Ok((next, validated))
             }
@@ -461,6 +500,12 @@ impl Model {
         {
             return Err(peered(name));
         }
+        if let Some(a) = self.addresses.iter().find(|a| &a.tenant == name) {
+            return Err(in_use(format!(
+                "tenant `{name}` has claimed addresses ({} held by `{}`); release them first",
+                a.ip, a.owner
+            )));
+        }
         Ok(())
     }
 
@@ -493,12 +538,20 @@ impl Model {
                 (format!("publish[{}].", self.published.len() - 1), true)
             }
             Change::UpdateTenant(name, patch) => self.update_tenant(name, patch),
+            Change::ClaimAddress(request) => match crate::addresses::resolve(self, request) {
+                Ok(resolved) => {
+                    self.addresses.push(resolved.spec);
+                    (format!("address[{}].", self.addresses.len() - 1), true)
+                }
+                Err(_) => (String::new(), false),
+            },
             Change::DeletePort(_)
             | Change::DeleteTenant(_)
             | Change::DeleteHost(_)
             | Change::DeleteEndpoint { .. }
             | Change::DeleteRoute { .. }
-            | Change::DeletePublish { .. } => (String::new(), self.remove(change)),
+            | Change::DeletePublish { .. }
+            | Change::ReleaseAddress { .. } => (String::new(), self.remove(change)),
         }
     }
 
@@ -522,6 +575,7 @@ impl Model {
             (Change::DeleteEndpoint { .. }, Place::Endpoint(i)) => drop(self.endpoints.remove(i)),
             (Change::DeleteRoute { .. }, Place::Route(i)) => drop(self.routes.remove(i)),
             (Change::DeletePublish { .. }, Place::Publish(i)) => drop(self.published.remove(i)),
+            (Change::ReleaseAddress { .. }, Place::Address(i)) => drop(self.addresses.remove(i)),
             _ => return false,
         }
         true
@@ -539,6 +593,12 @@ impl Model {
             Change::AddPort(_) => Place::Port(self.ports.len()),
             Change::AddRoute(_) => Place::Route(self.routes.len()),
             Change::AddPublish(_) => Place::Publish(self.published.len()),
+            Change::ClaimAddress(_) => Place::Address(self.addresses.len()),
+            Change::ReleaseAddress { tenant, ip } => Place::Address(
+                self.addresses
+                    .iter()
+                    .position(|a| &a.tenant == tenant && a.ip == *ip)?,
+            ),
             Change::UpdateTenant(name, _) | Change::DeleteTenant(name) => {
                 Place::Tenant(tenant_named(name)?)
             }
@@ -664,6 +724,9 @@ fn nothing_to_change(change: &Change) -> Refusal {
             "host_port",
             format!("{host_port}/{protocol} is not published"),
         ),
+        Change::ReleaseAddress { tenant, ip } => {
+            Refusal::not_found("ip", format!("{ip} is not claimed in tenant `{tenant}`"))
+        }
         _ => Refusal::not_found("", "nothing to change".to_owned()),
     }
 }

@@ -101,19 +101,18 @@ state_file = "{dir}/state.json"
             .clone()
     }
 
+    /// The addresses tenetd has claimed for the containers of `network`.
     fn addresses_held(&self, network: &str) -> usize {
-        std::fs::read_dir(self.dir.path().join("ipam").join(network))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .parse::<std::net::Ipv4Addr>()
-                            .is_ok()
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
+        let answer = tests::http(&self.socket(), "GET", "/v1/addresses", "");
+        assert!(answer.ok(), "{}", answer.body);
+        let ours = format!("cni:{network}:");
+        answer
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["owner"].as_str().is_some_and(|o| o.starts_with(&ours)))
+            .count()
     }
 }
 
@@ -161,6 +160,16 @@ fn cni_env(
     (out.status.success(), value)
 }
 
+/// The address a result gives the container, without its prefix length (checked to
+/// be on red's and blue's subnet, not its gateway).
+fn address_of(result: &Value) -> String {
+    let cidr = result["ips"][0]["address"].as_str().unwrap();
+    let (ip, prefix) = cidr.split_once('/').unwrap();
+    assert_eq!(prefix, "24");
+    assert!(ip.starts_with("10.20.0.") && ip != "10.20.0.1", "{cidr}");
+    ip.to_owned()
+}
+
 fn add(conf: &Value, container: &str, ns: &Netns) -> Value {
     let (ok, result) = cni("ADD", container, Some(ns), conf);
     assert!(ok, "ADD {container} failed: {result}");
@@ -201,7 +210,7 @@ fn add_check_del_is_a_full_round_trip() {
         ra["interfaces"][1]["sandbox"],
         format!("/var/run/netns/{}", a.name())
     );
-    assert_eq!(ra["ips"][0]["address"], "10.20.0.2/24");
+    let ip_a = address_of(&ra);
     assert_eq!(ra["ips"][0]["gateway"], "10.20.0.1");
     assert_eq!(ra["ips"][0]["interface"], 1);
     assert_eq!(
@@ -209,15 +218,43 @@ fn add_check_del_is_a_full_round_trip() {
         json!({"dst": "0.0.0.0/0", "gw": "10.20.0.1"})
     );
     let rb = add(&red, &idb, &b);
-    assert_eq!(rb["ips"][0]["address"], "10.20.0.3/24");
-    // Blue's own pool: the same addresses, another tenant.
-    let rc = add(&blue, &idc, &c);
-    assert_eq!(rc["ips"][0]["address"], "10.20.0.2/24");
+    let ip_b = address_of(&rb);
+    assert_ne!(ip_a, ip_b);
+    // Blue's own pool: the same addresses, another tenant; blue's container takes
+    // red's b's address, asked for as a static one.
+    let static_b = json!({"runtimeConfig": {"ips": [format!("{ip_b}/24")]}});
+    let mut blue_at_b = blue.clone();
+    blue_at_b
+        .as_object_mut()
+        .unwrap()
+        .extend(static_b.as_object().unwrap().clone());
+    let rc = add(&blue_at_b, &idc, &c);
+    assert_eq!(address_of(&rc), ip_b);
+    // Red's a's address is taken in red: a static request for it is refused, naming
+    // the address, and leaves nothing behind.
+    let late = Netns::new("cl").unwrap();
+    let mut red_at_a = red.clone();
+    red_at_a.as_object_mut().unwrap().extend(
+        json!({"args": {"cni": {"ips": [ip_a]}}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let (ok, err) = cni("ADD", &unique("late"), Some(&late), &red_at_a);
+    assert!(!ok);
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ip: {ip_a} is already claimed")),
+        "{err}"
+    );
+    assert_eq!(sw.addresses_held("red-net"), 2);
 
     // The container is configured as the result says, and reaches its tenant.
     let route = a.exec("ip", &["route"]).unwrap();
     assert!(route.contains("default via 10.20.0.1 dev eth0"), "{route}");
-    wait_for_ping(&a, "10.20.0.3");
+    wait_for_ping(&a, &ip_b);
     wait_for_ping(&a, "10.20.0.1");
     // On its af-packet port the container keeps what a bridge would leave it: TCP
     // segments of up to 64 KiB (one large buffer's worth) and checksums handed over.
@@ -232,18 +269,16 @@ fn add_check_del_is_a_full_round_trip() {
     }
     let link = a.exec("ip", &["-d", "link", "show", "eth0"]).unwrap();
     assert!(link.contains("gso_max_size 65000"), "{link}");
-    let bits = iperf3_bits(&a, &b, "10.20.0.3", 1);
+    let bits = iperf3_bits(&a, &b, &ip_b, 1);
     assert!(bits > 1e8, "TCP between the containers at {bits} bit/s");
     // Installed, not learned: the endpoints carry the containers' MACs and addresses.
     let mac_a = ra["interfaces"][1]["mac"].as_str().unwrap();
     assert!(sw
         .endpoints()
         .iter()
-        .any(|e| e["mac"] == mac_a && e["ip"] == "10.20.0.2" && e["tenant"] == "red"));
+        .any(|e| e["mac"] == mac_a && e["ip"] == ip_a.as_str() && e["tenant"] == "red"));
     // Blue reaches nothing of red's, though the addresses are the same.
-    assert!(c
-        .exec("ping", &["-c", "2", "-W", "1", "10.20.0.3"])
-        .is_err());
+    assert!(c.exec("ping", &["-c", "2", "-W", "1", &ip_a]).is_err());
 
     let check = json!({"prevResult": ra}).as_object().unwrap().clone();
     let mut with_prev = red.clone();
@@ -698,8 +733,8 @@ fn del_succeeds_while_tenetd_is_down_and_the_port_goes_when_it_is_back() {
     let (ok, err) = cni("DEL", &ida, Some(&a), &red);
     assert!(ok, "DEL with tenetd down: {err}");
     assert_eq!(host_link(&ida), None, "the link went at once");
-    assert_eq!(sw.addresses_held("red-down"), 0, "so did the address");
     sw.resume();
+    assert_eq!(sw.addresses_held("red-down"), 1, "tenetd kept the claim");
     assert!(
         sw.ports().contains(&port),
         "tenetd kept the port: {:?}",
@@ -712,6 +747,11 @@ fn del_succeeds_while_tenetd_is_down_and_the_port_goes_when_it_is_back() {
         sw.ports()
     );
     assert!(sw.endpoints().iter().all(|e| e["port"] != port.as_str()));
+    assert_eq!(
+        sw.addresses_held("red-down"),
+        1,
+        "a's address given back by the same call, b holds one"
+    );
     assert!(cni("DEL", &idb, Some(&b), &red).0);
     assert_eq!(sw.ports(), ["spare"]);
 }

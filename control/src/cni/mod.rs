@@ -17,9 +17,14 @@
 //! config's `tenant`, or per container `args.cni.tenant` (a Multus
 //! NetworkAttachmentDefinition's `cni-args`) or `TENET_TENANT` in `CNI_ARGS`.
 //!
-//! Everything a container gets is named from its container id and interface, so DEL
-//! and CHECK find it again without state of their own: port and host veth
-//! `tn<hash>`, the address in the allocator's file for the container.
+//! Addresses come from tenetd (`POST /v1/addresses`), which hands each out once
+//! across the cluster; a static one is asked for with the `ips` capability
+//! (`runtimeConfig.ips`), `args.cni.ips` or `IP` in `CNI_ARGS`, and refused when taken.
+//! A config naming an IPAM plugin (`host-local`) delegates to it instead.
+//!
+//! Everything a container gets is named from its network, container id and
+//! interface, so DEL and CHECK find it again without state of their own: port and
+//! host veth `tn<hash>`, the address claimed by `cni:<network>:<container>:<ifname>`.
 
 pub mod ipam;
 
@@ -233,9 +238,13 @@ pub struct NetConf {
     /// vhost-user: where the sockets are.
     #[serde(default = "default_vhost_dir", rename = "vhostDir")]
     pub vhost_dir: PathBuf,
-    /// The own allocator's directory.
+    /// Where the plugin remembers what DEL could not undo while tenetd was down.
     #[serde(default = "default_data_dir", rename = "dataDir")]
     pub data_dir: PathBuf,
+    /// A static address for this container (`runtimeConfig.ips`, `args.cni.ips`,
+    /// `IP` in `CNI_ARGS`).
+    #[serde(skip)]
+    pub ip: Option<Ipv4Addr>,
     /// Delegated IPAM (`{"type": "host-local", ...}`); none: the plugin's own.
     pub ipam: Option<Value>,
     /// The result of the previous plugin of a chain, or of ADD (CHECK, DEL).
@@ -257,6 +266,15 @@ impl NetConf {
         // here): the tenant may differ from the network's.
         if let Some(tenant) = raw["args"]["cni"]["tenant"].as_str() {
             conf.tenant = Some(tenant.to_owned());
+        }
+        for (field, ips) in [
+            ("runtimeConfig.ips", &raw["runtimeConfig"]["ips"]),
+            ("args.cni.ips", &raw["args"]["cni"]["ips"]),
+        ] {
+            if let Some(first) = ips.get(0) {
+                conf.ip = Some(static_ip(field, first.as_str().unwrap_or_default())?);
+                break;
+            }
         }
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
@@ -286,12 +304,16 @@ impl NetConf {
         Ok((conf, raw))
     }
 
-    /// `TENET_TENANT` in `CNI_ARGS` chooses the tenant of this container.
-    pub fn with_args(mut self, env: &Env) -> Self {
+    /// `TENET_TENANT` in `CNI_ARGS` chooses the tenant of this container, `IP` its
+    /// address.
+    pub fn with_args(mut self, env: &Env) -> Result<Self, CniError> {
         if let Some(tenant) = env.arg("TENET_TENANT") {
             self.tenant = Some(tenant.to_owned());
         }
-        self
+        if let Some(ip) = env.arg("IP") {
+            self.ip = Some(static_ip("CNI_ARGS IP", ip)?);
+        }
+        Ok(self)
     }
 
     fn tenant(&self) -> Result<&str, CniError> {
@@ -321,6 +343,22 @@ fn vhost_mac(name: &str) -> [u8; 6] {
     [0x02, 0x7d, b[4], b[5], b[6], b[7]]
 }
 
+/// A requested address, `10.1.0.7` or `10.1.0.7/24` (the prefix is the subnet's).
+fn static_ip(field: &str, text: &str) -> Result<Ipv4Addr, CniError> {
+    let address = text.split('/').next().unwrap_or_default();
+    address.parse().map_err(|_| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("{field}: `{text}` is not an IPv4 address"),
+        )
+    })
+}
+
+/// Who holds a container's address in tenetd.
+fn owner(conf: &NetConf, env: &Env) -> String {
+    format!("cni:{}:{}:{}", conf.name, env.container_id, env.ifname)
+}
+
 fn parse_cidr(field: &str, text: &str) -> Result<Ipv4Cidr, CniError> {
     text.parse()
         .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("{field}: {e}")))
@@ -342,8 +380,14 @@ struct Addressing {
 }
 
 /// Chooses the container's address: delegated to the IPAM plugin the config names,
-/// or from the tenant's subnet with the tenant's gateway.
-fn address(env: &Env, conf: &NetConf, raw: &Value, tenant: &Value) -> Result<Addressing, CniError> {
+/// or claimed from tenetd on the tenant's subnet, with the tenant's gateway.
+fn address(
+    client: &Client,
+    env: &Env,
+    conf: &NetConf,
+    raw: &Value,
+    tenant: &str,
+) -> Result<Addressing, CniError> {
     if let Some(ipam) = &conf.ipam {
         let plugin = ipam.get("type").and_then(Value::as_str).unwrap_or("");
         let result = ipam::delegate(env, plugin, raw)?;
@@ -358,39 +402,23 @@ fn address(env: &Env, conf: &NetConf, raw: &Value, tenant: &Value) -> Result<Add
             gateway,
         });
     }
-    let subnets = containers::subnets(tenant);
-    let router = match &conf.subnet {
-        Some(wanted) => {
-            let wanted_subnet = parse_cidr("subnet", wanted)?;
-            subnets
-                .iter()
-                .copied()
-                .find(|s| s.prefix == wanted_subnet.prefix && wanted_subnet.contains(s.ip))
-                .ok_or_else(|| {
-                    CniError::new(code::INVALID_CONFIG, format!("subnet: {wanted} is not one of the tenant's subnets"))
-                })?
-        }
-        None => *subnets.first().ok_or_else(|| {
-            CniError::new(
-                code::INVALID_CONFIG,
-                "ipam: the tenant has no subnet (no gateway) to take addresses from; give it one or configure ipam",
-            )
-        })?,
-    };
-    let pool = ipam::Pool {
-        subnet: router,
-        gateway: Some(router.ip),
-    };
-    let ip = ipam::Allocator::new(&conf.data_dir, &conf.name).allocate(env, &pool)?;
+    let claimed = containers::claim_address(
+        client,
+        tenant,
+        &owner(conf, env),
+        conf.ip,
+        conf.subnet.as_deref(),
+    )
+    .map_err(refused)?;
     Ok(Addressing {
-        ip,
-        prefix: router.prefix,
-        gateway: Some(router.ip),
+        ip: claimed.ip,
+        prefix: claimed.prefix,
+        gateway: Some(claimed.gateway),
     })
 }
 
-/// Gives the container's address back (own allocator, or the delegated plugin's DEL).
-fn release(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
+/// Gives the container's address back: tenetd's claim, or the delegated plugin's DEL.
+fn release(client: &Client, env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     match &conf.ipam {
         Some(ipam) => {
             let plugin = ipam.get("type").and_then(Value::as_str).unwrap_or("");
@@ -400,7 +428,7 @@ fn release(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
             };
             ipam::delegate(&del, plugin, raw).map(|_| ())
         }
-        None => ipam::Allocator::new(&conf.data_dir, &conf.name).release(env),
+        None => containers::release_addresses(client, &owner(conf, env)).map_err(refused),
     }
 }
 
@@ -408,7 +436,7 @@ fn release(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
 pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
     let tenant_name = conf.tenant()?;
     let client = Client::new(&conf.socket);
-    let tenant = containers::tenant(&client, tenant_name)
+    containers::tenant(&client, tenant_name)
         .map_err(refused)?
         .ok_or_else(|| {
             CniError::new(
@@ -434,10 +462,10 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
                 .map_err(|e| CniError::new(code::LINK_FAILED, format!("{e:#}")))?;
         }
     }
-    let addressing = address(env, conf, raw, &tenant)?;
+    let addressing = address(&client, env, conf, raw, tenant_name)?;
     // From here each step undoes the ones before it when it fails.
     let undo_address = |e: CniError| {
-        let _ = release(env, conf, raw);
+        let _ = release(&client, env, conf, raw);
         e
     };
     let container = |mac: [u8; 6]| Container {
@@ -510,12 +538,19 @@ pub fn del(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     let client = Client::new(&conf.socket);
     let tenant = conf.tenant.as_deref().filter(|t| !t.is_empty());
     let pending = Pending::new(&conf.data_dir);
-    match containers::detach(&client, tenant, &name) {
+    // tenetd's claim, unless an IPAM plugin gave the address.
+    let claim = conf.ipam.is_none().then(|| owner(conf, env));
+    let undone = containers::detach(&client, tenant, &name).and_then(|()| match &claim {
+        Some(owner) => containers::release_addresses(&client, owner),
+        None => Ok(()),
+    });
+    match undone {
         Ok(()) => pending.settle(&client),
-        // tenetd down must not hold a pod's teardown: the port is detached later.
+        // tenetd down must not hold a pod's teardown: the port is detached and the
+        // address given back later.
         Err(containers::Refused::Unreachable(m)) => {
             tracing::warn!(port = %name, reason = %m, "tenetd unreachable: the port is detached by a later call");
-            pending.remember(tenant, &name)?;
+            pending.remember(tenant, &name, claim.as_deref())?;
         }
         Err(e) => return Err(refused(e)),
     }
@@ -525,7 +560,10 @@ pub fn del(env: &Env, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
         netlink::delete_link(&name)
             .map_err(|e| CniError::new(code::LINK_FAILED, format!("{e:#}")))?;
     }
-    release(env, conf, raw)
+    match conf.ipam {
+        Some(_) => release(&client, env, conf, raw),
+        None => Ok(()),
+    }
 }
 
 /// CHECK: the container's link, address, port and endpoint are all in place.
@@ -596,10 +634,10 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
     }
 }
 
-/// GC (CNI 1.1): every container this network gave an address to that the runtime no
-/// longer lists in `cni.dev/valid-attachments` loses its port, link and address
-/// (with delegated IPAM the network's containers cannot be told from other
-/// networks' of the tenant, so only remembered detaches are settled).
+/// GC (CNI 1.1): every container of this host that this network claimed an address
+/// for and the runtime no longer lists in `cni.dev/valid-attachments` loses its port,
+/// link and address (with delegated IPAM the network's containers cannot be told
+/// from other networks' of the tenant, so only remembered detaches are settled).
 pub fn gc(conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     let client = Client::new(&conf.socket);
     let pending = Pending::new(&conf.data_dir);
@@ -620,8 +658,13 @@ pub fn gc(conf: &NetConf, raw: &Value) -> Result<(), CniError> {
                 .collect()
         })
         .unwrap_or_default();
-    let allocator = ipam::Allocator::new(&conf.data_dir, &conf.name);
-    for (container_id, ifname) in allocator.holders()? {
+    let ours = format!("cni:{}:", conf.name);
+    let held = containers::claimed_here(&client, &ours).map_err(refused)?;
+    let holders = held.iter().filter_map(|(_, _, owner)| {
+        let (container, ifname) = owner.strip_prefix(&ours)?.rsplit_once(':')?;
+        Some((container.to_owned(), ifname.to_owned()))
+    });
+    for (container_id, ifname) in holders {
         if valid
             .iter()
             .any(|(c, i)| *c == container_id && *i == ifname)
@@ -639,8 +682,8 @@ pub fn gc(conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Ports whose DEL came while tenetd was down, detached by the next call that reaches
-/// it: `tenant<TAB>port` lines in a file beside the address leases.
+/// Ports whose DEL came while tenetd was down, detached (and their addresses given
+/// back) by the next call that reaches it: `tenant<TAB>port<TAB>owner` lines.
 struct Pending {
     path: PathBuf,
 }
@@ -656,10 +699,19 @@ impl Pending {
         ipam::lock_file(&self.path.with_extension("lock"))
     }
 
-    fn remember(&self, tenant: Option<&str>, port: &str) -> Result<(), CniError> {
+    fn remember(
+        &self,
+        tenant: Option<&str>,
+        port: &str,
+        owner: Option<&str>,
+    ) -> Result<(), CniError> {
         let _lock = self.lock()?;
         let mut text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        text.push_str(&format!("{}\t{port}\n", tenant.unwrap_or("")));
+        text.push_str(&format!(
+            "{}\t{port}\t{}\n",
+            tenant.unwrap_or(""),
+            owner.unwrap_or("")
+        ));
         crate::store::write_private(&self.path, text.as_bytes())
             .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
     }
@@ -675,11 +727,17 @@ impl Pending {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         let mut left = String::new();
         for line in text.lines() {
-            let Some((tenant, port)) = line.split_once('\t') else {
+            let mut fields = line.split('\t');
+            let (Some(tenant), Some(port)) = (fields.next(), fields.next()) else {
                 continue;
             };
+            let owner = fields.next().filter(|o| !o.is_empty());
             let tenant = Some(tenant).filter(|t| !t.is_empty());
-            match containers::detach(client, tenant, port) {
+            let undone = containers::detach(client, tenant, port).and_then(|()| match owner {
+                Some(owner) => containers::release_addresses(client, owner),
+                None => Ok(()),
+            });
+            match undone {
                 Ok(()) => tracing::info!(port, "detached after tenetd came back"),
                 Err(e) => {
                     tracing::warn!(port, reason = %e, "still not detached");

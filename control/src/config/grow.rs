@@ -523,9 +523,12 @@ pub fn add_endpoint(
     if !Arc::ptr_eq(&next.switching.tenants[tenant], &plan.tenants[tenant]) {
         return None;
     }
+    // A MAC or address another endpoint of the tenant has: whole validation names it.
     let taken = |mac: &Mac| {
         keys.routers.macs.contains_key(mac)
-            || items(&plan.endpoints).any(|e| e.tenant == tenant && e.mac == *mac)
+            || items(&plan.endpoints).any(|e| {
+                e.tenant == tenant && (e.mac == *mac || (e.ip.is_some() && e.ip == spec.ip))
+            })
     };
     if endpoints.iter().any(|e| taken(&e.mac)) {
         return None;

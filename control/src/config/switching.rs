@@ -126,6 +126,22 @@ pub struct EndpointSpec {
     pub ip: Option<Ipv4Addr>,
 }
 
+/// An address of a tenant's subnet claimed for a container (cluster-wide IPAM: one
+/// record per address, so two hosts never hand out the same one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressSpec {
+    /// Its tenant.
+    pub tenant: String,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Who holds it, in the claimant's words (`cni:<network>:<container>:<ifname>`).
+    pub owner: String,
+    /// The other host that claimed it (none: this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
 /// Port roles in the user's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -768,6 +784,7 @@ pub(crate) fn validate_endpoints<'e>(
 ) -> Result<Vec<EndpointPlan>, ConfigError> {
     let mut endpoint_plans = Vec::with_capacity(endpoints.len());
     let mut seen = HashSet::with_capacity(endpoints.len());
+    let mut addresses = HashSet::new();
     for (i, e) in endpoints.enumerate() {
         let field = Field::Item("endpoint", i);
         let tenant = tenant_index(index, field.member("tenant"), &e.tenant)?;
@@ -778,6 +795,14 @@ pub(crate) fn validate_endpoints<'e>(
                 field.member("ip"),
                 "an address belongs to one MAC: give mac, not macs",
             ));
+        }
+        if let Some(ip) = e.ip {
+            if !addresses.insert((tenant, ip)) {
+                return Err(invalid(
+                    field.member("ip"),
+                    format!("{ip} is already the address of another endpoint of the tenant"),
+                ));
+            }
         }
         for (j, text) in macs.iter().enumerate() {
             let mfield = match e.macs {

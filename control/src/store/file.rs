@@ -5,7 +5,7 @@
 //! and kept as `<state_file>.migrated`.
 //!
 //! Keys: `switch` and `ports` (small, written whole), and one key per tenant, host,
-//! endpoint, route, published port (`tenant/<seq>`, ...) and gateway placement
+//! endpoint, route, published port, claimed address (`tenant/<seq>`, ...) and gateway placement
 //! (`placed/<tenant>`). `<seq>` numbers a list's records in the order they were added
 //! (zero-padded, so the journal's key order is the model's): a restart gives the lists
 //! back in the order the API built them, which positions-dependent choices (an `auto`
@@ -42,6 +42,7 @@ struct Order {
     endpoints: Vec<u64>,
     routes: Vec<u64>,
     published: Vec<u64>,
+    addresses: Vec<u64>,
     next: u64,
 }
 
@@ -51,6 +52,7 @@ const HOST: &str = "host";
 const ENDPOINT: &str = "endpoint";
 const ROUTE: &str = "route";
 const PUBLISH: &str = "publish";
+const ADDRESS: &str = "address";
 const PLACED: &str = "placed";
 const SWITCH: &str = "switch";
 const PORTS: &str = "ports";
@@ -229,6 +231,9 @@ fn replace(kept: &mut Kept, model: &Model) -> anyhow::Result<()> {
     list(&mut records, &mut order, PUBLISH, &model.published, |o| {
         &mut o.published
     })?;
+    list(&mut records, &mut order, ADDRESS, &model.addresses, |o| {
+        &mut o.addresses
+    })?;
     for (tenant, host) in &model.placed {
         records.push((format!("{PLACED}/{tenant}"), text(host)?));
     }
@@ -316,6 +321,14 @@ fn writes_of(place: Place, after: &Model, order: &Order) -> anyhow::Result<(Vec<
             next,
             |o| &mut o.published,
         ),
+        Place::Address(at) => one(
+            ADDRESS,
+            at,
+            (after.addresses.len(), after.addresses.get(at)),
+            &order.addresses,
+            next,
+            |o| &mut o.addresses,
+        ),
         Place::Port(_) => Ok((
             vec![Write::Put(PORTS.to_owned(), text(&after.ports)?)],
             Reorder::None,
@@ -375,6 +388,10 @@ fn model_of(records: &BTreeMap<String, String>) -> anyhow::Result<(Model, Order)
                 PUBLISH => (
                     model.published.push(parse(key, value)?),
                     order.published.push(seq),
+                ),
+                ADDRESS => (
+                    model.addresses.push(parse(key, value)?),
+                    order.addresses.push(seq),
                 ),
                 other => anyhow::bail!("`{other}` is no list of the model"),
             };

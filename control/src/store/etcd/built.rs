@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::gateway::{PublishSpec, RouteSpec};
+use crate::config::switching::AddressSpec;
 use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection};
 use crate::config::{List, PortSpec};
 use crate::model::Model;
@@ -75,6 +76,7 @@ pub(super) struct Built {
     endpoints: Keyed,
     routes: Keyed,
     published: Keyed,
+    addresses: Keyed,
     switch: Option<SwitchSection>,
     ports: Option<Vec<PortSpec>>,
     /// Records of the cluster's shared part (not this host's own): none means the
@@ -97,6 +99,7 @@ impl Default for Built {
             endpoints: Keyed::default(),
             routes: Keyed::default(),
             published: Keyed::default(),
+            addresses: Keyed::default(),
             switch: None,
             ports: None,
             shared: 0,
@@ -116,6 +119,7 @@ pub(super) enum Held {
     Endpoint,
     Route,
     Published,
+    Address,
     Placed(String),
     Unique,
     Switch,
@@ -163,6 +167,12 @@ impl Built {
                 .published
                 .remove::<PublishSpec>(&mut model.published, key)
                 .map(|p| p.tenant),
+            Held::Address => {
+                // A claim moves nothing in the tables.
+                self.addresses
+                    .remove::<AddressSpec>(&mut model.addresses, key);
+                None
+            }
             Held::Placed(tenant) => {
                 model.placed.remove(tenant);
                 Some(tenant.clone())
@@ -188,7 +198,7 @@ impl Built {
         };
         match (tenant, held) {
             (Some(tenant), _) => note(touched, tenant),
-            (None, Held::Unique | Held::Elsewhere) => {}
+            (None, Held::Unique | Held::Elsewhere | Held::Address) => {}
             (None, _) => *touched = None,
         }
         if held.is_shared() {
@@ -222,6 +232,10 @@ impl Built {
             Record::Published(publish) => {
                 self.published.insert(&mut model.published, key, publish);
                 Held::Published
+            }
+            Record::Address(address) => {
+                self.addresses.insert(&mut model.addresses, key, address);
+                Held::Address
             }
             Record::Placed { tenant, host } => {
                 model.placed.insert(tenant.clone(), host);
@@ -286,7 +300,7 @@ impl Record {
             Record::Route(route) => &route.tenant,
             Record::Published(publish) => &publish.tenant,
             Record::Placed { tenant, .. } => tenant,
-            Record::Unique | Record::Elsewhere => return,
+            Record::Unique | Record::Elsewhere | Record::Address(_) => return,
             Record::Host(_)
             | Record::Switch(_)
             | Record::Ports(_)

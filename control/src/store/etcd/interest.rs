@@ -40,7 +40,7 @@ impl Watch {
 }
 
 /// Ranges of one tenant's records.
-pub(super) const TENANT_RANGES: usize = 5;
+pub(super) const TENANT_RANGES: usize = 6;
 
 /// What a watch follows: the cluster's own ranges, or one tenant's records.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +91,7 @@ impl Interest {
             KeyRange::prefix(&format!("{p}/endpoints/{tenant}/")),
             KeyRange::prefix(&format!("{p}/routes/{tenant}/")),
             KeyRange::prefix(&format!("{p}/published/{tenant}/")),
+            KeyRange::prefix(&format!("{p}/addresses/{tenant}/")),
             KeyRange::key(&format!("{p}/placed/{tenant}")),
         ]
     }

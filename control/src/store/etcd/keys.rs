@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::gateway::{PublishSpec, RouteSpec};
-use crate::config::switching::{EndpointSpec, HostSpec, SwitchSection, TenantSpec};
+use crate::config::switching::{AddressSpec, EndpointSpec, HostSpec, SwitchSection, TenantSpec};
 use crate::config::PortSpec;
 use crate::model::{Change, Model};
 
@@ -25,6 +25,8 @@ pub(super) enum Record {
     Endpoint(EndpointSpec),
     Route(RouteSpec),
     Published(PublishSpec),
+    /// A claimed address, as this host sees it (its own claims name no host).
+    Address(AddressSpec),
     /// Where a tenant's floating gateway was placed.
     Placed {
         tenant: String,
@@ -74,6 +76,13 @@ impl EtcdStore {
                 },
                 "routes" => Record::Route(serde_json::from_str(value)?),
                 "published" => Record::Published(serde_json::from_str(value)?),
+                "addresses" => {
+                    let mut address: AddressSpec = serde_json::from_str(value)?;
+                    if address.host.as_deref() == Some(self.host.as_str()) {
+                        address.host = None;
+                    }
+                    Record::Address(address)
+                }
                 "placed" => Record::Placed {
                     tenant: path.strip_prefix("placed/").unwrap_or_default().to_owned(),
                     host: serde_json::from_str(value)?,
@@ -208,6 +217,20 @@ impl EtcdStore {
                 text(publish)?,
             );
         }
+        for address in model.addresses.iter().filter(|a| of(&a.tenant)) {
+            // Stored naming the host that claimed it, which the others see.
+            let host = address.host.clone().unwrap_or_else(|| self.host.clone());
+            let why = format!("address-{}", address.ip);
+            put(member_key(p, &host, &address.tenant, &why), String::new());
+            let stored = AddressSpec {
+                host: Some(host),
+                ..address.clone()
+            };
+            put(
+                format!("{p}/addresses/{}/{}", address.tenant, address.ip),
+                text(&stored)?,
+            );
+        }
         for (tenant, host) in model.placed.iter().filter(|(t, _)| of(t)) {
             put(format!("{p}/placed/{tenant}"), text(host)?);
             put(member_key(p, host, tenant, "placed"), String::new());
@@ -237,7 +260,9 @@ pub(super) fn tenant_of(path: &str) -> Option<&str> {
     let (kind, rest) = path.split_once('/')?;
     match kind {
         "tenants" | "placed" => Some(rest),
-        "endpoints" | "routes" | "published" => rest.split_once('/').map(|(tenant, _)| tenant),
+        "endpoints" | "routes" | "published" | "addresses" => {
+            rest.split_once('/').map(|(tenant, _)| tenant)
+        }
         _ => None,
     }
 }
@@ -347,6 +372,14 @@ mod tests {
                 "1",
             ],
         ),
+        (
+            "/t/addresses/x/10.1.0.7",
+            &[
+                r#"{"tenant":"x","ip":"10.1.0.7","owner":"cni:n:c1:eth0","host":"h1"}"#,
+                r#"{"tenant":"x","ip":"10.1.0.7","owner":"cni:n:c2:eth0","host":"h2"}"#,
+                r#"{"tenant":"x","ip":"nope","owner":"o"}"#,
+            ],
+        ),
         ("/t/placed/x", &[r#""h1""#, r#""h2""#, "h2"]),
         ("/t/unique/tenant-id/1", &[r#""x""#, "anything"]),
         ("/t/local/h1/switch", &[r#"{"design":"shared"}"#, "{}", "{"]),
@@ -410,6 +443,7 @@ mod tests {
             routes: Vec::new(),
             published: Vec::new(),
             placed: BTreeMap::new(),
+            addresses: Vec::new(),
         }
     }
 
@@ -496,6 +530,7 @@ mod tests {
                 Record::Endpoint(endpoint) => model.endpoints.push_back(endpoint.clone()),
                 Record::Route(route) => model.routes.push(route.clone()),
                 Record::Published(publish) => model.published.push(publish.clone()),
+                Record::Address(address) => model.addresses.push(address.clone()),
                 Record::Placed { tenant, host } => {
                     model.placed.insert(tenant.clone(), host.clone());
                 }

@@ -43,6 +43,7 @@ use std::time::Duration;
 use anyhow::Context;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
+use crate::config::switching::AddressSpec;
 use crate::config::EtcdAccess;
 use crate::model::{Change, Model};
 use crate::placement::{self, GatewayPlacement};
@@ -74,6 +75,8 @@ struct Operation {
     key: String,
     value: Option<String>,
     compare: Option<Compare>,
+    /// The key must not exist yet (a record or claim this write creates).
+    creates: bool,
     request: TxnOp,
 }
 
@@ -548,20 +551,21 @@ impl EtcdStore {
         let indexed = |key: &str| keys::is_member(self.path_of(key));
         let mut ops = Vec::new();
         for (key, value) in desired {
-            let compare = match (seen.get(key), expected) {
+            let (compare, creates) = match (seen.get(key), expected) {
                 (Some((old, _)), _) if old == value => continue,
-                _ if indexed(key) => None,
-                (_, Some(expected)) => Some(match expected.get(key) {
-                    Some(old) => holds(key, old),
-                    None => absent(key),
-                }),
-                (Some((_, revision)), None) => Some(unchanged_since(key, *revision)),
-                (None, None) => Some(absent(key)),
+                _ if indexed(key) => (None, false),
+                (_, Some(expected)) => match expected.get(key) {
+                    Some(old) => (Some(holds(key, old)), false),
+                    None => (Some(absent(key)), true),
+                },
+                (Some((_, revision)), None) => (Some(unchanged_since(key, *revision)), false),
+                (None, None) => (Some(absent(key)), true),
             };
             ops.push(Operation {
                 key: key.clone(),
                 value: Some(value.clone()),
                 compare,
+                creates,
                 request: TxnOp::put(key.as_str(), value.as_str(), None),
             });
         }
@@ -583,6 +587,7 @@ impl EtcdStore {
                 key: key.clone(),
                 value: None,
                 compare,
+                creates: false,
                 request: TxnOp::delete(key.as_str(), None),
             });
         }
@@ -609,7 +614,7 @@ impl EtcdStore {
                 kv.txn(txn).await.map_err(|e| etcd.explain(e))
             })?;
             if !reply.succeeded() {
-                return Err(self.explain_conflict(desired, gone).into());
+                return Err(self.explain_conflict(chunk, desired, gone).into());
             }
             let revision = revision(reply.header());
             if self.watch == Watch::Own {
@@ -679,16 +684,30 @@ impl EtcdStore {
     }
 
     /// Says which key another host changed (read back after the refused write).
-    fn explain_conflict(&self, desired: &BTreeMap<String, String>, gone: &[String]) -> Conflict {
+    fn explain_conflict(
+        &self,
+        refused: &[Operation],
+        desired: &BTreeMap<String, String>,
+        gone: &[String],
+    ) -> Conflict {
         // Read before `seen` is locked: no lock is held while etcd is waited on. Only
         // the keys the write touched, not the cluster.
+        // A key the write was to create that exists now collided, whether or not the
+        // watch has brought it into `seen` since the refusal.
+        let created: Vec<&str> = refused
+            .iter()
+            .filter(|op| op.creates)
+            .map(|op| op.key.as_str())
+            .collect();
         // Index keys are written whatever they hold: never what collided.
         let asked: Vec<String> = {
             let seen = self.lock_seen();
             desired
                 .iter()
                 .filter(|(k, _)| !keys::is_member(self.path_of(k)))
-                .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
+                .filter(|(k, v)| {
+                    created.contains(&k.as_str()) || seen.get(*k).map(|s| &s.0) != Some(*v)
+                })
                 .map(|(k, _)| k.clone())
                 .chain(gone.iter().cloned())
                 .collect()
@@ -706,12 +725,15 @@ impl EtcdStore {
         let seen = self.lock_seen();
         let touched = desired
             .iter()
-            .filter(|(k, v)| seen.get(*k).map(|s| &s.0) != Some(*v))
+            .filter(|(k, v)| {
+                created.contains(&k.as_str()) || seen.get(*k).map(|s| &s.0) != Some(*v)
+            })
             .map(|(k, _)| k)
             .chain(gone)
             .filter(|k| !keys::is_member(self.path_of(k)));
         for key in touched {
             let changed = match (seen.get(key), now.get(key)) {
+                (_, Some(_)) if created.contains(&key.as_str()) => true,
                 (None, None) => false,
                 (Some(a), Some(b)) => a.1 != b.1,
                 _ => true,
@@ -732,6 +754,17 @@ impl EtcdStore {
                 (&["unique", "vlan", vlan], Some(name)) => (
                     "vlan",
                     format!("VLAN {vlan} is taken by tenant `{name}` (written by another host)"),
+                ),
+                (&["addresses", tenant, ip], Some(claim)) => (
+                    "ip",
+                    match serde_json::from_str::<AddressSpec>(&claim) {
+                        Ok(a) => format!(
+                            "{ip} is already claimed by `{}` on host `{}` (tenant `{tenant}`, written by another host)",
+                            a.owner,
+                            a.host.unwrap_or_default()
+                        ),
+                        Err(_) => format!("{ip} of tenant `{tenant}` is already claimed by another host"),
+                    },
                 ),
                 _ => (
                     "name",
