@@ -205,6 +205,22 @@ pub fn claimed_here(
         .collect())
 }
 
+/// An owner name no other claim has: a caller (Docker's IPAM) that gives no name of
+/// its own for what an address is for.
+pub fn unique_owner() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CLAIMS: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        now.as_nanos(),
+        CLAIMS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Gives back every address `owner` holds here; none held is fine.
 pub fn release_addresses(client: &Client, owner: &str) -> Result<(), Refused> {
     for (tenant, ip, held_by) in claimed_here(client, owner)? {

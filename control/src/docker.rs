@@ -9,6 +9,13 @@
 //! endpoint, its other end handed to Docker on Join, which moves it into the container
 //! and gives it the address Docker's IPAM chose. What the driver knows is kept in a
 //! state file, so a restart of the plugin forgets no network.
+//!
+//! The plugin is also an IPAM driver (`--ipam-driver tenet --ipam-opt tenant=red`):
+//! then container addresses come from tenetd, which hands each out once across the
+//! cluster ([`crate::addresses`]) where Docker's default IPAM counts per host; a pool
+//! is one of the tenant's subnets (its first when `--subnet` names none), its gateway
+//! the tenant's router, and `docker run --ip` a static claim, refused when another
+//! container anywhere holds the address.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -66,6 +73,17 @@ pub struct Driver {
 /// A failed request, answered as `{"Err": ...}`.
 pub type Failure = String;
 
+/// The address space the IPAM driver's pools are in.
+const ADDRESS_SPACE: &str = "tenet";
+
+/// The tenant and subnet a `PoolID` (`red/10.1.0.0/24`) names.
+fn pool_of(request: &Value) -> Result<(&str, Ipv4Cidr), Failure> {
+    let id = field(request, "PoolID")?;
+    id.split_once('/')
+        .and_then(|(tenant, pool)| Some((tenant, pool.parse().ok()?)))
+        .ok_or_else(|| format!("PoolID: `{id}` is not a tenet pool"))
+}
+
 fn field<'a>(request: &'a Value, name: &str) -> Result<&'a str, Failure> {
     request[name]
         .as_str()
@@ -110,7 +128,16 @@ impl Driver {
     /// Answers one request of the protocol (`/NetworkDriver.Join`, ...).
     pub fn handle(&mut self, path: &str, request: &Value) -> Value {
         let answer = match path {
-            "/Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver"]})),
+            "/Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver", "IpamDriver"]})),
+            "/IpamDriver.GetCapabilities" => Ok(json!({"RequiresMACAddress": false})),
+            "/IpamDriver.GetDefaultAddressSpaces" => Ok(json!({
+                "LocalDefaultAddressSpace": ADDRESS_SPACE,
+                "GlobalDefaultAddressSpace": ADDRESS_SPACE,
+            })),
+            "/IpamDriver.RequestPool" => self.request_pool(request),
+            "/IpamDriver.ReleasePool" => Ok(json!({})),
+            "/IpamDriver.RequestAddress" => self.request_address(request),
+            "/IpamDriver.ReleaseAddress" => self.release_address(request),
             "/NetworkDriver.GetCapabilities" => {
                 Ok(json!({"Scope": "local", "ConnectivityScope": "local"}))
             }
@@ -127,6 +154,99 @@ impl Driver {
             other => Err(format!("{other}: not part of the network driver protocol")),
         };
         answer.unwrap_or_else(|e| json!({"Err": e}))
+    }
+
+    /// A pool: one of the tenant's subnets, named `<tenant>/<network>` for the calls
+    /// that follow.
+    fn request_pool(&self, request: &Value) -> Result<Value, Failure> {
+        if request["V6"].as_bool() == Some(true) {
+            return Err("V6: tenet hands out IPv4 addresses only".to_owned());
+        }
+        let tenant_name = request["Options"]["tenant"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or("tenant: missing (--ipam-opt tenant=NAME)")?;
+        let tenant = containers::tenant(&self.client, tenant_name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("tenant: `{tenant_name}` does not exist in tenetd"))?;
+        let subnets = containers::subnets(&tenant);
+        let wanted = match request["Pool"].as_str().filter(|p| !p.is_empty()) {
+            Some(text) => Some(
+                text.parse::<Ipv4Cidr>()
+                    .map_err(|e| format!("Pool: `{text}`: {e}"))?,
+            ),
+            None => None,
+        };
+        let router = subnets
+            .iter()
+            .find(|s| wanted.is_none_or(|w| w.prefix == s.prefix && w.contains(s.ip)))
+            .ok_or_else(|| match wanted {
+                Some(w) => format!("Pool: {w} is not one of tenant {tenant_name}'s subnets"),
+                None => format!("tenant: `{tenant_name}` has no subnet to take addresses from"),
+            })?;
+        let pool = Ipv4Cidr {
+            ip: router.network(),
+            prefix: router.prefix,
+        };
+        Ok(json!({"PoolID": format!("{tenant_name}/{pool}"), "Pool": pool.to_string(), "Data": {}}))
+    }
+
+    /// An address of a pool from tenetd; the gateway's is the tenant's router.
+    fn request_address(&self, request: &Value) -> Result<Value, Failure> {
+        let (tenant, pool) = pool_of(request)?;
+        let asked = match request["Address"].as_str().filter(|a| !a.is_empty()) {
+            Some(text) => Some(
+                text.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("Address: `{text}` is not an IPv4 address"))?,
+            ),
+            None => None,
+        };
+        if request["Options"]["RequestAddressType"] == "com.docker.network.gateway" {
+            let tenant_value = containers::tenant(&self.client, tenant)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("tenant: `{tenant}` does not exist in tenetd"))?;
+            let router = containers::subnets(&tenant_value)
+                .into_iter()
+                .find(|s| s.prefix == pool.prefix && pool.contains(s.ip))
+                .ok_or_else(|| format!("PoolID: {pool} is no longer a subnet of {tenant}"))?;
+            if asked.is_some_and(|a| a != router.ip) {
+                return Err(format!(
+                    "Address: tenant {tenant}'s router is {} on this subnet (--gateway {})",
+                    router.ip, router.ip
+                ));
+            }
+            return Ok(json!({"Address": router.to_string(), "Data": {}}));
+        }
+        let owner = format!("docker:{}", containers::unique_owner());
+        let claimed =
+            containers::claim_address(&self.client, tenant, &owner, asked, Some(&pool.to_string()))
+                .map_err(|e| e.to_string())?;
+        Ok(json!({
+            "Address": format!("{}/{}", claimed.ip, claimed.prefix),
+            "Data": {},
+        }))
+    }
+
+    /// Gives a container's address back to tenetd (the gateway's is nobody's).
+    fn release_address(&self, request: &Value) -> Result<Value, Failure> {
+        let (tenant, _) = pool_of(request)?;
+        let address = field(request, "Address")?;
+        let ip = address
+            .split('/')
+            .next()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            .ok_or_else(|| format!("Address: `{address}` is not an IPv4 address"))?;
+        let answer = containers::call(
+            &self.client,
+            "DELETE",
+            &format!("/v1/addresses/{tenant}/{ip}"),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        if !answer.ok() && answer.status != 404 {
+            return Err(format!("releasing {ip}: {}", answer.refusal()));
+        }
+        Ok(json!({}))
     }
 
     fn create_network(&mut self, request: &Value) -> Result<Value, Failure> {

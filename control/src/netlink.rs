@@ -37,7 +37,8 @@ pub struct ContainerEnd {
 }
 
 /// What to make: a veth whose host end is `host` and whose other end is `ifname` in the
-/// namespace at `netns`, with `address` and a default route via `gateway`.
+/// namespace at `netns`, with `address` and a default route via `gateway` unless the
+/// namespace has one (a second network beside the cluster's keeps that one).
 #[derive(Debug, Clone)]
 pub struct VethPlan<'a> {
     /// Host end's name.
@@ -65,6 +66,12 @@ fn connect() -> anyhow::Result<Handle> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
     Ok(handle)
+}
+
+/// Whether a netlink error says the thing exists already.
+fn exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get() == -libc::EEXIST))
 }
 
 /// Whether a netlink error says the thing does not exist.
@@ -140,9 +147,17 @@ fn in_netns<T: Send>(
     })
 }
 
-/// Makes the veth of `plan`; returns the container end's MAC. On failure nothing is
-/// left behind.
-pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<[u8; 6]> {
+/// A veth made for a container.
+#[derive(Debug, Clone, Copy)]
+pub struct Made {
+    /// The container end's MAC.
+    pub mac: [u8; 6],
+    /// Whether its default route is the one the plan gave (not one already there).
+    pub default_route: bool,
+}
+
+/// Makes the veth of `plan`. On failure nothing is left behind.
+pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<Made> {
     let ns = File::open(plan.netns)
         .with_context(|| format!("opening network namespace {}", plan.netns.display()))?;
     // A temporary name for the container end while it is still in our namespace.
@@ -204,20 +219,26 @@ pub fn create_veth(plan: &VethPlan<'_>) -> anyhow::Result<[u8; 6]> {
                     .await
                     .context("bringing the container end up")?;
             }
+            let mut default_route = false;
             if let Some(gateway) = plan.gateway {
                 let route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
                     .gateway(gateway)
                     .output_interface(index)
                     .build();
-                handle
-                    .route()
-                    .add(route)
-                    .execute()
-                    .await
-                    .with_context(|| format!("adding the default route via {gateway}"))?;
+                match handle.route().add(route).execute().await {
+                    Ok(()) => default_route = true,
+                    Err(e) if exists(&e) => {}
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("adding the default route via {gateway}")))
+                    }
+                }
             }
-            mac_of(&handle, index).await
+            Ok(Made {
+                mac: mac_of(&handle, index).await?,
+                default_route,
+            })
         })
     });
     if inside.is_err() {

@@ -155,12 +155,61 @@ state_file = "{1}/state.json"
 
     assert_eq!(
         call(d, "/Plugin.Activate", json!({})),
-        json!({"Implements": ["NetworkDriver"]})
+        json!({"Implements": ["NetworkDriver", "IpamDriver"]})
     );
     assert_eq!(
         call(d, "/NetworkDriver.GetCapabilities", json!({}))["Scope"],
         "local"
     );
+    // docker network create --ipam-driver tenet --ipam-opt tenant=red: the pool is
+    // one of red's subnets, its gateway red's router, container addresses tenetd's.
+    let ipam_refused = call(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "tenet", "Pool": "10.41.0.0/24", "Options": {"tenant": "red"}, "V6": false}),
+    );
+    assert!(
+        ipam_refused["Err"].as_str().unwrap().starts_with("Pool"),
+        "{ipam_refused}"
+    );
+    let pool = call(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "tenet", "Pool": "", "Options": {"tenant": "red"}, "V6": false}),
+    );
+    assert_eq!(pool["Pool"], "10.40.0.0/24", "red's first subnet: {pool}");
+    let pool_id = pool["PoolID"].as_str().unwrap().to_owned();
+    let gateway = call(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    );
+    assert_eq!(gateway["Address"], "10.40.0.1/24", "{gateway}");
+    let address_for = |asked: &str| {
+        call(
+            d,
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": asked, "Options": {}}),
+        )
+    };
+    let e1_address = address_for("")["Address"].as_str().unwrap().to_owned();
+    let e1_ip = e1_address.split('/').next().unwrap().to_owned();
+    assert!(
+        e1_address.ends_with("/24") && e1_ip != "10.40.0.1",
+        "{e1_address}"
+    );
+    assert_eq!(
+        address_for("10.40.0.3")["Address"],
+        "10.40.0.3/24",
+        "docker run --ip"
+    );
+    let taken = address_for(&e1_ip);
+    assert!(
+        taken["Err"].as_str().unwrap().contains("ip: ")
+            && taken["Err"].as_str().unwrap().contains("already claimed"),
+        "{taken}"
+    );
+
     let network = |tenant: &str, gateway: &str| {
         json!({
             "NetworkID": "n-red",
@@ -207,7 +256,7 @@ state_file = "{1}/state.json"
     let e1 = call(
         d,
         "/NetworkDriver.CreateEndpoint",
-        endpoint("e1", "10.40.0.2/24", ""),
+        endpoint("e1", &e1_address, ""),
     );
     assert!(e1["Interface"]["MacAddress"].as_str().is_some(), "{e1}");
     let e2 = call(
@@ -217,7 +266,10 @@ state_file = "{1}/state.json"
     );
     assert_eq!(e2, json!({}), "Docker's MAC is kept, nothing to tell");
     let (c1, c2) = (Netns::new("dk1").unwrap(), Netns::new("dk2").unwrap());
-    for (id, ns, address) in [("e1", &c1, "10.40.0.2/24"), ("e2", &c2, "10.40.0.3/24")] {
+    for (id, ns, address) in [
+        ("e1", &c1, e1_address.as_str()),
+        ("e2", &c2, "10.40.0.3/24"),
+    ] {
         let join = call(
             d,
             "/NetworkDriver.Join",
@@ -256,12 +308,12 @@ state_file = "{1}/state.json"
     );
     let published = tenetctl_ok(&d.join("tenetd.sock"), &["publish", "list"]);
     assert!(
-        published.contains("18080") && published.contains("10.40.0.2"),
+        published.contains("18080") && published.contains(&e1_ip),
         "{published}"
     );
     let server = c1
         .command("iperf3")
-        .args(["-s", "-1", "-B", "10.40.0.2", "-p", "5201"])
+        .args(["-s", "-1", "-B", &e1_ip, "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -304,7 +356,7 @@ state_file = "{1}/state.json"
         "/NetworkDriver.EndpointOperInfo",
         json!({"NetworkID": "n-red", "EndpointID": "e1"}),
     );
-    assert_eq!(info["Value"]["ip"], "10.40.0.2", "{info}");
+    assert_eq!(info["Value"]["ip"], e1_ip.as_str(), "{info}");
     let busy = call(
         d,
         "/NetworkDriver.DeleteNetwork",
@@ -353,6 +405,23 @@ state_file = "{1}/state.json"
         ),
         json!({})
     );
+    // Docker gives the addresses back, the gateway's too (nobody's claim).
+    for address in [e1_address.as_str(), "10.40.0.3/24", "10.40.0.1/24"] {
+        assert_eq!(
+            call(
+                d,
+                "/IpamDriver.ReleaseAddress",
+                json!({"PoolID": pool_id, "Address": address})
+            ),
+            json!({})
+        );
+    }
+    assert_eq!(
+        call(d, "/IpamDriver.ReleasePool", json!({"PoolID": pool_id})),
+        json!({})
+    );
+    let claims = tests::http(&d.join("tenetd.sock"), "GET", "/v1/addresses", "");
+    assert_eq!(claims.body, json!([]), "every claim given back");
     let ports: Value = serde_json::from_str(&tenetctl_ok(
         &d.join("tenetd.sock"),
         &["--json", "port", "list"],

@@ -475,6 +475,9 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         ip: addressing.ip,
         port_security: conf.port_security,
     };
+    // vhost-user: the container's DPDK app routes as it likes; a veth gets the
+    // default route unless its namespace has one (a second network).
+    let mut default_route = addressing.gateway.is_some();
     let interfaces = if conf.backend == "vhost-user" {
         let mac = vhost_mac(&name);
         let path = conf.vhost_dir.join(format!("{name}.sock"));
@@ -484,7 +487,7 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         containers::attach(&client, &container(mac), port).map_err(|e| undo_address(refused(e)))?;
         json!([{"name": env.ifname, "mac": MacText(mac).to_string(), "sandbox": env.netns, "socketPath": path}])
     } else {
-        let mac = netlink::create_veth(&netlink::VethPlan {
+        let made = netlink::create_veth(&netlink::VethPlan {
             host: &name,
             netns: Path::new(&env.netns),
             ifname: &env.ifname,
@@ -493,6 +496,8 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
             mtu: conf.mtu,
         })
         .map_err(|e| undo_address(CniError::new(code::LINK_FAILED, format!("{e:#}"))))?;
+        let mac = made.mac;
+        default_route = made.default_route;
         match containers::attach_veth(&client, &container(mac), &conf.backend) {
             Err(e) => {
                 let _ = netlink::delete_link(&name);
@@ -521,7 +526,9 @@ pub fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
     let mut routes = json!([]);
     if let Some(gw) = addressing.gateway {
         ip["gateway"] = json!(gw.to_string());
-        routes = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
+        if default_route {
+            routes = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
+        }
     }
     Ok(json!({
         "cniVersion": conf.cni_version,
