@@ -890,10 +890,6 @@ impl Live {
     }
 }
 
-/// Whether `path`, named by a client of the API, lies in `dir` (made if missing, root's
-/// alone): tenetd runs as root, and a pcap port's file is written wherever it points.
-/// No `..`, no symbolic link as the file, and the real directory holding it inside
-/// `dir`'s real path.
 /// Where `change` lands in `model`: a tenant by the controller's index of the
 /// tenants it runs (checked against the model: in a cluster it runs a view), else
 /// by [`Model::place_of`].
@@ -931,6 +927,10 @@ fn claimed(status: u16, resolved: &addresses::Resolved) -> Reply {
     }
 }
 
+/// Whether `path`, named by a client of the API, lies in `dir` (made if missing, root's
+/// alone): tenetd runs as root, and a pcap port's file is written wherever it points.
+/// No `..`, no symbolic link as the file, and the real directory holding it inside
+/// `dir`'s real path.
 fn confined(path: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     let outside = || {
@@ -979,6 +979,10 @@ fn confined(path: &std::path::Path, dir: &std::path::Path) -> Result<(), String>
 fn read_cluster(store: &Store, seed: &Model, retrying: bool, unseeded: bool) -> Read {
     let mut seeded = false;
     let (model, mut touched) = match store.reload(seed) {
+        Ok((Some(mut model), _)) if unseeded => {
+            model.join(seed);
+            (model, None)
+        }
         Ok((Some(model), touched)) => (model, touched),
         // The cluster holds nothing yet: this host's part starts it.
         Ok((None, _)) if unseeded => (seed.clone(), None),

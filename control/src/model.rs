@@ -301,6 +301,23 @@ impl Model {
         }
     }
 
+    /// Adds this host's own record from its config (`seed`) when this model (the
+    /// cluster's) has none: a node new to the cluster, as a DaemonSet starts them,
+    /// joins with it (written with its own settings and ports) instead of being
+    /// refused for naming an unknown host.
+    pub fn join(&mut self, seed: &Model) {
+        let Some(name) = seed.switch.host.as_deref() else {
+            return;
+        };
+        if self.hosts.iter().any(|h| h.name == name) {
+            return;
+        }
+        if let Some(me) = seed.hosts.iter().find(|h| h.name == name) {
+            tracing::info!(host = %me.name, underlay_ip = %me.underlay_ip, "joining the cluster: this host's record comes from its config");
+            self.hosts.push(me.clone());
+        }
+    }
+
     /// `base` (dataplane, ports, control) with this model.
     pub fn over(&self, base: &Config) -> Config {
         self.clone().into_config(base)

@@ -893,3 +893,76 @@ fn a_cluster_of_more_keys_than_a_page_is_read_whole() {
     Arc::make_mut(read.tenants.back_mut().unwrap()).max_macs = Some(10);
     b.save(&read).expect("b's read is current");
 }
+
+/// A node new to the cluster (a DaemonSet's next node) registers itself from its
+/// config's own host record, instead of being refused for naming a host the cluster
+/// does not know; the others learn of it through their watch.
+#[test]
+fn a_host_new_to_the_cluster_registers_itself() {
+    let etcd = Etcd::start().unwrap();
+    let a = Host::start("a", &etcd, "\n[[tenant]]\nname = \"red\"\nid = 100\n");
+    let dir = TempDir::new("cluster-c").unwrap();
+    let config = format!(
+        r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{prefix}"
+memory_mb = 128
+
+[switch]
+host = "c"
+
+[[host]]
+name = "c"
+underlay_ip = "192.0.2.3/24"
+
+[[port]]
+name = "c-spare"
+backend = "null"
+
+[control]
+api_socket = "{dir}/tenetd.sock"
+state_file = "{dir}/view.json"
+{etcd}"#,
+        prefix = unique("clc"),
+        dir = dir.path().display(),
+        etcd = etcd.control_toml(),
+    );
+    let c = Tenetd::serving(None, &config).unwrap();
+    let stored = etcd.get_prefix("/tenet/hosts/c").unwrap();
+    assert_eq!(stored.len(), 1, "c registered itself: {stored:?}");
+    assert!(stored[0].1.contains("192.0.2.3"), "{stored:?}");
+    let hosts_of = |socket: &std::path::Path| {
+        let listed: Value =
+            serde_json::from_str(&tenetctl_ok(socket, &["--json", "host", "list"])).unwrap();
+        let mut names: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let socket_c = dir.path().join("tenetd.sock");
+    assert_eq!(
+        hosts_of(&socket_c),
+        ["a", "b", "c"],
+        "c has the cluster's hosts and itself"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hosts_of(&a.socket()) != ["a", "b", "c"] {
+        assert!(Instant::now() < deadline, "a never learned of c");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        c.stderr_text().contains("joining the cluster"),
+        "{}",
+        c.stderr_text()
+    );
+    for tenetd in [c, a.tenetd] {
+        let stopped = tenetd.stop().unwrap();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+}

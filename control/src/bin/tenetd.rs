@@ -214,7 +214,8 @@ fn restore(config: &Validated, store: Option<&Store>) -> Result<Restored, Config
         return Ok(fresh(false));
     };
     match (store.load(&seed), store) {
-        (Ok(Some(model)), _) => {
+        (Ok(Some(mut model)), _) => {
+            model.join(&seed);
             let effective = store.effective(&model);
             let (validated, skipped) = effective.validate_leniently(&config.source)?;
             tracing::info!(state = %store.describe(), tenants = model.tenants.len(), "restored the stored state");
