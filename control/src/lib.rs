@@ -13,6 +13,7 @@ pub mod controller;
 pub mod daemon;
 pub mod docker;
 pub mod live;
+pub mod manpages;
 pub mod model;
 pub mod netlink;
 pub mod notify;

@@ -3,9 +3,44 @@
 //! network config on stdin; the result, or a CNI error object, goes to stdout.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{CommandFactory, Parser};
 use control::cni::{self, code, CniError, Env, NetConf};
+
+/// What `--help` and the manual page say: a runtime runs the plugin, not a person.
+const ABOUT: &str = "tenet's CNI plugin: attaches containers to tenetd.
+
+A container runtime runs it as the plugin a network config's `type` names, with the \
+command and the container in CNI_* environment variables and the network config on \
+stdin; the result, or a CNI error object, goes to stdout. Run by hand it answers \
+--help and --version only.
+
+Environment: CNI_COMMAND (ADD, DEL, CHECK, STATUS, GC or VERSION), CNI_CONTAINERID, \
+CNI_NETNS, CNI_IFNAME, CNI_ARGS (TENET_TENANT=<tenant> picks the tenant), CNI_PATH \
+(where a delegated IPAM plugin is found).
+
+Network config (CNI 0.3.0 to 1.1.0): `tenant`; `socket`, tenetd's API (default \
+/run/tenet/tenetd.sock); `backend`, af-packet (default), af-xdp (falls back to \
+af-packet) or vhost-user; `subnet`, which of the tenant's subnets; `mtu`; \
+`portSecurity` (default true); `vhostDir` (default /run/tenet/vhost) and \
+`vhostClient`; `dataDir`, the address allocator's directory (default \
+/var/lib/tenet/cni/networks); `ipam`, a delegated IPAM plugin's config; `logFile`, \
+where every call is logged.
+
+Errors are CNI error objects: 4 the environment, 6 and 7 the config, 11 tenetd does \
+not answer, 50 STATUS: tenetd or the tenant is not there, 100 and up tenetd's \
+refusals and link failures.";
+
+/// The command line a person may give; a runtime gives none.
+#[derive(Debug, Parser)]
+#[command(name = "tenet-cni", version, about = ABOUT.lines().next(), long_about = ABOUT)]
+struct Cli {
+    /// Write tenet-cni's manual page into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man_pages: Option<PathBuf>,
+}
 
 fn run(env: &Env, input: &[u8]) -> Result<Option<serde_json::Value>, (CniError, String)> {
     let version_of = |bytes: &[u8]| {
@@ -78,6 +113,18 @@ fn start_log(file: Option<&std::path::Path>) {
 }
 
 fn main() -> ExitCode {
+    // Runtimes pass nothing on the command line (CNI is environment and stdin), so
+    // arguments without CNI_COMMAND are a person's.
+    if std::env::args_os().len() > 1 && std::env::var_os("CNI_COMMAND").is_none() {
+        let cli = Cli::parse();
+        if let Some(dir) = &cli.man_pages {
+            if let Err(e) = control::manpages::write(Cli::command(), dir) {
+                eprintln!("tenet-cni: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let env = match Env::read(|k| std::env::var(k).ok()) {
         Ok(env) => env,
         Err(e) => {

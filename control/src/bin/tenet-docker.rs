@@ -34,6 +34,9 @@ struct Cli {
     /// Log filter (tracing syntax); lines go to stderr (the journal under systemd).
     #[arg(long, default_value = "info", env = "TENET_LOG")]
     log: String,
+    /// Write tenet-docker's manual page into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man_pages: Option<PathBuf>,
 }
 
 type Job = (String, Value, oneshot::Sender<Value>);
@@ -66,6 +69,16 @@ async fn handle(
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.man_pages {
+        use clap::CommandFactory;
+        return match control::manpages::write(Cli::command(), dir) {
+            Ok(_) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tenet-docker: {e:#}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
         Ok(filter) => filter,
         Err(e) => {

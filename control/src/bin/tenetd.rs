@@ -42,6 +42,9 @@ struct Args {
     /// Log lines as text or as one JSON object each (for a log shipper).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Write tenetd's manual page into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man_pages: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,6 +101,16 @@ fn main() -> ExitCode {
     // Before any thread exists (the etcd client's runtime thread comes soon).
     let prepared = dataplane::dpdk::prepare_process();
     let args = Args::parse();
+    if let Some(dir) = &args.man_pages {
+        use clap::CommandFactory;
+        return match control::manpages::write(Args::command(), dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tenetd: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
         Ok(filter) => filter,
         Err(e) => {

@@ -127,6 +127,13 @@ enum Cmd {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages, tenetctl's and each subcommand's, into DIR (for
+    /// packaging).
+    #[command(hide = true)]
+    ManPages {
+        /// Where.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +393,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> Status {
     let (method, path, body): Request = match &cli.command {
         Cmd::Completions { shell } => return emit(&completions(*shell), out, err),
+        Cmd::ManPages { dir } => return man_pages(dir, err),
         Cmd::Tenant(cmd) => tenant_request(cmd),
         Cmd::Route(cmd) => route_request(cmd),
         Cmd::Publish(cmd) => publish_request(cmd),
@@ -495,9 +503,27 @@ fn refused(body: &Value, json: bool, out: &mut dyn Write, err: &mut dyn Write) -
 /// to memory and [`emit`] writes to stdout.
 fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     use clap::CommandFactory;
+    let full = Cli::command();
+    // clap_complete offers hidden subcommands too: packaging's `man-pages` stays out.
+    let mut cmd = clap::Command::new("tenetctl")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "tenetctl", &mut script);
+    clap_complete::generate(shell, &mut cmd, "tenetctl", &mut script);
     script
+}
+
+/// `man-pages DIR`.
+fn man_pages(dir: &Path, err: &mut dyn Write) -> Status {
+    use clap::CommandFactory;
+    match control::manpages::write(Cli::command(), dir) {
+        Ok(_) => Status::Done,
+        Err(e) => {
+            say(err, format_args!("{e:#}"));
+            Status::Refused
+        }
+    }
 }
 
 /// `stats --watch`.
