@@ -168,6 +168,7 @@ impl Core {
             tracer: NoTrace,
             fast_path: true,
             spread: None,
+            in_port,
         };
         handle(&self.tables, in_port, frame, &mut self.sink, &mut cx);
     }

@@ -8,8 +8,9 @@
 //! An address is free when no claim and no endpoint of the tenant holds it and it is
 //! not the subnet's gateway, network or broadcast address. The search for a free one
 //! starts at a point drawn from the owner's name, not at the lowest address: hosts
-//! claiming at once rarely pick the same one, and an address just released is not
-//! handed to the next container while caches elsewhere may still name the old one.
+//! claiming at once rarely pick the same one, and an address just released is seldom
+//! handed to the next container while caches elsewhere may still name the old one
+//! (in a nearly full subnet it may be).
 
 use std::net::Ipv4Addr;
 
@@ -164,6 +165,13 @@ pub fn resolve(model: &Model, request: &AddressRequest) -> Result<Resolved, Refu
     let reserved =
         |ip: Ipv4Addr| ip == subnet.ip || (subnet.prefix < 31 && (ip == network || ip == last));
     if let Some(ip) = request.ip {
+        if !subnet.contains(ip) {
+            return Err(refused(
+                400,
+                "ip",
+                format!("{ip} is not on the subnet asked for ({subnet})"),
+            ));
+        }
         if reserved(ip) {
             return Err(refused(
                 400,
@@ -234,6 +242,27 @@ pub fn resolve(model: &Model, request: &AddressRequest) -> Result<Resolved, Refu
                 ),
             )
         })
+}
+
+/// Refuses a container of this host at `ip` in `tenant` (an endpoint added by hand)
+/// when another host claimed that address for one of its own.
+pub fn check_endpoint(model: &Model, tenant: &str, ip: Ipv4Addr) -> Result<(), Refusal> {
+    match model
+        .addresses
+        .iter()
+        .find(|a| a.tenant == tenant && a.ip == ip && a.host.is_some())
+    {
+        Some(other) => Err(refused(
+            409,
+            "ip",
+            format!(
+                "{ip} is already claimed by `{}` on host `{}`",
+                other.owner,
+                other.host.as_deref().unwrap_or_default()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The subnet (gateway address and prefix length) of tenant `tenant` that `ip` is on.
@@ -370,6 +399,12 @@ port = "c1"
         )
         .unwrap_err();
         assert_eq!(e.field, "subnet");
+        let elsewhere = AddressRequest {
+            subnet: Some("10.1.0.0/29".into()),
+            ..static_ip([10, 9, 0, 78])
+        };
+        let e = resolve(&model, &elsewhere).unwrap_err();
+        assert_eq!((e.status, e.field.as_str()), (400, "ip"), "{e:?}");
         let e = resolve(&model, &ask(" ")).unwrap_err();
         assert_eq!(e.field, "owner");
     }

@@ -66,6 +66,10 @@ pub enum Command {
     },
     /// Prometheus text exposition.
     Metrics,
+    /// The log filter in force.
+    ShowLog,
+    /// Put a log filter in force.
+    SetLog(String),
     /// This API's OpenAPI document.
     OpenApi,
     /// A pcap of what a port sends and receives, for `count` packets or `seconds`.
@@ -96,6 +100,22 @@ fn default_capture_count() -> usize {
 
 fn default_capture_seconds() -> f64 {
     10.0
+}
+
+/// Body of `DELETE /v1/addresses/{tenant}/{ip}`, optional: the release happens only if
+/// this owner holds the address.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    owner: String,
+}
+
+/// Body of `PUT /v1/log`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogRequest {
+    /// `info,control=debug`: tracing's filter syntax.
+    filter: String,
 }
 
 /// Body of `POST /v1/trace`.
@@ -490,6 +510,9 @@ pub fn openapi() -> Value {
             "/v1/trace": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceRequest"}}}},
                                    "responses": {"200": {"description": "decisions and outputs"}, "404": {"description": "no such port"}}}},
             "/v1/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
+            "/v1/log": {"get": {"responses": {"200": {"description": "the log filter in force: {filter}"}}},
+                        "put": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["filter"], "additionalProperties": false, "properties": {"filter": {"type": "string", "description": "like info,control=debug"}}}}}},
+                                "responses": {"200": {"description": "in force: {filter}"}, "400": {"description": "not a filter", "content": {"application/json": {"schema": error}}}}}},
             "/v1/capture": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaptureRequest"}}}},
                                      "responses": {"200": {"description": "pcap of the port's traffic, both directions", "content": {"application/vnd.tcpdump.pcap": {}}}, "404": {"description": "no such port"}, "409": {"description": "another capture runs"}}}},
             "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text exposition", "content": {"text/plain": {}}}}}},
@@ -586,6 +609,10 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
             Ok(ip) => Ok(Command::Change(Change::ReleaseAddress {
                 tenant: (*tenant).to_owned(),
                 ip,
+                owner: match body.is_empty() {
+                    true => None,
+                    false => Some(parse::<ReleaseRequest>(body)?.owner),
+                },
             })),
             Err(_) => Err(Reply::error(
                 400,
@@ -625,6 +652,8 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         (&Method::GET, ["neighbors"]) => Ok(Command::Neighbors),
         (&Method::GET, ["tunnels"]) => Ok(Command::Tunnels),
         (&Method::GET, ["openapi.json"]) => Ok(Command::OpenApi),
+        (&Method::GET, ["log"]) => Ok(Command::ShowLog),
+        (&Method::PUT, ["log"]) => Ok(Command::SetLog(parse::<LogRequest>(body)?.filter)),
         (&Method::POST, ["capture"]) => {
             let r = parse::<CaptureRequest>(body)?;
             if !(1..=1_000_000).contains(&r.count) {
@@ -750,6 +779,7 @@ mod tests {
                     }
                     ("patch", "/v1/tenants/{name}") => br#"{"gateway_host":"b"}"#,
                     ("post", "/v1/addresses") => br#"{"tenant":"t","owner":"o"}"#,
+                    ("put", "/v1/log") => br#"{"filter":"info"}"#,
                     _ => b"",
                 };
                 assert!(

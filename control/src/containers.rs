@@ -224,21 +224,29 @@ pub fn unique_owner() -> String {
 /// Gives back every address `owner` holds here; none held is fine.
 pub fn release_addresses(client: &Client, owner: &str) -> Result<(), Refused> {
     for (tenant, ip, held_by) in claimed_here(client, owner)? {
-        if held_by != owner {
-            continue;
+        if held_by == owner {
+            release_address(client, &tenant, ip, Some(owner))?;
         }
-        let answer = call(
-            client,
-            "DELETE",
-            &format!("/v1/addresses/{tenant}/{ip}"),
-            None,
-        )?;
-        if !answer.ok() && answer.status != 404 {
-            return Err(Refused::Refused(format!(
-                "releasing {ip}: {}",
-                answer.refusal()
-            )));
-        }
+    }
+    Ok(())
+}
+
+/// Gives `ip` of `tenant` back, if `owner` (when named) still holds it: what is not
+/// claimed any more is fine.
+pub fn release_address(
+    client: &Client,
+    tenant: &str,
+    ip: Ipv4Addr,
+    owner: Option<&str>,
+) -> Result<(), Refused> {
+    let body = owner.map(|owner| json!({ "owner": owner }));
+    let path = format!("/v1/addresses/{tenant}/{ip}");
+    let answer = call(client, "DELETE", &path, body.as_ref())?;
+    if !answer.ok() && answer.status != 404 {
+        return Err(Refused::Refused(format!(
+            "releasing {ip}: {}",
+            answer.refusal()
+        )));
     }
     Ok(())
 }

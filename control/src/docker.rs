@@ -73,6 +73,9 @@ pub struct Driver {
 /// A failed request, answered as `{"Err": ...}`.
 pub type Failure = String;
 
+/// Where Docker puts an endpoint's MAC in a request for its address.
+const MAC_OPTION: &str = "com.docker.network.endpoint.macaddress";
+
 /// The address space the IPAM driver's pools are in.
 const ADDRESS_SPACE: &str = "tenet";
 
@@ -129,7 +132,9 @@ impl Driver {
     pub fn handle(&mut self, path: &str, request: &Value) -> Value {
         let answer = match path {
             "/Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver", "IpamDriver"]})),
-            "/IpamDriver.GetCapabilities" => Ok(json!({"RequiresMACAddress": false})),
+            // The MAC names the endpoint an address is for: a retried request gets the
+            // same claim, not a second one nobody releases.
+            "/IpamDriver.GetCapabilities" => Ok(json!({"RequiresMACAddress": true})),
             "/IpamDriver.GetDefaultAddressSpaces" => Ok(json!({
                 "LocalDefaultAddressSpace": ADDRESS_SPACE,
                 "GlobalDefaultAddressSpace": ADDRESS_SPACE,
@@ -217,7 +222,13 @@ impl Driver {
             }
             return Ok(json!({"Address": router.to_string(), "Data": {}}));
         }
-        let owner = format!("docker:{}", containers::unique_owner());
+        let owner = match request["Options"][MAC_OPTION]
+            .as_str()
+            .filter(|m| !m.is_empty())
+        {
+            Some(mac) => format!("docker:{pool}:{}", mac.to_ascii_lowercase()),
+            None => format!("docker:{}", containers::unique_owner()),
+        };
         let claimed =
             containers::claim_address(&self.client, tenant, &owner, asked, Some(&pool.to_string()))
                 .map_err(|e| e.to_string())?;
@@ -236,16 +247,7 @@ impl Driver {
             .next()
             .and_then(|a| a.parse::<Ipv4Addr>().ok())
             .ok_or_else(|| format!("Address: `{address}` is not an IPv4 address"))?;
-        let answer = containers::call(
-            &self.client,
-            "DELETE",
-            &format!("/v1/addresses/{tenant}/{ip}"),
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-        if !answer.ok() && answer.status != 404 {
-            return Err(format!("releasing {ip}: {}", answer.refusal()));
-        }
+        containers::release_address(&self.client, tenant, ip, None).map_err(|e| e.to_string())?;
         Ok(json!({}))
     }
 
@@ -547,8 +549,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             d.handle("/Plugin.Activate", &json!({})),
-            json!({"Implements": ["NetworkDriver"]})
+            json!({"Implements": ["NetworkDriver", "IpamDriver"]})
         );
+        let e = d.handle("/IpamDriver.RequestAddress", &json!({"PoolID": "red"}));
+        assert!(e["Err"].as_str().unwrap().starts_with("PoolID"), "{e}");
+        let e = d.handle("/IpamDriver.RequestPool", &json!({"V6": true}));
+        assert!(e["Err"].as_str().unwrap().starts_with("V6"), "{e}");
+        let e = d.handle("/IpamDriver.RequestPool", &json!({"Options": {}}));
+        assert!(e["Err"].as_str().unwrap().starts_with("tenant"), "{e}");
         let e = d.handle("/NetworkDriver.Teleport", &json!({}));
         assert!(e["Err"].as_str().unwrap().contains("Teleport"));
         let e = d.handle("/NetworkDriver.CreateNetwork", &json!({"Options": {}}));

@@ -1,6 +1,9 @@
 //! tenet's control plane: configuration, the port manager that turns it into attached
 //! DPDK ports and worker plans, and the `tenetd` daemon around them.
 
+// The API's OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "256"]
+
 pub mod addresses;
 pub mod api;
 pub mod capture;
@@ -13,6 +16,7 @@ pub mod controller;
 pub mod daemon;
 pub mod docker;
 pub mod live;
+pub mod logging;
 pub mod manpages;
 pub mod model;
 pub mod netlink;

@@ -437,6 +437,14 @@ impl Live {
         if change.addresses_only() {
             return self.prepare_addresses(change, reply);
         }
+        if let Change::AddEndpoint(spec) = &change {
+            if let (Some(ip), Some(_)) = (spec.ip, &spec.port) {
+                if let Err(refusal) = addresses::check_endpoint(&self.model, &spec.tenant, ip) {
+                    let refused = Reply::error(refusal.status, &refusal.field, &refusal.message);
+                    return Err((reply, refused));
+                }
+            }
+        }
         let cluster = matches!(self.store.as_deref(), Some(Store::Etcd(_)));
         let place = place_of(&self.model, &change, controller);
         let alone = match cluster {
@@ -506,9 +514,10 @@ impl Live {
                     return Err((reply, refused));
                 }
             }
-            Change::ReleaseAddress { tenant, ip } if place.is_none() => {
-                let message = format!("{ip} is not claimed in tenant `{tenant}`");
-                return Err((reply, Reply::error(404, "ip", &message)));
+            Change::ReleaseAddress { .. } if place.is_none() => {
+                let refusal = crate::model::nothing_to_change(&change);
+                let refused = Reply::error(refusal.status, &refusal.field, &refusal.message);
+                return Err((reply, refused));
             }
             _ => {}
         }
@@ -660,7 +669,9 @@ impl Live {
             if let (Some(conflict), Change::ClaimAddress(request), Some(spec)) =
                 (e.downcast_ref::<Conflict>(), &change, &claimed_now)
             {
-                if conflict.field == "ip" && request.ip.is_none() && request.avoid.len() < TRIES {
+                // Whatever collided (its record may be gone again by the time the
+                // conflict was explained), a chosen address is chosen again.
+                if request.ip.is_none() && request.avoid.len() < TRIES {
                     let mut again = request.clone();
                     again.avoid.push(spec.ip);
                     return Err(again);
@@ -674,6 +685,11 @@ impl Live {
             });
         }
         tracing::info!(?change, "applied");
+        // The tables' view carries the claims too: the next read of the cluster
+        // must not find it different for them.
+        if let Some(running) = &mut self.running {
+            running.addresses = model.addresses.clone();
+        }
         self.model = model;
         self.keep_copy();
         Ok(match claimed_now {
@@ -825,6 +841,14 @@ impl Live {
                 metrics(controller, dp) + &self.store_metrics() + &self.tenant_metrics(controller),
             ),
             Command::OpenApi => Reply::ok(crate::api::openapi()),
+            Command::ShowLog => match crate::logging::current() {
+                Some(filter) => Reply::ok(json!({ "filter": filter })),
+                None => Reply::error(503, "", "this process's log filter cannot be changed"),
+            },
+            Command::SetLog(filter) => match crate::logging::set(&filter) {
+                Ok(()) => Reply::ok(json!({ "filter": filter })),
+                Err(why) => Reply::error(400, "filter", &why),
+            },
             // Captures take time; the control loop runs them (see daemon::Capture).
             Command::Capture { .. } => {
                 Reply::error(500, "", "capture is handled by the control loop")
@@ -1077,7 +1101,13 @@ fn ports_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
         .map(|(plan, role)| {
             let role = role_name(role, &config.switching.tenants);
             match dataplane.port(&plan.name) {
-                Some(port) => port_json(&plan.name, plan.backend.kind(), role, port),
+                Some(port) => {
+                    let mut entry = port_json(&plan.name, plan.backend.kind(), role, port);
+                    if let Some(named) = dataplane.ports.iter().find(|p| p.name == plan.name) {
+                        entry["drops"] = port_drops_json(&dataplane.drops_of(named));
+                    }
+                    entry
+                }
                 None => json!({
                     "name": plan.name,
                     "backend": plan.backend.kind(),
@@ -1097,6 +1127,31 @@ fn ports_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
         }
     }
     json!(list)
+}
+
+/// A port's drops by reason name, the reasons it has none of left out.
+fn port_drops_json(drops: &[u64]) -> Value {
+    let named: serde_json::Map<String, Value> = DropReason::ALL
+        .iter()
+        .zip(drops)
+        .filter(|(_, &n)| n > 0)
+        .map(|(r, &n)| (r.name().to_owned(), json!(n)))
+        .collect();
+    Value::Object(named)
+}
+
+/// The tenant of access port `name`, for metric labels.
+fn port_tenant<'a>(controller: &'a Controller, name: &str) -> Option<&'a str> {
+    let config = controller.config();
+    let at = config.ports.iter().position(|p| p.name == name)?;
+    match config.switching.roles.get(at)? {
+        RolePlan::Access { tenant, .. } => config
+            .switching
+            .tenants
+            .get(*tenant)
+            .map(|t| t.name.as_str()),
+        _ => None,
+    }
 }
 
 fn port_json(name: &str, backend: &str, role: Value, port: &dataplane::dpdk::Port) -> Value {
@@ -1151,6 +1206,7 @@ fn stats_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
             "events_lost": s.events_lost,
             "gateway_egress_bytes": s.gateway_egress_bytes,
             "joined_segments": s.joined_segments,
+            "nat_sessions": s.nat_sessions,
             "drops": drops_json(s),
         })).collect::<Vec<_>>(),
         "drops": drops_json(&total),
@@ -1294,6 +1350,27 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             per_port(field),
         );
     }
+    let mut port_drops = Vec::new();
+    for named in ports {
+        let tenant = port_tenant(controller, &named.name)
+            .map_or(String::new(), |t| format!(",tenant=\"{t}\""));
+        for (reason, n) in DropReason::ALL.iter().zip(dataplane.drops_of(named)) {
+            if n > 0 {
+                let labels = format!(
+                    "{{port=\"{}\"{tenant},reason=\"{}\"}}",
+                    named.name,
+                    reason.name()
+                );
+                port_drops.push((labels, n));
+            }
+        }
+    }
+    family(
+        "tenet_port_drops_total",
+        "Frames the port received that the pipeline dropped, by reason (and the access port's tenant).",
+        "counter",
+        port_drops,
+    );
     let cores: Vec<(usize, CoreStats)> = workers
         .iter()
         .map(|w| (w.core(), w.counters().snapshot()))
@@ -1346,6 +1423,12 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             per_core(field),
         );
     }
+    family(
+        "tenet_core_nat_sessions",
+        "SNAT connections the worker holds (each lives on one core).",
+        "gauge",
+        per_core(|s| s.nat_sessions),
+    );
     let mut drops = Vec::new();
     for (core, s) in &cores {
         for reason in DropReason::ALL {

@@ -97,6 +97,9 @@ pub enum Change {
         tenant: String,
         /// The address.
         ip: std::net::Ipv4Addr,
+        /// Only if this owner holds it (a late second release of the same container
+        /// must not take the address from the next one that got it).
+        owner: Option<String>,
     },
 }
 
@@ -309,13 +312,28 @@ impl Model {
         let Some(name) = seed.switch.host.as_deref() else {
             return;
         };
-        if self.hosts.iter().any(|h| h.name == name) {
+        let Some(me) = seed.hosts.iter().find(|h| h.name == name) else {
+            return;
+        };
+        if let Some(known) = self.hosts.iter().find(|h| h.name == name) {
+            if known != me {
+                tracing::warn!(host = %name, cluster = ?known, config = ?me, "the cluster's record of this host differs from its config; the cluster's stands (change it through the API)");
+            }
             return;
         }
-        if let Some(me) = seed.hosts.iter().find(|h| h.name == name) {
-            tracing::info!(host = %me.name, underlay_ip = %me.underlay_ip, "joining the cluster: this host's record comes from its config");
-            self.hosts.push(me.clone());
+        let address = |h: &HostSpec| {
+            h.underlay_ip
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if let Some(other) = self.hosts.iter().find(|h| address(h) == address(me)) {
+            tracing::error!(host = %name, underlay_ip = %me.underlay_ip, other = %other.name, "not joining the cluster: another host has this underlay address");
+            return;
         }
+        tracing::info!(host = %me.name, underlay_ip = %me.underlay_ip, "joining the cluster: this host's record comes from its config");
+        self.hosts.push(me.clone());
     }
 
     /// `base` (dataplane, ports, control) with this model.
@@ -611,11 +629,13 @@ impl Model {
             Change::AddRoute(_) => Place::Route(self.routes.len()),
             Change::AddPublish(_) => Place::Publish(self.published.len()),
             Change::ClaimAddress(_) => Place::Address(self.addresses.len()),
-            Change::ReleaseAddress { tenant, ip } => Place::Address(
-                self.addresses
-                    .iter()
-                    .position(|a| &a.tenant == tenant && a.ip == *ip)?,
-            ),
+            Change::ReleaseAddress { tenant, ip, owner } => {
+                Place::Address(self.addresses.iter().position(|a| {
+                    &a.tenant == tenant
+                        && a.ip == *ip
+                        && owner.as_ref().is_none_or(|o| *o == a.owner)
+                })?)
+            }
             Change::UpdateTenant(name, _) | Change::DeleteTenant(name) => {
                 Place::Tenant(tenant_named(name)?)
             }
@@ -716,7 +736,7 @@ fn in_use(message: String) -> Refusal {
 }
 
 /// The refusal of a change that found nothing to change.
-fn nothing_to_change(change: &Change) -> Refusal {
+pub(crate) fn nothing_to_change(change: &Change) -> Refusal {
     match change {
         Change::DeleteTenant(name) => {
             Refusal::not_found("name", format!("no tenant is named `{name}`"))
@@ -741,9 +761,13 @@ fn nothing_to_change(change: &Change) -> Refusal {
             "host_port",
             format!("{host_port}/{protocol} is not published"),
         ),
-        Change::ReleaseAddress { tenant, ip } => {
-            Refusal::not_found("ip", format!("{ip} is not claimed in tenant `{tenant}`"))
-        }
+        Change::ReleaseAddress { tenant, ip, owner } => Refusal::not_found(
+            "ip",
+            match owner {
+                Some(owner) => format!("`{owner}` holds no {ip} in tenant `{tenant}`"),
+                None => format!("{ip} is not claimed in tenant `{tenant}`"),
+            },
+        ),
         _ => Refusal::not_found("", "nothing to change".to_owned()),
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use dataplane::counters::DROP_REASON_COUNT;
 use dataplane::dpdk::{
     DeviceNamer, MbufRing, Mempool, Port, PortConfig, RingConsumer, RingProducer,
 };
@@ -29,6 +30,9 @@ pub struct NamedPort {
     /// The kernel interface it serves, when it serves one, and its index then: another
     /// index under the same name (or none) means the interface is gone.
     pub kernel: Option<(String, u32)>,
+    /// The workers' drop counts for its device id when it was attached: a port that
+    /// takes the id of one detached before starts from nothing.
+    pub drops_before: [u64; DROP_REASON_COUNT],
 }
 
 /// A configured port without a device: why, and when it is tried again.
@@ -100,6 +104,7 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
             name: plan.name.clone(),
             port,
             kernel,
+            drops_before: [0; DROP_REASON_COUNT],
         });
     }
     let kernel = match plan.backend.kernel_interface() {
@@ -130,6 +135,7 @@ pub fn attach_port(plan: &PortPlan, namer: &mut DeviceNamer) -> anyhow::Result<N
         name: plan.name.clone(),
         port,
         kernel,
+        drops_before: [0; DROP_REASON_COUNT],
     })
 }
 
@@ -312,11 +318,32 @@ impl Dataplane<'_> {
                 inbound.push((id, consumer));
             }
         }
+        named.drops_before = self.drops_at(id);
         for (worker, command) in self.workers.iter().zip(commands) {
             send(worker, command)?;
         }
         self.ports.push(named);
         Ok(())
+    }
+
+    /// The workers' drops of frames received on device `id`, by reason, ever.
+    fn drops_at(&self, id: u16) -> [u64; DROP_REASON_COUNT] {
+        let mut sum = [0; DROP_REASON_COUNT];
+        for worker in &self.workers {
+            for (total, n) in sum.iter_mut().zip(worker.counters().port_drops(id)) {
+                *total += n;
+            }
+        }
+        sum
+    }
+
+    /// Drops of frames `port` received, by reason, since it was attached.
+    pub fn drops_of(&self, port: &NamedPort) -> [u64; DROP_REASON_COUNT] {
+        let mut drops = self.drops_at(port.port.id());
+        for (n, before) in drops.iter_mut().zip(&port.drops_before) {
+            *n = n.saturating_sub(*before);
+        }
+        drops
     }
 
     /// Detaches the port named `name`: every worker lets go of it (after the caller

@@ -6,6 +6,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::MAX_PORTS;
+
+/// The port of a frame that came from none (a held frame released, the router's own):
+/// its drops count for the core only.
+pub const NO_PORT: u16 = u16::MAX;
+
 macro_rules! drop_reasons {
     ($($variant:ident = $name:literal : $help:literal,)*) => {
         /// Why a packet was dropped. Every drop names one.
@@ -90,7 +96,12 @@ pub struct CoreCounters {
     events_lost: AtomicU64,
     gateway_egress_bytes: AtomicU64,
     joined_segments: AtomicU64,
+    nat_sessions: AtomicU64,
     drops: [AtomicU64; DROP_REASON_COUNT],
+    /// Drops by the port the frame came in on, then reason (`port * reasons + reason`):
+    /// a `port-security-ip` drop is traced to the container that sent it. Touched only
+    /// when a frame is dropped.
+    port_drops: Box<[AtomicU64]>,
 }
 
 impl Default for CoreCounters {
@@ -107,7 +118,11 @@ impl Default for CoreCounters {
             events_lost: AtomicU64::new(0),
             gateway_egress_bytes: AtomicU64::new(0),
             joined_segments: AtomicU64::new(0),
+            nat_sessions: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            port_drops: (0..MAX_PORTS * DROP_REASON_COUNT)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 }
@@ -185,10 +200,40 @@ impl CoreCounters {
         bump(&self.joined_segments, n as u64);
     }
 
+    /// The SNAT sessions the core holds now (a gauge, set at each burst).
+    #[inline(always)]
+    pub fn set_nat_sessions(&self, n: usize) {
+        self.nat_sessions.store(n as u64, Ordering::Relaxed);
+    }
+
     /// Packets dropped for `reason`.
     #[inline(always)]
     pub fn add_drop(&self, reason: DropReason, n: usize) {
         bump(&self.drops[reason as usize], n as u64);
+    }
+
+    /// A frame received on `port` dropped for `reason` (also counted by
+    /// [`CoreCounters::add_drop`]); nothing for [`NO_PORT`].
+    #[inline(always)]
+    pub fn add_port_drop(&self, port: u16, reason: DropReason) {
+        if let Some(counter) = self
+            .port_drops
+            .get(usize::from(port) * DROP_REASON_COUNT + reason as usize)
+        {
+            bump(counter, 1);
+        }
+    }
+
+    /// Drops of frames received on `port`, indexed by `DropReason as usize`.
+    pub fn port_drops(&self, port: u16) -> [u64; DROP_REASON_COUNT] {
+        let at = usize::from(port) * DROP_REASON_COUNT;
+        let mut drops = [0; DROP_REASON_COUNT];
+        if let Some(counters) = self.port_drops.get(at..at + DROP_REASON_COUNT) {
+            for (slot, counter) in drops.iter_mut().zip(counters) {
+                *slot = counter.load(Ordering::Relaxed);
+            }
+        }
+        drops
     }
 
     /// A copy of the counters now.
@@ -209,6 +254,7 @@ impl CoreCounters {
             events_lost: self.events_lost.load(Ordering::Relaxed),
             gateway_egress_bytes: self.gateway_egress_bytes.load(Ordering::Relaxed),
             joined_segments: self.joined_segments.load(Ordering::Relaxed),
+            nat_sessions: self.nat_sessions.load(Ordering::Relaxed),
             drops,
         }
     }
@@ -239,6 +285,8 @@ pub struct CoreStats {
     pub gateway_egress_bytes: u64,
     /// Frames received in several segments, joined into one.
     pub joined_segments: u64,
+    /// SNAT sessions held (as of the last burst).
+    pub nat_sessions: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DROP_REASON_COUNT],
 }
@@ -257,6 +305,7 @@ impl Default for CoreStats {
             events_lost: 0,
             gateway_egress_bytes: 0,
             joined_segments: 0,
+            nat_sessions: 0,
             drops: [0; DROP_REASON_COUNT],
         }
     }
@@ -297,6 +346,7 @@ impl CoreStats {
             total.events_lost += s.events_lost;
             total.gateway_egress_bytes += s.gateway_egress_bytes;
             total.joined_segments += s.joined_segments;
+            total.nat_sessions += s.nat_sessions;
             for (t, d) in total.drops.iter_mut().zip(&s.drops) {
                 *t += d;
             }
@@ -325,6 +375,12 @@ mod tests {
         c.add_rx(5);
         c.add_tx(30);
         c.add_drop(DropReason::TxRefused, 7);
+        c.add_port_drop(3, DropReason::PortSecurityIp);
+        c.add_port_drop(3, DropReason::PortSecurityIp);
+        c.add_port_drop(NO_PORT, DropReason::PortSecurityIp);
+        assert_eq!(c.port_drops(3)[DropReason::PortSecurityIp as usize], 2);
+        assert_eq!(c.port_drops(2), [0; DROP_REASON_COUNT]);
+        assert_eq!(c.port_drops(NO_PORT), [0; DROP_REASON_COUNT]);
         let s = c.snapshot();
         assert_eq!((s.rx_packets, s.tx_packets, s.bursts), (37, 30, 2));
         assert_eq!(s.dropped(DropReason::TxRefused), 7);

@@ -781,3 +781,63 @@ fn tap_af_xdp_and_bond_ports_attach_and_detach_live() {
     let stopped = tenetd.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }
+
+/// The log filter changes while tenetd runs (`PUT /v1/log`): at `warn` a change's
+/// `applied` line is not logged, back at `info` it is; a bad filter is refused naming
+/// the field and leaves the one in force.
+#[test]
+fn the_log_filter_changes_while_tenetd_runs() {
+    let dir = TempDir::new("log").unwrap();
+    let socket = dir.path().join("tenetd.sock");
+    let config = format!(
+        r#"
+[dataplane]
+workers = [1]
+main_core = 0
+file_prefix = "{}"
+memory_mb = 128
+
+[[port]]
+name = "p0"
+backend = "null"
+
+[control]
+api_socket = "{}"
+"#,
+        unique("log"),
+        socket.display()
+    );
+    let tenetd = Tenetd::serving(None, &config).unwrap();
+    let shown = http(&socket, "GET", "/v1/log", "");
+    assert_eq!(shown.body["filter"], "info", "{}", shown.body);
+    let bad = http(&socket, "PUT", "/v1/log", r#"{"filter":"info,=["}"#);
+    assert_eq!(
+        (bad.status, &bad.body["field"]),
+        (400, &serde_json::json!("filter")),
+        "{}",
+        bad.body
+    );
+    assert_eq!(http(&socket, "GET", "/v1/log", "").body["filter"], "info");
+
+    let quiet = http(&socket, "PUT", "/v1/log", r#"{"filter":"warn"}"#);
+    assert!(quiet.ok(), "{}", quiet.body);
+    ok(&socket, &["tenant", "add", "hushed", "--id", "7"]);
+    let wait_logged = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !tenetd.stderr_text().contains(needle) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    };
+    assert!(http(&socket, "PUT", "/v1/log", r#"{"filter":"info"}"#).ok());
+    ok(&socket, &["tenant", "add", "heard", "--id", "8"]);
+    assert!(wait_logged("\"heard\""), "{}", tenetd.stderr_text());
+    let logs = tenetd.stderr_text();
+    assert!(!logs.contains("\"hushed\""), "logged at warn: {logs}");
+    assert!(logs.contains("log filter changed"), "{logs}");
+    let stopped = tenetd.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}

@@ -271,6 +271,37 @@ fn add_check_del_is_a_full_round_trip() {
     assert!(link.contains("gso_max_size 65000"), "{link}");
     let bits = iperf3_bits(&a, &b, &ip_b, 1);
     assert!(bits > 1e8, "TCP between the containers at {bits} bit/s");
+    // A container sending from an address it was not given: port security drops it at
+    // its port, and the drop is counted for that port and its tenant.
+    let spoof = (2..255)
+        .map(|h| format!("10.20.0.{h}"))
+        .find(|ip| *ip != ip_a && *ip != ip_b)
+        .unwrap();
+    a.exec(
+        "ip",
+        &["addr", "add", &format!("{spoof}/32"), "dev", "eth0"],
+    )
+    .unwrap();
+    let _ = a.exec("ping", &["-c", "2", "-W", "1", "-I", &spoof, &ip_b]);
+    let port_a = host_link(&ida).expect("a's port");
+    let wanted = format!(
+        "tenet_port_drops_total{{port=\"{port_a}\",tenant=\"red\",reason=\"port-security-ip\"}}"
+    );
+    let metrics = tests::http(&sw.socket(), "GET", "/metrics", "").text();
+    assert!(metrics.contains(&wanted), "{wanted} in {metrics}");
+    let ports = tests::http(&sw.socket(), "GET", "/v1/ports", "").body;
+    let dropped = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port_a.as_str())
+        .map(|p| p["drops"]["port-security-ip"].as_u64().unwrap_or(0));
+    assert!(dropped.is_some_and(|n| n > 0), "{ports}");
+    a.exec(
+        "ip",
+        &["addr", "del", &format!("{spoof}/32"), "dev", "eth0"],
+    )
+    .unwrap();
     // Installed, not learned: the endpoints carry the containers' MACs and addresses.
     let mac_a = ra["interfaces"][1]["mac"].as_str().unwrap();
     assert!(sw

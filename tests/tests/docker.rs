@@ -185,25 +185,37 @@ state_file = "{1}/state.json"
         json!({"PoolID": pool_id, "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
     );
     assert_eq!(gateway["Address"], "10.40.0.1/24", "{gateway}");
-    let address_for = |asked: &str| {
+    // The driver asks for each endpoint's MAC: Docker sends it with the request.
+    let capabilities = call(d, "/IpamDriver.GetCapabilities", json!({}));
+    assert_eq!(capabilities["RequiresMACAddress"], true);
+    let address_for = |asked: &str, mac: &str| {
         call(
             d,
             "/IpamDriver.RequestAddress",
-            json!({"PoolID": pool_id, "Address": asked, "Options": {}}),
+            json!({"PoolID": pool_id, "Address": asked,
+                   "Options": {"com.docker.network.endpoint.macaddress": mac}}),
         )
     };
-    let e1_address = address_for("")["Address"].as_str().unwrap().to_owned();
+    let e1_address = address_for("", "02:00:00:40:00:02")["Address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let e1_ip = e1_address.split('/').next().unwrap().to_owned();
     assert!(
         e1_address.ends_with("/24") && e1_ip != "10.40.0.1",
         "{e1_address}"
     );
     assert_eq!(
-        address_for("10.40.0.3")["Address"],
+        address_for("", "02:00:00:40:00:02")["Address"],
+        e1_address.as_str(),
+        "a retried request for the same endpoint gets the same address"
+    );
+    assert_eq!(
+        address_for("10.40.0.3", "02:00:00:40:00:03")["Address"],
         "10.40.0.3/24",
         "docker run --ip"
     );
-    let taken = address_for(&e1_ip);
+    let taken = address_for(&e1_ip, "02:00:00:40:00:09");
     assert!(
         taken["Err"].as_str().unwrap().contains("ip: ")
             && taken["Err"].as_str().unwrap().contains("already claimed"),

@@ -183,6 +183,20 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
         "replies handed to the session's core: {stats}"
     );
     assert_eq!(stats["drops"]["nat-foreign-core"], 0, "{stats}");
+    // Both streams' connections (iperf3's control and data, red's and blue's) are
+    // sessions of the core that made them until they time out.
+    let sessions: u64 = stats["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["nat_sessions"].as_u64().unwrap())
+        .sum();
+    assert!(sessions >= 4, "SNAT sessions held: {stats}");
+    let metrics = tests::http(&socket, "GET", "/metrics", "").text();
+    assert!(
+        metrics.contains("tenet_core_nat_sessions{core=\""),
+        "{metrics}"
+    );
 
     // A published port: the outside connects to the host, the container answers. Blue
     // has sent nothing yet, so the router resolves it by ARP and holds the first

@@ -257,6 +257,29 @@ fn two_hosts_never_hand_out_one_address_twice() {
         );
     }
 
+    // An endpoint added by hand on b at an address a claimed is refused naming `ip`
+    // (once b's watch has brought a's claim).
+    let a_claim = stored_claims(&etcd)
+        .into_iter()
+        .find(|c| c["host"] == "a")
+        .unwrap();
+    let endpoint = json!({"tenant": "red", "mac": "02:00:00:00:77:01",
+                          "ip": a_claim["ip"], "port": "b-spare"});
+    let mut refused = http(&b.socket(), "POST", "/v1/endpoints", &endpoint.to_string());
+    for _ in 0..100 {
+        if refused.status == 409 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        refused = http(&b.socket(), "POST", "/v1/endpoints", &endpoint.to_string());
+    }
+    assert_eq!(
+        (refused.status, &refused.body["field"]),
+        (409, &json!("ip")),
+        "{}",
+        refused.body
+    );
+
     // Containers through tenet-cni on both hosts: distinct addresses; a static one
     // another host's container holds is refused naming it.
     let (ns_a, ns_b, ns_c) = (

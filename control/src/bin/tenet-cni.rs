@@ -54,7 +54,7 @@ fn run(env: &Env, input: &[u8]) -> Result<Option<serde_json::Value>, (CniError, 
     }
     let version = version_of(input);
     let (conf, raw) = NetConf::parse(input).map_err(|e| (e, version.clone()))?;
-    let conf = conf.with_args(env).map_err(|e| (e, version.clone()))?;
+    let conf = conf.with_args(env);
     start_log(conf.log_file.as_deref());
     let result = match env.command.as_str() {
         "ADD" => cni::add(env, &conf, &raw).map(Some),

@@ -3,7 +3,6 @@
 //! Exit status: 0 after a clean stop, 1 when something failed at run time, 2 when the
 //! command line or the config was refused (nothing was started).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,24 +110,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!(
-                "tenetd: --log (or TENET_LOG): `{}` is not a log filter: {e}",
-                args.log
-            );
-            return ExitCode::from(2);
-        }
+    let format = match args.log_format {
+        LogFormat::Text => control::logging::Format::Text,
+        LogFormat::Json => control::logging::Format::Json,
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never in a file or the journal.
-        .with_ansi(std::io::stderr().is_terminal());
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+    if let Err(e) = control::logging::install(&args.log, format) {
+        eprintln!("tenetd: --log (or TENET_LOG): {e}");
+        return ExitCode::from(2);
     }
     if let Some(note) = prepared {
         tracing::info!("{note}");

@@ -241,10 +241,11 @@ pub struct NetConf {
     /// Where the plugin remembers what DEL could not undo while tenetd was down.
     #[serde(default = "default_data_dir", rename = "dataDir")]
     pub data_dir: PathBuf,
-    /// A static address for this container (`runtimeConfig.ips`, `args.cni.ips`,
-    /// `IP` in `CNI_ARGS`).
+    /// A static address asked for this container: where (`runtimeConfig.ips`,
+    /// `args.cni.ips`, `IP` in `CNI_ARGS`) and as given. Read on ADD only: a bad one
+    /// must not hold up a DEL.
     #[serde(skip)]
-    pub ip: Option<Ipv4Addr>,
+    pub requested_ip: Option<(&'static str, String)>,
     /// Delegated IPAM (`{"type": "host-local", ...}`); none: the plugin's own.
     pub ipam: Option<Value>,
     /// The result of the previous plugin of a chain, or of ADD (CHECK, DEL).
@@ -267,12 +268,19 @@ impl NetConf {
         if let Some(tenant) = raw["args"]["cni"]["tenant"].as_str() {
             conf.tenant = Some(tenant.to_owned());
         }
+        // The first IPv4 entry: a dual-stack runtime may list an IPv6 one too.
         for (field, ips) in [
             ("runtimeConfig.ips", &raw["runtimeConfig"]["ips"]),
             ("args.cni.ips", &raw["args"]["cni"]["ips"]),
         ] {
-            if let Some(first) = ips.get(0) {
-                conf.ip = Some(static_ip(field, first.as_str().unwrap_or_default())?);
+            let first = ips
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|ip| ip.as_str().unwrap_or_default())
+                .find(|ip| !ip.contains(':'));
+            if let Some(first) = first {
+                conf.requested_ip = Some((field, first.to_owned()));
                 break;
             }
         }
@@ -306,14 +314,29 @@ impl NetConf {
 
     /// `TENET_TENANT` in `CNI_ARGS` chooses the tenant of this container, `IP` its
     /// address.
-    pub fn with_args(mut self, env: &Env) -> Result<Self, CniError> {
+    pub fn with_args(mut self, env: &Env) -> Self {
         if let Some(tenant) = env.arg("TENET_TENANT") {
             self.tenant = Some(tenant.to_owned());
         }
         if let Some(ip) = env.arg("IP") {
-            self.ip = Some(static_ip("CNI_ARGS IP", ip)?);
+            self.requested_ip = Some(("CNI_ARGS IP", ip.to_owned()));
         }
-        Ok(self)
+        self
+    }
+
+    /// The static address asked for, if any, refused naming where it came from when
+    /// it is not one.
+    fn static_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
+        let Some((field, text)) = &self.requested_ip else {
+            return Ok(None);
+        };
+        let address = text.split('/').next().unwrap_or_default();
+        address.parse().map(Some).map_err(|_| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("{field}: `{text}` is not an IPv4 address"),
+            )
+        })
     }
 
     fn tenant(&self) -> Result<&str, CniError> {
@@ -341,17 +364,6 @@ fn vhost_mac(name: &str) -> [u8; 6] {
     let n = u64::from_str_radix(hex, 16).unwrap_or(0);
     let b = n.to_be_bytes();
     [0x02, 0x7d, b[4], b[5], b[6], b[7]]
-}
-
-/// A requested address, `10.1.0.7` or `10.1.0.7/24` (the prefix is the subnet's).
-fn static_ip(field: &str, text: &str) -> Result<Ipv4Addr, CniError> {
-    let address = text.split('/').next().unwrap_or_default();
-    address.parse().map_err(|_| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("{field}: `{text}` is not an IPv4 address"),
-        )
-    })
 }
 
 /// Who holds a container's address in tenetd.
@@ -406,7 +418,7 @@ fn address(
         client,
         tenant,
         &owner(conf, env),
-        conf.ip,
+        conf.static_ip()?,
         conf.subnet.as_deref(),
     )
     .map_err(refused)?;

@@ -174,6 +174,7 @@ impl<F: Frame> Core<F> {
         }
         let tables = self.tables.tables();
         self.state.router.nat.sweep_some(&tables.nat, now);
+        counters.set_nat_sessions(self.state.router.nat.len());
     }
 
     /// Starts loading what the frames of a burst from `in_port` will look up
@@ -199,6 +200,7 @@ impl<F: Frame> Core<F> {
             now: self.state.learner.now,
         };
         let mut cx = self.state.context(counters, stage::NoTrace, true);
+        cx.in_port = in_port;
         dispatch::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
     }
 

@@ -136,6 +136,7 @@ impl Offline {
         let mut sink = Collect::default();
         prefetch_burst(tables, &self.state, in_port, std::iter::once(frame.data()));
         let mut cx = self.context();
+        cx.in_port = in_port;
         handle(tables, in_port, frame, &mut sink, &mut cx);
         sink
     }
@@ -150,6 +151,7 @@ impl Offline {
     ) -> Collect {
         prefetch_burst(tables, &self.state, in_port, std::iter::once(frame));
         let mut cx = self.context();
+        cx.in_port = in_port;
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
         sink
     }

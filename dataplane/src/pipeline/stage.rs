@@ -162,6 +162,9 @@ pub struct Context<'a, T: Trace = NoTrace> {
     pub fast_path: bool,
     /// Whether (and with whom) this core shares tunnelled traffic by its inner flow.
     pub spread: Option<Spread>,
+    /// The port the frames came in on, whose drops are counted for it too
+    /// ([`crate::counters::NO_PORT`]: none).
+    pub in_port: u16,
 }
 
 /// What a core keeps across bursts for its stages: the learner, the FDB cache and the
@@ -195,6 +198,7 @@ impl CoreState {
             tracer,
             fast_path,
             spread: self.spread,
+            in_port: crate::counters::NO_PORT,
         }
     }
 }
@@ -203,6 +207,7 @@ impl<T: Trace> Context<'_, T> {
     #[inline(always)]
     pub(crate) fn drop(&mut self, reason: DropReason) {
         self.counters.add_drop(reason, 1);
+        self.counters.add_port_drop(self.in_port, reason);
         note!(self, "drop: {} ({})", reason.name(), reason.help());
     }
 

@@ -78,6 +78,11 @@ impl EtcdStore {
                 "published" => Record::Published(serde_json::from_str(value)?),
                 "addresses" => {
                     let mut address: AddressSpec = serde_json::from_str(value)?;
+                    // A claim under another claim's key could never be released.
+                    let place = format!("addresses/{}/{}", address.tenant, address.ip);
+                    if path != place {
+                        return Ok(Record::Garbled(format!("a claim of {place} at {path}")));
+                    }
                     if address.host.as_deref() == Some(self.host.as_str()) {
                         address.host = None;
                     }
@@ -377,6 +382,7 @@ mod tests {
             &[
                 r#"{"tenant":"x","ip":"10.1.0.7","owner":"cni:n:c1:eth0","host":"h1"}"#,
                 r#"{"tenant":"x","ip":"10.1.0.7","owner":"cni:n:c2:eth0","host":"h2"}"#,
+                r#"{"tenant":"x","ip":"10.1.0.8","owner":"elsewhere"}"#,
                 r#"{"tenant":"x","ip":"nope","owner":"o"}"#,
             ],
         ),
