@@ -3,10 +3,13 @@
 //! Exit status (also in `--help`):
 //! - 0: done; also when stdout closes early (`tenetctl stats --watch | head`).
 //! - 1: refused: tenetd said no (the message names the field at fault), the exchange
-//!   with it broke off, or the output could not be written.
+//!   with it broke off, the output could not be written, or `apply`'s file is unfit
+//!   or asks for what tenetd cannot change in place.
 //! - 2: usage: the command line is wrong (the message names the argument).
 //! - 3: tenetd unreachable: nothing answers on the socket (the message names it).
 
+mod apply;
+mod exists;
 mod rates;
 mod render;
 mod table;
@@ -20,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use control::client::{encode, CallError, Client};
 use serde_json::{json, Value};
 
+use exists::Asked;
 use rates::{rates, rates_text};
 use render::{render, stats_text};
 
@@ -27,7 +31,8 @@ use render::{render, stats_text};
 /// running.
 const EXIT_STATUS: &str = "Exit status:
   0  done (also when stdout closes early, as in `| head`)
-  1  refused: tenetd said no, the exchange with it broke off, or the output could not be written
+  1  refused: tenetd said no, the exchange with it broke off, the output could not be written,
+     or apply's file is unfit or asks for what tenetd cannot change in place
   2  usage: the command line is wrong
   3  tenetd unreachable: nothing answers on the socket (--socket, TENET_SOCKET)";
 
@@ -70,6 +75,18 @@ enum Cmd {
     /// Ports with their role, link and counters.
     #[command(subcommand)]
     Port(PortCmd),
+    /// Addresses claimed for containers, cluster-wide: list, claim, release.
+    #[command(subcommand)]
+    Address(AddressCmd),
+    /// Make tenetd hold the tenants, hosts, endpoints, routes and published ports a file
+    /// lists (like `kubectl apply`): adds what is missing, changes what can change in
+    /// place, refuses the rest before changing anything.
+    Apply(ApplyArgs),
+    /// tenetd's log filter: show it, or `set` it while tenetd runs.
+    Log {
+        #[command(subcommand)]
+        action: Option<LogCmd>,
+    },
     /// Counters: per port, per core, drops by reason.
     Stats {
         /// Refresh every second until interrupted, showing rates per second.
@@ -144,6 +161,9 @@ enum TenantCmd {
     Del {
         /// Its name.
         name: String,
+        /// A missing tenant is no error.
+        #[arg(long)]
+        if_exists: bool,
     },
     /// List tenants.
     List,
@@ -186,6 +206,10 @@ enum RouteCmd {
         /// Next hop, on one of the tenant's subnets.
         #[arg(long)]
         via: String,
+        /// A route of the tenant to this destination already there is no error (a
+        /// warning names what differs; it is left as it is).
+        #[arg(long)]
+        may_exist: bool,
     },
     /// Remove a route.
     Del {
@@ -193,6 +217,9 @@ enum RouteCmd {
         tenant: String,
         /// Destination as added.
         prefix: String,
+        /// A missing route is no error.
+        #[arg(long)]
+        if_exists: bool,
     },
     /// List routes.
     List,
@@ -216,6 +243,10 @@ enum PublishCmd {
         /// The container's port.
         #[arg(long)]
         port: u16,
+        /// This protocol's host port already published is no error (a warning names
+        /// what differs; it is left as it is).
+        #[arg(long)]
+        may_exist: bool,
     },
     /// Withdraw a published port.
     Del {
@@ -225,6 +256,9 @@ enum PublishCmd {
         /// The published port.
         #[arg(long)]
         host_port: u16,
+        /// A port not published is no error.
+        #[arg(long)]
+        if_exists: bool,
     },
     /// List published ports.
     List,
@@ -256,6 +290,10 @@ struct TenantAdd {
     /// SNAT address toward the outside.
     #[arg(long)]
     snat_ip: Option<String>,
+    /// A tenant of this name already there is no error (a warning names what differs;
+    /// it is left as it is).
+    #[arg(long)]
+    may_exist: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +315,10 @@ enum EndpointCmd {
         /// Its IPv4 address (the tenant's router and ARP answers use it).
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
+        /// The tenant's endpoint of this MAC already there is no error (a warning
+        /// names what differs; it is left as it is).
+        #[arg(long)]
+        may_exist: bool,
     },
     /// Remove an endpoint.
     Del {
@@ -286,6 +328,9 @@ enum EndpointCmd {
         /// Its MAC.
         #[arg(long)]
         mac: String,
+        /// A missing endpoint is no error.
+        #[arg(long)]
+        if_exists: bool,
     },
     /// List endpoints.
     List,
@@ -306,11 +351,18 @@ enum HostCmd {
         /// The shared design's egress host.
         #[arg(long)]
         egress: bool,
+        /// A host of this name already there is no error (a warning names what
+        /// differs; it is left as it is).
+        #[arg(long)]
+        may_exist: bool,
     },
     /// Remove a host.
     Del {
         /// Its name.
         name: String,
+        /// A missing host is no error.
+        #[arg(long)]
+        if_exists: bool,
     },
     /// List hosts.
     List,
@@ -326,6 +378,72 @@ enum PortCmd {
     Del {
         /// Its name.
         name: String,
+        /// A missing port is no error.
+        #[arg(long)]
+        if_exists: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AddressCmd {
+    /// List claimed addresses.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Claim an address of a tenant's subnet; the same owner asking again gets the
+    /// same address.
+    Claim {
+        /// The tenant.
+        tenant: String,
+        /// Who holds it (`cni:<network>:<container>:<ifname>`, or any name).
+        #[arg(long)]
+        owner: String,
+        /// This address (a static one) rather than any free one.
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// Which of the tenant's subnets (default: its first).
+        #[arg(long)]
+        subnet: Option<String>,
+    },
+    /// Release a claimed address.
+    Release {
+        /// The tenant.
+        tenant: String,
+        /// The address.
+        ip: std::net::Ipv4Addr,
+        /// Only if this owner holds it (a late second release must not take the address
+        /// from whoever got it next).
+        #[arg(long)]
+        owner: Option<String>,
+        /// An address not claimed is no error.
+        #[arg(long)]
+        if_exists: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    /// The file: TOML with the `[[tenant]]`, `[[host]]`, `[[endpoint]]`, `[[route]]` and
+    /// `[[publish]]` tables of tenetd's config (`${VAR}` expanded); `-` for stdin.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Also delete the tenants, hosts, endpoints, routes and published ports the file
+    /// does not list.
+    #[arg(long)]
+    prune: bool,
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCmd {
+    /// Set the filter, as `TENET_LOG` takes it (`info,control=debug`).
+    Set {
+        /// The filter.
+        filter: String,
     },
 }
 
@@ -363,6 +481,10 @@ struct PortAdd {
     /// Tenants of a trunk (repeatable).
     #[arg(long = "trunk-tenant")]
     tenants: Vec<String>,
+    /// A port of this name already there is no error (a warning names a backend or
+    /// role that differs; it is left as it is).
+    #[arg(long)]
+    may_exist: bool,
 }
 
 /// An API request: method, path and JSON body.
@@ -400,6 +522,18 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
         Cmd::Endpoint(cmd) => endpoint_request(cmd),
         Cmd::Host(cmd) => host_request(cmd),
         Cmd::Port(cmd) => port_request(cmd),
+        Cmd::Address(cmd) => address_request(cmd),
+        Cmd::Log { action } => log_request(action.as_ref()),
+        Cmd::Apply(a) => {
+            let apply = apply::Apply {
+                client: &Client::new(&cli.socket),
+                file: &a.file,
+                prune: a.prune,
+                dry_run: a.dry_run,
+                json: cli.json,
+            };
+            return apply.run(out, err);
+        }
         Cmd::Stats { .. } => ("GET", "/v1/stats".into(), None),
         Cmd::Capture {
             port,
@@ -422,6 +556,14 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
         Cmd::Tunnel => ("GET", "/v1/tunnels".into(), None),
     };
     let client = Client::new(&cli.socket);
+    let asked = Asked::of(&cli.command, body.as_ref());
+    if let Some(asked) = &asked {
+        match held(&client, asked, err) {
+            Ok(Some(differences)) => return warn(asked, &differences, err),
+            Ok(None) => {}
+            Err(status) => return status,
+        }
+    }
     if let Cmd::Stats { watch: true } = &cli.command {
         let watch = Watch {
             client: &client,
@@ -436,6 +578,16 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
         Err(e) => return unanswered(&e, err),
     };
     if !answer.ok() {
+        if exists::if_exists(&cli.command) && exists::missing(answer.status, &answer.body) {
+            return Status::Done;
+        }
+        // Added by another meanwhile: as if it had been there. Should tenetd not tell,
+        // its refusal of the add is what is worth saying.
+        if let Some(asked) = &asked {
+            if let Ok(Some(differences)) = held(&client, asked, &mut std::io::sink()) {
+                return warn(asked, &differences, err);
+            }
+        }
         return refused(&answer.body, cli.json, out, err);
     }
     if let Cmd::Capture { file, .. } = &cli.command {
@@ -447,6 +599,40 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
         render(&cli.command, &answer.body)
     };
     emit(text.as_bytes(), out, err)
+}
+
+/// For `add --may-exist`: how the record tenetd holds differs from the one asked for
+/// (empty: it does not), or `None` when tenetd holds none; `Err` when it could not tell.
+fn held(
+    client: &Client,
+    asked: &Asked,
+    err: &mut dyn Write,
+) -> Result<Option<Vec<exists::Difference>>, Status> {
+    let answer = match client.call("GET", asked.list, None) {
+        Ok(answer) => answer,
+        Err(e) => return Err(unanswered(&e, err)),
+    };
+    if !answer.ok() {
+        return Err(refused(&answer.body, false, &mut std::io::sink(), err));
+    }
+    Ok(asked.find(&answer.body).map(|have| asked.differences(have)))
+}
+
+/// The end of an `add --may-exist` whose record is there: done, with a warning naming
+/// each field it differs in, as ovs-vsctl gives.
+fn warn(asked: &Asked, differences: &[exists::Difference], err: &mut dyn Write) -> Status {
+    if !differences.is_empty() {
+        let said: Vec<String> = differences.iter().map(ToString::to_string).collect();
+        say(
+            err,
+            format_args!(
+                "{} exists: {}; left as it is",
+                asked.record,
+                said.join("; ")
+            ),
+        );
+    }
+    Status::Done
 }
 
 /// Writes `bytes` to `out`. A reader that has had enough (`| head`) is a normal end.
@@ -619,7 +805,7 @@ fn tenant_request(cmd: &TenantCmd) -> Request {
                        "subnets": t.subnets, "gateway_host": t.gateway_host, "snat_ip": t.snat_ip}),
             ),
         ),
-        TenantCmd::Del { name } => ("DELETE", format!("/v1/tenants/{name}"), None),
+        TenantCmd::Del { name, .. } => ("DELETE", format!("/v1/tenants/{name}"), None),
         TenantCmd::List => ("GET", "/v1/tenants".into(), None),
         TenantCmd::Show { name } => ("GET", format!("/v1/tenants/{name}"), None),
         TenantCmd::Set {
@@ -661,12 +847,13 @@ fn route_request(cmd: &RouteCmd) -> Request {
             tenant,
             prefix,
             via,
+            ..
         } => (
             "POST",
             "/v1/routes".into(),
             Some(json!({"tenant": tenant, "prefix": prefix, "via": via})),
         ),
-        RouteCmd::Del { tenant, prefix } => {
+        RouteCmd::Del { tenant, prefix, .. } => {
             ("DELETE", format!("/v1/routes/{tenant}/{prefix}"), None)
         }
         RouteCmd::List => ("GET", "/v1/routes".into(), None),
@@ -681,6 +868,7 @@ fn publish_request(cmd: &PublishCmd) -> Request {
             host_port,
             ip,
             port,
+            ..
         } => (
             "POST",
             "/v1/published".into(),
@@ -691,6 +879,7 @@ fn publish_request(cmd: &PublishCmd) -> Request {
         PublishCmd::Del {
             protocol,
             host_port,
+            ..
         } => (
             "DELETE",
             format!("/v1/published/{protocol}/{host_port}"),
@@ -708,12 +897,13 @@ fn endpoint_request(cmd: &EndpointCmd) -> Request {
             port,
             host,
             ip,
+            ..
         } => (
             "POST",
             "/v1/endpoints".into(),
             Some(json!({"tenant": tenant, "mac": mac, "port": port, "host": host, "ip": ip})),
         ),
-        EndpointCmd::Del { tenant, mac } => (
+        EndpointCmd::Del { tenant, mac, .. } => (
             "DELETE",
             format!("/v1/endpoints/{tenant}/{}", encode(mac)),
             None,
@@ -729,12 +919,13 @@ fn host_request(cmd: &HostCmd) -> Request {
             underlay_ip,
             mac,
             egress,
+            ..
         } => (
             "POST",
             "/v1/hosts".into(),
             Some(json!({"name": name, "underlay_ip": underlay_ip, "mac": mac, "egress": egress})),
         ),
-        HostCmd::Del { name } => ("DELETE", format!("/v1/hosts/{name}"), None),
+        HostCmd::Del { name, .. } => ("DELETE", format!("/v1/hosts/{name}"), None),
         HostCmd::List => ("GET", "/v1/hosts".into(), None),
     }
 }
@@ -743,7 +934,39 @@ fn port_request(cmd: &PortCmd) -> Request {
     match cmd {
         PortCmd::List => ("GET", "/v1/ports".into(), None),
         PortCmd::Add(p) => ("POST", "/v1/ports".into(), Some(port_spec(p))),
-        PortCmd::Del { name } => ("DELETE", format!("/v1/ports/{name}"), None),
+        PortCmd::Del { name, .. } => ("DELETE", format!("/v1/ports/{name}"), None),
+    }
+}
+
+fn address_request(cmd: &AddressCmd) -> Request {
+    match cmd {
+        AddressCmd::List { .. } => ("GET", "/v1/addresses".into(), None),
+        AddressCmd::Claim {
+            tenant,
+            owner,
+            ip,
+            subnet,
+        } => (
+            "POST",
+            "/v1/addresses".into(),
+            Some(json!({"tenant": tenant, "owner": owner, "ip": ip, "subnet": subnet})),
+        ),
+        AddressCmd::Release {
+            tenant, ip, owner, ..
+        } => (
+            "DELETE",
+            format!("/v1/addresses/{tenant}/{ip}"),
+            owner.as_ref().map(|owner| json!({ "owner": owner })),
+        ),
+    }
+}
+
+fn log_request(action: Option<&LogCmd>) -> Request {
+    match action {
+        None => ("GET", "/v1/log".into(), None),
+        Some(LogCmd::Set { filter }) => {
+            ("PUT", "/v1/log".into(), Some(json!({ "filter": filter })))
+        }
     }
 }
 
@@ -952,6 +1175,120 @@ mod tests {
         assert_eq!(status, Status::Refused);
         assert_eq!(said, "tenetctl: name: no tenant is named `red`\n");
         assert!(out.is_empty());
+    }
+
+    /// Runs tenetctl with `args` against a stand-in tenetd giving `answers`; returns
+    /// its status, stdout, stderr and the requests it made.
+    fn against(args: &[&str], answers: Vec<(u16, Value)>) -> (Status, String, String, Vec<String>) {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scratch = Scratch::new(&format!("against-{run}"));
+        let (socket, requests) = fake_tenetd(&scratch.0, answers);
+        let full: Vec<&str> = ["--socket", socket.to_str().unwrap()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let mut out = Vec::new();
+        let (status, said) = run_with(&full, &mut out);
+        let made = requests.try_iter().collect();
+        (status, String::from_utf8(out).unwrap(), said, made)
+    }
+
+    #[test]
+    fn add_may_exist_reads_the_list_and_adds_nothing_when_the_record_is_there() {
+        let red = json!([{"name": "red", "id": 100, "vlan": null, "hosts": []}]);
+        let (status, out, said, made) = against(
+            &["tenant", "add", "red", "--id", "100", "--may-exist"],
+            vec![(200, red.clone())],
+        );
+        assert_eq!(
+            (status, out.as_str(), said.as_str()),
+            (Status::Done, "", "")
+        );
+        assert_eq!(made, ["GET /v1/tenants HTTP/1.1"]);
+        let (status, _, said, made) = against(
+            &[
+                "tenant",
+                "add",
+                "red",
+                "--id",
+                "5",
+                "--vlan",
+                "7",
+                "--may-exist",
+            ],
+            vec![(200, red)],
+        );
+        assert_eq!(status, Status::Done);
+        assert_eq!(
+            said,
+            "tenetctl: tenant red exists: id is 100, not 5; vlan is -, not 7; left as it is\n"
+        );
+        assert_eq!(made.len(), 1);
+        // Not there: added.
+        let (status, out, _, made) = against(
+            &[
+                "host",
+                "add",
+                "c",
+                "--underlay-ip",
+                "10.0.0.3",
+                "--may-exist",
+            ],
+            vec![
+                (200, json!([])),
+                (201, json!({"status": 201, "message": "applied"})),
+            ],
+        );
+        assert_eq!((status, out.as_str()), (Status::Done, "applied\n"));
+        assert_eq!(made, ["GET /v1/hosts HTTP/1.1", "POST /v1/hosts HTTP/1.1"]);
+    }
+
+    #[test]
+    fn del_if_exists_takes_a_missing_record_as_done_but_not_an_unknown_path() {
+        let missing = json!({"status": 404, "field": "prefix", "message": "tenant `red` has no route to 10.9.0.0/16"});
+        let (status, out, said, _) = against(
+            &["route", "del", "red", "10.9.0.0/16", "--if-exists"],
+            vec![(404, missing.clone())],
+        );
+        assert_eq!(
+            (status, out.as_str(), said.as_str()),
+            (Status::Done, "", "")
+        );
+        let (status, _, said, _) = against(
+            &["route", "del", "red", "10.9.0.0/16"],
+            vec![(404, missing)],
+        );
+        assert_eq!(status, Status::Refused);
+        assert!(said.contains("prefix: tenant `red` has no route"), "{said}");
+        let unknown = json!({"status": 404, "field": "path", "message": "no resource DELETE /v1/routes/red/10.9.0.0"});
+        let (status, _, _, _) = against(
+            &["route", "del", "red", "10.9.0.0", "--if-exists"],
+            vec![(404, unknown)],
+        );
+        assert_eq!(status, Status::Refused);
+    }
+
+    #[test]
+    fn log_shows_and_sets_the_filter_and_a_bad_one_is_refused_naming_it() {
+        let filter = json!({"filter": "info,control=debug"});
+        let (status, out, _, made) = against(&["log"], vec![(200, filter.clone())]);
+        assert_eq!(
+            (status, out.as_str()),
+            (Status::Done, "info,control=debug\n")
+        );
+        assert_eq!(made, ["GET /v1/log HTTP/1.1"]);
+        let (status, out, _, made) =
+            against(&["log", "set", "info,control=debug"], vec![(200, filter)]);
+        assert_eq!(
+            (status, out.as_str()),
+            (Status::Done, "info,control=debug\n")
+        );
+        assert_eq!(made, ["PUT /v1/log HTTP/1.1"]);
+        let bad = json!({"status": 400, "field": "filter", "message": "invalid filter directive"});
+        let (status, out, said, _) = against(&["log", "set", "info,=x=y"], vec![(400, bad)]);
+        assert_eq!((status, out.as_str()), (Status::Refused, ""));
+        assert_eq!(said, "tenetctl: filter: invalid filter directive\n");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::table::{Align, Table};
-use crate::{Cmd, EndpointCmd, HostCmd, PortCmd, PublishCmd, RouteCmd, TenantCmd};
+use crate::{AddressCmd, Cmd, EndpointCmd, HostCmd, PortCmd, PublishCmd, RouteCmd, TenantCmd};
 
 /// The answer to `command`, as text.
 pub fn render(command: &Cmd, body: &Value) -> String {
@@ -21,6 +21,11 @@ pub fn render(command: &Cmd, body: &Value) -> String {
         Cmd::Fdb { tenant } => fdb_table(&only_tenant(body, tenant.as_deref())),
         Cmd::Neigh { tenant } => neighbors_table(&only_tenant(body, tenant.as_deref())),
         Cmd::Tunnel => tunnels_table(body),
+        Cmd::Address(AddressCmd::List { tenant }) => {
+            addresses_table(&only_tenant(body, tenant.as_deref()))
+        }
+        Cmd::Address(AddressCmd::Claim { .. }) => claim_text(body),
+        Cmd::Log { .. } => format!("{}\n", text(&body["filter"])),
         _ => message_text(body),
     }
 }
@@ -285,6 +290,47 @@ fn published_table(body: &Value) -> String {
         ]);
     }
     t.render()
+}
+
+/// `address list`: the host that claimed each, `here` for this one (the API's none).
+fn addresses_table(body: &Value) -> String {
+    let mut t = Table::new(&[
+        ("tenant", Align::Left),
+        ("address", Align::Left),
+        ("owner", Align::Left),
+        ("host", Align::Left),
+    ]);
+    for a in body.as_array().into_iter().flatten() {
+        let host = match &a["host"] {
+            Value::Null => "here".to_owned(),
+            host => text(host),
+        };
+        t.row(vec![
+            text(&a["tenant"]),
+            text(&a["ip"]),
+            text(&a["owner"]),
+            host,
+        ]);
+    }
+    t.render()
+}
+
+/// `address claim`: the address with its prefix, the gateway, and whether the owner
+/// held it already (tenetd answers 200 then, 201 for a new claim).
+fn claim_text(body: &Value) -> String {
+    let how = if body["status"].as_u64() == Some(200) {
+        "held already by"
+    } else {
+        "claimed for"
+    };
+    format!(
+        "{}/{} {how} {} (tenant {}, gateway {})\n",
+        text(&body["ip"]),
+        text(&body["prefix"]),
+        text(&body["owner"]),
+        text(&body["tenant"]),
+        text(&body["gateway"])
+    )
 }
 
 fn trace_text(body: &Value) -> String {
@@ -579,8 +625,73 @@ endpoints        -
     }
 
     #[test]
+    fn addresses_show_the_claiming_host_or_here_and_filter_by_tenant() {
+        // As GET /v1/addresses answers: no host is this one.
+        let addresses = json!([
+            {"tenant": "red", "ip": "10.1.0.5", "owner": "cni:net:abc:eth0"},
+            {"tenant": "blue", "ip": "10.2.0.17", "owner": "docker:e1", "host": "b"},
+            {"tenant": "red", "ip": "10.1.0.6", "owner": "web", "host": null},
+        ]);
+        let list = |tenant: Option<&str>| {
+            render(
+                &Cmd::Address(AddressCmd::List {
+                    tenant: tenant.map(str::to_owned),
+                }),
+                &addresses,
+            )
+        };
+        assert_eq!(
+            list(None),
+            "\
+tenant  address    owner             host
+red     10.1.0.5   cni:net:abc:eth0  here
+blue    10.2.0.17  docker:e1         b
+red     10.1.0.6   web               here
+"
+        );
+        assert_eq!(
+            list(Some("blue")),
+            "\
+tenant  address    owner      host
+blue    10.2.0.17  docker:e1  b
+"
+        );
+        let claim = |status| {
+            let body = json!({"status": status, "tenant": "red", "owner": "web", "ip": "10.1.0.6",
+                              "prefix": 24, "gateway": "10.1.0.1"});
+            let cmd = Cmd::Address(AddressCmd::Claim {
+                tenant: "red".into(),
+                owner: "web".into(),
+                ip: None,
+                subnet: None,
+            });
+            render(&cmd, &body)
+        };
+        assert_eq!(
+            claim(201),
+            "10.1.0.6/24 claimed for web (tenant red, gateway 10.1.0.1)\n"
+        );
+        assert_eq!(
+            claim(200),
+            "10.1.0.6/24 held already by web (tenant red, gateway 10.1.0.1)\n"
+        );
+    }
+
+    #[test]
+    fn log_prints_the_filter() {
+        let filter = json!({"filter": "info,control=debug"});
+        assert_eq!(
+            render(&Cmd::Log { action: None }, &filter),
+            "info,control=debug\n"
+        );
+    }
+
+    #[test]
     fn a_change_prints_its_message() {
-        let del = Cmd::Tenant(TenantCmd::Del { name: "red".into() });
+        let del = Cmd::Tenant(TenantCmd::Del {
+            name: "red".into(),
+            if_exists: false,
+        });
         let answer = json!({"status": 200, "message": "applied"});
         assert_eq!(render(&del, &answer), "applied\n");
     }
