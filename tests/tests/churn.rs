@@ -3,8 +3,12 @@
 //! outside (through SNAT) all along, every packet marked with its tenant, while for a
 //! minute their ports are detached and attached again (under names and port ids the
 //! other tenant had a moment before), a tenant is deleted and created again, and the
-//! gateways' SNAT address moves. A sniffer in every container sees every frame that
-//! reaches it: none may be the other tenant's. And a thousand hot attach/detach
+//! gateways' SNAT address moves. A trunk carries both tenants (VLANs 10 and 20) to a
+//! namespace that sends each tenant's marked frames, broadcast and to each container,
+//! and sees what the containers flood (marked broadcast pings); its frames keep their
+//! tag through the switch and have it rewritten or taken off at the output. A sniffer
+//! in every container, and on the trunk, sees every frame that reaches it: none may be
+//! the other tenant's, and on the trunk every frame carries its own tenant's tag. And a thousand hot attach/detach
 //! cycles under flooding traffic on two workers leave the packet pool as it was.
 
 use std::collections::BTreeSet;
@@ -12,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::sniff::{judge, mac_bytes, ping_marked, router_mac, Sniffer};
+use tests::sniff::{judge, mac_bytes, mark, ping_marked, router_mac, Sniffer};
 use tests::{
     frames_tool, http, tenant_add, tenetctl, tenetctl_ok as ok, underlay, unique, Link, Netns,
     TempDir, Tenetd,
@@ -20,6 +24,7 @@ use tests::{
 
 const SERVER: &str = "203.0.113.10";
 const TENANTS: [(&str, u32); 2] = [("red", 100), ("blue", 200)];
+const VLANS: [u16; 2] = [10, 20];
 
 struct Container {
     tenant: usize,
@@ -81,7 +86,7 @@ impl Rng {
     }
 }
 
-fn config(dir: &Path, uplink: &str) -> String {
+fn config(dir: &Path, uplink: &str, trunk: &str) -> String {
     format!(
         r#"
 [dataplane]
@@ -106,12 +111,14 @@ underlay_ip = "198.18.0.1/24"
 [[tenant]]
 name = "red"
 id = 100
+vlan = 10
 subnets = ["10.1.0.1/24"]
 gateway_host = "h"
 
 [[tenant]]
 name = "blue"
 id = 200
+vlan = 20
 subnets = ["10.1.0.1/24"]
 gateway_host = "h"
 
@@ -120,6 +127,13 @@ name = "underlay"
 backend = "af-packet"
 interface = "{uplink}"
 role = "uplink"
+
+[[port]]
+name = "trunk"
+backend = "af-packet"
+interface = "{trunk}"
+role = "trunk"
+tenants = ["red", "blue"]
 
 [control]
 api_socket = "{dir}/tenetd.sock"
@@ -157,6 +171,77 @@ fn attach(socket: &Path, c: &mut Container, names: &mut BTreeSet<usize>) {
     }
 }
 
+/// The trunk port again, carrying both tenants (after a tenant was re-created).
+fn attach_trunk(socket: &Path, interface: &str) {
+    ok(
+        socket,
+        &[
+            "port",
+            "add",
+            "trunk",
+            "--backend",
+            "af-packet",
+            "--interface",
+            interface,
+            "--role",
+            "trunk",
+            "--trunk-tenant",
+            TENANTS[0].0,
+            "--trunk-tenant",
+            TENANTS[1].0,
+        ],
+    );
+}
+
+/// What the trunk received, judged: every frame tagged with one tenant's VLAN, none
+/// with another tenant's mark or from another tenant's container or router. The
+/// marked frames counted by tenant.
+fn judge_trunk(frames: &[Vec<u8>], macs: &[Vec<[u8; 6]>; 2]) -> Result<[usize; 2], String> {
+    let mut marked = [0; 2];
+    for f in frames {
+        if f.len() < 18 || f[12..14] != [0x81, 0x00] {
+            return Err(format!("an untagged frame on the trunk: {f:02x?}"));
+        }
+        let vid = u16::from_be_bytes([f[14], f[15]]) & 0x0fff;
+        let tenant = VLANS
+            .iter()
+            .position(|&v| v == vid)
+            .ok_or_else(|| format!("VLAN {vid} on the trunk: {f:02x?}"))?;
+        let other = 1 - tenant;
+        if f.windows(4).any(|w| w == mark(other)) {
+            return Err(format!("tenant {other}'s packet tagged {vid}: {f:02x?}"));
+        }
+        let src: [u8; 6] = f[6..12].try_into().unwrap();
+        if macs[other].contains(&src) {
+            return Err(format!(
+                "tenant {other}'s {src:02x?} tagged {vid}: {f:02x?}"
+            ));
+        }
+        if f.windows(4).any(|w| w == mark(tenant)) {
+            marked[tenant] += 1;
+        }
+    }
+    Ok(marked)
+}
+
+/// Frames from the trunk's side: `tenant`'s mark, on its VLAN, to `dst`, ten a second.
+fn trunk_sender(ns: &Netns, tenant: usize, dst: &str, seconds: u64) -> Child {
+    let tag = u32::from_be_bytes(mark(tenant)).to_string();
+    let count = (seconds * 10 + 200).to_string();
+    let src = format!("02:00:00:7a:00:{:02x}", VLANS[tenant]);
+    let vlan = VLANS[tenant].to_string();
+    ns.command("python3")
+        .arg(frames_tool())
+        .args([
+            "send", "eth0", &count, "--src", &src, "--dst", dst, "--tag", &tag, "--vlan", &vlan,
+            "--size", "80", "--gap", "0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sender runs")
+}
+
 fn detach(socket: &Path, c: &mut Container, names: &mut BTreeSet<usize>) {
     if let Some(name) = c.port.take() {
         ok(socket, &["port", "del", &name]);
@@ -182,9 +267,12 @@ fn a_minute_of_churn_never_lets_a_frame_cross_tenants() {
     inet.exec("ip", &["link", "set", "lo", "up"]).unwrap();
     inet.exec("ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"])
         .unwrap();
+    let trunk_ns = Netns::new("cht-").unwrap();
+    let trunk = Link::between(Some(&host), &trunk_ns, None).unwrap();
     let dir = TempDir::new("churn").unwrap();
     let socket = dir.path().join("tenetd.sock");
-    let tenetd = Tenetd::start_in(Some(&host), &config(dir.path(), &uplink), &[]).unwrap();
+    let tenetd =
+        Tenetd::start_in(Some(&host), &config(dir.path(), &uplink, &trunk.host), &[]).unwrap();
     let mut tenetd = tenetd;
     tenetd
         .wait_for_line("API listening", Duration::from_secs(30))
@@ -212,7 +300,26 @@ fn a_minute_of_churn_never_lets_a_frame_cross_tenants() {
         };
         c.ping(peer, "0.2");
         c.ping(SERVER, "0.3");
+        // Flooded: the tenant's other container and the trunk see it.
+        let pattern: String = mark(c.tenant).iter().map(|b| format!("{b:02x}")).collect();
+        let flood =
+            c.ns.command("ping")
+                .args(["-b", "-i", "0.5", "-p", &pattern, "10.1.0.255"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("ping runs");
+        c.pings.push(flood);
     }
+    let trunk_sniffer = Sniffer::start(&trunk_ns);
+    let mut senders: Vec<Child> = (0..2)
+        .map(|t| trunk_sender(&trunk_ns, t, "ff:ff:ff:ff:ff:ff", seconds))
+        .chain(
+            containers
+                .iter()
+                .map(|c| trunk_sender(&trunk_ns, c.tenant, &c.link.mac, seconds)),
+        )
+        .collect();
 
     let start = Instant::now();
     let mut snat_moves = 0;
@@ -237,9 +344,13 @@ fn a_minute_of_churn_never_lets_a_frame_cross_tenants() {
                 for c in containers.iter_mut().filter(|c| c.tenant == t) {
                     detach(&socket, c, &mut names);
                 }
+                ok(&socket, &["port", "del", "trunk"]);
                 let (name, id) = TENANTS[t];
                 ok(&socket, &["tenant", "del", name]);
-                ok(&socket, &tenant_add(name, id, "10.1.0.1/24", "h"));
+                let mut add = tenant_add(name, id, "10.1.0.1/24", "h");
+                add.extend(["--vlan".to_owned(), VLANS[t].to_string()]);
+                ok(&socket, &add);
+                attach_trunk(&socket, &trunk.host);
                 for c in containers.iter_mut().filter(|c| c.tenant == t) {
                     attach(&socket, c, &mut names);
                 }
@@ -274,6 +385,17 @@ fn a_minute_of_churn_never_lets_a_frame_cross_tenants() {
         macs[c.tenant].push(mac_bytes(&c.link.mac));
     }
     let stats = ok(&socket, &["--json", "stats"]);
+    for sender in &mut senders {
+        let _ = sender.kill();
+        let _ = sender.wait();
+    }
+    let marked = judge_trunk(&trunk_sniffer.frames(), &macs)
+        .unwrap_or_else(|leak| panic!("the trunk got {leak}\n{stats}\n{}", tenetd.stderr_text()));
+    eprintln!("trunk: {} red, {} blue marked frames", marked[0], marked[1]);
+    assert!(
+        marked.iter().all(|&n| n > 10),
+        "too little flooded to the trunk: {marked:?}"
+    );
     for c in containers.iter_mut() {
         c.stop_pings();
         let frames = c.sniffer.take().unwrap().frames();

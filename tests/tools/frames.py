@@ -10,8 +10,8 @@ Frames carry ethertype 0x88b5 (IEEE local experimental), a 4-byte tag, a 4-byte
 sequence number and a payload derived from both, so a receiver can tell every frame
 apart and check its bytes. `recv` prints "ready" once its socket is bound, then one
 line per matching frame (hex), and exits after COUNT frames or the timeout. `sniff`
-prints every frame the interface receives, of any kind (its first 256 bytes, hex),
-until the timeout or SIGTERM.
+prints every frame the interface receives, of any kind (its first 256 bytes, hex,
+with the 802.1Q tag the kernel took off put back), until the timeout or SIGTERM.
 """
 import argparse
 import itertools
@@ -54,16 +54,37 @@ def listening(iface, ethertype, poll):
     return s
 
 
-def arriving(s, timeout):
-    """The frames `s` receives (not those its interface sends) for `timeout` seconds."""
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+
+
+def arriving(s, timeout, as_on_wire=False):
+    """The frames `s` receives (not those its interface sends) for `timeout` seconds.
+    Linux takes an 802.1Q tag off a received frame into the packet's metadata; with
+    `as_on_wire` it is put back (from PACKET_AUXDATA), so a frame reads as it was sent."""
+    if as_on_wire:
+        s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            data, addr = s.recvfrom(65535)
+            data, ancillary, _, addr = s.recvmsg(65535, socket.CMSG_SPACE(20))
         except socket.timeout:
             continue
-        if addr[2] != socket.PACKET_OUTGOING:
-            yield data
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        for level, kind, aux in ancillary:
+            if level != SOL_PACKET or kind != PACKET_AUXDATA or len(aux) < 20:
+                continue
+            status = int.from_bytes(aux[0:4], "little")
+            tci = int.from_bytes(aux[16:18], "little")
+            tpid = int.from_bytes(aux[18:20], "little")
+            if status & TP_STATUS_VLAN_VALID:
+                if not status & TP_STATUS_VLAN_TPID_VALID:
+                    tpid = 0x8100
+                data = data[:12] + tpid.to_bytes(2, "big") + tci.to_bytes(2, "big") + data[12:]
+        yield data
 
 
 def recv(args):
@@ -77,7 +98,7 @@ def recv(args):
 def sniff(args):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     s = listening(args.iface, 0x0003, 0.2)
-    for data in arriving(s, args.timeout):
+    for data in arriving(s, args.timeout, as_on_wire=True):
         print(data[:256].hex(), flush=True)
 
 
