@@ -55,6 +55,8 @@ pub enum Command {
     Neighbors,
     /// This host's tunnels and the tenants each carries.
     Tunnels,
+    /// The SNAT sessions the workers hold.
+    Nat,
     /// A change of the model.
     Change(Change),
     /// Run a frame through the pipeline with the live tables and report each decision.
@@ -507,6 +509,7 @@ pub fn openapi() -> Value {
             "/v1/fdb": {"get": {"responses": {"200": {"description": "the FDB: tenant, MAC, static or learned, where it leads (port, host or router), age"}}}},
             "/v1/neighbors": {"get": {"responses": {"200": {"description": "the underlay's next hops and the tenants' routers' neighbours: tenant, IP, MAC, age"}}}},
             "/v1/tunnels": {"get": {"responses": {"200": {"description": "this host's tunnels: far host, its underlay IP, next hop resolved, tenants carried"}}}},
+            "/v1/nat": {"get": {"responses": {"200": {"description": "SNAT sessions by worker: tenant, protocol, inside, outside and remote address and port, idle seconds, state"}}}},
             "/v1/trace": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceRequest"}}}},
                                    "responses": {"200": {"description": "decisions and outputs"}, "404": {"description": "no such port"}}}},
             "/v1/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
@@ -651,6 +654,7 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         (&Method::GET, ["fdb"]) => Ok(Command::Fdb),
         (&Method::GET, ["neighbors"]) => Ok(Command::Neighbors),
         (&Method::GET, ["tunnels"]) => Ok(Command::Tunnels),
+        (&Method::GET, ["nat"]) => Ok(Command::Nat),
         (&Method::GET, ["openapi.json"]) => Ok(Command::OpenApi),
         (&Method::GET, ["log"]) => Ok(Command::ShowLog),
         (&Method::PUT, ["log"]) => Ok(Command::SetLog(parse::<LogRequest>(body)?.filter)),

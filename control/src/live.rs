@@ -834,6 +834,7 @@ impl Live {
             Command::Fdb => Reply::ok(controller.fdb_view(std::time::Instant::now())),
             Command::Neighbors => Reply::ok(controller.neighbors_view(std::time::Instant::now())),
             Command::Tunnels => Reply::ok(controller.tunnels_view()),
+            Command::Nat => nat_view(controller, dp),
             // Changes are written off the loop (see Live::submit).
             Command::Change(_) => Reply::error(500, "", "changes are handled by the control loop"),
             Command::Trace { port, frame } => trace(controller, ports, &port, frame),
@@ -1248,9 +1249,106 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
             })
         })
         .collect();
+    let tables = controller.tables();
+    let config = controller.config();
+    let name = |kind: &str, number: u64| -> Option<String> {
+        match kind {
+            "port" => u16::try_from(number).ok().map(name_of),
+            "tunnel" => {
+                let tunnel = tables.tunnels.get(usize::try_from(number).ok()?)?;
+                Some(format!("to {}", controller.host_named(tunnel.host)?))
+            }
+            "host" => controller
+                .host_named(u16::try_from(number).ok()?)
+                .map(str::to_owned),
+            "tenant" => config
+                .switching
+                .tenants
+                .iter()
+                .find(|t| u64::from(t.id) == number)
+                .map(|t| t.name.clone()),
+            _ => None,
+        }
+    };
+    let decisions: Vec<String> = decisions.iter().map(|d| named(d, &name)).collect();
     Reply::ok(
         json!({"decisions": decisions, "outputs": outputs, "drops": drops_json(&core.stats())}),
     )
+}
+
+/// The SNAT sessions each worker holds, asked of the workers between their bursts
+/// (up to [`NAT_VIEW_LIMIT`] each), by tenant name.
+fn nat_view(controller: &Controller, dataplane: &Dataplane<'_>) -> Reply {
+    let mut asked = Vec::new();
+    for worker in &dataplane.workers {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let command = dataplane::worker::WorkerCommand::NatSessions {
+            limit: NAT_VIEW_LIMIT,
+            reply,
+        };
+        if worker.command(command).is_err() {
+            return Reply::error(503, "", "a worker's command queue is full; ask again");
+        }
+        asked.push((worker.core(), answer));
+    }
+    let tables = controller.tables();
+    let config = controller.config();
+    let tenant_name = |slot| {
+        let id = tables.tenant(slot).map(|t| t.id)?;
+        config
+            .switching
+            .tenants
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.name.clone())
+    };
+    let mut rows = Vec::new();
+    for (core, answer) in asked {
+        let Ok(sessions) = answer.recv_timeout(std::time::Duration::from_secs(2)) else {
+            return Reply::error(503, "", &format!("the worker on CPU {core} did not answer"));
+        };
+        for s in sessions {
+            rows.push(json!({
+                "core": core,
+                "tenant": tenant_name(s.tenant),
+                "protocol": match s.protocol { 6 => "tcp", 17 => "udp", 1 => "icmp", _ => "other" },
+                "inside": format!("{}:{}", s.inside.0, s.inside.1),
+                "outside": format!("{}:{}", s.outside.0, s.outside.1),
+                "remote": format!("{}:{}", s.remote.0, s.remote.1),
+                "idle_s": s.idle_s,
+                "state": s.state,
+            }));
+        }
+    }
+    Reply::ok(Value::Array(rows))
+}
+
+/// The most SNAT sessions a worker tells in one view.
+const NAT_VIEW_LIMIT: usize = 10_000;
+
+/// A trace note with its `port #3`, `tunnel #1`, `host #2` and `tenant #100` (what the
+/// dataplane knows them by) named as the operator named them: `port c1`, `tunnel to
+/// b`, `host b`, `tenant red`; what has no name keeps its number.
+fn named(note: &str, name: &dyn Fn(&str, u64) -> Option<String>) -> String {
+    let mut out = String::with_capacity(note.len());
+    let mut rest = note;
+    while let Some(at) = rest.find(" #") {
+        let (before, after) = rest.split_at(at);
+        let kind = before.rsplit(' ').next().unwrap_or_default();
+        let digits = after[2..].bytes().take_while(u8::is_ascii_digit).count();
+        let number = after[2..2 + digits].parse::<u64>().ok();
+        match number.and_then(|n| name(kind, n)) {
+            Some(named) => {
+                out.push_str(before);
+                out.push(' ');
+                out.push_str(&named);
+            }
+            None => out.push_str(&rest[..at + 2 + digits]),
+        }
+        rest = &after[2 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Prometheus text exposition of the counters.
@@ -1503,4 +1601,29 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trace_notes_name_ports_tunnels_and_tenants() {
+        let name = |kind: &str, n: u64| match (kind, n) {
+            ("port", 3) => Some("c1".to_owned()),
+            ("tunnel", 0) => Some("to b".to_owned()),
+            ("tenant", 100) => Some("red".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            super::named("ingress port #3: access port of tenant #100", &name),
+            "ingress port c1: access port of tenant red"
+        );
+        assert_eq!(
+            super::named("destination 02:00:00:00:0b:01: tunnel #0", &name),
+            "destination 02:00:00:00:0b:01: tunnel to b"
+        );
+        assert_eq!(
+            super::named("port #9, tagged 10; #x", &name),
+            "port #9, tagged 10; #x"
+        );
+    }
 }

@@ -97,6 +97,13 @@ pub enum WorkerCommand {
         /// Acknowledgement.
         done: std::sync::mpsc::Sender<()>,
     },
+    /// Tell up to `limit` of the SNAT sessions this worker holds.
+    NatSessions {
+        /// The most to tell.
+        limit: usize,
+        /// Where the answer goes.
+        reply: std::sync::mpsc::Sender<Vec<crate::pipeline::nat::SessionView>>,
+    },
 }
 
 /// Commands a worker has not yet taken.
@@ -242,6 +249,9 @@ fn run<P: Pipeline>(
                     inbound.retain(|(p, _)| *p != port);
                     outputs.detach(port, counters);
                     let _ = done.send(());
+                }
+                WorkerCommand::NatSessions { limit, reply } => {
+                    let _ = reply.send(pipeline.nat_sessions(limit));
                 }
             }
         }

@@ -284,9 +284,32 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
     assert_eq!(traced["outputs"][0]["frame"], frame);
     let decisions = traced["decisions"].to_string();
     assert!(
-        decisions.contains("tenant 100") && decisions.contains("destination"),
+        decisions.contains("ingress port c1: access port of tenant red")
+            && decisions.contains("destination"),
         "{decisions}"
     );
+    // The same as a flow, as ofproto/trace takes one: the frame built, checksums and all.
+    let flow = format!(
+        "in_port=c1,tcp,dl_src={},dl_dst={},nw_src=10.9.0.1,nw_dst=10.9.0.2,tp_dst=443",
+        l1.mac, l2.mac
+    );
+    let traced: serde_json::Value =
+        serde_json::from_str(&ok(&socket, &["--json", "trace", "--flow", &flow])).unwrap();
+    assert_eq!(traced["outputs"][0]["port"], "c2", "{traced}");
+    let sent = traced["outputs"][0]["frame"].as_str().unwrap();
+    assert!(
+        sent.starts_with(&format!("{}{}0800", hex(&l2.mac), hex(&l1.mac))),
+        "{sent}"
+    );
+    assert!(
+        traced["decisions"]
+            .to_string()
+            .contains(&format!("destination {}: port c2", l2.mac)),
+        "{traced}"
+    );
+    let bad = tenetctl(&socket, &["trace", "--flow", "in_port=c1,nw_dst=10.9.0"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nw_dst"));
     let tagged = format!(
         "{}{}8100006408 00{}",
         hex(&l2.mac),

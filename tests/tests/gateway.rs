@@ -197,6 +197,28 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
         metrics.contains("tenet_core_nat_sessions{core=\""),
         "{metrics}"
     );
+    // Each session as the workers hold it: the container, translated to the host's
+    // outside address, talking to the server.
+    let nat: serde_json::Value = serde_json::from_str(&ok(&socket, &["--json", "nat"])).unwrap();
+    let sessions = nat.as_array().unwrap();
+    for (tenant, inside) in [("red", "10.1.0."), ("blue", "10.2.0.")] {
+        assert!(
+            sessions.iter().any(|s| s["tenant"] == tenant
+                && s["protocol"] == "tcp"
+                && s["inside"].as_str().unwrap().starts_with(inside)
+                && s["outside"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{UPLINK_IP}:"))
+                && s["remote"] == format!("{SERVER}:5201")),
+            "{tenant}: {nat}"
+        );
+    }
+    let table = ok(&socket, &["nat", "--tenant", "red"]);
+    assert!(
+        table.contains("10.1.0.5") && !table.contains("blue"),
+        "{table}"
+    );
 
     // A published port: the outside connects to the host, the container answers. Blue
     // has sent nothing yet, so the router resolves it by ARP and holds the first

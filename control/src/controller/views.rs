@@ -45,7 +45,7 @@ impl Controller {
         Some(self.config.switching.tenants.get(at)?.name.as_str())
     }
 
-    fn host_named(&self, host: HostIdx) -> Option<&str> {
+    pub(crate) fn host_named(&self, host: HostIdx) -> Option<&str> {
         let at = *self.host_at.get(&host)?;
         Some(self.config.switching.hosts.get(at)?.name.as_str())
     }

@@ -39,7 +39,7 @@ pub(super) fn from_access<F: Frame, T: Trace>(
             return cx.stop(reason);
         }
     }
-    note!(cx, "access port: tenant {}", tenant_id(tables, tenant));
+    note!(cx, "access port: tenant #{}", tenant_id(tables, tenant));
     Classified::Switch(tenant, Ingress::Port(in_port))
 }
 
@@ -84,7 +84,7 @@ pub(super) fn from_trunk<F: Frame, T: Trace>(
         Ok(tenant) => tenant,
         Err(reason) => return cx.stop(reason),
     };
-    note!(cx, "trunk: VLAN tenant {}", tenant_id(tables, tenant));
+    note!(cx, "trunk: VLAN of tenant #{}", tenant_id(tables, tenant));
     Classified::SwitchTagged(tenant, Ingress::Port(in_port))
 }
 
@@ -301,7 +301,7 @@ fn gre_decap<F: Frame, T: Trace>(
     }
     note!(
         cx,
-        "GRE from tunnel {tunnel} decapsulated ({outer} bytes), tenant {}",
+        "GRE from tunnel #{tunnel} decapsulated ({outer} bytes), tenant #{}",
         tenant_id(tables, tenant)
     );
     Classified::Switch(tenant, Ingress::Tunnel(tunnel))

@@ -12,7 +12,7 @@ use crate::table::{FlowTables, PortRole, TenantIdx};
 
 use super::fdb_cache::{Out, Unresolved};
 use super::stage::{
-    Classified, Context, CoreState, Exit, Ingress, Sink, Switched, Trace, CONTROL_PORT,
+    self, Classified, Context, CoreState, Exit, Ingress, Sink, Switched, Trace, CONTROL_PORT,
     HANDOFF_PORT, UNDERLAY_PORT,
 };
 use super::{classify, output, router, switch};
@@ -105,7 +105,7 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
             Some(up) => {
                 note!(
                     cx,
-                    "handed over by another worker, as received on the uplink (port {})",
+                    "handed over by another worker, as received on the uplink (port #{})",
                     up.port
                 );
                 return uplink_burst(tables, up.port, frames, sink, cx);
@@ -114,7 +114,11 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
         },
         port => port,
     };
-    note!(cx, "ingress port {in_port}: {:?}", tables.role(in_port));
+    note!(
+        cx,
+        "ingress port #{in_port}: {}",
+        stage::Noted(tables, tables.role(in_port))
+    );
     match *tables.role(in_port) {
         PortRole::Access { tenant, security } => {
             access_burst(tables, in_port, tenant, security, frames, sink, cx)

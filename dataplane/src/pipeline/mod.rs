@@ -65,6 +65,13 @@ pub trait Pipeline: Send {
         let _ = (outputs, counters);
         0
     }
+
+    /// Up to `limit` of the SNAT sessions this core holds, for the control plane's view
+    /// (asked between bursts, never per packet).
+    fn nat_sessions(&self, limit: usize) -> Vec<nat::SessionView> {
+        let _ = limit;
+        Vec::new()
+    }
 }
 
 /// Routed frames a core keeps while their next hop is being resolved (Linux keeps 3
@@ -333,6 +340,10 @@ impl Sink<Mbuf> for TxSink<'_> {
 }
 
 impl Pipeline for SwitchPipeline {
+    fn nat_sessions(&self, limit: usize) -> Vec<nat::SessionView> {
+        self.core.state.router.nat.view(self.now(), limit)
+    }
+
     fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
         let now = self.now();
         let mut sink = TxSink { outputs, counters };

@@ -100,6 +100,26 @@ const SWEEP_ON_PRESSURE: usize = 1024;
 /// Ports tried for a new connection before it is refused.
 const PORT_ATTEMPTS: usize = 256;
 
+/// A session as an operator reads it (`tenetctl nat`): who, to whom, as what outside
+/// address, and how long since its last packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// The tenant's slot.
+    pub tenant: TenantIdx,
+    /// IP protocol number (6, 17, 1).
+    pub protocol: u8,
+    /// The container's address and port (echo id for ICMP).
+    pub inside: (Ipv4Addr, u16),
+    /// What the outside sees instead.
+    pub outside: (Ipv4Addr, u16),
+    /// The far end.
+    pub remote: (Ipv4Addr, u16),
+    /// Seconds since its last packet.
+    pub idle_s: u32,
+    /// `established`, `closing`, `reset` or `opening` (TCP); `active` otherwise.
+    pub state: &'static str,
+}
+
 /// One core's SNAT sessions.
 pub struct NatTable {
     sessions: Vec<Session>,
@@ -128,6 +148,41 @@ impl NatTable {
             worker,
             workers: workers.max(1),
         }
+    }
+
+    /// Up to `limit` live sessions as of `now`, for the control plane (called between
+    /// bursts, on its request, never per packet).
+    pub fn view(&self, now: u32, limit: usize) -> Vec<SessionView> {
+        let endpoint = |key: u128, at: u32| {
+            (
+                Ipv4Addr::from((key >> at) as u32),
+                (key >> (at - 16)) as u16,
+            )
+        };
+        self.sessions
+            .iter()
+            .zip(&self.activity)
+            .filter(|(_, a)| a.state & LIVE != 0)
+            .take(limit)
+            .map(|(s, a)| SessionView {
+                tenant: s.inside.tenant,
+                protocol: a.protocol,
+                inside: (s.inside.ip, s.inside.port),
+                outside: endpoint(s.outside_key, 64),
+                remote: (
+                    Ipv4Addr::from((s.outside_key >> 16) as u32),
+                    s.outside_key as u16,
+                ),
+                idle_s: now.wrapping_sub(a.last_seen),
+                state: match (a.protocol == IpProtocol::TCP, a.state) {
+                    (false, _) => "active",
+                    (true, st) if st & RESET != 0 => "reset",
+                    (true, st) if st & (FIN_OUT | FIN_IN) != 0 => "closing",
+                    (true, st) if st & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN => "established",
+                    (true, _) => "opening",
+                },
+            })
+            .collect()
     }
 
     /// Live sessions (expired ones count until swept).

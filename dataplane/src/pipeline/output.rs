@@ -135,7 +135,7 @@ pub(crate) fn flood<F: Frame, S: Sink<F>, T: Trace>(
     let count = targets.clone().count();
     note!(
         cx,
-        "flood in tenant {} to {count} outputs",
+        "flood in tenant #{} to {count} outputs",
         tenant_id(tables, tenant)
     );
     if count == 0 {
@@ -232,7 +232,7 @@ fn to_tunnel<F: Frame, S: Sink<F>, T: Trace>(
     }
     note!(
         cx,
-        "GRE encapsulated toward {} on tunnel {tunnel}",
+        "GRE encapsulated toward {} on tunnel #{tunnel}",
         tables.tunnels[usize::from(tunnel)].remote_ip
     );
     sink.send(uplink.port, frame);

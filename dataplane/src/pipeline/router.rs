@@ -192,7 +192,7 @@ pub(super) fn route<F: Frame, T: Trace>(
         });
     note!(
         cx,
-        "route {dst} in tenant {}: {hop:?}",
+        "route {dst} in tenant #{}: {hop:?}",
         tenant_id(tables, tenant)
     );
     // The common case first, as a plain branch rather than a jump table.
@@ -293,7 +293,7 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
             mtu,
             ..
         }) if fits(len, mtu, &frame) => {
-            note!(cx, "fast path: route {ip} cached, to port {port}");
+            note!(cx, "fast path: route {ip} cached, to port #{port}");
             let data = frame.data_mut();
             decrement_ttl(data);
             ethernet::set_addresses(data, mac, src);
@@ -661,7 +661,7 @@ pub(super) fn from_outside<F: Frame, T: Trace>(
     decrement_ttl(data);
     note!(
         cx,
-        "outside {}:{} -> {}:{} in tenant {}",
+        "outside {}:{} -> {}:{} in tenant #{}",
         flow.dst,
         flow.dst_port,
         inside.ip,

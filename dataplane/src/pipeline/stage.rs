@@ -3,7 +3,7 @@
 //! ([`Ingress`]), traces, and the input ports no device has.
 
 use crate::counters::{CoreCounters, DropReason};
-use crate::table::{FlowTables, TenantIdx, TunnelIdx};
+use crate::table::{FlowTables, Location, PortRole, TenantIdx, TunnelIdx};
 
 use super::events::Learner;
 use super::fdb_cache::{FdbCache, Out, Unresolved};
@@ -233,4 +233,49 @@ pub enum Ingress {
 /// A tenant's id for trace notes.
 pub(crate) fn tenant_id(tables: &FlowTables, tenant: TenantIdx) -> u32 {
     tables.tenant(tenant).map_or(u32::MAX, |t| t.id)
+}
+
+/// What trace notes call what the tables hold: `port #3`, `tunnel #1`, `host #2`,
+/// `tenant #100` (its id, not its slot), which the control plane replaces with names.
+pub(crate) struct Noted<'a, X>(pub(crate) &'a FlowTables, pub(crate) X);
+
+impl std::fmt::Display for Noted<'_, Location> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Location::Port(port) => write!(f, "port #{port}"),
+            Location::Host(host) => write!(f, "host #{host}"),
+            Location::Router => f.write_str("the router"),
+        }
+    }
+}
+
+impl std::fmt::Display for Noted<'_, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Out::Flood => f.write_str("unknown: flooded"),
+            Out::Port(port) => write!(f, "port #{port}"),
+            Out::TaggedPort(port, vid) => write!(f, "port #{port}, tagged {vid}"),
+            Out::Tunnel(tunnel) => write!(f, "tunnel #{tunnel}"),
+            Out::Drop(reason) => write!(f, "dropped ({})", reason.name()),
+            Out::Route => f.write_str("the router"),
+        }
+    }
+}
+
+impl std::fmt::Display for Noted<'_, &PortRole> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self.1 {
+            PortRole::Unused => f.write_str("unused"),
+            PortRole::CrossConnect(peer) => write!(f, "cross-connected to port #{peer}"),
+            PortRole::Access { tenant, security } => {
+                write!(f, "access port of tenant #{}", tenant_id(self.0, tenant))?;
+                match security {
+                    Some(_) => f.write_str(", port security on"),
+                    None => Ok(()),
+                }
+            }
+            PortRole::Trunk => f.write_str("trunk"),
+            PortRole::Uplink => f.write_str("uplink"),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::table::{fdb_key_of, FlowTables, Location, TenantIdx};
 
 use super::fdb_cache::Out;
 use super::resolve::resolve;
-use super::stage::{Context, Ingress, Switched, Trace};
+use super::stage::{Context, Ingress, Noted, Switched, Trace};
 
 /// Switches a frame inside `tenant`: learns its source, then decides where it goes
 /// (a port, a tunnel, everywhere, or the router). `tag_len` is the length of the
@@ -53,7 +53,12 @@ pub(crate) fn switch<F: Frame, T: Trace>(
         }
         cx.cache.set_source(src_key, here, now);
     }
-    note!(cx, "source {} seen at {here:?}", MacText(mac_bytes(src)));
+    note!(
+        cx,
+        "source {} seen at {}",
+        MacText(mac_bytes(src)),
+        Noted(tables, here)
+    );
     if dst & GROUP_BIT != 0 {
         if tables.router(tenant).is_some()
             && frame
@@ -71,7 +76,12 @@ pub(crate) fn switch<F: Frame, T: Trace>(
             resolve(tables, tenant, e)
         })
         .1;
-    note!(cx, "destination {}: {out:?}", MacText(mac_bytes(dst)));
+    note!(
+        cx,
+        "destination {}: {}",
+        MacText(mac_bytes(dst)),
+        Noted(tables, out)
+    );
     if out == Out::Route {
         return Switched::Route;
     }

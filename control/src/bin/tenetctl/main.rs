@@ -10,6 +10,7 @@
 
 mod apply;
 mod exists;
+mod flow;
 mod rates;
 mod render;
 mod table;
@@ -109,14 +110,26 @@ enum Cmd {
     },
     /// This host's GRE tunnels and the tenants each carries.
     Tunnel,
-    /// Run a frame through the pipeline with the live tables and print each decision.
+    /// The SNAT sessions of this host's gateways, by worker.
+    Nat {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Run a frame through the pipeline with the live tables and print each decision:
+    /// a flow (`--flow in_port=c1,tcp,nw_dst=10.1.0.3,tp_dst=80`, as ofproto/trace
+    /// takes it) or a port and the frame as hex.
     Trace {
-        /// Ingress port.
-        #[arg(long)]
-        port: String,
-        /// The frame, as hex.
-        #[arg(long)]
-        frame: String,
+        /// Ingress port (with --frame).
+        #[arg(long, requires = "frame", conflicts_with = "flow")]
+        port: Option<String>,
+        /// The frame, as hex (with --port).
+        #[arg(long, requires = "port")]
+        frame: Option<String>,
+        /// The flow: in_port, dl_src, dl_dst, dl_vlan, dl_type, nw_src, nw_dst,
+        /// nw_proto, nw_ttl, tp_src, tp_dst, arp_op; ip, icmp, tcp, udp, arp.
+        #[arg(long, required_unless_present = "port")]
+        flow: Option<String>,
     },
     /// A pcap of what a port sends and receives, taken without stopping traffic.
     Capture {
@@ -545,15 +558,29 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
             "/v1/capture".into(),
             Some(json!({"port": port, "count": count, "seconds": seconds})),
         ),
-        Cmd::Trace { port, frame } => (
-            "POST",
-            "/v1/trace".into(),
-            Some(json!({"port": port, "frame": frame})),
-        ),
+        Cmd::Trace { port, frame, flow } => {
+            let (port, frame) = match (flow, port, frame) {
+                (Some(flow), ..) => match flow::parse(flow) {
+                    Ok(flow) => (flow.port, flow::hex(&flow.frame)),
+                    Err(why) => {
+                        let _ = writeln!(err, "tenetctl: --flow: {why}");
+                        return Status::Refused;
+                    }
+                },
+                (None, Some(port), Some(frame)) => (port.clone(), frame.clone()),
+                _ => unreachable!("clap requires --flow, or --port with --frame"),
+            };
+            (
+                "POST",
+                "/v1/trace".into(),
+                Some(json!({"port": port, "frame": frame})),
+            )
+        }
         Cmd::Show => ("GET", "/v1/show".into(), None),
         Cmd::Fdb { .. } => ("GET", "/v1/fdb".into(), None),
         Cmd::Neigh { .. } => ("GET", "/v1/neighbors".into(), None),
         Cmd::Tunnel => ("GET", "/v1/tunnels".into(), None),
+        Cmd::Nat { .. } => ("GET", "/v1/nat".into(), None),
     };
     let client = Client::new(&cli.socket);
     let asked = Asked::of(&cli.command, body.as_ref());

@@ -21,6 +21,7 @@ pub fn render(command: &Cmd, body: &Value) -> String {
         Cmd::Fdb { tenant } => fdb_table(&only_tenant(body, tenant.as_deref())),
         Cmd::Neigh { tenant } => neighbors_table(&only_tenant(body, tenant.as_deref())),
         Cmd::Tunnel => tunnels_table(body),
+        Cmd::Nat { tenant } => nat_table(&only_tenant(body, tenant.as_deref())),
         Cmd::Address(AddressCmd::List { tenant }) => {
             addresses_table(&only_tenant(body, tenant.as_deref()))
         }
@@ -212,6 +213,32 @@ fn neighbors_table(body: &Value) -> String {
             text(&n["ip"]),
             text(&n["mac"]),
             text(&n["age_s"]),
+        ]);
+    }
+    t.render()
+}
+
+fn nat_table(body: &Value) -> String {
+    let mut t = Table::new(&[
+        ("tenant", Align::Left),
+        ("proto", Align::Left),
+        ("inside", Align::Left),
+        ("outside", Align::Left),
+        ("remote", Align::Left),
+        ("state", Align::Left),
+        ("idle_s", Align::Right),
+        ("core", Align::Right),
+    ]);
+    for s in body.as_array().into_iter().flatten() {
+        t.row(vec![
+            text(&s["tenant"]),
+            text(&s["protocol"]),
+            text(&s["inside"]),
+            text(&s["outside"]),
+            text(&s["remote"]),
+            text(&s["state"]),
+            text(&s["idle_s"]),
+            text(&s["core"]),
         ]);
     }
     t.render()
@@ -544,6 +571,26 @@ tenant  ip              mac                age_s
 host  remote_ip     next_hop    tenants
 b     192.168.77.2  resolved    blue,red
 c     10.9.0.3      unresolved  -
+"
+        );
+        let sessions = json!([
+            {"core": 1, "tenant": "red", "protocol": "tcp", "inside": "10.1.0.5:40112",
+             "outside": "198.18.0.1:20007", "remote": "203.0.113.10:5201", "idle_s": 2,
+             "state": "established"},
+            {"core": 0, "tenant": "blue", "protocol": "udp", "inside": "10.2.0.5:53000",
+             "outside": "198.18.0.1:25001", "remote": "203.0.113.10:53", "idle_s": 14,
+             "state": "active"},
+        ]);
+        assert_eq!(
+            render(
+                &Cmd::Nat {
+                    tenant: Some("red".into())
+                },
+                &sessions
+            ),
+            "\
+tenant  proto  inside          outside           remote             state        idle_s  core
+red     tcp    10.1.0.5:40112  198.18.0.1:20007  203.0.113.10:5201  established       2     1
 "
         );
     }
