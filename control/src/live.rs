@@ -1253,7 +1253,13 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
     let config = controller.config();
     let name = |kind: &str, number: u64| -> Option<String> {
         match kind {
-            "port" => u16::try_from(number).ok().map(name_of),
+            "port" => {
+                let id = u16::try_from(number).ok()?;
+                ports
+                    .iter()
+                    .find(|p| p.port.id() == id)
+                    .map(|p| p.name.clone())
+            }
             "tunnel" => {
                 let tunnel = tables.tunnels.get(usize::try_from(number).ok()?)?;
                 Some(format!("to {}", controller.host_named(tunnel.host)?))
@@ -1334,7 +1340,11 @@ fn named(note: &str, name: &dyn Fn(&str, u64) -> Option<String>) -> String {
     let mut rest = note;
     while let Some(at) = rest.find(" #") {
         let (before, after) = rest.split_at(at);
-        let kind = before.rsplit(' ').next().unwrap_or_default();
+        let kind = before
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
         let digits = after[2..].bytes().take_while(u8::is_ascii_digit).count();
         let number = after[2..2 + digits].parse::<u64>().ok();
         match number.and_then(|n| name(kind, n)) {
@@ -1624,6 +1634,10 @@ mod tests {
         assert_eq!(
             super::named("port #9, tagged 10; #x", &name),
             "port #9, tagged 10; #x"
+        );
+        assert_eq!(
+            super::named("the uplink (port #3)", &name),
+            "the uplink (port c1)"
         );
     }
 }

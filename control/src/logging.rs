@@ -72,6 +72,9 @@ pub fn set(filter: &str) -> Result<(), String> {
     live.handle
         .reload(parsed)
         .map_err(|e| format!("changing the log filter: {e}"))?;
+    // Records of crates that log through `log` (netlink's) were capped at the filter
+    // tenetd started with; the filter in force decides now.
+    log::set_max_level(log::LevelFilter::Trace);
     *live.filter.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_owned();
     tracing::info!(filter, "log filter changed");
     Ok(())

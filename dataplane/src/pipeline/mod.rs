@@ -217,6 +217,10 @@ impl<F: Frame> Core<F> {
     /// there is nothing to do.
     pub fn idle(&mut self, now: u32, sink: &mut impl Sink<F>, counters: &CoreCounters) -> usize {
         let moved = self.refresh(counters);
+        if moved {
+            // New tables may have taken sessions away (a gateway gone, a new address).
+            counters.set_nat_sessions(self.state.router.nat.len());
+        }
         if self.held.is_empty() {
             return 0;
         }

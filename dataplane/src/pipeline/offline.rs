@@ -206,7 +206,7 @@ impl Offline {
         self.state.learner.forget();
         self.state.cache.clear();
         self.state.router.nat.clear();
-        self.counters = CoreCounters::default();
+        self.counters.clear();
     }
 }
 

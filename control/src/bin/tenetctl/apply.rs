@@ -46,6 +46,11 @@ pub struct Records {
     /// `[[publish]]`.
     #[serde(default, rename = "publish")]
     pub published: Vec<PublishSpec>,
+    /// The kinds a file lists at all (`tenant`, `host`, ...): `--prune` takes out only
+    /// records of these, never the hosts that registered themselves or the endpoints
+    /// the container plugins made because a file of tenants said nothing of them.
+    #[serde(skip)]
+    pub listed: std::collections::BTreeSet<String>,
 }
 
 /// Reads a file's records: `${VAR}` expanded as in tenetd's config, a fault named by
@@ -70,6 +75,11 @@ pub fn parse(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Reco
     for check in [one_mac_field, listed_once] {
         check(&records)?;
     }
+    let mut records = records;
+    records.listed = expanded
+        .parse::<toml::Table>()
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
     Ok(records)
 }
 
@@ -148,6 +158,8 @@ impl Verb {
 /// file may give to others; then additions, what is depended on first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
+    /// Peers a tenant loses, before a tenant they name is deleted.
+    Unpeer,
     DeleteEndpoint,
     DeleteRoute,
     DeletePublish,
@@ -386,20 +398,28 @@ fn singles_marked(endpoints: &[EndpointSpec]) -> Vec<(EndpointSpec, bool)> {
 pub fn plan(have: &Records, want: &Records, prune: bool) -> Result<Vec<Step>, Vec<Conflict>> {
     let mut steps = Vec::new();
     let mut conflicts = Vec::new();
+    let prune_kind = |kind: &str| prune && want.listed.contains(kind);
     plan_kind(
         &have.tenants,
         &want.tenants,
-        prune,
+        prune_kind("tenant"),
         &mut steps,
         &mut conflicts,
     );
-    plan_kind(&have.hosts, &want.hosts, prune, &mut steps, &mut conflicts);
+    unpeer_first(have, want, &mut steps);
+    plan_kind(
+        &have.hosts,
+        &want.hosts,
+        prune_kind("host"),
+        &mut steps,
+        &mut conflicts,
+    );
     let have_endpoints = singles_marked(&have.endpoints);
     let plain: Vec<EndpointSpec> = have_endpoints.iter().map(|(e, _)| e.clone()).collect();
     plan_kind(
         &plain,
         &singles(&want.endpoints),
-        prune,
+        prune_kind("endpoint"),
         &mut steps,
         &mut conflicts,
     );
@@ -426,14 +446,14 @@ pub fn plan(have: &Records, want: &Records, prune: bool) -> Result<Vec<Step>, Ve
     plan_kind(
         &have.routes,
         &want.routes,
-        prune,
+        prune_kind("route"),
         &mut steps,
         &mut conflicts,
     );
     plan_kind(
         &have.published,
         &want.published,
-        prune,
+        prune_kind("publish"),
         &mut steps,
         &mut conflicts,
     );
@@ -442,6 +462,28 @@ pub fn plan(have: &Records, want: &Records, prune: bool) -> Result<Vec<Step>, Ve
     }
     steps.sort_by_key(|s| s.phase);
     Ok(steps)
+}
+
+/// A tenant whose peers the file narrows drops the ones it loses before anything is
+/// deleted: tenetd refuses to delete a tenant another still peers with.
+fn unpeer_first(have: &Records, want: &Records, steps: &mut Vec<Step>) {
+    for w in &want.tenants {
+        let Some(h) = have.tenants.iter().find(|h| h.name == w.name) else {
+            continue;
+        };
+        let kept: Vec<&String> = h.peers.iter().filter(|p| w.peers.contains(p)).collect();
+        if kept.len() == h.peers.len() {
+            continue;
+        }
+        steps.push(Step {
+            phase: Phase::Unpeer,
+            record: format!("tenant {}", w.name),
+            verb: Verb::Update,
+            fields: Vec::new(),
+            request: Some(("PATCH", w.path(), Some(json!({ "peers": kept })))),
+            shown: false,
+        });
+    }
 }
 
 /// The steps for one kind of record: in the file's order, then removals in tenetd's.
@@ -660,6 +702,7 @@ impl Apply<'_> {
             endpoints: self.list::<EndpointSpec>(out, err)?,
             routes: self.list::<RouteSpec>(out, err)?,
             published: self.list::<PublishSpec>(out, err)?,
+            listed: Default::default(),
         })
     }
 
@@ -967,6 +1010,40 @@ port = 80
         assert_eq!(
             summary(&steps, false),
             "0 created, 0 updated, 3 deleted, 7 unchanged"
+        );
+    }
+
+    #[test]
+    fn prune_keeps_kinds_the_file_does_not_list_and_unpeers_before_deleting() {
+        let have = file();
+        // A file of tenants alone: the hosts, endpoints, routes and published ports
+        // tenetd holds are none of its business, even with --prune.
+        let tenants_only = parse(
+            "[[tenant]]\nname = \"red\"\nid = 100\nsubnets = [\"10.1.0.1/24\"]\n",
+            |_| None,
+        )
+        .unwrap();
+        let steps = plan(&have, &tenants_only, true).unwrap();
+        let deleted: Vec<String> = steps
+            .iter()
+            .filter(|s| s.verb == Verb::Delete)
+            .map(Step::line)
+            .collect();
+        assert!(
+            deleted.iter().all(|d| d.starts_with("tenant ")),
+            "{deleted:?}"
+        );
+        // red peers with a tenant the file drops: the peer goes before the tenant.
+        let requests = requests(&steps);
+        let unpeer = requests
+            .iter()
+            .position(|r| r.starts_with("PATCH /v1/tenants/red"));
+        let delete = requests
+            .iter()
+            .position(|r| r.starts_with("DELETE /v1/tenants/"));
+        assert!(
+            matches!((unpeer, delete), (Some(u), Some(d)) if u < d),
+            "{requests:?}"
         );
     }
 

@@ -99,13 +99,26 @@ pub fn parse(text: &str) -> Result<Flow, String> {
                 f.vlan = Some(vid);
             }
             "dl_type" => f.ether_type = Some(bounded(key, need()?)?),
-            "nw_src" | "arp_spa" => f.nw_src = Some(address(key, need()?)?),
-            "nw_dst" | "arp_tpa" => f.nw_dst = Some(address(key, need()?)?),
+            "nw_src" | "nw_dst" | "arp_spa" | "arp_tpa" => {
+                let ip = Some(address(key, need()?)?);
+                // ARP's addresses make an ARP frame, as in ofproto/trace.
+                if key.starts_with("arp") {
+                    f.ether_type.get_or_insert(ARP);
+                }
+                *(if key.ends_with("src") || key == "arp_spa" {
+                    &mut f.nw_src
+                } else {
+                    &mut f.nw_dst
+                }) = ip;
+            }
             "nw_proto" => f.proto = Some(bounded(key, need()?)?),
             "nw_ttl" => f.ttl = Some(bounded(key, need()?)?),
             "tp_src" => f.tp_src = Some(bounded(key, need()?)?),
             "tp_dst" => f.tp_dst = Some(bounded(key, need()?)?),
-            "arp_op" => f.arp_op = Some(bounded(key, need()?)?),
+            "arp_op" => {
+                f.arp_op = Some(bounded(key, need()?)?);
+                f.ether_type.get_or_insert(ARP);
+            }
             other => return Err(format!("{other}: not a flow field tenetctl knows")),
         }
     }
@@ -113,6 +126,12 @@ pub fn parse(text: &str) -> Result<Flow, String> {
         .port
         .clone()
         .ok_or("in_port: missing (the port the frame comes in on)")?;
+    // A port number means TCP or UDP: never silently another protocol's frame.
+    for (field, given) in [("tp_src", f.tp_src), ("tp_dst", f.tp_dst)] {
+        if given.is_some() && !matches!(f.proto, Some(TCP | UDP)) {
+            return Err(format!("{field}: needs tcp or udp (or nw_proto=6 or 17)"));
+        }
+    }
     Ok(Flow {
         port,
         frame: frame(&f)?,
@@ -224,7 +243,7 @@ mod tests {
         let tagged = parse("in_port=t,dl_vlan=10,udp,nw_dst=10.1.0.3,tp_dst=53").unwrap();
         assert_eq!(hex(&tagged.frame[12..18]), "8100000a0800");
         assert_eq!(tagged.frame[14 + 4 + 9], UDP);
-        let arp = parse("in_port=c1,arp,arp_spa=10.1.0.2,arp_tpa=10.1.0.1").unwrap();
+        let arp = parse("in_port=c1,arp_spa=10.1.0.2,arp_tpa=10.1.0.1").unwrap();
         assert_eq!(hex(&arp.frame[..14]), "ffffffffffff0200000000010806");
         assert_eq!(&arp.frame[38..42], &[10, 1, 0, 1]);
         assert_eq!(arp.frame.len(), 60);
@@ -243,6 +262,7 @@ mod tests {
             ("in_port=c1,nw_proto=47,nw_dst=10.0.0.9", "nw_proto"),
             ("in_port=c1,frobnicate=1", "frobnicate"),
             ("in_port", "in_port"),
+            ("in_port=c1,nw_dst=10.1.0.3,tp_dst=80", "tp_dst"),
         ] {
             let e = parse(flow).unwrap_err();
             assert!(e.starts_with(field), "{flow}: {e}");
