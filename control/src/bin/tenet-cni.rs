@@ -18,15 +18,17 @@ stdin; the result, or a CNI error object, goes to stdout. Run by hand it answers
 --help and --version only.
 
 Environment: CNI_COMMAND (ADD, DEL, CHECK, STATUS, GC or VERSION), CNI_CONTAINERID, \
-CNI_NETNS, CNI_IFNAME, CNI_ARGS (TENET_TENANT=<tenant> picks the tenant), CNI_PATH \
+CNI_NETNS, CNI_IFNAME, CNI_ARGS (TENET_TENANT=<tenant> picks the tenant, IP=<address> \
+a static address), CNI_PATH \
 (where a delegated IPAM plugin is found).
 
 Network config (CNI 0.3.0 to 1.1.0): `tenant`; `socket`, tenetd's API (default \
 /run/tenet/tenetd.sock); `backend`, af-packet (default), af-xdp (falls back to \
 af-packet) or vhost-user; `subnet`, which of the tenant's subnets; `mtu`; \
 `portSecurity` (default true); `vhostDir` (default /run/tenet/vhost) and \
-`vhostClient`; `dataDir`, the address allocator's directory (default \
-/var/lib/tenet/cni/networks); `ipam`, a delegated IPAM plugin's config; `logFile`, \
+`vhostClient`; `dataDir`, where detaches that found tenetd down wait (default \
+/var/lib/tenet/cni/networks); `ipam`, a delegated IPAM plugin's config (without one tenetd \
+hands out the address, once across the cluster); `logFile`, \
 where every call is logged.
 
 Errors are CNI error objects: 4 the environment, 6 and 7 the config, 11 tenetd does \
