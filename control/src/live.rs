@@ -659,7 +659,8 @@ impl Live {
         model: Arc<Model>,
         saved: anyhow::Result<()>,
     ) -> Result<Reply, addresses::AddressRequest> {
-        /// Hosts racing for the addresses of one small subnet give up after this many.
+        /// A claim that collided on something other than its address (a record gone
+        /// again before the conflict was explained) is chosen again this many times.
         const TRIES: usize = 8;
         let claimed_now = match (&change, model.addresses.last()) {
             (Change::ClaimAddress(_), Some(spec)) => Some(spec.clone()),
@@ -669,9 +670,11 @@ impl Live {
             if let (Some(conflict), Change::ClaimAddress(request), Some(spec)) =
                 (e.downcast_ref::<Conflict>(), &change, &claimed_now)
             {
-                // Whatever collided (its record may be gone again by the time the
-                // conflict was explained), a chosen address is chosen again.
-                if request.ip.is_none() && request.avoid.len() < TRIES {
+                // A chosen address another host took is chosen again without it, as
+                // often as that happens: every try avoids one more address, so the
+                // subnet runs out (and says so) before the tries can go on forever.
+                let lost_address = conflict.field == "ip";
+                if request.ip.is_none() && (lost_address || request.avoid.len() < TRIES) {
                     let mut again = request.clone();
                     again.avoid.push(spec.ip);
                     return Err(again);
