@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -74,13 +75,17 @@ pub enum Command {
     SetLog(String),
     /// This API's OpenAPI document.
     OpenApi,
-    /// A pcap of what a port sends and receives, for `count` packets or `seconds`.
-    Capture {
+    /// A pcapng stream of what ports send and receive, for `count` packets or
+    /// `seconds`.
+    Capture(crate::capture::CaptureRequest),
+    /// The decisions the workers take for the next `count` frames a port receives
+    /// (or those that come within `seconds`).
+    LiveTrace {
         /// Port name.
         port: String,
-        /// Packets to capture.
+        /// Frames to trace.
         count: usize,
-        /// Longest capture.
+        /// Longest wait.
         seconds: f64,
     },
 }
@@ -88,21 +93,47 @@ pub enum Command {
 /// Body of `POST /v1/capture`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CaptureRequest {
-    port: String,
+struct CaptureBody {
+    /// Port names (none: every port).
+    #[serde(default)]
+    ports: Vec<String>,
     #[serde(default = "default_capture_count")]
     count: usize,
-    #[serde(default = "default_capture_seconds")]
+    #[serde(default = "default_seconds")]
     seconds: f64,
+    /// A MAC the frames are from or to.
+    mac: Option<String>,
+    /// An IPv4 address they are from or to.
+    ip: Option<std::net::Ipv4Addr>,
+    /// arp, ip, icmp, tcp, udp or gre.
+    protocol: Option<String>,
 }
 
 fn default_capture_count() -> usize {
     100
 }
 
-fn default_capture_seconds() -> f64 {
+fn default_seconds() -> f64 {
     10.0
 }
+
+/// Body of `POST /v1/trace/live`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveTraceBody {
+    port: String,
+    #[serde(default = "default_trace_count")]
+    count: usize,
+    #[serde(default = "default_seconds")]
+    seconds: f64,
+}
+
+fn default_trace_count() -> usize {
+    10
+}
+
+/// The most frames one live trace records (VPP's default is 50 per thread).
+pub const MAX_TRACED: usize = 1000;
 
 /// Body of `DELETE /v1/addresses/{tenant}/{ip}`, optional: the release happens only if
 /// this owner holds the address.
@@ -138,6 +169,8 @@ pub struct Reply {
     pub body: Value,
     /// A non-JSON body instead, with its content type (metrics, pcap).
     pub raw: Option<(Vec<u8>, &'static str)>,
+    /// A body sent as it comes (a capture), with its content type.
+    pub stream: Option<(mpsc::Receiver<Bytes>, &'static str)>,
 }
 
 impl Reply {
@@ -147,6 +180,7 @@ impl Reply {
             status: 200,
             body,
             raw: None,
+            stream: None,
         }
     }
 
@@ -156,15 +190,17 @@ impl Reply {
             status: 200,
             body: Value::Null,
             raw: Some((text.into_bytes(), "text/plain; version=0.0.4")),
+            stream: None,
         }
     }
 
-    /// 200 with a pcap file.
-    pub fn pcap(bytes: Vec<u8>) -> Self {
+    /// 200 with a body streamed from `chunks` until its sender is dropped.
+    pub fn stream(chunks: mpsc::Receiver<Bytes>, content_type: &'static str) -> Self {
         Self {
             status: 200,
             body: Value::Null,
-            raw: Some((bytes, "application/vnd.tcpdump.pcap")),
+            raw: None,
+            stream: Some((chunks, content_type)),
         }
     }
 
@@ -174,6 +210,7 @@ impl Reply {
             status,
             body: json!({"status": status, "field": field, "message": message}),
             raw: None,
+            stream: None,
         }
     }
 }
@@ -390,7 +427,7 @@ async fn handle(
     req: Request<Incoming>,
     calls: mpsc::Sender<Call>,
     listener: Listener,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+) -> Result<Response<Body>, hyper::Error> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if listener == Listener::Metrics && !(method == Method::GET && path == "/metrics") {
@@ -451,17 +488,32 @@ async fn answer(method: &Method, path: &str, body: &[u8], calls: &mpsc::Sender<C
     }
 }
 
-fn respond(reply: Reply) -> Response<Full<Bytes>> {
+/// A response's body: whole, or streamed as it comes.
+type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+fn respond(reply: Reply) -> Response<Body> {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let (bytes, content_type) = match reply.raw {
-        Some(raw) => raw,
-        None => {
+    let (body, content_type) = match (reply.stream, reply.raw) {
+        (Some((chunks, content_type)), _) => {
+            let frames = futures_util::stream::unfold(chunks, |mut chunks| async move {
+                let chunk = chunks.recv().await?;
+                Some((Ok(hyper::body::Frame::data(chunk)), chunks))
+            });
+            (StreamBody::new(frames).boxed_unsync(), content_type)
+        }
+        (None, Some((bytes, content_type))) => {
+            (Full::new(Bytes::from(bytes)).boxed_unsync(), content_type)
+        }
+        (None, None) => {
             let mut text = serde_json::to_vec_pretty(&reply.body).unwrap_or_default();
             text.push(b'\n');
-            (text, "application/json")
+            (
+                Full::new(Bytes::from(text)).boxed_unsync(),
+                "application/json",
+            )
         }
     };
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -512,12 +564,14 @@ pub fn openapi() -> Value {
             "/v1/nat": {"get": {"responses": {"200": {"description": "SNAT sessions by worker: tenant, protocol, inside, outside and remote address and port, idle seconds, state"}}}},
             "/v1/trace": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceRequest"}}}},
                                    "responses": {"200": {"description": "decisions and outputs"}, "404": {"description": "no such port"}}}},
+            "/v1/trace/live": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LiveTraceRequest"}}}},
+                                        "responses": {"200": {"description": "the frames traced: worker, time, port, length, head (hex), summary, decisions, outputs"}, "404": {"description": "no such port"}, "409": {"description": "another live trace runs"}}}},
             "/v1/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
             "/v1/log": {"get": {"responses": {"200": {"description": "the log filter in force: {filter}"}}},
                         "put": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["filter"], "additionalProperties": false, "properties": {"filter": {"type": "string", "description": "like info,control=debug"}}}}}},
                                 "responses": {"200": {"description": "in force: {filter}"}, "400": {"description": "not a filter", "content": {"application/json": {"schema": error}}}}}},
             "/v1/capture": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaptureRequest"}}}},
-                                     "responses": {"200": {"description": "pcap of the port's traffic, both directions", "content": {"application/vnd.tcpdump.pcap": {}}}, "404": {"description": "no such port"}, "409": {"description": "another capture runs"}}}},
+                                     "responses": {"200": {"description": "pcapng stream of the ports' frames, both directions (interface per port, direction in epb_flags, worker timestamps in ns, statistics at the end)", "content": {"application/x-pcapng": {}}}, "404": {"description": "no such port"}, "409": {"description": "another capture runs"}}}},
             "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text exposition", "content": {"text/plain": {}}}}}},
         },
         "components": {"schemas": {
@@ -551,7 +605,8 @@ pub fn openapi() -> Value {
                 "role": {"type": "string", "enum": ["access", "trunk", "uplink"]}, "tenant": string, "tenants": {"type": "array", "items": string},
                 "allowed_macs": {"type": "array", "items": string}, "allowed_ips": {"type": "array", "items": string}, "mac": string}},
             "PortStatus": {"type": "object"},
-            "CaptureRequest": {"type": "object", "required": ["port"], "properties": {"port": string, "count": {"type": "integer", "default": 100}, "seconds": {"type": "number", "default": 10}}},
+            "CaptureRequest": {"type": "object", "additionalProperties": false, "properties": {"ports": {"type": "array", "items": string, "description": "none: every port"}, "count": {"type": "integer", "default": 100, "description": "0: as many as come in `seconds`"}, "seconds": {"type": "number", "default": 10, "maximum": 600}, "mac": string, "ip": string, "protocol": {"type": "string", "enum": ["arp", "ip", "icmp", "tcp", "udp", "gre"]}}},
+            "LiveTraceRequest": {"type": "object", "required": ["port"], "additionalProperties": false, "properties": {"port": string, "count": {"type": "integer", "default": 10, "maximum": MAX_TRACED}, "seconds": {"type": "number", "default": 10, "maximum": 600}}},
             "TraceRequest": {"type": "object", "required": ["port", "frame"], "properties": {"port": string, "frame": {"type": "string", "description": "the frame as hex"}}},
         }},
     })
@@ -658,15 +713,15 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         (&Method::GET, ["openapi.json"]) => Ok(Command::OpenApi),
         (&Method::GET, ["log"]) => Ok(Command::ShowLog),
         (&Method::PUT, ["log"]) => Ok(Command::SetLog(parse::<LogRequest>(body)?.filter)),
-        (&Method::POST, ["capture"]) => {
-            let r = parse::<CaptureRequest>(body)?;
-            if !(1..=1_000_000).contains(&r.count) {
-                return Err(Reply::error(400, "count", "must be between 1 and 1000000"));
+        (&Method::POST, ["capture"]) => capture_request(parse::<CaptureBody>(body)?),
+        (&Method::POST, ["trace", "live"]) => {
+            let r = parse::<LiveTraceBody>(body)?;
+            if !(1..=MAX_TRACED).contains(&r.count) {
+                let message = format!("must be between 1 and {MAX_TRACED}");
+                return Err(Reply::error(400, "count", &message));
             }
-            if !(r.seconds > 0.0 && r.seconds <= 3600.0) {
-                return Err(Reply::error(400, "seconds", "must be between 0 and 3600"));
-            }
-            Ok(Command::Capture {
+            check_seconds(r.seconds)?;
+            Ok(Command::LiveTrace {
                 port: r.port,
                 count: r.count,
                 seconds: r.seconds,
@@ -683,6 +738,47 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         }
         _ => Err(not_found()),
     }
+}
+
+fn check_seconds(seconds: f64) -> Result<(), Reply> {
+    let most = crate::capture::MAX_SECONDS;
+    if seconds > 0.0 && seconds <= most {
+        return Ok(());
+    }
+    let message = format!("must be above 0 and at most {most} (an API connection's life)");
+    Err(Reply::error(400, "seconds", &message))
+}
+
+fn capture_request(body: CaptureBody) -> Result<Command, Reply> {
+    use dataplane::pipeline::capture::{CaptureFilter, Protocol};
+    if body.count > 1_000_000 {
+        let message = "must be at most 1000000 (0: as many as come in `seconds`)";
+        return Err(Reply::error(400, "count", message));
+    }
+    check_seconds(body.seconds)?;
+    let mac = match body.mac.as_deref().map(dataplane::packet::parse_mac) {
+        Some(Ok(mac)) => Some(mac),
+        Some(Err(e)) => return Err(Reply::error(400, "mac", &e.to_string())),
+        None => None,
+    };
+    let protocol = match body.protocol.as_deref() {
+        Some(name) => Some(Protocol::named(name).ok_or_else(|| {
+            let names: Vec<&str> = Protocol::ALL.iter().map(|(n, _)| *n).collect();
+            let message = format!("`{name}` is not one of {}", names.join(", "));
+            Reply::error(400, "protocol", &message)
+        })?),
+        None => None,
+    };
+    Ok(Command::Capture(crate::capture::CaptureRequest {
+        ports: body.ports,
+        count: body.count,
+        seconds: body.seconds,
+        filter: CaptureFilter {
+            mac,
+            ip: body.ip,
+            protocol,
+        },
+    }))
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -776,7 +872,8 @@ mod tests {
                         br#"{"tenant":"t","mac":"02:00:00:00:00:01","port":"p"}"#
                     }
                     ("post", "/v1/ports") => br#"{"name":"n","backend":"ring"}"#,
-                    ("post", "/v1/capture") => br#"{"port":"p"}"#,
+                    ("post", "/v1/capture") => br#"{"ports":["p"]}"#,
+                    ("post", "/v1/trace/live") => br#"{"port":"p"}"#,
                     ("post", "/v1/routes") => br#"{"tenant":"t","prefix":"10.9.0.0/16","via":"10.1.0.9"}"#,
                     ("post", "/v1/published") => {
                         br#"{"tenant":"t","protocol":"tcp","host_port":80,"ip":"10.1.0.5","port":80}"#

@@ -282,6 +282,7 @@ async fn wait_for_stop(
     let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
     ticker.tick().await;
     let mut previous = Snapshot::take(&dataplane.ports, &dataplane.workers);
+    let mut packet_trace = crate::packet_trace::PacketTrace::default();
     let mut control_tick = tokio::time::interval(CONTROL_PERIOD);
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut port_tick = tokio::time::interval(PORT_PERIOD);
@@ -310,12 +311,17 @@ async fn wait_for_stop(
             _ = control_tick.tick() => {
                 dataplane.tend_bonds();
                 controller.step(Instant::now(), dataplane.pool);
-                capture.poll(Instant::now(), controller);
+                capture.poll(Instant::now(), controller, &dataplane.workers);
+                packet_trace.poll(Instant::now(), controller, &dataplane.ports, &dataplane.workers);
             }
             _ = port_tick.tick() => tend_ports(dataplane, controller),
             Some((command, reply)) = calls.recv() => {
-                if let api::Command::Capture { port, count, seconds } = command {
-                    capture.start(port, count, seconds, reply, controller, &dataplane.ports);
+                if let api::Command::Capture(request) = command {
+                    capture.start(request, reply, controller, &dataplane.ports, &dataplane.workers);
+                    continue;
+                }
+                if let api::Command::LiveTrace { port, count, seconds } = command {
+                    packet_trace.start((port, count, seconds), reply, &dataplane.ports, &dataplane.workers);
                     continue;
                 }
                 if let api::Command::Change(change) = command {

@@ -704,6 +704,7 @@ impl Live {
                 status: 200,
                 body: json!({"status": 200, "message": "applied"}),
                 raw: None,
+                stream: None,
             },
         })
     }
@@ -785,6 +786,7 @@ impl Live {
             status,
             body: json!({"status": status, "message": "applied"}),
             raw: None,
+            stream: None,
         }
     }
 
@@ -853,10 +855,12 @@ impl Live {
                 Ok(()) => Reply::ok(json!({ "filter": filter })),
                 Err(why) => Reply::error(400, "filter", &why),
             },
-            // Captures take time; the control loop runs them (see daemon::Capture).
-            Command::Capture { .. } => {
-                Reply::error(500, "", "capture is handled by the control loop")
-            }
+            // Captures and live traces take time; the control loop runs them.
+            Command::Capture(_) | Command::LiveTrace { .. } => Reply::error(
+                500,
+                "",
+                "capture and live trace are run by the control loop",
+            ),
         }
     }
 
@@ -952,6 +956,7 @@ fn claimed(status: u16, resolved: &addresses::Resolved) -> Reply {
             "gateway": resolved.subnet.ip,
         }),
         raw: None,
+        stream: None,
     }
 }
 
@@ -1210,6 +1215,7 @@ fn stats_json(controller: &Controller, dataplane: &Dataplane<'_>) -> Value {
             "events_lost": s.events_lost,
             "gateway_egress_bytes": s.gateway_egress_bytes,
             "joined_segments": s.joined_segments,
+            "capture_missed": s.capture_missed,
             "nat_sessions": s.nat_sessions,
             "drops": drops_json(s),
         })).collect::<Vec<_>>(),
@@ -1252,6 +1258,18 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
             })
         })
         .collect();
+    let decisions = name_notes(controller, ports, &decisions);
+    Reply::ok(
+        json!({"decisions": decisions, "outputs": outputs, "drops": drops_json(&core.stats())}),
+    )
+}
+
+/// Trace notes with what they number named as the operator named it ([`named`]).
+pub(crate) fn name_notes(
+    controller: &Controller,
+    ports: &[NamedPort],
+    notes: &[String],
+) -> Vec<String> {
     let tables = controller.tables();
     let config = controller.config();
     let name = |kind: &str, number: u64| -> Option<String> {
@@ -1279,10 +1297,7 @@ fn trace(controller: &Controller, ports: &[NamedPort], port: &str, frame: Vec<u8
             _ => None,
         }
     };
-    let decisions: Vec<String> = decisions.iter().map(|d| named(d, &name)).collect();
-    Reply::ok(
-        json!({"decisions": decisions, "outputs": outputs, "drops": drops_json(&core.stats())}),
-    )
+    notes.iter().map(|d| named(d, &name)).collect()
 }
 
 /// The SNAT sessions each worker holds, asked of the workers between their bursts
@@ -1493,7 +1508,7 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             .collect()
     };
     type CoreField = fn(&CoreStats) -> u64;
-    let core_counters: [(&str, &str, CoreField); 7] = [
+    let core_counters: [(&str, &str, CoreField); 8] = [
         ("rx_packets", "Packets received by the worker.", |s| {
             s.rx_packets
         }),
@@ -1524,6 +1539,11 @@ fn metrics(controller: &Controller, dataplane: &Dataplane<'_>) -> String {
             "joined_segments",
             "Frames received in several segments and joined into one.",
             |s| s.joined_segments,
+        ),
+        (
+            "capture_missed",
+            "Copies a capture lost (no buffer, or the ring to tenetd full); traffic is not affected.",
+            |s| s.capture_missed,
         ),
     ];
     for (name, help, field) in core_counters {

@@ -96,6 +96,7 @@ pub struct CoreCounters {
     events_lost: AtomicU64,
     gateway_egress_bytes: AtomicU64,
     joined_segments: AtomicU64,
+    capture_missed: AtomicU64,
     nat_sessions: AtomicU64,
     drops: [AtomicU64; DROP_REASON_COUNT],
     /// Drops by the port the frame came in on, then reason (`port * reasons + reason`):
@@ -118,6 +119,7 @@ impl Default for CoreCounters {
             events_lost: AtomicU64::new(0),
             gateway_egress_bytes: AtomicU64::new(0),
             joined_segments: AtomicU64::new(0),
+            capture_missed: AtomicU64::new(0),
             nat_sessions: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             port_drops: (0..MAX_PORTS * DROP_REASON_COUNT)
@@ -200,6 +202,13 @@ impl CoreCounters {
         bump(&self.joined_segments, n as u64);
     }
 
+    /// Copies for a capture that found no buffer or no room in the ring: the capture
+    /// misses them, the traffic does not.
+    #[inline(always)]
+    pub fn add_capture_missed(&self, n: usize) {
+        bump(&self.capture_missed, n as u64);
+    }
+
     /// The SNAT sessions the core holds now (a gauge, set at each burst).
     #[inline(always)]
     pub fn set_nat_sessions(&self, n: usize) {
@@ -252,6 +261,7 @@ impl CoreCounters {
             &self.events_lost,
             &self.gateway_egress_bytes,
             &self.joined_segments,
+            &self.capture_missed,
             &self.nat_sessions,
         ];
         for counter in all.into_iter().chain(&self.drops).chain(&*self.port_drops) {
@@ -277,6 +287,7 @@ impl CoreCounters {
             events_lost: self.events_lost.load(Ordering::Relaxed),
             gateway_egress_bytes: self.gateway_egress_bytes.load(Ordering::Relaxed),
             joined_segments: self.joined_segments.load(Ordering::Relaxed),
+            capture_missed: self.capture_missed.load(Ordering::Relaxed),
             nat_sessions: self.nat_sessions.load(Ordering::Relaxed),
             drops,
         }
@@ -308,6 +319,8 @@ pub struct CoreStats {
     pub gateway_egress_bytes: u64,
     /// Frames received in several segments, joined into one.
     pub joined_segments: u64,
+    /// Capture copies lost (no buffer, or the ring to the control plane full).
+    pub capture_missed: u64,
     /// SNAT sessions held (as of the last burst).
     pub nat_sessions: u64,
     /// Drops, indexed by `DropReason as usize`.
@@ -328,6 +341,7 @@ impl Default for CoreStats {
             events_lost: 0,
             gateway_egress_bytes: 0,
             joined_segments: 0,
+            capture_missed: 0,
             nat_sessions: 0,
             drops: [0; DROP_REASON_COUNT],
         }
@@ -369,6 +383,7 @@ impl CoreStats {
             total.events_lost += s.events_lost;
             total.gateway_egress_bytes += s.gateway_egress_bytes;
             total.joined_segments += s.joined_segments;
+            total.capture_missed += s.capture_missed;
             total.nat_sessions += s.nat_sessions;
             for (t, d) in total.drops.iter_mut().zip(&s.drops) {
                 *t += d;

@@ -97,6 +97,8 @@ pub enum WorkerCommand {
         /// Acknowledgement.
         done: std::sync::mpsc::Sender<()>,
     },
+    /// Trace the frames received on some ports (`None`: stop).
+    Trace(Option<crate::pipeline::live_trace::LiveTrace>),
     /// Tell up to `limit` of the SNAT sessions this worker holds.
     NatSessions {
         /// The most to tell.
@@ -253,6 +255,7 @@ fn run<P: Pipeline>(
                 WorkerCommand::NatSessions { limit, reply } => {
                     let _ = reply.send(pipeline.nat_sessions(limit));
                 }
+                WorkerCommand::Trace(trace) => pipeline.set_live_trace(trace),
             }
         }
         let mut moved = 0;

@@ -368,15 +368,18 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
     assert!(plain_http(metrics_addr, "GET", "/v1/tenants", "").starts_with("HTTP/1.1 404"));
     assert!(!ok(&socket, &["tenant", "list"]).contains("scraped"));
 
-    // Capture c2 while traffic flows: what c2 transmits lands in a pcap, traffic goes on.
-    let pcap = dir.path().join("c2.pcap");
+    // Capture c2 while traffic flows, frames from or to ns1's MAC: what c2 transmits
+    // lands in a pcapng, traffic goes on.
+    let pcap = dir.path().join("c2.pcapng");
     let capture = std::thread::spawn({
-        let (socket, pcap) = (socket.clone(), pcap.clone());
+        let (socket, pcap, mac) = (socket.clone(), pcap.clone(), l1.mac.clone());
         move || {
             tenetctl(
                 &socket,
                 &[
                     "capture",
+                    "--mac",
+                    &mac,
                     "--port",
                     "c2",
                     "--count",
@@ -404,15 +407,15 @@ fn tenetctl_changes_the_running_switch_and_state_survives_restarts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bytes = std::fs::read(&pcap).unwrap();
-    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes());
-    let mut records = Vec::new();
-    let mut at = 24;
-    while at + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
-        records.push(bytes[at + 16..at + 16 + len].to_vec());
-        at += 16 + len;
-    }
+    let capture = control::pcapng::parse(&std::fs::read(&pcap).unwrap()).unwrap();
+    assert_eq!(capture.interfaces, ["c2"]);
+    // What c2 sends (the frames from ns1), not what it receives.
+    let records: Vec<Vec<u8>> = capture
+        .packets
+        .into_iter()
+        .filter(|p| p.direction == Some(dataplane::pipeline::capture::Direction::Out))
+        .map(|p| p.frame)
+        .collect();
     assert_eq!(
         records.len(),
         20,

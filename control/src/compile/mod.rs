@@ -93,8 +93,8 @@ pub struct Dynamic {
     pub neighbors: HashMap<Ipv4Addr, Mac>,
     /// Neighbours of the tenants' routers, by (tenant index, IP), and when last heard.
     pub tenant_neighbors: HashMap<(TenantIdx, Ipv4Addr), (Mac, Instant)>,
-    /// The port id being captured, if any.
-    pub capture: Option<u16>,
+    /// The port ids being captured and which of their frames, if any.
+    pub capture: Option<(Vec<u16>, dataplane::pipeline::capture::CaptureFilter)>,
     /// The tables' [`FlowTables::retired`] mark.
     pub retired: u64,
 }
@@ -242,8 +242,8 @@ fn frame(
         lay_tunnels(&mut b, plan, ids, dynamic);
     }
     b.uplink_ips(extra_uplink_ips(config, ids, underlay.map(|u| u.ip)));
-    if let Some(port) = dynamic.capture {
-        b.capture(port);
+    if let Some((ports, filter)) = &dynamic.capture {
+        b.capture(ports.iter().copied(), *filter);
     }
     b.nat(config.gateway.nat);
     if let Some(hop) = external_hop(config, ids, dynamic) {

@@ -457,10 +457,14 @@ impl Controller {
         &self.ids
     }
 
-    /// Starts (`Some(port id)`) or stops capturing; takes effect with the next snapshot.
-    pub fn set_capture(&mut self, port: Option<u16>) {
-        if self.dynamic.capture != port {
-            self.dynamic.capture = port;
+    /// Starts (`Some((port ids, filter))`) or stops capturing; takes effect with the
+    /// next snapshot.
+    pub fn set_capture(
+        &mut self,
+        capture: Option<(Vec<u16>, dataplane::pipeline::capture::CaptureFilter)>,
+    ) {
+        if self.dynamic.capture != capture {
+            self.dynamic.capture = capture;
             self.dirty = true;
         }
     }

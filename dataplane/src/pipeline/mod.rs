@@ -12,10 +12,12 @@ macro_rules! note {
     };
 }
 
+pub mod capture;
 mod classify;
 mod dispatch;
 pub mod events;
 pub mod fdb_cache;
+pub mod live_trace;
 pub mod nat;
 pub mod offline;
 mod output;
@@ -71,6 +73,11 @@ pub trait Pipeline: Send {
     fn nat_sessions(&self, limit: usize) -> Vec<nat::SessionView> {
         let _ = limit;
         Vec::new()
+    }
+
+    /// Starts tracing the frames received on some ports (`None`: stops).
+    fn set_live_trace(&mut self, trace: Option<live_trace::LiveTrace>) {
+        let _ = trace;
     }
 }
 
@@ -211,6 +218,32 @@ impl<F: Frame> Core<F> {
         dispatch::handle_burst(tables, in_port, frames, &mut parking, &mut cx);
     }
 
+    /// Runs one frame received on `in_port`, noting every decision and where the frame
+    /// (and what it made) went: a live trace.
+    #[cold]
+    pub fn run_traced(
+        &mut self,
+        in_port: u16,
+        frame: F,
+        sink: &mut impl Sink<F>,
+        counters: &CoreCounters,
+    ) -> (Vec<String>, Vec<live_trace::TracedOutput>) {
+        let tables = self.tables.tables();
+        let mut outputs = Vec::new();
+        let mut recording = live_trace::Recording {
+            inner: Parking {
+                sink,
+                held: &mut self.held,
+                now: self.state.learner.now,
+            },
+            outputs: &mut outputs,
+        };
+        let mut cx = self.state.context(counters, Vec::<String>::new(), true);
+        cx.in_port = in_port;
+        dispatch::handle(tables, in_port, frame, &mut recording, &mut cx);
+        (cx.tracer, outputs)
+    }
+
     /// What a core does when no packet came: moves to new tables (so it frees the old
     /// ones, and the control plane may reuse what they retired), and gives held frames
     /// the chance new tables may bring. Returns how many frames it moved; cheap when
@@ -305,6 +338,8 @@ impl<F: Frame> Core<F> {
 pub struct SwitchPipeline {
     core: Core<Mbuf>,
     tsc_hz: u64,
+    worker: u16,
+    live: Option<live_trace::LiveTrace>,
 }
 
 impl SwitchPipeline {
@@ -316,8 +351,51 @@ impl SwitchPipeline {
         slot: WorkerSlot,
     ) -> Self {
         Self {
+            worker: slot.index,
             core: Core::new(tables, events, slot),
             tsc_hz: tsc_hz.max(1),
+            live: None,
+        }
+    }
+
+    /// Runs a burst from a traced port one frame at a time, recording each until the
+    /// trace has its packets; the rest run untraced.
+    #[cold]
+    #[inline(never)]
+    fn process_traced(
+        &mut self,
+        in_port: u16,
+        batch: &mut MbufBatch,
+        outputs: &mut Outputs,
+        counters: &CoreCounters,
+    ) {
+        let Some(records) = self.live.as_ref().map(|l| Arc::clone(&l.records)) else {
+            return;
+        };
+        for frame in batch.drain() {
+            let mut sink = TxSink { outputs, counters };
+            if records.is_full() {
+                self.core
+                    .run(in_port, std::iter::once(frame), &mut sink, counters);
+                continue;
+            }
+            let tsc = crate::dpdk::tsc();
+            let data = frame.data();
+            let (len, head) = (
+                data.len(),
+                data[..data.len().min(live_trace::TRACE_HEAD)].to_vec(),
+            );
+            let (decisions, went) = self.core.run_traced(in_port, frame, &mut sink, counters);
+            // Another worker may have filled it meanwhile: this one is not kept.
+            let _ = records.push(live_trace::TracedPacket {
+                worker: self.worker,
+                tsc,
+                port: in_port,
+                len,
+                head,
+                decisions,
+                outputs: went,
+            });
         }
     }
 
@@ -348,6 +426,10 @@ impl Pipeline for SwitchPipeline {
         self.core.state.router.nat.view(self.now(), limit)
     }
 
+    fn set_live_trace(&mut self, trace: Option<live_trace::LiveTrace>) {
+        self.live = trace;
+    }
+
     fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
         let now = self.now();
         let mut sink = TxSink { outputs, counters };
@@ -366,12 +448,21 @@ impl Pipeline for SwitchPipeline {
         self.core
             .begin(now, &mut TxSink { outputs, counters }, counters);
         let tables = self.core.tables();
+        let received = in_port;
         let in_port = match (in_port, tables.uplink) {
             (stage::HANDOFF_PORT, Some(up)) => up.port,
             (port, _) => port,
         };
-        outputs.set_capture_mask(&tables.capture);
-        outputs.capture_rx(in_port, batch);
+        outputs.set_capture(&tables.capture, &tables.capture_filter);
+        // A frame another worker handed over was captured where it came in.
+        if received != stage::HANDOFF_PORT {
+            outputs.capture_rx(in_port, batch, counters);
+        }
+        if let Some(live) = &self.live {
+            if live.ports.contains(usize::from(in_port)) {
+                return self.process_traced(in_port, batch, outputs, counters);
+            }
+        }
         if let PortRole::CrossConnect(peer) = *tables.role(in_port) {
             return outputs.push_batch(peer, batch, counters);
         }

@@ -1,6 +1,7 @@
 //! Per-port TX buffers of one worker, and where each port's packets go when flushed: the
 //! worker's own TX queue on that port, or the ring to the core that owns it.
 
+use super::capture::{CaptureFilter, Direction, Stamp, STAMP_LEN};
 use crate::counters::{CoreCounters, DropReason};
 use crate::dpdk::{Cut, Mbuf, MbufBatch, RingConsumer, RingProducer, TxQueue};
 use crate::port_set::PortSet;
@@ -23,8 +24,10 @@ pub struct Outputs {
     sinks: [Sink; MAX_PORTS],
     queues: Vec<Option<TxQueue>>,
     rings: Vec<Option<RingProducer>>,
-    /// Ports whose sent and received packets are copied to `capture`.
+    /// Ports whose sent and received packets are copied to `capture`, and which of
+    /// their frames.
     capture_mask: PortSet,
+    capture_filter: CaptureFilter,
     capture: Option<RingProducer>,
     /// By worker index: frames to run on that worker, and the ring to it.
     handoffs: Vec<(MbufBatch, Option<RingProducer>)>,
@@ -43,6 +46,7 @@ impl Outputs {
             queues: Vec::new(),
             rings: Vec::new(),
             capture_mask: PortSet::EMPTY,
+            capture_filter: CaptureFilter::ANY,
             capture: None,
             handoffs: Vec::new(),
             handoff_dirty: 0,
@@ -118,17 +122,32 @@ impl Outputs {
         }
     }
 
-    /// Which ports to capture, from the current flow tables.
+    /// Which ports to capture and which of their frames, from the current flow tables.
     #[inline(always)]
-    pub fn set_capture_mask(&mut self, mask: &PortSet) {
+    pub fn set_capture(&mut self, mask: &PortSet, filter: &CaptureFilter) {
         self.capture_mask = *mask;
+        if !mask.is_empty() {
+            self.capture_filter = *filter;
+        }
     }
 
-    /// Copies a received burst to the capture ring if `port` is being captured.
+    /// Copies a burst received on `port` to the capture ring if `port` is being
+    /// captured.
     #[inline(always)]
-    pub fn capture_rx(&mut self, port: u16, batch: &MbufBatch) {
+    pub fn capture_rx(&mut self, port: u16, batch: &MbufBatch, counters: &CoreCounters) {
         if self.capture_mask.contains(usize::from(port)) {
-            copy_to(&mut self.capture, batch);
+            let stamp = Stamp {
+                tsc: crate::dpdk::tsc(),
+                port,
+                direction: Direction::In,
+            };
+            copy_to(
+                &mut self.capture,
+                batch,
+                stamp,
+                &self.capture_filter,
+                counters,
+            );
         }
     }
 
@@ -223,8 +242,21 @@ impl Outputs {
         if buffer.is_empty() {
             return;
         }
+        // Taken by the worker that switched the frame, whether it sends it or hands it
+        // to the TX queue's owner (which does not take it again).
         if self.capture_mask.contains(p) {
-            copy_to(&mut self.capture, buffer);
+            let stamp = Stamp {
+                tsc: crate::dpdk::tsc(),
+                port: p as u16, // below MAX_PORTS
+                direction: Direction::Out,
+            };
+            copy_to(
+                &mut self.capture,
+                buffer,
+                stamp,
+                &self.capture_filter,
+                counters,
+            );
         }
         match self.sinks[p] {
             Sink::Queue(i) => {
@@ -266,7 +298,11 @@ impl Outputs {
                 continue;
             }
             moved += scratch.len();
+            // The sender took its capture copies already.
+            let mask = std::mem::replace(&mut self.capture_mask, PortSet::EMPTY);
             self.push_batch(*port, scratch, counters);
+            self.flush_port(usize::from(*port), counters);
+            self.capture_mask = mask;
         }
         moved
     }
@@ -311,20 +347,43 @@ fn transmit(queue: &mut TxQueue, out: &mut MbufBatch, counters: &CoreCounters) {
     }
 }
 
-/// Copies every packet of `batch` into the capture ring; copies that do not fit (or
-/// find no free buffer) are skipped, never the traffic itself.
+/// Copies the packets of `batch` that `filter` takes into the capture ring, each with
+/// `stamp` in front; copies that find no buffer, no headroom or no room in the ring
+/// are counted as missed, never the traffic itself.
 #[cold]
-fn copy_to(ring: &mut Option<RingProducer>, batch: &MbufBatch) {
+fn copy_to(
+    ring: &mut Option<RingProducer>,
+    batch: &MbufBatch,
+    stamp: Stamp,
+    filter: &CaptureFilter,
+    counters: &CoreCounters,
+) {
     let Some(ring) = ring.as_mut() else {
         return;
     };
+    let stamp = stamp.bytes();
     let mut copies = MbufBatch::new();
+    let mut missed = 0;
     for mbuf in batch.as_slice() {
-        if let Some(copy) = mbuf.duplicate() {
-            if copies.push(copy).is_err() {
-                break;
-            }
+        if !filter.matches(mbuf.data()) {
+            continue;
+        }
+        let Some(mut copy) = mbuf.duplicate() else {
+            missed += 1;
+            continue;
+        };
+        if !copy.prepend(STAMP_LEN) {
+            missed += 1;
+            continue;
+        }
+        copy.data_mut()[..STAMP_LEN].copy_from_slice(&stamp);
+        if copies.push(copy).is_err() {
+            missed += 1;
         }
     }
     ring.enqueue_burst(&mut copies);
+    missed += copies.free_all();
+    if missed > 0 {
+        counters.add_capture_missed(missed);
+    }
 }

@@ -289,9 +289,17 @@ impl TablesBuilder {
         self.tables.nat = settings;
     }
 
-    /// Copies of what `port` sends and receives go to the control plane.
-    pub fn capture(&mut self, port: u16) {
-        self.tables.capture.insert(usize::from(port));
+    /// Copies of what `ports` send and receive, as far as `filter` takes them, go to
+    /// the control plane.
+    pub fn capture(
+        &mut self,
+        ports: impl IntoIterator<Item = u16>,
+        filter: crate::pipeline::capture::CaptureFilter,
+    ) {
+        for port in ports {
+            self.tables.capture.insert(usize::from(port));
+        }
+        self.tables.capture_filter = filter;
     }
 
     /// Room for `n` more FDB entries without rehashing.

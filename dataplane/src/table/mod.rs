@@ -275,6 +275,8 @@ pub struct FlowTables {
     /// Ports being captured: workers copy what they send and
     /// receive there to the control plane.
     pub capture: crate::port_set::PortSet,
+    /// Which of those frames are copied.
+    pub capture_filter: crate::pipeline::capture::CaptureFilter,
     /// Routes of every tenant; see [`routing::route_key`].
     pub routes: FastMap<u64, RouteTarget>,
     /// Neighbours of the routers (endpoints and answers to the routers' ARP); see
@@ -321,6 +323,7 @@ impl Default for FlowTables {
             tunnel_tenants: FastMap::default(),
             uplink: None,
             capture: crate::port_set::PortSet::EMPTY,
+            capture_filter: crate::pipeline::capture::CaptureFilter::ANY,
             routes: FastMap::default(),
             neighbors: FastMap::default(),
             router_tenant: FastMap::default(),

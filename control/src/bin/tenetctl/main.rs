@@ -118,28 +118,47 @@ enum Cmd {
     },
     /// Run a frame through the pipeline with the live tables and print each decision:
     /// a flow (`--flow in_port=c1,tcp,nw_dst=10.1.0.3,tp_dst=80`, as ofproto/trace
-    /// takes it) or a port and the frame as hex.
+    /// takes it), a port and the frame as hex, or (`--port c1 --live`) the next
+    /// frames the port really receives, as the workers decide them (VPP's trace add).
     Trace {
-        /// Ingress port (with --frame).
-        #[arg(long, requires = "frame", conflicts_with = "flow")]
+        /// Ingress port (with --frame or --live).
+        #[arg(long, requires = "what", conflicts_with = "flow")]
         port: Option<String>,
         /// The frame, as hex (with --port).
-        #[arg(long, requires = "port")]
+        #[arg(long, requires = "port", group = "what")]
         frame: Option<String>,
         /// The flow: in_port, dl_src, dl_dst, dl_vlan, dl_type, nw_src, nw_dst,
         /// nw_proto, nw_ttl, tp_src, tp_dst, arp_op; ip, icmp, tcp, udp, arp.
         #[arg(long, required_unless_present = "port")]
         flow: Option<String>,
+        /// Trace real frames the port receives (with --port): the workers note their
+        /// decisions for the next --count frames, waiting up to --seconds.
+        #[arg(long, requires = "port", group = "what")]
+        live: bool,
+        /// With --live: frames to trace, 1 to 1000 [default: 10].
+        #[arg(long, requires = "live", conflicts_with_all = ["frame", "flow"])]
+        count: Option<usize>,
+        /// With --live: the longest wait, in seconds, at most 600 [default: 10].
+        #[arg(
+            long,
+            requires = "live",
+            conflicts_with_all = ["frame", "flow"],
+            value_parser = positive_seconds,
+            allow_negative_numbers = true
+        )]
+        seconds: Option<f64>,
     },
-    /// A pcap of what a port sends and receives, taken without stopping traffic.
+    /// A pcapng of what ports send and receive, taken by the workers without
+    /// stopping traffic: one interface per port, each frame's direction and the
+    /// worker's timestamp; streamed as it is taken (`-w - | tcpdump -r -`).
     Capture {
-        /// The port.
-        #[arg(long)]
-        port: String,
-        /// Packets to capture.
+        /// A port to capture (give it again for more; none: every port).
+        #[arg(long = "port")]
+        ports: Vec<String>,
+        /// Frames to capture (0: as many as come within --seconds).
         #[arg(long, default_value_t = 100)]
         count: usize,
-        /// Longest capture, in seconds.
+        /// Longest capture, in seconds (at most 600).
         #[arg(
             long,
             default_value_t = 10.0,
@@ -147,8 +166,18 @@ enum Cmd {
             allow_negative_numbers = true
         )]
         seconds: f64,
-        /// The pcap file to write; `-` for stdout (`-w - | tcpdump -r -`), `./-` for
-        /// a file named `-`.
+        /// Only frames from or to this MAC.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Only frames from or to this IPv4 address (ARP's sender or target too).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// Only frames of this protocol. A GRE frame is taken when the frame it
+        /// carries matches too, so a container's traffic is found on the uplink.
+        #[arg(long, value_parser = ["arp", "ip", "icmp", "tcp", "udp", "gre"])]
+        protocol: Option<String>,
+        /// The pcapng file to write; `-` for stdout (`-w - | tcpdump -r -`), `./-`
+        /// for a file named `-`.
         #[arg(short = 'w', long = "write")]
         file: PathBuf,
     },
@@ -549,16 +578,57 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
         }
         Cmd::Stats { .. } => ("GET", "/v1/stats".into(), None),
         Cmd::Capture {
-            port,
+            ports,
+            count,
+            seconds,
+            mac,
+            ip,
+            protocol,
+            file,
+        } => {
+            let mut body = json!({"ports": ports, "count": count, "seconds": seconds});
+            for (key, value) in [
+                ("mac", mac.clone()),
+                ("ip", ip.map(|ip| ip.to_string())),
+                ("protocol", protocol.clone()),
+            ] {
+                if let Some(value) = value {
+                    body[key] = json!(value);
+                }
+            }
+            let client = Client::new(&cli.socket);
+            return match client.stream("POST", "/v1/capture", Some(&body)) {
+                Ok(response) if response.is_json() => {
+                    let mut whole = Vec::new();
+                    let mut response = response;
+                    if let Err(e) = std::io::Read::read_to_end(&mut response, &mut whole) {
+                        return broke_off(&e, err);
+                    }
+                    let body: Value = serde_json::from_slice(&whole).unwrap_or(Value::Null);
+                    refused(&body, cli.json, out, err)
+                }
+                Ok(response) => write_capture(file, response, out, err),
+                Err(e) => unanswered(&e, err),
+            };
+        }
+        Cmd::Trace {
+            port: Some(port),
+            live: true,
             count,
             seconds,
             ..
         } => (
             "POST",
-            "/v1/capture".into(),
-            Some(json!({"port": port, "count": count, "seconds": seconds})),
+            "/v1/trace/live".into(),
+            Some(json!({
+                "port": port,
+                "count": count.unwrap_or(10),
+                "seconds": seconds.unwrap_or(10.0),
+            })),
         ),
-        Cmd::Trace { port, frame, flow } => {
+        Cmd::Trace {
+            port, frame, flow, ..
+        } => {
             let (port, frame) = match (flow, port, frame) {
                 (Some(flow), ..) => match flow::parse(flow) {
                     Ok(flow) => (flow.port, flow::hex(&flow.frame)),
@@ -616,9 +686,6 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
             }
         }
         return refused(&answer.body, cli.json, out, err);
-    }
-    if let Cmd::Capture { file, .. } = &cli.command {
-        return write_capture(file, &answer.raw, out, err);
     }
     let text = if cli.json {
         serde_json::to_string_pretty(&answer.body).unwrap_or_default() + "\n"
@@ -790,36 +857,79 @@ impl Watch<'_> {
     }
 }
 
-/// Writes the capture's pcap to `file`, or to stdout when it is `-` (for
-/// `| tcpdump -r -`), and says how many packets it holds: on stdout after a file, on
-/// stderr after the pcap itself.
-fn write_capture(file: &Path, raw: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> Status {
-    // A pcap: 24-byte header, then 16 bytes and the frame per packet.
-    let mut packets = 0;
-    let mut at = 24;
-    while at + 16 <= raw.len() {
-        let len = u32::from_le_bytes([raw[at + 8], raw[at + 9], raw[at + 10], raw[at + 11]]);
-        at += 16 + len as usize;
-        packets += 1;
-    }
-    if file.as_os_str() == "-" {
-        return match out.write_all(raw).and_then(|()| out.flush()) {
-            Ok(()) => {
-                say(err, format_args!("{packets} packets written to stdout"));
-                Status::Done
+/// Writes the capture tenetd streams to `file`, or to stdout when it is `-` (for
+/// `| tcpdump -r -`), as it comes, and says how many frames it holds and how many
+/// were lost: on stdout after a file, on stderr after the capture itself.
+fn write_capture(
+    file: &Path,
+    mut response: impl std::io::Read,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Status {
+    use control::pcapng::{next_block, Block};
+    let mut first = vec![0u8; 64 * 1024];
+    let mut file_out;
+    let (target, shown): (&mut dyn Write, String) = if file.as_os_str() == "-" {
+        (&mut *out, "stdout".to_owned())
+    } else {
+        match std::fs::File::create(file) {
+            Ok(f) => {
+                file_out = std::io::BufWriter::new(f);
+                (&mut file_out, file.display().to_string())
             }
-            Err(e) => unwritten(&e, err),
+            Err(e) => {
+                say(err, format_args!("writing {}: {e}", file.display()));
+                return Status::Refused;
+            }
+        }
+    };
+    let (mut packets, mut lost) = (0u64, 0u64);
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let filled = match response.read(&mut first) {
+            Ok(n) => n,
+            Err(e) => return broke_off(&e, err),
         };
+        if filled == 0 {
+            break;
+        }
+        let chunk = &first[..filled];
+        if let Err(e) = target.write_all(chunk).and_then(|()| target.flush()) {
+            // tcpdump gone early: a normal end (tenetd stops when the stream closes).
+            if e.kind() == ErrorKind::BrokenPipe {
+                return Status::Done;
+            }
+            say(err, format_args!("writing {shown}: {e}"));
+            return Status::Refused;
+        }
+        pending.extend_from_slice(chunk);
+        let mut used = 0;
+        while let Ok(Some((block, n))) = next_block(&pending[used..]) {
+            match block {
+                Block::Packet(_) => packets += 1,
+                Block::Statistics { lost: l, .. } => lost += l,
+                _ => {}
+            }
+            used += n;
+        }
+        pending.drain(..used);
     }
-    if let Err(e) = std::fs::write(file, raw) {
-        say(err, format_args!("writing {}: {e}", file.display()));
-        return Status::Refused;
+    let lost = match lost {
+        0 => String::new(),
+        n => format!(" ({n} lost: the workers or this reader fell behind)"),
+    };
+    let told = format!("{packets} packets written to {shown}{lost}");
+    if file.as_os_str() == "-" {
+        say(err, format_args!("{told}"));
+        return Status::Done;
     }
-    emit(
-        format!("{packets} packets written to {}\n", file.display()).as_bytes(),
-        out,
-        err,
-    )
+    emit(format!("{told}\n").as_bytes(), out, err)
+}
+
+/// The exchange with tenetd ended before its answer did.
+fn broke_off(e: &std::io::Error, err: &mut dyn Write) -> Status {
+    say(err, format_args!("talking to tenetd: {e}"));
+    Status::Refused
 }
 
 fn tenant_request(cmd: &TenantCmd) -> Request {
@@ -1428,24 +1538,36 @@ mod tests {
     }
 
     /// A pcap of `packets` frames of 60 bytes.
-    fn pcap(packets: usize) -> Vec<u8> {
-        let mut file = vec![0xd4, 0xc3, 0xb2, 0xa1];
-        file.resize(24, 0);
-        for _ in 0..packets {
-            file.extend_from_slice(&[0; 8]);
-            file.extend_from_slice(&60u32.to_le_bytes());
-            file.extend_from_slice(&60u32.to_le_bytes());
-            file.extend_from_slice(&[0xab; 60]);
+    fn pcapng(packets: usize, lost: u64) -> Vec<u8> {
+        use control::pcapng::*;
+        let mut file = section("test");
+        push_interface(&mut file, "c1");
+        for i in 0..packets {
+            let direction = dataplane::pipeline::capture::Direction::In;
+            push_packet(&mut file, 0, i as u64, direction, &[0xab; 60]);
         }
+        push_statistics(&mut file, 0, 9, packets as u64, lost);
         file
     }
 
+    /// A stream that hands out a few bytes per read, as a socket may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(7);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     #[test]
-    fn capture_to_dash_writes_the_pcap_to_stdout_and_talks_on_stderr() {
-        let raw = pcap(2);
+    fn capture_to_dash_streams_the_capture_to_stdout_and_talks_on_stderr() {
+        let raw = pcapng(2, 0);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         assert_eq!(
-            write_capture(Path::new("-"), &raw, &mut out, &mut err),
+            write_capture(Path::new("-"), Trickle(&raw), &mut out, &mut err),
             Status::Done
         );
         assert_eq!(out, raw);
@@ -1457,7 +1579,12 @@ mod tests {
         // tcpdump gone early: a normal end, nothing said.
         let mut err = Vec::new();
         assert_eq!(
-            write_capture(Path::new("-"), &raw, &mut Pipe::closed_after(0), &mut err),
+            write_capture(
+                Path::new("-"),
+                &raw[..],
+                &mut Pipe::closed_after(0),
+                &mut err
+            ),
             Status::Done
         );
         assert!(err.is_empty());
@@ -1466,25 +1593,31 @@ mod tests {
     #[test]
     fn capture_to_a_file_writes_it_and_says_so_on_stdout() {
         let scratch = Scratch::new("capture");
-        let file = scratch.0.join("c.pcap");
-        let raw = pcap(3);
+        let file = scratch.0.join("c.pcapng");
+        let raw = pcapng(3, 2);
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert_eq!(write_capture(&file, &raw, &mut out, &mut err), Status::Done);
+        assert_eq!(
+            write_capture(&file, &raw[..], &mut out, &mut err),
+            Status::Done
+        );
         assert_eq!(std::fs::read(&file).unwrap(), raw);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            format!("3 packets written to {}\n", file.display())
+            format!(
+                "3 packets written to {} (2 lost: the workers or this reader fell behind)\n",
+                file.display()
+            )
         );
         assert!(err.is_empty());
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let nowhere = scratch.0.join("no-such-dir/c.pcap");
+        let nowhere = scratch.0.join("no-such-dir/c.pcapng");
         assert_eq!(
-            write_capture(&nowhere, &raw, &mut out, &mut err),
+            write_capture(&nowhere, &raw[..], &mut out, &mut err),
             Status::Refused
         );
         assert!(String::from_utf8(err)
             .unwrap()
-            .contains("no-such-dir/c.pcap"));
+            .contains("no-such-dir/c.pcapng"));
     }
 
     #[test]
@@ -1506,5 +1639,49 @@ mod tests {
         }
         let ok = cli(&["capture", "--port", "p", "--seconds", "0.5", "-w", "-"]);
         assert!(matches!(ok.command, Cmd::Capture { seconds, .. } if seconds == 0.5));
+        // Several ports, a filter; a protocol it does not know is refused by name.
+        let ok = cli(&[
+            "capture",
+            "--port",
+            "a",
+            "--port",
+            "b",
+            "--ip",
+            "10.1.0.2",
+            "--protocol",
+            "icmp",
+            "-w",
+            "-",
+        ]);
+        assert!(
+            matches!(&ok.command, Cmd::Capture { ports, protocol: Some(p), .. }
+            if ports == &["a", "b"] && p == "icmp")
+        );
+        let e = Cli::try_parse_from(["tenetctl", "capture", "--protocol", "sctp", "-w", "-"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--protocol"), "{e}");
+    }
+
+    #[test]
+    fn trace_takes_a_frame_a_flow_or_live_frames_of_a_port() {
+        let live = cli(&["trace", "--port", "c1", "--live", "--count", "3"]);
+        assert!(matches!(
+            live.command,
+            Cmd::Trace {
+                live: true,
+                count: Some(3),
+                ..
+            }
+        ));
+        for bad in [
+            &["trace", "--port", "c1"][..],
+            &["trace", "--live"],
+            &["trace", "--port", "c1", "--frame", "00", "--live"],
+            &["trace", "--port", "c1", "--frame", "00", "--count", "3"],
+        ] {
+            let mut args = vec!["tenetctl"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,6 +15,7 @@ pub fn render(command: &Cmd, body: &Value) -> String {
         Cmd::Port(PortCmd::List) => ports_table(body),
         Cmd::Route(RouteCmd::List) => routes_table(body),
         Cmd::Publish(PublishCmd::List) => published_table(body),
+        Cmd::Trace { live: true, .. } => live_trace_text(body),
         Cmd::Trace { .. } => trace_text(body),
         Cmd::Stats { .. } => stats_text(body),
         Cmd::Show => show_text(body),
@@ -379,6 +380,42 @@ fn trace_text(body: &Value) -> String {
     }
     if body["outputs"].as_array().is_none_or(|o| o.is_empty()) {
         out.push_str("no output\n");
+    }
+    out
+}
+
+/// `trace --live`: each frame as VPP's `show trace` shows it: when, where, what,
+/// then the decisions in order and where it went.
+fn live_trace_text(body: &Value) -> String {
+    let packets = body.as_array().map(Vec::as_slice).unwrap_or_default();
+    if packets.is_empty() {
+        return "no frame came in time\n".to_owned();
+    }
+    let mut out = String::new();
+    for (i, p) in packets.iter().enumerate() {
+        out.push_str(&format!(
+            "Packet {}: worker {}, {:.6} s, port {}, {} bytes\n  {}\n",
+            i + 1,
+            text(&p["worker"]),
+            p["seconds"].as_f64().unwrap_or(0.0),
+            text(&p["port"]),
+            text(&p["length"]),
+            text(&p["summary"]),
+        ));
+        for (n, d) in p["decisions"].as_array().into_iter().flatten().enumerate() {
+            out.push_str(&format!("  {:>2}. {}\n", n + 1, text(d)));
+        }
+        let outputs: Vec<String> = p["outputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        match outputs.is_empty() {
+            true => out.push_str("  out: none\n"),
+            false => out.push_str(&format!("  out: {}\n", outputs.join(", "))),
+        }
+        out.push('\n');
     }
     out
 }
