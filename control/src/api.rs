@@ -56,8 +56,8 @@ pub enum Command {
     Neighbors,
     /// This host's tunnels and the tenants each carries.
     Tunnels,
-    /// The SNAT sessions the workers hold.
-    Nat,
+    /// The SNAT sessions the workers hold (of one tenant, if named).
+    Nat(Option<String>),
     /// A change of the model.
     Change(Change),
     /// Run a frame through the pipeline with the live tables and report each decision.
@@ -561,7 +561,8 @@ pub fn openapi() -> Value {
             "/v1/fdb": {"get": {"responses": {"200": {"description": "the FDB: tenant, MAC, static or learned, where it leads (port, host or router), age"}}}},
             "/v1/neighbors": {"get": {"responses": {"200": {"description": "the underlay's next hops and the tenants' routers' neighbours: tenant, IP, MAC, age"}}}},
             "/v1/tunnels": {"get": {"responses": {"200": {"description": "this host's tunnels: far host, its underlay IP, next hop resolved, tenants carried"}}}},
-            "/v1/nat": {"get": {"responses": {"200": {"description": "SNAT sessions by worker: tenant, protocol, inside, outside and remote address and port, idle seconds, state"}}}},
+            "/v1/nat": {"get": {"responses": {"200": {"description": "{sessions, limit, truncated}: SNAT sessions by worker (tenant, protocol, inside, outside and remote address and port, idle seconds, state), at most `limit` per worker; `truncated` lists the CPUs of workers that hold more"}}}},
+            "/v1/nat/{tenant}": {"get": {"responses": {"200": {"description": "the same, of one tenant (filtered in the workers)"}, "404": {"description": "no such tenant", "content": {"application/json": {"schema": error}}}}}},
             "/v1/trace": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceRequest"}}}},
                                    "responses": {"200": {"description": "decisions and outputs"}, "404": {"description": "no such port"}}}},
             "/v1/trace/live": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LiveTraceRequest"}}}},
@@ -605,8 +606,8 @@ pub fn openapi() -> Value {
                 "role": {"type": "string", "enum": ["access", "trunk", "uplink"]}, "tenant": string, "tenants": {"type": "array", "items": string},
                 "allowed_macs": {"type": "array", "items": string}, "allowed_ips": {"type": "array", "items": string}, "mac": string}},
             "PortStatus": {"type": "object"},
-            "CaptureRequest": {"type": "object", "additionalProperties": false, "properties": {"ports": {"type": "array", "items": string, "description": "none: every port"}, "count": {"type": "integer", "default": 100, "description": "0: as many as come in `seconds`"}, "seconds": {"type": "number", "default": 10, "maximum": 600}, "mac": string, "ip": string, "protocol": {"type": "string", "enum": ["arp", "ip", "icmp", "tcp", "udp", "gre"]}}},
-            "LiveTraceRequest": {"type": "object", "required": ["port"], "additionalProperties": false, "properties": {"port": string, "count": {"type": "integer", "default": 10, "maximum": MAX_TRACED}, "seconds": {"type": "number", "default": 10, "maximum": 600}}},
+            "CaptureRequest": {"type": "object", "additionalProperties": false, "properties": {"ports": {"type": "array", "items": string, "description": "none: every port"}, "count": {"type": "integer", "default": 100, "description": "0: as many as come in `seconds`"}, "seconds": {"type": "number", "default": 10, "maximum": 590}, "mac": string, "ip": string, "protocol": {"type": "string", "enum": ["arp", "ip", "icmp", "tcp", "udp", "gre"]}}},
+            "LiveTraceRequest": {"type": "object", "required": ["port"], "additionalProperties": false, "properties": {"port": string, "count": {"type": "integer", "default": 10, "maximum": MAX_TRACED}, "seconds": {"type": "number", "default": 10, "maximum": 590}}},
             "TraceRequest": {"type": "object", "required": ["port", "frame"], "properties": {"port": string, "frame": {"type": "string", "description": "the frame as hex"}}},
         }},
     })
@@ -709,7 +710,8 @@ pub fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, Reply>
         (&Method::GET, ["fdb"]) => Ok(Command::Fdb),
         (&Method::GET, ["neighbors"]) => Ok(Command::Neighbors),
         (&Method::GET, ["tunnels"]) => Ok(Command::Tunnels),
-        (&Method::GET, ["nat"]) => Ok(Command::Nat),
+        (&Method::GET, ["nat"]) => Ok(Command::Nat(None)),
+        (&Method::GET, ["nat", tenant]) => Ok(Command::Nat(Some(decoded(tenant)))),
         (&Method::GET, ["openapi.json"]) => Ok(Command::OpenApi),
         (&Method::GET, ["log"]) => Ok(Command::ShowLog),
         (&Method::PUT, ["log"]) => Ok(Command::SetLog(parse::<LogRequest>(body)?.filter)),

@@ -27,8 +27,9 @@ use crate::wiring::NamedPort;
 pub const CHUNKS: usize = 32;
 /// A chunk is sent once it holds this much.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-/// Longest capture (an API connection lives at most ten minutes).
-pub const MAX_SECONDS: f64 = 600.0;
+/// Longest capture or live trace: it must end, statistics and all, before its API
+/// connection does (ten minutes).
+pub const MAX_SECONDS: f64 = 590.0;
 
 /// What to capture (`POST /v1/capture`).
 #[derive(Debug, Clone, PartialEq)]

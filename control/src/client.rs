@@ -222,6 +222,9 @@ impl Read for Response {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let bad =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
             match self.chunk {
                 Chunk::Plain => return self.reader.read(buf),
@@ -231,7 +234,7 @@ impl Read for Response {
                     if line.is_empty() {
                         return Err(bad("the stream ended inside the response"));
                     }
-                    let size = line.trim().split(';').next().unwrap_or_default();
+                    let size = line.split(';').next().unwrap_or_default().trim();
                     let size =
                         usize::from_str_radix(size, 16).map_err(|_| bad("a bad chunk size"))?;
                     if size == 0 {

@@ -839,7 +839,7 @@ impl Live {
             Command::Fdb => Reply::ok(controller.fdb_view(std::time::Instant::now())),
             Command::Neighbors => Reply::ok(controller.neighbors_view(std::time::Instant::now())),
             Command::Tunnels => Reply::ok(controller.tunnels_view()),
-            Command::Nat => nat_view(controller, dp),
+            Command::Nat(tenant) => nat_view(controller, dp, tenant.as_deref()),
             // Changes are written off the loop (see Live::submit).
             Command::Change(_) => Reply::error(500, "", "changes are handled by the control loop"),
             Command::Trace { port, frame } => trace(controller, ports, &port, frame),
@@ -870,7 +870,11 @@ impl Live {
             Some(Store::Etcd(etcd)) => (etcd.skipped_keys(), etcd.events_received()),
             _ => (0, 0),
         };
-        format!(
+        let cluster = match self.store.as_deref() {
+            Some(Store::Etcd(etcd)) => etcd_metrics(etcd),
+            _ => String::new(),
+        };
+        cluster + &format!(
             "# HELP tenet_store_skipped_keys Keys of the cluster store that do not hold what their place says, skipped.\n\
              # TYPE tenet_store_skipped_keys gauge\n\
              tenet_store_skipped_keys {skipped_keys}\n\
@@ -1300,14 +1304,63 @@ pub(crate) fn name_notes(
     notes.iter().map(|d| named(d, &name)).collect()
 }
 
-/// The SNAT sessions each worker holds, asked of the workers between their bursts
-/// (up to [`NAT_VIEW_LIMIT`] each), by tenant name.
-fn nat_view(controller: &Controller, dataplane: &Dataplane<'_>) -> Reply {
+/// Prometheus text of this host's standing in the cluster: whether it is registered
+/// and follows the cluster, how many hosts are alive, how its writes ended.
+fn etcd_metrics(etcd: &crate::store::etcd::EtcdStore) -> String {
+    use crate::store::etcd::WriteEnd;
+    let writes: String = WriteEnd::ALL
+        .iter()
+        .map(|(end, label)| {
+            format!(
+                "tenet_store_writes_total{{result=\"{label}\"}} {}\n",
+                etcd.writes(*end)
+            )
+        })
+        .collect();
+    format!(
+        "# HELP tenet_store_registered Whether this host holds its lease in etcd (registered as alive).\n\
+         # TYPE tenet_store_registered gauge\n\
+         tenet_store_registered {}\n\
+         # HELP tenet_store_following Whether the etcd watch follows everything this host holds.\n\
+         # TYPE tenet_store_following gauge\n\
+         tenet_store_following {}\n\
+         # HELP tenet_store_hosts_alive Hosts with a live lease at the last read, this one included.\n\
+         # TYPE tenet_store_hosts_alive gauge\n\
+         tenet_store_hosts_alive {}\n\
+         # HELP tenet_store_writes_total Writes of this host to etcd, by how they ended (a conflict: another host got there first).\n\
+         # TYPE tenet_store_writes_total counter\n\
+         {writes}",
+        u8::from(etcd.registered()),
+        u8::from(etcd.is_following()),
+        etcd.alive().len(),
+    )
+}
+
+/// The SNAT sessions each worker holds (of `tenant` only, if named), asked of the
+/// workers between their bursts (up to [`NAT_VIEW_LIMIT`] each), by tenant name.
+fn nat_view(controller: &Controller, dataplane: &Dataplane<'_>, tenant: Option<&str>) -> Reply {
+    let slot = match tenant {
+        Some(name) => {
+            let slot = controller
+                .tenant_position(name)
+                .and_then(|at| controller.ids().tenant(at));
+            match slot {
+                Some(slot) => Some(slot),
+                None => {
+                    let message = format!("no tenant is named `{name}`");
+                    return Reply::error(404, "tenant", &message);
+                }
+            }
+        }
+        None => None,
+    };
     let mut asked = Vec::new();
     for worker in &dataplane.workers {
         let (reply, answer) = std::sync::mpsc::channel();
+        // One more than shown tells whether the worker holds more.
         let command = dataplane::worker::WorkerCommand::NatSessions {
-            limit: NAT_VIEW_LIMIT,
+            limit: NAT_VIEW_LIMIT + 1,
+            tenant: slot,
             reply,
         };
         if worker.command(command).is_err() {
@@ -1327,10 +1380,15 @@ fn nat_view(controller: &Controller, dataplane: &Dataplane<'_>) -> Reply {
             .map(|t| t.name.clone())
     };
     let mut rows = Vec::new();
+    let mut truncated = Vec::new();
     for (core, answer) in asked {
-        let Ok(sessions) = answer.recv_timeout(std::time::Duration::from_secs(2)) else {
+        let Ok(mut sessions) = answer.recv_timeout(std::time::Duration::from_secs(2)) else {
             return Reply::error(503, "", &format!("the worker on CPU {core} did not answer"));
         };
+        if sessions.len() > NAT_VIEW_LIMIT {
+            sessions.truncate(NAT_VIEW_LIMIT);
+            truncated.push(core);
+        }
         for s in sessions {
             rows.push(json!({
                 "core": core,
@@ -1344,7 +1402,7 @@ fn nat_view(controller: &Controller, dataplane: &Dataplane<'_>) -> Reply {
             }));
         }
     }
-    Reply::ok(Value::Array(rows))
+    Reply::ok(json!({"sessions": rows, "limit": NAT_VIEW_LIMIT, "truncated": truncated}))
 }
 
 /// The most SNAT sessions a worker tells in one view.

@@ -5,6 +5,7 @@
 //! named as the operator named things.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ struct Tracing {
     count: usize,
     deadline: Instant,
     records: Arc<ArrayQueue<TracedPacket>>,
+    done: Arc<AtomicBool>,
     started_tsc: u64,
     reply: oneshot::Sender<Reply>,
 }
@@ -62,12 +64,16 @@ impl PacketTrace {
         let trace = LiveTrace {
             ports: traced,
             records: Arc::new(ArrayQueue::new(count.max(1))),
+            done: Arc::new(AtomicBool::new(false)),
         };
         for (i, worker) in workers.iter().enumerate() {
             if worker
                 .command(WorkerCommand::Trace(Some(trace.clone())))
-                .is_err()
+                .is_ok()
             {
+                // Commands are taken in order: this one comes after a stop still owed.
+                self.to_stop.retain(|&w| w != i);
+            } else {
                 // Those told already stop again.
                 self.to_stop.extend(0..i);
                 self.stop_workers(workers);
@@ -85,6 +91,7 @@ impl PacketTrace {
             count,
             deadline: Instant::now() + Duration::from_secs_f64(seconds),
             records: trace.records,
+            done: trace.done,
             started_tsc: dataplane::dpdk::tsc(),
             reply,
         });
@@ -108,6 +115,7 @@ impl PacketTrace {
         let Some(trace) = self.running.take() else {
             return;
         };
+        trace.done.store(true, Ordering::Relaxed);
         self.to_stop.extend(0..workers.len());
         self.stop_workers(workers);
         let mut packets: Vec<TracedPacket> = std::iter::from_fn(|| trace.records.pop()).collect();

@@ -103,6 +103,8 @@ pub enum WorkerCommand {
     NatSessions {
         /// The most to tell.
         limit: usize,
+        /// Only this tenant's.
+        tenant: Option<crate::table::TenantIdx>,
         /// Where the answer goes.
         reply: std::sync::mpsc::Sender<Vec<crate::pipeline::nat::SessionView>>,
     },
@@ -252,8 +254,12 @@ fn run<P: Pipeline>(
                     outputs.detach(port, counters);
                     let _ = done.send(());
                 }
-                WorkerCommand::NatSessions { limit, reply } => {
-                    let _ = reply.send(pipeline.nat_sessions(limit));
+                WorkerCommand::NatSessions {
+                    limit,
+                    tenant,
+                    reply,
+                } => {
+                    let _ = reply.send(pipeline.nat_sessions(limit, tenant));
                 }
                 WorkerCommand::Trace(trace) => pipeline.set_live_trace(trace),
             }

@@ -487,8 +487,12 @@ fn garbage_in_etcd_is_skipped_and_a_host_starts_while_etcd_is_away() {
         "{listed:?}"
     );
     assert_eq!(metric(&a, "tenet_store_unseeded"), Some(1));
+    assert_eq!(metric(&a, "tenet_store_registered"), Some(0));
+    assert_eq!(metric(&a, "tenet_store_following"), Some(0));
     let refused = tenetctl(&a.socket(), &["tenant", "add", "lime", "--id", "500"]);
     assert!(!refused.status.success(), "no write while etcd is away");
+    let made = "tenet_store_writes_total{result=\"made\"}";
+    let made_before = metric(&a, made).unwrap();
 
     // etcd is back: a registers, writes its part and follows the cluster again.
     etcd.resume().unwrap();
@@ -504,7 +508,11 @@ fn garbage_in_etcd_is_skipped_and_a_host_starts_while_etcd_is_away() {
     }
     assert_eq!(metric(&a, "tenet_store_unseeded"), Some(0));
     assert_eq!(etcd.get_prefix("/tenet/alive/a").unwrap().len(), 1);
+    assert_eq!(metric_becomes(&a, "tenet_store_registered", 1), Some(1));
+    assert_eq!(metric_becomes(&a, "tenet_store_following", 1), Some(1));
+    assert_eq!(metric_becomes(&a, "tenet_store_hosts_alive", 2), Some(2));
     tenetctl_ok(&a.socket(), &["tenant", "add", "lime", "--id", "500"]);
+    assert!(metric(&a, made) > Some(made_before), "the write counted");
     wait_for_tenant(&b, "lime", Duration::from_secs(10));
     for host in [a, b] {
         let stopped = host.tenetd.stop().unwrap();

@@ -200,7 +200,8 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
     // Each session as the workers hold it: the container, translated to the host's
     // outside address, talking to the server.
     let nat: serde_json::Value = serde_json::from_str(&ok(&socket, &["--json", "nat"])).unwrap();
-    let sessions = nat.as_array().unwrap();
+    let sessions = nat["sessions"].as_array().unwrap();
+    assert_eq!(nat["truncated"], serde_json::json!([]), "{nat}");
     for (tenant, inside) in [("red", "10.1.0."), ("blue", "10.2.0.")] {
         assert!(
             sessions.iter().any(|s| s["tenant"] == tenant
@@ -214,10 +215,17 @@ fn containers_reach_the_outside_through_snat_and_are_reached_through_published_p
             "{tenant}: {nat}"
         );
     }
+    // One tenant's, filtered in the workers; a tenant that is not there is refused.
     let table = ok(&socket, &["nat", "--tenant", "red"]);
     assert!(
         table.contains("10.1.0.5") && !table.contains("blue"),
         "{table}"
+    );
+    let unknown = tests::tenetctl(&socket, &["nat", "--tenant", "green"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("tenant: no tenant is named `green`"),
+        "{unknown:?}"
     );
 
     // A published port: the outside connects to the host, the container answers. Blue

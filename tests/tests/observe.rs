@@ -243,8 +243,8 @@ fn capture_streams_to_tcpdump_and_live_trace_follows_real_frames() {
         ),
         (&["capture", "--mac", "nope", "-w", "-"], "mac:"),
         (
-            &["capture", "--seconds", "601", "-w", "-"],
-            "seconds: must be above 0 and at most 600",
+            &["capture", "--seconds", "591", "-w", "-"],
+            "seconds: must be above 0 and at most 590",
         ),
     ] {
         let out = tenetctl(&api, args);

@@ -118,7 +118,9 @@ impl CaptureFilter {
         }
         // A tunnelled frame, by what it carries (never GRE in GRE again).
         match seen.ip_protocol {
-            Some((IpProtocol::GRE, at)) => inner_frame(&frame[at..])
+            Some((IpProtocol::GRE, at)) => frame
+                .get(at..)
+                .and_then(inner_frame)
                 .and_then(Seen::of)
                 .is_some_and(|inner| self.takes(&inner)),
             _ => false,
@@ -165,9 +167,12 @@ impl Seen {
         let (ips, ip_protocol) = match ethertype {
             EtherType::Ipv4 if payload.len() >= ipv4::MIN_HEADER_LEN => {
                 let header_len = usize::from(payload[0] & 0x0f) * 4;
+                // A header longer than the frame (or shorter than its minimum) has no
+                // protocol payload to look into.
+                let whole = (ipv4::MIN_HEADER_LEN..=payload.len()).contains(&header_len);
                 (
                     Some((ip_at(payload, 12)?, ip_at(payload, 16)?)),
-                    Some((payload[9], at + header_len)),
+                    whole.then_some((payload[9], at + header_len)),
                 )
             }
             // Sender and target protocol addresses of an Ethernet/IPv4 ARP.
@@ -316,6 +321,13 @@ mod tests {
         assert!(!elsewhere.matches(&outer));
         // Cut off inside the GRE header: no match, no panic.
         assert!(!by_inner.matches(&outer[..ethernet::HEADER_LEN + 22]));
+        // An IPv4 header that claims 60 bytes in a 20-byte packet: no match, no panic.
+        let mut lying = ipv4_frame([10, 1, 0, 2], [10, 1, 0, 3], 47, None);
+        lying.truncate(ethernet::HEADER_LEN + 20);
+        lying[ethernet::HEADER_LEN] = 0x4f;
+        assert!(!by_inner.matches(&lying));
+        lying[ethernet::HEADER_LEN] = 0x41;
+        assert!(!by_inner.matches(&lying));
     }
 
     #[test]

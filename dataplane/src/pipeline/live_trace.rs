@@ -4,6 +4,7 @@
 //! untraced again. Only traced frames pay for it: the untraced path checks one
 //! `Option` per burst.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
@@ -23,6 +24,16 @@ pub struct LiveTrace {
     pub ports: PortSet,
     /// The records; full means done.
     pub records: Arc<ArrayQueue<TracedPacket>>,
+    /// Set by the control plane before it takes the records: a worker that has not yet
+    /// heard it must stop must not trace again into the emptied queue.
+    pub done: Arc<AtomicBool>,
+}
+
+impl LiveTrace {
+    /// Whether the worker traces the next frame.
+    pub fn wants_more(&self) -> bool {
+        !self.records.is_full() && !self.done.load(Ordering::Relaxed)
+    }
 }
 
 /// Where a traced frame went.

@@ -70,8 +70,12 @@ pub trait Pipeline: Send {
 
     /// Up to `limit` of the SNAT sessions this core holds, for the control plane's view
     /// (asked between bursts, never per packet).
-    fn nat_sessions(&self, limit: usize) -> Vec<nat::SessionView> {
-        let _ = limit;
+    fn nat_sessions(
+        &self,
+        limit: usize,
+        tenant: Option<crate::table::TenantIdx>,
+    ) -> Vec<nat::SessionView> {
+        let _ = (limit, tenant);
         Vec::new()
     }
 
@@ -369,12 +373,12 @@ impl SwitchPipeline {
         outputs: &mut Outputs,
         counters: &CoreCounters,
     ) {
-        let Some(records) = self.live.as_ref().map(|l| Arc::clone(&l.records)) else {
+        let Some(live) = self.live.clone() else {
             return;
         };
         for frame in batch.drain() {
             let mut sink = TxSink { outputs, counters };
-            if records.is_full() {
+            if !live.wants_more() {
                 self.core
                     .run(in_port, std::iter::once(frame), &mut sink, counters);
                 continue;
@@ -387,7 +391,7 @@ impl SwitchPipeline {
             );
             let (decisions, went) = self.core.run_traced(in_port, frame, &mut sink, counters);
             // Another worker may have filled it meanwhile: this one is not kept.
-            let _ = records.push(live_trace::TracedPacket {
+            let _ = live.records.push(live_trace::TracedPacket {
                 worker: self.worker,
                 tsc,
                 port: in_port,
@@ -422,8 +426,12 @@ impl Sink<Mbuf> for TxSink<'_> {
 }
 
 impl Pipeline for SwitchPipeline {
-    fn nat_sessions(&self, limit: usize) -> Vec<nat::SessionView> {
-        self.core.state.router.nat.view(self.now(), limit)
+    fn nat_sessions(
+        &self,
+        limit: usize,
+        tenant: Option<crate::table::TenantIdx>,
+    ) -> Vec<nat::SessionView> {
+        self.core.state.router.nat.view(self.now(), limit, tenant)
     }
 
     fn set_live_trace(&mut self, trace: Option<live_trace::LiveTrace>) {
@@ -432,6 +440,9 @@ impl Pipeline for SwitchPipeline {
 
     fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
         let now = self.now();
+        // Held frames released now are captured as the tables say now.
+        let tables = self.core.tables();
+        outputs.set_capture(&tables.capture, &tables.capture_filter);
         let mut sink = TxSink { outputs, counters };
         self.core.idle(now, &mut sink, counters)
     }
@@ -458,8 +469,9 @@ impl Pipeline for SwitchPipeline {
         if received != stage::HANDOFF_PORT {
             outputs.capture_rx(in_port, batch, counters);
         }
+        // A frame another worker handed over was traced where it came in.
         if let Some(live) = &self.live {
-            if live.ports.contains(usize::from(in_port)) {
+            if live.ports.contains(usize::from(in_port)) && received != stage::HANDOFF_PORT {
                 return self.process_traced(in_port, batch, outputs, counters);
             }
         }

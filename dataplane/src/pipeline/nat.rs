@@ -150,9 +150,9 @@ impl NatTable {
         }
     }
 
-    /// Up to `limit` live sessions as of `now`, for the control plane (called between
-    /// bursts, on its request, never per packet).
-    pub fn view(&self, now: u32, limit: usize) -> Vec<SessionView> {
+    /// Up to `limit` live sessions as of `now` (of `tenant` only, if given), for the
+    /// control plane (called between bursts, on its request, never per packet).
+    pub fn view(&self, now: u32, limit: usize, tenant: Option<TenantIdx>) -> Vec<SessionView> {
         let endpoint = |key: u128, at: u32| {
             (
                 Ipv4Addr::from((key >> at) as u32),
@@ -162,7 +162,7 @@ impl NatTable {
         self.sessions
             .iter()
             .zip(&self.activity)
-            .filter(|(_, a)| a.state & LIVE != 0)
+            .filter(|(s, a)| a.state & LIVE != 0 && tenant.is_none_or(|t| s.inside.tenant == t))
             .take(limit)
             .map(|(s, a)| SessionView {
                 tenant: s.inside.tenant,

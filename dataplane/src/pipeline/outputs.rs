@@ -293,17 +293,19 @@ impl Outputs {
         counters: &CoreCounters,
     ) -> usize {
         let mut moved = 0;
+        // The senders took their capture copies already.
+        let mask = std::mem::replace(&mut self.capture_mask, PortSet::EMPTY);
         for (port, ring) in inbound.iter_mut() {
             if ring.dequeue_burst(scratch) == 0 {
                 continue;
             }
             moved += scratch.len();
-            // The sender took its capture copies already.
-            let mask = std::mem::replace(&mut self.capture_mask, PortSet::EMPTY);
             self.push_batch(*port, scratch, counters);
-            self.flush_port(usize::from(*port), counters);
-            self.capture_mask = mask;
         }
+        if moved > 0 {
+            self.flush(counters);
+        }
+        self.capture_mask = mask;
         moved
     }
 }

@@ -138,7 +138,7 @@ enum Cmd {
         /// With --live: frames to trace, 1 to 1000 [default: 10].
         #[arg(long, requires = "live", conflicts_with_all = ["frame", "flow"])]
         count: Option<usize>,
-        /// With --live: the longest wait, in seconds, at most 600 [default: 10].
+        /// With --live: the longest wait, in seconds, at most 590 [default: 10].
         #[arg(
             long,
             requires = "live",
@@ -158,7 +158,7 @@ enum Cmd {
         /// Frames to capture (0: as many as come within --seconds).
         #[arg(long, default_value_t = 100)]
         count: usize,
-        /// Longest capture, in seconds (at most 600).
+        /// Longest capture, in seconds (at most 590).
         #[arg(
             long,
             default_value_t = 10.0,
@@ -650,7 +650,10 @@ fn run(cli: &Cli, terminal: bool, out: &mut dyn Write, err: &mut dyn Write) -> S
         Cmd::Fdb { .. } => ("GET", "/v1/fdb".into(), None),
         Cmd::Neigh { .. } => ("GET", "/v1/neighbors".into(), None),
         Cmd::Tunnel => ("GET", "/v1/tunnels".into(), None),
-        Cmd::Nat { .. } => ("GET", "/v1/nat".into(), None),
+        Cmd::Nat { tenant: None } => ("GET", "/v1/nat".into(), None),
+        Cmd::Nat {
+            tenant: Some(tenant),
+        } => ("GET", format!("/v1/nat/{}", encode(tenant)), None),
     };
     let client = Client::new(&cli.socket);
     let asked = Asked::of(&cli.command, body.as_ref());
@@ -885,6 +888,7 @@ fn write_capture(
     };
     let (mut packets, mut lost) = (0u64, 0u64);
     let mut pending: Vec<u8> = Vec::new();
+    let mut counting = true;
     loop {
         let filled = match response.read(&mut first) {
             Ok(n) => n,
@@ -902,17 +906,33 @@ fn write_capture(
             say(err, format_args!("writing {shown}: {e}"));
             return Status::Refused;
         }
+        if !counting {
+            continue;
+        }
         pending.extend_from_slice(chunk);
         let mut used = 0;
-        while let Ok(Some((block, n))) = next_block(&pending[used..]) {
-            match block {
-                Block::Packet(_) => packets += 1,
-                Block::Statistics { lost: l, .. } => lost += l,
-                _ => {}
+        loop {
+            match next_block(&pending[used..]) {
+                Ok(Some((block, n))) => {
+                    match block {
+                        Block::Packet(_) => packets += 1,
+                        Block::Statistics { lost: l, .. } => lost += l,
+                        _ => {}
+                    }
+                    used += n;
+                }
+                Ok(None) => break,
+                // Not what tenetd writes: passed on as it is, no longer counted.
+                Err(_) => {
+                    counting = false;
+                    break;
+                }
             }
-            used += n;
         }
         pending.drain(..used);
+        if !counting {
+            pending = Vec::new();
+        }
     }
     let lost = match lost {
         0 => String::new(),

@@ -22,7 +22,7 @@ pub fn render(command: &Cmd, body: &Value) -> String {
         Cmd::Fdb { tenant } => fdb_table(&only_tenant(body, tenant.as_deref())),
         Cmd::Neigh { tenant } => neighbors_table(&only_tenant(body, tenant.as_deref())),
         Cmd::Tunnel => tunnels_table(body),
-        Cmd::Nat { tenant } => nat_table(&only_tenant(body, tenant.as_deref())),
+        Cmd::Nat { .. } => nat_table(body),
         Cmd::Address(AddressCmd::List { tenant }) => {
             addresses_table(&only_tenant(body, tenant.as_deref()))
         }
@@ -219,6 +219,7 @@ fn neighbors_table(body: &Value) -> String {
     t.render()
 }
 
+/// `nat`: the sessions, and which workers hold more than were shown.
 fn nat_table(body: &Value) -> String {
     let mut t = Table::new(&[
         ("tenant", Align::Left),
@@ -230,7 +231,7 @@ fn nat_table(body: &Value) -> String {
         ("idle_s", Align::Right),
         ("core", Align::Right),
     ]);
-    for s in body.as_array().into_iter().flatten() {
+    for s in body["sessions"].as_array().into_iter().flatten() {
         t.row(vec![
             text(&s["tenant"]),
             text(&s["protocol"]),
@@ -242,7 +243,15 @@ fn nat_table(body: &Value) -> String {
             text(&s["core"]),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    for core in body["truncated"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "the worker on CPU {} holds more: its first {} shown\n",
+            text(core),
+            text(&body["limit"])
+        ));
+    }
+    out
 }
 
 fn tunnels_table(body: &Value) -> String {
@@ -610,14 +619,11 @@ b     192.168.77.2  resolved    blue,red
 c     10.9.0.3      unresolved  -
 "
         );
-        let sessions = json!([
+        let sessions = json!({"limit": 10000, "truncated": [1], "sessions": [
             {"core": 1, "tenant": "red", "protocol": "tcp", "inside": "10.1.0.5:40112",
              "outside": "198.18.0.1:20007", "remote": "203.0.113.10:5201", "idle_s": 2,
              "state": "established"},
-            {"core": 0, "tenant": "blue", "protocol": "udp", "inside": "10.2.0.5:53000",
-             "outside": "198.18.0.1:25001", "remote": "203.0.113.10:53", "idle_s": 14,
-             "state": "active"},
-        ]);
+        ]});
         assert_eq!(
             render(
                 &Cmd::Nat {
@@ -628,6 +634,7 @@ c     10.9.0.3      unresolved  -
             "\
 tenant  proto  inside          outside           remote             state        idle_s  core
 red     tcp    10.1.0.5:40112  198.18.0.1:20007  203.0.113.10:5201  established       2     1
+the worker on CPU 1 holds more: its first 10000 shown
 "
         );
     }

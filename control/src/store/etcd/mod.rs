@@ -148,6 +148,28 @@ pub struct EtcdStore {
     events: Arc<AtomicU64>,
     /// Whether the watch follows everything this host holds.
     following: Arc<std::sync::atomic::AtomicBool>,
+    /// Writes made, refused for a conflict, and failed (etcd away), for the metrics.
+    writes: [AtomicU64; 3],
+}
+
+/// How a write to etcd ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteEnd {
+    /// Made.
+    Made = 0,
+    /// Refused: another host changed what it compared.
+    Conflict = 1,
+    /// etcd could not be reached or refused it otherwise.
+    Failed = 2,
+}
+
+impl WriteEnd {
+    /// Each end with its metric label.
+    pub const ALL: [(WriteEnd, &'static str); 3] = [
+        (WriteEnd::Made, "made"),
+        (WriteEnd::Conflict, "conflict"),
+        (WriteEnd::Failed, "failed"),
+    ];
 }
 
 impl EtcdStore {
@@ -181,7 +203,21 @@ impl EtcdStore {
             demands: Mutex::new(None),
             events: Arc::new(AtomicU64::new(0)),
             following: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            writes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// Writes that ended `end` so far.
+    pub fn writes(&self, end: WriteEnd) -> u64 {
+        self.writes[end as usize].load(Ordering::Relaxed)
+    }
+
+    /// Whether this host holds a lease now (registered as alive in the cluster).
+    pub fn registered(&self) -> bool {
+        self.lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// The same, following `watch` of the cluster: everything, or this host's own
@@ -597,6 +633,22 @@ impl EtcdStore {
     /// Sends `ops` to etcd and keeps what they wrote as seen; `seen` is taken only
     /// after etcd answered (see the module's note on locks).
     fn write(
+        &self,
+        ops: Vec<Operation>,
+        desired: &BTreeMap<String, String>,
+        gone: &[String],
+    ) -> anyhow::Result<()> {
+        let written = self.write_chunks(ops, desired, gone);
+        let end = match &written {
+            Ok(()) => WriteEnd::Made,
+            Err(e) if e.downcast_ref::<Conflict>().is_some() => WriteEnd::Conflict,
+            Err(_) => WriteEnd::Failed,
+        };
+        self.writes[end as usize].fetch_add(1, Ordering::Relaxed);
+        written
+    }
+
+    fn write_chunks(
         &self,
         ops: Vec<Operation>,
         desired: &BTreeMap<String, String>,
