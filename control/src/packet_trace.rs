@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
+use dataplane::packet::ethernet::EtherType;
+use dataplane::packet::gre::GrePacket;
 use dataplane::packet::MacText;
 use dataplane::pipeline::live_trace::{LiveTrace, TracedOutput, TracedPacket};
 use dataplane::port_set::PortSet;
@@ -229,23 +231,19 @@ pub fn summary(frame: &[u8]) -> String {
                     _ => "ICMP cut short".to_owned(),
                 },
                 Some(47) => {
-                    let flags = be16(l4).unwrap_or(0);
-                    let key = (flags & 0x2000 != 0)
-                        .then(|| {
-                            let at = l4 + if flags & 0x8000 != 0 { 8 } else { 4 };
-                            frame.get(at..at + 4)
-                        })
-                        .flatten()
-                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                    let options = [0x8000u16, 0x2000, 0x1000]
-                        .iter()
-                        .filter(|&&f| flags & f != 0)
-                        .count();
-                    let inner = frame.get(l4 + 4 + 4 * options..).unwrap_or_default();
-                    let key = key.map_or_else(String::new, |k| format!(" key {k}"));
-                    match be16(l4 + 2) {
-                        Some(0x6558) => format!("GRE{key}: {}", summary(inner)),
-                        _ => format!("GRE{key}"),
+                    let gre = frame.get(l4..).map(GrePacket::new_checked);
+                    match gre {
+                        Some(Ok(gre)) => {
+                            let key = gre.key().map_or_else(String::new, |k| format!(" key {k}"));
+                            let inner = frame.get(l4 + gre.header_len()..).unwrap_or_default();
+                            match gre.protocol() {
+                                EtherType::TransparentEthernetBridging => {
+                                    format!("GRE{key}: {}", summary(inner))
+                                }
+                                _ => format!("GRE{key}"),
+                            }
+                        }
+                        _ => "GRE cut short".to_owned(),
                     }
                 }
                 Some(p) => format!("IP protocol {p}"),
@@ -284,6 +282,23 @@ mod tests {
         );
         for cut in 0..icmp.len() {
             summary(&icmp[..cut]);
+        }
+        // A tunnelled frame, with what it carries.
+        let mut gre = vec![2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8, 8, 0];
+        gre.extend([
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 47, 0, 0, 192, 168, 0, 1, 192, 168, 0, 2,
+        ]);
+        gre.extend([0x20, 0, 0x65, 0x58, 0, 0, 0, 7]);
+        gre.extend(&icmp);
+        assert_eq!(
+            summary(&gre),
+            format!(
+                "02:00:00:00:00:08 > 02:00:00:00:00:09, 192.168.0.1 > 192.168.0.2, GRE key 7: {}",
+                summary(&icmp)
+            )
+        );
+        for cut in 0..gre.len() {
+            summary(&gre[..cut]);
         }
     }
 }

@@ -9,8 +9,9 @@
 use std::net::Ipv4Addr;
 
 use crate::packet::ethernet::{self, EtherType};
+use crate::packet::gre::GrePacket;
 use crate::packet::ipv4::{self, IpProtocol};
-use crate::packet::{gre, vlan, Mac};
+use crate::packet::{vlan, Mac};
 
 /// Which way a frame crossed the port (pcapng's `epb_flags` direction values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,15 +192,10 @@ impl Seen {
 
 /// The Ethernet frame a GRE packet carries, if it carries one.
 fn inner_frame(packet: &[u8]) -> Option<&[u8]> {
-    let flags = be16(packet, 0)?;
-    if be16(packet, 2)? != u16::from(EtherType::TransparentEthernetBridging) {
-        return None;
-    }
-    let options = [gre::FLAG_C, gre::FLAG_K, gre::FLAG_S]
-        .iter()
-        .filter(|&&f| flags & f != 0)
-        .count();
-    packet.get(gre::MIN_HEADER_LEN + 4 * options..)
+    let gre = GrePacket::new_checked(packet).ok()?;
+    (gre.protocol() == EtherType::TransparentEthernetBridging)
+        .then(|| packet.get(gre.header_len()..))
+        .flatten()
 }
 
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {

@@ -166,6 +166,7 @@ impl Offline {
         let mut sink = Collect::default();
         prefetch_burst(tables, &self.state, in_port, std::iter::once(frame));
         let mut cx = self.context_with(Vec::<String>::new());
+        cx.in_port = in_port;
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
         (sink, cx.tracer)
     }
