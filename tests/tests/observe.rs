@@ -227,6 +227,38 @@ fn capture_streams_to_tcpdump_and_live_trace_follows_real_frames() {
         .unwrap()
         .starts_with(&l2.mac.replace(':', "")));
 
+    // A reader that goes away ends the capture (tenetd sees the stream closed at its
+    // next chunk), and the next capture may start.
+    let reader = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{ctl} --socket {api} capture --port c1 --count 0 --seconds 60 -w - | head -c 64 >/dev/null",
+            ctl = binary("tenetctl").display(),
+            api = api.display(),
+        ))
+        .spawn()
+        .unwrap();
+    tenetd
+        .wait_for_line("capture started", Duration::from_secs(10))
+        .unwrap();
+    let pinging = std::thread::spawn({
+        let ns = ns1.name().to_owned();
+        move || {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "ping", "-c", "40", "-i", "0.1", "10.1.0.3",
+                ])
+                .output()
+        }
+    });
+    tenetd
+        .wait_for_line("capture done", Duration::from_secs(10))
+        .unwrap();
+    assert!(tenetd.stderr_text().contains("reader_gone=true"));
+    let out = reader.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    pinging.join().unwrap().unwrap();
+
     // Refusals name the field and change nothing.
     for (args, says) in [
         (
