@@ -662,6 +662,9 @@ impl Live {
         /// A claim that collided on something other than its address (a record gone
         /// again before the conflict was explained) is chosen again this many times.
         const TRIES: usize = 8;
+        /// One that lost its address to another host, this many times (each try is a
+        /// round trip to etcd ahead of the changes queued behind it).
+        const ADDRESS_TRIES: usize = 256;
         let claimed_now = match (&change, model.addresses.last()) {
             (Change::ClaimAddress(_), Some(spec)) => Some(spec.clone()),
             _ => None,
@@ -670,11 +673,15 @@ impl Live {
             if let (Some(conflict), Change::ClaimAddress(request), Some(spec)) =
                 (e.downcast_ref::<Conflict>(), &change, &claimed_now)
             {
-                // A chosen address another host took is chosen again without it, as
-                // often as that happens: every try avoids one more address, so the
-                // subnet runs out (and says so) before the tries can go on forever.
-                let lost_address = conflict.field == "ip";
-                if request.ip.is_none() && (lost_address || request.avoid.len() < TRIES) {
+                // A chosen address another host took is chosen again without it: every
+                // try avoids one more address, so a small subnet runs out (and says so)
+                // before the tries do.
+                let tries = if conflict.field == "ip" {
+                    ADDRESS_TRIES
+                } else {
+                    TRIES
+                };
+                if request.ip.is_none() && request.avoid.len() < tries {
                     let mut again = request.clone();
                     again.avoid.push(spec.ip);
                     return Err(again);
@@ -839,6 +846,9 @@ impl Live {
             Command::Fdb => Reply::ok(controller.fdb_view(std::time::Instant::now())),
             Command::Neighbors => Reply::ok(controller.neighbors_view(std::time::Instant::now())),
             Command::Tunnels => Reply::ok(controller.tunnels_view()),
+            Command::Nat(Some(name)) if !self.model.tenants.iter().any(|t| t.name == name) => {
+                Reply::error(404, "tenant", &format!("no tenant is named `{name}`"))
+            }
             Command::Nat(tenant) => nat_view(controller, dp, tenant.as_deref()),
             // Changes are written off the loop (see Live::submit).
             Command::Change(_) => Reply::error(500, "", "changes are handled by the control loop"),
@@ -1346,9 +1356,11 @@ fn nat_view(controller: &Controller, dataplane: &Dataplane<'_>, tenant: Option<&
                 .and_then(|at| controller.ids().tenant(at));
             match slot {
                 Some(slot) => Some(slot),
+                // A tenant of the cluster this host does not run has no sessions here.
                 None => {
-                    let message = format!("no tenant is named `{name}`");
-                    return Reply::error(404, "tenant", &message);
+                    return Reply::ok(
+                        json!({"sessions": [], "limit": NAT_VIEW_LIMIT, "truncated": []}),
+                    )
                 }
             }
         }

@@ -76,7 +76,8 @@ impl PacketTrace {
                 // Commands are taken in order: this one comes after a stop still owed.
                 self.to_stop.retain(|&w| w != i);
             } else {
-                // Those told already stop again.
+                // Those told already stop again, and trace nothing meanwhile.
+                trace.done.store(true, Ordering::Relaxed);
                 self.to_stop.extend(0..i);
                 self.stop_workers(workers);
                 let _ = reply.send(Reply::error(
@@ -243,7 +244,8 @@ pub fn summary(frame: &[u8]) -> String {
                                 _ => format!("GRE{key}"),
                             }
                         }
-                        _ => "GRE cut short".to_owned(),
+                        // Cut short, or a GRE tenet does not speak (not version 0).
+                        _ => "GRE".to_owned(),
                     }
                 }
                 Some(p) => format!("IP protocol {p}"),

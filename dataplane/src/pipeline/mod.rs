@@ -440,11 +440,13 @@ impl Pipeline for SwitchPipeline {
 
     fn idle(&mut self, outputs: &mut Outputs, counters: &CoreCounters) -> usize {
         let now = self.now();
-        // Held frames released now are captured as the tables say now.
+        let mut sink = TxSink { outputs, counters };
+        let moved = self.core.idle(now, &mut sink, counters);
+        // Held frames released now are captured (at the flush that follows) as the
+        // tables the core just moved to say.
         let tables = self.core.tables();
         outputs.set_capture(&tables.capture, &tables.capture_filter);
-        let mut sink = TxSink { outputs, counters };
-        self.core.idle(now, &mut sink, counters)
+        moved
     }
 
     #[inline]

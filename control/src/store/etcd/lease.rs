@@ -29,6 +29,7 @@ impl EtcdStore {
             ttl: self.lease_ttl,
             watch: self.watch,
             current: Arc::clone(&self.lease),
+            renewed: Arc::clone(&self.renewed),
         };
         let id = match self.block_on(lease.grant()) {
             Ok(id) => Some(id),
@@ -95,6 +96,8 @@ struct Lease {
     watch: super::Watch,
     /// The lease granted last, shared with the store.
     current: Arc<Mutex<Option<i64>>>,
+    /// When etcd last confirmed it (ms since the epoch), shared with the store.
+    renewed: Arc<AtomicU64>,
 }
 
 /// How a keepalive stream ended.
@@ -128,7 +131,13 @@ impl Lease {
         .await?;
         tracing::info!(key = %self.key, ttl_s = self.ttl, "registered in the cluster");
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+        self.confirmed();
         Ok(id)
+    }
+
+    /// etcd holds the lease now.
+    fn confirmed(&self) {
+        self.renewed.store(super::epoch_ms(), Ordering::Relaxed);
     }
 
     async fn keep(self, mut id: Option<i64>) {
@@ -161,7 +170,10 @@ impl Lease {
             };
             id = Some(current);
             match self.renew(current, period, &mut reported).await {
-                Ended::Lost => id = None,
+                Ended::Lost => {
+                    id = None;
+                    *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
                 Ended::Broken(e) => {
                     tracing::debug!(error = %format!("{e:#}"), "the lease's keepalive stream broke; opening another");
                     tokio::time::sleep(period).await;
@@ -180,7 +192,10 @@ impl Lease {
         };
         // Opening the stream renews the lease once, or finds it gone.
         let (mut keeper, mut replies) = match client.lease_client().keep_alive(id).await {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                self.confirmed();
+                stream
+            }
             Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ended::Lost,
             Err(e) => return Ended::Broken(etcd.explain(e)),
         };
@@ -191,7 +206,7 @@ impl Lease {
                 return Ended::Broken(etcd.explain(e));
             }
             match replies.message().await {
-                Ok(Some(reply)) if reply.ttl() > 0 => {}
+                Ok(Some(reply)) if reply.ttl() > 0 => self.confirmed(),
                 Ok(Some(_)) => return Ended::Lost,
                 Ok(None) => {
                     return Ended::Broken(anyhow::anyhow!("etcd closed the keepalive stream"))

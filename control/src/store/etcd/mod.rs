@@ -150,6 +150,15 @@ pub struct EtcdStore {
     following: Arc<std::sync::atomic::AtomicBool>,
     /// Writes made, refused for a conflict, and failed (etcd away), for the metrics.
     writes: [AtomicU64; 3],
+    /// When etcd last confirmed this host's lease (ms since the epoch).
+    renewed: Arc<AtomicU64>,
+}
+
+/// Milliseconds since the epoch.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How a write to etcd ended.
@@ -204,6 +213,7 @@ impl EtcdStore {
             events: Arc::new(AtomicU64::new(0)),
             following: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             writes: std::array::from_fn(|_| AtomicU64::new(0)),
+            renewed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -212,12 +222,16 @@ impl EtcdStore {
         self.writes[end as usize].load(Ordering::Relaxed)
     }
 
-    /// Whether this host holds a lease now (registered as alive in the cluster).
+    /// Whether this host is registered as alive: it holds a lease etcd confirmed
+    /// within the lease's time to live (etcd away for longer has let it go).
     pub fn registered(&self) -> bool {
-        self.lease
+        let held = self
+            .lease
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .is_some();
+        let since = epoch_ms().saturating_sub(self.renewed.load(Ordering::Relaxed));
+        held && since <= self.lease_ttl * 1000
     }
 
     /// The same, following `watch` of the cluster: everything, or this host's own
@@ -638,6 +652,9 @@ impl EtcdStore {
         desired: &BTreeMap<String, String>,
         gone: &[String],
     ) -> anyhow::Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
         let written = self.write_chunks(ops, desired, gone);
         let end = match &written {
             Ok(()) => WriteEnd::Made,

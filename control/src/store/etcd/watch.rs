@@ -428,7 +428,18 @@ impl Follower {
         let mut check = tokio::time::interval(HOLD_CHECK);
         loop {
             let mut stream = self.open().await?;
+            // Whether etcd has answered this stream (its watches are on it).
+            let mut created = false;
             loop {
+                // A stream etcd answered before anything was read (etcd away at start)
+                // follows once the read is done.
+                if created && !self.following.load(Ordering::Relaxed) && self.lock_cache().is_some()
+                {
+                    self.following.store(
+                        self.interest.watch == Watch::All || !self.reloaded(),
+                        Ordering::Relaxed,
+                    );
+                }
                 tokio::select! {
                     message = stream.message() => {
                         let message = message.map_err(|e| etcd.explain(e))?;
@@ -445,6 +456,7 @@ impl Follower {
                             break;
                         }
                         let moved = self.take(&message)?;
+                        created |= message.created();
                         if message.created() {
                             if std::mem::take(lost) {
                                 tracing::info!(from = self.first_unseen(), "etcd watch resumed");
