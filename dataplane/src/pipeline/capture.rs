@@ -8,10 +8,12 @@
 
 use std::net::Ipv4Addr;
 
-use crate::packet::ethernet::{self, EtherType};
+use crate::packet::arp::ArpPacket;
+use crate::packet::ethernet::{self, EtherType, EthernetFrame};
 use crate::packet::gre::GrePacket;
-use crate::packet::ipv4::{self, IpProtocol};
-use crate::packet::{vlan, Mac};
+use crate::packet::ipv4::{IpProtocol, Ipv4Packet};
+use crate::packet::vlan::{self, VlanTag};
+use crate::packet::Mac;
 
 /// Which way a frame crossed the port (pcapng's `epb_flags` direction values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,14 +85,14 @@ pub struct CaptureFilter {
 }
 
 /// The frame's addresses and protocol as a filter sees them.
-struct Seen {
+struct Seen<'a> {
     src_mac: Mac,
     dst_mac: Mac,
     ethertype: EtherType,
     /// Source and destination (IPv4, or ARP's sender and target).
     ips: Option<(Ipv4Addr, Ipv4Addr)>,
-    /// The IPv4 protocol, and where its payload starts.
-    ip_protocol: Option<(u8, usize)>,
+    /// The IPv4 protocol and its payload.
+    ip_payload: Option<(u8, &'a [u8])>,
 }
 
 impl CaptureFilter {
@@ -118,10 +120,8 @@ impl CaptureFilter {
             return true;
         }
         // A tunnelled frame, by what it carries (never GRE in GRE again).
-        match seen.ip_protocol {
-            Some((IpProtocol::GRE, at)) => frame
-                .get(at..)
-                .and_then(inner_frame)
+        match seen.ip_payload {
+            Some((IpProtocol::GRE, gre)) => inner_frame(gre)
                 .and_then(Seen::of)
                 .is_some_and(|inner| self.takes(&inner)),
             _ => false,
@@ -136,7 +136,7 @@ impl CaptureFilter {
             .ip
             .is_none_or(|ip| seen.ips.is_some_and(|(s, d)| s == ip || d == ip));
         let protocol = self.protocol.is_none_or(|p| {
-            let ip_protocol = seen.ip_protocol.map(|(p, _)| p);
+            let ip_protocol = seen.ip_payload.map(|(p, _)| p);
             match p {
                 Protocol::Arp => seen.ethertype == EtherType::Arp,
                 Protocol::Ip => seen.ethertype == EtherType::Ipv4,
@@ -150,34 +150,38 @@ impl CaptureFilter {
     }
 }
 
-impl Seen {
-    /// Reads up to two VLAN tags deep; `None` for what is too short to be Ethernet.
-    fn of(frame: &[u8]) -> Option<Seen> {
-        let dst_mac: Mac = frame.get(0..6)?.try_into().ok()?;
-        let src_mac: Mac = frame.get(6..12)?.try_into().ok()?;
-        let mut at = ethernet::HEADER_LEN;
-        let mut ethertype = EtherType::from(be16(frame, 12)?);
+impl<'a> Seen<'a> {
+    /// Reads up to two VLAN tags deep through the packet views; `None` for what is not
+    /// Ethernet. An IPv4 packet or ARP message that does not check out has no
+    /// addresses to match.
+    fn of(frame: &'a [u8]) -> Option<Seen<'a>> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        let (dst_mac, src_mac, mut ethertype) = (eth.dst_addr(), eth.src_addr(), eth.ethertype());
+        let mut payload = &frame[ethernet::HEADER_LEN..];
         for _ in 0..2 {
             if !matches!(ethertype, EtherType::Vlan | EtherType::QinQ) {
                 break;
             }
-            ethertype = EtherType::from(be16(frame, at + 2)?);
-            at += vlan::HEADER_LEN;
+            ethertype = VlanTag::new_checked(payload).ok()?.ethertype();
+            payload = &payload[vlan::HEADER_LEN..];
         }
-        let payload = &frame[at.min(frame.len())..];
-        let (ips, ip_protocol) = match ethertype {
-            EtherType::Ipv4 if payload.len() >= ipv4::MIN_HEADER_LEN => {
-                let header_len = usize::from(payload[0] & 0x0f) * 4;
-                // A header longer than the frame (or shorter than its minimum) has no
-                // protocol payload to look into.
-                let whole = (ipv4::MIN_HEADER_LEN..=payload.len()).contains(&header_len);
-                (
-                    Some((ip_at(payload, 12)?, ip_at(payload, 16)?)),
-                    whole.then_some((payload[9], at + header_len)),
-                )
-            }
-            // Sender and target protocol addresses of an Ethernet/IPv4 ARP.
-            EtherType::Arp => (ip_at(payload, 14).zip(ip_at(payload, 24)), None),
+        let (ips, ip_payload) = match ethertype {
+            EtherType::Ipv4 => match Ipv4Packet::new_checked(payload) {
+                Ok(ip) => {
+                    let (start, end) = (ip.header_len(), usize::from(ip.total_len()));
+                    (
+                        Some((ip.src_addr(), ip.dst_addr())),
+                        Some((ip.protocol_number(), &payload[start..end])),
+                    )
+                }
+                Err(_) => (None, None),
+            },
+            EtherType::Arp => (
+                ArpPacket::new_checked(payload)
+                    .ok()
+                    .map(|arp| (arp.sender_protocol_addr(), arp.target_protocol_addr())),
+                None,
+            ),
             _ => (None, None),
         };
         Some(Seen {
@@ -185,7 +189,7 @@ impl Seen {
             dst_mac,
             ethertype,
             ips,
-            ip_protocol,
+            ip_payload,
         })
     }
 }
@@ -196,15 +200,6 @@ fn inner_frame(packet: &[u8]) -> Option<&[u8]> {
     (gre.protocol() == EtherType::TransparentEthernetBridging)
         .then(|| packet.get(gre.header_len()..))
         .flatten()
-}
-
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn ip_at(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let octets: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-    Some(Ipv4Addr::from(octets))
 }
 
 /// Where and when a copy was taken, in the [`STAMP_LEN`] bytes before its frame.
@@ -299,6 +294,9 @@ mod tests {
         outer.extend(0x6558u16.to_be_bytes());
         outer.extend(7u32.to_be_bytes());
         outer.extend(&inner);
+        let total = (outer.len() - ethernet::HEADER_LEN) as u16;
+        outer[ethernet::HEADER_LEN + 2..ethernet::HEADER_LEN + 4]
+            .copy_from_slice(&total.to_be_bytes());
         let by_inner = CaptureFilter {
             ip: Some(Ipv4Addr::new(10, 1, 0, 2)),
             protocol: Some(Protocol::Tcp),

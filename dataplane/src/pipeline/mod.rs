@@ -467,13 +467,14 @@ impl Pipeline for SwitchPipeline {
             (port, _) => port,
         };
         outputs.set_capture(&tables.capture, &tables.capture_filter);
-        // A frame another worker handed over was captured where it came in.
+        // A frame another worker handed over was captured and traced where it came in.
         if received != stage::HANDOFF_PORT {
             outputs.capture_rx(in_port, batch, counters);
-        }
-        // A frame another worker handed over was traced where it came in.
-        if let Some(live) = &self.live {
-            if live.ports.contains(usize::from(in_port)) && received != stage::HANDOFF_PORT {
+            if self
+                .live
+                .as_ref()
+                .is_some_and(|live| live.ports.contains(usize::from(in_port)))
+            {
                 return self.process_traced(in_port, batch, outputs, counters);
             }
         }
