@@ -260,10 +260,13 @@ fn clear_runtime(prefix: &str) {
 
 fn start_tenet(setup: &Setup<'_>) -> anyhow::Result<Running> {
     clear_runtime(TENET_PREFIX);
-    let text =
+    let mut text =
         setup
             .scenario
             .tenet_config(setup.configs, setup.topology, setup.cpus, setup.size)?;
+    if setup.topology == Topology::Replay {
+        text = crate::scenario::with_replay_pool(&text, setup.flows, setup.cpus.len());
+    }
     let config = setup
         .work
         .join(format!("tenet-{}.toml", setup.scenario.name));

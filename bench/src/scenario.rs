@@ -277,6 +277,42 @@ impl Scenario {
     }
 }
 
+/// `text` (a tenetd config) with a packet pool the replayed pcap fits in: the pcap PMD
+/// keeps a buffer for each of its `flows` frames on each of `queues` queues and refuses
+/// the port without them, so big `--flows` runs get testpmd's pool size
+/// (`--total-num-mbufs`) and the hugepage memory it takes (2.5 KB a buffer).
+pub fn with_replay_pool(text: &str, flows: usize, queues: usize) -> String {
+    let needed = flows * queues + 16384;
+    let configured = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mbufs = ")?.trim().parse::<usize>().ok())
+        .unwrap_or(control::config::DataplaneConfig::default().mbufs as usize);
+    if needed <= configured {
+        return text.to_owned();
+    }
+    let memory_mb = needed * 2560 / (1 << 20) + 256;
+    let mut out = String::with_capacity(text.len() + 32);
+    for line in text.lines() {
+        if line.starts_with("mbufs = ") {
+            continue;
+        }
+        match line.strip_prefix("memory_mb = ").map(str::trim) {
+            Some(mb) if mb.parse::<usize>().is_ok_and(|mb| mb >= memory_mb) => {
+                out.push_str(line);
+            }
+            Some(_) => {
+                let _ = write!(out, "memory_mb = {memory_mb}");
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+        if line == "[dataplane]" {
+            let _ = writeln!(out, "mbufs = {needed}");
+        }
+    }
+    out
+}
+
 /// The `l2-many` config: tenants 1..=n with VLANs 1..=n on a trunk input, each with
 /// `macs` endpoint MACs behind a trunk output.
 fn many_tenants_config(tenants: usize, macs: usize) -> String {
@@ -390,6 +426,26 @@ mod tests {
 
     fn configs() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/bench")
+    }
+
+    #[test]
+    fn a_big_replay_gets_a_pool_it_fits_in() {
+        let l2 = SCENARIOS.iter().find(|s| s.name == "l2").unwrap();
+        let text = l2
+            .tenet_config(&configs(), Topology::Replay, &[1], &Size::Fixed(64))
+            .unwrap();
+        assert_eq!(with_replay_pool(&text, 256, 1), text);
+        let big = with_replay_pool(&text, 100_000, 2);
+        assert!(big.contains("[dataplane]\nmbufs = 216384\n"), "{big}");
+        assert!(big.contains("memory_mb = 784\n"), "{big}");
+        assert_eq!(big.matches("mbufs = ").count(), 1);
+        // l2-many names its own pool, big enough for its 100,000 frames on one queue.
+        let many = SCENARIOS.iter().find(|s| s.name == "l2-many").unwrap();
+        let text = many
+            .tenet_config(&configs(), Topology::Replay, &[1], &Size::Fixed(64))
+            .unwrap();
+        assert_eq!(with_replay_pool(&text, 100_000, 1), text);
+        assert!(with_replay_pool(&text, 100_000, 2).contains("mbufs = 216384\n"));
     }
 
     #[test]

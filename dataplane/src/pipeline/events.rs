@@ -10,6 +10,7 @@ use crossbeam::queue::ArrayQueue;
 
 use crate::counters::CoreCounters;
 use crate::packet::Mac;
+use crate::table::key_index::cache_hash;
 use crate::table::{fdb_key, Location, TenantIdx};
 
 /// One slow-path event.
@@ -59,26 +60,42 @@ pub const EVENT_QUEUE_LEN: usize = 4096;
 /// aging sees it alive.
 pub const REFRESH_SECS: u32 = 10;
 
-const CACHE_SLOTS: usize = 4096;
+/// Sets of [`Reported`] sources: 4,096 sources in 64 KB, each set one cache line.
+const SETS: usize = 1024;
+/// Sources a set holds: with one slot per set, two busy sources whose keys share it
+/// evict each other on every frame, and each frame then makes an event (a direct-mapped
+/// 4,096 slots did that for a fifth of 1,000 sources); four ways keep them both.
+const WAYS: usize = 4;
+/// A key no source has: the FDB key of a group MAC, which never learns.
+const NO_KEY: u64 = u64::MAX;
 
 #[inline(always)]
-fn reported_slot(key: u64) -> usize {
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % CACHE_SLOTS
+fn set_of(key: u64) -> usize {
+    (cache_hash(key) >> (64 - SETS.trailing_zeros())) as usize
 }
 
+/// Up to [`WAYS`] sources reported lately: where each was and when (the worker's
+/// seconds), in one cache line.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct Reported {
-    key: u64,
-    location: Location,
-    at: u32,
+    keys: [u64; WAYS],
+    at: [u32; WAYS],
+    locations: [Location; WAYS],
 }
+
+const NOTHING_REPORTED: Reported = Reported {
+    keys: [NO_KEY; WAYS],
+    at: [0; WAYS],
+    locations: [Location::Router; WAYS],
+};
 
 /// A core's learning front end: reports each (tenant, MAC, location) once per
-/// [`REFRESH_SECS`], remembered in a small direct-mapped cache so a busy flow costs one
-/// array probe per packet and no event.
+/// [`REFRESH_SECS`], remembered in a small set-associative cache so a busy flow costs
+/// one cache line per packet and no event.
 pub struct Learner {
     events: Arc<EventQueue>,
-    cache: Box<[Option<Reported>]>,
+    reported: Box<[Reported; SETS]>,
     /// The last neighbour reported or asked for, and when: a burst of frames to one
     /// unresolved (or chatty) neighbour makes one event.
     last_neighbor: Option<(u64, u32)>,
@@ -91,7 +108,7 @@ impl Learner {
     pub fn new(events: Arc<EventQueue>) -> Self {
         Self {
             events,
-            cache: vec![None; CACHE_SLOTS].into_boxed_slice(),
+            reported: Box::new([NOTHING_REPORTED; SETS]),
             last_neighbor: None,
             now: 0,
         }
@@ -100,7 +117,7 @@ impl Learner {
     /// Starts loading what [`Learner::learn`] reads for the source with FDB key `key`.
     #[inline(always)]
     pub fn prefetch(&self, key: u64) {
-        crate::dpdk::prefetch(&self.cache[reported_slot(key)]);
+        crate::dpdk::prefetch(&self.reported[set_of(key)]);
     }
 
     /// `mac` of `tenant` was seen at `location`.
@@ -113,10 +130,10 @@ impl Learner {
         counters: &CoreCounters,
     ) {
         let key = fdb_key(tenant, &mac);
-        let slot = reported_slot(key);
-        if let Some(r) = &self.cache[slot] {
-            if r.key == key && r.location == location && self.now.wrapping_sub(r.at) < REFRESH_SECS
-            {
+        let set = &mut self.reported[set_of(key)];
+        let way = set.keys.iter().position(|&k| k == key);
+        if let Some(w) = way {
+            if set.locations[w] == location && self.now.wrapping_sub(set.at[w]) < REFRESH_SECS {
                 return;
             }
         }
@@ -132,17 +149,26 @@ impl Learner {
             counters.add_event_lost();
             return;
         }
-        self.cache[slot] = Some(Reported {
-            key,
-            location,
-            at: self.now,
+        // A new source takes the way reported longest ago (an empty one first: its
+        // key is no source's, and nothing is older than never).
+        let now = self.now;
+        let w = way.unwrap_or_else(|| {
+            (0..WAYS)
+                .max_by_key(|&w| match set.keys[w] {
+                    NO_KEY => u32::MAX,
+                    _ => now.wrapping_sub(set.at[w]),
+                })
+                .unwrap_or(0)
         });
+        set.keys[w] = key;
+        set.locations[w] = location;
+        set.at[w] = now;
     }
 
     /// Forgets what was reported: after tenants or ports were removed, every source
     /// is reported afresh, so the control plane relearns MACs it dropped with them.
     pub fn forget(&mut self) {
-        self.cache.fill(None);
+        self.reported.fill(NOTHING_REPORTED);
         self.last_neighbor = None;
     }
 
@@ -208,6 +234,42 @@ mod tests {
         assert_eq!(queue.len(), 3, "a live MAC is reported again for aging");
         learner.learn(1, mac, Location::Port(2), &counters);
         assert_eq!(queue.len(), 4, "tenants are separate");
+    }
+
+    #[test]
+    fn sources_sharing_a_set_do_not_evict_each_other() {
+        let queue = Arc::new(EventQueue::new(1024));
+        let counters = CoreCounters::default();
+        let mut learner = Learner::new(Arc::clone(&queue));
+        // Five MACs of tenant 0 whose keys land in one set.
+        let first = [2, 0, 0, 0, 0, 0];
+        let set = set_of(fdb_key(0, &first));
+        let macs: Vec<Mac> = (0u32..)
+            .map(|i| {
+                let b = i.to_be_bytes();
+                [2, 0, b[0], b[1], b[2], b[3]]
+            })
+            .filter(|mac| set_of(fdb_key(0, mac)) == set)
+            .take(WAYS + 1)
+            .collect();
+        learner.learn(0, macs[0], Location::Port(1), &counters);
+        learner.now += 1;
+        for _ in 0..100 {
+            for mac in &macs[..WAYS] {
+                learner.learn(0, *mac, Location::Port(1), &counters);
+            }
+        }
+        assert_eq!(queue.len(), WAYS, "each of a full set is reported once");
+        // A fifth takes the place of the one reported longest ago...
+        learner.learn(0, macs[WAYS], Location::Port(1), &counters);
+        assert_eq!(queue.len(), WAYS + 1);
+        for mac in &macs[1..] {
+            learner.learn(0, *mac, Location::Port(1), &counters);
+        }
+        assert_eq!(queue.len(), WAYS + 1, "the newer ones stay");
+        // ...which is reported again when it comes back.
+        learner.learn(0, macs[0], Location::Port(1), &counters);
+        assert_eq!(queue.len(), WAYS + 2);
     }
 
     #[test]

@@ -39,11 +39,7 @@ pub(crate) fn switch<F: Frame, T: Trace>(
     let src_key = fdb_key_of(tenant, src);
     let now = cx.learner.now;
     if !cx.cache.same_source(src_key, here, now) {
-        match cx
-            .cache
-            .lookup(tables, src_key, |e| resolve(tables, tenant, e))
-            .0
-        {
+        match cx.cache.source(tables, src_key) {
             Some(entry) if entry.is_static => {
                 if !reaches_through(tables, entry.location, ingress) {
                     return cx.stop(DropReason::MacSpoof);
@@ -70,12 +66,9 @@ pub(crate) fn switch<F: Frame, T: Trace>(
         }
         return Switched::Output(Out::Flood);
     }
-    let out = cx
-        .cache
-        .lookup(tables, fdb_key_of(tenant, dst), |e| {
-            resolve(tables, tenant, e)
-        })
-        .1;
+    let out = cx.cache.destination(tables, fdb_key_of(tenant, dst), |e| {
+        resolve(tables, tenant, e)
+    });
     note!(
         cx,
         "destination {}: {}",

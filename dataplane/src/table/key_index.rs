@@ -34,6 +34,16 @@ pub struct Align16;
 #[repr(align(32))]
 pub struct Align32;
 
+/// A hash of `key` whose top bits index a per-core direct-mapped cache (take them with
+/// `>> (64 - bits)`). tenet's keys hold the tenant in their high bits, which a plain
+/// multiply reaches the top bits with only through its constant's lowest bits: 1,000
+/// tenants' source and destination MACs shared 4,096 slots twice as often as random
+/// keys (1,638 of 2,000 keys). Folding the high half in first spreads them as random.
+#[inline(always)]
+pub fn cache_hash(key: u64) -> u64 {
+    (key ^ key >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 #[inline(always)]
 fn mix(low: u64, high: u64, seed: u64) -> u64 {
     let x = (low ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);

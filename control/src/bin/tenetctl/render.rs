@@ -501,25 +501,40 @@ fn show_text(body: &Value) -> String {
     out
 }
 
-/// A port's role as one word: `access:red`, `trunk:red,blue`, `uplink`.
+/// A port's role as one word: `access:red`, `trunk:red,blue`, `uplink`. A trunk of
+/// more than [`TRUNK_TENANTS_SHOWN`] tenants names those and counts the rest
+/// (`trunk:t0,t1,t2,t3,+996`), so the table keeps its shape; `--json` has them all.
 fn role_text(role: &Value) -> String {
     match role["role"].as_str() {
         Some("access") => format!("access:{}", role["tenant"].as_str().unwrap_or("")),
-        Some("trunk") => format!(
-            "trunk:{}",
-            role["tenants"]
+        Some("trunk") => {
+            let tenants: Vec<&str> = role["tenants"]
                 .as_array()
-                .map(|t| t
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let mut text = format!(
+                "trunk:{}",
+                tenants
                     .iter()
-                    .filter_map(Value::as_str)
+                    .take(TRUNK_TENANTS_SHOWN)
+                    .copied()
                     .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default()
-        ),
+                    .join(",")
+            );
+            if tenants.len() > TRUNK_TENANTS_SHOWN {
+                text.push_str(&format!(",+{}", tenants.len() - TRUNK_TENANTS_SHOWN));
+            }
+            text
+        }
         Some(other) => other.to_owned(),
         None => "-".to_owned(),
     }
 }
+
+/// Tenants a trunk's role names in a table.
+const TRUNK_TENANTS_SHOWN: usize = 4;
 
 fn ports_table(ports: &Value) -> String {
     let mut t = Table::new(&[
@@ -799,15 +814,20 @@ blue    10.2.0.17  docker:e1  b
              "rx_packets": 0, "tx_packets": 42},
             {"name": "gone", "backend": "tap", "state": "down", "error": "no device tap9",
              "role": {"role": "access", "tenant": "red"}, "link_up": false},
+            {"name": "big", "backend": "vf", "state": "up", "device": "0000:3b:02.1",
+             "link_up": true, "mtu": 1500,
+             "role": {"role": "trunk", "tenants": ["t0", "t1", "t2", "t3", "t4", "t5"]},
+             "rx_packets": 1, "tx_packets": 2},
         ]);
         assert_eq!(
             render(&Cmd::Port(PortCmd::List), &ports),
             "\
-port                            backend  state  device        link   mtu  role                      rx  tx
-uplink0                         vf       up     0000:3b:02.0  up    9000  uplink          123456789012   7
-red-container-with-a-long-name  af-xdp   up     net_af_xdp0   down  1500  trunk:red,blue             0  42
-gone                            tap      down   -             down     -  access:red                 -   -
+port                            backend  state  device        link   mtu  role                            rx  tx
+uplink0                         vf       up     0000:3b:02.0  up    9000  uplink                123456789012   7
+red-container-with-a-long-name  af-xdp   up     net_af_xdp0   down  1500  trunk:red,blue                   0  42
+gone                            tap      down   -             down     -  access:red                       -   -
   no device tap9
+big                             vf       up     0000:3b:02.1  up    1500  trunk:t0,t1,t2,t3,+2             1   2
 "
         );
     }
