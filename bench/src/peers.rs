@@ -381,7 +381,10 @@ fn testpmd_command(setup: &Setup<'_>, vhu0: &Path, vhu1: &Path) -> Command {
         "--stats-period=3600",
         "--record-core-cycles",
         // The pcap's frames stay allocated (infinite_rx keeps a copy of each, per queue).
-        &format!("--total-num-mbufs={}", setup.flows * queues + 16384),
+        &format!(
+            "--total-num-mbufs={}",
+            crate::scenario::replay_pool(setup.flows, queues)
+        ),
     ]);
     if setup.scenario.needs_jumbo(setup.size) {
         command.arg("--max-pkt-len=9000");

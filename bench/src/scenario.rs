@@ -277,12 +277,18 @@ impl Scenario {
     }
 }
 
-/// `text` (a tenetd config) with a packet pool the replayed pcap fits in: the pcap PMD
-/// keeps a buffer for each of its `flows` frames on each of `queues` queues and refuses
-/// the port without them, so big `--flows` runs get testpmd's pool size
-/// (`--total-num-mbufs`) and the hugepage memory it takes (2.5 KB a buffer).
+/// Packet buffers a switch needs to replay `flows` frames on `queues` queues: the
+/// pcap PMD keeps a buffer for each frame on each queue (and refuses the port without
+/// them), plus room for the packets in flight. testpmd's `--total-num-mbufs` too.
+pub fn replay_pool(flows: usize, queues: usize) -> usize {
+    flows * queues + 16384
+}
+
+/// `text` (a tenetd config) with a packet pool the replayed pcap fits in
+/// ([`replay_pool`]): the buffers it lacks are added, and the hugepage memory they take
+/// (2.5 KB each) on top of what the config reserved.
 pub fn with_replay_pool(text: &str, flows: usize, queues: usize) -> String {
-    let needed = flows * queues + 16384;
+    let needed = replay_pool(flows, queues);
     let configured = text
         .lines()
         .find_map(|l| l.strip_prefix("mbufs = ")?.trim().parse::<usize>().ok())
@@ -290,18 +296,18 @@ pub fn with_replay_pool(text: &str, flows: usize, queues: usize) -> String {
     if needed <= configured {
         return text.to_owned();
     }
-    let memory_mb = needed * 2560 / (1 << 20) + 256;
+    let extra_mb = (needed - configured) * 2560 / (1 << 20) + 1;
     let mut out = String::with_capacity(text.len() + 32);
     for line in text.lines() {
         if line.starts_with("mbufs = ") {
             continue;
         }
-        match line.strip_prefix("memory_mb = ").map(str::trim) {
-            Some(mb) if mb.parse::<usize>().is_ok_and(|mb| mb >= memory_mb) => {
-                out.push_str(line);
-            }
-            Some(_) => {
-                let _ = write!(out, "memory_mb = {memory_mb}");
+        match line
+            .strip_prefix("memory_mb = ")
+            .and_then(|mb| mb.trim().parse::<usize>().ok())
+        {
+            Some(mb) => {
+                let _ = write!(out, "memory_mb = {}", mb + extra_mb);
             }
             None => out.push_str(line),
         }
@@ -437,7 +443,8 @@ mod tests {
         assert_eq!(with_replay_pool(&text, 256, 1), text);
         let big = with_replay_pool(&text, 100_000, 2);
         assert!(big.contains("[dataplane]\nmbufs = 216384\n"), "{big}");
-        assert!(big.contains("memory_mb = 784\n"), "{big}");
+        // 512 MB reserved, and 183,617 more buffers.
+        assert!(big.contains("memory_mb = 961\n"), "{big}");
         assert_eq!(big.matches("mbufs = ").count(), 1);
         // l2-many names its own pool, big enough for its 100,000 frames on one queue.
         let many = SCENARIOS.iter().find(|s| s.name == "l2-many").unwrap();

@@ -626,3 +626,36 @@ fn port_security_pins_mac_and_ip_including_arp() {
         "ARP claiming another MAC"
     );
 }
+
+/// A static MAC the control plane moves to another port is checked where it now is as
+/// soon as the core takes the new tables: the per-core caches hold one snapshot's
+/// entries, sources' included.
+#[test]
+fn a_moved_static_mac_is_checked_at_its_new_port() {
+    let with_c1_on = |port: u16| {
+        let mut b = TablesBuilder::new(Design::Shared, false);
+        let a = b.tenant(A_ID, Some(100));
+        // Port 2 is one of A's here, C2's.
+        for p in [ACCESS_A0, ACCESS_A1, 2] {
+            b.access_port(p, a, None);
+        }
+        b.static_mac(a, C1, Location::Port(port));
+        b.static_mac(a, C2, Location::Port(2));
+        b.build()
+    };
+    let (before, after) = (with_c1_on(ACCESS_A0), with_c1_on(ACCESS_A1));
+    let mut core = Offline::default();
+    let from_a1 = eth(C2, C1);
+    // Known on A0: its frames from A1 are spoofed, and keep being so (cached).
+    for _ in 0..2 {
+        assert!(core.run(&before, ACCESS_A1, &from_a1).sent.is_empty());
+    }
+    assert_eq!(core.dropped(DropReason::MacSpoof), 2);
+    assert_eq!(core.run(&before, ACCESS_A0, &from_a1).sent.len(), 1);
+    // Moved to A1: a worker clears its caches when it takes new tables.
+    core.reset();
+    let sent = core.run(&after, ACCESS_A1, &from_a1).sent;
+    assert_eq!(sent, vec![(2, from_a1.clone())]);
+    assert!(core.run(&after, ACCESS_A0, &from_a1).sent.is_empty());
+    assert_eq!(core.dropped(DropReason::MacSpoof), 1);
+}

@@ -10,7 +10,7 @@ use crossbeam::queue::ArrayQueue;
 
 use crate::counters::CoreCounters;
 use crate::packet::Mac;
-use crate::table::key_index::cache_hash;
+use crate::table::key_index::cache_index;
 use crate::table::{fdb_key, Location, TenantIdx};
 
 /// One slow-path event.
@@ -66,12 +66,13 @@ const SETS: usize = 1024;
 /// evict each other on every frame, and each frame then makes an event (a direct-mapped
 /// 4,096 slots did that for a fifth of 1,000 sources); four ways keep them both.
 const WAYS: usize = 4;
-/// A key no source has: the FDB key of a group MAC, which never learns.
+/// A key no source has: the broadcast MAC's FDB key (a group source is dropped before
+/// it could learn).
 const NO_KEY: u64 = u64::MAX;
 
 #[inline(always)]
 fn set_of(key: u64) -> usize {
-    (cache_hash(key) >> (64 - SETS.trailing_zeros())) as usize
+    cache_index::<SETS>(key)
 }
 
 /// Up to [`WAYS`] sources reported lately: where each was and when (the worker's
@@ -83,6 +84,11 @@ struct Reported {
     at: [u32; WAYS],
     locations: [Location; WAYS],
 }
+
+const _: () = assert!(
+    std::mem::size_of::<Reported>() == 64,
+    "a set is one cache line"
+);
 
 const NOTHING_REPORTED: Reported = Reported {
     keys: [NO_KEY; WAYS],
@@ -270,6 +276,16 @@ mod tests {
         // ...which is reported again when it comes back.
         learner.learn(0, macs[0], Location::Port(1), &counters);
         assert_eq!(queue.len(), WAYS + 2);
+        // A source of the full set that moves is reported once, in its own way: the
+        // others stay.
+        for _ in 0..10 {
+            learner.learn(0, macs[1], Location::Port(2), &counters);
+        }
+        assert_eq!(queue.len(), WAYS + 3);
+        for mac in [macs[0], macs[2], macs[3]] {
+            learner.learn(0, mac, Location::Port(1), &counters);
+        }
+        assert_eq!(queue.len(), WAYS + 3, "a move evicts nobody");
     }
 
     #[test]

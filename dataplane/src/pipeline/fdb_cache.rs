@@ -1,8 +1,9 @@
-//! A per-core exact-match cache in front of the FDB (OVS's EMC, VPP's one-entry
-//! caches): a direct-mapped array answers most lookups with one probe instead of a hash
-//! table walk, and a memo of the last source skips learning work for back-to-back
-//! frames of one sender. Valid for one snapshot: cleared whenever the worker moves to
-//! a new one.
+//! A per-core exact-match cache in front of the FDB and the routes (OVS's EMC, VPP's
+//! one-entry caches): direct-mapped arrays answer most lookups with one probe instead
+//! of a hash table walk (destinations with their resolved output, sources apart from
+//! them, routing decisions), and a memo of the last source skips learning work for
+//! back-to-back frames of one sender. Valid for one snapshot: cleared whenever the
+//! worker moves to a new one.
 
 use std::net::Ipv4Addr;
 
@@ -11,7 +12,7 @@ use crate::counters::DropReason;
 use crate::packet::ethernet::{self, EtherType, GROUP_BIT};
 use crate::packet::ipv4::{self, Ipv4Packet};
 use crate::packet::Mac;
-use crate::table::key_index::cache_hash;
+use crate::table::key_index::cache_index;
 use crate::table::{fdb_key_of, FdbEntry, FlowTables, Location, TenantIdx, TunnelIdx};
 
 /// What to do with a frame for a destination, resolved once per cache fill.
@@ -66,17 +67,17 @@ pub struct Unresolved {
 
 #[inline(always)]
 fn route_slot(key: u64) -> usize {
-    (cache_hash(key) >> (64 - ROUTE_SLOTS.trailing_zeros())) as usize
+    cache_index::<ROUTE_SLOTS>(key)
 }
 
 #[inline(always)]
 fn fdb_slot(key: u64) -> usize {
-    (cache_hash(key) >> (64 - SLOTS.trailing_zeros())) as usize
+    cache_index::<SLOTS>(key)
 }
 
 #[inline(always)]
 fn source_slot(key: u64) -> usize {
-    (cache_hash(key) >> (64 - SOURCE_SLOTS.trailing_zeros())) as usize
+    cache_index::<SOURCE_SLOTS>(key)
 }
 
 #[derive(Clone, Copy)]
@@ -117,6 +118,8 @@ struct SourceSlot {
 /// evenly, 1,000 senders among them lost theirs most of the time: 157 → 192 cycles a
 /// packet in `l2-many`).
 const SOURCE_SLOTS: usize = 4096;
+/// A key no source has: the broadcast MAC's, and a group source is dropped before its
+/// lookup.
 const EMPTY_SOURCE: SourceSlot = SourceSlot {
     key: u64::MAX,
     entry: None,
@@ -208,7 +211,8 @@ impl FdbCache {
             tables.fdb.prefetch(dst_key);
         }
         let src_key = fdb_key_of(tenant, src);
-        if self.sources[source_slot(src_key)].key != src_key {
+        // A group source is dropped, never looked up.
+        if src & GROUP_BIT == 0 && self.sources[source_slot(src_key)].key != src_key {
             tables.fdb.prefetch(src_key);
         }
         learner.prefetch(src_key);

@@ -34,14 +34,22 @@ pub struct Align16;
 #[repr(align(32))]
 pub struct Align32;
 
-/// A hash of `key` whose top bits index a per-core direct-mapped cache (take them with
-/// `>> (64 - bits)`). tenet's keys hold the tenant in their high bits, which a plain
+/// A hash of `key` whose top bits index a per-core direct-mapped cache
+/// ([`cache_index`]). tenet's keys hold the tenant in their high bits, which a plain
 /// multiply reaches the top bits with only through its constant's lowest bits: 1,000
 /// tenants' source and destination MACs shared 4,096 slots twice as often as random
 /// keys (1,638 of 2,000 keys). Folding the high half in first spreads them as random.
 #[inline(always)]
 pub fn cache_hash(key: u64) -> u64 {
     (key ^ key >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// `key`'s slot in a per-core cache of `SLOTS` slots, from [`cache_hash`]'s top bits
+/// (a power of two, or the index could pass the end).
+#[inline(always)]
+pub fn cache_index<const SLOTS: usize>(key: u64) -> usize {
+    const { assert!(SLOTS.is_power_of_two() && SLOTS > 1) };
+    (cache_hash(key) >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
 #[inline(always)]
