@@ -113,9 +113,9 @@ struct SourceSlot {
     entry: Option<FdbEntry>,
 }
 
-/// 4,096 sources (64 KiB) in their own slots: sharing the destinations' let 100,000
-/// one-off destinations evict the few busy senders on every pass (with slots spread
-/// evenly, 1,000 senders among them lost theirs most of the time: 157 → 192 cycles a
+/// 4,096 sources (64 KiB) in their own slots: in slots shared with the destinations,
+/// 100,000 one-off destinations evicted the few busy senders on every pass (with slots
+/// spread evenly, 1,000 senders lost theirs most of the time: 157 → 192 cycles a
 /// packet in `l2-many`).
 const SOURCE_SLOTS: usize = 4096;
 /// A key no source has: the broadcast MAC's, and a group source is dropped before its
