@@ -465,6 +465,12 @@ fn tap_port_creates_and_removes_its_interface() {
     port.start().unwrap();
     assert!(iface.exists(), "tap interface {name} exists while attached");
     port.detach();
+    // The tap PMD closes the device's file on detach; the kernel unregisters the
+    // interface after the last reference to it goes, which can take a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while iface.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(!iface.exists(), "tap interface {name} removed on detach");
 }
 
