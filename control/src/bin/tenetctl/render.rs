@@ -514,17 +514,10 @@ fn role_text(role: &Value) -> String {
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
-            let mut text = format!(
-                "trunk:{}",
-                tenants
-                    .iter()
-                    .take(TRUNK_TENANTS_SHOWN)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            if tenants.len() > TRUNK_TENANTS_SHOWN {
-                text.push_str(&format!(",+{}", tenants.len() - TRUNK_TENANTS_SHOWN));
+            let shown = tenants.len().min(TRUNK_TENANTS_SHOWN);
+            let mut text = format!("trunk:{}", tenants[..shown].join(","));
+            if tenants.len() > shown {
+                text.push_str(&format!(",+{}", tenants.len() - shown));
             }
             text
         }
