@@ -9,11 +9,12 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::counters::CoreCounters;
 use dataplane::packet::frame::BufFrame;
 use dataplane::packet::Mac;
+use dataplane::pipeline::ahead::Ahead;
 use dataplane::pipeline::events::{EventQueue, Learner};
-use dataplane::pipeline::fdb_cache::FdbCache;
+use dataplane::pipeline::fdb_cache::{FdbCache, DEFAULT_ENTRIES};
 use dataplane::pipeline::handle;
 use dataplane::pipeline::router::RouterState;
-use dataplane::pipeline::stage::{Context, NoTrace, Sink};
+use dataplane::pipeline::stage::{CoreState, NoTrace, Sink};
 use dataplane::table::builder::TablesBuilder;
 use dataplane::table::routing::{Interface, RouteTarget, Router};
 use dataplane::table::{Design, FlowTables, Location};
@@ -141,9 +142,7 @@ impl Sink<BufFrame> for Recycle {
 struct Core {
     tables: FlowTables,
     counters: CoreCounters,
-    learner: Learner,
-    cache: FdbCache,
-    router: RouterState,
+    state: CoreState,
     sink: Recycle,
 }
 
@@ -152,24 +151,20 @@ impl Core {
         Self {
             tables: tables(),
             counters: CoreCounters::default(),
-            learner: Learner::new(Arc::new(EventQueue::new(1024))),
-            cache: FdbCache::default(),
-            router,
+            state: CoreState {
+                learner: Learner::new(Arc::new(EventQueue::new(1024)), DEFAULT_ENTRIES),
+                cache: FdbCache::default(),
+                router,
+                spread: None,
+                ahead: Ahead::default(),
+            },
             sink: Recycle::default(),
         }
     }
 
     fn handle(&mut self, in_port: u16, frame: BufFrame) {
-        let mut cx = Context {
-            counters: &self.counters,
-            learner: &mut self.learner,
-            cache: &mut self.cache,
-            router: &mut self.router,
-            tracer: NoTrace,
-            fast_path: true,
-            spread: None,
-            in_port,
-        };
+        let mut cx = self.state.context(&self.counters, NoTrace, true);
+        cx.in_port = in_port;
         handle(&self.tables, in_port, frame, &mut self.sink, &mut cx);
     }
 }
@@ -257,8 +252,8 @@ fn snat_new_connections(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("snat new connection (udp)", |b| {
         b.iter(|| {
-            if core.router.nat.len() >= SESSIONS - 1 {
-                core.router.nat.clear();
+            if core.state.router.nat.len() >= SESSIONS - 1 {
+                core.state.router.nat.clear();
             }
             n = n.wrapping_add(1);
             let mut frame = core

@@ -129,6 +129,7 @@ fn run_with_eal(
     let nat_sessions = config.gateway.sessions_per_worker as usize;
     let max_sleep = config.max_idle_sleep;
     let spread_tunnels = config.spread_tunnels;
+    let cache_entries = config.flow_cache;
     let mut controller = Controller::new(
         config,
         port_info,
@@ -148,6 +149,7 @@ fn run_with_eal(
             count,
             nat_sessions,
             spread_tunnels,
+            cache_entries,
         };
         let pipeline = SwitchPipeline::new(publisher.reader(), queue, tsc_hz, slot);
         workers.push(
@@ -179,6 +181,7 @@ fn run_with_eal(
     tracing::info!(
         ports = ports.len(),
         workers = workers.len(),
+        flow_cache = cache_entries,
         "tenetd forwarding; stop with Ctrl-C"
     );
     let mut dataplane = Dataplane {

@@ -821,3 +821,103 @@ fn too_big_from_outside_is_answered_out_of_the_uplink() {
     );
     assert_eq!(core.dropped(DropReason::FragmentationNeeded), 1);
 }
+
+#[test]
+fn a_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
+    use dataplane::counters::CoreCounters;
+    use dataplane::pipeline::events::EventQueue;
+    use dataplane::pipeline::{Core, WorkerSlot};
+    use dataplane::table::publish::TablePublisher;
+    use std::sync::Arc;
+
+    // Past the size at which a burst's keys are hashed and prefetched ahead of it.
+    let mut tables = tables(&Options::default());
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let bulk = |i: u32| -> Mac {
+        let [_, x, y, z] = i.to_be_bytes();
+        [2, 1, 0, x, y, z]
+    };
+    for i in 0..10_000 {
+        b.static_mac(0, bulk(i), Location::Port(PORT_C2));
+    }
+    for (key, entry) in b.build().fdb.iter() {
+        tables.fdb.insert(key, entry).expect("the FDB grows");
+    }
+    // Every way a frame from a container takes: known, bulk, unknown and group
+    // destinations, new and spoofed sources, routed inside, outside (SNAT) and to a
+    // tenant not peered, a frame too short to read: each key beside other frames' keys.
+    let learned: Mac = [2, 0, 0, 0, 0x0a, 0x77];
+    let mut frames = Vec::new();
+    for i in 0..32u32 {
+        let frame = match i % 8 {
+            0 => udp((C1, C1_IP, 1000), (C2, C2_IP, 53), 64),
+            1 => udp((C1, C1_IP, 1000), (bulk(i * 311), C2_IP, 53), 64),
+            2 => udp((learned, C1_IP, 1000), (bulk(i), C2_IP, 53), 64),
+            3 => udp((C1, C1_IP, 1000 + i as u16), (mac_a(), C2_IP, 53), 64),
+            4 => tcp(
+                (C1, C1_IP, 2000 + i as u16),
+                (mac_a(), SERVER, 443),
+                64,
+                true,
+            ),
+            5 => udp((C2, C2_IP, 1000), (bulk(i), C1_IP, 53), 64),
+            6 => match i {
+                6 => arp_request(C1, C1_IP, GW_A),
+                14 => udp((C1, C1_IP, 1000), ([2, 9, 9, 9, 9, 9], C2_IP, 53), 64),
+                22 => udp((C1, C1_IP, 1000), (mac_a(), CB_IP, 53), 64),
+                _ => vec![0xff; 9],
+            },
+            _ => udp((C1, C1_IP, 1000), (bulk(9_999 - i), C2_IP, 53), 64),
+        };
+        frames.push(frame);
+    }
+
+    let reversed: Vec<Vec<u8>> = frames.iter().rev().cloned().collect();
+
+    let mut one_at_a_time = Offline::worker(0, 1);
+    let expected: Vec<Collect> = [&frames, &frames, &reversed]
+        .iter()
+        .map(|burst| {
+            let mut sink = Collect::default();
+            for frame in burst.iter() {
+                sink = one_at_a_time.run_into(&tables, PORT_C1, frame, sink);
+            }
+            sink
+        })
+        .collect();
+
+    let publisher = TablePublisher::new(tables);
+    let slot = WorkerSlot {
+        index: 0,
+        count: 1,
+        nat_sessions: 64,
+        spread_tunnels: false,
+        // Smaller than the one-at-a-time core's: what a frame does never depends on it.
+        cache_entries: 256,
+    };
+    let mut core = Core::new(publisher.reader(), Arc::new(EventQueue::new(1024)), slot);
+    let counters = CoreCounters::default();
+    // Twice: the second burst finds the first one's keys in the core's caches.
+    // Then another burst without the pass, as a traced port's runs: the last burst's
+    // keys, still kept, are other frames' and must not be taken.
+    for (round, expected) in expected.iter().enumerate() {
+        let burst = if round < 2 { &frames } else { &reversed };
+        let mut sink = Collect::default();
+        core.begin(0, &mut sink, &counters);
+        if round < 2 {
+            core.prefetch(PORT_C1, burst.iter().map(Vec::as_slice));
+        }
+        let frames = burst.iter().map(|f| BufFrame::new(f));
+        core.run(PORT_C1, frames, &mut sink, &counters);
+        assert_eq!(sink.sent, expected.sent, "burst {round}");
+        assert_eq!(sink.parked, expected.parked, "burst {round}");
+    }
+    for reason in [DropReason::MacSpoof, DropReason::Malformed] {
+        assert_eq!(
+            counters.snapshot().dropped(reason),
+            one_at_a_time.dropped(reason),
+            "{reason:?}"
+        );
+    }
+    assert!(one_at_a_time.dropped(DropReason::MacSpoof) > 0);
+}

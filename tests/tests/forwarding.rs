@@ -143,6 +143,7 @@ workers = [0, 1]
 file_prefix = "{prefix}"
 memory_mb = 256
 mbufs = 8191
+flow_cache = 256
 
 [[tenant]]
 name = "red"
@@ -191,5 +192,11 @@ tenant = "red"
         !stopped.stdout.contains("drop ring-full"),
         "{}",
         stopped.stdout
+    );
+    // The workers' caches are the size the config gave (the fewest entries it may).
+    assert!(
+        stopped.stderr.contains("flow_cache=256"),
+        "{}",
+        stopped.stderr
     );
 }

@@ -274,6 +274,10 @@ pub struct DataplaneConfig {
     /// twice, which costs more than it saves where that is slow (measured on a 2-vCPU
     /// VM: half the rate of one worker decapsulating everything).
     pub spread_tunnels: bool,
+    /// Entries of each of a worker's exact-match caches in front of the tables
+    /// (destination MACs, source MACs, routes, sources reported for learning): more
+    /// keep more busy flows at one probe, fewer leave the core's cache to the packets.
+    pub flow_cache: usize,
 }
 
 impl Default for DataplaneConfig {
@@ -292,6 +296,7 @@ impl Default for DataplaneConfig {
             dpdk_log_level: defaults.log_level,
             max_idle_sleep_us: 500,
             spread_tunnels: false,
+            flow_cache: dataplane::pipeline::fdb_cache::DEFAULT_ENTRIES,
         }
     }
 }
@@ -412,6 +417,8 @@ pub struct Validated {
     pub max_idle_sleep: std::time::Duration,
     /// Whether GRE is shared between the workers by its inner flow.
     pub spread_tunnels: bool,
+    /// Entries of each of a worker's caches.
+    pub flow_cache: usize,
     /// Large-buffer pool size (0: none).
     pub jumbo_mbufs: u32,
     /// Descriptors per RX queue.
@@ -536,6 +543,7 @@ impl Config {
             mbufs: dp.mbufs,
             max_idle_sleep: std::time::Duration::from_micros(u64::from(dp.max_idle_sleep_us)),
             spread_tunnels: dp.spread_tunnels,
+            flow_cache: dp.flow_cache,
             jumbo_mbufs: dp.jumbo_mbufs,
             rx_descriptors: dp.rx_descriptors,
             tx_descriptors: dp.tx_descriptors,
@@ -720,6 +728,13 @@ fn check_dataplane_sizes(dp: &DataplaneConfig) -> Result<(), ConfigError> {
         return Err(invalid(
             "dataplane.max_idle_sleep_us",
             "at most 10000 (10 ms); 0 keeps the workers polling",
+        ));
+    }
+    let cache = dataplane::pipeline::fdb_cache::ENTRIES_RANGE;
+    if !dp.flow_cache.is_power_of_two() || !cache.contains(&dp.flow_cache) {
+        return Err(invalid(
+            "dataplane.flow_cache",
+            format!("a power of two from {} to {}", cache.start(), cache.end()),
         ));
     }
     Ok(())
@@ -1436,6 +1451,25 @@ underlay_ip = "198.18.0.1/24"
             e.starts_with("config field `dataplane.max_idle_sleep_us`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_flow_cache_is_a_power_of_two_in_range() {
+        let cache = |entries: &str| {
+            parse(&TWO_PORTS.replace(
+                "workers = [${CORE}]",
+                &format!("workers = [${{CORE}}]\nflow_cache = {entries}"),
+            ))
+        };
+        assert_eq!(cache("256").unwrap().flow_cache, 256);
+        assert_eq!(cache("65536").unwrap().flow_cache, 65536);
+        for bad in ["0", "128", "5000", "131072", "-1"] {
+            let e = cache(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("config field `dataplane.flow_cache`"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -151,6 +151,8 @@ impl World {
                 count: 1,
                 nat_sessions: 1024,
                 spread_tunnels: false,
+                // The fewest entries a config may give: churn meets evictions too.
+                cache_entries: 256,
             },
         );
         Self {

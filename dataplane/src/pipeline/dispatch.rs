@@ -29,36 +29,46 @@ const PREFETCH_FDB_PAST: usize = 8192;
 #[inline(always)]
 pub fn prefetch_burst<'a>(
     tables: &FlowTables,
-    state: &CoreState,
+    state: &mut CoreState,
     in_port: u16,
     frames: impl Iterator<Item = &'a [u8]> + Clone,
 ) {
-    let cache = &state.cache;
+    let (cache, ahead) = (&state.cache, &mut state.ahead);
+    ahead.start();
     let big_fdb = tables.fdb.len() > PREFETCH_FDB_PAST;
     match *tables.role(in_port) {
         PortRole::Trunk if big_fdb => {
-            for data in frames {
-                if let Some(tenant) = classify::trunk_tenant_ahead(tables, in_port, data) {
-                    cache.prefetch_fdb(tables, &state.learner, tenant, data);
+            for (at, data) in frames.enumerate() {
+                let keys = classify::trunk_tenant_ahead(tables, in_port, data)
+                    .and_then(|tenant| cache.prefetch_fdb(tables, &state.learner, tenant, data));
+                match keys {
+                    Some((dst, src)) => ahead.set_macs(at, dst, src),
+                    None => ahead.skip_macs(at),
                 }
             }
         }
         PortRole::Access { tenant, .. } => {
             if big_fdb {
-                for data in frames.clone() {
-                    cache.prefetch_fdb(tables, &state.learner, tenant, data);
+                for (at, data) in frames.clone().enumerate() {
+                    match cache.prefetch_fdb(tables, &state.learner, tenant, data) {
+                        Some((dst, src)) => ahead.set_macs(at, dst, src),
+                        None => ahead.skip_macs(at),
+                    }
                 }
             }
             let Some(router) = tables.router(tenant) else {
                 return;
             };
-            for data in frames.clone() {
-                cache.prefetch_route(tenant, data);
+            for (at, data) in frames.clone().enumerate() {
+                match cache.prefetch_route(tenant, data) {
+                    Some(route) => ahead.set_route(at, route),
+                    None => ahead.skip_route(at),
+                }
             }
             // Then the SNAT slots of the frames those routes send outside.
             if router.snat_ip.is_some() {
-                for data in frames {
-                    router::prefetch_external(cache, &state.router.nat, tenant, data);
+                for (at, data) in frames.enumerate() {
+                    router::prefetch_external(cache, ahead, at, &state.router.nat, tenant, data);
                 }
             }
         }
@@ -124,7 +134,8 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
             access_burst(tables, in_port, tenant, security, frames, sink, cx)
         }
         PortRole::Trunk => {
-            for frame in frames {
+            for (at, frame) in frames.enumerate() {
+                cx.at = at;
                 let classified = classify::from_trunk(tables, in_port, &frame, cx);
                 run(tables, frame, classified, sink, cx);
             }
@@ -189,7 +200,8 @@ fn access_burst<F: Frame, S: Sink<F>, T: Trace>(
         }
         _ => None,
     };
-    for frame in frames {
+    for (at, frame) in frames.enumerate() {
+        cx.at = at;
         let frame = match fast {
             Some((router, mac)) => {
                 match router::fast_route(tables, tenant, router, mac, in_port, frame, cx) {

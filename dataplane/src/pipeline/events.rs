@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 
+use super::ahead::Hashed;
 use crate::counters::CoreCounters;
 use crate::packet::Mac;
-use crate::table::key_index::cache_index;
-use crate::table::{fdb_key, Location, TenantIdx};
+use crate::table::key_index::HashSlots;
+use crate::table::{fdb_key, fdb_key_parts, Location, TenantIdx};
 
 /// One slow-path event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +61,6 @@ pub const EVENT_QUEUE_LEN: usize = 4096;
 /// aging sees it alive.
 pub const REFRESH_SECS: u32 = 10;
 
-/// Sets of [`Reported`] sources: 4,096 sources in 64 KB, each set one cache line.
-const SETS: usize = 1024;
 /// Sources a set holds: with one slot per set, two busy sources whose keys share it
 /// evict each other on every frame, and each frame then makes an event (a direct-mapped
 /// 4,096 slots did that for a fifth of 1,000 sources); four ways keep them both.
@@ -69,11 +68,6 @@ const WAYS: usize = 4;
 /// A key no source has: the broadcast MAC's FDB key (a group source is dropped before
 /// it could learn).
 const NO_KEY: u64 = u64::MAX;
-
-#[inline(always)]
-fn set_of(key: u64) -> usize {
-    cache_index::<SETS>(key)
-}
 
 /// Up to [`WAYS`] sources reported lately: where each was and when (the worker's
 /// seconds), in one cache line.
@@ -101,7 +95,8 @@ const NOTHING_REPORTED: Reported = Reported {
 /// one cache line per packet and no event.
 pub struct Learner {
     events: Arc<EventQueue>,
-    reported: Box<[Reported; SETS]>,
+    /// Sets of sources, as many sources in all as the worker's caches hold entries.
+    reported: HashSlots<Reported>,
     /// The last neighbour reported or asked for, and when: a burst of frames to one
     /// unresolved (or chatty) neighbour makes one event.
     last_neighbor: Option<(u64, u32)>,
@@ -110,11 +105,12 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// A learner feeding `events`.
-    pub fn new(events: Arc<EventQueue>) -> Self {
+    /// A learner feeding `events`, remembering up to `sources` reported sources (a
+    /// power of two of at least 8, as the worker's caches are configured).
+    pub fn new(events: Arc<EventQueue>, sources: usize) -> Self {
         Self {
             events,
-            reported: Box::new([NOTHING_REPORTED; SETS]),
+            reported: HashSlots::new(sources / WAYS, NOTHING_REPORTED),
             last_neighbor: None,
             now: 0,
         }
@@ -122,27 +118,23 @@ impl Learner {
 
     /// Starts loading what [`Learner::learn`] reads for the source with FDB key `key`.
     #[inline(always)]
-    pub fn prefetch(&self, key: u64) {
-        crate::dpdk::prefetch(&self.reported[set_of(key)]);
+    pub fn prefetch(&self, key: Hashed) {
+        crate::dpdk::prefetch(self.reported.at(key.hash));
     }
 
-    /// `mac` of `tenant` was seen at `location`.
+    /// The source with FDB key `source` (a [`fdb_key`] of tenant and MAC) was seen at
+    /// `location`.
     #[inline(always)]
-    pub fn learn(
-        &mut self,
-        tenant: TenantIdx,
-        mac: Mac,
-        location: Location,
-        counters: &CoreCounters,
-    ) {
-        let key = fdb_key(tenant, &mac);
-        let set = &mut self.reported[set_of(key)];
+    pub fn learn(&mut self, source: Hashed, location: Location, counters: &CoreCounters) {
+        let key = source.key;
+        let set = self.reported.at_mut(source.hash);
         let way = set.keys.iter().position(|&k| k == key);
         if let Some(w) = way {
             if set.locations[w] == location && self.now.wrapping_sub(set.at[w]) < REFRESH_SECS {
                 return;
             }
         }
+        let (tenant, mac) = fdb_key_parts(key);
         if self
             .events
             .push(Event::Learn {
@@ -222,23 +214,28 @@ impl Learner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::FlowTables;
+
+    fn source(tenant: TenantIdx, mac: &Mac) -> Hashed {
+        Hashed::fdb(&FlowTables::default(), fdb_key(tenant, mac))
+    }
 
     #[test]
     fn reports_once_until_moved_or_stale() {
         let queue = Arc::new(EventQueue::new(16));
         let counters = CoreCounters::default();
-        let mut learner = Learner::new(Arc::clone(&queue));
+        let mut learner = Learner::new(Arc::clone(&queue), 4096);
         let mac = [2, 0, 0, 0, 0, 1];
         for _ in 0..100 {
-            learner.learn(0, mac, Location::Port(1), &counters);
+            learner.learn(source(0, &mac), Location::Port(1), &counters);
         }
         assert_eq!(queue.len(), 1, "a busy source is reported once");
-        learner.learn(0, mac, Location::Port(2), &counters);
+        learner.learn(source(0, &mac), Location::Port(2), &counters);
         assert_eq!(queue.len(), 2, "a move is reported at once");
         learner.now += REFRESH_SECS;
-        learner.learn(0, mac, Location::Port(2), &counters);
+        learner.learn(source(0, &mac), Location::Port(2), &counters);
         assert_eq!(queue.len(), 3, "a live MAC is reported again for aging");
-        learner.learn(1, mac, Location::Port(2), &counters);
+        learner.learn(source(1, &mac), Location::Port(2), &counters);
         assert_eq!(queue.len(), 4, "tenants are separate");
     }
 
@@ -246,44 +243,44 @@ mod tests {
     fn sources_sharing_a_set_do_not_evict_each_other() {
         let queue = Arc::new(EventQueue::new(1024));
         let counters = CoreCounters::default();
-        let mut learner = Learner::new(Arc::clone(&queue));
+        let mut learner = Learner::new(Arc::clone(&queue), 4096);
         // Five MACs of tenant 0 whose keys land in one set.
         let first = [2, 0, 0, 0, 0, 0];
-        let set = set_of(fdb_key(0, &first));
+        let set = learner.reported.index(source(0, &first).hash);
         let macs: Vec<Mac> = (0u32..)
             .map(|i| {
                 let b = i.to_be_bytes();
                 [2, 0, b[0], b[1], b[2], b[3]]
             })
-            .filter(|mac| set_of(fdb_key(0, mac)) == set)
+            .filter(|mac| learner.reported.index(source(0, mac).hash) == set)
             .take(WAYS + 1)
             .collect();
-        learner.learn(0, macs[0], Location::Port(1), &counters);
+        learner.learn(source(0, &macs[0]), Location::Port(1), &counters);
         learner.now += 1;
         for _ in 0..100 {
             for mac in &macs[..WAYS] {
-                learner.learn(0, *mac, Location::Port(1), &counters);
+                learner.learn(source(0, mac), Location::Port(1), &counters);
             }
         }
         assert_eq!(queue.len(), WAYS, "each of a full set is reported once");
         // A fifth takes the place of the one reported longest ago...
-        learner.learn(0, macs[WAYS], Location::Port(1), &counters);
+        learner.learn(source(0, &macs[WAYS]), Location::Port(1), &counters);
         assert_eq!(queue.len(), WAYS + 1);
         for mac in &macs[1..] {
-            learner.learn(0, *mac, Location::Port(1), &counters);
+            learner.learn(source(0, mac), Location::Port(1), &counters);
         }
         assert_eq!(queue.len(), WAYS + 1, "the newer ones stay");
         // ...which is reported again when it comes back.
-        learner.learn(0, macs[0], Location::Port(1), &counters);
+        learner.learn(source(0, &macs[0]), Location::Port(1), &counters);
         assert_eq!(queue.len(), WAYS + 2);
         // A source of the full set that moves is reported once, in its own way: the
         // others stay.
         for _ in 0..10 {
-            learner.learn(0, macs[1], Location::Port(2), &counters);
+            learner.learn(source(0, &macs[1]), Location::Port(2), &counters);
         }
         assert_eq!(queue.len(), WAYS + 3);
         for mac in [macs[0], macs[2], macs[3]] {
-            learner.learn(0, mac, Location::Port(1), &counters);
+            learner.learn(source(0, &mac), Location::Port(1), &counters);
         }
         assert_eq!(queue.len(), WAYS + 3, "a move evicts nobody");
     }
@@ -292,12 +289,12 @@ mod tests {
     fn full_queue_counts_the_loss_and_retries() {
         let queue = Arc::new(EventQueue::new(1));
         let counters = CoreCounters::default();
-        let mut learner = Learner::new(Arc::clone(&queue));
-        learner.learn(0, [2, 0, 0, 0, 0, 1], Location::Port(1), &counters);
-        learner.learn(0, [2, 0, 0, 0, 0, 2], Location::Port(1), &counters);
+        let mut learner = Learner::new(Arc::clone(&queue), 4096);
+        learner.learn(source(0, &[2, 0, 0, 0, 0, 1]), Location::Port(1), &counters);
+        learner.learn(source(0, &[2, 0, 0, 0, 0, 2]), Location::Port(1), &counters);
         assert_eq!(counters.snapshot().events_lost, 1);
         queue.pop();
-        learner.learn(0, [2, 0, 0, 0, 0, 2], Location::Port(1), &counters);
+        learner.learn(source(0, &[2, 0, 0, 0, 0, 2]), Location::Port(1), &counters);
         assert_eq!(queue.len(), 1, "the lost report is retried");
     }
 }

@@ -7,12 +7,13 @@
 
 use std::net::Ipv4Addr;
 
+use super::ahead::Hashed;
 use super::events::Learner;
 use crate::counters::DropReason;
 use crate::packet::ethernet::{self, EtherType, GROUP_BIT};
 use crate::packet::ipv4::{self, Ipv4Packet};
 use crate::packet::Mac;
-use crate::table::key_index::cache_index;
+use crate::table::key_index::HashSlots;
 use crate::table::{fdb_key_of, FdbEntry, FlowTables, Location, TenantIdx, TunnelIdx};
 
 /// What to do with a frame for a destination, resolved once per cache fill.
@@ -65,20 +66,15 @@ pub struct Unresolved {
     pub ip: Ipv4Addr,
 }
 
-#[inline(always)]
-fn route_slot(key: u64) -> usize {
-    cache_index::<ROUTE_SLOTS>(key)
-}
+/// Entries of each of a worker's caches (destinations, sources, routes, learning)
+/// unless the config says otherwise: 4,096 destinations and as many sources in 64 KiB
+/// each, the routes in 128 KiB, which a core's L2 holds beside the frames in flight.
+pub const DEFAULT_ENTRIES: usize = 4096;
 
-#[inline(always)]
-fn fdb_slot(key: u64) -> usize {
-    cache_index::<SLOTS>(key)
-}
-
-#[inline(always)]
-fn source_slot(key: u64) -> usize {
-    cache_index::<SOURCE_SLOTS>(key)
-}
+/// The fewest and most entries a worker's caches may be given: they are rewritten
+/// whole whenever the worker takes a new snapshot (a learned MAC makes one), 4 MiB at
+/// most, a fraction of a millisecond.
+pub const ENTRIES_RANGE: std::ops::RangeInclusive<usize> = 256..=1 << 16;
 
 #[derive(Clone, Copy)]
 struct RouteSlot {
@@ -86,10 +82,6 @@ struct RouteSlot {
     hop: Hop,
 }
 
-/// Larger than the FDB cache: routed traffic has one entry per destination address,
-/// not per MAC, and a direct-mapped cache of N slots loses most of N flows to
-/// collisions (256 flows in 256 slots missed 63% of lookups).
-const ROUTE_SLOTS: usize = 4096;
 /// A key no lookup uses: route keys keep their top 16 bits clear.
 const EMPTY_ROUTE: RouteSlot = RouteSlot {
     key: u64::MAX,
@@ -102,10 +94,6 @@ struct Slot {
     out: Out,
 }
 
-/// 4,096 destinations (64 KiB, a core's L2 holds it), rewritten whole only when a
-/// snapshot changes.
-const SLOTS: usize = 4096;
-
 /// A source's FDB entry (what its checks need; a source is never resolved).
 #[derive(Clone, Copy)]
 struct SourceSlot {
@@ -113,11 +101,6 @@ struct SourceSlot {
     entry: Option<FdbEntry>,
 }
 
-/// 4,096 sources (64 KiB) in their own slots: in slots shared with the destinations,
-/// 100,000 one-off destinations evicted the few busy senders on every pass (with slots
-/// spread evenly, 1,000 senders lost theirs most of the time: 157 → 192 cycles a
-/// packet in `l2-many`).
-const SOURCE_SLOTS: usize = 4096;
 /// A key no source has: the broadcast MAC's, and a group source is dropped before its
 /// lookup.
 const EMPTY_SOURCE: SourceSlot = SourceSlot {
@@ -131,13 +114,21 @@ const EMPTY_SLOT: Slot = Slot {
     out: Out::Flood,
 };
 
-/// The cache of one worker.
+/// The cache of one worker, rewritten whole only when a snapshot changes.
 pub struct FdbCache {
-    slots: Box<[Slot; SLOTS]>,
-    sources: Box<[SourceSlot; SOURCE_SLOTS]>,
+    slots: HashSlots<Slot>,
+    /// Sources in their own slots: in slots shared with the destinations, 100,000
+    /// one-off destinations evicted the few busy senders on every pass (with slots
+    /// spread evenly, 1,000 senders lost theirs most of the time: 157 → 192 cycles a
+    /// packet in `l2-many`).
+    sources: HashSlots<SourceSlot>,
     last_source: Option<(u64, Location, u32)>,
     last_tunnel: Option<TunnelMemo>,
-    routes: Box<[RouteSlot; ROUTE_SLOTS]>,
+    /// As many as destinations, though a route slot is twice the size: routed traffic
+    /// has one entry per destination address, not per MAC, and a direct-mapped cache
+    /// of N slots loses most of N flows to collisions (256 flows in 256 slots missed
+    /// 63% of lookups).
+    routes: HashSlots<RouteSlot>,
 }
 
 /// The last decapsulation decision: (peer IP, GRE key or 0) → (tunnel, tenant).
@@ -155,17 +146,28 @@ pub struct TunnelMemo {
 
 impl Default for FdbCache {
     fn default() -> Self {
-        Self {
-            slots: Box::new([EMPTY_SLOT; SLOTS]),
-            sources: Box::new([EMPTY_SOURCE; SOURCE_SLOTS]),
-            last_source: None,
-            last_tunnel: None,
-            routes: Box::new([EMPTY_ROUTE; ROUTE_SLOTS]),
-        }
+        Self::new(DEFAULT_ENTRIES)
     }
 }
 
 impl FdbCache {
+    /// A cache of `entries` destinations, as many sources and as many routes (a power
+    /// of two in [`ENTRIES_RANGE`], checked where it is configured).
+    pub fn new(entries: usize) -> Self {
+        Self {
+            slots: HashSlots::new(entries, EMPTY_SLOT),
+            sources: HashSlots::new(entries, EMPTY_SOURCE),
+            last_source: None,
+            last_tunnel: None,
+            routes: HashSlots::new(entries, EMPTY_ROUTE),
+        }
+    }
+
+    /// How many destinations (and sources, and routes) it holds.
+    pub fn entries(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Forgets everything (a new snapshot is in use).
     pub fn clear(&mut self) {
         self.slots.fill(EMPTY_SLOT);
@@ -176,24 +178,26 @@ impl FdbCache {
     }
 
     /// Starts loading the route slot of the IPv4 destination of `frame` in `tenant`,
-    /// for a lookup one frame later (harmless if the frame is not routed).
+    /// for a lookup one frame later (harmless if the frame is not routed); gives the
+    /// route key it hashed.
     #[inline(always)]
-    pub fn prefetch_route(&self, tenant: TenantIdx, frame: &[u8]) {
-        let ethertype = frame.get(ethernet::ETHERTYPE_AT);
-        let header = frame.get(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN);
-        if let (Some(ethertype), Some(header)) = (ethertype, header) {
-            if ethertype != EtherType::IPV4_BYTES {
-                return;
-            }
-            let ip = Ipv4Packet::new_unchecked(header).dst_addr();
-            let key = crate::table::routing::neighbor_key(tenant, ip);
-            crate::dpdk::prefetch(&self.routes[route_slot(key)]);
+    pub fn prefetch_route(&self, tenant: TenantIdx, frame: &[u8]) -> Option<Hashed> {
+        let ethertype = frame.get(ethernet::ETHERTYPE_AT)?;
+        let header =
+            frame.get(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN)?;
+        if ethertype != EtherType::IPV4_BYTES {
+            return None;
         }
+        let ip = Ipv4Packet::new_unchecked(header).dst_addr();
+        let key = Hashed::route(crate::table::routing::neighbor_key(tenant, ip));
+        crate::dpdk::prefetch(self.routes.at(key.hash));
+        Some(key)
     }
 
     /// Starts loading the FDB slots of a frame's destination and source MACs in
     /// `tenant` that this cache does not answer for, for a lookup a few frames later,
-    /// and the slot where `learner` remembers the source as reported.
+    /// and the slot where `learner` remembers the source as reported; gives the keys
+    /// it hashed (destination, source).
     #[inline(always)]
     pub fn prefetch_fdb(
         &self,
@@ -201,28 +205,27 @@ impl FdbCache {
         learner: &Learner,
         tenant: TenantIdx,
         frame: &[u8],
-    ) {
-        let Some((dst, src)) = ethernet::macs_u64(frame) else {
-            return;
-        };
+    ) -> Option<(Hashed, Hashed)> {
+        let (dst, src) = ethernet::macs_u64(frame)?;
+        let dst_key = Hashed::fdb(tables, fdb_key_of(tenant, dst));
         // A group destination is flooded, never looked up.
-        let dst_key = fdb_key_of(tenant, dst);
-        if dst & GROUP_BIT == 0 && self.slots[fdb_slot(dst_key)].key != dst_key {
-            tables.fdb.prefetch(dst_key);
+        if dst & GROUP_BIT == 0 && self.slots.at(dst_key.hash).key != dst_key.key {
+            tables.fdb.prefetch_hashed(dst_key.hash);
         }
-        let src_key = fdb_key_of(tenant, src);
+        let src_key = Hashed::fdb(tables, fdb_key_of(tenant, src));
         // A group source is dropped, never looked up.
-        if src & GROUP_BIT == 0 && self.sources[source_slot(src_key)].key != src_key {
-            tables.fdb.prefetch(src_key);
+        if src & GROUP_BIT == 0 && self.sources.at(src_key.hash).key != src_key.key {
+            tables.fdb.prefetch_hashed(src_key.hash);
         }
         learner.prefetch(src_key);
+        Some((dst_key, src_key))
     }
 
     /// The cached routing decision for `key`, if there is one (nothing is decided).
     #[inline(always)]
-    pub fn peek_route(&self, key: u64) -> Option<Hop> {
-        let slot = &self.routes[route_slot(key)];
-        (slot.key == key).then_some(slot.hop)
+    pub fn peek_route(&self, key: Hashed) -> Option<Hop> {
+        let slot = self.routes.at(key.hash);
+        (slot.key == key.key).then_some(slot.hop)
     }
 
     /// The routing decision for `key` (a [`crate::table::routing::neighbor_key`] of
@@ -231,13 +234,13 @@ impl FdbCache {
     #[inline(always)]
     pub fn route(
         &mut self,
-        key: u64,
+        key: Hashed,
         decide: impl FnOnce() -> Result<Hop, Unresolved>,
     ) -> Result<Hop, Unresolved> {
-        let slot = &mut self.routes[route_slot(key)];
-        if slot.key != key {
+        let slot = self.routes.at_mut(key.hash);
+        if slot.key != key.key {
             let hop = decide()?;
-            *slot = RouteSlot { key, hop };
+            *slot = RouteSlot { key: key.key, hop };
         }
         Ok(slot.hop)
     }
@@ -260,14 +263,14 @@ impl FdbCache {
     pub fn destination(
         &mut self,
         tables: &FlowTables,
-        key: u64,
+        key: Hashed,
         resolve: impl FnOnce(Option<FdbEntry>) -> Out,
     ) -> Out {
-        let slot = &mut self.slots[fdb_slot(key)];
-        if slot.key != key {
+        let slot = self.slots.at_mut(key.hash);
+        if slot.key != key.key {
             *slot = Slot {
-                key,
-                out: resolve(tables.fdb.get(key)),
+                key: key.key,
+                out: resolve(tables.fdb.get_hashed(key.key, key.hash)),
             };
         }
         slot.out
@@ -275,12 +278,12 @@ impl FdbCache {
 
     /// `tables.fdb[key]` for a frame's source, from the cache when possible.
     #[inline(always)]
-    pub fn source(&mut self, tables: &FlowTables, key: u64) -> Option<FdbEntry> {
-        let slot = &mut self.sources[source_slot(key)];
-        if slot.key != key {
+    pub fn source(&mut self, tables: &FlowTables, key: Hashed) -> Option<FdbEntry> {
+        let slot = self.sources.at_mut(key.hash);
+        if slot.key != key.key {
             *slot = SourceSlot {
-                key,
-                entry: tables.fdb.get(key),
+                key: key.key,
+                entry: tables.fdb.get_hashed(key.key, key.hash),
             };
         }
         slot.entry
@@ -314,9 +317,11 @@ mod tests {
                 keys.push(crate::table::fdb_key(t + 1, &mac));
             }
         }
-        let mut per_slot = vec![0u32; SLOTS];
+        let tables = FlowTables::default();
+        let cache = FdbCache::default();
+        let mut per_slot = vec![0u32; cache.entries()];
         for &k in &keys {
-            per_slot[fdb_slot(k)] += 1;
+            per_slot[cache.slots.index(Hashed::fdb(&tables, k).hash)] += 1;
         }
         let shared: u32 = per_slot.iter().filter(|&&n| n > 1).sum();
         // Random slots would share about 800 of 2,000 keys; a plain multiply shared 1,638.

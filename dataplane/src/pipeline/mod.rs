@@ -12,6 +12,7 @@ macro_rules! note {
     };
 }
 
+pub mod ahead;
 pub mod capture;
 mod classify;
 mod dispatch;
@@ -101,6 +102,8 @@ pub struct WorkerSlot {
     /// Whether GRE received here is shared with the other workers by its inner flow
     /// ([`spread`]).
     pub spread_tunnels: bool,
+    /// Entries of each of this worker's caches ([`fdb_cache::FdbCache::new`]).
+    pub cache_entries: usize,
 }
 
 /// Frames waiting for a neighbour: what they wait for, since when (seconds), the frame.
@@ -152,14 +155,15 @@ impl<F: Frame> Core<F> {
         Self {
             tables,
             state: CoreState {
-                learner: Learner::new(events),
-                cache: FdbCache::default(),
+                learner: Learner::new(events, slot.cache_entries),
+                cache: FdbCache::new(slot.cache_entries),
                 router: RouterState::new(slot.nat_sessions, slot.index, slot.count),
                 spread: if slot.spread_tunnels {
                     Spread::new(slot.index, slot.count)
                 } else {
                     None
                 },
+                ahead: ahead::Ahead::default(),
             },
             held: VecDeque::with_capacity(HOLD_QUEUE_LEN),
             retired: 0,
@@ -198,8 +202,8 @@ impl<F: Frame> Core<F> {
     /// Starts loading what the frames of a burst from `in_port` will look up
     /// ([`dispatch::prefetch_burst`]).
     #[inline(always)]
-    pub fn prefetch<'a>(&self, in_port: u16, frames: impl Iterator<Item = &'a [u8]> + Clone) {
-        dispatch::prefetch_burst(self.tables.tables(), &self.state, in_port, frames);
+    pub fn prefetch<'a>(&mut self, in_port: u16, frames: impl Iterator<Item = &'a [u8]> + Clone) {
+        dispatch::prefetch_burst(self.tables.tables(), &mut self.state, in_port, frames);
     }
 
     /// Runs a burst of frames received on `in_port` (after [`Core::begin`]).

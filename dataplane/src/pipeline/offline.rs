@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::dispatch::{handle, prefetch_burst};
 use super::events::{Event, EventQueue, Learner};
-use super::fdb_cache::{FdbCache, Unresolved};
+use super::fdb_cache::{self, FdbCache, Unresolved};
 use super::router::RouterState;
 use super::spread::Spread;
 use super::stage::{Context, CoreState, NoTrace, Sink, Trace};
@@ -99,10 +99,11 @@ impl Offline {
         Self {
             counters: CoreCounters::default(),
             state: CoreState {
-                learner: Learner::new(Arc::clone(&queue)),
+                learner: Learner::new(Arc::clone(&queue), fdb_cache::DEFAULT_ENTRIES),
                 cache: FdbCache::default(),
                 router,
                 spread: None,
+                ahead: Default::default(),
             },
             queue,
             fast_path: true,
@@ -134,7 +135,12 @@ impl Offline {
     /// [`Frame::gso_size`]).
     pub fn run_frame(&mut self, tables: &FlowTables, in_port: u16, frame: BufFrame) -> Collect {
         let mut sink = Collect::default();
-        prefetch_burst(tables, &self.state, in_port, std::iter::once(frame.data()));
+        prefetch_burst(
+            tables,
+            &mut self.state,
+            in_port,
+            std::iter::once(frame.data()),
+        );
         let mut cx = self.context();
         cx.in_port = in_port;
         handle(tables, in_port, frame, &mut sink, &mut cx);
@@ -149,7 +155,7 @@ impl Offline {
         frame: &[u8],
         mut sink: Collect,
     ) -> Collect {
-        prefetch_burst(tables, &self.state, in_port, std::iter::once(frame));
+        prefetch_burst(tables, &mut self.state, in_port, std::iter::once(frame));
         let mut cx = self.context();
         cx.in_port = in_port;
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);
@@ -164,7 +170,7 @@ impl Offline {
         frame: &[u8],
     ) -> (Collect, Vec<String>) {
         let mut sink = Collect::default();
-        prefetch_burst(tables, &self.state, in_port, std::iter::once(frame));
+        prefetch_burst(tables, &mut self.state, in_port, std::iter::once(frame));
         let mut cx = self.context_with(Vec::<String>::new());
         cx.in_port = in_port;
         handle(tables, in_port, BufFrame::new(frame), &mut sink, &mut cx);

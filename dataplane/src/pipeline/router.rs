@@ -24,6 +24,7 @@ use crate::table::routing::{
 };
 use crate::table::{FlowTables, Location, TenantIdx};
 
+use super::ahead::{Ahead, Hashed};
 use super::fdb_cache::{FdbCache, Hop, Out, Unresolved};
 use super::nat::{Flow, Inside, NatTable};
 use super::resolve::resolve_in;
@@ -184,12 +185,11 @@ pub(super) fn route<F: Frame, T: Trace>(
         Some(_) => return cx.stop(DropReason::NotRoutable),
         None => return cx.stop(DropReason::Malformed),
     };
-    let hop = cx
-        .cache
-        .route(neighbor_key(tenant, dst), || match tables.router(tenant) {
-            Some(router) => decide(tables, tenant, router, dst),
-            None => Ok(Hop::NoRoute),
-        });
+    let key = cx.ahead.route(cx.at, neighbor_key(tenant, dst));
+    let hop = cx.cache.route(key, || match tables.router(tenant) {
+        Some(router) => decide(tables, tenant, router, dst),
+        None => Ok(Hop::NoRoute),
+    });
     note!(
         cx,
         "route {dst} in tenant #{}: {hop:?}",
@@ -285,7 +285,10 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
     let Some((ip, 2.., len)) = valid_ipv4(data) else {
         return Err(frame);
     };
-    match cx.cache.peek_route(neighbor_key(tenant, ip)) {
+    match cx
+        .cache
+        .peek_route(cx.ahead.route(cx.at, neighbor_key(tenant, ip)))
+    {
         Some(Hop::Deliver {
             mac,
             src,
@@ -500,12 +503,19 @@ fn to_gateway<F: Frame, T: Trace>(
 /// Starts loading the SNAT session slot of a frame of `tenant` whose destination the
 /// route cache already sends out of the uplink (harmless for any other frame).
 #[inline(always)]
-pub(super) fn prefetch_external(cache: &FdbCache, nat: &NatTable, tenant: TenantIdx, data: &[u8]) {
+pub(super) fn prefetch_external(
+    cache: &FdbCache,
+    ahead: &Ahead,
+    at: usize,
+    nat: &NatTable,
+    tenant: TenantIdx,
+    data: &[u8],
+) {
     let Some(header) = data.get(ETH_LEN..ETH_LEN + IP_LEN) else {
         return;
     };
     let dst = Ipv4Packet::new_unchecked(header).dst_addr();
-    if cache.peek_route(neighbor_key(tenant, dst)) != Some(Hop::External) {
+    if cache.peek_route(ahead.route(at, neighbor_key(tenant, dst))) != Some(Hop::External) {
         return;
     }
     if let Some((flow, _, _)) = l4_flow(data, Direction::Out) {
@@ -641,9 +651,10 @@ pub(super) fn from_outside<F: Frame, T: Trace>(
         // The gateway moved away; its old sessions lead nowhere from here.
         return cx.stop(DropReason::NatNoSession);
     };
-    let hop = cx.cache.route(neighbor_key(inside.tenant, inside.ip), || {
-        decide(tables, inside.tenant, router, inside.ip)
-    });
+    let key = Hashed::route(neighbor_key(inside.tenant, inside.ip));
+    let hop = cx
+        .cache
+        .route(key, || decide(tables, inside.tenant, router, inside.ip));
     if let Ok(Hop::Deliver { mtu, .. }) = hop {
         if !fits(ip_total_len(frame.data()), mtu, &frame) {
             return too_big_from_outside(tables, frame, mtu, cx);

@@ -5,6 +5,7 @@
 use crate::counters::{CoreCounters, DropReason};
 use crate::table::{FlowTables, Location, PortRole, TenantIdx, TunnelIdx};
 
+use super::ahead::Ahead;
 use super::events::Learner;
 use super::fdb_cache::{FdbCache, Out, Unresolved};
 use super::router::RouterState;
@@ -165,6 +166,10 @@ pub struct Context<'a, T: Trace = NoTrace> {
     /// The port the frames came in on, whose drops are counted for it too
     /// ([`crate::counters::NO_PORT`]: none).
     pub in_port: u16,
+    /// The keys the burst's prefetch pass hashed.
+    pub ahead: &'a Ahead,
+    /// The frame's place in its burst, where [`Context::ahead`] keeps its keys.
+    pub at: usize,
 }
 
 /// What a core keeps across bursts for its stages: the learner, the FDB cache and the
@@ -179,6 +184,8 @@ pub struct CoreState {
     pub router: RouterState,
     /// Whether (and with whom) this core shares tunnelled traffic by its inner flow.
     pub spread: Option<Spread>,
+    /// The keys the last burst's prefetch pass hashed.
+    pub ahead: Ahead,
 }
 
 impl CoreState {
@@ -199,6 +206,8 @@ impl CoreState {
             fast_path,
             spread: self.spread,
             in_port: crate::counters::NO_PORT,
+            ahead: &self.ahead,
+            at: 0,
         }
     }
 }

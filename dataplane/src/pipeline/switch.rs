@@ -39,13 +39,14 @@ pub(crate) fn switch<F: Frame, T: Trace>(
     let src_key = fdb_key_of(tenant, src);
     let now = cx.learner.now;
     if !cx.cache.same_source(src_key, here, now) {
-        match cx.cache.source(tables, src_key) {
+        let source = cx.ahead.source(tables, cx.at, src_key);
+        match cx.cache.source(tables, source) {
             Some(entry) if entry.is_static => {
                 if !reaches_through(tables, entry.location, ingress) {
                     return cx.stop(DropReason::MacSpoof);
                 }
             }
-            _ => cx.learner.learn(tenant, mac_bytes(src), here, cx.counters),
+            _ => cx.learner.learn(source, here, cx.counters),
         }
         cx.cache.set_source(src_key, here, now);
     }
@@ -66,9 +67,10 @@ pub(crate) fn switch<F: Frame, T: Trace>(
         }
         return Switched::Output(Out::Flood);
     }
-    let out = cx.cache.destination(tables, fdb_key_of(tenant, dst), |e| {
-        resolve(tables, tenant, e)
-    });
+    let destination = cx.ahead.destination(tables, cx.at, fdb_key_of(tenant, dst));
+    let out = cx
+        .cache
+        .destination(tables, destination, |e| resolve(tables, tenant, e));
     note!(
         cx,
         "destination {}: {}",

@@ -34,8 +34,8 @@ pub struct Align16;
 #[repr(align(32))]
 pub struct Align32;
 
-/// A hash of `key` whose top bits index a per-core direct-mapped cache
-/// ([`cache_index`]). tenet's keys hold the tenant in their high bits, which a plain
+/// A hash of `key` whose top bits index a per-core direct-mapped cache ([`HashSlots`])
+/// of keys no table hashes first (route keys). tenet's keys hold the tenant in their high bits, which a plain
 /// multiply reaches the top bits with only through its constant's lowest bits: 1,000
 /// tenants' source and destination MACs shared 4,096 slots twice as often as random
 /// keys (1,638 of 2,000 keys). Folding the high half in first spreads them as random.
@@ -44,12 +44,63 @@ pub fn cache_hash(key: u64) -> u64 {
     (key ^ key >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// `key`'s slot in a per-core cache of `SLOTS` slots, from [`cache_hash`]'s top bits
-/// (a power of two, or the index could pass the end).
-#[inline(always)]
-pub fn cache_index<const SLOTS: usize>(key: u64) -> usize {
-    const { assert!(SLOTS.is_power_of_two() && SLOTS > 1) };
-    (cache_hash(key) >> (64 - SLOTS.trailing_zeros())) as usize
+/// A per-core direct-mapped cache's slots, a power of two of them (sized at start),
+/// each key's slot the top bits of its hash: a table leaves those to caches (its own
+/// slot comes from the low bits), so one hash serves both.
+pub struct HashSlots<T> {
+    slots: Box<[T]>,
+    shift: u32,
+}
+
+impl<T: Copy> HashSlots<T> {
+    /// `len` slots holding `empty`; `len` is a power of two of at least 2 (checked
+    /// where it is configured).
+    pub fn new(len: usize, empty: T) -> Self {
+        assert!(len.is_power_of_two() && len > 1, "{len} cache slots");
+        Self {
+            slots: vec![empty; len].into_boxed_slice(),
+            shift: 64 - len.trailing_zeros(),
+        }
+    }
+
+    /// How many slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Never: there are at least two slots.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The slot of the key hashed to `hash`.
+    #[inline(always)]
+    pub fn at(&self, hash: u64) -> &T {
+        &self.slots[(hash >> self.shift) as usize]
+    }
+
+    /// The slot of the key hashed to `hash`, to change.
+    #[inline(always)]
+    pub fn at_mut(&mut self, hash: u64) -> &mut T {
+        &mut self.slots[(hash >> self.shift) as usize]
+    }
+
+    /// Where [`HashSlots::at`] finds `hash`'s slot.
+    pub fn index(&self, hash: u64) -> usize {
+        (hash >> self.shift) as usize
+    }
+
+    /// Every slot to `value`.
+    pub fn fill(&mut self, value: T) {
+        self.slots.fill(value);
+    }
+}
+
+/// A seed no one outside the process can predict.
+pub(crate) fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 #[inline(always)]
@@ -62,9 +113,14 @@ fn mix(low: u64, high: u64, seed: u64) -> u64 {
 impl IndexKey for u64 {
     type SlotAlign = Align16;
 
+    /// One multiplication, folded (the full 128-bit product's halves XORed, as aHash
+    /// and wyhash do), so both the low bits the table takes and the top bits the
+    /// per-core caches take depend on every bit of the key: the FDB's keys are hashed
+    /// once a frame even where no table lookup follows (a cache hit).
     #[inline(always)]
     fn hash(self, seed: u64) -> u64 {
-        mix(self, 0, seed)
+        let product = u128::from(self ^ seed) * 0x9e37_79b9_7f4a_7c15;
+        (product as u64) ^ (product >> 64) as u64
     }
 }
 
@@ -112,19 +168,26 @@ impl<K: IndexKey, V: Copy> KeyIndex<K, V> {
     /// Room for `capacity` entries, never more.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(1, (u32::MAX - 1) as usize);
-        Self::with_slots((capacity * 2).next_power_of_two(), Some(capacity))
+        Self::with_slots(
+            (capacity * 2).next_power_of_two(),
+            Some(capacity),
+            random_seed(),
+        )
     }
 
     /// Room for any number of entries: inserts grow it.
     pub fn growing() -> Self {
-        Self::with_slots(16, None)
+        Self::with_slots(16, None, random_seed())
     }
 
-    fn with_slots(slots: usize, capacity: Option<usize>) -> Self {
+    /// Like [`KeyIndex::growing`], hashing under `seed`: indexes made with one seed
+    /// give a key the same [`KeyIndex::hash`], so a cache of hashes outlives each.
+    pub fn growing_with_seed(seed: u64) -> Self {
+        Self::with_slots(16, None, seed)
+    }
+
+    fn with_slots(slots: usize, capacity: Option<usize>, seed: u64) -> Self {
         let slots = slots.max(16);
-        let seed = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
         Self {
             slots: vec![Slot::vacant(); slots].into_boxed_slice(),
             mask: slots - 1,
@@ -149,21 +212,42 @@ impl<K: IndexKey, V: Copy> KeyIndex<K, V> {
         self.capacity.unwrap_or(self.slots.len() / 2)
     }
 
+    /// `key`'s hash, which [`KeyIndex::get_hashed`] and [`KeyIndex::prefetch_hashed`]
+    /// take so that a burst hashes each key once; its top bits are free for per-core
+    /// caches ([`slot_of_hash`]).
+    #[inline(always)]
+    pub fn hash(&self, key: K) -> u64 {
+        key.hash(self.seed)
+    }
+
     #[inline(always)]
     fn home(&self, key: K) -> usize {
-        key.hash(self.seed) as usize & self.mask
+        self.hash(key) as usize & self.mask
     }
 
     /// Starts loading `key`'s slot into the cache, for a lookup a little later.
     #[inline(always)]
     pub fn prefetch(&self, key: K) {
-        crate::dpdk::prefetch(&self.slots[self.home(key)]);
+        self.prefetch_hashed(self.hash(key));
+    }
+
+    /// Starts loading the slot of the key whose [`KeyIndex::hash`] is `hash`.
+    #[inline(always)]
+    pub fn prefetch_hashed(&self, hash: u64) {
+        crate::dpdk::prefetch(&self.slots[hash as usize & self.mask]);
     }
 
     /// The value of `key`.
     #[inline(always)]
     pub fn get(&self, key: K) -> Option<V> {
-        let mut i = self.home(key);
+        self.get_hashed(key, self.hash(key))
+    }
+
+    /// The value of `key`, whose [`KeyIndex::hash`] is `hash`.
+    #[inline(always)]
+    pub fn get_hashed(&self, key: K, hash: u64) -> Option<V> {
+        debug_assert_eq!(hash, self.hash(key), "a hash of another key or seed");
+        let mut i = hash as usize & self.mask;
         loop {
             let slot = &self.slots[i];
             match slot.value {

@@ -77,6 +77,14 @@ pub enum Location {
 /// The FDB: (tenant, MAC) keys ([`fdb_key`]) to entries, slots a burst can prefetch.
 pub type Fdb = key_index::KeyIndex<u64, FdbEntry>;
 
+/// The seed of every FDB of the process: a key hashes the same in every snapshot, so
+/// what a core keeps by hash across snapshots (the learner's memo) stays where it is
+/// looked for.
+fn fdb_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(key_index::random_seed)
+}
+
 /// No VLAN: 802.1Q's reserved 4095 never names a tenant.
 const NO_VLAN: u16 = 0x0fff;
 
@@ -316,7 +324,7 @@ impl Default for FlowTables {
             vlan_tenant: vec![NO_TENANT; 4096],
             trunk_vlans: vec![None; MAX_PORTS],
             key_tenant: FastMap::default(),
-            fdb: Fdb::growing(),
+            fdb: Fdb::growing_with_seed(fdb_seed()),
             tunnels: Vec::new(),
             host_tunnel: Vec::new(),
             peer_tunnel: FastMap::default(),

@@ -1,0 +1,210 @@
+//! What a burst's prefetch pass learned about each frame (its FDB keys and its route
+//! key, each with its hash), kept for the stages, so a frame's keys are hashed once:
+//! the pass hashes them to find what to prefetch, and the switch and the router take
+//! the same hashes for their lookups (VPP's bihash passes a key's hash from its
+//! prefetch to its search the same way).
+
+use crate::dpdk::BURST;
+use crate::table::key_index::cache_hash;
+use crate::table::FlowTables;
+
+/// A key with its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashed {
+    /// The key.
+    pub key: u64,
+    /// Its hash, the table's ([`Hashed::fdb`]) or the per-core caches' ([`Hashed::route`]).
+    pub hash: u64,
+}
+
+impl Hashed {
+    /// An FDB key ([`crate::table::fdb_key`]) with the FDB's hash, whose top bits index
+    /// the per-core caches of MACs.
+    #[inline(always)]
+    pub fn fdb(tables: &FlowTables, key: u64) -> Self {
+        Self {
+            key,
+            hash: tables.fdb.hash(key),
+        }
+    }
+
+    /// A route key ([`crate::table::routing::neighbor_key`]) with the hash that indexes
+    /// the route cache.
+    #[inline(always)]
+    pub fn route(key: u64) -> Self {
+        Self {
+            key,
+            hash: cache_hash(key),
+        }
+    }
+}
+
+/// No key: the broadcast MAC's FDB key, which no lookup uses (a group destination is
+/// flooded and a group source dropped before theirs), and no route key (those keep
+/// their top 16 bits clear).
+const NONE: Hashed = Hashed {
+    key: u64::MAX,
+    hash: 0,
+};
+
+/// One burst's keys by the frame's place in it: its destination and source MACs' FDB
+/// keys, and its IPv4 destination's route key. A place the pass skipped holds no key,
+/// and a stage that finds another key than its own (a frame the classifier saw
+/// differently, a frame of a burst the pass did not see) hashes its own: a wrong hash
+/// is never used. Places past a burst's 32 wrap around (never in a worker), which the
+/// key check makes harmless too.
+pub struct Ahead {
+    macs: [(Hashed, Hashed); BURST],
+    macs_len: usize,
+    routes: [Hashed; BURST],
+    routes_len: usize,
+}
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Self {
+            macs: [(NONE, NONE); BURST],
+            macs_len: 0,
+            routes: [NONE; BURST],
+            routes_len: 0,
+        }
+    }
+}
+
+impl Ahead {
+    /// A new burst: nothing known of its frames yet.
+    #[inline(always)]
+    pub fn start(&mut self) {
+        self.macs_len = 0;
+        self.routes_len = 0;
+    }
+
+    /// Keeps the MAC keys of the frame at `at` (in order: every earlier place was set).
+    #[inline(always)]
+    pub fn set_macs(&mut self, at: usize, dst: Hashed, src: Hashed) {
+        self.macs[at % BURST] = (dst, src);
+        self.macs_len = at + 1;
+    }
+
+    /// Marks the frame at `at` as one whose MACs the pass did not look at.
+    #[inline(always)]
+    pub fn skip_macs(&mut self, at: usize) {
+        self.set_macs(at, NONE, NONE);
+    }
+
+    /// Keeps the route key of the frame at `at` (in order, as [`Ahead::set_macs`]).
+    #[inline(always)]
+    pub fn set_route(&mut self, at: usize, route: Hashed) {
+        self.routes[at % BURST] = route;
+        self.routes_len = at + 1;
+    }
+
+    /// Marks the frame at `at` as one without a route key.
+    #[inline(always)]
+    pub fn skip_route(&mut self, at: usize) {
+        self.set_route(at, NONE);
+    }
+
+    /// The frame at `at`'s destination key `key` with its hash, hashed now unless the
+    /// pass did.
+    #[inline(always)]
+    pub fn destination(&self, tables: &FlowTables, at: usize, key: u64) -> Hashed {
+        let (dst, _) = self.macs[at % BURST];
+        if at < self.macs_len && dst.key == key {
+            return dst;
+        }
+        Hashed::fdb(tables, key)
+    }
+
+    /// The frame at `at`'s source key `key` with its hash, hashed now unless the pass
+    /// did.
+    #[inline(always)]
+    pub fn source(&self, tables: &FlowTables, at: usize, key: u64) -> Hashed {
+        let (_, src) = self.macs[at % BURST];
+        if at < self.macs_len && src.key == key {
+            return src;
+        }
+        Hashed::fdb(tables, key)
+    }
+
+    /// The frame at `at`'s route key with its hash, hashed now unless the pass did.
+    #[inline(always)]
+    pub fn route(&self, at: usize, key: u64) -> Hashed {
+        let route = self.routes[at % BURST];
+        if at < self.routes_len && route.key == key {
+            return route;
+        }
+        Hashed::route(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::fdb_key;
+
+    #[test]
+    fn a_frame_gets_the_hashes_kept_for_its_own_keys_only() {
+        let tables = FlowTables::default();
+        let key = |last| fdb_key(1, &[2, 0, 0, 0, 0, last]);
+        let mut ahead = Ahead::default();
+        ahead.start();
+        // A hash that is not the key's: handed out only if the keys are checked wrong.
+        let planted = |k| Hashed { key: k, hash: 7 };
+        ahead.set_macs(0, planted(key(1)), planted(key(2)));
+        ahead.skip_macs(1);
+        ahead.set_macs(2, planted(key(5)), planted(key(6)));
+        assert_eq!(ahead.destination(&tables, 0, key(1)), planted(key(1)));
+        assert_eq!(ahead.source(&tables, 0, key(2)), planted(key(2)));
+        let fresh = |k| Hashed::fdb(&tables, k);
+        assert_eq!(
+            ahead.destination(&tables, 0, key(2)),
+            fresh(key(2)),
+            "a source's"
+        );
+        assert_eq!(
+            ahead.source(&tables, 0, key(1)),
+            fresh(key(1)),
+            "a destination's"
+        );
+        assert_eq!(
+            ahead.destination(&tables, 1, key(1)),
+            fresh(key(1)),
+            "skipped"
+        );
+        assert_eq!(
+            ahead.destination(&tables, 2, key(1)),
+            fresh(key(1)),
+            "another's"
+        );
+        assert_eq!(
+            ahead.source(&tables, 3, key(6)),
+            fresh(key(6)),
+            "past the end"
+        );
+        assert_eq!(ahead.destination(&tables, 2, key(5)), planted(key(5)));
+        ahead.start();
+        assert_eq!(
+            ahead.destination(&tables, 0, key(1)),
+            fresh(key(1)),
+            "a new burst"
+        );
+
+        ahead.set_route(0, Hashed { key: 9, hash: 7 });
+        ahead.skip_route(1);
+        assert_eq!(ahead.route(0, 9).hash, 7);
+        assert_eq!(ahead.route(0, 10), Hashed::route(10));
+        assert_eq!(ahead.route(1, 9), Hashed::route(9));
+        assert_eq!(ahead.route(BURST, 9), Hashed::route(9), "past the pass");
+    }
+
+    #[test]
+    fn every_fdb_hashes_a_key_alike() {
+        // The learner's memo is indexed by FDB hashes and outlives snapshots.
+        let key = fdb_key(3, &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            Hashed::fdb(&FlowTables::default(), key),
+            Hashed::fdb(&FlowTables::default(), key)
+        );
+    }
+}
