@@ -6,13 +6,13 @@
 //! (`bench/README.md` has both).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use dataplane::dpdk::BURST;
 use dataplane::table::{fdb_key, Fdb, FdbEntry, Location};
 
 /// `hash_perf_autotest`'s table: 2^19 entries, 75% of them added.
 const ADDED: u32 = (1 << 19) * 3 / 4;
 /// Lookups prepared ahead, so the loop spends nothing on choosing keys.
 const LOOKUPS: usize = 1 << 20;
-const BURST: usize = 32;
 
 fn xorshift(x: &mut u64) -> u64 {
     *x ^= *x << 13;

@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+mod burst;
 mod frames;
 
 use dataplane::counters::DropReason;
@@ -658,4 +659,58 @@ fn a_moved_static_mac_is_checked_at_its_new_port() {
     assert_eq!(sent, vec![(2, from_a1.clone())]);
     assert!(core.run(&after, ACCESS_A0, &from_a1).sent.is_empty());
     assert_eq!(core.dropped(DropReason::MacSpoof), 1);
+}
+
+#[test]
+fn a_trunk_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
+    // Past the size at which a burst's keys are hashed and prefetched ahead of it,
+    // with each frame's tenant read from its tag ahead of the switch too.
+    let mut tables = tables(Design::Dedicated, false);
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let bulk = |tenant: u8, i: u32| -> Mac {
+        let [_, x, y, z] = i.to_be_bytes();
+        [2, tenant, 0, x, y, z]
+    };
+    for i in 0..5_000 {
+        b.static_mac(0, bulk(0xa, i), Location::Port(ACCESS_A1));
+        b.static_mac(1, bulk(0xb, i), Location::Port(ACCESS_B));
+    }
+    for (key, entry) in b.build().fdb.iter() {
+        tables.fdb.insert(key, entry).expect("the FDB grows");
+    }
+    // Both tenants' VLANs, one carried by no trunk, double and missing tags, a MAC of
+    // one tenant asked for in the other's VLAN, a static MAC claimed from the trunk, a
+    // tagged frame too short to hold its MACs.
+    let sender: Mac = [2, 0, 0, 0, 0x0d, 1];
+    let mut frames = Vec::new();
+    for i in 0..32u32 {
+        let frame = match i % 8 {
+            0 => tagged(&eth(bulk(0xa, i * 97), sender), 100),
+            1 => tagged(&eth(bulk(0xb, i * 89), sender), 200),
+            2 => tagged(&eth(bulk(0xb, i), sender), 100),
+            3 => tagged(&eth(C2, sender), 300),
+            4 => tagged(&tagged(&eth(C2, sender), 200), 100),
+            5 => eth(bulk(0xa, i), sender),
+            6 => tagged(&eth(bulk(0xa, i), C2), 100),
+            _ => tagged(&eth(REMOTE_A, CB), 200)[..16].to_vec(),
+        };
+        frames.push(frame);
+    }
+    let reversed: Vec<Vec<u8>> = frames.iter().rev().cloned().collect();
+    let drops = burst::agrees_one_at_a_time(
+        tables,
+        TRUNK,
+        &[(&frames, true), (&frames, true), (&reversed, false)],
+        256,
+    );
+    let dropped = |reason| drops.iter().find(|d| d.0 == reason).map_or(0, |d| d.1);
+    for reason in [
+        DropReason::UnknownVlan,
+        DropReason::DoubleTagged,
+        DropReason::UntaggedOnTrunk,
+        DropReason::MacSpoof,
+        DropReason::Malformed,
+    ] {
+        assert!(dropped(reason) > 0, "{reason:?}");
+    }
 }

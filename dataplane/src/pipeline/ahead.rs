@@ -5,21 +5,20 @@
 //! prefetch to its search the same way).
 
 use crate::dpdk::BURST;
-use crate::table::key_index::cache_hash;
 use crate::table::FlowTables;
 
-/// A key with its hash.
+/// A key with its hash: made only by hashing the key, so a lookup given one never
+/// searches with another key's hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hashed {
-    /// The key.
-    pub key: u64,
-    /// Its hash, the table's ([`Hashed::fdb`]) or the per-core caches' ([`Hashed::route`]).
-    pub hash: u64,
+    pub(crate) key: u64,
+    /// The FDB's hash of the key (every FDB of the process hashes alike): its low bits
+    /// are the key's slot in the table, its top bits in a per-core cache.
+    pub(crate) hash: u64,
 }
 
 impl Hashed {
-    /// An FDB key ([`crate::table::fdb_key`]) with the FDB's hash, whose top bits index
-    /// the per-core caches of MACs.
+    /// An FDB key ([`crate::table::fdb_key`]) with its hash.
     #[inline(always)]
     pub fn fdb(tables: &FlowTables, key: u64) -> Self {
         Self {
@@ -28,14 +27,17 @@ impl Hashed {
         }
     }
 
-    /// A route key ([`crate::table::routing::neighbor_key`]) with the hash that indexes
-    /// the route cache.
+    /// A route key ([`crate::table::routing::neighbor_key`]) with its hash, the FDB's
+    /// hash too: seeded, so no tenant can choose destinations whose route slots push
+    /// another tenant's out of a core's cache.
     #[inline(always)]
-    pub fn route(key: u64) -> Self {
-        Self {
-            key,
-            hash: cache_hash(key),
-        }
+    pub fn route(tables: &FlowTables, key: u64) -> Self {
+        Self::fdb(tables, key)
+    }
+
+    /// The key.
+    pub fn key(&self) -> u64 {
+        self.key
     }
 }
 
@@ -129,12 +131,12 @@ impl Ahead {
 
     /// The frame at `at`'s route key with its hash, hashed now unless the pass did.
     #[inline(always)]
-    pub fn route(&self, at: usize, key: u64) -> Hashed {
+    pub fn route(&self, tables: &FlowTables, at: usize, key: u64) -> Hashed {
         let route = self.routes[at % BURST];
         if at < self.routes_len && route.key == key {
             return route;
         }
-        Hashed::route(key)
+        Hashed::route(tables, key)
     }
 }
 
@@ -192,10 +194,11 @@ mod tests {
 
         ahead.set_route(0, Hashed { key: 9, hash: 7 });
         ahead.skip_route(1);
-        assert_eq!(ahead.route(0, 9).hash, 7);
-        assert_eq!(ahead.route(0, 10), Hashed::route(10));
-        assert_eq!(ahead.route(1, 9), Hashed::route(9));
-        assert_eq!(ahead.route(BURST, 9), Hashed::route(9), "past the pass");
+        assert_eq!(ahead.route(&tables, 0, 9).hash, 7);
+        let route = |k| Hashed::route(&tables, k);
+        assert_eq!(ahead.route(&tables, 0, 10), route(10));
+        assert_eq!(ahead.route(&tables, 1, 9), route(9));
+        assert_eq!(ahead.route(&tables, BURST, 9), route(9), "past the pass");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub fn prefetch_burst<'a>(
                 return;
             };
             for (at, data) in frames.clone().enumerate() {
-                match cache.prefetch_route(tenant, data) {
+                match cache.prefetch_route(tables, tenant, data) {
                     Some(route) => ahead.set_route(at, route),
                     None => ahead.skip_route(at),
                 }
@@ -68,7 +68,8 @@ pub fn prefetch_burst<'a>(
             // Then the SNAT slots of the frames those routes send outside.
             if router.snat_ip.is_some() {
                 for (at, data) in frames.enumerate() {
-                    router::prefetch_external(cache, ahead, at, &state.router.nat, tenant, data);
+                    let nat = &state.router.nat;
+                    router::prefetch_external(tables, cache, ahead, at, nat, tenant, data);
                 }
             }
         }

@@ -108,6 +108,10 @@ impl Learner {
     /// A learner feeding `events`, remembering up to `sources` reported sources (a
     /// power of two of at least 8, as the worker's caches are configured).
     pub fn new(events: Arc<EventQueue>, sources: usize) -> Self {
+        assert!(
+            sources.is_power_of_two() && sources >= 2 * WAYS,
+            "{sources} learner sources"
+        );
         Self {
             events,
             reported: HashSlots::new(sources / WAYS, NOTHING_REPORTED),

@@ -181,7 +181,12 @@ impl FdbCache {
     /// for a lookup one frame later (harmless if the frame is not routed); gives the
     /// route key it hashed.
     #[inline(always)]
-    pub fn prefetch_route(&self, tenant: TenantIdx, frame: &[u8]) -> Option<Hashed> {
+    pub fn prefetch_route(
+        &self,
+        tables: &FlowTables,
+        tenant: TenantIdx,
+        frame: &[u8],
+    ) -> Option<Hashed> {
         let ethertype = frame.get(ethernet::ETHERTYPE_AT)?;
         let header =
             frame.get(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN)?;
@@ -189,7 +194,7 @@ impl FdbCache {
             return None;
         }
         let ip = Ipv4Packet::new_unchecked(header).dst_addr();
-        let key = Hashed::route(crate::table::routing::neighbor_key(tenant, ip));
+        let key = Hashed::route(tables, crate::table::routing::neighbor_key(tenant, ip));
         crate::dpdk::prefetch(self.routes.at(key.hash));
         Some(key)
     }
@@ -330,10 +335,10 @@ mod tests {
 
     #[test]
     fn cache_slots_stay_small() {
-        // Two route slots per cache line: the cache walks 4096 of them.
+        // Two route slots per cache line: the default cache's 4,096 in 128 KiB.
         assert!(std::mem::size_of::<RouteSlot>() <= 32);
         assert!(std::mem::size_of::<Out>() <= 6);
-        // Four destination and four source slots per line: 4,096 of each in 128 KiB.
+        // Four destination and four source slots per line: 4,096 of each in 64 KiB.
         assert!(std::mem::size_of::<Slot>() <= 16);
         assert!(std::mem::size_of::<SourceSlot>() <= 16);
     }

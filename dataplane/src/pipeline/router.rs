@@ -185,7 +185,7 @@ pub(super) fn route<F: Frame, T: Trace>(
         Some(_) => return cx.stop(DropReason::NotRoutable),
         None => return cx.stop(DropReason::Malformed),
     };
-    let key = cx.ahead.route(cx.at, neighbor_key(tenant, dst));
+    let key = cx.ahead.route(tables, cx.at, neighbor_key(tenant, dst));
     let hop = cx.cache.route(key, || match tables.router(tenant) {
         Some(router) => decide(tables, tenant, router, dst),
         None => Ok(Hop::NoRoute),
@@ -287,7 +287,7 @@ pub(super) fn fast_route<F: Frame, T: Trace>(
     };
     match cx
         .cache
-        .peek_route(cx.ahead.route(cx.at, neighbor_key(tenant, ip)))
+        .peek_route(cx.ahead.route(tables, cx.at, neighbor_key(tenant, ip)))
     {
         Some(Hop::Deliver {
             mac,
@@ -504,6 +504,7 @@ fn to_gateway<F: Frame, T: Trace>(
 /// route cache already sends out of the uplink (harmless for any other frame).
 #[inline(always)]
 pub(super) fn prefetch_external(
+    tables: &FlowTables,
     cache: &FdbCache,
     ahead: &Ahead,
     at: usize,
@@ -515,7 +516,8 @@ pub(super) fn prefetch_external(
         return;
     };
     let dst = Ipv4Packet::new_unchecked(header).dst_addr();
-    if cache.peek_route(ahead.route(at, neighbor_key(tenant, dst))) != Some(Hop::External) {
+    let key = ahead.route(tables, at, neighbor_key(tenant, dst));
+    if cache.peek_route(key) != Some(Hop::External) {
         return;
     }
     if let Some((flow, _, _)) = l4_flow(data, Direction::Out) {
@@ -651,7 +653,7 @@ pub(super) fn from_outside<F: Frame, T: Trace>(
         // The gateway moved away; its old sessions lead nowhere from here.
         return cx.stop(DropReason::NatNoSession);
     };
-    let key = Hashed::route(neighbor_key(inside.tenant, inside.ip));
+    let key = Hashed::route(tables, neighbor_key(inside.tenant, inside.ip));
     let hop = cx
         .cache
         .route(key, || decide(tables, inside.tenant, router, inside.ip));

@@ -172,9 +172,10 @@ pub struct Context<'a, T: Trace = NoTrace> {
     pub at: usize,
 }
 
-/// What a core keeps across bursts for its stages: the learner, the FDB cache and the
-/// router state. One owner, so the worker's core and the offline core lend the same
-/// three to a [`Context`] the same way.
+/// What a core keeps across bursts for its stages: the learner, the FDB cache, the
+/// router state, whom it spreads tunnels to, and the keys its last prefetch pass
+/// hashed. One owner, so the worker's core and the offline core lend them to a
+/// [`Context`] the same way.
 pub struct CoreState {
     /// Learning and neighbour reports.
     pub learner: Learner,

@@ -9,8 +9,9 @@
 //! keeps probe runs short without tombstones; the table is at most half full. A fixed
 //! index never grows, so nothing on the packet path allocates; a growing one doubles
 //! when an insert would pass half (only the control plane inserts there). The hash is
-//! seeded per table, so a tenant who picks its own MACs, addresses and ports cannot
-//! predict which of them share a probe run.
+//! seeded (per SNAT table; once per process for every FDB, whose hashes per-core caches
+//! keep across snapshots), so a tenant who picks its own MACs, addresses and ports
+//! cannot predict which of them share a probe run or a cache slot.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -33,16 +34,6 @@ pub struct Align16;
 #[derive(Clone, Copy, Default)]
 #[repr(align(32))]
 pub struct Align32;
-
-/// A hash of `key` whose top bits index a per-core direct-mapped cache ([`HashSlots`])
-/// of keys no table hashes first (route keys). tenet's keys hold the tenant in their high bits, which a plain
-/// multiply reaches the top bits with only through its constant's lowest bits: 1,000
-/// tenants' source and destination MACs shared 4,096 slots twice as often as random
-/// keys (1,638 of 2,000 keys). Folding the high half in first spreads them as random.
-#[inline(always)]
-pub fn cache_hash(key: u64) -> u64 {
-    (key ^ key >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
 
 /// A per-core direct-mapped cache's slots, a power of two of them (sized at start),
 /// each key's slot the top bits of its hash: a table leaves those to caches (its own
@@ -214,7 +205,7 @@ impl<K: IndexKey, V: Copy> KeyIndex<K, V> {
 
     /// `key`'s hash, which [`KeyIndex::get_hashed`] and [`KeyIndex::prefetch_hashed`]
     /// take so that a burst hashes each key once; its top bits are free for per-core
-    /// caches ([`slot_of_hash`]).
+    /// caches ([`HashSlots`]).
     #[inline(always)]
     pub fn hash(&self, key: K) -> u64 {
         key.hash(self.seed)
