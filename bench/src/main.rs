@@ -166,6 +166,8 @@ enum TemplateArg {
     Tcp,
     /// 802.1Q frames of many tenants (VLAN 1..=tenants), `--macs` MACs each.
     Tenants,
+    /// The tenants' frames untagged in GRE from the remote host, keyed 1..=tenants.
+    GreTenants,
 }
 
 #[derive(clap::Args)]
@@ -182,10 +184,10 @@ struct FramesArgs {
     /// Flows (distinct frames, sent in turn).
     #[arg(long, default_value_t = 256)]
     flows: usize,
-    /// Destination MACs (per tenant with --template tenants).
+    /// Destination MACs (per tenant with --template tenants or gre-tenants).
     #[arg(long, default_value_t = 4)]
     macs: usize,
-    /// Tenants (--template tenants).
+    /// Tenants (--template tenants or gre-tenants).
     #[arg(long, default_value_t = 1000)]
     tenants: usize,
 }
@@ -202,6 +204,7 @@ impl FramesArgs {
             TemplateArg::Udp => (Kind::Plain, 0),
             TemplateArg::Tcp => (Kind::Tcp, 0),
             TemplateArg::Tenants => (Kind::Tenants, self.macs),
+            TemplateArg::GreTenants => (Kind::GreTenants, self.macs),
         };
         Ok(Spec {
             tenants: self.tenants,
@@ -280,7 +283,7 @@ enum TopologyArg {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Scenarios (default: all): xconnect l2 l2-many l2-million vlan vlan-pop gre-encap
-    /// gre-decap route snat.
+    /// gre-decap gre-many route snat.
     scenarios: Vec<String>,
     /// Topology.
     #[arg(long, value_enum, default_value = "replay")]

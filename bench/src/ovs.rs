@@ -292,18 +292,30 @@ impl Ovs {
         };
         let input_bridge = match setup.scenario.name {
             "gre-encap" => {
-                self.tunnel_bridges()?;
+                self.tunnel_bridges(&template::GRE_KEY.to_string())?;
                 self.add_port("tb-br-phy", "out0", 1, output, jumbo)?;
                 self.flow("tb-br-int", "in_port=1,actions=output:2")?;
                 self.flow("tb-br-phy", "in_port=LOCAL,actions=output:1")?;
                 self.tunnel_underlay()?;
                 "tb-br-int"
             }
-            "gre-decap" => {
-                self.tunnel_bridges()?;
+            "gre-decap" | "gre-many" => {
+                let many = setup.scenario.name == "gre-many";
+                // gre-many: the tunnel port takes every key, the flows tell tenants apart.
+                let key = if many {
+                    "flow".to_owned()
+                } else {
+                    template::GRE_KEY.to_string()
+                };
+                self.tunnel_bridges(&key)?;
                 self.add_port("tb-br-int", "out0", 1, output, jumbo)?;
                 self.flow("tb-br-phy", "in_port=1,actions=output:LOCAL")?;
-                self.flow("tb-br-int", "in_port=2,actions=output:1")?;
+                if many {
+                    let spec = setup.scenario.spec(setup.size, setup.flows);
+                    self.many_tenant_flows("tb-br-int", &spec, true)?;
+                } else {
+                    self.flow("tb-br-int", "in_port=2,actions=output:1")?;
+                }
                 self.tunnel_underlay()?;
                 "tb-br-phy"
             }
@@ -366,7 +378,7 @@ impl Ovs {
                 Ok(())
             }
             "snat" => self.snat_flows(br),
-            "l2-many" | "l2-million" => self.many_tenant_flows(br, &spec),
+            "l2-many" | "l2-million" => self.many_tenant_flows(br, &spec, false),
             other => bail!("no OVS setup for scenario {other}"),
         }
     }
@@ -395,24 +407,41 @@ impl Ovs {
     /// Tenants as VLANs on a trunk: one exact-match rule per (VLAN, MAC), tag kept as
     /// tenet's trunk-to-trunk keeps it, installed from a file in one bundle (a
     /// `fdb/add` each would take a quarter of an hour, unbundled flow-mods minutes).
-    fn many_tenant_flows(&self, br: &str, spec: &template::Spec) -> anyhow::Result<()> {
+    /// `tunnelled` (gre-many): per (GRE key, MAC) from the tunnel port, tagged with the
+    /// tenant's VLAN on the way out, as tenet's decapsulation to a trunk does.
+    fn many_tenant_flows(
+        &self,
+        br: &str,
+        spec: &template::Spec,
+        tunnelled: bool,
+    ) -> anyhow::Result<()> {
         let mut text = String::from("priority=0,actions=drop\n");
         for i in 0..spec.flows {
             let tenant = i % spec.tenants;
             let mac = template::tenant_mac(tenant, (i / spec.tenants) % spec.macs.max(1));
-            text.push_str(&format!(
-                "priority=10,in_port=1,dl_vlan={},dl_dst={},actions=output:2\n",
-                template::tenant_vlan(tenant),
-                MacText(mac)
-            ));
+            let vlan = template::tenant_vlan(tenant);
+            text.push_str(&if tunnelled {
+                format!(
+                    "priority=10,in_port=2,tun_id={},dl_dst={},actions=mod_vlan_vid:{vlan},output:1\n",
+                    template::tenant_id(tenant),
+                    MacText(mac)
+                )
+            } else {
+                format!(
+                    "priority=10,in_port=1,dl_vlan={vlan},dl_dst={},actions=output:2\n",
+                    MacText(mac)
+                )
+            });
         }
-        let file = self.ctl.dir.join("l2-many.flows");
+        let file = self.ctl.dir.join("many-tenants.flows");
         std::fs::write(&file, text)?;
         self.ofctl(&["--bundle", "add-flows", br, &file.to_string_lossy()])?;
         Ok(())
     }
 
-    fn tunnel_bridges(&self) -> anyhow::Result<()> {
+    /// The integration bridge with a GRE port to the remote host taking `key` (a
+    /// number, or `flow`: any, matched as `tun_id`), and the physical one.
+    fn tunnel_bridges(&self, key: &str) -> anyhow::Result<()> {
         self.add_bridge("tb-br-int", &[])?;
         let hwaddr = format!("other_config:hwaddr={}", MacText(template::GRE_LOCAL_MAC));
         self.add_bridge("tb-br-phy", &[&hwaddr])?;
@@ -428,7 +457,7 @@ impl Ovs {
             "ofport_request=2",
             &format!("options:remote_ip={}", template::GRE_REMOTE_IP),
             &format!("options:local_ip={}", template::GRE_LOCAL_IP),
-            &format!("options:key={}", template::GRE_KEY),
+            &format!("options:key={key}"),
         ])?;
         Ok(())
     }
@@ -529,7 +558,7 @@ pub fn check(scenario: &Scenario, flows: &str) -> (bool, String) {
         "vlan" => flows.contains("push_vlan(vid=100"),
         "vlan-pop" => flows.contains("pop_vlan"),
         "gre-encap" => flows.contains("tnl_push(tnl_port"),
-        "gre-decap" => flows.contains("tnl_pop("),
+        "gre-decap" | "gre-many" => flows.contains("tnl_pop("),
         "route" => flows.contains("ttl=63"),
         "snat" => flows.contains("ct(") && flows.contains("nat"),
         _ => false,

@@ -129,6 +129,15 @@ pub const SCENARIOS: &[Scenario] = &[
         default_flows: 256,
     },
     Scenario {
+        name: "gre-many",
+        about: "GRE of 1,000 tenants from one peer, keyed by tenant, 100,000 MACs",
+        config: None,
+        kind: Kind::GreTenants,
+        macs: 100,
+        tenants: 1000,
+        default_flows: 100_000,
+    },
+    Scenario {
         name: "route",
         about: "tenant router: LPM, TTL, MAC rewrite",
         config: Some("route"),
@@ -183,6 +192,7 @@ impl Scenario {
             (Kind::Gre, _) => "gre",
             (Kind::Tcp, _) => "tcp",
             (Kind::Tenants, _) => "tenants",
+            (Kind::GreTenants, _) => "gre-tenants",
         }
     }
 
@@ -192,7 +202,7 @@ impl Scenario {
             Size::Fixed(n) => *n,
             Size::Imix => 1518,
         };
-        largest + 42 > 1518 && (self.name == "gre-encap" || self.name == "gre-decap")
+        largest + 42 > 1518 && matches!(self.name, "gre-encap" | "gre-decap" | "gre-many")
             || largest > 1500 && self.name == "vlan"
     }
 
@@ -256,7 +266,7 @@ impl Scenario {
                 std::fs::read_to_string(&path)
                     .with_context(|| format!("reading tenet's config {}", path.display()))?
             }
-            None => many_tenants_config(self.tenants, self.macs),
+            None => many_tenants_config(self.tenants, self.macs, self.kind == Kind::GreTenants),
         };
         let mut text = rewrite_ports(
             &text,
@@ -320,31 +330,56 @@ pub fn with_replay_pool(text: &str, flows: usize, queues: usize) -> String {
 }
 
 /// The `l2-many` config: tenants 1..=n with VLANs 1..=n on a trunk input, each with
-/// `macs` endpoint MACs behind a trunk output.
-fn many_tenants_config(tenants: usize, macs: usize) -> String {
-    let mut t = String::from(
-        "# tenet-bench l2-many: tenants on a trunk, their MACs behind another trunk.\n\
-         [dataplane]\nworkers = [${SWITCH_CORE}]\nmain_core = 0\n\
+/// `macs` endpoint MACs behind a trunk output. `tunnelled` (`gre-many`): the input is
+/// the uplink instead, where the tenants come in GRE from the remote host, keyed by
+/// their ids (the dedicated design).
+fn many_tenants_config(tenants: usize, macs: usize, tunnelled: bool) -> String {
+    let mut t = String::from(if tunnelled {
+        "# tenet-bench gre-many: tenants in GRE from one peer, their MACs behind a trunk.\n"
+    } else {
+        "# tenet-bench l2-many: tenants on a trunk, their MACs behind another trunk.\n"
+    });
+    t.push_str(
+        "[dataplane]\nworkers = [${SWITCH_CORE}]\nmain_core = 0\n\
          file_prefix = \"${DPDK_PREFIX}\"\nmemory_mb = 768\n\
          # The replayed pcap keeps a buffer per frame: 100,000 of them.\n\
          mbufs = 131071\n\n\
-         [switch]\nmax_macs_per_tenant = 4096\n\n",
+         [switch]\nmax_macs_per_tenant = 4096\n",
     );
+    if tunnelled {
+        t.push_str(
+            "design = \"dedicated\"\nhost = \"local\"\n\n\
+             [[host]]\nname = \"local\"\nunderlay_ip = \"${GRE_LOCAL_IP}\"\n\n\
+             [[host]]\nname = \"remote\"\nunderlay_ip = \"${GRE_REMOTE_IP}\"\n\
+             mac = \"${GRE_REMOTE_MAC}\"\n",
+        );
+    }
+    t.push('\n');
     for i in 0..tenants {
         let _ = writeln!(
             t,
-            "[[tenant]]\nname = \"t{i}\"\nid = {}\nvlan = {}\n",
-            i + 1,
-            template::tenant_vlan(i)
+            "[[tenant]]\nname = \"t{i}\"\nid = {}\nvlan = {}{}\n",
+            template::tenant_id(i),
+            template::tenant_vlan(i),
+            if tunnelled {
+                "\nhosts = [\"remote\"]"
+            } else {
+                ""
+            }
         );
     }
     let names: Vec<String> = (0..tenants).map(|i| format!("\"t{i}\"")).collect();
+    let list = names.join(", ");
+    let input = if tunnelled {
+        "role = \"uplink\"\nmac = \"${GRE_LOCAL_MAC}\"".to_owned()
+    } else {
+        format!("role = \"trunk\"\ntenants = [{list}]")
+    };
     let _ = writeln!(
         t,
         "[[port]]\nname = \"replay\"\nbackend = \"pcap\"\nrx_file = \"${{PCAP}}\"\nrepeat = true\n\
-         role = \"trunk\"\ntenants = [{list}]\n\n\
+         {input}\n\n\
          [[port]]\nname = \"sink\"\nbackend = \"null\"\nrole = \"trunk\"\ntenants = [{list}]\n",
-        list = names.join(", ")
     );
     for i in 0..tenants {
         let list: Vec<String> = (0..macs)
@@ -539,7 +574,7 @@ mod tests {
 
     #[test]
     fn the_many_tenants_config_lists_every_mac_once() {
-        let text = many_tenants_config(3, 5);
+        let text = many_tenants_config(3, 5, false);
         assert_eq!(text.matches("[[tenant]]").count(), 3);
         assert_eq!(text.matches("\"02:01:00:02:00:04\"").count(), 1);
     }

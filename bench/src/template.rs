@@ -52,6 +52,9 @@ pub enum Kind {
     /// 802.1Q frames of many tenants: VLAN 1 + (flow mod tenants), a distinct
     /// destination MAC per flow (the tenant's `macs` MACs).
     Tenants,
+    /// [`Kind::Tenants`]' frames, untagged, in GRE from the remote host, each keyed by
+    /// its tenant's id (the dedicated design's tunnel of many tenants from one peer).
+    GreTenants,
 }
 
 /// Frame sizes, counted with the FCS as network testers count them.
@@ -116,10 +119,10 @@ pub struct Spec {
     pub size: Size,
     /// Flows (frames).
     pub flows: usize,
-    /// Distinct destination MACs (per tenant for [`Kind::Tenants`]); 0 means every
-    /// frame goes to [`ROUTER_IN_MAC`].
+    /// Distinct destination MACs (per tenant for [`Kind::Tenants`] and
+    /// [`Kind::GreTenants`]); 0 means every frame goes to [`ROUTER_IN_MAC`].
     pub macs: usize,
-    /// Tenants ([`Kind::Tenants`] only).
+    /// Tenants ([`Kind::Tenants`] and [`Kind::GreTenants`] only).
     pub tenants: usize,
 }
 
@@ -174,6 +177,12 @@ pub fn tenant_vlan(tenant: usize) -> u16 {
     1 + tenant as u16
 }
 
+/// The id of tenant `t` (0-based) in a [`Kind::Tenants`] spec, its GRE key in a
+/// [`Kind::GreTenants`] one.
+pub fn tenant_id(tenant: usize) -> u32 {
+    1 + tenant as u32
+}
+
 /// Source MAC of tenant `t`'s frames (one sender per tenant).
 pub fn tenant_src_mac(tenant: usize) -> [u8; 6] {
     let t = tenant as u16;
@@ -185,7 +194,8 @@ pub fn build(spec: &Spec) -> Result<Vec<Template>, String> {
     if spec.flows == 0 || spec.flows > 1 << 20 {
         return Err(format!("flows: {} is not in 1..=1048576", spec.flows));
     }
-    if spec.kind == Kind::Tenants && !(1..=4094).contains(&spec.tenants) {
+    let many = matches!(spec.kind, Kind::Tenants | Kind::GreTenants);
+    if many && !(1..=4094).contains(&spec.tenants) {
         return Err(format!("tenants: {} is not in 1..=4094", spec.tenants));
     }
     if spec.macs > 65536 {
@@ -222,19 +232,17 @@ fn flow(spec: &Spec, i: usize, len: usize) -> Result<Template, String> {
             Some(VLAN_ID),
             IpProtocol::Udp,
         )),
-        Kind::Tenants => {
+        Kind::Tenants | Kind::GreTenants => {
             let tenant = i % spec.tenants;
             let index = (i / spec.tenants) % spec.macs.max(1);
             let dst = tenant_mac(tenant, index);
+            let src = tenant_src_mac(tenant);
+            if spec.kind == Kind::GreTenants {
+                let inner = l2(i, len, dst, src, None, IpProtocol::Udp);
+                return Ok(gre(inner, tenant_id(tenant)));
+            }
             let vlan = Some(tenant_vlan(tenant));
-            Ok(l2(
-                i,
-                len,
-                dst,
-                tenant_src_mac(tenant),
-                vlan,
-                IpProtocol::Udp,
-            ))
+            Ok(l2(i, len, dst, src, vlan, IpProtocol::Udp))
         }
         Kind::Gre => {
             let inner = l2(
@@ -245,7 +253,7 @@ fn flow(spec: &Spec, i: usize, len: usize) -> Result<Template, String> {
                 None,
                 IpProtocol::Udp,
             );
-            Ok(gre(inner))
+            Ok(gre(inner, GRE_KEY))
         }
     }
 }
@@ -329,12 +337,13 @@ fn l2(
     }
 }
 
-/// A plain frame as GRE from the remote host to us (outer headers of 42 bytes).
-fn gre(inner: Template) -> Template {
+/// A plain frame as GRE from the remote host to us, keyed `key` (outer headers of 42
+/// bytes).
+fn gre(inner: Template, key: u32) -> Template {
     let gre = GreRepr {
         protocol: EtherType::TransparentEthernetBridging,
         checksum: false,
-        key: Some(GRE_KEY),
+        key: Some(key),
         seq: None,
     };
     let ip_at = ethernet::HEADER_LEN;
@@ -472,6 +481,26 @@ mod tests {
         assert_eq!(&f[34..38], &[0x20, 0, 0x65, 0x58]);
         assert_eq!(&f[38..42], &GRE_KEY.to_be_bytes());
         assert_eq!(t[0].l4_checksum, Some(42 + 34 + 6));
+    }
+
+    #[test]
+    fn many_tenants_in_gre_are_keyed_by_tenant_and_carry_their_frames_untagged() {
+        let spec = |kind| Spec {
+            tenants: 1000,
+            ..Spec::new(kind, Size::Fixed(64), 3000, 100)
+        };
+        let tagged = build(&spec(Kind::Tenants)).unwrap();
+        let tunnelled = build(&spec(Kind::GreTenants)).unwrap();
+        for (i, (t, g)) in tagged.iter().zip(&tunnelled).enumerate() {
+            let g = &g.bytes;
+            assert_eq!(&g[26..30], &GRE_REMOTE_IP.octets());
+            assert_eq!(&g[38..42], &tenant_id(i % 1000).to_be_bytes());
+            // The same MACs as the tagged frame's, untagged, as long.
+            let (t, inner) = (&t.bytes, &g[42..]);
+            assert_eq!(&inner[..12], &t[..12]);
+            assert_eq!(&inner[12..14], &[0x08, 0x00]);
+            assert_eq!(inner.len(), t.len());
+        }
     }
 
     #[test]

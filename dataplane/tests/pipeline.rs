@@ -699,3 +699,78 @@ fn a_trunk_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
         assert!(stats.dropped(reason) > 0, "{reason:?}");
     }
 }
+
+#[test]
+fn an_uplink_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
+    // GRE of both tenants interleaved, decapsulated over an FDB past the size at which
+    // the burst's inner MACs are hashed and prefetched ahead of it, and the decision
+    // by peer and key taken from the core's cache: the core's caches (256 slots) and
+    // the offline core's (4,096) must not change what happens to any frame.
+    let families = [
+        (0, 0xa, Location::Port(ACCESS_A1)),
+        (1, 0xb, Location::Port(ACCESS_B)),
+    ];
+    let bulk = burst::bulk_mac;
+    let stranger = Ipv4Addr::new(198, 19, 255, 9);
+    for design in [Design::Dedicated, Design::Shared] {
+        let tables = burst::with_bulk_macs(tables(design, false), &families, 5_000);
+        // In the shared design a tenant is its inner tag; in the dedicated one its key.
+        let from = |peer: Ipv4Addr, inner: &[u8], tenant_id: u32, vlan: u16| match design {
+            Design::Dedicated => gre_encapsulated(
+                inner,
+                peer,
+                LOCAL_IP,
+                Some(tenant_id),
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            ),
+            Design::Shared => gre_encapsulated(
+                &tagged(inner, vlan),
+                peer,
+                LOCAL_IP,
+                None,
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+            ),
+        };
+        // Each tenant from its own peer, a tenant from a peer that does not carry it,
+        // a stranger, a key where the design has none (or none where it needs one), an
+        // unknown tenant, a static local MAC claimed from afar, a flood, a cut frame.
+        let sender = [2, 0, 0, 0, 0x0d, 1];
+        let mut frames = Vec::new();
+        for i in 0..32u32 {
+            let frame = match i % 9 {
+                0 => from(REMOTE_IP, &eth(bulk(0xa, i * 97), sender), A_ID, 100),
+                1 => from(OTHER_IP, &eth(bulk(0xb, i * 89), sender), B_ID, 200),
+                2 => from(REMOTE_IP, &eth(bulk(0xb, i), sender), B_ID, 200),
+                3 => from(stranger, &eth(bulk(0xa, i), sender), A_ID, 100),
+                4 => {
+                    let key = match design {
+                        Design::Dedicated => None,
+                        Design::Shared => Some(A_ID),
+                    };
+                    let inner = eth(bulk(0xa, i), sender);
+                    gre_encapsulated(&inner, REMOTE_IP, LOCAL_IP, key, NEXT_HOP_MAC, UPLINK_MAC)
+                }
+                5 => from(REMOTE_IP, &eth(bulk(0xa, i), sender), 999, 300),
+                6 => from(REMOTE_IP, &eth(bulk(0xa, i), C1), A_ID, 100),
+                7 => from(OTHER_IP, &eth([0xff; 6], sender), B_ID, 200),
+                _ => from(REMOTE_IP, &eth(bulk(0xa, i), sender), A_ID, 100)[..40].to_vec(),
+            };
+            frames.push(frame);
+        }
+        let stats = burst::agrees_one_at_a_time(tables, UPLINK, &frames);
+        let refused = match design {
+            Design::Dedicated => DropReason::GreUnknownKey,
+            Design::Shared => DropReason::UnknownVlan,
+        };
+        for reason in [
+            refused,
+            DropReason::GreUnknownPeer,
+            DropReason::MacSpoof,
+            DropReason::Ipv4Invalid,
+        ] {
+            assert!(stats.dropped(reason) > 0, "{design:?}: {reason:?}");
+        }
+    }
+}

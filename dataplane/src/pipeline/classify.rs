@@ -14,9 +14,9 @@ use crate::packet::gre::GrePacket;
 use crate::packet::ipv4::{IpProtocol, Ipv4Packet, MIN_HEADER_LEN as IP_LEN};
 use crate::packet::vlan::{self, VlanTag, HEADER_LEN as TAG_LEN};
 use crate::packet::Mac;
-use crate::table::{Design, FlowTables, PortSecurity, TenantIdx, NO_TENANT};
+use crate::table::{Design, FlowTables, PortSecurity, TenantIdx, TunnelIdx, NO_TENANT};
 
-use super::fdb_cache::TunnelMemo;
+use super::fdb_cache::{FdbCache, TunnelMemo};
 use super::stage::{tenant_id, Classified, Context, Ingress, Trace};
 
 #[inline(always)]
@@ -208,6 +208,87 @@ fn underlay_arp<F: Frame, T: Trace>(
     }
 }
 
+/// The tunnel GRE from `peer` with `key` arrives on, and the tenant the key names (the
+/// dedicated design; the shared design's frames name theirs by inner VLAN, `NO_TENANT`
+/// here), from the core's cache when it holds the decision.
+#[inline(always)]
+fn gre_tunnel(
+    tables: &FlowTables,
+    cache: &mut FdbCache,
+    peer: u32,
+    key: Option<u32>,
+) -> Result<(TunnelIdx, TenantIdx), DropReason> {
+    let keyed = tables.design == Design::Dedicated;
+    if key.is_some() == keyed {
+        if let Some(memo) = cache.tunnel(tables, peer, key.unwrap_or(0)) {
+            return Ok((memo.tunnel, memo.tenant));
+        }
+    }
+    let Some(&tunnel) = tables.peer_tunnel.get(&peer) else {
+        return Err(DropReason::GreUnknownPeer);
+    };
+    let tenant = match (tables.design, key) {
+        (Design::Dedicated, Some(key)) => match tables.key_tenant.get(&key) {
+            Some(&tenant) if tables.tunnel_carries(tunnel, tenant) => tenant,
+            _ => return Err(DropReason::GreUnknownKey),
+        },
+        (Design::Shared, None) => NO_TENANT,
+        _ => return Err(DropReason::GreUnknownKey),
+    };
+    let memo = TunnelMemo {
+        peer,
+        key: key.unwrap_or(0),
+        tunnel,
+        tenant,
+    };
+    cache.set_tunnel(tables, memo);
+    Ok((tunnel, tenant))
+}
+
+/// The tenant whose frames the shared design's tunnels carry tagged `vid`.
+#[inline(always)]
+fn vlan_tenant(tables: &FlowTables, vid: u16) -> Option<TenantIdx> {
+    match tables.vlan_tenant[usize::from(vid)] {
+        NO_TENANT => None,
+        t => Some(t),
+    }
+}
+
+/// A GRE frame's peer, key and the frame it carries, for the burst's prefetch pass:
+/// only what finding them needs is checked (the decapsulation checks the rest).
+#[inline(always)]
+fn gre_ahead(data: &[u8]) -> Option<(u32, Option<u32>, &[u8])> {
+    let eth = EthernetFrame::new_checked(data).ok()?;
+    if eth.ethertype() != EtherType::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.protocol() != IpProtocol::Gre {
+        return None;
+    }
+    let gre = GrePacket::new_checked(ip.payload()).ok()?;
+    let inner = data.get(ETH_LEN + ip.header_len() + gre.header_len()..)?;
+    Some((u32::from(ip.src_addr()), gre.key(), inner))
+}
+
+/// The tenant of a GRE frame received on the uplink and the frame it carries, for the
+/// burst's prefetch pass ([`gre_ahead`]); the decision by peer and key is kept in the
+/// core's cache, where the decapsulation finds it.
+#[inline(always)]
+pub(super) fn uplink_tenant_ahead<'a>(
+    tables: &FlowTables,
+    cache: &mut FdbCache,
+    data: &'a [u8],
+) -> Option<(TenantIdx, &'a [u8])> {
+    let (peer, key, inner) = gre_ahead(data)?;
+    let (_, tenant) = gre_tunnel(tables, cache, peer, key).ok()?;
+    let tenant = match tables.design {
+        Design::Dedicated => tenant,
+        Design::Shared => tagged_tenant(inner, |vid| vlan_tenant(tables, vid)).ok()?,
+    };
+    Some((tenant, inner))
+}
+
 /// Terminates GRE from a known peer: checks the outer headers, finds the tenant (by key
 /// in the dedicated design, by inner VLAN in the shared one), strips the outer headers.
 #[inline(always)]
@@ -248,31 +329,9 @@ fn gre_decap<F: Frame, T: Trace>(
         if !gre.verify_checksum() {
             return cx.stop(DropReason::GreBadChecksum);
         }
-        let key = gre.key();
-        let (tunnel, tenant) = match cx.cache.tunnel(peer, key.unwrap_or(0)) {
-            Some(memo) if key.is_some() == (tables.design == Design::Dedicated) => {
-                (memo.tunnel, memo.tenant)
-            }
-            _ => {
-                let Some(&tunnel) = tables.peer_tunnel.get(&peer) else {
-                    return cx.stop(DropReason::GreUnknownPeer);
-                };
-                let tenant = match (tables.design, key) {
-                    (Design::Dedicated, Some(key)) => match tables.key_tenant.get(&key) {
-                        Some(&tenant) if tables.tunnel_carries(tunnel, tenant) => tenant,
-                        _ => return cx.stop(DropReason::GreUnknownKey),
-                    },
-                    (Design::Shared, None) => NO_TENANT,
-                    _ => return cx.stop(DropReason::GreUnknownKey),
-                };
-                cx.cache.set_tunnel(TunnelMemo {
-                    peer,
-                    key: key.unwrap_or(0),
-                    tunnel,
-                    tenant,
-                });
-                (tunnel, tenant)
-            }
+        let (tunnel, tenant) = match gre_tunnel(tables, cx.cache, peer, gre.key()) {
+            Ok(decided) => decided,
+            Err(reason) => return cx.stop(reason),
         };
         let header_len = ip.header_len();
         let outer = ETH_LEN + header_len + gre.header_len();
@@ -287,12 +346,7 @@ fn gre_decap<F: Frame, T: Trace>(
     frame.truncate(end);
     frame.adjust(outer);
     if tables.design == Design::Shared {
-        tenant = match tagged_tenant(frame.data(), |vid| {
-            match tables.vlan_tenant[usize::from(vid)] {
-                NO_TENANT => None,
-                t => Some(t),
-            }
-        }) {
+        tenant = match tagged_tenant(frame.data(), |vid| vlan_tenant(tables, vid)) {
             Ok(t) if tables.tunnel_carries(tunnel, t) => t,
             Ok(_) => return cx.stop(DropReason::UnknownVlan),
             Err(reason) => return cx.stop(reason),

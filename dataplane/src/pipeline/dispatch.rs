@@ -23,9 +23,10 @@ use super::{classify, output, router, switch};
 const PREFETCH_FDB_PAST: usize = 8192;
 
 /// Starts loading what the frames of a burst from `in_port` will look up: their FDB
-/// slots (when the FDB outgrows the core's caches), their route slots, and the SNAT
-/// slots of those routed outside. The whole burst's slots start loading before the
-/// first frame needs its own, so the misses of 32 frames overlap.
+/// slots (when the FDB outgrows the core's caches; a tunnelled frame's by its inner
+/// MACs), their route slots, and the SNAT slots of those routed outside. The whole
+/// burst's slots start loading before the first frame needs its own, so the misses of
+/// 32 frames overlap.
 #[inline(always)]
 pub fn prefetch_burst<'a>(
     tables: &FlowTables,
@@ -33,14 +34,30 @@ pub fn prefetch_burst<'a>(
     in_port: u16,
     frames: impl Iterator<Item = &'a [u8]> + Clone,
 ) {
-    let (cache, ahead) = (&state.cache, &mut state.ahead);
+    let CoreState {
+        cache,
+        ahead,
+        learner,
+        router: router_state,
+        ..
+    } = state;
     ahead.start();
     let big_fdb = tables.fdb.len() > PREFETCH_FDB_PAST;
     match *tables.role(in_port) {
         PortRole::Trunk if big_fdb => {
             for (at, data) in frames.enumerate() {
                 let keys = classify::trunk_tenant_ahead(tables, in_port, data)
-                    .and_then(|tenant| cache.prefetch_fdb(tables, &state.learner, tenant, data));
+                    .and_then(|tenant| cache.prefetch_fdb(tables, learner, tenant, data));
+                match keys {
+                    Some((dst, src)) => ahead.set_macs(at, dst, src),
+                    None => ahead.skip_macs(at),
+                }
+            }
+        }
+        PortRole::Uplink if big_fdb => {
+            for (at, data) in frames.enumerate() {
+                let keys = classify::uplink_tenant_ahead(tables, cache, data)
+                    .and_then(|(tenant, inner)| cache.prefetch_fdb(tables, learner, tenant, inner));
                 match keys {
                     Some((dst, src)) => ahead.set_macs(at, dst, src),
                     None => ahead.skip_macs(at),
@@ -50,7 +67,7 @@ pub fn prefetch_burst<'a>(
         PortRole::Access { tenant, .. } => {
             if big_fdb {
                 for (at, data) in frames.clone().enumerate() {
-                    match cache.prefetch_fdb(tables, &state.learner, tenant, data) {
+                    match cache.prefetch_fdb(tables, learner, tenant, data) {
                         Some((dst, src)) => ahead.set_macs(at, dst, src),
                         None => ahead.skip_macs(at),
                     }
@@ -68,7 +85,7 @@ pub fn prefetch_burst<'a>(
             // Then the SNAT slots of the frames those routes send outside.
             if router.snat_ip.is_some() {
                 for (at, data) in frames.enumerate() {
-                    let nat = &state.router.nat;
+                    let nat = &router_state.nat;
                     router::prefetch_external(tables, cache, ahead, at, nat, tenant, data);
                 }
             }
@@ -143,9 +160,10 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
         }
         PortRole::Uplink => match (cx.spread, tables.uplink) {
             (Some(spread), Some(up)) => {
-                for frame in frames {
+                for (at, frame) in frames.enumerate() {
+                    cx.at = at;
                     let Some(owner) = spread.elsewhere(frame.data(), up.ip) else {
-                        uplink_burst(tables, in_port, std::iter::once(frame), sink, cx);
+                        uplink_frame(tables, in_port, frame, sink, cx);
                         continue;
                     };
                     match sink.hand_off(owner, frame) {
@@ -154,9 +172,7 @@ pub fn handle_burst<F: Frame, S: Sink<F>, T: Trace>(
                             cx.counters.add_spread();
                         }
                         // No ring to that worker (a test's single core): switched here.
-                        Some(frame) => {
-                            uplink_burst(tables, in_port, std::iter::once(frame), sink, cx)
-                        }
+                        Some(frame) => uplink_frame(tables, in_port, frame, sink, cx),
                     }
                 }
             }
@@ -177,10 +193,23 @@ fn uplink_burst<F: Frame, S: Sink<F>, T: Trace>(
     sink: &mut S,
     cx: &mut Context<'_, T>,
 ) {
-    for mut frame in frames {
-        let classified = classify::from_uplink(tables, in_port, &mut frame, cx);
-        run(tables, frame, classified, sink, cx);
+    for (at, frame) in frames.enumerate() {
+        cx.at = at;
+        uplink_frame(tables, in_port, frame, sink, cx);
     }
+}
+
+/// A frame from the uplink, at its place in the burst ([`Context::at`]).
+#[inline(always)]
+fn uplink_frame<F: Frame, S: Sink<F>, T: Trace>(
+    tables: &FlowTables,
+    in_port: u16,
+    mut frame: F,
+    sink: &mut S,
+    cx: &mut Context<'_, T>,
+) {
+    let classified = classify::from_uplink(tables, in_port, &mut frame, cx);
+    run(tables, frame, classified, sink, cx);
 }
 
 /// An access port's burst. Routed frames from a port without per-packet rules may take
