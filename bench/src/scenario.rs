@@ -5,8 +5,8 @@
 //! tenetd's configs are the files the shared harness runs (`configs/bench/replay-*.toml`:
 //! pcap input, null sink). The PVP topology runs the same files with both ports turned
 //! into vhost-user servers, so a scenario's tenants, endpoints and routes are written
-//! once. `l2-many` (1,000 tenants, 100,000 MACs) is written out here: no one lists
-//! 100,000 endpoints by hand.
+//! once. `l2-many` and `gre-many` (1,000 tenants, 100,000 MACs) are written out here:
+//! no one lists 100,000 endpoints by hand.
 
 use std::fmt::Write as _;
 use std::path::Path;

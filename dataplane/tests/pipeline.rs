@@ -735,11 +735,12 @@ fn an_uplink_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
         };
         // Each tenant from its own peer, a tenant from a peer that does not carry it,
         // a stranger, a key where the design has none (or none where it needs one), an
-        // unknown tenant, a static local MAC claimed from afar, a flood, a cut frame.
+        // unknown tenant, a static local MAC claimed from afar, a flood, a GRE header
+        // announcing a key it is too short to hold, a cut frame.
         let sender = [2, 0, 0, 0, 0x0d, 1];
         let mut frames = Vec::new();
         for i in 0..32u32 {
-            let frame = match i % 9 {
+            let frame = match i % 10 {
                 0 => from(REMOTE_IP, &eth(bulk(0xa, i * 97), sender), A_ID, 100),
                 1 => from(OTHER_IP, &eth(bulk(0xb, i * 89), sender), B_ID, 200),
                 2 => from(REMOTE_IP, &eth(bulk(0xb, i), sender), B_ID, 200),
@@ -755,6 +756,12 @@ fn an_uplink_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
                 5 => from(REMOTE_IP, &eth(bulk(0xa, i), sender), 999, 300),
                 6 => from(REMOTE_IP, &eth(bulk(0xa, i), C1), A_ID, 100),
                 7 => from(OTHER_IP, &eth([0xff; 6], sender), B_ID, 200),
+                8 => {
+                    let mut f =
+                        gre_encapsulated(&[], REMOTE_IP, LOCAL_IP, None, NEXT_HOP_MAC, UPLINK_MAC);
+                    f[34] |= 0x20;
+                    f
+                }
                 _ => from(REMOTE_IP, &eth(bulk(0xa, i), sender), A_ID, 100)[..40].to_vec(),
             };
             frames.push(frame);
@@ -768,6 +775,7 @@ fn an_uplink_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
             refused,
             DropReason::GreUnknownPeer,
             DropReason::MacSpoof,
+            DropReason::GreMalformed,
             DropReason::Ipv4Invalid,
         ] {
             assert!(stats.dropped(reason) > 0, "{design:?}: {reason:?}");

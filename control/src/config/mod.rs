@@ -275,8 +275,9 @@ pub struct DataplaneConfig {
     /// VM: half the rate of one worker decapsulating everything).
     pub spread_tunnels: bool,
     /// Entries of each of a worker's exact-match caches in front of the tables
-    /// (destination MACs, source MACs, routes, sources reported for learning): more
-    /// keep more busy flows at one probe, fewer leave the core's cache to the packets.
+    /// (destination MACs, source MACs, routes, GRE decisions by peer and key, sources
+    /// reported for learning): more keep more busy flows at one probe, fewer leave the
+    /// core's cache to the packets.
     pub flow_cache: usize,
 }
 

@@ -83,6 +83,15 @@ impl Ahead {
         self.macs_len = at + 1;
     }
 
+    /// Keeps the MAC keys the pass found for the frame at `at`, if it found them.
+    #[inline(always)]
+    pub fn keep_macs(&mut self, at: usize, keys: Option<(Hashed, Hashed)>) {
+        match keys {
+            Some((dst, src)) => self.set_macs(at, dst, src),
+            None => self.skip_macs(at),
+        }
+    }
+
     /// Marks the frame at `at` as one whose MACs the pass did not look at.
     #[inline(always)]
     pub fn skip_macs(&mut self, at: usize) {

@@ -24,9 +24,10 @@ const PREFETCH_FDB_PAST: usize = 8192;
 
 /// Starts loading what the frames of a burst from `in_port` will look up: their FDB
 /// slots (when the FDB outgrows the core's caches; a tunnelled frame's by its inner
-/// MACs), their route slots, and the SNAT slots of those routed outside. The whole
-/// burst's slots start loading before the first frame needs its own, so the misses of
-/// 32 frames overlap.
+/// MACs, once its tenant is found, which looks its tunnel up and keeps the decision in
+/// the core's cache, even for a frame the decapsulation will drop), their route slots,
+/// and the SNAT slots of those routed outside. The whole burst's slots start loading
+/// before the first frame needs its own, so the misses of 32 frames overlap.
 #[inline(always)]
 pub fn prefetch_burst<'a>(
     tables: &FlowTables,
@@ -48,29 +49,20 @@ pub fn prefetch_burst<'a>(
             for (at, data) in frames.enumerate() {
                 let keys = classify::trunk_tenant_ahead(tables, in_port, data)
                     .and_then(|tenant| cache.prefetch_fdb(tables, learner, tenant, data));
-                match keys {
-                    Some((dst, src)) => ahead.set_macs(at, dst, src),
-                    None => ahead.skip_macs(at),
-                }
+                ahead.keep_macs(at, keys);
             }
         }
         PortRole::Uplink if big_fdb => {
             for (at, data) in frames.enumerate() {
                 let keys = classify::uplink_tenant_ahead(tables, cache, data)
                     .and_then(|(tenant, inner)| cache.prefetch_fdb(tables, learner, tenant, inner));
-                match keys {
-                    Some((dst, src)) => ahead.set_macs(at, dst, src),
-                    None => ahead.skip_macs(at),
-                }
+                ahead.keep_macs(at, keys);
             }
         }
         PortRole::Access { tenant, .. } => {
             if big_fdb {
                 for (at, data) in frames.clone().enumerate() {
-                    match cache.prefetch_fdb(tables, learner, tenant, data) {
-                        Some((dst, src)) => ahead.set_macs(at, dst, src),
-                        None => ahead.skip_macs(at),
-                    }
+                    ahead.keep_macs(at, cache.prefetch_fdb(tables, learner, tenant, data));
                 }
             }
             let Some(router) = tables.router(tenant) else {

@@ -66,13 +66,14 @@ pub struct Unresolved {
     pub ip: Ipv4Addr,
 }
 
-/// Entries of each of a worker's caches (destinations, sources, routes, learning)
-/// unless the config says otherwise: 4,096 destinations and as many sources in 64 KiB
-/// each, the routes in 128 KiB, which a core's L2 holds beside the frames in flight.
+/// Entries of each of a worker's caches (destinations, sources, routes, GRE decisions,
+/// learning) unless the config says otherwise: 4,096 destinations, as many sources and
+/// as many GRE decisions in 64 KiB each, the routes in 128 KiB, which a core's L2 holds
+/// beside the frames in flight.
 pub const DEFAULT_ENTRIES: usize = 4096;
 
 /// The fewest and most entries a worker's caches may be given: they are rewritten
-/// whole whenever the worker takes a new snapshot (a learned MAC makes one), 4 MiB at
+/// whole whenever the worker takes a new snapshot (a learned MAC makes one), 5 MiB at
 /// most, a fraction of a millisecond.
 pub const ENTRIES_RANGE: std::ops::RangeInclusive<usize> = 256..=1 << 16;
 
@@ -122,6 +123,31 @@ struct TunnelSlot {
     tenant: TenantIdx,
     tunnel: TunnelIdx,
     full: bool,
+}
+
+impl From<TunnelMemo> for TunnelSlot {
+    #[inline(always)]
+    fn from(memo: TunnelMemo) -> Self {
+        Self {
+            peer: memo.peer,
+            key: memo.key,
+            tenant: memo.tenant,
+            tunnel: memo.tunnel,
+            full: true,
+        }
+    }
+}
+
+impl From<TunnelSlot> for TunnelMemo {
+    #[inline(always)]
+    fn from(slot: TunnelSlot) -> Self {
+        Self {
+            peer: slot.peer,
+            key: slot.key,
+            tunnel: slot.tunnel,
+            tenant: slot.tenant,
+        }
+    }
 }
 
 const EMPTY_TUNNEL: TunnelSlot = TunnelSlot {
@@ -184,8 +210,8 @@ impl Default for FdbCache {
 }
 
 impl FdbCache {
-    /// A cache of `entries` destinations, as many sources and as many routes (a power
-    /// of two in [`ENTRIES_RANGE`], checked where it is configured).
+    /// A cache of `entries` destinations, as many sources, routes and GRE decisions (a
+    /// power of two in [`ENTRIES_RANGE`], checked where it is configured).
     pub fn new(entries: usize) -> Self {
         Self {
             slots: HashSlots::new(entries, EMPTY_SLOT),
@@ -197,7 +223,7 @@ impl FdbCache {
         }
     }
 
-    /// How many destinations (and sources, and routes) it holds.
+    /// How many destinations (and sources, routes and GRE decisions) it holds.
     pub fn entries(&self) -> usize {
         self.slots.len()
     }
@@ -292,13 +318,8 @@ impl FdbCache {
         if last.is_some() {
             return last;
         }
-        let slot = self.tunnels.at(tunnel_hash(tables, peer, key));
-        let found = (slot.full && slot.peer == peer && slot.key == key).then_some(TunnelMemo {
-            peer,
-            key,
-            tunnel: slot.tunnel,
-            tenant: slot.tenant,
-        });
+        let slot = *self.tunnels.at(tunnel_hash(tables, peer, key));
+        let found = (slot.full && slot.peer == peer && slot.key == key).then(|| slot.into());
         if found.is_some() {
             self.last_tunnel = found;
         }
@@ -310,13 +331,7 @@ impl FdbCache {
     pub fn set_tunnel(&mut self, tables: &FlowTables, memo: TunnelMemo) {
         *self
             .tunnels
-            .at_mut(tunnel_hash(tables, memo.peer, memo.key)) = TunnelSlot {
-            peer: memo.peer,
-            key: memo.key,
-            tenant: memo.tenant,
-            tunnel: memo.tunnel,
-            full: true,
-        };
+            .at_mut(tunnel_hash(tables, memo.peer, memo.key)) = memo.into();
         self.last_tunnel = Some(memo);
     }
 
@@ -429,6 +444,8 @@ mod tests {
             tenant: key + 1,
         };
         let peers = [0x0a00_0001, 0x0a00_0002];
+        // An empty slot answers nobody, not even the peer and key it holds.
+        assert_eq!(cache.tunnel(&tables, 0, 0), None);
         for key in 0..1000 {
             for peer in peers {
                 cache.set_tunnel(&tables, memo(peer, key));
@@ -449,5 +466,6 @@ mod tests {
         assert!((100..=256).contains(&kept), "{kept} kept in 256 slots");
         cache.clear();
         assert!((0..1000).all(|key| cache.tunnel(&tables, peers[0], key).is_none()));
+        assert_eq!(cache.tunnel(&tables, 0, 0), None);
     }
 }

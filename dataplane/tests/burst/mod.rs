@@ -46,7 +46,8 @@ pub fn with_bulk_macs(
 /// in the core's caches), then reversed without the prefetch pass, as a traced port's
 /// frames run, so the keys the core holds are the last burst's, other frames' at most
 /// places, and must not be taken for these. Returns the core's counters, whose drops
-/// the offline core's match.
+/// the offline core's match. The first burst must send something: agreeing on nothing
+/// proves nothing.
 pub fn agrees_one_at_a_time(tables: FlowTables, in_port: u16, frames: &[Vec<u8>]) -> CoreStats {
     let reversed: Vec<Vec<u8>> = frames.iter().rev().cloned().collect();
     let bursts = [(frames, true), (frames, true), (&reversed[..], false)];
@@ -61,6 +62,10 @@ pub fn agrees_one_at_a_time(tables: FlowTables, in_port: u16, frames: &[Vec<u8>]
             sink
         })
         .collect();
+    assert!(
+        !expected[0].sent.is_empty(),
+        "the first burst sends nothing"
+    );
 
     let publisher = TablePublisher::new(tables);
     let slot = WorkerSlot {
