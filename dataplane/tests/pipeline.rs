@@ -782,3 +782,57 @@ fn an_uplink_burst_over_a_big_fdb_goes_as_its_frames_one_at_a_time() {
         }
     }
 }
+
+#[test]
+fn a_gre_key_follows_its_tenant_deleted_and_added_again() {
+    // A worker's core keeps GRE decisions by (peer, key) across bursts. Tenant A is
+    // deleted and added again in another slot behind another port, and tenant B takes
+    // A's old slot behind A's old port, the same MAC in both: from the next snapshot
+    // on, A's key must lead to A's new port, never to B's.
+    let x: Mac = [2, 0, 0, 0, 0x0e, 1];
+    let sender: Mac = [2, 0, 0, 0, 0x0d, 1];
+    let before = {
+        let mut b = TablesBuilder::new(Design::Dedicated, false);
+        let a = b.tenant(A_ID, None);
+        b.access_port(ACCESS_A0, a, None);
+        b.uplink(UPLINK, UPLINK_MAC, LOCAL_IP);
+        let t1 = b.tunnel(1, REMOTE_IP, Some(NEXT_HOP_MAC));
+        b.tunnel_carries(t1, a);
+        b.static_mac(a, x, Location::Port(ACCESS_A0));
+        b.build()
+    };
+    let after = {
+        let mut b = TablesBuilder::new(Design::Dedicated, false);
+        let tb = b.tenant_in(0, B_ID, None);
+        let a = b.tenant_in(1, A_ID, None);
+        b.access_port(ACCESS_A0, tb, None);
+        b.access_port(ACCESS_A1, a, None);
+        b.uplink(UPLINK, UPLINK_MAC, LOCAL_IP);
+        let t1 = b.tunnel(1, REMOTE_IP, Some(NEXT_HOP_MAC));
+        b.tunnel_carries(t1, a);
+        b.tunnel_carries(t1, tb);
+        b.static_mac(tb, x, Location::Port(ACCESS_A0));
+        b.static_mac(a, x, Location::Port(ACCESS_A1));
+        b.build()
+    };
+    let inner = eth(x, sender);
+    let from_a = tunnelled_in(&inner, Some(A_ID));
+    let publisher = dataplane::table::publish::TablePublisher::new(before);
+    let mut core = burst::worker_core(&publisher);
+    let counters = dataplane::counters::CoreCounters::default();
+    let mut run = |frame: &[u8]| {
+        let mut sink = Collect::default();
+        core.begin(0, &mut sink, &counters);
+        let burst = std::iter::once(dataplane::packet::frame::BufFrame::new(frame));
+        core.run(UPLINK, burst, &mut sink, &counters);
+        sink.sent
+    };
+    assert_eq!(run(&from_a), vec![(ACCESS_A0, inner.clone())]);
+    publisher.publish(after);
+    assert_eq!(run(&from_a), vec![(ACCESS_A1, inner.clone())]);
+    assert_eq!(run(&from_a), vec![(ACCESS_A1, inner.clone())]);
+    // B's own key reaches B's port, which was A's.
+    let from_b = tunnelled_in(&inner, Some(B_ID));
+    assert_eq!(run(&from_b), vec![(ACCESS_A0, inner.clone())]);
+    assert_eq!(run(&from_a), vec![(ACCESS_A1, inner)]);
+}

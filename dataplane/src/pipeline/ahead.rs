@@ -115,33 +115,31 @@ impl Ahead {
     /// pass did.
     #[inline(always)]
     pub fn destination(&self, tables: &FlowTables, at: usize, key: u64) -> Hashed {
-        let (dst, _) = self.macs[at % BURST];
-        if at < self.macs_len && dst.key == key {
-            return dst;
-        }
-        Hashed::fdb(tables, key)
+        kept_or_hashed(tables, self.macs[at % BURST].0, at < self.macs_len, key)
     }
 
     /// The frame at `at`'s source key `key` with its hash, hashed now unless the pass
     /// did.
     #[inline(always)]
     pub fn source(&self, tables: &FlowTables, at: usize, key: u64) -> Hashed {
-        let (_, src) = self.macs[at % BURST];
-        if at < self.macs_len && src.key == key {
-            return src;
-        }
-        Hashed::fdb(tables, key)
+        kept_or_hashed(tables, self.macs[at % BURST].1, at < self.macs_len, key)
     }
 
-    /// The frame at `at`'s route key with its hash, hashed now unless the pass did.
+    /// The frame at `at`'s route key with its hash, hashed now unless the pass did
+    /// (route keys take the FDB's hash, [`Hashed::route`]).
     #[inline(always)]
     pub fn route(&self, tables: &FlowTables, at: usize, key: u64) -> Hashed {
-        let route = self.routes[at % BURST];
-        if at < self.routes_len && route.key == key {
-            return route;
-        }
-        Hashed::route(tables, key)
+        kept_or_hashed(tables, self.routes[at % BURST], at < self.routes_len, key)
     }
+}
+
+/// `kept` if the pass set it (`set`) for this very `key`, else `key` hashed now.
+#[inline(always)]
+fn kept_or_hashed(tables: &FlowTables, kept: Hashed, set: bool, key: u64) -> Hashed {
+    if set && kept.key == key {
+        return kept;
+    }
+    Hashed::fdb(tables, key)
 }
 
 #[cfg(test)]

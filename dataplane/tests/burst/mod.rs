@@ -41,6 +41,19 @@ pub fn with_bulk_macs(
     tables
 }
 
+/// A worker's core (the only one, caches of 256 entries) on `publisher`'s tables: it
+/// takes each new snapshot at its next burst, as a worker does.
+pub fn worker_core(publisher: &TablePublisher) -> Core<BufFrame> {
+    let slot = WorkerSlot {
+        index: 0,
+        count: 1,
+        nat_sessions: 64,
+        spread_tunnels: false,
+        cache_entries: 256,
+    };
+    Core::new(publisher.reader(), Arc::new(EventQueue::new(1024)), slot)
+}
+
 /// Runs `frames` received on `in_port` both ways, the core with caches of 256 entries
 /// (the offline core's hold 4,096): twice (the second burst finds the first one's keys
 /// in the core's caches), then reversed without the prefetch pass, as a traced port's
@@ -68,14 +81,7 @@ pub fn agrees_one_at_a_time(tables: FlowTables, in_port: u16, frames: &[Vec<u8>]
     );
 
     let publisher = TablePublisher::new(tables);
-    let slot = WorkerSlot {
-        index: 0,
-        count: 1,
-        nat_sessions: 64,
-        spread_tunnels: false,
-        cache_entries: 256,
-    };
-    let mut core = Core::new(publisher.reader(), Arc::new(EventQueue::new(1024)), slot);
+    let mut core = worker_core(&publisher);
     let counters = CoreCounters::default();
     for (round, ((frames, prefetch), expected)) in bursts.iter().zip(&expected).enumerate() {
         let mut sink = Collect::default();
