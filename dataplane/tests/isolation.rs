@@ -250,8 +250,13 @@ proptest! {
         port in 0u16..8,
         shared in any::<bool>(),
     ) {
-        let t = tables(if shared { Design::Shared } else { Design::Dedicated }, shared);
+        let design = if shared { Design::Shared } else { Design::Dedicated };
+        let t = tables(design, shared);
         run(&t, port, &frame);
         run(&t, port, &shaped);
+        // A burst's prefetch pass reads the frames first (the uplink's GRE headers
+        // too), but only past a big FDB.
+        run(big_tables(design), port, &frame);
+        run(big_tables(design), port, &shaped);
     }
 }

@@ -1,11 +1,13 @@
-//! What a burst's prefetch pass learned about each frame (its FDB keys and its route
-//! key, each with its hash), kept for the stages, so a frame's keys are hashed once:
-//! the pass hashes them to find what to prefetch, and the switch and the router take
-//! the same hashes for their lookups (VPP's bihash passes a key's hash from its
-//! prefetch to its search the same way).
+//! What a burst's prefetch pass learned about each frame (its FDB keys, its route key,
+//! its GRE tunnel key and its SNAT session key, each with its hash), kept for the
+//! stages, so a frame's keys are hashed once: the pass hashes them to find what to
+//! prefetch, and the switch, the decapsulation and the router take the same hashes for
+//! their lookups (VPP's bihash passes a key's hash from its prefetch to its search the
+//! same way).
 
+use super::nat::{Flow, InsideKey, NatTable};
 use crate::dpdk::BURST;
-use crate::table::FlowTables;
+use crate::table::{FlowTables, TenantIdx};
 
 /// A key with its hash: made only by hashing the key, so a lookup given one never
 /// searches with another key's hash.
@@ -34,6 +36,20 @@ impl Hashed {
     pub fn route(tables: &FlowTables, key: u64) -> Self {
         Self::fdb(tables, key)
     }
+
+    /// The key of GRE from `peer` with GRE key `key` (0 for none) in a core's cache of
+    /// decapsulation decisions, with the FDB's hash too: seeded, so no sender can pick
+    /// keys that push a tenant's decision out.
+    #[inline(always)]
+    pub fn tunnel(tables: &FlowTables, peer: u32, key: u32) -> Self {
+        Self::fdb(tables, tunnel_key(peer, key))
+    }
+}
+
+/// GRE's peer and key in one cache key.
+#[inline(always)]
+fn tunnel_key(peer: u32, key: u32) -> u64 {
+    u64::from(peer) << 32 | u64::from(key)
 }
 
 /// No key: the broadcast MAC's FDB key, which no lookup uses (a group destination is
@@ -45,7 +61,8 @@ const NONE: Hashed = Hashed {
 };
 
 /// One burst's keys by the frame's place in it: its destination and source MACs' FDB
-/// keys, and its IPv4 destination's route key. A place the pass skipped holds no key,
+/// keys, its IPv4 destination's route key, its GRE peer and key, its SNAT session's
+/// inside key. A place the pass skipped holds no key,
 /// and a stage that finds another key than its own (a frame the classifier saw
 /// differently, a frame of a burst the pass did not see) hashes its own: a wrong hash
 /// is never used. Places past a burst's 32 wrap around (never in a worker), which the
@@ -55,6 +72,10 @@ pub struct Ahead {
     macs_len: usize,
     routes: [Hashed; BURST],
     routes_len: usize,
+    tunnels: [Hashed; BURST],
+    tunnels_len: usize,
+    sessions: [Option<InsideKey>; BURST],
+    sessions_len: usize,
 }
 
 impl Default for Ahead {
@@ -64,6 +85,10 @@ impl Default for Ahead {
             macs_len: 0,
             routes: [NONE; BURST],
             routes_len: 0,
+            tunnels: [NONE; BURST],
+            tunnels_len: 0,
+            sessions: [None; BURST],
+            sessions_len: 0,
         }
     }
 }
@@ -74,6 +99,8 @@ impl Ahead {
     pub fn start(&mut self) {
         self.macs_len = 0;
         self.routes_len = 0;
+        self.tunnels_len = 0;
+        self.sessions_len = 0;
     }
 
     /// Keeps the MAC keys of the frame at `at` (in order: every earlier place was set).
@@ -111,6 +138,22 @@ impl Ahead {
         self.set_route(at, NONE);
     }
 
+    /// Keeps the GRE tunnel key of the frame at `at` (in order, as [`Ahead::set_macs`];
+    /// `None`: not GRE as the pass saw it).
+    #[inline(always)]
+    pub fn keep_tunnel(&mut self, at: usize, tunnel: Option<Hashed>) {
+        self.tunnels[at % BURST] = tunnel.unwrap_or(NONE);
+        self.tunnels_len = at + 1;
+    }
+
+    /// Keeps the SNAT session key of the frame at `at` (in order, as
+    /// [`Ahead::set_macs`]; `None`: not routed outside as the pass saw it).
+    #[inline(always)]
+    pub fn keep_session(&mut self, at: usize, session: Option<InsideKey>) {
+        self.sessions[at % BURST] = session;
+        self.sessions_len = at + 1;
+    }
+
     /// The frame at `at`'s destination key `key` with its hash, hashed now unless the
     /// pass did.
     #[inline(always)]
@@ -130,6 +173,28 @@ impl Ahead {
     #[inline(always)]
     pub fn route(&self, tables: &FlowTables, at: usize, key: u64) -> Hashed {
         kept_or_hashed(tables, self.routes[at % BURST], at < self.routes_len, key)
+    }
+
+    /// The frame at `at`'s GRE tunnel key (from `peer` with GRE key `key`, 0 for none)
+    /// with its hash, hashed now unless the pass did.
+    #[inline(always)]
+    pub fn tunnel(&self, tables: &FlowTables, at: usize, peer: u32, key: u32) -> Hashed {
+        let kept = self.tunnels[at % BURST];
+        if at < self.tunnels_len && kept.key == tunnel_key(peer, key) {
+            return kept;
+        }
+        Hashed::tunnel(tables, peer, key)
+    }
+
+    /// The frame at `at`'s SNAT session key in `nat` (the core's table, whose seed
+    /// the kept hash is under) for `flow` sent by a container of `tenant`, hashed now
+    /// unless the pass did.
+    #[inline(always)]
+    pub fn session(&self, nat: &NatTable, at: usize, tenant: TenantIdx, flow: &Flow) -> InsideKey {
+        match self.sessions[at % BURST] {
+            Some(kept) if at < self.sessions_len && kept.is_of(tenant, flow) => kept,
+            _ => nat.inside(tenant, flow),
+        }
     }
 }
 
@@ -186,6 +251,67 @@ mod tests {
         assert_eq!(ahead.route(&tables, 0, 10), route(10));
         assert_eq!(ahead.route(&tables, 1, 9), route(9));
         assert_eq!(ahead.route(&tables, BURST, 9), route(9), "past the pass");
+    }
+
+    #[test]
+    fn a_frame_gets_the_tunnel_and_session_keys_kept_for_its_own_only() {
+        let tables = FlowTables::default();
+        let mut ahead = Ahead::default();
+        ahead.start();
+        let planted = |k| Hashed { key: k, hash: 7 };
+        let (peer, key) = (0x0a00_0002, 42);
+        ahead.keep_tunnel(0, Some(planted(tunnel_key(peer, key))));
+        ahead.keep_tunnel(1, None);
+        assert_eq!(ahead.tunnel(&tables, 0, peer, key).hash, 7);
+        let fresh = |peer, key| Hashed::tunnel(&tables, peer, key);
+        for (at, p, k, why) in [
+            (0, peer, key + 1, "another key"),
+            (0, peer + 1, key, "another peer"),
+            (0, peer, 0, "no key"),
+            (1, peer, key, "not GRE to the pass"),
+            (2, peer, key, "past the pass"),
+        ] {
+            assert_eq!(ahead.tunnel(&tables, at, p, k), fresh(p, k), "{why}");
+        }
+
+        // A session key is hashed under its core's table's seed: one kept from table
+        // `a` is told apart from `b`'s own by its hash.
+        let (a, b) = (NatTable::new(16, 0, 1), NatTable::new(16, 0, 1));
+        let flow = |src_port| Flow {
+            protocol: 17,
+            src: [10, 1, 0, 5].into(),
+            src_port,
+            dst: [192, 0, 2, 1].into(),
+            dst_port: 53,
+        };
+        assert_ne!(
+            a.inside(1, &flow(1000)),
+            b.inside(1, &flow(1000)),
+            "one seed"
+        );
+        ahead.keep_session(0, Some(a.inside(1, &flow(1000))));
+        ahead.keep_session(1, None);
+        assert_eq!(
+            ahead.session(&b, 0, 1, &flow(1000)),
+            a.inside(1, &flow(1000))
+        );
+        for (at, tenant, port, why) in [
+            (0, 1, 1001, "another flow"),
+            (0, 2, 1000, "another tenant"),
+            (1, 1, 1000, "not routed outside to the pass"),
+            (2, 1, 1000, "past the pass"),
+        ] {
+            let got = ahead.session(&b, at, tenant, &flow(port));
+            assert_eq!(got, b.inside(tenant, &flow(port)), "{why}");
+        }
+        ahead.start();
+        assert_eq!(
+            ahead.tunnel(&tables, 0, peer, key),
+            fresh(peer, key),
+            "a new burst"
+        );
+        let got = ahead.session(&b, 0, 1, &flow(1000));
+        assert_eq!(got, b.inside(1, &flow(1000)), "a new burst");
     }
 
     #[test]

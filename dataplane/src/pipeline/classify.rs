@@ -16,6 +16,7 @@ use crate::packet::vlan::{self, VlanTag, HEADER_LEN as TAG_LEN};
 use crate::packet::Mac;
 use crate::table::{Design, FlowTables, PortSecurity, TenantIdx, TunnelIdx, NO_TENANT};
 
+use super::ahead::{Ahead, Hashed};
 use super::fdb_cache::{FdbCache, TunnelMemo};
 use super::stage::{tenant_id, Classified, Context, Ingress, Trace};
 
@@ -210,20 +211,27 @@ fn underlay_arp<F: Frame, T: Trace>(
 
 /// The tunnel GRE from `peer` with `key` arrives on, and the tenant the key names (the
 /// dedicated design; the shared design's frames name theirs by inner VLAN, `NO_TENANT`
-/// here), from the core's cache when it holds the decision.
+/// here), from the core's cache when it holds the decision; `hashed` gives the cache
+/// key of peer and key ([`Hashed::tunnel`]), asked only when the one-entry memo misses.
 #[inline(always)]
 fn gre_tunnel(
     tables: &FlowTables,
     cache: &mut FdbCache,
     peer: u32,
     key: Option<u32>,
+    hashed: impl FnOnce() -> Hashed,
 ) -> Result<(TunnelIdx, TenantIdx), DropReason> {
     let keyed = tables.design == Design::Dedicated;
-    if key.is_some() == keyed {
-        if let Some(memo) = cache.tunnel(tables, peer, key.unwrap_or(0)) {
-            return Ok((memo.tunnel, memo.tenant));
+    // Only a frame with a key where the design takes one (and without one where it
+    // takes none) has a decision to keep.
+    let slot = if key.is_some() == keyed {
+        match cache.tunnel(peer, key.unwrap_or(0), hashed) {
+            Ok(memo) => return Ok((memo.tunnel, memo.tenant)),
+            Err(slot) => Some(slot),
         }
-    }
+    } else {
+        None
+    };
     let Some(&tunnel) = tables.peer_tunnel.get(&peer) else {
         return Err(DropReason::GreUnknownPeer);
     };
@@ -241,7 +249,9 @@ fn gre_tunnel(
         tunnel,
         tenant,
     };
-    cache.set_tunnel(tables, memo);
+    if let Some(slot) = slot {
+        cache.set_tunnel(slot, memo);
+    }
     Ok((tunnel, tenant))
 }
 
@@ -273,15 +283,24 @@ fn gre_ahead(data: &[u8]) -> Option<(u32, Option<u32>, &[u8])> {
 
 /// The tenant of a GRE frame received on the uplink and the frame it carries, for the
 /// burst's prefetch pass ([`gre_ahead`]); the decision by peer and key is kept in the
-/// core's cache, where the decapsulation finds it.
+/// core's cache, where the decapsulation finds it with the hash kept in `ahead` for
+/// the frame at `at`.
 #[inline(always)]
 pub(super) fn uplink_tenant_ahead<'a>(
     tables: &FlowTables,
     cache: &mut FdbCache,
+    ahead: &mut Ahead,
+    at: usize,
     data: &'a [u8],
 ) -> Option<(TenantIdx, &'a [u8])> {
-    let (peer, key, inner) = gre_ahead(data)?;
-    let (_, tenant) = gre_tunnel(tables, cache, peer, key).ok()?;
+    let Some((peer, key, inner)) = gre_ahead(data) else {
+        ahead.keep_tunnel(at, None);
+        return None;
+    };
+    // Hashed here once, kept for the decapsulation.
+    let hashed = Hashed::tunnel(tables, peer, key.unwrap_or(0));
+    ahead.keep_tunnel(at, Some(hashed));
+    let (_, tenant) = gre_tunnel(tables, cache, peer, key, || hashed).ok()?;
     let tenant = match tables.design {
         Design::Dedicated => tenant,
         Design::Shared => tagged_tenant(inner, |vid| vlan_tenant(tables, vid)).ok()?,
@@ -329,7 +348,9 @@ fn gre_decap<F: Frame, T: Trace>(
         if !gre.verify_checksum() {
             return cx.stop(DropReason::GreBadChecksum);
         }
-        let (tunnel, tenant) = match gre_tunnel(tables, cx.cache, peer, gre.key()) {
+        let key = gre.key();
+        let hashed = || cx.ahead.tunnel(tables, cx.at, peer, key.unwrap_or(0));
+        let (tunnel, tenant) = match gre_tunnel(tables, cx.cache, peer, key, hashed) {
             Ok(decided) => decided,
             Err(reason) => return cx.stop(reason),
         };

@@ -22,11 +22,18 @@ use super::{classify, output, router, switch};
 /// the second pass over the burst would cost more than the misses it saves).
 const PREFETCH_FDB_PAST: usize = 8192;
 
+/// Misses in the core's FDB cache in the previous burst below which a burst skips its
+/// FDB prefetch pass, a quarter of a full burst's frames: a big FDB whose busy MACs
+/// the core's cache holds gains nothing from the pass, which costs as much as a few
+/// misses, and the first burst after a cache clear always takes it.
+const PREFETCH_FDB_MISSES: u32 = 8;
+
 /// Starts loading what the frames of a burst from `in_port` will look up: their FDB
-/// slots (when the FDB outgrows the core's caches; a tunnelled frame's by its inner
-/// MACs, once its tenant is found, which looks its tunnel up and keeps the decision in
-/// the core's cache, even for a frame the decapsulation will drop), their route slots,
-/// and the SNAT slots of those routed outside. The whole burst's slots start loading
+/// slots (when the FDB outgrows the core's caches and the last burst missed there; a
+/// tunnelled frame's by its inner MACs, once its tenant is found, which looks its
+/// tunnel up and keeps the decision in the core's cache, even for a frame the
+/// decapsulation will drop), their route slots, and the SNAT slots of those routed
+/// outside. The whole burst's slots start loading
 /// before the first frame needs its own, so the misses of 32 frames overlap.
 #[inline(always)]
 pub fn prefetch_burst<'a>(
@@ -43,7 +50,8 @@ pub fn prefetch_burst<'a>(
         ..
     } = state;
     ahead.start();
-    let big_fdb = tables.fdb.len() > PREFETCH_FDB_PAST;
+    let missed = cache.take_misses();
+    let big_fdb = tables.fdb.len() > PREFETCH_FDB_PAST && missed >= PREFETCH_FDB_MISSES;
     match *tables.role(in_port) {
         PortRole::Trunk if big_fdb => {
             for (at, data) in frames.enumerate() {
@@ -54,7 +62,7 @@ pub fn prefetch_burst<'a>(
         }
         PortRole::Uplink if big_fdb => {
             for (at, data) in frames.enumerate() {
-                let keys = classify::uplink_tenant_ahead(tables, cache, data)
+                let keys = classify::uplink_tenant_ahead(tables, cache, ahead, at, data)
                     .and_then(|(tenant, inner)| cache.prefetch_fdb(tables, learner, tenant, inner));
                 ahead.keep_macs(at, keys);
             }
@@ -78,7 +86,9 @@ pub fn prefetch_burst<'a>(
             if router.snat_ip.is_some() {
                 for (at, data) in frames.enumerate() {
                     let nat = &router_state.nat;
-                    router::prefetch_external(tables, cache, ahead, at, nat, tenant, data);
+                    let session =
+                        router::prefetch_external(tables, cache, ahead, at, nat, tenant, data);
+                    ahead.keep_session(at, session);
                 }
             }
         }

@@ -158,13 +158,6 @@ const EMPTY_TUNNEL: TunnelSlot = TunnelSlot {
     full: false,
 };
 
-/// Where GRE from `peer` with `key` has its slot: the FDB's seeded hash, so no sender
-/// can pick keys that push a tenant's decision out.
-#[inline(always)]
-fn tunnel_hash(tables: &FlowTables, peer: u32, key: u32) -> u64 {
-    tables.fdb.hash(u64::from(peer) << 32 | u64::from(key))
-}
-
 /// The cache of one worker, rewritten whole only when a snapshot changes.
 pub struct FdbCache {
     slots: HashSlots<Slot>,
@@ -173,6 +166,9 @@ pub struct FdbCache {
     /// spread evenly, 1,000 senders lost theirs most of the time: 157 → 192 cycles a
     /// packet in `l2-many`).
     sources: HashSlots<SourceSlot>,
+    /// Destination and source lookups that missed since [`FdbCache::take_misses`]
+    /// (`u32::MAX` after a clear: everything will miss).
+    misses: u32,
     last_source: Option<(u64, Location, u32)>,
     /// The last decapsulation decision, asked first: most GRE comes in runs of one
     /// peer and key, and its compare costs less than a hash (gre-decap, one key: 0.40
@@ -216,6 +212,7 @@ impl FdbCache {
         Self {
             slots: HashSlots::new(entries, EMPTY_SLOT),
             sources: HashSlots::new(entries, EMPTY_SOURCE),
+            misses: u32::MAX,
             last_source: None,
             last_tunnel: None,
             tunnels: HashSlots::new(entries, EMPTY_TUNNEL),
@@ -232,6 +229,7 @@ impl FdbCache {
     pub fn clear(&mut self) {
         self.slots.fill(EMPTY_SLOT);
         self.sources.fill(EMPTY_SOURCE);
+        self.misses = u32::MAX;
         self.last_source = None;
         self.last_tunnel = None;
         self.tunnels.fill(EMPTY_TUNNEL);
@@ -311,27 +309,34 @@ impl FdbCache {
         Ok(slot.hop)
     }
 
-    /// The decapsulation decision for `peer` and `key`, if one is kept.
+    /// The decapsulation decision for `peer` and `key`, if one is kept: the memo's, or
+    /// the one in the slot of `hashed()` ([`Hashed::tunnel`] of the two, hashed only
+    /// when the memo misses); else that key, for [`FdbCache::set_tunnel`].
     #[inline(always)]
-    pub fn tunnel(&mut self, tables: &FlowTables, peer: u32, key: u32) -> Option<TunnelMemo> {
-        let last = self.last_tunnel.filter(|m| m.peer == peer && m.key == key);
-        if last.is_some() {
-            return last;
+    pub fn tunnel(
+        &mut self,
+        peer: u32,
+        key: u32,
+        hashed: impl FnOnce() -> Hashed,
+    ) -> Result<TunnelMemo, Hashed> {
+        if let Some(memo) = self.last_tunnel.filter(|m| m.peer == peer && m.key == key) {
+            return Ok(memo);
         }
-        let slot = *self.tunnels.at(tunnel_hash(tables, peer, key));
-        let found = (slot.full && slot.peer == peer && slot.key == key).then(|| slot.into());
-        if found.is_some() {
-            self.last_tunnel = found;
+        let hashed = hashed();
+        let slot = *self.tunnels.at(hashed.hash);
+        if slot.full && slot.peer == peer && slot.key == key {
+            let memo = slot.into();
+            self.last_tunnel = Some(memo);
+            return Ok(memo);
         }
-        found
+        Err(hashed)
     }
 
-    /// Remembers a decapsulation decision.
+    /// Remembers a decapsulation decision in the slot of `hashed` (its peer and key,
+    /// [`Hashed::tunnel`]).
     #[inline(always)]
-    pub fn set_tunnel(&mut self, tables: &FlowTables, memo: TunnelMemo) {
-        *self
-            .tunnels
-            .at_mut(tunnel_hash(tables, memo.peer, memo.key)) = memo.into();
+    pub fn set_tunnel(&mut self, hashed: Hashed, memo: TunnelMemo) {
+        *self.tunnels.at_mut(hashed.hash) = memo.into();
         self.last_tunnel = Some(memo);
     }
 
@@ -346,6 +351,7 @@ impl FdbCache {
     ) -> Out {
         let slot = self.slots.at_mut(key.hash);
         if slot.key != key.key {
+            self.misses = self.misses.saturating_add(1);
             *slot = Slot {
                 key: key.key,
                 out: resolve(tables.fdb.get_hashed(key.key, key.hash)),
@@ -359,12 +365,20 @@ impl FdbCache {
     pub fn source(&mut self, tables: &FlowTables, key: Hashed) -> Option<FdbEntry> {
         let slot = self.sources.at_mut(key.hash);
         if slot.key != key.key {
+            self.misses = self.misses.saturating_add(1);
             *slot = SourceSlot {
                 key: key.key,
                 entry: tables.fdb.get_hashed(key.key, key.hash),
             };
         }
         slot.entry
+    }
+
+    /// How many destination and source lookups missed since the last call (or
+    /// `u32::MAX` if the cache was cleared since), counting afresh from now.
+    #[inline(always)]
+    pub fn take_misses(&mut self) -> u32 {
+        std::mem::take(&mut self.misses)
     }
 
     /// Whether the previous frame came from the same source and place within the same
@@ -421,6 +435,32 @@ mod tests {
     }
 
     #[test]
+    fn misses_are_counted_until_taken() {
+        let tables = FlowTables::default();
+        let mut cache = FdbCache::new(256);
+        assert_eq!(
+            cache.take_misses(),
+            u32::MAX,
+            "a new cache misses everything"
+        );
+        let key = |last| Hashed::fdb(&tables, crate::table::fdb_key(1, &[2, 0, 0, 0, 0, last]));
+        cache.destination(&tables, key(1), |_| Out::Flood);
+        cache.destination(&tables, key(1), |_| Out::Flood);
+        cache.source(&tables, key(1));
+        cache.source(&tables, key(2));
+        cache.source(&tables, key(2));
+        assert_eq!(
+            cache.take_misses(),
+            3,
+            "one destination and two sources missed"
+        );
+        cache.destination(&tables, key(1), |_| Out::Flood);
+        assert_eq!(cache.take_misses(), 0);
+        cache.clear();
+        assert_eq!(cache.take_misses(), u32::MAX);
+    }
+
+    #[test]
     fn cache_slots_stay_small() {
         // Two route slots per cache line: the default cache's 4,096 in 128 KiB.
         assert!(std::mem::size_of::<RouteSlot>() <= 32);
@@ -444,28 +484,33 @@ mod tests {
             tenant: key + 1,
         };
         let peers = [0x0a00_0001, 0x0a00_0002];
+        let ask = |cache: &mut FdbCache, peer, key| {
+            cache
+                .tunnel(peer, key, || Hashed::tunnel(&tables, peer, key))
+                .ok()
+        };
         // An empty slot answers nobody, not even the peer and key it holds.
-        assert_eq!(cache.tunnel(&tables, 0, 0), None);
+        assert_eq!(ask(&mut cache, 0, 0), None);
         for key in 0..1000 {
             for peer in peers {
-                cache.set_tunnel(&tables, memo(peer, key));
+                cache.set_tunnel(Hashed::tunnel(&tables, peer, key), memo(peer, key));
             }
         }
         let mut kept = 0;
         for key in 0..1000 {
             for peer in peers {
-                if let Some(found) = cache.tunnel(&tables, peer, key) {
+                if let Some(found) = ask(&mut cache, peer, key) {
                     assert_eq!(found, memo(peer, key));
                     kept += 1;
                 }
                 // Nobody else's: another key of the peer, the key from another peer.
-                assert_eq!(cache.tunnel(&tables, peer, key + 1000), None);
-                assert_eq!(cache.tunnel(&tables, peer + 2, key), None);
+                assert_eq!(ask(&mut cache, peer, key + 1000), None);
+                assert_eq!(ask(&mut cache, peer + 2, key), None);
             }
         }
         assert!((100..=256).contains(&kept), "{kept} kept in 256 slots");
         cache.clear();
-        assert!((0..1000).all(|key| cache.tunnel(&tables, peers[0], key).is_none()));
-        assert_eq!(cache.tunnel(&tables, 0, 0), None);
+        assert!((0..1000).all(|key| ask(&mut cache, peers[0], key).is_none()));
+        assert_eq!(ask(&mut cache, 0, 0), None);
     }
 }

@@ -39,6 +39,23 @@ pub struct Flow {
     pub dst_port: u16,
 }
 
+/// A session's inside key (the tenant and the flow as its container sends it) with
+/// its hash in one core's table: the burst's prefetch pass hashes it to prefetch the
+/// session's slot and [`NatTable::outbound`] looks it up with the same hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsideKey {
+    key: u128,
+    hash: u64,
+}
+
+impl InsideKey {
+    /// Whether it is the key of `flow` sent by a container of `tenant`.
+    #[inline(always)]
+    pub fn is_of(&self, tenant: TenantIdx, flow: &Flow) -> bool {
+        self.key == inside_key(tenant, flow)
+    }
+}
+
 /// What the inside of a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inside {
@@ -214,22 +231,34 @@ impl NatTable {
         (self.worker, self.workers)
     }
 
-    /// Starts loading the index slot of the session an outbound packet (`flow` as sent
-    /// by a container of `tenant`) would use, for [`NatTable::outbound`] a little later.
+    /// The key of the session of `flow` sent by a container of `tenant`, hashed.
     #[inline(always)]
-    pub fn prefetch_outbound(&self, tenant: TenantIdx, flow: &Flow) {
-        self.by_inside.prefetch(inside_key(tenant, flow));
+    pub fn inside(&self, tenant: TenantIdx, flow: &Flow) -> InsideKey {
+        let key = inside_key(tenant, flow);
+        InsideKey {
+            key,
+            hash: self.by_inside.hash(key),
+        }
+    }
+
+    /// Starts loading the index slot of the session `key`, for [`NatTable::outbound`]
+    /// a little later.
+    #[inline(always)]
+    pub fn prefetch_outbound(&self, key: InsideKey) {
+        self.by_inside.prefetch_hashed(key.hash);
     }
 
     /// The outside port of an outbound packet (`flow` as sent by the container of
-    /// `tenant`), creating a session on `snat_ip` if there is none. A TCP segment other
-    /// than a SYN opens no session (its connection belongs to another gateway or is
-    /// long gone): [`DropReason::NatNoSession`], and the caller answers with a reset.
+    /// `tenant`, whose session key [`NatTable::inside`] gave as `key`), creating a
+    /// session on `snat_ip` if there is none. A TCP segment other than a SYN opens no
+    /// session (its connection belongs to another gateway or is long gone):
+    /// [`DropReason::NatNoSession`], and the caller answers with a reset.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn outbound(
         &mut self,
         settings: &NatSettings,
+        key: InsideKey,
         tenant: TenantIdx,
         max_per_tenant: u32,
         snat_ip: Ipv4Addr,
@@ -237,8 +266,9 @@ impl NatTable {
         tcp_flags: u16,
         now: u32,
     ) -> Result<u16, DropReason> {
-        let inside_key = inside_key(tenant, flow);
-        if let Some(i) = self.by_inside.get(inside_key) {
+        debug_assert!(key.is_of(tenant, flow), "another flow's session key");
+        let inside_key = key.key;
+        if let Some(i) = self.by_inside.get_hashed(inside_key, key.hash) {
             let a = &mut self.activity[i as usize];
             if !expired(a, settings, now) {
                 a.last_seen = now;
@@ -284,7 +314,10 @@ impl NatTable {
         };
         // Both indexes hold as many keys as there are sessions, and a free slot means
         // one of each is unused.
-        let indexed = self.by_inside.insert(inside_key, slot).is_ok()
+        let indexed = self
+            .by_inside
+            .insert_hashed(inside_key, key.hash, slot)
+            .is_ok()
             && self.by_outside.insert(outside_key, slot).is_ok();
         debug_assert!(indexed);
         self.per_tenant[tenant as usize] += 1;
@@ -491,6 +524,33 @@ mod tests {
         }
     }
 
+    impl NatTable {
+        /// [`NatTable::outbound`], the session key hashed here.
+        #[allow(clippy::too_many_arguments)]
+        fn send_out(
+            &mut self,
+            settings: &NatSettings,
+            tenant: TenantIdx,
+            max_per_tenant: u32,
+            snat_ip: Ipv4Addr,
+            flow: &Flow,
+            tcp_flags: u16,
+            now: u32,
+        ) -> Result<u16, DropReason> {
+            let key = self.inside(tenant, flow);
+            self.outbound(
+                settings,
+                key,
+                tenant,
+                max_per_tenant,
+                snat_ip,
+                flow,
+                tcp_flags,
+                now,
+            )
+        }
+    }
+
     fn back(protocol: u8, port: u16) -> Flow {
         Flow {
             protocol,
@@ -506,11 +566,11 @@ mod tests {
         let s = NatSettings::default();
         let mut t = NatTable::new(16, 0, 1);
         let p = t
-            .outbound(&s, 3, 10, SNAT, &flow(IpProtocol::TCP, 40000), SYN, 0)
+            .send_out(&s, 3, 10, SNAT, &flow(IpProtocol::TCP, 40000), SYN, 0)
             .unwrap();
         assert_eq!(p, 40000, "the container's own port when free");
         assert_eq!(
-            t.outbound(&s, 3, 10, SNAT, &flow(IpProtocol::TCP, 40000), ACK, 1),
+            t.send_out(&s, 3, 10, SNAT, &flow(IpProtocol::TCP, 40000), ACK, 1),
             Ok(p)
         );
         let inside = t
@@ -532,13 +592,13 @@ mod tests {
         let other = Ipv4Addr::new(198, 18, 0, 2);
         let mut t = NatTable::new(16, 0, 1);
         let gone = t
-            .outbound(&s, 1, 10, SNAT, &flow(IpProtocol::UDP, 1000), 0, 0)
+            .send_out(&s, 1, 10, SNAT, &flow(IpProtocol::UDP, 1000), 0, 0)
             .unwrap();
         let moved = t
-            .outbound(&s, 2, 10, other, &flow(IpProtocol::UDP, 1000), 0, 0)
+            .send_out(&s, 2, 10, other, &flow(IpProtocol::UDP, 1000), 0, 0)
             .unwrap();
         let stays = t
-            .outbound(&s, 3, 10, SNAT, &flow(IpProtocol::UDP, 1000), 0, 0)
+            .send_out(&s, 3, 10, SNAT, &flow(IpProtocol::UDP, 1000), 0, 0)
             .unwrap();
         t.retain(|tenant, ip| (tenant == 3 || tenant == 2) && ip == SNAT);
         assert_eq!(t.len(), 1);
@@ -563,7 +623,7 @@ mod tests {
         let s = NatSettings::default();
         let mut t = NatTable::new(16, 0, 1);
         assert_eq!(
-            t.outbound(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 40000), ACK, 0),
+            t.send_out(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 40000), ACK, 0),
             Err(DropReason::NatNoSession)
         );
         assert!(t.is_empty());
@@ -581,18 +641,18 @@ mod tests {
         let mut ports = Vec::new();
         for i in 0..4 {
             ports.push(
-                t.outbound(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 5000 + i), 0, 0)
+                t.send_out(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 5000 + i), 0, 0)
                     .unwrap(),
             );
         }
         ports.sort_unstable();
         assert_eq!(ports, [2000, 2001, 2002, 2003]);
         assert_eq!(
-            t.outbound(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 6000), 0, 1),
+            t.send_out(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 6000), 0, 1),
             Err(DropReason::NatPortsExhausted)
         );
         assert!(t
-            .outbound(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 6000), 0, 10)
+            .send_out(&s, 0, 100, SNAT, &flow(IpProtocol::UDP, 6000), 0, 10)
             .is_ok());
     }
 
@@ -601,20 +661,20 @@ mod tests {
         let s = NatSettings::default();
         let mut t = NatTable::new(3, 0, 1);
         assert!(t
-            .outbound(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 1), 0, 0)
+            .send_out(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 1), 0, 0)
             .is_ok());
         assert!(t
-            .outbound(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 2), 0, 0)
+            .send_out(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 2), 0, 0)
             .is_ok());
         assert_eq!(
-            t.outbound(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 3), 0, 0),
+            t.send_out(&s, 0, 2, SNAT, &flow(IpProtocol::UDP, 3), 0, 0),
             Err(DropReason::NatTenantCap)
         );
         assert!(t
-            .outbound(&s, 1, 2, SNAT, &flow(IpProtocol::UDP, 3), 0, 0)
+            .send_out(&s, 1, 2, SNAT, &flow(IpProtocol::UDP, 3), 0, 0)
             .is_ok());
         assert_eq!(
-            t.outbound(&s, 2, 2, SNAT, &flow(IpProtocol::UDP, 4), 0, 0),
+            t.send_out(&s, 2, 2, SNAT, &flow(IpProtocol::UDP, 4), 0, 0),
             Err(DropReason::NatTableFull)
         );
     }
@@ -629,7 +689,7 @@ mod tests {
         for w in 0..4 {
             let mut t = NatTable::new(8, w, 4);
             let p = t
-                .outbound(&s, 0, 10, SNAT, &flow(IpProtocol::UDP, 40000), 0, 0)
+                .send_out(&s, 0, 10, SNAT, &flow(IpProtocol::UDP, 40000), 0, 0)
                 .unwrap();
             assert_eq!(NatTable::owner(&s, 4, p), Some(w));
         }
@@ -646,7 +706,7 @@ mod tests {
         };
         let mut t = NatTable::new(8, 0, 1);
         let p = t
-            .outbound(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 1), SYN, 0)
+            .send_out(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 1), SYN, 0)
             .unwrap();
         t.inbound(&s, &back(IpProtocol::TCP, p), SYN | ACK, 0)
             .unwrap();
@@ -654,7 +714,7 @@ mod tests {
             t.inbound(&s, &back(IpProtocol::TCP, p), ACK, 50).is_some(),
             "established"
         );
-        t.outbound(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 1), FIN | ACK, 50)
+        t.send_out(&s, 0, 10, SNAT, &flow(IpProtocol::TCP, 1), FIN | ACK, 50)
             .unwrap();
         t.inbound(&s, &back(IpProtocol::TCP, p), FIN | ACK, 50)
             .unwrap();

@@ -26,7 +26,7 @@ use crate::table::{FlowTables, Location, TenantIdx};
 
 use super::ahead::{Ahead, Hashed};
 use super::fdb_cache::{FdbCache, Hop, Out, Unresolved};
-use super::nat::{Flow, Inside, NatTable};
+use super::nat::{Flow, Inside, InsideKey, NatTable};
 use super::resolve::resolve_in;
 use super::stage::{tenant_id, Context, Exit, Ingress, Trace};
 
@@ -501,7 +501,8 @@ fn to_gateway<F: Frame, T: Trace>(
 }
 
 /// Starts loading the SNAT session slot of a frame of `tenant` whose destination the
-/// route cache already sends out of the uplink (harmless for any other frame).
+/// route cache already sends out of the uplink (harmless for any other frame); gives
+/// the session key it hashed.
 #[inline(always)]
 pub(super) fn prefetch_external(
     tables: &FlowTables,
@@ -511,18 +512,17 @@ pub(super) fn prefetch_external(
     nat: &NatTable,
     tenant: TenantIdx,
     data: &[u8],
-) {
-    let Some(header) = data.get(ETH_LEN..ETH_LEN + IP_LEN) else {
-        return;
-    };
+) -> Option<InsideKey> {
+    let header = data.get(ETH_LEN..ETH_LEN + IP_LEN)?;
     let dst = Ipv4Packet::new_unchecked(header).dst_addr();
     let key = ahead.route(tables, at, neighbor_key(tenant, dst));
     if cache.peek_route(key) != Some(Hop::External) {
-        return;
+        return None;
     }
-    if let Some((flow, _, _)) = l4_flow(data, Direction::Out) {
-        nat.prefetch_outbound(tenant, &flow);
-    }
+    let (flow, _, _) = l4_flow(data, Direction::Out)?;
+    let session = nat.inside(tenant, &flow);
+    nat.prefetch_outbound(session);
+    Some(session)
 }
 
 /// Out of the uplink: source translated (a published port, or a SNAT session), MACs
@@ -574,8 +574,10 @@ fn external<F: Frame, T: Trace>(
         Some(outside) => outside,
         None => {
             let now = cx.learner.now;
+            let session = cx.ahead.session(&cx.router.nat, cx.at, tenant, &flow);
             match cx.router.nat.outbound(
                 &tables.nat,
+                session,
                 tenant,
                 router.max_connections,
                 snat_ip,

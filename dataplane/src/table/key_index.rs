@@ -262,7 +262,13 @@ impl<K: IndexKey, V: Copy> KeyIndex<K, V> {
     /// Sets `key` to `value`, returning the value it had; a fixed index refuses a new
     /// key when it holds its capacity, a growing one doubles past half full.
     pub fn insert(&mut self, key: K, value: V) -> Result<Option<V>, Full> {
-        let mut i = self.home(key);
+        self.insert_hashed(key, self.hash(key), value)
+    }
+
+    /// [`KeyIndex::insert`] of `key`, whose [`KeyIndex::hash`] is `hash`.
+    pub fn insert_hashed(&mut self, key: K, hash: u64, value: V) -> Result<Option<V>, Full> {
+        debug_assert_eq!(hash, self.hash(key), "a hash of another key or seed");
+        let mut i = hash as usize & self.mask;
         loop {
             let slot = &mut self.slots[i];
             match slot.value {
@@ -278,7 +284,7 @@ impl<K: IndexKey, V: Copy> KeyIndex<K, V> {
             Some(capacity) if self.len >= capacity => return Err(Full),
             None if (self.len + 1) * 2 > self.slots.len() => {
                 self.reserve(1);
-                return self.insert(key, value);
+                return self.insert_hashed(key, hash, value);
             }
             _ => {}
         }
