@@ -62,11 +62,13 @@ const NONE: Hashed = Hashed {
 
 /// One burst's keys by the frame's place in it: its destination and source MACs' FDB
 /// keys, its IPv4 destination's route key, its GRE peer and key, its SNAT session's
-/// inside key. A place the pass skipped holds no key,
-/// and a stage that finds another key than its own (a frame the classifier saw
-/// differently, a frame of a burst the pass did not see) hashes its own: a wrong hash
-/// is never used. Places past a burst's 32 wrap around (never in a worker), which the
-/// key check makes harmless too.
+/// inside key. A place the pass skipped holds no key, and a stage that finds another
+/// key than its own (a frame the classifier saw differently) hashes its own: a wrong
+/// hash is never used. A frame run without a pass of its own (traced, or held and let
+/// go) may meet the last pass's keys, and takes a hash only for its very key, which
+/// every snapshot hashes alike (the FDB's seed is the process's, a SNAT table's its
+/// core's, made once). Places past a burst's 32 wrap around (never in a worker), which
+/// the key check makes harmless too.
 pub struct Ahead {
     macs: [(Hashed, Hashed); BURST],
     macs_len: usize,
@@ -110,6 +112,15 @@ impl Ahead {
         self.macs_len = at + 1;
     }
 
+    /// How many frames of the burst the pass found MAC keys for.
+    #[cfg(test)]
+    pub(crate) fn macs_kept(&self) -> usize {
+        self.macs[..self.macs_len.min(BURST)]
+            .iter()
+            .filter(|(dst, _)| *dst != NONE)
+            .count()
+    }
+
     /// Keeps the MAC keys the pass found for the frame at `at`, if it found them.
     #[inline(always)]
     pub fn keep_macs(&mut self, at: usize, keys: Option<(Hashed, Hashed)>) {
@@ -139,7 +150,7 @@ impl Ahead {
     }
 
     /// Keeps the GRE tunnel key of the frame at `at` (in order, as [`Ahead::set_macs`];
-    /// `None`: not GRE as the pass saw it).
+    /// `None`: not hashed, as the pass saw it).
     #[inline(always)]
     pub fn keep_tunnel(&mut self, at: usize, tunnel: Option<Hashed>) {
         self.tunnels[at % BURST] = tunnel.unwrap_or(NONE);
@@ -186,9 +197,10 @@ impl Ahead {
         Hashed::tunnel(tables, peer, key)
     }
 
-    /// The frame at `at`'s SNAT session key in `nat` (the core's table, whose seed
-    /// the kept hash is under) for `flow` sent by a container of `tenant`, hashed now
-    /// unless the pass did.
+    /// The frame at `at`'s SNAT session key in `nat` for `flow` sent by a container of
+    /// `tenant`, hashed now unless the pass did. `nat` must be the table the pass
+    /// hashed with (the core's, which lives as long as the core): another table's seed
+    /// would put the key in the wrong probe run.
     #[inline(always)]
     pub fn session(&self, nat: &NatTable, at: usize, tenant: TenantIdx, flow: &Flow) -> InsideKey {
         match self.sessions[at % BURST] {

@@ -297,10 +297,13 @@ pub(super) fn uplink_tenant_ahead<'a>(
         ahead.keep_tunnel(at, None);
         return None;
     };
-    // Hashed here once, kept for the decapsulation.
-    let hashed = Hashed::tunnel(tables, peer, key.unwrap_or(0));
-    ahead.keep_tunnel(at, Some(hashed));
-    let (_, tenant) = gre_tunnel(tables, cache, peer, key, || hashed).ok()?;
+    // Hashed only if the memo misses, and then kept for the decapsulation.
+    let mut hashed = None;
+    let decided = gre_tunnel(tables, cache, peer, key, || {
+        *hashed.insert(Hashed::tunnel(tables, peer, key.unwrap_or(0)))
+    });
+    ahead.keep_tunnel(at, hashed);
+    let (_, tenant) = decided.ok()?;
     let tenant = match tables.design {
         Design::Dedicated => tenant,
         Design::Shared => tagged_tenant(inner, |vid| vlan_tenant(tables, vid)).ok()?,

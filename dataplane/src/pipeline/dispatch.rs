@@ -22,21 +22,13 @@ use super::{classify, output, router, switch};
 /// the second pass over the burst would cost more than the misses it saves).
 const PREFETCH_FDB_PAST: usize = 8192;
 
-/// Misses in the core's FDB cache in the previous burst below which a burst skips its
-/// FDB prefetch pass, half a full burst's frames: a big FDB whose busy MACs the core's
-/// cache holds gains nothing from the pass, which costs more than a few misses (l2-many
-/// on 1,000 flows, about 7 misses a burst: 80 cycles a packet with the pass at 8
-/// misses, 72 without it at 16), and the first burst after a cache clear always takes
-/// it.
-const PREFETCH_FDB_MISSES: u32 = 16;
-
 /// Starts loading what the frames of a burst from `in_port` will look up: their FDB
-/// slots (when the FDB outgrows the core's caches and the last burst missed there; a
-/// tunnelled frame's by its inner MACs, once its tenant is found, which looks its
-/// tunnel up and keeps the decision in the core's cache, even for a frame the
-/// decapsulation will drop), their route slots, and the SNAT slots of those routed
-/// outside. The whole burst's slots start loading
-/// before the first frame needs its own, so the misses of 32 frames overlap.
+/// slots (when the FDB outgrows the core's caches and they miss often; a tunnelled
+/// frame's by its inner MACs, once its tenant is found, which looks its tunnel up and
+/// keeps the decision in the core's cache, even for a frame the decapsulation will
+/// drop), their route slots, and the SNAT slots of those routed outside. The whole
+/// burst's slots start loading before the first frame needs its own, so the misses of
+/// 32 frames overlap.
 #[inline(always)]
 pub fn prefetch_burst<'a>(
     tables: &FlowTables,
@@ -52,8 +44,10 @@ pub fn prefetch_burst<'a>(
         ..
     } = state;
     ahead.start();
-    let missed = cache.take_misses();
-    let big_fdb = tables.fdb.len() > PREFETCH_FDB_PAST && missed >= PREFETCH_FDB_MISSES;
+    // A big FDB whose busy MACs the core's cache holds gains nothing from the pass,
+    // which costs more than a few misses (`l2-many` on 1,000 frames: 80 cycles a packet
+    // with the pass, 72 without).
+    let big_fdb = tables.fdb.len() > PREFETCH_FDB_PAST && cache.missing();
     match *tables.role(in_port) {
         PortRole::Trunk if big_fdb => {
             for (at, data) in frames.enumerate() {

@@ -77,6 +77,10 @@ pub const DEFAULT_ENTRIES: usize = 4096;
 /// most, a fraction of a millisecond.
 pub const ENTRIES_RANGE: std::ops::RangeInclusive<usize> = 256..=1 << 16;
 
+/// Lookups over which [`FdbCache::missing`] judges the cache: a full burst's
+/// destinations and sources.
+pub const MISS_WINDOW: u32 = 64;
+
 #[derive(Clone, Copy)]
 struct RouteSlot {
     key: u64,
@@ -166,9 +170,12 @@ pub struct FdbCache {
     /// spread evenly, 1,000 senders lost theirs most of the time: 157 → 192 cycles a
     /// packet in `l2-many`).
     sources: HashSlots<SourceSlot>,
-    /// Destination and source lookups that missed since [`FdbCache::take_misses`]
-    /// (`u32::MAX` after a clear: everything will miss).
+    /// Destination and source lookups in the current window, and those that missed.
+    lookups: u32,
     misses: u32,
+    /// Whether a quarter or more of the last full window's lookups missed (or none was
+    /// full since the cache was cleared, when everything will miss).
+    missing: bool,
     last_source: Option<(u64, Location, u32)>,
     /// The last decapsulation decision, asked first: most GRE comes in runs of one
     /// peer and key, and its compare costs less than a hash (gre-decap, one key: 0.40
@@ -212,7 +219,9 @@ impl FdbCache {
         Self {
             slots: HashSlots::new(entries, EMPTY_SLOT),
             sources: HashSlots::new(entries, EMPTY_SOURCE),
-            misses: u32::MAX,
+            lookups: 0,
+            misses: 0,
+            missing: true,
             last_source: None,
             last_tunnel: None,
             tunnels: HashSlots::new(entries, EMPTY_TUNNEL),
@@ -229,7 +238,9 @@ impl FdbCache {
     pub fn clear(&mut self) {
         self.slots.fill(EMPTY_SLOT);
         self.sources.fill(EMPTY_SOURCE);
-        self.misses = u32::MAX;
+        self.lookups = 0;
+        self.misses = 0;
+        self.missing = true;
         self.last_source = None;
         self.last_tunnel = None;
         self.tunnels.fill(EMPTY_TUNNEL);
@@ -336,6 +347,7 @@ impl FdbCache {
     /// [`Hashed::tunnel`]).
     #[inline(always)]
     pub fn set_tunnel(&mut self, hashed: Hashed, memo: TunnelMemo) {
+        debug_assert_eq!(hashed.key, u64::from(memo.peer) << 32 | u64::from(memo.key));
         *self.tunnels.at_mut(hashed.hash) = memo.into();
         self.last_tunnel = Some(memo);
     }
@@ -349,6 +361,7 @@ impl FdbCache {
         key: Hashed,
         resolve: impl FnOnce(Option<FdbEntry>) -> Out,
     ) -> Out {
+        self.lookups = self.lookups.saturating_add(1);
         let slot = self.slots.at_mut(key.hash);
         if slot.key != key.key {
             self.misses = self.misses.saturating_add(1);
@@ -363,6 +376,7 @@ impl FdbCache {
     /// `tables.fdb[key]` for a frame's source, from the cache when possible.
     #[inline(always)]
     pub fn source(&mut self, tables: &FlowTables, key: Hashed) -> Option<FdbEntry> {
+        self.lookups = self.lookups.saturating_add(1);
         let slot = self.sources.at_mut(key.hash);
         if slot.key != key.key {
             self.misses = self.misses.saturating_add(1);
@@ -374,11 +388,19 @@ impl FdbCache {
         slot.entry
     }
 
-    /// How many destination and source lookups missed since the last call (or
-    /// `u32::MAX` if the cache was cleared since), counting afresh from now.
+    /// Whether the cache misses often: a quarter or more of the destination and source
+    /// lookups of the last full window of [`MISS_WINDOW`] missed, or none was full
+    /// since it was cleared. A window spans bursts (of any port) until it holds that
+    /// many lookups, so bursts without lookups or with a few neither reset it nor
+    /// decide alone.
     #[inline(always)]
-    pub fn take_misses(&mut self) -> u32 {
-        std::mem::take(&mut self.misses)
+    pub fn missing(&mut self) -> bool {
+        if self.lookups >= MISS_WINDOW {
+            self.missing = self.misses.saturating_mul(4) >= self.lookups;
+            self.lookups = 0;
+            self.misses = 0;
+        }
+        self.missing
     }
 
     /// Whether the previous frame came from the same source and place within the same
@@ -435,29 +457,43 @@ mod tests {
     }
 
     #[test]
-    fn misses_are_counted_until_taken() {
+    fn the_cache_misses_often_while_a_quarter_of_a_window_misses() {
         let tables = FlowTables::default();
         let mut cache = FdbCache::new(256);
-        assert_eq!(
-            cache.take_misses(),
-            u32::MAX,
-            "a new cache misses everything"
-        );
-        let key = |last| Hashed::fdb(&tables, crate::table::fdb_key(1, &[2, 0, 0, 0, 0, last]));
-        cache.destination(&tables, key(1), |_| Out::Flood);
-        cache.destination(&tables, key(1), |_| Out::Flood);
-        cache.source(&tables, key(1));
-        cache.source(&tables, key(2));
-        cache.source(&tables, key(2));
-        assert_eq!(
-            cache.take_misses(),
-            3,
-            "one destination and two sources missed"
-        );
-        cache.destination(&tables, key(1), |_| Out::Flood);
-        assert_eq!(cache.take_misses(), 0);
+        assert!(cache.missing(), "a new cache misses everything");
+        // One destination, which hits after its first lookup, and sources never seen
+        // before, which miss (apart from the destinations, so they evict nothing of
+        // it whatever the process's seed).
+        let key = |i: u16| {
+            let [hi, lo] = i.to_be_bytes();
+            Hashed::fdb(&tables, crate::table::fdb_key(1, &[2, 0, 0, 0, hi, lo]))
+        };
+        let mut fresh = 1u16;
+        let mut look = |cache: &mut FdbCache, hits: usize, misses: usize| {
+            for _ in 0..hits {
+                cache.destination(&tables, key(0), |_| Out::Flood);
+            }
+            for _ in 0..misses {
+                cache.source(&tables, key(fresh));
+                fresh += 1;
+            }
+        };
+        // 16 of 64 missed (the destination's first lookup and 15 sources): a quarter.
+        look(&mut cache, 49, 15);
+        assert!(cache.missing());
+        look(&mut cache, 64, 0);
+        assert!(!cache.missing());
+        look(&mut cache, 49, 15);
+        assert!(!cache.missing(), "15 of 64");
+        // A window not full yet decides nothing: 63 lookups, all missed.
+        look(&mut cache, 0, 63);
+        assert!(!cache.missing());
+        look(&mut cache, 0, 1);
+        assert!(cache.missing());
+        look(&mut cache, 64, 0);
+        assert!(!cache.missing());
         cache.clear();
-        assert_eq!(cache.take_misses(), u32::MAX);
+        assert!(cache.missing(), "cleared");
     }
 
     #[test]

@@ -230,3 +230,74 @@ pub fn run_frames<'a>(
     }
     (sink, core)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::builder::TablesBuilder;
+    use crate::table::{Design, Location};
+
+    #[test]
+    fn a_big_fdbs_prefetch_pass_runs_only_while_the_core_cache_misses() {
+        // One tenant's 10,000 MACs behind port 1: past the pass's FDB size.
+        let mut b = TablesBuilder::new(Design::Dedicated, false);
+        let t = b.tenant(1, None);
+        b.access_port(0, t, None);
+        b.access_port(1, t, None);
+        let mac = |i: u32| {
+            let [_, x, y, z] = i.to_be_bytes();
+            [2, 1, 0, x, y, z]
+        };
+        for i in 0..10_000 {
+            b.static_mac(t, mac(i), Location::Port(1));
+        }
+        let tables = b.build();
+        let frame = |i: u32| {
+            let mut f = mac(i).to_vec();
+            f.extend([2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+            f.resize(60, 0);
+            f
+        };
+        let burst = |from: u32| (from..from + 32).map(frame).collect::<Vec<_>>();
+        let mut core = Offline::default();
+        let pass = |core: &mut Offline, frames: &[Vec<u8>]| {
+            prefetch_burst(
+                &tables,
+                &mut core.state,
+                0,
+                frames.iter().map(Vec::as_slice),
+            );
+            core.state.ahead.macs_kept()
+        };
+        let run = |core: &mut Offline, frames: &[Vec<u8>]| {
+            for f in frames {
+                assert_eq!(core.run(&tables, 0, f).sent.len(), 1);
+            }
+        };
+        assert_eq!(pass(&mut core, &burst(0)), 32, "a new core's cache misses");
+        // Windows of 64 lookups: the last full one all hits (or nearly: two of 32 MACs
+        // may share a slot).
+        for _ in 0..5 {
+            run(&mut core, &burst(0));
+        }
+        assert_eq!(
+            pass(&mut core, &burst(0)),
+            0,
+            "the MACs in the core's cache"
+        );
+        for from in [1000, 2000, 3000] {
+            run(&mut core, &burst(from));
+        }
+        assert_eq!(
+            pass(&mut core, &burst(5000)),
+            32,
+            "the core's cache missing"
+        );
+        for _ in 0..5 {
+            run(&mut core, &burst(1000));
+        }
+        assert_eq!(pass(&mut core, &burst(1000)), 0);
+        core.reset();
+        assert_eq!(pass(&mut core, &burst(1000)), 32, "a cleared cache");
+    }
+}
