@@ -1,7 +1,8 @@
-//! The whole pipeline under libFuzzer: the first input byte picks the ingress port and
-//! the design, the rest is the frame. Any panic is a finding, and so is a frame from
-//! tenant A's ports leaving toward tenant B. The tables of each design are built once
-//! per process; each input gets fresh per-core state.
+//! The whole pipeline under libFuzzer: the first input byte picks the ingress port, the
+//! design and the FDB's size (a big one, 20,000 MACs, makes each burst's prefetch pass
+//! read the frame first), the rest is the frame. Any panic is a finding, and so is a
+//! frame from tenant A's ports leaving toward tenant B. The tables are built once per
+//! process; each input gets fresh per-core state.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -15,7 +16,7 @@ const UPLINK: u16 = 4;
 const HOST_A: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 2);
 const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 3);
 
-fn tables(design: Design, hub: bool) -> FlowTables {
+fn tables(design: Design, hub: bool, big: bool) -> FlowTables {
     let mut b = TablesBuilder::new(design, hub);
     let a = b.tenant(100, Some(100));
     let tb = b.tenant(200, Some(200));
@@ -36,6 +37,14 @@ fn tables(design: Design, hub: bool) -> FlowTables {
     b.static_mac(a, [2, 0, 0, 0, 0xa, 1], Location::Port(0));
     b.static_mac(tb, [2, 0, 0, 0, 0xb, 1], Location::Port(2));
     b.static_mac(tb, [2, 0, 0, 0, 0xb, 2], Location::Host(2));
+    if big {
+        for (tenant, port) in [(a, 1), (tb, 2)] {
+            for i in 0..10_000u32 {
+                let [_, x, y, z] = i.to_be_bytes();
+                b.static_mac(tenant, [2, 1, tenant as u8, x, y, z], Location::Port(port));
+            }
+        }
+    }
     b.build()
 }
 
@@ -50,19 +59,26 @@ fuzz_target!(|data: &[u8]| {
     let port = u16::from(selector % 6);
     let design = if selector & 0x40 != 0 { Design::Shared } else { Design::Dedicated };
     let hub = selector & 0x80 != 0 && design == Design::Shared;
-    static BUILT: std::sync::OnceLock<[FlowTables; 3]> = std::sync::OnceLock::new();
+    let big = selector & 0x20 != 0;
+    static BUILT: std::sync::OnceLock<Vec<FlowTables>> = std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        [
-            tables(Design::Dedicated, false),
-            tables(Design::Shared, false),
-            tables(Design::Shared, true),
-        ]
+        [false, true]
+            .into_iter()
+            .flat_map(|big| {
+                [
+                    tables(Design::Dedicated, false, big),
+                    tables(Design::Shared, false, big),
+                    tables(Design::Shared, true, big),
+                ]
+            })
+            .collect()
     });
-    let tables = &built[match (design, hub) {
-        (Design::Dedicated, _) => 0,
-        (Design::Shared, false) => 1,
-        (Design::Shared, true) => 2,
-    }];
+    let tables = &built[usize::from(big) * 3
+        + match (design, hub) {
+            (Design::Dedicated, _) => 0,
+            (Design::Shared, false) => 1,
+            (Design::Shared, true) => 2,
+        }];
     // Per-core state made once and reset per input: cheaper than building it anew.
     thread_local! {
         static CORE: std::cell::RefCell<Offline> = std::cell::RefCell::new(Offline::default());
