@@ -406,6 +406,63 @@ fn unknown_sources_are_learned_through_events() {
 }
 
 #[test]
+fn a_learned_source_is_reported_again_for_aging_and_at_once_when_it_moves() {
+    use dataplane::pipeline::events::REFRESH_SECS;
+    // Two sources learned on one port, interleaved: each frame asks the core's cache
+    // for its source, which tells the learner once a second.
+    let (l, m): (Mac, Mac) = ([2, 0, 0, 0, 0x0a, 0x10], [2, 0, 0, 0, 0x0a, 0x11]);
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, None);
+    b.access_port(ACCESS_A0, a, None);
+    b.access_port(ACCESS_A1, a, None);
+    // The destination on a third port, so frames from either leave.
+    b.access_port(ACCESS_B, a, None);
+    b.static_mac(a, C2, Location::Port(ACCESS_B));
+    b.learned_mac(a, l, Location::Port(ACCESS_A0));
+    b.learned_mac(a, m, Location::Port(ACCESS_A0));
+    let t = b.build();
+    let learn = |mac, port| Event::Learn {
+        tenant: 0,
+        mac,
+        location: Location::Port(port),
+    };
+    let mut core = Offline::default();
+    let at = |core: &mut Offline, now: u32, port: u16, macs: &[Mac]| {
+        core.set_now(now);
+        for _ in 0..10 {
+            for &mac in macs {
+                assert_eq!(core.run(&t, port, &eth(C2, mac)).sent.len(), 1);
+            }
+        }
+        core.events()
+    };
+    // Reported once each (the control plane's aging hears they live), then quiet.
+    let both = [l, m];
+    assert_eq!(
+        at(&mut core, 0, ACCESS_A0, &both),
+        vec![learn(l, ACCESS_A0), learn(m, ACCESS_A0)]
+    );
+    assert_eq!(at(&mut core, 1, ACCESS_A0, &both), vec![]);
+    assert_eq!(at(&mut core, REFRESH_SECS - 1, ACCESS_A0, &both), vec![]);
+    assert_eq!(
+        at(&mut core, REFRESH_SECS, ACCESS_A0, &both),
+        vec![learn(l, ACCESS_A0), learn(m, ACCESS_A0)],
+        "reported again for aging"
+    );
+    // A move is reported at once, and so is the way back within the same second.
+    let now = REFRESH_SECS;
+    assert_eq!(
+        at(&mut core, now, ACCESS_A1, &[l]),
+        vec![learn(l, ACCESS_A1)]
+    );
+    assert_eq!(
+        at(&mut core, now, ACCESS_A0, &both),
+        vec![learn(l, ACCESS_A0)]
+    );
+    assert_eq!(at(&mut core, now + 1, ACCESS_A0, &both), vec![]);
+}
+
+#[test]
 fn hostile_frames_are_dropped_with_their_reason() {
     let t = tables(Design::Dedicated, false);
     let cases: Vec<(&str, u16, Vec<u8>, DropReason)> = vec![

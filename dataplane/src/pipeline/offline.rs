@@ -206,6 +206,11 @@ impl Offline {
         std::iter::from_fn(|| self.queue.pop()).collect()
     }
 
+    /// Sets the core's clock (seconds), as a worker's burst does.
+    pub fn set_now(&mut self, now: u32) {
+        self.state.learner.now = now;
+    }
+
     /// Forgets everything a run left (fuzzing starts every input afresh; cheaper than
     /// a new core).
     pub fn reset(&mut self) {

@@ -40,13 +40,14 @@ pub(crate) fn switch<F: Frame, T: Trace>(
     let now = cx.learner.now;
     if !cx.cache.same_source(src_key, here, now) {
         let source = cx.ahead.source(tables, cx.at, src_key);
-        match cx.cache.source(tables, source) {
-            Some(entry) if entry.is_static => {
+        match cx.cache.source(tables, source, here, now) {
+            (Some(entry), _) if entry.is_static => {
                 if !reaches_through(tables, entry.location, ingress) {
                     return cx.stop(DropReason::MacSpoof);
                 }
             }
-            _ => cx.learner.learn(source, here, cx.counters),
+            (_, true) => {}
+            (_, false) => cx.learner.learn(source, here, cx.counters),
         }
         cx.cache.set_source(src_key, here, now);
     }
