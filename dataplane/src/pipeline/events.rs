@@ -127,15 +127,16 @@ impl Learner {
     }
 
     /// The source with FDB key `source` (a [`fdb_key`] of tenant and MAC) was seen at
-    /// `location`.
+    /// `location`. False when its report was due and the queue was full (counted; the
+    /// next frame tries again).
     #[inline(always)]
-    pub fn learn(&mut self, source: Hashed, location: Location, counters: &CoreCounters) {
+    pub fn learn(&mut self, source: Hashed, location: Location, counters: &CoreCounters) -> bool {
         let key = source.key;
         let set = self.reported.at_mut(source.hash);
         let way = set.keys.iter().position(|&k| k == key);
         if let Some(w) = way {
             if set.locations[w] == location && self.now.wrapping_sub(set.at[w]) < REFRESH_SECS {
-                return;
+                return true;
             }
         }
         let (tenant, mac) = fdb_key_parts(key);
@@ -149,7 +150,7 @@ impl Learner {
             .is_err()
         {
             counters.add_event_lost();
-            return;
+            return false;
         }
         // A new source takes the way reported longest ago (an empty one first: its
         // key is no source's, and nothing is older than never).
@@ -165,6 +166,7 @@ impl Learner {
         set.keys[w] = key;
         set.locations[w] = location;
         set.at[w] = now;
+        true
     }
 
     /// Forgets what was reported: after tenants or ports were removed, every source

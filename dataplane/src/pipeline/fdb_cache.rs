@@ -100,8 +100,8 @@ struct Slot {
 }
 
 /// A source's FDB entry (what its checks need; a source is never resolved), and the
-/// second (the worker's, its low 16 bits) in which the learner last heard of it from
-/// here at the place that entry names.
+/// second (the worker's, its low 16 bits) in which the learner last knew of it at the
+/// place that entry names ([`FdbCache::told`]).
 #[derive(Clone, Copy)]
 struct SourceSlot {
     key: u64,
@@ -283,8 +283,8 @@ impl FdbCache {
 
     /// Starts loading the FDB slots of a frame's destination and source MACs in
     /// `tenant` that this cache does not answer for, for a lookup a few frames later,
-    /// and the slot where `learner` remembers the source as reported; gives the keys
-    /// it hashed (destination, source).
+    /// and, for a source the learner will be asked about, the slot where it remembers
+    /// the source as reported; gives the keys it hashed (destination, source).
     #[inline(always)]
     pub fn prefetch_fdb(
         &self,
@@ -300,15 +300,16 @@ impl FdbCache {
             tables.fdb.prefetch_hashed(dst_key.hash);
         }
         let src_key = Hashed::fdb(tables, fdb_key_of(tenant, src));
-        // A group source is dropped, never looked up. A learned source the cache holds
-        // is told to the learner once a second ([`FdbCache::source`]), not once a frame.
+        // A group source is dropped, never looked up. A source the cache holds goes to
+        // the learner only if the FDB lacks it: a static one never does, a learned one
+        // once a second ([`FdbCache::source`]).
         let source = self.sources.at(src_key.hash);
         if source.key != src_key.key {
             if src & GROUP_BIT == 0 {
                 tables.fdb.prefetch_hashed(src_key.hash);
             }
             learner.prefetch(src_key);
-        } else if !matches!(source.entry, Some(e) if !e.is_static) {
+        } else if source.entry.is_none() {
             learner.prefetch(src_key);
         }
         Some((dst_key, src_key))
@@ -392,12 +393,12 @@ impl FdbCache {
     }
 
     /// `tables.fdb[key]` for a frame's source seen at `here` in second `now`, from the
-    /// cache when possible, and whether the learner heard of it there this second
-    /// already (so it need not be told again). A source the FDB has as learned where it
-    /// was seen needs the learner only for its aging report, once per
-    /// [`super::events::REFRESH_SECS`]: it is told once a second, and the 64 bytes
-    /// the learner keeps per four sources stay out of the frame's way (1,000 senders
-    /// took a tenth of `l2-many`'s cycles there).
+    /// cache when possible, and whether the learner already knows of it there this
+    /// second ([`FdbCache::told`]), so it need not be told again. A source the FDB has
+    /// as learned where it was seen needs the learner only for its aging report, once
+    /// per [`super::events::REFRESH_SECS`]: told once a second, it keeps the learner's
+    /// sets (64 bytes per four sources) out of each frame's way, where 1,000
+    /// interleaved senders spent a tenth of `l2-many`'s cycles.
     #[inline(always)]
     pub fn source(
         &mut self,
@@ -427,10 +428,20 @@ impl FdbCache {
             }
             return (slot.entry, false);
         }
-        if !heard {
-            slot.heard = second;
-        }
         (slot.entry, heard)
+    }
+
+    /// The learner knows of the source `key` at `here` in second `now` (it took the
+    /// report, or had it): [`FdbCache::source`] answers so for the rest of the second
+    /// if the FDB has the source learned there. A report lost to a full queue is not
+    /// told, so the next frame tries again.
+    #[inline(always)]
+    pub fn told(&mut self, key: Hashed, here: Location, now: u32) {
+        let slot = self.sources.at_mut(key.hash);
+        // Told where the FDB does not have it (a move), the way back must be told too.
+        if slot.key == key.key && slot.learned_at(here) {
+            slot.heard = now as u16;
+        }
     }
 
     /// Whether the cache misses often: a quarter or more of the destination and source
@@ -539,6 +550,45 @@ mod tests {
         assert!(!cache.missing());
         cache.clear();
         assert!(cache.missing(), "cleared");
+    }
+
+    #[test]
+    fn a_learned_source_is_known_for_the_rest_of_the_second_once_told() {
+        let mut b = crate::table::builder::TablesBuilder::new(crate::table::Design::Shared, false);
+        let t = b.tenant(1, None);
+        let (learned, fixed, unknown) =
+            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 3]);
+        b.learned_mac(t, learned, Location::Port(1));
+        b.static_mac(t, fixed, Location::Port(1));
+        let tables = b.build();
+        let key = |mac: Mac| Hashed::fdb(&tables, crate::table::fdb_key(t, &mac));
+        let mut cache = FdbCache::new(256);
+        let (here, elsewhere) = (Location::Port(1), Location::Port(2));
+        let heard = |cache: &mut FdbCache, mac, at, now| cache.source(&tables, key(mac), at, now).1;
+        // Not before it is told, then for the rest of that second only.
+        assert!(!heard(&mut cache, learned, here, 7));
+        assert!(
+            !heard(&mut cache, learned, here, 7),
+            "not told yet (a lost report)"
+        );
+        cache.told(key(learned), here, 7);
+        assert!(heard(&mut cache, learned, here, 7));
+        assert!(!heard(&mut cache, learned, here, 8), "a new second");
+        cache.told(key(learned), here, 8);
+        // Seen elsewhere and told there (a move): not known here any more.
+        assert!(!heard(&mut cache, learned, elsewhere, 8));
+        cache.told(key(learned), elsewhere, 8);
+        assert!(!heard(&mut cache, learned, here, 8), "back from a move");
+        assert!(!heard(&mut cache, learned, elsewhere, 8));
+        // Static and unknown sources are never known this way.
+        for mac in [fixed, unknown] {
+            cache.told(key(mac), here, 8);
+            assert!(!heard(&mut cache, mac, here, 8));
+        }
+        // A cleared cache (a new snapshot) knows nothing.
+        cache.told(key(learned), here, 8);
+        cache.clear();
+        assert!(!heard(&mut cache, learned, here, 8));
     }
 
     #[test]

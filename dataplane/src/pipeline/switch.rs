@@ -47,7 +47,11 @@ pub(crate) fn switch<F: Frame, T: Trace>(
                 }
             }
             (_, true) => {}
-            (_, false) => cx.learner.learn(source, here, cx.counters),
+            (_, false) => {
+                if cx.learner.learn(source, here, cx.counters) {
+                    cx.cache.told(source, here, now);
+                }
+            }
         }
         cx.cache.set_source(src_key, here, now);
     }
