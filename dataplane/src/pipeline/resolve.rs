@@ -16,6 +16,7 @@ pub(crate) fn resolve_in(tables: &FlowTables, tenant: TenantIdx, mac: &Mac) -> O
 }
 
 /// What a frame to a destination with FDB entry `entry` in `tenant` needs.
+#[inline(always)]
 pub(crate) fn resolve(tables: &FlowTables, tenant: TenantIdx, entry: Option<FdbEntry>) -> Out {
     let Some(entry) = entry else {
         return Out::Flood;
@@ -37,6 +38,7 @@ pub(crate) fn resolve(tables: &FlowTables, tenant: TenantIdx, entry: Option<FdbE
 /// isolation: whatever an FDB entry says (a MAC learned on a port whose id a
 /// later port of another tenant took), a frame never leaves through another tenant's
 /// port.
+#[inline(always)]
 pub(crate) fn port_out(tables: &FlowTables, tenant: TenantIdx, port: u16) -> Out {
     match tables.role(port) {
         PortRole::Access { tenant: owner, .. } if *owner == tenant => Out::Port(port),
