@@ -48,7 +48,7 @@ impl Hashed {
 
 /// GRE's peer and key in one cache key.
 #[inline(always)]
-fn tunnel_key(peer: u32, key: u32) -> u64 {
+pub(crate) fn tunnel_key(peer: u32, key: u32) -> u64 {
     u64::from(peer) << 32 | u64::from(key)
 }
 

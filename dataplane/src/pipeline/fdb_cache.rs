@@ -366,7 +366,7 @@ impl FdbCache {
     /// [`Hashed::tunnel`]).
     #[inline(always)]
     pub fn set_tunnel(&mut self, hashed: Hashed, memo: TunnelMemo) {
-        debug_assert_eq!(hashed.key, u64::from(memo.peer) << 32 | u64::from(memo.key));
+        debug_assert_eq!(hashed.key, super::ahead::tunnel_key(memo.peer, memo.key));
         *self.tunnels.at_mut(hashed.hash) = memo.into();
         self.last_tunnel = Some(memo);
     }
