@@ -23,12 +23,12 @@ use super::{classify, output, router, switch};
 const PREFETCH_FDB_PAST: usize = 8192;
 
 /// Starts loading what the frames of a burst from `in_port` will look up: their FDB
-/// slots (when the FDB outgrows the core's caches and they miss often; a tunnelled
-/// frame's by its inner MACs, once its tenant is found, which looks its tunnel up and
-/// keeps the decision in the core's cache, even for a frame the decapsulation will
-/// drop), their route slots, and the SNAT slots of those routed outside. The whole
-/// burst's slots start loading before the first frame needs its own, so the misses of
-/// 32 frames overlap.
+/// slots and the core's cache slots for them (when the FDB outgrows the core's caches
+/// and they miss often; a tunnelled frame's by its inner MACs, once its tenant is
+/// found, which looks its tunnel up and keeps the decision in the core's cache, even
+/// for a frame the decapsulation will drop), their route slots, and the SNAT slots of
+/// those routed outside. The whole burst's slots start loading before the first frame
+/// needs its own, so the misses of 32 frames overlap.
 #[inline(always)]
 pub fn prefetch_burst<'a>(
     tables: &FlowTables,

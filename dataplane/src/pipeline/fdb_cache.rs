@@ -1,9 +1,10 @@
 //! A per-core exact-match cache in front of the FDB and the routes (OVS's EMC, VPP's
 //! one-entry caches): direct-mapped arrays answer most lookups with one probe instead
-//! of a hash table walk (destinations with their resolved output, sources apart from
-//! them, routing decisions, the tunnel and tenant of GRE by peer and key), and a memo
-//! of the last source skips learning work for back-to-back frames of one sender. Valid
-//! for one snapshot: cleared whenever the worker moves to a new one.
+//! of a hash table walk (destinations with their resolved output, routing decisions,
+//! the tunnel and tenant of GRE by peer and key; sources apart from them, in sets of
+//! four to a cache line), and a memo of the last source skips learning work for
+//! back-to-back frames of one sender. Valid for one snapshot: cleared whenever the
+//! worker moves to a new one.
 
 use std::net::Ipv4Addr;
 
@@ -124,6 +125,44 @@ const EMPTY_SOURCE: SourceSlot = SourceSlot {
     entry: None,
     heard: 0,
 };
+
+/// Sources whose hashes share a set.
+const SOURCE_WAYS: usize = 4;
+
+/// [`SOURCE_WAYS`] sources in one cache line, the newest first. Direct-mapped, 1,000
+/// senders in 4,096 slots lost a fifth of theirs to one another on every round
+/// (`l2-many`); in sets of four, about one in fifty shares its set with four others.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct SourceSet([SourceSlot; SOURCE_WAYS]);
+
+const _: () = assert!(std::mem::size_of::<SourceSet>() == 64, "a set is one line");
+
+const EMPTY_SOURCES: SourceSet = SourceSet([EMPTY_SOURCE; SOURCE_WAYS]);
+
+impl SourceSet {
+    /// The way holding `key`: every way compared, without a branch on which one
+    /// matched (a set of several busy senders holds them in every order).
+    #[inline(always)]
+    fn find(&self, key: u64) -> Option<usize> {
+        let mut found = SOURCE_WAYS;
+        for (way, slot) in self.0.iter().enumerate().rev() {
+            if slot.key == key {
+                found = way;
+            }
+        }
+        (found < SOURCE_WAYS).then_some(found)
+    }
+
+    /// Puts `slot` first; the oldest source leaves.
+    #[inline(always)]
+    fn insert(&mut self, slot: SourceSlot) -> &mut SourceSlot {
+        self.0.copy_within(..SOURCE_WAYS - 1, 1);
+        self.0[0] = slot;
+        &mut self.0[0]
+    }
+}
+
 /// A key no lookup uses (the `NO_TENANT` slot, where group MACs go; frames to them are
 /// flooded before any lookup).
 const EMPTY_SLOT: Slot = Slot {
@@ -177,14 +216,21 @@ const EMPTY_TUNNEL: TunnelSlot = TunnelSlot {
 /// The cache of one worker, rewritten whole only when a snapshot changes.
 pub struct FdbCache {
     slots: HashSlots<Slot>,
-    /// Sources in their own slots: in slots shared with the destinations, 100,000
+    /// Sources in their own sets: in slots shared with the destinations, 100,000
     /// one-off destinations evicted the few busy senders on every pass (with slots
     /// spread evenly, 1,000 senders lost theirs most of the time: 157 → 192 cycles a
     /// packet in `l2-many`).
-    sources: HashSlots<SourceSlot>,
-    /// Destination and source lookups in the current window, and those that missed.
+    sources: HashSlots<SourceSet>,
+    /// Destination and source lookups in the current window, and those that missed;
+    /// the source lookups among them, and their misses.
     lookups: u32,
     misses: u32,
+    source_lookups: u32,
+    source_misses: u32,
+    /// Whether a quarter or more of the last full window's source lookups missed (new
+    /// senders, a flood of made-up source MACs): the pass then prefetches what a missed
+    /// source reads, its FDB slot and the learner's set.
+    sources_missing: bool,
     /// Whether a quarter or more of the last full window's lookups missed (or none was
     /// full since the cache was cleared, when everything will miss).
     missing: bool,
@@ -230,9 +276,12 @@ impl FdbCache {
     pub fn new(entries: usize) -> Self {
         Self {
             slots: HashSlots::new(entries, EMPTY_SLOT),
-            sources: HashSlots::new(entries, EMPTY_SOURCE),
+            sources: HashSlots::new(entries / SOURCE_WAYS, EMPTY_SOURCES),
             lookups: 0,
             misses: 0,
+            source_lookups: 0,
+            source_misses: 0,
+            sources_missing: true,
             missing: true,
             last_source: None,
             last_tunnel: None,
@@ -249,9 +298,12 @@ impl FdbCache {
     /// Forgets everything (a new snapshot is in use).
     pub fn clear(&mut self) {
         self.slots.fill(EMPTY_SLOT);
-        self.sources.fill(EMPTY_SOURCE);
+        self.sources.fill(EMPTY_SOURCES);
         self.lookups = 0;
         self.misses = 0;
+        self.source_lookups = 0;
+        self.source_misses = 0;
+        self.sources_missing = true;
         self.missing = true;
         self.last_source = None;
         self.last_tunnel = None;
@@ -281,10 +333,16 @@ impl FdbCache {
         Some(key)
     }
 
-    /// Starts loading the FDB slots of a frame's destination and source MACs in
-    /// `tenant` that this cache does not answer for, for a lookup a few frames later,
-    /// and, for a source the learner will be asked about, the slot where it remembers
-    /// the source as reported; gives the keys it hashed (destination, source).
+    /// Starts loading what the lookups of a frame's destination and source MACs in
+    /// `tenant` will read a few frames later: the destination's slot here and in the
+    /// FDB, the source's set here and, while sources miss often
+    /// ([`FdbCache::sources_missing`]), its FDB slot and the learner's set; gives the
+    /// keys it hashed (destination, source).
+    ///
+    /// Nothing here is read: asking whether the cache holds a key first stalled the
+    /// pass on each slot's line (a fifth of the pass's time in `l2-many` on 100,000
+    /// frames) to spare prefetches that cost next to nothing where the pass runs, a
+    /// cache that misses often.
     #[inline(always)]
     pub fn prefetch_fdb(
         &self,
@@ -296,20 +354,15 @@ impl FdbCache {
         let (dst, src) = ethernet::macs_u64(frame)?;
         let dst_key = Hashed::fdb(tables, fdb_key_of(tenant, dst));
         // A group destination is flooded, never looked up.
-        if dst & GROUP_BIT == 0 && self.slots.at(dst_key.hash).key != dst_key.key {
+        if dst & GROUP_BIT == 0 {
+            crate::dpdk::prefetch(self.slots.at(dst_key.hash));
             tables.fdb.prefetch_hashed(dst_key.hash);
         }
         let src_key = Hashed::fdb(tables, fdb_key_of(tenant, src));
-        // A group source is dropped, never looked up. A source the cache holds goes to
-        // the learner only if the FDB lacks it: a static one never does, a learned one
-        // once a second ([`FdbCache::source`]).
-        let source = self.sources.at(src_key.hash);
-        if source.key != src_key.key {
-            if src & GROUP_BIT == 0 {
-                tables.fdb.prefetch_hashed(src_key.hash);
-            }
-            learner.prefetch(src_key);
-        } else if source.entry.is_none() {
+        crate::dpdk::prefetch(self.sources.at(src_key.hash));
+        // A group source is dropped, never looked up.
+        if self.sources_missing && src & GROUP_BIT == 0 {
+            tables.fdb.prefetch_hashed(src_key.hash);
             learner.prefetch(src_key);
         }
         Some((dst_key, src_key))
@@ -371,22 +424,24 @@ impl FdbCache {
         self.last_tunnel = Some(memo);
     }
 
-    /// `tables.fdb[key]` for a frame's destination and what it means for the frame
-    /// (`resolve` runs on a miss only), from the cache when possible.
+    /// What a frame to the destination `key` in `tenant` needs
+    /// ([`super::resolve::resolve`] of its FDB entry, which runs on a miss only), from
+    /// the cache when possible. Resolved here rather than by a closure the caller
+    /// passes: LLVM kept such a closure out of line (a call and its spills on every
+    /// miss).
     #[inline(always)]
-    pub fn destination(
-        &mut self,
-        tables: &FlowTables,
-        key: Hashed,
-        resolve: impl FnOnce(Option<FdbEntry>) -> Out,
-    ) -> Out {
+    pub fn destination(&mut self, tables: &FlowTables, key: Hashed, tenant: TenantIdx) -> Out {
         self.lookups = self.lookups.saturating_add(1);
         let slot = self.slots.at_mut(key.hash);
         if slot.key != key.key {
             self.misses = self.misses.saturating_add(1);
             *slot = Slot {
                 key: key.key,
-                out: resolve(tables.fdb.get_hashed(key.key, key.hash)),
+                out: super::resolve::resolve(
+                    tables,
+                    tenant,
+                    tables.fdb.get_hashed(key.key, key.hash),
+                ),
             };
         }
         slot.out
@@ -408,16 +463,21 @@ impl FdbCache {
         now: u32,
     ) -> (Option<FdbEntry>, bool) {
         self.lookups = self.lookups.saturating_add(1);
-        let slot = self.sources.at_mut(key.hash);
+        self.source_lookups = self.source_lookups.saturating_add(1);
+        let sources = self.sources.at_mut(key.hash);
         let second = now as u16;
-        if slot.key != key.key {
-            self.misses = self.misses.saturating_add(1);
-            *slot = SourceSlot {
-                key: key.key,
-                entry: tables.fdb.get_hashed(key.key, key.hash),
-                heard: second.wrapping_sub(1),
-            };
-        }
+        let slot = match sources.find(key.key) {
+            Some(way) => &mut sources.0[way],
+            None => {
+                self.misses = self.misses.saturating_add(1);
+                self.source_misses = self.source_misses.saturating_add(1);
+                sources.insert(SourceSlot {
+                    key: key.key,
+                    entry: tables.fdb.get_hashed(key.key, key.hash),
+                    heard: second.wrapping_sub(1),
+                })
+            }
+        };
         let heard = slot.heard == second;
         if !slot.learned_at(here) {
             // Seen elsewhere (moving) or not learned: back where the FDB has it, it is
@@ -437,9 +497,13 @@ impl FdbCache {
     /// told, so the next frame tries again.
     #[inline(always)]
     pub fn told(&mut self, key: Hashed, here: Location, now: u32) {
-        let slot = self.sources.at_mut(key.hash);
+        let sources = self.sources.at_mut(key.hash);
+        let Some(way) = sources.find(key.key) else {
+            return;
+        };
         // Told where the FDB does not have it (a move), the way back must be told too.
-        if slot.key == key.key && slot.learned_at(here) {
+        let slot = &mut sources.0[way];
+        if slot.learned_at(here) {
             slot.heard = now as u16;
         }
     }
@@ -453,10 +517,22 @@ impl FdbCache {
     pub fn missing(&mut self) -> bool {
         if self.lookups >= MISS_WINDOW {
             self.missing = self.misses.saturating_mul(4) >= self.lookups;
+            self.sources_missing = self.source_misses > 0
+                && self.source_misses.saturating_mul(4) >= self.source_lookups;
             self.lookups = 0;
             self.misses = 0;
+            self.source_lookups = 0;
+            self.source_misses = 0;
         }
         self.missing
+    }
+
+    /// Whether a quarter or more of the source lookups of the last full window
+    /// [`FdbCache::missing`] judged missed (or none was full since the cache was
+    /// cleared).
+    #[inline(always)]
+    pub fn sources_missing(&self) -> bool {
+        self.sources_missing
     }
 
     /// Whether the previous frame came from the same source and place within the same
@@ -527,7 +603,7 @@ mod tests {
         let mut fresh = 1u16;
         let mut look = |cache: &mut FdbCache, hits: usize, misses: usize| {
             for _ in 0..hits {
-                cache.destination(&tables, key(0), |_| Out::Flood);
+                cache.destination(&tables, key(0), 1);
             }
             for _ in 0..misses {
                 cache.source(&tables, key(fresh), Location::Port(1), 0);
@@ -592,11 +668,88 @@ mod tests {
     }
 
     #[test]
+    fn sources_sharing_a_set_keep_their_places_until_a_fifth_comes() {
+        let mut b = crate::table::builder::TablesBuilder::new(crate::table::Design::Shared, false);
+        let t = b.tenant(1, None);
+        let macs: Vec<Mac> = (0..4096u16)
+            .map(|i| {
+                let [hi, lo] = i.to_be_bytes();
+                [2, 0, 0, 0, hi, lo]
+            })
+            .collect();
+        for &mac in &macs {
+            b.learned_mac(t, mac, Location::Port(1));
+        }
+        let tables = b.build();
+        let key = |mac: &Mac| Hashed::fdb(&tables, crate::table::fdb_key(t, mac));
+        let mut cache = FdbCache::new(256);
+        // Five senders whose hashes pick one set (64 sets: 4,096 MACs hold some).
+        let set = cache.sources.index(key(&macs[0]).hash);
+        let same: Vec<Hashed> = macs
+            .iter()
+            .map(key)
+            .filter(|k| cache.sources.index(k.hash) == set)
+            .take(SOURCE_WAYS + 1)
+            .collect();
+        assert_eq!(same.len(), SOURCE_WAYS + 1);
+        let held = |cache: &FdbCache, k: Hashed| cache.sources.at(k.hash).find(k.key).is_some();
+        let here = Location::Port(1);
+        for (i, &k) in same[..SOURCE_WAYS].iter().enumerate() {
+            let (entry, _) = cache.source(&tables, k, here, 3);
+            assert_eq!(entry.map(|e| e.location), Some(here));
+            cache.told(k, here, 3);
+            // Each keeps its place (and what it was told) as the next ones come.
+            assert!(same[..=i].iter().all(|&k| held(&cache, k)));
+        }
+        assert!(same[..SOURCE_WAYS]
+            .iter()
+            .all(|&k| cache.source(&tables, k, here, 3).1));
+        // A fifth takes the place of the one that came first.
+        cache.source(&tables, same[SOURCE_WAYS], here, 3);
+        assert!(!held(&cache, same[0]));
+        assert!(same[1..].iter().all(|&k| held(&cache, k)));
+        assert!(same[1..SOURCE_WAYS]
+            .iter()
+            .all(|&k| cache.source(&tables, k, here, 3).1));
+    }
+
+    #[test]
+    fn sources_miss_often_while_a_quarter_of_them_misses() {
+        let tables = FlowTables::default();
+        let mut cache = FdbCache::new(256);
+        assert!(cache.sources_missing(), "a new cache misses everything");
+        let key = |i: u16| {
+            let [hi, lo] = i.to_be_bytes();
+            Hashed::fdb(&tables, crate::table::fdb_key(1, &[2, 0, 0, 0, hi, lo]))
+        };
+        let here = Location::Port(1);
+        // The same source over and over, beside destinations that all miss: the
+        // sources do not.
+        cache.source(&tables, key(0), here, 0);
+        for i in 0..64 {
+            cache.source(&tables, key(0), here, 0);
+            cache.destination(&tables, key(1000 + i), 1);
+        }
+        assert!(cache.missing());
+        assert!(!cache.sources_missing());
+        // New senders, one in four of the window's sources.
+        for i in 0..64u16 {
+            let sender = if i % 4 == 0 { key(2000 + i) } else { key(0) };
+            cache.source(&tables, sender, here, 0);
+        }
+        cache.missing();
+        assert!(cache.sources_missing());
+        cache.clear();
+        assert!(cache.sources_missing(), "cleared");
+    }
+
+    #[test]
     fn cache_slots_stay_small() {
         // Two route slots per cache line: the default cache's 4,096 in 128 KiB.
         assert!(std::mem::size_of::<RouteSlot>() <= 32);
         assert!(std::mem::size_of::<Out>() <= 6);
-        // Four destination and four source slots per line: 4,096 of each in 64 KiB.
+        // Four destination slots per line, and a set of four sources: 4,096 of each
+        // in 64 KiB.
         assert!(std::mem::size_of::<Slot>() <= 16);
         assert!(std::mem::size_of::<SourceSlot>() <= 16);
         // Four tunnel decisions per line too.

@@ -10,7 +10,6 @@ use crate::packet::{Mac, MacText};
 use crate::table::{fdb_key_of, FlowTables, Location, TenantIdx};
 
 use super::fdb_cache::Out;
-use super::resolve::resolve;
 use super::stage::{Context, Ingress, Noted, Switched, Trace};
 
 /// Switches a frame inside `tenant`: learns its source, then decides where it goes
@@ -73,9 +72,7 @@ pub(crate) fn switch<F: Frame, T: Trace>(
         return Switched::Output(Out::Flood);
     }
     let destination = cx.ahead.destination(tables, cx.at, fdb_key_of(tenant, dst));
-    let out = cx
-        .cache
-        .destination(tables, destination, |e| resolve(tables, tenant, e));
+    let out = cx.cache.destination(tables, destination, tenant);
     note!(
         cx,
         "destination {}: {}",
