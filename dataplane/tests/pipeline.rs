@@ -406,6 +406,41 @@ fn unknown_sources_are_learned_through_events() {
 }
 
 #[test]
+fn a_report_lost_to_a_full_queue_is_made_on_the_senders_next_frame() {
+    let mut b = TablesBuilder::new(Design::Dedicated, false);
+    let a = b.tenant(A_ID, None);
+    b.access_port(ACCESS_A0, a, None);
+    b.access_port(ACCESS_B, a, None);
+    b.static_mac(a, C2, Location::Port(ACCESS_B));
+    let t = b.build();
+    let mut core = Offline::default();
+    let lost = |core: &Offline| core.counters.snapshot().events_lost;
+    // Senders never seen fill the learner's queue until a report is lost.
+    let mut i = 0u16;
+    while lost(&core) == 0 {
+        let [hi, lo] = i.to_be_bytes();
+        core.run(&t, ACCESS_A0, &eth(C2, [2, 0, 0, 0x0e, hi, lo]));
+        i += 1;
+        assert!(i < 10_000, "the queue never filled");
+    }
+    let sender: Mac = [2, 0, 0, 0, 0x0a, 0x20];
+    core.run(&t, ACCESS_A0, &eth(C2, sender));
+    assert_eq!(lost(&core), 2, "the sender's report is lost too");
+    // Once the control plane took the queue, the sender's very next frame is
+    // reported, though it comes straight after the one whose report was lost.
+    core.events();
+    core.run(&t, ACCESS_A0, &eth(C2, sender));
+    assert_eq!(
+        core.events(),
+        vec![Event::Learn {
+            tenant: 0,
+            mac: sender,
+            location: Location::Port(ACCESS_A0),
+        }]
+    );
+}
+
+#[test]
 fn a_learned_source_is_reported_again_for_aging_and_at_once_when_it_moves() {
     use dataplane::pipeline::events::REFRESH_SECS;
     // Two sources learned on one port, interleaved: each frame asks the core's cache

@@ -90,6 +90,16 @@ const NOTHING_REPORTED: Reported = Reported {
     locations: [Location::Router; WAYS],
 };
 
+/// The hash that picks a source's set: the FDB's hash turned half round, so its sets
+/// take other bits than the core cache's sets of sources, which take its top bits (the
+/// FDB its low ones). With the same bits, five busy senders that overflow a cache set
+/// (missing it on every frame, and asking here) would overflow their set here too and
+/// make an event every few frames.
+#[inline(always)]
+fn set_hash(source: Hashed) -> u64 {
+    source.hash.rotate_left(32)
+}
+
 /// A core's learning front end: reports each (tenant, MAC, location) once per
 /// [`REFRESH_SECS`], remembered in a small set-associative cache so a busy flow costs
 /// one cache line per packet and no event.
@@ -123,7 +133,7 @@ impl Learner {
     /// Starts loading what [`Learner::learn`] reads for the source with FDB key `key`.
     #[inline(always)]
     pub fn prefetch(&self, key: Hashed) {
-        crate::dpdk::prefetch(self.reported.at(key.hash));
+        crate::dpdk::prefetch(self.reported.at(set_hash(key)));
     }
 
     /// The source with FDB key `source` (a [`fdb_key`] of tenant and MAC) was seen at
@@ -132,7 +142,7 @@ impl Learner {
     #[inline(always)]
     pub fn learn(&mut self, source: Hashed, location: Location, counters: &CoreCounters) -> bool {
         let key = source.key;
-        let set = self.reported.at_mut(source.hash);
+        let set = self.reported.at_mut(set_hash(source));
         let way = set.keys.iter().position(|&k| k == key);
         if let Some(w) = way {
             if set.locations[w] == location && self.now.wrapping_sub(set.at[w]) < REFRESH_SECS {
@@ -252,13 +262,13 @@ mod tests {
         let mut learner = Learner::new(Arc::clone(&queue), 4096);
         // Five MACs of tenant 0 whose keys land in one set.
         let first = [2, 0, 0, 0, 0, 0];
-        let set = learner.reported.index(source(0, &first).hash);
+        let set = learner.reported.index(set_hash(source(0, &first)));
         let macs: Vec<Mac> = (0u32..)
             .map(|i| {
                 let b = i.to_be_bytes();
                 [2, 0, b[0], b[1], b[2], b[3]]
             })
-            .filter(|mac| learner.reported.index(source(0, mac).hash) == set)
+            .filter(|mac| learner.reported.index(set_hash(source(0, mac))) == set)
             .take(WAYS + 1)
             .collect();
         learner.learn(source(0, &macs[0]), Location::Port(1), &counters);

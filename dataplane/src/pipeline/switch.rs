@@ -39,20 +39,27 @@ pub(crate) fn switch<F: Frame, T: Trace>(
     let now = cx.learner.now;
     if !cx.cache.same_source(src_key, here, now) {
         let source = cx.ahead.source(tables, cx.at, src_key);
-        match cx.cache.source(tables, source, here, now) {
+        let settled = match cx.cache.source(tables, source, here, now) {
             (Some(entry), _) if entry.is_static => {
                 if !reaches_through(tables, entry.location, ingress) {
                     return cx.stop(DropReason::MacSpoof);
                 }
+                true
             }
-            (_, true) => {}
+            (_, true) => true,
             (_, false) => {
-                if cx.learner.learn(source, here, cx.counters) {
+                let taken = cx.learner.learn(source, here, cx.counters);
+                if taken {
                     cx.cache.told(source, here, now);
                 }
+                taken
             }
+        };
+        // A report lost to a full queue is not settled: the sender's next frame, even
+        // straight after, tries again.
+        if settled {
+            cx.cache.set_source(src_key, here, now);
         }
-        cx.cache.set_source(src_key, here, now);
     }
     note!(
         cx,
