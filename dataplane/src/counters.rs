@@ -313,7 +313,8 @@ pub struct CoreStats {
     pub handed_off: u64,
     /// GRE frames passed to the worker their inner flow hashes to.
     pub spread: u64,
-    /// Slow-path events lost to a full queue.
+    /// Slow-path events lost to a full queue: reports tried, not sources (a sender
+    /// whose report is lost tries again on each of its frames until one is taken).
     pub events_lost: u64,
     /// Bytes tenants' gateways sent out of the uplink.
     pub gateway_egress_bytes: u64,

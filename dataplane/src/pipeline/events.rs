@@ -91,10 +91,10 @@ const NOTHING_REPORTED: Reported = Reported {
 };
 
 /// The hash that picks a source's set: the FDB's hash turned half round, so its sets
-/// take other bits than the core cache's sets of sources, which take its top bits (the
-/// FDB its low ones). With the same bits, five busy senders that overflow a cache set
-/// (missing it on every frame, and asking here) would overflow their set here too and
-/// make an event every few frames.
+/// take other bits than the core cache's sets of sources, which take its top bits (at
+/// most 14 of them; these at most the 14 below bit 32). With the same bits, five busy
+/// senders that overflow a cache set (missing it on every frame, and asking here)
+/// would overflow their set here too and make an event every few frames.
 #[inline(always)]
 fn set_hash(source: Hashed) -> u64 {
     source.hash.rotate_left(32)

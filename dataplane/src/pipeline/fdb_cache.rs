@@ -131,7 +131,8 @@ const SOURCE_WAYS: usize = 4;
 
 /// [`SOURCE_WAYS`] sources in one cache line, the newest first. Direct-mapped, 1,000
 /// senders in 4,096 slots lost a fifth of theirs to one another on every round
-/// (`l2-many`); in sets of four, about one in fifty shares its set with four others.
+/// (`l2-many`); in sets of four, about one in fifty-seven shares its set with four
+/// others.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct SourceSet([SourceSlot; SOURCE_WAYS]);
@@ -338,6 +339,10 @@ impl FdbCache {
     /// FDB, the source's set here and, while sources miss often
     /// ([`FdbCache::sources_missing`]), its FDB slot and the learner's set; gives the
     /// keys it hashed (destination, source).
+    ///
+    /// A source the cache holds without an FDB entry (not learned yet) gets no learner
+    /// prefetch while sources hit: it asks the learner on each frame the memo of the
+    /// last sender misses, a demand load for as long as it stays unlearned.
     ///
     /// Nothing here is read: asking whether the cache holds a key first stalled the
     /// pass on each slot's line (8% of `l2-many`'s time on 100,000 frames in the burst
