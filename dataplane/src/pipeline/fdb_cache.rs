@@ -559,6 +559,12 @@ mod tests {
     use super::*;
     use crate::table::key_index::IndexKey;
 
+    /// The key of tenant 1's MAC number `i`, hashed.
+    fn numbered(tables: &FlowTables, i: u16) -> Hashed {
+        let [hi, lo] = i.to_be_bytes();
+        Hashed::fdb(tables, crate::table::fdb_key(1, &[2, 0, 0, 0, hi, lo]))
+    }
+
     #[test]
     fn many_tenants_spread_over_the_slots() {
         // The bench's l2-many keys: tenant t's one sender and one destination.
@@ -601,10 +607,7 @@ mod tests {
         // One destination, which hits after its first lookup, and sources never seen
         // before, which miss (apart from the destinations, so they evict nothing of
         // it whatever the process's seed).
-        let key = |i: u16| {
-            let [hi, lo] = i.to_be_bytes();
-            Hashed::fdb(&tables, crate::table::fdb_key(1, &[2, 0, 0, 0, hi, lo]))
-        };
+        let key = |i: u16| numbered(&tables, i);
         let mut fresh = 1u16;
         let mut look = |cache: &mut FdbCache, hits: usize, misses: usize| {
             for _ in 0..hits {
@@ -769,10 +772,7 @@ mod tests {
         let tables = FlowTables::default();
         let mut cache = FdbCache::new(256);
         assert!(cache.sources_missing(), "a new cache misses everything");
-        let key = |i: u16| {
-            let [hi, lo] = i.to_be_bytes();
-            Hashed::fdb(&tables, crate::table::fdb_key(1, &[2, 0, 0, 0, hi, lo]))
-        };
+        let key = |i: u16| numbered(&tables, i);
         let here = Location::Port(1);
         // The same source over and over, beside destinations that all miss: the
         // sources do not.
